@@ -1,0 +1,6 @@
+pub mod events;
+pub mod key;
+pub mod proof;
+pub mod serve;
+pub mod user;
+pub mod verify;

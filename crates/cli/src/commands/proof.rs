@@ -1,0 +1,208 @@
+//! Inclusion and consistency proofs, printed as JSON and checked offline.
+//!
+//! An inclusion proof names the event (seq, chain hash) and carries the RFC 6962 audit path
+//! and the signed checkpoint it leads to; a consistency proof carries both checkpoints.
+//! `verify-proof` needs nothing but the proof file and the verifier key.
+
+use crate::location::Location;
+use anyhow::{Context, Result, bail};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use grantline_ledger::merkle::{self, leaf_hash};
+use grantline_ledger::{Checkpoint, Hash, NoteVerifier};
+use grantline_store::Store;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The event to prove (inclusion proof against the newest checkpoint that covers it).
+    #[arg(required_unless_present = "consistency")]
+    seq: Option<u64>,
+    /// Instead: a consistency proof from the checkpoint of this tree size to the newest one.
+    #[arg(long, conflicts_with = "seq")]
+    consistency: Option<u64>,
+}
+
+#[derive(clap::Args)]
+pub struct VerifyArgs {
+    /// The proof file (`-` for standard input).
+    proof: PathBuf,
+    /// Verifier key trusted to sign checkpoints (repeatable).
+    #[arg(long = "public-key", required = true)]
+    public_keys: Vec<String>,
+    /// Check an inclusion proof against this signed checkpoint (e.g. a witness's copy)
+    /// instead of the one embedded in the proof.
+    #[arg(long)]
+    checkpoint: Option<PathBuf>,
+}
+
+/// A proof as printed by `grantline proof`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Proof {
+    Inclusion {
+        seq: u64,
+        /// The event's blake3 chain hash (hex): the Merkle leaf data.
+        chain_hash: String,
+        /// Zero-based leaf index (seq − 1).
+        index: u64,
+        tree_size: u64,
+        /// Audit path, base64, RFC 6962 order.
+        hashes: Vec<String>,
+        checkpoint: String,
+    },
+    Consistency {
+        old_size: u64,
+        new_size: u64,
+        hashes: Vec<String>,
+        old_checkpoint: String,
+        new_checkpoint: String,
+    },
+}
+
+fn b64(h: &Hash) -> String {
+    STANDARD.encode(h.0)
+}
+
+pub async fn run(loc: &Location, args: Args) -> Result<ExitCode> {
+    let store = Store::connect(&loc.database, false)
+        .await
+        .with_context(|| format!("opening {}", loc.database.display()))?;
+    let checkpoints = store.checkpoints().await?;
+    let newest = checkpoints
+        .iter()
+        .max_by_key(|c| c.tree_size)
+        .context("the ledger has no checkpoint yet")?;
+    let size = newest.tree_size as u64;
+    let leaves: Vec<Hash> = store
+        .chain_hashes(size)
+        .await?
+        .iter()
+        .map(leaf_hash)
+        .collect();
+    if leaves.len() as u64 != size {
+        bail!("the ledger has {} events but its newest checkpoint covers {size}", leaves.len());
+    }
+    let proof = match (args.seq, args.consistency) {
+        (Some(seq), _) => {
+            if seq == 0 || seq > size {
+                bail!("seq {seq} is not covered by the newest checkpoint (tree size {size})");
+            }
+            let chain = store
+                .hash_at(seq)
+                .await?
+                .with_context(|| format!("no event {seq}"))?;
+            let path = merkle::inclusion_proof(&leaves, (seq - 1) as usize)
+                .context("leaf outside the tree")?;
+            Proof::Inclusion {
+                seq,
+                chain_hash: chain.to_hex(),
+                index: seq - 1,
+                tree_size: size,
+                hashes: path.iter().map(b64).collect(),
+                checkpoint: newest.note.clone(),
+            }
+        }
+        (None, Some(old)) => {
+            let old_cp = checkpoints
+                .iter()
+                .find(|c| c.tree_size as u64 == old)
+                .with_context(|| format!("no checkpoint of tree size {old}"))?;
+            let path = merkle::consistency_proof(&leaves, old as usize)
+                .with_context(|| format!("no consistency proof from size {old} to {size}"))?;
+            Proof::Consistency {
+                old_size: old,
+                new_size: size,
+                hashes: path.iter().map(b64).collect(),
+                old_checkpoint: old_cp.note.clone(),
+                new_checkpoint: newest.note.clone(),
+            }
+        }
+        (None, None) => bail!("give a seq or --consistency SIZE"),
+    };
+    println!("{}", serde_json::to_string_pretty(&proof)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn hashes(list: &[String]) -> Result<Vec<Hash>> {
+    list.iter()
+        .map(|s| {
+            STANDARD
+                .decode(s)
+                .ok()
+                .and_then(|b| Hash::from_slice(&b))
+                .with_context(|| format!("proof hash {s:?} is not 32 bytes of base64"))
+        })
+        .collect()
+}
+
+pub fn verify(args: VerifyArgs) -> Result<ExitCode> {
+    let text = if args.proof.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin())?
+    } else {
+        std::fs::read_to_string(&args.proof)
+            .with_context(|| format!("reading {}", args.proof.display()))?
+    };
+    let proof: Proof = serde_json::from_str(&text).context("the proof is not valid proof JSON")?;
+    let keys = args
+        .public_keys
+        .iter()
+        .map(|k| NoteVerifier::parse(k).with_context(|| format!("--public-key {k}")))
+        .collect::<Result<Vec<_>>>()?;
+    let open = |note: &str, what: &str| -> Result<Checkpoint> {
+        Checkpoint::open(note, &keys).with_context(|| format!("{what} checkpoint"))
+    };
+    let verdict = match proof {
+        Proof::Inclusion {
+            seq,
+            chain_hash,
+            index,
+            tree_size,
+            hashes: path,
+            checkpoint,
+        } => {
+            let note = match &args.checkpoint {
+                Some(p) => std::fs::read_to_string(p)
+                    .with_context(|| format!("reading {}", p.display()))?,
+                None => checkpoint,
+            };
+            let cp = open(&note, "the")?;
+            if cp.size != tree_size {
+                bail!("proof is for tree size {tree_size}, the checkpoint is of size {}", cp.size);
+            }
+            if index + 1 != seq {
+                bail!("index {index} does not belong to seq {seq}");
+            }
+            let leaf = leaf_hash(&Hash::from_hex(&chain_hash).context("chain_hash is not 32 bytes of hex")?);
+            merkle::verify_inclusion(&leaf, index, tree_size, &hashes(&path)?, &cp.root)
+                .map(|_| format!("ok: event {seq} (chain hash {chain_hash}) is in the checkpoint of size {tree_size}"))
+        }
+        Proof::Consistency {
+            old_size,
+            new_size,
+            hashes: path,
+            old_checkpoint,
+            new_checkpoint,
+        } => {
+            let old = open(&old_checkpoint, "old")?;
+            let new = open(&new_checkpoint, "new")?;
+            if (old.size, new.size) != (old_size, new_size) {
+                bail!("proof sizes {old_size}→{new_size} differ from the checkpoints' {}→{}", old.size, new.size);
+            }
+            merkle::verify_consistency(old_size, new_size, &old.root, &new.root, &hashes(&path)?)
+                .map(|_| format!("ok: the checkpoint of size {new_size} extends the one of size {old_size}"))
+        }
+    };
+    match verdict {
+        Ok(msg) => {
+            println!("{msg}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            println!("INVALID: {e}");
+            Ok(ExitCode::from(1))
+        }
+    }
+}

@@ -1,0 +1,54 @@
+//! Where the ledger is: `--database`, else the data directory's SQLite file.
+
+use anyhow::{Context, Result};
+use grantline_ledger::{NoteSigner, NoteVerifier};
+use grantline_store::{Database, keyfile};
+use std::path::PathBuf;
+
+pub struct Location {
+    pub data_dir: PathBuf,
+    pub database: Database,
+}
+
+impl Location {
+    pub fn resolve(data_dir: Option<PathBuf>, database: Option<String>) -> Result<Location> {
+        let data_dir = data_dir.unwrap_or_else(default_data_dir);
+        let database = match database {
+            Some(url) => Database::parse(&url)?,
+            None => Database::in_data_dir(&data_dir),
+        };
+        Ok(Location { data_dir, database })
+    }
+
+    /// The signer for appending: from the environment or the data directory (created if absent).
+    pub fn signer(&self) -> Result<NoteSigner> {
+        let origin = std::env::var("GRANTLINE_LEDGER_ORIGIN")
+            .unwrap_or_else(|_| keyfile::DEFAULT_ORIGIN.to_string());
+        keyfile::load_or_create_signer(&self.data_dir, &origin).context("checkpoint signing key")
+    }
+
+    /// Keys trusted to have signed checkpoints: those given, else the local key's public half.
+    pub fn trusted_keys(&self, given: &[String]) -> Result<(Vec<NoteVerifier>, &'static str)> {
+        if !given.is_empty() {
+            let keys = given
+                .iter()
+                .map(|k| NoteVerifier::parse(k).with_context(|| format!("--public-key {k}")))
+                .collect::<Result<Vec<_>>>()?;
+            return Ok((keys, "given"));
+        }
+        match keyfile::load_signer(&self.data_dir)? {
+            Some(s) => Ok((vec![s.verifier()], "local key")),
+            None => Ok((Vec::new(), "none")),
+        }
+    }
+}
+
+fn default_data_dir() -> PathBuf {
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(x).join("grantline");
+    }
+    match std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+        Some(h) => PathBuf::from(h).join(".local/share/grantline"),
+        None => PathBuf::from("grantline-data"),
+    }
+}

@@ -1,0 +1,90 @@
+//! `grantline`: the server and the incident responder's tools over one ledger.
+
+mod commands;
+mod location;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use location::Location;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "grantline", version, about = "OAuth 2.1 authorization server and MCP gateway on a hash-chained ledger")]
+struct Cli {
+    /// Data directory of the embedded default (SQLite ledger, checkpoint key). Default:
+    /// $GRANTLINE_DATA_DIR, else $XDG_DATA_HOME/grantline, else ~/.local/share/grantline.
+    #[arg(long, global = true, env = "GRANTLINE_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Ledger database: sqlite:PATH or postgres://… (overrides the data directory's SQLite file).
+    #[arg(long, global = true, env = "GRANTLINE_DATABASE_URL")]
+    database: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Open the ledger (creating it on first start) and keep it checkpointed until Ctrl-C.
+    Serve(commands::serve::Args),
+    /// Walk the whole chain and every checkpoint; exit 1 at the first problem.
+    Verify(commands::verify::Args),
+    /// Print an inclusion proof for an event (or a consistency proof between checkpoints).
+    Proof(commands::proof::Args),
+    /// Check a proof offline against a checkpoint and a public key.
+    VerifyProof(commands::proof::VerifyArgs),
+    /// Print events as JSON lines, personal data opened (or shown as erased).
+    Events(commands::events::Args),
+    /// Users.
+    #[command(subcommand)]
+    User(commands::user::Command),
+    /// The checkpoint signing key.
+    #[command(subcommand)]
+    Key(commands::key::Command),
+    /// Apply database migrations and exit (run as the owner role on PostgreSQL).
+    Migrate,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("GRANTLINE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<ExitCode> {
+    let loc = Location::resolve(cli.data_dir, cli.database)?;
+    match cli.command {
+        Command::Serve(a) => commands::serve::run(&loc, a).await,
+        Command::Verify(a) => commands::verify::run(&loc, a).await,
+        Command::Proof(a) => commands::proof::run(&loc, a).await,
+        Command::VerifyProof(a) => commands::proof::verify(a),
+        Command::Events(a) => commands::events::run(&loc, a).await,
+        Command::User(c) => commands::user::run(&loc, c).await,
+        Command::Key(c) => commands::key::run(&loc, c),
+        Command::Migrate => {
+            let store = grantline_store::Store::connect(&loc.database, true).await?;
+            store.migrate().await?;
+            println!("migrated {}", loc.database.display());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -1,0 +1,617 @@
+//! The event catalogue: one payload type per kind the platform records.
+//!
+//! Designed as one piece (issue 2) though most producers come later. Rules for every field:
+//! no secret ever appears — tokens, codes and client secrets only as ids or `*_digest`
+//! (blake3, lowercase hex); personal data (username, email, display name, IP, user agent) only
+//! as [`Sealed`] values under the subject's erasable key. `schemas/events.schema.json` documents
+//! every kind, and a test fails when it and these types disagree.
+
+use crate::{Sealed, Timestamp};
+use serde::{Deserialize, Serialize};
+
+macro_rules! catalogue {
+    ( $( $(#[$doc:meta])* $name:literal => $variant:ident($ty:ident), )* ) => {
+        /// Every payload, by kind.
+        #[derive(Debug, Clone, PartialEq)]
+        pub enum Payload { $( $(#[$doc])* $variant($ty), )* }
+
+        /// The kind of an event: its dotted name is the `kind` column.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum Kind { $( $(#[$doc])* $variant, )* }
+
+        impl Kind {
+            /// All kinds, in catalogue order.
+            pub const ALL: &'static [Kind] = &[ $( Kind::$variant, )* ];
+
+            /// The dotted name, e.g. `token.refreshed`.
+            pub fn as_str(self) -> &'static str {
+                match self { $( Kind::$variant => $name, )* }
+            }
+
+            pub fn parse(name: &str) -> Option<Kind> {
+                match name { $( $name => Some(Kind::$variant), )* _ => None }
+            }
+        }
+
+        impl Payload {
+            pub fn kind(&self) -> Kind {
+                match self { $( Payload::$variant(_) => Kind::$variant, )* }
+            }
+
+            pub(crate) fn serialize_body<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                match self { $( Payload::$variant(p) => p.serialize(s), )* }
+            }
+        }
+
+        /// Deserializes the payload of a known kind (the kind is read first from the envelope).
+        pub(crate) struct PayloadSeed(pub Kind);
+
+        impl<'de> serde::de::DeserializeSeed<'de> for PayloadSeed {
+            type Value = Payload;
+            fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Payload, D::Error> {
+                match self.0 { $( Kind::$variant => $ty::deserialize(d).map(Payload::$variant), )* }
+            }
+        }
+
+        $( impl From<$ty> for Payload { fn from(p: $ty) -> Payload { Payload::$variant(p) } } )*
+    };
+}
+
+catalogue! {
+    /// A client was registered: dynamically (RFC 7591), from a metadata document, the config file or an admin.
+    "client.registered" => ClientRegistered(ClientRegistered),
+    /// A client's metadata changed; absent fields are unchanged.
+    "client.updated" => ClientUpdated(ClientUpdated),
+    /// A client was disabled; its tokens stop working.
+    "client.disabled" => ClientDisabled(ClientDisabled),
+    /// A dynamically registered client never completed an authorization within the TTL.
+    "client.expired" => ClientExpired(ClientExpired),
+    /// A registration request was refused (policy or invalid metadata).
+    "registration.rejected" => RegistrationRejected(RegistrationRejected),
+    /// A local user account was created.
+    "user.created" => UserCreated(UserCreated),
+    /// A user was disabled; their sessions and tokens stop working.
+    "user.disabled" => UserDisabled(UserDisabled),
+    /// A user's role changed.
+    "user.role_changed" => UserRoleChanged(UserRoleChanged),
+    /// A user's personal-data key was destroyed; their sealed fields now read as erased.
+    "user.erased" => UserErased(UserErased),
+    /// A user signed in.
+    "login.succeeded" => LoginSucceeded(LoginSucceeded),
+    /// A sign-in attempt failed.
+    "login.failed" => LoginFailed(LoginFailed),
+    /// A user approved a client's access to a resource with these scopes.
+    "consent.granted" => ConsentGranted(ConsentGranted),
+    /// A user refused a client's request.
+    "consent.denied" => ConsentDenied(ConsentDenied),
+    /// An authorization code was issued; it starts a token family.
+    "code.issued" => CodeIssued(CodeIssued),
+    /// An authorization code was exchanged for tokens (once).
+    "code.redeemed" => CodeRedeemed(CodeRedeemed),
+    /// An already redeemed code was presented again; the family is revoked.
+    "code.replayed" => CodeReplayed(CodeReplayed),
+    /// Tokens were issued from a code or client credentials.
+    "token.issued" => TokenIssued(TokenIssued),
+    /// A refresh token was rotated: new access and refresh tokens replace it.
+    "token.refreshed" => TokenRefreshed(TokenRefreshed),
+    /// One token was revoked (RFC 7009 or an admin).
+    "token.revoked" => TokenRevoked(TokenRevoked),
+    /// A rotated refresh token was presented after the grace period; the family is revoked.
+    "refresh.reuse_detected" => RefreshReuseDetected(RefreshReuseDetected),
+    /// A whole token family was revoked.
+    "family.revoked" => FamilyRevoked(FamilyRevoked),
+    /// A user's grant to a client was revoked, and every family under it.
+    "grant.revoked" => GrantRevoked(GrantRevoked),
+    /// A personal access token was created (shown once; only its prefix afterwards).
+    "pat.created" => PatCreated(PatCreated),
+    /// A personal access token was revoked, for good.
+    "pat.revoked" => PatRevoked(PatRevoked),
+    /// A caller listed the tools of a resource.
+    "tool.listed" => ToolListed(ToolListed),
+    /// A caller called a tool (or tried to).
+    "tool.called" => ToolCalled(ToolCalled),
+    /// A request to a protected resource was refused (credential, audience or authority).
+    "authorization.denied" => AuthorizationDenied(AuthorizationDenied),
+    /// Requests over a rate limit in one window, aggregated: one event per bucket and window.
+    "rate_limit.exceeded" => RateLimitExceeded(RateLimitExceeded),
+    /// A signing key was introduced; old public keys stay published.
+    "signing_key.rotated" => SigningKeyRotated(SigningKeyRotated),
+    /// A policy (registration, roles, rate limits, resources) changed.
+    "policy.changed" => PolicyChanged(PolicyChanged),
+}
+
+/// How a client came to be known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RegistrationMethod {
+    Dynamic,
+    MetadataDocument,
+    Config,
+    Admin,
+}
+
+/// RFC 7591 `application_type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApplicationType {
+    Native,
+    Web,
+}
+
+/// RFC 7591 `token_endpoint_auth_method` values Grantline supports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMethod {
+    None,
+    ClientSecretPost,
+    ClientSecretBasic,
+}
+
+/// OAuth grant types Grantline supports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GrantType {
+    AuthorizationCode,
+    RefreshToken,
+    ClientCredentials,
+}
+
+/// Access-token encoding for a resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenFormat {
+    Opaque,
+    Jwt,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenKind {
+    Access,
+    Refresh,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UserSource {
+    Bootstrap,
+    Admin,
+    Cli,
+    IdentityProvider,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LoginFailure {
+    UnknownUser,
+    BadPassword,
+    UserDisabled,
+    RateLimited,
+    IdentityProviderError,
+}
+
+/// The bearer credential a resource request carried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CredentialKind {
+    AccessToken,
+    PersonalAccessToken,
+}
+
+/// A credential by id — never the token itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Credential {
+    pub kind: CredentialKind,
+    pub id: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ToolOutcome {
+    Ok,
+    Denied,
+    UpstreamError,
+    RateLimited,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RateBucket {
+    UserRead,
+    UserWrite,
+    Client,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyPurpose {
+    AccessToken,
+    IdentityAssertion,
+    Checkpoint,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientRegistered {
+    pub client_id: String,
+    pub client_name: String,
+    pub method: RegistrationMethod,
+    pub application_type: ApplicationType,
+    pub token_endpoint_auth_method: AuthMethod,
+    pub redirect_uris: Vec<String>,
+    pub grant_types: Vec<GrantType>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub software_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub software_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_uri: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logo_uri: Option<String>,
+    /// For metadata-document clients, the URL the document was fetched from (equal to `client_id`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata_document_url: Option<String>,
+    /// blake3 of the client secret, confidential clients only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_digest: Option<String>,
+    /// When an unused dynamic registration ages out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Timestamp>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientUpdated {
+    pub client_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect_uris: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant_types: Option<Vec<GrantType>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    /// A rotated client secret's digest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_digest: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientDisabled {
+    pub client_id: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientExpired {
+    pub client_id: String,
+    pub ttl_seconds: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistrationRejected {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub software_id: Option<String>,
+    pub redirect_uris: Vec<String>,
+    /// RFC 7591 error code, e.g. `invalid_redirect_uri`.
+    pub error: String,
+    pub description: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_ip: Option<Sealed>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<Sealed>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserCreated {
+    pub user_id: String,
+    pub username: Sealed,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<Sealed>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<Sealed>,
+    pub role: String,
+    pub source: UserSource,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserDisabled {
+    pub user_id: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserRoleChanged {
+    pub user_id: String,
+    pub from: String,
+    pub to: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserErased {
+    pub user_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoginSucceeded {
+    pub user_id: String,
+    /// `password`, or `idp:<name>` for an upstream identity provider.
+    pub method: String,
+    /// The session's id (not the cookie value).
+    pub session_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_ip: Option<Sealed>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<Sealed>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoginFailed {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    /// The name that was tried, sealed (under the user's key, or a daily anonymous key if unknown).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<Sealed>,
+    pub reason: LoginFailure,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_ip: Option<Sealed>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<Sealed>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsentGranted {
+    pub grant_id: String,
+    pub user_id: String,
+    pub client_id: String,
+    pub resource: String,
+    pub scopes: Vec<String>,
+    /// False when an earlier consent covered the request and no page was shown.
+    pub prompted: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsentDenied {
+    pub user_id: String,
+    pub client_id: String,
+    pub resource: String,
+    pub scopes: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CodeIssued {
+    pub family_id: String,
+    pub grant_id: String,
+    pub client_id: String,
+    pub user_id: String,
+    pub resource: String,
+    pub scopes: Vec<String>,
+    pub code_digest: String,
+    pub redirect_uri: String,
+    /// The PKCE S256 challenge (public; the verifier never appears).
+    pub code_challenge: String,
+    pub expires_at: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CodeRedeemed {
+    pub family_id: String,
+    pub code_digest: String,
+    pub client_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CodeReplayed {
+    pub family_id: String,
+    pub code_digest: String,
+    pub client_id: String,
+}
+
+/// An access token as recorded: id, digest, format and expiry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessTokenRecord {
+    pub token_id: String,
+    pub digest: String,
+    pub format: TokenFormat,
+    pub expires_at: Timestamp,
+}
+
+/// A refresh token as recorded: id, digest, idle and absolute expiry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefreshTokenRecord {
+    pub token_id: String,
+    pub digest: String,
+    pub expires_at: Timestamp,
+    pub absolute_expires_at: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenIssued {
+    /// Absent for client credentials, which start no family.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub family_id: Option<String>,
+    pub grant_type: GrantType,
+    pub client_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    pub resource: String,
+    pub scopes: Vec<String>,
+    pub access: AccessTokenRecord,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh: Option<RefreshTokenRecord>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRefreshed {
+    pub family_id: String,
+    pub client_id: String,
+    pub user_id: String,
+    pub resource: String,
+    /// Equal to or narrower than the family's scopes.
+    pub scopes: Vec<String>,
+    /// The refresh token that was presented and is now rotated.
+    pub rotated_refresh_id: String,
+    pub access: AccessTokenRecord,
+    pub refresh: RefreshTokenRecord,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRevoked {
+    pub token_id: String,
+    pub token_kind: TokenKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub family_id: Option<String>,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefreshReuseDetected {
+    pub family_id: String,
+    /// The rotated refresh token that was presented again.
+    pub refresh_token_id: String,
+    pub client_id: String,
+    /// When that token had been rotated.
+    pub rotated_at: Timestamp,
+    pub grace_seconds: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FamilyRevoked {
+    pub family_id: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantRevoked {
+    pub grant_id: String,
+    pub user_id: String,
+    pub client_id: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PatCreated {
+    pub pat_id: String,
+    pub user_id: String,
+    pub name: String,
+    pub resource: String,
+    pub scopes: Vec<String>,
+    /// The visible start of the token (`glp_ab12…`), enough to recognise it, not to use it.
+    pub prefix: String,
+    pub digest: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Timestamp>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PatRevoked {
+    pub pat_id: String,
+    pub user_id: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolListed {
+    pub request_id: String,
+    pub resource: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    pub credential: Credential,
+    pub outcome: ToolOutcome,
+    /// How many tools the caller was shown after filtering by authority.
+    pub tools_returned: u32,
+    pub duration_us: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolCalled {
+    pub request_id: String,
+    pub resource: String,
+    pub tool: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    pub credential: Credential,
+    pub outcome: ToolOutcome,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// JSON-RPC or upstream error code, when there was one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<i64>,
+    pub duration_us: u64,
+    /// blake3 of the canonical arguments: the arguments themselves are never recorded.
+    pub arguments_digest: String,
+    /// The caller's stated reason for the call, where the client sent one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub intent: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_ip: Option<Sealed>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthorizationDenied {
+    pub request_id: String,
+    pub resource: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<Credential>,
+    /// e.g. `invalid_token`, `wrong_audience`, `insufficient_scope`, `role`.
+    pub reason: String,
+    pub required_scopes: Vec<String>,
+    /// The JSON-RPC method or HTTP method that was refused.
+    pub method: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RateLimitExceeded {
+    pub resource: String,
+    pub bucket: RateBucket,
+    /// The user id or client id the bucket belongs to.
+    pub subject: String,
+    pub window_start: Timestamp,
+    pub window_seconds: u32,
+    pub limit: u32,
+    /// Requests refused in this window.
+    pub rejected: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SigningKeyRotated {
+    pub purpose: KeyPurpose,
+    pub key_id: String,
+    /// `EdDSA`.
+    pub algorithm: String,
+    /// The Ed25519 public key, base64url without padding.
+    pub public_key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_key_id: Option<String>,
+}
+
+/// One setting that changed; values rendered as text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyChange {
+    pub setting: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyChanged {
+    /// `registration`, `roles`, `rate_limits`, `resources`, …
+    pub policy: String,
+    pub changes: Vec<PolicyChange>,
+}

@@ -1,0 +1,192 @@
+//! Personal data sealed under a per-subject key, so erasing the key erases the data without
+//! touching the hash chain (crypto-shredding).
+//!
+//! Keys live outside the ledger (the store's `subject_keys` table); events carry only [`Sealed`]
+//! values. Cipher: XChaCha20-Poly1305 with a random 192-bit nonce; the subject is the associated
+//! data, so a value cannot be moved to another subject's event unnoticed.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chacha20poly1305::aead::{Aead, KeyInit, Payload as AeadPayload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::fmt;
+
+/// The subject whose key seals a value: `user:<user id>` for a known person, `anon:<YYYY-MM-DD>`
+/// for data of unidentified people (failed logins, rejected registrations), erased by retention.
+pub fn user_subject(user_id: &str) -> String {
+    format!("user:{user_id}")
+}
+
+/// A 256-bit per-subject data key.
+#[derive(Clone)]
+pub struct SubjectKey(pub [u8; 32]);
+
+impl SubjectKey {
+    pub fn generate() -> Result<Self, PiiError> {
+        let mut k = [0u8; 32];
+        getrandom::fill(&mut k).map_err(|_| PiiError::Randomness)?;
+        Ok(SubjectKey(k))
+    }
+}
+
+impl fmt::Debug for SubjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SubjectKey(…)")
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PiiError {
+    #[error("the subject's key has been erased")]
+    Erased,
+    #[error("sealed value does not decrypt under the subject's key")]
+    Corrupt,
+    #[error("the operating system's random generator failed")]
+    Randomness,
+}
+
+/// A personal-data field as it is stored in an event body: ciphertext under the subject's key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Sealed {
+    pub subject: String,
+    pub nonce: [u8; 24],
+    pub ciphertext: Vec<u8>,
+}
+
+impl fmt::Debug for Sealed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Sealed({}, {} bytes)", self.subject, self.ciphertext.len())
+    }
+}
+
+impl Sealed {
+    /// Encrypts `plaintext` for `subject` under `key`.
+    pub fn seal(key: &SubjectKey, subject: &str, plaintext: &str) -> Result<Sealed, PiiError> {
+        let mut nonce = [0u8; 24];
+        getrandom::fill(&mut nonce).map_err(|_| PiiError::Randomness)?;
+        let cipher = XChaCha20Poly1305::new((&key.0).into());
+        let ciphertext = cipher
+            .encrypt(
+                XNonce::from_slice(&nonce),
+                AeadPayload {
+                    msg: plaintext.as_bytes(),
+                    aad: subject.as_bytes(),
+                },
+            )
+            .map_err(|_| PiiError::Corrupt)?;
+        Ok(Sealed {
+            subject: subject.to_string(),
+            nonce,
+            ciphertext,
+        })
+    }
+
+    /// Decrypts with the subject's key.
+    pub fn open(&self, key: &SubjectKey) -> Result<String, PiiError> {
+        let cipher = XChaCha20Poly1305::new((&key.0).into());
+        let plain = cipher
+            .decrypt(
+                XNonce::from_slice(&self.nonce),
+                AeadPayload {
+                    msg: &self.ciphertext,
+                    aad: self.subject.as_bytes(),
+                },
+            )
+            .map_err(|_| PiiError::Corrupt)?;
+        String::from_utf8(plain).map_err(|_| PiiError::Corrupt)
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct SealedWire {
+    subject: String,
+    #[serde(with = "crate::bytes")]
+    nonce: Vec<u8>,
+    #[serde(with = "crate::bytes")]
+    ct: Vec<u8>,
+}
+
+impl Serialize for Sealed {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        SealedWire {
+            subject: self.subject.clone(),
+            nonce: self.nonce.to_vec(),
+            ct: self.ciphertext.clone(),
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Sealed {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let w = SealedWire::deserialize(d)?;
+        let nonce = <[u8; 24]>::try_from(w.nonce.as_slice())
+            .map_err(|_| serde::de::Error::custom("sealed nonce must be 24 bytes"))?;
+        Ok(Sealed {
+            subject: w.subject,
+            nonce,
+            ciphertext: w.ct,
+        })
+    }
+}
+
+/// Byte strings: CBOR `bstr` in bodies, base64url text in human-readable formats (JSON).
+pub(crate) mod bytes_impl {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            s.serialize_str(&URL_SAFE_NO_PAD.encode(v))
+        } else {
+            s.serialize_bytes(v)
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Vec<u8>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("bytes or base64url text")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+                Ok(v.to_vec())
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+                Ok(v)
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Vec<u8>, E> {
+                URL_SAFE_NO_PAD.decode(v).map_err(E::custom)
+            }
+        }
+        if d.is_human_readable() {
+            d.deserialize_str(V)
+        } else {
+            d.deserialize_bytes(V)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seal_open_and_wrong_key() {
+        let k = SubjectKey::generate().unwrap();
+        let s = Sealed::seal(&k, "user:u1", "alice@example.com").unwrap();
+        assert!(
+            !s.ciphertext
+                .windows(5)
+                .any(|w| w == b"alice"),
+            "ciphertext must not contain the plaintext"
+        );
+        assert_eq!(s.open(&k).unwrap(), "alice@example.com");
+        let other = SubjectKey::generate().unwrap();
+        assert_eq!(s.open(&other), Err(PiiError::Corrupt));
+        let mut moved = s.clone();
+        moved.subject = "user:u2".into();
+        assert_eq!(moved.open(&k), Err(PiiError::Corrupt), "subject is bound as AAD");
+    }
+}

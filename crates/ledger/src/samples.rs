@@ -1,0 +1,380 @@
+//! One fully populated example of every event kind: used by the schema test, the docs and
+//! as templates for the benchmark's synthetic traffic. Values are realistic in size and shape.
+
+use crate::*;
+
+fn sealed(subject: &str, text: &str) -> Sealed {
+    // A fixed key and nonce keep samples deterministic; real events use random nonces.
+    let key = SubjectKey([9u8; 32]);
+    let mut s = Sealed::seal(&key, subject, text).unwrap_or_else(|_| Sealed {
+        subject: subject.to_string(),
+        nonce: [0; 24],
+        ciphertext: text.as_bytes().to_vec(),
+    });
+    s.nonce = [1; 24];
+    s
+}
+
+fn ts(secs: i64) -> Timestamp {
+    Timestamp::from_secs(1_795_000_000 + secs)
+}
+
+const USER: &str = "usr_0197a3c1f0d27c4e8b1a9d6e5f403a21";
+const CLIENT: &str = "cli_0197a3c1f0d27c4e8b1a9d6e5f403a22";
+const FAMILY: &str = "fam_0197a3c1f0d27c4e8b1a9d6e5f403a23";
+const GRANT: &str = "gr_0197a3c1f0d27c4e8b1a9d6e5f403a24";
+const RESOURCE: &str = "https://mcp.example.com/mcp/demo";
+
+fn digest(tag: &str) -> String {
+    secret_digest(tag.as_bytes())
+}
+
+fn access() -> AccessTokenRecord {
+    AccessTokenRecord {
+        token_id: "at_0197a3c1f0d27c4e8b1a9d6e5f403a30".into(),
+        digest: digest("gla_sample"),
+        format: TokenFormat::Opaque,
+        expires_at: ts(3600),
+    }
+}
+
+fn refresh() -> RefreshTokenRecord {
+    RefreshTokenRecord {
+        token_id: "rt_0197a3c1f0d27c4e8b1a9d6e5f403a31".into(),
+        digest: digest("glr_sample"),
+        expires_at: ts(7 * 86_400),
+        absolute_expires_at: ts(30 * 86_400),
+    }
+}
+
+/// The stream an event of this payload belongs to.
+pub fn stream_for(p: &Payload) -> StreamId {
+    match p {
+        Payload::ClientRegistered(e) => StreamId::client(&e.client_id),
+        Payload::ClientUpdated(e) => StreamId::client(&e.client_id),
+        Payload::ClientDisabled(e) => StreamId::client(&e.client_id),
+        Payload::ClientExpired(e) => StreamId::client(&e.client_id),
+        Payload::RegistrationRejected(_) => StreamId::named("registrations"),
+        Payload::UserCreated(e) => StreamId::user(&e.user_id),
+        Payload::UserDisabled(e) => StreamId::user(&e.user_id),
+        Payload::UserRoleChanged(e) => StreamId::user(&e.user_id),
+        Payload::UserErased(e) => StreamId::user(&e.user_id),
+        Payload::LoginSucceeded(e) => StreamId::user(&e.user_id),
+        Payload::LoginFailed(e) => match &e.user_id {
+            Some(u) => StreamId::user(u),
+            None => StreamId::named("logins"),
+        },
+        Payload::ConsentGranted(e) => StreamId::grant(&e.grant_id),
+        Payload::ConsentDenied(e) => StreamId::user(&e.user_id),
+        Payload::CodeIssued(e) => StreamId::family(&e.family_id),
+        Payload::CodeRedeemed(e) => StreamId::family(&e.family_id),
+        Payload::CodeReplayed(e) => StreamId::family(&e.family_id),
+        Payload::TokenIssued(e) => match &e.family_id {
+            Some(f) => StreamId::family(f),
+            None => StreamId::client(&e.client_id),
+        },
+        Payload::TokenRefreshed(e) => StreamId::family(&e.family_id),
+        Payload::TokenRevoked(e) => match &e.family_id {
+            Some(f) => StreamId::family(f),
+            None => StreamId::named("tokens"),
+        },
+        Payload::RefreshReuseDetected(e) => StreamId::family(&e.family_id),
+        Payload::FamilyRevoked(e) => StreamId::family(&e.family_id),
+        Payload::GrantRevoked(e) => StreamId::grant(&e.grant_id),
+        Payload::PatCreated(e) => StreamId::pat(&e.pat_id),
+        Payload::PatRevoked(e) => StreamId::pat(&e.pat_id),
+        Payload::ToolListed(e) => StreamId::resource(&e.resource),
+        Payload::ToolCalled(e) => StreamId::resource(&e.resource),
+        Payload::AuthorizationDenied(e) => StreamId::resource(&e.resource),
+        Payload::RateLimitExceeded(e) => StreamId::resource(&e.resource),
+        Payload::SigningKeyRotated(_) => StreamId::named("keys"),
+        Payload::PolicyChanged(e) => StreamId::new("policy", &e.policy),
+    }
+}
+
+/// One example of every kind, every optional field set; in [`Kind::ALL`] order.
+pub fn all() -> Vec<Payload> {
+    let user_subject = pii::user_subject(USER);
+    let cred = Credential {
+        kind: CredentialKind::AccessToken,
+        id: "at_0197a3c1f0d27c4e8b1a9d6e5f403a30".into(),
+    };
+    let scopes = vec!["demo.read".to_string(), "demo.write".to_string()];
+    vec![
+        ClientRegistered {
+            client_id: CLIENT.into(),
+            client_name: "Claude Desktop".into(),
+            method: RegistrationMethod::Dynamic,
+            application_type: ApplicationType::Native,
+            token_endpoint_auth_method: AuthMethod::ClientSecretBasic,
+            redirect_uris: vec!["http://127.0.0.1/callback".into()],
+            grant_types: vec![GrantType::AuthorizationCode, GrantType::RefreshToken],
+            scope: Some("demo.read demo.write offline_access".into()),
+            software_id: Some("com.anthropic.claude-desktop".into()),
+            software_version: Some("1.4.2".into()),
+            client_uri: Some("https://claude.ai".into()),
+            logo_uri: Some("https://claude.ai/logo.png".into()),
+            metadata_document_url: Some("https://claude.ai/oauth/client.json".into()),
+            secret_digest: Some(digest("client secret")),
+            expires_at: Some(ts(86_400)),
+        }
+        .into(),
+        ClientUpdated {
+            client_id: CLIENT.into(),
+            client_name: Some("Claude".into()),
+            redirect_uris: Some(vec!["http://127.0.0.1/callback".into()]),
+            grant_types: Some(vec![GrantType::AuthorizationCode]),
+            scope: Some("demo.read".into()),
+            secret_digest: Some(digest("rotated secret")),
+        }
+        .into(),
+        ClientDisabled {
+            client_id: CLIENT.into(),
+            reason: "disabled by admin".into(),
+        }
+        .into(),
+        ClientExpired {
+            client_id: CLIENT.into(),
+            ttl_seconds: 86_400,
+        }
+        .into(),
+        RegistrationRejected {
+            client_name: Some("Unknown Assistant".into()),
+            software_id: Some("org.example.unknown".into()),
+            redirect_uris: vec!["http://evil.example/cb".into()],
+            error: "invalid_redirect_uri".into(),
+            description: "redirect URIs must be HTTPS or loopback".into(),
+            source_ip: Some(sealed("anon:2026-11-22", "203.0.113.9")),
+            user_agent: Some(sealed("anon:2026-11-22", "python-httpx/0.28")),
+        }
+        .into(),
+        UserCreated {
+            user_id: USER.into(),
+            username: sealed(&user_subject, "alice"),
+            email: Some(sealed(&user_subject, "alice@example.com")),
+            display_name: Some(sealed(&user_subject, "Alice Liddell")),
+            role: "member".into(),
+            source: UserSource::Admin,
+        }
+        .into(),
+        UserDisabled {
+            user_id: USER.into(),
+            reason: "left the company".into(),
+        }
+        .into(),
+        UserRoleChanged {
+            user_id: USER.into(),
+            from: "member".into(),
+            to: "admin".into(),
+        }
+        .into(),
+        UserErased {
+            user_id: USER.into(),
+        }
+        .into(),
+        LoginSucceeded {
+            user_id: USER.into(),
+            method: "password".into(),
+            session_id: "ses_0197a3c1f0d27c4e8b1a9d6e5f403a40".into(),
+            source_ip: Some(sealed(&user_subject, "198.51.100.7")),
+            user_agent: Some(sealed(&user_subject, "Mozilla/5.0 (Macintosh)")),
+        }
+        .into(),
+        LoginFailed {
+            user_id: Some(USER.into()),
+            username: Some(sealed(&user_subject, "alice")),
+            reason: LoginFailure::BadPassword,
+            source_ip: Some(sealed(&user_subject, "198.51.100.7")),
+            user_agent: Some(sealed(&user_subject, "Mozilla/5.0 (Macintosh)")),
+        }
+        .into(),
+        ConsentGranted {
+            grant_id: GRANT.into(),
+            user_id: USER.into(),
+            client_id: CLIENT.into(),
+            resource: RESOURCE.into(),
+            scopes: scopes.clone(),
+            prompted: true,
+        }
+        .into(),
+        ConsentDenied {
+            user_id: USER.into(),
+            client_id: CLIENT.into(),
+            resource: RESOURCE.into(),
+            scopes: scopes.clone(),
+        }
+        .into(),
+        CodeIssued {
+            family_id: FAMILY.into(),
+            grant_id: GRANT.into(),
+            client_id: CLIENT.into(),
+            user_id: USER.into(),
+            resource: RESOURCE.into(),
+            scopes: scopes.clone(),
+            code_digest: digest("code"),
+            redirect_uri: "http://127.0.0.1:53682/callback".into(),
+            code_challenge: "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM".into(),
+            expires_at: ts(60),
+        }
+        .into(),
+        CodeRedeemed {
+            family_id: FAMILY.into(),
+            code_digest: digest("code"),
+            client_id: CLIENT.into(),
+        }
+        .into(),
+        CodeReplayed {
+            family_id: FAMILY.into(),
+            code_digest: digest("code"),
+            client_id: CLIENT.into(),
+        }
+        .into(),
+        TokenIssued {
+            family_id: Some(FAMILY.into()),
+            grant_type: GrantType::AuthorizationCode,
+            client_id: CLIENT.into(),
+            user_id: Some(USER.into()),
+            resource: RESOURCE.into(),
+            scopes: scopes.clone(),
+            access: access(),
+            refresh: Some(refresh()),
+        }
+        .into(),
+        TokenRefreshed {
+            family_id: FAMILY.into(),
+            client_id: CLIENT.into(),
+            user_id: USER.into(),
+            resource: RESOURCE.into(),
+            scopes: vec!["demo.read".into()],
+            rotated_refresh_id: "rt_0197a3c1f0d27c4e8b1a9d6e5f403a31".into(),
+            access: access(),
+            refresh: refresh(),
+        }
+        .into(),
+        TokenRevoked {
+            token_id: "at_0197a3c1f0d27c4e8b1a9d6e5f403a30".into(),
+            token_kind: TokenKind::Access,
+            family_id: Some(FAMILY.into()),
+            reason: "revoked by client (RFC 7009)".into(),
+        }
+        .into(),
+        RefreshReuseDetected {
+            family_id: FAMILY.into(),
+            refresh_token_id: "rt_0197a3c1f0d27c4e8b1a9d6e5f403a31".into(),
+            client_id: CLIENT.into(),
+            rotated_at: ts(120),
+            grace_seconds: 10,
+        }
+        .into(),
+        FamilyRevoked {
+            family_id: FAMILY.into(),
+            reason: "refresh token revoked".into(),
+        }
+        .into(),
+        GrantRevoked {
+            grant_id: GRANT.into(),
+            user_id: USER.into(),
+            client_id: CLIENT.into(),
+            reason: "revoked by user".into(),
+        }
+        .into(),
+        PatCreated {
+            pat_id: "pat_0197a3c1f0d27c4e8b1a9d6e5f403a50".into(),
+            user_id: USER.into(),
+            name: "CI deploy".into(),
+            resource: RESOURCE.into(),
+            scopes: vec!["demo.read".into()],
+            prefix: "glp_3kQ9".into(),
+            digest: digest("glp_sample"),
+            expires_at: Some(ts(90 * 86_400)),
+        }
+        .into(),
+        PatRevoked {
+            pat_id: "pat_0197a3c1f0d27c4e8b1a9d6e5f403a50".into(),
+            user_id: USER.into(),
+            reason: "revoked by user".into(),
+        }
+        .into(),
+        ToolListed {
+            request_id: "req_0197a3c1f0d27c4e8b1a9d6e5f403a60".into(),
+            resource: RESOURCE.into(),
+            user_id: Some(USER.into()),
+            client_id: Some(CLIENT.into()),
+            credential: cred.clone(),
+            outcome: ToolOutcome::Ok,
+            tools_returned: 4,
+            duration_us: 812,
+            session_id: Some("mcp-session-5b2f".into()),
+        }
+        .into(),
+        ToolCalled {
+            request_id: "req_0197a3c1f0d27c4e8b1a9d6e5f403a61".into(),
+            resource: RESOURCE.into(),
+            tool: "search_documents".into(),
+            user_id: Some(USER.into()),
+            client_id: Some(CLIENT.into()),
+            credential: cred.clone(),
+            outcome: ToolOutcome::Denied,
+            reason: Some("insufficient_scope".into()),
+            error_code: Some(-32003),
+            duration_us: 1432,
+            arguments_digest: digest("{\"query\":\"q3 numbers\"}"),
+            intent: Some("summarise the quarterly report".into()),
+            source_ip: Some(sealed(&user_subject, "198.51.100.7")),
+        }
+        .into(),
+        AuthorizationDenied {
+            request_id: "req_0197a3c1f0d27c4e8b1a9d6e5f403a62".into(),
+            resource: RESOURCE.into(),
+            user_id: Some(USER.into()),
+            client_id: Some(CLIENT.into()),
+            credential: Some(cred),
+            reason: "insufficient_scope".into(),
+            required_scopes: vec!["demo.write".into()],
+            method: "tools/call".into(),
+            tool: Some("delete_document".into()),
+        }
+        .into(),
+        RateLimitExceeded {
+            resource: RESOURCE.into(),
+            bucket: RateBucket::UserWrite,
+            subject: USER.into(),
+            window_start: ts(600),
+            window_seconds: 60,
+            limit: 30,
+            rejected: 17,
+        }
+        .into(),
+        SigningKeyRotated {
+            purpose: KeyPurpose::AccessToken,
+            key_id: "k_2026_11".into(),
+            algorithm: "EdDSA".into(),
+            public_key: "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo".into(),
+            previous_key_id: Some("k_2026_10".into()),
+        }
+        .into(),
+        PolicyChanged {
+            policy: "registration".into(),
+            changes: vec![PolicyChange {
+                setting: "mode".into(),
+                from: Some("open".into()),
+                to: Some("allowlist".into()),
+            }],
+        }
+        .into(),
+    ]
+}
+
+/// A sample event with envelope: `seq`, `version` and `time` as given.
+pub fn envelope(seq: u64, payload: Payload) -> Envelope {
+    Envelope {
+        seq,
+        id: uuid::Uuid::from_u128(0x0197_a3c1_f0d2_7c4e_8b1a_9d6e_5f40_0000 + seq as u128),
+        time: ts(seq as i64),
+        stream: stream_for(&payload),
+        version: 1,
+        actor: Actor::User { id: USER.into() },
+        tenant: Some("acme".into()),
+        payload,
+    }
+}

@@ -1,0 +1,295 @@
+//! Verification of a stored ledger, row by row: every hash, column/body agreement, seq
+//! contiguity, the chain links, every checkpoint signature and root, and the tail against the
+//! newest checkpoint. Pure: the store feeds rows in seq order.
+
+use crate::checkpoint::{Checkpoint, CheckpointError, NoteVerifier};
+use crate::merkle::Frontier;
+use crate::{GENESIS, Hash, chain_hash, codec};
+use std::fmt;
+use uuid::Uuid;
+
+/// One `events` row as stored, before anything is trusted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawRow {
+    pub seq: i64,
+    pub id: Uuid,
+    pub time: i64,
+    pub stream: String,
+    pub version: i64,
+    pub kind: String,
+    pub body: Vec<u8>,
+    pub prev_hash: Vec<u8>,
+    pub hash: Vec<u8>,
+}
+
+/// One `checkpoints` row as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawCheckpoint {
+    pub tree_size: i64,
+    pub root: Vec<u8>,
+    pub note: String,
+}
+
+/// What is wrong, and where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Problem {
+    /// Rows are missing: `expected` should have come next, `found` came instead.
+    MissingRows { found: u64 },
+    /// The row at this seq holds the body of another event.
+    Reordered { holds: u64 },
+    /// A column disagrees with the body it indexes.
+    ColumnMismatch { column: &'static str },
+    /// The body does not decode.
+    MalformedBody { error: String },
+    /// The stored hash is not the hash of the stored body: the body (or the hash) was changed.
+    BodyChanged,
+    /// `prev_hash` is not the previous event's hash.
+    ChainBroken,
+    /// A checkpoint's signature does not verify or is by an unknown key.
+    CheckpointSignature { size: u64, error: String },
+    /// A checkpoint's root does not match the events it covers: events after the previous
+    /// good checkpoint were rewritten (and re-chained).
+    CheckpointRoot { size: u64 },
+    /// The ledger ends before the newest signed checkpoint.
+    Truncated { checkpoint_size: u64, events: u64 },
+}
+
+/// The first thing found wrong: the seq it concerns and the problem.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    pub seq: u64,
+    pub problem: Problem,
+}
+
+impl fmt::Display for Finding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let seq = self.seq;
+        match &self.problem {
+            Problem::MissingRows { found } => write!(
+                f,
+                "seq {seq}: missing row (expected seq {seq}, next row is seq {found})"
+            ),
+            Problem::Reordered { holds } => write!(
+                f,
+                "seq {seq}: reordered rows (the row at seq {seq} holds the body of seq {holds})"
+            ),
+            Problem::ColumnMismatch { column } => write!(
+                f,
+                "seq {seq}: column `{column}` disagrees with the body (row altered)"
+            ),
+            Problem::MalformedBody { error } => write!(f, "seq {seq}: malformed body: {error}"),
+            Problem::BodyChanged => write!(
+                f,
+                "seq {seq}: changed body (hash does not match the stored bytes)"
+            ),
+            Problem::ChainBroken => write!(
+                f,
+                "seq {seq}: broken chain (prev_hash is not the hash of seq {})",
+                seq.saturating_sub(1)
+            ),
+            Problem::CheckpointSignature { size, error } => {
+                write!(f, "seq {seq}: bad checkpoint signature at tree size {size}: {error}")
+            }
+            Problem::CheckpointRoot { size } => write!(
+                f,
+                "seq {seq}: checkpoint at tree size {size} does not match the events \
+                 (events from seq {seq} to {size} were rewritten)"
+            ),
+            Problem::Truncated {
+                checkpoint_size,
+                events,
+            } => write!(
+                f,
+                "seq {seq}: truncated tail (ledger ends at seq {events}, \
+                 but a signed checkpoint covers {checkpoint_size} events)"
+            ),
+        }
+    }
+}
+
+/// What an intact ledger looks like.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Summary {
+    pub events: u64,
+    pub checkpoints: u64,
+    pub head: Hash,
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "ok: {} events, {} checkpoints, head {}",
+            self.events, self.checkpoints, self.head
+        )
+    }
+}
+
+/// The checks on one row that need nothing but the row: body decodes, columns agree with it,
+/// stored hash is the hash of the stored body over the stored `prev_hash`. Independent per row,
+/// so a caller may run them in parallel.
+pub fn check_row(row: &RawRow) -> Result<Hash, Problem> {
+    let header = codec::decode_header(&row.body).map_err(|e| Problem::MalformedBody {
+        error: e.to_string(),
+    })?;
+    if header.seq as i64 != row.seq {
+        return Err(Problem::Reordered { holds: header.seq });
+    }
+    let mismatch = |column| Err(Problem::ColumnMismatch { column });
+    if header.id != row.id {
+        return mismatch("id");
+    }
+    if header.time.0 != row.time {
+        return mismatch("time");
+    }
+    if header.stream.as_str() != row.stream {
+        return mismatch("stream");
+    }
+    if header.version as i64 != row.version {
+        return mismatch("version");
+    }
+    if header.kind != row.kind {
+        return mismatch("kind");
+    }
+    let prev = Hash::from_slice(&row.prev_hash).ok_or(Problem::ChainBroken)?;
+    let stored = Hash::from_slice(&row.hash).ok_or(Problem::BodyChanged)?;
+    if chain_hash(&prev, &row.body) != stored {
+        return Err(Problem::BodyChanged);
+    }
+    Ok(stored)
+}
+
+struct PendingCheckpoint {
+    size: u64,
+    verdict: Result<Hash, String>,
+}
+
+/// Walks the rows in seq order and reports the first problem.
+pub struct ChainVerifier {
+    next_seq: u64,
+    prev: Hash,
+    frontier: Frontier,
+    pending: std::collections::VecDeque<PendingCheckpoint>,
+    checkpoints: u64,
+    newest_signed: u64,
+    last_good: u64,
+}
+
+impl ChainVerifier {
+    /// Starts from genesis with the stored checkpoints and the keys trusted to sign them.
+    pub fn new(mut checkpoints: Vec<RawCheckpoint>, trusted: &[NoteVerifier]) -> Self {
+        checkpoints.sort_by_key(|c| c.tree_size);
+        let count = checkpoints.len() as u64;
+        let mut newest_signed = 0;
+        let pending = checkpoints
+            .into_iter()
+            .map(|c| {
+                let size = c.tree_size.max(0) as u64;
+                let verdict = match Checkpoint::open(&c.note, trusted) {
+                    Ok(cp) if cp.size != size => Err("tree_size column disagrees with the note".into()),
+                    Ok(cp) if Some(cp.root) != Hash::from_slice(&c.root) => {
+                        Err("root column disagrees with the note".into())
+                    }
+                    Ok(cp) => {
+                        newest_signed = newest_signed.max(size);
+                        Ok(cp.root)
+                    }
+                    Err(CheckpointError::UnknownSigner) => {
+                        Err("not signed by a trusted key (forged?)".into())
+                    }
+                    Err(e) => Err(e.to_string()),
+                };
+                PendingCheckpoint { size, verdict }
+            })
+            .collect();
+        ChainVerifier {
+            next_seq: 1,
+            prev: GENESIS,
+            frontier: Frontier::new(),
+            pending,
+            checkpoints: count,
+            newest_signed,
+            last_good: 0,
+        }
+    }
+
+    /// Checks the next row; `own` is [`check_row`]'s result for it (computed here when `None`).
+    pub fn push(&mut self, row: &RawRow, own: Option<Result<Hash, Problem>>) -> Result<(), Finding> {
+        let seq = self.next_seq;
+        let at = |problem| Finding { seq, problem };
+        if row.seq != seq as i64 {
+            if row.seq > seq as i64 {
+                return Err(at(Problem::MissingRows {
+                    found: row.seq as u64,
+                }));
+            }
+            return Err(at(Problem::Reordered {
+                holds: row.seq.max(0) as u64,
+            }));
+        }
+        let hash = own.unwrap_or_else(|| check_row(row)).map_err(at)?;
+        if row.prev_hash.as_slice() != self.prev.0.as_slice() {
+            return Err(at(Problem::ChainBroken));
+        }
+        self.frontier.push(&hash);
+        self.prev = hash;
+        self.next_seq += 1;
+        while self.pending.front().is_some_and(|cp| cp.size <= seq) {
+            let Some(cp) = self.pending.pop_front() else {
+                break;
+            };
+            if cp.size < seq {
+                continue; // size 0 (or duplicate) checkpoints say nothing about events
+            }
+            match cp.verdict {
+                Err(error) => {
+                    return Err(at(Problem::CheckpointSignature {
+                        size: cp.size,
+                        error,
+                    }));
+                }
+                Ok(root) if root != self.frontier.root() => {
+                    return Err(Finding {
+                        seq: self.last_good + 1,
+                        problem: Problem::CheckpointRoot { size: cp.size },
+                    });
+                }
+                Ok(_) => self.last_good = cp.size,
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends the walk: the ledger must reach every signed checkpoint.
+    pub fn finish(self) -> Result<Summary, Finding> {
+        let events = self.next_seq - 1;
+        if self.newest_signed > events {
+            return Err(Finding {
+                seq: events + 1,
+                problem: Problem::Truncated {
+                    checkpoint_size: self.newest_signed,
+                    events,
+                },
+            });
+        }
+        if let Some(cp) = self.pending.into_iter().find(|c| c.verdict.is_err()) {
+            return Err(Finding {
+                seq: cp.size,
+                problem: Problem::CheckpointSignature {
+                    size: cp.size,
+                    error: cp.verdict.err().unwrap_or_default(),
+                },
+            });
+        }
+        Ok(Summary {
+            events,
+            checkpoints: self.checkpoints,
+            head: self.prev,
+        })
+    }
+
+    /// Events accepted so far.
+    pub fn events(&self) -> u64 {
+        self.next_seq - 1
+    }
+}

@@ -1,0 +1,99 @@
+//! Bodies decode exactly what was encoded; anything else is an error, never a panic.
+
+use grantline_ledger::{decode, decode_header, encode, samples};
+use proptest::prelude::*;
+
+fn sample_bodies() -> Vec<Vec<u8>> {
+    samples::all()
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| encode(&samples::envelope(i as u64 + 1, p)).expect("encode"))
+        .collect()
+}
+
+#[test]
+fn every_truncation_of_every_sample_is_an_error() {
+    for body in sample_bodies() {
+        for cut in 0..body.len() {
+            assert!(decode(&body[..cut]).is_err(), "prefix of {cut} bytes decoded");
+            assert!(decode_header(&body[..cut]).is_err(), "header of {cut} bytes decoded");
+        }
+        let mut longer = body.clone();
+        longer.push(0);
+        assert!(decode(&longer).is_err(), "trailing byte accepted");
+    }
+}
+
+#[test]
+fn header_matches_full_decode() {
+    for body in sample_bodies() {
+        let env = decode(&body).expect("decode");
+        let h = decode_header(&body).expect("header");
+        assert_eq!(
+            (h.seq, h.id, h.time, h.stream.clone(), h.version, h.kind.as_str()),
+            (env.seq, env.id, env.time, env.stream.clone(), env.version, env.kind().as_str())
+        );
+    }
+}
+
+#[test]
+fn hostile_shapes_are_errors() {
+    let cases: Vec<Vec<u8>> = vec![
+        vec![],
+        vec![0xff],
+        // A map claiming 2^32 entries.
+        vec![0xba, 0xff, 0xff, 0xff, 0xff],
+        // A byte string claiming 2^63 bytes.
+        vec![0xbb, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff],
+        // Deep nesting: 10,000 nested arrays.
+        vec![0x81; 10_000],
+        // A map whose "payload" comes before "kind".
+        {
+            let mut v = vec![0xa2];
+            ciborium::into_writer(&"payload", &mut v).unwrap();
+            v.push(0xa0);
+            ciborium::into_writer(&"kind", &mut v).unwrap();
+            ciborium::into_writer(&"user.erased", &mut v).unwrap();
+            v
+        },
+    ];
+    for c in cases {
+        assert!(decode(&c).is_err());
+        assert!(decode_header(&c).is_err());
+    }
+}
+
+#[test]
+fn unknown_kind_and_mismatched_payload_are_errors() {
+    let body = sample_bodies().remove(0);
+    let text = body.clone();
+    // Replace the kind string "client.registered" with another valid-looking but unknown one.
+    let needle = b"client.registered";
+    let pos = text.windows(needle.len()).position(|w| w == needle).expect("kind in body");
+    let mut unknown = text.clone();
+    unknown[pos..pos + needle.len()].copy_from_slice(b"client.registerex");
+    assert!(decode(&unknown).is_err());
+    let mut other = text.clone();
+    other[pos..pos + needle.len()].copy_from_slice(b"client.disabled\0\0");
+    assert!(decode(&other).is_err());
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let _ = decode(&bytes);
+        let _ = decode_header(&bytes);
+    }
+
+    #[test]
+    fn mutated_bodies_never_panic(i in 0usize..30, pos in any::<prop::sample::Index>(), byte in any::<u8>()) {
+        let mut bodies = sample_bodies();
+        let body = &mut bodies[i % 30];
+        let p = pos.index(body.len());
+        body[p] = byte;
+        let _ = decode(body);
+        let _ = decode_header(body);
+    }
+}

@@ -1,0 +1,307 @@
+//! The one fold: every event kind has one arm here.
+
+use crate::rules;
+use crate::*;
+use grantline_ledger::{Payload, Recorded};
+use std::collections::BTreeSet;
+
+fn scopes(v: &[String]) -> BTreeSet<String> {
+    v.iter().cloned().collect()
+}
+
+/// Folds `events` (in seq order) into a fresh state.
+pub fn fold<'a>(events: impl IntoIterator<Item = &'a Recorded>) -> State {
+    let mut s = State::default();
+    for e in events {
+        apply(&mut s, e);
+    }
+    s
+}
+
+/// Applies one event. Events for unknown aggregates are ignored rather than panicking: the
+/// ledger is the truth and the projection must be able to fold any prefix of it.
+pub fn apply(state: &mut State, event: &Recorded) {
+    let at = event.time();
+    let seq = event.seq();
+    state.seq = seq;
+    state.time = at;
+    match event.payload() {
+        Payload::ClientRegistered(e) => {
+            state.clients.insert(
+                e.client_id.clone(),
+                Client {
+                    client_id: e.client_id.clone(),
+                    client_name: e.client_name.clone(),
+                    method: e.method,
+                    application_type: e.application_type,
+                    auth_method: e.token_endpoint_auth_method,
+                    redirect_uris: e.redirect_uris.clone(),
+                    grant_types: e.grant_types.clone(),
+                    scope: e.scope.clone(),
+                    secret_digest: e.secret_digest.clone(),
+                    registered_at: at,
+                    expires_at: e.expires_at,
+                    used: false,
+                    disabled: false,
+                    expired: false,
+                },
+            );
+        }
+        Payload::ClientUpdated(e) => {
+            if let Some(c) = state.clients.get_mut(&e.client_id) {
+                if let Some(v) = &e.client_name {
+                    c.client_name = v.clone();
+                }
+                if let Some(v) = &e.redirect_uris {
+                    c.redirect_uris = v.clone();
+                }
+                if let Some(v) = &e.grant_types {
+                    c.grant_types = v.clone();
+                }
+                if let Some(v) = &e.scope {
+                    c.scope = Some(v.clone());
+                }
+                if let Some(v) = &e.secret_digest {
+                    c.secret_digest = Some(v.clone());
+                }
+            }
+        }
+        Payload::ClientDisabled(e) => {
+            if let Some(c) = state.clients.get_mut(&e.client_id) {
+                c.disabled = true;
+            }
+        }
+        Payload::ClientExpired(e) => {
+            if let Some(c) = state.clients.get_mut(&e.client_id) {
+                c.expired = true;
+            }
+        }
+        Payload::RegistrationRejected(_) => {}
+        Payload::UserCreated(e) => {
+            state.users.insert(
+                e.user_id.clone(),
+                User {
+                    user_id: e.user_id.clone(),
+                    role: e.role.clone(),
+                    disabled: false,
+                    erased: false,
+                    created_at: at,
+                    last_login: None,
+                },
+            );
+        }
+        Payload::UserDisabled(e) => {
+            if let Some(u) = state.users.get_mut(&e.user_id) {
+                u.disabled = true;
+            }
+        }
+        Payload::UserRoleChanged(e) => {
+            if let Some(u) = state.users.get_mut(&e.user_id) {
+                u.role = e.to.clone();
+            }
+        }
+        Payload::UserErased(e) => {
+            if let Some(u) = state.users.get_mut(&e.user_id) {
+                u.erased = true;
+            }
+        }
+        Payload::LoginSucceeded(e) => {
+            if let Some(u) = state.users.get_mut(&e.user_id) {
+                u.last_login = Some(at);
+            }
+        }
+        Payload::LoginFailed(_) | Payload::ConsentDenied(_) => {}
+        Payload::ConsentGranted(e) => {
+            let g = state.grants.entry(e.grant_id.clone()).or_insert_with(|| Grant {
+                grant_id: e.grant_id.clone(),
+                user_id: e.user_id.clone(),
+                client_id: e.client_id.clone(),
+                resource: e.resource.clone(),
+                scopes: BTreeSet::new(),
+                granted_at: at,
+                revoked: false,
+                families: Vec::new(),
+            });
+            g.scopes.extend(e.scopes.iter().cloned());
+        }
+        Payload::CodeIssued(e) => {
+            state.families.insert(
+                e.family_id.clone(),
+                Family {
+                    family_id: e.family_id.clone(),
+                    grant_id: e.grant_id.clone(),
+                    client_id: e.client_id.clone(),
+                    user_id: e.user_id.clone(),
+                    resource: e.resource.clone(),
+                    scopes: scopes(&e.scopes),
+                    created_at: at,
+                    revoked: None,
+                },
+            );
+            if let Some(g) = state.grants.get_mut(&e.grant_id) {
+                g.families.push(e.family_id.clone());
+            }
+            if let Some(c) = state.clients.get_mut(&e.client_id) {
+                c.used = true;
+                c.expires_at = None;
+            }
+            state.codes.insert(
+                e.code_digest.clone(),
+                Code {
+                    family_id: e.family_id.clone(),
+                    client_id: e.client_id.clone(),
+                    redirect_uri: e.redirect_uri.clone(),
+                    code_challenge: e.code_challenge.clone(),
+                    expires_at: e.expires_at,
+                    redeemed: false,
+                },
+            );
+        }
+        Payload::CodeRedeemed(e) => {
+            if let Some(c) = state.codes.get_mut(&e.code_digest) {
+                c.redeemed = true;
+            }
+        }
+        Payload::CodeReplayed(e) => rules::on_code_replayed(state, &e.family_id, at, seq),
+        Payload::TokenIssued(e) => {
+            state
+                .access_by_id
+                .insert(e.access.token_id.clone(), e.access.digest.clone());
+            state.access_tokens.insert(
+                e.access.digest.clone(),
+                AccessToken {
+                    token_id: e.access.token_id.clone(),
+                    family_id: e.family_id.clone(),
+                    client_id: e.client_id.clone(),
+                    user_id: e.user_id.clone(),
+                    resource: e.resource.clone(),
+                    scopes: scopes(&e.scopes),
+                    format: e.access.format,
+                    expires_at: e.access.expires_at,
+                    revoked: false,
+                },
+            );
+            if let (Some(r), Some(f)) = (&e.refresh, &e.family_id) {
+                insert_refresh(state, r, f);
+            }
+        }
+        Payload::TokenRefreshed(e) => {
+            if let Some(old) = state.refresh_by_id.get(&e.rotated_refresh_id).cloned() {
+                if let Some(t) = state.refresh_tokens.get_mut(&old) {
+                    t.rotated_at.get_or_insert(at);
+                }
+            }
+            state
+                .access_by_id
+                .insert(e.access.token_id.clone(), e.access.digest.clone());
+            state.access_tokens.insert(
+                e.access.digest.clone(),
+                AccessToken {
+                    token_id: e.access.token_id.clone(),
+                    family_id: Some(e.family_id.clone()),
+                    client_id: e.client_id.clone(),
+                    user_id: Some(e.user_id.clone()),
+                    resource: e.resource.clone(),
+                    scopes: scopes(&e.scopes),
+                    format: e.access.format,
+                    expires_at: e.access.expires_at,
+                    revoked: false,
+                },
+            );
+            insert_refresh(state, &e.refresh, &e.family_id);
+        }
+        Payload::TokenRevoked(e) => match e.token_kind {
+            grantline_ledger::TokenKind::Access => {
+                if let Some(d) = state.access_by_id.get(&e.token_id).cloned() {
+                    if let Some(t) = state.access_tokens.get_mut(&d) {
+                        t.revoked = true;
+                    }
+                }
+            }
+            grantline_ledger::TokenKind::Refresh => {
+                if let Some(d) = state.refresh_by_id.get(&e.token_id).cloned() {
+                    if let Some(t) = state.refresh_tokens.get_mut(&d) {
+                        t.revoked = true;
+                    }
+                }
+            }
+        },
+        Payload::RefreshReuseDetected(e) => rules::on_reuse_detected(state, &e.family_id, at, seq),
+        Payload::FamilyRevoked(e) => rules::revoke_family(state, &e.family_id, at, seq, &e.reason),
+        Payload::GrantRevoked(e) => rules::on_grant_revoked(state, &e.grant_id, at, seq, &e.reason),
+        Payload::PatCreated(e) => {
+            state.pat_by_digest.insert(e.digest.clone(), e.pat_id.clone());
+            state.pats.insert(
+                e.pat_id.clone(),
+                Pat {
+                    pat_id: e.pat_id.clone(),
+                    user_id: e.user_id.clone(),
+                    name: e.name.clone(),
+                    resource: e.resource.clone(),
+                    scopes: scopes(&e.scopes),
+                    prefix: e.prefix.clone(),
+                    created_at: at,
+                    expires_at: e.expires_at,
+                    revoked: None,
+                },
+            );
+        }
+        Payload::PatRevoked(e) => {
+            if let Some(p) = state.pats.get_mut(&e.pat_id) {
+                p.revoked.get_or_insert(Revocation {
+                    at,
+                    seq,
+                    reason: e.reason.clone(),
+                });
+            }
+        }
+        // Tool traffic, denials and rate limits are audit facts; they change no state.
+        Payload::ToolListed(_)
+        | Payload::ToolCalled(_)
+        | Payload::AuthorizationDenied(_)
+        | Payload::RateLimitExceeded(_) => {}
+        Payload::SigningKeyRotated(e) => {
+            if let Some(prev) = &e.previous_key_id {
+                if let Some(k) = state.signing_keys.get_mut(prev) {
+                    k.retired = true;
+                }
+            }
+            state.signing_keys.insert(
+                e.key_id.clone(),
+                SigningKey {
+                    key_id: e.key_id.clone(),
+                    purpose: e.purpose,
+                    public_key: e.public_key.clone(),
+                    introduced_at: at,
+                    retired: false,
+                },
+            );
+        }
+        Payload::PolicyChanged(e) => {
+            let p = state.policies.entry(e.policy.clone()).or_default();
+            for c in &e.changes {
+                match &c.to {
+                    Some(v) => p.insert(c.setting.clone(), v.clone()),
+                    None => p.remove(&c.setting),
+                };
+            }
+        }
+    }
+}
+
+fn insert_refresh(state: &mut State, r: &grantline_ledger::RefreshTokenRecord, family: &str) {
+    state
+        .refresh_by_id
+        .insert(r.token_id.clone(), r.digest.clone());
+    state.refresh_tokens.insert(
+        r.digest.clone(),
+        RefreshToken {
+            token_id: r.token_id.clone(),
+            family_id: family.to_string(),
+            expires_at: r.expires_at,
+            absolute_expires_at: r.absolute_expires_at,
+            rotated_at: None,
+            revoked: false,
+        },
+    );
+}

@@ -1,0 +1,187 @@
+//! The in-memory read model. Wire types live in `grantline-ledger`; these are separate so a
+//! change to one does not silently change the other.
+
+use grantline_ledger::{
+    ApplicationType, AuthMethod, GrantType, RegistrationMethod, Timestamp, TokenFormat,
+};
+use std::collections::{BTreeSet, HashMap};
+
+/// Everything Grantline knows now, folded from the ledger up to `seq`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct State {
+    /// The last event folded.
+    pub seq: u64,
+    pub time: Timestamp,
+    pub clients: HashMap<String, Client>,
+    pub users: HashMap<String, User>,
+    pub grants: HashMap<String, Grant>,
+    pub families: HashMap<String, Family>,
+    /// Authorization codes by digest.
+    pub codes: HashMap<String, Code>,
+    /// Access tokens by digest.
+    pub access_tokens: HashMap<String, AccessToken>,
+    /// Access token id → digest.
+    pub access_by_id: HashMap<String, String>,
+    /// Refresh tokens by digest.
+    pub refresh_tokens: HashMap<String, RefreshToken>,
+    /// Refresh token id → digest, for events that name a token by id.
+    pub refresh_by_id: HashMap<String, String>,
+    pub pats: HashMap<String, Pat>,
+    /// Personal access token digest → id.
+    pub pat_by_digest: HashMap<String, String>,
+    /// Signing keys by id, old ones included (they stay published).
+    pub signing_keys: HashMap<String, SigningKey>,
+    pub policies: HashMap<String, HashMap<String, String>>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Client {
+    pub client_id: String,
+    pub client_name: String,
+    pub method: RegistrationMethod,
+    pub application_type: ApplicationType,
+    pub auth_method: AuthMethod,
+    pub redirect_uris: Vec<String>,
+    pub grant_types: Vec<GrantType>,
+    pub scope: Option<String>,
+    pub secret_digest: Option<String>,
+    pub registered_at: Timestamp,
+    /// When an unused dynamic registration ages out (cleared by its first authorization).
+    pub expires_at: Option<Timestamp>,
+    pub used: bool,
+    pub disabled: bool,
+    pub expired: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct User {
+    pub user_id: String,
+    pub role: String,
+    pub disabled: bool,
+    pub erased: bool,
+    pub created_at: Timestamp,
+    pub last_login: Option<Timestamp>,
+}
+
+/// A user's consent to a client for one resource.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Grant {
+    pub grant_id: String,
+    pub user_id: String,
+    pub client_id: String,
+    pub resource: String,
+    pub scopes: BTreeSet<String>,
+    pub granted_at: Timestamp,
+    pub revoked: bool,
+    pub families: Vec<String>,
+}
+
+/// Every token descended from one authorization code.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Family {
+    pub family_id: String,
+    pub grant_id: String,
+    pub client_id: String,
+    pub user_id: String,
+    pub resource: String,
+    pub scopes: BTreeSet<String>,
+    pub created_at: Timestamp,
+    pub revoked: Option<Revocation>,
+}
+
+/// Why and when something was revoked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Revocation {
+    pub at: Timestamp,
+    pub seq: u64,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Code {
+    pub family_id: String,
+    pub client_id: String,
+    pub redirect_uri: String,
+    pub code_challenge: String,
+    pub expires_at: Timestamp,
+    pub redeemed: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccessToken {
+    pub token_id: String,
+    pub family_id: Option<String>,
+    pub client_id: String,
+    pub user_id: Option<String>,
+    pub resource: String,
+    pub scopes: BTreeSet<String>,
+    pub format: TokenFormat,
+    pub expires_at: Timestamp,
+    pub revoked: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RefreshToken {
+    pub token_id: String,
+    pub family_id: String,
+    pub expires_at: Timestamp,
+    pub absolute_expires_at: Timestamp,
+    /// When it was exchanged for a successor; presenting it after the grace period is reuse.
+    pub rotated_at: Option<Timestamp>,
+    pub revoked: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pat {
+    pub pat_id: String,
+    pub user_id: String,
+    pub name: String,
+    pub resource: String,
+    pub scopes: BTreeSet<String>,
+    pub prefix: String,
+    pub created_at: Timestamp,
+    pub expires_at: Option<Timestamp>,
+    pub revoked: Option<Revocation>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SigningKey {
+    pub key_id: String,
+    pub purpose: grantline_ledger::KeyPurpose,
+    pub public_key: String,
+    pub introduced_at: Timestamp,
+    pub retired: bool,
+}
+
+impl State {
+    /// Whether the family exists and is not revoked (directly, or through its grant).
+    pub fn family_live(&self, family_id: &str) -> bool {
+        self.families.get(family_id).is_some_and(|f| {
+            f.revoked.is_none() && self.grants.get(&f.grant_id).is_none_or(|g| !g.revoked)
+        })
+    }
+
+    /// The access token with this digest, if it is usable at `now`: not expired, not revoked,
+    /// its family, client and user all live.
+    pub fn live_access_token(&self, digest: &str, now: Timestamp) -> Option<&AccessToken> {
+        let t = self.access_tokens.get(digest)?;
+        let ok = !t.revoked
+            && t.expires_at > now
+            && t.family_id.as_deref().is_none_or(|f| self.family_live(f))
+            && self.clients.get(&t.client_id).is_some_and(|c| !c.disabled && !c.expired)
+            && t
+                .user_id
+                .as_deref()
+                .is_none_or(|u| self.users.get(u).is_some_and(|u| !u.disabled));
+        ok.then_some(t)
+    }
+
+    /// Live personal access tokens of a user.
+    pub fn live_pat(&self, digest: &str, now: Timestamp) -> Option<&Pat> {
+        let p = self.pats.get(self.pat_by_digest.get(digest)?)?;
+        let ok = p.revoked.is_none()
+            && p.expires_at.is_none_or(|e| e > now)
+            && self.users.get(&p.user_id).is_some_and(|u| !u.disabled);
+        ok.then_some(p)
+    }
+}

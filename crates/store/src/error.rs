@@ -1,0 +1,31 @@
+use grantline_ledger::{ExpectedVersion, StreamId};
+
+/// Errors of the store. `Conflict` is the optimistic-concurrency answer (reload, decide again);
+/// `Unavailable` means the ledger could not write and the caller must fail closed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("stream {stream} is at version {actual}, the decision expected {expected}")]
+    Conflict {
+        stream: StreamId,
+        expected: ExpectedVersion,
+        actual: u64,
+    },
+    #[error("the ledger cannot append: {0}")]
+    Unavailable(String),
+    #[error("invalid append: {0}")]
+    Invalid(String),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("bad database URL {0:?}: expected sqlite:PATH or postgres://…")]
+    BadUrl(String),
+    #[error("ledger row at seq {seq} is not intact: {problem}")]
+    Corrupt { seq: u64, problem: String },
+    #[error("checkpoint key: {0}")]
+    Key(String),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;

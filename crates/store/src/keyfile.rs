@@ -1,0 +1,69 @@
+//! The checkpoint signing key: from `GRANTLINE_CHECKPOINT_KEY`, or a 0600 file in the data
+//! directory created on first start. Its public half is printable (`grantline key show`).
+
+use crate::{Result, StoreError};
+use grantline_ledger::NoteSigner;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Environment variable holding a signed-note private key (`PRIVATE+KEY+name+id+key`).
+pub const KEY_ENV: &str = "GRANTLINE_CHECKPOINT_KEY";
+/// File name of the key inside the data directory.
+pub const KEY_FILE: &str = "checkpoint.key";
+/// Origin (and key name) of a new ledger unless configured.
+pub const DEFAULT_ORIGIN: &str = "grantline.localhost/ledger";
+
+pub fn key_path(data_dir: &Path) -> PathBuf {
+    data_dir.join(KEY_FILE)
+}
+
+/// Loads the signer from the environment or the key file, without creating anything.
+pub fn load_signer(data_dir: &Path) -> Result<Option<NoteSigner>> {
+    if let Ok(v) = std::env::var(KEY_ENV) {
+        return NoteSigner::parse(&v)
+            .map(Some)
+            .map_err(|e| StoreError::Key(format!("{KEY_ENV}: {e}")));
+    }
+    let path = key_path(data_dir);
+    if !path.exists() {
+        return Ok(None);
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path)?.permissions().mode();
+        if mode & 0o077 != 0 {
+            return Err(StoreError::Key(format!(
+                "{} is readable by others (mode {:o}); run chmod 600",
+                path.display(),
+                mode & 0o777
+            )));
+        }
+    }
+    let text = std::fs::read_to_string(&path)?;
+    NoteSigner::parse(&text)
+        .map(Some)
+        .map_err(|e| StoreError::Key(format!("{}: {e}", path.display())))
+}
+
+/// Loads the signer, or creates a new key file (mode 0600) named `origin` on first start.
+pub fn load_or_create_signer(data_dir: &Path, origin: &str) -> Result<NoteSigner> {
+    if let Some(s) = load_signer(data_dir)? {
+        return Ok(s);
+    }
+    std::fs::create_dir_all(data_dir)?;
+    let signer = NoteSigner::generate(origin).map_err(|e| StoreError::Key(e.to_string()))?;
+    let path = key_path(data_dir);
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(&path)?;
+    f.write_all(signer.to_private_string().as_bytes())?;
+    f.write_all(b"\n")?;
+    f.sync_all()?;
+    Ok(signer)
+}

@@ -1,0 +1,172 @@
+//! Per-subject keys for personal data (crypto-shredding). Keys live in `subject_keys`, outside
+//! the ledger; destroying one makes every value sealed under it unreadable while the chain,
+//! which only ever saw ciphertext, still verifies.
+
+use crate::database::{Pool, Store};
+use crate::{Result, StoreError};
+use grantline_ledger::{PiiError, Sealed, SubjectKey, Timestamp};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// Seals and opens personal data; erases subjects.
+#[derive(Clone)]
+pub struct Keyring {
+    pool: Pool,
+    cache: Arc<Mutex<HashMap<String, SubjectKey>>>,
+}
+
+impl Keyring {
+    pub fn new(store: &Store) -> Keyring {
+        Keyring {
+            pool: store.pool().clone(),
+            cache: Arc::default(),
+        }
+    }
+
+    fn cached(&self, subject: &str) -> Option<SubjectKey> {
+        self.cache.lock().ok()?.get(subject).cloned()
+    }
+
+    /// Seals `plaintext` for `subject`, creating the subject's key (durably) on first use.
+    /// Refused for an erased subject.
+    pub async fn seal(&self, subject: &str, plaintext: &str) -> Result<Sealed> {
+        let key = match self.cached(subject) {
+            Some(k) => k,
+            None => self.get_or_create(subject).await?,
+        };
+        Sealed::seal(&key, subject, plaintext).map_err(|e| StoreError::Key(e.to_string()))
+    }
+
+    async fn get_or_create(&self, subject: &str) -> Result<SubjectKey> {
+        if self.is_erased(subject).await? {
+            return Err(StoreError::Invalid(format!(
+                "subject {subject} was erased; no personal data may be stored for it"
+            )));
+        }
+        let fresh = SubjectKey::generate().map_err(|e| StoreError::Key(e.to_string()))?;
+        let now = Timestamp::now().0;
+        match &self.pool {
+            Pool::Sqlite(p) => {
+                sqlx::query(
+                    "INSERT INTO subject_keys (subject, key, created) VALUES (?, ?, ?) ON CONFLICT (subject) DO NOTHING",
+                )
+                .bind(subject)
+                .bind(fresh.0.as_slice())
+                .bind(now)
+                .execute(p)
+                .await?;
+            }
+            Pool::Postgres(p) => {
+                sqlx::query(
+                    "INSERT INTO subject_keys (subject, key) VALUES ($1, $2) ON CONFLICT (subject) DO NOTHING",
+                )
+                .bind(subject)
+                .bind(fresh.0.as_slice())
+                .execute(p)
+                .await?;
+            }
+        }
+        self.load(subject)
+            .await?
+            .ok_or_else(|| StoreError::Key(format!("key for {subject} vanished")))
+    }
+
+    async fn load(&self, subject: &str) -> Result<Option<SubjectKey>> {
+        if let Some(k) = self.cached(subject) {
+            return Ok(Some(k));
+        }
+        let bytes: Option<Vec<u8>> = match &self.pool {
+            Pool::Sqlite(p) => {
+                sqlx::query_scalar("SELECT key FROM subject_keys WHERE subject = ?")
+                    .bind(subject)
+                    .fetch_optional(p)
+                    .await?
+            }
+            Pool::Postgres(p) => {
+                sqlx::query_scalar("SELECT key FROM subject_keys WHERE subject = $1")
+                    .bind(subject)
+                    .fetch_optional(p)
+                    .await?
+            }
+        };
+        let key = bytes.and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok().map(SubjectKey));
+        if let (Some(k), Ok(mut cache)) = (&key, self.cache.lock()) {
+            cache.insert(subject.to_string(), k.clone());
+        }
+        Ok(key)
+    }
+
+    /// Opens a sealed value; `Err(PiiError::Erased)` inside once its subject was erased.
+    pub async fn open(&self, sealed: &Sealed) -> Result<std::result::Result<String, PiiError>> {
+        Ok(match self.load(&sealed.subject).await? {
+            Some(k) => sealed.open(&k),
+            None => Err(PiiError::Erased),
+        })
+    }
+
+    pub async fn is_erased(&self, subject: &str) -> Result<bool> {
+        let n: i64 = match &self.pool {
+            Pool::Sqlite(p) => {
+                sqlx::query_scalar("SELECT COUNT(*) FROM erased_subjects WHERE subject = ?")
+                    .bind(subject)
+                    .fetch_one(p)
+                    .await?
+            }
+            Pool::Postgres(p) => {
+                sqlx::query_scalar("SELECT COUNT(*) FROM erased_subjects WHERE subject = $1")
+                    .bind(subject)
+                    .fetch_one(p)
+                    .await?
+            }
+        };
+        Ok(n > 0)
+    }
+
+    /// Destroys the subject's key for good. Returns whether a key existed. On SQLite the WAL
+    /// is checkpointed and truncated so the key bytes leave the files, not just the table.
+    pub async fn erase(&self, subject: &str) -> Result<bool> {
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.remove(subject);
+        }
+        let deleted = match &self.pool {
+            Pool::Sqlite(p) => {
+                let mut tx = p.begin().await?;
+                let n = sqlx::query("DELETE FROM subject_keys WHERE subject = ?")
+                    .bind(subject)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                sqlx::query("INSERT OR IGNORE INTO erased_subjects (subject, erased_at) VALUES (?, ?)")
+                    .bind(subject)
+                    .bind(Timestamp::now().0)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                for _ in 0..50 {
+                    let (busy, _, _): (i64, i64, i64) =
+                        sqlx::query_as("PRAGMA wal_checkpoint(TRUNCATE)").fetch_one(p).await?;
+                    if busy == 0 {
+                        break;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                n
+            }
+            Pool::Postgres(p) => {
+                let mut tx = p.begin().await?;
+                let n = sqlx::query("DELETE FROM subject_keys WHERE subject = $1")
+                    .bind(subject)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                sqlx::query("INSERT INTO erased_subjects (subject) VALUES ($1) ON CONFLICT DO NOTHING")
+                    .bind(subject)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                n
+            }
+        };
+        Ok(deleted > 0)
+    }
+}

@@ -1,0 +1,81 @@
+//! Grantline's event store: the append-only `events` and `checkpoints` tables on SQLite and
+//! PostgreSQL, the group-commit appender, tailing by seq, and the erasable personal-data keys.
+
+mod database;
+mod error;
+pub mod keyfile;
+mod keyring;
+mod tail;
+#[cfg(feature = "testing")]
+pub mod testing;
+mod writer;
+
+pub use database::{Database, Pool, SQLITE_FILE, Store};
+pub use error::{Result, StoreError};
+pub use keyring::Keyring;
+pub use tail::Tail;
+pub use writer::{Ledger, LedgerOptions, PG_CHANNEL};
+
+use grantline_ledger::verify::{ChainVerifier, Finding, Summary};
+use grantline_ledger::NoteVerifier;
+
+/// Walks the whole ledger and returns its summary or the first finding. `progress` is called
+/// with the number of events checked so far.
+pub async fn verify(
+    store: &Store,
+    trusted: &[NoteVerifier],
+    mut progress: impl FnMut(u64),
+) -> Result<std::result::Result<Summary, Finding>> {
+    let checkpoints = store.checkpoints().await?;
+    let mut verifier = ChainVerifier::new(checkpoints, trusted);
+    let page = 20_000u32;
+    let mut after = 0u64;
+    let mut next = tokio::spawn({
+        let store = store.clone();
+        async move { store.raw_rows(0, page).await }
+    });
+    loop {
+        let rows = next.await.map_err(|e| StoreError::Unavailable(e.to_string()))??;
+        let Some(last) = rows.last() else { break };
+        let last_seq = last.seq.max(0) as u64;
+        // Read the next page while this one is checked; check rows on the blocking pool in
+        // parallel chunks, then link them in order.
+        next = tokio::spawn({
+            let store = store.clone();
+            async move { store.raw_rows(last_seq.max(after), page).await }
+        });
+        let rows = std::sync::Arc::new(rows);
+        let own = parallel_check(rows.clone()).await?;
+        for (row, own) in rows.iter().zip(own) {
+            if let Err(f) = verifier.push(row, Some(own)) {
+                next.abort();
+                return Ok(Err(f));
+            }
+        }
+        after = last_seq;
+        progress(verifier.events());
+    }
+    Ok(verifier.finish())
+}
+
+async fn parallel_check(
+    rows: std::sync::Arc<Vec<grantline_ledger::verify::RawRow>>,
+) -> Result<Vec<std::result::Result<grantline_ledger::Hash, grantline_ledger::verify::Problem>>> {
+    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    let chunk = rows.len().div_ceil(workers).max(1);
+    let mut handles = Vec::new();
+    for start in (0..rows.len()).step_by(chunk) {
+        let rows = rows.clone();
+        handles.push(tokio::task::spawn_blocking(move || {
+            rows[start..(start + chunk).min(rows.len())]
+                .iter()
+                .map(grantline_ledger::verify::check_row)
+                .collect::<Vec<_>>()
+        }));
+    }
+    let mut out = Vec::with_capacity(rows.len());
+    for h in handles {
+        out.extend(h.await.map_err(|e| StoreError::Unavailable(e.to_string()))?);
+    }
+    Ok(out)
+}

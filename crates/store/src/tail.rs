@@ -1,0 +1,87 @@
+//! Following the ledger by seq: other instances, the audit index and SIEM sinks resume from
+//! their own cursor and never skip an event, because seq is assigned under the append lock
+//! and commits in order.
+
+use crate::database::{Pool, Store};
+use crate::writer::PG_CHANNEL;
+use crate::Result;
+use grantline_ledger::{Hash, Recorded};
+use sqlx::postgres::PgListener;
+use std::time::Duration;
+use tokio::sync::watch;
+
+enum Wake {
+    /// Same process: the writer's head watch.
+    Local(watch::Receiver<u64>),
+    /// Another process on PostgreSQL: LISTEN grantline_events.
+    Listen(Box<PgListener>),
+    /// Another process on SQLite: poll.
+    Poll,
+}
+
+/// A cursor over the ledger that waits for new events.
+pub struct Tail {
+    store: Store,
+    after: u64,
+    prev: Option<Hash>,
+    wake: Wake,
+    poll: Duration,
+}
+
+impl Tail {
+    /// Follows events with seq > `after`. Pass the writer's watch (`Ledger::subscribe`) when in
+    /// the same process; otherwise PostgreSQL uses LISTEN/NOTIFY and SQLite polls.
+    pub async fn new(store: &Store, after: u64, local: Option<watch::Receiver<u64>>) -> Result<Tail> {
+        let wake = match (local, store.pool()) {
+            (Some(rx), _) => Wake::Local(rx),
+            (None, Pool::Postgres(p)) => {
+                let mut l = PgListener::connect_with(p).await?;
+                l.listen(PG_CHANNEL).await?;
+                Wake::Listen(Box::new(l))
+            }
+            (None, Pool::Sqlite(_)) => Wake::Poll,
+        };
+        let prev = if after > 0 { store.hash_at(after).await? } else { None };
+        Ok(Tail {
+            store: store.clone(),
+            after,
+            prev,
+            wake,
+            poll: Duration::from_millis(200),
+        })
+    }
+
+    /// The last seq returned.
+    pub fn position(&self) -> u64 {
+        self.after
+    }
+
+    /// Waits for and returns the next events (at most `limit`), each checked against its row
+    /// and chained to the one before.
+    pub async fn next(&mut self, limit: u32) -> Result<Vec<Recorded>> {
+        loop {
+            let rows = self.store.raw_rows(self.after, limit).await?;
+            if !rows.is_empty() {
+                let mut out = Vec::with_capacity(rows.len());
+                for row in &rows {
+                    let r = crate::database::decode_checked(row, self.after + 1, self.prev.as_ref())?;
+                    self.after += 1;
+                    self.prev = Some(r.hash);
+                    out.push(r);
+                }
+                return Ok(out);
+            }
+            match &mut self.wake {
+                Wake::Local(rx) => {
+                    if *rx.borrow_and_update() <= self.after {
+                        let _ = tokio::time::timeout(Duration::from_secs(1), rx.changed()).await;
+                    }
+                }
+                Wake::Listen(l) => {
+                    let _ = tokio::time::timeout(Duration::from_secs(1), l.recv()).await;
+                }
+                Wake::Poll => tokio::time::sleep(self.poll).await,
+            }
+        }
+    }
+}

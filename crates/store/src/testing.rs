@@ -1,0 +1,121 @@
+//! Test support: a throwaway ledger database on each backend.
+//!
+//! PostgreSQL tests use `GRANTLINE_TEST_DATABASE_URL` (a server where the user may create
+//! databases); each test gets a fresh database. Without the variable they are skipped with a
+//! printed reason — except under `CI=true`, where a missing database is a failure.
+
+use crate::Database;
+use grantline_ledger::NoteSigner;
+
+/// Environment variable naming the PostgreSQL server for tests.
+pub const PG_ENV: &str = "GRANTLINE_TEST_DATABASE_URL";
+
+/// A database for one test; the SQLite directory is removed when dropped.
+pub struct TestDb {
+    pub db: Database,
+    pub backend: &'static str,
+    /// Admin URL and database name, for tests that need to act as the owner.
+    pub pg_admin: Option<String>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestDb {
+    /// The SQLite file, if this is SQLite.
+    pub fn sqlite_path(&self) -> Option<&std::path::Path> {
+        match &self.db {
+            Database::Sqlite(p) => Some(p),
+            Database::Postgres(_) => None,
+        }
+    }
+
+    /// A URL string for the CLI (`--database`).
+    pub fn url(&self) -> String {
+        match &self.db {
+            Database::Sqlite(p) => format!("sqlite:{}", p.display()),
+            Database::Postgres(u) => u.clone(),
+        }
+    }
+}
+
+/// A fixed checkpoint signer for tests.
+pub fn signer() -> NoteSigner {
+    NoteSigner::from_seed("grantline.test/ledger", [42u8; 32]).unwrap_or_else(|e| panic!("{e}"))
+}
+
+pub async fn sqlite() -> TestDb {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    TestDb {
+        db: Database::in_data_dir(dir.path()),
+        backend: "sqlite",
+        pg_admin: None,
+        _dir: Some(dir),
+    }
+}
+
+/// A fresh PostgreSQL database, or `None` (with a printed reason) when none is configured.
+pub async fn postgres() -> Option<TestDb> {
+    use sqlx::Connection;
+    let Ok(admin) = std::env::var(PG_ENV) else {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("CI=true but {PG_ENV} is not set: PostgreSQL tests must run in CI");
+        }
+        eprintln!("skipping PostgreSQL test: {PG_ENV} is not set");
+        return None;
+    };
+    let name = format!("gl_test_{}", uuid::Uuid::now_v7().simple());
+    let mut conn = sqlx::PgConnection::connect(&admin)
+        .await
+        .unwrap_or_else(|e| panic!("connect {admin}: {e}"));
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut conn)
+        .await
+        .unwrap_or_else(|e| panic!("create database: {e}"));
+    let _ = conn.close().await;
+    let url = replace_db(&admin, &name);
+    Some(TestDb {
+        db: Database::Postgres(url),
+        backend: "postgres",
+        pg_admin: Some(admin),
+        _dir: None,
+    })
+}
+
+/// `admin` with its database name replaced by `name`.
+pub fn replace_db(admin: &str, name: &str) -> String {
+    let (base, query) = match admin.split_once('?') {
+        Some((b, q)) => (b, format!("?{q}")),
+        None => (admin, String::new()),
+    };
+    let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let path_start = base[scheme_end..].find('/').map(|i| i + scheme_end);
+    let host = match path_start {
+        Some(i) => &base[..i],
+        None => base,
+    };
+    format!("{host}/{name}{query}")
+}
+
+/// Declares each test twice, `sqlite::name` and `postgres::name`, with `db: TestDb`.
+#[macro_export]
+macro_rules! backend_tests {
+    ($( $(#[$meta:meta])* async fn $name:ident($db:ident: TestDb) $body:block )*) => {
+        mod sqlite {
+            #[allow(unused_imports)]
+            use super::*;
+            $( $(#[$meta])* #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let $db = $crate::testing::sqlite().await;
+                $body
+            } )*
+        }
+        mod postgres {
+            #[allow(unused_imports)]
+            use super::*;
+            $( $(#[$meta])* #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let Some($db) = $crate::testing::postgres().await else { return };
+                $body
+            } )*
+        }
+    };
+}

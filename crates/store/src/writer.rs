@@ -1,0 +1,733 @@
+//! The appender: one writer task per process commits concurrent appends together (group
+//! commit), assigns seq, time, id and stream versions under the append lock, chains and
+//! encodes, and writes signed checkpoints every N events or T seconds.
+//!
+//! Under the lock it always re-reads the head, so several processes can append to one
+//! database: PostgreSQL serialises them with a transaction-level advisory lock, SQLite with
+//! `BEGIN IMMEDIATE`. Cached stream versions and the Merkle frontier are trusted only while the
+//! head is the one this writer last wrote.
+
+use crate::database::{Database, Store};
+use crate::{Result, StoreError};
+use grantline_ledger::merkle::Frontier;
+use grantline_ledger::{
+    Append, Envelope, GENESIS, Hash, NoteSigner, Recorded, StreamId, Timestamp, chain_hash, encode,
+};
+use sqlx::postgres::PgConnection;
+use sqlx::sqlite::SqliteConnection;
+use sqlx::{Connection, Row};
+use std::collections::HashMap;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+
+/// Key for `pg_advisory_xact_lock`: ASCII "grantlin".
+const PG_APPEND_LOCK: i64 = 0x6772_616e_746c_696e;
+/// Channel that `NOTIFY` announces new events on (payload: the new head seq).
+pub const PG_CHANNEL: &str = "grantline_events";
+const MAX_CACHED_STREAMS: usize = 1_000_000;
+
+/// When checkpoints are written.
+#[derive(Debug, Clone)]
+pub struct LedgerOptions {
+    /// A checkpoint at least every this many events.
+    pub checkpoint_every_events: u64,
+    /// And at least this often while events are uncovered, even when no more arrive.
+    pub checkpoint_interval: Duration,
+    /// Most events one group commit takes.
+    pub max_batch_events: usize,
+}
+
+impl Default for LedgerOptions {
+    fn default() -> Self {
+        LedgerOptions {
+            checkpoint_every_events: 10_000,
+            checkpoint_interval: Duration::from_secs(10),
+            max_batch_events: 20_000,
+        }
+    }
+}
+
+enum Job {
+    Append(Append, oneshot::Sender<Result<Vec<Recorded>>>),
+    Checkpoint(oneshot::Sender<Result<Option<u64>>>),
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// The ledger: reads through [`Store`], appends through the writer task.
+#[derive(Clone)]
+pub struct Ledger {
+    store: Store,
+    jobs: mpsc::Sender<Job>,
+    head: watch::Receiver<u64>,
+}
+
+impl Ledger {
+    /// Opens (creating and migrating if needed) the ledger and starts its writer task.
+    pub async fn open(db: &Database, signer: NoteSigner, options: LedgerOptions) -> Result<Ledger> {
+        let store = Store::connect(db, true).await?;
+        store.migrate().await?;
+        let conn = match db {
+            Database::Sqlite(path) => {
+                WriterConn::Sqlite(SqliteConnection::connect_with(&Database::sqlite_options(path, false)).await?)
+            }
+            Database::Postgres(url) => {
+                WriterConn::Postgres(PgConnection::connect_with(&Database::pg_options(url)?).await?)
+            }
+        };
+        let head_now = store.head().await?.map(|h| h.0).unwrap_or(0);
+        let (head_tx, head_rx) = watch::channel(head_now);
+        let (tx, rx) = mpsc::channel(4096);
+        let writer = Writer {
+            conn,
+            signer,
+            options,
+            head: None,
+            last_time: 0,
+            versions: HashMap::new(),
+            frontier: Frontier::new(),
+            last_cp_size: 0,
+            last_cp_at: Instant::now(),
+            head_tx,
+        };
+        tokio::spawn(writer.run(rx));
+        Ok(Ledger {
+            store,
+            jobs: tx,
+            head: head_rx,
+        })
+    }
+
+    /// Appends atomically: all events or none. Returns once they are durable.
+    pub async fn append(&self, append: Append) -> Result<Vec<Recorded>> {
+        let (tx, rx) = oneshot::channel();
+        self.jobs
+            .send(Job::Append(append, tx))
+            .await
+            .map_err(|_| StoreError::Unavailable("the ledger writer has stopped".into()))?;
+        rx.await
+            .map_err(|_| StoreError::Unavailable("the ledger writer has stopped".into()))?
+    }
+
+    /// Writes a checkpoint now if events are uncovered; returns its tree size.
+    pub async fn checkpoint(&self) -> Result<Option<u64>> {
+        let (tx, rx) = oneshot::channel();
+        self.jobs
+            .send(Job::Checkpoint(tx))
+            .await
+            .map_err(|_| StoreError::Unavailable("the ledger writer has stopped".into()))?;
+        rx.await
+            .map_err(|_| StoreError::Unavailable("the ledger writer has stopped".into()))?
+    }
+
+    /// Covers every event with a final checkpoint and stops the writer.
+    pub async fn shutdown(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.jobs.send(Job::Shutdown(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The newest durable seq written by this process; changes on every commit.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.head.clone()
+    }
+}
+
+enum WriterConn {
+    Sqlite(SqliteConnection),
+    Postgres(PgConnection),
+}
+
+struct PlannedRow {
+    seq: i64,
+    id: uuid::Uuid,
+    time: i64,
+    stream: String,
+    version: i64,
+    kind: &'static str,
+    body: Vec<u8>,
+    prev_hash: Hash,
+    hash: Hash,
+}
+
+struct Writer {
+    conn: WriterConn,
+    signer: NoteSigner,
+    options: LedgerOptions,
+    /// (seq, hash) this writer last committed or read under the lock; `None` = unknown.
+    head: Option<(u64, Hash)>,
+    last_time: i64,
+    versions: HashMap<StreamId, u64>,
+    frontier: Frontier,
+    last_cp_size: u64,
+    last_cp_at: Instant,
+    head_tx: watch::Sender<u64>,
+}
+
+impl Writer {
+    async fn run(mut self, mut rx: mpsc::Receiver<Job>) {
+        loop {
+            let deadline = self.last_cp_at + self.options.checkpoint_interval;
+            let job = tokio::select! {
+                job = rx.recv() => job,
+                _ = tokio::time::sleep_until(deadline) => {
+                    if let Err(e) = self.commit(Vec::new(), false, true).await {
+                        tracing::warn!(error = %e, "scheduled checkpoint failed");
+                    }
+                    self.last_cp_at = Instant::now();
+                    continue;
+                }
+            };
+            let Some(first) = job else {
+                let _ = self.commit(Vec::new(), true, false).await;
+                return;
+            };
+            let mut appends = Vec::new();
+            let mut n_events = 0usize;
+            let mut control = Vec::new();
+            let mut next = Some(first);
+            while let Some(job) = next.take() {
+                match job {
+                    Job::Append(a, reply) => {
+                        n_events += a.events.len();
+                        appends.push((a, reply));
+                    }
+                    other => control.push(other),
+                }
+                if n_events < self.options.max_batch_events && control.is_empty() {
+                    next = rx.try_recv().ok();
+                }
+            }
+            let force = !control.is_empty();
+            let outcome = self.commit(appends, force, false).await;
+            for job in control {
+                match job {
+                    Job::Checkpoint(reply) => {
+                        let _ = reply.send(match &outcome {
+                            Ok(size) => Ok(*size),
+                            Err(e) => Err(StoreError::Unavailable(e.to_string())),
+                        });
+                    }
+                    Job::Shutdown(reply) => {
+                        let _ = reply.send(());
+                        return;
+                    }
+                    Job::Append(..) => {}
+                }
+            }
+        }
+    }
+
+    /// One group commit. Returns the size of the checkpoint written, if any.
+    async fn commit(
+        &mut self,
+        jobs: Vec<(Append, oneshot::Sender<Result<Vec<Recorded>>>)>,
+        force_checkpoint: bool,
+        scheduled: bool,
+    ) -> Result<Option<u64>> {
+        let frontier_before = self.frontier.clone();
+        let result = self.commit_inner(jobs, force_checkpoint, scheduled).await;
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "ledger commit failed; failing closed");
+            self.rollback().await;
+            self.head = None;
+            self.versions.clear();
+            self.frontier = frontier_before;
+        }
+        result.map(|(cp, replies)| {
+            for (reply, recorded) in replies {
+                let _ = reply.send(recorded);
+            }
+            cp
+        })
+    }
+
+    #[allow(clippy::type_complexity)]
+    async fn commit_inner(
+        &mut self,
+        jobs: Vec<(Append, oneshot::Sender<Result<Vec<Recorded>>>)>,
+        force_checkpoint: bool,
+        scheduled: bool,
+    ) -> Result<(
+        Option<u64>,
+        Vec<(oneshot::Sender<Result<Vec<Recorded>>>, Result<Vec<Recorded>>)>,
+    )> {
+        // Fail every waiting append if anything below fails before commit.
+        let mut jobs = jobs;
+        let res = self.lock_and_sync().await;
+        if let Err(e) = res {
+            for (_, reply) in jobs.drain(..) {
+                let _ = reply.send(Err(StoreError::Unavailable(e.to_string())));
+            }
+            return Err(e);
+        }
+        let (mut seq, mut prev) = self.head.unwrap_or((0, GENESIS));
+        let now = Timestamp::now().0.max(self.last_time);
+
+        // Stream versions not yet cached, in one query.
+        let mut missing: Vec<String> = Vec::new();
+        for (a, _) in &jobs {
+            for s in a.expect.iter().map(|e| &e.0).chain(a.events.iter().map(|e| &e.stream)) {
+                if !self.versions.contains_key(s) {
+                    missing.push(s.as_str().to_string());
+                }
+            }
+        }
+        missing.sort();
+        missing.dedup();
+        if !missing.is_empty() {
+            match self.load_versions(&missing).await {
+                Ok(found) => {
+                    for name in missing {
+                        let v = found.get(&name).copied().unwrap_or(0);
+                        if let Some(s) = StreamId::parse(&name) {
+                            self.versions.insert(s, v);
+                        }
+                    }
+                }
+                Err(e) => {
+                    for (_, reply) in jobs.drain(..) {
+                        let _ = reply.send(Err(StoreError::Unavailable(e.to_string())));
+                    }
+                    return Err(e);
+                }
+            }
+        }
+
+        let mut pending: HashMap<StreamId, u64> = HashMap::new();
+        let mut rows: Vec<PlannedRow> = Vec::new();
+        let mut replies = Vec::with_capacity(jobs.len());
+        for (append, reply) in jobs {
+            let version_of = |s: &StreamId, pending: &HashMap<StreamId, u64>| {
+                pending
+                    .get(s)
+                    .or_else(|| self.versions.get(s))
+                    .copied()
+                    .unwrap_or(0)
+            };
+            if let Some((stream, expected, actual)) = append
+                .expect
+                .iter()
+                .map(|(s, e)| (s, e, version_of(s, &pending)))
+                .find(|(_, e, actual)| !e.admits(*actual))
+            {
+                replies.push((
+                    reply,
+                    Err(StoreError::Conflict {
+                        stream: stream.clone(),
+                        expected: *expected,
+                        actual,
+                    }),
+                ));
+                continue;
+            }
+            if append.events.is_empty() {
+                replies.push((reply, Ok(Vec::new())));
+                continue;
+            }
+            let mut local: HashMap<StreamId, u64> = HashMap::new();
+            let mut job_rows = Vec::with_capacity(append.events.len());
+            let mut recorded = Vec::with_capacity(append.events.len());
+            let (mut jseq, mut jprev) = (seq, prev);
+            let mut failure = None;
+            for ev in append.events {
+                let version = local
+                    .get(&ev.stream)
+                    .copied()
+                    .unwrap_or_else(|| version_of(&ev.stream, &pending))
+                    + 1;
+                local.insert(ev.stream.clone(), version);
+                jseq += 1;
+                let envelope = Envelope {
+                    seq: jseq,
+                    id: uuid_v7(now),
+                    time: Timestamp(now),
+                    stream: ev.stream,
+                    version,
+                    actor: ev.actor,
+                    tenant: ev.tenant,
+                    payload: ev.payload,
+                };
+                let body = match encode(&envelope) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        failure = Some(StoreError::Invalid(e.to_string()));
+                        break;
+                    }
+                };
+                let hash = chain_hash(&jprev, &body);
+                job_rows.push(PlannedRow {
+                    seq: jseq as i64,
+                    id: envelope.id,
+                    time: now,
+                    stream: envelope.stream.as_str().to_string(),
+                    version: version as i64,
+                    kind: envelope.kind().as_str(),
+                    body,
+                    prev_hash: jprev,
+                    hash,
+                });
+                recorded.push(Recorded {
+                    envelope,
+                    prev_hash: jprev,
+                    hash,
+                });
+                jprev = hash;
+            }
+            if let Some(e) = failure {
+                replies.push((reply, Err(e)));
+                continue;
+            }
+            for r in &job_rows {
+                self.frontier.push(&r.hash);
+            }
+            pending.extend(local);
+            rows.extend(job_rows);
+            (seq, prev) = (jseq, jprev);
+            replies.push((reply, Ok(recorded)));
+        }
+
+        let fail_all = |replies: Vec<(oneshot::Sender<Result<Vec<Recorded>>>, Result<Vec<Recorded>>)>,
+                        e: &StoreError| {
+            for (reply, _) in replies {
+                let _ = reply.send(Err(StoreError::Unavailable(e.to_string())));
+            }
+        };
+        if let Err(e) = self.insert_rows(&rows).await {
+            fail_all(replies, &e);
+            return Err(e);
+        }
+        let uncovered = seq.saturating_sub(self.last_cp_size);
+        let want_cp = uncovered > 0
+            && (force_checkpoint || scheduled || uncovered >= self.options.checkpoint_every_events);
+        let mut cp_size = None;
+        if want_cp {
+            if let Err(e) = self.insert_checkpoint(seq, now).await {
+                fail_all(replies, &e);
+                return Err(e);
+            }
+            cp_size = Some(seq);
+        }
+        if let Err(e) = self.finish(seq, !rows.is_empty()).await {
+            fail_all(replies, &e);
+            return Err(e);
+        }
+        // Durable: now the caches may move on.
+        self.head = Some((seq, prev));
+        self.last_time = now;
+        if self.versions.len() + pending.len() > MAX_CACHED_STREAMS {
+            self.versions.clear();
+        }
+        self.versions.extend(pending);
+        if let Some(size) = cp_size {
+            self.last_cp_size = size;
+            self.last_cp_at = Instant::now();
+        }
+        self.head_tx.send_replace(seq);
+        Ok((cp_size, replies))
+    }
+
+    /// Takes the append lock and makes the caches match the database head.
+    async fn lock_and_sync(&mut self) -> Result<()> {
+        match &mut self.conn {
+            WriterConn::Sqlite(c) => {
+                sqlx::query("BEGIN IMMEDIATE").execute(&mut *c).await?;
+            }
+            WriterConn::Postgres(c) => {
+                sqlx::query("BEGIN").execute(&mut *c).await?;
+                sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                    .bind(PG_APPEND_LOCK)
+                    .execute(&mut *c)
+                    .await?;
+            }
+        }
+        let db_head = self.read_head().await?;
+        let cached = self.head.map(|(s, h)| (s, h));
+        let db_pair = db_head.as_ref().map(|(s, h, _)| (*s, *h));
+        if cached == db_pair.or(Some((0, GENESIS))) && self.head.is_some() {
+            return Ok(());
+        }
+        // Someone else appended (or we start fresh): forget cached versions, catch up the tree.
+        self.versions.clear();
+        let (size, hash, time) = db_head.unwrap_or((0, GENESIS, 0));
+        self.last_time = self.last_time.max(time);
+        self.last_cp_size = self.read_last_checkpoint_size().await?;
+        if self.frontier.size() > size {
+            self.frontier = Frontier::new();
+        }
+        if self.frontier.size() == 0 {
+            if let Some(f) = self.read_latest_frontier(size).await? {
+                self.frontier = f;
+            }
+        }
+        let from = self.frontier.size();
+        if from < size {
+            for h in self.read_hashes(from, size).await? {
+                self.frontier.push(&h);
+            }
+        }
+        if self.frontier.size() != size {
+            return Err(StoreError::Corrupt {
+                seq: self.frontier.size() + 1,
+                problem: "rows missing while rebuilding the Merkle tree".into(),
+            });
+        }
+        self.head = Some((size, hash));
+        Ok(())
+    }
+
+    async fn read_head(&mut self) -> Result<Option<(u64, Hash, i64)>> {
+        let row = match &mut self.conn {
+            WriterConn::Sqlite(c) => {
+                sqlx::query("SELECT seq, hash, time FROM events ORDER BY seq DESC LIMIT 1")
+                    .fetch_optional(&mut *c)
+                    .await?
+                    .map(|r| -> Result<_> { Ok((r.try_get::<i64, _>(0)?, r.try_get::<Vec<u8>, _>(1)?, r.try_get::<i64, _>(2)?)) })
+            }
+            WriterConn::Postgres(c) => sqlx::query(
+                "SELECT seq, hash, (EXTRACT(EPOCH FROM time) * 1000000)::int8 FROM events ORDER BY seq DESC LIMIT 1",
+            )
+            .fetch_optional(&mut *c)
+            .await?
+            .map(|r| -> Result<_> { Ok((r.try_get::<i64, _>(0)?, r.try_get::<Vec<u8>, _>(1)?, r.try_get::<i64, _>(2)?)) }),
+        };
+        match row.transpose()? {
+            None => Ok(None),
+            Some((s, h, t)) => Ok(Some((
+                s as u64,
+                Hash::from_slice(&h).ok_or(StoreError::Corrupt {
+                    seq: s as u64,
+                    problem: "hash is not 32 bytes".into(),
+                })?,
+                t,
+            ))),
+        }
+    }
+
+    async fn read_last_checkpoint_size(&mut self) -> Result<u64> {
+        let n: Option<i64> = match &mut self.conn {
+            WriterConn::Sqlite(c) => {
+                sqlx::query_scalar("SELECT MAX(tree_size) FROM checkpoints")
+                    .fetch_one(&mut *c)
+                    .await?
+            }
+            WriterConn::Postgres(c) => {
+                sqlx::query_scalar("SELECT MAX(tree_size) FROM checkpoints")
+                    .fetch_one(&mut *c)
+                    .await?
+            }
+        };
+        Ok(n.unwrap_or(0).max(0) as u64)
+    }
+
+    /// The frontier saved with the newest checkpoint at or below `upto`, if it is consistent.
+    async fn read_latest_frontier(&mut self, upto: u64) -> Result<Option<Frontier>> {
+        let row: Option<(Vec<u8>, Vec<u8>)> = match &mut self.conn {
+            WriterConn::Sqlite(c) => sqlx::query_as(
+                "SELECT frontier, root FROM checkpoints WHERE tree_size <= ? ORDER BY tree_size DESC LIMIT 1",
+            )
+            .bind(upto as i64)
+            .fetch_optional(&mut *c)
+            .await?,
+            WriterConn::Postgres(c) => sqlx::query_as(
+                "SELECT frontier, root FROM checkpoints WHERE tree_size <= $1 ORDER BY tree_size DESC LIMIT 1",
+            )
+            .bind(upto as i64)
+            .fetch_optional(&mut *c)
+            .await?,
+        };
+        Ok(row.and_then(|(f, root)| {
+            Frontier::from_bytes(&f).filter(|f| Some(f.root()) == Hash::from_slice(&root))
+        }))
+    }
+
+    /// Chain hashes of seq (from, to], in order.
+    async fn read_hashes(&mut self, from: u64, to: u64) -> Result<Vec<Hash>> {
+        let rows: Vec<Vec<u8>> = match &mut self.conn {
+            WriterConn::Sqlite(c) => {
+                sqlx::query_scalar("SELECT hash FROM events WHERE seq > ? AND seq <= ? ORDER BY seq")
+                    .bind(from as i64)
+                    .bind(to as i64)
+                    .fetch_all(&mut *c)
+                    .await?
+            }
+            WriterConn::Postgres(c) => {
+                sqlx::query_scalar("SELECT hash FROM events WHERE seq > $1 AND seq <= $2 ORDER BY seq")
+                    .bind(from as i64)
+                    .bind(to as i64)
+                    .fetch_all(&mut *c)
+                    .await?
+            }
+        };
+        Ok(rows.iter().filter_map(|h| Hash::from_slice(h)).collect())
+    }
+
+    async fn load_versions(&mut self, streams: &[String]) -> Result<HashMap<String, u64>> {
+        let mut out = HashMap::new();
+        match &mut self.conn {
+            WriterConn::Sqlite(c) => {
+                for chunk in streams.chunks(500) {
+                    let marks = vec!["?"; chunk.len()].join(",");
+                    let sql = format!(
+                        "SELECT stream, MAX(version) FROM events WHERE stream IN ({marks}) GROUP BY stream"
+                    );
+                    let mut q = sqlx::query_as::<_, (String, i64)>(sqlx::AssertSqlSafe(sql));
+                    for s in chunk {
+                        q = q.bind(s);
+                    }
+                    for (s, v) in q.fetch_all(&mut *c).await? {
+                        out.insert(s, v as u64);
+                    }
+                }
+            }
+            WriterConn::Postgres(c) => {
+                let rows: Vec<(String, i64)> = sqlx::query_as(
+                    "SELECT stream, MAX(version) FROM events WHERE stream = ANY($1) GROUP BY stream",
+                )
+                .bind(streams)
+                .fetch_all(&mut *c)
+                .await?;
+                out.extend(rows.into_iter().map(|(s, v)| (s, v as u64)));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn insert_rows(&mut self, rows: &[PlannedRow]) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        match &mut self.conn {
+            WriterConn::Sqlite(c) => {
+                let mut rest = rows;
+                while !rest.is_empty() {
+                    // Chunk sizes are powers of two so only a few statements are ever prepared.
+                    let n = 1usize << (usize::BITS - 1 - rest.len().min(256).leading_zeros());
+                    let (chunk, tail) = rest.split_at(n);
+                    rest = tail;
+                    let values = vec!["(?,?,?,?,?,?,?,?,?)"; n].join(",");
+                    let sql = format!(
+                        "INSERT INTO events (seq, id, time, stream, version, kind, body, prev_hash, hash) VALUES {values}"
+                    );
+                    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+                    for r in chunk {
+                        q = q
+                            .bind(r.seq)
+                            .bind(r.id)
+                            .bind(r.time)
+                            .bind(r.stream.as_str())
+                            .bind(r.version)
+                            .bind(r.kind)
+                            .bind(r.body.as_slice())
+                            .bind(r.prev_hash.0.as_slice())
+                            .bind(r.hash.0.as_slice());
+                    }
+                    q.execute(&mut *c).await?;
+                }
+            }
+            WriterConn::Postgres(c) => {
+                let seqs: Vec<i64> = rows.iter().map(|r| r.seq).collect();
+                let ids: Vec<uuid::Uuid> = rows.iter().map(|r| r.id).collect();
+                let times: Vec<i64> = rows.iter().map(|r| r.time).collect();
+                let streams: Vec<&str> = rows.iter().map(|r| r.stream.as_str()).collect();
+                let versions: Vec<i64> = rows.iter().map(|r| r.version).collect();
+                let kinds: Vec<&str> = rows.iter().map(|r| r.kind).collect();
+                let bodies: Vec<&[u8]> = rows.iter().map(|r| r.body.as_slice()).collect();
+                let prevs: Vec<&[u8]> = rows.iter().map(|r| r.prev_hash.0.as_slice()).collect();
+                let hashes: Vec<&[u8]> = rows.iter().map(|r| r.hash.0.as_slice()).collect();
+                sqlx::query(
+                    "INSERT INTO events (seq, id, time, stream, version, kind, body, prev_hash, hash) \
+                     SELECT s, i, TIMESTAMPTZ 'epoch' + t * INTERVAL '1 microsecond', st, v, k, b, p, h \
+                     FROM UNNEST($1::int8[], $2::uuid[], $3::int8[], $4::text[], $5::int8[], $6::text[], \
+                                 $7::bytea[], $8::bytea[], $9::bytea[]) AS x(s, i, t, st, v, k, b, p, h)",
+                )
+                .bind(seqs)
+                .bind(ids)
+                .bind(times)
+                .bind(streams)
+                .bind(versions)
+                .bind(kinds)
+                .bind(bodies)
+                .bind(prevs)
+                .bind(hashes)
+                .execute(&mut *c)
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn insert_checkpoint(&mut self, size: u64, now: i64) -> Result<()> {
+        let root = self.frontier.root();
+        let note = self.signer.sign_checkpoint(self.signer.name(), size, &root);
+        let frontier = self.frontier.to_bytes();
+        match &mut self.conn {
+            WriterConn::Sqlite(c) => {
+                sqlx::query(
+                    "INSERT INTO checkpoints (time, tree_size, root, note, frontier) VALUES (?, ?, ?, ?, ?)",
+                )
+                .bind(now)
+                .bind(size as i64)
+                .bind(root.0.as_slice())
+                .bind(&note)
+                .bind(&frontier)
+                .execute(&mut *c)
+                .await?;
+            }
+            WriterConn::Postgres(c) => {
+                sqlx::query(
+                    "INSERT INTO checkpoints (time, tree_size, root, note, frontier) \
+                     VALUES (TIMESTAMPTZ 'epoch' + $1 * INTERVAL '1 microsecond', $2, $3, $4, $5)",
+                )
+                .bind(now)
+                .bind(size as i64)
+                .bind(root.0.as_slice())
+                .bind(&note)
+                .bind(&frontier)
+                .execute(&mut *c)
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn finish(&mut self, head: u64, notify: bool) -> Result<()> {
+        match &mut self.conn {
+            WriterConn::Sqlite(c) => {
+                sqlx::query("COMMIT").execute(&mut *c).await?;
+            }
+            WriterConn::Postgres(c) => {
+                if notify {
+                    sqlx::query("SELECT pg_notify($1, $2)")
+                        .bind(PG_CHANNEL)
+                        .bind(head.to_string())
+                        .execute(&mut *c)
+                        .await?;
+                }
+                sqlx::query("COMMIT").execute(&mut *c).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn rollback(&mut self) {
+        let r = match &mut self.conn {
+            WriterConn::Sqlite(c) => sqlx::query("ROLLBACK").execute(&mut *c).await.map(|_| ()),
+            WriterConn::Postgres(c) => sqlx::query("ROLLBACK").execute(&mut *c).await.map(|_| ()),
+        };
+        if let Err(e) = r {
+            tracing::debug!(error = %e, "rollback after a failed commit");
+        }
+    }
+}
+
+fn uuid_v7(micros: i64) -> uuid::Uuid {
+    let secs = micros.div_euclid(1_000_000) as u64;
+    let nanos = (micros.rem_euclid(1_000_000) * 1000) as u32;
+    uuid::Uuid::new_v7(uuid::Timestamp::from_unix(uuid::NoContext, secs, nanos))
+}

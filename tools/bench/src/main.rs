@@ -1,0 +1,186 @@
+//! `grantline-bench`: ledger throughput on SQLite and PostgreSQL.
+//!
+//!   grantline-bench fill   --database URL --events N           # realistic synthetic ledger
+//!   grantline-bench append --database URL --events N --writers W  # concurrent appends, group commit
+//!   grantline-bench verify --database URL                       # full chain + checkpoint walk
+//!   grantline-bench replay --database URL                       # read, check, decode, fold into State
+//!
+//! Every run prints the command line, the machine and the figure.
+
+mod synthetic;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use grantline_ledger::{Append, NoteSigner};
+use grantline_store::{Database, Ledger, LedgerOptions, Store};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+#[command(name = "grantline-bench")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(clap::Args, Clone)]
+struct Target {
+    /// sqlite:PATH or postgres://…
+    #[arg(long)]
+    database: String,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Fill a ledger with N realistic events (appended in large batches).
+    Fill {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long, default_value_t = 1_000_000)]
+        events: u64,
+    },
+    /// N events from W concurrent writers, one small append per request, as a server would.
+    Append {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long, default_value_t = 200_000)]
+        events: u64,
+        #[arg(long, default_value_t = 512)]
+        writers: u64,
+    },
+    /// Verify the whole ledger (as `grantline verify`).
+    Verify {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Replay the whole ledger into State.
+    Replay {
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+fn signer() -> Result<NoteSigner> {
+    Ok(NoteSigner::from_seed("grantline.bench/ledger", [7u8; 32])?)
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown cpu".into());
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    format!("{cores} cores, {cpu}")
+}
+
+fn report(what: &str, events: u64, took: Duration) {
+    let rate = events as f64 / took.as_secs_f64();
+    println!("command: {}", std::env::args().collect::<Vec<_>>().join(" "));
+    println!("machine: {}", machine());
+    println!("{what}: {events} events in {:.3} s = {:.0} events/s", took.as_secs_f64(), rate);
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Fill { target, events } => {
+            let db = Database::parse(&target.database)?;
+            let ledger = Ledger::open(&db, signer()?, LedgerOptions::default()).await?;
+            let mut generator = synthetic::Generator::new(1);
+            let start = Instant::now();
+            let mut left = events;
+            while left > 0 {
+                let n = left.min(5_000);
+                let batch: Vec<_> = (0..n).map(|_| generator.next_event()).collect();
+                ledger.append(Append::new(batch)).await?;
+                left -= n;
+            }
+            ledger.shutdown().await;
+            report("fill", events, start.elapsed());
+        }
+        Cmd::Append {
+            target,
+            events,
+            writers,
+        } => {
+            let db = Database::parse(&target.database)?;
+            let ledger = Ledger::open(&db, signer()?, LedgerOptions::default()).await?;
+            let remaining = Arc::new(AtomicU64::new(events));
+            let start = Instant::now();
+            let mut tasks = Vec::new();
+            for w in 0..writers {
+                let ledger = ledger.clone();
+                let remaining = remaining.clone();
+                tasks.push(tokio::spawn(async move {
+                    let mut generator = synthetic::Generator::new(1000 + w);
+                    while remaining
+                        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+                        .is_ok()
+                    {
+                        ledger.append(Append::new(vec![generator.next_event()])).await?;
+                    }
+                    anyhow::Ok(())
+                }));
+            }
+            for t in tasks {
+                t.await??;
+            }
+            let took = start.elapsed();
+            ledger.shutdown().await;
+            report(&format!("append ({writers} concurrent writers)"), events, took);
+        }
+        Cmd::Verify { target } => {
+            let store = Store::connect(&Database::parse(&target.database)?, false).await?;
+            let start = Instant::now();
+            let summary = grantline_store::verify(&store, &[signer()?.verifier()], |_| {})
+                .await?
+                .map_err(|f| anyhow::anyhow!("NOT INTACT: {f}"))?;
+            report("verify", summary.events, start.elapsed());
+        }
+        Cmd::Replay { target } => {
+            let store = Store::connect(&Database::parse(&target.database)?, false).await?;
+            let start = Instant::now();
+            let state = replay(&store).await?;
+            report("replay", state.seq, start.elapsed());
+            println!(
+                "state: {} clients, {} users, {} families, {} access tokens, {} refresh tokens",
+                state.clients.len(),
+                state.users.len(),
+                state.families.len(),
+                state.access_tokens.len(),
+                state.refresh_tokens.len()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Reads pages of events (the next page is fetched while this one is folded).
+async fn replay(store: &Store) -> Result<grantline_state::State> {
+    let mut state = grantline_state::State::default();
+    let page = 20_000;
+    let mut next = tokio::spawn({
+        let s = store.clone();
+        async move { s.read(0, page).await }
+    });
+    loop {
+        let events = next.await?.context("reading events")?;
+        let Some(last) = events.last() else { break };
+        let after = last.seq();
+        next = tokio::spawn({
+            let s = store.clone();
+            async move { s.read(after, page).await }
+        });
+        for e in &events {
+            grantline_state::apply(&mut state, e);
+        }
+    }
+    Ok(state)
+}

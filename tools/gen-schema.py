@@ -1,0 +1,174 @@
+#!/usr/bin/env python3
+"""Writes schemas/events.schema.json from crates/ledger/src/payload.rs.
+
+The schema documents every event kind (JSON Schema 2020-12, over the JSON form of an event:
+the same data model as the CBOR body, with the UUID as text and byte strings as base64url).
+The test `crates/ledger/tests/schema.rs` checks the committed file against the code in both
+directions, so run this after changing the catalogue and review the diff:
+
+    python3 tools/gen-schema.py
+"""
+import json
+import pathlib
+import re
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+SRC = (ROOT / "crates/ledger/src/payload.rs").read_text()
+
+
+def snake(name):
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+def docs_before(lines, i):
+    out = []
+    j = i - 1
+    while j >= 0 and (lines[j].strip().startswith("///") or lines[j].strip().startswith("#[")):
+        s = lines[j].strip()
+        if s.startswith("///"):
+            out.insert(0, s[3:].strip())
+        j -= 1
+    return " ".join(out)
+
+
+lines = SRC.splitlines()
+structs, enums, kinds = {}, {}, []
+i = 0
+while i < len(lines):
+    line = lines[i].strip()
+    m = re.match(r'"([a-z_.]+)" => (\w+)\((\w+)\),', line)
+    if m:
+        kinds.append((m.group(1), m.group(3), docs_before(lines, i)))
+    m = re.match(r"pub struct (\w+) \{", line)
+    if m:
+        name, doc, fields = m.group(1), docs_before(lines, i), []
+        i += 1
+        while lines[i].strip() != "}":
+            f = re.match(r"pub (\w+): (.+),$", lines[i].strip())
+            if f:
+                fields.append((f.group(1), f.group(2), docs_before(lines, i)))
+            i += 1
+        structs[name] = (doc, fields)
+    m = re.match(r"pub enum (\w+) \{", line)
+    if m and "rename_all" in lines[i - 1] + lines[i - 2]:
+        name, doc, variants = m.group(1), docs_before(lines, i), []
+        i += 1
+        while lines[i].strip() != "}":
+            v = re.match(r"(\w+),$", lines[i].strip())
+            if v:
+                variants.append(snake(v.group(1)))
+            i += 1
+        enums[name] = (doc, variants)
+    i += 1
+
+defs = {}
+
+
+def type_schema(ty):
+    ty = ty.strip()
+    m = re.match(r"Option<(.+)>$", ty)
+    if m:
+        return type_schema(m.group(1))
+    m = re.match(r"Vec<(.+)>$", ty)
+    if m:
+        return {"type": "array", "items": type_schema(m.group(1))}
+    if ty == "String":
+        return {"type": "string"}
+    if ty in ("u64", "u32"):
+        return {"type": "integer", "minimum": 0}
+    if ty == "i64":
+        return {"type": "integer"}
+    if ty == "bool":
+        return {"type": "boolean"}
+    if ty == "Timestamp":
+        return {"$ref": "#/$defs/Timestamp"}
+    if ty in structs or ty in enums or ty == "Sealed":
+        return {"$ref": f"#/$defs/{ty}"}
+    raise SystemExit(f"gen-schema: no schema for Rust type {ty}")
+
+
+def struct_schema(name):
+    doc, fields = structs[name]
+    props, required = {}, []
+    for fname, fty, fdoc in fields:
+        s = type_schema(fty)
+        if fname.endswith("digest"):
+            s = {**s, "pattern": "^[0-9a-f]{64}$"}
+        if fdoc:
+            s = {**s, "description": fdoc}
+        props[fname] = s
+        if not fty.startswith("Option<"):
+            required.append(fname)
+    out = {"type": "object"}
+    if doc:
+        out["description"] = doc
+    out.update({"properties": props, "required": required, "additionalProperties": False})
+    return out
+
+
+for name, (doc, variants) in enums.items():
+    defs[name] = {"type": "string", "enum": variants, **({"description": doc} if doc else {})}
+payload_types = {t for _, t, _ in kinds}
+for name in structs:
+    if name not in payload_types:
+        defs[name] = struct_schema(name)
+defs["Timestamp"] = {"type": "integer", "description": "Microseconds since 1970-01-01T00:00:00Z, UTC."}
+defs["Sealed"] = {
+    "type": "object",
+    "description": "Personal data encrypted (XChaCha20-Poly1305, subject as associated data) under the "
+    "subject's erasable key. Reads as erased once the key is destroyed.",
+    "properties": {
+        "subject": {"type": "string", "pattern": "^(user|anon):.+$"},
+        "nonce": {"type": "string", "description": "24 bytes; bstr in CBOR, base64url in JSON",
+                  "pattern": "^[A-Za-z0-9_-]{32}$"},
+        "ct": {"type": "string", "description": "ciphertext and tag; bstr in CBOR, base64url in JSON",
+               "pattern": "^[A-Za-z0-9_-]*$"},
+    },
+    "required": ["subject", "nonce", "ct"],
+    "additionalProperties": False,
+}
+defs["Actor"] = {
+    "description": "Who caused the event.",
+    "oneOf": [
+        {"type": "object", "properties": {"type": {"const": "system"}}, "required": ["type"], "additionalProperties": False},
+        {"type": "object", "properties": {"type": {"const": "operator"}}, "required": ["type"], "additionalProperties": False},
+        {"type": "object", "properties": {"type": {"const": "user"}, "id": {"type": "string"}}, "required": ["type", "id"], "additionalProperties": False},
+        {"type": "object", "properties": {"type": {"const": "client"}, "id": {"type": "string"}}, "required": ["type", "id"], "additionalProperties": False},
+    ],
+}
+for kind, ty, doc in kinds:
+    s = struct_schema(ty)
+    s["description"] = doc
+    defs[kind] = s
+
+schema = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "$id": "https://grantline.dev/schemas/events.schema.json",
+    "title": "Grantline ledger event",
+    "description": "One event as stored in the ledger's CBOR body (shown here in its JSON form: the UUID as "
+    "text, byte strings as base64url). Secrets never appear: tokens, codes and client secrets only as ids or "
+    "blake3 digests (lowercase hex); personal data only sealed.",
+    "type": "object",
+    "properties": {
+        "seq": {"type": "integer", "minimum": 1, "description": "Global position, without gaps."},
+        "id": {"type": "string", "format": "uuid", "description": "UUIDv7; 16-byte bstr in CBOR."},
+        "time": {"$ref": "#/$defs/Timestamp"},
+        "stream": {"type": "string", "minLength": 1, "description": "Aggregate, e.g. family:…"},
+        "version": {"type": "integer", "minimum": 1, "description": "Position within the stream."},
+        "kind": {"enum": [k for k, _, _ in kinds]},
+        "actor": {"$ref": "#/$defs/Actor"},
+        "tenant": {"type": "string"},
+        "payload": {"type": "object"},
+    },
+    "required": ["seq", "id", "time", "stream", "version", "kind", "actor", "payload"],
+    "additionalProperties": False,
+    "allOf": [
+        {"if": {"properties": {"kind": {"const": k}}, "required": ["kind"]},
+         "then": {"properties": {"payload": {"$ref": f"#/$defs/{k}"}}}}
+        for k, _, _ in kinds
+    ],
+    "$defs": defs,
+}
+out = ROOT / "schemas/events.schema.json"
+out.write_text(json.dumps(schema, indent=2) + "\n")
+print(f"wrote {out.relative_to(ROOT)}: {len(kinds)} kinds")
