@@ -1,0 +1,140 @@
+#![allow(dead_code)]
+//! Shared helpers for the store tests.
+
+use grantline_ledger::*;
+use grantline_store::testing::{self, TestDb};
+use grantline_store::{Database, Ledger, LedgerOptions, Pool, Store};
+use std::time::Duration;
+
+pub async fn open(db: &TestDb) -> Ledger {
+    open_with(db, LedgerOptions::default()).await
+}
+
+pub async fn open_with(db: &TestDb, options: LedgerOptions) -> Ledger {
+    Ledger::open(&db.db, testing::signer(), options)
+        .await
+        .unwrap_or_else(|e| panic!("open {}: {e}", db.backend))
+}
+
+pub fn quiet() -> LedgerOptions {
+    LedgerOptions {
+        checkpoint_interval: Duration::from_secs(3600),
+        ..LedgerOptions::default()
+    }
+}
+
+/// A tool call event on one of a few resource streams.
+pub fn tool_call(i: u64) -> NewEvent {
+    let resource = format!("https://mcp.test/mcp/r{}", i % 3);
+    NewEvent::new(
+        StreamId::resource(&resource),
+        Actor::User { id: "usr_1".into() },
+        ToolCalled {
+            request_id: format!("req_{i}"),
+            resource,
+            tool: "search".into(),
+            user_id: Some("usr_1".into()),
+            client_id: Some("cli_1".into()),
+            credential: Credential {
+                kind: CredentialKind::AccessToken,
+                id: "at_1".into(),
+            },
+            outcome: ToolOutcome::Ok,
+            reason: None,
+            error_code: None,
+            duration_us: 100 + i,
+            arguments_digest: secret_digest(&i.to_be_bytes()),
+            intent: None,
+            source_ip: None,
+        },
+    )
+}
+
+pub fn client_registered(id: &str) -> NewEvent {
+    NewEvent::new(
+        StreamId::client(id),
+        Actor::System,
+        ClientRegistered {
+            client_id: id.into(),
+            client_name: format!("client {id}"),
+            method: RegistrationMethod::Dynamic,
+            application_type: ApplicationType::Native,
+            token_endpoint_auth_method: AuthMethod::None,
+            redirect_uris: vec!["http://127.0.0.1/cb".into()],
+            grant_types: vec![GrantType::AuthorizationCode],
+            scope: None,
+            software_id: None,
+            software_version: None,
+            client_uri: None,
+            logo_uri: None,
+            metadata_document_url: None,
+            secret_digest: None,
+            expires_at: None,
+        },
+    )
+}
+
+pub async fn append_one(ledger: &Ledger, e: NewEvent) -> Recorded {
+    ledger
+        .append(Append::new(vec![e]))
+        .await
+        .unwrap_or_else(|e| panic!("append: {e}"))
+        .remove(0)
+}
+
+/// Runs statements as the database owner (what an attacker with file or superuser access can do).
+pub async fn exec(store: &Store, sql: &str) -> Result<u64, sqlx::Error> {
+    match store.pool() {
+        Pool::Sqlite(p) => sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
+            .execute(p)
+            .await
+            .map(|r| r.rows_affected()),
+        Pool::Postgres(p) => sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
+            .execute(p)
+            .await
+            .map(|r| r.rows_affected()),
+    }
+}
+
+/// Removes the append-only guard rails, as an attacker going around them would.
+pub async fn drop_guards(store: &Store) {
+    let sql = match store.database() {
+        Database::Sqlite(_) => {
+            "DROP TRIGGER events_no_update; DROP TRIGGER events_no_delete; \
+             DROP TRIGGER checkpoints_no_update; DROP TRIGGER checkpoints_no_delete;"
+        }
+        Database::Postgres(_) => {
+            "DROP TRIGGER events_append_only ON events; DROP TRIGGER events_no_truncate ON events; \
+             DROP TRIGGER checkpoints_append_only ON checkpoints;"
+        }
+    };
+    exec(store, sql).await.unwrap_or_else(|e| panic!("drop guards: {e}"));
+}
+
+/// Sets a bytea/blob column of one row.
+pub async fn set_bytes(store: &Store, column: &str, seq: i64, value: &[u8]) {
+    match store.pool() {
+        Pool::Sqlite(p) => {
+            sqlx::query(sqlx::AssertSqlSafe(format!("UPDATE events SET {column} = ? WHERE seq = ?")))
+                .bind(value)
+                .bind(seq)
+                .execute(p)
+                .await
+                .unwrap_or_else(|e| panic!("update: {e}"));
+        }
+        Pool::Postgres(p) => {
+            sqlx::query(sqlx::AssertSqlSafe(format!("UPDATE events SET {column} = $1 WHERE seq = $2")))
+                .bind(value)
+                .bind(seq)
+                .execute(p)
+                .await
+                .unwrap_or_else(|e| panic!("update: {e}"));
+        }
+    }
+}
+
+pub async fn verify(store: &Store) -> Result<verify::Summary, verify::Finding> {
+    grantline_store::verify(store, &[testing::signer().verifier()], |_| {})
+        .await
+        .unwrap_or_else(|e| panic!("verify could not run: {e}"))
+}

@@ -1,0 +1,398 @@
+//! The store on both backends: appends, optimistic concurrency, guard rails, checkpoints,
+//! tailing, erasure.
+
+mod common;
+
+use common::*;
+use grantline_ledger::verify::Problem;
+use grantline_ledger::*;
+use grantline_store::testing::TestDb;
+use grantline_store::{Database, Keyring, LedgerOptions, Store, StoreError, Tail, backend_tests};
+use std::time::Duration;
+
+backend_tests! {
+    async fn appends_get_contiguous_seq_stream_versions_and_a_chain(db: TestDb) {
+        let ledger = open(&db).await;
+        let a = ledger
+            .append(Append::new(vec![client_registered("c1"), tool_call(1), tool_call(4)]))
+            .await
+            .unwrap();
+        assert_eq!(a.iter().map(|r| r.seq()).collect::<Vec<_>>(), vec![1, 2, 3]);
+        assert_eq!(a[0].prev_hash, GENESIS);
+        assert_eq!(a[1].prev_hash, a[0].hash);
+        // tool_call(1) and tool_call(4) share the stream r1: versions 1 and 2.
+        assert_eq!((a[1].envelope.version, a[2].envelope.version), (1, 2));
+        let b = append_one(&ledger, tool_call(7)).await;
+        assert_eq!((b.seq(), b.envelope.version), (4, 3));
+        assert!(b.time() >= a[2].time());
+        let read = ledger.store().read(0, 100).await.unwrap();
+        assert_eq!(read.len(), 4);
+        assert_eq!(read[3], b, "what is read back is what the appender returned");
+        assert_eq!(verify(ledger.store()).await.unwrap().events, 4);
+    }
+
+    async fn update_delete_and_truncate_are_refused(db: TestDb) {
+        let ledger = open(&db).await;
+        append_one(&ledger, tool_call(1)).await;
+        ledger.checkpoint().await.unwrap();
+        let store = ledger.store();
+        for sql in [
+            "UPDATE events SET kind = 'x'",
+            "DELETE FROM events",
+            "UPDATE checkpoints SET note = 'x'",
+            "DELETE FROM checkpoints",
+        ] {
+            let err = exec(store, sql).await.expect_err(sql);
+            assert!(err.to_string().contains("append-only"), "{sql}: {err}");
+        }
+        if let Database::Postgres(_) = store.database() {
+            for sql in [
+                "TRUNCATE events",
+                "TRUNCATE checkpoints",
+                // Replication mode silences ordinary triggers, not ENABLE ALWAYS ones.
+                "SET session_replication_role = replica; UPDATE events SET kind = 'x'",
+                "SET session_replication_role = replica; DELETE FROM events",
+            ] {
+                let err = exec(store, sql).await.expect_err(sql);
+                assert!(err.to_string().contains("append-only"), "{sql}: {err}");
+            }
+            let _ = exec(store, "SET session_replication_role = origin").await;
+        }
+        assert_eq!(store.count().await.unwrap(), 1);
+        assert!(verify(store).await.is_ok());
+    }
+
+    async fn eight_tasks_of_a_thousand_appends_make_one_chain(db: TestDb) {
+        let ledger = open(&db).await;
+        let mut tasks = Vec::new();
+        for t in 0..8u64 {
+            let ledger = ledger.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut seqs = Vec::new();
+                for i in 0..1000u64 {
+                    let r = ledger.append(Append::new(vec![tool_call(t * 1000 + i)])).await.unwrap();
+                    seqs.push(r[0].seq());
+                }
+                seqs
+            }));
+        }
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await.unwrap());
+        }
+        all.sort();
+        assert_eq!(all, (1..=8000).collect::<Vec<u64>>(), "every seq once, no gaps");
+        let summary = verify(ledger.store()).await.unwrap();
+        assert_eq!(summary.events, 8000);
+        // Versions per stream are contiguous too.
+        let events = ledger.store().read(0, 10_000).await.unwrap();
+        let mut last = std::collections::HashMap::new();
+        for e in &events {
+            let v = last.entry(e.envelope.stream.clone()).or_insert(0u64);
+            assert_eq!(e.envelope.version, *v + 1, "stream {}", e.envelope.stream);
+            *v += 1;
+        }
+    }
+
+    async fn a_stale_stream_version_is_a_typed_conflict_and_writes_nothing(db: TestDb) {
+        let ledger = open(&db).await;
+        let s = StreamId::client("c1");
+        ledger
+            .append(Append::new(vec![client_registered("c1")]).expect(s.clone(), ExpectedVersion::NoStream))
+            .await
+            .unwrap();
+        let again = ledger
+            .append(Append::new(vec![client_registered("c1")]).expect(s.clone(), ExpectedVersion::NoStream))
+            .await;
+        assert!(
+            matches!(&again, Err(StoreError::Conflict { actual: 1, expected: ExpectedVersion::NoStream, .. })),
+            "{again:?}"
+        );
+        let disable = NewEvent::new(s.clone(), Actor::System, ClientDisabled { client_id: "c1".into(), reason: "test".into() });
+        ledger
+            .append(Append::new(vec![disable.clone()]).expect(s.clone(), ExpectedVersion::Exactly(1)))
+            .await
+            .unwrap();
+        // A decision taken on version 1 after the stream moved on: refused, atomically — the
+        // other event of the same append is not written either.
+        let stale = ledger
+            .append(Append::new(vec![tool_call(2), disable.clone()]).expect(s.clone(), ExpectedVersion::Exactly(1)))
+            .await;
+        match stale {
+            Err(StoreError::Conflict { stream, expected, actual }) => {
+                assert_eq!((stream, expected, actual), (s.clone(), ExpectedVersion::Exactly(1), 2));
+            }
+            other => panic!("expected a conflict, got {other:?}"),
+        }
+        assert_eq!(ledger.store().count().await.unwrap(), 2, "nothing written by refused appends");
+        let ok = ledger
+            .append(Append::new(vec![disable]).expect(s, ExpectedVersion::Exactly(2)))
+            .await
+            .unwrap();
+        assert_eq!((ok[0].seq(), ok[0].envelope.version), (3, 3));
+    }
+
+    async fn checkpoints_every_n_events_and_on_schedule_when_idle(db: TestDb) {
+        let ledger = open_with(&db, LedgerOptions {
+            checkpoint_every_events: 5,
+            checkpoint_interval: Duration::from_millis(300),
+            ..LedgerOptions::default()
+        }).await;
+        for i in 0..5 {
+            append_one(&ledger, tool_call(i)).await;
+        }
+        let cps = ledger.store().checkpoints().await.unwrap();
+        assert_eq!(cps.last().map(|c| c.tree_size), Some(5), "a checkpoint after 5 events");
+        append_one(&ledger, tool_call(9)).await;
+        append_one(&ledger, tool_call(10)).await;
+        // No more traffic: the schedule covers the tail.
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        let cps = ledger.store().checkpoints().await.unwrap();
+        assert_eq!(cps.last().map(|c| c.tree_size), Some(7), "idle schedule covered the tail");
+        let n = cps.len();
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        assert_eq!(ledger.store().checkpoints().await.unwrap().len(), n, "nothing new to cover");
+        let cp = Checkpoint::open(&cps[n - 1].note, &[grantline_store::testing::signer().verifier()]).unwrap();
+        let leaves: Vec<Hash> = ledger.store().chain_hashes(7).await.unwrap().iter().map(merkle::leaf_hash).collect();
+        assert_eq!(cp.root, merkle::root_of(&leaves));
+        assert_eq!(verify(ledger.store()).await.unwrap().checkpoints as usize, n);
+    }
+
+    async fn a_tail_from_another_connection_sees_every_event_from_any_seq(db: TestDb) {
+        let ledger = open(&db).await;
+        for i in 0..3 {
+            append_one(&ledger, tool_call(i)).await;
+        }
+        let reader = Store::connect(&db.db, false).await.unwrap();
+        let mut tail = Tail::new(&reader, 2, None).await.unwrap();
+        let first = tail.next(100).await.unwrap();
+        assert_eq!(first.iter().map(|r| r.seq()).collect::<Vec<_>>(), vec![3]);
+        let writer = ledger.clone();
+        let producer = tokio::spawn(async move {
+            for i in 0..20 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                append_one(&writer, tool_call(100 + i)).await;
+            }
+        });
+        let mut seen = Vec::new();
+        while seen.len() < 20 {
+            let batch = tokio::time::timeout(Duration::from_secs(10), tail.next(7)).await.expect("tail stalled").unwrap();
+            seen.extend(batch.iter().map(|r| r.seq()));
+        }
+        producer.await.unwrap();
+        assert_eq!(seen, (4..=23).collect::<Vec<u64>>());
+    }
+
+    async fn erasing_a_subject_keeps_the_chain_and_leaves_no_plaintext(db: TestDb) {
+        let ledger = open(&db).await;
+        let keyring = Keyring::new(ledger.store());
+        let subject = pii::user_subject("usr_erase");
+        let email = "erin.erasable@example.org";
+        let created = UserCreated {
+            user_id: "usr_erase".into(),
+            username: keyring.seal(&subject, "erin-erasable").await.unwrap(),
+            email: Some(keyring.seal(&subject, email).await.unwrap()),
+            display_name: Some(keyring.seal(&subject, "Erin Erasable").await.unwrap()),
+            role: "member".into(),
+            source: UserSource::Cli,
+        };
+        append_one(&ledger, NewEvent::new(StreamId::user("usr_erase"), Actor::Operator, created.clone())).await;
+        for i in 0..5 {
+            append_one(&ledger, tool_call(i)).await;
+        }
+        ledger.checkpoint().await.unwrap();
+        let key_bytes = match ledger.store().pool() {
+            grantline_store::Pool::Sqlite(p) => sqlx::query_scalar::<_, Vec<u8>>("SELECT key FROM subject_keys").fetch_one(p).await.unwrap(),
+            grantline_store::Pool::Postgres(p) => sqlx::query_scalar::<_, Vec<u8>>("SELECT key FROM subject_keys").fetch_one(p).await.unwrap(),
+        };
+        assert_eq!(keyring.open(created.email.as_ref().unwrap()).await.unwrap().unwrap(), email);
+
+        assert!(keyring.erase(&subject).await.unwrap());
+        let fresh = Keyring::new(ledger.store());
+        assert_eq!(fresh.open(&created.username).await.unwrap(), Err(PiiError::Erased));
+        assert!(fresh.seal(&subject, "again").await.is_err(), "no new key for an erased subject");
+        let summary = verify(ledger.store()).await.unwrap();
+        assert_eq!(summary.events, 6, "the chain still verifies");
+        ledger.shutdown().await;
+
+        if let Some(path) = db.sqlite_path() {
+            ledger.store().close().await;
+            let mut bytes = std::fs::read(path).unwrap();
+            for suffix in ["-wal", "-shm"] {
+                if let Ok(b) = std::fs::read(format!("{}{suffix}", path.display())) {
+                    bytes.extend(b);
+                }
+            }
+            for needle in [email.as_bytes(), b"erin-erasable", b"Erin Erasable", key_bytes.as_slice()] {
+                assert!(
+                    !bytes.windows(needle.len()).any(|w| w == needle),
+                    "{:?} is still in the database files",
+                    String::from_utf8_lossy(needle)
+                );
+            }
+        } else {
+            let store = ledger.store();
+            let n = exec(store, "SELECT 1 FROM subject_keys").await.unwrap();
+            assert_eq!(n, 0);
+            let plain = exec(store, "SELECT 1 FROM events WHERE position('erin' in encode(body, 'escape')) > 0").await.unwrap();
+            assert_eq!(plain, 0, "no plaintext in any event body");
+        }
+    }
+}
+
+mod tamper {
+use super::*;
+
+/// Ten events covered by a checkpoint, two more uncovered: the scene of every tampering test.
+async fn scene(db: &TestDb) -> Store {
+    let ledger = open_with(db, quiet()).await;
+    append_one(&ledger, client_registered("c1")).await;
+    for i in 2..=10 {
+        append_one(&ledger, tool_call(i)).await;
+    }
+    assert_eq!(ledger.checkpoint().await.unwrap(), Some(10));
+    append_one(&ledger, tool_call(11)).await;
+    append_one(&ledger, tool_call(12)).await;
+    ledger.shutdown().await;
+    let store = Store::connect(&db.db, false).await.unwrap();
+    let sizes: Vec<i64> = store.checkpoints().await.unwrap().iter().map(|c| c.tree_size).collect();
+    assert_eq!(sizes, vec![10, 12], "shutdown covers the tail with a final checkpoint");
+    assert!(verify(&store).await.is_ok(), "scene starts intact");
+    store
+}
+
+async fn row(store: &Store, seq: u64) -> grantline_ledger::verify::RawRow {
+    store.raw_rows(seq - 1, 1).await.unwrap().remove(0)
+}
+
+backend_tests! {
+    async fn tamper_changed_body_is_found_at_its_seq(db: TestDb) {
+        let store = scene(&db).await;
+        drop_guards(&store).await;
+        let r = row(&store, 5).await;
+        let mut env = decode(&r.body).unwrap();
+        if let Payload::ToolCalled(t) = &mut env.payload {
+            t.outcome = ToolOutcome::Denied;
+        }
+        set_bytes(&store, "body", 5, &encode(&env).unwrap()).await;
+        let f = verify(&store).await.unwrap_err();
+        assert_eq!((f.seq, f.problem), (5, Problem::BodyChanged));
+    }
+
+    async fn tamper_deleted_row_is_found_at_its_seq(db: TestDb) {
+        let store = scene(&db).await;
+        drop_guards(&store).await;
+        exec(&store, "DELETE FROM events WHERE seq = 6").await.unwrap();
+        let f = verify(&store).await.unwrap_err();
+        assert_eq!((f.seq, f.problem), (6, Problem::MissingRows { found: 7 }));
+    }
+
+    async fn tamper_swapped_rows_are_found(db: TestDb) {
+        let store = scene(&db).await;
+        drop_guards(&store).await;
+        let (a, b) = (row(&store, 5).await, row(&store, 6).await);
+        // Move both out of the way of the unique columns, then put b's content at 5, a's at 6.
+        for seq in [5i64, 6] {
+            let tmp_stream = format!("tmp:{seq}");
+            match store.pool() {
+                grantline_store::Pool::Sqlite(p) => {
+                    sqlx::query("UPDATE events SET stream = ?, id = randomblob(16) WHERE seq = ?").bind(&tmp_stream).bind(seq).execute(p).await.unwrap();
+                }
+                grantline_store::Pool::Postgres(p) => {
+                    sqlx::query("UPDATE events SET stream = $1, id = gen_random_uuid() WHERE seq = $2").bind(&tmp_stream).bind(seq).execute(p).await.unwrap();
+                }
+            }
+        }
+        for (seq, from) in [(5i64, &b), (6i64, &a)] {
+            match store.pool() {
+                grantline_store::Pool::Sqlite(p) => {
+                    sqlx::query("UPDATE events SET id = ?, time = ?, stream = ?, version = ?, kind = ?, body = ?, prev_hash = ?, hash = ? WHERE seq = ?")
+                        .bind(from.id).bind(from.time).bind(&from.stream).bind(from.version).bind(&from.kind).bind(&from.body).bind(&from.prev_hash).bind(&from.hash).bind(seq)
+                        .execute(p).await.unwrap();
+                }
+                grantline_store::Pool::Postgres(p) => {
+                    sqlx::query("UPDATE events SET id = $1, time = TIMESTAMPTZ 'epoch' + $2 * INTERVAL '1 microsecond', stream = $3, version = $4, kind = $5, body = $6, prev_hash = $7, hash = $8 WHERE seq = $9")
+                        .bind(from.id).bind(from.time).bind(&from.stream).bind(from.version).bind(&from.kind).bind(&from.body).bind(&from.prev_hash).bind(&from.hash).bind(seq)
+                        .execute(p).await.unwrap();
+                }
+            }
+        }
+        let f = verify(&store).await.unwrap_err();
+        assert_eq!((f.seq, f.problem), (5, Problem::Reordered { holds: 6 }));
+    }
+
+    async fn tamper_rechained_history_is_caught_by_the_checkpoint(db: TestDb) {
+        let store = scene(&db).await;
+        drop_guards(&store).await;
+        // The attacker changes event 4 and recomputes every hash after it.
+        let rows = store.raw_rows(0, 100).await.unwrap();
+        let mut prev = Hash::from_slice(&rows[3].prev_hash).unwrap();
+        for r in &rows[3..] {
+            let mut env = decode(&r.body).unwrap();
+            if env.seq == 4 {
+                if let Payload::ToolCalled(t) = &mut env.payload {
+                    t.tool = "exfiltrate".into();
+                }
+            }
+            let body = encode(&env).unwrap();
+            let hash = chain_hash(&prev, &body);
+            set_bytes(&store, "body", r.seq, &body).await;
+            set_bytes(&store, "prev_hash", r.seq, &prev.0).await;
+            set_bytes(&store, "hash", r.seq, &hash.0).await;
+            prev = hash;
+        }
+        let f = verify(&store).await.unwrap_err();
+        assert_eq!((f.seq, f.problem), (1, Problem::CheckpointRoot { size: 10 }));
+    }
+
+    async fn tamper_forged_or_altered_checkpoint_is_found(db: TestDb) {
+        let store = scene(&db).await;
+        // A checkpoint signed by a key the verifier does not trust.
+        let forger = NoteSigner::generate("grantline.test/ledger").unwrap();
+        let leaves: Vec<Hash> = store.chain_hashes(12).await.unwrap().iter().map(merkle::leaf_hash).collect();
+        let root = merkle::root_of(&leaves);
+        let note = forger.sign_checkpoint("grantline.test/ledger", 12, &root);
+        match store.pool() {
+            grantline_store::Pool::Sqlite(p) => {
+                sqlx::query("INSERT INTO checkpoints (time, tree_size, root, note, frontier) VALUES (0, 12, ?, ?, x'')").bind(root.0.as_slice()).bind(&note).execute(p).await.unwrap();
+            }
+            grantline_store::Pool::Postgres(p) => {
+                sqlx::query("INSERT INTO checkpoints (time, tree_size, root, note, frontier) VALUES (now(), 12, $1, $2, '')").bind(root.0.as_slice()).bind(&note).execute(p).await.unwrap();
+            }
+        }
+        let f = verify(&store).await.unwrap_err();
+        assert_eq!(f.seq, 12);
+        assert!(matches!(&f.problem, Problem::CheckpointSignature { size: 12, error } if error.contains("trusted")), "{f}");
+
+        // The genuine checkpoint's signature altered in place.
+        drop_guards(&store).await;
+        exec(&store, "DELETE FROM checkpoints WHERE tree_size = 12 AND frontier = ''").await.unwrap();
+        exec(&store, "DELETE FROM checkpoints WHERE tree_size = 12").await.unwrap();
+        let cp = store.checkpoints().await.unwrap().remove(0);
+        let sig_start = cp.note.rfind(' ').unwrap() + 1;
+        let mut altered = cp.note.clone();
+        let c = if &altered[sig_start + 10..sig_start + 11] == "A" { "B" } else { "A" };
+        altered.replace_range(sig_start + 10..sig_start + 11, c);
+        match store.pool() {
+            grantline_store::Pool::Sqlite(p) => {
+                sqlx::query("UPDATE checkpoints SET note = ?").bind(&altered).execute(p).await.unwrap();
+            }
+            grantline_store::Pool::Postgres(p) => {
+                sqlx::query("UPDATE checkpoints SET note = $1").bind(&altered).execute(p).await.unwrap();
+            }
+        }
+        let f = verify(&store).await.unwrap_err();
+        assert_eq!(f.seq, 10);
+        assert!(matches!(&f.problem, Problem::CheckpointSignature { size: 10, error } if error.contains("does not verify")), "{f}");
+    }
+
+    async fn tamper_truncated_tail_below_a_checkpoint_is_found(db: TestDb) {
+        let store = scene(&db).await;
+        drop_guards(&store).await;
+        exec(&store, "DELETE FROM events WHERE seq > 7").await.unwrap();
+        let f = verify(&store).await.unwrap_err();
+        assert_eq!((f.seq, f.problem), (8, Problem::Truncated { checkpoint_size: 12, events: 7 }));
+        // Truncating only uncovered events cannot be proven: that is what the schedule bounds.
+    }
+}
+}
