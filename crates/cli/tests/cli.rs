@@ -1,0 +1,261 @@
+//! The `grantline` binary as a responder uses it: verify, proof, verify-proof, user erase,
+//! events, key show — on both backends where a database is involved.
+
+use grantline_ledger::*;
+use grantline_store::testing::{self, TestDb};
+use grantline_store::{Keyring, Ledger, LedgerOptions, Pool, Store, backend_tests};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+fn grantline(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_grantline"))
+        .args(args)
+        .env("GRANTLINE_CHECKPOINT_KEY", testing::signer().to_private_string())
+        .env_remove("GRANTLINE_DATABASE_URL")
+        .output()
+        .expect("run grantline")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn vkey() -> String {
+    testing::signer().verifier().to_string()
+}
+
+fn tool_call(i: u64) -> NewEvent {
+    NewEvent::new(
+        StreamId::resource("https://mcp.test/mcp/demo"),
+        Actor::User { id: "usr_1".into() },
+        ToolCalled {
+            request_id: format!("req_{i}"),
+            resource: "https://mcp.test/mcp/demo".into(),
+            tool: "search".into(),
+            user_id: Some("usr_1".into()),
+            client_id: Some("cli_1".into()),
+            credential: Credential { kind: CredentialKind::AccessToken, id: "at_1".into() },
+            outcome: ToolOutcome::Ok,
+            reason: None,
+            error_code: None,
+            duration_us: 10,
+            arguments_digest: secret_digest(&i.to_be_bytes()),
+            intent: None,
+            source_ip: None,
+        },
+    )
+}
+
+/// 12 events; checkpoints at 10 and 12.
+async fn ledger_with_events(db: &TestDb) {
+    let ledger = Ledger::open(&db.db, testing::signer(), LedgerOptions {
+        checkpoint_interval: Duration::from_secs(3600),
+        ..LedgerOptions::default()
+    })
+    .await
+    .unwrap();
+    for i in 1..=10 {
+        ledger.append(Append::new(vec![tool_call(i)])).await.unwrap();
+    }
+    assert_eq!(ledger.checkpoint().await.unwrap(), Some(10));
+    for i in 11..=12 {
+        ledger.append(Append::new(vec![tool_call(i)])).await.unwrap();
+    }
+    ledger.shutdown().await;
+}
+
+backend_tests! {
+    async fn verify_prints_one_summary_line_or_the_first_bad_seq(db: TestDb) {
+        ledger_with_events(&db).await;
+        let url = db.url();
+        let key = vkey();
+        let ok = grantline(&["verify", "--database", &url, "--public-key", &key]);
+        assert_eq!(ok.status.code(), Some(0), "{ok:?}");
+        let out = stdout(&ok);
+        assert_eq!(out.lines().count(), 1, "one summary line: {out}");
+        assert!(out.starts_with("ok: 12 events, 2 checkpoints, head "), "{out}");
+
+        // Someone with owner rights rewrites event 7's stored hash.
+        let store = Store::connect(&db.db, false).await.unwrap();
+        match store.pool() {
+            Pool::Sqlite(p) => {
+                sqlx::raw_sql("DROP TRIGGER events_no_update; UPDATE events SET body = body || x'00' WHERE seq = 7").execute(p).await.unwrap();
+            }
+            Pool::Postgres(p) => {
+                sqlx::raw_sql("DROP TRIGGER events_append_only ON events; UPDATE events SET body = body || '\\x00'::bytea WHERE seq = 7").execute(p).await.unwrap();
+            }
+        }
+        let bad = grantline(&["verify", "--database", &url, "--public-key", &key]);
+        assert_eq!(bad.status.code(), Some(1), "{bad:?}");
+        let out = stdout(&bad);
+        assert!(out.starts_with("NOT INTACT: seq 7:"), "{out}");
+
+        // A key that did not sign the checkpoints is not trusted.
+        let other = NoteSigner::generate("grantline.test/ledger").unwrap().verifier().to_string();
+        let forged = grantline(&["verify", "--database", &url, "--public-key", &other]);
+        assert_eq!(forged.status.code(), Some(1));
+    }
+
+    async fn proofs_verify_offline_and_fail_when_altered(db: TestDb) {
+        ledger_with_events(&db).await;
+        let url = db.url();
+        let key = vkey();
+        let dir = tempfile::tempdir().unwrap();
+        let proof = grantline(&["proof", "--database", &url, "5"]);
+        assert_eq!(proof.status.code(), Some(0), "{proof:?}");
+        let path = dir.path().join("inclusion.json");
+        std::fs::write(&path, &proof.stdout).unwrap();
+        let ok = grantline(&["verify-proof", path.to_str().unwrap(), "--public-key", &key]);
+        assert_eq!(ok.status.code(), Some(0), "{ok:?}");
+        assert!(stdout(&ok).starts_with("ok: event 5"));
+
+        let json: serde_json::Value = serde_json::from_slice(&proof.stdout).unwrap();
+        let altered = |f: &dyn Fn(&mut serde_json::Value)| {
+            let mut j = json.clone();
+            f(&mut j);
+            let p = dir.path().join("altered.json");
+            std::fs::write(&p, j.to_string()).unwrap();
+            grantline(&["verify-proof", p.to_str().unwrap(), "--public-key", &key])
+        };
+        // Wrong leaf: another event's chain hash.
+        let other_leaf = Store::connect(&db.db, false).await.unwrap().hash_at(6).await.unwrap().unwrap().to_hex();
+        assert_eq!(altered(&|j| j["chain_hash"] = other_leaf.clone().into()).status.code(), Some(1));
+        // Wrong size: the proof claims a bigger tree than the checkpoint.
+        assert_ne!(altered(&|j| j["tree_size"] = 13.into()).status.code(), Some(0));
+        // Wrong root: a checkpoint for another tree, validly signed.
+        let forged_root = testing::signer().sign_checkpoint("grantline.test/ledger", 12, &Hash([1; 32]));
+        assert_eq!(altered(&|j| j["checkpoint"] = forged_root.clone().into()).status.code(), Some(1));
+        // Wrong path hash.
+        assert_eq!(altered(&|j| j["hashes"][0] = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".into()).status.code(), Some(1));
+
+        // Consistency: the checkpoint of 12 extends the one of 10.
+        let cons = grantline(&["proof", "--database", &url, "--consistency", "10"]);
+        assert_eq!(cons.status.code(), Some(0), "{cons:?}");
+        let cpath = dir.path().join("consistency.json");
+        std::fs::write(&cpath, &cons.stdout).unwrap();
+        let ok = grantline(&["verify-proof", cpath.to_str().unwrap(), "--public-key", &key]);
+        assert_eq!(ok.status.code(), Some(0), "{ok:?}");
+        let cj: serde_json::Value = serde_json::from_slice(&cons.stdout).unwrap();
+        let mut wrong = cj.clone();
+        wrong["hashes"][0] = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".into();
+        std::fs::write(&cpath, wrong.to_string()).unwrap();
+        let bad = grantline(&["verify-proof", cpath.to_str().unwrap(), "--public-key", &key]);
+        assert_eq!(bad.status.code(), Some(1));
+
+        independent_check(&json, &cj, &key);
+    }
+}
+
+/// Our checkpoint and proofs, checked by independent implementations: Cloudflare's
+/// `signed_note` (C2SP signed-note) and `tlog_tiles` (a port of Go's sumdb/tlog).
+fn independent_check(inclusion: &serde_json::Value, consistency: &serde_json::Value, vkey: &str) {
+    use signed_note::{Note, StandardVerifier, VerifierList};
+    let verifiers = VerifierList::new(vec![Box::new(StandardVerifier::new(vkey).expect("their parser takes our vkey"))]);
+    let open = |note: &str| {
+        let n = Note::from_bytes(note.as_bytes()).expect("their parser takes our note");
+        n.verify(&verifiers).expect("their verifier accepts our signature");
+        tlog_tiles::Checkpoint::from_bytes(n.text()).expect("their parser takes our checkpoint")
+    };
+    let b64 = |s: &serde_json::Value| {
+        use base64::Engine;
+        let b = base64::engine::general_purpose::STANDARD.decode(s.as_str().unwrap()).unwrap();
+        tlog_tiles::Hash(b.try_into().unwrap())
+    };
+    let cp = open(inclusion["checkpoint"].as_str().unwrap());
+    assert_eq!(cp.size(), inclusion["tree_size"].as_u64().unwrap());
+    let chain = Hash::from_hex(inclusion["chain_hash"].as_str().unwrap()).unwrap();
+    let leaf = tlog_tiles::record_hash(&chain.0);
+    let path: Vec<tlog_tiles::Hash> = inclusion["hashes"].as_array().unwrap().iter().map(b64).collect();
+    tlog_tiles::check_record(&path, cp.size(), *cp.hash(), inclusion["index"].as_u64().unwrap(), leaf)
+        .expect("their inclusion check accepts our proof");
+    let mut wrong = path.clone();
+    wrong.reverse();
+    assert!(tlog_tiles::check_record(&wrong, cp.size(), *cp.hash(), inclusion["index"].as_u64().unwrap(), leaf).is_err());
+
+    let old = open(consistency["old_checkpoint"].as_str().unwrap());
+    let new = open(consistency["new_checkpoint"].as_str().unwrap());
+    let path: Vec<tlog_tiles::Hash> = consistency["hashes"].as_array().unwrap().iter().map(b64).collect();
+    tlog_tiles::check_tree(&path, new.size(), *new.hash(), old.size(), *old.hash())
+        .expect("their consistency check accepts our proof");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_erase_keeps_the_chain_and_readers_show_erased() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap().to_string();
+    let db = grantline_store::Database::in_data_dir(dir.path());
+    let ledger = Ledger::open(&db, testing::signer(), LedgerOptions::default()).await.unwrap();
+    let keyring = Keyring::new(ledger.store());
+    let subject = pii::user_subject("usr_dora");
+    let event = UserCreated {
+        user_id: "usr_dora".into(),
+        username: keyring.seal(&subject, "dora").await.unwrap(),
+        email: Some(keyring.seal(&subject, "dora.the.deletable@example.net").await.unwrap()),
+        display_name: Some(keyring.seal(&subject, "Dora Deletable").await.unwrap()),
+        role: "member".into(),
+        source: UserSource::Cli,
+    };
+    ledger.append(Append::new(vec![NewEvent::new(StreamId::user("usr_dora"), Actor::Operator, event)])).await.unwrap();
+    ledger.append(Append::new(vec![tool_call(1)])).await.unwrap();
+    ledger.shutdown().await;
+    ledger.store().close().await;
+
+    let before = grantline(&["events", "--data-dir", &data]);
+    assert!(stdout(&before).contains("dora.the.deletable@example.net"), "readers open sealed fields");
+
+    let missing = grantline(&["user", "erase", "usr_nobody", "--data-dir", &data]);
+    assert_eq!(missing.status.code(), Some(2), "unknown user is an error");
+    let erase = grantline(&["user", "erase", "usr_dora", "--data-dir", &data]);
+    assert_eq!(erase.status.code(), Some(0), "{erase:?}");
+
+    let after = stdout(&grantline(&["events", "--data-dir", &data]));
+    for plain in ["dora.the.deletable@example.net", "Dora Deletable", "\"dora\""] {
+        assert!(!after.contains(plain), "{plain} still readable: {after}");
+    }
+    let first: serde_json::Value = serde_json::from_str(after.lines().next().unwrap()).unwrap();
+    assert_eq!(first["payload"]["email"], "[erased]");
+    assert_eq!(first["payload"]["user_id"], "usr_dora", "ids stay in clear");
+    let last: serde_json::Value = serde_json::from_str(after.lines().last().unwrap()).unwrap();
+    assert_eq!(last["kind"], "user.erased");
+
+    let verify = grantline(&["verify", "--data-dir", &data]);
+    assert_eq!(verify.status.code(), Some(0), "{verify:?}");
+    assert!(stdout(&verify).starts_with("ok: 3 events"));
+
+    let mut bytes = Vec::new();
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let p = entry.unwrap().path();
+        if p.file_name().unwrap().to_string_lossy().starts_with("grantline.db") {
+            bytes.extend(std::fs::read(p).unwrap());
+        }
+    }
+    for needle in ["dora.the.deletable@example.net", "Dora Deletable"] {
+        assert!(!bytes.windows(needle.len()).any(|w| w == needle.as_bytes()), "{needle} left in the files");
+    }
+}
+
+#[test]
+fn key_show_prints_a_standard_verifier_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_grantline"))
+        .args(["key", "show", "--data-dir", dir.path().to_str().unwrap()])
+        .env_remove("GRANTLINE_CHECKPOINT_KEY")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "no key yet");
+    let with_env = grantline(&["key", "show", "--data-dir", dir.path().to_str().unwrap()]);
+    let vkey = stdout(&with_env).trim().to_string();
+    assert_eq!(vkey, testing::signer().verifier().to_string());
+    signed_note::StandardVerifier::new(&vkey).expect("a standard signed-note verifier key");
+}
+
+#[test]
+fn bad_database_urls_and_missing_ledgers_are_clear_errors() {
+    let o = grantline(&["verify", "--database", "mysql://x"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("expected sqlite:PATH or postgres://"));
+    let dir = tempfile::tempdir().unwrap();
+    let o = grantline(&["verify", "--data-dir", dir.path().to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no ledger at"), "{o:?}");
+}
