@@ -1,0 +1,126 @@
+//! Given events → state: the projection and its rules, without a database.
+
+use grantline_ledger::*;
+use grantline_state::{State, apply, fold};
+use proptest::prelude::*;
+
+fn rec(seq: u64, payload: impl Into<Payload>) -> Recorded {
+    let mut envelope = samples::envelope(seq, payload.into());
+    envelope.time = Timestamp::from_secs(1_800_000_000 + seq as i64);
+    Recorded { envelope, prev_hash: GENESIS, hash: GENESIS }
+}
+
+const NOW: Timestamp = Timestamp(1_800_000_000_000_000);
+
+fn access(id: &str) -> AccessTokenRecord {
+    AccessTokenRecord {
+        token_id: format!("at_{id}"),
+        digest: secret_digest(format!("gla_{id}").as_bytes()),
+        format: TokenFormat::Opaque,
+        expires_at: NOW.plus_secs(3600),
+    }
+}
+
+fn refresh(id: &str) -> RefreshTokenRecord {
+    RefreshTokenRecord {
+        token_id: format!("rt_{id}"),
+        digest: secret_digest(format!("glr_{id}").as_bytes()),
+        expires_at: NOW.plus_secs(86_400),
+        absolute_expires_at: NOW.plus_secs(30 * 86_400),
+    }
+}
+
+/// A client, a user, one grant with two families; family f1 refreshed once.
+fn history() -> Vec<Recorded> {
+    let mut out = Vec::new();
+    let mut seq = 0;
+    let mut push = |p: Payload| {
+        seq += 1;
+        out.push(rec(seq, p));
+    };
+    let mut all = samples::all();
+    push(all.remove(0)); // client.registered (CLIENT)
+    let user = match &all[4] {
+        Payload::UserCreated(u) => u.clone(),
+        _ => unreachable!(),
+    };
+    let client = "cli_0197a3c1f0d27c4e8b1a9d6e5f403a22".to_string();
+    push(user.clone().into());
+    push(ConsentGranted { grant_id: "g1".into(), user_id: user.user_id.clone(), client_id: client.clone(), resource: "r".into(), scopes: vec!["read".into()], prompted: true }.into());
+    for f in ["f1", "f2"] {
+        push(CodeIssued { family_id: f.into(), grant_id: "g1".into(), client_id: client.clone(), user_id: user.user_id.clone(), resource: "r".into(), scopes: vec!["read".into()], code_digest: secret_digest(f.as_bytes()), redirect_uri: "http://127.0.0.1/cb".into(), code_challenge: "x".into(), expires_at: NOW.plus_secs(60) }.into());
+        push(CodeRedeemed { family_id: f.into(), code_digest: secret_digest(f.as_bytes()), client_id: client.clone() }.into());
+        push(TokenIssued { family_id: Some(f.into()), grant_type: GrantType::AuthorizationCode, client_id: client.clone(), user_id: Some(user.user_id.clone()), resource: "r".into(), scopes: vec!["read".into()], access: access(&format!("{f}a")), refresh: Some(refresh(&format!("{f}a"))) }.into());
+    }
+    push(TokenRefreshed { family_id: "f1".into(), client_id: client.clone(), user_id: user.user_id.clone(), resource: "r".into(), scopes: vec!["read".into()], rotated_refresh_id: "rt_f1a".into(), access: access("f1b"), refresh: refresh("f1b") }.into());
+    out
+}
+
+fn live(s: &State, id: &str) -> bool {
+    s.live_access_token(&access(id).digest, NOW).is_some()
+}
+
+#[test]
+fn refresh_rotation_marks_the_old_token_and_issues_new_ones() {
+    let s = fold(&history());
+    assert!(live(&s, "f1a") && live(&s, "f1b") && live(&s, "f2a"));
+    let old = &s.refresh_tokens[&refresh("f1a").digest];
+    assert!(old.rotated_at.is_some(), "the presented refresh token is rotated");
+    assert!(s.refresh_tokens[&refresh("f1b").digest].rotated_at.is_none());
+    assert!(!s.clients["cli_0197a3c1f0d27c4e8b1a9d6e5f403a22"].expires_at.is_some(), "first authorization keeps a dynamic client alive");
+}
+
+#[test]
+fn reuse_detected_revokes_every_token_of_that_family_only() {
+    let mut events = history();
+    let n = events.len() as u64;
+    events.push(rec(n + 1, RefreshReuseDetected { family_id: "f1".into(), refresh_token_id: "rt_f1a".into(), client_id: "c".into(), rotated_at: NOW, grace_seconds: 10 }));
+    let s = fold(&events);
+    assert!(!live(&s, "f1a") && !live(&s, "f1b"), "every token descended from f1's code");
+    assert!(live(&s, "f2a"), "other families untouched");
+    assert_eq!(s.families["f1"].revoked.as_ref().unwrap().seq, n + 1);
+}
+
+#[test]
+fn code_replay_revokes_the_family() {
+    let mut events = history();
+    let n = events.len() as u64;
+    events.push(rec(n + 1, CodeReplayed { family_id: "f2".into(), code_digest: secret_digest(b"f2"), client_id: "c".into() }));
+    let s = fold(&events);
+    assert!(!live(&s, "f2a"));
+    assert!(live(&s, "f1b"));
+}
+
+#[test]
+fn grant_revoked_revokes_every_family_under_it() {
+    let mut events = history();
+    let n = events.len() as u64;
+    events.push(rec(n + 1, GrantRevoked { grant_id: "g1".into(), user_id: "u".into(), client_id: "c".into(), reason: "revoked by user".into() }));
+    let s = fold(&events);
+    assert!(!live(&s, "f1b") && !live(&s, "f2a"));
+    assert!(s.families.values().all(|f| f.revoked.is_some()));
+}
+
+#[test]
+fn expiry_and_single_token_revocation() {
+    let mut events = history();
+    let n = events.len() as u64;
+    events.push(rec(n + 1, TokenRevoked { token_id: "at_f2a".into(), token_kind: TokenKind::Access, family_id: Some("f2".into()), reason: "RFC 7009".into() }));
+    let s = fold(&events);
+    assert!(!live(&s, "f2a"));
+    assert!(live(&s, "f1b"));
+    assert!(s.live_access_token(&access("f1b").digest, NOW.plus_secs(3601)).is_none(), "expired");
+}
+
+proptest! {
+    #[test]
+    fn folding_a_prefix_then_the_rest_equals_folding_all(split in 0usize..12) {
+        let events = history();
+        let split = split.min(events.len());
+        let mut s = fold(&events[..split]);
+        for e in &events[split..] {
+            apply(&mut s, e);
+        }
+        prop_assert_eq!(s, fold(&events));
+    }
+}
