@@ -18,6 +18,7 @@
 --   GRANT SELECT, INSERT, DELETE ON subject_keys TO grantline_app;
 --   GRANT SELECT, INSERT ON erased_subjects TO grantline_app;
 --   GRANT SELECT ON _sqlx_migrations TO grantline_app;
+--   GRANT USAGE ON SEQUENCE checkpoints_id_seq TO grantline_app;
 --
 -- Without UPDATE, DELETE or TRUNCATE privileges, and without ownership (an owner can drop
 -- triggers), the application role cannot rewrite history even if it is compromised; the hash
@@ -35,8 +36,6 @@ CREATE TABLE events (
     hash      BYTEA       NOT NULL CHECK (octet_length(hash) = 32),
     UNIQUE (stream, version)
 );
-
-CREATE INDEX events_kind_time ON events (kind, time);
 
 CREATE TABLE checkpoints (
     id        BIGSERIAL   PRIMARY KEY,

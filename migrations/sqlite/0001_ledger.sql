@@ -18,8 +18,6 @@ CREATE TABLE events (
     UNIQUE (stream, version)
 );
 
-CREATE INDEX events_kind_time ON events (kind, time);
-
 CREATE TRIGGER events_no_update BEFORE UPDATE ON events
 BEGIN
     SELECT RAISE(ABORT, 'grantline: events is append-only; UPDATE refused');

@@ -41,6 +41,10 @@ impl StreamId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+    /// As decoded from a body: no validation, so the header scanner reads what serde reads.
+    pub(crate) fn from_raw(s: &str) -> Self {
+        StreamId(s.to_string())
+    }
     /// Accepts any non-empty string of at most 200 printable, non-space characters.
     pub fn parse(s: &str) -> Option<Self> {
         let ok = !s.is_empty() && s.len() <= 200 && s.chars().all(|c| c.is_ascii_graphic());

@@ -109,3 +109,16 @@ fn no_sample_holds_a_raw_secret() {
         }
     }
 }
+
+#[test]
+fn the_event_catalogue_page_documents_every_kind() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/events.md");
+    let page = std::fs::read_to_string(path).expect("docs/events.md");
+    for k in Kind::ALL {
+        assert!(
+            page.contains(&format!("\n## {}\n", k.as_str())),
+            "docs/events.md lacks {} (run python3 tools/gen-schema.py)",
+            k.as_str()
+        );
+    }
+}

@@ -16,6 +16,8 @@ pub enum StoreError {
     Invalid(String),
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("bad database URL {0:?}: expected sqlite:PATH or postgres://…")]

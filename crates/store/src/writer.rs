@@ -14,7 +14,6 @@ use grantline_ledger::{
     Append, Envelope, GENESIS, Hash, NoteSigner, Recorded, StreamId, Timestamp, chain_hash, encode,
 };
 use sqlx::postgres::PgConnection;
-use sqlx::sqlite::SqliteConnection;
 use sqlx::{Connection, Row};
 use std::collections::HashMap;
 use std::time::Duration;
@@ -67,30 +66,60 @@ impl Ledger {
     pub async fn open(db: &Database, signer: NoteSigner, options: LedgerOptions) -> Result<Ledger> {
         let store = Store::connect(db, true).await?;
         store.migrate().await?;
-        let conn = match db {
-            Database::Sqlite(path) => {
-                WriterConn::Sqlite(SqliteConnection::connect_with(&Database::sqlite_options(path, false)).await?)
-            }
-            Database::Postgres(url) => {
-                WriterConn::Postgres(PgConnection::connect_with(&Database::pg_options(url)?).await?)
-            }
-        };
         let head_now = store.head().await?.map(|h| h.0).unwrap_or(0);
         let (head_tx, head_rx) = watch::channel(head_now);
         let (tx, rx) = mpsc::channel(4096);
-        let writer = Writer {
-            conn,
-            signer,
-            options,
-            head: None,
-            last_time: 0,
-            versions: HashMap::new(),
-            frontier: Frontier::new(),
-            last_cp_size: 0,
-            last_cp_at: Instant::now(),
-            head_tx,
-        };
-        tokio::spawn(writer.run(rx));
+        // The writer runs on its own thread and runtime: on a busy server its wake-ups would
+        // otherwise queue behind request tasks, and every group commit waits on it.
+        let (ready_tx, ready_rx) = oneshot::channel::<Result<()>>();
+        let db = db.clone();
+        std::thread::Builder::new()
+            .name("grantline-ledger-writer".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(StoreError::Io(e)));
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    let conn = match &db {
+                        Database::Sqlite(path) => open_sqlite_writer(path).map(|c| WriterConn::Sqlite(Some(c))),
+                        Database::Postgres(url) => match Database::pg_options(url) {
+                            Ok(o) => PgConnection::connect_with(&o)
+                                .await
+                                .map(WriterConn::Postgres)
+                                .map_err(StoreError::from),
+                            Err(e) => Err(e),
+                        },
+                    };
+                    let conn = match conn {
+                        Ok(c) => c,
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    let _ = ready_tx.send(Ok(()));
+                    let writer = Writer {
+                        conn,
+                        signer,
+                        options,
+                        head: None,
+                        last_time: 0,
+                        versions: HashMap::new(),
+                        frontier: Frontier::new(),
+                        last_cp_size: 0,
+                        last_cp_at: Instant::now(),
+                        head_tx,
+                    };
+                    writer.run(rx).await;
+                });
+            })?;
+        ready_rx
+            .await
+            .map_err(|_| StoreError::Unavailable("the ledger writer did not start".into()))??;
         Ok(Ledger {
             store,
             jobs: tx,
@@ -138,9 +167,39 @@ impl Ledger {
     }
 }
 
+/// The writer's own connection. On SQLite it is a rusqlite connection used from the writer's
+/// own thread: sqlx's SQLite worker hands each statement and row across threads, which capped
+/// group commits far below what SQLite itself does.
 enum WriterConn {
-    Sqlite(SqliteConnection),
+    Sqlite(Option<rusqlite::Connection>),
     Postgres(PgConnection),
+}
+
+fn open_sqlite_writer(path: &std::path::Path) -> Result<rusqlite::Connection> {
+    use rusqlite::OpenFlags;
+    let c = rusqlite::Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    c.busy_timeout(Duration::from_secs(30))?;
+    // Same durability as the pool: WAL, fsync on every commit, deleted bytes overwritten.
+    c.execute_batch(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA cache_size = -16384; \
+         PRAGMA secure_delete = ON;",
+    )?;
+    Ok(c)
+}
+
+/// Runs `f` on the SQLite writer connection. The writer has a thread of its own, so the call
+/// blocks only the writer.
+async fn on_sqlite<T>(
+    slot: &mut Option<rusqlite::Connection>,
+    f: impl FnOnce(&mut rusqlite::Connection) -> Result<T>,
+) -> Result<T> {
+    let conn = slot
+        .as_mut()
+        .ok_or_else(|| StoreError::Unavailable("the SQLite writer connection was lost".into()))?;
+    f(conn)
 }
 
 struct PlannedRow {
@@ -204,6 +263,7 @@ impl Writer {
                 }
             }
             let force = !control.is_empty();
+            tracing::trace!(appends = appends.len(), events = n_events, "group commit");
             let outcome = self.commit(appends, force, false).await;
             for job in control {
                 match job {
@@ -398,7 +458,8 @@ impl Writer {
                 let _ = reply.send(Err(StoreError::Unavailable(e.to_string())));
             }
         };
-        if let Err(e) = self.insert_rows(&rows).await {
+        let wrote_rows = !rows.is_empty();
+        if let Err(e) = self.insert_rows(&mut rows).await {
             fail_all(replies, &e);
             return Err(e);
         }
@@ -413,10 +474,11 @@ impl Writer {
             }
             cp_size = Some(seq);
         }
-        if let Err(e) = self.finish(seq, !rows.is_empty()).await {
+        if let Err(e) = self.finish(seq, wrote_rows).await {
             fail_all(replies, &e);
             return Err(e);
         }
+
         // Durable: now the caches may move on.
         self.head = Some((seq, prev));
         self.last_time = now;
@@ -436,7 +498,7 @@ impl Writer {
     async fn lock_and_sync(&mut self) -> Result<()> {
         match &mut self.conn {
             WriterConn::Sqlite(c) => {
-                sqlx::query("BEGIN IMMEDIATE").execute(&mut *c).await?;
+                on_sqlite(c, |c| Ok(c.execute_batch("BEGIN IMMEDIATE")?)).await?;
             }
             WriterConn::Postgres(c) => {
                 sqlx::query("BEGIN").execute(&mut *c).await?;
@@ -483,12 +545,17 @@ impl Writer {
 
     async fn read_head(&mut self) -> Result<Option<(u64, Hash, i64)>> {
         let row = match &mut self.conn {
-            WriterConn::Sqlite(c) => {
-                sqlx::query("SELECT seq, hash, time FROM events ORDER BY seq DESC LIMIT 1")
-                    .fetch_optional(&mut *c)
-                    .await?
-                    .map(|r| -> Result<_> { Ok((r.try_get::<i64, _>(0)?, r.try_get::<Vec<u8>, _>(1)?, r.try_get::<i64, _>(2)?)) })
-            }
+            WriterConn::Sqlite(c) => on_sqlite(c, |c| {
+                use rusqlite::OptionalExtension;
+                Ok(c.query_row(
+                    "SELECT seq, hash, time FROM events ORDER BY seq DESC LIMIT 1",
+                    [],
+                    |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?, r.get::<_, i64>(2)?)),
+                )
+                .optional()?)
+            })
+            .await?
+            .map(Ok),
             WriterConn::Postgres(c) => sqlx::query(
                 "SELECT seq, hash, (EXTRACT(EPOCH FROM time) * 1000000)::int8 FROM events ORDER BY seq DESC LIMIT 1",
             )
@@ -512,9 +579,10 @@ impl Writer {
     async fn read_last_checkpoint_size(&mut self) -> Result<u64> {
         let n: Option<i64> = match &mut self.conn {
             WriterConn::Sqlite(c) => {
-                sqlx::query_scalar("SELECT MAX(tree_size) FROM checkpoints")
-                    .fetch_one(&mut *c)
-                    .await?
+                on_sqlite(c, |c| {
+                    Ok(c.query_row("SELECT MAX(tree_size) FROM checkpoints", [], |r| r.get(0))?)
+                })
+                .await?
             }
             WriterConn::Postgres(c) => {
                 sqlx::query_scalar("SELECT MAX(tree_size) FROM checkpoints")
@@ -528,12 +596,18 @@ impl Writer {
     /// The frontier saved with the newest checkpoint at or below `upto`, if it is consistent.
     async fn read_latest_frontier(&mut self, upto: u64) -> Result<Option<Frontier>> {
         let row: Option<(Vec<u8>, Vec<u8>)> = match &mut self.conn {
-            WriterConn::Sqlite(c) => sqlx::query_as(
-                "SELECT frontier, root FROM checkpoints WHERE tree_size <= ? ORDER BY tree_size DESC LIMIT 1",
-            )
-            .bind(upto as i64)
-            .fetch_optional(&mut *c)
-            .await?,
+            WriterConn::Sqlite(c) => {
+                on_sqlite(c, move |c| {
+                    use rusqlite::OptionalExtension;
+                    Ok(c.query_row(
+                        "SELECT frontier, root FROM checkpoints WHERE tree_size <= ?1 ORDER BY tree_size DESC LIMIT 1",
+                        [upto as i64],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )
+                    .optional()?)
+                })
+                .await?
+            }
             WriterConn::Postgres(c) => sqlx::query_as(
                 "SELECT frontier, root FROM checkpoints WHERE tree_size <= $1 ORDER BY tree_size DESC LIMIT 1",
             )
@@ -550,11 +624,12 @@ impl Writer {
     async fn read_hashes(&mut self, from: u64, to: u64) -> Result<Vec<Hash>> {
         let rows: Vec<Vec<u8>> = match &mut self.conn {
             WriterConn::Sqlite(c) => {
-                sqlx::query_scalar("SELECT hash FROM events WHERE seq > ? AND seq <= ? ORDER BY seq")
-                    .bind(from as i64)
-                    .bind(to as i64)
-                    .fetch_all(&mut *c)
-                    .await?
+                on_sqlite(c, move |c| {
+                    let mut st = c.prepare("SELECT hash FROM events WHERE seq > ?1 AND seq <= ?2 ORDER BY seq")?;
+                    let rows = st.query_map([from as i64, to as i64], |r| r.get::<_, Vec<u8>>(0))?;
+                    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+                })
+                .await?
             }
             WriterConn::Postgres(c) => {
                 sqlx::query_scalar("SELECT hash FROM events WHERE seq > $1 AND seq <= $2 ORDER BY seq")
@@ -571,19 +646,20 @@ impl Writer {
         let mut out = HashMap::new();
         match &mut self.conn {
             WriterConn::Sqlite(c) => {
-                for chunk in streams.chunks(500) {
-                    let marks = vec!["?"; chunk.len()].join(",");
-                    let sql = format!(
-                        "SELECT stream, MAX(version) FROM events WHERE stream IN ({marks}) GROUP BY stream"
-                    );
-                    let mut q = sqlx::query_as::<_, (String, i64)>(sqlx::AssertSqlSafe(sql));
-                    for s in chunk {
-                        q = q.bind(s);
+                let streams = streams.to_vec();
+                let found = on_sqlite(c, move |c| {
+                    let mut st = c.prepare_cached("SELECT MAX(version) FROM events WHERE stream = ?1")?;
+                    let mut out = Vec::with_capacity(streams.len());
+                    for s in streams {
+                        let v: Option<i64> = st.query_row([&s], |r| r.get(0))?;
+                        if let Some(v) = v {
+                            out.push((s, v as u64));
+                        }
                     }
-                    for (s, v) in q.fetch_all(&mut *c).await? {
-                        out.insert(s, v as u64);
-                    }
-                }
+                    Ok(out)
+                })
+                .await?;
+                out.extend(found);
             }
             WriterConn::Postgres(c) => {
                 let rows: Vec<(String, i64)> = sqlx::query_as(
@@ -598,37 +674,34 @@ impl Writer {
         Ok(out)
     }
 
-    async fn insert_rows(&mut self, rows: &[PlannedRow]) -> Result<()> {
+    async fn insert_rows(&mut self, rows: &mut Vec<PlannedRow>) -> Result<()> {
         if rows.is_empty() {
             return Ok(());
         }
         match &mut self.conn {
             WriterConn::Sqlite(c) => {
-                let mut rest = rows;
-                while !rest.is_empty() {
-                    // Chunk sizes are powers of two so only a few statements are ever prepared.
-                    let n = 1usize << (usize::BITS - 1 - rest.len().min(256).leading_zeros());
-                    let (chunk, tail) = rest.split_at(n);
-                    rest = tail;
-                    let values = vec!["(?,?,?,?,?,?,?,?,?)"; n].join(",");
-                    let sql = format!(
-                        "INSERT INTO events (seq, id, time, stream, version, kind, body, prev_hash, hash) VALUES {values}"
-                    );
-                    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-                    for r in chunk {
-                        q = q
-                            .bind(r.seq)
-                            .bind(r.id)
-                            .bind(r.time)
-                            .bind(r.stream.as_str())
-                            .bind(r.version)
-                            .bind(r.kind)
-                            .bind(r.body.as_slice())
-                            .bind(r.prev_hash.0.as_slice())
-                            .bind(r.hash.0.as_slice());
+                let rows = std::mem::take(rows);
+                on_sqlite(c, move |c| {
+                    let mut st = c.prepare_cached(
+                        "INSERT INTO events (seq, id, time, stream, version, kind, body, prev_hash, hash) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                    )?;
+                    for r in &rows {
+                        st.execute(rusqlite::params![
+                            r.seq,
+                            r.id.as_bytes().as_slice(),
+                            r.time,
+                            r.stream,
+                            r.version,
+                            r.kind,
+                            r.body,
+                            r.prev_hash.0.as_slice(),
+                            r.hash.0.as_slice(),
+                        ])?;
                     }
-                    q.execute(&mut *c).await?;
-                }
+                    Ok(())
+                })
+                .await?;
             }
             WriterConn::Postgres(c) => {
                 let seqs: Vec<i64> = rows.iter().map(|r| r.seq).collect();
@@ -668,15 +741,13 @@ impl Writer {
         let frontier = self.frontier.to_bytes();
         match &mut self.conn {
             WriterConn::Sqlite(c) => {
-                sqlx::query(
-                    "INSERT INTO checkpoints (time, tree_size, root, note, frontier) VALUES (?, ?, ?, ?, ?)",
-                )
-                .bind(now)
-                .bind(size as i64)
-                .bind(root.0.as_slice())
-                .bind(&note)
-                .bind(&frontier)
-                .execute(&mut *c)
+                on_sqlite(c, move |c| {
+                    c.execute(
+                        "INSERT INTO checkpoints (time, tree_size, root, note, frontier) VALUES (?1, ?2, ?3, ?4, ?5)",
+                        rusqlite::params![now, size as i64, root.0.as_slice(), note, frontier],
+                    )?;
+                    Ok(())
+                })
                 .await?;
             }
             WriterConn::Postgres(c) => {
@@ -699,7 +770,7 @@ impl Writer {
     async fn finish(&mut self, head: u64, notify: bool) -> Result<()> {
         match &mut self.conn {
             WriterConn::Sqlite(c) => {
-                sqlx::query("COMMIT").execute(&mut *c).await?;
+                on_sqlite(c, |c| Ok(c.execute_batch("COMMIT")?)).await?;
             }
             WriterConn::Postgres(c) => {
                 if notify {
@@ -717,8 +788,12 @@ impl Writer {
 
     async fn rollback(&mut self) {
         let r = match &mut self.conn {
-            WriterConn::Sqlite(c) => sqlx::query("ROLLBACK").execute(&mut *c).await.map(|_| ()),
-            WriterConn::Postgres(c) => sqlx::query("ROLLBACK").execute(&mut *c).await.map(|_| ()),
+            WriterConn::Sqlite(c) => on_sqlite(c, |c| Ok(c.execute_batch("ROLLBACK")?)).await,
+            WriterConn::Postgres(c) => sqlx::query("ROLLBACK")
+                .execute(&mut *c)
+                .await
+                .map(|_| ())
+                .map_err(StoreError::from),
         };
         if let Err(e) = r {
             tracing::debug!(error = %e, "rollback after a failed commit");

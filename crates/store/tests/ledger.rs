@@ -386,6 +386,19 @@ backend_tests! {
         assert!(matches!(&f.problem, Problem::CheckpointSignature { size: 10, error } if error.contains("does not verify")), "{f}");
     }
 
+    async fn tamper_altered_column_is_refused_by_readers_and_found(db: TestDb) {
+        let store = scene(&db).await;
+        drop_guards(&store).await;
+        exec(&store, "UPDATE events SET kind = 'tool.listed' WHERE seq = 3").await.unwrap();
+        let f = verify(&store).await.unwrap_err();
+        assert_eq!((f.seq, f.problem), (3, Problem::ColumnMismatch { column: "kind" }));
+        match store.read(0, 100).await {
+            Err(StoreError::Corrupt { seq: 3, .. }) => {}
+            other => panic!("reader must refuse the row: {other:?}"),
+        }
+        assert_eq!(store.read(0, 2).await.unwrap().len(), 2, "rows before it still read");
+    }
+
     async fn tamper_truncated_tail_below_a_checkpoint_is_found(db: TestDb) {
         let store = scene(&db).await;
         drop_guards(&store).await;
@@ -395,4 +408,49 @@ backend_tests! {
         // Truncating only uncovered events cannot be proven: that is what the schedule bounds.
     }
 }
+}
+
+/// The documented least-privilege setup works: the application role appends and checkpoints,
+/// and cannot update, delete, truncate or drop the guard rails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_least_privilege_role_can_append_but_not_rewrite() {
+    let Some(db) = grantline_store::testing::postgres().await else { return };
+    let owner = Store::connect(&db.db, true).await.unwrap();
+    owner.migrate().await.unwrap();
+    let role = format!("gl_app_{}", uuid_suffix());
+    exec(&owner, &format!(
+        "CREATE ROLE {role} LOGIN; \
+         GRANT USAGE ON SCHEMA public TO {role}; \
+         GRANT SELECT, INSERT ON events, checkpoints TO {role}; \
+         GRANT SELECT, INSERT, DELETE ON subject_keys TO {role}; \
+         GRANT SELECT, INSERT ON erased_subjects TO {role}; \
+         GRANT SELECT ON _sqlx_migrations TO {role}; \
+         GRANT USAGE ON SEQUENCE checkpoints_id_seq TO {role};"
+    )).await.unwrap();
+    let Database::Postgres(url) = &db.db else { unreachable!() };
+    let app_url = url.replacen("postgres://postgres@", &format!("postgres://{role}@"), 1);
+    assert_ne!(&app_url, url, "test URL has the expected shape");
+    let app_db = Database::Postgres(app_url);
+    let ledger = grantline_store::Ledger::open(&app_db, grantline_store::testing::signer(), quiet()).await.unwrap();
+    for i in 0..3 {
+        append_one(&ledger, tool_call(i)).await;
+    }
+    assert_eq!(ledger.checkpoint().await.unwrap(), Some(3));
+    let app = ledger.store();
+    for sql in [
+        "UPDATE events SET kind = 'x'",
+        "DELETE FROM events",
+        "TRUNCATE events",
+        "DELETE FROM checkpoints",
+        "DROP TRIGGER events_append_only ON events",
+        "ALTER TABLE events DISABLE TRIGGER events_append_only",
+    ] {
+        let err = exec(app, sql).await.expect_err(sql).to_string();
+        assert!(err.contains("permission denied") || err.contains("must be owner"), "{sql}: {err}");
+    }
+    assert!(verify(app).await.is_ok());
+}
+
+fn uuid_suffix() -> String {
+    format!("{:x}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos())
 }
