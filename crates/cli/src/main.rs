@@ -10,7 +10,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "grantline", version, about = "OAuth 2.1 authorization server and MCP gateway on a hash-chained ledger")]
+#[command(
+    name = "grantline",
+    version,
+    about = "OAuth 2.1 authorization server and MCP gateway on a hash-chained ledger"
+)]
 struct Cli {
     /// Data directory of the embedded default (SQLite ledger, checkpoint key). Default:
     /// $GRANTLINE_DATA_DIR, else $XDG_DATA_HOME/grantline, else ~/.local/share/grantline.
@@ -54,7 +58,10 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");

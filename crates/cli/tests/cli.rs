@@ -10,7 +10,10 @@ use std::time::Duration;
 fn grantline(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_grantline"))
         .args(args)
-        .env("GRANTLINE_CHECKPOINT_KEY", testing::signer().to_private_string())
+        .env(
+            "GRANTLINE_CHECKPOINT_KEY",
+            testing::signer().to_private_string(),
+        )
         .env_remove("GRANTLINE_DATABASE_URL")
         .output()
         .expect("run grantline")
@@ -34,7 +37,10 @@ fn tool_call(i: u64) -> NewEvent {
             tool: "search".into(),
             user_id: Some("usr_1".into()),
             client_id: Some("cli_1".into()),
-            credential: Credential { kind: CredentialKind::AccessToken, id: "at_1".into() },
+            credential: Credential {
+                kind: CredentialKind::AccessToken,
+                id: "at_1".into(),
+            },
             outcome: ToolOutcome::Ok,
             reason: None,
             error_code: None,
@@ -48,18 +54,28 @@ fn tool_call(i: u64) -> NewEvent {
 
 /// 12 events; checkpoints at 10 and 12.
 async fn ledger_with_events(db: &TestDb) {
-    let ledger = Ledger::open(&db.db, testing::signer(), LedgerOptions {
-        checkpoint_interval: Duration::from_secs(3600),
-        ..LedgerOptions::default()
-    })
+    let ledger = Ledger::open(
+        &db.db,
+        testing::signer(),
+        LedgerOptions {
+            checkpoint_interval: Duration::from_secs(3600),
+            ..LedgerOptions::default()
+        },
+    )
     .await
     .unwrap();
     for i in 1..=10 {
-        ledger.append(Append::new(vec![tool_call(i)])).await.unwrap();
+        ledger
+            .append(Append::new(vec![tool_call(i)]))
+            .await
+            .unwrap();
     }
     assert_eq!(ledger.checkpoint().await.unwrap(), Some(10));
     for i in 11..=12 {
-        ledger.append(Append::new(vec![tool_call(i)])).await.unwrap();
+        ledger
+            .append(Append::new(vec![tool_call(i)]))
+            .await
+            .unwrap();
     }
     ledger.shutdown().await;
 }
@@ -150,31 +166,61 @@ backend_tests! {
 /// `signed_note` (C2SP signed-note) and `tlog_tiles` (a port of Go's sumdb/tlog).
 fn independent_check(inclusion: &serde_json::Value, consistency: &serde_json::Value, vkey: &str) {
     use signed_note::{Note, StandardVerifier, VerifierList};
-    let verifiers = VerifierList::new(vec![Box::new(StandardVerifier::new(vkey).expect("their parser takes our vkey"))]);
+    let verifiers = VerifierList::new(vec![Box::new(
+        StandardVerifier::new(vkey).expect("their parser takes our vkey"),
+    )]);
     let open = |note: &str| {
         let n = Note::from_bytes(note.as_bytes()).expect("their parser takes our note");
-        n.verify(&verifiers).expect("their verifier accepts our signature");
+        n.verify(&verifiers)
+            .expect("their verifier accepts our signature");
         tlog_tiles::Checkpoint::from_bytes(n.text()).expect("their parser takes our checkpoint")
     };
     let b64 = |s: &serde_json::Value| {
         use base64::Engine;
-        let b = base64::engine::general_purpose::STANDARD.decode(s.as_str().unwrap()).unwrap();
+        let b = base64::engine::general_purpose::STANDARD
+            .decode(s.as_str().unwrap())
+            .unwrap();
         tlog_tiles::Hash(b.try_into().unwrap())
     };
     let cp = open(inclusion["checkpoint"].as_str().unwrap());
     assert_eq!(cp.size(), inclusion["tree_size"].as_u64().unwrap());
     let chain = Hash::from_hex(inclusion["chain_hash"].as_str().unwrap()).unwrap();
     let leaf = tlog_tiles::record_hash(&chain.0);
-    let path: Vec<tlog_tiles::Hash> = inclusion["hashes"].as_array().unwrap().iter().map(b64).collect();
-    tlog_tiles::check_record(&path, cp.size(), *cp.hash(), inclusion["index"].as_u64().unwrap(), leaf)
-        .expect("their inclusion check accepts our proof");
+    let path: Vec<tlog_tiles::Hash> = inclusion["hashes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(b64)
+        .collect();
+    tlog_tiles::check_record(
+        &path,
+        cp.size(),
+        *cp.hash(),
+        inclusion["index"].as_u64().unwrap(),
+        leaf,
+    )
+    .expect("their inclusion check accepts our proof");
     let mut wrong = path.clone();
     wrong.reverse();
-    assert!(tlog_tiles::check_record(&wrong, cp.size(), *cp.hash(), inclusion["index"].as_u64().unwrap(), leaf).is_err());
+    assert!(
+        tlog_tiles::check_record(
+            &wrong,
+            cp.size(),
+            *cp.hash(),
+            inclusion["index"].as_u64().unwrap(),
+            leaf
+        )
+        .is_err()
+    );
 
     let old = open(consistency["old_checkpoint"].as_str().unwrap());
     let new = open(consistency["new_checkpoint"].as_str().unwrap());
-    let path: Vec<tlog_tiles::Hash> = consistency["hashes"].as_array().unwrap().iter().map(b64).collect();
+    let path: Vec<tlog_tiles::Hash> = consistency["hashes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(b64)
+        .collect();
     tlog_tiles::check_tree(&path, new.size(), *new.hash(), old.size(), *old.hash())
         .expect("their consistency check accepts our proof");
 }
@@ -184,24 +230,44 @@ async fn user_erase_keeps_the_chain_and_readers_show_erased() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().to_str().unwrap().to_string();
     let db = grantline_store::Database::in_data_dir(dir.path());
-    let ledger = Ledger::open(&db, testing::signer(), LedgerOptions::default()).await.unwrap();
+    let ledger = Ledger::open(&db, testing::signer(), LedgerOptions::default())
+        .await
+        .unwrap();
     let keyring = Keyring::new(ledger.store());
     let subject = pii::user_subject("usr_dora");
     let event = UserCreated {
         user_id: "usr_dora".into(),
         username: keyring.seal(&subject, "dora").await.unwrap(),
-        email: Some(keyring.seal(&subject, "dora.the.deletable@example.net").await.unwrap()),
+        email: Some(
+            keyring
+                .seal(&subject, "dora.the.deletable@example.net")
+                .await
+                .unwrap(),
+        ),
         display_name: Some(keyring.seal(&subject, "Dora Deletable").await.unwrap()),
         role: "member".into(),
         source: UserSource::Cli,
     };
-    ledger.append(Append::new(vec![NewEvent::new(StreamId::user("usr_dora"), Actor::Operator, event)])).await.unwrap();
-    ledger.append(Append::new(vec![tool_call(1)])).await.unwrap();
+    ledger
+        .append(Append::new(vec![NewEvent::new(
+            StreamId::user("usr_dora"),
+            Actor::Operator,
+            event,
+        )]))
+        .await
+        .unwrap();
+    ledger
+        .append(Append::new(vec![tool_call(1)]))
+        .await
+        .unwrap();
     ledger.shutdown().await;
     ledger.store().close().await;
 
     let before = grantline(&["events", "--data-dir", &data]);
-    assert!(stdout(&before).contains("dora.the.deletable@example.net"), "readers open sealed fields");
+    assert!(
+        stdout(&before).contains("dora.the.deletable@example.net"),
+        "readers open sealed fields"
+    );
 
     let missing = grantline(&["user", "erase", "usr_nobody", "--data-dir", &data]);
     assert_eq!(missing.status.code(), Some(2), "unknown user is an error");
@@ -209,7 +275,11 @@ async fn user_erase_keeps_the_chain_and_readers_show_erased() {
     assert_eq!(erase.status.code(), Some(0), "{erase:?}");
 
     let after = stdout(&grantline(&["events", "--data-dir", &data]));
-    for plain in ["dora.the.deletable@example.net", "Dora Deletable", "\"dora\""] {
+    for plain in [
+        "dora.the.deletable@example.net",
+        "Dora Deletable",
+        "\"dora\"",
+    ] {
         assert!(!after.contains(plain), "{plain} still readable: {after}");
     }
     let first: serde_json::Value = serde_json::from_str(after.lines().next().unwrap()).unwrap();
@@ -225,12 +295,19 @@ async fn user_erase_keeps_the_chain_and_readers_show_erased() {
     let mut bytes = Vec::new();
     for entry in std::fs::read_dir(dir.path()).unwrap() {
         let p = entry.unwrap().path();
-        if p.file_name().unwrap().to_string_lossy().starts_with("grantline.db") {
+        if p.file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("grantline.db")
+        {
             bytes.extend(std::fs::read(p).unwrap());
         }
     }
     for needle in ["dora.the.deletable@example.net", "Dora Deletable"] {
-        assert!(!bytes.windows(needle.len()).any(|w| w == needle.as_bytes()), "{needle} left in the files");
+        assert!(
+            !bytes.windows(needle.len()).any(|w| w == needle.as_bytes()),
+            "{needle} left in the files"
+        );
     }
 }
 
@@ -257,5 +334,8 @@ fn bad_database_urls_and_missing_ledgers_are_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let o = grantline(&["verify", "--data-dir", dir.path().to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("no ledger at"), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("no ledger at"),
+        "{o:?}"
+    );
 }

@@ -37,7 +37,10 @@ pub enum CheckpointError {
 }
 
 fn valid_name(name: &str) -> bool {
-    !name.is_empty() && !name.chars().any(|c| c.is_whitespace() || c == '+' || c.is_control())
+    !name.is_empty()
+        && !name
+            .chars()
+            .any(|c| c.is_whitespace() || c == '+' || c.is_control())
 }
 
 fn key_id(name: &str, public: &VerifyingKey) -> u32 {
@@ -202,7 +205,11 @@ impl NoteSigner {
         let sig: Signature = self.key.sign(text.as_bytes());
         let mut blob = self.id.to_be_bytes().to_vec();
         blob.extend_from_slice(&sig.to_bytes());
-        format!("{text}\n{SIG_PREFIX}{} {}\n", self.name, STANDARD.encode(blob))
+        format!(
+            "{text}\n{SIG_PREFIX}{} {}\n",
+            self.name,
+            STANDARD.encode(blob)
+        )
     }
 
     /// Signs a checkpoint of the tree (`size`, `root`) for `origin`.
@@ -264,7 +271,10 @@ impl Checkpoint {
     pub fn parse_text(text: &str) -> Result<Checkpoint, CheckpointError> {
         let bad = |m: &str| CheckpointError::Malformed(m.to_string());
         let mut lines = text.lines();
-        let origin = lines.next().filter(|l| !l.is_empty()).ok_or_else(|| bad("no origin"))?;
+        let origin = lines
+            .next()
+            .filter(|l| !l.is_empty())
+            .ok_or_else(|| bad("no origin"))?;
         let size_line = lines.next().ok_or_else(|| bad("no tree size"))?;
         if size_line.is_empty()
             || !size_line.bytes().all(|b| b.is_ascii_digit())
@@ -311,7 +321,9 @@ mod tests {
         let v = s.verifier();
         assert_eq!(NoteVerifier::parse(&v.to_string()).unwrap(), v);
         assert_eq!(
-            NoteSigner::parse(&s.to_private_string()).unwrap().verifier(),
+            NoteSigner::parse(&s.to_private_string())
+                .unwrap()
+                .verifier(),
             v
         );
         let root = Hash([7; 32]);
@@ -324,7 +336,9 @@ mod tests {
             Checkpoint::open(&altered, std::slice::from_ref(&v)),
             Err(CheckpointError::BadSignature(_))
         ));
-        let other = NoteSigner::generate("grantline.test/ledger").unwrap().verifier();
+        let other = NoteSigner::generate("grantline.test/ledger")
+            .unwrap()
+            .verifier();
         assert_eq!(
             Checkpoint::open(&note, &[other]),
             Err(CheckpointError::UnknownSigner)

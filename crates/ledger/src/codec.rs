@@ -67,7 +67,9 @@ impl<'de> serde::Deserialize<'de> for Envelope {
             time: parts.header.time,
             stream: parts.header.stream,
             version: parts.header.version,
-            actor: parts.actor.ok_or_else(|| de::Error::missing_field("actor"))?,
+            actor: parts
+                .actor
+                .ok_or_else(|| de::Error::missing_field("actor"))?,
             tenant: parts.tenant,
             payload,
         })
@@ -243,7 +245,11 @@ pub fn decode_header(body: &[u8]) -> Result<Header, CodecError> {
                 r.skip(0)?;
             }
             "actor" | "tenant" => {
-                let flag = if key == "actor" { &mut actor } else { &mut tenant };
+                let flag = if key == "actor" {
+                    &mut actor
+                } else {
+                    &mut tenant
+                };
                 if std::mem::replace(flag, true) {
                     return Err(dup());
                 }
@@ -314,7 +320,9 @@ impl<'a> Scan<'a> {
             }
             27 => {
                 let s = self.take(8)?;
-                Some(u64::from_be_bytes(s.try_into().map_err(|_| malformed("head"))?))
+                Some(u64::from_be_bytes(
+                    s.try_into().map_err(|_| malformed("head"))?,
+                ))
             }
             31 if matches!(major, 2..=5 | 7) => None,
             _ => return Err(malformed("reserved additional information")),
@@ -341,7 +349,9 @@ impl<'a> Scan<'a> {
 
     fn text(&mut self) -> Result<&'a str, CodecError> {
         match self.head()? {
-            (3, Some(n)) => std::str::from_utf8(self.take(n)?).map_err(|_| malformed("invalid UTF-8")),
+            (3, Some(n)) => {
+                std::str::from_utf8(self.take(n)?).map_err(|_| malformed("invalid UTF-8"))
+            }
             _ => Err(malformed("expected a definite-length text string")),
         }
     }

@@ -103,7 +103,7 @@ impl Frontier {
     pub fn from_bytes(bytes: &[u8]) -> Option<Frontier> {
         let size = u64::from_be_bytes(bytes.get(..8)?.try_into().ok()?);
         let rest = &bytes[8..];
-        if rest.len() % 36 != 0 {
+        if !rest.len().is_multiple_of(36) {
             return None;
         }
         let nodes: Vec<(u32, Hash)> = rest
@@ -115,7 +115,8 @@ impl Frontier {
             .collect();
         // The heights must be exactly the set bits of `size`, highest first.
         let expect: Vec<u32> = (0..64).rev().filter(|b| size >> b & 1 == 1).collect();
-        (nodes.iter().map(|n| n.0).collect::<Vec<_>>() == expect).then_some(Frontier { size, nodes })
+        (nodes.iter().map(|n| n.0).collect::<Vec<_>>() == expect)
+            .then_some(Frontier { size, nodes })
     }
 }
 
@@ -347,7 +348,8 @@ mod tests {
                 // The root of a bigger tree does not accept this path at that size.
                 let bigger = leaves(n + 1);
                 assert!(
-                    verify_inclusion(&all[i], i as u64, n as u64 + 1, &p, &root_of(&bigger)).is_err()
+                    verify_inclusion(&all[i], i as u64, n as u64 + 1, &p, &root_of(&bigger))
+                        .is_err()
                 );
             }
             for m in 1..=n {
@@ -360,8 +362,14 @@ mod tests {
                         "wrong old root {m}->{n}"
                     );
                     assert!(
-                        verify_consistency(m as u64, n as u64 + 1, &old_root, &root_of(&leaves(n + 1)), &p)
-                            .is_err(),
+                        verify_consistency(
+                            m as u64,
+                            n as u64 + 1,
+                            &old_root,
+                            &root_of(&leaves(n + 1)),
+                            &p
+                        )
+                        .is_err(),
                         "wrong size {m}->{n}"
                     );
                 }

@@ -56,7 +56,12 @@ pub struct Sealed {
 
 impl fmt::Debug for Sealed {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Sealed({}, {} bytes)", self.subject, self.ciphertext.len())
+        write!(
+            f,
+            "Sealed({}, {} bytes)",
+            self.subject,
+            self.ciphertext.len()
+        )
     }
 }
 
@@ -177,9 +182,7 @@ mod tests {
         let k = SubjectKey::generate().unwrap();
         let s = Sealed::seal(&k, "user:u1", "alice@example.com").unwrap();
         assert!(
-            !s.ciphertext
-                .windows(5)
-                .any(|w| w == b"alice"),
+            !s.ciphertext.windows(5).any(|w| w == b"alice"),
             "ciphertext must not contain the plaintext"
         );
         assert_eq!(s.open(&k).unwrap(), "alice@example.com");
@@ -187,6 +190,10 @@ mod tests {
         assert_eq!(s.open(&other), Err(PiiError::Corrupt));
         let mut moved = s.clone();
         moved.subject = "user:u2".into();
-        assert_eq!(moved.open(&k), Err(PiiError::Corrupt), "subject is bound as AAD");
+        assert_eq!(
+            moved.open(&k),
+            Err(PiiError::Corrupt),
+            "subject is bound as AAD"
+        );
     }
 }

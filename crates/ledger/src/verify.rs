@@ -88,7 +88,10 @@ impl fmt::Display for Finding {
                 seq.saturating_sub(1)
             ),
             Problem::CheckpointSignature { size, error } => {
-                write!(f, "seq {seq}: bad checkpoint signature at tree size {size}: {error}")
+                write!(
+                    f,
+                    "seq {seq}: bad checkpoint signature at tree size {size}: {error}"
+                )
             }
             Problem::CheckpointRoot { size } => write!(
                 f,
@@ -186,7 +189,9 @@ impl ChainVerifier {
             .map(|c| {
                 let size = c.tree_size.max(0) as u64;
                 let verdict = match Checkpoint::open(&c.note, trusted) {
-                    Ok(cp) if cp.size != size => Err("tree_size column disagrees with the note".into()),
+                    Ok(cp) if cp.size != size => {
+                        Err("tree_size column disagrees with the note".into())
+                    }
                     Ok(cp) if Some(cp.root) != Hash::from_slice(&c.root) => {
                         Err("root column disagrees with the note".into())
                     }
@@ -214,7 +219,11 @@ impl ChainVerifier {
     }
 
     /// Checks the next row; `own` is [`check_row`]'s result for it (computed here when `None`).
-    pub fn push(&mut self, row: &RawRow, own: Option<Result<Hash, Problem>>) -> Result<(), Finding> {
+    pub fn push(
+        &mut self,
+        row: &RawRow,
+        own: Option<Result<Hash, Problem>>,
+    ) -> Result<(), Finding> {
         let seq = self.next_seq;
         let at = |problem| Finding { seq, problem };
         if row.seq != seq as i64 {

@@ -15,8 +15,14 @@ fn sample_bodies() -> Vec<Vec<u8>> {
 fn every_truncation_of_every_sample_is_an_error() {
     for body in sample_bodies() {
         for cut in 0..body.len() {
-            assert!(decode(&body[..cut]).is_err(), "prefix of {cut} bytes decoded");
-            assert!(decode_header(&body[..cut]).is_err(), "header of {cut} bytes decoded");
+            assert!(
+                decode(&body[..cut]).is_err(),
+                "prefix of {cut} bytes decoded"
+            );
+            assert!(
+                decode_header(&body[..cut]).is_err(),
+                "header of {cut} bytes decoded"
+            );
         }
         let mut longer = body.clone();
         longer.push(0);
@@ -30,8 +36,22 @@ fn header_matches_full_decode() {
         let env = decode(&body).expect("decode");
         let h = decode_header(&body).expect("header");
         assert_eq!(
-            (h.seq, h.id, h.time, h.stream.clone(), h.version, h.kind.as_str()),
-            (env.seq, env.id, env.time, env.stream.clone(), env.version, env.kind().as_str())
+            (
+                h.seq,
+                h.id,
+                h.time,
+                h.stream.clone(),
+                h.version,
+                h.kind.as_str()
+            ),
+            (
+                env.seq,
+                env.id,
+                env.time,
+                env.stream.clone(),
+                env.version,
+                env.kind().as_str()
+            )
         );
     }
 }
@@ -69,7 +89,10 @@ fn unknown_kind_and_mismatched_payload_are_errors() {
     let text = body.clone();
     // Replace the kind string "client.registered" with another valid-looking but unknown one.
     let needle = b"client.registered";
-    let pos = text.windows(needle.len()).position(|w| w == needle).expect("kind in body");
+    let pos = text
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .expect("kind in body");
     let mut unknown = text.clone();
     unknown[pos..pos + needle.len()].copy_from_slice(b"client.registerex");
     assert!(decode(&unknown).is_err());

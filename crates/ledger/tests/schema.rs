@@ -7,7 +7,10 @@ use grantline_ledger::{Envelope, Kind, decode, encode, samples};
 use serde_json::Value;
 
 fn schema() -> Value {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../schemas/events.schema.json");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../schemas/events.schema.json"
+    );
     serde_json::from_str(&std::fs::read_to_string(path).expect("schema file")).expect("schema JSON")
 }
 
@@ -24,7 +27,10 @@ fn every_kind_has_a_sample_and_a_schema_entry() {
     let schema = schema();
     let kinds: Vec<&str> = Kind::ALL.iter().map(|k| k.as_str()).collect();
     let sampled: Vec<&str> = samples::all().iter().map(|p| p.kind().as_str()).collect();
-    assert_eq!(sampled, kinds, "samples::all() must cover Kind::ALL in order");
+    assert_eq!(
+        sampled, kinds,
+        "samples::all() must cover Kind::ALL in order"
+    );
     let in_schema: Vec<&str> = schema["properties"]["kind"]["enum"]
         .as_array()
         .expect("kind enum")
@@ -45,7 +51,10 @@ fn samples_validate_and_round_trip_through_cbor_and_json() {
         let body = encode(&env).expect("encode");
         assert_eq!(decode(&body).expect("decode"), env, "CBOR round trip");
         let json = serde_json::to_value(&env).expect("to json");
-        let errors: Vec<String> = validator.iter_errors(&json).map(|e| e.to_string()).collect();
+        let errors: Vec<String> = validator
+            .iter_errors(&json)
+            .map(|e| e.to_string())
+            .collect();
         assert!(errors.is_empty(), "{}: {errors:?}", env.kind().as_str());
         let back: Envelope = serde_json::from_value(json).expect("from json");
         assert_eq!(back, env, "JSON round trip");
@@ -104,8 +113,18 @@ fn no_sample_holds_a_raw_secret() {
     // Digest fields are 64 hex chars; token prefixes appear only in the PAT's visible prefix.
     for env in sample_envelopes() {
         let json = serde_json::to_string(&env).expect("json");
-        for raw in ["gla_sample", "glr_sample", "glp_sample", "client secret", "alice@example.com"] {
-            assert!(!json.contains(raw), "{}: contains {raw}", env.kind().as_str());
+        for raw in [
+            "gla_sample",
+            "glr_sample",
+            "glp_sample",
+            "client secret",
+            "alice@example.com",
+        ] {
+            assert!(
+                !json.contains(raw),
+                "{}: contains {raw}",
+                env.kind().as_str()
+            );
         }
     }
 }

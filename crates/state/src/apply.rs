@@ -112,16 +112,19 @@ pub fn apply(state: &mut State, event: &Recorded) {
         }
         Payload::LoginFailed(_) | Payload::ConsentDenied(_) => {}
         Payload::ConsentGranted(e) => {
-            let g = state.grants.entry(e.grant_id.clone()).or_insert_with(|| Grant {
-                grant_id: e.grant_id.clone(),
-                user_id: e.user_id.clone(),
-                client_id: e.client_id.clone(),
-                resource: e.resource.clone(),
-                scopes: BTreeSet::new(),
-                granted_at: at,
-                revoked: false,
-                families: Vec::new(),
-            });
+            let g = state
+                .grants
+                .entry(e.grant_id.clone())
+                .or_insert_with(|| Grant {
+                    grant_id: e.grant_id.clone(),
+                    user_id: e.user_id.clone(),
+                    client_id: e.client_id.clone(),
+                    resource: e.resource.clone(),
+                    scopes: BTreeSet::new(),
+                    granted_at: at,
+                    revoked: false,
+                    families: Vec::new(),
+                });
             g.scopes.extend(e.scopes.iter().cloned());
         }
         Payload::CodeIssued(e) => {
@@ -186,10 +189,10 @@ pub fn apply(state: &mut State, event: &Recorded) {
             }
         }
         Payload::TokenRefreshed(e) => {
-            if let Some(old) = state.refresh_by_id.get(&e.rotated_refresh_id).cloned() {
-                if let Some(t) = state.refresh_tokens.get_mut(&old) {
-                    t.rotated_at.get_or_insert(at);
-                }
+            if let Some(old) = state.refresh_by_id.get(&e.rotated_refresh_id).cloned()
+                && let Some(t) = state.refresh_tokens.get_mut(&old)
+            {
+                t.rotated_at.get_or_insert(at);
             }
             state
                 .access_by_id
@@ -212,17 +215,17 @@ pub fn apply(state: &mut State, event: &Recorded) {
         }
         Payload::TokenRevoked(e) => match e.token_kind {
             grantline_ledger::TokenKind::Access => {
-                if let Some(d) = state.access_by_id.get(&e.token_id).cloned() {
-                    if let Some(t) = state.access_tokens.get_mut(&d) {
-                        t.revoked = true;
-                    }
+                if let Some(d) = state.access_by_id.get(&e.token_id).cloned()
+                    && let Some(t) = state.access_tokens.get_mut(&d)
+                {
+                    t.revoked = true;
                 }
             }
             grantline_ledger::TokenKind::Refresh => {
-                if let Some(d) = state.refresh_by_id.get(&e.token_id).cloned() {
-                    if let Some(t) = state.refresh_tokens.get_mut(&d) {
-                        t.revoked = true;
-                    }
+                if let Some(d) = state.refresh_by_id.get(&e.token_id).cloned()
+                    && let Some(t) = state.refresh_tokens.get_mut(&d)
+                {
+                    t.revoked = true;
                 }
             }
         },
@@ -230,7 +233,9 @@ pub fn apply(state: &mut State, event: &Recorded) {
         Payload::FamilyRevoked(e) => rules::revoke_family(state, &e.family_id, at, seq, &e.reason),
         Payload::GrantRevoked(e) => rules::on_grant_revoked(state, &e.grant_id, at, seq, &e.reason),
         Payload::PatCreated(e) => {
-            state.pat_by_digest.insert(e.digest.clone(), e.pat_id.clone());
+            state
+                .pat_by_digest
+                .insert(e.digest.clone(), e.pat_id.clone());
             state.pats.insert(
                 e.pat_id.clone(),
                 Pat {
@@ -261,10 +266,10 @@ pub fn apply(state: &mut State, event: &Recorded) {
         | Payload::AuthorizationDenied(_)
         | Payload::RateLimitExceeded(_) => {}
         Payload::SigningKeyRotated(e) => {
-            if let Some(prev) = &e.previous_key_id {
-                if let Some(k) = state.signing_keys.get_mut(prev) {
-                    k.retired = true;
-                }
+            if let Some(prev) = &e.previous_key_id
+                && let Some(k) = state.signing_keys.get_mut(prev)
+            {
+                k.retired = true;
             }
             state.signing_keys.insert(
                 e.key_id.clone(),

@@ -168,9 +168,11 @@ impl State {
         let ok = !t.revoked
             && t.expires_at > now
             && t.family_id.as_deref().is_none_or(|f| self.family_live(f))
-            && self.clients.get(&t.client_id).is_some_and(|c| !c.disabled && !c.expired)
-            && t
-                .user_id
+            && self
+                .clients
+                .get(&t.client_id)
+                .is_some_and(|c| !c.disabled && !c.expired)
+            && t.user_id
                 .as_deref()
                 .is_none_or(|u| self.users.get(u).is_some_and(|u| !u.disabled));
         ok.then_some(t)

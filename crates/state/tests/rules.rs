@@ -7,7 +7,11 @@ use proptest::prelude::*;
 fn rec(seq: u64, payload: impl Into<Payload>) -> Recorded {
     let mut envelope = samples::envelope(seq, payload.into());
     envelope.time = Timestamp::from_secs(1_800_000_000 + seq as i64);
-    Recorded { envelope, prev_hash: GENESIS, hash: GENESIS }
+    Recorded {
+        envelope,
+        prev_hash: GENESIS,
+        hash: GENESIS,
+    }
 }
 
 const NOW: Timestamp = Timestamp(1_800_000_000_000_000);
@@ -46,13 +50,68 @@ fn history() -> Vec<Recorded> {
     };
     let client = "cli_0197a3c1f0d27c4e8b1a9d6e5f403a22".to_string();
     push(user.clone().into());
-    push(ConsentGranted { grant_id: "g1".into(), user_id: user.user_id.clone(), client_id: client.clone(), resource: "r".into(), scopes: vec!["read".into()], prompted: true }.into());
+    push(
+        ConsentGranted {
+            grant_id: "g1".into(),
+            user_id: user.user_id.clone(),
+            client_id: client.clone(),
+            resource: "r".into(),
+            scopes: vec!["read".into()],
+            prompted: true,
+        }
+        .into(),
+    );
     for f in ["f1", "f2"] {
-        push(CodeIssued { family_id: f.into(), grant_id: "g1".into(), client_id: client.clone(), user_id: user.user_id.clone(), resource: "r".into(), scopes: vec!["read".into()], code_digest: secret_digest(f.as_bytes()), redirect_uri: "http://127.0.0.1/cb".into(), code_challenge: "x".into(), expires_at: NOW.plus_secs(60) }.into());
-        push(CodeRedeemed { family_id: f.into(), code_digest: secret_digest(f.as_bytes()), client_id: client.clone() }.into());
-        push(TokenIssued { family_id: Some(f.into()), grant_type: GrantType::AuthorizationCode, client_id: client.clone(), user_id: Some(user.user_id.clone()), resource: "r".into(), scopes: vec!["read".into()], access: access(&format!("{f}a")), refresh: Some(refresh(&format!("{f}a"))) }.into());
+        push(
+            CodeIssued {
+                family_id: f.into(),
+                grant_id: "g1".into(),
+                client_id: client.clone(),
+                user_id: user.user_id.clone(),
+                resource: "r".into(),
+                scopes: vec!["read".into()],
+                code_digest: secret_digest(f.as_bytes()),
+                redirect_uri: "http://127.0.0.1/cb".into(),
+                code_challenge: "x".into(),
+                expires_at: NOW.plus_secs(60),
+            }
+            .into(),
+        );
+        push(
+            CodeRedeemed {
+                family_id: f.into(),
+                code_digest: secret_digest(f.as_bytes()),
+                client_id: client.clone(),
+            }
+            .into(),
+        );
+        push(
+            TokenIssued {
+                family_id: Some(f.into()),
+                grant_type: GrantType::AuthorizationCode,
+                client_id: client.clone(),
+                user_id: Some(user.user_id.clone()),
+                resource: "r".into(),
+                scopes: vec!["read".into()],
+                access: access(&format!("{f}a")),
+                refresh: Some(refresh(&format!("{f}a"))),
+            }
+            .into(),
+        );
     }
-    push(TokenRefreshed { family_id: "f1".into(), client_id: client.clone(), user_id: user.user_id.clone(), resource: "r".into(), scopes: vec!["read".into()], rotated_refresh_id: "rt_f1a".into(), access: access("f1b"), refresh: refresh("f1b") }.into());
+    push(
+        TokenRefreshed {
+            family_id: "f1".into(),
+            client_id: client.clone(),
+            user_id: user.user_id.clone(),
+            resource: "r".into(),
+            scopes: vec!["read".into()],
+            rotated_refresh_id: "rt_f1a".into(),
+            access: access("f1b"),
+            refresh: refresh("f1b"),
+        }
+        .into(),
+    );
     out
 }
 
@@ -65,18 +124,42 @@ fn refresh_rotation_marks_the_old_token_and_issues_new_ones() {
     let s = fold(&history());
     assert!(live(&s, "f1a") && live(&s, "f1b") && live(&s, "f2a"));
     let old = &s.refresh_tokens[&refresh("f1a").digest];
-    assert!(old.rotated_at.is_some(), "the presented refresh token is rotated");
-    assert!(s.refresh_tokens[&refresh("f1b").digest].rotated_at.is_none());
-    assert!(!s.clients["cli_0197a3c1f0d27c4e8b1a9d6e5f403a22"].expires_at.is_some(), "first authorization keeps a dynamic client alive");
+    assert!(
+        old.rotated_at.is_some(),
+        "the presented refresh token is rotated"
+    );
+    assert!(
+        s.refresh_tokens[&refresh("f1b").digest]
+            .rotated_at
+            .is_none()
+    );
+    assert!(
+        s.clients["cli_0197a3c1f0d27c4e8b1a9d6e5f403a22"]
+            .expires_at
+            .is_none(),
+        "first authorization keeps a dynamic client alive"
+    );
 }
 
 #[test]
 fn reuse_detected_revokes_every_token_of_that_family_only() {
     let mut events = history();
     let n = events.len() as u64;
-    events.push(rec(n + 1, RefreshReuseDetected { family_id: "f1".into(), refresh_token_id: "rt_f1a".into(), client_id: "c".into(), rotated_at: NOW, grace_seconds: 10 }));
+    events.push(rec(
+        n + 1,
+        RefreshReuseDetected {
+            family_id: "f1".into(),
+            refresh_token_id: "rt_f1a".into(),
+            client_id: "c".into(),
+            rotated_at: NOW,
+            grace_seconds: 10,
+        },
+    ));
     let s = fold(&events);
-    assert!(!live(&s, "f1a") && !live(&s, "f1b"), "every token descended from f1's code");
+    assert!(
+        !live(&s, "f1a") && !live(&s, "f1b"),
+        "every token descended from f1's code"
+    );
     assert!(live(&s, "f2a"), "other families untouched");
     assert_eq!(s.families["f1"].revoked.as_ref().unwrap().seq, n + 1);
 }
@@ -85,7 +168,14 @@ fn reuse_detected_revokes_every_token_of_that_family_only() {
 fn code_replay_revokes_the_family() {
     let mut events = history();
     let n = events.len() as u64;
-    events.push(rec(n + 1, CodeReplayed { family_id: "f2".into(), code_digest: secret_digest(b"f2"), client_id: "c".into() }));
+    events.push(rec(
+        n + 1,
+        CodeReplayed {
+            family_id: "f2".into(),
+            code_digest: secret_digest(b"f2"),
+            client_id: "c".into(),
+        },
+    ));
     let s = fold(&events);
     assert!(!live(&s, "f2a"));
     assert!(live(&s, "f1b"));
@@ -95,7 +185,15 @@ fn code_replay_revokes_the_family() {
 fn grant_revoked_revokes_every_family_under_it() {
     let mut events = history();
     let n = events.len() as u64;
-    events.push(rec(n + 1, GrantRevoked { grant_id: "g1".into(), user_id: "u".into(), client_id: "c".into(), reason: "revoked by user".into() }));
+    events.push(rec(
+        n + 1,
+        GrantRevoked {
+            grant_id: "g1".into(),
+            user_id: "u".into(),
+            client_id: "c".into(),
+            reason: "revoked by user".into(),
+        },
+    ));
     let s = fold(&events);
     assert!(!live(&s, "f1b") && !live(&s, "f2a"));
     assert!(s.families.values().all(|f| f.revoked.is_some()));
@@ -105,11 +203,23 @@ fn grant_revoked_revokes_every_family_under_it() {
 fn expiry_and_single_token_revocation() {
     let mut events = history();
     let n = events.len() as u64;
-    events.push(rec(n + 1, TokenRevoked { token_id: "at_f2a".into(), token_kind: TokenKind::Access, family_id: Some("f2".into()), reason: "RFC 7009".into() }));
+    events.push(rec(
+        n + 1,
+        TokenRevoked {
+            token_id: "at_f2a".into(),
+            token_kind: TokenKind::Access,
+            family_id: Some("f2".into()),
+            reason: "RFC 7009".into(),
+        },
+    ));
     let s = fold(&events);
     assert!(!live(&s, "f2a"));
     assert!(live(&s, "f1b"));
-    assert!(s.live_access_token(&access("f1b").digest, NOW.plus_secs(3601)).is_none(), "expired");
+    assert!(
+        s.live_access_token(&access("f1b").digest, NOW.plus_secs(3601))
+            .is_none(),
+        "expired"
+    );
 }
 
 proptest! {

@@ -143,10 +143,10 @@ impl Store {
             Pool::Sqlite(p) => sqlx::query_scalar(sql).fetch_all(p).await.ok(),
             Pool::Postgres(p) => sqlx::query_scalar(sql).fetch_all(p).await.ok(),
         };
-        if let Some(applied) = applied {
-            if migrator.iter().all(|m| applied.contains(&m.version)) {
-                return Ok(());
-            }
+        if let Some(applied) = applied
+            && migrator.iter().all(|m| applied.contains(&m.version))
+        {
+            return Ok(());
         }
         match &self.pool {
             Pool::Sqlite(p) => migrator.run(p).await?,
@@ -176,8 +176,9 @@ impl Store {
                     .map_err(|e| StoreError::Unavailable(e.to_string()))?
             }
             Pool::Postgres(p) => {
-                let sql =
-                    format!("SELECT {ROW_COLUMNS_PG} FROM events WHERE seq > $1 ORDER BY seq LIMIT $2");
+                let sql = format!(
+                    "SELECT {ROW_COLUMNS_PG} FROM events WHERE seq > $1 ORDER BY seq LIMIT $2"
+                );
                 let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
                     .bind(after as i64)
                     .bind(limit as i64)
@@ -194,7 +195,11 @@ impl Store {
     /// body, chain links to the previous row) before it is decoded. A row that fails is an error.
     pub async fn read(&self, after: u64, limit: u32) -> Result<Vec<Recorded>> {
         let rows = self.raw_rows(after, limit).await?;
-        let prev = if after > 0 { self.hash_at(after).await? } else { None };
+        let prev = if after > 0 {
+            self.hash_at(after).await?
+        } else {
+            None
+        };
         decode_rows(rows, after, prev).await
     }
 
@@ -238,14 +243,18 @@ impl Store {
     pub async fn checkpoints(&self) -> Result<Vec<RawCheckpoint>> {
         let rows: Vec<(i64, Vec<u8>, String)> = match &self.pool {
             Pool::Sqlite(p) => {
-                sqlx::query_as("SELECT tree_size, root, note FROM checkpoints ORDER BY tree_size, id")
-                    .fetch_all(p)
-                    .await?
+                sqlx::query_as(
+                    "SELECT tree_size, root, note FROM checkpoints ORDER BY tree_size, id",
+                )
+                .fetch_all(p)
+                .await?
             }
             Pool::Postgres(p) => {
-                sqlx::query_as("SELECT tree_size, root, note FROM checkpoints ORDER BY tree_size, id")
-                    .fetch_all(p)
-                    .await?
+                sqlx::query_as(
+                    "SELECT tree_size, root, note FROM checkpoints ORDER BY tree_size, id",
+                )
+                .fetch_all(p)
+                .await?
             }
         };
         Ok(rows
@@ -413,7 +422,11 @@ where
 
 /// Checks and decodes rows that follow `after` (whose hash is `prev`), in parallel chunks on
 /// the blocking pool for large pages; the chain links between chunks are checked in order.
-pub(crate) async fn decode_rows(rows: Vec<RawRow>, after: u64, prev: Option<Hash>) -> Result<Vec<Recorded>> {
+pub(crate) async fn decode_rows(
+    rows: Vec<RawRow>,
+    after: u64,
+    prev: Option<Hash>,
+) -> Result<Vec<Recorded>> {
     const CHUNK: usize = 2048;
     if rows.len() <= CHUNK {
         let mut prev = prev;
@@ -435,7 +448,11 @@ pub(crate) async fn decode_rows(rows: Vec<RawRow>, after: u64, prev: Option<Hash
             for (i, row) in rows[start..end].iter().enumerate() {
                 // Links inside the chunk are checked here; the first row's link below.
                 let prev = out.last().map(|r: &Recorded| r.hash);
-                out.push(decode_checked(row, after + 1 + (start + i) as u64, prev.as_ref())?);
+                out.push(decode_checked(
+                    row,
+                    after + 1 + (start + i) as u64,
+                    prev.as_ref(),
+                )?);
             }
             Ok::<_, StoreError>(out)
         }));
@@ -443,7 +460,9 @@ pub(crate) async fn decode_rows(rows: Vec<RawRow>, after: u64, prev: Option<Hash
     let mut out = Vec::with_capacity(rows.len());
     let mut prev = prev;
     for h in handles {
-        let chunk = h.await.map_err(|e| StoreError::Unavailable(e.to_string()))??;
+        let chunk = h
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))??;
         if let Some(first) = chunk.first() {
             let ok = match prev {
                 Some(p) => first.prev_hash == p,
@@ -464,13 +483,20 @@ pub(crate) async fn decode_rows(rows: Vec<RawRow>, after: u64, prev: Option<Hash
 
 /// Checks one row against its body and the expected position, then decodes it: the body is
 /// decoded once, its header compared with the columns, its hash recomputed.
-pub(crate) fn decode_checked(row: &RawRow, expect_seq: u64, prev: Option<&Hash>) -> Result<Recorded> {
+pub(crate) fn decode_checked(
+    row: &RawRow,
+    expect_seq: u64,
+    prev: Option<&Hash>,
+) -> Result<Recorded> {
     let corrupt = |problem: String| StoreError::Corrupt {
         seq: expect_seq,
         problem,
     };
     if row.seq != expect_seq as i64 {
-        return Err(corrupt(format!("expected seq {expect_seq}, found {}", row.seq)));
+        return Err(corrupt(format!(
+            "expected seq {expect_seq}, found {}",
+            row.seq
+        )));
     }
     let envelope = grantline_ledger::decode(&row.body).map_err(|e| corrupt(e.to_string()))?;
     let agrees = envelope.seq as i64 == row.seq
@@ -482,14 +508,17 @@ pub(crate) fn decode_checked(row: &RawRow, expect_seq: u64, prev: Option<&Hash>)
     if !agrees {
         return Err(corrupt("columns disagree with the body".into()));
     }
-    let prev_hash = Hash::from_slice(&row.prev_hash).ok_or_else(|| corrupt("prev_hash length".into()))?;
+    let prev_hash =
+        Hash::from_slice(&row.prev_hash).ok_or_else(|| corrupt("prev_hash length".into()))?;
     let hash = Hash::from_slice(&row.hash).ok_or_else(|| corrupt("hash length".into()))?;
     if grantline_ledger::chain_hash(&prev_hash, &row.body) != hash {
         return Err(corrupt("body does not match its hash".into()));
     }
     match prev {
         Some(p) if *p != prev_hash => {
-            return Err(corrupt("prev_hash does not link to the previous event".into()));
+            return Err(corrupt(
+                "prev_hash does not link to the previous event".into(),
+            ));
         }
         None if expect_seq == 1 && prev_hash != grantline_ledger::GENESIS => {
             return Err(corrupt("first event does not chain from genesis".into()));

@@ -136,15 +136,19 @@ impl Keyring {
                     .execute(&mut *tx)
                     .await?
                     .rows_affected();
-                sqlx::query("INSERT OR IGNORE INTO erased_subjects (subject, erased_at) VALUES (?, ?)")
-                    .bind(subject)
-                    .bind(Timestamp::now().0)
-                    .execute(&mut *tx)
-                    .await?;
+                sqlx::query(
+                    "INSERT OR IGNORE INTO erased_subjects (subject, erased_at) VALUES (?, ?)",
+                )
+                .bind(subject)
+                .bind(Timestamp::now().0)
+                .execute(&mut *tx)
+                .await?;
                 tx.commit().await?;
                 for _ in 0..50 {
                     let (busy, _, _): (i64, i64, i64) =
-                        sqlx::query_as("PRAGMA wal_checkpoint(TRUNCATE)").fetch_one(p).await?;
+                        sqlx::query_as("PRAGMA wal_checkpoint(TRUNCATE)")
+                            .fetch_one(p)
+                            .await?;
                     if busy == 0 {
                         break;
                     }
@@ -159,10 +163,12 @@ impl Keyring {
                     .execute(&mut *tx)
                     .await?
                     .rows_affected();
-                sqlx::query("INSERT INTO erased_subjects (subject) VALUES ($1) ON CONFLICT DO NOTHING")
-                    .bind(subject)
-                    .execute(&mut *tx)
-                    .await?;
+                sqlx::query(
+                    "INSERT INTO erased_subjects (subject) VALUES ($1) ON CONFLICT DO NOTHING",
+                )
+                .bind(subject)
+                .execute(&mut *tx)
+                .await?;
                 tx.commit().await?;
                 n
             }

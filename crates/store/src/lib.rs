@@ -16,8 +16,8 @@ pub use keyring::Keyring;
 pub use tail::Tail;
 pub use writer::{Ledger, LedgerOptions, PG_CHANNEL};
 
-use grantline_ledger::verify::{ChainVerifier, Finding, Summary};
 use grantline_ledger::NoteVerifier;
+use grantline_ledger::verify::{ChainVerifier, Finding, Summary};
 
 /// Walks the whole ledger and returns its summary or the first finding. `progress` is called
 /// with the number of events checked so far.
@@ -35,7 +35,9 @@ pub async fn verify(
         async move { store.raw_rows(0, page).await }
     });
     loop {
-        let rows = next.await.map_err(|e| StoreError::Unavailable(e.to_string()))??;
+        let rows = next
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))??;
         let Some(last) = rows.last() else { break };
         let last_seq = last.seq.max(0) as u64;
         // Read the next page while this one is checked; check rows on the blocking pool in
@@ -61,7 +63,9 @@ pub async fn verify(
 async fn parallel_check(
     rows: std::sync::Arc<Vec<grantline_ledger::verify::RawRow>>,
 ) -> Result<Vec<std::result::Result<grantline_ledger::Hash, grantline_ledger::verify::Problem>>> {
-    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
     let chunk = rows.len().div_ceil(workers).max(1);
     let mut handles = Vec::new();
     for start in (0..rows.len()).step_by(chunk) {
@@ -75,7 +79,10 @@ async fn parallel_check(
     }
     let mut out = Vec::with_capacity(rows.len());
     for h in handles {
-        out.extend(h.await.map_err(|e| StoreError::Unavailable(e.to_string()))?);
+        out.extend(
+            h.await
+                .map_err(|e| StoreError::Unavailable(e.to_string()))?,
+        );
     }
     Ok(out)
 }

@@ -2,9 +2,9 @@
 //! their own cursor and never skip an event, because seq is assigned under the append lock
 //! and commits in order.
 
+use crate::Result;
 use crate::database::{Pool, Store};
 use crate::writer::PG_CHANNEL;
-use crate::Result;
 use grantline_ledger::{Hash, Recorded};
 use sqlx::postgres::PgListener;
 use std::time::Duration;
@@ -31,7 +31,11 @@ pub struct Tail {
 impl Tail {
     /// Follows events with seq > `after`. Pass the writer's watch (`Ledger::subscribe`) when in
     /// the same process; otherwise PostgreSQL uses LISTEN/NOTIFY and SQLite polls.
-    pub async fn new(store: &Store, after: u64, local: Option<watch::Receiver<u64>>) -> Result<Tail> {
+    pub async fn new(
+        store: &Store,
+        after: u64,
+        local: Option<watch::Receiver<u64>>,
+    ) -> Result<Tail> {
         let wake = match (local, store.pool()) {
             (Some(rx), _) => Wake::Local(rx),
             (None, Pool::Postgres(p)) => {
@@ -41,7 +45,11 @@ impl Tail {
             }
             (None, Pool::Sqlite(_)) => Wake::Poll,
         };
-        let prev = if after > 0 { store.hash_at(after).await? } else { None };
+        let prev = if after > 0 {
+            store.hash_at(after).await?
+        } else {
+            None
+        };
         Ok(Tail {
             store: store.clone(),
             after,
@@ -64,7 +72,8 @@ impl Tail {
             if !rows.is_empty() {
                 let mut out = Vec::with_capacity(rows.len());
                 for row in &rows {
-                    let r = crate::database::decode_checked(row, self.after + 1, self.prev.as_ref())?;
+                    let r =
+                        crate::database::decode_checked(row, self.after + 1, self.prev.as_ref())?;
                     self.after += 1;
                     self.prev = Some(r.hash);
                     out.push(r);

@@ -76,7 +76,10 @@ impl Ledger {
         std::thread::Builder::new()
             .name("grantline-ledger-writer".into())
             .spawn(move || {
-                let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
                     Ok(r) => r,
                     Err(e) => {
                         let _ = ready_tx.send(Err(StoreError::Io(e)));
@@ -85,7 +88,9 @@ impl Ledger {
                 };
                 runtime.block_on(async move {
                     let conn = match &db {
-                        Database::Sqlite(path) => open_sqlite_writer(path).map(|c| WriterConn::Sqlite(Some(c))),
+                        Database::Sqlite(path) => {
+                            open_sqlite_writer(path).map(|c| WriterConn::Sqlite(Some(c)))
+                        }
                         Database::Postgres(url) => match Database::pg_options(url) {
                             Ok(o) => PgConnection::connect_with(&o)
                                 .await
@@ -315,7 +320,10 @@ impl Writer {
         scheduled: bool,
     ) -> Result<(
         Option<u64>,
-        Vec<(oneshot::Sender<Result<Vec<Recorded>>>, Result<Vec<Recorded>>)>,
+        Vec<(
+            oneshot::Sender<Result<Vec<Recorded>>>,
+            Result<Vec<Recorded>>,
+        )>,
     )> {
         // Fail every waiting append if anything below fails before commit.
         let mut jobs = jobs;
@@ -332,7 +340,12 @@ impl Writer {
         // Stream versions not yet cached, in one query.
         let mut missing: Vec<String> = Vec::new();
         for (a, _) in &jobs {
-            for s in a.expect.iter().map(|e| &e.0).chain(a.events.iter().map(|e| &e.stream)) {
+            for s in a
+                .expect
+                .iter()
+                .map(|e| &e.0)
+                .chain(a.events.iter().map(|e| &e.stream))
+            {
                 if !self.versions.contains_key(s) {
                     missing.push(s.as_str().to_string());
                 }
@@ -452,7 +465,10 @@ impl Writer {
             replies.push((reply, Ok(recorded)));
         }
 
-        let fail_all = |replies: Vec<(oneshot::Sender<Result<Vec<Recorded>>>, Result<Vec<Recorded>>)>,
+        let fail_all = |replies: Vec<(
+            oneshot::Sender<Result<Vec<Recorded>>>,
+            Result<Vec<Recorded>>,
+        )>,
                         e: &StoreError| {
             for (reply, _) in replies {
                 let _ = reply.send(Err(StoreError::Unavailable(e.to_string())));
@@ -509,7 +525,7 @@ impl Writer {
             }
         }
         let db_head = self.read_head().await?;
-        let cached = self.head.map(|(s, h)| (s, h));
+        let cached = self.head;
         let db_pair = db_head.as_ref().map(|(s, h, _)| (*s, *h));
         if cached == db_pair.or(Some((0, GENESIS))) && self.head.is_some() {
             return Ok(());
@@ -522,10 +538,10 @@ impl Writer {
         if self.frontier.size() > size {
             self.frontier = Frontier::new();
         }
-        if self.frontier.size() == 0 {
-            if let Some(f) = self.read_latest_frontier(size).await? {
-                self.frontier = f;
-            }
+        if self.frontier.size() == 0
+            && let Some(f) = self.read_latest_frontier(size).await?
+        {
+            self.frontier = f;
         }
         let from = self.frontier.size();
         if from < size {
@@ -625,18 +641,23 @@ impl Writer {
         let rows: Vec<Vec<u8>> = match &mut self.conn {
             WriterConn::Sqlite(c) => {
                 on_sqlite(c, move |c| {
-                    let mut st = c.prepare("SELECT hash FROM events WHERE seq > ?1 AND seq <= ?2 ORDER BY seq")?;
-                    let rows = st.query_map([from as i64, to as i64], |r| r.get::<_, Vec<u8>>(0))?;
+                    let mut st = c.prepare(
+                        "SELECT hash FROM events WHERE seq > ?1 AND seq <= ?2 ORDER BY seq",
+                    )?;
+                    let rows =
+                        st.query_map([from as i64, to as i64], |r| r.get::<_, Vec<u8>>(0))?;
                     Ok(rows.collect::<Result<Vec<_>, _>>()?)
                 })
                 .await?
             }
             WriterConn::Postgres(c) => {
-                sqlx::query_scalar("SELECT hash FROM events WHERE seq > $1 AND seq <= $2 ORDER BY seq")
-                    .bind(from as i64)
-                    .bind(to as i64)
-                    .fetch_all(&mut *c)
-                    .await?
+                sqlx::query_scalar(
+                    "SELECT hash FROM events WHERE seq > $1 AND seq <= $2 ORDER BY seq",
+                )
+                .bind(from as i64)
+                .bind(to as i64)
+                .fetch_all(&mut *c)
+                .await?
             }
         };
         Ok(rows.iter().filter_map(|h| Hash::from_slice(h)).collect())
@@ -648,7 +669,8 @@ impl Writer {
             WriterConn::Sqlite(c) => {
                 let streams = streams.to_vec();
                 let found = on_sqlite(c, move |c| {
-                    let mut st = c.prepare_cached("SELECT MAX(version) FROM events WHERE stream = ?1")?;
+                    let mut st =
+                        c.prepare_cached("SELECT MAX(version) FROM events WHERE stream = ?1")?;
                     let mut out = Vec::with_capacity(streams.len());
                     for s in streams {
                         let v: Option<i64> = st.query_row([&s], |r| r.get(0))?;

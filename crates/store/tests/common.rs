@@ -108,27 +108,33 @@ pub async fn drop_guards(store: &Store) {
              DROP TRIGGER checkpoints_append_only ON checkpoints;"
         }
     };
-    exec(store, sql).await.unwrap_or_else(|e| panic!("drop guards: {e}"));
+    exec(store, sql)
+        .await
+        .unwrap_or_else(|e| panic!("drop guards: {e}"));
 }
 
 /// Sets a bytea/blob column of one row.
 pub async fn set_bytes(store: &Store, column: &str, seq: i64, value: &[u8]) {
     match store.pool() {
         Pool::Sqlite(p) => {
-            sqlx::query(sqlx::AssertSqlSafe(format!("UPDATE events SET {column} = ? WHERE seq = ?")))
-                .bind(value)
-                .bind(seq)
-                .execute(p)
-                .await
-                .unwrap_or_else(|e| panic!("update: {e}"));
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "UPDATE events SET {column} = ? WHERE seq = ?"
+            )))
+            .bind(value)
+            .bind(seq)
+            .execute(p)
+            .await
+            .unwrap_or_else(|e| panic!("update: {e}"));
         }
         Pool::Postgres(p) => {
-            sqlx::query(sqlx::AssertSqlSafe(format!("UPDATE events SET {column} = $1 WHERE seq = $2")))
-                .bind(value)
-                .bind(seq)
-                .execute(p)
-                .await
-                .unwrap_or_else(|e| panic!("update: {e}"));
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "UPDATE events SET {column} = $1 WHERE seq = $2"
+            )))
+            .bind(value)
+            .bind(seq)
+            .execute(p)
+            .await
+            .unwrap_or_else(|e| panic!("update: {e}"));
         }
     }
 }

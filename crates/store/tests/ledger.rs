@@ -241,197 +241,218 @@ backend_tests! {
 }
 
 mod tamper {
-use super::*;
+    use super::*;
 
-/// Ten events covered by a checkpoint, two more uncovered: the scene of every tampering test.
-async fn scene(db: &TestDb) -> Store {
-    let ledger = open_with(db, quiet()).await;
-    append_one(&ledger, client_registered("c1")).await;
-    for i in 2..=10 {
-        append_one(&ledger, tool_call(i)).await;
-    }
-    assert_eq!(ledger.checkpoint().await.unwrap(), Some(10));
-    append_one(&ledger, tool_call(11)).await;
-    append_one(&ledger, tool_call(12)).await;
-    ledger.shutdown().await;
-    let store = Store::connect(&db.db, false).await.unwrap();
-    let sizes: Vec<i64> = store.checkpoints().await.unwrap().iter().map(|c| c.tree_size).collect();
-    assert_eq!(sizes, vec![10, 12], "shutdown covers the tail with a final checkpoint");
-    assert!(verify(&store).await.is_ok(), "scene starts intact");
-    store
-}
-
-async fn row(store: &Store, seq: u64) -> grantline_ledger::verify::RawRow {
-    store.raw_rows(seq - 1, 1).await.unwrap().remove(0)
-}
-
-backend_tests! {
-    async fn tamper_changed_body_is_found_at_its_seq(db: TestDb) {
-        let store = scene(&db).await;
-        drop_guards(&store).await;
-        let r = row(&store, 5).await;
-        let mut env = decode(&r.body).unwrap();
-        if let Payload::ToolCalled(t) = &mut env.payload {
-            t.outcome = ToolOutcome::Denied;
+    /// Ten events covered by a checkpoint, two more uncovered: the scene of every tampering test.
+    async fn scene(db: &TestDb) -> Store {
+        let ledger = open_with(db, quiet()).await;
+        append_one(&ledger, client_registered("c1")).await;
+        for i in 2..=10 {
+            append_one(&ledger, tool_call(i)).await;
         }
-        set_bytes(&store, "body", 5, &encode(&env).unwrap()).await;
-        let f = verify(&store).await.unwrap_err();
-        assert_eq!((f.seq, f.problem), (5, Problem::BodyChanged));
+        assert_eq!(ledger.checkpoint().await.unwrap(), Some(10));
+        append_one(&ledger, tool_call(11)).await;
+        append_one(&ledger, tool_call(12)).await;
+        ledger.shutdown().await;
+        let store = Store::connect(&db.db, false).await.unwrap();
+        let sizes: Vec<i64> = store
+            .checkpoints()
+            .await
+            .unwrap()
+            .iter()
+            .map(|c| c.tree_size)
+            .collect();
+        assert_eq!(
+            sizes,
+            vec![10, 12],
+            "shutdown covers the tail with a final checkpoint"
+        );
+        assert!(verify(&store).await.is_ok(), "scene starts intact");
+        store
     }
 
-    async fn tamper_deleted_row_is_found_at_its_seq(db: TestDb) {
-        let store = scene(&db).await;
-        drop_guards(&store).await;
-        exec(&store, "DELETE FROM events WHERE seq = 6").await.unwrap();
-        let f = verify(&store).await.unwrap_err();
-        assert_eq!((f.seq, f.problem), (6, Problem::MissingRows { found: 7 }));
+    async fn row(store: &Store, seq: u64) -> grantline_ledger::verify::RawRow {
+        store.raw_rows(seq - 1, 1).await.unwrap().remove(0)
     }
 
-    async fn tamper_swapped_rows_are_found(db: TestDb) {
-        let store = scene(&db).await;
-        drop_guards(&store).await;
-        let (a, b) = (row(&store, 5).await, row(&store, 6).await);
-        // Move both out of the way of the unique columns, then put b's content at 5, a's at 6.
-        for seq in [5i64, 6] {
-            let tmp_stream = format!("tmp:{seq}");
-            match store.pool() {
-                grantline_store::Pool::Sqlite(p) => {
-                    sqlx::query("UPDATE events SET stream = ?, id = randomblob(16) WHERE seq = ?").bind(&tmp_stream).bind(seq).execute(p).await.unwrap();
-                }
-                grantline_store::Pool::Postgres(p) => {
-                    sqlx::query("UPDATE events SET stream = $1, id = gen_random_uuid() WHERE seq = $2").bind(&tmp_stream).bind(seq).execute(p).await.unwrap();
-                }
-            }
-        }
-        for (seq, from) in [(5i64, &b), (6i64, &a)] {
-            match store.pool() {
-                grantline_store::Pool::Sqlite(p) => {
-                    sqlx::query("UPDATE events SET id = ?, time = ?, stream = ?, version = ?, kind = ?, body = ?, prev_hash = ?, hash = ? WHERE seq = ?")
-                        .bind(from.id).bind(from.time).bind(&from.stream).bind(from.version).bind(&from.kind).bind(&from.body).bind(&from.prev_hash).bind(&from.hash).bind(seq)
-                        .execute(p).await.unwrap();
-                }
-                grantline_store::Pool::Postgres(p) => {
-                    sqlx::query("UPDATE events SET id = $1, time = TIMESTAMPTZ 'epoch' + $2 * INTERVAL '1 microsecond', stream = $3, version = $4, kind = $5, body = $6, prev_hash = $7, hash = $8 WHERE seq = $9")
-                        .bind(from.id).bind(from.time).bind(&from.stream).bind(from.version).bind(&from.kind).bind(&from.body).bind(&from.prev_hash).bind(&from.hash).bind(seq)
-                        .execute(p).await.unwrap();
-                }
-            }
-        }
-        let f = verify(&store).await.unwrap_err();
-        assert_eq!((f.seq, f.problem), (5, Problem::Reordered { holds: 6 }));
-    }
-
-    async fn tamper_rechained_history_is_caught_by_the_checkpoint(db: TestDb) {
-        let store = scene(&db).await;
-        drop_guards(&store).await;
-        // The attacker changes event 4 and recomputes every hash after it.
-        let rows = store.raw_rows(0, 100).await.unwrap();
-        let mut prev = Hash::from_slice(&rows[3].prev_hash).unwrap();
-        for r in &rows[3..] {
+    backend_tests! {
+        async fn tamper_changed_body_is_found_at_its_seq(db: TestDb) {
+            let store = scene(&db).await;
+            drop_guards(&store).await;
+            let r = row(&store, 5).await;
             let mut env = decode(&r.body).unwrap();
-            if env.seq == 4 {
-                if let Payload::ToolCalled(t) = &mut env.payload {
-                    t.tool = "exfiltrate".into();
+            if let Payload::ToolCalled(t) = &mut env.payload {
+                t.outcome = ToolOutcome::Denied;
+            }
+            set_bytes(&store, "body", 5, &encode(&env).unwrap()).await;
+            let f = verify(&store).await.unwrap_err();
+            assert_eq!((f.seq, f.problem), (5, Problem::BodyChanged));
+        }
+
+        async fn tamper_deleted_row_is_found_at_its_seq(db: TestDb) {
+            let store = scene(&db).await;
+            drop_guards(&store).await;
+            exec(&store, "DELETE FROM events WHERE seq = 6").await.unwrap();
+            let f = verify(&store).await.unwrap_err();
+            assert_eq!((f.seq, f.problem), (6, Problem::MissingRows { found: 7 }));
+        }
+
+        async fn tamper_swapped_rows_are_found(db: TestDb) {
+            let store = scene(&db).await;
+            drop_guards(&store).await;
+            let (a, b) = (row(&store, 5).await, row(&store, 6).await);
+            // Move both out of the way of the unique columns, then put b's content at 5, a's at 6.
+            for seq in [5i64, 6] {
+                let tmp_stream = format!("tmp:{seq}");
+                match store.pool() {
+                    grantline_store::Pool::Sqlite(p) => {
+                        sqlx::query("UPDATE events SET stream = ?, id = randomblob(16) WHERE seq = ?").bind(&tmp_stream).bind(seq).execute(p).await.unwrap();
+                    }
+                    grantline_store::Pool::Postgres(p) => {
+                        sqlx::query("UPDATE events SET stream = $1, id = gen_random_uuid() WHERE seq = $2").bind(&tmp_stream).bind(seq).execute(p).await.unwrap();
+                    }
                 }
             }
-            let body = encode(&env).unwrap();
-            let hash = chain_hash(&prev, &body);
-            set_bytes(&store, "body", r.seq, &body).await;
-            set_bytes(&store, "prev_hash", r.seq, &prev.0).await;
-            set_bytes(&store, "hash", r.seq, &hash.0).await;
-            prev = hash;
-        }
-        let f = verify(&store).await.unwrap_err();
-        assert_eq!((f.seq, f.problem), (1, Problem::CheckpointRoot { size: 10 }));
-    }
-
-    async fn tamper_forged_or_altered_checkpoint_is_found(db: TestDb) {
-        let store = scene(&db).await;
-        // A checkpoint signed by a key the verifier does not trust.
-        let forger = NoteSigner::generate("grantline.test/ledger").unwrap();
-        let leaves: Vec<Hash> = store.chain_hashes(12).await.unwrap().iter().map(merkle::leaf_hash).collect();
-        let root = merkle::root_of(&leaves);
-        let note = forger.sign_checkpoint("grantline.test/ledger", 12, &root);
-        match store.pool() {
-            grantline_store::Pool::Sqlite(p) => {
-                sqlx::query("INSERT INTO checkpoints (time, tree_size, root, note, frontier) VALUES (0, 12, ?, ?, x'')").bind(root.0.as_slice()).bind(&note).execute(p).await.unwrap();
+            for (seq, from) in [(5i64, &b), (6i64, &a)] {
+                match store.pool() {
+                    grantline_store::Pool::Sqlite(p) => {
+                        sqlx::query("UPDATE events SET id = ?, time = ?, stream = ?, version = ?, kind = ?, body = ?, prev_hash = ?, hash = ? WHERE seq = ?")
+                            .bind(from.id).bind(from.time).bind(&from.stream).bind(from.version).bind(&from.kind).bind(&from.body).bind(&from.prev_hash).bind(&from.hash).bind(seq)
+                            .execute(p).await.unwrap();
+                    }
+                    grantline_store::Pool::Postgres(p) => {
+                        sqlx::query("UPDATE events SET id = $1, time = TIMESTAMPTZ 'epoch' + $2 * INTERVAL '1 microsecond', stream = $3, version = $4, kind = $5, body = $6, prev_hash = $7, hash = $8 WHERE seq = $9")
+                            .bind(from.id).bind(from.time).bind(&from.stream).bind(from.version).bind(&from.kind).bind(&from.body).bind(&from.prev_hash).bind(&from.hash).bind(seq)
+                            .execute(p).await.unwrap();
+                    }
+                }
             }
-            grantline_store::Pool::Postgres(p) => {
-                sqlx::query("INSERT INTO checkpoints (time, tree_size, root, note, frontier) VALUES (now(), 12, $1, $2, '')").bind(root.0.as_slice()).bind(&note).execute(p).await.unwrap();
-            }
+            let f = verify(&store).await.unwrap_err();
+            assert_eq!((f.seq, f.problem), (5, Problem::Reordered { holds: 6 }));
         }
-        let f = verify(&store).await.unwrap_err();
-        assert_eq!(f.seq, 12);
-        assert!(matches!(&f.problem, Problem::CheckpointSignature { size: 12, error } if error.contains("trusted")), "{f}");
 
-        // The genuine checkpoint's signature altered in place.
-        drop_guards(&store).await;
-        exec(&store, "DELETE FROM checkpoints WHERE tree_size = 12 AND frontier = ''").await.unwrap();
-        exec(&store, "DELETE FROM checkpoints WHERE tree_size = 12").await.unwrap();
-        let cp = store.checkpoints().await.unwrap().remove(0);
-        let sig_start = cp.note.rfind(' ').unwrap() + 1;
-        let mut altered = cp.note.clone();
-        let c = if &altered[sig_start + 10..sig_start + 11] == "A" { "B" } else { "A" };
-        altered.replace_range(sig_start + 10..sig_start + 11, c);
-        match store.pool() {
-            grantline_store::Pool::Sqlite(p) => {
-                sqlx::query("UPDATE checkpoints SET note = ?").bind(&altered).execute(p).await.unwrap();
+        async fn tamper_rechained_history_is_caught_by_the_checkpoint(db: TestDb) {
+            let store = scene(&db).await;
+            drop_guards(&store).await;
+            // The attacker changes event 4 and recomputes every hash after it.
+            let rows = store.raw_rows(0, 100).await.unwrap();
+            let mut prev = Hash::from_slice(&rows[3].prev_hash).unwrap();
+            for r in &rows[3..] {
+                let mut env = decode(&r.body).unwrap();
+                if env.seq == 4
+                    && let Payload::ToolCalled(t) = &mut env.payload {
+                        t.tool = "exfiltrate".into();
+                    }
+                let body = encode(&env).unwrap();
+                let hash = chain_hash(&prev, &body);
+                set_bytes(&store, "body", r.seq, &body).await;
+                set_bytes(&store, "prev_hash", r.seq, &prev.0).await;
+                set_bytes(&store, "hash", r.seq, &hash.0).await;
+                prev = hash;
             }
-            grantline_store::Pool::Postgres(p) => {
-                sqlx::query("UPDATE checkpoints SET note = $1").bind(&altered).execute(p).await.unwrap();
+            let f = verify(&store).await.unwrap_err();
+            assert_eq!((f.seq, f.problem), (1, Problem::CheckpointRoot { size: 10 }));
+        }
+
+        async fn tamper_forged_or_altered_checkpoint_is_found(db: TestDb) {
+            let store = scene(&db).await;
+            // A checkpoint signed by a key the verifier does not trust.
+            let forger = NoteSigner::generate("grantline.test/ledger").unwrap();
+            let leaves: Vec<Hash> = store.chain_hashes(12).await.unwrap().iter().map(merkle::leaf_hash).collect();
+            let root = merkle::root_of(&leaves);
+            let note = forger.sign_checkpoint("grantline.test/ledger", 12, &root);
+            match store.pool() {
+                grantline_store::Pool::Sqlite(p) => {
+                    sqlx::query("INSERT INTO checkpoints (time, tree_size, root, note, frontier) VALUES (0, 12, ?, ?, x'')").bind(root.0.as_slice()).bind(&note).execute(p).await.unwrap();
+                }
+                grantline_store::Pool::Postgres(p) => {
+                    sqlx::query("INSERT INTO checkpoints (time, tree_size, root, note, frontier) VALUES (now(), 12, $1, $2, '')").bind(root.0.as_slice()).bind(&note).execute(p).await.unwrap();
+                }
             }
-        }
-        let f = verify(&store).await.unwrap_err();
-        assert_eq!(f.seq, 10);
-        assert!(matches!(&f.problem, Problem::CheckpointSignature { size: 10, error } if error.contains("does not verify")), "{f}");
-    }
+            let f = verify(&store).await.unwrap_err();
+            assert_eq!(f.seq, 12);
+            assert!(matches!(&f.problem, Problem::CheckpointSignature { size: 12, error } if error.contains("trusted")), "{f}");
 
-    async fn tamper_altered_column_is_refused_by_readers_and_found(db: TestDb) {
-        let store = scene(&db).await;
-        drop_guards(&store).await;
-        exec(&store, "UPDATE events SET kind = 'tool.listed' WHERE seq = 3").await.unwrap();
-        let f = verify(&store).await.unwrap_err();
-        assert_eq!((f.seq, f.problem), (3, Problem::ColumnMismatch { column: "kind" }));
-        match store.read(0, 100).await {
-            Err(StoreError::Corrupt { seq: 3, .. }) => {}
-            other => panic!("reader must refuse the row: {other:?}"),
+            // The genuine checkpoint's signature altered in place.
+            drop_guards(&store).await;
+            exec(&store, "DELETE FROM checkpoints WHERE tree_size = 12 AND frontier = ''").await.unwrap();
+            exec(&store, "DELETE FROM checkpoints WHERE tree_size = 12").await.unwrap();
+            let cp = store.checkpoints().await.unwrap().remove(0);
+            let sig_start = cp.note.rfind(' ').unwrap() + 1;
+            let mut altered = cp.note.clone();
+            let c = if &altered[sig_start + 10..sig_start + 11] == "A" { "B" } else { "A" };
+            altered.replace_range(sig_start + 10..sig_start + 11, c);
+            match store.pool() {
+                grantline_store::Pool::Sqlite(p) => {
+                    sqlx::query("UPDATE checkpoints SET note = ?").bind(&altered).execute(p).await.unwrap();
+                }
+                grantline_store::Pool::Postgres(p) => {
+                    sqlx::query("UPDATE checkpoints SET note = $1").bind(&altered).execute(p).await.unwrap();
+                }
+            }
+            let f = verify(&store).await.unwrap_err();
+            assert_eq!(f.seq, 10);
+            assert!(matches!(&f.problem, Problem::CheckpointSignature { size: 10, error } if error.contains("does not verify")), "{f}");
         }
-        assert_eq!(store.read(0, 2).await.unwrap().len(), 2, "rows before it still read");
-    }
 
-    async fn tamper_truncated_tail_below_a_checkpoint_is_found(db: TestDb) {
-        let store = scene(&db).await;
-        drop_guards(&store).await;
-        exec(&store, "DELETE FROM events WHERE seq > 7").await.unwrap();
-        let f = verify(&store).await.unwrap_err();
-        assert_eq!((f.seq, f.problem), (8, Problem::Truncated { checkpoint_size: 12, events: 7 }));
-        // Truncating only uncovered events cannot be proven: that is what the schedule bounds.
+        async fn tamper_altered_column_is_refused_by_readers_and_found(db: TestDb) {
+            let store = scene(&db).await;
+            drop_guards(&store).await;
+            exec(&store, "UPDATE events SET kind = 'tool.listed' WHERE seq = 3").await.unwrap();
+            let f = verify(&store).await.unwrap_err();
+            assert_eq!((f.seq, f.problem), (3, Problem::ColumnMismatch { column: "kind" }));
+            match store.read(0, 100).await {
+                Err(StoreError::Corrupt { seq: 3, .. }) => {}
+                other => panic!("reader must refuse the row: {other:?}"),
+            }
+            assert_eq!(store.read(0, 2).await.unwrap().len(), 2, "rows before it still read");
+        }
+
+        async fn tamper_truncated_tail_below_a_checkpoint_is_found(db: TestDb) {
+            let store = scene(&db).await;
+            drop_guards(&store).await;
+            exec(&store, "DELETE FROM events WHERE seq > 7").await.unwrap();
+            let f = verify(&store).await.unwrap_err();
+            assert_eq!((f.seq, f.problem), (8, Problem::Truncated { checkpoint_size: 12, events: 7 }));
+            // Truncating only uncovered events cannot be proven: that is what the schedule bounds.
+        }
     }
-}
 }
 
 /// The documented least-privilege setup works: the application role appends and checkpoints,
 /// and cannot update, delete, truncate or drop the guard rails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_least_privilege_role_can_append_but_not_rewrite() {
-    let Some(db) = grantline_store::testing::postgres().await else { return };
+    let Some(db) = grantline_store::testing::postgres().await else {
+        return;
+    };
     let owner = Store::connect(&db.db, true).await.unwrap();
     owner.migrate().await.unwrap();
     let role = format!("gl_app_{}", uuid_suffix());
-    exec(&owner, &format!(
-        "CREATE ROLE {role} LOGIN; \
+    exec(
+        &owner,
+        &format!(
+            "CREATE ROLE {role} LOGIN; \
          GRANT USAGE ON SCHEMA public TO {role}; \
          GRANT SELECT, INSERT ON events, checkpoints TO {role}; \
          GRANT SELECT, INSERT, DELETE ON subject_keys TO {role}; \
          GRANT SELECT, INSERT ON erased_subjects TO {role}; \
          GRANT SELECT ON _sqlx_migrations TO {role}; \
          GRANT USAGE ON SEQUENCE checkpoints_id_seq TO {role};"
-    )).await.unwrap();
-    let Database::Postgres(url) = &db.db else { unreachable!() };
+        ),
+    )
+    .await
+    .unwrap();
+    let Database::Postgres(url) = &db.db else {
+        unreachable!()
+    };
     let app_url = url.replacen("postgres://postgres@", &format!("postgres://{role}@"), 1);
     assert_ne!(&app_url, url, "test URL has the expected shape");
     let app_db = Database::Postgres(app_url);
-    let ledger = grantline_store::Ledger::open(&app_db, grantline_store::testing::signer(), quiet()).await.unwrap();
+    let ledger =
+        grantline_store::Ledger::open(&app_db, grantline_store::testing::signer(), quiet())
+            .await
+            .unwrap();
     for i in 0..3 {
         append_one(&ledger, tool_call(i)).await;
     }
@@ -446,11 +467,20 @@ async fn postgres_least_privilege_role_can_append_but_not_rewrite() {
         "ALTER TABLE events DISABLE TRIGGER events_append_only",
     ] {
         let err = exec(app, sql).await.expect_err(sql).to_string();
-        assert!(err.contains("permission denied") || err.contains("must be owner"), "{sql}: {err}");
+        assert!(
+            err.contains("permission denied") || err.contains("must be owner"),
+            "{sql}: {err}"
+        );
     }
     assert!(verify(app).await.is_ok());
 }
 
 fn uuid_suffix() -> String {
-    format!("{:x}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos())
+    format!(
+        "{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    )
 }

@@ -16,10 +16,18 @@ use std::process::{Command, Stdio};
 /// `ack <seq> <id>` after each acknowledged append.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn child_appender() {
-    let Ok(url) = std::env::var("GRANTLINE_CHILD_DB") else { return };
+    let Ok(url) = std::env::var("GRANTLINE_CHILD_DB") else {
+        return;
+    };
     let db = Database::parse(&url).unwrap();
-    let n: u64 = std::env::var("GRANTLINE_CHILD_EVENTS").unwrap().parse().unwrap();
-    let tag: u64 = std::env::var("GRANTLINE_CHILD_TAG").unwrap().parse().unwrap();
+    let n: u64 = std::env::var("GRANTLINE_CHILD_EVENTS")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let tag: u64 = std::env::var("GRANTLINE_CHILD_TAG")
+        .unwrap()
+        .parse()
+        .unwrap();
     let ledger = grantline_store::Ledger::open(&db, grantline_store::testing::signer(), quiet())
         .await
         .unwrap();
@@ -28,7 +36,10 @@ async fn child_appender() {
     writeln!(out).unwrap();
     let mut i = 0u64;
     while n == 0 || i < n {
-        let r = ledger.append(Append::new(vec![tool_call(tag * 1_000_000 + i)])).await.unwrap();
+        let r = ledger
+            .append(Append::new(vec![tool_call(tag * 1_000_000 + i)]))
+            .await
+            .unwrap();
         writeln!(out, "ack {} {}", r[0].seq(), r[0].envelope.id).unwrap();
         out.flush().unwrap();
         i += 1;
@@ -38,7 +49,12 @@ async fn child_appender() {
 
 fn spawn_child(db: &TestDb, events: u64, tag: u64) -> std::process::Child {
     Command::new(std::env::current_exe().unwrap())
-        .args(["child_appender", "--exact", "--nocapture", "--test-threads=1"])
+        .args([
+            "child_appender",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env("GRANTLINE_CHILD_DB", db.url())
         .env("GRANTLINE_CHILD_EVENTS", events.to_string())
         .env("GRANTLINE_CHILD_TAG", tag.to_string())

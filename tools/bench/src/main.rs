@@ -75,15 +75,24 @@ fn machine() -> String {
                 .map(|s| s.trim().to_string())
         })
         .unwrap_or_else(|| "unknown cpu".into());
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
     format!("{cores} cores, {cpu}")
 }
 
 fn report(what: &str, events: u64, took: Duration) {
     let rate = events as f64 / took.as_secs_f64();
-    println!("command: {}", std::env::args().collect::<Vec<_>>().join(" "));
+    println!(
+        "command: {}",
+        std::env::args().collect::<Vec<_>>().join(" ")
+    );
     println!("machine: {}", machine());
-    println!("{what}: {events} events in {:.3} s = {:.0} events/s", took.as_secs_f64(), rate);
+    println!(
+        "{what}: {events} events in {:.3} s = {:.0} events/s",
+        took.as_secs_f64(),
+        rate
+    );
 }
 
 #[tokio::main]
@@ -124,7 +133,9 @@ async fn main() -> Result<()> {
                         .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
                         .is_ok()
                     {
-                        ledger.append(Append::new(vec![generator.next_event()])).await?;
+                        ledger
+                            .append(Append::new(vec![generator.next_event()]))
+                            .await?;
                     }
                     anyhow::Ok(())
                 }));
@@ -134,7 +145,11 @@ async fn main() -> Result<()> {
             }
             let took = start.elapsed();
             ledger.shutdown().await;
-            report(&format!("append ({writers} concurrent writers)"), events, took);
+            report(
+                &format!("append ({writers} concurrent writers)"),
+                events,
+                took,
+            );
         }
         Cmd::Verify { target } => {
             let store = Store::connect(&Database::parse(&target.database)?, false).await?;

@@ -41,7 +41,9 @@ impl Generator {
             self.flow();
             self.queue.reverse();
         }
-        self.queue.pop().unwrap_or_else(|| unreachable!("flow always produces events"))
+        self.queue
+            .pop()
+            .unwrap_or_else(|| unreachable!("flow always produces events"))
     }
 
     fn id(&self, prefix: &str, n: u64) -> String {
@@ -136,7 +138,7 @@ impl Generator {
                 client_id: client.clone(),
                 resource: resource.into(),
                 scopes: scopes.clone(),
-                prompted: n % 3 == 0,
+                prompted: n.is_multiple_of(3),
             }
             .into(),
         );
@@ -168,7 +170,8 @@ impl Generator {
             }
             .into(),
         );
-        let tok = |kind: &str, i: u64| secret_digest(format!("{kind}{n}/{i}/{}", self.seed).as_bytes());
+        let tok =
+            |kind: &str, i: u64| secret_digest(format!("{kind}{n}/{i}/{}", self.seed).as_bytes());
         let access = |i: u64| AccessTokenRecord {
             token_id: format!("at_{n:016x}{i:04x}"),
             digest: tok("gla", i),
@@ -260,7 +263,7 @@ impl Generator {
                 .into(),
             );
         }
-        if n % 25 == 0 {
+        if n.is_multiple_of(25) {
             push(
                 StreamId::family(&family),
                 &client_actor,

@@ -67,7 +67,12 @@ fn collect_sealed(v: &Value, out: &mut Vec<Sealed>) {
 
 fn replace_sealed(v: &mut Value, opened: &HashMap<[u8; 24], String>) {
     if let Some(s) = as_sealed(v) {
-        *v = Value::String(opened.get(&s.nonce).cloned().unwrap_or_else(|| ERASED.into()));
+        *v = Value::String(
+            opened
+                .get(&s.nonce)
+                .cloned()
+                .unwrap_or_else(|| ERASED.into()),
+        );
         return;
     }
     match v {

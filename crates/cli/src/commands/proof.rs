@@ -83,7 +83,10 @@ pub async fn run(loc: &Location, args: Args) -> Result<ExitCode> {
         .map(leaf_hash)
         .collect();
     if leaves.len() as u64 != size {
-        bail!("the ledger has {} events but its newest checkpoint covers {size}", leaves.len());
+        bail!(
+            "the ledger has {} events but its newest checkpoint covers {size}",
+            leaves.len()
+        );
     }
     let proof = match (args.seq, args.consistency) {
         (Some(seq), _) => {
@@ -170,12 +173,17 @@ pub fn verify(args: VerifyArgs) -> Result<ExitCode> {
             };
             let cp = open(&note, "the")?;
             if cp.size != tree_size {
-                bail!("proof is for tree size {tree_size}, the checkpoint is of size {}", cp.size);
+                bail!(
+                    "proof is for tree size {tree_size}, the checkpoint is of size {}",
+                    cp.size
+                );
             }
             if index + 1 != seq {
                 bail!("index {index} does not belong to seq {seq}");
             }
-            let leaf = leaf_hash(&Hash::from_hex(&chain_hash).context("chain_hash is not 32 bytes of hex")?);
+            let leaf = leaf_hash(
+                &Hash::from_hex(&chain_hash).context("chain_hash is not 32 bytes of hex")?,
+            );
             merkle::verify_inclusion(&leaf, index, tree_size, &hashes(&path)?, &cp.root)
                 .map(|_| format!("ok: event {seq} (chain hash {chain_hash}) is in the checkpoint of size {tree_size}"))
         }
@@ -189,10 +197,18 @@ pub fn verify(args: VerifyArgs) -> Result<ExitCode> {
             let old = open(&old_checkpoint, "old")?;
             let new = open(&new_checkpoint, "new")?;
             if (old.size, new.size) != (old_size, new_size) {
-                bail!("proof sizes {old_size}→{new_size} differ from the checkpoints' {}→{}", old.size, new.size);
+                bail!(
+                    "proof sizes {old_size}→{new_size} differ from the checkpoints' {}→{}",
+                    old.size,
+                    new.size
+                );
             }
             merkle::verify_consistency(old_size, new_size, &old.root, &new.root, &hashes(&path)?)
-                .map(|_| format!("ok: the checkpoint of size {new_size} extends the one of size {old_size}"))
+                .map(|_| {
+                    format!(
+                        "ok: the checkpoint of size {new_size} extends the one of size {old_size}"
+                    )
+                })
         }
     };
     match verdict {

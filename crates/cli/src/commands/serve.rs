@@ -32,7 +32,9 @@ pub async fn run(loc: &Location, args: Args) -> Result<ExitCode> {
         checkpoint_key = %signer.verifier(),
         "ledger open; the OAuth server and MCP gateway are not part of this build yet"
     );
-    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for Ctrl-C")?;
     tracing::info!("shutting down: writing a final checkpoint");
     ledger.shutdown().await;
     Ok(ExitCode::SUCCESS)

@@ -17,7 +17,8 @@ pub enum Command {
 pub async fn run(loc: &Location, cmd: Command) -> Result<ExitCode> {
     match cmd {
         Command::Erase { user } => {
-            let ledger = Ledger::open(&loc.database, loc.signer()?, LedgerOptions::default()).await?;
+            let ledger =
+                Ledger::open(&loc.database, loc.signer()?, LedgerOptions::default()).await?;
             let stream = StreamId::user(&user);
             let kinds = ledger.store().stream_kinds(&stream).await?;
             if !kinds.iter().any(|k| k == "user.created") {
@@ -40,7 +41,11 @@ pub async fn run(loc: &Location, cmd: Command) -> Result<ExitCode> {
             ledger.shutdown().await;
             println!(
                 "erased personal data of {user}{}",
-                if had_key { "" } else { " (key was already gone)" }
+                if had_key {
+                    ""
+                } else {
+                    " (key was already gone)"
+                }
             );
             Ok(ExitCode::SUCCESS)
         }

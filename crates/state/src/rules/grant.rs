@@ -3,7 +3,13 @@ use crate::rules::revoke_family;
 use grantline_ledger::Timestamp;
 
 /// Grant revoked → families revoked: withdrawing consent ends every token family under it.
-pub(crate) fn on_grant_revoked(state: &mut State, grant_id: &str, at: Timestamp, seq: u64, reason: &str) {
+pub(crate) fn on_grant_revoked(
+    state: &mut State,
+    grant_id: &str,
+    at: Timestamp,
+    seq: u64,
+    reason: &str,
+) {
     let families = match state.grants.get_mut(grant_id) {
         Some(g) => {
             g.revoked = true;
