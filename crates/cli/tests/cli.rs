@@ -27,30 +27,7 @@ fn vkey() -> String {
     testing::signer().verifier().to_string()
 }
 
-fn tool_call(i: u64) -> NewEvent {
-    NewEvent::new(
-        StreamId::resource("https://mcp.test/mcp/demo"),
-        Actor::User { id: "usr_1".into() },
-        ToolCalled {
-            request_id: format!("req_{i}"),
-            resource: "https://mcp.test/mcp/demo".into(),
-            tool: "search".into(),
-            user_id: Some("usr_1".into()),
-            client_id: Some("cli_1".into()),
-            credential: Credential {
-                kind: CredentialKind::AccessToken,
-                id: "at_1".into(),
-            },
-            outcome: ToolOutcome::Ok,
-            reason: None,
-            error_code: None,
-            duration_us: 10,
-            arguments_digest: secret_digest(&i.to_be_bytes()),
-            intent: None,
-            source_ip: None,
-        },
-    )
-}
+use grantline_store::testing::tool_call;
 
 /// 12 events; checkpoints at 10 and 12.
 async fn ledger_with_events(db: &TestDb) {

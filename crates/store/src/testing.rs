@@ -95,6 +95,33 @@ pub fn replace_db(admin: &str, name: &str) -> String {
     format!("{host}/{name}{query}")
 }
 
+/// A tool call event on one of a few resource streams.
+pub fn tool_call(i: u64) -> grantline_ledger::NewEvent {
+    let resource = format!("https://mcp.test/mcp/r{}", i % 3);
+    grantline_ledger::NewEvent::new(
+        grantline_ledger::StreamId::resource(&resource),
+        grantline_ledger::Actor::User { id: "usr_1".into() },
+        grantline_ledger::ToolCalled {
+            request_id: format!("req_{i}"),
+            resource,
+            tool: "search".into(),
+            user_id: Some("usr_1".into()),
+            client_id: Some("cli_1".into()),
+            credential: grantline_ledger::Credential {
+                kind: grantline_ledger::CredentialKind::AccessToken,
+                id: "at_1".into(),
+            },
+            outcome: grantline_ledger::ToolOutcome::Ok,
+            reason: None,
+            error_code: None,
+            duration_us: 100 + i,
+            arguments_digest: grantline_ledger::secret_digest(&i.to_be_bytes()),
+            intent: None,
+            source_ip: None,
+        },
+    )
+}
+
 /// Declares each test twice, `sqlite::name` and `postgres::name`, with `db: TestDb`.
 #[macro_export]
 macro_rules! backend_tests {

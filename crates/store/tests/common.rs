@@ -23,32 +23,7 @@ pub fn quiet() -> LedgerOptions {
     }
 }
 
-/// A tool call event on one of a few resource streams.
-pub fn tool_call(i: u64) -> NewEvent {
-    let resource = format!("https://mcp.test/mcp/r{}", i % 3);
-    NewEvent::new(
-        StreamId::resource(&resource),
-        Actor::User { id: "usr_1".into() },
-        ToolCalled {
-            request_id: format!("req_{i}"),
-            resource,
-            tool: "search".into(),
-            user_id: Some("usr_1".into()),
-            client_id: Some("cli_1".into()),
-            credential: Credential {
-                kind: CredentialKind::AccessToken,
-                id: "at_1".into(),
-            },
-            outcome: ToolOutcome::Ok,
-            reason: None,
-            error_code: None,
-            duration_us: 100 + i,
-            arguments_digest: secret_digest(&i.to_be_bytes()),
-            intent: None,
-            source_ip: None,
-        },
-    )
-}
+pub use grantline_store::testing::tool_call;
 
 pub fn client_registered(id: &str) -> NewEvent {
     NewEvent::new(
