@@ -46,7 +46,9 @@ while i < len(lines):
         while lines[i].strip() != "}":
             f = re.match(r"pub (\w+): (.+),$", lines[i].strip())
             if f:
-                fields.append((f.group(1), f.group(2), docs_before(lines, i)))
+                # A field with `#[serde(default …)]` may be absent: not required.
+                defaulted = "serde(default" in lines[i - 1]
+                fields.append((f.group(1), f.group(2), docs_before(lines, i), defaulted))
             i += 1
         structs[name] = (doc, fields)
     m = re.match(r"pub enum (\w+) \{", line)
@@ -90,14 +92,14 @@ def type_schema(ty):
 def struct_schema(name):
     doc, fields = structs[name]
     props, required = {}, []
-    for fname, fty, fdoc in fields:
+    for fname, fty, fdoc, defaulted in fields:
         s = type_schema(fty)
         if fname.endswith("digest"):
             s = {**s, "pattern": "^[0-9a-f]{64}$"}
         if fdoc:
             s = {**s, "description": fdoc}
         props[fname] = s
-        if not fty.startswith("Option<"):
+        if not fty.startswith("Option<") and not defaulted:
             required.append(fname)
     out = {"type": "object"}
     if doc:

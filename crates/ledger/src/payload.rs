@@ -258,6 +258,9 @@ pub struct ClientRegistered {
     /// When an unused dynamic registration ages out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<Timestamp>,
+    /// The HTTP request that caused it, when one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<RequestMeta>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -367,9 +370,19 @@ pub struct ConsentGranted {
     pub user_id: String,
     pub client_id: String,
     pub resource: String,
+    /// The scopes granted: the whole consented set for this client and resource.
     pub scopes: Vec<String>,
+    /// The scopes the client asked for in this authorization request.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub requested_scopes: Vec<String>,
+    /// The client's display name as shown on the consent page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_name: Option<String>,
     /// False when an earlier consent covered the request and no page was shown.
     pub prompted: bool,
+    /// The HTTP request that caused it, when one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<RequestMeta>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -378,6 +391,9 @@ pub struct ConsentDenied {
     pub client_id: String,
     pub resource: String,
     pub scopes: Vec<String>,
+    /// The HTTP request that caused it, when one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<RequestMeta>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -393,6 +409,9 @@ pub struct CodeIssued {
     /// The PKCE S256 challenge (public; the verifier never appears).
     pub code_challenge: String,
     pub expires_at: Timestamp,
+    /// The HTTP request that caused it, when one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<RequestMeta>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -400,6 +419,9 @@ pub struct CodeRedeemed {
     pub family_id: String,
     pub code_digest: String,
     pub client_id: String,
+    /// The HTTP request that caused it, when one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<RequestMeta>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -407,6 +429,9 @@ pub struct CodeReplayed {
     pub family_id: String,
     pub code_digest: String,
     pub client_id: String,
+    /// The HTTP request that caused it, when one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<RequestMeta>,
 }
 
 /// An access token as recorded: id, digest, format and expiry.
@@ -441,6 +466,9 @@ pub struct TokenIssued {
     pub access: AccessTokenRecord,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refresh: Option<RefreshTokenRecord>,
+    /// The HTTP request that caused it, when one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<RequestMeta>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -455,6 +483,9 @@ pub struct TokenRefreshed {
     pub rotated_refresh_id: String,
     pub access: AccessTokenRecord,
     pub refresh: RefreshTokenRecord,
+    /// The HTTP request that caused it, when one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<RequestMeta>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -464,6 +495,9 @@ pub struct TokenRevoked {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub family_id: Option<String>,
     pub reason: String,
+    /// The HTTP request that caused it, when one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<RequestMeta>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -475,12 +509,18 @@ pub struct RefreshReuseDetected {
     /// When that token had been rotated.
     pub rotated_at: Timestamp,
     pub grace_seconds: u64,
+    /// The HTTP request that caused it, when one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<RequestMeta>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FamilyRevoked {
     pub family_id: String,
     pub reason: String,
+    /// The HTTP request that caused it, when one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<RequestMeta>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -489,6 +529,9 @@ pub struct GrantRevoked {
     pub user_id: String,
     pub client_id: String,
     pub reason: String,
+    /// The HTTP request that caused it, when one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<RequestMeta>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -597,6 +640,17 @@ pub struct SigningKeyRotated {
     pub public_key: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_key_id: Option<String>,
+}
+
+/// The HTTP request behind an event: its id (as in the server's logs and the `X-Request-Id`
+/// header) and the caller's address and user agent, sealed under the subject's key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestMeta {
+    pub request_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_ip: Option<Sealed>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<Sealed>,
 }
 
 /// One setting that changed; values rendered as text.

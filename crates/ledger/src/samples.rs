@@ -47,6 +47,14 @@ fn refresh() -> RefreshTokenRecord {
     }
 }
 
+fn meta(subject: &str) -> RequestMeta {
+    RequestMeta {
+        request_id: "0197a3c1-f0d2-7c4e-8b1a-9d6e5f403a50".into(),
+        source_ip: Some(sealed(subject, "198.51.100.7")),
+        user_agent: Some(sealed(subject, "python-httpx/0.28")),
+    }
+}
+
 /// The stream an event of this payload belongs to.
 pub fn stream_for(p: &Payload) -> StreamId {
     match p {
@@ -102,6 +110,7 @@ pub fn all() -> Vec<Payload> {
     let scopes = vec!["demo.read".to_string(), "demo.write".to_string()];
     vec![
         ClientRegistered {
+            request: Some(meta(&user_subject)),
             client_id: CLIENT.into(),
             client_name: "Claude Desktop".into(),
             method: RegistrationMethod::Dynamic,
@@ -189,6 +198,9 @@ pub fn all() -> Vec<Payload> {
         }
         .into(),
         ConsentGranted {
+            request: Some(meta(&user_subject)),
+            requested_scopes: scopes.clone(),
+            client_name: Some("Claude Desktop".into()),
             grant_id: GRANT.into(),
             user_id: USER.into(),
             client_id: CLIENT.into(),
@@ -198,6 +210,7 @@ pub fn all() -> Vec<Payload> {
         }
         .into(),
         ConsentDenied {
+            request: Some(meta(&user_subject)),
             user_id: USER.into(),
             client_id: CLIENT.into(),
             resource: RESOURCE.into(),
@@ -205,6 +218,7 @@ pub fn all() -> Vec<Payload> {
         }
         .into(),
         CodeIssued {
+            request: Some(meta(&user_subject)),
             family_id: FAMILY.into(),
             grant_id: GRANT.into(),
             client_id: CLIENT.into(),
@@ -218,18 +232,21 @@ pub fn all() -> Vec<Payload> {
         }
         .into(),
         CodeRedeemed {
+            request: Some(meta(&user_subject)),
             family_id: FAMILY.into(),
             code_digest: digest("code"),
             client_id: CLIENT.into(),
         }
         .into(),
         CodeReplayed {
+            request: Some(meta(&user_subject)),
             family_id: FAMILY.into(),
             code_digest: digest("code"),
             client_id: CLIENT.into(),
         }
         .into(),
         TokenIssued {
+            request: Some(meta(&user_subject)),
             family_id: Some(FAMILY.into()),
             grant_type: GrantType::AuthorizationCode,
             client_id: CLIENT.into(),
@@ -241,6 +258,7 @@ pub fn all() -> Vec<Payload> {
         }
         .into(),
         TokenRefreshed {
+            request: Some(meta(&user_subject)),
             family_id: FAMILY.into(),
             client_id: CLIENT.into(),
             user_id: USER.into(),
@@ -252,6 +270,7 @@ pub fn all() -> Vec<Payload> {
         }
         .into(),
         TokenRevoked {
+            request: Some(meta(&user_subject)),
             token_id: "at_0197a3c1f0d27c4e8b1a9d6e5f403a30".into(),
             token_kind: TokenKind::Access,
             family_id: Some(FAMILY.into()),
@@ -259,6 +278,7 @@ pub fn all() -> Vec<Payload> {
         }
         .into(),
         RefreshReuseDetected {
+            request: Some(meta(&user_subject)),
             family_id: FAMILY.into(),
             refresh_token_id: "rt_0197a3c1f0d27c4e8b1a9d6e5f403a31".into(),
             client_id: CLIENT.into(),
@@ -267,11 +287,13 @@ pub fn all() -> Vec<Payload> {
         }
         .into(),
         FamilyRevoked {
+            request: Some(meta(&user_subject)),
             family_id: FAMILY.into(),
             reason: "refresh token revoked".into(),
         }
         .into(),
         GrantRevoked {
+            request: Some(meta(&user_subject)),
             grant_id: GRANT.into(),
             user_id: USER.into(),
             client_id: CLIENT.into(),

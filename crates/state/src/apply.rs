@@ -126,6 +126,14 @@ pub fn apply(state: &mut State, event: &Recorded) {
                     families: Vec::new(),
                 });
             g.scopes.extend(e.scopes.iter().cloned());
+            state.grant_index.insert(
+                GrantKey {
+                    user_id: e.user_id.clone(),
+                    client_id: e.client_id.clone(),
+                    resource: e.resource.clone(),
+                },
+                e.grant_id.clone(),
+            );
         }
         Payload::CodeIssued(e) => {
             state.families.insert(
@@ -139,6 +147,7 @@ pub fn apply(state: &mut State, event: &Recorded) {
                     scopes: scopes(&e.scopes),
                     created_at: at,
                     revoked: None,
+                    version: 0,
                 },
             );
             if let Some(g) = state.grants.get_mut(&e.grant_id) {

@@ -15,6 +15,8 @@ pub struct State {
     pub clients: HashMap<String, Client>,
     pub users: HashMap<String, User>,
     pub grants: HashMap<String, Grant>,
+    /// The live (not revoked) grant for each user × client × resource.
+    pub grant_index: HashMap<GrantKey, String>,
     pub families: HashMap<String, Family>,
     /// Authorization codes by digest.
     pub codes: HashMap<String, Code>,
@@ -63,6 +65,14 @@ pub struct User {
     pub last_login: Option<Timestamp>,
 }
 
+/// Who consented to whom for what: one live grant per key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct GrantKey {
+    pub user_id: String,
+    pub client_id: String,
+    pub resource: String,
+}
+
 /// A user's consent to a client for one resource.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Grant {
@@ -87,6 +97,9 @@ pub struct Family {
     pub scopes: BTreeSet<String>,
     pub created_at: Timestamp,
     pub revoked: Option<Revocation>,
+    /// The version of the family's stream after the last event folded: what a decider expects
+    /// when it appends to the family (optimistic concurrency).
+    pub version: u64,
 }
 
 /// Why and when something was revoked.
@@ -154,6 +167,18 @@ pub struct SigningKey {
 }
 
 impl State {
+    /// The live grant of `user` to `client` for `resource`, if any.
+    pub fn grant_for(&self, user_id: &str, client_id: &str, resource: &str) -> Option<&Grant> {
+        let key = GrantKey {
+            user_id: user_id.to_string(),
+            client_id: client_id.to_string(),
+            resource: resource.to_string(),
+        };
+        self.grants
+            .get(self.grant_index.get(&key)?)
+            .filter(|g| !g.revoked)
+    }
+
     /// Whether the family exists and is not revoked (directly, or through its grant).
     pub fn family_live(&self, family_id: &str) -> bool {
         self.families.get(family_id).is_some_and(|f| {

@@ -52,6 +52,9 @@ fn history() -> Vec<Recorded> {
     push(user.clone().into());
     push(
         ConsentGranted {
+            request: None,
+            requested_scopes: Vec::new(),
+            client_name: None,
             grant_id: "g1".into(),
             user_id: user.user_id.clone(),
             client_id: client.clone(),
@@ -64,6 +67,7 @@ fn history() -> Vec<Recorded> {
     for f in ["f1", "f2"] {
         push(
             CodeIssued {
+                request: None,
                 family_id: f.into(),
                 grant_id: "g1".into(),
                 client_id: client.clone(),
@@ -79,6 +83,7 @@ fn history() -> Vec<Recorded> {
         );
         push(
             CodeRedeemed {
+                request: None,
                 family_id: f.into(),
                 code_digest: secret_digest(f.as_bytes()),
                 client_id: client.clone(),
@@ -87,6 +92,7 @@ fn history() -> Vec<Recorded> {
         );
         push(
             TokenIssued {
+                request: None,
                 family_id: Some(f.into()),
                 grant_type: GrantType::AuthorizationCode,
                 client_id: client.clone(),
@@ -101,6 +107,7 @@ fn history() -> Vec<Recorded> {
     }
     push(
         TokenRefreshed {
+            request: None,
             family_id: "f1".into(),
             client_id: client.clone(),
             user_id: user.user_id.clone(),
@@ -148,6 +155,7 @@ fn reuse_detected_revokes_every_token_of_that_family_only() {
     events.push(rec(
         n + 1,
         RefreshReuseDetected {
+            request: None,
             family_id: "f1".into(),
             refresh_token_id: "rt_f1a".into(),
             client_id: "c".into(),
@@ -171,6 +179,7 @@ fn code_replay_revokes_the_family() {
     events.push(rec(
         n + 1,
         CodeReplayed {
+            request: None,
             family_id: "f2".into(),
             code_digest: secret_digest(b"f2"),
             client_id: "c".into(),
@@ -188,6 +197,7 @@ fn grant_revoked_revokes_every_family_under_it() {
     events.push(rec(
         n + 1,
         GrantRevoked {
+            request: None,
             grant_id: "g1".into(),
             user_id: "u".into(),
             client_id: "c".into(),
@@ -206,6 +216,7 @@ fn expiry_and_single_token_revocation() {
     events.push(rec(
         n + 1,
         TokenRevoked {
+            request: None,
             token_id: "at_f2a".into(),
             token_kind: TokenKind::Access,
             family_id: Some("f2".into()),

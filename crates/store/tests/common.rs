@@ -30,6 +30,7 @@ pub fn client_registered(id: &str) -> NewEvent {
         StreamId::client(id),
         Actor::System,
         ClientRegistered {
+            request: None,
             client_id: id.into(),
             client_name: format!("client {id}"),
             method: RegistrationMethod::Dynamic,

@@ -76,6 +76,7 @@ impl Generator {
                 StreamId::client(&client),
                 &client_actor,
                 ClientRegistered {
+                    request: None,
                     client_id: client.clone(),
                     client_name: format!("Assistant {}", n / 50),
                     method: RegistrationMethod::Dynamic,
@@ -133,6 +134,9 @@ impl Generator {
             StreamId::grant(&grant),
             &actor,
             ConsentGranted {
+                request: None,
+                requested_scopes: Vec::new(),
+                client_name: None,
                 grant_id: grant.clone(),
                 user_id: user.clone(),
                 client_id: client.clone(),
@@ -147,6 +151,7 @@ impl Generator {
             StreamId::family(&family),
             &actor,
             CodeIssued {
+                request: None,
                 family_id: family.clone(),
                 grant_id: grant.clone(),
                 client_id: client.clone(),
@@ -164,6 +169,7 @@ impl Generator {
             StreamId::family(&family),
             &client_actor,
             CodeRedeemed {
+                request: None,
                 family_id: family.clone(),
                 code_digest: code,
                 client_id: client.clone(),
@@ -188,6 +194,7 @@ impl Generator {
             StreamId::family(&family),
             &client_actor,
             TokenIssued {
+                request: None,
                 family_id: Some(family.clone()),
                 grant_type: GrantType::AuthorizationCode,
                 client_id: client.clone(),
@@ -251,6 +258,7 @@ impl Generator {
                 StreamId::family(&family),
                 &client_actor,
                 TokenRefreshed {
+                    request: None,
                     family_id: family.clone(),
                     client_id: client.clone(),
                     user_id: user.clone(),
@@ -268,6 +276,7 @@ impl Generator {
                 StreamId::family(&family),
                 &client_actor,
                 RefreshReuseDetected {
+                    request: None,
                     family_id: family.clone(),
                     refresh_token_id: refresh(0).token_id,
                     client_id: client.clone(),

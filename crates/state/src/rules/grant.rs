@@ -13,6 +13,14 @@ pub(crate) fn on_grant_revoked(
     let families = match state.grants.get_mut(grant_id) {
         Some(g) => {
             g.revoked = true;
+            let key = crate::GrantKey {
+                user_id: g.user_id.clone(),
+                client_id: g.client_id.clone(),
+                resource: g.resource.clone(),
+            };
+            if state.grant_index.get(&key).is_some_and(|id| id == grant_id) {
+                state.grant_index.remove(&key);
+            }
             g.families.clone()
         }
         None => return,

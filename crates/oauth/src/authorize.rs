@@ -1,0 +1,283 @@
+//! The authorization endpoint (OAuth 2.1 §4.1.1): validating the request, deciding whether
+//! the user must be asked, and issuing the code on approval.
+//!
+//! An unknown client or a redirect URI that is not registered is shown as an error page and
+//! never redirected to (no open redirects); every other error goes back to the client's
+//! redirect URI with `state` and `iss` (RFC 9207).
+
+use crate::{Decision, ErrorCode, OAuthError, Resource, Settings, pkce, redirect, scope};
+use grantline_ledger::{
+    Actor, CodeIssued, ConsentDenied, ConsentGranted, ExpectedVersion, NewEvent,
+    RegistrationMethod, RequestMeta, StreamId, Timestamp,
+};
+use grantline_state::State;
+use std::collections::BTreeSet;
+
+/// The query parameters, as received.
+#[derive(Debug, Clone, Default)]
+pub struct AuthorizationQuery {
+    pub response_type: Option<String>,
+    pub client_id: Option<String>,
+    pub redirect_uri: Option<String>,
+    pub scope: Option<String>,
+    pub state: Option<String>,
+    pub code_challenge: Option<String>,
+    pub code_challenge_method: Option<String>,
+    pub resource: Vec<String>,
+    pub prompt: Option<String>,
+}
+
+/// Why a request cannot proceed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Refusal {
+    /// Shown to the user; the client is not trusted enough to be redirected to.
+    Page(OAuthError),
+    /// Sent to the client's (validated) redirect URI.
+    Redirect {
+        redirect_uri: String,
+        state: Option<String>,
+        error: OAuthError,
+    },
+}
+
+/// A request that passed every check: what the consent page shows and the code binds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Validated {
+    pub client_id: String,
+    pub client_name: String,
+    pub redirect_uri: String,
+    pub resource: Resource,
+    pub scopes: BTreeSet<String>,
+    pub state: Option<String>,
+    pub code_challenge: String,
+    pub prompt_consent: bool,
+    /// A metadata-document client whose redirect URIs are all loopback: any local program
+    /// could claim to be it, so the consent page warns.
+    pub loopback_only_metadata_client: bool,
+}
+
+/// Checks an authorization request against the registered client and configured resources.
+pub fn validate(
+    state: &State,
+    settings: &Settings,
+    q: &AuthorizationQuery,
+) -> Result<Validated, Refusal> {
+    let client_id = q
+        .client_id
+        .as_deref()
+        .filter(|c| !c.is_empty())
+        .ok_or_else(|| Refusal::Page(OAuthError::invalid_request("client_id is missing")))?;
+    let client = state
+        .clients
+        .get(client_id)
+        .ok_or_else(|| Refusal::Page(OAuthError::invalid_client("unknown client_id")))?;
+    if client.disabled || client.expired {
+        return Err(Refusal::Page(OAuthError::invalid_client(
+            "this client is disabled or its registration expired",
+        )));
+    }
+    let redirect_uri = match q.redirect_uri.as_deref() {
+        Some(r) if redirect::matches(&client.redirect_uris, r) => r.to_string(),
+        Some(_) => {
+            return Err(Refusal::Page(OAuthError::invalid_request(
+                "redirect_uri is not registered for this client",
+            )));
+        }
+        None if client.redirect_uris.len() == 1 => client.redirect_uris[0].clone(),
+        None => {
+            return Err(Refusal::Page(OAuthError::invalid_request(
+                "redirect_uri is required",
+            )));
+        }
+    };
+    // From here on errors go back to the client.
+    let refuse = |error: OAuthError| Refusal::Redirect {
+        redirect_uri: redirect_uri.clone(),
+        state: q.state.clone(),
+        error,
+    };
+    match q.response_type.as_deref() {
+        Some("code") => {}
+        Some(_) => {
+            return Err(refuse(OAuthError::new(
+                ErrorCode::UnsupportedResponseType,
+                "only response_type=code is supported",
+            )));
+        }
+        None => {
+            return Err(refuse(OAuthError::invalid_request(
+                "response_type is missing",
+            )));
+        }
+    }
+    let code_challenge = pkce::check_challenge(
+        q.code_challenge.as_deref(),
+        q.code_challenge_method.as_deref(),
+    )
+    .map_err(refuse)?;
+    let resource = match q.resource.as_slice() {
+        [one] => settings.resource(one).ok_or_else(|| {
+            refuse(OAuthError::invalid_target(
+                "resource does not name a resource this server protects",
+            ))
+        })?,
+        [] => {
+            return Err(refuse(OAuthError::invalid_target(
+                "resource is required (RFC 8707)",
+            )));
+        }
+        _ => {
+            return Err(refuse(OAuthError::invalid_target(
+                "exactly one resource per authorization request",
+            )));
+        }
+    };
+    let mut scopes = scope::parse(q.scope.as_deref().unwrap_or("")).map_err(refuse)?;
+    if scopes.iter().all(|s| s == scope::OFFLINE_ACCESS) {
+        scopes.extend(resource.default_scopes.iter().cloned());
+    }
+    if let Some(bad) = scopes
+        .iter()
+        .find(|s| s.as_str() != scope::OFFLINE_ACCESS && !resource.offers(s))
+    {
+        return Err(refuse(OAuthError::invalid_scope(format!(
+            "scope {bad:?} is not offered by {}",
+            resource.id
+        ))));
+    }
+    if scopes.is_empty() {
+        return Err(refuse(OAuthError::invalid_scope("no scope requested")));
+    }
+    let prompts: Vec<&str> = q.prompt.as_deref().unwrap_or("").split(' ').collect();
+    if prompts.contains(&"none") {
+        return Err(refuse(OAuthError::new(
+            ErrorCode::AccessDenied,
+            "prompt=none is not supported: the user must sign in and consent",
+        )));
+    }
+    let loopback_only = client.method == RegistrationMethod::MetadataDocument
+        && client.redirect_uris.iter().all(|u| {
+            url::Url::parse(u)
+                .map(|u| redirect::is_loopback(&u))
+                .unwrap_or(false)
+        });
+    Ok(Validated {
+        client_id: client.client_id.clone(),
+        client_name: client.client_name.clone(),
+        redirect_uri,
+        resource: resource.clone(),
+        scopes,
+        state: q.state.clone(),
+        code_challenge,
+        prompt_consent: prompts.contains(&"consent") || prompts.contains(&"login"),
+        loopback_only_metadata_client: loopback_only,
+    })
+}
+
+/// Whether the user must see the consent page: no live grant covers the request, or the client
+/// asked with `prompt=consent`.
+pub fn needs_consent(state: &State, user_id: &str, v: &Validated) -> bool {
+    if v.prompt_consent {
+        return true;
+    }
+    match state.grant_for(user_id, &v.client_id, &v.resource.id) {
+        Some(g) => !v.scopes.is_subset(&g.scopes),
+        None => true,
+    }
+}
+
+/// Randomness the approval needs.
+#[derive(Debug, Clone)]
+pub struct FreshCode {
+    pub code: crate::tokens::Secret,
+    pub grant_id: String,
+    pub family_id: String,
+}
+
+/// The user approved (or an earlier consent covers the request): record the consent and the
+/// code. The grant accumulates scopes; the code (and its family) carries exactly those asked.
+pub fn approve(
+    state: &State,
+    settings: &Settings,
+    user_id: &str,
+    v: &Validated,
+    prompted: bool,
+    now: Timestamp,
+    fresh: FreshCode,
+    request: Option<RequestMeta>,
+) -> Decision<String> {
+    if state.users.get(user_id).is_none_or(|u| u.disabled) {
+        return OAuthError::new(ErrorCode::AccessDenied, "the user is disabled").into();
+    }
+    let existing = state.grant_for(user_id, &v.client_id, &v.resource.id);
+    let grant_id = existing
+        .map(|g| g.grant_id.clone())
+        .unwrap_or(fresh.grant_id);
+    let mut granted: BTreeSet<String> = existing.map(|g| g.scopes.clone()).unwrap_or_default();
+    granted.extend(v.scopes.iter().cloned());
+    let actor = Actor::User {
+        id: user_id.to_string(),
+    };
+    let events = vec![
+        NewEvent::new(
+            StreamId::grant(&grant_id),
+            actor.clone(),
+            ConsentGranted {
+                grant_id: grant_id.clone(),
+                user_id: user_id.to_string(),
+                client_id: v.client_id.clone(),
+                resource: v.resource.id.clone(),
+                scopes: granted.into_iter().collect(),
+                requested_scopes: v.scopes.iter().cloned().collect(),
+                client_name: Some(v.client_name.clone()),
+                prompted,
+                request: request.clone(),
+            },
+        ),
+        NewEvent::new(
+            StreamId::family(&fresh.family_id),
+            actor,
+            CodeIssued {
+                family_id: fresh.family_id.clone(),
+                grant_id,
+                client_id: v.client_id.clone(),
+                user_id: user_id.to_string(),
+                resource: v.resource.id.clone(),
+                scopes: v.scopes.iter().cloned().collect(),
+                code_digest: fresh.code.digest(),
+                redirect_uri: v.redirect_uri.clone(),
+                code_challenge: v.code_challenge.clone(),
+                expires_at: now.plus_secs(settings.lifetimes.code.min(60) as i64),
+                request,
+            },
+        ),
+    ];
+    Decision::new(events, Ok(fresh.code.0)).expect(
+        StreamId::family(&fresh.family_id),
+        ExpectedVersion::NoStream,
+    )
+}
+
+/// The user refused.
+pub fn deny(user_id: &str, v: &Validated, request: Option<RequestMeta>) -> Decision<()> {
+    let event = NewEvent::new(
+        StreamId::user(user_id),
+        Actor::User {
+            id: user_id.to_string(),
+        },
+        ConsentDenied {
+            user_id: user_id.to_string(),
+            client_id: v.client_id.clone(),
+            resource: v.resource.id.clone(),
+            scopes: v.scopes.iter().cloned().collect(),
+            request,
+        },
+    );
+    Decision::new(
+        vec![event],
+        Err(OAuthError::new(
+            ErrorCode::AccessDenied,
+            "the user denied the request",
+        )),
+    )
+}

@@ -1,0 +1,151 @@
+//! `grant_type=refresh_token` (OAuth 2.1 §4.3): rotation on every use.
+//!
+//! A rotated token presented again within the grace period is honoured once more (a client
+//! that raced itself or lost a response gets a fresh pair instead of being locked out); after
+//! the grace period it is reuse: `refresh.reuse_detected` is recorded and the projection
+//! revokes the whole family, the newest tokens included.
+
+use super::{Context, bound_resource, mint_access, response};
+use crate::tokens::TokenResponse;
+use crate::{Decision, OAuthError, scope};
+use grantline_ledger::{
+    Actor, ExpectedVersion, NewEvent, RefreshReuseDetected, RefreshTokenRecord, StreamId,
+    TokenRefreshed, secret_digest,
+};
+use grantline_state::{Client, State};
+
+/// The form fields of a refresh. `Debug` hides the token.
+#[derive(Clone, Default)]
+pub struct RefreshRequest {
+    pub refresh_token: String,
+    pub scope: Option<String>,
+    pub resource: Option<String>,
+}
+
+impl std::fmt::Debug for RefreshRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RefreshRequest")
+            .field("scope", &self.scope)
+            .field("resource", &self.resource)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The user a refresh token belongs to, if it is known (to seal request data under their key
+/// before deciding).
+pub fn user_of<'s>(state: &'s State, refresh_token: &str) -> Option<&'s str> {
+    let t = state
+        .refresh_tokens
+        .get(&secret_digest(refresh_token.as_bytes()))?;
+    state.families.get(&t.family_id).map(|f| f.user_id.as_str())
+}
+
+/// Decides a refresh for an authenticated `client`.
+pub fn decide(
+    state: &State,
+    client: &Client,
+    req: &RefreshRequest,
+    ctx: &Context<'_>,
+) -> Decision<TokenResponse> {
+    let Some(token) = state
+        .refresh_tokens
+        .get(&secret_digest(req.refresh_token.as_bytes()))
+    else {
+        return OAuthError::invalid_grant("unknown refresh token").into();
+    };
+    let Some(family) = state.families.get(&token.family_id) else {
+        return OAuthError::invalid_grant("unknown refresh token").into();
+    };
+    if family.client_id != client.client_id {
+        return OAuthError::invalid_grant("refresh token was issued to another client").into();
+    }
+    if !state.family_live(&family.family_id) {
+        return OAuthError::invalid_grant("refresh token revoked").into();
+    }
+    if token.revoked {
+        return OAuthError::invalid_grant("refresh token revoked").into();
+    }
+    let lt = &ctx.settings.lifetimes;
+    if let Some(rotated_at) = token.rotated_at
+        && ctx.now > rotated_at.plus_secs(lt.refresh_grace as i64)
+    {
+        let event = NewEvent::new(
+            StreamId::family(&family.family_id),
+            Actor::Client {
+                id: client.client_id.clone(),
+            },
+            RefreshReuseDetected {
+                family_id: family.family_id.clone(),
+                refresh_token_id: token.token_id.clone(),
+                client_id: client.client_id.clone(),
+                rotated_at,
+                grace_seconds: lt.refresh_grace,
+                request: ctx.request.clone(),
+            },
+        );
+        // Recorded even though the request fails: the family's revocation must stick.
+        return Decision::new(
+            vec![event],
+            Err(OAuthError::invalid_grant(
+                "refresh token was already used; every token of this grant is revoked",
+            )),
+        );
+    }
+    if ctx.now >= token.expires_at || ctx.now >= token.absolute_expires_at {
+        return OAuthError::invalid_grant("refresh token expired").into();
+    }
+    if state.users.get(&family.user_id).is_none_or(|u| u.disabled) {
+        return OAuthError::invalid_grant("the user is disabled").into();
+    }
+    let resource = match bound_resource(ctx.settings, req.resource.as_deref(), &family.resource) {
+        Ok(r) => r,
+        Err(e) => return e.into(),
+    };
+    let scopes = match req.scope.as_deref().map(scope::parse) {
+        None => family.scopes.clone(),
+        Some(Err(e)) => return e.into(),
+        Some(Ok(s)) if s.is_empty() => family.scopes.clone(),
+        Some(Ok(s)) => {
+            if let Some(extra) = s.iter().find(|x| !family.scopes.contains(*x)) {
+                return OAuthError::invalid_scope(format!(
+                    "scope {extra:?} was not granted; a refresh may narrow scope, never widen it"
+                ))
+                .into();
+            }
+            s
+        }
+    };
+    let (access, access_record) =
+        mint_access(ctx, resource, &family.user_id, &client.client_id, &scopes);
+    let refresh = RefreshTokenRecord {
+        token_id: ctx.fresh.refresh_id.clone(),
+        digest: ctx.fresh.refresh.digest(),
+        expires_at: ctx
+            .now
+            .plus_secs(lt.refresh_idle as i64)
+            .min(token.absolute_expires_at),
+        absolute_expires_at: token.absolute_expires_at,
+    };
+    let stream = StreamId::family(&family.family_id);
+    let event = NewEvent::new(
+        stream.clone(),
+        Actor::Client {
+            id: client.client_id.clone(),
+        },
+        TokenRefreshed {
+            family_id: family.family_id.clone(),
+            client_id: client.client_id.clone(),
+            user_id: family.user_id.clone(),
+            resource: resource.id.clone(),
+            scopes: scopes.iter().cloned().collect(),
+            rotated_refresh_id: token.token_id.clone(),
+            access: access_record,
+            refresh,
+            request: ctx.request.clone(),
+        },
+    );
+    let answer = response(ctx, access, Some(&ctx.fresh.refresh), &scopes);
+    // Two instances (or two requests) rotating the same token: one wins the family stream's
+    // version, the other decides again on the newer state and sees the rotation.
+    Decision::new(vec![event], Ok(answer)).expect(stream, ExpectedVersion::Exactly(family.version))
+}

@@ -1,0 +1,69 @@
+//! Token introspection (RFC 7662), for authenticated resource servers.
+
+use crate::scope;
+use grantline_ledger::{Timestamp, secret_digest};
+use grantline_state::State;
+use serde_json::{Value, json};
+
+/// The introspection answer for `token` at `now`: `{"active": false}` for anything unknown,
+/// expired or revoked, with no further detail.
+pub fn introspect(state: &State, issuer: &str, token: &str, now: Timestamp) -> Value {
+    let digest = secret_digest(token.as_bytes());
+    let secs = |t: Timestamp| t.0 / 1_000_000;
+    if let Some(a) = state.live_access_token(&digest, now) {
+        return json!({
+            "active": true,
+            "token_type": "Bearer",
+            "scope": scope::join(&a.scopes),
+            "client_id": a.client_id,
+            "sub": a.user_id.as_deref().unwrap_or(&a.client_id),
+            "aud": a.resource,
+            "iss": issuer,
+            "exp": secs(a.expires_at),
+            "jti": a.token_id,
+        });
+    }
+    if let Some(r) = state.refresh_tokens.get(&digest)
+        && let Some(f) = state.families.get(&r.family_id)
+    {
+        let live = !r.revoked
+            && r.rotated_at.is_none()
+            && now < r.expires_at
+            && state.family_live(&f.family_id)
+            && state
+                .clients
+                .get(&f.client_id)
+                .is_some_and(|c| !c.disabled && !c.expired);
+        if live {
+            return json!({
+                "active": true,
+                "token_type": "refresh_token",
+                "scope": scope::join(&f.scopes),
+                "client_id": f.client_id,
+                "sub": f.user_id,
+                "aud": f.resource,
+                "iss": issuer,
+                "exp": secs(r.expires_at),
+                "jti": r.token_id,
+            });
+        }
+    }
+    if let Some(p) = state
+        .pat_by_digest
+        .get(&digest)
+        .and_then(|id| state.pats.get(id))
+        && state.live_pat(&digest, now).is_some()
+    {
+        return json!({
+            "active": true,
+            "token_type": "Bearer",
+            "scope": scope::join(&p.scopes),
+            "sub": p.user_id,
+            "aud": p.resource,
+            "iss": issuer,
+            "exp": p.expires_at.map(secs),
+            "jti": p.pat_id,
+        });
+    }
+    json!({ "active": false })
+}

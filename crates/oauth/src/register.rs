@@ -1,0 +1,327 @@
+//! Dynamic client registration (RFC 7591) and the registration policy.
+
+use crate::tokens::Secret;
+use crate::{Decision, ErrorCode, OAuthError, redirect, scope};
+use grantline_ledger::{
+    Actor, ApplicationType, AuthMethod, ClientRegistered, GrantType, NewEvent, RegistrationMethod,
+    RegistrationRejected, RequestMeta, StreamId, Timestamp,
+};
+use serde::{Deserialize, Serialize};
+
+/// The client metadata of a registration request (RFC 7591 §2). Unknown fields are ignored.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct RegistrationRequest {
+    #[serde(default)]
+    pub redirect_uris: Vec<String>,
+    pub token_endpoint_auth_method: Option<String>,
+    pub grant_types: Option<Vec<String>>,
+    pub response_types: Option<Vec<String>>,
+    pub client_name: Option<String>,
+    pub client_uri: Option<String>,
+    pub logo_uri: Option<String>,
+    pub scope: Option<String>,
+    pub software_id: Option<String>,
+    pub software_version: Option<String>,
+    pub application_type: Option<String>,
+}
+
+/// Who may register.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Policy {
+    /// Anyone (what MCP clients expect).
+    #[default]
+    Open,
+    /// Only registrations matching one of these rules.
+    Allowlist(Vec<AllowRule>),
+    /// Nobody: clients come from the config file, an admin, or metadata documents.
+    Off,
+}
+
+/// One allowlist entry; every field that is set must match.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+pub struct AllowRule {
+    pub client_name: Option<String>,
+    pub software_id: Option<String>,
+    /// Every redirect URI must be on this host.
+    pub redirect_host: Option<String>,
+}
+
+impl AllowRule {
+    fn admits(&self, name: Option<&str>, software_id: Option<&str>, uris: &[String]) -> bool {
+        let name_ok = self.client_name.as_deref().is_none_or(|n| Some(n) == name);
+        let sw_ok = self
+            .software_id
+            .as_deref()
+            .is_none_or(|s| Some(s) == software_id);
+        let host_ok = self.redirect_host.as_deref().is_none_or(|h| {
+            !uris.is_empty()
+                && uris.iter().all(|u| {
+                    url::Url::parse(u)
+                        .ok()
+                        .and_then(|u| u.host_str().map(|x| x.eq_ignore_ascii_case(h)))
+                        .unwrap_or(false)
+                })
+        });
+        name_ok && sw_ok && host_ok
+    }
+}
+
+/// The RFC 7591 §3.2.1 response: the metadata as registered, and the secret once.
+#[derive(Clone, Serialize)]
+pub struct Registered {
+    pub client_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_secret: Option<String>,
+    pub client_id_issued_at: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_secret_expires_at: Option<i64>,
+    pub client_name: String,
+    pub redirect_uris: Vec<String>,
+    pub token_endpoint_auth_method: AuthMethod,
+    pub grant_types: Vec<GrantType>,
+    pub response_types: Vec<&'static str>,
+    pub application_type: ApplicationType,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub software_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub software_version: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_uri: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub logo_uri: Option<String>,
+}
+
+impl std::fmt::Debug for Registered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Registered({})", self.client_id)
+    }
+}
+
+/// Randomness a registration needs.
+#[derive(Debug, Clone)]
+pub struct FreshClient {
+    pub client_id: String,
+    /// Used only when the client is confidential.
+    pub secret: Secret,
+}
+
+fn invalid_metadata(d: impl Into<String>) -> OAuthError {
+    OAuthError::new(ErrorCode::InvalidClientMetadata, d)
+}
+
+/// Validated metadata, common to dynamic registration, config and admin clients.
+#[derive(Debug, Clone)]
+pub struct ClientMetadata {
+    pub client_name: String,
+    pub application_type: ApplicationType,
+    pub auth_method: AuthMethod,
+    pub redirect_uris: Vec<String>,
+    pub grant_types: Vec<GrantType>,
+    pub scope: Option<String>,
+}
+
+/// Checks client metadata: auth method, grant and response types, redirect URIs.
+pub fn check(req: &RegistrationRequest) -> Result<ClientMetadata, OAuthError> {
+    let auth_method = match req.token_endpoint_auth_method.as_deref() {
+        // RFC 7591 §2: the default is client_secret_basic.
+        None | Some("client_secret_basic") => AuthMethod::ClientSecretBasic,
+        Some("none") => AuthMethod::None,
+        Some("client_secret_post") => AuthMethod::ClientSecretPost,
+        Some(other) => {
+            return Err(invalid_metadata(format!(
+                "token_endpoint_auth_method {other:?} is not supported (none, client_secret_post, client_secret_basic)"
+            )));
+        }
+    };
+    let grant_types = match &req.grant_types {
+        None => vec![GrantType::AuthorizationCode, GrantType::RefreshToken],
+        Some(v) => {
+            let mut out = Vec::new();
+            for g in v {
+                let g = match g.as_str() {
+                    "authorization_code" => GrantType::AuthorizationCode,
+                    "refresh_token" => GrantType::RefreshToken,
+                    "client_credentials" => GrantType::ClientCredentials,
+                    other => {
+                        return Err(invalid_metadata(format!(
+                            "grant type {other:?} is not supported"
+                        )));
+                    }
+                };
+                if !out.contains(&g) {
+                    out.push(g);
+                }
+            }
+            out
+        }
+    };
+    if let Some(rt) = &req.response_types
+        && rt.iter().any(|r| r != "code")
+    {
+        return Err(invalid_metadata(
+            "only the \"code\" response type is supported",
+        ));
+    }
+    if grant_types.contains(&GrantType::ClientCredentials) && auth_method == AuthMethod::None {
+        return Err(invalid_metadata(
+            "client_credentials needs a confidential client (client_secret_basic or client_secret_post)",
+        ));
+    }
+    let uses_redirects = grant_types.contains(&GrantType::AuthorizationCode);
+    if uses_redirects && req.redirect_uris.is_empty() {
+        return Err(OAuthError::new(
+            ErrorCode::InvalidRedirectUri,
+            "redirect_uris is required for the authorization_code grant",
+        ));
+    }
+    if req.redirect_uris.len() > 20 {
+        return Err(OAuthError::new(
+            ErrorCode::InvalidRedirectUri,
+            "at most 20 redirect URIs",
+        ));
+    }
+    let application_type = match req.application_type.as_deref() {
+        None => redirect::infer_application_type(&req.redirect_uris),
+        Some("native") => ApplicationType::Native,
+        Some("web") => ApplicationType::Web,
+        Some(other) => {
+            return Err(invalid_metadata(format!(
+                "application_type {other:?} must be \"native\" or \"web\""
+            )));
+        }
+    };
+    for uri in &req.redirect_uris {
+        redirect::validate(uri, application_type)
+            .map_err(|e| OAuthError::new(ErrorCode::InvalidRedirectUri, e))?;
+    }
+    if let Some(s) = &req.scope {
+        scope::parse(s).map_err(|e| invalid_metadata(e.description))?;
+    }
+    let client_name = req
+        .client_name
+        .as_deref()
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .unwrap_or("Unnamed client");
+    if client_name.chars().count() > 200 {
+        return Err(invalid_metadata(
+            "client_name is longer than 200 characters",
+        ));
+    }
+    for (field, v) in [("client_uri", &req.client_uri), ("logo_uri", &req.logo_uri)] {
+        if let Some(v) = v
+            && url::Url::parse(v)
+                .map(|u| u.scheme() != "https")
+                .unwrap_or(true)
+        {
+            return Err(invalid_metadata(format!("{field} must be an https URL")));
+        }
+    }
+    Ok(ClientMetadata {
+        client_name: client_name.to_string(),
+        application_type,
+        auth_method,
+        redirect_uris: req.redirect_uris.clone(),
+        grant_types,
+        scope: req.scope.clone(),
+    })
+}
+
+/// Decides a dynamic registration. A policy refusal is recorded (`registration.rejected`);
+/// malformed metadata is refused without an event.
+pub fn decide(
+    policy: &Policy,
+    req: &RegistrationRequest,
+    now: Timestamp,
+    ttl_seconds: u64,
+    fresh: FreshClient,
+    request: Option<RequestMeta>,
+) -> Decision<Registered> {
+    let meta = match check(req) {
+        Ok(m) => m,
+        Err(e) => return e.into(),
+    };
+    let admitted = match policy {
+        Policy::Open => Ok(()),
+        Policy::Off => Err("dynamic registration is turned off on this server"),
+        Policy::Allowlist(rules) => {
+            if rules.iter().any(|r| {
+                r.admits(
+                    req.client_name.as_deref(),
+                    req.software_id.as_deref(),
+                    &req.redirect_uris,
+                )
+            }) {
+                Ok(())
+            } else {
+                Err("this client is not on the registration allowlist")
+            }
+        }
+    };
+    if let Err(why) = admitted {
+        let error = OAuthError::new(ErrorCode::InvalidClientMetadata, why);
+        let event = NewEvent::new(
+            StreamId::named("registrations"),
+            Actor::System,
+            RegistrationRejected {
+                client_name: req.client_name.clone(),
+                software_id: req.software_id.clone(),
+                redirect_uris: req.redirect_uris.clone(),
+                error: error.code.as_str().to_string(),
+                description: why.to_string(),
+                source_ip: request.as_ref().and_then(|r| r.source_ip.clone()),
+                user_agent: request.as_ref().and_then(|r| r.user_agent.clone()),
+            },
+        );
+        return Decision::new(vec![event], Err(error));
+    }
+    let confidential = meta.auth_method != AuthMethod::None;
+    let secret = confidential.then(|| fresh.secret.clone());
+    let event = ClientRegistered {
+        client_id: fresh.client_id.clone(),
+        client_name: meta.client_name.clone(),
+        method: RegistrationMethod::Dynamic,
+        application_type: meta.application_type,
+        token_endpoint_auth_method: meta.auth_method,
+        redirect_uris: meta.redirect_uris.clone(),
+        grant_types: meta.grant_types.clone(),
+        scope: meta.scope.clone(),
+        software_id: req.software_id.clone(),
+        software_version: req.software_version.clone(),
+        client_uri: req.client_uri.clone(),
+        logo_uri: req.logo_uri.clone(),
+        metadata_document_url: None,
+        secret_digest: secret.as_ref().map(Secret::digest),
+        expires_at: Some(now.plus_secs(ttl_seconds as i64)),
+        request,
+    };
+    let answer = Registered {
+        client_id: fresh.client_id.clone(),
+        client_secret: secret.map(|s| s.0),
+        client_id_issued_at: now.0 / 1_000_000,
+        client_secret_expires_at: confidential.then_some(0),
+        client_name: meta.client_name,
+        redirect_uris: meta.redirect_uris,
+        token_endpoint_auth_method: meta.auth_method,
+        grant_types: meta.grant_types,
+        response_types: vec!["code"],
+        application_type: meta.application_type,
+        scope: meta.scope,
+        software_id: req.software_id.clone(),
+        software_version: req.software_version.clone(),
+        client_uri: req.client_uri.clone(),
+        logo_uri: req.logo_uri.clone(),
+    };
+    Decision::new(
+        vec![NewEvent::new(
+            StreamId::client(&fresh.client_id),
+            Actor::Client {
+                id: fresh.client_id,
+            },
+            event,
+        )],
+        Ok(answer),
+    )
+}
