@@ -8,16 +8,25 @@ use std::path::PathBuf;
 pub struct Location {
     pub data_dir: PathBuf,
     pub database: Database,
+    pub config: Option<PathBuf>,
 }
 
 impl Location {
-    pub fn resolve(data_dir: Option<PathBuf>, database: Option<String>) -> Result<Location> {
+    pub fn resolve(
+        data_dir: Option<PathBuf>,
+        database: Option<String>,
+        config: Option<PathBuf>,
+    ) -> Result<Location> {
         let data_dir = data_dir.unwrap_or_else(default_data_dir);
         let database = match database {
             Some(url) => Database::parse(&url)?,
             None => Database::in_data_dir(&data_dir),
         };
-        Ok(Location { data_dir, database })
+        Ok(Location {
+            data_dir,
+            database,
+            config,
+        })
     }
 
     /// The signer for appending: from the environment or the data directory (created if absent).
@@ -25,6 +34,21 @@ impl Location {
         let origin = std::env::var("GRANTLINE_LEDGER_ORIGIN")
             .unwrap_or_else(|_| keyfile::DEFAULT_ORIGIN.to_string());
         keyfile::load_or_create_signer(&self.data_dir, &origin).context("checkpoint signing key")
+    }
+
+    /// Starts the application (ledger, state, keys, bootstrap admin, config clients).
+    pub async fn app(
+        &self,
+        ledger: grantline_store::LedgerOptions,
+    ) -> Result<grantline_server::App> {
+        let config = grantline_server::Config::load(self.config.as_deref())?;
+        grantline_server::App::start(grantline_server::Options {
+            config,
+            data_dir: self.data_dir.clone(),
+            database: self.database.clone(),
+            ledger,
+        })
+        .await
     }
 
     /// Keys trusted to have signed checkpoints: those given, else the local key's public half.

@@ -23,13 +23,17 @@ struct Cli {
     /// Ledger database: sqlite:PATH or postgres://… (overrides the data directory's SQLite file).
     #[arg(long, global = true, env = "GRANTLINE_DATABASE_URL")]
     database: Option<String>,
+    /// Configuration file (TOML). Without one, the embedded default: the demo resource, open
+    /// registration, listening on 127.0.0.1:8080.
+    #[arg(long, global = true, env = "GRANTLINE_CONFIG")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Open the ledger (creating it on first start) and keep it checkpointed until Ctrl-C.
+    /// Run the OAuth 2.1 authorization server until Ctrl-C or SIGTERM.
     Serve(commands::serve::Args),
     /// Walk the whole chain and every checkpoint; exit 1 at the first problem.
     Verify(commands::verify::Args),
@@ -39,9 +43,12 @@ enum Command {
     VerifyProof(commands::proof::VerifyArgs),
     /// Print events as JSON lines, personal data opened (or shown as erased).
     Events(commands::events::Args),
-    /// Users.
+    /// Users: add, list, disable, set-role, erase.
     #[command(subcommand)]
     User(commands::user::Command),
+    /// OAuth clients: add, list, disable.
+    #[command(subcommand)]
+    Client(commands::client::Command),
     /// The checkpoint signing key.
     #[command(subcommand)]
     Key(commands::key::Command),
@@ -78,7 +85,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<ExitCode> {
-    let loc = Location::resolve(cli.data_dir, cli.database)?;
+    let loc = Location::resolve(cli.data_dir, cli.database, cli.config)?;
     match cli.command {
         Command::Serve(a) => commands::serve::run(&loc, a).await,
         Command::Verify(a) => commands::verify::run(&loc, a).await,
@@ -86,6 +93,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::VerifyProof(a) => commands::proof::verify(a),
         Command::Events(a) => commands::events::run(&loc, a).await,
         Command::User(c) => commands::user::run(&loc, c).await,
+        Command::Client(c) => commands::client::run(&loc, c).await,
         Command::Key(c) => commands::key::run(&loc, c),
         Command::Migrate => {
             let store = grantline_store::Store::connect(&loc.database, true).await?;

@@ -1,1 +1,113 @@
-//! placeholder
+//! Grantline's HTTP application: the OAuth 2.1 authorization server (and, later, the MCP
+//! gateway) over the ledger. Handlers are thin: parse, decide (in `grantline-oauth`), append,
+//! answer once the events are durable.
+
+pub mod admin;
+pub mod app;
+pub mod bootstrap;
+pub mod cimd;
+pub mod config;
+pub mod http;
+mod keys;
+pub mod pages;
+pub mod projection;
+pub mod random;
+pub mod routes;
+pub mod session;
+pub mod signin;
+
+pub use app::{App, AppError, Options};
+pub use config::Config;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{Request, StatusCode};
+use axum::response::Response;
+use axum::routing::get;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+/// The application's router with its layers: request ids (`X-Request-Id`, generated when the
+/// client sent none, echoed back) and a tracing span per request carrying request id, client id
+/// and user id. Spans record the path only, never the query (it can carry `state`).
+pub fn router(app: App) -> Router {
+    let trace = TraceLayer::new_for_http()
+        .make_span_with(|req: &Request<_>| {
+            let id = req
+                .headers()
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-");
+            tracing::info_span!(
+                "request",
+                request_id = %id,
+                method = %req.method(),
+                path = %req.uri().path(),
+                client_id = tracing::field::Empty,
+                user_id = tracing::field::Empty,
+            )
+        })
+        .on_response(|res: &Response, latency: Duration, _span: &tracing::Span| {
+            tracing::info!(
+                status = res.status().as_u16(),
+                latency_us = latency.as_micros() as u64,
+                "answered"
+            );
+        });
+    routes::router()
+        .route("/", get(home))
+        .with_state(app)
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(trace)
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+}
+
+async fn home(State(app): State<App>, ctx: http::RequestContext) -> Response {
+    let s = app.settings_for(&ctx.issuer);
+    let resources: String = s
+        .resources
+        .iter()
+        .map(|r| {
+            format!(
+                "<li><strong>{}</strong> — {}<br><small>{}</small></li>",
+                pages::esc(&r.name),
+                pages::esc(&r.description),
+                pages::esc(&r.id)
+            )
+        })
+        .collect();
+    pages::page(
+        StatusCode::OK,
+        "Grantline",
+        &format!(
+            "<h1>Grantline</h1><p>OAuth 2.1 authorization server. Issuer: <span class=\"host\">{}</span></p>\
+             <div class=\"box\"><p>Protected resources:</p><ul>{resources}</ul></div>\
+             <p><small>Metadata: <a href=\"/.well-known/oauth-authorization-server\">/.well-known/oauth-authorization-server</a></small></p>",
+            pages::esc(&s.issuer)
+        ),
+        "'none'",
+    )
+}
+
+/// Serves until `shutdown` resolves, then drains requests and writes a final checkpoint.
+pub async fn serve(
+    app: App,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let background = app.spawn_background();
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, issuer = %app.settings().issuer, "listening");
+    axum::serve(
+        listener,
+        router(app.clone()).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await?;
+    background.abort();
+    tracing::info!("shutting down: writing a final checkpoint");
+    app.ledger.shutdown().await;
+    Ok(())
+}

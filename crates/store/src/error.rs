@@ -10,6 +10,8 @@ pub enum StoreError {
         expected: ExpectedVersion,
         actual: u64,
     },
+    #[error("already exists: {0}")]
+    Exists(String),
     #[error("the ledger cannot append: {0}")]
     Unavailable(String),
     #[error("invalid append: {0}")]

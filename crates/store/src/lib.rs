@@ -1,6 +1,7 @@
 //! Grantline's event store: the append-only `events` and `checkpoints` tables on SQLite and
 //! PostgreSQL, the group-commit appender, tailing by seq, and the erasable personal-data keys.
 
+mod credentials;
 mod database;
 mod error;
 pub mod keyfile;
@@ -10,11 +11,12 @@ mod tail;
 pub mod testing;
 mod writer;
 
+pub use credentials::{Credential, Credentials};
 pub use database::{Database, Pool, SQLITE_FILE, Store};
 pub use error::{Result, StoreError};
 pub use keyring::Keyring;
 pub use tail::Tail;
-pub use writer::{Ledger, LedgerOptions, PG_CHANNEL};
+pub use writer::{CommitHook, Ledger, LedgerOptions, PG_CHANNEL};
 
 use grantline_ledger::NoteVerifier;
 use grantline_ledger::verify::{ChainVerifier, Finding, Summary};

@@ -26,8 +26,12 @@ const PG_APPEND_LOCK: i64 = 0x6772_616e_746c_696e;
 pub const PG_CHANNEL: &str = "grantline_events";
 const MAX_CACHED_STREAMS: usize = 1_000_000;
 
-/// When checkpoints are written.
-#[derive(Debug, Clone)]
+/// Called on the writer thread with every committed batch, in seq order, before any appender
+/// is answered: a projection fed from here is current by the time a request sees its events.
+pub type CommitHook = std::sync::Arc<dyn Fn(&[Recorded]) + Send + Sync>;
+
+/// When checkpoints are written, and who hears of commits.
+#[derive(Clone)]
 pub struct LedgerOptions {
     /// A checkpoint at least every this many events.
     pub checkpoint_every_events: u64,
@@ -35,6 +39,19 @@ pub struct LedgerOptions {
     pub checkpoint_interval: Duration,
     /// Most events one group commit takes.
     pub max_batch_events: usize,
+    /// Told of every commit (see [`CommitHook`]).
+    pub on_commit: Option<CommitHook>,
+}
+
+impl std::fmt::Debug for LedgerOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LedgerOptions")
+            .field("checkpoint_every_events", &self.checkpoint_every_events)
+            .field("checkpoint_interval", &self.checkpoint_interval)
+            .field("max_batch_events", &self.max_batch_events)
+            .field("on_commit", &self.on_commit.is_some())
+            .finish()
+    }
 }
 
 impl Default for LedgerOptions {
@@ -43,6 +60,7 @@ impl Default for LedgerOptions {
             checkpoint_every_events: 10_000,
             checkpoint_interval: Duration::from_secs(10),
             max_batch_events: 20_000,
+            on_commit: None,
         }
     }
 }
@@ -305,6 +323,13 @@ impl Writer {
             self.frontier = frontier_before;
         }
         result.map(|(cp, replies)| {
+            if let Some(hook) = &self.options.on_commit {
+                for recorded in replies.iter().filter_map(|(_, r)| r.as_ref().ok()) {
+                    if !recorded.is_empty() {
+                        hook(recorded);
+                    }
+                }
+            }
             for (reply, recorded) in replies {
                 let _ = reply.send(recorded);
             }

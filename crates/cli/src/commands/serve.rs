@@ -1,11 +1,15 @@
 use crate::location::Location;
 use anyhow::{Context, Result};
-use grantline_store::{Ledger, LedgerOptions};
+use grantline_store::LedgerOptions;
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
 #[derive(clap::Args)]
 pub struct Args {
+    /// Address to listen on (overrides the config file and GRANTLINE_LISTEN).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
     /// Write a checkpoint at least every this many events.
     #[arg(long, default_value_t = 10_000)]
     checkpoint_every: u64,
@@ -15,27 +19,56 @@ pub struct Args {
 }
 
 pub async fn run(loc: &Location, args: Args) -> Result<ExitCode> {
-    let signer = loc.signer()?;
-    let options = LedgerOptions {
-        checkpoint_every_events: args.checkpoint_every.max(1),
-        checkpoint_interval: Duration::from_secs(args.checkpoint_interval.max(1)),
-        ..LedgerOptions::default()
-    };
-    let ledger = Ledger::open(&loc.database, signer.clone(), options)
+    let mut config = grantline_server::Config::load(loc.config.as_deref())?;
+    if let Some(l) = args.listen {
+        config.server.listen = l;
+    }
+    let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
-        .with_context(|| format!("opening the ledger at {}", loc.database.display()))?;
-    let head = ledger.store().count().await?;
+        .with_context(|| format!("listening on {}", config.server.listen))?;
+    if config.server.public_url.is_none() {
+        // Port 0 picks a free port: the issuer must name the real one.
+        config.server.public_url = Some(format!("http://{}", listener.local_addr()?));
+    }
+    let app = grantline_server::App::start(grantline_server::Options {
+        config,
+        data_dir: loc.data_dir.clone(),
+        database: loc.database.clone(),
+        ledger: LedgerOptions {
+            checkpoint_every_events: args.checkpoint_every.max(1),
+            checkpoint_interval: Duration::from_secs(args.checkpoint_interval.max(1)),
+            ..LedgerOptions::default()
+        },
+    })
+    .await?;
     tracing::info!(
         database = %loc.database.display(),
         data_dir = %loc.data_dir.display(),
-        events = head,
-        checkpoint_key = %signer.verifier(),
-        "ledger open; the OAuth server and MCP gateway are not part of this build yet"
+        events = app.projection.seq(),
+        "ledger open"
     );
-    tokio::signal::ctrl_c()
-        .await
-        .context("waiting for Ctrl-C")?;
-    tracing::info!("shutting down: writing a final checkpoint");
-    ledger.shutdown().await;
+    grantline_server::serve(app, listener, shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
 }

@@ -1,11 +1,33 @@
 use crate::location::Location;
 use anyhow::{Result, bail};
-use grantline_ledger::{Actor, Append, NewEvent, StreamId, UserErased, pii};
-use grantline_store::{Keyring, Ledger, LedgerOptions};
+use grantline_ledger::{Actor, Append, NewEvent, StreamId, UserErased, UserSource, pii};
+use grantline_server::admin;
+use grantline_store::{Credentials, Keyring, Ledger, LedgerOptions};
 use std::process::ExitCode;
+
+/// The new user's password when set; otherwise one is generated and printed once.
+const PASSWORD_ENV: &str = "GRANTLINE_USER_PASSWORD";
 
 #[derive(clap::Subcommand)]
 pub enum Command {
+    /// Add a local user. The password comes from $GRANTLINE_USER_PASSWORD, or is generated
+    /// and printed once.
+    Add {
+        username: String,
+        /// `user` or `admin`.
+        #[arg(long, default_value = "user")]
+        role: String,
+    },
+    /// List users: id, username, role, state.
+    List,
+    /// Disable a user (by id or username): sign-in and all their tokens stop working.
+    Disable {
+        user: String,
+        #[arg(long, default_value = "disabled by an operator")]
+        reason: String,
+    },
+    /// Change a user's role.
+    SetRole { user: String, role: String },
     /// Destroy a user's personal-data key: their sealed fields read as erased from now on,
     /// and the chain still verifies. Records `user.erased`.
     Erase {
@@ -16,6 +38,67 @@ pub enum Command {
 
 pub async fn run(loc: &Location, cmd: Command) -> Result<ExitCode> {
     match cmd {
+        Command::Add { username, role } => {
+            let app = loc.app(LedgerOptions::default()).await?;
+            let (password, generated) = match std::env::var(PASSWORD_ENV) {
+                Ok(p) if !p.is_empty() => (p, false),
+                _ => (
+                    grantline_server::random::secret("")
+                        .as_str()
+                        .chars()
+                        .take(24)
+                        .collect(),
+                    true,
+                ),
+            };
+            let r = admin::add_user(
+                &app,
+                &username,
+                &password,
+                &role,
+                UserSource::Cli,
+                Actor::Operator,
+            )
+            .await;
+            app.ledger.shutdown().await;
+            let id = r?;
+            println!("added user {username} ({id}), role {role}");
+            if generated {
+                println!("one-time password: {password}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::List => {
+            let app = loc.app(LedgerOptions::default()).await?;
+            let creds = app.credentials.list().await?;
+            {
+                let state = app.projection.read();
+                println!("{:<40} {:<20} {:<6} state", "id", "username", "role");
+                for c in &creds {
+                    let Some(u) = state.users.get(&c.user_id) else {
+                        continue;
+                    };
+                    let st = if u.disabled { "disabled" } else { "active" };
+                    println!("{:<40} {:<20} {:<6} {st}", u.user_id, c.username, u.role);
+                }
+            }
+            app.ledger.shutdown().await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Disable { user, reason } => {
+            let app = loc.app(LedgerOptions::default()).await?;
+            let r = admin::disable_user(&app, &user, &reason, Actor::Operator).await;
+            app.ledger.shutdown().await;
+            println!("disabled {}", r?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::SetRole { user, role } => {
+            let app = loc.app(LedgerOptions::default()).await?;
+            let r = admin::set_role(&app, &user, &role, Actor::Operator).await;
+            app.ledger.shutdown().await;
+            println!("{} is now {role}", r?);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Erase { user } => {
             let ledger =
                 Ledger::open(&loc.database, loc.signer()?, LedgerOptions::default()).await?;
@@ -27,6 +110,7 @@ pub async fn run(loc: &Location, cmd: Command) -> Result<ExitCode> {
             }
             let keyring = Keyring::new(ledger.store());
             let had_key = keyring.erase(&pii::user_subject(&user)).await?;
+            Credentials::new(ledger.store()).delete(&user).await?;
             if !kinds.iter().any(|k| k == "user.erased") {
                 ledger
                     .append(Append::new(vec![NewEvent::new(

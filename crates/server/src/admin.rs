@@ -1,0 +1,302 @@
+//! Administrative actions shared by the CLI and the admin API: users and clients.
+
+use crate::app::{App, AppError};
+use crate::signin::hash_password;
+use grantline_ledger::{
+    Actor, ApplicationType, AuthMethod, ClientDisabled, ClientRegistered, GrantType, NewEvent,
+    RegistrationMethod, StreamId, UserCreated, UserDisabled, UserRoleChanged, UserSource, pii,
+};
+use grantline_oauth::register::{RegistrationRequest, check};
+use grantline_oauth::tokens::Secret;
+use grantline_store::{Credential, StoreError};
+
+/// Roles a user can have. `admin` manages clients and users; `user` signs in and consents.
+pub const ROLES: &[&str] = &["admin", "user"];
+
+/// Errors of admin actions, shown to the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error(transparent)]
+    App(#[from] AppError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Creates a local user with a password. Returns the user id.
+pub async fn add_user(
+    app: &App,
+    username: &str,
+    password: &str,
+    role: &str,
+    source: UserSource,
+    actor: Actor,
+) -> Result<String, AdminError> {
+    let username = username.trim();
+    if username.is_empty() || username.len() > 100 || username.chars().any(char::is_control) {
+        return Err(AdminError::Invalid(
+            "usernames are 1–100 printable characters".into(),
+        ));
+    }
+    if !ROLES.contains(&role) {
+        return Err(AdminError::Invalid(format!(
+            "role must be one of {ROLES:?}"
+        )));
+    }
+    if password.chars().count() < 8 {
+        return Err(AdminError::Invalid(
+            "passwords have at least 8 characters".into(),
+        ));
+    }
+    let user_id = crate::random::id("usr");
+    let hash = hash_password(password).map_err(|e| AdminError::Invalid(e.to_string()))?;
+    app.credentials
+        .insert(&Credential {
+            user_id: user_id.clone(),
+            username: username.to_string(),
+            password_hash: hash,
+        })
+        .await?;
+    record_user(app, &user_id, username, role, source, actor).await?;
+    Ok(user_id)
+}
+
+/// Appends `user.created` for a credential already stored.
+pub async fn record_user(
+    app: &App,
+    user_id: &str,
+    username: &str,
+    role: &str,
+    source: UserSource,
+    actor: Actor,
+) -> Result<(), AdminError> {
+    let subject = pii::user_subject(user_id);
+    let sealed = app
+        .keyring
+        .seal(&subject, username)
+        .await
+        .map_err(AppError::from)?;
+    app.append(vec![NewEvent::new(
+        StreamId::user(user_id),
+        actor,
+        UserCreated {
+            user_id: user_id.to_string(),
+            username: sealed,
+            email: None,
+            display_name: None,
+            role: role.to_string(),
+            source,
+        },
+    )])
+    .await?;
+    Ok(())
+}
+
+/// Finds a user id by id or username.
+pub async fn resolve_user(app: &App, who: &str) -> Result<String, AdminError> {
+    if app.projection.read().users.contains_key(who) {
+        return Ok(who.to_string());
+    }
+    match app.credentials.by_username(who).await? {
+        Some(c) => Ok(c.user_id),
+        None => Err(AdminError::NotFound(format!("user {who:?}"))),
+    }
+}
+
+pub async fn disable_user(
+    app: &App,
+    who: &str,
+    reason: &str,
+    actor: Actor,
+) -> Result<String, AdminError> {
+    let user_id = resolve_user(app, who).await?;
+    if app
+        .projection
+        .read()
+        .users
+        .get(&user_id)
+        .is_some_and(|u| u.disabled)
+    {
+        return Ok(user_id);
+    }
+    app.append(vec![NewEvent::new(
+        StreamId::user(&user_id),
+        actor,
+        UserDisabled {
+            user_id: user_id.clone(),
+            reason: reason.to_string(),
+        },
+    )])
+    .await?;
+    Ok(user_id)
+}
+
+pub async fn set_role(
+    app: &App,
+    who: &str,
+    role: &str,
+    actor: Actor,
+) -> Result<String, AdminError> {
+    if !ROLES.contains(&role) {
+        return Err(AdminError::Invalid(format!(
+            "role must be one of {ROLES:?}"
+        )));
+    }
+    let user_id = resolve_user(app, who).await?;
+    let from = app
+        .projection
+        .read()
+        .users
+        .get(&user_id)
+        .map(|u| u.role.clone())
+        .ok_or_else(|| AdminError::NotFound(format!("user {who:?}")))?;
+    if from != role {
+        app.append(vec![NewEvent::new(
+            StreamId::user(&user_id),
+            actor,
+            UserRoleChanged {
+                user_id: user_id.clone(),
+                from,
+                to: role.to_string(),
+            },
+        )])
+        .await?;
+    }
+    Ok(user_id)
+}
+
+/// A client an admin (or the config file) declares.
+#[derive(Debug, Clone, Default)]
+pub struct NewClient {
+    pub client_id: Option<String>,
+    pub client_name: String,
+    pub redirect_uris: Vec<String>,
+    pub grant_types: Option<Vec<String>>,
+    pub scope: Option<String>,
+    pub application_type: Option<String>,
+    pub auth_method: Option<String>,
+}
+
+/// The event registering a client, checked by the same rules as dynamic registration.
+pub fn client_event(
+    c: &NewClient,
+    method: RegistrationMethod,
+    secret: Option<&Secret>,
+) -> Result<ClientRegistered, AdminError> {
+    let auth_method = c.auth_method.clone().or_else(|| {
+        Some(
+            if secret.is_some() {
+                "client_secret_basic"
+            } else {
+                "none"
+            }
+            .to_string(),
+        )
+    });
+    let meta = check(&RegistrationRequest {
+        redirect_uris: c.redirect_uris.clone(),
+        token_endpoint_auth_method: auth_method,
+        grant_types: c.grant_types.clone(),
+        client_name: Some(c.client_name.clone()),
+        scope: c.scope.clone(),
+        application_type: c.application_type.clone(),
+        ..RegistrationRequest::default()
+    })
+    .map_err(|e| AdminError::Invalid(e.description))?;
+    if (meta.auth_method == AuthMethod::None) != secret.is_none() {
+        return Err(AdminError::Invalid(
+            "a confidential client needs a secret and a public client must not have one".into(),
+        ));
+    }
+    Ok(ClientRegistered {
+        client_id: c
+            .client_id
+            .clone()
+            .unwrap_or_else(|| crate::random::id("cli")),
+        client_name: meta.client_name,
+        method,
+        application_type: meta.application_type,
+        token_endpoint_auth_method: meta.auth_method,
+        redirect_uris: meta.redirect_uris,
+        grant_types: meta.grant_types,
+        scope: meta.scope,
+        software_id: None,
+        software_version: None,
+        client_uri: None,
+        logo_uri: None,
+        metadata_document_url: None,
+        secret_digest: secret.map(Secret::digest),
+        expires_at: None,
+        request: None,
+    })
+}
+
+/// Registers a client as an admin. Returns its id and, for a confidential client, the secret
+/// (shown once).
+pub async fn add_client(
+    app: &App,
+    c: &NewClient,
+    confidential: bool,
+    actor: Actor,
+) -> Result<(String, Option<Secret>), AdminError> {
+    if let Some(id) = &c.client_id
+        && app.projection.read().clients.contains_key(id)
+    {
+        return Err(AdminError::Invalid(format!("client {id} already exists")));
+    }
+    let secret = confidential.then(|| crate::random::secret("gls_"));
+    let event = client_event(c, RegistrationMethod::Admin, secret.as_ref())?;
+    let id = event.client_id.clone();
+    app.append(vec![NewEvent::new(StreamId::client(&id), actor, event)])
+        .await?;
+    Ok((id, secret))
+}
+
+pub async fn disable_client(
+    app: &App,
+    client_id: &str,
+    reason: &str,
+    actor: Actor,
+) -> Result<(), AdminError> {
+    let known = app
+        .projection
+        .read()
+        .clients
+        .get(client_id)
+        .map(|c| c.disabled);
+    match known {
+        None => Err(AdminError::NotFound(format!("client {client_id:?}"))),
+        Some(true) => Ok(()),
+        Some(false) => {
+            app.append(vec![NewEvent::new(
+                StreamId::client(client_id),
+                actor,
+                ClientDisabled {
+                    client_id: client_id.to_string(),
+                    reason: reason.to_string(),
+                },
+            )])
+            .await?;
+            Ok(())
+        }
+    }
+}
+
+/// Names for display.
+pub fn grant_type_name(g: GrantType) -> &'static str {
+    match g {
+        GrantType::AuthorizationCode => "authorization_code",
+        GrantType::RefreshToken => "refresh_token",
+        GrantType::ClientCredentials => "client_credentials",
+    }
+}
+
+pub fn app_type_name(a: ApplicationType) -> &'static str {
+    match a {
+        ApplicationType::Native => "native",
+        ApplicationType::Web => "web",
+    }
+}

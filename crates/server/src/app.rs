@@ -1,0 +1,307 @@
+//! The application: configuration, ledger, projection, keys, and the decide → append → apply
+//! loop every handler goes through.
+
+use crate::cimd::Fetcher;
+use crate::config::Config;
+use crate::projection::Projection;
+use crate::signin::{PasswordSignIn, SignIn};
+use anyhow::{Context, Result};
+use grantline_ledger::{
+    Actor, Append, KeyPurpose, NewEvent, Recorded, RequestMeta, SigningKeyRotated, StreamId,
+    Timestamp,
+};
+use grantline_oauth::register::Policy;
+use grantline_oauth::tokens::JwtSigner;
+use grantline_oauth::{Decision, OAuthError, Settings};
+use grantline_state::State;
+use grantline_store::{Credentials, Keyring, Ledger, LedgerOptions, Store, StoreError};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// How the server was started.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub config: Config,
+    pub data_dir: PathBuf,
+    pub database: grantline_store::Database,
+    pub ledger: LedgerOptions,
+}
+
+/// An authorization request waiting for the user's decision on the consent page.
+#[derive(Debug, Clone)]
+pub struct PendingConsent {
+    pub user_id: String,
+    pub session_id: String,
+    pub request: grantline_oauth::authorize::Validated,
+    pub created: Timestamp,
+}
+
+/// Shared by every handler.
+pub struct Inner {
+    pub config: Config,
+    pub data_dir: PathBuf,
+    pub ledger: Ledger,
+    pub projection: Arc<Projection>,
+    pub keyring: Keyring,
+    pub credentials: Credentials,
+    pub jwt: JwtSigner,
+    pub checkpoint_key: ed25519_dalek::VerifyingKey,
+    pub mac_key: [u8; 32],
+    /// The configured public URL (no trailing slash): the issuer unless forwarded headers say
+    /// otherwise.
+    pub public_url: String,
+    settings: Arc<Settings>,
+    pub policy: Policy,
+    pub pending: Mutex<HashMap<String, PendingConsent>>,
+    /// Sessions ended by logout before their cookie expires: session id → cookie expiry.
+    pub ended_sessions: Mutex<HashMap<String, i64>>,
+    pub metadata_documents: Fetcher,
+    pub signin: Arc<dyn SignIn>,
+}
+
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct App(pub Arc<Inner>);
+
+impl std::ops::Deref for App {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+/// Why a request could not be completed.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    OAuth(#[from] OAuthError),
+    /// The ledger could not append: fail closed.
+    #[error("the ledger cannot record this request: {0}")]
+    Unavailable(String),
+}
+
+impl From<StoreError> for AppError {
+    fn from(e: StoreError) -> Self {
+        AppError::Unavailable(e.to_string())
+    }
+}
+
+impl App {
+    /// Opens the ledger, rebuilds the state, and makes sure keys, the bootstrap admin and the
+    /// configured clients are recorded.
+    pub async fn start(opts: Options) -> Result<App> {
+        let projection = Arc::new(Projection::new(State::default()));
+        let hook = projection.clone();
+        let mut ledger_options = opts.ledger.clone();
+        ledger_options.on_commit = Some(Arc::new(move |events: &[Recorded]| hook.offer(events)));
+        let signer = grantline_store::keyfile::load_or_create_signer(
+            &opts.data_dir,
+            &std::env::var("GRANTLINE_LEDGER_ORIGIN")
+                .unwrap_or_else(|_| grantline_store::keyfile::DEFAULT_ORIGIN.to_string()),
+        )
+        .context("checkpoint signing key")?;
+        let checkpoint_key = *signer.verifier().public_key();
+        let ledger = Ledger::open(&opts.database, signer, ledger_options)
+            .await
+            .with_context(|| format!("opening the ledger at {}", opts.database.display()))?;
+        projection.catch_up(ledger.store()).await?;
+        let signing = crate::keys::load_or_create(&opts.data_dir)?;
+        let mac_key = crate::keys::mac_key(&signing);
+        let jwt = JwtSigner::new(signing);
+        let config = opts.config;
+        let public_url = config
+            .server
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", config.server.listen))
+            .trim_end_matches('/')
+            .to_string();
+        let settings = Arc::new(Settings {
+            issuer: public_url.clone(),
+            resources: config.resource_defs(&public_url)?,
+            lifetimes: config.lifetimes(),
+        });
+        let policy = config.registration_policy()?;
+        let metadata_documents = Fetcher::new(config.metadata_documents.clone())?;
+        let store = ledger.store().clone();
+        let app = App(Arc::new(Inner {
+            data_dir: opts.data_dir,
+            keyring: Keyring::new(&store),
+            credentials: Credentials::new(&store),
+            ledger,
+            projection,
+            jwt,
+            checkpoint_key,
+            mac_key,
+            public_url,
+            settings,
+            policy,
+            pending: Mutex::new(HashMap::new()),
+            ended_sessions: Mutex::new(HashMap::new()),
+            metadata_documents,
+            signin: Arc::new(PasswordSignIn::new(Credentials::new(&store))),
+            config,
+        }));
+        app.record_signing_key().await?;
+        crate::bootstrap::admin(&app).await?;
+        crate::bootstrap::config_clients(&app).await?;
+        Ok(app)
+    }
+
+    pub fn store(&self) -> &Store {
+        self.ledger.store()
+    }
+
+    pub fn now(&self) -> Timestamp {
+        Timestamp::now()
+    }
+
+    /// The settings for an issuer: the configured one, or one derived from forwarded headers.
+    pub fn settings_for(&self, issuer: &str) -> Arc<Settings> {
+        if issuer == self.settings.issuer {
+            return self.settings.clone();
+        }
+        Arc::new(Settings {
+            issuer: issuer.to_string(),
+            resources: self.config.resource_defs(issuer).unwrap_or_default(),
+            lifetimes: self.settings.lifetimes.clone(),
+        })
+    }
+
+    /// The configured settings.
+    pub fn settings(&self) -> Arc<Settings> {
+        self.settings.clone()
+    }
+
+    /// Decide on the current state, append, and wait until the state has folded the events.
+    /// On an optimistic-concurrency conflict (another request or instance won the race) the
+    /// state is brought up to date and the decision taken again.
+    pub async fn run<T>(
+        &self,
+        mut decide: impl FnMut(&State) -> Decision<T>,
+    ) -> Result<(Result<T, OAuthError>, Vec<Recorded>), AppError> {
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let decision = {
+                let state = self.projection.read();
+                decide(&state)
+            };
+            if decision.append.events.is_empty() {
+                return Ok((decision.outcome, Vec::new()));
+            }
+            match self.ledger.append(decision.append).await {
+                Ok(recorded) => {
+                    if let Some(last) = recorded.last() {
+                        self.projection.wait_for(last.seq(), self.store()).await?;
+                    }
+                    return Ok((decision.outcome, recorded));
+                }
+                Err(StoreError::Conflict { .. }) if attempts < 8 => {
+                    self.projection.catch_up(self.store()).await?;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "ledger append failed; failing closed");
+                    return Err(e.into());
+                }
+            }
+        }
+    }
+
+    /// Appends events that need no decision (bootstrap, admin actions).
+    pub async fn append(&self, events: Vec<NewEvent>) -> Result<Vec<Recorded>, AppError> {
+        let recorded = self.ledger.append(Append::new(events)).await?;
+        if let Some(last) = recorded.last() {
+            self.projection.wait_for(last.seq(), self.store()).await?;
+        }
+        Ok(recorded)
+    }
+
+    /// Request metadata for events, with address and user agent sealed under `subject`'s key.
+    pub async fn request_meta(
+        &self,
+        ctx: &crate::http::RequestContext,
+        subject: &str,
+    ) -> Result<RequestMeta, AppError> {
+        let seal = |v: Option<String>| async move {
+            match v {
+                Some(v) => self.keyring.seal(subject, &v).await.map(Some),
+                None => Ok(None),
+            }
+        };
+        Ok(RequestMeta {
+            request_id: ctx.request_id.clone(),
+            source_ip: seal(ctx.source_ip.clone()).await?,
+            user_agent: seal(ctx.user_agent.clone()).await?,
+        })
+    }
+
+    /// Records the access-token key in the ledger (once), so that the JWKS and audits know it.
+    async fn record_signing_key(&self) -> Result<()> {
+        let (known, previous) = {
+            let s = self.projection.read();
+            let known = s.signing_keys.contains_key(&self.jwt.kid);
+            let previous = s
+                .signing_keys
+                .values()
+                .filter(|k| k.purpose == KeyPurpose::AccessToken && !k.retired)
+                .map(|k| k.key_id.clone())
+                .next();
+            (known, previous)
+        };
+        if known {
+            return Ok(());
+        }
+        use base64::Engine;
+        let public_key = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(self.jwt.key.verifying_key().as_bytes());
+        self.append(vec![NewEvent::new(
+            StreamId::named("keys"),
+            Actor::System,
+            SigningKeyRotated {
+                purpose: KeyPurpose::AccessToken,
+                key_id: self.jwt.kid.clone(),
+                algorithm: "EdDSA".into(),
+                public_key,
+                previous_key_id: previous,
+            },
+        )])
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(())
+    }
+
+    /// Background work: catch up with other processes' events, expire unused dynamic clients,
+    /// forget stale consent requests. Runs until the server stops.
+    pub fn spawn_background(&self) -> tokio::task::JoinHandle<()> {
+        let app = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(250));
+            let mut n: u64 = 0;
+            loop {
+                tick.tick().await;
+                n += 1;
+                if let Err(e) = app.projection.catch_up(app.store()).await {
+                    tracing::warn!(error = %e, "catching up with the ledger failed");
+                }
+                if n % 20 == 0 {
+                    crate::bootstrap::expire_unused_clients(&app).await;
+                    app.forget_stale();
+                }
+            }
+        })
+    }
+
+    fn forget_stale(&self) {
+        let now = self.now();
+        if let Ok(mut p) = self.pending.lock() {
+            p.retain(|_, v| now.0 - v.created.0 < 15 * 60 * 1_000_000);
+        }
+        let secs = now.0 / 1_000_000;
+        if let Ok(mut e) = self.ended_sessions.lock() {
+            e.retain(|_, exp| *exp > secs);
+        }
+    }
+}

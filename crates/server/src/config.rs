@@ -1,0 +1,435 @@
+//! Configuration: a TOML file (optional) with environment overrides. Secrets never live in the
+//! file: a pre-registered client's secret comes from an environment variable or a file.
+
+use anyhow::{Context, Result, bail};
+use grantline_ledger::TokenFormat;
+use grantline_oauth::register::{AllowRule, Policy};
+use grantline_oauth::{Lifetimes, Resource, ScopeDef};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// The whole file. Every section and field is optional.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerSection,
+    #[serde(default)]
+    pub oauth: OAuthSection,
+    #[serde(default)]
+    pub registration: RegistrationSection,
+    #[serde(default)]
+    pub metadata_documents: MetadataDocumentsSection,
+    /// Protected resources; the embedded default has the demo resource.
+    pub resources: Option<Vec<ResourceSection>>,
+    /// Pre-registered clients.
+    #[serde(default)]
+    pub clients: Vec<ClientSection>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    /// Address to listen on.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// The issuer and base of every URL (scheme, host, optional port and path prefix).
+    /// Default: `http://<listen>`.
+    pub public_url: Option<String>,
+    /// Take scheme and host from `X-Forwarded-Proto`/`X-Forwarded-Host` (and the client
+    /// address from `X-Forwarded-For`): only behind a proxy that sets them.
+    #[serde(default)]
+    pub trust_forwarded_headers: bool,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        ServerSection {
+            listen: default_listen(),
+            public_url: None,
+            trust_forwarded_headers: false,
+        }
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+
+/// Lifetimes in seconds, and who may introspect.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OAuthSection {
+    pub code_ttl: u64,
+    pub access_token_ttl: u64,
+    pub refresh_idle_ttl: u64,
+    pub refresh_absolute_ttl: u64,
+    pub refresh_grace: u64,
+    pub dynamic_client_ttl: u64,
+    /// Client ids (confidential) allowed to call the introspection endpoint.
+    pub introspection_clients: Vec<String>,
+    /// Signed-in sessions last this long.
+    pub session_ttl: u64,
+}
+
+impl Default for OAuthSection {
+    fn default() -> Self {
+        let l = Lifetimes::default();
+        OAuthSection {
+            code_ttl: l.code,
+            access_token_ttl: l.access_token,
+            refresh_idle_ttl: l.refresh_idle,
+            refresh_absolute_ttl: l.refresh_absolute,
+            refresh_grace: l.refresh_grace,
+            dynamic_client_ttl: l.dynamic_client,
+            introspection_clients: Vec::new(),
+            session_ttl: 12 * 3600,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistrationSection {
+    /// `open` (default), `allowlist` or `off`.
+    pub policy: Option<String>,
+    #[serde(default)]
+    pub allow: Vec<AllowRule>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetadataDocumentsSection {
+    /// Accept client ID metadata documents at all.
+    pub enabled: bool,
+    /// Allow fetching from private, loopback and link-local addresses (tests, labs).
+    pub allow_private_addresses: bool,
+    /// Allow `http://` document URLs (only together with private addresses, for tests).
+    pub allow_http: bool,
+    pub max_bytes: usize,
+    pub timeout_ms: u64,
+    /// Cache lifetime when the response sends no cache headers, and the upper bound.
+    pub default_cache_seconds: u64,
+    pub max_cache_seconds: u64,
+}
+
+impl Default for MetadataDocumentsSection {
+    fn default() -> Self {
+        MetadataDocumentsSection {
+            enabled: true,
+            allow_private_addresses: false,
+            allow_http: false,
+            max_bytes: 5 * 1024,
+            timeout_ms: 5_000,
+            default_cache_seconds: 300,
+            max_cache_seconds: 86_400,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceSection {
+    pub name: String,
+    /// Mount path under the public URL, e.g. `/mcp/demo`.
+    pub path: Option<String>,
+    /// Or an absolute identifier for a resource served elsewhere.
+    pub url: Option<String>,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub scopes: Vec<ScopeSection>,
+    /// Granted when a request names none; default: every scope.
+    pub default_scopes: Option<Vec<String>>,
+    /// `opaque` (default) or `jwt`.
+    #[serde(default)]
+    pub token_format: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScopeSection {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientSection {
+    pub client_id: String,
+    pub client_name: String,
+    #[serde(default)]
+    pub redirect_uris: Vec<String>,
+    pub grant_types: Option<Vec<String>>,
+    pub scope: Option<String>,
+    pub application_type: Option<String>,
+    /// `none`, `client_secret_basic` (default when a secret is given) or `client_secret_post`.
+    pub token_endpoint_auth_method: Option<String>,
+    /// Name of the environment variable holding the secret.
+    pub secret_env: Option<String>,
+    /// Path of a file holding the secret.
+    pub secret_file: Option<PathBuf>,
+}
+
+impl ClientSection {
+    /// The secret, from the environment or its file; never from the TOML itself.
+    pub fn secret(&self) -> Result<Option<String>> {
+        if let Some(var) = &self.secret_env {
+            let v = std::env::var(var).with_context(|| {
+                format!(
+                    "client {}: environment variable {var} is not set",
+                    self.client_id
+                )
+            })?;
+            return Ok(Some(v.trim().to_string()));
+        }
+        if let Some(path) = &self.secret_file {
+            let v = std::fs::read_to_string(path).with_context(|| {
+                format!(
+                    "client {}: reading secret file {}",
+                    self.client_id,
+                    path.display()
+                )
+            })?;
+            return Ok(Some(v.trim().to_string()));
+        }
+        Ok(None)
+    }
+}
+
+impl Config {
+    /// Reads the file (if given) and applies environment overrides.
+    pub fn load(path: Option<&Path>) -> Result<Config> {
+        let mut config = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("reading config file {}", p.display()))?;
+                toml::from_str::<Config>(&text)
+                    .with_context(|| format!("config file {} is not valid", p.display()))?
+            }
+            None => Config::default(),
+        };
+        config.apply_env(|k| std::env::var(k).ok())?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Environment overrides: `GRANTLINE_LISTEN`, `GRANTLINE_PUBLIC_URL`,
+    /// `GRANTLINE_TRUST_FORWARDED_HEADERS`, `GRANTLINE_REGISTRATION`,
+    /// `GRANTLINE_ACCESS_TOKEN_TTL`, `GRANTLINE_REFRESH_GRACE`, `GRANTLINE_REFRESH_IDLE_TTL`,
+    /// `GRANTLINE_REFRESH_ABSOLUTE_TTL`, `GRANTLINE_CODE_TTL`, `GRANTLINE_DYNAMIC_CLIENT_TTL`.
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<()> {
+        fn num(get: &impl Fn(&str) -> Option<String>, k: &str, into: &mut u64) -> Result<()> {
+            if let Some(v) = get(k) {
+                *into = v
+                    .trim()
+                    .parse()
+                    .with_context(|| format!("{k}={v:?} is not a number of seconds"))?;
+            }
+            Ok(())
+        }
+        if let Some(v) = get("GRANTLINE_LISTEN") {
+            self.server.listen = v
+                .parse()
+                .with_context(|| format!("GRANTLINE_LISTEN={v:?} is not ADDR:PORT"))?;
+        }
+        if let Some(v) = get("GRANTLINE_PUBLIC_URL") {
+            self.server.public_url = Some(v);
+        }
+        if let Some(v) = get("GRANTLINE_TRUST_FORWARDED_HEADERS") {
+            self.server.trust_forwarded_headers = matches!(v.as_str(), "1" | "true" | "yes");
+        }
+        if let Some(v) = get("GRANTLINE_REGISTRATION") {
+            self.registration.policy = Some(v);
+        }
+        let o = &mut self.oauth;
+        num(&get, "GRANTLINE_ACCESS_TOKEN_TTL", &mut o.access_token_ttl)?;
+        num(&get, "GRANTLINE_REFRESH_GRACE", &mut o.refresh_grace)?;
+        num(&get, "GRANTLINE_REFRESH_IDLE_TTL", &mut o.refresh_idle_ttl)?;
+        num(
+            &get,
+            "GRANTLINE_REFRESH_ABSOLUTE_TTL",
+            &mut o.refresh_absolute_ttl,
+        )?;
+        num(&get, "GRANTLINE_CODE_TTL", &mut o.code_ttl)?;
+        num(
+            &get,
+            "GRANTLINE_DYNAMIC_CLIENT_TTL",
+            &mut o.dynamic_client_ttl,
+        )?;
+        Ok(())
+    }
+
+    fn check(&self) -> Result<()> {
+        if self.oauth.code_ttl == 0 || self.oauth.code_ttl > 60 {
+            bail!("oauth.code_ttl must be between 1 and 60 seconds");
+        }
+        if self.oauth.access_token_ttl == 0 {
+            bail!("oauth.access_token_ttl must be positive");
+        }
+        if let Some(u) = &self.server.public_url {
+            let url = url::Url::parse(u).with_context(|| format!("public_url {u:?}"))?;
+            if !matches!(url.scheme(), "http" | "https") || url.query().is_some() {
+                bail!("public_url {u:?} must be an http(s) URL without query");
+            }
+        }
+        self.registration_policy()?;
+        self.resource_defs("http://check.invalid")?;
+        Ok(())
+    }
+
+    /// The registration policy.
+    pub fn registration_policy(&self) -> Result<Policy> {
+        match self.registration.policy.as_deref().unwrap_or("open") {
+            "open" => Ok(Policy::Open),
+            "off" => Ok(Policy::Off),
+            "allowlist" => {
+                if self.registration.allow.is_empty() {
+                    bail!("registration.policy = \"allowlist\" needs [[registration.allow]] rules");
+                }
+                Ok(Policy::Allowlist(self.registration.allow.clone()))
+            }
+            other => bail!("registration.policy {other:?} must be open, allowlist or off"),
+        }
+    }
+
+    pub fn lifetimes(&self) -> Lifetimes {
+        let o = &self.oauth;
+        Lifetimes {
+            code: o.code_ttl,
+            access_token: o.access_token_ttl,
+            refresh_idle: o.refresh_idle_ttl,
+            refresh_absolute: o.refresh_absolute_ttl,
+            refresh_grace: o.refresh_grace,
+            dynamic_client: o.dynamic_client_ttl,
+        }
+    }
+
+    /// The configured resources (or the demo), with identifiers under `base`.
+    pub fn resource_defs(&self, base: &str) -> Result<Vec<Resource>> {
+        let sections = match &self.resources {
+            Some(r) => r.clone(),
+            None => vec![demo_resource()],
+        };
+        let mut out = Vec::new();
+        for r in sections {
+            let id = match (&r.path, &r.url) {
+                (Some(p), None) if p.starts_with('/') => {
+                    format!("{base}{}", p.trim_end_matches('/'))
+                }
+                (None, Some(u)) => {
+                    url::Url::parse(u)
+                        .with_context(|| format!("resource {}: url {u:?}", r.name))?;
+                    grantline_oauth::canonical_resource(u).to_string()
+                }
+                _ => bail!(
+                    "resource {}: give exactly one of path (starting with /) or url",
+                    r.name
+                ),
+            };
+            let token_format = match r.token_format.as_deref() {
+                None | Some("opaque") => TokenFormat::Opaque,
+                Some("jwt") => TokenFormat::Jwt,
+                Some(other) => bail!(
+                    "resource {}: token_format {other:?} must be opaque or jwt",
+                    r.name
+                ),
+            };
+            let scopes: Vec<ScopeDef> = r
+                .scopes
+                .iter()
+                .map(|s| ScopeDef {
+                    name: s.name.clone(),
+                    description: s.description.clone(),
+                })
+                .collect();
+            for s in &scopes {
+                grantline_oauth::scope::parse(&s.name)
+                    .map_err(|e| anyhow::anyhow!("resource {}: {}", r.name, e.description))?;
+            }
+            let default_scopes = r
+                .default_scopes
+                .clone()
+                .unwrap_or_else(|| scopes.iter().map(|s| s.name.clone()).collect());
+            if let Some(bad) = default_scopes
+                .iter()
+                .find(|d| !scopes.iter().any(|s| &s.name == *d))
+            {
+                bail!(
+                    "resource {}: default scope {bad:?} is not one of its scopes",
+                    r.name
+                );
+            }
+            out.push(Resource {
+                id,
+                name: r.name.clone(),
+                description: r.description.clone(),
+                scopes,
+                default_scopes,
+                token_format,
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// The built-in demo resource of the embedded default.
+pub fn demo_resource() -> ResourceSection {
+    ResourceSection {
+        name: "demo".into(),
+        path: Some("/mcp/demo".into()),
+        url: None,
+        description: "Grantline's built-in demo MCP server".into(),
+        scopes: vec![
+            ScopeSection {
+                name: "demo:read".into(),
+                description: "Read the demo server's notes and server time".into(),
+            },
+            ScopeSection {
+                name: "demo:write".into(),
+                description: "Add notes to the demo server".into(),
+            },
+        ],
+        default_scopes: Some(vec!["demo:read".into()]),
+        token_format: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncated_or_unknown_config_is_refused_with_a_reason() {
+        let e = toml::from_str::<Config>("[server]\nlisten = \"127.0.0.1:80").unwrap_err();
+        assert!(e.to_string().contains("line"), "{e}");
+        assert!(toml::from_str::<Config>("[server]\nlisten_at = \"x\"").is_err());
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let mut c: Config = toml::from_str("[oauth]\nrefresh_grace = 5\n").unwrap();
+        c.apply_env(|k| match k {
+            "GRANTLINE_REFRESH_GRACE" => Some("0".into()),
+            "GRANTLINE_LISTEN" => Some("127.0.0.1:9999".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(c.oauth.refresh_grace, 0);
+        assert_eq!(c.server.listen.port(), 9999);
+        assert!(
+            c.apply_env(|k| (k == "GRANTLINE_CODE_TTL").then(|| "soon".into()))
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn resources_get_identifiers_under_the_base() {
+        let c = Config::default();
+        let r = c.resource_defs("https://as.example").unwrap();
+        assert_eq!(r[0].id, "https://as.example/mcp/demo");
+        assert_eq!(r[0].default_scopes, vec!["demo:read".to_string()]);
+    }
+}

@@ -1,0 +1,159 @@
+//! The HTML pages: sign-in, consent and errors. Every value is escaped; every form carries a
+//! CSRF token; every page is sent with `html_headers`.
+
+use crate::http::html_headers;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+
+/// Escapes text for HTML content and attribute values.
+pub fn esc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+const STYLE: &str = "body{font-family:system-ui,sans-serif;max-width:34rem;margin:3rem auto;padding:0 1rem;color:#1d2330}\
+h1{font-size:1.4rem}.box{border:1px solid #d6dbe4;border-radius:8px;padding:1rem 1.25rem;margin:1rem 0}\
+.host{font-family:ui-monospace,monospace;font-weight:700;background:#eef1f6;padding:.1rem .3rem;border-radius:4px}\
+.warn{background:#fff4e5;border-color:#f0b46b}.err{color:#a61b1b}label{display:block;margin:.6rem 0 .2rem}\
+input[type=text],input[type=password]{width:100%;padding:.45rem;box-sizing:border-box}\
+button{padding:.5rem 1.1rem;margin-right:.5rem;border-radius:6px;border:1px solid #888;cursor:pointer}\
+button.primary{background:#1f5fd1;color:#fff;border-color:#1f5fd1}li{margin:.35rem 0}small{color:#5b6475}";
+
+/// Renders a page with the security headers. `form_action` is the CSP `form-action` source list.
+pub fn page(status: StatusCode, title: &str, body: &str, form_action: &str) -> Response {
+    let nonce =
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&crate::random::bytes32()[..16]);
+    let html = format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
+         <title>{} · Grantline</title><style nonce=\"{nonce}\">{STYLE}</style></head>\
+         <body>{body}</body></html>",
+        esc(title)
+    );
+    let mut r = (status, html).into_response();
+    html_headers(r.headers_mut(), &nonce, form_action);
+    r
+}
+
+/// An error page that never redirects.
+pub fn error(status: StatusCode, title: &str, detail: &str) -> Response {
+    page(
+        status,
+        title,
+        &format!(
+            "<h1>{}</h1><div class=\"box err\"><p>{}</p></div>\
+             <p><small>Nothing was sent to the application. You can close this window.</small></p>",
+            esc(title),
+            esc(detail)
+        ),
+        "'none'",
+    )
+}
+
+/// The sign-in form.
+pub fn login(status: StatusCode, return_to: &str, csrf: &str, message: Option<&str>) -> Response {
+    let msg = message
+        .map(|m| format!("<p class=\"err\">{}</p>", esc(m)))
+        .unwrap_or_default();
+    let body = format!(
+        "<h1>Sign in to Grantline</h1>{msg}\
+         <form method=\"post\" action=\"/login\" class=\"box\">\
+         <input type=\"hidden\" name=\"csrf\" value=\"{}\">\
+         <input type=\"hidden\" name=\"return_to\" value=\"{}\">\
+         <label for=\"username\">Username</label>\
+         <input type=\"text\" id=\"username\" name=\"username\" autocomplete=\"username\" required autofocus>\
+         <label for=\"password\">Password</label>\
+         <input type=\"password\" id=\"password\" name=\"password\" autocomplete=\"current-password\" required>\
+         <p><button class=\"primary\" type=\"submit\">Sign in</button></p></form>",
+        esc(csrf),
+        esc(return_to)
+    );
+    // After sign-in the browser follows redirects to the authorization endpoint and possibly on
+    // to the client; a form-action list here would block that chain in some browsers.
+    page(status, "Sign in", &body, "*")
+}
+
+/// What the consent page shows.
+pub struct Consent<'a> {
+    pub username: &'a str,
+    pub client_name: &'a str,
+    pub client_id: &'a str,
+    pub redirect_host: &'a str,
+    pub redirect_origin: &'a str,
+    pub loopback_warning: bool,
+    pub resource_name: &'a str,
+    pub resource_id: &'a str,
+    pub scopes: Vec<(String, String)>,
+    pub request_id: &'a str,
+    pub csrf: &'a str,
+    pub logout_csrf: &'a str,
+}
+
+pub fn consent(c: &Consent<'_>) -> Response {
+    let warning = if c.loopback_warning {
+        "<div class=\"box warn\"><strong>Check this is the app you are using.</strong> \
+         This application identifies itself by a web address, but sends you back only to a program \
+         on this computer. Any local program could use its name.</div>"
+    } else {
+        ""
+    };
+    let scopes: String = c
+        .scopes
+        .iter()
+        .map(|(name, desc)| format!("<li>{} <small>({})</small></li>", esc(desc), esc(name)))
+        .collect();
+    let body = format!(
+        "<h1>{client} wants access</h1>{warning}\
+         <div class=\"box\"><p><strong>{client}</strong> <small>({client_id})</small> asks to use \
+         <strong>{resource}</strong> <small>({resource_id})</small> on your behalf.</p>\
+         <p>After you decide you will be sent to <span class=\"host\">{host}</span>.</p>\
+         <p>It will be able to:</p><ul>{scopes}</ul></div>\
+         <form method=\"post\" action=\"/oauth/consent\">\
+         <input type=\"hidden\" name=\"request_id\" value=\"{rid}\">\
+         <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+         <button class=\"primary\" type=\"submit\" name=\"decision\" value=\"approve\">Approve</button>\
+         <button type=\"submit\" name=\"decision\" value=\"deny\">Deny</button></form>\
+         <form method=\"post\" action=\"/logout\"><p><small>Signed in as {user}.</small> \
+         <input type=\"hidden\" name=\"csrf\" value=\"{lcsrf}\">\
+         <button type=\"submit\">Not you? Sign out</button></p></form>",
+        client = esc(c.client_name),
+        client_id = esc(c.client_id),
+        resource = esc(c.resource_name),
+        resource_id = esc(c.resource_id),
+        host = esc(c.redirect_host),
+        rid = esc(c.request_id),
+        csrf = esc(c.csrf),
+        lcsrf = esc(c.logout_csrf),
+        user = esc(c.username),
+    );
+    page(
+        StatusCode::OK,
+        "Authorize",
+        &body,
+        &format!("'self' {}", c.redirect_origin),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_markup() {
+        assert_eq!(
+            esc("<script>\"x\"&'"),
+            "&lt;script&gt;&quot;x&quot;&amp;&#39;"
+        );
+    }
+}

@@ -1,0 +1,109 @@
+//! The in-memory `State`, kept current from the ledger.
+//!
+//! The writer thread offers every commit of this process (in seq order, before the appenders
+//! are answered); events appended by other processes (another instance on the same PostgreSQL
+//! database, the CLI on the same SQLite file) are read back from the store when a gap shows,
+//! on an optimistic-concurrency conflict, and by a periodic catch-up.
+
+use grantline_ledger::Recorded;
+use grantline_state::{State, apply};
+use grantline_store::{Result, Store};
+use std::collections::BTreeMap;
+use std::sync::{Mutex, RwLock, RwLockReadGuard};
+use tokio::sync::watch;
+
+pub struct Projection {
+    state: RwLock<State>,
+    /// Events offered ahead of a gap, waiting for the events before them.
+    pending: Mutex<BTreeMap<u64, Recorded>>,
+    applied: watch::Sender<u64>,
+    catching_up: tokio::sync::Mutex<()>,
+}
+
+impl Projection {
+    pub fn new(state: State) -> Projection {
+        let seq = state.seq;
+        Projection {
+            state: RwLock::new(state),
+            pending: Mutex::new(BTreeMap::new()),
+            applied: watch::channel(seq).0,
+            catching_up: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Builds the state from the whole ledger.
+    pub async fn load(store: &Store) -> Result<Projection> {
+        let p = Projection::new(State::default());
+        p.catch_up(store).await?;
+        Ok(p)
+    }
+
+    /// A read view of the state; never hold it across an `.await`.
+    pub fn read(&self) -> RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The last seq folded.
+    pub fn seq(&self) -> u64 {
+        self.read().seq
+    }
+
+    /// Folds `events` (ascending seq) as far as they connect to the state.
+    pub fn offer(&self, events: &[Recorded]) {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+        for e in events {
+            if e.seq() > state.seq {
+                pending.insert(e.seq(), e.clone());
+            }
+        }
+        while let Some(entry) = pending.first_entry() {
+            let seq = *entry.key();
+            if seq <= state.seq {
+                entry.remove();
+            } else if seq == state.seq + 1 {
+                let e = entry.remove();
+                apply(&mut state, &e);
+            } else {
+                break;
+            }
+        }
+        let seq = state.seq;
+        drop(state);
+        drop(pending);
+        self.applied.send_replace(seq);
+    }
+
+    /// Reads and folds whatever the store has beyond the state.
+    pub async fn catch_up(&self, store: &Store) -> Result<()> {
+        let _one = self.catching_up.lock().await;
+        loop {
+            let after = self.seq();
+            let events = store.read(after, 10_000).await?;
+            if events.is_empty() {
+                return Ok(());
+            }
+            self.offer(&events);
+        }
+    }
+
+    /// Waits until `seq` is folded, reading from the store if another process wrote the events
+    /// before it.
+    pub async fn wait_for(&self, seq: u64, store: &Store) -> Result<()> {
+        if self.seq() >= seq {
+            return Ok(());
+        }
+        let mut rx = self.applied.subscribe();
+        for _ in 0..3 {
+            if *rx.borrow_and_update() >= seq {
+                return Ok(());
+            }
+            let _ = tokio::time::timeout(std::time::Duration::from_millis(20), rx.changed()).await;
+            if self.seq() >= seq {
+                return Ok(());
+            }
+            self.catch_up(store).await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,376 @@
+//! `GET /oauth/authorize` and the consent form's `POST /oauth/consent`.
+
+use crate::app::{App, AppError, PendingConsent};
+use crate::http::{RequestContext, redirect, see_other};
+use crate::pages;
+use crate::session;
+use axum::body::Bytes;
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use grantline_ledger::{
+    Actor, ClientRegistered, ClientUpdated, NewEvent, RegistrationMethod, StreamId, pii,
+};
+use grantline_oauth::authorize::{
+    AuthorizationQuery, FreshCode, Refusal, Validated, approve, deny, needs_consent, validate,
+};
+use grantline_oauth::{OAuthError, redirect as redirect_uri};
+
+/// Appends `error`/`code`, `state` and `iss` (RFC 9207) to a redirect URI's query.
+fn client_redirect(uri: &str, params: &[(&str, &str)]) -> String {
+    match url::Url::parse(uri) {
+        Ok(mut u) => {
+            {
+                let mut q = u.query_pairs_mut();
+                for (k, v) in params {
+                    q.append_pair(k, v);
+                }
+            }
+            u.to_string()
+        }
+        Err(_) => uri.to_string(),
+    }
+}
+
+fn error_redirect(
+    ctx: &RequestContext,
+    uri: &str,
+    state: Option<&str>,
+    e: &OAuthError,
+) -> Response {
+    let mut p = vec![
+        ("error", e.code.as_str()),
+        ("error_description", e.description.as_str()),
+    ];
+    if let Some(s) = state {
+        p.push(("state", s));
+    }
+    p.push(("iss", &ctx.issuer));
+    redirect(&client_redirect(uri, &p))
+}
+
+fn refusal(ctx: &RequestContext, r: Refusal) -> Response {
+    match r {
+        Refusal::Page(e) => pages::error(
+            StatusCode::BAD_REQUEST,
+            "This sign-in link is not valid",
+            &format!("{} ({})", e.description, e.code.as_str()),
+        ),
+        Refusal::Redirect {
+            redirect_uri,
+            state,
+            error,
+        } => error_redirect(ctx, &redirect_uri, state.as_deref(), &error),
+    }
+}
+
+fn query(raw: &str) -> Result<AuthorizationQuery, OAuthError> {
+    let pairs = crate::http::parse_params(raw, &["resource"])?;
+    let get = |k: &str| crate::http::param(&pairs, k);
+    Ok(AuthorizationQuery {
+        response_type: get("response_type"),
+        client_id: get("client_id"),
+        redirect_uri: get("redirect_uri"),
+        scope: get("scope"),
+        state: get("state"),
+        code_challenge: get("code_challenge"),
+        code_challenge_method: get("code_challenge_method"),
+        resource: pairs
+            .iter()
+            .filter(|(k, v)| k == "resource" && !v.is_empty())
+            .map(|(_, v)| v.clone())
+            .collect(),
+        prompt: get("prompt"),
+    })
+}
+
+/// For a metadata-document client id: fetch (or take from cache) and record the client when it
+/// is new or its metadata changed.
+async fn ensure_document_client(app: &App, client_id: &str) -> Result<(), Response> {
+    let doc = app.metadata_documents.get(client_id).await.map_err(|e| {
+        pages::error(
+            StatusCode::BAD_REQUEST,
+            "This application could not be verified",
+            &e.description,
+        )
+    })?;
+    let m = &doc.metadata;
+    let existing = app.projection.read().clients.get(client_id).cloned();
+    let event = match existing {
+        Some(c) if c.disabled => return Ok(()),
+        Some(c)
+            if c.client_name == m.client_name
+                && c.redirect_uris == m.redirect_uris
+                && c.grant_types == m.grant_types
+                && c.scope == m.scope =>
+        {
+            return Ok(());
+        }
+        Some(_) => NewEvent::new(
+            StreamId::client(client_id),
+            Actor::System,
+            ClientUpdated {
+                client_id: client_id.to_string(),
+                client_name: Some(m.client_name.clone()),
+                redirect_uris: Some(m.redirect_uris.clone()),
+                grant_types: Some(m.grant_types.clone()),
+                scope: m.scope.clone(),
+                secret_digest: None,
+            },
+        ),
+        None => NewEvent::new(
+            StreamId::client(client_id),
+            Actor::System,
+            ClientRegistered {
+                client_id: client_id.to_string(),
+                client_name: m.client_name.clone(),
+                method: RegistrationMethod::MetadataDocument,
+                application_type: m.application_type,
+                token_endpoint_auth_method: m.auth_method,
+                redirect_uris: m.redirect_uris.clone(),
+                grant_types: m.grant_types.clone(),
+                scope: m.scope.clone(),
+                software_id: doc.request.software_id.clone(),
+                software_version: doc.request.software_version.clone(),
+                client_uri: doc.request.client_uri.clone(),
+                logo_uri: doc.request.logo_uri.clone(),
+                metadata_document_url: Some(doc.url.clone()),
+                secret_digest: None,
+                expires_at: None,
+                request: None,
+            },
+        ),
+    };
+    app.append(vec![event])
+        .await
+        .map_err(IntoResponse::into_response)?;
+    Ok(())
+}
+
+pub async fn authorize(
+    State(app): State<App>,
+    ctx: RequestContext,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    let raw = raw.unwrap_or_default();
+    let q = match query(&raw) {
+        Ok(q) => q,
+        Err(e) => {
+            return pages::error(
+                StatusCode::BAD_REQUEST,
+                "This sign-in link is not valid",
+                &e.description,
+            );
+        }
+    };
+    if let Some(id) = q.client_id.as_deref() {
+        tracing::Span::current().record("client_id", id);
+        if crate::cimd::is_document_url(id)
+            && let Err(r) = ensure_document_client(&app, id).await
+        {
+            return r;
+        }
+    }
+    let settings = app.settings_for(&ctx.issuer);
+    let validated = {
+        let state = app.projection.read();
+        validate(&state, &settings, &q)
+    };
+    let v = match validated {
+        Ok(v) => v,
+        Err(r) => return refusal(&ctx, r),
+    };
+    let now_secs = app.now().0 / 1_000_000;
+    let Some(s) = session::current(&app, &ctx, &headers, now_secs) else {
+        let return_to = format!("/oauth/authorize?{raw}");
+        let login = format!(
+            "{}/login?{}",
+            ctx.issuer,
+            url::form_urlencoded::Serializer::new(String::new())
+                .append_pair("return_to", &return_to)
+                .finish()
+        );
+        return redirect(&login);
+    };
+    tracing::Span::current().record("user_id", s.user_id.as_str());
+    let ask = needs_consent(&app.projection.read(), &s.user_id, &v);
+    if !ask {
+        return issue_code(&app, &ctx, &s.user_id, &v, false).await;
+    }
+    let request_id = crate::random::id("authz");
+    if let Ok(mut p) = app.pending.lock() {
+        p.insert(
+            request_id.clone(),
+            PendingConsent {
+                user_id: s.user_id.clone(),
+                session_id: s.session_id.clone(),
+                request: v.clone(),
+                created: app.now(),
+            },
+        );
+    }
+    let username = app
+        .credentials
+        .list()
+        .await
+        .ok()
+        .and_then(|l| l.into_iter().find(|c| c.user_id == s.user_id))
+        .map(|c| c.username)
+        .unwrap_or_else(|| s.user_id.clone());
+    let origin = url::Url::parse(&v.redirect_uri)
+        .map(|u| u.origin().ascii_serialization())
+        .unwrap_or_default();
+    let scopes = v
+        .scopes
+        .iter()
+        .map(|sc| (sc.clone(), v.resource.describe(sc)))
+        .collect();
+    pages::consent(&pages::Consent {
+        username: &username,
+        client_name: &v.client_name,
+        client_id: &v.client_id,
+        redirect_host: &redirect_uri::display_host(&v.redirect_uri),
+        redirect_origin: &origin,
+        loopback_warning: v.loopback_only_metadata_client,
+        resource_name: &v.resource.name,
+        resource_id: &v.resource.id,
+        scopes,
+        request_id: &request_id,
+        csrf: &session::csrf(&app, &format!("{}|{request_id}", s.session_id), "consent"),
+        logout_csrf: &session::csrf(&app, &s.session_id, "logout"),
+    })
+}
+
+/// Records consent and the code, then sends the browser back to the client.
+async fn issue_code(
+    app: &App,
+    ctx: &RequestContext,
+    user_id: &str,
+    v: &Validated,
+    prompted: bool,
+) -> Response {
+    let meta = match app.request_meta(ctx, &pii::user_subject(user_id)).await {
+        Ok(m) => m,
+        Err(e) => return e.into_response(),
+    };
+    let fresh = FreshCode {
+        code: crate::random::secret(grantline_oauth::tokens::CODE_PREFIX),
+        grant_id: crate::random::id("gr"),
+        family_id: crate::random::id("fam"),
+    };
+    let settings = app.settings_for(&ctx.issuer);
+    let now = app.now();
+    let result = app
+        .run(|s| {
+            approve(
+                s,
+                &settings,
+                user_id,
+                v,
+                prompted,
+                now,
+                fresh.clone(),
+                Some(meta.clone()),
+            )
+        })
+        .await;
+    match result {
+        Ok((Ok(code), _)) => {
+            let mut p = vec![("code", code.as_str())];
+            if let Some(st) = &v.state {
+                p.push(("state", st));
+            }
+            p.push(("iss", &ctx.issuer));
+            redirect(&client_redirect(&v.redirect_uri, &p))
+        }
+        Ok((Err(e), _)) => error_redirect(ctx, &v.redirect_uri, v.state.as_deref(), &e),
+        Err(AppError::Unavailable(_)) => pages::error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Temporarily unavailable",
+            "The audit ledger cannot record this authorization right now; nothing was granted.",
+        ),
+        Err(AppError::OAuth(e)) => error_redirect(ctx, &v.redirect_uri, v.state.as_deref(), &e),
+    }
+}
+
+pub async fn consent(
+    State(app): State<App>,
+    ctx: RequestContext,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let body = String::from_utf8_lossy(&body);
+    let params = match crate::http::parse_params(&body, &[]) {
+        Ok(p) => p,
+        Err(e) => return pages::error(StatusCode::BAD_REQUEST, "Bad request", &e.description),
+    };
+    let get = |k: &str| crate::http::param(&params, k).unwrap_or_default();
+    let now_secs = app.now().0 / 1_000_000;
+    let Some(s) = session::current(&app, &ctx, &headers, now_secs) else {
+        return pages::error(
+            StatusCode::UNAUTHORIZED,
+            "Signed out",
+            "Your session ended. Start again from the application.",
+        );
+    };
+    let request_id = get("request_id");
+    if !session::csrf_ok(
+        &app,
+        &format!("{}|{request_id}", s.session_id),
+        "consent",
+        &get("csrf"),
+    ) {
+        return pages::error(
+            StatusCode::FORBIDDEN,
+            "Request refused",
+            "This form did not come from this server.",
+        );
+    }
+    let pending = app
+        .pending
+        .lock()
+        .ok()
+        .and_then(|mut p| p.remove(&request_id));
+    let Some(pending) = pending.filter(|p| p.user_id == s.user_id && p.session_id == s.session_id)
+    else {
+        return pages::error(
+            StatusCode::BAD_REQUEST,
+            "Request expired",
+            "This authorization request expired or was already answered. Start again from the application.",
+        );
+    };
+    let v = pending.request;
+    match get("decision").as_str() {
+        "approve" => {
+            let r = issue_code(&app, &ctx, &s.user_id, &v, true).await;
+            // A form POST answered with 303 so the browser follows with GET.
+            if r.status() == StatusCode::FOUND {
+                let mut r = r;
+                *r.status_mut() = StatusCode::SEE_OTHER;
+                return r;
+            }
+            r
+        }
+        "deny" => {
+            let meta = app
+                .request_meta(&ctx, &pii::user_subject(&s.user_id))
+                .await
+                .ok();
+            match app.run(|_| deny(&s.user_id, &v, meta.clone())).await {
+                Ok((Err(e), _)) => {
+                    let mut r = error_redirect(&ctx, &v.redirect_uri, v.state.as_deref(), &e);
+                    *r.status_mut() = StatusCode::SEE_OTHER;
+                    r
+                }
+                Ok((Ok(()), _)) => see_other(&v.redirect_uri),
+                Err(e) => e.into_response(),
+            }
+        }
+        _ => pages::error(
+            StatusCode::BAD_REQUEST,
+            "Bad request",
+            "Choose Approve or Deny.",
+        ),
+    }
+}

@@ -1,0 +1,58 @@
+//! `POST /oauth/introspect` (RFC 7662): only for authenticated resource servers, i.e.
+//! confidential clients listed in `oauth.introspection_clients`.
+
+use crate::app::{App, AppError};
+use crate::http::{RequestContext, param};
+use crate::routes::client::{form_body, presented};
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use grantline_oauth::client_auth::authenticate;
+use grantline_oauth::{OAuthError, introspect as rules};
+
+pub async fn introspect(
+    State(app): State<App>,
+    ctx: RequestContext,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    match handle(&app, &ctx, &headers, &body) {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+fn handle(
+    app: &App,
+    ctx: &RequestContext,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Response, AppError> {
+    let body = std::str::from_utf8(body)
+        .map_err(|_| OAuthError::invalid_request("the body is not UTF-8"))?;
+    let params = form_body(headers, body)?;
+    let who = presented(headers, &params)?;
+    tracing::Span::current().record("client_id", who.client_id.as_str());
+    let state = app.projection.read();
+    let client = authenticate(&state, &who)?;
+    if client.secret_digest.is_none()
+        || !app
+            .config
+            .oauth
+            .introspection_clients
+            .contains(&client.client_id)
+    {
+        return Err(
+            OAuthError::invalid_client("this client is not allowed to introspect tokens").into(),
+        );
+    }
+    let token =
+        param(&params, "token").ok_or_else(|| OAuthError::invalid_request("token is missing"))?;
+    let answer = rules::introspect(&state, &ctx.issuer, &token, app.now());
+    drop(state);
+    let mut r = Json(answer).into_response();
+    crate::http::no_store(r.headers_mut());
+    Ok(r)
+}

@@ -1,0 +1,223 @@
+//! Sign-in and sign-out pages.
+
+use crate::app::App;
+use crate::http::{RequestContext, see_other};
+use crate::pages;
+use crate::session::{self, LOGIN_NONCE, SESSION};
+use crate::signin::Outcome;
+use axum::body::Bytes;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use grantline_ledger::{Actor, LoginFailed, LoginFailure, LoginSucceeded, NewEvent, StreamId, pii};
+use serde::Deserialize;
+
+/// Where a sign-in may send the browser afterwards: the authorization endpoint, or home.
+fn safe_return_to(r: Option<&str>) -> String {
+    match r {
+        Some(p) if p.starts_with("/oauth/authorize?") && !p.contains(['\r', '\n', '\\']) => {
+            p.to_string()
+        }
+        _ => "/".to_string(),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct FormQuery {
+    return_to: Option<String>,
+}
+
+fn with_nonce_cookie(mut r: Response, ctx: &RequestContext, nonce: &str) -> Response {
+    if let Ok(v) = HeaderValue::from_str(&session::set_cookie(ctx, LOGIN_NONCE, nonce, 1800)) {
+        r.headers_mut().append(header::SET_COOKIE, v);
+    }
+    r
+}
+
+fn render(
+    app: &App,
+    ctx: &RequestContext,
+    status: StatusCode,
+    return_to: &str,
+    msg: Option<&str>,
+) -> Response {
+    let nonce = crate::random::id("ln");
+    let csrf = session::csrf(app, &nonce, "login");
+    with_nonce_cookie(pages::login(status, return_to, &csrf, msg), ctx, &nonce)
+}
+
+pub async fn form(
+    State(app): State<App>,
+    ctx: RequestContext,
+    Query(q): Query<FormQuery>,
+) -> Response {
+    render(
+        &app,
+        &ctx,
+        StatusCode::OK,
+        &safe_return_to(q.return_to.as_deref()),
+        None,
+    )
+}
+
+pub async fn submit(
+    State(app): State<App>,
+    ctx: RequestContext,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let body = String::from_utf8_lossy(&body);
+    let params = match crate::http::parse_params(&body, &[]) {
+        Ok(p) => p,
+        Err(e) => return pages::error(StatusCode::BAD_REQUEST, "Bad request", &e.description),
+    };
+    let get = |k: &str| crate::http::param(&params, k).unwrap_or_default();
+    let return_to = safe_return_to(Some(&get("return_to")));
+    let nonce =
+        session::cookie(&headers, &session::cookie_name(&ctx, LOGIN_NONCE)).unwrap_or_default();
+    if nonce.is_empty() || !session::csrf_ok(&app, &nonce, "login", &get("csrf")) {
+        return render(
+            &app,
+            &ctx,
+            StatusCode::FORBIDDEN,
+            &return_to,
+            Some("This form expired or did not come from this server. Please sign in again."),
+        );
+    }
+    let username = get("username");
+    let password = get("password");
+    let outcome = match app.signin.sign_in(username.trim(), &password).await {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::error!(error = %e, "sign-in backend failed");
+            return pages::error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Sign-in unavailable",
+                "Please try again shortly.",
+            );
+        }
+    };
+    let disabled = |u: &str| {
+        app.projection
+            .read()
+            .users
+            .get(u)
+            .is_none_or(|u| u.disabled || u.erased)
+    };
+    let (user_id, failure) = match outcome {
+        Outcome::SignedIn { user_id } if disabled(&user_id) => {
+            (Some(user_id), Some(LoginFailure::UserDisabled))
+        }
+        Outcome::SignedIn { user_id } => (Some(user_id), None),
+        Outcome::BadPassword => (None, Some(LoginFailure::BadPassword)),
+        Outcome::UnknownUser => (None, Some(LoginFailure::UnknownUser)),
+    };
+    if let Some(reason) = failure {
+        // Unknown names are sealed under a daily anonymous subject, so they can be erased in bulk.
+        let subject = match &user_id {
+            Some(u) => pii::user_subject(u),
+            None => format!("anon:{}", &app.now().to_string()[..10]),
+        };
+        let meta = app.request_meta(&ctx, &subject).await;
+        let name = app.keyring.seal(&subject, username.trim()).await.ok();
+        let event = NewEvent::new(
+            match &user_id {
+                Some(u) => StreamId::user(u),
+                None => StreamId::named("logins"),
+            },
+            Actor::System,
+            LoginFailed {
+                user_id: user_id.clone(),
+                username: name,
+                reason,
+                source_ip: meta.as_ref().ok().and_then(|m| m.source_ip.clone()),
+                user_agent: meta.as_ref().ok().and_then(|m| m.user_agent.clone()),
+            },
+        );
+        if let Err(e) = app.append(vec![event]).await {
+            return e.into_response();
+        }
+        return render(
+            &app,
+            &ctx,
+            StatusCode::UNAUTHORIZED,
+            &return_to,
+            Some("Wrong username or password."),
+        );
+    }
+    let Some(user_id) = user_id else {
+        return render(
+            &app,
+            &ctx,
+            StatusCode::UNAUTHORIZED,
+            &return_to,
+            Some("Wrong username or password."),
+        );
+    };
+    tracing::Span::current().record("user_id", user_id.as_str());
+    let session_id = crate::random::id("ses");
+    let meta = match app.request_meta(&ctx, &pii::user_subject(&user_id)).await {
+        Ok(m) => m,
+        Err(e) => return e.into_response(),
+    };
+    let event = NewEvent::new(
+        StreamId::user(&user_id),
+        Actor::User {
+            id: user_id.clone(),
+        },
+        LoginSucceeded {
+            user_id: user_id.clone(),
+            method: app.signin.method().to_string(),
+            session_id: session_id.clone(),
+            source_ip: meta.source_ip,
+            user_agent: meta.user_agent,
+        },
+    );
+    if let Err(e) = app.append(vec![event]).await {
+        return e.into_response();
+    }
+    let now = app.now().0 / 1_000_000;
+    let (value, ttl) = session::issue(&app, &user_id, &session_id, now);
+    let mut r = see_other(&format!("{}{return_to}", ctx.issuer));
+    if let Ok(v) = HeaderValue::from_str(&session::set_cookie(&ctx, SESSION, &value, ttl)) {
+        r.headers_mut().append(header::SET_COOKIE, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&session::set_cookie(&ctx, LOGIN_NONCE, "", 0)) {
+        r.headers_mut().append(header::SET_COOKIE, v);
+    }
+    r
+}
+
+pub async fn logout(
+    State(app): State<App>,
+    ctx: RequestContext,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let now = app.now().0 / 1_000_000;
+    let body = String::from_utf8_lossy(&body);
+    let params = crate::http::parse_params(&body, &[]).unwrap_or_default();
+    if let Some(s) = session::current(&app, &ctx, &headers, now) {
+        let submitted = crate::http::param(&params, "csrf").unwrap_or_default();
+        if !session::csrf_ok(&app, &s.session_id, "logout", &submitted) {
+            return pages::error(
+                StatusCode::FORBIDDEN,
+                "Sign-out refused",
+                "This form did not come from this server.",
+            );
+        }
+        if let Ok(mut e) = app.ended_sessions.lock() {
+            e.insert(s.session_id.clone(), s.expires);
+        }
+    }
+    let mut r = pages::page(
+        StatusCode::OK,
+        "Signed out",
+        "<h1>Signed out</h1><p>You can close this window.</p>",
+        "'none'",
+    );
+    if let Ok(v) = HeaderValue::from_str(&session::set_cookie(&ctx, SESSION, "", 0)) {
+        r.headers_mut().append(header::SET_COOKIE, v);
+    }
+    r
+}

@@ -1,0 +1,151 @@
+//! Discovery: RFC 8414 and OIDC metadata at every location the MCP authorization spec tells
+//! clients to try, RFC 9728 protected-resource metadata, and the JWKS.
+
+use crate::app::App;
+use crate::http::RequestContext;
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use grantline_oauth::{canonical_resource, metadata};
+
+fn json(v: serde_json::Value) -> Response {
+    let mut r = Json(v).into_response();
+    r.headers_mut().insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    r.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=300"),
+    );
+    r
+}
+
+fn not_found() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        Json(serde_json::json!({"error": "not_found"})),
+    )
+        .into_response()
+}
+
+/// The path part of the issuer, without slashes at either end.
+fn issuer_path(issuer: &str) -> String {
+    url::Url::parse(issuer)
+        .map(|u| u.path().trim_matches('/').to_string())
+        .unwrap_or_default()
+}
+
+fn registration_open(app: &App) -> bool {
+    app.policy != grantline_oauth::register::Policy::Off
+}
+
+pub async fn authorization_server(State(app): State<App>, ctx: RequestContext) -> Response {
+    let s = app.settings_for(&ctx.issuer);
+    json(metadata::authorization_server(
+        &s.issuer,
+        &s.resources,
+        registration_open(&app),
+    ))
+}
+
+/// `/.well-known/oauth-authorization-server/<issuer path>` (RFC 8414 §3.1 path insertion).
+pub async fn authorization_server_at(
+    State(app): State<App>,
+    ctx: RequestContext,
+    Path(path): Path<String>,
+) -> Response {
+    if path.trim_matches('/') != issuer_path(&ctx.issuer) {
+        return not_found();
+    }
+    authorization_server(State(app), ctx).await
+}
+
+pub async fn openid_configuration(State(app): State<App>, ctx: RequestContext) -> Response {
+    let s = app.settings_for(&ctx.issuer);
+    json(metadata::openid_configuration(
+        &s.issuer,
+        &s.resources,
+        registration_open(&app),
+    ))
+}
+
+pub async fn openid_configuration_at(
+    State(app): State<App>,
+    ctx: RequestContext,
+    Path(path): Path<String>,
+) -> Response {
+    if path.trim_matches('/') != issuer_path(&ctx.issuer) {
+        return not_found();
+    }
+    openid_configuration(State(app), ctx).await
+}
+
+/// Metadata of the resource whose identifier has this path (RFC 9728 §3.1). A trailing
+/// slash names the same resource.
+pub async fn protected_resource(
+    State(app): State<App>,
+    ctx: RequestContext,
+    Path(path): Path<String>,
+) -> Response {
+    let s = app.settings_for(&ctx.issuer);
+    let want = format!("/{}", path.trim_matches('/'));
+    let found = s.resources.iter().find(|r| {
+        url::Url::parse(&r.id)
+            .map(|u| canonical_resource(u.path()) == canonical_resource(&want))
+            .unwrap_or(false)
+    });
+    match found {
+        Some(r) => json(metadata::protected_resource(&s.issuer, r)),
+        None => not_found(),
+    }
+}
+
+/// A resource identified by the bare origin.
+pub async fn protected_resource_root(State(app): State<App>, ctx: RequestContext) -> Response {
+    let s = app.settings_for(&ctx.issuer);
+    let found = s.resources.iter().find(|r| {
+        url::Url::parse(&r.id)
+            .map(|u| u.path() == "/" || u.path().is_empty())
+            .unwrap_or(false)
+    });
+    match found {
+        Some(r) => json(metadata::protected_resource(&s.issuer, r)),
+        None => not_found(),
+    }
+}
+
+/// Every access-token key the ledger has introduced (old ones stay until tokens they signed
+/// have expired) and the checkpoint key.
+pub async fn jwks(State(app): State<App>) -> Response {
+    use base64::Engine;
+    let mut keys: Vec<serde_json::Value> = {
+        let state = app.projection.read();
+        let mut ks: Vec<_> = state
+            .signing_keys
+            .values()
+            .filter(|k| k.purpose == grantline_ledger::KeyPurpose::AccessToken)
+            .collect();
+        ks.sort_by_key(|k| std::cmp::Reverse(k.introduced_at));
+        ks.iter()
+            .filter_map(|k| {
+                let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(&k.public_key)
+                    .ok()?;
+                let key = ed25519_dalek::VerifyingKey::from_bytes(&bytes.try_into().ok()?).ok()?;
+                Some(grantline_oauth::tokens::jwk(&key, &k.key_id))
+            })
+            .collect()
+    };
+    if keys.is_empty() {
+        keys.push(app.jwt.jwk());
+    }
+    let cp = &app.checkpoint_key;
+    let mut checkpoint =
+        grantline_oauth::tokens::jwk(cp, &grantline_oauth::tokens::JwtSigner::kid_for(cp));
+    checkpoint["use"] = serde_json::json!("sig");
+    checkpoint["key_ops"] = serde_json::json!(["verify"]);
+    keys.push(checkpoint);
+    json(serde_json::json!({ "keys": keys }))
+}

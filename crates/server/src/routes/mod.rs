@@ -1,0 +1,53 @@
+//! The HTTP surface: one file per endpoint.
+
+pub mod authorize;
+pub mod client;
+pub mod introspect;
+pub mod login;
+pub mod metadata;
+pub mod register;
+pub mod revoke;
+pub mod token;
+
+use crate::app::App;
+use axum::Router;
+use axum::routing::{get, post};
+
+/// Every route of the authorization server.
+pub fn router() -> Router<App> {
+    Router::new()
+        .route(
+            "/.well-known/oauth-authorization-server",
+            get(metadata::authorization_server),
+        )
+        .route(
+            "/.well-known/oauth-authorization-server/{*issuer_path}",
+            get(metadata::authorization_server_at),
+        )
+        .route(
+            "/.well-known/openid-configuration",
+            get(metadata::openid_configuration),
+        )
+        .route(
+            "/.well-known/openid-configuration/{*issuer_path}",
+            get(metadata::openid_configuration_at),
+        )
+        .route(
+            "/.well-known/oauth-protected-resource",
+            get(metadata::protected_resource_root),
+        )
+        .route(
+            "/.well-known/oauth-protected-resource/{*resource_path}",
+            get(metadata::protected_resource),
+        )
+        .route("/.well-known/jwks.json", get(metadata::jwks))
+        .route("/oauth/register", post(register::register))
+        .route("/oauth/authorize", get(authorize::authorize))
+        .route("/oauth/consent", post(authorize::consent))
+        .route("/oauth/token", post(token::token))
+        .route("/oauth/revoke", post(revoke::revoke))
+        .route("/oauth/introspect", post(introspect::introspect))
+        .route("/login", get(login::form).post(login::submit))
+        .route("/logout", post(login::logout))
+        .route("/healthz", get(|| async { "ok" }))
+}

@@ -1,0 +1,75 @@
+//! `POST /oauth/register` (RFC 7591).
+
+use crate::app::{App, AppError};
+use crate::http::RequestContext;
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use grantline_oauth::register::{FreshClient, RegistrationRequest, decide};
+use grantline_oauth::{ErrorCode, OAuthError};
+
+pub async fn register(
+    State(app): State<App>,
+    ctx: RequestContext,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    match handle(&app, &ctx, &headers, &body).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn handle(
+    app: &App,
+    ctx: &RequestContext,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Response, AppError> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !ct.to_ascii_lowercase().starts_with("application/json") {
+        return Err(OAuthError::new(
+            ErrorCode::InvalidClientMetadata,
+            "the body must be application/json",
+        )
+        .into());
+    }
+    let req: RegistrationRequest = serde_json::from_slice(body).map_err(|e| {
+        OAuthError::new(
+            ErrorCode::InvalidClientMetadata,
+            format!("the body is not valid client metadata: {e}"),
+        )
+    })?;
+    let fresh = FreshClient {
+        client_id: crate::random::id("cli"),
+        secret: crate::random::secret("gls_"),
+    };
+    tracing::Span::current().record("client_id", fresh.client_id.as_str());
+    let meta = app
+        .request_meta(ctx, &format!("client:{}", fresh.client_id))
+        .await?;
+    let now = app.now();
+    let ttl = app.config.oauth.dynamic_client_ttl;
+    let (outcome, _) = app
+        .run(|_| {
+            decide(
+                &app.policy,
+                &req,
+                now,
+                ttl,
+                fresh.clone(),
+                Some(meta.clone()),
+            )
+        })
+        .await?;
+    let registered = outcome?;
+    tracing::info!(client_name = %registered.client_name, "client registered");
+    let mut r = (StatusCode::CREATED, Json(registered)).into_response();
+    crate::http::no_store(r.headers_mut());
+    Ok(r)
+}

@@ -1,0 +1,69 @@
+//! `POST /oauth/revoke` (RFC 7009).
+
+use crate::app::{App, AppError};
+use crate::http::{RequestContext, param};
+use crate::routes::client::{form_body, presented};
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use grantline_ledger::pii;
+use grantline_oauth::client_auth::authenticate;
+use grantline_oauth::{Decision, OAuthError, revoke as rules};
+
+pub async fn revoke(
+    State(app): State<App>,
+    ctx: RequestContext,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    match handle(&app, &ctx, &headers, &body).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn handle(
+    app: &App,
+    ctx: &RequestContext,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Response, AppError> {
+    let body = std::str::from_utf8(body)
+        .map_err(|_| OAuthError::invalid_request("the body is not UTF-8"))?;
+    let params = form_body(headers, body)?;
+    let token =
+        param(&params, "token").ok_or_else(|| OAuthError::invalid_request("token is missing"))?;
+    let who = presented(headers, &params)?;
+    tracing::Span::current().record("client_id", who.client_id.as_str());
+    let client = {
+        let state = app.projection.read();
+        authenticate(&state, &who)?.clone()
+    };
+    let user = {
+        let s = app.projection.read();
+        grantline_oauth::grants::refresh_token::user_of(&s, &token)
+            .map(str::to_string)
+            .or_else(|| {
+                s.access_tokens
+                    .get(&grantline_ledger::secret_digest(token.as_bytes()))
+                    .and_then(|a| a.user_id.clone())
+            })
+    };
+    let subject = match &user {
+        Some(u) => pii::user_subject(u),
+        None => format!("client:{}", client.client_id),
+    };
+    let meta = app.request_meta(ctx, &subject).await?;
+    app.run(|s| {
+        Decision::new(
+            rules::decide(s, &client, &token, Some(meta.clone())),
+            Ok(()),
+        )
+    })
+    .await?
+    .0?;
+    let mut r = StatusCode::OK.into_response();
+    crate::http::no_store(r.headers_mut());
+    Ok(r)
+}

@@ -1,0 +1,126 @@
+//! Signed-in sessions and CSRF tokens.
+//!
+//! The session cookie carries `session id . user id . expiry` and a keyed blake3 MAC; logout
+//! remembers the session id until the cookie would have expired. Cookies are `__Host-`,
+//! `Secure`, `HttpOnly`, `SameSite=Lax` when the issuer is HTTPS; on a plain-HTTP loopback
+//! issuer (the development default) the prefix and `Secure` are dropped so browsers and HTTP
+//! client libraries still send them.
+
+use crate::app::App;
+use crate::http::RequestContext;
+use axum::http::{HeaderMap, header};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use subtle::ConstantTimeEq;
+
+/// A signed-in user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    pub session_id: String,
+    pub user_id: String,
+    pub expires: i64,
+}
+
+fn mac(app: &App, purpose: &str, data: &str) -> String {
+    let mut h = blake3::Hasher::new_keyed(&app.mac_key);
+    h.update(purpose.as_bytes());
+    h.update(&[0]);
+    h.update(data.as_bytes());
+    URL_SAFE_NO_PAD.encode(&h.finalize().as_bytes()[..24])
+}
+
+fn equal(a: &str, b: &str) -> bool {
+    a.as_bytes().ct_eq(b.as_bytes()).into()
+}
+
+/// The cookie names for this request's issuer.
+pub fn cookie_name(ctx: &RequestContext, base: &str) -> String {
+    if ctx.https {
+        format!("__Host-{base}")
+    } else {
+        base.to_string()
+    }
+}
+
+/// A `Set-Cookie` value.
+pub fn set_cookie(ctx: &RequestContext, base: &str, value: &str, max_age: i64) -> String {
+    let secure = if ctx.https { "; Secure" } else { "" };
+    format!(
+        "{}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}",
+        cookie_name(ctx, base)
+    )
+}
+
+/// A cookie's value from the request.
+pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_string())
+}
+
+pub const SESSION: &str = "grantline_session";
+pub const LOGIN_NONCE: &str = "grantline_login";
+
+/// Issues a session cookie value.
+pub fn issue(app: &App, user_id: &str, session_id: &str, now_secs: i64) -> (String, i64) {
+    let ttl = app.config.oauth.session_ttl as i64;
+    let payload = format!("{session_id}.{user_id}.{}", now_secs + ttl);
+    let value = format!("{payload}.{}", mac(app, "session", &payload));
+    (value, ttl)
+}
+
+/// The session of this request, if its cookie is authentic, unexpired, not logged out, and its
+/// user exists and is enabled.
+pub fn current(
+    app: &App,
+    ctx: &RequestContext,
+    headers: &HeaderMap,
+    now_secs: i64,
+) -> Option<Session> {
+    let value = cookie(headers, &cookie_name(ctx, SESSION))?;
+    let (payload, tag) = value.rsplit_once('.')?;
+    if !equal(tag, &mac(app, "session", payload)) {
+        return None;
+    }
+    let mut parts = payload.splitn(3, '.');
+    let session_id = parts.next()?.to_string();
+    let user_id = parts.next()?.to_string();
+    let expires: i64 = parts.next()?.parse().ok()?;
+    if expires <= now_secs {
+        return None;
+    }
+    if app
+        .ended_sessions
+        .lock()
+        .map(|e| e.contains_key(&session_id))
+        .unwrap_or(true)
+    {
+        return None;
+    }
+    let live = app
+        .projection
+        .read()
+        .users
+        .get(&user_id)
+        .is_some_and(|u| !u.disabled && !u.erased);
+    live.then_some(Session {
+        session_id,
+        user_id,
+        expires,
+    })
+}
+
+/// The CSRF token bound to a session (or a login nonce) and a purpose.
+pub fn csrf(app: &App, binding: &str, purpose: &str) -> String {
+    mac(app, &format!("csrf:{purpose}"), binding)
+}
+
+/// Checks a submitted CSRF token.
+pub fn csrf_ok(app: &App, binding: &str, purpose: &str, submitted: &str) -> bool {
+    equal(&csrf(app, binding, purpose), submitted)
+}

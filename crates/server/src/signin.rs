@@ -1,0 +1,107 @@
+//! Sign-in behind a small trait, so upstream identity providers can slot in later. The local
+//! implementation checks argon2id password hashes kept in `user_credentials`.
+
+use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use grantline_store::{Credentials, StoreError};
+use std::future::Future;
+use std::pin::Pin;
+
+/// The outcome of one sign-in attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    SignedIn { user_id: String },
+    UnknownUser,
+    BadPassword,
+}
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A way to sign users in.
+pub trait SignIn: Send + Sync {
+    /// Recorded as `login.succeeded.method`, e.g. `password`.
+    fn method(&self) -> &str;
+    fn sign_in<'a>(
+        &'a self,
+        username: &'a str,
+        password: &'a str,
+    ) -> BoxFuture<'a, Result<Outcome, StoreError>>;
+}
+
+/// Local users with argon2id password hashes.
+pub struct PasswordSignIn {
+    credentials: Credentials,
+    /// Verified against when the user is unknown, so both cases take the same time.
+    dummy_hash: String,
+}
+
+impl PasswordSignIn {
+    pub fn new(credentials: Credentials) -> Self {
+        PasswordSignIn {
+            credentials,
+            dummy_hash: hash_password("not a real password").unwrap_or_default(),
+        }
+    }
+}
+
+/// An argon2id PHC string (default parameters: m=19 MiB, t=2, p=1).
+pub fn hash_password(password: &str) -> Result<String, argon2::password_hash::Error> {
+    let salt = SaltString::encode_b64(&crate::random::bytes32()[..16])?;
+    Ok(Argon2::default()
+        .hash_password(password.as_bytes(), &salt)?
+        .to_string())
+}
+
+/// Whether `password` matches the PHC `hash` (constant time inside argon2).
+pub fn verify_password(hash: &str, password: &str) -> bool {
+    PasswordHash::new(hash)
+        .map(|h| {
+            Argon2::default()
+                .verify_password(password.as_bytes(), &h)
+                .is_ok()
+        })
+        .unwrap_or(false)
+}
+
+impl SignIn for PasswordSignIn {
+    fn method(&self) -> &str {
+        "password"
+    }
+
+    fn sign_in<'a>(
+        &'a self,
+        username: &'a str,
+        password: &'a str,
+    ) -> BoxFuture<'a, Result<Outcome, StoreError>> {
+        Box::pin(async move {
+            let cred = self.credentials.by_username(username).await?;
+            let (hash, user_id) = match &cred {
+                Some(c) => (c.password_hash.clone(), Some(c.user_id.clone())),
+                None => (self.dummy_hash.clone(), None),
+            };
+            let password = password.to_string();
+            let ok = tokio::task::spawn_blocking(move || verify_password(&hash, &password))
+                .await
+                .unwrap_or(false);
+            Ok(match (user_id, ok) {
+                (None, _) => Outcome::UnknownUser,
+                (Some(_), false) => Outcome::BadPassword,
+                (Some(user_id), true) => Outcome::SignedIn { user_id },
+            })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn argon2id_hash_verifies_only_its_password() {
+        let h = hash_password("correct horse").unwrap();
+        assert!(h.starts_with("$argon2id$"));
+        assert!(verify_password(&h, "correct horse"));
+        assert!(!verify_password(&h, "correct horsE"));
+        assert!(!verify_password("not a hash", "x"));
+    }
+}

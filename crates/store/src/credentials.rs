@@ -1,0 +1,148 @@
+//! Sign-in credentials (`user_credentials`): usernames and password hashes, kept outside the
+//! ledger so that they can change and be erased.
+
+use crate::database::{Pool, Store};
+use crate::{Result, StoreError};
+
+/// A user's sign-in record. `Debug` hides the hash.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credential {
+    pub user_id: String,
+    pub username: String,
+    pub password_hash: String,
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credential")
+            .field("user_id", &self.user_id)
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Reads and writes `user_credentials`.
+#[derive(Clone)]
+pub struct Credentials {
+    pool: Pool,
+}
+
+type Row = (String, String, String);
+
+impl Credentials {
+    pub fn new(store: &Store) -> Credentials {
+        Credentials {
+            pool: store.pool().clone(),
+        }
+    }
+
+    fn to_credential(r: Row) -> Credential {
+        Credential {
+            user_id: r.0,
+            username: r.1,
+            password_hash: r.2,
+        }
+    }
+
+    /// The credential for a username (exact match).
+    pub async fn by_username(&self, username: &str) -> Result<Option<Credential>> {
+        let row: Option<Row> = match &self.pool {
+            Pool::Sqlite(p) => sqlx::query_as(
+                "SELECT user_id, username, password_hash FROM user_credentials WHERE username = ?",
+            )
+            .bind(username)
+            .fetch_optional(p)
+            .await?,
+            Pool::Postgres(p) => sqlx::query_as(
+                "SELECT user_id, username, password_hash FROM user_credentials WHERE username = $1",
+            )
+            .bind(username)
+            .fetch_optional(p)
+            .await?,
+        };
+        Ok(row.map(Self::to_credential))
+    }
+
+    /// Every credential, by username.
+    pub async fn list(&self) -> Result<Vec<Credential>> {
+        let sql = "SELECT user_id, username, password_hash FROM user_credentials ORDER BY username";
+        let rows: Vec<Row> = match &self.pool {
+            Pool::Sqlite(p) => sqlx::query_as(sql).fetch_all(p).await?,
+            Pool::Postgres(p) => sqlx::query_as(sql).fetch_all(p).await?,
+        };
+        Ok(rows.into_iter().map(Self::to_credential).collect())
+    }
+
+    /// Adds a credential; a taken username is `StoreError::Exists`.
+    pub async fn insert(&self, c: &Credential) -> Result<()> {
+        let now = grantline_ledger::Timestamp::now().0;
+        let r = match &self.pool {
+            Pool::Sqlite(p) => sqlx::query(
+                "INSERT INTO user_credentials (user_id, username, password_hash, updated) VALUES (?, ?, ?, ?)",
+            )
+            .bind(&c.user_id)
+            .bind(&c.username)
+            .bind(&c.password_hash)
+            .bind(now)
+            .execute(p)
+            .await
+            .map(|_| ()),
+            Pool::Postgres(p) => sqlx::query(
+                "INSERT INTO user_credentials (user_id, username, password_hash) VALUES ($1, $2, $3)",
+            )
+            .bind(&c.user_id)
+            .bind(&c.username)
+            .bind(&c.password_hash)
+            .execute(p)
+            .await
+            .map(|_| ()),
+        };
+        match r {
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                Err(StoreError::Exists(format!("username {}", c.username)))
+            }
+            other => other.map_err(StoreError::from),
+        }
+    }
+
+    /// Replaces a user's password hash.
+    pub async fn set_password(&self, user_id: &str, hash: &str) -> Result<bool> {
+        let n = match &self.pool {
+            Pool::Sqlite(p) => sqlx::query(
+                "UPDATE user_credentials SET password_hash = ?, updated = ? WHERE user_id = ?",
+            )
+            .bind(hash)
+            .bind(grantline_ledger::Timestamp::now().0)
+            .bind(user_id)
+            .execute(p)
+            .await?
+            .rows_affected(),
+            Pool::Postgres(p) => sqlx::query(
+                "UPDATE user_credentials SET password_hash = $1, updated = now() WHERE user_id = $2",
+            )
+            .bind(hash)
+            .bind(user_id)
+            .execute(p)
+            .await?
+            .rows_affected(),
+        };
+        Ok(n > 0)
+    }
+
+    /// Deletes a user's credential (erasure).
+    pub async fn delete(&self, user_id: &str) -> Result<bool> {
+        let n = match &self.pool {
+            Pool::Sqlite(p) => sqlx::query("DELETE FROM user_credentials WHERE user_id = ?")
+                .bind(user_id)
+                .execute(p)
+                .await?
+                .rows_affected(),
+            Pool::Postgres(p) => sqlx::query("DELETE FROM user_credentials WHERE user_id = $1")
+                .bind(user_id)
+                .execute(p)
+                .await?
+                .rows_affected(),
+        };
+        Ok(n > 0)
+    }
+}
