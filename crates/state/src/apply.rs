@@ -301,6 +301,11 @@ pub fn apply(state: &mut State, event: &Recorded) {
             }
         }
     }
+    if let Some(id) = event.envelope.stream.as_str().strip_prefix("family:")
+        && let Some(f) = state.families.get_mut(id)
+    {
+        f.version = event.envelope.version;
+    }
 }
 
 fn insert_refresh(state: &mut State, r: &grantline_ledger::RefreshTokenRecord, family: &str) {

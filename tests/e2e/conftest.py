@@ -1,0 +1,88 @@
+"""Starts a real `grantline serve` for the end-to-end tests.
+
+The binary is `$GRANTLINE_BIN` (tools/test.sh sets it) or target/debug/grantline. Each server
+gets its own data directory (SQLite) or, with $GRANTLINE_E2E_DATABASE_URL, a PostgreSQL database.
+"""
+import os
+import pathlib
+import socket
+import subprocess
+import time
+
+import pytest
+import requests
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+ADMIN_PASSWORD = "e2e-admin-password-7f3a"
+RS_SECRET = "e2e-resource-server-secret-91c2"
+
+CONFIG = """
+[oauth]
+introspection_clients = ["resource-server"]
+refresh_grace = 2
+
+[[clients]]
+client_id = "resource-server"
+client_name = "Resource server"
+grant_types = ["client_credentials"]
+scope = "demo:read"
+secret_env = "GRANTLINE_E2E_RS_SECRET"
+"""
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, data_dir, log_path):
+        self.data_dir = pathlib.Path(data_dir)
+        self.log_path = pathlib.Path(log_path)
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.proc = None
+
+    def start(self):
+        binary = os.environ.get("GRANTLINE_BIN", str(ROOT / "target/debug/grantline"))
+        env = dict(os.environ)
+        env.update(
+            GRANTLINE_DATA_DIR=str(self.data_dir),
+            GRANTLINE_CONFIG=str(self.data_dir / "grantline.toml"),
+            GRANTLINE_ADMIN_PASSWORD=ADMIN_PASSWORD,
+            GRANTLINE_E2E_RS_SECRET=RS_SECRET,
+            GRANTLINE_LOG="debug,sqlx=warn,hyper=info,h2=info,rustls=info",
+            NO_COLOR="1",
+        )
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [binary, "serve", "--listen", f"127.0.0.1:{self.port}"],
+            env=env, stdout=log, stderr=subprocess.STDOUT,
+        )
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("grantline exited: " + self.log_path.read_text()[-3000:])
+            try:
+                if requests.get(self.base + "/healthz", timeout=1).status_code == 200:
+                    return self
+            except requests.ConnectionError:
+                time.sleep(0.1)
+        raise RuntimeError("grantline did not start")
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=30)
+        self.proc = None
+
+
+@pytest.fixture
+def server(tmp_path):
+    s = Server(tmp_path / "data", tmp_path / "server.log")
+    (tmp_path / "data").mkdir(exist_ok=True)
+    (s.data_dir / "grantline.toml").write_text(CONFIG)
+    s.start()
+    yield s
+    s.stop()
