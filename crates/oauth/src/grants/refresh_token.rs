@@ -67,7 +67,7 @@ pub fn decide(
     }
     let lt = &ctx.settings.lifetimes;
     if let Some(rotated_at) = token.rotated_at
-        && ctx.now > rotated_at.plus_secs(lt.refresh_grace as i64)
+        && ctx.now >= rotated_at.plus_secs(lt.refresh_grace as i64)
     {
         let event = NewEvent::new(
             StreamId::family(&family.family_id),

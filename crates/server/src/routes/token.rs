@@ -69,7 +69,6 @@ async fn handle(
         .into());
     }
     let settings = app.settings_for(&ctx.issuer);
-    let now = app.now();
     let fresh = crate::random::fresh_tokens();
     let resource = param(&params, "resource");
     let outcome = match grant {
@@ -93,7 +92,7 @@ async fn handle(
                 let c = Context {
                     settings: &settings,
                     jwt: &app.jwt,
-                    now,
+                    now: app.now(),
                     fresh: fresh.clone(),
                     request: Some(meta.clone()),
                 };
@@ -116,7 +115,7 @@ async fn handle(
                 let c = Context {
                     settings: &settings,
                     jwt: &app.jwt,
-                    now,
+                    now: app.now(),
                     fresh: fresh.clone(),
                     request: Some(meta.clone()),
                 };
@@ -135,7 +134,7 @@ async fn handle(
                 let c = Context {
                     settings: &settings,
                     jwt: &app.jwt,
-                    now,
+                    now: app.now(),
                     fresh: fresh.clone(),
                     request: Some(meta.clone()),
                 };

@@ -1,0 +1,656 @@
+//! The authorization server over HTTP: the refusals a client can provoke, and the rules that
+//! revoke token families. The flows that hinge on the ledger run on SQLite and PostgreSQL.
+
+mod common;
+
+use common::*;
+use grantline_store::backend_tests;
+use grantline_store::testing::{TestDb, sqlite};
+use reqwest::StatusCode;
+
+async fn server(db: &TestDb, grace: u64, code_ttl: u64) -> (Server, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), grace, code_ttl);
+    (Server::start(db, dir.path().to_path_buf(), cfg).await, dir)
+}
+
+fn params<'a>(client: &'a str, challenge: &'a str, resource: &'a str) -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("response_type", "code"),
+        ("client_id", client),
+        ("redirect_uri", REDIRECT),
+        ("scope", "demo:read"),
+        ("state", "st-1"),
+        ("code_challenge", challenge),
+        ("code_challenge_method", "S256"),
+        ("resource", resource),
+    ]
+}
+
+fn with<'a>(
+    mut p: Vec<(&'a str, &'a str)>,
+    k: &'a str,
+    v: Option<&'a str>,
+) -> Vec<(&'a str, &'a str)> {
+    p.retain(|(a, _)| *a != k);
+    if let Some(v) = v {
+        p.push((k, v));
+    }
+    p
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pkce_plain_missing_or_unknown_is_refused_with_iss_on_the_error_redirect() {
+    let db = sqlite().await;
+    let (s, _d) = server(&db, 30, 60).await;
+    let client = register_public(&s, REDIRECT).await;
+    let (_, challenge) = pkce();
+    let resource = s.resource();
+    let b = browser();
+    login(&s, &b).await;
+    let base = params(&client, &challenge, &resource);
+    for p in [
+        with(base.clone(), "code_challenge_method", Some("plain")),
+        with(base.clone(), "code_challenge_method", None),
+        with(base.clone(), "code_challenge_method", Some("S512")),
+        with(base.clone(), "code_challenge", None),
+    ] {
+        let r = b.get(authorize_url(&s, &p)).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::FOUND);
+        let u = url::Url::parse(r.headers()["location"].to_str().unwrap()).unwrap();
+        assert!(u.as_str().starts_with(REDIRECT));
+        assert_eq!(query(&u, "error").as_deref(), Some("invalid_request"));
+        assert_eq!(query(&u, "state").as_deref(), Some("st-1"));
+        assert_eq!(query(&u, "iss").as_deref(), Some(s.base.as_str()));
+        assert!(query(&u, "code").is_none());
+    }
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_client_or_unregistered_redirect_shows_a_page_and_never_redirects() {
+    let db = sqlite().await;
+    let (s, _d) = server(&db, 30, 60).await;
+    let client = register_public(&s, REDIRECT).await;
+    let (_, challenge) = pkce();
+    let resource = s.resource();
+    let base = params(&client, &challenge, &resource);
+    for p in [
+        with(
+            base.clone(),
+            "redirect_uri",
+            Some("http://127.0.0.1:7777/other"),
+        ),
+        with(
+            base.clone(),
+            "redirect_uri",
+            Some("https://evil.example/cb"),
+        ),
+        with(base.clone(), "client_id", Some("cli_unknown")),
+    ] {
+        let r = browser().get(authorize_url(&s, &p)).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        assert!(r.headers().get("location").is_none());
+        assert_eq!(r.headers()["x-frame-options"], "DENY");
+        let body = r.text().await.unwrap();
+        assert!(
+            !body.contains("evil.example"),
+            "the page must not link to the bad URI"
+        );
+    }
+    // The same port-agnostic loopback URI on another port is fine (RFC 8252).
+    let b = browser();
+    login(&s, &b).await;
+    let p = with(
+        base.clone(),
+        "redirect_uri",
+        Some("http://127.0.0.1:5555/cb"),
+    );
+    let u = approve(&s, &b, &authorize_url(&s, &p)).await;
+    assert!(u.as_str().starts_with("http://127.0.0.1:5555/cb?"));
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_or_missing_resource_is_invalid_target() {
+    let db = sqlite().await;
+    let (s, _d) = server(&db, 30, 60).await;
+    let client = register_public(&s, REDIRECT).await;
+    let (_, challenge) = pkce();
+    let resource = s.resource();
+    let b = browser();
+    login(&s, &b).await;
+    let base = params(&client, &challenge, &resource);
+    let other = s.url("/mcp/other");
+    for p in [
+        with(base.clone(), "resource", Some(other.as_str())),
+        with(base.clone(), "resource", None),
+    ] {
+        let r = b.get(authorize_url(&s, &p)).send().await.unwrap();
+        let u = url::Url::parse(r.headers()["location"].to_str().unwrap()).unwrap();
+        assert_eq!(query(&u, "error").as_deref(), Some("invalid_target"));
+    }
+    // A trailing slash names the same resource.
+    let slash = format!("{resource}/");
+    let u = approve(
+        &s,
+        &b,
+        &authorize_url(&s, &with(base, "resource", Some(&slash))),
+    )
+    .await;
+    assert!(query(&u, "code").is_some());
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_verifier_wrong_redirect_and_expired_code_are_invalid_grant() {
+    let db = sqlite().await;
+    let (s, _d) = server(&db, 30, 1).await;
+    let (client, code, verifier) = code(&s, "demo:read").await;
+    let (st, e) = exchange(
+        &s,
+        &client,
+        &code,
+        "wrong-verifier-wrong-verifier-wrong-verifier-x",
+    )
+    .await;
+    assert_eq!(
+        (st, s_(&e)),
+        (StatusCode::BAD_REQUEST, "invalid_grant".into())
+    );
+    let (st, e) = token(
+        &s,
+        &[
+            ("grant_type", "authorization_code"),
+            ("client_id", &client),
+            ("code", &code),
+            ("redirect_uri", "http://127.0.0.1:7777/elsewhere"),
+            ("code_verifier", &verifier),
+        ],
+    )
+    .await;
+    assert_eq!(
+        (st, s_(&e)),
+        (StatusCode::BAD_REQUEST, "invalid_grant".into())
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    let (st, e) = exchange(&s, &client, &code, &verifier).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    assert_eq!(s_(&e), "invalid_grant");
+    assert!(e["error_description"].as_str().unwrap().contains("expired"));
+    s.stop().await;
+}
+
+fn s_(v: &serde_json::Value) -> String {
+    get(v, "error")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_authentication_failures_are_invalid_client_401() {
+    let db = sqlite().await;
+    let (s, _d) = server(&db, 30, 60).await;
+    // A confidential client without its secret, with a wrong one, and an unknown client.
+    for form in [
+        vec![("grant_type", "client_credentials"), ("client_id", "rs")],
+        vec![
+            ("grant_type", "client_credentials"),
+            ("client_id", "rs"),
+            ("client_secret", "nope"),
+        ],
+        vec![
+            ("grant_type", "client_credentials"),
+            ("client_id", "nobody"),
+        ],
+    ] {
+        let (st, e) = token(&s, &form).await;
+        assert_eq!(st, StatusCode::UNAUTHORIZED, "{e}");
+        assert_eq!(s_(&e), "invalid_client");
+    }
+    let r = browser()
+        .post(s.url("/oauth/token"))
+        .basic_auth("rs", Some("wrong"))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert!(r.headers().contains_key("www-authenticate"));
+    // With the secret over HTTP Basic: a token for the resource, no refresh token.
+    let resource = s.resource();
+    let r = browser()
+        .post(s.url("/oauth/token"))
+        .basic_auth("rs", Some(RS_SECRET))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("resource", &resource),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let t: serde_json::Value = r.json().await.unwrap();
+    assert!(t.get("refresh_token").is_none());
+    assert!(active(&s, &get(&t, "access_token")).await);
+    // A public client may not use client_credentials.
+    let public = register_public(&s, REDIRECT).await;
+    let (st, e) = token(
+        &s,
+        &[("grant_type", "client_credentials"), ("client_id", &public)],
+    )
+    .await;
+    assert_eq!(
+        (st, s_(&e)),
+        (StatusCode::BAD_REQUEST, "unauthorized_client".into())
+    );
+    // Malformed bodies change nothing and get RFC 6749 errors, never a 500.
+    let r = browser()
+        .post(s.url("/oauth/token"))
+        .body("{}")
+        .header("content-type", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let (st, e) = token(&s, &[("grant_type", "password"), ("client_id", &public)]).await;
+    assert_eq!(
+        (st, s_(&e)),
+        (StatusCode::BAD_REQUEST, "unsupported_grant_type".into())
+    );
+    let (st, e) = token(
+        &s,
+        &[
+            ("grant_type", "refresh_token"),
+            ("grant_type", "refresh_token"),
+            ("client_id", &public),
+        ],
+    )
+    .await;
+    assert_eq!(
+        (st, s_(&e)),
+        (StatusCode::BAD_REQUEST, "invalid_request".into())
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_keeps_the_resource_and_may_narrow_but_not_widen_scope() {
+    let db = sqlite().await;
+    let (s, _d) = server(&db, 30, 60).await;
+    let (client, code, verifier) = code(&s, "demo:read demo:write").await;
+    let (_, t) = exchange(&s, &client, &code, &verifier).await;
+    let other = s.url("/mcp/jwt");
+    let rt = get(&t, "refresh_token");
+    let (st, e) = token(
+        &s,
+        &[
+            ("grant_type", "refresh_token"),
+            ("client_id", &client),
+            ("refresh_token", &rt),
+            ("resource", &other),
+        ],
+    )
+    .await;
+    assert_eq!(
+        (st, s_(&e)),
+        (StatusCode::BAD_REQUEST, "invalid_target".into())
+    );
+    let (st, e) = token(
+        &s,
+        &[
+            ("grant_type", "refresh_token"),
+            ("client_id", &client),
+            ("refresh_token", &rt),
+            ("scope", "demo:read jwt:read"),
+        ],
+    )
+    .await;
+    assert_eq!(
+        (st, s_(&e)),
+        (StatusCode::BAD_REQUEST, "invalid_scope".into())
+    );
+    let (st, narrow) = token(
+        &s,
+        &[
+            ("grant_type", "refresh_token"),
+            ("client_id", &client),
+            ("refresh_token", &rt),
+            ("scope", "demo:read"),
+        ],
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "{narrow}");
+    assert_eq!(get(&narrow, "scope"), "demo:read");
+    // The old token stops working outside the grace period only; the new one works.
+    let (st, _) = refresh(&s, &client, &get(&narrow, "refresh_token")).await;
+    assert_eq!(st, StatusCode::OK);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwt_resources_get_rfc9068_tokens_verifiable_with_the_jwks() {
+    use base64::Engine;
+    let db = sqlite().await;
+    let (s, _d) = server(&db, 30, 60).await;
+    let client = register_public(&s, REDIRECT).await;
+    let b = browser();
+    login(&s, &b).await;
+    let (verifier, challenge) = pkce();
+    let resource = s.url("/mcp/jwt");
+    let u = approve(
+        &s,
+        &b,
+        &authorize_url(
+            &s,
+            &[
+                ("response_type", "code"),
+                ("client_id", &client),
+                ("redirect_uri", REDIRECT),
+                ("scope", "jwt:read"),
+                ("code_challenge", &challenge),
+                ("code_challenge_method", "S256"),
+                ("resource", &resource),
+            ],
+        ),
+    )
+    .await;
+    let (st, t) = exchange(&s, &client, &query(&u, "code").unwrap(), &verifier).await;
+    assert_eq!(st, StatusCode::OK, "{t}");
+    let jwt = get(&t, "access_token");
+    let parts: Vec<&str> = jwt.split('.').collect();
+    assert_eq!(parts.len(), 3);
+    let dec = |p: &str| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(p)
+            .unwrap()
+    };
+    let header: serde_json::Value = serde_json::from_slice(&dec(parts[0])).unwrap();
+    let claims: serde_json::Value = serde_json::from_slice(&dec(parts[1])).unwrap();
+    assert_eq!(header["typ"], "at+jwt");
+    assert_eq!(claims["aud"], resource.as_str());
+    assert_eq!(claims["iss"], s.base.as_str());
+    assert_eq!(claims["client_id"], client.as_str());
+    let jwks: serde_json::Value = browser()
+        .get(s.url("/.well-known/jwks.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["kid"] == header["kid"])
+        .expect("kid in JWKS");
+    let x: [u8; 32] = dec(key["x"].as_str().unwrap()).try_into().unwrap();
+    let vk = ed25519_dalek::VerifyingKey::from_bytes(&x).unwrap();
+    let sig = ed25519_dalek::Signature::from_slice(&dec(parts[2])).unwrap();
+    use ed25519_dalek::Verifier;
+    assert!(
+        vk.verify(format!("{}.{}", parts[0], parts[1]).as_bytes(), &sig)
+            .is_ok()
+    );
+    assert!(active(&s, &jwt).await);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consent_is_remembered_until_more_scope_or_prompt_consent() {
+    let db = sqlite().await;
+    let (s, _d) = server(&db, 30, 60).await;
+    let client = register_public(&s, REDIRECT).await;
+    let b = browser();
+    login(&s, &b).await;
+    let (_, challenge) = pkce();
+    let resource = s.resource();
+    let base = params(&client, &challenge, &resource);
+    let first = b.get(authorize_url(&s, &base)).send().await.unwrap();
+    assert_eq!(first.status(), StatusCode::OK, "first time: consent page");
+    let page = first.text().await.unwrap();
+    // Without the CSRF token the approval is refused.
+    let r = b
+        .post(s.url("/oauth/consent"))
+        .form(&[
+            ("request_id", field(&page, "request_id")),
+            ("csrf", "forged".into()),
+            ("decision", "approve".into()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    approve(&s, &b, &authorize_url(&s, &base)).await;
+    let again = b.get(authorize_url(&s, &base)).send().await.unwrap();
+    assert_eq!(again.status(), StatusCode::FOUND, "same scopes: no page");
+    let more = with(base.clone(), "scope", Some("demo:read demo:write"));
+    assert_eq!(
+        b.get(authorize_url(&s, &more))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    let forced = with(base.clone(), "prompt", Some("consent"));
+    assert_eq!(
+        b.get(authorize_url(&s, &forced))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    // Deny sends access_denied back with state and iss.
+    let page = b
+        .get(authorize_url(&s, &forced))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let r = b
+        .post(s.url("/oauth/consent"))
+        .form(&[
+            ("request_id", field(&page, "request_id")),
+            ("csrf", field(&page, "csrf")),
+            ("decision", "deny".into()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    let u = url::Url::parse(r.headers()["location"].to_str().unwrap()).unwrap();
+    assert_eq!(query(&u, "error").as_deref(), Some("access_denied"));
+    assert_eq!(query(&u, "iss").as_deref(), Some(s.base.as_str()));
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registration_refuses_bad_redirect_uris_with_rfc7591_errors() {
+    let db = sqlite().await;
+    let (s, _d) = server(&db, 30, 60).await;
+    for (body, err) in [
+        (
+            serde_json::json!({"redirect_uris": ["http://app.example/cb"], "token_endpoint_auth_method": "none"}),
+            "invalid_redirect_uri",
+        ),
+        (
+            serde_json::json!({"redirect_uris": ["https://app.example/cb#frag"]}),
+            "invalid_redirect_uri",
+        ),
+        (
+            serde_json::json!({"redirect_uris": ["https://*.example/cb"]}),
+            "invalid_redirect_uri",
+        ),
+        (
+            serde_json::json!({"redirect_uris": ["http://127.0.0.1/cb"], "application_type": "web"}),
+            "invalid_redirect_uri",
+        ),
+        (
+            serde_json::json!({"redirect_uris": []}),
+            "invalid_redirect_uri",
+        ),
+        (
+            serde_json::json!({"redirect_uris": ["https://a.example/cb"], "token_endpoint_auth_method": "private_key_jwt"}),
+            "invalid_client_metadata",
+        ),
+    ] {
+        let r = browser()
+            .post(s.url("/oauth/register"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{body}");
+        let e: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(s_(&e), err, "{body}");
+    }
+    let r = browser()
+        .post(s.url("/oauth/register"))
+        .header("content-type", "application/json")
+        .body("{\"redirect_uris\": [")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    // A confidential client gets its secret once, and must present it.
+    let r = browser().post(s.url("/oauth/register")).json(&serde_json::json!({
+        "redirect_uris": ["https://app.example/cb"], "token_endpoint_auth_method": "client_secret_post",
+        "grant_types": ["authorization_code", "refresh_token"]
+    })).send().await.unwrap();
+    let reg: serde_json::Value = r.json().await.unwrap();
+    assert!(get(&reg, "client_secret").starts_with("gls_"));
+    let (st, _) = token(
+        &s,
+        &[
+            ("grant_type", "refresh_token"),
+            ("client_id", &get(&reg, "client_id")),
+            ("refresh_token", "glr_x"),
+        ],
+    )
+    .await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    s.stop().await;
+}
+
+backend_tests! {
+    async fn code_replay_revokes_the_tokens_of_the_first_redemption(db: TestDb) {
+        let (s, _d) = server(&db, 30, 60).await;
+        let (client, code, verifier) = code(&s, "demo:read").await;
+        let (st, t) = exchange(&s, &client, &code, &verifier).await;
+        assert_eq!(st, StatusCode::OK);
+        assert!(active(&s, &get(&t, "access_token")).await);
+        let (st, e) = exchange(&s, &client, &code, &verifier).await;
+        assert_eq!((st, s_(&e)), (StatusCode::BAD_REQUEST, "invalid_grant".into()));
+        assert!(!active(&s, &get(&t, "access_token")).await, "first tokens die too");
+        let (st, _) = refresh(&s, &client, &get(&t, "refresh_token")).await;
+        assert_eq!(st, StatusCode::BAD_REQUEST);
+        s.stop().await;
+    }
+
+    async fn refresh_reuse_after_grace_revokes_the_whole_family(db: TestDb) {
+        let (s, _d) = server(&db, 0, 60).await;
+        let (client, code, verifier) = code(&s, "demo:read").await;
+        let (_, t1) = exchange(&s, &client, &code, &verifier).await;
+        let (st, t2) = refresh(&s, &client, &get(&t1, "refresh_token")).await;
+        assert_eq!(st, StatusCode::OK);
+        let (st, t3) = refresh(&s, &client, &get(&t2, "refresh_token")).await;
+        assert_eq!(st, StatusCode::OK);
+        assert!(active(&s, &get(&t3, "access_token")).await);
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        // An attacker (or a confused client) presents the first, rotated token.
+        let (st, e) = refresh(&s, &client, &get(&t1, "refresh_token")).await;
+        assert_eq!((st, s_(&e)), (StatusCode::BAD_REQUEST, "invalid_grant".into()));
+        assert!(!active(&s, &get(&t3, "access_token")).await, "the newest access token dies");
+        let (st, _) = refresh(&s, &client, &get(&t3, "refresh_token")).await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "the newest refresh token dies");
+        let kinds = s.app.store().stream_kinds(&grantline_ledger::StreamId::family(
+            s.app.projection.read().families.values().next().unwrap().family_id.as_str(),
+        )).await.unwrap();
+        assert!(kinds.iter().any(|k| k == "refresh.reuse_detected"), "{kinds:?}");
+        s.stop().await;
+    }
+
+    async fn within_the_grace_period_a_client_that_raced_itself_is_not_locked_out(db: TestDb) {
+        let (s, _d) = server(&db, 30, 60).await;
+        let (client, code, verifier) = code(&s, "demo:read").await;
+        let (_, t1) = exchange(&s, &client, &code, &verifier).await;
+        let rt = get(&t1, "refresh_token");
+        // The response to the first refresh was lost; the client retries with the same token.
+        let (st, lost) = refresh(&s, &client, &rt).await;
+        assert_eq!(st, StatusCode::OK);
+        let (st, retry) = refresh(&s, &client, &rt).await;
+        assert_eq!(st, StatusCode::OK, "{retry}");
+        assert!(active(&s, &get(&retry, "access_token")).await);
+        let (st, _) = refresh(&s, &client, &get(&retry, "refresh_token")).await;
+        assert_eq!(st, StatusCode::OK);
+        assert!(active(&s, &get(&lost, "access_token")).await, "no family revocation");
+        s.stop().await;
+    }
+
+    async fn concurrent_refreshes_beyond_grace_never_leave_two_live_branches(db: TestDb) {
+        let (s, _d) = server(&db, 0, 60).await;
+        let (client, code, verifier) = code(&s, "demo:read").await;
+        let (_, t) = exchange(&s, &client, &code, &verifier).await;
+        let rt = get(&t, "refresh_token");
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            let (base, client, rt) = (s.base.clone(), client.clone(), rt.clone());
+            tasks.push(tokio::spawn(async move {
+                let r = browser().post(format!("{base}/oauth/token")).form(&[
+                    ("grant_type", "refresh_token"), ("client_id", &client), ("refresh_token", &rt),
+                ]).send().await.unwrap();
+                let st = r.status();
+                (st, r.json::<serde_json::Value>().await.unwrap())
+            }));
+        }
+        let mut winners = Vec::new();
+        for t in tasks {
+            let (st, body) = t.await.unwrap();
+            if st == StatusCode::OK {
+                winners.push(get(&body, "refresh_token"));
+            } else {
+                assert_eq!(s_(&body), "invalid_grant");
+            }
+        }
+        assert!(winners.len() <= 1, "{} branches", winners.len());
+        let mut live = 0;
+        for w in &winners {
+            if refresh(&s, &client, w).await.0 == StatusCode::OK {
+                live += 1;
+            }
+        }
+        assert!(live <= 1);
+        let state = s.app.projection.read();
+        let fam = state.families.values().next().unwrap();
+        let unrotated_live = state.refresh_tokens.values().filter(|r| r.family_id == fam.family_id && r.rotated_at.is_none() && !r.revoked).count();
+        assert!(fam.revoked.is_some() || unrotated_live <= 1);
+        drop(state);
+        s.stop().await;
+    }
+
+    async fn restart_rebuilds_clients_grants_and_tokens_from_the_ledger(db: TestDb) {
+        let dir = tempfile::tempdir().unwrap();
+        let s1 = Server::start(&db, dir.path().to_path_buf(), config(dir.path(), 30, 60)).await;
+        let (client, code, verifier) = code(&s1, "demo:read").await;
+        let (_, t) = exchange(&s1, &client, &code, &verifier).await;
+        let before = s1.app.projection.read().clone();
+        let s1_base = s1.base.clone();
+        s1.stop().await;
+        // Same issuer (public URL) as before; the listener's port may differ.
+        let mut cfg = config(dir.path(), 30, 60);
+        cfg.server.public_url = Some(s1_base.clone());
+        let s2 = Server::start(&db, dir.path().to_path_buf(), cfg).await;
+        {
+            let after = s2.app.projection.read();
+            assert_eq!(after.clients, before.clients);
+            assert_eq!(after.grants, before.grants);
+            assert_eq!(after.refresh_tokens, before.refresh_tokens);
+        }
+        assert!(active(&s2, &get(&t, "access_token")).await);
+        let (st, body) = refresh(&s2, &client, &get(&t, "refresh_token")).await;
+        assert_eq!(st, StatusCode::OK, "{body}");
+        s2.stop().await;
+    }
+}
