@@ -1,7 +1,8 @@
 """Starts a real `grantline serve` for the end-to-end tests.
 
 The binary is `$GRANTLINE_BIN` (tools/test.sh sets it) or target/debug/grantline. Each server
-gets its own data directory (SQLite) or, with $GRANTLINE_E2E_DATABASE_URL, a PostgreSQL database.
+gets its own data directory and SQLite ledger (the PostgreSQL paths are covered by the Rust
+HTTP tests in crates/server/tests, which run on both backends).
 """
 import os
 import pathlib

@@ -1,0 +1,1027 @@
+//! Given events → when a request → then events or an error: every decider's paths, with a
+//! tiny in-memory ledger that assigns seq and stream versions and checks expectations.
+
+use grantline_ledger::*;
+use grantline_oauth::authorize::{self, AuthorizationQuery, FreshCode, Refusal};
+use grantline_oauth::client_auth::{Presented, authenticate};
+use grantline_oauth::grants::Context;
+use grantline_oauth::grants::authorization_code::{self, CodeRequest};
+use grantline_oauth::grants::client_credentials::{self, ClientCredentialsRequest};
+use grantline_oauth::grants::refresh_token::{self, RefreshRequest};
+use grantline_oauth::register::{self, AllowRule, FreshClient, Policy, RegistrationRequest};
+use grantline_oauth::tokens::{Fresh, JwtSigner, Secret, TokenResponse};
+use grantline_oauth::*;
+use grantline_state::{State, apply};
+use std::collections::HashMap;
+
+const T0: i64 = 1_800_000_000;
+const RES: &str = "https://as.example/mcp/demo";
+const REDIRECT: &str = "http://127.0.0.1:9000/cb";
+const VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
+
+struct World {
+    state: State,
+    versions: HashMap<StreamId, u64>,
+    now: Timestamp,
+    settings: Settings,
+    jwt: JwtSigner,
+    n: u64,
+}
+
+impl World {
+    fn new() -> World {
+        World {
+            state: State::default(),
+            versions: HashMap::new(),
+            now: Timestamp::from_secs(T0),
+            settings: Settings {
+                issuer: "https://as.example".into(),
+                resources: vec![Resource {
+                    id: RES.into(),
+                    name: "demo".into(),
+                    description: "Demo".into(),
+                    scopes: vec![
+                        ScopeDef {
+                            name: "demo:read".into(),
+                            description: "Read".into(),
+                        },
+                        ScopeDef {
+                            name: "demo:write".into(),
+                            description: "Write".into(),
+                        },
+                    ],
+                    default_scopes: vec!["demo:read".into()],
+                    token_format: TokenFormat::Opaque,
+                }],
+                lifetimes: Lifetimes {
+                    refresh_grace: 10,
+                    ..Lifetimes::default()
+                },
+            },
+            jwt: JwtSigner::new(ed25519_dalek::SigningKey::from_bytes(&[3; 32])),
+            n: 0,
+        }
+    }
+
+    /// Appends like the ledger would: all or nothing, checking stream versions.
+    fn commit(&mut self, a: &Append) -> Result<Vec<Kind>, String> {
+        for (stream, want) in &a.expect {
+            let have = self.versions.get(stream).copied().unwrap_or(0);
+            if !want.admits(have) {
+                return Err(format!("conflict on {stream}"));
+            }
+        }
+        let mut kinds = Vec::new();
+        for e in &a.events {
+            let v = self.versions.entry(e.stream.clone()).or_insert(0);
+            *v += 1;
+            let envelope = Envelope {
+                seq: self.state.seq + 1,
+                id: uuid::Uuid::now_v7(),
+                time: self.now,
+                stream: e.stream.clone(),
+                version: *v,
+                actor: e.actor.clone(),
+                tenant: None,
+                payload: e.payload.clone(),
+            };
+            kinds.push(envelope.kind());
+            apply(
+                &mut self.state,
+                &Recorded {
+                    envelope,
+                    prev_hash: GENESIS,
+                    hash: GENESIS,
+                },
+            );
+        }
+        Ok(kinds)
+    }
+
+    fn tick(&mut self, secs: i64) {
+        self.now = self.now.plus_secs(secs);
+    }
+
+    fn id(&mut self, p: &str) -> String {
+        self.n += 1;
+        format!("{p}_{}", self.n)
+    }
+
+    fn fresh(&mut self) -> Fresh {
+        self.n += 1;
+        let n = self.n;
+        Fresh {
+            access_id: format!("at_{n}"),
+            access_bytes: [(n % 251) as u8; 32],
+            refresh_id: format!("rt_{n}"),
+            refresh: Secret(format!("glr_{n}_refresh")),
+        }
+    }
+
+    /// A decider context that does not borrow the world (leaked: tests only), so the state can
+    /// be passed next to it.
+    fn ctx(&mut self) -> Context<'static> {
+        let fresh = self.fresh();
+        let settings: &'static Settings = Box::leak(Box::new(self.settings.clone()));
+        let jwt: &'static JwtSigner = Box::leak(Box::new(self.jwt.clone()));
+        Context {
+            settings,
+            jwt,
+            now: self.now,
+            fresh,
+            request: None,
+        }
+    }
+
+    fn client(&mut self, auth: AuthMethod, grants: Vec<GrantType>, redirects: Vec<&str>) -> String {
+        let id = self.id("cli");
+        let e = ClientRegistered {
+            client_id: id.clone(),
+            client_name: "Test".into(),
+            method: RegistrationMethod::Dynamic,
+            application_type: ApplicationType::Native,
+            token_endpoint_auth_method: auth,
+            redirect_uris: redirects.into_iter().map(String::from).collect(),
+            grant_types: grants,
+            scope: Some("demo:read".into()),
+            software_id: None,
+            software_version: None,
+            client_uri: None,
+            logo_uri: None,
+            metadata_document_url: None,
+            secret_digest: (auth != AuthMethod::None).then(|| secret_digest(b"s3cret")),
+            expires_at: None,
+            request: None,
+        };
+        self.commit(&Append::new(vec![NewEvent::new(
+            StreamId::client(&id),
+            Actor::System,
+            e,
+        )]))
+        .unwrap();
+        id
+    }
+
+    fn public_client(&mut self) -> String {
+        self.client(
+            AuthMethod::None,
+            vec![GrantType::AuthorizationCode, GrantType::RefreshToken],
+            vec![REDIRECT],
+        )
+    }
+
+    fn user(&mut self) -> String {
+        let id = self.id("usr");
+        let e = UserCreated {
+            user_id: id.clone(),
+            username: Sealed {
+                subject: "x".into(),
+                nonce: [0; 24],
+                ciphertext: vec![1],
+            },
+            email: None,
+            display_name: None,
+            role: "user".into(),
+            source: UserSource::Admin,
+        };
+        self.commit(&Append::new(vec![NewEvent::new(
+            StreamId::user(&id),
+            Actor::System,
+            e,
+        )]))
+        .unwrap();
+        id
+    }
+
+    fn disable_user(&mut self, user: &str) {
+        let e = UserDisabled {
+            user_id: user.into(),
+            reason: "x".into(),
+        };
+        self.commit(&Append::new(vec![NewEvent::new(
+            StreamId::user(user),
+            Actor::System,
+            e,
+        )]))
+        .unwrap();
+    }
+
+    fn query(&self, client: &str) -> AuthorizationQuery {
+        AuthorizationQuery {
+            response_type: Some("code".into()),
+            client_id: Some(client.into()),
+            redirect_uri: Some(REDIRECT.into()),
+            scope: Some("demo:read".into()),
+            state: Some("st".into()),
+            code_challenge: Some(pkce::challenge_of(VERIFIER)),
+            code_challenge_method: Some("S256".into()),
+            resource: vec![RES.into()],
+            prompt: None,
+        }
+    }
+
+    /// A code for `client` and `user`.
+    fn code(&mut self, client: &str, user: &str, scope: &str) -> String {
+        let mut q = self.query(client);
+        q.scope = Some(scope.into());
+        let v = authorize::validate(&self.state, &self.settings, &q).unwrap();
+        let fresh = FreshCode {
+            code: Secret(format!("glc_{}", self.id("code"))),
+            grant_id: self.id("gr"),
+            family_id: self.id("fam"),
+        };
+        let d = authorize::approve(
+            &self.state,
+            &self.settings,
+            user,
+            &v,
+            true,
+            self.now,
+            fresh,
+            None,
+        );
+        self.commit(&d.append).unwrap();
+        d.outcome.unwrap()
+    }
+
+    fn redeem(&mut self, client: &str, code: &str) -> Decision<TokenResponse> {
+        let c = self.state.clients[client].clone();
+        let req = CodeRequest {
+            code: code.into(),
+            redirect_uri: Some(REDIRECT.into()),
+            code_verifier: Some(VERIFIER.into()),
+            resource: None,
+        };
+        let ctx = self.ctx();
+        authorization_code::decide(&self.state, &c, &req, &ctx)
+    }
+
+    fn tokens(&mut self, client: &str, user: &str) -> TokenResponse {
+        let code = self.code(client, user, "demo:read demo:write");
+        let d = self.redeem(client, &code);
+        self.commit(&d.append).unwrap();
+        d.outcome.unwrap()
+    }
+
+    fn refresh_with(
+        &mut self,
+        client: &str,
+        req: RefreshRequest,
+    ) -> (Decision<TokenResponse>, Result<Vec<Kind>, String>) {
+        let c = self.state.clients[client].clone();
+        let ctx = self.ctx();
+        let d = refresh_token::decide(&self.state, &c, &req, &ctx);
+        let r = self.commit(&d.append);
+        (d, r)
+    }
+
+    fn refresh(
+        &mut self,
+        client: &str,
+        rt: &str,
+    ) -> (Decision<TokenResponse>, Result<Vec<Kind>, String>) {
+        self.refresh_with(
+            client,
+            RefreshRequest {
+                refresh_token: rt.into(),
+                scope: None,
+                resource: None,
+            },
+        )
+    }
+
+    fn live(&self, access: &str) -> bool {
+        self.state
+            .live_access_token(&secret_digest(access.as_bytes()), self.now)
+            .is_some()
+    }
+}
+
+fn code_of<T: std::fmt::Debug>(d: &Decision<T>) -> &'static str {
+    d.outcome
+        .as_ref()
+        .err()
+        .map(|e| e.code.as_str())
+        .unwrap_or("ok")
+}
+
+// ---------------------------------------------------------------- registration
+
+#[test]
+fn registration_by_policy() {
+    let w = World::new();
+    let req = RegistrationRequest {
+        redirect_uris: vec![REDIRECT.into()],
+        token_endpoint_auth_method: Some("none".into()),
+        client_name: Some("Cursor".into()),
+        software_id: Some("com.cursor".into()),
+        ..Default::default()
+    };
+    let fresh = || FreshClient {
+        client_id: "cli_n".into(),
+        secret: Secret("gls_x".into()),
+    };
+    let open = register::decide(&Policy::Open, &req, w.now, 60, fresh(), None);
+    assert_eq!(open.append.events[0].payload.kind(), Kind::ClientRegistered);
+    assert!(
+        open.outcome.unwrap().client_secret.is_none(),
+        "public clients get no secret"
+    );
+
+    let off = register::decide(&Policy::Off, &req, w.now, 60, fresh(), None);
+    assert_eq!(code_of(&off), "invalid_client_metadata");
+    assert_eq!(
+        off.append.events[0].payload.kind(),
+        Kind::RegistrationRejected
+    );
+
+    let rule = |name: &str| AllowRule {
+        client_name: Some(name.into()),
+        ..Default::default()
+    };
+    let allowed = register::decide(
+        &Policy::Allowlist(vec![rule("Cursor")]),
+        &req,
+        w.now,
+        60,
+        fresh(),
+        None,
+    );
+    assert!(allowed.outcome.is_ok());
+    let refused = register::decide(
+        &Policy::Allowlist(vec![rule("Claude")]),
+        &req,
+        w.now,
+        60,
+        fresh(),
+        None,
+    );
+    assert_eq!(
+        refused.append.events[0].payload.kind(),
+        Kind::RegistrationRejected
+    );
+    let host = AllowRule {
+        redirect_host: Some("127.0.0.1".into()),
+        ..Default::default()
+    };
+    assert!(
+        register::decide(
+            &Policy::Allowlist(vec![host]),
+            &req,
+            w.now,
+            60,
+            fresh(),
+            None
+        )
+        .outcome
+        .is_ok()
+    );
+    let sw = AllowRule {
+        software_id: Some("com.other".into()),
+        ..Default::default()
+    };
+    assert!(
+        register::decide(&Policy::Allowlist(vec![sw]), &req, w.now, 60, fresh(), None)
+            .outcome
+            .is_err()
+    );
+
+    let conf = RegistrationRequest {
+        token_endpoint_auth_method: Some("client_secret_post".into()),
+        ..req.clone()
+    };
+    let d = register::decide(&Policy::Open, &conf, w.now, 60, fresh(), None);
+    match &d.append.events[0].payload {
+        Payload::ClientRegistered(c) => {
+            assert_eq!(
+                c.secret_digest.as_deref(),
+                Some(secret_digest(b"gls_x").as_str())
+            );
+            assert_eq!(c.expires_at, Some(w.now.plus_secs(60)));
+        }
+        p => panic!("{p:?}"),
+    }
+    assert_eq!(d.outcome.unwrap().client_secret.as_deref(), Some("gls_x"));
+}
+
+#[test]
+fn registration_metadata_errors_record_nothing() {
+    let w = World::new();
+    let r = |f: fn(&mut RegistrationRequest)| {
+        let mut req = RegistrationRequest {
+            redirect_uris: vec![REDIRECT.into()],
+            ..Default::default()
+        };
+        f(&mut req);
+        req
+    };
+    let cases: Vec<(RegistrationRequest, &str)> = vec![
+        (
+            r(|q| q.redirect_uris = vec!["http://evil.example/cb".into()]),
+            "invalid_redirect_uri",
+        ),
+        (r(|q| q.redirect_uris = vec![]), "invalid_redirect_uri"),
+        (
+            r(|q| q.grant_types = Some(vec!["implicit".into()])),
+            "invalid_client_metadata",
+        ),
+        (
+            r(|q| q.response_types = Some(vec!["token".into()])),
+            "invalid_client_metadata",
+        ),
+        (
+            r(|q| q.application_type = Some("tv".into())),
+            "invalid_client_metadata",
+        ),
+        (
+            r(|q| {
+                q.token_endpoint_auth_method = Some("none".into());
+                q.grant_types = Some(vec!["client_credentials".into()]);
+            }),
+            "invalid_client_metadata",
+        ),
+        (
+            r(|q| q.client_uri = Some("javascript:alert(1)".into())),
+            "invalid_client_metadata",
+        ),
+    ];
+    for (req, err) in cases {
+        let fresh = FreshClient {
+            client_id: "c".into(),
+            secret: Secret("s".into()),
+        };
+        let d = register::decide(&Policy::Open, &req, w.now, 60, fresh, None);
+        assert_eq!(code_of(&d), err, "{req:?}");
+        assert!(d.append.events.is_empty());
+    }
+}
+
+// ---------------------------------------------------------------- authorization
+
+#[test]
+fn authorization_refusals_page_or_redirect() {
+    let mut w = World::new();
+    let client = w.public_client();
+    let base = w.query(&client);
+    let page = |q: &AuthorizationQuery| match authorize::validate(&w.state, &w.settings, q) {
+        Err(Refusal::Page(e)) => e.code.as_str(),
+        other => panic!("expected an error page, got {other:?}"),
+    };
+    let redirected = |q: &AuthorizationQuery| match authorize::validate(&w.state, &w.settings, q) {
+        Err(Refusal::Redirect {
+            error,
+            state,
+            redirect_uri,
+        }) => {
+            assert_eq!(state.as_deref(), Some("st"));
+            assert_eq!(redirect_uri, REDIRECT);
+            error.code.as_str()
+        }
+        other => panic!("expected an error redirect, got {other:?}"),
+    };
+    let q = |f: fn(&mut AuthorizationQuery)| {
+        let mut x = base.clone();
+        f(&mut x);
+        x
+    };
+    assert_eq!(page(&q(|x| x.client_id = None)), "invalid_request");
+    assert_eq!(
+        page(&q(|x| x.client_id = Some("nobody".into()))),
+        "invalid_client"
+    );
+    assert_eq!(
+        page(&q(
+            |x| x.redirect_uri = Some("https://evil.example/cb".into())
+        )),
+        "invalid_request"
+    );
+    assert_eq!(
+        redirected(&q(|x| x.response_type = Some("token".into()))),
+        "unsupported_response_type"
+    );
+    assert_eq!(
+        redirected(&q(|x| x.response_type = None)),
+        "invalid_request"
+    );
+    assert_eq!(
+        redirected(&q(|x| x.code_challenge_method = Some("plain".into()))),
+        "invalid_request"
+    );
+    assert_eq!(
+        redirected(&q(|x| x.code_challenge = None)),
+        "invalid_request"
+    );
+    assert_eq!(redirected(&q(|x| x.resource = vec![])), "invalid_target");
+    assert_eq!(
+        redirected(&q(|x| x.resource = vec!["https://other.example/x".into()])),
+        "invalid_target"
+    );
+    assert_eq!(
+        redirected(&q(|x| x.resource = vec![RES.into(), RES.into()])),
+        "invalid_target"
+    );
+    assert_eq!(
+        redirected(&q(|x| x.scope = Some("admin:all".into()))),
+        "invalid_scope"
+    );
+    assert_eq!(
+        redirected(&q(|x| x.scope = Some("a\"b".into()))),
+        "invalid_scope"
+    );
+    assert_eq!(
+        redirected(&q(|x| x.prompt = Some("none".into()))),
+        "access_denied"
+    );
+    // No scope: the resource's defaults. Beyond the client's registered scope: allowed (step-up).
+    let v = authorize::validate(&w.state, &w.settings, &q(|x| x.scope = None)).unwrap();
+    assert_eq!(
+        v.scopes.iter().cloned().collect::<Vec<_>>(),
+        vec!["demo:read".to_string()]
+    );
+    assert!(
+        authorize::validate(
+            &w.state,
+            &w.settings,
+            &q(|x| x.scope = Some("demo:write".into()))
+        )
+        .is_ok()
+    );
+    let slash = q(|x| x.resource = vec![format!("{RES}/")]);
+    assert_eq!(
+        authorize::validate(&w.state, &w.settings, &slash)
+            .unwrap()
+            .resource
+            .id,
+        RES
+    );
+}
+
+#[test]
+fn consent_is_needed_for_new_or_wider_scope_and_grants_accumulate() {
+    let mut w = World::new();
+    let client = w.public_client();
+    let user = w.user();
+    let v = authorize::validate(&w.state, &w.settings, &w.query(&client)).unwrap();
+    assert!(authorize::needs_consent(&w.state, &user, &v));
+    w.code(&client, &user, "demo:read");
+    assert!(!authorize::needs_consent(&w.state, &user, &v));
+    let mut wider = w.query(&client);
+    wider.scope = Some("demo:read demo:write".into());
+    let wv = authorize::validate(&w.state, &w.settings, &wider).unwrap();
+    assert!(authorize::needs_consent(&w.state, &user, &wv));
+    let mut forced = w.query(&client);
+    forced.prompt = Some("consent".into());
+    let fv = authorize::validate(&w.state, &w.settings, &forced).unwrap();
+    assert!(authorize::needs_consent(&w.state, &user, &fv));
+    w.code(&client, &user, "demo:write");
+    let g = w.state.grant_for(&user, &client, RES).unwrap();
+    assert_eq!(g.scopes.len(), 2, "one grant, scopes accumulated");
+    assert_eq!(g.families.len(), 2);
+}
+
+#[test]
+fn approval_for_a_disabled_user_is_refused_and_denial_is_recorded() {
+    let mut w = World::new();
+    let client = w.public_client();
+    let user = w.user();
+    w.disable_user(&user);
+    let v = authorize::validate(&w.state, &w.settings, &w.query(&client)).unwrap();
+    let fresh = FreshCode {
+        code: Secret("glc_a".into()),
+        grant_id: "g".into(),
+        family_id: "f".into(),
+    };
+    let d = authorize::approve(&w.state, &w.settings, &user, &v, true, w.now, fresh, None);
+    assert_eq!(code_of(&d), "access_denied");
+    assert!(d.append.events.is_empty());
+    let deny = authorize::deny(&user, &v, None);
+    assert_eq!(code_of(&deny), "access_denied");
+    assert_eq!(deny.append.events[0].payload.kind(), Kind::ConsentDenied);
+}
+
+// ---------------------------------------------------------------- authorization_code
+
+#[test]
+fn code_exchange_errors() {
+    let mut w = World::new();
+    let client = w.public_client();
+    let other = w.public_client();
+    let two = w.client(
+        AuthMethod::None,
+        vec![GrantType::AuthorizationCode],
+        vec![REDIRECT, "http://127.0.0.1:9001/cb"],
+    );
+    let user = w.user();
+    let code = w.code(&client, &user, "demo:read");
+    let c = w.state.clients[&client].clone();
+    let base = CodeRequest {
+        code: code.clone(),
+        redirect_uri: Some(REDIRECT.into()),
+        code_verifier: Some(VERIFIER.into()),
+        resource: None,
+    };
+    let r = |f: fn(&mut CodeRequest)| {
+        let mut x = base.clone();
+        f(&mut x);
+        x
+    };
+    let cases = vec![
+        (r(|x| x.code = "glc_nope".into()), "invalid_grant"),
+        (
+            r(|x| x.redirect_uri = Some("http://127.0.0.1:9000/other".into())),
+            "invalid_grant",
+        ),
+        (r(|x| x.code_verifier = None), "invalid_request"),
+        (
+            r(|x| x.code_verifier = Some("x".repeat(43))),
+            "invalid_grant",
+        ),
+        (
+            r(|x| x.resource = Some("https://other.example/r".into())),
+            "invalid_target",
+        ),
+    ];
+    for (req, want) in cases {
+        let ctx = w.ctx();
+        let d = authorization_code::decide(&w.state, &c, &req, &ctx);
+        assert_eq!(code_of(&d), want, "{req:?}");
+        assert!(d.append.events.is_empty());
+    }
+    // Omitting redirect_uri is fine for a client with one registered URI …
+    let ctx = w.ctx();
+    assert!(
+        authorization_code::decide(&w.state, &c, &r(|x| x.redirect_uri = None), &ctx)
+            .outcome
+            .is_ok()
+    );
+    // … not for one with two.
+    let code2 = w.code(&two, &user, "demo:read");
+    let c2 = w.state.clients[&two].clone();
+    let ctx = w.ctx();
+    let req2 = CodeRequest {
+        code: code2,
+        redirect_uri: None,
+        ..base.clone()
+    };
+    assert_eq!(
+        code_of(&authorization_code::decide(&w.state, &c2, &req2, &ctx)),
+        "invalid_request"
+    );
+    // Another client presenting the code.
+    let co = w.state.clients[&other].clone();
+    let ctx = w.ctx();
+    assert_eq!(
+        code_of(&authorization_code::decide(&w.state, &co, &base, &ctx)),
+        "invalid_grant"
+    );
+    // Expired.
+    w.tick(61);
+    let ctx = w.ctx();
+    let d = authorization_code::decide(&w.state, &c, &base, &ctx);
+    assert!(d.outcome.unwrap_err().description.contains("expired"));
+}
+
+#[test]
+fn code_exchange_issues_tokens_once_and_a_replay_revokes_the_family() {
+    let mut w = World::new();
+    let client = w.public_client();
+    let user = w.user();
+    let code = w.code(&client, &user, "demo:read");
+    // Two concurrent redemptions decided on the same state: one commits, the other conflicts.
+    let first = w.redeem(&client, &code);
+    let second = w.redeem(&client, &code);
+    assert_eq!(
+        w.commit(&first.append).unwrap(),
+        vec![Kind::CodeRedeemed, Kind::TokenIssued]
+    );
+    assert!(
+        w.commit(&second.append).is_err(),
+        "the family stream moved on"
+    );
+    let tokens = first.outcome.unwrap();
+    assert!(
+        tokens.refresh_token.is_some(),
+        "refresh_token grant registered"
+    );
+    assert!(w.live(&tokens.access_token));
+    // Deciding again on the new state: a replay.
+    let again = w.redeem(&client, &code);
+    assert_eq!(code_of(&again), "invalid_grant");
+    assert_eq!(w.commit(&again.append).unwrap(), vec![Kind::CodeReplayed]);
+    assert!(
+        !w.live(&tokens.access_token),
+        "the first redemption's tokens die"
+    );
+    let (d, _) = w.refresh(&client, tokens.refresh_token.as_deref().unwrap());
+    assert_eq!(code_of(&d), "invalid_grant");
+    // A further replay records nothing more.
+    assert!(w.redeem(&client, &code).append.events.is_empty());
+}
+
+// ---------------------------------------------------------------- refresh_token
+
+#[test]
+fn refresh_rotates_and_reuse_after_grace_revokes_the_family() {
+    let mut w = World::new();
+    let client = w.public_client();
+    let user = w.user();
+    let t1 = w.tokens(&client, &user);
+    let rt1 = t1.refresh_token.clone().unwrap();
+    let (d, r) = w.refresh(&client, &rt1);
+    assert_eq!(r.unwrap(), vec![Kind::TokenRefreshed]);
+    let t2 = d.outcome.unwrap();
+    // Within the grace period the rotated token still works (a lost response, a retry).
+    w.tick(5);
+    let (d, r) = w.refresh(&client, &rt1);
+    assert!(d.outcome.is_ok());
+    assert_eq!(r.unwrap(), vec![Kind::TokenRefreshed]);
+    // After it, it is reuse: recorded although the request fails, and the family dies.
+    w.tick(6);
+    let (d, r) = w.refresh(&client, &rt1);
+    assert_eq!(code_of(&d), "invalid_grant");
+    assert_eq!(r.unwrap(), vec![Kind::RefreshReuseDetected]);
+    assert!(!w.live(&t2.access_token));
+    let (d, r) = w.refresh(&client, t2.refresh_token.as_deref().unwrap());
+    assert_eq!(code_of(&d), "invalid_grant");
+    assert!(
+        r.unwrap().is_empty(),
+        "nothing more to record for a dead family"
+    );
+}
+
+#[test]
+fn two_rotations_decided_on_the_same_state_cannot_both_commit() {
+    let mut w = World::new();
+    let client = w.public_client();
+    let user = w.user();
+    let rt = w.tokens(&client, &user).refresh_token.unwrap();
+    let c = w.state.clients[&client].clone();
+    let req = RefreshRequest {
+        refresh_token: rt,
+        scope: None,
+        resource: None,
+    };
+    let ctx = w.ctx();
+    let a = refresh_token::decide(&w.state, &c, &req, &ctx);
+    let ctx = w.ctx();
+    let b = refresh_token::decide(&w.state, &c, &req, &ctx);
+    assert!(w.commit(&a.append).is_ok());
+    assert!(w.commit(&b.append).is_err());
+}
+
+#[test]
+fn refresh_errors() {
+    let mut w = World::new();
+    let client = w.public_client();
+    let other = w.public_client();
+    let user = w.user();
+    let rt = w.tokens(&client, &user).refresh_token.unwrap();
+    let req = |scope: Option<&str>, resource: Option<&str>| RefreshRequest {
+        refresh_token: rt.clone(),
+        scope: scope.map(String::from),
+        resource: resource.map(String::from),
+    };
+    let decide = |w: &mut World, who: &str, r: RefreshRequest| {
+        let c = w.state.clients[who].clone();
+        let ctx = w.ctx();
+        let d = refresh_token::decide(&w.state, &c, &r, &ctx);
+        assert!(d.outcome.is_ok() || d.append.events.is_empty());
+        code_of(&d)
+    };
+    let unknown = RefreshRequest {
+        refresh_token: "glr_unknown".into(),
+        scope: None,
+        resource: None,
+    };
+    assert_eq!(decide(&mut w, &client, unknown), "invalid_grant");
+    assert_eq!(decide(&mut w, &other, req(None, None)), "invalid_grant");
+    assert_eq!(
+        decide(&mut w, &client, req(None, Some("https://other.example/r"))),
+        "invalid_target"
+    );
+    assert_eq!(
+        decide(&mut w, &client, req(Some("demo:read demo:admin"), None)),
+        "invalid_scope"
+    );
+    assert_eq!(
+        decide(&mut w, &client, req(Some("bad\"scope"), None)),
+        "invalid_scope"
+    );
+    let slash = format!("{RES}/");
+    assert_eq!(
+        decide(&mut w, &client, req(Some("demo:read"), Some(&slash))),
+        "ok"
+    );
+    // Narrowing is allowed and the family keeps its full scope.
+    let (d, _) = w.refresh_with(&client, req(Some("demo:read"), None));
+    let narrow = d.outcome.unwrap();
+    assert_eq!(narrow.scope, "demo:read");
+    let (d, _) = w.refresh(&client, narrow.refresh_token.as_deref().unwrap());
+    assert_eq!(d.outcome.unwrap().scope, "demo:read demo:write");
+    // Idle expiry.
+    let t = w.tokens(&client, &user);
+    w.tick(7 * 86_400);
+    let (d, _) = w.refresh(&client, t.refresh_token.as_deref().unwrap());
+    assert_eq!(code_of(&d), "invalid_grant");
+    // Disabled user.
+    let t = w.tokens(&client, &user);
+    w.disable_user(&user);
+    let (d, _) = w.refresh(&client, t.refresh_token.as_deref().unwrap());
+    assert_eq!(code_of(&d), "invalid_grant");
+}
+
+#[test]
+fn absolute_lifetime_bounds_every_rotation() {
+    let mut w = World::new();
+    let client = w.public_client();
+    let user = w.user();
+    let mut rt = w.tokens(&client, &user).refresh_token.unwrap();
+    // Refresh every 6 days: the idle limit never hits, the absolute 30 days does.
+    for _ in 0..4 {
+        w.tick(6 * 86_400);
+        let (d, _) = w.refresh(&client, &rt);
+        rt = d.outcome.unwrap().refresh_token.unwrap();
+    }
+    w.tick(6 * 86_400 + 1);
+    let (d, _) = w.refresh(&client, &rt);
+    assert_eq!(code_of(&d), "invalid_grant");
+}
+
+// ---------------------------------------------------------------- client credentials, auth
+
+#[test]
+fn client_credentials_rules() {
+    let mut w = World::new();
+    let machine = w.client(
+        AuthMethod::ClientSecretBasic,
+        vec![GrantType::ClientCredentials],
+        vec![],
+    );
+    let no_grant = w.client(
+        AuthMethod::ClientSecretBasic,
+        vec![GrantType::AuthorizationCode],
+        vec![REDIRECT],
+    );
+    let public = w.public_client();
+    let run = |w: &mut World, who: &str, scope: Option<&str>, resource: Option<&str>| {
+        let c = w.state.clients[who].clone();
+        let ctx = w.ctx();
+        let req = ClientCredentialsRequest {
+            scope: scope.map(String::from),
+            resource: resource.map(String::from),
+        };
+        let d = client_credentials::decide(&w.state, &c, &req, &ctx);
+        (code_of(&d), d.append.events.len())
+    };
+    assert_eq!(
+        run(&mut w, &public, None, Some(RES)),
+        ("unauthorized_client", 0)
+    );
+    assert_eq!(
+        run(&mut w, &no_grant, None, Some(RES)),
+        ("unauthorized_client", 0)
+    );
+    assert_eq!(run(&mut w, &machine, None, None), ("invalid_target", 0));
+    assert_eq!(
+        run(&mut w, &machine, None, Some("https://x.example/r")),
+        ("invalid_target", 0)
+    );
+    assert_eq!(
+        run(&mut w, &machine, Some("demo:write"), Some(RES)),
+        ("invalid_scope", 0)
+    );
+    assert_eq!(run(&mut w, &machine, None, Some(RES)), ("ok", 1));
+}
+
+#[test]
+fn client_authentication() {
+    let mut w = World::new();
+    let conf = w.client(
+        AuthMethod::ClientSecretBasic,
+        vec![GrantType::ClientCredentials],
+        vec![],
+    );
+    let public = w.public_client();
+    let p = |id: &str, secret: Option<&str>| Presented {
+        client_id: id.into(),
+        secret: secret.map(String::from),
+        via: AuthMethod::ClientSecretPost,
+    };
+    let err = |r: Result<&grantline_state::Client, OAuthError>| {
+        r.err().map(|e| e.code.as_str()).unwrap_or("ok")
+    };
+    assert_eq!(err(authenticate(&w.state, &p(&conf, Some("s3cret")))), "ok");
+    assert_eq!(
+        err(authenticate(&w.state, &p(&conf, Some("wrong")))),
+        "invalid_client"
+    );
+    assert_eq!(
+        err(authenticate(&w.state, &p(&conf, None))),
+        "invalid_client"
+    );
+    assert_eq!(err(authenticate(&w.state, &p(&public, None))), "ok");
+    assert_eq!(
+        err(authenticate(&w.state, &p(&public, Some("x")))),
+        "invalid_client"
+    );
+    assert_eq!(
+        err(authenticate(&w.state, &p("nobody", None))),
+        "invalid_client"
+    );
+    assert!(!format!("{:?}", p(&conf, Some("s3cret"))).contains("s3cret"));
+    let e = ClientDisabled {
+        client_id: public.clone(),
+        reason: "x".into(),
+    };
+    w.commit(&Append::new(vec![NewEvent::new(
+        StreamId::client(&public),
+        Actor::System,
+        e,
+    )]))
+    .unwrap();
+    assert_eq!(
+        err(authenticate(&w.state, &p(&public, None))),
+        "invalid_client"
+    );
+}
+
+// ---------------------------------------------------------------- revocation, introspection
+
+#[test]
+fn revocation_and_introspection() {
+    let mut w = World::new();
+    let client = w.public_client();
+    let other = w.public_client();
+    let user = w.user();
+    let t = w.tokens(&client, &user);
+    let c = w.state.clients[&client].clone();
+    let o = w.state.clients[&other].clone();
+    let rt = t.refresh_token.clone().unwrap();
+    assert!(
+        revoke::decide(&w.state, &o, &rt, None).is_empty(),
+        "another client's token"
+    );
+    assert!(revoke::decide(&w.state, &c, "glr_unknown", None).is_empty());
+    let active = |w: &World, tok: &str| {
+        introspect::introspect(&w.state, "https://as.example", tok, w.now)["active"] == true
+    };
+    assert!(active(&w, &t.access_token) && active(&w, &rt));
+    let info = introspect::introspect(&w.state, "https://as.example", &t.access_token, w.now);
+    assert_eq!(info["aud"], RES);
+    assert_eq!(info["sub"], user.as_str());
+    // An access token alone.
+    let events = revoke::decide(&w.state, &c, &t.access_token, None);
+    assert_eq!(events.len(), 1);
+    w.commit(&Append::new(events)).unwrap();
+    assert!(!active(&w, &t.access_token) && active(&w, &rt));
+    // A refresh token: the whole family.
+    let t2 = w.refresh(&client, &rt).0.outcome.unwrap();
+    let events = revoke::decide(&w.state, &c, t2.refresh_token.as_deref().unwrap(), None);
+    let kinds: Vec<Kind> = events.iter().map(|e| e.payload.kind()).collect();
+    assert_eq!(kinds, vec![Kind::TokenRevoked, Kind::FamilyRevoked]);
+    w.commit(&Append::new(events)).unwrap();
+    assert!(!active(&w, &t2.access_token));
+    assert_eq!(
+        introspect::introspect(&w.state, "x", "garbage", w.now),
+        serde_json::json!({"active": false})
+    );
+    // Expiry.
+    let t3 = w.tokens(&client, &user);
+    w.tick(3601);
+    assert!(!active(&w, &t3.access_token));
+}
+
+#[test]
+fn grant_revocation_revokes_every_family_under_it() {
+    let mut w = World::new();
+    let client = w.public_client();
+    let user = w.user();
+    let a = w.tokens(&client, &user);
+    let b = w.tokens(&client, &user);
+    let grant = w
+        .state
+        .grant_for(&user, &client, RES)
+        .unwrap()
+        .grant_id
+        .clone();
+    let e = GrantRevoked {
+        grant_id: grant.clone(),
+        user_id: user.clone(),
+        client_id: client.clone(),
+        reason: "user".into(),
+        request: None,
+    };
+    w.commit(&Append::new(vec![NewEvent::new(
+        StreamId::grant(&grant),
+        Actor::User { id: user.clone() },
+        e,
+    )]))
+    .unwrap();
+    assert!(!w.live(&a.access_token) && !w.live(&b.access_token));
+    assert!(w.state.grant_for(&user, &client, RES).is_none());
+    let v = authorize::validate(&w.state, &w.settings, &w.query(&client)).unwrap();
+    assert!(
+        authorize::needs_consent(&w.state, &user, &v),
+        "a new consent makes a new grant"
+    );
+}
