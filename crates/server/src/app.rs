@@ -210,6 +210,15 @@ impl App {
         }
     }
 
+    /// Reads events other processes appended when `known` says the state lacks something a
+    /// request names (a client registered or a token issued by another instance moments ago).
+    pub async fn catch_up_unless(&self, known: impl Fn(&State) -> bool) -> Result<(), AppError> {
+        if !known(&self.projection.read()) {
+            self.projection.catch_up(self.store()).await?;
+        }
+        Ok(())
+    }
+
     /// Appends events that need no decision (bootstrap, admin actions).
     pub async fn append(&self, events: Vec<NewEvent>) -> Result<Vec<Recorded>, AppError> {
         let recorded = self.ledger.append(Append::new(events)).await?;

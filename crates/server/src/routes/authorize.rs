@@ -172,6 +172,11 @@ pub async fn authorize(
             return r;
         }
     }
+    if let Some(id) = q.client_id.as_deref()
+        && let Err(e) = app.catch_up_unless(|s| s.clients.contains_key(id)).await
+    {
+        return e.into_response();
+    }
     let settings = app.settings_for(&ctx.issuer);
     let validated = {
         let state = app.projection.read();

@@ -18,13 +18,13 @@ pub async fn introspect(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    match handle(&app, &ctx, &headers, &body) {
+    match handle(&app, &ctx, &headers, &body).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
 }
 
-fn handle(
+async fn handle(
     app: &App,
     ctx: &RequestContext,
     headers: &HeaderMap,
@@ -35,6 +35,15 @@ fn handle(
     let params = form_body(headers, body)?;
     let who = presented(headers, &params)?;
     tracing::Span::current().record("client_id", who.client_id.as_str());
+    if let Some(t) = param(&params, "token") {
+        let d = grantline_ledger::secret_digest(t.as_bytes());
+        app.catch_up_unless(|s| {
+            s.access_tokens.contains_key(&d)
+                || s.refresh_tokens.contains_key(&d)
+                || s.pat_by_digest.contains_key(&d)
+        })
+        .await?;
+    }
     let state = app.projection.read();
     let client = authenticate(&state, &who)?;
     if client.secret_digest.is_none()

@@ -36,6 +36,12 @@ async fn handle(
         param(&params, "token").ok_or_else(|| OAuthError::invalid_request("token is missing"))?;
     let who = presented(headers, &params)?;
     tracing::Span::current().record("client_id", who.client_id.as_str());
+    let digest = grantline_ledger::secret_digest(token.as_bytes());
+    app.catch_up_unless(|s| {
+        s.clients.contains_key(&who.client_id)
+            && (s.refresh_tokens.contains_key(&digest) || s.access_tokens.contains_key(&digest))
+    })
+    .await?;
     let client = {
         let state = app.projection.read();
         authenticate(&state, &who)?.clone()

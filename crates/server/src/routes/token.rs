@@ -58,6 +58,17 @@ async fn handle(
     };
     let who = presented(headers, &params)?;
     tracing::Span::current().record("client_id", who.client_id.as_str());
+    let digest = ["code", "refresh_token"]
+        .iter()
+        .find_map(|k| param(&params, k))
+        .map(|t| secret_digest(t.as_bytes()));
+    app.catch_up_unless(|s| {
+        s.clients.contains_key(&who.client_id)
+            && digest
+                .as_ref()
+                .is_none_or(|d| s.codes.contains_key(d) || s.refresh_tokens.contains_key(d))
+    })
+    .await?;
     let client = {
         let state = app.projection.read();
         authenticate(&state, &who)?.clone()

@@ -1,0 +1,512 @@
+//! Discovery, proxies, cookies, metadata-document clients, client expiry, events and two
+//! instances on one database.
+
+mod common;
+
+use common::*;
+use grantline_ledger::{Kind, Payload};
+use grantline_store::testing::{TestDb, sqlite};
+use reqwest::StatusCode;
+use serde_json::Value;
+
+async fn server_with(
+    db: &TestDb,
+    edit: impl FnOnce(&mut grantline_server::Config),
+) -> (Server, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), 30, 60);
+    edit(&mut cfg);
+    (Server::start(db, dir.path().to_path_buf(), cfg).await, dir)
+}
+
+async fn json(url: String) -> (StatusCode, Value) {
+    let r = browser().get(url).send().await.unwrap();
+    let st = r.status();
+    (st, r.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_at_every_well_known_location_with_one_issuer() {
+    let db = sqlite().await;
+    let (s, _d) = server_with(&db, |_| {}).await;
+    let mut issuers = Vec::new();
+    for path in [
+        "/.well-known/oauth-authorization-server",
+        "/.well-known/openid-configuration",
+    ] {
+        let (st, m) = json(s.url(path)).await;
+        assert_eq!(st, StatusCode::OK, "{path}");
+        issuers.push(get(&m, "issuer"));
+        assert_eq!(
+            m["code_challenge_methods_supported"],
+            serde_json::json!(["S256"])
+        );
+        assert_eq!(m["authorization_response_iss_parameter_supported"], true);
+        assert_eq!(m["client_id_metadata_document_supported"], true);
+        let scopes = m["scopes_supported"].as_array().unwrap();
+        assert!(scopes.iter().any(|x| x == "offline_access"));
+        assert!(scopes.iter().any(|x| x == "demo:write"));
+        assert_eq!(get(&m, "token_endpoint"), s.url("/oauth/token"));
+    }
+    let (_, oidc) = json(s.url("/.well-known/openid-configuration")).await;
+    assert_eq!(
+        oidc["subject_types_supported"],
+        serde_json::json!(["public"])
+    );
+    let (_, prm) = json(s.url("/.well-known/oauth-protected-resource/mcp/demo")).await;
+    issuers.push(
+        prm["authorization_servers"][0]
+            .as_str()
+            .unwrap()
+            .to_string(),
+    );
+    assert_eq!(get(&prm, "resource"), s.resource());
+    let (st, slash) = json(s.url("/.well-known/oauth-protected-resource/mcp/demo/")).await;
+    assert_eq!(
+        (st, slash["resource"].clone()),
+        (StatusCode::OK, prm["resource"].clone())
+    );
+    assert_eq!(
+        json(s.url("/.well-known/oauth-protected-resource/mcp/nothing"))
+            .await
+            .0,
+        StatusCode::NOT_FOUND
+    );
+    assert!(issuers.iter().all(|i| i == &s.base), "{issuers:?}");
+    let (_, jwks) = json(s.url("/.well-known/jwks.json")).await;
+    assert!(
+        jwks["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|k| k["kty"] == "OKP" && k["crv"] == "Ed25519")
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn path_issuers_are_served_at_the_inserted_and_appended_forms() {
+    let db = sqlite().await;
+    let (s, _d) = server_with(&db, |c| {
+        c.server.public_url = Some("https://auth.example/tenant-a".into())
+    })
+    .await;
+    for path in [
+        "/.well-known/oauth-authorization-server/tenant-a",
+        "/.well-known/openid-configuration/tenant-a",
+        // What a proxy forwards for https://auth.example/tenant-a/.well-known/openid-configuration
+        // after stripping the prefix.
+        "/.well-known/openid-configuration",
+    ] {
+        let (st, m) = json(s.url(path)).await;
+        assert_eq!(st, StatusCode::OK, "{path}");
+        assert_eq!(get(&m, "issuer"), "https://auth.example/tenant-a");
+        assert_eq!(
+            get(&m, "authorization_endpoint"),
+            "https://auth.example/tenant-a/oauth/authorize"
+        );
+    }
+    assert_eq!(
+        json(s.url("/.well-known/oauth-authorization-server/other"))
+            .await
+            .0,
+        StatusCode::NOT_FOUND
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_headers_are_used_only_when_trusted_and_cookies_harden_on_https() {
+    let db = sqlite().await;
+    let (trusting, _d) = server_with(&db, |c| c.server.trust_forwarded_headers = true).await;
+    let r = browser()
+        .get(trusting.url("/.well-known/oauth-authorization-server"))
+        .header("x-forwarded-proto", "https")
+        .header("x-forwarded-host", "auth.example.com")
+        .send()
+        .await
+        .unwrap();
+    let m: Value = r.json().await.unwrap();
+    assert_eq!(get(&m, "issuer"), "https://auth.example.com");
+    assert_eq!(
+        get(&m, "registration_endpoint"),
+        "https://auth.example.com/oauth/register"
+    );
+    // Behind the TLS proxy the sign-in cookies are __Host-, Secure, HttpOnly, SameSite=Lax.
+    let r = browser()
+        .get(trusting.url("/login"))
+        .header("x-forwarded-proto", "https")
+        .header("x-forwarded-host", "auth.example.com")
+        .send()
+        .await
+        .unwrap();
+    let cookie = r.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(cookie.starts_with("__Host-grantline_login="), "{cookie}");
+    for attr in ["; Secure", "; HttpOnly", "; SameSite=Lax", "; Path=/"] {
+        assert!(cookie.contains(attr), "{cookie}");
+    }
+    trusting.stop().await;
+
+    let db = sqlite().await;
+    let (plain, _d) = server_with(&db, |_| {}).await;
+    let r = browser()
+        .get(plain.url("/.well-known/oauth-authorization-server"))
+        .header("x-forwarded-proto", "https")
+        .header("x-forwarded-host", "evil.example")
+        .send()
+        .await
+        .unwrap();
+    let m: Value = r.json().await.unwrap();
+    assert_eq!(
+        get(&m, "issuer"),
+        plain.base,
+        "untrusted forwarded headers are ignored"
+    );
+    let r = browser().get(plain.url("/login")).send().await.unwrap();
+    let cookie = r.headers()["set-cookie"].to_str().unwrap();
+    assert!(
+        cookie.starts_with("grantline_login=") && !cookie.contains("Secure"),
+        "{cookie}"
+    );
+    assert!(cookie.contains("HttpOnly"));
+    plain.stop().await;
+}
+
+/// Serves one JSON document at /client.json on a loopback port.
+async fn serve_document(doc: impl Fn(String) -> Value + Send + Sync + 'static) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let url = format!("{base}/client.json");
+    let body = doc(url.clone()).to_string();
+    let app = axum::Router::new().route(
+        "/client.json",
+        axum::routing::get(move || {
+            let body = body.clone();
+            async move {
+                (
+                    [
+                        ("content-type", "application/json"),
+                        ("cache-control", "max-age=60"),
+                    ],
+                    body,
+                )
+            }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    url
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_document_clients_are_fetched_checked_and_guarded() {
+    let url = serve_document(|url| {
+        serde_json::json!({
+            "client_id": url, "client_name": "Doc Client", "redirect_uris": [REDIRECT],
+            "token_endpoint_auth_method": "none",
+        })
+    })
+    .await;
+    let mismatched = serve_document(|_| serde_json::json!({
+        "client_id": "https://elsewhere.example/client.json", "client_name": "X", "redirect_uris": [REDIRECT],
+    })).await;
+
+    // By default the SSRF guard refuses loopback and plain-HTTP documents.
+    let db = sqlite().await;
+    let (guarded, _d) = server_with(&db, |_| {}).await;
+    let (_, challenge) = pkce();
+    let resource = guarded.resource();
+    let q = |client: &str, challenge: &str, resource: &str| {
+        vec![
+            ("response_type", "code".to_string()),
+            ("client_id", client.to_string()),
+            ("redirect_uri", REDIRECT.to_string()),
+            ("code_challenge", challenge.to_string()),
+            ("code_challenge_method", "S256".to_string()),
+            ("resource", resource.to_string()),
+        ]
+    };
+    let params = q(&url, &challenge, &resource);
+    let p: Vec<(&str, &str)> = params.iter().map(|(a, b)| (*a, b.as_str())).collect();
+    let r = browser()
+        .get(authorize_url(&guarded, &p))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let text = r.text().await.unwrap();
+    assert!(
+        text.contains("must use https") && text.contains("invalid_client"),
+        "{text}"
+    );
+    guarded.stop().await;
+
+    let db = sqlite().await;
+    let (s, _d) = server_with(&db, |c| {
+        c.metadata_documents.allow_private_addresses = true;
+        c.metadata_documents.allow_http = true;
+    })
+    .await;
+    let resource = s.resource();
+    let b = browser();
+    login(&s, &b).await;
+    let params = q(&url, &challenge, &resource);
+    let p: Vec<(&str, &str)> = params.iter().map(|(a, b)| (*a, b.as_str())).collect();
+    let r = b.get(authorize_url(&s, &p)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let page = r.text().await.unwrap();
+    assert!(page.contains("Doc Client"));
+    assert!(
+        page.contains("Any local program could use its name"),
+        "loopback-only warning"
+    );
+    assert_eq!(
+        s.app.projection.read().clients[&url].method,
+        grantline_ledger::RegistrationMethod::MetadataDocument
+    );
+    // A redirect URI the document does not list: error page, no redirect.
+    let mut bad = params.clone();
+    bad[2].1 = "http://127.0.0.1:7777/other".into();
+    let p: Vec<(&str, &str)> = bad.iter().map(|(a, b)| (*a, b.as_str())).collect();
+    let r = b.get(authorize_url(&s, &p)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    // A document whose client_id is not its URL is refused with a reason.
+    let params = q(&mismatched, &challenge, &resource);
+    let p: Vec<(&str, &str)> = params.iter().map(|(a, b)| (*a, b.as_str())).collect();
+    let r = b.get(authorize_url(&s, &p)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let text = r.text().await.unwrap();
+    assert!(
+        text.contains("invalid_client") || text.contains("client_id differs"),
+        "{text}"
+    );
+    assert!(!s.app.projection.read().clients.contains_key(&mismatched));
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unused_dynamic_clients_age_out_with_an_event() {
+    let db = sqlite().await;
+    let (s, _d) = server_with(&db, |c| c.oauth.dynamic_client_ttl = 1).await;
+    let unused = register_public(&s, REDIRECT).await;
+    let (used, _, _) = code(&s, "demo:read").await;
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    grantline_server::bootstrap::expire_unused_clients(&s.app).await;
+    {
+        let state = s.app.projection.read();
+        assert!(state.clients[&unused].expired);
+        assert!(
+            !state.clients[&used].expired,
+            "a client that completed an authorization stays"
+        );
+    }
+    let kinds = s
+        .app
+        .store()
+        .stream_kinds(&grantline_ledger::StreamId::client(&unused))
+        .await
+        .unwrap();
+    assert_eq!(kinds.last().map(String::as_str), Some("client.expired"));
+    let (st, e) = token(
+        &s,
+        &[
+            ("grant_type", "refresh_token"),
+            ("client_id", &unused),
+            ("refresh_token", "glr_x"),
+        ],
+    )
+    .await;
+    assert_eq!(
+        (st, get(&e, "error")),
+        (StatusCode::UNAUTHORIZED, "invalid_client".into())
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_carry_what_a_reviewer_needs_and_no_secret() {
+    let db = sqlite().await;
+    let (s, _d) = server_with(&db, |_| {}).await;
+    let (client, code, verifier) = code(&s, "demo:read").await;
+    let r = browser()
+        .post(s.url("/oauth/token"))
+        .header("user-agent", "events-test/1.0")
+        .header("x-request-id", "req-for-the-audit-trail")
+        .form(&[
+            ("grant_type", "authorization_code"),
+            ("client_id", &client),
+            ("code", &code),
+            ("redirect_uri", REDIRECT),
+            ("code_verifier", &verifier),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-request-id"], "req-for-the-audit-trail");
+    let t: Value = r.json().await.unwrap();
+    let events = s.app.store().read(0, 10_000).await.unwrap();
+    let issued = events
+        .iter()
+        .find_map(|e| match e.payload() {
+            Payload::TokenIssued(t) => Some(t.clone()),
+            _ => None,
+        })
+        .unwrap();
+    let req = issued.request.clone().expect("request metadata");
+    assert_eq!(req.request_id, "req-for-the-audit-trail");
+    let keyring = grantline_store::Keyring::new(s.app.store());
+    assert_eq!(
+        keyring
+            .open(req.user_agent.as_ref().unwrap())
+            .await
+            .unwrap()
+            .unwrap(),
+        "events-test/1.0"
+    );
+    assert_eq!(
+        keyring
+            .open(req.source_ip.as_ref().unwrap())
+            .await
+            .unwrap()
+            .unwrap(),
+        "127.0.0.1"
+    );
+    assert_eq!(issued.client_id, client);
+    assert_eq!(issued.resource, s.resource());
+    let consent = events
+        .iter()
+        .find_map(|e| match e.payload() {
+            Payload::ConsentGranted(c) => Some(c.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(consent.requested_scopes, vec!["demo:read".to_string()]);
+    assert_eq!(consent.client_name.as_deref(), Some("Test client"));
+    let kinds: Vec<Kind> = events.iter().map(|e| e.envelope.kind()).collect();
+    for k in [
+        Kind::UserCreated,
+        Kind::ClientRegistered,
+        Kind::LoginSucceeded,
+        Kind::ConsentGranted,
+        Kind::CodeIssued,
+        Kind::CodeRedeemed,
+        Kind::TokenIssued,
+    ] {
+        assert!(kinds.contains(&k), "{k:?} missing");
+    }
+    let all = format!("{events:?}");
+    for secret in [
+        get(&t, "access_token"),
+        get(&t, "refresh_token"),
+        code,
+        verifier,
+        ADMIN_PASSWORD.to_string(),
+    ] {
+        assert!(!all.contains(&secret));
+    }
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logout_ends_the_session() {
+    let db = sqlite().await;
+    let (s, _d) = server_with(&db, |_| {}).await;
+    let client = register_public(&s, REDIRECT).await;
+    let b = browser();
+    login(&s, &b).await;
+    let (_, challenge) = pkce();
+    let resource = s.resource();
+    let url = authorize_url(
+        &s,
+        &[
+            ("response_type", "code"),
+            ("client_id", &client),
+            ("redirect_uri", REDIRECT),
+            ("code_challenge", &challenge),
+            ("code_challenge_method", "S256"),
+            ("resource", &resource),
+        ],
+    );
+    let page = b.get(&url).send().await.unwrap().text().await.unwrap();
+    let forged = b
+        .post(s.url("/logout"))
+        .form(&[("csrf", "nope")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), StatusCode::FORBIDDEN);
+    let r = b
+        .post(s.url("/logout"))
+        .form(&[(
+            "csrf",
+            field(&page[page.find("/logout").unwrap()..], "csrf"),
+        )])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = b.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::FOUND);
+    assert!(
+        r.headers()["location"]
+            .to_str()
+            .unwrap()
+            .contains("/login?")
+    );
+    // A wrong password is refused and recorded.
+    let page = b
+        .get(s.url("/login"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let r = b
+        .post(s.url("/login"))
+        .form(&[
+            ("username", "admin"),
+            ("password", "wrong"),
+            ("csrf", &field(&page, "csrf")),
+            ("return_to", "/"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let kinds: Vec<Kind> = s
+        .app
+        .store()
+        .read(0, 1000)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.envelope.kind())
+        .collect();
+    assert!(kinds.contains(&Kind::LoginFailed));
+    s.stop().await;
+}
+
+grantline_store::backend_tests! {
+    async fn two_instances_on_one_database_never_both_rotate_a_refresh_token(db: TestDb) {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Server::start(&db, dir.path().to_path_buf(), config(dir.path(), 0, 60)).await;
+        let mut cfg = config(dir.path(), 0, 60);
+        cfg.server.public_url = Some(a.base.clone());
+        let b = Server::start(&db, dir.path().to_path_buf(), cfg).await;
+        for _ in 0..5 {
+            let (client, code, verifier) = code(&a, "demo:read").await;
+            let (_, t) = exchange(&a, &client, &code, &verifier).await;
+            let rt = get(&t, "refresh_token");
+            let (ra, rb) = tokio::join!(refresh(&a, &client, &rt), refresh(&b, &client, &rt));
+            let wins = [ra.0, rb.0].iter().filter(|s| **s == StatusCode::OK).count();
+            assert!(wins <= 1, "both instances rotated the same token");
+            for (st, body) in [ra, rb] {
+                if st != StatusCode::OK {
+                    assert_eq!(get(&body, "error"), "invalid_grant");
+                }
+            }
+        }
+        a.stop().await;
+        b.stop().await;
+    }
+}
