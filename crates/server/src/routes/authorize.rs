@@ -91,7 +91,7 @@ async fn ensure_document_client(app: &App, client_id: &str) -> Result<(), Respon
         pages::error(
             StatusCode::BAD_REQUEST,
             "This application could not be verified",
-            &e.description,
+            &format!("{} ({})", e.description, e.code.as_str()),
         )
     })?;
     let m = &doc.metadata;
