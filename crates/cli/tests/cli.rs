@@ -316,3 +316,141 @@ fn bad_database_urls_and_missing_ledgers_are_clear_errors() {
         "{o:?}"
     );
 }
+
+fn grantline_in(dir: &std::path::Path, args: &[&str]) -> Output {
+    let mut all = vec!["--data-dir", dir.to_str().unwrap()];
+    all.extend_from_slice(args);
+    Command::new(env!("CARGO_BIN_EXE_grantline"))
+        .args(&all)
+        .env("GRANTLINE_USER_PASSWORD", "alice-password-1")
+        .env("GRANTLINE_ADMIN_PASSWORD", "admin-password-1")
+        .env_remove("GRANTLINE_DATABASE_URL")
+        .env_remove("GRANTLINE_CONFIG")
+        .output()
+        .expect("run grantline")
+}
+
+#[test]
+fn users_and_clients_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let out = grantline_in(d, &["user", "add", "alice"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout(&out).contains("added user alice"));
+    assert!(
+        !stdout(&out).contains("alice-password-1"),
+        "a chosen password is not echoed"
+    );
+    assert!(
+        !grantline_in(d, &["user", "add", "alice"]).status.success(),
+        "duplicate username"
+    );
+    assert!(
+        !grantline_in(d, &["user", "set-role", "alice", "root"])
+            .status
+            .success()
+    );
+    assert!(
+        grantline_in(d, &["user", "set-role", "alice", "admin"])
+            .status
+            .success()
+    );
+    assert!(
+        grantline_in(d, &["user", "disable", "alice"])
+            .status
+            .success()
+    );
+    let list = stdout(&grantline_in(d, &["user", "list"]));
+    let alice = list
+        .lines()
+        .find(|l| l.contains("alice"))
+        .expect("alice listed");
+    assert!(
+        alice.contains("admin") && alice.contains("disabled"),
+        "{alice}"
+    );
+    assert!(
+        list.lines()
+            .any(|l| l.contains(" admin ") && l.contains("active")),
+        "bootstrap admin"
+    );
+
+    let out = grantline_in(
+        d,
+        &[
+            "client",
+            "add",
+            "--name",
+            "Desk",
+            "--redirect-uri",
+            "http://127.0.0.1/cb",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = stdout(&out)
+        .lines()
+        .next()
+        .unwrap()
+        .trim_start_matches("client_id: ")
+        .to_string();
+    assert!(!stdout(&out).contains("client_secret"), "public client");
+    let out = grantline_in(
+        d,
+        &[
+            "client",
+            "add",
+            "--name",
+            "SIEM",
+            "--grant-type",
+            "client_credentials",
+            "--confidential",
+        ],
+    );
+    assert!(
+        stdout(&out).contains("client_secret: gls_"),
+        "{}",
+        stdout(&out)
+    );
+    let bad = grantline_in(
+        d,
+        &[
+            "client",
+            "add",
+            "--name",
+            "Bad",
+            "--redirect-uri",
+            "http://evil.example/cb",
+        ],
+    );
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("redirect URIs must be HTTPS"));
+    assert!(
+        grantline_in(d, &["client", "disable", &id])
+            .status
+            .success()
+    );
+    assert!(
+        !grantline_in(d, &["client", "disable", "cli_nobody"])
+            .status
+            .success()
+    );
+    let list = stdout(&grantline_in(d, &["client", "list"]));
+    assert!(
+        list.lines()
+            .any(|l| l.contains(&id) && l.contains("disabled")),
+        "{list}"
+    );
+    assert!(
+        list.lines()
+            .any(|l| l.contains("SIEM") && l.contains("active")),
+        "{list}"
+    );
+}

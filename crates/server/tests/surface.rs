@@ -510,3 +510,90 @@ grantline_store::backend_tests! {
         b.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_api_adds_lists_and_disables_clients_for_admins_only() {
+    let db = sqlite().await;
+    let (s, _d) = server_with(&db, |_| {}).await;
+    let api = |path: &str| s.url(&format!("/admin/api/{path}"));
+    let anon = browser().get(api("clients")).send().await.unwrap();
+    assert_eq!(anon.status(), StatusCode::UNAUTHORIZED);
+    let wrong = browser()
+        .get(api("clients"))
+        .basic_auth("admin", Some("nope"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+    let r = browser()
+        .post(api("users"))
+        .basic_auth("admin", Some(ADMIN_PASSWORD))
+        .json(&serde_json::json!({"username": "bob", "password": "bob-password-1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let bob = browser()
+        .get(api("clients"))
+        .basic_auth("bob", Some("bob-password-1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bob.status(), StatusCode::FORBIDDEN);
+    let r = browser().post(api("clients")).basic_auth("admin", Some(ADMIN_PASSWORD))
+        .json(&serde_json::json!({"client_name": "CI", "grant_types": ["client_credentials"], "scope": "demo:read", "confidential": true}))
+        .send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let created: Value = r.json().await.unwrap();
+    let (id, secret) = (get(&created, "client_id"), get(&created, "client_secret"));
+    let r = browser()
+        .post(api("clients"))
+        .basic_auth("admin", Some(ADMIN_PASSWORD))
+        .json(
+            &serde_json::json!({"client_name": "Bad", "redirect_uris": ["http://evil.example/cb"]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let list: Value = browser()
+        .get(api("clients"))
+        .basic_auth("admin", Some(ADMIN_PASSWORD))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        list["clients"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["client_id"] == id.as_str())
+    );
+    let resource = s.resource();
+    let form = [
+        ("grant_type", "client_credentials"),
+        ("client_id", id.as_str()),
+        ("client_secret", secret.as_str()),
+        ("resource", resource.as_str()),
+    ];
+    assert_eq!(token(&s, &form).await.0, StatusCode::OK);
+    let r = browser()
+        .post(api(&format!("clients/{id}/disable")))
+        .basic_auth("admin", Some(ADMIN_PASSWORD))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(token(&s, &form).await.0, StatusCode::UNAUTHORIZED);
+    let r = browser()
+        .post(api("clients/cli_nobody/disable"))
+        .basic_auth("admin", Some(ADMIN_PASSWORD))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    s.stop().await;
+}

@@ -4,9 +4,11 @@
 //!   grantline-bench append --database URL --events N --writers W  # concurrent appends, group commit
 //!   grantline-bench verify --database URL                       # full chain + checkpoint walk
 //!   grantline-bench replay --database URL                       # read, check, decode, fold into State
+//!   grantline-bench refresh --database URL --clients C --seconds S  # refresh rotations over HTTP
 //!
 //! Every run prints the command line, the machine and the figure.
 
+mod refresh;
 mod synthetic;
 
 use anyhow::{Context, Result};
@@ -59,13 +61,23 @@ enum Cmd {
         #[command(flatten)]
         target: Target,
     },
+    /// Refresh-token rotations per second over HTTP against an in-process `grantline serve`:
+    /// C concurrent clients, each rotating its own token family for S seconds.
+    Refresh {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+    },
 }
 
 fn signer() -> Result<NoteSigner> {
     Ok(NoteSigner::from_seed("grantline.bench/ledger", [7u8; 32])?)
 }
 
-fn machine() -> String {
+pub(crate) fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {
@@ -172,6 +184,18 @@ async fn main() -> Result<()> {
                 state.access_tokens.len(),
                 state.refresh_tokens.len()
             );
+        }
+        Cmd::Refresh {
+            target,
+            clients,
+            seconds,
+        } => {
+            println!(
+                "command: {}",
+                std::env::args().collect::<Vec<_>>().join(" ")
+            );
+            println!("machine: {}", machine());
+            refresh::run(&target.database, clients.max(1), seconds.max(1)).await?;
         }
     }
     Ok(())

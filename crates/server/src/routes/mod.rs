@@ -1,5 +1,6 @@
 //! The HTTP surface: one file per endpoint.
 
+pub mod admin;
 pub mod authorize;
 pub mod client;
 pub mod introspect;
@@ -50,4 +51,13 @@ pub fn router() -> Router<App> {
         .route("/login", get(login::form).post(login::submit))
         .route("/logout", post(login::logout))
         .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/admin/api/clients",
+            get(admin::list_clients).post(admin::add_client),
+        )
+        .route(
+            "/admin/api/clients/{client_id}/disable",
+            post(admin::disable_client),
+        )
+        .route("/admin/api/users", post(admin::add_user))
 }

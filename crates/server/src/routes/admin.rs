@@ -1,0 +1,216 @@
+//! The admin API for scripts: clients and users, as JSON. Authenticated with HTTP Basic as a
+//! user whose role is `admin` (argon2id checked on every call; use it over TLS).
+
+use crate::admin::{self, AdminError, NewClient};
+use crate::app::App;
+use crate::signin::Outcome;
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use grantline_ledger::{Actor, UserSource};
+use serde::Deserialize;
+use serde_json::json;
+
+fn error(status: StatusCode, message: &str) -> Response {
+    let mut r = (status, Json(json!({ "error": message }))).into_response();
+    if status == StatusCode::UNAUTHORIZED {
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"grantline admin\""),
+        );
+    }
+    crate::http::no_store(r.headers_mut());
+    r
+}
+
+impl IntoResponse for AdminError {
+    fn into_response(self) -> Response {
+        match self {
+            AdminError::Invalid(m) => error(StatusCode::BAD_REQUEST, &m),
+            AdminError::NotFound(m) => error(StatusCode::NOT_FOUND, &format!("{m} not found")),
+            AdminError::App(e) => e.into_response(),
+            AdminError::Store(grantline_store::StoreError::Exists(m)) => {
+                error(StatusCode::CONFLICT, &format!("already exists: {m}"))
+            }
+            AdminError::Store(e) => {
+                tracing::error!(error = %e, "admin API storage error");
+                error(StatusCode::SERVICE_UNAVAILABLE, "storage unavailable")
+            }
+        }
+    }
+}
+
+/// The admin calling, or the response refusing them.
+async fn admin_user(app: &App, headers: &HeaderMap) -> Result<String, Response> {
+    let creds = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Basic ")
+                .or_else(|| v.strip_prefix("basic "))
+        })
+        .and_then(|b| {
+            base64::engine::general_purpose::STANDARD
+                .decode(b.trim())
+                .ok()
+        })
+        .and_then(|b| String::from_utf8(b).ok());
+    let Some((user, password)) = creds.as_deref().and_then(|c| c.split_once(':')) else {
+        return Err(error(
+            StatusCode::UNAUTHORIZED,
+            "admin credentials required",
+        ));
+    };
+    let outcome = app
+        .signin
+        .sign_in(user, password)
+        .await
+        .map_err(|_| error(StatusCode::SERVICE_UNAVAILABLE, "storage unavailable"))?;
+    let Outcome::SignedIn { user_id } = outcome else {
+        return Err(error(StatusCode::UNAUTHORIZED, "wrong admin credentials"));
+    };
+    let is_admin = app
+        .projection
+        .read()
+        .users
+        .get(&user_id)
+        .is_some_and(|u| u.role == "admin" && !u.disabled);
+    if !is_admin {
+        return Err(error(StatusCode::FORBIDDEN, "the admin role is required"));
+    }
+    tracing::Span::current().record("user_id", user_id.as_str());
+    Ok(user_id)
+}
+
+pub async fn list_clients(State(app): State<App>, headers: HeaderMap) -> Response {
+    if let Err(r) = admin_user(&app, &headers).await {
+        return r;
+    }
+    let state = app.projection.read();
+    let mut clients: Vec<_> = state.clients.values().collect();
+    clients.sort_by_key(|c| c.registered_at);
+    let list: Vec<_> = clients
+        .iter()
+        .map(|c| {
+            json!({
+                "client_id": c.client_id,
+                "client_name": c.client_name,
+                "method": format!("{:?}", c.method).to_lowercase(),
+                "application_type": admin::app_type_name(c.application_type),
+                "token_endpoint_auth_method": c.auth_method,
+                "redirect_uris": c.redirect_uris,
+                "grant_types": c.grant_types,
+                "disabled": c.disabled,
+                "expired": c.expired,
+                "registered_at": c.registered_at.to_string(),
+            })
+        })
+        .collect();
+    Json(json!({ "clients": list })).into_response()
+}
+
+#[derive(Deserialize)]
+pub struct AddClient {
+    client_id: Option<String>,
+    client_name: String,
+    #[serde(default)]
+    redirect_uris: Vec<String>,
+    grant_types: Option<Vec<String>>,
+    scope: Option<String>,
+    application_type: Option<String>,
+    #[serde(default)]
+    confidential: bool,
+}
+
+pub async fn add_client(
+    State(app): State<App>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let user = match admin_user(&app, &headers).await {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
+    let req: AddClient = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("bad JSON: {e}")),
+    };
+    let c = NewClient {
+        client_id: req.client_id,
+        client_name: req.client_name,
+        redirect_uris: req.redirect_uris,
+        grant_types: req.grant_types,
+        scope: req.scope,
+        application_type: req.application_type,
+        auth_method: None,
+    };
+    match admin::add_client(&app, &c, req.confidential, Actor::User { id: user }).await {
+        Ok((id, secret)) => {
+            let mut r = (
+                StatusCode::CREATED,
+                Json(json!({ "client_id": id, "client_secret": secret.map(|s| s.0) })),
+            )
+                .into_response();
+            crate::http::no_store(r.headers_mut());
+            r
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+pub async fn disable_client(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let user = match admin_user(&app, &headers).await {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
+    match admin::disable_client(&app, &id, "disabled by an admin", Actor::User { id: user }).await {
+        Ok(()) => Json(json!({ "client_id": id, "disabled": true })).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct AddUser {
+    username: String,
+    password: String,
+    #[serde(default = "default_role")]
+    role: String,
+}
+
+fn default_role() -> String {
+    "user".into()
+}
+
+pub async fn add_user(
+    State(app): State<App>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let admin_id = match admin_user(&app, &headers).await {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
+    let req: AddUser = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("bad JSON: {e}")),
+    };
+    match admin::add_user(
+        &app,
+        &req.username,
+        &req.password,
+        &req.role,
+        UserSource::Admin,
+        Actor::User { id: admin_id },
+    )
+    .await
+    {
+        Ok(id) => (StatusCode::CREATED, Json(json!({ "user_id": id }))).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
