@@ -194,6 +194,16 @@ pub struct FreshCode {
     pub family_id: String,
 }
 
+/// How an approval came about: whether the user saw the page, when, and the request.
+#[derive(Debug, Clone)]
+pub struct Approval {
+    /// False when an earlier consent covered the request.
+    pub prompted: bool,
+    pub now: Timestamp,
+    pub fresh: FreshCode,
+    pub request: Option<RequestMeta>,
+}
+
 /// The user approved (or an earlier consent covers the request): record the consent and the
 /// code. The grant accumulates scopes; the code (and its family) carries exactly those asked.
 pub fn approve(
@@ -201,11 +211,14 @@ pub fn approve(
     settings: &Settings,
     user_id: &str,
     v: &Validated,
-    prompted: bool,
-    now: Timestamp,
-    fresh: FreshCode,
-    request: Option<RequestMeta>,
+    approval: Approval,
 ) -> Decision<String> {
+    let Approval {
+        prompted,
+        now,
+        fresh,
+        request,
+    } = approval;
     if state.users.get(user_id).is_none_or(|u| u.disabled) {
         return OAuthError::new(ErrorCode::AccessDenied, "the user is disabled").into();
     }

@@ -2,7 +2,7 @@
 //! tiny in-memory ledger that assigns seq and stream versions and checks expectations.
 
 use grantline_ledger::*;
-use grantline_oauth::authorize::{self, AuthorizationQuery, FreshCode, Refusal};
+use grantline_oauth::authorize::{self, Approval, AuthorizationQuery, FreshCode, Refusal};
 use grantline_oauth::client_auth::{Presented, authenticate};
 use grantline_oauth::grants::Context;
 use grantline_oauth::grants::authorization_code::{self, CodeRequest};
@@ -230,16 +230,13 @@ impl World {
             grant_id: self.id("gr"),
             family_id: self.id("fam"),
         };
-        let d = authorize::approve(
-            &self.state,
-            &self.settings,
-            user,
-            &v,
-            true,
-            self.now,
+        let approval = Approval {
+            prompted: true,
+            now: self.now,
             fresh,
-            None,
-        );
+            request: None,
+        };
+        let d = authorize::approve(&self.state, &self.settings, user, &v, approval);
         self.commit(&d.append).unwrap();
         d.outcome.unwrap()
     }
@@ -591,7 +588,13 @@ fn approval_for_a_disabled_user_is_refused_and_denial_is_recorded() {
         grant_id: "g".into(),
         family_id: "f".into(),
     };
-    let d = authorize::approve(&w.state, &w.settings, &user, &v, true, w.now, fresh, None);
+    let approval = Approval {
+        prompted: true,
+        now: w.now,
+        fresh,
+        request: None,
+    };
+    let d = authorize::approve(&w.state, &w.settings, &user, &v, approval);
     assert_eq!(code_of(&d), "access_denied");
     assert!(d.append.events.is_empty());
     let deny = authorize::deny(&user, &v, None);

@@ -295,7 +295,7 @@ impl App {
                 if let Err(e) = app.projection.catch_up(app.store()).await {
                     tracing::warn!(error = %e, "catching up with the ledger failed");
                 }
-                if n % 20 == 0 {
+                if n.is_multiple_of(20) {
                     crate::bootstrap::expire_unused_clients(&app).await;
                     app.forget_stale();
                 }

@@ -565,9 +565,8 @@ backend_tests! {
         assert!(!active(&s, &get(&t3, "access_token")).await, "the newest access token dies");
         let (st, _) = refresh(&s, &client, &get(&t3, "refresh_token")).await;
         assert_eq!(st, StatusCode::BAD_REQUEST, "the newest refresh token dies");
-        let kinds = s.app.store().stream_kinds(&grantline_ledger::StreamId::family(
-            s.app.projection.read().families.values().next().unwrap().family_id.as_str(),
-        )).await.unwrap();
+        let family = s.app.projection.read().families.values().next().unwrap().family_id.clone();
+        let kinds = s.app.store().stream_kinds(&grantline_ledger::StreamId::family(&family)).await.unwrap();
         assert!(kinds.iter().any(|k| k == "refresh.reuse_detected"), "{kinds:?}");
         s.stop().await;
     }
@@ -622,11 +621,12 @@ backend_tests! {
             }
         }
         assert!(live <= 1);
-        let state = s.app.projection.read();
-        let fam = state.families.values().next().unwrap();
-        let unrotated_live = state.refresh_tokens.values().filter(|r| r.family_id == fam.family_id && r.rotated_at.is_none() && !r.revoked).count();
-        assert!(fam.revoked.is_some() || unrotated_live <= 1);
-        drop(state);
+        {
+            let state = s.app.projection.read();
+            let fam = state.families.values().next().unwrap();
+            let unrotated_live = state.refresh_tokens.values().filter(|r| r.family_id == fam.family_id && r.rotated_at.is_none() && !r.revoked).count();
+            assert!(fam.revoked.is_some() || unrotated_live <= 1);
+        }
         s.stop().await;
     }
 

@@ -12,7 +12,8 @@ use grantline_ledger::{
     Actor, ClientRegistered, ClientUpdated, NewEvent, RegistrationMethod, StreamId, pii,
 };
 use grantline_oauth::authorize::{
-    AuthorizationQuery, FreshCode, Refusal, Validated, approve, deny, needs_consent, validate,
+    Approval, AuthorizationQuery, FreshCode, Refusal, Validated, approve, deny, needs_consent,
+    validate,
 };
 use grantline_oauth::{OAuthError, redirect as redirect_uri};
 
@@ -268,16 +269,13 @@ async fn issue_code(
     let now = app.now();
     let result = app
         .run(|s| {
-            approve(
-                s,
-                &settings,
-                user_id,
-                v,
+            let approval = Approval {
                 prompted,
                 now,
-                fresh.clone(),
-                Some(meta.clone()),
-            )
+                fresh: fresh.clone(),
+                request: Some(meta.clone()),
+            };
+            approve(s, &settings, user_id, v, approval)
         })
         .await;
     match result {
