@@ -334,7 +334,7 @@ fn grantline_in(dir: &std::path::Path, args: &[&str]) -> Output {
 fn users_and_clients_from_the_command_line() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let out = grantline_in(d, &["user", "add", "alice"]);
+    let out = grantline_in(d, &["user", "add", "alice", "--email", "alice@example.com"]);
     assert!(
         out.status.success(),
         "{}",

@@ -26,16 +26,32 @@ pub enum AdminError {
     Store(#[from] StoreError),
 }
 
+/// A user to create: name, optional email (sealed in `user.created`), role.
+#[derive(Debug, Clone)]
+pub struct NewUser<'a> {
+    pub username: &'a str,
+    pub email: Option<&'a str>,
+    pub role: &'a str,
+}
+
 /// Creates a local user with a password. Returns the user id.
 pub async fn add_user(
     app: &App,
-    username: &str,
+    user: &NewUser<'_>,
     password: &str,
-    role: &str,
     source: UserSource,
     actor: Actor,
 ) -> Result<String, AdminError> {
-    let username = username.trim();
+    let (username, role) = (user.username.trim(), user.role);
+    if let Some(e) = user.email
+        && (e.len() > 254
+            || !e.contains('@')
+            || e.chars().any(|c| c.is_whitespace() || c.is_control()))
+    {
+        return Err(AdminError::Invalid(format!(
+            "{e:?} is not an email address"
+        )));
+    }
     if username.is_empty() || username.len() > 100 || username.chars().any(char::is_control) {
         return Err(AdminError::Invalid(
             "usernames are 1–100 printable characters".into(),
@@ -60,7 +76,12 @@ pub async fn add_user(
             password_hash: hash,
         })
         .await?;
-    record_user(app, &user_id, username, role, source, actor).await?;
+    let created = NewUser {
+        username,
+        email: user.email,
+        role,
+    };
+    record_user(app, &user_id, &created, source, actor).await?;
     Ok(user_id)
 }
 
@@ -68,26 +89,34 @@ pub async fn add_user(
 pub async fn record_user(
     app: &App,
     user_id: &str,
-    username: &str,
-    role: &str,
+    user: &NewUser<'_>,
     source: UserSource,
     actor: Actor,
 ) -> Result<(), AdminError> {
     let subject = pii::user_subject(user_id);
     let sealed = app
         .keyring
-        .seal(&subject, username)
+        .seal(&subject, user.username)
         .await
         .map_err(AppError::from)?;
+    let email = match user.email {
+        Some(e) => Some(
+            app.keyring
+                .seal(&subject, e)
+                .await
+                .map_err(AppError::from)?,
+        ),
+        None => None,
+    };
     app.append(vec![NewEvent::new(
         StreamId::user(user_id),
         actor,
         UserCreated {
             user_id: user_id.to_string(),
             username: sealed,
-            email: None,
+            email,
             display_name: None,
-            role: role.to_string(),
+            role: user.role.to_string(),
             source,
         },
     )])

@@ -23,8 +23,11 @@ pub async fn admin(app: &App) -> Result<()> {
             admin::record_user(
                 app,
                 &c.user_id,
-                ADMIN,
-                "admin",
+                &admin::NewUser {
+                    username: ADMIN,
+                    email: None,
+                    role: "admin",
+                },
                 UserSource::Bootstrap,
                 Actor::System,
             )
@@ -45,9 +48,12 @@ pub async fn admin(app: &App) -> Result<()> {
     };
     let user_id = admin::add_user(
         app,
-        ADMIN,
+        &admin::NewUser {
+            username: ADMIN,
+            email: None,
+            role: "admin",
+        },
         &password,
-        "admin",
         UserSource::Bootstrap,
         Actor::System,
     )

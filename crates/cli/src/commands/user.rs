@@ -17,6 +17,9 @@ pub enum Command {
         /// `user` or `admin`.
         #[arg(long, default_value = "user")]
         role: String,
+        /// Email address (recorded sealed under the user's erasable key).
+        #[arg(long)]
+        email: Option<String>,
     },
     /// List users: id, username, role, state.
     List,
@@ -38,7 +41,11 @@ pub enum Command {
 
 pub async fn run(loc: &Location, cmd: Command) -> Result<ExitCode> {
     match cmd {
-        Command::Add { username, role } => {
+        Command::Add {
+            username,
+            role,
+            email,
+        } => {
             let app = loc.app(LedgerOptions::default()).await?;
             let (password, generated) = match std::env::var(PASSWORD_ENV) {
                 Ok(p) if !p.is_empty() => (p, false),
@@ -51,15 +58,12 @@ pub async fn run(loc: &Location, cmd: Command) -> Result<ExitCode> {
                     true,
                 ),
             };
-            let r = admin::add_user(
-                &app,
-                &username,
-                &password,
-                &role,
-                UserSource::Cli,
-                Actor::Operator,
-            )
-            .await;
+            let user = admin::NewUser {
+                username: &username,
+                email: email.as_deref(),
+                role: &role,
+            };
+            let r = admin::add_user(&app, &user, &password, UserSource::Cli, Actor::Operator).await;
             app.ledger.shutdown().await;
             let id = r?;
             println!("added user {username} ({id}), role {role}");

@@ -179,6 +179,7 @@ pub async fn disable_client(
 pub struct AddUser {
     username: String,
     password: String,
+    email: Option<String>,
     #[serde(default = "default_role")]
     role: String,
 }
@@ -200,11 +201,15 @@ pub async fn add_user(
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, &format!("bad JSON: {e}")),
     };
+    let user = admin::NewUser {
+        username: &req.username,
+        email: req.email.as_deref(),
+        role: &req.role,
+    };
     match admin::add_user(
         &app,
-        &req.username,
+        &user,
         &req.password,
-        &req.role,
         UserSource::Admin,
         Actor::User { id: admin_id },
     )
