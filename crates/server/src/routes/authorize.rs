@@ -218,10 +218,10 @@ pub async fn authorize(
     }
     let username = app
         .credentials
-        .list()
+        .by_user_id(&s.user_id)
         .await
         .ok()
-        .and_then(|l| l.into_iter().find(|c| c.user_id == s.user_id))
+        .flatten()
         .map(|c| c.username)
         .unwrap_or_else(|| s.user_id.clone());
     let origin = url::Url::parse(&v.redirect_uri)
