@@ -73,6 +73,42 @@ async fn metadata_at_every_well_known_location_with_one_issuer() {
         StatusCode::NOT_FOUND
     );
     assert!(issuers.iter().all(|i| i == &s.base), "{issuers:?}");
+    // Browser-based clients may call discovery, registration and the token endpoint.
+    let pre = browser()
+        .request(reqwest::Method::OPTIONS, s.url("/oauth/token"))
+        .header("origin", "https://inspector.example")
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "content-type")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(pre.headers()["access-control-allow-origin"], "*");
+    assert!(
+        pre.headers()
+            .get("access-control-allow-credentials")
+            .is_none()
+    );
+    let meta = browser()
+        .get(s.url("/.well-known/oauth-authorization-server"))
+        .header("origin", "https://inspector.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        meta.headers()
+            .get_all("access-control-allow-origin")
+            .iter()
+            .count(),
+        1
+    );
+    let pre = browser()
+        .request(reqwest::Method::OPTIONS, s.url("/oauth/introspect"))
+        .header("origin", "https://inspector.example")
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .unwrap();
+    assert!(pre.headers().get("access-control-allow-origin").is_none());
     let (_, jwks) = json(s.url("/.well-known/jwks.json")).await;
     assert!(
         jwks["keys"]

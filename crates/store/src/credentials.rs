@@ -66,18 +66,18 @@ impl Credentials {
     /// The credential of a user id.
     pub async fn by_user_id(&self, user_id: &str) -> Result<Option<Credential>> {
         let row: Option<Row> = match &self.pool {
-            Pool::Sqlite(p) => {
-                sqlx::query_as("SELECT user_id, username, password_hash FROM user_credentials WHERE user_id = ?")
-                    .bind(user_id)
-                    .fetch_optional(p)
-                    .await?
-            }
-            Pool::Postgres(p) => {
-                sqlx::query_as("SELECT user_id, username, password_hash FROM user_credentials WHERE user_id = $1")
-                    .bind(user_id)
-                    .fetch_optional(p)
-                    .await?
-            }
+            Pool::Sqlite(p) => sqlx::query_as(
+                "SELECT user_id, username, password_hash FROM user_credentials WHERE user_id = ?",
+            )
+            .bind(user_id)
+            .fetch_optional(p)
+            .await?,
+            Pool::Postgres(p) => sqlx::query_as(
+                "SELECT user_id, username, password_hash FROM user_credentials WHERE user_id = $1",
+            )
+            .bind(user_id)
+            .fetch_optional(p)
+            .await?,
         };
         Ok(row.map(Self::to_credential))
     }

@@ -12,10 +12,6 @@ use grantline_oauth::{canonical_resource, metadata};
 fn json(v: serde_json::Value) -> Response {
     let mut r = Json(v).into_response();
     r.headers_mut().insert(
-        header::ACCESS_CONTROL_ALLOW_ORIGIN,
-        HeaderValue::from_static("*"),
-    );
-    r.headers_mut().insert(
         header::CACHE_CONTROL,
         HeaderValue::from_static("public, max-age=300"),
     );

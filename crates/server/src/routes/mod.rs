@@ -14,9 +14,21 @@ use crate::app::App;
 use axum::Router;
 use axum::routing::{get, post};
 
-/// Every route of the authorization server.
+/// Every route of the authorization server. Discovery, registration, token and revocation
+/// answer cross-origin requests (browser-based MCP clients call them from JavaScript); they
+/// use no cookies, so no credentials are allowed. Pages, introspection and the admin API
+/// do not answer cross-origin requests.
 pub fn router() -> Router<App> {
-    Router::new()
+    let cors = tower_http::cors::CorsLayer::new()
+        .allow_origin(tower_http::cors::Any)
+        .allow_methods([axum::http::Method::GET, axum::http::Method::POST])
+        .allow_headers([
+            axum::http::header::CONTENT_TYPE,
+            axum::http::header::AUTHORIZATION,
+            axum::http::HeaderName::from_static("mcp-protocol-version"),
+        ])
+        .max_age(std::time::Duration::from_secs(3600));
+    let public = Router::new()
         .route(
             "/.well-known/oauth-authorization-server",
             get(metadata::authorization_server),
@@ -43,10 +55,13 @@ pub fn router() -> Router<App> {
         )
         .route("/.well-known/jwks.json", get(metadata::jwks))
         .route("/oauth/register", post(register::register))
-        .route("/oauth/authorize", get(authorize::authorize))
-        .route("/oauth/consent", post(authorize::consent))
         .route("/oauth/token", post(token::token))
         .route("/oauth/revoke", post(revoke::revoke))
+        .layer(cors);
+    Router::new()
+        .merge(public)
+        .route("/oauth/authorize", get(authorize::authorize))
+        .route("/oauth/consent", post(authorize::consent))
         .route("/oauth/introspect", post(introspect::introspect))
         .route("/login", get(login::form).post(login::submit))
         .route("/logout", post(login::logout))
