@@ -59,6 +59,7 @@ pub struct Inner {
     pub ended_sessions: Mutex<HashMap<String, i64>>,
     pub metadata_documents: Fetcher,
     pub signin: Arc<dyn SignIn>,
+    pub login_throttle: crate::throttle::LoginThrottle,
 }
 
 /// Cheap to clone.
@@ -142,6 +143,7 @@ impl App {
             ended_sessions: Mutex::new(HashMap::new()),
             metadata_documents,
             signin: Arc::new(PasswordSignIn::new(Credentials::new(&store))),
+            login_throttle: Default::default(),
             config,
         }));
         app.record_signing_key().await?;

@@ -15,6 +15,7 @@ pub mod random;
 pub mod routes;
 pub mod session;
 pub mod signin;
+pub mod throttle;
 
 pub use app::{App, AppError, Options};
 pub use config::Config;

@@ -12,7 +12,7 @@ use std::pin::Pin;
 pub enum Outcome {
     SignedIn { user_id: String },
     UnknownUser,
-    BadPassword,
+    BadPassword { user_id: String },
 }
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -85,7 +85,7 @@ impl SignIn for PasswordSignIn {
                 .unwrap_or(false);
             Ok(match (user_id, ok) {
                 (None, _) => Outcome::UnknownUser,
-                (Some(_), false) => Outcome::BadPassword,
+                (Some(user_id), false) => Outcome::BadPassword { user_id },
                 (Some(user_id), true) => Outcome::SignedIn { user_id },
             })
         })

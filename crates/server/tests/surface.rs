@@ -633,3 +633,61 @@ async fn admin_api_adds_lists_and_disables_clients_for_admins_only() {
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_sign_in_failures_are_throttled_and_recorded_once() {
+    let db = sqlite().await;
+    let (s, _d) = server_with(&db, |_| {}).await;
+    let b = browser();
+    let attempt = |password: &'static str| {
+        let (b, s) = (b.clone(), s.url("/login"));
+        async move {
+            let page = b.get(&s).send().await.unwrap().text().await.unwrap();
+            b.post(&s)
+                .form(&[
+                    ("username", "admin"),
+                    ("password", password),
+                    ("csrf", &field(&page, "csrf")),
+                    ("return_to", "/"),
+                ])
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    for _ in 0..grantline_server::throttle::PER_USERNAME {
+        assert_eq!(attempt("wrong").await.status(), StatusCode::UNAUTHORIZED);
+    }
+    let r = attempt(ADMIN_PASSWORD).await;
+    assert_eq!(
+        r.status(),
+        StatusCode::TOO_MANY_REQUESTS,
+        "even the right password waits"
+    );
+    assert!(r.headers().contains_key("retry-after"));
+    assert_eq!(
+        attempt(ADMIN_PASSWORD).await.status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    let events = s.app.store().read(0, 1000).await.unwrap();
+    let reasons: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e.payload() {
+            Payload::LoginFailed(f) => Some(f.reason),
+            _ => None,
+        })
+        .collect();
+    use grantline_ledger::LoginFailure::*;
+    assert_eq!(reasons.iter().filter(|r| **r == BadPassword).count(), 5);
+    assert_eq!(
+        reasons.iter().filter(|r| **r == RateLimited).count(),
+        1,
+        "one event per window"
+    );
+    assert!(
+        events
+            .iter()
+            .all(|e| !matches!(e.payload(), Payload::LoginSucceeded(_)))
+    );
+    s.stop().await;
+}

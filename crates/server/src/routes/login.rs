@@ -5,6 +5,7 @@ use crate::http::{RequestContext, see_other};
 use crate::pages;
 use crate::session::{self, LOGIN_NONCE, SESSION};
 use crate::signin::Outcome;
+use crate::throttle::Verdict;
 use axum::body::Bytes;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -85,8 +86,44 @@ pub async fn submit(
         );
     }
     let username = get("username");
+    let username = username.trim();
     let password = get("password");
-    let outcome = match app.signin.sign_in(username.trim(), &password).await {
+    let now_secs = app.now().0 / 1_000_000;
+    let address = ctx.source_ip.clone();
+    if let Verdict::Limited {
+        record,
+        retry_after,
+    } = app
+        .login_throttle
+        .check(username, address.as_deref(), now_secs)
+    {
+        if record {
+            let user_id = app
+                .credentials
+                .by_username(username)
+                .await
+                .ok()
+                .flatten()
+                .map(|c| c.user_id);
+            if let Err(e) =
+                record_failure(&app, &ctx, username, user_id, LoginFailure::RateLimited).await
+            {
+                return e.into_response();
+            }
+        }
+        let mut r = render(
+            &app,
+            &ctx,
+            StatusCode::TOO_MANY_REQUESTS,
+            &return_to,
+            Some("Too many failed sign-ins. Wait a few minutes and try again."),
+        );
+        if let Ok(v) = HeaderValue::from_str(&retry_after.max(1).to_string()) {
+            r.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        return r;
+    }
+    let outcome = match app.signin.sign_in(username, &password).await {
         Ok(o) => o,
         Err(e) => {
             tracing::error!(error = %e, "sign-in backend failed");
@@ -109,32 +146,15 @@ pub async fn submit(
             (Some(user_id), Some(LoginFailure::UserDisabled))
         }
         Outcome::SignedIn { user_id } => (Some(user_id), None),
-        Outcome::BadPassword => (None, Some(LoginFailure::BadPassword)),
+        Outcome::BadPassword { user_id } => (Some(user_id), Some(LoginFailure::BadPassword)),
         Outcome::UnknownUser => (None, Some(LoginFailure::UnknownUser)),
     };
     if let Some(reason) = failure {
-        // Unknown names are sealed under a daily anonymous subject, so they can be erased in bulk.
-        let subject = match &user_id {
-            Some(u) => pii::user_subject(u),
-            None => format!("anon:{}", &app.now().to_string()[..10]),
-        };
-        let meta = app.request_meta(&ctx, &subject).await;
-        let name = app.keyring.seal(&subject, username.trim()).await.ok();
-        let event = NewEvent::new(
-            match &user_id {
-                Some(u) => StreamId::user(u),
-                None => StreamId::named("logins"),
-            },
-            Actor::System,
-            LoginFailed {
-                user_id: user_id.clone(),
-                username: name,
-                reason,
-                source_ip: meta.as_ref().ok().and_then(|m| m.source_ip.clone()),
-                user_agent: meta.as_ref().ok().and_then(|m| m.user_agent.clone()),
-            },
-        );
-        if let Err(e) = app.append(vec![event]).await {
+        if reason != LoginFailure::UserDisabled {
+            app.login_throttle
+                .failed(username, address.as_deref(), now_secs);
+        }
+        if let Err(e) = record_failure(&app, &ctx, username, user_id, reason).await {
             return e.into_response();
         }
         return render(
@@ -145,6 +165,7 @@ pub async fn submit(
             Some("Wrong username or password."),
         );
     }
+    app.login_throttle.succeeded(username);
     let Some(user_id) = user_id else {
         return render(
             &app,
@@ -186,6 +207,38 @@ pub async fn submit(
         r.headers_mut().append(header::SET_COOKIE, v);
     }
     r
+}
+
+/// Appends `login.failed`. Names that match no user are sealed under a daily anonymous subject,
+/// so they can be erased in bulk.
+async fn record_failure(
+    app: &App,
+    ctx: &RequestContext,
+    username: &str,
+    user_id: Option<String>,
+    reason: LoginFailure,
+) -> Result<(), crate::app::AppError> {
+    let subject = match &user_id {
+        Some(u) => pii::user_subject(u),
+        None => format!("anon:{}", &app.now().to_string()[..10]),
+    };
+    let meta = app.request_meta(ctx, &subject).await?;
+    let name = app.keyring.seal(&subject, username).await?;
+    let event = NewEvent::new(
+        match &user_id {
+            Some(u) => StreamId::user(u),
+            None => StreamId::named("logins"),
+        },
+        Actor::System,
+        LoginFailed {
+            user_id,
+            username: Some(name),
+            reason,
+            source_ip: meta.source_ip,
+            user_agent: meta.user_agent,
+        },
+    );
+    app.append(vec![event]).await.map(|_| ())
 }
 
 pub async fn logout(

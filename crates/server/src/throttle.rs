@@ -1,0 +1,139 @@
+//! Sign-in throttling: after too many failures for one username (or from one address) within
+//! a window, further attempts are refused without checking the password, until the window
+//! ends. Kept in memory per instance.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+/// Failures allowed per username, and per source address, in one window.
+pub const PER_USERNAME: u32 = 5;
+pub const PER_ADDRESS: u32 = 50;
+pub const WINDOW_SECS: i64 = 15 * 60;
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    failures: u32,
+    window_start: i64,
+    /// Whether the refusal in this window was recorded already (one event per window).
+    recorded: bool,
+}
+
+/// Failure counters by key (`u:<username>` or `ip:<address>`).
+#[derive(Default)]
+pub struct LoginThrottle {
+    entries: Mutex<HashMap<String, Entry>>,
+}
+
+/// The decision for one attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Allowed,
+    /// Refused; `record` is true for the first refusal of the window.
+    Limited {
+        record: bool,
+        retry_after: i64,
+    },
+}
+
+fn keys(username: &str, address: Option<&str>) -> Vec<(String, u32)> {
+    let mut k = vec![(format!("u:{}", username.to_lowercase()), PER_USERNAME)];
+    if let Some(a) = address {
+        k.push((format!("ip:{a}"), PER_ADDRESS));
+    }
+    k
+}
+
+impl LoginThrottle {
+    /// Whether an attempt may proceed now.
+    pub fn check(&self, username: &str, address: Option<&str>, now: i64) -> Verdict {
+        let Ok(mut map) = self.entries.lock() else {
+            return Verdict::Allowed;
+        };
+        for (key, limit) in keys(username, address) {
+            if let Some(e) = map.get_mut(&key) {
+                if now - e.window_start >= WINDOW_SECS {
+                    map.remove(&key);
+                    continue;
+                }
+                if e.failures >= limit {
+                    let record = !e.recorded;
+                    e.recorded = true;
+                    return Verdict::Limited {
+                        record,
+                        retry_after: e.window_start + WINDOW_SECS - now,
+                    };
+                }
+            }
+        }
+        Verdict::Allowed
+    }
+
+    /// Counts a failed attempt.
+    pub fn failed(&self, username: &str, address: Option<&str>, now: i64) {
+        if let Ok(mut map) = self.entries.lock() {
+            if map.len() > 100_000 {
+                map.retain(|_, e| now - e.window_start < WINDOW_SECS);
+            }
+            for (key, _) in keys(username, address) {
+                let e = map.entry(key).or_insert(Entry {
+                    failures: 0,
+                    window_start: now,
+                    recorded: false,
+                });
+                if now - e.window_start >= WINDOW_SECS {
+                    *e = Entry {
+                        failures: 0,
+                        window_start: now,
+                        recorded: false,
+                    };
+                }
+                e.failures += 1;
+            }
+        }
+    }
+
+    /// A successful sign-in clears the username's failures.
+    pub fn succeeded(&self, username: &str) {
+        if let Ok(mut map) = self.entries.lock() {
+            map.remove(&format!("u:{}", username.to_lowercase()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn five_failures_lock_the_username_for_the_window() {
+        let t = LoginThrottle::default();
+        for i in 0..PER_USERNAME {
+            assert_eq!(
+                t.check("Alice", Some("1.2.3.4"), 100 + i as i64),
+                Verdict::Allowed
+            );
+            t.failed("alice", Some("1.2.3.4"), 100 + i as i64);
+        }
+        assert!(matches!(
+            t.check("alice", Some("5.6.7.8"), 200),
+            Verdict::Limited { record: true, .. }
+        ));
+        assert!(matches!(
+            t.check("ALICE", None, 201),
+            Verdict::Limited { record: false, .. }
+        ));
+        assert_eq!(t.check("bob", Some("5.6.7.8"), 200), Verdict::Allowed);
+        assert_eq!(t.check("alice", None, 100 + WINDOW_SECS), Verdict::Allowed);
+    }
+
+    #[test]
+    fn success_clears_the_username() {
+        let t = LoginThrottle::default();
+        for _ in 0..PER_USERNAME - 1 {
+            t.failed("alice", None, 1);
+        }
+        t.succeeded("alice");
+        t.failed("alice", None, 2);
+        assert_eq!(t.check("alice", None, 3), Verdict::Allowed);
+    }
+}
