@@ -10,6 +10,7 @@ pub mod authorize;
 pub mod client_auth;
 mod decision;
 mod error;
+pub mod grant;
 pub mod grants;
 pub mod introspect;
 pub mod metadata;

@@ -1028,3 +1028,60 @@ fn grant_revocation_revokes_every_family_under_it() {
         "a new consent makes a new grant"
     );
 }
+
+#[test]
+fn a_user_revokes_their_own_grant_or_everything() {
+    let mut w = World::new();
+    let client = w.public_client();
+    let other_client = w.public_client();
+    let user = w.user();
+    let mallory = w.user();
+    let a = w.tokens(&client, &user);
+    let b = w.tokens(&other_client, &user);
+    let m = w.tokens(&client, &mallory);
+    let grant = w
+        .state
+        .grant_for(&user, &client, RES)
+        .unwrap()
+        .grant_id
+        .clone();
+    let actor = || Actor::User { id: "x".into() };
+    let d = grantline_oauth::grant::revoke(&w.state, actor(), &mallory, &grant, "r", None);
+    assert_eq!(code_of(&d), "invalid_request", "another user's grant");
+    assert!(d.append.events.is_empty());
+    let d = grantline_oauth::grant::revoke(&w.state, actor(), &user, &grant, "r", None);
+    assert_eq!(w.commit(&d.append).unwrap(), vec![Kind::GrantRevoked]);
+    assert!(!w.live(&a.access_token) && w.live(&b.access_token));
+    let again = grantline_oauth::grant::revoke(&w.state, actor(), &user, &grant, "r", None);
+    assert!(again.append.events.is_empty() && again.outcome.is_ok());
+    // A personal access token, then everything.
+    let pat = PatCreated {
+        pat_id: "pat_1".into(),
+        user_id: user.clone(),
+        name: "ci".into(),
+        resource: RES.into(),
+        scopes: vec!["demo:read".into()],
+        prefix: "glp_abcd".into(),
+        digest: secret_digest(b"glp_abcd_secret"),
+        expires_at: None,
+    };
+    w.commit(&Append::new(vec![NewEvent::new(
+        StreamId::pat("pat_1"),
+        actor(),
+        pat,
+    )]))
+    .unwrap();
+    let d = grantline_oauth::grant::revoke_everything(&w.state, actor(), &user, "all", None);
+    assert_eq!(
+        w.commit(&d.append).unwrap(),
+        vec![Kind::GrantRevoked, Kind::PatRevoked]
+    );
+    assert_eq!(d.outcome.unwrap(), 2);
+    assert!(!w.live(&b.access_token));
+    assert!(
+        w.state
+            .live_pat(&secret_digest(b"glp_abcd_secret"), w.now)
+            .is_none()
+    );
+    assert!(w.live(&m.access_token), "other users keep theirs");
+}

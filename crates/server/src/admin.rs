@@ -197,6 +197,24 @@ pub async fn set_role(
     Ok(user_id)
 }
 
+/// Revokes every grant, family and personal access token of a user (by id or username).
+/// Returns how many grants and tokens were revoked.
+pub async fn revoke_everything(app: &App, who: &str, actor: Actor) -> Result<usize, AdminError> {
+    let user_id = resolve_user(app, who).await?;
+    let (outcome, _) = app
+        .run(|s| {
+            grantline_oauth::grant::revoke_everything(
+                s,
+                actor.clone(),
+                &user_id,
+                "revoked everything by an administrator",
+                None,
+            )
+        })
+        .await?;
+    outcome.map_err(|e| AdminError::Invalid(e.description))
+}
+
 /// A client an admin (or the config file) declares.
 #[derive(Debug, Clone, Default)]
 pub struct NewClient {

@@ -691,3 +691,79 @@ async fn repeated_sign_in_failures_are_throttled_and_recorded_once() {
     );
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_see_and_revoke_their_grants_and_admins_revoke_everything() {
+    let db = sqlite().await;
+    let (s, _d) = server_with(&db, |_| {}).await;
+    let (client, code1, verifier) = code(&s, "demo:read").await;
+    let (_, t1) = exchange(&s, &client, &code1, &verifier).await;
+    let b = browser();
+    assert_eq!(
+        b.get(s.url("/account")).send().await.unwrap().status(),
+        StatusCode::FOUND
+    );
+    login(&s, &b).await;
+    let page = b
+        .get(s.url("/account"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("Test client") && page.contains("demo:read"),
+        "{page}"
+    );
+    let forged = b
+        .post(s.url("/account/grants/revoke"))
+        .form(&[("csrf", "x"), ("grant_id", &field(&page, "grant_id"))])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), StatusCode::FORBIDDEN);
+    assert!(active(&s, &get(&t1, "access_token")).await);
+    let r = b
+        .post(s.url("/account/grants/revoke"))
+        .form(&[
+            ("csrf", field(&page, "csrf")),
+            ("grant_id", field(&page, "grant_id")),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert!(
+        !active(&s, &get(&t1, "access_token")).await,
+        "the grant's tokens die"
+    );
+    let (st, _) = refresh(&s, &client, &get(&t1, "refresh_token")).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    assert!(
+        !b.get(s.url("/account"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+            .contains("Test client")
+    );
+    // Two more grants; the admin revokes everything for the user in one step.
+    let (c2, code2, v2) = code(&s, "demo:read").await;
+    let (_, t2) = exchange(&s, &c2, &code2, &v2).await;
+    let (c3, code3, v3) = code(&s, "demo:write").await;
+    let (_, t3) = exchange(&s, &c3, &code3, &v3).await;
+    let r = browser()
+        .post(s.url("/admin/api/users/admin/revoke-all"))
+        .basic_auth("admin", Some(ADMIN_PASSWORD))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.json::<Value>().await.unwrap()["revoked"], 2);
+    assert!(!active(&s, &get(&t2, "access_token")).await);
+    assert!(!active(&s, &get(&t3, "access_token")).await);
+    s.stop().await;
+}

@@ -31,6 +31,8 @@ pub enum Command {
     },
     /// Change a user's role.
     SetRole { user: String, role: String },
+    /// Revoke every grant (and all tokens under them) and personal access token of a user.
+    RevokeAll { user: String },
     /// Destroy a user's personal-data key: their sealed fields read as erased from now on,
     /// and the chain still verifies. Records `user.erased`.
     Erase {
@@ -94,6 +96,13 @@ pub async fn run(loc: &Location, cmd: Command) -> Result<ExitCode> {
             let r = admin::disable_user(&app, &user, &reason, Actor::Operator).await;
             app.ledger.shutdown().await;
             println!("disabled {}", r?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::RevokeAll { user } => {
+            let app = loc.app(LedgerOptions::default()).await?;
+            let r = admin::revoke_everything(&app, &user, Actor::Operator).await;
+            app.ledger.shutdown().await;
+            println!("revoked {} grants and personal access tokens of {user}", r?);
             Ok(ExitCode::SUCCESS)
         }
         Command::SetRole { user, role } => {

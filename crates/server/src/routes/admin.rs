@@ -219,3 +219,19 @@ pub async fn add_user(
         Err(e) => e.into_response(),
     }
 }
+
+/// Revokes every grant (and family) and personal access token of a user, in one step.
+pub async fn revoke_everything(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path(user): Path<String>,
+) -> Response {
+    let admin_id = match admin_user(&app, &headers).await {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
+    match admin::revoke_everything(&app, &user, Actor::User { id: admin_id }).await {
+        Ok(n) => Json(json!({ "revoked": n })).into_response(),
+        Err(e) => e.into_response(),
+    }
+}

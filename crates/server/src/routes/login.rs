@@ -19,6 +19,7 @@ fn safe_return_to(r: Option<&str>) -> String {
         Some(p) if p.starts_with("/oauth/authorize?") && !p.contains(['\r', '\n', '\\']) => {
             p.to_string()
         }
+        Some("/account") => "/account".to_string(),
         _ => "/".to_string(),
     }
 }

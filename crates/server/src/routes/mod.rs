@@ -1,5 +1,6 @@
 //! The HTTP surface: one file per endpoint.
 
+pub mod account;
 pub mod admin;
 pub mod authorize;
 pub mod client;
@@ -65,6 +66,9 @@ pub fn router() -> Router<App> {
         .route("/oauth/introspect", post(introspect::introspect))
         .route("/login", get(login::form).post(login::submit))
         .route("/logout", post(login::logout))
+        .route("/account", get(account::page))
+        .route("/account/grants/revoke", post(account::revoke_grant))
+        .route("/account/revoke-all", post(account::revoke_everything))
         .route("/healthz", get(|| async { "ok" }))
         .route(
             "/admin/api/clients",
@@ -75,4 +79,8 @@ pub fn router() -> Router<App> {
             post(admin::disable_client),
         )
         .route("/admin/api/users", post(admin::add_user))
+        .route(
+            "/admin/api/users/{user}/revoke-all",
+            post(admin::revoke_everything),
+        )
 }

@@ -1,0 +1,89 @@
+//! Withdrawing consent: a user revokes one of their grants, or everything at once (every
+//! grant, and with them every token family, and every personal access token).
+
+use crate::{Decision, ErrorCode, OAuthError};
+use grantline_ledger::{Actor, GrantRevoked, NewEvent, PatRevoked, RequestMeta, StreamId};
+use grantline_state::State;
+
+/// `user` revokes their grant `grant_id`. Another user's grant is refused as unknown.
+pub fn revoke(
+    state: &State,
+    actor: Actor,
+    user_id: &str,
+    grant_id: &str,
+    reason: &str,
+    request: Option<RequestMeta>,
+) -> Decision<()> {
+    match state.grants.get(grant_id) {
+        Some(g) if g.user_id == user_id => {
+            if g.revoked {
+                return Decision::new(Vec::new(), Ok(()));
+            }
+            Decision::new(
+                vec![NewEvent::new(
+                    StreamId::grant(grant_id),
+                    actor,
+                    GrantRevoked {
+                        grant_id: grant_id.to_string(),
+                        user_id: user_id.to_string(),
+                        client_id: g.client_id.clone(),
+                        reason: reason.to_string(),
+                        request,
+                    },
+                )],
+                Ok(()),
+            )
+        }
+        _ => Decision::refuse(OAuthError::new(ErrorCode::InvalidRequest, "no such grant")),
+    }
+}
+
+/// Revokes every live grant (and so every family under them) and every live personal access
+/// token of `user_id`, in one append.
+pub fn revoke_everything(
+    state: &State,
+    actor: Actor,
+    user_id: &str,
+    reason: &str,
+    request: Option<RequestMeta>,
+) -> Decision<usize> {
+    let mut events = Vec::new();
+    let mut grants: Vec<_> = state
+        .grants
+        .values()
+        .filter(|g| g.user_id == user_id && !g.revoked)
+        .collect();
+    grants.sort_by(|a, b| a.grant_id.cmp(&b.grant_id));
+    for g in grants {
+        events.push(NewEvent::new(
+            StreamId::grant(&g.grant_id),
+            actor.clone(),
+            GrantRevoked {
+                grant_id: g.grant_id.clone(),
+                user_id: user_id.to_string(),
+                client_id: g.client_id.clone(),
+                reason: reason.to_string(),
+                request: request.clone(),
+            },
+        ));
+    }
+    let mut pats: Vec<_> = state
+        .pats
+        .values()
+        .filter(|p| p.user_id == user_id && p.revoked.is_none())
+        .collect();
+    pats.sort_by(|a, b| a.pat_id.cmp(&b.pat_id));
+    for p in pats {
+        events.push(NewEvent::new(
+            StreamId::pat(&p.pat_id),
+            actor.clone(),
+            PatRevoked {
+                pat_id: p.pat_id.clone(),
+                user_id: user_id.to_string(),
+                reason: reason.to_string(),
+            },
+        ));
+    }
+    let n = events.len();
+    Decision::new(events, Ok(n))
+}

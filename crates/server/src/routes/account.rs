@@ -1,0 +1,171 @@
+//! The signed-in user's own page: the applications they granted access to, each revocable,
+//! and "revoke everything".
+
+use crate::app::App;
+use crate::http::{RequestContext, redirect, see_other};
+use crate::pages::{self, esc};
+use crate::session;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use grantline_ledger::{Actor, pii};
+use grantline_oauth::grant;
+
+fn login_redirect(ctx: &RequestContext) -> Response {
+    redirect(&format!("{}/login?return_to=%2Faccount", ctx.issuer))
+}
+
+pub async fn page(State(app): State<App>, ctx: RequestContext, headers: HeaderMap) -> Response {
+    let now = app.now();
+    let Some(s) = session::current(&app, &ctx, &headers, now.0 / 1_000_000) else {
+        return login_redirect(&ctx);
+    };
+    let csrf = session::csrf(&app, &s.session_id, "account");
+    let rows: String = {
+        let state = app.projection.read();
+        let mut grants: Vec<_> = state
+            .grants
+            .values()
+            .filter(|g| g.user_id == s.user_id && !g.revoked)
+            .collect();
+        grants.sort_by_key(|g| std::cmp::Reverse(g.granted_at));
+        grants
+            .iter()
+            .map(|g| {
+                let client = state
+                    .clients
+                    .get(&g.client_id)
+                    .map(|c| c.client_name.clone())
+                    .unwrap_or_else(|| g.client_id.clone());
+                let scopes: Vec<&str> = g.scopes.iter().map(String::as_str).collect();
+                format!(
+                    "<li><strong>{}</strong> <small>({})</small><br>{} — {}<br><small>since {}</small>\
+                     <form method=\"post\" action=\"/account/grants/revoke\">\
+                     <input type=\"hidden\" name=\"csrf\" value=\"{}\">\
+                     <input type=\"hidden\" name=\"grant_id\" value=\"{}\">\
+                     <button type=\"submit\">Revoke</button></form></li>",
+                    esc(&client),
+                    esc(&g.client_id),
+                    esc(&g.resource),
+                    esc(&scopes.join(" ")),
+                    esc(&g.granted_at.to_string()),
+                    esc(&csrf),
+                    esc(&g.grant_id),
+                )
+            })
+            .collect()
+    };
+    let list = if rows.is_empty() {
+        "<p>No application has access.</p>".to_string()
+    } else {
+        format!("<ul>{rows}</ul>")
+    };
+    pages::page(
+        StatusCode::OK,
+        "Your access",
+        &format!(
+            "<h1>Applications with access</h1><div class=\"box\">{list}</div>\
+             <form method=\"post\" action=\"/account/revoke-all\">\
+             <input type=\"hidden\" name=\"csrf\" value=\"{}\">\
+             <button type=\"submit\">Revoke everything</button> \
+             <small>every application and personal access token, at once</small></form>",
+            esc(&csrf)
+        ),
+        "'self'",
+    )
+}
+
+async fn checked(
+    app: &App,
+    ctx: &RequestContext,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(session::Session, Vec<(String, String)>), Response> {
+    let now = app.now().0 / 1_000_000;
+    let Some(s) = session::current(app, ctx, headers, now) else {
+        return Err(login_redirect(ctx));
+    };
+    let params = crate::http::parse_params(&String::from_utf8_lossy(body), &[])
+        .map_err(|e| pages::error(StatusCode::BAD_REQUEST, "Bad request", &e.description))?;
+    let submitted = crate::http::param(&params, "csrf").unwrap_or_default();
+    if !session::csrf_ok(app, &s.session_id, "account", &submitted) {
+        return Err(pages::error(
+            StatusCode::FORBIDDEN,
+            "Request refused",
+            "This form did not come from this server.",
+        ));
+    }
+    Ok((s, params))
+}
+
+pub async fn revoke_grant(
+    State(app): State<App>,
+    ctx: RequestContext,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let (s, params) = match checked(&app, &ctx, &headers, &body).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let grant_id = crate::http::param(&params, "grant_id").unwrap_or_default();
+    let meta = app
+        .request_meta(&ctx, &pii::user_subject(&s.user_id))
+        .await
+        .ok();
+    let actor = Actor::User {
+        id: s.user_id.clone(),
+    };
+    match app
+        .run(|st| {
+            grant::revoke(
+                st,
+                actor.clone(),
+                &s.user_id,
+                &grant_id,
+                "revoked by the user",
+                meta.clone(),
+            )
+        })
+        .await
+    {
+        Ok((Ok(()), _)) => see_other(&format!("{}/account", ctx.issuer)),
+        Ok((Err(e), _)) => pages::error(StatusCode::BAD_REQUEST, "Not revoked", &e.description),
+        Err(e) => e.into_response(),
+    }
+}
+
+pub async fn revoke_everything(
+    State(app): State<App>,
+    ctx: RequestContext,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let (s, _) = match checked(&app, &ctx, &headers, &body).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let meta = app
+        .request_meta(&ctx, &pii::user_subject(&s.user_id))
+        .await
+        .ok();
+    let actor = Actor::User {
+        id: s.user_id.clone(),
+    };
+    match app
+        .run(|st| {
+            grant::revoke_everything(
+                st,
+                actor.clone(),
+                &s.user_id,
+                "the user revoked everything",
+                meta.clone(),
+            )
+        })
+        .await
+    {
+        Ok(_) => see_other(&format!("{}/account", ctx.issuer)),
+        Err(e) => e.into_response(),
+    }
+}
