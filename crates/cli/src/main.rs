@@ -49,6 +49,9 @@ enum Command {
     /// OAuth clients: add, list, disable.
     #[command(subcommand)]
     Client(commands::client::Command),
+    /// Personal access tokens: create, list, revoke.
+    #[command(subcommand)]
+    Pat(commands::pat::Command),
     /// The checkpoint signing key.
     #[command(subcommand)]
     Key(commands::key::Command),
@@ -94,6 +97,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Events(a) => commands::events::run(&loc, a).await,
         Command::User(c) => commands::user::run(&loc, c).await,
         Command::Client(c) => commands::client::run(&loc, c).await,
+        Command::Pat(c) => commands::pat::run(&loc, c).await,
         Command::Key(c) => commands::key::run(&loc, c),
         Command::Migrate => {
             let store = grantline_store::Store::connect(&loc.database, true).await?;

@@ -454,3 +454,91 @@ fn users_and_clients_from_the_command_line() {
         "{list}"
     );
 }
+
+#[test]
+fn personal_access_tokens_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    assert!(grantline_in(d, &["user", "add", "ci-bot"]).status.success());
+    let out = grantline_in(
+        d,
+        &[
+            "pat",
+            "create",
+            "--user",
+            "ci-bot",
+            "--name",
+            "deploy",
+            "--resource",
+            "demo",
+            "--expires",
+            "90",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = stdout(&out);
+    let token = text
+        .lines()
+        .find_map(|l| l.strip_prefix("token: "))
+        .unwrap()
+        .trim_end_matches(" (shown once)")
+        .to_string();
+    let id = text
+        .lines()
+        .find_map(|l| l.strip_prefix("pat_id: "))
+        .unwrap()
+        .to_string();
+    assert!(token.starts_with("glp_") && token.len() > 40);
+    let list = stdout(&grantline_in(d, &["pat", "list", "--user", "ci-bot"]));
+    assert!(list.contains(&id) && list.contains("active") && list.contains(&token[..12]));
+    assert!(!list.contains(&token), "the token is never listed");
+    assert!(
+        !grantline_in(
+            d,
+            &[
+                "pat",
+                "create",
+                "--user",
+                "ci-bot",
+                "--name",
+                "x",
+                "--resource",
+                "demo",
+                "--expires",
+                "45"
+            ]
+        )
+        .status
+        .success()
+    );
+    assert!(
+        !grantline_in(
+            d,
+            &[
+                "pat",
+                "create",
+                "--user",
+                "ci-bot",
+                "--name",
+                "x",
+                "--resource",
+                "nope"
+            ]
+        )
+        .status
+        .success()
+    );
+    assert!(grantline_in(d, &["pat", "revoke", &id]).status.success());
+    let list = stdout(&grantline_in(d, &["pat", "list"]));
+    assert!(
+        list.lines()
+            .any(|l| l.contains(&id) && l.contains("revoked")),
+        "{list}"
+    );
+    let events = stdout(&grantline_in(d, &["events"]));
+    assert!(!events.contains(&token), "no raw token in the ledger");
+}

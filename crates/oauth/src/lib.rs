@@ -14,6 +14,7 @@ pub mod grant;
 pub mod grants;
 pub mod introspect;
 pub mod metadata;
+pub mod pat;
 pub mod pkce;
 pub mod redirect;
 pub mod register;

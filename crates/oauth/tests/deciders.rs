@@ -1085,3 +1085,111 @@ fn a_user_revokes_their_own_grant_or_everything() {
     );
     assert!(w.live(&m.access_token), "other users keep theirs");
 }
+
+#[test]
+fn personal_access_tokens_are_shown_once_bounded_and_revoked_for_good() {
+    use grantline_oauth::pat::{self, PatRequest};
+    let mut w = World::new();
+    let user = w.user();
+    let actor = Actor::User { id: user.clone() };
+    let req = |scope: Option<&str>, resource: &str, days: Option<u32>, name: &str| PatRequest {
+        user_id: user.clone(),
+        name: name.into(),
+        resource: resource.into(),
+        scope: scope.map(String::from),
+        expires_in_days: days,
+    };
+    let fresh = || {
+        (
+            "pat_1".to_string(),
+            Secret("glp_0123456789abcdefghijklmnopqrstuvwxyzABCDEFG".into()),
+        )
+    };
+    for (r, err) in [
+        (
+            req(Some("demo:admin"), RES, Some(30), "ci"),
+            "invalid_scope",
+        ),
+        (
+            req(None, "https://other.example/r", Some(30), "ci"),
+            "invalid_target",
+        ),
+        (req(None, RES, Some(31), "ci"), "invalid_request"),
+        (req(None, RES, None, "  "), "invalid_request"),
+    ] {
+        let d = pat::create(&w.state, &w.settings, actor.clone(), &r, w.now, fresh());
+        assert_eq!(code_of(&d), err, "{r:?}");
+        assert!(d.append.events.is_empty());
+    }
+    let d = pat::create(
+        &w.state,
+        &w.settings,
+        actor.clone(),
+        &req(None, &format!("{RES}/"), Some(30), "ci"),
+        w.now,
+        fresh(),
+    );
+    w.commit(&d.append).unwrap();
+    let created = d.outcome.unwrap();
+    assert_eq!(created.prefix, "glp_01234567");
+    assert_eq!(created.expires_at, Some(w.now.plus_secs(30 * 86_400)));
+    let digest = created.token.digest();
+    let stored = w.state.live_pat(&digest, w.now).expect("live");
+    assert_eq!(
+        stored.scopes.iter().cloned().collect::<Vec<_>>(),
+        vec!["demo:read".to_string()]
+    );
+    assert_eq!(stored.resource, RES);
+    let json = format!("{:?}", w.state.pats);
+    assert!(
+        !json.contains(created.token.as_str()),
+        "only the digest and prefix are kept"
+    );
+    // Another user cannot revoke it; the owner can, once, for good.
+    let mallory = w.user();
+    assert_eq!(
+        code_of(&pat::revoke(
+            &w.state,
+            actor.clone(),
+            &mallory,
+            "pat_1",
+            "x"
+        )),
+        "invalid_request"
+    );
+    let d = pat::revoke(&w.state, actor.clone(), &user, "pat_1", "x");
+    assert_eq!(w.commit(&d.append).unwrap(), vec![Kind::PatRevoked]);
+    assert!(w.state.live_pat(&digest, w.now).is_none());
+    assert!(
+        w.state.pats["pat_1"].revoked.is_some(),
+        "stays listed as revoked"
+    );
+    assert!(
+        pat::revoke(&w.state, actor, &user, "pat_1", "x")
+            .append
+            .events
+            .is_empty()
+    );
+    // Expiry.
+    let d = pat::create(
+        &w.state,
+        &w.settings,
+        Actor::System,
+        &req(None, RES, Some(7), "short"),
+        w.now,
+        (
+            "pat_2".into(),
+            Secret("glp_short_lived_token_value_for_the_test_xx".into()),
+        ),
+    );
+    w.commit(&d.append).unwrap();
+    w.tick(7 * 86_400);
+    assert!(
+        w.state
+            .live_pat(
+                &secret_digest(b"glp_short_lived_token_value_for_the_test_xx"),
+                w.now
+            )
+            .is_none()
+    );
+}

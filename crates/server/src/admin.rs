@@ -347,3 +347,88 @@ pub fn app_type_name(a: ApplicationType) -> &'static str {
         ApplicationType::Web => "web",
     }
 }
+
+/// Creates a personal access token for a user (by id or username); the token is in the result,
+/// shown once.
+pub async fn create_pat(
+    app: &App,
+    who: &str,
+    req: grantline_oauth::pat::PatRequest,
+    actor: Actor,
+) -> Result<grantline_oauth::pat::CreatedPat, AdminError> {
+    let user_id = resolve_user(app, who).await?;
+    let settings = app.settings();
+    // A resource may be named by its short name as well as its identifier.
+    let resource = settings
+        .resources
+        .iter()
+        .find(|r| r.name == req.resource)
+        .map(|r| r.id.clone())
+        .unwrap_or(req.resource);
+    let req = grantline_oauth::pat::PatRequest {
+        user_id,
+        resource,
+        ..req
+    };
+    let fresh = (
+        crate::random::id("pat"),
+        crate::random::secret(grantline_oauth::tokens::PAT_PREFIX),
+    );
+    let now = app.now();
+    let (outcome, _) = app
+        .run(|s| {
+            grantline_oauth::pat::create(s, &settings, actor.clone(), &req, now, fresh.clone())
+        })
+        .await?;
+    outcome.map_err(|e| AdminError::Invalid(e.description))
+}
+
+/// Revokes a personal access token, as its owner or an admin.
+pub async fn revoke_pat(app: &App, pat_id: &str, actor: Actor) -> Result<(), AdminError> {
+    let owner = app
+        .projection
+        .read()
+        .pats
+        .get(pat_id)
+        .map(|p| p.user_id.clone())
+        .ok_or_else(|| AdminError::NotFound(format!("personal access token {pat_id:?}")))?;
+    let (outcome, _) = app
+        .run(|s| grantline_oauth::pat::revoke(s, actor.clone(), &owner, pat_id, "revoked"))
+        .await?;
+    outcome.map_err(|e| AdminError::Invalid(e.description))
+}
+
+/// Personal access tokens as listed: id, name, prefix, resource, scopes, dates, state. Never
+/// the token.
+pub fn pat_list(app: &App, user_id: Option<&str>) -> Vec<serde_json::Value> {
+    let state = app.projection.read();
+    let now = app.now();
+    let mut pats: Vec<_> = state
+        .pats
+        .values()
+        .filter(|p| user_id.is_none_or(|u| p.user_id == u))
+        .collect();
+    pats.sort_by_key(|p| p.created_at);
+    pats.iter()
+        .map(|p| {
+            let status = if p.revoked.is_some() {
+                "revoked"
+            } else if p.expires_at.is_some_and(|e| e <= now) {
+                "expired"
+            } else {
+                "active"
+            };
+            serde_json::json!({
+                "pat_id": p.pat_id,
+                "user_id": p.user_id,
+                "name": p.name,
+                "prefix": p.prefix,
+                "resource": p.resource,
+                "scopes": p.scopes,
+                "created_at": p.created_at.to_string(),
+                "expires_at": p.expires_at.map(|e| e.to_string()),
+                "status": status,
+            })
+        })
+        .collect()
+}

@@ -767,3 +767,118 @@ async fn users_see_and_revoke_their_grants_and_admins_revoke_everything() {
     assert!(!active(&s, &get(&t3, "access_token")).await);
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn personal_access_tokens_from_the_account_page_and_the_admin_api() {
+    let db = sqlite().await;
+    let (s, _d) = server_with(&db, |_| {}).await;
+    let b = browser();
+    login(&s, &b).await;
+    let page = b
+        .get(s.url("/account"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let csrf = field(&page, "csrf");
+    let resource = s.resource();
+    let r = b
+        .post(s.url("/account/pats"))
+        .form(&[
+            ("csrf", csrf.as_str()),
+            ("name", "laptop"),
+            ("resource", resource.as_str()),
+            ("scope", "demo:read"),
+            ("expires", "7"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    let shown = r.text().await.unwrap();
+    let start = shown.find("glp_").expect("token shown once");
+    let token: String = shown[start..]
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
+        .collect();
+    assert!(
+        active(&s, &token).await,
+        "introspection knows personal access tokens"
+    );
+    let page = b
+        .get(s.url("/account"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("laptop") && page.contains(&token[..12]) && !page.contains(&token));
+    let pat_id = field(
+        &page[page.find("/account/pats/revoke").unwrap()..],
+        "pat_id",
+    );
+    let r = b
+        .post(s.url("/account/pats/revoke"))
+        .form(&[("csrf", csrf.as_str()), ("pat_id", pat_id.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert!(!active(&s, &token).await);
+    // The admin API: create for a user, list, revoke.
+    let api = s.url("/admin/api/users/admin/pats");
+    let r = browser()
+        .post(&api)
+        .basic_auth("admin", Some(ADMIN_PASSWORD))
+        .json(&serde_json::json!({"name": "ci", "resource": "demo", "expires_in_days": 30}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let created: Value = r.json().await.unwrap();
+    assert!(active(&s, &get(&created, "token")).await);
+    let bad = browser()
+        .post(&api)
+        .basic_auth("admin", Some(ADMIN_PASSWORD))
+        .json(&serde_json::json!({"name": "ci", "resource": "demo", "expires_in_days": 3}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+    let list: Value = browser()
+        .get(&api)
+        .basic_auth("admin", Some(ADMIN_PASSWORD))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let statuses: Vec<&str> = list["pats"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        statuses,
+        vec!["revoked", "active"],
+        "revoked tokens stay listed"
+    );
+    let r = browser()
+        .post(s.url(&format!(
+            "/admin/api/pats/{}/revoke",
+            get(&created, "pat_id")
+        )))
+        .basic_auth("admin", Some(ADMIN_PASSWORD))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(!active(&s, &get(&created, "token")).await);
+    s.stop().await;
+}

@@ -61,6 +61,51 @@ pub async fn page(State(app): State<App>, ctx: RequestContext, headers: HeaderMa
     } else {
         format!("<ul>{rows}</ul>")
     };
+    let pats: String = crate::admin::pat_list(&app, Some(&s.user_id))
+        .iter()
+        .map(|p| {
+            let txt = |k: &str| esc(p[k].as_str().unwrap_or(""));
+            let revoke = if p["status"] == "active" {
+                format!(
+                    "<form method=\"post\" action=\"/account/pats/revoke\">\
+                     <input type=\"hidden\" name=\"csrf\" value=\"{}\">\
+                     <input type=\"hidden\" name=\"pat_id\" value=\"{}\">\
+                     <button type=\"submit\">Revoke</button></form>",
+                    esc(&csrf),
+                    txt("pat_id")
+                )
+            } else {
+                String::new()
+            };
+            format!(
+                "<li><strong>{}</strong> <span class=\"host\">{}…</span> {}<br><small>{} — expires {}</small>{revoke}</li>",
+                txt("name"),
+                txt("prefix"),
+                txt("status"),
+                txt("resource"),
+                p["expires_at"].as_str().map(esc).unwrap_or_else(|| "never".into()),
+            )
+        })
+        .collect();
+    let resources: String = app
+        .settings_for(&ctx.issuer)
+        .resources
+        .iter()
+        .map(|r| format!("<option value=\"{}\">{}</option>", esc(&r.id), esc(&r.name)))
+        .collect();
+    let pat_section = format!(
+        "<h1>Personal access tokens</h1><div class=\"box\"><ul>{pats}</ul>\
+         <form method=\"post\" action=\"/account/pats\">\
+         <input type=\"hidden\" name=\"csrf\" value=\"{}\">\
+         <label for=\"name\">Name</label><input type=\"text\" id=\"name\" name=\"name\" required>\
+         <label for=\"resource\">Resource</label><select id=\"resource\" name=\"resource\">{resources}</select>\
+         <label for=\"scope\">Scopes (space-separated; empty for the defaults)</label><input type=\"text\" id=\"scope\" name=\"scope\">\
+         <label for=\"expires\">Expires</label><select id=\"expires\" name=\"expires\">\
+         <option value=\"30\">in 30 days</option><option value=\"7\">in 7 days</option><option value=\"90\">in 90 days</option>\
+         <option value=\"365\">in a year</option><option value=\"never\">never</option></select>\
+         <p><button class=\"primary\" type=\"submit\">Create token</button></p></form></div>",
+        esc(&csrf)
+    );
     pages::page(
         StatusCode::OK,
         "Your access",
@@ -69,7 +114,7 @@ pub async fn page(State(app): State<App>, ctx: RequestContext, headers: HeaderMa
              <form method=\"post\" action=\"/account/revoke-all\">\
              <input type=\"hidden\" name=\"csrf\" value=\"{}\">\
              <button type=\"submit\">Revoke everything</button> \
-             <small>every application and personal access token, at once</small></form>",
+             <small>every application and personal access token, at once</small></form>{pat_section}",
             esc(&csrf)
         ),
         "'self'",
@@ -167,5 +212,80 @@ pub async fn revoke_everything(
     {
         Ok(_) => see_other(&format!("{}/account", ctx.issuer)),
         Err(e) => e.into_response(),
+    }
+}
+
+pub async fn create_pat(
+    State(app): State<App>,
+    ctx: RequestContext,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let (s, params) = match checked(&app, &ctx, &headers, &body).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let get = |k: &str| crate::http::param(&params, k);
+    let expires_in_days = match get("expires").as_deref() {
+        Some("never") => None,
+        Some(d) => match d.parse() {
+            Ok(n) => Some(n),
+            Err(_) => {
+                return pages::error(StatusCode::BAD_REQUEST, "Not created", "Choose an expiry.");
+            }
+        },
+        None => Some(30),
+    };
+    let req = grantline_oauth::pat::PatRequest {
+        user_id: s.user_id.clone(),
+        name: get("name").unwrap_or_default(),
+        resource: get("resource").unwrap_or_default(),
+        scope: get("scope"),
+        expires_in_days,
+    };
+    let actor = Actor::User {
+        id: s.user_id.clone(),
+    };
+    match crate::admin::create_pat(&app, &s.user_id, req, actor).await {
+        Ok(p) => pages::page(
+            StatusCode::OK,
+            "Token created",
+            &format!(
+                "<h1>Token created</h1><div class=\"box warn\"><p>Copy it now: it is shown only once.</p>\
+                 <p><span class=\"host\">{}</span></p></div><p><a href=\"/account\">Back</a></p>",
+                esc(p.token.as_str())
+            ),
+            "'none'",
+        ),
+        Err(e) => pages::error(StatusCode::BAD_REQUEST, "Not created", &e.to_string()),
+    }
+}
+
+pub async fn revoke_pat(
+    State(app): State<App>,
+    ctx: RequestContext,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let (s, params) = match checked(&app, &ctx, &headers, &body).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let pat_id = crate::http::param(&params, "pat_id").unwrap_or_default();
+    let owned = app
+        .projection
+        .read()
+        .pats
+        .get(&pat_id)
+        .is_some_and(|p| p.user_id == s.user_id);
+    if !owned {
+        return pages::error(StatusCode::BAD_REQUEST, "Not revoked", "No such token.");
+    }
+    let actor = Actor::User {
+        id: s.user_id.clone(),
+    };
+    match crate::admin::revoke_pat(&app, &pat_id, actor).await {
+        Ok(()) => see_other(&format!("{}/account", ctx.issuer)),
+        Err(e) => pages::error(StatusCode::BAD_REQUEST, "Not revoked", &e.to_string()),
     }
 }

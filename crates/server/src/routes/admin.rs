@@ -235,3 +235,82 @@ pub async fn revoke_everything(
         Err(e) => e.into_response(),
     }
 }
+
+#[derive(Deserialize)]
+pub struct CreatePat {
+    name: String,
+    resource: String,
+    scope: Option<String>,
+    /// Days: 7, 30, 90, 365, or absent for never.
+    expires_in_days: Option<u32>,
+}
+
+/// Creates a personal access token for a user; the token is in this answer only.
+pub async fn create_pat(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path(user): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let admin_id = match admin_user(&app, &headers).await {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
+    let req: CreatePat = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("bad JSON: {e}")),
+    };
+    let req = grantline_oauth::pat::PatRequest {
+        user_id: String::new(),
+        name: req.name,
+        resource: req.resource,
+        scope: req.scope,
+        expires_in_days: req.expires_in_days,
+    };
+    match admin::create_pat(&app, &user, req, Actor::User { id: admin_id }).await {
+        Ok(p) => {
+            let mut r = (
+                StatusCode::CREATED,
+                Json(json!({
+                    "pat_id": p.pat_id,
+                    "token": p.token.as_str(),
+                    "prefix": p.prefix,
+                    "expires_at": p.expires_at.map(|e| e.to_string()),
+                })),
+            )
+                .into_response();
+            crate::http::no_store(r.headers_mut());
+            r
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+pub async fn list_pats(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path(user): Path<String>,
+) -> Response {
+    if let Err(r) = admin_user(&app, &headers).await {
+        return r;
+    }
+    match admin::resolve_user(&app, &user).await {
+        Ok(u) => Json(json!({ "pats": admin::pat_list(&app, Some(&u)) })).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+pub async fn revoke_pat(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path(pat_id): Path<String>,
+) -> Response {
+    let admin_id = match admin_user(&app, &headers).await {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
+    match admin::revoke_pat(&app, &pat_id, Actor::User { id: admin_id }).await {
+        Ok(()) => Json(json!({ "pat_id": pat_id, "revoked": true })).into_response(),
+        Err(e) => e.into_response(),
+    }
+}

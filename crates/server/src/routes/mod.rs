@@ -69,6 +69,8 @@ pub fn router() -> Router<App> {
         .route("/account", get(account::page))
         .route("/account/grants/revoke", post(account::revoke_grant))
         .route("/account/revoke-all", post(account::revoke_everything))
+        .route("/account/pats", post(account::create_pat))
+        .route("/account/pats/revoke", post(account::revoke_pat))
         .route("/healthz", get(|| async { "ok" }))
         .route(
             "/admin/api/clients",
@@ -83,4 +85,9 @@ pub fn router() -> Router<App> {
             "/admin/api/users/{user}/revoke-all",
             post(admin::revoke_everything),
         )
+        .route(
+            "/admin/api/users/{user}/pats",
+            get(admin::list_pats).post(admin::create_pat),
+        )
+        .route("/admin/api/pats/{pat_id}/revoke", post(admin::revoke_pat))
 }

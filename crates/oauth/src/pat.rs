@@ -1,0 +1,135 @@
+//! Personal access tokens (`glp_…`) for clients that do not speak OAuth: bound to one
+//! resource and scopes, shown once, afterwards known only by id and visible prefix; revoked
+//! for good.
+
+use crate::tokens::Secret;
+use crate::{Decision, ErrorCode, OAuthError, Settings, scope};
+use grantline_ledger::{Actor, NewEvent, PatCreated, PatRevoked, StreamId, Timestamp};
+use grantline_state::State;
+
+/// The lifetimes a token may have.
+pub const EXPIRY_DAYS: &[Option<u32>] = &[None, Some(7), Some(30), Some(90), Some(365)];
+
+/// What the creator asked for.
+#[derive(Debug, Clone)]
+pub struct PatRequest {
+    pub user_id: String,
+    pub name: String,
+    pub resource: String,
+    pub scope: Option<String>,
+    /// `None` = never expires; else one of 7, 30, 90, 365 days.
+    pub expires_in_days: Option<u32>,
+}
+
+/// The token, shown once.
+#[derive(Debug, Clone)]
+pub struct CreatedPat {
+    pub pat_id: String,
+    pub token: Secret,
+    pub prefix: String,
+    pub expires_at: Option<Timestamp>,
+}
+
+/// The visible start of a token: enough to recognise it in a list, not to use it.
+pub fn prefix_of(token: &str) -> String {
+    token.chars().take(12).collect()
+}
+
+fn invalid(d: impl Into<String>) -> OAuthError {
+    OAuthError::new(ErrorCode::InvalidRequest, d)
+}
+
+/// Decides a token's creation. `fresh` is the id and the secret drawn by the caller.
+pub fn create(
+    state: &State,
+    settings: &Settings,
+    actor: Actor,
+    req: &PatRequest,
+    now: Timestamp,
+    fresh: (String, Secret),
+) -> Decision<CreatedPat> {
+    if state
+        .users
+        .get(&req.user_id)
+        .is_none_or(|u| u.disabled || u.erased)
+    {
+        return invalid("no such active user").into();
+    }
+    let name = req.name.trim();
+    if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
+        return invalid("a token needs a name of 1–100 printable characters").into();
+    }
+    let Some(resource) = settings.resource(&req.resource) else {
+        return OAuthError::invalid_target("unknown resource").into();
+    };
+    let scopes = match scope::parse(req.scope.as_deref().unwrap_or("")) {
+        Ok(s) if s.is_empty() => resource.default_scopes.iter().cloned().collect(),
+        Ok(s) => s,
+        Err(e) => return e.into(),
+    };
+    if let Some(bad) = scopes.iter().find(|s| !resource.offers(s)) {
+        return OAuthError::invalid_scope(format!(
+            "scope {bad:?} is not offered by {}",
+            resource.id
+        ))
+        .into();
+    }
+    if !EXPIRY_DAYS.contains(&req.expires_in_days) {
+        return invalid("expiry must be never, 7, 30, 90 or 365 days").into();
+    }
+    let expires_at = req
+        .expires_in_days
+        .map(|d| now.plus_secs(i64::from(d) * 86_400));
+    let (pat_id, token) = fresh;
+    let prefix = prefix_of(token.as_str());
+    let event = PatCreated {
+        pat_id: pat_id.clone(),
+        user_id: req.user_id.clone(),
+        name: name.to_string(),
+        resource: resource.id.clone(),
+        scopes: scopes.into_iter().collect(),
+        prefix: prefix.clone(),
+        digest: token.digest(),
+        expires_at,
+    };
+    Decision::new(
+        vec![NewEvent::new(StreamId::pat(&pat_id), actor, event)],
+        Ok(CreatedPat {
+            pat_id,
+            token,
+            prefix,
+            expires_at,
+        }),
+    )
+}
+
+/// Revokes a token of `owner` (a user revoking their own, or an admin acting for them).
+/// Revoking a revoked token changes nothing; it can never be re-enabled.
+pub fn revoke(
+    state: &State,
+    actor: Actor,
+    owner: &str,
+    pat_id: &str,
+    reason: &str,
+) -> Decision<()> {
+    match state.pats.get(pat_id) {
+        Some(p) if p.user_id == owner => {
+            if p.revoked.is_some() {
+                return Decision::new(Vec::new(), Ok(()));
+            }
+            Decision::new(
+                vec![NewEvent::new(
+                    StreamId::pat(pat_id),
+                    actor,
+                    PatRevoked {
+                        pat_id: pat_id.to_string(),
+                        user_id: owner.to_string(),
+                        reason: reason.to_string(),
+                    },
+                )],
+                Ok(()),
+            )
+        }
+        _ => invalid("no such personal access token").into(),
+    }
+}
