@@ -1,0 +1,249 @@
+//! The two layers of authority: the scopes the user consented to, narrowed by what the user's
+//! role permits on this resource. A tool needs the scope configured for it, else the
+//! resource's read scope when its annotations say `readOnlyHint: true`, else its write scope.
+
+use crate::caller::Caller;
+use crate::challenge::{Denial, DenialKind};
+use serde_json::Value;
+use std::collections::{BTreeSet, HashMap};
+
+/// The scope each tool of one resource needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolScopes {
+    pub read: String,
+    pub write: String,
+    /// Tools with a configured scope.
+    pub explicit: HashMap<String, String>,
+}
+
+impl ToolScopes {
+    /// The scope `tool` needs, given its annotations from `tools/list` when known. A tool
+    /// whose annotations are unknown or do not say read-only needs the write scope.
+    pub fn for_tool(&self, tool: &str, annotations: Option<&Value>) -> &str {
+        if let Some(s) = self.explicit.get(tool) {
+            return s;
+        }
+        let read_only = annotations
+            .and_then(|a| a.get("readOnlyHint"))
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        let destructive = annotations
+            .and_then(|a| a.get("destructiveHint"))
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        if read_only && !destructive {
+            &self.read
+        } else {
+            &self.write
+        }
+    }
+}
+
+/// Which tools of a resource a role may call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ToolSet {
+    All,
+    Only(BTreeSet<String>),
+}
+
+impl ToolSet {
+    pub fn contains(&self, tool: &str) -> bool {
+        match self {
+            ToolSet::All => true,
+            ToolSet::Only(s) => s.contains(tool),
+        }
+    }
+}
+
+/// Roles and their per-resource tool permissions. With no roles configured, every role may
+/// call every tool (scopes still apply); once configured, a role may call only what is
+/// listed for it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Roles {
+    /// role → resource name → tools.
+    pub roles: HashMap<String, HashMap<String, ToolSet>>,
+}
+
+impl Roles {
+    /// Whether `role` may call `tool` on `resource`. Callers without a user (machine clients)
+    /// are bounded by their scopes alone.
+    pub fn permits(&self, role: Option<&str>, resource: &str, tool: &str) -> bool {
+        if self.roles.is_empty() {
+            return true;
+        }
+        let Some(role) = role else { return true };
+        self.roles
+            .get(role)
+            .and_then(|r| r.get(resource))
+            .is_some_and(|t| t.contains(tool))
+    }
+}
+
+/// May `caller` call `tool` (needing `scope`) on the resource named `resource`? A refusal is
+/// a step-up challenge naming the scope the call needs.
+pub fn check_call(
+    caller: &Caller,
+    roles: &Roles,
+    resource: &str,
+    tool: &str,
+    scope: &str,
+) -> Result<(), Denial> {
+    let needed = vec![scope.to_string()];
+    if !caller.scopes.contains(scope) {
+        return Err(Denial::new(
+            DenialKind::InsufficientScope,
+            "insufficient_scope",
+            needed,
+        ));
+    }
+    if !roles.permits(caller.role.as_deref(), resource, tool) {
+        return Err(Denial::new(DenialKind::InsufficientScope, "role", needed));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use grantline_ledger::{Credential, CredentialKind};
+    use serde_json::json;
+
+    fn caller(scopes: &[&str], role: Option<&str>) -> Caller {
+        Caller {
+            credential: Credential {
+                kind: CredentialKind::AccessToken,
+                id: "at_1".into(),
+            },
+            user_id: Some("usr_1".into()),
+            client_id: Some("cli_1".into()),
+            role: role.map(String::from),
+            resource: "https://as.example/mcp/demo".into(),
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    fn scopes() -> ToolScopes {
+        ToolScopes {
+            read: "demo:read".into(),
+            write: "demo:write".into(),
+            explicit: HashMap::from([("purge".to_string(), "demo:admin".to_string())]),
+        }
+    }
+
+    #[test]
+    fn tool_scope_from_configuration_then_annotations() {
+        let s = scopes();
+        assert_eq!(
+            s.for_tool("purge", Some(&json!({"readOnlyHint": true}))),
+            "demo:admin"
+        );
+        assert_eq!(
+            s.for_tool("list", Some(&json!({"readOnlyHint": true}))),
+            "demo:read"
+        );
+        assert_eq!(
+            s.for_tool("add", Some(&json!({"readOnlyHint": false}))),
+            "demo:write"
+        );
+        assert_eq!(
+            s.for_tool(
+                "odd",
+                Some(&json!({"readOnlyHint": true, "destructiveHint": true}))
+            ),
+            "demo:write"
+        );
+        assert_eq!(
+            s.for_tool("unknown", None),
+            "demo:write",
+            "unknown tools need the write scope"
+        );
+    }
+
+    #[test]
+    fn scopes_then_roles() {
+        let mut roles = Roles::default();
+        assert!(
+            check_call(
+                &caller(&["demo:read"], Some("user")),
+                &roles,
+                "demo",
+                "list",
+                "demo:read"
+            )
+            .is_ok()
+        );
+        let e = check_call(
+            &caller(&["demo:read"], Some("user")),
+            &roles,
+            "demo",
+            "add",
+            "demo:write",
+        )
+        .unwrap_err();
+        assert_eq!(
+            (e.reason, e.required_scopes),
+            ("insufficient_scope", vec!["demo:write".to_string()])
+        );
+        roles.roles.insert(
+            "user".into(),
+            HashMap::from([(
+                "demo".to_string(),
+                ToolSet::Only(BTreeSet::from(["list".to_string()])),
+            )]),
+        );
+        roles.roles.insert(
+            "admin".into(),
+            HashMap::from([("demo".to_string(), ToolSet::All)]),
+        );
+        let both = &["demo:read", "demo:write"];
+        assert!(
+            check_call(
+                &caller(both, Some("user")),
+                &roles,
+                "demo",
+                "list",
+                "demo:read"
+            )
+            .is_ok()
+        );
+        assert_eq!(
+            check_call(
+                &caller(both, Some("user")),
+                &roles,
+                "demo",
+                "add",
+                "demo:write"
+            )
+            .unwrap_err()
+            .reason,
+            "role"
+        );
+        assert!(
+            check_call(
+                &caller(both, Some("admin")),
+                &roles,
+                "demo",
+                "add",
+                "demo:write"
+            )
+            .is_ok()
+        );
+        assert_eq!(
+            check_call(
+                &caller(both, Some("guest")),
+                &roles,
+                "demo",
+                "list",
+                "demo:read"
+            )
+            .unwrap_err()
+            .reason,
+            "role"
+        );
+        assert!(!roles.permits(Some("user"), "other", "list"));
+        assert!(
+            roles.permits(None, "demo", "add"),
+            "machine clients: scopes only"
+        );
+    }
+}

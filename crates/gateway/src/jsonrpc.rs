@@ -1,0 +1,196 @@
+//! What a JSON-RPC message to an MCP server asks for, without needing to understand the rest:
+//! messages the gateway does not inspect are forwarded unchanged, so clients on any protocol
+//! version pass through.
+
+use serde_json::{Map, Value};
+
+/// One message, as far as authority and audit care.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Inspected {
+    /// `tools/call`: the tool, a digest of its arguments (never the arguments), and the
+    /// caller's stated intent (`params._meta.intent`) when sent.
+    ToolCall {
+        id: Value,
+        tool: String,
+        arguments_digest: String,
+        intent: Option<String>,
+    },
+    /// `tools/list`: its answer is filtered to what the caller may call.
+    ToolsList { id: Value },
+    /// Anything else (initialize, ping, notifications, responses, other methods).
+    Other { method: Option<String> },
+}
+
+/// Inspects a POST body: one message or a batch. Not JSON, or not JSON-RPC objects, is an error
+/// (the gateway answers it with a JSON-RPC parse error rather than forwarding it).
+pub fn inspect(body: &[u8]) -> Result<Vec<Inspected>, String> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
+    match v {
+        Value::Array(items) if !items.is_empty() => items.iter().map(one).collect(),
+        Value::Object(_) => Ok(vec![one(&v)?]),
+        _ => Err("not a JSON-RPC message".into()),
+    }
+}
+
+fn one(v: &Value) -> Result<Inspected, String> {
+    let obj = v.as_object().ok_or("a JSON-RPC message is an object")?;
+    let method = obj.get("method").and_then(Value::as_str);
+    let id = obj.get("id").cloned();
+    Ok(match (method, id) {
+        (Some("tools/call"), Some(id)) => {
+            let params = obj.get("params").and_then(Value::as_object);
+            let tool = params
+                .and_then(|p| p.get("name"))
+                .and_then(Value::as_str)
+                .ok_or("tools/call without params.name")?
+                .to_string();
+            let arguments = params
+                .and_then(|p| p.get("arguments"))
+                .cloned()
+                .unwrap_or(Value::Object(Map::new()));
+            let intent = params
+                .and_then(|p| p.get("_meta"))
+                .and_then(|m| m.get("intent"))
+                .and_then(Value::as_str)
+                .map(|s| s.chars().take(500).collect());
+            Inspected::ToolCall {
+                id,
+                tool,
+                arguments_digest: arguments_digest(&arguments),
+                intent,
+            }
+        }
+        (Some("tools/list"), Some(id)) => Inspected::ToolsList { id },
+        (m, _) => Inspected::Other {
+            method: m.map(String::from),
+        },
+    })
+}
+
+/// blake3 of the canonical JSON of the arguments (object keys sorted, no whitespace).
+pub fn arguments_digest(arguments: &Value) -> String {
+    fn canonical(v: &Value, out: &mut String) {
+        match v {
+            Value::Object(m) => {
+                let mut keys: Vec<&String> = m.keys().collect();
+                keys.sort();
+                out.push('{');
+                for (i, k) in keys.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    out.push_str(&Value::String((*k).clone()).to_string());
+                    out.push(':');
+                    canonical(&m[*k], out);
+                }
+                out.push('}');
+            }
+            Value::Array(a) => {
+                out.push('[');
+                for (i, x) in a.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    canonical(x, out);
+                }
+                out.push(']');
+            }
+            other => out.push_str(&other.to_string()),
+        }
+    }
+    let mut s = String::new();
+    canonical(arguments, &mut s);
+    blake3::hash(s.as_bytes()).to_hex().to_string()
+}
+
+/// Keeps only the tools `keep(name, annotations)` allows in a `tools/list` response; returns
+/// how many remain. Responses without a tool list are left alone.
+pub fn filter_tools(response: &mut Value, keep: impl Fn(&str, Option<&Value>) -> bool) -> u32 {
+    let Some(tools) = response
+        .get_mut("result")
+        .and_then(|r| r.get_mut("tools"))
+        .and_then(Value::as_array_mut)
+    else {
+        return 0;
+    };
+    tools.retain(|t| {
+        let name = t.get("name").and_then(Value::as_str).unwrap_or("");
+        keep(name, t.get("annotations"))
+    });
+    tools.len() as u32
+}
+
+/// A JSON-RPC error response.
+pub fn error(id: &Value, code: i64, message: &str, data: Option<Value>) -> Value {
+    let mut e = serde_json::json!({ "code": code, "message": message });
+    if let Some(d) = data {
+        e["data"] = d;
+    }
+    serde_json::json!({ "jsonrpc": "2.0", "id": id, "error": e })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn inspects_calls_lists_and_the_rest() {
+        let call = json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+            "params": {"name": "add_note", "arguments": {"b": 2, "a": "secret"}, "_meta": {"intent": "file the report"}}});
+        match &inspect(call.to_string().as_bytes()).unwrap()[0] {
+            Inspected::ToolCall {
+                id,
+                tool,
+                arguments_digest: d,
+                intent,
+            } => {
+                assert_eq!(
+                    (id, tool.as_str(), intent.as_deref()),
+                    (&json!(7), "add_note", Some("file the report"))
+                );
+                assert_eq!(
+                    d,
+                    &arguments_digest(&json!({"a": "secret", "b": 2})),
+                    "key order does not matter"
+                );
+                assert!(!d.contains("secret"));
+            }
+            other => panic!("{other:?}"),
+        }
+        let batch = json!([{"jsonrpc": "2.0", "id": "x", "method": "tools/list"}, {"jsonrpc": "2.0", "method": "notifications/initialized"}]);
+        let got = inspect(batch.to_string().as_bytes()).unwrap();
+        assert_eq!(got[0], Inspected::ToolsList { id: json!("x") });
+        assert_eq!(
+            got[1],
+            Inspected::Other {
+                method: Some("notifications/initialized".into())
+            }
+        );
+        assert!(inspect(b"{not json").is_err());
+        assert!(inspect(b"[]").is_err());
+        assert!(inspect(b"3").is_err());
+        assert!(
+            inspect(
+                json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {}})
+                    .to_string()
+                    .as_bytes()
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn filters_tools_lists() {
+        let mut r = json!({"jsonrpc": "2.0", "id": 1, "result": {"tools": [
+            {"name": "read", "annotations": {"readOnlyHint": true}}, {"name": "write"}]}});
+        assert_eq!(filter_tools(&mut r, |_, a| a.is_some()), 1);
+        assert_eq!(r["result"]["tools"][0]["name"], "read");
+        let mut other = json!({"jsonrpc": "2.0", "id": 1, "result": {}});
+        assert_eq!(filter_tools(&mut other, |_, _| false), 0);
+        assert_eq!(
+            error(&json!(1), -32001, "no", None)["error"]["code"],
+            -32001
+        );
+    }
+}
