@@ -60,6 +60,12 @@ pub struct Inner {
     pub metadata_documents: Fetcher,
     pub signin: Arc<dyn SignIn>,
     pub login_throttle: crate::throttle::LoginThrottle,
+    /// Resources behind the gateway, roles, tool annotations.
+    pub mounts: crate::gateway::Mounts,
+    /// The built-in demo MCP server.
+    pub demo: crate::demo::Demo,
+    /// For upstream MCP servers: no redirects, no cookies.
+    pub upstream_http: reqwest::Client,
 }
 
 /// Cheap to clone.
@@ -126,6 +132,7 @@ impl App {
         });
         let policy = config.registration_policy()?;
         let metadata_documents = Fetcher::new(config.metadata_documents.clone())?;
+        let mounts = crate::gateway::Mounts::from_config(&config, &public_url)?;
         let store = ledger.store().clone();
         let app = App(Arc::new(Inner {
             data_dir: opts.data_dir,
@@ -144,6 +151,12 @@ impl App {
             metadata_documents,
             signin: Arc::new(PasswordSignIn::new(Credentials::new(&store))),
             login_throttle: Default::default(),
+            mounts,
+            demo: Default::default(),
+            upstream_http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .connect_timeout(Duration::from_secs(10))
+                .build()?,
             config,
         }));
         app.record_signing_key().await?;

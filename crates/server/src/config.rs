@@ -26,6 +26,10 @@ pub struct Config {
     /// Pre-registered clients.
     #[serde(default)]
     pub clients: Vec<ClientSection>,
+    /// Roles and the tools each may call per resource: `[roles.user] demo = ["get_time"]`,
+    /// `["*"]` for every tool. Without any, every role may call every tool its scopes allow.
+    #[serde(default)]
+    pub roles: std::collections::HashMap<String, std::collections::HashMap<String, Vec<String>>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -145,6 +149,18 @@ pub struct ResourceSection {
     /// `opaque` (default) or `jwt`.
     #[serde(default)]
     pub token_format: Option<String>,
+    /// The MCP server behind the gateway (Streamable HTTP URL), or `builtin:demo`. Without
+    /// one, the resource has metadata and tokens but no gateway.
+    pub upstream: Option<String>,
+    /// The scope read-only tools need (default: the first scope ending in `:read`, else the
+    /// first scope).
+    pub read_scope: Option<String>,
+    /// The scope every other tool needs (default: the first scope ending in `:write`, else the
+    /// read scope).
+    pub write_scope: Option<String>,
+    /// Scopes for particular tools, overriding their annotations: `{ purge = "docs:admin" }`.
+    #[serde(default)]
+    pub tools: std::collections::HashMap<String, String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -277,6 +293,7 @@ impl Config {
         }
         self.registration_policy()?;
         self.resource_defs("http://check.invalid")?;
+        crate::gateway::Mounts::from_config(self, "http://check.invalid")?;
         Ok(())
     }
 
@@ -394,6 +411,10 @@ pub fn demo_resource() -> ResourceSection {
         ],
         default_scopes: Some(vec!["demo:read".into()]),
         token_format: None,
+        upstream: Some(crate::gateway::BUILTIN_DEMO.into()),
+        read_scope: None,
+        write_scope: None,
+        tools: Default::default(),
     }
 }
 

@@ -7,6 +7,8 @@ pub mod app;
 pub mod bootstrap;
 pub mod cimd;
 pub mod config;
+pub mod demo;
+pub mod gateway;
 pub mod http;
 mod keys;
 pub mod pages;

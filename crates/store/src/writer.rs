@@ -77,6 +77,7 @@ pub struct Ledger {
     store: Store,
     jobs: mpsc::Sender<Job>,
     head: watch::Receiver<u64>,
+    healthy: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Ledger {
@@ -86,6 +87,8 @@ impl Ledger {
         store.migrate().await?;
         let head_now = store.head().await?.map(|h| h.0).unwrap_or(0);
         let (head_tx, head_rx) = watch::channel(head_now);
+        let healthy = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let writer_health = healthy.clone();
         let (tx, rx) = mpsc::channel(4096);
         // The writer runs on its own thread and runtime: on a busy server its wake-ups would
         // otherwise queue behind request tasks, and every group commit waits on it.
@@ -136,6 +139,7 @@ impl Ledger {
                         last_cp_size: 0,
                         last_cp_at: Instant::now(),
                         head_tx,
+                        healthy: writer_health,
                     };
                     writer.run(rx).await;
                 });
@@ -147,6 +151,7 @@ impl Ledger {
             store,
             jobs: tx,
             head: head_rx,
+            healthy,
         })
     }
 
@@ -182,6 +187,12 @@ impl Ledger {
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// Whether the last commit succeeded and the writer is running: callers about to do
+    /// something they must record (an upstream tool call) check this first and fail closed.
+    pub fn healthy(&self) -> bool {
+        !self.jobs.is_closed() && self.healthy.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The newest durable seq written by this process; changes on every commit.
@@ -249,6 +260,8 @@ struct Writer {
     last_cp_size: u64,
     last_cp_at: Instant,
     head_tx: watch::Sender<u64>,
+    /// False after a failed commit until the next one succeeds.
+    healthy: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Writer {
@@ -315,6 +328,8 @@ impl Writer {
     ) -> Result<Option<u64>> {
         let frontier_before = self.frontier.clone();
         let result = self.commit_inner(jobs, force_checkpoint, scheduled).await;
+        self.healthy
+            .store(result.is_ok(), std::sync::atomic::Ordering::Relaxed);
         if let Err(e) = &result {
             tracing::error!(error = %e, "ledger commit failed; failing closed");
             self.rollback().await;

@@ -4,6 +4,7 @@ pub mod account;
 pub mod admin;
 pub mod authorize;
 pub mod client;
+pub mod gateway;
 pub mod introspect;
 pub mod login;
 pub mod metadata;
@@ -72,6 +73,7 @@ pub fn router() -> Router<App> {
         .route("/account/pats", post(account::create_pat))
         .route("/account/pats/revoke", post(account::revoke_pat))
         .route("/healthz", get(|| async { "ok" }))
+        .route("/mcp/{name}", axum::routing::any(gateway::mcp))
         .route(
             "/admin/api/clients",
             get(admin::list_clients).post(admin::add_client),

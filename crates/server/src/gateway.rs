@@ -1,0 +1,182 @@
+//! The gateway's configuration and upstreams: which resources are mounted at `/mcp/<name>`,
+//! where their MCP servers are, which scope each tool needs, and the roles.
+
+use crate::config::Config;
+use anyhow::{Result, bail};
+use grantline_gateway::authority::ToolSet;
+use grantline_gateway::{Roles, ToolScopes};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+/// The `upstream` value that selects the built-in demo MCP server.
+pub const BUILTIN_DEMO: &str = "builtin:demo";
+
+/// Where a mounted resource's MCP server is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Upstream {
+    /// A Streamable HTTP endpoint.
+    Http(String),
+    /// The demo server inside this process.
+    Demo,
+}
+
+/// A resource behind the gateway.
+#[derive(Debug, Clone)]
+pub struct Mount {
+    /// The resource's short name (`demo`), as used in roles.
+    pub name: String,
+    /// The mount path, `/mcp/<name>`.
+    pub path: String,
+    pub upstream: Upstream,
+    pub scopes: ToolScopes,
+}
+
+/// Every mounted resource, the roles, and what `tools/list` told us about each tool.
+#[derive(Debug, Default)]
+pub struct Mounts {
+    pub by_name: HashMap<String, Mount>,
+    pub roles: Roles,
+    /// resource name → tool → annotations, from the latest `tools/list` answer.
+    annotations: Mutex<HashMap<String, HashMap<String, Value>>>,
+}
+
+impl Mounts {
+    pub fn from_config(config: &Config, base: &str) -> Result<Mounts> {
+        let defs = config.resource_defs(base)?;
+        let sections = match &config.resources {
+            Some(r) => r.clone(),
+            None => vec![crate::config::demo_resource()],
+        };
+        let mut by_name = HashMap::new();
+        for (section, def) in sections.iter().zip(defs.iter()) {
+            let Some(up) = &section.upstream else {
+                continue;
+            };
+            let Some(path) = &section.path else {
+                bail!("resource {}: a gateway resource needs a path", section.name);
+            };
+            let path = path.trim_end_matches('/').to_string();
+            if path
+                .strip_prefix("/mcp/")
+                .is_none_or(|n| n.is_empty() || n.contains('/'))
+            {
+                bail!(
+                    "resource {}: gateway resources are mounted at /mcp/<name>",
+                    section.name
+                );
+            }
+            let upstream = if up == BUILTIN_DEMO {
+                Upstream::Demo
+            } else {
+                let u = url::Url::parse(up).map_err(|e| {
+                    anyhow::anyhow!("resource {}: upstream {up:?}: {e}", section.name)
+                })?;
+                if !matches!(u.scheme(), "http" | "https") {
+                    bail!("resource {}: upstream must be http(s)", section.name);
+                }
+                Upstream::Http(up.clone())
+            };
+            let names: Vec<&str> = def.scopes.iter().map(|s| s.name.as_str()).collect();
+            let pick = |suffix: &str| {
+                names
+                    .iter()
+                    .find(|n| n.ends_with(suffix))
+                    .map(|s| s.to_string())
+            };
+            let read = section
+                .read_scope
+                .clone()
+                .or_else(|| pick(":read"))
+                .or_else(|| names.first().map(|s| s.to_string()));
+            let Some(read) = read else {
+                bail!(
+                    "resource {}: a gateway resource needs at least one scope",
+                    section.name
+                );
+            };
+            let write = section
+                .write_scope
+                .clone()
+                .or_else(|| pick(":write"))
+                .unwrap_or_else(|| read.clone());
+            for s in [&read, &write].into_iter().chain(section.tools.values()) {
+                if !names.contains(&s.as_str()) {
+                    bail!(
+                        "resource {}: scope {s:?} is not one of its scopes",
+                        section.name
+                    );
+                }
+            }
+            by_name.insert(
+                section.name.clone(),
+                Mount {
+                    name: section.name.clone(),
+                    path,
+                    upstream,
+                    scopes: ToolScopes {
+                        read,
+                        write,
+                        explicit: section.tools.clone(),
+                    },
+                },
+            );
+        }
+        let roles = Roles {
+            roles: config
+                .roles
+                .iter()
+                .map(|(role, per)| {
+                    let per = per
+                        .iter()
+                        .map(|(res, tools)| {
+                            let set = if tools.iter().any(|t| t == "*") {
+                                ToolSet::All
+                            } else {
+                                ToolSet::Only(tools.iter().cloned().collect())
+                            };
+                            (res.clone(), set)
+                        })
+                        .collect();
+                    (role.clone(), per)
+                })
+                .collect(),
+        };
+        Ok(Mounts {
+            by_name,
+            roles,
+            annotations: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// What the latest `tools/list` said about `tool`.
+    pub fn annotations(&self, resource: &str, tool: &str) -> Option<Value> {
+        self.annotations
+            .lock()
+            .ok()?
+            .get(resource)?
+            .get(tool)
+            .cloned()
+    }
+
+    /// Remembers the annotations of every tool in an (unfiltered) `tools/list` answer.
+    pub fn learn(&self, resource: &str, response: &Value) {
+        let Some(tools) = response
+            .get("result")
+            .and_then(|r| r.get("tools"))
+            .and_then(Value::as_array)
+        else {
+            return;
+        };
+        let learned: HashMap<String, Value> = tools
+            .iter()
+            .filter_map(|t| {
+                let name = t.get("name")?.as_str()?.to_string();
+                Some((name, t.get("annotations").cloned().unwrap_or(Value::Null)))
+            })
+            .collect();
+        if let Ok(mut a) = self.annotations.lock() {
+            a.insert(resource.to_string(), learned);
+        }
+    }
+}

@@ -1,0 +1,431 @@
+//! The MCP gateway over HTTP: credentials, audience, scopes and roles, the upstream never
+//! seeing the caller's token, SSE passed through as it arrives, and the ledger's record.
+
+mod common;
+
+use base64::Engine;
+use common::*;
+use grantline_ledger::{Payload, ToolOutcome};
+use grantline_store::testing::sqlite;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use std::sync::{Arc, Mutex};
+
+/// A test MCP server that records what it received.
+#[derive(Clone, Default)]
+struct Upstream {
+    seen: Arc<Mutex<Vec<(Option<String>, Option<String>)>>>,
+    release: Arc<tokio::sync::Notify>,
+}
+
+async fn start_upstream() -> (String, Upstream) {
+    use axum::response::IntoResponse;
+    let up = Upstream::default();
+    let state = up.clone();
+    let app = axum::Router::new().route(
+        "/mcp",
+        axum::routing::post(move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+            let state = state.clone();
+            async move {
+                let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).map(String::from);
+                state.seen.lock().unwrap().push((h("authorization"), h("x-grantline-identity")));
+                let msg: Value = serde_json::from_slice(&body).unwrap();
+                let id = msg["id"].clone();
+                match msg["method"].as_str().unwrap_or("") {
+                    "tools/list" => axum::Json(json!({"jsonrpc": "2.0", "id": id, "result": {"tools": [
+                        {"name": "read_tool", "inputSchema": {"type": "object"}, "annotations": {"readOnlyHint": true}},
+                        {"name": "write_tool", "inputSchema": {"type": "object"}, "annotations": {"readOnlyHint": false}},
+                        {"name": "stream_tool", "inputSchema": {"type": "object"}, "annotations": {"readOnlyHint": true}},
+                    ]}})).into_response(),
+                    "tools/call" if msg["params"]["name"] == "stream_tool" => {
+                        let release = state.release.clone();
+                        let first = format!("event: message\ndata: {}\n\n", json!({"jsonrpc": "2.0", "method": "notifications/progress", "params": {"progressToken": 1, "progress": 1}}));
+                        let last = format!("event: message\ndata: {}\n\n", json!({"jsonrpc": "2.0", "id": id, "result": {"content": [{"type": "text", "text": "done"}]}}));
+                        let stream = futures::stream::unfold(0, move |n| {
+                            let (release, first, last) = (release.clone(), first.clone(), last.clone());
+                            async move {
+                                match n {
+                                    0 => Some((Ok::<_, std::io::Error>(first), 1)),
+                                    1 => {
+                                        release.notified().await;
+                                        Some((Ok(last), 2))
+                                    }
+                                    _ => None,
+                                }
+                            }
+                        });
+                        ([("content-type", "text/event-stream")], axum::body::Body::from_stream(stream)).into_response()
+                    }
+                    "tools/call" => axum::Json(json!({"jsonrpc": "2.0", "id": id, "result": {"content": [{"type": "text", "text": "ok"}]}})).into_response(),
+                    _ => axum::Json(json!({"jsonrpc": "2.0", "id": id, "result": {}})).into_response(),
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/mcp", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, up)
+}
+
+async fn gateway_server(
+    upstream: &str,
+) -> (Server, tempfile::TempDir, grantline_store::testing::TestDb) {
+    let db = sqlite().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), 30, 60);
+    let extra: grantline_server::Config = toml::from_str(&format!(
+        r#"
+[[resources]]
+name = "demo"
+path = "/mcp/demo"
+upstream = "builtin:demo"
+scopes = [{{ name = "demo:read", description = "Read" }}, {{ name = "demo:write", description = "Write" }}]
+default_scopes = ["demo:read"]
+
+[[resources]]
+name = "up"
+path = "/mcp/up"
+upstream = "{upstream}"
+scopes = [{{ name = "up:read", description = "Read" }}, {{ name = "up:write", description = "Write" }}]
+
+[roles.admin]
+demo = ["*"]
+up = ["read_tool", "stream_tool"]
+"#
+    ))
+    .unwrap();
+    cfg.resources = extra.resources;
+    cfg.roles = extra.roles;
+    let s = Server::start(&db, dir.path().to_path_buf(), cfg).await;
+    (s, dir, db)
+}
+
+/// An access token for `resource` with `scope`, through the whole OAuth flow.
+async fn token_for(s: &Server, resource: &str, scope: &str) -> String {
+    let client = register_public(s, REDIRECT).await;
+    let b = browser();
+    login(s, &b).await;
+    let (verifier, challenge) = pkce();
+    let u = approve(
+        s,
+        &b,
+        &authorize_url(
+            s,
+            &[
+                ("response_type", "code"),
+                ("client_id", &client),
+                ("redirect_uri", REDIRECT),
+                ("scope", scope),
+                ("code_challenge", &challenge),
+                ("code_challenge_method", "S256"),
+                ("resource", resource),
+            ],
+        ),
+    )
+    .await;
+    let (st, t) = exchange(s, &client, &query(&u, "code").unwrap(), &verifier).await;
+    assert_eq!(st, StatusCode::OK, "{t}");
+    get(&t, "access_token")
+}
+
+async fn rpc(s: &Server, path: &str, token: Option<&str>, body: Value) -> reqwest::Response {
+    let mut r = browser()
+        .post(s.url(path))
+        .header("accept", "application/json, text/event-stream")
+        .json(&body);
+    if let Some(t) = token {
+        r = r.bearer_auth(t);
+    }
+    r.send().await.unwrap()
+}
+
+fn call(id: u64, tool: &str) -> Value {
+    json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {"name": tool, "arguments": {"text": "secret argument"}, "_meta": {"intent": "testing"}}})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_audience_scopes_and_step_up_on_the_demo() {
+    let (up_url, _up) = start_upstream().await;
+    let (s, _d, _db) = gateway_server(&up_url).await;
+    let list = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"});
+    // No credential: 401 pointing at the metadata, with the scopes the resource needs.
+    let r = rpc(&s, "/mcp/demo", None, list.clone()).await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let challenge = r.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        challenge,
+        format!(
+            "Bearer resource_metadata=\"{}\", scope=\"demo:read\"",
+            s.url("/.well-known/oauth-protected-resource/mcp/demo")
+        )
+    );
+    let r = rpc(&s, "/mcp/demo", Some("gla_forged"), list.clone()).await;
+    assert!(
+        r.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .contains("error=\"invalid_token\"")
+    );
+    let read = token_for(&s, &s.resource(), "demo:read").await;
+    // Never from the URL.
+    let r = browser()
+        .post(s.url(&format!("/mcp/demo?access_token={read}")))
+        .json(&list)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    // A token for the demo is refused by another resource.
+    let r = rpc(&s, "/mcp/up", Some(&read), list.clone()).await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    // tools/list shows only what the read scope may call.
+    let r = rpc(&s, "/mcp/demo", Some(&read), list.clone()).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let v: Value = r.json().await.unwrap();
+    let names: Vec<&str> = v["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["get_time", "list_notes"]);
+    let ok: Value = rpc(&s, "/mcp/demo", Some(&read), call(2, "get_time"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        ok["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains('T')
+    );
+    // The write tool needs demo:write: 403, step-up challenge, JSON-RPC error.
+    let r = rpc(&s, "/mcp/demo", Some(&read), call(3, "add_note")).await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let ch = r.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        ch.contains("error=\"insufficient_scope\"")
+            && ch.contains("scope=\"demo:write\"")
+            && ch.contains("resource_metadata="),
+        "{ch}"
+    );
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["id"], 3);
+    assert_eq!(e["error"]["data"]["required_scopes"], json!(["demo:write"]));
+    // After step-up the write tool works.
+    let write = token_for(&s, &s.resource(), "demo:read demo:write").await;
+    let ok: Value = rpc(&s, "/mcp/demo", Some(&write), call(4, "add_note"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ok["result"]["content"][0]["text"], "Added: secret argument");
+    // The ledger: listed, called ok, denied with the reason; never the arguments.
+    let events = s.app.store().read(0, 10_000).await.unwrap();
+    let calls: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e.payload() {
+            Payload::ToolCalled(c) => Some(c.clone()),
+            _ => None,
+        })
+        .collect();
+    let outcomes: Vec<_> = calls.iter().map(|c| (c.tool.as_str(), c.outcome)).collect();
+    assert_eq!(
+        outcomes,
+        vec![
+            ("get_time", ToolOutcome::Ok),
+            ("add_note", ToolOutcome::Denied),
+            ("add_note", ToolOutcome::Ok)
+        ]
+    );
+    assert_eq!(calls[1].reason.as_deref(), Some("insufficient_scope"));
+    assert_eq!(calls[2].intent.as_deref(), Some("testing"));
+    assert!(
+        calls
+            .iter()
+            .all(|c| c.user_id.is_some() && c.client_id.is_some())
+    );
+    assert!(!format!("{events:?}").contains("secret argument"));
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e.payload(), Payload::ToolListed(l) if l.tools_returned == 2))
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_gets_an_identity_assertion_never_the_token_and_roles_hide_tools() {
+    let (up_url, up) = start_upstream().await;
+    let (s, _d, _db) = gateway_server(&up_url).await;
+    let resource = s.url("/mcp/up");
+    let token = token_for(&s, &resource, "up:read up:write").await;
+    let v: Value = rpc(
+        &s,
+        "/mcp/up",
+        Some(&token),
+        json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    let names: Vec<&str> = v["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        vec!["read_tool", "stream_tool"],
+        "the admin role may not call write_tool"
+    );
+    let r = rpc(&s, "/mcp/up", Some(&token), call(2, "write_tool")).await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let r = rpc(&s, "/mcp/up", Some(&token), call(3, "read_tool")).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let seen = up.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2, "the refused call never reached the upstream");
+    for (authorization, identity) in &seen {
+        assert!(
+            authorization.is_none(),
+            "the client's token is never forwarded"
+        );
+        let jwt = identity.as_deref().expect("identity assertion");
+        assert!(!jwt.contains(&token));
+        let parts: Vec<&str> = jwt.split('.').collect();
+        let dec = |p: &str| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(p)
+                .unwrap()
+        };
+        let header: Value = serde_json::from_slice(&dec(parts[0])).unwrap();
+        let claims: Value = serde_json::from_slice(&dec(parts[1])).unwrap();
+        assert_eq!(claims["aud"], resource.as_str());
+        let jwks: Value = browser()
+            .get(s.url("/.well-known/jwks.json"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let key = jwks["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["kid"] == header["kid"])
+            .unwrap();
+        let x: [u8; 32] = dec(key["x"].as_str().unwrap()).try_into().unwrap();
+        let vk = ed25519_dalek::VerifyingKey::from_bytes(&x).unwrap();
+        let sig = ed25519_dalek::Signature::from_slice(&dec(parts[2])).unwrap();
+        use ed25519_dalek::Verifier;
+        assert!(
+            vk.verify(format!("{}.{}", parts[0], parts[1]).as_bytes(), &sig)
+                .is_ok()
+        );
+    }
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_reaches_the_client_incrementally() {
+    let (up_url, up) = start_upstream().await;
+    let (s, _d, _db) = gateway_server(&up_url).await;
+    let token = token_for(&s, &s.url("/mcp/up"), "up:read").await;
+    let mut r = rpc(&s, "/mcp/up", Some(&token), call(9, "stream_tool")).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    // The progress event arrives while the upstream is still holding back its result.
+    let first = tokio::time::timeout(std::time::Duration::from_secs(10), r.chunk())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&first).contains("notifications/progress"));
+    up.release.notify_one();
+    let mut rest = Vec::new();
+    while let Some(c) = r.chunk().await.unwrap() {
+        rest.extend_from_slice(&c);
+    }
+    assert!(String::from_utf8_lossy(&rest).contains("\"done\""));
+    let events = s.app.store().read(0, 10_000).await.unwrap();
+    assert!(events.iter().any(|e| matches!(e.payload(), Payload::ToolCalled(c) if c.tool == "stream_tool" && c.outcome == ToolOutcome::Ok)));
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_tokens_and_personal_access_tokens_are_refused_on_the_next_call() {
+    let (up_url, _up) = start_upstream().await;
+    let (s, _d, _db) = gateway_server(&up_url).await;
+    let token = token_for(&s, &s.resource(), "demo:read").await;
+    let ping = json!({"jsonrpc": "2.0", "id": 1, "method": "ping"});
+    assert_eq!(
+        rpc(&s, "/mcp/demo", Some(&token), ping.clone())
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    // Revoke every grant of the user: the very next call is refused.
+    let r = browser()
+        .post(s.url("/admin/api/users/admin/revoke-all"))
+        .basic_auth("admin", Some(ADMIN_PASSWORD))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(
+        rpc(&s, "/mcp/demo", Some(&token), ping.clone())
+            .await
+            .status(),
+        StatusCode::UNAUTHORIZED
+    );
+    // A personal access token works as a bearer token until revoked.
+    let r = browser()
+        .post(s.url("/admin/api/users/admin/pats"))
+        .basic_auth("admin", Some(ADMIN_PASSWORD))
+        .json(&json!({"name": "ci", "resource": "demo", "scope": "demo:read"}))
+        .send()
+        .await
+        .unwrap();
+    let pat: Value = r.json().await.unwrap();
+    let v: Value = rpc(
+        &s,
+        "/mcp/demo",
+        Some(&get(&pat, "token")),
+        call(2, "list_notes"),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert!(v["result"].is_object(), "{v}");
+    let r = browser()
+        .post(s.url(&format!("/admin/api/pats/{}/revoke", get(&pat, "pat_id"))))
+        .basic_auth("admin", Some(ADMIN_PASSWORD))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(
+        rpc(&s, "/mcp/demo", Some(&get(&pat, "token")), ping)
+            .await
+            .status(),
+        StatusCode::UNAUTHORIZED
+    );
+    s.stop().await;
+}
