@@ -243,6 +243,15 @@ pub fn decide(
         Ok(m) => m,
         Err(e) => return e.into(),
     };
+    // A machine client acts for itself with no user's consent: only an admin or the config
+    // file may create one, and decide its scopes.
+    if meta.grant_types.contains(&GrantType::ClientCredentials) {
+        return OAuthError::new(
+            ErrorCode::InvalidClientMetadata,
+            "client_credentials clients are registered by an administrator, not dynamically",
+        )
+        .into();
+    }
     let admitted = match policy {
         Policy::Open => Ok(()),
         Policy::Off => Err("dynamic registration is turned off on this server"),

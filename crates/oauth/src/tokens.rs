@@ -41,13 +41,23 @@ impl Secret {
     }
 }
 
-/// Randomness a token decider needs, drawn by the caller: ids and secret material.
-#[derive(Debug, Clone)]
+/// Randomness a token decider needs, drawn by the caller: ids and secret material. `Debug`
+/// shows only the ids.
+#[derive(Clone)]
 pub struct Fresh {
     pub access_id: String,
     pub access_bytes: [u8; 32],
     pub refresh_id: String,
     pub refresh: Secret,
+}
+
+impl std::fmt::Debug for Fresh {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fresh")
+            .field("access_id", &self.access_id)
+            .field("refresh_id", &self.refresh_id)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Signs RFC 9068 JWT access tokens.

@@ -1193,3 +1193,46 @@ fn personal_access_tokens_are_shown_once_bounded_and_revoked_for_good() {
             .is_none()
     );
 }
+
+#[test]
+fn a_retry_within_grace_supersedes_the_first_branch() {
+    let mut w = World::new();
+    let client = w.public_client();
+    let user = w.user();
+    let t0 = w.tokens(&client, &user).refresh_token.unwrap();
+    // The legitimate client rotates T0 → T1, and (say) T1 → T2.
+    let t1 = w.refresh(&client, &t0).0.outcome.unwrap();
+    let t2 = w
+        .refresh(&client, t1.refresh_token.as_deref().unwrap())
+        .0
+        .outcome
+        .unwrap();
+    // Someone holding T0 presents it within the grace period and gets a branch of their own.
+    w.tick(5);
+    let fork = w.refresh(&client, &t0).0.outcome.unwrap();
+    // The earlier branch is superseded: after the grace period its newest token is reuse, and
+    // the whole family (the fork included) is revoked.
+    w.tick(3600);
+    let (d, r) = w.refresh(&client, t2.refresh_token.as_deref().unwrap());
+    assert_eq!(code_of(&d), "invalid_grant");
+    assert_eq!(r.unwrap(), vec![Kind::RefreshReuseDetected]);
+    let (d, _) = w.refresh(&client, fork.refresh_token.as_deref().unwrap());
+    assert_eq!(code_of(&d), "invalid_grant");
+}
+
+#[test]
+fn machine_clients_are_not_registered_dynamically() {
+    let w = World::new();
+    let req = RegistrationRequest {
+        grant_types: Some(vec!["client_credentials".into()]),
+        token_endpoint_auth_method: Some("client_secret_post".into()),
+        ..Default::default()
+    };
+    let fresh = FreshClient {
+        client_id: "c".into(),
+        secret: Secret("s".into()),
+    };
+    let d = register::decide(&Policy::Open, &req, w.now, 60, fresh, None);
+    assert_eq!(code_of(&d), "invalid_client_metadata");
+    assert!(d.append.events.is_empty());
+}

@@ -102,6 +102,8 @@ impl Fetcher {
     pub fn new(config: MetadataDocumentsSection) -> anyhow::Result<Fetcher> {
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
+            // A proxy would resolve the host itself, around the guarded resolver.
+            .no_proxy()
             .timeout(Duration::from_millis(config.timeout_ms))
             .connect_timeout(Duration::from_millis(config.timeout_ms))
             .dns_resolver(Arc::new(GuardedResolver {

@@ -45,7 +45,9 @@ impl RequestContext {
         let forwarded_for = trust
             .then(|| header_str(h, "x-forwarded-for"))
             .flatten()
-            .and_then(|v| v.split(',').next())
+            // The proxy appends the address it saw: the rightmost entry is the one it vouches
+            // for; entries to its left are whatever the client sent.
+            .and_then(|v| v.rsplit(',').next())
             .map(|v| v.trim().to_string())
             .filter(|v| v.parse::<std::net::IpAddr>().is_ok());
         let mut issuer = app.public_url.clone();
@@ -163,15 +165,19 @@ pub fn see_other(location: &str) -> Response {
 /// Parses an `application/x-www-form-urlencoded` body or query into pairs, refusing a
 /// parameter that appears twice unless it is in `repeatable` (RFC 6749 §3.1).
 pub fn parse_params(raw: &str, repeatable: &[&str]) -> Result<Vec<(String, String)>, OAuthError> {
-    let pairs: Vec<(String, String)> = url::form_urlencoded::parse(raw.as_bytes())
-        .map(|(k, v)| (k.into_owned(), v.into_owned()))
-        .collect();
-    for (i, (k, _)) in pairs.iter().enumerate() {
-        if !repeatable.contains(&k.as_str()) && pairs[..i].iter().any(|(k2, _)| k2 == k) {
+    const MAX_PARAMS: usize = 64;
+    let mut seen = std::collections::HashSet::new();
+    let mut pairs = Vec::new();
+    for (k, v) in url::form_urlencoded::parse(raw.as_bytes()) {
+        if pairs.len() == MAX_PARAMS {
+            return Err(OAuthError::invalid_request("too many parameters"));
+        }
+        if !repeatable.contains(&k.as_ref()) && !seen.insert(k.clone()) {
             return Err(OAuthError::invalid_request(format!(
                 "parameter {k} appears more than once"
             )));
         }
+        pairs.push((k.into_owned(), v.into_owned()));
     }
     Ok(pairs)
 }
@@ -182,4 +188,28 @@ pub fn param(pairs: &[(String, String)], name: &str) -> Option<String> {
         .iter()
         .find(|(k, v)| k == name && !v.is_empty())
         .map(|(_, v)| v.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parameters_once_each_and_not_too_many() {
+        assert_eq!(parse_params("a=1&b=2", &[]).unwrap().len(), 2);
+        assert!(parse_params("a=1&a=2", &[]).is_err());
+        assert_eq!(
+            parse_params("resource=x&resource=y", &["resource"])
+                .unwrap()
+                .len(),
+            2
+        );
+        let many: Vec<String> = (0..65).map(|i| format!("k{i}=v")).collect();
+        assert!(parse_params(&many.join("&"), &[]).is_err());
+        assert_eq!(
+            param(&parse_params("a=&b=1", &[]).unwrap(), "a"),
+            None,
+            "empty is absent"
+        );
+    }
 }

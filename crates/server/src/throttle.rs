@@ -44,7 +44,18 @@ fn keys(username: &str, address: Option<&str>) -> Vec<(String, u32)> {
 }
 
 impl LoginThrottle {
-    /// Whether an attempt may proceed now.
+    /// Whether an attempt may proceed now. An allowed attempt is counted as a failure at once
+    /// (concurrent attempts cannot all slip through before the first verdict); a success
+    /// clears the username's count again.
+    pub fn attempt(&self, username: &str, address: Option<&str>, now: i64) -> Verdict {
+        let v = self.check(username, address, now);
+        if v == Verdict::Allowed {
+            self.failed(username, address, now);
+        }
+        v
+    }
+
+    /// Whether an attempt may proceed now, without counting it.
     pub fn check(&self, username: &str, address: Option<&str>, now: i64) -> Verdict {
         let Ok(mut map) = self.entries.lock() else {
             return Verdict::Allowed;

@@ -575,7 +575,11 @@ async fn admin_api_adds_lists_and_disables_clients_for_admins_only() {
         .send()
         .await
         .unwrap();
-    assert_eq!(bob.status(), StatusCode::FORBIDDEN);
+    assert_eq!(
+        bob.status(),
+        StatusCode::UNAUTHORIZED,
+        "a non-admin is refused like a wrong password"
+    );
     let r = browser().post(api("clients")).basic_auth("admin", Some(ADMIN_PASSWORD))
         .json(&serde_json::json!({"client_name": "CI", "grant_types": ["client_credentials"], "scope": "demo:read", "confidential": true}))
         .send().await.unwrap();

@@ -198,10 +198,8 @@ pub fn apply(state: &mut State, event: &Recorded) {
             }
         }
         Payload::TokenRefreshed(e) => {
-            if let Some(old) = state.refresh_by_id.get(&e.rotated_refresh_id).cloned()
-                && let Some(t) = state.refresh_tokens.get_mut(&old)
-            {
-                t.rotated_at.get_or_insert(at);
+            if let Some(old) = state.refresh_by_id.get(&e.rotated_refresh_id).cloned() {
+                rules::on_rotated(state, &old, &e.refresh.digest, at);
             }
             state
                 .access_by_id
@@ -320,6 +318,7 @@ fn insert_refresh(state: &mut State, r: &grantline_ledger::RefreshTokenRecord, f
             expires_at: r.expires_at,
             absolute_expires_at: r.absolute_expires_at,
             rotated_at: None,
+            successor: None,
             revoked: false,
         },
     );

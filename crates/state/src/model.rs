@@ -139,8 +139,11 @@ pub struct RefreshToken {
     pub family_id: String,
     pub expires_at: Timestamp,
     pub absolute_expires_at: Timestamp,
-    /// When it was exchanged for a successor; presenting it after the grace period is reuse.
+    /// When it was exchanged for a successor (or superseded by a sibling); presenting it after
+    /// the grace period is reuse.
     pub rotated_at: Option<Timestamp>,
+    /// The digest of the token this one was last exchanged for.
+    pub successor: Option<String>,
     pub revoked: bool,
 }
 

@@ -3,7 +3,7 @@
 
 use super::{Context, bound_resource, mint_access, response};
 use crate::tokens::TokenResponse;
-use crate::{Decision, OAuthError, pkce, redirect, scope};
+use crate::{Decision, OAuthError, pkce, redirect};
 use grantline_ledger::{
     Actor, CodeRedeemed, CodeReplayed, ExpectedVersion, GrantType, NewEvent, RefreshTokenRecord,
     StreamId, TokenIssued, secret_digest,
@@ -110,8 +110,8 @@ pub fn decide(
         &client.client_id,
         &family.scopes,
     );
-    let wants_refresh = client.grant_types.contains(&GrantType::RefreshToken)
-        || family.scopes.contains(scope::OFFLINE_ACCESS);
+    // Only a client registered for the refresh_token grant can use a refresh token.
+    let wants_refresh = client.grant_types.contains(&GrantType::RefreshToken);
     let lt = &ctx.settings.lifetimes;
     let refresh = wants_refresh.then(|| {
         let absolute = ctx.now.plus_secs(lt.refresh_absolute as i64);

@@ -63,13 +63,23 @@ async fn admin_user(app: &App, headers: &HeaderMap) -> Result<String, Response> 
             "admin credentials required",
         ));
     };
+    // The same throttle as the sign-in page, and one answer for every refusal, so the API is
+    // no password oracle.
+    let now = app.now().0 / 1_000_000;
+    if let crate::throttle::Verdict::Limited { .. } = app.login_throttle.attempt(user, None, now) {
+        return Err(error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many failed attempts; wait and retry",
+        ));
+    }
     let outcome = app
         .signin
         .sign_in(user, password)
         .await
         .map_err(|_| error(StatusCode::SERVICE_UNAVAILABLE, "storage unavailable"))?;
+    let refused = || error(StatusCode::UNAUTHORIZED, "admin credentials required");
     let Outcome::SignedIn { user_id } = outcome else {
-        return Err(error(StatusCode::UNAUTHORIZED, "wrong admin credentials"));
+        return Err(refused());
     };
     let is_admin = app
         .projection
@@ -78,8 +88,9 @@ async fn admin_user(app: &App, headers: &HeaderMap) -> Result<String, Response> 
         .get(&user_id)
         .is_some_and(|u| u.role == "admin" && !u.disabled);
     if !is_admin {
-        return Err(error(StatusCode::FORBIDDEN, "the admin role is required"));
+        return Err(refused());
     }
+    app.login_throttle.succeeded(user);
     tracing::Span::current().record("user_id", user_id.as_str());
     Ok(user_id)
 }

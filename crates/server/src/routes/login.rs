@@ -96,7 +96,7 @@ pub async fn submit(
         retry_after,
     } = app
         .login_throttle
-        .check(username, address.as_deref(), now_secs)
+        .attempt(username, address.as_deref(), now_secs)
     {
         if record {
             let user_id = app
@@ -151,10 +151,6 @@ pub async fn submit(
         Outcome::UnknownUser => (None, Some(LoginFailure::UnknownUser)),
     };
     if let Some(reason) = failure {
-        if reason != LoginFailure::UserDisabled {
-            app.login_throttle
-                .failed(username, address.as_deref(), now_secs);
-        }
         if let Err(e) = record_failure(&app, &ctx, username, user_id, reason).await {
             return e.into_response();
         }
