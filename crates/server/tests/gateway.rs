@@ -11,10 +11,13 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use std::sync::{Arc, Mutex};
 
+/// What the upstream saw of one request: its Authorization and identity-assertion headers.
+type Seen = (Option<String>, Option<String>);
+
 /// A test MCP server that records what it received.
 #[derive(Clone, Default)]
 struct Upstream {
-    seen: Arc<Mutex<Vec<(Option<String>, Option<String>)>>>,
+    seen: Arc<Mutex<Vec<Seen>>>,
     release: Arc<tokio::sync::Notify>,
 }
 
