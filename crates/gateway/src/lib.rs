@@ -7,6 +7,7 @@ pub mod authority;
 pub mod caller;
 pub mod challenge;
 pub mod jsonrpc;
+pub mod ratelimit;
 
 pub use authority::{Roles, ToolScopes};
 pub use caller::{Caller, authenticate};

@@ -66,6 +66,7 @@ pub struct Inner {
     pub demo: crate::demo::Demo,
     /// For upstream MCP servers: no redirects, no cookies.
     pub upstream_http: reqwest::Client,
+    pub rate_limiter: grantline_gateway::ratelimit::RateLimiter,
 }
 
 /// Cheap to clone.
@@ -153,6 +154,7 @@ impl App {
             login_throttle: Default::default(),
             mounts,
             demo: Default::default(),
+            rate_limiter: Default::default(),
             upstream_http: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
                 .connect_timeout(Duration::from_secs(10))
@@ -310,12 +312,54 @@ impl App {
                 if let Err(e) = app.projection.catch_up(app.store()).await {
                     tracing::warn!(error = %e, "catching up with the ledger failed");
                 }
+                app.flush_rate_limits().await;
                 if n.is_multiple_of(20) {
                     crate::bootstrap::expire_unused_clients(&app).await;
                     app.forget_stale();
                 }
             }
         })
+    }
+
+    /// Records the refusals of rate-limit windows that have closed: one
+    /// `rate_limit.exceeded` per bucket and window.
+    pub async fn flush_rate_limits(&self) {
+        self.flush_rate_limits_at(self.now().0 / 1_000_000).await
+    }
+
+    /// As [`App::flush_rate_limits`], as of `now` (seconds).
+    pub async fn flush_rate_limits_at(&self, now: i64) {
+        let limits = self.config.rate_limits.limits();
+        let closed = self.rate_limiter.drain_closed(&limits, now);
+        if closed.is_empty() {
+            return;
+        }
+        let events = closed
+            .into_iter()
+            .map(|e| {
+                let (resource, subject) = e
+                    .subject
+                    .split_once('|')
+                    .map(|(r, s)| (r.to_string(), s.to_string()))
+                    .unwrap_or_default();
+                NewEvent::new(
+                    StreamId::resource(&resource),
+                    Actor::System,
+                    grantline_ledger::RateLimitExceeded {
+                        resource,
+                        bucket: e.bucket,
+                        subject,
+                        window_start: Timestamp::from_secs(e.window_start),
+                        window_seconds: grantline_gateway::ratelimit::WINDOW_SECS as u32,
+                        limit: e.limit,
+                        rejected: e.rejected,
+                    },
+                )
+            })
+            .collect();
+        if let Err(e) = self.append(events).await {
+            tracing::warn!(error = %e, "could not record rate-limit refusals");
+        }
     }
 
     fn forget_stale(&self) {

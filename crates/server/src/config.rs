@@ -30,6 +30,41 @@ pub struct Config {
     /// `["*"]` for every tool. Without any, every role may call every tool its scopes allow.
     #[serde(default)]
     pub roles: std::collections::HashMap<String, std::collections::HashMap<String, Vec<String>>>,
+    #[serde(default)]
+    pub rate_limits: RateLimitsSection,
+}
+
+/// Gateway requests allowed per minute (0 = unlimited).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitsSection {
+    /// Per user: tools/list, read tools and every other request.
+    pub user_read_per_minute: u32,
+    /// Per user: tools that need a write scope.
+    pub user_write_per_minute: u32,
+    /// Per OAuth client, all requests.
+    pub client_per_minute: u32,
+}
+
+impl Default for RateLimitsSection {
+    fn default() -> Self {
+        let l = grantline_gateway::ratelimit::Limits::default();
+        RateLimitsSection {
+            user_read_per_minute: l.user_read,
+            user_write_per_minute: l.user_write,
+            client_per_minute: l.client,
+        }
+    }
+}
+
+impl RateLimitsSection {
+    pub fn limits(&self) -> grantline_gateway::ratelimit::Limits {
+        grantline_gateway::ratelimit::Limits {
+            user_read: self.user_read_per_minute,
+            user_write: self.user_write_per_minute,
+            client: self.client_per_minute,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

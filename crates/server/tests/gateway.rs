@@ -74,6 +74,13 @@ async fn start_upstream() -> (String, Upstream) {
 async fn gateway_server(
     upstream: &str,
 ) -> (Server, tempfile::TempDir, grantline_store::testing::TestDb) {
+    gateway_server_with(upstream, |_| {}).await
+}
+
+async fn gateway_server_with(
+    upstream: &str,
+    edit: impl FnOnce(&mut grantline_server::Config),
+) -> (Server, tempfile::TempDir, grantline_store::testing::TestDb) {
     let db = sqlite().await;
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path(), 30, 60);
@@ -100,6 +107,7 @@ up = ["read_tool", "stream_tool"]
     .unwrap();
     cfg.resources = extra.resources;
     cfg.roles = extra.roles;
+    edit(&mut cfg);
     let s = Server::start(&db, dir.path().to_path_buf(), cfg).await;
     (s, dir, db)
 }
@@ -429,6 +437,62 @@ async fn revoked_tokens_and_personal_access_tokens_are_refused_on_the_next_call(
             .await
             .status(),
         StatusCode::UNAUTHORIZED
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limited_callers_get_429_and_the_ledger_one_event_per_window() {
+    let (up_url, _up) = start_upstream().await;
+    let (s, _d, _db) =
+        gateway_server_with(&up_url, |c| c.rate_limits.user_read_per_minute = 3).await;
+    let token = token_for(&s, &s.resource(), "demo:read").await;
+    let ping = |i: u64| json!({"jsonrpc": "2.0", "id": i, "method": "tools/list"});
+    let mut refused = 0;
+    for i in 0..10 {
+        let r = rpc(&s, "/mcp/demo", Some(&token), ping(i)).await;
+        assert_eq!(r.headers()["x-ratelimit-limit"], "3");
+        if r.status() == StatusCode::TOO_MANY_REQUESTS {
+            refused += 1;
+            assert!(r.headers().contains_key("retry-after"));
+            assert_eq!(r.headers()["x-ratelimit-remaining"], "0");
+            let e: Value = r.json().await.unwrap();
+            assert_eq!(
+                (e["id"].as_u64(), e["error"]["code"].as_i64()),
+                (Some(i), Some(-32029))
+            );
+        } else {
+            assert_eq!(r.status(), StatusCode::OK);
+        }
+    }
+    // Ten requests, three per minute: at least four refused even if a minute turned over.
+    assert!(refused >= 4, "{refused} refused");
+    s.app
+        .flush_rate_limits_at(s.app.now().0 / 1_000_000 + 120)
+        .await;
+    let events = s.app.store().read(0, 10_000).await.unwrap();
+    let exceeded: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e.payload() {
+            Payload::RateLimitExceeded(x) => Some(x.clone()),
+            _ => None,
+        })
+        .collect();
+    assert!(!exceeded.is_empty() && exceeded.len() <= 2, "{exceeded:?}");
+    assert_eq!(exceeded.iter().map(|x| x.rejected).sum::<u64>(), refused);
+    assert!(
+        exceeded
+            .iter()
+            .all(|x| x.bucket == grantline_ledger::RateBucket::UserRead && x.limit == 3)
+    );
+    let listed = events
+        .iter()
+        .filter(|e| matches!(e.payload(), Payload::ToolListed(_)))
+        .count() as u64;
+    assert_eq!(
+        listed,
+        10 - refused,
+        "refused requests make no tool event of their own"
     );
     s.stop().await;
 }

@@ -13,9 +13,10 @@ use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use grantline_gateway::caller::{bearer, token_in_query};
 use grantline_gateway::jsonrpc::{self, Inspected};
+use grantline_gateway::ratelimit::Quota;
 use grantline_gateway::{Caller, Denial, authenticate, authority};
 use grantline_ledger::{
-    Actor, AuthorizationDenied, NewEvent, StreamId, ToolCalled, ToolListed, ToolOutcome,
+    Actor, AuthorizationDenied, NewEvent, RateBucket, StreamId, ToolCalled, ToolListed, ToolOutcome,
 };
 use serde_json::Value;
 use std::time::Instant;
@@ -319,153 +320,232 @@ pub async fn mcp(
             }
         }
     }
-    let call = inspected.iter().find_map(|m| match m {
-        Inspected::ToolCall {
-            id,
-            tool,
-            arguments_digest,
-            intent,
-        } => Some((
-            id.clone(),
-            tool.clone(),
-            arguments_digest.clone(),
-            intent.clone(),
-        )),
-        _ => None,
+    // Rate limits: the user's read or write bucket, and the client's.
+    let writes = inspected.iter().any(|m| match m {
+        Inspected::ToolCall { tool, .. } => {
+            let ann = app.mounts.annotations(&mount.name, tool);
+            mount.scopes.for_tool(tool, ann.as_ref()) != mount.scopes.read
+        }
+        _ => false,
     });
-    let list = inspected.iter().find_map(|m| match m {
-        Inspected::ToolsList { id } => Some(id.clone()),
-        _ => None,
-    });
-    if (call.is_some() || list.is_some()) && !app.ledger.healthy() {
-        // What would not be recorded is not done.
-        return unavailable();
+    let user_key = caller
+        .user_id
+        .as_ref()
+        .map(|u| format!("{}|{u}", resource.id));
+    let client_key = caller
+        .client_id
+        .as_ref()
+        .map(|c| format!("{}|{c}", resource.id));
+    let mut buckets = Vec::new();
+    if let Some(u) = &user_key {
+        let b = if writes {
+            RateBucket::UserWrite
+        } else {
+            RateBucket::UserRead
+        };
+        buckets.push((b, u.as_str()));
     }
-    let resp = match upstream(&app, &mount, &method, &headers, body, assertion).await {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::warn!(error = %e, "upstream unreachable");
-            if let Some((id, tool, digest, intent)) = call {
-                let ev = tool_event(
-                    &ctx,
-                    &caller,
-                    &resource.id,
-                    &tool,
-                    ToolOutcome::UpstreamError,
-                    Some("upstream unreachable".into()),
-                    None,
-                    started,
-                    &digest,
-                    intent,
-                );
-                if app.append(vec![ev]).await.is_err() {
-                    return unavailable();
+    if let Some(c) = &client_key {
+        buckets.push((RateBucket::Client, c.as_str()));
+    }
+    let quota = match app.rate_limiter.check(
+        &app.config.rate_limits.limits(),
+        &buckets,
+        now.0 / 1_000_000,
+    ) {
+        Ok(q) => q,
+        Err((_, q)) => return rate_limited(q, inspected.iter().find_map(request_id)),
+    };
+    let mut r = async move {
+        let call = inspected.iter().find_map(|m| match m {
+            Inspected::ToolCall {
+                id,
+                tool,
+                arguments_digest,
+                intent,
+            } => Some((
+                id.clone(),
+                tool.clone(),
+                arguments_digest.clone(),
+                intent.clone(),
+            )),
+            _ => None,
+        });
+        let list = inspected.iter().find_map(|m| match m {
+            Inspected::ToolsList { id } => Some(id.clone()),
+            _ => None,
+        });
+        if (call.is_some() || list.is_some()) && !app.ledger.healthy() {
+            // What would not be recorded is not done.
+            return unavailable();
+        }
+        let resp = match upstream(&app, &mount, &method, &headers, body, assertion).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "upstream unreachable");
+                if let Some((id, tool, digest, intent)) = call {
+                    let ev = tool_event(
+                        &ctx,
+                        &caller,
+                        &resource.id,
+                        &tool,
+                        ToolOutcome::UpstreamError,
+                        Some("upstream unreachable".into()),
+                        None,
+                        started,
+                        &digest,
+                        intent,
+                    );
+                    if app.append(vec![ev]).await.is_err() {
+                        return unavailable();
+                    }
+                    let err = jsonrpc::error(
+                        &id,
+                        -32002,
+                        "the MCP server behind the gateway is unreachable",
+                        None,
+                    );
+                    return (StatusCode::BAD_GATEWAY, axum::Json(err)).into_response();
                 }
-                let err = jsonrpc::error(
-                    &id,
-                    -32002,
+                return (
+                    StatusCode::BAD_GATEWAY,
                     "the MCP server behind the gateway is unreachable",
-                    None,
-                );
-                return (StatusCode::BAD_GATEWAY, axum::Json(err)).into_response();
+                )
+                    .into_response();
             }
+        };
+        if list.is_none() && call.is_none() {
+            return resp;
+        }
+        let sse = is_sse(&resp);
+        if sse && let Some((id, tool, digest, intent)) = call.clone() {
+            return stream_tool_call(
+                app,
+                ctx,
+                caller,
+                resource.id,
+                resp,
+                id,
+                tool,
+                digest,
+                intent,
+                started,
+            );
+        }
+        // Buffered: tools/list (to filter it) and JSON tool-call answers (to record the outcome).
+        let (parts, body) = resp.into_parts();
+        let Ok(bytes) = axum::body::to_bytes(body, MAX_BUFFERED).await else {
             return (
                 StatusCode::BAD_GATEWAY,
-                "the MCP server behind the gateway is unreachable",
+                "the MCP server's answer was too large or broken",
             )
                 .into_response();
-        }
-    };
-    if list.is_none() && call.is_none() {
-        return resp;
-    }
-    let sse = is_sse(&resp);
-    if sse && let Some((id, tool, digest, intent)) = call.clone() {
-        return stream_tool_call(
-            app,
-            ctx,
-            caller,
-            resource.id,
-            resp,
-            id,
-            tool,
-            digest,
-            intent,
-            started,
-        );
-    }
-    // Buffered: tools/list (to filter it) and JSON tool-call answers (to record the outcome).
-    let (parts, body) = resp.into_parts();
-    let Ok(bytes) = axum::body::to_bytes(body, MAX_BUFFERED).await else {
-        return (
-            StatusCode::BAD_GATEWAY,
-            "the MCP server's answer was too large or broken",
-        )
-            .into_response();
-    };
-    let upstream_failed = !parts.status.is_success();
-    let mut events = Vec::new();
-    let mut out = bytes.to_vec();
-    if let Some(id) = &list {
-        let mut returned = 0;
-        let mounts = &app.mounts;
-        out = rewrite(sse, &bytes, |m| {
-            if m.get("id") == Some(id) {
-                mounts.learn(&mount.name, m);
-                returned = jsonrpc::filter_tools(m, |tool, ann| {
-                    let scope = mount.scopes.for_tool(tool, ann);
-                    authority::check_call(&caller, &mounts.roles, &mount.name, tool, scope).is_ok()
-                });
-            }
-        });
-        events.push(NewEvent::new(
-            StreamId::resource(&resource.id),
-            actor(&caller),
-            ToolListed {
-                request_id: ctx.request_id.clone(),
-                resource: resource.id.clone(),
-                user_id: caller.user_id.clone(),
-                client_id: caller.client_id.clone(),
-                credential: caller.credential.clone(),
-                outcome: if upstream_failed {
-                    ToolOutcome::UpstreamError
-                } else {
-                    ToolOutcome::Ok
-                },
-                tools_returned: returned,
-                duration_us: started.elapsed().as_micros() as u64,
-                session_id: headers
-                    .get("mcp-session-id")
-                    .and_then(|v| v.to_str().ok())
-                    .map(String::from),
-            },
-        ));
-    }
-    if let Some((id, tool, digest, intent)) = &call {
-        let code = error_code_for(sse, &bytes, id);
-        let outcome = if upstream_failed || code.is_some() {
-            ToolOutcome::UpstreamError
-        } else {
-            ToolOutcome::Ok
         };
-        events.push(tool_event(
-            &ctx,
-            &caller,
-            &resource.id,
-            tool,
-            outcome,
-            None,
-            code,
-            started,
-            digest,
-            intent.clone(),
-        ));
+        let upstream_failed = !parts.status.is_success();
+        let mut events = Vec::new();
+        let mut out = bytes.to_vec();
+        if let Some(id) = &list {
+            let mut returned = 0;
+            let mounts = &app.mounts;
+            out = rewrite(sse, &bytes, |m| {
+                if m.get("id") == Some(id) {
+                    mounts.learn(&mount.name, m);
+                    returned = jsonrpc::filter_tools(m, |tool, ann| {
+                        let scope = mount.scopes.for_tool(tool, ann);
+                        authority::check_call(&caller, &mounts.roles, &mount.name, tool, scope)
+                            .is_ok()
+                    });
+                }
+            });
+            events.push(NewEvent::new(
+                StreamId::resource(&resource.id),
+                actor(&caller),
+                ToolListed {
+                    request_id: ctx.request_id.clone(),
+                    resource: resource.id.clone(),
+                    user_id: caller.user_id.clone(),
+                    client_id: caller.client_id.clone(),
+                    credential: caller.credential.clone(),
+                    outcome: if upstream_failed {
+                        ToolOutcome::UpstreamError
+                    } else {
+                        ToolOutcome::Ok
+                    },
+                    tools_returned: returned,
+                    duration_us: started.elapsed().as_micros() as u64,
+                    session_id: headers
+                        .get("mcp-session-id")
+                        .and_then(|v| v.to_str().ok())
+                        .map(String::from),
+                },
+            ));
+        }
+        if let Some((id, tool, digest, intent)) = &call {
+            let code = error_code_for(sse, &bytes, id);
+            let outcome = if upstream_failed || code.is_some() {
+                ToolOutcome::UpstreamError
+            } else {
+                ToolOutcome::Ok
+            };
+            events.push(tool_event(
+                &ctx,
+                &caller,
+                &resource.id,
+                tool,
+                outcome,
+                None,
+                code,
+                started,
+                digest,
+                intent.clone(),
+            ));
+        }
+        if app.append(events).await.is_err() {
+            return unavailable();
+        }
+        let mut r = Response::from_parts(parts, Body::from(out));
+        r.headers_mut().remove(header::CONTENT_LENGTH);
+        r
     }
-    if app.append(events).await.is_err() {
-        return unavailable();
+    .await;
+    quota_headers(&mut r, quota);
+    r
+}
+
+fn request_id(m: &Inspected) -> Option<Value> {
+    match m {
+        Inspected::ToolCall { id, .. } | Inspected::ToolsList { id } => Some(id.clone()),
+        Inspected::Other { .. } => None,
     }
-    let mut r = Response::from_parts(parts, Body::from(out));
-    r.headers_mut().remove(header::CONTENT_LENGTH);
+}
+
+fn quota_headers(r: &mut Response, q: Quota) {
+    if q.limit == 0 {
+        return;
+    }
+    for (name, value) in [
+        ("x-ratelimit-limit", q.limit.to_string()),
+        ("x-ratelimit-remaining", q.remaining.to_string()),
+        ("x-ratelimit-reset", q.reset.to_string()),
+    ] {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            r.headers_mut().insert(HeaderName::from_static(name), v);
+        }
+    }
+}
+
+fn rate_limited(q: Quota, id: Option<Value>) -> Response {
+    let body = jsonrpc::error(
+        &id.unwrap_or(Value::Null),
+        -32029,
+        "rate limited: too many requests",
+        Some(serde_json::json!({"retry_after": q.reset})),
+    );
+    let mut r = (StatusCode::TOO_MANY_REQUESTS, axum::Json(body)).into_response();
+    quota_headers(&mut r, q);
+    if let Ok(v) = HeaderValue::from_str(&q.reset.max(1).to_string()) {
+        r.headers_mut().insert(header::RETRY_AFTER, v);
+    }
     r
 }
 

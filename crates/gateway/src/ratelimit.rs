@@ -1,0 +1,225 @@
+//! Rate limits per user (separate read and write buckets) and per client, in fixed one-minute
+//! windows. Refusals are counted per bucket and window and reported once the window has
+//! closed, so a flood of refused requests makes one event, not one per request.
+
+use grantline_ledger::RateBucket;
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+pub const WINDOW_SECS: i64 = 60;
+
+/// Requests allowed per window; 0 = unlimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub user_read: u32,
+    pub user_write: u32,
+    pub client: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            user_read: 600,
+            user_write: 60,
+            client: 1200,
+        }
+    }
+}
+
+/// The state of a bucket after a request was counted (or refused).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    pub limit: u32,
+    pub remaining: u32,
+    /// Seconds until the window resets.
+    pub reset: i64,
+}
+
+/// A refusal to aggregate into one event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exceeded {
+    pub bucket: RateBucket,
+    pub subject: String,
+    pub window_start: i64,
+    pub limit: u32,
+    pub rejected: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    start: i64,
+    used: u32,
+    rejected: u64,
+}
+
+#[derive(Default)]
+pub struct RateLimiter {
+    windows: Mutex<HashMap<(RateBucket, String), Window>>,
+    closed: Mutex<Vec<Exceeded>>,
+}
+
+fn limit_of(limits: &Limits, bucket: RateBucket) -> u32 {
+    match bucket {
+        RateBucket::UserRead => limits.user_read,
+        RateBucket::UserWrite => limits.user_write,
+        RateBucket::Client => limits.client,
+    }
+}
+
+impl RateLimiter {
+    /// Counts a request against every bucket given (all must have room, or none is charged).
+    /// `Err` is the bucket that refused, with its quota.
+    pub fn check(
+        &self,
+        limits: &Limits,
+        buckets: &[(RateBucket, &str)],
+        now: i64,
+    ) -> Result<Quota, (RateBucket, Quota)> {
+        let start = now - now.rem_euclid(WINDOW_SECS);
+        let reset = start + WINDOW_SECS - now;
+        let Ok(mut map) = self.windows.lock() else {
+            return Ok(Quota {
+                limit: 0,
+                remaining: 0,
+                reset,
+            });
+        };
+        let mut tightest: Option<Quota> = None;
+        for (bucket, subject) in buckets {
+            let limit = limit_of(limits, *bucket);
+            if limit == 0 {
+                continue;
+            }
+            let w = map.entry((*bucket, subject.to_string())).or_insert(Window {
+                start,
+                used: 0,
+                rejected: 0,
+            });
+            if w.start != start {
+                if w.rejected > 0
+                    && let Ok(mut c) = self.closed.lock()
+                {
+                    c.push(Exceeded {
+                        bucket: *bucket,
+                        subject: subject.to_string(),
+                        window_start: w.start,
+                        limit,
+                        rejected: w.rejected,
+                    });
+                }
+                *w = Window {
+                    start,
+                    used: 0,
+                    rejected: 0,
+                };
+            }
+            if w.used >= limit {
+                w.rejected += 1;
+                return Err((
+                    *bucket,
+                    Quota {
+                        limit,
+                        remaining: 0,
+                        reset,
+                    },
+                ));
+            }
+            let q = Quota {
+                limit,
+                remaining: limit - w.used - 1,
+                reset,
+            };
+            if tightest.is_none_or(|t| q.remaining < t.remaining) {
+                tightest = Some(q);
+            }
+        }
+        for (bucket, subject) in buckets {
+            if limit_of(limits, *bucket) > 0
+                && let Some(w) = map.get_mut(&(*bucket, subject.to_string()))
+            {
+                w.used += 1;
+            }
+        }
+        Ok(tightest.unwrap_or(Quota {
+            limit: 0,
+            remaining: 0,
+            reset,
+        }))
+    }
+
+    /// Refusals of windows that have closed by `now`, each once.
+    pub fn drain_closed(&self, limits: &Limits, now: i64) -> Vec<Exceeded> {
+        let start = now - now.rem_euclid(WINDOW_SECS);
+        let mut out = self
+            .closed
+            .lock()
+            .map(|mut c| std::mem::take(&mut *c))
+            .unwrap_or_default();
+        if let Ok(mut map) = self.windows.lock() {
+            map.retain(|(bucket, subject), w| {
+                if w.start == start {
+                    return true;
+                }
+                if w.rejected > 0 {
+                    out.push(Exceeded {
+                        bucket: *bucket,
+                        subject: subject.clone(),
+                        window_start: w.start,
+                        limit: limit_of(limits, *bucket),
+                        rejected: w.rejected,
+                    });
+                }
+                false
+            });
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_refuse_over_the_limit_and_aggregate_refusals() {
+        let limits = Limits {
+            user_read: 3,
+            user_write: 1,
+            client: 0,
+        };
+        let rl = RateLimiter::default();
+        let t = 6_000;
+        let read = [(RateBucket::UserRead, "u1"), (RateBucket::Client, "c1")];
+        assert_eq!(rl.check(&limits, &read, t).unwrap().remaining, 2);
+        assert_eq!(rl.check(&limits, &read, t + 1).unwrap().remaining, 1);
+        assert_eq!(rl.check(&limits, &read, t + 2).unwrap().remaining, 0);
+        for i in 0..5 {
+            let (bucket, q) = rl.check(&limits, &read, t + 3 + i).unwrap_err();
+            assert_eq!(
+                (bucket, q.remaining, q.reset),
+                (RateBucket::UserRead, 0, 60 - 3 - i)
+            );
+        }
+        let write = [(RateBucket::UserWrite, "u1")];
+        assert!(rl.check(&limits, &write, t).is_ok());
+        assert!(rl.check(&limits, &write, t).is_err());
+        assert!(
+            rl.check(&limits, &[(RateBucket::UserRead, "u2")], t)
+                .is_ok(),
+            "other users are apart"
+        );
+        assert!(
+            rl.drain_closed(&limits, t + 30).is_empty(),
+            "the window is still open"
+        );
+        let mut closed = rl.drain_closed(&limits, t + 60);
+        closed.sort_by_key(|e| e.rejected);
+        assert_eq!(closed.len(), 2);
+        assert_eq!(
+            (closed[1].bucket, closed[1].rejected, closed[1].window_start),
+            (RateBucket::UserRead, 5, t)
+        );
+        assert!(rl.drain_closed(&limits, t + 61).is_empty(), "reported once");
+        assert!(rl.check(&limits, &read, t + 60).is_ok(), "a new window");
+    }
+}
