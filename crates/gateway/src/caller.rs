@@ -178,6 +178,7 @@ mod state_tests {
                 created_at: t0,
                 expires_at: None,
                 revoked: None,
+                last_used: None,
             },
         );
         s

@@ -427,6 +427,7 @@ pub fn pat_list(app: &App, user_id: Option<&str>) -> Vec<serde_json::Value> {
                 "scopes": p.scopes,
                 "created_at": p.created_at.to_string(),
                 "expires_at": p.expires_at.map(|e| e.to_string()),
+                "last_used": p.last_used.map(|e| e.to_string()),
                 "status": status,
             })
         })

@@ -255,6 +255,7 @@ pub fn apply(state: &mut State, event: &Recorded) {
                     created_at: at,
                     expires_at: e.expires_at,
                     revoked: None,
+                    last_used: None,
                 },
             );
         }
@@ -267,11 +268,16 @@ pub fn apply(state: &mut State, event: &Recorded) {
                 });
             }
         }
-        // Tool traffic, denials and rate limits are audit facts; they change no state.
-        Payload::ToolListed(_)
-        | Payload::ToolCalled(_)
-        | Payload::AuthorizationDenied(_)
-        | Payload::RateLimitExceeded(_) => {}
+        // Tool traffic is an audit fact; it only tells when a personal access token was used.
+        Payload::ToolListed(grantline_ledger::ToolListed { credential, .. })
+        | Payload::ToolCalled(grantline_ledger::ToolCalled { credential, .. }) => {
+            if credential.kind == grantline_ledger::CredentialKind::PersonalAccessToken
+                && let Some(p) = state.pats.get_mut(&credential.id)
+            {
+                p.last_used = Some(at);
+            }
+        }
+        Payload::AuthorizationDenied(_) | Payload::RateLimitExceeded(_) => {}
         Payload::SigningKeyRotated(e) => {
             if let Some(prev) = &e.previous_key_id
                 && let Some(k) = state.signing_keys.get_mut(prev)

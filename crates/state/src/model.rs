@@ -158,6 +158,8 @@ pub struct Pat {
     pub created_at: Timestamp,
     pub expires_at: Option<Timestamp>,
     pub revoked: Option<Revocation>,
+    /// The last tool call or listing made with it (from `tool.called` / `tool.listed`).
+    pub last_used: Option<Timestamp>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
