@@ -224,13 +224,16 @@ async fn credentials_audience_scopes_and_step_up_on_the_demo() {
         .to_string();
     assert!(
         ch.contains("error=\"insufficient_scope\"")
-            && ch.contains("scope=\"demo:write\"")
+            && ch.contains("scope=\"demo:read demo:write\"")
             && ch.contains("resource_metadata="),
         "{ch}"
     );
     let e: Value = r.json().await.unwrap();
     assert_eq!(e["id"], 3);
-    assert_eq!(e["error"]["data"]["required_scopes"], json!(["demo:write"]));
+    assert_eq!(
+        e["error"]["data"]["required_scopes"],
+        json!(["demo:read", "demo:write"])
+    );
     // After step-up the write tool works.
     let write = token_for(&s, &s.resource(), "demo:read demo:write").await;
     let ok: Value = rpc(&s, "/mcp/demo", Some(&write), call(4, "add_note"))

@@ -283,9 +283,20 @@ pub async fn mcp(
                 .scopes
                 .for_tool(tool, annotations.as_ref())
                 .to_string();
-            if let Err(d) =
+            if let Err(mut d) =
                 authority::check_call(&caller, &app.mounts.roles, &mount.name, tool, &scope)
             {
+                // Step-up asks for every scope the caller should hold afterwards: what it has
+                // for this resource plus what this call needs, so re-authorizing for the
+                // challenge does not lose the scopes it already had.
+                let mut all: std::collections::BTreeSet<String> = caller
+                    .scopes
+                    .iter()
+                    .filter(|s| resource.offers(s))
+                    .cloned()
+                    .collect();
+                all.extend(d.required_scopes.iter().cloned());
+                d.required_scopes = all.into_iter().collect();
                 let event = tool_event(
                     &ctx,
                     &caller,
