@@ -38,14 +38,16 @@ def free_port():
 
 
 class Server:
-    def __init__(self, data_dir, log_path):
+    def __init__(self, data_dir, log_path, config=CONFIG):
         self.data_dir = pathlib.Path(data_dir)
         self.log_path = pathlib.Path(log_path)
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.proc = None
+        self.config = config
 
     def start(self):
+        (self.data_dir / "grantline.toml").write_text(self.config)
         binary = os.environ.get("GRANTLINE_BIN", str(ROOT / "target/debug/grantline"))
         env = dict(os.environ)
         env.update(
@@ -81,9 +83,26 @@ class Server:
 
 @pytest.fixture
 def server(tmp_path):
-    s = Server(tmp_path / "data", tmp_path / "server.log")
     (tmp_path / "data").mkdir(exist_ok=True)
-    (s.data_dir / "grantline.toml").write_text(CONFIG)
+    s = Server(tmp_path / "data", tmp_path / "server.log")
+    s.start()
+    yield s
+    s.stop()
+
+
+# The embedded default's demo resource, with access tokens that expire after 4 seconds so the
+# MCP SDK has to refresh on its own.
+MCP_CONFIG = """
+[oauth]
+access_token_ttl = 4
+refresh_grace = 2
+"""
+
+
+@pytest.fixture
+def mcp_server(tmp_path):
+    (tmp_path / "data").mkdir(exist_ok=True)
+    s = Server(tmp_path / "data", tmp_path / "server.log", MCP_CONFIG)
     s.start()
     yield s
     s.stop()
