@@ -5,9 +5,11 @@
 //!   grantline-bench verify --database URL                       # full chain + checkpoint walk
 //!   grantline-bench replay --database URL                       # read, check, decode, fold into State
 //!   grantline-bench refresh --database URL --clients C --seconds S  # refresh rotations over HTTP
+//!   grantline-bench gateway --database URL --clients C --seconds S  # tool-call overhead of the gateway
 //!
 //! Every run prints the command line, the machine and the figure.
 
+mod gateway;
 mod refresh;
 mod synthetic;
 
@@ -69,6 +71,15 @@ enum Cmd {
         #[arg(long, default_value_t = 64)]
         clients: usize,
         #[arg(long, default_value_t = 20)]
+        seconds: u64,
+    },
+    /// Gateway overhead: tool calls straight to a trivial upstream, then through the gateway.
+    Gateway {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long, default_value_t = 1)]
+        clients: usize,
+        #[arg(long, default_value_t = 10)]
         seconds: u64,
     },
 }
@@ -196,6 +207,18 @@ async fn main() -> Result<()> {
             );
             println!("machine: {}", machine());
             refresh::run(&target.database, clients.max(1), seconds.max(1)).await?;
+        }
+        Cmd::Gateway {
+            target,
+            clients,
+            seconds,
+        } => {
+            println!(
+                "command: {}",
+                std::env::args().collect::<Vec<_>>().join(" ")
+            );
+            println!("machine: {}", machine());
+            gateway::run(&target.database, clients.max(1), seconds.max(1)).await?;
         }
     }
     Ok(())

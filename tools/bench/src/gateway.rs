@@ -1,0 +1,170 @@
+//! Gateway overhead per tool call: the same `tools/call` sent by C concurrent clients straight
+//! to a trivial upstream MCP server, then through `/mcp/bench` (bearer check, authority, rate
+//! limit, identity assertion, `tool.called` appended durably), for S seconds each. The
+//! difference of the medians is the gateway's overhead. Everything runs in one process on
+//! the same cores.
+
+use anyhow::{Context, Result};
+use grantline_server::{App, Config, Options};
+use grantline_store::{Database, LedgerOptions};
+use std::time::{Duration, Instant};
+
+async fn trivial_upstream() -> Result<String> {
+    let app = axum::Router::new().route(
+        "/mcp",
+        axum::routing::post(|body: axum::body::Bytes| async move {
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            axum::Json(serde_json::json!({"jsonrpc": "2.0", "id": v["id"],
+                "result": {"content": [{"type": "text", "text": "ok"}]}}))
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/mcp", listener.local_addr()?);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok(url)
+}
+
+/// Calls per second and latencies (µs, sorted) of C clients calling `url` for `seconds`.
+async fn load(
+    url: &str,
+    token: Option<&str>,
+    clients: usize,
+    seconds: u64,
+) -> (f64, Vec<u64>, u64) {
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(clients)
+        .build()
+        .unwrap_or_default();
+    let body = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+        "params": {"name": "lookup", "arguments": {"q": "x"}}})
+    .to_string();
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let (http, url, body, token) = (
+            http.clone(),
+            url.to_string(),
+            body.clone(),
+            token.map(String::from),
+        );
+        tasks.push(tokio::spawn(async move {
+            let (mut lat, mut errors) = (Vec::new(), 0u64);
+            while Instant::now() < deadline {
+                let t0 = Instant::now();
+                let mut req = http
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .header("accept", "application/json, text/event-stream")
+                    .body(body.clone());
+                if let Some(t) = &token {
+                    req = req.bearer_auth(t);
+                }
+                match req.send().await {
+                    Ok(r) if r.status().is_success() => {
+                        let _ = r.bytes().await;
+                        lat.push(t0.elapsed().as_micros() as u64);
+                    }
+                    _ => errors += 1,
+                }
+            }
+            (lat, errors)
+        }));
+    }
+    let (mut lat, mut errors) = (Vec::new(), 0);
+    for t in tasks {
+        if let Ok((l, e)) = t.await {
+            lat.extend(l);
+            errors += e;
+        }
+    }
+    lat.sort_unstable();
+    (
+        lat.len() as f64 / start.elapsed().as_secs_f64(),
+        lat,
+        errors,
+    )
+}
+
+fn pct(lat: &[u64], p: f64) -> f64 {
+    if lat.is_empty() {
+        return 0.0;
+    }
+    lat[((lat.len() as f64 - 1.0) * p) as usize] as f64 / 1000.0
+}
+
+pub async fn run(database: &str, clients: usize, seconds: u64) -> Result<()> {
+    let upstream = trivial_upstream().await?;
+    let dir = tempfile::tempdir()?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let mut config: Config = toml::from_str(&format!(
+        r#"
+[rate_limits]
+user_read_per_minute = 0
+user_write_per_minute = 0
+client_per_minute = 0
+
+[[resources]]
+name = "bench"
+path = "/mcp/bench"
+upstream = "{upstream}"
+scopes = [{{ name = "bench:read", description = "Read" }}, {{ name = "bench:write", description = "Write" }}]
+tools = {{ lookup = "bench:read" }}
+"#
+    ))?;
+    config.server.public_url = Some(base.clone());
+    let app = App::start(Options {
+        config,
+        data_dir: dir.path().to_path_buf(),
+        database: Database::parse(database)?,
+        ledger: LedgerOptions::default(),
+    })
+    .await?;
+    let pat = grantline_server::admin::create_pat(
+        &app,
+        "admin",
+        grantline_oauth::pat::PatRequest {
+            user_id: String::new(),
+            name: "bench".into(),
+            resource: "bench".into(),
+            scope: Some("bench:read".into()),
+            expires_in_days: Some(7),
+        },
+        grantline_ledger::Actor::Operator,
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}"))
+    .context("bench token")?;
+    let server = tokio::spawn(grantline_server::serve(
+        app.clone(),
+        listener,
+        std::future::pending(),
+    ));
+    let (direct_rate, direct, e1) = load(&upstream, None, clients, seconds).await;
+    let (gw_rate, via, e2) = load(
+        &format!("{base}/mcp/bench"),
+        Some(pat.token.as_str()),
+        clients,
+        seconds,
+    )
+    .await;
+    println!(
+        "direct:  {direct_rate:.0} calls/s with {clients} clients; p50 {:.2} ms, p99 {:.2} ms; errors {e1}",
+        pct(&direct, 0.5),
+        pct(&direct, 0.99)
+    );
+    println!(
+        "gateway: {gw_rate:.0} calls/s with {clients} clients; p50 {:.2} ms, p99 {:.2} ms; errors {e2}",
+        pct(&via, 0.5),
+        pct(&via, 0.99)
+    );
+    println!(
+        "overhead: p50 {:.2} ms, p99 {:.2} ms (gateway minus direct)",
+        pct(&via, 0.5) - pct(&direct, 0.5),
+        pct(&via, 0.99) - pct(&direct, 0.99)
+    );
+    server.abort();
+    app.ledger.shutdown().await;
+    Ok(())
+}
