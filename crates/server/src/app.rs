@@ -313,6 +313,13 @@ impl App {
                     tracing::warn!(error = %e, "catching up with the ledger failed");
                 }
                 app.flush_rate_limits().await;
+                if !app.ledger.healthy() && n.is_multiple_of(8) {
+                    // A checkpoint is a write through the same writer: when it succeeds the
+                    // ledger is healthy again and the gateway resumes.
+                    if let Err(e) = app.ledger.checkpoint().await {
+                        tracing::warn!(error = %e, "the ledger is still failing");
+                    }
+                }
                 if n.is_multiple_of(20) {
                     crate::bootstrap::expire_unused_clients(&app).await;
                     app.forget_stale();

@@ -499,3 +499,49 @@ async fn rate_limited_callers_get_429_and_the_ledger_one_event_per_window() {
     );
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_ledger_cannot_write_tool_calls_fail_closed() {
+    let (up_url, up) = start_upstream().await;
+    let (s, _d, db) = gateway_server(&up_url).await;
+    let token = token_for(&s, &s.url("/mcp/up"), "up:read").await;
+    let list = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"});
+    assert_eq!(
+        rpc(&s, "/mcp/up", Some(&token), list).await.status(),
+        StatusCode::OK
+    );
+    let calls = || up.seen.lock().unwrap().len();
+    let before = calls();
+    // Make every insert into the ledger fail.
+    let pool =
+        sqlx::SqlitePool::connect(&format!("sqlite:{}", db.sqlite_path().unwrap().display()))
+            .await
+            .unwrap();
+    sqlx::query("CREATE TRIGGER block_appends BEFORE INSERT ON events BEGIN SELECT RAISE(ABORT, 'disk full'); END")
+        .execute(&pool).await.unwrap();
+    // The first call reaches the upstream, but its result is withheld: it could not be recorded.
+    let r = rpc(&s, "/mcp/up", Some(&token), call(2, "read_tool")).await;
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(calls(), before + 1);
+    // Now the ledger is known to fail: the next call is refused before the upstream is called.
+    let r = rpc(&s, "/mcp/up", Some(&token), call(3, "read_tool")).await;
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(calls(), before + 1, "the upstream is not called");
+    // Once the ledger can write again, calls resume.
+    sqlx::query("DROP TRIGGER block_appends")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let mut status = StatusCode::SERVICE_UNAVAILABLE;
+    for _ in 0..40 {
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        if s.app.ledger.healthy() {
+            status = rpc(&s, "/mcp/up", Some(&token), call(4, "read_tool"))
+                .await
+                .status();
+            break;
+        }
+    }
+    assert_eq!(status, StatusCode::OK);
+    s.stop().await;
+}
