@@ -65,8 +65,26 @@ impl Default for LedgerOptions {
     }
 }
 
+/// Where an appender waits for its events (or the reason they were not written).
+type Reply = oneshot::Sender<Result<Vec<Recorded>>>;
+
+/// A group commit that wrote nothing, and the appenders still waiting to hear so.
+struct Failed {
+    error: StoreError,
+    waiting: Vec<Reply>,
+}
+
+impl Failed {
+    fn all(error: StoreError, waiting: impl Iterator<Item = Reply>) -> Failed {
+        Failed {
+            error,
+            waiting: waiting.collect(),
+        }
+    }
+}
+
 enum Job {
-    Append(Append, oneshot::Sender<Result<Vec<Recorded>>>),
+    Append(Append, Reply),
     Checkpoint(oneshot::Sender<Result<Option<u64>>>),
     Shutdown(oneshot::Sender<()>),
 }
@@ -192,7 +210,7 @@ impl Ledger {
     /// Whether the last commit succeeded and the writer is running: callers about to do
     /// something they must record (an upstream tool call) check this first and fail closed.
     pub fn healthy(&self) -> bool {
-        !self.jobs.is_closed() && self.healthy.load(std::sync::atomic::Ordering::Relaxed)
+        !self.jobs.is_closed() && self.healthy.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The newest durable seq written by this process; changes on every commit.
@@ -320,59 +338,58 @@ impl Writer {
     }
 
     /// One group commit. Returns the size of the checkpoint written, if any.
+    ///
+    /// On failure the ledger is marked unhealthy and the transaction rolled back *before* any
+    /// waiting appender is answered: a caller that saw its append fail and retries, or checks
+    /// [`Ledger::healthy`] before calling an upstream, never sees the old, healthy state.
     async fn commit(
         &mut self,
-        jobs: Vec<(Append, oneshot::Sender<Result<Vec<Recorded>>>)>,
+        jobs: Vec<(Append, Reply)>,
         force_checkpoint: bool,
         scheduled: bool,
     ) -> Result<Option<u64>> {
         let frontier_before = self.frontier.clone();
-        let result = self.commit_inner(jobs, force_checkpoint, scheduled).await;
-        self.healthy
-            .store(result.is_ok(), std::sync::atomic::Ordering::Relaxed);
-        if let Err(e) = &result {
-            tracing::error!(error = %e, "ledger commit failed; failing closed");
-            self.rollback().await;
-            self.head = None;
-            self.versions.clear();
-            self.frontier = frontier_before;
-        }
-        result.map(|(cp, replies)| {
-            if let Some(hook) = &self.options.on_commit {
-                for recorded in replies.iter().filter_map(|(_, r)| r.as_ref().ok()) {
-                    if !recorded.is_empty() {
-                        hook(recorded);
+        match self.commit_inner(jobs, force_checkpoint, scheduled).await {
+            Ok((cp, replies)) => {
+                self.healthy
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
+                if let Some(hook) = &self.options.on_commit {
+                    for recorded in replies.iter().filter_map(|(_, r)| r.as_ref().ok()) {
+                        if !recorded.is_empty() {
+                            hook(recorded);
+                        }
                     }
                 }
+                for (reply, recorded) in replies {
+                    let _ = reply.send(recorded);
+                }
+                Ok(cp)
             }
-            for (reply, recorded) in replies {
-                let _ = reply.send(recorded);
+            Err(Failed { error, waiting }) => {
+                self.healthy
+                    .store(false, std::sync::atomic::Ordering::SeqCst);
+                tracing::error!(error = %error, "ledger commit failed; failing closed");
+                self.rollback().await;
+                self.head = None;
+                self.versions.clear();
+                self.frontier = frontier_before;
+                for reply in waiting {
+                    let _ = reply.send(Err(StoreError::Unavailable(error.to_string())));
+                }
+                Err(error)
             }
-            cp
-        })
+        }
     }
 
-    #[allow(clippy::type_complexity)]
     async fn commit_inner(
         &mut self,
-        jobs: Vec<(Append, oneshot::Sender<Result<Vec<Recorded>>>)>,
+        jobs: Vec<(Append, Reply)>,
         force_checkpoint: bool,
         scheduled: bool,
-    ) -> Result<(
-        Option<u64>,
-        Vec<(
-            oneshot::Sender<Result<Vec<Recorded>>>,
-            Result<Vec<Recorded>>,
-        )>,
-    )> {
-        // Fail every waiting append if anything below fails before commit.
-        let mut jobs = jobs;
-        let res = self.lock_and_sync().await;
-        if let Err(e) = res {
-            for (_, reply) in jobs.drain(..) {
-                let _ = reply.send(Err(StoreError::Unavailable(e.to_string())));
-            }
-            return Err(e);
+    ) -> std::result::Result<(Option<u64>, Vec<(Reply, Result<Vec<Recorded>>)>), Failed> {
+        // Any failure before the commit fails every waiting append (see `commit`).
+        if let Err(error) = self.lock_and_sync().await {
+            return Err(Failed::all(error, jobs.into_iter().map(|(_, r)| r)));
         }
         let (mut seq, mut prev) = self.head.unwrap_or((0, GENESIS));
         let now = Timestamp::now().0.max(self.last_time);
@@ -403,11 +420,8 @@ impl Writer {
                         }
                     }
                 }
-                Err(e) => {
-                    for (_, reply) in jobs.drain(..) {
-                        let _ = reply.send(Err(StoreError::Unavailable(e.to_string())));
-                    }
-                    return Err(e);
+                Err(error) => {
+                    return Err(Failed::all(error, jobs.into_iter().map(|(_, r)| r)));
                 }
             }
         }
@@ -505,34 +519,22 @@ impl Writer {
             replies.push((reply, Ok(recorded)));
         }
 
-        let fail_all = |replies: Vec<(
-            oneshot::Sender<Result<Vec<Recorded>>>,
-            Result<Vec<Recorded>>,
-        )>,
-                        e: &StoreError| {
-            for (reply, _) in replies {
-                let _ = reply.send(Err(StoreError::Unavailable(e.to_string())));
-            }
-        };
         let wrote_rows = !rows.is_empty();
-        if let Err(e) = self.insert_rows(&mut rows).await {
-            fail_all(replies, &e);
-            return Err(e);
+        if let Err(error) = self.insert_rows(&mut rows).await {
+            return Err(Failed::all(error, replies.into_iter().map(|(r, _)| r)));
         }
         let uncovered = seq.saturating_sub(self.last_cp_size);
         let want_cp = uncovered > 0
             && (force_checkpoint || scheduled || uncovered >= self.options.checkpoint_every_events);
         let mut cp_size = None;
         if want_cp {
-            if let Err(e) = self.insert_checkpoint(seq, now).await {
-                fail_all(replies, &e);
-                return Err(e);
+            if let Err(error) = self.insert_checkpoint(seq, now).await {
+                return Err(Failed::all(error, replies.into_iter().map(|(r, _)| r)));
             }
             cp_size = Some(seq);
         }
-        if let Err(e) = self.finish(seq, wrote_rows).await {
-            fail_all(replies, &e);
-            return Err(e);
+        if let Err(error) = self.finish(seq, wrote_rows).await {
+            return Err(Failed::all(error, replies.into_iter().map(|(r, _)| r)));
         }
 
         // Durable: now the caches may move on.
