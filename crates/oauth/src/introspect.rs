@@ -26,8 +26,7 @@ pub fn introspect(state: &State, issuer: &str, token: &str, now: Timestamp) -> V
     if let Some(r) = state.refresh_tokens.get(&digest)
         && let Some(f) = state.families.get(&r.family_id)
     {
-        let live = !r.revoked
-            && r.rotated_at.is_none()
+        let live = r.unused()
             && now < r.expires_at
             && state.family_live(&f.family_id)
             && state

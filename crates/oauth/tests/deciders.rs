@@ -1194,30 +1194,115 @@ fn personal_access_tokens_are_shown_once_bounded_and_revoked_for_good() {
     );
 }
 
+/// Unused (live) refresh tokens of the family, with their parents.
+fn unused_refresh_parents(w: &World) -> Vec<Option<String>> {
+    w.state
+        .refresh_tokens
+        .values()
+        .filter(|t| t.unused() && w.state.family_live(&t.family_id))
+        .map(|t| t.parent.clone())
+        .collect()
+}
+
 #[test]
-fn a_retry_within_grace_supersedes_the_first_branch() {
+fn parallel_refreshes_within_grace_keep_whichever_answer_the_client_kept() {
+    for keep_first in [true, false] {
+        let mut w = World::new();
+        let client = w.public_client();
+        let user = w.user();
+        let t0 = w.tokens(&client, &user).refresh_token.unwrap();
+        // Two parallel refreshes of T0: both answered, the client keeps one of them.
+        let a = w.refresh(&client, &t0).0.outcome.unwrap();
+        w.tick(1);
+        let b = w.refresh(&client, &t0).0.outcome.unwrap();
+        let (kept, dropped) = if keep_first { (a, b) } else { (b, a) };
+        assert!(w.live(&kept.access_token) && w.live(&dropped.access_token));
+        // An hour later the kept one still works: the client is not locked out.
+        w.tick(3600);
+        let (d, r) = w.refresh(&client, kept.refresh_token.as_deref().unwrap());
+        assert!(
+            d.outcome.is_ok(),
+            "keep_first={keep_first}: {:?}",
+            code_of(&d)
+        );
+        assert_eq!(r.unwrap(), vec![Kind::TokenRefreshed]);
+        let next = d.outcome.unwrap();
+        // The other answer lost the moment the kept one was used: its access token died with
+        // it, and presenting its refresh token after the grace period is reuse.
+        assert!(!w.live(&dropped.access_token));
+        assert_eq!(unused_refresh_parents(&w).len(), 1);
+        w.tick(60);
+        let (d, r) = w.refresh(&client, dropped.refresh_token.as_deref().unwrap());
+        assert_eq!(code_of(&d), "invalid_grant");
+        assert_eq!(r.unwrap(), vec![Kind::RefreshReuseDetected]);
+        assert!(!w.live(&next.access_token), "the whole family is revoked");
+    }
+}
+
+#[test]
+fn within_grace_a_lost_sibling_or_a_used_successor_is_refused_without_revoking() {
     let mut w = World::new();
     let client = w.public_client();
     let user = w.user();
     let t0 = w.tokens(&client, &user).refresh_token.unwrap();
-    // The legitimate client rotates T0 → T1, and (say) T1 → T2.
     let t1 = w.refresh(&client, &t0).0.outcome.unwrap();
+    let t1b = w.refresh(&client, &t0).0.outcome.unwrap();
+    // T1 is used: T1b lost the race.
     let t2 = w
         .refresh(&client, t1.refresh_token.as_deref().unwrap())
         .0
         .outcome
         .unwrap();
-    // Someone holding T0 presents it within the grace period and gets a branch of their own.
-    w.tick(5);
-    let fork = w.refresh(&client, &t0).0.outcome.unwrap();
-    // The earlier branch is superseded: after the grace period its newest token is reuse, and
-    // the whole family (the fork included) is revoked.
-    w.tick(3600);
-    let (d, r) = w.refresh(&client, t2.refresh_token.as_deref().unwrap());
+    w.tick(2);
+    let (d, r) = w.refresh(&client, t1b.refresh_token.as_deref().unwrap());
     assert_eq!(code_of(&d), "invalid_grant");
+    assert!(
+        r.unwrap().is_empty(),
+        "within grace: refused, nothing revoked"
+    );
+    // T0 again, after its successor T1 was used: no second branch.
+    let (d, r) = w.refresh(&client, &t0);
+    assert_eq!(code_of(&d), "invalid_grant");
+    assert!(r.unwrap().is_empty());
+    assert!(w.live(&t2.access_token));
+    assert_eq!(unused_refresh_parents(&w).len(), 1);
+    // After the grace period the same presentations are reuse.
+    w.tick(10);
+    let (_, r) = w.refresh(&client, &t0);
     assert_eq!(r.unwrap(), vec![Kind::RefreshReuseDetected]);
-    let (d, _) = w.refresh(&client, fork.refresh_token.as_deref().unwrap());
-    assert_eq!(code_of(&d), "invalid_grant");
+    assert!(!w.live(&t2.access_token));
+}
+
+mod rotation_property {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+        /// Whatever order and timing refreshes come in (any token ever issued, presented after
+        /// any pause), the family never has two live branches: every unused refresh token is a
+        /// child of the same parent, and once one of them is used the others are dead.
+        #[test]
+        fn a_family_never_has_two_live_branches(
+            steps in proptest::collection::vec((0usize..64, 0i64..15), 1..40)
+        ) {
+            let mut w = World::new();
+            let client = w.public_client();
+            let user = w.user();
+            let mut issued = vec![w.tokens(&client, &user).refresh_token.unwrap()];
+            for (pick, pause) in steps {
+                w.tick(pause);
+                let rt = issued[pick % issued.len()].clone();
+                let (d, r) = w.refresh(&client, &rt);
+                prop_assert!(r.is_ok());
+                if let Ok(t) = d.outcome {
+                    issued.push(t.refresh_token.unwrap());
+                }
+                let parents = unused_refresh_parents(&w);
+                prop_assert!(parents.windows(2).all(|p| p[0] == p[1]), "two branches: {parents:?}");
+            }
+        }
+    }
 }
 
 #[test]

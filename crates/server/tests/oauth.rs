@@ -582,9 +582,14 @@ backend_tests! {
         let (st, retry) = refresh(&s, &client, &rt).await;
         assert_eq!(st, StatusCode::OK, "{retry}");
         assert!(active(&s, &get(&retry, "access_token")).await);
-        let (st, _) = refresh(&s, &client, &get(&retry, "refresh_token")).await;
+        // Both answers are usable until the client uses one of them: it kept the retry's.
+        assert!(active(&s, &get(&lost, "access_token")).await);
+        let (st, next) = refresh(&s, &client, &get(&retry, "refresh_token")).await;
         assert_eq!(st, StatusCode::OK);
-        assert!(active(&s, &get(&lost, "access_token")).await, "no family revocation");
+        assert!(active(&s, &get(&next, "access_token")).await, "no family revocation");
+        // The answer it never saw lost at that moment: one live branch.
+        assert!(!active(&s, &get(&lost, "access_token")).await);
+        assert!(!active(&s, &get(&lost, "refresh_token")).await);
         s.stop().await;
     }
 
@@ -624,7 +629,7 @@ backend_tests! {
         {
             let state = s.app.projection.read();
             let fam = state.families.values().next().unwrap();
-            let unrotated_live = state.refresh_tokens.values().filter(|r| r.family_id == fam.family_id && r.rotated_at.is_none() && !r.revoked).count();
+            let unrotated_live = state.refresh_tokens.values().filter(|r| r.family_id == fam.family_id && r.unused()).count();
             assert!(fam.revoked.is_some() || unrotated_live <= 1);
         }
         s.stop().await;

@@ -194,12 +194,13 @@ pub fn apply(state: &mut State, event: &Recorded) {
                 },
             );
             if let (Some(r), Some(f)) = (&e.refresh, &e.family_id) {
-                insert_refresh(state, r, f);
+                insert_refresh(state, r, f, None, &e.access.digest);
             }
         }
         Payload::TokenRefreshed(e) => {
-            if let Some(old) = state.refresh_by_id.get(&e.rotated_refresh_id).cloned() {
-                rules::on_rotated(state, &old, &e.refresh.digest, at);
+            let parent = state.refresh_by_id.get(&e.rotated_refresh_id).cloned();
+            if let Some(old) = &parent {
+                rules::on_rotated(state, old, &e.refresh.digest, at);
             }
             state
                 .access_by_id
@@ -218,7 +219,7 @@ pub fn apply(state: &mut State, event: &Recorded) {
                     revoked: false,
                 },
             );
-            insert_refresh(state, &e.refresh, &e.family_id);
+            insert_refresh(state, &e.refresh, &e.family_id, parent, &e.access.digest);
         }
         Payload::TokenRevoked(e) => match e.token_kind {
             grantline_ledger::TokenKind::Access => {
@@ -312,7 +313,13 @@ pub fn apply(state: &mut State, event: &Recorded) {
     }
 }
 
-fn insert_refresh(state: &mut State, r: &grantline_ledger::RefreshTokenRecord, family: &str) {
+fn insert_refresh(
+    state: &mut State,
+    r: &grantline_ledger::RefreshTokenRecord,
+    family: &str,
+    parent: Option<String>,
+    access_digest: &str,
+) {
     state
         .refresh_by_id
         .insert(r.token_id.clone(), r.digest.clone());
@@ -324,7 +331,10 @@ fn insert_refresh(state: &mut State, r: &grantline_ledger::RefreshTokenRecord, f
             expires_at: r.expires_at,
             absolute_expires_at: r.absolute_expires_at,
             rotated_at: None,
-            successor: None,
+            superseded_at: None,
+            parent,
+            children: Vec::new(),
+            access_digest: access_digest.to_string(),
             revoked: false,
         },
     );

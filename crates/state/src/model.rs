@@ -139,11 +139,19 @@ pub struct RefreshToken {
     pub family_id: String,
     pub expires_at: Timestamp,
     pub absolute_expires_at: Timestamp,
-    /// When it was exchanged for a successor (or superseded by a sibling); presenting it after
-    /// the grace period is reuse.
+    /// When it was first exchanged for a successor; presenting it after the grace period is
+    /// reuse.
     pub rotated_at: Option<Timestamp>,
-    /// The digest of the token this one was last exchanged for.
-    pub successor: Option<String>,
+    /// When a sibling (issued from the same parent by a retry within the grace period) was
+    /// used first: this branch lost, and presenting it after the grace period is reuse.
+    pub superseded_at: Option<Timestamp>,
+    /// The digest of the refresh token this one was issued for (`None` for a code exchange).
+    pub parent: Option<String>,
+    /// Digests of the refresh tokens issued for this one: one, or more after retries within
+    /// the grace period.
+    pub children: Vec<String>,
+    /// The access token issued together with it, which dies with it when it is superseded.
+    pub access_digest: String,
     pub revoked: bool,
 }
 
@@ -169,6 +177,13 @@ pub struct SigningKey {
     pub public_key: String,
     pub introduced_at: Timestamp,
     pub retired: bool,
+}
+
+impl RefreshToken {
+    /// Neither exchanged, nor superseded, nor revoked (expiry and family aside).
+    pub fn unused(&self) -> bool {
+        self.rotated_at.is_none() && self.superseded_at.is_none() && !self.revoked
+    }
 }
 
 impl State {

@@ -1,9 +1,10 @@
 //! `grant_type=refresh_token` (OAuth 2.1 §4.3): rotation on every use.
 //!
-//! A rotated token presented again within the grace period is honoured once more (a client
-//! that raced itself or lost a response gets a fresh pair instead of being locked out); after
-//! the grace period it is reuse: `refresh.reuse_detected` is recorded and the projection
-//! revokes the whole family, the newest tokens included.
+//! A rotated token presented again within the grace period is honoured again as long as none
+//! of its successors has been used (a client that raced itself or lost a response gets a
+//! fresh pair instead of being locked out; `rules/rotation.rs` decides which sibling wins);
+//! after the grace period it is reuse: `refresh.reuse_detected` is recorded and the
+//! projection revokes the whole family, the newest tokens included.
 
 use super::{Context, bound_resource, mint_access, response};
 use crate::tokens::TokenResponse;
@@ -66,8 +67,11 @@ pub fn decide(
         return OAuthError::invalid_grant("refresh token revoked").into();
     }
     let lt = &ctx.settings.lifetimes;
-    if let Some(rotated_at) = token.rotated_at
-        && ctx.now >= rotated_at.plus_secs(lt.refresh_grace as i64)
+    let grace = lt.refresh_grace as i64;
+    // Either way a token that was used, or lost a race, is reuse once the grace period is over.
+    let spent = token.superseded_at.or(token.rotated_at);
+    if let Some(spent_at) = spent
+        && ctx.now >= spent_at.plus_secs(grace)
     {
         let event = NewEvent::new(
             StreamId::family(&family.family_id),
@@ -78,7 +82,7 @@ pub fn decide(
                 family_id: family.family_id.clone(),
                 refresh_token_id: token.token_id.clone(),
                 client_id: client.client_id.clone(),
-                rotated_at,
+                rotated_at: spent_at,
                 grace_seconds: lt.refresh_grace,
                 request: ctx.request.clone(),
             },
@@ -90,6 +94,27 @@ pub fn decide(
                 "refresh token was already used; every token of this grant is revoked",
             )),
         );
+    }
+    // Within the grace period: a client that raced itself. A sibling that was used first wins;
+    // a token whose successor has been used cannot start a second branch. Neither is an attack
+    // yet, so nothing is revoked.
+    if token.superseded_at.is_some() {
+        return OAuthError::invalid_grant(
+            "refresh token lost to a parallel refresh; use the refresh token that was used since",
+        )
+        .into();
+    }
+    let successor_used = token.children.iter().any(|c| {
+        state
+            .refresh_tokens
+            .get(c)
+            .is_some_and(|c| c.rotated_at.is_some())
+    });
+    if successor_used {
+        return OAuthError::invalid_grant(
+            "refresh token was rotated and its successor has been used",
+        )
+        .into();
     }
     if ctx.now >= token.expires_at || ctx.now >= token.absolute_expires_at {
         return OAuthError::invalid_grant("refresh token expired").into();

@@ -1,32 +1,42 @@
 use crate::State;
 use grantline_ledger::Timestamp;
 
-/// Rotation supersedes: the presented refresh token is rotated, and when it had been rotated
-/// before (a retry within the grace period), every token descended from that earlier rotation
-/// is superseded now too. So at most one branch of a family stays unrotated: whoever keeps
-/// using a superseded branch after the grace period presents a rotated token, which is reuse.
+/// Rotation, and which branch wins a race. The presented token `old` gets the child `new`.
+///
+/// A retry within the grace period (two parallel refreshes, a lost response) gives `old` a
+/// second child, a sibling of the first: the client keeps one of the answers and throws the
+/// other away, and nobody can tell which. So siblings stay usable side by side until one of
+/// them is itself exchanged; at that moment every other unused sibling is superseded (and the
+/// access token issued with it dies). Together with the decider's refusal to give a token a
+/// new child once one of its children has been used, every unused refresh token of a family
+/// is a child of the same parent: there is never more than one live branch, and a client
+/// that raced itself is never locked out whichever answer it kept.
 pub(crate) fn on_rotated(state: &mut State, old: &str, new: &str, at: Timestamp) {
-    let previous = match state.refresh_tokens.get_mut(old) {
-        Some(t) => {
-            t.rotated_at.get_or_insert(at);
-            t.successor.replace(new.to_string())
-        }
-        None => return,
+    let Some(token) = state.refresh_tokens.get_mut(old) else {
+        return;
     };
-    // Walk the superseded branch (a chain: each token has at most one live successor).
-    let mut next = previous;
-    let mut steps = 0;
-    while let Some(digest) = next {
-        steps += 1;
-        if steps > 10_000 {
-            break;
-        }
-        next = match state.refresh_tokens.get_mut(&digest) {
-            Some(t) => {
-                t.rotated_at.get_or_insert(at);
-                t.successor.clone()
-            }
-            None => None,
+    let first_use = token.rotated_at.is_none();
+    token.rotated_at.get_or_insert(at);
+    token.children.push(new.to_string());
+    let parent = token.parent.clone();
+    if !first_use {
+        return;
+    }
+    let siblings = parent
+        .and_then(|p| state.refresh_tokens.get(&p))
+        .map(|p| p.children.clone())
+        .unwrap_or_default();
+    for sibling in siblings.iter().filter(|s| s.as_str() != old) {
+        let Some(t) = state.refresh_tokens.get_mut(sibling) else {
+            continue;
         };
+        if !t.unused() {
+            continue;
+        }
+        t.superseded_at = Some(at);
+        let access = t.access_digest.clone();
+        if let Some(a) = state.access_tokens.get_mut(&access) {
+            a.revoked = true;
+        }
     }
 }
