@@ -98,6 +98,8 @@ catalogue! {
     "token.revoked" => TokenRevoked(TokenRevoked),
     /// A rotated refresh token was presented after the grace period; the family is revoked.
     "refresh.reuse_detected" => RefreshReuseDetected(RefreshReuseDetected),
+    /// A token or authorization request was refused with an RFC 6749 error (at most one event per client and error a minute; the rest are counted).
+    "oauth.refused" => OAuthRefused(OAuthRefused),
     /// A whole token family was revoked.
     "family.revoked" => FamilyRevoked(FamilyRevoked),
     /// A user's grant to a client was revoked, and every family under it.
@@ -496,6 +498,42 @@ pub struct TokenRevoked {
     pub family_id: Option<String>,
     pub reason: String,
     /// The HTTP request that caused it, when one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<RequestMeta>,
+}
+
+/// The OAuth endpoint a refused request was sent to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OAuthEndpoint {
+    Authorize,
+    Token,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OAuthRefused {
+    pub endpoint: OAuthEndpoint,
+    /// The registered client the request named (absent when it named none that exists).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    /// Whether the client proved who it is (a secret, or a public client's PKCE-bound request).
+    pub client_authenticated: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant_type: Option<GrantType>,
+    /// The user behind the code or refresh token presented, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub requested_scopes: Vec<String>,
+    /// The RFC 6749 error code answered.
+    pub error: String,
+    pub description: String,
+    /// Refusals of the same client with the same error that were counted but not recorded
+    /// since the previous such event.
+    pub suppressed: u64,
+    /// The HTTP request that caused it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request: Option<RequestMeta>,
 }

@@ -87,6 +87,7 @@ pub fn stream_for(p: &Payload) -> StreamId {
             None => StreamId::named("tokens"),
         },
         Payload::RefreshReuseDetected(e) => StreamId::family(&e.family_id),
+        Payload::OAuthRefused(_) => StreamId::named("oauth-refusals"),
         Payload::FamilyRevoked(e) => StreamId::family(&e.family_id),
         Payload::GrantRevoked(e) => StreamId::grant(&e.grant_id),
         Payload::PatCreated(e) => StreamId::pat(&e.pat_id),
@@ -284,6 +285,20 @@ pub fn all() -> Vec<Payload> {
             client_id: CLIENT.into(),
             rotated_at: ts(120),
             grace_seconds: 10,
+        }
+        .into(),
+        OAuthRefused {
+            endpoint: OAuthEndpoint::Token,
+            client_id: Some(CLIENT.into()),
+            client_authenticated: true,
+            grant_type: Some(GrantType::AuthorizationCode),
+            user_id: Some(USER.into()),
+            resource: Some(RESOURCE.into()),
+            requested_scopes: vec!["demo:read".into()],
+            error: "invalid_grant".into(),
+            description: "code_verifier does not match the code_challenge".into(),
+            suppressed: 0,
+            request: Some(meta(&user_subject)),
         }
         .into(),
         FamilyRevoked {

@@ -60,6 +60,8 @@ pub struct Inner {
     pub metadata_documents: Fetcher,
     pub signin: Arc<dyn SignIn>,
     pub login_throttle: crate::throttle::LoginThrottle,
+    /// Windows of refused OAuth requests already on the ledger (`oauth.refused`).
+    pub refusals: crate::refusals::RefusalLog,
     /// Resources behind the gateway, roles, tool annotations.
     pub mounts: crate::gateway::Mounts,
     /// The built-in demo MCP server.
@@ -152,6 +154,7 @@ impl App {
             metadata_documents,
             signin: Arc::new(PasswordSignIn::new(Credentials::new(&store))),
             login_throttle: Default::default(),
+            refusals: Default::default(),
             mounts,
             demo: Default::default(),
             rate_limiter: Default::default(),

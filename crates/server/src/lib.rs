@@ -14,6 +14,7 @@ mod keys;
 pub mod pages;
 pub mod projection;
 pub mod random;
+pub mod refusals;
 pub mod routes;
 pub mod session;
 pub mod signin;
@@ -59,12 +60,40 @@ pub fn router(app: App) -> Router {
                 "answered"
             );
         });
+    let trust = app.config.server.trust_forwarded_headers;
     routes::router()
         .route("/", get(home))
         .with_state(app)
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(trace)
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(axum::middleware::map_request(
+            move |req: Request<axum::body::Body>| async move { inbound_request_id(req, trust) },
+        ))
+}
+
+/// Keeps an inbound `X-Request-Id` only from a trusted proxy (`trust_forwarded_headers`) and
+/// only when it looks like an id; otherwise the request gets a fresh one. Request ids go into
+/// events and identity assertions, so a client must not choose them.
+fn inbound_request_id(
+    mut req: Request<axum::body::Body>,
+    trust: bool,
+) -> Request<axum::body::Body> {
+    let keep = trust
+        && req
+            .headers()
+            .get("x-request-id")
+            .map(|v| v.as_bytes())
+            .is_some_and(|v| {
+                (1..=128).contains(&v.len())
+                    && v.iter().all(|b| {
+                        b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':')
+                    })
+            });
+    if !keep {
+        req.headers_mut().remove("x-request-id");
+    }
+    req
 }
 
 async fn home(State(app): State<App>, ctx: http::RequestContext) -> Response {

@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use grantline_ledger::{Kind, Payload};
+use grantline_ledger::{GrantType, Kind, OAuthEndpoint, Payload};
 use grantline_store::testing::{TestDb, sqlite};
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -361,7 +361,8 @@ async fn unused_dynamic_clients_age_out_with_an_event() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_carry_what_a_reviewer_needs_and_no_secret() {
     let db = sqlite().await;
-    let (s, _d) = server_with(&db, |_| {}).await;
+    // A request id from a trusted proxy is kept (and one from anybody else replaced: below).
+    let (s, _d) = server_with(&db, |c| c.server.trust_forwarded_headers = true).await;
     let (client, code, verifier) = code(&s, "demo:read").await;
     let r = browser()
         .post(s.url("/oauth/token"))
@@ -439,6 +440,94 @@ async fn events_carry_what_a_reviewer_needs_and_no_secret() {
     ] {
         assert!(!all.contains(&secret));
     }
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_requests_are_recorded_once_a_minute_per_client_and_error() {
+    let db = sqlite().await;
+    let (s, _d) = server_with(&db, |_| {}).await;
+    let (client, code, _verifier) = code(&s, "demo:read").await;
+    let wrong = "wrong-verifier-wrong-verifier-wrong-verifier-x";
+    for _ in 0..3 {
+        let r = browser()
+            .post(s.url("/oauth/token"))
+            .header("x-request-id", "chosen-by-the-client")
+            .form(&[
+                ("grant_type", "authorization_code"),
+                ("client_id", client.as_str()),
+                ("code", code.as_str()),
+                ("redirect_uri", REDIRECT),
+                ("code_verifier", wrong),
+                ("scope", "demo:read"),
+            ])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        // Not behind a trusted proxy: the server picks the request id.
+        assert_ne!(r.headers()["x-request-id"], "chosen-by-the-client");
+    }
+    // An authorization request for a resource that does not exist.
+    let b = browser();
+    login(&s, &b).await;
+    let (_, challenge) = pkce();
+    let elsewhere = s.url("/mcp/nowhere");
+    let r = b
+        .get(authorize_url(
+            &s,
+            &[
+                ("response_type", "code"),
+                ("client_id", &client),
+                ("redirect_uri", REDIRECT),
+                ("code_challenge", &challenge),
+                ("code_challenge_method", "S256"),
+                ("resource", &elsewhere),
+            ],
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::FOUND,
+        "an error redirect to the client"
+    );
+    let events = s.app.store().read(0, 10_000).await.unwrap();
+    let refused: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e.payload() {
+            Payload::OAuthRefused(r) => Some(r.clone()),
+            _ => None,
+        })
+        .collect();
+    let token: Vec<_> = refused
+        .iter()
+        .filter(|r| r.endpoint == OAuthEndpoint::Token)
+        .collect();
+    assert_eq!(token.len(), 1, "three refusals, one event: {refused:?}");
+    let t = token[0];
+    assert_eq!(t.error, "invalid_grant");
+    assert_eq!(t.client_id.as_deref(), Some(client.as_str()));
+    assert!(t.client_authenticated);
+    assert_eq!(t.grant_type, Some(GrantType::AuthorizationCode));
+    assert!(t.user_id.is_some(), "the code's user");
+    assert_eq!(t.requested_scopes, vec!["demo:read".to_string()]);
+    assert!(t.description.contains("verifier"), "{}", t.description);
+    assert_eq!(t.suppressed, 0);
+    let meta = t.request.as_ref().expect("request metadata");
+    assert_ne!(meta.request_id, "chosen-by-the-client");
+    let a = refused
+        .iter()
+        .find(|r| r.endpoint == OAuthEndpoint::Authorize)
+        .expect("the authorization refusal");
+    assert_eq!(a.error, "invalid_target");
+    assert_eq!(a.resource.as_deref(), Some(elsewhere.as_str()));
+    assert_eq!(a.client_id.as_deref(), Some(client.as_str()));
+    assert!(
+        !format!("{events:?}").contains(wrong),
+        "no verifier in any event"
+    );
     s.stop().await;
 }
 

@@ -110,7 +110,7 @@ pub fn apply(state: &mut State, event: &Recorded) {
                 u.last_login = Some(at);
             }
         }
-        Payload::LoginFailed(_) | Payload::ConsentDenied(_) => {}
+        Payload::LoginFailed(_) | Payload::ConsentDenied(_) | Payload::OAuthRefused(_) => {}
         Payload::ConsentGranted(e) => {
             let g = state
                 .grants

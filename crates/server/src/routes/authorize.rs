@@ -3,13 +3,15 @@
 use crate::app::{App, AppError, PendingConsent};
 use crate::http::{RequestContext, redirect, see_other};
 use crate::pages;
+use crate::refusals::{self, Attempt};
 use crate::session;
 use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use grantline_ledger::{
-    Actor, ClientRegistered, ClientUpdated, NewEvent, RegistrationMethod, StreamId, pii,
+    Actor, ClientRegistered, ClientUpdated, NewEvent, OAuthEndpoint, RegistrationMethod, StreamId,
+    pii,
 };
 use grantline_oauth::authorize::{
     Approval, AuthorizationQuery, FreshCode, Refusal, Validated, approve, deny, needs_consent,
@@ -185,7 +187,29 @@ pub async fn authorize(
     };
     let v = match validated {
         Ok(v) => v,
-        Err(r) => return refusal(&ctx, r),
+        Err(r) => {
+            let error = match &r {
+                Refusal::Page(e) | Refusal::Redirect { error: e, .. } => e,
+            };
+            let attempt = Attempt {
+                client_id: q
+                    .client_id
+                    .clone()
+                    .filter(|id| app.projection.read().clients.contains_key(id)),
+                resource: q.resource.first().cloned(),
+                requested_scopes: q
+                    .scope
+                    .as_deref()
+                    .unwrap_or_default()
+                    .split(' ')
+                    .filter(|x| !x.is_empty())
+                    .map(String::from)
+                    .collect(),
+                ..Attempt::default()
+            };
+            refusals::record(&app, &ctx, OAuthEndpoint::Authorize, attempt, error).await;
+            return refusal(&ctx, r);
+        }
     };
     let now_secs = app.now().0 / 1_000_000;
     let Some(s) = session::current(&app, &ctx, &headers, now_secs) else {

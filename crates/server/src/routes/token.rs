@@ -2,13 +2,14 @@
 
 use crate::app::{App, AppError};
 use crate::http::{RequestContext, param};
+use crate::refusals::{self, Attempt};
 use crate::routes::client::{form_body, presented};
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
-use grantline_ledger::{GrantType, pii, secret_digest};
+use grantline_ledger::{GrantType, OAuthEndpoint, pii, secret_digest};
 use grantline_oauth::client_auth::authenticate;
 use grantline_oauth::grants::Context;
 use grantline_oauth::grants::authorization_code::{self, CodeRequest};
@@ -22,11 +23,13 @@ pub async fn token(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    match handle(&app, &ctx, &headers, &body).await {
+    let mut attempt = Attempt::default();
+    match handle(&app, &ctx, &headers, &body, &mut attempt).await {
         Ok(r) => r,
         Err(e) => {
             if let AppError::OAuth(o) = &e {
                 tracing::info!(error = o.code.as_str(), reason = %o.description, "token request refused");
+                refusals::record(&app, &ctx, OAuthEndpoint::Token, attempt, o).await;
             }
             e.into_response()
         }
@@ -38,6 +41,7 @@ async fn handle(
     ctx: &RequestContext,
     headers: &HeaderMap,
     body: &[u8],
+    attempt: &mut Attempt,
 ) -> Result<Response, AppError> {
     let body = std::str::from_utf8(body)
         .map_err(|_| OAuthError::invalid_request("the body is not UTF-8"))?;
@@ -56,6 +60,16 @@ async fn handle(
             .into());
         }
     };
+    attempt.grant_type = Some(grant);
+    attempt.resource = param(&params, "resource");
+    attempt.requested_scopes = param(&params, "scope")
+        .map(|s| {
+            s.split(' ')
+                .filter(|x| !x.is_empty())
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_default();
     let who = presented(headers, &params)?;
     tracing::Span::current().record("client_id", who.client_id.as_str());
     let digest = ["code", "refresh_token"]
@@ -71,8 +85,12 @@ async fn handle(
     .await?;
     let client = {
         let state = app.projection.read();
+        if state.clients.contains_key(&who.client_id) {
+            attempt.client_id = Some(who.client_id.clone());
+        }
         authenticate(&state, &who)?.clone()
     };
+    attempt.client_authenticated = true;
     if !client.grant_types.contains(&grant) {
         return Err(OAuthError::unauthorized_client(format!(
             "client is not registered for the {grant_type} grant"
@@ -98,6 +116,7 @@ async fn handle(
                     .and_then(|c| s.families.get(&c.family_id))
                     .map(|f| f.user_id.clone())
             };
+            attempt.user_id = user.clone();
             let meta = meta_for(app, ctx, user.as_deref(), &client.client_id).await?;
             app.run(|s| {
                 let c = Context {
@@ -110,7 +129,6 @@ async fn handle(
                 authorization_code::decide(s, &client, &req, &c)
             })
             .await?
-            .0
         }
         GrantType::RefreshToken => {
             let req = RefreshRequest {
@@ -121,6 +139,7 @@ async fn handle(
             };
             let user = refresh_token::user_of(&app.projection.read(), &req.refresh_token)
                 .map(str::to_string);
+            attempt.user_id = user.clone();
             let meta = meta_for(app, ctx, user.as_deref(), &client.client_id).await?;
             app.run(|s| {
                 let c = Context {
@@ -133,7 +152,6 @@ async fn handle(
                 refresh_token::decide(s, &client, &req, &c)
             })
             .await?
-            .0
         }
         GrantType::ClientCredentials => {
             let req = ClientCredentialsRequest {
@@ -152,9 +170,11 @@ async fn handle(
                 client_credentials::decide(s, &client, &req, &c)
             })
             .await?
-            .0
         }
     };
+    let (outcome, recorded) = outcome;
+    // A refusal that is itself an event (code replay, refresh reuse) needs no second record.
+    attempt.recorded = !recorded.is_empty();
     let answer = outcome?;
     let mut r = Json(answer).into_response();
     crate::http::no_store(r.headers_mut());
