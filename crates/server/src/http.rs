@@ -75,6 +75,16 @@ impl RequestContext {
     }
 }
 
+impl RequestContext {
+    /// The issuer's path (`""`, or `/auth` behind a proxy that mounts Grantline there): the
+    /// prefix of every link and form action on the pages, so that they stay under the proxy.
+    pub fn base_path(&self) -> String {
+        url::Url::parse(&self.issuer)
+            .map(|u| u.path().trim_end_matches('/').to_string())
+            .unwrap_or_default()
+    }
+}
+
 impl FromRequestParts<App> for RequestContext {
     type Rejection = std::convert::Infallible;
     async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, Self::Rejection> {

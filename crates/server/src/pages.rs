@@ -62,13 +62,20 @@ pub fn error(status: StatusCode, title: &str, detail: &str) -> Response {
 }
 
 /// The sign-in form.
-pub fn login(status: StatusCode, return_to: &str, csrf: &str, message: Option<&str>) -> Response {
+/// `base` is the issuer's path ([`crate::http::RequestContext::base_path`]).
+pub fn login(
+    status: StatusCode,
+    base: &str,
+    return_to: &str,
+    csrf: &str,
+    message: Option<&str>,
+) -> Response {
     let msg = message
         .map(|m| format!("<p class=\"err\">{}</p>", esc(m)))
         .unwrap_or_default();
     let body = format!(
         "<h1>Sign in to Grantline</h1>{msg}\
-         <form method=\"post\" action=\"/login\" class=\"box\">\
+         <form method=\"post\" action=\"{}/login\" class=\"box\">\
          <input type=\"hidden\" name=\"csrf\" value=\"{}\">\
          <input type=\"hidden\" name=\"return_to\" value=\"{}\">\
          <label for=\"username\">Username</label>\
@@ -76,6 +83,7 @@ pub fn login(status: StatusCode, return_to: &str, csrf: &str, message: Option<&s
          <label for=\"password\">Password</label>\
          <input type=\"password\" id=\"password\" name=\"password\" autocomplete=\"current-password\" required>\
          <p><button class=\"primary\" type=\"submit\">Sign in</button></p></form>",
+        esc(base),
         esc(csrf),
         esc(return_to)
     );
@@ -86,6 +94,8 @@ pub fn login(status: StatusCode, return_to: &str, csrf: &str, message: Option<&s
 
 /// What the consent page shows.
 pub struct Consent<'a> {
+    /// The issuer's path, prefixed to the form actions.
+    pub base: &'a str,
     pub username: &'a str,
     pub client_name: &'a str,
     pub client_id: &'a str,
@@ -119,14 +129,15 @@ pub fn consent(c: &Consent<'_>) -> Response {
          <strong>{resource}</strong> <small>({resource_id})</small> on your behalf.</p>\
          <p>After you decide you will be sent to <span class=\"host\">{host}</span>.</p>\
          <p>It will be able to:</p><ul>{scopes}</ul></div>\
-         <form method=\"post\" action=\"/oauth/consent\">\
+         <form method=\"post\" action=\"{base}/oauth/consent\">\
          <input type=\"hidden\" name=\"request_id\" value=\"{rid}\">\
          <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
          <button class=\"primary\" type=\"submit\" name=\"decision\" value=\"approve\">Approve</button>\
          <button type=\"submit\" name=\"decision\" value=\"deny\">Deny</button></form>\
-         <form method=\"post\" action=\"/logout\"><p><small>Signed in as {user}.</small> \
+         <form method=\"post\" action=\"{base}/logout\"><p><small>Signed in as {user}.</small> \
          <input type=\"hidden\" name=\"csrf\" value=\"{lcsrf}\">\
          <button type=\"submit\">Not you? Sign out</button></p></form>",
+        base = esc(c.base),
         client = esc(c.client_name),
         client_id = esc(c.client_id),
         resource = esc(c.resource_name),

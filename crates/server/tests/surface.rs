@@ -151,6 +151,117 @@ async fn path_issuers_are_served_at_the_inserted_and_appended_forms() {
     s.stop().await;
 }
 
+/// Behind a proxy that mounts Grantline at https://auth.example/tenant-a and strips the prefix:
+/// every form on the pages posts under the prefix, and the flow completes through them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_behind_a_path_prefix_post_under_the_prefix() {
+    let db = sqlite().await;
+    let (s, _d) = server_with(&db, |c| {
+        c.server.public_url = Some("https://auth.example/tenant-a".into())
+    })
+    .await;
+    // The cookies are Secure (HTTPS issuer), so this plain-HTTP test carries them by hand.
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let mut jar: Vec<String> = Vec::new();
+    let keep = |jar: &mut Vec<String>, r: &reqwest::Response| {
+        for v in r.headers().get_all("set-cookie") {
+            let pair = v.to_str().unwrap().split(';').next().unwrap().to_string();
+            let name = pair.split('=').next().unwrap().to_string();
+            jar.retain(|c| !c.starts_with(&format!("{name}=")));
+            jar.push(pair);
+        }
+    };
+    // What the proxy does with a form's action: it must be under the prefix.
+    let via_proxy = |action: &str| {
+        let path = action
+            .strip_prefix("/tenant-a/")
+            .unwrap_or_else(|| panic!("{action} is not under the prefix"));
+        s.url(&format!("/{path}"))
+    };
+    let action = |page: &str, n: usize| -> String {
+        let mut rest = page;
+        let mut found = String::new();
+        for _ in 0..=n {
+            let at = rest.find("action=\"").expect("a form") + 8;
+            rest = &rest[at..];
+            found = rest[..rest.find('"').unwrap()].to_string();
+        }
+        found
+    };
+    let r = http.get(s.url("/login")).send().await.unwrap();
+    keep(&mut jar, &r);
+    let page = r.text().await.unwrap();
+    let r = http
+        .post(via_proxy(&action(&page, 0)))
+        .header("cookie", jar.join("; "))
+        .form(&[
+            ("username", "admin"),
+            ("password", ADMIN_PASSWORD),
+            ("csrf", &field(&page, "csrf")),
+            ("return_to", "/account"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert_eq!(
+        r.headers()["location"],
+        "https://auth.example/tenant-a/account"
+    );
+    keep(&mut jar, &r);
+    let client = register_public(&s, REDIRECT).await;
+    let (_, challenge) = pkce();
+    let q = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs([
+            ("response_type", "code"),
+            ("client_id", client.as_str()),
+            ("redirect_uri", REDIRECT),
+            ("code_challenge", challenge.as_str()),
+            ("code_challenge_method", "S256"),
+            ("resource", "https://auth.example/tenant-a/mcp/demo"),
+        ])
+        .finish();
+    let page = http
+        .get(s.url(&format!("/oauth/authorize?{q}")))
+        .header("cookie", jar.join("; "))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(action(&page, 1), "/tenant-a/logout");
+    let r = http
+        .post(via_proxy(&action(&page, 0)))
+        .header("cookie", jar.join("; "))
+        .form(&[
+            ("request_id", field(&page, "request_id")),
+            ("csrf", field(&page, "csrf")),
+            ("decision", "approve".to_string()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    let to = r.headers()["location"].to_str().unwrap().to_string();
+    assert!(to.starts_with(REDIRECT) && to.contains("code="), "{to}");
+    let page = http
+        .get(s.url("/account"))
+        .header("cookie", jar.join("; "))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for n in 0..3 {
+        assert!(action(&page, n).starts_with("/tenant-a/account/"), "{page}");
+    }
+    s.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarded_headers_are_used_only_when_trusted_and_cookies_harden_on_https() {
     let db = sqlite().await;

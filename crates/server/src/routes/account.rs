@@ -18,6 +18,7 @@ fn login_redirect(ctx: &RequestContext) -> Response {
 
 pub async fn page(State(app): State<App>, ctx: RequestContext, headers: HeaderMap) -> Response {
     let now = app.now();
+    let base = esc(&ctx.base_path());
     let Some(s) = session::current(&app, &ctx, &headers, now.0 / 1_000_000) else {
         return login_redirect(&ctx);
     };
@@ -41,7 +42,7 @@ pub async fn page(State(app): State<App>, ctx: RequestContext, headers: HeaderMa
                 let scopes: Vec<&str> = g.scopes.iter().map(String::as_str).collect();
                 format!(
                     "<li><strong>{}</strong> <small>({})</small><br>{} — {}<br><small>since {}</small>\
-                     <form method=\"post\" action=\"/account/grants/revoke\">\
+                     <form method=\"post\" action=\"{base}/account/grants/revoke\">\
                      <input type=\"hidden\" name=\"csrf\" value=\"{}\">\
                      <input type=\"hidden\" name=\"grant_id\" value=\"{}\">\
                      <button type=\"submit\">Revoke</button></form></li>",
@@ -67,7 +68,7 @@ pub async fn page(State(app): State<App>, ctx: RequestContext, headers: HeaderMa
             let txt = |k: &str| esc(p[k].as_str().unwrap_or(""));
             let revoke = if p["status"] == "active" {
                 format!(
-                    "<form method=\"post\" action=\"/account/pats/revoke\">\
+                    "<form method=\"post\" action=\"{base}/account/pats/revoke\">\
                      <input type=\"hidden\" name=\"csrf\" value=\"{}\">\
                      <input type=\"hidden\" name=\"pat_id\" value=\"{}\">\
                      <button type=\"submit\">Revoke</button></form>",
@@ -95,7 +96,7 @@ pub async fn page(State(app): State<App>, ctx: RequestContext, headers: HeaderMa
         .collect();
     let pat_section = format!(
         "<h1>Personal access tokens</h1><div class=\"box\"><ul>{pats}</ul>\
-         <form method=\"post\" action=\"/account/pats\">\
+         <form method=\"post\" action=\"{base}/account/pats\">\
          <input type=\"hidden\" name=\"csrf\" value=\"{}\">\
          <label for=\"name\">Name</label><input type=\"text\" id=\"name\" name=\"name\" required>\
          <label for=\"resource\">Resource</label><select id=\"resource\" name=\"resource\">{resources}</select>\
@@ -111,7 +112,7 @@ pub async fn page(State(app): State<App>, ctx: RequestContext, headers: HeaderMa
         "Your access",
         &format!(
             "<h1>Applications with access</h1><div class=\"box\">{list}</div>\
-             <form method=\"post\" action=\"/account/revoke-all\">\
+             <form method=\"post\" action=\"{base}/account/revoke-all\">\
              <input type=\"hidden\" name=\"csrf\" value=\"{}\">\
              <button type=\"submit\">Revoke everything</button> \
              <small>every application and personal access token, at once</small></form>{pat_section}",
@@ -246,13 +247,14 @@ pub async fn create_pat(
     let actor = Actor::User {
         id: s.user_id.clone(),
     };
+    let base = esc(&ctx.base_path());
     match crate::admin::create_pat(&app, &s.user_id, req, actor).await {
         Ok(p) => pages::page(
             StatusCode::OK,
             "Token created",
             &format!(
                 "<h1>Token created</h1><div class=\"box warn\"><p>Copy it now: it is shown only once.</p>\
-                 <p><span class=\"host\">{}</span></p></div><p><a href=\"/account\">Back</a></p>",
+                 <p><span class=\"host\">{}</span></p></div><p><a href=\"{base}/account\">Back</a></p>",
                 esc(p.token.as_str())
             ),
             "'none'",

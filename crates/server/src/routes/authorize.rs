@@ -257,6 +257,7 @@ pub async fn authorize(
         .map(|sc| (sc.clone(), v.resource.describe(sc)))
         .collect();
     pages::consent(&pages::Consent {
+        base: &ctx.base_path(),
         username: &username,
         client_name: &v.client_name,
         client_id: &v.client_id,

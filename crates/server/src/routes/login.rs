@@ -45,7 +45,11 @@ fn render(
 ) -> Response {
     let nonce = crate::random::id("ln");
     let csrf = session::csrf(app, &nonce, "login");
-    with_nonce_cookie(pages::login(status, return_to, &csrf, msg), ctx, &nonce)
+    with_nonce_cookie(
+        pages::login(status, &ctx.base_path(), return_to, &csrf, msg),
+        ctx,
+        &nonce,
+    )
 }
 
 pub async fn form(
