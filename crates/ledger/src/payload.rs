@@ -80,6 +80,8 @@ catalogue! {
     "login.succeeded" => LoginSucceeded(LoginSucceeded),
     /// A sign-in attempt failed.
     "login.failed" => LoginFailed(LoginFailed),
+    /// A user signed out: the session's cookie is refused from now on, on every instance.
+    "session.ended" => SessionEnded(SessionEnded),
     /// A user approved a client's access to a resource with these scopes.
     "consent.granted" => ConsentGranted(ConsentGranted),
     /// A user refused a client's request.
@@ -350,6 +352,18 @@ pub struct LoginSucceeded {
     pub source_ip: Option<Sealed>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_agent: Option<Sealed>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionEnded {
+    pub user_id: String,
+    /// The `session_id` of the `login.succeeded` that began it.
+    pub session_id: String,
+    /// When the session's cookie would have expired; it need not be remembered after that.
+    pub expires_at: Timestamp,
+    /// The HTTP request that caused it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<RequestMeta>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -68,6 +68,7 @@ pub fn stream_for(p: &Payload) -> StreamId {
         Payload::UserRoleChanged(e) => StreamId::user(&e.user_id),
         Payload::UserErased(e) => StreamId::user(&e.user_id),
         Payload::LoginSucceeded(e) => StreamId::user(&e.user_id),
+        Payload::SessionEnded(e) => StreamId::user(&e.user_id),
         Payload::LoginFailed(e) => match &e.user_id {
             Some(u) => StreamId::user(u),
             None => StreamId::named("logins"),
@@ -196,6 +197,13 @@ pub fn all() -> Vec<Payload> {
             reason: LoginFailure::BadPassword,
             source_ip: Some(sealed(&user_subject, "198.51.100.7")),
             user_agent: Some(sealed(&user_subject, "Mozilla/5.0 (Macintosh)")),
+        }
+        .into(),
+        SessionEnded {
+            user_id: USER.into(),
+            session_id: "ses_0197a3c1f0d27c4e8b1a9d6e5f403a40".into(),
+            expires_at: ts(43_200),
+            request: Some(meta(&user_subject)),
         }
         .into(),
         ConsentGranted {

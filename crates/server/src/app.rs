@@ -15,9 +15,8 @@ use grantline_oauth::tokens::JwtSigner;
 use grantline_oauth::{Decision, OAuthError, Settings};
 use grantline_state::State;
 use grantline_store::{Credentials, Keyring, Ledger, LedgerOptions, Store, StoreError};
-use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How the server was started.
@@ -27,15 +26,6 @@ pub struct Options {
     pub data_dir: PathBuf,
     pub database: grantline_store::Database,
     pub ledger: LedgerOptions,
-}
-
-/// An authorization request waiting for the user's decision on the consent page.
-#[derive(Debug, Clone)]
-pub struct PendingConsent {
-    pub user_id: String,
-    pub session_id: String,
-    pub request: grantline_oauth::authorize::Validated,
-    pub created: Timestamp,
 }
 
 /// Shared by every handler.
@@ -54,9 +44,6 @@ pub struct Inner {
     pub public_url: String,
     settings: Arc<Settings>,
     pub policy: Policy,
-    pub pending: Mutex<HashMap<String, PendingConsent>>,
-    /// Sessions ended by logout before their cookie expires: session id → cookie expiry.
-    pub ended_sessions: Mutex<HashMap<String, i64>>,
     pub metadata_documents: Fetcher,
     pub signin: Arc<dyn SignIn>,
     pub login_throttle: crate::throttle::LoginThrottle,
@@ -149,8 +136,6 @@ impl App {
             public_url,
             settings,
             policy,
-            pending: Mutex::new(HashMap::new()),
-            ended_sessions: Mutex::new(HashMap::new()),
             metadata_documents,
             signin: Arc::new(PasswordSignIn::new(Credentials::new(&store))),
             login_throttle: Default::default(),
@@ -302,8 +287,9 @@ impl App {
         Ok(())
     }
 
-    /// Background work: catch up with other processes' events, expire unused dynamic clients,
-    /// forget stale consent requests. Runs until the server stops.
+    /// Background work: catch up with other processes' events, record closed rate-limit
+    /// windows, probe a failing ledger, expire unused dynamic clients. Runs until the server
+    /// stops.
     pub fn spawn_background(&self) -> tokio::task::JoinHandle<()> {
         let app = self.clone();
         tokio::spawn(async move {
@@ -325,7 +311,6 @@ impl App {
                 }
                 if n.is_multiple_of(20) {
                     crate::bootstrap::expire_unused_clients(&app).await;
-                    app.forget_stale();
                 }
             }
         })
@@ -369,17 +354,6 @@ impl App {
             .collect();
         if let Err(e) = self.append(events).await {
             tracing::warn!(error = %e, "could not record rate-limit refusals");
-        }
-    }
-
-    fn forget_stale(&self) {
-        let now = self.now();
-        if let Ok(mut p) = self.pending.lock() {
-            p.retain(|_, v| now.0 - v.created.0 < 15 * 60 * 1_000_000);
-        }
-        let secs = now.0 / 1_000_000;
-        if let Ok(mut e) = self.ended_sessions.lock() {
-            e.retain(|_, exp| *exp > secs);
         }
     }
 }

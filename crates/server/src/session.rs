@@ -94,20 +94,14 @@ pub fn current(
     if expires <= now_secs {
         return None;
     }
-    if app
-        .ended_sessions
-        .lock()
-        .map(|e| e.contains_key(&session_id))
-        .unwrap_or(true)
-    {
-        return None;
-    }
-    let live = app
-        .projection
-        .read()
-        .users
-        .get(&user_id)
-        .is_some_and(|u| !u.disabled && !u.erased);
+    let live = {
+        let state = app.projection.read();
+        !state.ended_sessions.contains_key(&session_id)
+            && state
+                .users
+                .get(&user_id)
+                .is_some_and(|u| !u.disabled && !u.erased)
+    };
     live.then_some(Session {
         session_id,
         user_id,

@@ -745,6 +745,86 @@ grantline_store::backend_tests! {
         a.stop().await;
         b.stop().await;
     }
+
+    async fn sign_out_and_consent_hold_across_instances_and_restarts(db: TestDb) {
+        use reqwest::cookie::CookieStore;
+        let dir = tempfile::tempdir().unwrap();
+        let a = Server::start(&db, dir.path().to_path_buf(), config(dir.path(), 30, 60)).await;
+        let mut cfg = config(dir.path(), 30, 60);
+        cfg.server.public_url = Some(a.base.clone());
+        let b = Server::start(&db, dir.path().to_path_buf(), cfg).await;
+        let jar = std::sync::Arc::new(reqwest::cookie::Jar::default());
+        let br = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .cookie_provider(jar.clone())
+            .build()
+            .unwrap();
+        let client = register_public(&a, REDIRECT).await;
+        login(&a, &br).await;
+        let (_, challenge) = pkce();
+        let resource = a.resource();
+        let q = [
+            ("response_type", "code"),
+            ("client_id", client.as_str()),
+            ("redirect_uri", REDIRECT),
+            ("code_challenge", challenge.as_str()),
+            ("code_challenge_method", "S256"),
+            ("resource", resource.as_str()),
+        ];
+        // The consent page comes from A; the answer goes to B (no sticky sessions).
+        let page = br.get(authorize_url(&a, &q)).send().await.unwrap().text().await.unwrap();
+        let answer = |request_id: String| {
+            br.post(b.url("/oauth/consent"))
+                .form(&[
+                    ("request_id", request_id),
+                    ("csrf", field(&page, "csrf")),
+                    ("decision", "approve".to_string()),
+                ])
+                .send()
+        };
+        // A request altered under the page's CSRF token is refused.
+        let altered = field(&page, "request_id").replacen('.', ".A", 1);
+        assert_eq!(answer(altered).await.unwrap().status(), StatusCode::FORBIDDEN);
+        let r = answer(field(&page, "request_id")).await.unwrap();
+        assert_eq!(r.status(), StatusCode::SEE_OTHER);
+        assert!(r.headers()["location"].to_str().unwrap().contains("code="));
+        // Sign out on A (the logout form is on the consent page), keeping the old cookie.
+        let cookie = jar.cookies(&a.base.parse().unwrap()).unwrap();
+        let page = br.get(authorize_url(&a, &{
+            let mut q = q.to_vec();
+            q.push(("prompt", "consent"));
+            q
+        })).send().await.unwrap().text().await.unwrap();
+        let r = br
+            .post(a.url("/logout"))
+            .form(&[("csrf", field(&page[page.find("/logout").unwrap()..], "csrf"))])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        let replay = |url: String| {
+            let cookie = cookie.clone();
+            async move {
+                browser().get(url).header("cookie", cookie).send().await.unwrap().status()
+            }
+        };
+        assert_eq!(replay(a.url("/account")).await, StatusCode::FOUND, "A refuses it at once");
+        // B learns of it from the ledger (it tails every 250 ms).
+        let mut refused_by_b = false;
+        for _ in 0..40 {
+            if replay(b.url("/account")).await == StatusCode::FOUND {
+                refused_by_b = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        assert!(refused_by_b, "B still accepts a signed-out session");
+        a.stop().await;
+        let a = Server::start(&db, dir.path().to_path_buf(), config(dir.path(), 30, 60)).await;
+        assert_eq!(replay(a.url("/account")).await, StatusCode::FOUND, "and after a restart");
+        a.stop().await;
+        b.stop().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

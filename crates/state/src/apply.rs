@@ -110,6 +110,16 @@ pub fn apply(state: &mut State, event: &Recorded) {
                 u.last_login = Some(at);
             }
         }
+        Payload::SessionEnded(e) => {
+            // Cookies past their expiry are refused anyway: forget those sessions (by event
+            // time, so a replay prunes the same way).
+            if state.ended_sessions.len() >= 1024 {
+                state.ended_sessions.retain(|_, exp| *exp > at);
+            }
+            state
+                .ended_sessions
+                .insert(e.session_id.clone(), e.expires_at);
+        }
         Payload::LoginFailed(_) | Payload::ConsentDenied(_) | Payload::OAuthRefused(_) => {}
         Payload::ConsentGranted(e) => {
             let g = state

@@ -34,6 +34,8 @@ pub struct State {
     /// Signing keys by id, old ones included (they stay published).
     pub signing_keys: HashMap<String, SigningKey>,
     pub policies: HashMap<String, HashMap<String, String>>,
+    /// Sessions signed out before their cookie expires: session id → cookie expiry.
+    pub ended_sessions: HashMap<String, Timestamp>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

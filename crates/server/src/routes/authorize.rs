@@ -1,6 +1,6 @@
 //! `GET /oauth/authorize` and the consent form's `POST /oauth/consent`.
 
-use crate::app::{App, AppError, PendingConsent};
+use crate::app::{App, AppError};
 use crate::http::{RequestContext, redirect, see_other};
 use crate::pages;
 use crate::refusals::{self, Attempt};
@@ -228,18 +228,7 @@ pub async fn authorize(
     if !ask {
         return issue_code(&app, &ctx, &s.user_id, &v, false).await;
     }
-    let request_id = crate::random::id("authz");
-    if let Ok(mut p) = app.pending.lock() {
-        p.insert(
-            request_id.clone(),
-            PendingConsent {
-                user_id: s.user_id.clone(),
-                session_id: s.session_id.clone(),
-                request: v.clone(),
-                created: app.now(),
-            },
-        );
-    }
+    let request_id = consent_request_id(app.now().0 / 1_000_000, &raw);
     let username = app
         .credentials
         .by_user_id(&s.user_id)
@@ -322,6 +311,32 @@ async fn issue_code(
     }
 }
 
+/// How long a consent page may stay open before its answer is refused.
+const CONSENT_TTL_SECS: i64 = 15 * 60;
+
+/// The consent form's `request_id`: when the page was shown and the authorization request's
+/// query, so that the answer can be checked against both.
+fn consent_request_id(now_secs: i64, raw_query: &str) -> String {
+    use base64::Engine;
+    let q = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw_query);
+    format!("{now_secs}.{q}")
+}
+
+/// The authorization request's query from a consent form's `request_id`, unless it is
+/// malformed or older than [`CONSENT_TTL_SECS`].
+fn consent_request(request_id: &str, now_secs: i64) -> Option<String> {
+    use base64::Engine;
+    let (at, q) = request_id.split_once('.')?;
+    let at: i64 = at.parse().ok()?;
+    if now_secs < at - 60 || now_secs - at > CONSENT_TTL_SECS {
+        return None;
+    }
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(q)
+        .ok()?;
+    String::from_utf8(raw).ok()
+}
+
 pub async fn consent(
     State(app): State<App>,
     ctx: RequestContext,
@@ -355,20 +370,33 @@ pub async fn consent(
             "This form did not come from this server.",
         );
     }
-    let pending = app
-        .pending
-        .lock()
-        .ok()
-        .and_then(|mut p| p.remove(&request_id));
-    let Some(pending) = pending.filter(|p| p.user_id == s.user_id && p.session_id == s.session_id)
-    else {
+    // The request travels in the form, bound to the session by the CSRF token's MAC, and is
+    // validated again now: no server-side memory, so any instance can take the answer.
+    let Some(raw) = consent_request(&request_id, now_secs) else {
         return pages::error(
             StatusCode::BAD_REQUEST,
             "Request expired",
-            "This authorization request expired or was already answered. Start again from the application.",
+            "This authorization request expired. Start again from the application.",
         );
     };
-    let v = pending.request;
+    let q = match query(&raw) {
+        Ok(q) => q,
+        Err(e) => return pages::error(StatusCode::BAD_REQUEST, "Bad request", &e.description),
+    };
+    if let Some(id) = q.client_id.as_deref()
+        && let Err(e) = app.catch_up_unless(|s| s.clients.contains_key(id)).await
+    {
+        return e.into_response();
+    }
+    let settings = app.settings_for(&ctx.issuer);
+    let validated = {
+        let state = app.projection.read();
+        validate(&state, &settings, &q)
+    };
+    let v = match validated {
+        Ok(v) => v,
+        Err(r) => return refusal(&ctx, r),
+    };
     match get("decision").as_str() {
         "approve" => {
             let r = issue_code(&app, &ctx, &s.user_id, &v, true).await;

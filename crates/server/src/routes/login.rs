@@ -10,7 +10,10 @@ use axum::body::Bytes;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use grantline_ledger::{Actor, LoginFailed, LoginFailure, LoginSucceeded, NewEvent, StreamId, pii};
+use grantline_ledger::{
+    Actor, LoginFailed, LoginFailure, LoginSucceeded, NewEvent, SessionEnded, StreamId, Timestamp,
+    pii,
+};
 use serde::Deserialize;
 
 /// Where a sign-in may send the browser afterwards: the authorization endpoint, or home.
@@ -260,8 +263,26 @@ pub async fn logout(
                 "This form did not come from this server.",
             );
         }
-        if let Ok(mut e) = app.ended_sessions.lock() {
-            e.insert(s.session_id.clone(), s.expires);
+        // On the ledger, so that the cookie is refused after a restart and on every instance;
+        // if it cannot be recorded the user is told, not shown a sign-out that did not happen.
+        let request = app
+            .request_meta(&ctx, &pii::user_subject(&s.user_id))
+            .await
+            .ok();
+        let ended = NewEvent::new(
+            StreamId::user(&s.user_id),
+            Actor::User {
+                id: s.user_id.clone(),
+            },
+            SessionEnded {
+                user_id: s.user_id.clone(),
+                session_id: s.session_id.clone(),
+                expires_at: Timestamp::from_secs(s.expires),
+                request,
+            },
+        );
+        if let Err(e) = app.append(vec![ended]).await {
+            return e.into_response();
         }
     }
     let mut r = pages::page(
