@@ -34,7 +34,7 @@ pub fn secret_matches(secret: &str, digest: &str) -> bool {
 }
 
 /// Authenticates the client: it must exist and be enabled; a confidential client must present
-/// its secret; a public client must not present one.
+/// its secret the way it registered to (Basic or form); a public client must not present one.
 pub fn authenticate<'s>(state: &'s State, p: &Presented) -> Result<&'s Client, OAuthError> {
     let client = state
         .clients
@@ -55,11 +55,23 @@ pub fn authenticate<'s>(state: &'s State, p: &Presented) -> Result<&'s Client, O
         )),
         (Some(_), None) => Err(OAuthError::invalid_client("client authentication required")),
         (Some(d), Some(s)) => {
-            if secret_matches(s, d) {
-                Ok(client)
-            } else {
-                Err(OAuthError::invalid_client("client authentication failed"))
+            if !secret_matches(s, d) {
+                return Err(OAuthError::invalid_client("client authentication failed"));
             }
+            // The method it registered, and no other (RFC 7591 §2): a secret meant for the
+            // Authorization header does not belong in form bodies and their logs, and back.
+            if p.via != client.auth_method {
+                return Err(OAuthError::invalid_client(format!(
+                    "this client authenticates with {}",
+                    match client.auth_method {
+                        AuthMethod::ClientSecretBasic => "HTTP Basic (client_secret_basic)",
+                        AuthMethod::ClientSecretPost =>
+                            "client_secret in the form (client_secret_post)",
+                        AuthMethod::None => "no secret (none)",
+                    }
+                )));
+            }
+            Ok(client)
         }
     }
 }

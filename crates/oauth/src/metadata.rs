@@ -44,8 +44,6 @@ pub fn authorization_server(issuer: &str, resources: &[Resource], registration: 
         "authorization_response_iss_parameter_supported": true,
         "client_id_metadata_document_supported": true,
         "resource_indicators_supported": true,
-        "token_endpoint_auth_signing_alg_values_supported": ["EdDSA"],
-        "service_documentation": "https://github.com/grantline/grantline/tree/main/docs",
     });
     if registration {
         doc["registration_endpoint"] = json!(format!("{issuer}{REGISTER_PATH}"));
@@ -53,7 +51,9 @@ pub fn authorization_server(issuer: &str, resources: &[Resource], registration: 
     doc
 }
 
-/// The OpenID Connect discovery document: the same metadata with the fields OIDC requires.
+/// The OpenID Connect discovery document: the same metadata with the fields OIDC Discovery
+/// marks required. No ID token is issued (there is no `openid` scope); the signing algorithm
+/// listed is the one the JWKS keys use.
 pub fn openid_configuration(issuer: &str, resources: &[Resource], registration: bool) -> Value {
     let mut doc = authorization_server(issuer, resources, registration);
     doc["subject_types_supported"] = json!(["public"]);

@@ -908,12 +908,18 @@ fn client_authentication() {
     let p = |id: &str, secret: Option<&str>| Presented {
         client_id: id.into(),
         secret: secret.map(String::from),
-        via: AuthMethod::ClientSecretPost,
+        via: AuthMethod::ClientSecretBasic,
     };
     let err = |r: Result<&grantline_state::Client, OAuthError>| {
         r.err().map(|e| e.code.as_str()).unwrap_or("ok")
     };
     assert_eq!(err(authenticate(&w.state, &p(&conf, Some("s3cret")))), "ok");
+    // The right secret by the method the client did not register (form instead of Basic).
+    let in_form = Presented {
+        via: AuthMethod::ClientSecretPost,
+        ..p(&conf, Some("s3cret"))
+    };
+    assert_eq!(err(authenticate(&w.state, &in_form)), "invalid_client");
     assert_eq!(
         err(authenticate(&w.state, &p(&conf, Some("wrong")))),
         "invalid_client"

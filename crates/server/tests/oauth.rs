@@ -659,3 +659,178 @@ backend_tests! {
         s2.stop().await;
     }
 }
+
+/// Confidential clients through the whole code flow, each with the method it registered:
+/// `conf` from the config (HTTP Basic) and a dynamically registered `client_secret_post` one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confidential_clients_run_the_code_flow_with_their_registered_method() {
+    let db = sqlite().await;
+    let (s, _d) = server(&db, 30, 60).await;
+    let r = browser()
+        .post(s.url("/oauth/register"))
+        .json(&serde_json::json!({
+            "client_name": "Web app",
+            "application_type": "web",
+            "redirect_uris": ["https://web.example/cb"],
+            "token_endpoint_auth_method": "client_secret_post",
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let reg: serde_json::Value = r.json().await.unwrap();
+    let (post_id, post_secret) = (get(&reg, "client_id"), get(&reg, "client_secret"));
+    assert!(post_secret.starts_with("gls_"), "{reg}");
+    let b = browser();
+    login(&s, &b).await;
+    let resource = s.resource();
+    let code_for = |client: &str, redirect: &str, challenge: &str| {
+        authorize_url(
+            &s,
+            &[
+                ("response_type", "code"),
+                ("client_id", client),
+                ("redirect_uri", redirect),
+                ("code_challenge", challenge),
+                ("code_challenge_method", "S256"),
+                ("resource", &resource),
+            ],
+        )
+    };
+    let post = |form: Vec<(&'static str, String)>, basic: Option<(&str, &str)>| {
+        let mut r = browser().post(s.url("/oauth/token")).form(&form);
+        if let Some((id, secret)) = basic {
+            r = r.basic_auth(id, Some(secret));
+        }
+        r.send()
+    };
+    for (client, secret, redirect, via_basic) in [
+        (
+            post_id.as_str(),
+            post_secret.as_str(),
+            "https://web.example/cb",
+            false,
+        ),
+        ("conf", CONF_SECRET, "https://app.example/cb", true),
+    ] {
+        let (verifier, challenge) = pkce();
+        let u = approve(&s, &b, &code_for(client, redirect, &challenge)).await;
+        let code = query(&u, "code").unwrap();
+        let exchange = |with_secret: Option<bool>| {
+            let mut form = vec![
+                ("grant_type", "authorization_code".to_string()),
+                ("code", code.clone()),
+                ("redirect_uri", redirect.to_string()),
+                ("code_verifier", verifier.clone()),
+            ];
+            let basic = match with_secret {
+                Some(true) => Some((client, secret)),
+                Some(false) => {
+                    form.push(("client_id", client.to_string()));
+                    form.push(("client_secret", secret.to_string()));
+                    None
+                }
+                None => {
+                    form.push(("client_id", client.to_string()));
+                    None
+                }
+            };
+            post(form, basic)
+        };
+        // Without the secret, and with it the other way: invalid_client, the code unspent.
+        for wrong in [None, Some(!via_basic)] {
+            let r = exchange(wrong).await.unwrap();
+            assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{client} {wrong:?}");
+            let e: serde_json::Value = r.json().await.unwrap();
+            assert_eq!(get(&e, "error"), "invalid_client");
+        }
+        let r = exchange(Some(via_basic)).await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{client}");
+        let t: serde_json::Value = r.json().await.unwrap();
+        let mut form = vec![
+            ("grant_type", "refresh_token".to_string()),
+            ("refresh_token", get(&t, "refresh_token")),
+        ];
+        let basic = if via_basic {
+            Some((client, secret))
+        } else {
+            form.push(("client_id", client.to_string()));
+            form.push(("client_secret", secret.to_string()));
+            None
+        };
+        let r = post(form, basic).await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{client} refresh");
+    }
+    s.stop().await;
+}
+
+/// Only authenticated, listed, confidential clients may introspect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn introspection_is_for_listed_resource_servers_only() {
+    let db = sqlite().await;
+    let (s, _d) = server(&db, 30, 60).await;
+    let (client, code, verifier) = code(&s, "demo:read").await;
+    let (_, t) = exchange(&s, &client, &code, &verifier).await;
+    let at = get(&t, "access_token");
+    let introspect = |basic: Option<(&str, &str)>, extra: Vec<(&'static str, String)>| {
+        let mut form = vec![("token", at.clone())];
+        form.extend(extra);
+        let mut r = browser().post(s.url("/oauth/introspect")).form(&form);
+        if let Some((id, secret)) = basic {
+            r = r.basic_auth(id, Some(secret));
+        }
+        r.send()
+    };
+    let refused = [
+        introspect(None, vec![]).await.unwrap(),
+        introspect(None, vec![("client_id", client.clone())])
+            .await
+            .unwrap(),
+        introspect(Some(("conf", CONF_SECRET)), vec![])
+            .await
+            .unwrap(),
+        introspect(Some(("rs", "wrong")), vec![]).await.unwrap(),
+    ];
+    for r in refused {
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        let e: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(get(&e, "error"), "invalid_client");
+        assert!(e.get("active").is_none(), "nothing about the token: {e}");
+    }
+    let r = introspect(Some(("rs", RS_SECRET)), vec![]).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["active"], true);
+    s.stop().await;
+}
+
+/// One token, one resource: two `resource` parameters at the token endpoint are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_resources_at_the_token_endpoint_are_invalid_target() {
+    let db = sqlite().await;
+    let (s, _d) = server(&db, 30, 60).await;
+    let (client, code, verifier) = code(&s, "demo:read").await;
+    let resource = s.resource();
+    let jwt = s.url("/mcp/jwt");
+    let (st, e) = token(
+        &s,
+        &[
+            ("grant_type", "authorization_code"),
+            ("client_id", &client),
+            ("code", &code),
+            ("redirect_uri", REDIRECT),
+            ("code_verifier", &verifier),
+            ("resource", &resource),
+            ("resource", &jwt),
+        ],
+    )
+    .await;
+    assert_eq!(
+        (st, get(&e, "error")),
+        (StatusCode::BAD_REQUEST, "invalid_target".into())
+    );
+    // The code was not spent by the refusal.
+    let (st, _) = exchange(&s, &client, &code, &verifier).await;
+    assert_eq!(st, StatusCode::OK);
+    s.stop().await;
+}

@@ -866,6 +866,19 @@ async fn admin_api_adds_lists_and_disables_clients_for_admins_only() {
     assert_eq!(r.status(), StatusCode::CREATED);
     let created: Value = r.json().await.unwrap();
     let (id, secret) = (get(&created, "client_id"), get(&created, "client_secret"));
+    assert_eq!(
+        get(&created, "token_endpoint_auth_method"),
+        "client_secret_basic"
+    );
+    // A secret in the form is refused for a client registered for HTTP Basic.
+    let resource = s.resource();
+    let in_form = [
+        ("grant_type", "client_credentials"),
+        ("client_id", id.as_str()),
+        ("client_secret", secret.as_str()),
+        ("resource", resource.as_str()),
+    ];
+    assert_eq!(token(&s, &in_form).await.0, StatusCode::UNAUTHORIZED);
     let r = browser()
         .post(api("clients"))
         .basic_auth("admin", Some(ADMIN_PASSWORD))
@@ -892,14 +905,17 @@ async fn admin_api_adds_lists_and_disables_clients_for_admins_only() {
             .iter()
             .any(|c| c["client_id"] == id.as_str())
     );
-    let resource = s.resource();
-    let form = [
-        ("grant_type", "client_credentials"),
-        ("client_id", id.as_str()),
-        ("client_secret", secret.as_str()),
-        ("resource", resource.as_str()),
-    ];
-    assert_eq!(token(&s, &form).await.0, StatusCode::OK);
+    let basic = |id: &str, secret: &str| {
+        browser()
+            .post(s.url("/oauth/token"))
+            .basic_auth(id, Some(secret))
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("resource", resource.as_str()),
+            ])
+            .send()
+    };
+    assert_eq!(basic(&id, &secret).await.unwrap().status(), StatusCode::OK);
     let r = browser()
         .post(api(&format!("clients/{id}/disable")))
         .basic_auth("admin", Some(ADMIN_PASSWORD))
@@ -907,7 +923,10 @@ async fn admin_api_adds_lists_and_disables_clients_for_admins_only() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
-    assert_eq!(token(&s, &form).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        basic(&id, &secret).await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
     let r = browser()
         .post(api("clients/cli_nobody/disable"))
         .basic_auth("admin", Some(ADMIN_PASSWORD))

@@ -72,7 +72,11 @@ pub fn apply(state: &mut State, event: &Recorded) {
             }
         }
         Payload::ClientExpired(e) => {
-            if let Some(c) = state.clients.get_mut(&e.client_id) {
+            // The sweep decides on a state that may be a moment old: an expiry recorded after
+            // the client's first authorization lost that race and is void.
+            if let Some(c) = state.clients.get_mut(&e.client_id)
+                && !c.used
+            {
                 c.expired = true;
             }
         }

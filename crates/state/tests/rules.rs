@@ -245,3 +245,26 @@ proptest! {
         prop_assert_eq!(s, fold(&events));
     }
 }
+
+#[test]
+fn an_expiry_recorded_after_the_first_authorization_is_void() {
+    let client = "cli_0197a3c1f0d27c4e8b1a9d6e5f403a22";
+    let expired = |seq| {
+        rec(
+            seq,
+            ClientExpired {
+                client_id: client.into(),
+                ttl_seconds: 60,
+            },
+        )
+    };
+    // history() authorizes the client (code.issued) before this expiry: it lost the race.
+    let mut events = history();
+    let n = events.len() as u64;
+    events.push(expired(n + 1));
+    let s = fold(&events);
+    assert!(s.clients[client].used && !s.clients[client].expired);
+    // An unused client does expire.
+    let s = fold(&[rec(1, samples::all().remove(0)), expired(2)]);
+    assert!(s.clients[client].expired);
+}

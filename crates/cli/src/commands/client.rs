@@ -21,9 +21,12 @@ pub enum Command {
         /// Scopes the client may ask for with client_credentials.
         #[arg(long)]
         scope: Option<String>,
-        /// Give the client a secret (client_secret_basic).
+        /// Give the client a secret (presented with HTTP Basic unless --auth-method says otherwise).
         #[arg(long)]
         confidential: bool,
+        /// How a confidential client presents its secret: client_secret_basic or client_secret_post.
+        #[arg(long = "auth-method")]
+        auth_method: Option<String>,
         /// Choose the client id instead of generating one.
         #[arg(long)]
         id: Option<String>,
@@ -53,6 +56,7 @@ async fn run_with(app: &grantline_server::App, cmd: Command) -> Result<ExitCode>
             grant_types,
             scope,
             confidential,
+            auth_method,
             id,
         } => {
             let c = NewClient {
@@ -62,12 +66,21 @@ async fn run_with(app: &grantline_server::App, cmd: Command) -> Result<ExitCode>
                 grant_types: (!grant_types.is_empty()).then_some(grant_types),
                 scope,
                 application_type: None,
-                auth_method: None,
+                auth_method,
             };
             let (id, secret) = admin::add_client(app, &c, confidential, Actor::Operator).await?;
             println!("client_id: {id}");
             if let Some(s) = secret {
                 println!("client_secret: {} (shown once)", s.as_str());
+            }
+            if let Some(c) = app.projection.read().clients.get(&id) {
+                println!(
+                    "token_endpoint_auth_method: {}",
+                    serde_json::to_value(c.auth_method)
+                        .ok()
+                        .and_then(|v| v.as_str().map(String::from))
+                        .unwrap_or_default()
+                );
             }
             Ok(ExitCode::SUCCESS)
         }

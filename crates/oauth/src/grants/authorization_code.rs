@@ -3,7 +3,7 @@
 
 use super::{Context, bound_resource, mint_access, response};
 use crate::tokens::TokenResponse;
-use crate::{Decision, OAuthError, pkce, redirect};
+use crate::{Decision, OAuthError, pkce};
 use grantline_ledger::{
     Actor, CodeRedeemed, CodeReplayed, ExpectedVersion, GrantType, NewEvent, RefreshTokenRecord,
     StreamId, TokenIssued, secret_digest,
@@ -85,8 +85,10 @@ pub fn decide(
             )
             .into();
         }
-        None if client.redirect_uris.len() == 1
-            && redirect::matches(&client.redirect_uris, &code.redirect_uri) => {}
+        // Omitted only where the authorization request could omit it too: one registered
+        // URI, used exactly (a loopback URI with a port chosen at request time must be sent).
+        None if client.redirect_uris.len() == 1 && client.redirect_uris[0] == code.redirect_uri => {
+        }
         None => return OAuthError::invalid_request("redirect_uri is required").into(),
     }
     let Some(verifier) = req.code_verifier.as_deref().filter(|v| !v.is_empty()) else {

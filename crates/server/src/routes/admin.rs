@@ -133,6 +133,8 @@ pub struct AddClient {
     application_type: Option<String>,
     #[serde(default)]
     confidential: bool,
+    /// `client_secret_basic` (the default for confidential clients) or `client_secret_post`.
+    token_endpoint_auth_method: Option<String>,
 }
 
 pub async fn add_client(
@@ -155,13 +157,25 @@ pub async fn add_client(
         grant_types: req.grant_types,
         scope: req.scope,
         application_type: req.application_type,
-        auth_method: None,
+        auth_method: req.token_endpoint_auth_method.clone(),
     };
+    let method = req.token_endpoint_auth_method.clone().unwrap_or_else(|| {
+        if req.confidential {
+            "client_secret_basic"
+        } else {
+            "none"
+        }
+        .to_string()
+    });
     match admin::add_client(&app, &c, req.confidential, Actor::User { id: user }).await {
         Ok((id, secret)) => {
             let mut r = (
                 StatusCode::CREATED,
-                Json(json!({ "client_id": id, "client_secret": secret.map(|s| s.0) })),
+                Json(json!({
+                    "client_id": id,
+                    "client_secret": secret.map(|s| s.0),
+                    "token_endpoint_auth_method": method,
+                })),
             )
                 .into_response();
             crate::http::no_store(r.headers_mut());

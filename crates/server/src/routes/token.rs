@@ -61,6 +61,13 @@ async fn handle(
         }
     };
     attempt.grant_type = Some(grant);
+    if params.iter().filter(|(k, _)| k == "resource").count() > 1 {
+        return Err(OAuthError::new(
+            ErrorCode::InvalidTarget,
+            "an access token is bound to one resource: send one resource parameter",
+        )
+        .into());
+    }
     attempt.resource = param(&params, "resource");
     attempt.requested_scopes = param(&params, "scope")
         .map(|s| {
