@@ -15,7 +15,7 @@ import requests
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 ADMIN_PASSWORD = "e2e-admin-password-7f3a"
-RS_SECRET = "e2e-resource-server-secret-91c2"
+RS_SECRET = "e2e-resource-server-secret-91c2-4f0a7d3b"
 
 CONFIG = """
 [oauth]

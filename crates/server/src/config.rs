@@ -224,9 +224,29 @@ pub struct ClientSection {
     pub secret_file: Option<PathBuf>,
 }
 
+/// The shortest secret a configured client may have. Its digest goes into the ledger (and so
+/// into exports), where a short, chosen secret could be guessed offline.
+pub const MIN_CLIENT_SECRET_LEN: usize = 32;
+
 impl ClientSection {
-    /// The secret, from the environment or its file; never from the TOML itself.
+    /// The secret, from the environment or its file; never from the TOML itself. Refused when
+    /// shorter than [`MIN_CLIENT_SECRET_LEN`].
     pub fn secret(&self) -> Result<Option<String>> {
+        let secret = self.read_secret()?;
+        if let Some(s) = &secret
+            && s.chars().count() < MIN_CLIENT_SECRET_LEN
+        {
+            anyhow::bail!(
+                "client {}: the secret is {} characters; use at least {MIN_CLIENT_SECRET_LEN} random ones \
+                 (for example `openssl rand -base64 32`)",
+                self.client_id,
+                s.chars().count()
+            );
+        }
+        Ok(secret)
+    }
+
+    fn read_secret(&self) -> Result<Option<String>> {
         if let Some(var) = &self.secret_env {
             let v = std::env::var(var).with_context(|| {
                 format!(
@@ -456,6 +476,25 @@ pub fn demo_resource() -> ResourceSection {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_short_client_secret_is_refused_and_a_long_one_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("s");
+        let client = |secret: &str| {
+            std::fs::write(&file, format!("{secret}\n")).unwrap();
+            let c: Config = toml::from_str(&format!(
+                "[[clients]]\nclient_id = \"m\"\nclient_name = \"M\"\nsecret_file = \"{}\"\n",
+                file.display()
+            ))
+            .unwrap();
+            c.clients[0].secret()
+        };
+        let e = client("hunter2").unwrap_err().to_string();
+        assert!(e.contains("at least 32"), "{e}");
+        let long = "x".repeat(32);
+        assert_eq!(client(&long).unwrap(), Some(long));
+    }
 
     #[test]
     fn truncated_or_unknown_config_is_refused_with_a_reason() {

@@ -12,8 +12,8 @@ use sha2::Digest;
 use std::path::PathBuf;
 
 pub const ADMIN_PASSWORD: &str = "test-admin-password";
-pub const RS_SECRET: &str = "rs-secret-for-tests";
-pub const CONF_SECRET: &str = "conf-secret-for-tests";
+pub const RS_SECRET: &str = "rs-secret-for-tests-0123456789abcdef";
+pub const CONF_SECRET: &str = "conf-secret-for-tests-0123456789abcdef";
 pub const REDIRECT: &str = "http://127.0.0.1:7777/cb";
 
 pub struct Server {
