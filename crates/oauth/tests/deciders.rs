@@ -684,6 +684,52 @@ fn code_exchange_errors() {
     assert!(d.outcome.unwrap_err().description.contains("expired"));
 }
 
+/// A code whose grant was revoked, whose user was disabled, or whose resource is no longer
+/// configured by the time it is exchanged: refused, nothing recorded.
+#[test]
+fn code_exchange_after_the_grant_the_user_or_the_resource_went_away() {
+    let cases: [(&str, fn(&mut World, &str, &str)); 3] = [
+        ("revoked", |w, user, client| {
+            let grant = w
+                .state
+                .grant_for(user, client, RES)
+                .unwrap()
+                .grant_id
+                .clone();
+            let e = GrantRevoked {
+                grant_id: grant.clone(),
+                user_id: user.into(),
+                client_id: client.into(),
+                reason: "user".into(),
+                request: None,
+            };
+            w.commit(&Append::new(vec![NewEvent::new(
+                StreamId::grant(&grant),
+                Actor::System,
+                e,
+            )]))
+            .unwrap();
+        }),
+        ("disabled", |w, user, _| w.disable_user(user)),
+        ("resource", |w, _, _| w.settings.resources.clear()),
+    ];
+    for (what, went_away) in cases {
+        let mut w = World::new();
+        let client = w.public_client();
+        let user = w.user();
+        let code = w.code(&client, &user, "demo:read");
+        went_away(&mut w, &user, &client);
+        let d = w.redeem(&client, &code);
+        let want = if what == "resource" {
+            "invalid_target"
+        } else {
+            "invalid_grant"
+        };
+        assert_eq!(code_of(&d), want, "{what}");
+        assert!(d.append.events.is_empty(), "{what}");
+    }
+}
+
 #[test]
 fn code_exchange_issues_tokens_once_and_a_replay_revokes_the_family() {
     let mut w = World::new();

@@ -268,3 +268,50 @@ fn an_expiry_recorded_after_the_first_authorization_is_void() {
     let s = fold(&[rec(1, samples::all().remove(0)), expired(2)]);
     assert!(s.clients[client].expired);
 }
+
+#[test]
+fn using_one_sibling_supersedes_the_others_and_their_access_tokens() {
+    let mut events = history();
+    let client = "cli_0197a3c1f0d27c4e8b1a9d6e5f403a22".to_string();
+    let user = match &samples::all()[5] {
+        Payload::UserCreated(u) => u.user_id.clone(),
+        _ => unreachable!(),
+    };
+    let refreshed = |from: &str, to: &str| TokenRefreshed {
+        request: None,
+        family_id: "f1".into(),
+        client_id: client.clone(),
+        user_id: user.clone(),
+        resource: "r".into(),
+        scopes: vec!["read".into()],
+        rotated_refresh_id: format!("rt_{from}"),
+        access: access(to),
+        refresh: refresh(to),
+    };
+    // history(): f1a → f1b. A retry of f1a within the grace period: f1c, a sibling of f1b.
+    let n = events.len() as u64;
+    events.push(rec(n + 1, refreshed("f1a", "f1c")));
+    let s = fold(&events);
+    assert!(
+        live(&s, "f1b") && live(&s, "f1c"),
+        "both answers usable until one is used"
+    );
+    let parent = &s.refresh_tokens[&refresh("f1a").digest];
+    assert_eq!(parent.children.len(), 2);
+    // The client kept f1c and uses it: f1b lost.
+    events.push(rec(n + 2, refreshed("f1c", "f1d")));
+    let s = fold(&events);
+    let lost = &s.refresh_tokens[&refresh("f1b").digest];
+    assert!(lost.superseded_at.is_some() && lost.rotated_at.is_none());
+    assert!(
+        !live(&s, "f1b"),
+        "the losing sibling's access token dies with it"
+    );
+    assert!(live(&s, "f1c") && live(&s, "f1d"));
+    let unused: Vec<_> = s
+        .refresh_tokens
+        .values()
+        .filter(|t| t.family_id == "f1" && t.unused())
+        .collect();
+    assert_eq!(unused.len(), 1, "one live branch");
+}
