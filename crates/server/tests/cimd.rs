@@ -1,0 +1,108 @@
+//! The client ID metadata document fetcher on its own: size and time limits, the resolver's
+//! SSRF guard, and the cache.
+
+use grantline_server::cimd::Fetcher;
+use grantline_server::config::MetadataDocumentsSection;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+/// Serves `/client.json` (a valid document for its own URL, padded to `pad` bytes, after
+/// `delay`) and counts the fetches.
+async fn serve(pad: usize, delay: Duration, cache: &'static str) -> (String, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let url = format!("http://localhost:{port}/client.json");
+    let body = serde_json::json!({
+        "client_id": url, "client_name": "Doc", "redirect_uris": ["http://127.0.0.1:9/cb"],
+        "token_endpoint_auth_method": "none", "padding": "x".repeat(pad),
+    })
+    .to_string();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = hits.clone();
+    let app = axum::Router::new().route(
+        "/client.json",
+        axum::routing::get(move || {
+            let (body, counter) = (body.clone(), counter.clone());
+            async move {
+                counter.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(delay).await;
+                (
+                    [
+                        ("content-type", "application/json"),
+                        ("cache-control", cache),
+                    ],
+                    body,
+                )
+            }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, hits)
+}
+
+fn fetcher(allow_private: bool) -> Fetcher {
+    Fetcher::new(MetadataDocumentsSection {
+        allow_private_addresses: allow_private,
+        allow_http: true,
+        max_bytes: 2048,
+        timeout_ms: 300,
+        ..MetadataDocumentsSection::default()
+    })
+    .unwrap()
+}
+
+#[tokio::test]
+async fn documents_are_cached_per_their_headers() {
+    let (url, hits) = serve(0, Duration::ZERO, "max-age=60").await;
+    let f = fetcher(true);
+    assert_eq!(f.get(&url).await.unwrap().metadata.client_name, "Doc");
+    f.get(&url).await.unwrap();
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        1,
+        "the second answer came from the cache"
+    );
+    let (url, hits) = serve(0, Duration::ZERO, "no-store").await;
+    f.get(&url).await.unwrap();
+    f.get(&url).await.unwrap();
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        2,
+        "no-store is fetched every time"
+    );
+}
+
+#[tokio::test]
+async fn too_large_or_too_slow_documents_are_refused() {
+    let f = fetcher(true);
+    let (url, _) = serve(4096, Duration::ZERO, "max-age=60").await;
+    let e = f.get(&url).await.unwrap_err();
+    assert_eq!(e.code.as_str(), "invalid_client");
+    assert!(
+        e.description.contains("larger than 2048 bytes"),
+        "{}",
+        e.description
+    );
+    let (url, _) = serve(0, Duration::from_secs(3), "max-age=60").await;
+    let started = std::time::Instant::now();
+    let e = f.get(&url).await.unwrap_err();
+    assert!(e.description.contains("fetch failed"), "{}", e.description);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the time limit held"
+    );
+}
+
+#[tokio::test]
+async fn a_name_that_resolves_to_an_internal_address_is_refused() {
+    // `localhost` is a name, not a literal: only the guarded resolver can catch it.
+    let (url, hits) = serve(0, Duration::ZERO, "max-age=60").await;
+    let e = fetcher(false).get(&url).await.unwrap_err();
+    assert!(e.description.contains("fetch failed"), "{}", e.description);
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        0,
+        "nothing reached the internal server"
+    );
+}
