@@ -79,8 +79,9 @@ impl Roles {
     }
 }
 
-/// May `caller` call `tool` (needing `scope`) on the resource named `resource`? A refusal is
-/// a step-up challenge naming the scope the call needs.
+/// May `caller` call `tool` (needing `scope`) on the resource named `resource`? A refusal for
+/// want of scope is a step-up challenge naming the scope the call needs; a refusal by the
+/// user's role is final.
 pub fn check_call(
     caller: &Caller,
     roles: &Roles,
@@ -97,7 +98,7 @@ pub fn check_call(
         ));
     }
     if !roles.permits(caller.role.as_deref(), resource, tool) {
-        return Err(Denial::new(DenialKind::InsufficientScope, "role", needed));
+        return Err(Denial::new(DenialKind::Forbidden, "role", Vec::new()));
     }
     Ok(())
 }

@@ -12,6 +12,8 @@ pub enum DenialKind {
     TokenInUrl,
     /// Above the caller's authority: 403 `insufficient_scope` (step-up).
     InsufficientScope,
+    /// Forbidden by the user's role: 403, and no step-up challenge (more scope would not help).
+    Forbidden,
 }
 
 /// A refusal: its kind, a reason for the log and the ledger, and the scopes the operation needs.
@@ -38,7 +40,7 @@ impl Denial {
         match self.kind {
             DenialKind::Missing | DenialKind::InvalidToken => 401,
             DenialKind::TokenInUrl => 400,
-            DenialKind::InsufficientScope => 403,
+            DenialKind::InsufficientScope | DenialKind::Forbidden => 403,
         }
     }
 
@@ -49,14 +51,14 @@ impl Denial {
             "resource_metadata=\"{}\"",
             quote(resource_metadata)
         )];
-        if !self.required_scopes.is_empty() {
+        if !self.required_scopes.is_empty() && self.kind != DenialKind::Forbidden {
             parts.push(format!(
                 "scope=\"{}\"",
                 quote(&self.required_scopes.join(" "))
             ));
         }
         match self.kind {
-            DenialKind::Missing => {}
+            DenialKind::Missing | DenialKind::Forbidden => {}
             DenialKind::InvalidToken => parts.push("error=\"invalid_token\"".into()),
             DenialKind::TokenInUrl => parts.push("error=\"invalid_request\"".into()),
             DenialKind::InsufficientScope => parts.push("error=\"insufficient_scope\"".into()),
@@ -102,6 +104,13 @@ mod tests {
         assert!(
             up.challenge(md)
                 .ends_with("scope=\"demo:read demo:write\", error=\"insufficient_scope\"")
+        );
+        // A role's refusal: 403 without a scope to step up to.
+        let role = Denial::new(DenialKind::Forbidden, "role", vec!["demo:write".into()]);
+        assert_eq!(role.status(), 403);
+        assert_eq!(
+            role.challenge(md),
+            format!("Bearer resource_metadata=\"{md}\"")
         );
         let bad = Denial::new(DenialKind::InvalidToken, "wrong_audience", vec![]);
         assert!(bad.challenge(md).contains("error=\"invalid_token\""));

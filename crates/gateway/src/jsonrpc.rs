@@ -21,28 +21,69 @@ pub enum Inspected {
     Other { method: Option<String> },
 }
 
-/// Inspects a POST body: one message or a batch. Not JSON, or not JSON-RPC objects, is an error
-/// (the gateway answers it with a JSON-RPC parse error rather than forwarding it).
-pub fn inspect(body: &[u8]) -> Result<Vec<Inspected>, String> {
-    let v: Value = serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
-    match v {
-        Value::Array(items) if !items.is_empty() => items.iter().map(one).collect(),
-        Value::Object(_) => Ok(vec![one(&v)?]),
-        _ => Err("not a JSON-RPC message".into()),
+/// Why a POST body is not forwarded: a JSON-RPC error code and message for the answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    /// -32700 (parse error) or -32600 (invalid request).
+    pub code: i64,
+    pub message: String,
+}
+
+impl Refused {
+    fn parse(m: impl Into<String>) -> Refused {
+        Refused {
+            code: -32700,
+            message: m.into(),
+        }
+    }
+    fn invalid(m: impl Into<String>) -> Refused {
+        Refused {
+            code: -32600,
+            message: m.into(),
+        }
     }
 }
 
-fn one(v: &Value) -> Result<Inspected, String> {
-    let obj = v.as_object().ok_or("a JSON-RPC message is an object")?;
+/// Inspects a POST body: one message or a batch. Not JSON, or not JSON-RPC objects, is refused
+/// rather than forwarded; so is anything the gateway could not hold to account: a `tools/call`
+/// without an id (it would get no answer to record), and `tools/call` or `tools/list` inside a
+/// batch (batches left MCP in 2025-06-18; other batches still pass through).
+pub fn inspect(body: &[u8]) -> Result<Vec<Inspected>, Refused> {
+    let v: Value =
+        serde_json::from_slice(body).map_err(|e| Refused::parse(format!("not JSON: {e}")))?;
+    match v {
+        Value::Array(items) if !items.is_empty() => {
+            let all = items.iter().map(one).collect::<Result<Vec<_>, _>>()?;
+            if all.iter().any(|m| !matches!(m, Inspected::Other { .. })) {
+                return Err(Refused::invalid(
+                    "send tools/call and tools/list one per request, not in a batch",
+                ));
+            }
+            Ok(all)
+        }
+        Value::Object(_) => Ok(vec![one(&v)?]),
+        _ => Err(Refused::invalid("not a JSON-RPC message")),
+    }
+}
+
+fn one(v: &Value) -> Result<Inspected, Refused> {
+    let obj = v
+        .as_object()
+        .ok_or_else(|| Refused::invalid("a JSON-RPC message is an object"))?;
     let method = obj.get("method").and_then(Value::as_str);
-    let id = obj.get("id").cloned();
+    let id = obj.get("id").cloned().filter(|id| !id.is_null());
     Ok(match (method, id) {
+        (Some("tools/call") | Some("tools/list"), None) => {
+            return Err(Refused::invalid(
+                "tools/call and tools/list are requests: they need an id",
+            ));
+        }
         (Some("tools/call"), Some(id)) => {
             let params = obj.get("params").and_then(Value::as_object);
             let tool = params
                 .and_then(|p| p.get("name"))
                 .and_then(Value::as_str)
-                .ok_or("tools/call without params.name")?
+                .ok_or_else(|| Refused::invalid("tools/call without params.name"))?
                 .to_string();
             let arguments = params
                 .and_then(|p| p.get("arguments"))
@@ -158,16 +199,30 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        let batch = json!([{"jsonrpc": "2.0", "id": "x", "method": "tools/list"}, {"jsonrpc": "2.0", "method": "notifications/initialized"}]);
-        let got = inspect(batch.to_string().as_bytes()).unwrap();
-        assert_eq!(got[0], Inspected::ToolsList { id: json!("x") });
+        let list = json!({"jsonrpc": "2.0", "id": "x", "method": "tools/list"});
         assert_eq!(
-            got[1],
-            Inspected::Other {
-                method: Some("notifications/initialized".into())
-            }
+            inspect(list.to_string().as_bytes()).unwrap(),
+            vec![Inspected::ToolsList { id: json!("x") }]
         );
-        assert!(inspect(b"{not json").is_err());
+        // Batches of other messages pass; a batch with a tool message would escape the audit.
+        let other = json!([{"jsonrpc": "2.0", "method": "notifications/initialized"}, {"jsonrpc": "2.0", "id": 2, "result": {}}]);
+        assert_eq!(inspect(other.to_string().as_bytes()).unwrap().len(), 2);
+        let batch = json!([list, {"jsonrpc": "2.0", "method": "notifications/initialized"}]);
+        assert_eq!(
+            inspect(batch.to_string().as_bytes()).unwrap_err().code,
+            -32600
+        );
+        // A tools/call without an id (or with a null one) would get no answer to record.
+        for call in [
+            json!({"jsonrpc": "2.0", "method": "tools/call", "params": {"name": "add_note"}}),
+            json!({"jsonrpc": "2.0", "id": null, "method": "tools/call", "params": {"name": "add_note"}}),
+        ] {
+            assert_eq!(
+                inspect(call.to_string().as_bytes()).unwrap_err().code,
+                -32600
+            );
+        }
+        assert_eq!(inspect(b"{not json").unwrap_err().code, -32700);
         assert!(inspect(b"[]").is_err());
         assert!(inspect(b"3").is_err());
         assert!(

@@ -147,6 +147,36 @@ impl RateLimiter {
         }))
     }
 
+    /// Puts back refusals that could not be recorded, to be drained again.
+    pub fn restore(&self, exceeded: Vec<Exceeded>) {
+        if let Ok(mut c) = self.closed.lock() {
+            c.extend(exceeded);
+        }
+    }
+
+    /// Every refusal counted so far, open windows included (at shutdown), each once.
+    pub fn drain_all(&self, limits: &Limits) -> Vec<Exceeded> {
+        let mut out = self
+            .closed
+            .lock()
+            .map(|mut c| std::mem::take(&mut *c))
+            .unwrap_or_default();
+        if let Ok(mut map) = self.windows.lock() {
+            for ((bucket, subject), w) in map.iter_mut() {
+                if w.rejected > 0 {
+                    out.push(Exceeded {
+                        bucket: *bucket,
+                        subject: subject.clone(),
+                        window_start: w.start,
+                        limit: limit_of(limits, *bucket),
+                        rejected: std::mem::take(&mut w.rejected),
+                    });
+                }
+            }
+        }
+        out
+    }
+
     /// Refusals of windows that have closed by `now`, each once.
     pub fn drain_closed(&self, limits: &Limits, now: i64) -> Vec<Exceeded> {
         let start = now - now.rem_euclid(WINDOW_SECS);
@@ -221,5 +251,31 @@ mod tests {
         );
         assert!(rl.drain_closed(&limits, t + 61).is_empty(), "reported once");
         assert!(rl.check(&limits, &read, t + 60).is_ok(), "a new window");
+    }
+
+    #[test]
+    fn unrecorded_refusals_come_back_and_shutdown_takes_open_windows() {
+        let limits = Limits {
+            user_read: 1,
+            user_write: 1,
+            client: 0,
+        };
+        let rl = RateLimiter::default();
+        let read = [(RateBucket::UserRead, "u1")];
+        let t = 6_000;
+        assert!(rl.check(&limits, &read, t).is_ok());
+        assert!(rl.check(&limits, &read, t + 1).is_err());
+        let closed = rl.drain_closed(&limits, t + 60);
+        assert_eq!(closed.len(), 1);
+        // The append failed: they are put back and drained again.
+        rl.restore(closed);
+        assert_eq!(rl.drain_closed(&limits, t + 61).len(), 1);
+        // At shutdown an open window's refusals are taken too, once.
+        assert!(rl.check(&limits, &read, t + 120).is_ok());
+        assert!(rl.check(&limits, &read, t + 121).is_err());
+        assert!(rl.check(&limits, &read, t + 122).is_err());
+        let all = rl.drain_all(&limits);
+        assert_eq!((all.len(), all[0].rejected), (1, 2));
+        assert!(rl.drain_all(&limits).is_empty());
     }
 }

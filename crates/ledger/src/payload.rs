@@ -112,7 +112,9 @@ catalogue! {
     "pat.revoked" => PatRevoked(PatRevoked),
     /// A caller listed the tools of a resource.
     "tool.listed" => ToolListed(ToolListed),
-    /// A caller called a tool (or tried to).
+    /// A tool call was authorized and is about to go upstream: recorded first, so a call the ledger cannot record is never made. Its outcome follows in `tool.called` with the same request id.
+    "tool.call_started" => ToolCallStarted(ToolCallStarted),
+    /// A caller called a tool (or tried to): the outcome.
     "tool.called" => ToolCalled(ToolCalled),
     /// A request to a protected resource was refused (credential, audience or authority).
     "authorization.denied" => AuthorizationDenied(AuthorizationDenied),
@@ -620,6 +622,26 @@ pub struct ToolListed {
     /// How many tools the caller was shown after filtering by authority.
     pub tools_returned: u32,
     pub duration_us: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolCallStarted {
+    pub request_id: String,
+    pub resource: String,
+    pub tool: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    pub credential: Credential,
+    /// blake3 of the canonical arguments: the arguments themselves are never recorded.
+    pub arguments_digest: String,
+    /// The caller's stated reason for the call, where the client sent one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub intent: Option<String>,
+    /// The MCP session (`Mcp-Session-Id`), when the client is in one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_id: Option<String>,
 }

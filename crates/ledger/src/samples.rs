@@ -94,6 +94,7 @@ pub fn stream_for(p: &Payload) -> StreamId {
         Payload::PatCreated(e) => StreamId::pat(&e.pat_id),
         Payload::PatRevoked(e) => StreamId::pat(&e.pat_id),
         Payload::ToolListed(e) => StreamId::resource(&e.resource),
+        Payload::ToolCallStarted(e) => StreamId::resource(&e.resource),
         Payload::ToolCalled(e) => StreamId::resource(&e.resource),
         Payload::AuthorizationDenied(e) => StreamId::resource(&e.resource),
         Payload::RateLimitExceeded(e) => StreamId::resource(&e.resource),
@@ -350,6 +351,18 @@ pub fn all() -> Vec<Payload> {
             tools_returned: 4,
             duration_us: 812,
             session_id: Some("mcp-session-5b2f".into()),
+        }
+        .into(),
+        ToolCallStarted {
+            request_id: "req_0197a3c1f0d27c4e8b1a9d6e5f403a61".into(),
+            resource: RESOURCE.into(),
+            tool: "search_documents".into(),
+            user_id: Some(USER.into()),
+            client_id: Some(CLIENT.into()),
+            credential: cred.clone(),
+            arguments_digest: digest("{\"query\":\"q3 numbers\"}"),
+            intent: Some("summarise the quarterly report".into()),
+            session_id: Some("4f7c2a9e-1b3d-4e5f-8a6b-7c8d9e0f1a2b".into()),
         }
         .into(),
         ToolCalled {

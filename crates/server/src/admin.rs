@@ -10,8 +10,24 @@ use grantline_oauth::register::{RegistrationRequest, check};
 use grantline_oauth::tokens::Secret;
 use grantline_store::{Credential, StoreError};
 
-/// Roles a user can have. `admin` manages clients and users; `user` signs in and consents.
+/// Roles every server has. `admin` manages clients and users; `user` signs in and consents.
+/// Roles named in the configuration's `[roles]` (which tools each may call) can be assigned
+/// too; only `admin` reaches the admin API.
 pub const ROLES: &[&str] = &["admin", "user"];
+
+/// Refuses a role that is neither built in nor configured.
+fn known_role(app: &App, role: &str) -> Result<(), AdminError> {
+    if ROLES.contains(&role) || app.config.roles.contains_key(role) {
+        return Ok(());
+    }
+    let mut known: Vec<&str> = ROLES.to_vec();
+    known.extend(app.config.roles.keys().map(String::as_str));
+    known.sort_unstable();
+    known.dedup();
+    Err(AdminError::Invalid(format!(
+        "unknown role {role:?}; roles are {known:?} (add others under [roles] in the configuration)"
+    )))
+}
 
 /// Errors of admin actions, shown to the operator.
 #[derive(Debug, thiserror::Error)]
@@ -57,11 +73,7 @@ pub async fn add_user(
             "usernames are 1–100 printable characters".into(),
         ));
     }
-    if !ROLES.contains(&role) {
-        return Err(AdminError::Invalid(format!(
-            "role must be one of {ROLES:?}"
-        )));
-    }
+    known_role(app, role)?;
     if password.chars().count() < 8 {
         return Err(AdminError::Invalid(
             "passwords have at least 8 characters".into(),
@@ -169,11 +181,7 @@ pub async fn set_role(
     role: &str,
     actor: Actor,
 ) -> Result<String, AdminError> {
-    if !ROLES.contains(&role) {
-        return Err(AdminError::Invalid(format!(
-            "role must be one of {ROLES:?}"
-        )));
-    }
+    known_role(app, role)?;
     let user_id = resolve_user(app, who).await?;
     let from = app
         .projection

@@ -326,11 +326,25 @@ impl App {
     pub async fn flush_rate_limits_at(&self, now: i64) {
         let limits = self.config.rate_limits.limits();
         let closed = self.rate_limiter.drain_closed(&limits, now);
+        self.record_rate_limits(closed).await;
+    }
+
+    /// At shutdown: the refusals of every window, the open ones included.
+    pub async fn flush_all_rate_limits(&self) {
+        let limits = self.config.rate_limits.limits();
+        let all = self.rate_limiter.drain_all(&limits);
+        self.record_rate_limits(all).await;
+    }
+
+    /// Appends one `rate_limit.exceeded` per window; what cannot be written now is kept for
+    /// the next flush.
+    async fn record_rate_limits(&self, closed: Vec<grantline_gateway::ratelimit::Exceeded>) {
         if closed.is_empty() {
             return;
         }
         let events = closed
-            .into_iter()
+            .iter()
+            .cloned()
             .map(|e| {
                 let (resource, subject) = e
                     .subject
@@ -353,7 +367,8 @@ impl App {
             })
             .collect();
         if let Err(e) = self.append(events).await {
-            tracing::warn!(error = %e, "could not record rate-limit refusals");
+            tracing::warn!(error = %e, "could not record rate-limit refusals; keeping them");
+            self.rate_limiter.restore(closed);
         }
     }
 }

@@ -196,6 +196,9 @@ pub struct ResourceSection {
     /// Scopes for particular tools, overriding their annotations: `{ purge = "docs:admin" }`.
     #[serde(default)]
     pub tools: std::collections::HashMap<String, String>,
+    /// How long the gateway waits for the upstream's answer to a request (its headers, and a
+    /// tool call's result); default 300 s. An event stream opened with GET is not limited.
+    pub upstream_timeout_secs: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -470,6 +473,7 @@ pub fn demo_resource() -> ResourceSection {
         read_scope: None,
         write_scope: None,
         tools: Default::default(),
+        upstream_timeout_secs: None,
     }
 }
 

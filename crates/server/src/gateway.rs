@@ -30,6 +30,8 @@ pub struct Mount {
     pub path: String,
     pub upstream: Upstream,
     pub scopes: ToolScopes,
+    /// How long to wait for the upstream's answer (headers; a tool call's result).
+    pub timeout: std::time::Duration,
 }
 
 /// Every mounted resource, the roles, and what `tools/list` told us about each tool.
@@ -39,7 +41,13 @@ pub struct Mounts {
     pub roles: Roles,
     /// resource name → tool → annotations, from the latest `tools/list` answer.
     annotations: Mutex<HashMap<String, HashMap<String, Value>>>,
+    /// resource name → when the gateway last asked the upstream for its tools itself.
+    asked: Mutex<HashMap<String, std::time::Instant>>,
 }
+
+/// The gateway asks an upstream for its tools (to learn a tool's annotations) at most this
+/// often, so that calls to unknown tool names cannot make it flood the upstream.
+pub const LEARN_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Mounts {
     pub fn from_config(config: &Config, base: &str) -> Result<Mounts> {
@@ -119,6 +127,9 @@ impl Mounts {
                         write,
                         explicit: section.tools.clone(),
                     },
+                    timeout: std::time::Duration::from_secs(
+                        section.upstream_timeout_secs.unwrap_or(300).max(1),
+                    ),
                 },
             );
         }
@@ -146,7 +157,24 @@ impl Mounts {
             by_name,
             roles,
             annotations: Mutex::new(HashMap::new()),
+            asked: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Whether the gateway may ask `resource`'s upstream for its tools now (at most once per
+    /// [`LEARN_INTERVAL`]); if so, the time is taken.
+    pub fn may_ask(&self, resource: &str) -> bool {
+        let Ok(mut asked) = self.asked.lock() else {
+            return false;
+        };
+        let now = std::time::Instant::now();
+        match asked.get(resource) {
+            Some(t) if now.duration_since(*t) < LEARN_INTERVAL => false,
+            _ => {
+                asked.insert(resource.to_string(), now);
+                true
+            }
+        }
     }
 
     /// What the latest `tools/list` said about `tool`.

@@ -139,6 +139,7 @@ pub async fn serve(
     .with_graceful_shutdown(shutdown)
     .await?;
     background.abort();
+    app.flush_all_rate_limits().await;
     tracing::info!("shutting down: writing a final checkpoint");
     app.ledger.shutdown().await;
     Ok(())

@@ -18,7 +18,13 @@ pub struct Projection {
     pending: Mutex<BTreeMap<u64, Recorded>>,
     applied: watch::Sender<u64>,
     catching_up: tokio::sync::Mutex<()>,
+    /// When a read of the store last succeeded (every catch-up ends with one).
+    caught_up: Mutex<std::time::Instant>,
 }
+
+/// How long the projection may go without reading the store before callers that must not
+/// miss another process's revocation (the gateway) refuse to trust it.
+pub const STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Projection {
     pub fn new(state: State) -> Projection {
@@ -28,6 +34,7 @@ impl Projection {
             pending: Mutex::new(BTreeMap::new()),
             applied: watch::channel(seq).0,
             catching_up: tokio::sync::Mutex::new(()),
+            caught_up: Mutex::new(std::time::Instant::now()),
         }
     }
 
@@ -81,10 +88,22 @@ impl Projection {
             let after = self.seq();
             let events = store.read(after, 10_000).await?;
             if events.is_empty() {
+                if let Ok(mut t) = self.caught_up.lock() {
+                    *t = std::time::Instant::now();
+                }
                 return Ok(());
             }
             self.offer(&events);
         }
+    }
+
+    /// Whether the store was read within [`STALE_AFTER`]: events other processes appended
+    /// (a revocation from the CLI or another instance) are folded by then.
+    pub fn fresh(&self) -> bool {
+        self.caught_up
+            .lock()
+            .map(|t| t.elapsed() < STALE_AFTER)
+            .unwrap_or(false)
     }
 
     /// Waits until `seq` is folded, reading from the store if another process wrote the events

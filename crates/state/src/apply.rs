@@ -292,7 +292,9 @@ pub fn apply(state: &mut State, event: &Recorded) {
                 p.last_used = Some(at);
             }
         }
-        Payload::AuthorizationDenied(_) | Payload::RateLimitExceeded(_) => {}
+        Payload::AuthorizationDenied(_)
+        | Payload::RateLimitExceeded(_)
+        | Payload::ToolCallStarted(_) => {}
         Payload::SigningKeyRotated(e) => {
             if let Some(prev) = &e.previous_key_id
                 && let Some(k) = state.signing_keys.get_mut(prev)

@@ -1,0 +1,240 @@
+//! Forwarding a `tools/call` or `tools/list` and recording what came of it. Each exchange runs
+//! in a task of its own, so a client that goes away mid-call does not keep its outcome off the
+//! ledger; the answer (or the event of a stream that carries it) reaches the caller only once
+//! that outcome is durable.
+
+use super::record::{Audit, Watched};
+use super::{MAX_BUFFERED, sse, unavailable, upstream};
+use crate::gateway::Mount;
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use grantline_gateway::{authority, jsonrpc};
+use grantline_ledger::{NewEvent, ToolOutcome};
+use tokio::sync::{mpsc, oneshot};
+
+/// Forwards the request and records the answer to `watched`; see the module docs.
+pub async fn run(
+    audit: Audit,
+    mount: Mount,
+    method: Method,
+    headers: HeaderMap,
+    body: Bytes,
+    identity: String,
+    watched: Watched,
+) -> Response {
+    let (tx, rx) = oneshot::channel();
+    tokio::spawn(async move {
+        let answer = exchange(audit, mount, method, headers, body, identity, watched).await;
+        let _ = tx.send(answer);
+    });
+    rx.await.unwrap_or_else(|_| {
+        (StatusCode::BAD_GATEWAY, "the gateway lost this exchange").into_response()
+    })
+}
+
+async fn exchange(
+    audit: Audit,
+    mount: Mount,
+    method: Method,
+    headers: HeaderMap,
+    body: Bytes,
+    identity: String,
+    watched: Watched,
+) -> Response {
+    let deadline = tokio::time::Instant::now() + mount.timeout;
+    let resp = match upstream::send(&audit.app, &mount, &method, &headers, body, identity).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, "upstream failed");
+            let status = match e {
+                upstream::UpstreamError::Timeout => StatusCode::GATEWAY_TIMEOUT,
+                upstream::UpstreamError::Unreachable(_) => StatusCode::BAD_GATEWAY,
+            };
+            return fail(&audit, &watched, &e.to_string(), status).await;
+        }
+    };
+    if upstream::is_sse(&resp) {
+        return pump(audit, mount, watched, resp, deadline);
+    }
+    let (parts, body) = resp.into_parts();
+    let read = tokio::time::timeout_at(deadline, axum::body::to_bytes(body, MAX_BUFFERED)).await;
+    let Ok(Ok(bytes)) = read else {
+        let why = "the MCP server's answer was too large, broken or late";
+        return fail(&audit, &watched, why, StatusCode::BAD_GATEWAY).await;
+    };
+    let (out, event) = settle(
+        &audit,
+        &mount,
+        &watched,
+        false,
+        &bytes,
+        !parts.status.is_success(),
+    );
+    if audit.record(vec![event]).await.is_err() {
+        return unavailable();
+    }
+    let mut r = Response::from_parts(parts, Body::from(out));
+    r.headers_mut().remove(header::CONTENT_LENGTH);
+    r
+}
+
+/// The event for an exchange that brought no answer.
+fn failure(audit: &Audit, watched: &Watched, reason: &str) -> NewEvent {
+    match watched {
+        Watched::Call(c) => audit.called(c, ToolOutcome::UpstreamError, Some(reason.into()), None),
+        Watched::List(_) => audit.listed(ToolOutcome::UpstreamError, 0),
+    }
+}
+
+/// Records an upstream failure and answers with a JSON-RPC error.
+async fn fail(audit: &Audit, watched: &Watched, reason: &str, status: StatusCode) -> Response {
+    if audit
+        .record(vec![failure(audit, watched, reason)])
+        .await
+        .is_err()
+    {
+        return unavailable();
+    }
+    let err = jsonrpc::error(watched.id(), -32002, reason, None);
+    (status, axum::Json(err)).into_response()
+}
+
+/// The answer as the caller gets it (a listing filtered to what the caller may call), and the
+/// event recording it.
+fn settle(
+    audit: &Audit,
+    mount: &Mount,
+    watched: &Watched,
+    is_sse: bool,
+    body: &[u8],
+    upstream_failed: bool,
+) -> (Vec<u8>, NewEvent) {
+    match watched {
+        Watched::Call(c) => {
+            let code = sse::error_code(is_sse, body, &c.id);
+            let outcome = if upstream_failed || code.is_some() {
+                ToolOutcome::UpstreamError
+            } else {
+                ToolOutcome::Ok
+            };
+            (body.to_vec(), audit.called(c, outcome, None, code))
+        }
+        Watched::List(id) => {
+            let (app, caller) = (&audit.app, &audit.caller);
+            let mut returned = 0;
+            let out = sse::rewrite(is_sse, body, |m| {
+                if m.get("id") == Some(id) {
+                    app.mounts.learn(&mount.name, m);
+                    returned = jsonrpc::filter_tools(m, |tool, ann| {
+                        let scope = mount.scopes.for_tool(tool, ann);
+                        authority::check_call(caller, &app.mounts.roles, &mount.name, tool, scope)
+                            .is_ok()
+                    });
+                }
+            });
+            let outcome = if upstream_failed {
+                ToolOutcome::UpstreamError
+            } else {
+                ToolOutcome::Ok
+            };
+            (out, audit.listed(outcome, returned))
+        }
+    }
+}
+
+/// Streams an SSE answer as it arrives. The event that answers `watched` is settled (filtered,
+/// recorded) before it is passed on. If the caller goes away the stream is still read until
+/// that answer is recorded; without an answer by the deadline, the failure is recorded.
+fn pump(
+    audit: Audit,
+    mount: Mount,
+    watched: Watched,
+    resp: Response,
+    deadline: tokio::time::Instant,
+) -> Response {
+    let (parts, body) = resp.into_parts();
+    let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(16);
+    tokio::spawn(async move {
+        let mut upstream = body.into_data_stream();
+        let mut buf: Vec<u8> = Vec::new();
+        let mut settled = false;
+        let mut reading = true;
+        let broken = |why: &str| std::io::Error::other(why.to_string());
+        loop {
+            while let Some(end) = sse::event_end(&buf) {
+                let mut event: Vec<u8> = buf.drain(..end).collect();
+                if !settled && sse::answers(true, &event, watched.id()) {
+                    settled = true;
+                    let (out, record) = settle(&audit, &mount, &watched, true, &event, false);
+                    if audit.record(vec![record]).await.is_err() {
+                        let _ = tx
+                            .send(Err(broken("the audit ledger cannot record this call")))
+                            .await;
+                        return;
+                    }
+                    event = out;
+                }
+                if reading && tx.send(Ok(Bytes::from(event))).await.is_err() {
+                    reading = false;
+                }
+                if settled && !reading {
+                    return;
+                }
+            }
+            if buf.len() > MAX_BUFFERED {
+                let why = "an event from the MCP server is over the size limit";
+                if !settled {
+                    let _ = audit.record(vec![failure(&audit, &watched, why)]).await;
+                }
+                let _ = tx.send(Err(broken(why))).await;
+                return;
+            }
+            let next = if settled {
+                upstream.next().await
+            } else {
+                match tokio::time::timeout_at(deadline, upstream.next()).await {
+                    Ok(next) => next,
+                    Err(_) => {
+                        let why = "the MCP server did not answer in time";
+                        let _ = audit.record(vec![failure(&audit, &watched, why)]).await;
+                        let _ = tx.send(Err(broken(why))).await;
+                        return;
+                    }
+                }
+            };
+            match next {
+                Some(Ok(chunk)) => buf.extend_from_slice(&chunk),
+                Some(Err(e)) => {
+                    if !settled {
+                        let why = format!("the stream broke: {e}");
+                        let _ = audit.record(vec![failure(&audit, &watched, &why)]).await;
+                    }
+                    let _ = tx.send(Err(broken("the MCP server's stream broke"))).await;
+                    return;
+                }
+                None => {
+                    if !settled {
+                        let why = "the stream ended without an answer";
+                        let _ = audit.record(vec![failure(&audit, &watched, why)]).await;
+                    }
+                    if reading && !buf.is_empty() {
+                        let _ = tx.send(Ok(Bytes::from(buf))).await;
+                    }
+                    return;
+                }
+            }
+        }
+    });
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    let mut r = Response::from_parts(parts, Body::from_stream(stream));
+    r.headers_mut().remove(header::CONTENT_LENGTH);
+    r.headers_mut().insert(
+        HeaderName::from_static("x-accel-buffering"),
+        HeaderValue::from_static("no"),
+    );
+    r
+}

@@ -1,0 +1,313 @@
+//! `/mcp/<name>`: the MCP gateway for the Streamable HTTP transport. Every request is
+//! authenticated (bearer access token or personal access token, for this resource), checked
+//! against the caller's consented scopes and role, rate limited, recorded, and forwarded
+//! without the caller's token; the upstream learns who is calling from a short-lived signed
+//! assertion.
+//!
+//! A `tools/call` is recorded twice: `tool.call_started` before it goes upstream (a call the
+//! ledger cannot record is not made) and `tool.called` with its outcome before the result
+//! reaches the caller. `tools/list` answers are filtered to what the caller may call and
+//! recorded as `tool.listed`.
+
+mod exchange;
+mod record;
+mod sse;
+mod upstream;
+
+pub use upstream::IDENTITY_HEADER;
+
+use crate::app::App;
+use crate::http::RequestContext;
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use grantline_gateway::caller::{bearer, token_in_query};
+use grantline_gateway::jsonrpc::{self, Inspected};
+use grantline_gateway::ratelimit::Quota;
+use grantline_gateway::{Denial, authenticate, authority};
+use grantline_ledger::RateBucket;
+use record::{Audit, Call, Watched};
+use serde_json::Value;
+use std::time::Instant;
+
+/// The most a buffered upstream answer (a JSON answer to tools/list or tools/call), or one
+/// event of a stream, may be.
+const MAX_BUFFERED: usize = 16 * 1024 * 1024;
+
+fn denial_response(d: &Denial, metadata_url: &str, jsonrpc_id: Option<&Value>) -> Response {
+    let status = StatusCode::from_u16(d.status()).unwrap_or(StatusCode::UNAUTHORIZED);
+    let body = match jsonrpc_id {
+        Some(id) => {
+            let message = if d.reason == "role" {
+                "forbidden: your role does not permit this tool"
+            } else {
+                "forbidden: this call needs more authority"
+            };
+            jsonrpc::error(
+                id,
+                -32003,
+                message,
+                Some(serde_json::json!({"required_scopes": d.required_scopes, "reason": d.reason})),
+            )
+        }
+        None => serde_json::json!({"error": d.reason}),
+    };
+    let mut r = (status, axum::Json(body)).into_response();
+    if let Ok(v) = HeaderValue::from_str(&d.challenge(metadata_url)) {
+        r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+    }
+    r
+}
+
+fn unavailable() -> Response {
+    let body = serde_json::json!({"jsonrpc": "2.0", "id": null,
+        "error": {"code": -32000, "message": "the audit ledger cannot record this call; it was not made"}});
+    (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
+}
+
+fn refused(code: i64, message: &str, status: StatusCode) -> Response {
+    let err = jsonrpc::error(&Value::Null, code, message, None);
+    (status, axum::Json(err)).into_response()
+}
+
+pub async fn mcp(
+    State(app): State<App>,
+    ctx: RequestContext,
+    Path(name): Path<String>,
+    method: Method,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Response {
+    let Some(mount) = app.mounts.by_name.get(&name).cloned() else {
+        return (StatusCode::NOT_FOUND, "no such MCP resource").into_response();
+    };
+    let settings = app.settings_for(&ctx.issuer);
+    let resource_id = format!("{}{}", ctx.issuer, mount.path);
+    let Some(resource) = settings.resource(&resource_id).cloned() else {
+        return (StatusCode::NOT_FOUND, "no such MCP resource").into_response();
+    };
+    // The transport has POST (messages), GET (the server's event stream), DELETE (end a
+    // session); nothing else is forwarded.
+    if ![Method::POST, Method::GET, Method::DELETE].contains(&method) {
+        let mut r = (StatusCode::METHOD_NOT_ALLOWED, "use POST, GET or DELETE").into_response();
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, POST, DELETE"));
+        return r;
+    }
+    let metadata_url = format!(
+        "{}{}",
+        ctx.issuer,
+        grantline_oauth::metadata::protected_resource_path(&resource.id)
+    );
+    let needs = resource.default_scopes.clone();
+    if token_in_query(query.as_deref()) {
+        let d = Denial::new(
+            grantline_gateway::DenialKind::TokenInUrl,
+            "token_in_url",
+            needs,
+        );
+        return denial_response(&d, &metadata_url, None);
+    }
+    let token = bearer(
+        headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok()),
+    );
+    if let Some(t) = token {
+        let d = grantline_ledger::secret_digest(t.as_bytes());
+        let _ = app
+            .catch_up_unless(|s| {
+                s.access_tokens.contains_key(&d) || s.pat_by_digest.contains_key(&d)
+            })
+            .await;
+    }
+    // A projection that cannot follow the ledger may miss a revocation: refuse rather than
+    // trust it.
+    if !app.projection.fresh() {
+        return unavailable();
+    }
+    let now = app.now();
+    let caller = match authenticate(&app.projection.read(), token, &resource.id, now, &needs) {
+        Ok(c) => c,
+        Err(d) => {
+            tracing::info!(reason = d.reason, "gateway request refused");
+            return denial_response(&d, &metadata_url, None);
+        }
+    };
+    let span = tracing::Span::current();
+    if let Some(u) = &caller.user_id {
+        span.record("user_id", u.as_str());
+    }
+    if let Some(c) = &caller.client_id {
+        span.record("client_id", c.as_str());
+    }
+    let started = Instant::now();
+    // Only POST carries messages; GET and DELETE go upstream without a body.
+    let (inspected, body) = if method == Method::POST {
+        match jsonrpc::inspect(&body) {
+            Ok(i) => (i, body),
+            Err(e) => return refused(e.code, &e.message, StatusCode::BAD_REQUEST),
+        }
+    } else {
+        (Vec::new(), Bytes::new())
+    };
+    // At most one message to watch: the inspection refuses tool messages in batches.
+    let watched = inspected.into_iter().find_map(|m| match m {
+        Inspected::ToolCall {
+            id,
+            tool,
+            arguments_digest,
+            intent,
+        } => Some(Watched::Call(Call {
+            id,
+            tool,
+            digest: arguments_digest,
+            intent,
+        })),
+        Inspected::ToolsList { id } => Some(Watched::List(id)),
+        Inspected::Other { .. } => None,
+    });
+    let assertion = upstream::identity(&app, &ctx, &caller);
+    let audit = Audit {
+        app: app.clone(),
+        ctx: ctx.clone(),
+        caller: caller.clone(),
+        resource: resource.id.clone(),
+        session_id: headers
+            .get("mcp-session-id")
+            .and_then(|v| v.to_str().ok())
+            .map(String::from),
+        started,
+    };
+    // The scope a call needs, learning the tool's annotations first when they are unknown.
+    let call_scope = match &watched {
+        Some(Watched::Call(c)) => {
+            if !mount.scopes.explicit.contains_key(&c.tool)
+                && app.mounts.annotations(&mount.name, &c.tool).is_none()
+            {
+                upstream::learn_tools(&app, &mount, &headers, &assertion).await;
+            }
+            let annotations = app.mounts.annotations(&mount.name, &c.tool);
+            Some(
+                mount
+                    .scopes
+                    .for_tool(&c.tool, annotations.as_ref())
+                    .to_string(),
+            )
+        }
+        _ => None,
+    };
+    // Rate limits first (refused calls count too): the user's read or write bucket, and the
+    // client's.
+    let writes = call_scope.as_ref().is_some_and(|s| *s != mount.scopes.read);
+    let user_key = caller
+        .user_id
+        .as_ref()
+        .map(|u| format!("{}|{u}", resource.id));
+    let client_key = caller
+        .client_id
+        .as_ref()
+        .map(|c| format!("{}|{c}", resource.id));
+    let mut buckets = Vec::new();
+    if let Some(u) = &user_key {
+        let b = if writes {
+            RateBucket::UserWrite
+        } else {
+            RateBucket::UserRead
+        };
+        buckets.push((b, u.as_str()));
+    }
+    if let Some(c) = &client_key {
+        buckets.push((RateBucket::Client, c.as_str()));
+    }
+    let quota = match app.rate_limiter.check(
+        &app.config.rate_limits.limits(),
+        &buckets,
+        now.0 / 1_000_000,
+    ) {
+        Ok(q) => q,
+        Err((_, q)) => return rate_limited(q, watched.as_ref().map(|w| w.id().clone())),
+    };
+    let mut r = match (watched, call_scope) {
+        (Some(Watched::Call(call)), Some(scope)) => {
+            if let Err(mut d) =
+                authority::check_call(&caller, &app.mounts.roles, &mount.name, &call.tool, &scope)
+            {
+                if d.kind == grantline_gateway::DenialKind::InsufficientScope {
+                    // Step-up asks for every scope the caller should hold afterwards: what it
+                    // has for this resource plus what this call needs, so re-authorizing for
+                    // the challenge does not lose the scopes it already had.
+                    let mut all: std::collections::BTreeSet<String> = caller
+                        .scopes
+                        .iter()
+                        .filter(|s| resource.offers(s))
+                        .cloned()
+                        .collect();
+                    all.extend(d.required_scopes.iter().cloned());
+                    d.required_scopes = all.into_iter().collect();
+                }
+                if audit.record(audit.denied(&call, &d)).await.is_err() {
+                    return unavailable();
+                }
+                denial_response(&d, &metadata_url, Some(&call.id))
+            } else if audit.record(vec![audit.started(&call)]).await.is_err() {
+                // What cannot be recorded is not done: the upstream never sees this call.
+                unavailable()
+            } else {
+                let w = Watched::Call(call);
+                exchange::run(audit, mount, method, headers, body, assertion, w).await
+            }
+        }
+        (Some(w @ Watched::List(_)), _) => {
+            if !app.ledger.healthy() {
+                return unavailable();
+            }
+            exchange::run(audit, mount, method, headers, body, assertion, w).await
+        }
+        _ => match upstream::send(&app, &mount, &method, &headers, body, assertion).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "upstream failed");
+                let status = match e {
+                    upstream::UpstreamError::Timeout => StatusCode::GATEWAY_TIMEOUT,
+                    upstream::UpstreamError::Unreachable(_) => StatusCode::BAD_GATEWAY,
+                };
+                refused(-32002, &e.to_string(), status)
+            }
+        },
+    };
+    quota_headers(&mut r, quota);
+    r
+}
+
+fn quota_headers(r: &mut Response, q: Quota) {
+    if q.limit == 0 {
+        return;
+    }
+    for (name, value) in [
+        ("x-ratelimit-limit", q.limit.to_string()),
+        ("x-ratelimit-remaining", q.remaining.to_string()),
+        ("x-ratelimit-reset", q.reset.to_string()),
+    ] {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            r.headers_mut().insert(HeaderName::from_static(name), v);
+        }
+    }
+}
+
+fn rate_limited(q: Quota, id: Option<Value>) -> Response {
+    let body = jsonrpc::error(
+        &id.unwrap_or(Value::Null),
+        -32029,
+        "rate limited: too many requests",
+        Some(serde_json::json!({"retry_after": q.reset})),
+    );
+    let mut r = (StatusCode::TOO_MANY_REQUESTS, axum::Json(body)).into_response();
+    quota_headers(&mut r, q);
+    if let Ok(v) = HeaderValue::from_str(&q.reset.max(1).to_string()) {
+        r.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    r
+}

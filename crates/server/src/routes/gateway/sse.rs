@@ -1,0 +1,194 @@
+//! Server-sent events as the MCP Streamable HTTP transport uses them: events end at a blank
+//! line, and an event's JSON-RPC message is its `data:` lines joined with newlines (an upstream
+//! may split one message over several lines).
+
+use serde_json::Value;
+
+/// The end (exclusive) of the first complete event in `buf`, if any.
+pub fn event_end(buf: &[u8]) -> Option<usize> {
+    let mut i = 0;
+    while i < buf.len() {
+        if buf[i] == b'\n' {
+            if buf.get(i + 1) == Some(&b'\n') {
+                return Some(i + 2);
+            }
+            if buf.get(i + 1) == Some(&b'\r') && buf.get(i + 2) == Some(&b'\n') {
+                return Some(i + 3);
+            }
+        }
+        i += 1;
+    }
+    None
+}
+
+/// The data of one event, its `data:` lines joined with `\n`.
+fn data_of(event: &str) -> Option<String> {
+    let mut data: Option<String> = None;
+    for line in event.lines() {
+        if let Some(rest) = line.strip_prefix("data:") {
+            let rest = rest.strip_prefix(' ').unwrap_or(rest);
+            match &mut data {
+                Some(d) => {
+                    d.push('\n');
+                    d.push_str(rest);
+                }
+                None => data = Some(rest.to_string()),
+            }
+        }
+    }
+    data
+}
+
+/// The events of a buffered body, and what follows the last complete one.
+fn events(body: &[u8]) -> (Vec<&[u8]>, &[u8]) {
+    let mut out = Vec::new();
+    let mut rest = body;
+    while let Some(end) = event_end(rest) {
+        out.push(&rest[..end]);
+        rest = &rest[end..];
+    }
+    (out, rest)
+}
+
+fn each_message(v: &mut Value, f: &mut impl FnMut(&mut Value)) {
+    match v {
+        Value::Array(items) => items.iter_mut().for_each(&mut *f),
+        m => f(m),
+    }
+}
+
+/// Applies `f` to every JSON-RPC message of one SSE event; the event comes back with its
+/// other fields and the (possibly changed) message on one `data:` line. Events without a JSON
+/// message come back unchanged.
+fn rewrite_event(event: &[u8], f: &mut impl FnMut(&mut Value)) -> Vec<u8> {
+    let text = String::from_utf8_lossy(event);
+    let Some(mut v) = data_of(&text).and_then(|d| serde_json::from_str::<Value>(&d).ok()) else {
+        return event.to_vec();
+    };
+    each_message(&mut v, f);
+    let mut out = String::with_capacity(event.len());
+    for line in text
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with("data:"))
+    {
+        out.push_str(line);
+        out.push('\n');
+    }
+    out.push_str("data: ");
+    out.push_str(&v.to_string());
+    out.push_str("\n\n");
+    out.into_bytes()
+}
+
+/// Applies `f` to every JSON-RPC message of a JSON body or of every event of an SSE body.
+pub fn rewrite(is_sse: bool, body: &[u8], mut f: impl FnMut(&mut Value)) -> Vec<u8> {
+    if !is_sse {
+        return match serde_json::from_slice::<Value>(body) {
+            Ok(mut v) => {
+                each_message(&mut v, &mut f);
+                serde_json::to_vec(&v).unwrap_or_else(|_| body.to_vec())
+            }
+            Err(_) => body.to_vec(),
+        };
+    }
+    let (complete, rest) = events(body);
+    let mut out = Vec::with_capacity(body.len());
+    for e in complete {
+        out.extend(rewrite_event(e, &mut f));
+    }
+    out.extend_from_slice(rest);
+    out
+}
+
+/// Calls `f` with every JSON-RPC message of a JSON or SSE body, without rewriting it.
+pub fn visit(is_sse: bool, body: &[u8], mut f: impl FnMut(&Value)) {
+    let mut visit_one = |v: &Value| match v {
+        Value::Array(items) => items.iter().for_each(&mut f),
+        m => f(m),
+    };
+    if !is_sse {
+        if let Ok(v) = serde_json::from_slice::<Value>(body) {
+            visit_one(&v);
+        }
+        return;
+    }
+    for e in events(body).0 {
+        let text = String::from_utf8_lossy(e);
+        if let Some(v) = data_of(&text).and_then(|d| serde_json::from_str::<Value>(&d).ok()) {
+            visit_one(&v);
+        }
+    }
+}
+
+/// Whether a body (or event) carries the answer (result or error) to `id`.
+pub fn answers(is_sse: bool, body: &[u8], id: &Value) -> bool {
+    let mut found = false;
+    visit(is_sse, body, |m| {
+        if m.get("id") == Some(id) && (m.get("result").is_some() || m.get("error").is_some()) {
+            found = true;
+        }
+    });
+    found
+}
+
+/// The JSON-RPC error code in the answer to `id`, if it was an error.
+pub fn error_code(is_sse: bool, body: &[u8], id: &Value) -> Option<i64> {
+    let mut code = None;
+    visit(is_sse, body, |m| {
+        if m.get("id") == Some(id)
+            && let Some(c) = m.get("error").and_then(|e| e.get("code"))
+        {
+            code = c.as_i64();
+        }
+    });
+    code
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn framing() {
+        assert_eq!(event_end(b"data: 1\n\ndata: 2"), Some(9));
+        assert_eq!(event_end(b"data: 1\r\n\r\n"), Some(11));
+        assert_eq!(event_end(b"data: 1\n"), None);
+    }
+
+    #[test]
+    fn answers_and_error_codes_also_across_several_data_lines() {
+        let ev = b"event: message\ndata: {\"jsonrpc\":\"2.0\",\"id\":3,\"result\":{}}\n\n";
+        assert!(answers(true, ev, &json!(3)));
+        assert!(!answers(true, ev, &json!(4)));
+        let progress = b"data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\"}\n\n";
+        assert!(!answers(true, progress, &json!(3)));
+        let split = b"id: 7\ndata: {\"jsonrpc\":\"2.0\",\ndata: \"id\":3,\"error\":\ndata: {\"code\":-32602,\"message\":\"x\"}}\n\n";
+        assert!(
+            answers(true, split, &json!(3)),
+            "one message over three data lines"
+        );
+        assert_eq!(error_code(true, split, &json!(3)), Some(-32602));
+        assert_eq!(
+            error_code(
+                false,
+                br#"{"jsonrpc":"2.0","id":3,"error":{"code":-1,"message":"x"}}"#,
+                &json!(3)
+            ),
+            Some(-1)
+        );
+    }
+
+    #[test]
+    fn rewriting_keeps_other_fields_and_joins_data_lines() {
+        let body = b"id: 7\nevent: message\ndata: {\"id\":1,\ndata: \"result\":{\"tools\":[1,2]}}\n\n: comment\n\n";
+        let out = rewrite(true, body, |m| m["result"]["tools"] = json!([1]));
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("id: 7\nevent: message\ndata: "), "{text}");
+        assert!(text.contains(r#""tools":[1]"#), "{text}");
+        assert!(
+            text.ends_with(": comment\n\n"),
+            "an event without data is unchanged"
+        );
+    }
+}

@@ -1,0 +1,128 @@
+//! The MCP server behind a mount: forwarding a request without the caller's token, with the
+//! caller's identity as a short-lived signed assertion instead.
+
+use crate::app::App;
+use crate::gateway::{Mount, Upstream};
+use crate::http::RequestContext;
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderMap, Method, header};
+use axum::response::Response;
+use futures::StreamExt;
+use grantline_gateway::Caller;
+
+/// Header carrying the caller's identity to the upstream (an EdDSA JWT, verifiable with the JWKS).
+pub const IDENTITY_HEADER: &str = "x-grantline-identity";
+/// Headers passed through in each direction.
+const TO_UPSTREAM: &[&str] = &[
+    "content-type",
+    "accept",
+    "mcp-session-id",
+    "mcp-protocol-version",
+    "last-event-id",
+];
+const FROM_UPSTREAM: &[&str] = &[
+    "content-type",
+    "mcp-session-id",
+    "mcp-protocol-version",
+    "cache-control",
+];
+
+/// Why the upstream gave no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("the MCP server behind the gateway is unreachable: {0}")]
+    Unreachable(String),
+    #[error("the MCP server behind the gateway did not answer in time")]
+    Timeout,
+}
+
+/// The identity assertion for the upstream: who, through which client, with which scopes.
+pub fn identity(app: &App, ctx: &RequestContext, caller: &Caller) -> String {
+    let now = app.now().0 / 1_000_000;
+    let claims = serde_json::json!({
+        "iss": ctx.issuer,
+        "aud": caller.resource,
+        "sub": caller.user_id.as_deref().or(caller.client_id.as_deref()).unwrap_or(""),
+        "client_id": caller.client_id,
+        "scope": caller.scopes.iter().cloned().collect::<Vec<_>>().join(" "),
+        "credential": caller.credential.id,
+        "iat": now,
+        "exp": now + 60,
+        "jti": ctx.request_id,
+    });
+    app.jwt.sign_json("grantline-identity+jwt", &claims)
+}
+
+/// Sends the request to the mount's MCP server and returns its answer as soon as the headers
+/// arrive (the body streams). Waits at most the mount's timeout for the headers.
+pub async fn send(
+    app: &App,
+    mount: &Mount,
+    method: &Method,
+    headers: &HeaderMap,
+    body: Bytes,
+    identity: String,
+) -> Result<Response, UpstreamError> {
+    match &mount.upstream {
+        Upstream::Demo => Ok(app.demo.handle(method, &body)),
+        Upstream::Http(url) => {
+            let mut req = app.upstream_http.request(method.clone(), url).body(body);
+            for name in TO_UPSTREAM {
+                if let Some(v) = headers.get(*name) {
+                    req = req.header(*name, v.clone());
+                }
+            }
+            req = req.header(IDENTITY_HEADER, identity);
+            let resp = tokio::time::timeout(mount.timeout, req.send())
+                .await
+                .map_err(|_| UpstreamError::Timeout)?
+                .map_err(|e| UpstreamError::Unreachable(e.without_url().to_string()))?;
+            let mut out = Response::builder().status(resp.status().as_u16());
+            for name in FROM_UPSTREAM {
+                if let Some(v) = resp.headers().get(*name) {
+                    out = out.header(*name, v.clone());
+                }
+            }
+            let stream = resp
+                .bytes_stream()
+                .map(|c| c.map_err(std::io::Error::other));
+            out.body(Body::from_stream(stream))
+                .map_err(|e| UpstreamError::Unreachable(e.to_string()))
+        }
+    }
+}
+
+pub fn is_sse(r: &Response) -> bool {
+    r.headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"))
+}
+
+/// Asks the upstream for its tools (as the caller, in the caller's session) to learn the
+/// annotations of a tool called before any `tools/list` went through the gateway: at most
+/// once per [`crate::gateway::LEARN_INTERVAL`] per resource. Without an answer the tool needs
+/// the write scope.
+pub async fn learn_tools(app: &App, mount: &Mount, headers: &HeaderMap, assertion: &str) {
+    if !app.mounts.may_ask(&mount.name) {
+        return;
+    }
+    let body = serde_json::json!({"jsonrpc": "2.0", "id": "grantline-gateway-tools", "method": "tools/list"});
+    let Ok(resp) = send(
+        app,
+        mount,
+        &Method::POST,
+        headers,
+        Bytes::from(body.to_string()),
+        assertion.to_string(),
+    )
+    .await
+    else {
+        return;
+    };
+    let sse = is_sse(&resp);
+    let read = axum::body::to_bytes(resp.into_body(), super::MAX_BUFFERED);
+    if let Ok(Ok(bytes)) = tokio::time::timeout(mount.timeout, read).await {
+        super::sse::visit(sse, &bytes, |m| app.mounts.learn(&mount.name, m));
+    }
+}
