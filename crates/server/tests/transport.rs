@@ -1,0 +1,459 @@
+//! The gateway as an MCP Streamable HTTP transport: methods and headers passed through,
+//! protocol versions untouched, batches and id-less calls refused, and every tool call on the
+//! ledger however the exchange ends (client gone, upstream late, result split over several
+//! SSE data lines); refused calls count against rate limits; a revocation by another instance
+//! is honoured.
+
+mod common;
+
+use common::*;
+use grantline_ledger::{Actor, Payload, ToolOutcome};
+use grantline_store::testing::{TestDb, sqlite};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// One request as the upstream saw it.
+#[derive(Debug, Clone)]
+struct Seen {
+    method: String,
+    session: Option<String>,
+    version: Option<String>,
+    authorization: Option<String>,
+    body: Vec<u8>,
+}
+
+/// A recording MCP server: `initialize` echoes the protocol version and opens session
+/// `sess-1`; tools `slow` (0.8 s), `hang` (10 s) and `split` (an SSE result over three data
+/// lines); GET opens a one-event stream; DELETE ends the session.
+async fn start_upstream() -> (String, Arc<Mutex<Vec<Seen>>>) {
+    use axum::response::IntoResponse;
+    let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+    let log = seen.clone();
+    let app = axum::Router::new().route(
+        "/mcp",
+        axum::routing::any(
+            move |method: axum::http::Method, headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+                let log = log.clone();
+                async move {
+                    let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).map(String::from);
+                    log.lock().unwrap().push(Seen {
+                        method: method.to_string(),
+                        session: h("mcp-session-id"),
+                        version: h("mcp-protocol-version"),
+                        authorization: h("authorization"),
+                        body: body.to_vec(),
+                    });
+                    let sse = |text: String| {
+                        ([("content-type", "text/event-stream")], text).into_response()
+                    };
+                    match method.as_str() {
+                        "GET" => return sse(format!("event: message\ndata: {}\n\n",
+                            json!({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"}))),
+                        "DELETE" => return StatusCode::OK.into_response(),
+                        _ => {}
+                    }
+                    let msg: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                    let id = msg["id"].clone();
+                    if msg.is_array() || id.is_null() {
+                        return StatusCode::ACCEPTED.into_response();
+                    }
+                    let ok = |text: &str| json!({"jsonrpc": "2.0", "id": id, "result": {"content": [{"type": "text", "text": text}]}});
+                    match (msg["method"].as_str().unwrap_or(""), msg["params"]["name"].as_str().unwrap_or("")) {
+                        ("initialize", _) => (
+                            [("mcp-session-id", "sess-1")],
+                            axum::Json(json!({"jsonrpc": "2.0", "id": id, "result": {
+                                "protocolVersion": msg["params"]["protocolVersion"],
+                                "capabilities": {"tools": {}}, "serverInfo": {"name": "rec", "version": "1"}}})),
+                        ).into_response(),
+                        ("tools/list", _) => axum::Json(json!({"jsonrpc": "2.0", "id": id, "result": {"tools": [
+                            {"name": "slow", "inputSchema": {"type": "object"}, "annotations": {"readOnlyHint": true}},
+                            {"name": "hang", "inputSchema": {"type": "object"}, "annotations": {"readOnlyHint": true}},
+                            {"name": "split", "inputSchema": {"type": "object"}, "annotations": {"readOnlyHint": true}},
+                            {"name": "write", "inputSchema": {"type": "object"}},
+                        ]}})).into_response(),
+                        ("tools/call", "slow") => {
+                            tokio::time::sleep(Duration::from_millis(800)).await;
+                            axum::Json(ok("slow done")).into_response()
+                        }
+                        ("tools/call", "hang") => {
+                            tokio::time::sleep(Duration::from_secs(10)).await;
+                            axum::Json(ok("too late")).into_response()
+                        }
+                        ("tools/call", "split") => {
+                            let text = serde_json::to_string_pretty(&ok("split done")).unwrap();
+                            let data: String = text.lines().map(|l| format!("data: {l}\n")).collect();
+                            sse(format!("id: 1\nevent: message\n{data}\n"))
+                        }
+                        _ => axum::Json(ok("ok")).into_response(),
+                    }
+                }
+            },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/mcp", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, seen)
+}
+
+fn gateway_config(dir: &std::path::Path, upstream: &str, limits: &str) -> grantline_server::Config {
+    let mut cfg = config(dir, 30, 60);
+    let extra: grantline_server::Config = toml::from_str(&format!(
+        r#"
+[[resources]]
+name = "rec"
+path = "/mcp/rec"
+upstream = "{upstream}"
+upstream_timeout_secs = 1
+scopes = [{{ name = "rec:read", description = "Read" }}, {{ name = "rec:write", description = "Write" }}]
+
+[rate_limits]
+{limits}
+"#
+    ))
+    .unwrap();
+    cfg.resources = extra.resources;
+    cfg.rate_limits = extra.rate_limits;
+    cfg
+}
+
+async fn start(db: &TestDb, upstream: &str, limits: &str) -> (Server, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = gateway_config(dir.path(), upstream, limits);
+    (Server::start(db, dir.path().to_path_buf(), cfg).await, dir)
+}
+
+/// A personal access token of the admin for `rec` with `scope`.
+async fn pat(s: &Server, scope: &str) -> (String, String) {
+    let p = grantline_server::admin::create_pat(
+        &s.app,
+        "admin",
+        grantline_oauth::pat::PatRequest {
+            user_id: String::new(),
+            name: "test".into(),
+            resource: "rec".into(),
+            scope: Some(scope.into()),
+            expires_in_days: Some(7),
+        },
+        Actor::Operator,
+    )
+    .await
+    .unwrap();
+    (p.pat_id, p.token.as_str().to_string())
+}
+
+fn post(s: &Server, token: &str, body: &Value) -> reqwest::RequestBuilder {
+    browser()
+        .post(s.url("/mcp/rec"))
+        .bearer_auth(token)
+        .header("accept", "application/json, text/event-stream")
+        .json(body)
+}
+
+fn call(id: u64, tool: &str) -> Value {
+    json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {"name": tool, "arguments": {}}})
+}
+
+async fn tool_events(s: &Server) -> Vec<Payload> {
+    s.app
+        .store()
+        .read(0, 100_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.payload().clone())
+        .filter(|p| matches!(p, Payload::ToolCallStarted(_) | Payload::ToolCalled(_)))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn methods_sessions_and_protocol_versions_pass_through_untouched() {
+    let (up, seen) = start_upstream().await;
+    let db = sqlite().await;
+    let (s, _d) = start(&db, &up, "").await;
+    let (_, token) = pat(&s, "rec:read").await;
+    for version in ["2025-06-18", "2025-11-25", "2026-07-28"] {
+        let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": version, "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}});
+        let sent = serde_json::to_vec(&init).unwrap();
+        let r = browser()
+            .post(s.url("/mcp/rec"))
+            .bearer_auth(&token)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .body(sent.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.headers()["mcp-session-id"], "sess-1");
+        let answer: Value = r.json().await.unwrap();
+        assert_eq!(answer["result"]["protocolVersion"], version);
+        let last = seen.lock().unwrap().last().cloned().unwrap();
+        assert_eq!(
+            last.body, sent,
+            "{version}: the message reaches the upstream byte for byte"
+        );
+        assert_eq!(last.authorization, None, "never the caller's token");
+    }
+    // In the session: GET opens the server's stream, DELETE ends the session. Neither carries a
+    // body upstream, and the session and version headers travel with them.
+    let r = browser()
+        .get(s.url("/mcp/rec"))
+        .bearer_auth(&token)
+        .header("accept", "text/event-stream")
+        .header("mcp-session-id", "sess-1")
+        .header("mcp-protocol-version", "2026-07-28")
+        .body("ignored")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    assert!(r.text().await.unwrap().contains("list_changed"));
+    let r = browser()
+        .delete(s.url("/mcp/rec"))
+        .bearer_auth(&token)
+        .header("mcp-session-id", "sess-1")
+        .header("mcp-protocol-version", "2026-07-28")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let log = seen.lock().unwrap().clone();
+    let (get, delete) = (&log[log.len() - 2], &log[log.len() - 1]);
+    for (m, want) in [(get, "GET"), (delete, "DELETE")] {
+        assert_eq!(m.method, want);
+        assert_eq!(m.session.as_deref(), Some("sess-1"));
+        assert_eq!(m.version.as_deref(), Some("2026-07-28"));
+        assert!(m.body.is_empty());
+    }
+    // Nothing else is forwarded.
+    let before = seen.lock().unwrap().len();
+    let r = browser()
+        .put(s.url("/mcp/rec"))
+        .bearer_auth(&token)
+        .json(&call(9, "slow"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(r.headers()["allow"], "GET, POST, DELETE");
+    assert_eq!(seen.lock().unwrap().len(), before);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tool_messages_in_batches_and_calls_without_an_id_are_refused() {
+    let (up, seen) = start_upstream().await;
+    let db = sqlite().await;
+    let (s, _d) = start(&db, &up, "").await;
+    let (_, token) = pat(&s, "rec:read rec:write").await;
+    let refused = [
+        json!([call(1, "slow"), {"jsonrpc": "2.0", "method": "notifications/initialized"}]),
+        json!([{"jsonrpc": "2.0", "id": 2, "method": "tools/list"}]),
+        json!({"jsonrpc": "2.0", "method": "tools/call", "params": {"name": "write"}}),
+    ];
+    for body in refused {
+        let r = post(&s, &token, &body).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{body}");
+        let e: Value = r.json().await.unwrap();
+        assert_eq!(e["error"]["code"], -32600, "{body}");
+    }
+    assert!(seen.lock().unwrap().is_empty(), "none reached the upstream");
+    // A batch of other messages passes through.
+    let notes = json!([{"jsonrpc": "2.0", "method": "notifications/initialized"}]);
+    let r = post(&s, &token, &notes).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    assert!(tool_events(&s).await.is_empty());
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_call_is_recorded_however_the_exchange_ends() {
+    let (up, _) = start_upstream().await;
+    let db = sqlite().await;
+    let (s, _d) = start(&db, &up, "").await;
+    let (_, token) = pat(&s, "rec:read").await;
+    // Learn the annotations (they make these tools read-only).
+    let list = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"});
+    assert_eq!(
+        post(&s, &token, &list).send().await.unwrap().status(),
+        StatusCode::OK
+    );
+    // The client gives up after 200 ms; the tool answers after 800 ms.
+    let gone = post(&s, &token, &call(2, "slow"))
+        .timeout(Duration::from_millis(200))
+        .send()
+        .await;
+    assert!(gone.is_err(), "the client went away");
+    // The upstream takes longer than the resource's one-second timeout.
+    let r = post(&s, &token, &call(3, "hang")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::GATEWAY_TIMEOUT);
+    // An SSE result split over several data lines.
+    let r = post(&s, &token, &call(4, "split")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(r.text().await.unwrap().contains("split done"));
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let events = tool_events(&s).await;
+    let outcome = |tool: &str| {
+        events.iter().find_map(|p| match p {
+            Payload::ToolCalled(c) if c.tool == tool => Some((c.outcome, c.reason.clone())),
+            _ => None,
+        })
+    };
+    let started = |tool: &str| {
+        events
+            .iter()
+            .any(|p| matches!(p, Payload::ToolCallStarted(c) if c.tool == tool))
+    };
+    for tool in ["slow", "hang", "split"] {
+        assert!(started(tool), "{tool}: its start is recorded");
+    }
+    assert_eq!(
+        outcome("slow"),
+        Some((ToolOutcome::Ok, None)),
+        "recorded after the client left"
+    );
+    let (o, why) = outcome("hang").unwrap();
+    assert_eq!(o, ToolOutcome::UpstreamError);
+    assert!(why.unwrap().contains("in time"));
+    assert_eq!(outcome("split"), Some((ToolOutcome::Ok, None)));
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_calls_count_against_the_limits_and_the_client_bucket_holds() {
+    let (up, seen) = start_upstream().await;
+    let db = sqlite().await;
+    let (s, _d) = start(&db, &up, "user_write_per_minute = 2").await;
+    let (_, read_only) = pat(&s, "rec:read").await;
+    let list = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"});
+    assert_eq!(
+        post(&s, &read_only, &list).send().await.unwrap().status(),
+        StatusCode::OK
+    );
+    let mut statuses = Vec::new();
+    for i in 0..4 {
+        let r = post(&s, &read_only, &call(10 + i, "write"))
+            .send()
+            .await
+            .unwrap();
+        statuses.push(r.status());
+    }
+    let forbidden = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::FORBIDDEN)
+        .count();
+    let limited = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::TOO_MANY_REQUESTS)
+        .count();
+    assert_eq!((forbidden, limited), (2, 2), "{statuses:?}");
+    let calls_upstream = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|m| {
+            serde_json::from_slice::<Value>(&m.body).is_ok_and(|v| v["method"] == "tools/call")
+        })
+        .count();
+    assert_eq!(calls_upstream, 0);
+    s.stop().await;
+
+    // Per client: an OAuth client's calls share one bucket.
+    let db = sqlite().await;
+    let (s, _d) = start(&db, &up, "client_per_minute = 2").await;
+    let (client, code, verifier) = {
+        let client = register_public(&s, REDIRECT).await;
+        let b = browser();
+        login(&s, &b).await;
+        let (verifier, challenge) = pkce();
+        let resource = s.url("/mcp/rec");
+        let u = approve(
+            &s,
+            &b,
+            &authorize_url(
+                &s,
+                &[
+                    ("response_type", "code"),
+                    ("client_id", &client),
+                    ("redirect_uri", REDIRECT),
+                    ("scope", "rec:read"),
+                    ("code_challenge", &challenge),
+                    ("code_challenge_method", "S256"),
+                    ("resource", &resource),
+                ],
+            ),
+        )
+        .await;
+        (client, query(&u, "code").unwrap(), verifier)
+    };
+    let (_, t) = exchange(&s, &client, &code, &verifier).await;
+    let at = get(&t, "access_token");
+    for _ in 0..2 {
+        assert_eq!(
+            post(&s, &at, &list).send().await.unwrap().status(),
+            StatusCode::OK
+        );
+    }
+    let r = post(&s, &at, &list).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(r.headers()["x-ratelimit-limit"], "2");
+    assert_eq!(r.headers()["x-ratelimit-remaining"], "0");
+    let reset: i64 = r.headers()["x-ratelimit-reset"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&reset));
+    assert_eq!(r.headers()["retry-after"], reset.to_string().as_str());
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_by_another_instance_is_honoured_within_a_second() {
+    let (up, _) = start_upstream().await;
+    let db = sqlite().await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = Server::start(
+        &db,
+        dir.path().to_path_buf(),
+        gateway_config(dir.path(), &up, ""),
+    )
+    .await;
+    let mut cfg = gateway_config(dir.path(), &up, "");
+    cfg.server.public_url = Some(a.base.clone());
+    let b = Server::start(&db, dir.path().to_path_buf(), cfg).await;
+    let (pat_id, token) = pat(&a, "rec:read").await;
+    let list = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"});
+    assert_eq!(
+        post(&a, &token, &list).send().await.unwrap().status(),
+        StatusCode::OK
+    );
+    // B catches up with A's token, then revokes it (as `grantline pat revoke` would).
+    b.app.projection.catch_up(b.app.store()).await.unwrap();
+    grantline_server::admin::revoke_pat(&b.app, &pat_id, Actor::Operator)
+        .await
+        .unwrap();
+    let mut refused_after = None;
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < Duration::from_secs(3) {
+        if post(&a, &token, &list).send().await.unwrap().status() == StatusCode::UNAUTHORIZED {
+            refused_after = Some(t0.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let after = refused_after.expect("A never refused the revoked token");
+    assert!(after < Duration::from_secs(1), "took {after:?}");
+    a.stop().await;
+    b.stop().await;
+}
