@@ -354,6 +354,26 @@ fn users_and_clients_from_the_command_line() {
             .status
             .success()
     );
+    // A role the configuration defines (which tools it may call) can be assigned.
+    let cfg = d.join("roles.toml");
+    std::fs::write(&cfg, "[roles.auditor]\ndemo = [\"get_time\"]\n").unwrap();
+    let with_config = |args: &[&str]| {
+        let mut all = vec!["--config", cfg.to_str().unwrap()];
+        all.extend_from_slice(args);
+        grantline_in(d, &all)
+    };
+    let out = with_config(&["user", "set-role", "alice", "auditor"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = with_config(&["user", "set-role", "alice", "root"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("auditor"),
+        "the error names the roles there are"
+    );
     assert!(
         grantline_in(d, &["user", "set-role", "alice", "admin"])
             .status

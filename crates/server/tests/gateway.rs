@@ -305,6 +305,17 @@ async fn upstream_gets_an_identity_assertion_never_the_token_and_roles_hide_tool
     );
     let r = rpc(&s, "/mcp/up", Some(&token), call(2, "write_tool")).await;
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    // The role's refusal is final: no step-up challenge (more scope would not help).
+    let challenge = r.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        challenge.contains("resource_metadata=") && !challenge.contains("scope="),
+        "{challenge}"
+    );
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["error"]["data"]["reason"], "role");
     let r = rpc(&s, "/mcp/up", Some(&token), call(3, "read_tool")).await;
     assert_eq!(r.status(), StatusCode::OK);
     let seen = up.seen.lock().unwrap().clone();

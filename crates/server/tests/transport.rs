@@ -326,6 +326,9 @@ async fn every_call_is_recorded_however_the_exchange_ends() {
     assert_eq!(o, ToolOutcome::UpstreamError);
     assert!(why.unwrap().contains("in time"));
     assert_eq!(outcome("split"), Some((ToolOutcome::Ok, None)));
+    // The token's last use comes from those events.
+    let listed = grantline_server::admin::pat_list(&s.app, None);
+    assert!(listed[0]["last_used"].is_string(), "{listed:?}");
     s.stop().await;
 }
 

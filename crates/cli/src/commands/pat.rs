@@ -75,18 +75,19 @@ async fn run_with(app: &grantline_server::App, cmd: Command) -> Result<ExitCode>
                 None => None,
             };
             println!(
-                "{:<40} {:<16} {:<14} {:<8} {:<28} resource",
-                "pat_id", "name", "prefix", "status", "expires"
+                "{:<40} {:<16} {:<14} {:<8} {:<28} {:<28} resource",
+                "pat_id", "name", "prefix", "status", "expires", "last used"
             );
             for p in admin::pat_list(app, user.as_deref()) {
                 let s = |k: &str| p[k].as_str().unwrap_or("").to_string();
                 println!(
-                    "{:<40} {:<16} {:<14} {:<8} {:<28} {}",
+                    "{:<40} {:<16} {:<14} {:<8} {:<28} {:<28} {}",
                     s("pat_id"),
                     s("name"),
                     format!("{}…", s("prefix")),
                     s("status"),
                     p["expires_at"].as_str().unwrap_or("never"),
+                    p["last_used"].as_str().unwrap_or("never"),
                     s("resource")
                 );
             }

@@ -79,12 +79,13 @@ pub async fn page(State(app): State<App>, ctx: RequestContext, headers: HeaderMa
                 String::new()
             };
             format!(
-                "<li><strong>{}</strong> <span class=\"host\">{}…</span> {}<br><small>{} — expires {}</small>{revoke}</li>",
+                "<li><strong>{}</strong> <span class=\"host\">{}…</span> {}<br><small>{} — expires {} — last used {}</small>{revoke}</li>",
                 txt("name"),
                 txt("prefix"),
                 txt("status"),
                 txt("resource"),
                 p["expires_at"].as_str().map(esc).unwrap_or_else(|| "never".into()),
+                p["last_used"].as_str().map(esc).unwrap_or_else(|| "never".into()),
             )
         })
         .collect();
