@@ -1,6 +1,7 @@
 //! Gateway overhead per tool call: the same `tools/call` sent by C concurrent clients straight
 //! to a trivial upstream MCP server, then through `/mcp/bench` (bearer check, authority, rate
-//! limit, identity assertion, `tool.called` appended durably), for S seconds each. The
+//! limit, identity assertion, `tool.call_started` appended durably before the upstream is
+//! called and `tool.called` after), for S seconds each. The
 //! difference of the medians is the gateway's overhead. Everything runs in one process on
 //! the same cores.
 

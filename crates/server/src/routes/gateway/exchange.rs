@@ -192,7 +192,11 @@ fn pump(
                 return;
             }
             let next = if settled {
-                upstream.next().await
+                // Recorded: pass the rest on while the caller listens.
+                tokio::select! {
+                    next = upstream.next() => next,
+                    _ = tx.closed() => return,
+                }
             } else {
                 match tokio::time::timeout_at(deadline, upstream.next()).await {
                     Ok(next) => next,
