@@ -150,6 +150,51 @@ async fn ensure_document_client(app: &App, client_id: &str) -> Result<(), Respon
     Ok(())
 }
 
+/// Validates an authorization request against the current state (reading another instance's
+/// events first when the client is not known yet). A refusal is recorded (`oauth.refused`)
+/// and answered: an error page, or a redirect to the client.
+async fn checked(
+    app: &App,
+    ctx: &RequestContext,
+    q: &AuthorizationQuery,
+) -> Result<Validated, Response> {
+    if let Some(id) = q.client_id.as_deref() {
+        app.catch_up_unless(|s| s.clients.contains_key(id))
+            .await
+            .map_err(IntoResponse::into_response)?;
+    }
+    let settings = app.settings_for(&ctx.issuer);
+    let validated = {
+        let state = app.projection.read();
+        validate(&state, &settings, q)
+    };
+    let r = match validated {
+        Ok(v) => return Ok(v),
+        Err(r) => r,
+    };
+    let error = match &r {
+        Refusal::Page(e) | Refusal::Redirect { error: e, .. } => e,
+    };
+    let attempt = Attempt {
+        client_id: q
+            .client_id
+            .clone()
+            .filter(|id| app.projection.read().clients.contains_key(id)),
+        resource: q.resource.first().cloned(),
+        requested_scopes: q
+            .scope
+            .as_deref()
+            .unwrap_or_default()
+            .split(' ')
+            .filter(|x| !x.is_empty())
+            .map(String::from)
+            .collect(),
+        ..Attempt::default()
+    };
+    refusals::record(app, ctx, OAuthEndpoint::Authorize, attempt, error).await;
+    Err(refusal(ctx, r))
+}
+
 pub async fn authorize(
     State(app): State<App>,
     ctx: RequestContext,
@@ -175,41 +220,9 @@ pub async fn authorize(
             return r;
         }
     }
-    if let Some(id) = q.client_id.as_deref()
-        && let Err(e) = app.catch_up_unless(|s| s.clients.contains_key(id)).await
-    {
-        return e.into_response();
-    }
-    let settings = app.settings_for(&ctx.issuer);
-    let validated = {
-        let state = app.projection.read();
-        validate(&state, &settings, &q)
-    };
-    let v = match validated {
+    let v = match checked(&app, &ctx, &q).await {
         Ok(v) => v,
-        Err(r) => {
-            let error = match &r {
-                Refusal::Page(e) | Refusal::Redirect { error: e, .. } => e,
-            };
-            let attempt = Attempt {
-                client_id: q
-                    .client_id
-                    .clone()
-                    .filter(|id| app.projection.read().clients.contains_key(id)),
-                resource: q.resource.first().cloned(),
-                requested_scopes: q
-                    .scope
-                    .as_deref()
-                    .unwrap_or_default()
-                    .split(' ')
-                    .filter(|x| !x.is_empty())
-                    .map(String::from)
-                    .collect(),
-                ..Attempt::default()
-            };
-            refusals::record(&app, &ctx, OAuthEndpoint::Authorize, attempt, error).await;
-            return refusal(&ctx, r);
-        }
+        Err(r) => return r,
     };
     let now_secs = app.now().0 / 1_000_000;
     let Some(s) = session::current(&app, &ctx, &headers, now_secs) else {
@@ -383,19 +396,9 @@ pub async fn consent(
         Ok(q) => q,
         Err(e) => return pages::error(StatusCode::BAD_REQUEST, "Bad request", &e.description),
     };
-    if let Some(id) = q.client_id.as_deref()
-        && let Err(e) = app.catch_up_unless(|s| s.clients.contains_key(id)).await
-    {
-        return e.into_response();
-    }
-    let settings = app.settings_for(&ctx.issuer);
-    let validated = {
-        let state = app.projection.read();
-        validate(&state, &settings, &q)
-    };
-    let v = match validated {
+    let v = match checked(&app, &ctx, &q).await {
         Ok(v) => v,
-        Err(r) => return refusal(&ctx, r),
+        Err(r) => return r,
     };
     match get("decision").as_str() {
         "approve" => {

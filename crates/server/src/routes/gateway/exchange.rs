@@ -48,11 +48,7 @@ async fn exchange(
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(error = %e, "upstream failed");
-            let status = match e {
-                upstream::UpstreamError::Timeout => StatusCode::GATEWAY_TIMEOUT,
-                upstream::UpstreamError::Unreachable(_) => StatusCode::BAD_GATEWAY,
-            };
-            return fail(&audit, &watched, &e.to_string(), status).await;
+            return fail(&audit, &watched, &e.to_string(), e.status()).await;
         }
     };
     if upstream::is_sse(&resp) {

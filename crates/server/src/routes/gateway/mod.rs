@@ -270,11 +270,7 @@ pub async fn mcp(
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(error = %e, "upstream failed");
-                let status = match e {
-                    upstream::UpstreamError::Timeout => StatusCode::GATEWAY_TIMEOUT,
-                    upstream::UpstreamError::Unreachable(_) => StatusCode::BAD_GATEWAY,
-                };
-                refused(-32002, &e.to_string(), status)
+                refused(-32002, &e.to_string(), e.status())
             }
         },
     };

@@ -36,6 +36,16 @@ pub enum UpstreamError {
     Timeout,
 }
 
+impl UpstreamError {
+    /// The gateway's status for it: 504 for a timeout, else 502.
+    pub fn status(&self) -> axum::http::StatusCode {
+        match self {
+            UpstreamError::Timeout => axum::http::StatusCode::GATEWAY_TIMEOUT,
+            UpstreamError::Unreachable(_) => axum::http::StatusCode::BAD_GATEWAY,
+        }
+    }
+}
+
 /// The identity assertion for the upstream: who, through which client, with which scopes.
 pub fn identity(app: &App, ctx: &RequestContext, caller: &Caller) -> String {
     let now = app.now().0 / 1_000_000;
