@@ -688,7 +688,8 @@ fn code_exchange_errors() {
 /// configured by the time it is exchanged: refused, nothing recorded.
 #[test]
 fn code_exchange_after_the_grant_the_user_or_the_resource_went_away() {
-    let cases: [(&str, fn(&mut World, &str, &str)); 3] = [
+    type GoneAway = fn(&mut World, &str, &str);
+    let cases: [(&str, GoneAway); 3] = [
         ("revoked", |w, user, client| {
             let grant = w
                 .state

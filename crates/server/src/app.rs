@@ -344,7 +344,6 @@ impl App {
         }
         let events = closed
             .iter()
-            .cloned()
             .map(|e| {
                 let (resource, subject) = e
                     .subject
