@@ -89,16 +89,17 @@ pub fn check_call(
     tool: &str,
     scope: &str,
 ) -> Result<(), Denial> {
-    let needed = vec![scope.to_string()];
+    // The role first: when it forbids the tool, asking the user for more scope would only
+    // widen their grant for a call that is refused anyway.
+    if !roles.permits(caller.role.as_deref(), resource, tool) {
+        return Err(Denial::new(DenialKind::Forbidden, "role", Vec::new()));
+    }
     if !caller.scopes.contains(scope) {
         return Err(Denial::new(
             DenialKind::InsufficientScope,
             "insufficient_scope",
-            needed,
+            vec![scope.to_string()],
         ));
-    }
-    if !roles.permits(caller.role.as_deref(), resource, tool) {
-        return Err(Denial::new(DenialKind::Forbidden, "role", Vec::new()));
     }
     Ok(())
 }
@@ -241,6 +242,17 @@ mod tests {
             .reason,
             "role"
         );
+        // A role that forbids the tool refuses it before any scope is asked for: no step-up
+        // challenge that would widen the grant for nothing.
+        let d = check_call(
+            &caller(&["demo:read"], Some("user")),
+            &roles,
+            "demo",
+            "add",
+            "demo:write",
+        )
+        .unwrap_err();
+        assert_eq!((d.kind, d.reason), (DenialKind::Forbidden, "role"));
         assert!(!roles.permits(Some("user"), "other", "list"));
         assert!(
             roles.permits(None, "demo", "add"),

@@ -161,6 +161,19 @@ pub fn filter_tools(response: &mut Value, keep: impl Fn(&str, Option<&Value>) ->
     tools.len() as u32
 }
 
+/// Whether two JSON-RPC ids are the same id: equal strings, or numbers of equal value (an
+/// upstream may echo `1.0` as `1`, or a large integer through a double).
+pub fn same_id(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::String(x), Value::String(y)) => x == y,
+        (Value::Number(x), Value::Number(y)) => match (x.as_i64(), y.as_i64()) {
+            (Some(i), Some(j)) => i == j,
+            _ => x.as_f64().zip(y.as_f64()).is_some_and(|(f, g)| f == g),
+        },
+        _ => false,
+    }
+}
+
 /// A JSON-RPC error response.
 pub fn error(id: &Value, code: i64, message: &str, data: Option<Value>) -> Value {
     let mut e = serde_json::json!({ "code": code, "message": message });
@@ -233,6 +246,19 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn ids_match_by_value() {
+        assert!(same_id(&json!(1), &json!(1.0)));
+        assert!(same_id(&json!("a"), &json!("a")));
+        assert!(!same_id(&json!("1"), &json!(1)));
+        assert!(!same_id(&json!(1), &json!(2)));
+        assert!(same_id(
+            &json!(9007199254740993u64),
+            &json!(9007199254740992.0)
+        ));
+        assert!(!same_id(&Value::Null, &Value::Null));
     }
 
     #[test]

@@ -8,6 +8,9 @@ use std::sync::Mutex;
 
 pub const WINDOW_SECS: i64 = 60;
 
+/// Closed windows kept while they cannot be recorded.
+pub const MAX_KEPT: usize = 100_000;
+
 /// Requests allowed per window; 0 = unlimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -147,10 +150,13 @@ impl RateLimiter {
         }))
     }
 
-    /// Puts back refusals that could not be recorded, to be drained again.
+    /// Puts back refusals that could not be recorded, to be drained again (at most
+    /// [`MAX_KEPT`] windows are kept through a long outage; the oldest go first).
     pub fn restore(&self, exceeded: Vec<Exceeded>) {
         if let Ok(mut c) = self.closed.lock() {
             c.extend(exceeded);
+            let over = c.len().saturating_sub(MAX_KEPT);
+            c.drain(..over);
         }
     }
 

@@ -424,6 +424,10 @@ pub struct CodeIssued {
     pub scopes: Vec<String>,
     pub code_digest: String,
     pub redirect_uri: String,
+    /// Whether the authorization request named `redirect_uri` (RFC 6749 §4.1.3: then the token
+    /// request must name it too).
+    #[serde(default)]
+    pub redirect_uri_in_request: bool,
     /// The PKCE S256 challenge (public; the verifier never appears).
     pub code_challenge: String,
     pub expires_at: Timestamp,

@@ -237,6 +237,7 @@ pub fn all() -> Vec<Payload> {
             scopes: scopes.clone(),
             code_digest: digest("code"),
             redirect_uri: "http://127.0.0.1:53682/callback".into(),
+            redirect_uri_in_request: true,
             code_challenge: "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM".into(),
             expires_at: ts(60),
         }

@@ -650,14 +650,48 @@ fn code_exchange_errors() {
         assert_eq!(code_of(&d), want, "{req:?}");
         assert!(d.append.events.is_empty());
     }
-    // Omitting redirect_uri is fine for a client with one registered URI …
+    // The authorization request named redirect_uri: the token request must name it too
+    // (RFC 6749 §4.1.3), even for a client with one registered URI.
     let ctx = w.ctx();
+    assert_eq!(
+        code_of(&authorization_code::decide(
+            &w.state,
+            &c,
+            &r(|x| x.redirect_uri = None),
+            &ctx
+        )),
+        "invalid_request"
+    );
+    // An authorization request that left it out (one registered URI) may leave it out here.
+    let mut q = w.query(&client);
+    q.redirect_uri = None;
+    let v = authorize::validate(&w.state, &w.settings, &q).unwrap();
+    assert!(!v.redirect_uri_in_request);
+    let fresh = FreshCode {
+        code: Secret("glc_without_redirect".into()),
+        grant_id: w.id("gr"),
+        family_id: w.id("fam"),
+    };
+    let approval = Approval {
+        prompted: true,
+        now: w.now,
+        fresh,
+        request: None,
+    };
+    let d = authorize::approve(&w.state, &w.settings, &user, &v, approval);
+    w.commit(&d.append).unwrap();
+    let ctx = w.ctx();
+    let req = CodeRequest {
+        code: "glc_without_redirect".into(),
+        redirect_uri: None,
+        ..base.clone()
+    };
     assert!(
-        authorization_code::decide(&w.state, &c, &r(|x| x.redirect_uri = None), &ctx)
+        authorization_code::decide(&w.state, &c, &req, &ctx)
             .outcome
             .is_ok()
     );
-    // … not for one with two.
+    // A client with two registered URIs must always name one.
     let code2 = w.code(&two, &user, "demo:read");
     let c2 = w.state.clients[&two].clone();
     let ctx = w.ctx();

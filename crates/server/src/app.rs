@@ -56,6 +56,10 @@ pub struct Inner {
     /// For upstream MCP servers: no redirects, no cookies.
     pub upstream_http: reqwest::Client,
     pub rate_limiter: grantline_gateway::ratelimit::RateLimiter,
+    /// Gateway exchanges in flight: shutdown waits for them so their outcomes are recorded.
+    pub exchanges: tokio_util::task::TaskTracker,
+    /// Set at shutdown: the background loop finishes its round and stops.
+    pub stopping: std::sync::atomic::AtomicBool,
 }
 
 /// Cheap to clone.
@@ -143,6 +147,8 @@ impl App {
             mounts,
             demo: Default::default(),
             rate_limiter: Default::default(),
+            exchanges: tokio_util::task::TaskTracker::new(),
+            stopping: std::sync::atomic::AtomicBool::new(false),
             upstream_http: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
                 .connect_timeout(Duration::from_secs(10))
@@ -297,6 +303,9 @@ impl App {
             let mut n: u64 = 0;
             loop {
                 tick.tick().await;
+                if app.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+                    return;
+                }
                 n += 1;
                 if let Err(e) = app.projection.catch_up(app.store()).await {
                     tracing::warn!(error = %e, "catching up with the ledger failed");

@@ -43,6 +43,8 @@ pub struct Mounts {
     annotations: Mutex<HashMap<String, HashMap<String, Value>>>,
     /// resource name → when the gateway last asked the upstream for its tools itself.
     asked: Mutex<HashMap<String, std::time::Instant>>,
+    /// resource name → held while asking, so that concurrent first calls wait for one answer.
+    asking: Mutex<HashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// The gateway asks an upstream for its tools (to learn a tool's annotations) at most this
@@ -158,7 +160,16 @@ impl Mounts {
             roles,
             annotations: Mutex::new(HashMap::new()),
             asked: Mutex::new(HashMap::new()),
+            asking: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The lock to hold while asking `resource`'s upstream for its tools.
+    pub fn asking(&self, resource: &str) -> std::sync::Arc<tokio::sync::Mutex<()>> {
+        self.asking
+            .lock()
+            .map(|mut m| m.entry(resource.to_string()).or_default().clone())
+            .unwrap_or_default()
     }
 
     /// Whether the gateway may ask `resource`'s upstream for its tools now (at most once per

@@ -138,7 +138,26 @@ pub async fn serve(
     )
     .with_graceful_shutdown(shutdown)
     .await?;
-    background.abort();
+    // Let the background loop finish its round (a rate-limit flush it began is not cut off),
+    // and the gateway's exchanges record their outcomes, before the last writes.
+    app.stopping
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    if tokio::time::timeout(Duration::from_secs(5), background)
+        .await
+        .is_err()
+    {
+        tracing::warn!("the background loop did not stop in time");
+    }
+    app.exchanges.close();
+    if tokio::time::timeout(Duration::from_secs(30), app.exchanges.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            in_flight = app.exchanges.len(),
+            "gateway exchanges still running at shutdown; their outcomes are not recorded"
+        );
+    }
     app.flush_all_rate_limits().await;
     tracing::info!("shutting down: writing a final checkpoint");
     app.ledger.shutdown().await;

@@ -26,6 +26,9 @@ pub struct Projection {
 /// miss another process's revocation (the gateway) refuse to trust it.
 pub const STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// Events read from the store at a time.
+const BATCH: u32 = 10_000;
+
 impl Projection {
     pub fn new(state: State) -> Projection {
         let seq = state.seq;
@@ -86,14 +89,17 @@ impl Projection {
         let _one = self.catching_up.lock().await;
         loop {
             let after = self.seq();
-            let events = store.read(after, 10_000).await?;
-            if events.is_empty() {
+            let read_at = std::time::Instant::now();
+            let events = store.read(after, BATCH).await?;
+            let reached_end = events.len() < BATCH as usize;
+            self.offer(&events);
+            if reached_end {
+                // Everything committed before this read began is folded now.
                 if let Ok(mut t) = self.caught_up.lock() {
-                    *t = std::time::Instant::now();
+                    *t = read_at;
                 }
                 return Ok(());
             }
-            self.offer(&events);
         }
     }
 

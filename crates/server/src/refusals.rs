@@ -13,6 +13,22 @@ use std::sync::Mutex;
 /// One event per key in this many seconds.
 pub const WINDOW_SECS: i64 = 60;
 
+/// The most characters of a caller-supplied value (a resource, a description quoting the
+/// request) that are recorded; scopes: at most so many, of so many characters each.
+const MAX_VALUE: usize = 256;
+const MAX_SCOPES: usize = 16;
+const MAX_SCOPE: usize = 64;
+
+/// At most `max` characters of `s`, marked when cut.
+fn clip(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        return s.to_string();
+    }
+    let mut out: String = s.chars().take(max).collect();
+    out.push('…');
+    out
+}
+
 /// What a refused request named, filled in as the handler learns it.
 #[derive(Debug, Default, Clone)]
 pub struct Attempt {
@@ -79,8 +95,9 @@ impl RefusalLog {
 }
 
 /// Records `error` for `attempt` unless it is on the ledger already or its key had an event
-/// within the window. The answer to the caller does not wait on this: the refusal stands
-/// whether or not it could be written.
+/// within the window. The refusal is answered after the append is tried, and stands whether
+/// or not it could be written. What the caller sent is clipped: an anonymous caller must not
+/// be able to write large values into a ledger that cannot forget them.
 pub async fn record(
     app: &App,
     ctx: &RequestContext,
@@ -117,10 +134,15 @@ pub async fn record(
         client_authenticated: attempt.client_authenticated,
         grant_type: attempt.grant_type,
         user_id: attempt.user_id,
-        resource: attempt.resource,
-        requested_scopes: attempt.requested_scopes,
+        resource: attempt.resource.map(|r| clip(&r, MAX_VALUE)),
+        requested_scopes: attempt
+            .requested_scopes
+            .iter()
+            .take(MAX_SCOPES)
+            .map(|s| clip(s, MAX_SCOPE))
+            .collect(),
         error: error.code.as_str().to_string(),
-        description: error.description.clone(),
+        description: clip(&error.description, MAX_VALUE),
         suppressed,
         request,
     };
@@ -141,6 +163,15 @@ pub async fn record(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn caller_values_are_clipped() {
+        assert_eq!(clip("short", 8), "short");
+        assert_eq!(
+            clip(&"x".repeat(300), MAX_VALUE).chars().count(),
+            MAX_VALUE + 1
+        );
+    }
 
     #[test]
     fn one_event_per_key_and_window_and_the_rest_counted() {

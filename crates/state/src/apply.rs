@@ -177,6 +177,7 @@ pub fn apply(state: &mut State, event: &Recorded) {
                     family_id: e.family_id.clone(),
                     client_id: e.client_id.clone(),
                     redirect_uri: e.redirect_uri.clone(),
+                    redirect_uri_in_request: e.redirect_uri_in_request,
                     code_challenge: e.code_challenge.clone(),
                     expires_at: e.expires_at,
                     redeemed: false,

@@ -117,6 +117,8 @@ pub struct Code {
     pub family_id: String,
     pub client_id: String,
     pub redirect_uri: String,
+    /// The authorization request named the redirect URI: the token request must too.
+    pub redirect_uri_in_request: bool,
     pub code_challenge: String,
     pub expires_at: Timestamp,
     pub redeemed: bool,

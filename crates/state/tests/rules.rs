@@ -76,6 +76,7 @@ fn history() -> Vec<Recorded> {
                 scopes: vec!["read".into()],
                 code_digest: secret_digest(f.as_bytes()),
                 redirect_uri: "http://127.0.0.1/cb".into(),
+                redirect_uri_in_request: true,
                 code_challenge: "x".into(),
                 expires_at: NOW.plus_secs(60),
             }

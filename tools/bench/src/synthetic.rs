@@ -160,6 +160,7 @@ impl Generator {
                 scopes: scopes.clone(),
                 code_digest: code.clone(),
                 redirect_uri: "http://127.0.0.1:53682/callback".into(),
+                redirect_uri_in_request: true,
                 code_challenge: "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM".into(),
                 expires_at: now.plus_secs(60),
             }

@@ -85,10 +85,8 @@ pub fn decide(
             )
             .into();
         }
-        // Omitted only where the authorization request could omit it too: one registered
-        // URI, used exactly (a loopback URI with a port chosen at request time must be sent).
-        None if client.redirect_uris.len() == 1 && client.redirect_uris[0] == code.redirect_uri => {
-        }
+        // Omitted only when the authorization request omitted it too (RFC 6749 §4.1.3).
+        None if !code.redirect_uri_in_request => {}
         None => return OAuthError::invalid_request("redirect_uri is required").into(),
     }
     let Some(verifier) = req.code_verifier.as_deref().filter(|v| !v.is_empty()) else {

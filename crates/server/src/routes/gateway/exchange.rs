@@ -1,7 +1,8 @@
 //! Forwarding a `tools/call` or `tools/list` and recording what came of it. Each exchange runs
-//! in a task of its own, so a client that goes away mid-call does not keep its outcome off the
-//! ledger; the answer (or the event of a stream that carries it) reaches the caller only once
-//! that outcome is durable.
+//! in a task of its own (tracked, so that shutdown waits for it): a client that goes away
+//! mid-call keeps neither the call's start nor its outcome off the ledger. The answer (or the
+//! event of a stream that carries it) reaches the caller only once that outcome is durable;
+//! an answer to any other request id is never passed on.
 
 use super::record::{Audit, Watched};
 use super::{MAX_BUFFERED, sse, unavailable, upstream};
@@ -14,7 +15,9 @@ use grantline_gateway::{authority, jsonrpc};
 use grantline_ledger::{NewEvent, ToolOutcome};
 use tokio::sync::{mpsc, oneshot};
 
-/// Forwards the request and records the answer to `watched`; see the module docs.
+/// Records `start` (if any; a call is not made unless it is durable), forwards the request and
+/// records the answer to `watched`; see the module docs.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     audit: Audit,
     mount: Mount,
@@ -23,9 +26,18 @@ pub async fn run(
     body: Bytes,
     identity: String,
     watched: Watched,
+    start: Option<NewEvent>,
 ) -> Response {
     let (tx, rx) = oneshot::channel();
-    tokio::spawn(async move {
+    let tracker = audit.app.exchanges.clone();
+    tracker.spawn(async move {
+        if let Some(start) = start
+            && audit.record(vec![start]).await.is_err()
+        {
+            // What cannot be recorded is not done: the upstream never sees this call.
+            let _ = tx.send(unavailable());
+            return;
+        }
         let answer = exchange(audit, mount, method, headers, body, identity, watched).await;
         let _ = tx.send(answer);
     });
@@ -60,6 +72,10 @@ async fn exchange(
         let why = "the MCP server's answer was too large, broken or late";
         return fail(&audit, &watched, why, StatusCode::BAD_GATEWAY).await;
     };
+    if parts.status.is_success() && !sse::answers(false, &bytes, watched.id()) {
+        let why = "the MCP server's answer does not answer this request";
+        return fail(&audit, &watched, why, StatusCode::BAD_GATEWAY).await;
+    }
     let (out, event) = settle(
         &audit,
         &mount,
@@ -121,7 +137,7 @@ fn settle(
             let (app, caller) = (&audit.app, &audit.caller);
             let mut returned = 0;
             let out = sse::rewrite(is_sse, body, |m| {
-                if m.get("id") == Some(id) {
+                if m.get("id").is_some_and(|x| jsonrpc::same_id(x, id)) {
                     app.mounts.learn(&mount.name, m);
                     returned = jsonrpc::filter_tools(m, |tool, ann| {
                         let scope = mount.scopes.for_tool(tool, ann);
@@ -161,6 +177,11 @@ fn pump(
         loop {
             while let Some(end) = sse::event_end(&buf) {
                 let mut event: Vec<u8> = buf.drain(..end).collect();
+                if sse::answers_other(true, &event, watched.id()) {
+                    // A stream answers one request: an answer to another is not passed on.
+                    tracing::warn!("dropped an upstream answer to another request id");
+                    continue;
+                }
                 if !settled && sse::answers(true, &event, watched.id()) {
                     settled = true;
                     let (out, record) = settle(&audit, &mount, &watched, true, &event, false);
@@ -172,8 +193,19 @@ fn pump(
                     }
                     event = out;
                 }
-                if reading && tx.send(Ok(Bytes::from(event))).await.is_err() {
-                    reading = false;
+                // A caller that stops reading must not hold up the record: until the answer is
+                // settled, the deadline bounds the wait too.
+                if reading {
+                    let sent = if settled {
+                        tx.send(Ok(Bytes::from(event))).await.is_ok()
+                    } else {
+                        matches!(
+                            tokio::time::timeout_at(deadline, tx.send(Ok(Bytes::from(event))))
+                                .await,
+                            Ok(Ok(()))
+                        )
+                    };
+                    reading = sent;
                 }
                 if settled && !reading {
                     return;

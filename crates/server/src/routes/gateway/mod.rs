@@ -187,7 +187,7 @@ pub async fn mcp(
             if !mount.scopes.explicit.contains_key(&c.tool)
                 && app.mounts.annotations(&mount.name, &c.tool).is_none()
             {
-                upstream::learn_tools(&app, &mount, &headers, &assertion).await;
+                upstream::learn_tools(&app, &mount, &headers, &assertion, &c.tool).await;
             }
             let annotations = app.mounts.annotations(&mount.name, &c.tool);
             Some(
@@ -252,19 +252,18 @@ pub async fn mcp(
                     return unavailable();
                 }
                 denial_response(&d, &metadata_url, Some(&call.id))
-            } else if audit.record(vec![audit.started(&call)]).await.is_err() {
-                // What cannot be recorded is not done: the upstream never sees this call.
-                unavailable()
             } else {
+                // Recorded first, in the exchange's own task (see `exchange::run`).
+                let start = Some(audit.started(&call));
                 let w = Watched::Call(call);
-                exchange::run(audit, mount, method, headers, body, assertion, w).await
+                exchange::run(audit, mount, method, headers, body, assertion, w, start).await
             }
         }
         (Some(w @ Watched::List(_)), _) => {
             if !app.ledger.healthy() {
                 return unavailable();
             }
-            exchange::run(audit, mount, method, headers, body, assertion, w).await
+            exchange::run(audit, mount, method, headers, body, assertion, w, None).await
         }
         _ => match upstream::send(&app, &mount, &method, &headers, body, assertion).await {
             Ok(r) => r,

@@ -2,6 +2,7 @@
 //! line, and an event's JSON-RPC message is its `data:` lines joined with newlines (an upstream
 //! may split one message over several lines).
 
+use grantline_gateway::jsonrpc::same_id;
 use serde_json::Value;
 
 /// The end (exclusive) of the first complete event in `buf`, if any.
@@ -124,7 +125,23 @@ pub fn visit(is_sse: bool, body: &[u8], mut f: impl FnMut(&Value)) {
 pub fn answers(is_sse: bool, body: &[u8], id: &Value) -> bool {
     let mut found = false;
     visit(is_sse, body, |m| {
-        if m.get("id") == Some(id) && (m.get("result").is_some() || m.get("error").is_some()) {
+        if m.get("id").is_some_and(|x| same_id(x, id))
+            && (m.get("result").is_some() || m.get("error").is_some())
+        {
+            found = true;
+        }
+    });
+    found
+}
+
+/// Whether a body (or event) carries an answer (result or error) to some other request than
+/// `id`: on a stream that answers one request, something not to pass on unrecorded.
+pub fn answers_other(is_sse: bool, body: &[u8], id: &Value) -> bool {
+    let mut found = false;
+    visit(is_sse, body, |m| {
+        if (m.get("result").is_some() || m.get("error").is_some())
+            && !m.get("id").is_some_and(|x| same_id(x, id))
+        {
             found = true;
         }
     });
@@ -135,7 +152,7 @@ pub fn answers(is_sse: bool, body: &[u8], id: &Value) -> bool {
 pub fn error_code(is_sse: bool, body: &[u8], id: &Value) -> Option<i64> {
     let mut code = None;
     visit(is_sse, body, |m| {
-        if m.get("id") == Some(id)
+        if m.get("id").is_some_and(|x| same_id(x, id))
             && let Some(c) = m.get("error").and_then(|e| e.get("code"))
         {
             code = c.as_i64();

@@ -13,12 +13,14 @@ use grantline_gateway::Caller;
 /// Header carrying the caller's identity to the upstream (an EdDSA JWT, verifiable with the JWKS).
 pub const IDENTITY_HEADER: &str = "x-grantline-identity";
 /// Headers passed through in each direction.
+/// Not `Last-Event-ID`: a resumed stream would replay answers (tool results, unfiltered
+/// listings) past the gateway's recording and filtering, so streams are not resumed through
+/// the gateway; a client that lost one sends its request again.
 const TO_UPSTREAM: &[&str] = &[
     "content-type",
     "accept",
     "mcp-session-id",
     "mcp-protocol-version",
-    "last-event-id",
 ];
 const FROM_UPSTREAM: &[&str] = &[
     "content-type",
@@ -110,11 +112,19 @@ pub fn is_sse(r: &Response) -> bool {
 }
 
 /// Asks the upstream for its tools (as the caller, in the caller's session) to learn the
-/// annotations of a tool called before any `tools/list` went through the gateway: at most
-/// once per [`crate::gateway::LEARN_INTERVAL`] per resource. Without an answer the tool needs
-/// the write scope.
-pub async fn learn_tools(app: &App, mount: &Mount, headers: &HeaderMap, assertion: &str) {
-    if !app.mounts.may_ask(&mount.name) {
+/// annotations of `tool`, called before any `tools/list` went through the gateway: at most
+/// once per [`crate::gateway::LEARN_INTERVAL`] per resource; concurrent callers wait for the
+/// one answer. Without an answer the tool needs the write scope.
+pub async fn learn_tools(
+    app: &App,
+    mount: &Mount,
+    headers: &HeaderMap,
+    assertion: &str,
+    tool: &str,
+) {
+    let lock = app.mounts.asking(&mount.name);
+    let _asking = lock.lock().await;
+    if app.mounts.annotations(&mount.name, tool).is_some() || !app.mounts.may_ask(&mount.name) {
         return;
     }
     let body = serde_json::json!({"jsonrpc": "2.0", "id": "grantline-gateway-tools", "method": "tools/list"});
