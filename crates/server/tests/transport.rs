@@ -21,6 +21,7 @@ struct Seen {
     session: Option<String>,
     version: Option<String>,
     authorization: Option<String>,
+    last_event_id: Option<String>,
     body: Vec<u8>,
 }
 
@@ -43,6 +44,7 @@ async fn start_upstream() -> (String, Arc<Mutex<Vec<Seen>>>) {
                         session: h("mcp-session-id"),
                         version: h("mcp-protocol-version"),
                         authorization: h("authorization"),
+                        last_event_id: h("last-event-id"),
                         body: body.to_vec(),
                     });
                     let sse = |text: String| {
@@ -72,7 +74,28 @@ async fn start_upstream() -> (String, Arc<Mutex<Vec<Seen>>>) {
                             {"name": "hang", "inputSchema": {"type": "object"}, "annotations": {"readOnlyHint": true}},
                             {"name": "split", "inputSchema": {"type": "object"}, "annotations": {"readOnlyHint": true}},
                             {"name": "write", "inputSchema": {"type": "object"}},
+                            {"name": "quick", "inputSchema": {"type": "object"}, "annotations": {"readOnlyHint": true}},
+                            {"name": "float_id", "inputSchema": {"type": "object"}, "annotations": {"readOnlyHint": true}},
+                            {"name": "wrong_id", "inputSchema": {"type": "object"}, "annotations": {"readOnlyHint": true}},
+                            {"name": "stray", "inputSchema": {"type": "object"}, "annotations": {"readOnlyHint": true}},
                         ]}})).into_response(),
+                        ("tools/call", "float_id") => {
+                            // An upstream that echoes the integer id as a float.
+                            let mut answer = ok("float");
+                            answer["id"] = json!(id.as_f64());
+                            axum::Json(answer).into_response()
+                        }
+                        ("tools/call", "wrong_id") => {
+                            let mut answer = ok("not yours");
+                            answer["id"] = json!("someone-else");
+                            axum::Json(answer).into_response()
+                        }
+                        ("tools/call", "stray") => {
+                            // A stream carrying an answer to another request before its own.
+                            let mut other = ok("not yours");
+                            other["id"] = json!("someone-else");
+                            sse(format!("data: {other}\n\ndata: {}\n\n", ok("stray done")))
+                        }
                         ("tools/call", "slow") => {
                             tokio::time::sleep(Duration::from_millis(800)).await;
                             axum::Json(ok("slow done")).into_response()
@@ -235,6 +258,19 @@ async fn methods_sessions_and_protocol_versions_pass_through_untouched() {
         assert_eq!(m.version.as_deref(), Some("2026-07-28"));
         assert!(m.body.is_empty());
     }
+    // Streams are not resumed through the gateway: Last-Event-ID stays here.
+    let r = browser()
+        .get(s.url("/mcp/rec"))
+        .bearer_auth(&token)
+        .header("accept", "text/event-stream")
+        .header("mcp-session-id", "sess-1")
+        .header("last-event-id", "42")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let last = seen.lock().unwrap().last().cloned().unwrap();
+    assert_eq!((last.method.as_str(), last.last_event_id), ("GET", None));
     // Nothing else is forwarded.
     let before = seen.lock().unwrap().len();
     let r = browser()
@@ -330,6 +366,78 @@ async fn every_call_is_recorded_however_the_exchange_ends() {
     let listed = grantline_server::admin::pat_list(&s.app, None);
     assert!(listed[0]["last_used"].is_string(), "{listed:?}");
     s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_are_matched_to_their_request_by_id_value() {
+    let (up, _) = start_upstream().await;
+    let db = sqlite().await;
+    let (s, _d) = start(&db, &up, "").await;
+    let (_, token) = pat(&s, "rec:read").await;
+    // Two first calls at once, before any listing: both wait for the one tools/list the
+    // gateway asks for, and both are held to the read scope the annotations give.
+    let (a, b) = tokio::join!(
+        post(&s, &token, &call(1, "quick")).send(),
+        post(&s, &token, &call(2, "quick")).send()
+    );
+    assert_eq!(
+        (a.unwrap().status(), b.unwrap().status()),
+        (StatusCode::OK, StatusCode::OK)
+    );
+    // `5.0` answers request 5.
+    let r = post(&s, &token, &call(5, "float_id")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(r.text().await.unwrap().contains("float"));
+    // An answer to another id is not passed on: recorded as an upstream error, 502.
+    let r = post(&s, &token, &call(6, "wrong_id")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
+    assert!(!r.text().await.unwrap().contains("not yours"));
+    // On a stream, the stray answer is dropped and the call's own passes.
+    let r = post(&s, &token, &call(7, "stray")).send().await.unwrap();
+    let text = r.text().await.unwrap();
+    assert!(
+        text.contains("stray done") && !text.contains("not yours"),
+        "{text}"
+    );
+    let events = tool_events(&s).await;
+    let outcome = |tool: &str| {
+        events.iter().find_map(|p| match p {
+            Payload::ToolCalled(c) if c.tool == tool => Some(c.outcome),
+            _ => None,
+        })
+    };
+    assert_eq!(outcome("float_id"), Some(ToolOutcome::Ok));
+    assert_eq!(outcome("wrong_id"), Some(ToolOutcome::UpstreamError));
+    assert_eq!(outcome("stray"), Some(ToolOutcome::Ok));
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_waits_for_calls_in_flight() {
+    let (up, _) = start_upstream().await;
+    let db = sqlite().await;
+    let (s, _d) = start(&db, &up, "").await;
+    let (_, token) = pat(&s, "rec:read").await;
+    let list = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"});
+    assert_eq!(
+        post(&s, &token, &list).send().await.unwrap().status(),
+        StatusCode::OK
+    );
+    // The caller leaves at once; the server stops while the tool is still running.
+    let _ = post(&s, &token, &call(2, "slow"))
+        .timeout(Duration::from_millis(100))
+        .send()
+        .await;
+    let app = s.app.clone();
+    s.stop().await;
+    let recorded = app
+        .store()
+        .read(0, 10_000)
+        .await
+        .unwrap()
+        .iter()
+        .any(|e| matches!(e.payload(), Payload::ToolCalled(c) if c.tool == "slow" && c.outcome == ToolOutcome::Ok));
+    assert!(recorded, "the outcome was written before the ledger closed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
