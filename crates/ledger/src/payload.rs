@@ -398,6 +398,9 @@ pub struct ConsentGranted {
     pub client_name: Option<String>,
     /// False when an earlier consent covered the request and no page was shown.
     pub prompted: bool,
+    /// The consent page answered (a digest of its request id): each page is answered once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consent_page: Option<String>,
     /// The HTTP request that caused it, when one did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request: Option<RequestMeta>,
@@ -409,6 +412,9 @@ pub struct ConsentDenied {
     pub client_id: String,
     pub resource: String,
     pub scopes: Vec<String>,
+    /// The consent page answered (a digest of its request id): each page is answered once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consent_page: Option<String>,
     /// The HTTP request that caused it, when one did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request: Option<RequestMeta>,

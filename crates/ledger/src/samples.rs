@@ -208,6 +208,7 @@ pub fn all() -> Vec<Payload> {
         }
         .into(),
         ConsentGranted {
+            consent_page: Some(digest("consent-page")),
             request: Some(meta(&user_subject)),
             requested_scopes: scopes.clone(),
             client_name: Some("Claude Desktop".into()),
@@ -220,6 +221,7 @@ pub fn all() -> Vec<Payload> {
         }
         .into(),
         ConsentDenied {
+            consent_page: Some(digest("consent-page")),
             request: Some(meta(&user_subject)),
             user_id: USER.into(),
             client_id: CLIENT.into(),

@@ -205,6 +205,20 @@ pub struct Approval {
     pub now: Timestamp,
     pub fresh: FreshCode,
     pub request: Option<RequestMeta>,
+    /// The consent page this answers (a digest of its request id); `None` when none was shown.
+    pub consent_page: Option<String>,
+}
+
+/// Refuses a second answer to the same consent page (a re-posted form, the back button).
+fn answered_before(state: &State, consent_page: Option<&String>) -> Result<(), OAuthError> {
+    match consent_page {
+        Some(p) if state.answered_consent_pages.contains_key(p) => {
+            Err(OAuthError::invalid_request(
+                "this consent page was already answered; start again from the application",
+            ))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// The user approved (or an earlier consent covers the request): record the consent and the
@@ -221,7 +235,11 @@ pub fn approve(
         now,
         fresh,
         request,
+        consent_page,
     } = approval;
+    if let Err(e) = answered_before(state, consent_page.as_ref()) {
+        return e.into();
+    }
     if state.users.get(user_id).is_none_or(|u| u.disabled) {
         return OAuthError::new(ErrorCode::AccessDenied, "the user is disabled").into();
     }
@@ -239,6 +257,7 @@ pub fn approve(
             StreamId::grant(&grant_id),
             actor.clone(),
             ConsentGranted {
+                consent_page: consent_page.clone(),
                 grant_id: grant_id.clone(),
                 user_id: user_id.to_string(),
                 client_id: v.client_id.clone(),
@@ -276,13 +295,23 @@ pub fn approve(
 }
 
 /// The user refused.
-pub fn deny(user_id: &str, v: &Validated, request: Option<RequestMeta>) -> Decision<()> {
+pub fn deny(
+    state: &State,
+    user_id: &str,
+    v: &Validated,
+    request: Option<RequestMeta>,
+    consent_page: Option<String>,
+) -> Decision<()> {
+    if let Err(e) = answered_before(state, consent_page.as_ref()) {
+        return e.into();
+    }
     let event = NewEvent::new(
         StreamId::user(user_id),
         Actor::User {
             id: user_id.to_string(),
         },
         ConsentDenied {
+            consent_page: consent_page.clone(),
             user_id: user_id.to_string(),
             client_id: v.client_id.clone(),
             resource: v.resource.id.clone(),

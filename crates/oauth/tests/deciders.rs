@@ -235,6 +235,7 @@ impl World {
             now: self.now,
             fresh,
             request: None,
+            consent_page: None,
         };
         let d = authorize::approve(&self.state, &self.settings, user, &v, approval);
         self.commit(&d.append).unwrap();
@@ -593,13 +594,58 @@ fn approval_for_a_disabled_user_is_refused_and_denial_is_recorded() {
         now: w.now,
         fresh,
         request: None,
+        consent_page: None,
     };
     let d = authorize::approve(&w.state, &w.settings, &user, &v, approval);
     assert_eq!(code_of(&d), "access_denied");
     assert!(d.append.events.is_empty());
-    let deny = authorize::deny(&user, &v, None);
+    let deny = authorize::deny(&w.state, &user, &v, None, None);
     assert_eq!(code_of(&deny), "access_denied");
     assert_eq!(deny.append.events[0].payload.kind(), Kind::ConsentDenied);
+}
+
+#[test]
+fn a_consent_page_is_answered_once() {
+    let mut w = World::new();
+    let client = w.public_client();
+    let user = w.user();
+    let v = authorize::validate(&w.state, &w.settings, &w.query(&client)).unwrap();
+    let approval = |w: &mut World, page: &str| Approval {
+        prompted: true,
+        now: w.now,
+        fresh: FreshCode {
+            code: Secret(format!("glc_{}", w.id("c"))),
+            grant_id: w.id("g"),
+            family_id: w.id("f"),
+        },
+        request: None,
+        consent_page: Some(page.into()),
+    };
+    let a = approval(&mut w, "page-1");
+    let d = authorize::approve(&w.state, &w.settings, &user, &v, a);
+    w.commit(&d.append).unwrap();
+    assert!(d.outcome.is_ok());
+    // The same page again, approved or denied: refused, nothing recorded.
+    let again = approval(&mut w, "page-1");
+    let d = authorize::approve(&w.state, &w.settings, &user, &v, again);
+    assert_eq!(code_of(&d), "invalid_request");
+    assert!(d.append.events.is_empty());
+    let d = authorize::deny(&w.state, &user, &v, None, Some("page-1".into()));
+    assert_eq!(code_of(&d), "invalid_request");
+    assert!(d.append.events.is_empty());
+    // A denied page is answered too.
+    let d = authorize::deny(&w.state, &user, &v, None, Some("page-2".into()));
+    w.commit(&d.append).unwrap();
+    let other = approval(&mut w, "page-2");
+    let d = authorize::approve(&w.state, &w.settings, &user, &v, other);
+    assert_eq!(code_of(&d), "invalid_request");
+    // Another page is its own.
+    let third = approval(&mut w, "page-3");
+    assert!(
+        authorize::approve(&w.state, &w.settings, &user, &v, third)
+            .outcome
+            .is_ok()
+    );
 }
 
 // ---------------------------------------------------------------- authorization_code
@@ -677,6 +723,7 @@ fn code_exchange_errors() {
         now: w.now,
         fresh,
         request: None,
+        consent_page: None,
     };
     let d = authorize::approve(&w.state, &w.settings, &user, &v, approval);
     w.commit(&d.append).unwrap();

@@ -788,6 +788,10 @@ grantline_store::backend_tests! {
         let r = answer(field(&page, "request_id")).await.unwrap();
         assert_eq!(r.status(), StatusCode::SEE_OTHER);
         assert!(r.headers()["location"].to_str().unwrap().contains("code="));
+        // The same page posted again (the back button): refused, no second code.
+        let r = answer(field(&page, "request_id")).await.unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        assert!(r.text().await.unwrap().contains("already answered"));
         // Sign out on A (the logout form is on the consent page), keeping the old cookie.
         let cookie = jar.cookies(&a.base.parse().unwrap()).unwrap();
         let page = br.get(authorize_url(&a, &{

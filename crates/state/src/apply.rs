@@ -124,7 +124,12 @@ pub fn apply(state: &mut State, event: &Recorded) {
                 .ended_sessions
                 .insert(e.session_id.clone(), e.expires_at);
         }
-        Payload::LoginFailed(_) | Payload::ConsentDenied(_) | Payload::OAuthRefused(_) => {}
+        Payload::ConsentDenied(e) => {
+            if let Some(p) = &e.consent_page {
+                rules::on_consent_page_answered(state, p, at);
+            }
+        }
+        Payload::LoginFailed(_) | Payload::OAuthRefused(_) => {}
         Payload::ConsentGranted(e) => {
             let g = state
                 .grants
@@ -140,6 +145,9 @@ pub fn apply(state: &mut State, event: &Recorded) {
                     families: Vec::new(),
                 });
             g.scopes.extend(e.scopes.iter().cloned());
+            if let Some(p) = &e.consent_page {
+                rules::on_consent_page_answered(state, p, at);
+            }
             state.grant_index.insert(
                 GrantKey {
                     user_id: e.user_id.clone(),

@@ -36,6 +36,8 @@ pub struct State {
     pub policies: HashMap<String, HashMap<String, String>>,
     /// Sessions signed out before their cookie expires: session id → cookie expiry.
     pub ended_sessions: HashMap<String, Timestamp>,
+    /// Consent pages already answered (digest of the page's request id) → when.
+    pub answered_consent_pages: HashMap<String, Timestamp>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

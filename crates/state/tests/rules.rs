@@ -52,6 +52,7 @@ fn history() -> Vec<Recorded> {
     push(user.clone().into());
     push(
         ConsentGranted {
+            consent_page: None,
             request: None,
             requested_scopes: Vec::new(),
             client_name: None,

@@ -134,6 +134,7 @@ impl Generator {
             StreamId::grant(&grant),
             &actor,
             ConsentGranted {
+                consent_page: None,
                 request: None,
                 requested_scopes: Vec::new(),
                 client_name: None,

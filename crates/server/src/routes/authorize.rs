@@ -239,7 +239,7 @@ pub async fn authorize(
     tracing::Span::current().record("user_id", s.user_id.as_str());
     let ask = needs_consent(&app.projection.read(), &s.user_id, &v);
     if !ask {
-        return issue_code(&app, &ctx, &s.user_id, &v, false).await;
+        return issue_code(&app, &ctx, &s.user_id, &v, None).await;
     }
     let request_id = consent_request_id(app.now().0 / 1_000_000, &raw);
     let username = app
@@ -281,8 +281,9 @@ async fn issue_code(
     ctx: &RequestContext,
     user_id: &str,
     v: &Validated,
-    prompted: bool,
+    consent_page: Option<String>,
 ) -> Response {
+    let prompted = consent_page.is_some();
     let meta = match app.request_meta(ctx, &pii::user_subject(user_id)).await {
         Ok(m) => m,
         Err(e) => return e.into_response(),
@@ -301,6 +302,7 @@ async fn issue_code(
                 now,
                 fresh: fresh.clone(),
                 request: Some(meta.clone()),
+                consent_page: consent_page.clone(),
             };
             approve(s, &settings, user_id, v, approval)
         })
@@ -396,13 +398,27 @@ pub async fn consent(
         Ok(q) => q,
         Err(e) => return pages::error(StatusCode::BAD_REQUEST, "Bad request", &e.description),
     };
+    // Each page is answered once: a re-posted form (the back button) changes nothing.
+    let page = grantline_ledger::secret_digest(request_id.as_bytes());
+    if app
+        .projection
+        .read()
+        .answered_consent_pages
+        .contains_key(&page)
+    {
+        return pages::error(
+            StatusCode::BAD_REQUEST,
+            "Already answered",
+            "This authorization request was already answered. Start again from the application.",
+        );
+    }
     let v = match checked(&app, &ctx, &q).await {
         Ok(v) => v,
         Err(r) => return r,
     };
     match get("decision").as_str() {
         "approve" => {
-            let r = issue_code(&app, &ctx, &s.user_id, &v, true).await;
+            let r = issue_code(&app, &ctx, &s.user_id, &v, Some(page)).await;
             // A form POST answered with 303 so the browser follows with GET.
             if r.status() == StatusCode::FOUND {
                 let mut r = r;
@@ -416,7 +432,10 @@ pub async fn consent(
                 .request_meta(&ctx, &pii::user_subject(&s.user_id))
                 .await
                 .ok();
-            match app.run(|_| deny(&s.user_id, &v, meta.clone())).await {
+            let denied = app
+                .run(|state| deny(state, &s.user_id, &v, meta.clone(), Some(page.clone())))
+                .await;
+            match denied {
                 Ok((Err(e), _)) => {
                     let mut r = error_redirect(&ctx, &v.redirect_uri, v.state.as_deref(), &e);
                     *r.status_mut() = StatusCode::SEE_OTHER;

@@ -1,11 +1,13 @@
 //! Rules the fold applies. Each is named after what it does, one file each.
 
+mod consent_page;
 mod family;
 mod grant;
 mod replay;
 mod reuse;
 mod rotation;
 
+pub(crate) use consent_page::on_consent_page_answered;
 pub(crate) use family::revoke_family;
 pub(crate) use grant::on_grant_revoked;
 pub(crate) use replay::on_code_replayed;
