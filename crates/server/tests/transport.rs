@@ -191,6 +191,29 @@ async fn tool_events(s: &Server) -> Vec<Payload> {
         .collect()
 }
 
+/// The outcome (and reason) `tool.called` recorded for `tool`.
+fn called(events: &[Payload], tool: &str) -> Option<(ToolOutcome, Option<String>)> {
+    events.iter().find_map(|p| match p {
+        Payload::ToolCalled(c) if c.tool == tool => Some((c.outcome, c.reason.clone())),
+        _ => None,
+    })
+}
+
+/// A server in front of the recording upstream, a personal access token with `scope`, and the
+/// tools listed once (so their annotations are known).
+async fn listed(scope: &str) -> (Server, tempfile::TempDir, String, TestDb) {
+    let (up, _) = start_upstream().await;
+    let db = sqlite().await;
+    let (s, d) = start(&db, &up, "").await;
+    let (_, token) = pat(&s, scope).await;
+    let list = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"});
+    assert_eq!(
+        post(&s, &token, &list).send().await.unwrap().status(),
+        StatusCode::OK
+    );
+    (s, d, token, db)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn methods_sessions_and_protocol_versions_pass_through_untouched() {
     let (up, seen) = start_upstream().await;
@@ -314,16 +337,8 @@ async fn tool_messages_in_batches_and_calls_without_an_id_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_call_is_recorded_however_the_exchange_ends() {
-    let (up, _) = start_upstream().await;
-    let db = sqlite().await;
-    let (s, _d) = start(&db, &up, "").await;
-    let (_, token) = pat(&s, "rec:read").await;
-    // Learn the annotations (they make these tools read-only).
-    let list = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"});
-    assert_eq!(
-        post(&s, &token, &list).send().await.unwrap().status(),
-        StatusCode::OK
-    );
+    // The listing makes these tools read-only.
+    let (s, _d, token, _db) = listed("rec:read").await;
     // The client gives up after 200 ms; the tool answers after 800 ms.
     let gone = post(&s, &token, &call(2, "slow"))
         .timeout(Duration::from_millis(200))
@@ -339,12 +354,7 @@ async fn every_call_is_recorded_however_the_exchange_ends() {
     assert!(r.text().await.unwrap().contains("split done"));
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let events = tool_events(&s).await;
-    let outcome = |tool: &str| {
-        events.iter().find_map(|p| match p {
-            Payload::ToolCalled(c) if c.tool == tool => Some((c.outcome, c.reason.clone())),
-            _ => None,
-        })
-    };
+    let outcome = |tool: &str| called(&events, tool);
     let started = |tool: &str| {
         events
             .iter()
@@ -400,12 +410,7 @@ async fn answers_are_matched_to_their_request_by_id_value() {
         "{text}"
     );
     let events = tool_events(&s).await;
-    let outcome = |tool: &str| {
-        events.iter().find_map(|p| match p {
-            Payload::ToolCalled(c) if c.tool == tool => Some(c.outcome),
-            _ => None,
-        })
-    };
+    let outcome = |tool: &str| called(&events, tool).map(|(o, _)| o);
     assert_eq!(outcome("float_id"), Some(ToolOutcome::Ok));
     assert_eq!(outcome("wrong_id"), Some(ToolOutcome::UpstreamError));
     assert_eq!(outcome("stray"), Some(ToolOutcome::Ok));
@@ -414,15 +419,7 @@ async fn answers_are_matched_to_their_request_by_id_value() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_waits_for_calls_in_flight() {
-    let (up, _) = start_upstream().await;
-    let db = sqlite().await;
-    let (s, _d) = start(&db, &up, "").await;
-    let (_, token) = pat(&s, "rec:read").await;
-    let list = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"});
-    assert_eq!(
-        post(&s, &token, &list).send().await.unwrap().status(),
-        StatusCode::OK
-    );
+    let (s, _d, token, _db) = listed("rec:read").await;
     // The caller leaves at once; the server stops while the tool is still running.
     let _ = post(&s, &token, &call(2, "slow"))
         .timeout(Duration::from_millis(100))

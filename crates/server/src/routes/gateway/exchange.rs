@@ -15,16 +15,21 @@ use grantline_gateway::{authority, jsonrpc};
 use grantline_ledger::{NewEvent, ToolOutcome};
 use tokio::sync::{mpsc, oneshot};
 
+/// The request as it goes upstream.
+pub struct Outgoing {
+    pub mount: Mount,
+    pub method: Method,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    /// The identity assertion for the upstream.
+    pub identity: String,
+}
+
 /// Records `start` (if any; a call is not made unless it is durable), forwards the request and
 /// records the answer to `watched`; see the module docs.
-#[allow(clippy::too_many_arguments)]
 pub async fn run(
     audit: Audit,
-    mount: Mount,
-    method: Method,
-    headers: HeaderMap,
-    body: Bytes,
-    identity: String,
+    out: Outgoing,
     watched: Watched,
     start: Option<NewEvent>,
 ) -> Response {
@@ -38,7 +43,7 @@ pub async fn run(
             let _ = tx.send(unavailable());
             return;
         }
-        let answer = exchange(audit, mount, method, headers, body, identity, watched).await;
+        let answer = exchange(audit, out, watched).await;
         let _ = tx.send(answer);
     });
     rx.await.unwrap_or_else(|_| {
@@ -46,15 +51,14 @@ pub async fn run(
     })
 }
 
-async fn exchange(
-    audit: Audit,
-    mount: Mount,
-    method: Method,
-    headers: HeaderMap,
-    body: Bytes,
-    identity: String,
-    watched: Watched,
-) -> Response {
+async fn exchange(audit: Audit, out: Outgoing, watched: Watched) -> Response {
+    let Outgoing {
+        mount,
+        method,
+        headers,
+        body,
+        identity,
+    } = out;
     let deadline = tokio::time::Instant::now() + mount.timeout;
     let resp = match upstream::send(&audit.app, &mount, &method, &headers, body, identity).await {
         Ok(r) => r,

@@ -255,15 +255,28 @@ pub async fn mcp(
             } else {
                 // Recorded first, in the exchange's own task (see `exchange::run`).
                 let start = Some(audit.started(&call));
-                let w = Watched::Call(call);
-                exchange::run(audit, mount, method, headers, body, assertion, w, start).await
+                let out = exchange::Outgoing {
+                    mount,
+                    method,
+                    headers,
+                    body,
+                    identity: assertion,
+                };
+                exchange::run(audit, out, Watched::Call(call), start).await
             }
         }
         (Some(w @ Watched::List(_)), _) => {
             if !app.ledger.healthy() {
                 return unavailable();
             }
-            exchange::run(audit, mount, method, headers, body, assertion, w, None).await
+            let out = exchange::Outgoing {
+                mount,
+                method,
+                headers,
+                body,
+                identity: assertion,
+            };
+            exchange::run(audit, out, w, None).await
         }
         _ => match upstream::send(&app, &mount, &method, &headers, body, assertion).await {
             Ok(r) => r,
