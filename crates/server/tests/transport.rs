@@ -479,31 +479,7 @@ async fn refused_calls_count_against_the_limits_and_the_client_bucket_holds() {
     // Per client: an OAuth client's calls share one bucket.
     let db = sqlite().await;
     let (s, _d) = start(&db, &up, "client_per_minute = 2").await;
-    let (client, code, verifier) = {
-        let client = register_public(&s, REDIRECT).await;
-        let b = browser();
-        login(&s, &b).await;
-        let (verifier, challenge) = pkce();
-        let resource = s.url("/mcp/rec");
-        let u = approve(
-            &s,
-            &b,
-            &authorize_url(
-                &s,
-                &[
-                    ("response_type", "code"),
-                    ("client_id", &client),
-                    ("redirect_uri", REDIRECT),
-                    ("scope", "rec:read"),
-                    ("code_challenge", &challenge),
-                    ("code_challenge_method", "S256"),
-                    ("resource", &resource),
-                ],
-            ),
-        )
-        .await;
-        (client, query(&u, "code").unwrap(), verifier)
-    };
+    let (client, code, verifier) = code_for(&s, &s.url("/mcp/rec"), "rec:read").await;
     let (_, t) = exchange(&s, &client, &code, &verifier).await;
     let at = get(&t, "access_token");
     for _ in 0..2 {

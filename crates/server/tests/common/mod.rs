@@ -245,11 +245,15 @@ pub fn query(u: &url::Url, k: &str) -> Option<String> {
 
 /// A signed-in browser's code for a new public client: (client_id, code, verifier).
 pub async fn code(s: &Server, scope: &str) -> (String, String, String) {
+    code_for(s, &s.resource(), scope).await
+}
+
+/// As [`code`], for `resource`.
+pub async fn code_for(s: &Server, resource: &str, scope: &str) -> (String, String, String) {
     let client = register_public(s, REDIRECT).await;
     let b = browser();
     login(s, &b).await;
     let (verifier, challenge) = pkce();
-    let resource = s.resource();
     let u = approve(
         s,
         &b,
@@ -263,7 +267,7 @@ pub async fn code(s: &Server, scope: &str) -> (String, String, String) {
                 ("state", "xyz"),
                 ("code_challenge", &challenge),
                 ("code_challenge_method", "S256"),
-                ("resource", &resource),
+                ("resource", resource),
             ],
         ),
     )
