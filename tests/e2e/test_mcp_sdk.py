@@ -1,161 +1,104 @@
-"""The official MCP Python SDK (`mcp` from PyPI) against `grantline serve`, with its own OAuth
+"""The official MCP Python SDK (`mcp` 2.x from PyPI) against `grantline serve`, with its own OAuth
 client: 401 → protected-resource metadata → authorization-server metadata → dynamic
-registration → authorize (this test's redirect handler signs in and consents over HTTP) →
+registration → authorize (the test's redirect handler signs in and consents over HTTP) →
 token → initialize → tools/list → tools/call → a refresh on its own (4-second access tokens) →
 step-up for a write tool → the user revokes the grant → the next call is refused and the SDK
 authorizes again. Then the ledger is checked."""
 import asyncio
 import json
 import os
-import re
-import html
 import subprocess
-import time
-import urllib.parse
 
-import requests
-from mcp import ClientSession
-from mcp.client.auth import OAuthClientProvider, TokenStorage
-from mcp.client.streamable_http import streamablehttp_client
-from mcp.shared.auth import OAuthClientInformationFull, OAuthClientMetadata, OAuthToken
-
-from conftest import ADMIN_PASSWORD, ROOT
+from conftest import ROOT
+from mcp_client import Browser, MemoryStorage, sdk_client, text_of
 
 REDIRECT = "http://127.0.0.1:8766/callback"
 
 
-def field(page, name, after=None):
-    if after:
-        page = page[page.index(after):]
-    m = re.search(r'name="%s" value="([^"]*)"' % re.escape(name), page)
-    assert m, f"no {name} in page"
-    return html.unescape(m.group(1))
+def paths(seen, start=0):
+    return [(m, p, s) for (m, p, s, _) in seen[start:]]
 
 
-class MemoryStorage(TokenStorage):
-    def __init__(self):
-        self.tokens = None
-        self.client = None
-        self.history = []
-
-    async def get_tokens(self):
-        return self.tokens
-
-    async def set_tokens(self, tokens: OAuthToken):
-        self.tokens = tokens
-        self.history.append(tokens)
-
-    async def get_client_info(self):
-        return self.client
-
-    async def set_client_info(self, info: OAuthClientInformationFull):
-        self.client = info
-
-
-class Browser:
-    """Plays the user: signs in once, approves every consent page it is shown."""
-
-    def __init__(self, base):
-        self.base = base
-        self.session = requests.Session()
-        self.callbacks = []
-        self.consents = 0
-
-    def authorize(self, url):
-        r = self.session.get(url, allow_redirects=False)
-        if r.status_code == 302 and "/login?" in r.headers["location"]:
-            page = self.session.get(r.headers["location"]).text
-            r = self.session.post(self.base + "/login", data={
-                "username": "admin", "password": ADMIN_PASSWORD,
-                "csrf": field(page, "csrf"), "return_to": field(page, "return_to"),
-            }, allow_redirects=False)
-            assert r.status_code == 303, r.text
-            r = self.session.get(r.headers["location"], allow_redirects=False)
-        if r.status_code == 200:
-            self.consents += 1
-            page = r.text
-            r = self.session.post(self.base + "/oauth/consent", data={
-                "request_id": field(page, "request_id"), "csrf": field(page, "csrf"),
-                "decision": "approve",
-            }, allow_redirects=False)
-        assert r.status_code in (302, 303), r.text
-        location = r.headers["location"]
-        assert location.startswith(REDIRECT), location
-        self.callbacks.append(location)
-
-    async def redirect_handler(self, url):
-        await asyncio.to_thread(self.authorize, url)
-
-    async def callback_handler(self):
-        q = urllib.parse.parse_qs(urllib.parse.urlparse(self.callbacks[-1]).query)
-        return q["code"][0], q.get("state", [None])[0]
-
-    def revoke_all_grants(self):
-        page = self.session.get(self.base + "/account").text
-        while 'name="grant_id"' in page:
-            r = self.session.post(self.base + "/account/grants/revoke", data={
-                "csrf": field(page, "csrf"), "grant_id": field(page, "grant_id"),
-            }, allow_redirects=False)
-            assert r.status_code == 303, r.text
-            page = self.session.get(self.base + "/account").text
-
-
-def text_of(result):
-    return " ".join(c.text for c in result.content if getattr(c, "type", "") == "text")
-
-
-async def scenario(server, browser, storage):
+async def scenario(server, browser, storage, seen):
     url = server.base + "/mcp/demo"
-    provider = OAuthClientProvider(
-        server_url=url,
-        client_metadata=OAuthClientMetadata(
-            client_name="MCP SDK e2e",
-            redirect_uris=[REDIRECT],
-            grant_types=["authorization_code", "refresh_token"],
-            response_types=["code"],
-            token_endpoint_auth_method="none",
-        ),
-        storage=storage,
-        redirect_handler=browser.redirect_handler,
-        callback_handler=browser.callback_handler,
-    )
-    async with streamablehttp_client(url, auth=provider) as (read, write, _):
-        async with ClientSession(read, write) as session:
-            await session.initialize()
-            tools = [t.name for t in (await session.list_tools()).tools]
-            # Only what demo:read may call.
-            assert tools == ["get_time", "list_notes"], tools
-            first = await session.call_tool("get_time", {})
-            assert not first.isError and "T" in text_of(first)
-            assert len(browser.callbacks) == 1
-            token_1 = storage.tokens.access_token
+    async with sdk_client(url, browser, storage, "MCP SDK e2e", seen) as client:
+        # The discovery and authorization the SDK went through before its first message was
+        # answered: refused without a token, then RFC 9728 → RFC 8414 → RFC 7591 → token.
+        story = paths(seen)
+        first_mcp = story.index(("POST", "/mcp/demo", 401))
+        assert story[first_mcp:first_mcp + 6] == [
+            ("POST", "/mcp/demo", 401),
+            ("GET", "/.well-known/oauth-protected-resource/mcp/demo", 200),
+            ("GET", "/.well-known/oauth-authorization-server", 200),
+            ("POST", "/oauth/register", 201),
+            ("POST", "/oauth/token", 200),
+            ("POST", "/mcp/demo", 200),
+        ], story
+        assert len(browser.callbacks) == 1 and browser.consents == 1
+        # The challenge's scope; the SDK adds offline_access (SEP-2207) since the authorization
+        # server offers it and the client wants refresh tokens.
+        assert browser.last_scope() == {"demo:read", "offline_access"}, browser.authorize_urls
+        assert storage.client.client_id and storage.client.token_endpoint_auth_method == "none"
+        # The demo does not speak the 2026 `server/discover`: the SDK falls back to initialize.
+        init = client.session.initialize_result
+        assert init is not None and init.server_info.name == "grantline-demo", init
+        assert client.protocol_version == init.protocol_version
 
-            # The access token expires; the SDK refreshes on its own.
-            await asyncio.sleep(5)
-            again = await session.call_tool("list_notes", {})
-            assert not again.isError
-            assert storage.tokens.access_token != token_1
-            assert len(browser.callbacks) == 1, "a refresh, not a new authorization"
+        listed = await client.list_tools()
+        tools = {t.name for t in listed.tools}
+        # The read tools, nothing the demo does not have. (add_note, which needs demo:write, is
+        # hidden from a demo:read caller or listed for a step-up, depending on Grantline's
+        # listing policy; calling it is what the step-up below checks.)
+        assert {"get_time", "list_notes"} <= tools <= {"get_time", "list_notes", "add_note"}, tools
+        first = await client.call_tool("get_time", {})
+        assert not first.is_error and "T" in text_of(first), first
+        token_1 = storage.tokens.access_token
+        refresh_1 = storage.tokens.refresh_token
+        assert token_1.startswith("gla_") and refresh_1.startswith("glr_")
 
-            # A write tool needs demo:write: 403 insufficient_scope, and the SDK steps up.
-            added = await session.call_tool("add_note", {"text": "hello from the SDK"})
-            assert not added.isError, added
-            assert "hello from the SDK" in text_of(added)
-            assert len(browser.callbacks) == 2 and browser.consents == 2
-            assert "demo:write" in storage.tokens.scope
+        # The access token expires; the SDK refreshes on its own.
+        await asyncio.sleep(5)
+        mark = len(seen)
+        again = await client.call_tool("list_notes", {})
+        assert not again.is_error, again
+        assert ("POST", "/oauth/token", 200) in paths(seen, mark)
+        assert storage.tokens.access_token != token_1
+        assert storage.tokens.refresh_token != refresh_1, "refresh tokens rotate"
+        assert len(browser.callbacks) == 1, "a refresh, not a new authorization"
 
-            # The user revokes the grant: the next call is refused and the SDK authorizes again.
-            await asyncio.to_thread(browser.revoke_all_grants)
-            after = await session.call_tool("list_notes", {})
-            assert not after.isError
-            assert "hello from the SDK" in text_of(after)
-            assert len(browser.callbacks) == 3, "sent back to authorize"
+        # A write tool needs demo:write: 403 insufficient_scope, and the SDK steps up.
+        mark = len(seen)
+        added = await client.call_tool("add_note", {"text": "hello from the SDK"})
+        assert not added.is_error, added
+        assert "hello from the SDK" in text_of(added)
+        step = paths(seen, mark)
+        assert step[0] == ("POST", "/mcp/demo", 403) and step[-1] == ("POST", "/mcp/demo", 200), step
+        assert len(browser.callbacks) == 2 and browser.consents == 2
+        assert browser.last_scope() - {"offline_access"} == {"demo:read", "demo:write"}, \
+            "step-up keeps demo:read"
+        assert set(storage.tokens.scope.split()) - {"offline_access"} == {"demo:read", "demo:write"}
+
+        # The user revokes the grant: the next call is refused and the SDK authorizes again.
+        await asyncio.to_thread(browser.revoke_all_grants)
+        mark = len(seen)
+        after = await client.call_tool("list_notes", {})
+        assert not after.is_error, after
+        assert "hello from the SDK" in text_of(after)
+        assert len(browser.callbacks) == 3, "sent back to authorize"
+        again_story = paths(seen, mark)
+        assert ("POST", "/mcp/demo", 401) in again_story, again_story
+        assert ("POST", "/oauth/register", 201) not in again_story, "the registration is kept"
+    return listed
 
 
 def test_official_mcp_sdk_end_to_end(mcp_server):
-    browser = Browser(mcp_server.base)
+    browser = Browser(mcp_server.base, REDIRECT)
     storage = MemoryStorage()
-    asyncio.run(scenario(mcp_server, browser, storage))
+    seen = []
+    listed = asyncio.run(scenario(mcp_server, browser, storage, seen))
+    # Every request to the resource after the first carried a bearer token.
+    mcp_requests = [s for s in seen if s[1] == "/mcp/demo"]
+    assert not mcp_requests[0][3] and all(s[3] for s in mcp_requests[1:]), mcp_requests
     mcp_server.stop()
 
     binary = os.environ.get("GRANTLINE_BIN", str(ROOT / "target/debug/grantline"))
@@ -170,10 +113,18 @@ def test_official_mcp_sdk_end_to_end(mcp_server):
               "token.refreshed", "tool.listed", "tool.called", "authorization.denied",
               "grant.revoked"]:
         assert k in kinds, f"{k} missing from {sorted(set(kinds))}"
+    assert kinds.count("client.registered") == 1
+    assert kinds.count("consent.granted") == 3
+    listings = [e["payload"] for e in events if e["kind"] == "tool.listed"]
+    # The first is the test's; the SDK lists again on its own when it meets a tool it has not
+    # seen listed (add_note, after the step-up, with demo:write: all three).
+    assert listings[0]["tools_returned"] == len(listed.tools), listings
+    assert all(l["tools_returned"] <= 3 and l["outcome"] == "ok" for l in listings), listings
     calls = [e["payload"] for e in events if e["kind"] == "tool.called"]
     outcomes = [(c["tool"], c["outcome"]) for c in calls]
-    assert ("add_note", "denied") in outcomes and ("add_note", "ok") in outcomes, outcomes
-    assert all(c.get("client_id") and c.get("user_id") for c in calls)
+    assert outcomes == [("get_time", "ok"), ("list_notes", "ok"), ("add_note", "denied"),
+                        ("add_note", "ok"), ("list_notes", "ok")], outcomes
+    assert all(c.get("client_id") == storage.client.client_id and c.get("user_id") for c in calls)
     assert "hello from the SDK" not in out, "arguments are recorded as a digest only"
     for t in storage.history:
         assert t.access_token not in out and (t.refresh_token or "x") not in out
