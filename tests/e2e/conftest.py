@@ -1,13 +1,16 @@
-"""Starts a real `grantline serve` for the end-to-end tests.
+"""Starts a real `grantline serve` for the end-to-end tests, and a third-party MCP server
+(tests/e2e/upstream_server.py) for it to protect.
 
 The binary is `$GRANTLINE_BIN` (tools/test.sh sets it) or target/debug/grantline. Each server
 gets its own data directory and SQLite ledger (the PostgreSQL paths are covered by the Rust
 HTTP tests in crates/server/tests, which run on both backends).
 """
+import json
 import os
 import pathlib
 import socket
 import subprocess
+import sys
 import time
 
 import pytest
@@ -103,6 +106,85 @@ refresh_grace = 2
 def mcp_server(tmp_path):
     (tmp_path / "data").mkdir(exist_ok=True)
     s = Server(tmp_path / "data", tmp_path / "server.log", MCP_CONFIG)
+    s.start()
+    yield s
+    s.stop()
+
+
+class Upstream:
+    """A third-party MCP server (tests/e2e/upstream_server.py, the MCP Python SDK) on a free
+    loopback port; `seen()` is every HTTP request it received."""
+
+    def __init__(self, tmp_path):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/mcp"
+        self.seen_file = tmp_path / "upstream-seen.jsonl"
+        self.log_path = tmp_path / "upstream.log"
+        self.proc = None
+
+    def start(self):
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, str(pathlib.Path(__file__).with_name("upstream_server.py")),
+             str(self.port), str(self.seen_file)],
+            stdout=log, stderr=subprocess.STDOUT,
+        )
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("upstream exited: " + self.log_path.read_text()[-3000:])
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    return self
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError("upstream did not start")
+
+    def seen(self):
+        if not self.seen_file.exists():
+            return []
+        return [json.loads(l) for l in self.seen_file.read_text().splitlines() if l.strip()]
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=30)
+        self.proc = None
+
+
+@pytest.fixture
+def upstream(tmp_path):
+    u = Upstream(tmp_path).start()
+    yield u
+    u.stop()
+
+
+# The demo, and the third-party upstream mounted at /mcp/notes.
+GATEWAY_CONFIG = """
+[[resources]]
+name = "demo"
+path = "/mcp/demo"
+upstream = "builtin:demo"
+scopes = [{{ name = "demo:read" }}, {{ name = "demo:write" }}]
+default_scopes = ["demo:read"]
+
+[[resources]]
+name = "notes"
+path = "/mcp/notes"
+description = "A third-party MCP server (the MCP Python SDK) behind the gateway"
+upstream = "{upstream}"
+scopes = [
+  {{ name = "notes:read", description = "Read notes" }},
+  {{ name = "notes:write", description = "Add notes" }},
+]
+default_scopes = ["notes:read"]
+"""
+
+
+@pytest.fixture
+def gateway_server(tmp_path, upstream):
+    (tmp_path / "data").mkdir(exist_ok=True)
+    s = Server(tmp_path / "data", tmp_path / "server.log", GATEWAY_CONFIG.format(upstream=upstream.url))
     s.start()
     yield s
     s.stop()

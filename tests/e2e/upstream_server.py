@@ -1,0 +1,74 @@
+"""A third-party MCP server behind Grantline's gateway: written with the official MCP Python SDK
+(`MCPServer`, Streamable HTTP, stateless, JSON answers), started by the `upstream` fixture.
+
+    python upstream_server.py PORT SEEN_FILE
+
+Every HTTP request it receives is appended to SEEN_FILE as one JSON line: method, path, the
+`Authorization` header (verbatim: the test checks that no bearer token of the client's ever
+arrives) and Grantline's identity assertion header. The `whoami` tool returns the same two
+headers as the SDK's request context saw them.
+"""
+import json
+import sys
+
+import uvicorn
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.types import ToolAnnotations
+
+IDENTITY_HEADER = "x-grantline-identity"
+
+server = MCPServer("e2e-upstream", instructions="A third-party MCP server behind Grantline.")
+notes: list[str] = []
+
+
+@server.tool(annotations=ToolAnnotations(read_only_hint=True))
+def echo(text: str) -> str:
+    """Says the text back."""
+    return f"upstream echo: {text}"
+
+
+@server.tool(annotations=ToolAnnotations(read_only_hint=True))
+def whoami(ctx: Context) -> str:
+    """The authorization and identity headers this request arrived with (JSON)."""
+    headers = ctx.headers or {}
+    return json.dumps({
+        "authorization": headers.get("authorization"),
+        "identity": headers.get(IDENTITY_HEADER),
+    })
+
+
+@server.tool(annotations=ToolAnnotations(read_only_hint=False, destructive_hint=False))
+def add_note(text: str) -> str:
+    """Adds a note (a write)."""
+    notes.append(text)
+    return f"added: {text}"
+
+
+def recording(app, seen_file):
+    """ASGI middleware: one JSON line per HTTP request, before the app sees it."""
+
+    async def wrapped(scope, receive, send):
+        if scope["type"] == "http":
+            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+            line = json.dumps({
+                "method": scope["method"], "path": scope["path"],
+                "authorization": headers.get("authorization"),
+                "identity": headers.get(IDENTITY_HEADER),
+                "mcp_protocol_version": headers.get("mcp-protocol-version"),
+            })
+            with open(seen_file, "a") as f:
+                f.write(line + "\n")
+        await app(scope, receive, send)
+
+    return wrapped
+
+
+def main():
+    port, seen_file = int(sys.argv[1]), sys.argv[2]
+    app = server.streamable_http_app(stateless_http=True, json_response=True, host="127.0.0.1")
+    uvicorn.run(recording(app, seen_file), host="127.0.0.1", port=port, log_level="warning",
+                lifespan="on")
+
+
+if __name__ == "__main__":
+    main()
