@@ -3,6 +3,7 @@
 #   - a throwaway PostgreSQL cluster (so the PostgreSQL half of every backend test really runs);
 #   - a Python virtualenv (.venv) with the third-party OAuth client the end-to-end tests drive
 #     Grantline with (tests/requirements.txt);
+#   - the MCP TypeScript SDK for the end-to-end tests (npm ci in tests/e2e/ts);
 # then the Rust tests (cargo nextest, else cargo test) and the Python end-to-end tests.
 # Extra arguments go to the Rust test runner.
 #
@@ -23,6 +24,16 @@ if [ ! -x .venv/bin/python ] || [ "$(cat .venv/.requirements 2>/dev/null)" != "$
   .venv/bin/pip install --quiet --disable-pip-version-check -r tests/requirements.txt
   echo "$want" > .venv/.requirements
 fi
+
+# The MCP TypeScript SDK the end-to-end tests drive (tests/e2e/ts), reinstalled whenever its
+# package-lock.json changes. Needs Node >= 20 and npm.
+want=$(sha256sum tests/e2e/ts/package-lock.json | cut -d' ' -f1)
+if [ ! -d tests/e2e/ts/node_modules ] || [ "$(cat tests/e2e/ts/node_modules/.lock-sha256 2>/dev/null)" != "$want" ]; then
+  echo "test.sh: npm ci in tests/e2e/ts" >&2
+  (cd tests/e2e/ts && npm ci --no-audit --no-fund --loglevel=error)
+  echo "$want" > tests/e2e/ts/node_modules/.lock-sha256
+fi
+export GRANTLINE_E2E_REQUIRE_NODE=1
 
 export GRANTLINE_BIN="$PWD/target/debug/grantline"
 if [ -n "${GRANTLINE_TEST_DATABASE_URL:-}" ]; then
