@@ -21,6 +21,42 @@ pub enum CodecError {
     Malformed(String),
     #[error("body could not be encoded: {0}")]
     Encode(String),
+    /// The writer refuses to append this event (see [`encode_for_append`]).
+    #[error("event refused by the ledger: {0}")]
+    Refused(String),
+}
+
+/// The largest body the writer appends. Every caller-supplied value is bounded well below
+/// this by the deciders; this is the ledger's own last line.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// Encodes an envelope for appending, refusing what a reader could not read back: a stream
+/// name [`StreamId::parse`] would not accept, a body over [`MAX_BODY_BYTES`], or a body that
+/// does not decode to the same envelope. The writer stores nothing its readers would refuse.
+pub fn encode_for_append(envelope: &Envelope) -> Result<Vec<u8>, CodecError> {
+    if !envelope.stream.is_valid() {
+        return Err(CodecError::Refused(format!(
+            "stream name is not valid ({} bytes)",
+            envelope.stream.as_str().len()
+        )));
+    }
+    let body = encode(envelope)?;
+    if body.len() > MAX_BODY_BYTES {
+        return Err(CodecError::Refused(format!(
+            "{} event body of {} bytes is over the {MAX_BODY_BYTES}-byte limit",
+            envelope.kind().as_str(),
+            body.len()
+        )));
+    }
+    match decode(&body) {
+        Ok(back) if &back == envelope => Ok(body),
+        Ok(_) => Err(CodecError::Refused(
+            "the body does not decode to the same event".into(),
+        )),
+        Err(e) => Err(CodecError::Refused(format!(
+            "the body would not read back: {e}"
+        ))),
+    }
 }
 
 struct PayloadBody<'a>(&'a crate::Payload);

@@ -13,10 +13,19 @@ pub struct StreamId(String);
 
 impl StreamId {
     /// A stream id from its type and id, e.g. `StreamId::new("family", "f_123")`.
+    ///
+    /// Ids come from callers (a metadata-document client id is a URL of any length), so the
+    /// name is derived here, where the stream is created: `type:id` when that is a valid name
+    /// (see [`StreamId::parse`]), else `type:#` and the blake3 of the id. The same id always
+    /// gives the same stream, and every stream name the ledger holds parses.
     pub fn new(kind: &str, id: &str) -> Self {
-        StreamId(format!("{kind}:{id}"))
+        let plain = format!("{kind}:{id}");
+        if Self::valid(&plain) {
+            return StreamId(plain);
+        }
+        StreamId(format!("{kind}:#{}", blake3::hash(id.as_bytes()).to_hex()))
     }
-    /// A stream with no id part, such as `registrations` or `keys`.
+    /// A stream with no id part, such as `registrations` or `keys` (a constant name).
     pub fn named(name: &str) -> Self {
         StreamId(name.to_string())
     }
@@ -45,10 +54,23 @@ impl StreamId {
     pub(crate) fn from_raw(s: &str) -> Self {
         StreamId(s.to_string())
     }
-    /// Accepts any non-empty string of at most 200 printable, non-space characters.
+    /// Accepts any non-empty string of at most [`StreamId::MAX_LEN`] printable ASCII,
+    /// non-space characters.
     pub fn parse(s: &str) -> Option<Self> {
-        let ok = !s.is_empty() && s.len() <= 200 && s.chars().all(|c| c.is_ascii_graphic());
-        ok.then(|| StreamId(s.to_string()))
+        Self::valid(s).then(|| StreamId(s.to_string()))
+    }
+
+    /// The longest stream name, in bytes.
+    pub const MAX_LEN: usize = 200;
+
+    /// Whether this stream's name is one [`StreamId::parse`] accepts: the writer refuses
+    /// any other.
+    pub fn is_valid(&self) -> bool {
+        Self::valid(&self.0)
+    }
+
+    fn valid(s: &str) -> bool {
+        !s.is_empty() && s.len() <= Self::MAX_LEN && s.bytes().all(|c| c.is_ascii_graphic())
     }
 }
 

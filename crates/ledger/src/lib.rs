@@ -16,7 +16,7 @@ pub mod verify;
 pub(crate) use pii::bytes_impl as bytes;
 
 pub use checkpoint::{Checkpoint, CheckpointError, NoteSigner, NoteVerifier};
-pub use codec::{CodecError, decode, decode_header, encode};
+pub use codec::{CodecError, MAX_BODY_BYTES, decode, decode_header, encode, encode_for_append};
 pub use event::{Actor, Append, Envelope, ExpectedVersion, Header, NewEvent, Recorded, StreamId};
 pub use hash::{CHAIN_DOMAIN_TAG, GENESIS, Hash, chain_hash, secret_digest};
 pub use payload::*;

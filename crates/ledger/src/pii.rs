@@ -165,10 +165,12 @@ pub(crate) mod bytes_impl {
                 URL_SAFE_NO_PAD.decode(v).map_err(E::custom)
             }
         }
+        // The owned forms: a borrowed `bytes`/`str` is limited to the decoder's scratch
+        // buffer (4 KiB in ciborium), and a reader must accept every body the writer accepts.
         if d.is_human_readable() {
-            d.deserialize_str(V)
+            d.deserialize_string(V)
         } else {
-            d.deserialize_bytes(V)
+            d.deserialize_byte_buf(V)
         }
     }
 }

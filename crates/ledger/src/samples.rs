@@ -439,3 +439,97 @@ pub fn envelope(seq: u64, payload: Payload) -> Envelope {
         payload,
     }
 }
+
+/// How far below the body limit [`largest`] stops.
+pub const LARGEST_SLACK: usize = 16;
+
+/// The largest events of `payload`'s kind the writer accepts: one variant per text or byte
+/// field of the payload that can grow, with that field grown until the body of
+/// [`envelope`]`(1, …)` is within [`LARGEST_SLACK`] bytes of [`crate::MAX_BODY_BYTES`] (a
+/// stored envelope's seq, version and time may take those few bytes more). Sealed fields grow
+/// too (their ciphertext), so every reader is tried on the largest sealed value as well. Each
+/// comes with the same field grown past the limit, which the writer must refuse.
+pub fn largest(payload: &Payload) -> Vec<(Payload, Payload)> {
+    use ciborium::Value;
+    let base = envelope(1, payload.clone());
+    let Ok(bytes) = encode(&base) else {
+        return Vec::new();
+    };
+    let Ok(Value::Map(top)) = ciborium::from_reader::<Value, _>(bytes.as_slice()) else {
+        return Vec::new();
+    };
+    let Some(pi) = top.iter().position(|(k, _)| k.as_text() == Some("payload")) else {
+        return Vec::new();
+    };
+    // Every text or byte leaf of the payload, as a path of map keys and array indices.
+    fn leaves(v: &Value, path: &mut Vec<usize>, out: &mut Vec<Vec<usize>>) {
+        match v {
+            Value::Text(_) | Value::Bytes(_) => out.push(path.clone()),
+            Value::Map(m) => m.iter().enumerate().for_each(|(i, (_, v))| {
+                path.push(i);
+                leaves(v, path, out);
+                path.pop();
+            }),
+            Value::Array(a) => a.iter().enumerate().for_each(|(i, v)| {
+                path.push(i);
+                leaves(v, path, out);
+                path.pop();
+            }),
+            _ => {}
+        }
+    }
+    fn leaf<'a>(v: &'a mut Value, path: &[usize]) -> Option<&'a mut Value> {
+        match (path.split_first(), v) {
+            (None, v) => Some(v),
+            (Some((i, rest)), Value::Map(m)) => leaf(&mut m.get_mut(*i)?.1, rest),
+            (Some((i, rest)), Value::Array(a)) => leaf(a.get_mut(*i)?, rest),
+            _ => None,
+        }
+    }
+    let mut paths = Vec::new();
+    leaves(&top[pi].1, &mut Vec::new(), &mut paths);
+    // The envelope with the leaf grown by `n` bytes, if it still decodes.
+    let grown = |path: &[usize], n: usize| -> Option<(Envelope, usize)> {
+        let mut top = top.clone();
+        match leaf(&mut top[pi].1, path)? {
+            Value::Text(t) => t.push_str(&"x".repeat(n)),
+            Value::Bytes(b) => b.extend(std::iter::repeat_n(7u8, n)),
+            _ => return None,
+        }
+        let mut out = Vec::new();
+        ciborium::into_writer(&Value::Map(top), &mut out).ok()?;
+        let env = decode(&out).ok()?;
+        // Only a grown value the encoder writes back the same way is a real event.
+        if encode(&env).ok()? != out {
+            return None;
+        }
+        // Measured as stored: the stream may depend on the grown field (a long client id).
+        let size = encode(&envelope(1, env.payload.clone())).ok()?.len();
+        Some((env, size))
+    };
+    let mut out = Vec::new();
+    for path in paths {
+        let Some((_, size0)) = grown(&path, 0) else {
+            continue;
+        };
+        if grown(&path, 1).is_none() || size0 >= crate::MAX_BODY_BYTES {
+            continue;
+        }
+        // Largest n with a body of at most MAX_BODY_BYTES - LARGEST_SLACK.
+        let limit = crate::MAX_BODY_BYTES - LARGEST_SLACK;
+        let (mut lo, mut hi) = (0usize, crate::MAX_BODY_BYTES);
+        while lo < hi {
+            let mid = (lo + hi).div_ceil(2);
+            match grown(&path, mid) {
+                Some((_, size)) if size <= limit => lo = mid,
+                _ => hi = mid - 1,
+            }
+        }
+        if let (Some((fits, _)), Some((over, _))) =
+            (grown(&path, lo), grown(&path, lo + LARGEST_SLACK + 1))
+        {
+            out.push((fits.payload, over.payload));
+        }
+    }
+    out
+}

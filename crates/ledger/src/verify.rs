@@ -128,8 +128,9 @@ impl fmt::Display for Summary {
     }
 }
 
-/// The checks on one row that need nothing but the row: body decodes, columns agree with it,
-/// stored hash is the hash of the stored body over the stored `prev_hash`. Independent per row,
+/// The checks on one row that need nothing but the row: body decodes (all of it, as every
+/// reader decodes it), columns agree with it, stored hash is the hash of the stored body over
+/// the stored `prev_hash`. Independent per row,
 /// so a caller may run them in parallel.
 pub fn check_row(row: &RawRow) -> Result<Hash, Problem> {
     let header = codec::decode_header(&row.body).map_err(|e| Problem::MalformedBody {
@@ -159,6 +160,11 @@ pub fn check_row(row: &RawRow) -> Result<Hash, Problem> {
     if chain_hash(&prev, &row.body) != stored {
         return Err(Problem::BodyChanged);
     }
+    // Intact means readable: the fold, `events` and the proofs decode the whole body, so a
+    // body they would refuse is reported here too, never passed as ok.
+    codec::decode(&row.body).map_err(|e| Problem::MalformedBody {
+        error: e.to_string(),
+    })?;
     Ok(stored)
 }
 

@@ -11,7 +11,8 @@ use crate::database::{Database, Store};
 use crate::{Result, StoreError};
 use grantline_ledger::merkle::Frontier;
 use grantline_ledger::{
-    Append, Envelope, GENESIS, Hash, NoteSigner, Recorded, StreamId, Timestamp, chain_hash, encode,
+    Append, Envelope, ExpectedVersion, GENESIS, Hash, NewEvent, NoteSigner, Recorded, StreamId,
+    Timestamp, chain_hash, encode_for_append,
 };
 use sqlx::postgres::PgConnection;
 use sqlx::{Connection, Row};
@@ -68,18 +69,78 @@ impl Default for LedgerOptions {
 /// Where an appender waits for its events (or the reason they were not written).
 type Reply = oneshot::Sender<Result<Vec<Recorded>>>;
 
-/// A group commit that wrote nothing, and the appenders still waiting to hear so.
+/// An append of a group commit, once planned: its events and expectations (so that it can
+/// be committed again on its own), or the answer it already has (a conflict, a refusal).
+enum Planned {
+    Rows {
+        expect: Vec<(StreamId, ExpectedVersion)>,
+        recorded: Vec<Recorded>,
+    },
+    Answered(Result<Vec<Recorded>>),
+}
+
+/// A group commit that wrote nothing: why, and the appends it held with their appenders, who
+/// have not been answered yet.
 struct Failed {
     error: StoreError,
-    waiting: Vec<Reply>,
+    jobs: Vec<(Append, Reply)>,
+    answered: Vec<(Reply, Result<Vec<Recorded>>)>,
 }
 
 impl Failed {
-    fn all(error: StoreError, waiting: impl Iterator<Item = Reply>) -> Failed {
+    fn all(error: StoreError, jobs: Vec<(Append, Reply)>) -> Failed {
         Failed {
             error,
-            waiting: waiting.collect(),
+            jobs,
+            answered: Vec::new(),
         }
+    }
+
+    /// After planning: appends with rows go back to their callers' `Append`s.
+    fn planned(error: StoreError, planned: Vec<(Reply, Planned)>) -> Failed {
+        let mut jobs = Vec::new();
+        let mut answered = Vec::new();
+        for (reply, p) in planned {
+            match p {
+                Planned::Rows { expect, recorded } => {
+                    let events = recorded
+                        .into_iter()
+                        .map(|r| NewEvent {
+                            stream: r.envelope.stream,
+                            actor: r.envelope.actor,
+                            tenant: r.envelope.tenant,
+                            payload: r.envelope.payload,
+                        })
+                        .collect();
+                    jobs.push((Append { events, expect }, reply))
+                }
+                Planned::Answered(r) => answered.push((reply, r)),
+            }
+        }
+        Failed {
+            error,
+            jobs,
+            answered,
+        }
+    }
+}
+
+/// Whether the database refused the rows themselves (a constraint, a trigger, a value it
+/// cannot store) rather than failing as a whole: then the batch is committed again without the
+/// append at fault, and the ledger stays healthy.
+fn is_refusal(error: &StoreError) -> bool {
+    match error {
+        StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => matches!(
+            e.code,
+            rusqlite::ErrorCode::ConstraintViolation
+                | rusqlite::ErrorCode::TooBig
+                | rusqlite::ErrorCode::TypeMismatch
+        ),
+        StoreError::Database(sqlx::Error::Database(e)) => e.code().is_some_and(|c| {
+            // 22: data exception; 23: integrity constraint; P0001: raised by a trigger.
+            c.starts_with("22") || c.starts_with("23") || c == "P0001"
+        }),
+        _ => false,
     }
 }
 
@@ -339,15 +400,70 @@ impl Writer {
 
     /// One group commit. Returns the size of the checkpoint written, if any.
     ///
-    /// On failure the ledger is marked unhealthy and the transaction rolled back *before* any
-    /// waiting appender is answered: a caller that saw its append fail and retries, or checks
-    /// [`Ledger::healthy`] before calling an upstream, never sees the old, healthy state.
+    /// When the database refuses one append's rows, only that append fails: the batch is
+    /// rolled back and its appends are committed again one by one, so one bad append never
+    /// fails the unrelated requests that happened to share its commit.
     async fn commit(
         &mut self,
         jobs: Vec<(Append, Reply)>,
         force_checkpoint: bool,
         scheduled: bool,
     ) -> Result<Option<u64>> {
+        let failed = match self.try_commit(jobs, force_checkpoint, scheduled).await {
+            Ok(cp) => return Ok(cp),
+            Err(f) => f,
+        };
+        let Failed {
+            error,
+            jobs,
+            answered,
+        } = failed;
+        answer(answered);
+        if !is_refusal(&error) || jobs.len() <= 1 {
+            for (_, reply) in jobs {
+                let _ = reply.send(Err(refused_or_unavailable(&error)));
+            }
+            return Err(error);
+        }
+        tracing::warn!(error = %error, appends = jobs.len(),
+            "the database refused a row of a group commit; committing its appends one by one");
+        let mut cp = None;
+        for job in jobs {
+            match self.try_commit(vec![job], false, false).await {
+                Ok(c) => cp = c.or(cp),
+                Err(Failed {
+                    error,
+                    jobs,
+                    answered,
+                }) => {
+                    answer(answered);
+                    for (_, reply) in jobs {
+                        let _ = reply.send(Err(refused_or_unavailable(&error)));
+                    }
+                }
+            }
+        }
+        if force_checkpoint || scheduled {
+            cp = self
+                .try_commit(Vec::new(), force_checkpoint, scheduled)
+                .await
+                .map_err(|f| f.error)?
+                .or(cp);
+        }
+        Ok(cp)
+    }
+
+    /// Commits a batch, or rolls it back and returns it unanswered. The ledger is marked
+    /// unhealthy and the transaction rolled back *before* any appender can be answered: a
+    /// caller that saw its append fail and retries, or checks [`Ledger::healthy`] before
+    /// calling an upstream, never sees the old, healthy state. A refusal of one append's rows
+    /// leaves the ledger healthy: the database works.
+    async fn try_commit(
+        &mut self,
+        jobs: Vec<(Append, Reply)>,
+        force_checkpoint: bool,
+        scheduled: bool,
+    ) -> std::result::Result<Option<u64>, Failed> {
         let frontier_before = self.frontier.clone();
         match self.commit_inner(jobs, force_checkpoint, scheduled).await {
             Ok((cp, replies)) => {
@@ -360,23 +476,20 @@ impl Writer {
                         }
                     }
                 }
-                for (reply, recorded) in replies {
-                    let _ = reply.send(recorded);
-                }
+                answer(replies);
                 Ok(cp)
             }
-            Err(Failed { error, waiting }) => {
-                self.healthy
-                    .store(false, std::sync::atomic::Ordering::SeqCst);
-                tracing::error!(error = %error, "ledger commit failed; failing closed");
+            Err(failed) => {
+                if !is_refusal(&failed.error) {
+                    self.healthy
+                        .store(false, std::sync::atomic::Ordering::SeqCst);
+                    tracing::error!(error = %failed.error, "ledger commit failed; failing closed");
+                }
                 self.rollback().await;
                 self.head = None;
                 self.versions.clear();
                 self.frontier = frontier_before;
-                for reply in waiting {
-                    let _ = reply.send(Err(StoreError::Unavailable(error.to_string())));
-                }
-                Err(error)
+                Err(failed)
             }
         }
     }
@@ -389,13 +502,14 @@ impl Writer {
     ) -> std::result::Result<(Option<u64>, Vec<(Reply, Result<Vec<Recorded>>)>), Failed> {
         // Any failure before the commit fails every waiting append (see `commit`).
         if let Err(error) = self.lock_and_sync().await {
-            return Err(Failed::all(error, jobs.into_iter().map(|(_, r)| r)));
+            return Err(Failed::all(error, jobs));
         }
         let (mut seq, mut prev) = self.head.unwrap_or((0, GENESIS));
         let now = Timestamp::now().0.max(self.last_time);
 
-        // Stream versions not yet cached, in one query.
-        let mut missing: Vec<String> = Vec::new();
+        // Stream versions not yet cached, in one query: every stream an append names, by the
+        // very name it will be stored under.
+        let mut missing: Vec<&StreamId> = Vec::new();
         for (a, _) in &jobs {
             for s in a
                 .expect
@@ -404,32 +518,33 @@ impl Writer {
                 .chain(a.events.iter().map(|e| &e.stream))
             {
                 if !self.versions.contains_key(s) {
-                    missing.push(s.as_str().to_string());
+                    missing.push(s);
                 }
             }
         }
         missing.sort();
         missing.dedup();
+        let missing: Vec<StreamId> = missing.into_iter().cloned().collect();
         if !missing.is_empty() {
-            match self.load_versions(&missing).await {
+            let names: Vec<String> = missing.iter().map(|s| s.as_str().to_string()).collect();
+            match self.load_versions(&names).await {
                 Ok(found) => {
-                    for name in missing {
-                        let v = found.get(&name).copied().unwrap_or(0);
-                        if let Some(s) = StreamId::parse(&name) {
-                            self.versions.insert(s, v);
-                        }
+                    for stream in missing {
+                        let v = found.get(stream.as_str()).copied().unwrap_or(0);
+                        self.versions.insert(stream, v);
                     }
                 }
                 Err(error) => {
-                    return Err(Failed::all(error, jobs.into_iter().map(|(_, r)| r)));
+                    return Err(Failed::all(error, jobs));
                 }
             }
         }
 
         let mut pending: HashMap<StreamId, u64> = HashMap::new();
         let mut rows: Vec<PlannedRow> = Vec::new();
-        let mut replies = Vec::with_capacity(jobs.len());
+        let mut planned: Vec<(Reply, Planned)> = Vec::with_capacity(jobs.len());
         for (append, reply) in jobs {
+            let Append { events, expect } = append;
             let version_of = |s: &StreamId, pending: &HashMap<StreamId, u64>| {
                 pending
                     .get(s)
@@ -437,32 +552,29 @@ impl Writer {
                     .copied()
                     .unwrap_or(0)
             };
-            if let Some((stream, expected, actual)) = append
-                .expect
+            if let Some((stream, expected, actual)) = expect
                 .iter()
                 .map(|(s, e)| (s, e, version_of(s, &pending)))
                 .find(|(_, e, actual)| !e.admits(*actual))
             {
-                replies.push((
-                    reply,
-                    Err(StoreError::Conflict {
-                        stream: stream.clone(),
-                        expected: *expected,
-                        actual,
-                    }),
-                ));
+                let conflict = StoreError::Conflict {
+                    stream: stream.clone(),
+                    expected: *expected,
+                    actual,
+                };
+                planned.push((reply, Planned::Answered(Err(conflict))));
                 continue;
             }
-            if append.events.is_empty() {
-                replies.push((reply, Ok(Vec::new())));
+            if events.is_empty() {
+                planned.push((reply, Planned::Answered(Ok(Vec::new()))));
                 continue;
             }
             let mut local: HashMap<StreamId, u64> = HashMap::new();
-            let mut job_rows = Vec::with_capacity(append.events.len());
-            let mut recorded = Vec::with_capacity(append.events.len());
+            let mut job_rows = Vec::with_capacity(events.len());
+            let mut recorded = Vec::with_capacity(events.len());
             let (mut jseq, mut jprev) = (seq, prev);
             let mut failure = None;
-            for ev in append.events {
+            for ev in events {
                 let version = local
                     .get(&ev.stream)
                     .copied()
@@ -480,7 +592,8 @@ impl Writer {
                     tenant: ev.tenant,
                     payload: ev.payload,
                 };
-                let body = match encode(&envelope) {
+                // Refused here, for this append alone: what a reader could not read back.
+                let body = match encode_for_append(&envelope) {
                     Ok(b) => b,
                     Err(e) => {
                         failure = Some(StoreError::Invalid(e.to_string()));
@@ -507,7 +620,7 @@ impl Writer {
                 jprev = hash;
             }
             if let Some(e) = failure {
-                replies.push((reply, Err(e)));
+                planned.push((reply, Planned::Answered(Err(e))));
                 continue;
             }
             for r in &job_rows {
@@ -516,12 +629,12 @@ impl Writer {
             pending.extend(local);
             rows.extend(job_rows);
             (seq, prev) = (jseq, jprev);
-            replies.push((reply, Ok(recorded)));
+            planned.push((reply, Planned::Rows { expect, recorded }));
         }
 
         let wrote_rows = !rows.is_empty();
         if let Err(error) = self.insert_rows(&mut rows).await {
-            return Err(Failed::all(error, replies.into_iter().map(|(r, _)| r)));
+            return Err(Failed::planned(error, planned));
         }
         let uncovered = seq.saturating_sub(self.last_cp_size);
         let want_cp = uncovered > 0
@@ -529,12 +642,12 @@ impl Writer {
         let mut cp_size = None;
         if want_cp {
             if let Err(error) = self.insert_checkpoint(seq, now).await {
-                return Err(Failed::all(error, replies.into_iter().map(|(r, _)| r)));
+                return Err(Failed::planned(error, planned));
             }
             cp_size = Some(seq);
         }
         if let Err(error) = self.finish(seq, wrote_rows).await {
-            return Err(Failed::all(error, replies.into_iter().map(|(r, _)| r)));
+            return Err(Failed::planned(error, planned));
         }
 
         // Durable: now the caches may move on.
@@ -549,6 +662,13 @@ impl Writer {
             self.last_cp_at = Instant::now();
         }
         self.head_tx.send_replace(seq);
+        let replies = planned
+            .into_iter()
+            .map(|(reply, p)| match p {
+                Planned::Rows { recorded, .. } => (reply, Ok(recorded)),
+                Planned::Answered(r) => (reply, r),
+            })
+            .collect();
         Ok((cp_size, replies))
     }
 
@@ -862,6 +982,23 @@ impl Writer {
         if let Err(e) = r {
             tracing::debug!(error = %e, "rollback after a failed commit");
         }
+    }
+}
+
+/// Sends each appender its answer.
+fn answer(replies: Vec<(Reply, Result<Vec<Recorded>>)>) {
+    for (reply, r) in replies {
+        let _ = reply.send(r);
+    }
+}
+
+/// What an appender of a failed commit is told: its rows were refused (only this append
+/// failed), or the ledger cannot write (fail closed).
+fn refused_or_unavailable(error: &StoreError) -> StoreError {
+    if is_refusal(error) {
+        StoreError::Invalid(format!("the database refused this append: {error}"))
+    } else {
+        StoreError::Unavailable(error.to_string())
     }
 }
 

@@ -1,0 +1,233 @@
+//! What one hostile or faulty append can do to everyone else: nothing. Every body the writer
+//! accepts reads back through every reader; what a reader would refuse is refused at append
+//! time, for that append alone; a row the database refuses fails only its own caller; stream
+//! names come from ids of any length and their versions reload.
+
+mod common;
+
+use common::*;
+use grantline_ledger::merkle::{inclusion_proof, leaf_hash, verify_inclusion};
+use grantline_ledger::samples;
+use grantline_ledger::*;
+use grantline_store::testing::TestDb;
+use grantline_store::{Database, StoreError, backend_tests};
+
+/// The advisory lock key the writer takes on PostgreSQL ("grantlin").
+const PG_APPEND_LOCK: i64 = 0x6772_616e_746c_696e;
+
+fn sample_event(payload: Payload) -> NewEvent {
+    // The actor and tenant of `samples::envelope`, so the body is as large as the sample's.
+    let mut e = NewEvent::new(
+        samples::stream_for(&payload),
+        Actor::User {
+            id: "usr_0197a3c1f0d27c4e8b1a9d6e5f403a21".into(),
+        },
+        payload,
+    );
+    e.tenant = Some("acme".into());
+    e
+}
+
+backend_tests! {
+    async fn the_largest_body_of_every_kind_reads_back_through_every_reader(db: TestDb) {
+        let ledger = open_with(&db, quiet()).await;
+        let mut appended = Vec::new();
+        let mut kinds = std::collections::BTreeSet::new();
+        for sample in samples::all() {
+            let variants = samples::largest(&sample);
+            assert!(!variants.is_empty(), "{:?} has no field that can grow", sample.kind());
+            for (fits, over) in variants {
+                let kind = fits.kind();
+                let r = ledger
+                    .append(Append::new(vec![sample_event(fits)]))
+                    .await
+                    .unwrap_or_else(|e| panic!("{kind:?}: the largest body was refused: {e}"));
+                let body = encode(&r[0].envelope).unwrap();
+                assert!(body.len() > MAX_BODY_BYTES - 64, "{kind:?}: {} bytes", body.len());
+                appended.push(r.into_iter().next().unwrap());
+                // One step past the limit: refused, for this append alone, and nothing written.
+                let before = ledger.store().count().await.unwrap();
+                match ledger.append(Append::new(vec![sample_event(over)])).await {
+                    Err(StoreError::Invalid(m)) => assert!(m.contains("limit"), "{m}"),
+                    other => panic!("{kind:?}: over the limit gave {other:?}"),
+                }
+                assert_eq!(ledger.store().count().await.unwrap(), before);
+                assert!(ledger.healthy(), "a refused append leaves the ledger healthy");
+                kinds.insert(kind);
+            }
+        }
+        assert_eq!(kinds.len(), Kind::ALL.len(), "every kind was tried");
+        ledger.checkpoint().await.unwrap();
+        // The readers: what the fold and `grantline events` read, `verify`, and the proofs.
+        let read = ledger.store().read(0, 10_000).await.unwrap();
+        assert_eq!(read, appended, "every body decodes to what was appended");
+        let summary = verify(ledger.store()).await.unwrap();
+        assert_eq!(summary.events, appended.len() as u64);
+        let cp = ledger.store().checkpoints().await.unwrap().pop().unwrap();
+        let size = cp.tree_size as u64;
+        let leaves: Vec<Hash> = ledger.store().chain_hashes(size).await.unwrap().iter().map(leaf_hash).collect();
+        let root = Hash::from_slice(&cp.root).unwrap();
+        for r in &read {
+            let i = (r.seq() - 1) as usize;
+            let proof = inclusion_proof(&leaves, i).unwrap();
+            verify_inclusion(&leaf_hash(&r.hash), i as u64, size, &proof, &root)
+                .unwrap_or_else(|e| panic!("seq {}: {e:?}", r.seq()));
+        }
+    }
+
+    async fn one_row_the_database_refuses_fails_only_its_own_caller(db: TestDb) {
+        let ledger = open_with(&db, quiet()).await;
+        append_one(&ledger, tool_call(0)).await;
+        // The database refuses one row (as it would a constraint it holds and the writer does
+        // not know of): a trigger for one stream name.
+        let poison = match ledger.store().database() {
+            Database::Sqlite(_) => {
+                "CREATE TRIGGER poison BEFORE INSERT ON events WHEN NEW.stream = 'client:poison' \
+                 BEGIN SELECT RAISE(ABORT, 'poisoned row'); END"
+            }
+            Database::Postgres(_) => {
+                "CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+                   IF NEW.stream = 'client:poison' THEN RAISE EXCEPTION 'poisoned row'; END IF; \
+                   RETURN NEW; END $$; \
+                 CREATE TRIGGER poison BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION poison()"
+            }
+        };
+        exec(ledger.store(), poison).await.unwrap();
+        // Hold the append lock from outside so that the 101 appends queue up behind it and go
+        // into one group commit together.
+        let hold = hold_append_lock(&db).await;
+        let mut tasks = Vec::new();
+        for i in 0..101u64 {
+            let ledger = ledger.clone();
+            let event = if i == 50 {
+                client_registered("poison")
+            } else {
+                tool_call(100 + i)
+            };
+            tasks.push(tokio::spawn(async move { ledger.append(Append::new(vec![event])).await }));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        hold.release().await;
+        let mut ok = 0;
+        for (i, t) in tasks.into_iter().enumerate() {
+            match t.await.unwrap() {
+                Ok(r) => {
+                    assert_ne!(i, 50, "the poisoned append was written");
+                    assert_eq!(r.len(), 1);
+                    ok += 1;
+                }
+                Err(StoreError::Invalid(m)) => {
+                    assert_eq!(i, 50, "append {i} failed: {m}");
+                    assert!(m.contains("poisoned row"), "{m}");
+                }
+                Err(e) => panic!("append {i}: {e}"),
+            }
+        }
+        assert_eq!(ok, 100, "the hundred good appends were written");
+        assert!(ledger.healthy(), "a refused row does not make the ledger fail closed");
+        assert_eq!(ledger.store().count().await.unwrap(), 101);
+        assert_eq!(verify(ledger.store()).await.unwrap().events, 101);
+        // And the writer goes on.
+        assert_eq!(append_one(&ledger, tool_call(999)).await.seq(), 102);
+    }
+
+    async fn appends_a_reader_would_refuse_fail_alone_inside_a_batch(db: TestDb) {
+        let ledger = open_with(&db, quiet()).await;
+        let hold = hold_append_lock(&db).await;
+        let bad: Vec<(&str, NewEvent)> = vec![
+            ("stream", NewEvent::new(StreamId::named("no spaces allowed"), Actor::System,
+                UserErased { user_id: "usr_1".into() })),
+            ("limit", NewEvent::new(StreamId::named("users"), Actor::System,
+                UserErased { user_id: "u".repeat(MAX_BODY_BYTES) })),
+        ];
+        let mut tasks = Vec::new();
+        for i in 0..10u64 {
+            let ledger = ledger.clone();
+            tasks.push((None, tokio::spawn(async move {
+                ledger.append(Append::new(vec![tool_call(i)])).await
+            })));
+        }
+        for (what, e) in bad {
+            let ledger = ledger.clone();
+            // Together with a good event: the append is atomic, so neither is written.
+            tasks.push((Some(what), tokio::spawn(async move {
+                ledger.append(Append::new(vec![tool_call(77), e])).await
+            })));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        hold.release().await;
+        for (what, t) in tasks {
+            match (what, t.await.unwrap()) {
+                (None, Ok(_)) => {}
+                (Some(what), Err(StoreError::Invalid(m))) => assert!(m.contains(what), "{m}"),
+                (what, other) => panic!("{what:?}: {other:?}"),
+            }
+        }
+        assert_eq!(ledger.store().count().await.unwrap(), 10);
+        assert!(ledger.healthy());
+    }
+
+    async fn a_client_id_of_any_length_names_a_stream_whose_version_reloads(db: TestDb) {
+        let long = format!("https://client.example/{}", "a".repeat(3000));
+        let stream = StreamId::client(&long);
+        assert!(stream.is_valid() && stream.as_str().len() <= StreamId::MAX_LEN, "{stream}");
+        assert_eq!(stream, StreamId::client(&long), "the same id gives the same stream");
+        assert_ne!(stream, StreamId::client(&format!("{long}b")));
+        assert_eq!(StreamId::client("cli_1").as_str(), "client:cli_1", "short ids stay readable");
+        {
+            let ledger = open_with(&db, quiet()).await;
+            let first = append_one(&ledger, client_registered(&long)).await;
+            assert_eq!(first.envelope.version, 1);
+            ledger.shutdown().await;
+        }
+        // A new writer (a restart, or another process) reloads the stream's version.
+        let ledger = open_with(&db, quiet()).await;
+        let r = ledger
+            .append(Append::new(vec![client_registered(&long)]).expect(stream.clone(), ExpectedVersion::Exactly(1)))
+            .await
+            .unwrap();
+        assert_eq!((r[0].envelope.stream.clone(), r[0].envelope.version), (stream, 2));
+        assert!(ledger.healthy());
+    }
+}
+
+/// The writer's append lock, held by another connection until released.
+enum Hold {
+    Sqlite(rusqlite::Connection),
+    Postgres(sqlx::PgConnection),
+}
+
+impl Hold {
+    async fn release(self) {
+        match self {
+            Hold::Sqlite(c) => c.execute_batch("ROLLBACK").unwrap(),
+            Hold::Postgres(mut c) => {
+                sqlx::query("SELECT pg_advisory_unlock($1)")
+                    .bind(PG_APPEND_LOCK)
+                    .execute(&mut c)
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+}
+
+async fn hold_append_lock(db: &TestDb) -> Hold {
+    use sqlx::Connection;
+    match &db.db {
+        Database::Sqlite(path) => {
+            let c = rusqlite::Connection::open(path).unwrap();
+            c.execute_batch("BEGIN IMMEDIATE").unwrap();
+            Hold::Sqlite(c)
+        }
+        Database::Postgres(url) => {
+            let mut c = sqlx::PgConnection::connect(url).await.unwrap();
+            sqlx::query("SELECT pg_advisory_lock($1)")
+                .bind(PG_APPEND_LOCK)
+                .execute(&mut c)
+                .await
+                .unwrap();
+            Hold::Postgres(c)
+        }
+    }
+}
