@@ -104,6 +104,31 @@ pub fn check_call(
     Ok(())
 }
 
+/// Whether `tools/list` shows `tool` to `caller`: unless the user's role forbids it. A tool
+/// the caller lacks only the scope for stays listed, so that a client learns it exists and can
+/// step up when it calls it (the call gets the `insufficient_scope` challenge).
+pub fn listed(caller: &Caller, roles: &Roles, resource: &str, tool: &str) -> bool {
+    roles.permits(caller.role.as_deref(), resource, tool)
+}
+
+/// The scopes a step-up challenge asks for: every scope the caller holds that the resource
+/// offers, plus what the call needs, so that re-authorizing for the challenge does not lose
+/// the scopes it already had.
+pub fn step_up_scopes(
+    caller: &Caller,
+    offered: impl Fn(&str) -> bool,
+    required: &[String],
+) -> Vec<String> {
+    let mut all: std::collections::BTreeSet<String> = caller
+        .scopes
+        .iter()
+        .filter(|s| offered(s))
+        .cloned()
+        .collect();
+    all.extend(required.iter().cloned());
+    all.into_iter().collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,6 +147,39 @@ mod tests {
             resource: "https://as.example/mcp/demo".into(),
             scopes: scopes.iter().map(|s| s.to_string()).collect(),
         }
+    }
+
+    #[test]
+    fn listings_hide_what_the_role_forbids_and_keep_what_a_step_up_grants() {
+        let roles = Roles {
+            roles: HashMap::from([(
+                "viewer".to_string(),
+                HashMap::from([(
+                    "demo".to_string(),
+                    ToolSet::Only(["read".to_string()].into()),
+                )]),
+            )]),
+        };
+        let reader = caller(&["demo:read"], Some("viewer"));
+        assert!(listed(&reader, &roles, "demo", "read"));
+        assert!(
+            !listed(&reader, &roles, "demo", "write"),
+            "no scope would help"
+        );
+        let member = caller(&["demo:read"], None);
+        assert!(
+            listed(&member, &Roles::default(), "demo", "write"),
+            "a step-up would"
+        );
+        assert_eq!(
+            step_up_scopes(&reader, |s| s.starts_with("demo:"), &["demo:write".into()]),
+            vec!["demo:read".to_string(), "demo:write".to_string()]
+        );
+        let other = caller(&["other:x", "demo:read"], None);
+        assert_eq!(
+            step_up_scopes(&other, |s| s.starts_with("demo:"), &["demo:write".into()]),
+            vec!["demo:read".to_string(), "demo:write".to_string()]
+        );
     }
 
     fn scopes() -> ToolScopes {

@@ -1,8 +1,19 @@
-//! What a JSON-RPC message to an MCP server asks for, without needing to understand the rest:
-//! messages the gateway does not inspect are forwarded unchanged, so clients on any protocol
-//! version pass through.
+//! What a JSON-RPC message to an MCP server asks for, without needing to understand the rest.
+//!
+//! The gateway forwards exactly what it inspected: the body is parsed once, strictly, and the
+//! parsed message is serialised again for the upstream. A message with duplicate keys, or with
+//! a key that is not a field the gateway reads but folds to one (`Method`, `Name`, `ſ`→`s`, the
+//! Kelvin sign→`k`), is refused: an upstream that matches keys case-insensitively would
+//! otherwise run another tool than the one checked and recorded.
 
+use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
+use std::fmt;
+
+/// The longest tool name accepted (the MCP specification's limit for tool names).
+pub const MAX_TOOL_NAME: usize = 128;
+/// The longest `params._meta.intent` accepted, in bytes.
+pub const MAX_INTENT: usize = 1024;
 
 /// One message, as far as authority and audit care.
 #[derive(Debug, Clone, PartialEq)]
@@ -21,12 +32,22 @@ pub enum Inspected {
     Other { method: Option<String> },
 }
 
-/// Why a POST body is not forwarded: a JSON-RPC error code and message for the answer.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A POST body the gateway will forward: what it asks for, and the bytes to send upstream
+/// (the inspected message, serialised again).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    pub inspected: Vec<Inspected>,
+    pub forward: Vec<u8>,
+}
+
+/// Why a POST body is not forwarded: a JSON-RPC error code and message for the answer, and
+/// the id of the request it answers (null when there is none).
+#[derive(Debug, Clone, PartialEq)]
 pub struct Refused {
-    /// -32700 (parse error) or -32600 (invalid request).
+    /// -32700 (parse error), -32600 (invalid request) or -32601 (method not supported here).
     pub code: i64,
     pub message: String,
+    pub id: Value,
 }
 
 impl Refused {
@@ -34,24 +55,48 @@ impl Refused {
         Refused {
             code: -32700,
             message: m.into(),
+            id: Value::Null,
         }
     }
     fn invalid(m: impl Into<String>) -> Refused {
         Refused {
             code: -32600,
             message: m.into(),
+            id: Value::Null,
         }
+    }
+    fn answering(mut self, id: Option<&Value>) -> Refused {
+        if let Some(id) = id.filter(|id| id.is_string() || id.is_number()) {
+            self.id = id.clone();
+        }
+        self
     }
 }
 
 /// Inspects a POST body: one message or a batch. Not JSON, or not JSON-RPC objects, is refused
-/// rather than forwarded; so is anything the gateway could not hold to account: a `tools/call`
-/// without an id (it would get no answer to record), and `tools/call` or `tools/list` inside a
-/// batch (batches left MCP in 2025-06-18; other batches still pass through).
-pub fn inspect(body: &[u8]) -> Result<Vec<Inspected>, Refused> {
-    let v: Value =
-        serde_json::from_slice(body).map_err(|e| Refused::parse(format!("not JSON: {e}")))?;
-    match v {
+/// rather than forwarded; so is anything the gateway could not hold to account: duplicate or
+/// case-folded keys, a `tools/call` without an id (it would get no answer to record),
+/// `tools/call` or `tools/list` inside a batch (batches left MCP in 2025-06-18; other batches
+/// still pass through), and MCP tasks (a task's result would reach the caller past the
+/// gateway's authority check and record).
+pub fn inspect(body: &[u8]) -> Result<Message, Refused> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let v = Strict
+        .deserialize(&mut de)
+        .and_then(|v| de.end().map(|_| v))
+        .map_err(|e| {
+            if e.is_data() {
+                // Valid JSON with duplicate keys: answer the request's id where it has one.
+                let id = serde_json::from_slice::<Value>(body)
+                    .ok()
+                    .and_then(|v| v.get("id").cloned());
+                Refused::invalid(format!("not an acceptable JSON-RPC message: {e}"))
+                    .answering(id.as_ref())
+            } else {
+                Refused::parse(format!("not JSON: {e}"))
+            }
+        })?;
+    let inspected = match &v {
         Value::Array(items) if !items.is_empty() => {
             let all = items.iter().map(one).collect::<Result<Vec<_>, _>>()?;
             if all.iter().any(|m| !matches!(m, Inspected::Other { .. })) {
@@ -59,19 +104,81 @@ pub fn inspect(body: &[u8]) -> Result<Vec<Inspected>, Refused> {
                     "send tools/call and tools/list one per request, not in a batch",
                 ));
             }
-            Ok(all)
+            all
         }
-        Value::Object(_) => Ok(vec![one(&v)?]),
-        _ => Err(Refused::invalid("not a JSON-RPC message")),
+        Value::Object(_) => vec![one(&v)?],
+        _ => return Err(Refused::invalid("not a JSON-RPC message")),
+    };
+    let forward = serde_json::to_vec(&v).map_err(|e| Refused::invalid(e.to_string()))?;
+    Ok(Message { inspected, forward })
+}
+
+/// The keys the gateway reads, in the message, its `params` and `params._meta`: no other key
+/// there may fold to one of them.
+const READ_KEYS: &[&str] = &[
+    "jsonrpc",
+    "id",
+    "method",
+    "params",
+    "result",
+    "error",
+    "name",
+    "arguments",
+    "_meta",
+    "intent",
+    "task",
+    "taskId",
+];
+
+/// Simple case folding, as lenient JSON decoders match keys (Go's `encoding/json` among them):
+/// ASCII case, and characters such as `ſ` (long s) and `K` (Kelvin sign) that fold to ASCII.
+fn fold(s: &str) -> String {
+    s.chars()
+        .flat_map(char::to_uppercase)
+        .flat_map(char::to_lowercase)
+        .collect()
+}
+
+/// Refuses a key of `obj` that is not one the gateway reads but that a lenient upstream would
+/// take for one.
+fn no_folded_keys(obj: &Map<String, Value>, id: Option<&Value>) -> Result<(), Refused> {
+    for k in obj.keys() {
+        if READ_KEYS.contains(&k.as_str()) {
+            continue;
+        }
+        let f = fold(k);
+        if let Some(read) = READ_KEYS.iter().find(|r| fold(r) == f) {
+            return Err(Refused::invalid(format!(
+                "key {k:?} is too like {read:?}: send JSON-RPC and MCP fields with their exact names"
+            ))
+            .answering(id));
+        }
     }
+    Ok(())
 }
 
 fn one(v: &Value) -> Result<Inspected, Refused> {
     let obj = v
         .as_object()
         .ok_or_else(|| Refused::invalid("a JSON-RPC message is an object"))?;
+    let id = obj.get("id").filter(|id| !id.is_null());
+    no_folded_keys(obj, id)?;
+    let params = obj.get("params").and_then(Value::as_object);
+    if let Some(p) = params {
+        no_folded_keys(p, id)?;
+        if let Some(meta) = p.get("_meta").and_then(Value::as_object) {
+            no_folded_keys(meta, id)?;
+        }
+    }
     let method = obj.get("method").and_then(Value::as_str);
-    let id = obj.get("id").cloned().filter(|id| !id.is_null());
+    if method.is_some_and(|m| m.starts_with("tasks/")) {
+        return Err(Refused {
+            code: -32601,
+            message: "MCP tasks are not supported through this gateway".into(),
+            id: Value::Null,
+        }
+        .answering(id));
+    }
     Ok(match (method, id) {
         (Some("tools/call") | Some("tools/list"), None) => {
             return Err(Refused::invalid(
@@ -79,33 +186,114 @@ fn one(v: &Value) -> Result<Inspected, Refused> {
             ));
         }
         (Some("tools/call"), Some(id)) => {
-            let params = obj.get("params").and_then(Value::as_object);
+            let refuse = |m: String| Refused::invalid(m).answering(Some(id));
             let tool = params
                 .and_then(|p| p.get("name"))
                 .and_then(Value::as_str)
-                .ok_or_else(|| Refused::invalid("tools/call without params.name"))?
-                .to_string();
+                .ok_or_else(|| refuse("tools/call without params.name".into()))?;
+            if tool.is_empty() || tool.len() > MAX_TOOL_NAME {
+                return Err(refuse(format!(
+                    "params.name must be 1 to {MAX_TOOL_NAME} bytes"
+                )));
+            }
+            if params.is_some_and(|p| p.contains_key("task")) {
+                return Err(refuse(
+                    "task-augmented tools/call (params.task) is not supported through this gateway"
+                        .into(),
+                ));
+            }
             let arguments = params
                 .and_then(|p| p.get("arguments"))
                 .cloned()
                 .unwrap_or(Value::Object(Map::new()));
-            let intent = params
+            let intent = match params
                 .and_then(|p| p.get("_meta"))
                 .and_then(|m| m.get("intent"))
-                .and_then(Value::as_str)
-                .map(|s| s.chars().take(500).collect());
+            {
+                None | Some(Value::Null) => None,
+                Some(Value::String(s)) if s.len() <= MAX_INTENT => Some(s.clone()),
+                Some(Value::String(_)) => {
+                    return Err(refuse(format!(
+                        "params._meta.intent is over {MAX_INTENT} bytes"
+                    )));
+                }
+                Some(_) => return Err(refuse("params._meta.intent must be a string".into())),
+            };
             Inspected::ToolCall {
-                id,
-                tool,
+                id: id.clone(),
+                tool: tool.to_string(),
                 arguments_digest: arguments_digest(&arguments),
                 intent,
             }
         }
-        (Some("tools/list"), Some(id)) => Inspected::ToolsList { id },
+        (Some("tools/list"), Some(id)) => Inspected::ToolsList { id: id.clone() },
         (m, _) => Inspected::Other {
             method: m.map(String::from),
         },
     })
+}
+
+/// A JSON value parsed with every object's keys checked for duplicates: `serde_json::Value`
+/// keeps the last of two equal keys silently, while an upstream may keep the first.
+struct Strict;
+
+impl<'de> DeserializeSeed<'de> for Strict {
+    type Value = Value;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(StrictVisitor)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> Visitor<'de> for StrictVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_string()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut out = Vec::new();
+        while let Some(v) = seq.next_element_seed(Strict)? {
+            out.push(v);
+        }
+        Ok(Value::Array(out))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = Map::new();
+        while let Some(k) = map.next_key::<String>()? {
+            let v = map.next_value_seed(Strict)?;
+            if out.contains_key(&k) {
+                return Err(de::Error::custom(format!("duplicate key {k:?}")));
+            }
+            out.insert(k, v);
+        }
+        Ok(Value::Object(out))
+    }
 }
 
 /// blake3 of the canonical JSON of the arguments (object keys sorted, no whitespace).
@@ -192,7 +380,7 @@ mod tests {
     fn inspects_calls_lists_and_the_rest() {
         let call = json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
             "params": {"name": "add_note", "arguments": {"b": 2, "a": "secret"}, "_meta": {"intent": "file the report"}}});
-        match &inspect(call.to_string().as_bytes()).unwrap()[0] {
+        match &inspect(call.to_string().as_bytes()).unwrap().inspected[0] {
             Inspected::ToolCall {
                 id,
                 tool,
@@ -214,12 +402,18 @@ mod tests {
         }
         let list = json!({"jsonrpc": "2.0", "id": "x", "method": "tools/list"});
         assert_eq!(
-            inspect(list.to_string().as_bytes()).unwrap(),
+            inspect(list.to_string().as_bytes()).unwrap().inspected,
             vec![Inspected::ToolsList { id: json!("x") }]
         );
         // Batches of other messages pass; a batch with a tool message would escape the audit.
         let other = json!([{"jsonrpc": "2.0", "method": "notifications/initialized"}, {"jsonrpc": "2.0", "id": 2, "result": {}}]);
-        assert_eq!(inspect(other.to_string().as_bytes()).unwrap().len(), 2);
+        assert_eq!(
+            inspect(other.to_string().as_bytes())
+                .unwrap()
+                .inspected
+                .len(),
+            2
+        );
         let batch = json!([list, {"jsonrpc": "2.0", "method": "notifications/initialized"}]);
         assert_eq!(
             inspect(batch.to_string().as_bytes()).unwrap_err().code,
@@ -246,6 +440,85 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn duplicate_and_folded_keys_are_refused_and_what_is_forwarded_is_what_was_read() {
+        let refused = |body: &str| inspect(body.as_bytes()).unwrap_err();
+        for body in [
+            // A lenient upstream would run delete_all while list_notes was checked.
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"list_notes","Name":"delete_all"}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"NAME":"delete_all"}}"#,
+            // Unicode simple folding: the long s and the Kelvin sign.
+            "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{\"name\":\"a\",\"tas\u{212A}Id\":\"b\"}}",
+            "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\",\"j\u{17F}onrpc\":\"1.0\"}",
+            r#"{"jsonrpc":"2.0","id":1,"method":"ping","Method":"tools/call","params":{"name":"x"}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","_meta":{"Intent":"x"}}}"#,
+            // Duplicates at any depth.
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"list_notes","name":"delete_all"}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"ping","method":"tools/call"}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","arguments":{"x":1,"x":2}}}"#,
+        ] {
+            let r = refused(body);
+            assert_eq!(r.code, -32600, "{body}: {r:?}");
+        }
+        // The refusal answers the request's id.
+        assert_eq!(
+            refused(r#"{"jsonrpc":"2.0","id":"q","method":"tools/call","params":{"name":"a","Name":"b"}}"#).id,
+            json!("q")
+        );
+        // A key that merely resembles nothing the gateway reads passes.
+        let ok = inspect(br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","arguments":{"Name":"x"},"extra":1}}"#).unwrap();
+        let forwarded: Value = serde_json::from_slice(&ok.forward).unwrap();
+        assert_eq!(forwarded["params"]["name"], "a");
+        assert_eq!(forwarded["params"]["arguments"]["Name"], "x");
+        // Whitespace and key order may change; the message may not.
+        let body =
+            br#"{ "method" : "tools/call", "jsonrpc":"2.0", "id" : 7, "params":{"name":"a"}}"#;
+        let m = inspect(body).unwrap();
+        assert_eq!(
+            serde_json::from_slice::<Value>(&m.forward).unwrap(),
+            serde_json::from_slice::<Value>(body).unwrap()
+        );
+    }
+
+    #[test]
+    fn tasks_bounds_and_the_id_of_refusals() {
+        for (body, code) in [
+            (
+                json!({"jsonrpc": "2.0", "id": 3, "method": "tasks/get", "params": {"taskId": "t"}}),
+                -32601,
+            ),
+            (
+                json!({"jsonrpc": "2.0", "id": 3, "method": "tasks/result", "params": {"taskId": "t"}}),
+                -32601,
+            ),
+            (
+                json!({"jsonrpc": "2.0", "id": 3, "method": "tasks/cancel", "params": {"taskId": "t"}}),
+                -32601,
+            ),
+            (
+                json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "a", "task": {"ttl": 1000}}}),
+                -32600,
+            ),
+            (
+                json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {}}),
+                -32600,
+            ),
+            (
+                json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "a".repeat(MAX_TOOL_NAME + 1)}}),
+                -32600,
+            ),
+            (
+                json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "a", "_meta": {"intent": "i".repeat(MAX_INTENT + 1)}}}),
+                -32600,
+            ),
+        ] {
+            let r = inspect(body.to_string().as_bytes()).unwrap_err();
+            assert_eq!((r.code, &r.id), (code, &json!(3)), "{body}: {r:?}");
+        }
+        let fine = json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "a".repeat(MAX_TOOL_NAME), "_meta": {"intent": "i".repeat(MAX_INTENT)}}});
+        assert!(inspect(fine.to_string().as_bytes()).is_ok());
     }
 
     #[test]

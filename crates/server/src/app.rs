@@ -37,6 +37,8 @@ pub struct Inner {
     pub keyring: Keyring,
     pub credentials: Credentials,
     pub jwt: JwtSigner,
+    /// Signs the identity assertions sent to upstream MCP servers (a key of its own).
+    pub identity: JwtSigner,
     pub checkpoint_key: ed25519_dalek::VerifyingKey,
     pub mac_key: [u8; 32],
     /// The configured public URL (no trailing slash): the issuer unless forwarded headers say
@@ -110,6 +112,7 @@ impl App {
         projection.catch_up(ledger.store()).await?;
         let signing = crate::keys::load_or_create(&opts.data_dir)?;
         let mac_key = crate::keys::mac_key(&signing);
+        let identity = JwtSigner::new(crate::keys::identity_key(&signing));
         let jwt = JwtSigner::new(signing);
         let config = opts.config;
         let public_url = config
@@ -135,6 +138,7 @@ impl App {
             ledger,
             projection,
             jwt,
+            identity,
             checkpoint_key,
             mac_key,
             public_url,
@@ -258,38 +262,44 @@ impl App {
         })
     }
 
-    /// Records the access-token key in the ledger (once), so that the JWKS and audits know it.
+    /// Records the access-token and identity-assertion keys in the ledger (once each), so that
+    /// the JWKS and audits know them.
     async fn record_signing_key(&self) -> Result<()> {
-        let (known, previous) = {
-            let s = self.projection.read();
-            let known = s.signing_keys.contains_key(&self.jwt.kid);
-            let previous = s
-                .signing_keys
-                .values()
-                .filter(|k| k.purpose == KeyPurpose::AccessToken && !k.retired)
-                .map(|k| k.key_id.clone())
-                .next();
-            (known, previous)
-        };
-        if known {
-            return Ok(());
+        for (signer, purpose) in [
+            (&self.jwt, KeyPurpose::AccessToken),
+            (&self.identity, KeyPurpose::IdentityAssertion),
+        ] {
+            let (known, previous) = {
+                let s = self.projection.read();
+                let known = s.signing_keys.contains_key(&signer.kid);
+                let previous = s
+                    .signing_keys
+                    .values()
+                    .filter(|k| k.purpose == purpose && !k.retired)
+                    .map(|k| k.key_id.clone())
+                    .next();
+                (known, previous)
+            };
+            if known {
+                continue;
+            }
+            use base64::Engine;
+            let public_key = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .encode(signer.key.verifying_key().as_bytes());
+            self.append(vec![NewEvent::new(
+                StreamId::named("keys"),
+                Actor::System,
+                SigningKeyRotated {
+                    purpose,
+                    key_id: signer.kid.clone(),
+                    algorithm: "EdDSA".into(),
+                    public_key,
+                    previous_key_id: previous,
+                },
+            )])
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         }
-        use base64::Engine;
-        let public_key = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .encode(self.jwt.key.verifying_key().as_bytes());
-        self.append(vec![NewEvent::new(
-            StreamId::named("keys"),
-            Actor::System,
-            SigningKeyRotated {
-                purpose: KeyPurpose::AccessToken,
-                key_id: self.jwt.kid.clone(),
-                algorithm: "EdDSA".into(),
-                public_key,
-                previous_key_id: previous,
-            },
-        )])
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
         Ok(())
     }
 

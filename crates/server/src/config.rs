@@ -80,6 +80,11 @@ pub struct ServerSection {
     /// address from `X-Forwarded-For`): only behind a proxy that sets them.
     #[serde(default)]
     pub trust_forwarded_headers: bool,
+    /// Browser origins (`https://app.example`) allowed to call `/mcp/...` besides the issuer's
+    /// own: a request with any other `Origin` is refused with 403 (DNS-rebinding protection,
+    /// as the MCP transport requires).
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for ServerSection {
@@ -88,6 +93,7 @@ impl Default for ServerSection {
             listen: default_listen(),
             public_url: None,
             trust_forwarded_headers: false,
+            allowed_origins: Vec::new(),
         }
     }
 }
@@ -404,6 +410,11 @@ impl Config {
                     r.name
                 ),
             };
+            // RFC 8707 §2: no fragment. Identity assertions use the fragment form as their
+            // audience, which no access token may then share.
+            if id.contains('#') || id.contains('?') {
+                bail!("resource {}: {id:?} may have no fragment or query", r.name);
+            }
             let token_format = match r.token_format.as_deref() {
                 None | Some("opaque") => TokenFormat::Opaque,
                 Some("jwt") => TokenFormat::Jwt,

@@ -56,3 +56,13 @@ pub fn load_or_create(data_dir: &Path) -> Result<SigningKey> {
 pub fn mac_key(signing: &SigningKey) -> [u8; 32] {
     blake3::derive_key("grantline 2026 session and csrf mac", signing.as_bytes())
 }
+
+/// The key that signs identity assertions to upstream MCP servers, derived from the
+/// access-token key so instances sharing that key share it, and never equal to it: an
+/// assertion can never pass for an access token by its signature.
+pub fn identity_key(signing: &SigningKey) -> SigningKey {
+    SigningKey::from_bytes(&blake3::derive_key(
+        "grantline 2026 upstream identity assertion",
+        signing.as_bytes(),
+    ))
+}

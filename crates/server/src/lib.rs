@@ -11,6 +11,7 @@ pub mod demo;
 pub mod gateway;
 pub mod http;
 mod keys;
+pub mod origin;
 pub mod pages;
 pub mod projection;
 pub mod random;

@@ -14,11 +14,30 @@ use std::sync::{Arc, Mutex};
 /// What the upstream saw of one request: its Authorization and identity-assertion headers.
 type Seen = (Option<String>, Option<String>);
 
-/// A test MCP server that records what it received.
+/// A test MCP server that records what it received. It reads `method` and the tool name as a
+/// lenient decoder does (Go's `encoding/json`): the first key that matches case-insensitively
+/// (with simple folding, so `ſ` is `s` and the Kelvin sign is `k`).
 #[derive(Clone, Default)]
 struct Upstream {
     seen: Arc<Mutex<Vec<Seen>>>,
+    /// The raw bodies it was sent.
+    bodies: Arc<Mutex<Vec<Vec<u8>>>>,
+    /// The tools it ran, as it read their names.
+    ran: Arc<Mutex<Vec<String>>>,
     release: Arc<tokio::sync::Notify>,
+}
+
+fn lenient<'a>(v: &'a Value, key: &str) -> Option<&'a Value> {
+    let fold = |s: &str| -> String {
+        s.chars()
+            .flat_map(char::to_uppercase)
+            .flat_map(char::to_lowercase)
+            .collect()
+    };
+    v.as_object()?
+        .iter()
+        .find(|(k, _)| fold(k) == key)
+        .map(|(_, v)| v)
 }
 
 async fn start_upstream() -> (String, Upstream) {
@@ -32,9 +51,15 @@ async fn start_upstream() -> (String, Upstream) {
             async move {
                 let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).map(String::from);
                 state.seen.lock().unwrap().push((h("authorization"), h("x-grantline-identity")));
+                state.bodies.lock().unwrap().push(body.to_vec());
                 let msg: Value = serde_json::from_slice(&body).unwrap();
                 let id = msg["id"].clone();
-                match msg["method"].as_str().unwrap_or("") {
+                let method = lenient(&msg, "method").and_then(Value::as_str).unwrap_or("");
+                if method == "tools/call" {
+                    let name = lenient(&msg["params"], "name").and_then(Value::as_str).unwrap_or("");
+                    state.ran.lock().unwrap().push(name.to_string());
+                }
+                match method {
                     "tools/list" => axum::Json(json!({"jsonrpc": "2.0", "id": id, "result": {"tools": [
                         {"name": "read_tool", "inputSchema": {"type": "object"}, "annotations": {"readOnlyHint": true}},
                         {"name": "write_tool", "inputSchema": {"type": "object"}, "annotations": {"readOnlyHint": false}},
@@ -193,7 +218,8 @@ async fn credentials_audience_scopes_and_step_up_on_the_demo() {
     // A token for the demo is refused by another resource.
     let r = rpc(&s, "/mcp/up", Some(&read), list.clone()).await;
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
-    // tools/list shows only what the read scope may call.
+    // tools/list shows every tool the role permits, also those a step-up would grant, so
+    // that the client learns of add_note and can ask for demo:write when it calls it.
     let r = rpc(&s, "/mcp/demo", Some(&read), list.clone()).await;
     assert_eq!(r.status(), StatusCode::OK);
     let v: Value = r.json().await.unwrap();
@@ -203,7 +229,7 @@ async fn credentials_audience_scopes_and_step_up_on_the_demo() {
         .iter()
         .map(|t| t["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, vec!["get_time", "list_notes"]);
+    assert_eq!(names, vec!["get_time", "list_notes", "add_note"]);
     let ok: Value = rpc(&s, "/mcp/demo", Some(&read), call(2, "get_time"))
         .await
         .json()
@@ -271,7 +297,7 @@ async fn credentials_audience_scopes_and_step_up_on_the_demo() {
     assert!(
         events
             .iter()
-            .any(|e| matches!(e.payload(), Payload::ToolListed(l) if l.tools_returned == 2))
+            .any(|e| matches!(e.payload(), Payload::ToolListed(l) if l.tools_returned == 3))
     );
     s.stop().await;
 }
@@ -335,7 +361,39 @@ async fn upstream_gets_an_identity_assertion_never_the_token_and_roles_hide_tool
         };
         let header: Value = serde_json::from_slice(&dec(parts[0])).unwrap();
         let claims: Value = serde_json::from_slice(&dec(parts[1])).unwrap();
-        assert_eq!(claims["aud"], resource.as_str());
+        // An audience no access token can have (a resource indicator has no fragment), a
+        // type of its own, and a key of its own.
+        assert_eq!(claims["aud"], format!("{resource}#upstream"));
+        assert_eq!(header["typ"], "grantline-identity+jwt");
+        assert_ne!(
+            header["kid"],
+            s.app.jwt.kid.as_str(),
+            "not the access-token key"
+        );
+        let user = s
+            .app
+            .credentials
+            .by_username("admin")
+            .await
+            .unwrap()
+            .unwrap()
+            .user_id;
+        assert_eq!(claims["sub"], user.as_str());
+        assert_eq!(claims["iss"], s.base.as_str());
+        assert!(
+            claims["client_id"].as_str().unwrap().starts_with("cli_")
+                || claims["client_id"].is_string()
+        );
+        assert_eq!(claims["scope"], "up:read up:write");
+        assert!(
+            claims["credential"].as_str().unwrap().starts_with("at_"),
+            "{claims}"
+        );
+        assert!(!claims["jti"].as_str().unwrap().is_empty());
+        assert_eq!(
+            claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(),
+            60
+        );
         let jwks: Value = browser()
             .get(s.url("/.well-known/jwks.json"))
             .send()
@@ -553,5 +611,164 @@ async fn when_the_ledger_cannot_write_tool_calls_fail_closed() {
         }
     }
     assert_eq!(status, StatusCode::OK);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_a_lenient_upstream_would_read_differently_never_reach_it() {
+    let (up_url, up) = start_upstream().await;
+    let (s, _d, _db) = gateway_server(&up_url).await;
+    let token = token_for(&s, &s.url("/mcp/up"), "up:read up:write").await;
+    let before = s.app.store().count().await.unwrap();
+    let send = |body: String| {
+        let (s, token) = (&s, &token);
+        async move {
+            browser()
+                .post(s.url("/mcp/up"))
+                .bearer_auth(token)
+                .header("content-type", "application/json")
+                .header("accept", "application/json, text/event-stream")
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    for body in [
+        // The gateway would check and record read_tool; a lenient upstream runs write_tool.
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"read_tool","Name":"write_tool"}}"#.to_string(),
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"write_tool","name":"read_tool"}}"#.to_string(),
+        // A ping to the gateway, a tool call to the upstream, recorded nowhere.
+        r#"{"jsonrpc":"2.0","id":1,"method":"ping","Method":"tools/call","params":{"name":"write_tool"}}"#.to_string(),
+        // Unicode simple folding: the long s folds to s.
+        "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\",\"params\":{\"name\":\"x\"},\"j\u{17F}onrpc\":\"tools/call\"}".to_string(),
+        // Tasks would let a result reach the caller past the record.
+        r#"{"jsonrpc":"2.0","id":1,"method":"tasks/result","params":{"taskId":"t1"}}"#.to_string(),
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"read_tool","task":{"ttl":60000}}}"#.to_string(),
+    ] {
+        let r = send(body.clone()).await;
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{body}");
+        let e: Value = r.json().await.unwrap();
+        assert!(matches!(e["error"]["code"].as_i64(), Some(-32600 | -32601)), "{body}: {e}");
+        assert_eq!(e["id"], 1, "the refusal answers the request: {body}");
+    }
+    assert!(
+        up.seen.lock().unwrap().is_empty(),
+        "nothing reached the upstream"
+    );
+    assert_eq!(
+        s.app.store().count().await.unwrap(),
+        before,
+        "nothing was written"
+    );
+    // What does reach it is the message the gateway read, serialised again.
+    let r = send(r#"{ "params" : {"name":"read_tool", "arguments": {"Name": "x"}}, "id":2, "method":"tools/call", "jsonrpc":"2.0" }"#.to_string()).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let bodies = up.bodies.lock().unwrap().clone();
+    let sent: Value = serde_json::from_slice(bodies.last().unwrap()).unwrap();
+    assert_eq!(
+        bodies.last().unwrap(),
+        &serde_json::to_vec(&sent).unwrap(),
+        "re-serialised"
+    );
+    assert_eq!(
+        sent["params"]["arguments"]["Name"], "x",
+        "arguments pass as they are"
+    );
+    assert_eq!(*up.ran.lock().unwrap(), vec!["read_tool".to_string()]);
+    // A call without a tool name is answered with its own id.
+    let r = rpc(
+        &s,
+        "/mcp/up",
+        Some(&token),
+        json!({"jsonrpc": "2.0", "id": 77, "method": "tools/call", "params": {}}),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(r.json::<Value>().await.unwrap()["id"], 77);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_origin_is_refused_before_anything_else() {
+    let (up_url, up) = start_upstream().await;
+    let (s, _d, _db) = gateway_server_with(&up_url, |c| {
+        c.server.allowed_origins = vec!["https://app.example".into()];
+    })
+    .await;
+    let token = token_for(&s, &s.url("/mcp/up"), "up:read").await;
+    let list = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"});
+    let with_origin = |origin: &str, token: Option<&str>| {
+        let mut r = browser()
+            .post(s.url("/mcp/up"))
+            .header("origin", origin)
+            .header("accept", "application/json, text/event-stream")
+            .json(&list);
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        r.send()
+    };
+    for origin in [
+        "http://evil.example.com",
+        "null",
+        "https://app.example.evil",
+    ] {
+        // With or without a valid token: 403, before authentication.
+        let r = with_origin(origin, Some(&token)).await.unwrap();
+        assert_eq!(r.status(), StatusCode::FORBIDDEN, "{origin}");
+        assert!(r.headers().get("www-authenticate").is_none());
+        let r = with_origin(origin, None).await.unwrap();
+        assert_eq!(r.status(), StatusCode::FORBIDDEN, "{origin}");
+    }
+    assert!(up.seen.lock().unwrap().is_empty());
+    // The issuer's own origin and a configured one pass; so does a request with no Origin.
+    for origin in [s.base.as_str(), "https://app.example"] {
+        let r = with_origin(origin, Some(&token)).await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{origin}");
+    }
+    assert_eq!(
+        rpc(&s, "/mcp/up", Some(&token), list.clone())
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caller_supplied_gateway_values_are_bounded_and_nothing_is_written_over_them() {
+    let (up_url, up) = start_upstream().await;
+    let (s, _d, _db) = gateway_server(&up_url).await;
+    let token = token_for(&s, &s.url("/mcp/up"), "up:read").await;
+    let before = s.app.store().count().await.unwrap();
+    let long_tool = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "t".repeat(129)}});
+    let long_intent = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "read_tool", "_meta": {"intent": "i".repeat(1025)}}});
+    for body in [long_tool, long_intent] {
+        let r = rpc(&s, "/mcp/up", Some(&token), body).await;
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], -32600);
+    }
+    for session in ["s".repeat(257), "has space".to_string()] {
+        let r = browser()
+            .post(s.url("/mcp/up"))
+            .bearer_auth(&token)
+            .header("mcp-session-id", session)
+            .json(&call(1, "read_tool"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    }
+    // A body over the limit is refused before it is read.
+    let big = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "read_tool", "arguments": {"x": "y".repeat(3 << 20)}}});
+    let r = rpc(&s, "/mcp/up", Some(&token), big).await;
+    assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(up.seen.lock().unwrap().is_empty());
+    assert_eq!(
+        s.app.store().count().await.unwrap(),
+        before,
+        "nothing was written"
+    );
     s.stop().await;
 }

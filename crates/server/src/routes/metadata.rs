@@ -112,8 +112,8 @@ pub async fn protected_resource_root(State(app): State<App>, ctx: RequestContext
     }
 }
 
-/// Every access-token key the ledger has introduced (old ones stay until tokens they signed
-/// have expired) and the checkpoint key.
+/// Every access-token and identity-assertion key the ledger has introduced (old ones stay
+/// until what they signed has expired) and the checkpoint key.
 pub async fn jwks(State(app): State<App>) -> Response {
     use base64::Engine;
     let mut keys: Vec<serde_json::Value> = {
@@ -121,7 +121,13 @@ pub async fn jwks(State(app): State<App>) -> Response {
         let mut ks: Vec<_> = state
             .signing_keys
             .values()
-            .filter(|k| k.purpose == grantline_ledger::KeyPurpose::AccessToken)
+            .filter(|k| {
+                matches!(
+                    k.purpose,
+                    grantline_ledger::KeyPurpose::AccessToken
+                        | grantline_ledger::KeyPurpose::IdentityAssertion
+                )
+            })
             .collect();
         ks.sort_by_key(|k| std::cmp::Reverse(k.introduced_at));
         ks.iter()

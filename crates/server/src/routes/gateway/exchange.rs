@@ -143,10 +143,8 @@ fn settle(
             let out = sse::rewrite(is_sse, body, |m| {
                 if m.get("id").is_some_and(|x| jsonrpc::same_id(x, id)) {
                     app.mounts.learn(&mount.name, m);
-                    returned = jsonrpc::filter_tools(m, |tool, ann| {
-                        let scope = mount.scopes.for_tool(tool, ann);
-                        authority::check_call(caller, &app.mounts.roles, &mount.name, tool, scope)
-                            .is_ok()
+                    returned = jsonrpc::filter_tools(m, |tool, _| {
+                        authority::listed(caller, &app.mounts.roles, &mount.name, tool)
                     });
                 }
             });

@@ -67,7 +67,11 @@ fn unavailable() -> Response {
 }
 
 fn refused(code: i64, message: &str, status: StatusCode) -> Response {
-    let err = jsonrpc::error(&Value::Null, code, message, None);
+    refused_id(&Value::Null, code, message, status)
+}
+
+fn refused_id(id: &Value, code: i64, message: &str, status: StatusCode) -> Response {
+    let err = jsonrpc::error(id, code, message, None);
     (status, axum::Json(err)).into_response()
 }
 
@@ -95,6 +99,22 @@ pub async fn mcp(
         r.headers_mut()
             .insert(header::ALLOW, HeaderValue::from_static("GET, POST, DELETE"));
         return r;
+    }
+    // DNS rebinding: a page on another origin must not reach the MCP server through a
+    // browser, whatever credentials it has (MCP transport, "Security Warning").
+    if let Some(origin) = headers.get(header::ORIGIN)
+        && !crate::origin::allowed(
+            &ctx.issuer,
+            &app.config.server.allowed_origins,
+            origin.as_bytes(),
+        )
+    {
+        return (
+            StatusCode::FORBIDDEN,
+            axum::Json(serde_json::json!({"error": "origin_not_allowed",
+                "error_description": "requests from this Origin are not accepted"})),
+        )
+            .into_response();
     }
     let metadata_url = format!(
         "{}{}",
@@ -143,12 +163,26 @@ pub async fn mcp(
     if let Some(c) = &caller.client_id {
         span.record("client_id", c.as_str());
     }
+    // The session id is recorded with every call: bounded, visible ASCII (MCP transport).
+    let session_id = match headers.get("mcp-session-id").map(|v| v.to_str()) {
+        None => None,
+        Some(Ok(v)) if valid_session_id(v) => Some(v.to_string()),
+        Some(_) => {
+            return refused(
+                -32600,
+                &format!("Mcp-Session-Id must be 1 to {MAX_SESSION_ID} visible ASCII characters"),
+                StatusCode::BAD_REQUEST,
+            );
+        }
+    };
     let started = Instant::now();
     // Only POST carries messages; GET and DELETE go upstream without a body.
+    // What goes upstream is the message as inspected, serialised again: never bytes the
+    // gateway read differently from the upstream.
     let (inspected, body) = if method == Method::POST {
         match jsonrpc::inspect(&body) {
-            Ok(i) => (i, body),
-            Err(e) => return refused(e.code, &e.message, StatusCode::BAD_REQUEST),
+            Ok(m) => (m.inspected, Bytes::from(m.forward)),
+            Err(e) => return refused_id(&e.id, e.code, &e.message, StatusCode::BAD_REQUEST),
         }
     } else {
         (Vec::new(), Bytes::new())
@@ -175,10 +209,7 @@ pub async fn mcp(
         ctx: ctx.clone(),
         caller: caller.clone(),
         resource: resource.id.clone(),
-        session_id: headers
-            .get("mcp-session-id")
-            .and_then(|v| v.to_str().ok())
-            .map(String::from),
+        session_id,
         started,
     };
     // The scope a call needs, learning the tool's annotations first when they are unknown.
@@ -236,17 +267,11 @@ pub async fn mcp(
                 authority::check_call(&caller, &app.mounts.roles, &mount.name, &call.tool, &scope)
             {
                 if d.kind == grantline_gateway::DenialKind::InsufficientScope {
-                    // Step-up asks for every scope the caller should hold afterwards: what it
-                    // has for this resource plus what this call needs, so re-authorizing for
-                    // the challenge does not lose the scopes it already had.
-                    let mut all: std::collections::BTreeSet<String> = caller
-                        .scopes
-                        .iter()
-                        .filter(|s| resource.offers(s))
-                        .cloned()
-                        .collect();
-                    all.extend(d.required_scopes.iter().cloned());
-                    d.required_scopes = all.into_iter().collect();
+                    d.required_scopes = authority::step_up_scopes(
+                        &caller,
+                        |s| resource.offers(s),
+                        &d.required_scopes,
+                    );
                 }
                 if audit.record(audit.denied(&call, &d)).await.is_err() {
                     return unavailable();
@@ -288,6 +313,13 @@ pub async fn mcp(
     };
     quota_headers(&mut r, quota);
     r
+}
+
+/// The longest `Mcp-Session-Id` accepted.
+pub const MAX_SESSION_ID: usize = 256;
+
+fn valid_session_id(v: &str) -> bool {
+    !v.is_empty() && v.len() <= MAX_SESSION_ID && v.bytes().all(|b| (0x21..=0x7e).contains(&b))
 }
 
 fn quota_headers(r: &mut Response, q: Quota) {

@@ -48,12 +48,19 @@ impl UpstreamError {
     }
 }
 
+/// The audience of identity assertions for `resource`: the resource with a fragment, which
+/// no resource indicator may have (RFC 8707 §2), so no access token can have it either.
+pub fn assertion_audience(resource: &str) -> String {
+    format!("{resource}#upstream")
+}
+
 /// The identity assertion for the upstream: who, through which client, with which scopes.
+/// Signed with the identity key (not the access-token key), typed, for 60 seconds.
 pub fn identity(app: &App, ctx: &RequestContext, caller: &Caller) -> String {
     let now = app.now().0 / 1_000_000;
     let claims = serde_json::json!({
         "iss": ctx.issuer,
-        "aud": caller.resource,
+        "aud": assertion_audience(&caller.resource),
         "sub": caller.user_id.as_deref().or(caller.client_id.as_deref()).unwrap_or(""),
         "client_id": caller.client_id,
         "scope": caller.scopes.iter().cloned().collect::<Vec<_>>().join(" "),
@@ -62,7 +69,7 @@ pub fn identity(app: &App, ctx: &RequestContext, caller: &Caller) -> String {
         "exp": now + 60,
         "jti": ctx.request_id,
     });
-    app.jwt.sign_json("grantline-identity+jwt", &claims)
+    app.identity.sign_json("grantline-identity+jwt", &claims)
 }
 
 /// Sends the request to the mount's MCP server and returns its answer as soon as the headers
