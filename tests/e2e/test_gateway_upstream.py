@@ -23,8 +23,11 @@ def verify_assertion(base, token, resource):
     assert header["alg"] == "EdDSA", header
     keys = requests.get(base + "/.well-known/jwks.json").json()["keys"]
     jwk = next(k for k in keys if k.get("kid") == header.get("kid"))
+    # The assertion's audience is the resource with a fragment: no access token (whose
+    # audience is a resource indicator, which has none) can pass for one.
+    assert header["typ"] == "grantline-identity+jwt", header
     return jwt.decode(token, jwt.PyJWK(jwk).key, algorithms=["EdDSA"],
-                      audience=resource, issuer=base)
+                      audience=resource + "#upstream", issuer=base)
 
 
 async def scenario(server, browser, storage, seen):
@@ -93,13 +96,11 @@ def test_sdk_client_through_the_gateway_to_a_third_party_upstream(gateway_server
     for g in got:
         c = jwt.decode(g["identity"], options={"verify_signature": False})
         assert c["sub"] == claims["sub"] and c["client_id"] == claims["client_id"], c
-        assert c["aud"] == gateway_server.base + "/mcp/notes"
+        assert c["aud"] == gateway_server.base + "/mcp/notes#upstream"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the gateway forwards only content-type, accept, mcp-session-id and mcp-protocol-version "
-    "upstream; the 2026-07-28 transport also needs Mcp-Method/Mcp-Name, so the upstream refuses "
-    "server/discover (-32020 HEADER_MISMATCH) and the SDK falls back to 2025-11-25"))
+# The 2026-07-28 transport routes on Mcp-Method/Mcp-Name headers, which the gateway checks
+# against the message and forwards.
 def test_the_newest_protocol_version_passes_through_the_gateway(gateway_server, upstream):
     async def negotiated():
         async with Client(streamable_http_client(upstream.url), cache=None) as direct:

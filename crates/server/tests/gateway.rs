@@ -676,6 +676,32 @@ async fn keys_a_lenient_upstream_would_read_differently_never_reach_it() {
         "arguments pass as they are"
     );
     assert_eq!(*up.ran.lock().unwrap(), vec!["read_tool".to_string()]);
+    // Protocol 2026-07-28 routing headers must say what the message says.
+    let seen_before = up.seen.lock().unwrap().len();
+    for (method, name) in [("tools/call", "write_tool"), ("ping", "read_tool")] {
+        let r = browser()
+            .post(s.url("/mcp/up"))
+            .bearer_auth(&token)
+            .header("mcp-method", method)
+            .header("mcp-name", name)
+            .json(&call(5, "read_tool"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{method} {name}");
+        assert_eq!(r.json::<Value>().await.unwrap()["id"], 5);
+    }
+    assert_eq!(up.seen.lock().unwrap().len(), seen_before);
+    let r = browser()
+        .post(s.url("/mcp/up"))
+        .bearer_auth(&token)
+        .header("mcp-method", "tools/call")
+        .header("mcp-name", "read_tool")
+        .json(&call(6, "read_tool"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
     // A call without a tool name is answered with its own id.
     let r = rpc(
         &s,

@@ -187,6 +187,18 @@ pub async fn mcp(
     } else {
         (Vec::new(), Bytes::new())
     };
+    if let Err(m) = headers_match(&headers, &inspected) {
+        let id = inspected.iter().find_map(|i| match i {
+            Inspected::ToolCall { id, .. } | Inspected::ToolsList { id } => Some(id.clone()),
+            Inspected::Other { .. } => None,
+        });
+        return refused_id(
+            &id.unwrap_or(Value::Null),
+            -32600,
+            &m,
+            StatusCode::BAD_REQUEST,
+        );
+    }
     // At most one message to watch: the inspection refuses tool messages in batches.
     let watched = inspected.into_iter().find_map(|m| match m {
         Inspected::ToolCall {
@@ -313,6 +325,34 @@ pub async fn mcp(
     };
     quota_headers(&mut r, quota);
     r
+}
+
+/// `Mcp-Method` and `Mcp-Name` (protocol 2026-07-28) let an upstream route on headers: they
+/// must say what the inspected message says, or an upstream could run another method or tool
+/// than the one checked and recorded.
+fn headers_match(headers: &HeaderMap, inspected: &[Inspected]) -> Result<(), String> {
+    let header = |n: &str| headers.get(n).map(|v| v.to_str().unwrap_or("\u{fffd}"));
+    let (method, name) = (header("mcp-method"), header("mcp-name"));
+    if method.is_none() && name.is_none() {
+        return Ok(());
+    }
+    let [one] = inspected else {
+        return Err("Mcp-Method and Mcp-Name go with a single message".into());
+    };
+    let (m, n) = match one {
+        Inspected::ToolCall { tool, .. } => (Some("tools/call"), Some(tool.as_str())),
+        Inspected::ToolsList { .. } => (Some("tools/list"), None),
+        Inspected::Other { method } => (method.as_deref(), None),
+    };
+    if method.is_some_and(|h| Some(h) != m) {
+        return Err("Mcp-Method does not match the message's method".into());
+    }
+    if let (Some(h), Some(n)) = (name, n)
+        && h != n
+    {
+        return Err("Mcp-Name does not match the tool the message calls".into());
+    }
+    Ok(())
 }
 
 /// The longest `Mcp-Session-Id` accepted.

@@ -16,11 +16,16 @@ pub const IDENTITY_HEADER: &str = "x-grantline-identity";
 /// Not `Last-Event-ID`: a resumed stream would replay answers (tool results, unfiltered
 /// listings) past the gateway's recording and filtering, so streams are not resumed through
 /// the gateway; a client that lost one sends its request again.
+/// `Mcp-Method` and `Mcp-Name` (protocol 2026-07-28) pass only after the gateway checked them
+/// against the message it inspected (see `routes::gateway::headers_match`); `Mcp-Param-*`
+/// headers mirror arguments, which the upstream checks against the body it is sent.
 const TO_UPSTREAM: &[&str] = &[
     "content-type",
     "accept",
     "mcp-session-id",
     "mcp-protocol-version",
+    "mcp-method",
+    "mcp-name",
 ];
 const FROM_UPSTREAM: &[&str] = &[
     "content-type",
@@ -89,6 +94,11 @@ pub async fn send(
             for name in TO_UPSTREAM {
                 if let Some(v) = headers.get(*name) {
                     req = req.header(*name, v.clone());
+                }
+            }
+            for (name, v) in headers {
+                if name.as_str().starts_with("mcp-param-") {
+                    req = req.header(name, v.clone());
                 }
             }
             req = req.header(IDENTITY_HEADER, identity);
