@@ -148,6 +148,7 @@ mod state_tests {
                 used: true,
                 disabled: false,
                 expired: false,
+                version: 1,
             },
         );
         s.access_tokens.insert(

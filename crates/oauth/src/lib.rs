@@ -13,6 +13,7 @@ mod error;
 pub mod grant;
 pub mod grants;
 pub mod introspect;
+pub mod limits;
 pub mod metadata;
 pub mod pat;
 pub mod pkce;

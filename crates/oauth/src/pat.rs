@@ -55,10 +55,10 @@ pub fn create(
     {
         return invalid("no such active user").into();
     }
-    let name = req.name.trim();
-    if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
-        return invalid("a token needs a name of 1–100 printable characters").into();
-    }
+    let name = match crate::limits::display_text("name", &req.name, crate::limits::PAT_NAME_CHARS) {
+        Ok(n) if !n.is_empty() => n,
+        _ => return invalid("a token needs a name of 1–100 printable characters").into(),
+    };
     let Some(resource) = settings.resource(&req.resource) else {
         return OAuthError::invalid_target("unknown resource").into();
     };
@@ -85,7 +85,7 @@ pub fn create(
     let event = PatCreated {
         pat_id: pat_id.clone(),
         user_id: req.user_id.clone(),
-        name: name.to_string(),
+        name: name.clone(),
         resource: resource.id.clone(),
         scopes: scopes.into_iter().collect(),
         prefix: prefix.clone(),

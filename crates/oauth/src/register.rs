@@ -1,7 +1,7 @@
 //! Dynamic client registration (RFC 7591) and the registration policy.
 
 use crate::tokens::Secret;
-use crate::{Decision, ErrorCode, OAuthError, redirect, scope};
+use crate::{Decision, ErrorCode, OAuthError, limits, redirect, scope};
 use grantline_ledger::{
     Actor, ApplicationType, AuthMethod, ClientRegistered, GrantType, NewEvent, RegistrationMethod,
     RegistrationRejected, RequestMeta, StreamId, Timestamp,
@@ -176,10 +176,20 @@ pub fn check(req: &RegistrationRequest) -> Result<ClientMetadata, OAuthError> {
             "redirect_uris is required for the authorization_code grant",
         ));
     }
-    if req.redirect_uris.len() > 20 {
+    if req.redirect_uris.len() > limits::REDIRECT_URIS {
         return Err(OAuthError::new(
             ErrorCode::InvalidRedirectUri,
-            "at most 20 redirect URIs",
+            format!("at most {} redirect URIs", limits::REDIRECT_URIS),
+        ));
+    }
+    if req
+        .redirect_uris
+        .iter()
+        .any(|u| u.len() > limits::URL_BYTES)
+    {
+        return Err(OAuthError::new(
+            ErrorCode::InvalidRedirectUri,
+            format!("a redirect URI is longer than {} bytes", limits::URL_BYTES),
         ));
     }
     let application_type = match req.application_type.as_deref() {
@@ -197,30 +207,44 @@ pub fn check(req: &RegistrationRequest) -> Result<ClientMetadata, OAuthError> {
             .map_err(|e| OAuthError::new(ErrorCode::InvalidRedirectUri, e))?;
     }
     if let Some(s) = &req.scope {
+        if s.len() > limits::SCOPE_BYTES {
+            return Err(invalid_metadata(format!(
+                "scope is longer than {} bytes",
+                limits::SCOPE_BYTES
+            )));
+        }
         scope::parse(s).map_err(|e| invalid_metadata(e.description))?;
     }
-    let client_name = req
-        .client_name
-        .as_deref()
-        .map(str::trim)
-        .filter(|n| !n.is_empty())
-        .unwrap_or("Unnamed client");
-    if client_name.chars().count() > 200 {
-        return Err(invalid_metadata(
-            "client_name is longer than 200 characters",
-        ));
+    let client_name = match req.client_name.as_deref().map(str::trim) {
+        Some(n) if !n.is_empty() => {
+            limits::display_text("client_name", n, limits::CLIENT_NAME_CHARS)
+                .map_err(invalid_metadata)?
+        }
+        _ => "Unnamed client".to_string(),
+    };
+    for (field, v) in [
+        ("software_id", &req.software_id),
+        ("software_version", &req.software_version),
+    ] {
+        if let Some(v) = v {
+            limits::display_text(field, v, limits::SOFTWARE_CHARS).map_err(invalid_metadata)?;
+        }
     }
     for (field, v) in [("client_uri", &req.client_uri), ("logo_uri", &req.logo_uri)] {
         if let Some(v) = v
-            && url::Url::parse(v)
-                .map(|u| u.scheme() != "https")
-                .unwrap_or(true)
+            && (v.len() > limits::URL_BYTES
+                || url::Url::parse(v)
+                    .map(|u| u.scheme() != "https")
+                    .unwrap_or(true))
         {
-            return Err(invalid_metadata(format!("{field} must be an https URL")));
+            return Err(invalid_metadata(format!(
+                "{field} must be an https URL of at most {} bytes",
+                limits::URL_BYTES
+            )));
         }
     }
     Ok(ClientMetadata {
-        client_name: client_name.to_string(),
+        client_name,
         application_type,
         auth_method,
         redirect_uris: req.redirect_uris.clone(),
@@ -333,4 +357,71 @@ pub fn decide(
         )],
         Ok(answer),
     )
+}
+
+/// Decides the intake of a client ID metadata document fetched from `url`: the client is
+/// recorded when it is new (`client.registered`, method `metadata_document`) or when its
+/// metadata changed (`client.updated`); a disabled client stays as it is. `meta` is the
+/// document's metadata as [`check`] accepted it, so every value is bounded; the stream is
+/// expected at the version the decision saw.
+pub fn decide_document(
+    state: &grantline_state::State,
+    url: &str,
+    meta: &ClientMetadata,
+    req: &RegistrationRequest,
+) -> Decision<()> {
+    let stream = StreamId::client(url);
+    let event = match state.clients.get(url) {
+        Some(c) if c.disabled => return Decision::new(Vec::new(), Ok(())),
+        Some(c)
+            if c.client_name == meta.client_name
+                && c.redirect_uris == meta.redirect_uris
+                && c.grant_types == meta.grant_types
+                && c.scope == meta.scope =>
+        {
+            return Decision::new(Vec::new(), Ok(()));
+        }
+        Some(c) => {
+            let version = c.version;
+            return Decision::new(
+                vec![NewEvent::new(
+                    stream.clone(),
+                    Actor::System,
+                    grantline_ledger::ClientUpdated {
+                        client_id: url.to_string(),
+                        client_name: Some(meta.client_name.clone()),
+                        redirect_uris: Some(meta.redirect_uris.clone()),
+                        grant_types: Some(meta.grant_types.clone()),
+                        scope: meta.scope.clone(),
+                        secret_digest: None,
+                    },
+                )],
+                Ok(()),
+            )
+            .expect(stream, grantline_ledger::ExpectedVersion::Exactly(version));
+        }
+        None => ClientRegistered {
+            client_id: url.to_string(),
+            client_name: meta.client_name.clone(),
+            method: RegistrationMethod::MetadataDocument,
+            application_type: meta.application_type,
+            token_endpoint_auth_method: meta.auth_method,
+            redirect_uris: meta.redirect_uris.clone(),
+            grant_types: meta.grant_types.clone(),
+            scope: meta.scope.clone(),
+            software_id: req.software_id.clone(),
+            software_version: req.software_version.clone(),
+            client_uri: req.client_uri.clone(),
+            logo_uri: req.logo_uri.clone(),
+            metadata_document_url: Some(url.to_string()),
+            secret_digest: None,
+            expires_at: None,
+            request: None,
+        },
+    };
+    Decision::new(
+        vec![NewEvent::new(stream.clone(), Actor::System, event)],
+        Ok(()),
+    )
+    .expect(stream, grantline_ledger::ExpectedVersion::NoStream)
 }

@@ -49,6 +49,10 @@ pub struct Inner {
     pub metadata_documents: Fetcher,
     pub signin: Arc<dyn SignIn>,
     pub login_throttle: crate::throttle::LoginThrottle,
+    /// Registrations per source address.
+    pub registrations: crate::throttle::AddressLimiter,
+    /// New metadata-document clients per source address.
+    pub document_intake: crate::throttle::AddressLimiter,
     /// Windows of refused OAuth requests already on the ledger (`oauth.refused`).
     pub refusals: crate::refusals::RefusalLog,
     /// Resources behind the gateway, roles, tool annotations.
@@ -147,6 +151,14 @@ impl App {
             metadata_documents,
             signin: Arc::new(PasswordSignIn::new(Credentials::new(&store))),
             login_throttle: Default::default(),
+            registrations: crate::throttle::AddressLimiter::new(
+                config.registration.per_address_per_hour,
+                3600,
+            ),
+            document_intake: crate::throttle::AddressLimiter::new(
+                config.metadata_documents.per_address_per_hour,
+                3600,
+            ),
             refusals: Default::default(),
             mounts,
             demo: Default::default(),

@@ -124,6 +124,12 @@ impl Fetcher {
         if !self.config.enabled {
             return Err(refuse("metadata documents are turned off on this server"));
         }
+        if client_id.len() > grantline_oauth::limits::URL_BYTES {
+            return Err(refuse(format!(
+                "the client_id URL is longer than {} bytes",
+                grantline_oauth::limits::URL_BYTES
+            )));
+        }
         let url = url::Url::parse(client_id).map_err(|e| refuse(format!("bad URL: {e}")))?;
         match url.scheme() {
             "https" => {}

@@ -134,13 +134,20 @@ impl Default for OAuthSection {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RegistrationSection {
     /// `open` (default), `allowlist` or `off`.
     pub policy: Option<String>,
     #[serde(default)]
     pub allow: Vec<AllowRule>,
+    /// Registrations accepted per source address per hour (0: no limit); over it, 429.
+    #[serde(default = "default_per_address")]
+    pub per_address_per_hour: u32,
+}
+
+fn default_per_address() -> u32 {
+    60
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -157,6 +164,19 @@ pub struct MetadataDocumentsSection {
     /// Cache lifetime when the response sends no cache headers, and the upper bound.
     pub default_cache_seconds: u64,
     pub max_cache_seconds: u64,
+    /// New metadata-document clients taken in per source address per hour (0: no limit);
+    /// over it, the authorization request is answered 429.
+    pub per_address_per_hour: u32,
+}
+
+impl Default for RegistrationSection {
+    fn default() -> Self {
+        RegistrationSection {
+            policy: None,
+            allow: Vec::new(),
+            per_address_per_hour: default_per_address(),
+        }
+    }
 }
 
 impl Default for MetadataDocumentsSection {
@@ -169,6 +189,7 @@ impl Default for MetadataDocumentsSection {
             timeout_ms: 5_000,
             default_cache_seconds: 300,
             max_cache_seconds: 86_400,
+            per_address_per_hour: 60,
         }
     }
 }

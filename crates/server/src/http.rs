@@ -122,6 +122,21 @@ impl IntoResponse for AppError {
     }
 }
 
+/// 429 with `Retry-After` and an RFC 6749-style JSON body (`slow_down` is not an RFC 6749
+/// error; `temporarily_unavailable` is the code clients know).
+pub fn too_many_requests(retry_after: i64, description: &str) -> Response {
+    let body = serde_json::json!({
+        "error": "temporarily_unavailable",
+        "error_description": description,
+    });
+    let mut r = (StatusCode::TOO_MANY_REQUESTS, axum::Json(body)).into_response();
+    if let Ok(v) = HeaderValue::from_str(&retry_after.max(1).to_string()) {
+        r.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    no_store(r.headers_mut());
+    r
+}
+
 pub fn no_store(h: &mut HeaderMap) {
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));

@@ -10,10 +10,26 @@ use std::pin::Pin;
 /// The outcome of one sign-in attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    SignedIn { user_id: String },
+    SignedIn {
+        user_id: String,
+    },
     UnknownUser,
-    BadPassword { user_id: String },
+    BadPassword {
+        user_id: String,
+    },
+    /// Too many passwords are being checked at once: try again shortly (429).
+    Busy,
 }
+
+/// The longest username a sign-in takes, in bytes (longer is refused before any lookup).
+pub const MAX_USERNAME: usize = 256;
+/// The longest password a sign-in takes, in bytes (longer is refused before hashing).
+pub const MAX_PASSWORD: usize = 1024;
+/// Most password hashes computed at once in the process: each argon2id check takes 19 MiB, so
+/// this bounds the memory a flood of sign-ins can take whatever its source.
+pub const MAX_CONCURRENT_HASHES: usize = 4;
+/// How long an attempt waits for a free hashing slot before it is answered 429.
+pub const HASH_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -33,6 +49,8 @@ pub struct PasswordSignIn {
     credentials: Credentials,
     /// Verified against when the user is unknown, so both cases take the same time.
     dummy_hash: String,
+    /// Slots for concurrent password checks ([`MAX_CONCURRENT_HASHES`]).
+    hashing: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 impl PasswordSignIn {
@@ -40,6 +58,7 @@ impl PasswordSignIn {
         PasswordSignIn {
             credentials,
             dummy_hash: hash_password("not a real password").unwrap_or_default(),
+            hashing: std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_HASHES)),
         }
     }
 }
@@ -74,6 +93,14 @@ impl SignIn for PasswordSignIn {
         password: &'a str,
     ) -> BoxFuture<'a, Result<Outcome, StoreError>> {
         Box::pin(async move {
+            if username.len() > MAX_USERNAME || password.len() > MAX_PASSWORD {
+                return Ok(Outcome::UnknownUser);
+            }
+            let Ok(Ok(_slot)) =
+                tokio::time::timeout(HASH_WAIT, self.hashing.clone().acquire_owned()).await
+            else {
+                return Ok(Outcome::Busy);
+            };
             let cred = self.credentials.by_username(username).await?;
             let (hash, user_id) = match &cred {
                 Some(c) => (c.password_hash.clone(), Some(c.user_id.clone())),

@@ -111,8 +111,66 @@ impl LoginThrottle {
     }
 }
 
+/// At most `limit` requests per source address in each fixed window: registration and
+/// metadata-document intake, which anyone may call and which each add to the ledger.
+pub struct AddressLimiter {
+    limit: u32,
+    window_secs: i64,
+    entries: Mutex<HashMap<String, (i64, u32)>>,
+}
+
+impl AddressLimiter {
+    /// `limit` 0 turns the limiter off.
+    pub fn new(limit: u32, window_secs: i64) -> Self {
+        AddressLimiter {
+            limit,
+            window_secs: window_secs.max(1),
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Counts one request from `address`; `Err(retry_after seconds)` when it is over the limit.
+    /// Requests with no known address share one bucket.
+    pub fn hit(&self, address: Option<&str>, now: i64) -> Result<(), i64> {
+        if self.limit == 0 {
+            return Ok(());
+        }
+        let Ok(mut map) = self.entries.lock() else {
+            return Ok(());
+        };
+        if map.len() > 100_000 {
+            let w = self.window_secs;
+            map.retain(|_, (start, _)| now - *start < w);
+        }
+        let e = map
+            .entry(address.unwrap_or("-").to_string())
+            .or_insert((now, 0));
+        if now - e.0 >= self.window_secs {
+            *e = (now, 0);
+        }
+        if e.1 >= self.limit {
+            return Err((e.0 + self.window_secs - now).max(1));
+        }
+        e.1 += 1;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn addresses_are_limited_per_window_each_on_its_own() {
+        let l = super::AddressLimiter::new(2, 60);
+        assert!(l.hit(Some("a"), 0).is_ok() && l.hit(Some("a"), 1).is_ok());
+        assert_eq!(l.hit(Some("a"), 10), Err(50));
+        assert!(
+            l.hit(Some("b"), 10).is_ok(),
+            "another address has its own count"
+        );
+        assert!(l.hit(Some("a"), 60).is_ok(), "a new window");
+        assert!(super::AddressLimiter::new(0, 60).hit(None, 0).is_ok());
+    }
+
     use super::*;
 
     #[test]

@@ -467,6 +467,7 @@ async fn revoked_tokens_and_personal_access_tokens_are_refused_on_the_next_call(
     let r = browser()
         .post(s.url("/admin/api/users/admin/revoke-all"))
         .basic_auth("admin", Some(ADMIN_PASSWORD))
+        .json(&serde_json::json!({}))
         .send()
         .await
         .unwrap();
@@ -500,6 +501,7 @@ async fn revoked_tokens_and_personal_access_tokens_are_refused_on_the_next_call(
     let r = browser()
         .post(s.url(&format!("/admin/api/pats/{}/revoke", get(&pat, "pat_id"))))
         .basic_auth("admin", Some(ADMIN_PASSWORD))
+        .json(&serde_json::json!({}))
         .send()
         .await
         .unwrap();

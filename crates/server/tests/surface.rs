@@ -923,6 +923,7 @@ async fn admin_api_adds_lists_and_disables_clients_for_admins_only() {
     let r = browser()
         .post(api(&format!("clients/{id}/disable")))
         .basic_auth("admin", Some(ADMIN_PASSWORD))
+        .json(&serde_json::json!({}))
         .send()
         .await
         .unwrap();
@@ -934,10 +935,46 @@ async fn admin_api_adds_lists_and_disables_clients_for_admins_only() {
     let r = browser()
         .post(api("clients/cli_nobody/disable"))
         .basic_auth("admin", Some(ADMIN_PASSWORD))
+        .json(&serde_json::json!({}))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    // What a cross-site page can send (a form post, or a simple request with no type) never
+    // reaches the API, even with the admin's credentials.
+    let before = s.app.store().count().await.unwrap();
+    for ct in [
+        Some("application/x-www-form-urlencoded"),
+        Some("text/plain"),
+        Some("multipart/form-data; boundary=x"),
+        None,
+    ] {
+        let mut r = browser()
+            .post(api("users"))
+            .basic_auth("admin", Some(ADMIN_PASSWORD))
+            .body(r#"{"username": "mallory", "password": "mallory-password-1"}"#);
+        if let Some(ct) = ct {
+            r = r.header("content-type", ct);
+        }
+        assert_eq!(
+            r.send().await.unwrap().status(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "{ct:?}"
+        );
+        let r = browser()
+            .post(api("users/admin/revoke-all"))
+            .basic_auth("admin", Some(ADMIN_PASSWORD))
+            .header("content-type", ct.unwrap_or("text/plain"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    }
+    assert_eq!(
+        s.app.store().count().await.unwrap(),
+        before,
+        "nothing was written"
+    );
     s.stop().await;
 }
 
@@ -1065,6 +1102,7 @@ async fn users_see_and_revoke_their_grants_and_admins_revoke_everything() {
     let r = browser()
         .post(s.url("/admin/api/users/admin/revoke-all"))
         .basic_auth("admin", Some(ADMIN_PASSWORD))
+        .json(&serde_json::json!({}))
         .send()
         .await
         .unwrap();
@@ -1182,6 +1220,7 @@ async fn personal_access_tokens_from_the_account_page_and_the_admin_api() {
             get(&created, "pat_id")
         )))
         .basic_auth("admin", Some(ADMIN_PASSWORD))
+        .json(&serde_json::json!({}))
         .send()
         .await
         .unwrap();

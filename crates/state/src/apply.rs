@@ -25,6 +25,11 @@ pub fn apply(state: &mut State, event: &Recorded) {
     let seq = event.seq();
     state.seq = seq;
     state.time = at;
+    if let Payload::ClientRegistered(e) = event.payload() {
+        state
+            .client_streams
+            .insert(event.envelope.stream.clone(), e.client_id.clone());
+    }
     match event.payload() {
         Payload::ClientRegistered(e) => {
             state.clients.insert(
@@ -44,6 +49,7 @@ pub fn apply(state: &mut State, event: &Recorded) {
                     used: false,
                     disabled: false,
                     expired: false,
+                    version: 0,
                 },
             );
         }
@@ -335,6 +341,11 @@ pub fn apply(state: &mut State, event: &Recorded) {
         && let Some(f) = state.families.get_mut(id)
     {
         f.version = event.envelope.version;
+    }
+    if let Some(id) = state.client_streams.get(&event.envelope.stream)
+        && let Some(c) = state.clients.get_mut(id)
+    {
+        c.version = event.envelope.version;
     }
 }
 

@@ -36,6 +36,8 @@ pub struct State {
     pub policies: HashMap<String, HashMap<String, String>>,
     /// Sessions signed out before their cookie expires: session id → cookie expiry.
     pub ended_sessions: HashMap<String, Timestamp>,
+    /// Client stream → client id, so that any event on a client's stream moves its version.
+    pub client_streams: HashMap<grantline_ledger::StreamId, String>,
     /// Consent pages already answered (digest of the page's request id) → when.
     pub answered_consent_pages: HashMap<String, Timestamp>,
 }
@@ -57,6 +59,9 @@ pub struct Client {
     pub used: bool,
     pub disabled: bool,
     pub expired: bool,
+    /// The version of the client's stream after the last event on it: what a decider that
+    /// changes the client expects.
+    pub version: u64,
 }
 
 #[derive(Debug, Clone, PartialEq)]

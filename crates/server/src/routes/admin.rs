@@ -3,6 +3,7 @@
 
 use crate::admin::{self, AdminError, NewClient};
 use crate::app::App;
+use crate::http::RequestContext;
 use crate::signin::Outcome;
 use axum::Json;
 use axum::extract::{Path, State};
@@ -42,8 +43,45 @@ impl IntoResponse for AdminError {
     }
 }
 
+fn too_many(retry_after: i64) -> Response {
+    let mut r = error(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too many sign-in attempts; wait and retry",
+    );
+    if let Ok(v) = HeaderValue::from_str(&retry_after.max(1).to_string()) {
+        r.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    r
+}
+
+/// As [`admin_user`], for a request that changes something: its body must be JSON
+/// (`Content-Type: application/json`), which a cross-site form post cannot send, so a
+/// browser that holds an admin's Basic credentials cannot be made to act for them.
+async fn admin_write(
+    app: &App,
+    ctx: &RequestContext,
+    headers: &HeaderMap,
+) -> Result<String, Response> {
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+    if !json {
+        return Err(error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "send Content-Type: application/json",
+        ));
+    }
+    admin_user(app, ctx, headers).await
+}
+
 /// The admin calling, or the response refusing them.
-async fn admin_user(app: &App, headers: &HeaderMap) -> Result<String, Response> {
+async fn admin_user(
+    app: &App,
+    ctx: &RequestContext,
+    headers: &HeaderMap,
+) -> Result<String, Response> {
     let creds = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -66,11 +104,19 @@ async fn admin_user(app: &App, headers: &HeaderMap) -> Result<String, Response> 
     // The same throttle as the sign-in page, and one answer for every refusal, so the API is
     // no password oracle.
     let now = app.now().0 / 1_000_000;
-    if let crate::throttle::Verdict::Limited { .. } = app.login_throttle.attempt(user, None, now) {
+    if user.len() > crate::signin::MAX_USERNAME || password.len() > crate::signin::MAX_PASSWORD {
         return Err(error(
-            StatusCode::TOO_MANY_REQUESTS,
-            "too many failed attempts; wait and retry",
+            StatusCode::UNAUTHORIZED,
+            "admin credentials required",
         ));
+    }
+    // Counted per username and per address: a flood of made-up usernames from one address
+    // is throttled too.
+    if let crate::throttle::Verdict::Limited { retry_after, .. } =
+        app.login_throttle
+            .attempt(user, ctx.source_ip.as_deref(), now)
+    {
+        return Err(too_many(retry_after));
     }
     let outcome = app
         .signin
@@ -78,8 +124,10 @@ async fn admin_user(app: &App, headers: &HeaderMap) -> Result<String, Response> 
         .await
         .map_err(|_| error(StatusCode::SERVICE_UNAVAILABLE, "storage unavailable"))?;
     let refused = || error(StatusCode::UNAUTHORIZED, "admin credentials required");
-    let Outcome::SignedIn { user_id } = outcome else {
-        return Err(refused());
+    let user_id = match outcome {
+        Outcome::SignedIn { user_id } => user_id,
+        Outcome::Busy => return Err(too_many(1)),
+        _ => return Err(refused()),
     };
     let is_admin = app
         .projection
@@ -95,8 +143,12 @@ async fn admin_user(app: &App, headers: &HeaderMap) -> Result<String, Response> 
     Ok(user_id)
 }
 
-pub async fn list_clients(State(app): State<App>, headers: HeaderMap) -> Response {
-    if let Err(r) = admin_user(&app, &headers).await {
+pub async fn list_clients(
+    State(app): State<App>,
+    ctx: RequestContext,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = admin_user(&app, &ctx, &headers).await {
         return r;
     }
     let state = app.projection.read();
@@ -139,10 +191,11 @@ pub struct AddClient {
 
 pub async fn add_client(
     State(app): State<App>,
+    ctx: RequestContext,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let user = match admin_user(&app, &headers).await {
+    let user = match admin_write(&app, &ctx, &headers).await {
         Ok(u) => u,
         Err(r) => return r,
     };
@@ -187,10 +240,11 @@ pub async fn add_client(
 
 pub async fn disable_client(
     State(app): State<App>,
+    ctx: RequestContext,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    let user = match admin_user(&app, &headers).await {
+    let user = match admin_write(&app, &ctx, &headers).await {
         Ok(u) => u,
         Err(r) => return r,
     };
@@ -215,10 +269,11 @@ fn default_role() -> String {
 
 pub async fn add_user(
     State(app): State<App>,
+    ctx: RequestContext,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let admin_id = match admin_user(&app, &headers).await {
+    let admin_id = match admin_write(&app, &ctx, &headers).await {
         Ok(u) => u,
         Err(r) => return r,
     };
@@ -248,10 +303,11 @@ pub async fn add_user(
 /// Revokes every grant (and family) and personal access token of a user, in one step.
 pub async fn revoke_everything(
     State(app): State<App>,
+    ctx: RequestContext,
     headers: HeaderMap,
     Path(user): Path<String>,
 ) -> Response {
-    let admin_id = match admin_user(&app, &headers).await {
+    let admin_id = match admin_write(&app, &ctx, &headers).await {
         Ok(u) => u,
         Err(r) => return r,
     };
@@ -273,11 +329,12 @@ pub struct CreatePat {
 /// Creates a personal access token for a user; the token is in this answer only.
 pub async fn create_pat(
     State(app): State<App>,
+    ctx: RequestContext,
     headers: HeaderMap,
     Path(user): Path<String>,
     body: axum::body::Bytes,
 ) -> Response {
-    let admin_id = match admin_user(&app, &headers).await {
+    let admin_id = match admin_write(&app, &ctx, &headers).await {
         Ok(u) => u,
         Err(r) => return r,
     };
@@ -313,10 +370,11 @@ pub async fn create_pat(
 
 pub async fn list_pats(
     State(app): State<App>,
+    ctx: RequestContext,
     headers: HeaderMap,
     Path(user): Path<String>,
 ) -> Response {
-    if let Err(r) = admin_user(&app, &headers).await {
+    if let Err(r) = admin_user(&app, &ctx, &headers).await {
         return r;
     }
     match admin::resolve_user(&app, &user).await {
@@ -327,10 +385,11 @@ pub async fn list_pats(
 
 pub async fn revoke_pat(
     State(app): State<App>,
+    ctx: RequestContext,
     headers: HeaderMap,
     Path(pat_id): Path<String>,
 ) -> Response {
-    let admin_id = match admin_user(&app, &headers).await {
+    let admin_id = match admin_write(&app, &ctx, &headers).await {
         Ok(u) => u,
         Err(r) => return r,
     };

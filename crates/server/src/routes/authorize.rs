@@ -9,10 +9,7 @@ use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use grantline_ledger::{
-    Actor, ClientRegistered, ClientUpdated, NewEvent, OAuthEndpoint, RegistrationMethod, StreamId,
-    pii,
-};
+use grantline_ledger::{OAuthEndpoint, pii};
 use grantline_oauth::authorize::{
     Approval, AuthorizationQuery, FreshCode, Refusal, Validated, approve, deny, needs_consent,
     validate,
@@ -88,8 +85,28 @@ fn query(raw: &str) -> Result<AuthorizationQuery, OAuthError> {
 }
 
 /// For a metadata-document client id: fetch (or take from cache) and record the client when it
-/// is new or its metadata changed.
-async fn ensure_document_client(app: &App, client_id: &str) -> Result<(), Response> {
+/// is new or its metadata changed. New clients are taken in at most so often per address.
+async fn ensure_document_client(
+    app: &App,
+    ctx: &RequestContext,
+    client_id: &str,
+) -> Result<(), Response> {
+    let known = app.projection.read().clients.contains_key(client_id);
+    if !known
+        && let Err(retry_after) = app
+            .document_intake
+            .hit(ctx.source_ip.as_deref(), app.now().0 / 1_000_000)
+    {
+        let mut r = pages::error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "Too many new applications",
+            "Too many new applications were signed in from your address. Try again later.",
+        );
+        if let Ok(v) = axum::http::HeaderValue::from_str(&retry_after.to_string()) {
+            r.headers_mut().insert(axum::http::header::RETRY_AFTER, v);
+        }
+        return Err(r);
+    }
     let doc = app.metadata_documents.get(client_id).await.map_err(|e| {
         pages::error(
             StatusCode::BAD_REQUEST,
@@ -97,57 +114,13 @@ async fn ensure_document_client(app: &App, client_id: &str) -> Result<(), Respon
             &format!("{} ({})", e.description, e.code.as_str()),
         )
     })?;
-    let m = &doc.metadata;
-    let existing = app.projection.read().clients.get(client_id).cloned();
-    let event = match existing {
-        Some(c) if c.disabled => return Ok(()),
-        Some(c)
-            if c.client_name == m.client_name
-                && c.redirect_uris == m.redirect_uris
-                && c.grant_types == m.grant_types
-                && c.scope == m.scope =>
-        {
-            return Ok(());
-        }
-        Some(_) => NewEvent::new(
-            StreamId::client(client_id),
-            Actor::System,
-            ClientUpdated {
-                client_id: client_id.to_string(),
-                client_name: Some(m.client_name.clone()),
-                redirect_uris: Some(m.redirect_uris.clone()),
-                grant_types: Some(m.grant_types.clone()),
-                scope: m.scope.clone(),
-                secret_digest: None,
-            },
-        ),
-        None => NewEvent::new(
-            StreamId::client(client_id),
-            Actor::System,
-            ClientRegistered {
-                client_id: client_id.to_string(),
-                client_name: m.client_name.clone(),
-                method: RegistrationMethod::MetadataDocument,
-                application_type: m.application_type,
-                token_endpoint_auth_method: m.auth_method,
-                redirect_uris: m.redirect_uris.clone(),
-                grant_types: m.grant_types.clone(),
-                scope: m.scope.clone(),
-                software_id: doc.request.software_id.clone(),
-                software_version: doc.request.software_version.clone(),
-                client_uri: doc.request.client_uri.clone(),
-                logo_uri: doc.request.logo_uri.clone(),
-                metadata_document_url: Some(doc.url.clone()),
-                secret_digest: None,
-                expires_at: None,
-                request: None,
-            },
-        ),
-    };
-    app.append(vec![event])
+    let (outcome, _) = app
+        .run(|s| {
+            grantline_oauth::register::decide_document(s, &doc.url, &doc.metadata, &doc.request)
+        })
         .await
         .map_err(IntoResponse::into_response)?;
-    Ok(())
+    outcome.map_err(|e| crate::http::oauth_error(&e))
 }
 
 /// Validates an authorization request against the current state (reading another instance's
@@ -215,7 +188,7 @@ pub async fn authorize(
     if let Some(id) = q.client_id.as_deref() {
         tracing::Span::current().record("client_id", id);
         if crate::cimd::is_document_url(id)
-            && let Err(r) = ensure_document_client(&app, id).await
+            && let Err(r) = ensure_document_client(&app, &ctx, id).await
         {
             return r;
         }

@@ -96,6 +96,16 @@ pub async fn submit(
     let username = get("username");
     let username = username.trim();
     let password = get("password");
+    if username.len() > crate::signin::MAX_USERNAME || password.len() > crate::signin::MAX_PASSWORD
+    {
+        return render(
+            &app,
+            &ctx,
+            StatusCode::BAD_REQUEST,
+            &return_to,
+            Some("Usernames are at most 256 bytes and passwords at most 1024."),
+        );
+    }
     let now_secs = app.now().0 / 1_000_000;
     let address = ctx.source_ip.clone();
     if let Verdict::Limited {
@@ -149,13 +159,25 @@ pub async fn submit(
             .get(u)
             .is_none_or(|u| u.disabled || u.erased)
     };
+    if outcome == Outcome::Busy {
+        let mut r = render(
+            &app,
+            &ctx,
+            StatusCode::TOO_MANY_REQUESTS,
+            &return_to,
+            Some("The server is busy checking other sign-ins. Try again in a moment."),
+        );
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return r;
+    }
     let (user_id, failure) = match outcome {
         Outcome::SignedIn { user_id } if disabled(&user_id) => {
             (Some(user_id), Some(LoginFailure::UserDisabled))
         }
         Outcome::SignedIn { user_id } => (Some(user_id), None),
         Outcome::BadPassword { user_id } => (Some(user_id), Some(LoginFailure::BadPassword)),
-        Outcome::UnknownUser => (None, Some(LoginFailure::UnknownUser)),
+        Outcome::UnknownUser | Outcome::Busy => (None, Some(LoginFailure::UnknownUser)),
     };
     if let Some(reason) = failure {
         if let Err(e) = record_failure(&app, &ctx, username, user_id, reason).await {

@@ -14,7 +14,13 @@ pub mod token;
 
 use crate::app::App;
 use axum::Router;
+use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
+
+/// The largest request body the OAuth endpoints, pages and admin API read (413 above it).
+pub const MAX_BODY: usize = 64 * 1024;
+/// The largest JSON-RPC message the gateway reads (413 above it): tool arguments can be large.
+pub const MAX_MCP_BODY: usize = 2 * 1024 * 1024;
 
 /// Every route of the authorization server. Discovery, registration, token and revocation
 /// answer cross-origin requests (browser-based MCP clients call them from JavaScript); they
@@ -73,7 +79,10 @@ pub fn router() -> Router<App> {
         .route("/account/pats", post(account::create_pat))
         .route("/account/pats/revoke", post(account::revoke_pat))
         .route("/healthz", get(|| async { "ok" }))
-        .route("/mcp/{name}", axum::routing::any(gateway::mcp))
+        .route(
+            "/mcp/{name}",
+            axum::routing::any(gateway::mcp).layer(DefaultBodyLimit::max(MAX_MCP_BODY)),
+        )
         .route(
             "/admin/api/clients",
             get(admin::list_clients).post(admin::add_client),
@@ -92,4 +101,5 @@ pub fn router() -> Router<App> {
             get(admin::list_pats).post(admin::create_pat),
         )
         .route("/admin/api/pats/{pat_id}/revoke", post(admin::revoke_pat))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
 }

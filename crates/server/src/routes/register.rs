@@ -28,6 +28,15 @@ async fn handle(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<Response, AppError> {
+    if let Err(retry_after) = app
+        .registrations
+        .hit(ctx.source_ip.as_deref(), app.now().0 / 1_000_000)
+    {
+        return Ok(crate::http::too_many_requests(
+            retry_after,
+            "too many registrations from this address; try again later",
+        ));
+    }
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
