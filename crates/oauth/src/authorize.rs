@@ -56,6 +56,26 @@ pub struct Validated {
     /// A metadata-document client whose redirect URIs are all loopback: any local program
     /// could claim to be it, so the consent page warns.
     pub loopback_only_metadata_client: bool,
+    /// A public client whose redirect URIs are all loopback (RFC 8252 §8.6): nothing proves
+    /// which program is asking, so even a remembered consent needs the user's click.
+    pub confirm_each_time: bool,
+    /// `prompt=login`: the user signs in again, whatever session they have.
+    pub prompt_login: bool,
+    /// How the client came to be known, and when: a dynamically or metadata-document
+    /// registered client is shown as unverified.
+    pub registration: RegistrationMethod,
+    pub registered_at: Timestamp,
+}
+
+impl Validated {
+    /// Whether an administrator vouched for the client (registered it, or listed it in the
+    /// configuration); anyone may have registered any other.
+    pub fn verified(&self) -> bool {
+        matches!(
+            self.registration,
+            RegistrationMethod::Admin | RegistrationMethod::Config
+        )
+    }
 }
 
 /// Checks an authorization request against the registered client and configured resources.
@@ -157,12 +177,13 @@ pub fn validate(
             "prompt=none is not supported: the user must sign in and consent",
         )));
     }
-    let loopback_only = client.method == RegistrationMethod::MetadataDocument
+    let all_loopback = !client.redirect_uris.is_empty()
         && client.redirect_uris.iter().all(|u| {
             url::Url::parse(u)
                 .map(|u| redirect::is_loopback(&u))
                 .unwrap_or(false)
         });
+    let loopback_only = client.method == RegistrationMethod::MetadataDocument && all_loopback;
     Ok(Validated {
         client_id: client.client_id.clone(),
         client_name: client.client_name.clone(),
@@ -174,6 +195,10 @@ pub fn validate(
         code_challenge,
         prompt_consent: prompts.contains(&"consent") || prompts.contains(&"login"),
         loopback_only_metadata_client: loopback_only,
+        confirm_each_time: client.auth_method == grantline_ledger::AuthMethod::None && all_loopback,
+        prompt_login: prompts.contains(&"login"),
+        registration: client.method,
+        registered_at: client.registered_at,
     })
 }
 
@@ -244,9 +269,17 @@ pub fn approve(
         return OAuthError::new(ErrorCode::AccessDenied, "the user is disabled").into();
     }
     let existing = state.grant_for(user_id, &v.client_id, &v.resource.id);
-    let grant_id = existing
-        .map(|g| g.grant_id.clone())
-        .unwrap_or(fresh.grant_id);
+    // Two answers to one page must not both pass: the grant's stream is expected at the
+    // version this decision saw, and a new grant answering a page takes its id from the page,
+    // so a second answer conflicts, decides again and finds the page answered.
+    let (grant_id, grant_version) = match (existing, &consent_page) {
+        (Some(g), _) => (g.grant_id.clone(), ExpectedVersion::Exactly(g.version)),
+        (None, Some(page)) => (
+            format!("gr_{}", &page[..page.len().min(32)]),
+            ExpectedVersion::NoStream,
+        ),
+        (None, None) => (fresh.grant_id, ExpectedVersion::NoStream),
+    };
     let mut granted: BTreeSet<String> = existing.map(|g| g.scopes.clone()).unwrap_or_default();
     granted.extend(v.scopes.iter().cloned());
     let actor = Actor::User {
@@ -274,7 +307,7 @@ pub fn approve(
             actor,
             CodeIssued {
                 family_id: fresh.family_id.clone(),
-                grant_id,
+                grant_id: grant_id.clone(),
                 client_id: v.client_id.clone(),
                 user_id: user_id.to_string(),
                 resource: v.resource.id.clone(),
@@ -288,10 +321,12 @@ pub fn approve(
             },
         ),
     ];
-    Decision::new(events, Ok(fresh.code.0)).expect(
-        StreamId::family(&fresh.family_id),
-        ExpectedVersion::NoStream,
-    )
+    Decision::new(events, Ok(fresh.code.0))
+        .expect(
+            StreamId::family(&fresh.family_id),
+            ExpectedVersion::NoStream,
+        )
+        .expect(StreamId::grant(&grant_id), grant_version)
 }
 
 /// The user refused.

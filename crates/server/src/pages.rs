@@ -46,6 +46,21 @@ pub fn page(status: StatusCode, title: &str, body: &str, form_action: &str) -> R
     r
 }
 
+/// An error from an application the server does not trust enough to send the browser back
+/// to unasked (RFC 9700 §4.11.2): the page names the host and offers the way back as a link.
+pub fn untrusted_error(title: &str, detail: &str, host: &str, back: &str) -> Response {
+    let body = format!(
+        "<h1>{title}</h1><div class=\"box\"><p>{detail}</p></div>\
+         <p>The application asked to be told at <span class=\"host\">{host}</span>. Go there only \
+         if you recognise it.</p><p><a href=\"{back}\" rel=\"noreferrer\">Return to {host}</a></p>",
+        title = esc(title),
+        detail = esc(detail),
+        host = esc(host),
+        back = esc(back),
+    );
+    page(StatusCode::BAD_REQUEST, title, &body, "'none'")
+}
+
 /// An error page that never redirects.
 pub fn error(status: StatusCode, title: &str, detail: &str) -> Response {
     page(
@@ -102,6 +117,12 @@ pub struct Consent<'a> {
     pub redirect_host: &'a str,
     pub redirect_origin: &'a str,
     pub loopback_warning: bool,
+    /// `None` for a client an administrator vouched for; else how and when it was
+    /// registered, shown as an unverified application.
+    pub unverified: Option<String>,
+    /// A remembered consent, asked again with one click (the client's identity cannot be
+    /// assured): "Continue to … as …".
+    pub confirm: bool,
     pub resource_name: &'a str,
     pub resource_id: &'a str,
     pub scopes: Vec<(String, String)>,
@@ -118,21 +139,49 @@ pub fn consent(c: &Consent<'_>) -> Response {
     } else {
         ""
     };
+    let unverified = match &c.unverified {
+        Some(how) => format!(
+            "<div class=\"box warn\"><strong>Unverified application.</strong> {} Anyone \
+             can register an application under any name: approve only if you started this from \
+             the application you mean to use. It sends you back to \
+             <span class=\"host\">{}</span>.</div>",
+            esc(how),
+            esc(c.redirect_host)
+        ),
+        None => "<p><small>Verified: registered by an administrator of this server.</small></p>"
+            .to_string(),
+    };
     let scopes: String = c
         .scopes
         .iter()
         .map(|(name, desc)| format!("<li>{} <small>({})</small></li>", esc(desc), esc(name)))
         .collect();
+    let (headline, ask, approve) = if c.confirm {
+        (
+            format!("Continue to {} as {}?", esc(c.client_name), esc(c.username)),
+            "You allowed this before. Because any program on this computer could use this \
+             application's name, confirm that you are signing in to it now."
+                .to_string(),
+            "Continue",
+        )
+    } else {
+        (
+            "Authorize an application".to_string(),
+            String::new(),
+            "Approve",
+        )
+    };
     let body = format!(
-        "<h1>{client} wants access</h1>{warning}\
-         <div class=\"box\"><p><strong>{client}</strong> <small>({client_id})</small> asks to use \
+        "<h1>{headline}</h1>{warning}{unverified}\
+         <div class=\"box\"><p>{ask}</p><p>The application <strong>{client}</strong> \
+         <small>({client_id})</small> asks to use \
          <strong>{resource}</strong> <small>({resource_id})</small> on your behalf.</p>\
          <p>After you decide you will be sent to <span class=\"host\">{host}</span>.</p>\
          <p>It will be able to:</p><ul>{scopes}</ul></div>\
          <form method=\"post\" action=\"{base}/oauth/consent\">\
          <input type=\"hidden\" name=\"request_id\" value=\"{rid}\">\
          <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
-         <button class=\"primary\" type=\"submit\" name=\"decision\" value=\"approve\">Approve</button>\
+         <button class=\"primary\" type=\"submit\" name=\"decision\" value=\"approve\">{approve}</button>\
          <button type=\"submit\" name=\"decision\" value=\"deny\">Deny</button></form>\
          <form method=\"post\" action=\"{base}/logout\"><p><small>Signed in as {user}.</small> \
          <input type=\"hidden\" name=\"csrf\" value=\"{lcsrf}\">\

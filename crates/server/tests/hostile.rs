@@ -248,3 +248,259 @@ async fn password_checks_from_one_address_are_throttled_whatever_the_usernames()
     ));
     s.stop().await;
 }
+
+/// An authorization URL for `client` with `redirect`, `state` and the demo resource.
+fn authz(s: &Server, client: &str, redirect: &str, extra: &[(&str, &str)]) -> String {
+    let (_, challenge) = pkce();
+    let resource = s.resource();
+    let mut p = vec![
+        ("response_type", "code"),
+        ("client_id", client),
+        ("redirect_uri", redirect),
+        ("scope", "demo:read"),
+        ("state", "st"),
+        ("code_challenge", challenge.as_str()),
+        ("code_challenge_method", "S256"),
+        ("resource", resource.as_str()),
+    ];
+    for (k, v) in extra {
+        p.retain(|(a, _)| a != k);
+        p.push((k, v));
+    }
+    authorize_url(s, &p)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_go_to_a_self_registered_redirect_only_after_sign_in() {
+    let (s, _d, _db) = server(|_| {}).await;
+    let phish = "https://evil.example/phish";
+    let client = register_public(&s, phish).await;
+    let bogus = authz(&s, &client, phish, &[("response_type", "bogus")]);
+    // Anonymous: a page that names the host and offers the way back; no redirect.
+    let r = browser().get(&bogus).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert!(r.headers().get("location").is_none());
+    let page = r.text().await.unwrap();
+    assert!(
+        page.contains("evil.example") && page.contains("unsupported_response_type"),
+        "{page}"
+    );
+    assert!(
+        page.contains("href=\"https://evil.example/phish?error="),
+        "the user may still go: {page}"
+    );
+    // Signed in: the user started this, the error goes back as RFC 6749 says.
+    let b = browser();
+    login(&s, &b).await;
+    let r = b.get(&bogus).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::FOUND);
+    assert!(r.headers()["location"].to_str().unwrap().starts_with(phish));
+    // A client an administrator registered is trusted before sign-in too.
+    let r = browser()
+        .get(authz(
+            &s,
+            "conf",
+            "https://app.example/cb",
+            &[("response_type", "bogus")],
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FOUND);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loopback_public_client_is_confirmed_each_time_and_prompt_login_signs_in_again() {
+    let (s, _d, _db) = server(|_| {}).await;
+    let client = register_public(&s, REDIRECT).await;
+    let b = browser();
+    login(&s, &b).await;
+    approve(&s, &b, &authz(&s, &client, REDIRECT, &[])).await;
+    // The consent is remembered, but any local program could be this client: one click.
+    let r = b
+        .get(authz(&s, &client, REDIRECT, &[]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::OK,
+        "no silent code for a loopback public client"
+    );
+    let page = r.text().await.unwrap();
+    assert!(page.contains("Continue to Test client as admin?"), "{page}");
+    let u = approve(&s, &b, &authz(&s, &client, REDIRECT, &[])).await;
+    assert!(query(&u, "code").is_some());
+    // prompt=login: the sign-in page, even with a session; afterwards the request goes on
+    // with prompt=consent.
+    let r = b
+        .get(authz(&s, &client, REDIRECT, &[("prompt", "login")]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FOUND);
+    let to = url::Url::parse(r.headers()["location"].to_str().unwrap()).unwrap();
+    assert_eq!(to.path(), "/login");
+    let back = query(&to, "return_to").unwrap();
+    assert!(
+        back.contains("prompt=consent") && !back.contains("login"),
+        "{back}"
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_consent_page_marks_self_registered_clients_unverified() {
+    let (s, _d, _db) = server(|_| {}).await;
+    let r = browser()
+        .post(s.url("/oauth/register"))
+        .json(&json!({"client_name": "Claude <b>Official</b> Connector", "redirect_uris": [REDIRECT], "token_endpoint_auth_method": "none"}))
+        .send()
+        .await
+        .unwrap();
+    let client = r.json::<Value>().await.unwrap()["client_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let b = browser();
+    login(&s, &b).await;
+    let page = b
+        .get(authz(&s, &client, REDIRECT, &[]))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("Unverified application"), "{page}");
+    assert!(page.contains("It registered itself on 20"), "{page}");
+    assert!(
+        page.contains("127.0.0.1:7777"),
+        "the redirect host is named: {page}"
+    );
+    assert!(page.contains("Claude &lt;b&gt;Official&lt;/b&gt; Connector"));
+    assert!(!page.contains("<b>Official</b>"));
+    assert!(
+        !page.contains("<h1>Claude"),
+        "a client's name is never the headline"
+    );
+    // The configured (administrator's) client is shown as verified.
+    let page = b
+        .get(authz(&s, "conf", "https://app.example/cb", &[]))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("Verified: registered by an administrator"),
+        "{page}"
+    );
+    assert!(!page.contains("Unverified"));
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_answers_to_one_consent_page_at_once_give_one_code() {
+    let (s, _d, _db) = server(|_| {}).await;
+    let app_cb = "https://app.example/cb";
+    for round in 0..2 {
+        // Round 0: a new grant; round 1: a grant that exists (wider scope asked).
+        let client = if round == 0 {
+            register_public(&s, app_cb).await
+        } else {
+            s.app
+                .projection
+                .read()
+                .grants
+                .values()
+                .next()
+                .unwrap()
+                .client_id
+                .clone()
+        };
+        let b = browser();
+        login(&s, &b).await;
+        let scope = if round == 0 {
+            "demo:read"
+        } else {
+            "demo:read demo:write"
+        };
+        let page = b
+            .get(authz(&s, &client, app_cb, &[("scope", scope)]))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let form = [
+            ("request_id", field(&page, "request_id")),
+            ("csrf", field(&page, "csrf")),
+            ("decision", "approve".to_string()),
+        ];
+        let answers = futures::future::join_all((0..4).map(|_| {
+            let (b, form, url) = (b.clone(), form.clone(), s.url("/oauth/consent"));
+            async move { b.post(url).form(&form).send().await.unwrap() }
+        }))
+        .await;
+        let codes = answers
+            .iter()
+            .filter(|r| {
+                r.status() == StatusCode::SEE_OTHER
+                    && r.headers()["location"].to_str().unwrap().contains("code=")
+            })
+            .count();
+        assert_eq!(
+            codes,
+            1,
+            "round {round}: {:?}",
+            answers.iter().map(|r| r.status()).collect::<Vec<_>>()
+        );
+    }
+    let issued = s
+        .app
+        .store()
+        .read(0, 10_000)
+        .await
+        .unwrap()
+        .iter()
+        .filter(|e| matches!(e.payload(), Payload::CodeIssued(_)))
+        .count();
+    assert_eq!(issued, 2);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_varies_by_forwarded_host_when_it_is_trusted() {
+    let (s, _d, _db) = server(|c| c.server.trust_forwarded_headers = true).await;
+    let r = browser()
+        .get(s.url("/.well-known/oauth-authorization-server"))
+        .header("x-forwarded-host", "other.example")
+        .header("x-forwarded-proto", "https")
+        .send()
+        .await
+        .unwrap();
+    let vary = r.headers()["vary"].to_str().unwrap().to_ascii_lowercase();
+    assert!(
+        vary.contains("x-forwarded-host") && vary.contains("x-forwarded-proto"),
+        "{vary}"
+    );
+    let doc: Value = r.json().await.unwrap();
+    assert_eq!(doc["issuer"], "https://other.example");
+    s.stop().await;
+    let (s, _d, _db) = server(|_| {}).await;
+    let r = browser()
+        .get(s.url("/.well-known/oauth-authorization-server"))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        r.headers()
+            .get("vary")
+            .is_none_or(|v| !v.to_str().unwrap().contains("forwarded"))
+    );
+    s.stop().await;
+}

@@ -399,12 +399,19 @@ async fn jwt_resources_get_rfc9068_tokens_verifiable_with_the_jwks() {
 async fn consent_is_remembered_until_more_scope_or_prompt_consent() {
     let db = sqlite().await;
     let (s, _d) = server(&db, 30, 60).await;
-    let client = register_public(&s, REDIRECT).await;
+    // A public client with a claimed https redirect: its consent is remembered silently. (A
+    // loopback client's is asked again with one click: see tests/hostile.rs.)
+    let app_cb = "https://app.example/cb";
+    let client = register_public(&s, app_cb).await;
     let b = browser();
     login(&s, &b).await;
     let (_, challenge) = pkce();
     let resource = s.resource();
-    let base = params(&client, &challenge, &resource);
+    let base = with(
+        params(&client, &challenge, &resource),
+        "redirect_uri",
+        Some(app_cb),
+    );
     let first = b.get(authorize_url(&s, &base)).send().await.unwrap();
     assert_eq!(first.status(), StatusCode::OK, "first time: consent page");
     let page = first.text().await.unwrap();

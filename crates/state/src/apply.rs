@@ -149,6 +149,7 @@ pub fn apply(state: &mut State, event: &Recorded) {
                     granted_at: at,
                     revoked: false,
                     families: Vec::new(),
+                    version: 0,
                 });
             g.scopes.extend(e.scopes.iter().cloned());
             if let Some(p) = &e.consent_page {
@@ -341,6 +342,11 @@ pub fn apply(state: &mut State, event: &Recorded) {
         && let Some(f) = state.families.get_mut(id)
     {
         f.version = event.envelope.version;
+    }
+    if let Some(id) = event.envelope.stream.as_str().strip_prefix("grant:")
+        && let Some(g) = state.grants.get_mut(id)
+    {
+        g.version = event.envelope.version;
     }
     if let Some(id) = state.client_streams.get(&event.envelope.stream)
         && let Some(c) = state.clients.get_mut(id)

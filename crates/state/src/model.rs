@@ -93,6 +93,8 @@ pub struct Grant {
     pub granted_at: Timestamp,
     pub revoked: bool,
     pub families: Vec<String>,
+    /// The version of the grant's stream after the last event on it.
+    pub version: u64,
 }
 
 /// Every token descended from one authorization code.

@@ -32,12 +32,7 @@ fn client_redirect(uri: &str, params: &[(&str, &str)]) -> String {
     }
 }
 
-fn error_redirect(
-    ctx: &RequestContext,
-    uri: &str,
-    state: Option<&str>,
-    e: &OAuthError,
-) -> Response {
+fn error_location(ctx: &RequestContext, uri: &str, state: Option<&str>, e: &OAuthError) -> String {
     let mut p = vec![
         ("error", e.code.as_str()),
         ("error_description", e.description.as_str()),
@@ -46,10 +41,24 @@ fn error_redirect(
         p.push(("state", s));
     }
     p.push(("iss", &ctx.issuer));
-    redirect(&client_redirect(uri, &p))
+    client_redirect(uri, &p)
 }
 
-fn refusal(ctx: &RequestContext, r: Refusal) -> Response {
+fn error_redirect(
+    ctx: &RequestContext,
+    uri: &str,
+    state: Option<&str>,
+    e: &OAuthError,
+) -> Response {
+    redirect(&error_location(ctx, uri, state, e))
+}
+
+/// Answers a refused authorization request: an error page, or the error sent back to the
+/// client's redirect URI — but only to a redirect URI the server trusts (RFC 9700 §4.11.2):
+/// a client an administrator registered, or once the user has signed in. Anyone may register
+/// a client whose redirect URI is a phishing page; for those, before sign-in, the page names
+/// the host and lets the user decide.
+fn refusal(ctx: &RequestContext, r: Refusal, trusted: bool) -> Response {
     match r {
         Refusal::Page(e) => pages::error(
             StatusCode::BAD_REQUEST,
@@ -60,7 +69,20 @@ fn refusal(ctx: &RequestContext, r: Refusal) -> Response {
             redirect_uri,
             state,
             error,
-        } => error_redirect(ctx, &redirect_uri, state.as_deref(), &error),
+        } if trusted => error_redirect(ctx, &redirect_uri, state.as_deref(), &error),
+        Refusal::Redirect {
+            redirect_uri,
+            state,
+            error,
+        } => {
+            let back = error_location(ctx, &redirect_uri, state.as_deref(), &error);
+            pages::untrusted_error(
+                "This sign-in request cannot be completed",
+                &format!("{} ({})", error.description, error.code.as_str()),
+                &redirect_uri::display_host(&redirect_uri),
+                &back,
+            )
+        }
     }
 }
 
@@ -130,6 +152,7 @@ async fn checked(
     app: &App,
     ctx: &RequestContext,
     q: &AuthorizationQuery,
+    signed_in: bool,
 ) -> Result<Validated, Response> {
     if let Some(id) = q.client_id.as_deref() {
         app.catch_up_unless(|s| s.clients.contains_key(id))
@@ -165,7 +188,20 @@ async fn checked(
         ..Attempt::default()
     };
     refusals::record(app, ctx, OAuthEndpoint::Authorize, attempt, error).await;
-    Err(refusal(ctx, r))
+    let vouched = q
+        .client_id
+        .as_deref()
+        .and_then(|id| {
+            app.projection.read().clients.get(id).map(|c| {
+                matches!(
+                    c.method,
+                    grantline_ledger::RegistrationMethod::Admin
+                        | grantline_ledger::RegistrationMethod::Config
+                )
+            })
+        })
+        .unwrap_or(false);
+    Err(refusal(ctx, r, signed_in || vouched))
 }
 
 pub async fn authorize(
@@ -193,12 +229,21 @@ pub async fn authorize(
             return r;
         }
     }
-    let v = match checked(&app, &ctx, &q).await {
+    let now_secs = app.now().0 / 1_000_000;
+    let session = session::current(&app, &ctx, &headers, now_secs);
+    let v = match checked(&app, &ctx, &q, session.is_some()).await {
         Ok(v) => v,
         Err(r) => return r,
     };
-    let now_secs = app.now().0 / 1_000_000;
-    let Some(s) = session::current(&app, &ctx, &headers, now_secs) else {
+    // prompt=login: sign in again whatever the session; the request then goes on with
+    // prompt=consent in its place, so the user also sees what they approve.
+    let session = session.filter(|_| !v.prompt_login);
+    let Some(s) = session else {
+        let raw = if v.prompt_login {
+            login_done(&raw)
+        } else {
+            raw.clone()
+        };
         let return_to = format!("/oauth/authorize?{raw}");
         let login = format!(
             "{}/login?{}",
@@ -211,7 +256,10 @@ pub async fn authorize(
     };
     tracing::Span::current().record("user_id", s.user_id.as_str());
     let ask = needs_consent(&app.projection.read(), &s.user_id, &v);
-    if !ask {
+    // A public loopback client cannot prove which program it is (RFC 8252 §8.6): a
+    // remembered consent is asked again with one click instead of silently.
+    let confirm = !ask && v.confirm_each_time;
+    if !ask && !confirm {
         return issue_code(&app, &ctx, &s.user_id, &v, None).await;
     }
     let request_id = consent_request_id(app.now().0 / 1_000_000, &raw);
@@ -239,6 +287,23 @@ pub async fn authorize(
         redirect_host: &redirect_uri::display_host(&v.redirect_uri),
         redirect_origin: &origin,
         loopback_warning: v.loopback_only_metadata_client,
+        unverified: (!v.verified()).then(|| {
+            let how = match v.registration {
+                grantline_ledger::RegistrationMethod::MetadataDocument => {
+                    "It identified itself by a metadata document"
+                }
+                _ => "It registered itself",
+            };
+            format!(
+                "{how} on {} (UTC).",
+                v.registered_at
+                    .to_string()
+                    .get(..16)
+                    .unwrap_or_default()
+                    .replace('T', " ")
+            )
+        }),
+        confirm,
         resource_name: &v.resource.name,
         resource_id: &v.resource.id,
         scopes,
@@ -297,6 +362,30 @@ async fn issue_code(
         ),
         Err(AppError::OAuth(e)) => error_redirect(ctx, &v.redirect_uri, v.state.as_deref(), &e),
     }
+}
+
+/// The authorization request's query with `prompt=login` answered: `login` becomes
+/// `consent`, so the request returns after sign-in without asking for it again.
+fn login_done(raw: &str) -> String {
+    let pairs: Vec<(String, String)> = url::form_urlencoded::parse(raw.as_bytes())
+        .map(|(k, v)| {
+            let v = if k == "prompt" {
+                let mut ps: Vec<&str> = v
+                    .split(' ')
+                    .map(|p| if p == "login" { "consent" } else { p })
+                    .filter(|p| !p.is_empty())
+                    .collect();
+                ps.dedup();
+                ps.join(" ")
+            } else {
+                v.into_owned()
+            };
+            (k.into_owned(), v)
+        })
+        .collect();
+    url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(pairs)
+        .finish()
 }
 
 /// How long a consent page may stay open before its answer is refused.
@@ -385,7 +474,7 @@ pub async fn consent(
             "This authorization request was already answered. Start again from the application.",
         );
     }
-    let v = match checked(&app, &ctx, &q).await {
+    let v = match checked(&app, &ctx, &q, true).await {
         Ok(v) => v,
         Err(r) => return r,
     };

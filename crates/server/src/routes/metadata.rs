@@ -9,12 +9,21 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use grantline_oauth::{canonical_resource, metadata};
 
-fn json(v: serde_json::Value) -> Response {
+/// A discovery document, cacheable for five minutes. When the issuer is taken from
+/// forwarded headers the document differs by them: `Vary` says so, so that a shared cache
+/// never serves one host's document for another.
+fn json_for(app: &App, v: serde_json::Value) -> Response {
     let mut r = Json(v).into_response();
     r.headers_mut().insert(
         header::CACHE_CONTROL,
         HeaderValue::from_static("public, max-age=300"),
     );
+    if app.config.server.trust_forwarded_headers {
+        r.headers_mut().insert(
+            header::VARY,
+            HeaderValue::from_static("Host, X-Forwarded-Host, X-Forwarded-Proto"),
+        );
+    }
     r
 }
 
@@ -39,11 +48,10 @@ fn registration_open(app: &App) -> bool {
 
 pub async fn authorization_server(State(app): State<App>, ctx: RequestContext) -> Response {
     let s = app.settings_for(&ctx.issuer);
-    json(metadata::authorization_server(
-        &s.issuer,
-        &s.resources,
-        registration_open(&app),
-    ))
+    json_for(
+        &app,
+        metadata::authorization_server(&s.issuer, &s.resources, registration_open(&app)),
+    )
 }
 
 /// `/.well-known/oauth-authorization-server/<issuer path>` (RFC 8414 §3.1 path insertion).
@@ -60,11 +68,10 @@ pub async fn authorization_server_at(
 
 pub async fn openid_configuration(State(app): State<App>, ctx: RequestContext) -> Response {
     let s = app.settings_for(&ctx.issuer);
-    json(metadata::openid_configuration(
-        &s.issuer,
-        &s.resources,
-        registration_open(&app),
-    ))
+    json_for(
+        &app,
+        metadata::openid_configuration(&s.issuer, &s.resources, registration_open(&app)),
+    )
 }
 
 pub async fn openid_configuration_at(
@@ -93,7 +100,7 @@ pub async fn protected_resource(
             .unwrap_or(false)
     });
     match found {
-        Some(r) => json(metadata::protected_resource(&s.issuer, r)),
+        Some(r) => json_for(&app, metadata::protected_resource(&s.issuer, r)),
         None => not_found(),
     }
 }
@@ -107,7 +114,7 @@ pub async fn protected_resource_root(State(app): State<App>, ctx: RequestContext
             .unwrap_or(false)
     });
     match found {
-        Some(r) => json(metadata::protected_resource(&s.issuer, r)),
+        Some(r) => json_for(&app, metadata::protected_resource(&s.issuer, r)),
         None => not_found(),
     }
 }
@@ -149,5 +156,5 @@ pub async fn jwks(State(app): State<App>) -> Response {
     checkpoint["use"] = serde_json::json!("sig");
     checkpoint["key_ops"] = serde_json::json!(["verify"]);
     keys.push(checkpoint);
-    json(serde_json::json!({ "keys": keys }))
+    json_for(&app, serde_json::json!({ "keys": keys }))
 }
