@@ -1,7 +1,7 @@
 //! Where the ledger is: `--database`, else the data directory's SQLite file.
 
 use anyhow::{Context, Result};
-use grantline_ledger::{NoteSigner, NoteVerifier};
+use grantline_ledger::NoteVerifier;
 use grantline_store::{Database, keyfile};
 use std::path::PathBuf;
 
@@ -27,13 +27,6 @@ impl Location {
             database,
             config,
         })
-    }
-
-    /// The signer for appending: from the environment or the data directory (created if absent).
-    pub fn signer(&self) -> Result<NoteSigner> {
-        let origin = std::env::var("GRANTLINE_LEDGER_ORIGIN")
-            .unwrap_or_else(|_| keyfile::DEFAULT_ORIGIN.to_string());
-        keyfile::load_or_create_signer(&self.data_dir, &origin).context("checkpoint signing key")
     }
 
     /// Starts the application (ledger, state, keys, bootstrap admin, config clients).

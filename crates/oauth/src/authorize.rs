@@ -265,7 +265,7 @@ pub fn approve(
     if let Err(e) = answered_before(state, consent_page.as_ref()) {
         return e.into();
     }
-    if state.users.get(user_id).is_none_or(|u| u.disabled) {
+    if state.users.get(user_id).is_none_or(|u| !u.active()) {
         return OAuthError::new(ErrorCode::AccessDenied, "the user is disabled").into();
     }
     let existing = state.grant_for(user_id, &v.client_id, &v.resource.id);

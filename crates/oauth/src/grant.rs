@@ -87,3 +87,25 @@ pub fn revoke_everything(
     let n = events.len();
     Decision::new(events, Ok(n))
 }
+
+/// Erasing a person: every grant (and so every token family) and every personal access token
+/// of theirs is revoked in the same append as `user.erased`, before their key is destroyed, so
+/// that nothing they left behind still works. Erasing again appends only what is still live.
+pub fn erase(state: &State, actor: Actor, user_id: &str) -> Decision<usize> {
+    let Some(user) = state.users.get(user_id) else {
+        return OAuthError::new(ErrorCode::InvalidRequest, "no such user").into();
+    };
+    let Decision { append, outcome } =
+        revoke_everything(state, actor.clone(), user_id, "user erased", None);
+    let mut events = append.events;
+    if !user.erased {
+        events.push(NewEvent::new(
+            StreamId::user(user_id),
+            actor,
+            grantline_ledger::UserErased {
+                user_id: user_id.to_string(),
+            },
+        ));
+    }
+    Decision::new(events, outcome)
+}

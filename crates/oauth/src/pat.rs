@@ -48,11 +48,7 @@ pub fn create(
     now: Timestamp,
     fresh: (String, Secret),
 ) -> Decision<CreatedPat> {
-    if state
-        .users
-        .get(&req.user_id)
-        .is_none_or(|u| u.disabled || u.erased)
-    {
+    if state.users.get(&req.user_id).is_none_or(|u| !u.active()) {
         return invalid("no such active user").into();
     }
     let name = match crate::limits::display_text("name", &req.name, crate::limits::PAT_NAME_CHARS) {

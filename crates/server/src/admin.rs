@@ -223,6 +223,28 @@ pub async fn revoke_everything(app: &App, who: &str, actor: Actor) -> Result<usi
     outcome.map_err(|e| AdminError::Invalid(e.description))
 }
 
+/// Erases a person: every grant, token family and personal access token of theirs is revoked
+/// together with `user.erased` (so nothing they left behind still works, on any instance),
+/// then their personal-data key and sign-in credentials are destroyed. Returns the user id,
+/// how many grants and tokens were revoked, and whether a key was still there.
+pub async fn erase_user(
+    app: &App,
+    who: &str,
+    actor: Actor,
+) -> Result<(String, usize, bool), AdminError> {
+    let user_id = resolve_user(app, who).await?;
+    let (outcome, _) = app
+        .run(|s| grantline_oauth::grant::erase(s, actor.clone(), &user_id))
+        .await?;
+    let revoked = outcome.map_err(|e| AdminError::Invalid(e.description))?;
+    let had_key = app
+        .keyring
+        .erase(&grantline_ledger::pii::user_subject(&user_id))
+        .await?;
+    app.credentials.delete(&user_id).await?;
+    Ok((user_id, revoked, had_key))
+}
+
 /// A client an admin (or the config file) declares.
 #[derive(Debug, Clone, Default)]
 pub struct NewClient {

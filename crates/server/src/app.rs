@@ -171,6 +171,10 @@ impl App {
                 .build()?,
             config,
         }));
+        let keyring = app.keyring.clone();
+        app.projection.on_erased(move |user| {
+            keyring.forget(&grantline_ledger::pii::user_subject(user));
+        });
         app.record_signing_key().await?;
         crate::bootstrap::admin(&app).await?;
         crate::bootstrap::config_clients(&app).await?;

@@ -20,6 +20,8 @@ pub struct Projection {
     catching_up: tokio::sync::Mutex<()>,
     /// When a read of the store last succeeded (every catch-up ends with one).
     caught_up: Mutex<std::time::Instant>,
+    /// Told of every user erased, by whichever process: the key cache forgets the key.
+    on_erased: std::sync::OnceLock<Box<dyn Fn(&str) + Send + Sync>>,
 }
 
 /// How long the projection may go without reading the store before callers that must not
@@ -38,7 +40,13 @@ impl Projection {
             applied: watch::channel(seq).0,
             catching_up: tokio::sync::Mutex::new(()),
             caught_up: Mutex::new(std::time::Instant::now()),
+            on_erased: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Calls `f` with the user id of every `user.erased` folded from now on.
+    pub fn on_erased(&self, f: impl Fn(&str) + Send + Sync + 'static) {
+        let _ = self.on_erased.set(Box::new(f));
     }
 
     /// Builds the state from the whole ledger.
@@ -74,6 +82,11 @@ impl Projection {
             } else if seq == state.seq + 1 {
                 let e = entry.remove();
                 apply(&mut state, &e);
+                if let (grantline_ledger::Payload::UserErased(u), Some(f)) =
+                    (e.payload(), self.on_erased.get())
+                {
+                    f(&u.user_id);
+                }
             } else {
                 break;
             }

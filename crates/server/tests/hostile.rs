@@ -504,3 +504,92 @@ async fn discovery_varies_by_forwarded_host_when_it_is_trusted() {
     );
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn erasing_a_user_on_one_instance_ends_their_access_on_every_instance() {
+    let db = sqlite().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), 30, 60);
+    cfg.resources.as_mut().unwrap()[0].upstream = Some("builtin:demo".into());
+    // One issuer for every instance, as behind a load balancer.
+    cfg.server.public_url = Some("http://grantline.test".into());
+    let resource = "http://grantline.test/mcp/demo";
+    let a = Server::start(&db, dir.path().to_path_buf(), cfg.clone()).await;
+    let admin_api = |path: &str| {
+        browser()
+            .post(a.url(&format!("/admin/api/{path}")))
+            .basic_auth("admin", Some(ADMIN_PASSWORD))
+    };
+    let r = admin_api("users")
+        .json(&json!({"username": "bob", "password": "bob-password-1", "email": "bob@example.com"}))
+        .send()
+        .await
+        .unwrap();
+    let bob = r.json::<Value>().await.unwrap()["user_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let pat: Value = admin_api("users/bob/pats")
+        .json(&json!({"name": "laptop", "resource": resource, "scope": "demo:read"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = pat["token"].as_str().unwrap().to_string();
+    let list = |s: &Server| {
+        browser()
+            .post(s.url("/mcp/demo"))
+            .bearer_auth(&token)
+            .header("accept", "application/json, text/event-stream")
+            .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}))
+            .send()
+    };
+    assert_eq!(list(&a).await.unwrap().status(), StatusCode::OK);
+    // Instance A holds bob's key in its cache.
+    let subject = grantline_ledger::pii::user_subject(&bob);
+    a.app.keyring.seal(&subject, "warm").await.unwrap();
+    // Erased through another instance (as the CLI does: `grantline user erase bob`).
+    let b = Server::start(&db, dir.path().to_path_buf(), cfg.clone()).await;
+    assert_eq!(list(&b).await.unwrap().status(), StatusCode::OK);
+    let (id, revoked, had_key) =
+        grantline_server::admin::erase_user(&b.app, "bob", grantline_ledger::Actor::Operator)
+            .await
+            .unwrap();
+    assert_eq!((id.as_str(), revoked, had_key), (bob.as_str(), 1, true));
+    // A learns of it from the ledger: the token is refused and the key is forgotten.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while list(&a).await.unwrap().status() != StatusCode::UNAUTHORIZED {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "A still accepts the token"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(
+        a.app.keyring.seal(&subject, "after").await.is_err(),
+        "A forgot the key"
+    );
+    assert_eq!(list(&b).await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    // The revocation came first, in the same append, and stays after a restart.
+    let events = a.app.store().read(0, 10_000).await.unwrap();
+    let revoked_at = events
+        .iter()
+        .position(|e| matches!(e.payload(), Payload::PatRevoked(p) if p.reason == "user erased"))
+        .unwrap();
+    let erased_at = events
+        .iter()
+        .position(|e| matches!(e.payload(), Payload::UserErased(u) if u.user_id == bob))
+        .unwrap();
+    assert!(revoked_at < erased_at);
+    a.stop().await;
+    b.stop().await;
+    let c = Server::start(&db, dir.path().to_path_buf(), cfg).await;
+    assert_eq!(
+        list(&c).await.unwrap().status(),
+        StatusCode::UNAUTHORIZED,
+        "also after a restart"
+    );
+    c.stop().await;
+}

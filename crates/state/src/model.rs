@@ -74,6 +74,14 @@ pub struct User {
     pub last_login: Option<Timestamp>,
 }
 
+impl User {
+    /// Whether the user may still act: neither disabled nor erased (an erased person is gone
+    /// for every liveness check, like a disabled one).
+    pub fn active(&self) -> bool {
+        !self.disabled && !self.erased
+    }
+}
+
 /// Who consented to whom for what: one live grant per key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct GrantKey {
@@ -232,7 +240,7 @@ impl State {
                 .is_some_and(|c| !c.disabled && !c.expired)
             && t.user_id
                 .as_deref()
-                .is_none_or(|u| self.users.get(u).is_some_and(|u| !u.disabled));
+                .is_none_or(|u| self.users.get(u).is_some_and(User::active));
         ok.then_some(t)
     }
 
@@ -241,7 +249,7 @@ impl State {
         let p = self.pats.get(self.pat_by_digest.get(digest)?)?;
         let ok = p.revoked.is_none()
             && p.expires_at.is_none_or(|e| e > now)
-            && self.users.get(&p.user_id).is_some_and(|u| !u.disabled);
+            && self.users.get(&p.user_id).is_some_and(User::active);
         ok.then_some(p)
     }
 }

@@ -23,6 +23,15 @@ impl Keyring {
         }
     }
 
+    /// Drops a subject's key from this process's cache: called when `user.erased` is folded,
+    /// whichever process erased it, so no running instance seals or opens with a destroyed
+    /// key.
+    pub fn forget(&self, subject: &str) {
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.remove(subject);
+        }
+    }
+
     fn cached(&self, subject: &str) -> Option<SubjectKey> {
         self.cache.lock().ok()?.get(subject).cloned()
     }

@@ -1,8 +1,8 @@
 use crate::location::Location;
-use anyhow::{Result, bail};
-use grantline_ledger::{Actor, Append, NewEvent, StreamId, UserErased, UserSource, pii};
+use anyhow::Result;
+use grantline_ledger::{Actor, UserSource};
 use grantline_server::admin;
-use grantline_store::{Credentials, Keyring, Ledger, LedgerOptions};
+use grantline_store::LedgerOptions;
 use std::process::ExitCode;
 
 /// The new user's password when set; otherwise one is generated and printed once.
@@ -113,31 +113,12 @@ pub async fn run(loc: &Location, cmd: Command) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Erase { user } => {
-            let ledger =
-                Ledger::open(&loc.database, loc.signer()?, LedgerOptions::default()).await?;
-            let stream = StreamId::user(&user);
-            let kinds = ledger.store().stream_kinds(&stream).await?;
-            if !kinds.iter().any(|k| k == "user.created") {
-                ledger.shutdown().await;
-                bail!("no user {user:?} in this ledger");
-            }
-            let keyring = Keyring::new(ledger.store());
-            let had_key = keyring.erase(&pii::user_subject(&user)).await?;
-            Credentials::new(ledger.store()).delete(&user).await?;
-            if !kinds.iter().any(|k| k == "user.erased") {
-                ledger
-                    .append(Append::new(vec![NewEvent::new(
-                        stream,
-                        Actor::Operator,
-                        UserErased {
-                            user_id: user.clone(),
-                        },
-                    )]))
-                    .await?;
-            }
-            ledger.shutdown().await;
+            let app = loc.app(LedgerOptions::default()).await?;
+            let r = admin::erase_user(&app, &user, Actor::Operator).await;
+            app.ledger.shutdown().await;
+            let (user_id, revoked, had_key) = r?;
             println!(
-                "erased personal data of {user}{}",
+                "erased personal data of {user_id}; revoked {revoked} grants and personal access tokens{}",
                 if had_key {
                     ""
                 } else {

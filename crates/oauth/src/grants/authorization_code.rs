@@ -99,7 +99,7 @@ pub fn decide(
         Ok(r) => r,
         Err(e) => return e.into(),
     };
-    if state.users.get(&family.user_id).is_none_or(|u| u.disabled) {
+    if state.users.get(&family.user_id).is_none_or(|u| !u.active()) {
         return OAuthError::invalid_grant("the user is disabled").into();
     }
 

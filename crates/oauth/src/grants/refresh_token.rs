@@ -119,7 +119,7 @@ pub fn decide(
     if ctx.now >= token.expires_at || ctx.now >= token.absolute_expires_at {
         return OAuthError::invalid_grant("refresh token expired").into();
     }
-    if state.users.get(&family.user_id).is_none_or(|u| u.disabled) {
+    if state.users.get(&family.user_id).is_none_or(|u| !u.active()) {
         return OAuthError::invalid_grant("the user is disabled").into();
     }
     let resource = match bound_resource(ctx.settings, req.resource.as_deref(), &family.resource) {

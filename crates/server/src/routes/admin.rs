@@ -134,7 +134,7 @@ async fn admin_user(
         .read()
         .users
         .get(&user_id)
-        .is_some_and(|u| u.role == "admin" && !u.disabled);
+        .is_some_and(|u| u.role == "admin" && u.active());
     if !is_admin {
         return Err(refused());
     }
