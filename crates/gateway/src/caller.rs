@@ -173,6 +173,7 @@ mod state_tests {
                 pat_id: "pat_1".into(),
                 user_id: "usr_1".into(),
                 name: "ci".into(),
+                sealed_name: None,
                 resource: format!("{RES}/"),
                 scopes: ["demo:write".to_string()].into(),
                 prefix: "glp_good".into(),

@@ -8,6 +8,7 @@ pub mod caller;
 pub mod challenge;
 pub mod jsonrpc;
 pub mod ratelimit;
+pub mod record;
 
 pub use authority::{Roles, ToolScopes};
 pub use caller::{Caller, authenticate};

@@ -602,7 +602,13 @@ pub struct GrantRevoked {
 pub struct PatCreated {
     pub pat_id: String,
     pub user_id: String,
+    /// The token's name in plain text: only in events written before names were sealed
+    /// (empty, and left out, since).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub name: String,
+    /// The token's name, sealed under the user's key (it is the user's own words).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed_name: Option<Sealed>,
     pub resource: String,
     pub scopes: Vec<String>,
     /// The visible start of the token (`glp_ab12…`), enough to recognise it, not to use it.
@@ -648,9 +654,14 @@ pub struct ToolCallStarted {
     pub credential: Credential,
     /// blake3 of the canonical arguments: the arguments themselves are never recorded.
     pub arguments_digest: String,
-    /// The caller's stated reason for the call, where the client sent one.
+    /// The caller's stated reason for the call, in plain text: for callers acting for no
+    /// user (machine clients), and in events written before intents were sealed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub intent: Option<String>,
+    /// The stated reason of a call made for a user, sealed under the user's key (their own
+    /// words, erased with them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed_intent: Option<Sealed>,
     /// The MCP session (`Mcp-Session-Id`), when the client is in one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_id: Option<String>,
@@ -675,9 +686,14 @@ pub struct ToolCalled {
     pub duration_us: u64,
     /// blake3 of the canonical arguments: the arguments themselves are never recorded.
     pub arguments_digest: String,
-    /// The caller's stated reason for the call, where the client sent one.
+    /// The caller's stated reason for the call, in plain text: for callers acting for no
+    /// user (machine clients), and in events written before intents were sealed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub intent: Option<String>,
+    /// The stated reason of a call made for a user, sealed under the user's key (their own
+    /// words, erased with them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed_intent: Option<Sealed>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_ip: Option<Sealed>,
 }

@@ -331,6 +331,7 @@ pub fn all() -> Vec<Payload> {
             pat_id: "pat_0197a3c1f0d27c4e8b1a9d6e5f403a50".into(),
             user_id: USER.into(),
             name: "CI deploy".into(),
+            sealed_name: Some(sealed(&user_subject, "CI deploy")),
             resource: RESOURCE.into(),
             scopes: vec!["demo.read".into()],
             prefix: "glp_3kQ9".into(),
@@ -365,6 +366,7 @@ pub fn all() -> Vec<Payload> {
             credential: cred.clone(),
             arguments_digest: digest("{\"query\":\"q3 numbers\"}"),
             intent: Some("summarise the quarterly report".into()),
+            sealed_intent: Some(sealed(&user_subject, "summarise the quarterly report")),
             session_id: Some("4f7c2a9e-1b3d-4e5f-8a6b-7c8d9e0f1a2b".into()),
         }
         .into(),
@@ -381,6 +383,7 @@ pub fn all() -> Vec<Payload> {
             duration_us: 1432,
             arguments_digest: digest("{\"query\":\"q3 numbers\"}"),
             intent: Some("summarise the quarterly report".into()),
+            sealed_intent: Some(sealed(&user_subject, "summarise the quarterly report")),
             source_ip: Some(sealed(&user_subject, "198.51.100.7")),
         }
         .into(),

@@ -19,6 +19,9 @@ pub struct PatRequest {
     pub scope: Option<String>,
     /// `None` = never expires; else one of 7, 30, 90, 365 days.
     pub expires_in_days: Option<u32>,
+    /// The name (trimmed), sealed under the user's key by the caller: what the event records.
+    /// Without it the name is recorded in plain text.
+    pub sealed_name: Option<grantline_ledger::Sealed>,
 }
 
 /// The token, shown once.
@@ -81,7 +84,12 @@ pub fn create(
     let event = PatCreated {
         pat_id: pat_id.clone(),
         user_id: req.user_id.clone(),
-        name: name.clone(),
+        name: if req.sealed_name.is_some() {
+            String::new()
+        } else {
+            name
+        },
+        sealed_name: req.sealed_name.clone(),
         resource: resource.id.clone(),
         scopes: scopes.into_iter().collect(),
         prefix: prefix.clone(),

@@ -1193,6 +1193,7 @@ fn a_user_revokes_their_own_grant_or_everything() {
         pat_id: "pat_1".into(),
         user_id: user.clone(),
         name: "ci".into(),
+        sealed_name: None,
         resource: RES.into(),
         scopes: vec!["demo:read".into()],
         prefix: "glp_abcd".into(),
@@ -1232,6 +1233,7 @@ fn personal_access_tokens_are_shown_once_bounded_and_revoked_for_good() {
         resource: resource.into(),
         scope: scope.map(String::from),
         expires_in_days: days,
+        sealed_name: None,
     };
     let fresh = || {
         (

@@ -395,9 +395,19 @@ pub async fn create_pat(
         .find(|r| r.name == req.resource)
         .map(|r| r.id.clone())
         .unwrap_or(req.resource);
+    // The name is the user's own words: sealed under their key, erased with them.
+    let sealed_name = Some(
+        app.keyring
+            .seal(
+                &grantline_ledger::pii::user_subject(&user_id),
+                req.name.trim(),
+            )
+            .await?,
+    );
     let req = grantline_oauth::pat::PatRequest {
         user_id,
         resource,
+        sealed_name,
         ..req
     };
     let fresh = (
@@ -430,36 +440,47 @@ pub async fn revoke_pat(app: &App, pat_id: &str, actor: Actor) -> Result<(), Adm
 
 /// Personal access tokens as listed: id, name, prefix, resource, scopes, dates, state. Never
 /// the token.
-pub fn pat_list(app: &App, user_id: Option<&str>) -> Vec<serde_json::Value> {
-    let state = app.projection.read();
+pub async fn pat_list(app: &App, user_id: Option<&str>) -> Vec<serde_json::Value> {
     let now = app.now();
-    let mut pats: Vec<_> = state
-        .pats
-        .values()
-        .filter(|p| user_id.is_none_or(|u| p.user_id == u))
-        .collect();
+    let mut pats: Vec<grantline_state::Pat> = {
+        let state = app.projection.read();
+        state
+            .pats
+            .values()
+            .filter(|p| user_id.is_none_or(|u| p.user_id == u))
+            .cloned()
+            .collect()
+    };
     pats.sort_by_key(|p| p.created_at);
-    pats.iter()
-        .map(|p| {
-            let status = if p.revoked.is_some() {
-                "revoked"
-            } else if p.expires_at.is_some_and(|e| e <= now) {
-                "expired"
-            } else {
-                "active"
-            };
-            serde_json::json!({
-                "pat_id": p.pat_id,
-                "user_id": p.user_id,
-                "name": p.name,
-                "prefix": p.prefix,
-                "resource": p.resource,
-                "scopes": p.scopes,
-                "created_at": p.created_at.to_string(),
-                "expires_at": p.expires_at.map(|e| e.to_string()),
-                "last_used": p.last_used.map(|e| e.to_string()),
-                "status": status,
-            })
-        })
-        .collect()
+    let mut out = Vec::with_capacity(pats.len());
+    for p in pats {
+        let status = if p.revoked.is_some() {
+            "revoked"
+        } else if p.expires_at.is_some_and(|e| e <= now) {
+            "expired"
+        } else {
+            "active"
+        };
+        // A sealed name opens while the user's key exists; after erasure it reads [erased].
+        let name = match &p.sealed_name {
+            Some(sealed) => match app.keyring.open(sealed).await {
+                Ok(Ok(name)) => name,
+                _ => "[erased]".to_string(),
+            },
+            None => p.name.clone(),
+        };
+        out.push(serde_json::json!({
+            "pat_id": p.pat_id,
+            "user_id": p.user_id,
+            "name": name,
+            "prefix": p.prefix,
+            "resource": p.resource,
+            "scopes": p.scopes,
+            "created_at": p.created_at.to_string(),
+            "expires_at": p.expires_at.map(|e| e.to_string()),
+            "last_used": p.last_used.map(|e| e.to_string()),
+            "status": status,
+        }));
+    }
+    out
 }

@@ -287,7 +287,13 @@ async fn credentials_audience_scopes_and_step_up_on_the_demo() {
         ]
     );
     assert_eq!(calls[1].reason.as_deref(), Some("insufficient_scope"));
-    assert_eq!(calls[2].intent.as_deref(), Some("testing"));
+    // A user's intent is sealed under their key (erased with them), never plain.
+    assert_eq!(calls[2].intent, None);
+    let sealed = calls[2].sealed_intent.clone().expect("sealed intent");
+    assert_eq!(
+        s.app.keyring.open(&sealed).await.unwrap().unwrap(),
+        "testing"
+    );
     assert!(
         calls
             .iter()

@@ -159,6 +159,7 @@ async fn pat(s: &Server, scope: &str) -> (String, String) {
             resource: "rec".into(),
             scope: Some(scope.into()),
             expires_in_days: Some(7),
+            sealed_name: None,
         },
         Actor::Operator,
     )
@@ -373,8 +374,12 @@ async fn every_call_is_recorded_however_the_exchange_ends() {
     assert!(why.unwrap().contains("in time"));
     assert_eq!(outcome("split"), Some((ToolOutcome::Ok, None)));
     // The token's last use comes from those events.
-    let listed = grantline_server::admin::pat_list(&s.app, None);
+    let listed = grantline_server::admin::pat_list(&s.app, None).await;
     assert!(listed[0]["last_used"].is_string(), "{listed:?}");
+    assert_eq!(
+        listed[0]["name"], "test",
+        "the sealed name opens for its owner"
+    );
     s.stop().await;
 }
 

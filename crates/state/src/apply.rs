@@ -280,6 +280,7 @@ pub fn apply(state: &mut State, event: &Recorded) {
                     pat_id: e.pat_id.clone(),
                     user_id: e.user_id.clone(),
                     name: e.name.clone(),
+                    sealed_name: e.sealed_name.clone(),
                     resource: e.resource.clone(),
                     scopes: scopes(&e.scopes),
                     prefix: e.prefix.clone(),

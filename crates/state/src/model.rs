@@ -180,7 +180,11 @@ pub struct RefreshToken {
 pub struct Pat {
     pub pat_id: String,
     pub user_id: String,
+    /// The name in plain text (tokens created before names were sealed), else empty.
     pub name: String,
+    /// The name sealed under the user's key: lists open it, and show `[erased]` once the
+    /// user is erased.
+    pub sealed_name: Option<grantline_ledger::Sealed>,
     pub resource: String,
     pub scopes: BTreeSet<String>,
     pub prefix: String,

@@ -117,6 +117,7 @@ pub fn tool_call(i: u64) -> grantline_ledger::NewEvent {
             duration_us: 100 + i,
             arguments_digest: grantline_ledger::secret_digest(&i.to_be_bytes()),
             intent: None,
+            sealed_intent: None,
             source_ip: None,
         },
     )

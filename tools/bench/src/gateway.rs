@@ -131,6 +131,7 @@ tools = {{ lookup = "bench:read" }}
             resource: "bench".into(),
             scope: Some("bench:read".into()),
             expires_in_days: Some(7),
+            sealed_name: None,
         },
         grantline_ledger::Actor::Operator,
     )

@@ -251,6 +251,7 @@ impl Generator {
                         duration_us: 1200 + 37 * j,
                         arguments_digest: tok("args", i * 10 + j),
                         intent: (j == 0).then(|| "answer the user's question".into()),
+                        sealed_intent: None,
                         source_ip: Some(sealed_ip.clone()),
                     }
                     .into(),

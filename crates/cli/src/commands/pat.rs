@@ -63,6 +63,7 @@ async fn run_with(app: &grantline_server::App, cmd: Command) -> Result<ExitCode>
                 resource,
                 scope,
                 expires_in_days,
+                sealed_name: None,
             };
             let p = admin::create_pat(app, &user, req, Actor::Operator).await?;
             println!("pat_id: {}", p.pat_id);
@@ -78,7 +79,7 @@ async fn run_with(app: &grantline_server::App, cmd: Command) -> Result<ExitCode>
                 "{:<40} {:<16} {:<14} {:<8} {:<28} {:<28} resource",
                 "pat_id", "name", "prefix", "status", "expires", "last used"
             );
-            for p in admin::pat_list(app, user.as_deref()) {
+            for p in admin::pat_list(app, user.as_deref()).await {
                 let s = |k: &str| p[k].as_str().unwrap_or("").to_string();
                 println!(
                     "{:<40} {:<16} {:<14} {:<8} {:<28} {:<28} {}",

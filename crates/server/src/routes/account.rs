@@ -62,7 +62,7 @@ pub async fn page(State(app): State<App>, ctx: RequestContext, headers: HeaderMa
     } else {
         format!("<ul>{rows}</ul>")
     };
-    let pats: String = crate::admin::pat_list(&app, Some(&s.user_id))
+    let pats: String = crate::admin::pat_list(&app, Some(&s.user_id)).await
         .iter()
         .map(|p| {
             let txt = |k: &str| esc(p[k].as_str().unwrap_or(""));
@@ -244,6 +244,7 @@ pub async fn create_pat(
         resource: get("resource").unwrap_or_default(),
         scope: get("scope"),
         expires_in_days,
+        sealed_name: None,
     };
     let actor = Actor::User {
         id: s.user_id.clone(),

@@ -348,6 +348,7 @@ pub async fn create_pat(
         resource: req.resource,
         scope: req.scope,
         expires_in_days: req.expires_in_days,
+        sealed_name: None,
     };
     match admin::create_pat(&app, &user, req, Actor::User { id: admin_id }).await {
         Ok(p) => {
@@ -378,7 +379,7 @@ pub async fn list_pats(
         return r;
     }
     match admin::resolve_user(&app, &user).await {
-        Ok(u) => Json(json!({ "pats": admin::pat_list(&app, Some(&u)) })).into_response(),
+        Ok(u) => Json(json!({ "pats": admin::pat_list(&app, Some(&u)).await })).into_response(),
         Err(e) => e.into_response(),
     }
 }

@@ -27,7 +27,7 @@ use grantline_gateway::jsonrpc::{self, Inspected};
 use grantline_gateway::ratelimit::Quota;
 use grantline_gateway::{Denial, authenticate, authority};
 use grantline_ledger::RateBucket;
-use record::{Audit, Call, Watched};
+use record::{Audit, Call, Intent, Watched};
 use serde_json::Value;
 use std::time::Instant;
 
@@ -200,21 +200,30 @@ pub async fn mcp(
         );
     }
     // At most one message to watch: the inspection refuses tool messages in batches.
-    let watched = inspected.into_iter().find_map(|m| match m {
-        Inspected::ToolCall {
+    let watched = match inspected
+        .into_iter()
+        .find(|m| !matches!(m, Inspected::Other { .. }))
+    {
+        Some(Inspected::ToolCall {
             id,
             tool,
             arguments_digest,
             intent,
-        } => Some(Watched::Call(Call {
-            id,
-            tool,
-            digest: arguments_digest,
-            intent,
-        })),
-        Inspected::ToolsList { id } => Some(Watched::List(id)),
-        Inspected::Other { .. } => None,
-    });
+        }) => {
+            let intent = match sealed_intent(&app, &caller, intent).await {
+                Ok(i) => i,
+                Err(r) => return r,
+            };
+            Some(Watched::Call(Call {
+                id,
+                tool,
+                digest: arguments_digest,
+                intent,
+            }))
+        }
+        Some(Inspected::ToolsList { id }) => Some(Watched::List(id)),
+        _ => None,
+    };
     let assertion = upstream::identity(&app, &ctx, &caller);
     let audit = Audit {
         app: app.clone(),
@@ -325,6 +334,29 @@ pub async fn mcp(
     };
     quota_headers(&mut r, quota);
     r
+}
+
+/// A user's stated intent is their own words: sealed under their key, erased with them. A
+/// machine client's stays plain.
+async fn sealed_intent(
+    app: &App,
+    caller: &grantline_gateway::Caller,
+    intent: Option<String>,
+) -> Result<Intent, Response> {
+    Ok(match (intent, &caller.user_id) {
+        (None, _) => Intent::None,
+        (Some(text), Some(user)) => {
+            let subject = grantline_ledger::pii::user_subject(user);
+            match app.keyring.seal(&subject, &text).await {
+                Ok(sealed) => Intent::Sealed(sealed),
+                Err(e) => {
+                    tracing::error!(error = %e, "sealing the caller's intent failed");
+                    return Err(unavailable());
+                }
+            }
+        }
+        (Some(text), None) => Intent::Plain(text),
+    })
 }
 
 /// `Mcp-Method` and `Mcp-Name` (protocol 2026-07-28) let an upstream route on headers: they

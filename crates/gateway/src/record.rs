@@ -1,0 +1,148 @@
+//! The events the gateway records about one request, built here from what the request was and
+//! what came of it: `tool.call_started`, `tool.called`, `tool.listed`, `authorization.denied`.
+//! Every caller-supplied value they carry was bounded by [`crate::jsonrpc::inspect`] (tool
+//! name, intent) or by the server (session id); a user's stated intent arrives sealed.
+
+use crate::{Caller, Denial};
+use grantline_ledger::{
+    Actor, AuthorizationDenied, NewEvent, Sealed, StreamId, ToolCallStarted, ToolCalled,
+    ToolListed, ToolOutcome,
+};
+use serde_json::Value;
+
+/// The caller's stated reason for a call, as recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Intent {
+    #[default]
+    None,
+    /// A machine client's (no person's words): in plain text.
+    Plain(String),
+    /// A user's words: sealed under their key, erased with them.
+    Sealed(Sealed),
+}
+
+/// A `tools/call`: its JSON-RPC id, the tool, the digest of its arguments, the caller's intent.
+#[derive(Debug, Clone)]
+pub struct Call {
+    pub id: Value,
+    pub tool: String,
+    pub digest: String,
+    pub intent: Intent,
+}
+
+/// What every event of one gateway request carries.
+#[derive(Debug, Clone)]
+pub struct Request<'a> {
+    pub request_id: &'a str,
+    pub resource: &'a str,
+    pub caller: &'a Caller,
+    pub session_id: Option<&'a str>,
+}
+
+impl Request<'_> {
+    fn actor(&self) -> Actor {
+        match (&self.caller.user_id, &self.caller.client_id) {
+            (Some(u), _) => Actor::User { id: u.clone() },
+            (None, Some(c)) => Actor::Client { id: c.clone() },
+            (None, None) => Actor::System,
+        }
+    }
+
+    fn event(&self, payload: impl Into<grantline_ledger::Payload>) -> NewEvent {
+        NewEvent::new(StreamId::resource(self.resource), self.actor(), payload)
+    }
+
+    fn intent(call: &Call) -> (Option<String>, Option<Sealed>) {
+        match &call.intent {
+            Intent::None => (None, None),
+            Intent::Plain(s) => (Some(s.clone()), None),
+            Intent::Sealed(s) => (None, Some(s.clone())),
+        }
+    }
+
+    /// `tool.call_started`: written before the call goes upstream.
+    pub fn started(&self, call: &Call) -> NewEvent {
+        let (intent, sealed_intent) = Self::intent(call);
+        self.event(ToolCallStarted {
+            request_id: self.request_id.to_string(),
+            resource: self.resource.to_string(),
+            tool: call.tool.clone(),
+            user_id: self.caller.user_id.clone(),
+            client_id: self.caller.client_id.clone(),
+            credential: self.caller.credential.clone(),
+            arguments_digest: call.digest.clone(),
+            intent,
+            sealed_intent,
+            session_id: self.session_id.map(String::from),
+        })
+    }
+
+    /// `tool.called`: the outcome of a call.
+    pub fn called(
+        &self,
+        call: &Call,
+        outcome: ToolOutcome,
+        reason: Option<String>,
+        error_code: Option<i64>,
+        duration_us: u64,
+    ) -> NewEvent {
+        let (intent, sealed_intent) = Self::intent(call);
+        self.event(ToolCalled {
+            request_id: self.request_id.to_string(),
+            resource: self.resource.to_string(),
+            tool: call.tool.clone(),
+            user_id: self.caller.user_id.clone(),
+            client_id: self.caller.client_id.clone(),
+            credential: self.caller.credential.clone(),
+            outcome,
+            reason,
+            error_code,
+            duration_us,
+            arguments_digest: call.digest.clone(),
+            intent,
+            sealed_intent,
+            source_ip: None,
+        })
+    }
+
+    /// `tool.listed`: a listing and how many tools the caller was shown.
+    pub fn listed(&self, outcome: ToolOutcome, tools_returned: u32, duration_us: u64) -> NewEvent {
+        self.event(ToolListed {
+            request_id: self.request_id.to_string(),
+            resource: self.resource.to_string(),
+            user_id: self.caller.user_id.clone(),
+            client_id: self.caller.client_id.clone(),
+            credential: self.caller.credential.clone(),
+            outcome,
+            tools_returned,
+            duration_us,
+            session_id: self.session_id.map(String::from),
+        })
+    }
+
+    /// `tool.called` (denied) and `authorization.denied` for a call above the caller's
+    /// authority.
+    pub fn denied(&self, call: &Call, d: &Denial, duration_us: u64) -> Vec<NewEvent> {
+        let denied = AuthorizationDenied {
+            request_id: self.request_id.to_string(),
+            resource: self.resource.to_string(),
+            user_id: self.caller.user_id.clone(),
+            client_id: self.caller.client_id.clone(),
+            credential: Some(self.caller.credential.clone()),
+            reason: d.reason.to_string(),
+            required_scopes: d.required_scopes.clone(),
+            method: "tools/call".into(),
+            tool: Some(call.tool.clone()),
+        };
+        vec![
+            self.called(
+                call,
+                ToolOutcome::Denied,
+                Some(d.reason.to_string()),
+                Some(-32003),
+                duration_us,
+            ),
+            self.event(denied),
+        ]
+    }
+}
