@@ -127,6 +127,7 @@ mod state_tests {
                 role: "user".into(),
                 disabled: false,
                 erased: false,
+                version: 1,
                 created_at: t0,
                 last_login: None,
             },

@@ -48,6 +48,34 @@ pub struct Exceeded {
     pub rejected: u64,
 }
 
+/// One `rate_limit.exceeded` per closed window: the refusals of a bucket, aggregated. The
+/// subject is `resource|user or client id`, as the limiter keys its buckets.
+pub fn exceeded_events(closed: &[Exceeded]) -> Vec<grantline_ledger::NewEvent> {
+    closed
+        .iter()
+        .map(|e| {
+            let (resource, subject) = e
+                .subject
+                .split_once('|')
+                .map(|(r, s)| (r.to_string(), s.to_string()))
+                .unwrap_or_default();
+            grantline_ledger::NewEvent::new(
+                grantline_ledger::StreamId::resource(&resource),
+                grantline_ledger::Actor::System,
+                grantline_ledger::RateLimitExceeded {
+                    resource,
+                    bucket: e.bucket,
+                    subject,
+                    window_start: grantline_ledger::Timestamp::from_secs(e.window_start),
+                    window_seconds: WINDOW_SECS as u32,
+                    limit: e.limit,
+                    rejected: e.rejected,
+                },
+            )
+        })
+        .collect()
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Window {
     start: i64,

@@ -8,22 +8,26 @@
 
 pub mod authorize;
 pub mod client_auth;
+pub mod clients;
 mod decision;
 mod error;
 pub mod grant;
 pub mod grants;
 pub mod introspect;
+pub mod keys;
 pub mod limits;
 pub mod metadata;
 pub mod pat;
 pub mod pkce;
 pub mod redirect;
+pub mod refused;
 pub mod register;
 mod resource;
 pub mod revoke;
 pub mod scope;
 mod settings;
 pub mod tokens;
+pub mod users;
 
 pub use decision::Decision;
 pub use error::{ErrorCode, OAuthError};

@@ -2,11 +2,7 @@
 
 use crate::app::{App, AppError};
 use crate::signin::hash_password;
-use grantline_ledger::{
-    Actor, ApplicationType, AuthMethod, ClientDisabled, ClientRegistered, GrantType, NewEvent,
-    RegistrationMethod, StreamId, UserCreated, UserDisabled, UserRoleChanged, UserSource, pii,
-};
-use grantline_oauth::register::{RegistrationRequest, check};
+use grantline_ledger::{Actor, ApplicationType, GrantType, UserSource, pii};
 use grantline_oauth::tokens::Secret;
 use grantline_store::{Credential, StoreError};
 
@@ -120,19 +116,21 @@ pub async fn record_user(
         ),
         None => None,
     };
-    app.append(vec![NewEvent::new(
-        StreamId::user(user_id),
-        actor,
-        UserCreated {
-            user_id: user_id.to_string(),
-            username: sealed,
-            email,
-            display_name: None,
-            role: user.role.to_string(),
-            source,
-        },
-    )])
-    .await?;
+    let new = grantline_oauth::users::NewUser {
+        user_id: user_id.to_string(),
+        username: sealed,
+        email,
+        role: user.role.to_string(),
+        source,
+    };
+    let (outcome, _) = app
+        .run(|s| {
+            grantline_oauth::users::create(s, actor.clone(), new.clone(), |r| {
+                known_role(app, r).is_ok()
+            })
+        })
+        .await?;
+    outcome.map_err(|e| AdminError::Invalid(e.description))?;
     Ok(())
 }
 
@@ -154,24 +152,10 @@ pub async fn disable_user(
     actor: Actor,
 ) -> Result<String, AdminError> {
     let user_id = resolve_user(app, who).await?;
-    if app
-        .projection
-        .read()
-        .users
-        .get(&user_id)
-        .is_some_and(|u| u.disabled)
-    {
-        return Ok(user_id);
-    }
-    app.append(vec![NewEvent::new(
-        StreamId::user(&user_id),
-        actor,
-        UserDisabled {
-            user_id: user_id.clone(),
-            reason: reason.to_string(),
-        },
-    )])
-    .await?;
+    let (outcome, _) = app
+        .run(|s| grantline_oauth::users::disable(s, actor.clone(), &user_id, reason))
+        .await?;
+    outcome.map_err(|e| AdminError::Invalid(e.description))?;
     Ok(user_id)
 }
 
@@ -183,25 +167,14 @@ pub async fn set_role(
 ) -> Result<String, AdminError> {
     known_role(app, role)?;
     let user_id = resolve_user(app, who).await?;
-    let from = app
-        .projection
-        .read()
-        .users
-        .get(&user_id)
-        .map(|u| u.role.clone())
-        .ok_or_else(|| AdminError::NotFound(format!("user {who:?}")))?;
-    if from != role {
-        app.append(vec![NewEvent::new(
-            StreamId::user(&user_id),
-            actor,
-            UserRoleChanged {
-                user_id: user_id.clone(),
-                from,
-                to: role.to_string(),
-            },
-        )])
+    let (outcome, _) = app
+        .run(|s| {
+            grantline_oauth::users::set_role(s, actor.clone(), &user_id, role, |r| {
+                known_role(app, r).is_ok()
+            })
+        })
         .await?;
-    }
+    outcome.map_err(|e| AdminError::Invalid(e.description))?;
     Ok(user_id)
 }
 
@@ -245,71 +218,7 @@ pub async fn erase_user(
     Ok((user_id, revoked, had_key))
 }
 
-/// A client an admin (or the config file) declares.
-#[derive(Debug, Clone, Default)]
-pub struct NewClient {
-    pub client_id: Option<String>,
-    pub client_name: String,
-    pub redirect_uris: Vec<String>,
-    pub grant_types: Option<Vec<String>>,
-    pub scope: Option<String>,
-    pub application_type: Option<String>,
-    pub auth_method: Option<String>,
-}
-
-/// The event registering a client, checked by the same rules as dynamic registration.
-pub fn client_event(
-    c: &NewClient,
-    method: RegistrationMethod,
-    secret: Option<&Secret>,
-) -> Result<ClientRegistered, AdminError> {
-    let auth_method = c.auth_method.clone().or_else(|| {
-        Some(
-            if secret.is_some() {
-                "client_secret_basic"
-            } else {
-                "none"
-            }
-            .to_string(),
-        )
-    });
-    let meta = check(&RegistrationRequest {
-        redirect_uris: c.redirect_uris.clone(),
-        token_endpoint_auth_method: auth_method,
-        grant_types: c.grant_types.clone(),
-        client_name: Some(c.client_name.clone()),
-        scope: c.scope.clone(),
-        application_type: c.application_type.clone(),
-        ..RegistrationRequest::default()
-    })
-    .map_err(|e| AdminError::Invalid(e.description))?;
-    if (meta.auth_method == AuthMethod::None) != secret.is_none() {
-        return Err(AdminError::Invalid(
-            "a confidential client needs a secret and a public client must not have one".into(),
-        ));
-    }
-    Ok(ClientRegistered {
-        client_id: c
-            .client_id
-            .clone()
-            .unwrap_or_else(|| crate::random::id("cli")),
-        client_name: meta.client_name,
-        method,
-        application_type: meta.application_type,
-        token_endpoint_auth_method: meta.auth_method,
-        redirect_uris: meta.redirect_uris,
-        grant_types: meta.grant_types,
-        scope: meta.scope,
-        software_id: None,
-        software_version: None,
-        client_uri: None,
-        logo_uri: None,
-        metadata_document_url: None,
-        secret_digest: secret.map(Secret::digest),
-        expires_at: None,
-        request: None,
-    })
-}
+pub use grantline_oauth::clients::NewClient;
 
 /// Registers a client as an admin. Returns its id and, for a confidential client, the secret
 /// (shown once).
@@ -319,16 +228,12 @@ pub async fn add_client(
     confidential: bool,
     actor: Actor,
 ) -> Result<(String, Option<Secret>), AdminError> {
-    if let Some(id) = &c.client_id
-        && app.projection.read().clients.contains_key(id)
-    {
-        return Err(AdminError::Invalid(format!("client {id} already exists")));
-    }
     let secret = confidential.then(|| crate::random::secret("gls_"));
-    let event = client_event(c, RegistrationMethod::Admin, secret.as_ref())?;
-    let id = event.client_id.clone();
-    app.append(vec![NewEvent::new(StreamId::client(&id), actor, event)])
+    let fresh_id = crate::random::id("cli");
+    let (outcome, _) = app
+        .run(|s| grantline_oauth::clients::add(s, actor.clone(), c, secret.as_ref(), &fresh_id))
         .await?;
+    let id = outcome.map_err(|e| AdminError::Invalid(e.description))?;
     Ok((id, secret))
 }
 
@@ -338,28 +243,14 @@ pub async fn disable_client(
     reason: &str,
     actor: Actor,
 ) -> Result<(), AdminError> {
-    let known = app
-        .projection
-        .read()
-        .clients
-        .get(client_id)
-        .map(|c| c.disabled);
-    match known {
-        None => Err(AdminError::NotFound(format!("client {client_id:?}"))),
-        Some(true) => Ok(()),
-        Some(false) => {
-            app.append(vec![NewEvent::new(
-                StreamId::client(client_id),
-                actor,
-                ClientDisabled {
-                    client_id: client_id.to_string(),
-                    reason: reason.to_string(),
-                },
-            )])
-            .await?;
-            Ok(())
-        }
+    if !app.projection.read().clients.contains_key(client_id) {
+        return Err(AdminError::NotFound(format!("client {client_id:?}")));
     }
+    let (outcome, _) = app
+        .run(|s| grantline_oauth::clients::disable(s, actor.clone(), client_id, reason))
+        .await?;
+    outcome.map_err(|e| AdminError::Invalid(e.description))?;
+    Ok(())
 }
 
 /// Names for display.

@@ -6,10 +6,7 @@ use crate::config::Config;
 use crate::projection::Projection;
 use crate::signin::{PasswordSignIn, SignIn};
 use anyhow::{Context, Result};
-use grantline_ledger::{
-    Actor, Append, KeyPurpose, NewEvent, Recorded, RequestMeta, SigningKeyRotated, StreamId,
-    Timestamp,
-};
+use grantline_ledger::{Append, KeyPurpose, NewEvent, Recorded, RequestMeta, Timestamp};
 use grantline_oauth::register::Policy;
 use grantline_oauth::tokens::JwtSigner;
 use grantline_oauth::{Decision, OAuthError, Settings};
@@ -281,40 +278,18 @@ impl App {
     /// Records the access-token and identity-assertion keys in the ledger (once each), so that
     /// the JWKS and audits know them.
     async fn record_signing_key(&self) -> Result<()> {
+        use base64::Engine;
         for (signer, purpose) in [
             (&self.jwt, KeyPurpose::AccessToken),
             (&self.identity, KeyPurpose::IdentityAssertion),
         ] {
-            let (known, previous) = {
-                let s = self.projection.read();
-                let known = s.signing_keys.contains_key(&signer.kid);
-                let previous = s
-                    .signing_keys
-                    .values()
-                    .filter(|k| k.purpose == purpose && !k.retired)
-                    .map(|k| k.key_id.clone())
-                    .next();
-                (known, previous)
-            };
-            if known {
-                continue;
-            }
-            use base64::Engine;
             let public_key = base64::engine::general_purpose::URL_SAFE_NO_PAD
                 .encode(signer.key.verifying_key().as_bytes());
-            self.append(vec![NewEvent::new(
-                StreamId::named("keys"),
-                Actor::System,
-                SigningKeyRotated {
-                    purpose,
-                    key_id: signer.kid.clone(),
-                    algorithm: "EdDSA".into(),
-                    public_key,
-                    previous_key_id: previous,
-                },
-            )])
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let (outcome, _) = self
+                .run(|s| grantline_oauth::keys::introduce(s, purpose, &signer.kid, &public_key))
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            outcome.map_err(|e| anyhow::anyhow!("{}", e.description))?;
         }
         Ok(())
     }
@@ -377,29 +352,7 @@ impl App {
         if closed.is_empty() {
             return;
         }
-        let events = closed
-            .iter()
-            .map(|e| {
-                let (resource, subject) = e
-                    .subject
-                    .split_once('|')
-                    .map(|(r, s)| (r.to_string(), s.to_string()))
-                    .unwrap_or_default();
-                NewEvent::new(
-                    StreamId::resource(&resource),
-                    Actor::System,
-                    grantline_ledger::RateLimitExceeded {
-                        resource,
-                        bucket: e.bucket,
-                        subject,
-                        window_start: Timestamp::from_secs(e.window_start),
-                        window_seconds: grantline_gateway::ratelimit::WINDOW_SECS as u32,
-                        limit: e.limit,
-                        rejected: e.rejected,
-                    },
-                )
-            })
-            .collect();
+        let events = grantline_gateway::ratelimit::exceeded_events(&closed);
         if let Err(e) = self.append(events).await {
             tracing::warn!(error = %e, "could not record rate-limit refusals; keeping them");
             self.rate_limiter.restore(closed);

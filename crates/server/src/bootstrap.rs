@@ -4,9 +4,7 @@
 use crate::admin::{self, NewClient};
 use crate::app::App;
 use anyhow::{Context, Result};
-use grantline_ledger::{
-    Actor, ClientExpired, ClientUpdated, NewEvent, RegistrationMethod, StreamId, UserSource,
-};
+use grantline_ledger::{Actor, UserSource};
 use grantline_oauth::tokens::Secret;
 
 /// The bootstrap admin's username.
@@ -73,49 +71,23 @@ pub async fn admin(app: &App) -> Result<()> {
 pub async fn config_clients(app: &App) -> Result<()> {
     for c in &app.config.clients {
         let secret = c.secret()?.map(Secret);
-        let wanted = admin::client_event(
-            &NewClient {
-                client_id: Some(c.client_id.clone()),
-                client_name: c.client_name.clone(),
-                redirect_uris: c.redirect_uris.clone(),
-                grant_types: c.grant_types.clone(),
-                scope: c.scope.clone(),
-                application_type: c.application_type.clone(),
-                auth_method: c.token_endpoint_auth_method.clone(),
-            },
-            RegistrationMethod::Config,
-            secret.as_ref(),
-        )
-        .with_context(|| format!("config client {}", c.client_id))?;
-        let existing = app.projection.read().clients.get(&c.client_id).cloned();
-        let event = match existing {
-            None => NewEvent::new(StreamId::client(&c.client_id), Actor::System, wanted),
-            Some(have) => {
-                let changed = have.client_name != wanted.client_name
-                    || have.redirect_uris != wanted.redirect_uris
-                    || have.grant_types != wanted.grant_types
-                    || have.scope != wanted.scope
-                    || have.secret_digest != wanted.secret_digest;
-                if !changed {
-                    continue;
-                }
-                NewEvent::new(
-                    StreamId::client(&c.client_id),
-                    Actor::System,
-                    ClientUpdated {
-                        client_id: c.client_id.clone(),
-                        client_name: Some(wanted.client_name),
-                        redirect_uris: Some(wanted.redirect_uris),
-                        grant_types: Some(wanted.grant_types),
-                        scope: wanted.scope,
-                        secret_digest: wanted.secret_digest,
-                    },
-                )
-            }
+        let declared = NewClient {
+            client_id: Some(c.client_id.clone()),
+            client_name: c.client_name.clone(),
+            redirect_uris: c.redirect_uris.clone(),
+            grant_types: c.grant_types.clone(),
+            scope: c.scope.clone(),
+            application_type: c.application_type.clone(),
+            auth_method: c.token_endpoint_auth_method.clone(),
         };
-        app.append(vec![event])
+        let (outcome, _) = app
+            .run(|s| grantline_oauth::clients::sync_configured(s, &declared, secret.as_ref()))
             .await
+            .map_err(|e| anyhow::anyhow!("{e}"))
             .with_context(|| format!("recording config client {}", c.client_id))?;
+        outcome
+            .map_err(|e| anyhow::anyhow!("{}", e.description))
+            .with_context(|| format!("config client {}", c.client_id))?;
     }
     Ok(())
 }
@@ -124,37 +96,14 @@ pub async fn config_clients(app: &App) -> Result<()> {
 pub async fn expire_unused_clients(app: &App) {
     let now = app.now();
     let ttl = app.config.oauth.dynamic_client_ttl;
-    let due: Vec<String> = app
-        .projection
-        .read()
-        .clients
-        .values()
-        .filter(|c| {
-            c.method == RegistrationMethod::Dynamic
-                && !c.used
-                && !c.expired
-                && c.expires_at.is_some_and(|e| e <= now)
-        })
-        .map(|c| c.client_id.clone())
-        .collect();
-    if due.is_empty() {
-        return;
-    }
-    let events = due
-        .iter()
-        .map(|id| {
-            NewEvent::new(
-                StreamId::client(id),
-                Actor::System,
-                ClientExpired {
-                    client_id: id.clone(),
-                    ttl_seconds: ttl,
-                },
-            )
-        })
-        .collect();
-    match app.append(events).await {
-        Ok(_) => tracing::info!(count = due.len(), "expired unused dynamic registrations"),
+    match app
+        .run(|s| grantline_oauth::clients::expire_unused(s, now, ttl))
+        .await
+    {
+        Ok((Ok(n), _)) if n > 0 => {
+            tracing::info!(count = n, "expired unused dynamic registrations")
+        }
+        Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "could not record client expiry"),
     }
 }

@@ -5,7 +5,7 @@
 
 use crate::app::App;
 use crate::http::RequestContext;
-use grantline_ledger::{Actor, GrantType, NewEvent, OAuthEndpoint, OAuthRefused, StreamId, pii};
+use grantline_ledger::{OAuthEndpoint, pii};
 use grantline_oauth::OAuthError;
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -13,35 +13,7 @@ use std::sync::Mutex;
 /// One event per key in this many seconds.
 pub const WINDOW_SECS: i64 = 60;
 
-/// The most characters of a caller-supplied value (a resource, a description quoting the
-/// request) that are recorded; scopes: at most so many, of so many characters each.
-const MAX_VALUE: usize = 256;
-const MAX_SCOPES: usize = 16;
-const MAX_SCOPE: usize = 64;
-
-/// At most `max` characters of `s`, marked when cut.
-fn clip(s: &str, max: usize) -> String {
-    if s.chars().count() <= max {
-        return s.to_string();
-    }
-    let mut out: String = s.chars().take(max).collect();
-    out.push('…');
-    out
-}
-
-/// What a refused request named, filled in as the handler learns it.
-#[derive(Debug, Default, Clone)]
-pub struct Attempt {
-    /// A registered client the request named.
-    pub client_id: Option<String>,
-    pub client_authenticated: bool,
-    pub grant_type: Option<GrantType>,
-    pub user_id: Option<String>,
-    pub resource: Option<String>,
-    pub requested_scopes: Vec<String>,
-    /// The refusal is on the ledger already (`code.replayed`, `refresh.reuse_detected`).
-    pub recorded: bool,
-}
+pub use grantline_oauth::refused::Attempt;
 
 #[derive(Debug, Clone, Copy)]
 struct Window {
@@ -128,33 +100,8 @@ pub async fn record(
             None
         }
     };
-    let event = OAuthRefused {
-        endpoint,
-        client_id: attempt.client_id,
-        client_authenticated: attempt.client_authenticated,
-        grant_type: attempt.grant_type,
-        user_id: attempt.user_id,
-        resource: attempt.resource.map(|r| clip(&r, MAX_VALUE)),
-        requested_scopes: attempt
-            .requested_scopes
-            .iter()
-            .take(MAX_SCOPES)
-            .map(|s| clip(s, MAX_SCOPE))
-            .collect(),
-        error: error.code.as_str().to_string(),
-        description: clip(&error.description, MAX_VALUE),
-        suppressed,
-        request,
-    };
-    let actor = match (&event.client_id, event.client_authenticated) {
-        (Some(id), true) => Actor::Client { id: id.clone() },
-        _ => Actor::System,
-    };
-    let events = vec![NewEvent::new(
-        StreamId::named("oauth-refusals"),
-        actor,
-        event,
-    )];
+    let d = grantline_oauth::refused::record(endpoint, attempt, error, suppressed, request);
+    let events = d.append.events;
     if let Err(e) = app.append(events).await {
         tracing::warn!(error = %e, "could not record a refused OAuth request");
     }
@@ -163,15 +110,6 @@ pub async fn record(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn caller_values_are_clipped() {
-        assert_eq!(clip("short", 8), "short");
-        assert_eq!(
-            clip(&"x".repeat(300), MAX_VALUE).chars().count(),
-            MAX_VALUE + 1
-        );
-    }
 
     #[test]
     fn one_event_per_key_and_window_and_the_rest_counted() {

@@ -97,6 +97,7 @@ pub fn apply(state: &mut State, event: &Recorded) {
                     erased: false,
                     created_at: at,
                     last_login: None,
+                    version: 0,
                 },
             );
         }
@@ -343,6 +344,11 @@ pub fn apply(state: &mut State, event: &Recorded) {
         && let Some(f) = state.families.get_mut(id)
     {
         f.version = event.envelope.version;
+    }
+    if let Some(id) = event.envelope.stream.as_str().strip_prefix("user:")
+        && let Some(u) = state.users.get_mut(id)
+    {
+        u.version = event.envelope.version;
     }
     if let Some(id) = event.envelope.stream.as_str().strip_prefix("grant:")
         && let Some(g) = state.grants.get_mut(id)

@@ -72,6 +72,8 @@ pub struct User {
     pub erased: bool,
     pub created_at: Timestamp,
     pub last_login: Option<Timestamp>,
+    /// The version of the user's stream after the last event on it.
+    pub version: u64,
 }
 
 impl User {

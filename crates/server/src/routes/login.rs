@@ -10,10 +10,7 @@ use axum::body::Bytes;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use grantline_ledger::{
-    Actor, LoginFailed, LoginFailure, LoginSucceeded, NewEvent, SessionEnded, StreamId, Timestamp,
-    pii,
-};
+use grantline_ledger::{LoginFailure, Timestamp, pii};
 use serde::Deserialize;
 
 /// Where a sign-in may send the browser afterwards: the authorization endpoint, or home.
@@ -207,21 +204,24 @@ pub async fn submit(
         Ok(m) => m,
         Err(e) => return e.into_response(),
     };
-    let event = NewEvent::new(
-        StreamId::user(&user_id),
-        Actor::User {
-            id: user_id.clone(),
-        },
-        LoginSucceeded {
-            user_id: user_id.clone(),
-            method: app.signin.method().to_string(),
-            session_id: session_id.clone(),
-            source_ip: meta.source_ip,
-            user_agent: meta.user_agent,
-        },
-    );
-    if let Err(e) = app.append(vec![event]).await {
-        return e.into_response();
+    let method = app.signin.method().to_string();
+    match app
+        .run(|st| {
+            grantline_oauth::users::signed_in(st, &user_id, &method, &session_id, meta.clone())
+        })
+        .await
+    {
+        Ok((Ok(()), _)) => {}
+        Ok((Err(_), _)) => {
+            return render(
+                &app,
+                &ctx,
+                StatusCode::UNAUTHORIZED,
+                &return_to,
+                Some("Wrong username or password."),
+            );
+        }
+        Err(e) => return e.into_response(),
     }
     let now = app.now().0 / 1_000_000;
     let (value, ttl) = session::issue(&app, &user_id, &session_id, now);
@@ -250,21 +250,17 @@ async fn record_failure(
     };
     let meta = app.request_meta(ctx, &subject).await?;
     let name = app.keyring.seal(&subject, username).await?;
-    let event = NewEvent::new(
-        match &user_id {
-            Some(u) => StreamId::user(u),
-            None => StreamId::named("logins"),
-        },
-        Actor::System,
-        LoginFailed {
-            user_id,
-            username: Some(name),
-            reason,
-            source_ip: meta.source_ip,
-            user_agent: meta.user_agent,
-        },
-    );
-    app.append(vec![event]).await.map(|_| ())
+    let (outcome, _) = app
+        .run(|_| {
+            grantline_oauth::users::sign_in_failed(
+                user_id.clone(),
+                name.clone(),
+                reason,
+                meta.clone(),
+            )
+        })
+        .await?;
+    outcome.map_err(crate::app::AppError::from)
 }
 
 pub async fn logout(
@@ -291,19 +287,13 @@ pub async fn logout(
             .request_meta(&ctx, &pii::user_subject(&s.user_id))
             .await
             .ok();
-        let ended = NewEvent::new(
-            StreamId::user(&s.user_id),
-            Actor::User {
-                id: s.user_id.clone(),
-            },
-            SessionEnded {
-                user_id: s.user_id.clone(),
-                session_id: s.session_id.clone(),
-                expires_at: Timestamp::from_secs(s.expires),
-                request,
-            },
+        let ended = grantline_oauth::users::signed_out(
+            &s.user_id,
+            &s.session_id,
+            Timestamp::from_secs(s.expires),
+            request,
         );
-        if let Err(e) = app.append(vec![ended]).await {
+        if let Err(e) = app.append(ended.append.events).await {
             return e.into_response();
         }
     }

@@ -1,0 +1,204 @@
+//! Users' lifecycle and sign-in as deciders: created, disabled, role changed, signed in, a
+//! failed sign-in, signed out. Personal data arrives sealed (sealing needs the key store);
+//! every other value is bounded here.
+
+use crate::{Decision, ErrorCode, OAuthError, limits};
+use grantline_ledger::{
+    Actor, ExpectedVersion, LoginFailed, LoginFailure, LoginSucceeded, NewEvent, RequestMeta,
+    Sealed, SessionEnded, StreamId, Timestamp, UserCreated, UserDisabled, UserRoleChanged,
+    UserSource,
+};
+use grantline_state::State;
+
+fn invalid(d: impl Into<String>) -> OAuthError {
+    OAuthError::new(ErrorCode::InvalidRequest, d)
+}
+
+/// A user to create: the id drawn by the caller, username and email sealed under the user's
+/// key.
+#[derive(Debug, Clone)]
+pub struct NewUser {
+    pub user_id: String,
+    pub username: Sealed,
+    pub email: Option<Sealed>,
+    pub role: String,
+    pub source: UserSource,
+}
+
+/// `user.created`, once per user id.
+pub fn create(
+    state: &State,
+    actor: Actor,
+    user: NewUser,
+    known_role: impl Fn(&str) -> bool,
+) -> Decision<()> {
+    if state.users.contains_key(&user.user_id) {
+        return invalid("the user exists already").into();
+    }
+    if !known_role(&user.role) {
+        return invalid(format!("unknown role {:?}", user.role)).into();
+    }
+    let stream = StreamId::user(&user.user_id);
+    Decision::new(
+        vec![NewEvent::new(
+            stream.clone(),
+            actor,
+            UserCreated {
+                user_id: user.user_id,
+                username: user.username,
+                email: user.email,
+                display_name: None,
+                role: user.role,
+                source: user.source,
+            },
+        )],
+        Ok(()),
+    )
+    .expect(stream, ExpectedVersion::NoStream)
+}
+
+fn reason_checked(reason: &str) -> Result<String, OAuthError> {
+    limits::display_text("reason", reason, limits::REASON_CHARS).map_err(invalid)
+}
+
+/// `user.disabled` with the given reason; nothing when the user is disabled already.
+/// Returns whether it changed anything.
+pub fn disable(state: &State, actor: Actor, user_id: &str, reason: &str) -> Decision<bool> {
+    let Some(u) = state.users.get(user_id) else {
+        return invalid("no such user").into();
+    };
+    if u.disabled {
+        return Decision::new(Vec::new(), Ok(false));
+    }
+    let reason = match reason_checked(reason) {
+        Ok(r) => r,
+        Err(e) => return e.into(),
+    };
+    let stream = StreamId::user(user_id);
+    Decision::new(
+        vec![NewEvent::new(
+            stream.clone(),
+            actor,
+            UserDisabled {
+                user_id: user_id.to_string(),
+                reason,
+            },
+        )],
+        Ok(true),
+    )
+    .expect(stream, ExpectedVersion::Exactly(u.version))
+}
+
+/// `user.role_changed`; nothing when the user has the role already.
+pub fn set_role(
+    state: &State,
+    actor: Actor,
+    user_id: &str,
+    role: &str,
+    known_role: impl Fn(&str) -> bool,
+) -> Decision<bool> {
+    let Some(u) = state.users.get(user_id) else {
+        return invalid("no such user").into();
+    };
+    if !known_role(role) {
+        return invalid(format!("unknown role {role:?}")).into();
+    }
+    if u.role == role {
+        return Decision::new(Vec::new(), Ok(false));
+    }
+    let stream = StreamId::user(user_id);
+    Decision::new(
+        vec![NewEvent::new(
+            stream.clone(),
+            actor,
+            UserRoleChanged {
+                user_id: user_id.to_string(),
+                from: u.role.clone(),
+                to: role.to_string(),
+            },
+        )],
+        Ok(true),
+    )
+    .expect(stream, ExpectedVersion::Exactly(u.version))
+}
+
+/// `login.succeeded`: the session begins. Refused for a user who may not act.
+pub fn signed_in(
+    state: &State,
+    user_id: &str,
+    method: &str,
+    session_id: &str,
+    request: RequestMeta,
+) -> Decision<()> {
+    if !state.users.get(user_id).is_some_and(|u| u.active()) {
+        return OAuthError::new(ErrorCode::AccessDenied, "the user may not sign in").into();
+    }
+    Decision::new(
+        vec![NewEvent::new(
+            StreamId::user(user_id),
+            Actor::User {
+                id: user_id.to_string(),
+            },
+            LoginSucceeded {
+                user_id: user_id.to_string(),
+                method: method.to_string(),
+                session_id: session_id.to_string(),
+                source_ip: request.source_ip,
+                user_agent: request.user_agent,
+            },
+        )],
+        Ok(()),
+    )
+}
+
+/// `login.failed`: the name tried arrives sealed (under the user's key, or an anonymous one
+/// when it names nobody) and was bounded by the sign-in form.
+pub fn sign_in_failed(
+    user_id: Option<String>,
+    username: Sealed,
+    reason: LoginFailure,
+    request: RequestMeta,
+) -> Decision<()> {
+    let stream = match &user_id {
+        Some(u) => StreamId::user(u),
+        None => StreamId::named("logins"),
+    };
+    Decision::new(
+        vec![NewEvent::new(
+            stream,
+            Actor::System,
+            LoginFailed {
+                user_id,
+                username: Some(username),
+                reason,
+                source_ip: request.source_ip,
+                user_agent: request.user_agent,
+            },
+        )],
+        Ok(()),
+    )
+}
+
+/// `session.ended`: the session's cookie is refused from now on, on every instance.
+pub fn signed_out(
+    user_id: &str,
+    session_id: &str,
+    cookie_expires: Timestamp,
+    request: Option<RequestMeta>,
+) -> Decision<()> {
+    Decision::new(
+        vec![NewEvent::new(
+            StreamId::user(user_id),
+            Actor::User {
+                id: user_id.to_string(),
+            },
+            SessionEnded {
+                user_id: user_id.to_string(),
+                session_id: session_id.to_string(),
+                expires_at: cookie_expires,
+                request,
+            },
+        )],
+        Ok(()),
+    )
+}
