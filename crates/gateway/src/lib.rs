@@ -7,6 +7,7 @@ pub mod authority;
 pub mod caller;
 pub mod challenge;
 pub mod jsonrpc;
+pub mod properties;
 pub mod ratelimit;
 pub mod record;
 

@@ -9,6 +9,7 @@ mod hash;
 pub mod merkle;
 mod payload;
 pub mod pii;
+pub mod properties;
 pub mod samples;
 mod time;
 pub mod verify;

@@ -19,6 +19,7 @@ pub mod limits;
 pub mod metadata;
 pub mod pat;
 pub mod pkce;
+pub mod properties;
 pub mod redirect;
 pub mod refused;
 pub mod register;
