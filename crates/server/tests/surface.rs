@@ -733,14 +733,26 @@ grantline_store::backend_tests! {
             let (client, code, verifier) = code(&a, "demo:read").await;
             let (_, t) = exchange(&a, &client, &code, &verifier).await;
             let rt = get(&t, "refresh_token");
+            // B knows the token before the race, so that its refusal can only be the lost race.
+            let digest = grantline_ledger::secret_digest(rt.as_bytes());
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while !b.app.projection.read().refresh_tokens.contains_key(&digest) {
+                assert!(std::time::Instant::now() < deadline, "B never read the token");
+                b.app.projection.catch_up(b.app.store()).await.unwrap();
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
             let (ra, rb) = tokio::join!(refresh(&a, &client, &rt), refresh(&b, &client, &rt));
             let wins = [ra.0, rb.0].iter().filter(|s| **s == StatusCode::OK).count();
-            assert!(wins <= 1, "both instances rotated the same token");
+            assert_eq!(wins, 1, "exactly one instance rotates the token");
             for (st, body) in [ra, rb] {
                 if st != StatusCode::OK {
                     assert_eq!(get(&body, "error"), "invalid_grant");
                 }
             }
+            // The loser presented a rotated token beyond the grace period: reuse, family revoked.
+            a.app.projection.catch_up(a.app.store()).await.unwrap();
+            let family = a.app.projection.read().refresh_tokens[&digest].family_id.clone();
+            assert!(a.app.projection.read().families[&family].revoked.is_some());
         }
         a.stop().await;
         b.stop().await;

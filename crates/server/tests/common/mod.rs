@@ -102,7 +102,10 @@ impl Server {
             let _ = tx.send(());
         }
         if let Some(t) = self.task.take() {
-            let _ = t.await;
+            // A panic in the server task fails the test instead of vanishing at shutdown.
+            if let Err(e) = t.await {
+                std::panic::resume_unwind(e.into_panic());
+            }
         }
     }
 
