@@ -324,6 +324,13 @@ fn bad_database_urls_and_missing_ledgers_are_clear_errors() {
     );
 }
 
+/// A refusal as the CLI gives it: exit code 2 (a panic would be 101) and the reason on stderr.
+fn refused(o: &Output, reason: &str) {
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains(reason), "expected {reason:?} in: {err}");
+}
+
 fn grantline_in(dir: &std::path::Path, args: &[&str]) -> Output {
     let mut all = vec!["--data-dir", dir.to_str().unwrap()];
     all.extend_from_slice(args);
@@ -352,14 +359,13 @@ fn users_and_clients_from_the_command_line() {
         !stdout(&out).contains("alice-password-1"),
         "a chosen password is not echoed"
     );
-    assert!(
-        !grantline_in(d, &["user", "add", "alice"]).status.success(),
-        "duplicate username"
+    refused(
+        &grantline_in(d, &["user", "add", "alice"]),
+        "already exists: username alice",
     );
-    assert!(
-        !grantline_in(d, &["user", "set-role", "alice", "root"])
-            .status
-            .success()
+    refused(
+        &grantline_in(d, &["user", "set-role", "alice", "root"]),
+        "unknown role \"root\"",
     );
     // A role the configuration defines (which tools it may call) can be assigned.
     let cfg = d.join("roles.toml");
@@ -376,11 +382,8 @@ fn users_and_clients_from_the_command_line() {
         String::from_utf8_lossy(&out.stderr)
     );
     let out = with_config(&["user", "set-role", "alice", "root"]);
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("auditor"),
-        "the error names the roles there are"
-    );
+    // The error names the roles there are.
+    refused(&out, "auditor");
     assert!(
         grantline_in(d, &["user", "set-role", "alice", "admin"])
             .status
@@ -457,17 +460,15 @@ fn users_and_clients_from_the_command_line() {
             "http://evil.example/cb",
         ],
     );
-    assert!(!bad.status.success());
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("redirect URIs must be HTTPS"));
+    refused(&bad, "redirect URIs must be HTTPS");
     assert!(
         grantline_in(d, &["client", "disable", &id])
             .status
             .success()
     );
-    assert!(
-        !grantline_in(d, &["client", "disable", "cli_nobody"])
-            .status
-            .success()
+    refused(
+        &grantline_in(d, &["client", "disable", "cli_nobody"]),
+        "client \"cli_nobody\" not found",
     );
     let list = stdout(&grantline_in(d, &["client", "list"]));
     assert!(
