@@ -207,46 +207,6 @@ async fn disabling_a_client_or_a_user_kills_their_live_tokens() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn when_the_ledger_cannot_append_oauth_endpoints_answer_503_and_grant_nothing() {
-    let (s, _d, db) = server().await;
-    let (client, code, verifier) = code(&s, "demo:read").await;
-    let pool =
-        sqlx::SqlitePool::connect(&format!("sqlite:{}", db.sqlite_path().unwrap().display()))
-            .await
-            .unwrap();
-    sqlx::query("CREATE TRIGGER block_appends BEFORE INSERT ON events BEGIN SELECT RAISE(ABORT, 'disk full'); END")
-        .execute(&pool)
-        .await
-        .unwrap();
-    let before = s.app.store().count().await.unwrap();
-    let (st, body) = exchange(&s, &client, &code, &verifier).await;
-    assert_eq!(
-        (st, get(&body, "error").as_str()),
-        (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable")
-    );
-    let r = browser()
-        .post(s.url("/oauth/register"))
-        .json(&json!({"redirect_uris": [REDIRECT], "token_endpoint_auth_method": "none"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(
-        r.json::<Value>().await.unwrap()["error"],
-        "temporarily_unavailable"
-    );
-    assert_eq!(s.app.store().count().await.unwrap(), before);
-    // Nothing was granted or spent: once the ledger writes again the same code works.
-    sqlx::query("DROP TRIGGER block_appends")
-        .execute(&pool)
-        .await
-        .unwrap();
-    let (st, body) = exchange(&s, &client, &code, &verifier).await;
-    assert_eq!(st, StatusCode::OK, "{body}");
-    s.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoke_everything_from_the_account_page() {
     let (s, _d, _db) = server().await;
     let (_, t1) = tokens(&s).await;
@@ -286,4 +246,36 @@ async fn revoke_everything_from_the_account_page() {
         assert!(!active(&s, &get(t, "refresh_token")).await);
     }
     s.stop().await;
+}
+
+grantline_store::backend_tests! {
+    async fn when_the_ledger_cannot_append_oauth_endpoints_answer_503_and_grant_nothing(db: TestDb) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Server::start(&db, dir.path().to_path_buf(), config(dir.path(), 30, 60)).await;
+        let (client, code, verifier) = code(&s, "demo:read").await;
+        block_appends(&db).await;
+        let before = s.app.store().count().await.unwrap();
+        let (st, body) = exchange(&s, &client, &code, &verifier).await;
+        assert_eq!(
+            (st, get(&body, "error").as_str()),
+            (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable")
+        );
+        let r = browser()
+            .post(s.url("/oauth/register"))
+            .json(&json!({"redirect_uris": [REDIRECT], "token_endpoint_auth_method": "none"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            r.json::<Value>().await.unwrap()["error"],
+            "temporarily_unavailable"
+        );
+        assert_eq!(s.app.store().count().await.unwrap(), before);
+        // Nothing was granted or spent: once the ledger writes again the same code works.
+        unblock_appends(&db).await;
+        let (st, body) = exchange(&s, &client, &code, &verifier).await;
+        assert_eq!(st, StatusCode::OK, "{body}");
+        s.stop().await;
+    }
 }

@@ -6,7 +6,7 @@ mod common;
 use base64::Engine;
 use common::*;
 use grantline_ledger::{Payload, ToolOutcome};
-use grantline_store::testing::sqlite;
+use grantline_store::testing::TestDb;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use std::sync::{Arc, Mutex};
@@ -96,17 +96,15 @@ async fn start_upstream() -> (String, Upstream) {
     (url, up)
 }
 
-async fn gateway_server(
-    upstream: &str,
-) -> (Server, tempfile::TempDir, grantline_store::testing::TestDb) {
-    gateway_server_with(upstream, |_| {}).await
+async fn gateway_server(db: &TestDb, upstream: &str) -> (Server, tempfile::TempDir) {
+    gateway_server_with(db, upstream, |_| {}).await
 }
 
 async fn gateway_server_with(
+    db: &TestDb,
     upstream: &str,
     edit: impl FnOnce(&mut grantline_server::Config),
-) -> (Server, tempfile::TempDir, grantline_store::testing::TestDb) {
-    let db = sqlite().await;
+) -> (Server, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path(), 30, 60);
     let extra: grantline_server::Config = toml::from_str(&format!(
@@ -133,8 +131,8 @@ up = ["read_tool", "stream_tool"]
     cfg.resources = extra.resources;
     cfg.roles = extra.roles;
     edit(&mut cfg);
-    let s = Server::start(&db, dir.path().to_path_buf(), cfg).await;
-    (s, dir, db)
+    let s = Server::start(db, dir.path().to_path_buf(), cfg).await;
+    (s, dir)
 }
 
 /// An access token for `resource` with `scope`, through the whole OAuth flow.
@@ -180,629 +178,614 @@ fn call(id: u64, tool: &str) -> Value {
     json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {"name": tool, "arguments": {"text": "secret argument"}, "_meta": {"intent": "testing"}}})
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn credentials_audience_scopes_and_step_up_on_the_demo() {
-    let (up_url, _up) = start_upstream().await;
-    let (s, _d, _db) = gateway_server(&up_url).await;
-    let list = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"});
-    // No credential: 401 pointing at the metadata, with the scopes the resource needs.
-    let r = rpc(&s, "/mcp/demo", None, list.clone()).await;
-    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
-    let challenge = r.headers()["www-authenticate"]
-        .to_str()
-        .unwrap()
-        .to_string();
-    assert_eq!(
-        challenge,
-        format!(
-            "Bearer resource_metadata=\"{}\", scope=\"demo:read\"",
-            s.url("/.well-known/oauth-protected-resource/mcp/demo")
-        )
-    );
-    let r = rpc(&s, "/mcp/demo", Some("gla_forged"), list.clone()).await;
-    assert!(
-        r.headers()["www-authenticate"]
+grantline_store::backend_tests! {
+    async fn credentials_audience_scopes_and_step_up_on_the_demo(db: TestDb) {
+        let (up_url, _up) = start_upstream().await;
+        let (s, _d) = gateway_server(&db, &up_url).await;
+        let list = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"});
+        // No credential: 401 pointing at the metadata, with the scopes the resource needs.
+        let r = rpc(&s, "/mcp/demo", None, list.clone()).await;
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        let challenge = r.headers()["www-authenticate"]
             .to_str()
             .unwrap()
-            .contains("error=\"invalid_token\"")
-    );
-    let read = token_for(&s, &s.resource(), "demo:read").await;
-    // Never from the URL.
-    let r = browser()
-        .post(s.url(&format!("/mcp/demo?access_token={read}")))
-        .json(&list)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
-    // A token for the demo is refused by another resource.
-    let r = rpc(&s, "/mcp/up", Some(&read), list.clone()).await;
-    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
-    // tools/list shows every tool the role permits, also those a step-up would grant, so
-    // that the client learns of add_note and can ask for demo:write when it calls it.
-    let r = rpc(&s, "/mcp/demo", Some(&read), list.clone()).await;
-    assert_eq!(r.status(), StatusCode::OK);
-    let v: Value = r.json().await.unwrap();
-    let names: Vec<&str> = v["result"]["tools"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(names, vec!["get_time", "list_notes", "add_note"]);
-    let ok: Value = rpc(&s, "/mcp/demo", Some(&read), call(2, "get_time"))
-        .await
-        .json()
-        .await
-        .unwrap();
-    assert!(
-        ok["result"]["content"][0]["text"]
-            .as_str()
-            .unwrap()
-            .contains('T')
-    );
-    // The write tool needs demo:write: 403, step-up challenge, JSON-RPC error.
-    let r = rpc(&s, "/mcp/demo", Some(&read), call(3, "add_note")).await;
-    assert_eq!(r.status(), StatusCode::FORBIDDEN);
-    let ch = r.headers()["www-authenticate"]
-        .to_str()
-        .unwrap()
-        .to_string();
-    assert!(
-        ch.contains("error=\"insufficient_scope\"")
-            && ch.contains("scope=\"demo:read demo:write\"")
-            && ch.contains("resource_metadata="),
-        "{ch}"
-    );
-    let e: Value = r.json().await.unwrap();
-    assert_eq!(e["id"], 3);
-    assert_eq!(
-        e["error"]["data"]["required_scopes"],
-        json!(["demo:read", "demo:write"])
-    );
-    // After step-up the write tool works.
-    let write = token_for(&s, &s.resource(), "demo:read demo:write").await;
-    let ok: Value = rpc(&s, "/mcp/demo", Some(&write), call(4, "add_note"))
-        .await
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(ok["result"]["content"][0]["text"], "Added: secret argument");
-    // The ledger: listed, called ok, denied with the reason; never the arguments.
-    let events = s.app.store().read(0, 10_000).await.unwrap();
-    let calls: Vec<_> = events
-        .iter()
-        .filter_map(|e| match e.payload() {
-            Payload::ToolCalled(c) => Some(c.clone()),
-            _ => None,
-        })
-        .collect();
-    let outcomes: Vec<_> = calls.iter().map(|c| (c.tool.as_str(), c.outcome)).collect();
-    assert_eq!(
-        outcomes,
-        vec![
-            ("get_time", ToolOutcome::Ok),
-            ("add_note", ToolOutcome::Denied),
-            ("add_note", ToolOutcome::Ok)
-        ]
-    );
-    assert_eq!(calls[1].reason.as_deref(), Some("insufficient_scope"));
-    // A user's intent is sealed under their key (erased with them), never plain.
-    assert_eq!(calls[2].intent, None);
-    let sealed = calls[2].sealed_intent.clone().expect("sealed intent");
-    assert_eq!(
-        s.app.keyring.open(&sealed).await.unwrap().unwrap(),
-        "testing"
-    );
-    assert!(
-        calls
-            .iter()
-            .all(|c| c.user_id.is_some() && c.client_id.is_some())
-    );
-    assert!(!format!("{events:?}").contains("secret argument"));
-    assert!(
-        events
-            .iter()
-            .any(|e| matches!(e.payload(), Payload::ToolListed(l) if l.tools_returned == 3))
-    );
-    s.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn upstream_gets_an_identity_assertion_never_the_token_and_roles_hide_tools() {
-    let (up_url, up) = start_upstream().await;
-    let (s, _d, _db) = gateway_server(&up_url).await;
-    let resource = s.url("/mcp/up");
-    let token = token_for(&s, &resource, "up:read up:write").await;
-    let v: Value = rpc(
-        &s,
-        "/mcp/up",
-        Some(&token),
-        json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}),
-    )
-    .await
-    .json()
-    .await
-    .unwrap();
-    let names: Vec<&str> = v["result"]["tools"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(
-        names,
-        vec!["read_tool", "stream_tool"],
-        "the admin role may not call write_tool"
-    );
-    let r = rpc(&s, "/mcp/up", Some(&token), call(2, "write_tool")).await;
-    assert_eq!(r.status(), StatusCode::FORBIDDEN);
-    // The role's refusal is final: no step-up challenge (more scope would not help).
-    let challenge = r.headers()["www-authenticate"]
-        .to_str()
-        .unwrap()
-        .to_string();
-    assert!(
-        challenge.contains("resource_metadata=") && !challenge.contains("scope="),
-        "{challenge}"
-    );
-    let e: Value = r.json().await.unwrap();
-    assert_eq!(e["error"]["data"]["reason"], "role");
-    let r = rpc(&s, "/mcp/up", Some(&token), call(3, "read_tool")).await;
-    assert_eq!(r.status(), StatusCode::OK);
-    let seen = up.seen.lock().unwrap().clone();
-    assert_eq!(seen.len(), 2, "the refused call never reached the upstream");
-    for (authorization, identity) in &seen {
-        assert!(
-            authorization.is_none(),
-            "the client's token is never forwarded"
-        );
-        let jwt = identity.as_deref().expect("identity assertion");
-        assert!(!jwt.contains(&token));
-        let parts: Vec<&str> = jwt.split('.').collect();
-        let dec = |p: &str| {
-            base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .decode(p)
-                .unwrap()
-        };
-        let header: Value = serde_json::from_slice(&dec(parts[0])).unwrap();
-        let claims: Value = serde_json::from_slice(&dec(parts[1])).unwrap();
-        // An audience no access token can have (a resource indicator has no fragment), a
-        // type of its own, and a key of its own.
-        assert_eq!(claims["aud"], format!("{resource}#upstream"));
-        assert_eq!(header["typ"], "grantline-identity+jwt");
-        assert_ne!(
-            header["kid"],
-            s.app.jwt.kid.as_str(),
-            "not the access-token key"
-        );
-        let user = s
-            .app
-            .credentials
-            .by_username("admin")
-            .await
-            .unwrap()
-            .unwrap()
-            .user_id;
-        assert_eq!(claims["sub"], user.as_str());
-        assert_eq!(claims["iss"], s.base.as_str());
-        assert!(
-            claims["client_id"].as_str().unwrap().starts_with("cli_")
-                || claims["client_id"].is_string()
-        );
-        assert_eq!(claims["scope"], "up:read up:write");
-        assert!(
-            claims["credential"].as_str().unwrap().starts_with("at_"),
-            "{claims}"
-        );
-        assert!(!claims["jti"].as_str().unwrap().is_empty());
+            .to_string();
         assert_eq!(
-            claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(),
-            60
+            challenge,
+            format!(
+                "Bearer resource_metadata=\"{}\", scope=\"demo:read\"",
+                s.url("/.well-known/oauth-protected-resource/mcp/demo")
+            )
         );
-        let jwks: Value = browser()
-            .get(s.url("/.well-known/jwks.json"))
+        let r = rpc(&s, "/mcp/demo", Some("gla_forged"), list.clone()).await;
+        assert!(
+            r.headers()["www-authenticate"]
+                .to_str()
+                .unwrap()
+                .contains("error=\"invalid_token\"")
+        );
+        let read = token_for(&s, &s.resource(), "demo:read").await;
+        // Never from the URL.
+        let r = browser()
+            .post(s.url(&format!("/mcp/demo?access_token={read}")))
+            .json(&list)
             .send()
             .await
-            .unwrap()
-            .json()
-            .await
             .unwrap();
-        let key = jwks["keys"]
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        // A token for the demo is refused by another resource.
+        let r = rpc(&s, "/mcp/up", Some(&read), list.clone()).await;
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        // tools/list shows every tool the role permits, also those a step-up would grant, so
+        // that the client learns of add_note and can ask for demo:write when it calls it.
+        let r = rpc(&s, "/mcp/demo", Some(&read), list.clone()).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        let v: Value = r.json().await.unwrap();
+        let names: Vec<&str> = v["result"]["tools"]
             .as_array()
             .unwrap()
             .iter()
-            .find(|k| k["kid"] == header["kid"])
+            .map(|t| t["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, vec!["get_time", "list_notes", "add_note"]);
+        let ok: Value = rpc(&s, "/mcp/demo", Some(&read), call(2, "get_time"))
+            .await
+            .json()
+            .await
             .unwrap();
-        let x: [u8; 32] = dec(key["x"].as_str().unwrap()).try_into().unwrap();
-        let vk = ed25519_dalek::VerifyingKey::from_bytes(&x).unwrap();
-        let sig = ed25519_dalek::Signature::from_slice(&dec(parts[2])).unwrap();
-        use ed25519_dalek::Verifier;
         assert!(
-            vk.verify(format!("{}.{}", parts[0], parts[1]).as_bytes(), &sig)
-                .is_ok()
+            ok["result"]["content"][0]["text"]
+                .as_str()
+                .unwrap()
+                .contains('T')
         );
-    }
-    s.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sse_reaches_the_client_incrementally() {
-    let (up_url, up) = start_upstream().await;
-    let (s, _d, _db) = gateway_server(&up_url).await;
-    let token = token_for(&s, &s.url("/mcp/up"), "up:read").await;
-    let mut r = rpc(&s, "/mcp/up", Some(&token), call(9, "stream_tool")).await;
-    assert_eq!(r.status(), StatusCode::OK);
-    assert!(
-        r.headers()["content-type"]
+        // The write tool needs demo:write: 403, step-up challenge, JSON-RPC error.
+        let r = rpc(&s, "/mcp/demo", Some(&read), call(3, "add_note")).await;
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+        let ch = r.headers()["www-authenticate"]
             .to_str()
             .unwrap()
-            .starts_with("text/event-stream")
-    );
-    // The progress event arrives while the upstream is still holding back its result.
-    let first = tokio::time::timeout(std::time::Duration::from_secs(10), r.chunk())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    assert!(String::from_utf8_lossy(&first).contains("notifications/progress"));
-    up.release.notify_one();
-    let mut rest = Vec::new();
-    while let Some(c) = r.chunk().await.unwrap() {
-        rest.extend_from_slice(&c);
-    }
-    assert!(String::from_utf8_lossy(&rest).contains("\"done\""));
-    let events = s.app.store().read(0, 10_000).await.unwrap();
-    assert!(events.iter().any(|e| matches!(e.payload(), Payload::ToolCalled(c) if c.tool == "stream_tool" && c.outcome == ToolOutcome::Ok)));
-    s.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn revoked_tokens_and_personal_access_tokens_are_refused_on_the_next_call() {
-    let (up_url, _up) = start_upstream().await;
-    let (s, _d, _db) = gateway_server(&up_url).await;
-    let token = token_for(&s, &s.resource(), "demo:read").await;
-    let ping = json!({"jsonrpc": "2.0", "id": 1, "method": "ping"});
-    assert_eq!(
-        rpc(&s, "/mcp/demo", Some(&token), ping.clone())
+            .to_string();
+        assert!(
+            ch.contains("error=\"insufficient_scope\"")
+                && ch.contains("scope=\"demo:read demo:write\"")
+                && ch.contains("resource_metadata="),
+            "{ch}"
+        );
+        let e: Value = r.json().await.unwrap();
+        assert_eq!(e["id"], 3);
+        assert_eq!(
+            e["error"]["data"]["required_scopes"],
+            json!(["demo:read", "demo:write"])
+        );
+        // After step-up the write tool works.
+        let write = token_for(&s, &s.resource(), "demo:read demo:write").await;
+        let ok: Value = rpc(&s, "/mcp/demo", Some(&write), call(4, "add_note"))
             .await
-            .status(),
-        StatusCode::OK
-    );
-    // Revoke every grant of the user: the very next call is refused.
-    let r = browser()
-        .post(s.url("/admin/api/users/admin/revoke-all"))
-        .basic_auth("admin", Some(ADMIN_PASSWORD))
-        .json(&serde_json::json!({}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
-    assert_eq!(
-        rpc(&s, "/mcp/demo", Some(&token), ping.clone())
-            .await
-            .status(),
-        StatusCode::UNAUTHORIZED
-    );
-    // A personal access token works as a bearer token until revoked.
-    let r = browser()
-        .post(s.url("/admin/api/users/admin/pats"))
-        .basic_auth("admin", Some(ADMIN_PASSWORD))
-        .json(&json!({"name": "ci", "resource": "demo", "scope": "demo:read"}))
-        .send()
-        .await
-        .unwrap();
-    let pat: Value = r.json().await.unwrap();
-    let v: Value = rpc(
-        &s,
-        "/mcp/demo",
-        Some(&get(&pat, "token")),
-        call(2, "list_notes"),
-    )
-    .await
-    .json()
-    .await
-    .unwrap();
-    assert!(v["result"].is_object(), "{v}");
-    let r = browser()
-        .post(s.url(&format!("/admin/api/pats/{}/revoke", get(&pat, "pat_id"))))
-        .basic_auth("admin", Some(ADMIN_PASSWORD))
-        .json(&serde_json::json!({}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
-    assert_eq!(
-        rpc(&s, "/mcp/demo", Some(&get(&pat, "token")), ping)
-            .await
-            .status(),
-        StatusCode::UNAUTHORIZED
-    );
-    s.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rate_limited_callers_get_429_and_the_ledger_one_event_per_window() {
-    let (up_url, _up) = start_upstream().await;
-    let (s, _d, _db) =
-        gateway_server_with(&up_url, |c| c.rate_limits.user_read_per_minute = 3).await;
-    let token = token_for(&s, &s.resource(), "demo:read").await;
-    let ping = |i: u64| json!({"jsonrpc": "2.0", "id": i, "method": "tools/list"});
-    let mut refused = 0;
-    for i in 0..10 {
-        let r = rpc(&s, "/mcp/demo", Some(&token), ping(i)).await;
-        assert_eq!(r.headers()["x-ratelimit-limit"], "3");
-        if r.status() == StatusCode::TOO_MANY_REQUESTS {
-            refused += 1;
-            assert!(r.headers().contains_key("retry-after"));
-            assert_eq!(r.headers()["x-ratelimit-remaining"], "0");
-            let e: Value = r.json().await.unwrap();
-            assert_eq!(
-                (e["id"].as_u64(), e["error"]["code"].as_i64()),
-                (Some(i), Some(-32029))
-            );
-        } else {
-            assert_eq!(r.status(), StatusCode::OK);
-        }
-    }
-    // Ten requests, three per minute: at least four refused even if a minute turned over.
-    assert!(refused >= 4, "{refused} refused");
-    s.app
-        .flush_rate_limits_at(s.app.now().0 / 1_000_000 + 120)
-        .await;
-    let events = s.app.store().read(0, 10_000).await.unwrap();
-    let exceeded: Vec<_> = events
-        .iter()
-        .filter_map(|e| match e.payload() {
-            Payload::RateLimitExceeded(x) => Some(x.clone()),
-            _ => None,
-        })
-        .collect();
-    assert!(!exceeded.is_empty() && exceeded.len() <= 2, "{exceeded:?}");
-    assert_eq!(exceeded.iter().map(|x| x.rejected).sum::<u64>(), refused);
-    assert!(
-        exceeded
-            .iter()
-            .all(|x| x.bucket == grantline_ledger::RateBucket::UserRead && x.limit == 3)
-    );
-    let listed = events
-        .iter()
-        .filter(|e| matches!(e.payload(), Payload::ToolListed(_)))
-        .count() as u64;
-    assert_eq!(
-        listed,
-        10 - refused,
-        "refused requests make no tool event of their own"
-    );
-    s.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn when_the_ledger_cannot_write_tool_calls_fail_closed() {
-    let (up_url, up) = start_upstream().await;
-    let (s, _d, db) = gateway_server(&up_url).await;
-    let token = token_for(&s, &s.url("/mcp/up"), "up:read").await;
-    let list = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"});
-    assert_eq!(
-        rpc(&s, "/mcp/up", Some(&token), list).await.status(),
-        StatusCode::OK
-    );
-    let calls = || up.seen.lock().unwrap().len();
-    let before = calls();
-    // Make every insert into the ledger fail.
-    let pool =
-        sqlx::SqlitePool::connect(&format!("sqlite:{}", db.sqlite_path().unwrap().display()))
+            .json()
             .await
             .unwrap();
-    sqlx::query("CREATE TRIGGER block_appends BEFORE INSERT ON events BEGIN SELECT RAISE(ABORT, 'disk full'); END")
-        .execute(&pool).await.unwrap();
-    // The very first call after the ledger broke is refused before the upstream sees it: its
-    // start could not be recorded. So is every call after it.
-    for id in [2, 3] {
-        let r = rpc(&s, "/mcp/up", Some(&token), call(id, "read_tool")).await;
-        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(calls(), before, "the upstream is not called");
+        assert_eq!(ok["result"]["content"][0]["text"], "Added: secret argument");
+        // The ledger: listed, called ok, denied with the reason; never the arguments.
+        let events = s.app.store().read(0, 10_000).await.unwrap();
+        let calls: Vec<_> = events
+            .iter()
+            .filter_map(|e| match e.payload() {
+                Payload::ToolCalled(c) => Some(c.clone()),
+                _ => None,
+            })
+            .collect();
+        let outcomes: Vec<_> = calls.iter().map(|c| (c.tool.as_str(), c.outcome)).collect();
+        assert_eq!(
+            outcomes,
+            vec![
+                ("get_time", ToolOutcome::Ok),
+                ("add_note", ToolOutcome::Denied),
+                ("add_note", ToolOutcome::Ok)
+            ]
+        );
+        assert_eq!(calls[1].reason.as_deref(), Some("insufficient_scope"));
+        // A user's intent is sealed under their key (erased with them), never plain.
+        assert_eq!(calls[2].intent, None);
+        let sealed = calls[2].sealed_intent.clone().expect("sealed intent");
+        assert_eq!(
+            s.app.keyring.open(&sealed).await.unwrap().unwrap(),
+            "testing"
+        );
+        assert!(
+            calls
+                .iter()
+                .all(|c| c.user_id.is_some() && c.client_id.is_some())
+        );
+        assert!(!format!("{events:?}").contains("secret argument"));
+        assert!(
+            events
+                .iter()
+                .any(|e| matches!(e.payload(), Payload::ToolListed(l) if l.tools_returned == 3))
+        );
+        s.stop().await;
     }
-    // Once the ledger can write again, calls resume.
-    sqlx::query("DROP TRIGGER block_appends")
-        .execute(&pool)
+
+    async fn upstream_gets_an_identity_assertion_never_the_token_and_roles_hide_tools(db: TestDb) {
+        let (up_url, up) = start_upstream().await;
+        let (s, _d) = gateway_server(&db, &up_url).await;
+        let resource = s.url("/mcp/up");
+        let token = token_for(&s, &resource, "up:read up:write").await;
+        let v: Value = rpc(
+            &s,
+            "/mcp/up",
+            Some(&token),
+            json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}),
+        )
+        .await
+        .json()
         .await
         .unwrap();
-    let mut status = StatusCode::SERVICE_UNAVAILABLE;
-    for _ in 0..40 {
-        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-        if s.app.ledger.healthy() {
-            status = rpc(&s, "/mcp/up", Some(&token), call(4, "read_tool"))
+        let names: Vec<&str> = v["result"]["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            vec!["read_tool", "stream_tool"],
+            "the admin role may not call write_tool"
+        );
+        let r = rpc(&s, "/mcp/up", Some(&token), call(2, "write_tool")).await;
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+        // The role's refusal is final: no step-up challenge (more scope would not help).
+        let challenge = r.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert!(
+            challenge.contains("resource_metadata=") && !challenge.contains("scope="),
+            "{challenge}"
+        );
+        let e: Value = r.json().await.unwrap();
+        assert_eq!(e["error"]["data"]["reason"], "role");
+        let r = rpc(&s, "/mcp/up", Some(&token), call(3, "read_tool")).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        let seen = up.seen.lock().unwrap().clone();
+        assert_eq!(seen.len(), 2, "the refused call never reached the upstream");
+        for (authorization, identity) in &seen {
+            assert!(
+                authorization.is_none(),
+                "the client's token is never forwarded"
+            );
+            let jwt = identity.as_deref().expect("identity assertion");
+            assert!(!jwt.contains(&token));
+            let parts: Vec<&str> = jwt.split('.').collect();
+            let dec = |p: &str| {
+                base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(p)
+                    .unwrap()
+            };
+            let header: Value = serde_json::from_slice(&dec(parts[0])).unwrap();
+            let claims: Value = serde_json::from_slice(&dec(parts[1])).unwrap();
+            // An audience no access token can have (a resource indicator has no fragment), a
+            // type of its own, and a key of its own.
+            assert_eq!(claims["aud"], format!("{resource}#upstream"));
+            assert_eq!(header["typ"], "grantline-identity+jwt");
+            assert_ne!(
+                header["kid"],
+                s.app.jwt.kid.as_str(),
+                "not the access-token key"
+            );
+            let user = s
+                .app
+                .credentials
+                .by_username("admin")
                 .await
-                .status();
-            break;
-        }
-    }
-    assert_eq!(status, StatusCode::OK);
-    s.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn keys_a_lenient_upstream_would_read_differently_never_reach_it() {
-    let (up_url, up) = start_upstream().await;
-    let (s, _d, _db) = gateway_server(&up_url).await;
-    let token = token_for(&s, &s.url("/mcp/up"), "up:read up:write").await;
-    let before = s.app.store().count().await.unwrap();
-    let send = |body: String| {
-        let (s, token) = (&s, &token);
-        async move {
-            browser()
-                .post(s.url("/mcp/up"))
-                .bearer_auth(token)
-                .header("content-type", "application/json")
-                .header("accept", "application/json, text/event-stream")
-                .body(body)
+                .unwrap()
+                .unwrap()
+                .user_id;
+            assert_eq!(claims["sub"], user.as_str());
+            assert_eq!(claims["iss"], s.base.as_str());
+            assert!(
+                claims["client_id"].as_str().unwrap().starts_with("cli_")
+                    || claims["client_id"].is_string()
+            );
+            assert_eq!(claims["scope"], "up:read up:write");
+            assert!(
+                claims["credential"].as_str().unwrap().starts_with("at_"),
+                "{claims}"
+            );
+            assert!(!claims["jti"].as_str().unwrap().is_empty());
+            assert_eq!(
+                claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(),
+                60
+            );
+            let jwks: Value = browser()
+                .get(s.url("/.well-known/jwks.json"))
                 .send()
                 .await
                 .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let key = jwks["keys"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|k| k["kid"] == header["kid"])
+                .unwrap();
+            let x: [u8; 32] = dec(key["x"].as_str().unwrap()).try_into().unwrap();
+            let vk = ed25519_dalek::VerifyingKey::from_bytes(&x).unwrap();
+            let sig = ed25519_dalek::Signature::from_slice(&dec(parts[2])).unwrap();
+            use ed25519_dalek::Verifier;
+            assert!(
+                vk.verify(format!("{}.{}", parts[0], parts[1]).as_bytes(), &sig)
+                    .is_ok()
+            );
         }
-    };
-    for body in [
-        // The gateway would check and record read_tool; a lenient upstream runs write_tool.
-        r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"read_tool","Name":"write_tool"}}"#.to_string(),
-        r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"write_tool","name":"read_tool"}}"#.to_string(),
-        // A ping to the gateway, a tool call to the upstream, recorded nowhere.
-        r#"{"jsonrpc":"2.0","id":1,"method":"ping","Method":"tools/call","params":{"name":"write_tool"}}"#.to_string(),
-        // Unicode simple folding: the long s folds to s.
-        "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\",\"params\":{\"name\":\"x\"},\"j\u{17F}onrpc\":\"tools/call\"}".to_string(),
-        // Tasks would let a result reach the caller past the record.
-        r#"{"jsonrpc":"2.0","id":1,"method":"tasks/result","params":{"taskId":"t1"}}"#.to_string(),
-        r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"read_tool","task":{"ttl":60000}}}"#.to_string(),
-    ] {
-        let r = send(body.clone()).await;
-        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{body}");
-        let e: Value = r.json().await.unwrap();
-        assert!(matches!(e["error"]["code"].as_i64(), Some(-32600 | -32601)), "{body}: {e}");
-        assert_eq!(e["id"], 1, "the refusal answers the request: {body}");
+        s.stop().await;
     }
-    assert!(
-        up.seen.lock().unwrap().is_empty(),
-        "nothing reached the upstream"
-    );
-    assert_eq!(
-        s.app.store().count().await.unwrap(),
-        before,
-        "nothing was written"
-    );
-    // What does reach it is the message the gateway read, serialised again.
-    let r = send(r#"{ "params" : {"name":"read_tool", "arguments": {"Name": "x"}}, "id":2, "method":"tools/call", "jsonrpc":"2.0" }"#.to_string()).await;
-    assert_eq!(r.status(), StatusCode::OK);
-    let bodies = up.bodies.lock().unwrap().clone();
-    let sent: Value = serde_json::from_slice(bodies.last().unwrap()).unwrap();
-    assert_eq!(
-        bodies.last().unwrap(),
-        &serde_json::to_vec(&sent).unwrap(),
-        "re-serialised"
-    );
-    assert_eq!(
-        sent["params"]["arguments"]["Name"], "x",
-        "arguments pass as they are"
-    );
-    assert_eq!(*up.ran.lock().unwrap(), vec!["read_tool".to_string()]);
-    // Protocol 2026-07-28 routing headers must say what the message says.
-    let seen_before = up.seen.lock().unwrap().len();
-    for (method, name) in [("tools/call", "write_tool"), ("ping", "read_tool")] {
+
+    async fn sse_reaches_the_client_incrementally(db: TestDb) {
+        let (up_url, up) = start_upstream().await;
+        let (s, _d) = gateway_server(&db, &up_url).await;
+        let token = token_for(&s, &s.url("/mcp/up"), "up:read").await;
+        let mut r = rpc(&s, "/mcp/up", Some(&token), call(9, "stream_tool")).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        assert!(
+            r.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/event-stream")
+        );
+        // The progress event arrives while the upstream is still holding back its result.
+        let first = tokio::time::timeout(std::time::Duration::from_secs(10), r.chunk())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert!(String::from_utf8_lossy(&first).contains("notifications/progress"));
+        up.release.notify_one();
+        let mut rest = Vec::new();
+        while let Some(c) = r.chunk().await.unwrap() {
+            rest.extend_from_slice(&c);
+        }
+        assert!(String::from_utf8_lossy(&rest).contains("\"done\""));
+        let events = s.app.store().read(0, 10_000).await.unwrap();
+        assert!(events.iter().any(|e| matches!(e.payload(), Payload::ToolCalled(c) if c.tool == "stream_tool" && c.outcome == ToolOutcome::Ok)));
+        s.stop().await;
+    }
+
+    async fn revoked_tokens_and_personal_access_tokens_are_refused_on_the_next_call(db: TestDb) {
+        let (up_url, _up) = start_upstream().await;
+        let (s, _d) = gateway_server(&db, &up_url).await;
+        let token = token_for(&s, &s.resource(), "demo:read").await;
+        let ping = json!({"jsonrpc": "2.0", "id": 1, "method": "ping"});
+        assert_eq!(
+            rpc(&s, "/mcp/demo", Some(&token), ping.clone())
+                .await
+                .status(),
+            StatusCode::OK
+        );
+        // Revoke every grant of the user: the very next call is refused.
         let r = browser()
-            .post(s.url("/mcp/up"))
-            .bearer_auth(&token)
-            .header("mcp-method", method)
-            .header("mcp-name", name)
-            .json(&call(5, "read_tool"))
+            .post(s.url("/admin/api/users/admin/revoke-all"))
+            .basic_auth("admin", Some(ADMIN_PASSWORD))
+            .json(&serde_json::json!({}))
             .send()
             .await
             .unwrap();
-        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{method} {name}");
-        assert_eq!(r.json::<Value>().await.unwrap()["id"], 5);
-    }
-    assert_eq!(up.seen.lock().unwrap().len(), seen_before);
-    let r = browser()
-        .post(s.url("/mcp/up"))
-        .bearer_auth(&token)
-        .header("mcp-method", "tools/call")
-        .header("mcp-name", "read_tool")
-        .json(&call(6, "read_tool"))
-        .send()
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(
+            rpc(&s, "/mcp/demo", Some(&token), ping.clone())
+                .await
+                .status(),
+            StatusCode::UNAUTHORIZED
+        );
+        // A personal access token works as a bearer token until revoked.
+        let r = browser()
+            .post(s.url("/admin/api/users/admin/pats"))
+            .basic_auth("admin", Some(ADMIN_PASSWORD))
+            .json(&json!({"name": "ci", "resource": "demo", "scope": "demo:read"}))
+            .send()
+            .await
+            .unwrap();
+        let pat: Value = r.json().await.unwrap();
+        let v: Value = rpc(
+            &s,
+            "/mcp/demo",
+            Some(&get(&pat, "token")),
+            call(2, "list_notes"),
+        )
+        .await
+        .json()
         .await
         .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
-    // A call without a tool name is answered with its own id.
-    let r = rpc(
-        &s,
-        "/mcp/up",
-        Some(&token),
-        json!({"jsonrpc": "2.0", "id": 77, "method": "tools/call", "params": {}}),
-    )
-    .await;
-    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
-    assert_eq!(r.json::<Value>().await.unwrap()["id"], 77);
-    s.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_foreign_origin_is_refused_before_anything_else() {
-    let (up_url, up) = start_upstream().await;
-    let (s, _d, _db) = gateway_server_with(&up_url, |c| {
-        c.server.allowed_origins = vec!["https://app.example".into()];
-    })
-    .await;
-    let token = token_for(&s, &s.url("/mcp/up"), "up:read").await;
-    let list = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"});
-    let with_origin = |origin: &str, token: Option<&str>| {
-        let mut r = browser()
-            .post(s.url("/mcp/up"))
-            .header("origin", origin)
-            .header("accept", "application/json, text/event-stream")
-            .json(&list);
-        if let Some(t) = token {
-            r = r.bearer_auth(t);
-        }
-        r.send()
-    };
-    for origin in [
-        "http://evil.example.com",
-        "null",
-        "https://app.example.evil",
-    ] {
-        // With or without a valid token: 403, before authentication.
-        let r = with_origin(origin, Some(&token)).await.unwrap();
-        assert_eq!(r.status(), StatusCode::FORBIDDEN, "{origin}");
-        assert!(r.headers().get("www-authenticate").is_none());
-        let r = with_origin(origin, None).await.unwrap();
-        assert_eq!(r.status(), StatusCode::FORBIDDEN, "{origin}");
-    }
-    assert!(up.seen.lock().unwrap().is_empty());
-    // The issuer's own origin and a configured one pass; so does a request with no Origin.
-    for origin in [s.base.as_str(), "https://app.example"] {
-        let r = with_origin(origin, Some(&token)).await.unwrap();
-        assert_eq!(r.status(), StatusCode::OK, "{origin}");
-    }
-    assert_eq!(
-        rpc(&s, "/mcp/up", Some(&token), list.clone())
-            .await
-            .status(),
-        StatusCode::OK
-    );
-    s.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn caller_supplied_gateway_values_are_bounded_and_nothing_is_written_over_them() {
-    let (up_url, up) = start_upstream().await;
-    let (s, _d, _db) = gateway_server(&up_url).await;
-    let token = token_for(&s, &s.url("/mcp/up"), "up:read").await;
-    let before = s.app.store().count().await.unwrap();
-    let long_tool = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "t".repeat(129)}});
-    let long_intent = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "read_tool", "_meta": {"intent": "i".repeat(1025)}}});
-    for body in [long_tool, long_intent] {
-        let r = rpc(&s, "/mcp/up", Some(&token), body).await;
-        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
-        assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], -32600);
-    }
-    for session in ["s".repeat(257), "has space".to_string()] {
+        assert!(v["result"].is_object(), "{v}");
         let r = browser()
-            .post(s.url("/mcp/up"))
-            .bearer_auth(&token)
-            .header("mcp-session-id", session)
-            .json(&call(1, "read_tool"))
+            .post(s.url(&format!("/admin/api/pats/{}/revoke", get(&pat, "pat_id"))))
+            .basic_auth("admin", Some(ADMIN_PASSWORD))
+            .json(&serde_json::json!({}))
             .send()
             .await
             .unwrap();
-        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(
+            rpc(&s, "/mcp/demo", Some(&get(&pat, "token")), ping)
+                .await
+                .status(),
+            StatusCode::UNAUTHORIZED
+        );
+        s.stop().await;
     }
-    // A body over the limit is refused before it is read.
-    let big = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "read_tool", "arguments": {"x": "y".repeat(3 << 20)}}});
-    let r = rpc(&s, "/mcp/up", Some(&token), big).await;
-    assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
-    assert!(up.seen.lock().unwrap().is_empty());
-    assert_eq!(
-        s.app.store().count().await.unwrap(),
-        before,
-        "nothing was written"
-    );
-    s.stop().await;
+
+    async fn rate_limited_callers_get_429_and_the_ledger_one_event_per_window(db: TestDb) {
+        let (up_url, _up) = start_upstream().await;
+        let (s, _d) =
+            gateway_server_with(&db, &up_url, |c| c.rate_limits.user_read_per_minute = 3).await;
+        let token = token_for(&s, &s.resource(), "demo:read").await;
+        let ping = |i: u64| json!({"jsonrpc": "2.0", "id": i, "method": "tools/list"});
+        let mut refused = 0;
+        for i in 0..10 {
+            let r = rpc(&s, "/mcp/demo", Some(&token), ping(i)).await;
+            assert_eq!(r.headers()["x-ratelimit-limit"], "3");
+            if r.status() == StatusCode::TOO_MANY_REQUESTS {
+                refused += 1;
+                assert!(r.headers().contains_key("retry-after"));
+                assert_eq!(r.headers()["x-ratelimit-remaining"], "0");
+                let e: Value = r.json().await.unwrap();
+                assert_eq!(
+                    (e["id"].as_u64(), e["error"]["code"].as_i64()),
+                    (Some(i), Some(-32029))
+                );
+            } else {
+                assert_eq!(r.status(), StatusCode::OK);
+            }
+        }
+        // Ten requests, three per minute: at least four refused even if a minute turned over.
+        assert!(refused >= 4, "{refused} refused");
+        s.app
+            .flush_rate_limits_at(s.app.now().0 / 1_000_000 + 120)
+            .await;
+        let events = s.app.store().read(0, 10_000).await.unwrap();
+        let exceeded: Vec<_> = events
+            .iter()
+            .filter_map(|e| match e.payload() {
+                Payload::RateLimitExceeded(x) => Some(x.clone()),
+                _ => None,
+            })
+            .collect();
+        assert!(!exceeded.is_empty() && exceeded.len() <= 2, "{exceeded:?}");
+        assert_eq!(exceeded.iter().map(|x| x.rejected).sum::<u64>(), refused);
+        assert!(
+            exceeded
+                .iter()
+                .all(|x| x.bucket == grantline_ledger::RateBucket::UserRead && x.limit == 3)
+        );
+        let listed = events
+            .iter()
+            .filter(|e| matches!(e.payload(), Payload::ToolListed(_)))
+            .count() as u64;
+        assert_eq!(
+            listed,
+            10 - refused,
+            "refused requests make no tool event of their own"
+        );
+        s.stop().await;
+    }
+
+    async fn when_the_ledger_cannot_write_tool_calls_fail_closed(db: TestDb) {
+        let (up_url, up) = start_upstream().await;
+        let (s, _d) = gateway_server(&db, &up_url).await;
+        let token = token_for(&s, &s.url("/mcp/up"), "up:read").await;
+        let list = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"});
+        assert_eq!(
+            rpc(&s, "/mcp/up", Some(&token), list).await.status(),
+            StatusCode::OK
+        );
+        let calls = || up.seen.lock().unwrap().len();
+        let before = calls();
+        // Make every insert into the ledger fail.
+        block_appends(&db).await;
+        // The very first call after the ledger broke is refused before the upstream sees it: its
+        // start could not be recorded. So is every call after it.
+        for id in [2, 3] {
+            let r = rpc(&s, "/mcp/up", Some(&token), call(id, "read_tool")).await;
+            assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(calls(), before, "the upstream is not called");
+        }
+        // Once the ledger can write again, calls resume.
+        unblock_appends(&db).await;
+        let mut status = StatusCode::SERVICE_UNAVAILABLE;
+        for _ in 0..40 {
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            if s.app.ledger.healthy() {
+                status = rpc(&s, "/mcp/up", Some(&token), call(4, "read_tool"))
+                    .await
+                    .status();
+                break;
+            }
+        }
+        assert_eq!(status, StatusCode::OK);
+        s.stop().await;
+    }
+
+    async fn keys_a_lenient_upstream_would_read_differently_never_reach_it(db: TestDb) {
+        let (up_url, up) = start_upstream().await;
+        let (s, _d) = gateway_server(&db, &up_url).await;
+        let token = token_for(&s, &s.url("/mcp/up"), "up:read up:write").await;
+        let before = s.app.store().count().await.unwrap();
+        let send = |body: String| {
+            let (s, token) = (&s, &token);
+            async move {
+                browser()
+                    .post(s.url("/mcp/up"))
+                    .bearer_auth(token)
+                    .header("content-type", "application/json")
+                    .header("accept", "application/json, text/event-stream")
+                    .body(body)
+                    .send()
+                    .await
+                    .unwrap()
+            }
+        };
+        for body in [
+            // The gateway would check and record read_tool; a lenient upstream runs write_tool.
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"read_tool","Name":"write_tool"}}"#.to_string(),
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"write_tool","name":"read_tool"}}"#.to_string(),
+            // A ping to the gateway, a tool call to the upstream, recorded nowhere.
+            r#"{"jsonrpc":"2.0","id":1,"method":"ping","Method":"tools/call","params":{"name":"write_tool"}}"#.to_string(),
+            // Unicode simple folding: the long s folds to s.
+            "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\",\"params\":{\"name\":\"x\"},\"j\u{17F}onrpc\":\"tools/call\"}".to_string(),
+            // Tasks would let a result reach the caller past the record.
+            r#"{"jsonrpc":"2.0","id":1,"method":"tasks/result","params":{"taskId":"t1"}}"#.to_string(),
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"read_tool","task":{"ttl":60000}}}"#.to_string(),
+        ] {
+            let r = send(body.clone()).await;
+            assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{body}");
+            let e: Value = r.json().await.unwrap();
+            assert!(matches!(e["error"]["code"].as_i64(), Some(-32600 | -32601)), "{body}: {e}");
+            assert_eq!(e["id"], 1, "the refusal answers the request: {body}");
+        }
+        assert!(
+            up.seen.lock().unwrap().is_empty(),
+            "nothing reached the upstream"
+        );
+        assert_eq!(
+            s.app.store().count().await.unwrap(),
+            before,
+            "nothing was written"
+        );
+        // What does reach it is the message the gateway read, serialised again.
+        let r = send(r#"{ "params" : {"name":"read_tool", "arguments": {"Name": "x"}}, "id":2, "method":"tools/call", "jsonrpc":"2.0" }"#.to_string()).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        let bodies = up.bodies.lock().unwrap().clone();
+        let sent: Value = serde_json::from_slice(bodies.last().unwrap()).unwrap();
+        assert_eq!(
+            bodies.last().unwrap(),
+            &serde_json::to_vec(&sent).unwrap(),
+            "re-serialised"
+        );
+        assert_eq!(
+            sent["params"]["arguments"]["Name"], "x",
+            "arguments pass as they are"
+        );
+        assert_eq!(*up.ran.lock().unwrap(), vec!["read_tool".to_string()]);
+        // Protocol 2026-07-28 routing headers must say what the message says.
+        let seen_before = up.seen.lock().unwrap().len();
+        for (method, name) in [("tools/call", "write_tool"), ("ping", "read_tool")] {
+            let r = browser()
+                .post(s.url("/mcp/up"))
+                .bearer_auth(&token)
+                .header("mcp-method", method)
+                .header("mcp-name", name)
+                .json(&call(5, "read_tool"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{method} {name}");
+            assert_eq!(r.json::<Value>().await.unwrap()["id"], 5);
+        }
+        assert_eq!(up.seen.lock().unwrap().len(), seen_before);
+        let r = browser()
+            .post(s.url("/mcp/up"))
+            .bearer_auth(&token)
+            .header("mcp-method", "tools/call")
+            .header("mcp-name", "read_tool")
+            .json(&call(6, "read_tool"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        // A call without a tool name is answered with its own id.
+        let r = rpc(
+            &s,
+            "/mcp/up",
+            Some(&token),
+            json!({"jsonrpc": "2.0", "id": 77, "method": "tools/call", "params": {}}),
+        )
+        .await;
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(r.json::<Value>().await.unwrap()["id"], 77);
+        s.stop().await;
+    }
+
+    async fn a_foreign_origin_is_refused_before_anything_else(db: TestDb) {
+        let (up_url, up) = start_upstream().await;
+        let (s, _d) = gateway_server_with(&db, &up_url, |c| {
+            c.server.allowed_origins = vec!["https://app.example".into()];
+        })
+        .await;
+        let token = token_for(&s, &s.url("/mcp/up"), "up:read").await;
+        let list = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"});
+        let with_origin = |origin: &str, token: Option<&str>| {
+            let mut r = browser()
+                .post(s.url("/mcp/up"))
+                .header("origin", origin)
+                .header("accept", "application/json, text/event-stream")
+                .json(&list);
+            if let Some(t) = token {
+                r = r.bearer_auth(t);
+            }
+            r.send()
+        };
+        for origin in [
+            "http://evil.example.com",
+            "null",
+            "https://app.example.evil",
+        ] {
+            // With or without a valid token: 403, before authentication.
+            let r = with_origin(origin, Some(&token)).await.unwrap();
+            assert_eq!(r.status(), StatusCode::FORBIDDEN, "{origin}");
+            assert!(r.headers().get("www-authenticate").is_none());
+            let r = with_origin(origin, None).await.unwrap();
+            assert_eq!(r.status(), StatusCode::FORBIDDEN, "{origin}");
+        }
+        assert!(up.seen.lock().unwrap().is_empty());
+        // The issuer's own origin and a configured one pass; so does a request with no Origin.
+        for origin in [s.base.as_str(), "https://app.example"] {
+            let r = with_origin(origin, Some(&token)).await.unwrap();
+            assert_eq!(r.status(), StatusCode::OK, "{origin}");
+        }
+        assert_eq!(
+            rpc(&s, "/mcp/up", Some(&token), list.clone())
+                .await
+                .status(),
+            StatusCode::OK
+        );
+        s.stop().await;
+    }
+
+    async fn caller_supplied_gateway_values_are_bounded_and_nothing_is_written_over_them(db: TestDb) {
+        let (up_url, up) = start_upstream().await;
+        let (s, _d) = gateway_server(&db, &up_url).await;
+        let token = token_for(&s, &s.url("/mcp/up"), "up:read").await;
+        let before = s.app.store().count().await.unwrap();
+        let long_tool = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "t".repeat(129)}});
+        let long_intent = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "read_tool", "_meta": {"intent": "i".repeat(1025)}}});
+        for body in [long_tool, long_intent] {
+            let r = rpc(&s, "/mcp/up", Some(&token), body).await;
+            assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+            assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], -32600);
+        }
+        for session in ["s".repeat(257), "has space".to_string()] {
+            let r = browser()
+                .post(s.url("/mcp/up"))
+                .bearer_auth(&token)
+                .header("mcp-session-id", session)
+                .json(&call(1, "read_tool"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        }
+        // A body over the limit is refused before it is read.
+        let big = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "read_tool", "arguments": {"x": "y".repeat(3 << 20)}}});
+        let r = rpc(&s, "/mcp/up", Some(&token), big).await;
+        assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(up.seen.lock().unwrap().is_empty());
+        assert_eq!(
+            s.app.store().count().await.unwrap(),
+            before,
+            "nothing was written"
+        );
+        s.stop().await;
+    }
 }

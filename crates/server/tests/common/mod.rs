@@ -335,3 +335,41 @@ pub fn get(v: &Value, k: &str) -> String {
         .unwrap_or_else(|| panic!("no {k} in {v}"))
         .to_string()
 }
+
+async fn exec(db: &TestDb, sql: &str) {
+    let store = grantline_store::Store::connect(&db.db, false)
+        .await
+        .unwrap();
+    let sql = sqlx::AssertSqlSafe(sql.to_string());
+    match store.pool() {
+        grantline_store::Pool::Sqlite(p) => sqlx::raw_sql(sql).execute(p).await.map(|_| ()),
+        grantline_store::Pool::Postgres(p) => sqlx::raw_sql(sql).execute(p).await.map(|_| ()),
+    }
+    .unwrap_or_else(|e| panic!("{e}"));
+    store.close().await;
+}
+
+/// Makes every insert into the ledger fail, as a full disk would: a trigger on `events`.
+pub async fn block_appends(db: &TestDb) {
+    let sql = match &db.db {
+        grantline_store::Database::Sqlite(_) => {
+            "CREATE TRIGGER block_appends BEFORE INSERT ON events BEGIN SELECT RAISE(ABORT, 'disk full'); END"
+        }
+        grantline_store::Database::Postgres(_) => {
+            "CREATE FUNCTION block_appends() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'disk full'; END $$; \
+             CREATE TRIGGER block_appends BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION block_appends()"
+        }
+    };
+    exec(db, sql).await;
+}
+
+/// Undoes [`block_appends`].
+pub async fn unblock_appends(db: &TestDb) {
+    let sql = match &db.db {
+        grantline_store::Database::Sqlite(_) => "DROP TRIGGER block_appends",
+        grantline_store::Database::Postgres(_) => {
+            "DROP TRIGGER block_appends ON events; DROP FUNCTION block_appends()"
+        }
+    };
+    exec(db, sql).await;
+}
