@@ -63,6 +63,8 @@ pub struct Inner {
     pub exchanges: tokio_util::task::TaskTracker,
     /// Set at shutdown: the background loop finishes its round and stops.
     pub stopping: std::sync::atomic::AtomicBool,
+    /// What every decision takes as now.
+    pub clock: crate::clock::Clock,
 }
 
 /// Cheap to clone.
@@ -162,6 +164,7 @@ impl App {
             rate_limiter: Default::default(),
             exchanges: tokio_util::task::TaskTracker::new(),
             stopping: std::sync::atomic::AtomicBool::new(false),
+            clock: Default::default(),
             upstream_http: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
                 .connect_timeout(Duration::from_secs(10))
@@ -183,7 +186,7 @@ impl App {
     }
 
     pub fn now(&self) -> Timestamp {
-        Timestamp::now()
+        self.clock.now()
     }
 
     /// The settings for an issuer: the configured one, or one derived from forwarded headers.

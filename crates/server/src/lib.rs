@@ -6,6 +6,7 @@ pub mod admin;
 pub mod app;
 pub mod bootstrap;
 pub mod cimd;
+pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod gateway;

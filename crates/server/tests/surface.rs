@@ -436,7 +436,7 @@ async fn unused_dynamic_clients_age_out_with_an_event() {
     let (s, _d) = server_with(&db, |c| c.oauth.dynamic_client_ttl = 1).await;
     let unused = register_public(&s, REDIRECT).await;
     let (used, _, _) = code(&s, "demo:read").await;
-    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    s.app.clock.advance(2);
     grantline_server::bootstrap::expire_unused_clients(&s.app).await;
     {
         let state = s.app.projection.read();
@@ -827,7 +827,7 @@ grantline_store::backend_tests! {
         assert_eq!(replay(a.url("/account")).await, StatusCode::FOUND, "A refuses it at once");
         // B learns of it from the ledger (it tails every 250 ms).
         let mut refused_by_b = false;
-        for _ in 0..40 {
+        for _ in 0..200 {
             if replay(b.url("/account")).await == StatusCode::FOUND {
                 refused_by_b = true;
                 break;

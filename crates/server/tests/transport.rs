@@ -200,6 +200,24 @@ fn called(events: &[Payload], tool: &str) -> Option<(ToolOutcome, Option<String>
     })
 }
 
+/// Sends a call and drops the request once the call's start is on the ledger: a client that
+/// goes away mid-call, without racing the server's fsync.
+async fn leave_once_started(s: &Server, token: &str, id: u64, tool: &str) {
+    let request = post(s, token, &call(id, tool)).send();
+    let task = tokio::spawn(request);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !tool_events(s)
+        .await
+        .iter()
+        .any(|p| matches!(p, Payload::ToolCallStarted(c) if c.tool == tool))
+    {
+        assert!(std::time::Instant::now() < deadline, "{tool} never started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    task.abort();
+    let _ = task.await;
+}
+
 /// A server in front of the recording upstream, a personal access token with `scope`, and the
 /// tools listed once (so their annotations are known).
 async fn listed(db: &TestDb, scope: &str) -> (Server, tempfile::TempDir, String) {
@@ -335,12 +353,8 @@ grantline_store::backend_tests! {
     async fn every_call_is_recorded_however_the_exchange_ends(db: TestDb) {
         // The listing makes these tools read-only.
         let (s, _d, token) = listed(&db, "rec:read").await;
-        // The client gives up after 200 ms; the tool answers after 800 ms.
-        let gone = post(&s, &token, &call(2, "slow"))
-            .timeout(Duration::from_millis(200))
-            .send()
-            .await;
-        assert!(gone.is_err(), "the client went away");
+        // The client goes away once the call is under way; the tool answers after 800 ms.
+        leave_once_started(&s, &token, 2, "slow").await;
         // The upstream takes longer than the resource's one-second timeout.
         let r = post(&s, &token, &call(3, "hang")).send().await.unwrap();
         assert_eq!(r.status(), StatusCode::GATEWAY_TIMEOUT);
@@ -348,7 +362,12 @@ grantline_store::backend_tests! {
         let r = post(&s, &token, &call(4, "split")).send().await.unwrap();
         assert_eq!(r.status(), StatusCode::OK);
         assert!(r.text().await.unwrap().contains("split done"));
-        tokio::time::sleep(Duration::from_millis(1200)).await;
+        // The slow call's outcome is recorded when the upstream answers, client or not.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while called(&tool_events(&s).await, "slow").is_none() {
+            assert!(std::time::Instant::now() < deadline, "the slow call was never recorded");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         let events = tool_events(&s).await;
         let outcome = |tool: &str| called(&events, tool);
         let started = |tool: &str| {
@@ -417,11 +436,9 @@ grantline_store::backend_tests! {
 
     async fn shutdown_waits_for_calls_in_flight(db: TestDb) {
         let (s, _d, token) = listed(&db, "rec:read").await;
-        // The caller leaves at once; the server stops while the tool is still running.
-        let _ = post(&s, &token, &call(2, "slow"))
-            .timeout(Duration::from_millis(100))
-            .send()
-            .await;
+        // The caller leaves once the call is under way; the server stops while the tool is
+        // still running.
+        leave_once_started(&s, &token, 2, "slow").await;
         let app = s.app.clone();
         s.stop().await;
         let recorded = app
@@ -443,6 +460,8 @@ grantline_store::backend_tests! {
             post(&s, &read_only, &list).send().await.unwrap().status(),
             StatusCode::OK
         );
+        // The four calls fall into one window, however slowly the test runs.
+        s.app.clock.to_next_minute();
         let mut statuses = Vec::new();
         for i in 0..4 {
             let r = post(&s, &read_only, &call(10 + i, "write"))
@@ -476,6 +495,7 @@ grantline_store::backend_tests! {
         let (client, code, verifier) = code_for(&s, &s.url("/mcp/rec"), "rec:read").await;
         let (_, t) = exchange(&s, &client, &code, &verifier).await;
         let at = get(&t, "access_token");
+        s.app.clock.to_next_minute();
         for _ in 0..2 {
             assert_eq!(
                 post(&s, &at, &list).send().await.unwrap().status(),
