@@ -378,7 +378,8 @@ impl Config {
         }
         self.registration_policy()?;
         self.resource_defs("http://check.invalid")?;
-        crate::gateway::Mounts::from_config(self, "http://check.invalid")?;
+        // The gateway's mounts (upstreams, tool scopes, roles) are checked when they are built
+        // at start (`gateway::Mounts::from_config`), before anything is served.
         Ok(())
     }
 
@@ -501,13 +502,16 @@ pub fn demo_resource() -> ResourceSection {
         ],
         default_scopes: Some(vec!["demo:read".into()]),
         token_format: None,
-        upstream: Some(crate::gateway::BUILTIN_DEMO.into()),
+        upstream: Some(BUILTIN_DEMO.into()),
         read_scope: None,
         write_scope: None,
         tools: Default::default(),
         upstream_timeout_secs: None,
     }
 }
+
+/// The `upstream` value that selects the built-in demo MCP server.
+pub const BUILTIN_DEMO: &str = "builtin:demo";
 
 #[cfg(test)]
 mod tests {

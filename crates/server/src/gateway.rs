@@ -9,8 +9,7 @@ use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-/// The `upstream` value that selects the built-in demo MCP server.
-pub const BUILTIN_DEMO: &str = "builtin:demo";
+pub use crate::config::BUILTIN_DEMO;
 
 /// Where a mounted resource's MCP server is.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,96 +1,9 @@
-//! HTTP plumbing shared by the routes: the per-request context (id, address, user agent,
-//! issuer), OAuth error responses, and the security headers of HTML pages.
+//! HTTP plumbing shared by the routes: OAuth error responses, redirects, form parsing and the
+//! security headers of HTML pages. (The request context is `context.rs`.)
 
-use crate::app::{App, AppError};
-use axum::extract::{ConnectInfo, FromRequestParts};
-use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use grantline_oauth::{ErrorCode, OAuthError};
-use std::net::SocketAddr;
-
-/// What every handler knows about its request.
-#[derive(Debug, Clone)]
-pub struct RequestContext {
-    /// From `X-Request-Id` (set by the request-id layer when the client sent none).
-    pub request_id: String,
-    pub source_ip: Option<String>,
-    pub user_agent: Option<String>,
-    /// The issuer for this request: the public URL, or scheme and host from trusted
-    /// forwarded headers.
-    pub issuer: String,
-    pub https: bool,
-}
-
-fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    h.get(name).and_then(|v| v.to_str().ok())
-}
-
-/// A host as `X-Forwarded-Host` may carry it: name or address, optional port.
-fn plausible_host(h: &str) -> bool {
-    !h.is_empty()
-        && h.len() <= 255
-        && h.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
-}
-
-impl RequestContext {
-    pub fn from_parts(app: &App, parts: &Parts) -> RequestContext {
-        let h = &parts.headers;
-        let trust = app.config.server.trust_forwarded_headers;
-        let peer = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.ip().to_string());
-        let forwarded_for = trust
-            .then(|| header_str(h, "x-forwarded-for"))
-            .flatten()
-            // The proxy appends the address it saw: the rightmost entry is the one it vouches
-            // for; entries to its left are whatever the client sent.
-            .and_then(|v| v.rsplit(',').next())
-            .map(|v| v.trim().to_string())
-            .filter(|v| v.parse::<std::net::IpAddr>().is_ok());
-        let mut issuer = app.public_url.clone();
-        if trust
-            && let Some(host) = header_str(h, "x-forwarded-host")
-                .map(|v| v.split(',').next().unwrap_or("").trim())
-                .filter(|v| plausible_host(v))
-        {
-            let proto = match header_str(h, "x-forwarded-proto").map(str::trim) {
-                Some("http") => "http",
-                _ => "https",
-            };
-            let prefix = url::Url::parse(&app.public_url)
-                .map(|u| u.path().trim_end_matches('/').to_string())
-                .unwrap_or_default();
-            issuer = format!("{proto}://{host}{prefix}");
-        }
-        RequestContext {
-            request_id: header_str(h, "x-request-id").unwrap_or("-").to_string(),
-            source_ip: forwarded_for.or(peer),
-            user_agent: header_str(h, "user-agent").map(|s| s.chars().take(300).collect()),
-            https: issuer.starts_with("https://"),
-            issuer,
-        }
-    }
-}
-
-impl RequestContext {
-    /// The issuer's path (`""`, or `/auth` behind a proxy that mounts Grantline there): the
-    /// prefix of every link and form action on the pages, so that they stay under the proxy.
-    pub fn base_path(&self) -> String {
-        url::Url::parse(&self.issuer)
-            .map(|u| u.path().trim_end_matches('/').to_string())
-            .unwrap_or_default()
-    }
-}
-
-impl FromRequestParts<App> for RequestContext {
-    type Rejection = std::convert::Infallible;
-    async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, Self::Rejection> {
-        Ok(RequestContext::from_parts(app, parts))
-    }
-}
 
 /// An RFC 6749 §5.2 JSON error, with `Cache-Control: no-store` and, for a failed client
 /// authentication over HTTP Basic, `WWW-Authenticate`.
@@ -105,21 +18,6 @@ pub fn oauth_error(e: &OAuthError) -> Response {
         );
     }
     r
-}
-
-impl IntoResponse for AppError {
-    fn into_response(self) -> Response {
-        match self {
-            AppError::OAuth(e) => oauth_error(&e),
-            AppError::Unavailable(why) => {
-                tracing::error!(%why, "failing closed");
-                oauth_error(&OAuthError::new(
-                    ErrorCode::TemporarilyUnavailable,
-                    "the audit ledger cannot record this request right now; nothing was done",
-                ))
-            }
-        }
-    }
 }
 
 /// 429 with `Retry-After` and an RFC 6749-style JSON body (`slow_down` is not an RFC 6749

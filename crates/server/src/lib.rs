@@ -4,11 +4,14 @@
 
 pub mod admin;
 pub mod app;
+mod background;
 pub mod bootstrap;
 pub mod cimd;
 pub mod clock;
 pub mod config;
+pub mod context;
 pub mod demo;
+pub mod error;
 pub mod gateway;
 pub mod http;
 mod keys;
@@ -16,10 +19,12 @@ pub mod origin;
 pub mod pages;
 pub mod projection;
 pub mod random;
+pub mod refusal_window;
 pub mod refusals;
 pub mod routes;
 pub mod session;
 pub mod signin;
+mod startup;
 pub mod throttle;
 
 pub use app::{App, AppError, Options};
@@ -98,7 +103,7 @@ fn inbound_request_id(
     req
 }
 
-async fn home(State(app): State<App>, ctx: http::RequestContext) -> Response {
+async fn home(State(app): State<App>, ctx: context::RequestContext) -> Response {
     let s = app.settings_for(&ctx.issuer);
     let resources: String = s
         .resources

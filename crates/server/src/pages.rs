@@ -77,7 +77,7 @@ pub fn error(status: StatusCode, title: &str, detail: &str) -> Response {
 }
 
 /// The sign-in form.
-/// `base` is the issuer's path ([`crate::http::RequestContext::base_path`]).
+/// `base` is the issuer's path ([`crate::context::RequestContext::base_path`]).
 pub fn login(
     status: StatusCode,
     base: &str,

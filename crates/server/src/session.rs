@@ -7,7 +7,7 @@
 //! client libraries still send them.
 
 use crate::app::App;
-use crate::http::RequestContext;
+use crate::context::RequestContext;
 use axum::http::{HeaderMap, header};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;

@@ -2,7 +2,8 @@
 //! and "revoke everything".
 
 use crate::app::App;
-use crate::http::{RequestContext, redirect, see_other};
+use crate::context::RequestContext;
+use crate::http::{redirect, see_other};
 use crate::pages::{self, esc};
 use crate::session;
 use axum::body::Bytes;
@@ -157,10 +158,7 @@ pub async fn revoke_grant(
         Err(r) => return r,
     };
     let grant_id = crate::http::param(&params, "grant_id").unwrap_or_default();
-    let meta = app
-        .request_meta(&ctx, &pii::user_subject(&s.user_id))
-        .await
-        .ok();
+    let meta = ctx.meta(&app, &pii::user_subject(&s.user_id)).await.ok();
     let actor = Actor::User {
         id: s.user_id.clone(),
     };
@@ -193,10 +191,7 @@ pub async fn revoke_everything(
         Ok(v) => v,
         Err(r) => return r,
     };
-    let meta = app
-        .request_meta(&ctx, &pii::user_subject(&s.user_id))
-        .await
-        .ok();
+    let meta = ctx.meta(&app, &pii::user_subject(&s.user_id)).await.ok();
     let actor = Actor::User {
         id: s.user_id.clone(),
     };

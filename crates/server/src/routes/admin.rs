@@ -3,7 +3,7 @@
 
 use crate::admin::{self, AdminError, NewClient};
 use crate::app::App;
-use crate::http::RequestContext;
+use crate::context::RequestContext;
 use crate::signin::Outcome;
 use axum::Json;
 use axum::extract::{Path, State};

@@ -1,7 +1,8 @@
 //! `GET /oauth/authorize` and the consent form's `POST /oauth/consent`.
 
 use crate::app::{App, AppError};
-use crate::http::{RequestContext, redirect, see_other};
+use crate::context::RequestContext;
+use crate::http::{redirect, see_other};
 use crate::pages;
 use crate::refusals::{self, Attempt};
 use crate::session;
@@ -322,7 +323,7 @@ async fn issue_code(
     consent_page: Option<String>,
 ) -> Response {
     let prompted = consent_page.is_some();
-    let meta = match app.request_meta(ctx, &pii::user_subject(user_id)).await {
+    let meta = match ctx.meta(&app, &pii::user_subject(user_id)).await {
         Ok(m) => m,
         Err(e) => return e.into_response(),
     };
@@ -490,10 +491,7 @@ pub async fn consent(
             r
         }
         "deny" => {
-            let meta = app
-                .request_meta(&ctx, &pii::user_subject(&s.user_id))
-                .await
-                .ok();
+            let meta = ctx.meta(&app, &pii::user_subject(&s.user_id)).await.ok();
             let denied = app
                 .run(|state| deny(state, &s.user_id, &v, meta.clone(), Some(page.clone())))
                 .await;

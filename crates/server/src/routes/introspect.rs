@@ -2,7 +2,8 @@
 //! confidential clients listed in `oauth.introspection_clients`.
 
 use crate::app::{App, AppError};
-use crate::http::{RequestContext, param};
+use crate::context::RequestContext;
+use crate::http::param;
 use crate::routes::client::{form_body, presented};
 use axum::Json;
 use axum::body::Bytes;

@@ -1,7 +1,8 @@
 //! Sign-in and sign-out pages.
 
 use crate::app::App;
-use crate::http::{RequestContext, see_other};
+use crate::context::RequestContext;
+use crate::http::see_other;
 use crate::pages;
 use crate::session::{self, LOGIN_NONCE, SESSION};
 use crate::signin::Outcome;
@@ -200,7 +201,7 @@ pub async fn submit(
     };
     tracing::Span::current().record("user_id", user_id.as_str());
     let session_id = crate::random::id("ses");
-    let meta = match app.request_meta(&ctx, &pii::user_subject(&user_id)).await {
+    let meta = match ctx.meta(&app, &pii::user_subject(&user_id)).await {
         Ok(m) => m,
         Err(e) => return e.into_response(),
     };
@@ -248,7 +249,7 @@ async fn record_failure(
         Some(u) => pii::user_subject(u),
         None => format!("anon:{}", &app.now().to_string()[..10]),
     };
-    let meta = app.request_meta(ctx, &subject).await?;
+    let meta = ctx.meta(&app, &subject).await?;
     let name = app.keyring.seal(&subject, username).await?;
     let (outcome, _) = app
         .run(|_| {
@@ -283,10 +284,7 @@ pub async fn logout(
         }
         // On the ledger, so that the cookie is refused after a restart and on every instance;
         // if it cannot be recorded the user is told, not shown a sign-out that did not happen.
-        let request = app
-            .request_meta(&ctx, &pii::user_subject(&s.user_id))
-            .await
-            .ok();
+        let request = ctx.meta(&app, &pii::user_subject(&s.user_id)).await.ok();
         let ended = grantline_oauth::users::signed_out(
             &s.user_id,
             &s.session_id,

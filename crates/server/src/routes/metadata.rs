@@ -2,7 +2,7 @@
 //! clients to try, RFC 9728 protected-resource metadata, and the JWKS.
 
 use crate::app::App;
-use crate::http::RequestContext;
+use crate::context::RequestContext;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};

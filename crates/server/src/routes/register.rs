@@ -1,7 +1,7 @@
 //! `POST /oauth/register` (RFC 7591).
 
 use crate::app::{App, AppError};
-use crate::http::RequestContext;
+use crate::context::RequestContext;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -59,8 +59,8 @@ async fn handle(
         secret: crate::random::secret("gls_"),
     };
     tracing::Span::current().record("client_id", fresh.client_id.as_str());
-    let meta = app
-        .request_meta(ctx, &format!("client:{}", fresh.client_id))
+    let meta = ctx
+        .meta(&app, &format!("client:{}", fresh.client_id))
         .await?;
     let now = app.now();
     let ttl = app.config.oauth.dynamic_client_ttl;

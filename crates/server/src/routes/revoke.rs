@@ -1,7 +1,8 @@
 //! `POST /oauth/revoke` (RFC 7009).
 
 use crate::app::{App, AppError};
-use crate::http::{RequestContext, param};
+use crate::context::RequestContext;
+use crate::http::param;
 use crate::routes::client::{form_body, presented};
 use axum::body::Bytes;
 use axum::extract::State;
@@ -60,7 +61,7 @@ async fn handle(
         Some(u) => pii::user_subject(u),
         None => format!("client:{}", client.client_id),
     };
-    let meta = app.request_meta(ctx, &subject).await?;
+    let meta = ctx.meta(&app, &subject).await?;
     app.run(|s| {
         Decision::new(
             rules::decide(s, &client, &token, Some(meta.clone())),

@@ -1,7 +1,8 @@
 //! `POST /oauth/token`: parse, authenticate the client, decide, append, answer.
 
 use crate::app::{App, AppError};
-use crate::http::{RequestContext, param};
+use crate::context::RequestContext;
+use crate::http::param;
 use crate::refusals::{self, Attempt};
 use crate::routes::client::{form_body, presented};
 use axum::Json;
@@ -202,5 +203,5 @@ async fn meta_for(
         Some(u) => pii::user_subject(u),
         None => format!("client:{client_id}"),
     };
-    app.request_meta(ctx, &subject).await
+    ctx.meta(&app, &subject).await
 }

@@ -17,7 +17,7 @@ mod upstream;
 pub use upstream::IDENTITY_HEADER;
 
 use crate::app::App;
-use crate::http::RequestContext;
+use crate::context::RequestContext;
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};

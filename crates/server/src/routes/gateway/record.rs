@@ -2,7 +2,7 @@
 //! `grantline_gateway::record`; this wraps them with the request's context and appends them.
 
 use crate::app::App;
-use crate::http::RequestContext;
+use crate::context::RequestContext;
 use grantline_gateway::record::Request;
 pub use grantline_gateway::record::{Call, Intent};
 use grantline_gateway::{Caller, Denial};

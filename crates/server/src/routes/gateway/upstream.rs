@@ -2,8 +2,8 @@
 //! caller's identity as a short-lived signed assertion instead.
 
 use crate::app::App;
+use crate::context::RequestContext;
 use crate::gateway::{Mount, Upstream};
-use crate::http::RequestContext;
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, Method, header};
 use axum::response::Response;

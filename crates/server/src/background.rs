@@ -1,0 +1,72 @@
+//! The background loop: catching up with other processes' events, recording closed rate-limit
+//! windows, probing a failing ledger, expiring unused dynamic clients.
+
+use crate::app::App;
+use std::time::Duration;
+
+impl App {
+    /// Background work: catch up with other processes' events, record closed rate-limit
+    /// windows, probe a failing ledger, expire unused dynamic clients. Runs until the server
+    /// stops.
+    pub fn spawn_background(&self) -> tokio::task::JoinHandle<()> {
+        let app = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(250));
+            let mut n: u64 = 0;
+            loop {
+                tick.tick().await;
+                if app.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+                    return;
+                }
+                n += 1;
+                if let Err(e) = app.projection.catch_up(app.store()).await {
+                    tracing::warn!(error = %e, "catching up with the ledger failed");
+                }
+                app.flush_rate_limits().await;
+                if !app.ledger.healthy() && n.is_multiple_of(8) {
+                    // A checkpoint is a write through the same writer: when it succeeds the
+                    // ledger is healthy again and the gateway resumes.
+                    if let Err(e) = app.ledger.checkpoint().await {
+                        tracing::warn!(error = %e, "the ledger is still failing");
+                    }
+                }
+                if n.is_multiple_of(20) {
+                    crate::bootstrap::expire_unused_clients(&app).await;
+                }
+            }
+        })
+    }
+
+    /// Records the refusals of rate-limit windows that have closed: one
+    /// `rate_limit.exceeded` per bucket and window.
+    pub async fn flush_rate_limits(&self) {
+        self.flush_rate_limits_at(self.now().0 / 1_000_000).await
+    }
+
+    /// As [`App::flush_rate_limits`], as of `now` (seconds).
+    pub async fn flush_rate_limits_at(&self, now: i64) {
+        let limits = self.config.rate_limits.limits();
+        let closed = self.rate_limiter.drain_closed(&limits, now);
+        self.record_rate_limits(closed).await;
+    }
+
+    /// At shutdown: the refusals of every window, the open ones included.
+    pub async fn flush_all_rate_limits(&self) {
+        let limits = self.config.rate_limits.limits();
+        let all = self.rate_limiter.drain_all(&limits);
+        self.record_rate_limits(all).await;
+    }
+
+    /// Appends one `rate_limit.exceeded` per window; what cannot be written now is kept for
+    /// the next flush.
+    async fn record_rate_limits(&self, closed: Vec<grantline_gateway::ratelimit::Exceeded>) {
+        if closed.is_empty() {
+            return;
+        }
+        let events = grantline_gateway::ratelimit::exceeded_events(&closed);
+        if let Err(e) = self.append(events).await {
+            tracing::warn!(error = %e, "could not record rate-limit refusals; keeping them");
+            self.rate_limiter.restore(closed);
+        }
+    }
+}

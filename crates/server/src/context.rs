@@ -1,0 +1,110 @@
+//! What every handler knows about its request: its id, the caller's address and user agent
+//! (taken from forwarded headers only behind a trusted proxy), and the issuer it was sent to.
+
+use crate::app::App;
+use crate::error::AppError;
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::HeaderMap;
+use axum::http::request::Parts;
+use grantline_ledger::RequestMeta;
+use std::net::SocketAddr;
+
+/// What every handler knows about its request.
+#[derive(Debug, Clone)]
+pub struct RequestContext {
+    /// From `X-Request-Id` (set by the request-id layer when the client sent none).
+    pub request_id: String,
+    pub source_ip: Option<String>,
+    pub user_agent: Option<String>,
+    /// The issuer for this request: the public URL, or scheme and host from trusted
+    /// forwarded headers.
+    pub issuer: String,
+    pub https: bool,
+}
+
+fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    h.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// A host as `X-Forwarded-Host` may carry it: name or address, optional port.
+fn plausible_host(h: &str) -> bool {
+    !h.is_empty()
+        && h.len() <= 255
+        && h.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
+}
+
+impl RequestContext {
+    pub fn from_parts(app: &App, parts: &Parts) -> RequestContext {
+        let h = &parts.headers;
+        let trust = app.config.server.trust_forwarded_headers;
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip().to_string());
+        let forwarded_for = trust
+            .then(|| header_str(h, "x-forwarded-for"))
+            .flatten()
+            // The proxy appends the address it saw: the rightmost entry is the one it vouches
+            // for; entries to its left are whatever the client sent.
+            .and_then(|v| v.rsplit(',').next())
+            .map(|v| v.trim().to_string())
+            .filter(|v| v.parse::<std::net::IpAddr>().is_ok());
+        let mut issuer = app.public_url.clone();
+        if trust
+            && let Some(host) = header_str(h, "x-forwarded-host")
+                .map(|v| v.split(',').next().unwrap_or("").trim())
+                .filter(|v| plausible_host(v))
+        {
+            let proto = match header_str(h, "x-forwarded-proto").map(str::trim) {
+                Some("http") => "http",
+                _ => "https",
+            };
+            let prefix = url::Url::parse(&app.public_url)
+                .map(|u| u.path().trim_end_matches('/').to_string())
+                .unwrap_or_default();
+            issuer = format!("{proto}://{host}{prefix}");
+        }
+        RequestContext {
+            request_id: header_str(h, "x-request-id").unwrap_or("-").to_string(),
+            source_ip: forwarded_for.or(peer),
+            user_agent: header_str(h, "user-agent").map(|s| s.chars().take(300).collect()),
+            https: issuer.starts_with("https://"),
+            issuer,
+        }
+    }
+}
+
+impl RequestContext {
+    /// The issuer's path (`""`, or `/auth` behind a proxy that mounts Grantline there): the
+    /// prefix of every link and form action on the pages, so that they stay under the proxy.
+    pub fn base_path(&self) -> String {
+        url::Url::parse(&self.issuer)
+            .map(|u| u.path().trim_end_matches('/').to_string())
+            .unwrap_or_default()
+    }
+}
+
+impl FromRequestParts<App> for RequestContext {
+    type Rejection = std::convert::Infallible;
+    async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, Self::Rejection> {
+        Ok(RequestContext::from_parts(app, parts))
+    }
+}
+
+impl RequestContext {
+    /// Request metadata for events, with address and user agent sealed under `subject`'s key.
+    pub async fn meta(&self, app: &App, subject: &str) -> Result<RequestMeta, AppError> {
+        let seal = |v: Option<String>| async move {
+            match v {
+                Some(v) => app.keyring.seal(subject, &v).await.map(Some),
+                None => Ok(None),
+            }
+        };
+        Ok(RequestMeta {
+            request_id: self.request_id.clone(),
+            source_ip: seal(self.source_ip.clone()).await?,
+            user_agent: seal(self.user_agent.clone()).await?,
+        })
+    }
+}

@@ -1,0 +1,122 @@
+//! Starting the application: the ledger and its writer, the state folded from it, keys, the
+//! bootstrap admin and the configured clients.
+
+use crate::app::{App, Inner, Options};
+use crate::cimd::Fetcher;
+use crate::projection::Projection;
+use crate::signin::PasswordSignIn;
+use anyhow::{Context, Result};
+use grantline_ledger::{KeyPurpose, Recorded};
+use grantline_oauth::Settings;
+use grantline_oauth::tokens::JwtSigner;
+use grantline_state::State;
+use grantline_store::{Credentials, Keyring, Ledger};
+use std::sync::Arc;
+use std::time::Duration;
+
+impl App {
+    /// Opens the ledger, rebuilds the state, and makes sure keys, the bootstrap admin and the
+    /// configured clients are recorded.
+    pub async fn start(opts: Options) -> Result<App> {
+        let projection = Arc::new(Projection::new(State::default()));
+        let hook = projection.clone();
+        let mut ledger_options = opts.ledger.clone();
+        ledger_options.on_commit = Some(Arc::new(move |events: &[Recorded]| hook.offer(events)));
+        let signer = grantline_store::keyfile::load_or_create_signer(
+            &opts.data_dir,
+            &std::env::var("GRANTLINE_LEDGER_ORIGIN")
+                .unwrap_or_else(|_| grantline_store::keyfile::DEFAULT_ORIGIN.to_string()),
+        )
+        .context("checkpoint signing key")?;
+        let checkpoint_key = *signer.verifier().public_key();
+        let ledger = Ledger::open(&opts.database, signer, ledger_options)
+            .await
+            .with_context(|| format!("opening the ledger at {}", opts.database.display()))?;
+        projection.catch_up(ledger.store()).await?;
+        let signing = crate::keys::load_or_create(&opts.data_dir)?;
+        let mac_key = crate::keys::mac_key(&signing);
+        let identity = JwtSigner::new(crate::keys::identity_key(&signing));
+        let jwt = JwtSigner::new(signing);
+        let config = opts.config;
+        let public_url = config
+            .server
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", config.server.listen))
+            .trim_end_matches('/')
+            .to_string();
+        let settings = Arc::new(Settings {
+            issuer: public_url.clone(),
+            resources: config.resource_defs(&public_url)?,
+            lifetimes: config.lifetimes(),
+        });
+        let policy = config.registration_policy()?;
+        let metadata_documents = Fetcher::new(config.metadata_documents.clone())?;
+        let mounts = crate::gateway::Mounts::from_config(&config, &public_url)?;
+        let store = ledger.store().clone();
+        let app = App(Arc::new(Inner {
+            data_dir: opts.data_dir,
+            keyring: Keyring::new(&store),
+            credentials: Credentials::new(&store),
+            ledger,
+            projection,
+            jwt,
+            identity,
+            checkpoint_key,
+            mac_key,
+            public_url,
+            settings,
+            policy,
+            metadata_documents,
+            signin: Arc::new(PasswordSignIn::new(Credentials::new(&store))),
+            login_throttle: Default::default(),
+            registrations: crate::throttle::AddressLimiter::new(
+                config.registration.per_address_per_hour,
+                3600,
+            ),
+            document_intake: crate::throttle::AddressLimiter::new(
+                config.metadata_documents.per_address_per_hour,
+                3600,
+            ),
+            refusals: Default::default(),
+            mounts,
+            demo: Default::default(),
+            rate_limiter: Default::default(),
+            exchanges: tokio_util::task::TaskTracker::new(),
+            stopping: std::sync::atomic::AtomicBool::new(false),
+            clock: Default::default(),
+            upstream_http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .connect_timeout(Duration::from_secs(10))
+                .build()?,
+            config,
+        }));
+        let keyring = app.keyring.clone();
+        app.projection.on_erased(move |user| {
+            keyring.forget(&grantline_ledger::pii::user_subject(user));
+        });
+        app.record_signing_key().await?;
+        crate::bootstrap::admin(&app).await?;
+        crate::bootstrap::config_clients(&app).await?;
+        Ok(app)
+    }
+
+    /// Records the access-token and identity-assertion keys in the ledger (once each), so that
+    /// the JWKS and audits know them.
+    async fn record_signing_key(&self) -> Result<()> {
+        use base64::Engine;
+        for (signer, purpose) in [
+            (&self.jwt, KeyPurpose::AccessToken),
+            (&self.identity, KeyPurpose::IdentityAssertion),
+        ] {
+            let public_key = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .encode(signer.key.verifying_key().as_bytes());
+            let (outcome, _) = self
+                .run(|s| grantline_oauth::keys::introduce(s, purpose, &signer.kid, &public_key))
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            outcome.map_err(|e| anyhow::anyhow!("{}", e.description))?;
+        }
+        Ok(())
+    }
+}
