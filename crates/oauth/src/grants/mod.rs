@@ -88,3 +88,121 @@ pub(crate) fn bound_resource<'s>(
         )
     })
 }
+
+/// A token request of any grant type: what the token endpoint parsed, with one interface for
+/// every grant (as fosite's handlers share one), so that the endpoint reads as parse,
+/// authenticate, decide, answer.
+#[derive(Debug, Clone)]
+pub enum TokenRequest {
+    Code(authorization_code::CodeRequest),
+    Refresh(refresh_token::RefreshRequest),
+    ClientCredentials(client_credentials::ClientCredentialsRequest),
+}
+
+impl TokenRequest {
+    /// Reads a token request from its form parameters (RFC 6749 §4.1.3, §6, §4.4): the grant
+    /// type and its parameters, one `resource` at most (RFC 8707).
+    pub fn parse(params: &[(String, String)]) -> Result<TokenRequest, crate::OAuthError> {
+        use crate::{ErrorCode, OAuthError};
+        let get = |k: &str| {
+            params
+                .iter()
+                .find(|(key, v)| key == k && !v.is_empty())
+                .map(|(_, v)| v.clone())
+        };
+        if params.iter().filter(|(k, _)| k == "resource").count() > 1 {
+            return Err(OAuthError::new(
+                ErrorCode::InvalidTarget,
+                "an access token is bound to one resource: send one resource parameter",
+            ));
+        }
+        let grant_type = get("grant_type")
+            .ok_or_else(|| OAuthError::invalid_request("grant_type is missing"))?;
+        let resource = get("resource");
+        Ok(match grant_type.as_str() {
+            "authorization_code" => TokenRequest::Code(authorization_code::CodeRequest {
+                code: get("code").ok_or_else(|| OAuthError::invalid_request("code is missing"))?,
+                redirect_uri: get("redirect_uri"),
+                code_verifier: get("code_verifier"),
+                resource,
+            }),
+            "refresh_token" => TokenRequest::Refresh(refresh_token::RefreshRequest {
+                refresh_token: get("refresh_token")
+                    .ok_or_else(|| OAuthError::invalid_request("refresh_token is missing"))?,
+                scope: get("scope"),
+                resource,
+            }),
+            "client_credentials" => {
+                TokenRequest::ClientCredentials(client_credentials::ClientCredentialsRequest {
+                    scope: get("scope"),
+                    resource,
+                })
+            }
+            other => {
+                return Err(OAuthError::new(
+                    ErrorCode::UnsupportedGrantType,
+                    format!("grant_type {other:?} is not supported"),
+                ));
+            }
+        })
+    }
+
+    pub fn grant_type(&self) -> grantline_ledger::GrantType {
+        use grantline_ledger::GrantType;
+        match self {
+            TokenRequest::Code(_) => GrantType::AuthorizationCode,
+            TokenRequest::Refresh(_) => GrantType::RefreshToken,
+            TokenRequest::ClientCredentials(_) => GrantType::ClientCredentials,
+        }
+    }
+
+    /// The digest of the code or refresh token presented, if any: what the state must know.
+    pub fn credential_digest(&self) -> Option<String> {
+        match self {
+            TokenRequest::Code(r) => Some(grantline_ledger::secret_digest(r.code.as_bytes())),
+            TokenRequest::Refresh(r) => {
+                Some(grantline_ledger::secret_digest(r.refresh_token.as_bytes()))
+            }
+            TokenRequest::ClientCredentials(_) => None,
+        }
+    }
+
+    /// The user behind the code or refresh token presented, when the state knows it.
+    pub fn user(&self, state: &grantline_state::State) -> Option<String> {
+        match self {
+            TokenRequest::Code(r) => state
+                .codes
+                .get(&grantline_ledger::secret_digest(r.code.as_bytes()))
+                .and_then(|c| state.families.get(&c.family_id))
+                .map(|f| f.user_id.clone()),
+            TokenRequest::Refresh(r) => {
+                refresh_token::user_of(state, &r.refresh_token).map(str::to_string)
+            }
+            TokenRequest::ClientCredentials(_) => None,
+        }
+    }
+
+    /// Decides the request for an authenticated `client` registered for its grant type.
+    pub fn decide(
+        &self,
+        state: &grantline_state::State,
+        client: &grantline_state::Client,
+        ctx: &Context<'_>,
+    ) -> crate::Decision<TokenResponse> {
+        if !client.grant_types.contains(&self.grant_type()) {
+            return crate::OAuthError::unauthorized_client(format!(
+                "client is not registered for the {} grant",
+                serde_json::to_value(self.grant_type())
+                    .ok()
+                    .and_then(|v| v.as_str().map(String::from))
+                    .unwrap_or_default()
+            ))
+            .into();
+        }
+        match self {
+            TokenRequest::Code(r) => authorization_code::decide(state, client, r, ctx),
+            TokenRequest::Refresh(r) => refresh_token::decide(state, client, r, ctx),
+            TokenRequest::ClientCredentials(r) => client_credentials::decide(state, client, r, ctx),
+        }
+    }
+}
