@@ -48,6 +48,25 @@ pub struct Exceeded {
     pub rejected: u64,
 }
 
+/// The buckets a gateway request counts against (refused calls count too): the user's write
+/// bucket for a call that needs more than the resource's read scope, else their read bucket;
+/// and the client's. Keys are `resource|subject`.
+pub fn buckets(caller: &crate::Caller, resource: &str, writes: bool) -> Vec<(RateBucket, String)> {
+    let mut out = Vec::new();
+    if let Some(u) = &caller.user_id {
+        let b = if writes {
+            RateBucket::UserWrite
+        } else {
+            RateBucket::UserRead
+        };
+        out.push((b, format!("{resource}|{u}")));
+    }
+    if let Some(c) = &caller.client_id {
+        out.push((RateBucket::Client, format!("{resource}|{c}")));
+    }
+    out
+}
+
 /// One `rate_limit.exceeded` per closed window: the refusals of a bucket, aggregated. The
 /// subject is `resource|user or client id`, as the limiter keys its buckets.
 pub fn exceeded_events(closed: &[Exceeded]) -> Vec<grantline_ledger::NewEvent> {

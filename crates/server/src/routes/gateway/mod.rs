@@ -18,6 +18,7 @@ pub use upstream::IDENTITY_HEADER;
 
 use crate::app::App;
 use crate::context::RequestContext;
+use crate::gateway::Mount;
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
@@ -25,8 +26,9 @@ use axum::response::{IntoResponse, Response};
 use grantline_gateway::caller::{bearer, token_in_query};
 use grantline_gateway::jsonrpc::{self, Inspected};
 use grantline_gateway::ratelimit::Quota;
-use grantline_gateway::{Denial, authenticate, authority};
+use grantline_gateway::{Caller, Denial, authenticate, authority};
 use grantline_ledger::RateBucket;
+use grantline_oauth::Resource;
 use record::{Audit, Call, Intent, Watched};
 use serde_json::Value;
 use std::time::Instant;
@@ -75,6 +77,7 @@ fn refused_id(id: &Value, code: i64, message: &str, status: StatusCode) -> Respo
     (status, axum::Json(err)).into_response()
 }
 
+/// The gateway: authenticate → classify → rate-limit → authorize → forward → record.
 pub async fn mcp(
     State(app): State<App>,
     ctx: RequestContext,
@@ -84,263 +87,348 @@ pub async fn mcp(
     RawQuery(query): RawQuery,
     body: Bytes,
 ) -> Response {
-    let Some(mount) = app.mounts.by_name.get(&name).cloned() else {
-        return (StatusCode::NOT_FOUND, "no such MCP resource").into_response();
+    let request = Request {
+        app: &app,
+        ctx: &ctx,
+        method,
+        headers,
     };
-    let settings = app.settings_for(&ctx.issuer);
-    let resource_id = format!("{}{}", ctx.issuer, mount.path);
-    let Some(resource) = settings.resource(&resource_id).cloned() else {
-        return (StatusCode::NOT_FOUND, "no such MCP resource").into_response();
-    };
-    // The transport has POST (messages), GET (the server's event stream), DELETE (end a
-    // session); nothing else is forwarded.
-    if ![Method::POST, Method::GET, Method::DELETE].contains(&method) {
-        let mut r = (StatusCode::METHOD_NOT_ALLOWED, "use POST, GET or DELETE").into_response();
-        r.headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static("GET, POST, DELETE"));
-        return r;
+    match request.handle(&name, query.as_deref(), body).await {
+        Ok(r) | Err(r) => r,
     }
-    // DNS rebinding: a page on another origin must not reach the MCP server through a
-    // browser, whatever credentials it has (MCP transport, "Security Warning").
-    if let Some(origin) = headers.get(header::ORIGIN)
-        && !crate::origin::allowed(
-            &ctx.issuer,
-            &app.config.server.allowed_origins,
-            origin.as_bytes(),
-        )
-    {
-        return (
-            StatusCode::FORBIDDEN,
-            axum::Json(serde_json::json!({"error": "origin_not_allowed",
-                "error_description": "requests from this Origin are not accepted"})),
-        )
-            .into_response();
-    }
-    let metadata_url = format!(
-        "{}{}",
-        ctx.issuer,
-        grantline_oauth::metadata::protected_resource_path(&resource.id)
-    );
-    let needs = resource.default_scopes.clone();
-    if token_in_query(query.as_deref()) {
-        let d = Denial::new(
-            grantline_gateway::DenialKind::TokenInUrl,
-            "token_in_url",
-            needs,
+}
+
+/// One request to `/mcp/<name>`, as the steps of [`mcp`] see it.
+struct Request<'a> {
+    app: &'a App,
+    ctx: &'a RequestContext,
+    method: Method,
+    headers: HeaderMap,
+}
+
+impl Request<'_> {
+    async fn handle(
+        self,
+        name: &str,
+        query: Option<&str>,
+        body: Bytes,
+    ) -> Result<Response, Response> {
+        let (mount, resource) = self.mounted(name)?;
+        self.transport()?;
+        let metadata_url = format!(
+            "{}{}",
+            self.ctx.issuer,
+            grantline_oauth::metadata::protected_resource_path(&resource.id)
         );
-        return denial_response(&d, &metadata_url, None);
-    }
-    let token = bearer(
-        headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok()),
-    );
-    if let Some(t) = token {
-        let d = grantline_ledger::secret_digest(t.as_bytes());
-        let _ = app
-            .catch_up_unless(|s| {
-                s.access_tokens.contains_key(&d) || s.pat_by_digest.contains_key(&d)
-            })
+        let caller = self.authenticate(&resource, query, &metadata_url).await?;
+        let (watched, body, session_id) = self.classify(&caller, body).await?;
+        let started = Instant::now();
+        let assertion = upstream::identity(self.app, self.ctx, &caller);
+        let scope = self
+            .needed_scope(&mount, &assertion, watched.as_ref())
             .await;
+        let quota = self.rate_limit(
+            &caller,
+            &resource.id,
+            &mount,
+            scope.as_deref(),
+            watched.as_ref(),
+        )?;
+        let audit = Audit {
+            app: self.app.clone(),
+            ctx: self.ctx.clone(),
+            caller: caller.clone(),
+            resource: resource.id.clone(),
+            session_id,
+            started,
+        };
+        let out = exchange::Outgoing {
+            mount,
+            method: self.method,
+            headers: self.headers,
+            body,
+            identity: assertion,
+        };
+        let mut r = match (watched, scope) {
+            (Some(Watched::Call(call)), Some(scope)) => {
+                let roles = &self.app.mounts.roles;
+                if let Err(mut d) =
+                    authority::check_call(&caller, roles, &out.mount.name, &call.tool, &scope)
+                {
+                    if d.kind == grantline_gateway::DenialKind::InsufficientScope {
+                        d.required_scopes = authority::step_up_scopes(
+                            &caller,
+                            |s| resource.offers(s),
+                            &d.required_scopes,
+                        );
+                    }
+                    if audit.record(audit.denied(&call, &d)).await.is_err() {
+                        return Err(unavailable());
+                    }
+                    return Ok(denial_response(&d, &metadata_url, Some(&call.id)));
+                }
+                // Recorded first, in the exchange's own task (see `exchange::run`).
+                let start = Some(audit.started(&call));
+                exchange::run(audit, out, Watched::Call(call), start).await
+            }
+            (Some(w @ Watched::List(_)), _) => {
+                if !self.app.ledger.healthy() {
+                    return Err(unavailable());
+                }
+                exchange::run(audit, out, w, None).await
+            }
+            _ => {
+                let sent = upstream::send(
+                    self.app,
+                    &out.mount,
+                    &out.method,
+                    &out.headers,
+                    out.body,
+                    out.identity,
+                )
+                .await;
+                match sent {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "upstream failed");
+                        refused(-32002, &e.to_string(), e.status())
+                    }
+                }
+            }
+        };
+        quota_headers(&mut r, quota);
+        Ok(r)
     }
-    // A projection that cannot follow the ledger may miss a revocation: refuse rather than
-    // trust it.
-    if !app.projection.fresh() {
-        return unavailable();
+
+    /// The mount and its resource, for this issuer.
+    fn mounted(&self, name: &str) -> Result<(Mount, Resource), Response> {
+        let not_found = || (StatusCode::NOT_FOUND, "no such MCP resource").into_response();
+        let mount = self
+            .app
+            .mounts
+            .by_name
+            .get(name)
+            .cloned()
+            .ok_or_else(not_found)?;
+        let settings = self.app.settings_for(&self.ctx.issuer);
+        let resource = settings
+            .resource(&format!("{}{}", self.ctx.issuer, mount.path))
+            .cloned()
+            .ok_or_else(not_found)?;
+        Ok((mount, resource))
     }
-    let now = app.now();
-    let caller = match authenticate(&app.projection.read(), token, &resource.id, now, &needs) {
-        Ok(c) => c,
-        Err(d) => {
-            tracing::info!(reason = d.reason, "gateway request refused");
-            return denial_response(&d, &metadata_url, None);
+
+    /// The transport's own rules: POST (messages), GET (the server's event stream), DELETE
+    /// (end a session), and no request from a foreign web page (DNS rebinding: the MCP
+    /// transport's "Security Warning"), whatever credentials it carries.
+    fn transport(&self) -> Result<(), Response> {
+        if ![Method::POST, Method::GET, Method::DELETE].contains(&self.method) {
+            let mut r = (StatusCode::METHOD_NOT_ALLOWED, "use POST, GET or DELETE").into_response();
+            r.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("GET, POST, DELETE"));
+            return Err(r);
         }
-    };
-    let span = tracing::Span::current();
-    if let Some(u) = &caller.user_id {
-        span.record("user_id", u.as_str());
+        if let Some(origin) = self.headers.get(header::ORIGIN)
+            && !crate::origin::allowed(
+                &self.ctx.issuer,
+                &self.app.config.server.allowed_origins,
+                origin.as_bytes(),
+            )
+        {
+            return Err((
+                StatusCode::FORBIDDEN,
+                axum::Json(serde_json::json!({"error": "origin_not_allowed",
+                    "error_description": "requests from this Origin are not accepted"})),
+            )
+                .into_response());
+        }
+        Ok(())
     }
-    if let Some(c) = &caller.client_id {
-        span.record("client_id", c.as_str());
-    }
-    // The session id is recorded with every call: bounded, visible ASCII (MCP transport).
-    let session_id = match headers.get("mcp-session-id").map(|v| v.to_str()) {
-        None => None,
-        Some(Ok(v)) if valid_session_id(v) => Some(v.to_string()),
-        Some(_) => {
-            return refused(
-                -32600,
-                &format!("Mcp-Session-Id must be 1 to {MAX_SESSION_ID} visible ASCII characters"),
-                StatusCode::BAD_REQUEST,
+
+    /// Who is calling: a bearer access token or personal access token for this resource,
+    /// never one from the URL; checked against a projection that follows the ledger.
+    async fn authenticate(
+        &self,
+        resource: &Resource,
+        query: Option<&str>,
+        metadata_url: &str,
+    ) -> Result<Caller, Response> {
+        let needs = resource.default_scopes.clone();
+        if token_in_query(query) {
+            let d = Denial::new(
+                grantline_gateway::DenialKind::TokenInUrl,
+                "token_in_url",
+                needs,
             );
+            return Err(denial_response(&d, metadata_url, None));
         }
-    };
-    let started = Instant::now();
-    // Only POST carries messages; GET and DELETE go upstream without a body.
-    // What goes upstream is the message as inspected, serialised again: never bytes the
-    // gateway read differently from the upstream.
-    let (inspected, body) = if method == Method::POST {
-        match jsonrpc::inspect(&body) {
-            Ok(m) => (m.inspected, Bytes::from(m.forward)),
-            Err(e) => return refused_id(&e.id, e.code, &e.message, StatusCode::BAD_REQUEST),
-        }
-    } else {
-        (Vec::new(), Bytes::new())
-    };
-    if let Err(m) = headers_match(&headers, &inspected) {
-        let id = inspected.iter().find_map(|i| match i {
-            Inspected::ToolCall { id, .. } | Inspected::ToolsList { id } => Some(id.clone()),
-            Inspected::Other { .. } => None,
-        });
-        return refused_id(
-            &id.unwrap_or(Value::Null),
-            -32600,
-            &m,
-            StatusCode::BAD_REQUEST,
+        let token = bearer(
+            self.headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok()),
         );
+        if let Some(t) = token {
+            let d = grantline_ledger::secret_digest(t.as_bytes());
+            let _ = self
+                .app
+                .catch_up_unless(|s| {
+                    s.access_tokens.contains_key(&d) || s.pat_by_digest.contains_key(&d)
+                })
+                .await;
+        }
+        // A projection that cannot follow the ledger may miss a revocation: refuse rather than
+        // trust it.
+        if !self.app.projection.fresh() {
+            return Err(unavailable());
+        }
+        let now = self.app.now();
+        let caller = authenticate(
+            &self.app.projection.read(),
+            token,
+            &resource.id,
+            now,
+            &needs,
+        )
+        .map_err(|d| {
+            tracing::info!(reason = d.reason, "gateway request refused");
+            denial_response(&d, metadata_url, None)
+        })?;
+        let span = tracing::Span::current();
+        if let Some(u) = &caller.user_id {
+            span.record("user_id", u.as_str());
+        }
+        if let Some(c) = &caller.client_id {
+            span.record("client_id", c.as_str());
+        }
+        Ok(caller)
     }
-    // At most one message to watch: the inspection refuses tool messages in batches.
-    let watched = match inspected
-        .into_iter()
-        .find(|m| !matches!(m, Inspected::Other { .. }))
-    {
-        Some(Inspected::ToolCall {
-            id,
-            tool,
-            arguments_digest,
-            intent,
-        }) => {
-            let intent = match sealed_intent(&app, &caller, intent).await {
-                Ok(i) => i,
-                Err(r) => return r,
-            };
-            Some(Watched::Call(Call {
+
+    /// What the request asks for: the message inspected (and what goes upstream: that
+    /// message serialised again, never bytes the gateway read differently from the
+    /// upstream), the routing headers checked against it, the session id bounded, and the
+    /// one tool message to watch with the caller's intent sealed.
+    async fn classify(
+        &self,
+        caller: &Caller,
+        body: Bytes,
+    ) -> Result<(Option<Watched>, Bytes, Option<String>), Response> {
+        let session_id = match self.headers.get("mcp-session-id").map(|v| v.to_str()) {
+            None => None,
+            Some(Ok(v)) if valid_session_id(v) => Some(v.to_string()),
+            Some(_) => {
+                return Err(refused(
+                    -32600,
+                    &format!(
+                        "Mcp-Session-Id must be 1 to {MAX_SESSION_ID} visible ASCII characters"
+                    ),
+                    StatusCode::BAD_REQUEST,
+                ));
+            }
+        };
+        // Only POST carries messages; GET and DELETE go upstream without a body.
+        let (inspected, body) = if self.method == Method::POST {
+            match jsonrpc::inspect(&body) {
+                Ok(m) => (m.inspected, Bytes::from(m.forward)),
+                Err(e) => {
+                    return Err(refused_id(
+                        &e.id,
+                        e.code,
+                        &e.message,
+                        StatusCode::BAD_REQUEST,
+                    ));
+                }
+            }
+        } else {
+            (Vec::new(), Bytes::new())
+        };
+        if let Err(m) = headers_match(&self.headers, &inspected) {
+            let id = inspected.iter().find_map(|i| match i {
+                Inspected::ToolCall { id, .. } | Inspected::ToolsList { id } => Some(id.clone()),
+                Inspected::Other { .. } => None,
+            });
+            return Err(refused_id(
+                &id.unwrap_or(Value::Null),
+                -32600,
+                &m,
+                StatusCode::BAD_REQUEST,
+            ));
+        }
+        // At most one message to watch: the inspection refuses tool messages in batches.
+        let watched = match inspected
+            .into_iter()
+            .find(|m| !matches!(m, Inspected::Other { .. }))
+        {
+            Some(Inspected::ToolCall {
+                id,
+                tool,
+                arguments_digest,
+                intent,
+            }) => Some(Watched::Call(Call {
                 id,
                 tool,
                 digest: arguments_digest,
-                intent,
-            }))
-        }
-        Some(Inspected::ToolsList { id }) => Some(Watched::List(id)),
-        _ => None,
-    };
-    let assertion = upstream::identity(&app, &ctx, &caller);
-    let audit = Audit {
-        app: app.clone(),
-        ctx: ctx.clone(),
-        caller: caller.clone(),
-        resource: resource.id.clone(),
-        session_id,
-        started,
-    };
-    // The scope a call needs, learning the tool's annotations first when they are unknown.
-    let call_scope = match &watched {
-        Some(Watched::Call(c)) => {
-            if !mount.scopes.explicit.contains_key(&c.tool)
-                && app.mounts.annotations(&mount.name, &c.tool).is_none()
-            {
-                upstream::learn_tools(&app, &mount, &headers, &assertion, &c.tool).await;
-            }
-            let annotations = app.mounts.annotations(&mount.name, &c.tool);
-            Some(
-                mount
-                    .scopes
-                    .for_tool(&c.tool, annotations.as_ref())
-                    .to_string(),
-            )
-        }
-        _ => None,
-    };
-    // Rate limits first (refused calls count too): the user's read or write bucket, and the
-    // client's.
-    let writes = call_scope.as_ref().is_some_and(|s| *s != mount.scopes.read);
-    let user_key = caller
-        .user_id
-        .as_ref()
-        .map(|u| format!("{}|{u}", resource.id));
-    let client_key = caller
-        .client_id
-        .as_ref()
-        .map(|c| format!("{}|{c}", resource.id));
-    let mut buckets = Vec::new();
-    if let Some(u) = &user_key {
-        let b = if writes {
-            RateBucket::UserWrite
-        } else {
-            RateBucket::UserRead
+                intent: sealed_intent(self.app, caller, intent).await?,
+            })),
+            Some(Inspected::ToolsList { id }) => Some(Watched::List(id)),
+            _ => None,
         };
-        buckets.push((b, u.as_str()));
+        Ok((watched, body, session_id))
     }
-    if let Some(c) = &client_key {
-        buckets.push((RateBucket::Client, c.as_str()));
+
+    /// The scope a call needs, learning the tool's annotations first when they are unknown.
+    async fn needed_scope(
+        &self,
+        mount: &Mount,
+        assertion: &str,
+        watched: Option<&Watched>,
+    ) -> Option<String> {
+        let Some(Watched::Call(c)) = watched else {
+            return None;
+        };
+        let mounts = &self.app.mounts;
+        if !mount.scopes.explicit.contains_key(&c.tool)
+            && mounts.annotations(&mount.name, &c.tool).is_none()
+        {
+            upstream::learn_tools(self.app, mount, &self.headers, assertion, &c.tool).await;
+        }
+        let annotations = mounts.annotations(&mount.name, &c.tool);
+        Some(
+            mount
+                .scopes
+                .for_tool(&c.tool, annotations.as_ref())
+                .to_string(),
+        )
     }
-    let quota = match app.rate_limiter.check(
-        &app.config.rate_limits.limits(),
-        &buckets,
-        now.0 / 1_000_000,
-    ) {
-        Ok(q) => q,
-        Err((_, q)) => return rate_limited(q, watched.as_ref().map(|w| w.id().clone())),
-    };
-    let mut r = match (watched, call_scope) {
-        (Some(Watched::Call(call)), Some(scope)) => {
-            if let Err(mut d) =
-                authority::check_call(&caller, &app.mounts.roles, &mount.name, &call.tool, &scope)
-            {
-                if d.kind == grantline_gateway::DenialKind::InsufficientScope {
-                    d.required_scopes = authority::step_up_scopes(
-                        &caller,
-                        |s| resource.offers(s),
-                        &d.required_scopes,
-                    );
-                }
-                if audit.record(audit.denied(&call, &d)).await.is_err() {
-                    return unavailable();
-                }
-                denial_response(&d, &metadata_url, Some(&call.id))
-            } else {
-                // Recorded first, in the exchange's own task (see `exchange::run`).
-                let start = Some(audit.started(&call));
-                let out = exchange::Outgoing {
-                    mount,
-                    method,
-                    headers,
-                    body,
-                    identity: assertion,
-                };
-                exchange::run(audit, out, Watched::Call(call), start).await
-            }
-        }
-        (Some(w @ Watched::List(_)), _) => {
-            if !app.ledger.healthy() {
-                return unavailable();
-            }
-            let out = exchange::Outgoing {
-                mount,
-                method,
-                headers,
-                body,
-                identity: assertion,
-            };
-            exchange::run(audit, out, w, None).await
-        }
-        _ => match upstream::send(&app, &mount, &method, &headers, body, assertion).await {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(error = %e, "upstream failed");
-                refused(-32002, &e.to_string(), e.status())
-            }
-        },
-    };
-    quota_headers(&mut r, quota);
-    r
+
+    /// Rate limits, before the authority check (refused calls count too).
+    fn rate_limit(
+        &self,
+        caller: &Caller,
+        resource: &str,
+        mount: &Mount,
+        scope: Option<&str>,
+        watched: Option<&Watched>,
+    ) -> Result<Quota, Response> {
+        let writes = scope.is_some_and(|s| s != mount.scopes.read);
+        let buckets = grantline_gateway::ratelimit::buckets(caller, resource, writes);
+        let buckets: Vec<(RateBucket, &str)> =
+            buckets.iter().map(|(b, k)| (*b, k.as_str())).collect();
+        self.app
+            .rate_limiter
+            .check(
+                &self.app.config.rate_limits.limits(),
+                &buckets,
+                self.app.now().0 / 1_000_000,
+            )
+            .map_err(|(_, q)| rate_limited(q, watched.map(|w| w.id().clone())))
+    }
 }
 
 /// A user's stated intent is their own words: sealed under their key, erased with them. A
 /// machine client's stays plain.
 async fn sealed_intent(
     app: &App,
-    caller: &grantline_gateway::Caller,
+    caller: &Caller,
     intent: Option<String>,
 ) -> Result<Intent, Response> {
     Ok(match (intent, &caller.user_id) {
