@@ -15,6 +15,20 @@ use grantline_state::State;
 /// The redirect URIs of the fixture client [`fixture`] registers.
 pub const FIXTURE_REDIRECTS: &[&str] = &["http://127.0.0.1:7777/cb", "https://app.example/cb"];
 
+/// `e` as the first event of a ledger would be stored.
+fn first_envelope(e: NewEvent) -> Envelope {
+    Envelope {
+        seq: 1,
+        id: uuid::Uuid::nil(),
+        time: Timestamp::from_secs(1_800_000_000),
+        stream: e.stream,
+        version: 1,
+        actor: e.actor,
+        tenant: None,
+        payload: e.payload,
+    }
+}
+
 /// A state with one public client `cli_fixture` and settings with one resource: what the
 /// authorization-request property runs against.
 pub fn fixture() -> (State, Settings) {
@@ -39,16 +53,7 @@ pub fn fixture() -> (State, Settings) {
     };
     let e = NewEvent::new(StreamId::client("cli_fixture"), Actor::System, registered);
     let recorded = Recorded {
-        envelope: Envelope {
-            seq: 1,
-            id: uuid::Uuid::nil(),
-            time: Timestamp::from_secs(1_800_000_000),
-            stream: e.stream,
-            version: 1,
-            actor: e.actor,
-            tenant: None,
-            payload: e.payload,
-        },
+        envelope: first_envelope(e),
         prev_hash: grantline_ledger::GENESIS,
         hash: grantline_ledger::GENESIS,
     };
@@ -100,17 +105,7 @@ pub fn registration_holds(data: &[u8]) {
         None,
     );
     for e in d.append.events {
-        let envelope = Envelope {
-            seq: 1,
-            id: uuid::Uuid::nil(),
-            time: Timestamp::from_secs(1_800_000_000),
-            stream: e.stream,
-            version: 1,
-            actor: e.actor,
-            tenant: None,
-            payload: e.payload,
-        };
-        encode_for_append(&envelope).expect("the ledger accepts what a decider builds");
+        encode_for_append(&first_envelope(e)).expect("the ledger accepts what a decider builds");
     }
 }
 

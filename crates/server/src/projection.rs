@@ -12,6 +12,9 @@ use std::collections::BTreeMap;
 use std::sync::{Mutex, RwLock, RwLockReadGuard};
 use tokio::sync::watch;
 
+/// Called with the user id of every `user.erased` folded.
+type ErasedHook = Box<dyn Fn(&str) + Send + Sync>;
+
 pub struct Projection {
     state: RwLock<State>,
     /// Events offered ahead of a gap, waiting for the events before them.
@@ -21,7 +24,7 @@ pub struct Projection {
     /// When a read of the store last succeeded (every catch-up ends with one).
     caught_up: Mutex<std::time::Instant>,
     /// Told of every user erased, by whichever process: the key cache forgets the key.
-    on_erased: std::sync::OnceLock<Box<dyn Fn(&str) + Send + Sync>>,
+    on_erased: std::sync::OnceLock<ErasedHook>,
 }
 
 /// How long the projection may go without reading the store before callers that must not

@@ -37,7 +37,7 @@ pub async fn record(
         (None, Some(c)) => format!("client:{c}"),
         (None, None) => format!("anon:{}", &app.now().to_string()[..10]),
     };
-    let request = match ctx.meta(&app, &subject).await {
+    let request = match ctx.meta(app, &subject).await {
         Ok(m) => Some(m),
         Err(e) => {
             tracing::warn!(error = %e, "could not seal the refused request's metadata");

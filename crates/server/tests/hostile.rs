@@ -20,27 +20,9 @@ async fn server(
     (s, dir, db)
 }
 
-/// Posts the sign-in form as a browser would (nonce cookie and CSRF token from the page).
+/// Posts the sign-in form from a fresh browser.
 async fn sign_in(s: &Server, username: &str, password: &str) -> reqwest::Response {
-    let b = browser();
-    let page = b
-        .get(s.url("/login"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    b.post(s.url("/login"))
-        .form(&[
-            ("username", username),
-            ("password", password),
-            ("csrf", &field(&page, "csrf")),
-            ("return_to", "/"),
-        ])
-        .send()
-        .await
-        .unwrap()
+    sign_in_with(s, &browser(), username, password).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

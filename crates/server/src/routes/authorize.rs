@@ -323,7 +323,7 @@ async fn issue_code(
     consent_page: Option<String>,
 ) -> Response {
     let prompted = consent_page.is_some();
-    let meta = match ctx.meta(&app, &pii::user_subject(user_id)).await {
+    let meta = match ctx.meta(app, &pii::user_subject(user_id)).await {
         Ok(m) => m,
         Err(e) => return e.into_response(),
     };

@@ -249,7 +249,7 @@ async fn record_failure(
         Some(u) => pii::user_subject(u),
         None => format!("anon:{}", &app.now().to_string()[..10]),
     };
-    let meta = ctx.meta(&app, &subject).await?;
+    let meta = ctx.meta(app, &subject).await?;
     let name = app.keyring.seal(&subject, username).await?;
     let (outcome, _) = app
         .run(|_| {

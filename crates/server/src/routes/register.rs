@@ -60,7 +60,7 @@ async fn handle(
     };
     tracing::Span::current().record("client_id", fresh.client_id.as_str());
     let meta = ctx
-        .meta(&app, &format!("client:{}", fresh.client_id))
+        .meta(app, &format!("client:{}", fresh.client_id))
         .await?;
     let now = app.now();
     let ttl = app.config.oauth.dynamic_client_ttl;

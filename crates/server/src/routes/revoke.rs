@@ -61,7 +61,7 @@ async fn handle(
         Some(u) => pii::user_subject(u),
         None => format!("client:{}", client.client_id),
     };
-    let meta = ctx.meta(&app, &subject).await?;
+    let meta = ctx.meta(app, &subject).await?;
     app.run(|s| {
         Decision::new(
             rules::decide(s, &client, &token, Some(meta.clone())),

@@ -123,5 +123,5 @@ async fn meta_for(
         Some(u) => pii::user_subject(u),
         None => format!("client:{client_id}"),
     };
-    ctx.meta(&app, &subject).await
+    ctx.meta(app, &subject).await
 }

@@ -190,8 +190,14 @@ pub fn authorize_url(s: &Server, params: &[(&str, &str)]) -> String {
     s.url(&format!("/oauth/authorize?{q}"))
 }
 
-/// Signs the browser in as admin.
-pub async fn login(s: &Server, b: &reqwest::Client) {
+/// Posts the sign-in form from browser `b` as a person would (the nonce cookie and CSRF token
+/// come from the page).
+pub async fn sign_in_with(
+    s: &Server,
+    b: &reqwest::Client,
+    username: &str,
+    password: &str,
+) -> reqwest::Response {
     let page = b
         .get(s.url("/login"))
         .send()
@@ -200,17 +206,21 @@ pub async fn login(s: &Server, b: &reqwest::Client) {
         .text()
         .await
         .unwrap();
-    let r = b
-        .post(s.url("/login"))
+    b.post(s.url("/login"))
         .form(&[
-            ("username", "admin"),
-            ("password", ADMIN_PASSWORD),
+            ("username", username),
+            ("password", password),
             ("csrf", &field(&page, "csrf")),
             ("return_to", "/"),
         ])
         .send()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// Signs the browser in as admin.
+pub async fn login(s: &Server, b: &reqwest::Client) {
+    let r = sign_in_with(s, b, "admin", ADMIN_PASSWORD).await;
     assert_eq!(
         r.status(),
         StatusCode::SEE_OTHER,

@@ -106,6 +106,8 @@ struct Request<'a> {
     headers: HeaderMap,
 }
 
+// Each step answers early with the response itself: one per request, not worth boxing.
+#[allow(clippy::result_large_err)]
 impl Request<'_> {
     async fn handle(
         self,
