@@ -570,3 +570,34 @@ fn personal_access_tokens_from_the_command_line() {
     let events = stdout(&grantline_in(d, &["events"]));
     assert!(!events.contains(&token), "no raw token in the ledger");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_verify_and_proofs_read_the_largest_body_of_every_kind() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap().to_string();
+    let db = grantline_store::Database::in_data_dir(dir.path());
+    let ledger = Ledger::open(&db, testing::signer(), LedgerOptions::default())
+        .await
+        .unwrap();
+    let mut n = 0u64;
+    for sample in samples::all() {
+        for (fits, _) in samples::largest(&sample) {
+            let e = NewEvent::new(samples::stream_for(&fits), Actor::Operator, fits);
+            ledger.append(Append::new(vec![e])).await.unwrap();
+            n += 1;
+        }
+    }
+    ledger.checkpoint().await.unwrap();
+    ledger.shutdown().await;
+    ledger.store().close().await;
+    let events = grantline(&["events", "--data-dir", &data, "--limit", "100000"]);
+    assert_eq!(events.status.code(), Some(0), "{events:?}");
+    assert_eq!(stdout(&events).lines().count() as u64, n);
+    let verify = grantline(&["verify", "--data-dir", &data]);
+    assert_eq!(verify.status.code(), Some(0), "{verify:?}");
+    assert!(stdout(&verify).starts_with(&format!("ok: {n} events")));
+    for seq in [1, n / 2, n] {
+        let proof = grantline(&["proof", &seq.to_string(), "--data-dir", &data]);
+        assert_eq!(proof.status.code(), Some(0), "{proof:?}");
+    }
+}

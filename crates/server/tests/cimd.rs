@@ -106,3 +106,34 @@ async fn a_name_that_resolves_to_an_internal_address_is_refused() {
         "nothing reached the internal server"
     );
 }
+
+#[tokio::test]
+async fn redirects_are_not_followed() {
+    // The document's URL answers with a redirect to a valid document elsewhere: refused, and the
+    // target is never fetched (a redirect could lead the fetcher anywhere, past its SSRF guard).
+    let (target, target_hits) = serve(0, Duration::ZERO, "no-store").await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "http://localhost:{}/client.json",
+        listener.local_addr().unwrap().port()
+    );
+    let app = axum::Router::new().route(
+        "/client.json",
+        axum::routing::get(move || {
+            let target = target.clone();
+            async move { (axum::http::StatusCode::FOUND, [("location", target)], "") }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let e = fetcher(true).get(&url).await.unwrap_err();
+    assert!(
+        e.description.contains("302") || e.description.to_lowercase().contains("redirect"),
+        "{}",
+        e.description
+    );
+    assert_eq!(
+        target_hits.load(Ordering::SeqCst),
+        0,
+        "the redirect was not followed"
+    );
+}

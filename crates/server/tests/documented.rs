@@ -279,3 +279,46 @@ grantline_store::backend_tests! {
         s.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consent_page_older_than_fifteen_minutes_is_refused() {
+    let (s, _d, _db) = server().await;
+    let client = register_public(&s, REDIRECT).await;
+    let b = browser();
+    login(&s, &b).await;
+    let (_, challenge) = pkce();
+    let resource = s.resource();
+    let url = authorize_url(
+        &s,
+        &[
+            ("response_type", "code"),
+            ("client_id", &client),
+            ("redirect_uri", REDIRECT),
+            ("scope", "demo:read"),
+            ("code_challenge", &challenge),
+            ("code_challenge_method", "S256"),
+            ("resource", &resource),
+        ],
+    );
+    let page = b.get(&url).send().await.unwrap().text().await.unwrap();
+    let before = s.app.store().count().await.unwrap();
+    s.app.clock.advance(16 * 60);
+    let r = b
+        .post(s.url("/oauth/consent"))
+        .form(&[
+            ("request_id", field(&page, "request_id")),
+            ("csrf", field(&page, "csrf")),
+            ("decision", "approve".to_string()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert!(r.text().await.unwrap().contains("expired"));
+    assert_eq!(
+        s.app.store().count().await.unwrap(),
+        before,
+        "nothing was granted"
+    );
+    s.stop().await;
+}

@@ -593,6 +593,11 @@ grantline_store::backend_tests! {
             assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
             assert_eq!(calls(), before, "the upstream is not called");
         }
+        // A listing whose record cannot be written is withheld: the caller never sees it.
+        let list = json!({"jsonrpc": "2.0", "id": 4, "method": "tools/list"});
+        let r = rpc(&s, "/mcp/up", Some(&token), list).await;
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(!r.text().await.unwrap().contains("read_tool"), "no tool reached the caller");
         // Once the ledger can write again, calls resume.
         unblock_appends(&db).await;
         let mut status = StatusCode::SERVICE_UNAVAILABLE;
