@@ -345,92 +345,6 @@ async fn serve_document(doc: impl Fn(String) -> Value + Send + Sync + 'static) -
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn metadata_document_clients_are_fetched_checked_and_guarded() {
-    let url = serve_document(|url| {
-        serde_json::json!({
-            "client_id": url, "client_name": "Doc Client", "redirect_uris": [REDIRECT],
-            "token_endpoint_auth_method": "none",
-        })
-    })
-    .await;
-    let mismatched = serve_document(|_| serde_json::json!({
-        "client_id": "https://elsewhere.example/client.json", "client_name": "X", "redirect_uris": [REDIRECT],
-    })).await;
-
-    // By default the SSRF guard refuses loopback and plain-HTTP documents.
-    let db = sqlite().await;
-    let (guarded, _d) = server_with(&db, |_| {}).await;
-    let (_, challenge) = pkce();
-    let resource = guarded.resource();
-    let q = |client: &str, challenge: &str, resource: &str| {
-        vec![
-            ("response_type", "code".to_string()),
-            ("client_id", client.to_string()),
-            ("redirect_uri", REDIRECT.to_string()),
-            ("code_challenge", challenge.to_string()),
-            ("code_challenge_method", "S256".to_string()),
-            ("resource", resource.to_string()),
-        ]
-    };
-    let params = q(&url, &challenge, &resource);
-    let p: Vec<(&str, &str)> = params.iter().map(|(a, b)| (*a, b.as_str())).collect();
-    let r = browser()
-        .get(authorize_url(&guarded, &p))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
-    let text = r.text().await.unwrap();
-    assert!(
-        text.contains("must use https") && text.contains("invalid_client"),
-        "{text}"
-    );
-    guarded.stop().await;
-
-    let db = sqlite().await;
-    let (s, _d) = server_with(&db, |c| {
-        c.metadata_documents.allow_private_addresses = true;
-        c.metadata_documents.allow_http = true;
-    })
-    .await;
-    let resource = s.resource();
-    let b = browser();
-    login(&s, &b).await;
-    let params = q(&url, &challenge, &resource);
-    let p: Vec<(&str, &str)> = params.iter().map(|(a, b)| (*a, b.as_str())).collect();
-    let r = b.get(authorize_url(&s, &p)).send().await.unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
-    let page = r.text().await.unwrap();
-    assert!(page.contains("Doc Client"));
-    assert!(
-        page.contains("Any local program could use its name"),
-        "loopback-only warning"
-    );
-    assert_eq!(
-        s.app.projection.read().clients[&url].method,
-        grantline_ledger::RegistrationMethod::MetadataDocument
-    );
-    // A redirect URI the document does not list: error page, no redirect.
-    let mut bad = params.clone();
-    bad[2].1 = "http://127.0.0.1:7777/other".into();
-    let p: Vec<(&str, &str)> = bad.iter().map(|(a, b)| (*a, b.as_str())).collect();
-    let r = b.get(authorize_url(&s, &p)).send().await.unwrap();
-    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
-    // A document whose client_id is not its URL is refused with a reason.
-    let params = q(&mismatched, &challenge, &resource);
-    let p: Vec<(&str, &str)> = params.iter().map(|(a, b)| (*a, b.as_str())).collect();
-    let r = b.get(authorize_url(&s, &p)).send().await.unwrap();
-    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
-    let text = r.text().await.unwrap();
-    assert!(
-        text.contains("invalid_client") || text.contains("client_id differs"),
-        "{text}"
-    );
-    assert!(!s.app.projection.read().clients.contains_key(&mismatched));
-    s.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unused_dynamic_clients_age_out_with_an_event() {
     let db = sqlite().await;
     let (s, _d) = server_with(&db, |c| c.oauth.dynamic_client_ttl = 1).await;
@@ -723,6 +637,89 @@ async fn logout_ends_the_session() {
 }
 
 grantline_store::backend_tests! {
+    async fn metadata_document_clients_are_fetched_checked_and_guarded(db: TestDb) {
+        let url = serve_document(|url| {
+            serde_json::json!({
+                "client_id": url, "client_name": "Doc Client", "redirect_uris": [REDIRECT],
+                "token_endpoint_auth_method": "none",
+            })
+        })
+        .await;
+        let mismatched = serve_document(|_| serde_json::json!({
+            "client_id": "https://elsewhere.example/client.json", "client_name": "X", "redirect_uris": [REDIRECT],
+        })).await;
+
+        // By default the SSRF guard refuses loopback and plain-HTTP documents.
+        let (guarded, _d) = server_with(&db, |_| {}).await;
+        let (_, challenge) = pkce();
+        let resource = guarded.resource();
+        let q = |client: &str, challenge: &str, resource: &str| {
+            vec![
+                ("response_type", "code".to_string()),
+                ("client_id", client.to_string()),
+                ("redirect_uri", REDIRECT.to_string()),
+                ("code_challenge", challenge.to_string()),
+                ("code_challenge_method", "S256".to_string()),
+                ("resource", resource.to_string()),
+            ]
+        };
+        let params = q(&url, &challenge, &resource);
+        let p: Vec<(&str, &str)> = params.iter().map(|(a, b)| (*a, b.as_str())).collect();
+        let r = browser()
+            .get(authorize_url(&guarded, &p))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        let text = r.text().await.unwrap();
+        assert!(
+            text.contains("must use https") && text.contains("invalid_client"),
+            "{text}"
+        );
+        guarded.stop().await;
+
+        let (s, _d) = server_with(&db, |c| {
+            c.metadata_documents.allow_private_addresses = true;
+            c.metadata_documents.allow_http = true;
+        })
+        .await;
+        let resource = s.resource();
+        let b = browser();
+        login(&s, &b).await;
+        let params = q(&url, &challenge, &resource);
+        let p: Vec<(&str, &str)> = params.iter().map(|(a, b)| (*a, b.as_str())).collect();
+        let r = b.get(authorize_url(&s, &p)).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        let page = r.text().await.unwrap();
+        assert!(page.contains("Doc Client"));
+        assert!(
+            page.contains("Any local program could use its name"),
+            "loopback-only warning"
+        );
+        assert_eq!(
+            s.app.projection.read().clients[&url].method,
+            grantline_ledger::RegistrationMethod::MetadataDocument
+        );
+        // A redirect URI the document does not list: error page, no redirect.
+        let mut bad = params.clone();
+        bad[2].1 = "http://127.0.0.1:7777/other".into();
+        let p: Vec<(&str, &str)> = bad.iter().map(|(a, b)| (*a, b.as_str())).collect();
+        let r = b.get(authorize_url(&s, &p)).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        // A document whose client_id is not its URL is refused with a reason.
+        let params = q(&mismatched, &challenge, &resource);
+        let p: Vec<(&str, &str)> = params.iter().map(|(a, b)| (*a, b.as_str())).collect();
+        let r = b.get(authorize_url(&s, &p)).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        let text = r.text().await.unwrap();
+        assert!(
+            text.contains("invalid_client") || text.contains("client_id differs"),
+            "{text}"
+        );
+        assert!(!s.app.projection.read().clients.contains_key(&mismatched));
+        s.stop().await;
+    }
+
     async fn two_instances_on_one_database_never_both_rotate_a_refresh_token(db: TestDb) {
         let dir = tempfile::tempdir().unwrap();
         let a = Server::start(&db, dir.path().to_path_buf(), config(dir.path(), 0, 60)).await;
