@@ -56,8 +56,8 @@ pub struct Validated {
     /// A metadata-document client whose redirect URIs are all loopback: any local program
     /// could claim to be it, so the consent page warns.
     pub loopback_only_metadata_client: bool,
-    /// A public client whose redirect URIs are all loopback (RFC 8252 §8.6): nothing proves
-    /// which program is asking, so even a remembered consent needs the user's click.
+    /// A public client sending the user to a loopback redirect URI (RFC 8252 §8.6): nothing
+    /// proves which program is asking, so even a remembered consent needs the user's click.
     pub confirm_each_time: bool,
     /// `prompt=login`: the user signs in again, whatever session they have.
     pub prompt_login: bool,
@@ -184,6 +184,7 @@ pub fn validate(
                 .unwrap_or(false)
         });
     let loopback_only = client.method == RegistrationMethod::MetadataDocument && all_loopback;
+    let loopback_redirect = url::Url::parse(&redirect_uri).is_ok_and(|u| redirect::is_loopback(&u));
     Ok(Validated {
         client_id: client.client_id.clone(),
         client_name: client.client_name.clone(),
@@ -195,7 +196,10 @@ pub fn validate(
         code_challenge,
         prompt_consent: prompts.contains(&"consent") || prompts.contains(&"login"),
         loopback_only_metadata_client: loopback_only,
-        confirm_each_time: client.auth_method == grantline_ledger::AuthMethod::None && all_loopback,
+        // The redirect this request uses: a loopback one can be claimed by any local program,
+        // whatever else the client registered.
+        confirm_each_time: client.auth_method == grantline_ledger::AuthMethod::None
+            && loopback_redirect,
         prompt_login: prompts.contains(&"login"),
         registration: client.method,
         registered_at: client.registered_at,

@@ -758,6 +758,23 @@ grantline_store::backend_tests! {
             StatusCode::OK
         );
         s.stop().await;
+        // Behind a proxy whose forwarded host is whatever the browser sent, the rebinding page's
+        // own origin is still not the server's: the configured public URL decides.
+        let (s, _d) = gateway_server_with(&db, &up_url, |c| {
+            c.server.trust_forwarded_headers = true;
+        })
+        .await;
+        let r = browser()
+            .post(s.url("/mcp/up"))
+            .header("origin", "https://evil.example")
+            .header("x-forwarded-host", "evil.example")
+            .header("x-forwarded-proto", "https")
+            .json(&list)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+        s.stop().await;
     }
 
     async fn caller_supplied_gateway_values_are_bounded_and_nothing_is_written_over_them(db: TestDb) {

@@ -213,6 +213,31 @@ async fn password_checks_from_one_address_are_throttled_whatever_the_usernames()
         limited,
         60 - grantline_server::throttle::PER_ADDRESS as usize
     );
+    // Successes are not failures: an admin script calling often, and in parallel, from one
+    // address is never throttled by its own calls.
+    let (s2, _d2, _db2) = server(|_| {}).await;
+    for _ in 0..60 {
+        let r = browser()
+            .get(s2.url("/admin/api/clients"))
+            .basic_auth("admin", Some(ADMIN_PASSWORD))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    let parallel = futures::future::join_all((0..8).map(|_| {
+        browser()
+            .get(s2.url("/admin/api/clients"))
+            .basic_auth("admin", Some(ADMIN_PASSWORD))
+            .send()
+    }))
+    .await;
+    assert!(
+        parallel
+            .iter()
+            .all(|r| r.as_ref().unwrap().status() == StatusCode::OK)
+    );
+    s2.stop().await;
     // The admin from that address is held back too until the window ends, on the page as well.
     let r = sign_in(&s, "someone-else", "guess").await;
     assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
@@ -314,6 +339,49 @@ async fn a_loopback_public_client_is_confirmed_each_time_and_prompt_login_signs_
     assert!(page.contains("Continue to Test client as admin?"), "{page}");
     let u = approve(&s, &b, &authz(&s, &client, REDIRECT, &[])).await;
     assert!(query(&u, "code").is_some());
+    // A public client that also registered an https redirect: asked again whenever the request
+    // uses its loopback one, silent when it uses the claimed https one.
+    let mixed = browser()
+        .post(s.url("/oauth/register"))
+        .json(
+            &json!({"client_name": "Mixed", "redirect_uris": [REDIRECT, "https://app.example/cb"],
+            "token_endpoint_auth_method": "none", "application_type": "native"}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(mixed.status(), StatusCode::CREATED);
+    let mixed = mixed.json::<Value>().await.unwrap()["client_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    approve(&s, &b, &authz(&s, &mixed, "https://app.example/cb", &[])).await;
+    let r = b
+        .get(authz(&s, &mixed, "https://app.example/cb", &[]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::FOUND,
+        "the claimed https redirect stays silent"
+    );
+    let r = b
+        .get(authz(&s, &mixed, "http://127.0.0.1:45678/cb", &[]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::OK,
+        "a loopback redirect is confirmed"
+    );
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .contains("Continue to Mixed as admin?")
+    );
     // prompt=login: the sign-in page, even with a session; afterwards the request goes on
     // with prompt=consent.
     let r = b

@@ -13,6 +13,9 @@ use std::sync::{Arc, Mutex};
 pub struct Keyring {
     pool: Pool,
     cache: Arc<Mutex<HashMap<String, SubjectKey>>>,
+    /// Subjects this process knows to be erased (from the ledger): never loaded or cached
+    /// again, even in the moment between `user.erased` and the key's deletion.
+    gone: Arc<Mutex<std::collections::HashSet<String>>>,
 }
 
 impl Keyring {
@@ -20,6 +23,7 @@ impl Keyring {
         Keyring {
             pool: store.pool().clone(),
             cache: Arc::default(),
+            gone: Arc::default(),
         }
     }
 
@@ -27,9 +31,19 @@ impl Keyring {
     /// whichever process erased it, so no running instance seals or opens with a destroyed
     /// key.
     pub fn forget(&self, subject: &str) {
+        if let Ok(mut gone) = self.gone.lock() {
+            gone.insert(subject.to_string());
+        }
         if let Ok(mut cache) = self.cache.lock() {
             cache.remove(subject);
         }
+    }
+
+    fn is_gone(&self, subject: &str) -> bool {
+        self.gone
+            .lock()
+            .map(|g| g.contains(subject))
+            .unwrap_or(true)
     }
 
     fn cached(&self, subject: &str) -> Option<SubjectKey> {
@@ -39,7 +53,7 @@ impl Keyring {
     /// Seals `plaintext` for `subject`, creating the subject's key (durably) on first use.
     /// Refused for an erased subject.
     pub async fn seal(&self, subject: &str, plaintext: &str) -> Result<Sealed> {
-        let key = match self.cached(subject) {
+        let key = match self.cached(subject).filter(|_| !self.is_gone(subject)) {
             Some(k) => k,
             None => self.get_or_create(subject).await?,
         };
@@ -47,7 +61,7 @@ impl Keyring {
     }
 
     async fn get_or_create(&self, subject: &str) -> Result<SubjectKey> {
-        if self.is_erased(subject).await? {
+        if self.is_gone(subject) || self.is_erased(subject).await? {
             return Err(StoreError::Invalid(format!(
                 "subject {subject} was erased; no personal data may be stored for it"
             )));
@@ -81,6 +95,9 @@ impl Keyring {
     }
 
     async fn load(&self, subject: &str) -> Result<Option<SubjectKey>> {
+        if self.is_gone(subject) {
+            return Ok(None);
+        }
         if let Some(k) = self.cached(subject) {
             return Ok(Some(k));
         }
@@ -101,6 +118,13 @@ impl Keyring {
         let key = bytes.and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok().map(SubjectKey));
         if let (Some(k), Ok(mut cache)) = (&key, self.cache.lock()) {
             cache.insert(subject.to_string(), k.clone());
+        }
+        // Erased while the row was being read: drop what was just cached.
+        if self.is_gone(subject) {
+            if let Ok(mut cache) = self.cache.lock() {
+                cache.remove(subject);
+            }
+            return Ok(None);
         }
         Ok(key)
     }

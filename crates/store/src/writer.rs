@@ -419,15 +419,29 @@ impl Writer {
             answered,
         } = failed;
         answer(answered);
-        if !is_refusal(&error) || jobs.len() <= 1 {
+        if !is_refusal(&error) {
             for (_, reply) in jobs {
                 let _ = reply.send(Err(refused_or_unavailable(&error)));
             }
             return Err(error);
         }
+        // The database refused rows of this batch: commit each append alone, so only the one
+        // at fault fails (a lone append needs no second try), then the checkpoint that was due.
+        let mut cp = None;
+        if jobs.len() <= 1 {
+            for (_, reply) in jobs {
+                let _ = reply.send(Err(refused_or_unavailable(&error)));
+            }
+            if force_checkpoint || scheduled {
+                cp = self
+                    .try_commit(Vec::new(), force_checkpoint, scheduled)
+                    .await
+                    .map_err(|f| f.error)?;
+            }
+            return Ok(cp);
+        }
         tracing::warn!(error = %error, appends = jobs.len(),
             "the database refused a row of a group commit; committing its appends one by one");
-        let mut cp = None;
         for job in jobs {
             match self.try_commit(vec![job], false, false).await {
                 Ok(c) => cp = c.or(cp),

@@ -167,6 +167,19 @@ backend_tests! {
         assert!(ledger.healthy());
     }
 
+    async fn a_subject_known_erased_is_never_loaded_again_even_before_its_key_is_deleted(db: TestDb) {
+        let ledger = open_with(&db, quiet()).await;
+        let keyring = grantline_store::Keyring::new(ledger.store());
+        let sealed = keyring.seal("user:usr_x", "hi").await.unwrap();
+        // user.erased was folded; the key row is not deleted yet.
+        keyring.forget("user:usr_x");
+        assert!(keyring.seal("user:usr_x", "again").await.is_err());
+        assert_eq!(keyring.open(&sealed).await.unwrap(), Err(PiiError::Erased));
+        // The row is still there: a keyring that was not told opens it (so the test is real).
+        let other = grantline_store::Keyring::new(ledger.store());
+        assert_eq!(other.open(&sealed).await.unwrap().unwrap(), "hi");
+    }
+
     async fn a_client_id_of_any_length_names_a_stream_whose_version_reloads(db: TestDb) {
         let long = format!("https://client.example/{}", "a".repeat(3000));
         let stream = StreamId::client(&long);

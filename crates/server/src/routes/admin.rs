@@ -110,11 +110,13 @@ async fn admin_user(
             "admin credentials required",
         ));
     }
-    // Counted per username and per address: a flood of made-up usernames from one address
-    // is throttled too.
+    // Failures are counted per username and per address: a flood of made-up usernames from
+    // one address is throttled too. Only failures count, so a script that calls the API as an
+    // admin, however often or in parallel, is never held back by its own successes; the
+    // process-wide bound on concurrent hashes keeps a burst from taking memory.
+    let address = ctx.source_ip.as_deref();
     if let crate::throttle::Verdict::Limited { retry_after, .. } =
-        app.login_throttle
-            .attempt(user, ctx.source_ip.as_deref(), now)
+        app.login_throttle.check(user, address, now)
     {
         return Err(too_many(retry_after));
     }
@@ -123,7 +125,10 @@ async fn admin_user(
         .sign_in(user, password)
         .await
         .map_err(|_| error(StatusCode::SERVICE_UNAVAILABLE, "storage unavailable"))?;
-    let refused = || error(StatusCode::UNAUTHORIZED, "admin credentials required");
+    let refused = || {
+        app.login_throttle.failed(user, address, now);
+        error(StatusCode::UNAUTHORIZED, "admin credentials required")
+    };
     let user_id = match outcome {
         Outcome::SignedIn { user_id } => user_id,
         Outcome::Busy => return Err(too_many(1)),

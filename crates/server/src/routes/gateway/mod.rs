@@ -231,8 +231,10 @@ impl Request<'_> {
             return Err(r);
         }
         if let Some(origin) = self.headers.get(header::ORIGIN)
+            // The configured public URL, never the issuer forwarded headers made up: behind a
+            // proxy that passes `Host` on, a rebinding page's own host would be the issuer.
             && !crate::origin::allowed(
-                &self.ctx.issuer,
+                &self.app.public_url,
                 &self.app.config.server.allowed_origins,
                 origin.as_bytes(),
             )

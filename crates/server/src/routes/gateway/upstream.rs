@@ -17,8 +17,9 @@ pub const IDENTITY_HEADER: &str = "x-grantline-identity";
 /// listings) past the gateway's recording and filtering, so streams are not resumed through
 /// the gateway; a client that lost one sends its request again.
 /// `Mcp-Method` and `Mcp-Name` (protocol 2026-07-28) pass only after the gateway checked them
-/// against the message it inspected (see `routes::gateway::headers_match`); `Mcp-Param-*`
-/// headers mirror arguments, which the upstream checks against the body it is sent.
+/// against the message it inspected (see `routes::gateway::headers_match`). `Mcp-Param-*`
+/// headers are not forwarded: they mirror arguments the gateway does not inspect, and an
+/// upstream that read them instead of the body would act on values nobody checked.
 const TO_UPSTREAM: &[&str] = &[
     "content-type",
     "accept",
@@ -94,11 +95,6 @@ pub async fn send(
             for name in TO_UPSTREAM {
                 if let Some(v) = headers.get(*name) {
                     req = req.header(*name, v.clone());
-                }
-            }
-            for (name, v) in headers {
-                if name.as_str().starts_with("mcp-param-") {
-                    req = req.header(name, v.clone());
                 }
             }
             req = req.header(IDENTITY_HEADER, identity);
