@@ -151,14 +151,21 @@ pub fn signed_in(
     )
 }
 
+/// The longest username a failed sign-in records, in bytes (the sign-in form refuses longer).
+pub const MAX_USERNAME: usize = 256;
+
 /// `login.failed`: the name tried arrives sealed (under the user's key, or an anonymous one
-/// when it names nobody) and was bounded by the sign-in form.
+/// when it names nobody); its ciphertext is bounded here as the name was by the form.
 pub fn sign_in_failed(
     user_id: Option<String>,
     username: Sealed,
     reason: LoginFailure,
     request: RequestMeta,
 ) -> Decision<()> {
+    // XChaCha20-Poly1305 adds a 16-byte tag to the plaintext.
+    if username.ciphertext.len() > MAX_USERNAME + 16 {
+        return invalid(format!("usernames are at most {MAX_USERNAME} bytes")).into();
+    }
     let stream = match &user_id {
         Some(u) => StreamId::user(u),
         None => StreamId::named("logins"),
@@ -201,4 +208,27 @@ pub fn signed_out(
         )],
         Ok(()),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_sign_in_records_a_bounded_name() {
+        let key = grantline_ledger::SubjectKey([1; 32]);
+        let meta = RequestMeta {
+            request_id: "r".into(),
+            source_ip: None,
+            user_agent: None,
+        };
+        for (name, events) in [
+            ("a".repeat(MAX_USERNAME), 1),
+            ("a".repeat(MAX_USERNAME + 1), 0),
+        ] {
+            let sealed = Sealed::seal(&key, "anon:x", &name).unwrap();
+            let d = sign_in_failed(None, sealed, LoginFailure::UnknownUser, meta.clone());
+            assert_eq!(d.append.events.len(), events, "{} bytes", name.len());
+        }
+    }
 }

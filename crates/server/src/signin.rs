@@ -22,7 +22,7 @@ pub enum Outcome {
 }
 
 /// The longest username a sign-in takes, in bytes (longer is refused before any lookup).
-pub const MAX_USERNAME: usize = 256;
+pub const MAX_USERNAME: usize = grantline_oauth::users::MAX_USERNAME;
 /// The longest password a sign-in takes, in bytes (longer is refused before hashing).
 pub const MAX_PASSWORD: usize = 1024;
 /// Most password hashes computed at once in the process: each argon2id check takes 19 MiB, so
