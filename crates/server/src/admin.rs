@@ -64,7 +64,12 @@ pub async fn add_user(
             "{e:?} is not an email address"
         )));
     }
-    if username.is_empty() || username.len() > 100 || username.chars().any(char::is_control) {
+    // Shown on the consent and account pages: no control, direction-override or zero-width
+    // characters.
+    if username.is_empty()
+        || username.len() > 100
+        || !username.chars().all(grantline_oauth::limits::displayable)
+    {
         return Err(AdminError::Invalid(
             "usernames are 1–100 printable characters".into(),
         ));

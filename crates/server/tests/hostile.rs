@@ -643,3 +643,19 @@ async fn erasing_a_user_on_one_instance_ends_their_access_on_every_instance() {
     );
     c.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usernames_with_direction_overrides_are_refused() {
+    let (s, _d, _db) = server(|_| {}).await;
+    for name in ["bob\u{202E}nimda", "bob\u{200B}x", "bo\nb"] {
+        let r = browser()
+            .post(s.url("/admin/api/users"))
+            .basic_auth("admin", Some(ADMIN_PASSWORD))
+            .json(&json!({"username": name, "password": "bob-password-1"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{name:?}");
+    }
+    s.stop().await;
+}
