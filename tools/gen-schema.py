@@ -209,7 +209,7 @@ streams = {
     "refresh": "family:<family_id>", "family": "family:<family_id>", "grant": "grant:<grant_id>",
     "pat": "pat:<pat_id>", "tool": "resource:<resource>", "authorization": "resource:<resource>",
     "rate_limit": "resource:<resource>", "signing_key": "keys", "policy": "policy:<name>",
-    "session": "user:<user_id>", "oauth": "oauth-refusals",
+    "session": "user:<user_id>", "oauth": "oauth-refusals", "audit": "audit",
 }
 for kind, _, doc in kinds:
     lines.append(f"| [`{kind}`](#{kind.replace('.', '')}) | `{streams.get(kind.split('.')[0], '')}` | {doc} |")

@@ -124,6 +124,10 @@ catalogue! {
     "signing_key.rotated" => SigningKeyRotated(SigningKeyRotated),
     /// A policy (registration, roles, rate limits, resources) changed.
     "policy.changed" => PolicyChanged(PolicyChanged),
+    /// Someone searched the audit trail: access to the trail is itself audited.
+    "audit.searched" => AuditSearched(AuditSearched),
+    /// Someone exported events from the audit trail (a SIEM pull, a download, the CLI).
+    "audit.exported" => AuditExported(AuditExported),
 }
 
 /// How a client came to be known.
@@ -768,4 +772,67 @@ pub struct PolicyChanged {
     /// `registration`, `roles`, `rate_limits`, `resources`, …
     pub policy: String,
     pub changes: Vec<PolicyChange>,
+}
+
+/// Where an audit search or export was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditSurface {
+    /// The admin API (`/admin/api/audit/...`).
+    Api,
+    /// The audit page (`/admin/audit`).
+    Page,
+    /// The command line on the server host.
+    Cli,
+    /// The audit MCP server (`/mcp/audit`).
+    Mcp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditSearched {
+    pub surface: AuditSurface,
+    /// The reviewer, when a user searched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    /// The client that searched (an MCP client, a SIEM job), when one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    /// The query as typed, sealed under the searcher's key: it may name a person.
+    pub query: Sealed,
+    /// How many results the search returned.
+    pub results: u64,
+    /// The HTTP request that caused it, when one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<RequestMeta>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditExported {
+    pub surface: AuditSurface,
+    /// The reviewer, when a user exported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    /// The client that exported (a SIEM job), when one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    /// `jsonl`, `ocsf`, `ecs`, `cef` or `csv`.
+    pub format: String,
+    /// The export began after this seq.
+    pub after: u64,
+    /// The last seq exported (absent when nothing was).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seq: Option<u64>,
+    /// How many events were exported.
+    pub count: u64,
+    /// The event kinds asked for, when the export was filtered by kind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// The search whose results were downloaded, sealed under the exporter's key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<Sealed>,
+    /// Whether personal data was left out.
+    pub redacted: bool,
+    /// The HTTP request that caused it, when one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<RequestMeta>,
 }

@@ -100,6 +100,7 @@ pub fn stream_for(p: &Payload) -> StreamId {
         Payload::RateLimitExceeded(e) => StreamId::resource(&e.resource),
         Payload::SigningKeyRotated(_) => StreamId::named("keys"),
         Payload::PolicyChanged(e) => StreamId::new("policy", &e.policy),
+        Payload::AuditSearched(_) | Payload::AuditExported(_) => StreamId::named("audit"),
     }
 }
 
@@ -424,6 +425,29 @@ pub fn all() -> Vec<Payload> {
                 from: Some("open".into()),
                 to: Some("allowlist".into()),
             }],
+        }
+        .into(),
+        AuditSearched {
+            surface: AuditSurface::Api,
+            user_id: Some(USER.into()),
+            client_id: Some(CLIENT.into()),
+            query: sealed(&user_subject, "kind:tool.called outcome:denied"),
+            results: 12,
+            request: Some(meta(&user_subject)),
+        }
+        .into(),
+        AuditExported {
+            surface: AuditSurface::Api,
+            user_id: Some(USER.into()),
+            client_id: Some(CLIENT.into()),
+            format: "ocsf".into(),
+            after: 100,
+            last_seq: Some(600),
+            count: 500,
+            kind: Some("tool.called".into()),
+            query: Some(sealed(&user_subject, "outcome:denied")),
+            redacted: false,
+            request: Some(meta(&user_subject)),
         }
         .into(),
     ]

@@ -330,6 +330,8 @@ pub fn apply(state: &mut State, event: &Recorded) {
                 },
             );
         }
+        // Reading the trail changes no credential or grant.
+        Payload::AuditSearched(_) | Payload::AuditExported(_) => {}
         Payload::PolicyChanged(e) => {
             let p = state.policies.entry(e.policy.clone()).or_default();
             for c in &e.changes {

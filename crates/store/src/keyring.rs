@@ -137,6 +137,12 @@ impl Keyring {
         })
     }
 
+    /// The subject's key, for a reader that opens many values at once (the audit indexer);
+    /// `None` once the subject was erased.
+    pub async fn key(&self, subject: &str) -> Result<Option<SubjectKey>> {
+        self.load(subject).await
+    }
+
     pub async fn is_erased(&self, subject: &str) -> Result<bool> {
         let n: i64 = match &self.pool {
             Pool::Sqlite(p) => {

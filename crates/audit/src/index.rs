@@ -1,0 +1,511 @@
+//! The tantivy index: its schema, documents built from [`AuditRecord`]s, queries compiled from
+//! [`Expr`]s, and paged search in seq order.
+
+use crate::query::{Expr, Field as Q, Value, to_v6};
+use crate::record::AuditRecord;
+use std::net::IpAddr;
+use std::ops::Bound;
+use std::path::Path;
+use tantivy::collector::TopDocs;
+use tantivy::query::{
+    AllQuery, BooleanQuery, EmptyQuery, ExistsQuery, Occur, PhrasePrefixQuery, PhraseQuery, Query,
+    RangeQuery, RegexQuery, TermQuery,
+};
+use tantivy::schema::{
+    FAST, Field, INDEXED, IndexRecordOption, STORED, Schema, TEXT, TextFieldIndexing, TextOptions,
+    Value as _,
+};
+use tantivy::tokenizer::{LowerCaser, RawTokenizer, TextAnalyzer};
+use tantivy::{Index, IndexReader, Order, ReloadPolicy, TantivyDocument, Term};
+
+/// Bumped whenever the schema or the mapping changes: an index of another version is rebuilt.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// What can go wrong with the index.
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    #[error("audit index: {0}")]
+    Tantivy(#[from] tantivy::TantivyError),
+    #[error("audit index directory: {0}")]
+    Directory(String),
+    #[error("audit index holds a record that does not decode: {0}")]
+    Record(String),
+}
+
+/// The index's fields.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Fields {
+    pub seq: Field,
+    pub time: Field,
+    pub kind: Field,
+    pub category: Field,
+    pub outcome: Field,
+    pub severity: Field,
+    pub actor: Field,
+    pub user_id: Field,
+    pub user_name: Field,
+    pub user_email: Field,
+    pub client_id: Field,
+    pub client_name: Field,
+    pub credential: Field,
+    pub family: Field,
+    pub grant: Field,
+    pub resource: Field,
+    pub tool: Field,
+    pub scope: Field,
+    pub error: Field,
+    pub request: Field,
+    pub user_agent: Field,
+    pub id: Field,
+    pub subject: Field,
+    pub ip: Field,
+    pub text: Field,
+    pub record: Field,
+}
+
+const KEYWORD: &str = "keyword";
+
+pub(crate) fn schema() -> (Schema, Fields) {
+    let mut b = Schema::builder();
+    let kw = TextOptions::default().set_indexing_options(
+        TextFieldIndexing::default()
+            .set_tokenizer(KEYWORD)
+            .set_index_option(IndexRecordOption::Basic),
+    );
+    let mut k = |name: &str| b.add_text_field(name, kw.clone());
+    let kind = k("kind");
+    let category = k("category");
+    let outcome = k("outcome");
+    let severity = k("severity");
+    let actor = k("actor");
+    let user_id = k("user_id");
+    let user_name = k("user_name");
+    let user_email = k("user_email");
+    let client_id = k("client_id");
+    let client_name = k("client_name");
+    let credential = k("credential_id");
+    let family = k("family_id");
+    let grant = k("grant_id");
+    let resource = k("resource");
+    let tool = k("tool");
+    let scope = k("scope");
+    let error = k("error_code");
+    let request = k("request_id");
+    let user_agent = k("user_agent");
+    let id = k("id");
+    let subject = k("subject");
+    let fields = Fields {
+        seq: b.add_u64_field("seq", INDEXED | FAST | STORED),
+        time: b.add_i64_field("time", INDEXED | FAST),
+        kind,
+        category,
+        outcome,
+        severity,
+        actor,
+        user_id,
+        user_name,
+        user_email,
+        client_id,
+        client_name,
+        credential,
+        family,
+        grant,
+        resource,
+        tool,
+        scope,
+        error,
+        request,
+        user_agent,
+        id,
+        subject,
+        ip: b.add_ip_addr_field("ip", INDEXED | FAST),
+        text: b.add_text_field("text", TEXT),
+        record: b.add_text_field("record", STORED),
+    };
+    (b.build(), fields)
+}
+
+fn register_tokenizers(index: &Index) {
+    index.tokenizers().register(
+        KEYWORD,
+        TextAnalyzer::builder(RawTokenizer::default())
+            .filter(LowerCaser)
+            .build(),
+    );
+}
+
+/// Search order: by seq (which is time order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SortOrder {
+    Asc,
+    #[default]
+    Desc,
+}
+
+/// One page of results and the cursor for the next (the last seq shown), if there may be more.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page {
+    pub records: Vec<AuditRecord>,
+    pub next: Option<u64>,
+}
+
+/// The most results one page returns.
+pub const MAX_PAGE: usize = 1000;
+
+/// An open index: a reader for searches. The [`crate::Indexer`] holds its only writer.
+#[derive(Clone)]
+pub struct AuditIndex {
+    pub(crate) index: Index,
+    pub(crate) reader: IndexReader,
+    pub(crate) fields: Fields,
+}
+
+impl AuditIndex {
+    /// An index in memory (tests, and `grantline audit search` against a ledger without one).
+    pub fn in_memory() -> Result<AuditIndex, IndexError> {
+        let (schema, fields) = schema();
+        Self::wrap(Index::create_in_ram(schema), fields)
+    }
+
+    /// Opens the index in `dir`, creating it when absent. An index written with another
+    /// schema is removed and created empty (it is rebuilt from the ledger).
+    pub fn open(dir: &Path) -> Result<AuditIndex, IndexError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| IndexError::Directory(format!("{}: {e}", dir.display())))?;
+        let (schema, fields) = schema();
+        if dir.join("meta.json").exists() {
+            match Index::open_in_dir(dir) {
+                Ok(index) if index.schema() == schema => return Self::wrap(index, fields),
+                Ok(_) => {
+                    tracing::warn!(dir = %dir.display(), "audit index has another schema; rebuilding it")
+                }
+                Err(e) => {
+                    tracing::warn!(dir = %dir.display(), error = %e, "audit index does not open; rebuilding it")
+                }
+            }
+            Self::wipe(dir)?;
+        }
+        let index = Index::create_in_dir(dir, schema)?;
+        Self::wrap(index, fields)
+    }
+
+    /// Removes the index files in `dir` (a rebuild starts from nothing).
+    pub fn wipe(dir: &Path) -> Result<(), IndexError> {
+        let entries = std::fs::read_dir(dir)
+            .map_err(|e| IndexError::Directory(format!("{}: {e}", dir.display())))?;
+        for entry in entries.flatten() {
+            let p = entry.path();
+            let r = if p.is_dir() {
+                std::fs::remove_dir_all(&p)
+            } else {
+                std::fs::remove_file(&p)
+            };
+            r.map_err(|e| IndexError::Directory(format!("{}: {e}", p.display())))?;
+        }
+        Ok(())
+    }
+
+    fn wrap(index: Index, fields: Fields) -> Result<AuditIndex, IndexError> {
+        register_tokenizers(&index);
+        let reader = index
+            .reader_builder()
+            .reload_policy(ReloadPolicy::Manual)
+            .try_into()?;
+        Ok(AuditIndex {
+            index,
+            reader,
+            fields,
+        })
+    }
+
+    /// The payload of the last commit: the durable cursor.
+    pub(crate) fn committed_payload(&self) -> Result<Option<String>, IndexError> {
+        Ok(self.index.load_metas()?.payload)
+    }
+
+    /// Builds the document for a record.
+    pub(crate) fn document(&self, r: &AuditRecord) -> TantivyDocument {
+        let f = &self.fields;
+        let mut d = TantivyDocument::default();
+        d.add_u64(f.seq, r.seq);
+        d.add_i64(f.time, r.time);
+        d.add_text(f.kind, &r.kind);
+        d.add_text(f.category, &r.category);
+        d.add_text(f.outcome, &r.outcome);
+        d.add_text(f.severity, &r.severity);
+        d.add_text(f.actor, &r.actor);
+        d.add_text(f.id, &r.id);
+        let opt = |d: &mut TantivyDocument, field: Field, v: &Option<String>| {
+            if let Some(v) = v {
+                d.add_text(field, v);
+            }
+        };
+        opt(&mut d, f.user_id, &r.user_id);
+        opt(&mut d, f.user_name, &r.user_name);
+        opt(&mut d, f.user_email, &r.user_email);
+        opt(&mut d, f.client_id, &r.client_id);
+        opt(&mut d, f.client_name, &r.client_name);
+        opt(&mut d, f.credential, &r.credential_id);
+        opt(&mut d, f.family, &r.family_id);
+        opt(&mut d, f.grant, &r.grant_id);
+        opt(&mut d, f.resource, &r.resource);
+        opt(&mut d, f.tool, &r.tool);
+        opt(&mut d, f.error, &r.error_code);
+        opt(&mut d, f.request, &r.request_id);
+        opt(&mut d, f.user_agent, &r.user_agent);
+        for s in &r.scopes {
+            d.add_text(f.scope, s);
+        }
+        for s in &r.subjects {
+            d.add_text(f.subject, s);
+        }
+        if let Some(ip) = r
+            .source_ip
+            .as_deref()
+            .and_then(|s| s.parse::<IpAddr>().ok())
+        {
+            d.add_ip_addr(f.ip, to_v6(ip));
+        }
+        d.add_text(f.text, r.text());
+        d.add_text(
+            f.record,
+            serde_json::to_string(r).unwrap_or_else(|_| "{}".into()),
+        );
+        d
+    }
+
+    fn keyword_fields(&self, q: Q) -> Vec<Field> {
+        let f = &self.fields;
+        match q {
+            Q::Kind => vec![f.kind],
+            Q::Category => vec![f.category],
+            Q::Outcome => vec![f.outcome],
+            Q::Severity => vec![f.severity],
+            Q::Actor => vec![f.actor],
+            Q::User => vec![f.user_id, f.user_name, f.user_email],
+            Q::Email => vec![f.user_email],
+            Q::Client => vec![f.client_id, f.client_name],
+            Q::Credential => vec![f.credential],
+            Q::Family => vec![f.family],
+            Q::Grant => vec![f.grant],
+            Q::Resource => vec![f.resource],
+            Q::Tool => vec![f.tool],
+            Q::Scope => vec![f.scope],
+            Q::Error => vec![f.error],
+            Q::Request => vec![f.request],
+            Q::UserAgent => vec![f.user_agent],
+            Q::Id => vec![f.id],
+            Q::Subject => vec![f.subject],
+            Q::Ip | Q::Time | Q::Seq => Vec::new(),
+        }
+    }
+
+    fn field_name(&self, field: Field) -> String {
+        self.index.schema().get_field_name(field).to_string()
+    }
+
+    /// Compiles a parsed query to a tantivy query.
+    pub(crate) fn compile(&self, e: &Expr) -> Result<Box<dyn Query>, IndexError> {
+        let f = &self.fields;
+        Ok(match e {
+            Expr::All => Box::new(AllQuery),
+            Expr::And(v) => {
+                let mut clauses = Vec::with_capacity(v.len() + 1);
+                let mut positive = false;
+                for e in v {
+                    match e {
+                        Expr::Not(inner) => clauses.push((Occur::MustNot, self.compile(inner)?)),
+                        e => {
+                            positive = true;
+                            clauses.push((Occur::Must, self.compile(e)?));
+                        }
+                    }
+                }
+                if !positive {
+                    clauses.push((Occur::Must, Box::new(AllQuery)));
+                }
+                Box::new(BooleanQuery::new(clauses))
+            }
+            Expr::Or(v) => {
+                let mut clauses = Vec::with_capacity(v.len());
+                for e in v {
+                    clauses.push((Occur::Should, self.compile(e)?));
+                }
+                Box::new(BooleanQuery::new(clauses))
+            }
+            Expr::Not(inner) => Box::new(BooleanQuery::new(vec![
+                (Occur::Must, Box::new(AllQuery) as Box<dyn Query>),
+                (Occur::MustNot, self.compile(inner)?),
+            ])),
+            Expr::Text { tokens, prefix } => {
+                let terms: Vec<Term> = tokens
+                    .iter()
+                    .map(|t| Term::from_field_text(f.text, t))
+                    .collect();
+                match (terms.len(), prefix) {
+                    (0, _) => Box::new(EmptyQuery),
+                    (1, false) => {
+                        Box::new(TermQuery::new(terms[0].clone(), IndexRecordOption::Basic))
+                    }
+                    (1, true) => Box::new(RegexQuery::from_pattern(
+                        &format!("{}.*", regex_syntax::escape(&tokens[0])),
+                        f.text,
+                    )?),
+                    (_, false) => Box::new(PhraseQuery::new(terms)),
+                    (_, true) => Box::new(PhrasePrefixQuery::new(terms)),
+                }
+            }
+            Expr::Match(Q::Time, Value::Time(from, to)) => {
+                let lo = from.map_or(Bound::Unbounded, |t| {
+                    Bound::Included(Term::from_field_i64(f.time, t))
+                });
+                let hi = to.map_or(Bound::Unbounded, |t| {
+                    Bound::Excluded(Term::from_field_i64(f.time, t))
+                });
+                if matches!((&lo, &hi), (Bound::Unbounded, Bound::Unbounded)) {
+                    Box::new(AllQuery)
+                } else {
+                    Box::new(RangeQuery::new(lo, hi))
+                }
+            }
+            Expr::Match(Q::Seq, Value::Seq(from, to)) => Box::new(RangeQuery::new(
+                Bound::Included(Term::from_field_u64(f.seq, *from)),
+                Bound::Included(Term::from_field_u64(f.seq, *to)),
+            )),
+            Expr::Match(Q::Ip, Value::Network(lo, hi)) => Box::new(RangeQuery::new(
+                Bound::Included(Term::from_field_ip_addr(f.ip, *lo)),
+                Bound::Included(Term::from_field_ip_addr(f.ip, *hi)),
+            )),
+            Expr::Match(q, Value::Term(t)) => {
+                let clauses: Vec<(Occur, Box<dyn Query>)> = self
+                    .keyword_fields(*q)
+                    .into_iter()
+                    .map(|field| {
+                        (
+                            Occur::Should,
+                            Box::new(TermQuery::new(
+                                Term::from_field_text(field, t),
+                                IndexRecordOption::Basic,
+                            )) as Box<dyn Query>,
+                        )
+                    })
+                    .collect();
+                one_of(clauses)
+            }
+            Expr::Match(q, Value::Prefix(p)) => {
+                let mut clauses: Vec<(Occur, Box<dyn Query>)> = Vec::new();
+                for field in self.keyword_fields(*q) {
+                    let query: Box<dyn Query> = if p.is_empty() {
+                        Box::new(ExistsQuery::new(self.field_name(field), false))
+                    } else {
+                        Box::new(RegexQuery::from_pattern(
+                            &format!("{}.*", regex_syntax::escape(p)),
+                            field,
+                        )?)
+                    };
+                    clauses.push((Occur::Should, query));
+                }
+                one_of(clauses)
+            }
+            Expr::Match(..) => Box::new(EmptyQuery),
+        })
+    }
+
+    /// Searches: the records matching `e` in `order`, after `cursor` (the last seq of the
+    /// previous page), at most `limit` (capped at [`MAX_PAGE`]).
+    pub fn search(
+        &self,
+        e: &Expr,
+        order: SortOrder,
+        cursor: Option<u64>,
+        limit: usize,
+    ) -> Result<Page, IndexError> {
+        let limit = limit.clamp(1, MAX_PAGE);
+        let f = &self.fields;
+        let mut clauses: Vec<(Occur, Box<dyn Query>)> = vec![(Occur::Must, self.compile(e)?)];
+        if let Some(c) = cursor {
+            let range = match order {
+                SortOrder::Asc => RangeQuery::new(
+                    Bound::Excluded(Term::from_field_u64(f.seq, c)),
+                    Bound::Unbounded,
+                ),
+                SortOrder::Desc => RangeQuery::new(
+                    Bound::Unbounded,
+                    Bound::Excluded(Term::from_field_u64(f.seq, c)),
+                ),
+            };
+            clauses.push((Occur::Must, Box::new(range)));
+        }
+        let query = BooleanQuery::new(clauses);
+        let searcher = self.reader.searcher();
+        let ord = match order {
+            SortOrder::Asc => Order::Asc,
+            SortOrder::Desc => Order::Desc,
+        };
+        let top = TopDocs::with_limit(limit + 1).order_by_fast_field::<u64>("seq", ord);
+        let hits = searcher.search(&query, &top)?;
+        let more = hits.len() > limit;
+        let mut records = Vec::with_capacity(limit);
+        for (_, addr) in hits.into_iter().take(limit) {
+            let doc: TantivyDocument = searcher.doc(addr)?;
+            records.push(self.stored(&doc)?);
+        }
+        let next = if more {
+            records.last().map(|r| r.seq)
+        } else {
+            None
+        };
+        Ok(Page { records, next })
+    }
+
+    pub(crate) fn stored(&self, doc: &TantivyDocument) -> Result<AuditRecord, IndexError> {
+        let json = doc
+            .get_first(self.fields.record)
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| IndexError::Record("no stored record".into()))?;
+        serde_json::from_str(json).map_err(|e| IndexError::Record(e.to_string()))
+    }
+
+    /// The record of one event, if indexed.
+    pub fn get(&self, seq: u64) -> Result<Option<AuditRecord>, IndexError> {
+        let page = self.search(
+            &Expr::Match(Q::Seq, Value::Seq(seq, seq)),
+            SortOrder::Asc,
+            None,
+            1,
+        )?;
+        Ok(page.records.into_iter().next())
+    }
+
+    /// Every record matching `e`, in seq order (erasure and directory restore).
+    pub(crate) fn all(&self, e: &Expr) -> Result<Vec<AuditRecord>, IndexError> {
+        let mut out = Vec::new();
+        let mut cursor = None;
+        loop {
+            let page = self.search(e, SortOrder::Asc, cursor, MAX_PAGE)?;
+            out.extend(page.records);
+            match page.next {
+                Some(n) => cursor = Some(n),
+                None => return Ok(out),
+            }
+        }
+    }
+
+    /// How many documents the index holds (as of the last reload).
+    pub fn len(&self) -> u64 {
+        self.reader.searcher().num_docs()
+    }
+
+    /// Whether the index holds no documents.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn one_of(mut clauses: Vec<(Occur, Box<dyn Query>)>) -> Box<dyn Query> {
+    match clauses.len() {
+        0 => Box::new(EmptyQuery),
+        1 => clauses.remove(0).1,
+        _ => Box::new(BooleanQuery::new(clauses)),
+    }
+}

@@ -1,0 +1,452 @@
+//! The indexer: follows the ledger by seq into the index, with one long-lived writer, commits
+//! batched by count and time, and the cursor (last indexed seq and its chain hash) stored in
+//! each commit, so it is exactly as durable as the documents it describes.
+
+use crate::index::{AuditIndex, IndexError, SCHEMA_VERSION};
+use crate::mapping::{Directory, Opener, map};
+use crate::query::{Expr, Field, Value};
+use crate::record::AuditRecord;
+use grantline_ledger::{Hash, Payload, Recorded, Sealed, SubjectKey, pii::user_subject};
+use grantline_store::{Keyring, Store, StoreError, Tail};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tantivy::{IndexWriter, TantivyDocument, Term};
+use tokio::sync::watch;
+
+/// What can stop the indexer.
+#[derive(Debug, thiserror::Error)]
+pub enum IndexerError {
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    #[error("reading the ledger: {0}")]
+    Store(#[from] StoreError),
+    #[error("the index writer is gone")]
+    Writer,
+}
+
+/// How often the indexer commits.
+#[derive(Debug, Clone)]
+pub struct IndexerOptions {
+    /// Commit after this many new documents…
+    pub commit_every: usize,
+    /// …or this long after the first uncommitted one, whichever comes first.
+    pub commit_after: Duration,
+    /// Indexing threads and their total memory.
+    pub threads: usize,
+    pub memory_bytes: usize,
+    /// Events read from the ledger at a time.
+    pub read_batch: u32,
+}
+
+impl Default for IndexerOptions {
+    fn default() -> Self {
+        IndexerOptions {
+            commit_every: 50_000,
+            commit_after: Duration::from_millis(250),
+            threads: 1,
+            memory_bytes: 64 << 20,
+            read_batch: 2_000,
+        }
+    }
+}
+
+/// The cursor kept in each commit's payload.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Cursor {
+    schema: u32,
+    seq: u64,
+    hash: Option<String>,
+}
+
+/// Opens sealed values with keys loaded beforehand; notes the subjects it lacks.
+struct Keys<'a> {
+    keys: &'a HashMap<String, Option<SubjectKey>>,
+    missing: Vec<String>,
+}
+
+impl Opener for Keys<'_> {
+    fn open(&mut self, s: &Sealed) -> Option<String> {
+        match self.keys.get(&s.subject) {
+            Some(Some(k)) => s.open(k).ok(),
+            Some(None) => None,
+            None => {
+                self.missing.push(s.subject.clone());
+                None
+            }
+        }
+    }
+}
+
+/// How many subjects' keys the indexer keeps in memory before it starts over.
+const MAX_KEYS: usize = 100_000;
+
+/// Where the indexer is: shared with searchers (the lag figure) and the server.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// The last seq committed to the index (searchable).
+    pub committed: AtomicU64,
+}
+
+/// Follows the ledger into the index. There is one per index: it holds the only writer.
+pub struct Indexer {
+    index: AuditIndex,
+    writer: Arc<Mutex<IndexWriter<TantivyDocument>>>,
+    dir: Directory,
+    keys: HashMap<String, Option<SubjectKey>>,
+    keyring: Keyring,
+    store: Store,
+    position: u64,
+    position_hash: Option<Hash>,
+    pending: usize,
+    first_pending: Option<Instant>,
+    options: IndexerOptions,
+    progress: Arc<Progress>,
+}
+
+impl Indexer {
+    /// Takes the index's writer and resumes from its cursor. An index whose cursor does not
+    /// match the ledger (another ledger, or a restored one) is emptied and rebuilt.
+    pub async fn open(
+        index: AuditIndex,
+        store: &Store,
+        keyring: Keyring,
+        options: IndexerOptions,
+    ) -> Result<Indexer, IndexerError> {
+        let writer: IndexWriter<TantivyDocument> = index
+            .index
+            .writer_with_num_threads(options.threads.max(1), options.memory_bytes.max(16 << 20))
+            .map_err(IndexError::from)?;
+        let mut me = Indexer {
+            index,
+            writer: Arc::new(Mutex::new(writer)),
+            dir: Directory::default(),
+            keys: HashMap::new(),
+            keyring,
+            store: store.clone(),
+            position: 0,
+            position_hash: None,
+            pending: 0,
+            first_pending: None,
+            options,
+            progress: Arc::default(),
+        };
+        let cursor: Option<Cursor> = me
+            .index
+            .committed_payload()?
+            .and_then(|p| serde_json::from_str(&p).ok());
+        let valid = match &cursor {
+            Some(c) if c.schema == SCHEMA_VERSION && c.seq == 0 => true,
+            Some(c) if c.schema == SCHEMA_VERSION => {
+                let at = store.hash_at(c.seq).await?;
+                at.map(|h| h.to_hex()) == c.hash
+            }
+            _ => me.index.is_empty() && cursor.is_none(),
+        };
+        match (valid, cursor) {
+            (true, Some(c)) => {
+                me.position = c.seq;
+                me.position_hash = if c.seq > 0 {
+                    store.hash_at(c.seq).await?
+                } else {
+                    None
+                };
+                me.restore_directory()?;
+            }
+            (true, None) => {}
+            (false, c) => {
+                tracing::warn!(
+                    cursor = ?c.map(|c| c.seq),
+                    "the audit index does not match this ledger; rebuilding it"
+                );
+                me.clear().await?;
+            }
+        }
+        me.progress.committed.store(me.position, Ordering::SeqCst);
+        Ok(me)
+    }
+
+    /// The index this indexer writes.
+    pub fn index(&self) -> &AuditIndex {
+        &self.index
+    }
+
+    /// Shared progress (the last committed seq).
+    pub fn progress(&self) -> Arc<Progress> {
+        self.progress.clone()
+    }
+
+    /// The last seq added (committed or not).
+    pub fn position(&self) -> u64 {
+        self.position
+    }
+
+    /// Empties the index: the next events indexed start from seq 1.
+    pub async fn clear(&mut self) -> Result<(), IndexerError> {
+        {
+            let w = self.writer.lock().map_err(|_| IndexerError::Writer)?;
+            w.delete_all_documents().map_err(IndexError::from)?;
+        }
+        self.position = 0;
+        self.position_hash = None;
+        self.dir = Directory::default();
+        self.pending = 1;
+        self.commit().await
+    }
+
+    /// Names of users and clients come from their own events; after a restart they are read
+    /// back from the index.
+    fn restore_directory(&mut self) -> Result<(), IndexerError> {
+        let kinds = [
+            "user.created",
+            "client.registered",
+            "client.updated",
+            "user.erased",
+        ];
+        let e = Expr::Or(
+            kinds
+                .iter()
+                .map(|k| Expr::Match(Field::Kind, Value::Term(k.to_string())))
+                .collect(),
+        );
+        for r in self.index.all(&e)? {
+            match r.kind.as_str() {
+                "user.created" => {
+                    if let Some(u) = &r.user_id {
+                        self.dir
+                            .remember_user(u, r.user_name.clone(), r.user_email.clone());
+                    }
+                }
+                "user.erased" => {
+                    if let Some(u) = &r.user_id {
+                        self.dir.forget_user(u);
+                        self.keys.insert(user_subject(u), None);
+                    }
+                }
+                _ => {
+                    if let (Some(c), Some(n)) = (&r.client_id, &r.client_name) {
+                        self.dir.remember_client(c, n);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Maps an event with every key it needs loaded first (a first pass against a scratch
+    /// directory finds the subjects whose keys are not cached yet).
+    async fn record(&mut self, event: &Recorded) -> Result<AuditRecord, IndexerError> {
+        for _ in 0..4 {
+            let mut keys = Keys {
+                keys: &self.keys,
+                missing: Vec::new(),
+            };
+            map(event, &mut Directory::default(), &mut keys);
+            let missing = keys.missing;
+            if missing.is_empty() {
+                break;
+            }
+            if self.keys.len() > MAX_KEYS {
+                self.keys.retain(|_, k| k.is_none());
+            }
+            for s in missing {
+                let key = self.keyring.key(&s).await?;
+                self.keys.insert(s, key);
+            }
+        }
+        // A key that vanished while being loaded reads as erased.
+        let mut keys = Keys {
+            keys: &self.keys,
+            missing: Vec::new(),
+        };
+        Ok(map(event, &mut self.dir, &mut keys))
+    }
+
+    /// Adds events (the next in seq order) to the index; commits when a batch is due.
+    pub async fn add(&mut self, events: &[Recorded]) -> Result<(), IndexerError> {
+        for event in events {
+            if event.seq() <= self.position {
+                continue;
+            }
+            let rec = self.record(event).await?;
+            let doc = self.index.document(&rec);
+            {
+                let w = self.writer.lock().map_err(|_| IndexerError::Writer)?;
+                w.add_document(doc).map_err(IndexError::from)?;
+            }
+            self.position = event.seq();
+            self.position_hash = Some(event.hash);
+            self.pending += 1;
+            self.first_pending.get_or_insert_with(Instant::now);
+            if let Payload::UserErased(e) = event.payload() {
+                self.erase(&e.user_id).await?;
+            }
+        }
+        if self.due() {
+            self.commit().await?;
+        }
+        Ok(())
+    }
+
+    fn due(&self) -> bool {
+        self.pending >= self.options.commit_every
+            || self
+                .first_pending
+                .is_some_and(|t| t.elapsed() >= self.options.commit_after)
+    }
+
+    /// Commits what was added, with the cursor, and makes it searchable.
+    pub async fn commit(&mut self) -> Result<(), IndexerError> {
+        if self.pending == 0 {
+            return Ok(());
+        }
+        let cursor = serde_json::to_string(&Cursor {
+            schema: SCHEMA_VERSION,
+            seq: self.position,
+            hash: self.position_hash.map(|h| h.to_hex()),
+        })
+        .unwrap_or_default();
+        let writer = self.writer.clone();
+        tokio::task::spawn_blocking(move || -> Result<(), IndexerError> {
+            let mut w = writer.lock().map_err(|_| IndexerError::Writer)?;
+            let mut prepared = w.prepare_commit().map_err(IndexError::from)?;
+            prepared.set_payload(&cursor);
+            prepared.commit().map_err(IndexError::from)?;
+            Ok(())
+        })
+        .await
+        .map_err(|_| IndexerError::Writer)??;
+        self.index.reader.reload().map_err(IndexError::from)?;
+        self.pending = 0;
+        self.first_pending = None;
+        self.progress
+            .committed
+            .store(self.position, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Drops what was added since the last commit and goes back to the committed cursor.
+    async fn rollback(&mut self) -> Result<(), IndexerError> {
+        {
+            let mut w = self.writer.lock().map_err(|_| IndexerError::Writer)?;
+            w.rollback().map_err(IndexError::from)?;
+        }
+        let cursor: Option<Cursor> = self
+            .index
+            .committed_payload()?
+            .and_then(|p| serde_json::from_str(&p).ok());
+        self.position = cursor.as_ref().map_or(0, |c| c.seq);
+        self.position_hash = match self.position {
+            0 => None,
+            n => self.store.hash_at(n).await?,
+        };
+        self.pending = 0;
+        self.first_pending = None;
+        self.keys.clear();
+        self.dir = Directory::default();
+        self.restore_directory()
+    }
+
+    /// Removes an erased user's personal data from every document that held it: the records
+    /// are stored again with those fields reading `[erased]`.
+    async fn erase(&mut self, user_id: &str) -> Result<(), IndexerError> {
+        let subject = user_subject(user_id);
+        self.keys.insert(subject.clone(), None);
+        self.keyring.forget(&subject);
+        self.dir.forget_user(user_id);
+        self.pending += 1;
+        self.commit().await?;
+        let e = Expr::Or(vec![
+            Expr::Match(
+                Field::Actor,
+                Value::Term(format!("user:{}", user_id.to_lowercase())),
+            ),
+            Expr::Match(Field::User, Value::Term(user_id.to_lowercase())),
+            subject_match(&subject),
+        ]);
+        let records = self.index.all(&e)?;
+        {
+            let w = self.writer.lock().map_err(|_| IndexerError::Writer)?;
+            for mut r in records {
+                if !r.subjects.contains(&subject) && r.user_id.as_deref() != Some(user_id) {
+                    continue;
+                }
+                r.erase_personal();
+                w.delete_term(Term::from_field_u64(self.index.fields.seq, r.seq));
+                w.add_document(self.index.document(&r))
+                    .map_err(IndexError::from)?;
+            }
+        }
+        self.pending += 1;
+        self.commit().await
+    }
+
+    /// Indexes every event up to the ledger's head; `progress(done, head)` after each batch.
+    pub async fn catch_up(
+        &mut self,
+        mut progress: impl FnMut(u64, u64),
+    ) -> Result<u64, IndexerError> {
+        let head = self.store.head().await?.map_or(0, |(s, _)| s);
+        let mut tail = Tail::new(&self.store, self.position, None).await?;
+        while self.position < head {
+            let events = tail.next(self.options.read_batch).await?;
+            self.add(&events).await?;
+            progress(self.position, head);
+        }
+        self.commit().await?;
+        Ok(self.position)
+    }
+
+    /// Follows the ledger until `stop` is set: new events are searchable within about
+    /// `commit_after` of being appended. Errors are logged and retried.
+    pub async fn follow(mut self, local: Option<watch::Receiver<u64>>, stop: Arc<AtomicBool>) {
+        let mut tail = None;
+        let mut backoff = Duration::from_millis(200);
+        while !stop.load(Ordering::SeqCst) {
+            if tail.is_none() {
+                match Tail::new(&self.store, self.position, local.clone()).await {
+                    Ok(t) => tail = Some(t),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "audit indexer cannot read the ledger");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(10));
+                        continue;
+                    }
+                }
+            }
+            let Some(t) = tail.as_mut() else { continue };
+            let wait = if self.pending > 0 {
+                self.options.commit_after
+            } else {
+                Duration::from_millis(500)
+            };
+            let result = match tokio::time::timeout(wait, t.next(self.options.read_batch)).await {
+                Ok(Ok(events)) => self.add(&events).await,
+                Ok(Err(e)) => Err(e.into()),
+                Err(_) => self.commit().await,
+            };
+            match result {
+                Ok(()) => backoff = Duration::from_millis(200),
+                Err(e) => {
+                    tracing::warn!(error = %e, seq = self.position, "audit indexer failed; retrying");
+                    // Start again from what is committed: nothing is skipped or doubled.
+                    tail = None;
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                    if let Err(e) = self.rollback().await {
+                        tracing::warn!(error = %e, "audit index: rollback failed");
+                    }
+                }
+            }
+        }
+        if let Err(e) = self.commit().await {
+            tracing::warn!(error = %e, "audit index: last commit failed");
+        }
+    }
+}
+
+fn subject_match(subject: &str) -> Expr {
+    Expr::Match(Field::Subject, Value::Term(subject.to_lowercase()))
+}

@@ -1,0 +1,17 @@
+//! Audit search and SIEM export over the ledger: the reviewer's record of each event
+//! ([`record`], [`mapping`]), the query language ([`query`]) and its evaluation ([`scan`]), the
+//! tantivy index and the indexer that follows the ledger ([`index`], [`indexer`]), and the export
+//! formats ([`formats`]). Knows nothing of HTTP.
+
+pub mod formats;
+pub mod index;
+pub mod indexer;
+pub mod mapping;
+pub mod query;
+pub mod record;
+pub mod scan;
+
+pub use index::{AuditIndex, IndexError, MAX_PAGE, Page, SortOrder};
+pub use indexer::{Indexer, IndexerError, IndexerOptions, Progress};
+pub use query::{Expr, QueryError, parse};
+pub use record::{AuditRecord, Category, ERASED, Outcome, REDACTED, Severity};
