@@ -8,8 +8,8 @@ use std::ops::Bound;
 use std::path::Path;
 use tantivy::collector::TopDocs;
 use tantivy::query::{
-    AllQuery, BooleanQuery, EmptyQuery, ExistsQuery, Occur, PhrasePrefixQuery, PhraseQuery, Query,
-    RangeQuery, RegexQuery, TermQuery,
+    AllQuery, BooleanQuery, EmptyQuery, Occur, PhrasePrefixQuery, PhraseQuery, Query, RangeQuery,
+    RegexQuery, TermQuery,
 };
 use tantivy::schema::{
     FAST, Field, INDEXED, IndexRecordOption, STORED, Schema, TEXT, TextFieldIndexing, TextOptions,
@@ -61,6 +61,8 @@ pub(crate) struct Fields {
     pub ip: Field,
     pub text: Field,
     pub record: Field,
+    /// The names of the keyword fields a document has a value for (`tool:*`).
+    pub present: Field,
 }
 
 const KEYWORD: &str = "keyword";
@@ -72,28 +74,28 @@ pub(crate) fn schema() -> (Schema, Fields) {
             .set_tokenizer(KEYWORD)
             .set_index_option(IndexRecordOption::Basic),
     );
-    let mut k = |name: &str| b.add_text_field(name, kw.clone());
-    let kind = k("kind");
-    let category = k("category");
-    let outcome = k("outcome");
-    let severity = k("severity");
-    let actor = k("actor");
-    let user_id = k("user_id");
-    let user_name = k("user_name");
-    let user_email = k("user_email");
-    let client_id = k("client_id");
-    let client_name = k("client_name");
-    let credential = k("credential_id");
-    let family = k("family_id");
-    let grant = k("grant_id");
-    let resource = k("resource");
-    let tool = k("tool");
-    let scope = k("scope");
-    let error = k("error_code");
-    let request = k("request_id");
-    let user_agent = k("user_agent");
-    let id = k("id");
-    let subject = k("subject");
+    let k = |b: &mut tantivy::schema::SchemaBuilder, name: &str| b.add_text_field(name, kw.clone());
+    let kind = k(&mut b, "kind");
+    let category = k(&mut b, "category");
+    let outcome = k(&mut b, "outcome");
+    let severity = k(&mut b, "severity");
+    let actor = k(&mut b, "actor");
+    let user_id = k(&mut b, "user_id");
+    let user_name = k(&mut b, "user_name");
+    let user_email = k(&mut b, "user_email");
+    let client_id = k(&mut b, "client_id");
+    let client_name = k(&mut b, "client_name");
+    let credential = k(&mut b, "credential_id");
+    let family = k(&mut b, "family_id");
+    let grant = k(&mut b, "grant_id");
+    let resource = k(&mut b, "resource");
+    let tool = k(&mut b, "tool");
+    let scope = k(&mut b, "scope");
+    let error = k(&mut b, "error_code");
+    let request = k(&mut b, "request_id");
+    let user_agent = k(&mut b, "user_agent");
+    let id = k(&mut b, "id");
+    let subject = k(&mut b, "subject");
     let fields = Fields {
         seq: b.add_u64_field("seq", INDEXED | FAST | STORED),
         time: b.add_i64_field("time", INDEXED | FAST),
@@ -121,6 +123,7 @@ pub(crate) fn schema() -> (Schema, Fields) {
         ip: b.add_ip_addr_field("ip", INDEXED | FAST),
         text: b.add_text_field("text", TEXT),
         record: b.add_text_field("record", STORED),
+        present: b.add_text_field("present", kw),
     };
     (b.build(), fields)
 }
@@ -235,9 +238,11 @@ impl AuditIndex {
         d.add_text(f.severity, &r.severity);
         d.add_text(f.actor, &r.actor);
         d.add_text(f.id, &r.id);
+        let present = f.present;
         let opt = |d: &mut TantivyDocument, field: Field, v: &Option<String>| {
             if let Some(v) = v {
                 d.add_text(field, v);
+                d.add_text(present, field.field_id().to_string());
             }
         };
         opt(&mut d, f.user_id, &r.user_id);
@@ -255,6 +260,9 @@ impl AuditIndex {
         opt(&mut d, f.user_agent, &r.user_agent);
         for s in &r.scopes {
             d.add_text(f.scope, s);
+        }
+        if !r.scopes.is_empty() {
+            d.add_text(present, f.scope.field_id().to_string());
         }
         for s in &r.subjects {
             d.add_text(f.subject, s);
@@ -298,10 +306,6 @@ impl AuditIndex {
             Q::Subject => vec![f.subject],
             Q::Ip | Q::Time | Q::Seq => Vec::new(),
         }
-    }
-
-    fn field_name(&self, field: Field) -> String {
-        self.index.schema().get_field_name(field).to_string()
     }
 
     /// Compiles a parsed query to a tantivy query.
@@ -396,7 +400,10 @@ impl AuditIndex {
                 let mut clauses: Vec<(Occur, Box<dyn Query>)> = Vec::new();
                 for field in self.keyword_fields(*q) {
                     let query: Box<dyn Query> = if p.is_empty() {
-                        Box::new(ExistsQuery::new(self.field_name(field), false))
+                        Box::new(TermQuery::new(
+                            Term::from_field_text(f.present, &field.field_id().to_string()),
+                            IndexRecordOption::Basic,
+                        ))
                     } else {
                         Box::new(RegexQuery::from_pattern(
                             &format!("{}.*", regex_syntax::escape(p)),
@@ -507,5 +514,20 @@ fn one_of(mut clauses: Vec<(Occur, Box<dyn Query>)>) -> Box<dyn Query> {
         0 => Box::new(EmptyQuery),
         1 => clauses.remove(0).1,
         _ => Box::new(BooleanQuery::new(clauses)),
+    }
+}
+
+impl AuditIndex {
+    /// An index in memory holding exactly `records` (tests, and the benchmark's baseline).
+    pub fn from_records(records: &[AuditRecord]) -> Result<AuditIndex, IndexError> {
+        let index = Self::in_memory()?;
+        let mut w: tantivy::IndexWriter<TantivyDocument> =
+            index.index.writer_with_num_threads(1, 32 << 20)?;
+        for r in records {
+            w.add_document(index.document(r))?;
+        }
+        w.commit()?;
+        index.reader.reload()?;
+        Ok(index)
     }
 }

@@ -464,7 +464,8 @@ const MICROS_PER_DAY: i64 = 86_400_000_000;
 /// A point in time: `(start, end)` of the instant or day it names.
 fn instant(s: &str, at: usize, now: i64) -> Result<(i64, i64), QueryError> {
     if let Some(rel) = s.strip_prefix('-') {
-        let (num, unit) = rel.split_at(rel.len().saturating_sub(1));
+        let cut = rel.char_indices().last().map_or(0, |(i, _)| i);
+        let (num, unit) = rel.split_at(cut);
         let n: i64 = num
             .parse()
             .ok()
@@ -502,7 +503,7 @@ fn rfc3339(s: &str) -> Option<i64> {
     }
     let (body, sign, off) = {
         let n = s.len();
-        if n < 6 {
+        if n < 6 || !s.is_char_boundary(n - 6) {
             return None;
         }
         let (b, o) = s.split_at(n - 6);
@@ -574,7 +575,7 @@ fn seq_value(v: &str, at: usize) -> Result<(u64, u64), QueryError> {
         let to = if b.is_empty() {
             u64::MAX
         } else {
-            num(b, at + a.len() + 2)?
+            num(b, at + a.chars().count() + 2)?
         };
         if from > to {
             return Err(err(at, format!("`{v}` ends before it starts")));
