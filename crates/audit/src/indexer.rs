@@ -3,13 +3,13 @@
 //! each commit, so it is exactly as durable as the documents it describes.
 
 use crate::index::{AuditIndex, IndexError, SCHEMA_VERSION};
-use crate::mapping::{Directory, Opener, map};
+use crate::keys::KeyCache;
+use crate::mapping::{Directory, map};
 use crate::query::{Expr, Field, Value};
 use crate::record::AuditRecord;
-use grantline_ledger::{Hash, Payload, Recorded, Sealed, SubjectKey, pii::user_subject};
+use grantline_ledger::{Hash, Payload, Recorded, pii::user_subject};
 use grantline_store::{Keyring, Store, StoreError, Tail};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -61,28 +61,6 @@ struct Cursor {
     hash: Option<String>,
 }
 
-/// Opens sealed values with keys loaded beforehand; notes the subjects it lacks.
-struct Keys<'a> {
-    keys: &'a HashMap<String, Option<SubjectKey>>,
-    missing: Vec<String>,
-}
-
-impl Opener for Keys<'_> {
-    fn open(&mut self, s: &Sealed) -> Option<String> {
-        match self.keys.get(&s.subject) {
-            Some(Some(k)) => s.open(k).ok(),
-            Some(None) => None,
-            None => {
-                self.missing.push(s.subject.clone());
-                None
-            }
-        }
-    }
-}
-
-/// How many subjects' keys the indexer keeps in memory before it starts over.
-const MAX_KEYS: usize = 100_000;
-
 /// Where the indexer is: shared with searchers (the lag figure) and the server.
 #[derive(Debug, Default)]
 pub struct Progress {
@@ -95,8 +73,7 @@ pub struct Indexer {
     index: AuditIndex,
     writer: Arc<Mutex<IndexWriter<TantivyDocument>>>,
     dir: Directory,
-    keys: HashMap<String, Option<SubjectKey>>,
-    keyring: Keyring,
+    keys: KeyCache,
     store: Store,
     position: u64,
     position_hash: Option<Hash>,
@@ -123,8 +100,7 @@ impl Indexer {
             index,
             writer: Arc::new(Mutex::new(writer)),
             dir: Directory::default(),
-            keys: HashMap::new(),
-            keyring,
+            keys: KeyCache::new(keyring),
             store: store.clone(),
             position: 0,
             position_hash: None,
@@ -222,7 +198,7 @@ impl Indexer {
                 "user.erased" => {
                     if let Some(u) = &r.user_id {
                         self.dir.forget_user(u);
-                        self.keys.insert(user_subject(u), None);
+                        self.keys.forget(&user_subject(u));
                     }
                 }
                 _ => {
@@ -235,33 +211,10 @@ impl Indexer {
         Ok(())
     }
 
-    /// Maps an event with every key it needs loaded first (a first pass against a scratch
-    /// directory finds the subjects whose keys are not cached yet).
+    /// Maps an event, with every key it needs loaded first.
     async fn record(&mut self, event: &Recorded) -> Result<AuditRecord, IndexerError> {
-        for _ in 0..4 {
-            let mut keys = Keys {
-                keys: &self.keys,
-                missing: Vec::new(),
-            };
-            map(event, &mut Directory::default(), &mut keys);
-            let missing = keys.missing;
-            if missing.is_empty() {
-                break;
-            }
-            if self.keys.len() > MAX_KEYS {
-                self.keys.retain(|_, k| k.is_none());
-            }
-            for s in missing {
-                let key = self.keyring.key(&s).await?;
-                self.keys.insert(s, key);
-            }
-        }
-        // A key that vanished while being loaded reads as erased.
-        let mut keys = Keys {
-            keys: &self.keys,
-            missing: Vec::new(),
-        };
-        Ok(map(event, &mut self.dir, &mut keys))
+        self.keys.prepare(event).await?;
+        Ok(map(event, &mut self.dir, &mut self.keys.opener()))
     }
 
     /// Adds events (the next in seq order) to the index; commits when a batch is due.
@@ -353,8 +306,7 @@ impl Indexer {
     /// are stored again with those fields reading `[erased]`.
     async fn erase(&mut self, user_id: &str) -> Result<(), IndexerError> {
         let subject = user_subject(user_id);
-        self.keys.insert(subject.clone(), None);
-        self.keyring.forget(&subject);
+        self.keys.forget(&subject);
         self.dir.forget_user(user_id);
         self.pending += 1;
         self.commit().await?;

@@ -6,6 +6,7 @@
 pub mod formats;
 pub mod index;
 pub mod indexer;
+pub mod keys;
 pub mod mapping;
 pub mod query;
 pub mod record;

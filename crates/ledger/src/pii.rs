@@ -70,6 +70,17 @@ impl Sealed {
     pub fn seal(key: &SubjectKey, subject: &str, plaintext: &str) -> Result<Sealed, PiiError> {
         let mut nonce = [0u8; 24];
         getrandom::fill(&mut nonce).map_err(|_| PiiError::Randomness)?;
+        Self::seal_with_nonce(key, subject, plaintext, nonce)
+    }
+
+    /// As [`Sealed::seal`] with a given nonce: only for deterministic samples (a nonce must
+    /// never be used twice under one key for real data).
+    pub(crate) fn seal_with_nonce(
+        key: &SubjectKey,
+        subject: &str,
+        plaintext: &str,
+        nonce: [u8; 24],
+    ) -> Result<Sealed, PiiError> {
         let cipher = XChaCha20Poly1305::new((&key.0).into());
         let ciphertext = cipher
             .encrypt(

@@ -3,16 +3,21 @@
 
 use crate::*;
 
+/// The key every sample's sealed values are sealed under (readers' tests open them with it).
+pub fn key() -> SubjectKey {
+    SubjectKey([9u8; 32])
+}
+
 fn sealed(subject: &str, text: &str) -> Sealed {
     // A fixed key and nonce keep samples deterministic; real events use random nonces.
-    let key = SubjectKey([9u8; 32]);
-    let mut s = Sealed::seal(&key, subject, text).unwrap_or_else(|_| Sealed {
+    // Each sample value has its own nonce (derived from its text), so samples open.
+    let mut nonce = [0u8; 24];
+    nonce.copy_from_slice(&blake3::hash(format!("{subject}\n{text}").as_bytes()).as_bytes()[..24]);
+    Sealed::seal_with_nonce(&key(), subject, text, nonce).unwrap_or_else(|_| Sealed {
         subject: subject.to_string(),
-        nonce: [0; 24],
+        nonce,
         ciphertext: text.as_bytes().to_vec(),
-    });
-    s.nonce = [1; 24];
-    s
+    })
 }
 
 fn ts(secs: i64) -> Timestamp {

@@ -1,1 +1,197 @@
-pub mod placeholder {}
+//! Export formats for SIEMs and reviewers. Each takes an [`ExportItem`]: the event as recorded
+//! (body decoded, personal data opened, erased or redacted) with its chain position, and the
+//! reviewer's [`AuditRecord`] of it.
+
+pub mod cef;
+pub mod csv;
+pub mod ecs;
+pub mod ocsf;
+
+use crate::keys::KeyCache;
+use crate::mapping::{Directory, Opener, map};
+use crate::record::{AuditRecord, ERASED, REDACTED};
+use grantline_ledger::{Recorded, Sealed};
+use grantline_store::{Keyring, StoreError};
+use serde_json::Value;
+
+/// The product name and version every format names.
+pub const PRODUCT: &str = "Grantline";
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// An export format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// The event as recorded, body decoded, one JSON object per line.
+    Jsonl,
+    /// OCSF 1.8.0, one JSON object per line.
+    Ocsf,
+    /// Elastic Common Schema, one JSON object per line.
+    Ecs,
+    /// ArcSight CEF, one line per event.
+    Cef,
+    /// The reviewer's columns, RFC 4180.
+    Csv,
+}
+
+impl Format {
+    pub const ALL: &'static [Format] = &[
+        Format::Jsonl,
+        Format::Ocsf,
+        Format::Ecs,
+        Format::Cef,
+        Format::Csv,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::Jsonl => "jsonl",
+            Format::Ocsf => "ocsf",
+            Format::Ecs => "ecs",
+            Format::Cef => "cef",
+            Format::Csv => "csv",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Format> {
+        Format::ALL.iter().copied().find(|f| f.as_str() == s)
+    }
+
+    /// The HTTP content type of a document in this format.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Csv => "text/csv; charset=utf-8",
+            Format::Cef => "text/plain; charset=utf-8",
+            _ => "application/x-ndjson",
+        }
+    }
+
+    /// The first line of a document, if the format has one.
+    pub fn header(self) -> Option<String> {
+        (self == Format::Csv).then(csv::header)
+    }
+
+    /// One item as one line (no newline).
+    pub fn line(self, item: &ExportItem) -> String {
+        match self {
+            Format::Jsonl => item.event.to_string(),
+            Format::Ocsf => ocsf::record(item).to_string(),
+            Format::Ecs => ecs::record(item).to_string(),
+            Format::Cef => cef::line(item),
+            Format::Csv => csv::row(&item.record),
+        }
+    }
+}
+
+/// One event ready for export.
+#[derive(Debug, Clone)]
+pub struct ExportItem {
+    /// The event as recorded: envelope and payload as JSON, personal data opened (or
+    /// `[erased]`/`[redacted]`), with `hash` and `prev_hash`.
+    pub event: Value,
+    pub record: AuditRecord,
+    pub prev_hash: String,
+}
+
+/// Builds export items in seq order: opens personal data (or masks it), keeps the names of
+/// users and clients seen so far.
+pub struct Exporter {
+    keys: KeyCache,
+    dir: Directory,
+    redact: bool,
+}
+
+struct Masking<'a>(&'a mut dyn Opener, Option<&'static str>);
+
+impl Opener for Masking<'_> {
+    fn open(&mut self, s: &Sealed) -> Option<String> {
+        let v = self.0.open(s);
+        match (v, self.1) {
+            (Some(_), Some(mask)) => Some(mask.to_string()),
+            (v, _) => v,
+        }
+    }
+}
+
+impl Exporter {
+    /// `dir`: the names known before the first event exported (from the index, or a pass
+    /// over the ledger before `after`). `redact`: leave personal data out.
+    pub fn new(keyring: Keyring, dir: Directory, redact: bool) -> Exporter {
+        Exporter {
+            keys: KeyCache::new(keyring),
+            dir,
+            redact,
+        }
+    }
+
+    /// Learns names from an event before the export range (no keys needed for clients).
+    pub async fn learn(&mut self, r: &Recorded) -> Result<(), StoreError> {
+        use grantline_ledger::Kind;
+        if matches!(
+            r.envelope.kind(),
+            Kind::UserCreated | Kind::UserErased | Kind::ClientRegistered | Kind::ClientUpdated
+        ) {
+            self.keys.prepare(r).await?;
+            map(r, &mut self.dir, &mut self.keys.opener());
+        }
+        Ok(())
+    }
+
+    /// The export item of `r`.
+    pub async fn item(&mut self, r: &Recorded) -> Result<ExportItem, StoreError> {
+        self.keys.prepare(r).await?;
+        if let grantline_ledger::Payload::UserErased(e) = r.payload() {
+            self.keys
+                .forget(&grantline_ledger::pii::user_subject(&e.user_id));
+        }
+        let mask = self.redact.then_some(REDACTED);
+        Ok(build_item(r, &mut self.dir, &mut self.keys.opener(), mask))
+    }
+}
+
+/// The export item of `r`, personal data opened with `o`, or replaced by `mask`.
+pub fn build_item(
+    r: &Recorded,
+    dir: &mut Directory,
+    o: &mut dyn Opener,
+    mask: Option<&'static str>,
+) -> ExportItem {
+    let mut masking = Masking(o, mask);
+    let mut record = map(r, dir, &mut masking);
+    if let Some(m) = mask {
+        record.mask_personal(m);
+    }
+    let mut event = serde_json::to_value(&r.envelope).unwrap_or(Value::Null);
+    open_sealed(&mut event, &mut masking);
+    if let Value::Object(o) = &mut event {
+        o.insert("hash".into(), Value::String(r.hash.to_hex()));
+        o.insert("prev_hash".into(), Value::String(r.prev_hash.to_hex()));
+    }
+    ExportItem {
+        event,
+        record,
+        prev_hash: r.prev_hash.to_hex(),
+    }
+}
+
+fn as_sealed(v: &Value) -> Option<Sealed> {
+    let o = v.as_object()?;
+    if o.len() == 3 && o.contains_key("subject") && o.contains_key("nonce") && o.contains_key("ct")
+    {
+        serde_json::from_value(v.clone()).ok()
+    } else {
+        None
+    }
+}
+
+/// Replaces every sealed value in an event's JSON with its text (or `[erased]`).
+pub fn open_sealed(v: &mut Value, o: &mut dyn Opener) {
+    if let Some(s) = as_sealed(v) {
+        *v = Value::String(o.open(&s).unwrap_or_else(|| ERASED.to_string()));
+        return;
+    }
+    match v {
+        Value::Object(m) => m.values_mut().for_each(|v| open_sealed(v, o)),
+        Value::Array(a) => a.iter_mut().for_each(|v| open_sealed(v, o)),
+        _ => {}
+    }
+}

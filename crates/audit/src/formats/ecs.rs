@@ -1,0 +1,149 @@
+//! Elastic Common Schema 8.x: `@timestamp`, `event.*` (kind, category, type, action, outcome,
+//! severity, sequence), `user.*`, `source.ip`, `user_agent.original`, `http.request.id`,
+//! `error.code`; Grantline's own fields under `grantline.*`.
+
+use super::{ExportItem, PRODUCT};
+use crate::record::Severity;
+use grantline_ledger::Kind;
+use serde_json::{Value, json};
+use std::net::IpAddr;
+
+/// The ECS version the records follow.
+pub const ECS_VERSION: &str = "8.11.0";
+
+/// ECS `event.category` and `event.type` of a kind.
+pub fn categorize(kind: Kind, outcome: &str) -> (&'static [&'static str], Vec<&'static str>) {
+    use Kind as K;
+    let allowed_or_denied = if outcome == "success" {
+        "allowed"
+    } else {
+        "denied"
+    };
+    match kind {
+        K::ClientRegistered | K::SigningKeyRotated => (&["iam", "configuration"], vec!["creation"]),
+        K::RegistrationRejected => (&["iam"], vec!["creation", "denied"]),
+        K::ClientUpdated | K::PolicyChanged => (&["iam", "configuration"], vec!["change"]),
+        K::ClientDisabled | K::ClientExpired => (&["iam"], vec!["deletion"]),
+        K::UserCreated => (&["iam"], vec!["user", "creation"]),
+        K::UserDisabled | K::UserErased => (&["iam"], vec!["user", "deletion"]),
+        K::UserRoleChanged => (&["iam"], vec!["user", "change"]),
+        K::LoginSucceeded => (&["authentication", "session"], vec!["start"]),
+        K::LoginFailed => (&["authentication"], vec!["start", "denied"]),
+        K::SessionEnded => (&["authentication", "session"], vec!["end"]),
+        K::ConsentGranted | K::ConsentDenied => (&["iam"], vec!["access", allowed_or_denied]),
+        K::GrantRevoked | K::FamilyRevoked | K::TokenRevoked | K::PatRevoked => {
+            (&["iam"], vec!["deletion"])
+        }
+        K::CodeIssued | K::CodeRedeemed | K::TokenIssued | K::TokenRefreshed | K::PatCreated => {
+            (&["authentication"], vec!["creation", "allowed"])
+        }
+        K::OAuthRefused => (&["authentication"], vec!["denied"]),
+        K::CodeReplayed | K::RefreshReuseDetected => (
+            &["authentication", "intrusion_detection"],
+            vec!["indicator"],
+        ),
+        K::ToolListed
+        | K::ToolCallStarted
+        | K::ToolCalled
+        | K::AuditSearched
+        | K::AuditExported => (&["api"], vec!["access", allowed_or_denied]),
+        K::AuthorizationDenied | K::RateLimitExceeded => (&["api"], vec!["access", "denied"]),
+    }
+}
+
+pub fn record(item: &ExportItem) -> Value {
+    let r = &item.record;
+    let kind = Kind::parse(&r.kind).unwrap_or(Kind::PolicyChanged);
+    let (category, types) = categorize(kind, &r.outcome);
+    let detection = matches!(kind, Kind::CodeReplayed | Kind::RefreshReuseDetected);
+    let outcome = match r.outcome.as_str() {
+        "success" => "success",
+        "unknown" => "unknown",
+        _ => "failure",
+    };
+    let severity = Severity::parse(&r.severity).map_or(1, Severity::ocsf_id);
+    let mut v = json!({
+        "@timestamp": ms_rfc3339(r.time),
+        "ecs": {"version": ECS_VERSION},
+        "event": {
+            "id": r.id,
+            "kind": if detection { "alert" } else { "event" },
+            "category": category,
+            "type": types,
+            "action": r.kind,
+            "outcome": outcome,
+            "severity": severity,
+            "sequence": r.seq,
+            "dataset": "grantline.audit",
+            "provider": "grantline",
+            "module": "grantline",
+            "created": grantline_ledger::Timestamp(r.time).to_string(),
+        },
+        "observer": {"product": PRODUCT, "vendor": PRODUCT, "version": super::VERSION},
+        "grantline": {
+            "seq": r.seq,
+            "hash": r.hash,
+            "prev_hash": item.prev_hash,
+            "actor": r.actor,
+            "payload": item.event["payload"],
+        },
+    });
+    if !r.summary.is_empty() {
+        v["message"] = json!(r.summary);
+        v["event"]["reason"] = json!(r.summary);
+    }
+    if let Some(id) = &r.user_id {
+        v["user"] = json!({"id": id});
+        if let Some(n) = &r.user_name {
+            v["user"]["name"] = json!(n);
+        }
+        if let Some(e) = &r.user_email {
+            v["user"]["email"] = json!(e);
+        }
+    }
+    if let Some(ip) = r
+        .source_ip
+        .as_deref()
+        .filter(|s| s.parse::<IpAddr>().is_ok())
+    {
+        v["source"] = json!({"ip": ip});
+        v["client"] = json!({"ip": ip});
+    }
+    if let Some(ua) = &r.user_agent {
+        v["user_agent"] = json!({"original": ua});
+    }
+    if let Some(req) = &r.request_id {
+        v["http"] = json!({"request": {"id": req}});
+    }
+    if let Some(e) = &r.error_code {
+        v["error"] = json!({"code": e});
+    }
+    let g = &mut v["grantline"];
+    for (k, val) in [
+        ("client_id", &r.client_id),
+        ("client_name", &r.client_name),
+        ("resource", &r.resource),
+        ("tool", &r.tool),
+        ("family_id", &r.family_id),
+        ("grant_id", &r.grant_id),
+        ("credential_id", &r.credential_id),
+    ] {
+        if let Some(x) = val {
+            g[k] = json!(x);
+        }
+    }
+    if !r.scopes.is_empty() {
+        g["scopes"] = json!(r.scopes);
+    }
+    v
+}
+
+/// RFC 3339 with milliseconds, as ECS writes `@timestamp`.
+fn ms_rfc3339(micros: i64) -> String {
+    let s = grantline_ledger::Timestamp(micros).to_string();
+    // `…SS.ffffffZ` → `…SS.fffZ`
+    match s.len() {
+        n if n >= 27 => format!("{}Z", &s[..n - 4]),
+        _ => s,
+    }
+}

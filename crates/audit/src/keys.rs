@@ -1,0 +1,80 @@
+//! Subject keys loaded ahead of mapping, so the mapping itself stays synchronous and pure.
+
+use crate::mapping::{Directory, Opener, map};
+use grantline_ledger::{Recorded, Sealed, SubjectKey};
+use grantline_store::{Keyring, StoreError};
+use std::collections::HashMap;
+
+/// How many subjects' keys are kept before the cache starts over (erased ones are kept).
+const MAX_KEYS: usize = 100_000;
+
+/// Keys by subject; `None` for a subject known erased.
+pub struct KeyCache {
+    keyring: Keyring,
+    keys: HashMap<String, Option<SubjectKey>>,
+}
+
+/// Opens with the cached keys; notes the subjects it has no entry for.
+pub struct CachedOpener<'a> {
+    keys: &'a HashMap<String, Option<SubjectKey>>,
+    pub missing: Vec<String>,
+}
+
+impl Opener for CachedOpener<'_> {
+    fn open(&mut self, s: &Sealed) -> Option<String> {
+        match self.keys.get(&s.subject) {
+            Some(Some(k)) => s.open(k).ok(),
+            Some(None) => None,
+            None => {
+                self.missing.push(s.subject.clone());
+                None
+            }
+        }
+    }
+}
+
+impl KeyCache {
+    pub fn new(keyring: Keyring) -> KeyCache {
+        KeyCache {
+            keyring,
+            keys: HashMap::new(),
+        }
+    }
+
+    /// Loads the key of every subject whose data `event` seals.
+    pub async fn prepare(&mut self, event: &Recorded) -> Result<(), StoreError> {
+        let mut opener = self.opener();
+        map(event, &mut Directory::default(), &mut opener);
+        let missing = opener.missing;
+        if missing.is_empty() {
+            return Ok(());
+        }
+        if self.keys.len() > MAX_KEYS {
+            self.keys.retain(|_, k| k.is_none());
+        }
+        for s in missing {
+            let key = self.keyring.key(&s).await?;
+            self.keys.insert(s, key);
+        }
+        Ok(())
+    }
+
+    /// An opener over the loaded keys (what is not loaded reads as erased).
+    pub fn opener(&self) -> CachedOpener<'_> {
+        CachedOpener {
+            keys: &self.keys,
+            missing: Vec::new(),
+        }
+    }
+
+    /// From now on, `subject` reads as erased (its `user.erased` was seen).
+    pub fn forget(&mut self, subject: &str) {
+        self.keys.insert(subject.to_string(), None);
+        self.keyring.forget(subject);
+    }
+
+    /// Drops every loaded key.
+    pub fn clear(&mut self) {
+        self.keys.clear();
+    }
+}

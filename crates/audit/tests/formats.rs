@@ -1,0 +1,260 @@
+//! The export formats over a scripted history holding every event kind: OCSF records validate
+//! with the offline validator CI installs (and a wrong `type_uid` fails it), the OCSF mapping
+//! table in `schemas/` matches the code, CEF escaping survives a third-party parser, CSV cells
+//! are quoted and neutralised, ECS carries the fields a SIEM keys on.
+
+use grantline_audit::formats::{Format, build_item, cef, csv, ocsf};
+use grantline_audit::mapping::{Directory, Opener};
+use grantline_audit::{AuditRecord, REDACTED};
+use grantline_ledger::{Kind, Recorded, Sealed, chain_hash, encode, samples};
+use serde_json::Value;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The test virtualenv's Python (`tools/test.sh` creates it), or `None` with the reason
+/// printed; under `CI=true` its absence is a failure.
+fn python() -> Option<PathBuf> {
+    let p = std::env::var_os("GRANTLINE_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join(".venv/bin/python"));
+    if p.exists() {
+        return Some(p);
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!(
+            "CI=true but {} does not exist: tools/test.sh creates it",
+            p.display()
+        );
+    }
+    eprintln!(
+        "skipping: {} does not exist (run tools/test.sh once to create it)",
+        p.display()
+    );
+    None
+}
+
+struct SampleKey;
+
+impl Opener for SampleKey {
+    fn open(&mut self, s: &Sealed) -> Option<String> {
+        s.open(&samples::key()).ok()
+    }
+}
+
+/// Every kind of the catalogue, as a chained history.
+fn history() -> Vec<Recorded> {
+    let mut prev = grantline_ledger::GENESIS;
+    samples::all()
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let envelope = samples::envelope(i as u64 + 1, p);
+            let hash = chain_hash(&prev, &encode(&envelope).unwrap());
+            let r = Recorded {
+                envelope,
+                prev_hash: prev,
+                hash,
+            };
+            prev = hash;
+            r
+        })
+        .collect()
+}
+
+fn lines(format: Format, mask: Option<&'static str>) -> Vec<String> {
+    let mut dir = Directory::default();
+    history()
+        .iter()
+        .map(|r| format.line(&build_item(r, &mut dir, &mut SampleKey, mask)))
+        .collect()
+}
+
+fn validate(records: &[String]) -> Option<(bool, String)> {
+    let python = python()?;
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    for r in records {
+        writeln!(f, "{r}").unwrap();
+    }
+    let out = Command::new(python)
+        .arg(root().join("tools/validate-ocsf.py"))
+        .arg(f.path())
+        .output()
+        .unwrap();
+    Some((
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    ))
+}
+
+#[test]
+fn every_kind_exports_ocsf_that_the_offline_validator_accepts() {
+    let history = history();
+    let kinds: std::collections::BTreeSet<Kind> =
+        history.iter().map(|r| r.envelope.kind()).collect();
+    assert_eq!(
+        kinds.len(),
+        Kind::ALL.len(),
+        "the history covers every kind"
+    );
+    let mut records = lines(Format::Ocsf, None);
+    records.extend(lines(Format::Ocsf, Some(REDACTED)));
+    for r in &records {
+        let v: Value = serde_json::from_str(r).unwrap();
+        let (c, a) = (
+            v["class_uid"].as_u64().unwrap(),
+            v["activity_id"].as_u64().unwrap(),
+        );
+        assert_eq!(v["type_uid"].as_u64().unwrap(), c * 100 + a);
+        assert!(v["metadata"]["uid"].as_str().is_some_and(|u| u.len() == 36));
+    }
+    let Some((ok, output)) = validate(&records) else {
+        return;
+    };
+    assert!(ok, "the validator refused Grantline's OCSF:\n{output}");
+
+    // The check can fail: one wrong type_uid is caught.
+    let mut v: Value = serde_json::from_str(&records[9]).unwrap();
+    v["type_uid"] = Value::from(v["type_uid"].as_u64().unwrap() + 1);
+    let mut tampered = records.clone();
+    tampered[9] = v.to_string();
+    let (ok, output) = validate(&tampered).unwrap();
+    assert!(!ok, "a wrong type_uid passed:\n{output}");
+    assert!(output.contains("type_uid"), "{output}");
+}
+
+#[test]
+fn the_ocsf_mapping_table_in_schemas_matches_the_code() {
+    let path = root().join("schemas/ocsf-mapping.json");
+    let table: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert_eq!(table["ocsf_version"], ocsf::OCSF_VERSION);
+    let kinds = table["kinds"].as_object().unwrap();
+    assert_eq!(
+        kinds.len(),
+        Kind::ALL.len(),
+        "one row per kind in {}",
+        path.display()
+    );
+    for k in Kind::ALL {
+        let row = &kinds[k.as_str()];
+        let c = ocsf::class_of(*k);
+        assert_eq!(row["class_uid"], c.class_uid, "{}", k.as_str());
+        assert_eq!(row["class_name"], c.class_name, "{}", k.as_str());
+        assert_eq!(row["category_uid"], c.category_uid, "{}", k.as_str());
+        assert_eq!(row["activity_id"], c.activity_id, "{}", k.as_str());
+        assert_eq!(row["activity_name"], c.activity_name, "{}", k.as_str());
+        assert_eq!(row["type_uid"], c.type_uid(), "{}", k.as_str());
+    }
+}
+
+#[test]
+fn cef_escaping_survives_a_third_party_parser() {
+    let nasty = "a|b=c\\d\nsecond line\r=end\\";
+    let record = AuditRecord {
+        seq: 7,
+        id: "0197a3c1-f0d2-7c4e-8b1a-000000000007".into(),
+        time: 1_796_000_000_123_456,
+        kind: "tool.called".into(),
+        category: "tool".into(),
+        outcome: "denied".into(),
+        severity: "high".into(),
+        actor: "client:c1".into(),
+        user_id: Some("u|1".into()),
+        user_name: Some(nasty.into()),
+        client_id: Some("https://client.example/cb?x=1|2".into()),
+        tool: Some("delete=all\\now".into()),
+        summary: nasty.into(),
+        hash: "00".repeat(32),
+        ..AuditRecord::default()
+    };
+    let item = grantline_audit::formats::ExportItem {
+        event: Value::Null,
+        record: record.clone(),
+        prev_hash: "00".repeat(32),
+    };
+    let line = cef::line(&item);
+    assert!(
+        !line.contains('\n') && !line.contains('\r'),
+        "one line: {line:?}"
+    );
+    assert!(line.starts_with("CEF:0|Grantline|Grantline|"));
+    let Some(python) = python() else { return };
+    let mut child = Command::new(python)
+        .arg(root().join("tools/parse-cef.py"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(child.stdin.take().unwrap(), "{line}").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let parsed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ext = &parsed["extension"];
+    assert_eq!(ext["suser"], nasty);
+    assert_eq!(ext["msg"], nasty);
+    assert_eq!(ext["suid"], "u|1");
+    assert_eq!(ext["cs1"], "https://client.example/cb?x=1|2");
+    assert_eq!(ext["cs1Label"], "clientId");
+    assert_eq!(ext["cs3"], "delete=all\\now");
+    assert_eq!(ext["cn1"], "7");
+    assert_eq!(ext["rt"], "1796000000123");
+    assert_eq!(parsed["severity"], "8");
+    assert_eq!(parsed["device"]["event_class_id"], "tool.called");
+    // A header value with the header's own escapes.
+    assert_eq!(cef::header_escape("a|b\\c\nd"), "a\\|b\\\\c d");
+}
+
+#[test]
+fn csv_cells_are_quoted_and_formulas_neutralised() {
+    assert_eq!(csv::cell("plain"), "plain");
+    assert_eq!(csv::cell("a,b"), "\"a,b\"");
+    assert_eq!(csv::cell("say \"hi\""), "\"say \"\"hi\"\"\"");
+    assert_eq!(csv::cell("=HYPERLINK(\"x\")"), "\"'=HYPERLINK(\"\"x\"\")\"");
+    assert_eq!(csv::cell("+1"), "'+1");
+    assert_eq!(csv::cell("@SUM(A1)"), "'@SUM(A1)");
+    assert_eq!(csv::cell("line\nbreak"), "\"line\nbreak\"");
+    let rows = lines(Format::Csv, None);
+    let columns = csv::COLUMNS.len();
+    for r in rows.iter().filter(|r| !r.contains('"')) {
+        assert_eq!(r.split(',').count(), columns, "{r}");
+    }
+}
+
+#[test]
+fn jsonl_is_the_event_as_recorded_and_ecs_has_what_a_siem_keys_on() {
+    let history = history();
+    let mut dir = Directory::default();
+    for r in &history {
+        let item = build_item(r, &mut dir, &mut SampleKey, None);
+        let j: Value = serde_json::from_str(&Format::Jsonl.line(&item)).unwrap();
+        assert_eq!(j["seq"], r.seq());
+        assert_eq!(j["id"], r.envelope.id.to_string());
+        assert_eq!(j["hash"], r.hash.to_hex());
+        assert_eq!(j["prev_hash"], r.prev_hash.to_hex());
+        assert_eq!(j["kind"], r.envelope.kind().as_str());
+        let text = j.to_string();
+        assert!(!text.contains("\"ct\""), "no sealed value left: {text}");
+        let e: Value = serde_json::from_str(&Format::Ecs.line(&item)).unwrap();
+        assert_eq!(e["event"]["id"], r.envelope.id.to_string());
+        assert_eq!(e["event"]["action"], r.envelope.kind().as_str());
+        assert!(
+            ["success", "failure", "unknown"].contains(&e["event"]["outcome"].as_str().unwrap())
+        );
+        assert!(e["@timestamp"].as_str().unwrap().ends_with('Z'));
+    }
+    // Opened, the samples' address and agent appear; redacted, they do not.
+    let opened = lines(Format::Jsonl, None).join("\n");
+    assert!(opened.contains("198.51.100.7") && opened.contains("python-httpx/0.28"));
+    let redacted = lines(Format::Ecs, Some(REDACTED)).join("\n");
+    assert!(!redacted.contains("198.51.100.7") && redacted.contains(REDACTED));
+    let ecs_opened = lines(Format::Ecs, None).join("\n");
+    assert!(ecs_opened.contains("\"source\":{\"ip\":\"198.51.100.7\"}"));
+}
