@@ -32,6 +32,16 @@ pub enum IndexError {
     Record(String),
 }
 
+impl IndexError {
+    /// Whether another writer (in this process or another) holds the index.
+    pub fn is_lock_busy(&self) -> bool {
+        matches!(
+            self,
+            IndexError::Tantivy(tantivy::TantivyError::LockFailure(..))
+        )
+    }
+}
+
 /// The index's fields.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Fields {

@@ -11,7 +11,7 @@ use grantline_ledger::{Hash, Payload, Recorded, pii::user_subject};
 use grantline_store::{Keyring, Store, StoreError, Tail};
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use tantivy::{IndexWriter, TantivyDocument, Term};
 use tokio::sync::watch;
@@ -81,6 +81,8 @@ pub struct Indexer {
     first_pending: Option<Instant>,
     options: IndexerOptions,
     progress: Arc<Progress>,
+    /// The names known as of the last commit, for exports that start mid-ledger.
+    shared: Arc<RwLock<Directory>>,
 }
 
 impl Indexer {
@@ -108,6 +110,7 @@ impl Indexer {
             first_pending: None,
             options,
             progress: Arc::default(),
+            shared: Arc::default(),
         };
         let cursor: Option<Cursor> = me
             .index
@@ -141,6 +144,7 @@ impl Indexer {
             }
         }
         me.progress.committed.store(me.position, Ordering::SeqCst);
+        me.share_directory();
         Ok(me)
     }
 
@@ -152,6 +156,17 @@ impl Indexer {
     /// Shared progress (the last committed seq).
     pub fn progress(&self) -> Arc<Progress> {
         self.progress.clone()
+    }
+
+    /// The users' and clients' names known as of the last commit.
+    pub fn directory(&self) -> Arc<RwLock<Directory>> {
+        self.shared.clone()
+    }
+
+    fn share_directory(&self) {
+        if let Ok(mut d) = self.shared.write() {
+            *d = self.dir.clone();
+        }
     }
 
     /// The last seq added (committed or not).
@@ -277,6 +292,7 @@ impl Indexer {
         self.progress
             .committed
             .store(self.position, Ordering::SeqCst);
+        self.share_directory();
         Ok(())
     }
 

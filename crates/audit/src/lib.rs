@@ -3,11 +3,13 @@
 //! tantivy index and the indexer that follows the ledger ([`index`], [`indexer`]), and the export
 //! formats ([`formats`]). Knows nothing of HTTP.
 
+pub mod access;
 pub mod formats;
 pub mod index;
 pub mod indexer;
 pub mod keys;
 pub mod mapping;
+pub mod proof;
 pub mod query;
 pub mod record;
 pub mod scan;

@@ -290,7 +290,8 @@ pub fn map(event: &Recorded, dir: &mut Directory, o: &mut dyn Opener) -> AuditRe
             r.family_id = some(&e.family_id);
             r.resource = some(&e.resource);
             r.scopes = e.scopes.clone();
-            r.credential_id = some(&e.rotated_refresh_id);
+            // The new access token: the credential the family's next tool calls carry.
+            r.credential_id = some(&e.access.token_id);
             r.summary = format!(
                 "refresh token {} rotated to {}",
                 e.rotated_refresh_id, e.refresh.token_id

@@ -6,10 +6,11 @@ use grantline_ledger::{Actor, ApplicationType, GrantType, UserSource, pii};
 use grantline_oauth::tokens::Secret;
 use grantline_store::{Credential, StoreError};
 
-/// Roles every server has. `admin` manages clients and users; `user` signs in and consents.
+/// Roles every server has. `admin` manages clients and users; `auditor` reads the audit trail;
+/// `user` signs in and consents.
 /// Roles named in the configuration's `[roles]` (which tools each may call) can be assigned
 /// too; only `admin` reaches the admin API.
-pub const ROLES: &[&str] = &["admin", "user"];
+pub const ROLES: &[&str] = &["admin", "auditor", "user"];
 
 /// Refuses a role that is neither built in nor configured.
 fn known_role(app: &App, role: &str) -> Result<(), AdminError> {

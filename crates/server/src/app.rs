@@ -65,6 +65,8 @@ pub struct Inner {
     pub stopping: std::sync::atomic::AtomicBool,
     /// What every decision takes as now.
     pub clock: crate::clock::Clock,
+    /// This instance's audit index (absent when `[audit] enabled = false`).
+    pub audit: Option<crate::audit::AuditService>,
 }
 
 /// Cheap to clone.

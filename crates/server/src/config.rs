@@ -32,6 +32,27 @@ pub struct Config {
     pub roles: std::collections::HashMap<String, std::collections::HashMap<String, Vec<String>>>,
     #[serde(default)]
     pub rate_limits: RateLimitsSection,
+    #[serde(default)]
+    pub audit: AuditSection,
+}
+
+/// Audit search and SIEM export.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditSection {
+    /// Serve the audit API, page and the `/mcp/audit` resource, and keep the index.
+    pub enabled: bool,
+    /// Where this instance keeps its index (default: `<data dir>/audit-index`).
+    pub index_dir: Option<PathBuf>,
+}
+
+impl Default for AuditSection {
+    fn default() -> Self {
+        AuditSection {
+            enabled: true,
+            index_dir: None,
+        }
+    }
 }
 
 /// Gateway requests allowed per minute (0 = unlimited).
@@ -377,6 +398,28 @@ impl Config {
             }
         }
         self.registration_policy()?;
+        if self.audit.enabled
+            && let Some(r) = self.resources.iter().flatten().find(|r| {
+                r.name == AUDIT_RESOURCE
+                    || r.path.as_deref().map(|p| p.trim_end_matches('/')) == Some(AUDIT_PATH)
+            })
+        {
+            bail!(
+                "resource {}: the name `audit` and the path /mcp/audit belong to the built-in audit resource (set [audit] enabled = false to use them)",
+                r.name
+            );
+        }
+        if let Some(r) = self
+            .resources
+            .iter()
+            .flatten()
+            .find(|r| r.upstream.as_deref() == Some(BUILTIN_AUDIT))
+        {
+            bail!(
+                "resource {}: builtin:audit is the built-in audit resource's upstream",
+                r.name
+            );
+        }
         self.resource_defs("http://check.invalid")?;
         // The gateway's mounts (upstreams, tool scopes, roles) are checked when they are built
         // at start (`gateway::Mounts::from_config`), before anything is served.
@@ -411,11 +454,20 @@ impl Config {
     }
 
     /// The configured resources (or the demo), with identifiers under `base`.
-    pub fn resource_defs(&self, base: &str) -> Result<Vec<Resource>> {
-        let sections = match &self.resources {
+    /// The configured resources (the demo without any), and the built-in audit resource.
+    pub fn resource_sections(&self) -> Vec<ResourceSection> {
+        let mut sections = match &self.resources {
             Some(r) => r.clone(),
             None => vec![demo_resource()],
         };
+        if self.audit.enabled {
+            sections.push(audit_resource());
+        }
+        sections
+    }
+
+    pub fn resource_defs(&self, base: &str) -> Result<Vec<Resource>> {
+        let sections = self.resource_sections();
         let mut out = Vec::new();
         for r in sections {
             let id = match (&r.path, &r.url) {
@@ -512,6 +564,38 @@ pub fn demo_resource() -> ResourceSection {
 
 /// The `upstream` value that selects the built-in demo MCP server.
 pub const BUILTIN_DEMO: &str = "builtin:demo";
+
+/// The `upstream` value of the built-in audit MCP server.
+pub const BUILTIN_AUDIT: &str = "builtin:audit";
+
+/// The name, mount path and scope of the built-in audit resource.
+pub const AUDIT_RESOURCE: &str = "audit";
+pub const AUDIT_PATH: &str = "/mcp/audit";
+pub const AUDIT_SCOPE: &str = "audit:read";
+
+/// The built-in audit resource: Grantline's own read-only MCP server over the audit trail,
+/// and the audience of tokens for the audit API.
+pub fn audit_resource() -> ResourceSection {
+    ResourceSection {
+        name: AUDIT_RESOURCE.into(),
+        path: Some(AUDIT_PATH.into()),
+        url: None,
+        description: "Grantline's audit trail: search, events with proofs, activity summaries \
+                      (auditors and admins)"
+            .into(),
+        scopes: vec![ScopeSection {
+            name: AUDIT_SCOPE.into(),
+            description: "Search and read the audit trail, personal data included".into(),
+        }],
+        default_scopes: Some(vec![AUDIT_SCOPE.into()]),
+        token_format: None,
+        upstream: Some(BUILTIN_AUDIT.into()),
+        read_scope: Some(AUDIT_SCOPE.into()),
+        write_scope: Some(AUDIT_SCOPE.into()),
+        tools: Default::default(),
+        upstream_timeout_secs: None,
+    }
+}
 
 #[cfg(test)]
 mod tests {

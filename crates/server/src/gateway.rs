@@ -18,6 +18,8 @@ pub enum Upstream {
     Http(String),
     /// The demo server inside this process.
     Demo,
+    /// The audit MCP server inside this process.
+    Audit,
 }
 
 /// A resource behind the gateway.
@@ -53,10 +55,7 @@ pub const LEARN_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1
 impl Mounts {
     pub fn from_config(config: &Config, base: &str) -> Result<Mounts> {
         let defs = config.resource_defs(base)?;
-        let sections = match &config.resources {
-            Some(r) => r.clone(),
-            None => vec![crate::config::demo_resource()],
-        };
+        let sections = config.resource_sections();
         let mut by_name = HashMap::new();
         for (section, def) in sections.iter().zip(defs.iter()) {
             let Some(up) = &section.upstream else {
@@ -77,6 +76,8 @@ impl Mounts {
             }
             let upstream = if up == BUILTIN_DEMO {
                 Upstream::Demo
+            } else if up == crate::config::BUILTIN_AUDIT {
+                Upstream::Audit
             } else {
                 let u = url::Url::parse(up).map_err(|e| {
                     anyhow::anyhow!("resource {}: upstream {up:?}: {e}", section.name)

@@ -4,6 +4,8 @@
 
 pub mod admin;
 pub mod app;
+pub mod audit;
+pub mod audit_mcp;
 mod background;
 pub mod bootstrap;
 pub mod cimd;
@@ -166,6 +168,9 @@ pub async fn serve(
         );
     }
     app.flush_all_rate_limits().await;
+    if let Some(audit) = &app.audit {
+        audit.stop().await;
+    }
     tracing::info!("shutting down: writing a final checkpoint");
     app.ledger.shutdown().await;
     Ok(())

@@ -32,12 +32,29 @@ button.primary{background:#1f5fd1;color:#fff;border-color:#1f5fd1}li{margin:.35r
 
 /// Renders a page with the security headers. `form_action` is the CSP `form-action` source list.
 pub fn page(status: StatusCode, title: &str, body: &str, form_action: &str) -> Response {
+    page_styled(status, title, body, form_action, "")
+}
+
+/// Styles added for wide pages with tables (the audit page).
+pub const WIDE: &str = "body{max-width:78rem}table{border-collapse:collapse;width:100%;font-size:.88rem}\
+td,th{border-bottom:1px solid #e2e6ee;padding:.3rem .4rem;text-align:left;vertical-align:top}\
+th{background:#f3f5f9}pre{white-space:pre-wrap;word-break:break-all;background:#f6f8fb;padding:.6rem;font-size:.8rem}\
+code{font-family:ui-monospace,monospace}.denied,.failure,.error{color:#a61b1b}nav a{margin-right:1rem}";
+
+/// As [`page`], with `extra` CSS after the base style.
+pub fn page_styled(
+    status: StatusCode,
+    title: &str,
+    body: &str,
+    form_action: &str,
+    extra: &str,
+) -> Response {
     let nonce =
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&crate::random::bytes32()[..16]);
     let html = format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
-         <title>{} · Grantline</title><style nonce=\"{nonce}\">{STYLE}</style></head>\
+         <title>{} · Grantline</title><style nonce=\"{nonce}\">{STYLE}{extra}</style></head>\
          <body>{body}</body></html>",
         esc(title)
     );

@@ -54,7 +54,22 @@ impl App {
         let metadata_documents = Fetcher::new(config.metadata_documents.clone())?;
         let mounts = crate::gateway::Mounts::from_config(&config, &public_url)?;
         let store = ledger.store().clone();
+        let (audit, indexer) = if config.audit.enabled {
+            let dir = config
+                .audit
+                .index_dir
+                .clone()
+                .unwrap_or_else(|| opts.data_dir.join("audit-index"));
+            let (service, indexer) =
+                crate::audit::AuditService::open(&store, Keyring::new(&store), dir.clone())
+                    .await
+                    .with_context(|| format!("opening the audit index in {}", dir.display()))?;
+            (Some(service), Some(indexer))
+        } else {
+            (None, None)
+        };
         let app = App(Arc::new(Inner {
+            audit,
             data_dir: opts.data_dir,
             keyring: Keyring::new(&store),
             credentials: Credentials::new(&store),
@@ -95,6 +110,9 @@ impl App {
         app.projection.on_erased(move |user| {
             keyring.forget(&grantline_ledger::pii::user_subject(user));
         });
+        if let Some(indexer) = indexer {
+            app.start_audit(indexer);
+        }
         app.record_signing_key().await?;
         crate::bootstrap::admin(&app).await?;
         crate::bootstrap::config_clients(&app).await?;

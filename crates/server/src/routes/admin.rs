@@ -82,6 +82,17 @@ async fn admin_user(
     ctx: &RequestContext,
     headers: &HeaderMap,
 ) -> Result<String, Response> {
+    basic_user(app, ctx, headers, &["admin"]).await
+}
+
+/// The user calling with HTTP Basic, if their role is one of `roles`; else the response
+/// refusing them (the same for every refusal).
+pub(crate) async fn basic_user(
+    app: &App,
+    ctx: &RequestContext,
+    headers: &HeaderMap,
+    roles: &[&str],
+) -> Result<String, Response> {
     let creds = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -134,13 +145,13 @@ async fn admin_user(
         Outcome::Busy => return Err(too_many(1)),
         _ => return Err(refused()),
     };
-    let is_admin = app
+    let allowed = app
         .projection
         .read()
         .users
         .get(&user_id)
-        .is_some_and(|u| u.role == "admin" && u.active());
-    if !is_admin {
+        .is_some_and(|u| roles.contains(&u.role.as_str()) && u.active());
+    if !allowed {
         return Err(refused());
     }
     app.login_throttle.succeeded(user);

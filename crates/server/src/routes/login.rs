@@ -21,6 +21,7 @@ fn safe_return_to(r: Option<&str>) -> String {
             p.to_string()
         }
         Some("/account") => "/account".to_string(),
+        Some("/admin/audit") => "/admin/audit".to_string(),
         _ => "/".to_string(),
     }
 }

@@ -2,6 +2,7 @@
 
 pub mod account;
 pub mod admin;
+pub mod audit;
 pub mod authorize;
 pub mod client;
 pub mod gateway;
@@ -101,5 +102,10 @@ pub fn router() -> Router<App> {
             get(admin::list_pats).post(admin::create_pat),
         )
         .route("/admin/api/pats/{pat_id}/revoke", post(admin::revoke_pat))
+        .route("/admin/api/audit/search", get(audit::search))
+        .route("/admin/api/audit/export", get(audit::export))
+        .route("/admin/api/audit/events/{seq}", get(audit::event))
+        .route("/admin/audit", get(audit::page))
+        .route("/admin/audit/events/{seq}", get(audit::event_page))
         .layer(DefaultBodyLimit::max(MAX_BODY))
 }

@@ -123,6 +123,9 @@ impl Request<'_> {
             grantline_oauth::metadata::protected_resource_path(&resource.id)
         );
         let caller = self.authenticate(&resource, query, &metadata_url).await?;
+        if mount.upstream == crate::gateway::Upstream::Audit {
+            self.audit_role(&caller, &resource, &metadata_url).await?;
+        }
         let (watched, body, session_id) = self.classify(&caller, body).await?;
         let started = Instant::now();
         let assertion = upstream::identity(self.app, self.ctx, &caller);
@@ -200,6 +203,45 @@ impl Request<'_> {
         };
         quota_headers(&mut r, quota);
         Ok(r)
+    }
+
+    /// The audit resource is for auditors and admins (and clients acting for themselves, whose
+    /// `audit:read` scope an admin gave them): anyone else is refused, and the refusal recorded.
+    async fn audit_role(
+        &self,
+        caller: &Caller,
+        resource: &Resource,
+        metadata_url: &str,
+    ) -> Result<(), Response> {
+        let allowed = caller.user_id.is_none()
+            || caller
+                .role
+                .as_deref()
+                .is_some_and(grantline_audit::access::role_allows);
+        if allowed {
+            return Ok(());
+        }
+        let reader = grantline_audit::access::Reader {
+            user_id: caller.user_id.clone(),
+            client_id: caller.client_id.clone(),
+            credential: Some(caller.credential.clone()),
+        };
+        let event = grantline_audit::access::denied(
+            &self.ctx.request_id,
+            &resource.id,
+            &reader,
+            "role",
+            self.method.as_str(),
+        );
+        if self.app.append(vec![event]).await.is_err() {
+            return Err(unavailable());
+        }
+        let d = Denial::new(
+            grantline_gateway::DenialKind::Forbidden,
+            "role",
+            resource.default_scopes.clone(),
+        );
+        Err(denial_response(&d, metadata_url, None))
     }
 
     /// The mount and its resource, for this issuer.

@@ -90,6 +90,7 @@ pub async fn send(
 ) -> Result<Response, UpstreamError> {
     match &mount.upstream {
         Upstream::Demo => Ok(app.demo.handle(method, &body)),
+        Upstream::Audit => Ok(crate::audit_mcp::handle(app, method, &body, &identity).await),
         Upstream::Http(url) => {
             let mut req = app.upstream_http.request(method.clone(), url).body(body);
             for name in TO_UPSTREAM {

@@ -1,0 +1,154 @@
+//! Who may read the audit trail, and the events that record each reading: `audit.searched`,
+//! `audit.exported`, and `authorization.denied` for a refusal. These are the audit trail's
+//! deciders: the only place its events are built, and where their values are bounded.
+
+use crate::query::MAX_QUERY_BYTES;
+use grantline_ledger::{
+    Actor, AuditExported, AuditSearched, AuditSurface, AuthorizationDenied, Credential, NewEvent,
+    RequestMeta, Sealed, StreamId,
+};
+
+/// The roles that may read the audit trail.
+pub const AUDIT_ROLES: &[&str] = &["admin", "auditor"];
+
+/// Whether a user of `role` may read the audit trail.
+pub fn role_allows(role: &str) -> bool {
+    AUDIT_ROLES.contains(&role)
+}
+
+/// Who is reading: a user (signed in, or through a token), a client acting for itself (a SIEM
+/// job with `client_credentials`), or the operator at the command line (neither).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reader {
+    pub user_id: Option<String>,
+    pub client_id: Option<String>,
+    pub credential: Option<Credential>,
+}
+
+impl Reader {
+    fn actor(&self) -> Actor {
+        match (&self.user_id, &self.client_id) {
+            (Some(u), _) => Actor::User { id: u.clone() },
+            (None, Some(c)) => Actor::Client { id: c.clone() },
+            (None, None) => Actor::Operator,
+        }
+    }
+
+    /// The subject whose key seals what this reader typed (its queries).
+    pub fn subject(&self, today: &str) -> String {
+        match &self.user_id {
+            Some(u) => grantline_ledger::pii::user_subject(u),
+            None => format!("anon:{today}"),
+        }
+    }
+}
+
+fn stream() -> StreamId {
+    StreamId::named("audit")
+}
+
+/// Export formats an `audit.exported` may name.
+const FORMATS: &[&str] = &["jsonl", "ocsf", "ecs", "cef", "csv"];
+
+/// The longest kind filter recorded.
+const MAX_KIND_FILTER: usize = 512;
+
+fn bounded_query(q: &Sealed) -> bool {
+    // The ciphertext of a query is its text plus the AEAD tag.
+    q.ciphertext.len() <= MAX_QUERY_BYTES + 16
+}
+
+/// `audit.searched`. The query arrives sealed; one longer than the query language accepts is
+/// refused (`None`).
+pub fn searched(
+    reader: &Reader,
+    surface: AuditSurface,
+    query: Sealed,
+    results: u64,
+    request: Option<RequestMeta>,
+) -> Option<NewEvent> {
+    if !bounded_query(&query) {
+        return None;
+    }
+    Some(NewEvent::new(
+        stream(),
+        reader.actor(),
+        AuditSearched {
+            surface,
+            user_id: reader.user_id.clone(),
+            client_id: reader.client_id.clone(),
+            query,
+            results,
+            request,
+        },
+    ))
+}
+
+/// What an export read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exported {
+    pub format: &'static str,
+    pub after: u64,
+    pub last_seq: Option<u64>,
+    pub count: u64,
+    pub kind: Option<String>,
+    pub query: Option<Sealed>,
+    pub redacted: bool,
+}
+
+/// `audit.exported`; `None` for a format that is not one, or values out of bounds.
+pub fn exported(
+    reader: &Reader,
+    surface: AuditSurface,
+    e: Exported,
+    request: Option<RequestMeta>,
+) -> Option<NewEvent> {
+    if !FORMATS.contains(&e.format)
+        || e.query.as_ref().is_some_and(|q| !bounded_query(q))
+        || e.kind.as_ref().is_some_and(|k| k.len() > MAX_KIND_FILTER)
+    {
+        return None;
+    }
+    Some(NewEvent::new(
+        stream(),
+        reader.actor(),
+        AuditExported {
+            surface,
+            user_id: reader.user_id.clone(),
+            client_id: reader.client_id.clone(),
+            format: e.format.to_string(),
+            after: e.after,
+            last_seq: e.last_seq,
+            count: e.count,
+            kind: e.kind,
+            query: e.query,
+            redacted: e.redacted,
+            request,
+        },
+    ))
+}
+
+/// `authorization.denied` for a refused reading of the trail.
+pub fn denied(
+    request_id: &str,
+    resource: &str,
+    reader: &Reader,
+    reason: &'static str,
+    method: &str,
+) -> NewEvent {
+    NewEvent::new(
+        StreamId::resource(resource),
+        reader.actor(),
+        AuthorizationDenied {
+            request_id: request_id.chars().take(128).collect(),
+            resource: resource.to_string(),
+            user_id: reader.user_id.clone(),
+            client_id: reader.client_id.clone(),
+            credential: reader.credential.clone(),
+            reason: reason.to_string(),
+            required_scopes: vec!["audit:read".into()],
+            method: method.chars().take(128).collect(),
+            tool: None,
+        },
+    )
+}

@@ -1,0 +1,52 @@
+//! An inclusion proof for one event against the newest checkpoint, in the form `grantline
+//! proof` prints and `grantline verify-proof` checks.
+
+use base64::Engine;
+use grantline_ledger::Hash;
+use grantline_ledger::merkle::{inclusion_proof, leaf_hash};
+use grantline_store::{Store, StoreError};
+use serde_json::{Value, json};
+
+fn b64(h: &Hash) -> String {
+    base64::engine::general_purpose::STANDARD.encode(h.0)
+}
+
+/// The proof that event `seq` is in the tree of the newest checkpoint: `None` when no
+/// checkpoint covers it yet.
+pub async fn inclusion(store: &Store, seq: u64) -> Result<Option<Value>, StoreError> {
+    let checkpoints = store.checkpoints().await?;
+    let Some(newest) = checkpoints.iter().max_by_key(|c| c.tree_size) else {
+        return Ok(None);
+    };
+    let size = newest.tree_size as u64;
+    if seq == 0 || seq > size {
+        return Ok(None);
+    }
+    let Some(chain) = store.hash_at(seq).await? else {
+        return Ok(None);
+    };
+    let leaves: Vec<Hash> = store
+        .chain_hashes(size)
+        .await?
+        .iter()
+        .map(leaf_hash)
+        .collect();
+    if leaves.len() as u64 != size {
+        return Err(StoreError::Invalid(format!(
+            "the ledger has {} events but its newest checkpoint covers {size}",
+            leaves.len()
+        )));
+    }
+    let Some(path) = inclusion_proof(&leaves, (seq - 1) as usize) else {
+        return Ok(None);
+    };
+    Ok(Some(json!({
+        "type": "inclusion",
+        "seq": seq,
+        "chain_hash": chain.to_hex(),
+        "index": seq - 1,
+        "tree_size": size,
+        "hashes": path.iter().map(b64).collect::<Vec<_>>(),
+        "checkpoint": newest.note,
+    })))
+}

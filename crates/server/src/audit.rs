@@ -1,0 +1,350 @@
+//! The audit trail inside the server: this instance's index following the shared ledger, and
+//! who may read the trail (a signed-in auditor or admin, an `audit:read` token for the audit
+//! resource, a personal access token with that scope, HTTP Basic as an auditor or admin).
+
+use crate::app::{App, AppError};
+use crate::context::RequestContext;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use grantline_audit::access::{self, Reader};
+use grantline_audit::mapping::Directory;
+use grantline_audit::{AuditIndex, Indexer, IndexerOptions, Progress};
+use grantline_ledger::{AuditSurface, NewEvent};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+/// This instance's audit index and the task that keeps it following the ledger.
+pub struct AuditService {
+    pub index: AuditIndex,
+    pub progress: Arc<Progress>,
+    /// Users' and clients' names as of the index's last commit (for exports).
+    pub directory: Arc<RwLock<Directory>>,
+    pub dir: PathBuf,
+    stop: Arc<AtomicBool>,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl AuditService {
+    /// Opens (or creates) the index in `dir`; the indexer starts with [`App::start_audit`].
+    /// Another instance sharing the data directory holds that index's writer: this one then
+    /// keeps its own beside it (`dir-2`, `dir-3`, …).
+    pub async fn open(
+        store: &grantline_store::Store,
+        keyring: grantline_store::Keyring,
+        dir: PathBuf,
+    ) -> anyhow::Result<(AuditService, Indexer)> {
+        let mut last = None;
+        for n in 1..=16 {
+            let candidate = if n == 1 {
+                dir.clone()
+            } else {
+                let mut name = dir.file_name().unwrap_or_default().to_os_string();
+                name.push(format!("-{n}"));
+                dir.with_file_name(name)
+            };
+            let index = AuditIndex::open(&candidate)?;
+            match Indexer::open(
+                index.clone(),
+                store,
+                keyring.clone(),
+                IndexerOptions::default(),
+            )
+            .await
+            {
+                Ok(indexer) => {
+                    if n > 1 {
+                        tracing::info!(dir = %candidate.display(), "another instance holds the audit index; keeping this one's own");
+                    }
+                    return Ok((
+                        AuditService {
+                            index,
+                            progress: indexer.progress(),
+                            directory: indexer.directory(),
+                            dir: candidate,
+                            stop: Arc::default(),
+                            task: Mutex::new(None),
+                        },
+                        indexer,
+                    ));
+                }
+                Err(grantline_audit::IndexerError::Index(e)) if e.is_lock_busy() => last = Some(e),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(anyhow::anyhow!(
+            "every audit index beside {} is in use: {}",
+            dir.display(),
+            last.map(|e| e.to_string()).unwrap_or_default()
+        ))
+    }
+
+    /// The last seq searchable here.
+    pub fn indexed_through(&self) -> u64 {
+        self.progress.committed.load(Ordering::SeqCst)
+    }
+
+    /// Stops the indexer after its last commit.
+    pub async fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let task = self.task.lock().ok().and_then(|mut t| t.take());
+        if let Some(t) = task
+            && tokio::time::timeout(Duration::from_secs(10), t)
+                .await
+                .is_err()
+        {
+            tracing::warn!("the audit indexer did not stop in time");
+        }
+    }
+}
+
+impl App {
+    /// Starts following the ledger into the index: first what it holds already (logged as it
+    /// goes), then each new event within about a quarter of a second.
+    pub fn start_audit(&self, mut indexer: Indexer) {
+        let Some(audit) = &self.audit else { return };
+        let stop = audit.stop.clone();
+        let local = self.ledger.subscribe();
+        let task = tokio::spawn(async move {
+            let start = std::time::Instant::now();
+            let from = indexer.position();
+            let mut last_log = std::time::Instant::now();
+            match indexer
+                .catch_up(|done, head| {
+                    if last_log.elapsed() > Duration::from_secs(5) {
+                        last_log = std::time::Instant::now();
+                        tracing::info!(done, head, "audit index catching up with the ledger");
+                    }
+                })
+                .await
+            {
+                Ok(at) if at > from => tracing::info!(
+                    indexed = at - from,
+                    through = at,
+                    seconds = start.elapsed().as_secs_f64(),
+                    "audit index caught up"
+                ),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "audit index catch-up failed; following anyway")
+                }
+            }
+            indexer.follow(Some(local), stop).await;
+        });
+        if let Ok(mut t) = audit.task.lock() {
+            *t = Some(task);
+        }
+    }
+
+    /// The audit service, or the answer that audit is turned off here.
+    pub fn audit_service(&self) -> Result<&AuditService, Response> {
+        self.audit.as_ref().ok_or_else(|| {
+            api_error(
+                StatusCode::NOT_FOUND,
+                "audit_disabled",
+                "audit search is turned off on this server",
+            )
+        })
+    }
+
+    /// Appends an audit-trail reading's event (durable before the answer is sent).
+    pub async fn record_reading(&self, event: Option<NewEvent>) -> Result<(), Response> {
+        let Some(event) = event else {
+            return Err(api_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "the request is out of bounds",
+            ));
+        };
+        self.append(vec![event])
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
+    }
+}
+
+/// A JSON error answer of the audit API.
+pub fn api_error(status: StatusCode, error: &str, description: &str) -> Response {
+    let mut r = (
+        status,
+        axum::Json(serde_json::json!({"error": error, "error_description": description})),
+    )
+        .into_response();
+    crate::http::no_store(r.headers_mut());
+    r
+}
+
+fn unavailable(e: AppError) -> Response {
+    tracing::warn!(error = %e, "cannot record an audit-trail reading");
+    api_error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "temporarily_unavailable",
+        "the ledger cannot record this reading of the audit trail; nothing was read",
+    )
+}
+
+/// The audit resource's identifier for this request's issuer.
+pub fn resource_id(ctx: &RequestContext) -> String {
+    format!("{}{}", ctx.issuer, crate::config::AUDIT_PATH)
+}
+
+/// Who is reading the trail through the API or the page, or the refusal (recorded when the
+/// caller was identified but lacks the role or scope).
+pub async fn reader(
+    app: &App,
+    ctx: &RequestContext,
+    headers: &HeaderMap,
+    method: &str,
+) -> Result<Reader, Response> {
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let resource = resource_id(ctx);
+    if let Some(token) = grantline_gateway::caller::bearer(authorization) {
+        let d = grantline_ledger::secret_digest(token.as_bytes());
+        let _ = app
+            .catch_up_unless(|s| {
+                s.access_tokens.contains_key(&d) || s.pat_by_digest.contains_key(&d)
+            })
+            .await;
+        if !app.projection.fresh() {
+            return Err(api_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                "the server is catching up with the ledger",
+            ));
+        }
+        let caller = grantline_gateway::authenticate(
+            &app.projection.read(),
+            Some(token),
+            &resource,
+            app.now(),
+            &[crate::config::AUDIT_SCOPE.to_string()],
+        )
+        .map_err(|d| {
+            let mut r = api_error(
+                StatusCode::UNAUTHORIZED,
+                "invalid_token",
+                "the token is not valid for the audit resource",
+            );
+            let challenge = format!(
+                "Bearer error=\"invalid_token\", resource_metadata=\"{}{}\"",
+                ctx.issuer,
+                grantline_oauth::metadata::protected_resource_path(&resource)
+            );
+            if let Ok(v) = challenge.parse() {
+                r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+            }
+            tracing::info!(reason = d.reason, "audit API request refused");
+            r
+        })?;
+        let reader = Reader {
+            user_id: caller.user_id.clone(),
+            client_id: caller.client_id.clone(),
+            credential: Some(caller.credential.clone()),
+        };
+        let refusal = if !caller.scopes.contains(crate::config::AUDIT_SCOPE) {
+            Some((
+                "insufficient_scope",
+                "this token lacks the audit:read scope",
+            ))
+        } else if caller.user_id.is_some()
+            && !caller.role.as_deref().is_some_and(access::role_allows)
+        {
+            Some((
+                "role",
+                "reading the audit trail needs the auditor or admin role",
+            ))
+        } else {
+            None
+        };
+        if let Some((reason, description)) = refusal {
+            app.append(vec![access::denied(
+                &ctx.request_id,
+                &resource,
+                &reader,
+                reason,
+                method,
+            )])
+            .await
+            .map_err(unavailable)?;
+            return Err(api_error(StatusCode::FORBIDDEN, reason, description));
+        }
+        return Ok(reader);
+    }
+    if authorization.is_some_and(|a| a.len() > 6 && a[..6].eq_ignore_ascii_case("basic ")) {
+        let user_id =
+            crate::routes::admin::basic_user(app, ctx, headers, access::AUDIT_ROLES).await?;
+        return Ok(Reader {
+            user_id: Some(user_id),
+            ..Reader::default()
+        });
+    }
+    if let Some(s) = crate::session::current(app, ctx, headers, app.now().0 / 1_000_000) {
+        let reader = Reader {
+            user_id: Some(s.user_id.clone()),
+            ..Reader::default()
+        };
+        let allowed = app
+            .projection
+            .read()
+            .users
+            .get(&s.user_id)
+            .is_some_and(|u| access::role_allows(&u.role));
+        if !allowed {
+            app.append(vec![access::denied(
+                &ctx.request_id,
+                &resource,
+                &reader,
+                "role",
+                method,
+            )])
+            .await
+            .map_err(unavailable)?;
+            return Err(api_error(
+                StatusCode::FORBIDDEN,
+                "role",
+                "reading the audit trail needs the auditor or admin role",
+            ));
+        }
+        return Ok(reader);
+    }
+    let mut r = api_error(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "sign in as an auditor, or send a bearer token with the audit:read scope",
+    );
+    let challenge = format!(
+        "Bearer resource_metadata=\"{}{}\"",
+        ctx.issuer,
+        grantline_oauth::metadata::protected_resource_path(&resource)
+    );
+    if let Ok(v) = challenge.parse() {
+        r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+    }
+    Err(r)
+}
+
+/// Seals what a reader typed (a query) under their key.
+pub async fn seal_query(
+    app: &App,
+    reader: &Reader,
+    q: &str,
+) -> Result<grantline_ledger::Sealed, Response> {
+    let today = app.now().to_string();
+    let subject = reader.subject(&today[..10]);
+    app.keyring
+        .seal(&subject, q)
+        .await
+        .map_err(|e| unavailable(AppError::from(e)))
+}
+
+/// The surface a request came through (the page sends cookies, the API tokens).
+pub fn surface(page: bool) -> AuditSurface {
+    if page {
+        AuditSurface::Page
+    } else {
+        AuditSurface::Api
+    }
+}

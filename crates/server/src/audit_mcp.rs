@@ -1,0 +1,408 @@
+//! Grantline's own MCP server at `/mcp/audit`: read-only tools over the audit trail for a
+//! reviewer's assistant. It sits behind the gateway like any upstream — the same OAuth flow,
+//! the audit role, rate limits, and `tool.call_started`/`tool.called` for each call — and
+//! records each reading as `audit.searched`, like the API.
+//!
+//! It is a stateless Streamable HTTP server answering JSON, written here rather than with the
+//! Rust MCP SDK (`rmcp`): the gateway in front of it already owns the transport (sessions,
+//! Origin, authentication, recording), and what remains is four tools answering one JSON-RPC
+//! message each, in the same process, with the caller the gateway authenticated.
+
+use crate::app::App;
+use crate::audit::AuditService;
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use grantline_audit::access::{self, Reader};
+use grantline_audit::query::{Expr, Field, Value as QValue};
+use grantline_audit::{AuditRecord, SortOrder};
+use grantline_ledger::{AuditSurface, Timestamp};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+
+const VERSIONS: &[&str] = &["2026-07-28", "2025-11-25", "2025-06-18", "2025-03-26"];
+
+/// The most events a summary or a family's story reads.
+const MAX_READ: usize = 100_000;
+
+fn tools() -> Value {
+    let ro = json!({"readOnlyHint": true, "destructiveHint": false, "idempotentHint": true, "openWorldHint": false});
+    json!([
+        {
+            "name": "search_audit",
+            "title": "Search the audit trail",
+            "description": "Search Grantline's audit trail with its query language, e.g. `kind:tool.called user:alice@example.com outcome:denied time:>-24h`. Returns events newest first, with a cursor for the next page.",
+            "inputSchema": {"type": "object", "properties": {
+                "query": {"type": "string", "description": "The query (empty for everything)", "maxLength": 4096},
+                "limit": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20},
+                "cursor": {"type": "string", "description": "next_cursor of the previous page"},
+                "order": {"type": "string", "enum": ["desc", "asc"], "default": "desc"}
+            }},
+            "annotations": ro
+        },
+        {
+            "name": "get_event",
+            "title": "One event with its proof",
+            "description": "One event by seq: every field as recorded, its chain hash, and an inclusion proof against the newest signed checkpoint.",
+            "inputSchema": {"type": "object", "properties": {"seq": {"type": "integer", "minimum": 1}}, "required": ["seq"]},
+            "annotations": ro
+        },
+        {
+            "name": "summarize_activity",
+            "title": "Summarise a user's or client's activity",
+            "description": "Counts by event kind, outcome and tool, first and last seen, for one user (id, username or email) or client (id or name) over a time range.",
+            "inputSchema": {"type": "object", "properties": {
+                "user": {"type": "string"}, "client": {"type": "string"},
+                "since": {"type": "string", "description": "date, RFC 3339 time or relative (-7d)"},
+                "until": {"type": "string"}
+            }},
+            "annotations": ro
+        },
+        {
+            "name": "follow_family",
+            "title": "Follow a token family",
+            "description": "Every event of one refresh-token family, in order: consent, code, each rotation, tool calls with its tokens, reuse detection or revocation.",
+            "inputSchema": {"type": "object", "properties": {"family_id": {"type": "string"}}, "required": ["family_id"]},
+            "annotations": ro
+        }
+    ])
+}
+
+/// Who the gateway says is calling, from the identity assertion it signed for this request.
+fn reader_from_assertion(assertion: &str) -> Reader {
+    let claims: Value = assertion
+        .split('.')
+        .nth(1)
+        .and_then(|p| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(p)
+                .ok()
+        })
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or(Value::Null);
+    let client_id = claims["client_id"].as_str().map(String::from);
+    let sub = claims["sub"].as_str().map(String::from);
+    let user_id = sub.filter(|s| !s.is_empty() && Some(s) != client_id.as_ref());
+    Reader {
+        user_id,
+        client_id,
+        credential: None,
+    }
+}
+
+fn text_result(v: Value) -> Value {
+    json!({
+        "content": [{"type": "text", "text": serde_json::to_string_pretty(&v).unwrap_or_default()}],
+        "structuredContent": v,
+        "isError": false
+    })
+}
+
+fn tool_error(message: impl Into<String>) -> Value {
+    json!({"content": [{"type": "text", "text": message.into()}], "isError": true})
+}
+
+fn record_json(r: &AuditRecord) -> Value {
+    let mut v = serde_json::to_value(r).unwrap_or(Value::Null);
+    v["at"] = json!(Timestamp(r.time).to_string());
+    v
+}
+
+fn all(audit: &AuditService, e: &Expr) -> Result<Vec<AuditRecord>, String> {
+    let mut out = Vec::new();
+    let mut cursor = None;
+    while out.len() < MAX_READ {
+        let page = audit
+            .index
+            .search(e, SortOrder::Asc, cursor, 1000)
+            .map_err(|e| e.to_string())?;
+        out.extend(page.records);
+        match page.next {
+            Some(n) => cursor = Some(n),
+            None => break,
+        }
+    }
+    Ok(out)
+}
+
+struct Call<'a> {
+    app: &'a App,
+    audit: &'a AuditService,
+    reader: Reader,
+}
+
+impl Call<'_> {
+    /// Records the reading; a tool whose reading cannot be recorded answers nothing.
+    async fn record(&self, query: &str, results: usize) -> Result<(), String> {
+        let today = self.app.now().to_string();
+        let subject = self.reader.subject(&today[..10]);
+        let sealed = self
+            .app
+            .keyring
+            .seal(&subject, query)
+            .await
+            .map_err(|_| "the ledger cannot record this search".to_string())?;
+        let event = access::searched(
+            &self.reader,
+            AuditSurface::Mcp,
+            sealed,
+            results as u64,
+            None,
+        )
+        .ok_or_else(|| "the query is too long".to_string())?;
+        self.app
+            .append(vec![event])
+            .await
+            .map(|_| ())
+            .map_err(|_| "the ledger cannot record this search".to_string())
+    }
+
+    async fn run(&self, name: &str, args: &Value) -> Result<Value, (i64, String)> {
+        let s = |k: &str| {
+            args.get(k)
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string()
+        };
+        let result = match name {
+            "search_audit" => self.search(&s("query"), args).await,
+            "get_event" => match args.get("seq").and_then(Value::as_u64) {
+                Some(seq) => self.event(seq).await,
+                None => Err("get_event needs a seq".into()),
+            },
+            "summarize_activity" => {
+                self.summarize(&s("user"), &s("client"), &s("since"), &s("until"))
+                    .await
+            }
+            "follow_family" => self.family(&s("family_id")).await,
+            other => return Err((-32602, format!("unknown tool {other}"))),
+        };
+        Ok(match result {
+            Ok(v) => text_result(v),
+            Err(m) => tool_error(m),
+        })
+    }
+
+    async fn search(&self, q: &str, args: &Value) -> Result<Value, String> {
+        let expr = grantline_audit::parse(q, self.app.now().0)
+            .map_err(|e| format!("the query does not parse {e}"))?;
+        let limit = args
+            .get("limit")
+            .and_then(Value::as_u64)
+            .unwrap_or(20)
+            .clamp(1, 100) as usize;
+        let cursor = match args.get("cursor").and_then(Value::as_str) {
+            None | Some("") => None,
+            Some(c) => Some(
+                c.parse::<u64>()
+                    .map_err(|_| "cursor is a previous page's next_cursor".to_string())?,
+            ),
+        };
+        let order = match args.get("order").and_then(Value::as_str) {
+            Some("asc") => SortOrder::Asc,
+            _ => SortOrder::Desc,
+        };
+        let page = self
+            .audit
+            .index
+            .search(&expr, order, cursor, limit)
+            .map_err(|e| e.to_string())?;
+        self.record(q, page.records.len()).await?;
+        Ok(json!({
+            "query": q,
+            "results": page.records.iter().map(record_json).collect::<Vec<_>>(),
+            "next_cursor": page.next.map(|n| n.to_string()),
+            "indexed_through": self.audit.indexed_through(),
+        }))
+    }
+
+    async fn event(&self, seq: u64) -> Result<Value, String> {
+        let unreadable = |e: grantline_store::StoreError| format!("the ledger cannot be read: {e}");
+        let events = self
+            .app
+            .store()
+            .read(seq.saturating_sub(1), 1)
+            .await
+            .map_err(unreadable)?;
+        let Some(r) = events.into_iter().next().filter(|r| r.seq() == seq) else {
+            return Err(format!("no event {seq}"));
+        };
+        let dir = self
+            .audit
+            .directory
+            .read()
+            .map(|d| d.clone())
+            .unwrap_or_default();
+        let mut exporter =
+            grantline_audit::formats::Exporter::new(self.app.keyring.clone(), dir, false);
+        let item = exporter.item(&r).await.map_err(unreadable)?;
+        let proof = grantline_audit::proof::inclusion(self.app.store(), seq)
+            .await
+            .map_err(unreadable)?;
+        self.record(&format!("seq:{seq}"), 1).await?;
+        Ok(
+            json!({"seq": seq, "hash": r.hash.to_hex(), "prev_hash": r.prev_hash.to_hex(),
+            "record": record_json(&item.record), "event": item.event, "proof": proof}),
+        )
+    }
+
+    async fn summarize(
+        &self,
+        user: &str,
+        client: &str,
+        since: &str,
+        until: &str,
+    ) -> Result<Value, String> {
+        let quote = |v: &str| format!("\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""));
+        let mut q = Vec::new();
+        match (user.is_empty(), client.is_empty()) {
+            (true, true) => return Err("name a user or a client".into()),
+            (false, _) => q.push(format!("user:{}", quote(user))),
+            _ => {}
+        }
+        if !client.is_empty() {
+            q.push(format!("client:{}", quote(client)));
+        }
+        if !since.is_empty() || !until.is_empty() {
+            q.push(format!("time:{since}..{until}"));
+        }
+        let query = q.join(" ");
+        let expr = grantline_audit::parse(&query, self.app.now().0)
+            .map_err(|e| format!("{query}: {e}"))?;
+        let records = all(self.audit, &expr)?;
+        let mut kinds: BTreeMap<&str, u64> = BTreeMap::new();
+        let mut outcomes: BTreeMap<&str, u64> = BTreeMap::new();
+        let mut tools: BTreeMap<&str, u64> = BTreeMap::new();
+        let mut clients: BTreeMap<&str, u64> = BTreeMap::new();
+        for r in &records {
+            *kinds.entry(&r.kind).or_default() += 1;
+            *outcomes.entry(&r.outcome).or_default() += 1;
+            if let Some(t) = &r.tool {
+                *tools.entry(t).or_default() += 1;
+            }
+            if let Some(c) = r.client_name.as_ref().or(r.client_id.as_ref()) {
+                *clients.entry(c).or_default() += 1;
+            }
+        }
+        self.record(&query, records.len()).await?;
+        Ok(json!({
+            "query": query,
+            "events": records.len(),
+            "truncated": records.len() >= MAX_READ,
+            "first_seen": records.first().map(|r| Timestamp(r.time).to_string()),
+            "last_seen": records.last().map(|r| Timestamp(r.time).to_string()),
+            "by_kind": kinds, "by_outcome": outcomes, "by_tool": tools, "by_client": clients,
+            "denied": records.iter().filter(|r| r.outcome == "denied").count(),
+        }))
+    }
+
+    async fn family(&self, family: &str) -> Result<Value, String> {
+        if family.is_empty() || family.len() > 200 {
+            return Err("name a family id".into());
+        }
+        let f = family.to_lowercase();
+        let base = all(self.audit, &Expr::Match(Field::Family, QValue::Term(f)))?;
+        // Tool calls carry the access token's id, not the family: follow the credentials the
+        // family issued.
+        let credentials: Vec<String> = base
+            .iter()
+            .filter(|r| r.kind == "token.issued" || r.kind == "token.refreshed")
+            .filter_map(|r| r.credential_id.clone())
+            .collect();
+        let mut events = base;
+        if !credentials.is_empty() {
+            let e = Expr::And(vec![
+                Expr::Or(
+                    credentials
+                        .iter()
+                        .map(|c| Expr::Match(Field::Credential, QValue::Term(c.to_lowercase())))
+                        .collect(),
+                ),
+                Expr::Not(Box::new(Expr::Match(
+                    Field::Family,
+                    QValue::Prefix(String::new()),
+                ))),
+            ]);
+            events.extend(all(self.audit, &e)?);
+        }
+        events.sort_by_key(|r| r.seq);
+        events.dedup_by_key(|r| r.seq);
+        self.record(&format!("family:{family}"), events.len())
+            .await?;
+        Ok(
+            json!({"family_id": family, "events": events.iter().map(record_json).collect::<Vec<_>>()}),
+        )
+    }
+}
+
+async fn answer(app: &App, audit: &AuditService, reader: &Reader, msg: &Value) -> Option<Value> {
+    let id = msg.get("id")?.clone();
+    let method = msg.get("method").and_then(Value::as_str)?;
+    let params = msg.get("params").cloned().unwrap_or(Value::Null);
+    let result = match method {
+        "initialize" => {
+            let asked = params.get("protocolVersion").and_then(Value::as_str);
+            let version = asked
+                .filter(|v| VERSIONS.contains(v))
+                .unwrap_or(VERSIONS[0]);
+            Ok(json!({
+                "protocolVersion": version,
+                "capabilities": {"tools": {"listChanged": false}},
+                "serverInfo": {"name": "grantline-audit", "version": env!("CARGO_PKG_VERSION")},
+                "instructions": "Read-only access to Grantline's audit trail. search_audit takes the audit query language (kind:, user:, client:, tool:, outcome:, time:, ip:, -negation, OR, parentheses); get_event returns an event with its inclusion proof; summarize_activity and follow_family tell a user's, client's or token family's story."
+            }))
+        }
+        "ping" => Ok(json!({})),
+        "tools/list" => Ok(json!({"tools": tools()})),
+        "tools/call" => {
+            let name = params.get("name").and_then(Value::as_str).unwrap_or("");
+            let args = params.get("arguments").cloned().unwrap_or(json!({}));
+            Call {
+                app,
+                audit,
+                reader: reader.clone(),
+            }
+            .run(name, &args)
+            .await
+        }
+        _ => Err((-32601, format!("method {method} not found"))),
+    };
+    Some(match result {
+        Ok(r) => json!({"jsonrpc": "2.0", "id": id, "result": r}),
+        Err((code, message)) => {
+            json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}})
+        }
+    })
+}
+
+/// Handles one Streamable HTTP request the gateway forwarded, as the caller it authenticated.
+pub async fn handle(app: &App, method: &Method, body: &[u8], assertion: &str) -> Response {
+    if method != Method::POST {
+        let mut r = StatusCode::METHOD_NOT_ALLOWED.into_response();
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("POST"));
+        return r;
+    }
+    let Some(audit) = app.audit.as_ref() else {
+        return (StatusCode::NOT_FOUND, "audit is turned off").into_response();
+    };
+    let reader = reader_from_assertion(assertion);
+    let Ok(v) = serde_json::from_slice::<Value>(body) else {
+        let e = json!({"jsonrpc": "2.0", "id": null, "error": {"code": -32700, "message": "parse error"}});
+        return (StatusCode::BAD_REQUEST, axum::Json(e)).into_response();
+    };
+    let mut answers = Vec::new();
+    match &v {
+        Value::Array(items) => {
+            for m in items {
+                answers.extend(answer(app, audit, &reader, m).await);
+            }
+        }
+        m => answers.extend(answer(app, audit, &reader, m).await),
+    }
+    match (v.is_array(), answers.len()) {
+        (_, 0) => StatusCode::ACCEPTED.into_response(),
+        (false, _) => axum::Json(answers.into_iter().next().unwrap_or_default()).into_response(),
+        (true, _) => axum::Json(Value::Array(answers)).into_response(),
+    }
+}

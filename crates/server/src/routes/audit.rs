@@ -1,0 +1,811 @@
+//! The audit trail over HTTP: search (`/admin/api/audit/search`, JSON pages or CSV/JSON-lines
+//! downloads), one event with its inclusion proof (`/admin/api/audit/events/{seq}`), the SIEM
+//! pull export by seq (`/admin/api/audit/export`), and the reviewer's page (`/admin/audit`).
+//! Every reading is recorded (`audit.searched`, `audit.exported`) before it is answered.
+
+use crate::app::App;
+use crate::audit::{api_error, reader, seal_query, surface};
+use crate::context::RequestContext;
+use crate::pages::{WIDE, esc, page_styled};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use grantline_audit::access::{self, Exported, Reader};
+use grantline_audit::formats::{Exporter, Format};
+use grantline_audit::{AuditRecord, Expr, MAX_PAGE, SortOrder};
+use grantline_ledger::{AuditSurface, Kind, Timestamp};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+/// Results per page by default.
+const DEFAULT_PAGE: usize = 50;
+/// Rows a search download holds at most (more: narrow the query or use the export).
+const MAX_DOWNLOAD: usize = 100_000;
+/// Events one export page reads at most.
+const MAX_EXPORT_PAGE: u32 = 10_000;
+
+#[derive(Debug, Default, Deserialize)]
+pub struct SearchParams {
+    pub q: Option<String>,
+    pub cursor: Option<String>,
+    pub limit: Option<usize>,
+    pub order: Option<String>,
+    pub format: Option<String>,
+}
+
+/// A search, checked: the parsed query, order, cursor, limit.
+struct Search {
+    q: String,
+    expr: Expr,
+    order: SortOrder,
+    cursor: Option<u64>,
+    limit: usize,
+}
+
+fn bad(error: &str, description: &str) -> Response {
+    api_error(StatusCode::BAD_REQUEST, error, description)
+}
+
+fn check(app: &App, p: &SearchParams) -> Result<Search, Response> {
+    let q = p.q.clone().unwrap_or_default();
+    let expr = grantline_audit::parse(&q, app.now().0).map_err(|e| {
+        let mut r = (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({
+                "error": "invalid_query",
+                "error_description": e.to_string(),
+                "column": e.column,
+            })),
+        )
+            .into_response();
+        crate::http::no_store(r.headers_mut());
+        r
+    })?;
+    let order = match p.order.as_deref() {
+        None | Some("desc") => SortOrder::Desc,
+        Some("asc") => SortOrder::Asc,
+        Some(_) => return Err(bad("invalid_request", "order is asc or desc")),
+    };
+    let cursor = match p.cursor.as_deref() {
+        None | Some("") => None,
+        Some(c) => Some(c.parse::<u64>().map_err(|_| {
+            bad(
+                "invalid_request",
+                "cursor is the next_cursor of a previous page",
+            )
+        })?),
+    };
+    Ok(Search {
+        q,
+        expr,
+        order,
+        cursor,
+        limit: p.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE),
+    })
+}
+
+/// A record as the API shows it: the record's fields and its time in RFC 3339.
+fn record_json(r: &AuditRecord) -> Value {
+    let mut v = serde_json::to_value(r).unwrap_or(Value::Null);
+    v["at"] = json!(Timestamp(r.time).to_string());
+    v
+}
+
+fn search_error(e: grantline_audit::IndexError) -> Response {
+    tracing::error!(error = %e, "audit search failed");
+    api_error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "temporarily_unavailable",
+        "the audit index cannot answer now",
+    )
+}
+
+/// `GET /admin/api/audit/search?q=&cursor=&limit=&order=asc|desc[&format=csv|jsonl]`.
+pub async fn search(
+    State(app): State<App>,
+    ctx: RequestContext,
+    headers: HeaderMap,
+    Query(p): Query<SearchParams>,
+) -> Response {
+    let r = match reader(&app, &ctx, &headers, "GET /admin/api/audit/search").await {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    search_as(&app, &ctx, &r, &p, page_request(&headers)).await
+}
+
+/// Whether the request came from the audit page (a browser with a session) rather than a
+/// script with a token.
+fn page_request(headers: &HeaderMap) -> bool {
+    !headers.contains_key(header::AUTHORIZATION)
+}
+
+async fn search_as(
+    app: &App,
+    ctx: &RequestContext,
+    reader: &Reader,
+    p: &SearchParams,
+    page: bool,
+) -> Response {
+    let audit = match app.audit_service() {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let s = match check(app, p) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let sealed = match seal_query(app, reader, &s.q).await {
+        Ok(q) => q,
+        Err(r) => return r,
+    };
+    let meta = match reader_meta(app, ctx, reader).await {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
+    match p.format.as_deref() {
+        None | Some("json") => {
+            let found = match audit.index.search(&s.expr, s.order, s.cursor, s.limit) {
+                Ok(f) => f,
+                Err(e) => return search_error(e),
+            };
+            let event = access::searched(
+                reader,
+                surface(page),
+                sealed,
+                found.records.len() as u64,
+                Some(meta),
+            );
+            if let Err(r) = app.record_reading(event).await {
+                return r;
+            }
+            let next = found.next.map(|n| {
+                format!(
+                    "{}/admin/api/audit/search?{}",
+                    ctx.issuer,
+                    query_string(&[
+                        ("q", s.q.as_str()),
+                        ("cursor", &n.to_string()),
+                        ("limit", &s.limit.to_string()),
+                        ("order", order_name(s.order)),
+                    ])
+                )
+            });
+            let mut r = axum::Json(json!({
+                "query": s.q,
+                "order": order_name(s.order),
+                "results": found.records.iter().map(record_json).collect::<Vec<_>>(),
+                "next_cursor": found.next.map(|n| n.to_string()),
+                "next": next,
+                "indexed_through": audit.indexed_through(),
+            }))
+            .into_response();
+            crate::http::no_store(r.headers_mut());
+            r
+        }
+        Some(f @ ("csv" | "jsonl")) => {
+            let format = if f == "csv" {
+                Format::Csv
+            } else {
+                Format::Jsonl
+            };
+            let cap = p.limit.unwrap_or(10_000).clamp(1, MAX_DOWNLOAD);
+            let mut rows = Vec::new();
+            let mut cursor = s.cursor;
+            while rows.len() < cap {
+                let found = match audit.index.search(
+                    &s.expr,
+                    s.order,
+                    cursor,
+                    (cap - rows.len()).min(MAX_PAGE),
+                ) {
+                    Ok(f) => f,
+                    Err(e) => return search_error(e),
+                };
+                rows.extend(found.records);
+                match found.next {
+                    Some(n) => cursor = Some(n),
+                    None => break,
+                }
+            }
+            let event = access::exported(
+                reader,
+                surface(page),
+                Exported {
+                    format: format.as_str(),
+                    after: 0,
+                    last_seq: rows.iter().map(|r| r.seq).max(),
+                    count: rows.len() as u64,
+                    kind: None,
+                    query: Some(sealed),
+                    redacted: false,
+                },
+                Some(meta),
+            );
+            if let Err(r) = app.record_reading(event).await {
+                return r;
+            }
+            let mut body = String::new();
+            if format == Format::Csv {
+                body.push_str(&grantline_audit::formats::csv::header());
+                body.push('\n');
+            }
+            for r in &rows {
+                if format == Format::Csv {
+                    body.push_str(&grantline_audit::formats::csv::row(r));
+                } else {
+                    body.push_str(&record_json(r).to_string());
+                }
+                body.push('\n');
+            }
+            download(
+                body,
+                format,
+                &format!("grantline-audit-{}.{f}", app.now().0 / 1_000_000),
+            )
+        }
+        Some(_) => bad("invalid_request", "format is json, csv or jsonl"),
+    }
+}
+
+fn download(body: String, format: Format, filename: &str) -> Response {
+    let mut r = body.into_response();
+    let h = r.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(format.content_type()) {
+        h.insert(header::CONTENT_TYPE, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{filename}\"")) {
+        h.insert(header::CONTENT_DISPOSITION, v);
+    }
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    crate::http::no_store(h);
+    r
+}
+
+fn order_name(o: SortOrder) -> &'static str {
+    match o {
+        SortOrder::Asc => "asc",
+        SortOrder::Desc => "desc",
+    }
+}
+
+fn query_string(pairs: &[(&str, &str)]) -> String {
+    url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(pairs.iter().filter(|(_, v)| !v.is_empty()))
+        .finish()
+}
+
+/// The request's metadata, sealed under the reader's key (their address and user agent).
+async fn reader_meta(
+    app: &App,
+    ctx: &RequestContext,
+    reader: &Reader,
+) -> Result<grantline_ledger::RequestMeta, Response> {
+    let today = app.now().to_string();
+    ctx.meta(app, &reader.subject(&today[..10]))
+        .await
+        .map_err(|e| e.into_response())
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct ExportParams {
+    pub after: Option<u64>,
+    pub limit: Option<u32>,
+    pub format: Option<String>,
+    pub kind: Option<String>,
+    pub redact: Option<bool>,
+}
+
+/// `GET /admin/api/audit/export?after=&limit=&format=&kind=&redact=`: events by seq from the
+/// ledger (not the index), in order, without gaps. Always a `Link: <…>; rel="next"`, also when
+/// the page is empty, so a poller just follows it.
+pub async fn export(
+    State(app): State<App>,
+    ctx: RequestContext,
+    headers: HeaderMap,
+    Query(p): Query<ExportParams>,
+) -> Response {
+    let reader = match reader(&app, &ctx, &headers, "GET /admin/api/audit/export").await {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let audit = match app.audit_service() {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let format = match p.format.as_deref().map(Format::parse) {
+        None => Format::Jsonl,
+        Some(Some(f)) if f != Format::Csv => f,
+        Some(_) => return bad("invalid_request", "format is jsonl, ocsf, ecs or cef"),
+    };
+    let kinds: Option<Vec<Kind>> = match p.kind.as_deref().filter(|k| !k.is_empty()) {
+        None => None,
+        Some(list) => {
+            let mut out = Vec::new();
+            for k in list.split(',') {
+                match Kind::parse(k.trim()) {
+                    Some(k) => out.push(k),
+                    None => {
+                        return bad(
+                            "invalid_request",
+                            &format!(
+                                "unknown event kind {:?}",
+                                k.chars().take(64).collect::<String>()
+                            ),
+                        );
+                    }
+                }
+            }
+            Some(out)
+        }
+    };
+    let after = p.after.unwrap_or(0);
+    let limit = p.limit.unwrap_or(1000).clamp(1, MAX_EXPORT_PAGE);
+    let redact = p.redact.unwrap_or(false);
+    let events = match app.store().read(after, limit).await {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::error!(error = %e, "export: reading the ledger failed");
+            return api_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                "the ledger cannot be read now",
+            );
+        }
+    };
+    let dir = audit
+        .directory
+        .read()
+        .map(|d| d.clone())
+        .unwrap_or_default();
+    let mut exporter = Exporter::new(app.keyring.clone(), dir, redact);
+    let mut lines = Vec::new();
+    for r in &events {
+        let wanted = kinds
+            .as_ref()
+            .is_none_or(|k| k.contains(&r.envelope.kind()));
+        let result = if wanted {
+            exporter
+                .item(r)
+                .await
+                .map(|item| lines.push(format.line(&item)))
+        } else {
+            exporter.learn(r).await
+        };
+        if let Err(e) = result {
+            tracing::error!(error = %e, "export: opening personal data failed");
+            return api_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                "the ledger cannot be read now",
+            );
+        }
+    }
+    let next_after = events.last().map_or(after, |r| r.seq());
+    if !lines.is_empty() {
+        let meta = match reader_meta(&app, &ctx, &reader).await {
+            Ok(m) => m,
+            Err(r) => return r,
+        };
+        let event = access::exported(
+            &reader,
+            AuditSurface::Api,
+            Exported {
+                format: format.as_str(),
+                after,
+                last_seq: Some(next_after),
+                count: lines.len() as u64,
+                kind: p.kind.clone(),
+                query: None,
+                redacted: redact,
+            },
+            Some(meta),
+        );
+        if let Err(r) = app.record_reading(event).await {
+            return r;
+        }
+    }
+    let mut body = lines.join("\n");
+    if !body.is_empty() {
+        body.push('\n');
+    }
+    let next = format!(
+        "{}/admin/api/audit/export?{}",
+        ctx.issuer,
+        query_string(&[
+            ("after", &next_after.to_string()),
+            ("limit", &limit.to_string()),
+            ("format", format.as_str()),
+            ("kind", p.kind.as_deref().unwrap_or("")),
+            ("redact", if redact { "true" } else { "" }),
+        ])
+    );
+    let mut r = body.into_response();
+    let h = r.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(format.content_type()) {
+        h.insert(header::CONTENT_TYPE, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&format!("<{next}>; rel=\"next\"")) {
+        h.insert(header::LINK, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&next_after.to_string()) {
+        h.insert("grantline-next-after", v);
+    }
+    crate::http::no_store(h);
+    r
+}
+
+/// One event, opened, with its record, chain position and an inclusion proof.
+async fn event_view(app: &App, seq: u64) -> Result<Option<Value>, Response> {
+    let unavailable = |e: grantline_store::StoreError| {
+        tracing::error!(error = %e, "reading an event failed");
+        api_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "temporarily_unavailable",
+            "the ledger cannot be read now",
+        )
+    };
+    if seq == 0 {
+        return Ok(None);
+    }
+    let events = app.store().read(seq - 1, 1).await.map_err(unavailable)?;
+    let Some(r) = events.into_iter().next().filter(|r| r.seq() == seq) else {
+        return Ok(None);
+    };
+    let dir = app
+        .audit
+        .as_ref()
+        .and_then(|a| a.directory.read().ok().map(|d| d.clone()))
+        .unwrap_or_default();
+    let mut exporter = Exporter::new(app.keyring.clone(), dir, false);
+    let item = exporter.item(&r).await.map_err(unavailable)?;
+    let proof = grantline_audit::proof::inclusion(app.store(), seq)
+        .await
+        .map_err(unavailable)?;
+    Ok(Some(json!({
+        "seq": seq,
+        "hash": r.hash.to_hex(),
+        "prev_hash": r.prev_hash.to_hex(),
+        "record": record_json(&item.record),
+        "event": item.event,
+        "proof": proof,
+    })))
+}
+
+/// `GET /admin/api/audit/events/{seq}`.
+pub async fn event(
+    State(app): State<App>,
+    ctx: RequestContext,
+    headers: HeaderMap,
+    Path(seq): Path<String>,
+) -> Response {
+    let reader = match reader(&app, &ctx, &headers, "GET /admin/api/audit/events").await {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let Ok(seq) = seq.parse::<u64>() else {
+        return bad("invalid_request", "an event is named by its seq");
+    };
+    let view = match event_view(&app, seq).await {
+        Ok(Some(v)) => v,
+        Ok(None) => return api_error(StatusCode::NOT_FOUND, "not_found", "no such event"),
+        Err(r) => return r,
+    };
+    if let Err(r) = record_event_read(&app, &ctx, &reader, seq, page_request(&headers)).await {
+        return r;
+    }
+    let mut r = axum::Json(view).into_response();
+    crate::http::no_store(r.headers_mut());
+    r
+}
+
+/// Opening one event is a search for it (`seq:N`, one result).
+async fn record_event_read(
+    app: &App,
+    ctx: &RequestContext,
+    reader: &Reader,
+    seq: u64,
+    page: bool,
+) -> Result<(), Response> {
+    let sealed = seal_query(app, reader, &format!("seq:{seq}")).await?;
+    let meta = reader_meta(app, ctx, reader).await?;
+    app.record_reading(access::searched(
+        reader,
+        surface(page),
+        sealed,
+        1,
+        Some(meta),
+    ))
+    .await
+}
+
+const EXAMPLES: &[(&str, &str)] = &[
+    (
+        "outcome:denied time:>-24h",
+        "everything refused in the last day",
+    ),
+    (
+        "kind:tool.called tool:delete_* -outcome:success",
+        "destructive tool calls that did not succeed",
+    ),
+    (
+        "(kind:refresh.reuse_detected OR kind:code.replayed)",
+        "token theft signals",
+    ),
+    ("category:audit", "who searched or exported the trail"),
+    (
+        "ip:10.0.0.0/8 kind:login.failed",
+        "failed sign-ins from the internal network",
+    ),
+];
+
+fn login_redirect(ctx: &RequestContext) -> Response {
+    crate::http::redirect(&format!("{}/login?return_to=%2Fadmin%2Faudit", ctx.issuer))
+}
+
+/// The signed-in auditor, or the page that says why not.
+async fn page_reader(
+    app: &App,
+    ctx: &RequestContext,
+    headers: &HeaderMap,
+) -> Result<Reader, Response> {
+    if crate::session::current(app, ctx, headers, app.now().0 / 1_000_000).is_none() {
+        return Err(login_redirect(ctx));
+    }
+    reader(app, ctx, headers, "GET /admin/audit").await.map_err(|r| {
+        if r.status() == StatusCode::FORBIDDEN {
+            crate::pages::error(
+                StatusCode::FORBIDDEN,
+                "Not allowed",
+                "Reading the audit trail needs the auditor or admin role. This refusal was recorded.",
+            )
+        } else {
+            r
+        }
+    })
+}
+
+fn cell(v: &Option<String>) -> String {
+    esc(v.as_deref().unwrap_or(""))
+}
+
+/// `GET /admin/audit`: the reviewer's page (works without JavaScript).
+pub async fn page(
+    State(app): State<App>,
+    ctx: RequestContext,
+    headers: HeaderMap,
+    Query(p): Query<SearchParams>,
+) -> Response {
+    let reader = match page_reader(&app, &ctx, &headers).await {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let base = ctx.base_path();
+    let q = p.q.clone().unwrap_or_default();
+    let form = format!(
+        "<form method=\"get\" action=\"{b}/admin/audit\" class=\"box\"><label for=\"q\">Query</label>\
+         <input type=\"text\" id=\"q\" name=\"q\" value=\"{}\" autofocus>\
+         <label for=\"order\">Order</label><select id=\"order\" name=\"order\">\
+         <option value=\"desc\"{}>newest first</option><option value=\"asc\"{}>oldest first</option></select> \
+         <button class=\"primary\" type=\"submit\">Search</button></form>",
+        esc(&q),
+        if p.order.as_deref() != Some("asc") {
+            " selected"
+        } else {
+            ""
+        },
+        if p.order.as_deref() == Some("asc") {
+            " selected"
+        } else {
+            ""
+        },
+        b = esc(&base),
+    );
+    let examples: String = EXAMPLES
+        .iter()
+        .map(|(ex, what)| {
+            format!(
+                "<li><a href=\"{}/admin/audit?{}\"><code>{}</code></a> — {}</li>",
+                esc(&base),
+                esc(&query_string(&[("q", ex)])),
+                esc(ex),
+                esc(what)
+            )
+        })
+        .collect();
+    let header = format!(
+        "<nav><a href=\"{b}/admin/audit\">Audit trail</a><a href=\"{b}/account\">Account</a></nav>\
+         <h1>Audit trail</h1>{form}<details><summary>Examples and syntax</summary><ul>{examples}</ul>\
+         <p><small>Qualifiers: kind, category, outcome, severity, user, email, client, tool, resource, scope, \
+         family, grant, credential, error, request, ip (CIDR), ua, time (dates, RFC 3339, ranges a..b, &gt;-24h), seq. \
+         <code>-</code> negates, <code>OR</code> and parentheses group, quotes keep spaces, <code>*</code> ends a prefix.</small></p></details>",
+        b = esc(&base),
+    );
+    let audit = match app.audit_service() {
+        Ok(a) => a,
+        Err(_) => {
+            return page_styled(
+                StatusCode::NOT_FOUND,
+                "Audit trail",
+                &format!("{header}<p>Audit search is turned off on this server.</p>"),
+                "'self'",
+                WIDE,
+            );
+        }
+    };
+    let s = match check(&app, &p) {
+        Ok(s) => s,
+        Err(_) => {
+            let msg = match grantline_audit::parse(&q, app.now().0) {
+                Err(e) => format!("The query does not parse {e}."),
+                Ok(_) => "The order or cursor is not valid.".into(),
+            };
+            return page_styled(
+                StatusCode::BAD_REQUEST,
+                "Audit trail",
+                &format!("{header}<p class=\"err\">{}</p>", esc(&msg)),
+                "'self'",
+                WIDE,
+            );
+        }
+    };
+    let found = match audit.index.search(&s.expr, s.order, s.cursor, s.limit) {
+        Ok(f) => f,
+        Err(e) => return search_error(e),
+    };
+    let sealed = match seal_query(&app, &reader, &s.q).await {
+        Ok(q) => q,
+        Err(r) => return r,
+    };
+    let meta = match reader_meta(&app, &ctx, &reader).await {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
+    if let Err(r) = app
+        .record_reading(access::searched(
+            &reader,
+            AuditSurface::Page,
+            sealed,
+            found.records.len() as u64,
+            Some(meta),
+        ))
+        .await
+    {
+        return r;
+    }
+    let rows: String = found
+        .records
+        .iter()
+        .map(|r| {
+            let user = r.user_email.clone().or_else(|| r.user_name.clone()).or_else(|| r.user_id.clone());
+            let client = r.client_name.clone().or_else(|| r.client_id.clone());
+            format!(
+                "<tr><td><a href=\"{b}/admin/audit/events/{seq}\">{seq}</a></td><td>{}</td><td><code>{}</code></td>\
+                 <td>{}</td><td>{}</td><td>{}</td><td class=\"{o}\">{o}</td><td>{}</td></tr>",
+                esc(&Timestamp(r.time).to_string()),
+                esc(&r.kind),
+                cell(&user),
+                cell(&client),
+                cell(&r.tool),
+                esc(&r.summary),
+                b = esc(&base),
+                seq = r.seq,
+                o = esc(&r.outcome),
+            )
+        })
+        .collect();
+    let keep = |extra: &[(&str, &str)]| {
+        let mut pairs = vec![("q", s.q.as_str()), ("order", order_name(s.order))];
+        pairs.extend_from_slice(extra);
+        query_string(&pairs)
+    };
+    let next = found
+        .next
+        .map(|n| {
+            format!(
+                "<p><a id=\"next\" href=\"{}/admin/audit?{}\">Next page →</a></p>",
+                esc(&base),
+                esc(&keep(&[("cursor", &n.to_string())]))
+            )
+        })
+        .unwrap_or_default();
+    let downloads = format!(
+        "<p>Download these results: <a id=\"csv\" href=\"{b}/admin/api/audit/search?{}\">CSV</a> · \
+         <a id=\"jsonl\" href=\"{b}/admin/api/audit/search?{}\">JSON lines</a> \
+         <small>(indexed through seq {})</small></p>",
+        esc(&keep(&[("format", "csv")])),
+        esc(&keep(&[("format", "jsonl")])),
+        audit.indexed_through(),
+        b = esc(&base),
+    );
+    let table = if found.records.is_empty() {
+        "<p>No events match.</p>".to_string()
+    } else {
+        format!(
+            "<table id=\"results\"><thead><tr><th>seq</th><th>time (UTC)</th><th>event</th><th>user</th><th>client</th>\
+             <th>tool</th><th>outcome</th><th>summary</th></tr></thead><tbody>{rows}</tbody></table>"
+        )
+    };
+    page_styled(
+        StatusCode::OK,
+        "Audit trail",
+        &format!("{header}{downloads}{table}{next}"),
+        "'self'",
+        WIDE,
+    )
+}
+
+/// `GET /admin/audit/events/{seq}`: one event with all its fields, hash and proof.
+pub async fn event_page(
+    State(app): State<App>,
+    ctx: RequestContext,
+    headers: HeaderMap,
+    Path(seq): Path<String>,
+) -> Response {
+    let reader = match page_reader(&app, &ctx, &headers).await {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let base = esc(&ctx.base_path());
+    let Ok(seq) = seq.parse::<u64>() else {
+        return crate::pages::error(
+            StatusCode::BAD_REQUEST,
+            "No such event",
+            "An event is named by its seq.",
+        );
+    };
+    let view = match event_view(&app, seq).await {
+        Ok(Some(v)) => v,
+        Ok(None) => {
+            return crate::pages::error(
+                StatusCode::NOT_FOUND,
+                "No such event",
+                "The ledger has no event with this seq.",
+            );
+        }
+        Err(r) => return r,
+    };
+    if let Err(r) = record_event_read(&app, &ctx, &reader, seq, true).await {
+        return r;
+    }
+    let fields: String = view["record"]
+        .as_object()
+        .map(|o| {
+            o.iter()
+                .map(|(k, v)| {
+                    let text = match v {
+                        Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    };
+                    format!("<tr><th>{}</th><td>{}</td></tr>", esc(k), esc(&text))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let pretty = |v: &Value| serde_json::to_string_pretty(v).unwrap_or_default();
+    let proof = if view["proof"].is_null() {
+        "<p>No checkpoint covers this event yet; its proof will exist after the next checkpoint.</p>".to_string()
+    } else {
+        format!(
+            "<p>Inclusion proof against the newest checkpoint (check it offline with <code>grantline verify-proof</code>):</p><pre id=\"proof\">{}</pre>",
+            esc(&pretty(&view["proof"]))
+        )
+    };
+    page_styled(
+        StatusCode::OK,
+        &format!("Event {seq}"),
+        &format!(
+            "<nav><a href=\"{base}/admin/audit\">← Audit trail</a></nav><h1>Event {seq}</h1>\
+             <p>Hash <code id=\"hash\">{}</code><br>Previous <code>{}</code></p>\
+             <table id=\"fields\">{fields}</table><h2>As recorded</h2><pre id=\"event\">{}</pre>{proof}",
+            esc(view["hash"].as_str().unwrap_or("")),
+            esc(view["prev_hash"].as_str().unwrap_or("")),
+            esc(&pretty(&view["event"])),
+        ),
+        "'self'",
+        WIDE,
+    )
+}
