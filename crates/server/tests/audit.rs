@@ -1,0 +1,401 @@
+//! The audit trail through HTTP on both backends: who may read it (and that every refusal,
+//! search and export is itself recorded), the query language's errors, the export's paging
+//! while events are still being appended, one event with its proof, the downloads, and the
+//! built-in `/mcp/audit` resource behind the gateway.
+
+mod common;
+
+use common::*;
+use grantline_ledger::{Append, merkle};
+use grantline_store::backend_tests;
+#[allow(unused_imports)]
+use grantline_store::testing::{TestDb, tool_call};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+
+async fn add_user(s: &Server, name: &str, role: &str) -> String {
+    let r = reqwest::Client::new()
+        .post(s.url("/admin/api/users"))
+        .basic_auth("admin", Some(ADMIN_PASSWORD))
+        .json(
+            &json!({"username": name, "password": format!("{name}-password-1"), "role": role,
+            "email": format!("{name}@example.com")}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    r.json::<Value>().await.unwrap()["user_id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+async fn pat(s: &Server, user: &str, resource: &str, scope: &str) -> String {
+    let r = reqwest::Client::new()
+        .post(s.url(&format!("/admin/api/users/{user}/pats")))
+        .basic_auth("admin", Some(ADMIN_PASSWORD))
+        .json(&json!({"name": "audit", "resource": resource, "scope": scope}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::CREATED,
+        "{}",
+        r.text().await.unwrap()
+    );
+    r.json::<Value>().await.unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+fn audit_resource(s: &Server) -> String {
+    s.url("/mcp/audit")
+}
+
+async fn search(s: &Server, auth: &str, q: &str) -> (StatusCode, Value) {
+    let r = reqwest::Client::new()
+        .get(s.url("/admin/api/audit/search"))
+        .query(&[("q", q), ("limit", "1000")])
+        .header("authorization", auth)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+fn basic(user: &str, password: &str) -> String {
+    use base64::Engine;
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+    )
+}
+
+/// Waits until the index holds every event appended so far (the indexer follows within about
+/// a quarter of a second).
+async fn indexed(s: &Server) {
+    let head = s.app.store().head().await.unwrap().map_or(0, |h| h.0);
+    let start = Instant::now();
+    let audit = s.app.audit.as_ref().unwrap();
+    while audit.indexed_through() < head {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the index never reached {head}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn seqs(v: &Value) -> Vec<u64> {
+    v["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["seq"].as_u64().unwrap())
+        .collect()
+}
+
+backend_tests! {
+    async fn only_auditors_and_admins_read_the_trail_and_every_reading_is_recorded(db: TestDb) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Server::start(&db, dir.path().to_path_buf(), config(dir.path(), 0, 60)).await;
+        let ann = add_user(&s, "ann", "auditor").await;
+        let bob = add_user(&s, "bob", "user").await;
+        indexed(&s).await;
+        let ann_basic = basic("ann", "ann-password-1");
+
+        // An auditor searches with HTTP Basic: bob's account is found by his email.
+        let (status, v) = search(&s, &ann_basic, "kind:user.created user:bob@example.com").await;
+        assert_eq!(status, StatusCode::OK, "{v}");
+        assert_eq!(v["results"].as_array().unwrap().len(), 1);
+        assert_eq!(v["results"][0]["user_id"], bob.as_str());
+        assert_eq!(v["results"][0]["user_email"], "bob@example.com");
+
+        // A malformed query is a 400 that says where.
+        let (status, v) = search(&s, &ann_basic, "kind:user.created (outcome:denied").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(v["error"], "invalid_query");
+        assert_eq!(v["column"], 19);
+        assert!(v["error_description"].as_str().unwrap().contains("at column 19"));
+
+        // Everyone else: no credentials 401; a user's Basic credentials 401 (one answer for
+        // every refusal); a user's session or personal access token 403, recorded.
+        let (status, _) = search(&s, "", "").await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        let (status, _) = search(&s, &basic("bob", "bob-password-1"), "").await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        let b = browser();
+        let r = sign_in_with(&s, &b, "bob", "bob-password-1").await;
+        assert_eq!(r.status(), StatusCode::SEE_OTHER);
+        let r = b.get(s.url("/admin/api/audit/search")).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+        let r = b.get(s.url("/admin/audit")).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+        let bob_pat = pat(&s, "bob", &audit_resource(&s), "audit:read").await;
+        let (status, v) = search(&s, &format!("Bearer {bob_pat}"), "").await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{v}");
+        assert_eq!(v["error"], "role");
+        let r = reqwest::Client::new()
+            .get(s.url("/admin/api/audit/export"))
+            .bearer_auth(&bob_pat)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+        // A token for another resource is not a token for the audit trail.
+        let ann_demo = pat(&s, "ann", &s.resource(), "demo:read").await;
+        let (status, _) = search(&s, &format!("Bearer {ann_demo}"), "").await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+        // The auditor's own token works, and so does a SIEM client's client_credentials token.
+        let ann_pat = pat(&s, "ann", &audit_resource(&s), "audit:read").await;
+        let (status, _) = search(&s, &format!("Bearer {ann_pat}"), "kind:user.created").await;
+        assert_eq!(status, StatusCode::OK);
+        let r = reqwest::Client::new()
+            .post(s.url("/admin/api/clients"))
+            .basic_auth("admin", Some(ADMIN_PASSWORD))
+            .json(&json!({"client_id": "siem", "client_name": "SIEM export job", "confidential": true,
+                "grant_types": ["client_credentials"], "scope": "audit:read"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED);
+        let secret = r.json::<Value>().await.unwrap()["client_secret"].as_str().unwrap().to_string();
+        let r = reqwest::Client::new()
+            .post(s.url("/oauth/token"))
+            .basic_auth("siem", Some(&secret))
+            .form(&[("grant_type", "client_credentials"), ("scope", "audit:read"),
+                ("resource", &audit_resource(&s))])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        let siem_token = r.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_string();
+        let r = reqwest::Client::new()
+            .get(s.url("/admin/api/audit/export?after=0&limit=5"))
+            .bearer_auth(&siem_token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+
+        // Every refusal, search and export above is on the trail, and searchable.
+        indexed(&s).await;
+        let (_, v) = search(&s, &ann_basic, &format!("kind:authorization.denied user:{bob}")).await;
+        assert_eq!(v["results"].as_array().unwrap().len(), 4, "API and page by session, search and export by token: {v}");
+        assert!(v["results"].as_array().unwrap().iter().all(|r| r["error_code"] == "role"));
+        // Ann's two searches that were answered (the malformed one read nothing).
+        let (_, v) = search(&s, &ann_basic, "kind:audit.searched user:ann").await;
+        assert_eq!(v["results"].as_array().unwrap().len(), 2, "{v}");
+        assert!(v["results"][0]["summary"].as_str().unwrap().contains("kind:user.created"));
+        let (_, v) = search(&s, &ann_basic, "kind:audit.exported client:siem").await;
+        assert_eq!(v["results"].as_array().unwrap().len(), 1, "{v}");
+        assert_eq!(v["results"][0]["category"], "audit");
+        let _ = ann;
+        s.stop().await;
+    }
+
+    async fn export_pages_are_gap_free_while_events_are_appended_and_resume_from_a_cursor(db: TestDb) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Server::start(&db, dir.path().to_path_buf(), config(dir.path(), 0, 60)).await;
+        let ledger = s.app.ledger.clone();
+        let writer = tokio::spawn(async move {
+            for i in 0..150 {
+                ledger.append(Append::new(vec![tool_call(i)])).await.unwrap();
+                if i % 10 == 0 {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        });
+        let auth = basic("admin", ADMIN_PASSWORD);
+        let client = reqwest::Client::new();
+        let mut next = s.url("/admin/api/audit/export?after=0&limit=7&format=jsonl");
+        let mut seen: Vec<(u64, String)> = Vec::new();
+        let mut acked_at_20 = None;
+        loop {
+            let r = client.get(&next).header("authorization", &auth).send().await.unwrap();
+            assert_eq!(r.status(), StatusCode::OK);
+            let link = r.headers()["link"].to_str().unwrap().to_string();
+            assert!(link.ends_with("; rel=\"next\""), "{link}");
+            next = link.trim_start_matches('<').split('>').next().unwrap().to_string();
+            let body = r.text().await.unwrap();
+            let page: Vec<Value> = body.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+            for e in &page {
+                let seq = e["seq"].as_u64().unwrap();
+                assert!(e["id"].as_str().is_some_and(|id| id.len() == 36));
+                assert_eq!(e["hash"].as_str().unwrap().len(), 64);
+                assert_eq!(e["prev_hash"].as_str().unwrap().len(), 64);
+                if let Some((prev, hash)) = seen.last() {
+                    assert_eq!(seq, prev + 1, "gap-free, in order");
+                    assert_eq!(e["prev_hash"].as_str().unwrap(), hash, "chained");
+                }
+                seen.push((seq, e["hash"].as_str().unwrap().to_string()));
+            }
+            if seen.len() >= 20 && acked_at_20.is_none() {
+                acked_at_20 = Some((seen.last().unwrap().0, next.clone()));
+            }
+            // Done when the writer is, and a page holds only this poller's own export records.
+            if writer.is_finished()
+                && page.iter().all(|e| e["kind"] == "audit.exported")
+            {
+                break;
+            }
+        }
+        writer.await.unwrap();
+        assert_eq!(seen.first().unwrap().0, 1);
+        let tool_calls = seen.len();
+        assert!(tool_calls > 150);
+
+        // A poller restarted from its last acknowledged cursor continues where it was: the
+        // same events, the same hashes, nothing lost.
+        let (acked, resume) = acked_at_20.unwrap();
+        assert!(resume.contains(&format!("after={acked}")), "{resume}");
+        let r = client.get(&resume).header("authorization", &auth).send().await.unwrap();
+        let first: Value = serde_json::from_str(r.text().await.unwrap().lines().next().unwrap()).unwrap();
+        assert_eq!(first["seq"].as_u64().unwrap(), acked + 1);
+        let expected = &seen.iter().find(|(s, _)| *s == acked + 1).unwrap().1;
+        assert_eq!(first["hash"].as_str().unwrap(), expected);
+
+        // Past the head: an empty page, and still a next link (to the same place).
+        let head = s.app.store().head().await.unwrap().unwrap().0;
+        let r = client
+            .get(s.url(&format!("/admin/api/audit/export?after={}", head + 5)))
+            .header("authorization", &auth)
+            .send()
+            .await
+            .unwrap();
+        let link = r.headers()["link"].to_str().unwrap().to_string();
+        assert!(link.contains(&format!("after={}", head + 5)), "{link}");
+        assert!(r.text().await.unwrap().is_empty());
+
+        // A kind filter reads the same seqs but returns only that kind; the next link moves on.
+        let r = client
+            .get(s.url("/admin/api/audit/export?after=0&limit=50&kind=tool.called&format=ocsf"))
+            .header("authorization", &auth)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.headers()["link"].to_str().unwrap().contains("after=50"));
+        let body = r.text().await.unwrap();
+        assert!(!body.is_empty());
+        for l in body.lines() {
+            let v: Value = serde_json::from_str(l).unwrap();
+            assert_eq!(v["class_uid"], 6003);
+            assert_eq!(v["metadata"]["event_code"], "tool.called");
+        }
+        // Unknown format or kind: 400.
+        for bad in ["format=xml", "kind=tool.exploded"] {
+            let r = client
+                .get(s.url(&format!("/admin/api/audit/export?{bad}")))
+                .header("authorization", &auth)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{bad}");
+        }
+        s.stop().await;
+    }
+
+    async fn one_event_with_its_proof_downloads_and_the_audit_mcp_server(db: TestDb) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Server::start(&db, dir.path().to_path_buf(), config(dir.path(), 0, 60)).await;
+        add_user(&s, "ann", "auditor").await;
+        add_user(&s, "bob", "user").await;
+        s.app.ledger.checkpoint().await.unwrap();
+        let auth = basic("ann", "ann-password-1");
+        let client = reqwest::Client::new();
+        let r = client.get(s.url("/admin/api/audit/events/2")).header("authorization", &auth).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["seq"], 2);
+        let proof = &v["proof"];
+        assert_eq!(proof["type"], "inclusion");
+        assert_eq!(proof["chain_hash"], v["hash"]);
+        // The proof checks out against the tree it names.
+        let leaf = merkle::leaf_hash(&grantline_ledger::Hash::from_hex(v["hash"].as_str().unwrap()).unwrap());
+        let path: Vec<grantline_ledger::Hash> = proof["hashes"].as_array().unwrap().iter().map(|h| {
+            use base64::Engine;
+            grantline_ledger::Hash::from_slice(&base64::engine::general_purpose::STANDARD.decode(h.as_str().unwrap()).unwrap()).unwrap()
+        }).collect();
+        let size = proof["tree_size"].as_u64().unwrap();
+        let leaves: Vec<grantline_ledger::Hash> = s.app.store().chain_hashes(size).await.unwrap().iter().map(merkle::leaf_hash).collect();
+        let root = merkle::root_of(&leaves);
+        merkle::verify_inclusion(&leaf, 1, size, &path, &root).unwrap();
+        let r = client.get(s.url("/admin/api/audit/events/999999")).header("authorization", &auth).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::NOT_FOUND);
+
+        // A CSV download of a search: a header line, one row per result, recorded.
+        indexed(&s).await;
+        let r = client
+            .get(s.url("/admin/api/audit/search"))
+            .query(&[("q", "kind:user.created"), ("format", "csv")])
+            .header("authorization", &auth)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/csv"));
+        assert!(r.headers()["content-disposition"].to_str().unwrap().starts_with("attachment"));
+        let csv = r.text().await.unwrap();
+        let lines: Vec<&str> = csv.lines().collect();
+        assert!(lines[0].starts_with("seq,time,kind,"));
+        assert_eq!(lines.len(), 1 + 3, "admin, ann, bob: {csv}");
+        assert!(csv.contains("bob@example.com"));
+
+        // The audit MCP server, through the gateway: bob is refused (and it is recorded), ann's
+        // assistant lists read-only tools and searches.
+        let mcp = |token: String, body: Value| {
+            let url = audit_resource(&s);
+            async move {
+                reqwest::Client::new()
+                    .post(url)
+                    .bearer_auth(token)
+                    .header("accept", "application/json, text/event-stream")
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap()
+            }
+        };
+        let bob_pat = pat(&s, "bob", &audit_resource(&s), "audit:read").await;
+        let r = mcp(bob_pat, json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"})).await;
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+        let ann_pat = pat(&s, "ann", &audit_resource(&s), "audit:read").await;
+        let r = mcp(ann_pat.clone(), json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"})).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        let tools: Value = r.json().await.unwrap();
+        let tools = tools["result"]["tools"].as_array().unwrap().clone();
+        assert_eq!(tools.len(), 4);
+        assert!(tools.iter().all(|t| t["annotations"]["readOnlyHint"] == true));
+        indexed(&s).await;
+        let r = mcp(ann_pat.clone(), json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+            "params": {"name": "search_audit", "arguments": {"query": "kind:authorization.denied"}}})).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["result"]["isError"], false, "{v}");
+        let found = &v["result"]["structuredContent"]["results"];
+        assert_eq!(found.as_array().unwrap().len(), 1, "bob's refusal: {v}");
+        assert_eq!(found[0]["user_email"], "bob@example.com");
+        let r = mcp(ann_pat.clone(), json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call",
+            "params": {"name": "search_audit", "arguments": {"query": "(oops"}}})).await;
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["result"]["isError"], true);
+        assert!(v["result"]["content"][0]["text"].as_str().unwrap().contains("column"));
+        let r = mcp(ann_pat, json!({"jsonrpc": "2.0", "id": 4, "method": "tools/call",
+            "params": {"name": "summarize_activity", "arguments": {"user": "bob", "since": "-1d"}}})).await;
+        let v: Value = r.json().await.unwrap();
+        assert!(v["result"]["structuredContent"]["events"].as_u64().unwrap() >= 2, "{v}");
+        // Its own calls are recorded like any other tool call, and as searches.
+        indexed(&s).await;
+        let (_, v) = search(&s, &auth, "kind:tool.called tool:search_audit").await;
+        assert_eq!(seqs(&v).len(), 2, "{v}");
+        let (_, v) = search(&s, &auth, "kind:audit.searched").await;
+        assert!(v["results"].as_array().unwrap().iter().any(|r| r["summary"].as_str().unwrap().contains("kind:authorization.denied")));
+        s.stop().await;
+    }
+}
