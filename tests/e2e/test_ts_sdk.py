@@ -78,7 +78,7 @@ def test_official_typescript_sdk(server):
     mcp_server.stop()
     binary = os.environ.get("GRANTLINE_BIN", str(ROOT / "target/debug/grantline"))
     ledger = subprocess.run(
-        [binary, "--data-dir", str(mcp_server.data_dir), "events"],
+        [binary, "--data-dir", str(mcp_server.data_dir), "events", "--json", "--limit", "100000"],
         capture_output=True, text=True, check=True,
         env={k: v for k, v in os.environ.items() if k != "GRANTLINE_CONFIG"},
     ).stdout

@@ -152,3 +152,18 @@ pub fn denied(
         },
     )
 }
+
+/// Whether every event read is one of this reader's own `audit.exported` receipts: reading
+/// those back is not recorded again, so a poller that follows the trail does not append a
+/// receipt for its previous receipt forever.
+pub fn only_own_receipts<'a>(
+    events: impl IntoIterator<Item = &'a grantline_ledger::Recorded>,
+    reader: &Reader,
+) -> bool {
+    events.into_iter().all(|r| match r.payload() {
+        grantline_ledger::Payload::AuditExported(e) => {
+            e.user_id == reader.user_id && e.client_id == reader.client_id
+        }
+        _ => false,
+    })
+}

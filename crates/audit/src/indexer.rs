@@ -190,38 +190,9 @@ impl Indexer {
     /// Names of users and clients come from their own events; after a restart they are read
     /// back from the index.
     fn restore_directory(&mut self) -> Result<(), IndexerError> {
-        let kinds = [
-            "user.created",
-            "client.registered",
-            "client.updated",
-            "user.erased",
-        ];
-        let e = Expr::Or(
-            kinds
-                .iter()
-                .map(|k| Expr::Match(Field::Kind, Value::Term(k.to_string())))
-                .collect(),
-        );
-        for r in self.index.all(&e)? {
-            match r.kind.as_str() {
-                "user.created" => {
-                    if let Some(u) = &r.user_id {
-                        self.dir
-                            .remember_user(u, r.user_name.clone(), r.user_email.clone());
-                    }
-                }
-                "user.erased" => {
-                    if let Some(u) = &r.user_id {
-                        self.dir.forget_user(u);
-                        self.keys.forget(&user_subject(u));
-                    }
-                }
-                _ => {
-                    if let (Some(c), Some(n)) = (&r.client_id, &r.client_name) {
-                        self.dir.remember_client(c, n);
-                    }
-                }
-            }
+        self.dir = directory_of(&self.index)?;
+        for u in self.dir.erased_users() {
+            self.keys.forget(&user_subject(&u));
         }
         Ok(())
     }
@@ -417,4 +388,43 @@ impl Indexer {
 
 fn subject_match(subject: &str) -> Expr {
     Expr::Match(Field::Subject, Value::Term(subject.to_lowercase()))
+}
+
+/// The users' and clients' names an index holds (from their `user.created`,
+/// `client.registered`/`client.updated` and `user.erased` records), for a reader that starts
+/// mid-ledger.
+pub fn directory_of(index: &AuditIndex) -> Result<Directory, IndexError> {
+    let kinds = [
+        "user.created",
+        "client.registered",
+        "client.updated",
+        "user.erased",
+    ];
+    let e = Expr::Or(
+        kinds
+            .iter()
+            .map(|k| Expr::Match(Field::Kind, Value::Term(k.to_string())))
+            .collect(),
+    );
+    let mut dir = Directory::default();
+    for r in index.all(&e)? {
+        match r.kind.as_str() {
+            "user.created" => {
+                if let Some(u) = &r.user_id {
+                    dir.remember_user(u, r.user_name.clone(), r.user_email.clone());
+                }
+            }
+            "user.erased" => {
+                if let Some(u) = &r.user_id {
+                    dir.forget_user(u);
+                }
+            }
+            _ => {
+                if let (Some(c), Some(n)) = (&r.client_id, &r.client_name) {
+                    dir.remember_client(c, n);
+                }
+            }
+        }
+    }
+    Ok(dir)
 }

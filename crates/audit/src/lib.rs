@@ -15,6 +15,6 @@ pub mod record;
 pub mod scan;
 
 pub use index::{AuditIndex, IndexError, MAX_PAGE, Page, SortOrder};
-pub use indexer::{Indexer, IndexerError, IndexerOptions, Progress};
+pub use indexer::{Indexer, IndexerError, IndexerOptions, Progress, directory_of};
 pub use query::{Expr, QueryError, parse};
 pub use record::{AuditRecord, Category, ERASED, Outcome, REDACTED, Severity};

@@ -30,6 +30,7 @@ impl Opener for Masked {
 pub struct Directory {
     users: HashMap<String, (Option<String>, Option<String>)>,
     clients: HashMap<String, String>,
+    erased: Vec<String>,
 }
 
 impl Directory {
@@ -49,8 +50,16 @@ impl Directory {
     pub fn remember_client(&mut self, id: &str, name: &str) {
         self.clients.insert(id.to_string(), name.to_string());
     }
+    /// The users known erased.
+    pub fn erased_users(&self) -> Vec<String> {
+        self.erased.clone()
+    }
+
     /// Forgets an erased user's personal data.
     pub fn forget_user(&mut self, id: &str) {
+        if !self.erased.iter().any(|e| e == id) {
+            self.erased.push(id.to_string());
+        }
         if let Some(u) = self.users.get_mut(id) {
             *u = (Some(ERASED.into()), u.1.as_ref().map(|_| ERASED.into()));
         }

@@ -41,8 +41,14 @@ enum Command {
     Proof(commands::proof::Args),
     /// Check a proof offline against a checkpoint and a public key.
     VerifyProof(commands::proof::VerifyArgs),
-    /// Print events as JSON lines, personal data opened (or shown as erased).
+    /// Print events in seq order, filtered (kind, user, client, time), as a table or
+    /// `--json`; personal data opened (or shown as erased); `--follow` to keep going.
     Events(commands::events::Args),
+    /// Audit search over this data directory's index, and rebuilding it.
+    #[command(subcommand)]
+    Audit(commands::audit::Command),
+    /// Export events by seq for a SIEM: JSON lines, OCSF, ECS or CEF; `--follow` to keep going.
+    Export(commands::export::Args),
     /// Users: add, list, disable, set-role, erase.
     #[command(subcommand)]
     User(commands::user::Command),
@@ -95,6 +101,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Proof(a) => commands::proof::run(&loc, a).await,
         Command::VerifyProof(a) => commands::proof::verify(a),
         Command::Events(a) => commands::events::run(&loc, a).await,
+        Command::Audit(c) => commands::audit::run(&loc, c).await,
+        Command::Export(a) => commands::export::run(&loc, a).await,
         Command::User(c) => commands::user::run(&loc, c).await,
         Command::Client(c) => commands::client::run(&loc, c).await,
         Command::Pat(c) => commands::pat::run(&loc, c).await,

@@ -240,7 +240,7 @@ async fn user_erase_keeps_the_chain_and_readers_show_erased() {
     ledger.shutdown().await;
     ledger.store().close().await;
 
-    let before = grantline(&["events", "--data-dir", &data]);
+    let before = grantline(&["events", "--json", "--data-dir", &data]);
     assert!(
         stdout(&before).contains("dora.the.deletable@example.net"),
         "readers open sealed fields"
@@ -251,7 +251,7 @@ async fn user_erase_keeps_the_chain_and_readers_show_erased() {
     let erase = grantline(&["user", "erase", "usr_dora", "--data-dir", &data]);
     assert_eq!(erase.status.code(), Some(0), "{erase:?}");
 
-    let after = stdout(&grantline(&["events", "--data-dir", &data]));
+    let after = stdout(&grantline(&["events", "--json", "--data-dir", &data]));
     for plain in [
         "dora.the.deletable@example.net",
         "Dora Deletable",
@@ -567,7 +567,7 @@ fn personal_access_tokens_from_the_command_line() {
             .any(|l| l.contains(&id) && l.contains("revoked")),
         "{list}"
     );
-    let events = stdout(&grantline_in(d, &["events"]));
+    let events = stdout(&grantline_in(d, &["events", "--json"]));
     assert!(!events.contains(&token), "no raw token in the ledger");
 }
 
@@ -590,9 +590,16 @@ async fn events_verify_and_proofs_read_the_largest_body_of_every_kind() {
     ledger.checkpoint().await.unwrap();
     ledger.shutdown().await;
     ledger.store().close().await;
-    let events = grantline(&["events", "--data-dir", &data, "--limit", "100000"]);
+    let events = grantline(&["events", "--json", "--data-dir", &data, "--limit", "100000"]);
     assert_eq!(events.status.code(), Some(0), "{events:?}");
     assert_eq!(stdout(&events).lines().count() as u64, n);
+    let table = grantline(&["events", "--data-dir", &data, "--limit", "100000"]);
+    assert_eq!(table.status.code(), Some(0), "{table:?}");
+    assert_eq!(
+        stdout(&table).lines().count() as u64,
+        n + 1,
+        "a header and a row per event"
+    );
     let verify = grantline(&["verify", "--data-dir", &data]);
     assert_eq!(verify.status.code(), Some(0), "{verify:?}");
     assert!(stdout(&verify).starts_with(&format!("ok: {n} events")));

@@ -23,6 +23,8 @@ pub struct Options {
     pub data_dir: PathBuf,
     pub database: grantline_store::Database,
     pub ledger: LedgerOptions,
+    /// Keep this instance's audit index (a server does; a one-off command does not).
+    pub audit_index: bool,
 }
 
 /// Shared by every handler.

@@ -54,7 +54,7 @@ impl App {
         let metadata_documents = Fetcher::new(config.metadata_documents.clone())?;
         let mounts = crate::gateway::Mounts::from_config(&config, &public_url)?;
         let store = ledger.store().clone();
-        let (audit, indexer) = if config.audit.enabled {
+        let (audit, indexer) = if config.audit.enabled && opts.audit_index {
             let dir = config
                 .audit
                 .index_dir

@@ -1,9 +1,12 @@
+//! `grantline events`: the ledger's events in seq order, filtered, as a table with RFC 3339
+//! times (or `--json`: each event as recorded, personal data opened), once or following.
+
 use crate::location::Location;
 use anyhow::{Context, Result};
-use grantline_ledger::Sealed;
-use grantline_store::{Keyring, Store};
-use serde_json::Value;
-use std::collections::HashMap;
+use grantline_audit::formats::Exporter;
+use grantline_audit::scan::matches;
+use grantline_ledger::{Kind, Timestamp};
+use grantline_store::{Keyring, Store, Tail};
 use std::io::Write;
 use std::process::ExitCode;
 
@@ -12,72 +15,129 @@ pub struct Args {
     /// Start after this seq.
     #[arg(long, default_value_t = 0)]
     after: u64,
-    /// At most this many events.
+    /// Print at most this many events (says so, and where to continue, when it stops there).
     #[arg(long, default_value_t = 1000)]
-    limit: u32,
+    limit: u64,
+    /// Only these kinds (comma-separated).
+    #[arg(long)]
+    kind: Option<String>,
+    /// Only this user's events (id, username or email).
+    #[arg(long)]
+    user: Option<String>,
+    /// Only this client's events (id or name).
+    #[arg(long)]
+    client: Option<String>,
+    /// From this time on: a date, an RFC 3339 time, or relative (-24h, -7d).
+    #[arg(long, allow_hyphen_values = true)]
+    since: Option<String>,
+    /// Before this time (same forms).
+    #[arg(long, allow_hyphen_values = true)]
+    until: Option<String>,
+    /// Keep going: wait for new events and print them as they are appended.
+    #[arg(long)]
+    follow: bool,
+    /// Each event as recorded, as JSON (times in microseconds), personal data opened.
+    #[arg(long)]
+    json: bool,
 }
 
-/// What a reader shows for a field whose subject was erased.
-pub const ERASED: &str = "[erased]";
+fn quoted(v: &str) -> String {
+    format!("\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+/// The filter flags as a query of the audit query language.
+fn filter(args: &Args) -> Result<grantline_audit::Expr> {
+    let mut q = Vec::new();
+    if let Some(kinds) = args.kind.as_deref().filter(|k| !k.is_empty()) {
+        let mut alt = Vec::new();
+        for k in kinds.split(',') {
+            let k = k.trim();
+            Kind::parse(k).with_context(|| format!("unknown event kind {k:?}"))?;
+            alt.push(format!("kind:{k}"));
+        }
+        q.push(format!("({})", alt.join(" OR ")));
+    }
+    if let Some(u) = &args.user {
+        q.push(format!("user:{}", quoted(u)));
+    }
+    if let Some(c) = &args.client {
+        q.push(format!("client:{}", quoted(c)));
+    }
+    if args.since.is_some() || args.until.is_some() {
+        q.push(format!(
+            "time:{}..{}",
+            args.since.as_deref().unwrap_or(""),
+            args.until.as_deref().unwrap_or("")
+        ));
+    }
+    let query = q.join(" ");
+    grantline_audit::parse(&query, Timestamp::now().0).map_err(|e| anyhow::anyhow!("{query}: {e}"))
+}
 
 pub async fn run(loc: &Location, args: Args) -> Result<ExitCode> {
     let store = Store::connect(&loc.database, false)
         .await
         .with_context(|| format!("opening {}", loc.database.display()))?;
-    let keyring = Keyring::new(&store);
-    let events = store.read(args.after, args.limit).await?;
-    let mut out = std::io::stdout().lock();
-    for r in events {
-        let mut json = serde_json::to_value(&r.envelope)?;
-        let mut sealed = Vec::new();
-        collect_sealed(&json, &mut sealed);
-        let mut opened = HashMap::new();
-        for s in sealed {
-            let text = match keyring.open(&s).await? {
-                Ok(t) => t,
-                Err(_) => ERASED.to_string(),
+    let expr = filter(&args)?;
+    let dir_path = super::audit::index_dir(loc)?;
+    let directory = if dir_path.join("meta.json").exists() {
+        grantline_audit::AuditIndex::open(&dir_path)
+            .ok()
+            .and_then(|i| grantline_audit::directory_of(&i).ok())
+            .unwrap_or_default()
+    } else {
+        Default::default()
+    };
+    let mut exporter = Exporter::new(Keyring::new(&store), directory, false);
+    // Names of users and clients created before `after` come from their events.
+    if args.after > 0 {
+        let mut at = 0;
+        while at < args.after {
+            let events = store.read(at, 5_000.min(args.after - at) as u32).await?;
+            let Some(last) = events.last().map(|r| r.seq()) else {
+                break;
             };
-            opened.insert(s.nonce, text);
+            for r in &events {
+                exporter.learn(r).await?;
+            }
+            at = last;
         }
-        replace_sealed(&mut json, &opened);
-        json["hash"] = Value::String(r.hash.to_hex());
-        writeln!(out, "{json}")?;
     }
+    let head = store.head().await?.map_or(0, |h| h.0);
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    if !args.json {
+        super::audit::header(&mut out)?;
+    }
+    let mut tail = Tail::new(&store, args.after, None).await?;
+    let mut printed = 0u64;
+    'reading: loop {
+        if !args.follow && tail.position() >= head {
+            break;
+        }
+        let events = tail.next(1_000).await?;
+        for r in &events {
+            let item = exporter.item(r).await?;
+            if !matches(&expr, &item.record) {
+                continue;
+            }
+            if printed == args.limit {
+                out.flush()?;
+                eprintln!(
+                    "stopped at the limit of {} events; continue with --after {}",
+                    args.limit,
+                    r.seq() - 1
+                );
+                break 'reading;
+            }
+            if args.json {
+                writeln!(out, "{}", item.event)?;
+            } else {
+                super::audit::row(&mut out, &item.record)?;
+            }
+            printed += 1;
+        }
+        out.flush()?;
+    }
+    out.flush()?;
     Ok(ExitCode::SUCCESS)
-}
-
-fn as_sealed(v: &Value) -> Option<Sealed> {
-    let o = v.as_object()?;
-    (o.len() == 3 && o.contains_key("subject") && o.contains_key("nonce") && o.contains_key("ct"))
-        .then(|| serde_json::from_value(v.clone()).ok())
-        .flatten()
-}
-
-fn collect_sealed(v: &Value, out: &mut Vec<Sealed>) {
-    if let Some(s) = as_sealed(v) {
-        out.push(s);
-        return;
-    }
-    match v {
-        Value::Object(o) => o.values().for_each(|v| collect_sealed(v, out)),
-        Value::Array(a) => a.iter().for_each(|v| collect_sealed(v, out)),
-        _ => {}
-    }
-}
-
-fn replace_sealed(v: &mut Value, opened: &HashMap<[u8; 24], String>) {
-    if let Some(s) = as_sealed(v) {
-        *v = Value::String(
-            opened
-                .get(&s.nonce)
-                .cloned()
-                .unwrap_or_else(|| ERASED.into()),
-        );
-        return;
-    }
-    match v {
-        Value::Object(o) => o.values_mut().for_each(|v| replace_sealed(v, opened)),
-        Value::Array(a) => a.iter_mut().for_each(|v| replace_sealed(v, opened)),
-        _ => {}
-    }
 }

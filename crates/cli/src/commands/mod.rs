@@ -1,5 +1,7 @@
+pub mod audit;
 pub mod client;
 pub mod events;
+pub mod export;
 pub mod key;
 pub mod pat;
 pub mod proof;

@@ -39,6 +39,7 @@ pub async fn run(loc: &Location, args: Args) -> Result<ExitCode> {
             checkpoint_interval: Duration::from_secs(args.checkpoint_interval.max(1)),
             ..LedgerOptions::default()
         },
+        audit_index: true,
     })
     .await?;
     tracing::info!(

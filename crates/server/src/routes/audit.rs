@@ -363,10 +363,14 @@ pub async fn export(
         .unwrap_or_default();
     let mut exporter = Exporter::new(app.keyring.clone(), dir, redact);
     let mut lines = Vec::new();
+    let mut read = Vec::new();
     for r in &events {
         let wanted = kinds
             .as_ref()
             .is_none_or(|k| k.contains(&r.envelope.kind()));
+        if wanted {
+            read.push(r);
+        }
         let result = if wanted {
             exporter
                 .item(r)
@@ -385,7 +389,7 @@ pub async fn export(
         }
     }
     let next_after = events.last().map_or(after, |r| r.seq());
-    if !lines.is_empty() {
+    if !lines.is_empty() && !access::only_own_receipts(read, &reader) {
         let meta = match reader_meta(&app, &ctx, &reader).await {
             Ok(m) => m,
             Err(r) => return r,

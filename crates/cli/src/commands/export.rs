@@ -1,0 +1,170 @@
+//! `grantline export`: events by seq from the ledger (not the index), in order, without gaps,
+//! as JSON lines, OCSF, ECS or CEF — to standard output or a file, once or following new
+//! events. Each batch written is recorded as `audit.exported`.
+
+use crate::location::Location;
+use anyhow::{Context, Result};
+use grantline_audit::access::{Exported, Reader};
+use grantline_audit::formats::{Exporter, Format};
+use grantline_ledger::{AuditSurface, Kind};
+use grantline_store::{Keyring, Store, Tail};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Start after this seq (the last one your SIEM acknowledged).
+    #[arg(long, default_value_t = 0)]
+    after: u64,
+    #[arg(long, value_enum, default_value = "jsonl")]
+    format: ExportFormat,
+    /// Only these kinds (comma-separated, e.g. tool.called,refresh.reuse_detected).
+    #[arg(long)]
+    kind: Option<String>,
+    /// Keep going: wait for new events and export them as they are appended.
+    #[arg(long)]
+    follow: bool,
+    /// Write here instead of standard output (appended to).
+    #[arg(long)]
+    output: Option<PathBuf>,
+    /// Leave personal data out (`[redacted]`).
+    #[arg(long)]
+    redact: bool,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum ExportFormat {
+    Jsonl,
+    Ocsf,
+    Ecs,
+    Cef,
+}
+
+impl ExportFormat {
+    fn format(self) -> Format {
+        match self {
+            ExportFormat::Jsonl => Format::Jsonl,
+            ExportFormat::Ocsf => Format::Ocsf,
+            ExportFormat::Ecs => Format::Ecs,
+            ExportFormat::Cef => Format::Cef,
+        }
+    }
+}
+
+/// Events read from the ledger at a time (and the most one `audit.exported` covers).
+const BATCH: u32 = 5_000;
+
+pub async fn run(loc: &Location, args: Args) -> Result<ExitCode> {
+    let store = Store::connect(&loc.database, false)
+        .await
+        .with_context(|| format!("opening {}", loc.database.display()))?;
+    let kinds: Option<Vec<Kind>> = match args.kind.as_deref() {
+        None | Some("") => None,
+        Some(list) => Some(
+            list.split(',')
+                .map(|k| Kind::parse(k.trim()).with_context(|| format!("unknown event kind {k:?}")))
+                .collect::<Result<_>>()?,
+        ),
+    };
+    let format = args.format.format();
+    // Names of users and clients from before `after`: this data directory's index if it has
+    // one, else a pass over the ledger up to `after`.
+    let dir_path = super::audit::index_dir(loc)?;
+    let directory = if dir_path.join("meta.json").exists() {
+        grantline_audit::AuditIndex::open(&dir_path)
+            .ok()
+            .and_then(|i| grantline_audit::directory_of(&i).ok())
+            .unwrap_or_default()
+    } else {
+        Default::default()
+    };
+    let mut exporter = Exporter::new(Keyring::new(&store), directory, args.redact);
+    if args.after > 0 && !dir_path.join("meta.json").exists() {
+        let mut at = 0;
+        while at < args.after {
+            let events = store.read(at, BATCH.min((args.after - at) as u32)).await?;
+            if events.is_empty() {
+                break;
+            }
+            for r in &events {
+                exporter.learn(r).await?;
+            }
+            at = events.last().map_or(args.after, |r| r.seq());
+        }
+    }
+    let mut out: Box<dyn Write> = match &args.output {
+        Some(p) => Box::new(std::io::BufWriter::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .with_context(|| format!("opening {}", p.display()))?,
+        )),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+    };
+    let head = store.head().await?.map_or(0, |h| h.0);
+    let bar = if args.output.is_some() && std::io::stderr().is_terminal() {
+        let b = ProgressBar::new(head.saturating_sub(args.after));
+        b.set_style(
+            ProgressStyle::with_template("{bar:40} {pos}/{len} events {per_sec} eta {eta}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        b
+    } else {
+        ProgressBar::hidden()
+    };
+    let mut tail = Tail::new(&store, args.after, None).await?;
+    let mut exported_total = 0u64;
+    loop {
+        if !args.follow && tail.position() >= head {
+            break;
+        }
+        let from = tail.position();
+        let events = tail.next(BATCH).await?;
+        let mut count = 0u64;
+        let mut written = Vec::new();
+        for r in &events {
+            if kinds
+                .as_ref()
+                .is_none_or(|k| k.contains(&r.envelope.kind()))
+            {
+                written.push(r);
+                let item = exporter.item(r).await?;
+                writeln!(out, "{}", format.line(&item))?;
+                count += 1;
+            } else {
+                exporter.learn(r).await?;
+            }
+        }
+        out.flush()?;
+        bar.inc(events.len() as u64);
+        if count > 0 && !grantline_audit::access::only_own_receipts(written, &Reader::default()) {
+            let event = grantline_audit::access::exported(
+                &Reader::default(),
+                AuditSurface::Cli,
+                Exported {
+                    format: format.as_str(),
+                    after: from,
+                    last_seq: Some(tail.position()),
+                    count,
+                    kind: args.kind.clone(),
+                    query: None,
+                    redacted: args.redact,
+                },
+                None,
+            );
+            super::audit::record(loc, event).await?;
+            exported_total += count;
+        }
+    }
+    bar.finish_and_clear();
+    eprintln!(
+        "exported {exported_total} events as {} through seq {}; continue with --after {}",
+        format.as_str(),
+        tail.position(),
+        tail.position()
+    );
+    Ok(ExitCode::SUCCESS)
+}

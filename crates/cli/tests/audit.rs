@@ -1,0 +1,190 @@
+//! The responder's and reviewer's commands on both backends: `events` with filters, limits and
+//! `--follow`; `audit search` and `audit reindex`; `export` in each format, redacted, from a
+//! cursor, following — and the readings they record.
+
+use grantline_ledger::*;
+use grantline_store::testing::{self, TestDb};
+use grantline_store::{Keyring, Ledger, LedgerOptions, backend_tests};
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+fn run(db: &TestDb, dir: &std::path::Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_grantline"))
+        .args(args)
+        .arg("--database")
+        .arg(db.url())
+        .arg("--data-dir")
+        .arg(dir)
+        .env(
+            "GRANTLINE_CHECKPOINT_KEY",
+            testing::signer().to_private_string(),
+        )
+        .env_remove("GRANTLINE_DATABASE_URL")
+        .env_remove("GRANTLINE_CONFIG")
+        .output()
+        .expect("run grantline")
+}
+
+fn out(o: &Output) -> String {
+    assert!(o.status.success(), "{o:?}");
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn err(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+async fn open(db: &TestDb) -> Ledger {
+    Ledger::open(&db.db, testing::signer(), LedgerOptions::default())
+        .await
+        .unwrap()
+}
+
+/// alice (with an email) and 20 of her tool calls from 10.0.0.5, then 5 from 192.0.2.1.
+async fn history(db: &TestDb) {
+    let ledger = open(db).await;
+    let k = Keyring::new(ledger.store());
+    let s = pii::user_subject("u_alice");
+    let created = NewEvent::new(
+        StreamId::user("u_alice"),
+        Actor::Operator,
+        UserCreated {
+            user_id: "u_alice".into(),
+            username: k.seal(&s, "alice").await.unwrap(),
+            email: Some(k.seal(&s, "alice@example.com").await.unwrap()),
+            display_name: None,
+            role: "user".into(),
+            source: UserSource::Cli,
+        },
+    );
+    ledger.append(Append::new(vec![created])).await.unwrap();
+    for i in 0..25 {
+        let mut e = testing::tool_call(i);
+        if let Payload::ToolCalled(t) = &mut e.payload {
+            t.user_id = Some("u_alice".into());
+            let ip = if i < 20 { "10.0.0.5" } else { "192.0.2.1" };
+            t.source_ip = Some(k.seal(&s, ip).await.unwrap());
+        }
+        ledger.append(Append::new(vec![e])).await.unwrap();
+    }
+    ledger.shutdown().await;
+}
+
+backend_tests! {
+    async fn events_filter_limit_and_print_rfc3339_times(db: TestDb) {
+        history(&db).await;
+        let dir = tempfile::tempdir().unwrap();
+        let o = run(&db, dir.path(), &["events", "--kind", "tool.called", "--user", "alice@example.com", "--limit", "3"]);
+        let text = out(&o);
+        let rows: Vec<&str> = text.lines().skip(1).collect();
+        assert_eq!(rows.len(), 3, "{text}");
+        assert!(rows.iter().all(|r| r.contains("tool.called") && r.contains("alice@example.com")));
+        let time = rows[0].split_whitespace().nth(1).unwrap();
+        assert!(Timestamp::parse_rfc3339(time).is_some(), "{time}");
+        assert!(err(&o).contains("stopped at the limit of 3 events; continue with --after 4"), "{}", err(&o));
+        // Continuing where it said.
+        let text = out(&run(&db, dir.path(), &["events", "--after", "4", "--limit", "1"]));
+        assert!(text.lines().nth(1).unwrap().trim_start().starts_with("5 "), "{text}");
+        // Time bounds, and --json with raw microseconds.
+        let text = out(&run(&db, dir.path(), &["events", "--since", "-1h", "--kind", "user.created"]));
+        assert_eq!(text.lines().count(), 2, "{text}");
+        let text = out(&run(&db, dir.path(), &["events", "--until", "2001-01-01"]));
+        assert_eq!(text.lines().count(), 1, "only the header: {text}");
+        let text = out(&run(&db, dir.path(), &["events", "--json", "--kind", "user.created"]));
+        let v: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+        assert!(v["time"].is_i64());
+        assert_eq!(v["payload"]["email"], "alice@example.com");
+        // A bad kind is refused with a reason.
+        let o = run(&db, dir.path(), &["events", "--kind", "tool.exploded"]);
+        assert!(!o.status.success());
+        assert!(err(&o).contains("unknown event kind"), "{}", err(&o));
+    }
+
+    async fn audit_search_reindex_and_export_record_what_they_read(db: TestDb) {
+        history(&db).await;
+        let dir = tempfile::tempdir().unwrap();
+        let o = run(&db, dir.path(), &["audit", "search", "ip:10.0.0.0/8 user:alice@example.com", "--format", "json", "--limit", "100"]);
+        let v: serde_json::Value = serde_json::from_str(&out(&o)).unwrap();
+        assert_eq!(v["results"].as_array().unwrap().len(), 20);
+        let csv = out(&run(&db, dir.path(), &["audit", "search", "ip:192.0.2.0/24", "--format", "csv"]));
+        assert!(csv.starts_with("seq,time,kind,"));
+        assert_eq!(csv.lines().count(), 6);
+        let table = out(&run(&db, dir.path(), &["audit", "search", "kind:user.created"]));
+        assert!(table.contains("alice@example.com"), "{table}");
+        // A malformed query: exit 2, and a caret under the problem.
+        let o = run(&db, dir.path(), &["audit", "search", "kind:tool.called (user:alice"]);
+        assert_eq!(o.status.code(), Some(2));
+        assert!(err(&o).contains("at column 18"), "{}", err(&o));
+        assert!(err(&o).contains("                 ^"), "{}", err(&o));
+        // Rebuilt from the ledger: the same answer.
+        let o = run(&db, dir.path(), &["audit", "reindex"]);
+        assert!(out(&o).starts_with("indexed "), "{o:?}");
+        let v: serde_json::Value = serde_json::from_str(&out(&run(&db, dir.path(), &["audit", "search", "ip:10.0.0.0/8", "--format", "json", "--limit", "100"]))).unwrap();
+        assert_eq!(v["results"].as_array().unwrap().len(), 20);
+
+        // Export: OCSF to a file, everything; then redacted, from a cursor, one kind.
+        let file = dir.path().join("out.ocsf");
+        let o = run(&db, dir.path(), &["export", "--format", "ocsf", "--output", file.to_str().unwrap()]);
+        assert!(o.status.success(), "{o:?}");
+        let lines = std::fs::read_to_string(&file).unwrap();
+        assert!(lines.lines().count() >= 26);
+        for l in lines.lines() {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            assert_eq!(v["metadata"]["version"], "1.8.0");
+        }
+        assert!(lines.contains("10.0.0.5"));
+        let redacted = out(&run(&db, dir.path(), &["export", "--after", "10", "--kind", "tool.called", "--redact", "--format", "cef"]));
+        assert_eq!(redacted.lines().count(), 16, "{redacted}");
+        assert!(redacted.lines().all(|l| l.starts_with("CEF:0|Grantline|")));
+        assert!(!redacted.contains("10.0.0.5") && !redacted.contains("alice@example.com"));
+        // Every search and export above is on the trail.
+        let trail = out(&run(&db, dir.path(), &["events", "--kind", "audit.searched,audit.exported", "--json"]));
+        let kinds: Vec<String> = trail.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["kind"].as_str().unwrap().to_string()).collect();
+        assert_eq!(kinds.iter().filter(|k| *k == "audit.searched").count(), 4, "{trail}");
+        assert_eq!(kinds.iter().filter(|k| *k == "audit.exported").count(), 2, "{trail}");
+        assert!(trail.contains("\"redacted\":true"));
+    }
+
+    async fn events_and_export_follow_new_events(db: TestDb) {
+        history(&db).await;
+        let dir = tempfile::tempdir().unwrap();
+        for command in [vec!["events", "--follow", "--json"], vec!["export", "--follow"]] {
+            let ledger = open(&db).await;
+            let head = ledger.store().head().await.unwrap().unwrap().0.to_string();
+            ledger.shutdown().await;
+            let mut args = command.clone();
+            args.extend(["--after", head.as_str()]);
+            let mut child = Command::new(env!("CARGO_BIN_EXE_grantline"))
+                .args(&args)
+                .arg("--database").arg(db.url())
+                .arg("--data-dir").arg(dir.path())
+                .env("GRANTLINE_CHECKPOINT_KEY", testing::signer().to_private_string())
+                .env_remove("GRANTLINE_CONFIG")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let stdout = child.stdout.take().unwrap();
+            let reader = std::thread::spawn(move || {
+                let mut line = String::new();
+                BufReader::new(stdout).read_line(&mut line).unwrap();
+                line
+            });
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let ledger = open(&db).await;
+            let r = ledger.append(Append::new(vec![testing::tool_call(99)])).await.unwrap();
+            ledger.shutdown().await;
+            let start = std::time::Instant::now();
+            while !reader.is_finished() {
+                assert!(start.elapsed() < Duration::from_secs(10), "{args:?} never printed the new event");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let line = reader.join().unwrap();
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            assert_eq!(v["seq"].as_u64().unwrap(), r[0].seq(), "{line}");
+            child.kill().unwrap();
+            let _ = child.wait();
+        }
+    }
+}
