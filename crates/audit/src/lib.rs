@@ -13,6 +13,7 @@ pub mod proof;
 pub mod query;
 pub mod record;
 pub mod scan;
+pub mod sinks;
 
 pub use index::{AuditIndex, IndexError, MAX_PAGE, Page, SortOrder};
 pub use indexer::{Indexer, IndexerError, IndexerOptions, Progress, directory_of};

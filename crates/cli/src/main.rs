@@ -49,6 +49,9 @@ enum Command {
     Audit(commands::audit::Command),
     /// Export events by seq for a SIEM: JSON lines, OCSF, ECS or CEF; `--follow` to keep going.
     Export(commands::export::Args),
+    /// Push sinks: where each stands.
+    #[command(subcommand)]
+    Sinks(commands::sinks::Command),
     /// Users: add, list, disable, set-role, erase.
     #[command(subcommand)]
     User(commands::user::Command),
@@ -103,6 +106,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Events(a) => commands::events::run(&loc, a).await,
         Command::Audit(c) => commands::audit::run(&loc, c).await,
         Command::Export(a) => commands::export::run(&loc, a).await,
+        Command::Sinks(c) => commands::sinks::run(&loc, c).await,
         Command::User(c) => commands::user::run(&loc, c).await,
         Command::Client(c) => commands::client::run(&loc, c).await,
         Command::Pat(c) => commands::pat::run(&loc, c).await,

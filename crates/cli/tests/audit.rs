@@ -188,3 +188,48 @@ backend_tests! {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sinks_status_shows_cursor_lag_and_last_error() {
+    let db = testing::sqlite().await;
+    history(&db).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("secret"), "whsec-0123456789\n").unwrap();
+    let config = dir.path().join("grantline.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[audit.sinks]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"http://127.0.0.1:9/in\"\nsecret_file = \"{}\"\n",
+            dir.path().join("secret").display()
+        ),
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir.path().join("sinks")).unwrap();
+    std::fs::write(
+        dir.path().join("sinks/hook.json"),
+        r#"{"seq": 20, "delivered": 20, "failures": 2, "last_error": "the webhook answered 503", "last_error_at": "2026-12-02T10:00:00Z"}"#,
+    )
+    .unwrap();
+    let o = run(
+        &db,
+        dir.path(),
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "sinks",
+            "status",
+            "--json",
+        ],
+    );
+    let v: serde_json::Value = serde_json::from_str(&out(&o)).unwrap();
+    assert_eq!(v["head"], 26);
+    assert_eq!(v["sinks"][0]["cursor"], 20);
+    assert_eq!(v["sinks"][0]["lag"], 6);
+    assert_eq!(v["sinks"][0]["last_error"], "the webhook answered 503");
+    let table = out(&run(
+        &db,
+        dir.path(),
+        &["--config", config.to_str().unwrap(), "sinks", "status"],
+    ));
+    assert!(table.contains("hook") && table.contains("503"), "{table}");
+}

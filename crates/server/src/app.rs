@@ -69,6 +69,8 @@ pub struct Inner {
     pub clock: crate::clock::Clock,
     /// This instance's audit index (absent when `[audit] enabled = false`).
     pub audit: Option<crate::audit::AuditService>,
+    /// The push sinks this instance runs.
+    pub sinks: crate::sinks::Sinks,
 }
 
 /// Cheap to clone.

@@ -44,6 +44,9 @@ pub struct AuditSection {
     pub enabled: bool,
     /// Where this instance keeps its index (default: `<data dir>/audit-index`).
     pub index_dir: Option<PathBuf>,
+    /// Receivers this instance pushes every event to, in order, each from its own cursor
+    /// (`<data dir>/sinks/<name>.json`). Configure a sink on one instance only.
+    pub sinks: Vec<SinkSection>,
 }
 
 impl Default for AuditSection {
@@ -51,7 +54,150 @@ impl Default for AuditSection {
         AuditSection {
             enabled: true,
             index_dir: None,
+            sinks: Vec::new(),
         }
+    }
+}
+
+/// One push sink.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkSection {
+    /// Names the sink's cursor file: letters, digits, `-` and `_`.
+    pub name: String,
+    /// `syslog` (RFC 5424 over TCP or TLS), `splunk_hec` or `webhook`.
+    pub kind: String,
+    /// How each event is written: `cef`, `ocsf`, `ecs` or `jsonl` (the event as recorded).
+    /// Default: `cef` for syslog, `ocsf` otherwise.
+    pub format: Option<String>,
+    /// Only these event kinds (default: every kind).
+    #[serde(default)]
+    pub kinds: Vec<String>,
+    /// Leave personal data out (`[redacted]`).
+    #[serde(default)]
+    pub redact: bool,
+    /// Events per delivery (default 500).
+    pub batch: Option<u32>,
+    /// syslog: `host:port`.
+    pub address: Option<String>,
+    /// syslog: TLS (RFC 5425).
+    #[serde(default)]
+    pub tls: bool,
+    /// syslog over TLS: a PEM file of the CA certificates to trust (default: the public roots).
+    pub ca_file: Option<PathBuf>,
+    /// syslog over TLS: the name the receiver's certificate must have (default: the host of
+    /// `address`).
+    pub server_name: Option<String>,
+    /// syslog: facility 0–23 (default 13, log audit).
+    pub facility: Option<u8>,
+    /// syslog: APP-NAME (default `grantline`); HOSTNAME defaults to this host's name.
+    pub app_name: Option<String>,
+    pub hostname: Option<String>,
+    /// splunk_hec: the HEC base URL (`https://splunk:8088`); webhook: the URL to POST to.
+    pub url: Option<String>,
+    /// splunk_hec: the HEC token, from this environment variable or file.
+    pub token_env: Option<String>,
+    pub token_file: Option<PathBuf>,
+    /// splunk_hec: index and sourcetype (default `grantline:<format>`).
+    pub index: Option<String>,
+    pub sourcetype: Option<String>,
+    /// webhook: the HMAC-SHA256 secret, from this environment variable or file.
+    pub secret_env: Option<String>,
+    pub secret_file: Option<PathBuf>,
+}
+
+impl SinkSection {
+    /// A secret from `env` or `file` (trimmed), or why not.
+    pub fn secret(
+        &self,
+        env: &Option<String>,
+        file: &Option<PathBuf>,
+        what: &str,
+    ) -> Result<String> {
+        let v = match (env, file) {
+            (Some(e), None) => std::env::var(e).with_context(|| {
+                format!(
+                    "sink {}: {what}: environment variable {e} is not set",
+                    self.name
+                )
+            })?,
+            (None, Some(f)) => std::fs::read_to_string(f)
+                .with_context(|| format!("sink {}: {what}: reading {}", self.name, f.display()))?,
+            _ => bail!(
+                "sink {}: give the {what} as exactly one of *_env or *_file",
+                self.name
+            ),
+        };
+        let v = v.trim().to_string();
+        if v.is_empty() {
+            bail!("sink {}: the {what} is empty", self.name);
+        }
+        Ok(v)
+    }
+
+    /// Checks what can be checked without connecting.
+    pub fn check(&self) -> Result<()> {
+        if self.name.is_empty()
+            || self.name.len() > 64
+            || !self
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            bail!(
+                "sink {:?}: a name is 1 to 64 letters, digits, - or _",
+                self.name
+            );
+        }
+        if let Some(f) = &self.format
+            && !["cef", "ocsf", "ecs", "jsonl"].contains(&f.as_str())
+        {
+            bail!(
+                "sink {}: format {f:?} is not cef, ocsf, ecs or jsonl",
+                self.name
+            );
+        }
+        for k in &self.kinds {
+            if grantline_ledger::Kind::parse(k).is_none() {
+                bail!("sink {}: {k:?} is not an event kind", self.name);
+            }
+        }
+        match self.kind.as_str() {
+            "syslog" => {
+                let Some(a) = &self.address else {
+                    bail!("sink {}: syslog needs address = \"host:port\"", self.name);
+                };
+                if a.rsplit_once(':')
+                    .and_then(|(_, p)| p.parse::<u16>().ok())
+                    .is_none()
+                {
+                    bail!("sink {}: address {a:?} is not host:port", self.name);
+                }
+                if self.facility.is_some_and(|f| f > 23) {
+                    bail!("sink {}: facility is 0 to 23", self.name);
+                }
+            }
+            "splunk_hec" | "webhook" => {
+                let Some(u) = &self.url else {
+                    bail!("sink {}: {} needs a url", self.name, self.kind);
+                };
+                let url =
+                    url::Url::parse(u).with_context(|| format!("sink {}: url {u:?}", self.name))?;
+                if !matches!(url.scheme(), "http" | "https") {
+                    bail!("sink {}: url must be http(s)", self.name);
+                }
+                if self.kind == "splunk_hec" {
+                    self.secret(&self.token_env, &self.token_file, "HEC token")?;
+                } else {
+                    self.secret(&self.secret_env, &self.secret_file, "webhook secret")?;
+                }
+            }
+            other => bail!(
+                "sink {}: kind {other:?} is not syslog, splunk_hec or webhook",
+                self.name
+            ),
+        }
+        Ok(())
     }
 }
 
@@ -398,6 +544,13 @@ impl Config {
             }
         }
         self.registration_policy()?;
+        let mut names = std::collections::HashSet::new();
+        for sink in &self.audit.sinks {
+            sink.check()?;
+            if !names.insert(sink.name.as_str()) {
+                bail!("two sinks are named {:?}", sink.name);
+            }
+        }
         if self.audit.enabled
             && let Some(r) = self.resources.iter().flatten().find(|r| {
                 r.name == AUDIT_RESOURCE

@@ -26,6 +26,7 @@ pub mod refusals;
 pub mod routes;
 pub mod session;
 pub mod signin;
+pub mod sinks;
 mod startup;
 pub mod throttle;
 
@@ -168,6 +169,7 @@ pub async fn serve(
         );
     }
     app.flush_all_rate_limits().await;
+    app.sinks.stop().await;
     if let Some(audit) = &app.audit {
         audit.stop().await;
     }

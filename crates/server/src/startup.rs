@@ -70,6 +70,7 @@ impl App {
         };
         let app = App(Arc::new(Inner {
             audit,
+            sinks: Default::default(),
             data_dir: opts.data_dir,
             keyring: Keyring::new(&store),
             credentials: Credentials::new(&store),
@@ -112,6 +113,9 @@ impl App {
         });
         if let Some(indexer) = indexer {
             app.start_audit(indexer);
+        }
+        if opts.audit_index {
+            app.start_sinks()?;
         }
         app.record_signing_key().await?;
         crate::bootstrap::admin(&app).await?;

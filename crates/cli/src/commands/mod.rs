@@ -6,5 +6,6 @@ pub mod key;
 pub mod pat;
 pub mod proof;
 pub mod serve;
+pub mod sinks;
 pub mod user;
 pub mod verify;

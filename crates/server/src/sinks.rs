@@ -1,0 +1,458 @@
+//! Push sinks: each configured receiver gets every event, in seq order, from its own durable
+//! cursor, in batches, retried with backoff until it takes them. A sink runs in its own task
+//! and reads the ledger like any follower, so a receiver that is down never slows a request or
+//! loses an event: it catches up when it is back. Delivery is at least once (a batch whose
+//! acknowledgement was lost is sent again); each event carries its `id` to dedupe on.
+
+use crate::app::App;
+use crate::config::SinkSection;
+use anyhow::{Context, Result, anyhow, bail};
+use grantline_audit::formats::{ExportItem, Exporter, Format};
+use grantline_audit::sinks::{SinkCursor, SinkStatus, hec, syslog, webhook};
+use grantline_ledger::{Kind, Timestamp};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+
+/// The directory of the sinks' cursor files.
+pub fn cursor_dir(data_dir: &std::path::Path) -> std::path::PathBuf {
+    data_dir.join("sinks")
+}
+
+/// How long one delivery may take before it counts as failed.
+const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest wait between retries.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// A sink's state as the server sees it (for status and metrics).
+#[derive(Debug, Clone, Default)]
+pub struct Live {
+    pub name: String,
+    pub kind: String,
+    pub status: SinkStatus,
+}
+
+/// Every running sink's state, shared with whoever reports on them.
+pub type Board = Arc<Mutex<Vec<Live>>>;
+
+trait Stream: AsyncWrite + Unpin + Send {}
+impl<T: AsyncWrite + Unpin + Send> Stream for T {}
+
+enum Transport {
+    Syslog {
+        header: syslog::Header,
+        address: String,
+        tls: Option<(
+            tokio_rustls::TlsConnector,
+            rustls::pki_types::ServerName<'static>,
+        )>,
+        conn: Option<Box<dyn Stream>>,
+    },
+    Hec {
+        url: String,
+        token: String,
+        target: hec::Target,
+    },
+    Webhook {
+        url: String,
+        secret: Vec<u8>,
+    },
+}
+
+/// One configured sink, ready to run.
+pub struct Sink {
+    pub name: String,
+    pub kind: String,
+    format: Format,
+    kinds: Option<Vec<Kind>>,
+    redact: bool,
+    batch: u32,
+    transport: Transport,
+    http: reqwest::Client,
+}
+
+fn tls_connector(
+    s: &SinkSection,
+    host: &str,
+) -> Result<(
+    tokio_rustls::TlsConnector,
+    rustls::pki_types::ServerName<'static>,
+)> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    match &s.ca_file {
+        Some(f) => {
+            for cert in rustls::pki_types::CertificateDer::pem_file_iter(f)
+                .with_context(|| format!("sink {}: reading {}", s.name, f.display()))?
+            {
+                roots
+                    .add(cert.with_context(|| format!("sink {}: {}", s.name, f.display()))?)
+                    .with_context(|| {
+                        format!("sink {}: a certificate in {}", s.name, f.display())
+                    })?;
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| anyhow!("sink {}: TLS: {e}", s.name))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = s.server_name.clone().unwrap_or_else(|| host.to_string());
+    let server_name = rustls::pki_types::ServerName::try_from(name.clone())
+        .map_err(|_| anyhow!("sink {}: {name:?} is not a server name", s.name))?;
+    Ok((
+        tokio_rustls::TlsConnector::from(Arc::new(config)),
+        server_name,
+    ))
+}
+
+impl Sink {
+    /// Builds a sink from its configuration (secrets read now).
+    pub fn from_config(s: &SinkSection) -> Result<Sink> {
+        s.check()?;
+        let default_format = if s.kind == "syslog" { "cef" } else { "ocsf" };
+        let format = Format::parse(s.format.as_deref().unwrap_or(default_format))
+            .ok_or_else(|| anyhow!("sink {}: unknown format", s.name))?;
+        let kinds =
+            (!s.kinds.is_empty()).then(|| s.kinds.iter().filter_map(|k| Kind::parse(k)).collect());
+        let hostname = s.hostname.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .map(|h| h.trim().to_string())
+                .ok()
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "grantline".into())
+        });
+        let transport = match s.kind.as_str() {
+            "syslog" => {
+                let address = s.address.clone().unwrap_or_default();
+                let host = address
+                    .rsplit_once(':')
+                    .map(|(h, _)| h.trim_matches(['[', ']']))
+                    .unwrap_or("");
+                Transport::Syslog {
+                    header: syslog::Header {
+                        facility: s.facility.unwrap_or(13),
+                        hostname,
+                        app_name: s.app_name.clone().unwrap_or_else(|| "grantline".into()),
+                        sd_id: syslog::DEFAULT_SD_ID.into(),
+                    },
+                    tls: if s.tls {
+                        Some(tls_connector(s, host)?)
+                    } else {
+                        None
+                    },
+                    address,
+                    conn: None,
+                }
+            }
+            "splunk_hec" => Transport::Hec {
+                url: format!(
+                    "{}/services/collector/event",
+                    s.url.clone().unwrap_or_default().trim_end_matches('/')
+                ),
+                token: s.secret(&s.token_env, &s.token_file, "HEC token")?,
+                target: hec::Target {
+                    host: hostname,
+                    source: "grantline".into(),
+                    sourcetype: s
+                        .sourcetype
+                        .clone()
+                        .unwrap_or_else(|| format!("grantline:{}", format.as_str())),
+                    index: s.index.clone(),
+                },
+            },
+            "webhook" => Transport::Webhook {
+                url: s.url.clone().unwrap_or_default(),
+                secret: s
+                    .secret(&s.secret_env, &s.secret_file, "webhook secret")?
+                    .into_bytes(),
+            },
+            other => bail!("sink {}: unknown kind {other}", s.name),
+        };
+        Ok(Sink {
+            name: s.name.clone(),
+            kind: s.kind.clone(),
+            format,
+            kinds,
+            redact: s.redact,
+            batch: s.batch.unwrap_or(500).clamp(1, 10_000),
+            transport,
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .connect_timeout(Duration::from_secs(10))
+                .timeout(DELIVERY_TIMEOUT)
+                .build()?,
+        })
+    }
+
+    /// Sends one batch; `Ok` once the receiver has taken it.
+    async fn deliver(&mut self, items: &[ExportItem]) -> Result<()> {
+        let format = self.format;
+        let http = &self.http;
+        match &mut self.transport {
+            Transport::Syslog {
+                header,
+                address,
+                tls,
+                conn,
+            } => {
+                let mut bytes = Vec::new();
+                for item in items {
+                    let msg = format.line(item);
+                    bytes.extend(syslog::frame(&syslog::message(header, item, &msg)));
+                }
+                if conn.is_none() {
+                    let tcp = tokio::net::TcpStream::connect(address.as_str())
+                        .await
+                        .with_context(|| format!("connecting to {address}"))?;
+                    tcp.set_nodelay(true)?;
+                    *conn = Some(match tls {
+                        Some((connector, name)) => Box::new(
+                            connector
+                                .connect(name.clone(), tcp)
+                                .await
+                                .with_context(|| format!("TLS with {address}"))?,
+                        ),
+                        None => Box::new(tcp),
+                    });
+                }
+                let Some(c) = conn.as_mut() else {
+                    bail!("no connection");
+                };
+                let sent = async {
+                    c.write_all(&bytes).await?;
+                    c.flush().await
+                }
+                .await;
+                if let Err(e) = sent {
+                    *conn = None;
+                    return Err(anyhow!("writing to {address}: {e}"));
+                }
+                Ok(())
+            }
+            Transport::Hec { url, token, target } => {
+                let events: Vec<serde_json::Value> = items
+                    .iter()
+                    .map(|i| hec::event(target, i.record.time, json(format, i)))
+                    .collect();
+                let r = http
+                    .post(url.as_str())
+                    .header("authorization", hec::authorization(token))
+                    .header("content-type", "application/json")
+                    .body(hec::body(&events))
+                    .send()
+                    .await
+                    .map_err(|e| anyhow!("{}", e.without_url()))?;
+                if !r.status().is_success() {
+                    bail!("HEC answered {}", r.status());
+                }
+                Ok(())
+            }
+            Transport::Webhook { url, secret } => {
+                let events: Vec<serde_json::Value> =
+                    items.iter().map(|i| json(format, i)).collect();
+                let body = webhook::body(&events);
+                let now = Timestamp::now().0 / 1_000_000;
+                let r = http
+                    .post(url.as_str())
+                    .header("content-type", "application/json")
+                    .header(
+                        webhook::SIGNATURE_HEADER,
+                        webhook::signature(secret, now, body.as_bytes()),
+                    )
+                    .body(body)
+                    .send()
+                    .await
+                    .map_err(|e| anyhow!("{}", e.without_url()))?;
+                if !r.status().is_success() {
+                    bail!("the webhook answered {}", r.status());
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// An item as the JSON a HEC or webhook receiver gets in `format`.
+fn json(format: Format, item: &ExportItem) -> serde_json::Value {
+    match format {
+        Format::Jsonl => item.event.clone(),
+        Format::Ocsf => grantline_audit::formats::ocsf::record(item),
+        Format::Ecs => grantline_audit::formats::ecs::record(item),
+        // CEF is a line of text: as a JSON string.
+        Format::Cef | Format::Csv => serde_json::Value::String(format.line(item)),
+    }
+}
+
+fn update(board: &Board, name: &str, status: &SinkStatus) {
+    if let Ok(mut b) = board.lock()
+        && let Some(l) = b.iter_mut().find(|l| l.name == name)
+    {
+        l.status = status.clone();
+    }
+}
+
+/// Runs one sink until `stop` is set.
+async fn run(app: App, mut sink: Sink, stop: Arc<AtomicBool>, board: Board) {
+    let cursor = SinkCursor::new(&cursor_dir(&app.data_dir), &sink.name);
+    let mut status = match cursor.load() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(sink = %sink.name, error = %e, "sink cursor unreadable; the sink does not run");
+            return;
+        }
+    };
+    update(&board, &sink.name, &status);
+    let directory = app
+        .audit
+        .as_ref()
+        .and_then(|a| a.directory.read().ok().map(|d| d.clone()))
+        .unwrap_or_default();
+    let mut exporter = Exporter::new(app.keyring.clone(), directory, sink.redact);
+    let mut head = app.ledger.subscribe();
+    let mut pending: Option<(Vec<ExportItem>, u64)> = None;
+    while !stop.load(Ordering::SeqCst) {
+        let (items, last) = match pending.take() {
+            Some(p) => p,
+            None => {
+                let events = match app.store().read(status.seq, sink.batch).await {
+                    Ok(e) => e,
+                    Err(e) => {
+                        tracing::warn!(sink = %sink.name, error = %e, "sink cannot read the ledger");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                };
+                let Some(last) = events.last().map(|r| r.seq()) else {
+                    let _ = tokio::time::timeout(Duration::from_secs(1), head.changed()).await;
+                    continue;
+                };
+                let mut items = Vec::with_capacity(events.len());
+                let mut failed = false;
+                for r in &events {
+                    let wanted = sink
+                        .kinds
+                        .as_ref()
+                        .is_none_or(|k| k.contains(&r.envelope.kind()));
+                    let res = if wanted {
+                        exporter.item(r).await.map(|i| items.push(i))
+                    } else {
+                        exporter.learn(r).await
+                    };
+                    if let Err(e) = res {
+                        tracing::warn!(sink = %sink.name, error = %e, "sink cannot open an event");
+                        failed = true;
+                        break;
+                    }
+                }
+                if failed {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+                (items, last)
+            }
+        };
+        let outcome = if items.is_empty() {
+            Ok(())
+        } else {
+            match tokio::time::timeout(DELIVERY_TIMEOUT, sink.deliver(&items)).await {
+                Ok(r) => r,
+                Err(_) => Err(anyhow!("no answer in {} s", DELIVERY_TIMEOUT.as_secs())),
+            }
+        };
+        match outcome {
+            Ok(()) => {
+                status.seq = last;
+                status.delivered += items.len() as u64;
+                if !items.is_empty() {
+                    status.delivered_at = Some(Timestamp::now().to_string());
+                }
+                if status.failures > 0 {
+                    tracing::info!(sink = %sink.name, after_failures = status.failures, "sink delivering again");
+                }
+                status.failures = 0;
+                status.last_error = None;
+                if let Err(e) = cursor.save(&status) {
+                    tracing::error!(sink = %sink.name, error = %e, "sink cursor not saved; events after it will be sent again");
+                }
+                update(&board, &sink.name, &status);
+            }
+            Err(e) => {
+                status.failures += 1;
+                status.last_error = Some(format!("{e:#}"));
+                status.last_error_at = Some(Timestamp::now().to_string());
+                if status.failures == 1 || status.failures.is_power_of_two() {
+                    tracing::warn!(sink = %sink.name, failures = status.failures, error = %format!("{e:#}"), "sink delivery failed; retrying");
+                }
+                let _ = cursor.save(&status);
+                update(&board, &sink.name, &status);
+                pending = Some((items, last));
+                let backoff =
+                    Duration::from_millis(250u64.saturating_mul(1 << status.failures.min(8)))
+                        .min(MAX_BACKOFF);
+                let until = tokio::time::Instant::now() + backoff;
+                while tokio::time::Instant::now() < until && !stop.load(Ordering::SeqCst) {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+}
+
+/// The running sinks: their tasks and the flag that stops them.
+#[derive(Default)]
+pub struct Sinks {
+    pub board: Board,
+    stop: Arc<AtomicBool>,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl Sinks {
+    /// Stops every sink (a delivery in flight finishes or times out first).
+    pub async fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let tasks: Vec<_> = self
+            .tasks
+            .lock()
+            .map(|mut t| t.drain(..).collect())
+            .unwrap_or_default();
+        for t in tasks {
+            if tokio::time::timeout(Duration::from_secs(5), t)
+                .await
+                .is_err()
+            {
+                tracing::warn!("a sink did not stop in time");
+            }
+        }
+    }
+}
+
+impl App {
+    /// Starts every configured sink.
+    pub fn start_sinks(&self) -> Result<()> {
+        for section in &self.config.audit.sinks {
+            let sink = Sink::from_config(section)?;
+            if let Ok(mut b) = self.sinks.board.lock() {
+                b.push(Live {
+                    name: sink.name.clone(),
+                    kind: sink.kind.clone(),
+                    status: SinkStatus::default(),
+                });
+            }
+            let task = tokio::spawn(run(
+                self.clone(),
+                sink,
+                self.sinks.stop.clone(),
+                self.sinks.board.clone(),
+            ));
+            if let Ok(mut t) = self.sinks.tasks.lock() {
+                t.push(task);
+            }
+        }
+        Ok(())
+    }
+}

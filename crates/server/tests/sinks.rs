@@ -1,0 +1,382 @@
+//! Push sinks against real receivers: Debian's rsyslog (started here on a free port, writing
+//! what it parsed to a file), a TLS syslog receiver, and local Splunk HEC and webhook
+//! receivers that check the token and the signature (Splunk itself cannot run here). Each
+//! receiver is down for a while first: the sink delivers every event once it is back, in
+//! order, and resumes from its cursor after a restart.
+
+mod common;
+
+use common::*;
+use grantline_audit::sinks::webhook;
+use grantline_ledger::Append;
+use grantline_server::Config;
+use grantline_store::testing::{self, tool_call};
+use std::process::{Child, Command};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn with_sink(dir: &std::path::Path, sink: &str) -> Config {
+    let mut c = config(dir, 0, 60);
+    let extra: Config = toml::from_str(&format!("[audit]\n{sink}")).unwrap();
+    c.audit.sinks = extra.audit.sinks;
+    c
+}
+
+async fn wait_until(what: &str, secs: u64, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(
+            start.elapsed() < Duration::from_secs(secs),
+            "{what}: not within {secs} s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn append(s: &Server, n: u64) {
+    for i in 0..n {
+        s.app
+            .ledger
+            .append(Append::new(vec![tool_call(i)]))
+            .await
+            .unwrap();
+    }
+}
+
+async fn head(s: &Server) -> u64 {
+    s.app.store().head().await.unwrap().map_or(0, |h| h.0)
+}
+
+fn board(s: &Server) -> grantline_audit::sinks::SinkStatus {
+    s.app.sinks.board.lock().unwrap()[0].status.clone()
+}
+
+/// Debian's rsyslogd on `port`, writing each message it parsed as RFC 5424 to `out`.
+fn rsyslog(dir: &std::path::Path, port: u16, out: &std::path::Path) -> Option<Child> {
+    let bin = ["/usr/sbin/rsyslogd", "/sbin/rsyslogd"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists());
+    let Some(bin) = bin else {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("CI=true but rsyslogd is not installed (.ci/run installs Debian's rsyslog)");
+        }
+        eprintln!("skipping: rsyslogd is not installed (apt-get install rsyslog)");
+        return None;
+    };
+    let conf = dir.join("rsyslog.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "global(workDirectory=\"{d}\")\nmodule(load=\"imtcp\")\n\
+             input(type=\"imtcp\" port=\"{port}\" address=\"127.0.0.1\")\n\
+             template(name=\"parsed\" type=\"string\" string=\"%protocol-version%|%msgid%|%structured-data%|%msg%\\n\")\n\
+             *.* action(type=\"omfile\" file=\"{o}\" template=\"parsed\")\n",
+            d = dir.display(),
+            o = out.display()
+        ),
+    )
+    .unwrap();
+    Some(
+        Command::new(bin)
+            .args(["-n", "-f"])
+            .arg(&conf)
+            .arg("-i")
+            .arg(dir.join("rsyslog.pid"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// The seqs in rsyslog's output, from each message's structured data.
+fn syslog_seqs(out: &std::path::Path) -> Vec<u64> {
+    let text = std::fs::read_to_string(out).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            let mut parts = l.splitn(4, '|');
+            assert_eq!(parts.next(), Some("1"), "RFC 5424: {l}");
+            let msgid = parts.next()?;
+            let sd = parts.next()?;
+            let msg = parts.next()?;
+            assert!(
+                msg.trim_start_matches('\u{feff}')
+                    .starts_with("CEF:0|Grantline|"),
+                "{l}"
+            );
+            assert!(
+                msg.contains(&format!("|{msgid}|")),
+                "MSGID is the kind: {l}"
+            );
+            let seq = sd.split("seq=\"").nth(1)?.split('"').next()?;
+            seq.parse().ok()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn syslog_to_rsyslog_catches_up_in_order_and_resumes_from_its_cursor() {
+    let db = testing::sqlite().await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let out = dir.path().join("received.log");
+    let cfg = with_sink(
+        dir.path(),
+        &format!(
+            "[[audit.sinks]]\nname = \"rsyslog\"\nkind = \"syslog\"\naddress = \"127.0.0.1:{port}\"\nbatch = 7\n"
+        ),
+    );
+    let s = Server::start(&db, dir.path().to_path_buf(), cfg.clone()).await;
+    append(&s, 40).await;
+    // The receiver is down: the sink fails, says why, and keeps its place.
+    wait_until("a failure recorded", 10, || board(&s).failures > 0).await;
+    assert!(
+        board(&s).last_error.unwrap().contains("connecting"),
+        "{:?}",
+        board(&s)
+    );
+    assert_eq!(board(&s).seq, 0);
+    let Some(mut rs) = rsyslog(dir.path(), port, &out) else {
+        return;
+    };
+    let want = head(&s).await;
+    wait_until("every event at rsyslog", 30, || {
+        syslog_seqs(&out).len() as u64 >= want
+    })
+    .await;
+    assert_eq!(
+        syslog_seqs(&out),
+        (1..=want).collect::<Vec<_>>(),
+        "each once, in order"
+    );
+    wait_until("the cursor at the head", 10, || board(&s).seq == want).await;
+    assert!(board(&s).last_error.is_none());
+    s.stop().await;
+
+    // After a restart it resumes from the cursor: only what is new is sent.
+    let cursor: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("sinks/rsyslog.json")).unwrap())
+            .unwrap();
+    assert_eq!(cursor["seq"], want);
+    let s = Server::start(&db, dir.path().to_path_buf(), cfg).await;
+    append(&s, 5).await;
+    let want = head(&s).await;
+    wait_until("the new events at rsyslog", 30, || {
+        syslog_seqs(&out).len() as u64 >= want
+    })
+    .await;
+    assert_eq!(syslog_seqs(&out), (1..=want).collect::<Vec<_>>());
+    s.stop().await;
+    let _ = rs.kill();
+    let _ = rs.wait();
+}
+
+/// A syslog receiver over TLS with a certificate made here: reads octet-counted frames.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn syslog_over_tls_with_a_private_ca() {
+    let db = testing::sqlite().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, cert.cert.pem()).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server_config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![cert.cert.der().clone()],
+        rustls::pki_types::PrivateKeyDer::Pkcs8(cert.key_pair.serialize_der().into()),
+    )
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_config));
+    let frames: Arc<Mutex<Vec<String>>> = Arc::default();
+    let got = frames.clone();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let Ok(tls) = acceptor.accept(tcp).await else {
+                continue;
+            };
+            let got = got.clone();
+            tokio::spawn(async move {
+                use tokio::io::AsyncReadExt;
+                let mut tls = tls;
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 8192];
+                loop {
+                    let Ok(n) = tls.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    // Octet counting: "<len> <msg>"
+                    while let Some(sp) = buf.iter().position(|b| *b == b' ') {
+                        let len: usize = std::str::from_utf8(&buf[..sp]).unwrap().parse().unwrap();
+                        if buf.len() < sp + 1 + len {
+                            break;
+                        }
+                        let msg = String::from_utf8(buf[sp + 1..sp + 1 + len].to_vec()).unwrap();
+                        got.lock().unwrap().push(msg);
+                        buf.drain(..sp + 1 + len);
+                    }
+                }
+            });
+        }
+    });
+    let cfg = with_sink(
+        dir.path(),
+        &format!(
+            "[[audit.sinks]]\nname = \"tls\"\nkind = \"syslog\"\naddress = \"127.0.0.1:{port}\"\ntls = true\n\
+         ca_file = \"{}\"\nserver_name = \"localhost\"\nformat = \"jsonl\"\n",
+            ca.display()
+        ),
+    );
+    let s = Server::start(&db, dir.path().to_path_buf(), cfg).await;
+    append(&s, 10).await;
+    let want = head(&s).await;
+    wait_until("every event over TLS", 20, || {
+        frames.lock().unwrap().len() as u64 >= want
+    })
+    .await;
+    let frames = frames.lock().unwrap().clone();
+    for (i, f) in frames.iter().enumerate() {
+        assert!(f.starts_with("<"), "{f}");
+        assert!(f.contains(&format!("seq=\"{}\"", i + 1)), "{f}");
+        let json = f.split('\u{feff}').nth(1).unwrap();
+        let v: serde_json::Value = serde_json::from_str(json).unwrap();
+        assert_eq!(v["seq"], i as u64 + 1);
+    }
+    s.stop().await;
+}
+
+/// A local HTTP receiver: answers `status()` to each request and keeps what `accept` says.
+async fn receiver(
+    port: u16,
+    handle: impl Fn(&axum::http::HeaderMap, &[u8]) -> u16 + Send + Sync + 'static,
+) {
+    let handle = Arc::new(handle);
+    let app = axum::Router::new().fallback(
+        move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+            let handle = handle.clone();
+            async move { axum::http::StatusCode::from_u16(handle(&headers, &body)).unwrap() }
+        },
+    );
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn splunk_hec_checks_the_token_and_gets_every_event_once_it_is_up() {
+    let db = testing::sqlite().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("hec.token"), "hec-token-123\n").unwrap();
+    let port = free_port();
+    let cfg = with_sink(
+        dir.path(),
+        &format!(
+            "[[audit.sinks]]\nname = \"splunk\"\nkind = \"splunk_hec\"\nurl = \"http://127.0.0.1:{port}\"\n\
+         token_file = \"{}\"\nindex = \"security\"\nbatch = 9\n",
+            dir.path().join("hec.token").display()
+        ),
+    );
+    let s = Server::start(&db, dir.path().to_path_buf(), cfg).await;
+    append(&s, 30).await;
+    wait_until("a failure while HEC is down", 10, || board(&s).failures > 0).await;
+    let seqs: Arc<Mutex<Vec<u64>>> = Arc::default();
+    let got = seqs.clone();
+    receiver(port, move |h, body| {
+        if h.get("authorization").and_then(|v| v.to_str().ok()) != Some("Splunk hec-token-123") {
+            return 401;
+        }
+        for line in std::str::from_utf8(body).unwrap().lines() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            assert_eq!(v["index"], "security");
+            assert_eq!(v["sourcetype"], "grantline:ocsf");
+            assert!(v["time"].as_str().unwrap().contains('.'));
+            got.lock()
+                .unwrap()
+                .push(v["event"]["unmapped"]["seq"].as_u64().unwrap());
+        }
+        200
+    })
+    .await;
+    let want = head(&s).await;
+    wait_until("every event at HEC", 30, || {
+        seqs.lock().unwrap().len() as u64 >= want
+    })
+    .await;
+    assert_eq!(*seqs.lock().unwrap(), (1..=want).collect::<Vec<_>>());
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_batches_are_signed_and_retried_until_taken() {
+    let db = testing::sqlite().await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    // SAFETY of the test: the variable is read by this test's server only.
+    unsafe { std::env::set_var("GL_TEST_WEBHOOK_SECRET", "whsec-0123456789") };
+    let cfg = with_sink(
+        dir.path(),
+        &format!(
+            "[[audit.sinks]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"http://127.0.0.1:{port}/in\"\n\
+         secret_env = \"GL_TEST_WEBHOOK_SECRET\"\nformat = \"jsonl\"\nkinds = [\"tool.called\"]\nbatch = 4\n"
+        ),
+    );
+    let s = Server::start(&db, dir.path().to_path_buf(), cfg).await;
+    append(&s, 12).await;
+    let seqs: Arc<Mutex<Vec<u64>>> = Arc::default();
+    let refused = Arc::new(Mutex::new(0));
+    let (got, n) = (seqs.clone(), refused.clone());
+    receiver(port, move |h, body| {
+        let sig = h
+            .get(webhook::SIGNATURE_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let now = grantline_ledger::Timestamp::now().0 / 1_000_000;
+        if !webhook::verify(b"whsec-0123456789", sig, body, now, 300) {
+            return 401;
+        }
+        // Down for its first three deliveries.
+        let mut n = n.lock().unwrap();
+        if *n < 3 {
+            *n += 1;
+            return 503;
+        }
+        let v: serde_json::Value = serde_json::from_slice(body).unwrap();
+        for e in v["events"].as_array().unwrap() {
+            assert_eq!(e["kind"], "tool.called");
+            got.lock().unwrap().push(e["seq"].as_u64().unwrap());
+        }
+        200
+    })
+    .await;
+    wait_until("every tool call at the webhook", 30, || {
+        seqs.lock().unwrap().len() >= 12
+    })
+    .await;
+    let got = seqs.lock().unwrap().clone();
+    assert!(
+        got.windows(2).all(|w| w[0] < w[1]),
+        "in order, once: {got:?}"
+    );
+    assert_eq!(got.len(), 12);
+    assert_eq!(*refused.lock().unwrap(), 3);
+    s.stop().await;
+}
