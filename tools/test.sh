@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The whole test suite, with everything it needs set up here and torn down afterwards:
+#   - Debian's rsyslog, chromium and chromium-driver, installed when missing;
 #   - a throwaway PostgreSQL cluster (so the PostgreSQL half of every backend test really runs);
-#   - a Python virtualenv (.venv) with the third-party OAuth client the end-to-end tests drive
-#     Grantline with (tests/requirements.txt);
+#   - a Python virtualenv (.venv) with the third-party clients the end-to-end tests drive
+#     Grantline with: the MCP SDK, an OAuth client, Selenium, the offline OCSF validator and a
+#     CEF parser (tests/requirements.txt);
 #   - the MCP TypeScript SDK for the end-to-end tests (npm ci in tests/e2e/ts);
 # then the Rust tests (cargo nextest, else cargo test) and the Python end-to-end tests.
 # Extra arguments go to the Rust test runner.
@@ -11,6 +13,20 @@
 #   GRANTLINE_TEST_DATABASE_URL=postgres://… tools/test.sh   # use an existing server instead
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# Debian packages the tests drive as real parts: rsyslog (the syslog sink's receiver), and
+# Chromium with its driver (the audit page in a browser). Installed when missing.
+need=()
+[ -x /usr/sbin/rsyslogd ] || need+=(rsyslog)
+[ -x /usr/bin/chromium ] || need+=(chromium)
+[ -x /usr/bin/chromedriver ] || need+=(chromium-driver)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "test.sh: installing ${need[*]} from Debian's packages" >&2
+  as_root=""
+  [ "$(id -u)" = 0 ] || as_root="sudo"
+  $as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $as_root apt-get install -y -qq "${need[@]}" >/dev/null
+fi
 
 echo "test.sh: building (first run compiles every dependency; several minutes on 2 cores)" >&2
 cargo build --workspace --all-targets --locked 2>&1 | tail -n 3 >&2

@@ -41,7 +41,8 @@ def free_port():
 
 
 class Server:
-    def __init__(self, data_dir, log_path, config=CONFIG):
+    def __init__(self, data_dir, log_path, config=CONFIG, extra_args=()):
+        self.extra_args = list(extra_args)
         self.data_dir = pathlib.Path(data_dir)
         self.log_path = pathlib.Path(log_path)
         self.port = free_port()
@@ -63,7 +64,7 @@ class Server:
         )
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [binary, "serve", "--listen", f"127.0.0.1:{self.port}"],
+            [binary, "serve", "--listen", f"127.0.0.1:{self.port}", *self.extra_args],
             env=env, stdout=log, stderr=subprocess.STDOUT,
         )
         deadline = time.time() + 60
@@ -185,6 +186,18 @@ default_scopes = ["notes:read"]
 def gateway_server(tmp_path, upstream):
     (tmp_path / "data").mkdir(exist_ok=True)
     s = Server(tmp_path / "data", tmp_path / "server.log", GATEWAY_CONFIG.format(upstream=upstream.url))
+    s.start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def audit_server(tmp_path):
+    """The embedded default (the demo and the audit resource), checkpointing every second so
+    each event soon has an inclusion proof."""
+    (tmp_path / "data").mkdir(exist_ok=True)
+    s = Server(tmp_path / "data", tmp_path / "server.log", MCP_CONFIG,
+               extra_args=["--checkpoint-interval", "1"])
     s.start()
     yield s
     s.stop()
