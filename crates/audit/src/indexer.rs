@@ -4,7 +4,7 @@
 
 use crate::index::{AuditIndex, IndexError, SCHEMA_VERSION};
 use crate::keys::KeyCache;
-use crate::mapping::{Directory, map};
+use crate::mapping::Directory;
 use crate::query::{Expr, Field, Value};
 use crate::record::AuditRecord;
 use grantline_ledger::{Hash, Payload, Recorded, pii::user_subject};
@@ -199,8 +199,7 @@ impl Indexer {
 
     /// Maps an event, with every key it needs loaded first.
     async fn record(&mut self, event: &Recorded) -> Result<AuditRecord, IndexerError> {
-        self.keys.prepare(event).await?;
-        Ok(map(event, &mut self.dir, &mut self.keys.opener()))
+        Ok(self.keys.map(event, &mut self.dir).await?)
     }
 
     /// Adds events (the next in seq order) to the index; commits when a batch is due.
@@ -328,9 +327,35 @@ impl Indexer {
         mut progress: impl FnMut(u64, u64),
     ) -> Result<u64, IndexerError> {
         let head = self.store.head().await?.map_or(0, |(s, _)| s);
-        let mut tail = Tail::new(&self.store, self.position, None).await?;
+        let tail = Tail::new(&self.store, self.position, None).await?;
+        let batch = self.options.read_batch;
+        // The next page is read while this one is indexed.
+        let mut reading: Option<
+            tokio::task::JoinHandle<(Tail, grantline_store::Result<Vec<Recorded>>)>,
+        > = None;
+        let mut idle = Some(tail);
         while self.position < head {
-            let events = tail.next(self.options.read_batch).await?;
+            let events = match reading.take() {
+                Some(handle) => {
+                    let (t, r) = handle.await.map_err(|_| IndexerError::Writer)?;
+                    idle = Some(t);
+                    r?
+                }
+                None => match idle.as_mut() {
+                    Some(t) => t.next(batch).await?,
+                    None => break,
+                },
+            };
+            if let Some(mut t) = idle.take() {
+                if t.position() < head {
+                    reading = Some(tokio::spawn(async move {
+                        let r = t.next(batch).await;
+                        (t, r)
+                    }));
+                } else {
+                    idle = Some(t);
+                }
+            }
             self.add(&events).await?;
             progress(self.position, head);
         }

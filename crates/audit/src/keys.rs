@@ -59,6 +59,55 @@ impl KeyCache {
         Ok(())
     }
 
+    /// Loads the keys of `subjects` (those an opener found missing).
+    pub async fn load(&mut self, subjects: Vec<String>) -> Result<(), StoreError> {
+        if self.keys.len() > MAX_KEYS {
+            self.keys.retain(|_, k| k.is_none());
+        }
+        for s in subjects {
+            if !self.keys.contains_key(&s) {
+                let key = self.keyring.key(&s).await?;
+                self.keys.insert(s, key);
+            }
+        }
+        Ok(())
+    }
+
+    /// Maps `event` with every key it needs: mapped once when its keys are cached (the common
+    /// case), again after loading them when not. Kinds that update the directory are tried
+    /// against a scratch directory first, so a name is never remembered as erased for want of a key.
+    pub async fn map(
+        &mut self,
+        event: &Recorded,
+        dir: &mut Directory,
+    ) -> Result<crate::AuditRecord, StoreError> {
+        use grantline_ledger::Kind;
+        let updates = matches!(
+            event.envelope.kind(),
+            Kind::UserCreated | Kind::UserErased | Kind::ClientRegistered | Kind::ClientUpdated
+        );
+        for _ in 0..4 {
+            let mut opener = self.opener();
+            // An empty scratch directory: the one that names users is large, and these kinds
+            // only add to it.
+            let record = if updates {
+                map(event, &mut Directory::default(), &mut opener)
+            } else {
+                map(event, dir, &mut opener)
+            };
+            let missing = opener.missing;
+            if missing.is_empty() {
+                return Ok(if updates {
+                    map(event, dir, &mut self.opener())
+                } else {
+                    record
+                });
+            }
+            self.load(missing).await?;
+        }
+        Ok(map(event, dir, &mut self.opener()))
+    }
+
     /// An opener over the loaded keys (what is not loaded reads as erased).
     pub fn opener(&self) -> CachedOpener<'_> {
         CachedOpener {

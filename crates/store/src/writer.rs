@@ -42,7 +42,13 @@ pub struct LedgerOptions {
     pub max_batch_events: usize,
     /// Told of every commit (see [`CommitHook`]).
     pub on_commit: Option<CommitHook>,
+    /// The clock appends are stamped with (never going back); default the system clock. A
+    /// benchmark's synthetic history sets its own.
+    pub clock: Option<Clock>,
 }
+
+/// A source of append times.
+pub type Clock = std::sync::Arc<dyn Fn() -> Timestamp + Send + Sync>;
 
 impl std::fmt::Debug for LedgerOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -51,6 +57,7 @@ impl std::fmt::Debug for LedgerOptions {
             .field("checkpoint_interval", &self.checkpoint_interval)
             .field("max_batch_events", &self.max_batch_events)
             .field("on_commit", &self.on_commit.is_some())
+            .field("clock", &self.clock.is_some())
             .finish()
     }
 }
@@ -62,6 +69,7 @@ impl Default for LedgerOptions {
             checkpoint_interval: Duration::from_secs(10),
             max_batch_events: 20_000,
             on_commit: None,
+            clock: None,
         }
     }
 }
@@ -519,7 +527,13 @@ impl Writer {
             return Err(Failed::all(error, jobs));
         }
         let (mut seq, mut prev) = self.head.unwrap_or((0, GENESIS));
-        let now = Timestamp::now().0.max(self.last_time);
+        let now = self
+            .options
+            .clock
+            .as_ref()
+            .map_or_else(Timestamp::now, |c| c())
+            .0
+            .max(self.last_time);
 
         // Stream versions not yet cached, in one query: every stream an append names, by the
         // very name it will be stored under.

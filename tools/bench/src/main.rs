@@ -6,9 +6,13 @@
 //!   grantline-bench replay --database URL                       # read, check, decode, fold into State
 //!   grantline-bench refresh --database URL --clients C --seconds S  # refresh rotations over HTTP
 //!   grantline-bench gateway --database URL --clients C --seconds S  # tool-call overhead of the gateway
+//!   grantline-bench audit-index  --database URL --index DIR   # build the audit index; baseline: map only
+//!   grantline-bench audit-search --database URL --index DIR   # reviewer queries p50/p99; baseline: a full scan
+//!   grantline-bench audit-export --database URL               # OCSF export; baseline: JSON lines
 //!
 //! Every run prints the command line, the machine and the figure.
 
+mod audit;
 mod gateway;
 mod refresh;
 mod synthetic;
@@ -37,12 +41,42 @@ struct Target {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Fill a ledger with N realistic events (appended in large batches).
+    /// Fill a ledger with N realistic events spread over the last W weeks with a daily and
+    /// weekly rhythm (appended in batches of 200, each stamped with the simulated time).
     Fill {
         #[command(flatten)]
         target: Target,
         #[arg(long, default_value_t = 1_000_000)]
         events: u64,
+        #[arg(long, default_value_t = 6)]
+        weeks: u64,
+    },
+    /// Build the audit index from the ledger, against a pass that only reads and maps.
+    AuditIndex {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        index: std::path::PathBuf,
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+    },
+    /// Typical reviewer queries against the index (p50/p99 over R runs), against a full scan
+    /// of the ledger evaluating the same queries.
+    AuditSearch {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        index: std::path::PathBuf,
+        #[arg(long, default_value_t = 200)]
+        runs: usize,
+        /// Skip the full-scan baseline (it reads the whole ledger once).
+        #[arg(long)]
+        no_baseline: bool,
+    },
+    /// Export the whole ledger as OCSF, against JSON lines (the event as recorded).
+    AuditExport {
+        #[command(flatten)]
+        target: Target,
     },
     /// N events from W concurrent writers, one small append per request, as a server would.
     Append {
@@ -122,20 +156,75 @@ fn report(what: &str, events: u64, took: Duration) {
 async fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Fill { target, events } => {
+        Cmd::Fill {
+            target,
+            events,
+            weeks,
+        } => {
             let db = Database::parse(&target.database)?;
-            let ledger = Ledger::open(&db, signer()?, LedgerOptions::default()).await?;
+            let clock = Arc::new(std::sync::atomic::AtomicI64::new(0));
+            let c = clock.clone();
+            let ledger = Ledger::open(
+                &db,
+                signer()?,
+                LedgerOptions {
+                    clock: Some(Arc::new(move || {
+                        grantline_ledger::Timestamp(c.load(Ordering::SeqCst))
+                    })),
+                    ..LedgerOptions::default()
+                },
+            )
+            .await?;
             let mut generator = synthetic::Generator::new(1);
+            let end = grantline_ledger::Timestamp::now().0;
+            let span = (weeks.max(1) * 7 * 86_400_000_000) as i64;
+            const BATCH: u64 = 200;
+            // Busy on working hours and weekdays, quiet at night and at weekends; the mean
+            // weight is about 2, so the batches fill the span.
+            let weight = |t: i64| {
+                let day = t.div_euclid(86_400_000_000);
+                let hour = t.rem_euclid(86_400_000_000) / 3_600_000_000;
+                let weekend = (day + 4).rem_euclid(7) >= 5;
+                let h = if (8..18).contains(&hour) { 0.25 } else { 2.5 };
+                if weekend { h * 2.0 } else { h }
+            };
+            let mean_gap = span as f64 / (events.div_ceil(BATCH)) as f64 / 2.0;
+            let mut t = end - span;
             let start = Instant::now();
             let mut left = events;
             while left > 0 {
-                let n = left.min(5_000);
+                let n = left.min(BATCH);
+                clock.store(t, Ordering::SeqCst);
+                generator.now = grantline_ledger::Timestamp(t);
                 let batch: Vec<_> = (0..n).map(|_| generator.next_event()).collect();
                 ledger.append(Append::new(batch)).await?;
                 left -= n;
+                t = (t + (mean_gap * weight(t)) as i64).min(end);
             }
             ledger.shutdown().await;
+            audit::store_sample_keys(&ledger, 1).await?;
             report("fill", events, start.elapsed());
+        }
+        Cmd::AuditIndex {
+            target,
+            index,
+            threads,
+        } => {
+            let store = Store::connect(&Database::parse(&target.database)?, false).await?;
+            audit::index(&store, &index, threads).await?;
+        }
+        Cmd::AuditSearch {
+            target,
+            index,
+            runs,
+            no_baseline,
+        } => {
+            let store = Store::connect(&Database::parse(&target.database)?, false).await?;
+            audit::search(&store, &index, runs.max(1), !no_baseline).await?;
+        }
+        Cmd::AuditExport { target } => {
+            let store = Store::connect(&Database::parse(&target.database)?, false).await?;
+            audit::export(&store).await?;
         }
         Cmd::Append {
             target,

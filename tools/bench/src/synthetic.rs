@@ -1,38 +1,80 @@
 //! Realistic synthetic traffic: the real event kinds in the proportions of a busy MCP
-//! deployment — registrations and users now and then, and per authorization a consent, a code,
-//! its redemption, tokens, refreshes and tool calls — across many streams.
+//! deployment. A few thousand users and a few hundred clients with very uneven activity (a
+//! handful of each do most of it), each user with a home address in one of several networks
+//! and now and then another, a dozen user agents; per authorization a sign-in (sometimes after
+//! a failed one), a consent, a code, its redemption, tokens, a listing, a varying number of
+//! tool calls (each recorded when it starts and when it ends), refreshes — and occasionally a
+//! denial, a rate limit, a revocation, a refresh-token reuse or a code replay. The time of
+//! each event is the generator's clock, which the fill moves through weeks with a daily
+//! rhythm (see `main.rs`).
 
 use grantline_ledger::*;
 
 pub struct Generator {
     seed: u64,
+    rng: u64,
     n: u64,
     queue: Vec<NewEvent>,
     key: SubjectKey,
+    /// The time events are generated for (expiry fields are relative to it).
+    pub now: Timestamp,
+    users_seen: std::collections::HashSet<usize>,
+    clients_seen: std::collections::HashSet<usize>,
 }
+
+const USERS: usize = 5_000;
+const CLIENTS: usize = 400;
 
 const RESOURCES: [&str; 4] = [
     "https://mcp.example.com/mcp/demo",
     "https://mcp.example.com/mcp/github",
     "https://mcp.example.com/mcp/drive",
-    "https://mcp.example.com/mcp/audit",
+    "https://mcp.example.com/mcp/jira",
 ];
-const TOOLS: [&str; 6] = [
+const TOOLS: [&str; 8] = [
     "search_documents",
     "read_file",
     "list_issues",
     "create_issue",
     "summarise_thread",
     "delete_document",
+    "delete_branch",
+    "get_time",
+];
+const AGENTS: [&str; 12] = [
+    "Claude-Desktop/1.4.2 (macOS 15.1)",
+    "Claude-Desktop/1.4.1 (Windows 11)",
+    "Cursor/1.7.3",
+    "Code/1.106.0 (VS Code MCP)",
+    "python-httpx/0.28.1",
+    "mcp-python-sdk/2.3.0",
+    "node/20.20.2 @modelcontextprotocol/sdk/1.32.2",
+    "curl/8.5.0",
+    "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_5) AppleWebKit/605.1.15",
+    "Mozilla/5.0 (X11; Linux x86_64) Gecko/20100101 Firefox/144.0",
+    "Go-http-client/2.0",
+    "okhttp/4.12.0",
+];
+const CLIENT_NAMES: [&str; 6] = [
+    "Claude Desktop",
+    "Cursor",
+    "VS Code",
+    "Internal assistant",
+    "Ops bot",
+    "Research notebook",
 ];
 
 impl Generator {
     pub fn new(seed: u64) -> Self {
         Generator {
             seed,
+            rng: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
             n: 0,
             queue: Vec::new(),
             key: SubjectKey([seed as u8; 32]),
+            now: Timestamp::now(),
+            users_seen: Default::default(),
+            clients_seen: Default::default(),
         }
     }
 
@@ -46,45 +88,98 @@ impl Generator {
             .unwrap_or_else(|| unreachable!("flow always produces events"))
     }
 
+    fn next(&mut self) -> u64 {
+        // xorshift64*
+        let mut x = self.rng;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Uniform in [0, 1).
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    fn chance(&mut self, p: f64) -> bool {
+        self.unit() < p
+    }
+
+    /// Heavily skewed towards small indices: a few users and clients do most of the work.
+    fn skewed(&mut self, n: usize) -> usize {
+        ((n as f64) * self.unit().powi(3)) as usize % n
+    }
+
     fn id(&self, prefix: &str, n: u64) -> String {
-        format!("{prefix}_{:016x}{:016x}", self.seed, n)
+        format!("{prefix}_{:08x}{:016x}", self.seed, n)
     }
 
     fn sealed(&self, subject: &str, text: &str) -> Sealed {
         Sealed::seal(&self.key, subject, text).unwrap_or_else(|e| panic!("seal: {e}"))
     }
 
-    /// One authorization and what follows it (about a dozen events).
+    /// A user's usual address, in one of several networks.
+    fn home_ip(u: usize) -> String {
+        let (a, b) = ((u / 250) % 250, u % 250 + 1);
+        match u % 6 {
+            0 | 1 => format!("10.{}.{a}.{b}", u % 16),
+            2 => format!("172.{}.{a}.{b}", 16 + u % 16),
+            3 => format!("192.168.{a}.{b}"),
+            4 => format!("198.51.100.{b}"),
+            _ => format!("2001:db8:{:x}::{:x}", a, b),
+        }
+    }
+
+    fn meta(&self, subject: &str, n: u64, ip: &str, ua: &str) -> RequestMeta {
+        RequestMeta {
+            request_id: format!("req_{n:016x}{:04x}", self.queue.len()),
+            source_ip: Some(self.sealed(subject, ip)),
+            user_agent: Some(self.sealed(subject, ua)),
+        }
+    }
+
+    /// One authorization and what follows it.
     fn flow(&mut self) {
         self.n += 1;
         let n = self.n;
-        let client = self.id("cli", n / 50);
-        let user = self.id("usr", n / 20);
+        let now = self.now;
+        let u = self.skewed(USERS);
+        let c = self.skewed(CLIENTS);
+        let user = self.id("usr", u as u64);
+        let client = self.id("cli", c as u64);
         let subject = pii::user_subject(&user);
         let family = self.id("fam", n);
-        let grant = self.id("gr", n / 3);
-        let resource = RESOURCES[(n % 4) as usize];
-        let scopes = vec!["demo.read".to_string(), "demo.write".to_string()];
+        let grant = self.id("gr", (u * CLIENTS + c) as u64);
+        let resource = RESOURCES[(u + c) % 4];
+        let ip = if self.chance(0.1) {
+            format!("203.0.113.{}", self.next() % 254 + 1)
+        } else {
+            Self::home_ip(u)
+        };
+        let ua = AGENTS[(c + (self.next() % 3) as usize) % AGENTS.len()];
+        let scopes = vec!["demo:read".to_string(), "demo:write".to_string()];
         let actor = Actor::User { id: user.clone() };
         let client_actor = Actor::Client { id: client.clone() };
-        let now = Timestamp::now();
+        let mut out: Vec<NewEvent> = Vec::new();
         let mut push = |stream: StreamId, actor: &Actor, p: Payload| {
-            self.queue.push(NewEvent::new(stream, actor.clone(), p))
+            out.push(NewEvent::new(stream, actor.clone(), p))
         };
-        if n % 50 == 1 {
+        if self.clients_seen.insert(c) {
             push(
                 StreamId::client(&client),
                 &client_actor,
                 ClientRegistered {
-                    request: None,
+                    request: Some(self.meta(&subject, n, &ip, ua)),
                     client_id: client.clone(),
-                    client_name: format!("Assistant {}", n / 50),
+                    client_name: format!("{} {}", CLIENT_NAMES[c % CLIENT_NAMES.len()], c),
                     method: RegistrationMethod::Dynamic,
                     application_type: ApplicationType::Native,
                     token_endpoint_auth_method: AuthMethod::None,
                     redirect_uris: vec!["http://127.0.0.1/callback".into()],
                     grant_types: vec![GrantType::AuthorizationCode, GrantType::RefreshToken],
-                    scope: Some("demo.read demo.write offline_access".into()),
+                    scope: Some("demo:read demo:write offline_access".into()),
                     software_id: Some("com.example.assistant".into()),
                     software_version: Some("1.2.3".into()),
                     client_uri: None,
@@ -96,24 +191,32 @@ impl Generator {
                 .into(),
             );
         }
-        let sealed_user = self.sealed(&subject, &format!("user{}", n / 20));
-        let sealed_email = self.sealed(&subject, &format!("user{}@example.com", n / 20));
-        let sealed_ip = self.sealed(&subject, "198.51.100.7");
-        let sealed_ua = self.sealed(&subject, "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_5)");
-        let mut push = |stream: StreamId, actor: &Actor, p: Payload| {
-            self.queue.push(NewEvent::new(stream, actor.clone(), p))
-        };
-        if n % 20 == 1 {
+        if self.users_seen.insert(u) {
             push(
                 StreamId::user(&user),
                 &Actor::Operator,
                 UserCreated {
                     user_id: user.clone(),
-                    username: sealed_user,
-                    email: Some(sealed_email),
+                    username: self.sealed(&subject, &format!("user{u}")),
+                    email: Some(self.sealed(&subject, &format!("user{u}@example.com"))),
                     display_name: None,
-                    role: "member".into(),
+                    role: if u % 97 == 0 { "auditor" } else { "user" }.into(),
                     source: UserSource::Admin,
+                }
+                .into(),
+            );
+        }
+        let failed_login = self.chance(0.03);
+        if failed_login {
+            push(
+                StreamId::user(&user),
+                &Actor::System,
+                LoginFailed {
+                    user_id: Some(user.clone()),
+                    username: Some(self.sealed(&subject, &format!("user{u}"))),
+                    reason: LoginFailure::BadPassword,
+                    source_ip: Some(self.sealed(&subject, &ip)),
+                    user_agent: Some(self.sealed(&subject, ua)),
                 }
                 .into(),
             );
@@ -125,8 +228,8 @@ impl Generator {
                 user_id: user.clone(),
                 method: "password".into(),
                 session_id: format!("ses_{n:016x}"),
-                source_ip: Some(sealed_ip.clone()),
-                user_agent: Some(sealed_ua),
+                source_ip: Some(self.sealed(&subject, &ip)),
+                user_agent: Some(self.sealed(&subject, ua)),
             }
             .into(),
         );
@@ -135,7 +238,7 @@ impl Generator {
             &actor,
             ConsentGranted {
                 consent_page: None,
-                request: None,
+                request: Some(self.meta(&subject, n, &ip, ua)),
                 requested_scopes: Vec::new(),
                 client_name: None,
                 grant_id: grant.clone(),
@@ -152,7 +255,7 @@ impl Generator {
             StreamId::family(&family),
             &actor,
             CodeIssued {
-                request: None,
+                request: Some(self.meta(&subject, n, &ip, ua)),
                 family_id: family.clone(),
                 grant_id: grant.clone(),
                 client_id: client.clone(),
@@ -173,13 +276,13 @@ impl Generator {
             CodeRedeemed {
                 request: None,
                 family_id: family.clone(),
-                code_digest: code,
+                code_digest: code.clone(),
                 client_id: client.clone(),
             }
             .into(),
         );
-        let tok =
-            |kind: &str, i: u64| secret_digest(format!("{kind}{n}/{i}/{}", self.seed).as_bytes());
+        let seed = self.seed;
+        let tok = |kind: &str, i: u64| secret_digest(format!("{kind}{n}/{i}/{seed}").as_bytes());
         let access = |i: u64| AccessTokenRecord {
             token_id: format!("at_{n:016x}{i:04x}"),
             digest: tok("gla", i),
@@ -208,9 +311,9 @@ impl Generator {
             }
             .into(),
         );
-        let cred = Credential {
+        let cred = |i: u64| Credential {
             kind: CredentialKind::AccessToken,
-            id: access(0).token_id,
+            id: access(i).token_id,
         };
         push(
             StreamId::resource(resource),
@@ -220,66 +323,134 @@ impl Generator {
                 resource: resource.into(),
                 user_id: Some(user.clone()),
                 client_id: Some(client.clone()),
-                credential: cred.clone(),
+                credential: cred(0),
                 outcome: ToolOutcome::Ok,
-                tools_returned: 5,
+                tools_returned: 6,
                 duration_us: 900,
                 session_id: Some(format!("mcp-{n:x}")),
             }
             .into(),
         );
-        for i in 1..=2u64 {
-            for j in 0..2u64 {
-                let tool = TOOLS[((n + i + j) % 6) as usize];
+        // Uneven: most sessions make a few calls, some many.
+        let calls = (self.unit().powi(2) * 14.0) as u64;
+        let rotations = 1 + calls / 5;
+        let mut i = 0;
+        for call in 0..calls {
+            if call > 0 && call % 5 == 0 {
+                i += 1;
                 push(
-                    StreamId::resource(resource),
-                    &actor,
-                    ToolCalled {
-                        request_id: format!("req_{n:016x}{i}{j}"),
+                    StreamId::family(&family),
+                    &client_actor,
+                    TokenRefreshed {
+                        request: None,
+                        family_id: family.clone(),
+                        client_id: client.clone(),
+                        user_id: user.clone(),
                         resource: resource.into(),
-                        tool: tool.into(),
-                        user_id: Some(user.clone()),
-                        client_id: Some(client.clone()),
-                        credential: cred.clone(),
-                        outcome: if tool == "delete_document" {
-                            ToolOutcome::Denied
-                        } else {
-                            ToolOutcome::Ok
-                        },
-                        reason: (tool == "delete_document").then(|| "insufficient_scope".into()),
-                        error_code: None,
-                        duration_us: 1200 + 37 * j,
-                        arguments_digest: tok("args", i * 10 + j),
-                        intent: (j == 0).then(|| "answer the user's question".into()),
-                        sealed_intent: None,
-                        source_ip: Some(sealed_ip.clone()),
+                        scopes: scopes.clone(),
+                        rotated_refresh_id: refresh(i - 1).token_id,
+                        access: access(i),
+                        refresh: refresh(i),
                     }
                     .into(),
                 );
             }
+            let tool = TOOLS[((self.next() % 8) as usize + u) % 8];
+            let destructive = tool.starts_with("delete_");
+            // Most users may not delete: those calls are refused.
+            let denied = destructive && u % 5 != 0;
+            let request_id = format!("req_{n:016x}{call:04x}");
+            let args = tok("args", call);
+            if denied {
+                push(
+                    StreamId::resource(resource),
+                    &actor,
+                    AuthorizationDenied {
+                        request_id: request_id.clone(),
+                        resource: resource.into(),
+                        user_id: Some(user.clone()),
+                        client_id: Some(client.clone()),
+                        credential: Some(cred(i)),
+                        reason: "insufficient_scope".into(),
+                        required_scopes: vec!["demo:write".into()],
+                        method: "tools/call".into(),
+                        tool: Some(tool.into()),
+                    }
+                    .into(),
+                );
+            } else {
+                push(
+                    StreamId::resource(resource),
+                    &actor,
+                    ToolCallStarted {
+                        request_id: request_id.clone(),
+                        resource: resource.into(),
+                        tool: tool.into(),
+                        user_id: Some(user.clone()),
+                        client_id: Some(client.clone()),
+                        credential: cred(i),
+                        arguments_digest: args.clone(),
+                        intent: None,
+                        sealed_intent: (call % 3 == 0)
+                            .then(|| self.sealed(&subject, "answer the user's question")),
+                        session_id: Some(format!("mcp-{n:x}")),
+                    }
+                    .into(),
+                );
+            }
+            let upstream_error = !denied && self.chance(0.01);
             push(
-                StreamId::family(&family),
-                &client_actor,
-                TokenRefreshed {
-                    request: None,
-                    family_id: family.clone(),
-                    client_id: client.clone(),
-                    user_id: user.clone(),
+                StreamId::resource(resource),
+                &actor,
+                ToolCalled {
+                    request_id,
                     resource: resource.into(),
-                    scopes: scopes.clone(),
-                    rotated_refresh_id: refresh(i - 1).token_id,
-                    access: access(i),
-                    refresh: refresh(i),
+                    tool: tool.into(),
+                    user_id: Some(user.clone()),
+                    client_id: Some(client.clone()),
+                    credential: cred(i),
+                    outcome: if denied {
+                        ToolOutcome::Denied
+                    } else if upstream_error {
+                        ToolOutcome::UpstreamError
+                    } else {
+                        ToolOutcome::Ok
+                    },
+                    reason: denied.then(|| "insufficient_scope".into()),
+                    error_code: upstream_error.then_some(-32002),
+                    duration_us: 400 + self.next() % 20_000,
+                    arguments_digest: args,
+                    intent: None,
+                    sealed_intent: (call % 3 == 0)
+                        .then(|| self.sealed(&subject, "answer the user's question")),
+                    source_ip: Some(self.sealed(&subject, &ip)),
                 }
                 .into(),
             );
         }
-        if n.is_multiple_of(25) {
+        let _ = rotations;
+        if self.chance(0.002) {
+            push(
+                StreamId::resource(resource),
+                &Actor::System,
+                RateLimitExceeded {
+                    resource: resource.into(),
+                    bucket: RateBucket::UserWrite,
+                    subject: user.clone(),
+                    window_start: now,
+                    window_seconds: 60,
+                    limit: 30,
+                    rejected: 1 + self.next() % 40,
+                }
+                .into(),
+            );
+        }
+        if self.chance(0.004) {
             push(
                 StreamId::family(&family),
                 &client_actor,
                 RefreshReuseDetected {
-                    request: None,
+                    request: Some(self.meta(&subject, n, &ip, ua)),
                     family_id: family.clone(),
                     refresh_token_id: refresh(0).token_id,
                     client_id: client.clone(),
@@ -288,6 +459,53 @@ impl Generator {
                 }
                 .into(),
             );
+            push(
+                StreamId::family(&family),
+                &Actor::System,
+                FamilyRevoked {
+                    request: None,
+                    family_id: family.clone(),
+                    reason: "refresh token reuse".into(),
+                }
+                .into(),
+            );
+        } else if self.chance(0.001) {
+            push(
+                StreamId::family(&family),
+                &client_actor,
+                CodeReplayed {
+                    request: None,
+                    family_id: family.clone(),
+                    code_digest: code,
+                    client_id: client.clone(),
+                }
+                .into(),
+            );
+        } else if self.chance(0.01) {
+            push(
+                StreamId::family(&family),
+                &actor,
+                FamilyRevoked {
+                    request: Some(self.meta(&subject, n, &ip, ua)),
+                    family_id: family.clone(),
+                    reason: "signed out of the client".into(),
+                }
+                .into(),
+            );
+        } else if self.chance(0.005) {
+            push(
+                StreamId::grant(&grant),
+                &actor,
+                GrantRevoked {
+                    request: Some(self.meta(&subject, n, &ip, ua)),
+                    grant_id: grant.clone(),
+                    user_id: user.clone(),
+                    client_id: client.clone(),
+                    reason: "revoked on the account page".into(),
+                }
+                .into(),
+            );
         }
+        self.queue.extend(out);
     }
 }

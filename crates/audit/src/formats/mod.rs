@@ -136,14 +136,36 @@ impl Exporter {
         Ok(())
     }
 
-    /// The export item of `r`.
+    /// The export item of `r` (mapped once when its keys are cached, again after loading
+    /// them when not; kinds that name users or clients are tried against a scratch directory first).
     pub async fn item(&mut self, r: &Recorded) -> Result<ExportItem, StoreError> {
-        self.keys.prepare(r).await?;
+        use grantline_ledger::Kind;
         if let grantline_ledger::Payload::UserErased(e) = r.payload() {
             self.keys
                 .forget(&grantline_ledger::pii::user_subject(&e.user_id));
         }
         let mask = self.redact.then_some(REDACTED);
+        let updates = matches!(
+            r.envelope.kind(),
+            Kind::UserCreated | Kind::UserErased | Kind::ClientRegistered | Kind::ClientUpdated
+        );
+        for _ in 0..4 {
+            let mut opener = self.keys.opener();
+            let item = if updates {
+                build_item(r, &mut Directory::default(), &mut opener, mask)
+            } else {
+                build_item(r, &mut self.dir, &mut opener, mask)
+            };
+            let missing = opener.missing;
+            if missing.is_empty() {
+                return Ok(if updates {
+                    build_item(r, &mut self.dir, &mut self.keys.opener(), mask)
+                } else {
+                    item
+                });
+            }
+            self.keys.load(missing).await?;
+        }
         Ok(build_item(r, &mut self.dir, &mut self.keys.opener(), mask))
     }
 }

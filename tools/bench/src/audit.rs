@@ -1,0 +1,279 @@
+//! Audit benchmarks: index build rate, search latency of typical reviewer queries, OCSF export
+//! throughput — each beside a plain baseline measured in the same run, reported as a ratio.
+
+use anyhow::{Context, Result};
+use grantline_audit::formats::{Exporter, Format};
+use grantline_audit::keys::KeyCache;
+use grantline_audit::mapping::Directory;
+use grantline_audit::scan::matches;
+use grantline_audit::{AuditIndex, Indexer, IndexerOptions, SortOrder};
+use grantline_ledger::{Recorded, Timestamp, pii};
+use grantline_store::{Keyring, Ledger, Pool, Store};
+use std::io::Write;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// Stores the synthetic generator's key for every user subject it sealed under, so readers
+/// open the personal data as they would in a real deployment.
+pub async fn store_sample_keys(ledger: &Ledger, seed: u64) -> Result<()> {
+    let key = vec![seed as u8; 32];
+    let now = Timestamp::now().0;
+    for u in 0..5_000u64 {
+        let subject = pii::user_subject(&format!("usr_{seed:08x}{u:016x}"));
+        match ledger.store().pool() {
+            Pool::Sqlite(p) => {
+                sqlx::query(
+                    "INSERT OR IGNORE INTO subject_keys (subject, key, created) VALUES (?, ?, ?)",
+                )
+                .bind(&subject)
+                .bind(&key)
+                .bind(now)
+                .execute(p)
+                .await?;
+            }
+            Pool::Postgres(p) => {
+                sqlx::query("INSERT INTO subject_keys (subject, key) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+                    .bind(&subject)
+                    .bind(&key)
+                    .execute(p)
+                    .await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn header() {
+    println!(
+        "command: {}",
+        std::env::args().collect::<Vec<_>>().join(" ")
+    );
+    println!("machine: {}", crate::machine());
+}
+
+/// Reads the whole ledger in pages, the next fetched while this one is handled.
+async fn each_page(
+    store: &Store,
+    mut f: impl AsyncFnMut(&[Recorded]) -> Result<()>,
+) -> Result<u64> {
+    let page = 20_000;
+    let mut next = tokio::spawn({
+        let s = store.clone();
+        async move { s.read(0, page).await }
+    });
+    let mut n = 0;
+    loop {
+        let events = next.await?.context("reading events")?;
+        let Some(last) = events.last() else { break };
+        let after = last.seq();
+        next = tokio::spawn({
+            let s = store.clone();
+            async move { s.read(after, page).await }
+        });
+        f(&events).await?;
+        n += events.len() as u64;
+    }
+    Ok(n)
+}
+
+pub async fn index(store: &Store, dir: &Path, threads: usize) -> Result<()> {
+    header();
+    // Baseline: read, decode, open personal data and map every event — all the indexer does
+    // but indexing.
+    let start = Instant::now();
+    let mut keys = KeyCache::new(Keyring::new(store));
+    let mut directory = Directory::default();
+    let mut mapped = 0u64;
+    let n = each_page(store, async |events| {
+        for e in events {
+            let r = keys.map(e, &mut directory).await?;
+            mapped += r.seq & 1;
+        }
+        Ok(())
+    })
+    .await?;
+    let base = start.elapsed();
+    let _ = mapped;
+    if dir.exists() {
+        std::fs::remove_dir_all(dir)?;
+    }
+    let index = AuditIndex::open(dir)?;
+    let mut indexer = Indexer::open(
+        index.clone(),
+        store,
+        Keyring::new(store),
+        IndexerOptions {
+            threads,
+            memory_bytes: (threads.max(1) * 128) << 20,
+            commit_every: 1_000_000,
+            ..IndexerOptions::default()
+        },
+    )
+    .await?;
+    let start = Instant::now();
+    let done = indexer.catch_up(|_, _| {}).await?;
+    let took = start.elapsed();
+    let size: u64 = std::fs::read_dir(dir)?
+        .flatten()
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .sum();
+    let rate = |n: u64, d: Duration| n as f64 / d.as_secs_f64();
+    println!(
+        "baseline (read, decode, open, map): {n} events in {:.1} s = {:.0} events/s",
+        base.as_secs_f64(),
+        rate(n, base)
+    );
+    println!(
+        "index build ({threads} indexing threads): {done} events in {:.1} s = {:.0} events/s ({:.2}× the baseline's time), index {:.0} MiB",
+        took.as_secs_f64(),
+        rate(done, took),
+        took.as_secs_f64() / base.as_secs_f64(),
+        size as f64 / (1 << 20) as f64
+    );
+    Ok(())
+}
+
+/// The reviewer's questions the benchmark asks, relative to the ledger's last event.
+fn queries(end: i64) -> Vec<String> {
+    let day = |d: i64| Timestamp(end - d * 86_400_000_000).to_string()[..10].to_string();
+    vec![
+        "kind:tool.called outcome:denied time:>-7d".into(),
+        "user:user3@example.com time:>-24h".into(),
+        "tool:delete_* -outcome:success".into(),
+        "ip:10.0.0.0/8 kind:login.failed".into(),
+        format!(
+            "(kind:refresh.reuse_detected OR kind:code.replayed) time:{}..{}",
+            day(14),
+            day(7)
+        ),
+        "client:\"Cursor 1\" kind:tool.called".into(),
+        "kind:authorization.denied user:user1".into(),
+        "\"user's question\" tool:read_file".into(),
+        "category:detection".into(),
+        "ua:curl* time:>-2d".into(),
+    ]
+}
+
+pub async fn search(store: &Store, dir: &Path, runs: usize, baseline: bool) -> Result<()> {
+    header();
+    let index = AuditIndex::open(dir)?;
+    let end = store
+        .read(store.head().await?.map_or(0, |h| h.0).saturating_sub(1), 1)
+        .await?
+        .first()
+        .map_or(Timestamp::now().0, |r| r.time().0);
+    let qs = queries(end);
+    let exprs: Vec<_> = qs
+        .iter()
+        .map(|q| grantline_audit::parse(q, end).map_err(|e| anyhow::anyhow!("{q}: {e}")))
+        .collect::<Result<_>>()?;
+    println!(
+        "index: {} documents; {runs} runs per query, first page of 50, newest first",
+        index.len()
+    );
+    let mut rows = Vec::new();
+    for (q, e) in qs.iter().zip(&exprs) {
+        let mut lat = Vec::with_capacity(runs);
+        let mut shown = 0;
+        for _ in 0..runs {
+            let start = Instant::now();
+            let page = index.search(e, SortOrder::Desc, None, 50)?;
+            lat.push(start.elapsed());
+            shown = page.records.len();
+        }
+        lat.sort();
+        let p = |q: f64| lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)];
+        rows.push((q.clone(), shown, p(0.5), p(0.99)));
+    }
+    // Baseline: one pass over the whole ledger evaluating every query (each query alone
+    // needs that same pass).
+    let mut counts = vec![0u64; exprs.len()];
+    let base = if baseline {
+        let start = Instant::now();
+        let mut keys = KeyCache::new(Keyring::new(store));
+        let mut directory = Directory::default();
+        each_page(store, async |events| {
+            for ev in events {
+                let r = keys.map(ev, &mut directory).await?;
+                for (i, e) in exprs.iter().enumerate() {
+                    if matches(e, &r) {
+                        counts[i] += 1;
+                    }
+                }
+            }
+            Ok(())
+        })
+        .await?;
+        Some(start.elapsed())
+    } else {
+        None
+    };
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let mut all = Vec::new();
+    for (i, (q, shown, p50, p99)) in rows.iter().enumerate() {
+        all.push(*p99);
+        match base {
+            Some(b) => println!(
+                "{q:<70} shown {shown:>3} of {:>8} matches  p50 {:>7.2} ms  p99 {:>7.2} ms  scan {:>8.0} ms  ({:.0}× faster at p99)",
+                counts[i],
+                ms(*p50),
+                ms(*p99),
+                ms(b),
+                ms(b) / ms(*p99)
+            ),
+            None => println!(
+                "{q:<70} shown {shown:>3}  p50 {:>7.2} ms  p99 {:>7.2} ms",
+                ms(*p50),
+                ms(*p99)
+            ),
+        }
+    }
+    all.sort();
+    println!(
+        "worst p99 over the queries: {:.2} ms",
+        ms(*all.last().unwrap_or(&Duration::ZERO))
+    );
+    Ok(())
+}
+
+pub async fn export(store: &Store) -> Result<()> {
+    header();
+    let mut sink = std::io::sink();
+    // Baseline: the event as recorded (JSON lines), no mapping.
+    let start = Instant::now();
+    let mut plain = Exporter::new(Keyring::new(store), Directory::default(), false);
+    let n = each_page(store, async |events| {
+        for e in events {
+            let item = plain.item(e).await?;
+            writeln!(sink, "{}", Format::Jsonl.line(&item))?;
+        }
+        Ok(())
+    })
+    .await?;
+    let jsonl = start.elapsed();
+    let start = Instant::now();
+    let mut exporter = Exporter::new(Keyring::new(store), Directory::default(), false);
+    each_page(store, async |events| {
+        for e in events {
+            let item = exporter.item(e).await?;
+            writeln!(sink, "{}", Format::Ocsf.line(&item))?;
+        }
+        Ok(())
+    })
+    .await?;
+    let ocsf = start.elapsed();
+    let rate = |d: Duration| n as f64 / d.as_secs_f64();
+    println!(
+        "baseline (JSON lines, the event as recorded): {n} events in {:.1} s = {:.0} events/s",
+        jsonl.as_secs_f64(),
+        rate(jsonl)
+    );
+    println!(
+        "OCSF: {n} events in {:.1} s = {:.0} events/s ({:.2}× the baseline's time)",
+        ocsf.as_secs_f64(),
+        rate(ocsf),
+        ocsf.as_secs_f64() / jsonl.as_secs_f64()
+    );
+    Ok(())
+}
