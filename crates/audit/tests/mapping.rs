@@ -1,0 +1,99 @@
+//! Every event kind of the catalogue has an index mapping (the mapping is one exhaustive
+//! `match`, so a new kind does not compile without one), and the mapping keeps what the event
+//! says: each id the payload names is a searchable field of its record.
+
+use grantline_audit::mapping::{Directory, Opener, map};
+use grantline_audit::{Category, Outcome, Severity};
+use grantline_ledger::{Kind, Recorded, Sealed, samples};
+use serde_json::Value;
+
+struct SampleKey;
+
+impl Opener for SampleKey {
+    fn open(&mut self, s: &Sealed) -> Option<String> {
+        s.open(&samples::key()).ok()
+    }
+}
+
+#[test]
+fn every_kind_maps_to_a_record_that_keeps_its_ids() {
+    let mut dir = Directory::default();
+    let mut kinds = std::collections::BTreeSet::new();
+    for (i, p) in samples::all().into_iter().enumerate() {
+        let envelope = samples::envelope(i as u64 + 1, p);
+        let payload = serde_json::to_value(&envelope).unwrap()["payload"].clone();
+        let r = Recorded {
+            envelope,
+            prev_hash: grantline_ledger::GENESIS,
+            hash: grantline_ledger::GENESIS,
+        };
+        let kind = r.envelope.kind();
+        kinds.insert(kind);
+        let rec = map(&r, &mut dir, &mut SampleKey);
+        assert_eq!(rec.kind, kind.as_str());
+        assert!(Category::parse(&rec.category).is_some(), "{kind:?}");
+        assert!(Outcome::parse(&rec.outcome).is_some(), "{kind:?}");
+        assert!(Severity::parse(&rec.severity).is_some(), "{kind:?}");
+        assert!(!rec.summary.is_empty(), "{kind:?} has a summary");
+        let has = |k: &str| {
+            payload.get(k).is_some_and(|v| !v.is_null())
+                || payload.get("request").and_then(|r| r.get(k)).is_some()
+        };
+        let s = |k: &str| payload.get(k).and_then(Value::as_str).map(String::from);
+        for (field, got) in [
+            ("user_id", &rec.user_id),
+            ("client_id", &rec.client_id),
+            ("family_id", &rec.family_id),
+            ("grant_id", &rec.grant_id),
+            ("resource", &rec.resource),
+            ("tool", &rec.tool),
+        ] {
+            if has(field) {
+                assert!(
+                    got.is_some(),
+                    "{kind:?}: {field} is in the payload but not searchable"
+                );
+                if let Some(v) = s(field) {
+                    assert_eq!(got.as_deref(), Some(v.as_str()), "{kind:?}: {field}");
+                }
+            }
+        }
+        if has("request_id") {
+            assert!(rec.request_id.is_some(), "{kind:?}: request id");
+        }
+        // Addresses and agents come opened (no sealed value left, none read as erased).
+        for (field, got) in [
+            ("source_ip", &rec.source_ip),
+            ("user_agent", &rec.user_agent),
+        ] {
+            if has(field) {
+                let v = got
+                    .as_deref()
+                    .unwrap_or_else(|| panic!("{kind:?}: {field}"));
+                assert!(
+                    !v.is_empty() && v != grantline_audit::ERASED,
+                    "{kind:?}: {field} {v}"
+                );
+            }
+        }
+        if has("error")
+            || has("reason") && matches!(kind, Kind::LoginFailed | Kind::AuthorizationDenied)
+        {
+            assert!(rec.error_code.is_some(), "{kind:?}: error code");
+        }
+    }
+    assert_eq!(
+        kinds.len(),
+        Kind::ALL.len(),
+        "the samples hold every kind, and each was mapped"
+    );
+    // The kinds the issue names explicitly.
+    for k in [
+        "oauth.refused",
+        "tool.call_started",
+        "rate_limit.exceeded",
+        "user.erased",
+    ] {
+        assert!(kinds.iter().any(|x| x.as_str() == k), "{k}");
+    }
+}
