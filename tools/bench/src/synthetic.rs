@@ -200,7 +200,12 @@ impl Generator {
                     username: self.sealed(&subject, &format!("user{u}")),
                     email: Some(self.sealed(&subject, &format!("user{u}@example.com"))),
                     display_name: None,
-                    role: if u % 97 == 0 { "auditor" } else { "user" }.into(),
+                    role: if u.is_multiple_of(97) {
+                        "auditor"
+                    } else {
+                        "user"
+                    }
+                    .into(),
                     source: UserSource::Admin,
                 }
                 .into(),
@@ -358,7 +363,7 @@ impl Generator {
             let tool = TOOLS[((self.next() % 8) as usize + u) % 8];
             let destructive = tool.starts_with("delete_");
             // Most users may not delete: those calls are refused.
-            let denied = destructive && u % 5 != 0;
+            let denied = destructive && !u.is_multiple_of(5);
             let request_id = format!("req_{n:016x}{call:04x}");
             let args = tok("args", call);
             if denied {

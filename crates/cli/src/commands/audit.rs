@@ -245,8 +245,8 @@ fn clip(s: &str, n: usize) -> String {
 pub fn header(out: &mut impl Write) -> std::io::Result<()> {
     writeln!(
         out,
-        "{:>8}  {:<27}  {:<24}  {:<24}  {:<20}  {:<16}  {:<8}  {}",
-        "SEQ", "TIME (UTC)", "EVENT", "USER", "CLIENT", "TOOL", "OUTCOME", "SUMMARY"
+        "{:>8}  {:<27}  {:<24}  {:<24}  {:<20}  {:<16}  {:<8}  SUMMARY",
+        "SEQ", "TIME (UTC)", "EVENT", "USER", "CLIENT", "TOOL", "OUTCOME"
     )
 }
 

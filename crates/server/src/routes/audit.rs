@@ -46,6 +46,7 @@ fn bad(error: &str, description: &str) -> Response {
     api_error(StatusCode::BAD_REQUEST, error, description)
 }
 
+#[allow(clippy::result_large_err)] // the early answer a handler returns as it is
 fn check(app: &App, p: &SearchParams) -> Result<Search, Response> {
     let q = p.q.clone().unwrap_or_default();
     let expr = grantline_audit::parse(&q, app.now().0).map_err(|e| {
