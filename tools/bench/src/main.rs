@@ -313,25 +313,15 @@ async fn main() -> Result<()> {
     Ok(())
 }
 
-/// Reads pages of events (the next page is fetched while this one is folded).
+/// Folds the whole ledger into State.
 async fn replay(store: &Store) -> Result<grantline_state::State> {
     let mut state = grantline_state::State::default();
-    let page = 20_000;
-    let mut next = tokio::spawn({
-        let s = store.clone();
-        async move { s.read(0, page).await }
-    });
-    loop {
-        let events = next.await?.context("reading events")?;
-        let Some(last) = events.last() else { break };
-        let after = last.seq();
-        next = tokio::spawn({
-            let s = store.clone();
-            async move { s.read(after, page).await }
-        });
-        for e in &events {
+    audit::each_page(store, async |events| {
+        for e in events {
             grantline_state::apply(&mut state, e);
         }
-    }
+        Ok(())
+    })
+    .await?;
     Ok(state)
 }

@@ -106,6 +106,42 @@ fn head_of(index: &AuditIndex) -> u64 {
         .unwrap_or(0)
 }
 
+/// An exporter that knows the names of users and clients created before `after`: from this
+/// data directory's index when it has one, else from a pass over the ledger up to `after`.
+pub async fn exporter_from(
+    loc: &Location,
+    store: &Store,
+    after: u64,
+    redact: bool,
+) -> Result<grantline_audit::formats::Exporter> {
+    let dir_path = index_dir(loc)?;
+    let indexed = dir_path.join("meta.json").exists();
+    let directory = if indexed {
+        AuditIndex::open(&dir_path)
+            .ok()
+            .and_then(|i| grantline_audit::directory_of(&i).ok())
+            .unwrap_or_default()
+    } else {
+        Default::default()
+    };
+    let mut exporter =
+        grantline_audit::formats::Exporter::new(Keyring::new(store), directory, redact);
+    if !indexed {
+        let mut at = 0;
+        while at < after {
+            let events = store.read(at, 5_000.min(after - at) as u32).await?;
+            let Some(last) = events.last().map(|r| r.seq()) else {
+                break;
+            };
+            for r in &events {
+                exporter.learn(r).await?;
+            }
+            at = last;
+        }
+    }
+    Ok(exporter)
+}
+
 /// Appends an event the operator's reading caused.
 pub async fn record(loc: &Location, event: Option<NewEvent>) -> Result<()> {
     let Some(event) = event else {

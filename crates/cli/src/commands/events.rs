@@ -3,10 +3,9 @@
 
 use crate::location::Location;
 use anyhow::{Context, Result};
-use grantline_audit::formats::Exporter;
 use grantline_audit::scan::matches;
 use grantline_ledger::{Kind, Timestamp};
-use grantline_store::{Keyring, Store, Tail};
+use grantline_store::{Store, Tail};
 use std::io::Write;
 use std::process::ExitCode;
 
@@ -79,30 +78,7 @@ pub async fn run(loc: &Location, args: Args) -> Result<ExitCode> {
         .await
         .with_context(|| format!("opening {}", loc.database.display()))?;
     let expr = filter(&args)?;
-    let dir_path = super::audit::index_dir(loc)?;
-    let directory = if dir_path.join("meta.json").exists() {
-        grantline_audit::AuditIndex::open(&dir_path)
-            .ok()
-            .and_then(|i| grantline_audit::directory_of(&i).ok())
-            .unwrap_or_default()
-    } else {
-        Default::default()
-    };
-    let mut exporter = Exporter::new(Keyring::new(&store), directory, false);
-    // Names of users and clients created before `after` come from their events.
-    if args.after > 0 {
-        let mut at = 0;
-        while at < args.after {
-            let events = store.read(at, 5_000.min(args.after - at) as u32).await?;
-            let Some(last) = events.last().map(|r| r.seq()) else {
-                break;
-            };
-            for r in &events {
-                exporter.learn(r).await?;
-            }
-            at = last;
-        }
-    }
+    let mut exporter = super::audit::exporter_from(loc, &store, args.after, false).await?;
     let head = store.head().await?.map_or(0, |h| h.0);
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     if !args.json {

@@ -5,9 +5,9 @@
 use crate::location::Location;
 use anyhow::{Context, Result};
 use grantline_audit::access::{Exported, Reader};
-use grantline_audit::formats::{Exporter, Format};
+use grantline_audit::formats::Format;
 use grantline_ledger::{AuditSurface, Kind};
-use grantline_store::{Keyring, Store, Tail};
+use grantline_store::{Store, Tail};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -69,31 +69,7 @@ pub async fn run(loc: &Location, args: Args) -> Result<ExitCode> {
         ),
     };
     let format = args.format.format();
-    // Names of users and clients from before `after`: this data directory's index if it has
-    // one, else a pass over the ledger up to `after`.
-    let dir_path = super::audit::index_dir(loc)?;
-    let directory = if dir_path.join("meta.json").exists() {
-        grantline_audit::AuditIndex::open(&dir_path)
-            .ok()
-            .and_then(|i| grantline_audit::directory_of(&i).ok())
-            .unwrap_or_default()
-    } else {
-        Default::default()
-    };
-    let mut exporter = Exporter::new(Keyring::new(&store), directory, args.redact);
-    if args.after > 0 && !dir_path.join("meta.json").exists() {
-        let mut at = 0;
-        while at < args.after {
-            let events = store.read(at, BATCH.min((args.after - at) as u32)).await?;
-            if events.is_empty() {
-                break;
-            }
-            for r in &events {
-                exporter.learn(r).await?;
-            }
-            at = events.last().map_or(args.after, |r| r.seq());
-        }
-    }
+    let mut exporter = super::audit::exporter_from(loc, &store, args.after, args.redact).await?;
     let mut out: Box<dyn Write> = match &args.output {
         Some(p) => Box::new(std::io::BufWriter::new(
             std::fs::OpenOptions::new()

@@ -76,6 +76,13 @@ pub async fn run(loc: &Location, args: Args) -> Result<ExitCode> {
         .max_by_key(|c| c.tree_size)
         .context("the ledger has no checkpoint yet")?;
     let size = newest.tree_size as u64;
+    if let Some(seq) = args.seq {
+        let Some(proof) = grantline_audit::proof::inclusion(&store, seq).await? else {
+            bail!("seq {seq} is not covered by the newest checkpoint (tree size {size})");
+        };
+        println!("{}", serde_json::to_string_pretty(&proof)?);
+        return Ok(ExitCode::SUCCESS);
+    }
     let leaves: Vec<Hash> = store
         .chain_hashes(size)
         .await?
@@ -88,27 +95,8 @@ pub async fn run(loc: &Location, args: Args) -> Result<ExitCode> {
             leaves.len()
         );
     }
-    let proof = match (args.seq, args.consistency) {
-        (Some(seq), _) => {
-            if seq == 0 || seq > size {
-                bail!("seq {seq} is not covered by the newest checkpoint (tree size {size})");
-            }
-            let chain = store
-                .hash_at(seq)
-                .await?
-                .with_context(|| format!("no event {seq}"))?;
-            let path = merkle::inclusion_proof(&leaves, (seq - 1) as usize)
-                .context("leaf outside the tree")?;
-            Proof::Inclusion {
-                seq,
-                chain_hash: chain.to_hex(),
-                index: seq - 1,
-                tree_size: size,
-                hashes: path.iter().map(b64).collect(),
-                checkpoint: newest.note.clone(),
-            }
-        }
-        (None, Some(old)) => {
+    let proof = match args.consistency {
+        Some(old) => {
             let old_cp = checkpoints
                 .iter()
                 .find(|c| c.tree_size as u64 == old)
@@ -123,7 +111,7 @@ pub async fn run(loc: &Location, args: Args) -> Result<ExitCode> {
                 new_checkpoint: newest.note.clone(),
             }
         }
-        (None, None) => bail!("give a seq or --consistency SIZE"),
+        None => bail!("give a seq or --consistency SIZE"),
     };
     println!("{}", serde_json::to_string_pretty(&proof)?);
     Ok(ExitCode::SUCCESS)
