@@ -52,7 +52,7 @@ fn header() {
 }
 
 /// Reads the whole ledger in pages, the next fetched while this one is handled.
-async fn each_page(
+pub(crate) async fn each_page(
     store: &Store,
     mut f: impl AsyncFnMut(&[Recorded]) -> Result<()>,
 ) -> Result<u64> {

@@ -17,7 +17,7 @@ mod gateway;
 mod refresh;
 mod synthetic;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{Parser, Subcommand};
 use grantline_ledger::{Append, NoteSigner};
 use grantline_store::{Database, Ledger, LedgerOptions, Store};
