@@ -10,7 +10,7 @@
 
 use crate::app::App;
 use crate::audit::AuditService;
-use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use grantline_audit::access::{self, Reader};
@@ -19,8 +19,6 @@ use grantline_audit::{AuditRecord, SortOrder};
 use grantline_ledger::{AuditSurface, Timestamp};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
-
-const VERSIONS: &[&str] = &["2026-07-28", "2025-11-25", "2025-06-18", "2025-03-26"];
 
 /// The most events a summary or a family's story reads.
 const MAX_READ: usize = 100_000;
@@ -340,18 +338,11 @@ async fn answer(app: &App, audit: &AuditService, reader: &Reader, msg: &Value) -
     let method = msg.get("method").and_then(Value::as_str)?;
     let params = msg.get("params").cloned().unwrap_or(Value::Null);
     let result = match method {
-        "initialize" => {
-            let asked = params.get("protocolVersion").and_then(Value::as_str);
-            let version = asked
-                .filter(|v| VERSIONS.contains(v))
-                .unwrap_or(VERSIONS[0]);
-            Ok(json!({
-                "protocolVersion": version,
-                "capabilities": {"tools": {"listChanged": false}},
-                "serverInfo": {"name": "grantline-audit", "version": env!("CARGO_PKG_VERSION")},
-                "instructions": "Read-only access to Grantline's audit trail. search_audit takes the audit query language (kind:, user:, client:, tool:, outcome:, time:, ip:, -negation, OR, parentheses); get_event returns an event with its inclusion proof; summarize_activity and follow_family tell a user's, client's or token family's story."
-            }))
-        }
+        "initialize" => Ok(crate::mcp_server::initialize(
+            &params,
+            "grantline-audit",
+            "Read-only access to Grantline's audit trail. search_audit takes the audit query language (kind:, user:, client:, tool:, outcome:, time:, ip:, -negation, OR, parentheses); get_event returns an event with its inclusion proof; summarize_activity and follow_family tell a user's, client's or token family's story.",
+        )),
         "ping" => Ok(json!({})),
         "tools/list" => Ok(json!({"tools": tools()})),
         "tools/call" => {
@@ -367,42 +358,22 @@ async fn answer(app: &App, audit: &AuditService, reader: &Reader, msg: &Value) -
         }
         _ => Err((-32601, format!("method {method} not found"))),
     };
-    Some(match result {
-        Ok(r) => json!({"jsonrpc": "2.0", "id": id, "result": r}),
-        Err((code, message)) => {
-            json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}})
-        }
-    })
+    Some(crate::mcp_server::reply(id, result))
 }
 
 /// Handles one Streamable HTTP request the gateway forwarded, as the caller it authenticated.
 pub async fn handle(app: &App, method: &Method, body: &[u8], assertion: &str) -> Response {
-    if method != Method::POST {
-        let mut r = StatusCode::METHOD_NOT_ALLOWED.into_response();
-        r.headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static("POST"));
-        return r;
-    }
     let Some(audit) = app.audit.as_ref() else {
         return (StatusCode::NOT_FOUND, "audit is turned off").into_response();
     };
     let reader = reader_from_assertion(assertion);
-    let Ok(v) = serde_json::from_slice::<Value>(body) else {
-        let e = json!({"jsonrpc": "2.0", "id": null, "error": {"code": -32700, "message": "parse error"}});
-        return (StatusCode::BAD_REQUEST, axum::Json(e)).into_response();
+    let (batch, msgs) = match crate::mcp_server::messages(method, body) {
+        Ok(m) => m,
+        Err(r) => return r,
     };
     let mut answers = Vec::new();
-    match &v {
-        Value::Array(items) => {
-            for m in items {
-                answers.extend(answer(app, audit, &reader, m).await);
-            }
-        }
-        m => answers.extend(answer(app, audit, &reader, m).await),
+    for m in &msgs {
+        answers.extend(answer(app, audit, &reader, m).await);
     }
-    match (v.is_array(), answers.len()) {
-        (_, 0) => StatusCode::ACCEPTED.into_response(),
-        (false, _) => axum::Json(answers.into_iter().next().unwrap_or_default()).into_response(),
-        (true, _) => axum::Json(Value::Array(answers)).into_response(),
-    }
+    crate::mcp_server::answer(batch, answers)
 }

@@ -2,14 +2,9 @@
 //! two read-only tools and one write tool, so a newcomer can go through the whole flow at once.
 //! It is reached only through the gateway, never directly.
 
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use serde_json::{Value, json};
 use std::sync::Mutex;
-
-/// Protocol versions the demo speaks; it answers an `initialize` with the client's version if
-/// it is one of these, else the newest.
-const VERSIONS: &[&str] = &["2026-07-28", "2025-11-25", "2025-06-18", "2025-03-26"];
 
 /// The demo's notes, shared by every caller of this process (a demo, not a product).
 #[derive(Default)]
@@ -85,18 +80,11 @@ impl Demo {
         let method = msg.get("method").and_then(Value::as_str)?;
         let params = msg.get("params").cloned().unwrap_or(Value::Null);
         let result = match method {
-            "initialize" => {
-                let asked = params.get("protocolVersion").and_then(Value::as_str);
-                let version = asked
-                    .filter(|v| VERSIONS.contains(v))
-                    .unwrap_or(VERSIONS[0]);
-                Ok(json!({
-                    "protocolVersion": version,
-                    "capabilities": {"tools": {"listChanged": false}},
-                    "serverInfo": {"name": "grantline-demo", "version": env!("CARGO_PKG_VERSION")},
-                    "instructions": "A demo server behind Grantline's gateway: get_time and list_notes read, add_note writes."
-                }))
-            }
+            "initialize" => Ok(crate::mcp_server::initialize(
+                &params,
+                "grantline-demo",
+                "A demo server behind Grantline's gateway: get_time and list_notes read, add_note writes.",
+            )),
             "ping" => Ok(json!({})),
             "tools/list" => Ok(json!({"tools": tools()})),
             "tools/call" => {
@@ -106,37 +94,17 @@ impl Demo {
             }
             _ => Err((-32601, format!("method {method} not found"))),
         };
-        Some(match result {
-            Ok(r) => json!({"jsonrpc": "2.0", "id": id, "result": r}),
-            Err((code, message)) => {
-                json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}})
-            }
-        })
+        Some(crate::mcp_server::reply(id, result))
     }
 
     /// Handles one Streamable HTTP request.
     pub fn handle(&self, method: &axum::http::Method, body: &[u8]) -> Response {
-        if method != axum::http::Method::POST {
-            // Stateless: no server-initiated stream, no session to end.
-            let mut r = StatusCode::METHOD_NOT_ALLOWED.into_response();
-            r.headers_mut()
-                .insert(header::ALLOW, HeaderValue::from_static("POST"));
-            return r;
-        }
-        let Ok(v) = serde_json::from_slice::<Value>(body) else {
-            let e = json!({"jsonrpc": "2.0", "id": null, "error": {"code": -32700, "message": "parse error"}});
-            return (StatusCode::BAD_REQUEST, axum::Json(e)).into_response();
-        };
-        let answers: Vec<Value> = match &v {
-            Value::Array(items) => items.iter().filter_map(|m| self.answer(m)).collect(),
-            m => self.answer(m).into_iter().collect(),
-        };
-        match (v.is_array(), answers.len()) {
-            (_, 0) => StatusCode::ACCEPTED.into_response(),
-            (false, _) => {
-                axum::Json(answers.into_iter().next().unwrap_or_default()).into_response()
-            }
-            (true, _) => axum::Json(Value::Array(answers)).into_response(),
+        match crate::mcp_server::messages(method, body) {
+            Ok((batch, msgs)) => crate::mcp_server::answer(
+                batch,
+                msgs.iter().filter_map(|m| self.answer(m)).collect(),
+            ),
+            Err(r) => r,
         }
     }
 }

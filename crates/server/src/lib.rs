@@ -17,6 +17,7 @@ pub mod error;
 pub mod gateway;
 pub mod http;
 mod keys;
+pub mod mcp_server;
 pub mod origin;
 pub mod pages;
 pub mod projection;
