@@ -165,12 +165,18 @@ pub struct Page {
 /// The most results one page returns.
 pub const MAX_PAGE: usize = 1000;
 
+/// The seqs the first window of a search covers.
+const FIRST_WINDOW: u64 = 1 << 16;
+
 /// An open index: a reader for searches. The [`crate::Indexer`] holds its only writer.
 #[derive(Clone)]
 pub struct AuditIndex {
     pub(crate) index: Index,
     pub(crate) reader: IndexReader,
     pub(crate) fields: Fields,
+    /// The last seq committed: searches walk back from it in windows.
+    head: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    first_window: u64,
 }
 
 impl AuditIndex {
@@ -224,11 +230,21 @@ impl AuditIndex {
             .reader_builder()
             .reload_policy(ReloadPolicy::Manual)
             .try_into()?;
-        Ok(AuditIndex {
+        let me = AuditIndex {
             index,
             reader,
             fields,
-        })
+            head: Default::default(),
+            first_window: FIRST_WINDOW,
+        };
+        // The cursor of the last commit names the newest seq held.
+        let head = me
+            .committed_payload()?
+            .and_then(|p| serde_json::from_str::<serde_json::Value>(&p).ok())
+            .and_then(|v| v["seq"].as_u64())
+            .unwrap_or(0);
+        me.set_head(head);
+        Ok(me)
     }
 
     /// The payload of the last commit: the durable cursor.
@@ -438,29 +454,71 @@ impl AuditIndex {
         limit: usize,
     ) -> Result<Page, IndexError> {
         let limit = limit.clamp(1, MAX_PAGE);
-        let f = &self.fields;
-        let mut clauses: Vec<(Occur, Box<dyn Query>)> = vec![(Occur::Must, self.compile(e)?)];
-        if let Some(c) = cursor {
-            let range = match order {
-                SortOrder::Asc => RangeQuery::new(
-                    Bound::Excluded(Term::from_field_u64(f.seq, c)),
-                    Bound::Unbounded,
-                ),
-                SortOrder::Desc => RangeQuery::new(
-                    Bound::Unbounded,
-                    Bound::Excluded(Term::from_field_u64(f.seq, c)),
-                ),
-            };
-            clauses.push((Occur::Must, Box::new(range)));
-        }
-        let query = BooleanQuery::new(clauses);
+        let f = self.fields;
+        let query = self.compile(e)?;
         let searcher = self.reader.searcher();
         let ord = match order {
             SortOrder::Asc => Order::Asc,
             SortOrder::Desc => Order::Desc,
         };
-        let top = TopDocs::with_limit(limit + 1).order_by_fast_field::<u64>("seq", ord);
-        let hits = searcher.search(&query, &top)?;
+        // The seqs still to search, inclusive, in the page's direction.
+        let head = self.head();
+        let (mut lo, mut hi) = match (order, cursor) {
+            (SortOrder::Asc, Some(c)) => (c.saturating_add(1), u64::MAX),
+            (SortOrder::Asc, None) => (0, u64::MAX),
+            (SortOrder::Desc, Some(c)) => (0, c.saturating_sub(1)),
+            (SortOrder::Desc, None) => (0, u64::MAX),
+        };
+        if cursor == Some(0) && order == SortOrder::Desc {
+            return Ok(Page {
+                records: Vec::new(),
+                next: None,
+            });
+        }
+        // Newest (or oldest) windows of seqs first, each twice the last: a broad query fills
+        // its page from the first window without visiting its older matches; a narrow one
+        // ends up searching everything, about once.
+        let mut window = self.first_window;
+        let mut hits = Vec::new();
+        loop {
+            let span = if head == 0 {
+                (lo, hi)
+            } else {
+                match order {
+                    SortOrder::Desc => {
+                        let top = hi.min(head);
+                        (top.saturating_sub(window - 1).max(lo), top)
+                    }
+                    SortOrder::Asc => (lo, lo.saturating_add(window - 1).min(hi)),
+                }
+            };
+            let bounded = BooleanQuery::new(vec![
+                (Occur::Must, query.box_clone()),
+                (
+                    Occur::Must,
+                    Box::new(RangeQuery::new(
+                        Bound::Included(Term::from_field_u64(f.seq, span.0)),
+                        Bound::Included(Term::from_field_u64(f.seq, span.1)),
+                    )),
+                ),
+            ]);
+            let top =
+                TopDocs::with_limit(limit + 1 - hits.len()).order_by_fast_field::<u64>("seq", ord);
+            hits.extend(searcher.search(&bounded, &top)?);
+            let done = head == 0
+                || match order {
+                    SortOrder::Desc => span.0 <= lo,
+                    SortOrder::Asc => span.1 >= hi || span.1 >= head,
+                };
+            if hits.len() > limit || done {
+                break;
+            }
+            match order {
+                SortOrder::Desc => hi = span.0 - 1,
+                SortOrder::Asc => lo = span.1 + 1,
+            }
+            window = window.saturating_mul(2);
+        }
         let more = hits.len() > limit;
         let mut records = Vec::with_capacity(limit);
         for (_, addr) in hits.into_iter().take(limit) {
@@ -473,6 +531,22 @@ impl AuditIndex {
             None
         };
         Ok(Page { records, next })
+    }
+
+    /// The same index searching windows of `n` seqs first (tests make it small, to walk many).
+    pub fn with_first_window(mut self, n: u64) -> AuditIndex {
+        self.first_window = n.max(1);
+        self
+    }
+
+    /// The last seq the index holds (as committed), 0 when unknown.
+    pub fn head(&self) -> u64 {
+        self.head.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Records the last seq committed (the indexer, after each commit).
+    pub(crate) fn set_head(&self, seq: u64) {
+        self.head.store(seq, std::sync::atomic::Ordering::SeqCst);
     }
 
     pub(crate) fn stored(&self, doc: &TantivyDocument) -> Result<AuditRecord, IndexError> {
@@ -538,6 +612,7 @@ impl AuditIndex {
         }
         w.commit()?;
         index.reader.reload()?;
+        index.set_head(records.iter().map(|r| r.seq).max().unwrap_or(0));
         Ok(index)
     }
 }

@@ -257,6 +257,7 @@ impl Indexer {
         .await
         .map_err(|_| IndexerError::Writer)??;
         self.index.reader.reload().map_err(IndexError::from)?;
+        self.index.set_head(self.position);
         self.pending = 0;
         self.first_pending = None;
         self.progress
