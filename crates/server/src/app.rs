@@ -54,6 +54,9 @@ pub struct Inner {
     pub document_intake: crate::throttle::AddressLimiter,
     /// Windows of refused OAuth requests already on the ledger (`oauth.refused`).
     pub refusals: crate::refusal_window::RefusalLog,
+    /// Windows of refused readings of the audit trail already on the ledger
+    /// (`authorization.denied`, per reader and reason).
+    pub audit_refusals: crate::refusal_window::RefusalLog<(String, &'static str)>,
     /// Resources behind the gateway, roles, tool annotations.
     pub mounts: crate::gateway::Mounts,
     /// The built-in demo MCP server.

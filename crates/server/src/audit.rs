@@ -327,6 +327,35 @@ pub async fn reader(
     Err(r)
 }
 
+/// Records a refused reading as `authorization.denied`: at most one event per reader and
+/// reason a minute (the refusals between are answered the same and not recorded), so a caller
+/// who keeps asking cannot grow the ledger without bound.
+pub async fn record_refusal(
+    app: &App,
+    ctx: &RequestContext,
+    resource: &str,
+    reader: &Reader,
+    reason: &'static str,
+    method: &str,
+) -> Result<(), Response> {
+    let who = reader
+        .user_id
+        .clone()
+        .or_else(|| reader.client_id.clone())
+        .unwrap_or_default();
+    if app
+        .audit_refusals
+        .admit((who, reason), app.now().0 / 1_000_000)
+        .is_none()
+    {
+        return Ok(());
+    }
+    app.append(vec![access::denied(&ctx.request_id, resource, reader, reason, method)])
+        .await
+        .map(|_| ())
+        .map_err(unavailable)
+}
+
 /// Seals what a reader typed (a query) under their key.
 pub async fn seal_query(
     app: &App,

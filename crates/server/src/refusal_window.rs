@@ -17,16 +17,24 @@ struct Window {
 
 type Key = (OAuthEndpoint, Option<String>, String);
 
-/// Per-key windows, in memory per instance.
-#[derive(Default)]
-pub struct RefusalLog {
-    windows: Mutex<HashMap<Key, Window>>,
+/// Per-key windows, in memory per instance. The key is what one event stands for (an endpoint,
+/// client and error; a reader of the audit trail and a reason).
+pub struct RefusalLog<K = Key> {
+    windows: Mutex<HashMap<K, Window>>,
 }
 
-impl RefusalLog {
+impl<K> Default for RefusalLog<K> {
+    fn default() -> Self {
+        RefusalLog {
+            windows: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl<K: Eq + std::hash::Hash> RefusalLog<K> {
     /// Whether a refusal for `key` at `now` (seconds) is recorded; if so, how many refusals for
     /// the key were counted but not recorded since the last event.
-    pub fn admit(&self, key: Key, now: i64) -> Option<u64> {
+    pub fn admit(&self, key: K, now: i64) -> Option<u64> {
         let Ok(mut map) = self.windows.lock() else {
             return Some(0);
         };

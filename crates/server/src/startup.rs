@@ -95,6 +95,7 @@ impl App {
                 3600,
             ),
             refusals: Default::default(),
+            audit_refusals: Default::default(),
             mounts,
             demo: Default::default(),
             rate_limiter: Default::default(),

@@ -186,9 +186,13 @@ backend_tests! {
 
         // Every refusal, search and export above is on the trail, and searchable.
         indexed(&s).await;
+        // Bob was refused four times in a minute for the same reason (the API and the page by
+        // session, search and export by token): one event stands for them, so asking again and
+        // again cannot grow the ledger.
         let (_, v) = search(&s, &ann_basic, &format!("kind:authorization.denied user:{bob}")).await;
-        assert_eq!(v["results"].as_array().unwrap().len(), 4, "API and page by session, search and export by token: {v}");
-        assert!(v["results"].as_array().unwrap().iter().all(|r| r["error_code"] == "role"));
+        assert_eq!(v["results"].as_array().unwrap().len(), 1, "{v}");
+        assert_eq!(v["results"][0]["error_code"], "role");
+        assert!(v["results"][0]["summary"].as_str().unwrap().contains("GET /admin/api/audit/search"));
         // Ann's two searches that were answered (the malformed one read nothing).
         let (_, v) = search(&s, &ann_basic, "kind:audit.searched user:ann").await;
         assert_eq!(v["results"].as_array().unwrap().len(), 2, "{v}");

@@ -226,14 +226,17 @@ impl Request<'_> {
             client_id: caller.client_id.clone(),
             credential: Some(caller.credential.clone()),
         };
-        let event = grantline_audit::access::denied(
-            &self.ctx.request_id,
+        if crate::audit::record_refusal(
+            self.app,
+            self.ctx,
             &resource.id,
             &reader,
             "role",
             self.method.as_str(),
-        );
-        if self.app.append(vec![event]).await.is_err() {
+        )
+        .await
+        .is_err()
+        {
             return Err(unavailable());
         }
         let d = Denial::new(
