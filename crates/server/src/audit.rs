@@ -261,20 +261,12 @@ pub async fn reader(
             None
         };
         if let Some((reason, description)) = refusal {
-            app.append(vec![access::denied(
-                &ctx.request_id,
-                &resource,
-                &reader,
-                reason,
-                method,
-            )])
-            .await
-            .map_err(unavailable)?;
+            record_refusal(app, ctx, &resource, &reader, reason, method).await?;
             return Err(api_error(StatusCode::FORBIDDEN, reason, description));
         }
         return Ok(reader);
     }
-    if authorization.is_some_and(|a| a.len() > 6 && a[..6].eq_ignore_ascii_case("basic ")) {
+    if authorization.is_some_and(|a| a.get(..6).is_some_and(|s| s.eq_ignore_ascii_case("basic "))) {
         let user_id =
             crate::routes::admin::basic_user(app, ctx, headers, access::AUDIT_ROLES).await?;
         return Ok(Reader {
@@ -294,15 +286,7 @@ pub async fn reader(
             .get(&s.user_id)
             .is_some_and(|u| access::role_allows(&u.role));
         if !allowed {
-            app.append(vec![access::denied(
-                &ctx.request_id,
-                &resource,
-                &reader,
-                "role",
-                method,
-            )])
-            .await
-            .map_err(unavailable)?;
+            record_refusal(app, ctx, &resource, &reader, "role", method).await?;
             return Err(api_error(
                 StatusCode::FORBIDDEN,
                 "role",
@@ -350,10 +334,16 @@ pub async fn record_refusal(
     {
         return Ok(());
     }
-    app.append(vec![access::denied(&ctx.request_id, resource, reader, reason, method)])
-        .await
-        .map(|_| ())
-        .map_err(unavailable)
+    app.append(vec![access::denied(
+        &ctx.request_id,
+        resource,
+        reader,
+        reason,
+        method,
+    )])
+    .await
+    .map(|_| ())
+    .map_err(unavailable)
 }
 
 /// Seals what a reader typed (a query) under their key.
