@@ -11,6 +11,23 @@ fn b64(h: &Hash) -> String {
     base64::engine::general_purpose::STANDARD.encode(h.0)
 }
 
+/// The Merkle leaves of the first `size` events, refused when the ledger holds fewer.
+pub async fn leaves(store: &Store, size: u64) -> Result<Vec<Hash>, StoreError> {
+    let leaves: Vec<Hash> = store
+        .chain_hashes(size)
+        .await?
+        .iter()
+        .map(leaf_hash)
+        .collect();
+    if leaves.len() as u64 != size {
+        return Err(StoreError::Invalid(format!(
+            "the ledger has {} events but its newest checkpoint covers {size}",
+            leaves.len()
+        )));
+    }
+    Ok(leaves)
+}
+
 /// The proof that event `seq` is in the tree of the newest checkpoint: `None` when no
 /// checkpoint covers it yet.
 pub async fn inclusion(store: &Store, seq: u64) -> Result<Option<Value>, StoreError> {
@@ -25,18 +42,7 @@ pub async fn inclusion(store: &Store, seq: u64) -> Result<Option<Value>, StoreEr
     let Some(chain) = store.hash_at(seq).await? else {
         return Ok(None);
     };
-    let leaves: Vec<Hash> = store
-        .chain_hashes(size)
-        .await?
-        .iter()
-        .map(leaf_hash)
-        .collect();
-    if leaves.len() as u64 != size {
-        return Err(StoreError::Invalid(format!(
-            "the ledger has {} events but its newest checkpoint covers {size}",
-            leaves.len()
-        )));
-    }
+    let leaves = leaves(store, size).await?;
     let Some(path) = inclusion_proof(&leaves, (seq - 1) as usize) else {
         return Ok(None);
     };

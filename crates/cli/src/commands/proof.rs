@@ -83,18 +83,7 @@ pub async fn run(loc: &Location, args: Args) -> Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&proof)?);
         return Ok(ExitCode::SUCCESS);
     }
-    let leaves: Vec<Hash> = store
-        .chain_hashes(size)
-        .await?
-        .iter()
-        .map(leaf_hash)
-        .collect();
-    if leaves.len() as u64 != size {
-        bail!(
-            "the ledger has {} events but its newest checkpoint covers {size}",
-            leaves.len()
-        );
-    }
+    let leaves = grantline_audit::proof::leaves(&store, size).await?;
     let proof = match args.consistency {
         Some(old) => {
             let old_cp = checkpoints
