@@ -76,7 +76,7 @@ pub(crate) async fn each_page(
     Ok(n)
 }
 
-pub async fn index(store: &Store, dir: &Path, threads: usize) -> Result<()> {
+pub async fn index(store: &Store, dir: &Path, threads: usize, memory_mib: usize) -> Result<()> {
     header();
     // Baseline: read, decode, open personal data and map every event — all the indexer does
     // but indexing.
@@ -104,7 +104,7 @@ pub async fn index(store: &Store, dir: &Path, threads: usize) -> Result<()> {
         Keyring::new(store),
         IndexerOptions {
             threads,
-            memory_bytes: (threads.max(1) * 128) << 20,
+            memory_bytes: (threads.max(1) * memory_mib.max(16)) << 20,
             commit_every: 1_000_000,
             ..IndexerOptions::default()
         },

@@ -59,6 +59,9 @@ enum Cmd {
         index: std::path::PathBuf,
         #[arg(long, default_value_t = 2)]
         threads: usize,
+        /// The indexing memory budget per thread, MiB.
+        #[arg(long, default_value_t = 128)]
+        memory_mib: usize,
     },
     /// Typical reviewer queries against the index (p50/p99 over R runs), against a full scan
     /// of the ledger evaluating the same queries.
@@ -209,9 +212,10 @@ async fn main() -> Result<()> {
             target,
             index,
             threads,
+            memory_mib,
         } => {
             let store = Store::connect(&Database::parse(&target.database)?, false).await?;
-            audit::index(&store, &index, threads).await?;
+            audit::index(&store, &index, threads, memory_mib).await?;
         }
         Cmd::AuditSearch {
             target,
