@@ -135,7 +135,7 @@ impl Mounts {
                 },
             );
         }
-        let roles = Roles {
+        let mut roles = Roles {
             roles: config
                 .roles
                 .iter()
@@ -155,6 +155,18 @@ impl Mounts {
                 })
                 .collect(),
         };
+        // The audit resource's own rule is the audit role (checked before any tool): with
+        // configured roles, auditors and admins may call every one of its read-only tools
+        // without being listed.
+        if !roles.roles.is_empty() && by_name.contains_key(crate::config::AUDIT_RESOURCE) {
+            for role in grantline_audit::access::AUDIT_ROLES {
+                roles
+                    .roles
+                    .entry(role.to_string())
+                    .or_default()
+                    .insert(crate::config::AUDIT_RESOURCE.to_string(), ToolSet::All);
+            }
+        }
         Ok(Mounts {
             by_name,
             roles,

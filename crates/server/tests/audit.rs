@@ -403,3 +403,32 @@ backend_tests! {
         s.stop().await;
     }
 }
+
+/// With roles configured for other resources, auditors and admins still reach every audit
+/// tool: the audit resource's rule is the audit role, not a list of tools.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configured_roles_do_not_shut_auditors_out_of_the_audit_tools() {
+    let db = grantline_store::testing::sqlite().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), 0, 60);
+    let extra: grantline_server::Config =
+        toml::from_str("[roles.admin]\ndemo = [\"*\"]\n[roles.auditor]\ndemo = [\"get_time\"]\n")
+            .unwrap();
+    cfg.roles = extra.roles;
+    let s = Server::start(&db, dir.path().to_path_buf(), cfg).await;
+    add_user(&s, "ann", "auditor").await;
+    let token = pat(&s, "ann", &audit_resource(&s), "audit:read").await;
+    let r = reqwest::Client::new()
+        .post(audit_resource(&s))
+        .bearer_auth(&token)
+        .header("accept", "application/json, text/event-stream")
+        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+            "params": {"name": "search_audit", "arguments": {"query": "kind:user.created"}}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["result"]["isError"], false, "{v}");
+    s.stop().await;
+}
