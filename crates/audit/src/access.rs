@@ -153,17 +153,46 @@ pub fn denied(
     )
 }
 
-/// Whether every event read is one of this reader's own `audit.exported` receipts: reading
-/// those back is not recorded again, so a poller that follows the trail does not append a
-/// receipt for its previous receipt forever.
-pub fn only_own_receipts<'a>(
-    events: impl IntoIterator<Item = &'a grantline_ledger::Recorded>,
-    reader: &Reader,
-) -> bool {
-    events.into_iter().all(|r| match r.payload() {
-        grantline_ledger::Payload::AuditExported(e) => {
-            e.user_id == reader.user_id && e.client_id == reader.client_id
+/// Whether every event read is an `audit.exported` receipt. Reading receipts back is not
+/// recorded again: otherwise a poller would append a receipt for its own previous receipt
+/// forever, and two pollers would do so for each other's.
+pub fn only_receipts<'a>(events: impl IntoIterator<Item = &'a grantline_ledger::Recorded>) -> bool {
+    events
+        .into_iter()
+        .all(|r| matches!(r.payload(), grantline_ledger::Payload::AuditExported(_)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use grantline_ledger::{Recorded, samples};
+
+    fn recorded(p: grantline_ledger::Payload) -> Recorded {
+        Recorded {
+            envelope: samples::envelope(1, p),
+            prev_hash: grantline_ledger::GENESIS,
+            hash: grantline_ledger::GENESIS,
         }
-        _ => false,
-    })
+    }
+
+    #[test]
+    fn a_page_of_receipts_alone_is_not_recorded_again() {
+        let all = samples::all();
+        let receipt = all
+            .iter()
+            .find(|p| p.kind() == grantline_ledger::Kind::AuditExported)
+            .cloned()
+            .map(recorded);
+        let other = all
+            .iter()
+            .find(|p| p.kind() == grantline_ledger::Kind::ToolCalled)
+            .cloned()
+            .map(recorded);
+        let (Some(receipt), Some(other)) = (receipt, other) else {
+            panic!("the samples hold both kinds");
+        };
+        // Another reader's receipts too: two pollers must not feed each other.
+        assert!(only_receipts([&receipt, &receipt]));
+        assert!(!only_receipts([&receipt, &other]));
+    }
 }

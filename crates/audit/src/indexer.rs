@@ -83,6 +83,8 @@ pub struct Indexer {
     progress: Arc<Progress>,
     /// The names known as of the last commit, for exports that start mid-ledger.
     shared: Arc<RwLock<Directory>>,
+    /// Whether an event since the last commit added or erased a name.
+    names_changed: bool,
 }
 
 impl Indexer {
@@ -111,6 +113,7 @@ impl Indexer {
             options,
             progress: Arc::default(),
             shared: Arc::default(),
+            names_changed: true,
         };
         let cursor: Option<Cursor> = me
             .index
@@ -163,7 +166,12 @@ impl Indexer {
         self.shared.clone()
     }
 
-    fn share_directory(&self) {
+    /// Publishes the names for exports — only when an event since the last commit changed
+    /// them (a copy on every commit would cost the indexer time proportional to the users).
+    fn share_directory(&mut self) {
+        if !std::mem::take(&mut self.names_changed) {
+            return;
+        }
         if let Ok(mut d) = self.shared.write() {
             *d = self.dir.clone();
         }
@@ -183,6 +191,7 @@ impl Indexer {
         self.position = 0;
         self.position_hash = None;
         self.dir = Directory::default();
+        self.names_changed = true;
         self.pending = 1;
         self.commit().await
     }
@@ -209,6 +218,13 @@ impl Indexer {
                 continue;
             }
             let rec = self.record(event).await?;
+            self.names_changed |= matches!(
+                event.envelope.kind(),
+                grantline_ledger::Kind::UserCreated
+                    | grantline_ledger::Kind::UserErased
+                    | grantline_ledger::Kind::ClientRegistered
+                    | grantline_ledger::Kind::ClientUpdated
+            );
             let doc = self.index.document(&rec);
             {
                 let w = self.writer.lock().map_err(|_| IndexerError::Writer)?;
@@ -286,6 +302,7 @@ impl Indexer {
         self.first_pending = None;
         self.keys.clear();
         self.dir = Directory::default();
+        self.names_changed = true;
         self.restore_directory()
     }
 

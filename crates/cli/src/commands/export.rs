@@ -116,7 +116,7 @@ pub async fn run(loc: &Location, args: Args) -> Result<ExitCode> {
         }
         out.flush()?;
         bar.inc(events.len() as u64);
-        if count > 0 && !grantline_audit::access::only_own_receipts(written, &Reader::default()) {
+        if count > 0 && !grantline_audit::access::only_receipts(written) {
             let event = grantline_audit::access::exported(
                 &Reader::default(),
                 AuditSurface::Cli,

@@ -390,7 +390,7 @@ pub async fn export(
         }
     }
     let next_after = events.last().map_or(after, |r| r.seq());
-    if !lines.is_empty() && !access::only_own_receipts(read, &reader) {
+    if !lines.is_empty() && !access::only_receipts(read) {
         let meta = match reader_meta(&app, &ctx, &reader).await {
             Ok(m) => m,
             Err(r) => return r,
