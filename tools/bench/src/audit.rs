@@ -240,13 +240,17 @@ pub async fn search(store: &Store, dir: &Path, runs: usize, baseline: bool) -> R
 pub async fn export(store: &Store) -> Result<()> {
     header();
     let mut sink = std::io::sink();
+    let mut buf = Vec::with_capacity(4096);
     // Baseline: the event as recorded (JSON lines), no mapping.
     let start = Instant::now();
     let mut plain = Exporter::new(Keyring::new(store), Directory::default(), false);
     let n = each_page(store, async |events| {
         for e in events {
             let item = plain.item(e).await?;
-            writeln!(sink, "{}", Format::Jsonl.line(&item))?;
+            buf.clear();
+            Format::Jsonl.write_line(&item, &mut buf);
+            buf.push(b'\n');
+            sink.write_all(&buf)?;
         }
         Ok(())
     })
@@ -257,7 +261,10 @@ pub async fn export(store: &Store) -> Result<()> {
     each_page(store, async |events| {
         for e in events {
             let item = exporter.item(e).await?;
-            writeln!(sink, "{}", Format::Ocsf.line(&item))?;
+            buf.clear();
+            Format::Ocsf.write_line(&item, &mut buf);
+            buf.push(b'\n');
+            sink.write_all(&buf)?;
         }
         Ok(())
     })

@@ -72,12 +72,22 @@ impl Format {
 
     /// One item as one line (no newline).
     pub fn line(self, item: &ExportItem) -> String {
+        let mut out = Vec::with_capacity(1024);
+        self.write_line(item, &mut out);
+        // Every format writes UTF-8 only.
+        String::from_utf8(out).unwrap_or_default()
+    }
+
+    /// Appends one item as one line (no newline) to `out`: what an export loop calls with one
+    /// buffer reused for every event.
+    pub fn write_line(self, item: &ExportItem, out: &mut Vec<u8>) {
         match self {
-            Format::Jsonl => item.event.to_string(),
-            Format::Ocsf => ocsf::record(item).to_string(),
-            Format::Ecs => ecs::record(item).to_string(),
-            Format::Cef => cef::line(item),
-            Format::Csv => csv::row(&item.record),
+            // Writing a JSON value into a Vec cannot fail.
+            Format::Jsonl => drop(serde_json::to_writer(&mut *out, &item.event)),
+            Format::Ocsf => ocsf::write(item, out),
+            Format::Ecs => drop(serde_json::to_writer(&mut *out, &ecs::record(item))),
+            Format::Cef => out.extend_from_slice(cef::line(item).as_bytes()),
+            Format::Csv => out.extend_from_slice(csv::row(&item.record).as_bytes()),
         }
     }
 }
@@ -100,15 +110,25 @@ pub struct Exporter {
     redact: bool,
 }
 
-struct Masking<'a>(&'a mut dyn Opener, Option<&'static str>);
+/// Opens for one item: masks what it opens when asked, and opens each sealed value once
+/// (the mapping and the event as recorded both read it).
+struct Masking<'a> {
+    inner: &'a mut dyn Opener,
+    mask: Option<&'static str>,
+    opened: Vec<([u8; 24], Option<String>)>,
+}
 
 impl Opener for Masking<'_> {
     fn open(&mut self, s: &Sealed) -> Option<String> {
-        let v = self.0.open(s);
-        match (v, self.1) {
+        if let Some((_, v)) = self.opened.iter().find(|(n, _)| *n == s.nonce) {
+            return v.clone();
+        }
+        let v = match (self.inner.open(s), self.mask) {
             (Some(_), Some(mask)) => Some(mask.to_string()),
             (v, _) => v,
-        }
+        };
+        self.opened.push((s.nonce, v.clone()));
+        v
     }
 }
 
@@ -177,7 +197,11 @@ pub fn build_item(
     o: &mut dyn Opener,
     mask: Option<&'static str>,
 ) -> ExportItem {
-    let mut masking = Masking(o, mask);
+    let mut masking = Masking {
+        inner: o,
+        mask,
+        opened: Vec::new(),
+    };
     let mut record = map(r, dir, &mut masking);
     if let Some(m) = mask {
         record.mask_personal(m);
@@ -195,14 +219,21 @@ pub fn build_item(
     }
 }
 
+/// A sealed value as its JSON form writes it: `{subject, nonce, ct}`, bytes in base64url.
 fn as_sealed(v: &Value) -> Option<Sealed> {
+    use base64::Engine;
     let o = v.as_object()?;
-    if o.len() == 3 && o.contains_key("subject") && o.contains_key("nonce") && o.contains_key("ct")
-    {
-        serde_json::from_value(v.clone()).ok()
-    } else {
-        None
+    if o.len() != 3 {
+        return None;
     }
+    let text = |k: &str| o.get(k).and_then(Value::as_str);
+    let (subject, nonce, ct) = (text("subject")?, text("nonce")?, text("ct")?);
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    Some(Sealed {
+        subject: subject.to_string(),
+        nonce: b64.decode(nonce).ok()?.try_into().ok()?,
+        ciphertext: b64.decode(ct).ok()?,
+    })
 }
 
 /// Replaces every sealed value in an event's JSON with its text (or `[erased]`).

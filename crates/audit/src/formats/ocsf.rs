@@ -5,7 +5,8 @@
 use super::{ExportItem, PRODUCT, VERSION};
 use crate::record::Severity;
 use grantline_ledger::Kind;
-use serde_json::{Map, Value, json};
+use serde::Serialize;
+use serde_json::Value;
 use std::net::IpAddr;
 
 /// The OCSF version emitted.
@@ -120,200 +121,346 @@ fn severity_caption(id: u8) -> &'static str {
     }
 }
 
-fn ip(v: &Option<String>) -> Option<String> {
-    v.as_deref()
-        .filter(|s| s.parse::<IpAddr>().is_ok())
-        .map(String::from)
+fn ip(v: &Option<String>) -> Option<&str> {
+    v.as_deref().filter(|s| s.parse::<IpAddr>().is_ok())
 }
 
 /// A plausible email (OCSF checks `email_t`); `[erased]` and `[redacted]` are left out.
-fn email(v: &Option<String>) -> Option<String> {
-    v.as_deref()
-        .filter(|s| {
-            s.split_once('@')
-                .is_some_and(|(a, d)| !a.is_empty() && d.contains('.') && !s.contains(' '))
-        })
-        .map(String::from)
+fn email(v: &Option<String>) -> Option<&str> {
+    v.as_deref().filter(|s| {
+        s.split_once('@')
+            .is_some_and(|(a, d)| !a.is_empty() && d.contains('.') && !s.contains(' '))
+    })
 }
 
-/// The OCSF record of an item.
+/// The OCSF record of an item, as a JSON value (for sinks that embed it in an envelope).
 pub fn record(item: &ExportItem) -> Value {
-    let r = &item.record;
-    let kind = Kind::parse(&r.kind).unwrap_or(Kind::PolicyChanged);
-    let c = class_of(kind);
-    let severity_id = Severity::parse(&r.severity).map_or(1, Severity::ocsf_id);
-    let (status_id, status) = if c.class_uid == DETECTION.0 {
-        (1, "New")
-    } else {
-        match r.outcome.as_str() {
-            "success" => (1, "Success"),
-            "unknown" => (0, "Unknown"),
-            _ => (2, "Failure"),
-        }
-    };
-    let mut o = Map::new();
-    o.insert("class_uid".into(), json!(c.class_uid));
-    o.insert("class_name".into(), json!(c.class_name));
-    o.insert("category_uid".into(), json!(c.category_uid));
-    o.insert("category_name".into(), json!(c.category_name));
-    o.insert("activity_id".into(), json!(c.activity_id));
-    o.insert("activity_name".into(), json!(c.activity_name));
-    o.insert("type_uid".into(), json!(c.type_uid()));
-    o.insert("type_name".into(), json!(c.type_name()));
-    o.insert("time".into(), json!(r.time / 1000));
-    o.insert("severity_id".into(), json!(severity_id));
-    o.insert("severity".into(), json!(severity_caption(severity_id)));
-    o.insert("status_id".into(), json!(status_id));
-    o.insert("status".into(), json!(status));
-    if let Some(e) = &r.error_code
-        && c.class_uid != DETECTION.0
-    {
-        o.insert("status_code".into(), json!(e));
-    }
-    if !r.summary.is_empty() {
-        o.insert("message".into(), json!(r.summary));
-    }
-    let mut metadata = json!({
-        "version": OCSF_VERSION,
-        "uid": r.id,
-        "sequence": r.seq,
-        "log_name": "grantline.ledger",
-        "event_code": r.kind,
-        "product": {"name": PRODUCT, "vendor_name": PRODUCT, "version": VERSION},
-    });
-    if let Some(req) = &r.request_id {
-        metadata["correlation_uid"] = json!(req);
-    }
-    o.insert("metadata".into(), metadata);
+    serde_json::to_value(Record::of(item)).unwrap_or(Value::Null)
+}
 
-    let user = r.user_id.as_ref().map(|id| {
-        let mut u = json!({"uid": id});
-        if let Some(n) = &r.user_name {
-            u["name"] = json!(n);
-        }
-        if let Some(e) = email(&r.user_email) {
-            u["email_addr"] = json!(e);
-        }
-        u
-    });
-    // Who acted: the user, else the client (as an application).
-    let mut actor = Map::new();
-    if let Some(u) = &user {
-        actor.insert("user".into(), u.clone());
-    }
-    if let Some(cid) = &r.client_id {
-        actor.insert("app_uid".into(), json!(cid));
-        if let Some(n) = &r.client_name {
-            actor.insert("app_name".into(), json!(n));
-        }
-    }
-    if actor.is_empty() {
-        actor.insert("app_name".into(), json!(r.actor));
-    }
-    let mut src = Map::new();
-    if let Some(a) = ip(&r.source_ip) {
-        src.insert("ip".into(), json!(a));
-    }
-    if src.is_empty() {
-        src.insert(
-            "name".into(),
-            json!(r.client_id.as_deref().unwrap_or("unknown")),
-        );
-    }
-    if r.user_agent.is_some() || r.request_id.is_some() {
-        let mut h = Map::new();
-        if let Some(ua) = &r.user_agent {
-            h.insert("user_agent".into(), json!(ua));
-        }
-        if let Some(req) = &r.request_id {
-            h.insert("uid".into(), json!(req));
-        }
-        o.insert("http_request".into(), Value::Object(h));
-    }
-    // A finding has no actor or endpoint of its own: those stay in `unmapped`.
-    if c.class_uid != DETECTION.0 {
-        o.insert("src_endpoint".into(), Value::Object(src));
-        o.insert("actor".into(), Value::Object(actor));
-    } else {
-        o.remove("http_request");
-    }
+/// Writes the OCSF record of an item as one line of JSON (no newline), straight from the
+/// item's fields without building an intermediate value.
+pub fn write(item: &ExportItem, out: &mut Vec<u8>) {
+    // Serializing borrowed strings and numbers into a Vec cannot fail.
+    let _ = serde_json::to_writer(out, &Record::of(item));
+}
 
-    let user_or_actor = user.clone().unwrap_or_else(
-        || json!({"uid": r.client_id.as_deref().unwrap_or(&r.actor), "type": "Other"}),
-    );
-    match c.class_uid {
-        3001 => {
-            o.insert("user".into(), user_or_actor);
-        }
-        3002 => {
-            o.insert("user".into(), user_or_actor);
-            o.insert(
-                "service".into(),
-                json!({"name": r.resource.as_deref().unwrap_or(PRODUCT)}),
-            );
-        }
-        3003 => {
-            o.insert("user".into(), user_or_actor);
-            o.insert("privileges".into(), json!(r.scopes));
-        }
-        3004 => {
-            let (uid, ty) = match kind {
-                Kind::SigningKeyRotated => (r.summary.clone(), "signing_key"),
-                Kind::PolicyChanged => (r.summary.clone(), "policy"),
-                _ => (
-                    r.client_id
-                        .clone()
-                        .or_else(|| r.client_name.clone())
-                        .unwrap_or_else(|| "unregistered".into()),
-                    "oauth_client",
-                ),
-            };
-            let mut e = json!({"uid": uid, "type": ty});
-            if let Some(n) = &r.client_name {
-                e["name"] = json!(n);
+/// The OCSF object, borrowed from the item. Fields are in OCSF's own order of the base event.
+#[derive(Serialize)]
+struct Record<'a> {
+    class_uid: u32,
+    class_name: &'static str,
+    category_uid: u32,
+    category_name: &'static str,
+    activity_id: u32,
+    activity_name: &'static str,
+    type_uid: u32,
+    type_name: String,
+    time: i64,
+    severity_id: u8,
+    severity: &'static str,
+    status_id: u8,
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status_code: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<&'a str>,
+    metadata: Metadata<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    http_request: Option<HttpRequest<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    src_endpoint: Option<Endpoint<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    actor: Option<Actor<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user: Option<User<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    service: Option<Named<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    privileges: Option<&'a [String]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    entity: Option<Entity<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    finding_info: Option<Finding<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    api: Option<Api<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    resources: Option<[Resource<'a>; 1]>,
+    unmapped: Unmapped<'a>,
+}
+
+#[derive(Serialize)]
+struct Metadata<'a> {
+    version: &'static str,
+    uid: &'a str,
+    sequence: u64,
+    log_name: &'static str,
+    event_code: &'a str,
+    product: Product,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    correlation_uid: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct Product {
+    name: &'static str,
+    vendor_name: &'static str,
+    version: &'static str,
+}
+
+#[derive(Serialize)]
+struct HttpRequest<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user_agent: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    uid: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct Endpoint<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ip: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct Actor<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user: Option<User<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    app_uid: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    app_name: Option<&'a str>,
+}
+
+#[derive(Serialize, Clone, Copy)]
+struct User<'a> {
+    uid: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    email_addr: Option<&'a str>,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    kind: Option<&'static str>,
+}
+
+#[derive(Serialize)]
+struct Named<'a> {
+    name: &'a str,
+}
+
+#[derive(Serialize)]
+struct Entity<'a> {
+    uid: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct Finding<'a> {
+    uid: &'a str,
+    title: &'a str,
+    types: [&'a str; 1],
+}
+
+#[derive(Serialize)]
+struct Api<'a> {
+    operation: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request: Option<Uid<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    service: Option<Named<'a>>,
+}
+
+#[derive(Serialize)]
+struct Uid<'a> {
+    uid: &'a str,
+}
+
+#[derive(Serialize)]
+struct Resource<'a> {
+    uid: &'a str,
+    name: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+}
+
+/// What OCSF has no attribute for: the event as recorded.
+#[derive(Serialize)]
+struct Unmapped<'a> {
+    seq: u64,
+    hash: &'a str,
+    prev_hash: &'a str,
+    stream: &'a Value,
+    actor: &'a str,
+    payload: &'a Value,
+}
+
+impl<'a> Record<'a> {
+    fn of(item: &'a ExportItem) -> Record<'a> {
+        let r = &item.record;
+        let kind = Kind::parse(&r.kind).unwrap_or(Kind::PolicyChanged);
+        let c = class_of(kind);
+        let finding = c.class_uid == DETECTION.0;
+        let severity_id = Severity::parse(&r.severity).map_or(1, Severity::ocsf_id);
+        let (status_id, status) = if finding {
+            (1, "New")
+        } else {
+            match r.outcome.as_str() {
+                "success" => (1, "Success"),
+                "unknown" => (0, "Unknown"),
+                _ => (2, "Failure"),
             }
-            o.insert("entity".into(), e);
-        }
-        2004 => {
-            o.insert(
-                "finding_info".into(),
-                json!({
-                    "uid": r.id,
-                    "title": r.summary,
-                    "types": [r.error_code.as_deref().unwrap_or(&r.kind)],
-                }),
-            );
-        }
-        _ => {
-            let mut api = json!({"operation": match kind {
-                Kind::ToolListed => "tools/list",
-                Kind::ToolCallStarted | Kind::ToolCalled => "tools/call",
-                Kind::AuthorizationDenied | Kind::RateLimitExceeded => "request",
-                _ => r.kind.as_str(),
-            }});
-            if let Some(req) = &r.request_id {
-                api["request"] = json!({"uid": req});
+        };
+        let user = r.user_id.as_deref().map(|uid| User {
+            uid,
+            name: r.user_name.as_deref(),
+            email_addr: email(&r.user_email),
+            kind: None,
+        });
+        let client_id = r.client_id.as_deref();
+        // Who acted: the user, else the client (as an application), else the ledger's actor.
+        let actor = Actor {
+            user,
+            app_uid: client_id,
+            app_name: match (client_id, &r.client_name) {
+                (Some(_), n) => n.as_deref(),
+                (None, _) if user.is_none() => Some(r.actor.as_str()),
+                (None, _) => None,
+            },
+        };
+        let src = match ip(&r.source_ip) {
+            Some(a) => Endpoint {
+                ip: Some(a),
+                name: None,
+            },
+            None => Endpoint {
+                ip: None,
+                name: Some(client_id.unwrap_or("unknown")),
+            },
+        };
+        let http_request =
+            (!finding && (r.user_agent.is_some() || r.request_id.is_some())).then(|| HttpRequest {
+                user_agent: r.user_agent.as_deref(),
+                uid: r.request_id.as_deref(),
+            });
+        let user_or_actor = user.unwrap_or(User {
+            uid: client_id.unwrap_or(&r.actor),
+            name: None,
+            email_addr: None,
+            kind: Some("Other"),
+        });
+        let mut o = Record {
+            class_uid: c.class_uid,
+            class_name: c.class_name,
+            category_uid: c.category_uid,
+            category_name: c.category_name,
+            activity_id: c.activity_id,
+            activity_name: c.activity_name,
+            type_uid: c.type_uid(),
+            type_name: c.type_name(),
+            time: r.time / 1000,
+            severity_id,
+            severity: severity_caption(severity_id),
+            status_id,
+            status,
+            status_code: r.error_code.as_deref().filter(|_| !finding),
+            message: Some(r.summary.as_str()).filter(|s| !s.is_empty()),
+            metadata: Metadata {
+                version: OCSF_VERSION,
+                uid: &r.id,
+                sequence: r.seq,
+                log_name: "grantline.ledger",
+                event_code: &r.kind,
+                product: Product {
+                    name: PRODUCT,
+                    vendor_name: PRODUCT,
+                    version: VERSION,
+                },
+                correlation_uid: r.request_id.as_deref(),
+            },
+            http_request,
+            // A finding has no actor or endpoint of its own: those stay in `unmapped`.
+            src_endpoint: (!finding).then_some(src),
+            actor: (!finding).then_some(actor),
+            user: None,
+            service: None,
+            privileges: None,
+            entity: None,
+            finding_info: None,
+            api: None,
+            resources: None,
+            unmapped: Unmapped {
+                seq: r.seq,
+                hash: &r.hash,
+                prev_hash: &item.prev_hash,
+                stream: &item.event["stream"],
+                actor: &r.actor,
+                payload: &item.event["payload"],
+            },
+        };
+        match c.class_uid {
+            3001 => o.user = Some(user_or_actor),
+            3002 => {
+                o.user = Some(user_or_actor);
+                o.service = Some(Named {
+                    name: r.resource.as_deref().unwrap_or(PRODUCT),
+                });
             }
-            if let Some(res) = &r.resource {
-                api["service"] = json!({"name": res});
+            3003 => {
+                o.user = Some(user_or_actor);
+                o.privileges = Some(&r.scopes);
             }
-            o.insert("api".into(), api);
-            if let Some(t) = &r.tool {
-                o.insert(
-                    "resources".into(),
-                    json!([{"uid": t, "name": t, "type": "mcp_tool"}]),
-                );
+            3004 => {
+                o.entity = Some(match kind {
+                    Kind::SigningKeyRotated | Kind::PolicyChanged => Entity {
+                        uid: &r.summary,
+                        kind: if kind == Kind::PolicyChanged {
+                            "policy"
+                        } else {
+                            "signing_key"
+                        },
+                        name: r.client_name.as_deref(),
+                    },
+                    _ => Entity {
+                        uid: client_id
+                            .or(r.client_name.as_deref())
+                            .unwrap_or("unregistered"),
+                        kind: "oauth_client",
+                        name: r.client_name.as_deref(),
+                    },
+                });
+            }
+            2004 => {
+                o.finding_info = Some(Finding {
+                    uid: &r.id,
+                    title: &r.summary,
+                    types: [r.error_code.as_deref().unwrap_or(&r.kind)],
+                });
+            }
+            _ => {
+                o.api = Some(Api {
+                    operation: match kind {
+                        Kind::ToolListed => "tools/list",
+                        Kind::ToolCallStarted | Kind::ToolCalled => "tools/call",
+                        Kind::AuthorizationDenied | Kind::RateLimitExceeded => "request",
+                        _ => r.kind.as_str(),
+                    },
+                    request: r.request_id.as_deref().map(|uid| Uid { uid }),
+                    service: r.resource.as_deref().map(|name| Named { name }),
+                });
+                o.resources = r.tool.as_deref().map(|t| {
+                    [Resource {
+                        uid: t,
+                        name: t,
+                        kind: "mcp_tool",
+                    }]
+                });
             }
         }
+        o
     }
-    // What OCSF has no attribute for: the event as recorded.
-    let mut unmapped = Map::new();
-    unmapped.insert("seq".into(), json!(r.seq));
-    unmapped.insert("hash".into(), json!(r.hash));
-    unmapped.insert("prev_hash".into(), json!(item.prev_hash));
-    unmapped.insert("stream".into(), item.event["stream"].clone());
-    unmapped.insert("actor".into(), json!(r.actor));
-    unmapped.insert("payload".into(), item.event["payload"].clone());
-    o.insert("unmapped".into(), Value::Object(unmapped));
-    Value::Object(o)
 }

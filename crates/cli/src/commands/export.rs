@@ -101,6 +101,7 @@ pub async fn run(loc: &Location, args: Args) -> Result<ExitCode> {
         let events = tail.next(BATCH).await?;
         let mut count = 0u64;
         let mut written = Vec::new();
+        let mut buf = Vec::with_capacity(BATCH as usize * 1024);
         for r in &events {
             if kinds
                 .as_ref()
@@ -108,12 +109,14 @@ pub async fn run(loc: &Location, args: Args) -> Result<ExitCode> {
             {
                 written.push(r);
                 let item = exporter.item(r).await?;
-                writeln!(out, "{}", format.line(&item))?;
+                format.write_line(&item, &mut buf);
+                buf.push(b'\n');
                 count += 1;
             } else {
                 exporter.learn(r).await?;
             }
         }
+        out.write_all(&buf)?;
         out.flush()?;
         bar.inc(events.len() as u64);
         if count > 0 && !grantline_audit::access::only_receipts(written) {
