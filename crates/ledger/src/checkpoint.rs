@@ -28,8 +28,10 @@ pub enum CheckpointError {
     Malformed(String),
     #[error("malformed key: {0}")]
     BadKey(String),
-    #[error("no signature by a trusted key")]
-    UnknownSigner,
+    /// Signed only by keys not trusted here (`name+keyid` of each): not evidence of
+    /// tampering, just of a key the verifier was not given.
+    #[error("no signature by a trusted key (signed by {})", .0.join(", "))]
+    UnknownSigner(Vec<String>),
     #[error("signature by {0} does not verify")]
     BadSignature(String),
     #[error("the operating system's random generator failed")]
@@ -237,6 +239,7 @@ impl Checkpoint {
     pub fn open(note: &str, trusted: &[NoteVerifier]) -> Result<Checkpoint, CheckpointError> {
         let (text, sigs) = split_note(note)?;
         let mut verified = false;
+        let mut others = Vec::new();
         for line in sigs.lines() {
             let line = line
                 .strip_prefix(SIG_PREFIX)
@@ -252,6 +255,7 @@ impl Checkpoint {
             }
             let id = u32::from_be_bytes([blob[0], blob[1], blob[2], blob[3]]);
             let Some(v) = trusted.iter().find(|v| v.name == name && v.id == id) else {
+                others.push(format!("{name}+{id:08x}"));
                 continue;
             };
             let sig = Signature::from_slice(&blob[4..])
@@ -262,7 +266,7 @@ impl Checkpoint {
             verified = true;
         }
         if !verified {
-            return Err(CheckpointError::UnknownSigner);
+            return Err(CheckpointError::UnknownSigner(others));
         }
         Self::parse_text(text)
     }
@@ -341,7 +345,10 @@ mod tests {
             .verifier();
         assert_eq!(
             Checkpoint::open(&note, &[other]),
-            Err(CheckpointError::UnknownSigner)
+            Err(CheckpointError::UnknownSigner(vec![format!(
+                "grantline.test/ledger+{}",
+                v.key_id_hex()
+            )]))
         );
         assert!(Checkpoint::open("garbage", &[v]).is_err());
     }

@@ -116,6 +116,25 @@ pub struct Summary {
     pub events: u64,
     pub checkpoints: u64,
     pub head: Hash,
+    /// Checkpoints signed only by keys not trusted here: the chain is intact, but whether it
+    /// is the chain those checkpoints vouch for cannot be told without their key.
+    pub untrusted: Vec<Untrusted>,
+}
+
+/// A checkpoint signed by a key the verifier was not given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Untrusted {
+    /// Its tree size.
+    pub size: u64,
+    /// `name+keyid` of the keys that signed it.
+    pub by: String,
+}
+
+impl Summary {
+    /// Whether every checkpoint was signed by a trusted key.
+    pub fn fully_trusted(&self) -> bool {
+        self.untrusted.is_empty()
+    }
 }
 
 impl fmt::Display for Summary {
@@ -210,7 +229,18 @@ fn check_hash(row: &RawRow) -> Result<Hash, Problem> {
 
 struct PendingCheckpoint {
     size: u64,
-    verdict: Result<Hash, String>,
+    verdict: Verdict,
+}
+
+/// What a checkpoint's signature says before its root is compared.
+enum Verdict {
+    /// Signed by a trusted key: this is its root.
+    Signed(Hash),
+    /// Signed only by keys not trusted here (`name+keyid`): the chain can still be walked,
+    /// but this checkpoint proves nothing.
+    Untrusted(String),
+    /// A trusted key's signature that does not verify, or a malformed note.
+    Bad(String),
 }
 
 /// Walks the rows in seq order and reports the first problem.
@@ -222,6 +252,7 @@ pub struct ChainVerifier {
     checkpoints: u64,
     newest_signed: u64,
     last_good: u64,
+    untrusted: Vec<Untrusted>,
 }
 
 impl ChainVerifier {
@@ -236,19 +267,23 @@ impl ChainVerifier {
                 let size = c.tree_size.max(0) as u64;
                 let verdict = match Checkpoint::open(&c.note, trusted) {
                     Ok(cp) if cp.size != size => {
-                        Err("tree_size column disagrees with the note".into())
+                        Verdict::Bad("tree_size column disagrees with the note".into())
                     }
                     Ok(cp) if Some(cp.root) != Hash::from_slice(&c.root) => {
-                        Err("root column disagrees with the note".into())
+                        Verdict::Bad("root column disagrees with the note".into())
                     }
                     Ok(cp) => {
                         newest_signed = newest_signed.max(size);
-                        Ok(cp.root)
+                        Verdict::Signed(cp.root)
                     }
-                    Err(CheckpointError::UnknownSigner) => {
-                        Err("not signed by a trusted key (forged?)".into())
+                    Err(CheckpointError::UnknownSigner(by)) => {
+                        Verdict::Untrusted(if by.is_empty() {
+                            "no signature".into()
+                        } else {
+                            by.join(", ")
+                        })
                     }
-                    Err(e) => Err(e.to_string()),
+                    Err(e) => Verdict::Bad(e.to_string()),
                 };
                 PendingCheckpoint { size, verdict }
             })
@@ -261,6 +296,7 @@ impl ChainVerifier {
             checkpoints: count,
             newest_signed,
             last_good: 0,
+            untrusted: Vec::new(),
         }
     }
 
@@ -297,19 +333,20 @@ impl ChainVerifier {
                 continue; // size 0 (or duplicate) checkpoints say nothing about events
             }
             match cp.verdict {
-                Err(error) => {
+                Verdict::Bad(error) => {
                     return Err(at(Problem::CheckpointSignature {
                         size: cp.size,
                         error,
                     }));
                 }
-                Ok(root) if root != self.frontier.root() => {
+                Verdict::Untrusted(by) => self.untrusted.push(Untrusted { size: cp.size, by }),
+                Verdict::Signed(root) if root != self.frontier.root() => {
                     return Err(Finding {
                         seq: self.last_good + 1,
                         problem: Problem::CheckpointRoot { size: cp.size },
                     });
                 }
-                Ok(_) => self.last_good = cp.size,
+                Verdict::Signed(_) => self.last_good = cp.size,
             }
         }
         Ok(())
@@ -327,19 +364,27 @@ impl ChainVerifier {
                 },
             });
         }
-        if let Some(cp) = self.pending.into_iter().find(|c| c.verdict.is_err()) {
-            return Err(Finding {
-                seq: cp.size,
-                problem: Problem::CheckpointSignature {
-                    size: cp.size,
-                    error: cp.verdict.err().unwrap_or_default(),
-                },
-            });
+        let mut untrusted = self.untrusted;
+        for cp in self.pending {
+            match cp.verdict {
+                Verdict::Bad(error) => {
+                    return Err(Finding {
+                        seq: cp.size,
+                        problem: Problem::CheckpointSignature {
+                            size: cp.size,
+                            error,
+                        },
+                    });
+                }
+                Verdict::Untrusted(by) => untrusted.push(Untrusted { size: cp.size, by }),
+                Verdict::Signed(_) => {}
+            }
         }
         Ok(Summary {
             events,
             checkpoints: self.checkpoints,
             head: self.prev,
+            untrusted,
         })
     }
 

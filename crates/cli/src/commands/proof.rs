@@ -118,7 +118,27 @@ fn hashes(list: &[String]) -> Result<Vec<Hash>> {
         .collect()
 }
 
+/// A finding of tampering, as opposed to a check that could not be made.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Tampered(String);
+
+/// Exit codes as `verify`'s: 0 the proof holds, 1 it does not (tampered), 2 cannot tell
+/// (a key not given, an unreadable file).
 pub fn verify(args: VerifyArgs) -> Result<ExitCode> {
+    match check(args) {
+        Ok(code) => Ok(code),
+        Err(e) => match e.downcast_ref::<Tampered>() {
+            Some(t) => {
+                println!("INVALID: {t}");
+                Ok(ExitCode::from(1))
+            }
+            None => Err(e),
+        },
+    }
+}
+
+fn check(args: VerifyArgs) -> Result<ExitCode> {
     let text = if args.proof.as_os_str() == "-" {
         std::io::read_to_string(std::io::stdin())?
     } else {
@@ -131,8 +151,15 @@ pub fn verify(args: VerifyArgs) -> Result<ExitCode> {
         .iter()
         .map(|k| NoteVerifier::parse(k).with_context(|| format!("--public-key {k}")))
         .collect::<Result<Vec<_>>>()?;
+    // A checkpoint by a key not given here cannot be judged (exit 2); one whose trusted
+    // signature fails is tampered (exit 1), like a proof that does not verify.
     let open = |note: &str, what: &str| -> Result<Checkpoint> {
-        Checkpoint::open(note, &keys).with_context(|| format!("{what} checkpoint"))
+        Checkpoint::open(note, &keys).map_err(|e| match e {
+            grantline_ledger::CheckpointError::UnknownSigner(_) => anyhow::anyhow!(
+                "the {what} checkpoint: {e}; pass that signer's verifier key with --public-key"
+            ),
+            e => anyhow::Error::new(Tampered(format!("the {what} checkpoint: {e}"))),
+        })
     };
     let verdict = match proof {
         Proof::Inclusion {

@@ -30,6 +30,7 @@ pub async fn run(loc: &Location, args: Args) -> Result<ExitCode> {
         // Port 0 picks a free port: the issuer must name the real one.
         config.server.public_url = Some(format!("http://{}", listener.local_addr()?));
     }
+    let first_start = grantline_store::keyfile::load_signer(&loc.data_dir)?.is_none();
     let app = grantline_server::App::start(grantline_server::Options {
         config,
         data_dir: loc.data_dir.clone(),
@@ -39,9 +40,18 @@ pub async fn run(loc: &Location, args: Args) -> Result<ExitCode> {
             checkpoint_interval: Duration::from_secs(args.checkpoint_interval.max(1)),
             ..LedgerOptions::default()
         },
-        audit_index: true,
+        serving: true,
     })
     .await?;
+    if let Some(signer) = grantline_store::keyfile::load_signer(&loc.data_dir)? {
+        let verifier = signer.verifier().to_string();
+        if first_start {
+            // Printed once, for the operator to keep somewhere the server cannot change: with
+            // it, `grantline verify --public-key` tells tampering from a missing key file.
+            println!("checkpoint verifier key (record it outside this machine): {verifier}");
+        }
+        tracing::info!(key = %verifier, "checkpoint verifier key");
+    }
     tracing::info!(
         database = %loc.database.display(),
         data_dir = %loc.data_dir.display(),

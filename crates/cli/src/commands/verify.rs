@@ -1,8 +1,6 @@
 use crate::location::Location;
 use anyhow::{Context, Result};
 use grantline_store::Store;
-use indicatif::{ProgressBar, ProgressStyle};
-use std::io::IsTerminal;
 use std::process::ExitCode;
 
 #[derive(clap::Args)]
@@ -18,22 +16,31 @@ pub async fn run(loc: &Location, args: Args) -> Result<ExitCode> {
         .with_context(|| format!("opening {}", loc.database.display()))?;
     let (trusted, source) = loc.trusted_keys(&args.public_keys)?;
     let total = store.count().await?;
-    let bar = if std::io::stderr().is_terminal() {
-        let b = ProgressBar::new(total);
-        b.set_style(
-            ProgressStyle::with_template("{bar:40} {pos}/{len} events {per_sec} eta {eta}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
-        b
-    } else {
-        ProgressBar::hidden()
-    };
+    let bar = super::progress_bar(total, "events");
     let outcome = grantline_store::verify(&store, &trusted, |n| bar.set_position(n)).await?;
     bar.finish_and_clear();
     match outcome {
-        Ok(summary) => {
+        Ok(summary) if summary.fully_trusted() => {
             println!("{summary} (checkpoint keys: {source})");
             Ok(ExitCode::SUCCESS)
+        }
+        Ok(summary) => {
+            // Not tampering: a key this check was not given. Exit 2, "cannot tell".
+            println!(
+                "CANNOT TELL: the chain of {} events is intact, but {} of {} checkpoints are \
+                 signed only by keys not trusted here (checkpoint keys: {source}):",
+                summary.events,
+                summary.untrusted.len(),
+                summary.checkpoints
+            );
+            for u in &summary.untrusted {
+                println!("  checkpoint of size {} signed by {}", u.size, u.by);
+            }
+            println!(
+                "pass the verifier key of that signer with --public-key NAME+KEYID+KEY \
+                 (`grantline key show` on the server prints it; `serve` prints it at first start)"
+            );
+            Ok(ExitCode::from(2))
         }
         Err(finding) => {
             println!("NOT INTACT: {finding}");
