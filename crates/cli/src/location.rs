@@ -40,7 +40,7 @@ impl Location {
             data_dir: self.data_dir.clone(),
             database: self.database.clone(),
             ledger,
-            audit_index: false,
+            serving: false,
         })
         .await
     }

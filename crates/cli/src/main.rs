@@ -44,6 +44,17 @@ enum Command {
     /// Print events in seq order, filtered (kind, user, client, time), as a table or
     /// `--json`; personal data opened (or shown as erased); `--follow` to keep going.
     Events(commands::events::Args),
+    /// The state as it was after a seq or at a time: clients, users and roles, live grants,
+    /// families and tokens, personal access tokens, revoked families and why.
+    Replay(commands::history::ReplayArgs),
+    /// What a user or client could do at a moment, and since when.
+    State(commands::history::StateArgs),
+    /// The whole story of a token, family, grant, user, client, personal access token,
+    /// request or event id, in seq order.
+    Lineage(commands::history::LineageArgs),
+    /// Containment: revoke a family, a grant, everything of a user or of a client (and
+    /// disable it), or every personal access token of a user — with the reason.
+    Revoke(commands::revoke::Args),
     /// Audit search over this data directory's index, and rebuilding it.
     #[command(subcommand)]
     Audit(commands::audit::Command),
@@ -104,6 +115,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Proof(a) => commands::proof::run(&loc, a).await,
         Command::VerifyProof(a) => commands::proof::verify(a),
         Command::Events(a) => commands::events::run(&loc, a).await,
+        Command::Replay(a) => commands::history::replay(&loc, a).await,
+        Command::State(a) => commands::history::state(&loc, a).await,
+        Command::Lineage(a) => commands::history::lineage(&loc, a).await,
+        Command::Revoke(a) => commands::revoke::run(&loc, a).await,
         Command::Audit(c) => commands::audit::run(&loc, c).await,
         Command::Export(a) => commands::export::run(&loc, a).await,
         Command::Sinks(c) => commands::sinks::run(&loc, c).await,

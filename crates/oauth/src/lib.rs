@@ -9,6 +9,7 @@
 pub mod authorize;
 pub mod client_auth;
 pub mod clients;
+pub mod containment;
 mod decision;
 mod error;
 pub mod grant;
@@ -19,6 +20,7 @@ pub mod limits;
 pub mod metadata;
 pub mod pat;
 pub mod pkce;
+pub mod policy;
 pub mod properties;
 pub mod redirect;
 pub mod refused;

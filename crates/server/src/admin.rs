@@ -202,6 +202,45 @@ pub async fn revoke_everything(app: &App, who: &str, actor: Actor) -> Result<usi
     outcome.map_err(|e| AdminError::Invalid(e.description))
 }
 
+/// What a responder names to contain: users by id or username.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Containment {
+    Family(String),
+    Grant(String),
+    User(String),
+    Client(String),
+    PatsOf(String),
+}
+
+/// Revokes a family, a grant, everything of a user, everything of a client (and disables it)
+/// or every personal access token of a user, with the responder's reason. Returns how many
+/// things were revoked (0: all of it was already).
+pub async fn contain(
+    app: &App,
+    what: &Containment,
+    reason: &str,
+    actor: Actor,
+) -> Result<usize, AdminError> {
+    use grantline_oauth::containment::Target;
+    let target = match what {
+        Containment::Family(f) => Target::Family(f.clone()),
+        Containment::Grant(g) => Target::Grant(g.clone()),
+        Containment::Client(c) => Target::Client(c.clone()),
+        Containment::User(u) => Target::User(resolve_user(app, u).await?),
+        Containment::PatsOf(u) => Target::PatsOf(resolve_user(app, u).await?),
+    };
+    let (outcome, _) = app
+        .run(|s| grantline_oauth::containment::contain(s, actor.clone(), &target, reason))
+        .await?;
+    outcome.map_err(|e| {
+        if e.description.starts_with("no ") {
+            AdminError::NotFound(e.description.trim_start_matches("no ").to_string())
+        } else {
+            AdminError::Invalid(e.description)
+        }
+    })
+}
+
 /// Erases a person: every grant, token family and personal access token of theirs is revoked
 /// together with `user.erased` (so nothing they left behind still works, on any instance),
 /// then their personal-data key and sign-in credentials are destroyed. Returns the user id,

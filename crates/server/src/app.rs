@@ -23,8 +23,10 @@ pub struct Options {
     pub data_dir: PathBuf,
     pub database: grantline_store::Database,
     pub ledger: LedgerOptions,
-    /// Keep this instance's audit index (a server does; a one-off command does not).
-    pub audit_index: bool,
+    /// A server, as opposed to a one-off command: it keeps this instance's audit index, runs
+    /// the push sinks, and records the configured policy (a command run without the server's
+    /// configuration must not record its defaults over it).
+    pub serving: bool,
 }
 
 /// Shared by every handler.

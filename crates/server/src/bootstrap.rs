@@ -92,6 +92,21 @@ pub async fn config_clients(app: &App) -> Result<()> {
     Ok(())
 }
 
+/// Records the configured lifetimes when they differ from those in force on the ledger
+/// (`policy.changed`), so replay and what-if judge each seq by the settings of its time.
+pub async fn lifetimes(app: &App) -> Result<()> {
+    let configured = app.settings.lifetimes.clone();
+    let (outcome, _) = app
+        .run(|s| grantline_oauth::policy::record_lifetimes(s, &configured))
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .context("recording the configured lifetimes")?;
+    if outcome.map_err(|e| anyhow::anyhow!("{}", e.description))? {
+        tracing::info!("lifetimes changed in the configuration: recorded as policy.changed");
+    }
+    Ok(())
+}
+
 /// Appends `client.expired` for each dynamic registration past its TTL that was never used.
 pub async fn expire_unused_clients(app: &App) {
     let now = app.now();

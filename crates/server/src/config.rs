@@ -606,6 +606,33 @@ impl Config {
         }
     }
 
+    /// The issuer and base of every URL: `public_url`, else `http://<listen>`, no trailing
+    /// slash.
+    pub fn public_url(&self) -> String {
+        self.server
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", self.server.listen))
+            .trim_end_matches('/')
+            .to_string()
+    }
+
+    /// In words, the tools `role` may call on the resource named `resource` (scopes apply on
+    /// top): what the gateway's role check allows.
+    pub fn role_tools(&self, role: &str, resource: &str) -> Vec<String> {
+        if self.roles.is_empty() {
+            return vec!["every tool its scopes allow".into()];
+        }
+        if resource == AUDIT_RESOURCE && grantline_audit::access::AUDIT_ROLES.contains(&role) {
+            return vec!["every tool".into()];
+        }
+        match self.roles.get(role).and_then(|r| r.get(resource)) {
+            Some(t) if t.iter().any(|t| t == "*") => vec!["every tool".into()],
+            Some(t) if !t.is_empty() => t.clone(),
+            _ => vec!["none".into()],
+        }
+    }
+
     /// The configured resources (or the demo), with identifiers under `base`.
     /// The configured resources (the demo without any), and the built-in audit resource.
     pub fn resource_sections(&self) -> Vec<ResourceSection> {

@@ -38,13 +38,7 @@ impl App {
         let identity = JwtSigner::new(crate::keys::identity_key(&signing));
         let jwt = JwtSigner::new(signing);
         let config = opts.config;
-        let public_url = config
-            .server
-            .public_url
-            .clone()
-            .unwrap_or_else(|| format!("http://{}", config.server.listen))
-            .trim_end_matches('/')
-            .to_string();
+        let public_url = config.public_url();
         let settings = Arc::new(Settings {
             issuer: public_url.clone(),
             resources: config.resource_defs(&public_url)?,
@@ -54,7 +48,7 @@ impl App {
         let metadata_documents = Fetcher::new(config.metadata_documents.clone())?;
         let mounts = crate::gateway::Mounts::from_config(&config, &public_url)?;
         let store = ledger.store().clone();
-        let (audit, indexer) = if config.audit.enabled && opts.audit_index {
+        let (audit, indexer) = if config.audit.enabled && opts.serving {
             let dir = config
                 .audit
                 .index_dir
@@ -115,12 +109,15 @@ impl App {
         if let Some(indexer) = indexer {
             app.start_audit(indexer);
         }
-        if opts.audit_index {
+        if opts.serving {
             app.start_sinks()?;
         }
         app.record_signing_key().await?;
         crate::bootstrap::admin(&app).await?;
         crate::bootstrap::config_clients(&app).await?;
+        if opts.serving {
+            crate::bootstrap::lifetimes(&app).await?;
+        }
         Ok(app)
     }
 

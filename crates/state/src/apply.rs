@@ -23,6 +23,7 @@ pub fn fold<'a>(events: impl IntoIterator<Item = &'a Recorded>) -> State {
 pub fn apply(state: &mut State, event: &Recorded) {
     let at = event.time();
     let seq = event.seq();
+    let since = Since { seq, at };
     state.seq = seq;
     state.time = at;
     if let Payload::ClientRegistered(e) = event.payload() {
@@ -45,6 +46,8 @@ pub fn apply(state: &mut State, event: &Recorded) {
                     scope: e.scope.clone(),
                     secret_digest: e.secret_digest.clone(),
                     registered_at: at,
+                    registered: since,
+                    disabled_by: None,
                     expires_at: e.expires_at,
                     used: false,
                     disabled: false,
@@ -73,8 +76,15 @@ pub fn apply(state: &mut State, event: &Recorded) {
             }
         }
         Payload::ClientDisabled(e) => {
-            if let Some(c) = state.clients.get_mut(&e.client_id) {
+            if let Some(c) = state.clients.get_mut(&e.client_id)
+                && !c.disabled
+            {
                 c.disabled = true;
+                c.disabled_by = Some(Revocation {
+                    at,
+                    seq,
+                    reason: e.reason.clone(),
+                });
             }
         }
         Payload::ClientExpired(e) => {
@@ -93,6 +103,7 @@ pub fn apply(state: &mut State, event: &Recorded) {
                 User {
                     user_id: e.user_id.clone(),
                     role: e.role.clone(),
+                    role_since: since,
                     disabled: false,
                     erased: false,
                     created_at: at,
@@ -107,8 +118,11 @@ pub fn apply(state: &mut State, event: &Recorded) {
             }
         }
         Payload::UserRoleChanged(e) => {
-            if let Some(u) = state.users.get_mut(&e.user_id) {
+            if let Some(u) = state.users.get_mut(&e.user_id)
+                && u.role != e.to
+            {
                 u.role = e.to.clone();
+                u.role_since = since;
             }
         }
         Payload::UserErased(e) => {
@@ -148,11 +162,15 @@ pub fn apply(state: &mut State, event: &Recorded) {
                     resource: e.resource.clone(),
                     scopes: BTreeSet::new(),
                     granted_at: at,
+                    granted: since,
+                    consented: since,
                     revoked: false,
+                    revocation: None,
                     families: Vec::new(),
                     version: 0,
                 });
             g.scopes.extend(e.scopes.iter().cloned());
+            g.consented = since;
             if let Some(p) = &e.consent_page {
                 rules::on_consent_page_answered(state, p, at);
             }
@@ -176,6 +194,7 @@ pub fn apply(state: &mut State, event: &Recorded) {
                     resource: e.resource.clone(),
                     scopes: scopes(&e.scopes),
                     created_at: at,
+                    created: since,
                     revoked: None,
                     version: 0,
                 },
@@ -220,12 +239,13 @@ pub fn apply(state: &mut State, event: &Recorded) {
                     resource: e.resource.clone(),
                     scopes: scopes(&e.scopes),
                     format: e.access.format,
+                    issued: since,
                     expires_at: e.access.expires_at,
                     revoked: false,
                 },
             );
             if let (Some(r), Some(f)) = (&e.refresh, &e.family_id) {
-                insert_refresh(state, r, f, None, &e.access.digest);
+                insert_refresh(state, r, f, None, &e.access.digest, since);
             }
         }
         Payload::TokenRefreshed(e) => {
@@ -246,11 +266,19 @@ pub fn apply(state: &mut State, event: &Recorded) {
                     resource: e.resource.clone(),
                     scopes: scopes(&e.scopes),
                     format: e.access.format,
+                    issued: since,
                     expires_at: e.access.expires_at,
                     revoked: false,
                 },
             );
-            insert_refresh(state, &e.refresh, &e.family_id, parent, &e.access.digest);
+            insert_refresh(
+                state,
+                &e.refresh,
+                &e.family_id,
+                parent,
+                &e.access.digest,
+                since,
+            );
         }
         Payload::TokenRevoked(e) => match e.token_kind {
             grantline_ledger::TokenKind::Access => {
@@ -286,6 +314,7 @@ pub fn apply(state: &mut State, event: &Recorded) {
                     scopes: scopes(&e.scopes),
                     prefix: e.prefix.clone(),
                     created_at: at,
+                    created: since,
                     expires_at: e.expires_at,
                     revoked: None,
                     last_used: None,
@@ -370,6 +399,7 @@ fn insert_refresh(
     family: &str,
     parent: Option<String>,
     access_digest: &str,
+    issued: Since,
 ) {
     state
         .refresh_by_id
@@ -379,6 +409,7 @@ fn insert_refresh(
         RefreshToken {
             token_id: r.token_id.clone(),
             family_id: family.to_string(),
+            issued,
             expires_at: r.expires_at,
             absolute_expires_at: r.absolute_expires_at,
             rotated_at: None,

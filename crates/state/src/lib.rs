@@ -4,6 +4,7 @@
 //! and run inside the fold, so a replay reproduces them exactly.
 
 mod apply;
+pub mod history;
 mod model;
 pub mod rules;
 

@@ -6,6 +6,13 @@ use grantline_ledger::{
 };
 use std::collections::{BTreeSet, HashMap};
 
+/// When something became true: the seq and time of the event that made it so.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Since {
+    pub seq: u64,
+    pub at: Timestamp,
+}
+
 /// Everything Grantline knows now, folded from the ledger up to `seq`.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct State {
@@ -54,6 +61,9 @@ pub struct Client {
     pub scope: Option<String>,
     pub secret_digest: Option<String>,
     pub registered_at: Timestamp,
+    pub registered: Since,
+    /// When it was disabled, and why.
+    pub disabled_by: Option<Revocation>,
     /// When an unused dynamic registration ages out (cleared by its first authorization).
     pub expires_at: Option<Timestamp>,
     pub used: bool,
@@ -68,6 +78,8 @@ pub struct Client {
 pub struct User {
     pub user_id: String,
     pub role: String,
+    /// When the user got their current role (creation or the last role change).
+    pub role_since: Since,
     pub disabled: bool,
     pub erased: bool,
     pub created_at: Timestamp,
@@ -101,7 +113,12 @@ pub struct Grant {
     pub resource: String,
     pub scopes: BTreeSet<String>,
     pub granted_at: Timestamp,
+    /// The first consent.
+    pub granted: Since,
+    /// The last consent (one that widened the scopes, or a renewal).
+    pub consented: Since,
     pub revoked: bool,
+    pub revocation: Option<Revocation>,
     pub families: Vec<String>,
     /// The version of the grant's stream after the last event on it.
     pub version: u64,
@@ -117,6 +134,8 @@ pub struct Family {
     pub resource: String,
     pub scopes: BTreeSet<String>,
     pub created_at: Timestamp,
+    /// The `code.issued` that started it.
+    pub created: Since,
     pub revoked: Option<Revocation>,
     /// The version of the family's stream after the last event folded: what a decider expects
     /// when it appends to the family (optimistic concurrency).
@@ -152,6 +171,7 @@ pub struct AccessToken {
     pub resource: String,
     pub scopes: BTreeSet<String>,
     pub format: TokenFormat,
+    pub issued: Since,
     pub expires_at: Timestamp,
     pub revoked: bool,
 }
@@ -160,6 +180,7 @@ pub struct AccessToken {
 pub struct RefreshToken {
     pub token_id: String,
     pub family_id: String,
+    pub issued: Since,
     pub expires_at: Timestamp,
     pub absolute_expires_at: Timestamp,
     /// When it was first exchanged for a successor; presenting it after the grace period is
@@ -191,6 +212,7 @@ pub struct Pat {
     pub scopes: BTreeSet<String>,
     pub prefix: String,
     pub created_at: Timestamp,
+    pub created: Since,
     pub expires_at: Option<Timestamp>,
     pub revoked: Option<Revocation>,
     /// The last tool call or listing made with it (from `tool.called` / `tool.listed`).

@@ -120,7 +120,7 @@ tools = {{ lookup = "bench:read" }}
         data_dir: dir.path().to_path_buf(),
         database: Database::parse(database)?,
         ledger: LedgerOptions::default(),
-        audit_index: false,
+        serving: false,
     })
     .await?;
     let pat = grantline_server::admin::create_pat(

@@ -100,7 +100,7 @@ pub async fn run(database: &str, clients: usize, seconds: u64) -> Result<()> {
         data_dir: dir.path().to_path_buf(),
         database: Database::parse(database)?,
         ledger: LedgerOptions::default(),
-        audit_index: false,
+        serving: false,
     })
     .await?;
     let admin = app

@@ -333,6 +333,59 @@ pub async fn revoke_everything(
     }
 }
 
+/// `POST /admin/api/revoke`: exactly one of the targets, and the reason.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Revoke {
+    family: Option<String>,
+    grant: Option<String>,
+    /// Id or username.
+    user: Option<String>,
+    client: Option<String>,
+    /// Every personal access token of this user (id or username).
+    pats_of: Option<String>,
+    reason: String,
+}
+
+/// Containment for responders: revokes a family, a grant, everything of a user, everything of
+/// a client (and disables it), or every personal access token of a user, with a reason.
+pub async fn revoke(
+    State(app): State<App>,
+    ctx: RequestContext,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let admin_id = match admin_write(&app, &ctx, &headers).await {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
+    let req: Revoke = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("bad JSON: {e}")),
+    };
+    use admin::Containment as C;
+    let targets: Vec<C> = [
+        req.family.map(C::Family),
+        req.grant.map(C::Grant),
+        req.user.map(C::User),
+        req.client.map(C::Client),
+        req.pats_of.map(C::PatsOf),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let [target] = targets.as_slice() else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "name exactly one of family, grant, user, client, pats_of",
+        );
+    };
+    match admin::contain(&app, target, &req.reason, Actor::User { id: admin_id }).await {
+        Ok(n) => Json(json!({ "revoked": n })).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
 #[derive(Deserialize)]
 pub struct CreatePat {
     name: String,

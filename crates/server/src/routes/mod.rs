@@ -102,6 +102,7 @@ pub fn router() -> Router<App> {
             get(admin::list_pats).post(admin::create_pat),
         )
         .route("/admin/api/pats/{pat_id}/revoke", post(admin::revoke_pat))
+        .route("/admin/api/revoke", post(admin::revoke))
         .route("/admin/api/audit/search", get(audit::search))
         .route("/admin/api/audit/export", get(audit::export))
         .route("/admin/api/audit/events/{seq}", get(audit::event))

@@ -125,7 +125,7 @@ async fn start_app(db: &TestDb, data_dir: &std::path::Path, config: Config) -> A
         data_dir: data_dir.to_path_buf(),
         database: db.db.clone(),
         ledger: LedgerOptions::default(),
-        audit_index: true,
+        serving: true,
     })
     .await
     .unwrap();

@@ -13,6 +13,11 @@ pub(crate) fn on_grant_revoked(
     let families = match state.grants.get_mut(grant_id) {
         Some(g) => {
             g.revoked = true;
+            g.revocation.get_or_insert(crate::Revocation {
+                at,
+                seq,
+                reason: reason.to_string(),
+            });
             let key = crate::GrantKey {
                 user_id: g.user_id.clone(),
                 client_id: g.client_id.clone(),

@@ -6,6 +6,7 @@ mod grant;
 mod replay;
 mod reuse;
 mod rotation;
+pub mod settings;
 
 pub(crate) use consent_page::on_consent_page_answered;
 pub(crate) use family::revoke_family;

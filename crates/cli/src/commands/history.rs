@@ -1,0 +1,543 @@
+//! The incident responder's reads: `replay --until`, `state --at` and `lineage`. Each folds the
+//! ledger with the same `apply` the server runs, so "then" is computed by the code that
+//! computes "now". Nothing is appended.
+
+use crate::location::Location;
+use anyhow::{Context, Result, bail};
+use grantline_ledger::{Recorded, Timestamp};
+use grantline_state::history::lineage::{Index, Subject};
+use grantline_state::history::whatif::{Fate, Overrides, WhatIf};
+use grantline_state::history::{Capabilities, Filter, Summary, Until, refs};
+use grantline_state::{State, apply};
+use grantline_store::{Credentials, Store};
+use std::io::Write;
+use std::process::ExitCode;
+
+const PAGE: u32 = 5_000;
+
+#[derive(clap::Args)]
+pub struct ReplayArgs {
+    /// The moment: a seq, or an RFC 3339 time (the state after the last event at or before it).
+    #[arg(long)]
+    until: String,
+    /// The summary as JSON.
+    #[arg(long)]
+    json: bool,
+    /// What-if: replay under another rule setting (repeatable) and report the token families
+    /// whose fate would have differed: refresh_grace, code_lifetime, refresh_idle,
+    /// refresh_absolute, as `name=duration` (0s, 30s, 5m, 12h, 7d). Nothing is written.
+    #[arg(long = "rule", value_name = "NAME=DURATION")]
+    rules: Vec<String>,
+}
+
+#[derive(clap::Args)]
+pub struct StateArgs {
+    /// The moment: a seq, or an RFC 3339 time.
+    #[arg(long)]
+    at: String,
+    /// Only this user's (id or username).
+    #[arg(long)]
+    user: Option<String>,
+    /// Only this client's (id or exact name).
+    #[arg(long)]
+    client: Option<String>,
+    /// Only this resource (its name in the configuration, or its identifier URL).
+    #[arg(long)]
+    resource: Option<String>,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+pub struct LineageArgs {
+    /// A token, family, grant, user (id or username), client, personal access token, request
+    /// or event id — any id an audit search or a SIEM export shows.
+    id: String,
+    #[arg(long)]
+    json: bool,
+}
+
+pub(crate) async fn open(loc: &Location) -> Result<Store> {
+    Store::connect(&loc.database, false)
+        .await
+        .with_context(|| format!("opening {}", loc.database.display()))
+}
+
+/// Folds the ledger up to `until`, with a progress bar on a terminal.
+pub(crate) async fn fold_until(store: &Store, until: Until) -> Result<State> {
+    fold_watching(store, until, |_, _| {}).await
+}
+
+/// As [`fold_until`], showing `watch` each event with the state just before it.
+async fn fold_watching(
+    store: &Store,
+    until: Until,
+    mut watch: impl FnMut(&State, &Recorded),
+) -> Result<State> {
+    let head = store.head().await?.map_or(0, |h| h.0);
+    let total = match until {
+        Until::Seq(n) => n.min(head),
+        Until::Time(_) => head,
+    };
+    let bar = super::progress_bar(total, "events");
+    let mut state = State::default();
+    let mut after = 0;
+    'pages: loop {
+        let events = store.read(after, PAGE).await?;
+        let Some(last) = events.last() else { break };
+        after = last.seq();
+        for r in &events {
+            if !until.includes(r) {
+                break 'pages;
+            }
+            watch(&state, r);
+            apply(&mut state, r);
+        }
+        bar.inc(events.len() as u64);
+        if after >= total && matches!(until, Until::Seq(_)) {
+            break;
+        }
+    }
+    bar.finish_and_clear();
+    Ok(state)
+}
+
+fn moment(s: &str) -> Result<Until> {
+    Until::parse(s).with_context(|| {
+        format!("{s:?} is neither a seq nor an RFC 3339 time (2026-11-22T10:00:00Z)")
+    })
+}
+
+fn short(t: Timestamp) -> String {
+    // RFC 3339 to the second: enough for a table.
+    let s = t.to_string();
+    format!("{}Z", &s[..s.len().min(19)])
+}
+
+pub async fn replay(loc: &Location, args: ReplayArgs) -> Result<ExitCode> {
+    let until = moment(&args.until)?;
+    if !args.rules.is_empty() {
+        return what_if(loc, until, &args).await;
+    }
+    let store = open(loc).await?;
+    let state = fold_until(&store, until).await?;
+    let summary = Summary::of(&state, until.clock(state.time));
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &summary)?;
+        writeln!(out)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    print_summary(&mut out, &summary)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn what_if(loc: &Location, until: Until, args: &ReplayArgs) -> Result<ExitCode> {
+    let mut overrides = Overrides::default();
+    for r in &args.rules {
+        overrides.set(r).map_err(anyhow::Error::msg)?;
+    }
+    let store = open(loc).await?;
+    let mut watcher = WhatIf::new(overrides);
+    let state = fold_watching(&store, until, |s, r| watcher.observe(s, r)).await?;
+    let recorded = state.rule_settings();
+    let diffs = watcher.differences(&state);
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer_pretty(
+            &mut out,
+            &serde_json::json!({
+                "seq": state.seq,
+                "rules": args.rules,
+                "differences": diffs,
+            }),
+        )?;
+        writeln!(out)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    writeln!(
+        out,
+        "what-if up to seq {} with {} (recorded at the end: refresh_grace={}s code_lifetime={}s \
+         refresh_idle={}s refresh_absolute={}s)",
+        state.seq,
+        args.rules.join(" "),
+        recorded.refresh_grace,
+        recorded.code_lifetime,
+        recorded.refresh_idle,
+        recorded.refresh_absolute
+    )?;
+    writeln!(out, "{} families would have fared otherwise", diffs.len())?;
+    for d in &diffs {
+        let live = match (&d.live.revoked_seq, &d.live.reason) {
+            (Some(s), Some(r)) => format!("revoked at #{s} ({r})"),
+            _ => "not revoked".to_string(),
+        };
+        let then = match &d.what_if {
+            Fate::BeenRevoked { seq, .. } => format!("would have been revoked at #{seq} (reuse)"),
+            Fate::Expired { seq, .. } => format!("would have expired at #{seq}"),
+            Fate::NotStarted { seq, .. } => {
+                format!("would not have started: code expired at #{seq}")
+            }
+            Fate::Survived { seq, .. } => format!("would not have been revoked at #{seq}"),
+        };
+        writeln!(
+            out,
+            "  {:<28} client {} user {}: {live}; {then}",
+            d.family_id, d.client_id, d.user_id
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_summary(out: &mut impl Write, s: &Summary) -> Result<()> {
+    writeln!(out, "state after seq {} (clock {})", s.seq, s.at)?;
+    writeln!(out, "\nclients ({})", s.clients.len())?;
+    for c in &s.clients {
+        writeln!(
+            out,
+            "  {:<28} {:<24} {:<9} since #{}{}",
+            c.client_id,
+            c.client_name,
+            c.status,
+            c.registered.seq,
+            c.disabled_reason
+                .as_deref()
+                .map(|r| format!(" ({r})"))
+                .unwrap_or_default()
+        )?;
+    }
+    writeln!(out, "\nusers ({})", s.users.len())?;
+    for u in &s.users {
+        writeln!(
+            out,
+            "  {:<40} {:<8} {:<9} role since #{} {}",
+            u.user_id,
+            u.role,
+            u.status,
+            u.role_since.seq,
+            short(u.role_since.time)
+        )?;
+    }
+    writeln!(out, "\nlive grants ({})", s.grants.len())?;
+    for g in &s.grants {
+        writeln!(
+            out,
+            "  {:<28} user {} client {} {} [{}] since #{}",
+            g.grant_id,
+            g.user_id,
+            g.client_id,
+            g.resource,
+            g.scopes.join(" "),
+            g.since.seq
+        )?;
+    }
+    writeln!(out, "\nlive token families ({})", s.families.len())?;
+    for f in &s.families {
+        writeln!(
+            out,
+            "  {:<28} grant {} client {} user {} [{}] since #{}",
+            f.family_id,
+            f.grant_id,
+            f.client_id,
+            f.user_id,
+            f.scopes.join(" "),
+            f.since.seq
+        )?;
+        for t in &f.tokens {
+            writeln!(
+                out,
+                "      {:<7} {:<28} since #{} expires {}",
+                t.kind,
+                t.token_id,
+                t.since.seq,
+                short(t.expires_at)
+            )?;
+        }
+    }
+    writeln!(out, "\nlive personal access tokens ({})", s.pats.len())?;
+    for p in &s.pats {
+        writeln!(
+            out,
+            "  {:<28} user {} {} [{}] since #{} expires {}",
+            p.pat_id,
+            p.user_id,
+            p.resource,
+            p.scopes.join(" "),
+            p.since.seq,
+            p.expires_at.map_or("never".into(), short)
+        )?;
+    }
+    writeln!(out, "\nrevoked families ({})", s.revoked_families.len())?;
+    for r in &s.revoked_families {
+        writeln!(
+            out,
+            "  {:<28} client {} user {} at #{} {}: {}",
+            r.family_id,
+            r.client_id,
+            r.user_id,
+            r.seq,
+            short(r.at),
+            r.reason
+        )?;
+    }
+    Ok(())
+}
+
+/// A user id from an id or a username (the credentials table keeps usernames, and the
+/// state the ids of users who no longer have credentials).
+pub(crate) async fn user_id(store: &Store, state: &State, who: &str) -> Result<String> {
+    if state.users.contains_key(who) {
+        return Ok(who.to_string());
+    }
+    match Credentials::new(store).by_username(who).await? {
+        Some(c) => Ok(c.user_id),
+        None => bail!("no user with the id or username {who:?}"),
+    }
+}
+
+fn client_id(state: &State, which: &str) -> Result<String> {
+    if state.clients.contains_key(which) {
+        return Ok(which.to_string());
+    }
+    let named: Vec<_> = state
+        .clients
+        .values()
+        .filter(|c| c.client_name == which)
+        .collect();
+    match named.as_slice() {
+        [c] => Ok(c.client_id.clone()),
+        [] => bail!("no client with the id or name {which:?} at that moment"),
+        _ => bail!("{} clients are named {which:?}: give the id", named.len()),
+    }
+}
+
+pub async fn state(loc: &Location, args: StateArgs) -> Result<ExitCode> {
+    let until = moment(&args.at)?;
+    let store = open(loc).await?;
+    let state = fold_until(&store, until).await?;
+    let config = grantline_server::Config::load(loc.config.as_deref())?;
+    let resources = config.resource_defs(&config.public_url())?;
+    let resource = args.resource.as_ref().map(|r| {
+        resources
+            .iter()
+            .find(|x| x.name == *r)
+            .map_or_else(|| r.trim_end_matches('/').to_string(), |x| x.id.clone())
+    });
+    let filter = Filter {
+        user_id: match &args.user {
+            Some(u) => Some(user_id(&store, &state, u).await?),
+            None => None,
+        },
+        client_id: args
+            .client
+            .as_deref()
+            .map(|c| client_id(&state, c))
+            .transpose()?,
+        resource,
+    };
+    let caps = Capabilities::of(&state, until.clock(state.time), &filter);
+    // The tools the user's role permits per resource, from the configuration in force now
+    // (roles are not yet recorded in the ledger).
+    let tools: Vec<(String, Vec<String>)> = match &caps.user {
+        Some(u) => resources
+            .iter()
+            .map(|r| (r.name.clone(), config.role_tools(&u.role, &r.name)))
+            .collect(),
+        None => Vec::new(),
+    };
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        let mut v = serde_json::to_value(&caps)?;
+        if let Some(u) = v.get_mut("user") {
+            u["tools"] = serde_json::json!(
+                tools
+                    .iter()
+                    .map(|(r, t)| (r.clone(), t.clone()))
+                    .collect::<std::collections::BTreeMap<_, _>>()
+            );
+        }
+        serde_json::to_writer_pretty(&mut out, &v)?;
+        writeln!(out)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    writeln!(out, "at seq {} (clock {})", caps.seq, caps.at)?;
+    if let Some(u) = &caps.user {
+        writeln!(
+            out,
+            "user {}: role {} since #{} {}{}",
+            u.user_id,
+            u.role,
+            u.role_since.seq,
+            short(u.role_since.time),
+            if u.active { "" } else { " — not active" }
+        )?;
+        for (r, t) in &tools {
+            writeln!(out, "  tools on {r}: {}", t.join(", "))?;
+        }
+    }
+    if let Some(c) = &caps.client {
+        writeln!(
+            out,
+            "client {} ({}): registered #{}{}",
+            c.client_id,
+            c.client_name,
+            c.registered.seq,
+            if c.active { "" } else { " — not active" }
+        )?;
+    }
+    writeln!(out, "\nlive grants ({})", caps.grants.len())?;
+    for g in &caps.grants {
+        writeln!(
+            out,
+            "  {:<28} client {} {} [{}] since #{} {}",
+            g.grant_id,
+            g.client_id,
+            g.resource,
+            g.scopes.join(" "),
+            g.since.seq,
+            short(g.since.time)
+        )?;
+    }
+    writeln!(out, "\nlive tokens ({})", caps.tokens.len())?;
+    for t in &caps.tokens {
+        writeln!(
+            out,
+            "  {:<7} {:<28} family {} [{}] since #{} {} expires {}",
+            t.kind,
+            t.token_id,
+            t.family_id.as_deref().unwrap_or("-"),
+            t.scopes.join(" "),
+            t.since.seq,
+            short(t.since.time),
+            short(t.expires_at)
+        )?;
+    }
+    writeln!(out, "\nlive personal access tokens ({})", caps.pats.len())?;
+    for p in &caps.pats {
+        writeln!(
+            out,
+            "  {:<28} {} [{}] since #{} {} expires {}",
+            p.pat_id,
+            p.resource,
+            p.scopes.join(" "),
+            p.since.seq,
+            short(p.since.time),
+            p.expires_at.map_or("never".into(), short)
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Every event, in pages, to `f`.
+async fn each(store: &Store, mut f: impl FnMut(&Recorded)) -> Result<()> {
+    let mut after = 0;
+    loop {
+        let events = store.read(after, PAGE).await?;
+        let Some(last) = events.last() else {
+            return Ok(());
+        };
+        after = last.seq();
+        events.iter().for_each(&mut f);
+    }
+}
+
+pub async fn lineage(loc: &Location, args: LineageArgs) -> Result<ExitCode> {
+    let store = open(loc).await?;
+    let mut id = args.id.clone();
+    let mut index = Index::new(&id);
+    each(&store, |r| index.observe(r)).await?;
+    let mut scope = index.resolve();
+    if scope.is_none()
+        && let Some(c) = Credentials::new(&store).by_username(&args.id).await?
+    {
+        id = c.user_id;
+        let mut by_user = Index::new(&id);
+        each(&store, |r| by_user.observe(r)).await?;
+        scope = by_user.resolve();
+    }
+    let Some(scope) = scope else {
+        eprintln!("no event names {:?}", args.id);
+        return Ok(ExitCode::from(1));
+    };
+    let mut entries = Vec::new();
+    each(&store, |r| {
+        if let Some(marked) = scope.includes(r) {
+            entries.push((r.clone(), marked));
+        }
+    })
+    .await?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let subject = match &scope.subject {
+        Subject::Token { token, family } => format!("token {token} of family {family}"),
+        s => format!("{} {id}", s.noun()),
+    };
+    if args.json {
+        let events: Vec<_> = entries
+            .iter()
+            .map(|(r, marked)| {
+                let rf = refs::refs(r.payload());
+                let mut ids = serde_json::Map::new();
+                let mut put = |k: &str, v: Option<&str>| {
+                    if let Some(v) = v {
+                        ids.insert(k.into(), v.into());
+                    }
+                };
+                put("family_id", rf.family);
+                put("grant_id", rf.grant);
+                put("client_id", rf.client);
+                put("user_id", rf.user);
+                put("pat_id", rf.pat);
+                put("request_id", rf.request);
+                let facts: serde_json::Map<_, _> = refs::facts(r.payload())
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v.into()))
+                    .collect();
+                serde_json::json!({
+                    "seq": r.seq(),
+                    "time": r.time().to_string(),
+                    "kind": r.envelope.kind().as_str(),
+                    "id": r.envelope.id.to_string(),
+                    "ids": ids,
+                    "facts": facts,
+                    "marked": marked,
+                })
+            })
+            .collect();
+        serde_json::to_writer_pretty(
+            &mut out,
+            &serde_json::json!({"subject": subject, "events": events}),
+        )?;
+        writeln!(out)?;
+    } else {
+        writeln!(out, "lineage of {subject}: {} events", entries.len())?;
+        for (r, marked) in &entries {
+            let rf = refs::refs(r.payload());
+            let mut parts = Vec::new();
+            for (k, v) in [
+                ("family", rf.family),
+                ("grant", rf.grant),
+                ("client", rf.client),
+                ("user", rf.user),
+                ("pat", rf.pat),
+            ] {
+                if let Some(v) = v {
+                    parts.push(format!("{k}={v}"));
+                }
+            }
+            for (k, v) in refs::facts(r.payload()) {
+                parts.push(format!("{k}={v:?}"));
+            }
+            writeln!(
+                out,
+                "{} #{:<8} {} {:<24} {}",
+                if *marked { "»" } else { " " },
+                r.seq(),
+                short(r.time()),
+                r.envelope.kind().as_str(),
+                parts.join(" ")
+            )?;
+        }
+    }
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}

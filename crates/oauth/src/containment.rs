@@ -1,0 +1,141 @@
+//! Containment: an operator or responder ends what a leaked or misbehaving credential can do —
+//! one token family, one grant, everything of a user, everything of a client (and the client
+//! itself), or every personal access token of a user. Each is recorded with the responder's
+//! reason; the gateway checks the projection on every request, so the next request fails.
+
+use crate::{Decision, ErrorCode, OAuthError, limits};
+use grantline_ledger::{
+    Actor, ClientDisabled, ExpectedVersion, FamilyRevoked, GrantRevoked, NewEvent, PatRevoked,
+    StreamId,
+};
+use grantline_state::State;
+
+/// What to revoke. Users are given by id here; the edges resolve usernames.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Family(String),
+    Grant(String),
+    /// Every grant (and so every family) and every personal access token of the user.
+    User(String),
+    /// Every grant to the client (and so every family), and the client is disabled (which
+    /// also ends its client-credentials tokens).
+    Client(String),
+    /// Every personal access token of the user.
+    PatsOf(String),
+}
+
+fn invalid(m: impl Into<String>) -> OAuthError {
+    OAuthError::new(ErrorCode::InvalidRequest, m)
+}
+
+fn grant_revoked(g: &grantline_state::Grant, actor: &Actor, reason: &str) -> NewEvent {
+    NewEvent::new(
+        StreamId::grant(&g.grant_id),
+        actor.clone(),
+        GrantRevoked {
+            grant_id: g.grant_id.clone(),
+            user_id: g.user_id.clone(),
+            client_id: g.client_id.clone(),
+            reason: reason.to_string(),
+            request: None,
+        },
+    )
+}
+
+/// Decides a containment. The answer is how many things were revoked (0 when all of it was
+/// revoked already: containing twice changes nothing).
+pub fn contain(state: &State, actor: Actor, target: &Target, reason: &str) -> Decision<usize> {
+    let reason = match limits::display_text("reason", reason, limits::REASON_CHARS) {
+        Ok(r) if !r.is_empty() => r,
+        Ok(_) => return invalid("a reason is required").into(),
+        Err(e) => return invalid(e).into(),
+    };
+    let mut events = Vec::new();
+    let mut expect = None;
+    match target {
+        Target::Family(id) => {
+            let Some(f) = state.families.get(id) else {
+                return invalid(format!("no token family {id:?}")).into();
+            };
+            if f.revoked.is_none() {
+                events.push(NewEvent::new(
+                    StreamId::family(id),
+                    actor,
+                    FamilyRevoked {
+                        family_id: id.clone(),
+                        reason,
+                        request: None,
+                    },
+                ));
+            }
+        }
+        Target::Grant(id) => {
+            let Some(g) = state.grants.get(id) else {
+                return invalid(format!("no grant {id:?}")).into();
+            };
+            if !g.revoked {
+                events.push(grant_revoked(g, &actor, &reason));
+            }
+        }
+        Target::User(id) => {
+            if !state.users.contains_key(id) {
+                return invalid(format!("no user {id:?}")).into();
+            }
+            return crate::grant::revoke_everything(state, actor, id, &reason, None);
+        }
+        Target::PatsOf(id) => {
+            if !state.users.contains_key(id) {
+                return invalid(format!("no user {id:?}")).into();
+            }
+            let mut pats: Vec<_> = state
+                .pats
+                .values()
+                .filter(|p| p.user_id == *id && p.revoked.is_none())
+                .collect();
+            pats.sort_by(|a, b| a.pat_id.cmp(&b.pat_id));
+            for p in pats {
+                events.push(NewEvent::new(
+                    StreamId::pat(&p.pat_id),
+                    actor.clone(),
+                    PatRevoked {
+                        pat_id: p.pat_id.clone(),
+                        user_id: p.user_id.clone(),
+                        reason: reason.clone(),
+                    },
+                ));
+            }
+        }
+        Target::Client(id) => {
+            let Some(c) = state.clients.get(id) else {
+                return invalid(format!("no client {id:?}")).into();
+            };
+            let mut grants: Vec<_> = state
+                .grants
+                .values()
+                .filter(|g| g.client_id == *id && !g.revoked)
+                .collect();
+            grants.sort_by(|a, b| a.grant_id.cmp(&b.grant_id));
+            for g in grants {
+                events.push(grant_revoked(g, &actor, &reason));
+            }
+            if !c.disabled {
+                let stream = StreamId::client(id);
+                events.push(NewEvent::new(
+                    stream.clone(),
+                    actor,
+                    ClientDisabled {
+                        client_id: id.clone(),
+                        reason,
+                    },
+                ));
+                expect = Some((stream, ExpectedVersion::Exactly(c.version)));
+            }
+        }
+    }
+    let n = events.len();
+    let d = Decision::new(events, Ok(n));
+    match expect {
+        Some((stream, v)) => d.expect(stream, v),
+        None => d,
+    }
+}

@@ -1,0 +1,341 @@
+//! `grantline lineage <id>`: the whole story of a token, family, grant, user, client, personal
+//! access token, request or event, in seq order, and nothing from another family.
+//!
+//! Two passes over the ledger: [`Index`] learns which family every token belongs to and what
+//! the id is; [`Scope::includes`] then picks the events of its story.
+
+use super::refs::{Refs, refs};
+use grantline_ledger::{Kind, Payload, Recorded};
+use std::collections::{HashMap, HashSet};
+
+/// What the id given to `lineage` turned out to be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Subject {
+    Family(String),
+    /// An access or refresh token id: the story of its family, the token's own events marked.
+    Token {
+        token: String,
+        family: String,
+    },
+    Grant(String),
+    Pat(String),
+    Client(String),
+    User(String),
+    /// A request id: the story of what the request acted on, its own events marked.
+    Request(String),
+    /// An event id (UUIDv7): the story of what the event names, the event marked.
+    Event(String),
+}
+
+impl Subject {
+    /// `family`, `token`, `grant`, … as a word.
+    pub fn noun(&self) -> &'static str {
+        match self {
+            Subject::Family(_) => "family",
+            Subject::Token { .. } => "token",
+            Subject::Grant(_) => "grant",
+            Subject::Pat(_) => "personal access token",
+            Subject::Client(_) => "client",
+            Subject::User(_) => "user",
+            Subject::Request(_) => "request",
+            Subject::Event(_) => "event",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct FamilyInfo {
+    grant: String,
+    client: String,
+    user: String,
+    created: u64,
+}
+
+/// What to follow an event to when the id names one event or one request: the most specific
+/// thing it names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Anchor {
+    Family(String),
+    Pat(String),
+    Grant(String),
+    Client(String),
+    User(String),
+}
+
+/// The first pass: families, their tokens and grants, and where the id appears.
+#[derive(Debug)]
+pub struct Index {
+    id: String,
+    families: HashMap<String, FamilyInfo>,
+    token_family: HashMap<String, String>,
+    grants: HashMap<String, (String, String)>,
+    pats: HashMap<String, String>,
+    users: HashSet<String>,
+    clients: HashSet<String>,
+    /// The anchor of the first event recorded for the id as a request id.
+    request: Option<Option<Anchor>>,
+    /// The anchor of the event whose event id is the id.
+    event: Option<Option<Anchor>>,
+}
+
+impl Index {
+    /// An index looking for `id`.
+    pub fn new(id: &str) -> Index {
+        Index {
+            id: id.to_string(),
+            families: HashMap::new(),
+            token_family: HashMap::new(),
+            grants: HashMap::new(),
+            pats: HashMap::new(),
+            users: HashSet::new(),
+            clients: HashSet::new(),
+            request: None,
+            event: None,
+        }
+    }
+
+    /// Learns from one event (in seq order).
+    pub fn observe(&mut self, r: &Recorded) {
+        let p = r.payload();
+        let refs = refs(p);
+        match p {
+            Payload::CodeIssued(e) => {
+                self.families.insert(
+                    e.family_id.clone(),
+                    FamilyInfo {
+                        grant: e.grant_id.clone(),
+                        client: e.client_id.clone(),
+                        user: e.user_id.clone(),
+                        created: r.seq(),
+                    },
+                );
+            }
+            Payload::TokenIssued(_) | Payload::TokenRefreshed(_) => {
+                if let Some(f) = refs.family {
+                    for t in &refs.tokens {
+                        self.token_family.insert(t.to_string(), f.to_string());
+                    }
+                }
+            }
+            Payload::ConsentGranted(e) => {
+                self.grants
+                    .insert(e.grant_id.clone(), (e.user_id.clone(), e.client_id.clone()));
+            }
+            Payload::PatCreated(e) => {
+                self.pats.insert(e.pat_id.clone(), e.user_id.clone());
+            }
+            Payload::UserCreated(e) => {
+                self.users.insert(e.user_id.clone());
+            }
+            Payload::ClientRegistered(e) => {
+                self.clients.insert(e.client_id.clone());
+            }
+            _ => {}
+        }
+        if self.request.is_none() && refs.request == Some(self.id.as_str()) {
+            self.request = Some(self.anchor(&refs));
+        }
+        if self.event.is_none() && r.envelope.id.to_string() == self.id {
+            self.event = Some(self.anchor(&refs));
+        }
+    }
+
+    fn anchor(&self, r: &Refs<'_>) -> Option<Anchor> {
+        let family = r.family.map(str::to_string).or_else(|| {
+            r.tokens
+                .iter()
+                .find_map(|t| self.token_family.get(*t).cloned())
+        });
+        family
+            .map(Anchor::Family)
+            .or_else(|| r.pat.map(|p| Anchor::Pat(p.into())))
+            .or_else(|| r.grant.map(|g| Anchor::Grant(g.into())))
+            .or_else(|| r.client.map(|c| Anchor::Client(c.into())))
+            .or_else(|| r.user.map(|u| Anchor::User(u.into())))
+    }
+
+    /// What the id is, and which events tell its story. `None` when the ledger never names it.
+    pub fn resolve(&self) -> Option<Scope> {
+        let id = self.id.as_str();
+        let subject = if self.families.contains_key(id) {
+            Subject::Family(id.into())
+        } else if let Some(f) = self.token_family.get(id) {
+            Subject::Token {
+                token: id.into(),
+                family: f.clone(),
+            }
+        } else if self.grants.contains_key(id) {
+            Subject::Grant(id.into())
+        } else if self.pats.contains_key(id) {
+            Subject::Pat(id.into())
+        } else if self.clients.contains(id) {
+            Subject::Client(id.into())
+        } else if self.users.contains(id) {
+            Subject::User(id.into())
+        } else if self.request.is_some() {
+            Subject::Request(id.into())
+        } else if self.event.is_some() {
+            Subject::Event(id.into())
+        } else {
+            return None;
+        };
+        let mut s = Scope {
+            subject: subject.clone(),
+            ..Scope::default()
+        };
+        match &subject {
+            Subject::Family(f) | Subject::Token { family: f, .. } => self.family(&mut s, f, true),
+            Subject::Grant(g) => self.grant(&mut s, g),
+            Subject::Pat(p) => self.pat(&mut s, p),
+            Subject::Client(c) => self.whole_client(&mut s, c),
+            Subject::User(u) => self.whole_user(&mut s, u),
+            Subject::Request(_) | Subject::Event(_) => {
+                let anchor = match &subject {
+                    Subject::Request(_) => self.request.clone().flatten(),
+                    _ => self.event.clone().flatten(),
+                };
+                match anchor {
+                    Some(Anchor::Family(f)) => self.family(&mut s, &f, true),
+                    Some(Anchor::Pat(p)) => self.pat(&mut s, &p),
+                    Some(Anchor::Grant(g)) => self.grant(&mut s, &g),
+                    Some(Anchor::Client(c)) => self.whole_client(&mut s, &c),
+                    Some(Anchor::User(u)) => self.whole_user(&mut s, &u),
+                    None => {}
+                }
+            }
+        }
+        Some(s)
+    }
+
+    fn family(&self, s: &mut Scope, f: &str, only_its_consents: bool) {
+        s.families.insert(f.to_string());
+        s.tokens.extend(
+            self.token_family
+                .iter()
+                .filter(|(_, fam)| fam.as_str() == f)
+                .map(|(t, _)| t.clone()),
+        );
+        if let Some(info) = self.families.get(f) {
+            s.grants.insert(info.grant.clone());
+            if only_its_consents {
+                // The consents that led to this family, not the later ones that led to others.
+                s.consents_before.insert(info.grant.clone(), info.created);
+            }
+            s.clients.insert(info.client.clone());
+            s.users.insert(info.user.clone());
+        }
+    }
+
+    fn grant(&self, s: &mut Scope, g: &str) {
+        s.grants.insert(g.to_string());
+        if let Some((u, c)) = self.grants.get(g) {
+            s.users.insert(u.clone());
+            s.clients.insert(c.clone());
+        }
+        for (f, info) in &self.families {
+            if info.grant == g {
+                self.family(s, f, false);
+            }
+        }
+    }
+
+    fn pat(&self, s: &mut Scope, p: &str) {
+        s.pats.insert(p.to_string());
+        if let Some(u) = self.pats.get(p) {
+            s.users.insert(u.clone());
+        }
+    }
+
+    fn whole_user(&self, s: &mut Scope, u: &str) {
+        s.whole_user = Some(u.to_string());
+        s.users.insert(u.to_string());
+        for (f, info) in &self.families {
+            if info.user == u {
+                self.family(s, f, false);
+            }
+        }
+        for (p, owner) in &self.pats {
+            if owner == u {
+                s.pats.insert(p.clone());
+            }
+        }
+    }
+
+    fn whole_client(&self, s: &mut Scope, c: &str) {
+        s.whole_client = Some(c.to_string());
+        s.clients.insert(c.to_string());
+        for (f, info) in &self.families {
+            if info.client == c {
+                self.family(s, f, false);
+            }
+        }
+    }
+}
+
+/// Which events belong to one story (the second pass).
+#[derive(Debug, Default, Clone)]
+pub struct Scope {
+    pub subject: Subject,
+    families: HashSet<String>,
+    tokens: HashSet<String>,
+    grants: HashSet<String>,
+    /// For a family's story: a grant's consents count only before the family started.
+    consents_before: HashMap<String, u64>,
+    pats: HashSet<String>,
+    clients: HashSet<String>,
+    users: HashSet<String>,
+    whole_user: Option<String>,
+    whole_client: Option<String>,
+}
+
+impl Default for Subject {
+    fn default() -> Self {
+        Subject::Event(String::new())
+    }
+}
+
+impl Scope {
+    /// Whether `r` is part of the story, and whether it is marked (the token, request or event
+    /// asked about). `None`: not part of it.
+    pub fn includes(&self, r: &Recorded) -> Option<bool> {
+        let p = r.payload();
+        let refs = refs(p);
+        let marked = match &self.subject {
+            Subject::Token { token, .. } => refs.tokens.iter().any(|t| t == token),
+            Subject::Request(q) => refs.request == Some(q.as_str()),
+            Subject::Event(e) => r.envelope.id.to_string() == *e,
+            _ => false,
+        };
+        let has = |set: &HashSet<String>, v: Option<&str>| v.is_some_and(|v| set.contains(v));
+        let kind = r.envelope.kind();
+        let part = match &refs.family {
+            // An event of a family belongs to that family's story only.
+            Some(f) => self.families.contains(*f),
+            None => {
+                refs.tokens.iter().any(|t| self.tokens.contains(*t))
+                    || has(&self.pats, refs.pat)
+                    || (self.whole_user.is_some() && refs.user == self.whole_user.as_deref())
+                    || (self.whole_client.is_some() && refs.client == self.whole_client.as_deref())
+                    || match kind {
+                        Kind::ConsentGranted => {
+                            has(&self.grants, refs.grant)
+                                && refs.grant.is_none_or(|g| {
+                                    self.consents_before.get(g).is_none_or(|s| r.seq() < *s)
+                                })
+                        }
+                        Kind::GrantRevoked => has(&self.grants, refs.grant),
+                        Kind::ClientRegistered
+                        | Kind::ClientUpdated
+                        | Kind::ClientDisabled
+                        | Kind::ClientExpired => has(&self.clients, refs.client),
+                        Kind::UserCreated
+                        | Kind::UserDisabled
+                        | Kind::UserRoleChanged
+                        | Kind::UserErased => has(&self.users, refs.user),
+                        _ => false,
+                    }
+            }
+        };
+        (part || marked).then_some(marked)
+    }
+}

@@ -1,0 +1,253 @@
+//! What-if replay: the recorded events replayed under other rule settings, reporting the token
+//! families whose fate would have differed — revoked or not, and at which seq. The live state
+//! and the ledger are not touched: the fold runs as recorded, and each decision that a setting
+//! governs is judged again, just before its event is applied, on the state as it was then.
+//!
+//! What can be judged again is what was recorded: a refresh that was honoured (would it have
+//! been reuse, or expired, under the other setting?), a reuse that was detected (would it still
+//! have been?), a code that was redeemed (would it have expired?). A request that was refused
+//! is not replayed under a more lenient setting: its refusal left no tokens to follow.
+
+use crate::rules::settings::RuleSettings;
+use crate::{Family, State};
+use grantline_ledger::{Payload, Recorded, Timestamp};
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+
+/// The settings to replay under: each one given replaces the recorded one; the others stay
+/// as recorded at each seq.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Overrides {
+    pub refresh_grace: Option<u64>,
+    pub code_lifetime: Option<u64>,
+    pub refresh_idle: Option<u64>,
+    pub refresh_absolute: Option<u64>,
+}
+
+/// The names `--rule` takes.
+pub const RULE_NAMES: &[&str] = &[
+    "refresh_grace",
+    "code_lifetime",
+    "refresh_idle",
+    "refresh_absolute",
+];
+
+/// `30`, `30s`, `5m`, `12h`, `7d`: seconds.
+pub fn parse_duration(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (n, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = n.parse().ok()?;
+    let k = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return None,
+    };
+    n.checked_mul(k)
+}
+
+impl Overrides {
+    /// Takes one `name=duration`.
+    pub fn set(&mut self, rule: &str) -> Result<(), String> {
+        let (name, value) = rule
+            .split_once('=')
+            .ok_or_else(|| format!("{rule:?}: expected name=duration, e.g. refresh_grace=0s"))?;
+        let secs = parse_duration(value)
+            .ok_or_else(|| format!("{value:?}: expected a duration (30s, 5m, 12h, 7d)"))?;
+        let slot = match name.trim() {
+            "refresh_grace" => &mut self.refresh_grace,
+            "code_lifetime" => &mut self.code_lifetime,
+            "refresh_idle" => &mut self.refresh_idle,
+            "refresh_absolute" => &mut self.refresh_absolute,
+            other => {
+                return Err(format!(
+                    "unknown rule {other:?}; the rules are {}",
+                    RULE_NAMES.join(", ")
+                ));
+            }
+        };
+        *slot = Some(secs);
+        Ok(())
+    }
+
+    /// The settings in force at a seq, with these overrides.
+    pub fn over(&self, recorded: RuleSettings) -> RuleSettings {
+        RuleSettings {
+            refresh_grace: self.refresh_grace.unwrap_or(recorded.refresh_grace),
+            code_lifetime: self.code_lifetime.unwrap_or(recorded.code_lifetime),
+            refresh_idle: self.refresh_idle.unwrap_or(recorded.refresh_idle),
+            refresh_absolute: self.refresh_absolute.unwrap_or(recorded.refresh_absolute),
+        }
+    }
+}
+
+/// How a family would have ended under the other settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "would_have", rename_all = "snake_case")]
+pub enum Fate {
+    /// A refresh that was honoured would have been refresh-token reuse: every token of the
+    /// family revoked at this seq.
+    BeenRevoked { seq: u64, at: Timestamp },
+    /// A refresh that was honoured would have been refused as expired: the family's tokens
+    /// stop at this seq, nothing revoked.
+    Expired { seq: u64, at: Timestamp },
+    /// Its code would have expired before it was redeemed: no token would have been issued.
+    NotStarted { seq: u64, at: Timestamp },
+    /// The reuse detected at this seq would have been within the grace period: not revoked.
+    Survived { seq: u64, at: Timestamp },
+}
+
+impl Fate {
+    pub fn seq(&self) -> u64 {
+        match *self {
+            Fate::BeenRevoked { seq, .. }
+            | Fate::Expired { seq, .. }
+            | Fate::NotStarted { seq, .. }
+            | Fate::Survived { seq, .. } => seq,
+        }
+    }
+}
+
+/// One family whose fate differs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Difference {
+    pub family_id: String,
+    pub client_id: String,
+    pub user_id: String,
+    /// What happened: revoked at a seq (with why), or not revoked by the end of the replay.
+    pub live: Live,
+    pub what_if: Fate,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Live {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revoked_seq: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// Watches a replay and judges the governed decisions again.
+#[derive(Debug, Default)]
+pub struct WhatIf {
+    overrides: Overrides,
+    fates: BTreeMap<String, Fate>,
+    /// When a family's first refresh token was issued (the start of its absolute lifetime).
+    started: HashMap<String, Timestamp>,
+}
+
+impl WhatIf {
+    pub fn new(overrides: Overrides) -> WhatIf {
+        WhatIf {
+            overrides,
+            ..WhatIf::default()
+        }
+    }
+
+    /// Judges `r` on `before`, the state just before it is applied. Call for every event,
+    /// in seq order, then apply it.
+    pub fn observe(&mut self, before: &State, r: &Recorded) {
+        let rules = self.overrides.over(before.rule_settings());
+        let (seq, at) = (r.seq(), r.time());
+        match r.payload() {
+            Payload::CodeRedeemed(e) if self.overrides.code_lifetime.is_some() => {
+                if self.fates.contains_key(&e.family_id) {
+                    return;
+                }
+                if let Some(f) = before.families.get(&e.family_id)
+                    && at >= f.created.at.plus_secs(rules.code_lifetime as i64)
+                {
+                    self.fates
+                        .insert(e.family_id.clone(), Fate::NotStarted { seq, at });
+                }
+            }
+            Payload::TokenIssued(e) => {
+                if let Some(f) = &e.family_id {
+                    self.started.entry(f.clone()).or_insert(at);
+                }
+            }
+            Payload::TokenRefreshed(e) => {
+                if self.fates.contains_key(&e.family_id) {
+                    return;
+                }
+                let Some(t) = before
+                    .refresh_by_id
+                    .get(&e.rotated_refresh_id)
+                    .and_then(|d| before.refresh_tokens.get(d))
+                else {
+                    return;
+                };
+                let spent = t.superseded_at.or(t.rotated_at);
+                let fate = if let Some(s) = spent
+                    && self.overrides.refresh_grace.is_some()
+                    && at >= s.plus_secs(rules.refresh_grace as i64)
+                {
+                    Some(Fate::BeenRevoked { seq, at })
+                } else if self.overrides.refresh_idle.is_some()
+                    && at >= t.issued.at.plus_secs(rules.refresh_idle as i64)
+                {
+                    Some(Fate::Expired { seq, at })
+                } else if self.overrides.refresh_absolute.is_some()
+                    && self
+                        .started
+                        .get(&e.family_id)
+                        .is_some_and(|s| at >= s.plus_secs(rules.refresh_absolute as i64))
+                {
+                    Some(Fate::Expired { seq, at })
+                } else {
+                    None
+                };
+                if let Some(f) = fate {
+                    self.fates.insert(e.family_id.clone(), f);
+                }
+            }
+            Payload::RefreshReuseDetected(e) if self.overrides.refresh_grace.is_some() => {
+                if self.fates.contains_key(&e.family_id) {
+                    return;
+                }
+                if at < e.rotated_at.plus_secs(rules.refresh_grace as i64) {
+                    self.fates
+                        .insert(e.family_id.clone(), Fate::Survived { seq, at });
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The families whose fate differs, by the seq where they part, given the state at the end
+    /// of the replay.
+    pub fn differences(&self, end: &State) -> Vec<Difference> {
+        let mut out: Vec<Difference> = self
+            .fates
+            .iter()
+            .filter_map(|(id, fate)| {
+                let f: &Family = end.families.get(id)?;
+                let revoked = f.revoked.as_ref().or_else(|| {
+                    end.grants
+                        .get(&f.grant_id)
+                        .and_then(|g| g.revocation.as_ref())
+                });
+                // A family revoked anyway before the two histories part is no difference.
+                if revoked.is_some_and(|r| r.seq < fate.seq()) {
+                    return None;
+                }
+                Some(Difference {
+                    family_id: id.clone(),
+                    client_id: f.client_id.clone(),
+                    user_id: f.user_id.clone(),
+                    live: Live {
+                        revoked_seq: revoked.map(|r| r.seq),
+                        reason: revoked.map(|r| r.reason.clone()),
+                    },
+                    what_if: fate.clone(),
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| (a.what_if.seq(), &a.family_id).cmp(&(b.what_if.seq(), &b.family_id)));
+        out
+    }
+}
