@@ -71,7 +71,7 @@ pub struct Inner {
     /// Set at shutdown: the background loop finishes its round and stops.
     pub stopping: std::sync::atomic::AtomicBool,
     /// What every decision takes as now.
-    pub clock: crate::clock::Clock,
+    pub clock: Arc<crate::clock::Clock>,
     /// This instance's audit index (absent when `[audit] enabled = false`).
     pub audit: Option<crate::audit::AuditService>,
     /// The push sinks this instance runs.

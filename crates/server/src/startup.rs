@@ -22,6 +22,13 @@ impl App {
         let hook = projection.clone();
         let mut ledger_options = opts.ledger.clone();
         ledger_options.on_commit = Some(Arc::new(move |events: &[Recorded]| hook.offer(events)));
+        // Events are stamped by the clock every decision reads, so a test that moves it moves
+        // both (a benchmark's synthetic history brings its own).
+        let clock = Arc::new(crate::clock::Clock::default());
+        if ledger_options.clock.is_none() {
+            let c = clock.clone();
+            ledger_options.clock = Some(Arc::new(move || c.now()));
+        }
         let signer = grantline_store::keyfile::load_or_create_signer(
             &opts.data_dir,
             &std::env::var("GRANTLINE_LEDGER_ORIGIN")
@@ -95,7 +102,7 @@ impl App {
             rate_limiter: Default::default(),
             exchanges: tokio_util::task::TaskTracker::new(),
             stopping: std::sync::atomic::AtomicBool::new(false),
-            clock: Default::default(),
+            clock,
             upstream_http: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
                 .connect_timeout(Duration::from_secs(10))

@@ -1,0 +1,380 @@
+//! The incident responder's reads against a history written by a real server over several
+//! simulated days (the server's clock moved forward, which also stamps the events):
+//! registrations, consents, rotations, a benign refresh race, a refresh-token reuse, a code
+//! replay, tool calls, a role change, containment. `replay`, `state`, `lineage` and what-if
+//! are the `grantline` binary, as a responder runs it.
+
+#[path = "../../server/tests/common/mod.rs"]
+mod common;
+
+use common::*;
+use grantline_state::history::Summary;
+use grantline_store::backend_tests;
+use grantline_store::testing::TestDb;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use std::path::Path;
+use std::process::Output;
+
+const DAY: i64 = 86_400;
+
+const CONFIG: &str = r#"
+[oauth]
+refresh_grace = 30
+code_ttl = 60
+
+[[resources]]
+name = "demo"
+path = "/mcp/demo"
+upstream = "builtin:demo"
+description = "Demo"
+default_scopes = ["demo:read"]
+scopes = [{ name = "demo:read", description = "Read" }, { name = "demo:write", description = "Write" }]
+
+[roles.user]
+demo = ["get_time"]
+
+[roles.admin]
+demo = ["*"]
+"#;
+
+fn grantline(db: &TestDb, dir: &Path, args: &[&str]) -> Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_grantline"))
+        .args(args)
+        .arg("--database")
+        .arg(db.url())
+        .arg("--data-dir")
+        .arg(dir)
+        .arg("--config")
+        .arg(dir.join("grantline.toml"))
+        .env_remove("GRANTLINE_DATABASE_URL")
+        .output()
+        .expect("run grantline")
+}
+
+/// Runs the CLI and parses its `--json` answer.
+fn json_of(db: &TestDb, dir: &Path, args: &[&str]) -> Value {
+    let o = grantline(db, dir, args);
+    assert_eq!(o.status.code(), Some(0), "{args:?}: {o:?}");
+    serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("{args:?}: {e}: {}", String::from_utf8_lossy(&o.stdout)))
+}
+
+/// The live state's summary now, as the server holds it: (seq, summary).
+fn capture(s: &Server) -> (u64, Value) {
+    let st = s.app.projection.read();
+    (
+        st.seq,
+        serde_json::to_value(Summary::of(&st, st.time)).unwrap(),
+    )
+}
+
+async fn tool_call(s: &Server, token: &str) -> StatusCode {
+    browser()
+        .post(s.resource())
+        .bearer_auth(token)
+        .header("accept", "application/json, text/event-stream")
+        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+            "params": {"name": "get_time", "arguments": {}}}))
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+/// A new public client, consented by `user` in a browser: (client_id, access, refresh).
+async fn tokens_as(s: &Server, user: &str, password: &str) -> (String, String, String) {
+    let client = register_public(s, REDIRECT).await;
+    let b = browser();
+    let r = sign_in_with(s, &b, user, password).await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let (verifier, challenge) = pkce();
+    let u = approve(
+        s,
+        &b,
+        &authorize_url(
+            s,
+            &[
+                ("response_type", "code"),
+                ("client_id", &client),
+                ("redirect_uri", REDIRECT),
+                ("scope", "demo:read"),
+                ("state", "xyz"),
+                ("code_challenge", &challenge),
+                ("code_challenge_method", "S256"),
+                ("resource", &s.resource()),
+            ],
+        ),
+    )
+    .await;
+    let code = query(&u, "code").unwrap();
+    let (st, v) = exchange(s, &client, &code, &verifier).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    (client, get(&v, "access_token"), get(&v, "refresh_token"))
+}
+
+/// The family a client's tokens belong to (each client here has one).
+fn family_of(s: &Server, client: &str) -> String {
+    let st = s.app.projection.read();
+    let mut f: Vec<_> = st
+        .families
+        .values()
+        .filter(|f| f.client_id == client)
+        .map(|f| f.family_id.clone())
+        .collect();
+    assert_eq!(f.len(), 1, "{client}: {f:?}");
+    f.remove(0)
+}
+
+async fn contain(s: &Server, body: Value) -> StatusCode {
+    reqwest::Client::new()
+        .post(s.url("/admin/api/revoke"))
+        .basic_auth("admin", Some(ADMIN_PASSWORD))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+struct Story {
+    /// (seq, live summary) at five moments.
+    points: Vec<(u64, Value)>,
+    /// The family that lived through a benign refresh race, the one that ended in reuse
+    /// detection, the one ended by a code replay, and alice's.
+    raced: String,
+    reused: String,
+    replayed: String,
+    alice_family: String,
+    alice_grant: String,
+    alice: String,
+    /// Seqs around alice: after her consent, after her role change, after containment.
+    alice_consented: u64,
+    alice_promoted: u64,
+    alice_contained: u64,
+    /// An access token of the reused family, as an audit search shows its id.
+    reused_access_id: String,
+}
+
+async fn write_story(s: &Server) -> Story {
+    let mut points = Vec::new();
+    // Day 0: a client consented by the admin; a tool call; a rotation and, 5 s later, the
+    // same refresh token again — a benign race inside the 30 s grace.
+    let (a, a_access, a_r0) = tokens_as(s, "admin", ADMIN_PASSWORD).await;
+    assert_eq!(tool_call(s, &a_access).await, StatusCode::OK);
+    s.app.clock.advance(10);
+    let (st, v) = refresh(s, &a, &a_r0).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    s.app.clock.advance(5);
+    let (st, v) = refresh(s, &a, &a_r0).await;
+    assert_eq!(st, StatusCode::OK, "the race inside the grace is benign: {v}");
+    let raced = family_of(s, &a);
+    points.push(capture(s));
+
+    // Day 1: a reuse two minutes after the rotation ends a family; a code redeemed twice.
+    s.app.clock.advance(DAY);
+    let (b, b_access, b_r0) = tokens_as(s, "admin", ADMIN_PASSWORD).await;
+    assert_eq!(tool_call(s, &b_access).await, StatusCode::OK);
+    let reused_access_id = {
+        let st = s.app.projection.read();
+        let fam = family_of_locked(&st, &b);
+        st.access_tokens
+            .values()
+            .find(|t| t.family_id.as_deref() == Some(&fam))
+            .map(|t| t.token_id.clone())
+            .unwrap()
+    };
+    let (st, v) = refresh(s, &b, &b_r0).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let b_r1 = get(&v, "refresh_token");
+    s.app.clock.advance(120);
+    let (st, _) = refresh(s, &b, &b_r0).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "reuse after the grace");
+    let (st, _) = refresh(s, &b, &b_r1).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "the whole family is revoked");
+    let reused = family_of(s, &b);
+    let (c, code, verifier) = code(s, "demo:read").await;
+    let (st, _) = exchange(s, &c, &code, &verifier).await;
+    assert_eq!(st, StatusCode::OK);
+    s.app.clock.advance(2);
+    let (st, _) = exchange(s, &c, &code, &verifier).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "code replay");
+    let replayed = family_of(s, &c);
+    points.push(capture(s));
+
+    // Day 2: alice arrives as a user and consents; later she becomes an admin.
+    s.app.clock.advance(DAY);
+    let alice = grantline_server::admin::add_user(
+        &s.app,
+        &grantline_server::admin::NewUser {
+            username: "alice",
+            email: Some("alice@example.com"),
+            role: "user",
+        },
+        "alice-password-1",
+        grantline_ledger::UserSource::Admin,
+        grantline_ledger::Actor::System,
+    )
+    .await
+    .unwrap();
+    let (d, alice_access, _) = tokens_as(s, "alice", "alice-password-1").await;
+    assert_eq!(tool_call(s, &alice_access).await, StatusCode::OK);
+    let alice_family = family_of(s, &d);
+    let alice_grant = s.app.projection.read().families[&alice_family]
+        .grant_id
+        .clone();
+    let alice_consented = s.app.projection.seq();
+    points.push(capture(s));
+    s.app.clock.advance(3600);
+    grantline_server::admin::set_role(&s.app, "alice", "admin", grantline_ledger::Actor::System)
+        .await
+        .unwrap();
+    let alice_promoted = s.app.projection.seq();
+    points.push(capture(s));
+
+    // Day 3: the responder contains alice's grant; the gateway refuses her token at once.
+    s.app.clock.advance(DAY);
+    assert_eq!(
+        contain(s, json!({"grant": alice_grant, "reason": "ticket 4711"})).await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        tool_call(s, &alice_access).await,
+        StatusCode::UNAUTHORIZED
+    );
+    let alice_contained = s.app.projection.seq();
+    points.push(capture(s));
+    Story {
+        points,
+        raced,
+        reused,
+        replayed,
+        alice_family,
+        alice_grant,
+        alice,
+        alice_consented,
+        alice_promoted,
+        alice_contained,
+        reused_access_id,
+    }
+}
+
+fn family_of_locked(st: &grantline_state::State, client: &str) -> String {
+    st.families
+        .values()
+        .find(|f| f.client_id == client)
+        .map(|f| f.family_id.clone())
+        .unwrap()
+}
+
+async fn start(db: &TestDb, dir: &Path) -> Server {
+    std::fs::write(dir.join("grantline.toml"), CONFIG).unwrap();
+    let mut config: grantline_server::Config = toml::from_str(CONFIG).unwrap();
+    config.server.listen = "127.0.0.1:0".parse().unwrap();
+    Server::start(db, dir.to_path_buf(), config).await
+}
+
+backend_tests! {
+    async fn replay_state_lineage_and_what_if_answer_from_the_log(db: TestDb) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = start(&db, dir.path()).await;
+        let story = write_story(&s).await;
+        s.stop().await;
+        let d = dir.path();
+
+        // replay --until at five points equals the live state captured there.
+        for (seq, live) in &story.points {
+            let replayed = json_of(&db, d, &["replay", "--until", &seq.to_string(), "--json"]);
+            assert_eq!(&replayed, live, "replay --until {seq}");
+        }
+        // And by time: the moment of the second point names the same state.
+        let (seq2, live2) = &story.points[1];
+        let at = grantline_ledger::Timestamp(live2["at"].as_i64().unwrap()).to_string();
+        let by_time = json_of(&db, d, &["replay", "--until", &at, "--json"]);
+        assert_eq!(by_time["seq"], json!(seq2));
+        assert_eq!(&by_time, live2);
+        // The last point shows the families that ended, and why.
+        let revoked = story.points[4].1["revoked_families"].as_array().unwrap().clone();
+        let reason = |f: &str| {
+            revoked.iter().find(|r| r["family_id"] == f).map(|r| r["reason"].as_str().unwrap().to_string())
+        };
+        assert!(reason(&story.reused).unwrap().contains("reuse"), "{revoked:?}");
+        assert!(reason(&story.replayed).is_some(), "{revoked:?}");
+        assert!(reason(&story.alice_family).is_some(), "{revoked:?}");
+        assert_eq!(reason(&story.raced), None, "a benign race revokes nothing");
+
+        // state --at: alice before and after her role change, and after containment.
+        let at = |seq: u64| json_of(&db, d, &["state", "--at", &seq.to_string(), "--user", "alice", "--json"]);
+        let before = at(story.alice_consented);
+        assert_eq!(before["user"]["user_id"], json!(story.alice));
+        assert_eq!(before["user"]["role"], "user");
+        assert_eq!(before["user"]["tools"]["demo"], json!(["get_time"]));
+        let created = before["user"]["role_since"]["seq"].as_u64().unwrap();
+        assert!(created < story.alice_consented);
+        let grants = before["grants"].as_array().unwrap();
+        assert_eq!(grants.len(), 1, "{before}");
+        assert_eq!(grants[0]["grant_id"], json!(story.alice_grant));
+        assert_eq!(grants[0]["scopes"], json!(["demo:read"]));
+        assert!(grants[0]["since"]["seq"].as_u64().unwrap() > created);
+        assert_eq!(before["tokens"].as_array().unwrap().len(), 2, "access and refresh: {before}");
+        let after_role = at(story.alice_promoted);
+        assert_eq!(after_role["user"]["role"], "admin");
+        assert_eq!(after_role["user"]["role_since"]["seq"], json!(story.alice_promoted));
+        assert_eq!(after_role["user"]["tools"]["demo"], json!(["every tool"]));
+        assert_eq!(after_role["grants"], before["grants"], "the grant did not change");
+        let after = at(story.alice_contained);
+        assert_eq!(after["user"]["role"], "admin");
+        assert_eq!(after["grants"], json!([]), "{after}");
+        assert_eq!(after["tokens"], json!([]), "{after}");
+        // By time, a second before the promotion, she was still a user.
+        let t = grantline_ledger::Timestamp(after_role["user"]["role_since"]["time"].as_i64().unwrap());
+        let earlier = grantline_ledger::Timestamp(t.0 - 1_000_000).to_string();
+        let then = json_of(&db, d, &["state", "--at", &earlier, "--user", &story.alice, "--json"]);
+        assert_eq!(then["user"]["role"], "user");
+
+        // Lineage of the family that ended in reuse: every event of it, and nothing else's.
+        let lineage = json_of(&db, d, &["lineage", &story.reused, "--json"]);
+        let events = lineage["events"].as_array().unwrap();
+        let kinds: Vec<&str> = events.iter().map(|e| e["kind"].as_str().unwrap()).collect();
+        for k in ["client.registered", "consent.granted", "code.issued", "token.issued",
+                  "token.refreshed", "tool.called", "refresh.reuse_detected"] {
+            assert!(kinds.contains(&k), "{k} missing from {kinds:?}");
+        }
+        let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in order: {seqs:?}");
+        let text = lineage.to_string();
+        for other in [&story.raced, &story.replayed, &story.alice_family] {
+            assert!(!text.contains(other.as_str()), "{other} leaked into {text}");
+        }
+        for e in events {
+            if let Some(f) = e["ids"]["family_id"].as_str() {
+                assert_eq!(f, story.reused);
+            }
+        }
+        // The id an audit search shows for one of its access tokens tells the same story.
+        let by_token = json_of(&db, d, &["lineage", &story.reused_access_id, "--json"]);
+        let seqs_of = |v: &Value| v["events"].as_array().unwrap().iter().map(|e| e["seq"].as_u64().unwrap()).collect::<Vec<_>>();
+        assert_eq!(seqs_of(&by_token), seqs, "the same story, its own events marked");
+        assert!(by_token["events"].as_array().unwrap().iter().any(|e| e["marked"] == true));
+        // A readable timeline too.
+        let o = grantline(&db, d, &["lineage", &story.reused]);
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(out.contains("refresh.reuse_detected"), "{out}");
+        let o = grantline(&db, d, &["lineage", "fam_nonexistent"]);
+        assert_eq!(o.status.code(), Some(1));
+
+        // What-if: with no grace, exactly the raced family would have been revoked.
+        let last = story.points[4].0.to_string();
+        let w = json_of(&db, d, &["replay", "--until", &last, "--rule", "refresh_grace=0s", "--json"]);
+        let diffs = w["differences"].as_array().unwrap();
+        let fams: Vec<&str> = diffs.iter().map(|x| x["family_id"].as_str().unwrap()).collect();
+        assert_eq!(fams, vec![story.raced.as_str()], "{w}");
+        // The recorded settings reproduce the live state: no difference.
+        let same = json_of(&db, d, &["replay", "--until", &last, "--rule", "refresh_grace=30s", "--json"]);
+        assert_eq!(same["differences"], json!([]), "{same}");
+        // Nothing was written by any of it.
+        let o = grantline(&db, d, &["replay", "--until", &last, "--json"]);
+        let again: Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(again["seq"], story.points[4].1["seq"]);
+    }
+}
