@@ -68,6 +68,26 @@ backend_tests! {
         assert_eq!(out.lines().count(), 1, "one summary line: {out}");
         assert!(out.starts_with("ok: 12 events, 2 checkpoints, head "), "{out}");
 
+        // A valid key that did not sign the checkpoints (a copy checked with the wrong key,
+        // or without its key file): not tampering, but no proof either — exit 2, naming the
+        // key that did sign and how to pass it.
+        let other = NoteSigner::generate("grantline.test/ledger").unwrap().verifier().to_string();
+        let unsure = grantline(&["verify", "--database", &url, "--public-key", &other]);
+        assert_eq!(unsure.status.code(), Some(2), "{unsure:?}");
+        let out = stdout(&unsure);
+        assert!(out.starts_with("CANNOT TELL"), "{out}");
+        let keyid = key.split('+').nth(1).unwrap();
+        assert!(out.contains(&format!("grantline.test/ledger+{keyid}")), "{out}");
+        assert!(out.contains("--public-key"), "{out}");
+        assert!(!out.contains("NOT INTACT"), "{out}");
+        // verify-proof answers the same way for a proof under a key it was not given.
+        let proof = grantline(&["proof", "--database", &url, "5"]);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("inclusion.json");
+        std::fs::write(&path, &proof.stdout).unwrap();
+        let p = grantline(&["verify-proof", path.to_str().unwrap(), "--public-key", &other]);
+        assert_eq!(p.status.code(), Some(2), "{p:?}");
+
         // Someone with owner rights rewrites event 7's stored hash.
         let store = Store::connect(&db.db, false).await.unwrap();
         match store.pool() {
@@ -83,8 +103,7 @@ backend_tests! {
         let out = stdout(&bad);
         assert!(out.starts_with("NOT INTACT: seq 7:"), "{out}");
 
-        // A key that did not sign the checkpoints is not trusted.
-        let other = NoteSigner::generate("grantline.test/ledger").unwrap().verifier().to_string();
+        // Tampering outranks an untrusted key: exit 1 whatever key is given.
         let forged = grantline(&["verify", "--database", &url, "--public-key", &other]);
         assert_eq!(forged.status.code(), Some(1));
     }
@@ -481,6 +500,39 @@ fn users_and_clients_from_the_command_line() {
             .any(|l| l.contains("SIEM") && l.contains("active")),
         "{list}"
     );
+
+    // Containment from the command line: a reason is required, unknown ids are errors, and
+    // revoking everything of a client disables it.
+    let siem = list
+        .lines()
+        .find(|l| l.contains("SIEM"))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap()
+        .to_string();
+    refused(
+        &grantline_in(d, &["revoke", "--client", &siem, "--reason", " "]),
+        "reason",
+    );
+    refused(
+        &grantline_in(d, &["revoke", "--family", "fam_nobody", "--reason", "ticket 1"]),
+        "fam_nobody",
+    );
+    let out = grantline_in(d, &["revoke", "--client", &siem, "--reason", "ticket 1"]);
+    assert!(out.status.success(), "{out:?}");
+    let list = stdout(&grantline_in(d, &["client", "list"]));
+    assert!(
+        list.lines()
+            .any(|l| l.contains("SIEM") && l.contains("disabled")),
+        "{list}"
+    );
+    // Users by username everywhere, erase included.
+    let out = grantline_in(d, &["revoke", "--user", "alice", "--reason", "ticket 2"]);
+    assert!(out.status.success(), "{out:?}");
+    let out = grantline_in(d, &["user", "erase", "alice"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(stdout(&out).contains("erased personal data of usr_"), "{out:?}");
+    let events = stdout(&grantline_in(d, &["events", "--json", "--kind", "client.disabled"]));
+    assert!(events.contains("ticket 1"), "the reason is recorded: {events}");
 }
 
 #[test]

@@ -243,6 +243,33 @@ async fn write_story(s: &Server) -> Story {
         StatusCode::UNAUTHORIZED
     );
     let alice_contained = s.app.projection.seq();
+    // Bad requests change nothing.
+    for bad in [
+        json!({"grant": alice_grant, "family": "fam_x", "reason": "two targets"}),
+        json!({"grant": alice_grant}),
+        json!({"grant": alice_grant, "reason": ""}),
+        json!({"family": "fam_nobody", "reason": "unknown"}),
+    ] {
+        let st = contain(s, bad.clone()).await;
+        assert!(st == StatusCode::BAD_REQUEST || st == StatusCode::NOT_FOUND, "{bad}: {st}");
+    }
+    assert_eq!(s.app.projection.seq(), alice_contained, "refused containments record nothing");
+    let r = reqwest::Client::new()
+        .post(s.url("/admin/api/revoke"))
+        .basic_auth("alice", Some("alice-password-1"))
+        .json(&json!({"pats_of": "admin", "reason": "alice may contain too"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "alice is an admin now");
+    let r = reqwest::Client::new()
+        .post(s.url("/admin/api/revoke"))
+        .json(&json!({"user": "alice", "reason": "anonymous"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let alice_contained = s.app.projection.seq();
     points.push(capture(s));
     Story {
         points,
