@@ -514,7 +514,10 @@ fn users_and_clients_from_the_command_line() {
         "reason",
     );
     refused(
-        &grantline_in(d, &["revoke", "--family", "fam_nobody", "--reason", "ticket 1"]),
+        &grantline_in(
+            d,
+            &["revoke", "--family", "fam_nobody", "--reason", "ticket 1"],
+        ),
         "fam_nobody",
     );
     let out = grantline_in(d, &["revoke", "--client", &siem, "--reason", "ticket 1"]);
@@ -530,9 +533,18 @@ fn users_and_clients_from_the_command_line() {
     assert!(out.status.success(), "{out:?}");
     let out = grantline_in(d, &["user", "erase", "alice"]);
     assert!(out.status.success(), "{out:?}");
-    assert!(stdout(&out).contains("erased personal data of usr_"), "{out:?}");
-    let events = stdout(&grantline_in(d, &["events", "--json", "--kind", "client.disabled"]));
-    assert!(events.contains("ticket 1"), "the reason is recorded: {events}");
+    assert!(
+        stdout(&out).contains("erased personal data of usr_"),
+        "{out:?}"
+    );
+    let events = stdout(&grantline_in(
+        d,
+        &["events", "--json", "--kind", "client.disabled"],
+    ));
+    assert!(
+        events.contains("ticket 1"),
+        "the reason is recorded: {events}"
+    );
 }
 
 #[test]

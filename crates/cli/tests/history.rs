@@ -167,7 +167,11 @@ async fn write_story(s: &Server) -> Story {
     assert_eq!(st, StatusCode::OK, "{v}");
     s.app.clock.advance(5);
     let (st, v) = refresh(s, &a, &a_r0).await;
-    assert_eq!(st, StatusCode::OK, "the race inside the grace is benign: {v}");
+    assert_eq!(
+        st,
+        StatusCode::OK,
+        "the race inside the grace is benign: {v}"
+    );
     let raced = family_of(s, &a);
     points.push(capture(s));
 
@@ -238,10 +242,7 @@ async fn write_story(s: &Server) -> Story {
         contain(s, json!({"grant": alice_grant, "reason": "ticket 4711"})).await,
         StatusCode::OK
     );
-    assert_eq!(
-        tool_call(s, &alice_access).await,
-        StatusCode::UNAUTHORIZED
-    );
+    assert_eq!(tool_call(s, &alice_access).await, StatusCode::UNAUTHORIZED);
     let alice_contained = s.app.projection.seq();
     // Bad requests change nothing.
     for bad in [
@@ -251,9 +252,16 @@ async fn write_story(s: &Server) -> Story {
         json!({"family": "fam_nobody", "reason": "unknown"}),
     ] {
         let st = contain(s, bad.clone()).await;
-        assert!(st == StatusCode::BAD_REQUEST || st == StatusCode::NOT_FOUND, "{bad}: {st}");
+        assert!(
+            st == StatusCode::BAD_REQUEST || st == StatusCode::NOT_FOUND,
+            "{bad}: {st}"
+        );
     }
-    assert_eq!(s.app.projection.seq(), alice_contained, "refused containments record nothing");
+    assert_eq!(
+        s.app.projection.seq(),
+        alice_contained,
+        "refused containments record nothing"
+    );
     let r = reqwest::Client::new()
         .post(s.url("/admin/api/revoke"))
         .basic_auth("alice", Some("alice-password-1"))

@@ -7,6 +7,7 @@ mod apply;
 pub mod history;
 mod model;
 pub mod rules;
+pub mod snapshot;
 
 pub use apply::{apply, fold};
 pub use model::*;

@@ -7,14 +7,25 @@ use grantline_ledger::{
 use std::collections::{BTreeSet, HashMap};
 
 /// When something became true: the seq and time of the event that made it so.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(
+    Debug,
+    Clone,
+    serde::Serialize,
+    serde::Deserialize,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+)]
 pub struct Since {
     pub seq: u64,
     pub at: Timestamp,
 }
 
 /// Everything Grantline knows now, folded from the ledger up to `seq`.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, Default, PartialEq)]
 pub struct State {
     /// The last event folded.
     pub seq: u64,
@@ -49,7 +60,7 @@ pub struct State {
     pub answered_consent_pages: HashMap<String, Timestamp>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
 pub struct Client {
     pub client_id: String,
     pub client_name: String,
@@ -74,7 +85,7 @@ pub struct Client {
     pub version: u64,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
 pub struct User {
     pub user_id: String,
     pub role: String,
@@ -97,7 +108,7 @@ impl User {
 }
 
 /// Who consented to whom for what: one live grant per key.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq, Hash)]
 pub struct GrantKey {
     pub user_id: String,
     pub client_id: String,
@@ -105,7 +116,7 @@ pub struct GrantKey {
 }
 
 /// A user's consent to a client for one resource.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
 pub struct Grant {
     pub grant_id: String,
     pub user_id: String,
@@ -125,7 +136,7 @@ pub struct Grant {
 }
 
 /// Every token descended from one authorization code.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
 pub struct Family {
     pub family_id: String,
     pub grant_id: String,
@@ -143,14 +154,14 @@ pub struct Family {
 }
 
 /// Why and when something was revoked.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
 pub struct Revocation {
     pub at: Timestamp,
     pub seq: u64,
     pub reason: String,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
 pub struct Code {
     pub family_id: String,
     pub client_id: String,
@@ -162,7 +173,7 @@ pub struct Code {
     pub redeemed: bool,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
 pub struct AccessToken {
     pub token_id: String,
     pub family_id: Option<String>,
@@ -176,7 +187,7 @@ pub struct AccessToken {
     pub revoked: bool,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
 pub struct RefreshToken {
     pub token_id: String,
     pub family_id: String,
@@ -199,7 +210,7 @@ pub struct RefreshToken {
     pub revoked: bool,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
 pub struct Pat {
     pub pat_id: String,
     pub user_id: String,
@@ -219,7 +230,7 @@ pub struct Pat {
     pub last_used: Option<Timestamp>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
 pub struct SigningKey {
     pub key_id: String,
     pub purpose: grantline_ledger::KeyPurpose,
