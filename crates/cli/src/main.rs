@@ -52,6 +52,9 @@ enum Command {
     /// The whole story of a token, family, grant, user, client, personal access token,
     /// request or event id, in seq order.
     Lineage(commands::history::LineageArgs),
+    /// Write a snapshot of the state at the head into the data directory: replay, state and
+    /// the server start from the newest one that matches the ledger.
+    Snapshot(commands::history::SnapshotArgs),
     /// Containment: revoke a family, a grant, everything of a user or of a client (and
     /// disable it), or every personal access token of a user — with the reason.
     Revoke(commands::revoke::Args),
@@ -118,6 +121,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Replay(a) => commands::history::replay(&loc, a).await,
         Command::State(a) => commands::history::state(&loc, a).await,
         Command::Lineage(a) => commands::history::lineage(&loc, a).await,
+        Command::Snapshot(a) => commands::history::snapshot(&loc, a).await,
         Command::Revoke(a) => commands::revoke::run(&loc, a).await,
         Command::Audit(c) => commands::audit::run(&loc, c).await,
         Command::Export(a) => commands::export::run(&loc, a).await,

@@ -412,4 +412,70 @@ backend_tests! {
         let again: Value = serde_json::from_slice(&o.stdout).unwrap();
         assert_eq!(again["seq"], story.points[4].1["seq"]);
     }
+
+    async fn snapshots_are_used_when_they_match_and_refused_when_not(db: TestDb) {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let s = start(&db, d).await;
+        let story = write_story(&s).await;
+        s.stop().await;
+        let (head, live) = story.points[4].clone();
+        let full = full_fold(&db).await;
+        assert_eq!(full.seq, head);
+
+        // A snapshot at the head; replay and state start from it, and earlier moments (before
+        // it) still fold from seq 1.
+        let o = grantline(&db, d, &["snapshot"]);
+        assert_eq!(o.status.code(), Some(0), "{o:?}");
+        let path = d.join(format!("snapshots/state-{head:020}.cbor"));
+        assert!(path.exists(), "{o:?}");
+        let o = grantline(&db, d, &["replay", "--until", &head.to_string(), "--json"]);
+        assert!(String::from_utf8_lossy(&o.stderr).contains("starting from a snapshot"), "{o:?}");
+        assert_eq!(serde_json::from_slice::<Value>(&o.stdout).unwrap(), live);
+        for (seq, live) in &story.points[..4] {
+            assert_eq!(&json_of(&db, d, &["replay", "--until", &seq.to_string(), "--json"]), live);
+        }
+        // The server starts from it and reaches the same state as a full fold.
+        let s = start(&db, d).await;
+        assert_eq!(*s.app.projection.read(), full_fold(&db).await);
+        s.stop().await;
+
+        // A snapshot that does not match the chain (here: a state with every client gone, under
+        // a made-up hash) is refused, the log says so, and the full fold answers.
+        let mut forged = full.clone();
+        forged.clients.clear();
+        let bytes = grantline_state::snapshot::encode(&forged, &grantline_ledger::Hash([7; 32])).unwrap();
+        std::fs::write(&path, bytes).unwrap();
+        let o = grantline(&db, d, &["replay", "--until", &head.to_string(), "--json"]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("snapshot refused") && err.contains("is not the ledger's"), "{err}");
+        assert_eq!(serde_json::from_slice::<Value>(&o.stdout).unwrap(), live);
+        let s = start(&db, d).await;
+        assert_eq!(*s.app.projection.read(), full_fold(&db).await, "the server refuses it too");
+        s.stop().await;
+        // Damaged bytes are refused the same way.
+        std::fs::write(&path, b"GLSNAP\0\0\0\0\0\x01garbage").unwrap();
+        let o = grantline(&db, d, &["state", "--at", &head.to_string(), "--json"]);
+        assert_eq!(o.status.code(), Some(0), "{o:?}");
+        assert!(String::from_utf8_lossy(&o.stderr).contains("snapshot refused"), "{o:?}");
+    }
+}
+
+/// The state folded from seq 1, as a check on what snapshots give.
+async fn full_fold(db: &TestDb) -> grantline_state::State {
+    let store = grantline_store::Store::connect(&db.db, false)
+        .await
+        .unwrap();
+    let mut state = grantline_state::State::default();
+    loop {
+        let events = store.read(state.seq, 1000).await.unwrap();
+        if events.is_empty() {
+            break;
+        }
+        for e in &events {
+            grantline_state::apply(&mut state, e);
+        }
+    }
+    store.close().await;
+    state
 }

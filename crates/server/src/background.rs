@@ -1,5 +1,5 @@
 //! The background loop: catching up with other processes' events, recording closed rate-limit
-//! windows, probing a failing ledger, expiring unused dynamic clients.
+//! windows, probing a failing ledger, expiring unused dynamic clients, writing snapshots.
 
 use crate::app::App;
 use std::time::Duration;
@@ -32,6 +32,9 @@ impl App {
                 }
                 if n.is_multiple_of(20) {
                     crate::bootstrap::expire_unused_clients(&app).await;
+                }
+                if n.is_multiple_of(240) {
+                    app.snapshot_if_due(crate::snapshots::EVERY_EVENTS).await;
                 }
             }
         })

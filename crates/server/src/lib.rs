@@ -28,6 +28,7 @@ pub mod routes;
 pub mod session;
 pub mod signin;
 pub mod sinks;
+pub mod snapshots;
 mod startup;
 pub mod throttle;
 
@@ -159,6 +160,7 @@ pub async fn serve(
     {
         tracing::warn!("the background loop did not stop in time");
     }
+    app.snapshot_if_due(crate::snapshots::AT_SHUTDOWN).await;
     app.exchanges.close();
     if tokio::time::timeout(Duration::from_secs(30), app.exchanges.wait())
         .await

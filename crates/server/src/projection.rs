@@ -47,6 +47,19 @@ impl Projection {
         }
     }
 
+    /// Starts from `state` (a snapshot checked against the ledger) when it is ahead of what
+    /// is folded; the tail is folded from there by [`Projection::catch_up`].
+    pub fn seed(&self, state: State) {
+        let mut current = self.state.write().unwrap_or_else(|e| e.into_inner());
+        if state.seq <= current.seq {
+            return;
+        }
+        *current = state;
+        let seq = current.seq;
+        drop(current);
+        self.applied.send_replace(seq);
+    }
+
     /// Calls `f` with the user id of every `user.erased` folded from now on.
     pub fn on_erased(&self, f: impl Fn(&str) + Send + Sync + 'static) {
         let _ = self.on_erased.set(Box::new(f));

@@ -39,6 +39,10 @@ impl App {
         let ledger = Ledger::open(&opts.database, signer, ledger_options)
             .await
             .with_context(|| format!("opening the ledger at {}", opts.database.display()))?;
+        let snapshots = crate::snapshots::Snapshots::in_data_dir(&opts.data_dir);
+        if let Some(state) = snapshots.newest_valid(ledger.store(), None).await {
+            projection.seed(state);
+        }
         projection.catch_up(ledger.store()).await?;
         let signing = crate::keys::load_or_create(&opts.data_dir)?;
         let mac_key = crate::keys::mac_key(&signing);

@@ -5,6 +5,7 @@
 use crate::location::Location;
 use anyhow::{Context, Result, bail};
 use grantline_ledger::{Recorded, Timestamp};
+use grantline_server::snapshots::Snapshots;
 use grantline_state::history::lineage::{Index, Subject};
 use grantline_state::history::whatif::{Fate, Overrides, WhatIf};
 use grantline_state::history::{Capabilities, Filter, Summary, Until, refs};
@@ -63,14 +64,22 @@ pub(crate) async fn open(loc: &Location) -> Result<Store> {
         .with_context(|| format!("opening {}", loc.database.display()))
 }
 
-/// Folds the ledger up to `until`, with a progress bar on a terminal.
-pub(crate) async fn fold_until(store: &Store, until: Until) -> Result<State> {
-    fold_watching(store, until, |_, _| {}).await
+/// The state at `until`: from the newest snapshot in the data directory that matches the
+/// ledger and is not past `until` (one that does not match is refused and logged), plus the
+/// events after it; with a progress bar on a terminal.
+pub(crate) async fn fold_until(loc: &Location, store: &Store, until: Until) -> Result<State> {
+    let start = Snapshots::in_data_dir(&loc.data_dir)
+        .newest_valid(store, Some(until))
+        .await
+        .unwrap_or_default();
+    fold_from(store, start, until, |_, _| {}).await
 }
 
-/// As [`fold_until`], showing `watch` each event with the state just before it.
-async fn fold_watching(
+/// Folds the events after `state` up to `until`, showing `watch` each event with the state
+/// just before it.
+async fn fold_from(
     store: &Store,
+    mut state: State,
     until: Until,
     mut watch: impl FnMut(&State, &Recorded),
 ) -> Result<State> {
@@ -79,10 +88,12 @@ async fn fold_watching(
         Until::Seq(n) => n.min(head),
         Until::Time(_) => head,
     };
-    let bar = super::progress_bar(total, "events");
-    let mut state = State::default();
-    let mut after = 0;
+    let bar = super::progress_bar(total.saturating_sub(state.seq), "events");
+    let mut after = state.seq;
     'pages: loop {
+        if matches!(until, Until::Seq(_)) && after >= total {
+            break;
+        }
         let events = store.read(after, PAGE).await?;
         let Some(last) = events.last() else { break };
         after = last.seq();
@@ -94,9 +105,6 @@ async fn fold_watching(
             apply(&mut state, r);
         }
         bar.inc(events.len() as u64);
-        if after >= total && matches!(until, Until::Seq(_)) {
-            break;
-        }
     }
     bar.finish_and_clear();
     Ok(state)
@@ -120,7 +128,7 @@ pub async fn replay(loc: &Location, args: ReplayArgs) -> Result<ExitCode> {
         return what_if(loc, until, &args).await;
     }
     let store = open(loc).await?;
-    let state = fold_until(&store, until).await?;
+    let state = fold_until(loc, &store, until).await?;
     let summary = Summary::of(&state, until.clock(state.time));
     let mut out = std::io::stdout().lock();
     if args.json {
@@ -139,7 +147,11 @@ async fn what_if(loc: &Location, until: Until, args: &ReplayArgs) -> Result<Exit
     }
     let store = open(loc).await?;
     let mut watcher = WhatIf::new(overrides);
-    let state = fold_watching(&store, until, |s, r| watcher.observe(s, r)).await?;
+    // From seq 1: the rules decide differently from the first event on.
+    let state = fold_from(&store, State::default(), until, |s, r| {
+        watcher.observe(s, r)
+    })
+    .await?;
     let recorded = state.rule_settings();
     let diffs = watcher.differences(&state);
     let mut out = std::io::stdout().lock();
@@ -314,7 +326,7 @@ fn client_id(state: &State, which: &str) -> Result<String> {
 pub async fn state(loc: &Location, args: StateArgs) -> Result<ExitCode> {
     let until = moment(&args.at)?;
     let store = open(loc).await?;
-    let state = fold_until(&store, until).await?;
+    let state = fold_until(loc, &store, until).await?;
     let config = grantline_server::Config::load(loc.config.as_deref())?;
     let resources = config.resource_defs(&config.public_url())?;
     let resource = args.resource.as_ref().map(|r| {
@@ -539,5 +551,23 @@ pub async fn lineage(loc: &Location, args: LineageArgs) -> Result<ExitCode> {
         }
     }
     out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(clap::Args)]
+pub struct SnapshotArgs {}
+
+/// Writes a snapshot of the state at the head into the data directory.
+pub async fn snapshot(loc: &Location, _args: SnapshotArgs) -> Result<ExitCode> {
+    let store = open(loc).await?;
+    let state = fold_until(loc, &store, Until::Seq(u64::MAX)).await?;
+    if state.seq == 0 {
+        bail!("the ledger is empty: nothing to snapshot");
+    }
+    let seq = state.seq;
+    let path = Snapshots::in_data_dir(&loc.data_dir)
+        .write(&store, state)
+        .await?;
+    println!("snapshot of seq {seq} written to {}", path.display());
     Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,165 @@
+//! Snapshots of the projection in the data directory (`snapshots/state-<seq>.cbor`), so that a
+//! start, `replay` and `state` fold only the tail. A snapshot is believed only when the chain
+//! hash it names is the ledger's hash at its seq: one from another ledger, from a rewritten
+//! history, or damaged on disk is refused with a warning, and the fold starts earlier (from an
+//! older snapshot, or from seq 1).
+
+use anyhow::{Context, Result};
+use grantline_state::history::Until;
+use grantline_state::{State, snapshot};
+use grantline_store::Store;
+use std::path::{Path, PathBuf};
+
+/// Snapshots kept; older ones are removed after a new one is written.
+const KEEP: usize = 3;
+
+/// The snapshot directory of one data directory.
+#[derive(Debug, Clone)]
+pub struct Snapshots {
+    dir: PathBuf,
+}
+
+impl Snapshots {
+    pub fn in_data_dir(data_dir: &Path) -> Snapshots {
+        Snapshots {
+            dir: data_dir.join("snapshots"),
+        }
+    }
+
+    /// Where the snapshot of `seq` lives.
+    pub fn path(&self, seq: u64) -> PathBuf {
+        self.dir.join(format!("state-{seq:020}.cbor"))
+    }
+
+    /// The snapshots here, newest first: (seq, path).
+    pub fn list(&self) -> Vec<(u64, PathBuf)> {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        let mut found: Vec<(u64, PathBuf)> = entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let seq = name
+                    .strip_prefix("state-")?
+                    .strip_suffix(".cbor")?
+                    .parse()
+                    .ok()?;
+                Some((seq, e.path()))
+            })
+            .collect();
+        found.sort_by(|a, b| b.0.cmp(&a.0));
+        found
+    }
+
+    /// Writes `state` as the snapshot of its seq, with the ledger's chain hash there; keeps
+    /// the newest [`KEEP`]. The file appears whole or not at all (written aside, synced,
+    /// renamed).
+    pub async fn write(&self, store: &Store, state: State) -> Result<PathBuf> {
+        let seq = state.seq;
+        let hash = store
+            .hash_at(seq)
+            .await?
+            .with_context(|| format!("the ledger has no event {seq} to snapshot at"))?;
+        let dir = self.dir.clone();
+        let path = self.path(seq);
+        let target = path.clone();
+        tokio::task::spawn_blocking(move || -> Result<()> {
+            let bytes = snapshot::encode(&state, &hash)?;
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            let tmp = target.with_extension("cbor.tmp");
+            {
+                use std::io::Write;
+                let mut f = std::fs::File::create(&tmp)
+                    .with_context(|| format!("writing {}", tmp.display()))?;
+                f.write_all(&bytes)?;
+                f.sync_all()?;
+            }
+            std::fs::rename(&tmp, &target)?;
+            Ok(())
+        })
+        .await??;
+        for (_, old) in self.list().into_iter().skip(KEEP) {
+            if let Err(e) = std::fs::remove_file(&old) {
+                tracing::warn!(path = %old.display(), error = %e, "could not remove an old snapshot");
+            }
+        }
+        Ok(path)
+    }
+
+    /// The newest snapshot that matches this ledger and does not reach past `until`; `None`
+    /// when there is none (then fold from seq 1). Each one refused is logged with why.
+    pub async fn newest_valid(&self, store: &Store, until: Option<Until>) -> Option<State> {
+        for (seq, path) in self.list() {
+            if let Some(Until::Seq(n)) = until
+                && seq > n
+            {
+                continue;
+            }
+            match self.check(store, seq, &path).await {
+                Ok(state) => {
+                    if let Some(Until::Time(t)) = until
+                        && state.time > t
+                    {
+                        continue;
+                    }
+                    tracing::info!(seq, path = %path.display(), "starting from a snapshot");
+                    return Some(state);
+                }
+                Err(e) => tracing::warn!(
+                    seq,
+                    path = %path.display(),
+                    "snapshot refused, folding without it: {e:#}"
+                ),
+            }
+        }
+        None
+    }
+
+    async fn check(&self, store: &Store, seq: u64, path: &Path) -> Result<State> {
+        let p = path.to_path_buf();
+        let (hash, state) = tokio::task::spawn_blocking(move || -> Result<_> {
+            let bytes = std::fs::read(&p)?;
+            Ok(snapshot::decode(&bytes)?)
+        })
+        .await??;
+        anyhow::ensure!(
+            state.seq == seq,
+            "its name says seq {seq}, its content seq {}",
+            state.seq
+        );
+        match store.hash_at(seq).await? {
+            Some(h) if h == hash => Ok(state),
+            Some(h) => anyhow::bail!(
+                "its chain hash {} is not the ledger's {} at seq {seq}",
+                hash.to_hex(),
+                h.to_hex()
+            ),
+            None => anyhow::bail!("the ledger has no event {seq}"),
+        }
+    }
+}
+
+/// A running server snapshots its projection after this many events (checked every minute),
+/// and at shutdown after [`AT_SHUTDOWN`].
+pub const EVERY_EVENTS: u64 = 100_000;
+/// Events since the newest snapshot that make a graceful stop write one.
+pub const AT_SHUTDOWN: u64 = 1_000;
+
+impl crate::App {
+    /// Writes a snapshot of the projection when at least `events` were folded since the newest
+    /// one. Failing to write one is logged and changes nothing else: snapshots only save time.
+    pub async fn snapshot_if_due(&self, events: u64) {
+        let snapshots = Snapshots::in_data_dir(&self.data_dir);
+        let newest = snapshots.list().first().map_or(0, |s| s.0);
+        if self.projection.seq() < newest + events.max(1) {
+            return;
+        }
+        let state = self.projection.read().clone();
+        let seq = state.seq;
+        match snapshots.write(self.store(), state).await {
+            Ok(path) => tracing::info!(seq, path = %path.display(), "snapshot written"),
+            Err(e) => tracing::warn!(seq, "could not write a snapshot: {e:#}"),
+        }
+    }
+}
