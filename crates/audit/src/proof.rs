@@ -1,9 +1,10 @@
-//! An inclusion proof for one event against the newest checkpoint, in the form `grantline
-//! proof` prints and `grantline verify-proof` checks.
+//! Inclusion proofs (one event against the newest checkpoint) and consistency proofs (one
+//! checkpoint extends another), in the form `grantline proof` prints, the witness endpoints
+//! serve and `grantline verify-proof` checks.
 
 use base64::Engine;
 use grantline_ledger::Hash;
-use grantline_ledger::merkle::{inclusion_proof, leaf_hash};
+use grantline_ledger::merkle::{consistency_proof, inclusion_proof, leaf_hash};
 use grantline_store::{Store, StoreError};
 use serde_json::{Value, json};
 
@@ -54,5 +55,41 @@ pub async fn inclusion(store: &Store, seq: u64) -> Result<Option<Value>, StoreEr
         "tree_size": size,
         "hashes": path.iter().map(b64).collect::<Vec<_>>(),
         "checkpoint": newest.note,
+    })))
+}
+
+/// The proof that the checkpoint of tree size `to` (the newest when `None`) extends the one of
+/// size `from`, with both signed checkpoints: `None` when either is not a checkpoint of this
+/// ledger or `from` is not below `to`.
+pub async fn consistency(
+    store: &Store,
+    from: u64,
+    to: Option<u64>,
+) -> Result<Option<Value>, StoreError> {
+    let checkpoints = store.checkpoints().await?;
+    let Some(new) = (match to {
+        Some(to) => checkpoints.iter().find(|c| c.tree_size as u64 == to),
+        None => checkpoints.iter().max_by_key(|c| c.tree_size),
+    }) else {
+        return Ok(None);
+    };
+    let Some(old) = checkpoints.iter().find(|c| c.tree_size as u64 == from) else {
+        return Ok(None);
+    };
+    let (old_size, new_size) = (old.tree_size as u64, new.tree_size as u64);
+    if old_size == 0 || old_size > new_size {
+        return Ok(None);
+    }
+    let leaves = leaves(store, new_size).await?;
+    let Some(path) = consistency_proof(&leaves, old_size as usize) else {
+        return Ok(None);
+    };
+    Ok(Some(json!({
+        "type": "consistency",
+        "old_size": old_size,
+        "new_size": new_size,
+        "hashes": path.iter().map(b64).collect::<Vec<_>>(),
+        "old_checkpoint": old.note,
+        "new_checkpoint": new.note,
     })))
 }

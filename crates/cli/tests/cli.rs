@@ -29,6 +29,10 @@ fn vkey() -> String {
 
 use grantline_store::testing::tool_call;
 
+#[path = "support/c2sp.rs"]
+mod c2sp;
+use c2sp::independent_check;
+
 /// 12 events; checkpoints at 10 and 12.
 async fn ledger_with_events(db: &TestDb) {
     let ledger = Ledger::open(
@@ -156,69 +160,6 @@ backend_tests! {
 
         independent_check(&json, &cj, &key);
     }
-}
-
-/// Our checkpoint and proofs, checked by independent implementations: Cloudflare's
-/// `signed_note` (C2SP signed-note) and `tlog_tiles` (a port of Go's sumdb/tlog).
-fn independent_check(inclusion: &serde_json::Value, consistency: &serde_json::Value, vkey: &str) {
-    use signed_note::{Note, StandardVerifier, VerifierList};
-    let verifiers = VerifierList::new(vec![Box::new(
-        StandardVerifier::new(vkey).expect("their parser takes our vkey"),
-    )]);
-    let open = |note: &str| {
-        let n = Note::from_bytes(note.as_bytes()).expect("their parser takes our note");
-        n.verify(&verifiers)
-            .expect("their verifier accepts our signature");
-        tlog_tiles::Checkpoint::from_bytes(n.text()).expect("their parser takes our checkpoint")
-    };
-    let b64 = |s: &serde_json::Value| {
-        use base64::Engine;
-        let b = base64::engine::general_purpose::STANDARD
-            .decode(s.as_str().unwrap())
-            .unwrap();
-        tlog_tiles::Hash(b.try_into().unwrap())
-    };
-    let cp = open(inclusion["checkpoint"].as_str().unwrap());
-    assert_eq!(cp.size(), inclusion["tree_size"].as_u64().unwrap());
-    let chain = Hash::from_hex(inclusion["chain_hash"].as_str().unwrap()).unwrap();
-    let leaf = tlog_tiles::record_hash(&chain.0);
-    let path: Vec<tlog_tiles::Hash> = inclusion["hashes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(b64)
-        .collect();
-    tlog_tiles::check_record(
-        &path,
-        cp.size(),
-        *cp.hash(),
-        inclusion["index"].as_u64().unwrap(),
-        leaf,
-    )
-    .expect("their inclusion check accepts our proof");
-    let mut wrong = path.clone();
-    wrong.reverse();
-    assert!(
-        tlog_tiles::check_record(
-            &wrong,
-            cp.size(),
-            *cp.hash(),
-            inclusion["index"].as_u64().unwrap(),
-            leaf
-        )
-        .is_err()
-    );
-
-    let old = open(consistency["old_checkpoint"].as_str().unwrap());
-    let new = open(consistency["new_checkpoint"].as_str().unwrap());
-    let path: Vec<tlog_tiles::Hash> = consistency["hashes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(b64)
-        .collect();
-    tlog_tiles::check_tree(&path, new.size(), *new.hash(), old.size(), *old.hash())
-        .expect("their consistency check accepts our proof");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

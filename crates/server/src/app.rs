@@ -41,6 +41,8 @@ pub struct Inner {
     /// Signs the identity assertions sent to upstream MCP servers (a key of its own).
     pub identity: JwtSigner,
     pub checkpoint_key: ed25519_dalek::VerifyingKey,
+    /// The same key as a C2SP verifier key (`name+keyid+base64`).
+    pub checkpoint_verifier: String,
     pub mac_key: [u8; 32],
     /// The configured public URL (no trailing slash): the issuer unless forwarded headers say
     /// otherwise.

@@ -36,6 +36,7 @@ impl App {
         )
         .context("checkpoint signing key")?;
         let checkpoint_key = *signer.verifier().public_key();
+        let checkpoint_verifier = signer.verifier().to_string();
         let ledger = Ledger::open(&opts.database, signer, ledger_options)
             .await
             .with_context(|| format!("opening the ledger at {}", opts.database.display()))?;
@@ -84,6 +85,7 @@ impl App {
             jwt,
             identity,
             checkpoint_key,
+            checkpoint_verifier,
             mac_key,
             public_url,
             settings,

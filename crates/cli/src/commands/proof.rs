@@ -32,8 +32,9 @@ pub struct VerifyArgs {
     /// Verifier key trusted to sign checkpoints (repeatable).
     #[arg(long = "public-key", required = true)]
     public_keys: Vec<String>,
-    /// Check an inclusion proof against this signed checkpoint (e.g. a witness's copy)
-    /// instead of the one embedded in the proof.
+    /// A signed checkpoint kept elsewhere (a witness's copy) to check against instead of the
+    /// one in the proof: for an inclusion proof, the checkpoint it leads to; for a consistency
+    /// proof, the old one — so a log rewritten since that copy was taken is caught.
     #[arg(long)]
     checkpoint: Option<PathBuf>,
 }
@@ -62,10 +63,6 @@ pub enum Proof {
     },
 }
 
-fn b64(h: &Hash) -> String {
-    STANDARD.encode(h.0)
-}
-
 pub async fn run(loc: &Location, args: Args) -> Result<ExitCode> {
     let store = Store::connect(&loc.database, false)
         .await
@@ -83,24 +80,13 @@ pub async fn run(loc: &Location, args: Args) -> Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&proof)?);
         return Ok(ExitCode::SUCCESS);
     }
-    let leaves = grantline_audit::proof::leaves(&store, size).await?;
-    let proof = match args.consistency {
-        Some(old) => {
-            let old_cp = checkpoints
-                .iter()
-                .find(|c| c.tree_size as u64 == old)
-                .with_context(|| format!("no checkpoint of tree size {old}"))?;
-            let path = merkle::consistency_proof(&leaves, old as usize)
-                .with_context(|| format!("no consistency proof from size {old} to {size}"))?;
-            Proof::Consistency {
-                old_size: old,
-                new_size: size,
-                hashes: path.iter().map(b64).collect(),
-                old_checkpoint: old_cp.note.clone(),
-                new_checkpoint: newest.note.clone(),
-            }
-        }
-        None => bail!("give a seq or --consistency SIZE"),
+    let Some(old) = args.consistency else {
+        bail!("give a seq or --consistency SIZE");
+    };
+    let Some(proof) = grantline_audit::proof::consistency(&store, old, None).await? else {
+        bail!(
+            "no consistency proof from size {old} to {size}: is {old} the size of a checkpoint below it?"
+        );
     };
     println!("{}", serde_json::to_string_pretty(&proof)?);
     Ok(ExitCode::SUCCESS)
@@ -198,7 +184,12 @@ fn check(args: VerifyArgs) -> Result<ExitCode> {
             old_checkpoint,
             new_checkpoint,
         } => {
-            let old = open(&old_checkpoint, "old")?;
+            let old_note = match &args.checkpoint {
+                Some(p) => std::fs::read_to_string(p)
+                    .with_context(|| format!("reading {}", p.display()))?,
+                None => old_checkpoint,
+            };
+            let old = open(&old_note, "old")?;
             let new = open(&new_checkpoint, "new")?;
             if (old.size, new.size) != (old_size, new_size) {
                 bail!(

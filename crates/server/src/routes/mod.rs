@@ -12,6 +12,7 @@ pub mod metadata;
 pub mod register;
 pub mod revoke;
 pub mod token;
+pub mod witness;
 
 use crate::app::App;
 use axum::Router;
@@ -63,6 +64,16 @@ pub fn router() -> Router<App> {
             get(metadata::protected_resource),
         )
         .route("/.well-known/jwks.json", get(metadata::jwks))
+        .route(
+            "/.well-known/grantline/checkpoint",
+            get(witness::checkpoint),
+        )
+        .route(
+            "/.well-known/grantline/checkpoint-key",
+            get(witness::checkpoint_key),
+        )
+        .route("/ledger/proof/inclusion", get(witness::inclusion))
+        .route("/ledger/proof/consistency", get(witness::consistency))
         .route("/oauth/register", post(register::register))
         .route("/oauth/token", post(token::token))
         .route("/oauth/revoke", post(revoke::revoke))

@@ -1,0 +1,115 @@
+//! The witness-friendly endpoints of a running server: the newest signed checkpoint, its
+//! verifier key, inclusion and consistency proofs. They agree with `grantline proof`, verify
+//! with `grantline verify-proof` and with independent C2SP implementations, and let a witness
+//! that kept an old checkpoint catch a rewritten log.
+
+#[path = "support/c2sp.rs"]
+mod c2sp;
+#[path = "../../server/tests/common/mod.rs"]
+mod common;
+
+use common::*;
+use grantline_store::backend_tests;
+use grantline_store::testing::TestDb;
+use reqwest::StatusCode;
+use serde_json::Value;
+use std::process::Output;
+
+fn grantline(db: &TestDb, args: &[&str]) -> Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_grantline"))
+        .args(args)
+        .arg("--database")
+        .arg(db.url())
+        .env_remove("GRANTLINE_DATABASE_URL")
+        .output()
+        .expect("run grantline")
+}
+
+async fn fetch(s: &Server, path: &str) -> (StatusCode, String) {
+    let r = browser().get(s.url(path)).send().await.unwrap();
+    (r.status(), r.text().await.unwrap())
+}
+
+async fn some_tokens(s: &Server) {
+    let (client, code, verifier) = code(s, "demo:read").await;
+    let (st, v) = exchange(s, &client, &code, &verifier).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+}
+
+backend_tests! {
+    async fn witness_endpoints_agree_with_the_cli_and_verify_independently(db: TestDb) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Server::start(&db, dir.path().to_path_buf(), config(dir.path(), 30, 60)).await;
+        some_tokens(&s).await;
+        let first = s.app.ledger.checkpoint().await.unwrap().expect("a checkpoint");
+
+        // A witness records the key once, and keeps the checkpoint it saw.
+        let (st, key) = fetch(&s, "/.well-known/grantline/checkpoint-key").await;
+        assert_eq!(st, StatusCode::OK);
+        let key = key.trim().to_string();
+        assert_eq!(key, s.app.checkpoint_verifier);
+        let (st, kept) = fetch(&s, "/.well-known/grantline/checkpoint").await;
+        assert_eq!(st, StatusCode::OK);
+        assert_eq!(kept.lines().nth(1), Some(first.to_string().as_str()), "{kept}");
+
+        some_tokens(&s).await;
+        let newest = s.app.ledger.checkpoint().await.unwrap().expect("a checkpoint");
+        assert!(newest > first);
+        let (st, inc) = fetch(&s, "/ledger/proof/inclusion?seq=3").await;
+        assert_eq!(st, StatusCode::OK, "{inc}");
+        let inc: Value = serde_json::from_str(&inc).unwrap();
+        let (st, cons) = fetch(&s, &format!("/ledger/proof/consistency?from={first}")).await;
+        assert_eq!(st, StatusCode::OK, "{cons}");
+        let cons: Value = serde_json::from_str(&cons).unwrap();
+        let (_, explicit) = fetch(&s, &format!("/ledger/proof/consistency?from={first}&to={newest}")).await;
+        assert_eq!(serde_json::from_str::<Value>(&explicit).unwrap(), cons);
+
+        // Bad questions are clear 4xx answers.
+        for (path, want) in [
+            ("/ledger/proof/inclusion", StatusCode::BAD_REQUEST),
+            ("/ledger/proof/inclusion?seq=0", StatusCode::BAD_REQUEST),
+            ("/ledger/proof/inclusion?seq=-4", StatusCode::BAD_REQUEST),
+            ("/ledger/proof/inclusion?seq=abc", StatusCode::BAD_REQUEST),
+            ("/ledger/proof/inclusion?seq=99999999", StatusCode::NOT_FOUND),
+            ("/ledger/proof/consistency", StatusCode::BAD_REQUEST),
+            ("/ledger/proof/consistency?from=2&to=1", StatusCode::BAD_REQUEST),
+            ("/ledger/proof/consistency?from=1", StatusCode::NOT_FOUND),
+        ] {
+            let (st, body) = fetch(&s, path).await;
+            assert_eq!(st, want, "{path}: {body}");
+            let v: Value = serde_json::from_str(&body).unwrap_or_else(|_| panic!("{path}: {body}"));
+            assert!(v["error_description"].is_string(), "{path}: {body}");
+        }
+        s.stop().await;
+
+        // The CLI gives the same proofs.
+        let cli_inc: Value = serde_json::from_slice(&grantline(&db, &["proof", "3"]).stdout).unwrap();
+        assert_eq!(cli_inc, inc);
+        let cli_cons: Value =
+            serde_json::from_slice(&grantline(&db, &["proof", "--consistency", &first.to_string()]).stdout).unwrap();
+        assert_eq!(cli_cons, cons);
+
+        // verify-proof checks what was fetched, the consistency proof against the witness's
+        // own copy of the old checkpoint.
+        let d = dir.path();
+        std::fs::write(d.join("inc.json"), inc.to_string()).unwrap();
+        std::fs::write(d.join("cons.json"), cons.to_string()).unwrap();
+        std::fs::write(d.join("kept"), &kept).unwrap();
+        let p = |f: &str| d.join(f).to_str().unwrap().to_string();
+        let o = grantline(&db, &["verify-proof", &p("inc.json"), "--public-key", &key]);
+        assert_eq!(o.status.code(), Some(0), "{o:?}");
+        let o = grantline(&db, &["verify-proof", &p("cons.json"), "--public-key", &key, "--checkpoint", &p("kept")]);
+        assert_eq!(o.status.code(), Some(0), "{o:?}");
+        c2sp::independent_check(&inc, &cons, &key);
+
+        // Had the log been rewritten since, the tree the server now extends would not be the
+        // one the witness kept: same size and key, another root.
+        let signer = grantline_store::keyfile::load_signer(d).unwrap().unwrap();
+        let origin = kept.lines().next().unwrap();
+        let other = signer.sign_checkpoint(origin, first, &grantline_ledger::Hash([5; 32]));
+        std::fs::write(d.join("kept-other"), other).unwrap();
+        let o = grantline(&db, &["verify-proof", &p("cons.json"), "--public-key", &key, "--checkpoint", &p("kept-other")]);
+        assert_eq!(o.status.code(), Some(1), "{o:?}");
+        assert!(String::from_utf8_lossy(&o.stdout).starts_with("INVALID"), "{o:?}");
+    }
+}

@@ -1,0 +1,134 @@
+//! Witness-friendly proofs over HTTP: the newest signed checkpoint (C2SP signed-note), its
+//! verifier key, and inclusion and consistency proofs in the form `grantline proof` prints and
+//! `grantline verify-proof` checks. Public like a transparency log's: they carry hashes and
+//! tree sizes, no event content. A proof reads every chain hash up to its tree size, so at
+//! most [`PROOFS_AT_ONCE`] are computed at a time; the rest wait.
+
+use crate::app::App;
+use axum::Json;
+use axum::extract::{Query, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use std::collections::HashMap;
+
+/// Proofs computed at once.
+pub const PROOFS_AT_ONCE: usize = 2;
+static PROOFS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(PROOFS_AT_ONCE);
+
+fn problem(status: StatusCode, message: impl Into<String>) -> Response {
+    let mut r = (
+        status,
+        Json(json!({"error": status.canonical_reason().unwrap_or("error").to_lowercase().replace(' ', "_"),
+                    "error_description": message.into()})),
+    )
+        .into_response();
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+fn text(body: String) -> Response {
+    let mut r = body.into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    r
+}
+
+fn store_failed(e: impl std::fmt::Display) -> Response {
+    tracing::warn!(error = %e, "reading the ledger for a proof failed");
+    problem(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the ledger cannot be read right now",
+    )
+}
+
+/// `GET /.well-known/grantline/checkpoint`: the newest signed checkpoint, as a C2SP
+/// signed note (origin, tree size, root hash, then the signature lines).
+pub async fn checkpoint(State(app): State<App>) -> Response {
+    match app.store().checkpoints().await {
+        Ok(cps) => match cps.into_iter().max_by_key(|c| c.tree_size) {
+            Some(cp) => text(cp.note),
+            None => problem(StatusCode::NOT_FOUND, "no checkpoint has been signed yet"),
+        },
+        Err(e) => store_failed(e),
+    }
+}
+
+/// `GET /.well-known/grantline/checkpoint-key`: the checkpoint verifier key
+/// (`name+keyid+base64`), the `--public-key` of `grantline verify` and `verify-proof`.
+/// Fetching it from the server it vouches for proves nothing: record it elsewhere once.
+pub async fn checkpoint_key(State(app): State<App>) -> Response {
+    text(format!("{}\n", app.checkpoint_verifier))
+}
+
+/// A query parameter as a tree size or seq: present, decimal, positive.
+fn number(q: &HashMap<String, String>, name: &str) -> Result<Option<u64>, Response> {
+    match q.get(name) {
+        None => Ok(None),
+        Some(v) => match v.parse::<u64>() {
+            Ok(n) if n > 0 => Ok(Some(n)),
+            _ => Err(problem(
+                StatusCode::BAD_REQUEST,
+                format!("{name} must be a positive whole number, not {v:?}"),
+            )),
+        },
+    }
+}
+
+/// `GET /ledger/proof/inclusion?seq=N`: event N is in the newest checkpoint's tree.
+pub async fn inclusion(
+    State(app): State<App>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let seq = match number(&q, "seq") {
+        Ok(Some(s)) => s,
+        Ok(None) => return problem(StatusCode::BAD_REQUEST, "seq is required"),
+        Err(r) => return r,
+    };
+    let Ok(_turn) = PROOFS.acquire().await else {
+        return problem(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
+    };
+    match grantline_audit::proof::inclusion(app.store(), seq).await {
+        Ok(Some(proof)) => Json(proof).into_response(),
+        Ok(None) => problem(
+            StatusCode::NOT_FOUND,
+            format!("event {seq} is not covered by the newest checkpoint yet"),
+        ),
+        Err(e) => store_failed(e),
+    }
+}
+
+/// `GET /ledger/proof/consistency?from=A[&to=B]`: the checkpoint of size B (the newest when
+/// absent) extends the one of size A. Both are sizes of this ledger's checkpoints.
+pub async fn consistency(
+    State(app): State<App>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let (from, to) = match (number(&q, "from"), number(&q, "to")) {
+        (Ok(Some(f)), Ok(t)) => (f, t),
+        (Ok(None), _) => return problem(StatusCode::BAD_REQUEST, "from is required"),
+        (Err(r), _) | (_, Err(r)) => return r,
+    };
+    if to.is_some_and(|t| t < from) {
+        return problem(StatusCode::BAD_REQUEST, "from must not be above to");
+    }
+    let Ok(_turn) = PROOFS.acquire().await else {
+        return problem(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
+    };
+    match grantline_audit::proof::consistency(app.store(), from, to).await {
+        Ok(Some(proof)) => Json(proof).into_response(),
+        Ok(None) => problem(
+            StatusCode::NOT_FOUND,
+            format!(
+                "no checkpoint of tree size {from}{} here",
+                to.map_or(String::new(), |t| format!(" or {t}"))
+            ),
+        ),
+        Err(e) => store_failed(e),
+    }
+}
