@@ -215,6 +215,14 @@ impl NoteSigner {
     }
 
     /// Signs a checkpoint of the tree (`size`, `root`) for `origin`.
+    /// Hands over to `next`: the note a `signing_key.rotated` event carries.
+    pub fn hand_over_to(&self, next: &NoteVerifier) -> String {
+        self.sign_note(&format!(
+            "{HANDOVER}\nfrom {}\nto {next}\n",
+            self.verifier()
+        ))
+    }
+
     pub fn sign_checkpoint(&self, origin: &str, size: u64, root: &Hash) -> String {
         self.sign_note(&Checkpoint::text(origin, size, root))
     }
@@ -237,38 +245,7 @@ impl Checkpoint {
     /// Parses a signed checkpoint note and verifies it: every signature line by a trusted key
     /// (same name and key id) must verify, and at least one must be present.
     pub fn open(note: &str, trusted: &[NoteVerifier]) -> Result<Checkpoint, CheckpointError> {
-        let (text, sigs) = split_note(note)?;
-        let mut verified = false;
-        let mut others = Vec::new();
-        for line in sigs.lines() {
-            let line = line
-                .strip_prefix(SIG_PREFIX)
-                .ok_or_else(|| CheckpointError::Malformed("signature line without '— '".into()))?;
-            let (name, b64) = line
-                .split_once(' ')
-                .ok_or_else(|| CheckpointError::Malformed("signature line shape".into()))?;
-            let blob = STANDARD
-                .decode(b64)
-                .map_err(|_| CheckpointError::Malformed("signature is not base64".into()))?;
-            if blob.len() < 4 {
-                return Err(CheckpointError::Malformed("signature too short".into()));
-            }
-            let id = u32::from_be_bytes([blob[0], blob[1], blob[2], blob[3]]);
-            let Some(v) = trusted.iter().find(|v| v.name == name && v.id == id) else {
-                others.push(format!("{name}+{id:08x}"));
-                continue;
-            };
-            let sig = Signature::from_slice(&blob[4..])
-                .map_err(|_| CheckpointError::BadSignature(v.to_string()))?;
-            v.key
-                .verify(text.as_bytes(), &sig)
-                .map_err(|_| CheckpointError::BadSignature(format!("{}+{:08x}", v.name, v.id)))?;
-            verified = true;
-        }
-        if !verified {
-            return Err(CheckpointError::UnknownSigner(others));
-        }
-        Self::parse_text(text)
+        Self::parse_text(open_note(note, trusted)?)
     }
 
     /// Parses the note text without checking signatures.
@@ -297,6 +274,91 @@ impl Checkpoint {
             size,
             root,
         })
+    }
+}
+
+/// Verifies a signed note: every signature line by a trusted key (same name and key id) must
+/// verify, and at least one must be present. Returns the note's text.
+pub fn open_note<'n>(note: &'n str, trusted: &[NoteVerifier]) -> Result<&'n str, CheckpointError> {
+    let (text, sigs) = split_note(note)?;
+    let mut verified = false;
+    let mut others = Vec::new();
+    for line in sigs.lines() {
+        let line = line
+            .strip_prefix(SIG_PREFIX)
+            .ok_or_else(|| CheckpointError::Malformed("signature line without '— '".into()))?;
+        let (name, b64) = line
+            .split_once(' ')
+            .ok_or_else(|| CheckpointError::Malformed("signature line shape".into()))?;
+        let blob = STANDARD
+            .decode(b64)
+            .map_err(|_| CheckpointError::Malformed("signature is not base64".into()))?;
+        if blob.len() < 4 {
+            return Err(CheckpointError::Malformed("signature too short".into()));
+        }
+        let id = u32::from_be_bytes([blob[0], blob[1], blob[2], blob[3]]);
+        let Some(v) = trusted.iter().find(|v| v.name == name && v.id == id) else {
+            others.push(format!("{name}+{id:08x}"));
+            continue;
+        };
+        let sig = Signature::from_slice(&blob[4..])
+            .map_err(|_| CheckpointError::BadSignature(v.to_string()))?;
+        v.key
+            .verify(text.as_bytes(), &sig)
+            .map_err(|_| CheckpointError::BadSignature(format!("{}+{:08x}", v.name, v.id)))?;
+        verified = true;
+    }
+    if !verified {
+        return Err(CheckpointError::UnknownSigner(others));
+    }
+    Ok(text)
+}
+
+/// The first line of a key handover's text.
+const HANDOVER: &str = "grantline checkpoint key handover";
+
+/// A checkpoint key handing over to its successor: a note signed by the old key whose text
+/// names both (`grantline checkpoint key handover`, `from <vkey>`, `to <vkey>`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyHandover {
+    pub from: NoteVerifier,
+    pub to: NoteVerifier,
+}
+
+impl KeyHandover {
+    /// The handover in `note` if a key in `in_force` signed it (and it is that key that hands
+    /// over).
+    pub fn open(note: &str, in_force: &[NoteVerifier]) -> Result<KeyHandover, CheckpointError> {
+        let h = Self::parse_text(open_note(note, in_force)?)?;
+        if !in_force.contains(&h.from) {
+            return Err(CheckpointError::Malformed(
+                "the handover is signed by a key other than the one it hands over from".into(),
+            ));
+        }
+        Ok(h)
+    }
+
+    /// The handover's text, signatures not checked.
+    pub fn parse_unverified(note: &str) -> Result<KeyHandover, CheckpointError> {
+        Self::parse_text(split_note(note)?.0)
+    }
+
+    fn parse_text(text: &str) -> Result<KeyHandover, CheckpointError> {
+        let bad = |m: &str| CheckpointError::Malformed(format!("key handover: {m}"));
+        let mut lines = text.lines();
+        if lines.next() != Some(HANDOVER) {
+            return Err(bad("not a key handover"));
+        }
+        let mut key = |prefix: &str| {
+            lines
+                .next()
+                .and_then(|l| l.strip_prefix(prefix))
+                .ok_or_else(|| bad(&format!("no {prefix}line")))
+                .and_then(|k| NoteVerifier::parse(k))
+        };
+        let from = key("from ")?;
+        let to = key("to ")?;
+        Ok(KeyHandover { from, to })
     }
 }
 

@@ -16,7 +16,9 @@ pub mod verify;
 
 pub(crate) use pii::bytes_impl as bytes;
 
-pub use checkpoint::{Checkpoint, CheckpointError, NoteSigner, NoteVerifier};
+pub use checkpoint::{
+    Checkpoint, CheckpointError, KeyHandover, NoteSigner, NoteVerifier, open_note,
+};
 pub use codec::{CodecError, MAX_BODY_BYTES, decode, decode_header, encode, encode_for_append};
 pub use event::{Actor, Append, Envelope, ExpectedVersion, Header, NewEvent, Recorded, StreamId};
 pub use hash::{CHAIN_DOMAIN_TAG, GENESIS, Hash, chain_hash, secret_digest};

@@ -744,6 +744,10 @@ pub struct SigningKeyRotated {
     pub public_key: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_key_id: Option<String>,
+    /// For a checkpoint key: the handover, a signed note by the key it replaces naming both
+    /// keys (see `KeyHandover`), so that `verify` can follow rotations from the first key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endorsement: Option<String>,
 }
 
 /// The HTTP request behind an event: its id (as in the server's logs and the `X-Request-Id`

@@ -109,6 +109,16 @@ pub fn stream_for(p: &Payload) -> StreamId {
     }
 }
 
+/// A checkpoint-key handover between two fixed keys.
+fn handover_sample() -> String {
+    let old = NoteSigner::from_seed("grantline.example/ledger", [1; 32]);
+    let new = NoteSigner::from_seed("grantline.example/ledger", [2; 32]);
+    match (old, new) {
+        (Ok(old), Ok(new)) => old.hand_over_to(&new.verifier()),
+        _ => String::new(),
+    }
+}
+
 /// One example of every kind, every optional field set; in [`Kind::ALL`] order.
 pub fn all() -> Vec<Payload> {
     let user_subject = pii::user_subject(USER);
@@ -421,6 +431,7 @@ pub fn all() -> Vec<Payload> {
             algorithm: "EdDSA".into(),
             public_key: "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo".into(),
             previous_key_id: Some("k_2026_10".into()),
+            endorsement: Some(handover_sample()),
         }
         .into(),
         PolicyChanged {

@@ -52,6 +52,8 @@ pub enum Problem {
     CheckpointRoot { size: u64 },
     /// The ledger ends before the newest signed checkpoint.
     Truncated { checkpoint_size: u64, events: u64 },
+    /// A checkpoint-key rotation that the key in force did not sign (or that is malformed).
+    KeyRotation { error: String },
 }
 
 /// The first thing found wrong: the seq it concerns and the problem.
@@ -106,6 +108,9 @@ impl fmt::Display for Finding {
                 "seq {seq}: truncated tail (ledger ends at seq {events}, \
                  but a signed checkpoint covers {checkpoint_size} events)"
             ),
+            Problem::KeyRotation { error } => {
+                write!(f, "seq {seq}: checkpoint key rotation not valid: {error}")
+            }
         }
     }
 }
@@ -227,32 +232,46 @@ fn check_hash(row: &RawRow) -> Result<Hash, Problem> {
     Ok(stored)
 }
 
+/// A stored checkpoint, judged when the walk reaches its tree size: by the key in force then.
 struct PendingCheckpoint {
     size: u64,
-    verdict: Verdict,
+    note: String,
+    root: Vec<u8>,
 }
 
 /// What a checkpoint's signature says before its root is compared.
 enum Verdict {
-    /// Signed by a trusted key: this is its root.
+    /// Signed by the key in force (trusted): this is its root.
     Signed(Hash),
     /// Signed only by keys not trusted here (`name+keyid`): the chain can still be walked,
     /// but this checkpoint proves nothing.
     Untrusted(String),
-    /// A trusted key's signature that does not verify, or a malformed note.
+    /// A trusted key's signature that does not verify, a key that was not in force at that
+    /// seq, or a malformed note.
     Bad(String),
 }
 
-/// Walks the rows in seq order and reports the first problem.
+/// Walks the rows in seq order and reports the first problem. Checkpoints are judged by the
+/// key in force at their tree size: the trusted keys at first, then each key a
+/// `signing_key.rotated` handover signed by the key in force introduced (effective for
+/// checkpoints beyond the rotation's seq).
 pub struct ChainVerifier {
     next_seq: u64,
     prev: Hash,
     frontier: Frontier,
     pending: std::collections::VecDeque<PendingCheckpoint>,
     checkpoints: u64,
-    newest_signed: u64,
     last_good: u64,
     untrusted: Vec<Untrusted>,
+    /// The checkpoint keys in force.
+    in_force: Vec<NoteVerifier>,
+    /// Whether `in_force` descends from a trusted key (false after a handover this check
+    /// could not verify: what it introduced proves nothing here).
+    in_force_trusted: bool,
+    /// Keys handed over from, with the seq of the handover.
+    retired: Vec<(NoteVerifier, u64)>,
+    /// The keys this check was given.
+    trusted: Vec<NoteVerifier>,
 }
 
 impl ChainVerifier {
@@ -260,32 +279,12 @@ impl ChainVerifier {
     pub fn new(mut checkpoints: Vec<RawCheckpoint>, trusted: &[NoteVerifier]) -> Self {
         checkpoints.sort_by_key(|c| c.tree_size);
         let count = checkpoints.len() as u64;
-        let mut newest_signed = 0;
         let pending = checkpoints
             .into_iter()
-            .map(|c| {
-                let size = c.tree_size.max(0) as u64;
-                let verdict = match Checkpoint::open(&c.note, trusted) {
-                    Ok(cp) if cp.size != size => {
-                        Verdict::Bad("tree_size column disagrees with the note".into())
-                    }
-                    Ok(cp) if Some(cp.root) != Hash::from_slice(&c.root) => {
-                        Verdict::Bad("root column disagrees with the note".into())
-                    }
-                    Ok(cp) => {
-                        newest_signed = newest_signed.max(size);
-                        Verdict::Signed(cp.root)
-                    }
-                    Err(CheckpointError::UnknownSigner(by)) => {
-                        Verdict::Untrusted(if by.is_empty() {
-                            "no signature".into()
-                        } else {
-                            by.join(", ")
-                        })
-                    }
-                    Err(e) => Verdict::Bad(e.to_string()),
-                };
-                PendingCheckpoint { size, verdict }
+            .map(|c| PendingCheckpoint {
+                size: c.tree_size.max(0) as u64,
+                note: c.note,
+                root: c.root,
             })
             .collect();
         ChainVerifier {
@@ -294,10 +293,92 @@ impl ChainVerifier {
             frontier: Frontier::new(),
             pending,
             checkpoints: count,
-            newest_signed,
             last_good: 0,
             untrusted: Vec::new(),
+            in_force: trusted.to_vec(),
+            in_force_trusted: true,
+            retired: Vec::new(),
+            trusted: trusted.to_vec(),
         }
+    }
+
+    /// A checkpoint's signature, by the key in force now.
+    fn judge(&self, cp: &PendingCheckpoint) -> Verdict {
+        match Checkpoint::open(&cp.note, &self.in_force) {
+            Ok(c) if c.size != cp.size => {
+                Verdict::Bad("tree_size column disagrees with the note".into())
+            }
+            Ok(c) if Some(c.root) != Hash::from_slice(&cp.root) => {
+                Verdict::Bad("root column disagrees with the note".into())
+            }
+            Ok(c) if self.in_force_trusted => Verdict::Signed(c.root),
+            Ok(_) => Verdict::Untrusted(
+                self.in_force
+                    .iter()
+                    .map(|v| format!("{}+{}", v.name(), v.key_id_hex()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+                    + " (introduced by a handover not verified here)",
+            ),
+            Err(CheckpointError::UnknownSigner(by)) => {
+                let retired = self
+                    .retired
+                    .iter()
+                    .find(|(k, _)| by.contains(&format!("{}+{}", k.name(), k.key_id_hex())));
+                match retired {
+                    Some((k, at)) if self.in_force_trusted => Verdict::Bad(format!(
+                        "signed by {}+{}, which was handed over at seq {at}: not the key in force at seq {}",
+                        k.name(),
+                        k.key_id_hex(),
+                        cp.size
+                    )),
+                    _ if by.is_empty() => Verdict::Untrusted("no signature".into()),
+                    _ => Verdict::Untrusted(by.join(", ")),
+                }
+            }
+            Err(e) => Verdict::Bad(e.to_string()),
+        }
+    }
+
+    /// Follows a `signing_key.rotated` of the checkpoint key at `seq`.
+    fn follow(&mut self, row: &RawRow, seq: u64) -> Result<(), Problem> {
+        let env = crate::codec::decode(&row.body).map_err(|e| Problem::MalformedBody {
+            error: e.to_string(),
+        })?;
+        let crate::Payload::SigningKeyRotated(r) = env.payload else {
+            return Ok(());
+        };
+        if r.purpose != crate::KeyPurpose::Checkpoint {
+            return Ok(());
+        }
+        let rotation = |error: String| Problem::KeyRotation { error };
+        let note = r
+            .endorsement
+            .ok_or_else(|| rotation("no handover signed by the key it replaces".into()))?;
+        let handover = match crate::KeyHandover::open(&note, &self.in_force) {
+            Ok(h) => h,
+            Err(CheckpointError::UnknownSigner(_)) => {
+                // Signed by a key not trusted here: follow it, but what it introduces proves
+                // nothing (the checkpoints after it are "cannot tell") unless this check was
+                // given that key itself.
+                let h = crate::KeyHandover::parse_unverified(&note)
+                    .map_err(|e| rotation(e.to_string()))?;
+                self.in_force_trusted = self.trusted.contains(&h.to);
+                h
+            }
+            Err(e) => return Err(rotation(e.to_string())),
+        };
+        if handover.to.key_id_hex() != r.key_id {
+            return Err(rotation(format!(
+                "the event names key {} but its handover names {}",
+                r.key_id,
+                handover.to.key_id_hex()
+            )));
+        }
+        for old in std::mem::replace(&mut self.in_force, vec![handover.to]) {
+            self.retired.push((old, seq));
+        }
+        Ok(())
     }
 
     /// Checks the next row; `own` is [`check_row`]'s result for it (computed here when `None`).
@@ -332,7 +413,7 @@ impl ChainVerifier {
             if cp.size < seq {
                 continue; // size 0 (or duplicate) checkpoints say nothing about events
             }
-            match cp.verdict {
+            match self.judge(&cp) {
                 Verdict::Bad(error) => {
                     return Err(at(Problem::CheckpointSignature {
                         size: cp.size,
@@ -349,34 +430,44 @@ impl ChainVerifier {
                 Verdict::Signed(_) => self.last_good = cp.size,
             }
         }
+        // A rotation takes effect after the checkpoints of its own size: the old key may
+        // still vouch for the event that hands it over.
+        if row.kind == crate::Kind::SigningKeyRotated.as_str() {
+            self.follow(row, seq).map_err(at)?;
+        }
         Ok(())
     }
 
     /// Ends the walk: the ledger must reach every signed checkpoint.
-    pub fn finish(self) -> Result<Summary, Finding> {
+    pub fn finish(mut self) -> Result<Summary, Finding> {
         let events = self.next_seq - 1;
-        if self.newest_signed > events {
+        let pending: Vec<PendingCheckpoint> = self.pending.drain(..).collect();
+        let verdicts: Vec<(u64, Verdict)> =
+            pending.iter().map(|cp| (cp.size, self.judge(cp))).collect();
+        if let Some(newest) = verdicts
+            .iter()
+            .filter(|(_, v)| matches!(v, Verdict::Signed(_)))
+            .map(|(size, _)| *size)
+            .max()
+        {
             return Err(Finding {
                 seq: events + 1,
                 problem: Problem::Truncated {
-                    checkpoint_size: self.newest_signed,
+                    checkpoint_size: newest,
                     events,
                 },
             });
         }
         let mut untrusted = self.untrusted;
-        for cp in self.pending {
-            match cp.verdict {
+        for (size, verdict) in verdicts {
+            match verdict {
                 Verdict::Bad(error) => {
                     return Err(Finding {
-                        seq: cp.size,
-                        problem: Problem::CheckpointSignature {
-                            size: cp.size,
-                            error,
-                        },
+                        seq: size,
+                        problem: Problem::CheckpointSignature { size, error },
                     });
                 }
-                Verdict::Untrusted(by) => untrusted.push(Untrusted { size: cp.size, by }),
+                Verdict::Untrusted(by) => untrusted.push(Untrusted { size, by }),
                 Verdict::Signed(_) => {}
             }
         }

@@ -32,6 +32,7 @@ pub fn introduce(
                 algorithm: "EdDSA".into(),
                 public_key: public_key.to_string(),
                 previous_key_id: previous,
+                endorsement: None,
             },
         )],
         Ok(true),

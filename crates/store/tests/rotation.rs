@@ -1,0 +1,142 @@
+//! Checkpoint-key rotation as `verify` follows it: from the first trusted key through each
+//! handover, every checkpoint judged by the key in force at its tree size.
+
+use grantline_ledger::verify::{Finding, Problem, Summary};
+use grantline_ledger::*;
+use grantline_store::testing::{TestDb, tool_call};
+use grantline_store::{Ledger, LedgerOptions, Pool, Store, backend_tests};
+use std::time::Duration;
+
+const NAME: &str = "grantline.test/ledger";
+
+async fn open(db: &TestDb, signer: &NoteSigner) -> Ledger {
+    Ledger::open(
+        &db.db,
+        signer.clone(),
+        LedgerOptions {
+            checkpoint_interval: Duration::from_secs(3600),
+            ..LedgerOptions::default()
+        },
+    )
+    .await
+    .unwrap()
+}
+
+fn rotation(from: &NoteSigner, to: &NoteSigner, endorsement: Option<String>) -> NewEvent {
+    use base64::Engine;
+    NewEvent::new(
+        StreamId::named("keys"),
+        Actor::Operator,
+        SigningKeyRotated {
+            purpose: KeyPurpose::Checkpoint,
+            key_id: to.verifier().key_id_hex(),
+            algorithm: "EdDSA".into(),
+            public_key: base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .encode(to.verifier().public_key().as_bytes()),
+            previous_key_id: Some(from.verifier().key_id_hex()),
+            endorsement,
+        },
+    )
+}
+
+async fn events(ledger: &Ledger, range: std::ops::RangeInclusive<u64>) {
+    for i in range {
+        ledger
+            .append(Append::new(vec![tool_call(i)]))
+            .await
+            .unwrap();
+    }
+}
+
+/// Five events under k0 (checkpoint 5); the handover to k1 at seq 6 (checkpoint 6, still k0);
+/// three events under k1 (checkpoint 9).
+async fn rotated(
+    db: &TestDb,
+    endorsement: impl Fn(&NoteSigner, &NoteSigner) -> Option<String>,
+) -> (Store, NoteSigner, NoteSigner) {
+    let k0 = NoteSigner::generate(NAME).unwrap();
+    let k1 = NoteSigner::generate(NAME).unwrap();
+    let ledger = open(db, &k0).await;
+    events(&ledger, 1..=5).await;
+    assert_eq!(ledger.checkpoint().await.unwrap(), Some(5));
+    ledger
+        .append(Append::new(vec![rotation(&k0, &k1, endorsement(&k0, &k1))]))
+        .await
+        .unwrap();
+    assert_eq!(ledger.checkpoint().await.unwrap(), Some(6));
+    ledger.shutdown().await;
+    let ledger = open(db, &k1).await;
+    events(&ledger, 7..=9).await;
+    ledger.shutdown().await;
+    (Store::connect(&db.db, false).await.unwrap(), k0, k1)
+}
+
+async fn check(store: &Store, trusted: &[&NoteSigner]) -> Result<Summary, Finding> {
+    let keys: Vec<NoteVerifier> = trusted.iter().map(|s| s.verifier()).collect();
+    grantline_store::verify(store, &keys, |_| {}).await.unwrap()
+}
+
+backend_tests! {
+    async fn verify_follows_rotations_from_the_first_key(db: TestDb) {
+        let (store, k0, k1) = rotated(&db, |k0, k1| Some(k0.hand_over_to(&k1.verifier()))).await;
+        let s = check(&store, &[&k0]).await.unwrap();
+        assert_eq!(s.checkpoints, 3);
+        assert!(s.fully_trusted(), "{:?}", s.untrusted);
+        // Trusting only the newer key: the chain is intact, the checkpoints before the
+        // handover cannot be told.
+        let s = check(&store, &[&k1]).await.unwrap();
+        assert_eq!(s.untrusted.iter().map(|u| u.size).collect::<Vec<_>>(), vec![5, 6]);
+        // A key not in the story at all: nothing proves anything.
+        let stranger = NoteSigner::generate(NAME).unwrap();
+        let s = check(&store, &[&stranger]).await.unwrap();
+        assert_eq!(s.untrusted.len(), 3);
+
+        // A checkpoint beyond the handover signed by the key it replaced is caught at its seq.
+        let leaves: Vec<Hash> = store.chain_hashes(8).await.unwrap().iter().map(merkle::leaf_hash).collect();
+        let root = merkle::root_of(&leaves);
+        let note = k0.sign_checkpoint(NAME, 8, &root);
+        match store.pool() {
+            Pool::Sqlite(p) => {
+                sqlx::query("INSERT INTO checkpoints (time, tree_size, root, note, frontier) VALUES (0, 8, ?, ?, x'')").bind(root.0.as_slice()).bind(&note).execute(p).await.unwrap();
+            }
+            Pool::Postgres(p) => {
+                sqlx::query("INSERT INTO checkpoints (time, tree_size, root, note, frontier) VALUES (now(), 8, $1, $2, '')").bind(root.0.as_slice()).bind(&note).execute(p).await.unwrap();
+            }
+        }
+        let f = check(&store, &[&k0]).await.unwrap_err();
+        assert_eq!(f.seq, 8);
+        assert!(matches!(&f.problem, Problem::CheckpointSignature { size: 8, error } if error.contains("not the key in force at seq 8") && error.contains("seq 6")), "{f}");
+    }
+
+    async fn a_handover_the_key_in_force_did_not_sign_is_tampering(db: TestDb) {
+        // Signed by k0 but altered: the signature does not verify.
+        let (store, k0, _) = rotated(&db, |k0, k1| {
+            let note = k0.hand_over_to(&k1.verifier());
+            let sig_at = note.rfind(' ').unwrap() + 20; // past the key id
+            let mut bytes = note.into_bytes();
+            bytes[sig_at] = if bytes[sig_at] == b'A' { b'B' } else { b'A' };
+            Some(String::from_utf8(bytes).unwrap())
+        })
+        .await;
+        let f = check(&store, &[&k0]).await.unwrap_err();
+        assert_eq!(f.seq, 6);
+        assert!(matches!(f.problem, Problem::KeyRotation { .. }), "{f}");
+    }
+
+    async fn a_handover_without_endorsement_is_tampering(db: TestDb) {
+        let (store, k0, _) = rotated(&db, |_, _| None).await;
+        let f = check(&store, &[&k0]).await.unwrap_err();
+        assert_eq!((f.seq, matches!(f.problem, Problem::KeyRotation { .. })), (6, true), "{f}");
+    }
+
+    async fn a_handover_by_a_key_not_in_force_introduces_nothing_trusted(db: TestDb) {
+        // An intruder announces their own key: the handover is signed by them, not by k0.
+        let (store, k0, _) = rotated(&db, |_, k1| {
+            let intruder = NoteSigner::generate(NAME).unwrap();
+            Some(intruder.hand_over_to(&k1.verifier()))
+        })
+        .await;
+        let s = check(&store, &[&k0]).await.unwrap();
+        assert_eq!(s.untrusted.iter().map(|u| u.size).collect::<Vec<_>>(), vec![9], "{s:?}");
+    }
+}
