@@ -54,6 +54,11 @@ impl Location {
                 .collect::<Result<Vec<_>>>()?;
             return Ok((keys, "given"));
         }
+        // After a rotation the local key is the newest: start from the first one the key
+        // history names, and follow the handovers from there.
+        if let Some(first) = keyfile::key_history(&self.data_dir)?.into_iter().next() {
+            return Ok((vec![first], "the first key of the local key history"));
+        }
         match keyfile::load_signer(&self.data_dir)? {
             Some(s) => Ok((vec![s.verifier()], "local key")),
             None => Ok((Vec::new(), "none")),

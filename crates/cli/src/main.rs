@@ -129,7 +129,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::User(c) => commands::user::run(&loc, c).await,
         Command::Client(c) => commands::client::run(&loc, c).await,
         Command::Pat(c) => commands::pat::run(&loc, c).await,
-        Command::Key(c) => commands::key::run(&loc, c),
+        Command::Key(c) => commands::key::run(&loc, c).await,
         Command::Migrate => {
             let store = grantline_store::Store::connect(&loc.database, true).await?;
             store.migrate().await?;

@@ -38,3 +38,66 @@ pub fn introduce(
         Ok(true),
     )
 }
+
+/// A key being introduced by a rotation.
+#[derive(Debug, Clone)]
+pub struct NewKey {
+    pub key_id: String,
+    /// Ed25519 public half, base64url.
+    pub public_key: String,
+}
+
+/// A rotation of every signing key at once: the checkpoint key (with the handover note the
+/// old checkpoint key signed), the access-token key and the identity-assertion key.
+#[derive(Debug, Clone)]
+pub struct Rotation {
+    pub checkpoint: NewKey,
+    pub previous_checkpoint_key_id: String,
+    pub handover: String,
+    pub access_token: NewKey,
+    pub identity_assertion: NewKey,
+}
+
+/// The events of a rotation, in one append: the previous keys of each purpose are retired
+/// (still published until what they signed expires). Refused when a new key is known already.
+pub fn rotate(state: &State, r: &Rotation) -> Decision<()> {
+    let keys = [
+        &r.checkpoint.key_id,
+        &r.access_token.key_id,
+        &r.identity_assertion.key_id,
+    ];
+    if let Some(k) = keys
+        .iter()
+        .find(|k| state.signing_keys.contains_key(k.as_str()))
+    {
+        return Decision::refuse(crate::OAuthError::invalid_request(format!(
+            "key {k} is known already"
+        )));
+    }
+    let mut events = Vec::new();
+    for (purpose, key) in [
+        (KeyPurpose::AccessToken, &r.access_token),
+        (KeyPurpose::IdentityAssertion, &r.identity_assertion),
+    ] {
+        let mut d = introduce(state, purpose, &key.key_id, &key.public_key);
+        for e in &mut d.append.events {
+            e.actor = Actor::Operator;
+        }
+        events.append(&mut d.append.events);
+    }
+    // The checkpoint handover comes last: the old key's last checkpoint covers the whole
+    // rotation, and the new key signs only beyond it.
+    events.push(NewEvent::new(
+        StreamId::named("keys"),
+        Actor::Operator,
+        SigningKeyRotated {
+            purpose: KeyPurpose::Checkpoint,
+            key_id: r.checkpoint.key_id.clone(),
+            algorithm: "EdDSA".into(),
+            public_key: r.checkpoint.public_key.clone(),
+            previous_key_id: Some(r.previous_checkpoint_key_id.clone()),
+            endorsement: Some(r.handover.clone()),
+        },
+    ));
+    Decision::new(events, Ok(()))
+}

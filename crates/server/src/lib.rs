@@ -24,6 +24,7 @@ pub mod projection;
 pub mod random;
 pub mod refusal_window;
 pub mod refusals;
+pub mod rotation;
 pub mod routes;
 pub mod session;
 pub mod signin;

@@ -347,6 +347,7 @@ pub fn apply(state: &mut State, event: &Recorded) {
                 && let Some(k) = state.signing_keys.get_mut(prev)
             {
                 k.retired = true;
+                k.retired_at = Some(at);
             }
             state.signing_keys.insert(
                 e.key_id.clone(),
@@ -356,6 +357,7 @@ pub fn apply(state: &mut State, event: &Recorded) {
                     public_key: e.public_key.clone(),
                     introduced_at: at,
                     retired: false,
+                    retired_at: None,
                 },
             );
         }

@@ -237,6 +237,8 @@ pub struct SigningKey {
     pub public_key: String,
     pub introduced_at: Timestamp,
     pub retired: bool,
+    /// When a newer key of its purpose replaced it.
+    pub retired_at: Option<Timestamp>,
 }
 
 impl RefreshToken {

@@ -2,7 +2,7 @@
 //! directory created on first start. Its public half is printable (`grantline key show`).
 
 use crate::{Result, StoreError};
-use grantline_ledger::NoteSigner;
+use grantline_ledger::{NoteSigner, NoteVerifier};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -53,7 +53,13 @@ pub fn load_or_create_signer(data_dir: &Path, origin: &str) -> Result<NoteSigner
     }
     std::fs::create_dir_all(data_dir)?;
     let signer = NoteSigner::generate(origin).map_err(|e| StoreError::Key(e.to_string()))?;
-    let path = key_path(data_dir);
+    write_private(&key_path(data_dir), &signer.to_private_string())?;
+    Ok(signer)
+}
+
+/// Creates `path` readable by its owner only (0600), holding `text` and a newline, synced.
+/// Fails when it exists: a key is never overwritten in place.
+pub fn write_private(path: &Path, text: &str) -> Result<()> {
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create_new(true);
     #[cfg(unix)]
@@ -61,9 +67,47 @@ pub fn load_or_create_signer(data_dir: &Path, origin: &str) -> Result<NoteSigner
         use std::os::unix::fs::OpenOptionsExt;
         opts.mode(0o600);
     }
-    let mut f = opts.open(&path)?;
-    f.write_all(signer.to_private_string().as_bytes())?;
+    let mut f = opts.open(path)?;
+    f.write_all(text.as_bytes())?;
     f.write_all(b"\n")?;
     f.sync_all()?;
-    Ok(signer)
+    Ok(())
+}
+
+/// The public checkpoint keys this data directory has used, oldest first, one verifier key
+/// per line: written by `grantline key rotate`, so that `verify` can start from the first key
+/// and follow the handovers.
+pub const HISTORY_FILE: &str = "checkpoint-keys.pub";
+
+/// The key history (empty when no rotation happened here).
+pub fn key_history(data_dir: &Path) -> Result<Vec<NoteVerifier>> {
+    let path = data_dir.join(HISTORY_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            NoteVerifier::parse(l.trim())
+                .map_err(|e| StoreError::Key(format!("{}: {e}", path.display())))
+        })
+        .collect()
+}
+
+/// Appends a rotation from `old` to `new` to the key history.
+pub fn record_rotation(data_dir: &Path, old: &NoteVerifier, new: &NoteVerifier) -> Result<()> {
+    let mut keys = key_history(data_dir)?;
+    if keys.is_empty() {
+        keys.push(old.clone());
+    }
+    keys.push(new.clone());
+    let text: String = keys.iter().map(|k| format!("{k}\n")).collect();
+    let path = data_dir.join(HISTORY_FILE);
+    let tmp = data_dir.join(format!("{HISTORY_FILE}.tmp"));
+    std::fs::write(&tmp, text)?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(())
 }

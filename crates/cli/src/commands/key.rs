@@ -7,10 +7,34 @@ use std::process::ExitCode;
 pub enum Command {
     /// Print the checkpoint verifier key (signed-note format: name+keyid+base64 key).
     Show,
+    /// Rotate the checkpoint, access-token and identity-assertion keys (servers stopped):
+    /// recorded as `signing_key.rotated`, the checkpoint key's handover signed by the old key.
+    Rotate,
 }
 
-pub fn run(loc: &Location, cmd: Command) -> Result<ExitCode> {
+pub async fn run(loc: &Location, cmd: Command) -> Result<ExitCode> {
     match cmd {
+        Command::Rotate => {
+            let config = grantline_server::Config::load(loc.config.as_deref())?;
+            let r = grantline_server::rotation::rotate_keys(grantline_server::Options {
+                config,
+                data_dir: loc.data_dir.clone(),
+                database: loc.database.clone(),
+                ledger: grantline_store::LedgerOptions::default(),
+                serving: false,
+            })
+            .await?;
+            println!("rotated at seq {}", r.seq);
+            println!("previous checkpoint key: {}", r.previous_checkpoint_key);
+            println!("new checkpoint key:      {}", r.checkpoint_key);
+            println!("new access-token key id: {}", r.access_token_kid);
+            println!(
+                "record the new checkpoint key outside this machine; `grantline verify` follows \
+                 the handover from the first key ({}). Start the servers again.",
+                keyfile::HISTORY_FILE
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Show => match keyfile::load_signer(&loc.data_dir)? {
             Some(s) => {
                 println!("{}", s.verifier());

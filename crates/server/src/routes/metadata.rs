@@ -125,6 +125,11 @@ pub async fn jwks(State(app): State<App>) -> Response {
     use base64::Engine;
     let mut keys: Vec<serde_json::Value> = {
         let state = app.projection.read();
+        // A retired key signs nothing new; it is published until the last token it signed
+        // has expired (an identity assertion lives no longer than an access token).
+        let horizon = app
+            .now()
+            .plus_secs(-(app.settings().lifetimes.access_token as i64));
         let mut ks: Vec<_> = state
             .signing_keys
             .values()
@@ -133,7 +138,7 @@ pub async fn jwks(State(app): State<App>) -> Response {
                     k.purpose,
                     grantline_ledger::KeyPurpose::AccessToken
                         | grantline_ledger::KeyPurpose::IdentityAssertion
-                )
+                ) && k.retired_at.is_none_or(|at| at > horizon)
             })
             .collect();
         ks.sort_by_key(|k| std::cmp::Reverse(k.introduced_at));

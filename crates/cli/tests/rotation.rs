@@ -1,0 +1,154 @@
+//! `grantline key rotate` on a data directory a server ran on: JWTs and checkpoints from
+//! before and after verify with only the first key trusted, the old access-token key leaves
+//! the JWKS once the tokens it signed have expired, and a checkpoint signed by the retired
+//! key after the handover is caught with its seq.
+
+#[path = "../../server/tests/common/mod.rs"]
+mod common;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use common::*;
+use grantline_store::backend_tests;
+use grantline_store::testing::TestDb;
+use reqwest::StatusCode;
+use serde_json::Value;
+use std::path::Path;
+use std::process::Output;
+
+fn grantline(db: &TestDb, dir: &Path, args: &[&str]) -> Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_grantline"))
+        .args(args)
+        .arg("--database")
+        .arg(db.url())
+        .arg("--data-dir")
+        .arg(dir)
+        .env_remove("GRANTLINE_DATABASE_URL")
+        .env_remove("GRANTLINE_CHECKPOINT_KEY")
+        .output()
+        .expect("run grantline")
+}
+
+fn out(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+async fn jwt(s: &Server) -> String {
+    let (client, code, verifier) = code_for(s, &s.url("/mcp/jwt"), "jwt:read").await;
+    let (st, v) = exchange(s, &client, &code, &verifier).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    get(&v, "access_token")
+}
+
+async fn jwks(s: &Server) -> Vec<Value> {
+    let v: Value = browser()
+        .get(s.url("/.well-known/jwks.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["keys"].as_array().unwrap().clone()
+}
+
+/// The JWT's kid, after checking its signature with that key from the JWKS.
+fn verify_jwt(token: &str, keys: &[Value]) -> String {
+    let parts: Vec<&str> = token.split('.').collect();
+    let header: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[0]).unwrap()).unwrap();
+    let kid = header["kid"].as_str().unwrap().to_string();
+    let jwk = keys
+        .iter()
+        .find(|k| k["kid"] == kid.as_str())
+        .unwrap_or_else(|| panic!("kid {kid} not in the JWKS"));
+    let x: [u8; 32] = URL_SAFE_NO_PAD
+        .decode(jwk["x"].as_str().unwrap())
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let key = ed25519_dalek::VerifyingKey::from_bytes(&x).unwrap();
+    let sig: [u8; 64] = URL_SAFE_NO_PAD
+        .decode(parts[2])
+        .unwrap()
+        .try_into()
+        .unwrap();
+    key.verify_strict(
+        format!("{}.{}", parts[0], parts[1]).as_bytes(),
+        &ed25519_dalek::Signature::from_bytes(&sig),
+    )
+    .expect("the JWT verifies with its JWKS key");
+    kid
+}
+
+backend_tests! {
+    async fn rotation_keeps_old_checkpoints_and_jwts_verifiable(db: TestDb) {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let s = Server::start(&db, d.to_path_buf(), config(d, 30, 60)).await;
+        let before = jwt(&s).await;
+        s.app.ledger.checkpoint().await.unwrap();
+        s.stop().await;
+        let k0 = out(&grantline(&db, d, &["key", "show"])).trim().to_string();
+
+        let o = grantline(&db, d, &["key", "rotate"]);
+        assert_eq!(o.status.code(), Some(0), "{o:?}");
+        let k1 = out(&o)
+            .lines()
+            .find_map(|l| l.strip_prefix("new checkpoint key:"))
+            .unwrap()
+            .trim()
+            .to_string();
+        assert_ne!(k0, k1);
+        assert_eq!(out(&grantline(&db, d, &["key", "show"])).trim(), k1);
+        let rotated = grantline(&db, d, &["events", "--json", "--kind", "signing_key.rotated"]);
+        let rotations: Vec<Value> = out(&rotated).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let handover = rotations.iter().find(|e| e["payload"]["purpose"] == "checkpoint").expect("checkpoint rotation");
+        assert!(handover["payload"]["endorsement"].as_str().unwrap().contains(&format!("to {k1}")));
+
+        let s = Server::start(&db, d.to_path_buf(), config(d, 30, 60)).await;
+        let after = jwt(&s).await;
+        let keys = jwks(&s).await;
+        let (old_kid, new_kid) = (verify_jwt(&before, &keys), verify_jwt(&after, &keys));
+        assert_ne!(old_kid, new_kid, "signed by different keys");
+        assert!(active(&s, &before).await, "a token from before the rotation still works");
+        assert!(active(&s, &after).await);
+        s.app.ledger.checkpoint().await.unwrap();
+        // Once the old key's tokens have expired it leaves the JWKS.
+        s.app.clock.advance(3601);
+        let keys = jwks(&s).await;
+        assert!(!keys.iter().any(|k| k["kid"] == old_kid.as_str()), "{keys:?}");
+        assert!(keys.iter().any(|k| k["kid"] == new_kid.as_str()));
+        s.stop().await;
+
+        // Only the first key trusted, given or from the local key history: intact.
+        let o = grantline(&db, d, &["verify", "--public-key", &k0]);
+        assert_eq!(o.status.code(), Some(0), "{o:?}");
+        let o = grantline(&db, d, &["verify"]);
+        assert_eq!(o.status.code(), Some(0), "{o:?}");
+        // Only the new key: the checkpoints before the handover cannot be told.
+        let o = grantline(&db, d, &["verify", "--public-key", &k1]);
+        assert_eq!(o.status.code(), Some(2), "{o:?}");
+
+        // The retired key signs a checkpoint after its handover: caught at that seq.
+        let store = grantline_store::Store::connect(&db.db, false).await.unwrap();
+        let head = store.head().await.unwrap().unwrap().0;
+        let retired_file = std::fs::read_dir(d).unwrap().filter_map(|e| e.ok()).map(|e| e.path())
+            .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("checkpoint.key.retired-")).unwrap();
+        let retired = grantline_ledger::NoteSigner::parse(&std::fs::read_to_string(retired_file).unwrap()).unwrap();
+        let leaves: Vec<_> = store.chain_hashes(head).await.unwrap().iter().map(grantline_ledger::merkle::leaf_hash).collect();
+        let root = grantline_ledger::merkle::root_of(&leaves);
+        let note = retired.sign_checkpoint(retired.name(), head, &root);
+        match store.pool() {
+            grantline_store::Pool::Sqlite(p) => {
+                sqlx::query("INSERT INTO checkpoints (time, tree_size, root, note, frontier) VALUES (0, ?, ?, ?, x'')").bind(head as i64).bind(root.0.as_slice()).bind(&note).execute(p).await.unwrap();
+            }
+            grantline_store::Pool::Postgres(p) => {
+                sqlx::query("INSERT INTO checkpoints (time, tree_size, root, note, frontier) VALUES (now(), $1, $2, $3, '')").bind(head as i64).bind(root.0.as_slice()).bind(&note).execute(p).await.unwrap();
+            }
+        }
+        store.close().await;
+        let o = grantline(&db, d, &["verify", "--public-key", &k0]);
+        assert_eq!(o.status.code(), Some(1), "{o:?}");
+        assert!(out(&o).contains(&format!("seq {head}")) && out(&o).contains("not the key in force"), "{o:?}");
+    }
+}

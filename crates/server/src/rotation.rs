@@ -1,0 +1,145 @@
+//! `grantline key rotate`: a new checkpoint key, access-token key and (derived from it)
+//! identity-assertion key, announced in one append — the checkpoint key's `signing_key.rotated`
+//! carries a handover note signed by the key it replaces — and covered by a last checkpoint of
+//! the old key. The old public keys stay in the ledger's key history (JWKS keeps publishing
+//! the access-token key until the tokens it signed expire). Servers must be stopped while it
+//! runs: they read their keys at start.
+
+use crate::{App, Options};
+use anyhow::{Context, Result, bail};
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use grantline_ledger::NoteSigner;
+use grantline_oauth::keys::{NewKey, Rotation};
+use grantline_oauth::tokens::JwtSigner;
+use grantline_store::keyfile;
+use std::path::Path;
+
+/// What a rotation did.
+#[derive(Debug, Clone)]
+pub struct Rotated {
+    /// The new checkpoint verifier key (record it where `verify` will find it).
+    pub checkpoint_key: String,
+    pub previous_checkpoint_key: String,
+    pub access_token_kid: String,
+    /// The seq of the checkpoint key's handover (the rotation's last event).
+    pub seq: u64,
+}
+
+/// Rotates every signing key of the data directory in `opts`.
+pub async fn rotate_keys(opts: Options) -> Result<Rotated> {
+    for var in [keyfile::KEY_ENV, crate::keys::ENV] {
+        if std::env::var_os(var).is_some() {
+            bail!(
+                "${var} is set: keys given in the environment are rotated where they are kept \
+                 (unset it to rotate the key files of the data directory)"
+            );
+        }
+    }
+    let dir = opts.data_dir.clone();
+    let Some(old) = keyfile::load_signer(&dir)? else {
+        bail!(
+            "no checkpoint key in {} (start the server once first)",
+            dir.display()
+        );
+    };
+    let new = NoteSigner::generate(old.name())?;
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+    let access = JwtSigner::new(ed25519_dalek::SigningKey::from_bytes(&seed));
+    let identity = JwtSigner::new(crate::keys::identity_key(&access.key));
+    let (next_cp, next_at) = (
+        dir.join(format!("{}.next", keyfile::KEY_FILE)),
+        dir.join(format!("{}.next", crate::keys::FILE)),
+    );
+    for p in [&next_cp, &next_at] {
+        if p.exists() {
+            bail!(
+                "{} exists: an earlier rotation did not finish; see docs/operations.md \
+                 (\"Rotating keys\")",
+                p.display()
+            );
+        }
+    }
+    keyfile::write_private(&next_cp, &new.to_private_string())?;
+    keyfile::write_private(&next_at, &STANDARD.encode(seed))?;
+
+    let app = App::start(opts).await?;
+    let old_access_kid = app.jwt.kid.clone();
+    let public = |k: &JwtSigner| URL_SAFE_NO_PAD.encode(k.key.verifying_key().as_bytes());
+    let rotation = Rotation {
+        checkpoint: NewKey {
+            key_id: new.verifier().key_id_hex(),
+            public_key: URL_SAFE_NO_PAD.encode(new.verifier().public_key().as_bytes()),
+        },
+        previous_checkpoint_key_id: old.verifier().key_id_hex(),
+        handover: old.hand_over_to(&new.verifier()),
+        access_token: NewKey {
+            key_id: access.kid.clone(),
+            public_key: public(&access),
+        },
+        identity_assertion: NewKey {
+            key_id: identity.kid.clone(),
+            public_key: public(&identity),
+        },
+    };
+    let result = app
+        .run(|s| grantline_oauth::keys::rotate(s, &rotation))
+        .await;
+    let recorded = match result {
+        Ok((Ok(()), recorded)) => recorded,
+        Ok((Err(e), _)) => {
+            app.ledger.shutdown().await;
+            discard(&next_cp, &next_at);
+            bail!("rotation refused: {}", e.description);
+        }
+        Err(e) => {
+            app.ledger.shutdown().await;
+            discard(&next_cp, &next_at);
+            return Err(anyhow::anyhow!("{e}")).context("recording the rotation");
+        }
+    };
+    // The old key's last checkpoint covers the handover.
+    app.ledger.checkpoint().await?;
+    app.ledger.shutdown().await;
+    let seq = recorded.last().map_or(0, |r| r.seq());
+
+    swap(&dir, keyfile::KEY_FILE, &old.verifier().key_id_hex())?;
+    swap(&dir, crate::keys::FILE, &old_access_kid)?;
+    keyfile::record_rotation(&dir, &old.verifier(), &new.verifier())?;
+    Ok(Rotated {
+        checkpoint_key: new.verifier().to_string(),
+        previous_checkpoint_key: old.verifier().to_string(),
+        access_token_kid: access.kid,
+        seq,
+    })
+}
+
+/// `name` becomes `name.retired-<id>`, `name.next` becomes `name`.
+fn swap(dir: &Path, name: &str, old_id: &str) -> Result<()> {
+    let current = dir.join(name);
+    let retired = dir.join(format!("{name}.retired-{old_id}"));
+    let next = dir.join(format!("{name}.next"));
+    std::fs::rename(&current, &retired).with_context(|| {
+        format!(
+            "the rotation is recorded, but {} could not be retired: move it aside and rename {} to {} by hand",
+            current.display(),
+            next.display(),
+            current.display()
+        )
+    })?;
+    std::fs::rename(&next, &current).with_context(|| {
+        format!(
+            "the rotation is recorded, but {} could not be put in place: rename it to {} by hand",
+            next.display(),
+            current.display()
+        )
+    })?;
+    Ok(())
+}
+
+fn discard(a: &Path, b: &Path) {
+    for p in [a, b] {
+        let _ = std::fs::remove_file(p);
+    }
+}
