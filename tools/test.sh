@@ -18,6 +18,8 @@ cd "$(dirname "$0")/.."
 # Chromium with its driver (the audit page in a browser). Installed when missing.
 need=()
 [ -x /usr/sbin/rsyslogd ] || need+=(rsyslog)
+# curl: the incident-response runbook (docs/incident-response.md) uses it, and its test runs it.
+command -v curl >/dev/null || need+=(curl)
 [ -x /usr/bin/chromium ] || need+=(chromium)
 [ -x /usr/bin/chromedriver ] || need+=(chromium-driver)
 if [ ${#need[@]} -gt 0 ]; then

@@ -44,16 +44,15 @@ struct In {
 pub fn encode(state: &State, hash: &Hash) -> Result<Vec<u8>, SnapshotError> {
     let mut out = MAGIC.to_vec();
     out.extend_from_slice(&FORMAT.to_be_bytes());
-    ciborium::into_writer(
+    cbor4ii::serde::to_vec(
+        out,
         &Out {
             seq: state.seq,
             hash: hash.0,
             state,
         },
-        &mut out,
     )
-    .map_err(|e| SnapshotError::Malformed(e.to_string()))?;
-    Ok(out)
+    .map_err(|e| SnapshotError::Malformed(e.to_string()))
 }
 
 /// The state and the chain hash it claims, from a snapshot's bytes.
@@ -68,7 +67,8 @@ pub fn decode(bytes: &[u8]) -> Result<(Hash, State), SnapshotError> {
     if found != FORMAT {
         return Err(SnapshotError::Format { found });
     }
-    let s: In = ciborium::from_reader(body).map_err(|e| SnapshotError::Malformed(e.to_string()))?;
+    let s: In =
+        cbor4ii::serde::from_slice(body).map_err(|e| SnapshotError::Malformed(e.to_string()))?;
     if s.seq != s.state.seq {
         return Err(SnapshotError::Inconsistent {
             header: s.seq,

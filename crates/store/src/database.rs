@@ -203,6 +203,34 @@ impl Store {
         decode_rows(rows, after, prev).await
     }
 
+    /// Every event after `after`, in pages of `page`: the next page is read and decoded while
+    /// `f` handles the current one. `f` returns `false` to stop early.
+    pub async fn each_page(
+        &self,
+        after: u64,
+        page: u32,
+        mut f: impl FnMut(&[Recorded]) -> bool,
+    ) -> Result<()> {
+        let read = |after: u64| {
+            let s = self.clone();
+            tokio::spawn(async move { s.read(after, page).await })
+        };
+        let mut next = read(after);
+        loop {
+            let events = next
+                .await
+                .map_err(|e| StoreError::Invalid(format!("reading events: {e}")))??;
+            let Some(last) = events.last() else {
+                return Ok(());
+            };
+            next = read(last.seq());
+            if !f(&events) {
+                next.abort();
+                return Ok(());
+            }
+        }
+    }
+
     /// The chain hash stored for `seq`.
     pub async fn hash_at(&self, seq: u64) -> Result<Option<Hash>> {
         let bytes: Option<Vec<u8>> = match &self.pool {

@@ -14,7 +14,7 @@ use grantline_store::{Credentials, Store};
 use std::io::Write;
 use std::process::ExitCode;
 
-const PAGE: u32 = 5_000;
+const PAGE: u32 = 20_000;
 
 #[derive(clap::Args)]
 pub struct ReplayArgs {
@@ -89,22 +89,20 @@ async fn fold_from(
         Until::Time(_) => head,
     };
     let bar = super::progress_bar(total.saturating_sub(state.seq), "events");
-    let mut after = state.seq;
-    'pages: loop {
-        if matches!(until, Until::Seq(_)) && after >= total {
-            break;
-        }
-        let events = store.read(after, PAGE).await?;
-        let Some(last) = events.last() else { break };
-        after = last.seq();
-        for r in &events {
-            if !until.includes(r) {
-                break 'pages;
-            }
-            watch(&state, r);
-            apply(&mut state, r);
-        }
-        bar.inc(events.len() as u64);
+    if !(matches!(until, Until::Seq(_)) && state.seq >= total) {
+        store
+            .each_page(state.seq, PAGE, |events| {
+                for r in events {
+                    if !until.includes(r) {
+                        return false;
+                    }
+                    watch(&state, r);
+                    apply(&mut state, r);
+                }
+                bar.inc(events.len() as u64);
+                !(matches!(until, Until::Seq(_)) && state.seq >= total)
+            })
+            .await?;
     }
     bar.finish_and_clear();
     Ok(state)
@@ -442,15 +440,13 @@ pub async fn state(loc: &Location, args: StateArgs) -> Result<ExitCode> {
 
 /// Every event, in pages, to `f`.
 async fn each(store: &Store, mut f: impl FnMut(&Recorded)) -> Result<()> {
-    let mut after = 0;
-    loop {
-        let events = store.read(after, PAGE).await?;
-        let Some(last) = events.last() else {
-            return Ok(());
-        };
-        after = last.seq();
-        events.iter().for_each(&mut f);
-    }
+    store
+        .each_page(0, PAGE, |events| {
+            events.iter().for_each(&mut f);
+            true
+        })
+        .await?;
+    Ok(())
 }
 
 pub async fn lineage(loc: &Location, args: LineageArgs) -> Result<ExitCode> {
