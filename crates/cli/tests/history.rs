@@ -313,11 +313,20 @@ backend_tests! {
     async fn replay_state_lineage_and_what_if_answer_from_the_log(db: TestDb) {
         let dir = tempfile::tempdir().unwrap();
         let s = start(&db, dir.path()).await;
-        let story = write_story(&s).await;
+        let mut story = write_story(&s).await;
         s.stop().await;
         let d = dir.path();
+        // Day 4: the keys are rotated (servers stopped), and a client signs in afterwards.
+        let o = grantline(&db, d, &["key", "rotate"]);
+        assert_eq!(o.status.code(), Some(0), "{o:?}");
+        let s = start(&db, d).await;
+        s.app.clock.advance(4 * DAY);
+        let (_, access, _) = tokens_as(&s, "admin", ADMIN_PASSWORD).await;
+        assert_eq!(tool_call(&s, &access).await, StatusCode::OK);
+        story.points.push(capture(&s));
+        s.stop().await;
 
-        // replay --until at five points equals the live state captured there.
+        // replay --until at six points equals the live state captured there.
         for (seq, live) in &story.points {
             let replayed = json_of(&db, d, &["replay", "--until", &seq.to_string(), "--json"]);
             assert_eq!(&replayed, live, "replay --until {seq}");
@@ -400,6 +409,7 @@ backend_tests! {
 
         // What-if: with no grace, exactly the raced family would have been revoked.
         let last = story.points[4].0.to_string();
+        assert!(story.points[5].0 > story.points[4].0);
         let w = json_of(&db, d, &["replay", "--until", &last, "--rule", "refresh_grace=0s", "--json"]);
         let diffs = w["differences"].as_array().unwrap();
         let fams: Vec<&str> = diffs.iter().map(|x| x["family_id"].as_str().unwrap()).collect();
@@ -444,7 +454,7 @@ backend_tests! {
         // a made-up hash) is refused, the log says so, and the full fold answers.
         let mut forged = full.clone();
         forged.clients.clear();
-        let bytes = grantline_state::snapshot::encode(&forged, &grantline_ledger::Hash([7; 32])).unwrap();
+        let bytes = grantline_state::snapshot::encode(forged, &grantline_ledger::Hash([7; 32])).unwrap();
         std::fs::write(&path, bytes).unwrap();
         let o = grantline(&db, d, &["replay", "--until", &head.to_string(), "--json"]);
         let err = String::from_utf8_lossy(&o.stderr);

@@ -65,7 +65,7 @@ impl Snapshots {
         let path = self.path(seq);
         let target = path.clone();
         tokio::task::spawn_blocking(move || -> Result<()> {
-            let bytes = snapshot::encode(&state, &hash)?;
+            let bytes = snapshot::encode(state, &hash)?;
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             let tmp = target.with_extension("cbor.tmp");
             {

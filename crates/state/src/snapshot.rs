@@ -2,10 +2,16 @@
 //! CBOR. It saves folding from seq 1; it is trusted only after the chain hash it names is
 //! found at its seq in the ledger (see the server's `snapshots` module), so a stale, foreign
 //! or edited snapshot is refused rather than believed.
+//!
+//! Layout: `GLSNAP\0\0`, the format (u32 BE), the seq (u64 BE), the chain hash (32 bytes),
+//! then two length-prefixed (u64 BE) CBOR parts holding disjoint fields of the state, so that
+//! both cores decode one each.
 
 use crate::State;
-use grantline_ledger::Hash;
+use crate::model::*;
+use grantline_ledger::{Hash, StreamId, Timestamp};
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 
 /// The encoding's version: a snapshot of another version is refused (and a full fold done),
 /// never misread.
@@ -22,58 +28,205 @@ pub enum SnapshotError {
     Inconsistent { header: u64, state: u64 },
 }
 
-/// Every snapshot file starts with these bytes, then the format as a big-endian u32, then
-/// the CBOR body: a reader can refuse another format without decoding the body.
 const MAGIC: &[u8; 8] = b"GLSNAP\0\0";
 
-#[derive(Serialize)]
-struct Out<'a> {
+/// The first part: the small maps, grants, families and access tokens.
+#[derive(Serialize, Deserialize, Default)]
+struct First {
     seq: u64,
-    hash: [u8; 32],
-    state: &'a State,
+    time: Timestamp,
+    clients: HashMap<String, Client>,
+    users: HashMap<String, User>,
+    grants: HashMap<String, Grant>,
+    grant_index: HashMap<GrantKey, String>,
+    families: HashMap<String, Family>,
+    access_tokens: HashMap<String, AccessToken>,
+    access_by_id: HashMap<String, String>,
+    pats: HashMap<String, Pat>,
+    pat_by_digest: HashMap<String, String>,
+    signing_keys: HashMap<String, SigningKey>,
+    policies: HashMap<String, HashMap<String, String>>,
+    ended_sessions: HashMap<String, Timestamp>,
+    client_streams: HashMap<StreamId, String>,
+    answered_consent_pages: HashMap<String, Timestamp>,
 }
 
-#[derive(Deserialize)]
-struct In {
-    seq: u64,
-    hash: [u8; 32],
-    state: State,
+/// The second part: codes and refresh tokens.
+#[derive(Serialize, Deserialize, Default)]
+struct Second {
+    codes: HashMap<String, Code>,
+    refresh_tokens: HashMap<String, RefreshToken>,
+    refresh_by_id: HashMap<String, String>,
 }
 
-/// `state` as a snapshot taken where the chain hash is `hash`.
-pub fn encode(state: &State, hash: &Hash) -> Result<Vec<u8>, SnapshotError> {
-    let mut out = MAGIC.to_vec();
-    out.extend_from_slice(&FORMAT.to_be_bytes());
-    cbor4ii::serde::to_vec(
-        out,
-        &Out {
-            seq: state.seq,
-            hash: hash.0,
-            state,
+/// Splits a state into its parts. Destructured field by field: a field added to `State` and
+/// not here does not compile, so no field is ever left out of a snapshot.
+fn split(state: State) -> (First, Second) {
+    let State {
+        seq,
+        time,
+        clients,
+        users,
+        grants,
+        grant_index,
+        families,
+        codes,
+        access_tokens,
+        access_by_id,
+        refresh_tokens,
+        refresh_by_id,
+        pats,
+        pat_by_digest,
+        signing_keys,
+        policies,
+        ended_sessions,
+        client_streams,
+        answered_consent_pages,
+    } = state;
+    (
+        First {
+            seq,
+            time,
+            clients,
+            users,
+            grants,
+            grant_index,
+            families,
+            access_tokens,
+            access_by_id,
+            pats,
+            pat_by_digest,
+            signing_keys,
+            policies,
+            ended_sessions,
+            client_streams,
+            answered_consent_pages,
+        },
+        Second {
+            codes,
+            refresh_tokens,
+            refresh_by_id,
         },
     )
-    .map_err(|e| SnapshotError::Malformed(e.to_string()))
+}
+
+fn join(a: First, b: Second) -> State {
+    State {
+        seq: a.seq,
+        time: a.time,
+        clients: a.clients,
+        users: a.users,
+        grants: a.grants,
+        grant_index: a.grant_index,
+        families: a.families,
+        codes: b.codes,
+        access_tokens: a.access_tokens,
+        access_by_id: a.access_by_id,
+        refresh_tokens: b.refresh_tokens,
+        refresh_by_id: b.refresh_by_id,
+        pats: a.pats,
+        pat_by_digest: a.pat_by_digest,
+        signing_keys: a.signing_keys,
+        policies: a.policies,
+        ended_sessions: a.ended_sessions,
+        client_streams: a.client_streams,
+        answered_consent_pages: a.answered_consent_pages,
+    }
+}
+
+fn cbor<T: Serialize>(v: &T) -> Result<Vec<u8>, SnapshotError> {
+    cbor4ii::serde::to_vec(Vec::new(), v).map_err(|e| SnapshotError::Malformed(e.to_string()))
+}
+
+fn uncbor<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, SnapshotError> {
+    cbor4ii::serde::from_slice(bytes).map_err(|e| SnapshotError::Malformed(e.to_string()))
+}
+
+/// `state` as a snapshot taken where the chain hash is `hash`. Takes the state (a clone, for
+/// a live one) so that its parts can be encoded on two threads.
+pub fn encode(state: State, hash: &Hash) -> Result<Vec<u8>, SnapshotError> {
+    let seq = state.seq;
+    let (first, second) = split(state);
+    let (a, b) = std::thread::scope(|s| {
+        let b = s.spawn(|| cbor(&second));
+        (cbor(&first), b.join())
+    });
+    let (a, b) = (
+        a?,
+        b.map_err(|_| SnapshotError::Malformed("encoding failed".into()))??,
+    );
+    let mut out = Vec::with_capacity(8 + 4 + 8 + 32 + 16 + a.len() + b.len());
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&FORMAT.to_be_bytes());
+    out.extend_from_slice(&seq.to_be_bytes());
+    out.extend_from_slice(&hash.0);
+    for part in [&a, &b] {
+        out.extend_from_slice(&(part.len() as u64).to_be_bytes());
+        out.extend_from_slice(part);
+    }
+    Ok(out)
+}
+
+/// Takes `n` bytes off the front of `rest`.
+fn take<'b>(rest: &mut &'b [u8], n: usize, what: &str) -> Result<&'b [u8], SnapshotError> {
+    if rest.len() < n {
+        return Err(SnapshotError::Malformed(format!("truncated at the {what}")));
+    }
+    let (head, tail) = rest.split_at(n);
+    *rest = tail;
+    Ok(head)
+}
+
+fn be_u64(b: &[u8]) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(b);
+    u64::from_be_bytes(a)
 }
 
 /// The state and the chain hash it claims, from a snapshot's bytes.
 pub fn decode(bytes: &[u8]) -> Result<(Hash, State), SnapshotError> {
-    let Some(body) = bytes.strip_prefix(MAGIC.as_slice()) else {
+    let mut rest = bytes;
+    if take(&mut rest, MAGIC.len(), "header")? != MAGIC.as_slice() {
         return Err(SnapshotError::Malformed("no snapshot header".into()));
-    };
-    let (format, body) = body
-        .split_first_chunk::<4>()
-        .ok_or_else(|| SnapshotError::Malformed("truncated header".into()))?;
-    let found = u32::from_be_bytes(*format);
+    }
+    let mut format = [0u8; 4];
+    format.copy_from_slice(take(&mut rest, 4, "format")?);
+    let found = u32::from_be_bytes(format);
     if found != FORMAT {
         return Err(SnapshotError::Format { found });
     }
-    let s: In =
-        cbor4ii::serde::from_slice(body).map_err(|e| SnapshotError::Malformed(e.to_string()))?;
-    if s.seq != s.state.seq {
+    let seq = be_u64(take(&mut rest, 8, "seq")?);
+    let mut hash = [0u8; 32];
+    hash.copy_from_slice(take(&mut rest, 32, "hash")?);
+    let len = be_u64(take(&mut rest, 8, "first part's length")?);
+    let a = take(
+        &mut rest,
+        usize::try_from(len).unwrap_or(usize::MAX),
+        "first part",
+    )?;
+    let len = be_u64(take(&mut rest, 8, "second part's length")?);
+    let b = take(
+        &mut rest,
+        usize::try_from(len).unwrap_or(usize::MAX),
+        "second part",
+    )?;
+    if !rest.is_empty() {
+        return Err(SnapshotError::Malformed(format!(
+            "{} trailing bytes",
+            rest.len()
+        )));
+    }
+    let (first, second) = std::thread::scope(|s| {
+        let second = s.spawn(|| uncbor::<Second>(b));
+        (uncbor::<First>(a), second.join())
+    });
+    let first = first?;
+    let second = second.map_err(|_| SnapshotError::Malformed("decoding failed".into()))??;
+    if first.seq != seq {
         return Err(SnapshotError::Inconsistent {
-            header: s.seq,
-            state: s.state.seq,
+            header: seq,
+            state: first.seq,
         });
     }
-    Ok((Hash(s.hash), s.state))
+    Ok((Hash(hash), join(first, second)))
 }

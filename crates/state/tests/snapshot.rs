@@ -91,7 +91,7 @@ fn history(ops: &[Op]) -> Vec<Recorded> {
 
 fn through_snapshot(state: &State) -> State {
     let hash = Hash([state.seq as u8; 32]);
-    let bytes = snapshot::encode(state, &hash).unwrap();
+    let bytes = snapshot::encode(state.clone(), &hash).unwrap();
     let (h, decoded) = snapshot::decode(&bytes).unwrap();
     assert_eq!(h, hash);
     decoded
@@ -145,7 +145,7 @@ fn snapshots_of_another_format_or_damaged_are_refused() {
         ids: [0; 6],
         advance: 0,
     }]));
-    let bytes = snapshot::encode(&s, &Hash([1; 32])).unwrap();
+    let bytes = snapshot::encode(s, &Hash([1; 32])).unwrap();
     let mut other = bytes.clone();
     other[11] = 9; // the format's last byte
     assert!(matches!(
