@@ -447,7 +447,8 @@ backend_tests! {
         }
         // The server starts from it and reaches the same state as a full fold.
         let s = start(&db, d).await;
-        assert_eq!(*s.app.projection.read(), full_fold(&db).await);
+        let full = full_fold(&db).await;
+        assert_eq!(*s.app.projection.read(), full);
         s.stop().await;
 
         // A snapshot that does not match the chain (here: a state with every client gone, under
@@ -461,7 +462,8 @@ backend_tests! {
         assert!(err.contains("snapshot refused") && err.contains("is not the ledger's"), "{err}");
         assert_eq!(serde_json::from_slice::<Value>(&o.stdout).unwrap(), live);
         let s = start(&db, d).await;
-        assert_eq!(*s.app.projection.read(), full_fold(&db).await, "the server refuses it too");
+        let full = full_fold(&db).await;
+        assert_eq!(*s.app.projection.read(), full, "the server refuses it too");
         s.stop().await;
         // Damaged bytes are refused the same way.
         std::fs::write(&path, b"GLSNAP\0\0\0\0\0\x01garbage").unwrap();

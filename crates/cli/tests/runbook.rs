@@ -8,7 +8,6 @@ mod common;
 
 use common::*;
 use grantline_store::backend_tests;
-use grantline_store::testing::TestDb;
 use reqwest::StatusCode;
 use serde_json::Value;
 use std::path::Path;

@@ -354,7 +354,7 @@ impl KeyHandover {
                 .next()
                 .and_then(|l| l.strip_prefix(prefix))
                 .ok_or_else(|| bad(&format!("no {prefix}line")))
-                .and_then(|k| NoteVerifier::parse(k))
+                .and_then(NoteVerifier::parse)
         };
         let from = key("from ")?;
         let to = key("to ")?;

@@ -48,7 +48,7 @@ impl Snapshots {
                 Some((seq, e.path()))
             })
             .collect();
-        found.sort_by(|a, b| b.0.cmp(&a.0));
+        found.sort_by_key(|f| std::cmp::Reverse(f.0));
         found
     }
 

@@ -342,8 +342,8 @@ impl<'a> Record<'a> {
                 name: Some(client_id.unwrap_or("unknown")),
             },
         };
-        let http_request =
-            (!finding && (r.user_agent.is_some() || r.request_id.is_some())).then(|| HttpRequest {
+        let http_request = (!finding && (r.user_agent.is_some() || r.request_id.is_some()))
+            .then_some(HttpRequest {
                 user_agent: r.user_agent.as_deref(),
                 uid: r.request_id.as_deref(),
             });

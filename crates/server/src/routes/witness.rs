@@ -67,15 +67,15 @@ pub async fn checkpoint_key(State(app): State<App>) -> Response {
 }
 
 /// A query parameter as a tree size or seq: present, decimal, positive.
-fn number(q: &HashMap<String, String>, name: &str) -> Result<Option<u64>, Response> {
+fn number(q: &HashMap<String, String>, name: &str) -> Result<Option<u64>, Box<Response>> {
     match q.get(name) {
         None => Ok(None),
         Some(v) => match v.parse::<u64>() {
             Ok(n) if n > 0 => Ok(Some(n)),
-            _ => Err(problem(
+            _ => Err(Box::new(problem(
                 StatusCode::BAD_REQUEST,
                 format!("{name} must be a positive whole number, not {v:?}"),
-            )),
+            ))),
         },
     }
 }
@@ -88,7 +88,7 @@ pub async fn inclusion(
     let seq = match number(&q, "seq") {
         Ok(Some(s)) => s,
         Ok(None) => return problem(StatusCode::BAD_REQUEST, "seq is required"),
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let Ok(_turn) = PROOFS.acquire().await else {
         return problem(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
@@ -112,7 +112,7 @@ pub async fn consistency(
     let (from, to) = match (number(&q, "from"), number(&q, "to")) {
         (Ok(Some(f)), Ok(t)) => (f, t),
         (Ok(None), _) => return problem(StatusCode::BAD_REQUEST, "from is required"),
-        (Err(r), _) | (_, Err(r)) => return r,
+        (Err(r), _) | (_, Err(r)) => return *r,
     };
     if to.is_some_and(|t| t < from) {
         return problem(StatusCode::BAD_REQUEST, "from must not be above to");

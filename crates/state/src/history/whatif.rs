@@ -187,15 +187,13 @@ impl WhatIf {
                     && at >= s.plus_secs(rules.refresh_grace as i64)
                 {
                     Some(Fate::BeenRevoked { seq, at })
-                } else if self.overrides.refresh_idle.is_some()
-                    && at >= t.issued.at.plus_secs(rules.refresh_idle as i64)
-                {
-                    Some(Fate::Expired { seq, at })
-                } else if self.overrides.refresh_absolute.is_some()
-                    && self
-                        .started
-                        .get(&e.family_id)
-                        .is_some_and(|s| at >= s.plus_secs(rules.refresh_absolute as i64))
+                } else if (self.overrides.refresh_idle.is_some()
+                    && at >= t.issued.at.plus_secs(rules.refresh_idle as i64))
+                    || (self.overrides.refresh_absolute.is_some()
+                        && self
+                            .started
+                            .get(&e.family_id)
+                            .is_some_and(|s| at >= s.plus_secs(rules.refresh_absolute as i64)))
                 {
                     Some(Fate::Expired { seq, at })
                 } else {
