@@ -5,8 +5,7 @@
 
 use crate::{Decision, ErrorCode, OAuthError, limits};
 use grantline_ledger::{
-    Actor, ClientDisabled, ExpectedVersion, FamilyRevoked, GrantRevoked, NewEvent, PatRevoked,
-    StreamId,
+    Actor, ClientDisabled, ExpectedVersion, FamilyRevoked, GrantRevoked, NewEvent, StreamId,
 };
 use grantline_state::State;
 
@@ -87,23 +86,7 @@ pub fn contain(state: &State, actor: Actor, target: &Target, reason: &str) -> De
             if !state.users.contains_key(id) {
                 return invalid(format!("no user {id:?}")).into();
             }
-            let mut pats: Vec<_> = state
-                .pats
-                .values()
-                .filter(|p| p.user_id == *id && p.revoked.is_none())
-                .collect();
-            pats.sort_by(|a, b| a.pat_id.cmp(&b.pat_id));
-            for p in pats {
-                events.push(NewEvent::new(
-                    StreamId::pat(&p.pat_id),
-                    actor.clone(),
-                    PatRevoked {
-                        pat_id: p.pat_id.clone(),
-                        user_id: p.user_id.clone(),
-                        reason: reason.clone(),
-                    },
-                ));
-            }
+            events.extend(crate::grant::revoke_pats(state, &actor, id, &reason));
         }
         Target::Client(id) => {
             let Some(c) = state.clients.get(id) else {

@@ -67,25 +67,37 @@ pub fn revoke_everything(
             },
         ));
     }
+    events.extend(revoke_pats(state, &actor, user_id, reason));
+    let n = events.len();
+    Decision::new(events, Ok(n))
+}
+
+/// `pat.revoked` for every live personal access token of `user_id`, in id order.
+pub(crate) fn revoke_pats(
+    state: &State,
+    actor: &Actor,
+    user_id: &str,
+    reason: &str,
+) -> Vec<NewEvent> {
     let mut pats: Vec<_> = state
         .pats
         .values()
         .filter(|p| p.user_id == user_id && p.revoked.is_none())
         .collect();
     pats.sort_by(|a, b| a.pat_id.cmp(&b.pat_id));
-    for p in pats {
-        events.push(NewEvent::new(
-            StreamId::pat(&p.pat_id),
-            actor.clone(),
-            PatRevoked {
-                pat_id: p.pat_id.clone(),
-                user_id: user_id.to_string(),
-                reason: reason.to_string(),
-            },
-        ));
-    }
-    let n = events.len();
-    Decision::new(events, Ok(n))
+    pats.into_iter()
+        .map(|p| {
+            NewEvent::new(
+                StreamId::pat(&p.pat_id),
+                actor.clone(),
+                PatRevoked {
+                    pat_id: p.pat_id.clone(),
+                    user_id: user_id.to_string(),
+                    reason: reason.to_string(),
+                },
+            )
+        })
+        .collect()
 }
 
 /// Erasing a person: every grant (and so every token family) and every personal access token

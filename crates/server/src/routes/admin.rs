@@ -76,6 +76,21 @@ async fn admin_write(
     admin_user(app, ctx, headers).await
 }
 
+/// The admin calling and their JSON request, or the response refusing them (401/403/415, or
+/// 400 for JSON that does not parse as `T`).
+async fn admin_json<T: serde::de::DeserializeOwned>(
+    app: &App,
+    ctx: &RequestContext,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(String, T), Response> {
+    let admin = admin_write(app, ctx, headers).await?;
+    match serde_json::from_slice(body) {
+        Ok(r) => Ok((admin, r)),
+        Err(e) => Err(error(StatusCode::BAD_REQUEST, &format!("bad JSON: {e}"))),
+    }
+}
+
 /// The admin calling, or the response refusing them.
 async fn admin_user(
     app: &App,
@@ -211,13 +226,9 @@ pub async fn add_client(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let user = match admin_write(&app, &ctx, &headers).await {
-        Ok(u) => u,
+    let (user, req) = match admin_json::<AddClient>(&app, &ctx, &headers, &body).await {
+        Ok(x) => x,
         Err(r) => return r,
-    };
-    let req: AddClient = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("bad JSON: {e}")),
     };
     let c = NewClient {
         client_id: req.client_id,
@@ -289,13 +300,9 @@ pub async fn add_user(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let admin_id = match admin_write(&app, &ctx, &headers).await {
-        Ok(u) => u,
+    let (admin_id, req) = match admin_json::<AddUser>(&app, &ctx, &headers, &body).await {
+        Ok(x) => x,
         Err(r) => return r,
-    };
-    let req: AddUser = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("bad JSON: {e}")),
     };
     let user = admin::NewUser {
         username: &req.username,
@@ -355,13 +362,9 @@ pub async fn revoke(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let admin_id = match admin_write(&app, &ctx, &headers).await {
-        Ok(u) => u,
+    let (admin_id, req) = match admin_json::<Revoke>(&app, &ctx, &headers, &body).await {
+        Ok(x) => x,
         Err(r) => return r,
-    };
-    let req: Revoke = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("bad JSON: {e}")),
     };
     use admin::Containment as C;
     let targets: Vec<C> = [
@@ -403,13 +406,9 @@ pub async fn create_pat(
     Path(user): Path<String>,
     body: axum::body::Bytes,
 ) -> Response {
-    let admin_id = match admin_write(&app, &ctx, &headers).await {
-        Ok(u) => u,
+    let (admin_id, req) = match admin_json::<CreatePat>(&app, &ctx, &headers, &body).await {
+        Ok(x) => x,
         Err(r) => return r,
-    };
-    let req: CreatePat = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("bad JSON: {e}")),
     };
     let req = grantline_oauth::pat::PatRequest {
         user_id: String::new(),
