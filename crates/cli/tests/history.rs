@@ -491,3 +491,165 @@ async fn full_fold(db: &TestDb) -> grantline_state::State {
     store.close().await;
     state
 }
+
+/// The history test's configuration with another refresh grace.
+async fn start_with_grace(db: &TestDb, dir: &Path, grace: u64) -> Server {
+    let toml = CONFIG.replace("refresh_grace = 30", &format!("refresh_grace = {grace}"));
+    std::fs::write(dir.join("grantline.toml"), &toml).unwrap();
+    let mut config: grantline_server::Config = toml::from_str(&toml).unwrap();
+    config.server.listen = "127.0.0.1:0".parse().unwrap();
+    Server::start(db, dir.to_path_buf(), config).await
+}
+
+/// The `policy.changed` events of the lifetimes policy: (seq, setting, from, to).
+async fn lifetime_changes(db: &TestDb) -> Vec<(u64, String, Option<String>, String)> {
+    let store = grantline_store::Store::connect(&db.db, false)
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    for e in store.read(0, 10_000).await.unwrap() {
+        if let grantline_ledger::Payload::PolicyChanged(p) = e.payload()
+            && p.policy == "lifetimes"
+        {
+            for c in &p.changes {
+                out.push((
+                    e.seq(),
+                    c.setting.clone(),
+                    c.from.clone(),
+                    c.to.clone().unwrap_or_default(),
+                ));
+            }
+        }
+    }
+    store.close().await;
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_rule_setting_is_recorded_and_replay_honours_it_from_its_seq() {
+    let db = grantline_store::testing::sqlite().await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // The default grace is 30 s; this configuration says 10.
+    let s = start_with_grace(&db, d, 10).await;
+    assert_eq!(s.app.projection.read().rule_settings().refresh_grace, 10);
+    let (client, _, r0) = tokens_as(&s, "admin", ADMIN_PASSWORD).await;
+    let (st, _) = refresh(&s, &client, &r0).await;
+    assert_eq!(st, StatusCode::OK);
+    s.app.clock.advance(20);
+    let (st, _) = refresh(&s, &client, &r0).await;
+    assert_eq!(
+        st,
+        StatusCode::BAD_REQUEST,
+        "20 s after the rotation is reuse under 10 s grace"
+    );
+    s.stop().await;
+    let changes = lifetime_changes(&db).await;
+    assert_eq!(changes.len(), 1, "{changes:?}");
+    assert_eq!(
+        (changes[0].1.as_str(), changes[0].3.as_str()),
+        ("refresh_grace", "10")
+    );
+    let first = changes[0].0;
+
+    // The same configuration again records nothing; another value records the difference.
+    let s = start_with_grace(&db, d, 10).await;
+    s.stop().await;
+    assert_eq!(lifetime_changes(&db).await.len(), 1);
+    let s = start_with_grace(&db, d, 60).await;
+    assert_eq!(s.app.projection.read().rule_settings().refresh_grace, 60);
+    s.stop().await;
+    let changes = lifetime_changes(&db).await;
+    assert_eq!(changes.len(), 2, "{changes:?}");
+    assert_eq!(
+        (changes[1].2.as_deref(), changes[1].3.as_str()),
+        (Some("10"), "60")
+    );
+    let second = changes[1].0;
+
+    // A replay reads each setting from its seq on: what-if reports the one in force at the end.
+    let recorded = |until: u64| {
+        let o = grantline(
+            &db,
+            d,
+            &[
+                "replay",
+                "--until",
+                &until.to_string(),
+                "--rule",
+                "refresh_grace=0s",
+            ],
+        );
+        assert_eq!(o.status.code(), Some(0), "{o:?}");
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    assert!(
+        recorded(first - 1).contains("refresh_grace=30s"),
+        "{}",
+        recorded(first - 1)
+    );
+    assert!(recorded(first).contains("refresh_grace=10s"));
+    assert!(recorded(second - 1).contains("refresh_grace=10s"));
+    assert!(recorded(second).contains("refresh_grace=60s"));
+    // The reuse under the 10 s grace stays a reuse in the replay, with the recorded settings.
+    let o = grantline(
+        &db,
+        d,
+        &[
+            "replay",
+            "--until",
+            &second.to_string(),
+            "--rule",
+            "refresh_grace=10s",
+            "--json",
+        ],
+    );
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["differences"], json!([]), "{v}");
+}
+
+#[test]
+fn serve_prints_the_checkpoint_verifier_key_at_first_start_only() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let start = || {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_grantline"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path())
+            .env_remove("GRANTLINE_DATABASE_URL")
+            .env_remove("GRANTLINE_CHECKPOINT_KEY")
+            .env("GRANTLINE_ADMIN_PASSWORD", "serve-test-password-1")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The log line that says it listens comes after what is printed at start.
+        let stderr = child.stderr.take().unwrap();
+        for line in std::io::BufReader::new(stderr).lines() {
+            if line.unwrap().contains("listening") {
+                break;
+            }
+        }
+        let _ = child.kill();
+        let mut out = String::new();
+        std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut out).unwrap();
+        let _ = child.wait();
+        out
+    };
+    let first = start();
+    let key = std::process::Command::new(env!("CARGO_BIN_EXE_grantline"))
+        .args(["key", "show", "--data-dir"])
+        .arg(dir.path())
+        .env_remove("GRANTLINE_CHECKPOINT_KEY")
+        .output()
+        .unwrap();
+    let key = String::from_utf8_lossy(&key.stdout).trim().to_string();
+    assert!(
+        first.contains(&format!(
+            "checkpoint verifier key (record it outside this machine): {key}"
+        )),
+        "{first}"
+    );
+    let second = start();
+    assert!(!second.contains("checkpoint verifier key"), "{second}");
+}
