@@ -8,8 +8,7 @@ use grantline_audit::access::{self, Reader};
 use grantline_audit::{AuditIndex, AuditRecord, Indexer, IndexerOptions, SortOrder};
 use grantline_ledger::{AuditSurface, NewEvent, Timestamp};
 use grantline_store::{Keyring, Ledger, LedgerOptions, Store};
-use indicatif::{ProgressBar, ProgressStyle};
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -51,20 +50,6 @@ pub fn index_dir(loc: &Location) -> Result<PathBuf> {
         .unwrap_or_else(|| loc.data_dir.join("audit-index")))
 }
 
-fn bar(total: u64, what: &str) -> ProgressBar {
-    if std::io::stderr().is_terminal() {
-        let b = ProgressBar::new(total);
-        b.set_style(
-            ProgressStyle::with_template(&format!(
-                "{{bar:40}} {{pos}}/{{len}} {what} {{per_sec}} eta {{eta}}"
-            ))
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
-        b
-    } else {
-        ProgressBar::hidden()
-    }
-}
 
 /// The index, brought up to the ledger's head here — unless a running server holds it (and
 /// keeps it current itself).
@@ -82,7 +67,7 @@ pub async fn current_index(loc: &Location, store: &Store) -> Result<AuditIndex> 
     {
         Ok(mut indexer) => {
             let head = store.head().await?.map_or(0, |h| h.0);
-            let b = bar(head, "events indexed");
+            let b = super::progress_bar(head, "events indexed");
             b.set_position(indexer.position());
             indexer.catch_up(|done, _| b.set_position(done)).await?;
             b.finish_and_clear();
@@ -196,7 +181,7 @@ pub async fn run(loc: &Location, cmd: Command) -> Result<ExitCode> {
             };
             indexer.clear().await?;
             let head = store.head().await?.map_or(0, |h| h.0);
-            let b = bar(head, "events indexed");
+            let b = super::progress_bar(head, "events indexed");
             let start = std::time::Instant::now();
             let done = indexer.catch_up(|n, _| b.set_position(n)).await?;
             b.finish_and_clear();
