@@ -50,7 +50,6 @@ pub fn index_dir(loc: &Location) -> Result<PathBuf> {
         .unwrap_or_else(|| loc.data_dir.join("audit-index")))
 }
 
-
 /// The index, brought up to the ledger's head here — unless a running server holds it (and
 /// keeps it current itself).
 pub async fn current_index(loc: &Location, store: &Store) -> Result<AuditIndex> {
