@@ -135,6 +135,15 @@ backend_tests! {
         let retired_file = std::fs::read_dir(d).unwrap().filter_map(|e| e.ok()).map(|e| e.path())
             .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("checkpoint.key.retired-")).unwrap();
         let retired = grantline_ledger::NoteSigner::parse(&std::fs::read_to_string(retired_file).unwrap()).unwrap();
+        // A process still holding the retired key is refused before it signs anything.
+        let stale = std::process::Command::new(env!("CARGO_BIN_EXE_grantline"))
+            .args(["user", "list", "--database", &db.url(), "--data-dir"])
+            .arg(d)
+            .env("GRANTLINE_CHECKPOINT_KEY", retired.to_private_string())
+            .output()
+            .unwrap();
+        assert_ne!(stale.status.code(), Some(0), "{stale:?}");
+        assert!(String::from_utf8_lossy(&stale.stderr).contains("since a rotation"), "{stale:?}");
         let leaves: Vec<_> = store.chain_hashes(head).await.unwrap().iter().map(grantline_ledger::merkle::leaf_hash).collect();
         let root = grantline_ledger::merkle::root_of(&leaves);
         let note = retired.sign_checkpoint(retired.name(), head, &root);

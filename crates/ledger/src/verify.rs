@@ -272,6 +272,9 @@ pub struct ChainVerifier {
     retired: Vec<(NoteVerifier, u64)>,
     /// The keys this check was given.
     trusted: Vec<NoteVerifier>,
+    /// Whether a checkpoint by a trusted key has verified: the keys given are then known to be
+    /// this ledger's, and a handover they did not sign is tampering, not a key not given.
+    confirmed: bool,
 }
 
 impl ChainVerifier {
@@ -299,6 +302,7 @@ impl ChainVerifier {
             in_force_trusted: true,
             retired: Vec::new(),
             trusted: trusted.to_vec(),
+            confirmed: false,
         }
     }
 
@@ -357,6 +361,16 @@ impl ChainVerifier {
             .ok_or_else(|| rotation("no handover signed by the key it replaces".into()))?;
         let handover = match crate::KeyHandover::open(&note, &self.in_force) {
             Ok(h) => h,
+            Err(CheckpointError::UnknownSigner(by)) if self.in_force_trusted && self.confirmed => {
+                return Err(rotation(format!(
+                    "signed by {}, not by the key in force, which signed the checkpoints before it",
+                    if by.is_empty() {
+                        "nobody".to_string()
+                    } else {
+                        by.join(", ")
+                    }
+                )));
+            }
             Err(CheckpointError::UnknownSigner(_)) => {
                 // Signed by a key not trusted here: follow it, but what it introduces proves
                 // nothing (the checkpoints after it are "cannot tell") unless this check was
@@ -427,7 +441,10 @@ impl ChainVerifier {
                         problem: Problem::CheckpointRoot { size: cp.size },
                     });
                 }
-                Verdict::Signed(_) => self.last_good = cp.size,
+                Verdict::Signed(_) => {
+                    self.last_good = cp.size;
+                    self.confirmed = true;
+                }
             }
         }
         // A rotation takes effect after the checkpoints of its own size: the old key may

@@ -99,8 +99,12 @@ pub async fn rotate_keys(opts: Options) -> Result<Rotated> {
             return Err(anyhow::anyhow!("{e}")).context("recording the rotation");
         }
     };
-    // The old key's last checkpoint covers the handover.
-    app.ledger.checkpoint().await?;
+    // The old key's last checkpoint covers the handover. If it cannot be written now, the
+    // new key's first checkpoint will cover it: the files are swapped either way, since from
+    // here on only the new key may sign.
+    if let Err(e) = app.ledger.checkpoint().await {
+        tracing::warn!(error = %e, "the old key could not sign a last checkpoint; the new key's first covers the rotation");
+    }
     app.ledger.shutdown().await;
     let seq = recorded.last().map_or(0, |r| r.seq());
 

@@ -37,6 +37,7 @@ impl App {
         .context("checkpoint signing key")?;
         let checkpoint_key = *signer.verifier().public_key();
         let checkpoint_verifier = signer.verifier().to_string();
+        let checkpoint_key_id = signer.verifier().key_id_hex();
         let ledger = Ledger::open(&opts.database, signer, ledger_options)
             .await
             .with_context(|| format!("opening the ledger at {}", opts.database.display()))?;
@@ -45,6 +46,25 @@ impl App {
             projection.seed(state);
         }
         projection.catch_up(ledger.store()).await?;
+        // After a rotation only the key the ledger names may sign: a server (or command)
+        // holding another key — stale key files, another instance not updated — would make
+        // every later checkpoint look forged.
+        let in_force = projection
+            .read()
+            .signing_keys
+            .values()
+            .find(|k| k.purpose == KeyPurpose::Checkpoint && !k.retired)
+            .map(|k| (k.key_id.clone(), k.introduced_at));
+        if let Some((key_id, since)) = in_force
+            && key_id != checkpoint_key_id
+        {
+            ledger.shutdown().await;
+            anyhow::bail!(
+                "the ledger's checkpoint key is {key_id} since a rotation at {since}, but this \
+                 process holds key {checkpoint_key_id}: use the current key files of the data \
+                 directory that rotated them (docs/operations.md, \"Rotating keys\")"
+            );
+        }
         let signing = crate::keys::load_or_create(&opts.data_dir)?;
         let mac_key = crate::keys::mac_key(&signing);
         let identity = JwtSigner::new(crate::keys::identity_key(&signing));

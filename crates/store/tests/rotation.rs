@@ -129,14 +129,16 @@ backend_tests! {
         assert_eq!((f.seq, matches!(f.problem, Problem::KeyRotation { .. })), (6, true), "{f}");
     }
 
-    async fn a_handover_by_a_key_not_in_force_introduces_nothing_trusted(db: TestDb) {
-        // An intruder announces their own key: the handover is signed by them, not by k0.
+    async fn a_handover_by_a_key_not_in_force_is_tampering_once_that_key_is_confirmed(db: TestDb) {
+        // An intruder announces their own key: the handover is signed by them, not by k0,
+        // which had already signed checkpoint 5.
         let (store, k0, _) = rotated(&db, |_, k1| {
             let intruder = NoteSigner::generate(NAME).unwrap();
             Some(intruder.hand_over_to(&k1.verifier()))
         })
         .await;
-        let s = check(&store, &[&k0]).await.unwrap();
-        assert_eq!(s.untrusted.iter().map(|u| u.size).collect::<Vec<_>>(), vec![9], "{s:?}");
+        let f = check(&store, &[&k0]).await.unwrap_err();
+        assert_eq!(f.seq, 6, "{f}");
+        assert!(matches!(&f.problem, Problem::KeyRotation { error } if error.contains("not by the key in force")), "{f}");
     }
 }

@@ -490,6 +490,9 @@ pub async fn lineage(loc: &Location, args: LineageArgs) -> Result<ExitCode> {
     .await?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let subject = match &scope.subject {
+        Subject::Token { token, family } if family.is_empty() => {
+            format!("token {token} (client credentials: no family)")
+        }
         Subject::Token { token, family } => format!("token {token} of family {family}"),
         s => format!("{} {id}", s.noun()),
     };

@@ -12,7 +12,9 @@ use std::collections::{HashMap, HashSet};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Subject {
     Family(String),
-    /// An access or refresh token id: the story of its family, the token's own events marked.
+    /// An access or refresh token id: the story of its family (or, for a token without one,
+    /// a client-credentials token, its own story and its client's registration), the token's
+    /// own events marked.
     Token {
         token: String,
         family: String,
@@ -68,6 +70,8 @@ pub struct Index {
     id: String,
     families: HashMap<String, FamilyInfo>,
     token_family: HashMap<String, String>,
+    /// Tokens of no family (client credentials) → their client.
+    loose_tokens: HashMap<String, String>,
     grants: HashMap<String, (String, String)>,
     pats: HashMap<String, String>,
     users: HashSet<String>,
@@ -85,6 +89,7 @@ impl Index {
             id: id.to_string(),
             families: HashMap::new(),
             token_family: HashMap::new(),
+            loose_tokens: HashMap::new(),
             grants: HashMap::new(),
             pats: HashMap::new(),
             users: HashSet::new(),
@@ -111,10 +116,18 @@ impl Index {
                 );
             }
             Payload::TokenIssued(_) | Payload::TokenRefreshed(_) => {
-                if let Some(f) = refs.family {
-                    for t in &refs.tokens {
-                        self.token_family.insert(t.to_string(), f.to_string());
+                match (refs.family, refs.client) {
+                    (Some(f), _) => {
+                        for t in &refs.tokens {
+                            self.token_family.insert(t.to_string(), f.to_string());
+                        }
                     }
+                    (None, Some(c)) => {
+                        for t in &refs.tokens {
+                            self.loose_tokens.insert(t.to_string(), c.to_string());
+                        }
+                    }
+                    (None, None) => {}
                 }
             }
             Payload::ConsentGranted(e) => {
@@ -164,6 +177,11 @@ impl Index {
                 token: id.into(),
                 family: f.clone(),
             }
+        } else if self.loose_tokens.contains_key(id) {
+            Subject::Token {
+                token: id.into(),
+                family: String::new(),
+            }
         } else if self.grants.contains_key(id) {
             Subject::Grant(id.into())
         } else if self.pats.contains_key(id) {
@@ -184,6 +202,12 @@ impl Index {
             ..Scope::default()
         };
         match &subject {
+            Subject::Token { token, family } if family.is_empty() => {
+                s.tokens.insert(token.clone());
+                if let Some(c) = self.loose_tokens.get(token) {
+                    s.clients.insert(c.clone());
+                }
+            }
             Subject::Family(f) | Subject::Token { family: f, .. } => self.family(&mut s, f, true),
             Subject::Grant(g) => self.grant(&mut s, g),
             Subject::Pat(p) => self.pat(&mut s, p),
@@ -337,5 +361,53 @@ impl Scope {
             }
         };
         (part || marked).then_some(marked)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use grantline_ledger::{GENESIS, samples};
+
+    fn rec(seq: u64, payload: Payload) -> Recorded {
+        Recorded {
+            envelope: samples::envelope(seq, payload),
+            prev_hash: GENESIS,
+            hash: GENESIS,
+        }
+    }
+
+    fn sample(kind: Kind) -> Payload {
+        samples::all()
+            .into_iter()
+            .find(|p| p.kind() == kind)
+            .unwrap()
+    }
+
+    #[test]
+    fn a_client_credentials_token_has_a_story_of_its_own() {
+        let Payload::TokenIssued(mut issued) = sample(Kind::TokenIssued) else {
+            unreachable!()
+        };
+        issued.family_id = None;
+        issued.refresh = None;
+        let token = issued.access.token_id.clone();
+        let events = [
+            rec(1, sample(Kind::ClientRegistered)),
+            rec(2, sample(Kind::CodeIssued)),
+            rec(3, Payload::TokenIssued(issued)),
+            rec(4, sample(Kind::ToolCalled)),
+        ];
+        let mut index = Index::new(&token);
+        events.iter().for_each(|e| index.observe(e));
+        let scope = index.resolve().expect("the token is known");
+        assert!(matches!(&scope.subject, Subject::Token { family, .. } if family.is_empty()));
+        let story: Vec<(u64, bool)> = events
+            .iter()
+            .filter_map(|e| scope.includes(e).map(|m| (e.seq(), m)))
+            .collect();
+        // Its client's registration, its issuance and the tool call made with it (both
+        // marked); not the other family's code.
+        assert_eq!(story, vec![(1, false), (3, true), (4, true)]);
     }
 }
