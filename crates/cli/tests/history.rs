@@ -456,7 +456,22 @@ backend_tests! {
         // a made-up hash) is refused, the log says so, and the full fold answers.
         let mut forged = full.clone();
         forged.clients.clear();
-        let bytes = grantline_state::snapshot::encode(forged, &grantline_ledger::Hash([7; 32])).unwrap();
+        let key = grantline_store::keyfile::load_signer(d)
+            .unwrap()
+            .unwrap()
+            .derive_key(grantline_state::snapshot::MAC_CONTEXT);
+        let store = grantline_store::Store::connect(&db.db, false).await.unwrap();
+        let real_hash = store.hash_at(head).await.unwrap().unwrap();
+        store.close().await;
+        // With the right hash but not written by the holder of the checkpoint key: its tag
+        // does not verify.
+        let edited = grantline_state::snapshot::encode(forged.clone(), &real_hash, &[1; 32]).unwrap();
+        std::fs::write(&path, edited).unwrap();
+        let o = grantline(&db, d, &["replay", "--until", &head.to_string(), "--json"]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("snapshot refused") && err.contains("tag does not verify"), "{err}");
+        assert_eq!(serde_json::from_slice::<Value>(&o.stdout).unwrap(), live);
+        let bytes = grantline_state::snapshot::encode(forged, &grantline_ledger::Hash([7; 32]), &key).unwrap();
         std::fs::write(&path, bytes).unwrap();
         let o = grantline(&db, d, &["replay", "--until", &head.to_string(), "--json"]);
         let err = String::from_utf8_lossy(&o.stderr);

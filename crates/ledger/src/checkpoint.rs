@@ -178,6 +178,12 @@ impl NoteSigner {
         Ok(signer)
     }
 
+    /// A 32-byte key derived from this private key for `context` (e.g. a MAC key for files
+    /// only the key's holder should write); never equal to the signing key.
+    pub fn derive_key(&self, context: &str) -> [u8; 32] {
+        blake3::derive_key(context, self.key.as_bytes())
+    }
+
     /// The private key in signed-note format (what the key file holds).
     pub fn to_private_string(&self) -> String {
         let mut raw = vec![ED25519_TYPE];

@@ -43,6 +43,8 @@ pub struct Inner {
     pub checkpoint_key: ed25519_dalek::VerifyingKey,
     /// The same key as a C2SP verifier key (`name+keyid+base64`).
     pub checkpoint_verifier: String,
+    /// Where this process's state snapshots go, tagged under the checkpoint key.
+    pub snapshots: crate::snapshots::Snapshots,
     pub mac_key: [u8; 32],
     /// The configured public URL (no trailing slash): the issuer unless forwarded headers say
     /// otherwise.

@@ -13,16 +13,20 @@ use std::path::{Path, PathBuf};
 /// Snapshots kept; older ones are removed after a new one is written.
 const KEEP: usize = 3;
 
-/// The snapshot directory of one data directory.
-#[derive(Debug, Clone)]
+/// The snapshot directory of one data directory, and the key their tags are made with.
+#[derive(Clone)]
 pub struct Snapshots {
     dir: PathBuf,
+    mac_key: [u8; 32],
 }
 
 impl Snapshots {
-    pub fn in_data_dir(data_dir: &Path) -> Snapshots {
+    /// Snapshots tagged under a key derived from the checkpoint signing key `signer`: only
+    /// its holder writes snapshots that are believed.
+    pub fn in_data_dir(data_dir: &Path, signer: &grantline_ledger::NoteSigner) -> Snapshots {
         Snapshots {
             dir: data_dir.join("snapshots"),
+            mac_key: signer.derive_key(snapshot::MAC_CONTEXT),
         }
     }
 
@@ -62,10 +66,11 @@ impl Snapshots {
             .await?
             .with_context(|| format!("the ledger has no event {seq} to snapshot at"))?;
         let dir = self.dir.clone();
+        let key = self.mac_key;
         let path = self.path(seq);
         let target = path.clone();
         tokio::task::spawn_blocking(move || -> Result<()> {
-            let bytes = snapshot::encode(state, &hash)?;
+            let bytes = snapshot::encode(state, &hash, &key)?;
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             let tmp = target.with_extension("cbor.tmp");
             {
@@ -118,9 +123,10 @@ impl Snapshots {
 
     async fn check(&self, store: &Store, seq: u64, path: &Path) -> Result<State> {
         let p = path.to_path_buf();
+        let key = self.mac_key;
         let (hash, state) = tokio::task::spawn_blocking(move || -> Result<_> {
             let bytes = std::fs::read(&p)?;
-            Ok(snapshot::decode(&bytes)?)
+            Ok(snapshot::decode(&bytes, &key)?)
         })
         .await??;
         anyhow::ensure!(
@@ -150,7 +156,7 @@ impl crate::App {
     /// Writes a snapshot of the projection when at least `events` were folded since the newest
     /// one. Failing to write one is logged and changes nothing else: snapshots only save time.
     pub async fn snapshot_if_due(&self, events: u64) {
-        let snapshots = Snapshots::in_data_dir(&self.data_dir);
+        let snapshots = self.snapshots.clone();
         let newest = snapshots.list().first().map_or(0, |s| s.0);
         if self.projection.seq() < newest + events.max(1) {
             return;

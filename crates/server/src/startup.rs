@@ -38,10 +38,10 @@ impl App {
         let checkpoint_key = *signer.verifier().public_key();
         let checkpoint_verifier = signer.verifier().to_string();
         let checkpoint_key_id = signer.verifier().key_id_hex();
+        let snapshots = crate::snapshots::Snapshots::in_data_dir(&opts.data_dir, &signer);
         let ledger = Ledger::open(&opts.database, signer, ledger_options)
             .await
             .with_context(|| format!("opening the ledger at {}", opts.database.display()))?;
-        let snapshots = crate::snapshots::Snapshots::in_data_dir(&opts.data_dir);
         if let Some(state) = snapshots.newest_valid(ledger.store(), None).await {
             projection.seed(state);
         }
@@ -106,6 +106,7 @@ impl App {
             identity,
             checkpoint_key,
             checkpoint_verifier,
+            snapshots,
             mac_key,
             public_url,
             settings,

@@ -1,11 +1,13 @@
 //! A snapshot of the fold: the [`State`] after some seq, with the chain hash of that seq, as
-//! CBOR. It saves folding from seq 1; it is trusted only after the chain hash it names is
-//! found at its seq in the ledger (see the server's `snapshots` module), so a stale, foreign
-//! or edited snapshot is refused rather than believed.
+//! CBOR. It saves folding from seq 1. It is believed only when its tag verifies — a keyed
+//! blake3 MAC over everything after it, under a key derived from the checkpoint signing key,
+//! so only a holder of that key could have written it — and the chain hash it names is found
+//! at its seq in the ledger (the server's `snapshots` module): a damaged, edited, stale or
+//! foreign snapshot is refused rather than believed.
 //!
-//! Layout: `GLSNAP\0\0`, the format (u32 BE), the seq (u64 BE), the chain hash (32 bytes),
-//! then two length-prefixed (u64 BE) CBOR parts holding disjoint fields of the state, so that
-//! both cores decode one each.
+//! Layout: `GLSNAP\0\0`, the format (u32 BE), the tag (32 bytes), the seq (u64 BE), the chain
+//! hash (32 bytes), then two length-prefixed (u64 BE) CBOR parts holding disjoint fields of
+//! the state, so that both cores decode one each.
 
 use crate::State;
 use crate::model::*;
@@ -26,7 +28,12 @@ pub enum SnapshotError {
     Format { found: u32 },
     #[error("snapshot header says seq {header}, its state seq {state}")]
     Inconsistent { header: u64, state: u64 },
+    #[error("its tag does not verify: damaged, edited, or written under another checkpoint key")]
+    Tag,
 }
+
+/// The context the snapshot MAC key is derived under (from the checkpoint signing key).
+pub const MAC_CONTEXT: &str = "grantline 2026 state snapshot mac";
 
 const MAGIC: &[u8; 8] = b"GLSNAP\0\0";
 
@@ -144,7 +151,7 @@ fn uncbor<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, SnapshotError
 
 /// `state` as a snapshot taken where the chain hash is `hash`. Takes the state (a clone, for
 /// a live one) so that its parts can be encoded on two threads.
-pub fn encode(state: State, hash: &Hash) -> Result<Vec<u8>, SnapshotError> {
+pub fn encode(state: State, hash: &Hash, mac_key: &[u8; 32]) -> Result<Vec<u8>, SnapshotError> {
     let seq = state.seq;
     let (first, second) = split(state);
     let (a, b) = std::thread::scope(|s| {
@@ -155,15 +162,19 @@ pub fn encode(state: State, hash: &Hash) -> Result<Vec<u8>, SnapshotError> {
         a?,
         b.map_err(|_| SnapshotError::Malformed("encoding failed".into()))??,
     );
-    let mut out = Vec::with_capacity(8 + 4 + 8 + 32 + 16 + a.len() + b.len());
+    let mut out = Vec::with_capacity(8 + 4 + 32 + 8 + 32 + 16 + a.len() + b.len());
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&FORMAT.to_be_bytes());
+    let tag_at = out.len();
+    out.extend_from_slice(&[0; 32]);
     out.extend_from_slice(&seq.to_be_bytes());
     out.extend_from_slice(&hash.0);
     for part in [&a, &b] {
         out.extend_from_slice(&(part.len() as u64).to_be_bytes());
         out.extend_from_slice(part);
     }
+    let tag = blake3::keyed_hash(mac_key, &out[tag_at + 32..]);
+    out[tag_at..tag_at + 32].copy_from_slice(tag.as_bytes());
     Ok(out)
 }
 
@@ -184,7 +195,7 @@ fn be_u64(b: &[u8]) -> u64 {
 }
 
 /// The state and the chain hash it claims, from a snapshot's bytes.
-pub fn decode(bytes: &[u8]) -> Result<(Hash, State), SnapshotError> {
+pub fn decode(bytes: &[u8], mac_key: &[u8; 32]) -> Result<(Hash, State), SnapshotError> {
     let mut rest = bytes;
     if take(&mut rest, MAGIC.len(), "header")? != MAGIC.as_slice() {
         return Err(SnapshotError::Malformed("no snapshot header".into()));
@@ -194,6 +205,12 @@ pub fn decode(bytes: &[u8]) -> Result<(Hash, State), SnapshotError> {
     let found = u32::from_be_bytes(format);
     if found != FORMAT {
         return Err(SnapshotError::Format { found });
+    }
+    let mut tag = [0u8; 32];
+    tag.copy_from_slice(take(&mut rest, 32, "tag")?);
+    // blake3::Hash compares in constant time.
+    if blake3::keyed_hash(mac_key, rest) != blake3::Hash::from_bytes(tag) {
+        return Err(SnapshotError::Tag);
     }
     let seq = be_u64(take(&mut rest, 8, "seq")?);
     let mut hash = [0u8; 32];

@@ -89,10 +89,12 @@ fn history(ops: &[Op]) -> Vec<Recorded> {
     out
 }
 
+const KEY: [u8; 32] = [42; 32];
+
 fn through_snapshot(state: &State) -> State {
     let hash = Hash([state.seq as u8; 32]);
-    let bytes = snapshot::encode(state.clone(), &hash).unwrap();
-    let (h, decoded) = snapshot::decode(&bytes).unwrap();
+    let bytes = snapshot::encode(state.clone(), &hash, &KEY).unwrap();
+    let (h, decoded) = snapshot::decode(&bytes, &KEY).unwrap();
     assert_eq!(h, hash);
     decoded
 }
@@ -145,16 +147,29 @@ fn snapshots_of_another_format_or_damaged_are_refused() {
         ids: [0; 6],
         advance: 0,
     }]));
-    let bytes = snapshot::encode(s, &Hash([1; 32])).unwrap();
+    let bytes = snapshot::encode(s, &Hash([1; 32]), &KEY).unwrap();
     let mut other = bytes.clone();
     other[11] = 9; // the format's last byte
     assert!(matches!(
-        snapshot::decode(&other),
+        snapshot::decode(&other, &KEY),
         Err(snapshot::SnapshotError::Format { found: 9 })
     ));
     assert!(
-        snapshot::decode(&bytes[..bytes.len() - 3]).is_err(),
+        snapshot::decode(&bytes[..bytes.len() - 3], &KEY).is_err(),
         "truncated"
     );
-    assert!(snapshot::decode(b"not a snapshot").is_err());
+    assert!(snapshot::decode(b"not a snapshot", &KEY).is_err());
+    // One byte of the state changed, or another key: the tag does not verify.
+    let mut edited = bytes.clone();
+    let last = edited.len() - 1;
+    edited[last] ^= 1;
+    assert!(matches!(
+        snapshot::decode(&edited, &KEY),
+        Err(snapshot::SnapshotError::Tag)
+    ));
+    assert!(matches!(
+        snapshot::decode(&bytes, &[7; 32]),
+        Err(snapshot::SnapshotError::Tag)
+    ));
+    assert!(snapshot::decode(&bytes, &KEY).is_ok());
 }

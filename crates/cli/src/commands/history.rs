@@ -68,10 +68,14 @@ pub(crate) async fn open(loc: &Location) -> Result<Store> {
 /// ledger and is not past `until` (one that does not match is refused and logged), plus the
 /// events after it; with a progress bar on a terminal.
 pub(crate) async fn fold_until(loc: &Location, store: &Store, until: Until) -> Result<State> {
-    let start = Snapshots::in_data_dir(&loc.data_dir)
-        .newest_valid(store, Some(until))
-        .await
-        .unwrap_or_default();
+    // Snapshots are tagged under the checkpoint key: without it here, fold from seq 1.
+    let start = match grantline_store::keyfile::load_signer(&loc.data_dir)? {
+        Some(signer) => Snapshots::in_data_dir(&loc.data_dir, &signer)
+            .newest_valid(store, Some(until))
+            .await
+            .unwrap_or_default(),
+        None => State::default(),
+    };
     fold_from(store, start, until, |_, _| {}).await
 }
 
@@ -582,7 +586,13 @@ pub async fn snapshot(loc: &Location, args: SnapshotArgs) -> Result<ExitCode> {
         bail!("the ledger is empty: nothing to snapshot");
     }
     let seq = state.seq;
-    let path = Snapshots::in_data_dir(&loc.data_dir)
+    let Some(signer) = grantline_store::keyfile::load_signer(&loc.data_dir)? else {
+        bail!(
+            "no checkpoint key in {}: snapshots are tagged with a key derived from it",
+            loc.data_dir.display()
+        );
+    };
+    let path = Snapshots::in_data_dir(&loc.data_dir, &signer)
         .write(&store, state)
         .await?;
     println!("snapshot of seq {seq} written to {}", path.display());
