@@ -125,6 +125,17 @@ backend_tests! {
         assert_eq!(o.status.code(), Some(0), "{o:?}");
         let o = grantline(&db, d, &["verify"]);
         assert_eq!(o.status.code(), Some(0), "{o:?}");
+        // The JWTs verify with keys taken from that verified ledger, not from the server: every
+        // access-token key is announced there.
+        let announced: Vec<Value> = out(&grantline(&db, d, &["events", "--json", "--kind", "signing_key.rotated"]))
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .filter(|e| e["payload"]["purpose"] == "access_token")
+            .map(|e| serde_json::json!({"kid": e["payload"]["key_id"], "x": e["payload"]["public_key"]}))
+            .collect();
+        assert_eq!(announced.len(), 2, "{announced:?}");
+        assert_eq!(verify_jwt(&before, &announced), old_kid);
+        assert_eq!(verify_jwt(&after, &announced), new_kid);
         // Only the new key: the checkpoints before the handover cannot be told.
         let o = grantline(&db, d, &["verify", "--public-key", &k1]);
         assert_eq!(o.status.code(), Some(2), "{o:?}");

@@ -320,7 +320,7 @@ pub fn approve(
                 redirect_uri: v.redirect_uri.clone(),
                 redirect_uri_in_request: v.redirect_uri_in_request,
                 code_challenge: v.code_challenge.clone(),
-                expires_at: now.plus_secs(settings.lifetimes.code.min(60) as i64),
+                expires_at: now.plus_secs(settings.lifetimes.code_lifetime() as i64),
                 request,
             },
         ),

@@ -10,7 +10,8 @@ use grantline_state::rules::settings::LIFETIMES_POLICY;
 /// The lifetimes as recorded settings: name and seconds.
 fn settings(lt: &Lifetimes) -> [(&'static str, u64); 6] {
     [
-        ("code", lt.code),
+        // What is in force, not what was written: codes never outlive 60 s.
+        ("code", lt.code_lifetime()),
         ("access_token", lt.access_token),
         ("refresh_idle", lt.refresh_idle),
         ("refresh_absolute", lt.refresh_absolute),

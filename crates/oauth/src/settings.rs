@@ -17,14 +17,27 @@ pub struct Lifetimes {
     pub dynamic_client: u64,
 }
 
+/// The longest an authorization code lives, whatever the configuration says.
+pub const MAX_CODE_LIFETIME: u64 = 60;
+
+impl Lifetimes {
+    /// The code lifetime in force: the configured one, at most [`MAX_CODE_LIFETIME`].
+    pub fn code_lifetime(&self) -> u64 {
+        self.code.min(MAX_CODE_LIFETIME)
+    }
+}
+
 impl Default for Lifetimes {
+    /// The rules' own defaults (one place: the fold reads the same values when nothing was
+    /// recorded), and an hour for access tokens, a day for unused dynamic clients.
     fn default() -> Self {
+        let rules = grantline_state::rules::settings::RuleSettings::default();
         Lifetimes {
-            code: 60,
+            code: rules.code_lifetime,
             access_token: 3600,
-            refresh_idle: 7 * 86_400,
-            refresh_absolute: 30 * 86_400,
-            refresh_grace: 30,
+            refresh_idle: rules.refresh_idle,
+            refresh_absolute: rules.refresh_absolute,
+            refresh_grace: rules.refresh_grace,
             dynamic_client: 86_400,
         }
     }
