@@ -330,6 +330,7 @@ pub fn map(event: &Recorded, dir: &mut Directory, o: &mut dyn Opener) -> AuditRe
         Payload::OAuthRefused(e) => {
             r.client_id = e.client_id.clone();
             r.user_id = e.user_id.clone();
+            r.family_id = e.family_id.clone();
             r.resource = e.resource.clone();
             r.scopes = e.requested_scopes.clone();
             r.error_code = some(&e.error);

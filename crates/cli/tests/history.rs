@@ -143,6 +143,7 @@ struct Story {
     /// The family that lived through a benign refresh race, the one that ended in reuse
     /// detection, the one ended by a code replay, and alice's.
     raced: String,
+    refused_race: String,
     reused: String,
     replayed: String,
     alice_family: String,
@@ -173,6 +174,23 @@ async fn write_story(s: &Server) -> Story {
         "the race inside the grace is benign: {v}"
     );
     let raced = family_of(s, &a);
+    // Another client rotates twice, then shows its first token again inside the grace: it is
+    // refused (its successor was used), not revoked.
+    let (f, _, f_r0) = tokens_as(s, "admin", ADMIN_PASSWORD).await;
+    let (_, v) = refresh(s, &f, &f_r0).await;
+    let (st, _) = refresh(s, &f, &get(&v, "refresh_token")).await;
+    assert_eq!(st, StatusCode::OK);
+    s.app.clock.advance(5);
+    let (st, v) = refresh(s, &f, &f_r0).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+    assert!(
+        v["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("successor"),
+        "{v}"
+    );
+    let refused_race = family_of(s, &f);
     points.push(capture(s));
 
     // Day 1: a reuse two minutes after the rotation ends a family; a code redeemed twice.
@@ -282,6 +300,7 @@ async fn write_story(s: &Server) -> Story {
     Story {
         points,
         raced,
+        refused_race,
         reused,
         replayed,
         alice_family,
@@ -387,7 +406,7 @@ backend_tests! {
         let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
         assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in order: {seqs:?}");
         let text = lineage.to_string();
-        for other in [&story.raced, &story.replayed, &story.alice_family] {
+        for other in [&story.raced, &story.refused_race, &story.replayed, &story.alice_family] {
             assert!(!text.contains(other.as_str()), "{other} leaked into {text}");
         }
         for e in events {
@@ -407,13 +426,17 @@ backend_tests! {
         let o = grantline(&db, d, &["lineage", "fam_nonexistent"]);
         assert_eq!(o.status.code(), Some(1));
 
-        // What-if: with no grace, exactly the raced family would have been revoked.
+        // What-if: with no grace, exactly the two raced families would have been revoked —
+        // the one whose race was honoured and the one whose late presentation was refused.
         let last = story.points[4].0.to_string();
         assert!(story.points[5].0 > story.points[4].0);
         let w = json_of(&db, d, &["replay", "--until", &last, "--rule", "refresh_grace=0s", "--json"]);
         let diffs = w["differences"].as_array().unwrap();
-        let fams: Vec<&str> = diffs.iter().map(|x| x["family_id"].as_str().unwrap()).collect();
-        assert_eq!(fams, vec![story.raced.as_str()], "{w}");
+        let mut fams: Vec<&str> = diffs.iter().map(|x| x["family_id"].as_str().unwrap()).collect();
+        fams.sort();
+        let mut want = vec![story.raced.as_str(), story.refused_race.as_str()];
+        want.sort();
+        assert_eq!(fams, want, "{w}");
         // The recorded settings reproduce the live state: no difference.
         let same = json_of(&db, d, &["replay", "--until", &last, "--rule", "refresh_grace=30s", "--json"]);
         assert_eq!(same["differences"], json!([]), "{same}");

@@ -566,6 +566,13 @@ pub struct OAuthRefused {
     /// The HTTP request that caused it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request: Option<RequestMeta>,
+    /// For a refused refresh: the family of the refresh token presented (an id, never the
+    /// token), so that a replay under other rules can judge the presentation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub family_id: Option<String>,
+    /// For a refused refresh: the id of the refresh token presented.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_token_id: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -327,6 +327,8 @@ pub fn all() -> Vec<Payload> {
             description: "code_verifier does not match the code_challenge".into(),
             suppressed: 0,
             request: Some(meta(&user_subject)),
+            family_id: Some(FAMILY.into()),
+            refresh_token_id: Some("rt_0197a3c1f0d27c4e8b1a9d6e5f403a31".into()),
         }
         .into(),
         FamilyRevoked {

@@ -36,6 +36,9 @@ pub struct Attempt {
     pub requested_scopes: Vec<String>,
     /// The refusal is on the ledger already (`code.replayed`, `refresh.reuse_detected`).
     pub recorded: bool,
+    /// A refresh token presented: its family and id.
+    pub family_id: Option<String>,
+    pub refresh_token_id: Option<String>,
 }
 
 /// The event for a refusal; `suppressed` refusals of the same key were counted, not recorded.
@@ -63,6 +66,8 @@ pub fn record(
         description: clip(&error.description, MAX_VALUE),
         suppressed,
         request,
+        family_id: attempt.family_id,
+        refresh_token_id: attempt.refresh_token_id,
     };
     let actor = match (&event.client_id, event.client_authenticated) {
         (Some(id), true) => Actor::Client { id: id.clone() },

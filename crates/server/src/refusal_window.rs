@@ -15,7 +15,8 @@ struct Window {
     suppressed: u64,
 }
 
-type Key = (OAuthEndpoint, Option<String>, String);
+/// An endpoint, client, error and (for a refused refresh) the family presented.
+type Key = (OAuthEndpoint, Option<String>, String, Option<String>);
 
 /// Per-key windows, in memory per instance. The key is what one event stands for (an endpoint,
 /// client and error; a reader of the audit trail and a reason).

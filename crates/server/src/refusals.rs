@@ -24,10 +24,13 @@ pub async fn record(
     if attempt.recorded {
         return;
     }
+    // Per family too: a replay under a shorter grace must see the first refused presentation
+    // of every family, not one per client.
     let key = (
         endpoint,
         attempt.client_id.clone(),
         error.code.as_str().to_string(),
+        attempt.family_id.clone(),
     );
     let Some(suppressed) = app.refusals.admit(key, app.now().0 / 1_000_000) else {
         return;

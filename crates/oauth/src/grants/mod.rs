@@ -182,6 +182,17 @@ impl TokenRequest {
         }
     }
 
+    /// For a refresh: the family and id of the refresh token presented, when it is known.
+    pub fn presented_refresh(&self, state: &grantline_state::State) -> Option<(String, String)> {
+        match self {
+            TokenRequest::Refresh(r) => state
+                .refresh_tokens
+                .get(&grantline_ledger::secret_digest(r.refresh_token.as_bytes()))
+                .map(|t| (t.family_id.clone(), t.token_id.clone())),
+            _ => None,
+        }
+    }
+
     /// Decides the request for an authenticated `client` registered for its grant type.
     pub fn decide(
         &self,

@@ -57,8 +57,15 @@ async fn handle(
     let req = TokenRequest::parse(&params)?;
     attempt.grant_type = Some(req.grant_type());
     let client = authenticated_client(app, headers, &params, &req, attempt).await?;
-    let user = req.user(&app.projection.read());
+    let (user, presented) = {
+        let state = app.projection.read();
+        (req.user(&state), req.presented_refresh(&state))
+    };
     attempt.user_id = user.clone();
+    if let Some((family, token)) = presented {
+        attempt.family_id = Some(family);
+        attempt.refresh_token_id = Some(token);
+    }
     let meta = meta_for(app, ctx, user.as_deref(), &client.client_id).await?;
     let settings = app.settings_for(&ctx.issuer);
     let fresh = crate::random::fresh_tokens();

@@ -98,6 +98,10 @@ pub fn refs(p: &Payload) -> Refs<'_> {
             r.client = e.client_id.as_deref();
             r.user = e.user_id.as_deref();
             r.request = req(&e.request);
+            r.family = e.family_id.as_deref();
+            if let Some(t) = &e.refresh_token_id {
+                r.tokens.push(t);
+            }
         }
         P::RefreshReuseDetected(e) => {
             r.family = Some(&e.family_id);

@@ -5,8 +5,12 @@
 //!
 //! What can be judged again is what was recorded: a refresh that was honoured (would it have
 //! been reuse, or expired, under the other setting?), a reuse that was detected (would it still
-//! have been?), a code that was redeemed (would it have expired?). A request that was refused
-//! is not replayed under a more lenient setting: its refusal left no tokens to follow.
+//! have been?), a code that was redeemed (would it have expired?), and a rotated refresh token
+//! refused inside the grace (it lost a race, or its successor was used; `oauth.refused` names
+//! its family and token): under a shorter grace it would have been reuse. A refused request
+//! is not replayed under a more lenient setting: its refusal left no tokens to follow. The
+//! server records at most one such refusal per family, client and error a minute — the first,
+//! which is the one that would have revoked the family.
 
 use crate::rules::settings::RuleSettings;
 use crate::{Family, State};
@@ -201,6 +205,32 @@ impl WhatIf {
                 };
                 if let Some(f) = fate {
                     self.fates.insert(e.family_id.clone(), f);
+                }
+            }
+            // A rotated token presented again within the live grace and refused (it lost a race,
+            // or its successor was used): under a shorter grace it may have been reuse.
+            Payload::OAuthRefused(e) if self.overrides.refresh_grace.is_some() => {
+                let (Some(family), Some(token)) = (&e.family_id, &e.refresh_token_id) else {
+                    return;
+                };
+                if self.fates.contains_key(family)
+                    || before
+                        .families
+                        .get(family)
+                        .is_none_or(|f| f.revoked.is_some())
+                {
+                    return;
+                }
+                let spent = before
+                    .refresh_by_id
+                    .get(token)
+                    .and_then(|d| before.refresh_tokens.get(d))
+                    .and_then(|t| t.superseded_at.or(t.rotated_at));
+                if let Some(s) = spent
+                    && at >= s.plus_secs(rules.refresh_grace as i64)
+                {
+                    self.fates
+                        .insert(family.clone(), Fate::BeenRevoked { seq, at });
                 }
             }
             Payload::RefreshReuseDetected(e) if self.overrides.refresh_grace.is_some() => {
