@@ -111,5 +111,41 @@ backend_tests! {
         let o = grantline(&db, &["verify-proof", &p("cons.json"), "--public-key", &key, "--checkpoint", &p("kept-other")]);
         assert_eq!(o.status.code(), Some(1), "{o:?}");
         assert!(String::from_utf8_lossy(&o.stdout).starts_with("INVALID"), "{o:?}");
+
+        // After a key rotation the newest checkpoint is signed by a key the witness never
+        // saw: with only the first key it cannot tell; following the handovers it can.
+        let data = d.to_str().unwrap();
+        let o = grantline(&db, &["key", "rotate", "--data-dir", data]);
+        assert_eq!(o.status.code(), Some(0), "{o:?}");
+        let s = Server::start(&db, d.to_path_buf(), config(d, 30, 60)).await;
+        some_tokens(&s).await;
+        s.app.ledger.checkpoint().await.unwrap();
+        let (_, cons) = fetch(&s, &format!("/ledger/proof/consistency?from={first}")).await;
+        let (st, handovers) = fetch(&s, "/.well-known/grantline/key-handovers").await;
+        assert_eq!(st, StatusCode::OK);
+        s.stop().await;
+        let list: Value = serde_json::from_str(&handovers).unwrap();
+        assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+        std::fs::write(d.join("cons2.json"), &cons).unwrap();
+        std::fs::write(d.join("handovers.json"), &handovers).unwrap();
+        let check = |extra: &[&str]| {
+            let mut args = vec!["verify-proof".to_string(), p("cons2.json"), "--public-key".into(), key.clone(), "--checkpoint".into(), p("kept")];
+            args.extend(extra.iter().map(|s| s.to_string()));
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            grantline(&db, &args)
+        };
+        assert_eq!(check(&[]).status.code(), Some(2), "a key not given");
+        let o = check(&["--handovers", &p("handovers.json")]);
+        assert_eq!(o.status.code(), Some(0), "{o:?}");
+        // A handover whose signature was altered is tampering.
+        let mut bad = list.clone();
+        let note = bad[0]["handover"].as_str().unwrap().to_string();
+        let at = note.rfind(' ').unwrap() + 20;
+        let mut bytes = note.into_bytes();
+        bytes[at] = if bytes[at] == b'A' { b'B' } else { b'A' };
+        bad[0]["handover"] = String::from_utf8(bytes).unwrap().into();
+        std::fs::write(d.join("bad-handovers.json"), bad.to_string()).unwrap();
+        let o = check(&["--handovers", &p("bad-handovers.json")]);
+        assert_eq!(o.status.code(), Some(1), "{o:?}");
     }
 }

@@ -343,6 +343,11 @@ pub fn apply(state: &mut State, event: &Recorded) {
         | Payload::RateLimitExceeded(_)
         | Payload::ToolCallStarted(_) => {}
         Payload::SigningKeyRotated(e) => {
+            if let (grantline_ledger::KeyPurpose::Checkpoint, Some(note)) =
+                (e.purpose, &e.endorsement)
+            {
+                state.checkpoint_handovers.push((seq, note.clone()));
+            }
             if let Some(prev) = &e.previous_key_id
                 && let Some(k) = state.signing_keys.get_mut(prev)
             {

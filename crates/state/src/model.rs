@@ -58,6 +58,9 @@ pub struct State {
     pub client_streams: HashMap<grantline_ledger::StreamId, String>,
     /// Consent pages already answered (digest of the page's request id) → when.
     pub answered_consent_pages: HashMap<String, Timestamp>,
+    /// Checkpoint-key handovers in seq order: (seq, the note the old key signed). A witness
+    /// that trusts the first key follows them to the key in force.
+    pub checkpoint_handovers: Vec<(u64, String)>,
 }
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]

@@ -56,6 +56,7 @@ struct First {
     ended_sessions: HashMap<String, Timestamp>,
     client_streams: HashMap<StreamId, String>,
     answered_consent_pages: HashMap<String, Timestamp>,
+    checkpoint_handovers: Vec<(u64, String)>,
 }
 
 /// The second part: codes and refresh tokens.
@@ -89,6 +90,7 @@ fn split(state: State) -> (First, Second) {
         ended_sessions,
         client_streams,
         answered_consent_pages,
+        checkpoint_handovers,
     } = state;
     (
         First {
@@ -108,6 +110,7 @@ fn split(state: State) -> (First, Second) {
             ended_sessions,
             client_streams,
             answered_consent_pages,
+            checkpoint_handovers,
         },
         Second {
             codes,
@@ -138,6 +141,7 @@ fn join(a: First, b: Second) -> State {
         ended_sessions: a.ended_sessions,
         client_streams: a.client_streams,
         answered_consent_pages: a.answered_consent_pages,
+        checkpoint_handovers: a.checkpoint_handovers,
     }
 }
 

@@ -32,6 +32,10 @@ pub struct VerifyArgs {
     /// Verifier key trusted to sign checkpoints (repeatable).
     #[arg(long = "public-key", required = true)]
     public_keys: Vec<String>,
+    /// Checkpoint-key handovers to follow from the keys given (the JSON of
+    /// `/.well-known/grantline/key-handovers`): after a rotation, the first key is enough.
+    #[arg(long)]
+    handovers: Option<PathBuf>,
     /// A signed checkpoint kept elsewhere (a witness's copy) to check against instead of the
     /// one in the proof: for an inclusion proof, the checkpoint it leads to; for a consistency
     /// proof, the old one — so a log rewritten since that copy was taken is caught.
@@ -104,6 +108,40 @@ fn hashes(list: &[String]) -> Result<Vec<Hash>> {
         .collect()
 }
 
+#[derive(Deserialize)]
+struct Handover {
+    seq: u64,
+    handover: String,
+}
+
+/// Adds the key each handover introduces, in seq order, when a key already trusted signed it.
+/// One signed by a trusted key that does not verify is tampering; one by a key not trusted
+/// here is skipped (what it introduces stays untrusted).
+fn follow_handovers(path: &std::path::Path, keys: &mut Vec<NoteVerifier>) -> Result<()> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut list: Vec<Handover> = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a list of handovers", path.display()))?;
+    list.sort_by_key(|h| h.seq);
+    for h in list {
+        match grantline_ledger::KeyHandover::open(&h.handover, keys) {
+            Ok(k) => {
+                if !keys.contains(&k.to) {
+                    keys.push(k.to);
+                }
+            }
+            Err(grantline_ledger::CheckpointError::UnknownSigner(_)) => {}
+            Err(e) => {
+                return Err(anyhow::Error::new(Tampered(format!(
+                    "the key handover at seq {}: {e}",
+                    h.seq
+                ))));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// A finding of tampering, as opposed to a check that could not be made.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -132,11 +170,14 @@ fn check(args: VerifyArgs) -> Result<ExitCode> {
             .with_context(|| format!("reading {}", args.proof.display()))?
     };
     let proof: Proof = serde_json::from_str(&text).context("the proof is not valid proof JSON")?;
-    let keys = args
+    let mut keys = args
         .public_keys
         .iter()
         .map(|k| NoteVerifier::parse(k).with_context(|| format!("--public-key {k}")))
         .collect::<Result<Vec<_>>>()?;
+    if let Some(path) = &args.handovers {
+        follow_handovers(path, &mut keys)?;
+    }
     // A checkpoint by a key not given here cannot be judged (exit 2); one whose trusted
     // signature fails is tampered (exit 1), like a proof that does not verify.
     let open = |note: &str, what: &str| -> Result<Checkpoint> {

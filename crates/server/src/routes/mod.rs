@@ -72,6 +72,10 @@ pub fn router() -> Router<App> {
             "/.well-known/grantline/checkpoint-key",
             get(witness::checkpoint_key),
         )
+        .route(
+            "/.well-known/grantline/key-handovers",
+            get(witness::key_handovers),
+        )
         .route("/ledger/proof/inclusion", get(witness::inclusion))
         .route("/ledger/proof/consistency", get(witness::consistency))
         .route("/oauth/register", post(register::register))

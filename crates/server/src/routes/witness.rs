@@ -66,6 +66,24 @@ pub async fn checkpoint_key(State(app): State<App>) -> Response {
     text(format!("{}\n", app.checkpoint_verifier))
 }
 
+/// `GET /.well-known/grantline/key-handovers`: every checkpoint-key handover in seq order
+/// (`[{"seq": …, "handover": <signed note>}]`). A witness that trusts the first key follows
+/// them with `grantline verify-proof --handovers` to the key in force; each is signed by the
+/// key it replaces, so fetching them from the server gives it nothing to forge.
+pub async fn key_handovers(State(app): State<App>) -> Response {
+    let list: Vec<serde_json::Value> = app
+        .projection
+        .read()
+        .checkpoint_handovers
+        .iter()
+        .map(|(seq, note)| json!({"seq": seq, "handover": note}))
+        .collect();
+    let mut r = Json(list).into_response();
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    r
+}
+
 /// A query parameter as a tree size or seq: present, decimal, positive.
 fn number(q: &HashMap<String, String>, name: &str) -> Result<Option<u64>, Box<Response>> {
     match q.get(name) {
