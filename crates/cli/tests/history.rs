@@ -6,6 +6,8 @@
 
 #[path = "../../server/tests/common/mod.rs"]
 mod common;
+#[path = "support/run.rs"]
+mod run;
 
 use common::*;
 use grantline_state::history::Summary;
@@ -39,17 +41,7 @@ demo = ["*"]
 "#;
 
 fn grantline(db: &TestDb, dir: &Path, args: &[&str]) -> Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_grantline"))
-        .args(args)
-        .arg("--database")
-        .arg(db.url())
-        .arg("--data-dir")
-        .arg(dir)
-        .arg("--config")
-        .arg(dir.join("grantline.toml"))
-        .env_remove("GRANTLINE_DATABASE_URL")
-        .output()
-        .expect("run grantline")
+    run::grantline(db, Some(dir), args)
 }
 
 /// Runs the CLI and parses its `--json` answer.
@@ -268,6 +260,9 @@ async fn write_story(s: &Server) -> Story {
         json!({"grant": alice_grant}),
         json!({"grant": alice_grant, "reason": ""}),
         json!({"family": "fam_nobody", "reason": "unknown"}),
+        json!({"grant": alice_grant, "reason": "looks fine\u{202e}txt.exe"}),
+        json!({"grant": alice_grant, "reason": "x".repeat(5000)}),
+        json!({"Grant": alice_grant, "reason": "case-folded key"}),
     ] {
         let st = contain(s, bad.clone()).await;
         assert!(
@@ -275,6 +270,18 @@ async fn write_story(s: &Server) -> Story {
             "{bad}: {st}"
         );
     }
+    // A key given twice is refused, not resolved to one of them.
+    let r = reqwest::Client::new()
+        .post(s.url("/admin/api/revoke"))
+        .basic_auth("admin", Some(ADMIN_PASSWORD))
+        .header("content-type", "application/json")
+        .body(format!(
+            r#"{{"grant": "{alice_grant}", "grant": "gr_other", "reason": "twice"}}"#
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     assert_eq!(
         s.app.projection.seq(),
         alice_contained,

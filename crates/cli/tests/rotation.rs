@@ -5,6 +5,8 @@
 
 #[path = "../../server/tests/common/mod.rs"]
 mod common;
+#[path = "support/run.rs"]
+mod run;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -17,16 +19,7 @@ use std::path::Path;
 use std::process::Output;
 
 fn grantline(db: &TestDb, dir: &Path, args: &[&str]) -> Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_grantline"))
-        .args(args)
-        .arg("--database")
-        .arg(db.url())
-        .arg("--data-dir")
-        .arg(dir)
-        .env_remove("GRANTLINE_DATABASE_URL")
-        .env_remove("GRANTLINE_CHECKPOINT_KEY")
-        .output()
-        .expect("run grantline")
+    run::grantline(db, Some(dir), args)
 }
 
 fn out(o: &Output) -> String {

@@ -7,6 +7,8 @@
 mod c2sp;
 #[path = "../../server/tests/common/mod.rs"]
 mod common;
+#[path = "support/run.rs"]
+mod run;
 
 use common::*;
 use grantline_store::backend_tests;
@@ -16,13 +18,7 @@ use serde_json::Value;
 use std::process::Output;
 
 fn grantline(db: &TestDb, args: &[&str]) -> Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_grantline"))
-        .args(args)
-        .arg("--database")
-        .arg(db.url())
-        .env_remove("GRANTLINE_DATABASE_URL")
-        .output()
-        .expect("run grantline")
+    run::grantline(db, None, args)
 }
 
 async fn fetch(s: &Server, path: &str) -> (StatusCode, String) {

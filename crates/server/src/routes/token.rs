@@ -59,7 +59,13 @@ async fn handle(
     let client = authenticated_client(app, headers, &params, &req, attempt).await?;
     let (user, presented) = {
         let state = app.projection.read();
-        (req.user(&state), req.presented_refresh(&state))
+        let presented = req.presented_refresh(&state);
+        // A refresh token's user is its family's: one lookup serves both.
+        let user = match &presented {
+            Some((family, _)) => state.families.get(family).map(|f| f.user_id.clone()),
+            None => req.user(&state),
+        };
+        (user, presented)
     };
     attempt.user_id = user.clone();
     if let Some((family, token)) = presented {

@@ -2,7 +2,8 @@
 //! verifier key, and inclusion and consistency proofs in the form `grantline proof` prints and
 //! `grantline verify-proof` checks. Public like a transparency log's: they carry hashes and
 //! tree sizes, no event content. A proof reads every chain hash up to its tree size, so at
-//! most [`PROOFS_AT_ONCE`] are computed at a time; the rest wait.
+//! most [`PROOFS_AT_ONCE`] are computed at a time; beyond that the answer is 503 with
+//! `Retry-After`, so that no queue of waiting requests builds up.
 
 use crate::app::App;
 use axum::Json;
@@ -25,6 +26,16 @@ fn problem(status: StatusCode, message: impl Into<String>) -> Response {
         .into_response();
     r.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+fn busy() -> Response {
+    let mut r = problem(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "other proofs are being computed; try again shortly",
+    );
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     r
 }
 
@@ -108,8 +119,8 @@ pub async fn inclusion(
         Ok(None) => return problem(StatusCode::BAD_REQUEST, "seq is required"),
         Err(r) => return *r,
     };
-    let Ok(_turn) = PROOFS.acquire().await else {
-        return problem(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
+    let Ok(_turn) = PROOFS.try_acquire() else {
+        return busy();
     };
     match grantline_audit::proof::inclusion(app.store(), seq).await {
         Ok(Some(proof)) => Json(proof).into_response(),
@@ -135,8 +146,8 @@ pub async fn consistency(
     if to.is_some_and(|t| t < from) {
         return problem(StatusCode::BAD_REQUEST, "from must not be above to");
     }
-    let Ok(_turn) = PROOFS.acquire().await else {
-        return problem(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
+    let Ok(_turn) = PROOFS.try_acquire() else {
+        return busy();
     };
     match grantline_audit::proof::consistency(app.store(), from, to).await {
         Ok(Some(proof)) => Json(proof).into_response(),
