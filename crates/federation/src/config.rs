@@ -1,0 +1,310 @@
+//! An upstream identity provider as the operator writes it in the config file
+//! (`[[identity_providers]]`), and as it is once its preset is applied ([`Provider`]).
+
+use crate::FederationError;
+use serde::Deserialize;
+use std::path::PathBuf;
+
+/// One `[[identity_providers]]` table.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    /// Stable id: in callback URLs (`/login/upstream/<id>/callback`), events and links.
+    pub id: String,
+    /// The button's label on the sign-in page.
+    pub display_name: Option<String>,
+    /// `oidc` or `oauth2`; a preset sets it.
+    pub kind: Option<String>,
+    /// `github`, `google`, `microsoft`, `okta`, `keycloak`, `atlassian` or `salesforce`.
+    pub preset: Option<String>,
+    /// OIDC issuer (discovery at `<issuer>/.well-known/openid-configuration`).
+    pub issuer: Option<String>,
+    /// `oauth2` endpoints.
+    pub authorization_url: Option<String>,
+    pub token_url: Option<String>,
+    pub userinfo_url: Option<String>,
+    /// Userinfo fields (dotted paths allowed) for the subject, email and display name.
+    pub subject_field: Option<String>,
+    pub email_field: Option<String>,
+    pub name_field: Option<String>,
+    pub username_field: Option<String>,
+    pub client_id: String,
+    /// The environment variable holding the client secret.
+    pub client_secret_env: Option<String>,
+    /// A file holding the client secret (first line).
+    pub client_secret_file: Option<PathBuf>,
+    /// Scopes to request; the preset's when absent.
+    pub scopes: Option<Vec<String>>,
+    /// Extra authorization request parameters (e.g. `prompt = "consent"`).
+    #[serde(default)]
+    pub authorization_params: std::collections::BTreeMap<String, String>,
+    /// Microsoft: the tenant (`organizations`, `common` or a tenant id).
+    pub tenant: Option<String>,
+    /// Keycloak: server URL and realm.
+    pub server_url: Option<String>,
+    pub realm: Option<String>,
+    /// Okta: the org or authorization-server URL (`https://dev-1.okta.com/oauth2/default`).
+    pub domain: Option<String>,
+    /// Salesforce: the login URL (`https://login.salesforce.com`, a My Domain, or test).
+    pub login_url: Option<String>,
+    /// `jit` (create the user at the first sign-in, the default) or `existing` (the link or a
+    /// local user with the verified email must exist).
+    pub provisioning: Option<String>,
+    /// Only people with a verified email in these domains may sign in (empty: any).
+    #[serde(default)]
+    pub allowed_email_domains: Vec<String>,
+    /// Microsoft: only these tenant ids (`tid`) may sign in (empty: any).
+    #[serde(default)]
+    pub allowed_tenants: Vec<String>,
+    /// GitHub: only members of these organisations may sign in (empty: any).
+    #[serde(default)]
+    pub allowed_organizations: Vec<String>,
+    /// The role of a person no mapping rule matches (`user` when absent).
+    pub default_role: Option<String>,
+    /// Claim (or group) → role rules, first match wins, applied at every sign-in.
+    #[serde(default)]
+    pub role_mapping: Vec<RoleRule>,
+    /// Keep the user's upstream tokens (sealed) for token exchange.
+    #[serde(default)]
+    pub store_upstream_token: bool,
+    /// Re-check the upstream session when a Grantline refresh token of the user is used.
+    #[serde(default)]
+    pub check_upstream_on_refresh: bool,
+    /// How long a successful upstream check is trusted (seconds, default 300).
+    pub upstream_check_cache_secs: Option<u64>,
+    /// Start even when the provider cannot be reached (its button then fails until it can).
+    #[serde(default)]
+    pub optional: bool,
+    /// Clock skew allowed on `exp`/`iat`, seconds (default 60).
+    pub clock_skew_secs: Option<u64>,
+}
+
+/// `claim = "groups"`, `value = "mcp-admins"`, `role = "admin"`: a person whose claim holds
+/// (or equals) the value gets the role.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RoleRule {
+    pub claim: String,
+    pub value: String,
+    pub role: String,
+}
+
+/// `oidc` or `oauth2`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Oidc,
+    OAuth2,
+}
+
+/// Whether a first sign-in creates the user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Provisioning {
+    JustInTime,
+    Existing,
+}
+
+/// Extra requests some providers need after the token (GitHub's emails, orgs and teams).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    Generic,
+    GitHub,
+    Microsoft,
+    Google,
+    Salesforce,
+    Atlassian,
+}
+
+/// A provider with its preset applied and every URL known (OIDC endpoints come from
+/// discovery at start).
+#[derive(Debug, Clone)]
+pub struct Provider {
+    pub id: String,
+    pub display_name: String,
+    pub kind: Kind,
+    pub flavor: Flavor,
+    pub issuer: Option<String>,
+    pub authorization_url: Option<String>,
+    pub token_url: Option<String>,
+    pub userinfo_url: Option<String>,
+    /// GitHub-compatible API root (`https://api.github.com`) for emails, orgs and teams.
+    pub api_url: Option<String>,
+    pub subject_field: String,
+    pub email_field: String,
+    pub name_field: String,
+    pub username_field: String,
+    pub client_id: String,
+    pub client_secret: Secret,
+    pub scopes: Vec<String>,
+    pub authorization_params: Vec<(String, String)>,
+    pub provisioning: Provisioning,
+    pub allowed_email_domains: Vec<String>,
+    pub allowed_tenants: Vec<String>,
+    pub allowed_organizations: Vec<String>,
+    pub default_role: String,
+    pub role_mapping: Vec<RoleRule>,
+    pub store_upstream_token: bool,
+    pub check_upstream_on_refresh: bool,
+    pub upstream_check_cache_secs: u64,
+    pub optional: bool,
+    pub clock_skew_secs: u64,
+}
+
+/// A client secret: never printed.
+#[derive(Clone, Default)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(…)")
+    }
+}
+
+/// The longest provider id: it appears in URLs, events and cookie names.
+pub const MAX_ID: usize = 32;
+
+fn bad(id: &str, msg: impl std::fmt::Display) -> FederationError {
+    FederationError::Config(format!("identity provider {id:?}: {msg}"))
+}
+
+impl ProviderConfig {
+    /// Applies the preset, reads the client secret, and checks that everything needed is
+    /// there. `env` reads an environment variable (a parameter so tests need not set any).
+    pub fn resolve(&self, env: &dyn Fn(&str) -> Option<String>) -> Result<Provider, FederationError> {
+        let id = self.id.as_str();
+        if id.is_empty()
+            || id.len() > MAX_ID
+            || !id
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        {
+            return Err(bad(
+                id,
+                format!("ids are 1 to {MAX_ID} characters of a-z, 0-9, - and _"),
+            ));
+        }
+        if self.client_id.is_empty() {
+            return Err(bad(id, "client_id is required"));
+        }
+        let base = crate::presets::apply(self)?;
+        let secret = match (&self.client_secret_env, &self.client_secret_file) {
+            (Some(var), None) => env(var)
+                .filter(|s| !s.is_empty())
+                .ok_or_else(|| bad(id, format!("the environment variable {var} is not set")))?,
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .map_err(|e| bad(id, format!("client_secret_file {}: {e}", path.display())))?
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_string(),
+            (Some(_), Some(_)) => {
+                return Err(bad(id, "set client_secret_env or client_secret_file, not both"));
+            }
+            (None, None) => {
+                return Err(bad(
+                    id,
+                    "a client secret is required: client_secret_env or client_secret_file \
+                     (secrets are never written in the config file)",
+                ));
+            }
+        };
+        if secret.is_empty() {
+            return Err(bad(id, "the client secret is empty"));
+        }
+        let provisioning = match self.provisioning.as_deref() {
+            None | Some("jit") => Provisioning::JustInTime,
+            Some("existing") => Provisioning::Existing,
+            Some(other) => {
+                return Err(bad(
+                    id,
+                    format!("provisioning must be \"jit\" or \"existing\", not {other:?}"),
+                ));
+            }
+        };
+        for rule in &self.role_mapping {
+            if rule.claim.is_empty() || rule.value.is_empty() || rule.role.is_empty() {
+                return Err(bad(id, "role_mapping rules need claim, value and role"));
+            }
+        }
+        let p = Provider {
+            id: id.to_string(),
+            display_name: self
+                .display_name
+                .clone()
+                .unwrap_or_else(|| base.display_name.clone()),
+            client_id: self.client_id.clone(),
+            client_secret: Secret(secret),
+            scopes: self.scopes.clone().unwrap_or(base.scopes.clone()),
+            authorization_params: base
+                .authorization_params
+                .iter()
+                .cloned()
+                .chain(self.authorization_params.clone())
+                .collect(),
+            provisioning,
+            allowed_email_domains: self
+                .allowed_email_domains
+                .iter()
+                .map(|d| d.trim_start_matches('@').to_ascii_lowercase())
+                .collect(),
+            allowed_tenants: self.allowed_tenants.clone(),
+            allowed_organizations: self
+                .allowed_organizations
+                .iter()
+                .map(|o| o.to_ascii_lowercase())
+                .collect(),
+            default_role: self.default_role.clone().unwrap_or_else(|| "user".into()),
+            role_mapping: self.role_mapping.clone(),
+            store_upstream_token: self.store_upstream_token,
+            check_upstream_on_refresh: self.check_upstream_on_refresh,
+            upstream_check_cache_secs: self.upstream_check_cache_secs.unwrap_or(300),
+            optional: self.optional,
+            clock_skew_secs: self.clock_skew_secs.unwrap_or(60).min(600),
+            ..base
+        };
+        for url in [
+            &p.issuer,
+            &p.authorization_url,
+            &p.token_url,
+            &p.userinfo_url,
+            &p.api_url,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            check_url(id, url)?;
+        }
+        match p.kind {
+            Kind::Oidc if p.issuer.is_none() => Err(bad(id, "kind \"oidc\" needs issuer")),
+            Kind::OAuth2
+                if p.authorization_url.is_none()
+                    || p.token_url.is_none()
+                    || p.userinfo_url.is_none() =>
+            {
+                Err(bad(
+                    id,
+                    "kind \"oauth2\" needs authorization_url, token_url and userinfo_url",
+                ))
+            }
+            _ => Ok(p),
+        }
+    }
+}
+
+/// HTTPS, or HTTP on a loopback host (development and tests).
+fn check_url(id: &str, url: &str) -> Result<(), FederationError> {
+    let u = url::Url::parse(url).map_err(|e| bad(id, format!("{url:?} is not a URL: {e}")))?;
+    let loopback = matches!(
+        u.host(),
+        Some(url::Host::Ipv4(a)) if a.is_loopback()
+    ) || matches!(u.host(), Some(url::Host::Ipv6(a)) if a.is_loopback())
+        || u.host_str() == Some("localhost");
+    match u.scheme() {
+        "https" => Ok(()),
+        "http" if loopback => Ok(()),
+        _ => Err(bad(
+            id,
+            format!("{url} must be https (plain http only on a loopback address)"),
+        )),
+    }
+}

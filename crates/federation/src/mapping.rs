@@ -1,0 +1,169 @@
+//! Who may sign in through a provider, and with which role: pure functions of the provider's
+//! settings and the upstream identity, applied at every sign-in.
+
+use crate::config::Provider;
+use crate::identity::UpstreamIdentity;
+
+/// Why a person the upstream vouched for may not sign in here.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotAllowed {
+    #[error("the upstream gave no verified email, and this provider only admits some domains")]
+    NoVerifiedEmail,
+    #[error("the email's domain is not one this provider admits")]
+    Domain,
+    #[error("the tenant is not one this provider admits")]
+    Tenant,
+    #[error("the person is not a member of an organisation this provider admits")]
+    Organization,
+}
+
+impl NotAllowed {
+    /// A short stable code for events and pages.
+    pub fn code(&self) -> &'static str {
+        match self {
+            NotAllowed::NoVerifiedEmail => "no_verified_email",
+            NotAllowed::Domain => "email_domain_not_allowed",
+            NotAllowed::Tenant => "tenant_not_allowed",
+            NotAllowed::Organization => "organization_not_allowed",
+        }
+    }
+}
+
+/// Checks the provider's admission rules: email domains, tenants, organisations.
+pub fn admitted(p: &Provider, who: &UpstreamIdentity) -> Result<(), NotAllowed> {
+    if !p.allowed_email_domains.is_empty() {
+        let email = who.email.as_deref().ok_or(NotAllowed::NoVerifiedEmail)?;
+        let domain = email
+            .rsplit_once('@')
+            .map(|(_, d)| d.to_ascii_lowercase())
+            .unwrap_or_default();
+        if !p.allowed_email_domains.iter().any(|d| *d == domain) {
+            return Err(NotAllowed::Domain);
+        }
+    }
+    if !p.allowed_tenants.is_empty() {
+        let tids = who.claims.get("tid").map(Vec::as_slice).unwrap_or_default();
+        if !tids.iter().any(|t| p.allowed_tenants.contains(t)) {
+            return Err(NotAllowed::Tenant);
+        }
+    }
+    if !p.allowed_organizations.is_empty() {
+        let orgs = who.claims.get("orgs").map(Vec::as_slice).unwrap_or_default();
+        if !orgs
+            .iter()
+            .any(|o| p.allowed_organizations.contains(&o.to_ascii_lowercase()))
+        {
+            return Err(NotAllowed::Organization);
+        }
+    }
+    Ok(())
+}
+
+/// The role the mapping gives, and the claim that gave it (`groups=mcp-admins`), or the
+/// provider's default role and `None`. First matching rule wins.
+pub fn role_for(p: &Provider, who: &UpstreamIdentity) -> (String, Option<String>) {
+    for rule in &p.role_mapping {
+        let holds = who
+            .claims
+            .get(&rule.claim)
+            .is_some_and(|vals| vals.iter().any(|v| v == &rule.value));
+        if holds {
+            return (
+                rule.role.clone(),
+                Some(format!("{}={}", rule.claim, rule.value)),
+            );
+        }
+    }
+    (p.default_role.clone(), None)
+}
+
+/// Claim paths the rules name, so that nested ones (`realm_access.roles`) are extracted.
+pub fn rule_paths(p: &Provider) -> Vec<&str> {
+    p.role_mapping.iter().map(|r| r.claim.as_str()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{ProviderConfig, RoleRule};
+
+    fn provider(f: impl FnOnce(&mut ProviderConfig)) -> Provider {
+        let mut c = ProviderConfig {
+            id: "idp".into(),
+            kind: Some("oidc".into()),
+            issuer: Some("https://idp.example".into()),
+            client_id: "c".into(),
+            client_secret_env: Some("X".into()),
+            ..Default::default()
+        };
+        f(&mut c);
+        c.resolve(&|_| Some("s".into())).unwrap()
+    }
+
+    fn who(email: Option<&str>, claims: &[(&str, &[&str])]) -> UpstreamIdentity {
+        UpstreamIdentity {
+            subject: "s1".into(),
+            email: email.map(String::from),
+            name: None,
+            username: None,
+            claims: claims
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.iter().map(|s| s.to_string()).collect()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn domains_tenants_and_organisations_admit_only_their_members() {
+        let p = provider(|c| c.allowed_email_domains = vec!["@Example.com".into()]);
+        assert_eq!(admitted(&p, &who(Some("a@EXAMPLE.com"), &[])), Ok(()));
+        assert_eq!(
+            admitted(&p, &who(Some("a@example.com.evil"), &[])),
+            Err(NotAllowed::Domain)
+        );
+        assert_eq!(
+            admitted(&p, &who(None, &[])),
+            Err(NotAllowed::NoVerifiedEmail)
+        );
+        let p = provider(|c| c.allowed_tenants = vec!["t1".into()]);
+        assert_eq!(admitted(&p, &who(None, &[("tid", &["t1"])])), Ok(()));
+        assert_eq!(
+            admitted(&p, &who(None, &[("tid", &["t2"])])),
+            Err(NotAllowed::Tenant)
+        );
+        let p = provider(|c| c.allowed_organizations = vec!["Acme".into()]);
+        assert_eq!(admitted(&p, &who(None, &[("orgs", &["acme"])])), Ok(()));
+        assert_eq!(
+            admitted(&p, &who(None, &[("orgs", &["other"])])),
+            Err(NotAllowed::Organization)
+        );
+    }
+
+    #[test]
+    fn the_first_matching_rule_gives_the_role_and_names_the_claim() {
+        let p = provider(|c| {
+            c.default_role = Some("user".into());
+            c.role_mapping = vec![
+                RoleRule {
+                    claim: "groups".into(),
+                    value: "mcp-admins".into(),
+                    role: "admin".into(),
+                },
+                RoleRule {
+                    claim: "groups".into(),
+                    value: "auditors".into(),
+                    role: "auditor".into(),
+                },
+            ];
+        });
+        assert_eq!(
+            role_for(&p, &who(None, &[("groups", &["auditors", "mcp-admins"])])),
+            ("admin".into(), Some("groups=mcp-admins".into()))
+        );
+        assert_eq!(
+            role_for(&p, &who(None, &[("groups", &["auditors"])])),
+            ("auditor".into(), Some("groups=auditors".into()))
+        );
+        assert_eq!(role_for(&p, &who(None, &[])), ("user".into(), None));
+    }
+}

@@ -1,0 +1,684 @@
+//! One upstream provider at run time: discovery and keys (OIDC), the authorization request,
+//! the code exchange with ID-token validation or userinfo, and refreshing the user's tokens.
+//!
+//! OAuth 2.0 requests go through the `oauth2` crate and ID tokens are verified by
+//! `openidconnect` (signature against the provider's JWKS, `iss`, `aud`, `exp`, `iat`, `nonce`,
+//! allowed algorithms); this module adds what those leave to the relying party: `azp`, clock
+//! skew, RFC 9207's `iss` response parameter, JWKS refresh on key rotation, and Microsoft's
+//! multi-tenant issuer.
+
+use crate::config::{Flavor, Kind, Provider};
+use crate::identity::{self, UpstreamIdentity, UpstreamTokens};
+use crate::{FederationError, mapping};
+use base64::Engine;
+use oauth2::basic::{
+    BasicErrorResponse, BasicErrorResponseType, BasicRevocationErrorResponse,
+    BasicTokenIntrospectionResponse, BasicTokenType,
+};
+use oauth2::{
+    AuthType, AuthUrl, AuthorizationCode, ClientId, ClientSecret, CsrfToken, EndpointNotSet,
+    EndpointSet, ExtraTokenFields, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl,
+    RefreshToken, RequestTokenError, Scope, StandardRevocableToken, StandardTokenResponse,
+    TokenResponse, TokenUrl,
+};
+use openidconnect::core::{
+    CoreIdToken, CoreIdTokenVerifier, CoreJsonWebKeySet, CoreJwsSigningAlgorithm,
+    CoreProviderMetadata,
+};
+use openidconnect::{IssuerUrl, Nonce};
+use serde_json::{Map, Value};
+use std::borrow::Cow;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Fields of a token response beyond RFC 6749's.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct TokenExtra {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id_token: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_url: Option<String>,
+}
+impl ExtraTokenFields for TokenExtra {}
+
+type Tokens = StandardTokenResponse<TokenExtra, BasicTokenType>;
+type OAuthClient = oauth2::Client<
+    BasicErrorResponse,
+    Tokens,
+    BasicTokenIntrospectionResponse,
+    StandardRevocableToken,
+    BasicRevocationErrorResponse,
+    EndpointSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointSet,
+>;
+
+/// The JWKS is fetched again on an unknown key at most this often.
+const JWKS_REFRESH: Duration = Duration::from_secs(10);
+/// The most a discovery document, JWKS or userinfo answer may weigh.
+const MAX_DOCUMENT: usize = 512 * 1024;
+
+/// What the browser is sent to, and what must be remembered until it comes back.
+#[derive(Clone)]
+pub struct Begin {
+    pub url: url::Url,
+    pub state: String,
+    pub nonce: String,
+    pub pkce_verifier: String,
+}
+
+/// Why a sign-in through the upstream failed. `code()` is recorded and shown.
+#[derive(Debug, thiserror::Error)]
+pub enum SignInError {
+    #[error("the identity provider answered from another issuer ({0})")]
+    IssuerMismatch(String),
+    #[error("the identity provider did not say which issuer answered, though it promised to")]
+    IssuerMissing,
+    #[error("the identity provider refused the code: {0}")]
+    TokenRefused(String),
+    #[error("the identity provider could not be reached: {0}")]
+    Unreachable(String),
+    #[error("the identity provider sent no ID token")]
+    NoIdToken,
+    #[error("the ID token is not valid: {0}")]
+    IdToken(String),
+    #[error("the identity provider's user information could not be read: {0}")]
+    Userinfo(String),
+    #[error("the identity provider gave no subject")]
+    NoSubject,
+    #[error("{0}")]
+    NotAllowed(#[from] mapping::NotAllowed),
+}
+
+impl SignInError {
+    /// A short stable code for events and pages.
+    pub fn code(&self) -> &'static str {
+        match self {
+            SignInError::IssuerMismatch(_) => "issuer_mismatch",
+            SignInError::IssuerMissing => "issuer_missing",
+            SignInError::TokenRefused(_) => "token_refused",
+            SignInError::Unreachable(_) => "provider_unreachable",
+            SignInError::NoIdToken => "no_id_token",
+            SignInError::IdToken(_) => "id_token_invalid",
+            SignInError::Userinfo(_) => "userinfo_failed",
+            SignInError::NoSubject => "no_subject",
+            SignInError::NotAllowed(n) => n.code(),
+        }
+    }
+}
+
+/// Why the user's upstream tokens could not be refreshed.
+#[derive(Debug, thiserror::Error)]
+pub enum RefreshError {
+    /// The upstream said no (`invalid_grant`: revoked, expired, user disabled): the person
+    /// is no longer signed in upstream.
+    #[error("the identity provider refused the refresh: {0}")]
+    Refused(String),
+    /// No answer, or one that says nothing about the person: try again later.
+    #[error("the identity provider could not be asked: {0}")]
+    Unavailable(String),
+}
+
+struct Oidc {
+    /// The issuer ID tokens must name (`{tenantid}` replaced by the token's `tid` for
+    /// Microsoft's multi-tenant endpoints).
+    issuer: String,
+    /// RFC 9207: the provider puts `iss` in its authorization responses.
+    iss_parameter: bool,
+    algorithms: Vec<CoreJwsSigningAlgorithm>,
+    jwks_uri: String,
+    jwks: Mutex<(CoreJsonWebKeySet, Instant)>,
+}
+
+/// A provider ready to sign people in.
+pub struct Upstream {
+    pub provider: Provider,
+    client: OAuthClient,
+    http: reqwest::Client,
+    userinfo_url: Option<String>,
+    oidc: Option<Oidc>,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("id", &self.provider.id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An HTTP client for talking to identity providers: no redirects followed (a token or
+/// userinfo endpoint that redirects is misconfigured, and following could leak credentials),
+/// bounded time.
+pub fn http_client() -> Result<reqwest::Client, FederationError> {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(10))
+        .connect_timeout(Duration::from_secs(5))
+        .user_agent("Grantline federation")
+        .build()
+        .map_err(|e| FederationError::Unreachable(e.to_string()))
+}
+
+async fn get_json(
+    http: &reqwest::Client,
+    url: &str,
+    bearer: Option<&str>,
+) -> Result<Value, String> {
+    let mut req = http.get(url).header("accept", "application/json");
+    if let Some(t) = bearer {
+        req = req.bearer_auth(t);
+    }
+    let resp = req.send().await.map_err(|e| e.without_url().to_string())?;
+    let status = resp.status();
+    let body = resp.bytes().await.map_err(|e| e.without_url().to_string())?;
+    if body.len() > MAX_DOCUMENT {
+        return Err(format!("{url} answered more than {MAX_DOCUMENT} bytes"));
+    }
+    if !status.is_success() {
+        return Err(format!("{url} answered {status}"));
+    }
+    serde_json::from_slice(&body).map_err(|e| format!("{url} did not answer JSON: {e}"))
+}
+
+impl Upstream {
+    /// Prepares the provider: for OIDC, fetches and checks its discovery document and keys.
+    /// An error here means the provider cannot be used (unreachable, or a document that does
+    /// not describe the configured issuer).
+    pub async fn connect(provider: Provider, http: reqwest::Client) -> Result<Upstream, FederationError> {
+        let bad = |m: String| FederationError::Discovery(format!("{}: {m}", provider.id));
+        let (auth, token, userinfo, oidc) = match provider.kind {
+            Kind::OAuth2 => (
+                provider.authorization_url.clone().unwrap_or_default(),
+                provider.token_url.clone().unwrap_or_default(),
+                provider.userinfo_url.clone(),
+                None,
+            ),
+            Kind::Oidc => {
+                let issuer = provider.issuer.clone().unwrap_or_default();
+                let url = format!(
+                    "{}/.well-known/openid-configuration",
+                    issuer.trim_end_matches('/')
+                );
+                let doc = get_json(&http, &url, None).await.map_err(|e| {
+                    FederationError::Unreachable(format!("{}: discovery: {e}", provider.id))
+                })?;
+                let meta: CoreProviderMetadata = serde_json::from_value(doc.clone())
+                    .map_err(|e| bad(format!("{url} is not an OpenID Provider document: {e}")))?;
+                let published = meta.issuer().as_str().to_string();
+                let template = provider.flavor == Flavor::Microsoft
+                    && published.contains("{tenantid}")
+                    && issuer.contains("/common/") | issuer.contains("/organizations/")
+                        | issuer.contains("/consumers/");
+                if published != issuer && !template {
+                    return Err(bad(format!(
+                        "the discovery document names the issuer {published:?}, not the configured {issuer:?} (check the URL, realm or tenant)"
+                    )));
+                }
+                let token = meta
+                    .token_endpoint()
+                    .map(|t| t.as_str().to_string())
+                    .ok_or_else(|| bad("the discovery document has no token_endpoint".into()))?;
+                let algorithms: Vec<CoreJwsSigningAlgorithm> = meta
+                    .id_token_signing_alg_values_supported()
+                    .iter()
+                    .filter(|a| {
+                        !matches!(
+                            a,
+                            CoreJwsSigningAlgorithm::None
+                                | CoreJwsSigningAlgorithm::HmacSha256
+                                | CoreJwsSigningAlgorithm::HmacSha384
+                                | CoreJwsSigningAlgorithm::HmacSha512
+                        )
+                    })
+                    .cloned()
+                    .collect();
+                if algorithms.is_empty() {
+                    return Err(bad(
+                        "the provider signs ID tokens with no asymmetric algorithm".into(),
+                    ));
+                }
+                let jwks_uri = meta.jwks_uri().url().to_string();
+                let jwks = fetch_jwks(&http, &jwks_uri).await.map_err(|e| {
+                    FederationError::Unreachable(format!("{}: keys: {e}", provider.id))
+                })?;
+                let iss_parameter = doc
+                    .get("authorization_response_iss_parameter_supported")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false);
+                (
+                    meta.authorization_endpoint().as_str().to_string(),
+                    token,
+                    meta.userinfo_endpoint().map(|u| u.as_str().to_string()),
+                    Some(Oidc {
+                        issuer: published,
+                        iss_parameter,
+                        algorithms,
+                        jwks_uri,
+                        jwks: Mutex::new((jwks, Instant::now())),
+                    }),
+                )
+            }
+        };
+        let auth = AuthUrl::new(auth).map_err(|e| bad(format!("authorization URL: {e}")))?;
+        let token = TokenUrl::new(token).map_err(|e| bad(format!("token URL: {e}")))?;
+        let client = oauth2::Client::new(ClientId::new(provider.client_id.clone()))
+            .set_client_secret(ClientSecret::new(provider.client_secret.0.clone()))
+            .set_auth_uri(auth)
+            .set_token_uri(token)
+            .set_auth_type(match provider.flavor {
+                // GitHub and Atlassian take the secret in the body.
+                Flavor::GitHub | Flavor::Atlassian => AuthType::RequestBody,
+                _ => AuthType::BasicAuth,
+            });
+        Ok(Upstream {
+            provider,
+            client,
+            http,
+            userinfo_url: userinfo,
+            oidc,
+        })
+    }
+
+    /// The issuer as published (OIDC), for RFC 9207 checks and documentation.
+    pub fn issuer(&self) -> Option<&str> {
+        self.oidc.as_ref().map(|o| o.issuer.as_str())
+    }
+
+    /// The authorization request: PKCE (S256), a fresh `state` and, for OIDC, a `nonce`.
+    pub fn begin(&self, redirect_uri: &str) -> Result<Begin, FederationError> {
+        let redirect = RedirectUrl::new(redirect_uri.to_string())
+            .map_err(|e| FederationError::Config(format!("callback URL: {e}")))?;
+        let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+        let nonce = Nonce::new_random();
+        let mut req = self
+            .client
+            .authorize_url(CsrfToken::new_random)
+            .set_redirect_uri(Cow::Owned(redirect))
+            .set_pkce_challenge(challenge)
+            .add_scopes(self.provider.scopes.iter().cloned().map(Scope::new));
+        if self.oidc.is_some() {
+            req = req.add_extra_param("nonce", nonce.secret().clone());
+        }
+        for (k, v) in &self.provider.authorization_params {
+            req = req.add_extra_param(k.clone(), v.clone());
+        }
+        let (url, state) = req.url();
+        Ok(Begin {
+            url,
+            state: state.secret().clone(),
+            nonce: nonce.secret().clone(),
+            pkce_verifier: verifier.secret().clone(),
+        })
+    }
+
+    /// RFC 9207: when the provider promises `iss` in its authorization responses, it must be
+    /// there and be the issuer; when present, it must match whatever the provider promised.
+    pub fn check_response_issuer(&self, iss: Option<&str>) -> Result<(), SignInError> {
+        let Some(o) = &self.oidc else {
+            return Ok(());
+        };
+        match iss {
+            Some(i) if issuer_matches(&o.issuer, i) => Ok(()),
+            Some(i) => Err(SignInError::IssuerMismatch(i.chars().take(200).collect())),
+            None if o.iss_parameter => Err(SignInError::IssuerMissing),
+            None => Ok(()),
+        }
+    }
+
+    /// Exchanges the code (with the PKCE verifier), validates the ID token against the nonce
+    /// (OIDC) or reads userinfo (OAuth 2.0), and checks the provider's admission rules.
+    pub async fn finish(
+        &self,
+        code: &str,
+        redirect_uri: &str,
+        nonce: &str,
+        pkce_verifier: &str,
+        now_secs: i64,
+    ) -> Result<(UpstreamIdentity, UpstreamTokens), SignInError> {
+        let redirect = RedirectUrl::new(redirect_uri.to_string())
+            .map_err(|e| SignInError::TokenRefused(e.to_string()))?;
+        let resp = self
+            .client
+            .exchange_code(AuthorizationCode::new(code.to_string()))
+            .set_redirect_uri(Cow::Owned(redirect))
+            .set_pkce_verifier(PkceCodeVerifier::new(pkce_verifier.to_string()))
+            .request_async(&self.http)
+            .await
+            .map_err(|e| match e {
+                RequestTokenError::ServerResponse(r) => {
+                    SignInError::TokenRefused(r.error().as_ref().to_string())
+                }
+                RequestTokenError::Request(e) => SignInError::Unreachable(e.to_string()),
+                RequestTokenError::Parse(e, _) => {
+                    SignInError::TokenRefused(format!("unreadable token response: {e}"))
+                }
+                RequestTokenError::Other(e) => SignInError::TokenRefused(e),
+            })?;
+        let tokens = tokens_of(&resp, now_secs, None);
+        let mut claims = match &self.oidc {
+            Some(o) => {
+                let raw = resp.extra_fields().id_token.as_deref().ok_or(SignInError::NoIdToken)?;
+                self.verify_id_token(o, raw, nonce, now_secs).await?
+            }
+            None => Map::new(),
+        };
+        let needs_userinfo = self.oidc.is_none()
+            || !claims.contains_key(&self.provider.email_field)
+            || !claims.contains_key(&self.provider.name_field);
+        if needs_userinfo && let Some(url) = &self.userinfo_url {
+            let info = get_json(&self.http, url, Some(&tokens.access_token))
+                .await
+                .map_err(SignInError::Userinfo)?;
+            let Value::Object(info) = info else {
+                return Err(SignInError::Userinfo("not a JSON object".into()));
+            };
+            if self.oidc.is_some() {
+                // OIDC Core 5.3.2: userinfo's sub must be the ID token's.
+                if info.get("sub") != claims.get("sub") {
+                    return Err(SignInError::Userinfo(
+                        "its subject is not the ID token's".into(),
+                    ));
+                }
+                for (k, v) in info {
+                    claims.entry(k).or_insert(v);
+                }
+            } else {
+                claims = info;
+            }
+        }
+        let mut who = self.identity_of(&claims)?;
+        if self.provider.flavor == Flavor::GitHub {
+            self.github_details(&tokens.access_token, &mut who).await?;
+        }
+        mapping::admitted(&self.provider, &who)?;
+        Ok((who, tokens))
+    }
+
+    fn identity_of(&self, claims: &Map<String, Value>) -> Result<UpstreamIdentity, SignInError> {
+        let p = &self.provider;
+        let subject = identity::field(claims, &p.subject_field).ok_or(SignInError::NoSubject)?;
+        let verified = claims
+            .get("email_verified")
+            .is_some_and(|v| v == &Value::Bool(true) || v == "true");
+        let email = identity::field(claims, &p.email_field)
+            .filter(|_| verified)
+            .map(|e| e.to_ascii_lowercase());
+        Ok(UpstreamIdentity {
+            subject,
+            email,
+            name: identity::field(claims, &p.name_field),
+            username: identity::field(claims, &p.username_field),
+            claims: identity::claim_lists(claims, &mapping::rule_paths(p)),
+        })
+    }
+
+    /// GitHub: the verified primary email, organisations and teams (for admission and roles).
+    async fn github_details(&self, token: &str, who: &mut UpstreamIdentity) -> Result<(), SignInError> {
+        let api = self.provider.api_url.as_deref().unwrap_or(crate::presets::GITHUB_API);
+        let emails = get_json(&self.http, &format!("{api}/user/emails"), Some(token))
+            .await
+            .map_err(SignInError::Userinfo)?;
+        who.email = emails.as_array().and_then(|a| {
+            a.iter()
+                .find(|e| e["primary"] == true && e["verified"] == true)
+                .and_then(|e| e["email"].as_str())
+                .map(|e| e.to_ascii_lowercase())
+        });
+        let orgs = get_json(&self.http, &format!("{api}/user/orgs"), Some(token))
+            .await
+            .map_err(SignInError::Userinfo)?;
+        let orgs: Vec<String> = orgs
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|o| o["login"].as_str().map(str::to_ascii_lowercase))
+                    .take(identity::MAX_CLAIM_VALUES)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let teams = get_json(&self.http, &format!("{api}/user/teams"), Some(token))
+            .await
+            .map_err(SignInError::Userinfo)?;
+        let teams: Vec<String> = teams
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|t| {
+                        Some(format!(
+                            "{}/{}",
+                            t["organization"]["login"].as_str()?.to_ascii_lowercase(),
+                            t["slug"].as_str()?
+                        ))
+                    })
+                    .take(identity::MAX_CLAIM_VALUES)
+                    .collect()
+            })
+            .unwrap_or_default();
+        who.claims.insert("orgs".into(), orgs);
+        who.claims.insert("teams".into(), teams);
+        Ok(())
+    }
+
+    async fn verify_id_token(
+        &self,
+        o: &Oidc,
+        raw: &str,
+        nonce: &str,
+        now_secs: i64,
+    ) -> Result<Map<String, Value>, SignInError> {
+        let token: CoreIdToken = raw
+            .parse()
+            .map_err(|e| SignInError::IdToken(format!("not a JWT: {e}")))?;
+        let payload = payload_of(raw)?;
+        // Microsoft's multi-tenant issuer names the token's own tenant.
+        let expected_issuer = match payload.get("tid").and_then(Value::as_str) {
+            Some(tid) if o.issuer.contains("{tenantid}") => o.issuer.replace("{tenantid}", tid),
+            _ => o.issuer.clone(),
+        };
+        let attempt = |jwks: CoreJsonWebKeySet| -> Result<(), openidconnect::ClaimsVerificationError> {
+            let skew = self.provider.clock_skew_secs as i64;
+            let now = chrono::DateTime::from_timestamp(now_secs, 0).unwrap_or_default();
+            let earliest = chrono::DateTime::from_timestamp(now_secs - skew, 0).unwrap_or_default();
+            let verifier = CoreIdTokenVerifier::new_public_client(
+                ClientId::new(self.provider.client_id.clone()),
+                IssuerUrl::new(expected_issuer.clone())
+                    .map_err(|e| openidconnect::ClaimsVerificationError::Other(e.to_string()))?,
+                jwks,
+            )
+            .set_allowed_algs(o.algorithms.clone())
+            .set_time_fn(move || earliest)
+            .set_issue_time_verifier_fn(move |iat| {
+                if iat > now + chrono::Duration::seconds(skew) {
+                    Err(format!("issued in the future ({iat})"))
+                } else {
+                    Ok(())
+                }
+            });
+            token
+                .claims(&verifier, &Nonce::new(nonce.to_string()))
+                .map(|_| ())
+        };
+        let keys = self.keys(o).0;
+        let result = match attempt(keys) {
+            Err(openidconnect::ClaimsVerificationError::SignatureVerification(
+                openidconnect::SignatureVerificationError::NoMatchingKey,
+            )) => {
+                // The provider may have rotated its keys: fetch them again (rate-limited).
+                match self.refresh_keys(o).await {
+                    Some(keys) => attempt(keys),
+                    None => Err(openidconnect::ClaimsVerificationError::SignatureVerification(
+                        openidconnect::SignatureVerificationError::NoMatchingKey,
+                    )),
+                }
+            }
+            other => other,
+        };
+        result.map_err(|e| SignInError::IdToken(e.to_string()))?;
+        // OIDC Core 3.1.3.7 steps 4-5, which openidconnect leaves to the relying party: with
+        // several audiences `azp` must be present, and when present it must be this client.
+        let audiences = match payload.get("aud") {
+            Some(Value::Array(a)) => a.len(),
+            Some(_) => 1,
+            None => 0,
+        };
+        match payload.get("azp").and_then(Value::as_str) {
+            Some(azp) if azp != self.provider.client_id => {
+                return Err(SignInError::IdToken(format!(
+                    "the authorized party (azp) is {azp:?}, not this client"
+                )));
+            }
+            None if audiences > 1 => {
+                return Err(SignInError::IdToken(
+                    "several audiences and no authorized party (azp)".into(),
+                ));
+            }
+            _ => {}
+        }
+        Ok(payload)
+    }
+
+    fn keys(&self, o: &Oidc) -> (CoreJsonWebKeySet, Instant) {
+        match o.jwks.lock() {
+            Ok(g) => (g.0.clone(), g.1),
+            Err(p) => {
+                let g = p.into_inner();
+                (g.0.clone(), g.1)
+            }
+        }
+    }
+
+    /// Fetches the JWKS again unless it was fetched within [`JWKS_REFRESH`]; `None` when it
+    /// was, or the fetch failed.
+    async fn refresh_keys(&self, o: &Oidc) -> Option<CoreJsonWebKeySet> {
+        let (_, fetched) = self.keys(o);
+        if fetched.elapsed() < JWKS_REFRESH {
+            return None;
+        }
+        match fetch_jwks(&self.http, &o.jwks_uri).await {
+            Ok(k) => {
+                if let Ok(mut g) = o.jwks.lock() {
+                    *g = (k.clone(), Instant::now());
+                }
+                tracing::info!(provider = %self.provider.id, "identity provider keys fetched again");
+                Some(k)
+            }
+            Err(e) => {
+                tracing::warn!(provider = %self.provider.id, error = %e, "identity provider keys could not be fetched");
+                None
+            }
+        }
+    }
+
+    /// Refreshes the user's upstream tokens. `Refused` means the upstream no longer accepts
+    /// the person (revoked, disabled): the caller deprovisions.
+    pub async fn refresh(&self, refresh_token: &str, now_secs: i64) -> Result<UpstreamTokens, RefreshError> {
+        let token = RefreshToken::new(refresh_token.to_string());
+        let resp = self
+            .client
+            .exchange_refresh_token(&token)
+            .request_async(&self.http)
+            .await
+            .map_err(|e| match e {
+                RequestTokenError::ServerResponse(r) => match r.error() {
+                    BasicErrorResponseType::InvalidGrant
+                    | BasicErrorResponseType::UnauthorizedClient => {
+                        RefreshError::Refused(r.error().as_ref().to_string())
+                    }
+                    other => RefreshError::Unavailable(other.as_ref().to_string()),
+                },
+                RequestTokenError::Request(e) => RefreshError::Unavailable(e.to_string()),
+                RequestTokenError::Parse(e, _) => RefreshError::Unavailable(e.to_string()),
+                RequestTokenError::Other(e) => RefreshError::Unavailable(e),
+            })?;
+        Ok(tokens_of(&resp, now_secs, Some(refresh_token)))
+    }
+
+    /// Whether the person's upstream session still stands, for providers that issue no
+    /// refresh token: userinfo answers 401 once the access token is revoked.
+    pub async fn still_valid(&self, access_token: &str) -> Result<(), RefreshError> {
+        let Some(url) = &self.userinfo_url else {
+            return Ok(());
+        };
+        let resp = self
+            .http
+            .get(url)
+            .bearer_auth(access_token)
+            .send()
+            .await
+            .map_err(|e| RefreshError::Unavailable(e.without_url().to_string()))?;
+        match resp.status().as_u16() {
+            200..=299 => Ok(()),
+            401 | 403 => Err(RefreshError::Refused(format!(
+                "userinfo answered {}",
+                resp.status()
+            ))),
+            s => Err(RefreshError::Unavailable(format!("userinfo answered {s}"))),
+        }
+    }
+}
+
+fn issuer_matches(published: &str, presented: &str) -> bool {
+    if published.contains("{tenantid}") {
+        let (pre, post) = published.split_once("{tenantid}").unwrap_or((published, ""));
+        presented.len() > pre.len() + post.len()
+            && presented.starts_with(pre)
+            && presented.ends_with(post)
+            && !presented[pre.len()..presented.len() - post.len()].contains('/')
+    } else {
+        published == presented
+    }
+}
+
+fn tokens_of(resp: &Tokens, now_secs: i64, previous_refresh: Option<&str>) -> UpstreamTokens {
+    UpstreamTokens {
+        access_token: resp.access_token().secret().clone(),
+        refresh_token: resp
+            .refresh_token()
+            .map(|r| r.secret().clone())
+            .or_else(|| previous_refresh.map(String::from)),
+        expires_at: resp.expires_in().map(|d| now_secs + d.as_secs() as i64),
+        scope: resp.scopes().map(|s| {
+            s.iter()
+                .map(|x| x.as_str())
+                .collect::<Vec<_>>()
+                .join(" ")
+        }),
+        instance_url: resp.extra_fields().instance_url.clone(),
+    }
+}
+
+/// The claims of a JWT whose signature has been (or is about to be) verified.
+fn payload_of(raw: &str) -> Result<Map<String, Value>, SignInError> {
+    let part = raw
+        .split('.')
+        .nth(1)
+        .ok_or_else(|| SignInError::IdToken("not a JWT".into()))?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(part.trim_end_matches('='))
+        .map_err(|_| SignInError::IdToken("payload is not base64url".into()))?;
+    serde_json::from_slice(&bytes).map_err(|_| SignInError::IdToken("payload is not a JSON object".into()))
+}
+
+async fn fetch_jwks(http: &reqwest::Client, url: &str) -> Result<CoreJsonWebKeySet, String> {
+    let v = get_json(http, url, None).await?;
+    serde_json::from_value(v).map_err(|e| format!("{url} is not a JWK set: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn multi_tenant_issuers_admit_one_tenant_segment() {
+        let t = "https://login.microsoftonline.com/{tenantid}/v2.0";
+        assert!(issuer_matches(t, "https://login.microsoftonline.com/72f988bf/v2.0"));
+        assert!(!issuer_matches(t, "https://login.microsoftonline.com/a/b/v2.0"));
+        assert!(!issuer_matches(t, "https://evil.example/72f988bf/v2.0"));
+        assert!(!issuer_matches(t, "https://login.microsoftonline.com//v2.0"));
+        assert!(issuer_matches("https://a.example", "https://a.example"));
+        assert!(!issuer_matches("https://a.example", "https://a.example/"));
+    }
+}
