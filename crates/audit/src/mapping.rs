@@ -183,7 +183,16 @@ pub fn map(event: &Recorded, dir: &mut Directory, o: &mut dyn Opener) -> AuditRe
             let name = opened(o, &Some(e.username.clone()), &mut subjects);
             let email = opened(o, &e.email, &mut subjects);
             dir.remember_user(&e.user_id, name.clone(), email.clone());
-            r.summary = format!("created with role {} ({:?})", e.role, e.source);
+            r.summary = match &e.provider {
+                Some(p) => format!("created with role {} at the first sign-in through {p}", e.role),
+                None => format!("created with role {} ({:?})", e.role, e.source),
+            };
+            (C::User, O::Success, S::Info)
+        }
+        Payload::UserLinked(e) => {
+            r.user_id = some(&e.user_id);
+            opened(o, &Some(e.subject.clone()), &mut subjects);
+            r.summary = format!("linked to an identity at {}", e.provider);
             (C::User, O::Success, S::Info)
         }
         Payload::UserDisabled(e) => {
@@ -193,7 +202,11 @@ pub fn map(event: &Recorded, dir: &mut Directory, o: &mut dyn Opener) -> AuditRe
         }
         Payload::UserRoleChanged(e) => {
             r.user_id = some(&e.user_id);
-            r.summary = format!("role {} to {}", e.from, e.to);
+            r.summary = match (&e.provider, &e.claim) {
+                (Some(p), Some(c)) => format!("role {} to {} ({c} at {p})", e.from, e.to),
+                (Some(p), None) => format!("role {} to {} (no mapping matched at {p})", e.from, e.to),
+                _ => format!("role {} to {}", e.from, e.to),
+            };
             (C::User, O::Success, S::Medium)
         }
         Payload::UserErased(e) => {
@@ -204,7 +217,11 @@ pub fn map(event: &Recorded, dir: &mut Directory, o: &mut dyn Opener) -> AuditRe
         }
         Payload::LoginSucceeded(e) => {
             r.user_id = some(&e.user_id);
-            r.summary = format!("signed in with {}", e.method);
+            opened(o, &e.upstream_subject, &mut subjects);
+            r.summary = match &e.provider {
+                Some(p) => format!("signed in through {p}"),
+                None => format!("signed in with {}", e.method),
+            };
             r.source_ip = opened(o, &e.source_ip, &mut subjects);
             r.user_agent = opened(o, &e.user_agent, &mut subjects);
             (C::Authentication, O::Success, S::Info)
@@ -220,8 +237,11 @@ pub fn map(event: &Recorded, dir: &mut Directory, o: &mut dyn Opener) -> AuditRe
                 .ok()
                 .and_then(|v| v.as_str().map(String::from))
                 .unwrap_or_default();
-            r.error_code = Some(reason.clone());
-            r.summary = format!("sign-in failed: {reason}");
+            r.error_code = Some(e.error.clone().unwrap_or(reason.clone()));
+            r.summary = match (&e.provider, &e.error) {
+                (Some(p), Some(err)) => format!("sign-in through {p} failed: {err}"),
+                _ => format!("sign-in failed: {reason}"),
+            };
             r.source_ip = opened(o, &e.source_ip, &mut subjects);
             r.user_agent = opened(o, &e.user_agent, &mut subjects);
             (C::Authentication, O::Failure, S::Low)
@@ -480,6 +500,18 @@ pub fn map(event: &Recorded, dir: &mut Directory, o: &mut dyn Opener) -> AuditRe
             );
             request(&mut r, &e.request, o, &mut subjects);
             (C::Audit, O::Success, S::Info)
+        }
+        Payload::UpstreamTokenExchanged(e) => {
+            r.user_id = some(&e.user_id);
+            r.client_id = some(&e.client_id);
+            r.resource = some(&e.resource);
+            r.summary = format!(
+                "the user's {} token handed to the resource{}",
+                e.provider,
+                if e.refreshed { " (refreshed first)" } else { "" }
+            );
+            request(&mut r, &e.request, o, &mut subjects);
+            (C::Token, O::Success, S::Info)
         }
     };
     r.category = category.as_str().into();

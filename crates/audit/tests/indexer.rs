@@ -40,6 +40,7 @@ async fn user_created(k: &Keyring, id: &str, name: &str, email: &str) -> NewEven
             display_name: None,
             role: "user".into(),
             source: UserSource::Cli,
+            provider: None,
         },
     )
 }

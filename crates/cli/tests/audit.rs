@@ -56,6 +56,7 @@ async fn history(db: &TestDb) {
             display_name: None,
             role: "user".into(),
             source: UserSource::Cli,
+            provider: None,
         },
     );
     ledger.append(Append::new(vec![created])).await.unwrap();

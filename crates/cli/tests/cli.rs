@@ -183,6 +183,7 @@ async fn user_erase_keeps_the_chain_and_readers_show_erased() {
         ),
         display_name: Some(keyring.seal(&subject, "Dora Deletable").await.unwrap()),
         role: "member".into(),
+        provider: None,
         source: UserSource::Cli,
     };
     ledger

@@ -72,8 +72,10 @@ catalogue! {
     "user.created" => UserCreated(UserCreated),
     /// A user was disabled; their sessions and tokens stop working.
     "user.disabled" => UserDisabled(UserDisabled),
-    /// A user's role changed.
+    /// A user's role changed (by an admin, or by an identity provider's claims at sign-in).
     "user.role_changed" => UserRoleChanged(UserRoleChanged),
+    /// A user was linked to an identity at an upstream provider: (provider, subject) signs them in from now on.
+    "user.linked" => UserLinked(UserLinked),
     /// A user's personal-data key was destroyed; their sealed fields now read as erased.
     "user.erased" => UserErased(UserErased),
     /// A user signed in.
@@ -128,6 +130,8 @@ catalogue! {
     "audit.searched" => AuditSearched(AuditSearched),
     /// Someone exported events from the audit trail (a SIEM pull, a download, the CLI).
     "audit.exported" => AuditExported(AuditExported),
+    /// A resource exchanged a user's identity assertion for the user's upstream access token (RFC 8693); the token itself is never recorded.
+    "upstream_token.exchanged" => UpstreamTokenExchanged(UpstreamTokenExchanged),
 }
 
 /// How a client came to be known.
@@ -327,6 +331,9 @@ pub struct UserCreated {
     pub display_name: Option<Sealed>,
     pub role: String,
     pub source: UserSource,
+    /// The identity provider that created the user at their first sign-in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -340,6 +347,23 @@ pub struct UserRoleChanged {
     pub user_id: String,
     pub from: String,
     pub to: String,
+    /// The identity provider whose claims changed it at a sign-in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    /// The claim that gave the new role (`groups=mcp-admins`); absent when no rule matched
+    /// and the provider's default role applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserLinked {
+    pub user_id: String,
+    /// The provider's id in the configuration.
+    pub provider: String,
+    /// The upstream subject, sealed under the user's key: personal data (it names the
+    /// person upstream), erased with them.
+    pub subject: Sealed,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -354,6 +378,12 @@ pub struct LoginSucceeded {
     pub method: String,
     /// The session's id (not the cookie value).
     pub session_id: String,
+    /// The identity provider the user signed in through.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    /// Who the provider said they are, sealed under the user's key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_subject: Option<Sealed>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_ip: Option<Sealed>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -380,6 +410,13 @@ pub struct LoginFailed {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub username: Option<Sealed>,
     pub reason: LoginFailure,
+    /// The identity provider of a federated sign-in that failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    /// What went wrong upstream, as a short code (`id_token_invalid`, `state_mismatch`,
+    /// `access_denied`, …) with a bounded description.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_ip: Option<Sealed>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -844,6 +881,24 @@ pub struct AuditExported {
     /// Whether personal data was left out.
     pub redacted: bool,
     /// The HTTP request that caused it, when one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<RequestMeta>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpstreamTokenExchanged {
+    pub user_id: String,
+    /// The confidential client the resource authenticated as.
+    pub client_id: String,
+    /// The resource whose identity assertion was exchanged.
+    pub resource: String,
+    /// The identity provider whose token was handed out.
+    pub provider: String,
+    /// The assertion's `jti` (the gateway request that made it).
+    pub assertion_id: String,
+    /// The upstream token had to be refreshed first.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub refreshed: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request: Option<RequestMeta>,
 }

@@ -72,6 +72,7 @@ pub fn stream_for(p: &Payload) -> StreamId {
         Payload::UserDisabled(e) => StreamId::user(&e.user_id),
         Payload::UserRoleChanged(e) => StreamId::user(&e.user_id),
         Payload::UserErased(e) => StreamId::user(&e.user_id),
+        Payload::UserLinked(e) => StreamId::user(&e.user_id),
         Payload::LoginSucceeded(e) => StreamId::user(&e.user_id),
         Payload::SessionEnded(e) => StreamId::user(&e.user_id),
         Payload::LoginFailed(e) => match &e.user_id {
@@ -106,6 +107,7 @@ pub fn stream_for(p: &Payload) -> StreamId {
         Payload::SigningKeyRotated(_) => StreamId::named("keys"),
         Payload::PolicyChanged(e) => StreamId::new("policy", &e.policy),
         Payload::AuditSearched(_) | Payload::AuditExported(_) => StreamId::named("audit"),
+        Payload::UpstreamTokenExchanged(e) => StreamId::user(&e.user_id),
     }
 }
 
@@ -182,7 +184,8 @@ pub fn all() -> Vec<Payload> {
             email: Some(sealed(&user_subject, "alice@example.com")),
             display_name: Some(sealed(&user_subject, "Alice Liddell")),
             role: "member".into(),
-            source: UserSource::Admin,
+            source: UserSource::IdentityProvider,
+            provider: Some("okta".into()),
         }
         .into(),
         UserDisabled {
@@ -194,6 +197,14 @@ pub fn all() -> Vec<Payload> {
             user_id: USER.into(),
             from: "member".into(),
             to: "admin".into(),
+            provider: Some("okta".into()),
+            claim: Some("groups=mcp-admins".into()),
+        }
+        .into(),
+        UserLinked {
+            user_id: USER.into(),
+            provider: "okta".into(),
+            subject: sealed(&user_subject, "00u1a2b3c4d5e6f7g8h9"),
         }
         .into(),
         UserErased {
@@ -202,8 +213,10 @@ pub fn all() -> Vec<Payload> {
         .into(),
         LoginSucceeded {
             user_id: USER.into(),
-            method: "password".into(),
+            method: "idp:okta".into(),
             session_id: "ses_0197a3c1f0d27c4e8b1a9d6e5f403a40".into(),
+            provider: Some("okta".into()),
+            upstream_subject: Some(sealed(&user_subject, "00u1a2b3c4d5e6f7g8h9")),
             source_ip: Some(sealed(&user_subject, "198.51.100.7")),
             user_agent: Some(sealed(&user_subject, "Mozilla/5.0 (Macintosh)")),
         }
@@ -211,7 +224,9 @@ pub fn all() -> Vec<Payload> {
         LoginFailed {
             user_id: Some(USER.into()),
             username: Some(sealed(&user_subject, "alice")),
-            reason: LoginFailure::BadPassword,
+            reason: LoginFailure::IdentityProviderError,
+            provider: Some("okta".into()),
+            error: Some("id_token_invalid: the ID token expired".into()),
             source_ip: Some(sealed(&user_subject, "198.51.100.7")),
             user_agent: Some(sealed(&user_subject, "Mozilla/5.0 (Macintosh)")),
         }
@@ -465,6 +480,16 @@ pub fn all() -> Vec<Payload> {
             kind: Some("tool.called".into()),
             query: Some(sealed(&user_subject, "outcome:denied")),
             redacted: false,
+            request: Some(meta(&user_subject)),
+        }
+        .into(),
+        UpstreamTokenExchanged {
+            user_id: USER.into(),
+            client_id: "jira-mcp".into(),
+            resource: "https://grantline.example/mcp/jira".into(),
+            provider: "atlassian".into(),
+            assertion_id: "0197a3c1-f0d2-7c4e-8b1a-9d6e5f403a51".into(),
+            refreshed: true,
             request: Some(meta(&user_subject)),
         }
         .into(),

@@ -183,6 +183,7 @@ impl World {
             display_name: None,
             role: "user".into(),
             source: UserSource::Admin,
+            provider: None,
         };
         self.commit(&Append::new(vec![NewEvent::new(
             StreamId::user(&id),

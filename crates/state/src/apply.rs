@@ -108,9 +108,15 @@ pub fn apply(state: &mut State, event: &Recorded) {
                     erased: false,
                     created_at: at,
                     last_login: None,
+                    links: Default::default(),
                     version: 0,
                 },
             );
+        }
+        Payload::UserLinked(e) => {
+            if let Some(u) = state.users.get_mut(&e.user_id) {
+                u.links.insert(e.provider.clone(), since);
+            }
         }
         Payload::UserDisabled(e) => {
             if let Some(u) = state.users.get_mut(&e.user_id) {
@@ -367,7 +373,9 @@ pub fn apply(state: &mut State, event: &Recorded) {
             );
         }
         // Reading the trail changes no credential or grant.
-        Payload::AuditSearched(_) | Payload::AuditExported(_) => {}
+        Payload::AuditSearched(_)
+        | Payload::AuditExported(_)
+        | Payload::UpstreamTokenExchanged(_) => {}
         Payload::PolicyChanged(e) => {
             let p = state.policies.entry(e.policy.clone()).or_default();
             for c in &e.changes {

@@ -98,6 +98,9 @@ pub struct User {
     pub erased: bool,
     pub created_at: Timestamp,
     pub last_login: Option<Timestamp>,
+    /// Identity providers the user is linked to (`user.linked`), and since when.
+    #[serde(default)]
+    pub links: std::collections::BTreeMap<String, Since>,
     /// The version of the user's stream after the last event on it.
     pub version: u64,
 }

@@ -195,6 +195,7 @@ backend_tests! {
             display_name: Some(keyring.seal(&subject, "Erin Erasable").await.unwrap()),
             role: "member".into(),
             source: UserSource::Cli,
+            provider: None,
         };
         append_one(&ledger, NewEvent::new(StreamId::user("usr_erase"), Actor::Operator, created.clone())).await;
         for i in 0..5 {

@@ -207,6 +207,7 @@ impl Generator {
                     }
                     .into(),
                     source: UserSource::Admin,
+                    provider: None,
                 }
                 .into(),
             );
@@ -220,6 +221,8 @@ impl Generator {
                     user_id: Some(user.clone()),
                     username: Some(self.sealed(&subject, &format!("user{u}"))),
                     reason: LoginFailure::BadPassword,
+                    provider: None,
+                    error: None,
                     source_ip: Some(self.sealed(&subject, &ip)),
                     user_agent: Some(self.sealed(&subject, ua)),
                 }
@@ -233,6 +236,8 @@ impl Generator {
                 user_id: user.clone(),
                 method: "password".into(),
                 session_id: format!("ses_{n:016x}"),
+                provider: None,
+                upstream_subject: None,
                 source_ip: Some(self.sealed(&subject, &ip)),
                 user_agent: Some(self.sealed(&subject, ua)),
             }

@@ -26,7 +26,7 @@ pub fn categorize(kind: Kind, outcome: &str) -> (&'static [&'static str], Vec<&'
         K::ClientDisabled | K::ClientExpired => (&["iam"], vec!["deletion"]),
         K::UserCreated => (&["iam"], vec!["user", "creation"]),
         K::UserDisabled | K::UserErased => (&["iam"], vec!["user", "deletion"]),
-        K::UserRoleChanged => (&["iam"], vec!["user", "change"]),
+        K::UserRoleChanged | K::UserLinked => (&["iam"], vec!["user", "change"]),
         K::LoginSucceeded => (&["authentication", "session"], vec!["start"]),
         K::LoginFailed => (&["authentication"], vec!["start", "denied"]),
         K::SessionEnded => (&["authentication", "session"], vec!["end"]),
@@ -34,7 +34,12 @@ pub fn categorize(kind: Kind, outcome: &str) -> (&'static [&'static str], Vec<&'
         K::GrantRevoked | K::FamilyRevoked | K::TokenRevoked | K::PatRevoked => {
             (&["iam"], vec!["deletion"])
         }
-        K::CodeIssued | K::CodeRedeemed | K::TokenIssued | K::TokenRefreshed | K::PatCreated => {
+        K::CodeIssued
+        | K::CodeRedeemed
+        | K::TokenIssued
+        | K::TokenRefreshed
+        | K::PatCreated
+        | K::UpstreamTokenExchanged => {
             (&["authentication"], vec!["creation", "allowed"])
         }
         K::OAuthRefused => (&["authentication"], vec!["denied"]),

@@ -80,6 +80,7 @@ pub fn class_of(kind: Kind) -> Class {
         K::UserDisabled => (ACCOUNT, IAM, 5, "Disable"),
         K::UserRoleChanged => (ACCOUNT, IAM, 99, "Role Change"),
         K::UserErased => (ACCOUNT, IAM, 6, "Delete"),
+        K::UserLinked => (ACCOUNT, IAM, 99, "Link"),
         K::LoginSucceeded => (AUTHN, IAM, 1, "Logon"),
         K::LoginFailed => (AUTHN, IAM, 1, "Logon"),
         K::SessionEnded => (AUTHN, IAM, 2, "Logoff"),
@@ -106,6 +107,7 @@ pub fn class_of(kind: Kind) -> Class {
         K::PolicyChanged => (ENTITY, IAM, 3, "Update"),
         K::AuditSearched => (API, APP, 2, "Read"),
         K::AuditExported => (API, APP, 2, "Read"),
+        K::UpstreamTokenExchanged => (AUTHN, IAM, 4, "Service Ticket Request"),
     };
     class(c.0, c.1, cat, a, n)
 }

@@ -34,6 +34,12 @@ pub fn refs(p: &Payload) -> Refs<'_> {
         P::UserDisabled(e) => r.user = Some(&e.user_id),
         P::UserRoleChanged(e) => r.user = Some(&e.user_id),
         P::UserErased(e) => r.user = Some(&e.user_id),
+        P::UserLinked(e) => r.user = Some(&e.user_id),
+        P::UpstreamTokenExchanged(e) => {
+            r.user = Some(&e.user_id);
+            r.client = Some(&e.client_id);
+            r.request = req(&e.request);
+        }
         P::LoginSucceeded(e) => r.user = Some(&e.user_id),
         P::SessionEnded(e) => {
             r.user = Some(&e.user_id);
@@ -198,9 +204,22 @@ pub fn facts(p: &Payload) -> Vec<(&'static str, String)> {
             ("redirect_uris", e.redirect_uris.join(" ")),
         ],
         P::ClientDisabled(e) => vec![("reason", e.reason.clone())],
-        P::UserCreated(e) => vec![("role", e.role.clone())],
+        P::UserCreated(e) => {
+            let mut v = vec![("role", e.role.clone())];
+            v.extend(e.provider.clone().map(|p| ("provider", p)));
+            v
+        }
+        P::UserLinked(e) => vec![("provider", e.provider.clone())],
+        P::UpstreamTokenExchanged(e) => vec![
+            ("resource", e.resource.clone()),
+            ("provider", e.provider.clone()),
+        ],
         P::UserDisabled(e) => vec![("reason", e.reason.clone())],
-        P::UserRoleChanged(e) => vec![("from", e.from.clone()), ("to", e.to.clone())],
+        P::UserRoleChanged(e) => {
+            let mut v = vec![("from", e.from.clone()), ("to", e.to.clone())];
+            v.extend(e.claim.clone().map(|c| ("claim", c)));
+            v
+        }
         P::ConsentGranted(e) => vec![
             ("resource", e.resource.clone()),
             ("scopes", scopes(&e.scopes)),
