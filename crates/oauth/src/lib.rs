@@ -10,6 +10,7 @@ pub mod authorize;
 pub mod client_auth;
 pub mod clients;
 pub mod containment;
+pub mod federation;
 mod decision;
 mod error;
 pub mod grant;

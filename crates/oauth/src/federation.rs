@@ -1,0 +1,321 @@
+//! Sign-in through an upstream identity provider, as a decider: the person the upstream
+//! vouched for becomes (or is) a Grantline user, linked by (provider, upstream subject), with
+//! the role the provider's mapping gave, and the session begins. Everything personal arrives
+//! sealed under the user's key (the caller chose the user id first so it could seal).
+
+use crate::{Decision, ErrorCode, OAuthError, limits};
+use grantline_ledger::{
+    Actor, ExpectedVersion, LoginFailed, LoginFailure, LoginSucceeded, NewEvent, RequestMeta,
+    Sealed, StreamId, UserCreated, UserLinked, UserRoleChanged, UserSource,
+};
+use grantline_state::State;
+
+/// Who the sign-in is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Account {
+    /// The link (provider, subject) names this user already.
+    Linked(String),
+    /// No link yet; this existing user (found by verified email) is linked now.
+    Link(String),
+    /// No link and no user: create this one (just-in-time provisioning).
+    Create {
+        user_id: String,
+        username: Sealed,
+        email: Option<Sealed>,
+        display_name: Option<Sealed>,
+    },
+}
+
+impl Account {
+    pub fn user_id(&self) -> &str {
+        match self {
+            Account::Linked(u) | Account::Link(u) => u,
+            Account::Create { user_id, .. } => user_id,
+        }
+    }
+}
+
+/// A sign-in the upstream vouched for, with what the provider's rules made of it.
+#[derive(Debug, Clone)]
+pub struct FederatedSignIn {
+    /// The provider's id (`okta`, `github`, …).
+    pub provider: String,
+    pub account: Account,
+    /// The upstream subject, sealed under the user's key.
+    pub subject: Sealed,
+    /// The role the mapping gives at this sign-in, and the claim that gave it.
+    pub role: String,
+    pub claim: Option<String>,
+    pub session_id: String,
+    pub request: RequestMeta,
+}
+
+/// Records the sign-in: `user.created` and `user.linked` as needed, `user.role_changed` when
+/// the mapping now gives another role (removed upstream → removed here), `login.succeeded`.
+/// Refused (nothing recorded) for a user who may not act or an unknown role.
+pub fn sign_in(
+    state: &State,
+    s: FederatedSignIn,
+    known_role: impl Fn(&str) -> bool,
+) -> Decision<String> {
+    if s.provider.is_empty() || s.provider.len() > 32 {
+        return OAuthError::invalid_request("bad provider id").into();
+    }
+    if !known_role(&s.role) {
+        return OAuthError::new(
+            ErrorCode::AccessDenied,
+            format!("the role mapping gives the unknown role {:?}", s.role),
+        )
+        .into();
+    }
+    let claim = match s.claim.as_deref().map(|c| limits::display_text("claim", c, 200)) {
+        Some(Ok(c)) => Some(c),
+        Some(Err(e)) => return OAuthError::invalid_request(e).into(),
+        None => None,
+    };
+    let user_id = s.account.user_id().to_string();
+    let stream = StreamId::user(&user_id);
+    let actor = Actor::User {
+        id: user_id.clone(),
+    };
+    let mut events = Vec::new();
+    let expected = match &s.account {
+        Account::Create {
+            username,
+            email,
+            display_name,
+            ..
+        } => {
+            if state.users.contains_key(&user_id) {
+                return OAuthError::invalid_request("the user exists already").into();
+            }
+            events.push(NewEvent::new(
+                stream.clone(),
+                Actor::System,
+                UserCreated {
+                    user_id: user_id.clone(),
+                    username: username.clone(),
+                    email: email.clone(),
+                    display_name: display_name.clone(),
+                    role: s.role.clone(),
+                    source: UserSource::IdentityProvider,
+                    provider: Some(s.provider.clone()),
+                },
+            ));
+            events.push(linked(&stream, &user_id, &s));
+            ExpectedVersion::NoStream
+        }
+        Account::Linked(_) | Account::Link(_) => {
+            let Some(u) = state.users.get(&user_id) else {
+                return OAuthError::new(ErrorCode::AccessDenied, "the linked user is gone").into();
+            };
+            if !u.active() {
+                return OAuthError::new(ErrorCode::AccessDenied, "the user may not sign in")
+                    .into();
+            }
+            if matches!(s.account, Account::Link(_)) || !u.links.contains_key(&s.provider) {
+                events.push(linked(&stream, &user_id, &s));
+            }
+            if u.role != s.role {
+                events.push(NewEvent::new(
+                    stream.clone(),
+                    Actor::System,
+                    UserRoleChanged {
+                        user_id: user_id.clone(),
+                        from: u.role.clone(),
+                        to: s.role.clone(),
+                        provider: Some(s.provider.clone()),
+                        claim: claim.clone(),
+                    },
+                ));
+            }
+            ExpectedVersion::Exactly(u.version)
+        }
+    };
+    events.push(NewEvent::new(
+        stream.clone(),
+        actor,
+        LoginSucceeded {
+            user_id: user_id.clone(),
+            method: format!("idp:{}", s.provider),
+            session_id: s.session_id.clone(),
+            provider: Some(s.provider.clone()),
+            upstream_subject: Some(s.subject.clone()),
+            source_ip: s.request.source_ip.clone(),
+            user_agent: s.request.user_agent.clone(),
+        },
+    ));
+    Decision::new(events, Ok(user_id)).expect(stream, expected)
+}
+
+fn linked(stream: &StreamId, user_id: &str, s: &FederatedSignIn) -> NewEvent {
+    NewEvent::new(
+        stream.clone(),
+        Actor::System,
+        UserLinked {
+            user_id: user_id.to_string(),
+            provider: s.provider.clone(),
+            subject: s.subject.clone(),
+        },
+    )
+}
+
+/// The longest upstream error description recorded.
+pub const MAX_ERROR: usize = 300;
+
+/// `login.failed` for a federated sign-in that did not complete: the provider, a short error
+/// code with a bounded description, and the user when one is known.
+pub fn sign_in_failed(
+    provider: &str,
+    user_id: Option<String>,
+    reason: LoginFailure,
+    error: &str,
+    request: RequestMeta,
+) -> Decision<()> {
+    let error: String = error
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(MAX_ERROR)
+        .collect();
+    let provider: String = provider.chars().take(32).collect();
+    let stream = match &user_id {
+        Some(u) => StreamId::user(u),
+        None => StreamId::named("logins"),
+    };
+    Decision::new(
+        vec![NewEvent::new(
+            stream,
+            Actor::System,
+            LoginFailed {
+                user_id,
+                username: None,
+                reason,
+                provider: Some(provider),
+                error: Some(error),
+                source_ip: request.source_ip,
+                user_agent: request.user_agent,
+            },
+        )],
+        Ok(()),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use grantline_ledger::{Envelope, Payload, Recorded, SubjectKey, Timestamp};
+
+    fn sealed(v: &str) -> Sealed {
+        Sealed::seal(&SubjectKey([7; 32]), "user:u1", v).unwrap()
+    }
+
+    fn meta() -> RequestMeta {
+        RequestMeta {
+            request_id: "r".into(),
+            source_ip: None,
+            user_agent: None,
+        }
+    }
+
+    fn apply_all(state: &mut State, d: &Decision<String>) {
+        for e in &d.append.events {
+            let version = state.users.get("u1").map_or(0, |u| u.version) + 1;
+            let envelope = Envelope {
+                seq: state.seq + 1,
+                id: uuid::Uuid::nil(),
+                time: Timestamp::from_secs(1_800_000_000),
+                stream: e.stream.clone(),
+                version,
+                actor: e.actor.clone(),
+                tenant: None,
+                payload: e.payload.clone(),
+            };
+            let recorded = Recorded {
+                envelope,
+                prev_hash: grantline_ledger::GENESIS,
+                hash: grantline_ledger::GENESIS,
+            };
+            grantline_state::apply(state, &recorded);
+        }
+    }
+
+    fn signin(account: Account, role: &str, claim: Option<&str>) -> FederatedSignIn {
+        FederatedSignIn {
+            provider: "okta".into(),
+            account,
+            subject: sealed("00u1"),
+            role: role.into(),
+            claim: claim.map(String::from),
+            session_id: "ses1".into(),
+            request: meta(),
+        }
+    }
+
+    fn kinds(d: &Decision<String>) -> Vec<&'static str> {
+        d.append
+            .events
+            .iter()
+            .map(|e| e.payload.kind().as_str())
+            .collect()
+    }
+
+    #[test]
+    fn first_sign_in_creates_links_and_later_ones_follow_the_mapping() {
+        let mut state = State::default();
+        let known = |r: &str| ["user", "admin"].contains(&r);
+        let create = Account::Create {
+            user_id: "u1".into(),
+            username: sealed("okta:alice"),
+            email: Some(sealed("alice@example.com")),
+            display_name: None,
+        };
+        let d = sign_in(&state, signin(create, "admin", Some("groups=mcp-admins")), known);
+        assert_eq!(d.outcome.as_deref(), Ok("u1"));
+        assert_eq!(
+            kinds(&d),
+            ["user.created", "user.linked", "login.succeeded"]
+        );
+        apply_all(&mut state, &d);
+        assert_eq!(state.users["u1"].role, "admin");
+        assert!(state.users["u1"].links.contains_key("okta"));
+
+        // Same role: only the sign-in.
+        let d = sign_in(&state, signin(Account::Linked("u1".into()), "admin", Some("groups=mcp-admins")), known);
+        assert_eq!(kinds(&d), ["login.succeeded"]);
+        apply_all(&mut state, &d);
+
+        // The group is gone upstream: the role goes with it, and the event says why.
+        let d = sign_in(&state, signin(Account::Linked("u1".into()), "user", None), known);
+        assert_eq!(kinds(&d), ["user.role_changed", "login.succeeded"]);
+        let Payload::UserRoleChanged(c) = &d.append.events[0].payload else {
+            panic!()
+        };
+        assert_eq!((c.from.as_str(), c.to.as_str()), ("admin", "user"));
+        assert_eq!(c.provider.as_deref(), Some("okta"));
+        apply_all(&mut state, &d);
+        assert_eq!(state.users["u1"].role, "user");
+    }
+
+    #[test]
+    fn unknown_roles_disabled_users_and_taken_ids_record_nothing() {
+        let mut state = State::default();
+        let known = |r: &str| r == "user";
+        let create = || Account::Create {
+            user_id: "u1".into(),
+            username: sealed("x"),
+            email: None,
+            display_name: None,
+        };
+        let d = sign_in(&state, signin(create(), "root", None), known);
+        assert!(d.append.events.is_empty() && d.outcome.is_err());
+        let d = sign_in(&state, signin(create(), "user", None), known);
+        apply_all(&mut state, &d);
+        let d = sign_in(&state, signin(create(), "user", None), known);
+        assert!(d.append.events.is_empty() && d.outcome.is_err());
+        state.users.get_mut("u1").unwrap().disabled = true;
+        let d = sign_in(&state, signin(Account::Linked("u1".into()), "user", None), known);
+        assert!(d.append.events.is_empty() && d.outcome.is_err());
+        let d = sign_in(&state, signin(Account::Linked("nobody".into()), "user", None), known);
+        assert!(d.append.events.is_empty() && d.outcome.is_err());
+    }
+}
