@@ -4,6 +4,7 @@
 mod credentials;
 mod database;
 mod error;
+mod federation;
 pub mod keyfile;
 mod keyring;
 mod tail;
@@ -14,6 +15,7 @@ mod writer;
 pub use credentials::{Credential, Credentials};
 pub use database::{Database, Pool, SQLITE_FILE, Store};
 pub use error::{Result, StoreError};
+pub use federation::{Federation, StoredTokens};
 pub use keyring::Keyring;
 pub use tail::Tail;
 pub use writer::{CommitHook, Ledger, LedgerOptions, PG_CHANNEL};

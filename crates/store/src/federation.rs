@@ -1,0 +1,202 @@
+//! Federation's two mutable tables (`user_links`, `upstream_tokens`): which user an upstream
+//! identity signs in as, and each user's upstream tokens, sealed. Both are deleted with the
+//! person at erasure.
+
+use crate::Result;
+use crate::database::{Pool, Store};
+use grantline_ledger::Sealed;
+
+/// Reads and writes `user_links` and `upstream_tokens`.
+#[derive(Clone)]
+pub struct Federation {
+    pool: Pool,
+}
+
+/// A user's upstream tokens as stored: sealed, with their expiry in the clear (it is not
+/// personal data, and the refresh decision needs it without opening anything).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredTokens {
+    pub sealed: Sealed,
+    pub expires_at: Option<i64>,
+}
+
+fn now() -> i64 {
+    grantline_ledger::Timestamp::now().0 / 1_000_000
+}
+
+impl Federation {
+    pub fn new(store: &Store) -> Federation {
+        Federation {
+            pool: store.pool().clone(),
+        }
+    }
+
+    /// The user (provider, subject) signs in as.
+    pub async fn linked_user(&self, provider: &str, subject: &str) -> Result<Option<String>> {
+        let row: Option<(String,)> = match &self.pool {
+            Pool::Sqlite(p) => {
+                sqlx::query_as("SELECT user_id FROM user_links WHERE provider = ? AND subject = ?")
+                    .bind(provider)
+                    .bind(subject)
+                    .fetch_optional(p)
+                    .await?
+            }
+            Pool::Postgres(p) => {
+                sqlx::query_as(
+                    "SELECT user_id FROM user_links WHERE provider = $1 AND subject = $2",
+                )
+                .bind(provider)
+                .bind(subject)
+                .fetch_optional(p)
+                .await?
+            }
+        };
+        Ok(row.map(|r| r.0))
+    }
+
+    /// Links (provider, subject) to `user_id` unless it is linked already; returns the user
+    /// the link names afterwards (another one when a concurrent first sign-in won).
+    pub async fn link(&self, provider: &str, subject: &str, user_id: &str) -> Result<String> {
+        match &self.pool {
+            Pool::Sqlite(p) => {
+                sqlx::query(
+                    "INSERT INTO user_links (provider, subject, user_id, created) VALUES (?, ?, ?, ?) \
+                     ON CONFLICT (provider, subject) DO NOTHING",
+                )
+                .bind(provider)
+                .bind(subject)
+                .bind(user_id)
+                .bind(now())
+                .execute(p)
+                .await?;
+            }
+            Pool::Postgres(p) => {
+                sqlx::query(
+                    "INSERT INTO user_links (provider, subject, user_id, created) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (provider, subject) DO NOTHING",
+                )
+                .bind(provider)
+                .bind(subject)
+                .bind(user_id)
+                .bind(now())
+                .execute(p)
+                .await?;
+            }
+        }
+        Ok(self
+            .linked_user(provider, subject)
+            .await?
+            .unwrap_or_else(|| user_id.to_string()))
+    }
+
+    /// The user's upstream tokens from `provider`, sealed.
+    pub async fn tokens(&self, user_id: &str, provider: &str) -> Result<Option<StoredTokens>> {
+        let row: Option<(String, Option<i64>)> = match &self.pool {
+            Pool::Sqlite(p) => sqlx::query_as(
+                "SELECT sealed, expires_at FROM upstream_tokens WHERE user_id = ? AND provider = ?",
+            )
+            .bind(user_id)
+            .bind(provider)
+            .fetch_optional(p)
+            .await?,
+            Pool::Postgres(p) => sqlx::query_as(
+                "SELECT sealed, expires_at FROM upstream_tokens WHERE user_id = $1 AND provider = $2",
+            )
+            .bind(user_id)
+            .bind(provider)
+            .fetch_optional(p)
+            .await?,
+        };
+        let Some((sealed, expires_at)) = row else {
+            return Ok(None);
+        };
+        let sealed: Sealed = serde_json::from_str(&sealed)
+            .map_err(|e| crate::StoreError::Invalid(format!("upstream_tokens: {e}")))?;
+        Ok(Some(StoredTokens { sealed, expires_at }))
+    }
+
+    /// Stores (replaces) the user's upstream tokens from `provider`.
+    pub async fn put_tokens(&self, user_id: &str, provider: &str, t: &StoredTokens) -> Result<()> {
+        let sealed = serde_json::to_string(&t.sealed)
+            .map_err(|e| crate::StoreError::Invalid(e.to_string()))?;
+        match &self.pool {
+            Pool::Sqlite(p) => {
+                sqlx::query(
+                    "INSERT INTO upstream_tokens (user_id, provider, sealed, expires_at, updated) VALUES (?, ?, ?, ?, ?) \
+                     ON CONFLICT (user_id, provider) DO UPDATE SET sealed = excluded.sealed, \
+                     expires_at = excluded.expires_at, updated = excluded.updated",
+                )
+                .bind(user_id)
+                .bind(provider)
+                .bind(sealed)
+                .bind(t.expires_at)
+                .bind(now())
+                .execute(p)
+                .await?;
+            }
+            Pool::Postgres(p) => {
+                sqlx::query(
+                    "INSERT INTO upstream_tokens (user_id, provider, sealed, expires_at, updated) VALUES ($1, $2, $3, $4, $5) \
+                     ON CONFLICT (user_id, provider) DO UPDATE SET sealed = excluded.sealed, \
+                     expires_at = excluded.expires_at, updated = excluded.updated",
+                )
+                .bind(user_id)
+                .bind(provider)
+                .bind(sealed)
+                .bind(t.expires_at)
+                .bind(now())
+                .execute(p)
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Forgets the user's upstream tokens from `provider` (the upstream refused them).
+    pub async fn drop_tokens(&self, user_id: &str, provider: &str) -> Result<()> {
+        match &self.pool {
+            Pool::Sqlite(p) => {
+                sqlx::query("DELETE FROM upstream_tokens WHERE user_id = ? AND provider = ?")
+                    .bind(user_id)
+                    .bind(provider)
+                    .execute(p)
+                    .await?;
+            }
+            Pool::Postgres(p) => {
+                sqlx::query("DELETE FROM upstream_tokens WHERE user_id = $1 AND provider = $2")
+                    .bind(user_id)
+                    .bind(provider)
+                    .execute(p)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Erasure: the user's links and upstream tokens go.
+    pub async fn forget_user(&self, user_id: &str) -> Result<()> {
+        match &self.pool {
+            Pool::Sqlite(p) => {
+                sqlx::query("DELETE FROM user_links WHERE user_id = ?")
+                    .bind(user_id)
+                    .execute(p)
+                    .await?;
+                sqlx::query("DELETE FROM upstream_tokens WHERE user_id = ?")
+                    .bind(user_id)
+                    .execute(p)
+                    .await?;
+            }
+            Pool::Postgres(p) => {
+                sqlx::query("DELETE FROM user_links WHERE user_id = $1")
+                    .bind(user_id)
+                    .execute(p)
+                    .await?;
+                sqlx::query("DELETE FROM upstream_tokens WHERE user_id = $1")
+                    .bind(user_id)
+                    .execute(p)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+}
