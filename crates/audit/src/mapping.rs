@@ -184,7 +184,10 @@ pub fn map(event: &Recorded, dir: &mut Directory, o: &mut dyn Opener) -> AuditRe
             let email = opened(o, &e.email, &mut subjects);
             dir.remember_user(&e.user_id, name.clone(), email.clone());
             r.summary = match &e.provider {
-                Some(p) => format!("created with role {} at the first sign-in through {p}", e.role),
+                Some(p) => format!(
+                    "created with role {} at the first sign-in through {p}",
+                    e.role
+                ),
                 None => format!("created with role {} ({:?})", e.role, e.source),
             };
             (C::User, O::Success, S::Info)
@@ -204,7 +207,9 @@ pub fn map(event: &Recorded, dir: &mut Directory, o: &mut dyn Opener) -> AuditRe
             r.user_id = some(&e.user_id);
             r.summary = match (&e.provider, &e.claim) {
                 (Some(p), Some(c)) => format!("role {} to {} ({c} at {p})", e.from, e.to),
-                (Some(p), None) => format!("role {} to {} (no mapping matched at {p})", e.from, e.to),
+                (Some(p), None) => {
+                    format!("role {} to {} (no mapping matched at {p})", e.from, e.to)
+                }
                 _ => format!("role {} to {}", e.from, e.to),
             };
             (C::User, O::Success, S::Medium)
@@ -508,7 +513,11 @@ pub fn map(event: &Recorded, dir: &mut Directory, o: &mut dyn Opener) -> AuditRe
             r.summary = format!(
                 "the user's {} token handed to the resource{}",
                 e.provider,
-                if e.refreshed { " (refreshed first)" } else { "" }
+                if e.refreshed {
+                    " (refreshed first)"
+                } else {
+                    ""
+                }
             );
             request(&mut r, &e.request, o, &mut subjects);
             (C::Token, O::Success, S::Info)

@@ -169,7 +169,10 @@ fn bad(id: &str, msg: impl std::fmt::Display) -> FederationError {
 impl ProviderConfig {
     /// Applies the preset, reads the client secret, and checks that everything needed is
     /// there. `env` reads an environment variable (a parameter so tests need not set any).
-    pub fn resolve(&self, env: &dyn Fn(&str) -> Option<String>) -> Result<Provider, FederationError> {
+    pub fn resolve(
+        &self,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Provider, FederationError> {
         let id = self.id.as_str();
         if id.is_empty()
             || id.len() > MAX_ID
@@ -198,7 +201,10 @@ impl ProviderConfig {
                 .trim()
                 .to_string(),
             (Some(_), Some(_)) => {
-                return Err(bad(id, "set client_secret_env or client_secret_file, not both"));
+                return Err(bad(
+                    id,
+                    "set client_secret_env or client_secret_file, not both",
+                ));
             }
             (None, None) => {
                 return Err(bad(

@@ -86,7 +86,10 @@ pub fn strings_of(v: &Value) -> Vec<String> {
 }
 
 /// Every top-level scalar or scalar-array claim, plus the dotted paths a rule names.
-pub fn claim_lists(obj: &Map<String, Value>, extra_paths: &[&str]) -> BTreeMap<String, Vec<String>> {
+pub fn claim_lists(
+    obj: &Map<String, Value>,
+    extra_paths: &[&str],
+) -> BTreeMap<String, Vec<String>> {
     let mut out = BTreeMap::new();
     for (k, v) in obj {
         if k.len() <= 64 {

@@ -48,7 +48,11 @@ pub fn admitted(p: &Provider, who: &UpstreamIdentity) -> Result<(), NotAllowed> 
         }
     }
     if !p.allowed_organizations.is_empty() {
-        let orgs = who.claims.get("orgs").map(Vec::as_slice).unwrap_or_default();
+        let orgs = who
+            .claims
+            .get("orgs")
+            .map(Vec::as_slice)
+            .unwrap_or_default();
         if !orgs
             .iter()
             .any(|o| p.allowed_organizations.contains(&o.to_ascii_lowercase()))

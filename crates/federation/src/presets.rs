@@ -37,7 +37,11 @@ pub fn keycloak_issuer(server_url: &str, realm: &str) -> String {
     format!("{}/realms/{realm}", server_url.trim_end_matches('/'))
 }
 
-fn need<'a>(c: &'a ProviderConfig, v: &'a Option<String>, what: &str) -> Result<&'a str, FederationError> {
+fn need<'a>(
+    c: &'a ProviderConfig,
+    v: &'a Option<String>,
+    what: &str,
+) -> Result<&'a str, FederationError> {
     v.as_deref().filter(|s| !s.is_empty()).ok_or_else(|| {
         FederationError::Config(format!(
             "identity provider {:?}: preset {:?} needs {what}",
@@ -90,9 +94,17 @@ pub fn apply(c: &ProviderConfig) -> Result<Provider, FederationError> {
             kind: Kind::OAuth2,
             flavor: Flavor::GitHub,
             display_name: "GitHub".into(),
-            authorization_url: Some(c.authorization_url.clone().unwrap_or(GITHUB_AUTHORIZE.into())),
+            authorization_url: Some(
+                c.authorization_url
+                    .clone()
+                    .unwrap_or(GITHUB_AUTHORIZE.into()),
+            ),
             token_url: Some(c.token_url.clone().unwrap_or(GITHUB_TOKEN.into())),
-            userinfo_url: Some(c.userinfo_url.clone().unwrap_or(format!("{GITHUB_API}/user"))),
+            userinfo_url: Some(
+                c.userinfo_url
+                    .clone()
+                    .unwrap_or(format!("{GITHUB_API}/user")),
+            ),
             api_url: Some(
                 c.userinfo_url
                     .as_deref()
@@ -123,9 +135,13 @@ pub fn apply(c: &ProviderConfig) -> Result<Provider, FederationError> {
             Flavor::Microsoft,
         ),
         Some("okta") => oidc(
-            need(c, &c.domain, "domain (https://<org>.okta.com/oauth2/default)")?
-                .trim_end_matches('/')
-                .to_string(),
+            need(
+                c,
+                &c.domain,
+                "domain (https://<org>.okta.com/oauth2/default)",
+            )?
+            .trim_end_matches('/')
+            .to_string(),
             "Okta",
             &["openid", "email", "profile", "groups", "offline_access"],
             Flavor::Generic,

@@ -17,9 +17,9 @@ use oauth2::basic::{
 };
 use oauth2::{
     AuthType, AuthUrl, AuthorizationCode, ClientId, ClientSecret, CsrfToken, EndpointNotSet,
-    EndpointSet, ExtraTokenFields, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl,
-    RefreshToken, RequestTokenError, Scope, StandardRevocableToken, StandardTokenResponse,
-    TokenResponse, TokenUrl,
+    EndpointSet, ExtraTokenFields, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, RefreshToken,
+    RequestTokenError, Scope, StandardRevocableToken, StandardTokenResponse, TokenResponse,
+    TokenUrl,
 };
 use openidconnect::core::{
     CoreIdToken, CoreIdTokenVerifier, CoreJsonWebKeySet, CoreJwsSigningAlgorithm,
@@ -173,7 +173,10 @@ async fn get_json(
     }
     let resp = req.send().await.map_err(|e| e.without_url().to_string())?;
     let status = resp.status();
-    let body = resp.bytes().await.map_err(|e| e.without_url().to_string())?;
+    let body = resp
+        .bytes()
+        .await
+        .map_err(|e| e.without_url().to_string())?;
     if body.len() > MAX_DOCUMENT {
         return Err(format!("{url} answered more than {MAX_DOCUMENT} bytes"));
     }
@@ -187,7 +190,10 @@ impl Upstream {
     /// Prepares the provider: for OIDC, fetches and checks its discovery document and keys.
     /// An error here means the provider cannot be used (unreachable, or a document that does
     /// not describe the configured issuer).
-    pub async fn connect(provider: Provider, http: reqwest::Client) -> Result<Upstream, FederationError> {
+    pub async fn connect(
+        provider: Provider,
+        http: reqwest::Client,
+    ) -> Result<Upstream, FederationError> {
         let bad = |m: String| FederationError::Discovery(format!("{}: {m}", provider.id));
         let (auth, token, userinfo, oidc) = match provider.kind {
             Kind::OAuth2 => (
@@ -210,7 +216,8 @@ impl Upstream {
                 let published = meta.issuer().as_str().to_string();
                 let template = provider.flavor == Flavor::Microsoft
                     && published.contains("{tenantid}")
-                    && issuer.contains("/common/") | issuer.contains("/organizations/")
+                    && issuer.contains("/common/")
+                        | issuer.contains("/organizations/")
                         | issuer.contains("/consumers/");
                 if published != issuer && !template {
                     return Err(bad(format!(
@@ -328,8 +335,9 @@ impl Upstream {
         }
     }
 
-    /// Exchanges the code (with the PKCE verifier), validates the ID token against the nonce
-    /// (OIDC) or reads userinfo (OAuth 2.0), and checks the provider's admission rules.
+    /// Exchanges the code (with the PKCE verifier) and validates the ID token against the
+    /// nonce (OIDC) or reads userinfo (OAuth 2.0). The caller checks the admission rules
+    /// ([`mapping::admitted`]) so that a refusal can name the linked user.
     pub async fn finish(
         &self,
         code: &str,
@@ -360,7 +368,11 @@ impl Upstream {
         let tokens = tokens_of(&resp, now_secs, None);
         let mut claims = match &self.oidc {
             Some(o) => {
-                let raw = resp.extra_fields().id_token.as_deref().ok_or(SignInError::NoIdToken)?;
+                let raw = resp
+                    .extra_fields()
+                    .id_token
+                    .as_deref()
+                    .ok_or(SignInError::NoIdToken)?;
                 self.verify_id_token(o, raw, nonce, now_secs).await?
             }
             None => Map::new(),
@@ -393,7 +405,6 @@ impl Upstream {
         if self.provider.flavor == Flavor::GitHub {
             self.github_details(&tokens.access_token, &mut who).await?;
         }
-        mapping::admitted(&self.provider, &who)?;
         Ok((who, tokens))
     }
 
@@ -416,8 +427,16 @@ impl Upstream {
     }
 
     /// GitHub: the verified primary email, organisations and teams (for admission and roles).
-    async fn github_details(&self, token: &str, who: &mut UpstreamIdentity) -> Result<(), SignInError> {
-        let api = self.provider.api_url.as_deref().unwrap_or(crate::presets::GITHUB_API);
+    async fn github_details(
+        &self,
+        token: &str,
+        who: &mut UpstreamIdentity,
+    ) -> Result<(), SignInError> {
+        let api = self
+            .provider
+            .api_url
+            .as_deref()
+            .unwrap_or(crate::presets::GITHUB_API);
         let emails = get_json(&self.http, &format!("{api}/user/emails"), Some(token))
             .await
             .map_err(SignInError::Userinfo)?;
@@ -478,29 +497,32 @@ impl Upstream {
             Some(tid) if o.issuer.contains("{tenantid}") => o.issuer.replace("{tenantid}", tid),
             _ => o.issuer.clone(),
         };
-        let attempt = |jwks: CoreJsonWebKeySet| -> Result<(), openidconnect::ClaimsVerificationError> {
-            let skew = self.provider.clock_skew_secs as i64;
-            let now = chrono::DateTime::from_timestamp(now_secs, 0).unwrap_or_default();
-            let earliest = chrono::DateTime::from_timestamp(now_secs - skew, 0).unwrap_or_default();
-            let verifier = CoreIdTokenVerifier::new_public_client(
-                ClientId::new(self.provider.client_id.clone()),
-                IssuerUrl::new(expected_issuer.clone())
-                    .map_err(|e| openidconnect::ClaimsVerificationError::Other(e.to_string()))?,
-                jwks,
-            )
-            .set_allowed_algs(o.algorithms.clone())
-            .set_time_fn(move || earliest)
-            .set_issue_time_verifier_fn(move |iat| {
-                if iat > now + chrono::Duration::seconds(skew) {
-                    Err(format!("issued in the future ({iat})"))
-                } else {
-                    Ok(())
-                }
-            });
-            token
-                .claims(&verifier, &Nonce::new(nonce.to_string()))
-                .map(|_| ())
-        };
+        let attempt =
+            |jwks: CoreJsonWebKeySet| -> Result<(), openidconnect::ClaimsVerificationError> {
+                let skew = self.provider.clock_skew_secs as i64;
+                let now = chrono::DateTime::from_timestamp(now_secs, 0).unwrap_or_default();
+                let earliest =
+                    chrono::DateTime::from_timestamp(now_secs - skew, 0).unwrap_or_default();
+                let verifier = CoreIdTokenVerifier::new_public_client(
+                    ClientId::new(self.provider.client_id.clone()),
+                    IssuerUrl::new(expected_issuer.clone()).map_err(|e| {
+                        openidconnect::ClaimsVerificationError::Other(e.to_string())
+                    })?,
+                    jwks,
+                )
+                .set_allowed_algs(o.algorithms.clone())
+                .set_time_fn(move || earliest)
+                .set_issue_time_verifier_fn(move |iat| {
+                    if iat > now + chrono::Duration::seconds(skew) {
+                        Err(format!("issued in the future ({iat})"))
+                    } else {
+                        Ok(())
+                    }
+                });
+                token
+                    .claims(&verifier, &Nonce::new(nonce.to_string()))
+                    .map(|_| ())
+            };
         let keys = self.keys(o).0;
         let result = match attempt(keys) {
             Err(openidconnect::ClaimsVerificationError::SignatureVerification(
@@ -509,9 +531,11 @@ impl Upstream {
                 // The provider may have rotated its keys: fetch them again (rate-limited).
                 match self.refresh_keys(o).await {
                     Some(keys) => attempt(keys),
-                    None => Err(openidconnect::ClaimsVerificationError::SignatureVerification(
-                        openidconnect::SignatureVerificationError::NoMatchingKey,
-                    )),
+                    None => Err(
+                        openidconnect::ClaimsVerificationError::SignatureVerification(
+                            openidconnect::SignatureVerificationError::NoMatchingKey,
+                        ),
+                    ),
                 }
             }
             other => other,
@@ -574,7 +598,11 @@ impl Upstream {
 
     /// Refreshes the user's upstream tokens. `Refused` means the upstream no longer accepts
     /// the person (revoked, disabled): the caller deprovisions.
-    pub async fn refresh(&self, refresh_token: &str, now_secs: i64) -> Result<UpstreamTokens, RefreshError> {
+    pub async fn refresh(
+        &self,
+        refresh_token: &str,
+        now_secs: i64,
+    ) -> Result<UpstreamTokens, RefreshError> {
         let token = RefreshToken::new(refresh_token.to_string());
         let resp = self
             .client
@@ -622,7 +650,9 @@ impl Upstream {
 
 fn issuer_matches(published: &str, presented: &str) -> bool {
     if published.contains("{tenantid}") {
-        let (pre, post) = published.split_once("{tenantid}").unwrap_or((published, ""));
+        let (pre, post) = published
+            .split_once("{tenantid}")
+            .unwrap_or((published, ""));
         presented.len() > pre.len() + post.len()
             && presented.starts_with(pre)
             && presented.ends_with(post)
@@ -640,12 +670,9 @@ fn tokens_of(resp: &Tokens, now_secs: i64, previous_refresh: Option<&str>) -> Up
             .map(|r| r.secret().clone())
             .or_else(|| previous_refresh.map(String::from)),
         expires_at: resp.expires_in().map(|d| now_secs + d.as_secs() as i64),
-        scope: resp.scopes().map(|s| {
-            s.iter()
-                .map(|x| x.as_str())
-                .collect::<Vec<_>>()
-                .join(" ")
-        }),
+        scope: resp
+            .scopes()
+            .map(|s| s.iter().map(|x| x.as_str()).collect::<Vec<_>>().join(" ")),
         instance_url: resp.extra_fields().instance_url.clone(),
     }
 }
@@ -659,7 +686,8 @@ fn payload_of(raw: &str) -> Result<Map<String, Value>, SignInError> {
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(part.trim_end_matches('='))
         .map_err(|_| SignInError::IdToken("payload is not base64url".into()))?;
-    serde_json::from_slice(&bytes).map_err(|_| SignInError::IdToken("payload is not a JSON object".into()))
+    serde_json::from_slice(&bytes)
+        .map_err(|_| SignInError::IdToken("payload is not a JSON object".into()))
 }
 
 async fn fetch_jwks(http: &reqwest::Client, url: &str) -> Result<CoreJsonWebKeySet, String> {
@@ -674,10 +702,19 @@ mod tests {
     #[test]
     fn multi_tenant_issuers_admit_one_tenant_segment() {
         let t = "https://login.microsoftonline.com/{tenantid}/v2.0";
-        assert!(issuer_matches(t, "https://login.microsoftonline.com/72f988bf/v2.0"));
-        assert!(!issuer_matches(t, "https://login.microsoftonline.com/a/b/v2.0"));
+        assert!(issuer_matches(
+            t,
+            "https://login.microsoftonline.com/72f988bf/v2.0"
+        ));
+        assert!(!issuer_matches(
+            t,
+            "https://login.microsoftonline.com/a/b/v2.0"
+        ));
         assert!(!issuer_matches(t, "https://evil.example/72f988bf/v2.0"));
-        assert!(!issuer_matches(t, "https://login.microsoftonline.com//v2.0"));
+        assert!(!issuer_matches(
+            t,
+            "https://login.microsoftonline.com//v2.0"
+        ));
         assert!(issuer_matches("https://a.example", "https://a.example"));
         assert!(!issuer_matches("https://a.example", "https://a.example/"));
     }

@@ -68,7 +68,11 @@ pub fn sign_in(
         )
         .into();
     }
-    let claim = match s.claim.as_deref().map(|c| limits::display_text("claim", c, 200)) {
+    let claim = match s
+        .claim
+        .as_deref()
+        .map(|c| limits::display_text("claim", c, 200))
+    {
         Some(Ok(c)) => Some(c),
         Some(Err(e)) => return OAuthError::invalid_request(e).into(),
         None => None,
@@ -110,8 +114,7 @@ pub fn sign_in(
                 return OAuthError::new(ErrorCode::AccessDenied, "the linked user is gone").into();
             };
             if !u.active() {
-                return OAuthError::new(ErrorCode::AccessDenied, "the user may not sign in")
-                    .into();
+                return OAuthError::new(ErrorCode::AccessDenied, "the user may not sign in").into();
             }
             if matches!(s.account, Account::Link(_)) || !u.links.contains_key(&s.provider) {
                 events.push(linked(&stream, &user_id, &s));
@@ -269,7 +272,11 @@ mod tests {
             email: Some(sealed("alice@example.com")),
             display_name: None,
         };
-        let d = sign_in(&state, signin(create, "admin", Some("groups=mcp-admins")), known);
+        let d = sign_in(
+            &state,
+            signin(create, "admin", Some("groups=mcp-admins")),
+            known,
+        );
         assert_eq!(d.outcome.as_deref(), Ok("u1"));
         assert_eq!(
             kinds(&d),
@@ -280,12 +287,24 @@ mod tests {
         assert!(state.users["u1"].links.contains_key("okta"));
 
         // Same role: only the sign-in.
-        let d = sign_in(&state, signin(Account::Linked("u1".into()), "admin", Some("groups=mcp-admins")), known);
+        let d = sign_in(
+            &state,
+            signin(
+                Account::Linked("u1".into()),
+                "admin",
+                Some("groups=mcp-admins"),
+            ),
+            known,
+        );
         assert_eq!(kinds(&d), ["login.succeeded"]);
         apply_all(&mut state, &d);
 
         // The group is gone upstream: the role goes with it, and the event says why.
-        let d = sign_in(&state, signin(Account::Linked("u1".into()), "user", None), known);
+        let d = sign_in(
+            &state,
+            signin(Account::Linked("u1".into()), "user", None),
+            known,
+        );
         assert_eq!(kinds(&d), ["user.role_changed", "login.succeeded"]);
         let Payload::UserRoleChanged(c) = &d.append.events[0].payload else {
             panic!()
@@ -313,9 +332,17 @@ mod tests {
         let d = sign_in(&state, signin(create(), "user", None), known);
         assert!(d.append.events.is_empty() && d.outcome.is_err());
         state.users.get_mut("u1").unwrap().disabled = true;
-        let d = sign_in(&state, signin(Account::Linked("u1".into()), "user", None), known);
+        let d = sign_in(
+            &state,
+            signin(Account::Linked("u1".into()), "user", None),
+            known,
+        );
         assert!(d.append.events.is_empty() && d.outcome.is_err());
-        let d = sign_in(&state, signin(Account::Linked("nobody".into()), "user", None), known);
+        let d = sign_in(
+            &state,
+            signin(Account::Linked("nobody".into()), "user", None),
+            known,
+        );
         assert!(d.append.events.is_empty() && d.outcome.is_err());
     }
 }

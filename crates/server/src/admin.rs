@@ -232,6 +232,12 @@ pub async fn contain(
     let (outcome, _) = app
         .run(|s| grantline_oauth::containment::contain(s, actor.clone(), &target, reason))
         .await?;
+    // Everything of a user includes the upstream tokens Grantline holds for them.
+    if let (Target::User(u), Ok(_)) = (&target, &outcome) {
+        grantline_store::Federation::new(app.store())
+            .drop_all_tokens(u)
+            .await?;
+    }
     outcome.map_err(|e| {
         if e.description.starts_with("no ") {
             AdminError::NotFound(e.description.trim_start_matches("no ").to_string())
@@ -260,6 +266,9 @@ pub async fn erase_user(
         .erase(&grantline_ledger::pii::user_subject(&user_id))
         .await?;
     app.credentials.delete(&user_id).await?;
+    grantline_store::Federation::new(app.store())
+        .forget_user(&user_id)
+        .await?;
     Ok((user_id, revoked, had_key))
 }
 

@@ -80,6 +80,8 @@ pub struct Inner {
     pub audit: Option<crate::audit::AuditService>,
     /// The push sinks this instance runs.
     pub sinks: crate::sinks::Sinks,
+    /// Upstream identity providers (absent when none is configured, or not serving).
+    pub federation: Option<Arc<crate::federation::Federation>>,
 }
 
 /// Cheap to clone.

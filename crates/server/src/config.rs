@@ -34,6 +34,38 @@ pub struct Config {
     pub rate_limits: RateLimitsSection,
     #[serde(default)]
     pub audit: AuditSection,
+    /// Upstream identity providers people sign in through (`[[identity_providers]]`).
+    #[serde(default)]
+    pub identity_providers: Vec<grantline_federation::ProviderConfig>,
+    #[serde(default)]
+    pub login: LoginSection,
+}
+
+/// The sign-in page.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoginSection {
+    /// Local accounts sign in with a password (default true). When false, only identity
+    /// providers sign people in, and the password form serves the break-glass admin alone.
+    pub local_accounts: bool,
+    /// `grantline serve --break-glass-admin NAME`: this local user may sign in with a password
+    /// even when local accounts are off. Not settable in the file, on purpose.
+    #[serde(skip)]
+    pub break_glass_admin: Option<String>,
+    /// `grantline serve --start-without-providers`: start even when an identity provider
+    /// cannot be reached or its discovery is invalid.
+    #[serde(skip)]
+    pub start_without_providers: bool,
+}
+
+impl Default for LoginSection {
+    fn default() -> Self {
+        LoginSection {
+            local_accounts: true,
+            break_glass_admin: None,
+            start_without_providers: false,
+        }
+    }
 }
 
 /// Audit search and SIEM export.
@@ -393,6 +425,12 @@ pub struct ResourceSection {
     /// How long the gateway waits for the upstream's answer to a request (its headers, and a
     /// tool call's result); default 300 s. An event stream opened with GET is not limited.
     pub upstream_timeout_secs: Option<u64>,
+    /// The identity provider whose user tokens this resource's MCP server may obtain by
+    /// exchanging the gateway's identity assertion (RFC 8693 at the token endpoint).
+    pub upstream_token_provider: Option<String>,
+    /// The confidential clients the resource's MCP server authenticates as for that exchange.
+    #[serde(default)]
+    pub upstream_token_clients: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -574,6 +612,29 @@ impl Config {
             );
         }
         self.resource_defs("http://check.invalid")?;
+        let mut ids = std::collections::HashSet::new();
+        for p in &self.identity_providers {
+            if !ids.insert(p.id.as_str()) {
+                bail!("two identity providers have the id {:?}", p.id);
+            }
+        }
+        for r in self.resources.iter().flatten() {
+            match &r.upstream_token_provider {
+                Some(p) if !ids.contains(p.as_str()) => bail!(
+                    "resource {}: upstream_token_provider {p:?} is not an [[identity_providers]] id",
+                    r.name
+                ),
+                Some(_) if r.upstream_token_clients.is_empty() => bail!(
+                    "resource {}: upstream_token_provider needs upstream_token_clients (the confidential clients its MCP server authenticates as)",
+                    r.name
+                ),
+                None if !r.upstream_token_clients.is_empty() => bail!(
+                    "resource {}: upstream_token_clients without upstream_token_provider",
+                    r.name
+                ),
+                _ => {}
+            }
+        }
         // The gateway's mounts (upstreams, tool scopes, roles) are checked when they are built
         // at start (`gateway::Mounts::from_config`), before anything is served.
         Ok(())
@@ -739,6 +800,8 @@ pub fn demo_resource() -> ResourceSection {
         write_scope: None,
         tools: Default::default(),
         upstream_timeout_secs: None,
+        upstream_token_provider: None,
+        upstream_token_clients: Vec::new(),
     }
 }
 
@@ -774,6 +837,8 @@ pub fn audit_resource() -> ResourceSection {
         write_scope: Some(AUDIT_SCOPE.into()),
         tools: Default::default(),
         upstream_timeout_secs: None,
+        upstream_token_provider: None,
+        upstream_token_clients: Vec::new(),
     }
 }
 

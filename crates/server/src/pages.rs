@@ -93,34 +93,76 @@ pub fn error(status: StatusCode, title: &str, detail: &str) -> Response {
     )
 }
 
-/// The sign-in form.
-/// `base` is the issuer's path ([`crate::context::RequestContext::base_path`]).
-pub fn login(
-    status: StatusCode,
-    base: &str,
-    return_to: &str,
-    csrf: &str,
-    message: Option<&str>,
-) -> Response {
-    let msg = message
+/// What the sign-in page offers.
+pub struct Login<'a> {
+    /// The issuer's path ([`crate::context::RequestContext::base_path`]).
+    pub base: &'a str,
+    pub return_to: &'a str,
+    pub csrf: &'a str,
+    pub message: Option<&'a str>,
+    /// A button per identity provider: (id, display name).
+    pub providers: Vec<(String, String)>,
+    /// The password form: local accounts are on.
+    pub local: bool,
+    /// Local accounts are off but a break-glass admin is set: the password form is offered
+    /// folded, for that administrator.
+    pub break_glass: bool,
+}
+
+/// The sign-in page: a button per identity provider and, where local accounts are enabled,
+/// the password form.
+pub fn login(status: StatusCode, l: &Login<'_>) -> Response {
+    let msg = l
+        .message
         .map(|m| format!("<p class=\"err\">{}</p>", esc(m)))
         .unwrap_or_default();
-    let body = format!(
-        "<h1>Sign in to Grantline</h1>{msg}\
-         <form method=\"post\" action=\"{}/login\" class=\"box\">\
+    let buttons: String = l
+        .providers
+        .iter()
+        .map(|(id, name)| {
+            format!(
+                "<form method=\"post\" action=\"{}/login/upstream/{}\" class=\"idp\">\
+                 <input type=\"hidden\" name=\"csrf\" value=\"{}\">\
+                 <input type=\"hidden\" name=\"return_to\" value=\"{}\">\
+                 <button class=\"primary\" type=\"submit\">Sign in with {}</button></form>",
+                esc(l.base),
+                esc(id),
+                esc(l.csrf),
+                esc(l.return_to),
+                esc(name)
+            )
+        })
+        .collect();
+    let form = format!(
+        "<form method=\"post\" action=\"{}/login\" class=\"box\">\
          <input type=\"hidden\" name=\"csrf\" value=\"{}\">\
          <input type=\"hidden\" name=\"return_to\" value=\"{}\">\
          <label for=\"username\">Username</label>\
-         <input type=\"text\" id=\"username\" name=\"username\" autocomplete=\"username\" required autofocus>\
+         <input type=\"text\" id=\"username\" name=\"username\" autocomplete=\"username\" required{}>\
          <label for=\"password\">Password</label>\
          <input type=\"password\" id=\"password\" name=\"password\" autocomplete=\"current-password\" required>\
          <p><button class=\"primary\" type=\"submit\">Sign in</button></p></form>",
-        esc(base),
-        esc(csrf),
-        esc(return_to)
+        esc(l.base),
+        esc(l.csrf),
+        esc(l.return_to),
+        if l.providers.is_empty() { " autofocus" } else { "" }
     );
-    // After sign-in the browser follows redirects to the authorization endpoint and possibly on
-    // to the client; a form-action list here would block that chain in some browsers.
+    let password = if l.local {
+        form
+    } else if l.break_glass {
+        format!("<details><summary>Administrator break-glass sign-in</summary>{form}</details>")
+    } else {
+        String::new()
+    };
+    let none = if l.providers.is_empty() && !l.local && !l.break_glass {
+        "<p class=\"err\">No way to sign in is configured.</p>"
+    } else {
+        ""
+    };
+    let body = format!("<h1>Sign in to Grantline</h1>{msg}{buttons}{password}{none}");
+    // After sign-in the browser follows redirects to the authorization endpoint (or to the
+    // identity provider) and possibly on to the client; a form-action list here would block
+    // that chain in some browsers.
     page(status, "Sign in", &body, "*")
 }
 

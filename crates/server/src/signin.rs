@@ -31,6 +31,10 @@ pub const MAX_CONCURRENT_HASHES: usize = 4;
 /// How long an attempt waits for a free hashing slot before it is answered 429.
 pub const HASH_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// The password hash of a user who signs in only through an identity provider: not a PHC
+/// string, so no password ever verifies against it.
+pub const NO_PASSWORD: &str = "!federated";
+
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// A way to sign users in.

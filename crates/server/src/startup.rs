@@ -94,7 +94,20 @@ impl App {
         } else {
             (None, None)
         };
+        let federation = if opts.serving && !config.identity_providers.is_empty() {
+            Some(Arc::new(
+                crate::federation::Federation::start(
+                    &config.identity_providers,
+                    grantline_store::Federation::new(&store),
+                    config.login.start_without_providers,
+                )
+                .await?,
+            ))
+        } else {
+            None
+        };
         let app = App(Arc::new(Inner {
+            federation,
             audit,
             sinks: Default::default(),
             data_dir: opts.data_dir,

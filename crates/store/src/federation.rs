@@ -173,6 +173,22 @@ impl Federation {
         Ok(())
     }
 
+    /// Every upstream token of the user goes (an administrator revoked everything of theirs).
+    pub async fn drop_all_tokens(&self, user_id: &str) -> Result<u64> {
+        Ok(match &self.pool {
+            Pool::Sqlite(p) => sqlx::query("DELETE FROM upstream_tokens WHERE user_id = ?")
+                .bind(user_id)
+                .execute(p)
+                .await?
+                .rows_affected(),
+            Pool::Postgres(p) => sqlx::query("DELETE FROM upstream_tokens WHERE user_id = $1")
+                .bind(user_id)
+                .execute(p)
+                .await?
+                .rows_affected(),
+        })
+    }
+
     /// Erasure: the user's links and upstream tokens go.
     pub async fn forget_user(&self, user_id: &str) -> Result<()> {
         match &self.pool {

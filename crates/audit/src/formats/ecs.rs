@@ -39,9 +39,7 @@ pub fn categorize(kind: Kind, outcome: &str) -> (&'static [&'static str], Vec<&'
         | K::TokenIssued
         | K::TokenRefreshed
         | K::PatCreated
-        | K::UpstreamTokenExchanged => {
-            (&["authentication"], vec!["creation", "allowed"])
-        }
+        | K::UpstreamTokenExchanged => (&["authentication"], vec!["creation", "allowed"]),
         K::OAuthRefused => (&["authentication"], vec!["denied"]),
         K::CodeReplayed | K::RefreshReuseDetected => (
             &["authentication", "intrusion_detection"],

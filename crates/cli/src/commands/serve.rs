@@ -16,6 +16,14 @@ pub struct Args {
     /// And at least this often (seconds) while events are not yet covered.
     #[arg(long, default_value_t = 10)]
     checkpoint_interval: u64,
+    /// With `[login] local_accounts = false`: this local user (an administrator) may still
+    /// sign in with a password, for when the identity provider is down.
+    #[arg(long, value_name = "USERNAME")]
+    break_glass_admin: Option<String>,
+    /// Start even when an identity provider cannot be reached or its discovery is invalid
+    /// (its button fails until it can be reached).
+    #[arg(long)]
+    start_without_providers: bool,
 }
 
 pub async fn run(loc: &Location, args: Args) -> Result<ExitCode> {
@@ -23,6 +31,8 @@ pub async fn run(loc: &Location, args: Args) -> Result<ExitCode> {
     if let Some(l) = args.listen {
         config.server.listen = l;
     }
+    config.login.break_glass_admin = args.break_glass_admin;
+    config.login.start_without_providers = args.start_without_providers;
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
         .with_context(|| format!("listening on {}", config.server.listen))?;

@@ -15,7 +15,7 @@ use grantline_ledger::{LoginFailure, Timestamp, pii};
 use serde::Deserialize;
 
 /// Where a sign-in may send the browser afterwards: the authorization endpoint, or home.
-fn safe_return_to(r: Option<&str>) -> String {
+pub(crate) fn safe_return_to(r: Option<&str>) -> String {
     match r {
         Some(p) if p.starts_with("/oauth/authorize?") && !p.contains(['\r', '\n', '\\']) => {
             p.to_string()
@@ -47,11 +47,27 @@ fn render(
 ) -> Response {
     let nonce = crate::random::id("ln");
     let csrf = session::csrf(app, &nonce, "login");
-    with_nonce_cookie(
-        pages::login(status, &ctx.base_path(), return_to, &csrf, msg),
-        ctx,
-        &nonce,
-    )
+    let providers = app
+        .federation
+        .as_deref()
+        .map(|f| {
+            f.slots
+                .iter()
+                .map(|s| (s.provider.id.clone(), s.provider.display_name.clone()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let base = ctx.base_path();
+    let page = pages::Login {
+        base: &base,
+        return_to,
+        csrf: &csrf,
+        message: msg,
+        providers,
+        local: app.config.login.local_accounts,
+        break_glass: app.config.login.break_glass_admin.is_some(),
+    };
+    with_nonce_cookie(pages::login(status, &page), ctx, &nonce)
 }
 
 pub async fn form(
@@ -95,6 +111,19 @@ pub async fn submit(
     let username = get("username");
     let username = username.trim();
     let password = get("password");
+    // With local accounts off, only the break-glass admin named on the command line may use
+    // a password; anyone else is refused before any password is checked.
+    if !app.config.login.local_accounts
+        && app.config.login.break_glass_admin.as_deref() != Some(username)
+    {
+        return render(
+            &app,
+            &ctx,
+            StatusCode::FORBIDDEN,
+            &return_to,
+            Some("Password sign-in is turned off here: use your organisation's sign-in."),
+        );
+    }
     if username.len() > crate::signin::MAX_USERNAME || password.len() > crate::signin::MAX_PASSWORD
     {
         return render(

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod audit;
 pub mod authorize;
 pub mod client;
+pub mod federation;
 pub mod gateway;
 pub mod introspect;
 pub mod login;
@@ -89,6 +90,11 @@ pub fn router() -> Router<App> {
         .route("/oauth/introspect", post(introspect::introspect))
         .route("/login", get(login::form).post(login::submit))
         .route("/logout", post(login::logout))
+        .route("/login/upstream/{provider}", post(federation::begin))
+        .route(
+            "/login/upstream/{provider}/callback",
+            get(federation::callback),
+        )
         .route("/account", get(account::page))
         .route("/account/grants/revoke", post(account::revoke_grant))
         .route("/account/revoke-all", post(account::revoke_everything))

@@ -1,0 +1,468 @@
+//! Sign-in through an upstream identity provider: `POST /login/upstream/{provider}` (a button
+//! on the sign-in page) sends the browser upstream with PKCE, `state` and `nonce`, keeping the
+//! MCP client's pending authorization request in an encrypted cookie; the provider answers at
+//! `GET /login/upstream/{provider}/callback`, where the answer is checked, the person becomes
+//! (or is) a user with the role the mapping gives, and the authorization request resumes.
+//! Every failure ends on a page that says what went wrong, and is recorded.
+
+use crate::app::App;
+use crate::context::RequestContext;
+use crate::federation::{Pending, TRANSACTION_TTL, open_pending, seal_pending};
+use crate::http::see_other;
+use crate::pages;
+use crate::session::{self, LOGIN_NONCE, SESSION};
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use grantline_federation::mapping;
+use grantline_federation::{SignInError, UpstreamIdentity};
+use grantline_ledger::{LoginFailure, pii};
+use grantline_oauth::federation::{Account, FederatedSignIn};
+use subtle::ConstantTimeEq;
+
+/// The cookie carrying the pending upstream sign-in.
+pub const PENDING: &str = "grantline_upstream";
+
+fn callback_url(ctx: &RequestContext, provider: &str) -> String {
+    format!("{}/login/upstream/{provider}/callback", ctx.issuer)
+}
+
+fn with_cookie(mut r: Response, value: &str) -> Response {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        r.headers_mut().append(header::SET_COOKIE, v);
+    }
+    r
+}
+
+/// The display name of a provider, for pages.
+fn display(app: &App, id: &str) -> String {
+    app.federation
+        .as_deref()
+        .and_then(|f| f.slot(id))
+        .map(|s| s.provider.display_name.clone())
+        .unwrap_or_else(|| id.to_string())
+}
+
+/// Records `login.failed` for the provider and shows what went wrong.
+async fn fail(
+    app: &App,
+    ctx: &RequestContext,
+    provider: &str,
+    user_id: Option<String>,
+    code: &str,
+    detail: &str,
+    status: StatusCode,
+) -> Response {
+    tracing::info!(provider, error = code, %detail, "upstream sign-in failed");
+    let subject = match &user_id {
+        Some(u) => pii::user_subject(u),
+        None => format!("anon:{}", &app.now().to_string()[..10]),
+    };
+    let recorded = async {
+        let meta = ctx.meta(app, &subject).await?;
+        let error = format!("{code}: {detail}");
+        let (outcome, _) = app
+            .run(|_| {
+                grantline_oauth::federation::sign_in_failed(
+                    provider,
+                    user_id.clone(),
+                    LoginFailure::IdentityProviderError,
+                    &error,
+                    meta.clone(),
+                )
+            })
+            .await?;
+        outcome.map_err(crate::app::AppError::from)
+    }
+    .await;
+    if let Err(e) = recorded {
+        return e.into_response();
+    }
+    let title = format!("Sign-in through {} failed", display(app, provider));
+    let r = pages::error(status, &title, &format!("{detail} ({code})"));
+    with_cookie(r, &session::set_cookie(ctx, PENDING, "", 0))
+}
+
+/// `POST /login/upstream/{provider}`: the sign-in page's button.
+pub async fn begin(
+    State(app): State<App>,
+    ctx: RequestContext,
+    Path(provider): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let body = String::from_utf8_lossy(&body);
+    let params = match crate::http::parse_params(&body, &[]) {
+        Ok(p) => p,
+        Err(e) => return pages::error(StatusCode::BAD_REQUEST, "Bad request", &e.description),
+    };
+    let get = |k: &str| crate::http::param(&params, k).unwrap_or_default();
+    let nonce =
+        session::cookie(&headers, &session::cookie_name(&ctx, LOGIN_NONCE)).unwrap_or_default();
+    if nonce.is_empty() || !session::csrf_ok(&app, &nonce, "login", &get("csrf")) {
+        return pages::error(
+            StatusCode::FORBIDDEN,
+            "Sign-in refused",
+            "This form expired or did not come from this server. Go back and sign in again.",
+        );
+    }
+    let Some(fed) = app.federation.as_deref() else {
+        return pages::error(StatusCode::NOT_FOUND, "Not found", "No identity provider is configured.");
+    };
+    if fed.slot(&provider).is_none() {
+        return pages::error(
+            StatusCode::NOT_FOUND,
+            "Not found",
+            "There is no identity provider by that name.",
+        );
+    }
+    let upstream = match fed.upstream(&provider).await {
+        Ok(u) => u,
+        Err(e) => {
+            return fail(
+                &app,
+                &ctx,
+                &provider,
+                None,
+                "provider_unreachable",
+                &format!("The identity provider cannot be reached right now: {e}"),
+                StatusCode::SERVICE_UNAVAILABLE,
+            )
+            .await;
+        }
+    };
+    let started = match upstream.begin(&callback_url(&ctx, &provider)) {
+        Ok(b) => b,
+        Err(e) => {
+            return pages::error(StatusCode::INTERNAL_SERVER_ERROR, "Sign-in unavailable", &e.to_string());
+        }
+    };
+    let pending = Pending {
+        p: provider.clone(),
+        s: started.state,
+        n: started.nonce,
+        v: started.pkce_verifier,
+        r: crate::routes::login::safe_return_to(Some(&get("return_to"))),
+        t: app.now().0 / 1_000_000,
+    };
+    let Some(cookie) = seal_pending(&app, &pending) else {
+        return pages::error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Sign-in unavailable",
+            "Please try again shortly.",
+        );
+    };
+    let r = see_other(started.url.as_str());
+    with_cookie(
+        r,
+        &session::set_cookie(&ctx, PENDING, &cookie, TRANSACTION_TTL),
+    )
+}
+
+fn query_params(q: Option<&str>) -> Vec<(String, String)> {
+    url::form_urlencoded::parse(q.unwrap_or_default().as_bytes())
+        .take(32)
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}
+
+fn bounded(s: &str, n: usize) -> String {
+    s.chars().filter(|c| !c.is_control()).take(n).collect()
+}
+
+/// `GET /login/upstream/{provider}/callback`: the upstream's answer.
+pub async fn callback(
+    State(app): State<App>,
+    ctx: RequestContext,
+    Path(provider): Path<String>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let q = query_params(query.as_deref());
+    let get = |k: &str| {
+        q.iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.as_str())
+    };
+    let Some(fed) = app.federation.clone() else {
+        return pages::error(StatusCode::NOT_FOUND, "Not found", "No identity provider is configured.");
+    };
+    if fed.slot(&provider).is_none() {
+        return pages::error(
+            StatusCode::NOT_FOUND,
+            "Not found",
+            "There is no identity provider by that name.",
+        );
+    }
+    let now = app.now().0 / 1_000_000;
+    let bad = |code: &'static str, detail: String| {
+        let app = app.clone();
+        let ctx = ctx.clone();
+        let provider = provider.clone();
+        async move { fail(&app, &ctx, &provider, None, code, &detail, StatusCode::BAD_REQUEST).await }
+    };
+    let pending = session::cookie(&headers, &session::cookie_name(&ctx, PENDING))
+        .and_then(|v| open_pending(&app, &v));
+    let Some(pending) = pending.filter(|p| p.p == provider) else {
+        return bad(
+            "transaction_missing",
+            "There is no sign-in in progress in this browser (it expired, or began elsewhere). Start again from the application.".into(),
+        )
+        .await;
+    };
+    let state = get("state").unwrap_or_default();
+    if !bool::from(state.as_bytes().ct_eq(pending.s.as_bytes())) {
+        return bad(
+            "state_mismatch",
+            "The answer does not belong to the sign-in this browser started (state mismatch). Start again from the application.".into(),
+        )
+        .await;
+    }
+    if pending.t + TRANSACTION_TTL < now {
+        return bad(
+            "transaction_expired",
+            "The sign-in took too long and expired. Start again from the application.".into(),
+        )
+        .await;
+    }
+    if !fed.first_use(&pending.s, now) {
+        return bad(
+            "state_replayed",
+            "This answer was used already. Start again from the application.".into(),
+        )
+        .await;
+    }
+    let upstream = match fed.upstream(&provider).await {
+        Ok(u) => u,
+        Err(e) => {
+            return bad(
+                "provider_unreachable",
+                format!("The identity provider cannot be reached: {e}"),
+            )
+            .await;
+        }
+    };
+    if let Err(e) = upstream.check_response_issuer(get("iss")) {
+        return bad(e.code(), e.to_string()).await;
+    }
+    if let Some(err) = get("error") {
+        let desc = get("error_description")
+            .map(|d| format!(": {}", bounded(d, 200)))
+            .unwrap_or_default();
+        let err = bounded(err, 64);
+        let detail = if err == "access_denied" {
+            format!("The identity provider refused the sign-in{desc}.")
+        } else {
+            format!("The identity provider answered {err}{desc}.")
+        };
+        let code = if err == "access_denied" { "access_denied" } else { "upstream_error" };
+        return bad(code, detail).await;
+    }
+    let Some(code) = get("code").filter(|c| !c.is_empty() && c.len() <= 2048) else {
+        return bad("no_code", "The identity provider sent no authorization code.".into()).await;
+    };
+    let (who, tokens) = match upstream
+        .finish(code, &callback_url(&ctx, &provider), &pending.n, &pending.v, now)
+        .await
+    {
+        Ok(x) => x,
+        Err(e) => return bad(e.code(), e.to_string()).await,
+    };
+    let linked = match fed.tables.linked_user(&provider, &who.subject).await {
+        Ok(u) => u,
+        Err(e) => return crate::app::AppError::from(e).into_response(),
+    };
+    if let Err(refusal) = mapping::admitted(&upstream.provider, &who) {
+        // A person the provider vouches for but who is no longer allowed here: if they were,
+        // everything they hold is revoked now.
+        if let Some(u) = &linked {
+            if let Err(e) = app
+                .deprovision(u, &provider, &format!("no longer allowed at sign-in ({})", refusal.code()))
+                .await
+            {
+                return e.into_response();
+            }
+        }
+        let e = SignInError::NotAllowed(refusal);
+        return fail(&app, &ctx, &provider, linked, e.code(), &e.to_string(), StatusCode::FORBIDDEN).await;
+    }
+    match sign_in(&app, &ctx, &provider, &who, linked).await {
+        Ok((user_id, session_id)) => {
+            let slot = fed.slot(&provider).map(|s| s.provider.clone());
+            if slot.is_some_and(|p| p.store_upstream_token || p.check_upstream_on_refresh)
+                && let Err(e) = app.keep_upstream_tokens(&user_id, &provider, &tokens).await
+            {
+                return e.into_response();
+            }
+            let (value, ttl) = session::issue(&app, &user_id, &session_id, now);
+            let r = see_other(&format!("{}{}", ctx.issuer, pending.r));
+            let r = with_cookie(r, &session::set_cookie(&ctx, SESSION, &value, ttl));
+            let r = with_cookie(r, &session::set_cookie(&ctx, LOGIN_NONCE, "", 0));
+            with_cookie(r, &session::set_cookie(&ctx, PENDING, "", 0))
+        }
+        Err(r) => r,
+    }
+}
+
+/// The user the sign-in is for, recorded: created or linked as the provider's provisioning
+/// says, the mapped role applied, `login.succeeded`. Returns the user id and the session id,
+/// or the page to show.
+async fn sign_in(
+    app: &App,
+    ctx: &RequestContext,
+    provider: &str,
+    who: &UpstreamIdentity,
+    linked: Option<String>,
+) -> Result<(String, String), Response> {
+    let Some(fed) = app.federation.as_deref() else {
+        return Err(pages::error(StatusCode::NOT_FOUND, "Not found", "No identity provider."));
+    };
+    let Some(slot) = fed.slot(provider) else {
+        return Err(pages::error(StatusCode::NOT_FOUND, "Not found", "No identity provider."));
+    };
+    let p = &slot.provider;
+    let store_err = |e: grantline_store::StoreError| crate::app::AppError::from(e).into_response();
+    // Who: the link, else (provisioning `existing`) a local user with that verified email or
+    // login as their username, else a new user.
+    let existing = match (&linked, p.provisioning) {
+        (Some(u), _) => Some(u.clone()),
+        (None, grantline_federation::config::Provisioning::Existing) => {
+            let mut found = None;
+            for name in [who.email.as_deref(), who.username.as_deref()].into_iter().flatten() {
+                if let Some(c) = app.credentials.by_username(name).await.map_err(store_err)? {
+                    found = Some(c.user_id);
+                    break;
+                }
+            }
+            let Some(u) = found else {
+                return Err(fail(
+                    app,
+                    ctx,
+                    provider,
+                    None,
+                    "not_provisioned",
+                    "You have no account here yet: an administrator must create it first.",
+                    StatusCode::FORBIDDEN,
+                )
+                .await);
+            };
+            Some(u)
+        }
+        (None, grantline_federation::config::Provisioning::JustInTime) => None,
+    };
+    let user_id = match &existing {
+        Some(u) => u.clone(),
+        None => crate::random::id("usr"),
+    };
+    // The link row first (a concurrent first sign-in of the same person ends on one user).
+    let user_id = fed
+        .tables
+        .link(provider, &who.subject, &user_id)
+        .await
+        .map_err(store_err)?;
+    // Another instance may have created the user moments ago.
+    app.catch_up_unless(|s| s.users.contains_key(&user_id))
+        .await
+        .map_err(IntoResponse::into_response)?;
+    let known = app.projection.read().users.contains_key(&user_id);
+    let subject = pii::user_subject(&user_id);
+    let seal = |v: String| {
+        let subject = subject.clone();
+        async move { app.keyring.seal(&subject, &v).await }
+    };
+    let account = if known {
+        if linked.is_some() {
+            Account::Linked(user_id.clone())
+        } else {
+            Account::Link(user_id.clone())
+        }
+    } else {
+        let username = create_username(app, provider, who).await.map_err(store_err)?;
+        let account = Account::Create {
+            user_id: user_id.clone(),
+            username: seal(username.clone()).await.map_err(store_err)?,
+            email: match &who.email {
+                Some(e) => Some(seal(e.clone()).await.map_err(store_err)?),
+                None => None,
+            },
+            display_name: match &who.name {
+                Some(n) => Some(seal(n.clone()).await.map_err(store_err)?),
+                None => None,
+            },
+        };
+        // A username for the CLI and admin lists; no password ever matches it.
+        let row = grantline_store::Credential {
+            user_id: user_id.clone(),
+            username,
+            password_hash: crate::signin::NO_PASSWORD.into(),
+        };
+        if let Err(e) = app.credentials.insert(&row).await
+            && !matches!(e, grantline_store::StoreError::Exists(_))
+        {
+            return Err(store_err(e));
+        }
+        account
+    };
+    let (role, claim) = mapping::role_for(p, who);
+    let sealed_subject = seal(who.subject.clone()).await.map_err(store_err)?;
+    let meta = ctx
+        .meta(app, &subject)
+        .await
+        .map_err(IntoResponse::into_response)?;
+    let session_id = crate::random::id("ses");
+    let signin = FederatedSignIn {
+        provider: provider.to_string(),
+        account,
+        subject: sealed_subject,
+        role: role.clone(),
+        claim,
+        session_id: session_id.clone(),
+        request: meta,
+    };
+    let known_role = |r: &str| crate::admin::ROLES.contains(&r) || app.config.roles.contains_key(r);
+    match app
+        .run(|s| grantline_oauth::federation::sign_in(s, signin.clone(), known_role))
+        .await
+    {
+        Ok((Ok(u), _)) => {
+            tracing::Span::current().record("user_id", u.as_str());
+            Ok((u, session_id))
+        }
+        Ok((Err(e), _)) => Err(fail(
+            app,
+            ctx,
+            provider,
+            Some(user_id),
+            "sign_in_refused",
+            &e.description,
+            StatusCode::FORBIDDEN,
+        )
+        .await),
+        Err(e) => Err(e.into_response()),
+    }
+}
+
+/// A username for a new federated user: the verified email when free, else
+/// `<provider>:<login or subject>`.
+async fn create_username(
+    app: &App,
+    provider: &str,
+    who: &UpstreamIdentity,
+) -> Result<String, grantline_store::StoreError> {
+    let mut candidates = Vec::new();
+    if let Some(e) = &who.email {
+        candidates.push(e.clone());
+    }
+    if let Some(u) = &who.username {
+        candidates.push(format!("{provider}:{u}"));
+    }
+    candidates.push(format!("{provider}:{}", who.subject));
+    for c in &candidates {
+        let c: String = c.chars().take(crate::signin::MAX_USERNAME).collect();
+        if app.credentials.by_username(&c).await?.is_none() {
+            return Ok(c);
+        }
+    }
+    Ok(format!("{provider}:{}", crate::random::id("u")))
+}
