@@ -6,7 +6,7 @@
 use crate::{Decision, ErrorCode, OAuthError, limits};
 use grantline_ledger::{
     Actor, ExpectedVersion, LoginFailed, LoginFailure, LoginSucceeded, NewEvent, RequestMeta,
-    Sealed, StreamId, UserCreated, UserLinked, UserRoleChanged, UserSource,
+    Sealed, StreamId, UpstreamTokenExchanged, UserCreated, UserLinked, UserRoleChanged, UserSource,
 };
 use grantline_state::State;
 
@@ -197,6 +197,156 @@ pub fn sign_in_failed(
                 error: Some(error),
                 source_ip: request.source_ip,
                 user_agent: request.user_agent,
+            },
+        )],
+        Ok(()),
+    )
+}
+
+/// RFC 8693 names.
+pub const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+pub const TOKEN_TYPE_JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
+pub const TOKEN_TYPE_ACCESS: &str = "urn:ietf:params:oauth:token-type:access_token";
+
+/// A resource whose MCP server may obtain its users' upstream tokens: from which provider,
+/// authenticating as which clients.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTokenPolicy {
+    pub resource: String,
+    pub provider: String,
+    pub clients: Vec<String>,
+}
+
+/// The claims of a verified identity assertion that matter here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Assertion {
+    pub issuer: String,
+    /// `aud`: `<resource>#upstream`.
+    pub audience: String,
+    pub subject: String,
+    pub expires: i64,
+    pub id: String,
+}
+
+/// A token exchange the rules allow: whose token, from which provider, for which resource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exchange {
+    pub user_id: String,
+    pub client_id: String,
+    pub resource: String,
+    pub provider: String,
+    pub assertion_id: String,
+}
+
+/// Checks an RFC 8693 exchange of an identity assertion for the user's upstream token:
+/// the client must be confidential and named by the resource's policy (else
+/// `unauthorized_client`); the assertion must be Grantline's, unexpired, for a resource this
+/// client serves (and the `resource` it names, if any), about an active user linked to the
+/// provider (else `invalid_grant`); an `audience` must name the provider (else
+/// `invalid_target`).
+#[allow(clippy::too_many_arguments)]
+pub fn check_exchange(
+    state: &State,
+    client: &grantline_state::Client,
+    policies: &[UpstreamTokenPolicy],
+    issuer: &str,
+    assertion: &Assertion,
+    resource: Option<&str>,
+    audience: Option<&str>,
+    now_secs: i64,
+) -> Result<Exchange, OAuthError> {
+    if client.secret_digest.is_none() {
+        return Err(OAuthError::unauthorized_client(
+            "token exchange needs a confidential client",
+        ));
+    }
+    let allowed: Vec<&UpstreamTokenPolicy> = policies
+        .iter()
+        .filter(|p| p.clients.iter().any(|c| *c == client.client_id))
+        .collect();
+    if allowed.is_empty() {
+        return Err(OAuthError::unauthorized_client(
+            "this client may not exchange identity assertions for upstream tokens",
+        ));
+    }
+    let invalid_grant = |d: &str| OAuthError::new(ErrorCode::InvalidGrant, d);
+    if assertion.issuer != issuer {
+        return Err(invalid_grant("the subject token was not issued here"));
+    }
+    if assertion.expires <= now_secs {
+        return Err(invalid_grant("the subject token has expired"));
+    }
+    let Some(asserted) = assertion.audience.strip_suffix("#upstream") else {
+        return Err(invalid_grant(
+            "the subject token is not an identity assertion",
+        ));
+    };
+    if resource.is_some_and(|r| crate::canonical_resource(r) != crate::canonical_resource(asserted))
+    {
+        return Err(invalid_grant(
+            "the subject token was made for another resource",
+        ));
+    }
+    let Some(policy) = allowed
+        .iter()
+        .find(|p| crate::canonical_resource(&p.resource) == crate::canonical_resource(asserted))
+    else {
+        return Err(invalid_grant(
+            "the subject token was made for a resource this client does not serve",
+        ));
+    };
+    if audience.is_some_and(|a| a != policy.provider) {
+        return Err(OAuthError::new(
+            ErrorCode::InvalidTarget,
+            format!(
+                "this resource may obtain tokens of {} only",
+                policy.provider
+            ),
+        ));
+    }
+    let user = state
+        .users
+        .get(&assertion.subject)
+        .filter(|u| u.active())
+        .ok_or_else(|| invalid_grant("the subject token names no active user"))?;
+    if !user.links.contains_key(&policy.provider) {
+        return Err(invalid_grant(
+            "the user has never signed in through this resource's identity provider",
+        ));
+    }
+    Ok(Exchange {
+        user_id: user.user_id.clone(),
+        client_id: client.client_id.clone(),
+        resource: policy.resource.clone(),
+        provider: policy.provider.clone(),
+        assertion_id: assertion.id.chars().take(128).collect(),
+    })
+}
+
+/// `upstream_token.exchanged`, recorded before the token is handed over.
+pub fn exchanged(
+    state: &State,
+    x: &Exchange,
+    refreshed: bool,
+    request: Option<RequestMeta>,
+) -> Decision<()> {
+    if !state.users.get(&x.user_id).is_some_and(|u| u.active()) {
+        return OAuthError::new(ErrorCode::InvalidGrant, "the user may no longer act").into();
+    }
+    Decision::new(
+        vec![NewEvent::new(
+            StreamId::user(&x.user_id),
+            Actor::Client {
+                id: x.client_id.clone(),
+            },
+            UpstreamTokenExchanged {
+                user_id: x.user_id.clone(),
+                client_id: x.client_id.clone(),
+                resource: x.resource.clone(),
+                provider: x.provider.clone(),
+                assertion_id: x.assertion_id.clone(),
+                refreshed,
+                request,
             },
         )],
         Ok(()),

@@ -707,6 +707,26 @@ impl Config {
         sections
     }
 
+    /// Resources whose MCP servers may exchange identity assertions for their users'
+    /// upstream tokens (RFC 8693), with their ids under `base`.
+    pub fn upstream_token_policies(
+        &self,
+        base: &str,
+    ) -> Vec<grantline_oauth::federation::UpstreamTokenPolicy> {
+        let defs = self.resource_defs(base).unwrap_or_default();
+        self.resource_sections()
+            .iter()
+            .zip(defs)
+            .filter_map(|(r, d)| {
+                Some(grantline_oauth::federation::UpstreamTokenPolicy {
+                    resource: d.id,
+                    provider: r.upstream_token_provider.clone()?,
+                    clients: r.upstream_token_clients.clone(),
+                })
+            })
+            .collect()
+    }
+
     pub fn resource_defs(&self, base: &str) -> Result<Vec<Resource>> {
         let sections = self.resource_sections();
         let mut out = Vec::new();

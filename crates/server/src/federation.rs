@@ -116,7 +116,9 @@ impl Federation {
 
     /// The provider ready to use, connecting it now if it was not at start.
     pub async fn upstream(&self, id: &str) -> Result<Arc<Upstream>, String> {
-        let slot = self.slot(id).ok_or_else(|| format!("no identity provider {id:?}"))?;
+        let slot = self
+            .slot(id)
+            .ok_or_else(|| format!("no identity provider {id:?}"))?;
         if let Some(u) = slot.upstream.read().await.as_ref() {
             return Ok(u.clone());
         }
@@ -200,7 +202,10 @@ impl App {
             return Ok(());
         };
         let json = serde_json::to_string(t).map_err(|e| AppError::Unavailable(e.to_string()))?;
-        let sealed = self.keyring.seal(&pii::user_subject(user_id), &json).await?;
+        let sealed = self
+            .keyring
+            .seal(&pii::user_subject(user_id), &json)
+            .await?;
         fed.tables
             .put_tokens(
                 user_id,
@@ -230,12 +235,17 @@ impl App {
             .await
             .map_err(AppError::from)?
             .ok_or_else(|| TokenError::None(provider.to_string()))?;
-        let json = match self.keyring.open(&stored.sealed).await.map_err(AppError::from)? {
+        let json = match self
+            .keyring
+            .open(&stored.sealed)
+            .await
+            .map_err(AppError::from)?
+        {
             Ok(j) => j,
             Err(_) => return Err(TokenError::None(provider.to_string())),
         };
-        let tokens: UpstreamTokens = serde_json::from_str(&json)
-            .map_err(|_| TokenError::None(provider.to_string()))?;
+        let tokens: UpstreamTokens =
+            serde_json::from_str(&json).map_err(|_| TokenError::None(provider.to_string()))?;
         if tokens.expires_at.is_none_or(|e| e > now + EXPIRY_MARGIN) {
             return Ok((tokens, false));
         }
@@ -244,15 +254,22 @@ impl App {
                 "the upstream token expired and the provider gave no refresh token".into(),
             ));
         };
-        let upstream = fed.upstream(provider).await.map_err(TokenError::Unavailable)?;
+        let upstream = fed
+            .upstream(provider)
+            .await
+            .map_err(TokenError::Unavailable)?;
         match upstream.refresh(&refresh, now).await {
             Ok(fresh) => {
                 self.keep_upstream_tokens(user_id, provider, &fresh).await?;
                 Ok((fresh, true))
             }
             Err(RefreshError::Refused(why)) => {
-                self.deprovision(user_id, provider, &format!("refused to refresh the user's token ({why})"))
-                    .await?;
+                self.deprovision(
+                    user_id,
+                    provider,
+                    &format!("refused to refresh the user's token ({why})"),
+                )
+                .await?;
                 Err(TokenError::Refused(why))
             }
             Err(RefreshError::Unavailable(why)) => Err(TokenError::Unavailable(why)),
@@ -262,9 +279,17 @@ impl App {
     /// Deprovisioning: every grant, token family and personal access token of the user is
     /// revoked with the reason, and Grantline forgets the user's upstream tokens from the
     /// provider. The user stays (a later sign-in that the upstream allows works again).
-    pub async fn deprovision(&self, user_id: &str, provider: &str, why: &str) -> Result<usize, AppError> {
+    pub async fn deprovision(
+        &self,
+        user_id: &str,
+        provider: &str,
+        why: &str,
+    ) -> Result<usize, AppError> {
         let reason = format!("deprovisioned by identity provider {provider}: {why}");
-        let reason: String = reason.chars().take(grantline_oauth::limits::REASON_CHARS).collect();
+        let reason: String = reason
+            .chars()
+            .take(grantline_oauth::limits::REASON_CHARS)
+            .collect();
         let (outcome, _) = self
             .run(|s| {
                 grantline_oauth::containment::contain(
@@ -344,7 +369,12 @@ impl App {
 
     /// Asks the upstream: a refresh when Grantline holds a refresh token, else userinfo with
     /// the access token. A refusal deprovisions.
-    async fn confirm_upstream(&self, user_id: &str, provider: &str, now: i64) -> Result<(), TokenError> {
+    async fn confirm_upstream(
+        &self,
+        user_id: &str,
+        provider: &str,
+        now: i64,
+    ) -> Result<(), TokenError> {
         let fed = self.fed()?;
         let stored = fed
             .tables
@@ -352,13 +382,21 @@ impl App {
             .await
             .map_err(AppError::from)?
             .ok_or_else(|| TokenError::None(provider.to_string()))?;
-        let json = match self.keyring.open(&stored.sealed).await.map_err(AppError::from)? {
+        let json = match self
+            .keyring
+            .open(&stored.sealed)
+            .await
+            .map_err(AppError::from)?
+        {
             Ok(j) => j,
             Err(_) => return Err(TokenError::None(provider.to_string())),
         };
-        let tokens: UpstreamTokens = serde_json::from_str(&json)
-            .map_err(|_| TokenError::None(provider.to_string()))?;
-        let upstream = fed.upstream(provider).await.map_err(TokenError::Unavailable)?;
+        let tokens: UpstreamTokens =
+            serde_json::from_str(&json).map_err(|_| TokenError::None(provider.to_string()))?;
+        let upstream = fed
+            .upstream(provider)
+            .await
+            .map_err(TokenError::Unavailable)?;
         let result = match &tokens.refresh_token {
             Some(r) => match upstream.refresh(r, now).await {
                 Ok(fresh) => {
@@ -372,8 +410,12 @@ impl App {
         match result {
             Ok(()) => Ok(()),
             Err(RefreshError::Refused(why)) => {
-                self.deprovision(user_id, provider, &format!("the upstream session ended ({why})"))
-                    .await?;
+                self.deprovision(
+                    user_id,
+                    provider,
+                    &format!("the upstream session ended ({why})"),
+                )
+                .await?;
                 Err(TokenError::Refused(why))
             }
             Err(RefreshError::Unavailable(why)) => Err(TokenError::Unavailable(why)),

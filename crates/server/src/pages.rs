@@ -145,7 +145,11 @@ pub fn login(status: StatusCode, l: &Login<'_>) -> Response {
         esc(l.base),
         esc(l.csrf),
         esc(l.return_to),
-        if l.providers.is_empty() { " autofocus" } else { "" }
+        if l.providers.is_empty() {
+            " autofocus"
+        } else {
+            ""
+        }
     );
     let password = if l.local {
         form

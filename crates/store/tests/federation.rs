@@ -2,6 +2,7 @@
 //! sign-in gets the winner), upstream tokens are stored sealed and replaced, and erasure
 //! deletes both.
 
+#[allow(unused_imports)]
 mod common;
 
 use grantline_ledger::pii::user_subject;

@@ -108,7 +108,11 @@ pub async fn begin(
         );
     }
     let Some(fed) = app.federation.as_deref() else {
-        return pages::error(StatusCode::NOT_FOUND, "Not found", "No identity provider is configured.");
+        return pages::error(
+            StatusCode::NOT_FOUND,
+            "Not found",
+            "No identity provider is configured.",
+        );
     };
     if fed.slot(&provider).is_none() {
         return pages::error(
@@ -135,7 +139,11 @@ pub async fn begin(
     let started = match upstream.begin(&callback_url(&ctx, &provider)) {
         Ok(b) => b,
         Err(e) => {
-            return pages::error(StatusCode::INTERNAL_SERVER_ERROR, "Sign-in unavailable", &e.to_string());
+            return pages::error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Sign-in unavailable",
+                &e.to_string(),
+            );
         }
     };
     let pending = Pending {
@@ -180,13 +188,13 @@ pub async fn callback(
     RawQuery(query): RawQuery,
 ) -> Response {
     let q = query_params(query.as_deref());
-    let get = |k: &str| {
-        q.iter()
-            .find(|(key, _)| key == k)
-            .map(|(_, v)| v.as_str())
-    };
+    let get = |k: &str| q.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
     let Some(fed) = app.federation.clone() else {
-        return pages::error(StatusCode::NOT_FOUND, "Not found", "No identity provider is configured.");
+        return pages::error(
+            StatusCode::NOT_FOUND,
+            "Not found",
+            "No identity provider is configured.",
+        );
     };
     if fed.slot(&provider).is_none() {
         return pages::error(
@@ -200,7 +208,18 @@ pub async fn callback(
         let app = app.clone();
         let ctx = ctx.clone();
         let provider = provider.clone();
-        async move { fail(&app, &ctx, &provider, None, code, &detail, StatusCode::BAD_REQUEST).await }
+        async move {
+            fail(
+                &app,
+                &ctx,
+                &provider,
+                None,
+                code,
+                &detail,
+                StatusCode::BAD_REQUEST,
+            )
+            .await
+        }
     };
     let pending = session::cookie(&headers, &session::cookie_name(&ctx, PENDING))
         .and_then(|v| open_pending(&app, &v));
@@ -256,14 +275,28 @@ pub async fn callback(
         } else {
             format!("The identity provider answered {err}{desc}.")
         };
-        let code = if err == "access_denied" { "access_denied" } else { "upstream_error" };
+        let code = if err == "access_denied" {
+            "access_denied"
+        } else {
+            "upstream_error"
+        };
         return bad(code, detail).await;
     }
     let Some(code) = get("code").filter(|c| !c.is_empty() && c.len() <= 2048) else {
-        return bad("no_code", "The identity provider sent no authorization code.".into()).await;
+        return bad(
+            "no_code",
+            "The identity provider sent no authorization code.".into(),
+        )
+        .await;
     };
     let (who, tokens) = match upstream
-        .finish(code, &callback_url(&ctx, &provider), &pending.n, &pending.v, now)
+        .finish(
+            code,
+            &callback_url(&ctx, &provider),
+            &pending.n,
+            &pending.v,
+            now,
+        )
         .await
     {
         Ok(x) => x,
@@ -278,14 +311,27 @@ pub async fn callback(
         // everything they hold is revoked now.
         if let Some(u) = &linked {
             if let Err(e) = app
-                .deprovision(u, &provider, &format!("no longer allowed at sign-in ({})", refusal.code()))
+                .deprovision(
+                    u,
+                    &provider,
+                    &format!("no longer allowed at sign-in ({})", refusal.code()),
+                )
                 .await
             {
                 return e.into_response();
             }
         }
         let e = SignInError::NotAllowed(refusal);
-        return fail(&app, &ctx, &provider, linked, e.code(), &e.to_string(), StatusCode::FORBIDDEN).await;
+        return fail(
+            &app,
+            &ctx,
+            &provider,
+            linked,
+            e.code(),
+            &e.to_string(),
+            StatusCode::FORBIDDEN,
+        )
+        .await;
     }
     match sign_in(&app, &ctx, &provider, &who, linked).await {
         Ok((user_id, session_id)) => {
@@ -316,10 +362,18 @@ async fn sign_in(
     linked: Option<String>,
 ) -> Result<(String, String), Response> {
     let Some(fed) = app.federation.as_deref() else {
-        return Err(pages::error(StatusCode::NOT_FOUND, "Not found", "No identity provider."));
+        return Err(pages::error(
+            StatusCode::NOT_FOUND,
+            "Not found",
+            "No identity provider.",
+        ));
     };
     let Some(slot) = fed.slot(provider) else {
-        return Err(pages::error(StatusCode::NOT_FOUND, "Not found", "No identity provider."));
+        return Err(pages::error(
+            StatusCode::NOT_FOUND,
+            "Not found",
+            "No identity provider.",
+        ));
     };
     let p = &slot.provider;
     let store_err = |e: grantline_store::StoreError| crate::app::AppError::from(e).into_response();
@@ -329,7 +383,10 @@ async fn sign_in(
         (Some(u), _) => Some(u.clone()),
         (None, grantline_federation::config::Provisioning::Existing) => {
             let mut found = None;
-            for name in [who.email.as_deref(), who.username.as_deref()].into_iter().flatten() {
+            for name in [who.email.as_deref(), who.username.as_deref()]
+                .into_iter()
+                .flatten()
+            {
                 if let Some(c) = app.credentials.by_username(name).await.map_err(store_err)? {
                     found = Some(c.user_id);
                     break;
@@ -378,7 +435,9 @@ async fn sign_in(
             Account::Link(user_id.clone())
         }
     } else {
-        let username = create_username(app, provider, who).await.map_err(store_err)?;
+        let username = create_username(app, provider, who)
+            .await
+            .map_err(store_err)?;
         let account = Account::Create {
             user_id: user_id.clone(),
             username: seal(username.clone()).await.map_err(store_err)?,

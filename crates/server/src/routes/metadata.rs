@@ -46,12 +46,26 @@ fn registration_open(app: &App) -> bool {
     app.policy != grantline_oauth::register::Policy::Off
 }
 
+/// RFC 8693 token exchange is offered when a resource may exchange assertions for its users'
+/// upstream tokens.
+fn with_exchange(app: &App, mut doc: serde_json::Value) -> serde_json::Value {
+    if app
+        .config
+        .resources
+        .iter()
+        .flatten()
+        .any(|r| r.upstream_token_provider.is_some())
+        && let Some(g) = doc["grant_types_supported"].as_array_mut()
+    {
+        g.push(grantline_oauth::federation::TOKEN_EXCHANGE.into());
+    }
+    doc
+}
+
 pub async fn authorization_server(State(app): State<App>, ctx: RequestContext) -> Response {
     let s = app.settings_for(&ctx.issuer);
-    json_for(
-        &app,
-        metadata::authorization_server(&s.issuer, &s.resources, registration_open(&app)),
-    )
+    let doc = metadata::authorization_server(&s.issuer, &s.resources, registration_open(&app));
+    json_for(&app, with_exchange(&app, doc))
 }
 
 /// `/.well-known/oauth-authorization-server/<issuer path>` (RFC 8414 §3.1 path insertion).
@@ -68,10 +82,8 @@ pub async fn authorization_server_at(
 
 pub async fn openid_configuration(State(app): State<App>, ctx: RequestContext) -> Response {
     let s = app.settings_for(&ctx.issuer);
-    json_for(
-        &app,
-        metadata::openid_configuration(&s.issuer, &s.resources, registration_open(&app)),
-    )
+    let doc = metadata::openid_configuration(&s.issuer, &s.resources, registration_open(&app));
+    json_for(&app, with_exchange(&app, doc))
 }
 
 pub async fn openid_configuration_at(

@@ -13,6 +13,7 @@ pub mod metadata;
 pub mod register;
 pub mod revoke;
 pub mod token;
+pub mod token_exchange;
 pub mod witness;
 
 use crate::app::App;

@@ -46,6 +46,21 @@ async fn handle(
         .map_err(|_| OAuthError::invalid_request("the body is not UTF-8"))?;
     let params = form_body(headers, body)?;
     attempt.resource = param(&params, "resource");
+    if super::token_exchange::is_exchange(&params) {
+        let who = presented(headers, &params)?;
+        tracing::Span::current().record("client_id", who.client_id.as_str());
+        app.catch_up_unless(|s| s.clients.contains_key(&who.client_id))
+            .await?;
+        let client = {
+            let state = app.projection.read();
+            if state.clients.contains_key(&who.client_id) {
+                attempt.client_id = Some(who.client_id.clone());
+            }
+            authenticate(&state, &who)?.clone()
+        };
+        attempt.client_authenticated = true;
+        return super::token_exchange::exchange(app, ctx, &client, &params).await;
+    }
     attempt.requested_scopes = param(&params, "scope")
         .map(|s| {
             s.split(' ')
@@ -71,6 +86,20 @@ async fn handle(
     if let Some((family, token)) = presented {
         attempt.family_id = Some(family);
         attempt.refresh_token_id = Some(token);
+    }
+    // A provider that asks for it is consulted at each refresh (answered from a bounded
+    // cache): a person it no longer accepts is deprovisioned, and this refresh fails.
+    if let (TokenRequest::Refresh(_), Some(u), Some(f)) =
+        (&req, &user, attempt.family_id.as_deref())
+        && app.projection.read().family_live(f)
+        && let Err(why) = app.check_upstream_session(u, app.now().0 / 1_000_000).await
+    {
+        attempt.recorded = true;
+        return Err(OAuthError::new(
+            grantline_oauth::ErrorCode::InvalidGrant,
+            format!("the identity provider no longer accepts this user ({why}); their grants were revoked"),
+        )
+        .into());
     }
     let meta = meta_for(app, ctx, user.as_deref(), &client.client_id).await?;
     let settings = app.settings_for(&ctx.issuer);
