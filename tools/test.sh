@@ -6,6 +6,8 @@
 #     Grantline with: the MCP SDK, an OAuth client, Selenium, the offline OCSF validator and a
 #     CEF parser (tests/requirements.txt);
 #   - the MCP TypeScript SDK for the end-to-end tests (npm ci in tests/e2e/ts);
+#   - npm's oidc-provider as the upstream identity provider of the federation tests (npm ci in
+#     tests/e2e/idp);
 # then the Rust tests (cargo nextest, else cargo test) and the Python end-to-end tests.
 # Extra arguments go to the Rust test runner.
 #
@@ -50,6 +52,14 @@ if [ ! -d tests/e2e/ts/node_modules ] || [ "$(cat tests/e2e/ts/node_modules/.loc
   echo "test.sh: npm ci in tests/e2e/ts" >&2
   (cd tests/e2e/ts && npm ci --no-audit --no-fund --loglevel=error)
   echo "$want" > tests/e2e/ts/node_modules/.lock-sha256
+fi
+# The upstream identity providers of the federation tests (tests/e2e/idp: npm's oidc-provider,
+# and jose for the deliberately wrong one), reinstalled whenever their package-lock.json changes.
+want=$(sha256sum tests/e2e/idp/package-lock.json | cut -d' ' -f1)
+if [ ! -d tests/e2e/idp/node_modules ] || [ "$(cat tests/e2e/idp/node_modules/.lock-sha256 2>/dev/null)" != "$want" ]; then
+  echo "test.sh: npm ci in tests/e2e/idp" >&2
+  (cd tests/e2e/idp && npm ci --no-audit --no-fund --loglevel=error)
+  echo "$want" > tests/e2e/idp/node_modules/.lock-sha256
 fi
 export GRANTLINE_E2E_REQUIRE_NODE=1
 

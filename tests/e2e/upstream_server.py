@@ -9,7 +9,10 @@ arrives) and Grantline's identity assertion header. The `whoami` tool returns th
 headers as the SDK's request context saw them.
 """
 import json
+import os
 import sys
+
+import requests
 
 import uvicorn
 from mcp.server.mcpserver import Context, MCPServer
@@ -42,6 +45,29 @@ def add_note(text: str) -> str:
     """Adds a note (a write)."""
     notes.append(text)
     return f"added: {text}"
+
+
+@server.tool(annotations=ToolAnnotations(read_only_hint=True))
+def upstream_profile(ctx: Context) -> str:
+    """Who the user is at the identity provider, asked with the user's own upstream token.
+
+    How an MCP server behind Grantline gets that token (docs/federation.md): it never receives
+    it from the gateway; it exchanges the identity assertion the gateway sent with this request
+    at Grantline's token endpoint (RFC 8693), authenticating as its confidential client."""
+    assertion = (ctx.headers or {}).get(IDENTITY_HEADER)
+    r = requests.post(os.environ["GRANTLINE_TOKEN_ENDPOINT"], data={
+        "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
+        "subject_token": assertion,
+        "subject_token_type": "urn:ietf:params:oauth:token-type:jwt",
+        "requested_token_type": "urn:ietf:params:oauth:token-type:access_token",
+    }, auth=(os.environ["EXCHANGE_CLIENT_ID"], os.environ["EXCHANGE_CLIENT_SECRET"]), timeout=10)
+    if r.status_code != 200:
+        return json.dumps({"exchange_status": r.status_code, "error": r.json()})
+    token = r.json()["access_token"]
+    me = requests.get(os.environ["UPSTREAM_USERINFO"],
+                      headers={"Authorization": f"Bearer {token}"}, timeout=10)
+    return json.dumps({"exchange_status": 200, "userinfo_status": me.status_code,
+                       "userinfo": me.json() if me.ok else None})
 
 
 def recording(app, seen_file):

@@ -540,7 +540,7 @@ impl Upstream {
             }
             other => other,
         };
-        result.map_err(|e| SignInError::IdToken(e.to_string()))?;
+        result.map_err(|e| SignInError::IdToken(chain(&e)))?;
         // OIDC Core 3.1.3.7 steps 4-5, which openidconnect leaves to the relying party: with
         // several audiences `azp` must be present, and when present it must be this client.
         let audiences = match payload.get("aud") {
@@ -646,6 +646,22 @@ impl Upstream {
             s => Err(RefreshError::Unavailable(format!("userinfo answered {s}"))),
         }
     }
+}
+
+/// An error with its causes, `: `-separated (openidconnect puts the specific reason, such as
+/// "no matching key", in the source).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cur = s.source();
+    }
+    out
 }
 
 fn issuer_matches(published: &str, presented: &str) -> bool {

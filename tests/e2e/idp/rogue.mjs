@@ -30,6 +30,7 @@ const MODES = {
   rotated_key: 'signed with a key (own kid) that /jwks does not list',
   replay_nonce: 'nonce of the previous authorize request instead of this one',
   azp_mismatch: 'aud [client_id, "other-client"], azp "other-client"',
+  azp_other: 'aud client_id alone, but azp "other-client"',
   no_nonce: 'no nonce claim',
   state_mismatch: 'the authorization response carries a different state',
   iss_param_wrong: 'the authorization response carries iss=https://evil.example',
@@ -110,6 +111,7 @@ async function idToken({ nonce, previousNonce }) {
     case 'rotated_key': key = strayKey; break;
     case 'replay_nonce': payload.nonce = previousNonce ?? `no-previous-authorize-${random()}`; break;
     case 'azp_mismatch': payload.aud = [CLIENT_ID, 'other-client']; payload.azp = 'other-client'; break;
+    case 'azp_other': payload.azp = 'other-client'; break;
     case 'no_nonce': delete payload.nonce; break;
     default:
   }

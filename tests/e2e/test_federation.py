@@ -1,0 +1,524 @@
+"""Sign-in through an upstream OpenID Connect provider, end to end, with real parts:
+
+- `tests/e2e/idp/provider.mjs`: npm's `oidc-provider` (a certified OpenID Provider) with two
+  users, groups, refresh tokens, PKCE, and key rotation;
+- `tests/e2e/idp/rogue.mjs`: a deliberately wrong provider whose ID tokens fail one check each
+  (wrong iss/aud, expired, bad signature, alg none, a key not in its JWKS, a replayed nonce…);
+- the official MCP Python SDK as the MCP client; `upstream_server.py` (the MCP Python SDK) as a
+  third-party MCP server that exchanges the gateway's identity assertion for the user's
+  upstream token (RFC 8693).
+
+The MCP client sees only Grantline's OAuth flow; the browser (requests) goes from Grantline's
+sign-in page to the provider, signs in there, comes back, consents.
+"""
+import asyncio
+import base64
+import json
+import os
+import pathlib
+import subprocess
+import time
+import urllib.parse
+
+import pytest
+import requests
+from mcp.shared.exceptions import MCPError
+
+from conftest import ROOT, Server, Upstream, free_port
+from mcp_client import MemoryStorage, field, sdk_client, text_of
+
+IDP_DIR = ROOT / "tests/e2e/idp"
+IDP_SECRET = "e2e-idp-client-secret-5d1e-9a3f"
+ROGUE_SECRET = "e2e-rogue-client-secret-0b7c"
+EXCHANGE_SECRET = "e2e-notes-mcp-secret-77aa-4c1e-b0d2"
+REDIRECT = "http://127.0.0.1:8767/callback"
+
+CONFIG = """
+[oauth]
+access_token_ttl = 4
+refresh_grace = 2
+
+[roles.admin]
+demo = ["*"]
+notes = ["*"]
+[roles.user]
+demo = ["get_time", "list_notes"]
+notes = ["whoami", "upstream_profile", "echo"]
+
+[[resources]]
+name = "demo"
+path = "/mcp/demo"
+upstream = "builtin:demo"
+scopes = [{{ name = "demo:read" }}, {{ name = "demo:write" }}]
+default_scopes = ["demo:read"]
+
+[[resources]]
+name = "notes"
+path = "/mcp/notes"
+upstream = "{upstream}"
+scopes = [{{ name = "notes:read" }}, {{ name = "notes:write" }}]
+default_scopes = ["notes:read"]
+upstream_token_provider = "corp"
+upstream_token_clients = ["notes-mcp"]
+
+[[clients]]
+client_id = "notes-mcp"
+client_name = "The notes MCP server"
+grant_types = ["client_credentials"]
+scope = "notes:read"
+secret_env = "GRANTLINE_E2E_EXCHANGE_SECRET"
+
+[[clients]]
+client_id = "other-mcp"
+client_name = "Another MCP server"
+grant_types = ["client_credentials"]
+scope = "notes:read"
+secret_env = "GRANTLINE_E2E_EXCHANGE_SECRET"
+
+[[identity_providers]]
+id = "corp"
+display_name = "Corp SSO"
+kind = "oidc"
+issuer = "{issuer}"
+client_id = "grantline"
+client_secret_env = "GRANTLINE_E2E_IDP_SECRET"
+scopes = ["openid", "email", "profile", "groups", "offline_access"]
+allowed_email_domains = ["example.com"]
+store_upstream_token = true
+check_upstream_on_refresh = true
+upstream_check_cache_secs = 0
+role_mapping = [{{ claim = "groups", value = "mcp-admins", role = "admin" }}]
+
+[[identity_providers]]
+id = "rogue"
+display_name = "Rogue"
+kind = "oidc"
+issuer = "{rogue}"
+client_id = "grantline"
+client_secret_env = "GRANTLINE_E2E_ROGUE_SECRET"
+clock_skew_secs = 30
+"""
+
+
+class Node:
+    """One of the Node providers, on a free port; `base` is its issuer."""
+
+    def __init__(self, script, tmp_path, *args):
+        self.port = free_port()
+        self.log = open(tmp_path / f"{script}.log", "ab")
+        self.proc = subprocess.Popen(
+            ["node", str(IDP_DIR / script), "--port", str(self.port), *args],
+            stdout=subprocess.PIPE, stderr=self.log, text=True,
+        )
+        line = self.proc.stdout.readline().strip()
+        assert line.startswith("READY "), f"{script} did not start: {line!r}"
+        self.base = line.split(" ", 1)[1]
+
+    def post(self, path, body):
+        r = requests.post(self.base + path, json=body, timeout=10)
+        assert r.ok, r.text
+        return r.json()
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+
+
+def node_available():
+    if (IDP_DIR / "node_modules").is_dir():
+        return True
+    if os.environ.get("GRANTLINE_E2E_REQUIRE_NODE"):
+        pytest.fail("tests/e2e/idp/node_modules is missing: tools/test.sh runs npm ci there")
+    pytest.skip("run npm ci in tests/e2e/idp (tools/test.sh does) for the federation tests")
+
+
+@pytest.fixture
+def world(tmp_path, monkeypatch):
+    node_available()
+    (tmp_path / "data").mkdir()
+    server = Server(tmp_path / "data", tmp_path / "server.log")
+    callback = f"{server.base}/login/upstream/corp/callback"
+    idp = Node("provider.mjs", tmp_path, "--client-id", "grantline",
+               "--client-secret", IDP_SECRET, "--redirect-uri", callback)
+    rogue = Node("rogue.mjs", tmp_path, "--client-id", "grantline",
+                 "--client-secret", ROGUE_SECRET)
+    monkeypatch.setenv("GRANTLINE_E2E_IDP_SECRET", IDP_SECRET)
+    monkeypatch.setenv("GRANTLINE_E2E_ROGUE_SECRET", ROGUE_SECRET)
+    monkeypatch.setenv("GRANTLINE_E2E_EXCHANGE_SECRET", EXCHANGE_SECRET)
+    # The third-party MCP server exchanges assertions at Grantline's token endpoint.
+    monkeypatch.setenv("GRANTLINE_TOKEN_ENDPOINT", f"{server.base}/oauth/token")
+    monkeypatch.setenv("EXCHANGE_CLIENT_ID", "notes-mcp")
+    monkeypatch.setenv("EXCHANGE_CLIENT_SECRET", EXCHANGE_SECRET)
+    monkeypatch.setenv("UPSTREAM_USERINFO", f"{idp.base}/userinfo")
+    upstream = Upstream(tmp_path).start()
+    server.config = CONFIG.format(upstream=upstream.url, issuer=idp.base, rogue=rogue.base)
+    server.start()
+    yield server, idp, rogue, upstream
+    server.stop()
+    upstream.stop()
+    idp.stop()
+    rogue.stop()
+
+
+class FederatedBrowser:
+    """Plays the user: on Grantline's sign-in page picks a provider, signs in there with a
+    password (once: the provider's session is kept), comes back, approves consent."""
+
+    def __init__(self, base, redirect, provider="corp", user="alice", password=None):
+        self.base, self.redirect = base, redirect
+        self.provider, self.user = provider, user
+        self.password = password or f"{user}-pw"
+        self.session = requests.Session()
+        self.callbacks = []
+        self.hops = []
+        self.refuse = False
+
+    def follow(self, r):
+        """Follows redirects by hand (the MCP client's redirect URI is not listening), signing
+        in at the provider's form when it appears; stops at a page or at the client."""
+        for _ in range(30):
+            self.hops.append((r.status_code, r.url))
+            if r.status_code in (301, 302, 303, 307):
+                location = urllib.parse.urljoin(r.url, r.headers["location"])
+                if location.startswith(self.redirect):
+                    return location
+                r = self.session.get(location, allow_redirects=False)
+                continue
+            if r.status_code == 200 and 'name="password"' in r.text and "/interaction/" in r.url:
+                action = urllib.parse.urljoin(r.url, r.url.rstrip("/").split("?")[0] + "/login")
+                r = self.session.post(action, data={"username": self.user,
+                                                    "password": self.password},
+                                      allow_redirects=False)
+                continue
+            return r
+        raise AssertionError(f"too many redirects: {self.hops}")
+
+    def sign_in_page(self, return_to="/"):
+        return self.session.get(self.base + "/login", params={"return_to": return_to})
+
+    def click(self, page, provider=None):
+        provider = provider or self.provider
+        marker = f'action="/login/upstream/{provider}"'
+        assert marker in page.text, page.text
+        form = page.text.split(marker, 1)[1]
+        csrf = form.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+        return_to = form.split('name="return_to" value="', 1)[1].split('"', 1)[0]
+        r = self.session.post(f"{self.base}/login/upstream/{provider}",
+                              data={"csrf": csrf, "return_to": return_to.replace("&amp;", "&")},
+                              allow_redirects=False)
+        assert r.status_code == 303, r.text
+        return self.follow(r)
+
+    def authorize(self, url):
+        if self.refuse:
+            raise RuntimeError("the test does not sign in again here")
+        r = self.session.get(url, allow_redirects=False)
+        if r.status_code == 302 and "/login?" in r.headers["location"]:
+            page = self.session.get(urllib.parse.urljoin(self.base, r.headers["location"]))
+            r = self.click(page)
+        else:
+            r = self.follow(r)
+        if not isinstance(r, str) and r.status_code == 200 and 'name="request_id"' in r.text:
+            r = self.session.post(self.base + "/oauth/consent", data={
+                "request_id": field(r.text, "request_id"), "csrf": field(r.text, "csrf"),
+                "decision": "approve",
+            }, allow_redirects=False)
+            r = self.follow(r)
+        assert isinstance(r, str) and r.startswith(self.redirect), (r, self.hops[-6:])
+        self.callbacks.append(r)
+
+    async def redirect_handler(self, url):
+        await asyncio.to_thread(self.authorize, url)
+
+    async def callback_handler(self):
+        from mcp.client.auth import AuthorizationCodeResult
+        q = urllib.parse.parse_qs(urllib.parse.urlparse(self.callbacks[-1]).query)
+        return AuthorizationCodeResult(code=q["code"][0], state=q.get("state", [None])[0],
+                                       iss=q.get("iss", [None])[0])
+
+    def sign_out(self):
+        """Forgets Grantline's session cookie (the provider's session stays: signing in again
+        there needs no password)."""
+        for c in list(self.session.cookies):
+            if c.name == "grantline_session":
+                self.session.cookies.clear(c.domain, c.path, c.name)
+
+
+def events(server):
+    binary = os.environ.get("GRANTLINE_BIN", str(ROOT / "target/debug/grantline"))
+    out = subprocess.run(
+        [binary, "--data-dir", str(server.data_dir), "events", "--json", "--limit", "100000"],
+        capture_output=True, text=True, check=True,
+        env={k: v for k, v in os.environ.items() if k != "GRANTLINE_CONFIG"},
+    ).stdout
+    return out, [json.loads(l) for l in out.splitlines() if l.strip()]
+
+
+def of(evs, kind):
+    return [e["payload"] for e in evs if e["kind"] == kind]
+
+
+async def alice_story(server, idp, browser, storage, seen):
+    url = server.base + "/mcp/demo"
+    async with sdk_client(url, browser, storage, "Federated SDK e2e", seen) as client:
+        first = await client.call_tool("get_time", {})
+        assert not first.is_error, first
+        assert len(browser.callbacks) == 1
+        # She went Grantline → the provider (password) → Grantline → consent → the client.
+        hosts = [urllib.parse.urlparse(u).netloc for (_, u) in browser.hops]
+        idp_host = urllib.parse.urlparse(idp.base).netloc
+        assert idp_host in hosts, browser.hops
+        # mcp-admins upstream → admin here: the write tool works (after the SDK's step-up).
+        added = await client.call_tool("add_note", {"text": "from alice"})
+        assert not added.is_error, added
+
+        # Upstream, alice leaves mcp-admins. At her next sign-in here she loses admin, and the
+        # next gateway call that needed it is refused — with the token she already holds.
+        idp.post("/__test/groups", {"user": "alice", "groups": ["engineering"]})
+        browser.sign_out()
+        back = browser.click(browser.sign_in_page("/account"))
+        assert back.status_code == 200 and "/account" in back.url, back.url
+        with pytest.raises(MCPError) as denied:
+            await client.call_tool("add_note", {"text": "again"})
+        assert "your role does not permit this tool" in str(denied.value), denied.value
+        still = await client.call_tool("get_time", {})
+        assert not still.is_error, still
+    return storage
+
+
+def test_sign_in_through_oidc_provider_with_the_mcp_sdk(world):
+    server, idp, rogue, upstream = world
+    browser = FederatedBrowser(server.base, REDIRECT)
+    storage, seen = MemoryStorage(), []
+    asyncio.run(alice_story(server, idp, browser, storage, seen))
+
+    out, evs = events(server)
+    created = of(evs, "user.created")
+    alice = [c for c in created if c.get("provider") == "corp"]
+    assert len(alice) == 1 and alice[0]["source"] == "identity_provider", created
+    user_id = alice[0]["user_id"]
+    assert alice[0]["role"] == "admin"
+    assert alice[0]["email"] == "alice@example.com", alice[0]
+    linked = of(evs, "user.linked")
+    assert [(l["user_id"], l["provider"], l["subject"]) for l in linked] == \
+        [(user_id, "corp", "u-alice-7c1d")], linked
+    logins = [l for l in of(evs, "login.succeeded") if l["user_id"] == user_id]
+    assert len(logins) == 2 and all(l["provider"] == "corp" and l["method"] == "idp:corp"
+                                    and l["upstream_subject"] == "u-alice-7c1d" for l in logins)
+    changed = [c for c in of(evs, "user.role_changed") if c["user_id"] == user_id]
+    assert changed == [{"user_id": user_id, "from": "admin", "to": "user", "provider": "corp"}], \
+        changed
+    # The chain for her: created, linked, signed in, consented, code, token, tool calls.
+    kinds = [e["kind"] for e in evs]
+    order = [kinds.index(k) for k in ["user.created", "user.linked", "login.succeeded",
+                                      "consent.granted", "code.issued", "token.issued",
+                                      "tool.called"]]
+    assert order == sorted(order), kinds
+    calls = [(c["tool"], c["outcome"]) for c in of(evs, "tool.called") if c.get("user_id") == user_id]
+    assert ("add_note", "ok") in calls and calls[-2:] == [("add_note", "denied"), ("get_time", "ok")], calls
+
+
+def test_deprovisioning_upstream_revokes_everything_at_the_next_refresh(world):
+    server, idp, rogue, upstream = world
+    browser = FederatedBrowser(server.base, REDIRECT, user="bob")
+    storage, seen = MemoryStorage(), []
+
+    async def bob():
+        async with sdk_client(server.base + "/mcp/demo", browser, storage, "Bob's client", seen) as c:
+            assert not (await c.call_tool("get_time", {})).is_error
+    asyncio.run(bob())
+    first_family_refresh = storage.tokens.refresh_token
+    # A second family (another authorization of the same client) and a personal access token.
+    browser.sign_out()
+    asyncio.run(bob_again(server, browser))
+    page = browser.session.get(server.base + "/account").text
+    r = browser.session.post(server.base + "/account/pats", data={
+        "csrf": field(page, "csrf"), "name": "laptop", "resource": server.base + "/mcp/demo",
+        "scope": "demo:read", "expires": "30"}, allow_redirects=False)
+    assert r.status_code in (200, 303), r.text
+    pat_page = r.text if r.status_code == 200 else browser.session.get(server.base + "/account").text
+    pat = next(w for w in pat_page.replace('"', " ").replace("<", " ").replace(">", " ").split()
+               if w.startswith("glp_"))
+    ok = requests.post(server.base + "/mcp/demo", json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+                       headers={"Authorization": f"Bearer {pat}",
+                                "Accept": "application/json, text/event-stream"})
+    assert ok.status_code == 200, ok.text
+
+    # Upstream, bob's access is revoked (his refresh tokens there die).
+    idp.post("/__test/revoke", {"user": "bob"})
+    r = requests.post(server.base + "/oauth/token", data={
+        "grant_type": "refresh_token", "refresh_token": first_family_refresh,
+        "client_id": storage.client.client_id})
+    assert r.status_code == 400 and r.json()["error"] == "invalid_grant", r.text
+    assert "identity provider" in r.json()["error_description"]
+    # Everything of his is gone: the other family, the PAT.
+    r = requests.post(server.base + "/oauth/token", data={
+        "grant_type": "refresh_token", "refresh_token": storage.tokens.refresh_token,
+        "client_id": storage.client.client_id})
+    assert r.status_code == 400 and r.json()["error"] == "invalid_grant", r.text
+    gone = requests.post(server.base + "/mcp/demo", json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+                         headers={"Authorization": f"Bearer {pat}",
+                                  "Accept": "application/json, text/event-stream"})
+    assert gone.status_code == 401, gone.text
+
+    out, evs = events(server)
+    bob_id = next(c["user_id"] for c in of(evs, "user.created") if c.get("email") == "bob@example.com")
+    reasons = [g["reason"] for g in of(evs, "grant.revoked") if g["user_id"] == bob_id]
+    reasons += [p["reason"] for p in of(evs, "pat.revoked")]
+    assert reasons and all("deprovisioned by identity provider corp" in r for r in reasons), reasons
+    assert any(p for p in of(evs, "pat.revoked")), "the PAT was revoked"
+
+
+async def bob_again(server, browser):
+    storage = MemoryStorage()
+    async with sdk_client(server.base + "/mcp/demo", browser, storage, "Bob's other client", []) as c:
+        assert not (await c.call_tool("get_time", {})).is_error
+    return storage
+
+
+def test_token_exchange_gives_the_mcp_server_the_users_upstream_token(world, tmp_path):
+    server, idp, rogue, upstream = world
+    browser = FederatedBrowser(server.base, REDIRECT)
+    storage, seen = MemoryStorage(), []
+    got = {}
+
+    async def run():
+        async with sdk_client(server.base + "/mcp/notes", browser, storage, "Notes client", seen) as c:
+            profile = await c.call_tool("upstream_profile", {})
+            got["profile"] = json.loads(text_of(profile))
+            who = await c.call_tool("whoami", {})
+            got["whoami"] = json.loads(text_of(who))
+    asyncio.run(run())
+    # The MCP server, with the token it exchanged, is alice at the provider.
+    assert got["profile"]["exchange_status"] == 200, got
+    assert got["profile"]["userinfo"]["sub"] == "u-alice-7c1d", got
+    assert got["whoami"]["authorization"] is None, "no passthrough of any token"
+    assertion = got["whoami"]["identity"]
+
+    def exchange(client, secret, **extra):
+        return requests.post(server.base + "/oauth/token", data={
+            "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
+            "subject_token": assertion,
+            "subject_token_type": "urn:ietf:params:oauth:token-type:jwt", **extra,
+        }, auth=(client, secret))
+
+    ok = exchange("notes-mcp", EXCHANGE_SECRET)
+    assert ok.status_code == 200, ok.text
+    upstream_token = ok.json()["access_token"]
+    assert ok.json()["issued_token_type"] == "urn:ietf:params:oauth:token-type:access_token"
+    assert requests.get(idp.base + "/userinfo", headers={"Authorization": f"Bearer {upstream_token}"}).ok
+    # A client the resource does not name; an assertion presented for another resource; a
+    # tampered assertion; a wrong subject token type.
+    no = exchange("other-mcp", EXCHANGE_SECRET)
+    assert no.status_code == 400 and no.json()["error"] == "unauthorized_client", no.text
+    other = exchange("notes-mcp", EXCHANGE_SECRET, resource=server.base + "/mcp/demo")
+    assert other.status_code == 400 and other.json()["error"] == "invalid_grant", other.text
+    head, body, sig = assertion.split(".")
+    claims = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+    claims["sub"] = "someone-else"
+    forged_body = base64.urlsafe_b64encode(json.dumps(claims).encode()).decode().rstrip("=")
+    assertion_saved, assertion = assertion, f"{head}.{forged_body}.{sig}"
+    forged = exchange("notes-mcp", EXCHANGE_SECRET)
+    assert forged.status_code == 400 and forged.json()["error"] == "invalid_grant", forged.text
+    assertion = assertion_saved
+
+    server.stop()
+    out, evs = events(server)
+    exchanges = of(evs, "upstream_token.exchanged")
+    assert len(exchanges) == 2 and all(x["client_id"] == "notes-mcp" and x["provider"] == "corp"
+                                       for x in exchanges), exchanges
+    # The upstream token is nowhere: not in the ledger, the logs, or any file of the data dir.
+    assert upstream_token not in out
+    assert upstream_token not in (tmp_path / "server.log").read_text()
+    for f in pathlib.Path(server.data_dir).rglob("*"):
+        if f.is_file():
+            assert upstream_token.encode() not in f.read_bytes(), f
+
+
+@pytest.mark.parametrize("mode,code,why", [
+    ("wrong_iss", "id_token_invalid", "issuer"),
+    ("wrong_aud", "id_token_invalid", "audience"),
+    ("expired", "id_token_invalid", "expired"),
+    ("future_iat", "id_token_invalid", "issued in the future"),
+    ("bad_signature", "id_token_invalid", "signature"),
+    ("alg_none", "id_token_invalid", "signature"),
+    ("rotated_key", "id_token_invalid", "no matching key"),
+    ("replay_nonce", "id_token_invalid", "nonce"),
+    ("azp_mismatch", "id_token_invalid", "audience"),
+    ("azp_other", "id_token_invalid", "authorized party (azp)"),
+    ("no_nonce", "id_token_invalid", "nonce"),
+    ("state_mismatch", "state_mismatch", "state mismatch"),
+    ("iss_param_wrong", "issuer_mismatch", "another issuer"),
+    ("access_denied", "access_denied", "refused the sign-in"),
+])
+def test_a_bad_answer_from_the_provider_is_refused_with_a_page_and_an_event(world, mode, code, why):
+    server, idp, rogue, upstream = world
+    browser = FederatedBrowser(server.base, REDIRECT, provider="rogue")
+    if mode == "replay_nonce":
+        # One good sign-in first, so that there is a previous nonce to replay.
+        rogue.post("/__test/mode", {"mode": "ok"})
+        ok = browser.click(browser.sign_in_page())
+        assert ok.status_code == 200, ok.text
+        browser.sign_out()
+    rogue.post("/__test/mode", {"mode": mode})
+    page = browser.click(browser.sign_in_page())
+    assert page.status_code in (400, 403), (page.status_code, page.text[:500])
+    assert "Sign-in through Rogue failed" in page.text and f"({code})" in page.text, page.text
+    assert why.lower() in page.text.lower(), page.text
+    assert "grantline_session" not in browser.session.cookies.get_dict() or mode == "replay_nonce"
+    _, evs = events(server)
+    failed = [f for f in of(evs, "login.failed") if f.get("provider") == "rogue"]
+    assert failed and failed[-1]["error"].startswith(code), failed
+    assert not [c for c in of(evs, "user.created") if c.get("provider") == "rogue"] \
+        or mode == "replay_nonce"
+
+
+def test_keys_rotated_upstream_are_fetched_again(world):
+    server, idp, rogue, upstream = world
+    browser = FederatedBrowser(server.base, REDIRECT, user="bob")
+    assert browser.click(browser.sign_in_page()).status_code == 200
+    before = requests.get(idp.base + "/__test/kids").json()
+    idp.post("/__test/rotate", {"keep_old": False})
+    after = requests.get(idp.base + "/__test/kids").json()
+    assert before != after
+    time.sleep(11)  # Grantline fetches a JWKS again at most every 10 s.
+    browser.sign_out()
+    back = browser.click(browser.sign_in_page())
+    assert back.status_code == 200, back.text[:500]
+
+
+def test_a_person_outside_the_allowed_domains_is_refused(world):
+    server, idp, rogue, upstream = world
+    browser = FederatedBrowser(server.base, REDIRECT, user="carol")
+    page = browser.click(browser.sign_in_page())
+    assert page.status_code == 403 and "(email_domain_not_allowed)" in page.text, page.text
+    _, evs = events(server)
+    assert not [c for c in of(evs, "user.created") if c.get("email") == "carol@elsewhere.test"]
+
+
+def test_serve_refuses_a_provider_it_cannot_reach(tmp_path, monkeypatch):
+    monkeypatch.setenv("GRANTLINE_E2E_IDP_SECRET", IDP_SECRET)
+    dead = free_port()
+    config = f"""
+[[identity_providers]]
+id = "corp"
+kind = "oidc"
+issuer = "http://127.0.0.1:{dead}"
+client_id = "grantline"
+client_secret_env = "GRANTLINE_E2E_IDP_SECRET"
+"""
+    (tmp_path / "data").mkdir()
+    s = Server(tmp_path / "data", tmp_path / "server.log", config)
+    with pytest.raises(RuntimeError) as e:
+        s.start()
+    assert "identity provider unreachable" in str(e.value) and "corp" in str(e.value), e.value
+    assert "--start-without-providers" in str(e.value)
+    s2 = Server(tmp_path / "data", tmp_path / "server2.log", config,
+                extra_args=["--start-without-providers"])
+    s2.start()
+    try:
+        page = requests.get(s2.base + "/login").text
+        assert 'action="/login/upstream/corp"' in page
+    finally:
+        s2.stop()
