@@ -522,3 +522,65 @@ client_secret_env = "GRANTLINE_E2E_IDP_SECRET"
         assert 'action="/login/upstream/corp"' in page
     finally:
         s2.stop()
+
+
+GITHUB_CONFIG = """
+[[identity_providers]]
+id = "github"
+preset = "github"
+client_id = "Iv1.e2e-mock"
+client_secret_env = "GRANTLINE_E2E_GH_SECRET"
+# GitHub cannot be reached from here: tests/e2e/github_mock.py stands in for it.
+authorization_url = "{gh}/login/oauth/authorize"
+token_url = "{gh}/login/oauth/access_token"
+userinfo_url = "{gh}/api/user"
+allowed_organizations = ["acme"]
+role_mapping = [{{ claim = "teams", value = "acme/platform", role = "admin" }}]
+store_upstream_token = true
+"""
+
+
+def test_the_github_preset_against_a_stand_in_for_github(tmp_path, monkeypatch):
+    import socket
+    import sys
+    secret = "e2e-github-secret-19fa"
+    monkeypatch.setenv("GRANTLINE_E2E_GH_SECRET", secret)
+    port = free_port()
+    gh = subprocess.Popen([sys.executable, str(pathlib.Path(__file__).with_name("github_mock.py")),
+                           str(port), "Iv1.e2e-mock", secret])
+    try:
+        deadline = time.time() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.time() < deadline, "the GitHub stand-in did not start"
+                time.sleep(0.1)
+        gh_base = f"http://127.0.0.1:{port}"
+        (tmp_path / "data").mkdir()
+        server = Server(tmp_path / "data", tmp_path / "server.log", GITHUB_CONFIG.format(gh=gh_base))
+        server.start()
+        try:
+            page = requests.get(server.base + "/login").text
+            assert "Sign in with GitHub" in page, page
+            octocat = FederatedBrowser(server.base, REDIRECT, provider="github")
+            home = octocat.click(octocat.sign_in_page("/account"))
+            assert home.status_code == 200 and "/account" in home.url, home.text[:300]
+            # mona is not in the acme organisation.
+            requests.post(gh_base + "/__test/user", json={"login": "mona"})
+            mona = FederatedBrowser(server.base, REDIRECT, provider="github")
+            refused = mona.click(mona.sign_in_page())
+            assert refused.status_code == 403 and "(organization_not_allowed)" in refused.text
+        finally:
+            server.stop()
+        _, evs = events(server)
+        created = [c for c in of(evs, "user.created") if c.get("provider") == "github"]
+        # The verified primary address from /user/emails, not the older one; admin from the team.
+        assert [(c["email"], c["role"]) for c in created] == [("octocat@github.example", "admin")], created
+        assert [(l["provider"], l["subject"]) for l in of(evs, "user.linked")] == [("github", "583231")]
+        failed = [f for f in of(evs, "login.failed") if f.get("provider") == "github"]
+        assert failed and failed[-1]["error"].startswith("organization_not_allowed"), failed
+    finally:
+        gh.terminate()
+        gh.wait(timeout=10)

@@ -1,0 +1,334 @@
+//! Federation over HTTP on both backends: the RFC 8693 exchange of an identity assertion for
+//! the user's upstream token and every way it is refused, the sign-in page with local
+//! accounts off (break-glass admin only), and deprovisioning by an administrator. The
+//! upstream provider itself is exercised end to end in tests/e2e/test_federation.py (npm's
+//! oidc-provider); here it is configured `optional` at an address nothing answers, so no
+//! request reaches it unless a test says so.
+
+mod common;
+
+use common::*;
+use grantline_federation::UpstreamTokens;
+use grantline_ledger::pii;
+use grantline_oauth::federation::{Account, FederatedSignIn};
+use grantline_server::Config;
+use grantline_store::backend_tests;
+use grantline_store::testing::TestDb;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+const NOTES_SECRET: &str = "notes-secret-for-tests-0123456789abcdef";
+const UPSTREAM_TOKEN: &str = "gho_upstream_token_never_in_the_ledger_4f1d";
+
+fn federated_config(dir: &std::path::Path, local_accounts: bool) -> Config {
+    let mut base = config(dir, 30, 60);
+    std::fs::write(dir.join("notes.secret"), NOTES_SECRET).unwrap();
+    std::fs::write(dir.join("idp.secret"), "idp-secret").unwrap();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = dead.local_addr().unwrap().port();
+    drop(dead);
+    let extra = format!(
+        r#"
+[login]
+local_accounts = {local_accounts}
+
+[[resources]]
+name = "demo"
+path = "/mcp/demo"
+scopes = [{{ name = "demo:read" }}]
+
+[[resources]]
+name = "notes"
+path = "/mcp/notes"
+scopes = [{{ name = "notes:read" }}]
+upstream_token_provider = "corp"
+upstream_token_clients = ["notes-mcp"]
+
+[[clients]]
+client_id = "notes-mcp"
+client_name = "Notes MCP server"
+grant_types = ["client_credentials"]
+scope = "notes:read"
+secret_file = "{notes}"
+
+[[clients]]
+client_id = "public-mcp"
+client_name = "A public client"
+redirect_uris = ["http://127.0.0.1:9/cb"]
+token_endpoint_auth_method = "none"
+
+[[identity_providers]]
+id = "corp"
+display_name = "Corp SSO"
+kind = "oidc"
+issuer = "http://127.0.0.1:{port}"
+client_id = "grantline"
+client_secret_file = "{idp}"
+optional = true
+"#,
+        notes = dir.join("notes.secret").display(),
+        idp = dir.join("idp.secret").display(),
+    );
+    let parsed: Config = toml::from_str(&extra).unwrap();
+    base.resources = parsed.resources;
+    base.clients.extend(parsed.clients);
+    base.identity_providers = parsed.identity_providers;
+    base.login = parsed.login;
+    base
+}
+
+/// A user who signed in through `corp` (recorded as the callback records it), with an
+/// upstream token kept for them.
+async fn federated_user(s: &Server, expires_in: i64) -> String {
+    let app = &s.app;
+    let user_id = "usr_fed_alice".to_string();
+    let subject = pii::user_subject(&user_id);
+    let seal = |v: &str| {
+        let subject = subject.clone();
+        let v = v.to_string();
+        async move { app.keyring.seal(&subject, &v).await.unwrap() }
+    };
+    let fed = app.federation.as_deref().unwrap();
+    assert_eq!(
+        fed.tables
+            .link("corp", "00u-alice", &user_id)
+            .await
+            .unwrap(),
+        user_id
+    );
+    let signin = FederatedSignIn {
+        provider: "corp".into(),
+        account: Account::Create {
+            user_id: user_id.clone(),
+            username: seal("alice@example.com").await,
+            email: Some(seal("alice@example.com").await),
+            display_name: None,
+        },
+        subject: seal("00u-alice").await,
+        role: "user".into(),
+        claim: None,
+        session_id: "ses_test".into(),
+        request: grantline_ledger::RequestMeta {
+            request_id: "r".into(),
+            source_ip: None,
+            user_agent: None,
+        },
+    };
+    let (outcome, _) = app
+        .run(|st| grantline_oauth::federation::sign_in(st, signin.clone(), |_| true))
+        .await
+        .unwrap();
+    assert_eq!(outcome.unwrap(), user_id);
+    let now = app.now().0 / 1_000_000;
+    app.keep_upstream_tokens(
+        &user_id,
+        "corp",
+        &UpstreamTokens {
+            access_token: UPSTREAM_TOKEN.into(),
+            refresh_token: None,
+            expires_at: Some(now + expires_in),
+            scope: Some("openid email".into()),
+            instance_url: None,
+        },
+    )
+    .await
+    .unwrap();
+    user_id
+}
+
+/// The assertion the gateway sends the MCP server behind `path`.
+fn assertion(s: &Server, user_id: &str, path: &str) -> String {
+    let now = s.app.now().0 / 1_000_000;
+    s.app.identity.sign_json(
+        "grantline-identity+jwt",
+        &json!({
+            "iss": s.base, "aud": format!("{}{path}#upstream", s.base), "sub": user_id,
+            "client_id": "some-client", "scope": "notes:read", "iat": now, "exp": now + 60,
+            "jti": "req-1",
+        }),
+    )
+}
+
+async fn exchange(
+    s: &Server,
+    who: (&str, &str),
+    token: &str,
+    extra: &[(&str, &str)],
+) -> (StatusCode, Value) {
+    let mut form = vec![
+        (
+            "grant_type",
+            "urn:ietf:params:oauth:grant-type:token-exchange",
+        ),
+        ("subject_token", token),
+        ("subject_token_type", "urn:ietf:params:oauth:token-type:jwt"),
+    ];
+    form.extend_from_slice(extra);
+    let req = reqwest::Client::new().post(s.url("/oauth/token"));
+    let req = if who.1.is_empty() {
+        form.push(("client_id", who.0));
+        req.form(&form)
+    } else {
+        req.form(&form).basic_auth(who.0, Some(who.1))
+    };
+    let r = req.send().await.unwrap();
+    let st = r.status();
+    (st, r.json().await.unwrap_or(Value::Null))
+}
+
+async fn start(db: &TestDb, local: bool) -> (Server, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = federated_config(dir.path(), local);
+    (Server::start(db, dir.path().to_path_buf(), cfg).await, dir)
+}
+
+backend_tests! {
+    async fn an_identity_assertion_is_exchanged_for_the_users_upstream_token(db: TestDb) {
+        let (s, _d) = start(&db, true).await;
+        let user = federated_user(&s, 3600).await;
+        let notes = ("notes-mcp", NOTES_SECRET);
+        let a = assertion(&s, &user, "/mcp/notes");
+
+        let (st, body) = exchange(&s, notes, &a, &[]).await;
+        assert_eq!(st, StatusCode::OK, "{body}");
+        assert_eq!(body["access_token"], UPSTREAM_TOKEN);
+        assert_eq!(body["issued_token_type"], "urn:ietf:params:oauth:token-type:access_token");
+        assert!(body["expires_in"].as_i64().unwrap() > 3500);
+
+        // Refusals, each recording nothing but the refusal.
+        let cases: Vec<(&str, (&str, &str), String, Vec<(&str, &str)>, StatusCode, &str)> = vec![
+            ("a client the resource does not name", ("rs", RS_SECRET), a.clone(), vec![],
+             StatusCode::BAD_REQUEST, "unauthorized_client"),
+            ("a public client", ("public-mcp", ""), a.clone(), vec![],
+             StatusCode::BAD_REQUEST, "unauthorized_client"),
+            ("an assertion for another resource", notes, assertion(&s, &user, "/mcp/demo"), vec![],
+             StatusCode::BAD_REQUEST, "invalid_grant"),
+            ("naming another resource", notes, a.clone(), vec![("resource", "/x")],
+             StatusCode::BAD_REQUEST, "invalid_grant"),
+            ("another provider as audience", notes, a.clone(), vec![("audience", "github")],
+             StatusCode::BAD_REQUEST, "invalid_target"),
+            ("a token not signed here", notes, format!("{}x", a), vec![],
+             StatusCode::BAD_REQUEST, "invalid_grant"),
+            ("an access token's type", notes, a.clone(),
+             vec![("subject_token_type", "urn:ietf:params:oauth:token-type:access_token")],
+             StatusCode::BAD_REQUEST, "invalid_request"),
+            ("another requested type", notes, a.clone(),
+             vec![("requested_token_type", "urn:ietf:params:oauth:token-type:refresh_token")],
+             StatusCode::BAD_REQUEST, "invalid_request"),
+            ("a user who is not there", notes, assertion(&s, "usr_nobody", "/mcp/notes"), vec![],
+             StatusCode::BAD_REQUEST, "invalid_grant"),
+        ];
+        for (what, who, token, extra, status, error) in cases {
+            let mut form = extra.clone();
+            // A second subject_token_type replaces the first in a form: send it alone.
+            if form.iter().any(|(k, _)| *k == "subject_token_type") {
+                let r = reqwest::Client::new()
+                    .post(s.url("/oauth/token"))
+                    .basic_auth(who.0, Some(who.1))
+                    .form(&[
+                        ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange"),
+                        ("subject_token", token.as_str()),
+                        form.remove(0),
+                    ])
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), status, "{what}");
+                let body: Value = r.json().await.unwrap();
+                assert_eq!(body["error"], error, "{what}: {body}");
+                continue;
+            }
+            let (st, body) = exchange(&s, who, &token, &extra).await;
+            assert_eq!((st, body["error"].as_str().unwrap_or("")), (status, error), "{what}: {body}");
+        }
+
+        // The assertion lives 60 seconds.
+        s.app.clock.advance(61);
+        let (st, body) = exchange(&s, notes, &a, &[]).await;
+        assert_eq!((st, body["error"].as_str().unwrap()), (StatusCode::BAD_REQUEST, "invalid_grant"));
+        assert!(body["error_description"].as_str().unwrap().contains("expired"), "{body}");
+
+        // One exchange, one event, and the token in no event.
+        let events = s.app.store().read(0, 100_000).await.unwrap();
+        let exchanged: Vec<_> = events.iter().filter(|e| e.payload().kind().as_str() == "upstream_token.exchanged").collect();
+        assert_eq!(exchanged.len(), 1);
+        for e in &events {
+            let body = grantline_ledger::codec::encode(&e.envelope).unwrap();
+            assert!(!body.windows(UPSTREAM_TOKEN.len()).any(|w| w == UPSTREAM_TOKEN.as_bytes()));
+        }
+        s.stop().await;
+    }
+
+    async fn an_expired_upstream_token_without_refresh_is_not_handed_out(db: TestDb) {
+        let (s, _d) = start(&db, true).await;
+        let user = federated_user(&s, 10).await;
+        let a = assertion(&s, &user, "/mcp/notes");
+        let (st, body) = exchange(&s, ("notes-mcp", NOTES_SECRET), &a, &[]).await;
+        assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert_eq!(body["error"], "temporarily_unavailable");
+        s.stop().await;
+    }
+
+    async fn an_admin_revoking_a_user_drops_their_upstream_tokens(db: TestDb) {
+        let (s, _d) = start(&db, true).await;
+        let user = federated_user(&s, 3600).await;
+        let n = grantline_server::admin::contain(
+            &s.app,
+            &grantline_server::admin::Containment::User(user.clone()),
+            "left the company",
+            grantline_ledger::Actor::Operator,
+        )
+        .await
+        .unwrap();
+        assert_eq!(n, 0, "no grants yet");
+        let a = assertion(&s, &user, "/mcp/notes");
+        let (st, body) = exchange(&s, ("notes-mcp", NOTES_SECRET), &a, &[]).await;
+        assert_eq!((st, body["error"].as_str().unwrap()), (StatusCode::BAD_REQUEST, "invalid_grant"), "{body}");
+        assert!(body["error_description"].as_str().unwrap().contains("sign in through corp again"), "{body}");
+        s.stop().await;
+    }
+
+    async fn with_local_accounts_off_only_the_break_glass_admin_uses_a_password(db: TestDb) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = federated_config(dir.path(), false);
+        cfg.login.break_glass_admin = Some("admin".into());
+        let s = Server::start(&db, dir.path().to_path_buf(), cfg).await;
+        let b = browser();
+        let page = b.get(s.url("/login")).send().await.unwrap().text().await.unwrap();
+        assert!(page.contains("action=\"/login/upstream/corp\"") && page.contains("Sign in with Corp SSO"), "{page}");
+        assert!(page.contains("<details><summary>Administrator break-glass sign-in"), "{page}");
+        // Someone else with a password is refused before any password is checked.
+        let other = grantline_server::admin::add_user(
+            &s.app,
+            &grantline_server::admin::NewUser { username: "bob", email: None, role: "user" },
+            "bob-password-123456",
+            grantline_ledger::UserSource::Admin,
+            grantline_ledger::Actor::Operator,
+        )
+        .await
+        .unwrap();
+        assert!(!other.is_empty());
+        let r = sign_in_with(&s, &b, "bob", "bob-password-123456").await;
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+        assert!(r.text().await.unwrap().contains("Password sign-in is turned off"));
+        let r = sign_in_with(&s, &b, "admin", ADMIN_PASSWORD).await;
+        assert_eq!(r.status(), StatusCode::SEE_OTHER);
+        s.stop().await;
+
+        // Without a break-glass admin there is no password form at all.
+        let cfg = federated_config(dir.path(), false);
+        let s = Server::start(&db, dir.path().to_path_buf(), cfg).await;
+        let page = browser().get(s.url("/login")).send().await.unwrap().text().await.unwrap();
+        assert!(!page.contains("name=\"password\""), "{page}");
+        assert!(page.contains("Sign in with Corp SSO"));
+        s.stop().await;
+    }
+
+    async fn metadata_offers_token_exchange_when_a_resource_allows_it(db: TestDb) {
+        let (s, _d) = start(&db, true).await;
+        let m: Value = reqwest::get(s.url("/.well-known/oauth-authorization-server")).await.unwrap().json().await.unwrap();
+        let grants: Vec<&str> = m["grant_types_supported"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+        assert!(grants.contains(&"urn:ietf:params:oauth:grant-type:token-exchange"), "{grants:?}");
+        s.stop().await;
+    }
+}
