@@ -139,8 +139,11 @@ def world(tmp_path, monkeypatch):
     (tmp_path / "data").mkdir()
     server = Server(tmp_path / "data", tmp_path / "server.log")
     callback = f"{server.base}/login/upstream/corp/callback"
+    # Upstream access tokens live 40 s, so an exchange after that finds the token expired
+    # and Grantline refreshes it first.
     idp = Node("provider.mjs", tmp_path, "--client-id", "grantline",
-               "--client-secret", IDP_SECRET, "--redirect-uri", callback)
+               "--client-secret", IDP_SECRET, "--redirect-uri", callback,
+               "--access-token-ttl", "40")
     rogue = Node("rogue.mjs", tmp_path, "--client-id", "grantline",
                  "--client-secret", ROGUE_SECRET)
     monkeypatch.setenv("GRANTLINE_E2E_IDP_SECRET", IDP_SECRET)
@@ -408,6 +411,19 @@ def test_token_exchange_gives_the_mcp_server_the_users_upstream_token(world, tmp
     upstream_token = ok.json()["access_token"]
     assert ok.json()["issued_token_type"] == "urn:ietf:params:oauth:token-type:access_token"
     assert requests.get(idp.base + "/userinfo", headers={"Authorization": f"Bearer {upstream_token}"}).ok
+    # The upstream token expires (40 s, less the 30 s margin): the next exchange refreshes it
+    # at the provider first, and hands out the new one. A fresh assertion is needed (60 s).
+    time.sleep(11)
+    async def again():
+        async with sdk_client(server.base + "/mcp/notes", browser, storage, "Notes client", seen) as c:
+            got["whoami2"] = json.loads(text_of(await c.call_tool("whoami", {})))
+    asyncio.run(again())
+    assertion = got["whoami2"]["identity"]
+    fresh = exchange("notes-mcp", EXCHANGE_SECRET)
+    assert fresh.status_code == 200, fresh.text
+    refreshed_token = fresh.json()["access_token"]
+    assert refreshed_token != upstream_token
+    assert requests.get(idp.base + "/userinfo", headers={"Authorization": f"Bearer {refreshed_token}"}).ok
     # A client the resource does not name; an assertion presented for another resource; a
     # tampered assertion; a wrong subject token type.
     no = exchange("other-mcp", EXCHANGE_SECRET)
@@ -426,14 +442,15 @@ def test_token_exchange_gives_the_mcp_server_the_users_upstream_token(world, tmp
     server.stop()
     out, evs = events(server)
     exchanges = of(evs, "upstream_token.exchanged")
-    assert len(exchanges) == 2 and all(x["client_id"] == "notes-mcp" and x["provider"] == "corp"
+    assert len(exchanges) == 3 and all(x["client_id"] == "notes-mcp" and x["provider"] == "corp"
                                        for x in exchanges), exchanges
-    # The upstream token is nowhere: not in the ledger, the logs, or any file of the data dir.
-    assert upstream_token not in out
-    assert upstream_token not in (tmp_path / "server.log").read_text()
-    for f in pathlib.Path(server.data_dir).rglob("*"):
-        if f.is_file():
-            assert upstream_token.encode() not in f.read_bytes(), f
+    assert [bool(x.get("refreshed")) for x in exchanges] == [False, False, True], exchanges
+    # The upstream tokens are nowhere: not in the ledger, the logs, or any file of the data dir.
+    log = (tmp_path / "server.log").read_text()
+    files = [f.read_bytes() for f in pathlib.Path(server.data_dir).rglob("*") if f.is_file()]
+    for token in (upstream_token, refreshed_token):
+        assert token not in out and token not in log
+        assert not any(token.encode() in b for b in files)
 
 
 @pytest.mark.parametrize("mode,code,why", [

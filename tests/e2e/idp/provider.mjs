@@ -37,6 +37,8 @@ try {
       'client-id': { type: 'string' },
       'client-secret': { type: 'string' },
       'redirect-uri': { type: 'string', multiple: true },
+      // Seconds an access token lives (default 3600): short, to make the relying party refresh.
+      'access-token-ttl': { type: 'string' },
     },
     strict: true,
   }));
@@ -54,6 +56,7 @@ if (args.port === undefined || !/^\d+$/.test(args.port) || !args['client-id']
 const CLIENT_ID = args['client-id'];
 const CLIENT_SECRET = args['client-secret'];
 const REDIRECT_URIS = args['redirect-uri'];
+const ACCESS_TOKEN_TTL = Number(args['access-token-ttl'] ?? 3600);
 
 // ---------------------------------------------------------------------------------------------
 // users (the subject is a stable opaque id, not the username)
@@ -291,7 +294,7 @@ function buildProvider(issuer) {
       userinfo: '/userinfo',
     },
     ttl: {
-      AccessToken: 3600,
+      AccessToken: ACCESS_TOKEN_TTL,
       AuthorizationCode: 120,
       IdToken: 3600,
       Interaction: 600,
