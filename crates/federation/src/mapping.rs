@@ -37,7 +37,7 @@ pub fn admitted(p: &Provider, who: &UpstreamIdentity) -> Result<(), NotAllowed> 
             .rsplit_once('@')
             .map(|(_, d)| d.to_ascii_lowercase())
             .unwrap_or_default();
-        if !p.allowed_email_domains.iter().any(|d| *d == domain) {
+        if !p.allowed_email_domains.contains(&domain) {
             return Err(NotAllowed::Domain);
         }
     }

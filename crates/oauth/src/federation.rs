@@ -12,6 +12,7 @@ use grantline_state::State;
 
 /// Who the sign-in is for.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(clippy::large_enum_variant)] // built once per sign-in; boxing buys nothing
 pub enum Account {
     /// The link (provider, subject) names this user already.
     Linked(String),
@@ -262,7 +263,7 @@ pub fn check_exchange(
     }
     let allowed: Vec<&UpstreamTokenPolicy> = policies
         .iter()
-        .filter(|p| p.clients.iter().any(|c| *c == client.client_id))
+        .filter(|p| p.clients.contains(&client.client_id))
         .collect();
     if allowed.is_empty() {
         return Err(OAuthError::unauthorized_client(

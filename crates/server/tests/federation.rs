@@ -196,7 +196,8 @@ backend_tests! {
         assert!(body["expires_in"].as_i64().unwrap() > 3500);
 
         // Refusals, each recording nothing but the refusal.
-        let cases: Vec<(&str, (&str, &str), String, Vec<(&str, &str)>, StatusCode, &str)> = vec![
+        type Case<'a> = (&'a str, (&'a str, &'a str), String, Vec<(&'a str, &'a str)>, StatusCode, &'a str);
+        let cases: Vec<Case> = vec![
             ("a client the resource does not name", ("rs", RS_SECRET), a.clone(), vec![],
              StatusCode::BAD_REQUEST, "unauthorized_client"),
             ("a public client", ("public-mcp", ""), a.clone(), vec![],

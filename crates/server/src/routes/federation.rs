@@ -309,17 +309,16 @@ pub async fn callback(
     if let Err(refusal) = mapping::admitted(&upstream.provider, &who) {
         // A person the provider vouches for but who is no longer allowed here: if they were,
         // everything they hold is revoked now.
-        if let Some(u) = &linked {
-            if let Err(e) = app
+        if let Some(u) = &linked
+            && let Err(e) = app
                 .deprovision(
                     u,
                     &provider,
                     &format!("no longer allowed at sign-in ({})", refusal.code()),
                 )
                 .await
-            {
-                return e.into_response();
-            }
+        {
+            return e.into_response();
         }
         let e = SignInError::NotAllowed(refusal);
         return fail(
