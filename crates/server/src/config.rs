@@ -867,6 +867,51 @@ mod tests {
     use super::*;
 
     #[test]
+    fn identity_provider_references_are_checked() {
+        let check = |text: &str| {
+            toml::from_str::<Config>(text)
+                .unwrap()
+                .check()
+                .map_err(|e| e.to_string())
+        };
+        let provider = "[[identity_providers]]\nid = \"corp\"\nkind = \"oidc\"\nissuer = \"https://idp.example\"\nclient_id = \"c\"\n";
+        let twice = format!("{provider}{provider}");
+        assert!(
+            check(&twice)
+                .unwrap_err()
+                .contains("two identity providers have the id \"corp\"")
+        );
+        let resource = |extra: &str| {
+            format!("{provider}[[resources]]\nname = \"jira\"\npath = \"/mcp/jira\"\n{extra}")
+        };
+        assert!(
+            check(&resource(
+                "upstream_token_provider = \"okta\"\nupstream_token_clients = [\"m\"]"
+            ))
+            .unwrap_err()
+            .contains("is not an [[identity_providers]] id")
+        );
+        assert!(
+            check(&resource("upstream_token_provider = \"corp\""))
+                .unwrap_err()
+                .contains("needs upstream_token_clients")
+        );
+        assert!(
+            check(&resource("upstream_token_clients = [\"m\"]"))
+                .unwrap_err()
+                .contains("without upstream_token_provider")
+        );
+        assert!(
+            check(&resource(
+                "upstream_token_provider = \"corp\"\nupstream_token_clients = [\"m\"]"
+            ))
+            .is_ok()
+        );
+        // The break-glass admin is a command-line flag only.
+        assert!(toml::from_str::<Config>("[login]\nbreak_glass_admin = \"root\"").is_err());
+    }
+
+    #[test]
     fn a_short_client_secret_is_refused_and_a_long_one_read() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("s");

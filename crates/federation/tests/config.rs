@@ -1,0 +1,177 @@
+//! Provider configuration: presets fill in what the operator need not write, and every
+//! mistake a first setup makes is refused with a message that names the provider and the fix.
+
+use grantline_federation::config::{Flavor, Kind, Provisioning};
+use grantline_federation::{ProviderConfig, presets};
+
+fn parse(toml_text: &str) -> ProviderConfig {
+    #[derive(serde::Deserialize)]
+    struct File {
+        identity_providers: Vec<ProviderConfig>,
+    }
+    let f: File = toml::from_str(toml_text).unwrap();
+    f.identity_providers.into_iter().next().unwrap()
+}
+
+fn env(k: &str) -> Option<String> {
+    (k == "SECRET").then(|| "s3cret".to_string())
+}
+
+fn err(toml_text: &str) -> String {
+    parse(toml_text).resolve(&env).unwrap_err().to_string()
+}
+
+#[test]
+fn presets_fill_in_urls_scopes_and_claims() {
+    let gh = parse(
+        r#"[[identity_providers]]
+id = "github"
+preset = "github"
+client_id = "Iv1.x"
+client_secret_env = "SECRET""#,
+    )
+    .resolve(&env)
+    .unwrap();
+    assert_eq!((gh.kind, gh.flavor), (Kind::OAuth2, Flavor::GitHub));
+    assert_eq!(
+        gh.authorization_url.as_deref(),
+        Some(presets::GITHUB_AUTHORIZE)
+    );
+    assert_eq!(gh.token_url.as_deref(), Some(presets::GITHUB_TOKEN));
+    assert_eq!(
+        gh.userinfo_url.as_deref(),
+        Some("https://api.github.com/user")
+    );
+    assert_eq!(gh.api_url.as_deref(), Some("https://api.github.com"));
+    assert_eq!(
+        (gh.subject_field.as_str(), gh.username_field.as_str()),
+        ("id", "login")
+    );
+    assert!(gh.scopes.contains(&"read:org".to_string()));
+    assert_eq!(gh.client_secret.0, "s3cret");
+    assert_eq!(gh.display_name, "GitHub");
+    assert_eq!(gh.provisioning, Provisioning::JustInTime);
+
+    let kc = parse(
+        r#"[[identity_providers]]
+id = "kc"
+preset = "keycloak"
+server_url = "https://sso.example/"
+realm = "staff"
+client_id = "grantline"
+client_secret_env = "SECRET""#,
+    )
+    .resolve(&env)
+    .unwrap();
+    assert_eq!(
+        kc.issuer.as_deref(),
+        Some("https://sso.example/realms/staff")
+    );
+
+    let ms = parse(
+        r#"[[identity_providers]]
+id = "entra"
+preset = "microsoft"
+client_id = "b1"
+client_secret_env = "SECRET""#,
+    )
+    .resolve(&env)
+    .unwrap();
+    assert_eq!(
+        ms.issuer.as_deref(),
+        Some("https://login.microsoftonline.com/organizations/v2.0")
+    );
+    let atl = parse(
+        r#"[[identity_providers]]
+id = "atl"
+preset = "atlassian"
+client_id = "a"
+client_secret_env = "SECRET"
+scopes = ["read:me", "read:jira-work", "offline_access"]"#,
+    )
+    .resolve(&env)
+    .unwrap();
+    assert!(
+        atl.authorization_params
+            .contains(&("audience".into(), "api.atlassian.com".into()))
+    );
+    assert_eq!(atl.scopes, ["read:me", "read:jira-work", "offline_access"]);
+}
+
+#[test]
+fn mistakes_are_refused_with_the_fix() {
+    let base = "[[identity_providers]]\nclient_id = \"c\"\n";
+    for (extra, want) in [
+        (
+            "id = \"Bad Id\"\npreset = \"google\"\nclient_secret_env = \"SECRET\"",
+            "ids are 1 to",
+        ),
+        (
+            "id = \"g\"\npreset = \"gogle\"\nclient_secret_env = \"SECRET\"",
+            "unknown preset \"gogle\"",
+        ),
+        (
+            "id = \"g\"\nkind = \"saml\"\nclient_secret_env = \"SECRET\"",
+            "kind must be \"oidc\" or \"oauth2\"",
+        ),
+        (
+            "id = \"g\"\npreset = \"google\"",
+            "a client secret is required",
+        ),
+        (
+            "id = \"g\"\npreset = \"google\"\nclient_secret_env = \"UNSET\"",
+            "UNSET is not set",
+        ),
+        (
+            "id = \"k\"\npreset = \"keycloak\"\nserver_url = \"https://sso\"\nclient_secret_env = \"SECRET\"",
+            "needs realm",
+        ),
+        (
+            "id = \"o\"\nkind = \"oidc\"\nissuer = \"http://idp.example\"\nclient_secret_env = \"SECRET\"",
+            "must be https",
+        ),
+        (
+            "id = \"o\"\nkind = \"oidc\"\nclient_secret_env = \"SECRET\"",
+            "needs issuer",
+        ),
+        (
+            "id = \"o\"\nkind = \"oauth2\"\nauthorization_url = \"https://a.example\"\nclient_secret_env = \"SECRET\"",
+            "needs authorization_url, token_url and userinfo_url",
+        ),
+        (
+            "id = \"o\"\npreset = \"okta\"\ndomain = \"https://x.okta.com\"\nprovisioning = \"manual\"\nclient_secret_env = \"SECRET\"",
+            "provisioning must be",
+        ),
+    ] {
+        let e = err(&format!("{base}{extra}"));
+        assert!(e.contains(want), "{extra}: {e}");
+    }
+    // An unknown field is a parse error, not silently ignored.
+    #[derive(serde::Deserialize, Debug)]
+    #[allow(dead_code)]
+    struct File {
+        identity_providers: Vec<ProviderConfig>,
+    }
+    let bad = toml::from_str::<File>(
+        "[[identity_providers]]\nid = \"g\"\nclient_id = \"c\"\nclient_secert_env = \"X\"",
+    );
+    assert!(bad.unwrap_err().to_string().contains("client_secert_env"));
+}
+
+#[test]
+fn the_secret_file_is_read_and_loopback_http_is_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("secret");
+    std::fs::write(&f, "from-a-file\n").unwrap();
+    let p = parse(&format!(
+        "[[identity_providers]]\nid = \"dev\"\nkind = \"oidc\"\nissuer = \"http://127.0.0.1:8080\"\nclient_id = \"c\"\nclient_secret_file = \"{}\"",
+        f.display()
+    ))
+    .resolve(&env)
+    .unwrap();
+    assert_eq!(p.client_secret.0, "from-a-file");
+    assert!(
+        !format!("{p:?}").contains("from-a-file"),
+        "Debug hides the secret"
+    );
+}
