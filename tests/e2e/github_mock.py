@@ -7,7 +7,8 @@ once), `POST /login/oauth/access_token` (form in; JSON out when asked with
 
     python github_mock.py PORT CLIENT_ID CLIENT_SECRET
 
-`POST /__test/user {"login": "mona"}` chooses who signs in next.
+`POST /__test/user {"login": "mona"}` chooses who signs in next; `POST /__test/orgs
+{"login": "octocat", "orgs": []}` changes a user's organisations (and drops their teams).
 """
 import base64
 import hashlib
@@ -92,6 +93,11 @@ def make_handler(client_id, client_secret):
             if url.path == "/__test/user":
                 State.current = json.loads(raw)["login"]
                 return self.send_json(200, {"current": State.current})
+            if url.path == "/__test/orgs":
+                body = json.loads(raw)
+                USERS[body["login"]]["orgs"] = [{"login": o, "id": 9} for o in body["orgs"]]
+                USERS[body["login"]]["teams"] = []
+                return self.send_json(200, {})
             if url.path != "/login/oauth/access_token":
                 return self.send_json(404, {"message": "Not Found"})
             form = dict(urllib.parse.parse_qsl(raw))

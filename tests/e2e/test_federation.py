@@ -467,6 +467,7 @@ def test_token_exchange_gives_the_mcp_server_the_users_upstream_token(world, tmp
     ("no_nonce", "id_token_invalid", "nonce"),
     ("state_mismatch", "state_mismatch", "state mismatch"),
     ("iss_param_wrong", "issuer_mismatch", "another issuer"),
+    ("iss_param_missing", "issuer_missing", "did not say which issuer answered"),
     ("access_denied", "access_denied", "refused the sign-in"),
 ])
 def test_a_bad_answer_from_the_provider_is_refused_with_a_page_and_an_event(world, mode, code, why):
@@ -584,6 +585,16 @@ def test_the_github_preset_against_a_stand_in_for_github(tmp_path, monkeypatch):
             octocat = FederatedBrowser(server.base, REDIRECT, provider="github")
             home = octocat.click(octocat.sign_in_page("/account"))
             assert home.status_code == 200 and "/account" in home.url, home.text[:300]
+            r = octocat.session.post(server.base + "/account/pats", data={
+                "csrf": field(home.text, "csrf"), "name": "ci", "resource": server.base + "/mcp/demo",
+                "scope": "demo:read", "expires": "30"})
+            assert r.status_code == 200 and "glp_" in r.text, r.text[:300]
+            # octocat leaves the acme organisation upstream: the next sign-in is refused, and
+            # what octocat held here is revoked.
+            requests.post(gh_base + "/__test/orgs", json={"login": "octocat", "orgs": ["elsewhere"]})
+            octocat.sign_out()
+            gone = octocat.click(octocat.sign_in_page())
+            assert gone.status_code == 403 and "(organization_not_allowed)" in gone.text
             # mona is not in the acme organisation.
             requests.post(gh_base + "/__test/user", json={"login": "mona"})
             mona = FederatedBrowser(server.base, REDIRECT, provider="github")
@@ -597,7 +608,12 @@ def test_the_github_preset_against_a_stand_in_for_github(tmp_path, monkeypatch):
         assert [(c["email"], c["role"]) for c in created] == [("octocat@github.example", "admin")], created
         assert [(l["provider"], l["subject"]) for l in of(evs, "user.linked")] == [("github", "583231")]
         failed = [f for f in of(evs, "login.failed") if f.get("provider") == "github"]
-        assert failed and failed[-1]["error"].startswith("organization_not_allowed"), failed
+        assert len(failed) == 2 and all(f["error"].startswith("organization_not_allowed")
+                                        for f in failed), failed
+        assert failed[0].get("user_id") == created[0]["user_id"], "the refusal names octocat"
+        revoked = of(evs, "pat.revoked")
+        assert len(revoked) == 1 and "no longer allowed at sign-in (organization_not_allowed)" \
+            in revoked[0]["reason"], revoked
     finally:
         gh.terminate()
         gh.wait(timeout=10)

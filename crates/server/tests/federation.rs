@@ -289,6 +289,24 @@ backend_tests! {
         s.stop().await;
     }
 
+    async fn erasure_destroys_the_users_upstream_token_and_link(db: TestDb) {
+        let (s, _d) = start(&db, true).await;
+        let user = federated_user(&s, 3600).await;
+        let fed = s.app.federation.as_deref().unwrap();
+        let sealed = fed.tables.tokens(&user, "corp").await.unwrap().unwrap().sealed;
+        grantline_server::admin::erase_user(&s.app, &user, grantline_ledger::Actor::Operator)
+            .await
+            .unwrap();
+        // The key is gone (the sealed copy no longer opens), and so are the row and the link.
+        assert!(s.app.keyring.open(&sealed).await.unwrap().is_err());
+        assert!(fed.tables.tokens(&user, "corp").await.unwrap().is_none());
+        assert!(fed.tables.linked_user("corp", "00u-alice").await.unwrap().is_none());
+        let a = assertion(&s, &user, "/mcp/notes");
+        let (st, body) = exchange(&s, ("notes-mcp", NOTES_SECRET), &a, &[]).await;
+        assert_eq!((st, body["error"].as_str().unwrap()), (StatusCode::BAD_REQUEST, "invalid_grant"), "{body}");
+        s.stop().await;
+    }
+
     async fn with_local_accounts_off_only_the_break_glass_admin_uses_a_password(db: TestDb) {
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = federated_config(dir.path(), false);

@@ -34,6 +34,7 @@ const MODES = {
   no_nonce: 'no nonce claim',
   state_mismatch: 'the authorization response carries a different state',
   iss_param_wrong: 'the authorization response carries iss=https://evil.example',
+  iss_param_missing: 'the authorization response carries no iss, though discovery promises it',
   access_denied: 'the authorization response is error=access_denied (no code)',
 };
 
@@ -214,7 +215,7 @@ function authorize(req, res, url) {
   const respond = (params) => {
     const out = { ...params };
     if (state !== null) out.state = mode === 'state_mismatch' ? `${state}-not-yours-${random()}` : state;
-    out.iss = mode === 'iss_param_wrong' ? 'https://evil.example' : ISSUER;
+    if (mode !== 'iss_param_missing') out.iss = mode === 'iss_param_wrong' ? 'https://evil.example' : ISSUER;
     for (const [k, v] of Object.entries(out)) target.searchParams.set(k, v);
     res.writeHead(302, { location: target.href, 'cache-control': 'no-store', 'content-length': 0 });
     res.end();
