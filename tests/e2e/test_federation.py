@@ -90,6 +90,15 @@ upstream_check_cache_secs = 0
 role_mapping = [{{ claim = "groups", value = "mcp-admins", role = "admin" }}]
 
 [[identity_providers]]
+id = "staff"
+display_name = "Staff SSO (accounts made by an admin)"
+kind = "oidc"
+issuer = "{issuer}"
+client_id = "grantline"
+client_secret_env = "GRANTLINE_E2E_IDP_SECRET"
+provisioning = "existing"
+
+[[identity_providers]]
 id = "rogue"
 display_name = "Rogue"
 kind = "oidc"
@@ -139,10 +148,12 @@ def world(tmp_path, monkeypatch):
     (tmp_path / "data").mkdir()
     server = Server(tmp_path / "data", tmp_path / "server.log")
     callback = f"{server.base}/login/upstream/corp/callback"
+    staff_callback = f"{server.base}/login/upstream/staff/callback"
     # Upstream access tokens live 40 s, so an exchange after that finds the token expired
     # and Grantline refreshes it first.
     idp = Node("provider.mjs", tmp_path, "--client-id", "grantline",
                "--client-secret", IDP_SECRET, "--redirect-uri", callback,
+               "--redirect-uri", staff_callback,
                "--access-token-ttl", "40")
     rogue = Node("rogue.mjs", tmp_path, "--client-id", "grantline",
                  "--client-secret", ROGUE_SECRET)
@@ -515,6 +526,30 @@ def test_a_person_outside_the_allowed_domains_is_refused(world):
     assert not [c for c in of(evs, "user.created") if c.get("email") == "carol@elsewhere.test"]
 
 
+def test_existing_provisioning_links_only_an_account_an_admin_made(world):
+    server, idp, rogue, upstream = world
+    browser = FederatedBrowser(server.base, REDIRECT, provider="staff", user="bob")
+    refused = browser.click(browser.sign_in_page())
+    assert refused.status_code == 403 and "(not_provisioned)" in refused.text, refused.text
+    binary = os.environ.get("GRANTLINE_BIN", str(ROOT / "target/debug/grantline"))
+    made = subprocess.run(
+        [binary, "--data-dir", str(server.data_dir), "user", "add", "bob@example.com",
+         "--email", "bob@example.com"],
+        capture_output=True, text=True,
+        env={**{k: v for k, v in os.environ.items() if k != "GRANTLINE_CONFIG"},
+             "GRANTLINE_USER_PASSWORD": "a-local-password-nobody-uses-1"})
+    assert made.returncode == 0, made.stderr
+    page = browser.click(browser.sign_in_page("/account"))
+    assert page.status_code == 200 and "/account" in page.url, page.text[:300]
+    _, evs = events(server)
+    bob = [c for c in of(evs, "user.created") if c.get("email") == "bob@example.com"]
+    assert len(bob) == 1 and bob[0].get("provider") is None, "made by the admin, not by the sign-in"
+    assert [(l["user_id"], l["provider"]) for l in of(evs, "user.linked")] == \
+        [(bob[0]["user_id"], "staff")]
+    failed = [f for f in of(evs, "login.failed") if f.get("provider") == "staff"]
+    assert failed and failed[0]["error"].startswith("not_provisioned")
+
+
 def test_serve_refuses_a_provider_it_cannot_reach(tmp_path, monkeypatch):
     monkeypatch.setenv("GRANTLINE_E2E_IDP_SECRET", IDP_SECRET)
     dead = free_port()
@@ -532,6 +567,17 @@ client_secret_env = "GRANTLINE_E2E_IDP_SECRET"
         s.start()
     assert "identity provider unreachable" in str(e.value) and "corp" in str(e.value), e.value
     assert "--start-without-providers" in str(e.value)
+    # A discovery document for another issuer (here: a trailing slash too many) is refused too.
+    node_available()
+    rogue = Node("rogue.mjs", tmp_path, "--client-id", "grantline", "--client-secret", "x")
+    try:
+        wrong = Server(tmp_path / "data", tmp_path / "server3.log",
+                       config.replace(f"http://127.0.0.1:{dead}", rogue.base + "/"))
+        with pytest.raises(RuntimeError) as e:
+            wrong.start()
+        assert f'names the issuer "{rogue.base}", not the configured "{rogue.base}/"' in str(e.value), e.value
+    finally:
+        rogue.stop()
     s2 = Server(tmp_path / "data", tmp_path / "server2.log", config,
                 extra_args=["--start-without-providers"])
     s2.start()
