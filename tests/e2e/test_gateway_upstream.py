@@ -38,7 +38,8 @@ async def scenario(server, browser, storage, seen):
         assert client.server_info is not None and client.server_info.name == "e2e-upstream"
 
         tools = {t.name for t in (await client.list_tools()).tools}
-        assert {"echo", "whoami"} <= tools <= {"echo", "whoami", "add_note"}, tools
+        assert {"echo", "whoami", "upstream_profile"} <= tools \
+            <= {"echo", "whoami", "upstream_profile", "add_note"}, tools
         echoed = await client.call_tool("echo", {"text": "through the gateway"})
         assert not echoed.is_error, echoed
         assert text_of(echoed) == "upstream echo: through the gateway"
