@@ -576,6 +576,13 @@ client_secret_env = "GRANTLINE_E2E_IDP_SECRET"
         with pytest.raises(RuntimeError) as e:
             wrong.start()
         assert f'names the issuer "{rogue.base}", not the configured "{rogue.base}/"' in str(e.value), e.value
+        # A wrong path (a realm that does not exist): the provider answers, but not with one.
+        missing = Server(tmp_path / "data", tmp_path / "server4.log",
+                         config.replace(f"http://127.0.0.1:{dead}", rogue.base + "/realms/nope"))
+        with pytest.raises(RuntimeError) as e:
+            missing.start()
+        assert "identity provider discovery is invalid: corp: discovery:" in str(e.value), e.value
+        assert "answered 404" in str(e.value), e.value
     finally:
         rogue.stop()
     s2 = Server(tmp_path / "data", tmp_path / "server2.log", config,

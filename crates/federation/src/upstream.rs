@@ -162,28 +162,46 @@ pub fn http_client() -> Result<reqwest::Client, FederationError> {
         .map_err(|e| FederationError::Unreachable(e.to_string()))
 }
 
-async fn get_json(
-    http: &reqwest::Client,
-    url: &str,
-    bearer: Option<&str>,
-) -> Result<Value, String> {
+/// Why a document could not be read: no answer at all, or an answer that is not one.
+#[derive(Debug)]
+enum Fetch {
+    Unreachable(String),
+    Invalid(String),
+}
+
+impl std::fmt::Display for Fetch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Fetch::Unreachable(m) | Fetch::Invalid(m) => f.write_str(m),
+        }
+    }
+}
+
+impl From<Fetch> for String {
+    fn from(f: Fetch) -> String {
+        f.to_string()
+    }
+}
+
+async fn get_json(http: &reqwest::Client, url: &str, bearer: Option<&str>) -> Result<Value, Fetch> {
     let mut req = http.get(url).header("accept", "application/json");
     if let Some(t) = bearer {
         req = req.bearer_auth(t);
     }
-    let resp = req.send().await.map_err(|e| e.without_url().to_string())?;
+    let unreachable = |e: reqwest::Error| Fetch::Unreachable(format!("{url}: {}", e.without_url()));
+    let resp = req.send().await.map_err(unreachable)?;
     let status = resp.status();
-    let body = resp
-        .bytes()
-        .await
-        .map_err(|e| e.without_url().to_string())?;
+    let body = resp.bytes().await.map_err(unreachable)?;
     if body.len() > MAX_DOCUMENT {
-        return Err(format!("{url} answered more than {MAX_DOCUMENT} bytes"));
+        return Err(Fetch::Invalid(format!(
+            "{url} answered more than {MAX_DOCUMENT} bytes"
+        )));
     }
     if !status.is_success() {
-        return Err(format!("{url} answered {status}"));
+        return Err(Fetch::Invalid(format!("{url} answered {status}")));
     }
-    serde_json::from_slice(&body).map_err(|e| format!("{url} did not answer JSON: {e}"))
+    serde_json::from_slice(&body)
+        .map_err(|e| Fetch::Invalid(format!("{url} did not answer JSON: {e}")))
 }
 
 impl Upstream {
@@ -208,8 +226,11 @@ impl Upstream {
                     "{}/.well-known/openid-configuration",
                     issuer.trim_end_matches('/')
                 );
-                let doc = get_json(&http, &url, None).await.map_err(|e| {
-                    FederationError::Unreachable(format!("{}: discovery: {e}", provider.id))
+                let doc = get_json(&http, &url, None).await.map_err(|e| match e {
+                    Fetch::Unreachable(m) => {
+                        FederationError::Unreachable(format!("{}: discovery: {m}", provider.id))
+                    }
+                    Fetch::Invalid(m) => bad(format!("discovery: {m}")),
                 })?;
                 let meta: CoreProviderMetadata = serde_json::from_value(doc.clone())
                     .map_err(|e| bad(format!("{url} is not an OpenID Provider document: {e}")))?;
@@ -383,7 +404,7 @@ impl Upstream {
         if needs_userinfo && let Some(url) = &self.userinfo_url {
             let info = get_json(&self.http, url, Some(&tokens.access_token))
                 .await
-                .map_err(SignInError::Userinfo)?;
+                .map_err(|e| SignInError::Userinfo(e.into()))?;
             let Value::Object(info) = info else {
                 return Err(SignInError::Userinfo("not a JSON object".into()));
             };
@@ -439,7 +460,7 @@ impl Upstream {
             .unwrap_or(crate::presets::GITHUB_API);
         let emails = get_json(&self.http, &format!("{api}/user/emails"), Some(token))
             .await
-            .map_err(SignInError::Userinfo)?;
+            .map_err(|e| SignInError::Userinfo(e.into()))?;
         who.email = emails.as_array().and_then(|a| {
             a.iter()
                 .find(|e| e["primary"] == true && e["verified"] == true)
@@ -448,7 +469,7 @@ impl Upstream {
         });
         let orgs = get_json(&self.http, &format!("{api}/user/orgs"), Some(token))
             .await
-            .map_err(SignInError::Userinfo)?;
+            .map_err(|e| SignInError::Userinfo(e.into()))?;
         let orgs: Vec<String> = orgs
             .as_array()
             .map(|a| {
@@ -460,7 +481,7 @@ impl Upstream {
             .unwrap_or_default();
         let teams = get_json(&self.http, &format!("{api}/user/teams"), Some(token))
             .await
-            .map_err(SignInError::Userinfo)?;
+            .map_err(|e| SignInError::Userinfo(e.into()))?;
         let teams: Vec<String> = teams
             .as_array()
             .map(|a| {
@@ -707,7 +728,7 @@ fn payload_of(raw: &str) -> Result<Map<String, Value>, SignInError> {
 }
 
 async fn fetch_jwks(http: &reqwest::Client, url: &str) -> Result<CoreJsonWebKeySet, String> {
-    let v = get_json(http, url, None).await?;
+    let v = get_json(http, url, None).await.map_err(String::from)?;
     serde_json::from_value(v).map_err(|e| format!("{url} is not a JWK set: {e}"))
 }
 
