@@ -182,26 +182,15 @@ pub fn sign_in_failed(
         .take(MAX_ERROR)
         .collect();
     let provider: String = provider.chars().take(32).collect();
-    let stream = match &user_id {
-        Some(u) => StreamId::user(u),
-        None => StreamId::named("logins"),
-    };
-    Decision::new(
-        vec![NewEvent::new(
-            stream,
-            Actor::System,
-            LoginFailed {
-                user_id,
-                username: None,
-                reason,
-                provider: Some(provider),
-                error: Some(error),
-                source_ip: request.source_ip,
-                user_agent: request.user_agent,
-            },
-        )],
-        Ok(()),
-    )
+    crate::users::login_failed(LoginFailed {
+        user_id,
+        username: None,
+        reason,
+        provider: Some(provider),
+        error: Some(error),
+        source_ip: request.source_ip,
+        user_agent: request.user_agent,
+    })
 }
 
 /// RFC 8693 names.

@@ -171,26 +171,24 @@ pub fn sign_in_failed(
     if username.ciphertext.len() > MAX_USERNAME + 16 {
         return invalid(format!("usernames are at most {MAX_USERNAME} bytes")).into();
     }
-    let stream = match &user_id {
+    login_failed(LoginFailed {
+        user_id,
+        username: Some(username),
+        reason,
+        provider: None,
+        error: None,
+        source_ip: request.source_ip,
+        user_agent: request.user_agent,
+    })
+}
+
+/// `login.failed` on the user's stream, or on `logins` when it names nobody.
+pub(crate) fn login_failed(e: LoginFailed) -> Decision<()> {
+    let stream = match &e.user_id {
         Some(u) => StreamId::user(u),
         None => StreamId::named("logins"),
     };
-    Decision::new(
-        vec![NewEvent::new(
-            stream,
-            Actor::System,
-            LoginFailed {
-                user_id,
-                username: Some(username),
-                reason,
-                provider: None,
-                error: None,
-                source_ip: request.source_ip,
-                user_agent: request.user_agent,
-            },
-        )],
-        Ok(()),
-    )
+    Decision::new(vec![NewEvent::new(stream, Actor::System, e)], Ok(()))
 }
 
 /// `session.ended`: the session's cookie is refused from now on, on every instance.

@@ -191,6 +191,30 @@ impl App {
             .ok_or_else(|| TokenError::None("(no identity providers)".into()))
     }
 
+    /// The user's upstream tokens from `provider`, opened; `None` (as an error) when there are
+    /// none or they no longer open (the user was erased).
+    async fn stored_upstream_tokens(
+        &self,
+        fed: &Federation,
+        user_id: &str,
+        provider: &str,
+    ) -> Result<UpstreamTokens, TokenError> {
+        let none = || TokenError::None(provider.to_string());
+        let stored = fed
+            .tables
+            .tokens(user_id, provider)
+            .await
+            .map_err(AppError::from)?
+            .ok_or_else(none)?;
+        let json = self
+            .keyring
+            .open(&stored.sealed)
+            .await
+            .map_err(AppError::from)?
+            .map_err(|_| none())?;
+        serde_json::from_str(&json).map_err(|_| none())
+    }
+
     /// Seals and stores the user's upstream tokens from `provider`.
     pub async fn keep_upstream_tokens(
         &self,
@@ -229,23 +253,7 @@ impl App {
         now: i64,
     ) -> Result<(UpstreamTokens, bool), TokenError> {
         let fed = self.fed()?;
-        let stored = fed
-            .tables
-            .tokens(user_id, provider)
-            .await
-            .map_err(AppError::from)?
-            .ok_or_else(|| TokenError::None(provider.to_string()))?;
-        let json = match self
-            .keyring
-            .open(&stored.sealed)
-            .await
-            .map_err(AppError::from)?
-        {
-            Ok(j) => j,
-            Err(_) => return Err(TokenError::None(provider.to_string())),
-        };
-        let tokens: UpstreamTokens =
-            serde_json::from_str(&json).map_err(|_| TokenError::None(provider.to_string()))?;
+        let tokens = self.stored_upstream_tokens(fed, user_id, provider).await?;
         if tokens.expires_at.is_none_or(|e| e > now + EXPIRY_MARGIN) {
             return Ok((tokens, false));
         }
@@ -376,23 +384,7 @@ impl App {
         now: i64,
     ) -> Result<(), TokenError> {
         let fed = self.fed()?;
-        let stored = fed
-            .tables
-            .tokens(user_id, provider)
-            .await
-            .map_err(AppError::from)?
-            .ok_or_else(|| TokenError::None(provider.to_string()))?;
-        let json = match self
-            .keyring
-            .open(&stored.sealed)
-            .await
-            .map_err(AppError::from)?
-        {
-            Ok(j) => j,
-            Err(_) => return Err(TokenError::None(provider.to_string())),
-        };
-        let tokens: UpstreamTokens =
-            serde_json::from_str(&json).map_err(|_| TokenError::None(provider.to_string()))?;
+        let tokens = self.stored_upstream_tokens(fed, user_id, provider).await?;
         let upstream = fed
             .upstream(provider)
             .await

@@ -93,6 +93,13 @@ pub fn error(status: StatusCode, title: &str, detail: &str) -> Response {
     )
 }
 
+/// The fields of a page's form post, or the page that says the body is malformed.
+#[allow(clippy::result_large_err)] // the error is the page the handler returns at once
+pub fn form_fields(body: &[u8]) -> Result<Vec<(String, String)>, Response> {
+    crate::http::parse_params(&String::from_utf8_lossy(body), &[])
+        .map_err(|e| error(StatusCode::BAD_REQUEST, "Bad request", &e.description))
+}
+
 /// What the sign-in page offers.
 pub struct Login<'a> {
     /// The issuer's path ([`crate::context::RequestContext::base_path`]).

@@ -421,10 +421,9 @@ pub async fn consent(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let body = String::from_utf8_lossy(&body);
-    let params = match crate::http::parse_params(&body, &[]) {
+    let params = match pages::form_fields(&body) {
         Ok(p) => p,
-        Err(e) => return pages::error(StatusCode::BAD_REQUEST, "Bad request", &e.description),
+        Err(page) => return page,
     };
     let get = |k: &str| crate::http::param(&params, k).unwrap_or_default();
     let now_secs = app.now().0 / 1_000_000;

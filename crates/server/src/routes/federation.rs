@@ -84,6 +84,23 @@ async fn fail(
     with_cookie(r, &session::set_cookie(ctx, PENDING, "", 0))
 }
 
+/// The federation, when `provider` is one of its providers; else the 404 page.
+#[allow(clippy::result_large_err)] // the error is the page the handler returns at once
+fn configured(
+    app: &App,
+    provider: &str,
+) -> Result<std::sync::Arc<crate::federation::Federation>, Response> {
+    let not_found = |why: &str| pages::error(StatusCode::NOT_FOUND, "Not found", why);
+    let fed = app
+        .federation
+        .clone()
+        .ok_or_else(|| not_found("No identity provider is configured."))?;
+    if fed.slot(provider).is_none() {
+        return Err(not_found("There is no identity provider by that name."));
+    }
+    Ok(fed)
+}
+
 /// `POST /login/upstream/{provider}`: the sign-in page's button.
 pub async fn begin(
     State(app): State<App>,
@@ -92,10 +109,9 @@ pub async fn begin(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let body = String::from_utf8_lossy(&body);
-    let params = match crate::http::parse_params(&body, &[]) {
+    let params = match pages::form_fields(&body) {
         Ok(p) => p,
-        Err(e) => return pages::error(StatusCode::BAD_REQUEST, "Bad request", &e.description),
+        Err(page) => return page,
     };
     let get = |k: &str| crate::http::param(&params, k).unwrap_or_default();
     let nonce =
@@ -107,20 +123,10 @@ pub async fn begin(
             "This form expired or did not come from this server. Go back and sign in again.",
         );
     }
-    let Some(fed) = app.federation.as_deref() else {
-        return pages::error(
-            StatusCode::NOT_FOUND,
-            "Not found",
-            "No identity provider is configured.",
-        );
+    let fed = match configured(&app, &provider) {
+        Ok(f) => f,
+        Err(r) => return r,
     };
-    if fed.slot(&provider).is_none() {
-        return pages::error(
-            StatusCode::NOT_FOUND,
-            "Not found",
-            "There is no identity provider by that name.",
-        );
-    }
     let upstream = match fed.upstream(&provider).await {
         Ok(u) => u,
         Err(e) => {
@@ -189,20 +195,10 @@ pub async fn callback(
 ) -> Response {
     let q = query_params(query.as_deref());
     let get = |k: &str| q.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
-    let Some(fed) = app.federation.clone() else {
-        return pages::error(
-            StatusCode::NOT_FOUND,
-            "Not found",
-            "No identity provider is configured.",
-        );
+    let fed = match configured(&app, &provider) {
+        Ok(f) => f,
+        Err(r) => return r,
     };
-    if fed.slot(&provider).is_none() {
-        return pages::error(
-            StatusCode::NOT_FOUND,
-            "Not found",
-            "There is no identity provider by that name.",
-        );
-    }
     let now = app.now().0 / 1_000_000;
     let bad = |code: &'static str, detail: String| {
         let app = app.clone();
