@@ -132,6 +132,90 @@ struct Oidc {
     jwks: Mutex<(CoreJsonWebKeySet, Instant)>,
 }
 
+/// What a discovery document says that Grantline uses, once checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Discovered {
+    /// The issuer as published (Microsoft's multi-tenant template included).
+    pub issuer: String,
+    pub authorization_endpoint: String,
+    pub token_endpoint: String,
+    pub userinfo_endpoint: Option<String>,
+    pub jwks_uri: String,
+    /// The asymmetric algorithms ID tokens may be signed with.
+    pub algorithms: Vec<CoreJwsSigningAlgorithm>,
+    /// RFC 9207: `iss` comes with each authorization response.
+    pub iss_parameter: bool,
+    /// The token endpoint takes the client secret in the body only.
+    pub secret_in_body: bool,
+}
+
+/// Checks an OpenID Provider's discovery document against the configured provider: it must
+/// parse as one (`openidconnect`), name the configured issuer (OIDC Discovery §4.3; for
+/// Microsoft's `common`/`organizations`/`consumers` endpoints, the `{tenantid}` template),
+/// have a token endpoint, and offer an asymmetric ID-token algorithm.
+pub fn check_discovery(provider: &Provider, doc: &Value) -> Result<Discovered, FederationError> {
+    let bad = |m: String| FederationError::Discovery(format!("{}: {m}", provider.id));
+    let issuer = provider.issuer.clone().unwrap_or_default();
+    let meta: CoreProviderMetadata = serde_json::from_value(doc.clone())
+        .map_err(|e| bad(format!("not an OpenID Provider document: {e}")))?;
+    let published = meta.issuer().as_str().to_string();
+    let multi_tenant = ["/common/", "/organizations/", "/consumers/"]
+        .iter()
+        .any(|t| issuer.contains(t));
+    let template =
+        provider.flavor == Flavor::Microsoft && published.contains("{tenantid}") && multi_tenant;
+    if published != issuer && !template {
+        return Err(bad(format!(
+            "the discovery document names the issuer {published:?}, not the configured {issuer:?} (check the URL, realm or tenant)"
+        )));
+    }
+    let token_endpoint = meta
+        .token_endpoint()
+        .map(|t| t.as_str().to_string())
+        .ok_or_else(|| bad("the discovery document has no token_endpoint".into()))?;
+    let algorithms: Vec<CoreJwsSigningAlgorithm> = meta
+        .id_token_signing_alg_values_supported()
+        .iter()
+        .filter(|a| {
+            !matches!(
+                a,
+                CoreJwsSigningAlgorithm::None
+                    | CoreJwsSigningAlgorithm::HmacSha256
+                    | CoreJwsSigningAlgorithm::HmacSha384
+                    | CoreJwsSigningAlgorithm::HmacSha512
+            )
+        })
+        .cloned()
+        .collect();
+    if algorithms.is_empty() {
+        return Err(bad(
+            "the provider signs ID tokens with no asymmetric algorithm".into(),
+        ));
+    }
+    let methods: Vec<&str> = doc
+        .get("token_endpoint_auth_methods_supported")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    // Absent means client_secret_basic (OIDC Discovery §3).
+    let secret_in_body = !methods.is_empty()
+        && !methods.contains(&"client_secret_basic")
+        && methods.contains(&"client_secret_post");
+    Ok(Discovered {
+        issuer: published,
+        authorization_endpoint: meta.authorization_endpoint().as_str().to_string(),
+        token_endpoint,
+        userinfo_endpoint: meta.userinfo_endpoint().map(|u| u.as_str().to_string()),
+        jwks_uri: meta.jwks_uri().url().to_string(),
+        algorithms,
+        iss_parameter: doc
+            .get("authorization_response_iss_parameter_supported")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+        secret_in_body,
+    })
+}
+
 /// A provider ready to sign people in.
 pub struct Upstream {
     pub provider: Provider,
@@ -213,6 +297,7 @@ impl Upstream {
         http: reqwest::Client,
     ) -> Result<Upstream, FederationError> {
         let bad = |m: String| FederationError::Discovery(format!("{}: {m}", provider.id));
+        let mut body_auth = false;
         let (auth, token, userinfo, oidc) = match provider.kind {
             Kind::OAuth2 => (
                 provider.authorization_url.clone().unwrap_or_default(),
@@ -232,58 +317,20 @@ impl Upstream {
                     }
                     Fetch::Invalid(m) => bad(format!("discovery: {m}")),
                 })?;
-                let meta: CoreProviderMetadata = serde_json::from_value(doc.clone())
-                    .map_err(|e| bad(format!("{url} is not an OpenID Provider document: {e}")))?;
-                let published = meta.issuer().as_str().to_string();
-                let template = provider.flavor == Flavor::Microsoft
-                    && published.contains("{tenantid}")
-                    && issuer.contains("/common/")
-                        | issuer.contains("/organizations/")
-                        | issuer.contains("/consumers/");
-                if published != issuer && !template {
-                    return Err(bad(format!(
-                        "the discovery document names the issuer {published:?}, not the configured {issuer:?} (check the URL, realm or tenant)"
-                    )));
-                }
-                let token = meta
-                    .token_endpoint()
-                    .map(|t| t.as_str().to_string())
-                    .ok_or_else(|| bad("the discovery document has no token_endpoint".into()))?;
-                let algorithms: Vec<CoreJwsSigningAlgorithm> = meta
-                    .id_token_signing_alg_values_supported()
-                    .iter()
-                    .filter(|a| {
-                        !matches!(
-                            a,
-                            CoreJwsSigningAlgorithm::None
-                                | CoreJwsSigningAlgorithm::HmacSha256
-                                | CoreJwsSigningAlgorithm::HmacSha384
-                                | CoreJwsSigningAlgorithm::HmacSha512
-                        )
-                    })
-                    .cloned()
-                    .collect();
-                if algorithms.is_empty() {
-                    return Err(bad(
-                        "the provider signs ID tokens with no asymmetric algorithm".into(),
-                    ));
-                }
-                let jwks_uri = meta.jwks_uri().url().to_string();
+                let d = check_discovery(&provider, &doc)?;
+                let jwks_uri = d.jwks_uri.clone();
                 let jwks = fetch_jwks(&http, &jwks_uri).await.map_err(|e| {
                     FederationError::Unreachable(format!("{}: keys: {e}", provider.id))
                 })?;
-                let iss_parameter = doc
-                    .get("authorization_response_iss_parameter_supported")
-                    .and_then(Value::as_bool)
-                    .unwrap_or(false);
+                body_auth = d.secret_in_body;
                 (
-                    meta.authorization_endpoint().as_str().to_string(),
-                    token,
-                    meta.userinfo_endpoint().map(|u| u.as_str().to_string()),
+                    d.authorization_endpoint,
+                    d.token_endpoint,
+                    d.userinfo_endpoint,
                     Some(Oidc {
-                        issuer: published,
-                        iss_parameter,
-                        algorithms,
+                        issuer: d.issuer,
+                        iss_parameter: d.iss_parameter,
+                        algorithms: d.algorithms,
                         jwks_uri,
                         jwks: Mutex::new((jwks, Instant::now())),
                     }),
@@ -296,11 +343,15 @@ impl Upstream {
             .set_client_secret(ClientSecret::new(provider.client_secret.0.clone()))
             .set_auth_uri(auth)
             .set_token_uri(token)
-            .set_auth_type(match provider.flavor {
-                // GitHub and Atlassian take the secret in the body.
-                Flavor::GitHub | Flavor::Atlassian => AuthType::RequestBody,
-                _ => AuthType::BasicAuth,
-            });
+            .set_auth_type(
+                // GitHub and Atlassian take the secret in the body, and so does an OIDC
+                // provider that offers client_secret_post but not client_secret_basic.
+                if body_auth || matches!(provider.flavor, Flavor::GitHub | Flavor::Atlassian) {
+                    AuthType::RequestBody
+                } else {
+                    AuthType::BasicAuth
+                },
+            );
         Ok(Upstream {
             provider,
             client,

@@ -1,0 +1,178 @@
+//! Each OpenID Connect preset against the provider's published discovery document (stored in
+//! `tests/fixtures/discovery`, see SOURCES.md there): the issuer the preset computes is the one
+//! the document names, and the document passes the same check `grantline serve` runs at start
+//! (`check_discovery`), giving the endpoints, an asymmetric ID-token algorithm, and the way
+//! the provider wants the client secret.
+
+use grantline_federation::config::{Flavor, Kind};
+use grantline_federation::upstream::check_discovery;
+use grantline_federation::{ProviderConfig, presets};
+use serde_json::Value;
+
+fn fixture(name: &str) -> Value {
+    let path = format!(
+        "{}/tests/fixtures/discovery/{name}.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+}
+
+fn preset(preset: &str, f: impl FnOnce(&mut ProviderConfig)) -> grantline_federation::Provider {
+    let mut c = ProviderConfig {
+        id: preset.into(),
+        preset: Some(preset.into()),
+        client_id: "client".into(),
+        ..Default::default()
+    };
+    f(&mut c);
+    presets::apply(&c).unwrap()
+}
+
+struct Expect {
+    authorization: &'static str,
+    token: &'static str,
+    userinfo: &'static str,
+    secret_in_body: bool,
+    iss_parameter: bool,
+}
+
+fn check(name: &str, p: grantline_federation::Provider, e: Expect) {
+    assert_eq!(p.kind, Kind::Oidc, "{name}");
+    let doc = fixture(name);
+    let d = check_discovery(&p, &doc).unwrap_or_else(|err| panic!("{name}: {err}"));
+    assert_eq!(d.issuer, doc["issuer"].as_str().unwrap(), "{name}");
+    assert_eq!(d.authorization_endpoint, e.authorization, "{name}");
+    assert_eq!(d.token_endpoint, e.token, "{name}");
+    assert_eq!(d.userinfo_endpoint.as_deref(), Some(e.userinfo), "{name}");
+    assert!(!d.algorithms.is_empty(), "{name}");
+    assert_eq!(
+        d.secret_in_body, e.secret_in_body,
+        "{name}: client authentication"
+    );
+    assert_eq!(d.iss_parameter, e.iss_parameter, "{name}: RFC 9207");
+    // The scopes the preset asks for are ones the provider lists (when it lists them).
+    if let Some(listed) = doc["scopes_supported"].as_array() {
+        let listed: Vec<&str> = listed.iter().filter_map(Value::as_str).collect();
+        for s in &p.scopes {
+            // Okta's `groups` is a custom scope an administrator adds; Salesforce lists its
+            // scopes but not every alias.
+            if !(name == "okta" && s == "groups") {
+                assert!(
+                    listed.contains(&s.as_str()),
+                    "{name}: the preset asks for {s:?}, not listed in {listed:?}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn google() {
+    let p = preset("google", |_| {});
+    assert_eq!(p.issuer.as_deref(), Some(presets::GOOGLE_ISSUER));
+    check(
+        "google",
+        p,
+        Expect {
+            authorization: "https://accounts.google.com/o/oauth2/v2/auth",
+            token: "https://oauth2.googleapis.com/token",
+            userinfo: "https://openidconnect.googleapis.com/v1/userinfo",
+            secret_in_body: false,
+            iss_parameter: false,
+        },
+    );
+}
+
+#[test]
+fn microsoft_multi_tenant() {
+    let p = preset("microsoft", |c| c.tenant = Some("organizations".into()));
+    assert_eq!(p.flavor, Flavor::Microsoft);
+    check(
+        "microsoft-organizations",
+        p,
+        Expect {
+            authorization: "https://login.microsoftonline.com/organizations/oauth2/v2.0/authorize",
+            token: "https://login.microsoftonline.com/organizations/oauth2/v2.0/token",
+            userinfo: "https://graph.microsoft.com/oidc/userinfo",
+            secret_in_body: false,
+            iss_parameter: false,
+        },
+    );
+    // The template is accepted only for Microsoft's multi-tenant endpoints: a single-tenant
+    // configuration must see its own tenant's issuer.
+    let single = preset("microsoft", |c| {
+        c.tenant = Some("72f988bf-86f1-41af-91ab-2d7cd011db47".into())
+    });
+    let err = check_discovery(&single, &fixture("microsoft-organizations")).unwrap_err();
+    assert!(err.to_string().contains("names the issuer"), "{err}");
+}
+
+#[test]
+fn okta() {
+    let p = preset("okta", |c| {
+        c.domain = Some("https://dev-05054243.okta.com/oauth2/default/".into())
+    });
+    check(
+        "okta",
+        p,
+        Expect {
+            authorization: "https://dev-05054243.okta.com/oauth2/default/v1/authorize",
+            token: "https://dev-05054243.okta.com/oauth2/default/v1/token",
+            userinfo: "https://dev-05054243.okta.com/oauth2/default/v1/userinfo",
+            secret_in_body: false,
+            iss_parameter: false,
+        },
+    );
+    // The org authorization server is another issuer: the mistake is named.
+    let org = preset("okta", |c| {
+        c.domain = Some("https://dev-05054243.okta.com".into())
+    });
+    assert!(check_discovery(&org, &fixture("okta")).is_err());
+}
+
+#[test]
+fn keycloak() {
+    let p = preset("keycloak", |c| {
+        c.server_url = Some("http://keycloak.keycloak:8080".into());
+        c.realm = Some("myrealm".into());
+    });
+    check(
+        "keycloak",
+        p,
+        Expect {
+            authorization: "http://keycloak.keycloak:8080/realms/myrealm/protocol/openid-connect/auth",
+            token: "http://keycloak.keycloak:8080/realms/myrealm/protocol/openid-connect/token",
+            userinfo: "http://keycloak.keycloak:8080/realms/myrealm/protocol/openid-connect/userinfo",
+            secret_in_body: false,
+            iss_parameter: true,
+        },
+    );
+    // The wrong realm, the classic first-setup mistake.
+    let wrong = preset("keycloak", |c| {
+        c.server_url = Some("http://keycloak.keycloak:8080".into());
+        c.realm = Some("master".into());
+    });
+    let err = check_discovery(&wrong, &fixture("keycloak")).unwrap_err();
+    assert!(
+        err.to_string().contains("check the URL, realm or tenant"),
+        "{err}"
+    );
+}
+
+#[test]
+fn salesforce() {
+    let p = preset("salesforce", |_| {});
+    assert_eq!(p.issuer.as_deref(), Some(presets::SALESFORCE_LOGIN));
+    check(
+        "salesforce",
+        p,
+        Expect {
+            authorization: "https://login.salesforce.com/services/oauth2/authorize",
+            token: "https://login.salesforce.com/services/oauth2/token",
+            userinfo: "https://login.salesforce.com/services/oauth2/userinfo",
+            // Salesforce takes client_secret_post and private_key_jwt only.
+            secret_in_body: true,
+            iss_parameter: false,
+        },
+    );
+}
