@@ -683,8 +683,9 @@ impl Upstream {
             .await
             .map_err(|e| match e {
                 RequestTokenError::ServerResponse(r) => match r.error() {
-                    BasicErrorResponseType::InvalidGrant
-                    | BasicErrorResponseType::UnauthorizedClient => {
+                    // Only invalid_grant is about the person; unauthorized_client and the
+                    // rest are about Grantline's client there, and must not deprovision.
+                    BasicErrorResponseType::InvalidGrant => {
                         RefreshError::Refused(r.error().as_ref().to_string())
                     }
                     other => RefreshError::Unavailable(other.as_ref().to_string()),
@@ -711,7 +712,8 @@ impl Upstream {
             .map_err(|e| RefreshError::Unavailable(e.without_url().to_string()))?;
         match resp.status().as_u16() {
             200..=299 => Ok(()),
-            401 | 403 => Err(RefreshError::Refused(format!(
+            // 401 only: a 403 is also how providers answer rate limits.
+            401 => Err(RefreshError::Refused(format!(
                 "userinfo answered {}",
                 resp.status()
             ))),

@@ -215,7 +215,8 @@ impl App {
         serde_json::from_str(&json).map_err(|_| none())
     }
 
-    /// Seals and stores the user's upstream tokens from `provider`.
+    /// Seals and stores the user's upstream tokens from `provider`. A response without a
+    /// refresh token (Google's after the first consent) keeps the one stored.
     pub async fn keep_upstream_tokens(
         &self,
         user_id: &str,
@@ -225,6 +226,13 @@ impl App {
         let Some(fed) = self.federation.as_deref() else {
             return Ok(());
         };
+        let mut t = t.clone();
+        if t.refresh_token.is_none()
+            && let Ok(old) = self.stored_upstream_tokens(fed, user_id, provider).await
+        {
+            t.refresh_token = old.refresh_token;
+        }
+        let t = &t;
         let json = serde_json::to_string(t).map_err(|e| AppError::Unavailable(e.to_string()))?;
         let sealed = self
             .keyring
@@ -397,6 +405,10 @@ impl App {
                 }
                 Err(e) => Err(e),
             },
+            // An access token that expired by itself says nothing about the person.
+            None if tokens.expires_at.is_some_and(|e| e <= now) => Err(RefreshError::Unavailable(
+                "the upstream access token expired and there is no refresh token".into(),
+            )),
             None => upstream.still_valid(&tokens.access_token).await,
         };
         match result {

@@ -373,15 +373,14 @@ async fn sign_in(
     let p = &slot.provider;
     let store_err = |e: grantline_store::StoreError| crate::app::AppError::from(e).into_response();
     // Who: the link, else (provisioning `existing`) a local user with that verified email or
-    // login as their username, else a new user.
+    // as their username, else a new user.
     let existing = match (&linked, p.provisioning) {
         (Some(u), _) => Some(u.clone()),
         (None, grantline_federation::config::Provisioning::Existing) => {
             let mut found = None;
-            for name in [who.email.as_deref(), who.username.as_deref()]
-                .into_iter()
-                .flatten()
-            {
+            // The verified email only: a login name (`preferred_username`, GitHub `login`)
+            // is chosen by the person and proves nothing.
+            for name in [who.email.as_deref()].into_iter().flatten() {
                 if let Some(c) = app.credentials.by_username(name).await.map_err(store_err)? {
                     found = Some(c.user_id);
                     break;
