@@ -133,23 +133,23 @@ fn okta() {
 #[test]
 fn keycloak() {
     let p = preset("keycloak", |c| {
-        c.server_url = Some("http://keycloak.keycloak:8080".into());
-        c.realm = Some("myrealm".into());
+        c.server_url = Some("http://localhost:8080".into());
+        c.realm = Some("znaphub".into());
     });
     check(
         "keycloak",
         p,
         Expect {
-            authorization: "http://keycloak.keycloak:8080/realms/myrealm/protocol/openid-connect/auth",
-            token: "http://keycloak.keycloak:8080/realms/myrealm/protocol/openid-connect/token",
-            userinfo: "http://keycloak.keycloak:8080/realms/myrealm/protocol/openid-connect/userinfo",
+            authorization: "http://localhost:8080/realms/znaphub/protocol/openid-connect/auth",
+            token: "http://localhost:8080/realms/znaphub/protocol/openid-connect/token",
+            userinfo: "http://localhost:8080/realms/znaphub/protocol/openid-connect/userinfo",
             secret_in_body: false,
             iss_parameter: true,
         },
     );
     // The wrong realm, the classic first-setup mistake.
     let wrong = preset("keycloak", |c| {
-        c.server_url = Some("http://keycloak.keycloak:8080".into());
+        c.server_url = Some("http://localhost:8080".into());
         c.realm = Some("master".into());
     });
     let err = check_discovery(&wrong, &fixture("keycloak")).unwrap_err();
@@ -170,8 +170,8 @@ fn salesforce() {
             authorization: "https://login.salesforce.com/services/oauth2/authorize",
             token: "https://login.salesforce.com/services/oauth2/token",
             userinfo: "https://login.salesforce.com/services/oauth2/userinfo",
-            // Salesforce takes client_secret_post and private_key_jwt only.
-            secret_in_body: true,
+            // Today's document lists client_secret_basic too (a 2018 copy did not).
+            secret_in_body: false,
             iss_parameter: false,
         },
     );
