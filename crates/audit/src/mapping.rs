@@ -257,6 +257,11 @@ pub fn map(event: &Recorded, dir: &mut Directory, o: &mut dyn Opener) -> AuditRe
             request(&mut r, &e.request, o, &mut subjects);
             (C::Authentication, O::Success, S::Info)
         }
+        Payload::UserSessionsEnded(e) => {
+            r.user_id = some(&e.user_id);
+            r.summary = format!("every session ended: {}", e.reason);
+            (C::Authentication, O::Success, S::Medium)
+        }
         Payload::ConsentGranted(e) => {
             r.user_id = some(&e.user_id);
             r.client_id = some(&e.client_id);

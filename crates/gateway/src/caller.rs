@@ -131,6 +131,7 @@ mod state_tests {
                 version: 1,
                 created_at: t0,
                 last_login: None,
+                sessions_ended_at: None,
                 links: Default::default(),
             },
         );

@@ -84,6 +84,8 @@ catalogue! {
     "login.failed" => LoginFailed(LoginFailed),
     /// A user signed out: the session's cookie is refused from now on, on every instance.
     "session.ended" => SessionEnded(SessionEnded),
+    /// Every session the user began before this event ended at once (deprovisioning, containment): their cookies are refused on every instance.
+    "user.sessions_ended" => UserSessionsEnded(UserSessionsEnded),
     /// A user approved a client's access to a resource with these scopes.
     "consent.granted" => ConsentGranted(ConsentGranted),
     /// A user refused a client's request.
@@ -400,6 +402,13 @@ pub struct SessionEnded {
     /// The HTTP request that caused it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request: Option<RequestMeta>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserSessionsEnded {
+    pub user_id: String,
+    /// Why (the containment's or the deprovisioning's reason).
+    pub reason: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

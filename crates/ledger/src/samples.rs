@@ -75,6 +75,7 @@ pub fn stream_for(p: &Payload) -> StreamId {
         Payload::UserLinked(e) => StreamId::user(&e.user_id),
         Payload::LoginSucceeded(e) => StreamId::user(&e.user_id),
         Payload::SessionEnded(e) => StreamId::user(&e.user_id),
+        Payload::UserSessionsEnded(e) => StreamId::user(&e.user_id),
         Payload::LoginFailed(e) => match &e.user_id {
             Some(u) => StreamId::user(u),
             None => StreamId::named("logins"),
@@ -236,6 +237,11 @@ pub fn all() -> Vec<Payload> {
             session_id: "ses_0197a3c1f0d27c4e8b1a9d6e5f403a40".into(),
             expires_at: ts(43_200),
             request: Some(meta(&user_subject)),
+        }
+        .into(),
+        UserSessionsEnded {
+            user_id: USER.into(),
+            reason: "deprovisioned by identity provider okta: refused to refresh".into(),
         }
         .into(),
         ConsentGranted {

@@ -6,6 +6,7 @@
 use crate::{Decision, ErrorCode, OAuthError, limits};
 use grantline_ledger::{
     Actor, ClientDisabled, ExpectedVersion, FamilyRevoked, GrantRevoked, NewEvent, StreamId,
+    UserSessionsEnded,
 };
 use grantline_state::State;
 
@@ -14,7 +15,8 @@ use grantline_state::State;
 pub enum Target {
     Family(String),
     Grant(String),
-    /// Every grant (and so every family) and every personal access token of the user.
+    /// Every grant (and so every family) and every personal access token of the user, and
+    /// every browser session they began (`user.sessions_ended`).
     User(String),
     /// Every grant to the client (and so every family), and the client is disabled (which
     /// also ends its client-credentials tokens).
@@ -77,10 +79,27 @@ pub fn contain(state: &State, actor: Actor, target: &Target, reason: &str) -> De
             }
         }
         Target::User(id) => {
-            if !state.users.contains_key(id) {
+            let Some(user) = state.users.get(id) else {
                 return invalid(format!("no user {id:?}")).into();
+            };
+            let mut d = crate::grant::revoke_everything(state, actor.clone(), id, &reason, None);
+            // Signed in since the last time their sessions were ended: end them too (not
+            // counted among what was revoked, so containing twice still answers 0).
+            let signed_in = user
+                .last_login
+                .is_some_and(|l| user.sessions_ended_at.is_none_or(|e| l >= e));
+            if !signed_in {
+                return d;
             }
-            return crate::grant::revoke_everything(state, actor, id, &reason, None);
+            d.append.events.push(NewEvent::new(
+                StreamId::user(id),
+                actor,
+                UserSessionsEnded {
+                    user_id: id.clone(),
+                    reason,
+                },
+            ));
+            return d;
         }
         Target::PatsOf(id) => {
             if !state.users.contains_key(id) {

@@ -1,7 +1,8 @@
 //! Signed-in sessions and CSRF tokens.
 //!
-//! The session cookie carries `session id . user id . expiry` and a keyed blake3 MAC; logout
-//! remembers the session id until the cookie would have expired. Cookies are `__Host-`,
+//! The session cookie carries `session id . user id . expiry . issued (µs)` and a keyed blake3
+//! MAC; logout remembers the session id until the cookie would have expired, and
+//! `user.sessions_ended` voids every cookie of the user issued before it. Cookies are `__Host-`,
 //! `Secure`, `HttpOnly`, `SameSite=Lax` when the issuer is HTTPS; on a plain-HTTP loopback
 //! issuer (the development default) the prefix and `Secure` are dropped so browsers and HTTP
 //! client libraries still send them.
@@ -19,6 +20,8 @@ pub struct Session {
     pub session_id: String,
     pub user_id: String,
     pub expires: i64,
+    /// When the cookie was issued (Unix microseconds).
+    pub issued: i64,
 }
 
 fn mac(app: &App, purpose: &str, data: &str) -> String {
@@ -69,13 +72,14 @@ pub const LOGIN_NONCE: &str = "grantline_login";
 /// Issues a session cookie value.
 pub fn issue(app: &App, user_id: &str, session_id: &str, now_secs: i64) -> (String, i64) {
     let ttl = app.config.oauth.session_ttl as i64;
-    let payload = format!("{session_id}.{user_id}.{}", now_secs + ttl);
+    let issued = app.now().0;
+    let payload = format!("{session_id}.{user_id}.{}.{issued}", now_secs + ttl);
     let value = format!("{payload}.{}", mac(app, "session", &payload));
     (value, ttl)
 }
 
-/// The session of this request, if its cookie is authentic, unexpired, not logged out, and its
-/// user exists and is enabled.
+/// The session of this request, if its cookie is authentic, unexpired, not logged out, not
+/// ended with all of the user's sessions, and its user exists and is enabled.
 pub fn current(
     app: &App,
     ctx: &RequestContext,
@@ -87,25 +91,26 @@ pub fn current(
     if !equal(tag, &mac(app, "session", payload)) {
         return None;
     }
-    let mut parts = payload.splitn(3, '.');
+    let mut parts = payload.splitn(4, '.');
     let session_id = parts.next()?.to_string();
     let user_id = parts.next()?.to_string();
     let expires: i64 = parts.next()?.parse().ok()?;
+    let issued: i64 = parts.next()?.parse().ok()?;
     if expires <= now_secs {
         return None;
     }
     let live = {
         let state = app.projection.read();
         !state.ended_sessions.contains_key(&session_id)
-            && state
-                .users
-                .get(&user_id)
-                .is_some_and(|u| !u.disabled && !u.erased)
+            && state.users.get(&user_id).is_some_and(|u| {
+                u.active() && u.sessions_ended_at.is_none_or(|ended| issued >= ended.0)
+            })
     };
     live.then_some(Session {
         session_id,
         user_id,
         expires,
+        issued,
     })
 }
 

@@ -108,6 +108,7 @@ pub fn apply(state: &mut State, event: &Recorded) {
                     erased: false,
                     created_at: at,
                     last_login: None,
+                    sessions_ended_at: None,
                     links: Default::default(),
                     version: 0,
                 },
@@ -150,6 +151,11 @@ pub fn apply(state: &mut State, event: &Recorded) {
             state
                 .ended_sessions
                 .insert(e.session_id.clone(), e.expires_at);
+        }
+        Payload::UserSessionsEnded(e) => {
+            if let Some(u) = state.users.get_mut(&e.user_id) {
+                u.sessions_ended_at = Some(at);
+            }
         }
         Payload::ConsentDenied(e) => {
             if let Some(p) = &e.consent_page {

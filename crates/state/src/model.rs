@@ -98,6 +98,9 @@ pub struct User {
     pub erased: bool,
     pub created_at: Timestamp,
     pub last_login: Option<Timestamp>,
+    /// Sessions begun before this time are over (`user.sessions_ended`).
+    #[serde(default)]
+    pub sessions_ended_at: Option<Timestamp>,
     /// Identity providers the user is linked to (`user.linked`), and since when.
     #[serde(default)]
     pub links: std::collections::BTreeMap<String, Since>,

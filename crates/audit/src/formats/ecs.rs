@@ -29,7 +29,7 @@ pub fn categorize(kind: Kind, outcome: &str) -> (&'static [&'static str], Vec<&'
         K::UserRoleChanged | K::UserLinked => (&["iam"], vec!["user", "change"]),
         K::LoginSucceeded => (&["authentication", "session"], vec!["start"]),
         K::LoginFailed => (&["authentication"], vec!["start", "denied"]),
-        K::SessionEnded => (&["authentication", "session"], vec!["end"]),
+        K::SessionEnded | K::UserSessionsEnded => (&["authentication", "session"], vec!["end"]),
         K::ConsentGranted | K::ConsentDenied => (&["iam"], vec!["access", allowed_or_denied]),
         K::GrantRevoked | K::FamilyRevoked | K::TokenRevoked | K::PatRevoked => {
             (&["iam"], vec!["deletion"])

@@ -83,7 +83,7 @@ pub fn class_of(kind: Kind) -> Class {
         K::UserLinked => (ACCOUNT, IAM, 99, "Link"),
         K::LoginSucceeded => (AUTHN, IAM, 1, "Logon"),
         K::LoginFailed => (AUTHN, IAM, 1, "Logon"),
-        K::SessionEnded => (AUTHN, IAM, 2, "Logoff"),
+        K::SessionEnded | K::UserSessionsEnded => (AUTHN, IAM, 2, "Logoff"),
         K::ConsentGranted => (AUTHZ, IAM, 1, "Assign Privileges"),
         K::ConsentDenied => (AUTHZ, IAM, 1, "Assign Privileges"),
         K::CodeIssued => (AUTHN, IAM, 3, "Authentication Ticket"),
