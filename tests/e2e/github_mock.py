@@ -3,7 +3,9 @@ because GitHub itself cannot be reached from the test machine. It mimics GitHub'
 behaviour for OAuth apps: `GET /login/oauth/authorize` (here it signs the "current" user in at
 once), `POST /login/oauth/access_token` (form in; JSON out when asked with
 `Accept: application/json`; client secret and PKCE S256 checked), and, with the bearer token,
-`GET /api/user`, `/api/user/emails`, `/api/user/orgs`, `/api/user/teams`.
+`GET /api/user`, `/api/user/emails`, `/api/user/orgs`, `/api/user/teams`. Lists are paged as
+GitHub pages them: `per_page` (default 30, at most 100) and `page`, with a `Link` header whose
+`rel="next"` names the next page.
 
     python github_mock.py PORT CLIENT_ID CLIENT_SECRET
 
@@ -26,8 +28,10 @@ USERS = {
             {"email": "octocat@github.example", "primary": True, "verified": True,
              "visibility": "private"},
         ],
-        "orgs": [{"login": "Acme", "id": 1}],
-        "teams": [{"slug": "platform", "organization": {"login": "Acme"}}],
+        # Many organisations and teams, the ones that matter past the first page of 100.
+        "orgs": [{"login": f"club-{i}", "id": 100 + i} for i in range(120)] + [{"login": "Acme", "id": 1}],
+        "teams": [{"slug": f"team-{i}", "organization": {"login": f"club-{i}"}} for i in range(105)]
+        + [{"slug": "platform", "organization": {"login": "Acme"}}],
     },
     "mona": {
         "user": {"id": 9919, "login": "mona", "name": "Mona Lisa", "email": "mona@other.example"},
@@ -50,9 +54,11 @@ def make_handler(client_id, client_secret):
         def log_message(self, *a):
             pass
 
-        def send_json(self, status, body):
+        def send_json(self, status, body, link=None):
             data = json.dumps(body).encode()
             self.send_response(status)
+            if link:
+                self.send_header("Link", link)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
@@ -82,6 +88,16 @@ def make_handler(client_id, client_secret):
                 return self.send_json(401, {"message": "Bad credentials"})
             paths = {"/api/user": "user", "/api/user/emails": "emails",
                      "/api/user/orgs": "orgs", "/api/user/teams": "teams"}
+            if url.path in ("/api/user/orgs", "/api/user/teams"):
+                items = u[paths[url.path]]
+                per_page = min(int(q.get("per_page", 30)), 100)
+                page = int(q.get("page", 1))
+                chunk = items[(page - 1) * per_page:page * per_page]
+                link = None
+                if page * per_page < len(items):
+                    nxt = urllib.parse.urlencode({"per_page": per_page, "page": page + 1})
+                    link = f'<http://{self.headers["Host"]}{url.path}?{nxt}>; rel="next"'
+                return self.send_json(200, chunk, link)
             if url.path in paths:
                 return self.send_json(200, u[paths[url.path]])
             self.send_json(404, {"message": "Not Found"})

@@ -59,6 +59,11 @@ pub struct ProviderConfig {
     /// GitHub: only members of these organisations may sign in (empty: any).
     #[serde(default)]
     pub allowed_organizations: Vec<String>,
+    /// Providers where anyone can have an account (GitHub, Google, Atlassian, Salesforce,
+    /// multi-tenant Microsoft) with `jit` provisioning need an admission rule above, or
+    /// this set to say that every account there may become a user here.
+    #[serde(default)]
+    pub allow_any_account: bool,
     /// The role of a person no mapping rule matches (`user` when absent).
     pub default_role: Option<String>,
     /// Claim (or group) → role rules, first match wins, applied at every sign-in.
@@ -77,6 +82,10 @@ pub struct ProviderConfig {
     pub optional: bool,
     /// Clock skew allowed on `exp`/`iat`, seconds (default 60).
     pub clock_skew_secs: Option<u64>,
+    /// How long the provider's signing keys (JWKS) are used before they are fetched again,
+    /// seconds (default 300, 10 to 86400): a key the provider withdrew stops being accepted
+    /// within this time even when no token with a new key has come along.
+    pub jwks_cache_secs: Option<u64>,
 }
 
 /// `claim = "groups"`, `value = "mcp-admins"`, `role = "admin"`: a person whose claim holds
@@ -147,6 +156,7 @@ pub struct Provider {
     pub upstream_check_cache_secs: u64,
     pub optional: bool,
     pub clock_skew_secs: u64,
+    pub jwks_cache_secs: u64,
 }
 
 /// A client secret: never printed.
@@ -266,6 +276,7 @@ impl ProviderConfig {
             upstream_check_cache_secs: self.upstream_check_cache_secs.unwrap_or(300),
             optional: self.optional,
             clock_skew_secs: self.clock_skew_secs.unwrap_or(60).min(600),
+            jwks_cache_secs: self.jwks_cache_secs.unwrap_or(300).clamp(10, 86_400),
             ..base
         };
         for url in [
@@ -280,6 +291,21 @@ impl ProviderConfig {
         {
             check_url(id, url)?;
         }
+        if p.provisioning == Provisioning::JustInTime
+            && self.open_to_anyone(p.flavor)
+            && p.allowed_email_domains.is_empty()
+            && p.allowed_tenants.is_empty()
+            && p.allowed_organizations.is_empty()
+            && !self.allow_any_account
+        {
+            return Err(bad(
+                id,
+                "anyone can have an account at this provider, and provisioning \"jit\" would \
+                 make each of them a user here: set allowed_email_domains, allowed_tenants or \
+                 allowed_organizations, or provisioning = \"existing\", or \
+                 allow_any_account = true if that is what you mean",
+            ));
+        }
         match p.kind {
             Kind::Oidc if p.issuer.is_none() => Err(bad(id, "kind \"oidc\" needs issuer")),
             Kind::OAuth2
@@ -293,6 +319,21 @@ impl ProviderConfig {
                 ))
             }
             _ => Ok(p),
+        }
+    }
+}
+
+impl ProviderConfig {
+    /// Whether anyone in the world can hold an account at the provider (rather than only the
+    /// organisation's people, as at its own Okta, Keycloak or single-tenant Entra ID).
+    fn open_to_anyone(&self, flavor: Flavor) -> bool {
+        match flavor {
+            Flavor::GitHub | Flavor::Google | Flavor::Atlassian | Flavor::Salesforce => true,
+            Flavor::Microsoft => matches!(
+                self.tenant.as_deref().unwrap_or("organizations"),
+                "common" | "organizations" | "consumers"
+            ),
+            Flavor::Generic => false,
         }
     }
 }

@@ -1,7 +1,7 @@
 //! Who may sign in through a provider, and with which role: pure functions of the provider's
 //! settings and the upstream identity, applied at every sign-in.
 
-use crate::config::Provider;
+use crate::config::{Flavor, Provider};
 use crate::identity::UpstreamIdentity;
 
 /// Why a person the upstream vouched for may not sign in here.
@@ -11,6 +11,8 @@ pub enum NotAllowed {
     NoVerifiedEmail,
     #[error("the email's domain is not one this provider admits")]
     Domain,
+    #[error("the account is not managed by a Google Workspace domain this provider admits (hd)")]
+    HostedDomain,
     #[error("the tenant is not one this provider admits")]
     Tenant,
     #[error("the person is not a member of an organisation this provider admits")]
@@ -23,13 +25,17 @@ impl NotAllowed {
         match self {
             NotAllowed::NoVerifiedEmail => "no_verified_email",
             NotAllowed::Domain => "email_domain_not_allowed",
+            NotAllowed::HostedDomain => "hosted_domain_not_allowed",
             NotAllowed::Tenant => "tenant_not_allowed",
             NotAllowed::Organization => "organization_not_allowed",
         }
     }
 }
 
-/// Checks the provider's admission rules: email domains, tenants, organisations.
+/// Checks the provider's admission rules: email domains, tenants, organisations. At Google
+/// a domain is admitted by the `hd` (hosted domain) claim as well as the email: any Google
+/// account can carry a verified address at any domain, but only the domain's Workspace
+/// accounts carry its `hd`.
 pub fn admitted(p: &Provider, who: &UpstreamIdentity) -> Result<(), NotAllowed> {
     if !p.allowed_email_domains.is_empty() {
         let email = who.email.as_deref().ok_or(NotAllowed::NoVerifiedEmail)?;
@@ -39,6 +45,16 @@ pub fn admitted(p: &Provider, who: &UpstreamIdentity) -> Result<(), NotAllowed> 
             .unwrap_or_default();
         if !p.allowed_email_domains.contains(&domain) {
             return Err(NotAllowed::Domain);
+        }
+        if p.flavor == Flavor::Google {
+            let hd = who
+                .claims
+                .get("hd")
+                .and_then(|v| v.first())
+                .map(|d| d.to_ascii_lowercase());
+            if !hd.is_some_and(|d| p.allowed_email_domains.contains(&d)) {
+                return Err(NotAllowed::HostedDomain);
+            }
         }
     }
     if !p.allowed_tenants.is_empty() {
@@ -141,6 +157,32 @@ mod tests {
             admitted(&p, &who(None, &[("orgs", &["other"])])),
             Err(NotAllowed::Organization)
         );
+    }
+
+    #[test]
+    fn at_google_a_domain_is_admitted_by_its_hosted_domain_claim() {
+        let p = provider(|c| {
+            c.kind = None;
+            c.issuer = None;
+            c.preset = Some("google".into());
+            c.allowed_email_domains = vec!["example.com".into()];
+        });
+        // A Workspace account of the domain.
+        let member = who(Some("a@example.com"), &[("hd", &["example.com"])]);
+        assert_eq!(admitted(&p, &member), Ok(()));
+        // A consumer Google account that registered an address at the domain: verified
+        // email, but no hd (or another one).
+        assert_eq!(
+            admitted(&p, &who(Some("a@example.com"), &[])),
+            Err(NotAllowed::HostedDomain)
+        );
+        assert_eq!(
+            admitted(&p, &who(Some("a@example.com"), &[("hd", &["other.org"])])),
+            Err(NotAllowed::HostedDomain)
+        );
+        // Elsewhere the email's domain is the rule.
+        let p = provider(|c| c.allowed_email_domains = vec!["example.com".into()]);
+        assert_eq!(admitted(&p, &who(Some("a@example.com"), &[])), Ok(()));
     }
 
     #[test]

@@ -234,5 +234,6 @@ fn blank(c: &ProviderConfig) -> Provider {
         upstream_check_cache_secs: 300,
         optional: false,
         clock_skew_secs: 60,
+        jwks_cache_secs: 300,
     }
 }

@@ -55,7 +55,8 @@ type OAuthClient = oauth2::Client<
     EndpointSet,
 >;
 
-/// The JWKS is fetched again on an unknown key at most this often.
+/// The JWKS is fetched again at most this often (on an unknown key, or when it is older than
+/// the provider's `jwks_cache_secs`).
 const JWKS_REFRESH: Duration = Duration::from_secs(10);
 /// The most a discovery document, JWKS or userinfo answer may weigh.
 const MAX_DOCUMENT: usize = 512 * 1024;
@@ -272,10 +273,18 @@ async fn get_json(http: &reqwest::Client, url: &str, bearer: Option<&str>) -> Re
     if let Some(t) = bearer {
         req = req.bearer_auth(t);
     }
-    let unreachable = |e: reqwest::Error| Fetch::Unreachable(format!("{url}: {}", e.without_url()));
-    let resp = req.send().await.map_err(unreachable)?;
+    let resp = req.send().await.map_err(|e| unreachable(url, e))?;
+    read_json(url, resp).await
+}
+
+fn unreachable(url: &str, e: reqwest::Error) -> Fetch {
+    Fetch::Unreachable(format!("{url}: {}", e.without_url()))
+}
+
+/// A successful answer's JSON body, at most [`MAX_DOCUMENT`] bytes.
+async fn read_json(url: &str, resp: reqwest::Response) -> Result<Value, Fetch> {
     let status = resp.status();
-    let body = resp.bytes().await.map_err(unreachable)?;
+    let body = resp.bytes().await.map_err(|e| unreachable(url, e))?;
     if body.len() > MAX_DOCUMENT {
         return Err(Fetch::Invalid(format!(
             "{url} answered more than {MAX_DOCUMENT} bytes"
@@ -286,6 +295,114 @@ async fn get_json(http: &reqwest::Client, url: &str, bearer: Option<&str>) -> Re
     }
     serde_json::from_slice(&body)
         .map_err(|e| Fetch::Invalid(format!("{url} did not answer JSON: {e}")))
+}
+
+/// Why a token request got no usable answer.
+#[derive(Debug, thiserror::Error)]
+enum TokenHttpError {
+    #[error("{0}")]
+    Request(String),
+    #[error("the token endpoint answered more than {MAX_DOCUMENT} bytes")]
+    TooLarge,
+}
+
+/// oauth2's HTTP client for token requests: the shared client, reading at most
+/// [`MAX_DOCUMENT`] bytes of the answer (a token endpoint is no reason to hold unbounded
+/// memory).
+async fn send_bounded(
+    http: &reqwest::Client,
+    request: oauth2::HttpRequest,
+) -> Result<oauth2::HttpResponse, TokenHttpError> {
+    let failed = |e: reqwest::Error| TokenHttpError::Request(e.without_url().to_string());
+    let request = reqwest::Request::try_from(request).map_err(failed)?;
+    let mut response = http.execute(request).await.map_err(failed)?;
+    if response
+        .content_length()
+        .is_some_and(|n| n > MAX_DOCUMENT as u64)
+    {
+        return Err(TokenHttpError::TooLarge);
+    }
+    let mut answer = oauth2::http::Response::builder().status(response.status());
+    for (name, value) in response.headers() {
+        answer = answer.header(name, value);
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(failed)? {
+        if body.len() + chunk.len() > MAX_DOCUMENT {
+            return Err(TokenHttpError::TooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    answer
+        .body(body)
+        .map_err(|e| TokenHttpError::Request(e.to_string()))
+}
+
+/// The shared client as oauth2's HTTP client, through [`send_bounded`].
+struct Bounded<'a>(&'a reqwest::Client);
+
+type BoundedFuture<'c> = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<oauth2::HttpResponse, TokenHttpError>> + Send + 'c>,
+>;
+
+impl<'c> oauth2::AsyncHttpClient<'c> for Bounded<'_> {
+    type Error = TokenHttpError;
+    type Future = BoundedFuture<'c>;
+
+    fn call(&'c self, request: oauth2::HttpRequest) -> Self::Future {
+        Box::pin(send_bounded(self.0, request))
+    }
+}
+
+/// A GitHub list, page by page (`per_page=100`, following `Link: <…>; rel="next"` while it
+/// stays on the API's origin, so the token goes nowhere else), up to `max` items.
+async fn get_list(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+    max: usize,
+) -> Result<Vec<Value>, Fetch> {
+    let origin = url::Url::parse(url)
+        .map_err(|e| Fetch::Invalid(format!("{url}: {e}")))?
+        .origin();
+    let mut next = Some(format!("{url}?per_page=100"));
+    let mut items = Vec::new();
+    while let Some(page) = next.take()
+        && items.len() < max
+    {
+        let resp = http
+            .get(&page)
+            .header("accept", "application/json")
+            .bearer_auth(token)
+            .send()
+            .await
+            .map_err(|e| unreachable(&page, e))?;
+        next = resp
+            .headers()
+            .get(reqwest::header::LINK)
+            .and_then(|v| v.to_str().ok())
+            .and_then(next_link)
+            .filter(|n| url::Url::parse(n).is_ok_and(|n| n.origin() == origin));
+        match read_json(&page, resp).await? {
+            Value::Array(a) if a.is_empty() => break,
+            Value::Array(a) => items.extend(a),
+            _ => return Err(Fetch::Invalid(format!("{page} did not answer a list"))),
+        }
+    }
+    items.truncate(max);
+    Ok(items)
+}
+
+/// The `rel="next"` target of an RFC 8288 `Link` header.
+fn next_link(header: &str) -> Option<String> {
+    header.split(',').find_map(|part| {
+        let (target, params) = part.trim().split_once(';')?;
+        let next = params
+            .split(';')
+            .any(|p| p.trim().eq_ignore_ascii_case("rel=\"next\""));
+        let target = target.trim().strip_prefix('<')?.strip_suffix('>')?;
+        next.then(|| target.to_string())
+    })
 }
 
 impl Upstream {
@@ -425,7 +542,7 @@ impl Upstream {
             .exchange_code(AuthorizationCode::new(code.to_string()))
             .set_redirect_uri(Cow::Owned(redirect))
             .set_pkce_verifier(PkceCodeVerifier::new(pkce_verifier.to_string()))
-            .request_async(&self.http)
+            .request_async(&Bounded(&self.http))
             .await
             .map_err(|e| match e {
                 RequestTokenError::ServerResponse(r) => {
@@ -518,36 +635,27 @@ impl Upstream {
                 .and_then(|e| e["email"].as_str())
                 .map(|e| e.to_ascii_lowercase())
         });
-        let orgs = get_json(&self.http, &format!("{api}/user/orgs"), Some(token))
+        let list = |path: &str| format!("{api}{path}");
+        let max = identity::MAX_CLAIM_VALUES;
+        let userinfo = |e: Fetch| SignInError::Userinfo(e.into());
+        let orgs: Vec<String> = get_list(&self.http, &list("/user/orgs"), token, max)
             .await
-            .map_err(|e| SignInError::Userinfo(e.into()))?;
-        let orgs: Vec<String> = orgs
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|o| o["login"].as_str().map(str::to_ascii_lowercase))
-                    .take(identity::MAX_CLAIM_VALUES)
-                    .collect()
-            })
-            .unwrap_or_default();
-        let teams = get_json(&self.http, &format!("{api}/user/teams"), Some(token))
+            .map_err(userinfo)?
+            .iter()
+            .filter_map(|o| o["login"].as_str().map(str::to_ascii_lowercase))
+            .collect();
+        let teams: Vec<String> = get_list(&self.http, &list("/user/teams"), token, max)
             .await
-            .map_err(|e| SignInError::Userinfo(e.into()))?;
-        let teams: Vec<String> = teams
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|t| {
-                        Some(format!(
-                            "{}/{}",
-                            t["organization"]["login"].as_str()?.to_ascii_lowercase(),
-                            t["slug"].as_str()?
-                        ))
-                    })
-                    .take(identity::MAX_CLAIM_VALUES)
-                    .collect()
+            .map_err(userinfo)?
+            .iter()
+            .filter_map(|t| {
+                Some(format!(
+                    "{}/{}",
+                    t["organization"]["login"].as_str()?.to_ascii_lowercase(),
+                    t["slug"].as_str()?
+                ))
             })
-            .unwrap_or_default();
+            .collect();
         who.claims.insert("orgs".into(), orgs);
         who.claims.insert("teams".into(), teams);
         Ok(())
@@ -595,7 +703,15 @@ impl Upstream {
                     .claims(&verifier, &Nonce::new(nonce.to_string()))
                     .map(|_| ())
             };
-        let keys = self.keys(o).0;
+        // Keys older than the provider's cache time are fetched again first, so a key the
+        // provider withdrew is refused even when no token with a new key has come along (a
+        // provider that cannot be asked leaves the cached keys in use).
+        let (mut keys, fetched) = self.keys(o);
+        if fetched.elapsed() >= Duration::from_secs(self.provider.jwks_cache_secs)
+            && let Some(fresh) = self.refresh_keys(o).await
+        {
+            keys = fresh;
+        }
         let result = match attempt(keys) {
             Err(openidconnect::ClaimsVerificationError::SignatureVerification(
                 openidconnect::SignatureVerificationError::NoMatchingKey,
@@ -679,7 +795,7 @@ impl Upstream {
         let resp = self
             .client
             .exchange_refresh_token(&token)
-            .request_async(&self.http)
+            .request_async(&Bounded(&self.http))
             .await
             .map_err(|e| match e {
                 RequestTokenError::ServerResponse(r) => match r.error() {
@@ -807,5 +923,71 @@ mod tests {
         ));
         assert!(issuer_matches("https://a.example", "https://a.example"));
         assert!(!issuer_matches("https://a.example", "https://a.example/"));
+    }
+
+    #[test]
+    fn the_next_page_is_read_from_the_link_header() {
+        let gh = "<https://api.github.com/user/orgs?per_page=100&page=2>; rel=\"next\", \
+                  <https://api.github.com/user/orgs?per_page=100&page=3>; rel=\"last\"";
+        assert_eq!(
+            next_link(gh).as_deref(),
+            Some("https://api.github.com/user/orgs?per_page=100&page=2")
+        );
+        let last = "<https://api.github.com/user/orgs?page=1>; rel=\"prev\", \
+                    <https://api.github.com/user/orgs?page=1>; rel=\"first\"";
+        assert_eq!(next_link(last), None);
+        assert_eq!(next_link("garbage"), None);
+        assert_eq!(
+            next_link("https://x; rel=\"next\""),
+            None,
+            "the target needs <>"
+        );
+    }
+
+    /// Serves one answer of `body_len` bytes (with or without a Content-Length) on a local
+    /// port.
+    async fn one_answer(body_len: usize, length_header: bool) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/token", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = sock.read(&mut buf).await;
+            let length = if length_header {
+                format!("Content-Length: {body_len}\r\n")
+            } else {
+                String::new()
+            };
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n{length}Connection: close\r\n\r\n"
+            );
+            let _ = sock.write_all(head.as_bytes()).await;
+            let _ = sock.write_all(&vec![b' '; body_len]).await;
+        });
+        url
+    }
+
+    #[tokio::test]
+    async fn token_answers_are_read_up_to_a_bound() {
+        let http = http_client().unwrap();
+        let request = |url: &str| {
+            oauth2::http::Request::builder()
+                .method("POST")
+                .uri(url)
+                .body(b"grant_type=x".to_vec())
+                .unwrap()
+        };
+        for length_header in [true, false] {
+            let url = one_answer(MAX_DOCUMENT + 1, length_header).await;
+            let r = send_bounded(&http, request(&url)).await;
+            assert!(
+                matches!(r, Err(TokenHttpError::TooLarge)),
+                "{length_header}: {r:?}"
+            );
+            let url = one_answer(1000, length_header).await;
+            let r = send_bounded(&http, request(&url)).await.unwrap();
+            assert_eq!((r.status().as_u16(), r.body().len()), (200, 1000));
+        }
     }
 }

@@ -28,7 +28,8 @@ fn presets_fill_in_urls_scopes_and_claims() {
 id = "github"
 preset = "github"
 client_id = "Iv1.x"
-client_secret_env = "SECRET""#,
+client_secret_env = "SECRET"
+allow_any_account = true"#,
     )
     .resolve(&env)
     .unwrap();
@@ -73,7 +74,8 @@ client_secret_env = "SECRET""#,
 id = "entra"
 preset = "microsoft"
 client_id = "b1"
-client_secret_env = "SECRET""#,
+client_secret_env = "SECRET"
+allow_any_account = true"#,
     )
     .resolve(&env)
     .unwrap();
@@ -87,6 +89,7 @@ id = "atl"
 preset = "atlassian"
 client_id = "a"
 client_secret_env = "SECRET"
+allow_any_account = true
 scopes = ["read:me", "read:jira-work", "offline_access"]"#,
     )
     .resolve(&env)
@@ -156,6 +159,43 @@ fn mistakes_are_refused_with_the_fix() {
         "[[identity_providers]]\nid = \"g\"\nclient_id = \"c\"\nclient_secert_env = \"X\"",
     );
     assert!(bad.unwrap_err().to_string().contains("client_secert_env"));
+}
+
+#[test]
+fn a_provider_open_to_anyone_needs_an_admission_rule_to_create_users() {
+    let cfg = |extra: &str| {
+        format!(
+            "[[identity_providers]]\nid = \"p\"\nclient_id = \"c\"\nclient_secret_env = \"SECRET\"\n{extra}"
+        )
+    };
+    // Anyone can have a GitHub, Google, Atlassian or Salesforce account, or a Microsoft one
+    // on the multi-tenant endpoints: just-in-time provisioning alone would let them all in.
+    for preset in [
+        "preset = \"github\"",
+        "preset = \"google\"",
+        "preset = \"atlassian\"",
+        "preset = \"salesforce\"",
+        "preset = \"microsoft\"",
+        "preset = \"microsoft\"\ntenant = \"common\"",
+    ] {
+        let e = err(&cfg(preset));
+        assert!(e.contains("allow_any_account = true"), "{preset}: {e}");
+        assert!(e.contains("identity provider \"p\""), "{e}");
+    }
+    // Any one rule, provisioning of existing users only, or saying so, is enough.
+    for ok in [
+        "preset = \"github\"\nallowed_organizations = [\"acme\"]",
+        "preset = \"google\"\nallowed_email_domains = [\"example.com\"]",
+        "preset = \"microsoft\"\nallowed_tenants = [\"72f988bf-86f1-41af-91ab-2d7cd011db47\"]",
+        "preset = \"salesforce\"\nprovisioning = \"existing\"",
+        "preset = \"atlassian\"\nallow_any_account = true",
+        // One tenant's own endpoint, an Okta or Keycloak of the organisation: its people only.
+        "preset = \"microsoft\"\ntenant = \"72f988bf-86f1-41af-91ab-2d7cd011db47\"",
+        "preset = \"okta\"\ndomain = \"https://acme.okta.com\"",
+        "preset = \"keycloak\"\nserver_url = \"https://sso.acme.example\"\nrealm = \"staff\"",
+    ] {
+        assert!(parse(&cfg(ok)).resolve(&env).is_ok(), "{ok}");
+    }
 }
 
 #[test]

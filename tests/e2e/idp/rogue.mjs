@@ -6,7 +6,8 @@
 //
 // Issuer http://127.0.0.1:P (P may be 0). Prints exactly one line `READY http://127.0.0.1:P` on
 // stdout when it listens; everything else goes to stderr. No login page: /authorize redirects at
-// once. POST /__test/mode {"mode": "..."} chooses how the next responses are broken (see MODES).
+// once. POST /__test/mode {"mode": "..."} chooses how the next responses are broken (see MODES);
+// POST /__test/rotate publishes a new signing key and withdraws the current one from /jwks.
 
 import * as crypto from 'node:crypto';
 import * as http from 'node:http';
@@ -28,6 +29,7 @@ const MODES = {
   bad_signature: 'a valid token with one character in the middle of the signature changed',
   alg_none: 'header {"alg":"none","typ":"JWT"} and an empty signature',
   rotated_key: 'signed with a key (own kid) that /jwks does not list',
+  removed_key: 'signed with the key /jwks listed before POST /__test/rotate withdrew it',
   replay_nonce: 'nonce of the previous authorize request instead of this one',
   azp_mismatch: 'aud [client_id, "other-client"], azp "other-client"',
   azp_other: 'aud client_id alone, but azp "other-client"',
@@ -79,7 +81,8 @@ async function makeKey() {
   return { privateKey, kid, publicJwk: { ...pub, kid, alg: 'RS256', use: 'sig' } };
 }
 
-const currentKey = await makeKey();
+let currentKey = await makeKey();
+let retiredKey = null; // for removed_key: published until POST /__test/rotate
 const strayKey = await makeKey(); // for rotated_key: never published
 
 // state
@@ -110,6 +113,7 @@ async function idToken({ nonce, previousNonce }) {
     case 'expired': payload.iat = t - 1200; payload.exp = t - 600; break;
     case 'future_iat': payload.iat = t + 3600; payload.exp = t + 4000; break;
     case 'rotated_key': key = strayKey; break;
+    case 'removed_key': key = retiredKey ?? currentKey; break;
     case 'replay_nonce': payload.nonce = previousNonce ?? `no-previous-authorize-${random()}`; break;
     case 'azp_mismatch': payload.aud = [CLIENT_ID, 'other-client']; payload.azp = 'other-client'; break;
     case 'azp_other': payload.azp = 'other-client'; break;
@@ -392,6 +396,12 @@ const server = http.createServer((req, res) => {
       case 'GET /authorize': authorize(req, res, url); break;
       case 'POST /token': await token(req, res); break;
       case 'GET /userinfo': userinfo(req, res); break;
+      case 'POST /__test/rotate':
+        retiredKey = currentKey;
+        currentKey = await makeKey();
+        log(`keys rotated: ${retiredKey.kid} withdrawn, ${currentKey.kid} published`);
+        send(res, 200, { kid: currentKey.kid, withdrawn: retiredKey.kid });
+        break;
       case 'GET /__test/mode':
       case 'POST /__test/mode': await testMode(req, res); break;
       default: send(res, 404, { error: 'not_found' });
