@@ -176,9 +176,11 @@ pub fn sign_in_failed(
     error: &str,
     request: RequestMeta,
 ) -> Decision<()> {
+    // Text the upstream chose: only displayable characters (no controls, no bidirectional
+    // overrides that would make the audit trail read other than it is).
     let error: String = error
         .chars()
-        .filter(|c| !c.is_control())
+        .filter(|c| crate::limits::displayable(*c))
         .take(MAX_ERROR)
         .collect();
     let provider: String = provider.chars().take(32).collect();
@@ -484,5 +486,27 @@ mod tests {
             known,
         );
         assert!(d.append.events.is_empty() && d.outcome.is_err());
+    }
+
+    #[test]
+    fn upstream_error_text_is_recorded_bounded_and_without_direction_overrides() {
+        let hostile = format!(
+            "invalid_grant: \u{202E}nimda\u{202C} \u{200B}x\n{}",
+            "a".repeat(2000)
+        );
+        let d = sign_in_failed(
+            "corp",
+            None,
+            LoginFailure::IdentityProviderError,
+            &hostile,
+            meta(),
+        );
+        let Payload::LoginFailed(f) = &d.append.events[0].payload else {
+            panic!("not login.failed");
+        };
+        let error = f.error.as_deref().unwrap();
+        assert!(error.starts_with("invalid_grant: nimda x"), "{error}");
+        assert!(error.chars().all(crate::limits::displayable));
+        assert_eq!(error.chars().count(), MAX_ERROR);
     }
 }

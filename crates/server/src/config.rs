@@ -58,6 +58,15 @@ pub struct LoginSection {
     pub start_without_providers: bool,
 }
 
+impl LoginSection {
+    /// Whether `username` may sign in with a password at all: every local account when local
+    /// accounts are on, else only the break-glass admin. Checked before any password is, on
+    /// the sign-in page and on the HTTP Basic APIs alike.
+    pub fn password_allowed(&self, username: &str) -> bool {
+        self.local_accounts || self.break_glass_admin.as_deref() == Some(username)
+    }
+}
+
 impl Default for LoginSection {
     fn default() -> Self {
         LoginSection {

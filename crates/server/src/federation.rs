@@ -21,6 +21,9 @@ const MAX_CHECKS: usize = 10_000;
 /// Upstream tokens this close to expiry are refreshed before they are handed out.
 const EXPIRY_MARGIN: i64 = 30;
 
+/// (user id, provider id).
+type UserAtProvider = (String, String);
+
 /// One configured provider; `upstream` is `None` until its discovery succeeded (a provider
 /// marked optional, or `--start-without-providers`, may start without it).
 pub struct Slot {
@@ -35,9 +38,58 @@ pub struct Federation {
     http: reqwest::Client,
     /// (user, provider) → when the upstream last confirmed the person's session.
     checks: Mutex<HashMap<(String, String), Instant>>,
+    /// One upstream refresh at a time per (user, provider): a provider that rotates refresh
+    /// tokens refuses the second of two concurrent refreshes with the same token, which would
+    /// read as the person's access having ended.
+    refreshing: Mutex<HashMap<UserAtProvider, Arc<tokio::sync::Mutex<()>>>>,
     /// States of callbacks already answered, until their transaction would have expired: a
     /// replayed callback is refused even with its cookie.
-    used_states: Mutex<HashMap<String, i64>>,
+    used_states: Mutex<UsedStates>,
+    /// Failed callbacks nobody is known for are recorded at most once a minute per provider
+    /// and error; the rest are counted into the next record (anyone can send them).
+    pub anonymous_failures: crate::refusal_window::RefusalLog<(String, String)>,
+}
+
+/// The most callback states remembered at once; past it, callbacks are refused until the
+/// oldest expire (a replay must never slip through because the memory was full).
+const MAX_USED_STATES: usize = 100_000;
+
+/// Answered states in the order they expire, and as a set.
+#[derive(Default)]
+struct UsedStates {
+    by_expiry: std::collections::VecDeque<(i64, String)>,
+    set: std::collections::HashSet<String>,
+}
+
+impl UsedStates {
+    fn first_use(&mut self, state: &str, now: i64, max: usize) -> Result<(), StateUse> {
+        while let Some((until, _)) = self.by_expiry.front()
+            && *until <= now
+        {
+            if let Some((_, old)) = self.by_expiry.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+        if self.set.contains(state) {
+            return Err(StateUse::Replayed);
+        }
+        if self.set.len() >= max {
+            return Err(StateUse::Full);
+        }
+        self.set.insert(state.to_string());
+        self.by_expiry
+            .push_back((now + TRANSACTION_TTL, state.to_string()));
+        Ok(())
+    }
+}
+
+/// Why a callback's state cannot be accepted.
+#[derive(Debug, PartialEq, Eq)]
+pub enum StateUse {
+    /// The state was answered before.
+    Replayed,
+    /// Too many sign-ins finished within one transaction lifetime to remember another.
+    Full,
 }
 
 /// What the browser carries across the upstream round trip, encrypted and authenticated
@@ -106,7 +158,9 @@ impl Federation {
             tables,
             http,
             checks: Mutex::new(HashMap::new()),
-            used_states: Mutex::new(HashMap::new()),
+            refreshing: Mutex::new(HashMap::new()),
+            used_states: Mutex::new(UsedStates::default()),
+            anonymous_failures: Default::default(),
         })
     }
 
@@ -135,18 +189,32 @@ impl Federation {
         Ok(u)
     }
 
-    /// Remembers a callback's state as answered; false when it was already.
-    pub fn first_use(&self, state: &str, now: i64) -> bool {
-        let mut used = self.used_states.lock().unwrap_or_else(|p| p.into_inner());
-        used.retain(|_, until| *until > now);
-        if used.contains_key(state) {
-            return false;
+    /// The lock that serialises the upstream refreshes of one user at one provider. Locks
+    /// nobody holds are dropped once there are many.
+    fn refresh_lock(&self, user_id: &str, provider: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.refreshing.lock().unwrap_or_else(|p| p.into_inner());
+        if locks.len() >= 1024 {
+            locks.retain(|_, l| Arc::strong_count(l) > 1);
         }
-        if used.len() < 100_000 {
-            used.insert(state.to_string(), now + TRANSACTION_TTL);
-        }
-        true
+        locks
+            .entry((user_id.to_string(), provider.to_string()))
+            .or_default()
+            .clone()
     }
+
+    /// Remembers a callback's state as answered, refusing one answered already; forgets
+    /// states whose transaction has expired (they are refused as expired anyway).
+    pub fn first_use(&self, state: &str, now: i64) -> Result<(), StateUse> {
+        self.used_states
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .first_use(state, now, MAX_USED_STATES)
+    }
+}
+
+/// Whether upstream tokens can be handed out as they are (not expired, nor about to).
+fn usable(t: &UpstreamTokens, now: i64) -> bool {
+    t.expires_at.is_none_or(|e| e > now + EXPIRY_MARGIN)
 }
 
 fn cookie_key(app: &App) -> SubjectKey {
@@ -262,23 +330,26 @@ impl App {
     ) -> Result<(UpstreamTokens, bool), TokenError> {
         let fed = self.fed()?;
         let tokens = self.stored_upstream_tokens(fed, user_id, provider).await?;
-        if tokens.expires_at.is_none_or(|e| e > now + EXPIRY_MARGIN) {
+        if usable(&tokens, now) {
             return Ok((tokens, false));
         }
-        let Some(refresh) = tokens.refresh_token.clone() else {
+        let lock = fed.refresh_lock(user_id, provider);
+        let _one_at_a_time = lock.lock().await;
+        // Another request may have refreshed them while this one waited.
+        let tokens = self.stored_upstream_tokens(fed, user_id, provider).await?;
+        if usable(&tokens, now) {
+            return Ok((tokens, false));
+        }
+        if tokens.refresh_token.is_none() {
             return Err(TokenError::Unavailable(
                 "the upstream token expired and the provider gave no refresh token".into(),
             ));
-        };
-        let upstream = fed
-            .upstream(provider)
+        }
+        match self
+            .refresh_upstream(fed, user_id, provider, tokens, now)
             .await
-            .map_err(TokenError::Unavailable)?;
-        match upstream.refresh(&refresh, now).await {
-            Ok(fresh) => {
-                self.keep_upstream_tokens(user_id, provider, &fresh).await?;
-                Ok((fresh, true))
-            }
+        {
+            Ok(fresh) => Ok((fresh, true)),
             Err(RefreshError::Refused(why)) => {
                 self.deprovision(
                     user_id,
@@ -290,6 +361,52 @@ impl App {
             }
             Err(RefreshError::Unavailable(why)) => Err(TokenError::Unavailable(why)),
         }
+    }
+
+    /// Refreshes the user's upstream tokens (the caller holds the refresh lock) and keeps the
+    /// fresh ones. A refusal is believed only for the refresh token still stored: when another
+    /// instance rotated it meanwhile, the refresh is tried once more with the new one.
+    async fn refresh_upstream(
+        &self,
+        fed: &Federation,
+        user_id: &str,
+        provider: &str,
+        tokens: UpstreamTokens,
+        now: i64,
+    ) -> Result<UpstreamTokens, RefreshError> {
+        let upstream = fed
+            .upstream(provider)
+            .await
+            .map_err(RefreshError::Unavailable)?;
+        let mut used = tokens.refresh_token;
+        for attempt in 0..2 {
+            let Some(refresh) = used.clone() else {
+                break;
+            };
+            match upstream.refresh(&refresh, now).await {
+                Ok(fresh) => {
+                    self.keep_upstream_tokens(user_id, provider, &fresh)
+                        .await
+                        .map_err(|e| RefreshError::Unavailable(e.to_string()))?;
+                    return Ok(fresh);
+                }
+                Err(RefreshError::Refused(why)) if attempt == 0 => {
+                    let stored = self
+                        .stored_upstream_tokens(fed, user_id, provider)
+                        .await
+                        .ok()
+                        .and_then(|t| t.refresh_token);
+                    if stored.is_none() || stored == used {
+                        return Err(RefreshError::Refused(why));
+                    }
+                    used = stored;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(RefreshError::Unavailable(
+            "the provider gave no refresh token".into(),
+        ))
     }
 
     /// Deprovisioning: every grant, token family and personal access token of the user is
@@ -392,24 +509,22 @@ impl App {
         now: i64,
     ) -> Result<(), TokenError> {
         let fed = self.fed()?;
+        let lock = fed.refresh_lock(user_id, provider);
+        let _one_at_a_time = lock.lock().await;
         let tokens = self.stored_upstream_tokens(fed, user_id, provider).await?;
-        let upstream = fed
-            .upstream(provider)
-            .await
-            .map_err(TokenError::Unavailable)?;
         let result = match &tokens.refresh_token {
-            Some(r) => match upstream.refresh(r, now).await {
-                Ok(fresh) => {
-                    self.keep_upstream_tokens(user_id, provider, &fresh).await?;
-                    Ok(())
-                }
-                Err(e) => Err(e),
-            },
+            Some(_) => self
+                .refresh_upstream(fed, user_id, provider, tokens, now)
+                .await
+                .map(drop),
             // An access token that expired by itself says nothing about the person.
             None if tokens.expires_at.is_some_and(|e| e <= now) => Err(RefreshError::Unavailable(
                 "the upstream access token expired and there is no refresh token".into(),
             )),
-            None => upstream.still_valid(&tokens.access_token).await,
+            None => match fed.upstream(provider).await {
+                Ok(upstream) => upstream.still_valid(&tokens.access_token).await,
+                Err(e) => Err(RefreshError::Unavailable(e)),
+            },
         };
         match result {
             Ok(()) => Ok(()),
@@ -424,5 +539,29 @@ impl App {
             }
             Err(RefreshError::Unavailable(why)) => Err(TokenError::Unavailable(why)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_state_is_answered_once_and_a_full_memory_refuses_rather_than_forgets() {
+        let mut used = UsedStates::default();
+        assert_eq!(used.first_use("a", 0, 2), Ok(()));
+        assert_eq!(used.first_use("a", 1, 2), Err(StateUse::Replayed));
+        assert_eq!(used.first_use("b", 2, 2), Ok(()));
+        // Full: a third is refused, not let through unremembered.
+        assert_eq!(used.first_use("c", 3, 2), Err(StateUse::Full));
+        assert_eq!(used.first_use("b", 4, 2), Err(StateUse::Replayed));
+        // Once "a"'s transaction has expired it is forgotten (it is refused as expired
+        // before this check), which makes room.
+        assert_eq!(used.first_use("c", TRANSACTION_TTL, 2), Ok(()));
+        assert_eq!(
+            used.first_use("c", TRANSACTION_TTL + 1, 2),
+            Err(StateUse::Replayed)
+        );
+        assert_eq!((used.set.len(), used.by_expiry.len()), (2, 2));
     }
 }

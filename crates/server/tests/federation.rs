@@ -289,6 +289,97 @@ backend_tests! {
         s.stop().await;
     }
 
+    async fn deprovisioning_ends_the_users_browser_sessions(db: TestDb) {
+        let (s, _d) = start(&db, true).await;
+        let dana = grantline_server::admin::add_user(
+            &s.app,
+            &grantline_server::admin::NewUser { username: "dana", email: None, role: "user" },
+            "dana-password-123456",
+            grantline_ledger::UserSource::Admin,
+            grantline_ledger::Actor::Operator,
+        )
+        .await
+        .unwrap();
+        let account = |b: &reqwest::Client| {
+            let r = b.get(s.url("/account")).send();
+            async move { r.await.unwrap().status() }
+        };
+        let (laptop, phone) = (browser(), browser());
+        for b in [&laptop, &phone] {
+            assert_eq!(sign_in_with(&s, b, "dana", "dana-password-123456").await.status(), StatusCode::SEE_OTHER);
+            assert_eq!(account(b).await, StatusCode::OK);
+        }
+        s.app.clock.advance(1);
+        s.app.deprovision(&dana, "corp", "the user was disabled upstream").await.unwrap();
+        // Both browsers are signed out at once, not when their cookies expire.
+        for b in [&laptop, &phone] {
+            assert_eq!(account(b).await, StatusCode::FOUND, "sent to the sign-in page");
+        }
+        let ended = |events: &[grantline_ledger::Recorded]| {
+            events.iter().filter(|e| e.payload().kind().as_str() == "user.sessions_ended").count()
+        };
+        assert_eq!(ended(&s.app.store().read(0, 100_000).await.unwrap()), 1);
+        // Deprovisioning again with nobody signed in ends nothing more.
+        s.app.deprovision(&dana, "corp", "again").await.unwrap();
+        assert_eq!(ended(&s.app.store().read(0, 100_000).await.unwrap()), 1);
+        // A later sign-in (one the upstream allows) works again.
+        s.app.clock.advance(1);
+        assert_eq!(sign_in_with(&s, &laptop, "dana", "dana-password-123456").await.status(), StatusCode::SEE_OTHER);
+        assert_eq!(account(&laptop).await, StatusCode::OK);
+        assert_eq!(account(&phone).await, StatusCode::FOUND);
+        s.stop().await;
+    }
+
+    async fn anonymous_callbacks_are_recorded_once_a_minute_with_a_count(db: TestDb) {
+        let (s, _d) = start(&db, true).await;
+        let failed = || async {
+            let events = s.app.store().read(0, 100_000).await.unwrap();
+            events
+                .iter()
+                .filter_map(|e| match e.payload() {
+                    grantline_ledger::Payload::LoginFailed(f) => f.error.clone(),
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+        };
+        // Anyone can send callbacks with no sign-in in progress: each gets the page, the
+        // ledger one record a minute per provider and error.
+        for i in 0..5 {
+            let r = browser()
+                .get(s.url(&format!("/login/upstream/corp/callback?state=s{i}&code=c{i}")))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+            assert!(r.text().await.unwrap().contains("(transaction_missing)"));
+        }
+        assert_eq!(failed().await.len(), 1, "{:?}", failed().await);
+        s.app.clock.advance(61);
+        let r = browser().get(s.url("/login/upstream/corp/callback?state=x")).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        let errors = failed().await;
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(errors[1].starts_with("transaction_missing (and 4 more since the last record): "), "{errors:?}");
+        s.stop().await;
+    }
+
+    async fn an_unreachable_provider_ends_on_a_page_that_reveals_no_address(db: TestDb) {
+        let (s, _d) = start(&db, true).await;
+        let b = browser();
+        let page = b.get(s.url("/login")).send().await.unwrap().text().await.unwrap();
+        let r = b
+            .post(s.url("/login/upstream/corp"))
+            .form(&[("csrf", field(&page, "csrf").as_str()), ("return_to", "/account")])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let text = r.text().await.unwrap();
+        assert!(text.contains("(provider_unreachable)") && text.contains("Sign-in through Corp SSO failed"), "{text}");
+        assert!(!text.contains("127.0.0.1"), "the provider's address is for the log: {text}");
+        s.stop().await;
+    }
+
     async fn erasure_destroys_the_users_upstream_token_and_link(db: TestDb) {
         let (s, _d) = start(&db, true).await;
         let user = federated_user(&s, 3600).await;
@@ -316,10 +407,11 @@ backend_tests! {
         let page = b.get(s.url("/login")).send().await.unwrap().text().await.unwrap();
         assert!(page.contains("action=\"/login/upstream/corp\"") && page.contains("Sign in with Corp SSO"), "{page}");
         assert!(page.contains("<details><summary>Administrator break-glass sign-in"), "{page}");
-        // Someone else with a password is refused before any password is checked.
+        // Someone else with a password, an admin even, is refused before any password is
+        // checked: on the page and on the HTTP Basic admin API.
         let other = grantline_server::admin::add_user(
             &s.app,
-            &grantline_server::admin::NewUser { username: "bob", email: None, role: "user" },
+            &grantline_server::admin::NewUser { username: "bob", email: None, role: "admin" },
             "bob-password-123456",
             grantline_ledger::UserSource::Admin,
             grantline_ledger::Actor::Operator,
@@ -332,6 +424,12 @@ backend_tests! {
         assert!(r.text().await.unwrap().contains("Password sign-in is turned off"));
         let r = sign_in_with(&s, &b, "admin", ADMIN_PASSWORD).await;
         assert_eq!(r.status(), StatusCode::SEE_OTHER);
+        let api = |u: &'static str, p: &'static str| {
+            let url = s.url("/admin/api/clients");
+            async move { reqwest::Client::new().get(url).basic_auth(u, Some(p)).send().await.unwrap().status() }
+        };
+        assert_eq!(api("bob", "bob-password-123456").await, StatusCode::UNAUTHORIZED);
+        assert_eq!(api("admin", ADMIN_PASSWORD).await, StatusCode::OK);
         s.stop().await;
 
         // Without a break-glass admin there is no password form at all.

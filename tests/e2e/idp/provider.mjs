@@ -498,6 +498,22 @@ async function handleTest(req, res, path) {
     return;
   }
 
+  if (path === '/__test/tokens' && req.method === 'POST') {
+    // Every opaque token value the provider issued to the user (an opaque token's value is
+    // its id here), so a test can look for them where they must not be.
+    const user = needUser();
+    if (!user) return;
+    const tokens = {};
+    for (const [key, entry] of STORE) {
+      const model = key.slice(0, key.indexOf(':'));
+      if ((model === 'AccessToken' || model === 'RefreshToken') && entry.payload?.accountId === user.sub) {
+        (tokens[model] ??= []).push(key.slice(model.length + 1));
+      }
+    }
+    sendJson(res, 200, tokens);
+    return;
+  }
+
   if (path === '/__test/rotate' && req.method === 'POST') {
     if (body.keep_old !== undefined && typeof body.keep_old !== 'boolean') {
       sendJson(res, 400, { error: 'invalid_request', error_description: 'keep_old must be a boolean' });

@@ -130,7 +130,10 @@ pub(crate) async fn basic_user(
     // The same throttle as the sign-in page, and one answer for every refusal, so the API is
     // no password oracle.
     let now = app.now().0 / 1_000_000;
-    if user.len() > crate::signin::MAX_USERNAME || password.len() > crate::signin::MAX_PASSWORD {
+    if user.len() > crate::signin::MAX_USERNAME
+        || password.len() > crate::signin::MAX_PASSWORD
+        || !app.config.login.password_allowed(user)
+    {
         return Err(error(
             StatusCode::UNAUTHORIZED,
             "admin credentials required",

@@ -7,7 +7,7 @@
 
 use crate::app::App;
 use crate::context::RequestContext;
-use crate::federation::{Pending, TRANSACTION_TTL, open_pending, seal_pending};
+use crate::federation::{Pending, StateUse, TRANSACTION_TTL, open_pending, seal_pending};
 use crate::http::see_other;
 use crate::pages;
 use crate::session::{self, LOGIN_NONCE, SESSION};
@@ -23,6 +23,10 @@ use subtle::ConstantTimeEq;
 
 /// The cookie carrying the pending upstream sign-in.
 pub const PENDING: &str = "grantline_upstream";
+
+/// What a person sees when the provider cannot be reached; the reason goes to the log.
+const UNREACHABLE: &str = "The identity provider cannot be reached right now. Try again in a \
+     few minutes; if it persists, tell your administrator (the server's log says why).";
 
 fn callback_url(ctx: &RequestContext, provider: &str) -> String {
     format!("{}/login/upstream/{provider}/callback", ctx.issuer)
@@ -44,7 +48,9 @@ fn display(app: &App, id: &str) -> String {
         .unwrap_or_else(|| id.to_string())
 }
 
-/// Records `login.failed` for the provider and shows what went wrong.
+/// Records `login.failed` for the provider and shows what went wrong. A failure nobody is
+/// known for (anyone can send a callback) is recorded at most once a minute per provider and
+/// error; the record says how many more there were since the last one.
 async fn fail(
     app: &App,
     ctx: &RequestContext,
@@ -59,9 +65,23 @@ async fn fail(
         Some(u) => pii::user_subject(u),
         None => format!("anon:{}", &app.now().to_string()[..10]),
     };
+    let suppressed = match (&user_id, app.federation.as_deref()) {
+        (None, Some(fed)) => fed.anonymous_failures.admit(
+            (provider.to_string(), code.to_string()),
+            app.now().0 / 1_000_000,
+        ),
+        _ => Some(0),
+    };
     let recorded = async {
+        let Some(suppressed) = suppressed else {
+            return Ok(());
+        };
         let meta = ctx.meta(app, &subject).await?;
-        let error = format!("{code}: {detail}");
+        let more = match suppressed {
+            0 => String::new(),
+            n => format!(" (and {n} more since the last record)"),
+        };
+        let error = format!("{code}{more}: {detail}");
         let (outcome, _) = app
             .run(|_| {
                 grantline_oauth::federation::sign_in_failed(
@@ -130,13 +150,15 @@ pub async fn begin(
     let upstream = match fed.upstream(&provider).await {
         Ok(u) => u,
         Err(e) => {
+            // What failed (addresses, discovery details) is for the operator's log.
+            tracing::warn!(provider = %provider, error = %e, "identity provider unreachable");
             return fail(
                 &app,
                 &ctx,
                 &provider,
                 None,
                 "provider_unreachable",
-                &format!("The identity provider cannot be reached right now: {e}"),
+                UNREACHABLE,
                 StatusCode::SERVICE_UNAVAILABLE,
             )
             .await;
@@ -241,19 +263,40 @@ pub async fn callback(
         )
         .await;
     }
-    if !fed.first_use(&pending.s, now) {
-        return bad(
-            "state_replayed",
-            "This answer was used already. Start again from the application.".into(),
-        )
-        .await;
+    match fed.first_use(&pending.s, now) {
+        Ok(()) => {}
+        Err(StateUse::Replayed) => {
+            return bad(
+                "state_replayed",
+                "This answer was used already. Start again from the application.".into(),
+            )
+            .await;
+        }
+        Err(StateUse::Full) => {
+            return fail(
+                &app,
+                &ctx,
+                &provider,
+                None,
+                "busy",
+                "Too many sign-ins are finishing right now. Try again in a few minutes.",
+                StatusCode::SERVICE_UNAVAILABLE,
+            )
+            .await;
+        }
     }
     let upstream = match fed.upstream(&provider).await {
         Ok(u) => u,
         Err(e) => {
-            return bad(
+            tracing::warn!(provider = %provider, error = %e, "identity provider unreachable");
+            return fail(
+                &app,
+                &ctx,
+                &provider,
+                None,
                 "provider_unreachable",
-                format!("The identity provider cannot be reached: {e}"),
+                UNREACHABLE,
+                StatusCode::SERVICE_UNAVAILABLE,
             )
             .await;
         }

@@ -112,9 +112,7 @@ pub async fn submit(
     let password = get("password");
     // With local accounts off, only the break-glass admin named on the command line may use
     // a password; anyone else is refused before any password is checked.
-    if !app.config.login.local_accounts
-        && app.config.login.break_glass_admin.as_deref() != Some(username)
-    {
+    if !app.config.login.password_allowed(username) {
         return render(
             &app,
             &ctx,
