@@ -106,7 +106,11 @@ refresh_grace = 2
 @pytest.fixture
 def mcp_server(tmp_path):
     (tmp_path / "data").mkdir(exist_ok=True)
-    s = Server(tmp_path / "data", tmp_path / "server.log", MCP_CONFIG)
+    # Prometheus scrapes /metrics on an address of its own.
+    metrics_port = free_port()
+    config = MCP_CONFIG + f'\n[metrics]\nlisten = "127.0.0.1:{metrics_port}"\n'
+    s = Server(tmp_path / "data", tmp_path / "server.log", config)
+    s.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
     s.start()
     yield s
     s.stop()

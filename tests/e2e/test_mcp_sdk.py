@@ -9,6 +9,9 @@ import json
 import os
 import subprocess
 
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
 from conftest import ROOT
 from mcp_client import Browser, MemoryStorage, sdk_client, text_of
 
@@ -99,6 +102,11 @@ def test_official_mcp_sdk_end_to_end(mcp_server):
     # Every request to the resource after the first carried a bearer token.
     mcp_requests = [s for s in seen if s[1] == "/mcp/demo"]
     assert not mcp_requests[0][3] and all(s[3] for s in mcp_requests[1:]), mcp_requests
+    scraped = requests.get(mcp_server.metrics_url, timeout=10)
+    assert scraped.status_code == 200
+    assert scraped.headers["content-type"].startswith("text/plain; version=0.0.4")
+    # Not on the main listener without the configured bearer token (none is configured).
+    assert requests.get(mcp_server.base + "/metrics", timeout=10).status_code == 404
     mcp_server.stop()
 
     binary = os.environ.get("GRANTLINE_BIN", str(ROOT / "target/debug/grantline"))
@@ -128,3 +136,55 @@ def test_official_mcp_sdk_end_to_end(mcp_server):
     assert "hello from the SDK" not in out, "arguments are recorded as a digest only"
     for t in storage.history:
         assert t.access_token not in out and (t.refresh_token or "x") not in out
+    check_metrics(scraped.text, events, storage)
+
+
+def check_metrics(text, events, storage):
+    """/metrics after the SDK's session: parsed by the Prometheus project's own parser, the
+    series an operator needs with the values this session must have produced, and nothing that
+    identifies a user, a client or a token."""
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+
+    def value(name, **labels):
+        return sum(s.value for f in families.values() for s in f.samples
+                   if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
+
+    kinds = [e["kind"] for e in events]
+    assert value("grantline_tokens_issued_total", grant_type="authorization_code") \
+        == kinds.count("token.issued")
+    assert value("grantline_tokens_refreshed_total") == kinds.count("token.refreshed") >= 1
+    assert value("grantline_events_appended_total", kind="consent.granted") == 3
+    assert value("grantline_gateway_calls_total", resource="demo", outcome="ok") == 4
+    assert value("grantline_gateway_calls_total", resource="demo", outcome="denied") == 1
+    assert value("grantline_gateway_upstream_requests_total", resource="demo", status="200") >= 5
+    assert value("grantline_gateway_upstream_duration_seconds_count", resource="demo") >= 5
+    # HTTP by route template: the token endpoint answered the code exchanges and the refresh.
+    assert value("grantline_http_requests_total", route="/oauth/token", method="POST",
+                 status="200") >= 3
+    assert value("grantline_http_requests_total", route="/mcp/{name}", method="POST",
+                 status="401") >= 1
+    assert value("grantline_http_request_duration_seconds_count", route="/oauth/token") >= 3
+    # The ledger: every event went through a group commit, none failed.
+    assert value("grantline_ledger_commits_total", outcome="ok") >= 1
+    assert value("grantline_ledger_commits_total", outcome="failed") == 0
+    assert value("grantline_ledger_group_commit_events_sum") >= len(events) - 5
+    assert value("grantline_ledger_commit_duration_seconds_count") >= 1
+    head = value("grantline_ledger_head_seq")
+    assert head >= len(events) - 5 and head > 0
+    assert 0 <= value("grantline_projection_lag_events") <= head
+    assert 0 <= value("grantline_projection_last_read_age_seconds") < 10
+    assert "grantline_checkpoint_age_seconds" in families
+    assert "grantline_audit_index_lag_events" in families
+    for check in ["migrations", "ledger", "projection", "checkpoint_key"]:
+        assert value("grantline_ready", check=check) == 1, check
+    # No label or value carries who or what: no user id, client id, email or token.
+    secrets = {storage.client.client_id}
+    for e in events:
+        for key in ("user_id", "client_id", "email"):
+            v = e["payload"].get(key)
+            if isinstance(v, str) and v:
+                secrets.add(v)
+    for t in storage.history:
+        secrets.update(x for x in (t.access_token, t.refresh_token) if x)
+    for s in secrets:
+        assert s not in text, f"{s[:6]}… appears in /metrics"

@@ -90,6 +90,11 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Colour only for a person at a terminal: a log file or a journal gets plain text.
+        .with_ansi(
+            std::io::IsTerminal::is_terminal(&std::io::stderr())
+                && std::env::var_os("NO_COLOR").is_none(),
+        )
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -104,10 +109,26 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", chain_once(&e));
             ExitCode::from(2)
         }
     }
+}
+
+/// An error and its causes as one line, each cause once: many errors already repeat their
+/// source in their own message, and `{:#}` would print it again.
+fn chain_once(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&text);
+        }
+    }
+    line
 }
 
 async fn run(cli: Cli) -> Result<ExitCode> {
@@ -136,5 +157,29 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             println!("migrated {}", loc.database.display());
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::chain_once;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot open the ledger: {0}")]
+    struct Repeats(#[source] std::io::Error);
+
+    #[test]
+    fn each_cause_is_printed_once() {
+        let io =
+            || std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "Connection refused");
+        // A source already in its parent's message is not repeated...
+        let e = anyhow::Error::new(Repeats(io())).context("grantline serve");
+        assert_eq!(
+            chain_once(&e),
+            "grantline serve: cannot open the ledger: Connection refused"
+        );
+        // ...and a plain chain reads as {:#} does.
+        let e = anyhow::Error::new(io()).context("connecting to PostgreSQL");
+        assert_eq!(chain_once(&e), format!("{e:#}"));
     }
 }

@@ -80,6 +80,10 @@ pub struct Inner {
     pub audit: Option<crate::audit::AuditService>,
     /// The push sinks this instance runs.
     pub sinks: crate::sinks::Sinks,
+    /// This instance's Prometheus metrics.
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// What the write probe and readiness last found.
+    pub health: crate::health::Health,
     /// Upstream identity providers (absent when none is configured, or not serving).
     pub federation: Option<Arc<crate::federation::Federation>>,
 }

@@ -23,12 +23,13 @@ impl App {
                     tracing::warn!(error = %e, "catching up with the ledger failed");
                 }
                 app.flush_rate_limits().await;
-                if !app.ledger.healthy() && n.is_multiple_of(8) {
-                    // A checkpoint is a write through the same writer: when it succeeds the
-                    // ledger is healthy again and the gateway resumes.
-                    if let Err(e) = app.ledger.checkpoint().await {
-                        tracing::warn!(error = %e, "the ledger is still failing");
-                    }
+                // The write probe: every 5 s, every 2 s while the ledger is failing. When it
+                // succeeds the ledger is healthy again and the gateway resumes.
+                if n.is_multiple_of(20) || (!app.ledger.healthy() && n.is_multiple_of(8)) {
+                    app.probe_ledger().await;
+                }
+                if n == 1 || n.is_multiple_of(4) {
+                    app.log_readiness_change().await;
                 }
                 if n.is_multiple_of(20) {
                     crate::bootstrap::expire_unused_clients(&app).await;

@@ -39,6 +39,48 @@ pub struct Config {
     pub identity_providers: Vec<grantline_federation::ProviderConfig>,
     #[serde(default)]
     pub login: LoginSection,
+    #[serde(default)]
+    pub metrics: MetricsSection,
+}
+
+/// Where Prometheus scrapes `/metrics`: an address of its own (no credential: keep it on a
+/// private interface), and/or the main listener with a bearer token.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSection {
+    /// Serve `/metrics` on this address too (e.g. `127.0.0.1:9464`).
+    pub listen: Option<SocketAddr>,
+    /// Serve `/metrics` on the main listener to `Authorization: Bearer <token>`, the token
+    /// read from this environment variable…
+    pub token_env: Option<String>,
+    /// …or from this file.
+    pub token_file: Option<PathBuf>,
+}
+
+/// The shortest metrics bearer token accepted.
+pub const MIN_METRICS_TOKEN_LEN: usize = 24;
+
+impl MetricsSection {
+    /// The bearer token for `/metrics` on the main listener, if one is configured.
+    pub fn token(&self) -> Result<Option<String>> {
+        let v = match (&self.token_env, &self.token_file) {
+            (None, None) => return Ok(None),
+            (Some(e), None) => {
+                std::env::var(e).with_context(|| format!("[metrics] token_env: {e} is not set"))?
+            }
+            (None, Some(f)) => std::fs::read_to_string(f)
+                .with_context(|| format!("[metrics] token_file: reading {}", f.display()))?,
+            _ => bail!("[metrics]: give the token as one of token_env or token_file, not both"),
+        };
+        let v = v.trim().to_string();
+        if v.chars().count() < MIN_METRICS_TOKEN_LEN {
+            bail!(
+                "[metrics]: the token is {} characters; use at least {MIN_METRICS_TOKEN_LEN} random ones",
+                v.chars().count()
+            );
+        }
+        Ok(Some(v))
+    }
 }
 
 /// The sign-in page.
@@ -550,6 +592,12 @@ impl Config {
                 .parse()
                 .with_context(|| format!("GRANTLINE_LISTEN={v:?} is not ADDR:PORT"))?;
         }
+        if let Some(v) = get("GRANTLINE_METRICS_LISTEN") {
+            self.metrics.listen = Some(
+                v.parse()
+                    .with_context(|| format!("GRANTLINE_METRICS_LISTEN={v:?} is not ADDR:PORT"))?,
+            );
+        }
         if let Some(v) = get("GRANTLINE_PUBLIC_URL") {
             self.server.public_url = Some(v);
         }
@@ -578,6 +626,7 @@ impl Config {
     }
 
     fn check(&self) -> Result<()> {
+        self.metrics.token()?;
         if self.oauth.code_ttl == 0 || self.oauth.code_ttl > 60 {
             bail!("oauth.code_ttl must be between 1 and 60 seconds");
         }

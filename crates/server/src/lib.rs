@@ -16,9 +16,11 @@ pub mod demo;
 pub mod error;
 pub mod federation;
 pub mod gateway;
+pub mod health;
 pub mod http;
 mod keys;
 pub mod mcp_server;
+pub mod metrics;
 pub mod origin;
 pub mod pages;
 pub mod projection;
@@ -75,8 +77,10 @@ pub fn router(app: App) -> Router {
             );
         });
     let trust = app.config.server.trust_forwarded_headers;
+    let metrics = axum::middleware::from_fn_with_state(app.clone(), metrics::track_http);
     routes::router()
         .route("/", get(home))
+        .layer(metrics)
         .with_state(app)
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(trace)
@@ -143,6 +147,21 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let metrics_server = match app.config.metrics.listen {
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("listening for metrics on {addr}: {e}"))?;
+            tracing::info!(addr = %l.local_addr()?, "serving /metrics");
+            let router = metrics::own_router(app.clone());
+            Some(tokio::spawn(async move {
+                if let Err(e) = axum::serve(l, router).await {
+                    tracing::error!(error = %e, "the metrics listener stopped");
+                }
+            }))
+        }
+        None => None,
+    };
     let background = app.spawn_background();
     let addr = listener.local_addr()?;
     tracing::info!(%addr, issuer = %app.settings().issuer, "listening");
@@ -177,6 +196,9 @@ pub async fn serve(
     app.sinks.stop().await;
     if let Some(audit) = &app.audit {
         audit.stop().await;
+    }
+    if let Some(m) = metrics_server {
+        m.abort();
     }
     tracing::info!("shutting down: writing a final checkpoint");
     app.ledger.shutdown().await;

@@ -141,6 +141,14 @@ impl Projection {
             .unwrap_or(false)
     }
 
+    /// How long ago the store was last read to its end.
+    pub fn since_read(&self) -> std::time::Duration {
+        self.caught_up
+            .lock()
+            .map(|t| t.elapsed())
+            .unwrap_or(std::time::Duration::MAX)
+    }
+
     /// Waits until `seq` is folded, reading from the store if another process wrote the events
     /// before it.
     pub async fn wait_for(&self, seq: u64, store: &Store) -> Result<()> {

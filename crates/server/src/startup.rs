@@ -19,9 +19,22 @@ impl App {
     /// configured clients are recorded.
     pub async fn start(opts: Options) -> Result<App> {
         let projection = Arc::new(Projection::new(State::default()));
+        let mounts = crate::gateway::Mounts::from_config(&opts.config, &opts.config.public_url())?;
+        let metrics = Arc::new(crate::metrics::Metrics::new(
+            mounts.by_name.keys().cloned(),
+            opts.config.metrics.token()?,
+        ));
         let hook = projection.clone();
+        let counted = metrics.clone();
         let mut ledger_options = opts.ledger.clone();
-        ledger_options.on_commit = Some(Arc::new(move |events: &[Recorded]| hook.offer(events)));
+        ledger_options.on_commit = Some(Arc::new(move |events: &[Recorded]| {
+            counted.observe_events(events);
+            hook.offer(events)
+        }));
+        let timed = metrics.clone();
+        ledger_options.on_group_commit = Some(Arc::new(move |c: &grantline_store::GroupCommit| {
+            timed.observe_commit(c)
+        }));
         // Events are stamped by the clock every decision reads, so a test that moves it moves
         // both (a benchmark's synthetic history brings its own).
         let clock = Arc::new(crate::clock::Clock::default());
@@ -78,7 +91,6 @@ impl App {
         });
         let policy = config.registration_policy()?;
         let metadata_documents = Fetcher::new(config.metadata_documents.clone())?;
-        let mounts = crate::gateway::Mounts::from_config(&config, &public_url)?;
         let store = ledger.store().clone();
         let (audit, indexer) = if config.audit.enabled && opts.serving {
             let dir = config
@@ -109,6 +121,8 @@ impl App {
         let app = App(Arc::new(Inner {
             federation,
             audit,
+            health: Default::default(),
+            metrics,
             sinks: Default::default(),
             data_dir: opts.data_dir,
             keyring: Keyring::new(&store),

@@ -543,6 +543,15 @@ grantline_store::backend_tests! {
         }
         // Ten requests, three per minute: at least four refused even if a minute turned over.
         assert!(refused >= 4, "{refused} refused");
+        // Counted at once for Prometheus, by mount and bucket (the ledger's record waits for
+        // the window to close).
+        let metrics = s.app.render_metrics(false).await.unwrap();
+        assert!(
+            metrics.contains(&format!(
+                "grantline_rate_limit_refusals_total{{resource=\"demo\",bucket=\"user_read\"}} {refused}\n"
+            )),
+            "{metrics}"
+        );
         s.app
             .flush_rate_limits_at(s.app.now().0 / 1_000_000 + 120)
             .await;

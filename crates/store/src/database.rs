@@ -117,12 +117,22 @@ impl Store {
                         .await?,
                 )
             }
-            Database::Postgres(url) => Pool::Postgres(
-                PgPoolOptions::new()
-                    .max_connections(8)
-                    .connect_with(Database::pg_options(url)?)
-                    .await?,
-            ),
+            Database::Postgres(url) => {
+                let opts = Database::pg_options(url)?;
+                // One direct attempt first: a server that is down or refuses is reported at
+                // once ("Connection refused"), not after the pool's 30 s of retries.
+                use sqlx::Connection;
+                sqlx::PgConnection::connect_with(&opts)
+                    .await?
+                    .close()
+                    .await?;
+                Pool::Postgres(
+                    PgPoolOptions::new()
+                        .max_connections(8)
+                        .connect_with(opts)
+                        .await?,
+                )
+            }
         };
         Ok(Store {
             pool,
@@ -153,6 +163,25 @@ impl Store {
             Pool::Postgres(p) => migrator.run(p).await?,
         }
         Ok(())
+    }
+
+    /// Versions of this build's migrations the database has not applied (readiness: a
+    /// server must not answer on a schema older than its code).
+    pub async fn pending_migrations(&self) -> Result<Vec<i64>> {
+        let migrator = match &self.pool {
+            Pool::Sqlite(_) => sqlx::migrate!("../../migrations/sqlite"),
+            Pool::Postgres(_) => sqlx::migrate!("../../migrations/postgres"),
+        };
+        let sql = "SELECT version FROM _sqlx_migrations WHERE success";
+        let applied: Vec<i64> = match &self.pool {
+            Pool::Sqlite(p) => sqlx::query_scalar(sql).fetch_all(p).await?,
+            Pool::Postgres(p) => sqlx::query_scalar(sql).fetch_all(p).await?,
+        };
+        Ok(migrator
+            .iter()
+            .map(|m| m.version)
+            .filter(|v| !applied.contains(v))
+            .collect())
     }
 
     pub fn database(&self) -> &Database {
@@ -293,6 +322,27 @@ impl Store {
                 note,
             })
             .collect())
+    }
+
+    /// The newest checkpoint's tree size and when it was written (µs since the epoch), if any:
+    /// how far the signed head trails the ledger (readiness, metrics).
+    pub async fn newest_checkpoint(&self) -> Result<Option<(u64, i64)>> {
+        let row: Option<(i64, i64)> = match &self.pool {
+            Pool::Sqlite(p) => {
+                sqlx::query_as("SELECT tree_size, time FROM checkpoints ORDER BY id DESC LIMIT 1")
+                    .fetch_optional(p)
+                    .await?
+            }
+            Pool::Postgres(p) => {
+                sqlx::query_as(
+                    "SELECT tree_size, (EXTRACT(EPOCH FROM time) * 1000000)::int8 \
+                     FROM checkpoints ORDER BY id DESC LIMIT 1",
+                )
+                .fetch_optional(p)
+                .await?
+            }
+        };
+        Ok(row.map(|(size, time)| (size as u64, time)))
     }
 
     /// Chain hashes of seq 1..=upto, in order (the Merkle tree's leaf data), for proofs.

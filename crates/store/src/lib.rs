@@ -18,7 +18,7 @@ pub use error::{Result, StoreError};
 pub use federation::{Federation, StoredTokens};
 pub use keyring::Keyring;
 pub use tail::Tail;
-pub use writer::{CommitHook, Ledger, LedgerOptions, PG_CHANNEL};
+pub use writer::{CommitHook, GroupCommit, GroupCommitHook, Ledger, LedgerOptions, PG_CHANNEL};
 
 use grantline_ledger::NoteVerifier;
 use grantline_ledger::verify::{ChainVerifier, Finding, Summary};

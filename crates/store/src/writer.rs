@@ -42,10 +42,28 @@ pub struct LedgerOptions {
     pub max_batch_events: usize,
     /// Told of every commit (see [`CommitHook`]).
     pub on_commit: Option<CommitHook>,
+    /// Told of every group commit's size and duration, and of failed ones (metrics).
+    pub on_group_commit: Option<GroupCommitHook>,
     /// The clock appends are stamped with (never going back); default the system clock. A
     /// benchmark's synthetic history sets its own.
     pub clock: Option<Clock>,
 }
+
+/// What one group commit took: for metrics.
+#[derive(Debug, Clone, Copy)]
+pub struct GroupCommit {
+    /// Appends (requests) committed together.
+    pub appends: usize,
+    /// Events they held.
+    pub events: usize,
+    /// From taking the lock to the durable commit (or the failure).
+    pub duration: Duration,
+    /// Whether it committed.
+    pub ok: bool,
+}
+
+/// Called after each group commit, on the writer's thread: must not block.
+pub type GroupCommitHook = std::sync::Arc<dyn Fn(&GroupCommit) + Send + Sync>;
 
 /// A source of append times.
 pub type Clock = std::sync::Arc<dyn Fn() -> Timestamp + Send + Sync>;
@@ -57,6 +75,7 @@ impl std::fmt::Debug for LedgerOptions {
             .field("checkpoint_interval", &self.checkpoint_interval)
             .field("max_batch_events", &self.max_batch_events)
             .field("on_commit", &self.on_commit.is_some())
+            .field("on_group_commit", &self.on_group_commit.is_some())
             .field("clock", &self.clock.is_some())
             .finish()
     }
@@ -69,6 +88,7 @@ impl Default for LedgerOptions {
             checkpoint_interval: Duration::from_secs(10),
             max_batch_events: 20_000,
             on_commit: None,
+            on_group_commit: None,
             clock: None,
         }
     }
@@ -155,6 +175,7 @@ fn is_refusal(error: &StoreError) -> bool {
 enum Job {
     Append(Append, Reply),
     Checkpoint(oneshot::Sender<Result<Option<u64>>>),
+    Probe(oneshot::Sender<Result<()>>),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -258,6 +279,19 @@ impl Ledger {
         let (tx, rx) = oneshot::channel();
         self.jobs
             .send(Job::Checkpoint(tx))
+            .await
+            .map_err(|_| StoreError::Unavailable("the ledger writer has stopped".into()))?;
+        rx.await
+            .map_err(|_| StoreError::Unavailable("the ledger writer has stopped".into()))?
+    }
+
+    /// Proves the ledger can be written without writing to it: takes the append lock and
+    /// inserts a well-formed row after the head, then rolls back. Marks the ledger healthy or
+    /// failing by the result, as a commit does (readiness, and the gateway's fail-closed check).
+    pub async fn probe(&self) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.jobs
+            .send(Job::Probe(tx))
             .await
             .map_err(|_| StoreError::Unavailable("the ledger writer has stopped".into()))?;
         rx.await
@@ -369,6 +403,10 @@ impl Writer {
                 let _ = self.commit(Vec::new(), true, false).await;
                 return;
             };
+            if let Job::Probe(reply) = first {
+                let _ = reply.send(self.probe().await);
+                continue;
+            }
             let mut appends = Vec::new();
             let mut n_events = 0usize;
             let mut control = Vec::new();
@@ -385,7 +423,7 @@ impl Writer {
                     next = rx.try_recv().ok();
                 }
             }
-            let force = !control.is_empty();
+            let force = control.iter().any(|j| !matches!(j, Job::Probe(_)));
             tracing::trace!(appends = appends.len(), events = n_events, "group commit");
             let outcome = self.commit(appends, force, false).await;
             for job in control {
@@ -399,6 +437,9 @@ impl Writer {
                     Job::Shutdown(reply) => {
                         let _ = reply.send(());
                         return;
+                    }
+                    Job::Probe(reply) => {
+                        let _ = reply.send(self.probe().await);
                     }
                     Job::Append(..) => {}
                 }
@@ -487,7 +528,19 @@ impl Writer {
         scheduled: bool,
     ) -> std::result::Result<Option<u64>, Failed> {
         let frontier_before = self.frontier.clone();
-        match self.commit_inner(jobs, force_checkpoint, scheduled).await {
+        let started = Instant::now();
+        let appends = jobs.len();
+        let events = jobs.iter().map(|(a, _)| a.events.len()).sum();
+        let outcome = self.commit_inner(jobs, force_checkpoint, scheduled).await;
+        if let Some(hook) = &self.options.on_group_commit {
+            hook(&GroupCommit {
+                appends,
+                events,
+                duration: started.elapsed(),
+                ok: outcome.is_ok(),
+            });
+        }
+        match outcome {
             Ok((cp, replies)) => {
                 self.healthy
                     .store(true, std::sync::atomic::Ordering::SeqCst);
@@ -996,6 +1049,69 @@ impl Writer {
             }
         }
         Ok(())
+    }
+
+    /// See [`Ledger::probe`]. The row is one an append could write next (seq after the head,
+    /// chained to it), in a stream no event uses; it never commits.
+    async fn probe(&mut self) -> Result<()> {
+        let outcome = self.probe_inner().await;
+        self.rollback().await;
+        self.healthy
+            .store(outcome.is_ok(), std::sync::atomic::Ordering::SeqCst);
+        if let Err(e) = &outcome {
+            tracing::debug!(error = %e, "ledger write probe failed");
+        }
+        outcome
+    }
+
+    async fn probe_inner(&mut self) -> Result<()> {
+        if let Err(e) = self.lock_and_sync().await {
+            self.head = None;
+            return Err(e);
+        }
+        let (seq, prev) = self.head.unwrap_or((0, GENESIS));
+        let seq = seq as i64 + 1;
+        let id = uuid::Uuid::now_v7();
+        let time = Timestamp::now().0.max(self.last_time);
+        let stream = "grantline:probe";
+        let kind = "ledger.probe";
+        match &mut self.conn {
+            WriterConn::Sqlite(c) => {
+                on_sqlite(c, |c| {
+                    c.execute(
+                        "INSERT INTO events (seq, id, time, stream, version, kind, body, prev_hash, hash) \
+                         VALUES (?1, ?2, ?3, ?4, 1, ?5, X'', ?6, ?7)",
+                        rusqlite::params![
+                            seq,
+                            id.as_bytes().as_slice(),
+                            time,
+                            stream,
+                            kind,
+                            prev.0.as_slice(),
+                            [0u8; 32].as_slice()
+                        ],
+                    )?;
+                    Ok(())
+                })
+                .await
+            }
+            WriterConn::Postgres(c) => {
+                sqlx::query(
+                    "INSERT INTO events (seq, id, time, stream, version, kind, body, prev_hash, hash) \
+                     VALUES ($1, $2, TIMESTAMPTZ 'epoch' + $3 * INTERVAL '1 microsecond', $4, 1, $5, '\\x'::bytea, $6, $7)",
+                )
+                .bind(seq)
+                .bind(id)
+                .bind(time)
+                .bind(stream)
+                .bind(kind)
+                .bind(prev.0.as_slice())
+                .bind([0u8; 32].as_slice())
+                .execute(&mut *c)
+                .await?;
+                Ok(())
+            }
+        }
     }
 
     async fn rollback(&mut self) {

@@ -244,3 +244,22 @@ async fn hold_append_lock(db: &TestDb) -> Hold {
         }
     }
 }
+
+/// A PostgreSQL server that is not there is reported as such at once — not after the pool's
+/// 30 s of retries — with the operating system's reason.
+#[tokio::test]
+async fn an_unreachable_postgresql_is_reported_at_once_as_refused() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let db = Database::parse(&format!("postgres://grantline@127.0.0.1:{port}/grantline")).unwrap();
+    let attempt = grantline_store::Store::connect(&db, false);
+    let result = tokio::time::timeout(std::time::Duration::from_secs(10), attempt)
+        .await
+        .expect("the refusal is reported well within the pool's time-out");
+    let Err(err) = result else {
+        panic!("nothing listens there")
+    };
+    let err = err.to_string();
+    assert!(err.to_lowercase().contains("connection refused"), "{err}");
+}

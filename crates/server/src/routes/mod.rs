@@ -101,7 +101,9 @@ pub fn router() -> Router<App> {
         .route("/account/revoke-all", post(account::revoke_everything))
         .route("/account/pats", post(account::create_pat))
         .route("/account/pats/revoke", post(account::revoke_pat))
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(crate::health::healthz))
+        .route("/readyz", get(crate::health::readyz))
+        .route("/metrics", get(crate::metrics::on_main_listener))
         .route(
             "/mcp/{name}",
             axum::routing::any(gateway::mcp).layer(DefaultBodyLimit::max(MAX_MCP_BODY)),

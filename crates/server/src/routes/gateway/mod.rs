@@ -469,7 +469,10 @@ impl Request<'_> {
                 &buckets,
                 self.app.now().0 / 1_000_000,
             )
-            .map_err(|(_, q)| rate_limited(q, watched.map(|w| w.id().clone())))
+            .map_err(|(bucket, q)| {
+                self.app.metrics.rate_limited(&mount.name, bucket);
+                rate_limited(q, watched.map(|w| w.id().clone()))
+            })
     }
 }
 

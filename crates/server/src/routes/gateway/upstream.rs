@@ -88,6 +88,26 @@ pub async fn send(
     body: Bytes,
     identity: String,
 ) -> Result<Response, UpstreamError> {
+    let started = std::time::Instant::now();
+    let answer = send_to(app, mount, method, headers, body, identity).await;
+    let (status, why) = match &answer {
+        Ok(r) => (Some(r.status().as_u16()), ""),
+        Err(UpstreamError::Timeout) => (None, "timeout"),
+        Err(_) => (None, "unreachable"),
+    };
+    app.metrics
+        .observe_upstream(&mount.name, status, why, started);
+    answer
+}
+
+async fn send_to(
+    app: &App,
+    mount: &Mount,
+    method: &Method,
+    headers: &HeaderMap,
+    body: Bytes,
+    identity: String,
+) -> Result<Response, UpstreamError> {
     match &mount.upstream {
         Upstream::Demo => Ok(app.demo.handle(method, &body)),
         Upstream::Audit => Ok(crate::audit_mcp::handle(app, method, &body, &identity).await),

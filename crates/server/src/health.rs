@@ -1,0 +1,170 @@
+//! Liveness and readiness. `/healthz` says the process answers; `/readyz` says whether this
+//! instance should be sent traffic: its schema is current, the ledger can be written (the
+//! writer's probe, see [`grantline_store::Ledger::probe`]), the projection has read the store
+//! recently, and the checkpoint key is loaded. Both answer JSON; `/readyz` answers 503 while
+//! any check fails. The background loop probes the ledger and logs one line per change.
+
+use crate::app::App;
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use std::sync::Mutex;
+
+/// What this process last learnt about its own health.
+#[derive(Default)]
+pub struct Health {
+    /// Why the last write probe failed (cleared when one succeeds).
+    probe_error: Mutex<Option<String>>,
+    /// Readiness as last logged, so each change is logged once.
+    logged: Mutex<Option<bool>>,
+}
+
+/// The body of `/readyz`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Readiness {
+    pub ready: bool,
+    pub checks: Checks,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Checks {
+    pub migrations: Check,
+    pub ledger: Check,
+    pub projection: Check,
+    pub checkpoint_key: Check,
+}
+
+/// One check: whether it holds, and what was seen.
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    pub ok: bool,
+    pub detail: String,
+}
+
+impl Check {
+    fn new(ok: bool, detail: impl Into<String>) -> Check {
+        Check {
+            ok,
+            detail: detail.into(),
+        }
+    }
+}
+
+impl Readiness {
+    /// The failing checks, as one line for the log.
+    pub fn reasons(&self) -> String {
+        let c = &self.checks;
+        [
+            ("migrations", &c.migrations),
+            ("ledger", &c.ledger),
+            ("projection", &c.projection),
+            ("checkpoint_key", &c.checkpoint_key),
+        ]
+        .iter()
+        .filter(|(_, c)| !c.ok)
+        .map(|(name, c)| format!("{name}: {}", c.detail))
+        .collect::<Vec<_>>()
+        .join("; ")
+    }
+}
+
+impl App {
+    /// Runs the write probe and remembers its outcome for `/readyz`.
+    pub async fn probe_ledger(&self) {
+        let outcome = self.ledger.probe().await;
+        if let Ok(mut e) = self.health.probe_error.lock() {
+            *e = outcome.err().map(|e| e.to_string());
+        }
+    }
+
+    /// Evaluates every readiness check (two small reads; no write).
+    pub async fn readiness(&self) -> Readiness {
+        let migrations = match self.store().pending_migrations().await {
+            Ok(p) if p.is_empty() => Check::new(true, "all applied"),
+            Ok(p) => Check::new(false, format!("not applied: {p:?}")),
+            Err(e) => Check::new(false, format!("cannot read the schema: {e}")),
+        };
+        let ledger = if self.ledger.healthy() {
+            Check::new(true, "writable")
+        } else {
+            let why = self
+                .health
+                .probe_error
+                .lock()
+                .ok()
+                .and_then(|e| e.clone())
+                .unwrap_or_else(|| "the last commit failed".into());
+            Check::new(false, format!("cannot be written: {why}"))
+        };
+        let folded = self.projection.seq();
+        let since = self.projection.since_read();
+        let projection = match self.store().head().await {
+            Ok(head) => {
+                let head = head.map_or(0, |h| h.0);
+                let detail = format!(
+                    "seq {folded} of {head}, store read {:.1} s ago",
+                    since.as_secs_f64()
+                );
+                Check::new(self.projection.fresh(), detail)
+            }
+            Err(e) => Check::new(false, format!("cannot read the ledger head: {e}")),
+        };
+        let checkpoint_key = Check::new(
+            !self.checkpoint_verifier.is_empty(),
+            self.checkpoint_verifier.clone(),
+        );
+        let checks = Checks {
+            migrations,
+            ledger,
+            projection,
+            checkpoint_key,
+        };
+        Readiness {
+            ready: checks.migrations.ok
+                && checks.ledger.ok
+                && checks.projection.ok
+                && checks.checkpoint_key.ok,
+            checks,
+        }
+    }
+
+    /// Logs readiness when it differs from what was last logged (one line per change).
+    pub async fn log_readiness_change(&self) {
+        let now = self.readiness().await;
+        let Ok(mut logged) = self.health.logged.lock() else {
+            return;
+        };
+        if *logged == Some(now.ready) {
+            return;
+        }
+        *logged = Some(now.ready);
+        if now.ready {
+            tracing::info!("ready");
+        } else {
+            tracing::warn!(reasons = %now.reasons(), "not ready");
+        }
+    }
+}
+
+/// `GET /healthz`: the process answers.
+pub async fn healthz() -> Response {
+    Json(serde_json::json!({"status": "ok"})).into_response()
+}
+
+/// `GET /readyz`: 200 when every check holds, 503 otherwise; the body names each check.
+pub async fn readyz(State(app): State<App>) -> Response {
+    let r = app.readiness().await;
+    let status = if r.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        [(axum::http::header::CACHE_CONTROL, "no-store")],
+        Json(r),
+    )
+        .into_response()
+}
