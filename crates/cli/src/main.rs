@@ -78,6 +78,11 @@ enum Command {
     /// The checkpoint signing key.
     #[command(subcommand)]
     Key(commands::key::Command),
+    /// Write a consistent online copy of the SQLite ledger, verified, with the checkpoint
+    /// keys' public halves and a manifest (head, newest checkpoint, digest).
+    Backup(commands::backup::BackupArgs),
+    /// Restore a backup as this data directory's ledger; refuses one that does not verify.
+    Restore(commands::backup::RestoreArgs),
     /// Apply database migrations and exit (run as the owner role on PostgreSQL).
     Migrate,
 }
@@ -151,6 +156,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Client(c) => commands::client::run(&loc, c).await,
         Command::Pat(c) => commands::pat::run(&loc, c).await,
         Command::Key(c) => commands::key::run(&loc, c).await,
+        Command::Backup(a) => commands::backup::backup(&loc, a).await,
+        Command::Restore(a) => commands::backup::restore(&loc, a).await,
         Command::Migrate => {
             let store = grantline_store::Store::connect(&loc.database, true).await?;
             store.migrate().await?;

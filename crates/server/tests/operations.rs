@@ -155,3 +155,107 @@ async fn metrics_on_the_main_listener_need_the_token_and_count_what_happened() {
     }
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_taken_under_load_restores_and_serves_the_refresh_tokens_live_at_it() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let db = grantline_store::testing::sqlite().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), 30, 60);
+    cfg.registration.per_address_per_hour = 1_000_000;
+    let s = Server::start(&db, dir.path().to_path_buf(), cfg).await;
+    // Families whose refresh tokens are live when the backup is taken.
+    let mut live = Vec::new();
+    for _ in 0..3 {
+        let (client, code, verifier) = code(&s, "demo:read").await;
+        let (status, t) = exchange(&s, &client, &code, &verifier).await;
+        assert_eq!(status, StatusCode::OK);
+        live.push((client, get(&t, "refresh_token")));
+    }
+
+    // Load while the backup is taken: registrations, each an event, from another task.
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = tokio::spawn({
+        let (stop, url) = (stop.clone(), s.url("/oauth/register"));
+        async move {
+            let mut n = 0u32;
+            while !stop.load(Ordering::SeqCst) {
+                let r = browser()
+                    .post(&url)
+                    .json(&serde_json::json!({
+                        "redirect_uris": [REDIRECT], "token_endpoint_auth_method": "none"
+                    }))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), StatusCode::CREATED);
+                n += 1;
+            }
+            n
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let key = grantline_store::keyfile::load_signer(dir.path())
+        .unwrap()
+        .unwrap()
+        .verifier();
+    let out = dir.path().join("ledger.backup");
+    let taken = grantline_store::backup::backup_sqlite(
+        db.sqlite_path().unwrap(),
+        std::slice::from_ref(&key),
+        Some(&key),
+        &out,
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::SeqCst);
+    let registered = load.await.unwrap();
+    assert!(
+        registered > 5,
+        "the server was under load: {registered} registrations"
+    );
+    let at_backup = taken.manifest.head_seq;
+    assert!(
+        s.app.store().head().await.unwrap().unwrap().0 > at_backup,
+        "events were appended after the copy"
+    );
+    // After the backup, one family rotates: its old token is spent here...
+    let (status, _) = refresh(&s, &live[0].0, &live[0].1).await;
+    assert_eq!(status, StatusCode::OK);
+    let public_url = s.app.public_url.clone();
+    s.stop().await;
+
+    // Restored elsewhere, with the data directory's keys (which the backup does not carry).
+    let restored_db = grantline_store::testing::sqlite().await;
+    let dir2 = tempfile::tempdir().unwrap();
+    for f in ["checkpoint.key", "access-token.key"] {
+        std::fs::copy(dir.path().join(f), dir2.path().join(f)).unwrap();
+    }
+    let done = grantline_store::backup::restore_sqlite(
+        &out,
+        restored_db.sqlite_path().unwrap(),
+        std::slice::from_ref(&key),
+    )
+    .await
+    .unwrap();
+    assert_eq!(done.summary.events, at_backup);
+    assert!(done.summary.fully_trusted());
+    // The same public URL as before (resources are named by it); this test's port differs.
+    let mut cfg2 = config(dir2.path(), 30, 60);
+    cfg2.server.public_url = Some(public_url);
+    let s2 = Server::start(&restored_db, dir2.path().to_path_buf(), cfg2).await;
+    // ...but every token live at the backup, that one included, is served by the restored server.
+    for (client, rt) in &live {
+        let (status, t) = refresh(&s2, client, rt).await;
+        assert_eq!(status, StatusCode::OK, "{t}");
+        assert!(get(&t, "access_token").starts_with("gla_"));
+    }
+    let summary = grantline_store::verify(s2.app.store(), &[key], |_| {})
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(summary.events > at_backup && summary.fully_trusted());
+    s2.stop().await;
+}

@@ -30,6 +30,9 @@ pub enum StoreError {
     Key(String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// A backup that cannot be written or restored, and why.
+    #[error("backup: {0}")]
+    Backup(String),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

@@ -1,6 +1,7 @@
 //! Grantline's event store: the append-only `events` and `checkpoints` tables on SQLite and
 //! PostgreSQL, the group-commit appender, tailing by seq, and the erasable personal-data keys.
 
+pub mod backup;
 mod credentials;
 mod database;
 mod error;

@@ -1,4 +1,5 @@
 pub mod audit;
+pub mod backup;
 pub mod client;
 pub mod events;
 pub mod export;

@@ -1,0 +1,217 @@
+//! `grantline backup` and `grantline restore`: a consistent online copy of an SQLite ledger,
+//! verified before it is written, and a restore that refuses a backup that does not verify.
+//! PostgreSQL is backed up with its own tools (docs/operations.md, "Backup and restore").
+
+use crate::location::Location;
+use anyhow::{Context, Result, bail};
+use grantline_store::{Database, backup, keyfile};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(clap::Args)]
+pub struct BackupArgs {
+    /// The backup file to write (must not exist).
+    #[arg(long, short)]
+    output: PathBuf,
+}
+
+#[derive(clap::Args)]
+pub struct RestoreArgs {
+    /// The backup file `grantline backup` wrote.
+    #[arg(long, short)]
+    input: PathBuf,
+    /// A verifier key the backup's checkpoints must verify under (repeatable). Default: this
+    /// data directory's keys when it has them, else the keys the backup names.
+    #[arg(long = "public-key")]
+    public_keys: Vec<String>,
+    /// Move an existing ledger aside (renamed, never deleted) instead of refusing.
+    #[arg(long)]
+    force: bool,
+}
+
+fn sqlite_path(loc: &Location, what: &str) -> Result<PathBuf> {
+    match &loc.database {
+        Database::Sqlite(p) => Ok(p.clone()),
+        Database::Postgres(_) => bail!(
+            "{what} works on an SQLite ledger; back up PostgreSQL with pg_dump or continuous \
+             archiving (PITR), and verify the restored database with `grantline verify` \
+             (docs/operations.md, \"Backup and restore\")"
+        ),
+    }
+}
+
+pub async fn backup(loc: &Location, args: BackupArgs) -> Result<ExitCode> {
+    let src = sqlite_path(loc, "grantline backup")?;
+    let (trusted, source) = loc.trusted_keys(&[])?;
+    if trusted.is_empty() {
+        bail!(
+            "no checkpoint key in {}: a backup is verified before it is written, and needs it",
+            loc.data_dir.display()
+        );
+    }
+    let current = keyfile::load_signer(&loc.data_dir)?.map(|s| s.verifier());
+    let done = backup::backup_sqlite(&src, &trusted, current.as_ref(), &args.output)
+        .await
+        .with_context(|| format!("backing up {}", src.display()))?;
+    let m = &done.manifest;
+    println!(
+        "backed up {} events (head {} {}) and {} checkpoints to {} ({} bytes of database; \
+         checkpoint keys: {source})",
+        done.summary.events,
+        m.head_seq,
+        m.head_hash,
+        done.summary.checkpoints,
+        args.output.display(),
+        m.database_bytes
+    );
+    println!(
+        "the backup holds personal-data keys and password hashes: store it as you store the \
+         database. It does not hold the checkpoint signing key ({}).",
+        keyfile::key_path(&loc.data_dir).display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn restore(loc: &Location, args: RestoreArgs) -> Result<ExitCode> {
+    let dest = sqlite_path(loc, "grantline restore")?;
+    let manifest = backup::read_manifest(&args.input)
+        .with_context(|| format!("reading {}", args.input.display()))?;
+    // The keys to trust: given, else this data directory's, else the backup's own (which
+    // proves the backup is intact and self-consistent, not whose it is).
+    let (trusted, source) = if args.public_keys.is_empty() {
+        match loc.trusted_keys(&[])? {
+            (k, s) if !k.is_empty() => (k, s),
+            _ => (
+                Vec::new(),
+                "the keys the backup names (pass --public-key to check them)",
+            ),
+        }
+    } else {
+        loc.trusted_keys(&args.public_keys)?
+    };
+    // A data directory that signs with another key than the backup's ledger would sign the
+    // restored ledger's next checkpoints with a key its history does not know.
+    if let Some(local) = keyfile::load_signer(&loc.data_dir)?.map(|s| s.verifier().to_string())
+        && manifest.checkpoint_keys.last() != Some(&local)
+    {
+        bail!(
+            "this data directory's checkpoint key is {local}, but the backed-up ledger was signed \
+             by {}: restore into the data directory that holds that key, or put that key's file \
+             in {}",
+            manifest
+                .checkpoint_keys
+                .last()
+                .map_or("no key", |k| k.as_str()),
+            keyfile::key_path(&loc.data_dir).display()
+        );
+    }
+    std::fs::create_dir_all(dest.parent().unwrap_or(Path::new(".")))?;
+    let moved = if dest.exists() {
+        if !args.force {
+            bail!(
+                "{} exists: stop the server and move it away, or pass --force to have it renamed",
+                dest.display()
+            );
+        }
+        Some(move_aside(&dest)?)
+    } else {
+        None
+    };
+    let done = match backup::restore_sqlite(&args.input, &dest, &trusted).await {
+        Ok(d) => d,
+        Err(e) => {
+            if let Some(old) = &moved {
+                put_back(old, &dest);
+            }
+            return Err(anyhow::Error::new(e).context(format!(
+                "restoring {} (nothing was changed)",
+                args.input.display()
+            )));
+        }
+    };
+    reset_derived(loc, done.manifest.head_seq)?;
+    let m = &done.manifest;
+    println!(
+        "restored {} events (head {} {}), verified: {} checkpoints (checkpoint keys: {source})",
+        done.summary.events, m.head_seq, m.head_hash, done.summary.checkpoints
+    );
+    if let Some(old) = moved {
+        println!("the previous ledger was moved to {}", old.display());
+    }
+    if keyfile::load_signer(&loc.data_dir)?.is_none() {
+        println!(
+            "this data directory has no checkpoint key: put the key whose public half is {} in {} \
+             (or GRANTLINE_CHECKPOINT_KEY) before `grantline serve`",
+            m.checkpoint_keys.last().map_or("?", |k| k.as_str()),
+            keyfile::key_path(&loc.data_dir).display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The ledger file and its WAL companions, renamed with a timestamp; returns the new name.
+fn move_aside(db: &Path) -> Result<PathBuf> {
+    let stamp = grantline_ledger::Timestamp::now().0 / 1_000_000;
+    let aside = db.with_file_name(format!(
+        "{}.replaced-{stamp}",
+        db.file_name().unwrap_or_default().to_string_lossy()
+    ));
+    for suffix in ["", "-wal", "-shm"] {
+        let from = PathBuf::from(format!("{}{suffix}", db.display()));
+        if from.exists() {
+            std::fs::rename(&from, format!("{}{suffix}", aside.display()))
+                .with_context(|| format!("moving {} aside", from.display()))?;
+        }
+    }
+    Ok(aside)
+}
+
+fn put_back(aside: &Path, db: &Path) {
+    for suffix in ["", "-wal", "-shm"] {
+        let from = PathBuf::from(format!("{}{suffix}", aside.display()));
+        if from.exists() {
+            let _ = std::fs::rename(&from, format!("{}{suffix}", db.display()));
+        }
+    }
+}
+
+/// What was derived from the replaced ledger must not outlive it: the audit index is rebuilt
+/// from the restored ledger at the next start, snapshots are checked against it anyway, and a
+/// sink's cursor past the restored head is brought back to it (events after it will be new
+/// ones, with new ids).
+fn reset_derived(loc: &Location, head: u64) -> Result<()> {
+    let index = super::audit::index_dir(loc)?;
+    if index.exists() {
+        std::fs::remove_dir_all(&index)
+            .with_context(|| format!("removing the audit index {}", index.display()))?;
+        println!(
+            "removed the audit index {} (rebuilt from the ledger at the next start)",
+            index.display()
+        );
+    }
+    let sinks = grantline_server::sinks::cursor_dir(&loc.data_dir);
+    if let Ok(dir) = std::fs::read_dir(&sinks) {
+        for entry in dir.flatten() {
+            let path = entry.path();
+            let Some(name) = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_suffix(".json"))
+            else {
+                continue;
+            };
+            let cursor = grantline_audit::sinks::SinkCursor::new(&sinks, name);
+            let mut status = cursor.load()?;
+            if status.seq > head {
+                println!(
+                    "sink {name}: its cursor was at seq {}, past the restored head; now {head} \
+                     (it delivered events the restored ledger no longer holds)",
+                    status.seq
+                );
+                status.seq = head;
+                cursor.save(&status)?;
+            }
+        }
+    }
+    Ok(())
+}

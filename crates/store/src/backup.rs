@@ -1,0 +1,347 @@
+//! Backup and restore of an SQLite ledger. A backup is one tar file: the database copied
+//! online with SQLite's backup API (a consistent snapshot while the server keeps writing),
+//! the checkpoint verifier keys (public halves only), and a manifest naming the head seq and
+//! hash, the newest checkpoint and the database's digest. The copy is verified before the
+//! backup is written; a restore verifies again and refuses a backup that does not.
+//!
+//! The database holds the personal-data keys and the credentials' hashes: a backup is as
+//! secret as the database itself (written with mode 0600). The checkpoint signing key is not
+//! in it: whoever holds a backup must not be able to sign for the ledger.
+
+use crate::{Database, Result, Store, StoreError};
+use grantline_ledger::NoteVerifier;
+use grantline_ledger::verify::Summary;
+use serde::{Deserialize, Serialize};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+/// The manifest's `format`: what this code writes and reads.
+pub const FORMAT: &str = "grantline-backup/1";
+const DB_ENTRY: &str = "grantline.db";
+const MANIFEST_ENTRY: &str = "manifest.json";
+const KEYS_ENTRY: &str = "checkpoint-keys.pub";
+/// The largest manifest or key list a restore reads.
+const MAX_SMALL_ENTRY: u64 = 1024 * 1024;
+
+/// What a backup holds, and what a restore checks the database against.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Manifest {
+    pub format: String,
+    /// When the copy was taken, µs since the epoch.
+    pub created_at_us: i64,
+    pub grantline_version: String,
+    /// The newest event in the copy.
+    pub head_seq: u64,
+    pub head_hash: String,
+    /// The newest signed checkpoint in the copy (C2SP note), if any.
+    pub newest_checkpoint: Option<String>,
+    /// Verifier keys (`name+keyid+key`) the copy's checkpoints verified under: the trust
+    /// anchor and, after rotations, the key signing now (last).
+    pub checkpoint_keys: Vec<String>,
+    /// blake3 of the database file in the backup, hex.
+    pub database_blake3: String,
+    pub database_bytes: u64,
+}
+
+/// A backup written or a restore done: its manifest and the verification's summary.
+#[derive(Debug)]
+pub struct Checked {
+    pub manifest: Manifest,
+    pub summary: Summary,
+}
+
+fn invalid(why: impl Into<String>) -> StoreError {
+    StoreError::Backup(why.into())
+}
+
+/// Copies the SQLite database at `src` into the new file `dest` with the online backup API,
+/// in one step: one read transaction, so the copy is the database as of one commit, and
+/// writers (WAL) are not held up meanwhile.
+fn copy_online(src: &Path, dest: &Path) -> Result<()> {
+    use rusqlite::OpenFlags;
+    let from = rusqlite::Connection::open_with_flags(
+        src,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    from.busy_timeout(std::time::Duration::from_secs(30))?;
+    from.execute_batch("PRAGMA query_only = ON")?;
+    let mut to = rusqlite::Connection::open(dest)?;
+    {
+        let backup = rusqlite::backup::Backup::new(&from, &mut to)?;
+        loop {
+            match backup.step(-1)? {
+                rusqlite::backup::StepResult::Done => break,
+                rusqlite::backup::StepResult::More => {}
+                _ => std::thread::sleep(std::time::Duration::from_millis(50)),
+            }
+        }
+    }
+    // One self-contained file: no write-ahead log beside it.
+    to.execute_batch("PRAGMA journal_mode = DELETE")?;
+    Ok(())
+}
+
+fn digest_file(path: &Path) -> Result<(String, u64)> {
+    let mut f = std::fs::File::open(path)?;
+    let mut h = blake3::Hasher::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut n = 0u64;
+    loop {
+        let k = f.read(&mut buf)?;
+        if k == 0 {
+            break;
+        }
+        n += k as u64;
+        h.update(&buf[..k]);
+    }
+    Ok((h.finalize().to_hex().to_string(), n))
+}
+
+/// Verifies the database at `path` (the whole chain, every checkpoint under `trusted` and
+/// the handovers they lead to) and reads its head and newest checkpoint.
+async fn check_database(
+    path: &Path,
+    trusted: &[NoteVerifier],
+) -> Result<(Summary, u64, String, Option<String>)> {
+    let store = Store::connect(&Database::Sqlite(path.to_path_buf()), false).await?;
+    let outcome = async {
+        let summary = match crate::verify(&store, trusted, |_| {}).await? {
+            Ok(s) => s,
+            Err(finding) => return Err(invalid(format!("the ledger is not intact: {finding}"))),
+        };
+        if !summary.fully_trusted() {
+            let by: Vec<String> = summary.untrusted.iter().map(|u| u.by.clone()).collect();
+            return Err(invalid(format!(
+                "{} checkpoints are signed by keys not trusted here ({})",
+                summary.untrusted.len(),
+                by.join(", ")
+            )));
+        }
+        let (seq, hash) = store
+            .head()
+            .await?
+            .map_or((0, String::new()), |(s, h)| (s, h.to_hex()));
+        let newest = store.checkpoints().await?.pop().map(|c| c.note);
+        Ok((summary, seq, hash, newest))
+    }
+    .await;
+    store.close().await;
+    outcome
+}
+
+#[cfg(unix)]
+fn private_file(path: &Path) -> Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    Ok(std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?)
+}
+
+#[cfg(not(unix))]
+fn private_file(path: &Path) -> Result<std::fs::File> {
+    Ok(std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)?)
+}
+
+/// Removes a file when dropped unless kept: no half-written backup or restore is left behind.
+struct Partial(Option<PathBuf>);
+
+impl Partial {
+    fn keep(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Partial {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+fn sibling(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(suffix);
+    path.with_file_name(name)
+}
+
+/// Backs up the SQLite ledger at `src` into the new file `out`. `trusted` are the keys its
+/// checkpoints must verify under (the data directory's: the first of its key history, or its
+/// key); `current` the key signing now. Refuses to write a backup whose copy does not verify.
+pub async fn backup_sqlite(
+    src: &Path,
+    trusted: &[NoteVerifier],
+    current: Option<&NoteVerifier>,
+    out: &Path,
+) -> Result<Checked> {
+    if out.exists() {
+        return Err(invalid(format!("{} exists already", out.display())));
+    }
+    if !src.exists() {
+        return Err(invalid(format!("no ledger at {}", src.display())));
+    }
+    let copy = sibling(out, ".copying");
+    let _ = std::fs::remove_file(&copy);
+    let copy_guard = Partial(Some(copy.clone()));
+    let (from, to) = (src.to_path_buf(), copy.clone());
+    tokio::task::spawn_blocking(move || copy_online(&from, &to))
+        .await
+        .map_err(|e| StoreError::Unavailable(e.to_string()))??;
+    let (summary, head_seq, head_hash, newest_checkpoint) = check_database(&copy, trusted).await?;
+    let (database_blake3, database_bytes) = digest_file(&copy)?;
+    let mut keys: Vec<String> = trusted.iter().map(|k| k.to_string()).collect();
+    if let Some(c) = current
+        && !keys.contains(&c.to_string())
+    {
+        keys.push(c.to_string());
+    }
+    let manifest = Manifest {
+        format: FORMAT.into(),
+        created_at_us: grantline_ledger::Timestamp::now().0,
+        grantline_version: env!("CARGO_PKG_VERSION").into(),
+        head_seq,
+        head_hash,
+        newest_checkpoint,
+        checkpoint_keys: keys.clone(),
+        database_blake3,
+        database_bytes,
+    };
+    let partial = sibling(out, ".partial");
+    let _ = std::fs::remove_file(&partial);
+    let out_guard = Partial(Some(partial.clone()));
+    {
+        let file = private_file(&partial)?;
+        let mut tar = tar::Builder::new(std::io::BufWriter::new(file));
+        let json =
+            serde_json::to_vec_pretty(&manifest).map_err(|e| invalid(format!("manifest: {e}")))?;
+        append_bytes(&mut tar, MANIFEST_ENTRY, &json)?;
+        append_bytes(&mut tar, KEYS_ENTRY, (keys.join("\n") + "\n").as_bytes())?;
+        tar.append_path_with_name(&copy, DB_ENTRY)?;
+        let mut w = tar.into_inner()?;
+        w.flush()?;
+        w.into_inner()
+            .map_err(|e| StoreError::Io(e.into_error()))?
+            .sync_all()?;
+    }
+    std::fs::rename(&partial, out)?;
+    out_guard.keep();
+    drop(copy_guard);
+    Ok(Checked { manifest, summary })
+}
+
+fn append_bytes<W: Write>(tar: &mut tar::Builder<W>, name: &str, data: &[u8]) -> Result<()> {
+    let mut header = tar::Header::new_gnu();
+    header.set_size(data.len() as u64);
+    header.set_mode(0o600);
+    header.set_mtime(0);
+    header.set_cksum();
+    tar.append_data(&mut header, name, data)?;
+    Ok(())
+}
+
+/// Reads a backup's manifest without restoring it.
+pub fn read_manifest(input: &Path) -> Result<Manifest> {
+    let mut archive = tar::Archive::new(std::fs::File::open(input)?);
+    for entry in archive.entries()? {
+        let entry = entry?;
+        if entry.path()?.as_ref() == Path::new(MANIFEST_ENTRY) {
+            return parse_manifest(entry);
+        }
+    }
+    Err(invalid("the backup has no manifest"))
+}
+
+fn parse_manifest(entry: impl Read) -> Result<Manifest> {
+    let mut text = Vec::new();
+    entry.take(MAX_SMALL_ENTRY).read_to_end(&mut text)?;
+    let m: Manifest = serde_json::from_slice(&text)
+        .map_err(|e| invalid(format!("the manifest is not valid: {e}")))?;
+    if m.format != FORMAT {
+        return Err(invalid(format!(
+            "the backup's format is {:?}; this grantline reads {FORMAT:?}",
+            m.format
+        )));
+    }
+    Ok(m)
+}
+
+/// Restores the backup `input` as the new SQLite database `dest`. The database is verified
+/// under `trusted` (the operator's keys; when none are given, the keys the manifest names) and
+/// must match the manifest: its digest, head and newest checkpoint. Nothing is written at
+/// `dest` unless everything holds.
+pub async fn restore_sqlite(
+    input: &Path,
+    dest: &Path,
+    trusted: &[NoteVerifier],
+) -> Result<Checked> {
+    if dest.exists() {
+        return Err(invalid(format!(
+            "{} exists: move it away first (a restore never overwrites a ledger)",
+            dest.display()
+        )));
+    }
+    let restoring = sibling(dest, ".restoring");
+    let _ = std::fs::remove_file(&restoring);
+    let guard = Partial(Some(restoring.clone()));
+    let mut manifest = None;
+    let mut have_db = false;
+    {
+        let mut archive = tar::Archive::new(std::fs::File::open(input)?);
+        for entry in archive.entries()? {
+            let mut entry = entry?;
+            let name = entry.path()?.to_string_lossy().into_owned();
+            match name.as_str() {
+                MANIFEST_ENTRY => manifest = Some(parse_manifest(&mut entry)?),
+                DB_ENTRY if !have_db => {
+                    let mut f = private_file(&restoring)?;
+                    std::io::copy(&mut entry, &mut f)?;
+                    f.sync_all()?;
+                    have_db = true;
+                }
+                KEYS_ENTRY => {}
+                other => return Err(invalid(format!("unexpected entry {other:?} in the backup"))),
+            }
+        }
+    }
+    let manifest = manifest.ok_or_else(|| invalid("the backup has no manifest"))?;
+    if !have_db {
+        return Err(invalid("the backup has no database"));
+    }
+    let (digest, bytes) = digest_file(&restoring)?;
+    if digest != manifest.database_blake3 || bytes != manifest.database_bytes {
+        return Err(invalid(
+            "the database in the backup is not the one its manifest describes (digest differs)",
+        ));
+    }
+    let from_manifest;
+    let trusted = if trusted.is_empty() {
+        from_manifest = manifest
+            .checkpoint_keys
+            .iter()
+            .map(|k| NoteVerifier::parse(k).map_err(|e| invalid(format!("manifest key {k}: {e}"))))
+            .collect::<Result<Vec<_>>>()?;
+        &from_manifest[..]
+    } else {
+        trusted
+    };
+    let (summary, head_seq, head_hash, newest) = check_database(&restoring, trusted).await?;
+    if head_seq != manifest.head_seq || head_hash != manifest.head_hash {
+        return Err(invalid(format!(
+            "the manifest names head {} {}, the database holds {} {}",
+            manifest.head_seq, manifest.head_hash, head_seq, head_hash
+        )));
+    }
+    if newest != manifest.newest_checkpoint {
+        return Err(invalid(
+            "the newest checkpoint in the database is not the one the manifest names",
+        ));
+    }
+    std::fs::rename(&restoring, dest)?;
+    guard.keep();
+    Ok(Checked { manifest, summary })
+}

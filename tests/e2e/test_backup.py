@@ -1,0 +1,114 @@
+"""Backup and restore as an operator runs them: `grantline backup` of a running server's SQLite
+ledger, `grantline restore` into another data directory and over the same one, a backup that
+does not verify refused with nothing changed; and the PostgreSQL procedure of
+docs/operations.md (pg_dump, pg_restore, `grantline verify`) against the throwaway cluster."""
+import os
+import pathlib
+import re
+import shutil
+import subprocess
+import uuid
+
+import pytest
+
+from conftest import ROOT
+
+BINARY = os.environ.get("GRANTLINE_BIN", str(ROOT / "target/debug/grantline"))
+
+
+def grantline(*args, env=None, check=True):
+    e = {k: v for k, v in os.environ.items() if k not in ("GRANTLINE_CONFIG", "GRANTLINE_DATABASE_URL")}
+    e.update(env or {})
+    p = subprocess.run([BINARY, *args], capture_output=True, text=True, env=e)
+    if check and p.returncode != 0:
+        raise AssertionError(f"grantline {' '.join(args)} exited {p.returncode}:\n{p.stdout}\n{p.stderr}")
+    return p
+
+
+def test_sqlite_backup_of_a_running_server_restores_and_a_bad_one_is_refused(server, tmp_path):
+    data = str(server.data_dir)
+    grantline("--data-dir", data, "user", "add", "alice", env={"GRANTLINE_USER_PASSWORD": "pw-alice-1234"})
+    out = tmp_path / "ledger.backup"
+    backed = grantline("--data-dir", data, "backup", "--output", str(out)).stdout
+    m = re.search(r"backed up (\d+) events \(head (\d+) ([0-9a-f]{64})\)", backed)
+    assert m, backed
+    assert oct(out.stat().st_mode & 0o777) == "0o600"
+    key = grantline("--data-dir", data, "key", "show").stdout.split()[-1]
+    assert "+" in key
+
+    # Into a new data directory: restored and verified; the key must be supplied separately.
+    fresh = tmp_path / "fresh"
+    restored = grantline("--data-dir", str(fresh), "restore", "--input", str(out), "--public-key", key).stdout
+    assert f"restored {m.group(1)} events (head {m.group(2)} {m.group(3)})" in restored, restored
+    assert "has no checkpoint key" in restored
+    verified = grantline("--data-dir", str(fresh), "verify", "--public-key", key).stdout
+    assert verified.startswith(f"ok: {m.group(1)} events"), verified
+
+    # Over the live data directory: refused without --force; the running ledger untouched.
+    refused = grantline("--data-dir", data, "restore", "--input", str(out), check=False)
+    assert refused.returncode != 0 and "--force" in refused.stderr, refused.stderr
+    server.stop()
+    forced = grantline("--data-dir", data, "restore", "--input", str(out), "--force").stdout
+    moved = re.search(r"previous ledger was moved to (\S+)", forced)
+    assert moved and pathlib.Path(moved.group(1)).exists(), forced
+    assert grantline("--data-dir", data, "verify").stdout.startswith(f"ok: {m.group(1)} events")
+
+    # A backup whose database was altered: refused, and nothing was written.
+    bad = tmp_path / "bad.backup"
+    raw = bytearray(out.read_bytes())
+    raw[-8192] ^= 0x01
+    bad.write_bytes(bytes(raw))
+    target = tmp_path / "target"
+    p = grantline("--data-dir", str(target), "restore", "--input", str(bad), check=False)
+    assert p.returncode != 0, p.stdout
+    assert "nothing was changed" in p.stderr and "digest" in p.stderr, p.stderr
+    assert not (target / "grantline.db").exists()
+    # PostgreSQL is not backed up by this command: it says what to do instead.
+    p = grantline("--data-dir", data, "--database", "postgres://nobody@127.0.0.1:1/x", "backup",
+                  "--output", str(tmp_path / "pg.backup"), check=False)
+    assert p.returncode != 0 and "pg_dump" in p.stderr, p.stderr
+
+
+def psql(url, sql):
+    subprocess.run(["psql", "-v", "ON_ERROR_STOP=1", "-q", "-d", url, "-c", sql],
+                   check=True, capture_output=True, text=True)
+
+
+@pytest.mark.skipif(not os.environ.get("GRANTLINE_TEST_DATABASE_URL"),
+                    reason="no GRANTLINE_TEST_DATABASE_URL: the PostgreSQL procedure needs a server")
+def test_postgresql_dump_and_restore_procedure_verifies(tmp_path):
+    if not shutil.which("pg_dump") or not shutil.which("pg_restore"):
+        pytest.fail("pg_dump and pg_restore are needed (Debian's postgresql-client)")
+    admin = os.environ["GRANTLINE_TEST_DATABASE_URL"]
+    base = admin.rsplit("/", 1)[0]
+    src_name, dst_name = f"bk_src_{uuid.uuid4().hex[:8]}", f"bk_dst_{uuid.uuid4().hex[:8]}"
+    psql(admin, f"CREATE DATABASE {src_name}")
+    psql(admin, f"CREATE DATABASE {dst_name}")
+    src, dst = f"{base}/{src_name}", f"{base}/{dst_name}"
+    data = tmp_path / "data"
+    try:
+        grantline("--data-dir", str(data), "--database", src, "migrate")
+        for name in ["alice", "bob"]:
+            grantline("--data-dir", str(data), "--database", src, "user", "add", name,
+                      env={"GRANTLINE_USER_PASSWORD": "pw-" + name + "-1234"})
+        grantline("--data-dir", str(data), "--database", src, "snapshot")
+        # The procedure of docs/operations.md, "Backup and restore", step by step.
+        dump = tmp_path / "grantline.dump"
+        subprocess.run(["pg_dump", "--format=custom", "--file", str(dump), "--dbname", src], check=True)
+        subprocess.run(["pg_restore", "--exit-on-error", "--no-owner", "--dbname", dst, str(dump)],
+                       check=True)
+        before = grantline("--data-dir", str(data), "--database", src, "verify").stdout
+        after = grantline("--data-dir", str(data), "--database", dst, "verify").stdout
+        assert after.split("(")[0] == before.split("(")[0], (before, after)
+        # The restored ledger is still append-only.
+        with pytest.raises(subprocess.CalledProcessError) as refused:
+            psql(dst, "UPDATE events SET kind = 'x' WHERE seq = 1")
+        assert "append-only" in refused.value.stderr
+        # And a restored copy someone edited is caught.
+        psql(dst, "ALTER TABLE events DISABLE TRIGGER USER")
+        psql(dst, "UPDATE events SET body = body || '\\x00'::bytea WHERE seq = 2")
+        p = grantline("--data-dir", str(data), "--database", dst, "verify", check=False)
+        assert p.returncode == 1 and "NOT INTACT" in p.stdout, p.stdout
+    finally:
+        psql(admin, f"DROP DATABASE IF EXISTS {src_name} WITH (FORCE)")
+        psql(admin, f"DROP DATABASE IF EXISTS {dst_name} WITH (FORCE)")
