@@ -83,6 +83,9 @@ enum Command {
     Backup(commands::backup::BackupArgs),
     /// Restore a backup as this data directory's ledger; refuses one that does not verify.
     Restore(commands::backup::RestoreArgs),
+    /// The configuration file: check it, or have the running server reload its policies.
+    #[command(subcommand)]
+    Config(commands::config::Command),
     /// Apply database migrations and exit (run as the owner role on PostgreSQL).
     Migrate,
 }
@@ -122,7 +125,7 @@ fn main() -> ExitCode {
 
 /// An error and its causes as one line, each cause once: many errors already repeat their
 /// source in their own message, and `{:#}` would print it again.
-fn chain_once(e: &anyhow::Error) -> String {
+pub(crate) fn chain_once(e: &anyhow::Error) -> String {
     let mut line = String::new();
     for cause in e.chain() {
         let text = cause.to_string();
@@ -156,6 +159,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Client(c) => commands::client::run(&loc, c).await,
         Command::Pat(c) => commands::pat::run(&loc, c).await,
         Command::Key(c) => commands::key::run(&loc, c).await,
+        Command::Config(c) => commands::config::run(&loc, c).await,
         Command::Backup(a) => commands::backup::backup(&loc, a).await,
         Command::Restore(a) => commands::backup::restore(&loc, a).await,
         Command::Migrate => {

@@ -55,3 +55,99 @@ pub fn record_lifetimes(state: &State, configured: &Lifetimes) -> Decision<bool>
         Ok(true),
     )
 }
+
+/// `policy.changed` for the settings of `policy` that differ from those recorded on the ledger:
+/// a setting configured now and not recorded (or recorded with another value) is recorded with
+/// its new value, one recorded and no longer configured as removed. Nothing when they agree.
+/// The answer: the number of settings that changed.
+pub fn record(
+    state: &State,
+    policy: &str,
+    configured: &std::collections::BTreeMap<String, String>,
+) -> Decision<usize> {
+    let empty = Default::default();
+    let recorded = state.policies.get(policy).unwrap_or(&empty);
+    let mut changes: Vec<PolicyChange> = configured
+        .iter()
+        .filter(|(k, v)| recorded.get(*k) != Some(*v))
+        .map(|(k, v)| PolicyChange {
+            setting: k.clone(),
+            from: recorded.get(k).cloned(),
+            to: Some(v.clone()),
+        })
+        .collect();
+    let mut removed: Vec<&String> = recorded
+        .keys()
+        .filter(|k| !configured.contains_key(*k))
+        .collect();
+    removed.sort();
+    changes.extend(removed.into_iter().map(|k| PolicyChange {
+        setting: k.clone(),
+        from: recorded.get(k).cloned(),
+        to: None,
+    }));
+    let n = changes.len();
+    if n == 0 {
+        return Decision::new(Vec::new(), Ok(0));
+    }
+    Decision::new(
+        vec![NewEvent::new(
+            StreamId::new("policy", policy),
+            Actor::Operator,
+            PolicyChanged {
+                policy: policy.to_string(),
+                changes,
+            },
+        )],
+        Ok(n),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::{BTreeMap, HashMap};
+
+    fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn only_the_difference_is_recorded_removals_included() {
+        let mut state = State::default();
+        let d = record(&state, "roles", &map(&[("user.demo", "get_time")]));
+        assert_eq!(d.outcome.clone().ok(), Some(1));
+        let mut recorded = HashMap::new();
+        recorded.insert("user.demo".to_string(), "get_time".to_string());
+        recorded.insert("user.docs".to_string(), "*".to_string());
+        state.policies.insert("roles".into(), recorded);
+        // Unchanged: nothing.
+        let same = map(&[("user.demo", "get_time"), ("user.docs", "*")]);
+        assert!(record(&state, "roles", &same).append.events.is_empty());
+        // One changed, one removed, one added.
+        let next = map(&[("user.demo", "get_time, list_notes"), ("admin.demo", "*")]);
+        let d = record(&state, "roles", &next);
+        let [event] = &d.append.events[..] else {
+            panic!("one event")
+        };
+        let grantline_ledger::Payload::PolicyChanged(p) = &event.payload else {
+            panic!("policy.changed")
+        };
+        let seen: Vec<(&str, Option<&str>, Option<&str>)> = p
+            .changes
+            .iter()
+            .map(|c| (c.setting.as_str(), c.from.as_deref(), c.to.as_deref()))
+            .collect();
+        assert_eq!(
+            seen,
+            vec![
+                ("admin.demo", None, Some("*")),
+                ("user.demo", Some("get_time"), Some("get_time, list_notes")),
+                ("user.docs", Some("*"), None),
+            ]
+        );
+    }
+}

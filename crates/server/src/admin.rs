@@ -14,11 +14,12 @@ pub const ROLES: &[&str] = &["admin", "auditor", "user"];
 
 /// Refuses a role that is neither built in nor configured.
 fn known_role(app: &App, role: &str) -> Result<(), AdminError> {
-    if ROLES.contains(&role) || app.config.roles.contains_key(role) {
+    let config = app.policy_config();
+    if ROLES.contains(&role) || config.roles.contains_key(role) {
         return Ok(());
     }
     let mut known: Vec<&str> = ROLES.to_vec();
-    known.extend(app.config.roles.keys().map(String::as_str));
+    known.extend(config.roles.keys().map(String::as_str));
     known.sort_unstable();
     known.dedup();
     Err(AdminError::Invalid(format!(

@@ -49,8 +49,11 @@ pub struct Inner {
     /// The configured public URL (no trailing slash): the issuer unless forwarded headers say
     /// otherwise.
     pub public_url: String,
-    pub(crate) settings: Arc<Settings>,
-    pub policy: Policy,
+    /// The reloadable policy in force: resources (and so the gateway's mounts and the
+    /// settings), roles, rate limits, registration. See `reload.rs`.
+    pub(crate) live: std::sync::RwLock<Arc<crate::reload::Live>>,
+    /// Held while a reload runs: one at a time.
+    pub(crate) reloading: tokio::sync::Mutex<()>,
     pub metadata_documents: Fetcher,
     pub signin: Arc<dyn SignIn>,
     pub login_throttle: crate::throttle::LoginThrottle,
@@ -63,8 +66,6 @@ pub struct Inner {
     /// Windows of refused readings of the audit trail already on the ledger
     /// (`authorization.denied`, per reader and reason).
     pub audit_refusals: crate::refusal_window::RefusalLog<(String, &'static str)>,
-    /// Resources behind the gateway, roles, tool annotations.
-    pub mounts: crate::gateway::Mounts,
     /// The built-in demo MCP server.
     pub demo: crate::demo::Demo,
     /// For upstream MCP servers: no redirects, no cookies.
@@ -110,19 +111,25 @@ impl App {
 
     /// The settings for an issuer: the configured one, or one derived from forwarded headers.
     pub fn settings_for(&self, issuer: &str) -> Arc<Settings> {
-        if issuer == self.settings.issuer {
-            return self.settings.clone();
+        let live = self.live();
+        if issuer == live.settings.issuer {
+            return live.settings.clone();
         }
         Arc::new(Settings {
             issuer: issuer.to_string(),
-            resources: self.config.resource_defs(issuer).unwrap_or_default(),
-            lifetimes: self.settings.lifetimes.clone(),
+            resources: live.config.resource_defs(issuer).unwrap_or_default(),
+            lifetimes: live.settings.lifetimes.clone(),
         })
     }
 
-    /// The configured settings.
+    /// The configured settings (as last reloaded).
     pub fn settings(&self) -> Arc<Settings> {
-        self.settings.clone()
+        self.live().settings.clone()
+    }
+
+    /// The registration policy in force.
+    pub fn registration_policy(&self) -> Policy {
+        self.live().registration.clone()
     }
 
     /// Decide on the current state, append, and wait until the state has folded the events.

@@ -95,7 +95,7 @@ pub async fn config_clients(app: &App) -> Result<()> {
 /// Records the configured lifetimes when they differ from those in force on the ledger
 /// (`policy.changed`), so replay and what-if judge each seq by the settings of its time.
 pub async fn lifetimes(app: &App) -> Result<()> {
-    let configured = app.settings.lifetimes.clone();
+    let configured = app.settings().lifetimes.clone();
     let (outcome, _) = app
         .run(|s| grantline_oauth::policy::record_lifetimes(s, &configured))
         .await
@@ -103,6 +103,25 @@ pub async fn lifetimes(app: &App) -> Result<()> {
         .context("recording the configured lifetimes")?;
     if outcome.map_err(|e| anyhow::anyhow!("{}", e.description))? {
         tracing::info!("lifetimes changed in the configuration: recorded as policy.changed");
+    }
+    Ok(())
+}
+
+/// Records the resources, roles, rate limits and registration policy when they differ from
+/// those in force on the ledger (`policy.changed`): who could do what, since when.
+pub async fn policies(app: &App) -> Result<()> {
+    let config = app.policy_config();
+    let changed = app
+        .record_policies(&config)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .context("recording the configured policies")?;
+    for (policy, n) in changed {
+        tracing::info!(
+            policy,
+            settings = n,
+            "policy changed in the configuration: recorded as policy.changed"
+        );
     }
     Ok(())
 }

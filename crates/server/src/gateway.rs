@@ -176,6 +176,23 @@ impl Mounts {
         })
     }
 
+    /// Keeps what `old` learnt of the tools of each resource that is still mounted on the same
+    /// upstream (a reload does not make the gateway ask every upstream again).
+    pub fn carry_learned(&self, old: &Mounts) {
+        let (Ok(from), Ok(mut into)) = (old.annotations.lock(), self.annotations.lock()) else {
+            return;
+        };
+        for (name, tools) in from.iter() {
+            let same = match (old.by_name.get(name), self.by_name.get(name)) {
+                (Some(a), Some(b)) => a.upstream == b.upstream,
+                _ => false,
+            };
+            if same {
+                into.insert(name.clone(), tools.clone());
+            }
+        }
+    }
+
     /// The lock to hold while asking `resource`'s upstream for its tools.
     pub fn asking(&self, resource: &str) -> std::sync::Arc<tokio::sync::Mutex<()>> {
         self.asking

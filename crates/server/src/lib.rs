@@ -27,6 +27,7 @@ pub mod projection;
 pub mod random;
 pub mod refusal_window;
 pub mod refusals;
+pub mod reload;
 pub mod rotation;
 pub mod routes;
 pub mod session;

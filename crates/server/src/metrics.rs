@@ -101,8 +101,8 @@ pub struct Metrics {
     registry: Registry,
     /// The bearer token `/metrics` on the main listener needs (none: not served there).
     token: Option<String>,
-    /// Mount names a resource label may take; anything else is `other`.
-    mounts: HashSet<String>,
+    /// Mount names a resource label may take; anything else is `other`. Replaced on reload.
+    mounts: std::sync::RwLock<HashSet<String>>,
     http_requests: Family<HttpLabels, Counter>,
     http_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
     events: Family<KindLabels, Counter>,
@@ -140,7 +140,7 @@ impl Metrics {
         let m = Metrics {
             registry: Registry::default(),
             token,
-            mounts: mounts.into_iter().collect(),
+            mounts: std::sync::RwLock::new(mounts.into_iter().collect()),
             http_requests: Family::default(),
             http_duration: Family::new_with_constructor(latency as fn() -> Histogram),
             events: Family::default(),
@@ -312,9 +312,16 @@ impl Metrics {
         Metrics { registry: r, ..m }
     }
 
+    /// After a reload: the mount names the `resource` label may take from now on.
+    pub fn set_mounts(&self, mounts: impl IntoIterator<Item = String>) {
+        if let Ok(mut m) = self.mounts.write() {
+            *m = mounts.into_iter().collect();
+        }
+    }
+
     /// A resource label: the mount's name when it is one, `other` otherwise.
     fn resource(&self, name: &str) -> String {
-        if self.mounts.contains(name) {
+        if self.mounts.read().is_ok_and(|m| m.contains(name)) {
             name.to_string()
         } else {
             "other".to_string()

@@ -7,7 +7,6 @@ use crate::projection::Projection;
 use crate::signin::PasswordSignIn;
 use anyhow::{Context, Result};
 use grantline_ledger::{KeyPurpose, Recorded};
-use grantline_oauth::Settings;
 use grantline_oauth::tokens::JwtSigner;
 use grantline_state::State;
 use grantline_store::{Credentials, Keyring, Ledger};
@@ -84,12 +83,7 @@ impl App {
         let jwt = JwtSigner::new(signing);
         let config = opts.config;
         let public_url = config.public_url();
-        let settings = Arc::new(Settings {
-            issuer: public_url.clone(),
-            resources: config.resource_defs(&public_url)?,
-            lifetimes: config.lifetimes(),
-        });
-        let policy = config.registration_policy()?;
+        let live = crate::reload::Live::build(config.clone(), &public_url, config.lifetimes())?;
         let metadata_documents = Fetcher::new(config.metadata_documents.clone())?;
         let store = ledger.store().clone();
         let (audit, indexer) = if config.audit.enabled && opts.serving {
@@ -136,8 +130,8 @@ impl App {
             snapshots,
             mac_key,
             public_url,
-            settings,
-            policy,
+            live: std::sync::RwLock::new(Arc::new(live)),
+            reloading: Default::default(),
             metadata_documents,
             signin: Arc::new(PasswordSignIn::new(Credentials::new(&store))),
             login_throttle: Default::default(),
@@ -151,7 +145,6 @@ impl App {
             ),
             refusals: Default::default(),
             audit_refusals: Default::default(),
-            mounts,
             demo: Default::default(),
             rate_limiter: Default::default(),
             exchanges: tokio_util::task::TaskTracker::new(),
@@ -178,6 +171,7 @@ impl App {
         crate::bootstrap::config_clients(&app).await?;
         if opts.serving {
             crate::bootstrap::lifetimes(&app).await?;
+            crate::bootstrap::policies(&app).await?;
         }
         Ok(app)
     }

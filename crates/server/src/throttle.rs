@@ -114,7 +114,7 @@ impl LoginThrottle {
 /// At most `limit` requests per source address in each fixed window: registration and
 /// metadata-document intake, which anyone may call and which each add to the ledger.
 pub struct AddressLimiter {
-    limit: u32,
+    limit: std::sync::atomic::AtomicU32,
     window_secs: i64,
     entries: Mutex<HashMap<String, (i64, u32)>>,
 }
@@ -123,16 +123,23 @@ impl AddressLimiter {
     /// `limit` 0 turns the limiter off.
     pub fn new(limit: u32, window_secs: i64) -> Self {
         AddressLimiter {
-            limit,
+            limit: std::sync::atomic::AtomicU32::new(limit),
             window_secs: window_secs.max(1),
             entries: Mutex::new(HashMap::new()),
         }
     }
 
+    /// A new limit (a reload), from the next request on.
+    pub fn set_limit(&self, limit: u32) {
+        self.limit
+            .store(limit, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Counts one request from `address`; `Err(retry_after seconds)` when it is over the limit.
     /// Requests with no known address share one bucket.
     pub fn hit(&self, address: Option<&str>, now: i64) -> Result<(), i64> {
-        if self.limit == 0 {
+        let limit = self.limit.load(std::sync::atomic::Ordering::Relaxed);
+        if limit == 0 {
             return Ok(());
         }
         let Ok(mut map) = self.entries.lock() else {
@@ -148,7 +155,7 @@ impl AddressLimiter {
         if now - e.0 >= self.window_secs {
             *e = (now, 0);
         }
-        if e.1 >= self.limit {
+        if e.1 >= limit {
             return Err((e.0 + self.window_secs - now).max(1));
         }
         e.1 += 1;

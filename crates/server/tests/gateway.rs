@@ -306,6 +306,97 @@ grantline_store::backend_tests! {
         s.stop().await;
     }
 
+    async fn a_role_removed_by_reload_is_refused_at_the_next_call_and_recorded(db: TestDb) {
+        let (up_url, up) = start_upstream().await;
+        let (s, _d) = gateway_server(&db, &up_url).await;
+        let token = token_for(&s, &s.url("/mcp/up"), "up:read up:write").await;
+        let r = rpc(&s, "/mcp/up", Some(&token), call(1, "read_tool")).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        let head = s.app.store().head().await.unwrap().unwrap().0;
+        let policies = |events: &[grantline_ledger::Recorded]| -> Vec<grantline_ledger::PolicyChanged> {
+            events
+                .iter()
+                .filter_map(|e| match e.payload() {
+                    Payload::PolicyChanged(p) => Some(p.clone()),
+                    _ => None,
+                })
+                .collect()
+        };
+
+        // A configuration that does not check: refused with the reason, nothing recorded, the
+        // roles in force unchanged.
+        let mut bad = (*s.app.policy_config()).clone();
+        bad.roles
+            .get_mut("admin")
+            .unwrap()
+            .insert("up".into(), vec!["stream_tool".into()]);
+        bad.resources.as_mut().unwrap()[1].read_scope = Some("up:nothing".into());
+        let e = s.app.reload(bad).await.unwrap_err();
+        assert!(e.to_string().contains("up:nothing"), "{e}");
+        // One that changes a section needing a restart: refused too.
+        let mut restart = (*s.app.policy_config()).clone();
+        restart.oauth.access_token_ttl += 1;
+        let e = s.app.reload(restart).await.unwrap_err();
+        assert!(e.to_string().contains("[oauth]"), "{e}");
+        assert_eq!(s.app.store().head().await.unwrap().unwrap().0, head);
+        let r = rpc(&s, "/mcp/up", Some(&token), call(2, "read_tool")).await;
+        assert_eq!(r.status(), StatusCode::OK, "the old roles still hold");
+
+        // The admin role loses read_tool; the rate limit changes too.
+        let mut next = (*s.app.policy_config()).clone();
+        next.roles
+            .get_mut("admin")
+            .unwrap()
+            .insert("up".into(), vec!["stream_tool".into()]);
+        next.rate_limits.client_per_minute = 7;
+        let done = s.app.reload(next).await.unwrap();
+        assert_eq!(done.changed, vec![("roles", 1), ("rate_limits", 1)]);
+        let seen_before = up.seen.lock().unwrap().len();
+        let r = rpc(&s, "/mcp/up", Some(&token), call(3, "read_tool")).await;
+        assert_eq!(r.status(), StatusCode::FORBIDDEN, "refused at the very next call");
+        let e: Value = r.json().await.unwrap();
+        assert_eq!(e["error"]["data"]["reason"], "role");
+        assert_eq!(up.seen.lock().unwrap().len(), seen_before, "never reached the upstream");
+        // Listing follows the new roles too.
+        let list = json!({"jsonrpc": "2.0", "id": 4, "method": "tools/list"});
+        let v: Value = rpc(&s, "/mcp/up", Some(&token), list).await.json().await.unwrap();
+        let names: Vec<&str> = v["result"]["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, vec!["stream_tool"]);
+
+        let events = s.app.store().read(head, 1000).await.unwrap();
+        let changed = policies(&events);
+        let roles = changed.iter().find(|p| p.policy == "roles").expect("roles recorded");
+        assert_eq!(roles.changes.len(), 1);
+        let c = &roles.changes[0];
+        assert_eq!(
+            (c.setting.as_str(), c.from.as_deref(), c.to.as_deref()),
+            ("admin.up", Some("read_tool, stream_tool"), Some("stream_tool"))
+        );
+        let limits = changed.iter().find(|p| p.policy == "rate_limits").unwrap();
+        assert_eq!(limits.changes[0].to.as_deref(), Some("7"));
+        // The refusal came after the record: the policy is on the ledger before it is used.
+        let policy_seq = events
+            .iter()
+            .find(|e| matches!(e.payload(), Payload::PolicyChanged(_)))
+            .unwrap()
+            .seq();
+        let refused_seq = events
+            .iter()
+            .find(|e| matches!(e.payload(), Payload::ToolCalled(t) if t.outcome == ToolOutcome::Denied))
+            .unwrap()
+            .seq();
+        assert!(policy_seq < refused_seq);
+        // Reloading the same configuration again records nothing.
+        let again = s.app.reload((*s.app.policy_config()).clone()).await.unwrap();
+        assert!(again.changed.is_empty());
+        s.stop().await;
+    }
+
     async fn upstream_gets_an_identity_assertion_never_the_token_and_roles_hide_tools(db: TestDb) {
         let (up_url, up) = start_upstream().await;
         let (s, _d) = gateway_server(&db, &up_url).await;

@@ -361,16 +361,24 @@ pub async fn state(loc: &Location, args: StateArgs) -> Result<ExitCode> {
         resource,
     };
     let caps = Capabilities::of(&state, until.clock(state.time), &filter);
-    exit_without_dropping(state);
-    // The tools the user's role permits per resource, from the configuration in force now
-    // (roles are not yet recorded in the ledger).
+    // The tools the user's role permitted per resource, by the roles recorded in force at that
+    // seq (`policy.changed`); a ledger older than recorded roles falls back to the
+    // configuration file's.
+    let recorded = grantline_server::reload::roles_in_force(&state.policies);
     let tools: Vec<(String, Vec<String>)> = match &caps.user {
         Some(u) => resources
             .iter()
-            .map(|r| (r.name.clone(), config.role_tools(&u.role, &r.name)))
+            .map(|r| {
+                let t = match &recorded {
+                    Some(roles) => grantline_server::reload::role_tools(roles, &u.role, &r.name),
+                    None => config.role_tools(&u.role, &r.name),
+                };
+                (r.name.clone(), t)
+            })
             .collect(),
         None => Vec::new(),
     };
+    exit_without_dropping(state);
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     if args.json {
         let mut v = serde_json::to_value(&caps)?;

@@ -1,6 +1,7 @@
 pub mod audit;
 pub mod backup;
 pub mod client;
+pub mod config;
 pub mod events;
 pub mod export;
 pub mod history;

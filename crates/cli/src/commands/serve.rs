@@ -26,19 +26,48 @@ pub struct Args {
     start_without_providers: bool,
 }
 
-pub async fn run(loc: &Location, args: Args) -> Result<ExitCode> {
-    let mut config = grantline_server::Config::load(loc.config.as_deref())?;
-    if let Some(l) = args.listen {
-        config.server.listen = l;
+/// What the command line changes in the configuration file's settings: applied the same way
+/// at start and at every reload, so a reload compares like with like.
+#[derive(Clone)]
+struct Overrides {
+    listen: Option<SocketAddr>,
+    break_glass_admin: Option<String>,
+    start_without_providers: bool,
+    /// `http://<the address bound>` when the file names no public URL.
+    public_url: Option<String>,
+}
+
+impl Overrides {
+    fn load(&self, loc: &Location) -> Result<grantline_server::Config> {
+        let mut config = grantline_server::Config::load(loc.config.as_deref())?;
+        if let Some(l) = self.listen {
+            config.server.listen = l;
+        }
+        config.login.break_glass_admin = self.break_glass_admin.clone();
+        config.login.start_without_providers = self.start_without_providers;
+        if config.server.public_url.is_none() {
+            config.server.public_url = self.public_url.clone();
+        }
+        Ok(config)
     }
-    config.login.break_glass_admin = args.break_glass_admin;
-    config.login.start_without_providers = args.start_without_providers;
+}
+
+pub async fn run(loc: &Location, args: Args) -> Result<ExitCode> {
+    let mut overrides = Overrides {
+        listen: args.listen,
+        break_glass_admin: args.break_glass_admin,
+        start_without_providers: args.start_without_providers,
+        public_url: None,
+    };
+    let mut config = overrides.load(loc)?;
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
         .with_context(|| format!("listening on {}", config.server.listen))?;
     if config.server.public_url.is_none() {
         // Port 0 picks a free port: the issuer must name the real one.
-        config.server.public_url = Some(format!("http://{}", listener.local_addr()?));
+        let url = format!("http://{}", listener.local_addr()?);
+        config.server.public_url = Some(url.clone());
+        overrides.public_url = Some(url);
     }
     let first_start = grantline_store::keyfile::load_signer(&loc.data_dir)?.is_none();
     let app = grantline_server::App::start(grantline_server::Options {
@@ -68,8 +97,51 @@ pub async fn run(loc: &Location, args: Args) -> Result<ExitCode> {
         events = app.projection.seq(),
         "ledger open"
     );
+    let pid_file = loc.data_dir.join(grantline_server::reload::PID_FILE);
+    if let Err(e) = std::fs::write(&pid_file, format!("{}\n", std::process::id())) {
+        tracing::warn!(error = %e, path = %pid_file.display(), "cannot write the pid file; `grantline config reload` will not find this server");
+    }
+    reload_on_hangup(app.clone(), loc, overrides);
     grantline_server::serve(app, listener, shutdown_signal()).await?;
+    let _ = std::fs::remove_file(&pid_file);
     Ok(ExitCode::SUCCESS)
+}
+
+/// SIGHUP: read the configuration file again and reload the policies (see
+/// `grantline_server::reload`); the outcome is logged and written for `grantline config reload`.
+fn reload_on_hangup(app: grantline_server::App, loc: &Location, overrides: Overrides) {
+    #[cfg(unix)]
+    {
+        let loc = Location {
+            data_dir: loc.data_dir.clone(),
+            database: loc.database.clone(),
+            config: loc.config.clone(),
+        };
+        tokio::spawn(async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+                tracing::warn!("cannot listen for SIGHUP: reload needs a restart");
+                return;
+            };
+            while hangup.recv().await.is_some() {
+                let outcome = match overrides.load(&loc) {
+                    Ok(config) => app.reload(config).await.map_err(|e| e.to_string()),
+                    Err(e) => Err(format!("{e:#}")),
+                };
+                let status = grantline_server::reload::Status::of(app.now().0, &outcome);
+                if status.ok {
+                    tracing::info!(message = %status.message, "SIGHUP");
+                } else {
+                    tracing::error!(message = %status.message, "SIGHUP");
+                }
+                if let Err(e) = status.write(&loc.data_dir) {
+                    tracing::warn!(error = %e, "cannot write the reload status");
+                }
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    let _ = (app, loc, overrides);
 }
 
 /// Ctrl-C or SIGTERM.

@@ -516,7 +516,8 @@ async fn sign_in(
         session_id: session_id.clone(),
         request: meta,
     };
-    let known_role = |r: &str| crate::admin::ROLES.contains(&r) || app.config.roles.contains_key(r);
+    let known_role =
+        |r: &str| crate::admin::ROLES.contains(&r) || app.policy_config().roles.contains_key(r);
     match app
         .run(|s| grantline_oauth::federation::sign_in(s, signin.clone(), known_role))
         .await

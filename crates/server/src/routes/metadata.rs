@@ -43,14 +43,14 @@ fn issuer_path(issuer: &str) -> String {
 }
 
 fn registration_open(app: &App) -> bool {
-    app.policy != grantline_oauth::register::Policy::Off
+    app.registration_policy() != grantline_oauth::register::Policy::Off
 }
 
 /// RFC 8693 token exchange is offered when a resource may exchange assertions for its users'
 /// upstream tokens.
 fn with_exchange(app: &App, mut doc: serde_json::Value) -> serde_json::Value {
     if app
-        .config
+        .policy_config()
         .resources
         .iter()
         .flatten()

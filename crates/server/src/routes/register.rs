@@ -64,17 +64,9 @@ async fn handle(
         .await?;
     let now = app.now();
     let ttl = app.config.oauth.dynamic_client_ttl;
+    let policy = app.registration_policy();
     let (outcome, _) = app
-        .run(|_| {
-            decide(
-                &app.policy,
-                &req,
-                now,
-                ttl,
-                fresh.clone(),
-                Some(meta.clone()),
-            )
-        })
+        .run(|_| decide(&policy, &req, now, ttl, fresh.clone(), Some(meta.clone())))
         .await?;
     let registered = outcome?;
     tracing::info!(client_name = %registered.client_name, "client registered");

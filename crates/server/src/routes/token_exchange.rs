@@ -68,7 +68,7 @@ pub async fn exchange(
         id: text("jti"),
     };
     let now = app.now().0 / 1_000_000;
-    let policies = app.config.upstream_token_policies(&ctx.issuer);
+    let policies = app.policy_config().upstream_token_policies(&ctx.issuer);
     let x = {
         let state = app.projection.read();
         check_exchange(

@@ -142,9 +142,9 @@ fn settle(
             let mut returned = 0;
             let out = sse::rewrite(is_sse, body, |m| {
                 if m.get("id").is_some_and(|x| jsonrpc::same_id(x, id)) {
-                    app.mounts.learn(&mount.name, m);
+                    app.mounts().learn(&mount.name, m);
                     returned = jsonrpc::filter_tools(m, |tool, _| {
-                        authority::listed(caller, &app.mounts.roles, &mount.name, tool)
+                        authority::listed(caller, &app.mounts().roles, &mount.name, tool)
                     });
                 }
             });

@@ -156,10 +156,14 @@ impl Request<'_> {
         };
         let mut r = match (watched, scope) {
             (Some(Watched::Call(call)), Some(scope)) => {
-                let roles = &self.app.mounts.roles;
-                if let Err(mut d) =
-                    authority::check_call(&caller, roles, &out.mount.name, &call.tool, &scope)
-                {
+                let mounts = self.app.mounts();
+                if let Err(mut d) = authority::check_call(
+                    &caller,
+                    &mounts.roles,
+                    &out.mount.name,
+                    &call.tool,
+                    &scope,
+                ) {
                     if d.kind == grantline_gateway::DenialKind::InsufficientScope {
                         d.required_scopes = authority::step_up_scopes(
                             &caller,
@@ -252,7 +256,7 @@ impl Request<'_> {
         let not_found = || (StatusCode::NOT_FOUND, "no such MCP resource").into_response();
         let mount = self
             .app
-            .mounts
+            .mounts()
             .by_name
             .get(name)
             .cloned()
@@ -434,7 +438,7 @@ impl Request<'_> {
         let Some(Watched::Call(c)) = watched else {
             return None;
         };
-        let mounts = &self.app.mounts;
+        let mounts = self.app.mounts();
         if !mount.scopes.explicit.contains_key(&c.tool)
             && mounts.annotations(&mount.name, &c.tool).is_none()
         {
@@ -465,7 +469,7 @@ impl Request<'_> {
         self.app
             .rate_limiter
             .check(
-                &self.app.config.rate_limits.limits(),
+                &self.app.policy_config().rate_limits.limits(),
                 &buckets,
                 self.app.now().0 / 1_000_000,
             )

@@ -156,9 +156,9 @@ pub async fn learn_tools(
     assertion: &str,
     tool: &str,
 ) {
-    let lock = app.mounts.asking(&mount.name);
+    let lock = app.mounts().asking(&mount.name);
     let _asking = lock.lock().await;
-    if app.mounts.annotations(&mount.name, tool).is_some() || !app.mounts.may_ask(&mount.name) {
+    if app.mounts().annotations(&mount.name, tool).is_some() || !app.mounts().may_ask(&mount.name) {
         return;
     }
     let body = serde_json::json!({"jsonrpc": "2.0", "id": "grantline-gateway-tools", "method": "tools/list"});
@@ -177,6 +177,6 @@ pub async fn learn_tools(
     let sse = is_sse(&resp);
     let read = axum::body::to_bytes(resp.into_body(), super::MAX_BUFFERED);
     if let Ok(Ok(bytes)) = tokio::time::timeout(mount.timeout, read).await {
-        super::sse::visit(sse, &bytes, |m| app.mounts.learn(&mount.name, m));
+        super::sse::visit(sse, &bytes, |m| app.mounts().learn(&mount.name, m));
     }
 }

@@ -1,0 +1,358 @@
+//! Policy reload: the resources, roles, rate limits and registration policy of a new
+//! configuration take effect without a restart (SIGHUP, `grantline config reload`). Each is a
+//! recorded policy: every effective change is a `policy.changed` event with the settings that
+//! changed, appended *before* the new policy is used, so the audit trail says who could do
+//! what and since which seq. A configuration that does not load, does not check, or changes a
+//! section that needs a restart is refused with the reason, and the policy in force stays.
+
+use crate::app::{App, AppError};
+use crate::config::Config;
+use crate::gateway::Mounts;
+use grantline_oauth::Settings;
+use grantline_oauth::register::Policy;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// The recorded policies a reload can change, by their name in `policy.changed`.
+pub const RESOURCES: &str = "resources";
+pub const ROLES: &str = "roles";
+pub const RATE_LIMITS: &str = "rate_limits";
+pub const REGISTRATION: &str = "registration";
+
+/// What a reload replaces, built and checked as one.
+pub struct Live {
+    /// The configuration the reloadable policies were read from.
+    pub config: Arc<Config>,
+    pub mounts: Arc<Mounts>,
+    pub settings: Arc<Settings>,
+    pub registration: Policy,
+}
+
+impl Live {
+    /// Builds every reloadable part from `config`, or says why it cannot be used.
+    pub fn build(
+        config: Config,
+        public_url: &str,
+        lifetimes: grantline_oauth::Lifetimes,
+    ) -> anyhow::Result<Live> {
+        let settings = Arc::new(Settings {
+            issuer: public_url.to_string(),
+            resources: config.resource_defs(public_url)?,
+            lifetimes,
+        });
+        let registration = config.registration_policy()?;
+        let mounts = Arc::new(Mounts::from_config(&config, public_url)?);
+        Ok(Live {
+            config: Arc::new(config),
+            mounts,
+            settings,
+            registration,
+        })
+    }
+}
+
+/// The reloadable policies of `config` as recorded settings (name → value), by policy.
+pub fn policies(config: &Config) -> Vec<(&'static str, BTreeMap<String, String>)> {
+    let mut resources = BTreeMap::new();
+    for r in config.resource_sections() {
+        let n = &r.name;
+        let mut put = |k: &str, v: String| {
+            resources.insert(format!("{n}.{k}"), v);
+        };
+        if let Some(p) = &r.path {
+            put("path", p.clone());
+        }
+        if let Some(u) = &r.url {
+            put("url", u.clone());
+        }
+        let scopes: Vec<&str> = r.scopes.iter().map(|s| s.name.as_str()).collect();
+        put("scopes", scopes.join(" "));
+        if let Some(d) = &r.default_scopes {
+            put("default_scopes", d.join(" "));
+        }
+        if let Some(f) = &r.token_format {
+            put("token_format", f.clone());
+        }
+        if let Some(u) = &r.upstream {
+            put("upstream", u.clone());
+        }
+        if let Some(s) = &r.read_scope {
+            put("read_scope", s.clone());
+        }
+        if let Some(s) = &r.write_scope {
+            put("write_scope", s.clone());
+        }
+        let mut tools: Vec<(&String, &String)> = r.tools.iter().collect();
+        tools.sort();
+        for (tool, scope) in tools {
+            put(&format!("tools.{tool}"), scope.clone());
+        }
+        if let Some(t) = r.upstream_timeout_secs {
+            put("upstream_timeout_secs", t.to_string());
+        }
+        if let Some(p) = &r.upstream_token_provider {
+            put("upstream_token_provider", p.clone());
+            let mut clients = r.upstream_token_clients.clone();
+            clients.sort();
+            put("upstream_token_clients", clients.join(" "));
+        }
+    }
+    let mut roles = BTreeMap::new();
+    for (role, per) in &config.roles {
+        for (resource, tools) in per {
+            let mut tools = tools.clone();
+            tools.sort();
+            roles.insert(format!("{role}.{resource}"), tools.join(", "));
+        }
+    }
+    let l = &config.rate_limits;
+    let rate_limits = BTreeMap::from([
+        (
+            "user_read_per_minute".to_string(),
+            l.user_read_per_minute.to_string(),
+        ),
+        (
+            "user_write_per_minute".to_string(),
+            l.user_write_per_minute.to_string(),
+        ),
+        (
+            "client_per_minute".to_string(),
+            l.client_per_minute.to_string(),
+        ),
+    ]);
+    let reg = &config.registration;
+    let mut registration = BTreeMap::from([
+        (
+            "policy".to_string(),
+            reg.policy.clone().unwrap_or_else(|| "open".into()),
+        ),
+        (
+            "per_address_per_hour".to_string(),
+            reg.per_address_per_hour.to_string(),
+        ),
+    ]);
+    for (i, rule) in reg.allow.iter().enumerate() {
+        let parts = [
+            ("client_name", &rule.client_name),
+            ("software_id", &rule.software_id),
+            ("redirect_host", &rule.redirect_host),
+        ];
+        let text: Vec<String> = parts
+            .iter()
+            .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={v}")))
+            .collect();
+        registration.insert(format!("allow.{}", i + 1), text.join(" "));
+    }
+    vec![
+        (RESOURCES, resources),
+        (ROLES, roles),
+        (RATE_LIMITS, rate_limits),
+        (REGISTRATION, registration),
+    ]
+}
+
+/// The roles recorded in force in a state's policies: `None` for a ledger written before
+/// policies were recorded (no `rate_limits` policy, which every server records at start).
+pub fn roles_in_force(
+    policies: &std::collections::HashMap<String, std::collections::HashMap<String, String>>,
+) -> Option<std::collections::HashMap<String, String>> {
+    if !policies.contains_key(RATE_LIMITS) {
+        return None;
+    }
+    Some(policies.get(ROLES).cloned().unwrap_or_default())
+}
+
+/// The tools `role` may call on `resource` by recorded roles (as `Config::role_tools` reads
+/// the configuration's).
+pub fn role_tools(
+    roles: &std::collections::HashMap<String, String>,
+    role: &str,
+    resource: &str,
+) -> Vec<String> {
+    if roles.is_empty() {
+        return vec!["every tool its scopes allow".into()];
+    }
+    if resource == crate::config::AUDIT_RESOURCE
+        && grantline_audit::access::AUDIT_ROLES.contains(&role)
+    {
+        return vec!["every tool".into()];
+    }
+    match roles.get(&format!("{role}.{resource}")).map(String::as_str) {
+        Some(t) if t.split(", ").any(|t| t == "*") => vec!["every tool".into()],
+        Some(t) if !t.is_empty() => t.split(", ").map(str::to_string).collect(),
+        _ => vec!["none".into()],
+    }
+}
+
+/// The sections of `new` that differ from `running` and take a restart.
+fn restart_only(running: &Config, new: &Config) -> Vec<&'static str> {
+    let differs =
+        |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
+    let mut out = Vec::new();
+    if differs(&running.server, &new.server) {
+        out.push("[server]");
+    }
+    if differs(&running.oauth, &new.oauth) {
+        out.push("[oauth]");
+    }
+    if differs(&running.metadata_documents, &new.metadata_documents) {
+        out.push("[metadata_documents]");
+    }
+    if differs(&running.clients, &new.clients) {
+        out.push("[[clients]]");
+    }
+    if differs(&running.audit, &new.audit) {
+        out.push("[audit]");
+    }
+    if differs(&running.identity_providers, &new.identity_providers) {
+        out.push("[[identity_providers]]");
+    }
+    if differs(&running.login, &new.login) {
+        out.push("[login]");
+    }
+    if differs(&running.metrics, &new.metrics) {
+        out.push("[metrics]");
+    }
+    out
+}
+
+/// Why a reload was refused; the policy in force is unchanged.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("the new configuration is not valid: {0}")]
+    Invalid(String),
+    #[error("the new configuration changes {0}, which take a restart; nothing was reloaded")]
+    RestartOnly(String),
+    #[error(transparent)]
+    Ledger(#[from] AppError),
+}
+
+/// A reload that went through: each policy that changed, with the number of its settings.
+#[derive(Debug, Default)]
+pub struct Reloaded {
+    pub changed: Vec<(&'static str, usize)>,
+}
+
+impl App {
+    /// The reloadable policy in force.
+    pub fn live(&self) -> Arc<Live> {
+        self.live
+            .read()
+            .map(|l| l.clone())
+            .unwrap_or_else(|e| e.into_inner().clone())
+    }
+
+    /// The resources behind the gateway and the roles, as in force now.
+    pub fn mounts(&self) -> Arc<Mounts> {
+        self.live().mounts.clone()
+    }
+
+    /// The configuration the policy in force was read from (roles, rate limits, resources,
+    /// registration). Other sections: [`crate::app::Inner::config`].
+    pub fn policy_config(&self) -> Arc<Config> {
+        self.live().config.clone()
+    }
+
+    /// Records every reloadable policy of `config` that differs from the ledger's.
+    pub async fn record_policies(
+        &self,
+        config: &Config,
+    ) -> Result<Vec<(&'static str, usize)>, AppError> {
+        let mut changed = Vec::new();
+        for (name, settings) in policies(config) {
+            let (outcome, _) = self
+                .run(|s| grantline_oauth::policy::record(s, name, &settings))
+                .await?;
+            let n = outcome?;
+            if n > 0 {
+                changed.push((name, n));
+            }
+        }
+        Ok(changed)
+    }
+
+    /// Reloads the reloadable policies from `new` (see the module's documentation).
+    pub async fn reload(&self, new: Config) -> Result<Reloaded, ReloadError> {
+        let _one = self.reloading.lock().await;
+        let blocked = restart_only(&self.config, &new);
+        if !blocked.is_empty() {
+            return Err(ReloadError::RestartOnly(blocked.join(", ")));
+        }
+        let old = self.live();
+        let live = Live::build(new, &self.public_url, old.settings.lifetimes.clone())
+            .map_err(|e| ReloadError::Invalid(format!("{e:#}")))?;
+        live.mounts.carry_learned(&old.mounts);
+        // Durable first: no request is judged by a policy the ledger does not show yet.
+        let changed = self.record_policies(&live.config).await?;
+        self.registrations
+            .set_limit(live.config.registration.per_address_per_hour);
+        self.metrics.set_mounts(live.mounts.by_name.keys().cloned());
+        if let Ok(mut l) = self.live.write() {
+            *l = Arc::new(live);
+        }
+        Ok(Reloaded { changed })
+    }
+}
+
+/// Where `grantline serve` writes its process id (for `grantline config reload`).
+pub const PID_FILE: &str = "grantline.pid";
+/// Where `grantline serve` writes the outcome of its latest reload.
+pub const STATUS_FILE: &str = "reload-status.json";
+
+/// The outcome of a reload, as `grantline serve` writes it for `grantline config reload`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct Status {
+    /// When the reload finished, µs since the epoch: tells a new outcome from the last one.
+    pub at: i64,
+    pub ok: bool,
+    /// What happened, in a sentence.
+    pub message: String,
+    /// The policies that changed, with the number of their settings.
+    pub changed: Vec<(String, usize)>,
+}
+
+impl Status {
+    /// The outcome of `App::reload` as a status.
+    pub fn of(at: i64, outcome: &Result<Reloaded, String>) -> Status {
+        match outcome {
+            Ok(r) if r.changed.is_empty() => Status {
+                at,
+                ok: true,
+                message: "reloaded: no policy changed".into(),
+                changed: Vec::new(),
+            },
+            Ok(r) => Status {
+                at,
+                ok: true,
+                message: format!(
+                    "reloaded: {} recorded as policy.changed",
+                    r.changed
+                        .iter()
+                        .map(|(p, n)| format!("{p} ({n} settings)"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                changed: r.changed.iter().map(|(p, n)| (p.to_string(), *n)).collect(),
+            },
+            Err(why) => Status {
+                at,
+                ok: false,
+                message: format!("reload refused, the policy in force stays: {why}"),
+                changed: Vec::new(),
+            },
+        }
+    }
+
+    /// Writes the status into the data directory (replacing the last one at once).
+    pub fn write(&self, data_dir: &std::path::Path) -> std::io::Result<()> {
+        let tmp = data_dir.join(format!("{STATUS_FILE}.tmp"));
+        std::fs::write(&tmp, serde_json::to_vec_pretty(self).unwrap_or_default())?;
+        std::fs::rename(tmp, data_dir.join(STATUS_FILE))
+    }
+
+    /// The last status written in `data_dir`, if any.
+    pub fn read(data_dir: &std::path::Path) -> Option<Status> {
+        let bytes = std::fs::read(data_dir.join(STATUS_FILE)).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+}

@@ -1,0 +1,74 @@
+"""Policy reload as an operator does it: edit the configuration file, `grantline config reload`
+(SIGHUP to the running server), read what was recorded; a file that does not load and a change
+that needs a restart are refused and the policy in force stays; `grantline state --at` answers
+what a user could do by the roles in force at each seq."""
+import json
+
+from conftest import CONFIG, Server
+from test_backup import grantline
+
+ROLES = """
+[roles.admin]
+demo = ["*"]
+
+[roles.user]
+demo = [{tools}]
+"""
+
+
+def events(data, kind):
+    out = grantline("--data-dir", data, "events", "--kind", kind, "--json").stdout
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def test_config_reload_records_the_difference_and_refuses_what_it_cannot_apply(tmp_path):
+    (tmp_path / "data").mkdir()
+    config = CONFIG + ROLES.format(tools='"get_time", "list_notes"')
+    server = Server(tmp_path / "data", tmp_path / "server.log", config).start()
+    data = str(server.data_dir)
+    conf = server.data_dir / "grantline.toml"
+    cli = ("--data-dir", data, "--config", str(conf))
+    env = {"GRANTLINE_E2E_RS_SECRET": "e2e-resource-server-secret-91c2-4f0a7d3b"}
+    try:
+        grantline(*cli, "user", "add", "alice", env={"GRANTLINE_USER_PASSWORD": "pw-alice-1234", **env})
+        start = [e for e in events(data, "policy.changed") if e["payload"]["policy"] == "roles"]
+        assert len(start) == 1, "the roles in force at the first start are recorded"
+        before_reload = json.loads(
+            grantline(*cli, "events", "--json", env=env).stdout.splitlines()[-1])["seq"]
+
+        # Nothing changed: nothing recorded.
+        p = grantline(*cli, "config", "reload", env=env)
+        assert "no policy changed" in p.stdout, p.stdout
+
+        # The user role loses list_notes.
+        conf.write_text(CONFIG + ROLES.format(tools='"get_time"'))
+        p = grantline(*cli, "config", "reload", env=env)
+        assert "roles (1 settings)" in p.stdout, p.stdout
+        roles = [e for e in events(data, "policy.changed") if e["payload"]["policy"] == "roles"]
+        assert roles[-1]["payload"]["changes"] == [
+            {"setting": "user.demo", "from": "get_time, list_notes", "to": "get_time"}]
+        assert roles[-1]["seq"] > before_reload
+
+        # A truncated file: refused by the command before the server is asked.
+        good = conf.read_text()
+        conf.write_text(good[: good.index("[roles.user]") + 8])
+        p = grantline(*cli, "config", "reload", env=env, check=False)
+        assert p.returncode == 1 and "refused, the server was not asked" in p.stdout, p.stdout
+        # A change that needs a restart: the server refuses it, the policy in force stays.
+        conf.write_text(good.replace("[oauth]", "[oauth]\naccess_token_ttl = 99"))
+        p = grantline(*cli, "config", "reload", env=env, check=False)
+        assert p.returncode == 1 and "[oauth]" in p.stdout and "restart" in p.stdout, p.stdout
+        assert len([e for e in events(data, "policy.changed")
+                    if e["payload"]["policy"] == "roles"]) == len(roles)
+        log = (tmp_path / "server.log").read_text()
+        assert "reload refused" in log
+
+        # What alice could do: by the roles in force then, not by today's file.
+        def tools_at(at):
+            out = grantline(*cli, "state", "--at", str(at), "--user", "alice", "--json", env=env).stdout
+            return json.loads(out)["user"]["tools"]["demo"]
+        assert tools_at(before_reload) == ["get_time", "list_notes"]
+        assert tools_at(roles[-1]["seq"]) == ["get_time"]
+    finally:
+        server.stop()
+    assert not (server.data_dir / "grantline.pid").exists(), "the pid file goes with the server"
