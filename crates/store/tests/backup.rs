@@ -160,11 +160,16 @@ async fn a_backup_verifies_restores_and_refuses_what_does_not() {
         let l = open_with(&older, quiet()).await;
         append_one(&l, client_registered("c1")).await;
         l.shutdown().await;
-        // The last connection closed folds the write-ahead log into the file copied below.
-        l.store().close().await;
     }
+    // A standalone copy of it (the write-ahead log folded in).
+    let older_file = dir.path().join("older.db");
+    let store = Store::connect(&older.db, false).await.unwrap();
+    exec(&store, &format!("VACUUM INTO '{}'", older_file.display()))
+        .await
+        .unwrap();
+    store.close().await;
     let older_backup = dir.path().join("older.backup");
-    repack(&m, older.sqlite_path().unwrap(), &older_backup);
+    repack(&m, &older_file, &older_backup);
     let e = backup::restore_sqlite(&older_backup, &refused("d.db"), &[key()])
         .await
         .unwrap_err();
