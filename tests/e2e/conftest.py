@@ -41,8 +41,9 @@ def free_port():
 
 
 class Server:
-    def __init__(self, data_dir, log_path, config=CONFIG, extra_args=()):
+    def __init__(self, data_dir, log_path, config=CONFIG, extra_args=(), env=None):
         self.extra_args = list(extra_args)
+        self.extra_env = dict(env or {})
         self.data_dir = pathlib.Path(data_dir)
         self.log_path = pathlib.Path(log_path)
         self.port = free_port()
@@ -62,6 +63,7 @@ class Server:
             GRANTLINE_LOG="debug,sqlx=warn,hyper=info,h2=info,rustls=info",
             NO_COLOR="1",
         )
+        env.update(self.extra_env)
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [binary, "serve", "--listen", f"127.0.0.1:{self.port}", *self.extra_args],

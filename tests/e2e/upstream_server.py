@@ -81,6 +81,7 @@ def recording(app, seen_file):
                 "authorization": headers.get("authorization"),
                 "identity": headers.get(IDENTITY_HEADER),
                 "mcp_protocol_version": headers.get("mcp-protocol-version"),
+                "traceparent": headers.get("traceparent"),
             })
             with open(seen_file, "a") as f:
                 f.write(line + "\n")

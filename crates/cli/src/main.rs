@@ -2,6 +2,7 @@
 
 mod commands;
 mod location;
+mod telemetry;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -92,17 +93,35 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let traces = match telemetry::tracer_provider() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {}", chain_once(&e));
+            return ExitCode::from(2);
+        }
+    };
+    let otel = traces.as_ref().map(|p| {
+        use opentelemetry::trace::TracerProvider;
+        tracing_opentelemetry::layer().with_tracer(p.tracer("grantline"))
+    });
+    tracing_subscriber::registry()
+        .with(
             tracing_subscriber::EnvFilter::try_from_env("GRANTLINE_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr)
-        // Colour only for a person at a terminal: a log file or a journal gets plain text.
-        .with_ansi(
-            std::io::IsTerminal::is_terminal(&std::io::stderr())
-                && std::env::var_os("NO_COLOR").is_none(),
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                // Colour only for a person at a terminal: a log file or a journal gets plain
+                // text.
+                .with_ansi(
+                    std::io::IsTerminal::is_terminal(&std::io::stderr())
+                        && std::env::var_os("NO_COLOR").is_none(),
+                ),
         )
+        .with(otel)
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -114,13 +133,20 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match runtime.block_on(run(cli)) {
+    let code = match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {}", chain_once(&e));
             ExitCode::from(2)
         }
+    };
+    // Spans still batched are sent before the process ends.
+    if let Some(p) = traces
+        && let Err(e) = p.shutdown()
+    {
+        eprintln!("warning: exporting the last traces: {e}");
     }
+    code
 }
 
 /// An error and its causes as one line, each cause once: many errors already repeat their

@@ -808,6 +808,10 @@ pub struct SigningKeyRotated {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RequestMeta {
     pub request_id: String,
+    /// The W3C trace id of the request's trace (32 hex digits), when it was traced: the event
+    /// leads to its trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_ip: Option<Sealed>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -55,6 +55,7 @@ fn refresh() -> RefreshTokenRecord {
 fn meta(subject: &str) -> RequestMeta {
     RequestMeta {
         request_id: "0197a3c1-f0d2-7c4e-8b1a-9d6e5f403a50".into(),
+        trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736".into()),
         source_ip: Some(sealed(subject, "198.51.100.7")),
         user_agent: Some(sealed(subject, "python-httpx/0.28")),
     }

@@ -357,6 +357,7 @@ mod tests {
     fn meta() -> RequestMeta {
         RequestMeta {
             request_id: "r".into(),
+            trace_id: None,
             source_ip: None,
             user_agent: None,
         }

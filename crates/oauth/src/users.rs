@@ -224,6 +224,7 @@ mod tests {
         let key = grantline_ledger::SubjectKey([1; 32]);
         let meta = RequestMeta {
             request_id: "r".into(),
+            trace_id: None,
             source_ip: None,
             user_agent: None,
         };

@@ -15,6 +15,7 @@ use grantline_state::State;
 use grantline_store::{Credentials, Keyring, Ledger, LedgerOptions, Store, StoreError};
 use std::path::PathBuf;
 use std::sync::Arc;
+use tracing::Instrument;
 
 /// How the server was started.
 #[derive(Debug, Clone)]
@@ -143,13 +144,20 @@ impl App {
         loop {
             attempts += 1;
             let decision = {
+                let _decide = tracing::info_span!("decide", attempt = attempts).entered();
                 let state = self.projection.read();
                 decide(&state)
             };
             if decision.append.events.is_empty() {
                 return Ok((decision.outcome, Vec::new()));
             }
-            match self.ledger.append(decision.append).await {
+            let events = decision.append.events.len();
+            let appended = self
+                .ledger
+                .append(decision.append)
+                .instrument(tracing::info_span!("append", events))
+                .await;
+            match appended {
                 Ok(recorded) => {
                     if let Some(last) = recorded.last() {
                         self.projection.wait_for(last.seq(), self.store()).await?;
@@ -178,7 +186,12 @@ impl App {
 
     /// Appends events that need no decision (bootstrap, admin actions).
     pub async fn append(&self, events: Vec<NewEvent>) -> Result<Vec<Recorded>, AppError> {
-        let recorded = self.ledger.append(Append::new(events)).await?;
+        let span = tracing::info_span!("append", events = events.len());
+        let recorded = self
+            .ledger
+            .append(Append::new(events))
+            .instrument(span)
+            .await?;
         if let Some(last) = recorded.last() {
             self.projection.wait_for(last.seq(), self.store()).await?;
         }

@@ -20,6 +20,8 @@ pub struct RequestContext {
     /// forwarded headers.
     pub issuer: String,
     pub https: bool,
+    /// The request's trace id (see `trace.rs`), when it is traced.
+    pub trace_id: Option<String>,
 }
 
 fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -71,6 +73,7 @@ impl RequestContext {
             user_agent: header_str(h, "user-agent").map(|s| s.chars().take(300).collect()),
             https: issuer.starts_with("https://"),
             issuer,
+            trace_id: crate::trace::trace_id(trust.then_some(h)),
         }
     }
 }
@@ -103,6 +106,7 @@ impl RequestContext {
         };
         Ok(RequestMeta {
             request_id: self.request_id.clone(),
+            trace_id: self.trace_id.clone(),
             source_ip: seal(self.source_ip.clone()).await?,
             user_agent: seal(self.user_agent.clone()).await?,
         })

@@ -36,6 +36,7 @@ pub mod sinks;
 pub mod snapshots;
 mod startup;
 pub mod throttle;
+pub mod trace;
 
 pub use app::{App, AppError, Options};
 pub use config::Config;
@@ -54,30 +55,42 @@ use tower_http::trace::TraceLayer;
 /// client sent none, echoed back) and a tracing span per request carrying request id, client id
 /// and user id. Spans record the path only, never the query (it can carry `state`).
 pub fn router(app: App) -> Router {
+    let trust = app.config.server.trust_forwarded_headers;
     let trace = TraceLayer::new_for_http()
-        .make_span_with(|req: &Request<_>| {
+        .make_span_with(move |req: &Request<_>| {
             let id = req
                 .headers()
                 .get("x-request-id")
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("-");
-            tracing::info_span!(
+            let route = req
+                .extensions()
+                .get::<axum::extract::MatchedPath>()
+                .map_or("unmatched", |p| p.as_str());
+            let span = tracing::info_span!(
                 "request",
                 request_id = %id,
                 method = %req.method(),
                 path = %req.uri().path(),
+                route,
                 client_id = tracing::field::Empty,
                 user_id = tracing::field::Empty,
-            )
+                status = tracing::field::Empty,
+            );
+            // A trace begun before Grantline (by a trusted proxy) continues through it.
+            if trust {
+                trace::adopt_parent(&span, req.headers());
+            }
+            span
         })
-        .on_response(|res: &Response, latency: Duration, _span: &tracing::Span| {
+        .on_response(|res: &Response, latency: Duration, span: &tracing::Span| {
+            span.record("status", res.status().as_u16());
             tracing::info!(
                 status = res.status().as_u16(),
                 latency_us = latency.as_micros() as u64,
                 "answered"
             );
         });
-    let trust = app.config.server.trust_forwarded_headers;
     let metrics = axum::middleware::from_fn_with_state(app.clone(), metrics::track_http);
     routes::router()
         .route("/", get(home))

@@ -110,6 +110,7 @@ async fn federated_user(s: &Server, expires_in: i64) -> String {
         session_id: "ses_test".into(),
         request: grantline_ledger::RequestMeta {
             request_id: "r".into(),
+            trace_id: None,
             source_ip: None,
             user_agent: None,
         },

@@ -135,6 +135,7 @@ impl Generator {
     fn meta(&self, subject: &str, n: u64, ip: &str, ua: &str) -> RequestMeta {
         RequestMeta {
             request_id: format!("req_{n:016x}{:04x}", self.queue.len()),
+            trace_id: None,
             source_ip: Some(self.sealed(subject, ip)),
             user_agent: Some(self.sealed(subject, ua)),
         }

@@ -9,6 +9,7 @@ use axum::http::{HeaderMap, Method, header};
 use axum::response::Response;
 use futures::StreamExt;
 use grantline_gateway::Caller;
+use tracing::Instrument;
 
 /// Header carrying the caller's identity to the upstream (an EdDSA JWT, verifiable with the JWKS).
 pub const IDENTITY_HEADER: &str = "x-grantline-identity";
@@ -89,11 +90,22 @@ pub async fn send(
     identity: String,
 ) -> Result<Response, UpstreamError> {
     let started = std::time::Instant::now();
-    let answer = send_to(app, mount, method, headers, body, identity).await;
+    let span = tracing::info_span!(
+        "upstream",
+        resource = %mount.name,
+        status = tracing::field::Empty
+    );
+    let answer = send_to(app, mount, method, headers, body, identity)
+        .instrument(span.clone())
+        .await;
     let (status, why) = match &answer {
         Ok(r) => (Some(r.status().as_u16()), ""),
         Err(UpstreamError::Timeout) => (None, "timeout"),
         Err(_) => (None, "unreachable"),
+    };
+    match status {
+        Some(s) => span.record("status", s),
+        None => span.record("status", why),
     };
     app.metrics
         .observe_upstream(&mount.name, status, why, started);
@@ -119,6 +131,12 @@ async fn send_to(
                 }
             }
             req = req.header(IDENTITY_HEADER, identity);
+            // The trace continues at the upstream (`traceparent`, when this request is traced).
+            let mut trace_headers = HeaderMap::new();
+            crate::trace::inject(&mut trace_headers);
+            for (k, v) in &trace_headers {
+                req = req.header(k, v);
+            }
             let resp = tokio::time::timeout(mount.timeout, req.send())
                 .await
                 .map_err(|_| UpstreamError::Timeout)?

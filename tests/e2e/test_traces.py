@@ -1,0 +1,136 @@
+"""Traces over OTLP/HTTP: `grantline serve` with the standard OTEL_* variables exports to a
+local OTLP/HTTP receiver (this test's, JSON encoding); the request span has its decide and
+append children, a gateway call its upstream child; a trusted proxy's `traceparent` is the
+parent of the request span; the upstream MCP server receives the trace; and the event's request
+metadata holds the trace id."""
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import requests
+
+from conftest import Server, Upstream, free_port
+from test_backup import grantline
+
+SECRET = "e2e-trace-service-secret-6d1f-93ab20c4e7d1"
+
+
+class Receiver:
+    """An OTLP/HTTP receiver: keeps every span it is sent."""
+
+    def __init__(self):
+        self.bodies = []
+        received = self.bodies
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("content-length", 0)))
+                received.append((self.path, self.headers.get("content-type"), body))
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.end_headers()
+                self.wfile.write(b"{}")
+
+            def log_message(self, *args):
+                pass
+
+        self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.http.server_address[1]}"
+        threading.Thread(target=self.http.serve_forever, daemon=True).start()
+
+    def spans(self):
+        out = []
+        for path, ctype, body in self.bodies:
+            assert path == "/v1/traces" and ctype.startswith("application/json"), (path, ctype)
+            for rs in json.loads(body)["resourceSpans"]:
+                service = {a["key"]: a["value"] for a in rs["resource"]["attributes"]}
+                assert service["service.name"] == {"stringValue": "grantline"}, service
+                for ss in rs["scopeSpans"]:
+                    out.extend(ss["spans"])
+        return out
+
+
+def attrs(span):
+    return {a["key"]: next(iter(a["value"].values())) for a in span.get("attributes", [])}
+
+
+def test_requests_are_traced_to_an_otlp_receiver_and_events_name_their_trace(tmp_path):
+    receiver = Receiver()
+    upstream = Upstream(tmp_path).start()
+    config = f"""
+[server]
+trust_forwarded_headers = true
+
+[[resources]]
+name = "up"
+path = "/mcp/up"
+upstream = "{upstream.url}"
+scopes = [{{ name = "up:read", description = "Read" }}]
+
+[[clients]]
+client_id = "svc"
+client_name = "Traced service"
+grant_types = ["client_credentials"]
+scope = "up:read"
+secret_env = "GRANTLINE_E2E_SVC_SECRET"
+"""
+    (tmp_path / "data").mkdir()
+    env = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json",
+        "OTEL_BSP_SCHEDULE_DELAY": "200",
+        "GRANTLINE_E2E_SVC_SECRET": SECRET,
+    }
+    server = Server(tmp_path / "data", tmp_path / "server.log", config, env=env).start()
+    try:
+        # A request a trusted proxy traced already.
+        parent_trace, parent_span = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+        r = requests.post(server.base + "/oauth/token", auth=("svc", SECRET), data={
+            "grant_type": "client_credentials", "scope": "up:read",
+            "resource": server.base + "/mcp/up"},
+            headers={"traceparent": f"00-{parent_trace}-{parent_span}-01"}, timeout=10)
+        assert r.status_code == 200, r.text
+        token = r.json()["access_token"]
+        # A gateway call, traced from here.
+        r = requests.post(server.base + "/mcp/up", json={
+            "jsonrpc": "2.0", "id": 1, "method": "initialize",
+            "params": {"protocolVersion": "2025-06-18", "capabilities": {},
+                       "clientInfo": {"name": "trace-test", "version": "1"}}},
+            headers={"Authorization": f"Bearer {token}",
+                     "Accept": "application/json, text/event-stream"}, timeout=10)
+        assert r.status_code == 200, r.text
+    finally:
+        server.stop()
+        upstream.stop()
+    receiver.http.shutdown()
+
+    spans = receiver.spans()
+    by_id = {s["spanId"]: s for s in spans}
+    requests_ = [s for s in spans if s["name"] == "request"]
+    token_span = next(s for s in requests_ if attrs(s).get("route") == "/oauth/token")
+    # The proxy's trace continues: same trace id, its span is the parent.
+    assert token_span["traceId"] == parent_trace
+    assert token_span["parentSpanId"] == parent_span
+    assert attrs(token_span)["status"] in ("200", 200)
+    children = {s["name"] for s in spans if s.get("parentSpanId") == token_span["spanId"]}
+    assert {"decide", "append"} <= children, children
+
+    mcp_span = next(s for s in requests_ if attrs(s).get("route") == "/mcp/{name}")
+    assert mcp_span["traceId"] != parent_trace and not mcp_span.get("parentSpanId")
+    up_spans = [s for s in spans if s["name"] == "upstream" and s["traceId"] == mcp_span["traceId"]]
+    assert len(up_spans) == 1, [s["name"] for s in spans]
+    assert attrs(up_spans[0])["resource"] == "up"
+    # The upstream span hangs under the request span (directly or through the gateway's own).
+    node = up_spans[0]
+    while node.get("parentSpanId") and node["spanId"] != mcp_span["spanId"]:
+        node = by_id[node["parentSpanId"]]
+    assert node["spanId"] == mcp_span["spanId"]
+    # The upstream MCP server was sent the trace, with the upstream span as parent.
+    sent = [s["traceparent"] for s in upstream.seen() if s.get("traceparent")]
+    assert f"00-{mcp_span['traceId']}-{up_spans[0]['spanId']}-01" in sent, sent
+
+    # The event leads to its trace.
+    out = grantline("--data-dir", str(server.data_dir), "events", "--kind", "token.issued", "--json",
+                    env={"GRANTLINE_E2E_SVC_SECRET": SECRET}).stdout
+    issued = [json.loads(l) for l in out.splitlines() if l.strip()]
+    assert issued[-1]["payload"]["request"]["trace_id"] == parent_trace, issued[-1]
