@@ -4,7 +4,7 @@
 //! become, this file must still verify, decode and replay. It is never rewritten; a new body
 //! format gets a fixture of its own beside it (`write_the_fixture_ledger` makes one).
 
-use grantline_ledger::{Actor, Kind, NewEvent, Payload, samples};
+use grantline_ledger::{Kind, samples};
 use grantline_store::testing::signer;
 use grantline_store::{Database, Ledger, LedgerOptions, Store};
 use std::path::{Path, PathBuf};
@@ -18,18 +18,6 @@ fn copy_of_fixture(dir: &Path) -> PathBuf {
     let to = dir.join("grantline.db");
     std::fs::copy(fixture(), &to).expect("tests/fixtures/ledger-v1.db");
     to
-}
-
-fn event(payload: Payload) -> NewEvent {
-    let mut e = NewEvent::new(
-        samples::stream_for(&payload),
-        Actor::User {
-            id: "usr_0197a3c1f0d27c4e8b1a9d6e5f403a21".into(),
-        },
-        payload,
-    );
-    e.tenant = Some("acme".into());
-    e
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -108,7 +96,9 @@ async fn write_the_fixture_ledger() {
         .unwrap();
     for payload in samples::all() {
         ledger
-            .append(grantline_ledger::Append::new(vec![event(payload)]))
+            .append(grantline_ledger::Append::new(vec![samples::new_event(
+                payload,
+            )]))
             .await
             .unwrap();
     }

@@ -503,6 +503,18 @@ pub fn all() -> Vec<Payload> {
     ]
 }
 
+/// A sample payload as an event to append, with the actor and tenant of [`envelope`] (so the
+/// stored body is as large as the sample's).
+pub fn new_event(payload: Payload) -> crate::NewEvent {
+    let mut e = crate::NewEvent::new(
+        stream_for(&payload),
+        Actor::User { id: USER.into() },
+        payload,
+    );
+    e.tenant = Some("acme".into());
+    e
+}
+
 /// A sample event with envelope: `seq`, `version` and `time` as given.
 pub fn envelope(seq: u64, payload: Payload) -> Envelope {
     Envelope {

@@ -15,19 +15,6 @@ use grantline_store::{Database, StoreError, backend_tests};
 /// The advisory lock key the writer takes on PostgreSQL ("grantlin").
 const PG_APPEND_LOCK: i64 = 0x6772_616e_746c_696e;
 
-fn sample_event(payload: Payload) -> NewEvent {
-    // The actor and tenant of `samples::envelope`, so the body is as large as the sample's.
-    let mut e = NewEvent::new(
-        samples::stream_for(&payload),
-        Actor::User {
-            id: "usr_0197a3c1f0d27c4e8b1a9d6e5f403a21".into(),
-        },
-        payload,
-    );
-    e.tenant = Some("acme".into());
-    e
-}
-
 backend_tests! {
     async fn the_largest_body_of_every_kind_reads_back_through_every_reader(db: TestDb) {
         let ledger = open_with(&db, quiet()).await;
@@ -39,7 +26,7 @@ backend_tests! {
             for (fits, over) in variants {
                 let kind = fits.kind();
                 let r = ledger
-                    .append(Append::new(vec![sample_event(fits)]))
+                    .append(Append::new(vec![samples::new_event(fits)]))
                     .await
                     .unwrap_or_else(|e| panic!("{kind:?}: the largest body was refused: {e}"));
                 let body = encode(&r[0].envelope).unwrap();
@@ -47,7 +34,7 @@ backend_tests! {
                 appended.push(r.into_iter().next().unwrap());
                 // One step past the limit: refused, for this append alone, and nothing written.
                 let before = ledger.store().count().await.unwrap();
-                match ledger.append(Append::new(vec![sample_event(over)])).await {
+                match ledger.append(Append::new(vec![samples::new_event(over)])).await {
                     Err(StoreError::Invalid(m)) => assert!(m.contains("limit"), "{m}"),
                     other => panic!("{kind:?}: over the limit gave {other:?}"),
                 }
