@@ -62,6 +62,9 @@ def test_config_reload_records_the_difference_and_refuses_what_it_cannot_apply(t
                     if e["payload"]["policy"] == "roles"]) == len(roles)
         log = (tmp_path / "server.log").read_text()
         assert "reload refused" in log
+        # Readiness is logged once per change: once ready at start, and it stayed so.
+        readiness = [l for l in log.splitlines() if "grantline_server::health:" in l]
+        assert len(readiness) == 1 and readiness[0].rstrip().endswith("ready"), readiness
 
         # What alice could do: by the roles in force then, not by today's file.
         def tools_at(at):
