@@ -32,6 +32,9 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $as_root apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
+# The whole suite is not an edit loop: incremental artefacts would only add gigabytes to target/.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+echo "test.sh: $(df -h --output=avail . | tail -n 1 | tr -d ' ') free on the disk of target/" >&2
 echo "test.sh: building (first run compiles every dependency; several minutes on 2 cores)" >&2
 cargo build --workspace --all-targets --locked 2>&1 | tail -n 3 >&2
 
