@@ -92,6 +92,22 @@ backend_tests! {
         let p = grantline(&["verify-proof", path.to_str().unwrap(), "--public-key", &other]);
         assert_eq!(p.status.code(), Some(2), "{p:?}");
 
+        // From a checkpoint: the newest (12: nothing after it) or a named one, one line each;
+        // signed by a key not given, "cannot tell"; a size with no checkpoint, a clear error.
+        let from = grantline(&["verify", "--database", &url, "--public-key", &key, "--from-checkpoint"]);
+        assert_eq!(from.status.code(), Some(0), "{from:?}");
+        assert!(stdout(&from).starts_with("ok: 12 events (seq 13..=12 checked from the signed checkpoint at 12)"), "{from:?}");
+        let from = grantline(&["verify", "--database", &url, "--public-key", &key, "--from-checkpoint", "10"]);
+        assert_eq!(from.status.code(), Some(0), "{from:?}");
+        assert_eq!(stdout(&from).lines().count(), 1, "{from:?}");
+        assert!(stdout(&from).starts_with("ok: 12 events (seq 11..=12 checked from the signed checkpoint at 10), 2 checkpoints"), "{from:?}");
+        let unsure = grantline(&["verify", "--database", &url, "--public-key", &other, "--from-checkpoint"]);
+        assert_eq!(unsure.status.code(), Some(2), "{unsure:?}");
+        assert!(stdout(&unsure).starts_with("CANNOT TELL"), "{unsure:?}");
+        let none = grantline(&["verify", "--database", &url, "--public-key", &key, "--from-checkpoint", "11"]);
+        assert_eq!(none.status.code(), Some(2), "{none:?}");
+        assert!(String::from_utf8_lossy(&none.stderr).contains("no checkpoint of tree size 11"), "{none:?}");
+
         // Someone with owner rights rewrites event 7's stored hash.
         let store = Store::connect(&db.db, false).await.unwrap();
         match store.pool() {
@@ -106,6 +122,10 @@ backend_tests! {
         assert_eq!(bad.status.code(), Some(1), "{bad:?}");
         let out = stdout(&bad);
         assert!(out.starts_with("NOT INTACT: seq 7:"), "{out}");
+        // Event 7 lies before the checkpoint at 10, outside its lowest subtree (9, 10): a walk
+        // from there trusts it, and says which seqs it checked.
+        let from = grantline(&["verify", "--database", &url, "--public-key", &key, "--from-checkpoint", "10"]);
+        assert_eq!(from.status.code(), Some(0), "{from:?}");
 
         // Tampering outranks an untrusted key: exit 1 whatever key is given.
         let forged = grantline(&["verify", "--database", &url, "--public-key", &other]);

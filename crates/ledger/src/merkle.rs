@@ -88,6 +88,19 @@ impl Frontier {
         acc
     }
 
+    /// The frontier without its lowest perfect subtree, and that subtree's leaf count: pushing
+    /// the leaves of the last `count` events onto the first gives this frontier back. This is
+    /// how a verifier starting from a checkpoint confirms the stored hashes of the events just
+    /// before it without reading the whole prefix. `None` for the empty tree.
+    pub fn split_lowest(&self) -> Option<(Frontier, u64)> {
+        let &(height, _) = self.nodes.last()?;
+        let count = 1u64 << height;
+        let mut base = self.clone();
+        base.nodes.pop();
+        base.size -= count;
+        Some((base, count))
+    }
+
     /// Serialized form (size, then heights and hashes), so a checkpoint can resume the tree.
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(8 + self.nodes.len() * 36);
@@ -323,6 +336,33 @@ mod tests {
             assert_eq!(Frontier::from_bytes(&f.to_bytes()).as_ref(), Some(&f));
         }
         assert!(Frontier::from_bytes(&[0, 0, 0, 0, 0, 0, 0, 3]).is_none());
+    }
+
+    #[test]
+    fn splitting_off_the_lowest_subtree_and_pushing_its_leaves_again_gives_the_frontier_back() {
+        let all = leaves(70);
+        let mut f = Frontier::new();
+        assert!(f.split_lowest().is_none());
+        for (i, l) in all.iter().enumerate() {
+            f.push_leaf_hash(*l);
+            let size = i as u64 + 1;
+            let (mut base, count) = f.split_lowest().unwrap();
+            // The lowest subtree is the lowest set bit of the size.
+            assert_eq!(count, size & size.wrapping_neg(), "size {size}");
+            assert_eq!(base.size(), size - count);
+            let tail = &all[(size - count) as usize..=i];
+            let mut wrong = base.clone();
+            for l in tail {
+                base.push_leaf_hash(*l);
+            }
+            assert_eq!(base, f, "size {size}");
+            // A changed leaf in that subtree gives another frontier.
+            wrong.push_leaf_hash(all[69]);
+            for l in &tail[1..] {
+                wrong.push_leaf_hash(*l);
+            }
+            assert_ne!(wrong.root(), f.root(), "size {size}");
+        }
     }
 
     #[test]

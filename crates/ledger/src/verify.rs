@@ -54,6 +54,9 @@ pub enum Problem {
     Truncated { checkpoint_size: u64, events: u64 },
     /// A checkpoint-key rotation that the key in force did not sign (or that is malformed).
     KeyRotation { error: String },
+    /// The Merkle frontier stored beside a signed checkpoint does not lead to its root: the
+    /// checkpoints table was altered.
+    CheckpointFrontier { size: u64 },
 }
 
 /// The first thing found wrong: the seq it concerns and the problem.
@@ -111,6 +114,11 @@ impl fmt::Display for Finding {
             Problem::KeyRotation { error } => {
                 write!(f, "seq {seq}: checkpoint key rotation not valid: {error}")
             }
+            Problem::CheckpointFrontier { size } => write!(
+                f,
+                "seq {seq}: the frontier stored with the checkpoint at tree size {size} does not \
+                 lead to its signed root (checkpoints table altered)"
+            ),
         }
     }
 }
@@ -119,6 +127,8 @@ impl fmt::Display for Finding {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Summary {
     pub events: u64,
+    /// The walk began after this seq, at a trusted checkpoint (0: from the first event).
+    pub from: u64,
     pub checkpoints: u64,
     pub head: Hash,
     /// Checkpoints signed only by keys not trusted here: the chain is intact, but whether it
@@ -144,11 +154,25 @@ impl Summary {
 
 impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "ok: {} events, {} checkpoints, head {}",
-            self.events, self.checkpoints, self.head
-        )
+        if self.from > 0 {
+            write!(
+                f,
+                "ok: {} events (seq {}..={} checked from the signed checkpoint at {}), \
+                 {} checkpoints, head {}",
+                self.events,
+                self.from + 1,
+                self.events,
+                self.from,
+                self.checkpoints,
+                self.head
+            )
+        } else {
+            write!(
+                f,
+                "ok: {} events, {} checkpoints, head {}",
+                self.events, self.checkpoints, self.head
+            )
+        }
     }
 }
 
@@ -232,6 +256,72 @@ fn check_hash(row: &RawRow) -> Result<Hash, Problem> {
     Ok(stored)
 }
 
+/// A signed checkpoint to start a walk from instead of the first event (`grantline verify
+/// --from-checkpoint`): opened with a trusted key, and the Merkle frontier stored beside it
+/// checked against its signed root. The rows it covers are trusted, not read — a full walk
+/// checks them; what follows it is checked as fully as by [`ChainVerifier::new`].
+#[derive(Debug, Clone)]
+pub struct Start {
+    size: u64,
+    frontier: Frontier,
+}
+
+/// Why a walk cannot start from a checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartError {
+    /// Signed only by keys not given to this check (`name+keyid`): nothing can be trusted
+    /// from it here.
+    Untrusted(String),
+    /// The checkpoint itself is not what its signer wrote.
+    Finding(Finding),
+}
+
+impl Start {
+    /// Opens a stored checkpoint and the frontier saved with it.
+    pub fn open(
+        checkpoint: &RawCheckpoint,
+        frontier: &[u8],
+        trusted: &[NoteVerifier],
+    ) -> Result<Start, StartError> {
+        let size = checkpoint.tree_size.max(0) as u64;
+        let bad = |problem| StartError::Finding(Finding { seq: size, problem });
+        let signature = |error: String| bad(Problem::CheckpointSignature { size, error });
+        let opened = match Checkpoint::open(&checkpoint.note, trusted) {
+            Ok(c) => c,
+            Err(CheckpointError::UnknownSigner(by)) if by.is_empty() => {
+                return Err(StartError::Untrusted("no signature".into()));
+            }
+            Err(CheckpointError::UnknownSigner(by)) => {
+                return Err(StartError::Untrusted(by.join(", ")));
+            }
+            Err(e) => return Err(signature(e.to_string())),
+        };
+        if opened.size != size || size == 0 {
+            return Err(signature("tree_size column disagrees with the note".into()));
+        }
+        if Hash::from_slice(&checkpoint.root) != Some(opened.root) {
+            return Err(signature("root column disagrees with the note".into()));
+        }
+        let frontier = Frontier::from_bytes(frontier)
+            .filter(|f| f.size() == size && f.root() == opened.root)
+            .ok_or_else(|| bad(Problem::CheckpointFrontier { size }))?;
+        Ok(Start { size, frontier })
+    }
+
+    /// The checkpoint's tree size: the walk checks the rows after it.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The seqs `(after, upto]` whose stored hashes tie the checkpoint to the rows after it:
+    /// the events of the frontier's lowest perfect subtree (the last one alone when the size
+    /// is odd, at most the whole prefix when it is a power of two). Only their hashes are read.
+    pub fn anchor(&self) -> (u64, u64) {
+        let count = self.frontier.split_lowest().map_or(0, |(_, n)| n);
+        (self.size - count, self.size)
+    }
+}
+
 /// A stored checkpoint, judged when the walk reaches its tree size: by the key in force then.
 struct PendingCheckpoint {
     size: u64,
@@ -256,6 +346,8 @@ enum Verdict {
 /// `signing_key.rotated` handover signed by the key in force introduced (effective for
 /// checkpoints beyond the rotation's seq).
 pub struct ChainVerifier {
+    /// Where the walk began (0, or the size of the trusted checkpoint it resumed from).
+    from: u64,
     next_seq: u64,
     prev: Hash,
     frontier: Frontier,
@@ -291,6 +383,7 @@ impl ChainVerifier {
             })
             .collect();
         ChainVerifier {
+            from: 0,
             next_seq: 1,
             prev: GENESIS,
             frontier: Frontier::new(),
@@ -304,6 +397,72 @@ impl ChainVerifier {
             trusted: trusted.to_vec(),
             confirmed: false,
         }
+    }
+
+    /// Starts after a trusted checkpoint. `anchor` holds the stored `(seq, hash)` of the rows
+    /// [`Start::anchor`] names, in order: they must rebuild the checkpoint's frontier, which
+    /// proves the hash the next row chains to. `checkpoints` are all stored ones; those at or
+    /// below the start are not judged again.
+    pub fn resume(
+        start: Start,
+        anchor: &[(i64, Vec<u8>)],
+        checkpoints: Vec<RawCheckpoint>,
+        trusted: &[NoteVerifier],
+    ) -> Result<Self, Finding> {
+        let (after, upto) = start.anchor();
+        let Some((mut rebuilt, _)) = start.frontier.split_lowest() else {
+            return Err(Finding {
+                seq: 1,
+                problem: Problem::CheckpointFrontier { size: start.size },
+            });
+        };
+        let mut prev = GENESIS;
+        for (i, (seq, hash)) in anchor.iter().enumerate() {
+            let want = after + 1 + i as u64;
+            if *seq != want as i64 || want > upto {
+                return Err(Finding {
+                    seq: want,
+                    problem: Problem::MissingRows {
+                        found: (*seq).max(0) as u64,
+                    },
+                });
+            }
+            prev = Hash::from_slice(hash).ok_or(Finding {
+                seq: want,
+                problem: Problem::BodyChanged,
+            })?;
+            rebuilt.push(&prev);
+        }
+        if rebuilt.size() < upto {
+            return Err(Finding {
+                seq: rebuilt.size() + 1,
+                problem: Problem::Truncated {
+                    checkpoint_size: start.size,
+                    events: rebuilt.size(),
+                },
+            });
+        }
+        if rebuilt != start.frontier {
+            return Err(Finding {
+                seq: after + 1,
+                problem: Problem::CheckpointRoot { size: start.size },
+            });
+        }
+        let mut verifier = ChainVerifier::new(
+            checkpoints
+                .into_iter()
+                .filter(|c| c.tree_size > start.size as i64)
+                .collect(),
+            trusted,
+        );
+        verifier.checkpoints += 1;
+        verifier.from = start.size;
+        verifier.next_seq = start.size + 1;
+        verifier.prev = prev;
+        verifier.frontier = start.frontier;
+        verifier.last_good = start.size;
+        verifier.confirmed = true;
+        Ok(verifier)
     }
 
     /// A checkpoint's signature, by the key in force now.
@@ -490,6 +649,7 @@ impl ChainVerifier {
         }
         Ok(Summary {
             events,
+            from: self.from,
             checkpoints: self.checkpoints,
             head: self.prev,
             untrusted,

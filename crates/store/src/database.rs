@@ -345,6 +345,69 @@ impl Store {
         Ok(row.map(|(size, time)| (size as u64, time)))
     }
 
+    /// The stored `(seq, hash)` of the rows in seq `(after, upto]`, in order, as stored
+    /// (nothing checked; at most what exists).
+    pub async fn chain_hash_rows(&self, after: u64, upto: u64) -> Result<Vec<(i64, Vec<u8>)>> {
+        Ok(match &self.pool {
+            Pool::Sqlite(p) => {
+                sqlx::query_as(
+                    "SELECT seq, hash FROM events WHERE seq > ? AND seq <= ? ORDER BY seq",
+                )
+                .bind(after as i64)
+                .bind(upto as i64)
+                .fetch_all(p)
+                .await?
+            }
+            Pool::Postgres(p) => {
+                sqlx::query_as(
+                    "SELECT seq, hash FROM events WHERE seq > $1 AND seq <= $2 ORDER BY seq",
+                )
+                .bind(after as i64)
+                .bind(upto as i64)
+                .fetch_all(p)
+                .await?
+            }
+        })
+    }
+
+    /// The stored checkpoint of tree size `at` (the newest when `None`) with the Merkle
+    /// frontier saved beside it, as stored.
+    pub async fn checkpoint_with_frontier(
+        &self,
+        at: Option<u64>,
+    ) -> Result<Option<(RawCheckpoint, Vec<u8>)>> {
+        let size = at.map_or(i64::MAX, |n| n.min(i64::MAX as u64) as i64);
+        let row: Option<(i64, Vec<u8>, String, Vec<u8>)> =
+            match &self.pool {
+                Pool::Sqlite(p) => sqlx::query_as(
+                    "SELECT tree_size, root, note, frontier FROM checkpoints WHERE tree_size <= ? \
+                     ORDER BY tree_size DESC, id DESC LIMIT 1",
+                )
+                .bind(size)
+                .fetch_optional(p)
+                .await?,
+                Pool::Postgres(p) => sqlx::query_as(
+                    "SELECT tree_size, root, note, frontier FROM checkpoints WHERE tree_size <= $1 \
+                     ORDER BY tree_size DESC, id DESC LIMIT 1",
+                )
+                .bind(size)
+                .fetch_optional(p)
+                .await?,
+            };
+        Ok(row
+            .filter(|(tree_size, ..)| at.is_none_or(|n| *tree_size as u64 == n))
+            .map(|(tree_size, root, note, frontier)| {
+                (
+                    RawCheckpoint {
+                        tree_size,
+                        root,
+                        note,
+                    },
+                    frontier,
+                )
+            }))
+    }
+
     /// Chain hashes of seq 1..=upto, in order (the Merkle tree's leaf data), for proofs.
     pub async fn chain_hashes(&self, upto: u64) -> Result<Vec<Hash>> {
         let mut out = Vec::with_capacity(upto as usize);

@@ -30,6 +30,9 @@ pub enum StoreError {
     Key(String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// Something asked for by name that is not stored (a checkpoint of a given size).
+    #[error("{0}")]
+    NotFound(String),
     /// A backup that cannot be written or restored, and why.
     #[error("backup: {0}")]
     Backup(String),

@@ -22,22 +22,67 @@ pub use tail::Tail;
 pub use writer::{CommitHook, GroupCommit, GroupCommitHook, Ledger, LedgerOptions, PG_CHANNEL};
 
 use grantline_ledger::NoteVerifier;
-use grantline_ledger::verify::{ChainVerifier, Finding, Summary};
+use grantline_ledger::verify::{ChainVerifier, Finding, Start, StartError, Summary};
 
 /// Walks the whole ledger and returns its summary or the first finding. `progress` is called
 /// with the number of events checked so far.
 pub async fn verify(
     store: &Store,
     trusted: &[NoteVerifier],
-    mut progress: impl FnMut(u64),
+    progress: impl FnMut(u64),
 ) -> Result<std::result::Result<Summary, Finding>> {
     let checkpoints = store.checkpoints().await?;
-    let mut verifier = ChainVerifier::new(checkpoints, trusted);
+    walk(store, ChainVerifier::new(checkpoints, trusted), 0, progress).await
+}
+
+/// Walks only the rows after a signed checkpoint (the newest, or the one of tree size `at`):
+/// the checkpoint must open with a trusted key, the frontier stored with it must lead to its
+/// root, and the stored hashes of the rows of its lowest subtree must rebuild that frontier
+/// (proving the hash the next row chains to); everything after it is checked as by [`verify`].
+/// The rows the checkpoint covers are trusted, not read. `StartError::Untrusted` when the
+/// checkpoint is signed only by keys not given here; `StartError::Finding` for the first thing
+/// found wrong.
+pub async fn verify_from_checkpoint(
+    store: &Store,
+    trusted: &[NoteVerifier],
+    at: Option<u64>,
+    mut progress: impl FnMut(u64),
+) -> Result<std::result::Result<Summary, StartError>> {
+    let Some((checkpoint, frontier)) = store.checkpoint_with_frontier(at).await? else {
+        return Err(StoreError::NotFound(match at {
+            Some(n) => format!("there is no checkpoint of tree size {n}"),
+            None => "the ledger has no checkpoint to start from".into(),
+        }));
+    };
+    let start = match Start::open(&checkpoint, &frontier, trusted) {
+        Ok(s) => s,
+        Err(e) => return Ok(Err(e)),
+    };
+    let (after, upto) = start.anchor();
+    let anchor = store.chain_hash_rows(after, upto).await?;
+    let size = start.size();
+    let checkpoints = store.checkpoints().await?;
+    let verifier = match ChainVerifier::resume(start, &anchor, checkpoints, trusted) {
+        Ok(v) => v,
+        Err(f) => return Ok(Err(StartError::Finding(f))),
+    };
+    progress(size);
+    Ok(walk(store, verifier, size, progress)
+        .await?
+        .map_err(StartError::Finding))
+}
+
+/// Feeds the rows after `after` to `verifier`, reading the next page while this one is checked.
+async fn walk(
+    store: &Store,
+    mut verifier: ChainVerifier,
+    mut after: u64,
+    mut progress: impl FnMut(u64),
+) -> Result<std::result::Result<Summary, Finding>> {
     let page = 20_000u32;
-    let mut after = 0u64;
     let mut next = tokio::spawn({
         let store = store.clone();
-        async move { store.raw_rows(0, page).await }
+        async move { store.raw_rows(after, page).await }
     });
     loop {
         let rows = next

@@ -120,3 +120,21 @@ pub async fn verify(store: &Store) -> Result<verify::Summary, verify::Finding> {
         .await
         .unwrap_or_else(|e| panic!("verify could not run: {e}"))
 }
+
+/// `grantline verify --from-checkpoint [at]` with the test signer trusted.
+pub async fn verify_from(
+    store: &Store,
+    at: Option<u64>,
+) -> Result<verify::Summary, verify::StartError> {
+    grantline_store::verify_from_checkpoint(store, &[testing::signer().verifier()], at, |_| {})
+        .await
+        .unwrap_or_else(|e| panic!("verify --from-checkpoint could not run: {e}"))
+}
+
+/// The finding of a walk from a checkpoint (panics on anything else).
+pub fn finding(r: Result<verify::Summary, verify::StartError>) -> verify::Finding {
+    match r {
+        Err(verify::StartError::Finding(f)) => f,
+        other => panic!("expected a finding, got {other:?}"),
+    }
+}

@@ -413,6 +413,77 @@ mod tamper {
             assert_eq!(store.read(0, 2).await.unwrap().len(), 2, "rows before it still read");
         }
 
+        async fn from_a_checkpoint_only_the_rows_after_it_are_read_and_checked(db: TestDb) {
+            let store = scene(&db).await;
+            let s = verify_from(&store, None).await.unwrap();
+            assert_eq!((s.events, s.from, s.checkpoints), (12, 12, 1), "{s}");
+            let s = verify_from(&store, Some(10)).await.unwrap();
+            assert_eq!((s.events, s.from, s.checkpoints), (12, 10, 2), "{s}");
+            assert_eq!(s.head, verify(&store).await.unwrap().head);
+            match grantline_store::verify_from_checkpoint(&store, &[grantline_store::testing::signer().verifier()], Some(11), |_| {}).await {
+                Err(StoreError::NotFound(m)) => assert!(m.contains("no checkpoint of tree size 11"), "{m}"),
+                other => panic!("{other:?}"),
+            }
+            // Signed by a key not given: nothing can be trusted from it.
+            let other = NoteSigner::generate("grantline.test/ledger").unwrap().verifier();
+            let r = grantline_store::verify_from_checkpoint(&store, &[other], None, |_| {}).await.unwrap();
+            assert!(matches!(r, Err(verify::StartError::Untrusted(ref by)) if by.starts_with("grantline.test/ledger+")), "{r:?}");
+
+            drop_guards(&store).await;
+            // A changed body after the checkpoint is found as by a full walk...
+            let r11 = row(&store, 11).await;
+            let mut env = decode(&r11.body).unwrap();
+            if let Payload::ToolCalled(t) = &mut env.payload {
+                t.outcome = ToolOutcome::Denied;
+            }
+            set_bytes(&store, "body", 11, &encode(&env).unwrap()).await;
+            let f = finding(verify_from(&store, Some(10)).await);
+            assert_eq!((f.seq, f.problem), (11, Problem::BodyChanged));
+            set_bytes(&store, "body", 11, &r11.body).await;
+            // ...while one the checkpoint covers is trusted, not read (a full walk finds it).
+            let r5 = row(&store, 5).await;
+            set_bytes(&store, "body", 5, &r11.body).await;
+            assert_eq!(verify_from(&store, Some(10)).await.unwrap().events, 12);
+            assert_eq!(verify(&store).await.unwrap_err().seq, 5);
+            set_bytes(&store, "body", 5, &r5.body).await;
+        }
+
+        async fn tamper_before_a_starting_checkpoint_that_its_proof_covers_is_found(db: TestDb) {
+            let store = scene(&db).await;
+            drop_guards(&store).await;
+            // Tree size 10 = 8 + 2: rows 9 and 10 are its lowest subtree, whose stored hashes
+            // must rebuild the frontier. Rewriting row 10 and re-chaining the tail is caught there.
+            let rows = store.raw_rows(0, 100).await.unwrap();
+            let mut prev = Hash::from_slice(&rows[9].prev_hash).unwrap();
+            for r in &rows[9..] {
+                let mut env = decode(&r.body).unwrap();
+                if env.seq == 10
+                    && let Payload::ToolCalled(t) = &mut env.payload {
+                        t.tool = "exfiltrate".into();
+                    }
+                let body = encode(&env).unwrap();
+                let hash = chain_hash(&prev, &body);
+                set_bytes(&store, "body", r.seq, &body).await;
+                set_bytes(&store, "prev_hash", r.seq, &prev.0).await;
+                set_bytes(&store, "hash", r.seq, &hash.0).await;
+                prev = hash;
+            }
+            let f = finding(verify_from(&store, Some(10)).await);
+            assert_eq!((f.seq, f.problem), (9, Problem::CheckpointRoot { size: 10 }));
+        }
+
+        async fn tamper_a_starting_checkpoints_frontier_or_a_truncated_tail_is_found(db: TestDb) {
+            let store = scene(&db).await;
+            drop_guards(&store).await;
+            exec(&store, "DELETE FROM events WHERE seq > 11").await.unwrap();
+            let f = finding(verify_from(&store, Some(10)).await);
+            assert_eq!((f.seq, f.problem), (12, Problem::Truncated { checkpoint_size: 12, events: 11 }));
+            // The frontier stored beside the checkpoint altered: it cannot vouch for anything.
+            exec(&store, "UPDATE checkpoints SET frontier = root WHERE tree_size = 10").await.unwrap();
+            let f = finding(verify_from(&store, Some(10)).await);
+            assert_eq!((f.seq, f.problem), (10, Problem::CheckpointFrontier { size: 10 }));
+        }
+
         async fn tamper_truncated_tail_below_a_checkpoint_is_found(db: TestDb) {
             let store = scene(&db).await;
             drop_guards(&store).await;
