@@ -59,6 +59,190 @@ pub fn encode_for_append(envelope: &Envelope) -> Result<Vec<u8>, CodecError> {
     }
 }
 
+/// An event's body without its head: the CBOR of its `actor`, `tenant` (when set) and
+/// `payload` entries, exactly as they appear at the end of the body. The appender encodes and
+/// checks it outside the append lock ([`encode_tail`]); the writer only frames it behind the
+/// head it assigns ([`frame`]). The bytes are the same as [`encode`]'s: no new body format.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tail {
+    bytes: Vec<u8>,
+    entries: u8,
+}
+
+impl Tail {
+    /// The encoded entries.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+/// The fields the writer assigns under the append lock: everything before `actor` in a body.
+#[derive(Debug, Clone, Copy)]
+pub struct Head<'a> {
+    pub seq: u64,
+    pub id: Uuid,
+    pub time: Timestamp,
+    pub stream: &'a StreamId,
+    pub version: u64,
+    pub kind: Kind,
+}
+
+/// Encodes and checks what the appender can of an event's body: the stream name is valid, the
+/// actor, tenant and payload read back as themselves, and the body cannot be far over
+/// [`MAX_BODY_BYTES`] (the writer checks the exact size once framed). The same refusals as
+/// [`encode_for_append`], moved off the writer's thread.
+pub fn encode_tail(event: &crate::NewEvent) -> Result<Tail, CodecError> {
+    if !event.stream.is_valid() {
+        return Err(CodecError::Refused(format!(
+            "stream name is not valid ({} bytes)",
+            event.stream.as_str().len()
+        )));
+    }
+    let kind = event.payload.kind();
+    let head = Head {
+        seq: 0,
+        id: Uuid::nil(),
+        time: Timestamp(0),
+        stream: &event.stream,
+        version: 0,
+        kind,
+    };
+    let view = EnvelopeRef {
+        head,
+        actor: &event.actor,
+        tenant: event.tenant.as_deref(),
+        payload: &event.payload,
+    };
+    let mut body = Vec::with_capacity(512);
+    ciborium::into_writer(&view, &mut body).map_err(|e| CodecError::Encode(e.to_string()))?;
+    if body.len() > MAX_BODY_BYTES {
+        return Err(CodecError::Refused(format!(
+            "{} event body of {} bytes is over the {MAX_BODY_BYTES}-byte limit",
+            kind.as_str(),
+            body.len()
+        )));
+    }
+    let entries = if event.tenant.is_some() { 9 } else { 8 };
+    let mut head_bytes = Vec::with_capacity(64);
+    write_head(&mut head_bytes, &head, entries);
+    if !body.starts_with(&head_bytes) {
+        return Err(CodecError::Encode(
+            "the body does not begin with the head the writer frames".into(),
+        ));
+    }
+    match decode(&body) {
+        Ok(back)
+            if back.actor == event.actor
+                && back.tenant == event.tenant
+                && back.payload == event.payload
+                && back.stream == event.stream => {}
+        Ok(_) => {
+            return Err(CodecError::Refused(
+                "the body does not decode to the same event".into(),
+            ));
+        }
+        Err(e) => {
+            return Err(CodecError::Refused(format!(
+                "the body would not read back: {e}"
+            )));
+        }
+    }
+    body.drain(..head_bytes.len());
+    Ok(Tail {
+        bytes: body,
+        entries,
+    })
+}
+
+/// Writes a whole body into `out` (cleared first): the head the writer assigns, then the
+/// appender's [`Tail`]. Refuses a body over [`MAX_BODY_BYTES`].
+pub fn frame(out: &mut Vec<u8>, head: &Head<'_>, tail: &Tail) -> Result<(), CodecError> {
+    out.clear();
+    write_head(out, head, tail.entries);
+    out.extend_from_slice(&tail.bytes);
+    if out.len() > MAX_BODY_BYTES {
+        return Err(CodecError::Refused(format!(
+            "{} event body of {} bytes is over the {MAX_BODY_BYTES}-byte limit",
+            head.kind.as_str(),
+            out.len()
+        )));
+    }
+    Ok(())
+}
+
+/// The CBOR head of a body as ciborium writes it (shortest-form integers, definite lengths).
+fn write_head(out: &mut Vec<u8>, head: &Head<'_>, entries: u8) {
+    put_head(out, 5, entries as u64);
+    put_text(out, "seq");
+    put_head(out, 0, head.seq);
+    put_text(out, "id");
+    put_head(out, 2, 16);
+    out.extend_from_slice(head.id.as_bytes());
+    put_text(out, "time");
+    match head.time.0 {
+        t if t >= 0 => put_head(out, 0, t as u64),
+        t => put_head(out, 1, (-1 - t) as u64),
+    }
+    put_text(out, "stream");
+    put_text(out, head.stream.as_str());
+    put_text(out, "version");
+    put_head(out, 0, head.version);
+    put_text(out, "kind");
+    put_text(out, head.kind.as_str());
+}
+
+fn put_text(out: &mut Vec<u8>, s: &str) {
+    put_head(out, 3, s.len() as u64);
+    out.extend_from_slice(s.as_bytes());
+}
+
+fn put_head(out: &mut Vec<u8>, major: u8, n: u64) {
+    let m = major << 5;
+    match n {
+        0..=23 => out.push(m | n as u8),
+        24..=0xff => out.extend_from_slice(&[m | 24, n as u8]),
+        0x100..=0xffff => {
+            out.push(m | 25);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        0x1_0000..=0xffff_ffff => {
+            out.push(m | 26);
+            out.extend_from_slice(&(n as u32).to_be_bytes());
+        }
+        _ => {
+            out.push(m | 27);
+            out.extend_from_slice(&n.to_be_bytes());
+        }
+    }
+}
+
+/// A body's fields, borrowed: what both [`encode`] and [`encode_tail`] serialize.
+struct EnvelopeRef<'a> {
+    head: Head<'a>,
+    actor: &'a Actor,
+    tenant: Option<&'a str>,
+    payload: &'a crate::Payload,
+}
+
+impl Serialize for EnvelopeRef<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let n = if self.tenant.is_some() { 9 } else { 8 };
+        let mut m = s.serialize_map(Some(n))?;
+        m.serialize_entry("seq", &self.head.seq)?;
+        m.serialize_entry("id", &self.head.id)?;
+        m.serialize_entry("time", &self.head.time)?;
+        m.serialize_entry("stream", self.head.stream)?;
+        m.serialize_entry("version", &self.head.version)?;
+        m.serialize_entry("kind", self.head.kind.as_str())?;
+        m.serialize_entry("actor", self.actor)?;
+        if let Some(t) = self.tenant {
+            m.serialize_entry("tenant", t)?;
+        }
+        m.serialize_entry("payload", &PayloadBody(self.payload))?;
+        m.end()
+    }
+}
+
 struct PayloadBody<'a>(&'a crate::Payload);
 
 impl Serialize for PayloadBody<'_> {
@@ -69,20 +253,20 @@ impl Serialize for PayloadBody<'_> {
 
 impl Serialize for Envelope {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let n = if self.tenant.is_some() { 9 } else { 8 };
-        let mut m = s.serialize_map(Some(n))?;
-        m.serialize_entry("seq", &self.seq)?;
-        m.serialize_entry("id", &self.id)?;
-        m.serialize_entry("time", &self.time)?;
-        m.serialize_entry("stream", &self.stream)?;
-        m.serialize_entry("version", &self.version)?;
-        m.serialize_entry("kind", self.kind().as_str())?;
-        m.serialize_entry("actor", &self.actor)?;
-        if let Some(t) = &self.tenant {
-            m.serialize_entry("tenant", t)?;
+        EnvelopeRef {
+            head: Head {
+                seq: self.seq,
+                id: self.id,
+                time: self.time,
+                stream: &self.stream,
+                version: self.version,
+                kind: self.kind(),
+            },
+            actor: &self.actor,
+            tenant: self.tenant.as_deref(),
+            payload: &self.payload,
         }
-        m.serialize_entry("payload", &PayloadBody(&self.payload))?;
-        m.end()
+        .serialize(s)
     }
 }
 
