@@ -4,7 +4,8 @@
 //!   grantline-bench append --database URL --events N --writers W  # concurrent appends, group commit
 //!   grantline-bench verify --database URL                       # full chain + checkpoint walk
 //!   grantline-bench replay --database URL                       # read, check, decode, fold into State
-//!   grantline-bench refresh --database URL --clients C --seconds S  # refresh rotations over HTTP
+//!   grantline-bench refresh --database URL --clients C --seconds S [--oidc-provider tests/e2e/idp]
+//!                                                        # refresh rotations over HTTP
 //!   grantline-bench gateway --database URL --clients C --seconds S  # tool-call overhead of the gateway
 //!   grantline-bench audit-index  --database URL --index DIR   # build the audit index; baseline: map only
 //!   grantline-bench audit-search --database URL --index DIR   # reviewer queries p50/p99; baseline: a full scan
@@ -109,6 +110,10 @@ enum Cmd {
         clients: usize,
         #[arg(long, default_value_t = 20)]
         seconds: u64,
+        /// Then the same rotations against node-oidc-provider: the directory with
+        /// `bench-refresh.mjs` and its node_modules (tests/e2e/idp after `npm ci`).
+        #[arg(long, value_name = "DIR")]
+        oidc_provider: Option<std::path::PathBuf>,
     },
     /// Gateway overhead: tool calls straight to a trivial upstream, then through the gateway.
     Gateway {
@@ -293,13 +298,20 @@ async fn main() -> Result<()> {
             target,
             clients,
             seconds,
+            oidc_provider,
         } => {
             println!(
                 "command: {}",
                 std::env::args().collect::<Vec<_>>().join(" ")
             );
             println!("machine: {}", machine());
-            refresh::run(&target.database, clients.max(1), seconds.max(1)).await?;
+            refresh::run(
+                &target.database,
+                clients.max(1),
+                seconds.max(1),
+                oidc_provider.as_deref(),
+            )
+            .await?;
         }
         Cmd::Gateway {
             target,

@@ -1,7 +1,9 @@
 //! Refresh-token rotation over HTTP: a real server (routes, client authentication, decider,
 //! durable group-committed append, projection) on 127.0.0.1, driven by C concurrent clients
 //! that each rotate their own token family as fast as the server answers. The load generator
-//! runs in the same process and shares the machine's cores with the server.
+//! runs in the same process and shares the machine's cores with the server. With
+//! `--oidc-provider DIR` the same load generator then drives node-oidc-provider (npm
+//! `oidc-provider`, its in-memory adapter; `tests/e2e/idp/bench-refresh.mjs`) in the same run.
 
 use anyhow::{Context, Result, bail};
 use base64::Engine;
@@ -89,7 +91,15 @@ async fn family(base: &str, browser: &reqwest::Client) -> Result<(String, String
     Ok((client, rt))
 }
 
-pub async fn run(database: &str, clients: usize, seconds: u64) -> Result<()> {
+/// Rotations against Grantline, then (with `oidc_provider`, the directory holding
+/// `bench-refresh.mjs` and its `node_modules`) against node-oidc-provider with the same load
+/// generator, and the ratio of the two.
+pub async fn run(
+    database: &str,
+    clients: usize,
+    seconds: u64,
+    oidc_provider: Option<&std::path::Path>,
+) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
@@ -145,16 +155,85 @@ pub async fn run(database: &str, clients: usize, seconds: u64) -> Result<()> {
         families.push(family(&base, &browser).await?);
     }
     println!("setup: {clients} clients with a token family each, ledger {database}");
+    let grantline = rotate(&format!("{base}/oauth/token"), families, seconds).await;
+    println!("grantline refresh: {grantline}");
+    server.abort();
+    app.ledger.shutdown().await;
 
-    let http = reqwest::Client::builder()
+    if let Some(dir) = oidc_provider {
+        let (mut child, token_url, families) = start_oidc_provider(dir, clients).await?;
+        println!("setup: node-oidc-provider (in-memory adapter) with {clients} public clients");
+        let other = rotate(&token_url, families, seconds).await;
+        let _ = child.kill().await;
+        println!("node-oidc-provider refresh: {other}");
+        println!(
+            "ratio: grantline {:.1}x node-oidc-provider's rotations/s (p99 {:.2} ms against {:.2} ms)",
+            grantline.per_second() / other.per_second().max(f64::MIN_POSITIVE),
+            grantline.percentile(0.99),
+            other.percentile(0.99),
+        );
+    }
+    Ok(())
+}
+
+/// What a run of rotations measured.
+pub struct Rotations {
+    /// Microseconds each rotation took, sorted.
+    latencies: Vec<u64>,
+    took: Duration,
+    clients: usize,
+    errors: u64,
+}
+
+impl Rotations {
+    fn per_second(&self) -> f64 {
+        self.latencies.len() as f64 / self.took.as_secs_f64()
+    }
+
+    /// Milliseconds.
+    fn percentile(&self, p: f64) -> f64 {
+        match self.latencies.len() {
+            0 => f64::NAN,
+            n => self.latencies[((n as f64 - 1.0) * p) as usize] as f64 / 1000.0,
+        }
+    }
+}
+
+impl std::fmt::Display for Rotations {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} rotations in {:.1} s = {:.0}/s with {} clients; latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; errors {}",
+            self.latencies.len(),
+            self.took.as_secs_f64(),
+            self.per_second(),
+            self.clients,
+            self.percentile(0.50),
+            self.percentile(0.99),
+            self.percentile(1.0),
+            self.errors,
+        )
+    }
+}
+
+/// The load generator: each family's client rotates its own refresh token at `token_url`
+/// (`grant_type=refresh_token`, public client) as fast as the server answers, for `seconds`.
+/// The same code drives Grantline and node-oidc-provider.
+async fn rotate(token_url: &str, families: Vec<(String, String)>, seconds: u64) -> Rotations {
+    let clients = families.len();
+    let http = match reqwest::Client::builder()
         .pool_max_idle_per_host(clients)
-        .build()?;
+        .build()
+    {
+        Ok(h) => h,
+        Err(_) => reqwest::Client::new(),
+    };
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let start = Instant::now();
     let mut tasks = Vec::new();
     for (client, mut rt) in families {
         let http = http.clone();
-        let url = format!("{base}/oauth/token");
+        let url = token_url.to_string();
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             let mut errors = 0u64;
@@ -185,26 +264,66 @@ pub async fn run(database: &str, clients: usize, seconds: u64) -> Result<()> {
             (lat, errors)
         }));
     }
-    let mut lat = Vec::new();
+    let mut latencies = Vec::new();
     let mut errors = 0;
     for t in tasks {
-        let (l, e) = t.await?;
-        lat.extend(l);
-        errors += e;
+        match t.await {
+            Ok((l, e)) => {
+                latencies.extend(l);
+                errors += e;
+            }
+            Err(_) => errors += 1,
+        }
     }
     let took = start.elapsed();
-    lat.sort_unstable();
-    let pct = |p: f64| lat[((lat.len() as f64 - 1.0) * p) as usize] as f64 / 1000.0;
-    println!(
-        "refresh: {} rotations in {:.1} s = {:.0}/s with {clients} clients; latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; errors {errors}",
-        lat.len(),
-        took.as_secs_f64(),
-        lat.len() as f64 / took.as_secs_f64(),
-        pct(0.50),
-        pct(0.99),
-        pct(1.0),
-    );
-    server.abort();
-    app.ledger.shutdown().await;
-    Ok(())
+    latencies.sort_unstable();
+    Rotations {
+        latencies,
+        took,
+        clients,
+        errors,
+    }
+}
+
+/// Starts `bench-refresh.mjs` (in `dir`, beside its `node_modules` with oidc-provider) and
+/// reads the token endpoint and the families it set up.
+async fn start_oidc_provider(
+    dir: &std::path::Path,
+    clients: usize,
+) -> Result<(tokio::process::Child, String, Vec<(String, String)>)> {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new("node")
+        .arg("bench-refresh.mjs")
+        .args(["--clients", &clients.to_string()])
+        .current_dir(dir)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting node bench-refresh.mjs in {}", dir.display()))?;
+    let stdout = child.stdout.take().context("node's stdout")?;
+    let mut line = String::new();
+    tokio::io::BufReader::new(stdout)
+        .read_line(&mut line)
+        .await?;
+    let setup: serde_json::Value = serde_json::from_str(&line)
+        .with_context(|| format!("bench-refresh.mjs printed {line:?}"))?;
+    let token_url = setup["token_url"]
+        .as_str()
+        .context("token_url")?
+        .to_string();
+    let families = setup["families"]
+        .as_array()
+        .context("families")?
+        .iter()
+        .map(|f| {
+            Some((
+                f["client_id"].as_str()?.to_string(),
+                f["refresh_token"].as_str()?.to_string(),
+            ))
+        })
+        .collect::<Option<Vec<_>>>()
+        .context("a family without client_id or refresh_token")?;
+    Ok((child, token_url, families))
 }
