@@ -194,13 +194,24 @@ impl Store {
 
     /// Up to `limit` rows with seq > `after`, in seq order, as stored (nothing checked).
     pub async fn raw_rows(&self, after: u64, limit: u32) -> Result<Vec<RawRow>> {
+        self.raw_rows_into(after, limit, Vec::new()).await
+    }
+
+    /// [`Store::raw_rows`] into the rows of a page already read: on SQLite their buffers are
+    /// overwritten rather than allocated again (a walk over every row reuses two pages).
+    pub async fn raw_rows_into(
+        &self,
+        after: u64,
+        limit: u32,
+        reuse: Vec<RawRow>,
+    ) -> Result<Vec<RawRow>> {
         match &self.pool {
             Pool::Sqlite(_) => {
                 let Database::Sqlite(path) = &self.db else {
                     return Err(StoreError::BadUrl(self.db.display()));
                 };
                 let path = path.clone();
-                tokio::task::spawn_blocking(move || scan_sqlite(&path, after, limit))
+                tokio::task::spawn_blocking(move || scan_sqlite(&path, after, limit, reuse))
                     .await
                     .map_err(|e| StoreError::Unavailable(e.to_string()))?
             }
@@ -499,8 +510,9 @@ impl Store {
 /// Bulk scan on SQLite through a private read-only connection (rusqlite, no mutex): sqlx's
 /// worker thread hands rows over one at a time under SQLite's serialized mutex, which made
 /// full-ledger scans (verify, replay) several times slower than SQLite itself.
-fn scan_sqlite(path: &Path, after: u64, limit: u32) -> Result<Vec<RawRow>> {
+fn scan_sqlite(path: &Path, after: u64, limit: u32, mut out: Vec<RawRow>) -> Result<Vec<RawRow>> {
     use rusqlite::OpenFlags;
+    use rusqlite::types::ValueRef;
     let conn = rusqlite::Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -510,33 +522,68 @@ fn scan_sqlite(path: &Path, after: u64, limit: u32) -> Result<Vec<RawRow>> {
         "SELECT {ROW_COLUMNS_SQLITE} FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2"
     ))?;
     let mut rows = stmt.query(rusqlite::params![after as i64, limit as i64])?;
-    let mut out = Vec::with_capacity(limit.min(100_000) as usize);
     // A tampered row may hold text where bytes belong (SQLite is dynamically typed): read the
     // bytes either way and let verification judge them.
-    fn bytes(r: &rusqlite::Row, i: usize) -> rusqlite::Result<Vec<u8>> {
-        use rusqlite::types::ValueRef;
-        Ok(match r.get_ref(i)? {
-            ValueRef::Blob(b) | ValueRef::Text(b) => b.to_vec(),
-            ValueRef::Null => Vec::new(),
-            ValueRef::Integer(n) => n.to_string().into_bytes(),
-            ValueRef::Real(f) => f.to_string().into_bytes(),
-        })
+    fn bytes_into(r: &rusqlite::Row, i: usize, into: &mut Vec<u8>) -> rusqlite::Result<()> {
+        into.clear();
+        match r.get_ref(i)? {
+            ValueRef::Blob(b) | ValueRef::Text(b) => into.extend_from_slice(b),
+            ValueRef::Null => {}
+            ValueRef::Integer(n) => into.extend_from_slice(n.to_string().as_bytes()),
+            ValueRef::Real(f) => into.extend_from_slice(f.to_string().as_bytes()),
+        }
+        Ok(())
     }
+    fn text_into(r: &rusqlite::Row, i: usize, into: &mut String) -> rusqlite::Result<()> {
+        into.clear();
+        match r.get_ref(i)? {
+            ValueRef::Text(t) => {
+                into.push_str(std::str::from_utf8(t).map_err(|e| rusqlite::Error::Utf8Error(i, e))?)
+            }
+            other => {
+                return Err(rusqlite::Error::InvalidColumnType(
+                    i,
+                    String::new(),
+                    other.data_type(),
+                ));
+            }
+        }
+        Ok(())
+    }
+    let mut n = 0usize;
     while let Some(r) = rows.next()? {
-        let id: Vec<u8> = bytes(r, 1)?;
-        out.push(RawRow {
-            seq: r.get(0)?,
-            // A malformed id becomes nil, which verification reports as a column mismatch.
-            id: uuid::Uuid::from_slice(&id).unwrap_or(uuid::Uuid::nil()),
-            time: r.get(2)?,
-            stream: r.get(3)?,
-            version: r.get(4)?,
-            kind: r.get(5)?,
-            body: bytes(r, 6)?,
-            prev_hash: bytes(r, 7)?,
-            hash: bytes(r, 8)?,
-        });
+        if n == out.len() {
+            out.push(RawRow {
+                seq: 0,
+                id: uuid::Uuid::nil(),
+                time: 0,
+                stream: String::new(),
+                version: 0,
+                kind: String::new(),
+                body: Vec::new(),
+                prev_hash: Vec::new(),
+                hash: Vec::new(),
+            });
+        }
+        let row = &mut out[n];
+        row.seq = r.get(0)?;
+        // A malformed id becomes nil, which verification reports as a column mismatch.
+        row.id = match r.get_ref(1)? {
+            ValueRef::Blob(b) | ValueRef::Text(b) => {
+                uuid::Uuid::from_slice(b).unwrap_or(uuid::Uuid::nil())
+            }
+            _ => uuid::Uuid::nil(),
+        };
+        row.time = r.get(2)?;
+        text_into(r, 3, &mut row.stream)?;
+        row.version = r.get(4)?;
+        text_into(r, 5, &mut row.kind)?;
+        bytes_into(r, 6, &mut row.body)?;
+        bytes_into(r, 7, &mut row.prev_hash)?;
+        bytes_into(r, 8, &mut row.hash)?;
+        n += 1;
     }
+    out.truncate(n);
     Ok(out)
 }
 

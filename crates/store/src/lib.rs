@@ -84,6 +84,8 @@ async fn walk(
         let store = store.clone();
         async move { store.raw_rows(after, page).await }
     });
+    // The page checked last time: its buffers are read into again.
+    let mut spare = Vec::new();
     loop {
         let rows = next
             .await
@@ -94,7 +96,8 @@ async fn walk(
         // parallel chunks, then link them in order.
         next = tokio::spawn({
             let store = store.clone();
-            async move { store.raw_rows(last_seq.max(after), page).await }
+            let reuse = std::mem::take(&mut spare);
+            async move { store.raw_rows_into(last_seq.max(after), page, reuse).await }
         });
         let rows = std::sync::Arc::new(rows);
         let own = parallel_check(rows.clone()).await?;
@@ -104,6 +107,7 @@ async fn walk(
                 return Ok(Err(f));
             }
         }
+        spare = std::sync::Arc::try_unwrap(rows).unwrap_or_default();
         after = last_seq;
         progress(verifier.events());
     }
