@@ -281,10 +281,6 @@ impl Ledger {
                         last_cp_size: 0,
                         last_cp_at: Instant::now(),
                         head_tx,
-                        wal_checkpoint: match &db {
-                            Database::Sqlite(path) => start_wal_checkpointer(path),
-                            Database::Postgres(_) => None,
-                        },
                         healthy: writer_health,
                     };
                     writer.run(rx).await;
@@ -380,52 +376,9 @@ fn open_sqlite_writer(path: &std::path::Path) -> Result<rusqlite::Connection> {
     // Same durability as the pool: WAL, fsync on every commit, deleted bytes overwritten.
     c.execute_batch(
         "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA cache_size = -16384; \
-         PRAGMA secure_delete = ON; PRAGMA wal_autocheckpoint = 4000;",
+         PRAGMA secure_delete = ON;",
     )?;
     Ok(c)
-}
-
-/// Copies the SQLite WAL back into the database file on a thread of its own: with SQLite's
-/// automatic checkpoints every 1,000 pages the writer did all of it inside its commits, a
-/// seventh of its time under load (docs/performance.md). A PASSIVE checkpoint never blocks the
-/// writer or readers and changes nothing durable: committed frames are already synced in the
-/// WAL. Under constant load it never quite catches up, and only a checkpoint that completes
-/// lets the WAL start over, so the writer keeps an automatic checkpoint at 4,000 pages: by
-/// then this thread has copied nearly everything, the writer's finishes the rest, and the WAL
-/// stays near 16 MB. Woken after commits, at most ten times a second; ends when the writer
-/// drops its sender.
-fn start_wal_checkpointer(path: &std::path::Path) -> Option<std::sync::mpsc::SyncSender<()>> {
-    let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
-    let path = path.to_path_buf();
-    let spawned = std::thread::Builder::new()
-        .name("grantline-wal-checkpoint".into())
-        .spawn(move || {
-            use rusqlite::OpenFlags;
-            let conn = match rusqlite::Connection::open_with_flags(
-                &path,
-                OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-            ) {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(error = %e, "WAL checkpointer could not open the ledger");
-                    return;
-                }
-            };
-            let _ = conn.busy_timeout(Duration::from_secs(5));
-            while rx.recv().is_ok() {
-                if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-                    tracing::debug!(error = %e, "WAL checkpoint");
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        });
-    match spawned {
-        Ok(_) => Some(tx),
-        Err(e) => {
-            tracing::warn!(error = %e, "could not start the WAL checkpointer");
-            None
-        }
-    }
 }
 
 /// Runs `f` on the SQLite writer connection. The writer has a thread of its own, so the call
@@ -464,8 +417,6 @@ struct Writer {
     last_cp_size: u64,
     last_cp_at: Instant,
     head_tx: watch::Sender<u64>,
-    /// Wakes the SQLite WAL checkpointer after commits (see [`start_wal_checkpointer`]).
-    wal_checkpoint: Option<std::sync::mpsc::SyncSender<()>>,
     /// False after a failed commit until the next one succeeds.
     healthy: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
@@ -845,9 +796,6 @@ impl Writer {
             self.last_cp_at = Instant::now();
         }
         self.head_tx.send_replace(seq);
-        if wrote_rows && let Some(wake) = &self.wal_checkpoint {
-            let _ = wake.try_send(());
-        }
         let replies = planned
             .into_iter()
             .map(|(reply, p)| match p {
