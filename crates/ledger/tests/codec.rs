@@ -118,6 +118,18 @@ fn unknown_kind_and_mismatched_payload_are_errors() {
     assert!(decode(&other).is_err());
 }
 
+/// The head the writer would assign to this envelope.
+fn head_of(env: &Envelope) -> Head<'_> {
+    Head {
+        seq: env.seq,
+        id: env.id,
+        time: env.time,
+        stream: &env.stream,
+        version: env.version,
+        kind: env.kind(),
+    }
+}
+
 /// The writer's framing (the appender's tail behind a head written by hand) must give the very
 /// bytes `encode` gives: the body format is unchanged, old and new bodies are one format.
 fn framed_equals_encoded(env: &Envelope) -> Result<(), TestCaseError> {
@@ -129,19 +141,7 @@ fn framed_equals_encoded(env: &Envelope) -> Result<(), TestCaseError> {
     };
     let tail = encode_tail(&event).map_err(|e| TestCaseError::fail(e.to_string()))?;
     let mut body = vec![0xAA; 3]; // `frame` clears what the reused buffer held
-    frame(
-        &mut body,
-        &Head {
-            seq: env.seq,
-            id: env.id,
-            time: env.time,
-            stream: &env.stream,
-            version: env.version,
-            kind: env.kind(),
-        },
-        &tail,
-    )
-    .map_err(|e| TestCaseError::fail(e.to_string()))?;
+    frame(&mut body, &head_of(env), &tail).map_err(|e| TestCaseError::fail(e.to_string()))?;
     prop_assert_eq!(&body, &encode(env).unwrap(), "{}", env.kind().as_str());
     prop_assert_eq!(&decode(&body).unwrap(), env);
     Ok(())
@@ -171,19 +171,9 @@ fn the_appender_refuses_what_the_writer_used_to_refuse() {
         let env = samples::envelope(1, too_big);
         let refused = match encode_tail(&samples::new_event(env.payload.clone())) {
             Err(e) => e.to_string(),
-            Ok(tail) => {
-                let head = Head {
-                    seq: env.seq,
-                    id: env.id,
-                    time: env.time,
-                    stream: &env.stream,
-                    version: env.version,
-                    kind: env.kind(),
-                };
-                frame(&mut Vec::new(), &head, &tail)
-                    .unwrap_err()
-                    .to_string()
-            }
+            Ok(tail) => frame(&mut Vec::new(), &head_of(&env), &tail)
+                .unwrap_err()
+                .to_string(),
         };
         assert!(refused.contains("over the"), "{refused}");
         framed_equals_encoded(&samples::envelope(1, fits)).unwrap();

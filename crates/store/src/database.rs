@@ -357,28 +357,38 @@ impl Store {
     }
 
     /// The stored `(seq, hash)` of the rows in seq `(after, upto]`, in order, as stored
-    /// (nothing checked; at most what exists).
+    /// (nothing checked; at most what exists), read in pages.
     pub async fn chain_hash_rows(&self, after: u64, upto: u64) -> Result<Vec<(i64, Vec<u8>)>> {
-        Ok(match &self.pool {
-            Pool::Sqlite(p) => {
-                sqlx::query_as(
-                    "SELECT seq, hash FROM events WHERE seq > ? AND seq <= ? ORDER BY seq",
-                )
-                .bind(after as i64)
-                .bind(upto as i64)
-                .fetch_all(p)
-                .await?
-            }
-            Pool::Postgres(p) => {
-                sqlx::query_as(
-                    "SELECT seq, hash FROM events WHERE seq > $1 AND seq <= $2 ORDER BY seq",
-                )
-                .bind(after as i64)
-                .bind(upto as i64)
-                .fetch_all(p)
-                .await?
-            }
-        })
+        let mut out = Vec::new();
+        let mut from = after;
+        while from < upto {
+            let batch: Vec<(i64, Vec<u8>)> = match &self.pool {
+                Pool::Sqlite(p) => {
+                    sqlx::query_as(
+                        "SELECT seq, hash FROM events WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT 50000",
+                    )
+                    .bind(from as i64)
+                    .bind(upto as i64)
+                    .fetch_all(p)
+                    .await?
+                }
+                Pool::Postgres(p) => {
+                    sqlx::query_as(
+                        "SELECT seq, hash FROM events WHERE seq > $1 AND seq <= $2 ORDER BY seq LIMIT 50000",
+                    )
+                    .bind(from as i64)
+                    .bind(upto as i64)
+                    .fetch_all(p)
+                    .await?
+                }
+            };
+            let Some(&(last, _)) = batch.last() else {
+                break;
+            };
+            from = last.max(0) as u64;
+            out.extend(batch);
+        }
+        Ok(out)
     }
 
     /// The stored checkpoint of tree size `at` (the newest when `None`) with the Merkle
@@ -422,44 +432,18 @@ impl Store {
     /// Chain hashes of seq 1..=upto, in order (the Merkle tree's leaf data), for proofs.
     pub async fn chain_hashes(&self, upto: u64) -> Result<Vec<Hash>> {
         let mut out = Vec::with_capacity(upto as usize);
-        let mut after = 0u64;
-        while after < upto {
-            let batch: Vec<(i64, Vec<u8>)> = match &self.pool {
-                Pool::Sqlite(p) => {
-                    sqlx::query_as(
-                        "SELECT seq, hash FROM events WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT 50000",
-                    )
-                    .bind(after as i64)
-                    .bind(upto as i64)
-                    .fetch_all(p)
-                    .await?
-                }
-                Pool::Postgres(p) => {
-                    sqlx::query_as(
-                        "SELECT seq, hash FROM events WHERE seq > $1 AND seq <= $2 ORDER BY seq LIMIT 50000",
-                    )
-                    .bind(after as i64)
-                    .bind(upto as i64)
-                    .fetch_all(p)
-                    .await?
-                }
-            };
-            if batch.is_empty() {
-                break;
+        for (seq, h) in self.chain_hash_rows(0, upto).await? {
+            let want = out.len() as u64 + 1;
+            if seq as u64 != want {
+                return Err(StoreError::Corrupt {
+                    seq: want,
+                    problem: "missing row".into(),
+                });
             }
-            for (seq, h) in batch {
-                if seq as u64 != after + 1 {
-                    return Err(StoreError::Corrupt {
-                        seq: after + 1,
-                        problem: "missing row".into(),
-                    });
-                }
-                after = seq as u64;
-                out.push(Hash::from_slice(&h).ok_or(StoreError::Corrupt {
-                    seq: after,
-                    problem: "hash is not 32 bytes".into(),
-                })?);
-            }
+            out.push(Hash::from_slice(&h).ok_or(StoreError::Corrupt {
+                seq: want,
+                problem: "hash is not 32 bytes".into(),
+            })?);
         }
         Ok(out)
     }

@@ -272,6 +272,28 @@ mod tamper {
         store
     }
 
+    /// What an attacker with write access does: changes the tool of event `seq` and recomputes
+    /// every hash from there on, so the chain alone still links.
+    async fn rewrite_and_rechain(store: &Store, seq: u64) {
+        let rows = store.raw_rows(0, 100).await.unwrap();
+        let from = seq as usize - 1;
+        let mut prev = Hash::from_slice(&rows[from].prev_hash).unwrap();
+        for r in &rows[from..] {
+            let mut env = decode(&r.body).unwrap();
+            if env.seq == seq
+                && let Payload::ToolCalled(t) = &mut env.payload
+            {
+                t.tool = "exfiltrate".into();
+            }
+            let body = encode(&env).unwrap();
+            let hash = chain_hash(&prev, &body);
+            set_bytes(store, "body", r.seq, &body).await;
+            set_bytes(store, "prev_hash", r.seq, &prev.0).await;
+            set_bytes(store, "hash", r.seq, &hash.0).await;
+            prev = hash;
+        }
+    }
+
     async fn row(store: &Store, seq: u64) -> grantline_ledger::verify::RawRow {
         store.raw_rows(seq - 1, 1).await.unwrap().remove(0)
     }
@@ -336,21 +358,7 @@ mod tamper {
             let store = scene(&db).await;
             drop_guards(&store).await;
             // The attacker changes event 4 and recomputes every hash after it.
-            let rows = store.raw_rows(0, 100).await.unwrap();
-            let mut prev = Hash::from_slice(&rows[3].prev_hash).unwrap();
-            for r in &rows[3..] {
-                let mut env = decode(&r.body).unwrap();
-                if env.seq == 4
-                    && let Payload::ToolCalled(t) = &mut env.payload {
-                        t.tool = "exfiltrate".into();
-                    }
-                let body = encode(&env).unwrap();
-                let hash = chain_hash(&prev, &body);
-                set_bytes(&store, "body", r.seq, &body).await;
-                set_bytes(&store, "prev_hash", r.seq, &prev.0).await;
-                set_bytes(&store, "hash", r.seq, &hash.0).await;
-                prev = hash;
-            }
+            rewrite_and_rechain(&store, 4).await;
             let f = verify(&store).await.unwrap_err();
             assert_eq!((f.seq, f.problem), (1, Problem::CheckpointRoot { size: 10 }));
         }
@@ -453,21 +461,7 @@ mod tamper {
             drop_guards(&store).await;
             // Tree size 10 = 8 + 2: rows 9 and 10 are its lowest subtree, whose stored hashes
             // must rebuild the frontier. Rewriting row 10 and re-chaining the tail is caught there.
-            let rows = store.raw_rows(0, 100).await.unwrap();
-            let mut prev = Hash::from_slice(&rows[9].prev_hash).unwrap();
-            for r in &rows[9..] {
-                let mut env = decode(&r.body).unwrap();
-                if env.seq == 10
-                    && let Payload::ToolCalled(t) = &mut env.payload {
-                        t.tool = "exfiltrate".into();
-                    }
-                let body = encode(&env).unwrap();
-                let hash = chain_hash(&prev, &body);
-                set_bytes(&store, "body", r.seq, &body).await;
-                set_bytes(&store, "prev_hash", r.seq, &prev.0).await;
-                set_bytes(&store, "hash", r.seq, &hash.0).await;
-                prev = hash;
-            }
+            rewrite_and_rechain(&store, 10).await;
             let f = finding(verify_from(&store, Some(10)).await);
             assert_eq!((f.seq, f.problem), (9, Problem::CheckpointRoot { size: 10 }));
         }
