@@ -114,7 +114,7 @@ impl Sealed {
     }
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 struct SealedWire {
     subject: String,
     #[serde(with = "crate::bytes")]
@@ -123,12 +123,22 @@ struct SealedWire {
     ct: Vec<u8>,
 }
 
+/// The same wire form, borrowed: encoding a body or an export line copies nothing.
+#[derive(Serialize)]
+struct SealedWireRef<'a> {
+    subject: &'a str,
+    #[serde(with = "crate::bytes")]
+    nonce: &'a [u8],
+    #[serde(with = "crate::bytes")]
+    ct: &'a [u8],
+}
+
 impl Serialize for Sealed {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        SealedWire {
-            subject: self.subject.clone(),
-            nonce: self.nonce.to_vec(),
-            ct: self.ciphertext.clone(),
+        SealedWireRef {
+            subject: &self.subject,
+            nonce: &self.nonce,
+            ct: &self.ciphertext,
         }
         .serialize(s)
     }
