@@ -185,22 +185,17 @@ pub async fn set_role(
     Ok(user_id)
 }
 
-/// Revokes every grant, family and personal access token of a user (by id or username).
-/// Returns how many grants and tokens were revoked.
+/// Revokes every grant, family and personal access token of a user (by id or username), ends
+/// their browser sessions and drops their upstream tokens: the same containment as
+/// `grantline revoke --user`. Returns how many grants and tokens were revoked.
 pub async fn revoke_everything(app: &App, who: &str, actor: Actor) -> Result<usize, AdminError> {
-    let user_id = resolve_user(app, who).await?;
-    let (outcome, _) = app
-        .run(|s| {
-            grantline_oauth::grant::revoke_everything(
-                s,
-                actor.clone(),
-                &user_id,
-                "revoked everything by an administrator",
-                None,
-            )
-        })
-        .await?;
-    outcome.map_err(|e| AdminError::Invalid(e.description))
+    contain(
+        app,
+        &Containment::User(who.to_string()),
+        "revoked everything by an administrator",
+        actor,
+    )
+    .await
 }
 
 /// What a responder names to contain: users by id or username.

@@ -69,10 +69,20 @@ pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
 pub const SESSION: &str = "grantline_session";
 pub const LOGIN_NONCE: &str = "grantline_login";
 
-/// Issues a session cookie value.
-pub fn issue(app: &App, user_id: &str, session_id: &str, now_secs: i64) -> (String, i64) {
+/// Issues a session cookie value for the sign-in recorded in `signed_in` (the appended
+/// `login.succeeded`): the session is dated by that event's ledger time, so ending a user's
+/// sessions at any later seq voids it, whatever the clocks of the instances say.
+pub fn issue(
+    app: &App,
+    user_id: &str,
+    session_id: &str,
+    signed_in: &[grantline_ledger::Recorded],
+    now_secs: i64,
+) -> (String, i64) {
     let ttl = app.config.oauth.session_ttl as i64;
-    let issued = app.now().0;
+    let issued = signed_in
+        .last()
+        .map_or_else(|| app.now().0, |r| r.envelope.time.0);
     let payload = format!("{session_id}.{user_id}.{}.{issued}", now_secs + ttl);
     let value = format!("{payload}.{}", mac(app, "session", &payload));
     (value, ttl)
@@ -103,7 +113,9 @@ pub fn current(
         let state = app.projection.read();
         !state.ended_sessions.contains_key(&session_id)
             && state.users.get(&user_id).is_some_and(|u| {
-                u.active() && u.sessions_ended_at.is_none_or(|ended| issued >= ended.0)
+                // Strictly after: a sign-in and an ending in the same microsecond end the
+                // session (the safe side of a tie).
+                u.active() && u.sessions_ended_at.is_none_or(|ended| issued > ended.0)
             })
     };
     live.then_some(Session {

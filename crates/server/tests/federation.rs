@@ -328,6 +328,13 @@ backend_tests! {
         assert_eq!(sign_in_with(&s, &laptop, "dana", "dana-password-123456").await.status(), StatusCode::SEE_OTHER);
         assert_eq!(account(&laptop).await, StatusCode::OK);
         assert_eq!(account(&phone).await, StatusCode::FOUND);
+        // An administrator's "revoke everything" ends the sessions too, even one that began in
+        // the same microsecond (the clock has not moved since the sign-in): a tie ends it.
+        grantline_server::admin::revoke_everything(&s.app, "dana", grantline_ledger::Actor::Operator)
+            .await
+            .unwrap();
+        assert_eq!(account(&laptop).await, StatusCode::FOUND, "the admin's revoke-all signed dana out");
+        assert_eq!(ended(&s.app.store().read(0, 100_000).await.unwrap()), 2);
         s.stop().await;
     }
 

@@ -372,14 +372,14 @@ pub async fn callback(
         .await;
     }
     match sign_in(&app, &ctx, &provider, &who, linked).await {
-        Ok((user_id, session_id)) => {
+        Ok((user_id, session_id, recorded)) => {
             let slot = fed.slot(&provider).map(|s| s.provider.clone());
             if slot.is_some_and(|p| p.store_upstream_token || p.check_upstream_on_refresh)
                 && let Err(e) = app.keep_upstream_tokens(&user_id, &provider, &tokens).await
             {
                 return e.into_response();
             }
-            let (value, ttl) = session::issue(&app, &user_id, &session_id, now);
+            let (value, ttl) = session::issue(&app, &user_id, &session_id, &recorded, now);
             let r = see_other(&format!("{}{}", ctx.issuer, pending.r));
             let r = with_cookie(r, &session::set_cookie(&ctx, SESSION, &value, ttl));
             let r = with_cookie(r, &session::set_cookie(&ctx, LOGIN_NONCE, "", 0));
@@ -398,7 +398,7 @@ async fn sign_in(
     provider: &str,
     who: &UpstreamIdentity,
     linked: Option<String>,
-) -> Result<(String, String), Response> {
+) -> Result<(String, String, Vec<grantline_ledger::Recorded>), Response> {
     let Some(fed) = app.federation.as_deref() else {
         return Err(pages::error(
             StatusCode::NOT_FOUND,
@@ -522,9 +522,9 @@ async fn sign_in(
         .run(|s| grantline_oauth::federation::sign_in(s, signin.clone(), known_role))
         .await
     {
-        Ok((Ok(u), _)) => {
+        Ok((Ok(u), recorded)) => {
             tracing::Span::current().record("user_id", u.as_str());
-            Ok((u, session_id))
+            Ok((u, session_id, recorded))
         }
         Ok((Err(e), _)) => Err(fail(
             app,

@@ -233,13 +233,13 @@ pub async fn submit(
         Err(e) => return e.into_response(),
     };
     let method = app.signin.method().to_string();
-    match app
+    let recorded = match app
         .run(|st| {
             grantline_oauth::users::signed_in(st, &user_id, &method, &session_id, meta.clone())
         })
         .await
     {
-        Ok((Ok(()), _)) => {}
+        Ok((Ok(()), recorded)) => recorded,
         Ok((Err(_), _)) => {
             return render(
                 &app,
@@ -250,9 +250,9 @@ pub async fn submit(
             );
         }
         Err(e) => return e.into_response(),
-    }
+    };
     let now = app.now().0 / 1_000_000;
-    let (value, ttl) = session::issue(&app, &user_id, &session_id, now);
+    let (value, ttl) = session::issue(&app, &user_id, &session_id, &recorded, now);
     let mut r = see_other(&format!("{}{return_to}", ctx.issuer));
     if let Ok(v) = HeaderValue::from_str(&session::set_cookie(&ctx, SESSION, &value, ttl)) {
         r.headers_mut().append(header::SET_COOKIE, v);
