@@ -2,8 +2,32 @@
 //! key it follows for the same purpose; old public keys stay published.
 
 use crate::Decision;
-use grantline_ledger::{Actor, KeyPurpose, NewEvent, SigningKeyRotated, StreamId};
+use grantline_ledger::{Actor, KeyPurpose, NewEvent, SigningKeyRotated, StreamId, Timestamp};
 use grantline_state::State;
+
+/// The public key `key_id` of `purpose` as the ledger announced it, if it is in force or was
+/// retired less than `grace_secs` before `now`: what a token signed just before a rotation
+/// is checked with, while a retired key cannot sign anything new that is accepted.
+pub fn verifying_key(
+    state: &State,
+    purpose: KeyPurpose,
+    key_id: &str,
+    now: Timestamp,
+    grace_secs: i64,
+) -> Option<ed25519_dalek::VerifyingKey> {
+    use base64::Engine;
+    let k = state.signing_keys.get(key_id)?;
+    if k.purpose != purpose
+        || k.retired_at
+            .is_some_and(|at| at.plus_secs(grace_secs) <= now)
+    {
+        return None;
+    }
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(&k.public_key)
+        .ok()?;
+    ed25519_dalek::VerifyingKey::from_bytes(&bytes.try_into().ok()?).ok()
+}
 
 /// Records the key `key_id` (Ed25519, public half base64url) for `purpose`, unless the
 /// ledger knows it already. Returns whether it was new.

@@ -117,31 +117,50 @@ impl JwtSigner {
     /// The claims of a compact JWS this signer made with `typ` (header `alg` EdDSA, this
     /// `kid`, strict Ed25519 verification); `None` for anything else.
     pub fn verify_json(&self, token: &str, typ: &str) -> Option<serde_json::Value> {
-        if token.len() > 8192 {
-            return None;
-        }
-        let mut parts = token.split('.');
-        let (h, c, sig) = (parts.next()?, parts.next()?, parts.next()?);
-        if parts.next().is_some() {
-            return None;
-        }
-        let header: serde_json::Value =
-            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(h).ok()?).ok()?;
-        if header["alg"] != "EdDSA" || header["typ"] != typ || header["kid"] != self.kid.as_str() {
-            return None;
-        }
-        let sig = ed25519_dalek::Signature::from_slice(&URL_SAFE_NO_PAD.decode(sig).ok()?).ok()?;
-        self.key
-            .verifying_key()
-            .verify_strict(format!("{h}.{c}").as_bytes(), &sig)
-            .ok()?;
-        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(c).ok()?).ok()
+        verify_jws(&self.key.verifying_key(), &self.kid, token, typ)
     }
 
     /// The JWK (RFC 8037) of the public key.
     pub fn jwk(&self) -> serde_json::Value {
         jwk(&self.key.verifying_key(), &self.kid)
     }
+}
+
+/// The `kid` a compact JWS names in its header, unverified: which key to check it with.
+pub fn jws_kid(token: &str) -> Option<String> {
+    if token.len() > 8192 {
+        return None;
+    }
+    let header: serde_json::Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(token.split('.').next()?).ok()?).ok()?;
+    header["kid"].as_str().map(str::to_string)
+}
+
+/// The claims of a compact JWS signed with `typ` by `key`, known as `kid` (header `alg`
+/// EdDSA, that `kid`, strict Ed25519 verification); `None` for anything else.
+pub fn verify_jws(
+    key: &VerifyingKey,
+    kid: &str,
+    token: &str,
+    typ: &str,
+) -> Option<serde_json::Value> {
+    if token.len() > 8192 {
+        return None;
+    }
+    let mut parts = token.split('.');
+    let (h, c, sig) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() {
+        return None;
+    }
+    let header: serde_json::Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(h).ok()?).ok()?;
+    if header["alg"] != "EdDSA" || header["typ"] != typ || header["kid"] != kid {
+        return None;
+    }
+    let sig = ed25519_dalek::Signature::from_slice(&URL_SAFE_NO_PAD.decode(sig).ok()?).ok()?;
+    key.verify_strict(format!("{h}.{c}").as_bytes(), &sig)
+        .ok()?;
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(c).ok()?).ok()
 }
 
 /// An OKP/Ed25519 JWK.

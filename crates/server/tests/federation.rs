@@ -290,6 +290,57 @@ backend_tests! {
         s.stop().await;
     }
 
+    async fn an_assertion_signed_just_before_a_key_rotation_is_still_exchanged(db: TestDb) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = federated_config(dir.path(), true);
+        // One issuer across the restart (the test server's port changes).
+        let issuer = "http://auth.test";
+        cfg.server.public_url = Some(issuer.into());
+        let s = Server::start(&db, dir.path().to_path_buf(), cfg.clone()).await;
+        let user = federated_user(&s, 3600).await;
+        let old_key = s.app.identity.clone();
+        let sign = |key: &grantline_oauth::tokens::JwtSigner, now: i64| {
+            key.sign_json(
+                "grantline-identity+jwt",
+                &json!({
+                    "iss": issuer, "aud": format!("{issuer}/mcp/notes#upstream"), "sub": user,
+                    "client_id": "some-client", "scope": "notes:read", "iat": now,
+                    "exp": now + grantline_oauth::federation::ASSERTION_LIFETIME, "jti": "req-1",
+                }),
+            )
+        };
+        let before = sign(&old_key, s.app.now().0 / 1_000_000);
+        s.stop().await;
+        grantline_server::rotation::rotate_keys(grantline_server::app::Options {
+            config: cfg.clone(),
+            data_dir: dir.path().to_path_buf(),
+            database: db.db.clone(),
+            ledger: Default::default(),
+            serving: false,
+        })
+        .await
+        .unwrap();
+        let s = Server::start(&db, dir.path().to_path_buf(), cfg).await;
+        assert_ne!(s.app.identity.kid, old_key.kid, "a new identity key signs now");
+        let notes = ("notes-mcp", NOTES_SECRET);
+        let (st, body) = exchange(&s, notes, &before, &[]).await;
+        assert_eq!(st, StatusCode::OK, "{body}");
+        assert_eq!(body["access_token"], UPSTREAM_TOKEN);
+        // A key this server never announced is refused as before.
+        let stranger = grantline_oauth::tokens::JwtSigner::new(
+            ed25519_dalek::SigningKey::from_bytes(&[7; 32]),
+        );
+        let (st, body) = exchange(&s, notes, &sign(&stranger, s.app.now().0 / 1_000_000), &[]).await;
+        assert_eq!((st, body["error"].as_str().unwrap()), (StatusCode::BAD_REQUEST, "invalid_grant"), "{body}");
+        // Once an assertion's lifetime has passed since the rotation, the retired key signs
+        // nothing that is accepted, however fresh its claims.
+        s.app.clock.advance(grantline_oauth::federation::ASSERTION_LIFETIME + 1);
+        let (st, body) = exchange(&s, notes, &sign(&old_key, s.app.now().0 / 1_000_000), &[]).await;
+        assert_eq!((st, body["error"].as_str().unwrap()), (StatusCode::BAD_REQUEST, "invalid_grant"), "{body}");
+        assert!(body["error_description"].as_str().unwrap().contains("not an identity assertion signed by this server"), "{body}");
+        s.stop().await;
+    }
+
     async fn deprovisioning_ends_the_users_browser_sessions(db: TestDb) {
         let (s, _d) = start(&db, true).await;
         let dana = grantline_server::admin::add_user(

@@ -11,7 +11,7 @@ use axum::Json;
 use axum::response::{IntoResponse, Response};
 use grantline_ledger::pii;
 use grantline_oauth::federation::{
-    Assertion, TOKEN_TYPE_ACCESS, TOKEN_TYPE_JWT, check_exchange, exchanged,
+    ASSERTION_LIFETIME, Assertion, TOKEN_TYPE_ACCESS, TOKEN_TYPE_JWT, check_exchange, exchanged,
 };
 use grantline_oauth::{ErrorCode, OAuthError};
 
@@ -50,9 +50,22 @@ pub async fn exchange(
             OAuthError::new(ErrorCode::InvalidTarget, "send one resource parameter").into(),
         );
     }
+    // Signed by this server's identity key, or by the one a rotation retired less than an
+    // assertion's lifetime ago (an assertion the gateway sent just before the restart).
     let claims = app
         .identity
         .verify_json(&subject_token, ASSERTION_TYP)
+        .or_else(|| {
+            let kid = grantline_oauth::tokens::jws_kid(&subject_token)?;
+            let key = grantline_oauth::keys::verifying_key(
+                &app.projection.read(),
+                grantline_ledger::KeyPurpose::IdentityAssertion,
+                &kid,
+                app.now(),
+                ASSERTION_LIFETIME,
+            )?;
+            grantline_oauth::tokens::verify_jws(&key, &kid, &subject_token, ASSERTION_TYP)
+        })
         .ok_or_else(|| {
             OAuthError::new(
                 ErrorCode::InvalidGrant,

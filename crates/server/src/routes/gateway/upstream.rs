@@ -62,7 +62,8 @@ pub fn assertion_audience(resource: &str) -> String {
 }
 
 /// The identity assertion for the upstream: who, through which client, with which scopes.
-/// Signed with the identity key (not the access-token key), typed, for 60 seconds.
+/// Signed with the identity key (not the access-token key), typed, for
+/// `ASSERTION_LIFETIME` (60 seconds).
 pub fn identity(app: &App, ctx: &RequestContext, caller: &Caller) -> String {
     let now = app.now().0 / 1_000_000;
     let claims = serde_json::json!({
@@ -73,7 +74,7 @@ pub fn identity(app: &App, ctx: &RequestContext, caller: &Caller) -> String {
         "scope": caller.scopes.iter().cloned().collect::<Vec<_>>().join(" "),
         "credential": caller.credential.id,
         "iat": now,
-        "exp": now + 60,
+        "exp": now + grantline_oauth::federation::ASSERTION_LIFETIME,
         "jti": ctx.request_id,
     });
     app.identity.sign_json("grantline-identity+jwt", &claims)
