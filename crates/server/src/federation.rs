@@ -29,6 +29,45 @@ type UserAtProvider = (String, String);
 pub struct Slot {
     pub provider: Provider,
     upstream: tokio::sync::RwLock<Option<Arc<Upstream>>>,
+    /// When a provider that could not be reached may be tried again.
+    backoff: Mutex<Backoff>,
+}
+
+/// The wait before connecting again to a provider that could not be reached: 5 seconds after
+/// the first failure, doubling up to 5 minutes, so a provider that is down is not asked again
+/// at every press of its button (and each press does not wait out a connection time-out).
+#[derive(Debug, Default)]
+pub struct Backoff {
+    failures: u32,
+    retry_at: Option<Instant>,
+    last_error: String,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_secs(5);
+    const LONGEST: Duration = Duration::from_secs(300);
+
+    /// `Err` with the last failure while the wait is not over.
+    pub fn check(&self, now: Instant) -> Result<(), String> {
+        match self.retry_at {
+            Some(at) if now < at => Err(format!(
+                "{} (not tried again for {} s)",
+                self.last_error,
+                (at - now).as_millis().div_ceil(1000)
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// A connection failed at `now`.
+    pub fn failed(&mut self, now: Instant, error: String) {
+        let delay = Self::FIRST
+            .saturating_mul(1 << self.failures.min(6))
+            .min(Self::LONGEST);
+        self.failures = self.failures.saturating_add(1);
+        self.retry_at = Some(now + delay);
+        self.last_error = error;
+    }
 }
 
 /// The providers and federation's tables.
@@ -151,6 +190,7 @@ impl Federation {
             slots.push(Arc::new(Slot {
                 provider,
                 upstream: tokio::sync::RwLock::new(upstream),
+                backoff: Mutex::new(Backoff::default()),
             }));
         }
         Ok(Federation {
@@ -180,13 +220,22 @@ impl Federation {
         if let Some(u) = w.as_ref() {
             return Ok(u.clone());
         }
-        let u = Arc::new(
-            Upstream::connect(slot.provider.clone(), self.http.clone())
-                .await
-                .map_err(|e| e.to_string())?,
-        );
-        *w = Some(u.clone());
-        Ok(u)
+        // Presses queued behind a failed attempt fail at once rather than try again.
+        let lock = || slot.backoff.lock().unwrap_or_else(|p| p.into_inner());
+        lock().check(Instant::now())?;
+        match Upstream::connect(slot.provider.clone(), self.http.clone()).await {
+            Ok(u) => {
+                let u = Arc::new(u);
+                *w = Some(u.clone());
+                *lock() = Backoff::default();
+                tracing::info!(provider = %slot.provider.id, "identity provider ready");
+                Ok(u)
+            }
+            Err(e) => {
+                lock().failed(Instant::now(), e.to_string());
+                Err(e.to_string())
+            }
+        }
     }
 
     /// The lock that serialises the upstream refreshes of one user at one provider. Locks
@@ -545,6 +594,31 @@ impl App {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_provider_that_could_not_be_reached_is_tried_again_after_a_growing_wait() {
+        let t0 = Instant::now();
+        let mut b = Backoff::default();
+        assert_eq!(b.check(t0), Ok(()), "nothing failed yet");
+        b.failed(t0, "connection refused".into());
+        let e = b.check(t0 + Duration::from_secs(4)).unwrap_err();
+        assert!(
+            e.starts_with("connection refused (not tried again for 1 s)"),
+            "{e}"
+        );
+        assert_eq!(b.check(t0 + Duration::from_secs(5)), Ok(()));
+        // Each failure doubles the wait: 5, 10, 20, … up to 5 minutes.
+        let mut now = t0;
+        for want in [10, 20, 40, 80, 160, 300, 300, 300] {
+            now += Duration::from_secs(1000);
+            b.failed(now, "still down".into());
+            assert!(
+                b.check(now + Duration::from_secs(want - 1)).is_err(),
+                "{want}"
+            );
+            assert_eq!(b.check(now + Duration::from_secs(want)), Ok(()), "{want}");
+        }
+    }
 
     #[test]
     fn a_state_is_answered_once_and_a_full_memory_refuses_rather_than_forgets() {
