@@ -384,6 +384,12 @@ def test_deprovisioning_upstream_revokes_everything_at_the_next_refresh(world):
     reasons += [p["reason"] for p in of(evs, "pat.revoked")]
     assert reasons and all("deprovisioned by identity provider corp" in r for r in reasons), reasons
     assert any(p for p in of(evs, "pat.revoked")), "the PAT was revoked"
+    # His browser session is over too: he cannot consent again without the provider.
+    ended = [e for e in of(evs, "user.sessions_ended") if e["user_id"] == bob_id]
+    assert ended and "deprovisioned by identity provider corp" in ended[-1]["reason"], ended
+    account = browser.session.get(server.base + "/account", allow_redirects=False)
+    assert account.status_code in (302, 303) and "/login" in account.headers["location"], \
+        (account.status_code, account.headers.get("location"))
 
 
 async def bob_again(server, browser):
@@ -544,9 +550,29 @@ def test_a_key_the_provider_withdrew_is_refused_once_the_cached_keys_are_old(wor
     page = browser.click(browser.sign_in_page())
     assert page.status_code == 400 and "(id_token_invalid)" in page.text, page.text[:500]
     assert "no matching key" in page.text.lower(), page.text[:500]
+    _, evs = events(server)
+    failed = [f for f in of(evs, "login.failed") if f.get("provider") == "rogue"]
+    assert failed and failed[-1]["error"].startswith("id_token_invalid"), failed
     # Tokens with the new key are accepted.
     rogue.post("/__test/mode", {"mode": "ok"})
     assert browser.click(browser.sign_in_page()).status_code == 200
+
+
+def test_a_provider_whose_userinfo_fails_ends_on_a_page_that_keeps_its_details_for_the_log(world):
+    server, idp, rogue, upstream = world
+    browser = FederatedBrowser(server.base, REDIRECT, provider="rogue")
+    rogue.post("/__test/mode", {"mode": "userinfo_down"})
+    try:
+        page = browser.click(browser.sign_in_page())
+    finally:
+        rogue.post("/__test/mode", {"mode": "ok"})
+    assert page.status_code == 502 and "(userinfo_failed)" in page.text, page.text[:500]
+    assert "10.9.8.7" not in page.text and rogue.base not in page.text, page.text
+    assert rogue.base + "/userinfo answered 500" in server.log_path.read_text(), \
+        "the address and the reason are in the server's log"
+    _, evs = events(server)
+    failed = [f for f in of(evs, "login.failed") if f.get("provider") == "rogue"]
+    assert failed and failed[-1]["error"].startswith("userinfo_failed"), failed
 
 
 def test_a_person_outside_the_allowed_domains_is_refused(world):

@@ -38,6 +38,7 @@ const MODES = {
   iss_param_wrong: 'the authorization response carries iss=https://evil.example',
   iss_param_missing: 'the authorization response carries no iss, though discovery promises it',
   access_denied: 'the authorization response is error=access_denied (no code)',
+  userinfo_down: 'an ID token without email or name, and /userinfo answers 500 naming an internal address',
 };
 
 let args;
@@ -118,6 +119,7 @@ async function idToken({ nonce, previousNonce }) {
     case 'azp_mismatch': payload.aud = [CLIENT_ID, 'other-client']; payload.azp = 'other-client'; break;
     case 'azp_other': payload.azp = 'other-client'; break;
     case 'no_nonce': delete payload.nonce; break;
+    case 'userinfo_down': delete payload.email; delete payload.email_verified; delete payload.name; break;
     default:
   }
   if (payload.nonce === undefined) delete payload.nonce;
@@ -353,6 +355,10 @@ async function token(req, res) {
 
 // GET /userinfo
 function userinfo(req, res) {
+  if (mode === 'userinfo_down') {
+    send(res, 500, { error: 'server_error', error_description: 'backend 10.9.8.7:5432 refused the query' });
+    return;
+  }
   const m = /^Bearer\s+(\S+)$/i.exec(req.headers.authorization ?? '');
   const exp = m ? accessTokens.get(m[1]) : undefined;
   if (!exp || exp < Date.now()) {

@@ -203,8 +203,13 @@ fn query_params(q: Option<&str>) -> Vec<(String, String)> {
         .collect()
 }
 
+/// At most `n` characters of text the upstream chose, without control or direction-changing
+/// characters (it is shown on the page and written to the log).
 fn bounded(s: &str, n: usize) -> String {
-    s.chars().filter(|c| !c.is_control()).take(n).collect()
+    s.chars()
+        .filter(|c| grantline_oauth::limits::displayable(*c))
+        .take(n)
+        .collect()
 }
 
 /// `GET /login/upstream/{provider}/callback`: the upstream's answer.
@@ -339,6 +344,21 @@ pub async fn callback(
         .await
     {
         Ok(x) => x,
+        // Addresses and network errors are for the log, not the page.
+        Err(e @ (SignInError::Unreachable(_) | SignInError::Userinfo(_))) => {
+            tracing::warn!(provider = %provider, error = %e, "sign-in could not be finished");
+            let (page, status) = if matches!(e, SignInError::Unreachable(_)) {
+                (UNREACHABLE, StatusCode::SERVICE_UNAVAILABLE)
+            } else {
+                (
+                    "The identity provider did not answer who you are. Try again in a few \
+                     minutes; if it keeps failing, an administrator finds the reason in the \
+                     server's log.",
+                    StatusCode::BAD_GATEWAY,
+                )
+            };
+            return fail(&app, &ctx, &provider, None, e.code(), page, status).await;
+        }
         Err(e) => return bad(e.code(), e.to_string()).await,
     };
     let linked = match fed.tables.linked_user(&provider, &who.subject).await {
