@@ -156,6 +156,10 @@ pub enum TokenError {
     Refused(String),
     #[error("the identity provider could not be asked: {0}")]
     Unavailable(String),
+    /// The upstream token expired and the provider gave no refresh token: only a new
+    /// sign-in through the provider gets another (nothing is revoked).
+    #[error("the upstream token from {0} expired and cannot be refreshed")]
+    Expired(String),
     #[error(transparent)]
     App(#[from] AppError),
 }
@@ -390,9 +394,7 @@ impl App {
             return Ok((tokens, false));
         }
         if tokens.refresh_token.is_none() {
-            return Err(TokenError::Unavailable(
-                "the upstream token expired and the provider gave no refresh token".into(),
-            ));
+            return Err(TokenError::Expired(provider.to_string()));
         }
         match self
             .refresh_upstream(fed, user_id, provider, tokens, now)

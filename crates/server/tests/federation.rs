@@ -268,6 +268,9 @@ backend_tests! {
         let (st, body) = exchange(&s, ("notes-mcp", NOTES_SECRET), &a, &[]).await;
         assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE, "{body}");
         assert_eq!(body["error"], "temporarily_unavailable");
+        // Not "try again shortly": only a new sign-in through the provider helps.
+        let why = body["error_description"].as_str().unwrap();
+        assert!(why.contains("gave no refresh token") && why.contains("sign in through corp again"), "{body}");
         s.stop().await;
     }
 

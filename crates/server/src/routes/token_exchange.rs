@@ -120,6 +120,13 @@ pub async fn exchange(
             )
             .into());
         }
+        Err(TokenError::Expired(p)) => {
+            return Err(OAuthError::new(
+                ErrorCode::TemporarilyUnavailable,
+                format!("the user's {p} token expired and {p} gave no refresh token: they must sign in through {p} again"),
+            )
+            .into());
+        }
         Err(TokenError::App(e)) => return Err(e),
     };
     let meta = ctx.meta(app, &pii::user_subject(&x.user_id)).await?;
