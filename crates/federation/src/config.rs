@@ -292,7 +292,7 @@ impl ProviderConfig {
             check_url(id, url)?;
         }
         if p.provisioning == Provisioning::JustInTime
-            && self.open_to_anyone(p.flavor)
+            && self.open_to_anyone(&p)
             && p.allowed_email_domains.is_empty()
             && p.allowed_tenants.is_empty()
             && p.allowed_organizations.is_empty()
@@ -326,14 +326,37 @@ impl ProviderConfig {
 impl ProviderConfig {
     /// Whether anyone in the world can hold an account at the provider (rather than only the
     /// organisation's people, as at its own Okta, Keycloak or single-tenant Entra ID).
-    fn open_to_anyone(&self, flavor: Flavor) -> bool {
-        match flavor {
+    /// A provider configured by hand (`kind`, no preset) is judged by its hosts, so that
+    /// GitHub or Google written out in full is not taken for an organisation's own server.
+    fn open_to_anyone(&self, p: &Provider) -> bool {
+        let multi_tenant = |t: &str| matches!(t, "common" | "organizations" | "consumers");
+        match p.flavor {
             Flavor::GitHub | Flavor::Google | Flavor::Atlassian | Flavor::Salesforce => true,
-            Flavor::Microsoft => matches!(
-                self.tenant.as_deref().unwrap_or("organizations"),
-                "common" | "organizations" | "consumers"
-            ),
-            Flavor::Generic => false,
+            Flavor::Microsoft => multi_tenant(self.tenant.as_deref().unwrap_or("organizations")),
+            Flavor::Generic => [p.issuer.as_deref(), p.authorization_url.as_deref()]
+                .into_iter()
+                .any(|url| {
+                    let Some(host) = crate::presets::host(url) else {
+                        return false;
+                    };
+                    match host.as_str() {
+                        "accounts.google.com"
+                        | "github.com"
+                        | "auth.atlassian.com"
+                        | "login.salesforce.com"
+                        | "test.salesforce.com" => true,
+                        // Entra ID's multi-tenant endpoints: the tenant is the first segment.
+                        "login.microsoftonline.com" => url
+                            .and_then(|u| url::Url::parse(u).ok())
+                            .and_then(|u| {
+                                u.path_segments()?
+                                    .next()
+                                    .map(|t| multi_tenant(&t.to_ascii_lowercase()))
+                            })
+                            .unwrap_or(false),
+                        _ => false,
+                    }
+                }),
         }
     }
 }

@@ -180,6 +180,18 @@ mod tests {
             admitted(&p, &who(Some("a@example.com"), &[("hd", &["other.org"])])),
             Err(NotAllowed::HostedDomain)
         );
+        // Google configured by hand (kind "oidc" and its issuer) is held to the same rule.
+        let by_hand = provider(|c| {
+            c.kind = Some("oidc".into());
+            c.preset = None;
+            c.issuer = Some("https://accounts.google.com".into());
+            c.allowed_email_domains = vec!["example.com".into()];
+        });
+        assert_eq!(admitted(&by_hand, &member), Ok(()));
+        assert_eq!(
+            admitted(&by_hand, &who(Some("a@example.com"), &[])),
+            Err(NotAllowed::HostedDomain)
+        );
         // Elsewhere the email's domain is the rule.
         let p = provider(|c| c.allowed_email_domains = vec!["example.com".into()]);
         assert_eq!(admitted(&p, &who(Some("a@example.com"), &[])), Ok(()));

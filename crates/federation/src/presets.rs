@@ -70,6 +70,12 @@ pub fn apply(c: &ProviderConfig) -> Result<Provider, FederationError> {
         None => match c.kind.as_deref() {
             Some("oidc") => Provider {
                 kind: Kind::Oidc,
+                // Google configured by hand is still Google: its domain rule needs `hd`.
+                flavor: if host(c.issuer.as_deref()) == Some("accounts.google.com".into()) {
+                    Flavor::Google
+                } else {
+                    Flavor::Generic
+                },
                 issuer: c.issuer.clone(),
                 scopes: strings(&["openid", "email", "profile"]),
                 ..blank(c)
@@ -199,6 +205,14 @@ pub fn apply(c: &ProviderConfig) -> Result<Provider, FederationError> {
         });
     }
     Ok(p)
+}
+
+/// The lowercased host of a URL.
+pub(crate) fn host(url: Option<&str>) -> Option<String> {
+    url::Url::parse(url?)
+        .ok()?
+        .host_str()
+        .map(str::to_ascii_lowercase)
 }
 
 fn blank(c: &ProviderConfig) -> Provider {

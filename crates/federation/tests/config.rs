@@ -177,6 +177,10 @@ fn a_provider_open_to_anyone_needs_an_admission_rule_to_create_users() {
         "preset = \"salesforce\"",
         "preset = \"microsoft\"",
         "preset = \"microsoft\"\ntenant = \"common\"",
+        // The same providers written out by hand, without their preset.
+        "kind = \"oidc\"\nissuer = \"https://accounts.google.com\"",
+        "kind = \"oidc\"\nissuer = \"https://login.microsoftonline.com/common/v2.0\"",
+        "kind = \"oauth2\"\nauthorization_url = \"https://github.com/login/oauth/authorize\"\ntoken_url = \"https://github.com/login/oauth/access_token\"\nuserinfo_url = \"https://api.github.com/user\"",
     ] {
         let e = err(&cfg(preset));
         assert!(e.contains("allow_any_account = true"), "{preset}: {e}");
@@ -193,6 +197,9 @@ fn a_provider_open_to_anyone_needs_an_admission_rule_to_create_users() {
         "preset = \"microsoft\"\ntenant = \"72f988bf-86f1-41af-91ab-2d7cd011db47\"",
         "preset = \"okta\"\ndomain = \"https://acme.okta.com\"",
         "preset = \"keycloak\"\nserver_url = \"https://sso.acme.example\"\nrealm = \"staff\"",
+        "kind = \"oidc\"\nissuer = \"https://login.microsoftonline.com/72f988bf-86f1-41af-91ab-2d7cd011db47/v2.0\"",
+        "kind = \"oidc\"\nissuer = \"https://sso.acme.example/realms/staff\"",
+        "kind = \"oidc\"\nissuer = \"https://accounts.google.com\"\nallowed_email_domains = [\"example.com\"]",
     ] {
         assert!(parse(&cfg(ok)).resolve(&env).is_ok(), "{ok}");
     }

@@ -176,3 +176,65 @@ fn salesforce() {
         },
     );
 }
+
+/// GitHub and Atlassian publish no discovery document: their presets' endpoints are checked
+/// against the endpoints their documentation gives (`oauth2-endpoints.json`, with sources).
+#[test]
+fn github_and_atlassian_presets_use_the_documented_endpoints() {
+    let doc = fixture("oauth2-endpoints");
+    let text = |v: &Value| v.as_str().unwrap_or_else(|| panic!("{v}")).to_string();
+    let gh = preset("github", |_| {});
+    let g = &doc["github"];
+    assert_eq!((gh.kind, gh.flavor), (Kind::OAuth2, Flavor::GitHub));
+    assert_eq!(
+        gh.authorization_url,
+        Some(text(&g["authorization_endpoint"]))
+    );
+    assert_eq!(gh.token_url, Some(text(&g["token_endpoint"])));
+    assert_eq!(gh.userinfo_url, Some(text(&g["user_endpoint"])));
+    assert_eq!(gh.api_url, Some(text(&g["api_base"])));
+    // The calls made with the API base are the documented ones, with the scopes they need.
+    for (endpoint, scope) in [
+        ("emails_endpoint", "user:email"),
+        ("orgs_endpoint", "read:org"),
+        ("teams_endpoint", "read:org"),
+    ] {
+        assert!(
+            text(&g[endpoint]).starts_with(&text(&g["api_base"])),
+            "{endpoint}"
+        );
+        assert!(
+            gh.scopes.iter().any(|s| s == scope),
+            "{scope} in {:?}",
+            gh.scopes
+        );
+        assert!(
+            g["scopes"][scope].is_string(),
+            "{scope} is a documented scope"
+        );
+    }
+    let at = preset("atlassian", |_| {});
+    let a = &doc["atlassian"];
+    assert_eq!((at.kind, at.flavor), (Kind::OAuth2, Flavor::Atlassian));
+    assert_eq!(
+        at.authorization_url,
+        Some(text(&a["authorization_endpoint"]))
+    );
+    // The token and user endpoints are not on a page of Atlassian's that could be read here
+    // (the fixture says where they were seen): they are on the documented hosts.
+    let host = |u: &Option<String>| {
+        url::Url::parse(u.as_deref().unwrap())
+            .unwrap()
+            .host_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(host(&at.token_url), host(&at.authorization_url));
+    assert_eq!(
+        host(&at.userinfo_url),
+        url::Url::parse(&text(&a["api_base"]))
+            .unwrap()
+            .host_str()
+            .unwrap()
+    );
+}
