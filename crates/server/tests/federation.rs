@@ -496,12 +496,15 @@ backend_tests! {
         assert!(r.text().await.unwrap().contains("Password sign-in is turned off"));
         let r = sign_in_with(&s, &b, "admin", ADMIN_PASSWORD).await;
         assert_eq!(r.status(), StatusCode::SEE_OTHER);
-        let api = |u: &'static str, p: &'static str| {
-            let url = s.url("/admin/api/clients");
+        let api = |path: &'static str, u: &'static str, p: &'static str| {
+            let url = s.url(path);
             async move { reqwest::Client::new().get(url).basic_auth(u, Some(p)).send().await.unwrap().status() }
         };
-        assert_eq!(api("bob", "bob-password-123456").await, StatusCode::UNAUTHORIZED);
-        assert_eq!(api("admin", ADMIN_PASSWORD).await, StatusCode::OK);
+        // The admin API and the audit API alike.
+        for path in ["/admin/api/clients", "/admin/api/audit/search?q=kind:login.failed"] {
+            assert_eq!(api(path, "bob", "bob-password-123456").await, StatusCode::UNAUTHORIZED, "{path}");
+            assert_eq!(api(path, "admin", ADMIN_PASSWORD).await, StatusCode::OK, "{path}");
+        }
         s.stop().await;
 
         // Without a break-glass admin there is no password form at all.
