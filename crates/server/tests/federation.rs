@@ -428,25 +428,21 @@ backend_tests! {
     async fn an_unreachable_provider_ends_on_a_page_that_reveals_no_address(db: TestDb) {
         let (s, _d) = start(&db, true).await;
         let b = browser();
-        let page = b.get(s.url("/login")).send().await.unwrap().text().await.unwrap();
-        let r = b
-            .post(s.url("/login/upstream/corp"))
-            .form(&[("csrf", field(&page, "csrf").as_str()), ("return_to", "/account")])
-            .send()
-            .await
-            .unwrap();
+        let press = || async {
+            let page = b.get(s.url("/login")).send().await.unwrap().text().await.unwrap();
+            b.post(s.url("/login/upstream/corp"))
+                .form(&[("csrf", field(&page, "csrf").as_str()), ("return_to", "/account")])
+                .send()
+                .await
+                .unwrap()
+        };
+        let r = press().await;
         assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
         let text = r.text().await.unwrap();
         assert!(text.contains("(provider_unreachable)") && text.contains("Sign-in through Corp SSO failed"), "{text}");
         assert!(!text.contains("127.0.0.1"), "the provider's address is for the log: {text}");
         // A second press within the wait is refused the same way (without asking the provider).
-        let page = b.get(s.url("/login")).send().await.unwrap().text().await.unwrap();
-        let r = b
-            .post(s.url("/login/upstream/corp"))
-            .form(&[("csrf", field(&page, "csrf").as_str()), ("return_to", "/account")])
-            .send()
-            .await
-            .unwrap();
+        let r = press().await;
         assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert!(r.text().await.unwrap().contains("(provider_unreachable)"));
         s.stop().await;
