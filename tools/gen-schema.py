@@ -14,6 +14,13 @@ import re
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SRC = (ROOT / "crates/ledger/src/payload.rs").read_text()
+# rustfmt splits a long `#[serde(…)]` over several lines: read each as one line.
+SRC = re.sub(
+    r"#\[serde\(\s*\n(.*?)\n\s*\)\]",
+    lambda m: "#[serde(" + " ".join(x.strip() for x in m.group(1).splitlines()) + ")]",
+    SRC,
+    flags=re.S,
+)
 
 
 def snake(name):
@@ -198,6 +205,14 @@ lines = [
     "`*digest` fields (blake3, 64 lowercase hex digits). Personal data (usernames, emails, display",
     "names, IP addresses, user agents) only as [`Sealed`](#sealed) values, which read as `[erased]`",
     "once the subject's key is destroyed (`grantline user erase`).",
+    "",
+    "**Body formats.** The digest fields (`*_digest`, the token records' `digest`, `consent_page`)",
+    "are 64 lowercase hex digits in memory and in every JSON form. Body format 1 wrote that text",
+    "into the CBOR body; body format 2 (since 2026-12-04) writes the 32 bytes as a CBOR byte",
+    "string, 32 bytes shorter per digest. Both are read, told apart by each field's CBOR type, and",
+    "decode to the same event; bodies are never rewritten (their bytes are what the chain hashes).",
+    "`tests/fixtures/ledger-v1.db` and `ledger-v2.db`, one event of every kind in each format,",
+    "must always verify, decode and replay (`crates/cli/tests/fixture_ledger.rs`).",
     "",
     "| kind | stream | what it records |",
     "| --- | --- | --- |",

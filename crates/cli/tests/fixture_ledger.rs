@@ -1,36 +1,71 @@
-//! Event bodies already written stay verifiable forever. `tests/fixtures/ledger-v1.db` is a
-//! ledger written by this code's first body format: one event of every kind in the catalogue
-//! (`samples::all()`), signed checkpoints under the test key. Whatever the writer or the codec
-//! become, this file must still verify, decode and replay. It is never rewritten; a new body
-//! format gets a fixture of its own beside it (`write_the_fixture_ledger` makes one).
+//! Event bodies already written stay verifiable forever. `tests/fixtures/ledger-vN.db` is a
+//! ledger written by body format N: one event of every kind in the catalogue
+//! (`samples::all()`), signed checkpoints under the test key. Format 1 wrote digests as hex
+//! text, format 2 as 32-byte byte strings (`grantline_ledger::digest`). Whatever the writer
+//! or the codec become, each file must still verify, decode and replay. None is ever
+//! rewritten; a new body format gets a fixture of its own beside them
+//! (`write_the_fixture_ledger` makes one).
 
 use grantline_ledger::{Kind, samples};
 use grantline_store::testing::signer;
 use grantline_store::{Database, Ledger, LedgerOptions, Store};
 use std::path::{Path, PathBuf};
 
-fn fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/ledger-v1.db")
+/// Every body format's fixture, oldest first.
+const FORMATS: &[&str] = &["ledger-v1.db", "ledger-v2.db"];
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures")
+        .join(name)
 }
 
 /// A copy to open (opening writes the WAL files; the fixture stays untouched).
-fn copy_of_fixture(dir: &Path) -> PathBuf {
+fn copy_of_fixture(name: &str, dir: &Path) -> PathBuf {
     let to = dir.join("grantline.db");
-    std::fs::copy(fixture(), &to).expect("tests/fixtures/ledger-v1.db");
+    std::fs::copy(fixture(name), &to).unwrap_or_else(|e| panic!("tests/fixtures/{name}: {e}"));
     to
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_fixture_ledger_still_verifies_decodes_and_replays() {
+/// The total size of the fixture's event bodies.
+async fn body_bytes(name: &str) -> i64 {
     let dir = tempfile::tempdir().unwrap();
-    let db = copy_of_fixture(dir.path());
+    let db = copy_of_fixture(name, dir.path());
+    let store = Store::connect(&Database::Sqlite(db), false).await.unwrap();
+    let grantline_store::Pool::Sqlite(p) = store.pool() else {
+        unreachable!()
+    };
+    let n: i64 = sqlx::query_scalar("SELECT SUM(LENGTH(body)) FROM events")
+        .fetch_one(p)
+        .await
+        .unwrap();
+    store.close().await;
+    n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_fixture_ledger_still_verifies_decodes_and_replays() {
+    for name in FORMATS {
+        the_fixture_ledger_still_verifies_decodes_and_replays(name).await;
+    }
+    // Format 2 is format 1 with each digest 32 bytes shorter: the same events, smaller.
+    let (v1, v2) = (body_bytes(FORMATS[0]).await, body_bytes(FORMATS[1]).await);
+    assert!(
+        v2 + 32 * 12 <= v1,
+        "format 2 bodies {v2} bytes, format 1 {v1}"
+    );
+}
+
+async fn the_fixture_ledger_still_verifies_decodes_and_replays(name: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = copy_of_fixture(name, dir.path());
     let store = Store::connect(&Database::Sqlite(db.clone()), false)
         .await
         .unwrap();
     let summary = grantline_store::verify(&store, &[signer().verifier()], |_| {})
         .await
         .unwrap()
-        .unwrap_or_else(|f| panic!("the fixture ledger no longer verifies: {f}"));
+        .unwrap_or_else(|f| panic!("{name} no longer verifies: {f}"));
     assert!(summary.fully_trusted());
     assert_eq!(summary.events as usize, Kind::ALL.len());
     assert!(summary.checkpoints >= 1);
@@ -39,7 +74,7 @@ async fn the_fixture_ledger_still_verifies_decodes_and_replays() {
     let kinds: Vec<Kind> = events.iter().map(|e| e.payload().kind()).collect();
     assert_eq!(kinds, Kind::ALL.to_vec());
     for (e, sample) in events.iter().zip(samples::all()) {
-        assert_eq!(e.payload(), &sample, "seq {}", e.seq());
+        assert_eq!(e.payload(), &sample, "{name} seq {}", e.seq());
     }
     // Replay folds every event.
     let state = grantline_state::fold(&events);

@@ -4,6 +4,7 @@
 
 pub mod checkpoint;
 pub mod codec;
+mod digest;
 mod event;
 mod hash;
 pub mod merkle;

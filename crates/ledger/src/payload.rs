@@ -269,7 +269,11 @@ pub struct ClientRegistered {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata_document_url: Option<String>,
     /// blake3 of the client secret, confidential clients only.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::digest::option"
+    )]
     pub secret_digest: Option<String>,
     /// When an unused dynamic registration ages out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -291,7 +295,11 @@ pub struct ClientUpdated {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scope: Option<String>,
     /// A rotated client secret's digest.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::digest::option"
+    )]
     pub secret_digest: Option<String>,
 }
 
@@ -449,7 +457,11 @@ pub struct ConsentGranted {
     /// False when an earlier consent covered the request and no page was shown.
     pub prompted: bool,
     /// The consent page answered (a digest of its request id): each page is answered once.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::digest::option"
+    )]
     pub consent_page: Option<String>,
     /// The HTTP request that caused it, when one did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -463,7 +475,11 @@ pub struct ConsentDenied {
     pub resource: String,
     pub scopes: Vec<String>,
     /// The consent page answered (a digest of its request id): each page is answered once.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::digest::option"
+    )]
     pub consent_page: Option<String>,
     /// The HTTP request that caused it, when one did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -478,6 +494,7 @@ pub struct CodeIssued {
     pub user_id: String,
     pub resource: String,
     pub scopes: Vec<String>,
+    #[serde(with = "crate::digest")]
     pub code_digest: String,
     pub redirect_uri: String,
     /// Whether the authorization request named `redirect_uri` (RFC 6749 §4.1.3: then the token
@@ -495,6 +512,7 @@ pub struct CodeIssued {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CodeRedeemed {
     pub family_id: String,
+    #[serde(with = "crate::digest")]
     pub code_digest: String,
     pub client_id: String,
     /// The HTTP request that caused it, when one did.
@@ -505,6 +523,7 @@ pub struct CodeRedeemed {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CodeReplayed {
     pub family_id: String,
+    #[serde(with = "crate::digest")]
     pub code_digest: String,
     pub client_id: String,
     /// The HTTP request that caused it, when one did.
@@ -516,6 +535,7 @@ pub struct CodeReplayed {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccessTokenRecord {
     pub token_id: String,
+    #[serde(with = "crate::digest")]
     pub digest: String,
     pub format: TokenFormat,
     pub expires_at: Timestamp,
@@ -525,6 +545,7 @@ pub struct AccessTokenRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RefreshTokenRecord {
     pub token_id: String,
+    #[serde(with = "crate::digest")]
     pub digest: String,
     pub expires_at: Timestamp,
     pub absolute_expires_at: Timestamp,
@@ -670,6 +691,7 @@ pub struct PatCreated {
     pub scopes: Vec<String>,
     /// The visible start of the token (`glp_ab12…`), enough to recognise it, not to use it.
     pub prefix: String,
+    #[serde(with = "crate::digest")]
     pub digest: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<Timestamp>,
@@ -710,6 +732,7 @@ pub struct ToolCallStarted {
     pub client_id: Option<String>,
     pub credential: Credential,
     /// blake3 of the canonical arguments: the arguments themselves are never recorded.
+    #[serde(with = "crate::digest")]
     pub arguments_digest: String,
     /// The caller's stated reason for the call, in plain text: for callers acting for no
     /// user (machine clients), and in events written before intents were sealed.
@@ -742,6 +765,7 @@ pub struct ToolCalled {
     pub error_code: Option<i64>,
     pub duration_us: u64,
     /// blake3 of the canonical arguments: the arguments themselves are never recorded.
+    #[serde(with = "crate::digest")]
     pub arguments_digest: String,
     /// The caller's stated reason for the call, in plain text: for callers acting for no
     /// user (machine clients), and in events written before intents were sealed.

@@ -221,3 +221,92 @@ proptest! {
         }
     }
 }
+
+/// The field names whose values are digests (body format 2 writes them as 32 bytes).
+const DIGEST_FIELDS: &[&str] = &[
+    "secret_digest",
+    "consent_page",
+    "code_digest",
+    "digest",
+    "arguments_digest",
+];
+
+/// `body` as body format 1 wrote it: every digest field as its hex text. Returns how many
+/// digests it turned back into text.
+fn as_format_1(v: &mut ciborium::Value) -> usize {
+    use ciborium::Value;
+    let mut n = 0;
+    match v {
+        Value::Map(entries) => {
+            for (k, val) in entries {
+                let digest = matches!(k, Value::Text(t) if DIGEST_FIELDS.contains(&t.as_str()));
+                match val {
+                    Value::Bytes(b) if digest => {
+                        assert_eq!(b.len(), 32, "a digest is written as its 32 bytes");
+                        *val = Value::Text(hex::encode(b));
+                        n += 1;
+                    }
+                    Value::Text(t) if digest => panic!("digest {k:?} written as text: {t}"),
+                    other => n += as_format_1(other),
+                }
+            }
+        }
+        Value::Array(items) => n += items.iter_mut().map(as_format_1).sum::<usize>(),
+        _ => {}
+    }
+    n
+}
+
+#[test]
+fn digests_are_written_as_bytes_and_format_1_bodies_still_decode_to_the_same_event() {
+    let mut digests = 0;
+    for (i, p) in samples::all().into_iter().enumerate() {
+        let env = samples::envelope(i as u64 + 1, p);
+        let v2 = encode(&env).expect("encode");
+        let mut value: ciborium::Value = ciborium::from_reader(v2.as_slice()).expect("CBOR");
+        let n = as_format_1(&mut value);
+        let mut v1 = Vec::new();
+        ciborium::into_writer(&value, &mut v1).expect("CBOR");
+        // Each digest costs 32 bytes less than its text (34 against 66).
+        assert_eq!(v1.len(), v2.len() + 32 * n, "{:?}", env.kind());
+        assert_eq!(
+            decode(&v1).expect("format 1 decodes"),
+            env,
+            "{:?}",
+            env.kind()
+        );
+        assert_eq!(
+            decode_header(&v1).expect("header"),
+            decode_header(&v2).expect("header")
+        );
+        digests += n;
+    }
+    assert!(
+        digests >= 12,
+        "the samples carry every digest field ({digests})"
+    );
+    // A digest field holding bytes of another length is an error, not a different event.
+    let env = samples::all()
+        .into_iter()
+        .find(|p| p.kind() == grantline_ledger::Kind::CodeIssued)
+        .map(|p| samples::envelope(1, p))
+        .unwrap();
+    let mut value: ciborium::Value =
+        ciborium::from_reader(encode(&env).unwrap().as_slice()).unwrap();
+    fn shorten(v: &mut ciborium::Value) {
+        if let ciborium::Value::Map(entries) = v {
+            for (k, val) in entries {
+                match val {
+                    ciborium::Value::Bytes(b) if matches!(k, ciborium::Value::Text(t) if t == "code_digest") => {
+                        b.truncate(31)
+                    }
+                    other => shorten(other),
+                }
+            }
+        }
+    }
+    shorten(&mut value);
+    let mut bad = Vec::new();
+    ciborium::into_writer(&value, &mut bad).unwrap();
+    assert!(decode(&bad).is_err());
+}
