@@ -80,6 +80,20 @@ pub fn apply(c: &ProviderConfig) -> Result<Provider, FederationError> {
                 scopes: strings(&["openid", "email", "profile"]),
                 ..blank(c)
             },
+            // GitHub and Google written out by hand would miss what their presets do (GitHub's
+            // verified email, organisations and teams; Google's hosted domain): refused.
+            Some("oauth2")
+                if let Some(preset) = match host(c.authorization_url.as_deref()).as_deref() {
+                    Some("github.com") => Some("github"),
+                    Some("accounts.google.com") => Some("google"),
+                    _ => None,
+                } =>
+            {
+                return Err(FederationError::Config(format!(
+                    "identity provider {:?}: this is {preset}: use preset = \"{preset}\" (it checks what a hand-written kind = \"oauth2\" cannot)",
+                    c.id
+                )));
+            }
             Some("oauth2") => Provider {
                 kind: Kind::OAuth2,
                 authorization_url: c.authorization_url.clone(),

@@ -180,11 +180,21 @@ fn a_provider_open_to_anyone_needs_an_admission_rule_to_create_users() {
         // The same providers written out by hand, without their preset.
         "kind = \"oidc\"\nissuer = \"https://accounts.google.com\"",
         "kind = \"oidc\"\nissuer = \"https://login.microsoftonline.com/common/v2.0\"",
-        "kind = \"oauth2\"\nauthorization_url = \"https://github.com/login/oauth/authorize\"\ntoken_url = \"https://github.com/login/oauth/access_token\"\nuserinfo_url = \"https://api.github.com/user\"",
     ] {
         let e = err(&cfg(preset));
         assert!(e.contains("allow_any_account = true"), "{preset}: {e}");
         assert!(e.contains("identity provider \"p\""), "{e}");
+    }
+    // GitHub or Google as a hand-written kind = "oauth2" would skip what their presets check
+    // (verified email, organisations, hosted domain): refused whatever the rules.
+    for (url, preset) in [
+        ("https://github.com/login/oauth/authorize", "github"),
+        ("https://accounts.google.com/o/oauth2/v2/auth", "google"),
+    ] {
+        let e = err(&cfg(&format!(
+            "kind = \"oauth2\"\nauthorization_url = \"{url}\"\ntoken_url = \"{url}\"\nuserinfo_url = \"{url}\"\nallowed_email_domains = [\"example.com\"]"
+        )));
+        assert!(e.contains(&format!("use preset = \"{preset}\"")), "{e}");
     }
     // Any one rule, provisioning of existing users only, or saying so, is enough.
     for ok in [

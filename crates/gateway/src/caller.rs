@@ -131,7 +131,9 @@ mod state_tests {
                 version: 1,
                 created_at: t0,
                 last_login: None,
+                last_login_seq: None,
                 sessions_ended_at: None,
+                sessions_ended_seq: None,
                 links: Default::default(),
             },
         );

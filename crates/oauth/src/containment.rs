@@ -86,8 +86,8 @@ pub fn contain(state: &State, actor: Actor, target: &Target, reason: &str) -> De
             // Signed in since the last time their sessions were ended: end them too (not
             // counted among what was revoked, so containing twice still answers 0).
             let signed_in = user
-                .last_login
-                .is_some_and(|l| user.sessions_ended_at.is_none_or(|e| l >= e));
+                .last_login_seq
+                .is_some_and(|l| user.sessions_ended_seq.is_none_or(|e| l > e));
             if !signed_in {
                 return d;
             }

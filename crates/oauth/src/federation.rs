@@ -195,10 +195,11 @@ pub fn sign_in_failed(
     })
 }
 
-/// RFC 8693 names.
 /// How long the gateway's identity assertions live (seconds); a retired identity key is
 /// still accepted this long after a rotation, for the assertions it signed just before.
 pub const ASSERTION_LIFETIME: i64 = 60;
+
+/// RFC 8693 names.
 pub const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 pub const TOKEN_TYPE_JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
 pub const TOKEN_TYPE_ACCESS: &str = "urn:ietf:params:oauth:token-type:access_token";

@@ -5,10 +5,11 @@ use crate::Decision;
 use grantline_ledger::{Actor, KeyPurpose, NewEvent, SigningKeyRotated, StreamId, Timestamp};
 use grantline_state::State;
 
-/// The public key `key_id` of `purpose` as the ledger announced it, if it is in force or was
-/// retired less than `grace_secs` before `now`: what a token signed just before a rotation
-/// is checked with, while a retired key cannot sign anything new that is accepted.
-pub fn verifying_key(
+/// The public key `key_id` of `purpose` as the ledger announced it, if a rotation retired it
+/// less than `grace_secs` before `now`: what a token signed just before the rotation is
+/// checked with. A key still in force is not returned (the process holds the one it signs
+/// with; another unretired key is one an operator rolled away from), nor one retired longer ago.
+pub fn recently_retired_key(
     state: &State,
     purpose: KeyPurpose,
     key_id: &str,
@@ -17,10 +18,10 @@ pub fn verifying_key(
 ) -> Option<ed25519_dalek::VerifyingKey> {
     use base64::Engine;
     let k = state.signing_keys.get(key_id)?;
-    if k.purpose != purpose
-        || k.retired_at
-            .is_some_and(|at| at.plus_secs(grace_secs) <= now)
-    {
+    let recent = k
+        .retired_at
+        .is_some_and(|at| now < at.plus_secs(grace_secs));
+    if k.purpose != purpose || !recent {
         return None;
     }
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD

@@ -20,8 +20,8 @@ pub struct Session {
     pub session_id: String,
     pub user_id: String,
     pub expires: i64,
-    /// When the cookie was issued (Unix microseconds).
-    pub issued: i64,
+    /// The seq of the `login.succeeded` that began it.
+    pub signed_in_seq: u64,
 }
 
 fn mac(app: &App, purpose: &str, data: &str) -> String {
@@ -70,8 +70,8 @@ pub const SESSION: &str = "grantline_session";
 pub const LOGIN_NONCE: &str = "grantline_login";
 
 /// Issues a session cookie value for the sign-in recorded in `signed_in` (the appended
-/// `login.succeeded`): the session is dated by that event's ledger time, so ending a user's
-/// sessions at any later seq voids it, whatever the clocks of the instances say.
+/// `login.succeeded`): the session is dated by that event's seq (`s<seq>`), so ending the
+/// user's sessions at any later seq voids it, whatever the clocks of the instances say.
 pub fn issue(
     app: &App,
     user_id: &str,
@@ -80,10 +80,8 @@ pub fn issue(
     now_secs: i64,
 ) -> (String, i64) {
     let ttl = app.config.oauth.session_ttl as i64;
-    let issued = signed_in
-        .last()
-        .map_or_else(|| app.now().0, |r| r.envelope.time.0);
-    let payload = format!("{session_id}.{user_id}.{}.{issued}", now_secs + ttl);
+    let seq = signed_in.last().map_or(0, |r| r.seq());
+    let payload = format!("{session_id}.{user_id}.{}.s{seq}", now_secs + ttl);
     let value = format!("{payload}.{}", mac(app, "session", &payload));
     (value, ttl)
 }
@@ -105,7 +103,8 @@ pub fn current(
     let session_id = parts.next()?.to_string();
     let user_id = parts.next()?.to_string();
     let expires: i64 = parts.next()?.parse().ok()?;
-    let issued: i64 = parts.next()?.parse().ok()?;
+    // `s<seq>`; cookies of the earlier form (a time) are not honoured: sign in again.
+    let signed_in_seq: u64 = parts.next()?.strip_prefix('s')?.parse().ok()?;
     if expires <= now_secs {
         return None;
     }
@@ -113,16 +112,16 @@ pub fn current(
         let state = app.projection.read();
         !state.ended_sessions.contains_key(&session_id)
             && state.users.get(&user_id).is_some_and(|u| {
-                // Strictly after: a sign-in and an ending in the same microsecond end the
-                // session (the safe side of a tie).
-                u.active() && u.sessions_ended_at.is_none_or(|ended| issued > ended.0)
+                u.active()
+                    && u.sessions_ended_seq
+                        .is_none_or(|ended| signed_in_seq > ended)
             })
     };
     live.then_some(Session {
         session_id,
         user_id,
         expires,
-        issued,
+        signed_in_seq,
     })
 }
 

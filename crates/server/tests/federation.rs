@@ -21,12 +21,17 @@ const NOTES_SECRET: &str = "notes-secret-for-tests-0123456789abcdef";
 const UPSTREAM_TOKEN: &str = "gho_upstream_token_never_in_the_ledger_4f1d";
 
 fn federated_config(dir: &std::path::Path, local_accounts: bool) -> Config {
-    let mut base = config(dir, 30, 60);
-    std::fs::write(dir.join("notes.secret"), NOTES_SECRET).unwrap();
-    std::fs::write(dir.join("idp.secret"), "idp-secret").unwrap();
     let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = dead.local_addr().unwrap().port();
     drop(dead);
+    federated_config_at(dir, local_accounts, port)
+}
+
+/// The same with the provider `corp` at `port`.
+fn federated_config_at(dir: &std::path::Path, local_accounts: bool, port: u16) -> Config {
+    let mut base = config(dir, 30, 60);
+    std::fs::write(dir.join("notes.secret"), NOTES_SECRET).unwrap();
+    std::fs::write(dir.join("idp.secret"), "idp-secret").unwrap();
     let extra = format!(
         r#"
 [login]
@@ -266,8 +271,8 @@ backend_tests! {
         let user = federated_user(&s, 10).await;
         let a = assertion(&s, &user, "/mcp/notes");
         let (st, body) = exchange(&s, ("notes-mcp", NOTES_SECRET), &a, &[]).await;
-        assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE, "{body}");
-        assert_eq!(body["error"], "temporarily_unavailable");
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(body["error"], "invalid_grant");
         // Not "try again shortly": only a new sign-in through the provider helps.
         let why = body["error_description"].as_str().unwrap();
         assert!(why.contains("gave no refresh token") && why.contains("sign in through corp again"), "{body}");
@@ -302,6 +307,7 @@ backend_tests! {
         let s = Server::start(&db, dir.path().to_path_buf(), cfg.clone()).await;
         let user = federated_user(&s, 3600).await;
         let old_key = s.app.identity.clone();
+        let old_access = s.app.jwt.clone();
         let sign = |key: &grantline_oauth::tokens::JwtSigner, now: i64| {
             key.sign_json(
                 "grantline-identity+jwt",
@@ -329,6 +335,11 @@ backend_tests! {
         let (st, body) = exchange(&s, notes, &before, &[]).await;
         assert_eq!(st, StatusCode::OK, "{body}");
         assert_eq!(body["access_token"], UPSTREAM_TOKEN);
+        // The access-token keys, in force or just retired, sign no identity assertion.
+        let (st, body) = exchange(&s, notes, &sign(&s.app.jwt, s.app.now().0 / 1_000_000), &[]).await;
+        assert_eq!((st, body["error"].as_str().unwrap()), (StatusCode::BAD_REQUEST, "invalid_grant"), "{body}");
+        let (st, body) = exchange(&s, notes, &sign(&old_access, s.app.now().0 / 1_000_000), &[]).await;
+        assert_eq!((st, body["error"].as_str().unwrap()), (StatusCode::BAD_REQUEST, "invalid_grant"), "{body}");
         // A key this server never announced is refused as before.
         let stranger = grantline_oauth::tokens::JwtSigner::new(
             ed25519_dalek::SigningKey::from_bytes(&[7; 32]),
@@ -382,13 +393,18 @@ backend_tests! {
         assert_eq!(sign_in_with(&s, &laptop, "dana", "dana-password-123456").await.status(), StatusCode::SEE_OTHER);
         assert_eq!(account(&laptop).await, StatusCode::OK);
         assert_eq!(account(&phone).await, StatusCode::FOUND);
-        // An administrator's "revoke everything" ends the sessions too, even one that began in
-        // the same microsecond (the clock has not moved since the sign-in): a tie ends it.
+        // An administrator's "revoke everything" ends the sessions too.
         grantline_server::admin::revoke_everything(&s.app, "dana", grantline_ledger::Actor::Operator)
             .await
             .unwrap();
         assert_eq!(account(&laptop).await, StatusCode::FOUND, "the admin's revoke-all signed dana out");
         assert_eq!(ended(&s.app.store().read(0, 100_000).await.unwrap()), 2);
+        // Sessions are dated by the seq of their sign-in, which never ties with the ending's:
+        // signing in again at once (the clock need not move) works, the old session stays over.
+        let phone_again = browser();
+        assert_eq!(sign_in_with(&s, &phone_again, "dana", "dana-password-123456").await.status(), StatusCode::SEE_OTHER);
+        assert_eq!(account(&phone_again).await, StatusCode::OK);
+        assert_eq!(account(&laptop).await, StatusCode::FOUND);
         s.stop().await;
     }
 
@@ -426,7 +442,19 @@ backend_tests! {
     }
 
     async fn an_unreachable_provider_ends_on_a_page_that_reveals_no_address(db: TestDb) {
-        let (s, _d) = start(&db, true).await;
+        // A "provider" that hangs up on every connection, counting them.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = connections.clone();
+        std::thread::spawn(move || {
+            for c in listener.incoming() {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                drop(c);
+            }
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let s = Server::start(&db, dir.path().to_path_buf(), federated_config_at(dir.path(), true, port)).await;
         let b = browser();
         let press = || async {
             let page = b.get(s.url("/login")).send().await.unwrap().text().await.unwrap();
@@ -441,10 +469,13 @@ backend_tests! {
         let text = r.text().await.unwrap();
         assert!(text.contains("(provider_unreachable)") && text.contains("Sign-in through Corp SSO failed"), "{text}");
         assert!(!text.contains("127.0.0.1"), "the provider's address is for the log: {text}");
-        // A second press within the wait is refused the same way (without asking the provider).
+        let asked = connections.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(asked >= 1, "the first press asked the provider");
+        // A second press within the wait is refused the same way, without asking it again.
         let r = press().await;
         assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert!(r.text().await.unwrap().contains("(provider_unreachable)"));
+        assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), asked);
         s.stop().await;
     }
 

@@ -108,7 +108,9 @@ pub fn apply(state: &mut State, event: &Recorded) {
                     erased: false,
                     created_at: at,
                     last_login: None,
+                    last_login_seq: None,
                     sessions_ended_at: None,
+                    sessions_ended_seq: None,
                     links: Default::default(),
                     version: 0,
                 },
@@ -140,6 +142,7 @@ pub fn apply(state: &mut State, event: &Recorded) {
         Payload::LoginSucceeded(e) => {
             if let Some(u) = state.users.get_mut(&e.user_id) {
                 u.last_login = Some(at);
+                u.last_login_seq = Some(since.seq);
             }
         }
         Payload::SessionEnded(e) => {
@@ -155,6 +158,7 @@ pub fn apply(state: &mut State, event: &Recorded) {
         Payload::UserSessionsEnded(e) => {
             if let Some(u) = state.users.get_mut(&e.user_id) {
                 u.sessions_ended_at = Some(at);
+                u.sessions_ended_seq = Some(since.seq);
             }
         }
         Payload::ConsentDenied(e) => {

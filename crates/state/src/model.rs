@@ -98,9 +98,16 @@ pub struct User {
     pub erased: bool,
     pub created_at: Timestamp,
     pub last_login: Option<Timestamp>,
-    /// Sessions begun before this time are over (`user.sessions_ended`).
+    /// The seq of the last `login.succeeded`.
+    #[serde(default)]
+    pub last_login_seq: Option<u64>,
+    /// When the user's sessions were last ended (`user.sessions_ended`).
     #[serde(default)]
     pub sessions_ended_at: Option<Timestamp>,
+    /// The seq of that `user.sessions_ended`: a session whose sign-in came before it is over.
+    /// Sessions are dated by seq, not time: seqs never tie, times can.
+    #[serde(default)]
+    pub sessions_ended_seq: Option<u64>,
     /// Identity providers the user is linked to (`user.linked`), and since when.
     #[serde(default)]
     pub links: std::collections::BTreeMap<String, Since>,

@@ -16,8 +16,9 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
 /// The encoding's version: a snapshot of another version is refused (and a full fold done),
-/// never misread.
-pub const FORMAT: u32 = 1;
+/// never misread. 2: users carry the seqs of their last sign-in and of the end of their
+/// sessions (a format 1 snapshot lacks them, and sessions must not come back to life).
+pub const FORMAT: u32 = 2;
 
 /// Why a snapshot cannot be used.
 #[derive(Debug, thiserror::Error)]

@@ -57,7 +57,7 @@ pub async fn exchange(
         .verify_json(&subject_token, ASSERTION_TYP)
         .or_else(|| {
             let kid = grantline_oauth::tokens::jws_kid(&subject_token)?;
-            let key = grantline_oauth::keys::verifying_key(
+            let key = grantline_oauth::keys::recently_retired_key(
                 &app.projection.read(),
                 grantline_ledger::KeyPurpose::IdentityAssertion,
                 &kid,
@@ -120,9 +120,10 @@ pub async fn exchange(
             )
             .into());
         }
+        // Like holding no token: trying again cannot help, only a new sign-in.
         Err(TokenError::Expired(p)) => {
             return Err(OAuthError::new(
-                ErrorCode::TemporarilyUnavailable,
+                ErrorCode::InvalidGrant,
                 format!("the user's {p} token expired and {p} gave no refresh token: they must sign in through {p} again"),
             )
             .into());
