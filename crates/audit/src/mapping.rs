@@ -66,6 +66,68 @@ impl Directory {
     }
 }
 
+/// The names the mapping reads, and changes at the four kinds that change them
+/// (`user.created`, `user.erased`, `client.registered`, `client.updated`).
+pub trait Names {
+    fn user(&self, id: &str) -> Option<&(Option<String>, Option<String>)>;
+    fn client(&self, id: &str) -> Option<&str>;
+    fn remember_user(&mut self, id: &str, name: Option<String>, email: Option<String>);
+    fn remember_client(&mut self, id: &str, name: &str);
+    fn forget_user(&mut self, id: &str);
+}
+
+impl Names for Directory {
+    fn user(&self, id: &str) -> Option<&(Option<String>, Option<String>)> {
+        Directory::user(self, id)
+    }
+    fn client(&self, id: &str) -> Option<&str> {
+        Directory::client(self, id)
+    }
+    fn remember_user(&mut self, id: &str, name: Option<String>, email: Option<String>) {
+        Directory::remember_user(self, id, name, email)
+    }
+    fn remember_client(&mut self, id: &str, name: &str) {
+        Directory::remember_client(self, id, name)
+    }
+    fn forget_user(&mut self, id: &str) {
+        Directory::forget_user(self, id)
+    }
+}
+
+/// A directory read by events that do not change names ([`changes_names`] is false for
+/// them), so several threads can map with one directory at once.
+pub struct ReadOnly<'a>(pub &'a Directory);
+
+impl Names for ReadOnly<'_> {
+    fn user(&self, id: &str) -> Option<&(Option<String>, Option<String>)> {
+        self.0.user(id)
+    }
+    fn client(&self, id: &str) -> Option<&str> {
+        self.0.client(id)
+    }
+    fn remember_user(&mut self, _: &str, _: Option<String>, _: Option<String>) {
+        debug_assert!(false, "an event that changes names was mapped read-only");
+    }
+    fn remember_client(&mut self, _: &str, _: &str) {
+        debug_assert!(false, "an event that changes names was mapped read-only");
+    }
+    fn forget_user(&mut self, _: &str) {
+        debug_assert!(false, "an event that changes names was mapped read-only");
+    }
+}
+
+/// Whether mapping `event` changes the directory of names (or which keys open what:
+/// `user.erased`): such events are mapped one at a time, in order.
+pub fn changes_names(event: &Recorded) -> bool {
+    matches!(
+        event.envelope.kind(),
+        grantline_ledger::Kind::UserCreated
+            | grantline_ledger::Kind::UserErased
+            | grantline_ledger::Kind::ClientRegistered
+            | grantline_ledger::Kind::ClientUpdated
+    )
+}
+
 fn opened(o: &mut dyn Opener, s: &Option<Sealed>, subjects: &mut Vec<String>) -> Option<String> {
     s.as_ref().map(|s| {
         if !subjects.contains(&s.subject) {
@@ -114,7 +176,7 @@ fn tool_outcome_name(o: ToolOutcome) -> &'static str {
 }
 
 /// Maps one recorded event; updates `dir` with what later events need (names, erasures).
-pub fn map(event: &Recorded, dir: &mut Directory, o: &mut dyn Opener) -> AuditRecord {
+pub fn map(event: &Recorded, dir: &mut impl Names, o: &mut dyn Opener) -> AuditRecord {
     let env = &event.envelope;
     let mut r = AuditRecord {
         seq: env.seq,

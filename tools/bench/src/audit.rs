@@ -258,15 +258,15 @@ pub async fn export(store: &Store) -> Result<()> {
     let (reading, reading_cpu) = (start.elapsed(), cpu_seconds() - cpu);
     // Baseline: the event as recorded (JSON lines), no mapping.
     let (start, cpu) = (Instant::now(), cpu_seconds());
+    // The pages are written as `grantline export` and the export API write them.
+    let all = |_: &Recorded| true;
     let mut plain = Exporter::new(Keyring::new(store), Directory::default(), false);
     let n = each_page(store, async |events| {
-        for e in events {
-            let item = plain.item(e).await?;
-            buf.clear();
-            Format::Jsonl.write_line(&item, &mut buf);
-            buf.push(b'\n');
-            sink.write_all(&buf)?;
-        }
+        buf.clear();
+        plain
+            .write_page(events, &all, Format::Jsonl, &mut buf)
+            .await?;
+        sink.write_all(&buf)?;
         Ok(())
     })
     .await?;
@@ -274,13 +274,11 @@ pub async fn export(store: &Store) -> Result<()> {
     let (start, cpu) = (Instant::now(), cpu_seconds());
     let mut exporter = Exporter::new(Keyring::new(store), Directory::default(), false);
     each_page(store, async |events| {
-        for e in events {
-            let item = exporter.item(e).await?;
-            buf.clear();
-            Format::Ocsf.write_line(&item, &mut buf);
-            buf.push(b'\n');
-            sink.write_all(&buf)?;
-        }
+        buf.clear();
+        exporter
+            .write_page(events, &all, Format::Ocsf, &mut buf)
+            .await?;
+        sink.write_all(&buf)?;
         Ok(())
     })
     .await?;

@@ -8,7 +8,7 @@ pub mod ecs;
 pub mod ocsf;
 
 use crate::keys::KeyCache;
-use crate::mapping::{Directory, Opener, map};
+use crate::mapping::{Directory, Names, Opener, ReadOnly, changes_names, map};
 use crate::record::{AuditRecord, ERASED, REDACTED};
 use grantline_ledger::{Recorded, Sealed};
 use grantline_store::{Keyring, StoreError};
@@ -143,13 +143,20 @@ impl Exporter {
         }
     }
 
-    /// Learns names from an event before the export range (no keys needed for clients).
+    /// After `user.erased`, the user's personal data reads as `[erased]` whether or not the
+    /// erasure itself is exported, even before their key is deleted.
+    fn forget_if_erased(&mut self, r: &Recorded) {
+        if let grantline_ledger::Payload::UserErased(e) = r.payload() {
+            self.keys
+                .forget(&grantline_ledger::pii::user_subject(&e.user_id));
+        }
+    }
+
+    /// Learns names (and erasures) from an event that is not exported: one before the export
+    /// range, or of a kind left out (no keys needed for clients).
     pub async fn learn(&mut self, r: &Recorded) -> Result<(), StoreError> {
-        use grantline_ledger::Kind;
-        if matches!(
-            r.envelope.kind(),
-            Kind::UserCreated | Kind::UserErased | Kind::ClientRegistered | Kind::ClientUpdated
-        ) {
+        if changes_names(r) {
+            self.forget_if_erased(r);
             self.keys.prepare(r).await?;
             map(r, &mut self.dir, &mut self.keys.opener());
         }
@@ -159,16 +166,9 @@ impl Exporter {
     /// The export item of `r` (mapped once when its keys are cached, again after loading
     /// them when not; kinds that name users or clients are tried against a scratch directory first).
     pub async fn item(&mut self, r: &Recorded) -> Result<ExportItem, StoreError> {
-        use grantline_ledger::Kind;
-        if let grantline_ledger::Payload::UserErased(e) = r.payload() {
-            self.keys
-                .forget(&grantline_ledger::pii::user_subject(&e.user_id));
-        }
+        self.forget_if_erased(r);
         let mask = self.redact.then_some(REDACTED);
-        let updates = matches!(
-            r.envelope.kind(),
-            Kind::UserCreated | Kind::UserErased | Kind::ClientRegistered | Kind::ClientUpdated
-        );
+        let updates = changes_names(r);
         for _ in 0..4 {
             let mut opener = self.keys.opener();
             let item = if updates {
@@ -190,10 +190,148 @@ impl Exporter {
     }
 }
 
+impl Exporter {
+    /// Writes the lines of the events of a page that `wanted` selects, in `format`, in seq
+    /// order, each followed by a newline, and learns names from the others: what calling
+    /// [`Exporter::item`] or [`Exporter::learn`] on each in turn writes, with the mapping and
+    /// formatting of long runs spread over the machine's cores. Returns how many lines.
+    pub async fn write_page(
+        &mut self,
+        events: &[Recorded],
+        wanted: &(dyn Fn(&Recorded) -> bool + Sync),
+        format: Format,
+        out: &mut Vec<u8>,
+    ) -> Result<u64, StoreError> {
+        let mut lines = 0;
+        let mut run: Vec<&Recorded> = Vec::new();
+        for r in events {
+            if changes_names(r) {
+                // Names and keys change here: everything before it first, then it alone.
+                self.write_run(&run, format, out).await?;
+                run.clear();
+                if wanted(r) {
+                    let item = self.item(r).await?;
+                    format.write_line(&item, out);
+                    out.push(b'\n');
+                    lines += 1;
+                } else {
+                    self.learn(r).await?;
+                }
+            } else if wanted(r) {
+                run.push(r);
+                lines += 1;
+            }
+        }
+        self.write_run(&run, format, out).await?;
+        Ok(lines)
+    }
+
+    /// Writes a run of events that change no names: split over the cores, each part mapped
+    /// with the cached keys and the directory as it stands; an event whose keys were not
+    /// loaded yet is written again, in its place, once they are.
+    async fn write_run(
+        &mut self,
+        run: &[&Recorded],
+        format: Format,
+        out: &mut Vec<u8>,
+    ) -> Result<(), StoreError> {
+        if run.is_empty() {
+            return Ok(());
+        }
+        let workers = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .clamp(1, 4)
+            .min(run.len().div_ceil(MIN_PART));
+        let part = run.len().div_ceil(workers);
+        let mask = self.redact.then_some(REDACTED);
+        let parts: Vec<Rendered> = {
+            let (keys, dir) = (&self.keys, &self.dir);
+            let render = |events: &[&Recorded]| render(events, keys, dir, mask, format);
+            let mut chunks = run.chunks(part);
+            let first = chunks.next().unwrap_or_default();
+            std::thread::scope(|s| {
+                let others: Vec<_> = chunks.map(|c| s.spawn(move || render(c))).collect();
+                let mut parts = vec![render(first)];
+                // A part that panicked (a bug) panics here too.
+                parts.extend(
+                    others
+                        .into_iter()
+                        .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))),
+                );
+                parts
+            })
+        };
+        let missing: Vec<String> = parts
+            .iter()
+            .flat_map(|p| {
+                p.missing
+                    .iter()
+                    .flat_map(|(_, subjects)| subjects.iter().cloned())
+            })
+            .collect();
+        if missing.is_empty() {
+            for p in &parts {
+                out.extend_from_slice(&p.out);
+            }
+            return Ok(());
+        }
+        self.keys.load(missing).await?;
+        for (p, events) in parts.iter().zip(run.chunks(part)) {
+            let mut from = 0;
+            for &(i, _) in &p.missing {
+                out.extend_from_slice(&p.out[from..p.ends[i]]);
+                from = p.ends[i];
+                let item = self.item(events[i]).await?;
+                format.write_line(&item, out);
+                out.push(b'\n');
+            }
+            out.extend_from_slice(&p.out[from..]);
+        }
+        Ok(())
+    }
+}
+
+/// Below this many events a run is not split further.
+const MIN_PART: usize = 256;
+
+/// The lines of one part of a run: `ends[i]` is where event `i`'s line ends in `out`; an
+/// event whose keys are not loaded has no line, and is listed in `missing` with the subjects.
+struct Rendered {
+    out: Vec<u8>,
+    ends: Vec<usize>,
+    missing: Vec<(usize, Vec<String>)>,
+}
+
+fn render(
+    events: &[&Recorded],
+    keys: &KeyCache,
+    dir: &Directory,
+    mask: Option<&'static str>,
+    format: Format,
+) -> Rendered {
+    let mut r = Rendered {
+        out: Vec::with_capacity(events.len() * 1024),
+        ends: Vec::with_capacity(events.len()),
+        missing: Vec::new(),
+    };
+    for (i, e) in events.iter().enumerate() {
+        let mut opener = keys.opener();
+        let item = build_item(e, &mut ReadOnly(dir), &mut opener, mask);
+        if opener.missing.is_empty() {
+            format.write_line(&item, &mut r.out);
+            r.out.push(b'\n');
+        } else {
+            r.missing.push((i, opener.missing));
+        }
+        r.ends.push(r.out.len());
+    }
+    r
+}
+
 /// The export item of `r`, personal data opened with `o`, or replaced by `mask`.
 pub fn build_item(
     r: &Recorded,
-    dir: &mut Directory,
+    dir: &mut impl Names,
     o: &mut dyn Opener,
     mask: Option<&'static str>,
 ) -> ExportItem {

@@ -6,7 +6,7 @@ use crate::location::Location;
 use anyhow::{Context, Result};
 use grantline_audit::access::{Exported, Reader};
 use grantline_audit::formats::Format;
-use grantline_ledger::{AuditSurface, Kind};
+use grantline_ledger::{AuditSurface, Kind, Recorded};
 use grantline_store::{Store, Tail};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::{IsTerminal, Write};
@@ -99,23 +99,16 @@ pub async fn run(loc: &Location, args: Args) -> Result<ExitCode> {
         }
         let from = tail.position();
         let events = tail.next(BATCH).await?;
-        let mut count = 0u64;
-        let mut written = Vec::new();
-        let mut buf = Vec::with_capacity(BATCH as usize * 1024);
-        for r in &events {
-            if kinds
+        let wanted = |r: &Recorded| {
+            kinds
                 .as_ref()
                 .is_none_or(|k| k.contains(&r.envelope.kind()))
-            {
-                written.push(r);
-                let item = exporter.item(r).await?;
-                format.write_line(&item, &mut buf);
-                buf.push(b'\n');
-                count += 1;
-            } else {
-                exporter.learn(r).await?;
-            }
-        }
+        };
+        let mut buf = Vec::with_capacity(BATCH as usize * 1024);
+        let count = exporter
+            .write_page(&events, &wanted, format, &mut buf)
+            .await?;
+        let written = events.iter().filter(|r| wanted(r));
         out.write_all(&buf)?;
         out.flush()?;
         bar.inc(events.len() as u64);

@@ -363,24 +363,18 @@ pub async fn export(
         .map(|d| d.clone())
         .unwrap_or_default();
     let mut exporter = Exporter::new(app.keyring.clone(), dir, redact);
-    let mut lines = Vec::new();
-    let mut read = Vec::new();
-    for r in &events {
-        let wanted = kinds
+    let wanted = |r: &grantline_ledger::Recorded| {
+        kinds
             .as_ref()
-            .is_none_or(|k| k.contains(&r.envelope.kind()));
-        if wanted {
-            read.push(r);
-        }
-        let result = if wanted {
-            exporter
-                .item(r)
-                .await
-                .map(|item| lines.push(format.line(&item)))
-        } else {
-            exporter.learn(r).await
-        };
-        if let Err(e) = result {
+            .is_none_or(|k| k.contains(&r.envelope.kind()))
+    };
+    let mut body = Vec::new();
+    let count = match exporter
+        .write_page(&events, &wanted, format, &mut body)
+        .await
+    {
+        Ok(n) => n,
+        Err(e) => {
             tracing::error!(error = %e, "export: opening personal data failed");
             return api_error(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -388,9 +382,9 @@ pub async fn export(
                 "the ledger cannot be read now",
             );
         }
-    }
+    };
     let next_after = events.last().map_or(after, |r| r.seq());
-    if !lines.is_empty() && !access::only_receipts(read) {
+    if count > 0 && !access::only_receipts(events.iter().filter(|r| wanted(r))) {
         let meta = match reader_meta(&app, &ctx, &reader).await {
             Ok(m) => m,
             Err(r) => return r,
@@ -402,7 +396,7 @@ pub async fn export(
                 format: format.as_str(),
                 after,
                 last_seq: Some(next_after),
-                count: lines.len() as u64,
+                count,
                 kind: p.kind.clone(),
                 query: None,
                 redacted: redact,
@@ -412,10 +406,6 @@ pub async fn export(
         if let Err(r) = app.record_reading(event).await {
             return r;
         }
-    }
-    let mut body = lines.join("\n");
-    if !body.is_empty() {
-        body.push('\n');
     }
     let next = format!(
         "{}/admin/api/audit/export?{}",
