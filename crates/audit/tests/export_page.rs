@@ -9,23 +9,6 @@ use grantline_store::testing;
 use grantline_store::{Keyring, Ledger, LedgerOptions, backend_tests};
 use std::time::Duration;
 
-async fn user_created(k: &Keyring, id: &str) -> NewEvent {
-    let s = pii::user_subject(id);
-    NewEvent::new(
-        StreamId::user(id),
-        Actor::Operator,
-        UserCreated {
-            user_id: id.into(),
-            username: k.seal(&s, &format!("{id}-name")).await.unwrap(),
-            email: Some(k.seal(&s, &format!("{id}@example.com")).await.unwrap()),
-            display_name: None,
-            role: "user".into(),
-            source: UserSource::Cli,
-            provider: None,
-        },
-    )
-}
-
 async fn tool_called(k: &Keyring, i: u64, user: &str) -> NewEvent {
     let mut e = testing::tool_call(i);
     if let Payload::ToolCalled(t) = &mut e.payload {
@@ -83,7 +66,7 @@ backend_tests! {
         let users = ["u_a", "u_b", "u_c", "u_d"];
         let mut events = Vec::new();
         for (n, u) in users.iter().enumerate() {
-            events.push(user_created(&k, u).await);
+            events.push(testing::user_created(&k, u, &format!("{u}-name"), &format!("{u}@example.com")).await);
             for i in 0..400u64 {
                 let who = users[(i as usize) % (n + 1)];
                 events.push(tool_called(&k, n as u64 * 1000 + i, who).await);

@@ -28,23 +28,6 @@ async fn open(db: &TestDb) -> Ledger {
     .unwrap()
 }
 
-async fn user_created(k: &Keyring, id: &str, name: &str, email: &str) -> NewEvent {
-    let s = pii::user_subject(id);
-    NewEvent::new(
-        StreamId::user(id),
-        Actor::Operator,
-        UserCreated {
-            user_id: id.into(),
-            username: k.seal(&s, name).await.unwrap(),
-            email: Some(k.seal(&s, email).await.unwrap()),
-            display_name: None,
-            role: "user".into(),
-            source: UserSource::Cli,
-            provider: None,
-        },
-    )
-}
-
 async fn tool_called(k: &Keyring, i: u64, user: &str, ip: &str) -> NewEvent {
     let mut e = testing::tool_call(i);
     if let Payload::ToolCalled(t) = &mut e.payload {
@@ -99,8 +82,8 @@ backend_tests! {
         let ledger = open(&db).await;
         let keyring = Keyring::new(ledger.store());
         let mut first = vec![
-            user_created(&keyring, ALICE, "alice", "alice@example.com").await,
-            user_created(&keyring, BOB, "bob", "bob@example.org").await,
+            testing::user_created(&keyring, ALICE, "alice", "alice@example.com").await,
+            testing::user_created(&keyring, BOB, "bob", "bob@example.org").await,
         ];
         let mut c = NewEvent::new(StreamId::client("c1"), Actor::System, ClientRegistered {
             request: None, client_id: "c1".into(), client_name: "client c1".into(),

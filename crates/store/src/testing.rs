@@ -123,6 +123,29 @@ pub fn tool_call(i: u64) -> grantline_ledger::NewEvent {
     )
 }
 
+/// A `user.created` (by the CLI) with the username and email sealed under the user's key.
+pub async fn user_created(
+    k: &crate::Keyring,
+    id: &str,
+    name: &str,
+    email: &str,
+) -> grantline_ledger::NewEvent {
+    let s = grantline_ledger::pii::user_subject(id);
+    grantline_ledger::NewEvent::new(
+        grantline_ledger::StreamId::user(id),
+        grantline_ledger::Actor::Operator,
+        grantline_ledger::UserCreated {
+            user_id: id.into(),
+            username: k.seal(&s, name).await.expect("sealing"),
+            email: Some(k.seal(&s, email).await.expect("sealing")),
+            display_name: None,
+            role: "user".into(),
+            source: grantline_ledger::UserSource::Cli,
+            provider: None,
+        },
+    )
+}
+
 /// Declares each test twice, `sqlite::name` and `postgres::name`, with `db: TestDb`.
 #[macro_export]
 macro_rules! backend_tests {

@@ -298,16 +298,23 @@ mod tamper {
         store.raw_rows(seq - 1, 1).await.unwrap().remove(0)
     }
 
+    /// Rewrites the tool call at `seq` as denied (a well-formed body, not the one hashed);
+    /// returns the row as it was.
+    async fn deny_tool_call(store: &Store, seq: u64) -> grantline_ledger::verify::RawRow {
+        let r = row(store, seq).await;
+        let mut env = decode(&r.body).unwrap();
+        if let Payload::ToolCalled(t) = &mut env.payload {
+            t.outcome = ToolOutcome::Denied;
+        }
+        set_bytes(store, "body", seq as i64, &encode(&env).unwrap()).await;
+        r
+    }
+
     backend_tests! {
         async fn tamper_changed_body_is_found_at_its_seq(db: TestDb) {
             let store = scene(&db).await;
             drop_guards(&store).await;
-            let r = row(&store, 5).await;
-            let mut env = decode(&r.body).unwrap();
-            if let Payload::ToolCalled(t) = &mut env.payload {
-                t.outcome = ToolOutcome::Denied;
-            }
-            set_bytes(&store, "body", 5, &encode(&env).unwrap()).await;
+            deny_tool_call(&store, 5).await;
             let f = verify(&store).await.unwrap_err();
             assert_eq!((f.seq, f.problem), (5, Problem::BodyChanged));
         }
@@ -439,12 +446,7 @@ mod tamper {
 
             drop_guards(&store).await;
             // A changed body after the checkpoint is found as by a full walk...
-            let r11 = row(&store, 11).await;
-            let mut env = decode(&r11.body).unwrap();
-            if let Payload::ToolCalled(t) = &mut env.payload {
-                t.outcome = ToolOutcome::Denied;
-            }
-            set_bytes(&store, "body", 11, &encode(&env).unwrap()).await;
+            let r11 = deny_tool_call(&store, 11).await;
             let f = finding(verify_from(&store, Some(10)).await);
             assert_eq!((f.seq, f.problem), (11, Problem::BodyChanged));
             set_bytes(&store, "body", 11, &r11.body).await;
