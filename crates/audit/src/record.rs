@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 /// What a reader shows for personal data whose subject was erased.
-pub const ERASED: &str = "[erased]";
+pub const ERASED: &str = grantline_ledger::pii::ERASED;
 /// What an export shows for personal data left out on request (`redact=true`).
 pub const REDACTED: &str = "[redacted]";
 

@@ -176,7 +176,9 @@ fn cef_escaping_survives_a_third_party_parser() {
         ..AuditRecord::default()
     };
     let item = grantline_audit::formats::ExportItem {
-        event: Value::Null,
+        json: b"null".to_vec(),
+        stream: 0..4,
+        payload: 0..4,
         record: record.clone(),
         prev_hash: "00".repeat(32),
     };
@@ -257,4 +259,70 @@ fn jsonl_is_the_event_as_recorded_and_ecs_has_what_a_siem_keys_on() {
     assert!(!redacted.contains("198.51.100.7") && redacted.contains(REDACTED));
     let ecs_opened = lines(Format::Ecs, None).join("\n");
     assert!(ecs_opened.contains("\"source\":{\"ip\":\"198.51.100.7\"}"));
+}
+
+/// What the event as recorded was before it was written without an intermediate value: the
+/// envelope as a JSON value, every `{subject, nonce, ct}` object replaced by its text.
+fn as_recorded_by_value(r: &Recorded, o: &mut dyn Opener) -> Value {
+    fn open(v: &mut Value, o: &mut dyn Opener) {
+        if let Ok(s) = serde_json::from_value::<Sealed>(v.clone())
+            && v.as_object().is_some_and(|m| m.len() == 3)
+        {
+            *v = Value::String(o.open(&s).unwrap_or_else(|| "[erased]".into()));
+            return;
+        }
+        match v {
+            Value::Object(m) => m.values_mut().for_each(|v| open(v, o)),
+            Value::Array(a) => a.iter_mut().for_each(|v| open(v, o)),
+            _ => {}
+        }
+    }
+    let mut v = serde_json::to_value(&r.envelope).unwrap();
+    open(&mut v, o);
+    v["hash"] = r.hash.to_hex().into();
+    v["prev_hash"] = r.prev_hash.to_hex().into();
+    v
+}
+
+#[test]
+fn the_event_as_recorded_holds_every_field_with_every_sealed_value_opened() {
+    let mut dir = Directory::default();
+    let mut sealed_kinds = 0;
+    for r in &history() {
+        let item = build_item(r, &mut dir, &mut SampleKey, None);
+        let want = as_recorded_by_value(r, &mut SampleKey);
+        assert_eq!(item.event(), want, "{}", r.envelope.kind().as_str());
+        let text = String::from_utf8(item.json.clone()).unwrap();
+        assert!(!text.contains("\"ct\""), "{text}");
+        let payload: Value = serde_json::from_slice(item.payload_json()).unwrap();
+        let stream: Value = serde_json::from_slice(item.stream_json()).unwrap();
+        assert_eq!(
+            (payload, stream),
+            (want["payload"].clone(), want["stream"].clone())
+        );
+        // The line starts with the body's first fields, in the body's order.
+        assert!(
+            text.starts_with(&format!("{{\"seq\":{},\"id\":", r.seq())),
+            "{text}"
+        );
+        let wire = serde_json::to_string(&r.envelope).unwrap();
+        if wire.contains("\"ct\"") {
+            sealed_kinds += 1;
+        }
+        // Masked, every sealed value reads as the mask.
+        let masked = build_item(r, &mut dir, &mut SampleKey, Some(REDACTED));
+        let want = as_recorded_by_value(r, &mut grantline_audit::mapping::Masked(REDACTED));
+        assert_eq!(masked.event(), want, "{}", r.envelope.kind().as_str());
+    }
+    assert!(
+        sealed_kinds >= 10,
+        "the samples seal personal data in {sealed_kinds} kinds"
+    );
+    // Nothing is left revealing on this thread.
+    let s = history().iter().find_map(|r| {
+        serde_json::to_string(&r.envelope)
+            .ok()
+            .filter(|w| w.contains("\"ct\""))
+    });
+    assert!(s.is_some());
 }

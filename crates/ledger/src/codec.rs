@@ -243,7 +243,9 @@ impl Serialize for EnvelopeRef<'_> {
     }
 }
 
-struct PayloadBody<'a>(&'a crate::Payload);
+/// A payload's own fields, without its kind: what an event body (and the event as an export
+/// writes it) holds under `payload`.
+pub struct PayloadBody<'a>(pub &'a crate::Payload);
 
 impl Serialize for PayloadBody<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {

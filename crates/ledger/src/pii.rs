@@ -133,8 +133,70 @@ struct SealedWireRef<'a> {
     ct: &'a [u8],
 }
 
+/// What a sealed value reads as once its subject's key is gone.
+pub const ERASED: &str = "[erased]";
+
+/// The texts of sealed values by nonce: `None` for a value that reads as [`ERASED`].
+pub type Opened = Vec<([u8; 24], Option<String>)>;
+
+struct Revealing {
+    opened: Opened,
+    unopened: Vec<Sealed>,
+}
+
+thread_local! {
+    static REVEALING: std::cell::RefCell<Option<Revealing>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` — a serialization into a human-readable format (JSON) — with every sealed value
+/// written as the text `opened` holds for its nonce instead of its `{subject, nonce, ct}` form:
+/// how an export writes an event as recorded, personal data opened, without an intermediate
+/// value. A sealed value `opened` has no entry for is written as [`ERASED`] and returned, so
+/// the caller can open it and run `f` again. Binary formats (CBOR bodies) are never affected.
+pub fn revealing<R>(opened: &mut Opened, f: impl FnOnce() -> R) -> (R, Vec<Sealed>) {
+    /// Ends the revealing even when `f` panics, so the thread does not go on revealing.
+    struct End;
+    impl Drop for End {
+        fn drop(&mut self) {
+            REVEALING.with_borrow_mut(|r| *r = None);
+        }
+    }
+    let table = std::mem::take(opened);
+    REVEALING.with_borrow_mut(|r| {
+        *r = Some(Revealing {
+            opened: table,
+            unopened: Vec::new(),
+        })
+    });
+    let end = End;
+    let out = f();
+    let r = REVEALING.with_borrow_mut(Option::take);
+    drop(end);
+    match r {
+        Some(r) => {
+            *opened = r.opened;
+            (out, r.unopened)
+        }
+        None => (out, Vec::new()),
+    }
+}
+
 impl Serialize for Sealed {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() && REVEALING.with_borrow(Option::is_some) {
+            return REVEALING.with_borrow_mut(|r| {
+                let Some(Revealing { opened, unopened }) = r else {
+                    return s.serialize_str(ERASED);
+                };
+                match opened.iter().find(|(n, _)| *n == self.nonce) {
+                    Some((_, text)) => s.serialize_str(text.as_deref().unwrap_or(ERASED)),
+                    None => {
+                        unopened.push(self.clone());
+                        s.serialize_str(ERASED)
+                    }
+                }
+            });
+        }
         SealedWireRef {
             subject: &self.subject,
             nonce: &self.nonce,
@@ -218,5 +280,36 @@ mod tests {
             Err(PiiError::Corrupt),
             "subject is bound as AAD"
         );
+    }
+
+    #[test]
+    fn revealing_writes_opened_text_in_json_only_and_only_while_it_runs() {
+        let k = SubjectKey::generate().unwrap();
+        let known = Sealed::seal(&k, "user:u1", "alice@example.com").unwrap();
+        let unknown = Sealed::seal(&k, "user:u1", "10.0.0.1").unwrap();
+        let wire = serde_json::to_string(&known).unwrap();
+        assert!(wire.contains("\"ct\""), "{wire}");
+        let mut opened: Opened = vec![(known.nonce, Some("alice@example.com".into()))];
+        let ((json, cbor), unopened) = revealing(&mut opened, || {
+            let mut cbor = Vec::new();
+            ciborium::into_writer(&known, &mut cbor).unwrap();
+            (serde_json::to_string(&[&known, &unknown]).unwrap(), cbor)
+        });
+        assert_eq!(json, r#"["alice@example.com","[erased]"]"#);
+        assert_eq!(
+            unopened,
+            vec![unknown.clone()],
+            "what had no text is returned"
+        );
+        assert_eq!(opened.len(), 1, "the table is given back");
+        let back: Sealed = ciborium::from_reader(cbor.as_slice()).unwrap();
+        assert_eq!(back, known, "a binary format still writes the sealed value");
+        assert_eq!(serde_json::to_string(&known).unwrap(), wire, "and it ends");
+        // A panic inside does not leave the thread revealing.
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            revealing(&mut opened, || panic!("inside"))
+        }));
+        assert!(caught.is_err());
+        assert_eq!(serde_json::to_string(&known).unwrap(), wire);
     }
 }

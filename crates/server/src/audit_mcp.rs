@@ -240,7 +240,7 @@ impl Call<'_> {
         self.record(&format!("seq:{seq}"), 1).await?;
         Ok(
             json!({"seq": seq, "hash": r.hash.to_hex(), "prev_hash": r.prev_hash.to_hex(),
-            "record": record_json(&item.record), "event": item.event, "proof": proof}),
+            "record": record_json(&item.record), "event": item.event(), "proof": proof}),
         )
     }
 

@@ -280,7 +280,7 @@ impl Sink {
 /// An item as the JSON a HEC or webhook receiver gets in `format`.
 fn json(format: Format, item: &ExportItem) -> serde_json::Value {
     match format {
-        Format::Jsonl => item.event.clone(),
+        Format::Jsonl => item.event(),
         Format::Ocsf => grantline_audit::formats::ocsf::record(item),
         Format::Ecs => grantline_audit::formats::ecs::record(item),
         // CEF is a line of text: as a JSON string.

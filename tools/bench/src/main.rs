@@ -81,6 +81,9 @@ enum Cmd {
     AuditExport {
         #[command(flatten)]
         target: Target,
+        /// Run one phase only (for profiling it).
+        #[arg(long, value_enum)]
+        only: Option<audit::ExportPhase>,
     },
     /// N events from W concurrent writers, one small append per request, as a server would.
     Append {
@@ -235,9 +238,9 @@ async fn main() -> Result<()> {
             let store = Store::connect(&Database::parse(&target.database)?, false).await?;
             audit::search(&store, &index, runs.max(1), !no_baseline).await?;
         }
-        Cmd::AuditExport { target } => {
+        Cmd::AuditExport { target, only } => {
             let store = Store::connect(&Database::parse(&target.database)?, false).await?;
-            audit::export(&store).await?;
+            audit::export(&store, only).await?;
         }
         Cmd::Append {
             target,

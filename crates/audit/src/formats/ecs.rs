@@ -88,7 +88,7 @@ pub fn record(item: &ExportItem) -> Value {
             "hash": r.hash,
             "prev_hash": item.prev_hash,
             "actor": r.actor,
-            "payload": item.event["payload"],
+            "payload": serde_json::from_slice::<Value>(item.payload_json()).unwrap_or(Value::Null),
         },
     });
     if !r.summary.is_empty() {

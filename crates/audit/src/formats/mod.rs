@@ -9,10 +9,13 @@ pub mod ocsf;
 
 use crate::keys::KeyCache;
 use crate::mapping::{Directory, Names, Opener, ReadOnly, changes_names, map};
-use crate::record::{AuditRecord, ERASED, REDACTED};
+use crate::record::{AuditRecord, REDACTED};
+use grantline_ledger::codec::PayloadBody;
+use grantline_ledger::pii::Opened;
 use grantline_ledger::{Recorded, Sealed};
 use grantline_store::{Keyring, StoreError};
 use serde_json::Value;
+use std::ops::Range;
 
 /// The product name and version every format names.
 pub const PRODUCT: &str = "Grantline";
@@ -83,7 +86,7 @@ impl Format {
     pub fn write_line(self, item: &ExportItem, out: &mut Vec<u8>) {
         match self {
             // Writing a JSON value into a Vec cannot fail.
-            Format::Jsonl => drop(serde_json::to_writer(&mut *out, &item.event)),
+            Format::Jsonl => out.extend_from_slice(&item.json),
             Format::Ocsf => ocsf::write(item, out),
             Format::Ecs => drop(serde_json::to_writer(&mut *out, &ecs::record(item))),
             Format::Cef => out.extend_from_slice(cef::line(item).as_bytes()),
@@ -95,11 +98,32 @@ impl Format {
 /// One event ready for export.
 #[derive(Debug, Clone)]
 pub struct ExportItem {
-    /// The event as recorded: envelope and payload as JSON, personal data opened (or
-    /// `[erased]`/`[redacted]`), with `hash` and `prev_hash`.
-    pub event: Value,
+    /// The event as recorded, one JSON object: the envelope's fields in the body's order,
+    /// personal data opened (or `[erased]`/`[redacted]`), then `hash` and `prev_hash`.
+    pub json: Vec<u8>,
+    /// Where the value of `stream` is in `json`.
+    pub stream: Range<usize>,
+    /// Where the value of `payload` is in `json`.
+    pub payload: Range<usize>,
     pub record: AuditRecord,
     pub prev_hash: String,
+}
+
+impl ExportItem {
+    /// The event as recorded, as a JSON value (for pages and tools that show one event).
+    pub fn event(&self) -> Value {
+        serde_json::from_slice(&self.json).unwrap_or(Value::Null)
+    }
+
+    /// The payload as recorded, JSON text.
+    pub fn payload_json(&self) -> &[u8] {
+        self.json.get(self.payload.clone()).unwrap_or(b"null")
+    }
+
+    /// The stream as recorded, JSON text.
+    pub fn stream_json(&self) -> &[u8] {
+        self.json.get(self.stream.clone()).unwrap_or(b"null")
+    }
 }
 
 /// Builds export items in seq order: opens personal data (or masks it), keeps the names of
@@ -115,7 +139,7 @@ pub struct Exporter {
 struct Masking<'a> {
     inner: &'a mut dyn Opener,
     mask: Option<&'static str>,
-    opened: Vec<([u8; 24], Option<String>)>,
+    opened: Opened,
 }
 
 impl Opener for Masking<'_> {
@@ -344,45 +368,66 @@ pub fn build_item(
     if let Some(m) = mask {
         record.mask_personal(m);
     }
-    let mut event = serde_json::to_value(&r.envelope).unwrap_or(Value::Null);
-    open_sealed(&mut event, &mut masking);
-    if let Value::Object(o) = &mut event {
-        o.insert("hash".into(), Value::String(r.hash.to_hex()));
-        o.insert("prev_hash".into(), Value::String(r.prev_hash.to_hex()));
-    }
+    let mut json = Vec::with_capacity(1024);
+    // The mapping opened most sealed values; one it did not read is opened here and the event
+    // written again (at most as many times as it has sealed values, in practice once).
+    let (stream, payload) = loop {
+        json.clear();
+        let (ranges, unopened) =
+            grantline_ledger::pii::revealing(&mut masking.opened, || write_event(r, &mut json));
+        if unopened.is_empty() {
+            break ranges;
+        }
+        for s in &unopened {
+            masking.open(s);
+        }
+    };
     ExportItem {
-        event,
+        json,
+        stream,
+        payload,
         record,
         prev_hash: r.prev_hash.to_hex(),
     }
 }
 
-/// A sealed value as its JSON form writes it: `{subject, nonce, ct}`, bytes in base64url.
-fn as_sealed(v: &Value) -> Option<Sealed> {
-    use base64::Engine;
-    let o = v.as_object()?;
-    if o.len() != 3 {
-        return None;
+/// Writes the event as recorded as one JSON object — the body's fields in its order, then
+/// `hash` and `prev_hash` — and returns where the values of `stream` and `payload` are.
+/// Sealed values are written as [`grantline_ledger::pii::revealing`] has them.
+fn write_event(r: &Recorded, out: &mut Vec<u8>) -> (Range<usize>, Range<usize>) {
+    // Serializing ids, numbers, strings and payload structs into a Vec cannot fail.
+    fn put(out: &mut Vec<u8>, v: &impl serde::Serialize) {
+        let _ = serde_json::to_writer(&mut *out, v);
     }
-    let text = |k: &str| o.get(k).and_then(Value::as_str);
-    let (subject, nonce, ct) = (text("subject")?, text("nonce")?, text("ct")?);
-    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    Some(Sealed {
-        subject: subject.to_string(),
-        nonce: b64.decode(nonce).ok()?.try_into().ok()?,
-        ciphertext: b64.decode(ct).ok()?,
-    })
-}
-
-/// Replaces every sealed value in an event's JSON with its text (or `[erased]`).
-pub fn open_sealed(v: &mut Value, o: &mut dyn Opener) {
-    if let Some(s) = as_sealed(v) {
-        *v = Value::String(o.open(&s).unwrap_or_else(|| ERASED.to_string()));
-        return;
+    let e = &r.envelope;
+    out.extend_from_slice(b"{\"seq\":");
+    put(out, &e.seq);
+    out.extend_from_slice(b",\"id\":");
+    put(out, &e.id);
+    out.extend_from_slice(b",\"time\":");
+    put(out, &e.time);
+    out.extend_from_slice(b",\"stream\":");
+    let start = out.len();
+    put(out, &e.stream);
+    let stream = start..out.len();
+    out.extend_from_slice(b",\"version\":");
+    put(out, &e.version);
+    out.extend_from_slice(b",\"kind\":");
+    put(out, &e.kind().as_str());
+    out.extend_from_slice(b",\"actor\":");
+    put(out, &e.actor);
+    if let Some(t) = &e.tenant {
+        out.extend_from_slice(b",\"tenant\":");
+        put(out, t);
     }
-    match v {
-        Value::Object(m) => m.values_mut().for_each(|v| open_sealed(v, o)),
-        Value::Array(a) => a.iter_mut().for_each(|v| open_sealed(v, o)),
-        _ => {}
-    }
+    out.extend_from_slice(b",\"payload\":");
+    let start = out.len();
+    put(out, &PayloadBody(&e.payload));
+    let payload = start..out.len();
+    out.extend_from_slice(b",\"hash\":\"");
+    out.extend_from_slice(r.hash.to_hex().as_bytes());
+    out.extend_from_slice(b"\",\"prev_hash\":\"");
+    out.extend_from_slice(r.prev_hash.to_hex().as_bytes());
+    out.extend_from_slice(b"\"}");
+    (stream, payload)
 }

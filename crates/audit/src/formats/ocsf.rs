@@ -137,14 +137,33 @@ fn email(v: &Option<String>) -> Option<&str> {
 
 /// The OCSF record of an item, as a JSON value (for sinks that embed it in an envelope).
 pub fn record(item: &ExportItem) -> Value {
-    serde_json::to_value(Record::of(item)).unwrap_or(Value::Null)
+    let mut out = Vec::with_capacity(2048);
+    write(item, &mut out);
+    serde_json::from_slice(&out).unwrap_or(Value::Null)
 }
 
 /// Writes the OCSF record of an item as one line of JSON (no newline), straight from the
 /// item's fields without building an intermediate value.
 pub fn write(item: &ExportItem, out: &mut Vec<u8>) {
     // Serializing borrowed strings and numbers into a Vec cannot fail.
-    let _ = serde_json::to_writer(out, &Record::of(item));
+    let _ = serde_json::to_writer(&mut *out, &Record::of(item));
+    // `unmapped` comes last, written here: it holds the stream and payload as recorded, which
+    // the item already has as JSON.
+    out.pop();
+    let r = &item.record;
+    out.extend_from_slice(b",\"unmapped\":{\"seq\":");
+    let _ = serde_json::to_writer(&mut *out, &r.seq);
+    out.extend_from_slice(b",\"hash\":");
+    let _ = serde_json::to_writer(&mut *out, &r.hash);
+    out.extend_from_slice(b",\"prev_hash\":");
+    let _ = serde_json::to_writer(&mut *out, &item.prev_hash);
+    out.extend_from_slice(b",\"stream\":");
+    out.extend_from_slice(item.stream_json());
+    out.extend_from_slice(b",\"actor\":");
+    let _ = serde_json::to_writer(&mut *out, &r.actor);
+    out.extend_from_slice(b",\"payload\":");
+    out.extend_from_slice(item.payload_json());
+    out.extend_from_slice(b"}}");
 }
 
 /// The OCSF object, borrowed from the item. Fields are in OCSF's own order of the base event.
@@ -188,7 +207,6 @@ struct Record<'a> {
     api: Option<Api<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     resources: Option<[Resource<'a>; 1]>,
-    unmapped: Unmapped<'a>,
 }
 
 #[derive(Serialize)]
@@ -290,17 +308,6 @@ struct Resource<'a> {
     kind: &'static str,
 }
 
-/// What OCSF has no attribute for: the event as recorded.
-#[derive(Serialize)]
-struct Unmapped<'a> {
-    seq: u64,
-    hash: &'a str,
-    prev_hash: &'a str,
-    stream: &'a Value,
-    actor: &'a str,
-    payload: &'a Value,
-}
-
 impl<'a> Record<'a> {
     fn of(item: &'a ExportItem) -> Record<'a> {
         let r = &item.record;
@@ -395,14 +402,6 @@ impl<'a> Record<'a> {
             finding_info: None,
             api: None,
             resources: None,
-            unmapped: Unmapped {
-                seq: r.seq,
-                hash: &r.hash,
-                prev_hash: &item.prev_hash,
-                stream: &item.event["stream"],
-                actor: &r.actor,
-                payload: &item.event["payload"],
-            },
         };
         match c.class_uid {
             3001 => o.user = Some(user_or_actor),

@@ -106,7 +106,8 @@ pub async fn run(loc: &Location, args: Args) -> Result<ExitCode> {
                 break 'reading;
             }
             if args.json {
-                writeln!(out, "{}", item.event)?;
+                out.write_all(&item.json)?;
+                writeln!(out)?;
             } else {
                 super::audit::row(&mut out, &item.record)?;
             }

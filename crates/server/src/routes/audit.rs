@@ -465,7 +465,7 @@ async fn event_view(app: &App, seq: u64) -> Result<Option<Value>, Response> {
         "hash": r.hash.to_hex(),
         "prev_hash": r.prev_hash.to_hex(),
         "record": record_json(&item.record),
-        "event": item.event,
+        "event": item.event(),
         "proof": proof,
     })))
 }
