@@ -94,16 +94,67 @@ impl Names for Directory {
     }
 }
 
-/// A directory read by events that do not change names ([`changes_names`] is false for
-/// them), so several threads can map with one directory at once.
-pub struct ReadOnly<'a>(pub &'a Directory);
+/// The changes of names made by the events of one span of a page, each with the seq of the
+/// event that made it: events of the span can then be mapped in any order, on any thread, each
+/// reading the names as they stood at its own seq ([`AsOf`]), and the changes join the
+/// directory once the span is written ([`Changes::apply`]).
+#[derive(Debug, Default)]
+pub struct Changes {
+    users: HashMap<String, Vec<(u64, (Option<String>, Option<String>))>>,
+    clients: HashMap<String, Vec<(u64, String)>>,
+    erased: Vec<String>,
+}
 
-impl Names for ReadOnly<'_> {
+impl Changes {
+    /// Writes the changes into `dir`: the last of each name wins, as it would have in order.
+    pub fn apply(self, dir: &mut Directory) {
+        for (id, mut v) in self.users {
+            if let Some((_, (name, email))) = v.pop() {
+                dir.remember_user(&id, name, email);
+            }
+        }
+        for (id, mut v) in self.clients {
+            if let Some((_, name)) = v.pop() {
+                dir.remember_client(&id, &name);
+            }
+        }
+        for id in self.erased {
+            dir.forget_user(&id);
+        }
+    }
+
+    fn user(&self, id: &str, seq: u64) -> Option<&(Option<String>, Option<String>)> {
+        let v = self.users.get(id)?;
+        v.iter().rev().find(|(at, _)| *at < seq).map(|(_, u)| u)
+    }
+
+    fn client(&self, id: &str, seq: u64) -> Option<&str> {
+        let v = self.clients.get(id)?;
+        v.iter()
+            .rev()
+            .find(|(at, _)| *at < seq)
+            .map(|(_, n)| n.as_str())
+    }
+}
+
+/// The names as they stood just before `seq`: the directory, overlaid with the changes made
+/// before `seq`. Read-only: it maps events that change no names ([`changes_names`]).
+pub struct AsOf<'a> {
+    pub dir: &'a Directory,
+    pub changes: &'a Changes,
+    pub seq: u64,
+}
+
+impl Names for AsOf<'_> {
     fn user(&self, id: &str) -> Option<&(Option<String>, Option<String>)> {
-        self.0.user(id)
+        self.changes
+            .user(id, self.seq)
+            .or_else(|| self.dir.user(id))
     }
     fn client(&self, id: &str) -> Option<&str> {
-        self.0.client(id)
+        self.changes
+            .client(id, self.seq)
+            .or_else(|| self.dir.client(id))
     }
     fn remember_user(&mut self, _: &str, _: Option<String>, _: Option<String>) {
         debug_assert!(false, "an event that changes names was mapped read-only");
@@ -113,6 +164,44 @@ impl Names for ReadOnly<'_> {
     }
     fn forget_user(&mut self, _: &str) {
         debug_assert!(false, "an event that changes names was mapped read-only");
+    }
+}
+
+/// Maps the event at `seq` that changes names: reads the names as they stand with its own
+/// changes, records its changes at `seq`. Such events are mapped in seq order.
+pub struct Recording<'a> {
+    pub dir: &'a Directory,
+    pub changes: &'a mut Changes,
+    pub seq: u64,
+}
+
+impl Names for Recording<'_> {
+    fn user(&self, id: &str) -> Option<&(Option<String>, Option<String>)> {
+        self.changes
+            .user(id, self.seq + 1)
+            .or_else(|| self.dir.user(id))
+    }
+    fn client(&self, id: &str) -> Option<&str> {
+        self.changes
+            .client(id, self.seq + 1)
+            .or_else(|| self.dir.client(id))
+    }
+    fn remember_user(&mut self, id: &str, name: Option<String>, email: Option<String>) {
+        let v = self.changes.users.entry(id.to_string()).or_default();
+        v.push((self.seq, (name, email)));
+    }
+    fn remember_client(&mut self, id: &str, name: &str) {
+        let v = self.changes.clients.entry(id.to_string()).or_default();
+        v.push((self.seq, name.to_string()));
+    }
+    fn forget_user(&mut self, id: &str) {
+        let email = self.user(id).map(|u| u.1.is_some());
+        if let Some(has_email) = email {
+            let erased = (Some(ERASED.into()), has_email.then(|| ERASED.into()));
+            let v = self.changes.users.entry(id.to_string()).or_default();
+            v.push((self.seq, erased));
+        }
+        self.changes.erased.push(id.to_string());
     }
 }
 

@@ -20,6 +20,32 @@ async fn tool_called(k: &Keyring, i: u64, user: &str) -> NewEvent {
     e
 }
 
+/// Client `c1` registered under `name`, or renamed to it.
+fn client(name: &str, registered: bool) -> NewEvent {
+    let payload = if registered {
+        let mut p = samples::all()
+            .into_iter()
+            .find_map(|p| match p {
+                Payload::ClientRegistered(c) => Some(c),
+                _ => None,
+            })
+            .unwrap();
+        p.client_id = "c1".into();
+        p.client_name = name.into();
+        Payload::ClientRegistered(p)
+    } else {
+        Payload::ClientUpdated(ClientUpdated {
+            client_id: "c1".into(),
+            client_name: Some(name.into()),
+            redirect_uris: None,
+            grant_types: None,
+            scope: None,
+            secret_digest: None,
+        })
+    };
+    NewEvent::new(StreamId::client("c1"), Actor::Operator, payload)
+}
+
 fn erased(id: &str) -> NewEvent {
     NewEvent::new(
         StreamId::user(id),
@@ -63,13 +89,18 @@ backend_tests! {
         let k = Keyring::new(ledger.store());
         // Users appear, act in long runs (split over cores), one is erased mid-page, a new
         // one appears after it; each user's key is loaded the first time their data is read.
+        // The client the calls are made with is renamed in the middle of a page: calls before
+        // the rename name it by its old name, calls after by its new one.
         let users = ["u_a", "u_b", "u_c", "u_d"];
-        let mut events = Vec::new();
+        let mut events = vec![client("Old name", true)];
         for (n, u) in users.iter().enumerate() {
             events.push(testing::user_created(&k, u, &format!("{u}-name"), &format!("{u}@example.com")).await);
             for i in 0..400u64 {
                 let who = users[(i as usize) % (n + 1)];
                 events.push(tool_called(&k, n as u64 * 1000 + i, who).await);
+                if n == 1 && i == 150 {
+                    events.push(client("New name", false));
+                }
             }
             if n == 2 {
                 events.push(erased("u_b"));
@@ -104,6 +135,12 @@ backend_tests! {
                         recorded.iter().filter(|r| wanted(r)).count(),
                         "{format:?} {name} redact={redact}"
                     );
+                    if got != want {
+                        let (g, w) = (String::from_utf8_lossy(&got), String::from_utf8_lossy(&want));
+                        if let Some((a, b)) = g.lines().zip(w.lines()).find(|(a, b)| a != b) {
+                            eprintln!("got  {a}\nwant {b}");
+                        }
+                    }
                     assert!(
                         got == want,
                         "{format:?} {name} redact={redact}: the page differs from one at a time"
@@ -120,6 +157,17 @@ backend_tests! {
         assert!(text.contains("\"10.0.1.44\""), "addresses are opened");
         let after_erasure = text.lines().skip(3 * 400).collect::<Vec<_>>().join("\n");
         assert!(after_erasure.contains("[erased]"), "u_b reads as erased after user.erased");
+        // The rename, in the middle of the second 1,200-event page, as CSV (client name column).
+        let mut e = Exporter::new(Keyring::new(ledger.store()), Directory::default(), false);
+        let mut out = Vec::new();
+        for page in recorded.chunks(1200) {
+            e.write_page(page, &tool_calls, Format::Csv, &mut out).await.unwrap();
+        }
+        let rows = String::from_utf8(out).unwrap();
+        let rows: Vec<&str> = rows.lines().collect();
+        let old = rows.iter().take_while(|r| r.contains("Old name")).count();
+        assert_eq!(old, 400 + 151, "calls before the rename carry the old name");
+        assert!(rows[old..].iter().all(|r| r.contains("New name") && !r.contains("Old name")));
         ledger.shutdown().await;
     }
 }

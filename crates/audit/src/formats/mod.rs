@@ -8,7 +8,7 @@ pub mod ecs;
 pub mod ocsf;
 
 use crate::keys::KeyCache;
-use crate::mapping::{Directory, Names, Opener, ReadOnly, changes_names, map};
+use crate::mapping::{AsOf, Changes, Directory, Names, Opener, Recording, changes_names, map};
 use crate::record::{AuditRecord, REDACTED};
 use grantline_ledger::codec::PayloadBody;
 use grantline_ledger::pii::Opened;
@@ -218,7 +218,7 @@ impl Exporter {
     /// Writes the lines of the events of a page that `wanted` selects, in `format`, in seq
     /// order, each followed by a newline, and learns names from the others: what calling
     /// [`Exporter::item`] or [`Exporter::learn`] on each in turn writes, with the mapping and
-    /// formatting of long runs spread over the machine's cores. Returns how many lines.
+    /// formatting spread over the machine's cores. Returns how many lines.
     pub async fn write_page(
         &mut self,
         events: &[Recorded],
@@ -227,129 +227,233 @@ impl Exporter {
         out: &mut Vec<u8>,
     ) -> Result<u64, StoreError> {
         let mut lines = 0;
-        let mut run: Vec<&Recorded> = Vec::new();
-        for r in events {
-            if changes_names(r) {
-                // Names and keys change here: everything before it first, then it alone.
-                self.write_run(&run, format, out).await?;
-                run.clear();
-                if wanted(r) {
-                    let item = self.item(r).await?;
-                    format.write_line(&item, out);
-                    out.push(b'\n');
-                    lines += 1;
-                } else {
-                    self.learn(r).await?;
-                }
-            } else if wanted(r) {
-                run.push(r);
+        let mut rest = events;
+        // An erasure changes which keys open what: the events before it are written first,
+        // then it alone.
+        while let Some(i) = rest.iter().position(is_erasure) {
+            lines += self.write_span(&rest[..i], wanted, format, out).await?;
+            let r = &rest[i];
+            if wanted(r) {
+                let item = self.item(r).await?;
+                format.write_line(&item, out);
+                out.push(b'\n');
                 lines += 1;
+            } else {
+                self.learn(r).await?;
             }
+            rest = &rest[i + 1..];
         }
-        self.write_run(&run, format, out).await?;
+        lines += self.write_span(rest, wanted, format, out).await?;
         Ok(lines)
     }
 
-    /// Writes a run of events that change no names: split over the cores, each part mapped
-    /// with the cached keys and the directory as it stands; an event whose keys were not
-    /// loaded yet is written again, in its place, once they are.
-    async fn write_run(
+    /// Writes a span of events holding no erasure. First, in order, the few that change names
+    /// are mapped (their keys loaded) and their changes recorded at their seqs; then the
+    /// wanted events are split over the cores, each mapped with the names as of its seq; an
+    /// event whose keys were not loaded yet is written again, in its place, once they are.
+    async fn write_span(
         &mut self,
-        run: &[&Recorded],
+        span: &[Recorded],
+        wanted: &(dyn Fn(&Recorded) -> bool + Sync),
         format: Format,
         out: &mut Vec<u8>,
-    ) -> Result<(), StoreError> {
-        if run.is_empty() {
-            return Ok(());
-        }
-        let workers = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .clamp(1, 4)
-            .min(run.len().div_ceil(MIN_PART));
-        let part = run.len().div_ceil(workers);
+    ) -> Result<u64, StoreError> {
         let mask = self.redact.then_some(REDACTED);
-        let parts: Vec<Rendered> = {
-            let (keys, dir) = (&self.keys, &self.dir);
-            let render = |events: &[&Recorded]| render(events, keys, dir, mask, format);
-            let mut chunks = run.chunks(part);
-            let first = chunks.next().unwrap_or_default();
-            std::thread::scope(|s| {
-                let others: Vec<_> = chunks.map(|c| s.spawn(move || render(c))).collect();
-                let mut parts = vec![render(first)];
-                // A part that panicked (a bug) panics here too.
-                parts.extend(
-                    others
-                        .into_iter()
-                        .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))),
-                );
-                parts
-            })
-        };
-        let missing: Vec<String> = parts
-            .iter()
-            .flat_map(|p| {
-                p.missing
-                    .iter()
-                    .flat_map(|(_, subjects)| subjects.iter().cloned())
-            })
-            .collect();
-        if missing.is_empty() {
-            for p in &parts {
-                out.extend_from_slice(&p.out);
+        let mut changes = Changes::default();
+        // The lines of the events that change names, by their index in `span`.
+        let mut aside: Vec<(usize, Vec<u8>)> = Vec::new();
+        for (i, r) in span.iter().enumerate().filter(|(_, r)| changes_names(r)) {
+            self.load_keys(r, mask).await?;
+            let mut names = Recording {
+                dir: &self.dir,
+                changes: &mut changes,
+                seq: r.seq(),
+            };
+            if wanted(r) {
+                let item = build_item(r, &mut names, &mut self.keys.opener(), mask);
+                let mut line = Vec::with_capacity(1024);
+                format.write_line(&item, &mut line);
+                line.push(b'\n');
+                aside.push((i, line));
+            } else {
+                map(r, &mut names, &mut self.keys.opener());
             }
-            return Ok(());
         }
-        self.keys.load(missing).await?;
-        for (p, events) in parts.iter().zip(run.chunks(part)) {
-            let mut from = 0;
-            for &(i, _) in &p.missing {
-                out.extend_from_slice(&p.out[from..p.ends[i]]);
-                from = p.ends[i];
-                let item = self.item(events[i]).await?;
-                format.write_line(&item, out);
-                out.push(b'\n');
+        let chosen: Vec<usize> = (0..span.len()).filter(|&i| wanted(&span[i])).collect();
+        if !chosen.is_empty() {
+            let workers = cores().min(chosen.len().div_ceil(MIN_PART));
+            let part = chosen.len().div_ceil(workers);
+            let parts: Vec<Rendered> = {
+                let render = |at: &[usize]| {
+                    let env = Span {
+                        events: span,
+                        aside: &aside,
+                        keys: &self.keys,
+                        dir: &self.dir,
+                        changes: &changes,
+                        mask,
+                        format,
+                    };
+                    env.render(at)
+                };
+                let mut chunks = chosen.chunks(part);
+                let first = chunks.next().unwrap_or_default();
+                std::thread::scope(|s| {
+                    let others: Vec<_> = chunks.map(|c| s.spawn(move || render(c))).collect();
+                    let mut parts = vec![render(first)];
+                    // A part that panicked (a bug) panics here too.
+                    parts.extend(
+                        others
+                            .into_iter()
+                            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))),
+                    );
+                    parts
+                })
+            };
+            let missing: Vec<String> = parts
+                .iter()
+                .flat_map(|p| p.missing.iter().flat_map(|(_, s)| s.iter().cloned()))
+                .collect();
+            if missing.is_empty() {
+                for p in &parts {
+                    out.extend_from_slice(&p.out);
+                }
+            } else {
+                self.keys.load(missing).await?;
+                for (p, at) in parts.iter().zip(chosen.chunks(part)) {
+                    let mut from = 0;
+                    for &(j, _) in &p.missing {
+                        out.extend_from_slice(&p.out[from..p.ends[j]]);
+                        from = p.ends[j];
+                        let r = &span[at[j]];
+                        // Keys a part found missing are loaded; one still missing now is
+                        // loaded here, one event at a time, as `item` would.
+                        let mut line = None;
+                        for _ in 0..4 {
+                            let mut opener = self.keys.opener();
+                            let names = &mut AsOf {
+                                dir: &self.dir,
+                                changes: &changes,
+                                seq: r.seq(),
+                            };
+                            let item = build_item(r, names, &mut opener, mask);
+                            if opener.missing.is_empty() {
+                                line = Some(item);
+                                break;
+                            }
+                            self.keys.load(opener.missing).await?;
+                        }
+                        let item = match line {
+                            Some(item) => item,
+                            None => build_item(
+                                r,
+                                &mut AsOf {
+                                    dir: &self.dir,
+                                    changes: &changes,
+                                    seq: r.seq(),
+                                },
+                                &mut self.keys.opener(),
+                                mask,
+                            ),
+                        };
+                        format.write_line(&item, out);
+                        out.push(b'\n');
+                    }
+                    out.extend_from_slice(&p.out[from..]);
+                }
             }
-            out.extend_from_slice(&p.out[from..]);
+        }
+        changes.apply(&mut self.dir);
+        Ok(chosen.len() as u64)
+    }
+
+    /// Loads every key `r`'s item opens (for an event that changes names, before it is mapped
+    /// for real: a name is never remembered as erased for want of a key).
+    async fn load_keys(
+        &mut self,
+        r: &Recorded,
+        mask: Option<&'static str>,
+    ) -> Result<(), StoreError> {
+        for _ in 0..4 {
+            let mut opener = self.keys.opener();
+            build_item(r, &mut Directory::default(), &mut opener, mask);
+            if opener.missing.is_empty() {
+                break;
+            }
+            self.keys.load(opener.missing).await?;
         }
         Ok(())
     }
 }
 
-/// Below this many events a run is not split further.
+fn is_erasure(r: &Recorded) -> bool {
+    r.envelope.kind() == grantline_ledger::Kind::UserErased
+}
+
+/// The cores the export spreads a page over (at most 4), asked once.
+fn cores() -> usize {
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| {
+        std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .clamp(1, 4)
+    })
+}
+
+/// Below this many events a span is not split further.
 const MIN_PART: usize = 256;
 
-/// The lines of one part of a run: `ends[i]` is where event `i`'s line ends in `out`; an
-/// event whose keys are not loaded has no line, and is listed in `missing` with the subjects.
+/// The lines of one part of a span: `ends[j]` is where the `j`th event's line ends in `out`;
+/// an event whose keys are not loaded has no line, and is listed in `missing` with the
+/// subjects.
 struct Rendered {
     out: Vec<u8>,
     ends: Vec<usize>,
     missing: Vec<(usize, Vec<String>)>,
 }
 
-fn render(
-    events: &[&Recorded],
-    keys: &KeyCache,
-    dir: &Directory,
+/// What every part of a span reads.
+struct Span<'a> {
+    events: &'a [Recorded],
+    aside: &'a [(usize, Vec<u8>)],
+    keys: &'a KeyCache,
+    dir: &'a Directory,
+    changes: &'a Changes,
     mask: Option<&'static str>,
     format: Format,
-) -> Rendered {
-    let mut r = Rendered {
-        out: Vec::with_capacity(events.len() * 1024),
-        ends: Vec::with_capacity(events.len()),
-        missing: Vec::new(),
-    };
-    for (i, e) in events.iter().enumerate() {
-        let mut opener = keys.opener();
-        let item = build_item(e, &mut ReadOnly(dir), &mut opener, mask);
-        if opener.missing.is_empty() {
-            format.write_line(&item, &mut r.out);
-            r.out.push(b'\n');
-        } else {
-            r.missing.push((i, opener.missing));
+}
+
+impl Span<'_> {
+    /// Renders the events at indexes `at` of the span, in that order.
+    fn render(&self, at: &[usize]) -> Rendered {
+        let mut r = Rendered {
+            out: Vec::with_capacity(at.len() * 1024),
+            ends: Vec::with_capacity(at.len()),
+            missing: Vec::new(),
+        };
+        for (j, &i) in at.iter().enumerate() {
+            if let Ok(k) = self.aside.binary_search_by_key(&i, |(k, _)| *k) {
+                r.out.extend_from_slice(&self.aside[k].1);
+            } else {
+                let e = &self.events[i];
+                let mut opener = self.keys.opener();
+                let mut names = AsOf {
+                    dir: self.dir,
+                    changes: self.changes,
+                    seq: e.seq(),
+                };
+                let item = build_item(e, &mut names, &mut opener, self.mask);
+                if opener.missing.is_empty() {
+                    self.format.write_line(&item, &mut r.out);
+                    r.out.push(b'\n');
+                } else {
+                    r.missing.push((j, opener.missing));
+                }
+            }
+            r.ends.push(r.out.len());
         }
-        r.ends.push(r.out.len());
+        r
     }
-    r
 }
 
 /// The export item of `r`, personal data opened with `o`, or replaced by `mask`.
