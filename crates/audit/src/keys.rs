@@ -52,8 +52,7 @@ impl KeyCache {
         if self.keys.len() > MAX_KEYS {
             self.keys.retain(|_, k| k.is_none());
         }
-        for s in missing {
-            let key = self.keyring.key(&s).await?;
+        for (s, key) in self.keyring.keys(&missing).await? {
             self.keys.insert(s, key);
         }
         Ok(())
@@ -64,11 +63,12 @@ impl KeyCache {
         if self.keys.len() > MAX_KEYS {
             self.keys.retain(|_, k| k.is_none());
         }
-        for s in subjects {
-            if !self.keys.contains_key(&s) {
-                let key = self.keyring.key(&s).await?;
-                self.keys.insert(s, key);
-            }
+        let wanted: Vec<String> = subjects
+            .into_iter()
+            .filter(|s| !self.keys.contains_key(s))
+            .collect();
+        for (s, key) in self.keyring.keys(&wanted).await? {
+            self.keys.insert(s, key);
         }
         Ok(())
     }

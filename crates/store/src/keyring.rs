@@ -143,6 +143,63 @@ impl Keyring {
         self.load(subject).await
     }
 
+    /// The keys of many subjects at once, in one query per few hundred (what [`Keyring::key`]
+    /// gives for each, without a round trip per subject): `None` for an erased subject.
+    pub async fn keys(&self, subjects: &[String]) -> Result<Vec<(String, Option<SubjectKey>)>> {
+        let mut out = Vec::with_capacity(subjects.len());
+        let mut wanted = Vec::new();
+        for s in subjects {
+            if self.is_gone(s) {
+                out.push((s.clone(), None));
+            } else if let Some(k) = self.cached(s) {
+                out.push((s.clone(), Some(k)));
+            } else if !wanted.contains(s) {
+                wanted.push(s.clone());
+            }
+        }
+        for chunk in wanted.chunks(500) {
+            let rows: Vec<(String, Vec<u8>)> = match &self.pool {
+                Pool::Sqlite(p) => {
+                    let list = serde_json::to_string(chunk)
+                        .map_err(|e| StoreError::Invalid(e.to_string()))?;
+                    sqlx::query_as(
+                        "SELECT subject, key FROM subject_keys WHERE subject IN (SELECT value FROM json_each(?))",
+                    )
+                    .bind(list)
+                    .fetch_all(p)
+                    .await?
+                }
+                Pool::Postgres(p) => {
+                    sqlx::query_as("SELECT subject, key FROM subject_keys WHERE subject = ANY($1)")
+                        .bind(chunk)
+                        .fetch_all(p)
+                        .await?
+                }
+            };
+            let mut found: HashMap<String, SubjectKey> = rows
+                .into_iter()
+                .filter_map(|(s, b)| Some((s, SubjectKey(<[u8; 32]>::try_from(b.as_slice()).ok()?))))
+                .collect();
+            if let Ok(mut cache) = self.cache.lock() {
+                for (s, k) in &found {
+                    cache.insert(s.clone(), k.clone());
+                }
+            }
+            for s in chunk {
+                // Erased while the rows were being read: drop what was just cached.
+                if self.is_gone(s) {
+                    if let Ok(mut cache) = self.cache.lock() {
+                        cache.remove(s);
+                    }
+                    out.push((s.clone(), None));
+                } else {
+                    out.push((s.clone(), found.remove(s)));
+                }
+            }
+        }
+        Ok(out)
+    }
+
     pub async fn is_erased(&self, subject: &str) -> Result<bool> {
         let n: i64 = match &self.pool {
             Pool::Sqlite(p) => {

@@ -183,6 +183,35 @@ backend_tests! {
         assert_eq!(seen, (4..=23).collect::<Vec<u64>>());
     }
 
+    async fn keys_of_many_subjects_are_read_at_once_and_an_erased_one_has_none(db: TestDb) {
+        let ledger = open(&db).await;
+        let writer = Keyring::new(ledger.store());
+        // 1,200 subjects: more than one query's worth.
+        let mut sealed = Vec::new();
+        for i in 0..1200 {
+            let subject = pii::user_subject(&format!("usr_many{i}"));
+            sealed.push((subject.clone(), writer.seal(&subject, &format!("person {i}")).await.unwrap()));
+        }
+        assert!(writer.erase(&sealed[7].0).await.unwrap());
+        let reader = Keyring::new(ledger.store());
+        let mut asked: Vec<String> = sealed.iter().map(|(s, _)| s.clone()).collect();
+        asked.push("user:nobody".into());
+        asked.push(sealed[3].0.clone());
+        let keys: std::collections::HashMap<String, Option<SubjectKey>> =
+            reader.keys(&asked).await.unwrap().into_iter().collect();
+        assert_eq!(keys.len(), 1201);
+        for (i, (subject, s)) in sealed.iter().enumerate() {
+            match &keys[subject] {
+                Some(k) => assert_eq!(s.open(k).unwrap(), format!("person {i}")),
+                None => assert_eq!(i, 7, "only the erased subject has no key"),
+            }
+        }
+        assert!(keys["user:nobody"].is_none());
+        // What was read is cached: opening needs no key from the database.
+        assert_eq!(reader.open(&sealed[5].1).await.unwrap().unwrap(), "person 5");
+        ledger.shutdown().await;
+    }
+
     async fn erasing_a_subject_keeps_the_chain_and_leaves_no_plaintext(db: TestDb) {
         let ledger = open(&db).await;
         let keyring = Keyring::new(ledger.store());

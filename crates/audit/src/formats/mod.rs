@@ -262,8 +262,9 @@ impl Exporter {
         let mut changes = Changes::default();
         // The lines of the events that change names, by their index in `span`.
         let mut aside: Vec<(usize, Vec<u8>)> = Vec::new();
+        self.load_keys(span.iter().filter(|r| changes_names(r)), mask)
+            .await?;
         for (i, r) in span.iter().enumerate().filter(|(_, r)| changes_names(r)) {
-            self.load_keys(r, mask).await?;
             let mut names = Recording {
                 dir: &self.dir,
                 changes: &mut changes,
@@ -367,20 +368,25 @@ impl Exporter {
         Ok(chosen.len() as u64)
     }
 
-    /// Loads every key `r`'s item opens (for an event that changes names, before it is mapped
-    /// for real: a name is never remembered as erased for want of a key).
-    async fn load_keys(
+    /// Loads every key the items of `events` open, in as few queries as it can (for events
+    /// that change names, before they are mapped for real: a name is never remembered as
+    /// erased for want of a key).
+    async fn load_keys<'r>(
         &mut self,
-        r: &Recorded,
+        events: impl Iterator<Item = &'r Recorded> + Clone,
         mask: Option<&'static str>,
     ) -> Result<(), StoreError> {
         for _ in 0..4 {
-            let mut opener = self.keys.opener();
-            build_item(r, &mut Directory::default(), &mut opener, mask);
-            if opener.missing.is_empty() {
+            let mut missing = Vec::new();
+            for r in events.clone() {
+                let mut opener = self.keys.opener();
+                build_item(r, &mut Directory::default(), &mut opener, mask);
+                missing.extend(opener.missing);
+            }
+            if missing.is_empty() {
                 break;
             }
-            self.keys.load(opener.missing).await?;
+            self.keys.load(missing).await?;
         }
         Ok(())
     }
