@@ -178,7 +178,9 @@ impl Keyring {
             };
             let mut found: HashMap<String, SubjectKey> = rows
                 .into_iter()
-                .filter_map(|(s, b)| Some((s, SubjectKey(<[u8; 32]>::try_from(b.as_slice()).ok()?))))
+                .filter_map(|(s, b)| {
+                    Some((s, SubjectKey(<[u8; 32]>::try_from(b.as_slice()).ok()?)))
+                })
                 .collect();
             if let Ok(mut cache) = self.cache.lock() {
                 for (s, k) in &found {

@@ -433,7 +433,7 @@ impl Span<'_> {
     /// Renders the events at indexes `at` of the span, in that order.
     fn render(&self, at: &[usize]) -> Rendered {
         let mut r = Rendered {
-            out: Vec::with_capacity(at.len() * 1024),
+            out: Vec::with_capacity(at.len() * 2048),
             ends: Vec::with_capacity(at.len()),
             missing: Vec::new(),
         };
@@ -478,13 +478,15 @@ pub fn build_item(
     if let Some(m) = mask {
         record.mask_personal(m);
     }
-    let mut json = Vec::with_capacity(1024);
+    let prev_hash = r.prev_hash.to_hex();
+    let mut json = Vec::with_capacity(2048);
     // The mapping opened most sealed values; one it did not read is opened here and the event
     // written again (at most as many times as it has sealed values, in practice once).
     let (stream, payload) = loop {
         json.clear();
-        let (ranges, unopened) =
-            grantline_ledger::pii::revealing(&mut masking.opened, || write_event(r, &mut json));
+        let (ranges, unopened) = grantline_ledger::pii::revealing(&mut masking.opened, || {
+            write_event(r, [&record.hash, &prev_hash], &mut json)
+        });
         if unopened.is_empty() {
             break ranges;
         }
@@ -497,14 +499,19 @@ pub fn build_item(
         stream,
         payload,
         record,
-        prev_hash: r.prev_hash.to_hex(),
+        prev_hash,
     }
 }
 
 /// Writes the event as recorded as one JSON object — the body's fields in its order, then
-/// `hash` and `prev_hash` — and returns where the values of `stream` and `payload` are.
+/// `hash` and `prev_hash` (hex, given) — and returns where the values of `stream` and
+/// `payload` are.
 /// Sealed values are written as [`grantline_ledger::pii::revealing`] has them.
-fn write_event(r: &Recorded, out: &mut Vec<u8>) -> (Range<usize>, Range<usize>) {
+fn write_event(
+    r: &Recorded,
+    [hash, prev_hash]: [&str; 2],
+    out: &mut Vec<u8>,
+) -> (Range<usize>, Range<usize>) {
     // Serializing ids, numbers, strings and payload structs into a Vec cannot fail.
     fn put(out: &mut Vec<u8>, v: &impl serde::Serialize) {
         let _ = serde_json::to_writer(&mut *out, v);
@@ -535,9 +542,9 @@ fn write_event(r: &Recorded, out: &mut Vec<u8>) -> (Range<usize>, Range<usize>) 
     put(out, &PayloadBody(&e.payload));
     let payload = start..out.len();
     out.extend_from_slice(b",\"hash\":\"");
-    out.extend_from_slice(r.hash.to_hex().as_bytes());
+    out.extend_from_slice(hash.as_bytes());
     out.extend_from_slice(b"\",\"prev_hash\":\"");
-    out.extend_from_slice(r.prev_hash.to_hex().as_bytes());
+    out.extend_from_slice(prev_hash.as_bytes());
     out.extend_from_slice(b"\"}");
     (stream, payload)
 }

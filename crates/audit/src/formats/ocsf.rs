@@ -30,12 +30,16 @@ impl Class {
     }
     /// The caption of `type_uid` (`Other` for activity 99, whose name is free).
     pub fn type_name(&self) -> String {
-        let activity = if self.activity_id == 99 {
+        format!("{}: {}", self.class_name, self.activity())
+    }
+
+    /// The activity as `type_name` names it: `Other` for activity 99.
+    fn activity(&self) -> &'static str {
+        if self.activity_id == 99 {
             "Other"
         } else {
             self.activity_name
-        };
-        format!("{}: {activity}", self.class_name)
+        }
     }
 }
 
@@ -166,6 +170,19 @@ pub fn write(item: &ExportItem, out: &mut Vec<u8>) {
     out.extend_from_slice(b"}}");
 }
 
+/// A class's `type_name`, written without building the string.
+struct TypeName(Class);
+
+impl Serialize for TypeName {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&format_args!(
+            "{}: {}",
+            self.0.class_name,
+            self.0.activity()
+        ))
+    }
+}
+
 /// The OCSF object, borrowed from the item. Fields are in OCSF's own order of the base event.
 #[derive(Serialize)]
 struct Record<'a> {
@@ -176,7 +193,7 @@ struct Record<'a> {
     activity_id: u32,
     activity_name: &'static str,
     type_uid: u32,
-    type_name: String,
+    type_name: TypeName,
     time: i64,
     severity_id: u8,
     severity: &'static str,
@@ -370,7 +387,7 @@ impl<'a> Record<'a> {
             activity_id: c.activity_id,
             activity_name: c.activity_name,
             type_uid: c.type_uid(),
-            type_name: c.type_name(),
+            type_name: TypeName(c),
             time: r.time / 1000,
             severity_id,
             severity: severity_caption(severity_id),
