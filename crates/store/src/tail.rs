@@ -70,13 +70,11 @@ impl Tail {
         loop {
             let rows = self.store.raw_rows(self.after, limit).await?;
             if !rows.is_empty() {
-                let mut out = Vec::with_capacity(rows.len());
-                for row in &rows {
-                    let r =
-                        crate::database::decode_checked(row, self.after + 1, self.prev.as_ref())?;
-                    self.after += 1;
-                    self.prev = Some(r.hash);
-                    out.push(r);
+                // Large batches are checked and decoded on several cores.
+                let out = crate::database::decode_rows(rows, self.after, self.prev).await?;
+                if let Some(last) = out.last() {
+                    self.after = last.seq();
+                    self.prev = Some(last.hash);
                 }
                 return Ok(out);
             }

@@ -54,7 +54,7 @@ impl ExportFormat {
 }
 
 /// Events read from the ledger at a time (and the most one `audit.exported` covers).
-const BATCH: u32 = 5_000;
+const BATCH: u32 = 20_000;
 
 pub async fn run(loc: &Location, args: Args) -> Result<ExitCode> {
     let store = Store::connect(&loc.database, false)
@@ -92,19 +92,31 @@ pub async fn run(loc: &Location, args: Args) -> Result<ExitCode> {
         ProgressBar::hidden()
     };
     let mut tail = Tail::new(&store, args.after, None).await?;
-    let mut exported_total = 0u64;
-    loop {
-        if !args.follow && tail.position() >= head {
-            break;
+    // The next batch is read, checked and decoded while this one is written.
+    let (tx, mut batches) = tokio::sync::mpsc::channel(1);
+    let follow = args.follow;
+    tokio::spawn(async move {
+        while follow || tail.position() < head {
+            let from = tail.position();
+            let batch = tail.next(BATCH).await.map(|e| (from, e, tail.position()));
+            let failed = batch.is_err();
+            if tx.send(batch).await.is_err() || failed {
+                break;
+            }
         }
-        let from = tail.position();
-        let events = tail.next(BATCH).await?;
+    });
+    let mut position = args.after;
+    let mut exported_total = 0u64;
+    let mut buf = Vec::with_capacity(BATCH as usize * 2048);
+    while let Some(batch) = batches.recv().await {
+        let (from, events, to) = batch?;
+        position = to;
         let wanted = |r: &Recorded| {
             kinds
                 .as_ref()
                 .is_none_or(|k| k.contains(&r.envelope.kind()))
         };
-        let mut buf = Vec::with_capacity(BATCH as usize * 1024);
+        buf.clear();
         let count = exporter
             .write_page(&events, &wanted, format, &mut buf)
             .await?;
@@ -119,7 +131,7 @@ pub async fn run(loc: &Location, args: Args) -> Result<ExitCode> {
                 Exported {
                     format: format.as_str(),
                     after: from,
-                    last_seq: Some(tail.position()),
+                    last_seq: Some(to),
                     count,
                     kind: args.kind.clone(),
                     query: None,
@@ -135,8 +147,8 @@ pub async fn run(loc: &Location, args: Args) -> Result<ExitCode> {
     eprintln!(
         "exported {exported_total} events as {} through seq {}; continue with --after {}",
         format.as_str(),
-        tail.position(),
-        tail.position()
+        position,
+        position
     );
     Ok(ExitCode::SUCCESS)
 }
