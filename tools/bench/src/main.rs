@@ -77,6 +77,12 @@ enum Cmd {
         #[arg(long)]
         no_baseline: bool,
     },
+    /// Seal and open N short personal values (an email, an address): the cost of
+    /// XChaCha20-Poly1305 on what the ledger seals, per value.
+    Pii {
+        #[arg(long, default_value_t = 1_000_000)]
+        values: u32,
+    },
     /// Export the whole ledger as OCSF, against JSON lines (the event as recorded).
     AuditExport {
         #[command(flatten)]
@@ -238,6 +244,7 @@ async fn main() -> Result<()> {
             let store = Store::connect(&Database::parse(&target.database)?, false).await?;
             audit::search(&store, &index, runs.max(1), !no_baseline).await?;
         }
+        Cmd::Pii { values } => audit::pii(values)?,
         Cmd::AuditExport { target, only } => {
             let store = Store::connect(&Database::parse(&target.database)?, false).await?;
             audit::export(&store, only).await?;
