@@ -22,9 +22,13 @@ fn digest_bytes(v: &str) -> Option<[u8; 32]> {
 }
 
 pub fn serialize<S: Serializer>(v: &str, s: S) -> Result<S::Ok, S::Error> {
+    // JSON writes the text as it is: only a body needs the bytes.
+    if s.is_human_readable() {
+        return s.serialize_str(v);
+    }
     match digest_bytes(v) {
-        Some(b) if !s.is_human_readable() => s.serialize_bytes(&b),
-        _ => s.serialize_str(v),
+        Some(b) => s.serialize_bytes(&b),
+        None => s.serialize_str(v),
     }
 }
 

@@ -316,7 +316,14 @@ impl Exporter {
                 .flat_map(|p| p.missing.iter().flat_map(|(_, s)| s.iter().cloned()))
                 .collect();
             if missing.is_empty() {
-                for p in &parts {
+                let mut parts = parts.into_iter();
+                // Into an empty buffer, the first part is moved rather than copied.
+                if out.is_empty()
+                    && let Some(first) = parts.next()
+                {
+                    *out = first.out;
+                }
+                for p in parts {
                     out.extend_from_slice(&p.out);
                 }
             } else {
