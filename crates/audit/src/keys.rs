@@ -63,10 +63,12 @@ impl KeyCache {
         if self.keys.len() > MAX_KEYS {
             self.keys.retain(|_, k| k.is_none());
         }
-        let wanted: Vec<String> = subjects
+        let mut wanted: Vec<String> = subjects
             .into_iter()
             .filter(|s| !self.keys.contains_key(s))
             .collect();
+        wanted.sort_unstable();
+        wanted.dedup();
         for (s, key) in self.keyring.keys(&wanted).await? {
             self.keys.insert(s, key);
         }

@@ -153,22 +153,26 @@ thread_local! {
 /// how an export writes an event as recorded, personal data opened, without an intermediate
 /// value. A sealed value `opened` has no entry for is written as [`ERASED`] and returned, so
 /// the caller can open it and run `f` again. Binary formats (CBOR bodies) are never affected.
+/// `f` must only serialize what is to be revealed: anything else it writes as JSON on this
+/// thread (a log line, another event) would be revealed too. A call inside `f` reveals with
+/// its own table and gives the outer one back when it ends.
 pub fn revealing<R>(opened: &mut Opened, f: impl FnOnce() -> R) -> (R, Vec<Sealed>) {
-    /// Ends the revealing even when `f` panics, so the thread does not go on revealing.
-    struct End;
+    /// Puts back what was revealing before, even when `f` panics.
+    struct End(Option<Revealing>);
     impl Drop for End {
         fn drop(&mut self) {
-            REVEALING.with_borrow_mut(|r| *r = None);
+            let outer = self.0.take();
+            REVEALING.with_borrow_mut(|r| *r = outer);
         }
     }
     let table = std::mem::take(opened);
-    REVEALING.with_borrow_mut(|r| {
-        *r = Some(Revealing {
+    let outer = REVEALING.with_borrow_mut(|r| {
+        r.replace(Revealing {
             opened: table,
             unopened: Vec::new(),
         })
     });
-    let end = End;
+    let end = End(outer);
     let out = f();
     let r = REVEALING.with_borrow_mut(Option::take);
     drop(end);
@@ -305,6 +309,19 @@ mod tests {
         let back: Sealed = ciborium::from_reader(cbor.as_slice()).unwrap();
         assert_eq!(back, known, "a binary format still writes the sealed value");
         assert_eq!(serde_json::to_string(&known).unwrap(), wire, "and it ends");
+        // A call inside another reveals with its own table and gives the outer one back.
+        let other = Sealed::seal(&k, "user:u2", "bob@example.com").unwrap();
+        let (json, _) = revealing(&mut opened, || {
+            let mut inner: Opened = vec![(other.nonce, Some("bob@example.com".into()))];
+            let (inner_json, missing) = revealing(&mut inner, || {
+                serde_json::to_string(&[&known, &other]).unwrap()
+            });
+            assert_eq!(inner_json, r#"["[erased]","bob@example.com"]"#);
+            assert_eq!(missing, vec![known.clone()]);
+            format!("{inner_json} {}", serde_json::to_string(&known).unwrap())
+        });
+        assert!(json.ends_with(r#" "alice@example.com""#), "{json}");
+        assert_eq!(opened.len(), 1);
         // A panic inside does not leave the thread revealing.
         let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             revealing(&mut opened, || panic!("inside"))

@@ -144,16 +144,21 @@ impl Keyring {
     }
 
     /// The keys of many subjects at once, in one query per few hundred (what [`Keyring::key`]
-    /// gives for each, without a round trip per subject): `None` for an erased subject.
+    /// gives for each, without a round trip per subject): `None` for an erased subject. Each
+    /// subject is answered once, however often it is asked for.
     pub async fn keys(&self, subjects: &[String]) -> Result<Vec<(String, Option<SubjectKey>)>> {
         let mut out = Vec::with_capacity(subjects.len());
         let mut wanted = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         for s in subjects {
+            if !seen.insert(s.as_str()) {
+                continue;
+            }
             if self.is_gone(s) {
                 out.push((s.clone(), None));
             } else if let Some(k) = self.cached(s) {
                 out.push((s.clone(), Some(k)));
-            } else if !wanted.contains(s) {
+            } else {
                 wanted.push(s.clone());
             }
         }

@@ -197,8 +197,9 @@ backend_tests! {
         let mut asked: Vec<String> = sealed.iter().map(|(s, _)| s.clone()).collect();
         asked.push("user:nobody".into());
         asked.push(sealed[3].0.clone());
-        let keys: std::collections::HashMap<String, Option<SubjectKey>> =
-            reader.keys(&asked).await.unwrap().into_iter().collect();
+        let answered = reader.keys(&asked).await.unwrap();
+        assert_eq!(answered.len(), 1201, "each subject answered once");
+        let keys: std::collections::HashMap<String, Option<SubjectKey>> = answered.into_iter().collect();
         assert_eq!(keys.len(), 1201);
         for (i, (subject, s)) in sealed.iter().enumerate() {
             match &keys[subject] {

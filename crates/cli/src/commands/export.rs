@@ -95,7 +95,7 @@ pub async fn run(loc: &Location, args: Args) -> Result<ExitCode> {
     // The next batch is read, checked and decoded while this one is written.
     let (tx, mut batches) = tokio::sync::mpsc::channel(1);
     let follow = args.follow;
-    tokio::spawn(async move {
+    let reader = tokio::spawn(async move {
         while follow || tail.position() < head {
             let from = tail.position();
             let batch = tail.next(BATCH).await.map(|e| (from, e, tail.position()));
@@ -142,6 +142,14 @@ pub async fn run(loc: &Location, args: Args) -> Result<ExitCode> {
             super::audit::record(loc, event).await?;
             exported_total += count;
         }
+    }
+    // The reader ends by closing the channel: after its last batch, after an error (sent
+    // above), or by panicking, which must not pass for the end of the export.
+    reader
+        .await
+        .context("the ledger reader stopped unexpectedly")?;
+    if !args.follow && position < head {
+        anyhow::bail!("the export stopped at seq {position}, before the head ({head})");
     }
     bar.finish_and_clear();
     eprintln!(
