@@ -94,13 +94,16 @@ impl Names for Directory {
     }
 }
 
+/// A user's username and email, as the directory knows them.
+pub type UserNames = (Option<String>, Option<String>);
+
 /// The changes of names made by the events of one span of a page, each with the seq of the
 /// event that made it: events of the span can then be mapped in any order, on any thread, each
 /// reading the names as they stood at its own seq ([`AsOf`]), and the changes join the
 /// directory once the span is written ([`Changes::apply`]).
 #[derive(Debug, Default)]
 pub struct Changes {
-    users: HashMap<String, Vec<(u64, (Option<String>, Option<String>))>>,
+    users: HashMap<String, Vec<(u64, UserNames)>>,
     clients: HashMap<String, Vec<(u64, String)>>,
     erased: Vec<String>,
 }
