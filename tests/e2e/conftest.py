@@ -8,6 +8,7 @@ HTTP tests in crates/server/tests, which run on both backends).
 import json
 import os
 import pathlib
+import random
 import socket
 import subprocess
 import sys
@@ -34,7 +35,27 @@ secret_env = "GRANTLINE_E2E_RS_SECRET"
 """
 
 
+_ports = random.Random()
+
+
 def free_port():
+    """A port no listener holds, below the kernel's ephemeral range. A port that binding to
+    port 0 returns lies inside that range, and an outgoing connection (to the identity
+    provider, say) can take it as its local port before the server binds it: CI once saw
+    "Address already in use" that way."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    for _ in range(500):
+        port = _ports.randrange(10000, max(10001, low))
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
