@@ -191,26 +191,39 @@ impl Exporter {
     /// them when not; kinds that name users or clients are tried against a scratch directory first).
     pub async fn item(&mut self, r: &Recorded) -> Result<ExportItem, StoreError> {
         self.forget_if_erased(r);
-        let mask = self.redact.then_some(REDACTED);
-        let updates = changes_names(r);
-        for _ in 0..4 {
-            let mut opener = self.keys.opener();
-            let item = if updates {
-                build_item(r, &mut Directory::default(), &mut opener, mask)
-            } else {
-                build_item(r, &mut self.dir, &mut opener, mask)
-            };
-            let missing = opener.missing;
-            if missing.is_empty() {
-                return Ok(if updates {
-                    build_item(r, &mut self.dir, &mut self.keys.opener(), mask)
-                } else {
-                    item
-                });
-            }
-            self.keys.load(missing).await?;
+        if !changes_names(r) {
+            return self.item_as_of(r, &Changes::default()).await;
         }
+        let mask = self.redact.then_some(REDACTED);
+        self.load_keys(std::iter::once(r), mask).await?;
         Ok(build_item(r, &mut self.dir, &mut self.keys.opener(), mask))
+    }
+
+    /// The item of an event that changes no names, read with the names as of its seq
+    /// (`changes` over the directory): mapped once when its keys are cached, again after
+    /// loading them when not.
+    async fn item_as_of(
+        &mut self,
+        r: &Recorded,
+        changes: &Changes,
+    ) -> Result<ExportItem, StoreError> {
+        let mask = self.redact.then_some(REDACTED);
+        let mut tries = 0;
+        loop {
+            let mut opener = self.keys.opener();
+            let names = &mut AsOf {
+                dir: &self.dir,
+                changes,
+                seq: r.seq(),
+            };
+            let item = build_item(r, names, &mut opener, mask);
+            tries += 1;
+            // A key that cannot be loaded reads as erased.
+            if opener.missing.is_empty() || tries > 4 {
+                return Ok(item);
+            }
+            self.keys.load(opener.missing).await?;
+        }
     }
 }
 
@@ -333,37 +346,7 @@ impl Exporter {
                     for &(j, _) in &p.missing {
                         out.extend_from_slice(&p.out[from..p.ends[j]]);
                         from = p.ends[j];
-                        let r = &span[at[j]];
-                        // Keys a part found missing are loaded; one still missing now is
-                        // loaded here, one event at a time, as `item` would.
-                        let mut line = None;
-                        for _ in 0..4 {
-                            let mut opener = self.keys.opener();
-                            let names = &mut AsOf {
-                                dir: &self.dir,
-                                changes: &changes,
-                                seq: r.seq(),
-                            };
-                            let item = build_item(r, names, &mut opener, mask);
-                            if opener.missing.is_empty() {
-                                line = Some(item);
-                                break;
-                            }
-                            self.keys.load(opener.missing).await?;
-                        }
-                        let item = match line {
-                            Some(item) => item,
-                            None => build_item(
-                                r,
-                                &mut AsOf {
-                                    dir: &self.dir,
-                                    changes: &changes,
-                                    seq: r.seq(),
-                                },
-                                &mut self.keys.opener(),
-                                mask,
-                            ),
-                        };
+                        let item = self.item_as_of(&span[at[j]], &changes).await?;
                         format.write_line(&item, out);
                         out.push(b'\n');
                     }
