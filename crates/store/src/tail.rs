@@ -26,6 +26,8 @@ pub struct Tail {
     prev: Option<Hash>,
     wake: Wake,
     poll: Duration,
+    /// The rows of the last page, whose buffers the next page is read into.
+    rows: Vec<grantline_ledger::verify::RawRow>,
 }
 
 impl Tail {
@@ -56,6 +58,7 @@ impl Tail {
             prev,
             wake,
             poll: Duration::from_millis(200),
+            rows: Vec::new(),
         })
     }
 
@@ -68,10 +71,12 @@ impl Tail {
     /// and chained to the one before.
     pub async fn next(&mut self, limit: u32) -> Result<Vec<Recorded>> {
         loop {
-            let rows = self.store.raw_rows(self.after, limit).await?;
+            let reuse = std::mem::take(&mut self.rows);
+            let rows = self.store.raw_rows_into(self.after, limit, reuse).await?;
             if !rows.is_empty() {
                 // Large batches are checked and decoded on several cores.
-                let out = crate::database::decode_rows(rows, self.after, self.prev).await?;
+                let (out, rows) = crate::database::decode_rows(rows, self.after, self.prev).await?;
+                self.rows = rows;
                 if let Some(last) = out.last() {
                     self.after = last.seq();
                     self.prev = Some(last.hash);

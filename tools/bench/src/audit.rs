@@ -68,22 +68,27 @@ pub(crate) async fn each_page(
     mut f: impl AsyncFnMut(&[Recorded]) -> Result<()>,
 ) -> Result<u64> {
     let page = 20_000;
-    let mut next = tokio::spawn({
-        let s = store.clone();
-        async move { s.read(0, page).await }
+    let head = store.head().await?.map_or(0, |h| h.0);
+    // Read as `grantline export` reads: a `Tail` in its own task keeps the next page read,
+    // checked and decoded while this one is handled.
+    let mut tail = grantline_store::Tail::new(store, 0, None).await?;
+    let (tx, mut pages) = tokio::sync::mpsc::channel(1);
+    let reader = tokio::spawn(async move {
+        while tail.position() < head {
+            let page = tail.next(page).await;
+            let failed = page.is_err();
+            if tx.send(page).await.is_err() || failed {
+                break;
+            }
+        }
     });
     let mut n = 0;
-    loop {
-        let events = next.await?.context("reading events")?;
-        let Some(last) = events.last() else { break };
-        let after = last.seq();
-        next = tokio::spawn({
-            let s = store.clone();
-            async move { s.read(after, page).await }
-        });
+    while let Some(events) = pages.recv().await {
+        let events = events.context("reading events")?;
         f(&events).await?;
         n += events.len() as u64;
     }
+    reader.await?;
     Ok(n)
 }
 

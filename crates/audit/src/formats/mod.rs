@@ -132,6 +132,9 @@ pub struct Exporter {
     keys: KeyCache,
     dir: Directory,
     redact: bool,
+    /// The buffers the parts of a span are rendered into, kept from page to page: fresh ones
+    /// of a page's size would be new memory the kernel zeroes every time.
+    parts: Vec<Vec<u8>>,
 }
 
 /// Opens for one item: masks what it opens when asked, and opens each sealed value once
@@ -164,6 +167,7 @@ impl Exporter {
             keys: KeyCache::new(keyring),
             dir,
             redact,
+            parts: Vec::new(),
         }
     }
 
@@ -297,8 +301,10 @@ impl Exporter {
         if !chosen.is_empty() {
             let workers = cores().min(chosen.len().div_ceil(MIN_PART));
             let part = chosen.len().div_ceil(workers);
+            let mut bufs = std::mem::take(&mut self.parts);
+            bufs.resize_with(workers, Vec::new);
             let parts: Vec<Rendered> = {
-                let render = |at: &[usize]| {
+                let render = |at: &[usize], out: Vec<u8>| {
                     let env = Span {
                         events: span,
                         aside: &aside,
@@ -308,13 +314,15 @@ impl Exporter {
                         mask,
                         format,
                     };
-                    env.render(at)
+                    env.render(at, out)
                 };
-                let mut chunks = chosen.chunks(part);
-                let first = chunks.next().unwrap_or_default();
+                let mut chunks = chosen.chunks(part).zip(bufs);
+                let first = chunks.next();
                 std::thread::scope(|s| {
-                    let others: Vec<_> = chunks.map(|c| s.spawn(move || render(c))).collect();
-                    let mut parts = vec![render(first)];
+                    let others: Vec<_> =
+                        chunks.map(|(c, b)| s.spawn(move || render(c, b))).collect();
+                    let mut parts: Vec<Rendered> =
+                        first.map(|(c, b)| render(c, b)).into_iter().collect();
                     // A part that panicked (a bug) panics here too.
                     parts.extend(
                         others
@@ -329,14 +337,8 @@ impl Exporter {
                 .flat_map(|p| p.missing.iter().flat_map(|(_, s)| s.iter().cloned()))
                 .collect();
             if missing.is_empty() {
-                let mut parts = parts.into_iter();
-                // Into an empty buffer, the first part is moved rather than copied.
-                if out.is_empty()
-                    && let Some(first) = parts.next()
-                {
-                    *out = first.out;
-                }
-                for p in parts {
+                out.reserve(parts.iter().map(|p| p.out.len()).sum());
+                for p in &parts {
                     out.extend_from_slice(&p.out);
                 }
             } else {
@@ -353,6 +355,7 @@ impl Exporter {
                     out.extend_from_slice(&p.out[from..]);
                 }
             }
+            self.parts = parts.into_iter().map(|p| p.out).collect();
         }
         changes.apply(&mut self.dir);
         Ok(chosen.len() as u64)
@@ -420,13 +423,16 @@ struct Span<'a> {
 }
 
 impl Span<'_> {
-    /// Renders the events at indexes `at` of the span, in that order.
-    fn render(&self, at: &[usize]) -> Rendered {
+    /// Renders the events at indexes `at` of the span, in that order, into `out` (cleared).
+    fn render(&self, at: &[usize], mut out: Vec<u8>) -> Rendered {
+        out.clear();
         let mut r = Rendered {
-            out: Vec::with_capacity(at.len() * 2048),
+            out,
             ends: Vec::with_capacity(at.len()),
             missing: Vec::new(),
         };
+        // One buffer for the event as recorded, reused from event to event.
+        let mut json = Vec::with_capacity(2048);
         for (j, &i) in at.iter().enumerate() {
             if let Ok(k) = self.aside.binary_search_by_key(&i, |(k, _)| *k) {
                 r.out.extend_from_slice(&self.aside[k].1);
@@ -438,13 +444,14 @@ impl Span<'_> {
                     changes: self.changes,
                     seq: e.seq(),
                 };
-                let item = build_item(e, &mut names, &mut opener, self.mask);
+                let item = build_into(e, &mut names, &mut opener, self.mask, json);
                 if opener.missing.is_empty() {
                     self.format.write_line(&item, &mut r.out);
                     r.out.push(b'\n');
                 } else {
                     r.missing.push((j, opener.missing));
                 }
+                json = item.json;
             }
             r.ends.push(r.out.len());
         }
@@ -459,6 +466,18 @@ pub fn build_item(
     o: &mut dyn Opener,
     mask: Option<&'static str>,
 ) -> ExportItem {
+    build_into(r, dir, o, mask, Vec::with_capacity(2048))
+}
+
+/// [`build_item`] with the event written into `json` (cleared first): a loop over many
+/// events hands each item's buffer on to the next.
+fn build_into(
+    r: &Recorded,
+    dir: &mut impl Names,
+    o: &mut dyn Opener,
+    mask: Option<&'static str>,
+    mut json: Vec<u8>,
+) -> ExportItem {
     let mut masking = Masking {
         inner: o,
         mask,
@@ -469,7 +488,6 @@ pub fn build_item(
         record.mask_personal(m);
     }
     let prev_hash = r.prev_hash.to_hex();
-    let mut json = Vec::with_capacity(2048);
     // The mapping opened most sealed values; one it did not read is opened here and the event
     // written again (at most as many times as it has sealed values, in practice once).
     let (stream, payload) = loop {
