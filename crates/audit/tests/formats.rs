@@ -326,3 +326,43 @@ fn the_event_as_recorded_holds_every_field_with_every_sealed_value_opened() {
     });
     assert!(s.is_some());
 }
+
+/// Text that every JSON writer must escape or pass through exactly: quotes, backslashes,
+/// every control character, DEL, non-ASCII, a character outside the BMP, the line and
+/// paragraph separators, and a long run between escapes (the JSON lines are written with a
+/// SIMD writer, checked here against serde_json's reading of them).
+#[test]
+fn hard_text_survives_the_event_as_recorded_ocsf_and_ecs() {
+    let mut hard: String = (0u8..0x20).map(char::from).collect();
+    hard.push_str("\"quoted\" back\\slash / \u{7f} é ü 東京 🦀 \u{2028}\u{2029} ");
+    hard.push_str(&"x".repeat(100));
+    hard.push_str("\"\\end");
+    let mut events = history();
+    let r = events
+        .iter_mut()
+        .find(|r| r.envelope.kind() == Kind::ClientRegistered)
+        .unwrap();
+    let grantline_ledger::Payload::ClientRegistered(e) = &mut r.envelope.payload else {
+        unreachable!()
+    };
+    e.client_name = hard.clone();
+    e.redirect_uris = vec![format!("https://app.example/cb?q={hard}")];
+    let item = build_item(r, &mut Directory::default(), &mut SampleKey, None);
+    let event: Value = serde_json::from_slice(&item.json).unwrap();
+    assert_eq!(event["payload"]["client_name"], hard.as_str());
+    assert_eq!(
+        event["payload"]["redirect_uris"][0],
+        format!("https://app.example/cb?q={hard}")
+    );
+    assert_eq!(event, as_recorded_by_value(r, &mut SampleKey));
+    let ocsf: Value = serde_json::from_str(&Format::Ocsf.line(&item)).unwrap();
+    assert_eq!(ocsf["entity"]["name"], hard.as_str());
+    assert_eq!(ocsf["unmapped"]["payload"]["client_name"], hard.as_str());
+    let ecs = Format::Ecs.line(&item);
+    assert!(!ecs.contains('\n'), "{ecs}");
+    let ecs: Value = serde_json::from_str(&ecs).unwrap();
+    assert!(
+        ecs["message"].as_str().is_some_and(|m| m.ends_with(&hard)),
+        "{ecs}"
+    );
+}

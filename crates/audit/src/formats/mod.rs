@@ -522,7 +522,7 @@ fn write_event(
 ) -> (Range<usize>, Range<usize>) {
     // Serializing ids, numbers, strings and payload structs into a Vec cannot fail.
     fn put(out: &mut Vec<u8>, v: &impl serde::Serialize) {
-        let _ = serde_json::to_writer(&mut *out, v);
+        let _ = sonic_rs::to_writer(&mut *out, v);
     }
     let e = &r.envelope;
     out.extend_from_slice(b"{\"seq\":");

@@ -150,7 +150,7 @@ pub fn record(item: &ExportItem) -> Value {
 /// item's fields without building an intermediate value.
 pub fn write(item: &ExportItem, out: &mut Vec<u8>) {
     // Serializing borrowed strings and numbers into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *out, &Record::of(item));
+    let _ = sonic_rs::to_writer(&mut *out, &Record::of(item));
     // `unmapped` comes last, written here: it holds the stream and payload as recorded, which
     // the item already has as JSON.
     out.pop();
