@@ -55,7 +55,9 @@ impl Visitor<'_> for DigestVisitor {
         }
         let mut out = [0u8; 64];
         hex::encode_to_slice(v, &mut out).map_err(E::custom)?;
-        Ok(String::from_utf8_lossy(&out).into_owned())
+        std::str::from_utf8(&out)
+            .map(str::to_owned)
+            .map_err(E::custom)
     }
 }
 

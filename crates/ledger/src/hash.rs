@@ -21,9 +21,10 @@ impl Hash {
         // `hex::encode` goes through a char iterator; the table write into a fixed buffer is
         // several times faster, and every export line and proof writes two of these.
         let mut out = [0u8; 64];
-        match hex::encode_to_slice(self.0, &mut out) {
-            Ok(()) => String::from_utf8_lossy(&out).into_owned(),
-            Err(_) => hex::encode(self.0),
+        match hex::encode_to_slice(self.0, &mut out).map(|()| std::str::from_utf8(&out)) {
+            // Hex digits are ASCII: the strict check takes its ASCII fast path.
+            Ok(Ok(s)) => s.to_owned(),
+            _ => hex::encode(self.0),
         }
     }
 
