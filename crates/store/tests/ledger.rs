@@ -183,6 +183,27 @@ backend_tests! {
         assert_eq!(seen, (4..=23).collect::<Vec<u64>>());
     }
 
+    async fn a_tail_reads_each_page_into_the_last_ones_buffers_and_reads_what_a_fresh_read_does(db: TestDb) {
+        let ledger = open(&db).await;
+        // Pages larger than one decoding chunk (2,048 rows) are decoded in parallel; the
+        // sizes go up and down so that rows are both reused and dropped.
+        for batch in 0..5 {
+            let events = (0..1000).map(|i| tool_call(batch * 1000 + i)).collect();
+            ledger.append(Append::new(events)).await.unwrap();
+        }
+        let reader = Store::connect(&db.db, false).await.unwrap();
+        let mut tail = Tail::new(&reader, 0, None).await.unwrap();
+        let mut after = 0;
+        for size in [3000, 7, 1500, 493] {
+            let page = tail.next(size).await.unwrap();
+            assert_eq!(page, reader.read(after, size).await.unwrap(), "page of {size} after {after}");
+            assert_eq!(page.first().map(|r| r.seq()), Some(after + 1));
+            assert_eq!(page.len(), size as usize);
+            after = tail.position();
+        }
+        assert_eq!(after, 5000);
+    }
+
     async fn keys_of_many_subjects_are_read_at_once_and_an_erased_one_has_none(db: TestDb) {
         let ledger = open(&db).await;
         let writer = Keyring::new(ledger.store());
