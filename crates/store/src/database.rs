@@ -612,12 +612,15 @@ pub(crate) async fn decode_rows(
         }
         return Ok((out, rows));
     }
+    // A few large chunks rather than many: each chunk's vector is one large allocation, and
+    // glibc consolidates every small free chunk of the thread's arena at each of those.
+    let chunk = rows.len().div_ceil(4).max(CHUNK);
     let rows = std::sync::Arc::new(rows);
     let mut handles = Vec::new();
-    for start in (0..rows.len()).step_by(CHUNK) {
+    for start in (0..rows.len()).step_by(chunk) {
         let rows = rows.clone();
         handles.push(tokio::task::spawn_blocking(move || {
-            let end = (start + CHUNK).min(rows.len());
+            let end = (start + chunk).min(rows.len());
             let mut out = Vec::with_capacity(end - start);
             for (i, row) in rows[start..end].iter().enumerate() {
                 // Links inside the chunk are checked here; the first row's link below.
