@@ -510,7 +510,14 @@ fn scan_sqlite(path: &Path, after: u64, limit: u32, mut out: Vec<RawRow>) -> Res
     // bytes either way and let verification judge them.
     fn bytes_into(r: &rusqlite::Row, i: usize, into: &mut Vec<u8>) -> rusqlite::Result<()> {
         into.clear();
-        match r.get_ref(i)? {
+        let value = r.get_ref(i)?;
+        // A reused buffer does not keep the size of the largest body it ever held.
+        if let ValueRef::Blob(b) | ValueRef::Text(b) = value
+            && into.capacity() > (4 * b.len()).max(16 * 1024)
+        {
+            *into = Vec::new();
+        }
+        match value {
             ValueRef::Blob(b) | ValueRef::Text(b) => into.extend_from_slice(b),
             ValueRef::Null => {}
             ValueRef::Integer(n) => into.extend_from_slice(n.to_string().as_bytes()),

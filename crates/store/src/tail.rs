@@ -76,7 +76,10 @@ impl Tail {
             if !rows.is_empty() {
                 // Large batches are checked and decoded on several cores.
                 let (out, rows) = crate::database::decode_rows(rows, self.after, self.prev).await?;
-                self.rows = rows;
+                // Only SQLite's scan reads into them; PostgreSQL's rows would only be kept.
+                if matches!(self.store.pool(), Pool::Sqlite(_)) {
+                    self.rows = rows;
+                }
                 if let Some(last) = out.last() {
                     self.after = last.seq();
                     self.prev = Some(last.hash);

@@ -303,7 +303,7 @@ impl Exporter {
             let part = chosen.len().div_ceil(workers);
             let mut bufs = std::mem::take(&mut self.parts);
             bufs.resize_with(workers, Vec::new);
-            let parts: Vec<Rendered> = {
+            let mut parts: Vec<Rendered> = {
                 let render = |at: &[usize], out: Vec<u8>| {
                     let env = Span {
                         events: span,
@@ -337,8 +337,17 @@ impl Exporter {
                 .flat_map(|p| p.missing.iter().flat_map(|(_, s)| s.iter().cloned()))
                 .collect();
             if missing.is_empty() {
+                let mut parts = parts.iter_mut();
+                // Into an empty buffer the first part is swapped rather than copied: the
+                // caller's buffer becomes that part's for the next page.
+                if out.is_empty()
+                    && let Some(first) = parts.next()
+                {
+                    std::mem::swap(out, &mut first.out);
+                }
+                let parts = parts.into_slice();
                 out.reserve(parts.iter().map(|p| p.out.len()).sum());
-                for p in &parts {
+                for p in parts.iter() {
                     out.extend_from_slice(&p.out);
                 }
             } else {
@@ -355,7 +364,16 @@ impl Exporter {
                     out.extend_from_slice(&p.out[from..]);
                 }
             }
-            self.parts = parts.into_iter().map(|p| p.out).collect();
+            // Kept for the next page, but not at the size of a catch-up once pages are small.
+            self.parts = parts
+                .into_iter()
+                .map(|p| {
+                    let mut b = p.out;
+                    b.clear();
+                    b.shrink_to(chosen.len().max(MIN_PART) * 4096);
+                    b
+                })
+                .collect();
         }
         changes.apply(&mut self.dir);
         Ok(chosen.len() as u64)
