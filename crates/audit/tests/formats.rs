@@ -115,6 +115,17 @@ fn every_kind_exports_ocsf_that_the_offline_validator_accepts() {
         );
         assert_eq!(v["type_uid"].as_u64().unwrap(), c * 100 + a);
         assert!(v["metadata"]["uid"].as_str().is_some_and(|u| u.len() == 36));
+        // Each record carries its own kind's class, activity and names.
+        let kind = Kind::parse(v["metadata"]["event_code"].as_str().unwrap()).unwrap();
+        let class = ocsf::class_of(kind);
+        assert_eq!(
+            (c, a),
+            (class.class_uid.into(), class.activity_id.into()),
+            "{r}"
+        );
+        assert_eq!(v["class_name"], class.class_name, "{r}");
+        assert_eq!(v["category_name"], class.category_name, "{r}");
+        assert_eq!(v["type_name"], class.type_name(), "{r}");
     }
     let Some((ok, output)) = validate(&records) else {
         return;

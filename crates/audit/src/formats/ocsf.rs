@@ -5,9 +5,9 @@
 use super::{ExportItem, PRODUCT, VERSION};
 use crate::record::Severity;
 use grantline_ledger::Kind;
-use serde::Serialize;
 use serde_json::Value;
 use std::net::IpAddr;
+use std::sync::OnceLock;
 
 /// The OCSF version emitted.
 pub const OCSF_VERSION: &str = "1.8.0";
@@ -146,339 +146,313 @@ pub fn record(item: &ExportItem) -> Value {
     serde_json::from_slice(&out).unwrap_or(Value::Null)
 }
 
-/// Writes the OCSF record of an item as one line of JSON (no newline), straight from the
-/// item's fields without building an intermediate value.
+/// Writes the OCSF record of an item as one line of JSON (no newline), field by field in
+/// OCSF's order of the base event, straight from the item: what is the same for every event
+/// of a kind (its class and activity) is written once per kind, and only values are escaped.
+/// The output is what serializing the record with serde_json would give (tested).
 pub fn write(item: &ExportItem, out: &mut Vec<u8>) {
-    // Serializing borrowed strings and numbers into a Vec cannot fail.
-    let _ = sonic_rs::to_writer(&mut *out, &Record::of(item));
-    // `unmapped` comes last, written here: it holds the stream and payload as recorded, which
-    // the item already has as JSON.
-    out.pop();
     let r = &item.record;
-    out.extend_from_slice(b",\"unmapped\":{\"seq\":");
-    let _ = sonic_rs::to_writer(&mut *out, &r.seq);
-    out.extend_from_slice(b",\"hash\":");
-    let _ = sonic_rs::to_writer(&mut *out, &r.hash);
-    out.extend_from_slice(b",\"prev_hash\":");
-    let _ = sonic_rs::to_writer(&mut *out, &item.prev_hash);
-    out.extend_from_slice(b",\"stream\":");
-    out.extend_from_slice(item.stream_json());
-    out.extend_from_slice(b",\"actor\":");
-    let _ = sonic_rs::to_writer(&mut *out, &r.actor);
-    out.extend_from_slice(b",\"payload\":");
-    out.extend_from_slice(item.payload_json());
-    out.extend_from_slice(b"}}");
-}
+    let kind = Kind::parse(&r.kind).unwrap_or(Kind::PolicyChanged);
+    let c = class_of(kind);
+    let finding = c.class_uid == DETECTION.0;
+    let severity_id = Severity::parse(&r.severity).map_or(1, Severity::ocsf_id);
+    let (status_id, status) = if finding {
+        (1u8, "New")
+    } else {
+        match r.outcome.as_str() {
+            "success" => (1, "Success"),
+            "unknown" => (0, "Unknown"),
+            _ => (2, "Failure"),
+        }
+    };
+    let user = r.user_id.as_deref().map(|uid| User {
+        uid,
+        name: r.user_name.as_deref(),
+        email_addr: email(&r.user_email),
+        kind: None,
+    });
+    let client_id = r.client_id.as_deref();
 
-/// A class's `type_name`, written without building the string.
-struct TypeName(Class);
-
-impl Serialize for TypeName {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&format_args!(
-            "{}: {}",
-            self.0.class_name,
-            self.0.activity()
-        ))
+    out.extend_from_slice(class_prefix(kind));
+    let mut o = Obj { out, empty: false };
+    o.num("time", r.time / 1000);
+    o.num("severity_id", severity_id);
+    o.lit("severity", severity_caption(severity_id));
+    o.num("status_id", status_id);
+    o.lit("status", status);
+    o.opt("status_code", r.error_code.as_deref().filter(|_| !finding));
+    o.opt(
+        "message",
+        Some(r.summary.as_str()).filter(|s| !s.is_empty()),
+    );
+    let mut m = o.obj("metadata");
+    m.lit("version", OCSF_VERSION);
+    m.str("uid", &r.id);
+    m.num("sequence", r.seq);
+    m.lit("log_name", "grantline.ledger");
+    m.str("event_code", &r.kind);
+    let mut p = m.obj("product");
+    p.lit("name", PRODUCT);
+    p.lit("vendor_name", PRODUCT);
+    p.lit("version", VERSION);
+    p.close();
+    m.opt("correlation_uid", r.request_id.as_deref());
+    m.close();
+    if !finding && (r.user_agent.is_some() || r.request_id.is_some()) {
+        let mut h = o.obj("http_request");
+        h.opt("user_agent", r.user_agent.as_deref());
+        h.opt("uid", r.request_id.as_deref());
+        h.close();
     }
-}
-
-/// The OCSF object, borrowed from the item. Fields are in OCSF's own order of the base event.
-#[derive(Serialize)]
-struct Record<'a> {
-    class_uid: u32,
-    class_name: &'static str,
-    category_uid: u32,
-    category_name: &'static str,
-    activity_id: u32,
-    activity_name: &'static str,
-    type_uid: u32,
-    type_name: TypeName,
-    time: i64,
-    severity_id: u8,
-    severity: &'static str,
-    status_id: u8,
-    status: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    status_code: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    message: Option<&'a str>,
-    metadata: Metadata<'a>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    http_request: Option<HttpRequest<'a>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    src_endpoint: Option<Endpoint<'a>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    actor: Option<Actor<'a>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    user: Option<User<'a>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    service: Option<Named<'a>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    privileges: Option<&'a [String]>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    entity: Option<Entity<'a>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    finding_info: Option<Finding<'a>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    api: Option<Api<'a>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    resources: Option<[Resource<'a>; 1]>,
-}
-
-#[derive(Serialize)]
-struct Metadata<'a> {
-    version: &'static str,
-    uid: &'a str,
-    sequence: u64,
-    log_name: &'static str,
-    event_code: &'a str,
-    product: Product,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    correlation_uid: Option<&'a str>,
-}
-
-#[derive(Serialize)]
-struct Product {
-    name: &'static str,
-    vendor_name: &'static str,
-    version: &'static str,
-}
-
-#[derive(Serialize)]
-struct HttpRequest<'a> {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    user_agent: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    uid: Option<&'a str>,
-}
-
-#[derive(Serialize)]
-struct Endpoint<'a> {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    ip: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    name: Option<&'a str>,
-}
-
-#[derive(Serialize)]
-struct Actor<'a> {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    user: Option<User<'a>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    app_uid: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    app_name: Option<&'a str>,
-}
-
-#[derive(Serialize, Clone, Copy)]
-struct User<'a> {
-    uid: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    name: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    email_addr: Option<&'a str>,
-    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
-    kind: Option<&'static str>,
-}
-
-#[derive(Serialize)]
-struct Named<'a> {
-    name: &'a str,
-}
-
-#[derive(Serialize)]
-struct Entity<'a> {
-    uid: &'a str,
-    #[serde(rename = "type")]
-    kind: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    name: Option<&'a str>,
-}
-
-#[derive(Serialize)]
-struct Finding<'a> {
-    uid: &'a str,
-    title: &'a str,
-    types: [&'a str; 1],
-}
-
-#[derive(Serialize)]
-struct Api<'a> {
-    operation: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    request: Option<Uid<'a>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    service: Option<Named<'a>>,
-}
-
-#[derive(Serialize)]
-struct Uid<'a> {
-    uid: &'a str,
-}
-
-#[derive(Serialize)]
-struct Resource<'a> {
-    uid: &'a str,
-    name: &'a str,
-    #[serde(rename = "type")]
-    kind: &'static str,
-}
-
-impl<'a> Record<'a> {
-    fn of(item: &'a ExportItem) -> Record<'a> {
-        let r = &item.record;
-        let kind = Kind::parse(&r.kind).unwrap_or(Kind::PolicyChanged);
-        let c = class_of(kind);
-        let finding = c.class_uid == DETECTION.0;
-        let severity_id = Severity::parse(&r.severity).map_or(1, Severity::ocsf_id);
-        let (status_id, status) = if finding {
-            (1, "New")
-        } else {
-            match r.outcome.as_str() {
-                "success" => (1, "Success"),
-                "unknown" => (0, "Unknown"),
-                _ => (2, "Failure"),
-            }
-        };
-        let user = r.user_id.as_deref().map(|uid| User {
-            uid,
-            name: r.user_name.as_deref(),
-            email_addr: email(&r.user_email),
-            kind: None,
-        });
-        let client_id = r.client_id.as_deref();
+    // A finding has no actor or endpoint of its own: those stay in `unmapped`.
+    if !finding {
+        let mut e = o.obj("src_endpoint");
+        match ip(&r.source_ip) {
+            Some(a) => e.str("ip", a),
+            None => e.str("name", client_id.unwrap_or("unknown")),
+        }
+        e.close();
         // Who acted: the user, else the client (as an application), else the ledger's actor.
-        let actor = Actor {
-            user,
-            app_uid: client_id,
-            app_name: match (client_id, &r.client_name) {
+        let mut a = o.obj("actor");
+        if let Some(u) = &user {
+            u.write(&mut a, "user");
+        }
+        a.opt("app_uid", client_id);
+        a.opt(
+            "app_name",
+            match (client_id, &r.client_name) {
                 (Some(_), n) => n.as_deref(),
                 (None, _) if user.is_none() => Some(r.actor.as_str()),
                 (None, _) => None,
             },
-        };
-        let src = match ip(&r.source_ip) {
-            Some(a) => Endpoint {
-                ip: Some(a),
-                name: None,
-            },
-            None => Endpoint {
-                ip: None,
-                name: Some(client_id.unwrap_or("unknown")),
-            },
-        };
-        let http_request = (!finding && (r.user_agent.is_some() || r.request_id.is_some()))
-            .then_some(HttpRequest {
-                user_agent: r.user_agent.as_deref(),
-                uid: r.request_id.as_deref(),
-            });
-        let user_or_actor = user.unwrap_or(User {
-            uid: client_id.unwrap_or(&r.actor),
-            name: None,
-            email_addr: None,
-            kind: Some("Other"),
-        });
-        let mut o = Record {
-            class_uid: c.class_uid,
-            class_name: c.class_name,
-            category_uid: c.category_uid,
-            category_name: c.category_name,
-            activity_id: c.activity_id,
-            activity_name: c.activity_name,
-            type_uid: c.type_uid(),
-            type_name: TypeName(c),
-            time: r.time / 1000,
-            severity_id,
-            severity: severity_caption(severity_id),
-            status_id,
-            status,
-            status_code: r.error_code.as_deref().filter(|_| !finding),
-            message: Some(r.summary.as_str()).filter(|s| !s.is_empty()),
-            metadata: Metadata {
-                version: OCSF_VERSION,
-                uid: &r.id,
-                sequence: r.seq,
-                log_name: "grantline.ledger",
-                event_code: &r.kind,
-                product: Product {
-                    name: PRODUCT,
-                    vendor_name: PRODUCT,
-                    version: VERSION,
-                },
-                correlation_uid: r.request_id.as_deref(),
-            },
-            http_request,
-            // A finding has no actor or endpoint of its own: those stay in `unmapped`.
-            src_endpoint: (!finding).then_some(src),
-            actor: (!finding).then_some(actor),
-            user: None,
-            service: None,
-            privileges: None,
-            entity: None,
-            finding_info: None,
-            api: None,
-            resources: None,
-        };
-        match c.class_uid {
-            3001 => o.user = Some(user_or_actor),
-            3002 => {
-                o.user = Some(user_or_actor);
-                o.service = Some(Named {
-                    name: r.resource.as_deref().unwrap_or(PRODUCT),
-                });
+        );
+        a.close();
+    }
+    let user_or_actor = user.unwrap_or(User {
+        uid: client_id.unwrap_or(&r.actor),
+        name: None,
+        email_addr: None,
+        kind: Some("Other"),
+    });
+    match c.class_uid {
+        3001 => user_or_actor.write(&mut o, "user"),
+        3002 => {
+            user_or_actor.write(&mut o, "user");
+            let mut s = o.obj("service");
+            s.str("name", r.resource.as_deref().unwrap_or(PRODUCT));
+            s.close();
+        }
+        3003 => {
+            user_or_actor.write(&mut o, "user");
+            o.key("privileges");
+            o.out.push(b'[');
+            for (i, s) in r.scopes.iter().enumerate() {
+                if i > 0 {
+                    o.out.push(b',');
+                }
+                string(o.out, s);
             }
-            3003 => {
-                o.user = Some(user_or_actor);
-                o.privileges = Some(&r.scopes);
-            }
-            3004 => {
-                o.entity = Some(match kind {
-                    Kind::SigningKeyRotated | Kind::PolicyChanged => Entity {
-                        uid: &r.summary,
-                        kind: if kind == Kind::PolicyChanged {
+            o.out.push(b']');
+        }
+        3004 => {
+            let mut e = o.obj("entity");
+            match kind {
+                Kind::SigningKeyRotated | Kind::PolicyChanged => {
+                    e.str("uid", &r.summary);
+                    e.lit(
+                        "type",
+                        if kind == Kind::PolicyChanged {
                             "policy"
                         } else {
                             "signing_key"
                         },
-                        name: r.client_name.as_deref(),
-                    },
-                    _ => Entity {
-                        uid: client_id
+                    );
+                }
+                _ => {
+                    e.str(
+                        "uid",
+                        client_id
                             .or(r.client_name.as_deref())
                             .unwrap_or("unregistered"),
-                        kind: "oauth_client",
-                        name: r.client_name.as_deref(),
-                    },
-                });
+                    );
+                    e.lit("type", "oauth_client");
+                }
             }
-            2004 => {
-                o.finding_info = Some(Finding {
-                    uid: &r.id,
-                    title: &r.summary,
-                    types: [r.error_code.as_deref().unwrap_or(&r.kind)],
-                });
+            e.opt("name", r.client_name.as_deref());
+            e.close();
+        }
+        2004 => {
+            let mut f = o.obj("finding_info");
+            f.str("uid", &r.id);
+            f.str("title", &r.summary);
+            f.key("types");
+            f.out.push(b'[');
+            string(f.out, r.error_code.as_deref().unwrap_or(&r.kind));
+            f.out.push(b']');
+            f.close();
+        }
+        _ => {
+            let mut a = o.obj("api");
+            a.str(
+                "operation",
+                match kind {
+                    Kind::ToolListed => "tools/list",
+                    Kind::ToolCallStarted | Kind::ToolCalled => "tools/call",
+                    Kind::AuthorizationDenied | Kind::RateLimitExceeded => "request",
+                    _ => r.kind.as_str(),
+                },
+            );
+            if let Some(uid) = r.request_id.as_deref() {
+                let mut q = a.obj("request");
+                q.str("uid", uid);
+                q.close();
             }
-            _ => {
-                o.api = Some(Api {
-                    operation: match kind {
-                        Kind::ToolListed => "tools/list",
-                        Kind::ToolCallStarted | Kind::ToolCalled => "tools/call",
-                        Kind::AuthorizationDenied | Kind::RateLimitExceeded => "request",
-                        _ => r.kind.as_str(),
-                    },
-                    request: r.request_id.as_deref().map(|uid| Uid { uid }),
-                    service: r.resource.as_deref().map(|name| Named { name }),
-                });
-                o.resources = r.tool.as_deref().map(|t| {
-                    [Resource {
-                        uid: t,
-                        name: t,
-                        kind: "mcp_tool",
-                    }]
-                });
+            if let Some(name) = r.resource.as_deref() {
+                let mut s = a.obj("service");
+                s.str("name", name);
+                s.close();
+            }
+            a.close();
+            if let Some(t) = r.tool.as_deref() {
+                o.key("resources");
+                o.out.push(b'[');
+                let mut t_ = Obj::open(o.out);
+                t_.str("uid", t);
+                t_.str("name", t);
+                t_.lit("type", "mcp_tool");
+                t_.close();
+                o.out.push(b']');
             }
         }
-        o
     }
+    // `unmapped` comes last: it holds the stream and payload as recorded, which the item
+    // already has as JSON.
+    let mut u = o.obj("unmapped");
+    u.num("seq", r.seq);
+    u.str("hash", &r.hash);
+    u.str("prev_hash", &item.prev_hash);
+    u.raw("stream", item.stream_json());
+    u.str("actor", &r.actor);
+    u.raw("payload", item.payload_json());
+    u.close();
+    o.close();
+}
+
+/// `{"class_uid":…,…,"type_name":"…"`: the start of every record of `kind`, written once.
+fn class_prefix(kind: Kind) -> &'static [u8] {
+    static PREFIXES: OnceLock<Vec<Vec<u8>>> = OnceLock::new();
+    let all = PREFIXES.get_or_init(|| {
+        Kind::ALL
+            .iter()
+            .map(|&k| {
+                let c = class_of(k);
+                let mut out = Vec::with_capacity(256);
+                let mut o = Obj::open(&mut out);
+                o.num("class_uid", c.class_uid);
+                o.str("class_name", c.class_name);
+                o.num("category_uid", c.category_uid);
+                o.str("category_name", c.category_name);
+                o.num("activity_id", c.activity_id);
+                o.str("activity_name", c.activity_name);
+                o.num("type_uid", c.type_uid());
+                o.str("type_name", &c.type_name());
+                out
+            })
+            .collect()
+    });
+    // `Kind::ALL` lists the kinds in declaration order, which is their discriminants' order.
+    all.get(kind as usize).map_or(&[][..], Vec::as_slice)
+}
+
+/// A user object, borrowed from the record.
+#[derive(Clone, Copy)]
+struct User<'a> {
+    uid: &'a str,
+    name: Option<&'a str>,
+    email_addr: Option<&'a str>,
+    kind: Option<&'static str>,
+}
+
+impl User<'_> {
+    fn write(&self, o: &mut Obj<'_>, key: &str) {
+        let mut u = o.obj(key);
+        u.str("uid", self.uid);
+        u.opt("name", self.name);
+        u.opt("email_addr", self.email_addr);
+        if let Some(t) = self.kind {
+            u.lit("type", t);
+        }
+        u.close();
+    }
+}
+
+/// A JSON object being written into a buffer. Keys are literals that need no escaping; values
+/// are escaped as serde_json escapes them.
+struct Obj<'o> {
+    out: &'o mut Vec<u8>,
+    empty: bool,
+}
+
+impl<'o> Obj<'o> {
+    fn open(out: &'o mut Vec<u8>) -> Obj<'o> {
+        out.push(b'{');
+        Obj { out, empty: true }
+    }
+
+    fn key(&mut self, k: &str) {
+        if !std::mem::take(&mut self.empty) {
+            self.out.push(b',');
+        }
+        self.out.push(b'"');
+        self.out.extend_from_slice(k.as_bytes());
+        self.out.extend_from_slice(b"\":");
+    }
+
+    fn str(&mut self, k: &str, v: &str) {
+        self.key(k);
+        string(self.out, v);
+    }
+
+    /// A value known to need no escaping (one of this module's constants).
+    fn lit(&mut self, k: &str, v: &'static str) {
+        debug_assert!(!v.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20));
+        self.key(k);
+        self.out.push(b'"');
+        self.out.extend_from_slice(v.as_bytes());
+        self.out.push(b'"');
+    }
+
+    /// Left out when `None`, as `skip_serializing_if = "Option::is_none"` does.
+    fn opt(&mut self, k: &str, v: Option<&str>) {
+        if let Some(v) = v {
+            self.str(k, v);
+        }
+    }
+
+    fn num(&mut self, k: &str, v: impl itoa::Integer) {
+        self.key(k);
+        self.out
+            .extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
+    }
+
+    /// A value that is JSON already.
+    fn raw(&mut self, k: &str, json: &[u8]) {
+        self.key(k);
+        self.out.extend_from_slice(json);
+    }
+
+    fn obj(&mut self, k: &str) -> Obj<'_> {
+        self.key(k);
+        Obj::open(self.out)
+    }
+
+    fn close(self) {
+        self.out.push(b'}');
+    }
+}
+
+/// A JSON string, escaped as serde_json escapes it.
+fn string(out: &mut Vec<u8>, v: &str) {
+    // Serializing a string into a Vec cannot fail.
+    let _ = sonic_rs::to_writer(&mut *out, v);
 }
