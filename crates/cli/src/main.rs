@@ -91,6 +91,11 @@ enum Command {
     Migrate,
 }
 
+/// mimalloc: faster than glibc's malloc for the many small strings that reading and
+/// exporting the ledger allocate on one thread and free on another (docs/performance.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     use tracing_subscriber::layer::SubscriberExt;

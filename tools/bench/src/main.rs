@@ -173,6 +173,10 @@ fn report(what: &str, events: u64, took: Duration) {
     );
 }
 
+/// The allocator `grantline` uses, so the figures are the product's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
