@@ -301,8 +301,12 @@ impl Exporter {
         if !chosen.is_empty() {
             let workers = cores().min(chosen.len().div_ceil(MIN_PART));
             let part = chosen.len().div_ceil(workers);
+            // The first part is rendered straight into the caller's buffer, after what it
+            // holds; the others into buffers kept from page to page, then appended. A caller
+            // that clears and reuses its buffer gets no new memory page after page.
             let mut bufs = std::mem::take(&mut self.parts);
-            bufs.resize_with(workers, Vec::new);
+            bufs.resize_with(workers - 1, Vec::new);
+            let base = out.len();
             let mut parts: Vec<Rendered> = {
                 let render = |at: &[usize], out: Vec<u8>| {
                     let env = Span {
@@ -316,13 +320,18 @@ impl Exporter {
                     };
                     env.render(at, out)
                 };
-                let mut chunks = chosen.chunks(part).zip(bufs);
-                let first = chunks.next();
+                let mut chunks = chosen.chunks(part);
+                let first = chunks.next().unwrap_or_default();
+                let first_buf = std::mem::take(out);
                 std::thread::scope(|s| {
-                    let others: Vec<_> =
-                        chunks.map(|(c, b)| s.spawn(move || render(c, b))).collect();
-                    let mut parts: Vec<Rendered> =
-                        first.map(|(c, b)| render(c, b)).into_iter().collect();
+                    let others: Vec<_> = chunks
+                        .zip(bufs)
+                        .map(|(c, mut b)| {
+                            b.clear();
+                            s.spawn(move || render(c, b))
+                        })
+                        .collect();
+                    let mut parts = vec![render(first, first_buf)];
                     // A part that panicked (a bug) panics here too.
                     parts.extend(
                         others
@@ -332,25 +341,24 @@ impl Exporter {
                     parts
                 })
             };
+            // The caller's buffer back, holding what it held and the first part's lines.
+            *out = std::mem::take(&mut parts[0].out);
             let missing: Vec<String> = parts
                 .iter()
                 .flat_map(|p| p.missing.iter().flat_map(|(_, s)| s.iter().cloned()))
                 .collect();
             if missing.is_empty() {
-                let mut parts = parts.iter_mut();
-                // Into an empty buffer the first part is swapped rather than copied: the
-                // caller's buffer becomes that part's for the next page.
-                if out.is_empty()
-                    && let Some(first) = parts.next()
-                {
-                    std::mem::swap(out, &mut first.out);
-                }
-                let parts = parts.into_slice();
-                out.reserve(parts.iter().map(|p| p.out.len()).sum());
-                for p in parts.iter() {
+                out.reserve(parts[1..].iter().map(|p| p.out.len()).sum());
+                for p in &parts[1..] {
                     out.extend_from_slice(&p.out);
                 }
             } else {
+                // Rare (keys not loaded yet): the first part's lines are taken out again and
+                // every part is written anew, event by event where a key was missing.
+                parts[0].out = out.split_off(base);
+                for end in &mut parts[0].ends {
+                    *end -= base;
+                }
                 self.keys.load(missing).await?;
                 for (p, at) in parts.iter().zip(chosen.chunks(part)) {
                     let mut from = 0;
@@ -367,6 +375,7 @@ impl Exporter {
             // Kept for the next page, but not at the size of a catch-up once pages are small.
             self.parts = parts
                 .into_iter()
+                .skip(1)
                 .map(|p| {
                     let mut b = p.out;
                     b.clear();
@@ -441,9 +450,8 @@ struct Span<'a> {
 }
 
 impl Span<'_> {
-    /// Renders the events at indexes `at` of the span, in that order, into `out` (cleared).
-    fn render(&self, at: &[usize], mut out: Vec<u8>) -> Rendered {
-        out.clear();
+    /// Renders the events at indexes `at` of the span, in that order, after what `out` holds.
+    fn render(&self, at: &[usize], out: Vec<u8>) -> Rendered {
         let mut r = Rendered {
             out,
             ends: Vec::with_capacity(at.len()),
