@@ -491,6 +491,9 @@ impl Store {
     }
 }
 
+/// How much of the database file a scan maps: SQLite caps it at 2 GiB; beyond it, reads.
+const SCAN_MMAP_BYTES: i64 = 1 << 30;
+
 /// Bulk scan on SQLite through a private read-only connection (rusqlite, no mutex): sqlx's
 /// worker thread hands rows over one at a time under SQLite's serialized mutex, which made
 /// full-ledger scans (verify, replay) several times slower than SQLite itself.
@@ -502,6 +505,10 @@ fn scan_sqlite(path: &Path, after: u64, limit: u32, mut out: Vec<RawRow>) -> Res
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
     conn.busy_timeout(Duration::from_secs(30))?;
+    // Pages read through a memory map rather than copied in by read(2) (~4 % of an export
+    // in the kernel alone). The ledger file only grows, so the map is never cut short under
+    // a scan; a disk error while reading it ends the process instead of failing the read.
+    conn.pragma_update(None, "mmap_size", SCAN_MMAP_BYTES)?;
     let mut stmt = conn.prepare(&format!(
         "SELECT {ROW_COLUMNS_SQLITE} FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2"
     ))?;
