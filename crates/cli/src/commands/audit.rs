@@ -128,32 +128,20 @@ pub async fn exporter_from(
 
 /// Appends an event the operator's reading caused.
 pub async fn record(loc: &Location, event: Option<NewEvent>) -> Result<()> {
-    let ledger = open_ledger(loc).await?;
-    let result = record_with(&ledger, event).await;
-    ledger.shutdown().await;
-    result
-}
-
-/// The ledger an operator's readings are recorded in: opened once for a command that records
-/// many (an export records each batch), since opening it catches up the Merkle tree.
-pub async fn open_ledger(loc: &Location) -> Result<Ledger> {
+    let Some(event) = event else {
+        bail!("the reading is out of bounds and cannot be recorded");
+    };
     let signer = grantline_store::keyfile::load_or_create_signer(
         &loc.data_dir,
         &std::env::var("GRANTLINE_LEDGER_ORIGIN")
             .unwrap_or_else(|_| grantline_store::keyfile::DEFAULT_ORIGIN.to_string()),
     )?;
-    Ok(Ledger::open(&loc.database, signer, LedgerOptions::default()).await?)
-}
-
-/// Appends an event the operator's reading caused, in `ledger`; returns once it is durable.
-pub async fn record_with(ledger: &Ledger, event: Option<NewEvent>) -> Result<()> {
-    let Some(event) = event else {
-        bail!("the reading is out of bounds and cannot be recorded");
-    };
-    ledger
+    let ledger = Ledger::open(&loc.database, signer, LedgerOptions::default()).await?;
+    let result = ledger
         .append(grantline_ledger::Append::new(vec![event]))
-        .await
-        .context("recording this reading of the audit trail")?;
+        .await;
+    ledger.shutdown().await;
+    result.context("recording this reading of the audit trail")?;
     Ok(())
 }
 

@@ -107,8 +107,6 @@ pub async fn run(loc: &Location, args: Args) -> Result<ExitCode> {
     });
     let mut position = args.after;
     let mut exported_total = 0u64;
-    // Opened at the first batch that is recorded, kept for the rest.
-    let mut ledger = None;
     let mut buf = Vec::with_capacity(BATCH as usize * 2048);
     while let Some(batch) = batches.recv().await {
         let (from, events, to) = batch?;
@@ -141,19 +139,12 @@ pub async fn run(loc: &Location, args: Args) -> Result<ExitCode> {
                 },
                 None,
             );
-            let ledger = match &mut ledger {
-                Some(l) => l,
-                None => ledger.insert(super::audit::open_ledger(loc).await?),
-            };
-            super::audit::record_with(ledger, event).await?;
+            super::audit::record(loc, event).await?;
             exported_total += count;
         }
     }
     // The reader ends by closing the channel: after its last batch, after an error (sent
     // above), or by panicking, which must not pass for the end of the export.
-    if let Some(l) = ledger {
-        l.shutdown().await;
-    }
     reader
         .await
         .context("the ledger reader stopped unexpectedly")?;
