@@ -506,8 +506,10 @@ fn scan_sqlite(path: &Path, after: u64, limit: u32, mut out: Vec<RawRow>) -> Res
     )?;
     conn.busy_timeout(Duration::from_secs(30))?;
     // Pages read through a memory map rather than copied in by read(2) (~4 % of an export
-    // in the kernel alone). The ledger file only grows, so the map is never cut short under
-    // a scan; a disk error while reading it ends the process instead of failing the read.
+    // in the kernel alone). Every SQLite read of events comes here (replay, verify, export,
+    // the indexer, and a server's audit pages and sinks): a disk error while reading the
+    // mapped file, or the file cut short behind SQLite's back, ends the process (SIGBUS)
+    // instead of failing the read. SQLite itself never shrinks the file under a reader.
     conn.pragma_update(None, "mmap_size", SCAN_MMAP_BYTES)?;
     let mut stmt = conn.prepare(&format!(
         "SELECT {ROW_COLUMNS_SQLITE} FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2"
@@ -626,8 +628,9 @@ pub(crate) async fn decode_rows(
         }
         return Ok((out, rows));
     }
-    // A few large chunks rather than many: each chunk's vector is one large allocation, and
-    // glibc consolidates every small free chunk of the thread's arena at each of those.
+    // A few large chunks rather than many: each chunk's vector is one large allocation (and
+    // under glibc's malloc, which library users may have, consolidates every small free chunk
+    // of the thread's arena).
     let chunk = rows.len().div_ceil(4).max(CHUNK);
     let rows = std::sync::Arc::new(rows);
     let mut handles = Vec::new();

@@ -149,7 +149,8 @@ pub fn record(item: &ExportItem) -> Value {
 /// Writes the OCSF record of an item as one line of JSON (no newline), field by field in
 /// OCSF's order of the base event, straight from the item: what is the same for every event
 /// of a kind (its class and activity) is written once per kind, and only values are escaped.
-/// The output is what serializing the record with serde_json would give (tested).
+/// Values are escaped as serde_json escapes them (sonic-rs; `hard_text_survives_…` tests it);
+/// the output was compared byte for byte with that of the serde structs this replaced.
 pub fn write(item: &ExportItem, out: &mut Vec<u8>) {
     let r = &item.record;
     let kind = Kind::parse(&r.kind).unwrap_or(Kind::PolicyChanged);
