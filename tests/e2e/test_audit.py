@@ -65,17 +65,29 @@ def test_a_reviewer_searches_opens_an_event_and_downloads_csv_in_chromium(audit_
         driver.find_element(By.NAME, "username").send_keys("ann")
         driver.find_element(By.NAME, "password").send_keys("ann-password-1")
         driver.find_element(By.CSS_SELECTOR, "form button[type=submit], form input[type=submit]").click()
+        # The click returns before the browser has followed the form's answer (the password
+        # hash takes a while): wait for the page it leads to, then check it.
+        from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
+        from selenium.webdriver.support.ui import WebDriverWait
+        try:
+            WebDriverWait(driver, 10).until(lambda d: d.current_url.endswith("/admin/audit"))
+        except TimeoutException:
+            pass
         assert driver.current_url.endswith("/admin/audit"), driver.current_url
         assert "Audit trail" in driver.title
 
         # A query: bob's account, found by his email (the index follows within a second).
         deadline = time.time() + 10
         while True:
-            box = driver.find_element(By.ID, "q")
-            box.clear()
-            box.send_keys("kind:user.created user:bob@example.com")
-            box.submit()
-            rows = driver.find_elements(By.CSS_SELECTOR, "#results tbody tr")
+            try:
+                box = driver.find_element(By.ID, "q")
+                box.clear()
+                box.send_keys("kind:user.created user:bob@example.com")
+                box.submit()
+                rows = driver.find_elements(By.CSS_SELECTOR, "#results tbody tr")
+            except StaleElementReferenceException:
+                # The page was replaced under the lookup (the submitted search arriving).
+                rows = []
             if rows or time.time() > deadline:
                 break
             time.sleep(0.3)
