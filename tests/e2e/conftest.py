@@ -97,7 +97,9 @@ class Server:
             try:
                 if requests.get(self.base + "/healthz", timeout=1).status_code == 200:
                     return self
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):
+                # Not listening yet, or listening but not answering within a second while it
+                # starts on a busy machine: ask again until the deadline.
                 time.sleep(0.1)
         raise RuntimeError("grantline did not start")
 
