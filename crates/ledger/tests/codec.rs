@@ -310,3 +310,79 @@ fn digests_are_written_as_bytes_and_format_1_bodies_still_decode_to_the_same_eve
     ciborium::into_writer(&value, &mut bad).unwrap();
     assert!(decode(&bad).is_err());
 }
+
+/// `env`'s body with its `actor` entry replaced by `actor`.
+fn with_actor(env: &Envelope, actor: ciborium::Value) -> Vec<u8> {
+    let mut value: ciborium::Value =
+        ciborium::from_reader(encode(env).expect("encode").as_slice()).expect("CBOR");
+    let ciborium::Value::Map(entries) = &mut value else {
+        panic!("a body is a map")
+    };
+    for (k, v) in entries.iter_mut() {
+        if matches!(k, ciborium::Value::Text(t) if t == "actor") {
+            *v = actor.clone();
+        }
+    }
+    let mut body = Vec::new();
+    ciborium::into_writer(&value, &mut body).expect("CBOR");
+    body
+}
+
+#[test]
+fn actors_read_back_in_any_key_order_and_malformed_ones_are_errors() {
+    use ciborium::Value;
+    use grantline_ledger::Actor;
+    let t = |s: &str| Value::Text(s.into());
+    let base = samples::envelope(1, samples::all().remove(0));
+    // Every variant round-trips through the body, and through JSON.
+    for actor in [
+        Actor::System,
+        Actor::Operator,
+        Actor::User { id: "u_1".into() },
+        Actor::Client { id: "c_1".into() },
+    ] {
+        let env = Envelope {
+            actor: actor.clone(),
+            ..base.clone()
+        };
+        assert_eq!(decode(&encode(&env).unwrap()).unwrap(), env);
+        let json = serde_json::to_string(&actor).unwrap();
+        assert_eq!(
+            serde_json::from_str::<Actor>(&json).unwrap(),
+            actor,
+            "{json}"
+        );
+    }
+    // `id` before `type`, and an unknown key, read as the derive read them.
+    let body = with_actor(
+        &base,
+        Value::Map(vec![
+            (t("id"), t("c_9")),
+            (t("note"), Value::Integer(7.into())),
+            (t("type"), t("client")),
+        ]),
+    );
+    assert_eq!(
+        decode(&body).unwrap().actor,
+        Actor::Client { id: "c_9".into() }
+    );
+    // What is not an actor is an error naming the problem.
+    let cases = [
+        (Value::Map(vec![(t("id"), t("u_1"))]), "type"),
+        (Value::Map(vec![(t("type"), t("user"))]), "id"),
+        (Value::Map(vec![(t("type"), t("robot"))]), "robot"),
+        (
+            Value::Map(vec![(t("type"), t("user")), (t("type"), t("client"))]),
+            "duplicate",
+        ),
+        (
+            Value::Map(vec![(t("type"), Value::Integer(1.into()))]),
+            "str",
+        ),
+        (t("system"), "map"),
+    ];
+    for (actor, says) in cases {
+        let err = decode(&with_actor(&base, actor.clone())).unwrap_err();
+        assert!(err.to_string().contains(says), "{actor:?}: {err}");
+    }
+}
