@@ -607,3 +607,44 @@ fn uuid_suffix() -> String {
             .as_nanos()
     )
 }
+
+/// The SQLite writer does not checkpoint its WAL inside commits; a thread beside it does.
+/// Without it the events would stay in an ever-growing WAL and never reach the database file.
+#[tokio::test]
+async fn sqlite_wal_is_copied_into_the_database_beside_the_writer_and_reused() {
+    let db = grantline_store::testing::sqlite().await;
+    let path = db
+        .sqlite_path()
+        .expect("an SQLite test database")
+        .to_path_buf();
+    let wal = path.with_file_name(format!(
+        "{}-wal",
+        path.file_name().unwrap().to_string_lossy()
+    ));
+    let ledger = open(&db).await;
+    let size = |p: &std::path::Path| std::fs::metadata(p).map_or(0, |m| m.len());
+    let start = size(&path);
+    let mut wal_sizes = Vec::new();
+    for round in 0..4u64 {
+        for batch in 0..30u64 {
+            let events = (0..100).map(|i| tool_call(round * 10_000 + batch * 100 + i));
+            ledger.append(Append::new(events.collect())).await.unwrap();
+        }
+        // The checkpointer copies what gathered 100 ms after the last commit.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        wal_sizes.push(size(&wal));
+    }
+    let grown = size(&path) - start;
+    assert!(
+        grown > wal_sizes[0],
+        "the database file holds the events ({grown} bytes more; WAL {wal_sizes:?})"
+    );
+    // Each round's commits restart the WAL after the last checkpoint: it does not grow
+    // with every round.
+    assert!(
+        wal_sizes[3] < 2 * wal_sizes[0],
+        "the WAL is reused after checkpoints: {wal_sizes:?}"
+    );
+    assert_eq!(ledger.store().count().await.unwrap(), 12_000);
+    assert_eq!(verify(ledger.store()).await.unwrap().events, 12_000);
+}
