@@ -253,7 +253,7 @@ impl Ledger {
                     let mut wal_checkpointer = None;
                     let conn = match &db {
                         Database::Sqlite(path) => open_sqlite_writer(path).and_then(|c| {
-                            wal_checkpointer = Some(start_wal_checkpointer(path)?);
+                            wal_checkpointer = Some(WalCheckpointer::start(path)?);
                             Ok(WriterConn::Sqlite(Some(c)))
                         }),
                         Database::Postgres(url) => match Database::pg_options(url) {
@@ -379,7 +379,7 @@ fn open_sqlite_writer(path: &std::path::Path) -> Result<rusqlite::Connection> {
     // Same durability as the pool: WAL, fsync on every commit, deleted bytes overwritten.
     // No automatic checkpoint on this connection: it would copy the WAL into the database
     // file inside a commit, with the whole group waiting (~15 % of the appender's CPU);
-    // [`start_wal_checkpointer`] does it beside the writer.
+    // [`WalCheckpointer`] does it beside the writer.
     c.execute_batch(
         "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA cache_size = -16384; \
          PRAGMA secure_delete = ON; PRAGMA wal_autocheckpoint = 0;",
@@ -391,44 +391,79 @@ fn open_sqlite_writer(path: &std::path::Path) -> Result<rusqlite::Connection> {
 /// database file.
 const WAL_CHECKPOINT_AFTER: Duration = Duration::from_millis(100);
 
-/// Starts the thread that copies the SQLite writer's WAL back into the database file: the
-/// same passive checkpoint SQLite would run every 1,000 pages inside a commit, run on its own
-/// connection instead, at most every [`WAL_CHECKPOINT_AFTER`] while commits come. A passive
-/// checkpoint never blocks the writer or readers (and is held back by readers as SQLite's own
-/// is). The writer nudges it after each commit; the thread ends when the writer drops the
-/// sender, and closing its connection does not checkpoint while the writer's is open.
-fn start_wal_checkpointer(path: &std::path::Path) -> Result<std::sync::mpsc::SyncSender<()>> {
-    use rusqlite::OpenFlags;
-    let conn = rusqlite::Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )?;
-    conn.execute_batch("PRAGMA wal_autocheckpoint = 0;")?;
-    let (nudge, nudged) = std::sync::mpsc::sync_channel::<()>(1);
-    std::thread::Builder::new()
-        .name("grantline-wal-checkpoint".into())
-        .spawn(move || {
-            while nudged.recv().is_ok() {
-                std::thread::sleep(WAL_CHECKPOINT_AFTER);
-                while nudged.try_recv().is_ok() {}
-                // (busy, frames in the WAL, frames copied); busy only while another
-                // connection checkpoints (an erasure truncating the WAL), which is retried
-                // at the next nudge.
-                match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-                    Ok((
-                        r.get::<_, i64>(0)?,
-                        r.get::<_, i64>(1)?,
-                        r.get::<_, i64>(2)?,
-                    ))
-                }) {
-                    Ok((busy, frames, copied)) => {
-                        tracing::trace!(busy, frames, copied, "WAL checkpoint")
+/// From this many pages in the WAL (16 MiB of 4 KiB pages) the writer finishes the
+/// checkpointer's work itself between two commits, so that the next commit starts the WAL
+/// over (see [`WalCheckpointer`]).
+const WAL_RESTART_PAGES: i64 = 4096;
+
+/// The thread that copies the SQLite writer's WAL back into the database file: the passive
+/// checkpoint SQLite would run every 1,000 pages inside a commit (~15 % of the appender's CPU,
+/// with the whole group waiting), run on a connection of its own instead, at most every
+/// [`WAL_CHECKPOINT_AFTER`] while commits come. A passive checkpoint never blocks the writer
+/// or readers, and is held back by readers as SQLite's own is.
+///
+/// Under constant appends a checkpoint running beside the writer never finds the WAL fully
+/// copied, and SQLite starts a WAL over only then: it would grow without end. So once the WAL
+/// holds [`WAL_RESTART_PAGES`], the checkpointer asks the writer to checkpoint between two of
+/// its commits; almost everything is copied by then, so that takes the writer little, and
+/// its next commit writes the WAL from the start again.
+struct WalCheckpointer {
+    nudge: std::sync::mpsc::SyncSender<()>,
+    /// Set by the thread when the WAL is long; taken by the writer.
+    finish: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl WalCheckpointer {
+    /// Starts the thread. It ends when the writer drops this (closing its connection does
+    /// not checkpoint while the writer's is open).
+    fn start(path: &std::path::Path) -> Result<WalCheckpointer> {
+        use rusqlite::OpenFlags;
+        use std::sync::atomic::Ordering;
+        let conn = rusqlite::Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.execute_batch("PRAGMA wal_autocheckpoint = 0;")?;
+        let (nudge, nudged) = std::sync::mpsc::sync_channel::<()>(1);
+        let finish = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let long = finish.clone();
+        std::thread::Builder::new()
+            .name("grantline-wal-checkpoint".into())
+            .spawn(move || {
+                while nudged.recv().is_ok() {
+                    std::thread::sleep(WAL_CHECKPOINT_AFTER);
+                    while nudged.try_recv().is_ok() {}
+                    match passive_checkpoint(&conn) {
+                        Ok((frames, copied)) => {
+                            tracing::trace!(frames, copied, "WAL checkpoint");
+                            if frames >= WAL_RESTART_PAGES {
+                                long.store(true, Ordering::Relaxed);
+                            }
+                        }
+                        // Busy only while another connection checkpoints (an erasure
+                        // truncating the WAL); tried again at the next nudge.
+                        Err(e) => tracing::debug!(error = %e, "WAL checkpoint failed"),
                     }
-                    Err(e) => tracing::debug!(error = %e, "WAL checkpoint failed; retried later"),
                 }
-            }
-        })?;
-    Ok(nudge)
+            })?;
+        Ok(WalCheckpointer { nudge, finish })
+    }
+
+    /// After a commit: wakes the thread, and returns whether the writer should finish a
+    /// checkpoint now.
+    fn committed(&self) -> bool {
+        // Full means a nudge is already waiting.
+        let _ = self.nudge.try_send(());
+        self.finish
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// A passive checkpoint on `conn`: (pages in the WAL, pages copied into the database).
+fn passive_checkpoint(conn: &rusqlite::Connection) -> rusqlite::Result<(i64, i64)> {
+    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+        Ok((r.get(1)?, r.get(2)?))
+    })
 }
 
 /// Runs `f` on the SQLite writer connection. The writer has a thread of its own, so the call
@@ -469,8 +504,8 @@ struct Writer {
     head_tx: watch::Sender<u64>,
     /// False after a failed commit until the next one succeeds.
     healthy: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    /// Nudged after each commit on SQLite (see [`start_wal_checkpointer`]).
-    wal_checkpointer: Option<std::sync::mpsc::SyncSender<()>>,
+    /// On SQLite: copies the WAL into the database beside the writer.
+    wal_checkpointer: Option<WalCheckpointer>,
 }
 
 impl Writer {
@@ -640,9 +675,14 @@ impl Writer {
                     }
                 }
                 answer(replies);
-                if let Some(nudge) = &self.wal_checkpointer {
-                    // Full means a nudge is already waiting.
-                    let _ = nudge.try_send(());
+                if self
+                    .wal_checkpointer
+                    .as_ref()
+                    .is_some_and(WalCheckpointer::committed)
+                    && let WriterConn::Sqlite(Some(conn)) = &self.conn
+                    && let Err(e) = passive_checkpoint(conn)
+                {
+                    tracing::debug!(error = %e, "the writer's WAL checkpoint failed");
                 }
                 Ok(cp)
             }
