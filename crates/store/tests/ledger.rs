@@ -608,19 +608,23 @@ fn uuid_suffix() -> String {
     )
 }
 
-/// The SQLite writer does not checkpoint its WAL inside commits; a thread beside it does.
-/// Without it the events would stay in an ever-growing WAL and never reach the database file.
-#[tokio::test]
-async fn sqlite_wal_is_copied_into_the_database_beside_the_writer_and_reused() {
+/// A fresh SQLite ledger database, its file and its WAL file.
+async fn sqlite_and_wal() -> (TestDb, std::path::PathBuf, std::path::PathBuf) {
     let db = grantline_store::testing::sqlite().await;
     let path = db
         .sqlite_path()
         .expect("an SQLite test database")
         .to_path_buf();
-    let wal = path.with_file_name(format!(
-        "{}-wal",
-        path.file_name().unwrap().to_string_lossy()
-    ));
+    let mut wal = path.clone().into_os_string();
+    wal.push("-wal");
+    (db, path, wal.into())
+}
+
+/// The SQLite writer does not checkpoint its WAL inside commits; a thread beside it does.
+/// Without it the events would stay in an ever-growing WAL and never reach the database file.
+#[tokio::test]
+async fn sqlite_wal_is_copied_into_the_database_beside_the_writer_and_reused() {
+    let (db, path, wal) = sqlite_and_wal().await;
     let ledger = open(&db).await;
     let size = |p: &std::path::Path| std::fs::metadata(p).map_or(0, |m| m.len());
     let start = size(&path);
@@ -654,15 +658,7 @@ async fn sqlite_wal_is_copied_into_the_database_beside_the_writer_and_reused() {
 /// instead of growing with every event (it reached 600 MB in one benchmark run without that).
 #[tokio::test]
 async fn sqlite_wal_starts_over_under_constant_appends() {
-    let db = grantline_store::testing::sqlite().await;
-    let path = db
-        .sqlite_path()
-        .expect("an SQLite test database")
-        .to_path_buf();
-    let wal = path.with_file_name(format!(
-        "{}-wal",
-        path.file_name().unwrap().to_string_lossy()
-    ));
+    let (db, path, wal) = sqlite_and_wal().await;
     let ledger = open(&db).await;
     let mut tasks = Vec::new();
     for t in 0..4u64 {
