@@ -208,16 +208,19 @@ impl Names for Recording<'_> {
     }
 }
 
-/// Whether mapping `event` changes the directory of names (or which keys open what:
-/// `user.erased`): such events are mapped one at a time, in order.
+/// The kinds whose events change the directory of names (or which keys open what:
+/// `user.erased`). A reader starting mid-ledger learns the names from these alone.
+pub const NAME_KINDS: [grantline_ledger::Kind; 4] = [
+    grantline_ledger::Kind::UserCreated,
+    grantline_ledger::Kind::UserErased,
+    grantline_ledger::Kind::ClientRegistered,
+    grantline_ledger::Kind::ClientUpdated,
+];
+
+/// Whether mapping `event` changes the directory of names ([`NAME_KINDS`]): such events are
+/// mapped one at a time, in order.
 pub fn changes_names(event: &Recorded) -> bool {
-    matches!(
-        event.envelope.kind(),
-        grantline_ledger::Kind::UserCreated
-            | grantline_ledger::Kind::UserErased
-            | grantline_ledger::Kind::ClientRegistered
-            | grantline_ledger::Kind::ClientUpdated
-    )
+    NAME_KINDS.contains(&event.envelope.kind())
 }
 
 fn opened(o: &mut dyn Opener, s: &Option<Sealed>, subjects: &mut Vec<String>) -> Option<String> {

@@ -147,6 +147,21 @@ backend_tests! {
         assert!(trail.contains("\"redacted\":true"));
     }
 
+    async fn export_from_a_cursor_without_an_index_names_users_created_before_it(db: TestDb) {
+        history(&db).await;
+        // A fresh data directory: no audit index to take the names from, so the export reads
+        // the events that name users and clients before its cursor.
+        let dir = tempfile::tempdir().unwrap();
+        let o = run(&db, dir.path(), &["export", "--after", "10", "--format", "ocsf"]);
+        assert!(o.status.success(), "{o:?}");
+        let text = out(&o);
+        assert_eq!(text.lines().count(), 16, "{text}");
+        for l in text.lines() {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            assert_eq!(v["actor"]["user"]["email_addr"], "alice@example.com", "{l}");
+        }
+    }
+
     async fn events_and_export_follow_new_events(db: TestDb) {
         history(&db).await;
         let dir = tempfile::tempdir().unwrap();

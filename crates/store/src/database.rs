@@ -243,6 +243,57 @@ impl Store {
         Ok(decode_rows(rows, after, prev).await?.0)
     }
 
+    /// The events of `kinds` with seq ≤ `upto`, in seq order: what a reader starting
+    /// mid-ledger needs of the events before its start (the names of users and clients),
+    /// without reading and decoding the others. Each row is checked against its columns and
+    /// its own hash; its links to neighbours that are not read are not (`verify` checks those).
+    pub async fn read_kinds(
+        &self,
+        kinds: &[grantline_ledger::Kind],
+        upto: u64,
+    ) -> Result<Vec<Recorded>> {
+        // Kind names are the catalogue's own constants, never caller text.
+        let list = kinds
+            .iter()
+            .map(|k| format!("'{}'", k.as_str()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        if list.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = match &self.pool {
+            Pool::Sqlite(p) => {
+                let sql = format!(
+                    "SELECT {ROW_COLUMNS_SQLITE} FROM events WHERE seq <= ?1 AND kind IN ({list}) ORDER BY seq"
+                );
+                sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(upto as i64)
+                    .fetch(p)
+                    .map_ok(|r| raw_row(&r))
+                    .try_collect::<Vec<_>>()
+                    .await?
+            }
+            Pool::Postgres(p) => {
+                let sql = format!(
+                    "SELECT {ROW_COLUMNS_PG} FROM events WHERE seq <= $1 AND kind IN ({list}) ORDER BY seq"
+                );
+                sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(upto as i64)
+                    .fetch(p)
+                    .map_ok(|r| raw_row(&r))
+                    .try_collect::<Vec<_>>()
+                    .await?
+            }
+        };
+        rows.into_iter()
+            .map(|row| {
+                let row = row?;
+                // A negative seq (not possible past the table's CHECK) fails as a mismatch.
+                decode_checked(&row, row.seq.max(0) as u64, None)
+            })
+            .collect()
+    }
+
     /// Every event after `after`, in pages of `page`: the next page is read and decoded while
     /// `f` handles the current one. `f` returns `false` to stop early.
     pub async fn each_page(

@@ -110,17 +110,13 @@ pub async fn exporter_from(
     };
     let mut exporter =
         grantline_audit::formats::Exporter::new(Keyring::new(store), directory, redact);
-    if !indexed {
-        let mut at = 0;
-        while at < after {
-            let events = store.read(at, 5_000.min(after - at) as u32).await?;
-            let Some(last) = events.last().map(|r| r.seq()) else {
-                break;
-            };
-            for r in &events {
-                exporter.learn(r).await?;
-            }
-            at = last;
+    if !indexed && after > 0 {
+        // Only the events that name users and clients, not the whole ledger before `after`.
+        for r in store
+            .read_kinds(&grantline_audit::mapping::NAME_KINDS, after)
+            .await?
+        {
+            exporter.learn(&r).await?;
         }
     }
     Ok(exporter)
