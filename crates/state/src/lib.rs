@@ -8,6 +8,8 @@ pub mod history;
 mod model;
 pub mod rules;
 pub mod snapshot;
+mod table;
 
 pub use apply::{apply, fold};
 pub use model::*;
+pub use table::Table;

@@ -1,6 +1,7 @@
 //! The in-memory read model. Wire types live in `grantline-ledger`; these are separate so a
 //! change to one does not silently change the other.
 
+use crate::table::Table;
 use grantline_ledger::{
     ApplicationType, AuthMethod, GrantType, RegistrationMethod, Timestamp, TokenFormat,
 };
@@ -38,14 +39,15 @@ pub struct State {
     pub families: HashMap<String, Family>,
     /// Authorization codes by digest.
     pub codes: HashMap<String, Code>,
-    /// Access tokens by digest.
-    pub access_tokens: HashMap<String, AccessToken>,
+    /// Access tokens by digest. Sharded ([`Table`]), like the three maps below: they grow with
+    /// every token issued.
+    pub access_tokens: Table<AccessToken>,
     /// Access token id → digest.
-    pub access_by_id: HashMap<String, String>,
+    pub access_by_id: Table<String>,
     /// Refresh tokens by digest.
-    pub refresh_tokens: HashMap<String, RefreshToken>,
+    pub refresh_tokens: Table<RefreshToken>,
     /// Refresh token id → digest, for events that name a token by id.
-    pub refresh_by_id: HashMap<String, String>,
+    pub refresh_by_id: Table<String>,
     pub pats: HashMap<String, Pat>,
     /// Personal access token digest → id.
     pub pat_by_digest: HashMap<String, String>,

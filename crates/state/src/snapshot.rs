@@ -11,6 +11,7 @@
 
 use crate::State;
 use crate::model::*;
+use crate::table::Table;
 use grantline_ledger::{Hash, StreamId, Timestamp};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -48,8 +49,8 @@ struct First {
     grants: HashMap<String, Grant>,
     grant_index: HashMap<GrantKey, String>,
     families: HashMap<String, Family>,
-    access_tokens: HashMap<String, AccessToken>,
-    access_by_id: HashMap<String, String>,
+    access_tokens: Table<AccessToken>,
+    access_by_id: Table<String>,
     pats: HashMap<String, Pat>,
     pat_by_digest: HashMap<String, String>,
     signing_keys: HashMap<String, SigningKey>,
@@ -64,8 +65,8 @@ struct First {
 #[derive(Serialize, Deserialize, Default)]
 struct Second {
     codes: HashMap<String, Code>,
-    refresh_tokens: HashMap<String, RefreshToken>,
-    refresh_by_id: HashMap<String, String>,
+    refresh_tokens: Table<RefreshToken>,
+    refresh_by_id: Table<String>,
 }
 
 /// Splits a state into its parts. Destructured field by field: a field added to `State` and

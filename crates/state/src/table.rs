@@ -1,0 +1,273 @@
+//! [`Table`]: a string-keyed map in shards, for the maps that grow with every token issued.
+//!
+//! A hash map that outgrows its capacity rehashes every entry at once. For the token maps of
+//! [`State`](crate::State), folded on the ledger's writer thread before any appender is
+//! answered, one such rehash of a few hundred thousand tokens stopped every append for
+//! ~400 ms (`grantline-bench refresh`, max latency). In 64 shards each rehash moves a 64th of
+//! the entries; the work in total is the same, the longest pause 64 times shorter.
+
+use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+use serde::ser::{Serialize, SerializeMap, Serializer};
+use std::borrow::Borrow;
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash, RandomState};
+
+const SHARDS: usize = 64;
+
+/// A `String`-keyed map split into 64 shards by a keyed hash of the key. Compares, prints,
+/// serialises and iterates like a `HashMap` (in no particular order).
+#[derive(Clone)]
+pub struct Table<V> {
+    /// Picks the shard; each shard's own map hashes with keys of its own, so the bits that
+    /// chose the shard do not crowd its buckets.
+    router: RandomState,
+    shards: Box<[HashMap<String, V>]>,
+    len: usize,
+}
+
+impl<V> Default for Table<V> {
+    fn default() -> Self {
+        Table {
+            router: RandomState::new(),
+            shards: (0..SHARDS).map(|_| HashMap::new()).collect(),
+            len: 0,
+        }
+    }
+}
+
+impl<V> Table<V> {
+    /// An empty table.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn shard<Q: Hash + ?Sized>(&self, key: &Q) -> usize {
+        (self.router.hash_one(key) >> 58) as usize
+    }
+
+    /// How many entries it holds.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The value under `key`.
+    pub fn get<Q>(&self, key: &Q) -> Option<&V>
+    where
+        String: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.shards[self.shard(key)].get(key)
+    }
+
+    /// The value under `key`, to change.
+    pub fn get_mut<Q>(&mut self, key: &Q) -> Option<&mut V>
+    where
+        String: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let i = self.shard(key);
+        self.shards[i].get_mut(key)
+    }
+
+    /// Whether `key` has a value.
+    pub fn contains_key<Q>(&self, key: &Q) -> bool
+    where
+        String: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.get(key).is_some()
+    }
+
+    /// Puts `value` under `key`; returns the value it replaces.
+    pub fn insert(&mut self, key: String, value: V) -> Option<V> {
+        let i = self.shard(key.as_str());
+        let old = self.shards[i].insert(key, value);
+        if old.is_none() {
+            self.len += 1;
+        }
+        old
+    }
+
+    /// Takes the value under `key` out.
+    pub fn remove<Q>(&mut self, key: &Q) -> Option<V>
+    where
+        String: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let i = self.shard(key);
+        let old = self.shards[i].remove(key);
+        if old.is_some() {
+            self.len -= 1;
+        }
+        old
+    }
+
+    /// Every entry, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &V)> {
+        self.shards.iter().flat_map(|s| s.iter())
+    }
+
+    /// Every value, in no particular order.
+    pub fn values(&self) -> impl Iterator<Item = &V> {
+        self.shards.iter().flat_map(|s| s.values())
+    }
+
+    /// Every key, in no particular order.
+    pub fn keys(&self) -> impl Iterator<Item = &String> {
+        self.shards.iter().flat_map(|s| s.keys())
+    }
+}
+
+impl<'a, V> IntoIterator for &'a Table<V> {
+    type Item = (&'a String, &'a V);
+    type IntoIter = Box<dyn Iterator<Item = (&'a String, &'a V)> + 'a>;
+    fn into_iter(self) -> Self::IntoIter {
+        Box::new(self.iter())
+    }
+}
+
+impl<V> FromIterator<(String, V)> for Table<V> {
+    fn from_iter<I: IntoIterator<Item = (String, V)>>(iter: I) -> Self {
+        let mut t = Table::new();
+        for (k, v) in iter {
+            t.insert(k, v);
+        }
+        t
+    }
+}
+
+impl<Q, V> std::ops::Index<&Q> for Table<V>
+where
+    String: Borrow<Q>,
+    Q: Hash + Eq + ?Sized,
+{
+    type Output = V;
+    /// Panics when `key` has no value, as `HashMap`'s does.
+    fn index(&self, key: &Q) -> &V {
+        match self.get(key) {
+            Some(v) => v,
+            None => panic!("no entry for the key in the table"),
+        }
+    }
+}
+
+/// The same entries with equal values: the shards two tables put a key in may differ.
+impl<V: PartialEq> PartialEq for Table<V> {
+    fn eq(&self, other: &Self) -> bool {
+        self.len == other.len && self.iter().all(|(k, v)| other.get(k) == Some(v))
+    }
+}
+
+impl<V: std::fmt::Debug> std::fmt::Debug for Table<V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+/// A map, exactly as a `HashMap<String, V>` is written: snapshots do not change.
+impl<V: Serialize> Serialize for Table<V> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.len))?;
+        for (k, v) in self.iter() {
+            map.serialize_entry(k, v)?;
+        }
+        map.end()
+    }
+}
+
+impl<'de, V: Deserialize<'de>> Deserialize<'de> for Table<V> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Entries<V>(std::marker::PhantomData<V>);
+        impl<'de, V: Deserialize<'de>> Visitor<'de> for Entries<V> {
+            type Value = Table<V>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a map of strings to entries")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Table<V>, A::Error> {
+                let mut t = Table::new();
+                while let Some((k, v)) = map.next_entry::<String, V>()? {
+                    if t.insert(k, v).is_some() {
+                        return Err(serde::de::Error::custom("a key appears twice"));
+                    }
+                }
+                Ok(t)
+            }
+        }
+        deserializer.deserialize_map(Entries(std::marker::PhantomData))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn behaves_as_a_map_and_compares_by_content() {
+        let mut a: Table<u32> = Table::new();
+        let mut model: HashMap<String, u32> = HashMap::new();
+        for i in 0..5_000u32 {
+            let k = format!("k{}", i % 3_000);
+            assert_eq!(a.insert(k.clone(), i), model.insert(k, i));
+        }
+        for i in (0..3_000u32).step_by(7) {
+            let k = format!("k{i}");
+            assert_eq!(a.remove(k.as_str()), model.remove(&k));
+            assert_eq!(a.remove(k.as_str()), None);
+        }
+        assert_eq!(a.len(), model.len());
+        for (k, v) in &model {
+            assert_eq!(a.get(k.as_str()), Some(v));
+            assert!(a.contains_key(k.as_str()));
+        }
+        assert!(!a.contains_key("k7"));
+        *a.get_mut("k1").expect("present") += 1;
+        assert_eq!(a["k1"], model["k1"] + 1);
+        assert_eq!(a.iter().count(), model.len());
+        assert_eq!(a.values().map(|v| *v as u64).sum::<u64>(), {
+            model.values().map(|v| *v as u64).sum::<u64>() + 1
+        });
+
+        // Another table routes keys with other hash keys; equal contents are still equal.
+        let b: Table<u32> = a.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        assert_eq!(a, b);
+        let mut c = b.clone();
+        c.insert("k1".into(), 0);
+        assert_ne!(a, c);
+        c.remove("k1");
+        assert_ne!(a, c);
+    }
+
+    #[test]
+    fn entries_spread_over_all_shards() {
+        // The point of the table: each shard, hence each rehash, holds a 64th of the entries.
+        let t: Table<()> = (0..64_000).map(|i| (format!("digest-{i}"), ())).collect();
+        let largest = t.shards.iter().map(HashMap::len).max().unwrap_or(0);
+        let smallest = t.shards.iter().map(HashMap::len).min().unwrap_or(0);
+        assert!(
+            largest < 2 * 1_000 && smallest > 1_000 / 2,
+            "{smallest}..{largest}"
+        );
+    }
+
+    #[test]
+    fn serialises_as_the_hash_map_it_replaces() {
+        let map: HashMap<String, Vec<u8>> = (0..300)
+            .map(|i| (format!("key {i}"), vec![i as u8; i % 5]))
+            .collect();
+        let table: Table<Vec<u8>> = map.clone().into_iter().collect();
+        let mut bytes = Vec::new();
+        ciborium::into_writer(&table, &mut bytes).expect("encode");
+        let back: HashMap<String, Vec<u8>> = ciborium::from_reader(&bytes[..]).expect("decode");
+        assert_eq!(back, map);
+        let mut old = Vec::new();
+        ciborium::into_writer(&map, &mut old).expect("encode");
+        let read: Table<Vec<u8>> = ciborium::from_reader(&old[..]).expect("decode");
+        assert_eq!(read, table);
+        assert_eq!(format!("{:?}", Table::<u8>::new()), "{}");
+    }
+}
