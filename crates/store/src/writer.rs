@@ -954,18 +954,19 @@ impl Writer {
         let row = match &mut self.conn {
             WriterConn::Sqlite(c) => on_sqlite(c, |c| {
                 use rusqlite::OptionalExtension;
-                c.execute_batch("BEGIN IMMEDIATE")?;
-                Ok(c.query_row(
+                // Statements cached: parsing these three again at every commit was ~4 % of
+                // the writer's time (`refresh`, 32 clients).
+                c.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
+                Ok(c.prepare_cached(
                     "SELECT seq, hash, time FROM events ORDER BY seq DESC LIMIT 1",
-                    [],
-                    |r| {
-                        Ok((
-                            r.get::<_, i64>(0)?,
-                            r.get::<_, Vec<u8>>(1)?,
-                            r.get::<_, i64>(2)?,
-                        ))
-                    },
-                )
+                )?
+                .query_row([], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, Vec<u8>>(1)?,
+                        r.get::<_, i64>(2)?,
+                    ))
+                })
                 .optional()?)
             })
             .await?
@@ -1204,7 +1205,10 @@ impl Writer {
     async fn finish(&mut self, head: u64, notify: bool) -> Result<()> {
         match &mut self.conn {
             WriterConn::Sqlite(c) => {
-                on_sqlite(c, |c| Ok(c.execute_batch("COMMIT")?)).await?;
+                on_sqlite(c, |c| {
+                    Ok(c.prepare_cached("COMMIT")?.execute([]).map(|_| ())?)
+                })
+                .await?;
             }
             WriterConn::Postgres(c) => {
                 // One round trip: the announcement and the commit (NOTIFY is delivered at it).
