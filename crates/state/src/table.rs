@@ -3,8 +3,9 @@
 //! A hash map that outgrows its capacity rehashes every entry at once. For the token maps of
 //! [`State`](crate::State), folded on the ledger's writer thread before any appender is
 //! answered, one such rehash of a few hundred thousand tokens stopped every append for
-//! ~400 ms (`grantline-bench refresh`, max latency). In 64 shards each rehash moves a 64th of
-//! the entries; the work in total is the same, the longest pause 64 times shorter.
+//! ~400 ms (`grantline-bench refresh`, max latency). Here each value lives in a box of its
+//! own, so a rehash moves a key and a pointer (32 bytes) rather than a token's ~200, and the
+//! map is 256 shards, so each rehash moves a 256th of the entries.
 
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde::ser::{Serialize, SerializeMap, Serializer};
@@ -12,16 +13,16 @@ use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, RandomState};
 
-const SHARDS: usize = 64;
+const SHARDS: usize = 256;
 
-/// A `String`-keyed map split into 64 shards by a keyed hash of the key. Compares, prints,
+/// A `String`-keyed map of boxed values split into 256 shards by a keyed hash of the key. Compares, prints,
 /// serialises and iterates like a `HashMap` (in no particular order).
 #[derive(Clone)]
 pub struct Table<V> {
     /// Picks the shard; each shard's own map hashes with keys of its own, so the bits that
     /// chose the shard do not crowd its buckets.
     router: RandomState,
-    shards: Box<[HashMap<String, V>]>,
+    shards: Box<[HashMap<String, Box<V>>]>,
     len: usize,
 }
 
@@ -42,7 +43,7 @@ impl<V> Table<V> {
     }
 
     fn shard<Q: Hash + ?Sized>(&self, key: &Q) -> usize {
-        (self.router.hash_one(key) >> 58) as usize
+        (self.router.hash_one(key) >> 56) as usize
     }
 
     /// How many entries it holds.
@@ -61,7 +62,7 @@ impl<V> Table<V> {
         String: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.shards[self.shard(key)].get(key)
+        self.shards[self.shard(key)].get(key).map(|v| &**v)
     }
 
     /// The value under `key`, to change.
@@ -71,7 +72,7 @@ impl<V> Table<V> {
         Q: Hash + Eq + ?Sized,
     {
         let i = self.shard(key);
-        self.shards[i].get_mut(key)
+        self.shards[i].get_mut(key).map(|v| &mut **v)
     }
 
     /// Whether `key` has a value.
@@ -86,11 +87,11 @@ impl<V> Table<V> {
     /// Puts `value` under `key`; returns the value it replaces.
     pub fn insert(&mut self, key: String, value: V) -> Option<V> {
         let i = self.shard(key.as_str());
-        let old = self.shards[i].insert(key, value);
+        let old = self.shards[i].insert(key, Box::new(value));
         if old.is_none() {
             self.len += 1;
         }
-        old
+        old.map(|v| *v)
     }
 
     /// Takes the value under `key` out.
@@ -104,17 +105,19 @@ impl<V> Table<V> {
         if old.is_some() {
             self.len -= 1;
         }
-        old
+        old.map(|v| *v)
     }
 
     /// Every entry, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (&String, &V)> {
-        self.shards.iter().flat_map(|s| s.iter())
+        self.shards
+            .iter()
+            .flat_map(|s| s.iter().map(|(k, v)| (k, &**v)))
     }
 
     /// Every value, in no particular order.
     pub fn values(&self) -> impl Iterator<Item = &V> {
-        self.shards.iter().flat_map(|s| s.values())
+        self.shards.iter().flat_map(|s| s.values().map(|v| &**v))
     }
 
     /// Every key, in no particular order.
@@ -244,8 +247,8 @@ mod tests {
 
     #[test]
     fn entries_spread_over_all_shards() {
-        // The point of the table: each shard, hence each rehash, holds a 64th of the entries.
-        let t: Table<()> = (0..64_000).map(|i| (format!("digest-{i}"), ())).collect();
+        // The point of the table: each shard, hence each rehash, holds a 256th of the entries.
+        let t: Table<()> = (0..256_000).map(|i| (format!("digest-{i}"), ())).collect();
         let largest = t.shards.iter().map(HashMap::len).max().unwrap_or(0);
         let smallest = t.shards.iter().map(HashMap::len).min().unwrap_or(0);
         assert!(
