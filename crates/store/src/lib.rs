@@ -22,7 +22,7 @@ pub use tail::Tail;
 pub use writer::{CommitHook, GroupCommit, GroupCommitHook, Ledger, LedgerOptions, PG_CHANNEL};
 
 use grantline_ledger::NoteVerifier;
-use grantline_ledger::verify::{ChainVerifier, Finding, Start, StartError, Summary};
+use grantline_ledger::verify::{ChainVerifier, Finding, RawRow, Start, StartError, Summary};
 
 /// Walks the whole ledger and returns its summary or the first finding. `progress` is called
 /// with the number of events checked so far.
@@ -72,71 +72,107 @@ pub async fn verify_from_checkpoint(
         .map_err(StartError::Finding))
 }
 
-/// Feeds the rows after `after` to `verifier`, reading the next page while this one is checked.
+/// Rows per page of [`verify`]'s walk: each page is read and checked as one piece of work.
+pub const VERIFY_PAGE_ROWS: u32 = 10_000;
+
+/// A page of a walk as read, with [`check_row`]'s result for each row.
+///
+/// [`check_row`]: grantline_ledger::verify::check_row
+type CheckedPage = (Vec<RawRow>, Vec<CheckResult>);
+
+/// What [`grantline_ledger::verify::check_row`] says of one row.
+type CheckResult = std::result::Result<grantline_ledger::Hash, grantline_ledger::verify::Problem>;
+
+/// Feeds the rows after `after` to `verifier` in seq order. One reader per core reads and
+/// checks pages on its own (reader `w` takes pages `w`, `w + readers`, …: page `i` is the
+/// rows after `after + i × page`), so reading and checking keep every core busy without a
+/// barrier between pages; the chain, the Merkle tree and the checkpoints are then followed
+/// here in order. Seqs are contiguous in a sound ledger, so page `i` holds exactly the rows
+/// `after + i × page + 1 ..`; where they are not, the first row out of place is a finding
+/// before any overlap between pages matters. The walk ends at the first page that is not
+/// full: the end of the ledger when it was read.
 async fn walk(
     store: &Store,
     mut verifier: ChainVerifier,
-    mut after: u64,
+    after: u64,
     mut progress: impl FnMut(u64),
 ) -> Result<std::result::Result<Summary, Finding>> {
-    let page = 20_000u32;
-    let mut next = tokio::spawn({
+    let readers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .clamp(1, 8);
+    let mut pages = Vec::with_capacity(readers);
+    let mut spares = Vec::with_capacity(readers);
+    let mut tasks = tokio::task::JoinSet::new();
+    for first in 0..readers {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<CheckedPage>>(1);
+        let (spare_tx, mut spare_rx) = tokio::sync::mpsc::unbounded_channel::<CheckedPage>();
+        // Three pages' buffers per reader (one read into, one waiting, one being followed),
+        // handed back once followed: a walk allocates them once, not at every page.
+        for _ in 0..3 {
+            let _ = spare_tx.send((Vec::new(), Vec::new()));
+        }
+        pages.push(rx);
+        spares.push(spare_tx);
         let store = store.clone();
-        async move { store.raw_rows(after, page).await }
-    });
-    // The page checked last time: its buffers are read into again.
-    let mut spare = Vec::new();
-    loop {
-        let rows = next
-            .await
-            .map_err(|e| StoreError::Unavailable(e.to_string()))??;
-        let Some(last) = rows.last() else { break };
-        let last_seq = last.seq.max(0) as u64;
-        // Read the next page while this one is checked; check rows on the blocking pool in
-        // parallel chunks, then link them in order.
-        next = tokio::spawn({
-            let store = store.clone();
-            let reuse = std::mem::take(&mut spare);
-            async move { store.raw_rows_into(last_seq.max(after), page, reuse).await }
+        tasks.spawn(async move {
+            let mut i = first as u64;
+            // No buffer back: the walk is over.
+            while let Some((reuse, own)) = spare_rx.recv().await {
+                let from = after.saturating_add(i.saturating_mul(u64::from(VERIFY_PAGE_ROWS)));
+                let page = match store.raw_rows_into(from, VERIFY_PAGE_ROWS, reuse).await {
+                    Ok(rows) => check_page(rows, own).await,
+                    Err(e) => Err(e),
+                };
+                let last = page
+                    .as_ref()
+                    .map_or(true, |(rows, _)| rows.len() < VERIFY_PAGE_ROWS as usize);
+                if tx.send(page).await.is_err() || last {
+                    return;
+                }
+                i += readers as u64;
+            }
         });
-        let rows = std::sync::Arc::new(rows);
-        let own = parallel_check(rows.clone()).await?;
-        for (row, own) in rows.iter().zip(own) {
+    }
+    let mut i = 0usize;
+    loop {
+        // A reader stops only after sending its last page, so a closed channel here means it
+        // failed: never end the walk early as if the ledger ended there.
+        let Some(page) = pages[i % readers].recv().await else {
+            return Err(StoreError::Unavailable(
+                "a reader of the walk stopped before the end of the ledger".into(),
+            ));
+        };
+        let (rows, mut own) = page?;
+        for (row, own) in rows.iter().zip(own.drain(..)) {
             if let Err(f) = verifier.push(row, Some(own)) {
-                next.abort();
                 return Ok(Err(f));
             }
         }
-        spare = std::sync::Arc::try_unwrap(rows).unwrap_or_default();
-        after = last_seq;
-        progress(verifier.events());
+        if !rows.is_empty() {
+            progress(verifier.events());
+        }
+        if rows.len() < VERIFY_PAGE_ROWS as usize {
+            break;
+        }
+        // The reader may have stopped already; then its page buffers are simply dropped.
+        let _ = spares[i % readers].send((rows, own));
+        i += 1;
     }
+    drop(pages);
+    tasks.shutdown().await;
     Ok(verifier.finish())
 }
 
-async fn parallel_check(
-    rows: std::sync::Arc<Vec<grantline_ledger::verify::RawRow>>,
-) -> Result<Vec<std::result::Result<grantline_ledger::Hash, grantline_ledger::verify::Problem>>> {
-    let workers = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(2);
-    let chunk = rows.len().div_ceil(workers).max(1);
-    let mut handles = Vec::new();
-    for start in (0..rows.len()).step_by(chunk) {
-        let rows = rows.clone();
-        handles.push(tokio::task::spawn_blocking(move || {
-            rows[start..(start + chunk).min(rows.len())]
-                .iter()
-                .map(grantline_ledger::verify::check_row)
-                .collect::<Vec<_>>()
-        }));
-    }
-    let mut out = Vec::with_capacity(rows.len());
-    for h in handles {
-        out.extend(
-            h.await
-                .map_err(|e| StoreError::Unavailable(e.to_string()))?,
-        );
-    }
-    Ok(out)
+/// Checks each row of a page on the blocking pool ([`check_row`] decodes and hashes).
+///
+/// [`check_row`]: grantline_ledger::verify::check_row
+async fn check_page(rows: Vec<RawRow>, mut own: Vec<CheckResult>) -> Result<CheckedPage> {
+    tokio::task::spawn_blocking(move || {
+        own.clear();
+        own.extend(rows.iter().map(grantline_ledger::verify::check_row));
+        (rows, own)
+    })
+    .await
+    .map_err(|e| StoreError::Unavailable(e.to_string()))
 }

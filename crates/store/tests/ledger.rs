@@ -542,6 +542,67 @@ mod tamper {
     }
 }
 
+mod pages {
+    use super::*;
+    use grantline_store::VERIFY_PAGE_ROWS;
+
+    /// Appends `n` tool calls in groups of 1,000.
+    async fn fill(ledger: &grantline_store::Ledger, from: u64, n: u64) {
+        for start in (from..from + n).step_by(1_000) {
+            let batch = (start..(start + 1_000).min(from + n))
+                .map(tool_call)
+                .collect();
+            ledger.append(Append::new(batch)).await.unwrap();
+        }
+    }
+
+    backend_tests! {
+        /// `verify` reads and checks pages on several readers at once: a ledger that ends
+        /// exactly at a page's end, one row past it, and tampering on either side of a
+        /// boundary are all told as a single walk in order would.
+        async fn a_walk_over_several_pages_ends_where_the_ledger_ends_and_finds_each_row_in_order(db: TestDb) {
+            let page = u64::from(VERIFY_PAGE_ROWS);
+            let ledger = open_with(&db, quiet()).await;
+            fill(&ledger, 1, 2 * page).await;
+            let store = Store::connect(&db.db, false).await.unwrap();
+            let mut seen = Vec::new();
+            let s = grantline_store::verify(&store, &[grantline_store::testing::signer().verifier()], |n| seen.push(n))
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(s.events, 2 * page, "{s}");
+            assert_eq!(seen.first(), Some(&page), "progress after each page, in order");
+            assert!(seen.windows(2).all(|w| w[0] < w[1]), "{seen:?}");
+            assert_eq!(seen.last(), Some(&(2 * page)));
+
+            fill(&ledger, 2 * page + 1, 1).await;
+            ledger.shutdown().await;
+            let s = verify(&store).await.unwrap();
+            assert_eq!((s.events, s.head), (2 * page + 1, store.head().await.unwrap().unwrap().1), "{s}");
+
+            drop_guards(&store).await;
+            // A changed body in the second page, which another reader than the first checks.
+            let changed = page + page / 2;
+            let r = store.raw_rows(changed - 1, 1).await.unwrap().remove(0);
+            let mut env = decode(&r.body).unwrap();
+            if let Payload::ToolCalled(t) = &mut env.payload {
+                t.outcome = ToolOutcome::Denied;
+            }
+            set_bytes(&store, "body", changed as i64, &encode(&env).unwrap()).await;
+            let f = verify(&store).await.unwrap_err();
+            assert_eq!((f.seq, f.problem), (changed, Problem::BodyChanged));
+            set_bytes(&store, "body", changed as i64, &r.body).await;
+            assert_eq!(verify(&store).await.unwrap().events, 2 * page + 1);
+
+            // The first row of a page gone: the next page's read starts one row late, and
+            // the walk says which row is missing rather than reading past it.
+            exec(&store, &format!("DELETE FROM events WHERE seq = {}", page + 1)).await.unwrap();
+            let f = verify(&store).await.unwrap_err();
+            assert_eq!((f.seq, f.problem), (page + 1, Problem::MissingRows { found: page + 2 }));
+        }
+    }
+}
+
 /// The documented least-privilege setup works: the application role appends and checkpoints,
 /// and cannot update, delete, truncate or drop the guard rails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
