@@ -33,7 +33,10 @@ async fn family(base: &str, browser: &reqwest::Client) -> Result<(String, String
         .await?
         .json()
         .await?;
-    let client = reg["client_id"].as_str().context("client_id")?.to_string();
+    let client = reg["client_id"]
+        .as_str()
+        .with_context(|| format!("registration refused: {reg}"))?
+        .to_string();
     let verifier = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .encode(uuid::Uuid::now_v7().as_bytes().repeat(2));
     let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD
