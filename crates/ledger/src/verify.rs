@@ -22,6 +22,70 @@ pub struct RawRow {
     pub hash: Vec<u8>,
 }
 
+impl RawRow {
+    /// The row borrowed, as [`check_row`] reads it.
+    pub fn as_ref(&self) -> RowRef<'_> {
+        RowRef {
+            seq: self.seq,
+            id: self.id,
+            time: self.time,
+            stream: &self.stream,
+            version: self.version,
+            kind: &self.kind,
+            body: &self.body,
+            prev_hash: &self.prev_hash,
+            hash: &self.hash,
+        }
+    }
+}
+
+/// One `events` row as stored, borrowed from wherever it was read: a [`RawRow`], or the
+/// database's own buffers while a scan stands on it (so a walk need not copy every body).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RowRef<'a> {
+    pub seq: i64,
+    pub id: Uuid,
+    pub time: i64,
+    pub stream: &'a str,
+    pub version: i64,
+    pub kind: &'a str,
+    pub body: &'a [u8],
+    pub prev_hash: &'a [u8],
+    pub hash: &'a [u8],
+}
+
+/// A row checked on its own by [`check_row`], with what [`ChainVerifier`] still needs of it
+/// to link it in order: its seq, the hash it chains to, and the body of a checkpoint-key
+/// rotation it must follow. Small enough to keep a page of them without the bodies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckedRow {
+    seq: i64,
+    /// `None` when the stored `prev_hash` is not a hash at all.
+    prev_hash: Option<Hash>,
+    own: Result<Hash, Problem>,
+    /// The body, for a `signing_key.rotated` row only.
+    rotation: Option<Vec<u8>>,
+}
+
+impl CheckedRow {
+    /// Checks `row` on its own ([`check_row`]) and keeps what linking it needs.
+    pub fn check(row: RowRef<'_>) -> CheckedRow {
+        let own = check_row(row);
+        CheckedRow::with(row, own)
+    }
+
+    /// `row` with [`check_row`]'s result for it, computed elsewhere.
+    fn with(row: RowRef<'_>, own: Result<Hash, Problem>) -> CheckedRow {
+        CheckedRow {
+            seq: row.seq,
+            prev_hash: Hash::from_slice(row.prev_hash),
+            own,
+            rotation: (row.kind == crate::Kind::SigningKeyRotated.as_str())
+                .then(|| row.body.to_vec()),
+        }
+    }
+}
+
 /// One `checkpoints` row as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RawCheckpoint {
@@ -179,8 +243,8 @@ impl fmt::Display for Summary {
 /// The checks on one row that need nothing but the row: body decodes (all of it, as every
 /// reader decodes it), columns agree with it, stored hash is the hash of the stored body over
 /// the stored `prev_hash`. Independent per row, so a caller may run them in parallel.
-pub fn check_row(row: &RawRow) -> Result<Hash, Problem> {
-    match codec::decode(&row.body) {
+pub fn check_row(row: RowRef<'_>) -> Result<Hash, Problem> {
+    match codec::decode(row.body) {
         Ok(env) => {
             check_columns(
                 row,
@@ -196,7 +260,7 @@ pub fn check_row(row: &RawRow) -> Result<Hash, Problem> {
         // Say what is wrong as precisely as the header allows: a changed body (its hash
         // tells), reordered rows, an altered column; else the body is malformed as written.
         Err(e) => {
-            let header = codec::decode_header(&row.body).map_err(|e| Problem::MalformedBody {
+            let header = codec::decode_header(row.body).map_err(|e| Problem::MalformedBody {
                 error: e.to_string(),
             })?;
             check_columns(
@@ -217,7 +281,7 @@ pub fn check_row(row: &RawRow) -> Result<Hash, Problem> {
 }
 
 fn check_columns(
-    row: &RawRow,
+    row: RowRef<'_>,
     seq: u64,
     id: Uuid,
     time: i64,
@@ -247,10 +311,10 @@ fn check_columns(
     Ok(())
 }
 
-fn check_hash(row: &RawRow) -> Result<Hash, Problem> {
-    let prev = Hash::from_slice(&row.prev_hash).ok_or(Problem::ChainBroken)?;
-    let stored = Hash::from_slice(&row.hash).ok_or(Problem::BodyChanged)?;
-    if chain_hash(&prev, &row.body) != stored {
+fn check_hash(row: RowRef<'_>) -> Result<Hash, Problem> {
+    let prev = Hash::from_slice(row.prev_hash).ok_or(Problem::ChainBroken)?;
+    let stored = Hash::from_slice(row.hash).ok_or(Problem::BodyChanged)?;
+    if chain_hash(&prev, row.body) != stored {
         return Err(Problem::BodyChanged);
     }
     Ok(stored)
@@ -504,8 +568,8 @@ impl ChainVerifier {
     }
 
     /// Follows a `signing_key.rotated` of the checkpoint key at `seq`.
-    fn follow(&mut self, row: &RawRow, seq: u64) -> Result<(), Problem> {
-        let env = crate::codec::decode(&row.body).map_err(|e| Problem::MalformedBody {
+    fn follow(&mut self, body: &[u8], seq: u64) -> Result<(), Problem> {
+        let env = crate::codec::decode(body).map_err(|e| Problem::MalformedBody {
             error: e.to_string(),
         })?;
         let crate::Payload::SigningKeyRotated(r) = env.payload else {
@@ -560,6 +624,13 @@ impl ChainVerifier {
         row: &RawRow,
         own: Option<Result<Hash, Problem>>,
     ) -> Result<(), Finding> {
+        let row = row.as_ref();
+        let own = own.unwrap_or_else(|| check_row(row));
+        self.push_checked(CheckedRow::with(row, own))
+    }
+
+    /// Links the next row, already checked on its own ([`CheckedRow::check`]).
+    pub fn push_checked(&mut self, row: CheckedRow) -> Result<(), Finding> {
         let seq = self.next_seq;
         let at = |problem| Finding { seq, problem };
         if row.seq != seq as i64 {
@@ -572,8 +643,8 @@ impl ChainVerifier {
                 holds: row.seq.max(0) as u64,
             }));
         }
-        let hash = own.unwrap_or_else(|| check_row(row)).map_err(at)?;
-        if row.prev_hash.as_slice() != self.prev.0.as_slice() {
+        let hash = row.own.map_err(at)?;
+        if row.prev_hash != Some(self.prev) {
             return Err(at(Problem::ChainBroken));
         }
         self.frontier.push(&hash);
@@ -608,8 +679,8 @@ impl ChainVerifier {
         }
         // A rotation takes effect after the checkpoints of its own size: the old key may
         // still vouch for the event that hands it over.
-        if row.kind == crate::Kind::SigningKeyRotated.as_str() {
-            self.follow(row, seq).map_err(at)?;
+        if let Some(body) = &row.rotation {
+            self.follow(body, seq).map_err(at)?;
         }
         Ok(())
     }

@@ -2,7 +2,7 @@
 
 use crate::{Result, StoreError};
 use futures::TryStreamExt;
-use grantline_ledger::verify::{RawCheckpoint, RawRow};
+use grantline_ledger::verify::{CheckedRow, RawCheckpoint, RawRow, RowRef};
 use grantline_ledger::{Hash, Recorded};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{
@@ -227,6 +227,39 @@ impl Store {
                     .try_collect::<Vec<_>>()
                     .await?;
                 rows.into_iter().collect()
+            }
+        }
+    }
+
+    /// Up to `limit` rows with seq > `after`, in seq order, each checked on its own
+    /// ([`CheckedRow::check`]) into the rows of a page already checked: what `verify`'s walk
+    /// reads. On SQLite rows are checked in SQLite's own buffers, not copied first.
+    pub async fn checked_rows_into(
+        &self,
+        after: u64,
+        limit: u32,
+        reuse: Vec<CheckedRow>,
+    ) -> Result<Vec<CheckedRow>> {
+        match &self.pool {
+            Pool::Sqlite(_) => {
+                let Database::Sqlite(path) = &self.db else {
+                    return Err(StoreError::BadUrl(self.db.display()));
+                };
+                let path = path.clone();
+                tokio::task::spawn_blocking(move || scan_sqlite_checked(&path, after, limit, reuse))
+                    .await
+                    .map_err(|e| StoreError::Unavailable(e.to_string()))?
+            }
+            Pool::Postgres(_) => {
+                let rows = self.raw_rows(after, limit).await?;
+                tokio::task::spawn_blocking(move || {
+                    let mut out = reuse;
+                    out.clear();
+                    out.extend(rows.iter().map(|r| CheckedRow::check(r.as_ref())));
+                    out
+                })
+                .await
+                .map_err(|e| StoreError::Unavailable(e.to_string()))
             }
         }
     }
@@ -549,6 +582,72 @@ const SCAN_MMAP_BYTES: i64 = 1 << 30;
 /// worker thread hands rows over one at a time under SQLite's serialized mutex, which made
 /// full-ledger scans (verify, replay) several times slower than SQLite itself.
 fn scan_sqlite(path: &Path, after: u64, limit: u32, mut out: Vec<RawRow>) -> Result<Vec<RawRow>> {
+    let mut n = 0usize;
+    scan_sqlite_with(path, after, limit, |row| {
+        if n == out.len() {
+            out.push(RawRow {
+                seq: 0,
+                id: uuid::Uuid::nil(),
+                time: 0,
+                stream: String::new(),
+                version: 0,
+                kind: String::new(),
+                body: Vec::new(),
+                prev_hash: Vec::new(),
+                hash: Vec::new(),
+            });
+        }
+        assign(&mut out[n], row);
+        n += 1;
+    })?;
+    out.truncate(n);
+    Ok(out)
+}
+
+/// Overwrites `into` with `row`, reusing its buffers.
+fn assign(into: &mut RawRow, row: RowRef<'_>) {
+    fn bytes(into: &mut Vec<u8>, b: &[u8]) {
+        // A reused buffer does not keep the size of the largest body it ever held.
+        if into.capacity() > (4 * b.len()).max(16 * 1024) {
+            *into = Vec::new();
+        }
+        into.clear();
+        into.extend_from_slice(b);
+    }
+    into.seq = row.seq;
+    into.id = row.id;
+    into.time = row.time;
+    into.stream.clear();
+    into.stream.push_str(row.stream);
+    into.version = row.version;
+    into.kind.clear();
+    into.kind.push_str(row.kind);
+    bytes(&mut into.body, row.body);
+    bytes(&mut into.prev_hash, row.prev_hash);
+    bytes(&mut into.hash, row.hash);
+}
+
+/// [`Store::checked_rows_into`] on SQLite: each row is checked while SQLite's buffers hold
+/// it, and only what linking it needs is kept (no body is copied but a key rotation's).
+fn scan_sqlite_checked(
+    path: &Path,
+    after: u64,
+    limit: u32,
+    mut out: Vec<CheckedRow>,
+) -> Result<Vec<CheckedRow>> {
+    out.clear();
+    scan_sqlite_with(path, after, limit, |row| out.push(CheckedRow::check(row)))?;
+    Ok(out)
+}
+
+/// Calls `each` with up to `limit` rows with seq > `after`, in seq order, borrowed from
+/// SQLite's buffers.
+fn scan_sqlite_with(
+    path: &Path,
+    after: u64,
+    limit: u32,
+    mut each: impl FnMut(RowRef<'_>),
+) -> Result<()> {
     use rusqlite::OpenFlags;
     use rusqlite::types::ValueRef;
     let conn = rusqlite::Connection::open_with_flags(
@@ -567,75 +666,55 @@ fn scan_sqlite(path: &Path, after: u64, limit: u32, mut out: Vec<RawRow>) -> Res
     ))?;
     let mut rows = stmt.query(rusqlite::params![after as i64, limit as i64])?;
     // A tampered row may hold text where bytes belong (SQLite is dynamically typed): read the
-    // bytes either way and let verification judge them.
-    fn bytes_into(r: &rusqlite::Row, i: usize, into: &mut Vec<u8>) -> rusqlite::Result<()> {
-        into.clear();
-        let value = r.get_ref(i)?;
-        // A reused buffer does not keep the size of the largest body it ever held.
-        if let ValueRef::Blob(b) | ValueRef::Text(b) = value
-            && into.capacity() > (4 * b.len()).max(16 * 1024)
-        {
-            *into = Vec::new();
-        }
+    // bytes either way and let verification judge them. A number stands as its text.
+    fn bytes<'a>(value: ValueRef<'a>, scratch: &'a mut Vec<u8>) -> &'a [u8] {
         match value {
-            ValueRef::Blob(b) | ValueRef::Text(b) => into.extend_from_slice(b),
-            ValueRef::Null => {}
-            ValueRef::Integer(n) => into.extend_from_slice(n.to_string().as_bytes()),
-            ValueRef::Real(f) => into.extend_from_slice(f.to_string().as_bytes()),
+            ValueRef::Blob(b) | ValueRef::Text(b) => b,
+            ValueRef::Null => &[],
+            ValueRef::Integer(n) => {
+                *scratch = n.to_string().into_bytes();
+                scratch
+            }
+            ValueRef::Real(f) => {
+                *scratch = f.to_string().into_bytes();
+                scratch
+            }
         }
-        Ok(())
     }
-    fn text_into(r: &rusqlite::Row, i: usize, into: &mut String) -> rusqlite::Result<()> {
-        into.clear();
+    fn text<'a>(r: &'a rusqlite::Row, i: usize) -> rusqlite::Result<&'a str> {
         match r.get_ref(i)? {
             ValueRef::Text(t) => {
-                into.push_str(std::str::from_utf8(t).map_err(|e| rusqlite::Error::Utf8Error(i, e))?)
+                std::str::from_utf8(t).map_err(|e| rusqlite::Error::Utf8Error(i, e))
             }
-            other => {
-                return Err(rusqlite::Error::InvalidColumnType(
-                    i,
-                    String::new(),
-                    other.data_type(),
-                ));
-            }
+            other => Err(rusqlite::Error::InvalidColumnType(
+                i,
+                String::new(),
+                other.data_type(),
+            )),
         }
-        Ok(())
     }
-    let mut n = 0usize;
+    let mut scratch = [Vec::new(), Vec::new(), Vec::new()];
     while let Some(r) = rows.next()? {
-        if n == out.len() {
-            out.push(RawRow {
-                seq: 0,
-                id: uuid::Uuid::nil(),
-                time: 0,
-                stream: String::new(),
-                version: 0,
-                kind: String::new(),
-                body: Vec::new(),
-                prev_hash: Vec::new(),
-                hash: Vec::new(),
-            });
-        }
-        let row = &mut out[n];
-        row.seq = r.get(0)?;
-        // A malformed id becomes nil, which verification reports as a column mismatch.
-        row.id = match r.get_ref(1)? {
-            ValueRef::Blob(b) | ValueRef::Text(b) => {
-                uuid::Uuid::from_slice(b).unwrap_or(uuid::Uuid::nil())
-            }
-            _ => uuid::Uuid::nil(),
-        };
-        row.time = r.get(2)?;
-        text_into(r, 3, &mut row.stream)?;
-        row.version = r.get(4)?;
-        text_into(r, 5, &mut row.kind)?;
-        bytes_into(r, 6, &mut row.body)?;
-        bytes_into(r, 7, &mut row.prev_hash)?;
-        bytes_into(r, 8, &mut row.hash)?;
-        n += 1;
+        let [body, prev_hash, hash] = &mut scratch;
+        each(RowRef {
+            seq: r.get(0)?,
+            // A malformed id becomes nil, which verification reports as a column mismatch.
+            id: match r.get_ref(1)? {
+                ValueRef::Blob(b) | ValueRef::Text(b) => {
+                    uuid::Uuid::from_slice(b).unwrap_or(uuid::Uuid::nil())
+                }
+                _ => uuid::Uuid::nil(),
+            },
+            time: r.get(2)?,
+            stream: text(r, 3)?,
+            version: r.get(4)?,
+            kind: text(r, 5)?,
+            body: bytes(r.get_ref(6)?, body),
+            prev_hash: bytes(r.get_ref(7)?, prev_hash),
+            hash: bytes(r.get_ref(8)?, hash),
+        });
     }
-    out.truncate(n);
-    Ok(out)
+    Ok(())
 }
 
 fn raw_row<R: Row>(r: &R) -> Result<RawRow>

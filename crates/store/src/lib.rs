@@ -22,7 +22,7 @@ pub use tail::Tail;
 pub use writer::{CommitHook, GroupCommit, GroupCommitHook, Ledger, LedgerOptions, PG_CHANNEL};
 
 use grantline_ledger::NoteVerifier;
-use grantline_ledger::verify::{ChainVerifier, Finding, RawRow, Start, StartError, Summary};
+use grantline_ledger::verify::{ChainVerifier, CheckedRow, Finding, Start, StartError, Summary};
 
 /// Walks the whole ledger and returns its summary or the first finding. `progress` is called
 /// with the number of events checked so far.
@@ -75,14 +75,6 @@ pub async fn verify_from_checkpoint(
 /// Rows per page of [`verify`]'s walk: each page is read and checked as one piece of work.
 pub const VERIFY_PAGE_ROWS: u32 = 10_000;
 
-/// A page of a walk as read, with [`check_row`]'s result for each row.
-///
-/// [`check_row`]: grantline_ledger::verify::check_row
-type CheckedPage = (Vec<RawRow>, Vec<CheckResult>);
-
-/// What [`grantline_ledger::verify::check_row`] says of one row.
-type CheckResult = std::result::Result<grantline_ledger::Hash, grantline_ledger::verify::Problem>;
-
 /// Feeds the rows after `after` to `verifier` in seq order. One reader per core reads and
 /// checks pages on its own (reader `w` takes pages `w`, `w + readers`, …: page `i` is the
 /// rows after `after + i × page`), so reading and checking keep every core busy without a
@@ -105,12 +97,12 @@ async fn walk(
     let mut spares = Vec::with_capacity(readers);
     let mut tasks = tokio::task::JoinSet::new();
     for first in 0..readers {
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<CheckedPage>>(1);
-        let (spare_tx, mut spare_rx) = tokio::sync::mpsc::unbounded_channel::<CheckedPage>();
-        // Three pages' buffers per reader (one read into, one waiting, one being followed),
-        // handed back once followed: a walk allocates them once, not at every page.
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<CheckedRow>>>(1);
+        let (spare_tx, mut spare_rx) = tokio::sync::mpsc::unbounded_channel::<Vec<CheckedRow>>();
+        // Three pages per reader (one read into, one waiting, one being followed), handed
+        // back once followed: a walk allocates them once, not at every page.
         for _ in 0..3 {
-            let _ = spare_tx.send((Vec::new(), Vec::new()));
+            let _ = spare_tx.send(Vec::new());
         }
         pages.push(rx);
         spares.push(spare_tx);
@@ -118,15 +110,12 @@ async fn walk(
         tasks.spawn(async move {
             let mut i = first as u64;
             // No buffer back: the walk is over.
-            while let Some((reuse, own)) = spare_rx.recv().await {
+            while let Some(reuse) = spare_rx.recv().await {
                 let from = after.saturating_add(i.saturating_mul(u64::from(VERIFY_PAGE_ROWS)));
-                let page = match store.raw_rows_into(from, VERIFY_PAGE_ROWS, reuse).await {
-                    Ok(rows) => check_page(rows, own).await,
-                    Err(e) => Err(e),
-                };
+                let page = store.checked_rows_into(from, VERIFY_PAGE_ROWS, reuse).await;
                 let last = page
                     .as_ref()
-                    .map_or(true, |(rows, _)| rows.len() < VERIFY_PAGE_ROWS as usize);
+                    .map_or(true, |rows| rows.len() < VERIFY_PAGE_ROWS as usize);
                 if tx.send(page).await.is_err() || last {
                     return;
                 }
@@ -143,36 +132,24 @@ async fn walk(
                 "a reader of the walk stopped before the end of the ledger".into(),
             ));
         };
-        let (rows, mut own) = page?;
-        for (row, own) in rows.iter().zip(own.drain(..)) {
-            if let Err(f) = verifier.push(row, Some(own)) {
-                return Ok(Err(f));
-            }
-        }
+        let mut rows = page?;
+        let full = rows.len() == VERIFY_PAGE_ROWS as usize;
         if !rows.is_empty() {
+            for row in rows.drain(..) {
+                if let Err(f) = verifier.push_checked(row) {
+                    return Ok(Err(f));
+                }
+            }
             progress(verifier.events());
         }
-        if rows.len() < VERIFY_PAGE_ROWS as usize {
+        if !full {
             break;
         }
-        // The reader may have stopped already; then its page buffers are simply dropped.
-        let _ = spares[i % readers].send((rows, own));
+        // The reader may have stopped already; then the page is simply dropped.
+        let _ = spares[i % readers].send(rows);
         i += 1;
     }
     drop(pages);
     tasks.shutdown().await;
     Ok(verifier.finish())
-}
-
-/// Checks each row of a page on the blocking pool ([`check_row`] decodes and hashes).
-///
-/// [`check_row`]: grantline_ledger::verify::check_row
-async fn check_page(rows: Vec<RawRow>, mut own: Vec<CheckResult>) -> Result<CheckedPage> {
-    tokio::task::spawn_blocking(move || {
-        own.clear();
-        own.extend(rows.iter().map(grantline_ledger::verify::check_row));
-        (rows, own)
-    })
-    .await
-    .map_err(|e| StoreError::Unavailable(e.to_string()))
 }
