@@ -8,8 +8,9 @@
 use grantline_ledger::Recorded;
 use grantline_state::{State, apply};
 use grantline_store::{Result, Store};
+use parking_lot::{RwLock, RwLockReadGuard};
 use std::collections::BTreeMap;
-use std::sync::{Mutex, RwLock, RwLockReadGuard};
+use std::sync::Mutex;
 use tokio::sync::watch;
 
 /// Called with the user id of every `user.erased` folded.
@@ -50,7 +51,7 @@ impl Projection {
     /// Starts from `state` (a snapshot checked against the ledger) when it is ahead of what
     /// is folded; the tail is folded from there by [`Projection::catch_up`].
     pub fn seed(&self, state: State) {
-        let mut current = self.state.write().unwrap_or_else(|e| e.into_inner());
+        let mut current = self.state.write();
         if state.seq <= current.seq {
             return;
         }
@@ -74,7 +75,7 @@ impl Projection {
 
     /// A read view of the state; never hold it across an `.await`.
     pub fn read(&self) -> RwLockReadGuard<'_, State> {
-        self.state.read().unwrap_or_else(|e| e.into_inner())
+        self.state.read()
     }
 
     /// The last seq folded.
@@ -82,12 +83,16 @@ impl Projection {
         self.read().seq
     }
 
-    /// Folds `events` (ascending seq) as far as they connect to the state.
+    /// Folds `events` (ascending seq) as far as they connect to the state. Events that
+    /// follow the state directly are folded where they lie; only events ahead of a gap are
+    /// copied, to wait for the events before them.
     pub fn offer(&self, events: &[Recorded]) {
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+        let mut state = self.state.write();
         for e in events {
-            if e.seq() > state.seq {
+            if pending.is_empty() && e.seq() == state.seq + 1 {
+                self.fold(&mut state, e);
+            } else if e.seq() > state.seq {
                 pending.insert(e.seq(), e.clone());
             }
         }
@@ -97,12 +102,7 @@ impl Projection {
                 entry.remove();
             } else if seq == state.seq + 1 {
                 let e = entry.remove();
-                apply(&mut state, &e);
-                if let (grantline_ledger::Payload::UserErased(u), Some(f)) =
-                    (e.payload(), self.on_erased.get())
-                {
-                    f(&u.user_id);
-                }
+                self.fold(&mut state, &e);
             } else {
                 break;
             }
@@ -111,6 +111,16 @@ impl Projection {
         drop(state);
         drop(pending);
         self.applied.send_replace(seq);
+    }
+
+    /// Folds the event that follows the state.
+    fn fold(&self, state: &mut State, e: &Recorded) {
+        apply(state, e);
+        if let (grantline_ledger::Payload::UserErased(u), Some(f)) =
+            (e.payload(), self.on_erased.get())
+        {
+            f(&u.user_id);
+        }
     }
 
     /// Reads and folds whatever the store has beyond the state.
