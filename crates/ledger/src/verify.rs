@@ -55,15 +55,16 @@ pub struct RowRef<'a> {
 }
 
 /// A row checked on its own by [`check_row`], with what [`ChainVerifier`] still needs of it
-/// to link it in order: its seq, the hash it chains to, and the body of a checkpoint-key
-/// rotation it must follow. Small enough to keep a page of them without the bodies.
+/// to link it in order: its seq, the hash it chains to, and the body of a row whose kind is
+/// `signing_key.rotated` (followed when it rotates the checkpoint key). Small enough to keep a
+/// page of them without the bodies.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckedRow {
     seq: i64,
     /// `None` when the stored `prev_hash` is not a hash at all.
     prev_hash: Option<Hash>,
     own: Result<Hash, Problem>,
-    /// The body, for a `signing_key.rotated` row only.
+    /// The body, for a row whose kind column is `signing_key.rotated` only.
     rotation: Option<Vec<u8>>,
 }
 

@@ -198,7 +198,7 @@ impl Store {
     }
 
     /// [`Store::raw_rows`] into the rows of a page already read: on SQLite their buffers are
-    /// overwritten rather than allocated again (a walk over every row reuses two pages).
+    /// overwritten rather than allocated again (a [`Tail`](crate::Tail) reuses two pages).
     pub async fn raw_rows_into(
         &self,
         after: u64,

@@ -75,8 +75,16 @@ pub async fn verify_from_checkpoint(
 /// Rows per page of [`verify`]'s walk: each page is read and checked as one piece of work.
 pub const VERIFY_PAGE_ROWS: u32 = 10_000;
 
-/// Feeds the rows after `after` to `verifier` in seq order. One reader per core reads and
-/// checks pages on its own (reader `w` takes pages `w`, `w + readers`, …: page `i` is the
+/// How many readers [`verify`]'s walk runs: one per core, at most 8.
+pub fn verify_readers() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .clamp(1, 8)
+}
+
+/// Feeds the rows after `after` to `verifier` in seq order. One reader per core (at most 8,
+/// [`verify_readers`]) reads and checks pages on its own (reader `w` takes pages `w`, `w + readers`, …: page `i` is the
 /// rows after `after + i × page`), so reading and checking keep every core busy without a
 /// barrier between pages; the chain, the Merkle tree and the checkpoints are then followed
 /// here in order. Seqs are contiguous in a sound ledger, so page `i` holds exactly the rows
@@ -89,10 +97,7 @@ async fn walk(
     after: u64,
     mut progress: impl FnMut(u64),
 ) -> Result<std::result::Result<Summary, Finding>> {
-    let readers = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(2)
-        .clamp(1, 8);
+    let readers = verify_readers();
     let mut pages = Vec::with_capacity(readers);
     let mut spares = Vec::with_capacity(readers);
     let mut tasks = tokio::task::JoinSet::new();
@@ -100,7 +105,8 @@ async fn walk(
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<CheckedRow>>>(1);
         let (spare_tx, mut spare_rx) = tokio::sync::mpsc::unbounded_channel::<Vec<CheckedRow>>();
         // Three pages per reader (one read into, one waiting, one being followed), handed
-        // back once followed: a walk allocates them once, not at every page.
+        // back once followed: a walk allocates them once, not at every page. (On PostgreSQL
+        // each reader also holds the page of rows it is checking, bodies and all.)
         for _ in 0..3 {
             let _ = spare_tx.send(Vec::new());
         }
@@ -111,8 +117,15 @@ async fn walk(
             let mut i = first as u64;
             // No buffer back: the walk is over.
             while let Some(reuse) = spare_rx.recv().await {
-                let from = after.saturating_add(i.saturating_mul(u64::from(VERIFY_PAGE_ROWS)));
-                let page = store.checked_rows_into(from, VERIFY_PAGE_ROWS, reuse).await;
+                let from = i
+                    .checked_mul(u64::from(VERIFY_PAGE_ROWS))
+                    .and_then(|n| n.checked_add(after))
+                    .filter(|&n| i64::try_from(n).is_ok());
+                // No seq lies beyond i64: past it, a page is empty (the walk ends there).
+                let page = match from {
+                    Some(from) => store.checked_rows_into(from, VERIFY_PAGE_ROWS, reuse).await,
+                    None => Ok(Vec::new()),
+                };
                 let last = page
                     .as_ref()
                     .map_or(true, |rows| rows.len() < VERIFY_PAGE_ROWS as usize);

@@ -557,31 +557,35 @@ mod pages {
     }
 
     backend_tests! {
-        /// `verify` reads and checks pages on several readers at once: a ledger that ends
-        /// exactly at a page's end, one row past it, and tampering on either side of a
-        /// boundary are all told as a single walk in order would.
+        /// `verify` reads and checks pages on several readers at once (reader r of N takes
+        /// pages r, r+N, …): a ledger that ends exactly at a page's end, one row past it, and
+        /// tampering in a page read by another reader than the first and in the first page a
+        /// reader reads after going round are all told as a single walk in order would.
         async fn a_walk_over_several_pages_ends_where_the_ledger_ends_and_finds_each_row_in_order(db: TestDb) {
             let page = u64::from(VERIFY_PAGE_ROWS);
+            // One page more than there are readers, so that one reader goes round.
+            let readers = grantline_store::verify_readers() as u64;
+            let full = (readers + 1) * page;
             let ledger = open_with(&db, quiet()).await;
-            fill(&ledger, 1, 2 * page).await;
+            fill(&ledger, 1, full).await;
             let store = Store::connect(&db.db, false).await.unwrap();
             let mut seen = Vec::new();
             let s = grantline_store::verify(&store, &[grantline_store::testing::signer().verifier()], |n| seen.push(n))
                 .await
                 .unwrap()
                 .unwrap();
-            assert_eq!(s.events, 2 * page, "{s}");
-            assert_eq!(seen.first(), Some(&page), "progress after each page, in order");
-            assert!(seen.windows(2).all(|w| w[0] < w[1]), "{seen:?}");
-            assert_eq!(seen.last(), Some(&(2 * page)));
+            assert_eq!(s.events, full, "{s}");
+            let each_page: Vec<u64> = (1..=readers + 1).map(|i| i * page).collect();
+            assert_eq!(seen, each_page, "progress after each page, in order");
 
-            fill(&ledger, 2 * page + 1, 1).await;
+            fill(&ledger, full + 1, 1).await;
             ledger.shutdown().await;
             let s = verify(&store).await.unwrap();
-            assert_eq!((s.events, s.head), (2 * page + 1, store.head().await.unwrap().unwrap().1), "{s}");
+            assert_eq!((s.events, s.head), (full + 1, store.head().await.unwrap().unwrap().1), "{s}");
 
             drop_guards(&store).await;
-            // A changed body in the second page, which another reader than the first checks.
+            // A changed body in the second page, which another reader than the first checks
+            // (when there are two or more).
             let changed = page + page / 2;
             let r = store.raw_rows(changed - 1, 1).await.unwrap().remove(0);
             let mut env = decode(&r.body).unwrap();
@@ -592,13 +596,15 @@ mod pages {
             let f = verify(&store).await.unwrap_err();
             assert_eq!((f.seq, f.problem), (changed, Problem::BodyChanged));
             set_bytes(&store, "body", changed as i64, &r.body).await;
-            assert_eq!(verify(&store).await.unwrap().events, 2 * page + 1);
+            assert_eq!(verify(&store).await.unwrap().events, full + 1);
 
-            // The first row of a page gone: the next page's read starts one row late, and
-            // the walk says which row is missing rather than reading past it.
-            exec(&store, &format!("DELETE FROM events WHERE seq = {}", page + 1)).await.unwrap();
+            // The first row gone of the page the first reader reads after going round: that
+            // page's read starts one row late, and the walk says which row is missing rather
+            // than reading past it.
+            let gone = readers * page + 1;
+            exec(&store, &format!("DELETE FROM events WHERE seq = {gone}")).await.unwrap();
             let f = verify(&store).await.unwrap_err();
-            assert_eq!((f.seq, f.problem), (page + 1, Problem::MissingRows { found: page + 2 }));
+            assert_eq!((f.seq, f.problem), (gone, Problem::MissingRows { found: gone + 1 }));
         }
     }
 }
