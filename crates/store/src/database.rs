@@ -192,6 +192,21 @@ impl Store {
         &self.pool
     }
 
+    /// Runs `f` with the SQLite database file's path on the blocking pool (a scan through a
+    /// private rusqlite connection).
+    async fn on_sqlite_file<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Path) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let Database::Sqlite(path) = &self.db else {
+            return Err(StoreError::BadUrl(self.db.display()));
+        };
+        let path = path.clone();
+        tokio::task::spawn_blocking(move || f(&path))
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?
+    }
+
     /// Up to `limit` rows with seq > `after`, in seq order, as stored (nothing checked).
     pub async fn raw_rows(&self, after: u64, limit: u32) -> Result<Vec<RawRow>> {
         self.raw_rows_into(after, limit, Vec::new()).await
@@ -207,13 +222,8 @@ impl Store {
     ) -> Result<Vec<RawRow>> {
         match &self.pool {
             Pool::Sqlite(_) => {
-                let Database::Sqlite(path) = &self.db else {
-                    return Err(StoreError::BadUrl(self.db.display()));
-                };
-                let path = path.clone();
-                tokio::task::spawn_blocking(move || scan_sqlite(&path, after, limit, reuse))
+                self.on_sqlite_file(move |path| scan_sqlite(path, after, limit, reuse))
                     .await
-                    .map_err(|e| StoreError::Unavailable(e.to_string()))?
             }
             Pool::Postgres(p) => {
                 let sql = format!(
@@ -242,13 +252,8 @@ impl Store {
     ) -> Result<Vec<CheckedRow>> {
         match &self.pool {
             Pool::Sqlite(_) => {
-                let Database::Sqlite(path) = &self.db else {
-                    return Err(StoreError::BadUrl(self.db.display()));
-                };
-                let path = path.clone();
-                tokio::task::spawn_blocking(move || scan_sqlite_checked(&path, after, limit, reuse))
+                self.on_sqlite_file(move |path| scan_sqlite_checked(path, after, limit, reuse))
                     .await
-                    .map_err(|e| StoreError::Unavailable(e.to_string()))?
             }
             Pool::Postgres(_) => {
                 let rows = self.raw_rows(after, limit).await?;
