@@ -20,6 +20,12 @@ pub struct RawRow {
     pub body: Vec<u8>,
     pub prev_hash: Vec<u8>,
     pub hash: Vec<u8>,
+    /// The first of `id`, `time`, `stream`, `version` and `kind` whose stored value could
+    /// not be read as its type (NULL, or in SQLite a value of another type or text that is
+    /// not UTF-8); that field holds a placeholder. Verification reports the column as
+    /// disagreeing with the body, and readers refuse the row, rather than stop on a
+    /// database error.
+    pub unreadable: Option<&'static str>,
 }
 
 impl RawRow {
@@ -35,6 +41,7 @@ impl RawRow {
             body: &self.body,
             prev_hash: &self.prev_hash,
             hash: &self.hash,
+            unreadable: self.unreadable,
         }
     }
 }
@@ -52,6 +59,8 @@ pub struct RowRef<'a> {
     pub body: &'a [u8],
     pub prev_hash: &'a [u8],
     pub hash: &'a [u8],
+    /// As [`RawRow::unreadable`].
+    pub unreadable: Option<&'static str>,
 }
 
 /// A row checked on its own by [`check_row`], with what [`ChainVerifier`] still needs of it
@@ -293,23 +302,22 @@ fn check_columns(
     if seq as i64 != row.seq {
         return Err(Problem::Reordered { holds: seq });
     }
-    let mismatch = |column| Err(Problem::ColumnMismatch { column });
-    if id != row.id {
-        return mismatch("id");
+    // In column order, so the first column that is wrong is the one named: a column that
+    // could not be read holds a placeholder, and is wrong whatever the placeholder is.
+    let differs = [
+        ("id", id != row.id),
+        ("time", time != row.time),
+        ("stream", stream != row.stream),
+        ("version", version as i64 != row.version),
+        ("kind", kind != row.kind),
+    ];
+    match differs
+        .into_iter()
+        .find(|(column, differs)| *differs || row.unreadable == Some(*column))
+    {
+        Some((column, _)) => Err(Problem::ColumnMismatch { column }),
+        None => Ok(()),
     }
-    if time != row.time {
-        return mismatch("time");
-    }
-    if stream != row.stream {
-        return mismatch("stream");
-    }
-    if version as i64 != row.version {
-        return mismatch("version");
-    }
-    if kind != row.kind {
-        return mismatch("kind");
-    }
-    Ok(())
 }
 
 fn check_hash(row: RowRef<'_>) -> Result<Hash, Problem> {

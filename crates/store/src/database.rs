@@ -600,6 +600,7 @@ fn scan_sqlite(path: &Path, after: u64, limit: u32, mut out: Vec<RawRow>) -> Res
                 body: Vec::new(),
                 prev_hash: Vec::new(),
                 hash: Vec::new(),
+                unreadable: None,
             });
         }
         assign(&mut out[n], row);
@@ -630,6 +631,7 @@ fn assign(into: &mut RawRow, row: RowRef<'_>) {
     bytes(&mut into.body, row.body);
     bytes(&mut into.prev_hash, row.prev_hash);
     bytes(&mut into.hash, row.hash);
+    into.unreadable = row.unreadable;
 }
 
 /// [`Store::checked_rows_into`] on SQLite: each row is checked while SQLite's buffers hold
@@ -686,37 +688,57 @@ fn scan_sqlite_with(
             }
         }
     }
-    fn text<'a>(r: &'a rusqlite::Row, i: usize) -> rusqlite::Result<&'a str> {
-        match r.get_ref(i)? {
-            ValueRef::Text(t) => {
-                std::str::from_utf8(t).map_err(|e| rusqlite::Error::Utf8Error(i, e))
-            }
-            other => Err(rusqlite::Error::InvalidColumnType(
-                i,
-                String::new(),
-                other.data_type(),
-            )),
+    // The indexed columns: a value of another type (or NULL, or text that is not UTF-8) is
+    // not a database error but a row verification reports (`RowRef::unreadable`).
+    fn text(value: ValueRef<'_>) -> Option<&str> {
+        match value {
+            ValueRef::Text(t) => std::str::from_utf8(t).ok(),
+            _ => None,
+        }
+    }
+    fn integer(value: ValueRef<'_>) -> Option<i64> {
+        match value {
+            ValueRef::Integer(n) => Some(n),
+            _ => None,
+        }
+    }
+    fn id(value: ValueRef<'_>) -> Option<uuid::Uuid> {
+        match value {
+            ValueRef::Blob(b) | ValueRef::Text(b) => uuid::Uuid::from_slice(b).ok(),
+            _ => None,
         }
     }
     let mut scratch = [Vec::new(), Vec::new(), Vec::new()];
     while let Some(r) = rows.next()? {
         let [body, prev_hash, hash] = &mut scratch;
+        let mut unreadable = None;
+        let mut note = |column: &'static str, ok: bool| {
+            if !ok && unreadable.is_none() {
+                unreadable = Some(column);
+            }
+        };
+        let id = id(r.get_ref(1)?);
+        note("id", id.is_some());
+        let time = integer(r.get_ref(2)?);
+        note("time", time.is_some());
+        let stream = text(r.get_ref(3)?);
+        note("stream", stream.is_some());
+        let version = integer(r.get_ref(4)?);
+        note("version", version.is_some());
+        let kind = text(r.get_ref(5)?);
+        note("kind", kind.is_some());
         each(RowRef {
+            // The rowid: always an integer.
             seq: r.get(0)?,
-            // A malformed id becomes nil, which verification reports as a column mismatch.
-            id: match r.get_ref(1)? {
-                ValueRef::Blob(b) | ValueRef::Text(b) => {
-                    uuid::Uuid::from_slice(b).unwrap_or(uuid::Uuid::nil())
-                }
-                _ => uuid::Uuid::nil(),
-            },
-            time: r.get(2)?,
-            stream: text(r, 3)?,
-            version: r.get(4)?,
-            kind: text(r, 5)?,
+            id: id.unwrap_or_default(),
+            time: time.unwrap_or_default(),
+            stream: stream.unwrap_or_default(),
+            version: version.unwrap_or_default(),
+            kind: kind.unwrap_or_default(),
             body: bytes(r.get_ref(6)?, body),
             prev_hash: bytes(r.get_ref(7)?, prev_hash),
             hash: bytes(r.get_ref(8)?, hash),
+            unreadable,
         });
     }
     Ok(())
@@ -730,16 +752,34 @@ where
     for<'a> uuid::Uuid: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
     usize: sqlx::ColumnIndex<R>,
 {
+    // A NULL where a tamperer dropped a NOT NULL constraint is not a database error but a
+    // row verification reports (`RawRow::unreadable`); a NULL body or hash reads as empty,
+    // which fails its own check.
+    let id: Option<uuid::Uuid> = r.try_get(1)?;
+    let time: Option<i64> = r.try_get(2)?;
+    let stream: Option<String> = r.try_get(3)?;
+    let version: Option<i64> = r.try_get(4)?;
+    let kind: Option<String> = r.try_get(5)?;
+    let unreadable = [
+        ("id", id.is_none()),
+        ("time", time.is_none()),
+        ("stream", stream.is_none()),
+        ("version", version.is_none()),
+        ("kind", kind.is_none()),
+    ]
+    .into_iter()
+    .find_map(|(column, null)| null.then_some(column));
     Ok(RawRow {
         seq: r.try_get(0)?,
-        id: r.try_get(1)?,
-        time: r.try_get(2)?,
-        stream: r.try_get(3)?,
-        version: r.try_get(4)?,
-        kind: r.try_get(5)?,
-        body: r.try_get(6)?,
-        prev_hash: r.try_get(7)?,
-        hash: r.try_get(8)?,
+        id: id.unwrap_or_default(),
+        time: time.unwrap_or_default(),
+        stream: stream.unwrap_or_default(),
+        version: version.unwrap_or_default(),
+        kind: kind.unwrap_or_default(),
+        body: r.try_get::<Option<Vec<u8>>, _>(6)?.unwrap_or_default(),
+        prev_hash: r.try_get::<Option<Vec<u8>>, _>(7)?.unwrap_or_default(),
+        hash: r.try_get::<Option<Vec<u8>>, _>(8)?.unwrap_or_default(),
+        unreadable,
     })
 }
 
@@ -835,7 +875,8 @@ pub(crate) fn decode_checked(
         && envelope.time.0 == row.time
         && envelope.stream.as_str() == row.stream
         && envelope.version as i64 == row.version
-        && envelope.kind().as_str() == row.kind;
+        && envelope.kind().as_str() == row.kind
+        && row.unreadable.is_none();
     if !agrees {
         return Err(corrupt("columns disagree with the body".into()));
     }

@@ -479,6 +479,50 @@ mod tamper {
             assert_eq!(store.read(0, 2).await.unwrap().len(), 2, "rows before it still read");
         }
 
+        /// Past the guard rails a tamperer can store a value of another type in an indexed
+        /// column (SQLite is dynamically typed) or, once a NOT NULL is dropped, a NULL. Each
+        /// is a finding at its row and column, not a database error that stops the walk, and
+        /// readers refuse the row. Tampered from the last row back, so each new one is the
+        /// first finding.
+        async fn tamper_a_column_of_another_type_or_null_is_found_not_a_database_error(db: TestDb) {
+            let store = scene(&db).await;
+            drop_guards(&store).await;
+            let steps: &[(u64, &str, &str)] = match store.database() {
+                Database::Sqlite(_) => &[
+                    (12, "kind", "UPDATE events SET kind = x'ff' WHERE seq = 12"),
+                    (11, "stream", "UPDATE events SET stream = CAST(x'ff00' AS TEXT) WHERE seq = 11"),
+                    (9, "version", "UPDATE events SET version = 1.5 WHERE seq = 9"),
+                    (7, "time", "UPDATE events SET time = 'noon' WHERE seq = 7"),
+                    // An integer of 16 digits passes the schema's `length(id) = 16`.
+                    (5, "id", "UPDATE events SET id = 1234567890123456 WHERE seq = 5"),
+                ],
+                Database::Postgres(_) => {
+                    exec(&store, "ALTER TABLE events ALTER COLUMN id DROP NOT NULL, \
+                        ALTER COLUMN time DROP NOT NULL, ALTER COLUMN stream DROP NOT NULL, \
+                        ALTER COLUMN version DROP NOT NULL, ALTER COLUMN kind DROP NOT NULL")
+                        .await
+                        .unwrap();
+                    &[
+                        (12, "kind", "UPDATE events SET kind = NULL WHERE seq = 12"),
+                        (11, "stream", "UPDATE events SET stream = NULL WHERE seq = 11"),
+                        (9, "version", "UPDATE events SET version = NULL WHERE seq = 9"),
+                        (7, "time", "UPDATE events SET time = NULL WHERE seq = 7"),
+                        (5, "id", "UPDATE events SET id = NULL WHERE seq = 5"),
+                    ]
+                }
+            };
+            for &(seq, column, sql) in steps {
+                assert_eq!(exec(&store, sql).await.unwrap(), 1, "{sql}");
+                let f = verify(&store).await.unwrap_err();
+                assert_eq!((f.seq, f.problem), (seq, Problem::ColumnMismatch { column }), "{sql}");
+                match store.read(0, 100).await {
+                    Err(StoreError::Corrupt { seq: s, .. }) if s == seq => {}
+                    other => panic!("reader must refuse row {seq} after {sql}: {other:?}"),
+                }
+            }
+            assert_eq!(store.read(0, 4).await.unwrap().len(), 4, "rows before them still read");
+        }
+
         async fn from_a_checkpoint_only_the_rows_after_it_are_read_and_checked(db: TestDb) {
             let store = scene(&db).await;
             let s = verify_from(&store, None).await.unwrap();
