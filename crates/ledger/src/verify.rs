@@ -9,7 +9,7 @@ use std::fmt;
 use uuid::Uuid;
 
 /// One `events` row as stored, before anything is trusted.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RawRow {
     pub seq: i64,
     pub id: Uuid,

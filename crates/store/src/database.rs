@@ -300,23 +300,28 @@ impl Store {
             return Ok(Vec::new());
         }
         let rows = match &self.pool {
-            Pool::Sqlite(p) => {
-                let sql = format!(
-                    "SELECT {ROW_COLUMNS_SQLITE} FROM events WHERE seq <= ?1 AND kind IN ({list}) ORDER BY seq"
-                );
-                sqlx::query(sqlx::AssertSqlSafe(sql))
-                    .bind(upto as i64)
-                    .fetch(p)
-                    .map_ok(|r| raw_row(&r))
-                    .try_collect::<Vec<_>>()
-                    .await?
+            // Read as `verify` reads: a column of another type is the row's problem to report
+            // (`Corrupt` below), not a database error.
+            Pool::Sqlite(_) => {
+                let condition = format!("seq <= ?1 AND kind IN ({list})");
+                let upto = upto.min(i64::MAX as u64) as i64;
+                self.on_sqlite_file(move |path| {
+                    let mut out = Vec::new();
+                    scan_sqlite_where(path, &condition, &[&upto], None, |row| {
+                        let mut r = RawRow::default();
+                        assign(&mut r, row);
+                        out.push(Ok(r));
+                    })?;
+                    Ok(out)
+                })
+                .await?
             }
             Pool::Postgres(p) => {
                 let sql = format!(
                     "SELECT {ROW_COLUMNS_PG} FROM events WHERE seq <= $1 AND kind IN ({list}) ORDER BY seq"
                 );
                 sqlx::query(sqlx::AssertSqlSafe(sql))
-                    .bind(upto as i64)
+                    .bind(upto.min(i64::MAX as u64) as i64)
                     .fetch(p)
                     .map_ok(|r| raw_row(&r))
                     .try_collect::<Vec<_>>()
@@ -590,18 +595,7 @@ fn scan_sqlite(path: &Path, after: u64, limit: u32, mut out: Vec<RawRow>) -> Res
     let mut n = 0usize;
     scan_sqlite_with(path, after, limit, |row| {
         if n == out.len() {
-            out.push(RawRow {
-                seq: 0,
-                id: uuid::Uuid::nil(),
-                time: 0,
-                stream: String::new(),
-                version: 0,
-                kind: String::new(),
-                body: Vec::new(),
-                prev_hash: Vec::new(),
-                hash: Vec::new(),
-                unreadable: None,
-            });
+            out.push(RawRow::default());
         }
         assign(&mut out[n], row);
         n += 1;
@@ -653,6 +647,18 @@ fn scan_sqlite_with(
     path: &Path,
     after: u64,
     limit: u32,
+    each: impl FnMut(RowRef<'_>),
+) -> Result<()> {
+    scan_sqlite_where(path, "seq > ?1", &[&(after as i64)], Some(limit), each)
+}
+
+/// Calls `each` with the rows `condition` selects (at most `limit`), in seq order, borrowed
+/// from SQLite's buffers. `condition` is the crate's own SQL, never caller text.
+fn scan_sqlite_where(
+    path: &Path,
+    condition: &str,
+    params: &[&dyn rusqlite::ToSql],
+    limit: Option<u32>,
     mut each: impl FnMut(RowRef<'_>),
 ) -> Result<()> {
     use rusqlite::OpenFlags;
@@ -668,10 +674,11 @@ fn scan_sqlite_with(
     // mapped file, or the file cut short behind SQLite's back, ends the process (SIGBUS)
     // instead of failing the read. SQLite itself never shrinks the file under a reader.
     conn.pragma_update(None, "mmap_size", SCAN_MMAP_BYTES)?;
+    let limit = limit.map(|n| format!(" LIMIT {n}")).unwrap_or_default();
     let mut stmt = conn.prepare(&format!(
-        "SELECT {ROW_COLUMNS_SQLITE} FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2"
+        "SELECT {ROW_COLUMNS_SQLITE} FROM events WHERE {condition} ORDER BY seq{limit}"
     ))?;
-    let mut rows = stmt.query(rusqlite::params![after as i64, limit as i64])?;
+    let mut rows = stmt.query(params)?;
     // A tampered row may hold text where bytes belong (SQLite is dynamically typed): read the
     // bytes either way and let verification judge them. A number stands as its text.
     fn bytes<'a>(value: ValueRef<'a>, scratch: &'a mut Vec<u8>) -> &'a [u8] {

@@ -512,12 +512,21 @@ mod tamper {
                 }
             };
             for &(seq, column, sql) in steps {
+                let kind = Kind::parse(&row(&store, seq).await.kind).unwrap();
                 assert_eq!(exec(&store, sql).await.unwrap(), 1, "{sql}");
                 let f = verify(&store).await.unwrap_err();
                 assert_eq!((f.seq, f.problem), (seq, Problem::ColumnMismatch { column }), "{sql}");
                 match store.read(0, 100).await {
                     Err(StoreError::Corrupt { seq: s, .. }) if s == seq => {}
                     other => panic!("reader must refuse row {seq} after {sql}: {other:?}"),
+                }
+                // The reader by kind (the export's names) refuses it too, as `Corrupt`. (A row
+                // whose kind was altered is not among the kinds it asks for.)
+                if column != "kind" {
+                    match store.read_kinds(&[kind], seq).await {
+                        Err(StoreError::Corrupt { seq: s, .. }) if s == seq => {}
+                        other => panic!("read_kinds must refuse row {seq} after {sql}: {other:?}"),
+                    }
                 }
             }
             assert_eq!(store.read(0, 4).await.unwrap().len(), 4, "rows before them still read");
