@@ -547,6 +547,27 @@ fn personal_access_tokens_from_the_command_line() {
         .unwrap()
         .to_string();
     assert!(token.starts_with("glp_") && token.len() > 40);
+    // What the token is for is printed beside it: the resource identifier it is bound to
+    // (the server's public URL: another address refuses it), the scopes, the expiry.
+    let line = |k: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(k))
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        line("resource: "),
+        "http://127.0.0.1:8080/mcp/demo",
+        "{text}"
+    );
+    assert_eq!(
+        line("scope: "),
+        "demo:read",
+        "the demo's default scopes: {text}"
+    );
+    assert!(
+        line("expires: ").starts_with("20"),
+        "90 days from now: {text}"
+    );
     let list = stdout(&grantline_in(d, &["pat", "list", "--user", "ci-bot"]));
     assert!(list.contains(&id) && list.contains("active") && list.contains(&token[..12]));
     assert!(!list.contains(&token), "the token is never listed");

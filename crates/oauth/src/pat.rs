@@ -30,6 +30,10 @@ pub struct CreatedPat {
     pub pat_id: String,
     pub token: Secret,
     pub prefix: String,
+    /// The resource identifier it is bound to (its audience), and its scopes: what it was
+    /// made for, to show beside it.
+    pub resource: String,
+    pub scopes: Vec<String>,
     pub expires_at: Option<Timestamp>,
 }
 
@@ -81,6 +85,7 @@ pub fn create(
         .map(|d| now.plus_secs(i64::from(d) * 86_400));
     let (pat_id, token) = fresh;
     let prefix = prefix_of(token.as_str());
+    let scopes: Vec<String> = scopes.into_iter().collect();
     let event = PatCreated {
         pat_id: pat_id.clone(),
         user_id: req.user_id.clone(),
@@ -91,7 +96,7 @@ pub fn create(
         },
         sealed_name: req.sealed_name.clone(),
         resource: resource.id.clone(),
-        scopes: scopes.into_iter().collect(),
+        scopes: scopes.clone(),
         prefix: prefix.clone(),
         digest: token.digest(),
         expires_at,
@@ -102,6 +107,8 @@ pub fn create(
             pat_id,
             token,
             prefix,
+            resource: resource.id.clone(),
+            scopes,
             expires_at,
         }),
     )

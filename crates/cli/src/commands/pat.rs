@@ -66,7 +66,15 @@ async fn run_with(app: &grantline_server::App, cmd: Command) -> Result<ExitCode>
                 sealed_name: None,
             };
             let p = admin::create_pat(app, &user, req, Actor::Operator).await?;
+            // The resource identifier is the token's audience: a server answering at another
+            // address (its public URL) refuses the token as `wrong_audience`.
             println!("pat_id: {}", p.pat_id);
+            println!("resource: {}", p.resource);
+            println!("scope: {}", p.scopes.join(" "));
+            println!(
+                "expires: {}",
+                p.expires_at.map_or("never".to_string(), |e| e.to_string())
+            );
             println!("token: {} (shown once)", p.token.as_str());
             Ok(ExitCode::SUCCESS)
         }
