@@ -226,9 +226,7 @@ impl Store {
                     .await
             }
             Pool::Postgres(p) => {
-                let sql = format!(
-                    "SELECT {ROW_COLUMNS_PG} FROM events WHERE seq > $1 ORDER BY seq LIMIT $2"
-                );
+                let sql = pg_page_sql();
                 let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
                     .bind(after as i64)
                     .bind(limit as i64)
@@ -255,16 +253,24 @@ impl Store {
                 self.on_sqlite_file(move |path| scan_sqlite_checked(path, after, limit, reuse))
                     .await
             }
-            Pool::Postgres(_) => {
-                let rows = self.raw_rows(after, limit).await?;
+            // Each row is checked in the buffer it arrived in, as on SQLite: no copy of it.
+            Pool::Postgres(p) => {
+                let sql = pg_page_sql();
+                let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(after as i64)
+                    .bind(limit as i64)
+                    .fetch_all(p)
+                    .await?;
                 tokio::task::spawn_blocking(move || {
                     let mut out = reuse;
                     out.clear();
-                    out.extend(rows.iter().map(|r| CheckedRow::check(r.as_ref())));
-                    out
+                    for r in &rows {
+                        out.push(CheckedRow::check(pg_row_ref(r)?));
+                    }
+                    Ok(out)
                 })
                 .await
-                .map_err(|e| StoreError::Unavailable(e.to_string()))
+                .map_err(|e| StoreError::Unavailable(e.to_string()))?
             }
         }
     }
@@ -751,22 +757,28 @@ fn scan_sqlite_where(
     Ok(())
 }
 
-fn raw_row<R: Row>(r: &R) -> Result<RawRow>
-where
-    for<'a> i64: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
-    for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
-    for<'a> Vec<u8>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
-    for<'a> uuid::Uuid: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
-    usize: sqlx::ColumnIndex<R>,
-{
+/// Up to `$2` rows with seq > `$1`, in seq order, on PostgreSQL.
+fn pg_page_sql() -> String {
+    format!("SELECT {ROW_COLUMNS_PG} FROM events WHERE seq > $1 ORDER BY seq LIMIT $2")
+}
+
+/// A PostgreSQL row as stored, owned: [`pg_row_ref`] copied.
+fn raw_row(r: &sqlx::postgres::PgRow) -> Result<RawRow> {
+    let mut row = RawRow::default();
+    assign(&mut row, pg_row_ref(r)?);
+    Ok(row)
+}
+
+/// A PostgreSQL row's columns, borrowed from the row as received.
+fn pg_row_ref(r: &sqlx::postgres::PgRow) -> Result<RowRef<'_>> {
     // A NULL where a tamperer dropped a NOT NULL constraint is not a database error but a
     // row verification reports (`RawRow::unreadable`); a NULL body or hash reads as empty,
     // which fails its own check.
     let id: Option<uuid::Uuid> = r.try_get(1)?;
     let time: Option<i64> = r.try_get(2)?;
-    let stream: Option<String> = r.try_get(3)?;
+    let stream: Option<&str> = r.try_get(3)?;
     let version: Option<i64> = r.try_get(4)?;
-    let kind: Option<String> = r.try_get(5)?;
+    let kind: Option<&str> = r.try_get(5)?;
     let unreadable = [
         ("id", id.is_none()),
         ("time", time.is_none()),
@@ -776,16 +788,16 @@ where
     ]
     .into_iter()
     .find_map(|(column, null)| null.then_some(column));
-    Ok(RawRow {
+    Ok(RowRef {
         seq: r.try_get(0)?,
         id: id.unwrap_or_default(),
         time: time.unwrap_or_default(),
         stream: stream.unwrap_or_default(),
         version: version.unwrap_or_default(),
         kind: kind.unwrap_or_default(),
-        body: r.try_get::<Option<Vec<u8>>, _>(6)?.unwrap_or_default(),
-        prev_hash: r.try_get::<Option<Vec<u8>>, _>(7)?.unwrap_or_default(),
-        hash: r.try_get::<Option<Vec<u8>>, _>(8)?.unwrap_or_default(),
+        body: r.try_get::<Option<&[u8]>, _>(6)?.unwrap_or_default(),
+        prev_hash: r.try_get::<Option<&[u8]>, _>(7)?.unwrap_or_default(),
+        hash: r.try_get::<Option<&[u8]>, _>(8)?.unwrap_or_default(),
         unreadable,
     })
 }
