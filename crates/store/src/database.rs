@@ -225,17 +225,11 @@ impl Store {
                 self.on_sqlite_file(move |path| scan_sqlite(path, after, limit, reuse))
                     .await
             }
-            Pool::Postgres(p) => {
-                let sql = pg_page_sql();
-                let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-                    .bind(after as i64)
-                    .bind(limit as i64)
-                    .fetch(p)
-                    .map_ok(|r| raw_row(&r))
-                    .try_collect::<Vec<_>>()
-                    .await?;
-                rows.into_iter().collect()
-            }
+            Pool::Postgres(p) => pg_page(p, after, limit)
+                .await?
+                .iter()
+                .map(raw_row)
+                .collect(),
         }
     }
 
@@ -255,12 +249,7 @@ impl Store {
             }
             // Each row is checked in the buffer it arrived in, as on SQLite: no copy of it.
             Pool::Postgres(p) => {
-                let sql = pg_page_sql();
-                let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-                    .bind(after as i64)
-                    .bind(limit as i64)
-                    .fetch_all(p)
-                    .await?;
+                let rows = pg_page(p, after, limit).await?;
                 tokio::task::spawn_blocking(move || {
                     let mut out = reuse;
                     out.clear();
@@ -757,9 +746,14 @@ fn scan_sqlite_where(
     Ok(())
 }
 
-/// Up to `$2` rows with seq > `$1`, in seq order, on PostgreSQL.
-fn pg_page_sql() -> String {
-    format!("SELECT {ROW_COLUMNS_PG} FROM events WHERE seq > $1 ORDER BY seq LIMIT $2")
+/// Up to `limit` rows with seq > `after`, in seq order, on PostgreSQL, as received.
+async fn pg_page(p: &PgPool, after: u64, limit: u32) -> Result<Vec<sqlx::postgres::PgRow>> {
+    let sql = format!("SELECT {ROW_COLUMNS_PG} FROM events WHERE seq > $1 ORDER BY seq LIMIT $2");
+    Ok(sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(after as i64)
+        .bind(limit as i64)
+        .fetch_all(p)
+        .await?)
 }
 
 /// A PostgreSQL row as stored, owned: [`pg_row_ref`] copied.
