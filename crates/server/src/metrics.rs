@@ -87,6 +87,11 @@ struct CheckLabels {
     check: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MapLabels {
+    map: &'static str,
+}
+
 fn latency() -> Histogram {
     // 100 µs … ~6.5 s.
     Histogram::new(exponential_buckets(0.0001, 2.0, 17))
@@ -133,6 +138,7 @@ pub struct Metrics {
     sink_lag: Family<SinkLabels, Gauge>,
     sink_failures: Family<SinkLabels, Gauge>,
     ready: Family<CheckLabels, Gauge>,
+    entries: Family<MapLabels, Gauge>,
 }
 
 impl Metrics {
@@ -172,6 +178,7 @@ impl Metrics {
             sink_lag: Family::default(),
             sink_failures: Family::default(),
             ready: Family::default(),
+            entries: Family::default(),
         };
         r.register(
             "http_requests",
@@ -312,6 +319,11 @@ impl Metrics {
             "ready",
             "Readiness checks (1 holds, 0 fails), as /readyz reports them",
             m.ready.clone(),
+        );
+        r.register(
+            "projection_entries",
+            "Entries the projection holds in memory, by map (what expired is forgotten daily)",
+            m.entries.clone(),
         );
         let by_kind = grantline_ledger::Kind::ALL
             .iter()
@@ -500,6 +512,19 @@ impl App {
             m.ready
                 .get_or_create(&CheckLabels { check })
                 .set(c.ok as i64);
+        }
+        {
+            let s = self.projection.read();
+            for (map, n) in [
+                ("access_tokens", s.access_tokens.len()),
+                ("refresh_tokens", s.refresh_tokens.len()),
+                ("codes", s.codes.len()),
+                ("families", s.families.len()),
+                ("grants", s.grants.len()),
+                ("personal_access_tokens", s.pats.len()),
+            ] {
+                m.entries.get_or_create(&MapLabels { map }).set(n as i64);
+            }
         }
         let head = self.store().head().await.ok().flatten().map_or(0, |h| h.0);
         let folded = self.projection.seq();

@@ -144,6 +144,16 @@ async fn metrics_on_the_main_listener_need_the_token_and_count_what_happened() {
     assert!(v(r#"grantline_ledger_commits_total{outcome="ok"}"#) >= 1.0);
     assert!(v("grantline_ledger_head_seq") >= 1.0);
     assert_eq!(v(r#"grantline_ready{check="ledger"}"#), 1.0);
+    // What the projection holds: two access and two refresh tokens (the exchange and the
+    // rotation), the code, and the family (revoked by the reuse, not forgotten).
+    for (map, n) in [
+        ("access_tokens", 2.0),
+        ("refresh_tokens", 2.0),
+        ("codes", 1.0),
+        ("families", 1.0),
+    ] {
+        assert_eq!(v(&format!(r#"grantline_projection_entries{{map="{map}"}}"#)), n, "{map}");
+    }
     // Nothing that names a user, a client or a token.
     for secret in [
         client.as_str(),

@@ -24,6 +24,7 @@ pub fn apply(state: &mut State, event: &Recorded) {
     let at = event.time();
     let seq = event.seq();
     let since = Since { seq, at };
+    rules::sweep_if_due(state, at);
     state.seq = seq;
     state.time = at;
     if let Payload::ClientRegistered(e) = event.payload() {

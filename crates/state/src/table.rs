@@ -119,6 +119,16 @@ impl<V> Table<V> {
             .flat_map(|s| s.iter().map(|(k, v)| (k, &**v)))
     }
 
+    /// Keeps only the entries for which `keep` is true; returns how many were taken out.
+    pub fn retain(&mut self, mut keep: impl FnMut(&String, &V) -> bool) -> usize {
+        let before = self.len;
+        for shard in self.shards.iter_mut() {
+            shard.retain(|k, v| keep(k, v));
+        }
+        self.len = self.shards.iter().map(HashMap::len).sum();
+        before - self.len
+    }
+
     /// Every value, in no particular order.
     pub fn values(&self) -> impl Iterator<Item = &V> {
         self.shards.iter().flat_map(|s| s.values().map(|v| &**v))

@@ -317,3 +317,131 @@ fn using_one_sibling_supersedes_the_others_and_their_access_tokens() {
         .collect();
     assert_eq!(unused.len(), 1, "one live branch");
 }
+
+/// `history()` followed by an event that changes no token, stamped `secs` after `NOW`.
+fn later(events: &mut Vec<Recorded>, secs: i64) {
+    let seq = events.len() as u64 + 1;
+    let mut e = rec(
+        seq,
+        TokenRevoked {
+            request: None,
+            token_id: "at_unknown".into(),
+            token_kind: TokenKind::Access,
+            family_id: None,
+            reason: "RFC 7009".into(),
+        },
+    );
+    e.envelope.time = NOW.plus_secs(secs);
+    events.push(e);
+}
+
+/// NOW is 16 hours before a UTC midnight: the first event after it starts the daily sweep.
+const TO_MIDNIGHT: i64 = 57_600;
+
+#[test]
+fn expired_access_tokens_are_forgotten_at_the_next_day_and_refresh_tokens_kept() {
+    assert_eq!(
+        (NOW.as_micros() / 1_000_000 + TO_MIDNIGHT) % 86_400,
+        0,
+        "the test's clock"
+    );
+    let mut events = history();
+    // Same day, hours after every access token expired: no sweep yet.
+    later(&mut events, TO_MIDNIGHT - 60);
+    let s = fold(&events);
+    assert_eq!(s.access_tokens.len(), 3);
+    // The next day: the access tokens (expired at NOW + 1 h) go, with their ids.
+    later(&mut events, TO_MIDNIGHT + 60);
+    let s = fold(&events);
+    assert!(s.access_tokens.is_empty() && s.access_by_id.is_empty());
+    // The refresh tokens live until NOW + 1 day: every one stays, the rotated one too, so a
+    // reuse of it is still detected; so do the families and their codes (code replay).
+    let rotated = &s.refresh_tokens[&refresh("f1a").digest];
+    assert!(rotated.rotated_at.is_some());
+    assert_eq!((s.refresh_tokens.len(), s.refresh_by_id.len()), (3, 3));
+    assert_eq!((s.families.len(), s.codes.len()), (2, 2));
+    assert_eq!(s.grants["g1"].families, vec!["f1", "f2"]);
+}
+
+#[test]
+fn a_family_is_forgotten_once_nothing_of_it_can_be_used_and_a_revoked_one_keeps_its_entry() {
+    let mut events = history();
+    let n = events.len() as u64;
+    events.push(rec(
+        n + 1,
+        FamilyRevoked {
+            family_id: "f2".into(),
+            reason: "contained".into(),
+            request: None,
+        },
+    ));
+    // The first sweep: the refresh tokens live until NOW + 1 day.
+    later(&mut events, TO_MIDNIGHT + 60);
+    // Half an hour after they expired, but the same UTC day: not swept yet…
+    later(&mut events, 86_400 + 1_800);
+    let s = fold(&events);
+    assert_eq!(s.refresh_tokens.len(), 3, "within a day nothing more goes");
+    // … the first event of the next day is.
+    later(&mut events, TO_MIDNIGHT + 86_400 + 60);
+    let s = fold(&events);
+    assert!(s.refresh_tokens.is_empty() && s.refresh_by_id.is_empty());
+    assert!(s.codes.is_empty() && s.access_tokens.is_empty());
+    // f1 (live until it expired) is gone; f2, revoked, keeps its entry and why.
+    assert_eq!(s.families.keys().collect::<Vec<_>>(), vec!["f2"]);
+    assert_eq!(
+        s.families["f2"].revoked.as_ref().map(|r| r.reason.as_str()),
+        Some("contained")
+    );
+    assert_eq!(s.grants["g1"].families, vec!["f2"]);
+    // The grant itself is a consent, not a token: it stays.
+    assert!(s.grant_for(&s.grants["g1"].user_id, &s.grants["g1"].client_id, "r").is_some());
+    // A replay forgets at the same seqs: folding a prefix and then the rest gives the same.
+    for split in 0..events.len() {
+        let mut t = fold(&events[..split]);
+        for e in &events[split..] {
+            apply(&mut t, e);
+        }
+        assert_eq!(t, s, "split at {split}");
+    }
+}
+
+#[test]
+fn a_family_refreshed_every_day_keeps_every_refresh_token_it_ever_had() {
+    // Reuse detection needs every rotated token of a live family; only the access tokens go.
+    let mut events = history();
+    let client = "cli_0197a3c1f0d27c4e8b1a9d6e5f403a22".to_string();
+    let user = fold(&events).families["f1"].user_id.clone();
+    let mut prev = "f1b".to_string();
+    for day in 1..5i64 {
+        let id = format!("f1d{day}");
+        let seq = events.len() as u64 + 1;
+        let mut r = refresh(&id);
+        r.expires_at = NOW.plus_secs((day + 1) * 86_400);
+        let mut e = rec(
+            seq,
+            TokenRefreshed {
+                request: None,
+                family_id: "f1".into(),
+                client_id: client.clone(),
+                user_id: user.clone(),
+                resource: "r".into(),
+                scopes: vec!["read".into()],
+                rotated_refresh_id: format!("rt_{prev}"),
+                access: access(&id),
+                refresh: r,
+            },
+        );
+        e.envelope.time = NOW.plus_secs(day * 86_400);
+        events.push(e);
+        prev = id;
+    }
+    let s = fold(&events);
+    let f1: Vec<_> = s
+        .refresh_tokens
+        .values()
+        .filter(|t| t.family_id == "f1")
+        .collect();
+    assert_eq!(f1.len(), 6, "f1a, f1b and four daily rotations");
+    assert!(!s.families.contains_key("f2"), "f2 was never refreshed");
+    assert_eq!(s.access_tokens.len(), 1, "only the newest access token is unexpired");
+}
