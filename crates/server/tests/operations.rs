@@ -152,7 +152,11 @@ async fn metrics_on_the_main_listener_need_the_token_and_count_what_happened() {
         ("codes", 1.0),
         ("families", 1.0),
     ] {
-        assert_eq!(v(&format!(r#"grantline_projection_entries{{map="{map}"}}"#)), n, "{map}");
+        assert_eq!(
+            v(&format!(r#"grantline_projection_entries{{map="{map}"}}"#)),
+            n,
+            "{map}"
+        );
     }
     // Nothing that names a user, a client or a token.
     for secret in [

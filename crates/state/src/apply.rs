@@ -213,6 +213,7 @@ pub fn apply(state: &mut State, event: &Recorded) {
                     created_at: at,
                     created: since,
                     revoked: None,
+                    live_until: e.expires_at,
                     version: 0,
                 },
             );
@@ -261,6 +262,17 @@ pub fn apply(state: &mut State, event: &Recorded) {
                     revoked: false,
                 },
             );
+            if let Some(f) = &e.family_id {
+                let refresh = e
+                    .refresh
+                    .as_ref()
+                    .map(|r| r.expires_at.min(r.absolute_expires_at));
+                rules::lives_until(
+                    state,
+                    f,
+                    e.access.expires_at.max(refresh.unwrap_or_default()),
+                );
+            }
             if let (Some(r), Some(f)) = (&e.refresh, &e.family_id) {
                 insert_refresh(state, r, f, None, &e.access.digest, since);
             }
@@ -288,6 +300,8 @@ pub fn apply(state: &mut State, event: &Recorded) {
                     revoked: false,
                 },
             );
+            let refresh = e.refresh.expires_at.min(e.refresh.absolute_expires_at);
+            rules::lives_until(state, &e.family_id, e.access.expires_at.max(refresh));
             insert_refresh(
                 state,
                 &e.refresh,

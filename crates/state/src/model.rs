@@ -166,6 +166,9 @@ pub struct Family {
     /// The `code.issued` that started it.
     pub created: Since,
     pub revoked: Option<Revocation>,
+    /// Until when something of it can be used: the latest expiry of its code and of every
+    /// token issued in it. The daily sweep forgets the family after that (`rules/expiry.rs`).
+    pub live_until: Timestamp,
     /// The version of the family's stream after the last event folded: what a decider expects
     /// when it appends to the family (optimistic concurrency).
     pub version: u64,

@@ -18,8 +18,10 @@ use std::collections::HashMap;
 
 /// The encoding's version: a snapshot of another version is refused (and a full fold done),
 /// never misread. 2: users carry the seqs of their last sign-in and of the end of their
-/// sessions (a format 1 snapshot lacks them, and sessions must not come back to life).
-pub const FORMAT: u32 = 2;
+/// sessions (a format 1 snapshot lacks them, and sessions must not come back to life). 3:
+/// families carry `live_until`, and what expired is forgotten daily (a format 2 snapshot
+/// holds neither).
+pub const FORMAT: u32 = 3;
 
 /// Why a snapshot cannot be used.
 #[derive(Debug, thiserror::Error)]

@@ -394,7 +394,10 @@ fn a_family_is_forgotten_once_nothing_of_it_can_be_used_and_a_revoked_one_keeps_
     );
     assert_eq!(s.grants["g1"].families, vec!["f2"]);
     // The grant itself is a consent, not a token: it stays.
-    assert!(s.grant_for(&s.grants["g1"].user_id, &s.grants["g1"].client_id, "r").is_some());
+    assert!(
+        s.grant_for(&s.grants["g1"].user_id, &s.grants["g1"].client_id, "r")
+            .is_some()
+    );
     // A replay forgets at the same seqs: folding a prefix and then the rest gives the same.
     for split in 0..events.len() {
         let mut t = fold(&events[..split]);
@@ -443,5 +446,41 @@ fn a_family_refreshed_every_day_keeps_every_refresh_token_it_ever_had() {
         .collect();
     assert_eq!(f1.len(), 6, "f1a, f1b and four daily rotations");
     assert!(!s.families.contains_key("f2"), "f2 was never refreshed");
-    assert_eq!(s.access_tokens.len(), 1, "only the newest access token is unexpired");
+    assert_eq!(
+        s.access_tokens.len(),
+        1,
+        "only the newest access token is unexpired"
+    );
+}
+
+#[test]
+fn a_sweep_counts_what_it_forgot_and_leaves_nothing_pointing_at_it() {
+    use grantline_state::rules::expiry::{Forgotten, forget_dead};
+    let mut s = fold(&history());
+    // Between the access tokens' expiry (1 hour) and the refresh tokens' (1 day).
+    let first = forget_dead(&mut s, NOW.plus_secs(7_200));
+    assert_eq!(
+        first,
+        Forgotten {
+            access_tokens: 3,
+            ..Forgotten::default()
+        }
+    );
+    assert_eq!(s.families["f1"].live_until, NOW.plus_secs(86_400));
+    let second = forget_dead(&mut s, NOW.plus_secs(86_400));
+    assert_eq!(
+        second,
+        Forgotten {
+            access_tokens: 0,
+            refresh_tokens: 3,
+            codes: 2,
+            families: 2,
+        }
+    );
+    assert!(s.access_by_id.is_empty() && s.refresh_by_id.is_empty());
+    assert!(s.grants["g1"].families.is_empty());
+    assert_eq!(
+        forget_dead(&mut s, NOW.plus_secs(86_400)),
+        Forgotten::default()
+    );
 }

@@ -13,8 +13,8 @@
 //! or a start from a snapshot, forgets at the same seqs the live server did.
 
 use crate::State;
+use foldhash::HashSet;
 use grantline_ledger::Timestamp;
-use std::collections::HashSet;
 
 /// The fold sweeps when an event's UTC day is later than the one before it.
 pub const SWEEP_EVERY_SECS: i64 = 86_400;
@@ -43,74 +43,76 @@ fn day(t: Timestamp) -> i64 {
     t.as_micros().div_euclid(SWEEP_EVERY_SECS * 1_000_000)
 }
 
+/// Something of `family` can be used until `until` (a token issued in it expires then).
+pub(crate) fn lives_until(state: &mut State, family: &str, until: Timestamp) {
+    if let Some(f) = state.families.get_mut(family) {
+        f.live_until = f.live_until.max(until);
+    }
+}
+
 /// Forgets every access token that expired by `cutoff`, and every family (with its code and
 /// refresh tokens) of which nothing is usable after `cutoff`; a revoked family keeps its entry.
+///
+/// Only what has itself expired is looked up by family, so a sweep costs one pass over the
+/// maps and a hash only for the expired entries.
 pub fn forget_dead(state: &mut State, cutoff: Timestamp) -> Forgotten {
-    let mut alive: HashSet<&str> = HashSet::new();
-    for t in state.refresh_tokens.values() {
-        if t.expires_at.min(t.absolute_expires_at) > cutoff {
-            alive.insert(&t.family_id);
-        }
-    }
-    for t in state.access_tokens.values() {
-        if t.expires_at > cutoff
-            && let Some(f) = &t.family_id
-        {
-            alive.insert(f);
-        }
-    }
-    for c in state.codes.values() {
-        if c.expires_at > cutoff {
-            alive.insert(&c.family_id);
-        }
-    }
+    // These sets live for one sweep and hold ids the server made: a fast hasher without a
+    // secret key is enough.
     let dead: HashSet<String> = state
         .families
-        .keys()
-        .filter(|f| !alive.contains(f.as_str()))
-        .cloned()
-        .chain(
-            // Tokens whose family is not (or no longer) known, and not alive either.
-            state
-                .refresh_tokens
-                .values()
-                .map(|t| &t.family_id)
-                .chain(state.codes.values().map(|c| &c.family_id))
-                .filter(|f| !alive.contains(f.as_str()) && !state.families.contains_key(*f))
-                .cloned(),
-        )
+        .values()
+        .filter(|f| f.live_until <= cutoff)
+        .map(|f| f.family_id.clone())
         .collect();
-    drop(alive);
+    let families = &state.families;
+    // A token or code outlives its family only when the family is live: known and not dead.
+    let family_gone = |id: &String| dead.contains(id) || !families.contains_key(id);
 
-    let mut out = Forgotten {
-        access_tokens: state.access_tokens.retain(|_, t| t.expires_at > cutoff),
-        refresh_tokens: state
-            .refresh_tokens
-            .retain(|_, t| !dead.contains(&t.family_id)),
-        ..Forgotten::default()
-    };
-    let before = state.codes.len();
-    state.codes.retain(|_, c| !dead.contains(&c.family_id));
-    out.codes = before - state.codes.len();
-    if out.access_tokens > 0 {
-        let tokens = &state.access_tokens;
-        state.access_by_id.retain(|_, d| tokens.contains_key(d));
-    }
-    if out.refresh_tokens > 0 {
-        let tokens = &state.refresh_tokens;
-        state.refresh_by_id.retain(|_, d| tokens.contains_key(d));
-    }
-    let grants = &state.grants;
-    let before = state.families.len();
-    state.families.retain(|id, f| {
-        let revoked = f.revoked.is_some() || grants.get(&f.grant_id).is_some_and(|g| g.revoked);
-        revoked || !dead.contains(id)
+    let mut out = Forgotten::default();
+    let mut ids = Vec::new();
+    out.access_tokens = state.access_tokens.retain(|_, t| {
+        let keep = t.expires_at > cutoff;
+        if !keep {
+            ids.push(t.token_id.clone());
+        }
+        keep
     });
-    out.families = before - state.families.len();
-    if out.families > 0 {
-        let families = &state.families;
-        for g in state.grants.values_mut() {
-            g.families.retain(|f| families.contains_key(f));
+    for id in ids.drain(..) {
+        state.access_by_id.remove(&id);
+    }
+    out.refresh_tokens = state.refresh_tokens.retain(|_, t| {
+        let keep = t.expires_at.min(t.absolute_expires_at) > cutoff || !family_gone(&t.family_id);
+        if !keep {
+            ids.push(t.token_id.clone());
+        }
+        keep
+    });
+    for id in ids.drain(..) {
+        state.refresh_by_id.remove(&id);
+    }
+    let before = state.codes.len();
+    state
+        .codes
+        .retain(|_, c| c.expires_at > cutoff || !family_gone(&c.family_id));
+    out.codes = before - state.codes.len();
+
+    if !dead.is_empty() {
+        let grants = &state.grants;
+        let mut removed: HashSet<String> = HashSet::default();
+        state.families.retain(|id, f| {
+            let keep = !dead.contains(id)
+                || f.revoked.is_some()
+                || grants.get(&f.grant_id).is_some_and(|g| g.revoked);
+            if !keep {
+                removed.insert(id.clone());
+            }
+            keep
+        });
+        out.families = removed.len();
+        if !removed.is_empty() {
+            for g in state.grants.values_mut() {
+                g.families.retain(|f| !removed.contains(f));
+            }
         }
     }
     out

@@ -10,7 +10,7 @@ mod rotation;
 pub mod settings;
 
 pub(crate) use consent_page::on_consent_page_answered;
-pub(crate) use expiry::sweep_if_due;
+pub(crate) use expiry::{lives_until, sweep_if_due};
 pub(crate) use family::revoke_family;
 pub(crate) use grant::on_grant_revoked;
 pub(crate) use replay::on_code_replayed;
