@@ -56,7 +56,11 @@ pub fn contain(state: &State, actor: Actor, target: &Target, reason: &str) -> De
     match target {
         Target::Family(id) => {
             let Some(f) = state.families.get(id) else {
-                return invalid(format!("no token family {id:?}")).into();
+                return invalid(format!(
+                    "no token family {id:?} (a family is forgotten a day after nothing of it \
+                     can be used; `grantline lineage` still shows its story)"
+                ))
+                .into();
             };
             if f.revoked.is_none() {
                 events.push(NewEvent::new(
