@@ -124,6 +124,32 @@ fn history() -> Vec<Recorded> {
     out
 }
 
+/// `history()` and then one more event, with the seq it got.
+fn history_then(payload: impl Into<Payload>) -> (Vec<Recorded>, u64) {
+    let mut events = history();
+    let n = events.len() as u64 + 1;
+    events.push(rec(n, payload));
+    (events, n)
+}
+
+/// Family f1 of `history()`: the refresh token `from` exchanged for `to`.
+fn refreshed(from: &str, to: &str) -> TokenRefreshed {
+    TokenRefreshed {
+        request: None,
+        family_id: "f1".into(),
+        client_id: "cli_0197a3c1f0d27c4e8b1a9d6e5f403a22".into(),
+        user_id: match &samples::all()[5] {
+            Payload::UserCreated(u) => u.user_id.clone(),
+            _ => unreachable!(),
+        },
+        resource: "r".into(),
+        scopes: vec!["read".into()],
+        rotated_refresh_id: format!("rt_{from}"),
+        access: access(to),
+        refresh: refresh(to),
+    }
+}
+
 fn live(s: &State, id: &str) -> bool {
     s.live_access_token(&access(id).digest, NOW).is_some()
 }
@@ -152,41 +178,31 @@ fn refresh_rotation_marks_the_old_token_and_issues_new_ones() {
 
 #[test]
 fn reuse_detected_revokes_every_token_of_that_family_only() {
-    let mut events = history();
-    let n = events.len() as u64;
-    events.push(rec(
-        n + 1,
-        RefreshReuseDetected {
-            request: None,
-            family_id: "f1".into(),
-            refresh_token_id: "rt_f1a".into(),
-            client_id: "c".into(),
-            rotated_at: NOW,
-            grace_seconds: 10,
-        },
-    ));
+    let (events, n) = history_then(RefreshReuseDetected {
+        request: None,
+        family_id: "f1".into(),
+        refresh_token_id: "rt_f1a".into(),
+        client_id: "c".into(),
+        rotated_at: NOW,
+        grace_seconds: 10,
+    });
     let s = fold(&events);
     assert!(
         !live(&s, "f1a") && !live(&s, "f1b"),
         "every token descended from f1's code"
     );
     assert!(live(&s, "f2a"), "other families untouched");
-    assert_eq!(s.families["f1"].revoked.as_ref().unwrap().seq, n + 1);
+    assert_eq!(s.families["f1"].revoked.as_ref().unwrap().seq, n);
 }
 
 #[test]
 fn code_replay_revokes_the_family() {
-    let mut events = history();
-    let n = events.len() as u64;
-    events.push(rec(
-        n + 1,
-        CodeReplayed {
-            request: None,
-            family_id: "f2".into(),
-            code_digest: secret_digest(b"f2"),
-            client_id: "c".into(),
-        },
-    ));
+    let (events, _) = history_then(CodeReplayed {
+        request: None,
+        family_id: "f2".into(),
+        code_digest: secret_digest(b"f2"),
+        client_id: "c".into(),
+    });
     let s = fold(&events);
     assert!(!live(&s, "f2a"));
     assert!(live(&s, "f1b"));
@@ -194,18 +210,13 @@ fn code_replay_revokes_the_family() {
 
 #[test]
 fn grant_revoked_revokes_every_family_under_it() {
-    let mut events = history();
-    let n = events.len() as u64;
-    events.push(rec(
-        n + 1,
-        GrantRevoked {
-            request: None,
-            grant_id: "g1".into(),
-            user_id: "u".into(),
-            client_id: "c".into(),
-            reason: "revoked by user".into(),
-        },
-    ));
+    let (events, _) = history_then(GrantRevoked {
+        request: None,
+        grant_id: "g1".into(),
+        user_id: "u".into(),
+        client_id: "c".into(),
+        reason: "revoked by user".into(),
+    });
     let s = fold(&events);
     assert!(!live(&s, "f1b") && !live(&s, "f2a"));
     assert!(s.families.values().all(|f| f.revoked.is_some()));
@@ -213,18 +224,13 @@ fn grant_revoked_revokes_every_family_under_it() {
 
 #[test]
 fn expiry_and_single_token_revocation() {
-    let mut events = history();
-    let n = events.len() as u64;
-    events.push(rec(
-        n + 1,
-        TokenRevoked {
-            request: None,
-            token_id: "at_f2a".into(),
-            token_kind: TokenKind::Access,
-            family_id: Some("f2".into()),
-            reason: "RFC 7009".into(),
-        },
-    ));
+    let (events, _) = history_then(TokenRevoked {
+        request: None,
+        token_id: "at_f2a".into(),
+        token_kind: TokenKind::Access,
+        family_id: Some("f2".into()),
+        reason: "RFC 7009".into(),
+    });
     let s = fold(&events);
     assert!(!live(&s, "f2a"));
     assert!(live(&s, "f1b"));
@@ -274,22 +280,6 @@ fn an_expiry_recorded_after_the_first_authorization_is_void() {
 #[test]
 fn using_one_sibling_supersedes_the_others_and_their_access_tokens() {
     let mut events = history();
-    let client = "cli_0197a3c1f0d27c4e8b1a9d6e5f403a22".to_string();
-    let user = match &samples::all()[5] {
-        Payload::UserCreated(u) => u.user_id.clone(),
-        _ => unreachable!(),
-    };
-    let refreshed = |from: &str, to: &str| TokenRefreshed {
-        request: None,
-        family_id: "f1".into(),
-        client_id: client.clone(),
-        user_id: user.clone(),
-        resource: "r".into(),
-        scopes: vec!["read".into()],
-        rotated_refresh_id: format!("rt_{from}"),
-        access: access(to),
-        refresh: refresh(to),
-    };
     // history(): f1a → f1b. A retry of f1a within the grace period: f1c, a sibling of f1b.
     let n = events.len() as u64;
     events.push(rec(n + 1, refreshed("f1a", "f1c")));
@@ -365,16 +355,11 @@ fn expired_access_tokens_are_forgotten_at_the_next_day_and_refresh_tokens_kept()
 
 #[test]
 fn a_family_is_forgotten_once_nothing_of_it_can_be_used_and_a_revoked_one_keeps_its_entry() {
-    let mut events = history();
-    let n = events.len() as u64;
-    events.push(rec(
-        n + 1,
-        FamilyRevoked {
-            family_id: "f2".into(),
-            reason: "contained".into(),
-            request: None,
-        },
-    ));
+    let (mut events, _) = history_then(FamilyRevoked {
+        family_id: "f2".into(),
+        reason: "contained".into(),
+        request: None,
+    });
     // The first sweep: the refresh tokens live until NOW + 1 day.
     later(&mut events, TO_MIDNIGHT + 60);
     // Half an hour after they expired, but the same UTC day: not swept yet…
@@ -412,28 +397,12 @@ fn a_family_is_forgotten_once_nothing_of_it_can_be_used_and_a_revoked_one_keeps_
 fn a_family_refreshed_every_day_keeps_every_refresh_token_it_ever_had() {
     // Reuse detection needs every rotated token of a live family; only the access tokens go.
     let mut events = history();
-    let client = "cli_0197a3c1f0d27c4e8b1a9d6e5f403a22".to_string();
-    let user = fold(&events).families["f1"].user_id.clone();
     let mut prev = "f1b".to_string();
     for day in 1..5i64 {
         let id = format!("f1d{day}");
-        let seq = events.len() as u64 + 1;
-        let mut r = refresh(&id);
-        r.expires_at = NOW.plus_secs((day + 1) * 86_400);
-        let mut e = rec(
-            seq,
-            TokenRefreshed {
-                request: None,
-                family_id: "f1".into(),
-                client_id: client.clone(),
-                user_id: user.clone(),
-                resource: "r".into(),
-                scopes: vec!["read".into()],
-                rotated_refresh_id: format!("rt_{prev}"),
-                access: access(&id),
-                refresh: r,
-            },
-        );
+        let mut r = refreshed(&prev, &id);
+        r.refresh.expires_at = NOW.plus_secs((day + 1) * 86_400);
+        let mut e = rec(events.len() as u64 + 1, r);
         e.envelope.time = NOW.plus_secs(day * 86_400);
         events.push(e);
         prev = id;
