@@ -453,3 +453,31 @@ fn a_sweep_counts_what_it_forgot_and_leaves_nothing_pointing_at_it() {
         Forgotten::default()
     );
 }
+
+#[test]
+fn what_if_still_names_a_family_the_sweep_forgot() {
+    use grantline_state::history::whatif::{Overrides, WhatIf};
+    // f1a presented again a second after its rotation: honoured under the recorded grace,
+    // reuse under a grace of 0 s. Then the family runs out and is forgotten.
+    let (mut events, _) = history_then(refreshed("f1a", "f1c"));
+    later(&mut events, TO_MIDNIGHT + 2 * 86_400);
+    let mut overrides = Overrides::default();
+    overrides.set("refresh_grace=0s").unwrap();
+    let mut w = WhatIf::new(overrides);
+    let mut s = State::default();
+    for e in &events {
+        w.observe(&s, e);
+        apply(&mut s, e);
+    }
+    assert!(!s.families.contains_key("f1"), "the sweep forgot f1");
+    let d = w.differences(&s);
+    assert_eq!(
+        d.iter().map(|d| d.family_id.as_str()).collect::<Vec<_>>(),
+        vec!["f1"]
+    );
+    assert_eq!(d[0].client_id, "cli_0197a3c1f0d27c4e8b1a9d6e5f403a22");
+    assert_eq!(
+        d[0].live.revoked_seq, None,
+        "never revoked in what happened"
+    );
+}

@@ -142,6 +142,9 @@ pub struct WhatIf {
     fates: BTreeMap<String, Fate>,
     /// When a family's first refresh token was issued (the start of its absolute lifetime).
     started: HashMap<String, Timestamp>,
+    /// Each family's client, user and grant, from its `code.issued`: the state at the end of
+    /// the replay has forgotten families that expired unrevoked (`rules/expiry.rs`).
+    families: HashMap<String, (String, String, String)>,
 }
 
 impl WhatIf {
@@ -168,6 +171,12 @@ impl WhatIf {
                     self.fates
                         .insert(e.family_id.clone(), Fate::NotStarted { seq, at });
                 }
+            }
+            Payload::CodeIssued(e) => {
+                self.families.insert(
+                    e.family_id.clone(),
+                    (e.client_id.clone(), e.user_id.clone(), e.grant_id.clone()),
+                );
             }
             Payload::TokenIssued(e) => {
                 if let Some(f) = &e.family_id {
@@ -253,20 +262,22 @@ impl WhatIf {
             .fates
             .iter()
             .filter_map(|(id, fate)| {
-                let f: &Family = end.families.get(id)?;
-                let revoked = f.revoked.as_ref().or_else(|| {
-                    end.grants
-                        .get(&f.grant_id)
-                        .and_then(|g| g.revocation.as_ref())
-                });
+                let (client_id, user_id, grant_id) = self.families.get(id)?;
+                // A family missing at the end expired unrevoked and was forgotten: only its
+                // grant's revocation can apply to it.
+                let revoked = end
+                    .families
+                    .get(id)
+                    .and_then(|f: &Family| f.revoked.as_ref())
+                    .or_else(|| end.grants.get(grant_id).and_then(|g| g.revocation.as_ref()));
                 // A family revoked anyway before the two histories part is no difference.
                 if revoked.is_some_and(|r| r.seq < fate.seq()) {
                     return None;
                 }
                 Some(Difference {
                     family_id: id.clone(),
-                    client_id: f.client_id.clone(),
-                    user_id: f.user_id.clone(),
+                    client_id: client_id.clone(),
+                    user_id: user_id.clone(),
                     live: Live {
                         revoked_seq: revoked.map(|r| r.seq),
                         reason: revoked.map(|r| r.reason.clone()),
