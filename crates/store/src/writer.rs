@@ -48,6 +48,11 @@ pub struct LedgerOptions {
     /// The clock appends are stamped with (never going back); default the system clock. A
     /// benchmark's synthetic history sets its own.
     pub clock: Option<Clock>,
+    /// SQLite: how many pages the WAL may hold before the writer finishes a checkpoint between
+    /// two commits so that it starts over (see [`WalCheckpointer`]). Each start-over holds up
+    /// the next group commit by a `fsync` of the database file, so fewer are better; a longer
+    /// WAL costs disk space and slightly slower lookups of recent pages.
+    pub wal_restart_pages: i64,
 }
 
 /// What one group commit took: for metrics.
@@ -78,6 +83,7 @@ impl std::fmt::Debug for LedgerOptions {
             .field("on_commit", &self.on_commit.is_some())
             .field("on_group_commit", &self.on_group_commit.is_some())
             .field("clock", &self.clock.is_some())
+            .field("wal_restart_pages", &self.wal_restart_pages)
             .finish()
     }
 }
@@ -91,6 +97,7 @@ impl Default for LedgerOptions {
             on_commit: None,
             on_group_commit: None,
             clock: None,
+            wal_restart_pages: WAL_RESTART_PAGES,
         }
     }
 }
@@ -253,7 +260,8 @@ impl Ledger {
                     let mut wal_checkpointer = None;
                     let conn = match &db {
                         Database::Sqlite(path) => open_sqlite_writer(path).and_then(|c| {
-                            wal_checkpointer = Some(WalCheckpointer::start(path)?);
+                            wal_checkpointer =
+                                Some(WalCheckpointer::start(path, options.wal_restart_pages)?);
                             Ok(WriterConn::Sqlite(Some(c)))
                         }),
                         Database::Postgres(url) => match Database::pg_options(url) {
@@ -391,10 +399,19 @@ fn open_sqlite_writer(path: &std::path::Path) -> Result<rusqlite::Connection> {
 /// database file.
 const WAL_CHECKPOINT_AFTER: Duration = Duration::from_millis(100);
 
-/// From this many pages in the WAL (16 MiB of 4 KiB pages) the writer finishes the
+/// From this many pages in the WAL (64 MiB of 4 KiB pages) the writer finishes the
 /// checkpointer's work itself between two commits, so that the next commit starts the WAL
-/// over (see [`WalCheckpointer`]).
-const WAL_RESTART_PAGES: i64 = 4096;
+/// over (see [`WalCheckpointer`]). The default of [`LedgerOptions::wal_restart_pages`]. At
+/// 16 MiB, refresh rotation with 32 clients started the WAL over about five times a second,
+/// and the commit after each waited 1–11 ms for the database file's `fsync`: over 1 % of
+/// rotations, and so the p99 (docs/performance.md, 2026-12-05 afternoon).
+const WAL_RESTART_PAGES: i64 = 16_384;
+
+/// Before the writer finishes a checkpoint, the checkpointer copies the frames committed
+/// during its own pass again, up to this many times, until at most [`WAL_RESIDUE_PAGES`] are
+/// left: the writer's checkpoint then copies those few and syncs little.
+const WAL_CATCH_UP_PASSES: usize = 4;
+const WAL_RESIDUE_PAGES: i64 = 128;
 
 /// The thread that copies the SQLite writer's WAL back into the database file: the passive
 /// checkpoint SQLite would run every 1,000 pages inside a commit (~15 % of the appender's CPU,
@@ -404,9 +421,10 @@ const WAL_RESTART_PAGES: i64 = 4096;
 ///
 /// Under constant appends a checkpoint running beside the writer never finds the WAL fully
 /// copied, and SQLite starts a WAL over only then: it would grow without end. So once the WAL
-/// holds [`WAL_RESTART_PAGES`], the checkpointer asks the writer to checkpoint between two of
-/// its commits; almost everything is copied by then, so that takes the writer little, and
-/// its next commit writes the WAL from the start again.
+/// holds [`LedgerOptions::wal_restart_pages`], the checkpointer asks the writer to checkpoint between two of
+/// its commits; the thread first copies again what came during its own pass (up to
+/// [`WAL_CATCH_UP_PASSES`] times), so that only a few pages are left for the writer, and the
+/// writer's next commit writes the WAL from the start again.
 struct WalCheckpointer {
     nudge: std::sync::mpsc::SyncSender<()>,
     /// Set by the thread when the WAL is long; taken by the writer.
@@ -416,7 +434,7 @@ struct WalCheckpointer {
 impl WalCheckpointer {
     /// Starts the thread. It ends when the writer drops this (closing its connection does
     /// not checkpoint while the writer's is open).
-    fn start(path: &std::path::Path) -> Result<WalCheckpointer> {
+    fn start(path: &std::path::Path, restart_pages: i64) -> Result<WalCheckpointer> {
         use rusqlite::OpenFlags;
         use std::sync::atomic::Ordering;
         let conn = rusqlite::Connection::open_with_flags(
@@ -436,7 +454,15 @@ impl WalCheckpointer {
                     match passive_checkpoint(&conn) {
                         Ok((frames, copied)) => {
                             tracing::trace!(frames, copied, "WAL checkpoint");
-                            if frames >= WAL_RESTART_PAGES {
+                            if frames >= restart_pages {
+                                // Copy what came meanwhile, at once and again, so that the
+                                // writer's own checkpoint finds little left to copy.
+                                for _ in 0..WAL_CATCH_UP_PASSES {
+                                    match passive_checkpoint(&conn) {
+                                        Ok((f, c)) if f - c > WAL_RESIDUE_PAGES => continue,
+                                        _ => break,
+                                    }
+                                }
                                 long.store(true, Ordering::Relaxed);
                             }
                         }

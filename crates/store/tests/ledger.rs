@@ -779,7 +779,12 @@ async fn sqlite_wal_is_copied_into_the_database_beside_the_writer_and_reused() {
 #[tokio::test]
 async fn sqlite_wal_starts_over_under_constant_appends() {
     let (db, path, wal) = sqlite_and_wal().await;
-    let ledger = open(&db).await;
+    // Started over at 16 MiB here, so that 80,000 events show it several times over.
+    let options = LedgerOptions {
+        wal_restart_pages: 4096,
+        ..LedgerOptions::default()
+    };
+    let ledger = open_with(&db, options).await;
     let mut tasks = Vec::new();
     for t in 0..4u64 {
         let ledger = ledger.clone();
