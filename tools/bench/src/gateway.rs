@@ -25,12 +25,14 @@ async fn trivial_upstream() -> Result<String> {
     Ok(url)
 }
 
-/// Calls per second and latencies (µs, sorted) of C clients calling `url` for `seconds`.
+/// Calls per second and latencies (µs, sorted) of C clients calling `url` for `seconds`,
+/// with the lean load generator ([`crate::load::Conn`]) or, with `reqwest`, reqwest.
 async fn load(
     url: &str,
     token: Option<&str>,
     clients: usize,
     seconds: u64,
+    reqwest: bool,
 ) -> (f64, Vec<u64>, u64) {
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(clients)
@@ -43,34 +45,12 @@ async fn load(
     let start = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..clients {
-        let (http, url, body, token) = (
-            http.clone(),
-            url.to_string(),
-            body.clone(),
-            token.map(String::from),
-        );
-        tasks.push(tokio::spawn(async move {
-            let (mut lat, mut errors) = (Vec::new(), 0u64);
-            while Instant::now() < deadline {
-                let t0 = Instant::now();
-                let mut req = http
-                    .post(&url)
-                    .header("content-type", "application/json")
-                    .header("accept", "application/json, text/event-stream")
-                    .body(body.clone());
-                if let Some(t) = &token {
-                    req = req.bearer_auth(t);
-                }
-                match req.send().await {
-                    Ok(r) if r.status().is_success() => {
-                        let _ = r.bytes().await;
-                        lat.push(t0.elapsed().as_micros() as u64);
-                    }
-                    _ => errors += 1,
-                }
-            }
-            (lat, errors)
-        }));
+        let (url, body, token) = (url.to_string(), body.clone(), token.map(String::from));
+        tasks.push(if reqwest {
+            tokio::spawn(calls_reqwest(http.clone(), url, body, token, deadline))
+        } else {
+            tokio::spawn(calls_lean(url, body, token, deadline))
+        });
     }
     let (mut lat, mut errors) = (Vec::new(), 0);
     for t in tasks {
@@ -87,6 +67,74 @@ async fn load(
     )
 }
 
+/// One client's calls with reqwest: latencies (µs) and errors.
+async fn calls_reqwest(
+    http: reqwest::Client,
+    url: String,
+    body: String,
+    token: Option<String>,
+    deadline: Instant,
+) -> (Vec<u64>, u64) {
+    let (mut lat, mut errors) = (Vec::new(), 0u64);
+    while Instant::now() < deadline {
+        let t0 = Instant::now();
+        let mut req = http
+            .post(&url)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .body(body.clone());
+        if let Some(t) = &token {
+            req = req.bearer_auth(t);
+        }
+        match req.send().await {
+            Ok(r) if r.status().is_success() => {
+                let _ = r.bytes().await;
+                lat.push(t0.elapsed().as_micros() as u64);
+            }
+            _ => errors += 1,
+        }
+    }
+    (lat, errors)
+}
+
+/// One client's calls over its own connection ([`crate::load::Conn`]).
+async fn calls_lean(
+    url: String,
+    body: String,
+    token: Option<String>,
+    deadline: Instant,
+) -> (Vec<u64>, u64) {
+    let (mut conn, path) = match (
+        crate::load::Conn::open(&url).await,
+        crate::load::path_of(&url),
+    ) {
+        (Ok(c), Ok(p)) => (c, p),
+        _ => return (Vec::new(), 1),
+    };
+    let bearer = token.map(|t| format!("Bearer {t}"));
+    let mut headers = vec![("accept", "application/json, text/event-stream")];
+    if let Some(b) = &bearer {
+        headers.push(("authorization", b.as_str()));
+    }
+    let body = hyper::body::Bytes::from(body);
+    let (mut lat, mut errors) = (Vec::new(), 0u64);
+    while Instant::now() < deadline {
+        let t0 = Instant::now();
+        match conn
+            .post(&path, "application/json", &headers, body.clone())
+            .await
+        {
+            Ok((status, _)) if status.is_success() => {
+                lat.push(t0.elapsed().as_micros() as u64);
+            }
+            Ok(_) => errors += 1,
+            // The connection is gone: one more call on it would only fail again.
+            Err(_) => return (lat, errors + 1),
+        }
+    }
+    (lat, errors)
+}
+
 fn pct(lat: &[u64], p: f64) -> f64 {
     if lat.is_empty() {
         return 0.0;
@@ -94,7 +142,9 @@ fn pct(lat: &[u64], p: f64) -> f64 {
     lat[((lat.len() as f64 - 1.0) * p) as usize] as f64 / 1000.0
 }
 
-pub async fn run(database: &str, clients: usize, seconds: u64) -> Result<()> {
+pub async fn run(database: &str, clients: usize, seconds: u64, reqwest: bool) -> Result<()> {
+    let generator = if reqwest { "reqwest" } else { "lean" };
+    println!("load generator: {generator}");
     let upstream = trivial_upstream().await?;
     let dir = tempfile::tempdir()?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -144,12 +194,13 @@ tools = {{ lookup = "bench:read" }}
         listener,
         std::future::pending(),
     ));
-    let (direct_rate, direct, e1) = load(&upstream, None, clients, seconds).await;
+    let (direct_rate, direct, e1) = load(&upstream, None, clients, seconds, reqwest).await;
     let (gw_rate, via, e2) = load(
         &format!("{base}/mcp/bench"),
         Some(pat.token.as_str()),
         clients,
         seconds,
+        reqwest,
     )
     .await;
     println!(

@@ -7,6 +7,7 @@
 //!   grantline-bench refresh --database URL --clients C --seconds S [--oidc-provider tests/e2e/idp]
 //!                                                        # refresh rotations over HTTP
 //!   grantline-bench gateway --database URL --clients C --seconds S  # tool-call overhead of the gateway
+//!                           (both: --reqwest drives them with reqwest, the generator before 2026-12-05)
 //!   grantline-bench audit-index  --database URL --index DIR   # build the audit index; baseline: map only
 //!   grantline-bench audit-search --database URL --index DIR   # reviewer queries p50/p99; baseline: a full scan
 //!   grantline-bench audit-export --database URL               # OCSF export; baseline: JSON lines
@@ -15,6 +16,7 @@
 
 mod audit;
 mod gateway;
+mod load;
 mod refresh;
 mod synthetic;
 
@@ -127,6 +129,10 @@ enum Cmd {
         /// `bench-refresh.mjs` and its node_modules (tests/e2e/idp after `npm ci`).
         #[arg(long, value_name = "DIR")]
         oidc_provider: Option<std::path::PathBuf>,
+        /// Drive both servers with reqwest (the load generator before 2026-12-05) instead of
+        /// the lean one-connection-per-client generator.
+        #[arg(long)]
+        reqwest: bool,
     },
     /// Gateway overhead: tool calls straight to a trivial upstream, then through the gateway.
     Gateway {
@@ -136,6 +142,10 @@ enum Cmd {
         clients: usize,
         #[arg(long, default_value_t = 10)]
         seconds: u64,
+        /// Drive both with reqwest (the load generator before 2026-12-05) instead of the
+        /// lean one-connection-per-client generator.
+        #[arg(long)]
+        reqwest: bool,
     },
 }
 
@@ -333,6 +343,7 @@ async fn main() -> Result<()> {
             clients,
             seconds,
             oidc_provider,
+            reqwest,
         } => {
             println!(
                 "command: {}",
@@ -344,6 +355,7 @@ async fn main() -> Result<()> {
                 clients.max(1),
                 seconds.max(1),
                 oidc_provider.as_deref(),
+                reqwest,
             )
             .await?;
         }
@@ -351,13 +363,14 @@ async fn main() -> Result<()> {
             target,
             clients,
             seconds,
+            reqwest,
         } => {
             println!(
                 "command: {}",
                 std::env::args().collect::<Vec<_>>().join(" ")
             );
             println!("machine: {}", machine());
-            gateway::run(&target.database, clients.max(1), seconds.max(1)).await?;
+            gateway::run(&target.database, clients.max(1), seconds.max(1), reqwest).await?;
         }
     }
     Ok(())

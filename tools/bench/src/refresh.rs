@@ -102,7 +102,9 @@ pub async fn run(
     clients: usize,
     seconds: u64,
     oidc_provider: Option<&std::path::Path>,
+    reqwest: bool,
 ) -> Result<()> {
+    let generator = if reqwest { "reqwest" } else { "lean" };
     let dir = tempfile::tempdir()?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
@@ -157,8 +159,10 @@ pub async fn run(
     for _ in 0..clients {
         families.push(family(&base, &browser).await?);
     }
-    println!("setup: {clients} clients with a token family each, ledger {database}");
-    let grantline = rotate(&format!("{base}/oauth/token"), families, seconds).await;
+    println!(
+        "setup: {clients} clients with a token family each, ledger {database}, load generator {generator}"
+    );
+    let grantline = rotate(&format!("{base}/oauth/token"), families, seconds, reqwest).await;
     println!("grantline refresh: {grantline}");
     server.abort();
     app.ledger.shutdown().await;
@@ -166,7 +170,7 @@ pub async fn run(
     if let Some(dir) = oidc_provider {
         let (mut child, token_url, families) = start_oidc_provider(dir, clients).await?;
         println!("setup: node-oidc-provider (in-memory adapter) with {clients} public clients");
-        let other = rotate(&token_url, families, seconds).await;
+        let other = rotate(&token_url, families, seconds, reqwest).await;
         let _ = child.kill().await;
         println!("node-oidc-provider refresh: {other}");
         println!(
@@ -206,13 +210,15 @@ impl std::fmt::Display for Rotations {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} rotations in {:.1} s = {:.0}/s with {} clients; latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; errors {}",
+            "{} rotations in {:.1} s = {:.0}/s with {} clients; latency p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms; errors {}",
             self.latencies.len(),
             self.took.as_secs_f64(),
             self.per_second(),
             self.clients,
             self.percentile(0.50),
+            self.percentile(0.90),
             self.percentile(0.99),
+            self.percentile(0.999),
             self.percentile(1.0),
             self.errors,
         )
@@ -221,8 +227,14 @@ impl std::fmt::Display for Rotations {
 
 /// The load generator: each family's client rotates its own refresh token at `token_url`
 /// (`grant_type=refresh_token`, public client) as fast as the server answers, for `seconds`.
-/// The same code drives Grantline and node-oidc-provider.
-async fn rotate(token_url: &str, families: Vec<(String, String)>, seconds: u64) -> Rotations {
+/// The same code drives Grantline and node-oidc-provider: the lean generator
+/// ([`crate::load::Conn`]) or, with `reqwest`, reqwest with a connection pool.
+async fn rotate(
+    token_url: &str,
+    families: Vec<(String, String)>,
+    seconds: u64,
+    reqwest: bool,
+) -> Rotations {
     let clients = families.len();
     let http = match reqwest::Client::builder()
         .pool_max_idle_per_host(clients)
@@ -234,38 +246,13 @@ async fn rotate(token_url: &str, families: Vec<(String, String)>, seconds: u64) 
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let start = Instant::now();
     let mut tasks = Vec::new();
-    for (client, mut rt) in families {
-        let http = http.clone();
+    for (client, rt) in families {
         let url = token_url.to_string();
-        tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::new();
-            let mut errors = 0u64;
-            while Instant::now() < deadline {
-                let t0 = Instant::now();
-                let r = http
-                    .post(&url)
-                    .form(&[
-                        ("grant_type", "refresh_token"),
-                        ("client_id", client.as_str()),
-                        ("refresh_token", rt.as_str()),
-                    ])
-                    .send()
-                    .await;
-                let body: Option<serde_json::Value> = match r {
-                    Ok(r) if r.status().is_success() => r.json().await.ok(),
-                    _ => None,
-                };
-                lat.push(t0.elapsed().as_micros() as u64);
-                match body.and_then(|b| b["refresh_token"].as_str().map(String::from)) {
-                    Some(next) => rt = next,
-                    None => {
-                        errors += 1;
-                        break;
-                    }
-                }
-            }
-            (lat, errors)
-        }));
+        tasks.push(if reqwest {
+            tokio::spawn(rotate_reqwest(http.clone(), url, client, rt, deadline))
+        } else {
+            tokio::spawn(rotate_lean(url, client, rt, deadline))
+        });
     }
     let mut latencies = Vec::new();
     let mut errors = 0;
@@ -286,6 +273,85 @@ async fn rotate(token_url: &str, families: Vec<(String, String)>, seconds: u64) 
         clients,
         errors,
     }
+}
+
+/// The answer a rotation needs: the next refresh token (the rest is skipped, not kept).
+#[derive(serde::Deserialize)]
+struct Rotated {
+    refresh_token: String,
+}
+
+/// One client's rotations with reqwest: latencies (µs) and errors.
+async fn rotate_reqwest(
+    http: reqwest::Client,
+    url: String,
+    client: String,
+    mut rt: String,
+    deadline: Instant,
+) -> (Vec<u64>, u64) {
+    let mut lat = Vec::new();
+    while Instant::now() < deadline {
+        let t0 = Instant::now();
+        let r = http
+            .post(&url)
+            .form(&[
+                ("grant_type", "refresh_token"),
+                ("client_id", client.as_str()),
+                ("refresh_token", rt.as_str()),
+            ])
+            .send()
+            .await;
+        let body: Option<serde_json::Value> = match r {
+            Ok(r) if r.status().is_success() => r.json().await.ok(),
+            _ => None,
+        };
+        lat.push(t0.elapsed().as_micros() as u64);
+        match body.and_then(|b| b["refresh_token"].as_str().map(String::from)) {
+            Some(next) => rt = next,
+            None => return (lat, 1),
+        }
+    }
+    (lat, 0)
+}
+
+/// One client's rotations over its own connection ([`crate::load::Conn`]).
+async fn rotate_lean(
+    url: String,
+    client: String,
+    mut rt: String,
+    deadline: Instant,
+) -> (Vec<u64>, u64) {
+    let (mut conn, path) = match (
+        crate::load::Conn::open(&url).await,
+        crate::load::path_of(&url),
+    ) {
+        (Ok(c), Ok(p)) => (c, p),
+        _ => return (Vec::new(), 1),
+    };
+    let mut lat = Vec::new();
+    while Instant::now() < deadline {
+        let t0 = Instant::now();
+        let body = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("grant_type", "refresh_token")
+            .append_pair("client_id", &client)
+            .append_pair("refresh_token", &rt)
+            .finish();
+        let r = conn
+            .post(&path, "application/x-www-form-urlencoded", &[], body)
+            .await;
+        let next = match r {
+            Ok((status, bytes)) if status.is_success() => {
+                serde_json::from_slice::<Rotated>(&bytes).ok()
+            }
+            _ => None,
+        };
+        lat.push(t0.elapsed().as_micros() as u64);
+        match next {
+            Some(next) => rt = next.refresh_token,
+            None => return (lat, 1),
+        }
+    }
+    (lat, 0)
 }
 
 /// Starts `bench-refresh.mjs` (in `dir`, beside its `node_modules` with oidc-provider) and
