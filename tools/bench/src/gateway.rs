@@ -104,12 +104,8 @@ async fn calls_lean(
     token: Option<String>,
     deadline: Instant,
 ) -> (Vec<u64>, u64) {
-    let (mut conn, path) = match (
-        crate::load::Conn::open(&url).await,
-        crate::load::path_of(&url),
-    ) {
-        (Ok(c), Ok(p)) => (c, p),
-        _ => return (Vec::new(), 1),
+    let Ok(mut conn) = crate::load::Conn::open(&url).await else {
+        return (Vec::new(), 1);
     };
     let bearer = token.map(|t| format!("Bearer {t}"));
     let mut headers = vec![("accept", "application/json, text/event-stream")];
@@ -120,10 +116,7 @@ async fn calls_lean(
     let (mut lat, mut errors) = (Vec::new(), 0u64);
     while Instant::now() < deadline {
         let t0 = Instant::now();
-        match conn
-            .post(&path, "application/json", &headers, body.clone())
-            .await
-        {
+        match conn.post("application/json", &headers, body.clone()).await {
             Ok((status, _)) if status.is_success() => {
                 lat.push(t0.elapsed().as_micros() as u64);
             }

@@ -11,10 +11,11 @@ use hyper::client::conn::http1::SendRequest;
 use hyper::{Request, StatusCode, header};
 use hyper_util::rt::TokioIo;
 
-/// One connection to one origin.
+/// One connection to one URL: every request goes to its path (and query).
 pub struct Conn {
     send: SendRequest<Full<Bytes>>,
     host: String,
+    path: String,
 }
 
 impl Conn {
@@ -32,21 +33,25 @@ impl Conn {
         stream.set_nodelay(true)?;
         let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(conn);
+        let path = match u.query() {
+            Some(q) => format!("{}?{q}", u.path()),
+            None => u.path().to_string(),
+        };
         Ok(Conn {
             send,
             host: format!("{host}:{port}"),
+            path,
         })
     }
 
-    /// POSTs `body` to `path` (with its query) and reads the whole answer.
+    /// POSTs `body` to the URL and reads the whole answer.
     pub async fn post(
         &mut self,
-        path: &str,
         content_type: &str,
         headers: &[(&str, &str)],
         body: impl Into<Bytes>,
     ) -> Result<(StatusCode, Bytes)> {
-        let mut req = Request::post(path)
+        let mut req = Request::post(&self.path)
             .header(header::HOST, &self.host)
             .header(header::CONTENT_TYPE, content_type);
         for (name, value) in headers {
@@ -59,13 +64,4 @@ impl Conn {
         let bytes = resp.into_body().collect().await?.to_bytes();
         Ok((status, bytes))
     }
-}
-
-/// The path and query of `url`, as a request line carries it.
-pub fn path_of(url: &str) -> Result<String> {
-    let u = url::Url::parse(url).with_context(|| format!("bench URL {url}"))?;
-    Ok(match u.query() {
-        Some(q) => format!("{}?{q}", u.path()),
-        None => u.path().to_string(),
-    })
 }

@@ -321,12 +321,8 @@ async fn rotate_lean(
     mut rt: String,
     deadline: Instant,
 ) -> (Vec<u64>, u64) {
-    let (mut conn, path) = match (
-        crate::load::Conn::open(&url).await,
-        crate::load::path_of(&url),
-    ) {
-        (Ok(c), Ok(p)) => (c, p),
-        _ => return (Vec::new(), 1),
+    let Ok(mut conn) = crate::load::Conn::open(&url).await else {
+        return (Vec::new(), 1);
     };
     let mut lat = Vec::new();
     while Instant::now() < deadline {
@@ -337,7 +333,7 @@ async fn rotate_lean(
             .append_pair("refresh_token", &rt)
             .finish();
         let r = conn
-            .post(&path, "application/x-www-form-urlencoded", &[], body)
+            .post("application/x-www-form-urlencoded", &[], body)
             .await;
         let next = match r {
             Ok((status, bytes)) if status.is_success() => {
