@@ -48,8 +48,9 @@ pub struct LedgerOptions {
     /// The clock appends are stamped with (never going back); default the system clock. A
     /// benchmark's synthetic history sets its own.
     pub clock: Option<Clock>,
-    /// SQLite: how many pages the WAL may hold before the writer finishes a checkpoint between
-    /// two commits so that it starts over (see [`WalCheckpointer`]). Each start-over holds up
+    /// SQLite: once the WAL holds this many pages, the writer finishes a checkpoint between two
+    /// commits so that it starts over; it goes somewhat past this meanwhile, and further while
+    /// a reader holds an old snapshot. Not exposed by `grantline serve`. Each start-over holds up
     /// the next group commit by a `fsync` of the database file, so fewer are better; a longer
     /// WAL costs disk space and slightly slower lookups of recent pages.
     pub wal_restart_pages: i64,
@@ -409,8 +410,11 @@ const WAL_RESTART_PAGES: i64 = 16_384;
 
 /// Before the writer finishes a checkpoint, the checkpointer copies the frames committed
 /// during its own pass again, up to this many times, until at most [`WAL_RESIDUE_PAGES`] are
-/// left: the writer's checkpoint then copies those few and syncs little.
+/// left: the writer's checkpoint then usually copies only those few (its `fsync` of the
+/// database file remains; docs/performance.md).
 const WAL_CATCH_UP_PASSES: usize = 4;
+
+/// Frames the checkpointer may leave uncopied for the writer (see [`WAL_CATCH_UP_PASSES`]).
 const WAL_RESIDUE_PAGES: i64 = 128;
 
 /// The thread that copies the SQLite writer's WAL back into the database file: the passive
@@ -452,22 +456,30 @@ impl WalCheckpointer {
                     std::thread::sleep(WAL_CHECKPOINT_AFTER);
                     while nudged.try_recv().is_ok() {}
                     match passive_checkpoint(&conn) {
-                        Ok((frames, copied)) => {
-                            tracing::trace!(frames, copied, "WAL checkpoint");
+                        // Busy while another connection checkpoints (an erasure truncating
+                        // the WAL): tried again at the next nudge.
+                        Ok(Pass::Busy) => tracing::debug!("WAL checkpoint busy"),
+                        Ok(Pass::Done { frames, backfilled }) => {
+                            tracing::trace!(frames, backfilled, "WAL checkpoint");
                             if frames >= restart_pages {
                                 // Copy what came meanwhile, at once and again, so that the
-                                // writer's own checkpoint finds little left to copy.
+                                // writer's own checkpoint usually finds little left to copy.
+                                // The writer is asked even when this does not get there (a
+                                // reader holding an old snapshot): that keeps the WAL bounded
+                                // as before.
                                 for _ in 0..WAL_CATCH_UP_PASSES {
                                     match passive_checkpoint(&conn) {
-                                        Ok((f, c)) if f - c > WAL_RESIDUE_PAGES => continue,
+                                        Ok(Pass::Done { frames, backfilled })
+                                            if frames - backfilled > WAL_RESIDUE_PAGES =>
+                                        {
+                                            continue;
+                                        }
                                         _ => break,
                                     }
                                 }
                                 long.store(true, Ordering::Relaxed);
                             }
                         }
-                        // Busy only while another connection checkpoints (an erasure
-                        // truncating the WAL); tried again at the next nudge.
                         Err(e) => tracing::debug!(error = %e, "WAL checkpoint failed"),
                     }
                 }
@@ -485,10 +497,27 @@ impl WalCheckpointer {
     }
 }
 
-/// A passive checkpoint on `conn`: (pages in the WAL, pages copied into the database).
-fn passive_checkpoint(conn: &rusqlite::Connection) -> rusqlite::Result<(i64, i64)> {
+/// What a passive checkpoint found.
+enum Pass {
+    /// Another connection held the checkpoint lock; nothing was done.
+    Busy,
+    /// Frames in the WAL, and how many of them are now in the database file (all passes so
+    /// far, not only this one).
+    Done { frames: i64, backfilled: i64 },
+}
+
+/// A passive checkpoint on `conn`. SQLite reports a busy checkpoint in the row (1, -1, -1),
+/// not as an error.
+fn passive_checkpoint(conn: &rusqlite::Connection) -> rusqlite::Result<Pass> {
     conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-        Ok((r.get(1)?, r.get(2)?))
+        Ok(if r.get::<_, i64>(0)? != 0 {
+            Pass::Busy
+        } else {
+            Pass::Done {
+                frames: r.get(1)?,
+                backfilled: r.get(2)?,
+            }
+        })
     })
 }
 

@@ -54,9 +54,12 @@ async fn load(
     }
     let (mut lat, mut errors) = (Vec::new(), 0);
     for t in tasks {
-        if let Ok((l, e)) = t.await {
-            lat.extend(l);
-            errors += e;
+        match t.await {
+            Ok((l, e)) => {
+                lat.extend(l);
+                errors += e;
+            }
+            Err(_) => errors += 1,
         }
     }
     lat.sort_unstable();
@@ -121,8 +124,14 @@ async fn calls_lean(
                 lat.push(t0.elapsed().as_micros() as u64);
             }
             Ok(_) => errors += 1,
-            // The connection is gone: one more call on it would only fail again.
-            Err(_) => return (lat, errors + 1),
+            // The connection is gone: count it and open another, as reqwest's pool would.
+            Err(_) => {
+                errors += 1;
+                match crate::load::Conn::open(&url).await {
+                    Ok(c) => conn = c,
+                    Err(_) => return (lat, errors + 1),
+                }
+            }
         }
     }
     (lat, errors)

@@ -173,11 +173,17 @@ pub async fn run(
         let other = rotate(&token_url, families, seconds, reqwest).await;
         let _ = child.kill().await;
         println!("node-oidc-provider refresh: {other}");
+        let failed = grantline.errors + other.errors;
         println!(
-            "ratio: grantline {:.1}x node-oidc-provider's rotations/s (p99 {:.2} ms against {:.2} ms)",
+            "ratio: grantline {:.1}x node-oidc-provider's rotations/s (p99 {:.2} ms against {:.2} ms){}",
             grantline.per_second() / other.per_second().max(f64::MIN_POSITIVE),
             grantline.percentile(0.99),
             other.percentile(0.99),
+            if failed > 0 {
+                format!("; NOT COMPARABLE: {failed} clients stopped on an error")
+            } else {
+                String::new()
+            },
         );
     }
     Ok(())
@@ -305,11 +311,11 @@ async fn rotate_reqwest(
             Ok(r) if r.status().is_success() => r.json().await.ok(),
             _ => None,
         };
-        lat.push(t0.elapsed().as_micros() as u64);
         match body.and_then(|b| b["refresh_token"].as_str().map(String::from)) {
             Some(next) => rt = next,
             None => return (lat, 1),
         }
+        lat.push(t0.elapsed().as_micros() as u64);
     }
     (lat, 0)
 }
@@ -341,11 +347,12 @@ async fn rotate_lean(
             }
             _ => None,
         };
-        lat.push(t0.elapsed().as_micros() as u64);
+        // A failed rotation ends this client: its token may have rotated unseen.
         match next {
             Some(next) => rt = next.refresh_token,
             None => return (lat, 1),
         }
+        lat.push(t0.elapsed().as_micros() as u64);
     }
     (lat, 0)
 }
