@@ -3,11 +3,11 @@
 //! limit, identity assertion, `tool.call_started` appended durably before the upstream is
 //! called and `tool.called` after), for S seconds each. The
 //! difference of the medians is the gateway's overhead. Everything runs in one process on
-//! the same cores.
+//! the same cores, and by default on one runtime (`--apart`: see [`host`]).
 
+use crate::host;
 use anyhow::{Context, Result};
-use grantline_server::{App, Config, Options};
-use grantline_store::{Database, LedgerOptions};
+use grantline_server::Config;
 use std::time::{Duration, Instant};
 
 async fn trivial_upstream() -> Result<String> {
@@ -144,14 +144,17 @@ fn pct(lat: &[u64], p: f64) -> f64 {
     lat[((lat.len() as f64 - 1.0) * p) as usize] as f64 / 1000.0
 }
 
-pub async fn run(database: &str, clients: usize, seconds: u64, reqwest: bool) -> Result<()> {
+pub async fn run(
+    database: &str,
+    clients: usize,
+    seconds: u64,
+    reqwest: bool,
+    placement: host::Placement,
+) -> Result<()> {
     let generator = if reqwest { "reqwest" } else { "lean" };
     println!("load generator: {generator}");
     let upstream = trivial_upstream().await?;
-    let dir = tempfile::tempdir()?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let base = format!("http://{}", listener.local_addr()?);
-    let mut config: Config = toml::from_str(&format!(
+    let config: Config = toml::from_str(&format!(
         r#"
 [rate_limits]
 user_read_per_minute = 0
@@ -166,36 +169,26 @@ scopes = [{{ name = "bench:read", description = "Read" }}, {{ name = "bench:writ
 tools = {{ lookup = "bench:read" }}
 "#
     ))?;
-    config.server.public_url = Some(base.clone());
-    let app = App::start(Options {
-        config,
-        data_dir: dir.path().to_path_buf(),
-        database: Database::parse(database)?,
-        ledger: LedgerOptions::default(),
-        serving: false,
+    let (server, pat) = host::start(config, database, placement, |app| async move {
+        grantline_server::admin::create_pat(
+            &app,
+            "admin",
+            grantline_oauth::pat::PatRequest {
+                user_id: String::new(),
+                name: "bench".into(),
+                resource: "bench".into(),
+                scope: Some("bench:read".into()),
+                expires_in_days: Some(7),
+                sealed_name: None,
+            },
+            grantline_ledger::Actor::Operator,
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .context("bench token")
     })
     .await?;
-    let pat = grantline_server::admin::create_pat(
-        &app,
-        "admin",
-        grantline_oauth::pat::PatRequest {
-            user_id: String::new(),
-            name: "bench".into(),
-            resource: "bench".into(),
-            scope: Some("bench:read".into()),
-            expires_in_days: Some(7),
-            sealed_name: None,
-        },
-        grantline_ledger::Actor::Operator,
-    )
-    .await
-    .map_err(|e| anyhow::anyhow!("{e}"))
-    .context("bench token")?;
-    let server = tokio::spawn(grantline_server::serve(
-        app.clone(),
-        listener,
-        std::future::pending(),
-    ));
+    let base = server.base.clone();
     let (direct_rate, direct, e1) = load(&upstream, None, clients, seconds, reqwest).await;
     let (gw_rate, via, e2) = load(
         &format!("{base}/mcp/bench"),
@@ -220,7 +213,5 @@ tools = {{ lookup = "bench:read" }}
         pct(&via, 0.5) - pct(&direct, 0.5),
         pct(&via, 0.99) - pct(&direct, 0.99)
     );
-    server.abort();
-    app.ledger.shutdown().await;
-    Ok(())
+    server.stop().await
 }

@@ -16,6 +16,7 @@
 
 mod audit;
 mod gateway;
+mod host;
 mod load;
 mod refresh;
 mod synthetic;
@@ -133,6 +134,10 @@ enum Cmd {
         /// the lean one-connection-per-client generator.
         #[arg(long)]
         reqwest: bool,
+        /// Run Grantline on a runtime of its own, as `grantline serve` does, with N worker
+        /// threads (no N: one per core), instead of on the load generator's runtime.
+        #[arg(long, value_name = "N", num_args = 0..=1, default_missing_value = "0")]
+        apart: Option<usize>,
     },
     /// Gateway overhead: tool calls straight to a trivial upstream, then through the gateway.
     Gateway {
@@ -146,6 +151,10 @@ enum Cmd {
         /// lean one-connection-per-client generator.
         #[arg(long)]
         reqwest: bool,
+        /// Run Grantline on a runtime of its own, as `grantline serve` does, with N worker
+        /// threads (no N: one per core), instead of on the load generator's runtime.
+        #[arg(long, value_name = "N", num_args = 0..=1, default_missing_value = "0")]
+        apart: Option<usize>,
     },
 }
 
@@ -344,6 +353,7 @@ async fn main() -> Result<()> {
             seconds,
             oidc_provider,
             reqwest,
+            apart,
         } => {
             println!(
                 "command: {}",
@@ -356,6 +366,7 @@ async fn main() -> Result<()> {
                 seconds.max(1),
                 oidc_provider.as_deref(),
                 reqwest,
+                apart,
             )
             .await?;
         }
@@ -364,13 +375,21 @@ async fn main() -> Result<()> {
             clients,
             seconds,
             reqwest,
+            apart,
         } => {
             println!(
                 "command: {}",
                 std::env::args().collect::<Vec<_>>().join(" ")
             );
             println!("machine: {}", machine());
-            gateway::run(&target.database, clients.max(1), seconds.max(1), reqwest).await?;
+            gateway::run(
+                &target.database,
+                clients.max(1),
+                seconds.max(1),
+                reqwest,
+                apart,
+            )
+            .await?;
         }
     }
     Ok(())

@@ -1,14 +1,15 @@
 //! Refresh-token rotation over HTTP: a real server (routes, client authentication, decider,
 //! durable group-committed append, projection) on 127.0.0.1, driven by C concurrent clients
 //! that each rotate their own token family as fast as the server answers. The load generator
-//! runs in the same process and shares the machine's cores with the server. With
+//! runs in the same process and shares the machine's cores with the server (and its runtime,
+//! unless `--apart`: see [`host`]). With
 //! `--oidc-provider DIR` the same load generator then drives node-oidc-provider (npm
 //! `oidc-provider`, its in-memory adapter; `tests/e2e/idp/bench-refresh.mjs`) in the same run.
 
+use crate::host;
 use anyhow::{Context, Result, bail};
 use base64::Engine;
-use grantline_server::{App, Config, Options};
-use grantline_store::{Database, LedgerOptions};
+use grantline_server::Config;
 use sha2::Digest;
 use std::time::{Duration, Instant};
 
@@ -103,34 +104,22 @@ pub async fn run(
     seconds: u64,
     oidc_provider: Option<&std::path::Path>,
     reqwest: bool,
+    placement: host::Placement,
 ) -> Result<()> {
     let generator = if reqwest { "reqwest" } else { "lean" };
-    let dir = tempfile::tempdir()?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let base = format!("http://{}", listener.local_addr()?);
-    let mut config = Config::default();
-    config.server.public_url = Some(base.clone());
-    let app = App::start(Options {
-        config,
-        data_dir: dir.path().to_path_buf(),
-        database: Database::parse(database)?,
-        ledger: LedgerOptions::default(),
-        serving: false,
+    let (server, ()) = host::start(Config::default(), database, placement, |app| async move {
+        let admin = app
+            .credentials
+            .by_username("admin")
+            .await?
+            .context("bootstrap admin")?;
+        let hash = grantline_server::signin::hash_password(PASSWORD)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        app.credentials.set_password(&admin.user_id, &hash).await?;
+        Ok(())
     })
     .await?;
-    let admin = app
-        .credentials
-        .by_username("admin")
-        .await?
-        .context("bootstrap admin")?;
-    let hash =
-        grantline_server::signin::hash_password(PASSWORD).map_err(|e| anyhow::anyhow!("{e}"))?;
-    app.credentials.set_password(&admin.user_id, &hash).await?;
-    let server = tokio::spawn(grantline_server::serve(
-        app.clone(),
-        listener,
-        std::future::pending(),
-    ));
+    let base = server.base.clone();
 
     let browser = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -164,8 +153,7 @@ pub async fn run(
     );
     let grantline = rotate(&format!("{base}/oauth/token"), families, seconds, reqwest).await;
     println!("grantline refresh: {grantline}");
-    server.abort();
-    app.ledger.shutdown().await;
+    server.stop().await?;
 
     if let Some(dir) = oidc_provider {
         let (mut child, token_url, families) = start_oidc_provider(dir, clients).await?;
