@@ -103,6 +103,29 @@ pub fn record(
     )
 }
 
+/// `policy.changed` for every policy in `configured` that differs from the ledger, in one
+/// append: a reload is on the ledger whole or not at all, never half recorded while the old
+/// policy stays in force. The answer: each policy that changed, with its number of settings.
+pub fn record_all(
+    state: &State,
+    configured: &[(&'static str, std::collections::BTreeMap<String, String>)],
+) -> Decision<Vec<(&'static str, usize)>> {
+    let mut events = Vec::new();
+    let mut changed = Vec::new();
+    for (policy, settings) in configured {
+        let one = record(state, policy, settings);
+        match one.outcome {
+            Ok(0) => {}
+            Ok(n) => {
+                changed.push((*policy, n));
+                events.extend(one.append.events);
+            }
+            Err(e) => return Decision::refuse(e),
+        }
+    }
+    Decision::new(events, Ok(changed))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -113,6 +136,39 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn a_reload_is_one_decision_with_every_policy_that_changed() {
+        let mut state = State::default();
+        let mut roles = HashMap::new();
+        roles.insert("user.demo".to_string(), "*".to_string());
+        state.policies.insert("roles".into(), roles);
+        let configured = vec![
+            ("roles", map(&[("user.demo", "get_time")])),
+            ("registration", map(&[])),
+            ("rate_limits", map(&[("client_per_minute", "60")])),
+        ];
+        let d = record_all(&state, &configured);
+        assert_eq!(
+            d.outcome.clone().ok(),
+            Some(vec![("roles", 1), ("rate_limits", 1)])
+        );
+        let policies: Vec<&str> = d
+            .append
+            .events
+            .iter()
+            .map(|e| match &e.payload {
+                grantline_ledger::Payload::PolicyChanged(p) => p.policy.as_str(),
+                other => panic!("not policy.changed: {}", other.kind().as_str()),
+            })
+            .collect();
+        assert_eq!(policies, ["roles", "rate_limits"]);
+        // What the ledger already shows records nothing.
+        let same = vec![("roles", map(&[("user.demo", "*")]))];
+        let d = record_all(&state, &same);
+        assert!(d.append.events.is_empty());
+        assert_eq!(d.outcome.ok(), Some(Vec::new()));
     }
 
     #[test]

@@ -253,22 +253,17 @@ impl App {
         self.live().config.clone()
     }
 
-    /// Records every reloadable policy of `config` that differs from the ledger's.
+    /// Records every reloadable policy of `config` that differs from the ledger's, in one
+    /// append.
     pub async fn record_policies(
         &self,
         config: &Config,
     ) -> Result<Vec<(&'static str, usize)>, AppError> {
-        let mut changed = Vec::new();
-        for (name, settings) in policies(config) {
-            let (outcome, _) = self
-                .run(|s| grantline_oauth::policy::record(s, name, &settings))
-                .await?;
-            let n = outcome?;
-            if n > 0 {
-                changed.push((name, n));
-            }
-        }
-        Ok(changed)
+        let configured = policies(config);
+        let (outcome, _) = self
+            .run(|s| grantline_oauth::policy::record_all(s, &configured))
+            .await?;
+        Ok(outcome?)
     }
 
     /// Reloads the reloadable policies from `new` (see the module's documentation).

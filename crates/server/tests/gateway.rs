@@ -391,6 +391,17 @@ grantline_store::backend_tests! {
             .unwrap()
             .seq();
         assert!(policy_seq < refused_seq);
+        // Both policies went to the ledger in one append: one group commit, one time, seqs
+        // side by side. A reload is never half recorded.
+        let recorded: Vec<(u64, i64)> = events
+            .iter()
+            .filter(|e| matches!(e.payload(), Payload::PolicyChanged(_)))
+            .map(|e| (e.seq(), e.time().0))
+            .collect();
+        let [(first_seq, first_time), (second_seq, second_time)] = recorded[..] else {
+            panic!("two policy.changed events: {recorded:?}")
+        };
+        assert_eq!((second_seq, second_time), (first_seq + 1, first_time));
         // Reloading the same configuration again records nothing.
         let again = s.app.reload((*s.app.policy_config()).clone()).await.unwrap();
         assert!(again.changed.is_empty());
