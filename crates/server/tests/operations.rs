@@ -72,6 +72,43 @@ grantline_store::backend_tests! {
         assert_eq!(verified.len() as u64, before);
         s.stop().await;
     }
+
+    async fn a_traceparent_is_taken_only_from_a_trusted_proxy(db: TestDb) {
+        const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+        let traceparent = format!("00-{TRACE}-00f067aa0ba902b7-01");
+        for trust in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut c = config(dir.path(), 30, 60);
+            c.server.trust_forwarded_headers = trust;
+            let s = Server::start(&db, dir.path().to_path_buf(), c).await;
+            let head = s.app.store().count().await.unwrap();
+            let r = browser()
+                .post(s.url("/oauth/register"))
+                .header("traceparent", &traceparent)
+                .json(&serde_json::json!({
+                    "client_name": "Traced client",
+                    "redirect_uris": ["http://127.0.0.1:9/cb"],
+                    "token_endpoint_auth_method": "none",
+                }))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::CREATED);
+            let events = s.app.store().read(head, 100).await.unwrap();
+            let traced: Vec<Option<String>> = events
+                .iter()
+                .filter_map(|e| match e.payload() {
+                    grantline_ledger::Payload::ClientRegistered(c) => {
+                        Some(c.request.as_ref().and_then(|m| m.trace_id.clone()))
+                    }
+                    _ => None,
+                })
+                .collect();
+            let want = trust.then(|| TRACE.to_string());
+            assert_eq!(traced, vec![want], "trust_forwarded_headers = {trust}");
+            s.stop().await;
+        }
+    }
 }
 
 /// The value of one series in the Prometheus text format (`name{labels} value`).
