@@ -213,7 +213,8 @@ impl Metrics {
         );
         r.register(
             "token_families_revoked",
-            "Whole token families revoked",
+            "Whole token families revoked on request (a refresh token, an admin, containment); \
+             reuse and code replay count on their own",
             m.families_revoked.clone(),
         );
         r.register(
@@ -291,7 +292,7 @@ impl Metrics {
         );
         r.register_with_unit(
             "checkpoint_age",
-            "Time since the newest signed checkpoint was written",
+            "Time since the newest signed checkpoint was written (before the first: since the first event)",
             Unit::Seconds,
             m.checkpoint_age.clone(),
         );
@@ -533,7 +534,17 @@ impl App {
         m.projection_lag.set(head.saturating_sub(folded) as i64);
         m.projection_read_age
             .set(self.projection.since_read().as_secs_f64());
-        if let Ok(Some((size, time))) = self.store().newest_checkpoint().await {
+        // Before the first checkpoint every event is unsigned: the age runs from the first
+        // event (0 only while the ledger is empty) and the lag is the whole ledger.
+        let signed = match self.store().newest_checkpoint().await {
+            Ok(Some((size, time))) => Some((size, time)),
+            Ok(None) => match self.store().read(0, 1).await {
+                Ok(first) => Some((0, first.first().map_or(self.now().0, |e| e.time().0))),
+                Err(_) => None,
+            },
+            Err(_) => None,
+        };
+        if let Some((size, time)) = signed {
             let age = (self.now().0 - time).max(0) as f64 / 1e6;
             m.checkpoint_age.set(age);
             m.checkpoint_lag.set(head.saturating_sub(size) as i64);

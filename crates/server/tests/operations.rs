@@ -111,16 +111,6 @@ grantline_store::backend_tests! {
     }
 }
 
-/// The value of one series in the Prometheus text format (`name{labels} value`).
-fn series(text: &str, name_and_labels: &str) -> Option<f64> {
-    text.lines().find_map(|l| {
-        l.strip_prefix(name_and_labels)?
-            .strip_prefix(' ')?
-            .parse()
-            .ok()
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_on_the_main_listener_need_the_token_and_count_what_happened() {
     let db = grantline_store::testing::sqlite().await;
@@ -130,10 +120,15 @@ async fn metrics_on_the_main_listener_need_the_token_and_count_what_happened() {
     std::fs::write(&token_file, format!("{metrics_token}\n")).unwrap();
     let mut cfg = config(dir.path(), 30, 60);
     cfg.metrics.token_file = Some(token_file);
-    let s = Server::start(&db, dir.path().to_path_buf(), cfg).await;
+    // Checkpoints only when the test writes one.
+    let ledger = grantline_store::LedgerOptions {
+        checkpoint_interval: Duration::from_secs(3600),
+        ..Default::default()
+    };
+    let s = Server::start_with(&db, dir.path().to_path_buf(), cfg, ledger).await;
 
-    let (client, code, verifier) = code(&s, "demo:read").await;
-    let (status, t) = exchange(&s, &client, &code, &verifier).await;
+    let (client, code1, verifier) = code(&s, "demo:read").await;
+    let (status, t) = exchange(&s, &client, &code1, &verifier).await;
     assert_eq!(status, StatusCode::OK);
     let (status, t2) = refresh(&s, &client, &get(&t, "refresh_token")).await;
     assert_eq!(status, StatusCode::OK);
@@ -141,6 +136,38 @@ async fn metrics_on_the_main_listener_need_the_token_and_count_what_happened() {
     s.app.clock.advance(31);
     let (status, _) = refresh(&s, &client, &get(&t, "refresh_token")).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
+    // A second family: its access token revoked alone (RFC 7009), then its code presented
+    // again: a replay, the family revoked.
+    let (client2, code2, verifier2) = code(&s, "demo:read").await;
+    let (status, t3) = exchange(&s, &client2, &code2, &verifier2).await;
+    assert_eq!(status, StatusCode::OK);
+    let r = browser()
+        .post(s.url("/oauth/revoke"))
+        .form(&[
+            ("token", get(&t3, "access_token").as_str()),
+            ("token_type_hint", "access_token"),
+            ("client_id", client2.as_str()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let (status, _) = exchange(&s, &client2, &code2, &verifier2).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    // A third: its refresh token revoked, which revokes the family with it.
+    let (client3, code3, verifier3) = code(&s, "demo:read").await;
+    let (status, t4) = exchange(&s, &client3, &code3, &verifier3).await;
+    assert_eq!(status, StatusCode::OK);
+    let r = browser()
+        .post(s.url("/oauth/revoke"))
+        .form(&[
+            ("token", get(&t4, "refresh_token").as_str()),
+            ("client_id", client3.as_str()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
 
     let scrape = |auth: Option<&str>| {
         let mut r = browser().get(s.url("/metrics"));
@@ -166,28 +193,38 @@ async fn metrics_on_the_main_listener_need_the_token_and_count_what_happened() {
     let v = |s: &str| series(&text, s).unwrap_or_else(|| panic!("{s} missing:\n{text}"));
     assert_eq!(
         v(r#"grantline_tokens_issued_total{grant_type="authorization_code"}"#),
-        1.0
+        3.0
     );
     assert_eq!(v("grantline_tokens_refreshed_total"), 1.0);
     assert_eq!(v("grantline_refresh_reuse_detected_total"), 1.0);
+    assert_eq!(v("grantline_code_replays_total"), 1.0);
+    // The access token and the refresh token revoked on request; of the three families, only
+    // the one revoked on request counts here (reuse and replay have their own series).
+    assert_eq!(v("grantline_tokens_revoked_total"), 2.0);
+    assert_eq!(v("grantline_token_families_revoked_total"), 1.0);
     assert_eq!(
         v(r#"grantline_http_requests_total{route="/oauth/token",method="POST",status="200"}"#),
-        2.0
+        4.0
     );
     assert_eq!(
         v(r#"grantline_http_requests_total{route="/oauth/token",method="POST",status="400"}"#),
-        1.0
+        2.0
     );
     assert!(v(r#"grantline_ledger_commits_total{outcome="ok"}"#) >= 1.0);
-    assert!(v("grantline_ledger_head_seq") >= 1.0);
+    let head = v("grantline_ledger_head_seq");
+    assert!(head >= 1.0);
     assert_eq!(v(r#"grantline_ready{check="ledger"}"#), 1.0);
-    // What the projection holds: two access and two refresh tokens (the exchange and the
-    // rotation), the code, and the family (revoked by the reuse, not forgotten).
+    // No checkpoint yet: every event is unsigned, since the first one (the clock moved 31 s).
+    assert_eq!(s.app.store().newest_checkpoint().await.unwrap(), None);
+    assert_eq!(v("grantline_checkpoint_lag_events"), head);
+    assert!(v("grantline_checkpoint_age_seconds") >= 31.0, "{text}");
+    // What the projection holds: four access and four refresh tokens (three exchanges and a
+    // rotation), three codes, and three families (revoked, not forgotten).
     for (map, n) in [
-        ("access_tokens", 2.0),
-        ("refresh_tokens", 2.0),
-        ("codes", 1.0),
-        ("families", 1.0),
+        ("access_tokens", 4.0),
+        ("refresh_tokens", 4.0),
+        ("codes", 3.0),
+        ("families", 3.0),
     ] {
         assert_eq!(
             v(&format!(r#"grantline_projection_entries{{map="{map}"}}"#)),
@@ -201,9 +238,37 @@ async fn metrics_on_the_main_listener_need_the_token_and_count_what_happened() {
         &get(&t, "access_token"),
         &get(&t, "refresh_token"),
         &get(&t2, "refresh_token"),
+        client2.as_str(),
+        &get(&t3, "access_token"),
+        &get(&t3, "refresh_token"),
+        client3.as_str(),
+        &get(&t4, "refresh_token"),
     ] {
         assert!(!text.contains(secret), "{secret} in /metrics");
     }
+
+    // A checkpoint covers the ledger: its age runs from it.
+    let signed = s
+        .app
+        .ledger
+        .checkpoint()
+        .await
+        .unwrap()
+        .expect("a checkpoint");
+    s.app.clock.advance(5);
+    let text = scrape(Some(metrics_token))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let v = |s: &str| series(&text, s).unwrap_or_else(|| panic!("{s} missing:\n{text}"));
+    let age = v("grantline_checkpoint_age_seconds");
+    assert!((5.0..31.0).contains(&age), "{age}");
+    assert_eq!(
+        v("grantline_checkpoint_lag_events"),
+        v("grantline_ledger_head_seq") - signed as f64
+    );
     s.stop().await;
 }
 

@@ -298,6 +298,14 @@ async fn splunk_hec_checks_the_token_and_gets_every_event_once_it_is_up() {
     let s = Server::start(&db, dir.path().to_path_buf(), cfg).await;
     append(&s, 30).await;
     wait_until("a failure while HEC is down", 10, || board(&s).failures > 0).await;
+    // What an operator's dashboard shows meanwhile: nothing delivered, the failures counted.
+    let text = s.app.render_metrics(false).await.unwrap();
+    let v = |name: &str| series(&text, name).unwrap_or_else(|| panic!("{name}:\n{text}"));
+    assert_eq!(
+        v(r#"grantline_sink_lag_events{sink="splunk"}"#),
+        v("grantline_ledger_head_seq")
+    );
+    assert!(v(r#"grantline_sink_consecutive_failures{sink="splunk"}"#) >= 1.0);
     let seqs: Arc<Mutex<Vec<u64>>> = Arc::default();
     let got = seqs.clone();
     receiver(port, move |h, body| {
@@ -322,6 +330,23 @@ async fn splunk_hec_checks_the_token_and_gets_every_event_once_it_is_up() {
     })
     .await;
     assert_eq!(*seqs.lock().unwrap(), (1..=want).collect::<Vec<_>>());
+    wait_until("the sink's cursor at the head", 10, || {
+        board(&s).seq >= want
+    })
+    .await;
+    let text = s.app.render_metrics(false).await.unwrap();
+    assert_eq!(
+        series(&text, r#"grantline_sink_lag_events{sink="splunk"}"#),
+        Some(0.0),
+        "{text}"
+    );
+    assert_eq!(
+        series(
+            &text,
+            r#"grantline_sink_consecutive_failures{sink="splunk"}"#
+        ),
+        Some(0.0)
+    );
     s.stop().await;
 }
 

@@ -72,13 +72,23 @@ secret_file = "{conf}"
 }
 
 impl Server {
-    pub async fn start(db: &TestDb, data_dir: PathBuf, mut config: Config) -> Server {
+    pub async fn start(db: &TestDb, data_dir: PathBuf, config: Config) -> Server {
+        Server::start_with(db, data_dir, config, LedgerOptions::default()).await
+    }
+
+    /// As [`Server::start`], with the ledger writer's options (when checkpoints are written).
+    pub async fn start_with(
+        db: &TestDb,
+        data_dir: PathBuf,
+        mut config: Config,
+        ledger: LedgerOptions,
+    ) -> Server {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         if config.server.public_url.is_none() {
             config.server.public_url = Some(base.clone());
         }
-        let app = start_app(db, &data_dir, config).await;
+        let app = start_app(db, &data_dir, config, ledger).await;
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let a = app.clone();
         let task = tokio::spawn(async move {
@@ -118,13 +128,18 @@ impl Server {
     }
 }
 
-async fn start_app(db: &TestDb, data_dir: &std::path::Path, config: Config) -> App {
+async fn start_app(
+    db: &TestDb,
+    data_dir: &std::path::Path,
+    config: Config,
+    ledger: LedgerOptions,
+) -> App {
     // The bootstrap admin's password: created here directly so no environment is needed.
     let app = App::start(Options {
         config,
         data_dir: data_dir.to_path_buf(),
         database: db.db.clone(),
-        ledger: LedgerOptions::default(),
+        ledger,
         serving: true,
     })
     .await
@@ -383,4 +398,14 @@ pub async fn unblock_appends(db: &TestDb) {
         }
     };
     exec(db, sql).await;
+}
+
+/// The value of one series in the Prometheus text format (`name{labels} value`).
+pub fn series(text: &str, name_and_labels: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(name_and_labels)?
+            .strip_prefix(' ')?
+            .parse()
+            .ok()
+    })
 }
