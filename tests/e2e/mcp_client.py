@@ -46,9 +46,10 @@ class MemoryStorage(TokenStorage):
 class Browser:
     """Plays the user: signs in once, approves every consent page it is shown."""
 
-    def __init__(self, base, redirect):
+    def __init__(self, base, redirect, username="admin", password=ADMIN_PASSWORD):
         self.base = base
         self.redirect = redirect
+        self.username, self.password = username, password
         self.session = requests.Session()
         self.authorize_urls = []
         self.callbacks = []
@@ -60,7 +61,7 @@ class Browser:
         if r.status_code == 302 and "/login?" in r.headers["location"]:
             page = self.session.get(r.headers["location"]).text
             r = self.session.post(self.base + "/login", data={
-                "username": "admin", "password": ADMIN_PASSWORD,
+                "username": self.username, "password": self.password,
                 "csrf": field(page, "csrf"), "return_to": field(page, "return_to"),
             }, allow_redirects=False)
             assert r.status_code == 303, r.text

@@ -12,7 +12,7 @@ import subprocess
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import ROOT
+from conftest import ADMIN_PASSWORD, ROOT
 from mcp_client import Browser, MemoryStorage, sdk_client, text_of
 
 REDIRECT = "http://127.0.0.1:8766/callback"
@@ -95,7 +95,13 @@ async def scenario(server, browser, storage, seen):
 
 
 def test_official_mcp_sdk_end_to_end(mcp_server):
-    browser = Browser(mcp_server.base, REDIRECT)
+    # The user who signs in has an email address, so /metrics can be checked for it.
+    email = "carol.e2e@example.test"
+    r = requests.post(mcp_server.base + "/admin/api/users", auth=("admin", ADMIN_PASSWORD), json={
+        "username": "carol", "password": "carol-password-e2e", "role": "admin", "email": email})
+    assert r.status_code == 201, r.text
+    carol = r.json()["user_id"]
+    browser = Browser(mcp_server.base, REDIRECT, "carol", "carol-password-e2e")
     storage = MemoryStorage()
     seen = []
     listed = asyncio.run(scenario(mcp_server, browser, storage, seen))
@@ -136,10 +142,11 @@ def test_official_mcp_sdk_end_to_end(mcp_server):
     assert "hello from the SDK" not in out, "arguments are recorded as a digest only"
     for t in storage.history:
         assert t.access_token not in out and (t.refresh_token or "x") not in out
-    check_metrics(scraped.text, events, storage)
+    assert all(c["user_id"] == carol for c in calls)
+    check_metrics(scraped.text, events, storage, {carol, email, "carol"})
 
 
-def check_metrics(text, events, storage):
+def check_metrics(text, events, storage, who):
     """/metrics after the SDK's session: parsed by the Prometheus project's own parser, the
     series an operator needs with the values this session must have produced, and nothing that
     identifies a user, a client or a token."""
@@ -177,10 +184,11 @@ def check_metrics(text, events, storage):
     assert "grantline_audit_index_lag_events" in families
     for check in ["migrations", "ledger", "projection", "checkpoint_key"]:
         assert value("grantline_ready", check=check) == 1, check
-    # No label or value carries who or what: no user id, client id, email or token.
-    secrets = {storage.client.client_id}
+    # No label or value carries who or what: the signed-in user's id, name and email (`who`),
+    # any user or client id in the events, or a token.
+    secrets = {storage.client.client_id, *who}
     for e in events:
-        for key in ("user_id", "client_id", "email"):
+        for key in ("user_id", "client_id"):
             v = e["payload"].get(key)
             if isinstance(v, str) and v:
                 secrets.add(v)
