@@ -684,6 +684,83 @@ grantline_store::backend_tests! {
         s.stop().await;
     }
 
+    async fn reloaded_rate_limits_and_registration_apply_at_the_next_request(db: TestDb) {
+        let (up_url, _up) = start_upstream().await;
+        let (s, _d) = gateway_server(&db, &up_url).await;
+        let token = token_for(&s, &s.resource(), "demo:read").await;
+        let register = || {
+            browser()
+                .post(s.url("/oauth/register"))
+                .json(&json!({
+                    "redirect_uris": [REDIRECT], "token_endpoint_auth_method": "none"
+                }))
+                .send()
+        };
+        assert_eq!(register().await.unwrap().status(), StatusCode::CREATED);
+        // Three calls in one window under the configured limit.
+        s.app.clock.to_next_minute();
+        let ping = |i: u64| json!({"jsonrpc": "2.0", "id": i, "method": "tools/list"});
+        let configured = s.app.policy_config().rate_limits.user_read_per_minute;
+        assert!(configured > 3);
+        for i in 0..3 {
+            let r = rpc(&s, "/mcp/demo", Some(&token), ping(i)).await;
+            assert_eq!(r.status(), StatusCode::OK);
+            assert_eq!(r.headers()["x-ratelimit-limit"], configured.to_string().as_str());
+        }
+
+        // The limit drops to what was already used, and registration is turned off.
+        let mut next = (*s.app.policy_config()).clone();
+        next.rate_limits.user_read_per_minute = 3;
+        next.registration.policy = Some("off".into());
+        let done = s.app.reload(next).await.unwrap();
+        assert_eq!(done.changed, vec![("rate_limits", 1), ("registration", 1)]);
+        // Five more calls: refused in the same window, and at most three go through if a
+        // minute turned over meanwhile.
+        let mut refused = 0;
+        for i in 3..8 {
+            let r = rpc(&s, "/mcp/demo", Some(&token), ping(i)).await;
+            assert_eq!(r.headers()["x-ratelimit-limit"], "3");
+            if r.status() == StatusCode::TOO_MANY_REQUESTS {
+                refused += 1;
+            } else {
+                assert_eq!(r.status(), StatusCode::OK);
+            }
+        }
+        assert!(refused >= 2, "{refused} refused");
+        let r = register().await.unwrap();
+        let status = r.status();
+        let e: Value = r.json().await.unwrap();
+        assert!(status.is_client_error(), "{status} {e}");
+        assert!(
+            e["error_description"]
+                .as_str()
+                .is_some_and(|d| d.contains("turned off")),
+            "{e}"
+        );
+        // The metadata stops advertising the endpoint.
+        let meta: Value = browser()
+            .get(s.url("/.well-known/oauth-authorization-server"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert!(meta.get("registration_endpoint").is_none(), "{meta}");
+
+        // Back to an open registration with a per-address limit of what is already used.
+        let mut again = (*s.app.policy_config()).clone();
+        again.registration.policy = Some("open".into());
+        again.registration.per_address_per_hour = 1;
+        s.app.reload(again).await.unwrap();
+        assert_eq!(
+            register().await.unwrap().status(),
+            StatusCode::TOO_MANY_REQUESTS,
+            "this address registered already this hour"
+        );
+        s.stop().await;
+    }
+
     async fn when_the_ledger_cannot_write_tool_calls_fail_closed(db: TestDb) {
         let (up_url, up) = start_upstream().await;
         let (s, _d) = gateway_server(&db, &up_url).await;
