@@ -84,7 +84,12 @@ class Server:
             GRANTLINE_LOG="debug,sqlx=warn,hyper=info,h2=info,rustls=info",
             NO_COLOR="1",
         )
-        env.update(self.extra_env)
+        for k, v in self.extra_env.items():
+            # None removes a variable (NO_COLOR, to see what the server decides by itself).
+            if v is None:
+                env.pop(k, None)
+            else:
+                env[k] = v
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [binary, "serve", "--listen", f"127.0.0.1:{self.port}", *self.extra_args],

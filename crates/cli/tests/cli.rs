@@ -305,6 +305,55 @@ fn bad_database_urls_and_missing_ledgers_are_clear_errors() {
     );
 }
 
+/// An unreachable PostgreSQL, as `grantline serve` reports it to an operator whose stderr is a
+/// file: at once (not after the pool's 30 s of retries), the OS's reason once, in one line
+/// without colour codes although `NO_COLOR` is not set (tests/e2e/test_readiness.py checks a
+/// serving process's log lines for colour).
+#[test]
+fn an_unreachable_postgresql_is_one_plain_line_at_once() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("postgres://grantline:db-password-7c1e@127.0.0.1:{port}/grantline");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_grantline"))
+        .args(["--data-dir", dir.path().to_str().unwrap(), "serve"])
+        .args(["--listen", "127.0.0.1:0", "--database", &url])
+        .env("GRANTLINE_ADMIN_PASSWORD", "admin-password-1")
+        .env("GRANTLINE_LOG", "debug")
+        .env_remove("NO_COLOR")
+        .env_remove("GRANTLINE_DATABASE_URL")
+        .env_remove("GRANTLINE_CONFIG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run grantline");
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(15) {
+            let _ = child.kill();
+            panic!("still trying after 15 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(status.code(), Some(2), "{err}");
+    let error_lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error: ")).collect();
+    assert_eq!(error_lines.len(), 1, "{err}");
+    let line = error_lines[0];
+    assert_eq!(
+        line.to_lowercase().matches("connection refused").count(),
+        1,
+        "the cause once: {line}"
+    );
+    assert!(!line.contains("db-password-7c1e"), "{line}");
+    assert!(!err.contains('\u{1b}'), "colour codes: {err:?}");
+}
+
 /// A refusal as the CLI gives it: exit code 2 (a panic would be 101) and the reason on stderr.
 fn refused(o: &Output, reason: &str) {
     let err = String::from_utf8_lossy(&o.stderr);
