@@ -44,6 +44,8 @@ pub struct Inner {
     pub checkpoint_key: ed25519_dalek::VerifyingKey,
     /// The same key as a C2SP verifier key (`name+keyid+base64`).
     pub checkpoint_verifier: String,
+    /// Its key id (hex), to compare with the key the ledger has in force.
+    pub checkpoint_key_id: String,
     /// Where this process's state snapshots go, tagged under the checkpoint key.
     pub snapshots: crate::snapshots::Snapshots,
     pub mac_key: [u8; 32],

@@ -1,8 +1,9 @@
 //! Liveness and readiness. `/healthz` says the process answers; `/readyz` says whether this
 //! instance should be sent traffic: its schema is current, the ledger can be written (the
 //! writer's probe, see [`grantline_store::Ledger::probe`]), the projection has read the store
-//! recently, and the checkpoint key is loaded. Both answer JSON; `/readyz` answers 503 while
-//! any check fails. The background loop probes the ledger and logs one line per change.
+//! recently, and the checkpoint key is loaded and still the one the ledger has in force. Both
+//! answer JSON; `/readyz` answers 503 while any check fails. The background loop probes the
+//! ledger and logs one line per change.
 
 use crate::app::App;
 use axum::Json;
@@ -70,6 +71,29 @@ impl Readiness {
     }
 }
 
+/// Whether `own_key_id` is the checkpoint key the ledger has in force. After a rotation
+/// (`grantline key rotate`, which wants every server stopped) a process still holding the
+/// old key would sign checkpoints that verify as forged: it must not start, and a running one
+/// is not ready. `Err` says which key is in force since when.
+pub fn checkpoint_key_in_force(
+    state: &grantline_state::State,
+    own_key_id: &str,
+) -> Result<(), String> {
+    let in_force = state
+        .signing_keys
+        .values()
+        .find(|k| k.purpose == grantline_ledger::KeyPurpose::Checkpoint && !k.retired);
+    match in_force {
+        Some(k) if k.key_id != own_key_id => Err(format!(
+            "the ledger's checkpoint key is {} since a rotation at {}, but this process holds \
+             key {own_key_id}: use the current key files of the data directory that rotated \
+             them (docs/operations.md, \"Rotating keys\")",
+            k.key_id, k.introduced_at
+        )),
+        _ => Ok(()),
+    }
+}
+
 impl App {
     /// Runs the write probe and remembers its outcome for `/readyz`.
     pub async fn probe_ledger(&self) {
@@ -111,10 +135,15 @@ impl App {
             }
             Err(e) => Check::new(false, format!("cannot read the ledger head: {e}")),
         };
-        let checkpoint_key = Check::new(
-            !self.checkpoint_verifier.is_empty(),
-            self.checkpoint_verifier.clone(),
-        );
+        let checkpoint_key = if self.checkpoint_verifier.is_empty() {
+            Check::new(false, "no checkpoint key loaded")
+        } else {
+            let own = &self.checkpoint_key_id;
+            match checkpoint_key_in_force(&self.projection.read(), own) {
+                Ok(()) => Check::new(true, self.checkpoint_verifier.clone()),
+                Err(why) => Check::new(false, why),
+            }
+        };
         let checks = Checks {
             migrations,
             ledger,

@@ -61,21 +61,11 @@ impl App {
         // After a rotation only the key the ledger names may sign: a server (or command)
         // holding another key — stale key files, another instance not updated — would make
         // every later checkpoint look forged.
-        let in_force = projection
-            .read()
-            .signing_keys
-            .values()
-            .find(|k| k.purpose == KeyPurpose::Checkpoint && !k.retired)
-            .map(|k| (k.key_id.clone(), k.introduced_at));
-        if let Some((key_id, since)) = in_force
-            && key_id != checkpoint_key_id
-        {
+        let in_force =
+            crate::health::checkpoint_key_in_force(&projection.read(), &checkpoint_key_id);
+        if let Err(why) = in_force {
             ledger.shutdown().await;
-            anyhow::bail!(
-                "the ledger's checkpoint key is {key_id} since a rotation at {since}, but this \
-                 process holds key {checkpoint_key_id}: use the current key files of the data \
-                 directory that rotated them (docs/operations.md, \"Rotating keys\")"
-            );
+            anyhow::bail!(why);
         }
         let signing = crate::keys::load_or_create(&opts.data_dir)?;
         let mac_key = crate::keys::mac_key(&signing);
@@ -127,6 +117,7 @@ impl App {
             identity,
             checkpoint_key,
             checkpoint_verifier,
+            checkpoint_key_id,
             snapshots,
             mac_key,
             public_url,

@@ -73,6 +73,63 @@ grantline_store::backend_tests! {
         s.stop().await;
     }
 
+    async fn a_server_that_missed_a_key_rotation_is_not_ready(db: TestDb) {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path(), 30, 60);
+        let s = Server::start(&db, dir.path().to_path_buf(), cfg.clone()).await;
+        let body = until_ready_is(&s, true).await;
+        assert_eq!(
+            body["checks"]["checkpoint_key"]["detail"],
+            s.app.checkpoint_verifier.as_str()
+        );
+        let first_key = grantline_ledger::NoteVerifier::parse(&s.app.checkpoint_verifier).unwrap();
+        // The keys rotated while this server runs (the operator was to stop it first): it
+        // still holds the old checkpoint key, and would sign checkpoints that verify as forged.
+        let rotated = grantline_server::rotation::rotate_keys(grantline_server::Options {
+            config: cfg,
+            data_dir: dir.path().to_path_buf(),
+            database: db.db.clone(),
+            ledger: Default::default(),
+            serving: false,
+        })
+        .await
+        .unwrap();
+        let body = until_ready_is(&s, false).await;
+        let check = &body["checks"]["checkpoint_key"];
+        assert_eq!(check["ok"], false, "{body}");
+        let detail = check["detail"].as_str().unwrap();
+        let new_id = rotated.checkpoint_key.split('+').nth(1).unwrap();
+        assert!(
+            detail.contains(new_id) && detail.contains(&s.app.checkpoint_key_id),
+            "names the key in force and the one held: {detail}"
+        );
+        assert_eq!(body["checks"]["ledger"]["ok"], true, "{body}");
+        let metrics = s.app.render_metrics(false).await.unwrap();
+        assert_eq!(
+            series(&metrics, r#"grantline_ready{check="checkpoint_key"}"#),
+            Some(0.0)
+        );
+        // It still records what happens, but signs no checkpoint with the old key: the
+        // ledger keeps verifying from its first key.
+        register_public(&s, REDIRECT).await;
+        let e = s.app.ledger.checkpoint().await.unwrap_err().to_string();
+        assert!(e.contains("handed over"), "{e}");
+        let summary = grantline_store::verify(s.app.store(), &[first_key], |_| {})
+            .await
+            .unwrap()
+            .unwrap_or_else(|f| panic!("{f:?}"));
+        assert!(summary.fully_trusted(), "{summary:?}");
+        s.stop().await;
+        // Restarted with the rotated key files, it is ready again.
+        let s = Server::start(&db, dir.path().to_path_buf(), config(dir.path(), 30, 60)).await;
+        let body = until_ready_is(&s, true).await;
+        assert_eq!(
+            body["checks"]["checkpoint_key"]["detail"],
+            rotated.checkpoint_key.as_str()
+        );
+        s.stop().await;
+    }
+
     async fn a_traceparent_is_taken_only_from_a_trusted_proxy(db: TestDb) {
         const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
         let traceparent = format!("00-{TRACE}-00f067aa0ba902b7-01");

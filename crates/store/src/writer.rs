@@ -294,6 +294,7 @@ impl Ledger {
                         head_tx,
                         healthy: writer_health,
                         wal_checkpointer,
+                        key_retired: None,
                     };
                     writer.run(rx).await;
                 });
@@ -561,6 +562,10 @@ struct Writer {
     healthy: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// On SQLite: copies the WAL into the database beside the writer.
     wal_checkpointer: Option<WalCheckpointer>,
+    /// Set when another process's rows hand this writer's checkpoint key over to a new one
+    /// (`grantline key rotate` while this process ran): from then on it signs nothing, since
+    /// its checkpoints would verify as forged. Appends go on; why, for errors and logs.
+    key_retired: Option<String>,
 }
 
 impl Writer {
@@ -607,9 +612,10 @@ impl Writer {
             for job in control {
                 match job {
                     Job::Checkpoint(reply) => {
-                        let _ = reply.send(match &outcome {
-                            Ok(size) => Ok(*size),
-                            Err(e) => Err(StoreError::Unavailable(e.to_string())),
+                        let _ = reply.send(match (&outcome, &self.key_retired) {
+                            (Ok(_), Some(why)) => Err(StoreError::Key(why.clone())),
+                            (Ok(size), None) => Ok(*size),
+                            (Err(e), _) => Err(StoreError::Unavailable(e.to_string())),
                         });
                     }
                     Job::Shutdown(reply) => {
@@ -923,6 +929,7 @@ impl Writer {
         }
         let uncovered = seq.saturating_sub(self.last_cp_size);
         let want_cp = uncovered > 0
+            && self.key_retired.is_none()
             && (force_checkpoint || scheduled || uncovered >= self.options.checkpoint_every_events);
         let mut cp_size = None;
         if want_cp {
@@ -980,9 +987,11 @@ impl Writer {
         }
         let from = self.frontier.size();
         if from < size {
-            for h in self.read_hashes(from, size).await? {
+            let (hashes, rotations) = self.read_hashes(from, size).await?;
+            for h in hashes {
                 self.frontier.push(&h);
             }
+            self.notice_rotations(&rotations);
         }
         if self.frontier.size() != size {
             return Err(StoreError::Corrupt {
@@ -1098,30 +1107,59 @@ impl Writer {
     }
 
     /// Chain hashes of seq (from, to], in order.
-    async fn read_hashes(&mut self, from: u64, to: u64) -> Result<Vec<Hash>> {
-        let rows: Vec<Vec<u8>> = match &mut self.conn {
+    /// The hashes of the rows in `(from, to]`, and the bodies of the key rotations among them.
+    async fn read_hashes(&mut self, from: u64, to: u64) -> Result<(Vec<Hash>, Vec<Vec<u8>>)> {
+        const SQL: &str = "SELECT hash, CASE WHEN kind = 'signing_key.rotated' THEN body END \
+                           FROM events WHERE seq > $1 AND seq <= $2 ORDER BY seq";
+        let rows: Vec<(Vec<u8>, Option<Vec<u8>>)> = match &mut self.conn {
             WriterConn::Sqlite(c) => {
                 on_sqlite(c, move |c| {
-                    let mut st = c.prepare(
-                        "SELECT hash FROM events WHERE seq > ?1 AND seq <= ?2 ORDER BY seq",
-                    )?;
-                    let rows =
-                        st.query_map([from as i64, to as i64], |r| r.get::<_, Vec<u8>>(0))?;
+                    let mut st = c.prepare(SQL)?;
+                    let rows = st.query_map([from as i64, to as i64], |r| {
+                        Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Option<Vec<u8>>>(1)?))
+                    })?;
                     Ok(rows.collect::<Result<Vec<_>, _>>()?)
                 })
                 .await?
             }
             WriterConn::Postgres(c) => {
-                sqlx::query_scalar(
-                    "SELECT hash FROM events WHERE seq > $1 AND seq <= $2 ORDER BY seq",
-                )
-                .bind(from as i64)
-                .bind(to as i64)
-                .fetch_all(&mut *c)
-                .await?
+                sqlx::query_as(SQL)
+                    .bind(from as i64)
+                    .bind(to as i64)
+                    .fetch_all(&mut *c)
+                    .await?
             }
         };
-        Ok(rows.iter().filter_map(|h| Hash::from_slice(h)).collect())
+        let mut hashes = Vec::with_capacity(rows.len());
+        let mut rotations = Vec::new();
+        for (h, rotation) in rows {
+            hashes.extend(Hash::from_slice(&h));
+            rotations.extend(rotation);
+        }
+        Ok((hashes, rotations))
+    }
+
+    /// Stops signing when one of `rotations` (bodies of `signing_key.rotated` another process
+    /// appended) hands this writer's checkpoint key over.
+    fn notice_rotations(&mut self, rotations: &[Vec<u8>]) {
+        let own = self.signer.verifier().key_id_hex();
+        for body in rotations {
+            let Ok(env) = grantline_ledger::decode(body) else {
+                continue;
+            };
+            if let grantline_ledger::Payload::SigningKeyRotated(r) = env.payload
+                && r.purpose == grantline_ledger::KeyPurpose::Checkpoint
+                && r.previous_key_id.as_deref() == Some(own.as_str())
+            {
+                let why = format!(
+                    "this process's checkpoint key {own} was handed over to {} by another \
+                     process; it signs no more checkpoints (restart with the current key files)",
+                    r.key_id
+                );
+                tracing::error!("{why}");
+                self.key_retired = Some(why);
+            }
+        }
     }
 
     async fn load_versions(&mut self, streams: &[String]) -> Result<HashMap<String, u64>> {
