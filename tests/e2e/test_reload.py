@@ -16,6 +16,26 @@ demo = [{tools}]
 """
 
 
+# The demo resource as the server defines it when none is configured, and one more.
+RESOURCES = """
+[[resources]]
+name = "demo"
+path = "/mcp/demo"
+upstream = "builtin:demo"
+description = "Grantline's built-in demo MCP server"
+default_scopes = ["demo:read"]
+scopes = [{ name = "demo:read", description = "Read the demo server's notes and server time" },
+          { name = "demo:write", description = "Add notes to the demo server" }]
+
+[[resources]]
+name = "notes"
+path = "/mcp/notes"
+upstream = "builtin:demo"
+description = "Notes"
+scopes = [{ name = "notes:read", description = "Read notes" }]
+"""
+
+
 def events(data, kind):
     out = grantline("--data-dir", data, "events", "--kind", kind, "--json").stdout
     return [json.loads(line) for line in out.splitlines() if line.strip()]
@@ -72,6 +92,23 @@ def test_config_reload_records_the_difference_and_refuses_what_it_cannot_apply(t
             return json.loads(out)["user"]["tools"]["demo"]
         assert tools_at(before_reload) == ["get_time", "list_notes"]
         assert tools_at(roles[-1]["seq"]) == ["get_time"]
+
+        # A resource added by reload: what alice could do lists it from then on only, by the
+        # resources recorded in force, not by today's file.
+        conf.write_text(good + RESOURCES)
+        p = grantline(*cli, "config", "reload", env=env)
+        assert "resources (" in p.stdout, p.stdout
+        added = [e for e in events(data, "policy.changed")
+                 if e["payload"]["policy"] == "resources"][-1]["seq"]
+
+        def resources_at(at):
+            out = grantline(*cli, "state", "--at", str(at), "--user", "alice", "--json", env=env).stdout
+            return sorted(json.loads(out)["user"]["tools"])
+        assert "notes" in resources_at(added) and "demo" in resources_at(added)
+        assert "notes" not in resources_at(roles[-1]["seq"])
+        conf.write_text(good)
+        grantline(*cli, "config", "reload", env=env)
+        assert "notes" in resources_at(added), "what was in force then, not the file's today"
     finally:
         server.stop()
     assert not (server.data_dir / "grantline.pid").exists(), "the pid file goes with the server"

@@ -162,6 +162,27 @@ pub fn roles_in_force(
     Some(policies.get(ROLES).cloned().unwrap_or_default())
 }
 
+/// The resources recorded in force in a state's policies, as (name, path or URL) by name:
+/// `None` for a ledger written before policies were recorded (see [`roles_in_force`]).
+pub fn resources_in_force(
+    policies: &std::collections::HashMap<String, std::collections::HashMap<String, String>>,
+) -> Option<Vec<(String, String)>> {
+    if !policies.contains_key(RATE_LIMITS) {
+        return None;
+    }
+    let mut out: Vec<(String, String)> = policies
+        .get(RESOURCES)
+        .into_iter()
+        .flatten()
+        .filter_map(|(k, v)| {
+            let name = k.strip_suffix(".path").or_else(|| k.strip_suffix(".url"))?;
+            Some((name.to_string(), v.clone()))
+        })
+        .collect();
+    out.sort();
+    Some(out)
+}
+
 /// The tools `role` may call on `resource` by recorded roles (as `Config::role_tools` reads
 /// the configuration's).
 pub fn role_tools(

@@ -341,12 +341,33 @@ pub async fn state(loc: &Location, args: StateArgs) -> Result<ExitCode> {
     let store = open(loc).await?;
     let state = fold_until(loc, &store, until).await?;
     let config = grantline_server::Config::load(loc.config.as_deref())?;
-    let resources = config.resource_defs(&config.public_url())?;
+    // The resources in force at that seq as recorded (`policy.changed`), by name and
+    // identifier; a ledger older than recorded policies falls back to the configuration's.
+    let base = config.public_url();
+    let resources: Vec<(String, String)> =
+        match grantline_server::reload::resources_in_force(&state.policies) {
+            Some(recorded) => recorded
+                .into_iter()
+                .map(|(name, at)| {
+                    let id = if at.starts_with('/') {
+                        format!("{base}{}", at.trim_end_matches('/'))
+                    } else {
+                        grantline_oauth::canonical_resource(&at).to_string()
+                    };
+                    (name, id)
+                })
+                .collect(),
+            None => config
+                .resource_defs(&base)?
+                .into_iter()
+                .map(|r| (r.name, r.id))
+                .collect(),
+        };
     let resource = args.resource.as_ref().map(|r| {
         resources
             .iter()
-            .find(|x| x.name == *r)
-            .map_or_else(|| r.trim_end_matches('/').to_string(), |x| x.id.clone())
+            .find(|(name, _)| name == r)
+            .map_or_else(|| r.trim_end_matches('/').to_string(), |(_, id)| id.clone())
     });
     let filter = Filter {
         user_id: match &args.user {
@@ -368,12 +389,12 @@ pub async fn state(loc: &Location, args: StateArgs) -> Result<ExitCode> {
     let tools: Vec<(String, Vec<String>)> = match &caps.user {
         Some(u) => resources
             .iter()
-            .map(|r| {
+            .map(|(name, _)| {
                 let t = match &recorded {
-                    Some(roles) => grantline_server::reload::role_tools(roles, &u.role, &r.name),
-                    None => config.role_tools(&u.role, &r.name),
+                    Some(roles) => grantline_server::reload::role_tools(roles, &u.role, name),
+                    None => config.role_tools(&u.role, name),
                 };
-                (r.name.clone(), t)
+                (name.clone(), t)
             })
             .collect(),
         None => Vec::new(),
