@@ -2,6 +2,7 @@
 ledger, `grantline restore` into another data directory and over the same one, a backup that
 does not verify refused with nothing changed; and the PostgreSQL procedure of
 docs/operations.md (pg_dump, pg_restore, `grantline verify`) against the throwaway cluster."""
+import json
 import os
 import pathlib
 import re
@@ -9,9 +10,15 @@ import shutil
 import subprocess
 import uuid
 
-import pytest
+import threading
+import time
 
-from conftest import ROOT
+import pytest
+import requests
+from authlib.integrations.requests_client import OAuth2Session
+
+from conftest import RS_SECRET, ROOT, Server
+from test_oauth_flow import REDIRECT, browser_authorize, discover, register
 
 BINARY = os.environ.get("GRANTLINE_BIN", str(ROOT / "target/debug/grantline"))
 
@@ -67,6 +74,96 @@ def test_sqlite_backup_of_a_running_server_restores_and_a_bad_one_is_refused(ser
     p = grantline("--data-dir", data, "--database", "postgres://nobody@127.0.0.1:1/x", "backup",
                   "--output", str(tmp_path / "pg.backup"), check=False)
     assert p.returncode != 0 and "pg_dump" in p.stderr, p.stderr
+
+
+def refresh_tokens(server, n):
+    """`n` refresh tokens, each of its own client and family, as an OAuth client gets them."""
+    prm, meta = discover(server.base)
+    out = []
+    for _ in range(n):
+        reg = register(meta)
+        client = OAuth2Session(reg["client_id"], redirect_uri=REDIRECT, scope="demo:read",
+                               code_challenge_method="S256", token_endpoint_auth_method="none")
+        verifier = "v" * 50 + str(len(out))
+        url, _ = client.create_authorization_url(meta["authorization_endpoint"],
+                                                 code_verifier=verifier, resource=prm["resource"])
+        callback, _ = browser_authorize(url, server.base)
+        token = client.fetch_token(meta["token_endpoint"], authorization_response=callback,
+                                   code_verifier=verifier)
+        out.append((reg["client_id"], token["refresh_token"]))
+    return meta["token_endpoint"], out
+
+
+def refresh(token_endpoint, client_id, refresh_token):
+    return requests.post(token_endpoint, data={
+        "grant_type": "refresh_token", "refresh_token": refresh_token, "client_id": client_id,
+    }, timeout=10)
+
+
+def test_backup_under_load_restores_and_serves_the_refresh_tokens_live_at_it(server, tmp_path):
+    """The commands an operator runs, while clients keep the server busy: `grantline backup`
+    of the running server, `grantline restore` elsewhere, and the restored server takes every
+    refresh token that was live when the backup was taken, one rotated since included."""
+    data = str(server.data_dir)
+    endpoint, live = refresh_tokens(server, 3)
+
+    # Load during the backup: client-credentials token requests, each a `token.issued`.
+    stop, answers = threading.Event(), []
+
+    def load():
+        while not stop.is_set():
+            r = requests.post(endpoint, data={
+                "grant_type": "client_credentials", "resource": server.base + "/mcp/demo",
+            }, auth=("resource-server", RS_SECRET), timeout=10)
+            answers.append((r.status_code, r.text))
+    worker = threading.Thread(target=load)
+    worker.start()
+    try:
+        time.sleep(0.5)
+        out = tmp_path / "ledger.backup"
+        backed = grantline("--data-dir", data, "backup", "--output", str(out)).stdout
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        worker.join()
+    assert len(answers) > 5, f"the server was under load: {len(answers)} tokens"
+    assert all(status == 200 for status, _ in answers), [a for a in answers if a[0] != 200][:3]
+    m = re.search(r"backed up (\d+) events \(head (\d+) ([0-9a-f]{64})\)", backed)
+    assert m, backed
+    at_backup = int(m.group(2))
+    # After the backup, one family rotates on the running server.
+    r = refresh(endpoint, *live[0])
+    assert r.status_code == 200, r.text
+    server.stop()
+    head = json_lines(grantline("--data-dir", data, "events", "--json").stdout)[-1]["seq"]
+    assert head > at_backup, "events were appended after the copy"
+
+    # Restored into another data directory, with the keys the backup does not carry.
+    key = grantline("--data-dir", data, "key", "show").stdout.split()[-1]
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    for f in ("checkpoint.key", "access-token.key"):
+        shutil.copy(server.data_dir / f, fresh / f)
+    restored = grantline("--data-dir", str(fresh), "restore", "--input", str(out),
+                         "--public-key", key).stdout
+    assert f"restored {m.group(1)} events (head {at_backup} " in restored, restored
+    # On the same address (resources are named by the public URL).
+    again = Server(fresh, tmp_path / "restored.log")
+    again.port, again.base = server.port, server.base
+    again.start()
+    try:
+        for client_id, token in live:
+            r = refresh(endpoint, client_id, token)
+            assert r.status_code == 200, r.text
+            assert r.json()["access_token"].startswith("gla_")
+    finally:
+        again.stop()
+    verified = grantline("--data-dir", str(fresh), "verify", "--public-key", key).stdout
+    assert verified.startswith("ok: "), verified
+
+
+def json_lines(text):
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def psql(url, sql):
