@@ -499,14 +499,7 @@ grantline_store::backend_tests! {
                 claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(),
                 60
             );
-            let jwks: Value = browser()
-                .get(s.url("/.well-known/jwks.json"))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let jwks: Value = get_json(&s, "/.well-known/jwks.json").await;
             let key = jwks["keys"]
                 .as_array()
                 .unwrap()
@@ -738,14 +731,7 @@ grantline_store::backend_tests! {
             "{e}"
         );
         // The metadata stops advertising the endpoint.
-        let meta: Value = browser()
-            .get(s.url("/.well-known/oauth-authorization-server"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let meta: Value = get_json(&s, "/.well-known/oauth-authorization-server").await;
         assert!(meta.get("registration_endpoint").is_none(), "{meta}");
 
         // Back to an open registration with a per-address limit of what is already used.

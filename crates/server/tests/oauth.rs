@@ -370,14 +370,7 @@ async fn jwt_resources_get_rfc9068_tokens_verifiable_with_the_jwks() {
     assert_eq!(claims["aud"], resource.as_str());
     assert_eq!(claims["iss"], s.base.as_str());
     assert_eq!(claims["client_id"], client.as_str());
-    let jwks: serde_json::Value = browser()
-        .get(s.url("/.well-known/jwks.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let jwks: serde_json::Value = get_json(&s, "/.well-known/jwks.json").await;
     let key = jwks["keys"]
         .as_array()
         .unwrap()

@@ -409,3 +409,15 @@ pub fn series(text: &str, name_and_labels: &str) -> Option<f64> {
             .ok()
     })
 }
+
+/// `GET` a path of the server as JSON (metadata, JWKS, an API).
+pub async fn get_json(s: &Server, path: &str) -> Value {
+    browser()
+        .get(s.url(path))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
