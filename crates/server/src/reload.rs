@@ -170,13 +170,20 @@ pub fn resources_in_force(
     if !policies.contains_key(RATE_LIMITS) {
         return None;
     }
-    let mut out: Vec<(String, String)> = policies
-        .get(RESOURCES)
+    let recorded = policies.get(RESOURCES);
+    let mut out: Vec<(String, String)> = recorded
         .into_iter()
         .flatten()
         .filter_map(|(k, v)| {
-            let name = k.strip_suffix(".path").or_else(|| k.strip_suffix(".url"))?;
-            Some((name.to_string(), v.clone()))
+            // `<name>.path` (a path) or `<name>.url` (a URL) of a resource, which always has
+            // `<name>.scopes`; not `<name>.tools.path`, the scope of a tool named `path`.
+            let (name, shaped) = match (k.strip_suffix(".path"), k.strip_suffix(".url")) {
+                (Some(n), _) => (n, v.starts_with('/')),
+                (_, Some(n)) => (n, v.contains("://")),
+                _ => return None,
+            };
+            let is_resource = recorded.is_some_and(|r| r.contains_key(&format!("{name}.scopes")));
+            (shaped && is_resource).then(|| (name.to_string(), v.clone()))
         })
         .collect();
     out.sort();
@@ -370,5 +377,54 @@ impl Status {
     pub fn read(data_dir: &std::path::Path) -> Option<Status> {
         let bytes = std::fs::read(data_dir.join(STATUS_FILE)).ok()?;
         serde_json::from_slice(&bytes).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    #[test]
+    fn the_resources_in_force_are_the_recorded_ones_and_not_a_tool_named_path() {
+        let mut config: crate::Config = toml::from_str(
+            r#"
+[[resources]]
+name = "notes"
+path = "/mcp/notes"
+upstream = "builtin:demo"
+scopes = [{ name = "notes:read", description = "Read" }]
+tools = { path = "notes:read", url = "notes:read" }
+
+[[resources]]
+name = "far"
+url = "https://mcp.example/far"
+scopes = [{ name = "far:read", description = "Read" }]
+"#,
+        )
+        .unwrap();
+        config
+            .resources
+            .as_mut()
+            .unwrap()
+            .sort_by(|a, b| a.name.cmp(&b.name));
+        let mut policies: HashMap<String, HashMap<String, String>> = super::policies(&config)
+            .into_iter()
+            .map(|(p, settings)| (p.to_string(), settings.into_iter().collect()))
+            .collect();
+        assert_eq!(policies["resources"]["notes.tools.path"], "notes:read");
+        let names: Vec<String> = super::resources_in_force(&policies)
+            .unwrap()
+            .into_iter()
+            .map(|(n, at)| format!("{n} {at}"))
+            .collect();
+        assert!(names.contains(&"notes /mcp/notes".to_string()), "{names:?}");
+        assert!(
+            names.contains(&"far https://mcp.example/far".to_string()),
+            "{names:?}"
+        );
+        assert!(!names.iter().any(|n| n.contains("tools")), "{names:?}");
+        // A ledger from before policies were recorded: none.
+        policies.remove(super::RATE_LIMITS);
+        assert!(super::resources_in_force(&policies).is_none());
     }
 }

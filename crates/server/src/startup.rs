@@ -67,6 +67,8 @@ impl App {
             ledger.shutdown().await;
             anyhow::bail!(why);
         }
+        // Checked through the folded seq; the writer reads any rotation after it.
+        ledger.key_checked_through(projection.seq());
         let signing = crate::keys::load_or_create(&opts.data_dir)?;
         let mac_key = crate::keys::mac_key(&signing);
         let identity = JwtSigner::new(crate::keys::identity_key(&signing));

@@ -130,6 +130,43 @@ grantline_store::backend_tests! {
         s.stop().await;
     }
 
+    async fn a_command_started_before_a_key_rotation_signs_no_checkpoint_after_it(db: TestDb) {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path(), 30, 60);
+        let options = || grantline_server::Options {
+            config: cfg.clone(),
+            data_dir: dir.path().to_path_buf(),
+            database: db.db.clone(),
+            ledger: Default::default(),
+            serving: false,
+        };
+        // A ledger with a checkpoint, then a command opened on it (as `grantline user add`
+        // would be) that has appended nothing yet.
+        let s = Server::start(&db, dir.path().to_path_buf(), cfg.clone()).await;
+        let first_key = grantline_ledger::NoteVerifier::parse(&s.app.checkpoint_verifier).unwrap();
+        s.stop().await;
+        let command = grantline_server::App::start(options()).await.unwrap();
+        // The keys rotate meanwhile; the rotation's last checkpoint, by the old key, covers
+        // the handover, so the command's writer, seeding its tree from that checkpoint, would
+        // not read the rotation among the rows after it.
+        grantline_server::rotation::rotate_keys(options()).await.unwrap();
+        command
+            .ledger
+            .append(grantline_ledger::Append::new(vec![grantline_store::testing::tool_call(1)]))
+            .await
+            .unwrap();
+        let e = command.ledger.checkpoint().await.unwrap_err().to_string();
+        assert!(e.contains("handed over"), "{e}");
+        command.ledger.shutdown().await;
+        let store = grantline_store::Store::connect(&db.db, false).await.unwrap();
+        let summary = grantline_store::verify(&store, &[first_key], |_| {})
+            .await
+            .unwrap()
+            .unwrap_or_else(|f| panic!("{f:?}"));
+        assert!(summary.fully_trusted(), "{summary:?}");
+        store.close().await;
+    }
+
     async fn a_traceparent_is_taken_only_from_a_trusted_proxy(db: TestDb) {
         const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
         let traceparent = format!("00-{TRACE}-00f067aa0ba902b7-01");

@@ -228,6 +228,8 @@ pub struct Ledger {
     jobs: mpsc::Sender<Job>,
     head: watch::Receiver<u64>,
     healthy: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// See [`Ledger::key_checked_through`]; `u64::MAX` until a caller says.
+    key_checked: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Ledger {
@@ -239,6 +241,8 @@ impl Ledger {
         let (head_tx, head_rx) = watch::channel(head_now);
         let healthy = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
         let writer_health = healthy.clone();
+        let key_checked = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(u64::MAX));
+        let writer_key_checked = key_checked.clone();
         let (tx, rx) = mpsc::channel(4096);
         // The writer runs on its own thread and runtime: on a busy server its wake-ups would
         // otherwise queue behind request tasks, and every group commit waits on it.
@@ -295,6 +299,7 @@ impl Ledger {
                         healthy: writer_health,
                         wal_checkpointer,
                         key_retired: None,
+                        key_checked: writer_key_checked,
                     };
                     writer.run(rx).await;
                 });
@@ -307,6 +312,7 @@ impl Ledger {
             jobs: tx,
             head: head_rx,
             healthy,
+            key_checked,
         })
     }
 
@@ -323,7 +329,9 @@ impl Ledger {
             .map_err(|_| StoreError::Unavailable("the ledger writer has stopped".into()))?
     }
 
-    /// Writes a checkpoint now if events are uncovered; returns its tree size.
+    /// Writes a checkpoint now if events are uncovered; returns its tree size. Fails with
+    /// [`StoreError::Key`] once this process's checkpoint key was handed over to another key:
+    /// it signs nothing from then on.
     pub async fn checkpoint(&self) -> Result<Option<u64>> {
         let (tx, rx) = oneshot::channel();
         self.jobs
@@ -363,6 +371,16 @@ impl Ledger {
     /// something they must record (an upstream tool call) check this first and fail closed.
     pub fn healthy(&self) -> bool {
         !self.jobs.is_closed() && self.healthy.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Tells the writer that every key rotation up to `seq` was checked by the caller (the
+    /// state folded to `seq` names this process's checkpoint key as the one in force). When the
+    /// writer first catches up with the database, it reads the rotations after `seq` that its
+    /// Merkle tree, seeded from the newest checkpoint, would skip: one that hands its key over
+    /// stops it signing, as one appended later by another process does.
+    pub fn key_checked_through(&self, seq: u64) {
+        self.key_checked
+            .store(seq, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// The newest durable seq written by this process; changes on every commit.
@@ -566,6 +584,8 @@ struct Writer {
     /// (`grantline key rotate` while this process ran): from then on it signs nothing, since
     /// its checkpoints would verify as forged. Appends go on; why, for errors and logs.
     key_retired: Option<String>,
+    /// The seq up to which the caller checked the key rotations (`u64::MAX`: not said).
+    key_checked: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Writer {
@@ -986,6 +1006,13 @@ impl Writer {
             self.frontier = f;
         }
         let from = self.frontier.size();
+        // Rotations between what the caller checked and where the tree resumes: the rows the
+        // tree, seeded from a checkpoint, does not read (`Ledger::key_checked_through`).
+        let checked = self.key_checked.load(std::sync::atomic::Ordering::SeqCst);
+        if checked < from.min(size) {
+            let rotations = self.read_rotations(checked, from.min(size)).await?;
+            self.notice_rotations(&rotations);
+        }
         if from < size {
             let (hashes, rotations) = self.read_hashes(from, size).await?;
             for h in hashes {
@@ -1106,7 +1133,6 @@ impl Writer {
         }))
     }
 
-    /// Chain hashes of seq (from, to], in order.
     /// The hashes of the rows in `(from, to]`, and the bodies of the key rotations among them.
     async fn read_hashes(&mut self, from: u64, to: u64) -> Result<(Vec<Hash>, Vec<Vec<u8>>)> {
         const SQL: &str = "SELECT hash, CASE WHEN kind = 'signing_key.rotated' THEN body END \
@@ -1137,6 +1163,30 @@ impl Writer {
             rotations.extend(rotation);
         }
         Ok((hashes, rotations))
+    }
+
+    /// The bodies of the key rotations in `(from, to]` (a range scan by seq; rotations are rare).
+    async fn read_rotations(&mut self, from: u64, to: u64) -> Result<Vec<Vec<u8>>> {
+        const SQL: &str = "SELECT body FROM events WHERE seq > $1 AND seq <= $2 \
+                           AND kind = 'signing_key.rotated' ORDER BY seq";
+        Ok(match &mut self.conn {
+            WriterConn::Sqlite(c) => {
+                on_sqlite(c, move |c| {
+                    let mut st = c.prepare(SQL)?;
+                    let rows =
+                        st.query_map([from as i64, to as i64], |r| r.get::<_, Vec<u8>>(0))?;
+                    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+                })
+                .await?
+            }
+            WriterConn::Postgres(c) => {
+                sqlx::query_scalar(SQL)
+                    .bind(from as i64)
+                    .bind(to as i64)
+                    .fetch_all(&mut *c)
+                    .await?
+            }
+        })
     }
 
     /// Stops signing when one of `rotations` (bodies of `signing_key.rotated` another process
