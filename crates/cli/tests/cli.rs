@@ -333,9 +333,11 @@ fn an_unreachable_postgresql_is_one_plain_line_at_once() {
         if let Some(status) = child.try_wait().unwrap() {
             break status;
         }
-        if started.elapsed() > Duration::from_secs(15) {
+        // A refused connection is known at once; 5 s leaves room for a busy machine, not for
+        // a retry loop.
+        if started.elapsed() > Duration::from_secs(5) {
             let _ = child.kill();
-            panic!("still trying after 15 s");
+            panic!("still trying after 5 s");
         }
         std::thread::sleep(Duration::from_millis(50));
     };
@@ -350,7 +352,7 @@ fn an_unreachable_postgresql_is_one_plain_line_at_once() {
         1,
         "the cause once: {line}"
     );
-    assert!(!line.contains("db-password-7c1e"), "{line}");
+    assert!(!err.contains("db-password-7c1e"), "the password in: {err}");
     assert!(!err.contains('\u{1b}'), "colour codes: {err:?}");
 }
 

@@ -72,8 +72,35 @@ impl Database {
     }
 
     pub(crate) fn pg_options(url: &str) -> Result<PgConnectOptions> {
-        Ok(PgConnectOptions::from_str(url)?.disable_statement_logging())
+        // `connect_timeout` is read by `connect_timeout` below; sqlx does not know it.
+        let url = match url.split_once('?') {
+            Some((base, query)) => {
+                let kept: Vec<&str> = query
+                    .split('&')
+                    .filter(|kv| !kv.starts_with("connect_timeout="))
+                    .collect();
+                if kept.is_empty() {
+                    base.to_string()
+                } else {
+                    format!("{base}?{}", kept.join("&"))
+                }
+            }
+            None => url.to_string(),
+        };
+        Ok(PgConnectOptions::from_str(&url)?.disable_statement_logging())
     }
+}
+
+/// How long connecting to PostgreSQL may take: the URL's `connect_timeout` (seconds, as libpq
+/// reads it; at least 1), else 10 s.
+fn connect_timeout(url: &str) -> std::time::Duration {
+    let secs = url
+        .split_once('?')
+        .into_iter()
+        .flat_map(|(_, query)| query.split('&'))
+        .find_map(|kv| kv.strip_prefix("connect_timeout=")?.parse::<u64>().ok())
+        .unwrap_or(10);
+    std::time::Duration::from_secs(secs.max(1))
 }
 
 /// A connection pool to either backend.
@@ -120,12 +147,25 @@ impl Store {
             Database::Postgres(url) => {
                 let opts = Database::pg_options(url)?;
                 // One direct attempt first: a server that is down or refuses is reported at
-                // once ("Connection refused"), not after the pool's 30 s of retries.
+                // once ("Connection refused"), not after the pool's 30 s of retries; one that
+                // does not answer at all (packets dropped) after the connect timeout, not after
+                // the kernel's two minutes of retries.
                 use sqlx::Connection;
-                sqlx::PgConnection::connect_with(&opts)
-                    .await?
-                    .close()
-                    .await?;
+                let wait = connect_timeout(url);
+                match tokio::time::timeout(wait, sqlx::PgConnection::connect_with(&opts)).await {
+                    Ok(conn) => conn?.close().await?,
+                    Err(_) => {
+                        return Err(StoreError::Io(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            format!(
+                                "PostgreSQL at {}:{} did not answer within {} s",
+                                opts.get_host(),
+                                opts.get_port(),
+                                wait.as_secs()
+                            ),
+                        )));
+                    }
+                }
                 Pool::Postgres(
                     PgPoolOptions::new()
                         .max_connections(8)

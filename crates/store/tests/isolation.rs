@@ -250,3 +250,35 @@ async fn an_unreachable_postgresql_is_reported_at_once_as_refused() {
     let err = err.to_string();
     assert!(err.to_lowercase().contains("connection refused"), "{err}");
 }
+
+/// A PostgreSQL server that accepts the connection and never answers (or a host that drops
+/// packets) is reported after the connect timeout — the URL's `connect_timeout`, as libpq
+/// reads it — not after the kernel's minutes of retries or never.
+#[tokio::test]
+async fn a_postgresql_that_never_answers_is_reported_after_the_connect_timeout() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((conn, _)) = silent.accept().await {
+            open.push(conn);
+        }
+    });
+    let db = Database::parse(&format!(
+        "postgres://grantline@127.0.0.1:{port}/grantline?connect_timeout=1"
+    ))
+    .unwrap();
+    let attempt = grantline_store::Store::connect(&db, false);
+    let result = tokio::time::timeout(std::time::Duration::from_secs(20), attempt)
+        .await
+        .expect("given up after the connect timeout, well within 20 s");
+    let Err(err) = result else {
+        panic!("nothing answers there")
+    };
+    let err = err.to_string();
+    assert!(
+        err.contains(&format!("127.0.0.1:{port} did not answer within 1 s")),
+        "{err}"
+    );
+    held.abort();
+}
