@@ -320,15 +320,9 @@ backend_tests! {
         };
         let before = sign(&old_key, s.app.now().0 / 1_000_000);
         s.stop().await;
-        grantline_server::rotation::rotate_keys(grantline_server::app::Options {
-            config: cfg.clone(),
-            data_dir: dir.path().to_path_buf(),
-            database: db.db.clone(),
-            ledger: Default::default(),
-            serving: false,
-        })
-        .await
-        .unwrap();
+        grantline_server::rotation::rotate_keys(command_options(&db, dir.path(), cfg.clone()))
+            .await
+            .unwrap();
         let s = Server::start(&db, dir.path().to_path_buf(), cfg).await;
         assert_ne!(s.app.identity.kid, old_key.kid, "a new identity key signs now");
         let notes = ("notes-mcp", NOTES_SECRET);

@@ -85,15 +85,9 @@ grantline_store::backend_tests! {
         let first_key = grantline_ledger::NoteVerifier::parse(&s.app.checkpoint_verifier).unwrap();
         // The keys rotated while this server runs (the operator was to stop it first): it
         // still holds the old checkpoint key, and would sign checkpoints that verify as forged.
-        let rotated = grantline_server::rotation::rotate_keys(grantline_server::Options {
-            config: cfg,
-            data_dir: dir.path().to_path_buf(),
-            database: db.db.clone(),
-            ledger: Default::default(),
-            serving: false,
-        })
-        .await
-        .unwrap();
+        let rotated = grantline_server::rotation::rotate_keys(command_options(&db, dir.path(), cfg))
+            .await
+            .unwrap();
         let body = until_ready_is(&s, false).await;
         let check = &body["checks"]["checkpoint_key"];
         assert_eq!(check["ok"], false, "{body}");
@@ -133,13 +127,7 @@ grantline_store::backend_tests! {
     async fn a_command_started_before_a_key_rotation_signs_no_checkpoint_after_it(db: TestDb) {
         let dir = tempfile::tempdir().unwrap();
         let cfg = config(dir.path(), 30, 60);
-        let options = || grantline_server::Options {
-            config: cfg.clone(),
-            data_dir: dir.path().to_path_buf(),
-            database: db.db.clone(),
-            ledger: Default::default(),
-            serving: false,
-        };
+        let options = || command_options(&db, dir.path(), cfg.clone());
         // A ledger with a checkpoint, then a command opened on it (as `grantline user add`
         // would be) that has appended nothing yet.
         let s = Server::start(&db, dir.path().to_path_buf(), cfg.clone()).await;

@@ -421,3 +421,15 @@ pub async fn get_json(s: &Server, path: &str) -> Value {
         .await
         .unwrap()
 }
+
+/// Options of a one-off command (`grantline key rotate`, `user add`, …) on the same data
+/// directory and database as a test's server.
+pub fn command_options(db: &TestDb, data_dir: &std::path::Path, config: Config) -> Options {
+    Options {
+        config,
+        data_dir: data_dir.to_path_buf(),
+        database: db.db.clone(),
+        ledger: LedgerOptions::default(),
+        serving: false,
+    }
+}
