@@ -34,6 +34,8 @@ impl App {
         ledger_options.on_group_commit = Some(Arc::new(move |c: &grantline_store::GroupCommit| {
             timed.observe_commit(c)
         }));
+        // No checkpoint until the key in force is checked below.
+        ledger_options.sign_after_key_check = true;
         // Events are stamped by the clock every decision reads, so a test that moves it moves
         // both (a benchmark's synthetic history brings its own).
         let clock = Arc::new(crate::clock::Clock::default());

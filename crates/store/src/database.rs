@@ -91,8 +91,8 @@ impl Database {
     }
 }
 
-/// How long connecting to PostgreSQL may take: the URL's `connect_timeout` (seconds, as libpq
-/// reads it; at least 1), else 10 s.
+/// How long connecting to PostgreSQL may take: the URL's first `connect_timeout` (whole
+/// seconds, at least 1; unlike libpq, 0 does not mean for ever), else 10 s.
 fn connect_timeout(url: &str) -> std::time::Duration {
     let secs = url
         .split_once('?')

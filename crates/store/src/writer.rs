@@ -54,6 +54,11 @@ pub struct LedgerOptions {
     /// the next group commit by a `fsync` of the database file, so fewer are better; a longer
     /// WAL costs disk space and slightly slower lookups of recent pages.
     pub wal_restart_pages: i64,
+    /// Sign no checkpoint until the caller has said through which seq it checked that this
+    /// process's key is the one in force ([`Ledger::key_checked_through`]). A server and the
+    /// commands that append set it: a checkpoint signed by a key handed over to another is a
+    /// forgery to `verify`. Off for benchmarks and tests that write a ledger of their own.
+    pub sign_after_key_check: bool,
 }
 
 /// What one group commit took: for metrics.
@@ -85,6 +90,7 @@ impl std::fmt::Debug for LedgerOptions {
             .field("on_group_commit", &self.on_group_commit.is_some())
             .field("clock", &self.clock.is_some())
             .field("wal_restart_pages", &self.wal_restart_pages)
+            .field("sign_after_key_check", &self.sign_after_key_check)
             .finish()
     }
 }
@@ -99,6 +105,7 @@ impl Default for LedgerOptions {
             on_group_commit: None,
             clock: None,
             wal_restart_pages: WAL_RESTART_PAGES,
+            sign_after_key_check: false,
         }
     }
 }
@@ -300,6 +307,7 @@ impl Ledger {
                         wal_checkpointer,
                         key_retired: None,
                         key_checked: writer_key_checked,
+                        key_vouched: false,
                     };
                     writer.run(rx).await;
                 });
@@ -374,10 +382,12 @@ impl Ledger {
     }
 
     /// Tells the writer that every key rotation up to `seq` was checked by the caller (the
-    /// state folded to `seq` names this process's checkpoint key as the one in force). When the
-    /// writer first catches up with the database, it reads the rotations after `seq` that its
-    /// Merkle tree, seeded from the newest checkpoint, would skip: one that hands its key over
-    /// stops it signing, as one appended later by another process does.
+    /// state folded to `seq` names this process's checkpoint key as the one in force). At its
+    /// next catch-up with the database, under the append lock, the writer reads the rotations
+    /// after `seq` it would not read otherwise (its Merkle tree may resume from a checkpoint
+    /// past them): one that hands its key over stops it signing, as one appended later by
+    /// another process does. With [`LedgerOptions::sign_after_key_check`], it signs nothing
+    /// before this is called.
     pub fn key_checked_through(&self, seq: u64) {
         self.key_checked
             .store(seq, std::sync::atomic::Ordering::SeqCst);
@@ -584,8 +594,12 @@ struct Writer {
     /// (`grantline key rotate` while this process ran): from then on it signs nothing, since
     /// its checkpoints would verify as forged. Appends go on; why, for errors and logs.
     key_retired: Option<String>,
-    /// The seq up to which the caller checked the key rotations (`u64::MAX`: not said).
+    /// Set by [`Ledger::key_checked_through`] and taken (back to `u64::MAX`) by the next
+    /// catch-up, which reads the rotations after it that it would not read otherwise.
     key_checked: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Whether a caller has said through which seq it checked the key (see
+    /// [`LedgerOptions::sign_after_key_check`]).
+    key_vouched: bool,
 }
 
 impl Writer {
@@ -950,6 +964,7 @@ impl Writer {
         let uncovered = seq.saturating_sub(self.last_cp_size);
         let want_cp = uncovered > 0
             && self.key_retired.is_none()
+            && (self.key_vouched || !self.options.sign_after_key_check)
             && (force_checkpoint || scheduled || uncovered >= self.options.checkpoint_every_events);
         let mut cp_size = None;
         if want_cp {
@@ -989,7 +1004,20 @@ impl Writer {
         let db_head = self.lock_and_read_head().await?;
         let cached = self.head;
         let db_pair = db_head.as_ref().map(|(s, h, _)| (*s, *h));
+        // A seq the caller checked the key through, said since the last catch-up: the
+        // rotations after it that this catch-up does not read otherwise are read below.
+        let checked = self
+            .key_checked
+            .swap(u64::MAX, std::sync::atomic::Ordering::SeqCst);
+        if checked != u64::MAX {
+            self.key_vouched = true;
+        }
         if cached == db_pair.or(Some((0, GENESIS))) && self.head.is_some() {
+            let size = cached.map_or(0, |(s, _)| s);
+            if checked < size {
+                let rotations = self.read_rotations(checked, size).await?;
+                self.notice_rotations(&rotations);
+            }
             return Ok(());
         }
         // Someone else appended (or we start fresh): forget cached versions, catch up the tree.
@@ -1008,7 +1036,6 @@ impl Writer {
         let from = self.frontier.size();
         // Rotations between what the caller checked and where the tree resumes: the rows the
         // tree, seeded from a checkpoint, does not read (`Ledger::key_checked_through`).
-        let checked = self.key_checked.load(std::sync::atomic::Ordering::SeqCst);
         if checked < from.min(size) {
             let rotations = self.read_rotations(checked, from.min(size)).await?;
             self.notice_rotations(&rotations);
@@ -1194,21 +1221,31 @@ impl Writer {
     fn notice_rotations(&mut self, rotations: &[Vec<u8>]) {
         let own = self.signer.verifier().key_id_hex();
         for body in rotations {
-            let Ok(env) = grantline_ledger::decode(body) else {
-                continue;
-            };
-            if let grantline_ledger::Payload::SigningKeyRotated(r) = env.payload
-                && r.purpose == grantline_ledger::KeyPurpose::Checkpoint
-                && r.previous_key_id.as_deref() == Some(own.as_str())
-            {
-                let why = format!(
-                    "this process's checkpoint key {own} was handed over to {} by another \
-                     process; it signs no more checkpoints (restart with the current key files)",
-                    r.key_id
-                );
-                tracing::error!("{why}");
-                self.key_retired = Some(why);
+            if self.key_retired.is_some() {
+                return;
             }
+            let why = match grantline_ledger::decode(body) {
+                Ok(env) => match env.payload {
+                    grantline_ledger::Payload::SigningKeyRotated(r)
+                        if r.purpose == grantline_ledger::KeyPurpose::Checkpoint
+                            && r.previous_key_id.as_deref() == Some(own.as_str()) =>
+                    {
+                        format!(
+                            "this process's checkpoint key {own} was handed over to {}; it \
+                             signs no more checkpoints (restart with the current key files)",
+                            r.key_id
+                        )
+                    }
+                    _ => continue,
+                },
+                // Fail closed: a rotation that does not read may be this key's handover.
+                Err(e) => format!(
+                    "a signing_key.rotated row does not decode ({e}); this process signs no \
+                     more checkpoints until `grantline verify` has looked at the ledger"
+                ),
+            };
+            tracing::error!("{why}");
+            self.key_retired = Some(why);
         }
     }
 

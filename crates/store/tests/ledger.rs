@@ -132,6 +132,33 @@ backend_tests! {
         assert_eq!((ok[0].seq(), ok[0].envelope.version), (3, 3));
     }
 
+    async fn with_sign_after_key_check_nothing_is_signed_before_the_key_is_vouched_for(db: TestDb) {
+        let ledger = open_with(&db, LedgerOptions {
+            checkpoint_every_events: 2,
+            checkpoint_interval: Duration::from_millis(200),
+            sign_after_key_check: true,
+            ..LedgerOptions::default()
+        }).await;
+        for i in 0..3 {
+            append_one(&ledger, tool_call(i)).await;
+        }
+        // Neither the count, the schedule nor a request signs before the caller vouches.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert_eq!(ledger.checkpoint().await.unwrap(), None);
+        assert!(ledger.store().checkpoints().await.unwrap().is_empty());
+        ledger.key_checked_through(3);
+        // Signed now, by this request or by the schedule that may run just before it.
+        let asked = ledger.checkpoint().await.unwrap();
+        assert!(matches!(asked, Some(3) | None), "{asked:?}");
+        append_one(&ledger, tool_call(4)).await;
+        append_one(&ledger, tool_call(5)).await;
+        let sizes: Vec<i64> =
+            ledger.store().checkpoints().await.unwrap().iter().map(|c| c.tree_size).collect();
+        // (A scheduled one at 4 may fall between the two appends.)
+        assert_eq!((sizes.first(), sizes.last()), (Some(&3), Some(&5)), "signing as usual: {sizes:?}");
+        ledger.shutdown().await;
+    }
+
     async fn checkpoints_every_n_events_and_on_schedule_when_idle(db: TestDb) {
         let ledger = open_with(&db, LedgerOptions {
             checkpoint_every_events: 5,

@@ -132,7 +132,13 @@ pub async fn record(loc: &Location, event: Option<NewEvent>) -> Result<()> {
         &std::env::var("GRANTLINE_LEDGER_ORIGIN")
             .unwrap_or_else(|_| grantline_store::keyfile::DEFAULT_ORIGIN.to_string()),
     )?;
-    let ledger = Ledger::open(&loc.database, signer, LedgerOptions::default()).await?;
+    // This command folds no state, so it does not check which checkpoint key is in force:
+    // it signs no checkpoint (the server's next one covers this event).
+    let options = LedgerOptions {
+        sign_after_key_check: true,
+        ..LedgerOptions::default()
+    };
+    let ledger = Ledger::open(&loc.database, signer, options).await?;
     let result = ledger
         .append(grantline_ledger::Append::new(vec![event]))
         .await;
