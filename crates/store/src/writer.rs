@@ -6,14 +6,23 @@
 //! database: PostgreSQL serialises them with a transaction-level advisory lock, SQLite with
 //! `BEGIN IMMEDIATE`. Cached stream versions and the Merkle frontier are trusted only while the
 //! head is the one this writer last wrote.
+//!
+//! On PostgreSQL the writer plans the next group while the server inserts and commits the
+//! current one (its unknown stream versions read on a second connection): a group planned
+//! ahead is committed as planned only when the head under its lock is the one it assumed, and
+//! is planned again otherwise ([`Prepared`]).
+
+mod plan;
 
 use crate::database::{Database, Store};
 use crate::{Result, StoreError};
-use grantline_ledger::codec::{Head, Tail, encode_tail, frame};
+use grantline_ledger::codec::{Tail, encode_tail};
 use grantline_ledger::merkle::Frontier;
 use grantline_ledger::{
-    Append, Envelope, ExpectedVersion, GENESIS, Hash, NewEvent, NoteSigner, Recorded, StreamId,
-    Timestamp, chain_hash,
+    Append, ExpectedVersion, GENESIS, Hash, NewEvent, NoteSigner, Recorded, StreamId, Timestamp,
+};
+use plan::{
+    Batch, Carried, Plan, Planned, PlannedRow, Prepared, plan_group, unknown_streams, unplan,
 };
 use sqlx::postgres::PgConnection;
 use sqlx::{Connection, Row};
@@ -72,6 +81,11 @@ pub struct GroupCommit {
     pub duration: Duration,
     /// Whether it committed.
     pub ok: bool,
+    /// PostgreSQL: `Some(true)` when the group was planned while the one before committed and
+    /// was committed as planned; `Some(false)` when such a plan was dropped because the head
+    /// had moved otherwise (another process appended, or the group before failed) and its
+    /// appends were planned again; `None` when it was planned under the lock.
+    pub planned_ahead: Option<bool>,
 }
 
 /// Called after each group commit, on the writer's thread: must not block.
@@ -137,17 +151,6 @@ impl Framed {
     }
 }
 
-/// An append of a group commit, once planned: its events and expectations (so that it can
-/// be committed again on its own), or the answer it already has (a conflict, a refusal).
-enum Planned {
-    Rows {
-        expect: Vec<(StreamId, ExpectedVersion)>,
-        recorded: Vec<Recorded>,
-        tails: Vec<Tail>,
-    },
-    Answered(Result<Vec<Recorded>>),
-}
-
 /// A group commit that wrote nothing: why, and the appends it held with their appenders, who
 /// have not been answered yet.
 struct Failed {
@@ -157,43 +160,19 @@ struct Failed {
 }
 
 impl Failed {
-    fn all(error: StoreError, jobs: Vec<(Framed, Reply)>) -> Failed {
+    /// Before planning: every append goes back (a plan made ahead is taken apart).
+    fn batch(error: StoreError, batch: Batch) -> Failed {
+        let (jobs, answered) = batch.into_jobs();
         Failed {
             error,
             jobs,
-            answered: Vec::new(),
+            answered,
         }
     }
 
     /// After planning: appends with rows go back to what their callers sent.
     fn planned(error: StoreError, planned: Vec<(Reply, Planned)>) -> Failed {
-        let mut jobs = Vec::new();
-        let mut answered = Vec::new();
-        for (reply, p) in planned {
-            match p {
-                Planned::Rows {
-                    expect,
-                    recorded,
-                    tails,
-                } => {
-                    let events = recorded
-                        .into_iter()
-                        .zip(tails)
-                        .map(|(r, tail)| {
-                            let e = NewEvent {
-                                stream: r.envelope.stream,
-                                actor: r.envelope.actor,
-                                tenant: r.envelope.tenant,
-                                payload: r.envelope.payload,
-                            };
-                            (e, tail)
-                        })
-                        .collect();
-                    jobs.push((Framed { events, expect }, reply))
-                }
-                Planned::Answered(r) => answered.push((reply, r)),
-            }
-        }
+        let (jobs, answered) = unplan(planned, false);
         Failed {
             error,
             jobs,
@@ -270,6 +249,11 @@ impl Ledger {
                 };
                 runtime.block_on(async move {
                     let mut wal_checkpointer = None;
+                    let mut side = SideConn {
+                        conn: None,
+                        options: None,
+                        retry_at: Instant::now(),
+                    };
                     let conn = match &db {
                         Database::Sqlite(path) => open_sqlite_writer(path).and_then(|c| {
                             wal_checkpointer =
@@ -277,10 +261,15 @@ impl Ledger {
                             Ok(WriterConn::Sqlite(Some(c)))
                         }),
                         Database::Postgres(url) => match Database::pg_options(url) {
-                            Ok(o) => PgConnection::connect_with(&o)
-                                .await
-                                .map(WriterConn::Postgres)
-                                .map_err(StoreError::from),
+                            Ok(o) => {
+                                let conn = PgConnection::connect_with(&o)
+                                    .await
+                                    .map(WriterConn::Postgres)
+                                    .map_err(StoreError::from);
+                                // The side connection connects at its first use.
+                                side.options = Some(o);
+                                conn
+                            }
                             Err(e) => Err(e),
                         },
                     };
@@ -296,6 +285,7 @@ impl Ledger {
                         conn,
                         signer,
                         options,
+                        rx,
                         head: None,
                         last_time: 0,
                         versions: HashMap::new(),
@@ -308,8 +298,12 @@ impl Ledger {
                         key_retired: None,
                         key_checked: writer_key_checked,
                         key_vouched: false,
+                        side,
+                        carried: None,
+                        stashed: None,
+                        planned_ahead: None,
                     };
-                    writer.run(rx).await;
+                    writer.run().await;
                 });
             })?;
         ready_rx
@@ -405,6 +399,136 @@ impl Ledger {
 enum WriterConn {
     Sqlite(Option<rusqlite::Connection>),
     Postgres(PgConnection),
+}
+
+impl WriterConn {
+    /// Inserts a group's rows (taking them on SQLite).
+    async fn insert_rows(&mut self, rows: &mut Vec<PlannedRow>) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        match self {
+            WriterConn::Sqlite(c) => {
+                let rows = std::mem::take(rows);
+                on_sqlite(c, move |c| {
+                    let mut st = c.prepare_cached(
+                        "INSERT INTO events (seq, id, time, stream, version, kind, body, prev_hash, hash) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                    )?;
+                    for r in &rows {
+                        st.execute(rusqlite::params![
+                            r.seq,
+                            r.id.as_bytes().as_slice(),
+                            r.time,
+                            r.stream,
+                            r.version,
+                            r.kind,
+                            r.body,
+                            r.prev_hash.0.as_slice(),
+                            r.hash.0.as_slice(),
+                        ])?;
+                    }
+                    Ok(())
+                })
+                .await?;
+            }
+            WriterConn::Postgres(c) => {
+                // One INSERT over nine arrays. `COPY … FROM STDIN BINARY` through sqlx was tried
+                // and measured (docs/performance.md): no faster with 512 appenders, and with 32
+                // it made each group commit take ~88 ms (refresh rotation fell from 8.5k/s to
+                // 358/s), a stall like Nagle's algorithm meeting delayed ACKs (sqlx 0.9.0 set no
+                // TCP_NODELAY). Tried again with sqlx 0.9.1, which sets it: at 512 appenders no
+                // faster than this INSERT (five pairs, ratios 0.89-1.12).
+                let seqs: Vec<i64> = rows.iter().map(|r| r.seq).collect();
+                let ids: Vec<uuid::Uuid> = rows.iter().map(|r| r.id).collect();
+                let times: Vec<i64> = rows.iter().map(|r| r.time).collect();
+                let streams: Vec<&str> = rows.iter().map(|r| r.stream.as_str()).collect();
+                let versions: Vec<i64> = rows.iter().map(|r| r.version).collect();
+                let kinds: Vec<&str> = rows.iter().map(|r| r.kind).collect();
+                let bodies: Vec<&[u8]> = rows.iter().map(|r| r.body.as_slice()).collect();
+                let prevs: Vec<&[u8]> = rows.iter().map(|r| r.prev_hash.0.as_slice()).collect();
+                let hashes: Vec<&[u8]> = rows.iter().map(|r| r.hash.0.as_slice()).collect();
+                sqlx::query(
+                    "INSERT INTO events (seq, id, time, stream, version, kind, body, prev_hash, hash) \
+                     SELECT s, i, TIMESTAMPTZ 'epoch' + t * INTERVAL '1 microsecond', st, v, k, b, p, h \
+                     FROM UNNEST($1::int8[], $2::uuid[], $3::int8[], $4::text[], $5::int8[], $6::text[], \
+                                 $7::bytea[], $8::bytea[], $9::bytea[]) AS x(s, i, t, st, v, k, b, p, h)",
+                )
+                .bind(seqs)
+                .bind(ids)
+                .bind(times)
+                .bind(streams)
+                .bind(versions)
+                .bind(kinds)
+                .bind(bodies)
+                .bind(prevs)
+                .bind(hashes)
+                .execute(&mut *c)
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes a checkpoint of the tree at `size`: its root, signed note and frontier.
+    async fn insert_checkpoint(
+        &mut self,
+        size: u64,
+        now: i64,
+        root: &Hash,
+        note: &str,
+        frontier: &[u8],
+    ) -> Result<()> {
+        match self {
+            WriterConn::Sqlite(c) => {
+                on_sqlite(c, move |c| {
+                    c.execute(
+                        "INSERT INTO checkpoints (time, tree_size, root, note, frontier) VALUES (?1, ?2, ?3, ?4, ?5)",
+                        rusqlite::params![now, size as i64, root.0.as_slice(), note, frontier],
+                    )?;
+                    Ok(())
+                })
+                .await?;
+            }
+            WriterConn::Postgres(c) => {
+                sqlx::query(
+                    "INSERT INTO checkpoints (time, tree_size, root, note, frontier) \
+                     VALUES (TIMESTAMPTZ 'epoch' + $1 * INTERVAL '1 microsecond', $2, $3, $4, $5)",
+                )
+                .bind(now)
+                .bind(size as i64)
+                .bind(root.0.as_slice())
+                .bind(note)
+                .bind(frontier)
+                .execute(&mut *c)
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Announces the new head (PostgreSQL) and commits.
+    async fn finish(&mut self, head: u64, notify: bool) -> Result<()> {
+        match self {
+            WriterConn::Sqlite(c) => {
+                on_sqlite(c, |c| {
+                    Ok(c.prepare_cached("COMMIT")?.execute([]).map(|_| ())?)
+                })
+                .await?;
+            }
+            WriterConn::Postgres(c) => {
+                if notify {
+                    sqlx::query("SELECT pg_notify($1, $2)")
+                        .bind(PG_CHANNEL)
+                        .bind(head.to_string())
+                        .execute(&mut *c)
+                        .await?;
+                }
+                sqlx::query("COMMIT").execute(&mut *c).await?;
+            }
+        }
+        Ok(())
+    }
 }
 
 fn open_sqlite_writer(path: &std::path::Path) -> Result<rusqlite::Connection> {
@@ -562,22 +686,12 @@ async fn on_sqlite<T>(
     f(conn)
 }
 
-struct PlannedRow {
-    seq: i64,
-    id: uuid::Uuid,
-    time: i64,
-    stream: String,
-    version: i64,
-    kind: &'static str,
-    body: Vec<u8>,
-    prev_hash: Hash,
-    hash: Hash,
-}
-
 struct Writer {
     conn: WriterConn,
     signer: NoteSigner,
     options: LedgerOptions,
+    /// The queue appenders and callers send their jobs on.
+    rx: mpsc::Receiver<Job>,
     /// (seq, hash) this writer last committed or read under the lock; `None` = unknown.
     head: Option<(u64, Hash)>,
     last_time: i64,
@@ -600,49 +714,151 @@ struct Writer {
     /// Whether a caller has said through which seq it checked the key (see
     /// [`LedgerOptions::sign_after_key_check`]).
     key_vouched: bool,
+    /// PostgreSQL: the connection on which the next group's unknown stream versions are read
+    /// while the writer's own connection inserts and commits the current group (see
+    /// [`Prepared`]). `None` on SQLite, and while it is broken.
+    side: SideConn,
+    /// The next group's appends, taken from the queue during the last commit.
+    carried: Option<Carried>,
+    /// A job other than an append met while taking them: it ends the next group.
+    stashed: Option<Job>,
+    /// For the [`GroupCommit`] being reported: whether its plan was made ahead, and held.
+    planned_ahead: Option<bool>,
+}
+
+/// The writer's second PostgreSQL connection (see [`Writer::side`]).
+struct SideConn {
+    conn: Option<PgConnection>,
+    /// How to connect again after it broke; `None` on SQLite.
+    options: Option<sqlx::postgres::PgConnectOptions>,
+    /// Not before this: a broken side connection costs the next groups their planning ahead,
+    /// not their commits, so it is retried now and then, not at every commit.
+    retry_at: Instant,
+}
+
+/// How long the side connection may take to connect or to answer, while the current group's
+/// commit waits for the next group's planning.
+const SIDE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long after a failure the side connection is tried again.
+const SIDE_RETRY_AFTER: Duration = Duration::from_secs(30);
+
+impl SideConn {
+    /// The stream versions of `streams` as committed, on the side connection (connecting it
+    /// first when it is time to try again). `None` when it cannot; the connection is then
+    /// dropped, since a query cut short leaves it in no known state.
+    async fn load_versions(&mut self, streams: &[String]) -> Option<HashMap<String, u64>> {
+        if self.conn.is_none() {
+            let options = self.options.as_ref()?;
+            if Instant::now() < self.retry_at {
+                return None;
+            }
+            self.retry_at = Instant::now() + SIDE_RETRY_AFTER;
+            match tokio::time::timeout(SIDE_TIMEOUT, PgConnection::connect_with(options)).await {
+                Ok(Ok(c)) => self.conn = Some(c),
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "the ledger writer's side connection failed to connect");
+                    return None;
+                }
+                Err(_) => return None,
+            }
+        }
+        let conn = self.conn.as_mut()?;
+        match tokio::time::timeout(SIDE_TIMEOUT, pg_load_versions(conn, streams)).await {
+            Ok(Ok(found)) => Some(found),
+            outcome => {
+                if let Ok(Err(e)) = outcome {
+                    tracing::debug!(error = %e, "the ledger writer's side connection failed");
+                }
+                self.conn = None;
+                self.retry_at = Instant::now() + SIDE_RETRY_AFTER;
+                None
+            }
+        }
+    }
+}
+
+/// What wakes an idle writer.
+enum Woke {
+    Job(Option<Job>),
+    Deadline,
 }
 
 impl Writer {
-    async fn run(mut self, mut rx: mpsc::Receiver<Job>) {
+    async fn run(mut self) {
         loop {
             let deadline = self.last_cp_at + self.options.checkpoint_interval;
-            let job = tokio::select! {
-                job = rx.recv() => job,
-                _ = tokio::time::sleep_until(deadline) => {
-                    if let Err(e) = self.commit(Vec::new(), false, true).await {
-                        tracing::warn!(error = %e, "scheduled checkpoint failed");
-                    }
-                    self.last_cp_at = Instant::now();
-                    continue;
-                }
-            };
-            let Some(first) = job else {
-                let _ = self.commit(Vec::new(), true, false).await;
-                return;
-            };
-            if let Job::Probe(reply) = first {
-                let _ = reply.send(self.probe().await);
-                continue;
-            }
-            let mut appends = Vec::new();
-            let mut n_events = 0usize;
             let mut control = Vec::new();
-            let mut next = Some(first);
-            while let Some(job) = next.take() {
-                match job {
-                    Job::Append(a, reply) => {
-                        n_events += a.events.len();
-                        appends.push((a, reply));
+            let batch = match self.carried.take() {
+                Some(Carried::Planned(prepared)) => {
+                    control.extend(self.stashed.take());
+                    Batch::Prepared(prepared)
+                }
+                carried => {
+                    let mut appends = match carried {
+                        Some(Carried::Unplanned(jobs)) => jobs,
+                        _ => Vec::new(),
+                    };
+                    let mut next = self.stashed.take();
+                    if next.is_none() && appends.is_empty() {
+                        let woke = tokio::select! {
+                            job = self.rx.recv() => Woke::Job(job),
+                            _ = tokio::time::sleep_until(deadline) => Woke::Deadline,
+                        };
+                        match woke {
+                            Woke::Deadline => {
+                                if let Err(e) = self
+                                    .commit(Batch::Jobs(Vec::new()), false, true, false)
+                                    .await
+                                {
+                                    tracing::warn!(error = %e, "scheduled checkpoint failed");
+                                }
+                                self.last_cp_at = Instant::now();
+                                continue;
+                            }
+                            Woke::Job(None) => {
+                                let _ = self
+                                    .commit(Batch::Jobs(Vec::new()), true, false, false)
+                                    .await;
+                                return;
+                            }
+                            Woke::Job(Some(job)) => next = Some(job),
+                        }
                     }
-                    other => control.push(other),
+                    if appends.is_empty()
+                        && let Some(Job::Probe(_)) = &next
+                    {
+                        if let Some(Job::Probe(reply)) = next {
+                            let _ = reply.send(self.probe().await);
+                        }
+                        continue;
+                    }
+                    let mut n_events: usize = appends.iter().map(|(a, _)| a.events.len()).sum();
+                    while let Some(job) = next.take() {
+                        match job {
+                            Job::Append(a, reply) => {
+                                n_events += a.events.len();
+                                appends.push((a, reply));
+                            }
+                            other => control.push(other),
+                        }
+                        if n_events < self.options.max_batch_events && control.is_empty() {
+                            next = self.rx.try_recv().ok();
+                        }
+                    }
+                    Batch::Jobs(appends)
                 }
-                if n_events < self.options.max_batch_events && control.is_empty() {
-                    next = rx.try_recv().ok();
-                }
-            }
+            };
             let force = control.iter().any(|j| !matches!(j, Job::Probe(_)));
-            tracing::trace!(appends = appends.len(), events = n_events, "group commit");
-            let outcome = self.commit(appends, force, false).await;
+            // Under constant load the queue is never empty, so the interval is checked here
+            // too: a checkpoint at least every `checkpoint_interval` while events come.
+            let scheduled = Instant::now() >= deadline;
+            // Nothing is taken ahead of a shutdown: what comes after it is not committed.
+            let ahead = !control.iter().any(|j| matches!(j, Job::Shutdown(_)));
+            tracing::trace!(size = ?batch.size(), "group commit");
+            let outcome = self.commit(batch, force, scheduled, ahead).await;
+            if scheduled {
+                self.last_cp_at = Instant::now();
+            }
             for job in control {
                 match job {
                     Job::Checkpoint(reply) => {
@@ -653,6 +869,14 @@ impl Writer {
                         });
                     }
                     Job::Shutdown(reply) => {
+                        // Appends taken for a next group are answered before the writer goes.
+                        if let Some(carried) = self.carried.take() {
+                            let batch = match carried {
+                                Carried::Planned(p) => Batch::Prepared(p),
+                                Carried::Unplanned(jobs) => Batch::Jobs(jobs),
+                            };
+                            let _ = self.commit(batch, true, false, false).await;
+                        }
                         let _ = reply.send(());
                         return;
                     }
@@ -670,13 +894,18 @@ impl Writer {
     /// When the database refuses one append's rows, only that append fails: the batch is
     /// rolled back and its appends are committed again one by one, so one bad append never
     /// fails the unrelated requests that happened to share its commit.
+    /// With `ahead`, the next group may be taken and planned meanwhile (see `try_commit`).
     async fn commit(
         &mut self,
-        jobs: Vec<(Framed, Reply)>,
+        batch: Batch,
         force_checkpoint: bool,
         scheduled: bool,
+        ahead: bool,
     ) -> Result<Option<u64>> {
-        let failed = match self.try_commit(jobs, force_checkpoint, scheduled).await {
+        let failed = match self
+            .try_commit(batch, force_checkpoint, scheduled, ahead)
+            .await
+        {
             Ok(cp) => return Ok(cp),
             Err(f) => f,
         };
@@ -701,7 +930,7 @@ impl Writer {
             }
             if force_checkpoint || scheduled {
                 cp = self
-                    .try_commit(Vec::new(), force_checkpoint, scheduled)
+                    .try_commit(Batch::Jobs(Vec::new()), force_checkpoint, scheduled, false)
                     .await
                     .map_err(|f| f.error)?;
             }
@@ -710,7 +939,10 @@ impl Writer {
         tracing::warn!(error = %error, appends = jobs.len(),
             "the database refused a row of a group commit; committing its appends one by one");
         for job in jobs {
-            match self.try_commit(vec![job], false, false).await {
+            match self
+                .try_commit(Batch::Jobs(vec![job]), false, false, false)
+                .await
+            {
                 Ok(c) => cp = c.or(cp),
                 Err(Failed {
                     error,
@@ -726,7 +958,7 @@ impl Writer {
         }
         if force_checkpoint || scheduled {
             cp = self
-                .try_commit(Vec::new(), force_checkpoint, scheduled)
+                .try_commit(Batch::Jobs(Vec::new()), force_checkpoint, scheduled, false)
                 .await
                 .map_err(|f| f.error)?
                 .or(cp);
@@ -738,24 +970,29 @@ impl Writer {
     /// unhealthy and the transaction rolled back *before* any appender can be answered: a
     /// caller that saw its append fail and retries, or checks [`Ledger::healthy`] before
     /// calling an upstream, never sees the old, healthy state. A refusal of one append's rows
-    /// leaves the ledger healthy: the database works.
+    /// leaves the ledger healthy: the database works. With `ahead`, on PostgreSQL, the next
+    /// group is taken from the queue and planned while this one is inserted and committed.
     async fn try_commit(
         &mut self,
-        jobs: Vec<(Framed, Reply)>,
+        batch: Batch,
         force_checkpoint: bool,
         scheduled: bool,
+        ahead: bool,
     ) -> std::result::Result<Option<u64>, Failed> {
         let frontier_before = self.frontier.clone();
         let started = Instant::now();
-        let appends = jobs.len();
-        let events = jobs.iter().map(|(a, _)| a.events.len()).sum();
-        let outcome = self.commit_inner(jobs, force_checkpoint, scheduled).await;
+        let (appends, events) = batch.size();
+        self.planned_ahead = None;
+        let outcome = self
+            .commit_inner(batch, force_checkpoint, scheduled, ahead)
+            .await;
         if let Some(hook) = &self.options.on_group_commit {
             hook(&GroupCommit {
                 appends,
                 events,
                 duration: started.elapsed(),
                 ok: outcome.is_ok(),
+                planned_ahead: self.planned_ahead,
             });
         }
         match outcome {
@@ -796,184 +1033,174 @@ impl Writer {
         }
     }
 
+    #[allow(clippy::type_complexity)]
     async fn commit_inner(
         &mut self,
-        jobs: Vec<(Framed, Reply)>,
+        batch: Batch,
         force_checkpoint: bool,
         scheduled: bool,
+        ahead: bool,
     ) -> std::result::Result<(Option<u64>, Vec<(Reply, Result<Vec<Recorded>>)>), Failed> {
         // Any failure before the commit fails every waiting append (see `commit`).
         if let Err(error) = self.lock_and_sync().await {
-            return Err(Failed::all(error, jobs));
+            return Err(Failed::batch(error, batch));
         }
-        let (mut seq, mut prev) = self.head.unwrap_or((0, GENESIS));
-        let now = self
-            .options
-            .clock
-            .as_ref()
-            .map_or_else(Timestamp::now, |c| c())
-            .0
-            .max(self.last_time);
-
-        // Stream versions not yet cached, in one query: every stream an append names, by the
-        // very name it will be stored under.
-        let mut missing: Vec<&StreamId> = Vec::new();
-        for (a, _) in &jobs {
-            for s in a
-                .expect
-                .iter()
-                .map(|e| &e.0)
-                .chain(a.events.iter().map(|(e, _)| &e.stream))
-            {
-                if !self.versions.contains_key(s) {
-                    missing.push(s);
-                }
+        let head = self.head.unwrap_or((0, GENESIS));
+        let plan = match batch {
+            // Planned ahead on the head that is still the head: as planned.
+            Batch::Prepared(p) if self.head.is_some() && p.plan.base == head => {
+                self.planned_ahead = Some(true);
+                let Prepared {
+                    plan,
+                    loaded,
+                    frontier,
+                } = *p;
+                self.versions.extend(loaded);
+                self.frontier = frontier;
+                plan
             }
-        }
-        missing.sort();
-        missing.dedup();
-        let missing: Vec<StreamId> = missing.into_iter().cloned().collect();
-        if !missing.is_empty() {
-            let names: Vec<String> = missing.iter().map(|s| s.as_str().to_string()).collect();
-            match self.load_versions(&names).await {
-                Ok(found) => {
-                    for stream in missing {
-                        let v = found.get(stream.as_str()).copied().unwrap_or(0);
-                        self.versions.insert(stream, v);
+            batch => {
+                if matches!(batch, Batch::Prepared(_)) {
+                    self.planned_ahead = Some(false);
+                }
+                let (jobs, answered) = batch.into_jobs();
+                let now = self
+                    .options
+                    .clock
+                    .as_ref()
+                    .map_or_else(Timestamp::now, |c| c())
+                    .0
+                    .max(self.last_time);
+                // Stream versions not yet cached, in one query: every stream an append names,
+                // by the very name it will be stored under.
+                let missing = unknown_streams(&jobs, |s| self.versions.contains_key(s));
+                if !missing.is_empty() {
+                    let names: Vec<String> =
+                        missing.iter().map(|s| s.as_str().to_string()).collect();
+                    match self.load_versions(&names).await {
+                        Ok(found) => {
+                            for stream in missing {
+                                let v = found.get(stream.as_str()).copied().unwrap_or(0);
+                                self.versions.insert(stream, v);
+                            }
+                        }
+                        Err(error) => {
+                            let mut failed = Failed::batch(error, Batch::Jobs(jobs));
+                            failed.answered = answered;
+                            return Err(failed);
+                        }
                     }
                 }
-                Err(error) => {
-                    return Err(Failed::all(error, jobs));
-                }
+                let versions = &self.versions;
+                let mut plan = plan_group(
+                    jobs,
+                    head,
+                    now,
+                    |s| versions.get(s).copied().unwrap_or(0),
+                    &mut self.frontier,
+                );
+                plan.planned.extend(
+                    answered
+                        .into_iter()
+                        .map(|(reply, r)| (reply, Planned::Answered(r))),
+                );
+                plan
             }
-        }
-
-        let mut pending: HashMap<StreamId, u64> = HashMap::new();
-        let mut rows: Vec<PlannedRow> = Vec::new();
-        let mut planned: Vec<(Reply, Planned)> = Vec::with_capacity(jobs.len());
-        for (append, reply) in jobs {
-            let Framed { events, expect } = append;
-            let version_of = |s: &StreamId, pending: &HashMap<StreamId, u64>| {
-                pending
-                    .get(s)
-                    .or_else(|| self.versions.get(s))
-                    .copied()
-                    .unwrap_or(0)
-            };
-            if let Some((stream, expected, actual)) = expect
-                .iter()
-                .map(|(s, e)| (s, e, version_of(s, &pending)))
-                .find(|(_, e, actual)| !e.admits(*actual))
-            {
-                let conflict = StoreError::Conflict {
-                    stream: stream.clone(),
-                    expected: *expected,
-                    actual,
-                };
-                planned.push((reply, Planned::Answered(Err(conflict))));
-                continue;
-            }
-            if events.is_empty() {
-                planned.push((reply, Planned::Answered(Ok(Vec::new()))));
-                continue;
-            }
-            let mut local: HashMap<StreamId, u64> = HashMap::new();
-            let mut job_rows = Vec::with_capacity(events.len());
-            let mut recorded = Vec::with_capacity(events.len());
-            let mut tails = Vec::with_capacity(events.len());
-            let (mut jseq, mut jprev) = (seq, prev);
-            let mut failure = None;
-            for (ev, tail) in events {
-                let version = local
-                    .get(&ev.stream)
-                    .copied()
-                    .unwrap_or_else(|| version_of(&ev.stream, &pending))
-                    + 1;
-                local.insert(ev.stream.clone(), version);
-                jseq += 1;
-                let id = uuid_v7(now);
-                let kind = ev.payload.kind();
-                let head = Head {
-                    seq: jseq,
-                    id,
-                    time: Timestamp(now),
-                    stream: &ev.stream,
-                    version,
-                    kind,
-                };
-                // The appender checked the tail; the framed body is refused only when the
-                // head makes it too large. Refused here, for this append alone.
-                let mut body = Vec::with_capacity(96 + tail.as_bytes().len());
-                if let Err(e) = frame(&mut body, &head, &tail) {
-                    failure = Some(StoreError::Invalid(e.to_string()));
-                    break;
-                }
-                let hash = chain_hash(&jprev, &body);
-                job_rows.push(PlannedRow {
-                    seq: jseq as i64,
-                    id,
-                    time: now,
-                    stream: ev.stream.as_str().to_string(),
-                    version: version as i64,
-                    kind: kind.as_str(),
-                    body,
-                    prev_hash: jprev,
-                    hash,
-                });
-                recorded.push(Recorded {
-                    envelope: Envelope {
-                        seq: jseq,
-                        id,
-                        time: Timestamp(now),
-                        stream: ev.stream,
-                        version,
-                        actor: ev.actor,
-                        tenant: ev.tenant,
-                        payload: ev.payload,
-                    },
-                    prev_hash: jprev,
-                    hash,
-                });
-                tails.push(tail);
-                jprev = hash;
-            }
-            if let Some(e) = failure {
-                planned.push((reply, Planned::Answered(Err(e))));
-                continue;
-            }
-            for r in &job_rows {
-                self.frontier.push(&r.hash);
-            }
-            pending.extend(local);
-            rows.extend(job_rows);
-            (seq, prev) = (jseq, jprev);
-            planned.push((
-                reply,
-                Planned::Rows {
-                    expect,
-                    recorded,
-                    tails,
-                },
-            ));
-        }
+        };
+        let Plan {
+            end: (seq, prev),
+            now,
+            mut rows,
+            planned,
+            pending,
+            ..
+        } = plan;
 
         let wrote_rows = !rows.is_empty();
-        if let Err(error) = self.insert_rows(&mut rows).await {
-            return Err(Failed::planned(error, planned));
-        }
         let uncovered = seq.saturating_sub(self.last_cp_size);
         let want_cp = uncovered > 0
             && self.key_retired.is_none()
             && (self.key_vouched || !self.options.sign_after_key_check)
             && (force_checkpoint || scheduled || uncovered >= self.options.checkpoint_every_events);
-        let mut cp_size = None;
-        if want_cp {
-            if let Err(error) = self.insert_checkpoint(seq, now).await {
-                return Err(Failed::planned(error, planned));
+        let checkpoint = want_cp.then(|| {
+            let root = self.frontier.root();
+            let note = self.signer.sign_checkpoint(self.signer.name(), seq, &root);
+            (root, note, self.frontier.to_bytes())
+        });
+
+        // Insert, checkpoint and commit; on PostgreSQL, meanwhile, take the next group from
+        // the queue and plan it on the head this one leaves (see `Prepared`).
+        let ahead = ahead
+            && wrote_rows
+            && matches!(self.conn, WriterConn::Postgres(_))
+            && self.side.options.is_some()
+            && self.carried.is_none()
+            && self.stashed.is_none();
+        let conn = &mut self.conn;
+        let (rx, stashed, side) = (&mut self.rx, &mut self.stashed, &mut self.side);
+        let (versions, frontier, options) = (&self.versions, &self.frontier, &self.options);
+        let write = async {
+            conn.insert_rows(&mut rows).await?;
+            if let Some((root, note, frontier)) = &checkpoint {
+                conn.insert_checkpoint(seq, now, root, note, frontier)
+                    .await?;
             }
-            cp_size = Some(seq);
-        }
-        if let Err(error) = self.finish(seq, wrote_rows).await {
+            conn.finish(seq, wrote_rows).await
+        };
+        let next = async {
+            if !ahead {
+                return None;
+            }
+            let taken = take_jobs(rx, stashed, options.max_batch_events);
+            if taken.is_empty() {
+                return None;
+            }
+            let missing = unknown_streams(&taken, |s| {
+                pending.contains_key(s) || versions.contains_key(s)
+            });
+            let mut loaded = HashMap::new();
+            if !missing.is_empty() {
+                let names: Vec<String> = missing.iter().map(|s| s.as_str().to_string()).collect();
+                let Some(found) = side.load_versions(&names).await else {
+                    return Some(Carried::Unplanned(taken));
+                };
+                for stream in missing {
+                    let v = found.get(stream.as_str()).copied().unwrap_or(0);
+                    loaded.insert(stream, v);
+                }
+            }
+            let next_now = options
+                .clock
+                .as_ref()
+                .map_or_else(Timestamp::now, |c| c())
+                .0
+                .max(now);
+            let mut frontier = frontier.clone();
+            let plan = plan_group(
+                taken,
+                (seq, prev),
+                next_now,
+                |s| {
+                    pending
+                        .get(s)
+                        .or_else(|| loaded.get(s))
+                        .or_else(|| versions.get(s))
+                        .copied()
+                        .unwrap_or(0)
+                },
+                &mut frontier,
+            );
+            Some(Carried::Planned(Box::new(Prepared {
+                plan,
+                loaded,
+                frontier,
+            })))
+        };
+        let (written, next) = tokio::join!(write, next);
+        // Kept even when this commit failed: the next lock then shows the head the plan
+        // assumed never came, and the appends are planned again.
+        self.carried = next;
+        if let Err(error) = written {
             return Err(Failed::planned(error, planned));
         }
 
@@ -984,6 +1211,7 @@ impl Writer {
             self.versions.clear();
         }
         self.versions.extend(pending);
+        let cp_size = checkpoint.map(|_| seq);
         if let Some(size) = cp_size {
             self.last_cp_size = size;
             self.last_cp_at = Instant::now();
@@ -993,7 +1221,7 @@ impl Writer {
             .into_iter()
             .map(|(reply, p)| match p {
                 Planned::Rows { recorded, .. } => (reply, Ok(recorded)),
-                Planned::Answered(r) => (reply, r),
+                Planned::Decided(_, r) | Planned::Answered(r) => (reply, r),
             })
             .collect();
         Ok((cp_size, replies))
@@ -1269,138 +1497,9 @@ impl Writer {
                 .await?;
                 out.extend(found);
             }
-            WriterConn::Postgres(c) => {
-                let rows: Vec<(String, i64)> = sqlx::query_as(
-                    "SELECT stream, MAX(version) FROM events WHERE stream = ANY($1) GROUP BY stream",
-                )
-                .bind(streams)
-                .fetch_all(&mut *c)
-                .await?;
-                out.extend(rows.into_iter().map(|(s, v)| (s, v as u64)));
-            }
+            WriterConn::Postgres(c) => out = pg_load_versions(c, streams).await?,
         }
         Ok(out)
-    }
-
-    async fn insert_rows(&mut self, rows: &mut Vec<PlannedRow>) -> Result<()> {
-        if rows.is_empty() {
-            return Ok(());
-        }
-        match &mut self.conn {
-            WriterConn::Sqlite(c) => {
-                let rows = std::mem::take(rows);
-                on_sqlite(c, move |c| {
-                    let mut st = c.prepare_cached(
-                        "INSERT INTO events (seq, id, time, stream, version, kind, body, prev_hash, hash) \
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                    )?;
-                    for r in &rows {
-                        st.execute(rusqlite::params![
-                            r.seq,
-                            r.id.as_bytes().as_slice(),
-                            r.time,
-                            r.stream,
-                            r.version,
-                            r.kind,
-                            r.body,
-                            r.prev_hash.0.as_slice(),
-                            r.hash.0.as_slice(),
-                        ])?;
-                    }
-                    Ok(())
-                })
-                .await?;
-            }
-            WriterConn::Postgres(c) => {
-                // One INSERT over nine arrays. `COPY … FROM STDIN BINARY` through sqlx was tried
-                // and measured (docs/performance.md): no faster with 512 appenders, and with 32
-                // it made each group commit take ~88 ms (refresh rotation fell from 8.5k/s to
-                // 358/s), a stall like Nagle's algorithm meeting delayed ACKs (sqlx 0.9.0 set no
-                // TCP_NODELAY). Tried again with sqlx 0.9.1, which sets it: at 512 appenders no
-                // faster than this INSERT (five pairs, ratios 0.89-1.12).
-                let seqs: Vec<i64> = rows.iter().map(|r| r.seq).collect();
-                let ids: Vec<uuid::Uuid> = rows.iter().map(|r| r.id).collect();
-                let times: Vec<i64> = rows.iter().map(|r| r.time).collect();
-                let streams: Vec<&str> = rows.iter().map(|r| r.stream.as_str()).collect();
-                let versions: Vec<i64> = rows.iter().map(|r| r.version).collect();
-                let kinds: Vec<&str> = rows.iter().map(|r| r.kind).collect();
-                let bodies: Vec<&[u8]> = rows.iter().map(|r| r.body.as_slice()).collect();
-                let prevs: Vec<&[u8]> = rows.iter().map(|r| r.prev_hash.0.as_slice()).collect();
-                let hashes: Vec<&[u8]> = rows.iter().map(|r| r.hash.0.as_slice()).collect();
-                sqlx::query(
-                    "INSERT INTO events (seq, id, time, stream, version, kind, body, prev_hash, hash) \
-                     SELECT s, i, TIMESTAMPTZ 'epoch' + t * INTERVAL '1 microsecond', st, v, k, b, p, h \
-                     FROM UNNEST($1::int8[], $2::uuid[], $3::int8[], $4::text[], $5::int8[], $6::text[], \
-                                 $7::bytea[], $8::bytea[], $9::bytea[]) AS x(s, i, t, st, v, k, b, p, h)",
-                )
-                .bind(seqs)
-                .bind(ids)
-                .bind(times)
-                .bind(streams)
-                .bind(versions)
-                .bind(kinds)
-                .bind(bodies)
-                .bind(prevs)
-                .bind(hashes)
-                .execute(&mut *c)
-                .await?;
-            }
-        }
-        Ok(())
-    }
-
-    async fn insert_checkpoint(&mut self, size: u64, now: i64) -> Result<()> {
-        let root = self.frontier.root();
-        let note = self.signer.sign_checkpoint(self.signer.name(), size, &root);
-        let frontier = self.frontier.to_bytes();
-        match &mut self.conn {
-            WriterConn::Sqlite(c) => {
-                on_sqlite(c, move |c| {
-                    c.execute(
-                        "INSERT INTO checkpoints (time, tree_size, root, note, frontier) VALUES (?1, ?2, ?3, ?4, ?5)",
-                        rusqlite::params![now, size as i64, root.0.as_slice(), note, frontier],
-                    )?;
-                    Ok(())
-                })
-                .await?;
-            }
-            WriterConn::Postgres(c) => {
-                sqlx::query(
-                    "INSERT INTO checkpoints (time, tree_size, root, note, frontier) \
-                     VALUES (TIMESTAMPTZ 'epoch' + $1 * INTERVAL '1 microsecond', $2, $3, $4, $5)",
-                )
-                .bind(now)
-                .bind(size as i64)
-                .bind(root.0.as_slice())
-                .bind(&note)
-                .bind(&frontier)
-                .execute(&mut *c)
-                .await?;
-            }
-        }
-        Ok(())
-    }
-
-    async fn finish(&mut self, head: u64, notify: bool) -> Result<()> {
-        match &mut self.conn {
-            WriterConn::Sqlite(c) => {
-                on_sqlite(c, |c| {
-                    Ok(c.prepare_cached("COMMIT")?.execute([]).map(|_| ())?)
-                })
-                .await?;
-            }
-            WriterConn::Postgres(c) => {
-                if notify {
-                    sqlx::query("SELECT pg_notify($1, $2)")
-                        .bind(PG_CHANNEL)
-                        .bind(head.to_string())
-                        .execute(&mut *c)
-                        .await?;
-                }
-                sqlx::query("COMMIT").execute(&mut *c).await?;
-            }
-        }
-        Ok(())
     }
 
     /// See [`Ledger::probe`]. The row is one an append could write next (seq after the head,
@@ -1481,6 +1580,45 @@ impl Writer {
     }
 }
 
+/// Takes the appends waiting in the queue, up to `max_events` events; a job of another kind
+/// ends the taking and is kept in `stashed`, to end the group these appends make.
+fn take_jobs(
+    rx: &mut mpsc::Receiver<Job>,
+    stashed: &mut Option<Job>,
+    max_events: usize,
+) -> Vec<(Framed, Reply)> {
+    let mut taken = Vec::new();
+    let mut events = 0;
+    while events < max_events {
+        match rx.try_recv() {
+            Ok(Job::Append(a, reply)) => {
+                events += a.events.len();
+                taken.push((a, reply));
+            }
+            Ok(other) => {
+                *stashed = Some(other);
+                break;
+            }
+            Err(_) => break,
+        }
+    }
+    taken
+}
+
+/// The highest version of each of `streams` that has one, in one query.
+async fn pg_load_versions(
+    conn: &mut PgConnection,
+    streams: &[String],
+) -> Result<HashMap<String, u64>> {
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT stream, MAX(version) FROM events WHERE stream = ANY($1) GROUP BY stream",
+    )
+    .bind(streams)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().map(|(s, v)| (s, v as u64)).collect())
+}
+
 /// Sends each appender its answer.
 fn answer(replies: Vec<(Reply, Result<Vec<Recorded>>)>) {
     for (reply, r) in replies {
@@ -1496,10 +1634,4 @@ fn refused_or_unavailable(error: &StoreError) -> StoreError {
     } else {
         StoreError::Unavailable(error.to_string())
     }
-}
-
-fn uuid_v7(micros: i64) -> uuid::Uuid {
-    let secs = micros.div_euclid(1_000_000) as u64;
-    let nanos = (micros.rem_euclid(1_000_000) * 1000) as u32;
-    uuid::Uuid::new_v7(uuid::Timestamp::from_unix(uuid::NoContext, secs, nanos))
 }

@@ -138,3 +138,47 @@ pub fn finding(r: Result<verify::Summary, verify::StartError>) -> verify::Findin
         other => panic!("expected a finding, got {other:?}"),
     }
 }
+
+/// The advisory lock key the writer takes on PostgreSQL ("grantlin").
+pub const PG_APPEND_LOCK: i64 = 0x6772_616e_746c_696e;
+
+/// The writer's append lock, held by another connection until released.
+pub enum Hold {
+    Sqlite(rusqlite::Connection),
+    Postgres(sqlx::PgConnection),
+}
+
+impl Hold {
+    pub async fn release(self) {
+        match self {
+            Hold::Sqlite(c) => c.execute_batch("ROLLBACK").unwrap(),
+            Hold::Postgres(mut c) => {
+                sqlx::query("SELECT pg_advisory_unlock($1)")
+                    .bind(PG_APPEND_LOCK)
+                    .execute(&mut c)
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+}
+
+pub async fn hold_append_lock(db: &TestDb) -> Hold {
+    use sqlx::Connection;
+    match &db.db {
+        Database::Sqlite(path) => {
+            let c = rusqlite::Connection::open(path).unwrap();
+            c.execute_batch("BEGIN IMMEDIATE").unwrap();
+            Hold::Sqlite(c)
+        }
+        Database::Postgres(url) => {
+            let mut c = sqlx::PgConnection::connect(url).await.unwrap();
+            sqlx::query("SELECT pg_advisory_lock($1)")
+                .bind(PG_APPEND_LOCK)
+                .execute(&mut c)
+                .await
+                .unwrap();
+            Hold::Postgres(c)
+        }
+    }
+}

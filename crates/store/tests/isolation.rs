@@ -9,11 +9,7 @@ use common::*;
 use grantline_ledger::merkle::{inclusion_proof, leaf_hash, verify_inclusion};
 use grantline_ledger::samples;
 use grantline_ledger::*;
-use grantline_store::testing::TestDb;
 use grantline_store::{Database, StoreError, backend_tests};
-
-/// The advisory lock key the writer takes on PostgreSQL ("grantlin").
-const PG_APPEND_LOCK: i64 = 0x6772_616e_746c_696e;
 
 backend_tests! {
     async fn the_largest_body_of_every_kind_reads_back_through_every_reader(db: TestDb) {
@@ -188,47 +184,6 @@ backend_tests! {
             .unwrap();
         assert_eq!((r[0].envelope.stream.clone(), r[0].envelope.version), (stream, 2));
         assert!(ledger.healthy());
-    }
-}
-
-/// The writer's append lock, held by another connection until released.
-enum Hold {
-    Sqlite(rusqlite::Connection),
-    Postgres(sqlx::PgConnection),
-}
-
-impl Hold {
-    async fn release(self) {
-        match self {
-            Hold::Sqlite(c) => c.execute_batch("ROLLBACK").unwrap(),
-            Hold::Postgres(mut c) => {
-                sqlx::query("SELECT pg_advisory_unlock($1)")
-                    .bind(PG_APPEND_LOCK)
-                    .execute(&mut c)
-                    .await
-                    .unwrap();
-            }
-        }
-    }
-}
-
-async fn hold_append_lock(db: &TestDb) -> Hold {
-    use sqlx::Connection;
-    match &db.db {
-        Database::Sqlite(path) => {
-            let c = rusqlite::Connection::open(path).unwrap();
-            c.execute_batch("BEGIN IMMEDIATE").unwrap();
-            Hold::Sqlite(c)
-        }
-        Database::Postgres(url) => {
-            let mut c = sqlx::PgConnection::connect(url).await.unwrap();
-            sqlx::query("SELECT pg_advisory_lock($1)")
-                .bind(PG_APPEND_LOCK)
-                .execute(&mut c)
-                .await
-                .unwrap();
-            Hold::Postgres(c)
-        }
     }
 }
 

@@ -1,0 +1,374 @@
+//! PostgreSQL: while one group commit is inserted and committed, the writer takes the next
+//! group from the queue and plans it on the head the current one will leave. A group planned
+//! ahead is committed as planned only if the head under its lock is that head; when the group
+//! before failed, or another process appended in between, it is planned again from what is
+//! in the database — including the expectations it had decided on assumed versions.
+//!
+//! Each scene holds the append lock from another connection so that the groups form as the
+//! test says: the writer blocks on the lock with its first group, the rest queue behind it.
+
+mod common;
+
+use common::*;
+use grantline_ledger::*;
+use grantline_store::testing;
+use grantline_store::{GroupCommit, Ledger, LedgerOptions, StoreError};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::task::JoinHandle;
+
+type Outcome = Result<Vec<Recorded>, StoreError>;
+
+/// Options that record every group commit.
+fn recording() -> (LedgerOptions, Arc<Mutex<Vec<GroupCommit>>>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    let options = LedgerOptions {
+        on_group_commit: Some(Arc::new(move |c: &GroupCommit| {
+            sink.lock().unwrap().push(*c)
+        })),
+        ..quiet()
+    };
+    (options, seen)
+}
+
+/// Sends an append to the writer's queue and lets it get there before the next one.
+async fn send(ledger: &Ledger, append: Append) -> JoinHandle<Outcome> {
+    let ledger = ledger.clone();
+    let task = tokio::spawn(async move { ledger.append(append).await });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    task
+}
+
+fn disabled(id: &str, n: u64) -> NewEvent {
+    NewEvent::new(
+        StreamId::client(id),
+        Actor::System,
+        ClientDisabled {
+            client_id: id.into(),
+            reason: format!("test {n}"),
+        },
+    )
+}
+
+async fn outcome(task: JoinHandle<Outcome>) -> Outcome {
+    tokio::time::timeout(Duration::from_secs(20), task)
+        .await
+        .expect("every append is answered")
+        .unwrap()
+}
+
+fn conflict(outcome: &Outcome) -> (ExpectedVersion, u64) {
+    match outcome {
+        Err(StoreError::Conflict {
+            expected, actual, ..
+        }) => (*expected, *actual),
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+}
+
+fn ok(outcome: Outcome) -> Vec<Recorded> {
+    outcome.unwrap_or_else(|e| panic!("append failed: {e}"))
+}
+
+/// Signs a checkpoint over everything (so the Merkle frontier the writer carried is checked)
+/// and checks the ledger: it verifies, holds `events` events, every stream's versions run
+/// 1, 2, 3, …, and every answer an appender got is the row the database holds.
+async fn check(ledger: &Ledger, events: u64, answers: &[Recorded]) {
+    assert_eq!(ledger.checkpoint().await.unwrap(), Some(events));
+    let summary = verify(ledger.store()).await.unwrap();
+    assert_eq!(summary.events, events);
+    assert!(summary.checkpoints >= 1);
+    let rows = ledger.store().read(0, 10_000).await.unwrap();
+    assert_eq!(rows.len() as u64, events);
+    let mut last: HashMap<StreamId, u64> = HashMap::new();
+    for r in &rows {
+        let v = last.entry(r.envelope.stream.clone()).or_insert(0);
+        assert_eq!(r.envelope.version, *v + 1, "stream {}", r.envelope.stream);
+        *v += 1;
+    }
+    for a in answers {
+        let row = &rows[a.seq() as usize - 1];
+        assert_eq!(
+            (
+                row.envelope.id,
+                row.envelope.version,
+                row.prev_hash,
+                row.hash
+            ),
+            (a.envelope.id, a.envelope.version, a.prev_hash, a.hash),
+            "seq {}",
+            a.seq()
+        );
+    }
+}
+
+/// The next group is planned while the one before commits, on that group's versions (still
+/// uncommitted) and on versions read for it on the side connection, and committed as planned.
+#[tokio::test]
+async fn a_group_planned_while_the_one_before_commits_is_committed_as_planned() {
+    let Some(db) = testing::postgres().await else {
+        return;
+    };
+    // A stream another process wrote: the writer below has never seen its version.
+    let before = open_with(&db, quiet()).await;
+    for n in 1..=3 {
+        append_one(&before, disabled("old", n)).await;
+    }
+    before.shutdown().await;
+
+    let (options, commits) = recording();
+    let ledger = open_with(&db, options).await;
+    let hold = hold_append_lock(&db).await;
+    let a = send(
+        &ledger,
+        Append::new(vec![client_registered("a")])
+            .expect(StreamId::client("a"), ExpectedVersion::NoStream),
+    )
+    .await;
+    // The writer holds group 1 (`a`) and waits for the lock; these queue behind it.
+    let on_a = send(
+        &ledger,
+        Append::new(vec![disabled("a", 1)])
+            .expect(StreamId::client("a"), ExpectedVersion::Exactly(1)),
+    )
+    .await;
+    let a_again = send(
+        &ledger,
+        Append::new(vec![client_registered("a")])
+            .expect(StreamId::client("a"), ExpectedVersion::NoStream),
+    )
+    .await;
+    let on_old = send(
+        &ledger,
+        Append::new(vec![disabled("old", 4)])
+            .expect(StreamId::client("old"), ExpectedVersion::Exactly(3)),
+    )
+    .await;
+    let old_stale = send(
+        &ledger,
+        Append::new(vec![disabled("old", 5)])
+            .expect(StreamId::client("old"), ExpectedVersion::Exactly(3)),
+    )
+    .await;
+    let mut calls = Vec::new();
+    for i in 0..20 {
+        calls.push(send(&ledger, Append::new(vec![tool_call(i)])).await);
+    }
+    hold.release().await;
+
+    let mut answers = ok(outcome(a).await);
+    assert_eq!(answers[0].seq(), 4);
+    let on_a = ok(outcome(on_a).await);
+    assert_eq!(
+        (on_a[0].seq(), on_a[0].envelope.version),
+        (5, 2),
+        "on the version of the group before"
+    );
+    assert_eq!(
+        conflict(&outcome(a_again).await),
+        (ExpectedVersion::NoStream, 2)
+    );
+    let on_old = ok(outcome(on_old).await);
+    assert_eq!(
+        (on_old[0].seq(), on_old[0].envelope.version),
+        (6, 4),
+        "on the version read aside"
+    );
+    assert_eq!(
+        conflict(&outcome(old_stale).await),
+        (ExpectedVersion::Exactly(3), 4)
+    );
+    answers.extend(on_a);
+    answers.extend(on_old);
+    for (i, c) in calls.into_iter().enumerate() {
+        let r = ok(outcome(c).await);
+        assert_eq!(r[0].seq(), 7 + i as u64);
+        answers.extend(r);
+    }
+
+    let seen: Vec<(usize, usize, bool, Option<bool>)> = commits
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|c| (c.appends, c.events, c.ok, c.planned_ahead))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![(1, 1, true, None), (24, 22, true, Some(true))],
+        "group 2 was planned during group 1's commit and committed as planned"
+    );
+    check(&ledger, 26, &answers).await;
+}
+
+/// The group before fails (the database refuses its row): the group planned on top of it is
+/// planned again, and what it had decided on the failed group's versions is decided again.
+#[tokio::test]
+async fn a_group_planned_ahead_of_a_failed_commit_is_planned_again() {
+    let Some(db) = testing::postgres().await else {
+        return;
+    };
+    let (options, commits) = recording();
+    let ledger = open_with(&db, options).await;
+    let first = append_one(&ledger, tool_call(0)).await;
+    exec(
+        ledger.store(),
+        "CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+           IF NEW.stream = 'client:poison' THEN RAISE EXCEPTION 'poisoned row'; END IF; \
+           RETURN NEW; END $$; \
+         CREATE TRIGGER poison BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION poison()",
+    )
+    .await
+    .unwrap();
+    commits.lock().unwrap().clear();
+
+    let hold = hold_append_lock(&db).await;
+    let poison = send(
+        &ledger,
+        Append::new(vec![client_registered("poison")])
+            .expect(StreamId::client("poison"), ExpectedVersion::NoStream),
+    )
+    .await;
+    // Planned ahead on `poison` being written: this one passes on version 1 …
+    let after_poison = send(
+        &ledger,
+        Append::new(vec![tool_call(1)])
+            .expect(StreamId::client("poison"), ExpectedVersion::Exactly(1)),
+    )
+    .await;
+    // … and this one is a conflict on it. Neither holds once `poison` is refused.
+    let before_poison = send(
+        &ledger,
+        Append::new(vec![tool_call(2)])
+            .expect(StreamId::client("poison"), ExpectedVersion::NoStream),
+    )
+    .await;
+    let mut calls = Vec::new();
+    for i in 3..13 {
+        calls.push(send(&ledger, Append::new(vec![tool_call(i)])).await);
+    }
+    hold.release().await;
+
+    match outcome(poison).await {
+        Err(StoreError::Invalid(m)) => assert!(m.contains("poisoned row"), "{m}"),
+        other => panic!("the poisoned append: {other:?}"),
+    }
+    assert_eq!(
+        conflict(&outcome(after_poison).await),
+        (ExpectedVersion::Exactly(1), 0),
+        "decided again on the version in the database"
+    );
+    let mut answers = vec![first];
+    let before_poison = ok(outcome(before_poison).await);
+    assert_eq!(before_poison[0].seq(), 2);
+    answers.extend(before_poison);
+    for (i, c) in calls.into_iter().enumerate() {
+        let r = ok(outcome(c).await);
+        assert_eq!(r[0].seq(), 3 + i as u64);
+        answers.extend(r);
+    }
+    assert!(
+        ledger.healthy(),
+        "a refused row does not fail the ledger closed"
+    );
+    let seen: Vec<(bool, Option<bool>)> = commits
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|c| (c.ok, c.planned_ahead))
+        .collect();
+    assert_eq!(seen, vec![(false, None), (true, Some(false))]);
+    check(&ledger, 12, &answers).await;
+}
+
+/// Another process takes the lock between this writer's two groups: the group planned ahead
+/// would chain to a head that is no longer the head, so it is planned again after the other's
+/// rows.
+#[tokio::test]
+async fn a_group_planned_ahead_is_planned_again_after_another_process_appended() {
+    let Some(db) = testing::postgres().await else {
+        return;
+    };
+    let (options, commits) = recording();
+    let ledger = open_with(&db, options).await;
+    let other = open_with(&db, quiet()).await;
+    let hold = hold_append_lock(&db).await;
+    let a = send(&ledger, Append::new(vec![client_registered("a")])).await;
+    let mut calls = Vec::new();
+    for i in 0..10 {
+        calls.push(send(&ledger, Append::new(vec![disabled("a", i)])).await);
+    }
+    // The other writer queues for the lock after this writer's first group and before its
+    // second, which it plans while the first commits: PostgreSQL grants the lock in order.
+    let b = send(&other, Append::new(vec![disabled("a", 100)])).await;
+    hold.release().await;
+
+    let mut answers = ok(outcome(a).await);
+    let b = ok(outcome(b).await);
+    assert_eq!((b[0].seq(), b[0].envelope.version), (2, 2));
+    answers.extend(b);
+    for (i, c) in calls.into_iter().enumerate() {
+        let r = ok(outcome(c).await);
+        assert_eq!(
+            (r[0].seq(), r[0].envelope.version),
+            (3 + i as u64, 3 + i as u64),
+            "after the other process's event"
+        );
+        answers.extend(r);
+    }
+    let seen: Vec<(bool, Option<bool>)> = commits
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|c| (c.ok, c.planned_ahead))
+        .collect();
+    assert_eq!(seen, vec![(true, None), (true, Some(false))]);
+    check(&ledger, 12, &answers).await;
+}
+
+/// Under steady load, groups are planned ahead and committed as planned, and appends that
+/// share streams still get one version each, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appenders_sharing_streams_under_load_make_one_chain() {
+    let Some(db) = testing::postgres().await else {
+        return;
+    };
+    let (options, commits) = recording();
+    let ledger = open_with(&db, options).await;
+    let mut tasks = Vec::new();
+    for t in 0..64u64 {
+        let ledger = ledger.clone();
+        tasks.push(tokio::spawn(async move {
+            let own = format!("own{t}");
+            let mut answers = Vec::new();
+            for i in 0..40u64 {
+                // Its own stream, expected exactly; and one of four streams all share.
+                let expect = if i == 0 {
+                    ExpectedVersion::NoStream
+                } else {
+                    ExpectedVersion::Exactly(i)
+                };
+                let append = Append::new(vec![
+                    disabled(&own, i),
+                    disabled(&format!("shared{}", i % 4), t),
+                ])
+                .expect(StreamId::client(&own), expect);
+                answers.extend(ledger.append(append).await.unwrap());
+            }
+            answers
+        }));
+    }
+    let mut answers = Vec::new();
+    for t in tasks {
+        answers.extend(t.await.unwrap());
+    }
+    let ahead = commits
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|c| c.planned_ahead == Some(true))
+        .count();
+    assert!(ahead > 0, "no group was planned ahead");
+    check(&ledger, 64 * 40 * 2, &answers).await;
+}
