@@ -302,6 +302,7 @@ impl Ledger {
                         carried: None,
                         stashed: None,
                         planned_ahead: None,
+                        group_size: (0, 0),
                     };
                     writer.run().await;
                 });
@@ -724,6 +725,8 @@ struct Writer {
     stashed: Option<Job>,
     /// For the [`GroupCommit`] being reported: whether its plan was made ahead, and held.
     planned_ahead: Option<bool>,
+    /// For the [`GroupCommit`] being reported: its appends and events.
+    group_size: (usize, usize),
 }
 
 /// The writer's second PostgreSQL connection (see [`Writer::side`]).
@@ -981,12 +984,13 @@ impl Writer {
     ) -> std::result::Result<Option<u64>, Failed> {
         let frontier_before = self.frontier.clone();
         let started = Instant::now();
-        let (appends, events) = batch.size();
+        self.group_size = batch.size();
         self.planned_ahead = None;
         let outcome = self
             .commit_inner(batch, force_checkpoint, scheduled, ahead)
             .await;
         if let Some(hook) = &self.options.on_group_commit {
+            let (appends, events) = self.group_size;
             hook(&GroupCommit {
                 appends,
                 events,
@@ -1057,6 +1061,57 @@ impl Writer {
                 } = *p;
                 self.versions.extend(loaded);
                 self.frontier = frontier;
+                let mut plan = plan;
+                // Appends that came while it was planned join it, planned now on its end: the
+                // group is what was waiting at the lock, as a group planned under it would be.
+                let room = self
+                    .options
+                    .max_batch_events
+                    .saturating_sub(plan.rows.len());
+                let more = if ahead && room > 0 {
+                    take_jobs(&mut self.rx, &mut self.stashed, room)
+                } else {
+                    Vec::new()
+                };
+                if !more.is_empty() {
+                    self.group_size.0 += more.len();
+                    self.group_size.1 += more.iter().map(|(a, _)| a.events.len()).sum::<usize>();
+                    let missing = unknown_streams(&more, |s| {
+                        plan.pending.contains_key(s) || self.versions.contains_key(s)
+                    });
+                    if !missing.is_empty() {
+                        let names: Vec<String> =
+                            missing.iter().map(|s| s.as_str().to_string()).collect();
+                        match self.load_versions(&names).await {
+                            Ok(found) => {
+                                for stream in missing {
+                                    let v = found.get(stream.as_str()).copied().unwrap_or(0);
+                                    self.versions.insert(stream, v);
+                                }
+                            }
+                            Err(error) => {
+                                let mut failed = Failed::planned(error, plan.planned);
+                                failed.jobs.extend(more);
+                                return Err(failed);
+                            }
+                        }
+                    }
+                    let (pending, versions) = (&plan.pending, &self.versions);
+                    let extra = plan_group(
+                        more,
+                        plan.end,
+                        plan.now,
+                        |s| {
+                            pending
+                                .get(s)
+                                .or_else(|| versions.get(s))
+                                .copied()
+                                .unwrap_or(0)
+                        },
+                        &mut self.frontier,
+                    );
+                    plan.extend(extra);
+                }
                 plan
             }
             batch => {

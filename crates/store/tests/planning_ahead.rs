@@ -196,10 +196,65 @@ async fn a_group_planned_while_the_one_before_commits_is_committed_as_planned() 
         .collect();
     assert_eq!(
         seen,
-        vec![(1, 1, true, None), (24, 22, true, Some(true))],
+        vec![(1, 1, true, None), (24, 24, true, Some(true))],
         "group 2 was planned during group 1's commit and committed as planned"
     );
     check(&ledger, 26, &answers).await;
+}
+
+/// Appends that arrive while the next group is planned (the current one still committing)
+/// join that group under its lock, planned on its end: groups stay as large as the queue.
+#[tokio::test]
+async fn appends_that_came_while_a_group_was_planned_ahead_join_it() {
+    let Some(db) = testing::postgres().await else {
+        return;
+    };
+    let (options, commits) = recording();
+    let ledger = open_with(&db, options).await;
+    // Group 1's insert takes 600 ms: time for more appends to come after group 2 was planned.
+    exec(
+        ledger.store(),
+        "CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+           IF NEW.stream = 'client:slow' THEN PERFORM pg_sleep(0.6); END IF; \
+           RETURN NEW; END $$; \
+         CREATE TRIGGER slow BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION slow()",
+    )
+    .await
+    .unwrap();
+    let hold = hold_append_lock(&db).await;
+    let slow = send(&ledger, Append::new(vec![client_registered("slow")])).await;
+    let mut planned = Vec::new();
+    for i in 0..5 {
+        planned.push(send(&ledger, Append::new(vec![disabled("fast", i)])).await);
+    }
+    hold.release().await;
+    // Group 1 is inserting; group 2 (the five above) is planned. These come now.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut late = Vec::new();
+    for i in 5..8 {
+        late.push(send(&ledger, Append::new(vec![disabled("fast", i)])).await);
+    }
+    let mut answers = ok(outcome(slow).await);
+    for (i, task) in planned.into_iter().chain(late).enumerate() {
+        let r = ok(outcome(task).await);
+        assert_eq!(
+            (r[0].seq(), r[0].envelope.version),
+            (2 + i as u64, 1 + i as u64)
+        );
+        answers.extend(r);
+    }
+    let seen: Vec<(usize, usize, bool, Option<bool>)> = commits
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|c| (c.appends, c.events, c.ok, c.planned_ahead))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![(1, 1, true, None), (8, 8, true, Some(true))],
+        "the three late appends joined the five planned ahead"
+    );
+    check(&ledger, 9, &answers).await;
 }
 
 /// The group before fails (the database refuses its row): the group planned on top of it is

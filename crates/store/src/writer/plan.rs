@@ -79,7 +79,14 @@ impl Batch {
     pub(super) fn size(&self) -> (usize, usize) {
         match self {
             Batch::Jobs(jobs) => (jobs.len(), jobs.iter().map(|(a, _)| a.events.len()).sum()),
-            Batch::Prepared(p) => (p.plan.planned.len(), p.plan.rows.len()),
+            Batch::Prepared(p) => {
+                let events = p.plan.planned.iter().map(|(_, planned)| match planned {
+                    Planned::Rows { recorded, .. } => recorded.len(),
+                    Planned::Decided(framed, _) => framed.events.len(),
+                    Planned::Answered(_) => 0,
+                });
+                (p.plan.planned.len(), events.sum())
+            }
         }
     }
 
@@ -139,6 +146,17 @@ pub(super) struct Plan {
     pub(super) planned: Vec<(Reply, Planned)>,
     /// The version each stream the group writes ends at.
     pub(super) pending: HashMap<StreamId, u64>,
+}
+
+impl Plan {
+    /// Appends a plan made on this one's end: one group.
+    pub(super) fn extend(&mut self, next: Plan) {
+        debug_assert_eq!(next.base, self.end);
+        self.end = next.end;
+        self.rows.extend(next.rows);
+        self.planned.extend(next.planned);
+        self.pending.extend(next.pending);
+    }
 }
 
 /// Plans a group on top of `base`: checks each append's expectations against `version_of`
