@@ -21,9 +21,7 @@ use grantline_ledger::merkle::Frontier;
 use grantline_ledger::{
     Append, ExpectedVersion, GENESIS, Hash, NewEvent, NoteSigner, Recorded, StreamId, Timestamp,
 };
-use plan::{
-    Batch, Carried, Plan, Planned, PlannedRow, Prepared, plan_group, unknown_streams, unplan,
-};
+use plan::{Batch, Plan, Planned, PlannedRow, Prepared, plan_group, unknown_streams, unplan};
 use sqlx::postgres::PgConnection;
 use sqlx::{Connection, Row};
 use std::collections::HashMap;
@@ -302,7 +300,6 @@ impl Ledger {
                         carried: None,
                         stashed: None,
                         planned_ahead: None,
-                        group_size: (0, 0),
                     };
                     writer.run().await;
                 });
@@ -719,14 +716,12 @@ struct Writer {
     /// while the writer's own connection inserts and commits the current group (see
     /// [`Prepared`]). `None` on SQLite, and while it is broken.
     side: SideConn,
-    /// The next group's appends, taken from the queue during the last commit.
-    carried: Option<Carried>,
+    /// The next group's appends, taken from the queue (and planned) during the last commit.
+    carried: Option<Box<Prepared>>,
     /// A job other than an append met while taking them: it ends the next group.
     stashed: Option<Job>,
     /// For the [`GroupCommit`] being reported: whether its plan was made ahead, and held.
     planned_ahead: Option<bool>,
-    /// For the [`GroupCommit`] being reported: its appends and events.
-    group_size: (usize, usize),
 }
 
 /// The writer's second PostgreSQL connection (see [`Writer::side`]).
@@ -791,65 +786,55 @@ impl Writer {
         loop {
             let deadline = self.last_cp_at + self.options.checkpoint_interval;
             let mut control = Vec::new();
-            let batch = match self.carried.take() {
-                Some(Carried::Planned(prepared)) => {
-                    control.extend(self.stashed.take());
-                    Batch::Prepared(prepared)
-                }
-                carried => {
-                    let mut appends = match carried {
-                        Some(Carried::Unplanned(jobs)) => jobs,
-                        _ => Vec::new(),
+            let batch = if let Some(prepared) = self.carried.take() {
+                control.extend(self.stashed.take());
+                Batch::Prepared(prepared)
+            } else {
+                let mut next = self.stashed.take();
+                if next.is_none() {
+                    let woke = tokio::select! {
+                        job = self.rx.recv() => Woke::Job(job),
+                        _ = tokio::time::sleep_until(deadline) => Woke::Deadline,
                     };
-                    let mut next = self.stashed.take();
-                    if next.is_none() && appends.is_empty() {
-                        let woke = tokio::select! {
-                            job = self.rx.recv() => Woke::Job(job),
-                            _ = tokio::time::sleep_until(deadline) => Woke::Deadline,
-                        };
-                        match woke {
-                            Woke::Deadline => {
-                                if let Err(e) = self
-                                    .commit(Batch::Jobs(Vec::new()), false, true, false)
-                                    .await
-                                {
-                                    tracing::warn!(error = %e, "scheduled checkpoint failed");
-                                }
-                                self.last_cp_at = Instant::now();
-                                continue;
+                    match woke {
+                        Woke::Deadline => {
+                            if let Err(e) = self
+                                .commit(Batch::Jobs(Vec::new()), false, true, false)
+                                .await
+                            {
+                                tracing::warn!(error = %e, "scheduled checkpoint failed");
                             }
-                            Woke::Job(None) => {
-                                let _ = self
-                                    .commit(Batch::Jobs(Vec::new()), true, false, false)
-                                    .await;
-                                return;
-                            }
-                            Woke::Job(Some(job)) => next = Some(job),
+                            self.last_cp_at = Instant::now();
+                            continue;
                         }
+                        Woke::Job(None) => {
+                            let _ = self
+                                .commit(Batch::Jobs(Vec::new()), true, false, false)
+                                .await;
+                            return;
+                        }
+                        Woke::Job(Some(job)) => next = Some(job),
                     }
-                    if appends.is_empty()
-                        && let Some(Job::Probe(_)) = &next
-                    {
-                        if let Some(Job::Probe(reply)) = next {
-                            let _ = reply.send(self.probe().await);
-                        }
-                        continue;
-                    }
-                    let mut n_events: usize = appends.iter().map(|(a, _)| a.events.len()).sum();
-                    while let Some(job) = next.take() {
-                        match job {
-                            Job::Append(a, reply) => {
-                                n_events += a.events.len();
-                                appends.push((a, reply));
-                            }
-                            other => control.push(other),
-                        }
-                        if n_events < self.options.max_batch_events && control.is_empty() {
-                            next = self.rx.try_recv().ok();
-                        }
-                    }
-                    Batch::Jobs(appends)
                 }
+                if let Some(Job::Probe(reply)) = next {
+                    let _ = reply.send(self.probe().await);
+                    continue;
+                }
+                let mut appends = Vec::new();
+                let mut n_events = 0usize;
+                while let Some(job) = next.take() {
+                    match job {
+                        Job::Append(a, reply) => {
+                            n_events += a.events.len();
+                            appends.push((a, reply));
+                        }
+                        other => control.push(other),
+                    }
+                    if n_events < self.options.max_batch_events && control.is_empty() {
+                        next = self.rx.try_recv().ok();
+                    }
+                }
+                Batch::Jobs(appends)
             };
             let force = control.iter().any(|j| !matches!(j, Job::Probe(_)));
             // Under constant load the queue is never empty, so the interval is checked here
@@ -873,12 +858,10 @@ impl Writer {
                     }
                     Job::Shutdown(reply) => {
                         // Appends taken for a next group are answered before the writer goes.
-                        if let Some(carried) = self.carried.take() {
-                            let batch = match carried {
-                                Carried::Planned(p) => Batch::Prepared(p),
-                                Carried::Unplanned(jobs) => Batch::Jobs(jobs),
-                            };
-                            let _ = self.commit(batch, true, false, false).await;
+                        if let Some(prepared) = self.carried.take() {
+                            let _ = self
+                                .commit(Batch::Prepared(prepared), true, false, false)
+                                .await;
                         }
                         let _ = reply.send(());
                         return;
@@ -984,13 +967,12 @@ impl Writer {
     ) -> std::result::Result<Option<u64>, Failed> {
         let frontier_before = self.frontier.clone();
         let started = Instant::now();
-        self.group_size = batch.size();
+        let (appends, events) = batch.size();
         self.planned_ahead = None;
         let outcome = self
             .commit_inner(batch, force_checkpoint, scheduled, ahead)
             .await;
         if let Some(hook) = &self.options.on_group_commit {
-            let (appends, events) = self.group_size;
             hook(&GroupCommit {
                 appends,
                 events,
@@ -1058,24 +1040,13 @@ impl Writer {
                     plan,
                     loaded,
                     frontier,
+                    more,
                 } = *p;
                 self.versions.extend(loaded);
                 self.frontier = frontier;
                 let mut plan = plan;
-                // Appends that came while it was planned join it, planned now on its end: the
-                // group is what was waiting at the lock, as a group planned under it would be.
-                let room = self
-                    .options
-                    .max_batch_events
-                    .saturating_sub(plan.rows.len());
-                let more = if ahead && room > 0 {
-                    take_jobs(&mut self.rx, &mut self.stashed, room)
-                } else {
-                    Vec::new()
-                };
+                // Appends taken while the side connection failed: planned now, on its end.
                 if !more.is_empty() {
-                    self.group_size.0 += more.len();
-                    self.group_size.1 += more.iter().map(|(a, _)| a.events.len()).sum::<usize>();
                     let missing = unknown_streams(&more, |s| {
                         plan.pending.contains_key(s) || self.versions.contains_key(s)
                     });
@@ -1192,8 +1163,6 @@ impl Writer {
             && self.carried.is_none()
             && self.stashed.is_none();
         let conn = &mut self.conn;
-        let (rx, stashed, side) = (&mut self.rx, &mut self.stashed, &mut self.side);
-        let (versions, frontier, options) = (&self.versions, &self.frontier, &self.options);
         let write = async {
             conn.insert_rows(&mut rows).await?;
             if let Some((root, note, frontier)) = &checkpoint {
@@ -1202,59 +1171,25 @@ impl Writer {
             }
             conn.finish(seq, wrote_rows).await
         };
-        let next = async {
-            if !ahead {
-                return None;
-            }
-            let taken = take_jobs(rx, stashed, options.max_batch_events);
-            if taken.is_empty() {
-                return None;
-            }
-            let missing = unknown_streams(&taken, |s| {
-                pending.contains_key(s) || versions.contains_key(s)
-            });
-            let mut loaded = HashMap::new();
-            if !missing.is_empty() {
-                let names: Vec<String> = missing.iter().map(|s| s.as_str().to_string()).collect();
-                let Some(found) = side.load_versions(&names).await else {
-                    return Some(Carried::Unplanned(taken));
-                };
-                for stream in missing {
-                    let v = found.get(stream.as_str()).copied().unwrap_or(0);
-                    loaded.insert(stream, v);
-                }
-            }
-            let next_now = options
-                .clock
-                .as_ref()
-                .map_or_else(Timestamp::now, |c| c())
-                .0
-                .max(now);
-            let mut frontier = frontier.clone();
-            let plan = plan_group(
-                taken,
-                (seq, prev),
-                next_now,
-                |s| {
-                    pending
-                        .get(s)
-                        .or_else(|| loaded.get(s))
-                        .or_else(|| versions.get(s))
-                        .copied()
-                        .unwrap_or(0)
-                },
-                &mut frontier,
-            );
-            Some(Carried::Planned(Box::new(Prepared {
-                plan,
-                loaded,
-                frontier,
-            })))
-        };
-        let (written, next) = tokio::join!(write, next);
+        let ahead = ahead.then_some(Ahead {
+            rx: &mut self.rx,
+            stashed: &mut self.stashed,
+            side: &mut self.side,
+            versions: &self.versions,
+            pending: &pending,
+            frontier: &self.frontier,
+            options: &self.options,
+            base: (seq, prev),
+            now,
+        });
+        let (written, next) = write_and_plan_ahead(write, ahead).await;
         // Kept even when this commit failed: the next lock then shows the head the plan
-        // assumed never came, and the appends are planned again.
-        self.carried = next;
+        // assumed never came, and the appends are planned again. (A commit that planned
+        // nothing ahead leaves what an earlier one carried: the appends of a refused group,
+        // committed one by one, come before the group planned on top of it.)
+        if next.is_some() {
+            self.carried = next;
+        }
         if let Err(error) = written {
             return Err(Failed::planned(error, planned));
         }
@@ -1631,6 +1566,125 @@ impl Writer {
         };
         if let Err(e) = r {
             tracing::debug!(error = %e, "rollback after a failed commit");
+        }
+    }
+}
+
+/// What the writer plans the next group with while the current one is written (PostgreSQL).
+struct Ahead<'a> {
+    rx: &'a mut mpsc::Receiver<Job>,
+    stashed: &'a mut Option<Job>,
+    side: &'a mut SideConn,
+    /// The versions the writer knows, and those the group being written leaves.
+    versions: &'a HashMap<StreamId, u64>,
+    pending: &'a HashMap<StreamId, u64>,
+    /// The Merkle frontier after the group being written.
+    frontier: &'a Frontier,
+    options: &'a LedgerOptions,
+    /// The head the group being written leaves, and its time.
+    base: (u64, Hash),
+    now: i64,
+}
+
+impl Ahead<'_> {
+    /// Plans `taken` on what `next` holds, reading the versions no cache knows on the side
+    /// connection; when it cannot, they (and all taken after them) wait to be planned under
+    /// the lock.
+    async fn plan(&mut self, next: &mut Option<Box<Prepared>>, taken: Vec<(Framed, Reply)>) {
+        let (base, now) = (self.base, self.now);
+        let p = next.get_or_insert_with(|| {
+            let now = self
+                .options
+                .clock
+                .as_ref()
+                .map_or_else(Timestamp::now, |c| c())
+                .0
+                .max(now);
+            Box::new(Prepared::empty(base, now, self.frontier.clone()))
+        });
+        let p = &mut **p;
+        if !p.more.is_empty() {
+            p.more.extend(taken);
+            return;
+        }
+        let (pending, versions) = (self.pending, self.versions);
+        let missing = unknown_streams(&taken, |s| {
+            p.plan.pending.contains_key(s)
+                || pending.contains_key(s)
+                || p.loaded.contains_key(s)
+                || versions.contains_key(s)
+        });
+        if !missing.is_empty() {
+            let names: Vec<String> = missing.iter().map(|s| s.as_str().to_string()).collect();
+            let Some(found) = self.side.load_versions(&names).await else {
+                p.more.extend(taken);
+                return;
+            };
+            for stream in missing {
+                let v = found.get(stream.as_str()).copied().unwrap_or(0);
+                p.loaded.insert(stream, v);
+            }
+        }
+        let (planned_so_far, loaded) = (&p.plan.pending, &p.loaded);
+        let chunk = plan_group(
+            taken,
+            p.plan.end,
+            p.plan.now,
+            |s| {
+                planned_so_far
+                    .get(s)
+                    .or_else(|| pending.get(s))
+                    .or_else(|| loaded.get(s))
+                    .or_else(|| versions.get(s))
+                    .copied()
+                    .unwrap_or(0)
+            },
+            &mut p.frontier,
+        );
+        p.plan.extend(chunk);
+    }
+}
+
+/// Runs `write` and, with `ahead`, meanwhile takes the appends that come and plans them as
+/// the next group, chunk by chunk, until the write is done, a job of another kind comes or
+/// the group is full. The next group is thus what came during this one's write, as it would
+/// be without planning ahead; only its planning is done while the server works.
+async fn write_and_plan_ahead(
+    write: impl std::future::Future<Output = Result<()>>,
+    ahead: Option<Ahead<'_>>,
+) -> (Result<()>, Option<Box<Prepared>>) {
+    let Some(mut ahead) = ahead else {
+        return (write.await, None);
+    };
+    tokio::pin!(write);
+    let mut next = None;
+    let mut events = 0usize;
+    let mut open = true;
+    loop {
+        tokio::select! {
+            biased;
+            written = &mut write => return (written, next),
+            job = ahead.rx.recv(), if open => {
+                let mut taken = Vec::new();
+                match job {
+                    Some(Job::Append(a, reply)) => {
+                        events += a.events.len();
+                        taken.push((a, reply));
+                        let room = ahead.options.max_batch_events.saturating_sub(events);
+                        let more = take_jobs(ahead.rx, ahead.stashed, room);
+                        events += more.iter().map(|(a, _)| a.events.len()).sum::<usize>();
+                        taken.extend(more);
+                    }
+                    Some(other) => *ahead.stashed = Some(other),
+                    None => open = false,
+                }
+                if ahead.stashed.is_some() || events >= ahead.options.max_batch_events {
+                    open = false;
+                }
+                if !taken.is_empty() {
+                    ahead.plan(&mut next, taken).await;
+                }
+            }
         }
     }
 }

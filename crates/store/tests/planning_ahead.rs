@@ -337,6 +337,72 @@ async fn a_group_planned_ahead_of_a_failed_commit_is_planned_again() {
     check(&ledger, 12, &answers).await;
 }
 
+/// A group planned ahead is refused as a whole because one of its rows is: its appends are
+/// committed one by one, and the group planned meanwhile on top of it — taken from the queue,
+/// so only the writer holds it — is still committed after them, planned again.
+#[tokio::test]
+async fn the_group_after_a_refused_group_is_kept_while_its_appends_are_committed_one_by_one() {
+    let Some(db) = testing::postgres().await else {
+        return;
+    };
+    let (options, commits) = recording();
+    let ledger = open_with(&db, options).await;
+    // The refused row takes 400 ms first: time for more appends to come during its group.
+    exec(
+        ledger.store(),
+        "CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+           IF NEW.stream = 'client:poison' THEN PERFORM pg_sleep(0.4); RAISE EXCEPTION 'poisoned row'; END IF; \
+           RETURN NEW; END $$; \
+         CREATE TRIGGER poison BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION poison()",
+    )
+    .await
+    .unwrap();
+    let hold = hold_append_lock(&db).await;
+    let first = send(&ledger, Append::new(vec![tool_call(0)])).await;
+    let poison = send(&ledger, Append::new(vec![client_registered("poison")])).await;
+    let mut good = Vec::new();
+    for i in 1..4 {
+        good.push(send(&ledger, Append::new(vec![tool_call(i)])).await);
+    }
+    hold.release().await;
+    // Group 1 committed; group 2 (poison and three good ones) is being inserted.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut late = Vec::new();
+    for i in 4..7 {
+        late.push(send(&ledger, Append::new(vec![tool_call(i)])).await);
+    }
+
+    let mut answers = ok(outcome(first).await);
+    match outcome(poison).await {
+        Err(StoreError::Invalid(m)) => assert!(m.contains("poisoned row"), "{m}"),
+        other => panic!("the poisoned append: {other:?}"),
+    }
+    for (i, task) in good.into_iter().chain(late).enumerate() {
+        let r = ok(outcome(task).await);
+        assert_eq!(r[0].seq(), 2 + i as u64);
+        answers.extend(r);
+    }
+    let seen: Vec<(usize, bool, Option<bool>)> = commits
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|c| (c.appends, c.ok, c.planned_ahead))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            (1, true, None),
+            (4, false, Some(true)),
+            (1, false, None),
+            (1, true, None),
+            (1, true, None),
+            (1, true, None),
+            (3, true, Some(false)),
+        ]
+    );
+    check(&ledger, 7, &answers).await;
+}
+
 /// Another process takes the lock between this writer's two groups: the group planned ahead
 /// would chain to a head that is no longer the head, so it is planned again after the other's
 /// rows.

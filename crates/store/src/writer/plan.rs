@@ -85,7 +85,11 @@ impl Batch {
                     Planned::Decided(framed, _) => framed.events.len(),
                     Planned::Answered(_) => 0,
                 });
-                (p.plan.planned.len(), events.sum())
+                let more = p.more.iter().map(|(a, _)| a.events.len());
+                (
+                    p.plan.planned.len() + p.more.len(),
+                    events.sum::<usize>() + more.sum::<usize>(),
+                )
             }
         }
     }
@@ -95,7 +99,12 @@ impl Batch {
     pub(super) fn into_jobs(self) -> (Vec<(Framed, Reply)>, Vec<(Reply, Result<Vec<Recorded>>)>) {
         match self {
             Batch::Jobs(jobs) => (jobs, Vec::new()),
-            Batch::Prepared(p) => unplan(p.plan.planned, true),
+            Batch::Prepared(p) => {
+                let Prepared { plan, more, .. } = *p;
+                let (mut jobs, answered) = unplan(plan.planned, true);
+                jobs.extend(more);
+                (jobs, answered)
+            }
         }
     }
 }
@@ -111,13 +120,27 @@ pub(super) struct Prepared {
     pub(super) loaded: HashMap<StreamId, u64>,
     /// The Merkle frontier after the plan's rows.
     pub(super) frontier: Frontier,
+    /// Appends taken after the side connection failed them: planned under the lock.
+    pub(super) more: Vec<(Framed, Reply)>,
 }
 
-/// Appends taken from the queue while a group committed (PostgreSQL), for the next group.
-pub(super) enum Carried {
-    Planned(Box<Prepared>),
-    /// Taken, but not planned: the side connection could not read their streams' versions.
-    Unplanned(Vec<(Framed, Reply)>),
+impl Prepared {
+    /// Nothing planned yet on `base`, whose Merkle frontier is `frontier`.
+    pub(super) fn empty(base: (u64, Hash), now: i64, frontier: Frontier) -> Prepared {
+        Prepared {
+            plan: Plan {
+                base,
+                end: base,
+                now,
+                rows: Vec::new(),
+                planned: Vec::new(),
+                pending: HashMap::new(),
+            },
+            loaded: HashMap::new(),
+            frontier,
+            more: Vec::new(),
+        }
+    }
 }
 
 /// One row of the `events` table, as a plan writes it.
