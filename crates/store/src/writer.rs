@@ -168,9 +168,11 @@ impl Failed {
         }
     }
 
-    /// After planning: appends with rows go back to what their callers sent.
+    /// After planning: appends with rows go back to what their callers sent, and so do
+    /// those decided on the versions the group assumed (its own appends may have decided them,
+    /// and they were not written).
     fn planned(error: StoreError, planned: Vec<(Reply, Planned)>) -> Failed {
-        let (jobs, answered) = unplan(planned, false);
+        let (jobs, answered) = unplan(planned, true);
         Failed {
             error,
             jobs,
@@ -300,6 +302,7 @@ impl Ledger {
                         carried: None,
                         stashed: None,
                         planned_ahead: None,
+                        taken_late: (0, 0),
                     };
                     writer.run().await;
                 });
@@ -722,6 +725,9 @@ struct Writer {
     stashed: Option<Job>,
     /// For the [`GroupCommit`] being reported: whether its plan was made ahead, and held.
     planned_ahead: Option<bool>,
+    /// For the [`GroupCommit`] being reported: appends and events that joined a group planned
+    /// ahead under its lock.
+    taken_late: (usize, usize),
 }
 
 /// The writer's second PostgreSQL connection (see [`Writer::side`]).
@@ -734,38 +740,52 @@ struct SideConn {
     retry_at: Instant,
 }
 
-/// How long the side connection may take to connect or to answer, while the current group's
-/// commit waits for the next group's planning.
-const SIDE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long the side connection may take to connect (before a group takes the append lock).
+const SIDE_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a read on it may take: the current group's commit waits for the planning it feeds.
+const SIDE_QUERY_TIMEOUT: Duration = Duration::from_millis(200);
 /// How long after a failure the side connection is tried again.
 const SIDE_RETRY_AFTER: Duration = Duration::from_secs(30);
 
 impl SideConn {
-    /// The stream versions of `streams` as committed, on the side connection (connecting it
-    /// first when it is time to try again). `None` when it cannot; the connection is then
-    /// dropped, since a query cut short leaves it in no known state.
-    async fn load_versions(&mut self, streams: &[String]) -> Option<HashMap<String, u64>> {
-        if self.conn.is_none() {
-            let options = self.options.as_ref()?;
-            if Instant::now() < self.retry_at {
-                return None;
-            }
-            self.retry_at = Instant::now() + SIDE_RETRY_AFTER;
-            match tokio::time::timeout(SIDE_TIMEOUT, PgConnection::connect_with(options)).await {
-                Ok(Ok(c)) => self.conn = Some(c),
-                Ok(Err(e)) => {
-                    tracing::debug!(error = %e, "the ledger writer's side connection failed to connect");
-                    return None;
-                }
-                Err(_) => return None,
-            }
+    /// Connects the side connection if it is not and it is time to try again. Called before
+    /// a group takes the append lock, so a slow connect never holds the lock.
+    async fn ensure(&mut self) {
+        let Some(options) = self.options.as_ref() else {
+            return;
+        };
+        if self.conn.is_some() || Instant::now() < self.retry_at {
+            return;
         }
+        self.retry_at = Instant::now() + SIDE_RETRY_AFTER;
+        let options = options.clone().application_name("grantline-ledger-side");
+        match tokio::time::timeout(SIDE_CONNECT_TIMEOUT, PgConnection::connect_with(&options)).await
+        {
+            Ok(Ok(c)) => self.conn = Some(c),
+            Ok(Err(e)) => tracing::warn!(error = %e,
+                "the ledger writer's side connection failed to connect; appends are planned under the lock"),
+            Err(_) => tracing::warn!(
+                "the ledger writer's side connection did not connect within {} s; appends are planned under the lock",
+                SIDE_CONNECT_TIMEOUT.as_secs()
+            ),
+        }
+    }
+
+    /// The stream versions of `streams` as committed, read on the side connection. `None`
+    /// when it is not connected or the read fails or times out; the connection is then
+    /// dropped (a read cut short leaves it in no known state) and tried again later.
+    async fn load_versions(&mut self, streams: &[String]) -> Option<HashMap<String, u64>> {
         let conn = self.conn.as_mut()?;
-        match tokio::time::timeout(SIDE_TIMEOUT, pg_load_versions(conn, streams)).await {
+        match tokio::time::timeout(SIDE_QUERY_TIMEOUT, pg_load_versions(conn, streams)).await {
             Ok(Ok(found)) => Some(found),
             outcome => {
-                if let Ok(Err(e)) = outcome {
-                    tracing::debug!(error = %e, "the ledger writer's side connection failed");
+                match outcome {
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "the ledger writer's side connection failed")
+                    }
+                    _ => {
+                        tracing::warn!("the ledger writer's side connection did not answer in time")
+                    }
                 }
                 self.conn = None;
                 self.retry_at = Instant::now() + SIDE_RETRY_AFTER;
@@ -840,8 +860,9 @@ impl Writer {
             // Under constant load the queue is never empty, so the interval is checked here
             // too: a checkpoint at least every `checkpoint_interval` while events come.
             let scheduled = Instant::now() >= deadline;
-            // Nothing is taken ahead of a shutdown: what comes after it is not committed.
-            let ahead = !control.iter().any(|j| matches!(j, Job::Shutdown(_)));
+            // Nothing is taken past a job that ends this group: after a shutdown nothing is
+            // committed, and a checkpoint or probe answers for what came before it.
+            let ahead = control.is_empty();
             tracing::trace!(size = ?batch.size(), "group commit");
             let outcome = self.commit(batch, force, scheduled, ahead).await;
             if scheduled {
@@ -888,6 +909,9 @@ impl Writer {
         scheduled: bool,
         ahead: bool,
     ) -> Result<Option<u64>> {
+        if ahead {
+            self.side.ensure().await;
+        }
         let failed = match self
             .try_commit(batch, force_checkpoint, scheduled, ahead)
             .await
@@ -969,13 +993,14 @@ impl Writer {
         let started = Instant::now();
         let (appends, events) = batch.size();
         self.planned_ahead = None;
+        self.taken_late = (0, 0);
         let outcome = self
             .commit_inner(batch, force_checkpoint, scheduled, ahead)
             .await;
         if let Some(hook) = &self.options.on_group_commit {
             hook(&GroupCommit {
-                appends,
-                events,
+                appends: appends + self.taken_late.0,
+                events: events + self.taken_late.1,
                 duration: started.elapsed(),
                 ok: outcome.is_ok(),
                 planned_ahead: self.planned_ahead,
@@ -1045,7 +1070,19 @@ impl Writer {
                 self.versions.extend(loaded);
                 self.frontier = frontier;
                 let mut plan = plan;
-                // Appends taken while the side connection failed: planned now, on its end.
+                // Planned now, on its end: appends taken while the side connection failed, and
+                // those that came after the last step of the commit before (a group is what
+                // was waiting at its lock, as a group planned under the lock would be).
+                let mut more = more;
+                if ahead && self.stashed.is_none() {
+                    let room = self
+                        .options
+                        .max_batch_events
+                        .saturating_sub(plan.rows.len() + more.len());
+                    let late = take_jobs(&mut self.rx, &mut self.stashed, room);
+                    self.taken_late = (late.len(), late.iter().map(|(a, _)| a.events.len()).sum());
+                    more.extend(late);
+                }
                 if !more.is_empty() {
                     let missing = unknown_streams(&more, |s| {
                         plan.pending.contains_key(s) || self.versions.contains_key(s)
@@ -1159,19 +1196,10 @@ impl Writer {
         let ahead = ahead
             && wrote_rows
             && matches!(self.conn, WriterConn::Postgres(_))
-            && self.side.options.is_some()
+            && self.side.conn.is_some()
             && self.carried.is_none()
             && self.stashed.is_none();
-        let conn = &mut self.conn;
-        let write = async {
-            conn.insert_rows(&mut rows).await?;
-            if let Some((root, note, frontier)) = &checkpoint {
-                conn.insert_checkpoint(seq, now, root, note, frontier)
-                    .await?;
-            }
-            conn.finish(seq, wrote_rows).await
-        };
-        let ahead = ahead.then_some(Ahead {
+        let mut ahead = ahead.then_some(Ahead {
             rx: &mut self.rx,
             stashed: &mut self.stashed,
             side: &mut self.side,
@@ -1182,11 +1210,26 @@ impl Writer {
             base: (seq, prev),
             now,
         });
-        let (written, next) = write_and_plan_ahead(write, ahead).await;
-        // Kept even when this commit failed: the next lock then shows the head the plan
-        // assumed never came, and the appends are planned again. (A commit that planned
-        // nothing ahead leaves what an earlier one carried: the appends of a refused group,
-        // committed one by one, come before the group planned on top of it.)
+        let mut next = None;
+        let conn = &mut self.conn;
+        let write = async {
+            conn.insert_rows(&mut rows).await?;
+            if let Some((root, note, frontier)) = &checkpoint {
+                conn.insert_checkpoint(seq, now, root, note, frontier)
+                    .await?;
+            }
+            Ok(())
+        };
+        let mut written = plan_ahead_during(write, ahead.as_mut(), &mut next).await;
+        if written.is_ok() {
+            let finish = conn.finish(seq, wrote_rows);
+            written = plan_ahead_during(finish, ahead.as_mut(), &mut next).await;
+        }
+        // Kept even when this commit failed: the next lock shows whether the head the plan
+        // assumed came to be (a COMMIT can reach the server and its answer be lost); if not,
+        // the appends are planned again. A commit that planned nothing ahead leaves what an
+        // earlier one carried: the appends of a refused group, committed one by one, come
+        // before the group planned on top of it.
         if next.is_some() {
             self.carried = next;
         }
@@ -1645,48 +1688,31 @@ impl Ahead<'_> {
     }
 }
 
-/// Runs `write` and, with `ahead`, meanwhile takes the appends that come and plans them as
-/// the next group, chunk by chunk, until the write is done, a job of another kind comes or
-/// the group is full. The next group is thus what came during this one's write, as it would
-/// be without planning ahead; only its planning is done while the server works.
-async fn write_and_plan_ahead(
-    write: impl std::future::Future<Output = Result<()>>,
-    ahead: Option<Ahead<'_>>,
-) -> (Result<()>, Option<Box<Prepared>>) {
-    let Some(mut ahead) = ahead else {
-        return (write.await, None);
+/// Runs one step of the current group's write and, with `ahead`, meanwhile takes the appends
+/// waiting in the queue and plans them into `next`, on the head the group will leave. The
+/// writer does this at the start of each step (the insert; the commit), when it is awake
+/// anyway: waiting on the queue instead would wake it for every append that comes.
+async fn plan_ahead_during(
+    step: impl std::future::Future<Output = Result<()>>,
+    ahead: Option<&mut Ahead<'_>>,
+    next: &mut Option<Box<Prepared>>,
+) -> Result<()> {
+    let Some(ahead) = ahead else {
+        return step.await;
     };
-    tokio::pin!(write);
-    let mut next = None;
-    let mut events = 0usize;
-    let mut open = true;
-    loop {
-        tokio::select! {
-            biased;
-            written = &mut write => return (written, next),
-            job = ahead.rx.recv(), if open => {
-                let mut taken = Vec::new();
-                match job {
-                    Some(Job::Append(a, reply)) => {
-                        events += a.events.len();
-                        taken.push((a, reply));
-                        let room = ahead.options.max_batch_events.saturating_sub(events);
-                        let more = take_jobs(ahead.rx, ahead.stashed, room);
-                        events += more.iter().map(|(a, _)| a.events.len()).sum::<usize>();
-                        taken.extend(more);
-                    }
-                    Some(other) => *ahead.stashed = Some(other),
-                    None => open = false,
-                }
-                if ahead.stashed.is_some() || events >= ahead.options.max_batch_events {
-                    open = false;
-                }
-                if !taken.is_empty() {
-                    ahead.plan(&mut next, taken).await;
-                }
-            }
-        }
+    let taken_so_far = next
+        .as_ref()
+        .map_or(0, |p| p.plan.rows.len() + p.more.len());
+    let room = ahead.options.max_batch_events.saturating_sub(taken_so_far);
+    if ahead.stashed.is_some() || room == 0 {
+        return step.await;
     }
+    let taken = take_jobs(ahead.rx, ahead.stashed, room);
+    if taken.is_empty() {
+        return step.await;
+    }
+    let (written, ()) = tokio::join!(step, ahead.plan(next, taken));
+    written
 }
 
 /// Takes the appends waiting in the queue, up to `max_events` events; a job of another kind

@@ -202,8 +202,9 @@ async fn a_group_planned_while_the_one_before_commits_is_committed_as_planned() 
     check(&ledger, 26, &answers).await;
 }
 
-/// Appends that arrive while the next group is planned (the current one still committing)
-/// join that group under its lock, planned on its end: groups stay as large as the queue.
+/// Appends that arrive while the current group is inserted are taken at the start of its
+/// commit step and planned into the next group too: the next group is what came during the
+/// current one's write.
 #[tokio::test]
 async fn appends_that_came_while_a_group_was_planned_ahead_join_it() {
     let Some(db) = testing::postgres().await else {
@@ -228,7 +229,8 @@ async fn appends_that_came_while_a_group_was_planned_ahead_join_it() {
         planned.push(send(&ledger, Append::new(vec![disabled("fast", i)])).await);
     }
     hold.release().await;
-    // Group 1 is inserting; group 2 (the five above) is planned. These come now.
+    // Group 1 is inserting; group 2 (the five above) is planned. These come now, and are
+    // planned into group 2 while group 1 commits.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut late = Vec::new();
     for i in 5..8 {
@@ -337,70 +339,101 @@ async fn a_group_planned_ahead_of_a_failed_commit_is_planned_again() {
     check(&ledger, 12, &answers).await;
 }
 
-/// A group planned ahead is refused as a whole because one of its rows is: its appends are
-/// committed one by one, and the group planned meanwhile on top of it — taken from the queue,
-/// so only the writer holds it — is still committed after them, planned again.
-#[tokio::test]
-async fn the_group_after_a_refused_group_is_kept_while_its_appends_are_committed_one_by_one() {
+/// Under load, groups holding a row the database refuses are committed again one by one
+/// while the next group, taken during their write, waits: every appender gets its answer —
+/// the refused ones theirs, the others their rows — and the chain holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_load_refused_rows_fail_alone_and_every_appender_is_answered() {
+    under_load_with_poisoned_rows("P0001").await;
+}
+
+/// The same when the database fails the whole group (an error that is not a refusal of the
+/// rows): the ledger fails closed for that group — each of its appenders is told the ledger
+/// is unavailable, none is answered from what the group had decided — and goes on after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_load_failed_groups_answer_every_appender_and_the_ledger_goes_on() {
+    under_load_with_poisoned_rows("XX000").await;
+}
+
+/// 48 appenders of 40 appends each; one append in seven is a row the database fails with
+/// the SQLSTATE `code`.
+async fn under_load_with_poisoned_rows(code: &str) {
     let Some(db) = testing::postgres().await else {
         return;
     };
     let (options, commits) = recording();
     let ledger = open_with(&db, options).await;
-    // The refused row takes 400 ms first: time for more appends to come during its group.
     exec(
         ledger.store(),
-        "CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
-           IF NEW.stream = 'client:poison' THEN PERFORM pg_sleep(0.4); RAISE EXCEPTION 'poisoned row'; END IF; \
-           RETURN NEW; END $$; \
-         CREATE TRIGGER poison BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION poison()",
+        &format!(
+            "CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+               IF NEW.stream LIKE 'client:poison%' THEN \
+                 RAISE EXCEPTION 'poisoned row' USING ERRCODE = '{code}'; \
+               END IF; \
+               RETURN NEW; END $$; \
+             CREATE TRIGGER poison BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION poison()"
+        ),
     )
     .await
     .unwrap();
-    let hold = hold_append_lock(&db).await;
-    let first = send(&ledger, Append::new(vec![tool_call(0)])).await;
-    let poison = send(&ledger, Append::new(vec![client_registered("poison")])).await;
-    let mut good = Vec::new();
-    for i in 1..4 {
-        good.push(send(&ledger, Append::new(vec![tool_call(i)])).await);
+    let refusal = code == "P0001";
+    let mut tasks = Vec::new();
+    for t in 0..48u64 {
+        let ledger = ledger.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut answers = Vec::new();
+            let mut failed = 0;
+            for i in 0..40u64 {
+                let poisoned = (t + i) % 7 == 0;
+                let event = if poisoned {
+                    client_registered(&format!("poison{t}x{i}"))
+                } else {
+                    tool_call(t * 100 + i)
+                };
+                let append = ledger.append(Append::new(vec![event]));
+                let outcome = tokio::time::timeout(Duration::from_secs(20), append)
+                    .await
+                    .expect("every append is answered");
+                match outcome {
+                    Ok(r) if !poisoned => answers.extend(r),
+                    Err(StoreError::Invalid(m))
+                        if poisoned && refusal && m.contains("poisoned row") =>
+                    {
+                        failed += 1
+                    }
+                    // A failed group fails each of its appends, closed: nothing of it was
+                    // written, and the ledger says it could not write.
+                    Err(StoreError::Unavailable(m)) if !refusal && m.contains("poisoned row") => {
+                        failed += 1
+                    }
+                    other => panic!("append {t}/{i} (poisoned: {poisoned}): {other:?}"),
+                }
+            }
+            (answers, failed)
+        }));
     }
-    hold.release().await;
-    // Group 1 committed; group 2 (poison and three good ones) is being inserted.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let mut late = Vec::new();
-    for i in 4..7 {
-        late.push(send(&ledger, Append::new(vec![tool_call(i)])).await);
+    let mut answers = Vec::new();
+    let mut failed = 0;
+    for t in tasks {
+        let (a, f) = t.await.unwrap();
+        answers.extend(a);
+        failed += f;
     }
-
-    let mut answers = ok(outcome(first).await);
-    match outcome(poison).await {
-        Err(StoreError::Invalid(m)) => assert!(m.contains("poisoned row"), "{m}"),
-        other => panic!("the poisoned append: {other:?}"),
+    assert_eq!(answers.len() + failed, 48 * 40);
+    if refusal {
+        let poisoned = (0..48u64)
+            .flat_map(|t| (0..40u64).map(move |i| t + i))
+            .filter(|n| n % 7 == 0)
+            .count();
+        assert_eq!(failed, poisoned, "only the poisoned appends failed");
     }
-    for (i, task) in good.into_iter().chain(late).enumerate() {
-        let r = ok(outcome(task).await);
-        assert_eq!(r[0].seq(), 2 + i as u64);
-        answers.extend(r);
-    }
-    let seen: Vec<(usize, bool, Option<bool>)> = commits
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|c| (c.appends, c.ok, c.planned_ahead))
-        .collect();
-    assert_eq!(
-        seen,
-        vec![
-            (1, true, None),
-            (4, false, Some(true)),
-            (1, false, None),
-            (1, true, None),
-            (1, true, None),
-            (1, true, None),
-            (3, true, Some(false)),
-        ]
+    let seen = commits.lock().unwrap().clone();
+    assert!(
+        seen.iter().any(|c| !c.ok && c.appends > 1),
+        "no group of several appends failed"
     );
-    check(&ledger, 7, &answers).await;
+    assert!(ledger.healthy(), "the last group committed");
+    check(&ledger, answers.len() as u64, &answers).await;
 }
 
 /// Another process takes the lock between this writer's two groups: the group planned ahead
@@ -492,4 +525,53 @@ async fn appenders_sharing_streams_under_load_make_one_chain() {
         .count();
     assert!(ahead > 0, "no group was planned ahead");
     check(&ledger, 64 * 40 * 2, &answers).await;
+}
+
+/// A checkpoint asked for while the next group is being taken ends that group: it is signed
+/// over the appends sent before it, and those sent after it go into the group after.
+#[tokio::test]
+async fn a_checkpoint_asked_for_while_a_group_is_taken_ends_that_group() {
+    let Some(db) = testing::postgres().await else {
+        return;
+    };
+    let (options, commits) = recording();
+    let ledger = open_with(&db, options).await;
+    let hold = hold_append_lock(&db).await;
+    let first = send(&ledger, Append::new(vec![tool_call(0)])).await;
+    let mut before = Vec::new();
+    for i in 1..4 {
+        before.push(send(&ledger, Append::new(vec![tool_call(i)])).await);
+    }
+    let checkpoint = {
+        let ledger = ledger.clone();
+        let task = tokio::spawn(async move { ledger.checkpoint().await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        task
+    };
+    let mut after = Vec::new();
+    for i in 4..6 {
+        after.push(send(&ledger, Append::new(vec![tool_call(i)])).await);
+    }
+    hold.release().await;
+
+    let mut answers = ok(outcome(first).await);
+    for (i, task) in before.into_iter().chain(after).enumerate() {
+        let r = ok(outcome(task).await);
+        assert_eq!(r[0].seq(), 2 + i as u64);
+        answers.extend(r);
+    }
+    let size = tokio::time::timeout(Duration::from_secs(20), checkpoint)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(size, Some(4), "signed over the appends sent before it");
+    let seen: Vec<(usize, Option<bool>)> = commits
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|c| (c.appends, c.planned_ahead))
+        .collect();
+    assert_eq!(seen, vec![(1, None), (3, Some(true)), (2, None)]);
+    check(&ledger, 6, &answers).await;
 }
