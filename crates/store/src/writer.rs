@@ -1,6 +1,7 @@
 //! The appender: one writer task per process commits concurrent appends together (group
-//! commit), assigns seq, time, id and stream versions under the append lock, chains and
-//! encodes, and writes signed checkpoints every N events or T seconds.
+//! commit), assigns seq, time, id and stream versions (under the append lock, or planned ahead
+//! of it and checked under it), chains and encodes, and writes signed checkpoints every N
+//! events or T seconds.
 //!
 //! Under the lock it always re-reads the head, so several processes can append to one
 //! database: PostgreSQL serialises them with a transaction-level advisory lock, SQLite with
@@ -10,7 +11,7 @@
 //! On PostgreSQL the writer plans the next group while the server inserts and commits the
 //! current one (its unknown stream versions read on a second connection): a group planned
 //! ahead is committed as planned only when the head under its lock is the one it assumed, and
-//! is planned again otherwise ([`Prepared`]).
+//! is planned again otherwise (`plan::Prepared`).
 
 mod plan;
 
@@ -75,12 +76,14 @@ pub struct GroupCommit {
     pub appends: usize,
     /// Events they held.
     pub events: usize,
-    /// From taking the lock to the durable commit (or the failure).
+    /// From taking the lock to the durable commit (or the failure), including the planning of
+    /// the next group done meanwhile.
     pub duration: Duration,
     /// Whether it committed.
     pub ok: bool,
-    /// PostgreSQL: `Some(true)` when the group was planned while the one before committed and
-    /// was committed as planned; `Some(false)` when such a plan was dropped because the head
+    /// PostgreSQL: `Some(true)` when the group was taken while the one before committed and
+    /// committed as planned then (appends that came later, or whose versions could not be read
+    /// aside, planned under its lock); `Some(false)` when such a plan was dropped because the head
     /// had moved otherwise (another process appended, or the group before failed) and its
     /// appends were planned again; `None` when it was planned under the lock.
     pub planned_ahead: Option<bool>,
@@ -717,7 +720,7 @@ struct Writer {
     key_vouched: bool,
     /// PostgreSQL: the connection on which the next group's unknown stream versions are read
     /// while the writer's own connection inserts and commits the current group (see
-    /// [`Prepared`]). `None` on SQLite, and while it is broken.
+    /// `plan::Prepared`). Never connected on SQLite; not connected while it is broken.
     side: SideConn,
     /// The next group's appends, taken from the queue (and planned) during the last commit.
     carried: Option<Box<Prepared>>,
@@ -1070,11 +1073,11 @@ impl Writer {
                 self.versions.extend(loaded);
                 self.frontier = frontier;
                 let mut plan = plan;
-                // Planned now, on its end: appends taken while the side connection failed, and
-                // those that came after the last step of the commit before (a group is what
-                // was waiting at its lock, as a group planned under the lock would be).
+                // Planned now, on its end: appends taken while the side connection failed, and,
+                // unless the writer is busy (see `BUSY_GROUP`), those that came after the last
+                // step of the commit before: the group is what was waiting at its lock.
                 let mut more = more;
-                if ahead && self.stashed.is_none() {
+                if ahead && self.stashed.is_none() && plan.planned.len() < BUSY_GROUP {
                     let room = self
                         .options
                         .max_batch_events
@@ -1220,10 +1223,11 @@ impl Writer {
             }
             Ok(())
         };
-        let mut written = plan_ahead_during(write, ahead.as_mut(), &mut next).await;
+        let busy = planned.len() >= BUSY_GROUP;
+        let mut written = plan_ahead_during(write, ahead.as_mut(), &mut next, busy).await;
         if written.is_ok() {
             let finish = conn.finish(seq, wrote_rows);
-            written = plan_ahead_during(finish, ahead.as_mut(), &mut next).await;
+            written = plan_ahead_during(finish, ahead.as_mut(), &mut next, busy).await;
         }
         // Kept even when this commit failed: the next lock shows whether the head the plan
         // assumed came to be (a COMMIT can reach the server and its answer be lost); if not,
@@ -1688,31 +1692,68 @@ impl Ahead<'_> {
     }
 }
 
-/// Runs one step of the current group's write and, with `ahead`, meanwhile takes the appends
-/// waiting in the queue and plans them into `next`, on the head the group will leave. The
-/// writer does this at the start of each step (the insert; the commit), when it is awake
-/// anyway: waiting on the queue instead would wake it for every append that comes.
+/// From this many appends a group, the writer is busy: it waits on its queue during the whole
+/// write, planning each burst that comes into the next group, and what comes after the write
+/// waits for the group after (a wake-up brings many appends, and planning under the lock is
+/// what limits a busy writer). Below it, it takes what is waiting at the start of each write
+/// step, when it is awake anyway, and what comes later joins the next group under its lock
+/// (a wake-up for each of a few appends would cost more than planning them there).
+const BUSY_GROUP: usize = 32;
+
+/// Runs one step of the current group's write and, with `ahead`, meanwhile takes appends from
+/// the queue and plans them into `next`, on the head the group will leave: those waiting at the
+/// start of the step, and, when `busy`, each burst that comes until the step is done.
 async fn plan_ahead_during(
     step: impl std::future::Future<Output = Result<()>>,
     ahead: Option<&mut Ahead<'_>>,
     next: &mut Option<Box<Prepared>>,
+    busy: bool,
 ) -> Result<()> {
     let Some(ahead) = ahead else {
         return step.await;
     };
-    let taken_so_far = next
-        .as_ref()
-        .map_or(0, |p| p.plan.rows.len() + p.more.len());
-    let room = ahead.options.max_batch_events.saturating_sub(taken_so_far);
-    if ahead.stashed.is_some() || room == 0 {
-        return step.await;
+    let room = |next: &Option<Box<Prepared>>| {
+        let taken = next
+            .as_ref()
+            .map_or(0, |p| p.plan.rows.len() + p.more.len());
+        ahead.options.max_batch_events.saturating_sub(taken)
+    };
+    if !busy {
+        let room = room(next);
+        if ahead.stashed.is_some() || room == 0 {
+            return step.await;
+        }
+        let taken = take_jobs(ahead.rx, ahead.stashed, room);
+        if taken.is_empty() {
+            return step.await;
+        }
+        let (written, ()) = tokio::join!(step, ahead.plan(next, taken));
+        return written;
     }
-    let taken = take_jobs(ahead.rx, ahead.stashed, room);
-    if taken.is_empty() {
-        return step.await;
+    tokio::pin!(step);
+    loop {
+        let open = ahead.stashed.is_none() && room(next) > 0;
+        tokio::select! {
+            biased;
+            written = &mut step => return written,
+            job = ahead.rx.recv(), if open => {
+                let mut taken = Vec::new();
+                match job {
+                    Some(Job::Append(a, reply)) => {
+                        taken.push((a, reply));
+                        let left = room(next).saturating_sub(taken[0].0.events.len());
+                        taken.extend(take_jobs(ahead.rx, ahead.stashed, left));
+                    }
+                    Some(other) => *ahead.stashed = Some(other),
+                    // The ledger is being dropped; the run loop sees the queue closed too.
+                    None => return step.await,
+                }
+                if !taken.is_empty() {
+                    ahead.plan(next, taken).await;
+                }
+            }
+        }
     }
-    let (written, ()) = tokio::join!(step, ahead.plan(next, taken));
-    written
 }
 
 /// Takes the appends waiting in the queue, up to `max_events` events; a job of another kind

@@ -355,8 +355,9 @@ async fn under_load_failed_groups_answer_every_appender_and_the_ledger_goes_on()
     under_load_with_poisoned_rows("XX000").await;
 }
 
-/// 48 appenders of 40 appends each; one append in seven is a row the database fails with
-/// the SQLSTATE `code`.
+/// 96 appenders of 20 appends each (groups of more than 32, where the writer plans ahead for
+/// as long as a write lasts); one append in seven is a row the database fails with the
+/// SQLSTATE `code`.
 async fn under_load_with_poisoned_rows(code: &str) {
     let Some(db) = testing::postgres().await else {
         return;
@@ -378,12 +379,12 @@ async fn under_load_with_poisoned_rows(code: &str) {
     .unwrap();
     let refusal = code == "P0001";
     let mut tasks = Vec::new();
-    for t in 0..48u64 {
+    for t in 0..96u64 {
         let ledger = ledger.clone();
         tasks.push(tokio::spawn(async move {
             let mut answers = Vec::new();
             let mut failed = 0;
-            for i in 0..40u64 {
+            for i in 0..20u64 {
                 let poisoned = (t + i) % 7 == 0;
                 let event = if poisoned {
                     client_registered(&format!("poison{t}x{i}"))
@@ -419,10 +420,10 @@ async fn under_load_with_poisoned_rows(code: &str) {
         answers.extend(a);
         failed += f;
     }
-    assert_eq!(answers.len() + failed, 48 * 40);
+    assert_eq!(answers.len() + failed, 96 * 20);
     if refusal {
-        let poisoned = (0..48u64)
-            .flat_map(|t| (0..40u64).map(move |i| t + i))
+        let poisoned = (0..96u64)
+            .flat_map(|t| (0..20u64).map(move |i| t + i))
             .filter(|n| n % 7 == 0)
             .count();
         assert_eq!(failed, poisoned, "only the poisoned appends failed");
@@ -526,6 +527,14 @@ async fn appenders_sharing_streams_under_load_make_one_chain() {
         .filter(|c| c.planned_ahead == Some(true))
         .count();
     assert!(ahead > 0, "no group was planned ahead");
+    // Groups of 32 and more were planned while whole writes lasted (`BUSY_GROUP`).
+    let busy = commits
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|c| c.appends >= 32 && c.planned_ahead == Some(true))
+        .count();
+    assert!(busy > 0, "no large group was planned ahead");
     check(&ledger, 64 * 40 * 2, &answers).await;
 }
 
