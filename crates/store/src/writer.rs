@@ -1087,25 +1087,10 @@ impl Writer {
                     more.extend(late);
                 }
                 if !more.is_empty() {
-                    let missing = unknown_streams(&more, |s| {
-                        plan.pending.contains_key(s) || self.versions.contains_key(s)
-                    });
-                    if !missing.is_empty() {
-                        let names: Vec<String> =
-                            missing.iter().map(|s| s.as_str().to_string()).collect();
-                        match self.load_versions(&names).await {
-                            Ok(found) => {
-                                for stream in missing {
-                                    let v = found.get(stream.as_str()).copied().unwrap_or(0);
-                                    self.versions.insert(stream, v);
-                                }
-                            }
-                            Err(error) => {
-                                let mut failed = Failed::planned(error, plan.planned);
-                                failed.jobs.extend(more);
-                                return Err(failed);
-                            }
-                        }
+                    if let Err(error) = self.cache_versions(&more, &plan.pending).await {
+                        let mut failed = Failed::planned(error, plan.planned);
+                        failed.jobs.extend(more);
+                        return Err(failed);
                     }
                     let (pending, versions) = (&plan.pending, &self.versions);
                     let extra = plan_group(
@@ -1137,25 +1122,10 @@ impl Writer {
                     .map_or_else(Timestamp::now, |c| c())
                     .0
                     .max(self.last_time);
-                // Stream versions not yet cached, in one query: every stream an append names,
-                // by the very name it will be stored under.
-                let missing = unknown_streams(&jobs, |s| self.versions.contains_key(s));
-                if !missing.is_empty() {
-                    let names: Vec<String> =
-                        missing.iter().map(|s| s.as_str().to_string()).collect();
-                    match self.load_versions(&names).await {
-                        Ok(found) => {
-                            for stream in missing {
-                                let v = found.get(stream.as_str()).copied().unwrap_or(0);
-                                self.versions.insert(stream, v);
-                            }
-                        }
-                        Err(error) => {
-                            let mut failed = Failed::batch(error, Batch::Jobs(jobs));
-                            failed.answered = answered;
-                            return Err(failed);
-                        }
-                    }
+                if let Err(error) = self.cache_versions(&jobs, &HashMap::new()).await {
+                    let mut failed = Failed::batch(error, Batch::Jobs(jobs));
+                    failed.answered = answered;
+                    return Err(failed);
                 }
                 let versions = &self.versions;
                 let mut plan = plan_group(
@@ -1262,6 +1232,29 @@ impl Writer {
             })
             .collect();
         Ok((cp_size, replies))
+    }
+
+    /// Reads into the cache, in one query, the versions of the streams `jobs` name (by the
+    /// very name they are stored under) that neither the cache nor `planned` — the plan they
+    /// will go on top of — knows.
+    async fn cache_versions(
+        &mut self,
+        jobs: &[(Framed, Reply)],
+        planned: &HashMap<StreamId, u64>,
+    ) -> Result<()> {
+        let missing = unknown_streams(jobs, |s| {
+            planned.contains_key(s) || self.versions.contains_key(s)
+        });
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let names: Vec<String> = missing.iter().map(|s| s.as_str().to_string()).collect();
+        let found = self.load_versions(&names).await?;
+        for stream in missing {
+            let v = found.get(stream.as_str()).copied().unwrap_or(0);
+            self.versions.insert(stream, v);
+        }
+        Ok(())
     }
 
     /// Takes the append lock and makes the caches match the database head.

@@ -41,6 +41,27 @@ async fn send(ledger: &Ledger, append: Append) -> JoinHandle<Outcome> {
     task
 }
 
+/// Each group commit seen: appends, events, whether it committed, whether it was planned ahead.
+fn groups(commits: &Mutex<Vec<GroupCommit>>) -> Vec<(usize, usize, bool, Option<bool>)> {
+    let commits = commits.lock().unwrap();
+    commits
+        .iter()
+        .map(|c| (c.appends, c.events, c.ok, c.planned_ahead))
+        .collect()
+}
+
+/// Runs the PL/pgSQL `body` before each row is inserted into `events` (a trigger, as an
+/// operator's or an attacker's could be): to slow a group down or have the database fail it.
+async fn before_insert(ledger: &Ledger, body: &str) {
+    let sql = format!(
+        "CREATE FUNCTION before_insert() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+           {body} RETURN NEW; END $$; \
+         CREATE TRIGGER before_insert BEFORE INSERT ON events \
+           FOR EACH ROW EXECUTE FUNCTION before_insert()"
+    );
+    exec(ledger.store(), &sql).await.unwrap();
+}
+
 fn disabled(id: &str, n: u64) -> NewEvent {
     NewEvent::new(
         StreamId::client(id),
@@ -188,12 +209,7 @@ async fn a_group_planned_while_the_one_before_commits_is_committed_as_planned() 
         answers.extend(r);
     }
 
-    let seen: Vec<(usize, usize, bool, Option<bool>)> = commits
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|c| (c.appends, c.events, c.ok, c.planned_ahead))
-        .collect();
+    let seen = groups(&commits);
     assert_eq!(
         seen,
         vec![(1, 1, true, None), (24, 24, true, Some(true))],
@@ -213,15 +229,11 @@ async fn appends_that_came_while_a_group_was_planned_ahead_join_it() {
     let (options, commits) = recording();
     let ledger = open_with(&db, options).await;
     // Group 1's insert takes 600 ms: time for more appends to come after group 2 was planned.
-    exec(
-        ledger.store(),
-        "CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
-           IF NEW.stream = 'client:slow' THEN PERFORM pg_sleep(0.6); END IF; \
-           RETURN NEW; END $$; \
-         CREATE TRIGGER slow BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION slow()",
+    before_insert(
+        &ledger,
+        "IF NEW.stream = 'client:slow' THEN PERFORM pg_sleep(0.6); END IF;",
     )
-    .await
-    .unwrap();
+    .await;
     let hold = hold_append_lock(&db).await;
     let slow = send(&ledger, Append::new(vec![client_registered("slow")])).await;
     let mut planned = Vec::new();
@@ -245,12 +257,7 @@ async fn appends_that_came_while_a_group_was_planned_ahead_join_it() {
         );
         answers.extend(r);
     }
-    let seen: Vec<(usize, usize, bool, Option<bool>)> = commits
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|c| (c.appends, c.events, c.ok, c.planned_ahead))
-        .collect();
+    let seen = groups(&commits);
     assert_eq!(
         seen,
         vec![(1, 1, true, None), (8, 8, true, Some(true))],
@@ -269,15 +276,11 @@ async fn a_group_planned_ahead_of_a_failed_commit_is_planned_again() {
     let (options, commits) = recording();
     let ledger = open_with(&db, options).await;
     let first = append_one(&ledger, tool_call(0)).await;
-    exec(
-        ledger.store(),
-        "CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
-           IF NEW.stream = 'client:poison' THEN RAISE EXCEPTION 'poisoned row'; END IF; \
-           RETURN NEW; END $$; \
-         CREATE TRIGGER poison BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION poison()",
+    before_insert(
+        &ledger,
+        "IF NEW.stream = 'client:poison' THEN RAISE EXCEPTION 'poisoned row'; END IF;",
     )
-    .await
-    .unwrap();
+    .await;
     commits.lock().unwrap().clear();
 
     let hold = hold_append_lock(&db).await;
@@ -329,13 +332,8 @@ async fn a_group_planned_ahead_of_a_failed_commit_is_planned_again() {
         ledger.healthy(),
         "a refused row does not fail the ledger closed"
     );
-    let seen: Vec<(bool, Option<bool>)> = commits
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|c| (c.ok, c.planned_ahead))
-        .collect();
-    assert_eq!(seen, vec![(false, None), (true, Some(false))]);
+    let seen = groups(&commits);
+    assert_eq!(seen, vec![(1, 1, false, None), (12, 12, true, Some(false))]);
     check(&ledger, 12, &answers).await;
 }
 
@@ -364,19 +362,15 @@ async fn under_load_with_poisoned_rows(code: &str) {
     };
     let (options, commits) = recording();
     let ledger = open_with(&db, options).await;
-    exec(
-        ledger.store(),
+    before_insert(
+        &ledger,
         &format!(
-            "CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
-               IF NEW.stream LIKE 'client:poison%' THEN \
-                 RAISE EXCEPTION 'poisoned row' USING ERRCODE = '{code}'; \
-               END IF; \
-               RETURN NEW; END $$; \
-             CREATE TRIGGER poison BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION poison()"
+            "IF NEW.stream LIKE 'client:poison%' THEN \
+               RAISE EXCEPTION 'poisoned row' USING ERRCODE = '{code}'; \
+             END IF;"
         ),
     )
-    .await
-    .unwrap();
+    .await;
     let refusal = code == "P0001";
     let mut tasks = Vec::new();
     for t in 0..96u64 {
@@ -474,13 +468,8 @@ async fn a_group_planned_ahead_is_planned_again_after_another_process_appended()
         );
         answers.extend(r);
     }
-    let seen: Vec<(bool, Option<bool>)> = commits
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|c| (c.ok, c.planned_ahead))
-        .collect();
-    assert_eq!(seen, vec![(true, None), (true, Some(false))]);
+    let seen = groups(&commits);
+    assert_eq!(seen, vec![(1, 1, true, None), (10, 10, true, Some(false))]);
     check(&ledger, 12, &answers).await;
 }
 
@@ -577,12 +566,14 @@ async fn a_checkpoint_asked_for_while_a_group_is_taken_ends_that_group() {
         .unwrap()
         .unwrap();
     assert_eq!(size, Some(4), "signed over the appends sent before it");
-    let seen: Vec<(usize, Option<bool>)> = commits
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|c| (c.appends, c.planned_ahead))
-        .collect();
-    assert_eq!(seen, vec![(1, None), (3, Some(true)), (2, None)]);
+    let seen = groups(&commits);
+    assert_eq!(
+        seen,
+        vec![
+            (1, 1, true, None),
+            (3, 3, true, Some(true)),
+            (2, 2, true, None)
+        ]
+    );
     check(&ledger, 6, &answers).await;
 }
