@@ -577,3 +577,54 @@ async fn a_checkpoint_asked_for_while_a_group_is_taken_ends_that_group() {
     );
     check(&ledger, 6, &answers).await;
 }
+
+/// The side connection is gone (its backend terminated): the versions of the next group's
+/// streams cannot be read aside, so its appends wait and are planned under its lock, with the
+/// versions read there; nothing fails.
+#[tokio::test]
+async fn without_the_side_connection_the_next_group_is_planned_under_its_lock() {
+    let Some(db) = testing::postgres().await else {
+        return;
+    };
+    let (options, commits) = recording();
+    let ledger = open_with(&db, options).await;
+    // The first group connects the side connection.
+    let mut answers = vec![append_one(&ledger, tool_call(0)).await];
+    let killed: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE application_name = 'grantline-ledger-side' AND datname = current_database()",
+    )
+    .fetch_all(match ledger.store().pool() {
+        grantline_store::Pool::Postgres(p) => p,
+        grantline_store::Pool::Sqlite(_) => unreachable!(),
+    })
+    .await
+    .unwrap();
+    assert_eq!(killed, vec![true], "one side connection, terminated");
+    commits.lock().unwrap().clear();
+
+    let hold = hold_append_lock(&db).await;
+    let first = send(&ledger, Append::new(vec![tool_call(1)])).await;
+    let mut new = Vec::new();
+    for i in 0..3 {
+        let id = format!("new{i}");
+        let append = Append::new(vec![client_registered(&id)])
+            .expect(StreamId::client(&id), ExpectedVersion::NoStream);
+        new.push(send(&ledger, append).await);
+    }
+    hold.release().await;
+
+    answers.extend(ok(outcome(first).await));
+    for (i, task) in new.into_iter().enumerate() {
+        let r = ok(outcome(task).await);
+        assert_eq!((r[0].seq(), r[0].envelope.version), (3 + i as u64, 1));
+        answers.extend(r);
+    }
+    assert_eq!(
+        groups(&commits),
+        vec![(1, 1, true, None), (3, 3, true, Some(true))],
+        "taken during group 1's write, planned under group 2's lock"
+    );
+    assert!(ledger.healthy());
+    check(&ledger, 5, &answers).await;
+}
