@@ -1069,6 +1069,7 @@ impl Writer {
                     loaded,
                     frontier,
                     more,
+                    busy,
                 } = *p;
                 self.versions.extend(loaded);
                 self.frontier = frontier;
@@ -1077,11 +1078,11 @@ impl Writer {
                 // unless the writer is busy (see `BUSY_GROUP`), those that came after the last
                 // step of the commit before: the group is what was waiting at its lock.
                 let mut more = more;
-                if ahead && self.stashed.is_none() && plan.planned.len() < BUSY_GROUP {
+                if ahead && self.stashed.is_none() && !busy {
                     let room = self
                         .options
                         .max_batch_events
-                        .saturating_sub(plan.rows.len() + more.len());
+                        .saturating_sub(plan.rows.len() + events_of(&more));
                     let late = take_jobs(&mut self.rx, &mut self.stashed, room);
                     self.taken_late = (late.len(), late.iter().map(|(a, _)| a.events.len()).sum());
                     more.extend(late);
@@ -1172,16 +1173,20 @@ impl Writer {
             && self.side.conn.is_some()
             && self.carried.is_none()
             && self.stashed.is_none();
+        let busy = planned.len() >= BUSY_GROUP;
         let mut ahead = ahead.then_some(Ahead {
             rx: &mut self.rx,
             stashed: &mut self.stashed,
-            side: &mut self.side,
-            versions: &self.versions,
-            pending: &pending,
-            frontier: &self.frontier,
-            options: &self.options,
-            base: (seq, prev),
-            now,
+            planner: Planner {
+                side: &mut self.side,
+                versions: &self.versions,
+                pending: &pending,
+                frontier: &self.frontier,
+                options: &self.options,
+                base: (seq, prev),
+                now,
+                busy,
+            },
         });
         let mut next = None;
         let conn = &mut self.conn;
@@ -1193,11 +1198,10 @@ impl Writer {
             }
             Ok(())
         };
-        let busy = planned.len() >= BUSY_GROUP;
-        let mut written = plan_ahead_during(write, ahead.as_mut(), &mut next, busy).await;
+        let mut written = plan_ahead_during(write, ahead.as_mut(), &mut next).await;
         if written.is_ok() {
             let finish = conn.finish(seq, wrote_rows);
-            written = plan_ahead_during(finish, ahead.as_mut(), &mut next, busy).await;
+            written = plan_ahead_during(finish, ahead.as_mut(), &mut next).await;
         }
         // Kept even when this commit failed: the next lock shows whether the head the plan
         // assumed came to be (a COMMIT can reach the server and its answer be lost); if not,
@@ -1614,6 +1618,11 @@ impl Writer {
 struct Ahead<'a> {
     rx: &'a mut mpsc::Receiver<Job>,
     stashed: &'a mut Option<Job>,
+    planner: Planner<'a>,
+}
+
+/// What a group planned ahead is planned with.
+struct Planner<'a> {
     side: &'a mut SideConn,
     /// The versions the writer knows, and those the group being written leaves.
     versions: &'a HashMap<StreamId, u64>,
@@ -1624,9 +1633,12 @@ struct Ahead<'a> {
     /// The head the group being written leaves, and its time.
     base: (u64, Hash),
     now: i64,
+    /// Whether the writer is busy (see `BUSY_GROUP`): the next group then takes no late
+    /// appends under its lock.
+    busy: bool,
 }
 
-impl Ahead<'_> {
+impl Planner<'_> {
     /// Plans `taken` on what `next` holds, reading the versions no cache knows on the side
     /// connection; when it cannot, they (and all taken after them) wait to be planned under
     /// the lock.
@@ -1640,7 +1652,7 @@ impl Ahead<'_> {
                 .map_or_else(Timestamp::now, |c| c())
                 .0
                 .max(now);
-            Box::new(Prepared::empty(base, now, self.frontier.clone()))
+            Box::new(Prepared::empty(base, now, self.frontier.clone(), self.busy))
         });
         let p = &mut **p;
         if !p.more.is_empty() {
@@ -1695,58 +1707,85 @@ const BUSY_GROUP: usize = 32;
 
 /// Runs one step of the current group's write and, with `ahead`, meanwhile takes appends from
 /// the queue and plans them into `next`, on the head the group will leave: those waiting at the
-/// start of the step, and, when `busy`, each burst that comes until the step is done.
+/// start of the step, and, when the writer is busy, each burst that comes until the step is
+/// done. The step is driven all along (a slow read on the side connection never holds up the
+/// COMMIT); a burst being planned when it is done is planned to the end first, since it holds
+/// its appenders' replies.
 async fn plan_ahead_during(
     step: impl std::future::Future<Output = Result<()>>,
     ahead: Option<&mut Ahead<'_>>,
     next: &mut Option<Box<Prepared>>,
-    busy: bool,
 ) -> Result<()> {
-    let Some(ahead) = ahead else {
+    let Some(Ahead {
+        rx,
+        stashed,
+        planner,
+    }) = ahead
+    else {
         return step.await;
     };
+    let max = planner.options.max_batch_events;
     let room = |next: &Option<Box<Prepared>>| {
         let taken = next
             .as_ref()
-            .map_or(0, |p| p.plan.rows.len() + p.more.len());
-        ahead.options.max_batch_events.saturating_sub(taken)
+            .map_or(0, |p| p.plan.rows.len() + events_of(&p.more));
+        max.saturating_sub(taken)
     };
-    if !busy {
-        let room = room(next);
-        if ahead.stashed.is_some() || room == 0 {
-            return step.await;
-        }
-        let taken = take_jobs(ahead.rx, ahead.stashed, room);
-        if taken.is_empty() {
-            return step.await;
-        }
-        let (written, ()) = tokio::join!(step, ahead.plan(next, taken));
-        return written;
-    }
     tokio::pin!(step);
+    let mut first = true;
     loop {
-        let open = ahead.stashed.is_none() && room(next) > 0;
-        tokio::select! {
-            biased;
-            written = &mut step => return written,
-            job = ahead.rx.recv(), if open => {
-                let mut taken = Vec::new();
-                match job {
+        let left = room(next);
+        let open = stashed.is_none() && left > 0;
+        let taken = if first {
+            // What is waiting now.
+            first = false;
+            if open {
+                take_jobs(rx, stashed, left)
+            } else {
+                Vec::new()
+            }
+        } else if planner.busy && open {
+            // Busy: the next burst, unless the step is done first.
+            tokio::select! {
+                biased;
+                written = &mut step => return written,
+                job = rx.recv() => match job {
                     Some(Job::Append(a, reply)) => {
-                        taken.push((a, reply));
-                        let left = room(next).saturating_sub(taken[0].0.events.len());
-                        taken.extend(take_jobs(ahead.rx, ahead.stashed, left));
+                        let left = left.saturating_sub(a.events.len());
+                        let mut taken = vec![(a, reply)];
+                        taken.extend(take_jobs(rx, stashed, left));
+                        taken
                     }
-                    Some(other) => *ahead.stashed = Some(other),
+                    Some(other) => {
+                        **stashed = Some(other);
+                        Vec::new()
+                    }
                     // The ledger is being dropped; the run loop sees the queue closed too.
                     None => return step.await,
-                }
-                if !taken.is_empty() {
-                    ahead.plan(next, taken).await;
-                }
+                },
             }
+        } else {
+            return step.await;
+        };
+        if taken.is_empty() {
+            continue;
+        }
+        let plan = planner.plan(next, taken);
+        tokio::pin!(plan);
+        tokio::select! {
+            biased;
+            written = &mut step => {
+                plan.await;
+                return written;
+            }
+            () = &mut plan => {}
         }
     }
+}
+
+/// The events of `jobs`.
+fn events_of(jobs: &[(Framed, Reply)]) -> usize {
+    jobs.iter().map(|(a, _)| a.events.len()).sum()
 }
 
 /// Takes the appends waiting in the queue, up to `max_events` events; a job of another kind

@@ -427,6 +427,10 @@ async fn under_load_with_poisoned_rows(code: &str) {
         seen.iter().any(|c| !c.ok && c.appends > 1),
         "no group of several appends failed"
     );
+    assert!(
+        seen.iter().any(|c| c.appends >= 32),
+        "no group was large enough for the writer to be busy"
+    );
     // The ledger goes on: the next append is written and the writer is healthy again.
     answers.push(append_one(&ledger, tool_call(9_999)).await);
     assert!(ledger.healthy());

@@ -122,11 +122,14 @@ pub(super) struct Prepared {
     pub(super) frontier: Frontier,
     /// Appends taken after the side connection failed them: planned under the lock.
     pub(super) more: Vec<(Framed, Reply)>,
+    /// Taken while the writer was busy: no late appends join it under its lock.
+    pub(super) busy: bool,
 }
 
 impl Prepared {
-    /// Nothing planned yet on `base`, whose Merkle frontier is `frontier`.
-    pub(super) fn empty(base: (u64, Hash), now: i64, frontier: Frontier) -> Prepared {
+    /// Nothing planned yet on `base`, whose Merkle frontier is `frontier`; `busy` as the writer
+    /// was when it began.
+    pub(super) fn empty(base: (u64, Hash), now: i64, frontier: Frontier, busy: bool) -> Prepared {
         Prepared {
             plan: Plan {
                 base,
@@ -139,6 +142,7 @@ impl Prepared {
             loaded: HashMap::new(),
             frontier,
             more: Vec::new(),
+            busy,
         }
     }
 }
