@@ -902,8 +902,8 @@ impl Writer {
     /// One group commit. Returns the size of the checkpoint written, if any.
     ///
     /// When the database refuses one append's rows, only that append fails: the batch is
-    /// rolled back and its appends are committed again one by one, so one bad append never
-    /// fails the unrelated requests that happened to share its commit.
+    /// rolled back and committed again in halves, halving again what is refused, so one bad
+    /// append never fails the unrelated requests that happened to share its commit.
     /// With `ahead`, the next group may be taken and planned meanwhile (see `try_commit`).
     async fn commit(
         &mut self,
@@ -934,8 +934,10 @@ impl Writer {
             }
             return Err(error);
         }
-        // The database refused rows of this batch: commit each append alone, so only the one
-        // at fault fails (a lone append needs no second try), then the checkpoint that was due.
+        // The database refused rows of this batch: commit it again in halves, and halve again
+        // whatever is refused, so only the append at fault fails (a lone append needs no second
+        // try), then the checkpoint that was due. One bad append in a group of n costs about
+        // 2·log2(n) commits, not n.
         let mut cp = None;
         if jobs.len() <= 1 {
             for (_, reply) in jobs {
@@ -950,23 +952,41 @@ impl Writer {
             return Ok(cp);
         }
         tracing::warn!(error = %error, appends = jobs.len(),
-            "the database refused a row of a group commit; committing its appends one by one");
-        for job in jobs {
-            match self
-                .try_commit(Batch::Jobs(vec![job]), false, false, false)
+            "the database refused a row of a group commit; committing its appends again in halves");
+        // Parts still to commit, the next on top: appends keep the order they came in.
+        let mut parts = Vec::from(halves(jobs));
+        while let Some(part) = parts.pop() {
+            let failed = match self
+                .try_commit(Batch::Jobs(part), false, false, false)
                 .await
             {
-                Ok(c) => cp = c.or(cp),
-                Err(Failed {
-                    error,
-                    jobs,
-                    answered,
-                }) => {
-                    answer(answered);
-                    for (_, reply) in jobs {
-                        let _ = reply.send(Err(refused_or_unavailable(&error)));
-                    }
+                Ok(c) => {
+                    cp = c.or(cp);
+                    continue;
                 }
+                Err(failed) => failed,
+            };
+            let Failed {
+                error,
+                jobs,
+                answered,
+            } = failed;
+            answer(answered);
+            if is_refusal(&error) && jobs.len() > 1 {
+                parts.extend(halves(jobs));
+                continue;
+            }
+            // The append at fault, or a database that failed: the rest of the group is not
+            // tried against it, and fails closed with it.
+            let hard = !is_refusal(&error);
+            for (_, reply) in jobs {
+                let _ = reply.send(Err(refused_or_unavailable(&error)));
+            }
+            if hard {
+                for (_, reply) in parts.drain(..).flatten() {
+                    let _ = reply.send(Err(refused_or_unavailable(&error)));
+                }
+                return Err(error);
             }
         }
         if force_checkpoint || scheduled {
@@ -1206,7 +1226,7 @@ impl Writer {
         // Kept even when this commit failed: the next lock shows whether the head the plan
         // assumed came to be (a COMMIT can reach the server and its answer be lost); if not,
         // the appends are planned again. A commit that planned nothing ahead leaves what an
-        // earlier one carried: the appends of a refused group, committed one by one, come
+        // earlier one carried: the appends of a refused group, committed again in parts, come
         // before the group planned on top of it.
         if next.is_some() {
             self.carried = next;
@@ -1784,6 +1804,12 @@ async fn plan_ahead_during(
 }
 
 /// The events of `jobs`.
+/// `jobs` split in two, as a stack of parts to commit: the first half on top.
+fn halves(mut jobs: Vec<(Framed, Reply)>) -> [Vec<(Framed, Reply)>; 2] {
+    let second = jobs.split_off(jobs.len() / 2);
+    [second, jobs]
+}
+
 fn events_of(jobs: &[(Framed, Reply)]) -> usize {
     jobs.iter().map(|(a, _)| a.events.len()).sum()
 }

@@ -3,7 +3,8 @@
 
 use grantline_ledger::*;
 use grantline_store::testing::{self, TestDb};
-use grantline_store::{Database, Ledger, LedgerOptions, Pool, Store};
+use grantline_store::{Database, GroupCommit, Ledger, LedgerOptions, Pool, Store};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub async fn open(db: &TestDb) -> Ledger {
@@ -21,6 +22,19 @@ pub fn quiet() -> LedgerOptions {
         checkpoint_interval: Duration::from_secs(3600),
         ..LedgerOptions::default()
     }
+}
+
+/// Options that record every group commit.
+pub fn recording() -> (LedgerOptions, Arc<Mutex<Vec<GroupCommit>>>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    let options = LedgerOptions {
+        on_group_commit: Some(Arc::new(move |c: &GroupCommit| {
+            sink.lock().unwrap().push(*c)
+        })),
+        ..quiet()
+    };
+    (options, seen)
 }
 
 pub use grantline_store::testing::tool_call;

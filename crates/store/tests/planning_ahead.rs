@@ -12,26 +12,13 @@ mod common;
 use common::*;
 use grantline_ledger::*;
 use grantline_store::testing;
-use grantline_store::{GroupCommit, Ledger, LedgerOptions, StoreError};
+use grantline_store::{GroupCommit, Ledger, StoreError};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 use tokio::task::JoinHandle;
 
 type Outcome = Result<Vec<Recorded>, StoreError>;
-
-/// Options that record every group commit.
-fn recording() -> (LedgerOptions, Arc<Mutex<Vec<GroupCommit>>>) {
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let sink = seen.clone();
-    let options = LedgerOptions {
-        on_group_commit: Some(Arc::new(move |c: &GroupCommit| {
-            sink.lock().unwrap().push(*c)
-        })),
-        ..quiet()
-    };
-    (options, seen)
-}
 
 /// Sends an append to the writer's queue and lets it get there before the next one.
 async fn send(ledger: &Ledger, append: Append) -> JoinHandle<Outcome> {
@@ -337,7 +324,7 @@ async fn a_group_planned_ahead_of_a_failed_commit_is_planned_again() {
     check(&ledger, 12, &answers).await;
 }
 
-/// Under load, groups holding a row the database refuses are committed again one by one
+/// Under load, groups holding a row the database refuses are committed again in halves
 /// while the next group, taken during their write, waits: every appender gets its answer —
 /// the refused ones theirs, the others their rows — and the chain holds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
