@@ -93,7 +93,7 @@ impl Database {
 
 /// How long connecting to PostgreSQL may take: the URL's first `connect_timeout` (whole
 /// seconds, at least 1; unlike libpq, 0 does not mean for ever), else 10 s.
-fn connect_timeout(url: &str) -> std::time::Duration {
+pub(crate) fn connect_timeout(url: &str) -> std::time::Duration {
     let secs = url
         .split_once('?')
         .into_iter()

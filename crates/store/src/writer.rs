@@ -13,6 +13,7 @@
 //! ahead is committed as planned only when the head under its lock is the one it assumed, and
 //! is planned again otherwise (`plan::Prepared`).
 
+mod link;
 mod plan;
 
 use crate::database::{Database, Store};
@@ -22,6 +23,7 @@ use grantline_ledger::merkle::Frontier;
 use grantline_ledger::{
     Append, ExpectedVersion, GENESIS, Hash, NewEvent, NoteSigner, Recorded, StreamId, Timestamp,
 };
+use link::PgLink;
 use plan::{Batch, Plan, Planned, PlannedRow, Prepared, plan_group, unknown_streams, unplan};
 use sqlx::postgres::PgConnection;
 use sqlx::{Connection, Row};
@@ -257,6 +259,7 @@ impl Ledger {
                         options: None,
                         retry_at: Instant::now(),
                     };
+                    let mut link = None;
                     let conn = match &db {
                         Database::Sqlite(path) => open_sqlite_writer(path).and_then(|c| {
                             wal_checkpointer =
@@ -265,10 +268,13 @@ impl Ledger {
                         }),
                         Database::Postgres(url) => match Database::pg_options(url) {
                             Ok(o) => {
-                                let conn = PgConnection::connect_with(&o)
+                                let l =
+                                    PgLink::new(o.clone(), crate::database::connect_timeout(url));
+                                let conn = PgConnection::connect_with(l.options())
                                     .await
                                     .map(WriterConn::Postgres)
                                     .map_err(StoreError::from);
+                                link = Some(l);
                                 // The side connection connects at its first use.
                                 side.options = Some(o);
                                 conn
@@ -302,6 +308,7 @@ impl Ledger {
                         key_checked: writer_key_checked,
                         key_vouched: false,
                         side,
+                        link,
                         carried: None,
                         stashed: None,
                         planned_ahead: None,
@@ -722,6 +729,9 @@ struct Writer {
     /// while the writer's own connection inserts and commits the current group (see
     /// `plan::Prepared`). Never connected on SQLite; not connected while it is broken.
     side: SideConn,
+    /// PostgreSQL: how the writer's own connection comes back after it failed. `None` on
+    /// SQLite.
+    link: Option<PgLink>,
     /// The next group's appends, taken from the queue (and planned) during the last commit.
     carried: Option<Box<Prepared>>,
     /// A job other than an append met while taking them: it ends the next group.
@@ -1053,12 +1063,23 @@ impl Writer {
                 Ok(cp)
             }
             Err(failed) => {
-                if !is_refusal(&failed.error) {
-                    self.healthy
-                        .store(false, std::sync::atomic::Ordering::SeqCst);
-                    tracing::error!(error = %failed.error, "ledger commit failed; failing closed");
+                let refused = is_refusal(&failed.error);
+                if !refused {
+                    // Said once when the ledger goes from healthy to failing, not at every
+                    // group while the database is away.
+                    if self
+                        .healthy
+                        .swap(false, std::sync::atomic::Ordering::SeqCst)
+                    {
+                        tracing::error!(error = %failed.error, "ledger commit failed; failing closed");
+                    } else {
+                        tracing::debug!(error = %failed.error, "ledger commit failed; failing closed");
+                    }
                 }
                 self.rollback().await;
+                if !refused && let Some(link) = self.link.as_mut() {
+                    link.failed(&failed.error);
+                }
                 self.head = None;
                 self.versions.clear();
                 self.frontier = frontier_before;
@@ -1076,7 +1097,7 @@ impl Writer {
         ahead: bool,
     ) -> std::result::Result<(Option<u64>, Vec<(Reply, Result<Vec<Recorded>>)>), Failed> {
         // Any failure before the commit fails every waiting append (see `commit`).
-        if let Err(error) = self.lock_and_sync().await {
+        if let Err(error) = self.take_lock().await {
             return Err(Failed::batch(error, batch));
         }
         let head = self.head.unwrap_or((0, GENESIS));
@@ -1282,7 +1303,32 @@ impl Writer {
     }
 
     /// Takes the append lock and makes the caches match the database head.
+    /// [`Self::lock_and_sync`], once more on a new connection when its first statement finds
+    /// the connection gone: it died while idle (a restart, a failover, a proxy's idle timeout)
+    /// and nothing was written yet.
+    async fn take_lock(&mut self) -> Result<()> {
+        let Err(error) = self.lock_and_sync().await else {
+            return Ok(());
+        };
+        match self.link.as_mut() {
+            Some(link) if link.is_up() && link::lost(&error) => {
+                link.failed(&error);
+                self.lock_and_sync().await
+            }
+            _ => Err(error),
+        }
+    }
+
     async fn lock_and_sync(&mut self) -> Result<()> {
+        if let Some(link) = self.link.as_mut()
+            && let Some(conn) = link.restore().await?
+        {
+            self.conn = WriterConn::Postgres(conn);
+            // The side connection most likely went with the old one: it connects again
+            // before the next group, not at its next retry.
+            self.side.conn = None;
+            self.side.retry_at = Instant::now();
+        }
         let db_head = self.lock_and_read_head().await?;
         let cached = self.head;
         let db_pair = db_head.as_ref().map(|(s, h, _)| (*s, *h));
@@ -1565,12 +1611,17 @@ impl Writer {
             .store(outcome.is_ok(), std::sync::atomic::Ordering::SeqCst);
         if let Err(e) = &outcome {
             tracing::debug!(error = %e, "ledger write probe failed");
+            if !is_refusal(e)
+                && let Some(link) = self.link.as_mut()
+            {
+                link.failed(e);
+            }
         }
         outcome
     }
 
     async fn probe_inner(&mut self) -> Result<()> {
-        if let Err(e) = self.lock_and_sync().await {
+        if let Err(e) = self.take_lock().await {
             self.head = None;
             return Err(e);
         }

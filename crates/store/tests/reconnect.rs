@@ -1,0 +1,155 @@
+//! PostgreSQL: the ledger writer's own connection comes back after the server dropped it — a
+//! restart, a failover, a proxy's idle timeout. While no connection can be made, appends fail
+//! closed at once with the reason; once one can, the writer goes on without a restart.
+
+mod common;
+
+use common::*;
+use grantline_ledger::*;
+use grantline_store::testing::{self, TestDb};
+use grantline_store::{Database, StoreError};
+use sqlx::Connection;
+use std::time::{Duration, Instant};
+
+/// A connection to the test database of its own, that outlives whatever the test terminates.
+async fn admin(db: &TestDb) -> sqlx::PgConnection {
+    let Database::Postgres(url) = &db.db else {
+        unreachable!("PostgreSQL tests only")
+    };
+    sqlx::PgConnection::connect(url).await.unwrap()
+}
+
+/// Terminates the writer's connections (its own and the side one); returns how many of the
+/// writer's own there were.
+async fn drop_writer(admin: &mut sqlx::PgConnection) -> usize {
+    let killed: Vec<(String, bool)> = sqlx::query_as(
+        "SELECT application_name, pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() \
+           AND application_name IN ('grantline-ledger-writer', 'grantline-ledger-side')",
+    )
+    .fetch_all(admin)
+    .await
+    .unwrap();
+    assert!(killed.iter().all(|(_, ok)| *ok), "{killed:?}");
+    killed
+        .iter()
+        .filter(|(name, _)| name == "grantline-ledger-writer")
+        .count()
+}
+
+async fn writer_connections(admin: &mut sqlx::PgConnection) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+         AND application_name = 'grantline-ledger-writer'",
+    )
+    .fetch_one(admin)
+    .await
+    .unwrap()
+}
+
+/// The server dropped the writer's idle connection: the next append finds it gone at its first
+/// statement, before anything is written, and is written on a new connection — the caller
+/// never sees the drop.
+#[tokio::test]
+async fn an_append_after_the_writers_connection_was_dropped_is_written_on_a_new_one() {
+    let Some(db) = testing::postgres().await else {
+        return;
+    };
+    let mut admin = admin(&db).await;
+    let ledger = open_with(&db, quiet()).await;
+    let mut answers = vec![append_one(&ledger, tool_call(0)).await];
+    assert_eq!(
+        writer_connections(&mut admin).await,
+        1,
+        "named in pg_stat_activity"
+    );
+
+    assert_eq!(drop_writer(&mut admin).await, 1);
+    let r = ledger
+        .append(Append::new(vec![tool_call(1)]))
+        .await
+        .expect("written on a new connection");
+    assert_eq!(r[0].seq(), 2);
+    answers.extend(r);
+    assert!(ledger.healthy());
+    assert_eq!(writer_connections(&mut admin).await, 1);
+
+    // And again, many appends at once (groups planned ahead on the side connection too).
+    assert_eq!(drop_writer(&mut admin).await, 1);
+    let tasks: Vec<_> = (0..64u64)
+        .map(|i| {
+            let ledger = ledger.clone();
+            tokio::spawn(async move { ledger.append(Append::new(vec![tool_call(10 + i)])).await })
+        })
+        .collect();
+    for t in tasks {
+        answers.extend(t.await.unwrap().expect("written on a new connection"));
+    }
+    assert!(ledger.healthy());
+    assert_eq!(verify(ledger.store()).await.unwrap().events, 66);
+    let stored = ledger.store().read(0, 100).await.unwrap();
+    assert_eq!(stored.len(), answers.len());
+}
+
+/// The database takes no connections for a while (a server restarting, a failover under way):
+/// appends fail closed at once, saying why, nothing is written and the write probe says the
+/// ledger is not writable; once connections are taken again the writer goes on by itself.
+#[tokio::test]
+async fn while_no_connection_can_be_made_appends_fail_closed_and_the_writer_comes_back() {
+    let Some(db) = testing::postgres().await else {
+        return;
+    };
+    let mut admin = admin(&db).await;
+    let name: String = sqlx::query_scalar("SELECT current_database()")
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+    // The test database's own connections cannot close it to new ones: the cluster's can.
+    let mut cluster = sqlx::PgConnection::connect(db.pg_admin.as_deref().unwrap())
+        .await
+        .unwrap();
+    let ledger = open_with(&db, quiet()).await;
+    append_one(&ledger, tool_call(0)).await;
+
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "ALTER DATABASE {name} ALLOW_CONNECTIONS false"
+    )))
+    .execute(&mut cluster)
+    .await
+    .unwrap();
+    assert_eq!(drop_writer(&mut admin).await, 1);
+    for i in 0..3u64 {
+        let started = Instant::now();
+        match ledger.append(Append::new(vec![tool_call(1 + i)])).await {
+            Err(StoreError::Unavailable(m)) => {
+                assert!(m.contains("not currently accepting connections"), "{m}")
+            }
+            other => panic!("append {i} while no connection can be made: {other:?}"),
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "failed at once, not after a time-out: {:?}",
+            started.elapsed()
+        );
+        assert!(!ledger.healthy());
+    }
+    assert!(ledger.probe().await.is_err());
+    assert_eq!(writer_connections(&mut admin).await, 0);
+
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "ALTER DATABASE {name} ALLOW_CONNECTIONS true"
+    )))
+    .execute(&mut cluster)
+    .await
+    .unwrap();
+    // The probe (as `/readyz` runs it) finds the ledger writable again, within a few retries.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ledger.probe().await.is_err() {
+        assert!(Instant::now() < deadline, "the writer did not come back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ledger.healthy());
+    let r = append_one(&ledger, tool_call(99)).await;
+    assert_eq!(r.seq(), 2, "nothing of the failed appends was written");
+    assert_eq!(verify(ledger.store()).await.unwrap().events, 2);
+}
