@@ -166,9 +166,13 @@ impl Store {
                         )));
                     }
                 }
+                // The pool retries a refused connection until its acquire time-out (30 s by
+                // default): while PostgreSQL is away, a read would hang that long. It waits
+                // the connect timeout, as everything else that connects does.
                 Pool::Postgres(
                     PgPoolOptions::new()
                         .max_connections(8)
+                        .acquire_timeout(wait)
                         .connect_with(opts)
                         .await?,
                 )

@@ -153,3 +153,83 @@ async fn while_no_connection_can_be_made_appends_fail_closed_and_the_writer_come
     assert_eq!(r.seq(), 2, "nothing of the failed appends was written");
     assert_eq!(verify(ledger.store()).await.unwrap().events, 2);
 }
+
+/// Forwards connections to PostgreSQL until dropped; then the port refuses them, as a server
+/// that is down does.
+struct Proxy {
+    addr: std::net::SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    async fn to(url: &str) -> Proxy {
+        use std::str::FromStr;
+        let o = sqlx::postgres::PgConnectOptions::from_str(url).unwrap();
+        let upstream = format!("{}:{}", o.get_host(), o.get_port());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let mut open = tokio::task::JoinSet::new();
+            while let Ok((mut client, _)) = listener.accept().await {
+                let upstream = upstream.clone();
+                open.spawn(async move {
+                    if let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+            }
+        });
+        Proxy { addr, task }
+    }
+
+    /// The URL `url` becomes through the proxy.
+    fn url(&self, url: &str) -> String {
+        use std::str::FromStr;
+        let o = sqlx::postgres::PgConnectOptions::from_str(url).unwrap();
+        url.replace(
+            &format!("{}:{}", o.get_host(), o.get_port()),
+            &self.addr.to_string(),
+        )
+    }
+
+    /// Closes every forwarded connection and the port.
+    fn stop(self) {
+        self.task.abort();
+    }
+}
+
+/// While PostgreSQL is down (its port refuses connections), a read that needs a new
+/// connection fails after the connect timeout (the URL's `connect_timeout`), not after the
+/// pool's 30 s of retries.
+#[tokio::test]
+async fn a_read_while_postgresql_is_down_fails_after_the_connect_timeout() {
+    let Some(db) = testing::postgres().await else {
+        return;
+    };
+    let Database::Postgres(url) = &db.db else {
+        unreachable!()
+    };
+    let proxy = Proxy::to(url).await;
+    let store = grantline_store::Store::connect(
+        &Database::parse(&format!("{}?connect_timeout=1", proxy.url(url))).unwrap(),
+        false,
+    )
+    .await
+    .unwrap();
+    store.migrate().await.unwrap();
+    assert_eq!(store.count().await.unwrap(), 0);
+
+    proxy.stop();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    let read = store.count().await;
+    let took = started.elapsed();
+    let Err(e) = read else {
+        panic!("read through a port that refuses: {read:?}")
+    };
+    assert!(took < Duration::from_secs(5), "failed after {took:?}: {e}");
+    assert!(
+        took >= Duration::from_millis(900),
+        "retried for the connect timeout: {took:?}"
+    );
+}
