@@ -203,13 +203,16 @@ async fn readiness_follows_a_postgresql_that_goes_away_and_comes_back() {
     let Some(db) = grantline_store::testing::postgres().await else {
         return;
     };
-    let grantline_store::Database::Postgres(url) = &db.db else {
-        unreachable!()
-    };
-    let name = url.rsplit('/').next().unwrap().to_string();
     let dir = tempfile::tempdir().unwrap();
     let s = Server::start(&db, dir.path().to_path_buf(), config(dir.path(), 30, 60)).await;
     until_ready_is(&s, true).await;
+    let grantline_store::Pool::Postgres(pool) = s.app.store().pool() else {
+        unreachable!()
+    };
+    let name: String = sqlx::query_scalar("SELECT current_database()")
+        .fetch_one(pool)
+        .await
+        .unwrap();
     register_public(&s, "http://127.0.0.1:7777/cb").await;
     let before = s.app.store().count().await.unwrap();
 
@@ -247,10 +250,11 @@ async fn readiness_follows_a_postgresql_that_goes_away_and_comes_back() {
     let body: Value = r.json().await.unwrap();
     assert!(body["error"].is_string(), "an OAuth error body: {body}");
     // Unready at once (the schema and the head cannot be read); the ledger's own check says
-    // so at its next write probe.
+    // why at its next write probe.
     let mut body = until_ready_is(&s, false).await;
     for _ in 0..60 {
-        if body["checks"]["ledger"]["ok"] == false {
+        let detail = body["checks"]["ledger"]["detail"].as_str().unwrap_or("");
+        if detail.contains("not currently accepting connections") {
             break;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;

@@ -270,7 +270,7 @@ impl Ledger {
                             Ok(o) => {
                                 let l =
                                     PgLink::new(o.clone(), crate::database::connect_timeout(url));
-                                let conn = PgConnection::connect_with(l.options())
+                                let conn = link::connect(l.options())
                                     .await
                                     .map(WriterConn::Postgres)
                                     .map_err(StoreError::from);
@@ -459,7 +459,7 @@ impl WriterConn {
                 let bodies: Vec<&[u8]> = rows.iter().map(|r| r.body.as_slice()).collect();
                 let prevs: Vec<&[u8]> = rows.iter().map(|r| r.prev_hash.0.as_slice()).collect();
                 let hashes: Vec<&[u8]> = rows.iter().map(|r| r.hash.0.as_slice()).collect();
-                sqlx::query(
+                let insert = sqlx::query(
                     "INSERT INTO events (seq, id, time, stream, version, kind, body, prev_hash, hash) \
                      SELECT s, i, TIMESTAMPTZ 'epoch' + t * INTERVAL '1 microsecond', st, v, k, b, p, h \
                      FROM UNNEST($1::int8[], $2::uuid[], $3::int8[], $4::text[], $5::int8[], $6::text[], \
@@ -474,8 +474,8 @@ impl WriterConn {
                 .bind(bodies)
                 .bind(prevs)
                 .bind(hashes)
-                .execute(&mut *c)
-                .await?;
+                .execute(&mut *c);
+                link::within(link::STATEMENT_DEADLINE, "the INSERT", insert).await?;
             }
         }
         Ok(())
@@ -502,7 +502,7 @@ impl WriterConn {
                 .await?;
             }
             WriterConn::Postgres(c) => {
-                sqlx::query(
+                let insert = sqlx::query(
                     "INSERT INTO checkpoints (time, tree_size, root, note, frontier) \
                      VALUES (TIMESTAMPTZ 'epoch' + $1 * INTERVAL '1 microsecond', $2, $3, $4, $5)",
                 )
@@ -511,8 +511,8 @@ impl WriterConn {
                 .bind(root.0.as_slice())
                 .bind(note)
                 .bind(frontier)
-                .execute(&mut *c)
-                .await?;
+                .execute(&mut *c);
+                link::within(link::STATEMENT_DEADLINE, "the checkpoint's INSERT", insert).await?;
             }
         }
         Ok(())
@@ -529,13 +529,14 @@ impl WriterConn {
             }
             WriterConn::Postgres(c) => {
                 if notify {
-                    sqlx::query("SELECT pg_notify($1, $2)")
+                    let notify = sqlx::query("SELECT pg_notify($1, $2)")
                         .bind(PG_CHANNEL)
                         .bind(head.to_string())
-                        .execute(&mut *c)
-                        .await?;
+                        .execute(&mut *c);
+                    link::within(link::STATEMENT_DEADLINE, "NOTIFY", notify).await?;
                 }
-                sqlx::query("COMMIT").execute(&mut *c).await?;
+                let commit = sqlx::query("COMMIT").execute(&mut *c);
+                link::within(link::STATEMENT_DEADLINE, "COMMIT", commit).await?;
             }
         }
         Ok(())
@@ -1076,9 +1077,12 @@ impl Writer {
                         tracing::debug!(error = %failed.error, "ledger commit failed; failing closed");
                     }
                 }
-                self.rollback().await;
-                if !refused && let Some(link) = self.link.as_mut() {
-                    link.failed(&failed.error);
+                let rolled_back = self.rollback().await;
+                if !refused
+                    && (link::lost(&failed.error) || !rolled_back)
+                    && let Some(link) = self.link.as_mut()
+                {
+                    link.failed(&failed.error, false);
                 }
                 self.head = None;
                 self.versions.clear();
@@ -1302,7 +1306,6 @@ impl Writer {
         Ok(())
     }
 
-    /// Takes the append lock and makes the caches match the database head.
     /// [`Self::lock_and_sync`], once more on a new connection when its first statement finds
     /// the connection gone: it died while idle (a restart, a failover, a proxy's idle timeout)
     /// and nothing was written yet.
@@ -1312,16 +1315,22 @@ impl Writer {
         };
         match self.link.as_mut() {
             Some(link) if link.is_up() && link::lost(&error) => {
-                link.failed(&error);
+                link.failed(&error, true);
+                // The server most likely closed an idle connection and is there: the group
+                // waits for the new one as long as a first connection may take.
+                let wait = link.connect_timeout();
+                self.restore_link(wait).await?;
                 self.lock_and_sync().await
             }
             _ => Err(error),
         }
     }
 
-    async fn lock_and_sync(&mut self) -> Result<()> {
+    /// PostgreSQL, when the writer's connection is down: a new one, waiting at most `wait` for
+    /// an attempt under way (see [`PgLink`]); an error while there is none.
+    async fn restore_link(&mut self, wait: Duration) -> Result<()> {
         if let Some(link) = self.link.as_mut()
-            && let Some(conn) = link.restore().await?
+            && let Some(conn) = link.restore(wait).await?
         {
             self.conn = WriterConn::Postgres(conn);
             // The side connection most likely went with the old one: it connects again
@@ -1329,17 +1338,35 @@ impl Writer {
             self.side.conn = None;
             self.side.retry_at = Instant::now();
         }
+        Ok(())
+    }
+
+    /// Takes the append lock and makes the caches match the database head.
+    async fn lock_and_sync(&mut self) -> Result<()> {
+        self.restore_link(link::GRACE).await?;
         let db_head = self.lock_and_read_head().await?;
-        let cached = self.head;
-        let db_pair = db_head.as_ref().map(|(s, h, _)| (*s, *h));
         // A seq the caller checked the key through, said since the last catch-up: the
-        // rotations after it that this catch-up does not read otherwise are read below.
+        // rotations after it that this catch-up does not read otherwise are read below. Put
+        // back if the catch-up fails, for the next one to read.
         let checked = self
             .key_checked
             .swap(u64::MAX, std::sync::atomic::Ordering::SeqCst);
         if checked != u64::MAX {
             self.key_vouched = true;
         }
+        let synced = self.sync_head(db_head, checked).await;
+        if synced.is_err() && checked != u64::MAX {
+            self.key_checked
+                .fetch_min(checked, std::sync::atomic::Ordering::SeqCst);
+        }
+        synced
+    }
+
+    /// Under the lock: the caches follow the database head `db_head`, reading the rotations
+    /// after `checked` (see [`Self::lock_and_sync`]).
+    async fn sync_head(&mut self, db_head: Option<(u64, Hash, i64)>, checked: u64) -> Result<()> {
+        let cached = self.head;
+        let db_pair = db_head.as_ref().map(|(s, h, _)| (*s, *h));
         if cached == db_pair.or(Some((0, GENESIS))) && self.head.is_some() {
             let size = cached.map_or(0, |(s, _)| s);
             if checked < size {
@@ -1412,23 +1439,31 @@ impl Writer {
             .await?
             .map(Ok),
             WriterConn::Postgres(c) => {
-                sqlx::query("BEGIN").execute(&mut *c).await?;
-                sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                // A connection a firewall silently dropped would hang here for the kernel's
+                // retransmissions (~15 min): BEGIN answers at once on a live one, so past the
+                // connect timeout the connection counts as lost (`link::lost`).
+                let wait = self
+                    .link
+                    .as_ref()
+                    .map_or(Duration::from_secs(10), PgLink::connect_timeout);
+                link::within(wait, "BEGIN", sqlx::query("BEGIN").execute(&mut *c)).await?;
+                let lock = sqlx::query("SELECT pg_advisory_xact_lock($1)")
                     .bind(PG_APPEND_LOCK)
-                    .execute(&mut *c)
-                    .await?;
-                sqlx::query(
+                    .execute(&mut *c);
+                link::within(link::STATEMENT_DEADLINE, "the append lock", lock).await?;
+                let head = sqlx::query(
                     "SELECT seq, hash, (EXTRACT(EPOCH FROM time) * 1000000)::int8 FROM events ORDER BY seq DESC LIMIT 1",
                 )
-                .fetch_optional(&mut *c)
-                .await?
-                .map(|r| -> Result<_> {
-                    Ok((
-                        r.try_get::<i64, _>(0)?,
-                        r.try_get::<Vec<u8>, _>(1)?,
-                        r.try_get::<i64, _>(2)?,
-                    ))
-                })
+                .fetch_optional(&mut *c);
+                link::within(link::STATEMENT_DEADLINE, "the head", head)
+                    .await?
+                    .map(|r| -> Result<_> {
+                        Ok((
+                            r.try_get::<i64, _>(0)?,
+                            r.try_get::<Vec<u8>, _>(1)?,
+                            r.try_get::<i64, _>(2)?,
+                        ))
+                    })
             }
         };
         match row.transpose()? {
@@ -1606,15 +1641,16 @@ impl Writer {
     /// chained to it), in a stream no event uses; it never commits.
     async fn probe(&mut self) -> Result<()> {
         let outcome = self.probe_inner().await;
-        self.rollback().await;
+        let rolled_back = self.rollback().await;
         self.healthy
             .store(outcome.is_ok(), std::sync::atomic::Ordering::SeqCst);
         if let Err(e) = &outcome {
             tracing::debug!(error = %e, "ledger write probe failed");
             if !is_refusal(e)
+                && (link::lost(e) || !rolled_back)
                 && let Some(link) = self.link.as_mut()
             {
-                link.failed(e);
+                link.failed(e, false);
             }
         }
         outcome
@@ -1652,7 +1688,7 @@ impl Writer {
                 .await
             }
             WriterConn::Postgres(c) => {
-                sqlx::query(
+                let insert = sqlx::query(
                     "INSERT INTO events (seq, id, time, stream, version, kind, body, prev_hash, hash) \
                      VALUES ($1, $2, TIMESTAMPTZ 'epoch' + $3 * INTERVAL '1 microsecond', $4, 1, $5, '\\x'::bytea, $6, $7)",
                 )
@@ -1663,25 +1699,34 @@ impl Writer {
                 .bind(kind)
                 .bind(prev.0.as_slice())
                 .bind([0u8; 32].as_slice())
-                .execute(&mut *c)
-                .await?;
+                .execute(&mut *c);
+                link::within(link::STATEMENT_DEADLINE, "the probe's INSERT", insert).await?;
                 Ok(())
             }
         }
     }
 
-    async fn rollback(&mut self) {
+    /// Rolls back whatever transaction is open; false when even that failed (the connection
+    /// is in no known state).
+    async fn rollback(&mut self) -> bool {
+        let wait = match &self.link {
+            // Gone: the server ends its transaction with it (or, were it still waiting on a
+            // connection cut halfway, after `idle_in_transaction_session_timeout`).
+            Some(link) if !link.is_up() => return false,
+            Some(link) => link.connect_timeout(),
+            None => Duration::ZERO,
+        };
         let r = match &mut self.conn {
             WriterConn::Sqlite(c) => on_sqlite(c, |c| Ok(c.execute_batch("ROLLBACK")?)).await,
-            WriterConn::Postgres(c) => sqlx::query("ROLLBACK")
-                .execute(&mut *c)
-                .await
-                .map(|_| ())
-                .map_err(StoreError::from),
+            WriterConn::Postgres(c) => {
+                let rollback = sqlx::query("ROLLBACK").execute(&mut *c);
+                link::within(wait, "ROLLBACK", rollback).await.map(|_| ())
+            }
         };
-        if let Err(e) = r {
+        if let Err(e) = &r {
             tracing::debug!(error = %e, "rollback after a failed commit");
         }
+        r.is_ok()
     }
 }
 

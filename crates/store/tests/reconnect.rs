@@ -154,11 +154,37 @@ async fn while_no_connection_can_be_made_appends_fail_closed_and_the_writer_come
     assert_eq!(verify(ledger.store()).await.unwrap().events, 2);
 }
 
-/// Forwards connections to PostgreSQL until dropped; then the port refuses them, as a server
-/// that is down does.
+/// Forwards connections to PostgreSQL. Frozen, it holds what either side sends and keeps the
+/// connections open, as a network that silently drops packets does; stopped, its port
+/// refuses connections, as a server that is down does.
 struct Proxy {
     addr: std::net::SocketAddr,
+    frozen: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// Copies `from` to `to`, holding each read while `gate` says frozen.
+async fn pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut gate: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        while *gate.borrow_and_update() {
+            if gate.changed().await.is_err() {
+                return;
+            }
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
 }
 
 impl Proxy {
@@ -168,18 +194,20 @@ impl Proxy {
         let upstream = format!("{}:{}", o.get_host(), o.get_port());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let (frozen, gate) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(async move {
             let mut open = tokio::task::JoinSet::new();
-            while let Ok((mut client, _)) = listener.accept().await {
-                let upstream = upstream.clone();
-                open.spawn(async move {
-                    if let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await {
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-                    }
-                });
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
+                    continue;
+                };
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                open.spawn(pipe(cr, sw, gate.clone()));
+                open.spawn(pipe(sr, cw, gate.clone()));
             }
         });
-        Proxy { addr, task }
+        Proxy { addr, frozen, task }
     }
 
     /// The URL `url` becomes through the proxy.
@@ -192,10 +220,101 @@ impl Proxy {
         )
     }
 
+    fn freeze(&self, frozen: bool) {
+        self.frozen.send_replace(frozen);
+    }
+
     /// Closes every forwarded connection and the port.
     fn stop(self) {
         self.task.abort();
     }
+}
+
+/// The network between the writer and PostgreSQL silently drops everything (a firewall that
+/// forgot the connection, a cable pulled): the next group's `BEGIN` is unanswered, and after
+/// the connect timeout the connection counts as lost and a new one is tried, which does not
+/// answer either — the appends fail closed within seconds instead of waiting for the kernel's
+/// retransmissions (~15 minutes). When the network is back, the writer goes on.
+#[tokio::test]
+async fn a_network_that_drops_everything_fails_appends_within_the_connect_timeout() {
+    let Some(db) = testing::postgres().await else {
+        return;
+    };
+    let Database::Postgres(url) = &db.db else {
+        unreachable!()
+    };
+    let proxy = Proxy::to(url).await;
+    let through = Database::parse(&format!("{}?connect_timeout=1", proxy.url(url))).unwrap();
+    let ledger = grantline_store::Ledger::open(&through, testing::signer(), quiet())
+        .await
+        .unwrap();
+    append_one(&ledger, tool_call(0)).await;
+
+    proxy.freeze(true);
+    let started = Instant::now();
+    let r = ledger.append(Append::new(vec![tool_call(1)])).await;
+    let took = started.elapsed();
+    match r {
+        Err(StoreError::Unavailable(m)) => assert!(m.contains("did not answer"), "{m}"),
+        other => panic!("append over a silent network: {other:?}"),
+    }
+    assert!(took < Duration::from_secs(5), "failed after {took:?}");
+    assert!(!ledger.healthy());
+
+    proxy.freeze(false);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ledger.probe().await.is_err() {
+        assert!(Instant::now() < deadline, "the writer did not come back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(append_one(&ledger, tool_call(2)).await.seq(), 2);
+    assert_eq!(verify(ledger.store()).await.unwrap().events, 2);
+    proxy.stop();
+}
+
+/// A commit that fails for a reason that is not the connection's (here the database fails
+/// the row with an internal error, as a full disk would) keeps the connection: the next group
+/// is written on the same one, not on a new connection made at every group.
+#[tokio::test]
+async fn a_failure_that_is_not_the_connections_keeps_the_connection() {
+    let Some(db) = testing::postgres().await else {
+        return;
+    };
+    let mut admin = admin(&db).await;
+    let ledger = open_with(&db, quiet()).await;
+    append_one(&ledger, tool_call(0)).await;
+    let pid = || {
+        sqlx::query_scalar::<_, i32>(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() \
+             AND application_name = 'grantline-ledger-writer'",
+        )
+    };
+    let before = pid().fetch_all(&mut admin).await.unwrap();
+    assert_eq!(before.len(), 1);
+    exec(
+        ledger.store(),
+        "CREATE FUNCTION broken() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+           RAISE EXCEPTION 'could not extend file' USING ERRCODE = '53100'; END $$; \
+         CREATE TRIGGER broken BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION broken()",
+    )
+    .await
+    .unwrap();
+    for i in 0..3 {
+        match ledger.append(Append::new(vec![tool_call(1 + i)])).await {
+            Err(StoreError::Unavailable(m)) => assert!(m.contains("could not extend file"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(!ledger.healthy());
+    exec(ledger.store(), "DROP TRIGGER broken ON events")
+        .await
+        .unwrap();
+    assert_eq!(append_one(&ledger, tool_call(9)).await.seq(), 2);
+    assert_eq!(
+        pid().fetch_all(&mut admin).await.unwrap(),
+        before,
+        "the same connection"
+    );
 }
 
 /// While PostgreSQL is down (its port refuses connections), a read that needs a new

@@ -1,11 +1,20 @@
 //! PostgreSQL: how the ledger writer's own connection comes back after it failed — the
 //! server restarted, failed over, or a proxy or the network cut the connection.
 //!
-//! A commit or probe that fails for any reason other than a refusal of its rows marks the
-//! link down; the next group (or probe) then starts on a new connection. While no new
-//! connection can be made, groups fail closed at once with the reason; attempts are made in
-//! the background, at most every [`RETRY_AFTER`], each bounded by the connect timeout, so a
-//! server that drops packets never holds the writer for longer than [`GRACE`] a group.
+//! A statement that finds the connection gone ([`lost`]: closed, reset, the server shutting
+//! down, or `BEGIN` unanswered for the connect timeout), or a commit whose rollback fails too,
+//! marks the link down; the next group (or probe) then starts on a new connection. Other
+//! failures (disk full, a read-only server) keep the connection: a new one would fail alike.
+//! Every statement has a deadline (`BEGIN` the connect timeout, the others
+//! [`STATEMENT_DEADLINE`]), past which the connection counts as lost. While no new connection
+//! can be made, groups fail closed at once with the reason; attempts
+//! are made in the background, at most every [`RETRY_AFTER`], each bounded by the connect
+//! timeout, so a server that drops packets holds a group for at most [`GRACE`].
+//!
+//! A connection cut mid-transaction can leave its server backend waiting, holding the append
+//! lock, until TCP keepalive notices (hours): the writer's connection sets
+//! `idle_in_transaction_session_timeout`, so the server ends such a backend after
+//! [`IDLE_IN_TRANSACTION`]. The writer itself never idles inside a transaction.
 
 use crate::{Result, StoreError};
 use sqlx::Connection;
@@ -19,7 +28,10 @@ pub(super) const WRITER_APPLICATION: &str = "grantline-ledger-writer";
 
 /// How long a group waits for a connection attempt under way before it fails: a server that
 /// is back answers well within it.
-const GRACE: Duration = Duration::from_millis(100);
+pub(super) const GRACE: Duration = Duration::from_millis(100);
+
+/// The writer connection's `idle_in_transaction_session_timeout` (see the module's doc).
+const IDLE_IN_TRANSACTION: &str = "30s";
 
 /// How long after a failed attempt the next one is made.
 const RETRY_AFTER: Duration = Duration::from_millis(500);
@@ -29,6 +41,10 @@ pub(super) struct PgLink {
     options: PgConnectOptions,
     connect_timeout: Duration,
     down: Option<Down>,
+    /// When the last new connection was made: one that fails again at once waits
+    /// [`RETRY_AFTER`] before the next, so a server that accepts and then drops connections
+    /// is not reconnected to at every group.
+    connected_at: Option<Instant>,
 }
 
 /// A link known to be down since a failure.
@@ -45,7 +61,13 @@ impl PgLink {
             options: options.application_name(WRITER_APPLICATION),
             connect_timeout,
             down: None,
+            connected_at: None,
         }
+    }
+
+    /// How long a connection may take (the database URL's `connect_timeout`, else 10 s).
+    pub(super) fn connect_timeout(&self) -> Duration {
+        self.connect_timeout
     }
 
     /// The options the writer's first connection is made with.
@@ -58,24 +80,30 @@ impl PgLink {
         self.down.is_none()
     }
 
-    /// After a commit or probe failed for a reason other than its rows: the connection may
-    /// be unusable, so the next use starts on a new one (an attempt is made at once).
-    pub(super) fn failed(&mut self, error: &StoreError) {
+    /// After the connection was found gone (see the module's doc): the next use starts on a
+    /// new one, at once unless the last new one was made less than [`RETRY_AFTER`] ago — or
+    /// at once anyway when `idle`: it died while nothing was sent on it, and a group is about
+    /// to try once more (at most one such try a group).
+    pub(super) fn failed(&mut self, error: &StoreError, idle: bool) {
         if self.down.is_none() {
             tracing::warn!(error = %error,
-                "the ledger writer's PostgreSQL connection failed; the next group starts on a new one");
+                "the ledger writer's PostgreSQL connection is gone; connecting again");
+            let now = Instant::now();
+            let backoff = self
+                .connected_at
+                .map_or(now, |at| (at + RETRY_AFTER).max(now));
             self.down = Some(Down {
                 error: error.to_string(),
                 attempt: None,
-                retry_at: Instant::now(),
+                retry_at: if idle { now } else { backoff },
             });
         }
     }
 
     /// `Ok(None)` when the link is up; `Ok(Some(connection))`, to be used from now on, when
-    /// it was down and a new connection was made; an error, and the group fails closed, while
-    /// it stays down.
-    pub(super) async fn restore(&mut self) -> Result<Option<PgConnection>> {
+    /// it was down and a new connection was made, waiting at most `wait` for an attempt under
+    /// way; an error, and the group fails closed, while it stays down.
+    pub(super) async fn restore(&mut self, wait: Duration) -> Result<Option<PgConnection>> {
         let Some(down) = self.down.as_mut() else {
             return Ok(None);
         };
@@ -83,16 +111,16 @@ impl PgLink {
             if Instant::now() < down.retry_at {
                 return Err(unavailable(&down.error));
             }
-            let (options, wait) = (self.options.clone(), self.connect_timeout);
+            let (options, timeout) = (self.options.clone(), self.connect_timeout);
             down.attempt = Some(tokio::spawn(async move {
-                match tokio::time::timeout(wait, PgConnection::connect_with(&options)).await {
+                match tokio::time::timeout(timeout, connect(&options)).await {
                     Ok(Ok(conn)) => Ok(conn),
                     Ok(Err(e)) => Err(e.to_string()),
                     Err(_) => Err(format!(
                         "PostgreSQL at {}:{} did not answer within {} s",
                         options.get_host(),
                         options.get_port(),
-                        wait.as_secs()
+                        timeout.as_secs()
                     )),
                 }
             }));
@@ -100,7 +128,7 @@ impl PgLink {
         let Some(attempt) = down.attempt.as_mut() else {
             return Err(unavailable(&down.error));
         };
-        let joined = match tokio::time::timeout(GRACE, attempt).await {
+        let joined = match tokio::time::timeout(wait, attempt).await {
             // Still connecting: this group fails, the attempt goes on for the next.
             Err(_) => return Err(unavailable(&down.error)),
             Ok(joined) => joined,
@@ -110,6 +138,7 @@ impl PgLink {
             Ok(Ok(conn)) => {
                 tracing::info!("the ledger writer connected to PostgreSQL again");
                 self.down = None;
+                self.connected_at = Some(Instant::now());
                 Ok(Some(conn))
             }
             Ok(Err(error)) => {
@@ -127,9 +156,51 @@ impl PgLink {
     }
 }
 
+/// Connects the writer's connection: `options` with the settings of the module's doc.
+pub(super) async fn connect(options: &PgConnectOptions) -> sqlx::Result<PgConnection> {
+    let mut conn = PgConnection::connect_with(options).await?;
+    let set = format!("SET idle_in_transaction_session_timeout = '{IDLE_IN_TRANSACTION}'");
+    if let Err(error) = sqlx::raw_sql(sqlx::AssertSqlSafe(set))
+        .execute(&mut conn)
+        .await
+    {
+        tracing::warn!(%error, "the ledger writer's connection keeps the server's idle_in_transaction_session_timeout");
+    }
+    Ok(conn)
+}
+
+/// How long any other statement of the writer's (the lock, the inserts, `COMMIT`) may take
+/// before its connection counts as lost: far longer than a group's insert or a wait for
+/// another instance's commit, far shorter than the kernel's retransmissions when the network
+/// went silent in the middle of a group.
+pub(super) const STATEMENT_DEADLINE: Duration = Duration::from_secs(30);
+
+/// `statement`, answered within `wait` or counted as a lost connection.
+pub(super) async fn within<T>(
+    wait: Duration,
+    statement: &str,
+    fut: impl Future<Output = sqlx::Result<T>>,
+) -> Result<T> {
+    match tokio::time::timeout(wait, fut).await {
+        Ok(done) => Ok(done?),
+        Err(_) => Err(unanswered(statement, wait)),
+    }
+}
+
+/// `statement` had no answer within `wait`: the connection counts as lost ([`lost`]).
+pub(super) fn unanswered(statement: &str, wait: Duration) -> StoreError {
+    StoreError::Database(sqlx::Error::Io(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!(
+            "PostgreSQL did not answer {statement} within {} s",
+            wait.as_secs()
+        ),
+    )))
+}
+
 /// Whether `error` says the connection itself is gone (not the statement): the server closed
-/// it or is shutting down, or the socket failed. Nothing was written by a statement that
-/// failed so before the group's inserts.
+/// it or is shutting down, or the socket failed or went silent. Nothing was written by a
+/// statement that failed so before the group's inserts.
 pub(super) fn lost(error: &StoreError) -> bool {
     match error {
         StoreError::Database(
@@ -145,4 +216,44 @@ pub(super) fn lost(error: &StoreError) -> bool {
 
 fn unavailable(error: &str) -> StoreError {
     StoreError::Unavailable(format!("no connection to PostgreSQL: {error}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lost_is_about_the_connection_not_the_statement() {
+        assert!(lost(&unanswered("BEGIN", Duration::from_secs(1))));
+        assert!(lost(&StoreError::Database(sqlx::Error::Io(
+            std::io::ErrorKind::ConnectionReset.into()
+        ))));
+        assert!(!lost(&StoreError::Database(sqlx::Error::RowNotFound)));
+        assert!(!lost(&StoreError::Invalid("a row refused".into())));
+    }
+
+    /// The server ends a transaction the writer's connection left open, so a connection cut
+    /// halfway cannot hold the append lock for hours.
+    #[tokio::test]
+    async fn the_writers_connection_has_the_server_end_a_transaction_left_idle() {
+        let Some(db) = crate::testing::postgres().await else {
+            return;
+        };
+        let crate::Database::Postgres(url) = &db.db else {
+            unreachable!("PostgreSQL")
+        };
+        let link = PgLink::new(crate::Database::pg_options(url).unwrap(), GRACE);
+        let mut conn = connect(link.options()).await.unwrap();
+        let (setting, name): (String, String) = sqlx::query_as(
+            "SELECT current_setting('idle_in_transaction_session_timeout'), \
+                    current_setting('application_name')",
+        )
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+        assert_eq!(
+            (setting.as_str(), name.as_str()),
+            ("30s", WRITER_APPLICATION)
+        );
+    }
 }
