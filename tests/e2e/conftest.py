@@ -10,8 +10,10 @@ import os
 import pathlib
 import random
 import socket
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -235,3 +237,75 @@ def audit_server(tmp_path):
     s.start()
     yield s
     s.stop()
+
+
+# PostgreSQL server binaries, for tests that run a cluster of their own (restarts, archiving).
+
+def pg_bin():
+    found = sorted(pathlib.Path("/usr/lib/postgresql").glob("*/bin/initdb"),
+                   key=lambda p: [int(x) for x in p.parent.parent.name.split(".") if x.isdigit()])
+    return found[-1].parent if found else None
+
+
+def as_postgres(*cmd, **kw):
+    """Runs a PostgreSQL server binary as the `postgres` user (it refuses to run as root)."""
+    prefix = [] if os.geteuid() != 0 else ["runuser", "-u", "postgres", "--"]
+    p = subprocess.run([*prefix, *map(str, cmd)], capture_output=True, text=True, **kw)
+    assert p.returncode == 0, f"{cmd[0]} exited {p.returncode}: {p.stdout}\n{p.stderr}"
+    return p
+
+
+def query(url, sql):
+    return subprocess.run(["psql", "-At", "-v", "ON_ERROR_STOP=1", "-d", url, "-c", sql],
+                          check=True, capture_output=True, text=True).stdout.strip()
+
+
+class Cluster:
+    """A PostgreSQL cluster of a test's own (one the test may stop, restart or configure, so
+    not the shared throwaway one), run as the `postgres` user with its data under `root`."""
+
+    def __init__(self, root, name):
+        binaries = pg_bin()
+        if binaries is None or (os.geteuid() == 0 and not shutil.which("runuser")):
+            if os.environ.get("CI") == "true":
+                pytest.fail("CI=true but PostgreSQL's server binaries (or runuser) are missing")
+            pytest.skip("no PostgreSQL server binaries under /usr/lib/postgresql")
+        self.binaries = binaries
+        self.root = pathlib.Path(root)
+        self.data = self.root / name
+        self.port = free_port()
+        self.running = False
+
+    @staticmethod
+    def root():
+        """A directory the `postgres` user may write: under /tmp itself, as pytest's own
+        directories are closed to other users."""
+        root = pathlib.Path(tempfile.mkdtemp(prefix="grantline-pg."))
+        root.chmod(0o755)
+        if os.geteuid() == 0:
+            shutil.chown(root, "postgres")
+        return root
+
+    def init(self):
+        as_postgres(self.binaries / "initdb", "-D", self.data, "-U", "postgres", "--auth=trust",
+                    "-E", "UTF8", "--no-locale")
+        return self
+
+    def start(self):
+        as_postgres(self.binaries / "pg_ctl", "-D", self.data, "-l", self.root / f"{self.data.name}.log",
+                    "-w", "-t", "120", "-o",
+                    f"-c listen_addresses=127.0.0.1 -c port={self.port} -c unix_socket_directories={self.root}",
+                    "start")
+        self.running = True
+        return self
+
+    def stop(self):
+        """A fast shutdown: open connections are closed, as in a restart or a failover."""
+        if self.running:
+            subprocess.run(([] if os.geteuid() != 0 else ["runuser", "-u", "postgres", "--"]) +
+                           [str(self.binaries / "pg_ctl"), "-D", str(self.data), "-m", "fast", "stop"],
+                           capture_output=True)
+            self.running = False
+
+    def url(self, database="postgres"):
+        return f"postgres://postgres@127.0.0.1:{self.port}/{database}"

@@ -17,7 +17,7 @@ import pytest
 import requests
 from authlib.integrations.requests_client import OAuth2Session
 
-from conftest import RS_SECRET, ROOT, Server, free_port
+from conftest import RS_SECRET, ROOT, Cluster, Server, as_postgres, query
 from test_oauth_flow import REDIRECT, browser_authorize, discover, register
 
 BINARY = os.environ.get("GRANTLINE_BIN", str(ROOT / "target/debug/grantline"))
@@ -219,20 +219,6 @@ def test_postgresql_dump_and_restore_procedure_verifies(tmp_path):
         psql(admin, f"DROP DATABASE IF EXISTS {dst_name} WITH (FORCE)")
 
 
-def pg_bin():
-    found = sorted(pathlib.Path("/usr/lib/postgresql").glob("*/bin/initdb"),
-                   key=lambda p: [int(x) for x in p.parent.parent.name.split(".") if x.isdigit()])
-    return found[-1].parent if found else None
-
-
-def as_postgres(*cmd, **kw):
-    """Runs a PostgreSQL server binary as the `postgres` user (it refuses to run as root)."""
-    prefix = [] if os.geteuid() != 0 else ["runuser", "-u", "postgres", "--"]
-    p = subprocess.run([*prefix, *map(str, cmd)], capture_output=True, text=True, **kw)
-    assert p.returncode == 0, f"{cmd[0]} exited {p.returncode}: {p.stdout}\n{p.stderr}"
-    return p
-
-
 def wait_for(what, secs, done):
     deadline = time.time() + secs
     while time.time() < deadline:
@@ -242,61 +228,32 @@ def wait_for(what, secs, done):
     raise AssertionError(f"{what}: not within {secs} s")
 
 
-def query(url, sql):
-    return subprocess.run(["psql", "-At", "-v", "ON_ERROR_STOP=1", "-d", url, "-c", sql],
-                          check=True, capture_output=True, text=True).stdout.strip()
-
-
 def test_postgresql_point_in_time_recovery_procedure_verifies(tmp_path):
     """docs/operations.md's point-in-time recovery, on a cluster of its own (archiving needs a
     restart, so not the shared throwaway one): WAL archived, a base backup, users added before
     and after a moment, recovery to that moment, and `grantline verify` of the recovered
     ledger: intact, and its head the one at that moment."""
-    binaries = pg_bin()
-    if binaries is None or (os.geteuid() == 0 and not shutil.which("runuser")):
-        if os.environ.get("CI") == "true":
-            pytest.fail("CI=true but PostgreSQL's server binaries (or runuser) are missing")
-        pytest.skip("no PostgreSQL server binaries under /usr/lib/postgresql")
-    # Under /tmp itself: pytest's own directories are closed to the `postgres` user.
-    import tempfile
-    root = pathlib.Path(tempfile.mkdtemp(prefix="grantline-pitr."))
-    root.chmod(0o755)
-    archive, primary, recovered = root / "archive", root / "primary", root / "recovered"
+    root = Cluster.root()
+    archive = root / "archive"
     archive.mkdir()
     if os.geteuid() == 0:
-        shutil.chown(root, "postgres")
         shutil.chown(archive, "postgres")
-    port, port2 = free_port(), free_port()
-
-    def start(data, port):
-        as_postgres(binaries / "pg_ctl", "-D", data, "-l", root / f"{data.name}.log", "-w", "-t", "120",
-                    "-o", f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={root}",
-                    "start")
-
-    def stop(data):
-        subprocess.run(([] if os.geteuid() != 0 else ["runuser", "-u", "postgres", "--"]) +
-                       [str(binaries / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"],
-                       capture_output=True)
-
-    as_postgres(binaries / "initdb", "-D", primary, "-U", "postgres", "--auth=trust", "-E", "UTF8",
-                "--no-locale")
-    with open(primary / "postgresql.auto.conf", "a") as f:
+    primary, recovered = Cluster(root, "primary"), Cluster(root, "recovered")
+    primary.init()
+    with open(primary.data / "postgresql.auto.conf", "a") as f:
         f.write("archive_mode = on\nwal_level = replica\n"
                 f"archive_command = 'test ! -f {archive}/%f && cp %p {archive}/%f'\n")
     data = tmp_path / "data"
-    started = []
     try:
-        start(primary, port)
-        started.append(primary)
-        admin = f"postgres://postgres@127.0.0.1:{port}/postgres"
-        query(admin, "CREATE DATABASE grantline")
-        url = f"postgres://postgres@127.0.0.1:{port}/grantline"
+        primary.start()
+        query(primary.url(), "CREATE DATABASE grantline")
+        url = primary.url("grantline")
         ledger = ("--data-dir", str(data), "--database", url)
         grantline(*ledger, "migrate")
         grantline(*ledger, "user", "add", "alice", env={"GRANTLINE_USER_PASSWORD": "pw-alice-1234"})
         # The base backup (its WAL streamed with it).
         base = root / "base"
-        as_postgres(binaries / "pg_basebackup", "-D", base, "-h", "127.0.0.1", "-p", port,
+        as_postgres(primary.binaries / "pg_basebackup", "-D", base, "-h", "127.0.0.1", "-p", primary.port,
                     "-U", "postgres", "-X", "stream", "--checkpoint=fast")
         grantline(*ledger, "user", "add", "bob", env={"GRANTLINE_USER_PASSWORD": "pw-bob-12345"})
         at_target = grantline(*ledger, "verify").stdout
@@ -311,19 +268,17 @@ def test_postgresql_point_in_time_recovery_procedure_verifies(tmp_path):
         # Every WAL segment up to carol archived, then the server is lost.
         segment = query(url, "SELECT pg_walfile_name(pg_switch_wal())")
         wait_for("the last segment archived", 60, lambda: (archive / segment).exists())
-        stop(primary)
-        started.remove(primary)
+        primary.stop()
 
         # The procedure: the base backup, the archive, a target time, recovery.signal.
-        as_postgres("cp", "-a", base, recovered)
-        with open(recovered / "postgresql.auto.conf", "a") as f:
+        as_postgres("cp", "-a", base, recovered.data)
+        with open(recovered.data / "postgresql.auto.conf", "a") as f:
             f.write(f"restore_command = 'cp {archive}/%f %p'\n"
                     f"recovery_target_time = '{target}'\nrecovery_target_action = 'promote'\n"
                     "archive_mode = off\n")
-        as_postgres("touch", recovered / "recovery.signal")
-        start(recovered, port2)
-        started.append(recovered)
-        url2 = f"postgres://postgres@127.0.0.1:{port2}/grantline"
+        as_postgres("touch", recovered.data / "recovery.signal")
+        recovered.start()
+        url2 = recovered.url("grantline")
         wait_for("recovery finished", 120,
                  lambda: query(url2, "SELECT pg_is_in_recovery()") == "f")
         verified = grantline("--data-dir", str(data), "--database", url2, "verify").stdout
@@ -333,7 +288,7 @@ def test_postgresql_point_in_time_recovery_procedure_verifies(tmp_path):
         users = grantline("--data-dir", str(data), "--database", url2, "user", "list").stdout
         assert "bob" in users and "carol" not in users, users
     finally:
-        for d in started:
-            stop(d)
+        primary.stop()
+        recovered.stop()
         shutil.rmtree(root, ignore_errors=True)
 

@@ -13,19 +13,24 @@ impl App {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(250));
             let mut n: u64 = 0;
+            let mut catching_up = crate::failing::Failing::default();
             loop {
                 tick.tick().await;
                 if app.stopping.load(std::sync::atomic::Ordering::SeqCst) {
                     return;
                 }
                 n += 1;
-                if let Err(e) = app.projection.catch_up(app.store()).await {
-                    tracing::warn!(error = %e, "catching up with the ledger failed");
-                }
+                let caught_up = app.projection.catch_up(app.store()).await;
+                catching_up.record("catching up with the ledger", &caught_up);
                 app.flush_rate_limits().await;
-                // The write probe: every 5 s, every 2 s while the ledger is failing. When it
-                // succeeds the ledger is healthy again and the gateway resumes.
-                if n.is_multiple_of(20) || (!app.ledger.healthy() && n.is_multiple_of(8)) {
+                // The write probe: every 5 s, every 2 s while the ledger is failing, and when
+                // the store could not be read (the database may be gone, and the writer would
+                // otherwise find out only at the next append). When it succeeds the ledger is
+                // healthy again and the gateway resumes.
+                if n.is_multiple_of(20)
+                    || (!app.ledger.healthy() && n.is_multiple_of(8))
+                    || caught_up.is_err()
+                {
                     app.probe_ledger().await;
                 }
                 if n == 1 || n.is_multiple_of(4) {
@@ -68,9 +73,12 @@ impl App {
             return;
         }
         let events = grantline_gateway::ratelimit::exceeded_events(&closed);
-        if let Err(e) = self.append(events).await {
-            tracing::warn!(error = %e, "could not record rate-limit refusals; keeping them");
+        let recorded = self.append(events).await;
+        if recorded.is_err() {
             self.rate_limiter.restore(closed);
+        }
+        if let Ok(mut failing) = self.rate_limit_flush.lock() {
+            failing.record("recording rate-limit refusals (kept until then)", &recorded);
         }
     }
 }

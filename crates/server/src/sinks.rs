@@ -315,17 +315,17 @@ async fn run(app: App, mut sink: Sink, stop: Arc<AtomicBool>, board: Board) {
     let mut exporter = Exporter::new(app.keyring.clone(), directory, sink.redact);
     let mut head = app.ledger.subscribe();
     let mut pending: Option<(Vec<ExportItem>, u64)> = None;
+    let mut reading = crate::failing::Failing::default();
+    let what = format!("sink {}: reading the ledger", sink.name);
     while !stop.load(Ordering::SeqCst) {
         let (items, last) = match pending.take() {
             Some(p) => p,
             None => {
-                let events = match app.store().read(status.seq, sink.batch).await {
-                    Ok(e) => e,
-                    Err(e) => {
-                        tracing::warn!(sink = %sink.name, error = %e, "sink cannot read the ledger");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                        continue;
-                    }
+                let read = app.store().read(status.seq, sink.batch).await;
+                reading.record(&what, &read);
+                let Ok(events) = read else {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
                 };
                 let Some(last) = events.last().map(|r| r.seq()) else {
                     let _ = tokio::time::timeout(Duration::from_secs(1), head.changed()).await;

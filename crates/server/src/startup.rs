@@ -142,6 +142,7 @@ impl App {
             audit_refusals: Default::default(),
             demo: Default::default(),
             rate_limiter: Default::default(),
+            rate_limit_flush: Default::default(),
             exchanges: tokio_util::task::TaskTracker::new(),
             stopping: std::sync::atomic::AtomicBool::new(false),
             clock,

@@ -1,0 +1,103 @@
+"""PostgreSQL restarted under a running `grantline serve`, as an operator does for a minor
+upgrade or a configuration change: while the database is down, requests that must be recorded
+fail closed at once with an OAuth error, `/readyz` says the ledger cannot be written, and the
+log says so in a few lines, not one every quarter second; when it is back, Grantline serves
+again by itself, without a restart, and the ledger verifies.
+
+On a cluster of the test's own (`pg_ctl stop -m fast`, then `start`), not the shared one."""
+import os
+import shutil
+import subprocess
+import time
+
+import requests
+
+from conftest import ROOT, Cluster, Server, query
+
+BINARY = os.environ.get("GRANTLINE_BIN", str(ROOT / "target/debug/grantline"))
+
+HEALTH = "grantline_server::health:"
+
+
+def until(what, secs, done):
+    deadline = time.time() + secs
+    while time.time() < deadline:
+        result = done()
+        if result:
+            return result
+        time.sleep(0.2)
+    raise AssertionError(f"{what}: not within {secs} s")
+
+
+def readyz(server):
+    r = requests.get(server.base + "/readyz", timeout=10)
+    body = r.json()
+    assert (r.status_code == 200) == body["ready"], (r.status_code, body)
+    return body
+
+
+def register(server):
+    return requests.post(server.base + "/oauth/register", timeout=30, json={
+        "client_name": "Restart test",
+        "redirect_uris": ["http://127.0.0.1:7777/cb"],
+        "token_endpoint_auth_method": "none",
+    })
+
+
+def test_grantline_rides_out_a_postgresql_restart(tmp_path):
+    root = Cluster.root()
+    cluster = Cluster(root, "pg").init()
+    data, log_path = tmp_path / "data", tmp_path / "server.log"
+    data.mkdir()
+    server = None
+    try:
+        cluster.start()
+        query(cluster.url(), "CREATE DATABASE grantline")
+        url = cluster.url("grantline") + "?connect_timeout=2"
+        server = Server(data, log_path, env={"GRANTLINE_DATABASE_URL": url, "NO_COLOR": "1"}).start()
+        until("ready", 60, lambda: readyz(server)["ready"])
+        assert register(server).status_code == 201
+
+        cluster.stop()
+        started = time.time()
+        r = register(server)
+        took = time.time() - started
+        assert r.status_code == 503, (r.status_code, r.text)
+        assert r.json()["error"], r.text
+        assert took < 10, f"answered after {took:.1f} s"
+        body = until("not ready, the ledger's check saying why", 30,
+                     lambda: (b := readyz(server))["checks"]["ledger"]["ok"] is False and b)
+        assert body["ready"] is False, body
+        # Down for a while: the background loops fail again and again meanwhile.
+        time.sleep(3)
+
+        cluster.start()
+        until("ready again", 60, lambda: readyz(server)["ready"])
+        r = register(server)
+        assert r.status_code == 201, r.text
+        server.stop()
+        server = None
+        verify = subprocess.run(
+            [BINARY, "--data-dir", str(data), "--database", cluster.url("grantline"), "verify"],
+            capture_output=True, text=True)
+        assert verify.returncode == 0 and verify.stdout.startswith("ok:"), verify
+    finally:
+        if server:
+            server.stop()
+        cluster.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+    log = log_path.read_text()
+    lines = log.splitlines()
+    readiness = [l.split(HEALTH, 1)[1].strip() for l in lines if HEALTH in l]
+    assert readiness[0] == "ready" and readiness[-1] == "ready", readiness
+    assert any(s.startswith("not ready") for s in readiness), readiness
+    assert len(readiness) <= 4, readiness
+    # The projection's catch-up ran every 250 ms while the database was down: said once when
+    # it started failing and once when it worked again.
+    warned = [l for l in lines if " WARN " in l and "catching up with the ledger failed" in l]
+    assert len(warned) == 1, warned
+    assert sum("catching up with the ledger works again" in l for l in lines) == 1, lines[-40:]
+    # The writer's connection: gone once, back once.
+    assert sum("PostgreSQL connection is gone" in l for l in lines) <= 2, lines[-40:]
+    assert sum("connected to PostgreSQL again" in l for l in lines) >= 1, lines[-40:]
