@@ -1077,13 +1077,7 @@ impl Writer {
                         tracing::debug!(error = %failed.error, "ledger commit failed; failing closed");
                     }
                 }
-                let rolled_back = self.rollback().await;
-                if !refused
-                    && (link::lost(&failed.error) || !rolled_back)
-                    && let Some(link) = self.link.as_mut()
-                {
-                    link.failed(&failed.error, false);
-                }
+                self.after_failure(&failed.error).await;
                 self.head = None;
                 self.versions.clear();
                 self.frontier = frontier_before;
@@ -1488,9 +1482,9 @@ impl Writer {
                 .await?
             }
             WriterConn::Postgres(c) => {
-                sqlx::query_scalar("SELECT MAX(tree_size) FROM checkpoints")
-                    .fetch_one(&mut *c)
-                    .await?
+                let read =
+                    sqlx::query_scalar("SELECT MAX(tree_size) FROM checkpoints").fetch_one(&mut *c);
+                link::within(link::STATEMENT_DEADLINE, "the checkpoint size", read).await?
             }
         };
         Ok(n.unwrap_or(0).max(0) as u64)
@@ -1511,12 +1505,14 @@ impl Writer {
                 })
                 .await?
             }
-            WriterConn::Postgres(c) => sqlx::query_as(
-                "SELECT frontier, root FROM checkpoints WHERE tree_size <= $1 ORDER BY tree_size DESC LIMIT 1",
-            )
-            .bind(upto as i64)
-            .fetch_optional(&mut *c)
-            .await?,
+            WriterConn::Postgres(c) => {
+                let read = sqlx::query_as(
+                    "SELECT frontier, root FROM checkpoints WHERE tree_size <= $1 ORDER BY tree_size DESC LIMIT 1",
+                )
+                .bind(upto as i64)
+                .fetch_optional(&mut *c);
+                link::within(link::STATEMENT_DEADLINE, "the frontier", read).await?
+            }
         };
         Ok(row.and_then(|(f, root)| {
             Frontier::from_bytes(&f).filter(|f| Some(f.root()) == Hash::from_slice(&root))
@@ -1539,11 +1535,11 @@ impl Writer {
                 .await?
             }
             WriterConn::Postgres(c) => {
-                sqlx::query_as(SQL)
+                let read = sqlx::query_as(SQL)
                     .bind(from as i64)
                     .bind(to as i64)
-                    .fetch_all(&mut *c)
-                    .await?
+                    .fetch_all(&mut *c);
+                link::within(link::STATEMENT_DEADLINE, "the hashes", read).await?
             }
         };
         let mut hashes = Vec::with_capacity(rows.len());
@@ -1570,11 +1566,11 @@ impl Writer {
                 .await?
             }
             WriterConn::Postgres(c) => {
-                sqlx::query_scalar(SQL)
+                let read = sqlx::query_scalar(SQL)
                     .bind(from as i64)
                     .bind(to as i64)
-                    .fetch_all(&mut *c)
-                    .await?
+                    .fetch_all(&mut *c);
+                link::within(link::STATEMENT_DEADLINE, "the key rotations", read).await?
             }
         })
     }
@@ -1632,7 +1628,10 @@ impl Writer {
                 .await?;
                 out.extend(found);
             }
-            WriterConn::Postgres(c) => out = pg_load_versions(c, streams).await?,
+            WriterConn::Postgres(c) => {
+                let read = pg_load_versions(c, streams);
+                out = link::within(link::STATEMENT_DEADLINE, "the stream versions", read).await?
+            }
         }
         Ok(out)
     }
@@ -1641,17 +1640,16 @@ impl Writer {
     /// chained to it), in a stream no event uses; it never commits.
     async fn probe(&mut self) -> Result<()> {
         let outcome = self.probe_inner().await;
-        let rolled_back = self.rollback().await;
+        match &outcome {
+            Ok(()) => {
+                self.rollback().await;
+            }
+            Err(e) => self.after_failure(e).await,
+        }
         self.healthy
             .store(outcome.is_ok(), std::sync::atomic::Ordering::SeqCst);
         if let Err(e) = &outcome {
             tracing::debug!(error = %e, "ledger write probe failed");
-            if !is_refusal(e)
-                && (link::lost(e) || !rolled_back)
-                && let Some(link) = self.link.as_mut()
-            {
-                link.failed(e, false);
-            }
         }
         outcome
     }
@@ -1703,6 +1701,27 @@ impl Writer {
                 link::within(link::STATEMENT_DEADLINE, "the probe's INSERT", insert).await?;
                 Ok(())
             }
+        }
+    }
+
+    /// After a failed commit or probe: a lost connection is given up at once (a statement cut
+    /// off at its deadline leaves it in no known state, and a ROLLBACK would wait on it);
+    /// otherwise the transaction is rolled back, and a connection that cannot even do that is
+    /// given up too.
+    async fn after_failure(&mut self, error: &StoreError) {
+        let refused = is_refusal(error);
+        if !refused
+            && link::lost(error)
+            && let Some(link) = self.link.as_mut()
+        {
+            link.failed(error, false);
+        }
+        let rolled_back = self.rollback().await;
+        if !refused
+            && !rolled_back
+            && let Some(link) = self.link.as_mut()
+        {
+            link.failed(error, false);
         }
     }
 

@@ -176,13 +176,13 @@ pub(super) async fn connect(options: &PgConnectOptions) -> sqlx::Result<PgConnec
 pub(super) const STATEMENT_DEADLINE: Duration = Duration::from_secs(30);
 
 /// `statement`, answered within `wait` or counted as a lost connection.
-pub(super) async fn within<T>(
+pub(super) async fn within<T, E: Into<StoreError>>(
     wait: Duration,
     statement: &str,
-    fut: impl Future<Output = sqlx::Result<T>>,
+    fut: impl Future<Output = std::result::Result<T, E>>,
 ) -> Result<T> {
     match tokio::time::timeout(wait, fut).await {
-        Ok(done) => Ok(done?),
+        Ok(done) => done.map_err(Into::into),
         Err(_) => Err(unanswered(statement, wait)),
     }
 }
