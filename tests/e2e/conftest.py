@@ -264,13 +264,28 @@ class Cluster:
     """A PostgreSQL cluster of a test's own (one the test may stop, restart or configure, so
     not the shared throwaway one), run as the `postgres` user with its data under `root`."""
 
-    def __init__(self, root, name):
+    @staticmethod
+    def binaries():
+        """The server binaries' directory; without them (or, as root, without `runuser` and a
+        `postgres` user) the test is skipped, and fails under CI=true."""
         binaries = pg_bin()
-        if binaries is None or (os.geteuid() == 0 and not shutil.which("runuser")):
+        usable = binaries is not None
+        if usable and os.geteuid() == 0:
+            import pwd
+            try:
+                pwd.getpwnam("postgres")
+            except KeyError:
+                usable = False
+            usable = usable and shutil.which("runuser") is not None
+        if not usable:
             if os.environ.get("CI") == "true":
-                pytest.fail("CI=true but PostgreSQL's server binaries (or runuser) are missing")
+                pytest.fail("CI=true but PostgreSQL's server binaries (or runuser, or the "
+                            "postgres user) are missing")
             pytest.skip("no PostgreSQL server binaries under /usr/lib/postgresql")
-        self.binaries = binaries
+        return binaries
+
+    def __init__(self, root, name):
+        self.binaries = Cluster.binaries()
         self.root = pathlib.Path(root)
         self.data = self.root / name
         self.port = free_port()
@@ -279,7 +294,8 @@ class Cluster:
     @staticmethod
     def root():
         """A directory the `postgres` user may write: under /tmp itself, as pytest's own
-        directories are closed to other users."""
+        directories are closed to other users. Skips the test first without PostgreSQL."""
+        Cluster.binaries()
         root = pathlib.Path(tempfile.mkdtemp(prefix="grantline-pg."))
         root.chmod(0o755)
         if os.geteuid() == 0:

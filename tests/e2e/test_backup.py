@@ -235,16 +235,16 @@ def test_postgresql_point_in_time_recovery_procedure_verifies(tmp_path):
     ledger: intact, and its head the one at that moment."""
     root = Cluster.root()
     archive = root / "archive"
-    archive.mkdir()
-    if os.geteuid() == 0:
-        shutil.chown(archive, "postgres")
     primary, recovered = Cluster(root, "primary"), Cluster(root, "recovered")
-    primary.init()
-    with open(primary.data / "postgresql.auto.conf", "a") as f:
-        f.write("archive_mode = on\nwal_level = replica\n"
-                f"archive_command = 'test ! -f {archive}/%f && cp %p {archive}/%f'\n")
     data = tmp_path / "data"
     try:
+        archive.mkdir()
+        if os.geteuid() == 0:
+            shutil.chown(archive, "postgres")
+        primary.init()
+        with open(primary.data / "postgresql.auto.conf", "a") as f:
+            f.write("archive_mode = on\nwal_level = replica\n"
+                    f"archive_command = 'test ! -f {archive}/%f && cp %p {archive}/%f'\n")
         primary.start()
         query(primary.url(), "CREATE DATABASE grantline")
         url = primary.url("grantline")

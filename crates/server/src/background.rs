@@ -21,15 +21,16 @@ impl App {
                 }
                 n += 1;
                 let caught_up = app.projection.catch_up(app.store()).await;
-                catching_up.record("catching up with the ledger", &caught_up);
+                let stopped_catching_up =
+                    catching_up.record("catching up with the ledger", &caught_up);
                 app.flush_rate_limits().await;
                 // The write probe: every 5 s, every 2 s while the ledger is failing, and when
-                // the store could not be read (the database may be gone, and the writer would
-                // otherwise find out only at the next append). When it succeeds the ledger is
-                // healthy again and the gateway resumes.
+                // the store could no longer be read (the database may be gone, and the writer
+                // would otherwise find out only at the next append). When it succeeds the
+                // ledger is healthy again and the gateway resumes.
                 if n.is_multiple_of(20)
                     || (!app.ledger.healthy() && n.is_multiple_of(8))
-                    || caught_up.is_err()
+                    || stopped_catching_up
                 {
                     app.probe_ledger().await;
                 }
@@ -73,7 +74,12 @@ impl App {
             return;
         }
         let events = grantline_gateway::ratelimit::exceeded_events(&closed);
-        let recorded = self.append(events).await;
+        // The ledger's answer, not the projection's: windows written are never restored and
+        // recorded twice, even when the projection is slow to show them.
+        let recorded = self
+            .ledger
+            .append(grantline_ledger::Append::new(events))
+            .await;
         if recorded.is_err() {
             self.rate_limiter.restore(closed);
         }

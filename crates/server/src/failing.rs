@@ -32,8 +32,8 @@ impl Failing {
         self.since.take().map(|(at, n)| (at.elapsed(), n))
     }
 
-    /// Logs `result` of `what` as the module says.
-    pub fn record<T, E: std::fmt::Display>(&mut self, what: &str, result: &Result<T, E>) {
+    /// Logs `result` of `what` as the module says; true when it is the first failure of a run.
+    pub fn record<T, E: std::fmt::Display>(&mut self, what: &str, result: &Result<T, E>) -> bool {
         match result {
             Ok(_) => {
                 if let Some((lasted, failures)) = self.ok() {
@@ -43,11 +43,16 @@ impl Failing {
                         "{what} works again"
                     );
                 }
+                false
             }
             Err(error) if self.failed() => {
-                tracing::warn!(%error, "{what} failed; retrying, said again when it works")
+                tracing::warn!(%error, "{what} failed; retrying, said again when it works");
+                true
             }
-            Err(error) => tracing::debug!(%error, "{what} failed again"),
+            Err(error) => {
+                tracing::debug!(%error, "{what} failed again");
+                false
+            }
         }
     }
 }

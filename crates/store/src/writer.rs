@@ -270,10 +270,13 @@ impl Ledger {
                             Ok(o) => {
                                 let l =
                                     PgLink::new(o.clone(), crate::database::connect_timeout(url));
-                                let conn = link::connect(l.options())
-                                    .await
-                                    .map(WriterConn::Postgres)
-                                    .map_err(StoreError::from);
+                                let conn = link::within(
+                                    l.connect_timeout(),
+                                    "the connection",
+                                    link::connect(l.options()),
+                                )
+                                .await
+                                .map(WriterConn::Postgres);
                                 link = Some(l);
                                 // The side connection connects at its first use.
                                 side.options = Some(o);
@@ -309,6 +312,7 @@ impl Ledger {
                         key_vouched: false,
                         side,
                         link,
+                        began: false,
                         carried: None,
                         stashed: None,
                         planned_ahead: None,
@@ -733,6 +737,9 @@ struct Writer {
     /// PostgreSQL: how the writer's own connection comes back after it failed. `None` on
     /// SQLite.
     link: Option<PgLink>,
+    /// PostgreSQL: whether the last group's or probe's `BEGIN` was answered. A connection lost
+    /// before it died while idle, and nothing of the group reached the server.
+    began: bool,
     /// The next group's appends, taken from the queue (and planned) during the last commit.
     carried: Option<Box<Prepared>>,
     /// A job other than an append met while taking them: it ends the next group.
@@ -1308,7 +1315,7 @@ impl Writer {
             return Ok(());
         };
         match self.link.as_mut() {
-            Some(link) if link.is_up() && link::lost(&error) => {
+            Some(link) if link.is_up() && link::lost(&error) && !self.began => {
                 link.failed(&error, true);
                 // The server most likely closed an idle connection and is there: the group
                 // waits for the new one as long as a first connection may take.
@@ -1440,7 +1447,9 @@ impl Writer {
                     .link
                     .as_ref()
                     .map_or(Duration::from_secs(10), PgLink::connect_timeout);
+                self.began = false;
                 link::within(wait, "BEGIN", sqlx::query("BEGIN").execute(&mut *c)).await?;
+                self.began = true;
                 let lock = sqlx::query("SELECT pg_advisory_xact_lock($1)")
                     .bind(PG_APPEND_LOCK)
                     .execute(&mut *c);
@@ -1641,9 +1650,7 @@ impl Writer {
     async fn probe(&mut self) -> Result<()> {
         let outcome = self.probe_inner().await;
         match &outcome {
-            Ok(()) => {
-                self.rollback().await;
-            }
+            Ok(()) => self.rollback().await,
             Err(e) => self.after_failure(e).await,
         }
         self.healthy
@@ -1709,29 +1716,23 @@ impl Writer {
     /// otherwise the transaction is rolled back, and a connection that cannot even do that is
     /// given up too.
     async fn after_failure(&mut self, error: &StoreError) {
-        let refused = is_refusal(error);
-        if !refused
+        if !is_refusal(error)
             && link::lost(error)
             && let Some(link) = self.link.as_mut()
         {
             link.failed(error, false);
         }
-        let rolled_back = self.rollback().await;
-        if !refused
-            && !rolled_back
-            && let Some(link) = self.link.as_mut()
-        {
-            link.failed(error, false);
-        }
+        self.rollback().await;
     }
 
-    /// Rolls back whatever transaction is open; false when even that failed (the connection
-    /// is in no known state).
-    async fn rollback(&mut self) -> bool {
+    /// Rolls back whatever transaction is open. On PostgreSQL, a connection that cannot even do
+    /// that is given up: were it used again, the next group could find the transaction still
+    /// open — a probe's row in it — and commit it.
+    async fn rollback(&mut self) {
         let wait = match &self.link {
             // Gone: the server ends its transaction with it (or, were it still waiting on a
             // connection cut halfway, after `idle_in_transaction_session_timeout`).
-            Some(link) if !link.is_up() => return false,
+            Some(link) if !link.is_up() => return,
             Some(link) => link.connect_timeout(),
             None => Duration::ZERO,
         };
@@ -1743,9 +1744,11 @@ impl Writer {
             }
         };
         if let Err(e) = &r {
-            tracing::debug!(error = %e, "rollback after a failed commit");
+            tracing::debug!(error = %e, "rollback");
+            if let Some(link) = self.link.as_mut() {
+                link.failed(e, false);
+            }
         }
-        r.is_ok()
     }
 }
 

@@ -13,8 +13,10 @@
 //!
 //! A connection cut mid-transaction can leave its server backend waiting, holding the append
 //! lock, until TCP keepalive notices (hours): the writer's connection sets
-//! `idle_in_transaction_session_timeout`, so the server ends such a backend after
-//! [`IDLE_IN_TRANSACTION`]. The writer itself never idles inside a transaction.
+//! `idle_in_transaction_session_timeout`, so the server ends such a backend after 30 s (the
+//! writer itself never idles inside a transaction), and `statement_timeout` and
+//! `lock_timeout` below [`STATEMENT_DEADLINE`], so a backend cut off while it waits for the
+//! append lock stops waiting too ([`SERVER_LIMITS`]).
 
 use crate::{Result, StoreError};
 use sqlx::Connection;
@@ -30,8 +32,12 @@ pub(super) const WRITER_APPLICATION: &str = "grantline-ledger-writer";
 /// is back answers well within it.
 pub(super) const GRACE: Duration = Duration::from_millis(100);
 
-/// The writer connection's `idle_in_transaction_session_timeout` (see the module's doc).
-const IDLE_IN_TRANSACTION: &str = "30s";
+/// The writer connection's server-side limits (see the module's doc): a transaction left idle
+/// is ended, and a statement — the append lock's wait above all — is cancelled by the server
+/// before [`STATEMENT_DEADLINE`], so that deadline fires only on a network gone silent, and a
+/// lock wait never outlives the writer's interest in it.
+const SERVER_LIMITS: &str = "SET idle_in_transaction_session_timeout = '30s'; \
+     SET statement_timeout = '25s'; SET lock_timeout = '25s'";
 
 /// How long after a failed attempt the next one is made.
 const RETRY_AFTER: Duration = Duration::from_millis(500);
@@ -159,12 +165,8 @@ impl PgLink {
 /// Connects the writer's connection: `options` with the settings of the module's doc.
 pub(super) async fn connect(options: &PgConnectOptions) -> sqlx::Result<PgConnection> {
     let mut conn = PgConnection::connect_with(options).await?;
-    let set = format!("SET idle_in_transaction_session_timeout = '{IDLE_IN_TRANSACTION}'");
-    if let Err(error) = sqlx::raw_sql(sqlx::AssertSqlSafe(set))
-        .execute(&mut conn)
-        .await
-    {
-        tracing::warn!(%error, "the ledger writer's connection keeps the server's idle_in_transaction_session_timeout");
+    if let Err(error) = sqlx::raw_sql(SERVER_LIMITS).execute(&mut conn).await {
+        tracing::warn!(%error, "the ledger writer's connection keeps the server's timeouts");
     }
     Ok(conn)
 }
@@ -232,8 +234,9 @@ mod tests {
         assert!(!lost(&StoreError::Invalid("a row refused".into())));
     }
 
-    /// The server ends a transaction the writer's connection left open, so a connection cut
-    /// halfway cannot hold the append lock for hours.
+    /// The server ends a transaction the writer's connection left open, and cancels a wait for
+    /// the append lock before the writer's own deadline, so a connection cut halfway cannot
+    /// hold the lock, or wait for it, for hours.
     #[tokio::test]
     async fn the_writers_connection_has_the_server_end_a_transaction_left_idle() {
         let Some(db) = crate::testing::postgres().await else {
@@ -244,16 +247,22 @@ mod tests {
         };
         let link = PgLink::new(crate::Database::pg_options(url).unwrap(), GRACE);
         let mut conn = connect(link.options()).await.unwrap();
-        let (setting, name): (String, String) = sqlx::query_as(
+        let settings: (String, String, String, String) = sqlx::query_as(
             "SELECT current_setting('idle_in_transaction_session_timeout'), \
+                    current_setting('statement_timeout'), current_setting('lock_timeout'), \
                     current_setting('application_name')",
         )
         .fetch_one(&mut conn)
         .await
         .unwrap();
         assert_eq!(
-            (setting.as_str(), name.as_str()),
-            ("30s", WRITER_APPLICATION)
+            settings,
+            (
+                "30s".into(),
+                "25s".into(),
+                "25s".into(),
+                WRITER_APPLICATION.into()
+            )
         );
     }
 }
