@@ -239,6 +239,17 @@ def audit_server(tmp_path):
     s.stop()
 
 
+def until(what, secs, done):
+    """Polls `done` until it returns something true, and returns that; fails after `secs`."""
+    deadline = time.time() + secs
+    while time.time() < deadline:
+        result = done()
+        if result:
+            return result
+        time.sleep(0.2)
+    raise AssertionError(f"{what}: not within {secs} s")
+
+
 # PostgreSQL server binaries, for tests that run a cluster of their own (restarts, archiving).
 
 def pg_bin():

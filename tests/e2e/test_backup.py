@@ -17,7 +17,7 @@ import pytest
 import requests
 from authlib.integrations.requests_client import OAuth2Session
 
-from conftest import RS_SECRET, ROOT, Cluster, Server, as_postgres, query
+from conftest import RS_SECRET, ROOT, Cluster, Server, as_postgres, query, until
 from test_oauth_flow import REDIRECT, browser_authorize, discover, register
 
 BINARY = os.environ.get("GRANTLINE_BIN", str(ROOT / "target/debug/grantline"))
@@ -219,15 +219,6 @@ def test_postgresql_dump_and_restore_procedure_verifies(tmp_path):
         psql(admin, f"DROP DATABASE IF EXISTS {dst_name} WITH (FORCE)")
 
 
-def wait_for(what, secs, done):
-    deadline = time.time() + secs
-    while time.time() < deadline:
-        if done():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"{what}: not within {secs} s")
-
-
 def test_postgresql_point_in_time_recovery_procedure_verifies(tmp_path):
     """docs/operations.md's point-in-time recovery, on a cluster of its own (archiving needs a
     restart, so not the shared throwaway one): WAL archived, a base backup, users added before
@@ -267,7 +258,7 @@ def test_postgresql_point_in_time_recovery_procedure_verifies(tmp_path):
         assert int(after) > int(head_at_target[0])
         # Every WAL segment up to carol archived, then the server is lost.
         segment = query(url, "SELECT pg_walfile_name(pg_switch_wal())")
-        wait_for("the last segment archived", 60, lambda: (archive / segment).exists())
+        until("the last segment archived", 60, lambda: (archive / segment).exists())
         primary.stop()
 
         # The procedure: the base backup, the archive, a target time, recovery.signal.
@@ -279,7 +270,7 @@ def test_postgresql_point_in_time_recovery_procedure_verifies(tmp_path):
         as_postgres("touch", recovered.data / "recovery.signal")
         recovered.start()
         url2 = recovered.url("grantline")
-        wait_for("recovery finished", 120,
+        until("recovery finished", 120,
                  lambda: query(url2, "SELECT pg_is_in_recovery()") == "f")
         verified = grantline("--data-dir", str(data), "--database", url2, "verify").stdout
         # The ledger as it was at the target: that many events, that head hash.

@@ -12,21 +12,11 @@ import time
 
 import requests
 
-from conftest import ROOT, Cluster, Server, query
+from conftest import ROOT, Cluster, Server, query, until
 
 BINARY = os.environ.get("GRANTLINE_BIN", str(ROOT / "target/debug/grantline"))
 
 HEALTH = "grantline_server::health:"
-
-
-def until(what, secs, done):
-    deadline = time.time() + secs
-    while time.time() < deadline:
-        result = done()
-        if result:
-            return result
-        time.sleep(0.2)
-    raise AssertionError(f"{what}: not within {secs} s")
 
 
 def readyz(server):

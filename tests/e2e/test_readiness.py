@@ -11,23 +11,13 @@ import time
 
 import requests
 
-from conftest import Server
+from conftest import Server, until
 
 HEALTH = "grantline_server::health:"
 
 
 def readiness_lines(log_path):
     return [l for l in log_path.read_text().splitlines() if HEALTH in l]
-
-
-def until(what, secs, done):
-    deadline = time.time() + secs
-    while time.time() < deadline:
-        result = done()
-        if result:
-            return result
-        time.sleep(0.2)
-    raise AssertionError(f"{what}: not within {secs} s")
 
 
 def readyz(server, want):

@@ -163,6 +163,13 @@ struct Failed {
 }
 
 impl Failed {
+    /// Answers the appends the group had decided without rows; returns the error and the
+    /// appends still to answer.
+    fn settle(self) -> (StoreError, Vec<(Framed, Reply)>) {
+        answer(self.answered);
+        (self.error, self.jobs)
+    }
+
     /// Before planning: every append goes back (a plan made ahead is taken apart).
     fn batch(error: StoreError, batch: Batch) -> Failed {
         let (jobs, answered) = batch.into_jobs();
@@ -183,6 +190,13 @@ impl Failed {
             jobs,
             answered,
         }
+    }
+}
+
+/// Tells each appender of `jobs` that its append failed with `error`.
+fn fail(jobs: Vec<(Framed, Reply)>, error: &StoreError) {
+    for (_, reply) in jobs {
+        let _ = reply.send(Err(refused_or_unavailable(error)));
     }
 }
 
@@ -940,16 +954,9 @@ impl Writer {
             Ok(cp) => return Ok(cp),
             Err(f) => f,
         };
-        let Failed {
-            error,
-            jobs,
-            answered,
-        } = failed;
-        answer(answered);
+        let (error, jobs) = failed.settle();
         if !is_refusal(&error) {
-            for (_, reply) in jobs {
-                let _ = reply.send(Err(refused_or_unavailable(&error)));
-            }
+            fail(jobs, &error);
             return Err(error);
         }
         // The database refused rows of this batch: commit it again in halves, and halve again
@@ -958,9 +965,7 @@ impl Writer {
         // 2·log2(n) commits, not n.
         let mut cp = None;
         if jobs.len() <= 1 {
-            for (_, reply) in jobs {
-                let _ = reply.send(Err(refused_or_unavailable(&error)));
-            }
+            fail(jobs, &error);
             if force_checkpoint || scheduled {
                 cp = self
                     .try_commit(Batch::Jobs(Vec::new()), force_checkpoint, scheduled, false)
@@ -984,26 +989,16 @@ impl Writer {
                 }
                 Err(failed) => failed,
             };
-            let Failed {
-                error,
-                jobs,
-                answered,
-            } = failed;
-            answer(answered);
+            let (error, jobs) = failed.settle();
             if is_refusal(&error) && jobs.len() > 1 {
                 parts.extend(halves(jobs));
                 continue;
             }
             // The append at fault, or a database that failed: the rest of the group is not
             // tried against it, and fails closed with it.
-            let hard = !is_refusal(&error);
-            for (_, reply) in jobs {
-                let _ = reply.send(Err(refused_or_unavailable(&error)));
-            }
-            if hard {
-                for (_, reply) in parts.drain(..).flatten() {
-                    let _ = reply.send(Err(refused_or_unavailable(&error)));
-                }
+            fail(jobs, &error);
+            if !is_refusal(&error) {
+                fail(parts.into_iter().flatten().collect(), &error);
                 return Err(error);
             }
         }
