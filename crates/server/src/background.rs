@@ -20,21 +20,24 @@ impl App {
                     return;
                 }
                 n += 1;
+                let was_failing = catching_up.is_failing();
                 let caught_up = app.projection.catch_up(app.store()).await;
-                let stopped_catching_up =
-                    catching_up.record("catching up with the ledger", &caught_up);
+                catching_up.record("catching up with the ledger", &caught_up);
+                // The store could no longer be read, or can again: the database may have gone
+                // or come back, and readiness with it.
+                let turned = was_failing != catching_up.is_failing();
                 app.flush_rate_limits().await;
                 // The write probe: every 5 s, every 2 s while the ledger is failing, and when
-                // the store could no longer be read (the database may be gone, and the writer
-                // would otherwise find out only at the next append). When it succeeds the
-                // ledger is healthy again and the gateway resumes.
+                // the store could no longer be read (the writer would otherwise find out only
+                // at the next append). When it succeeds the ledger is healthy again and the
+                // gateway resumes.
                 if n.is_multiple_of(20)
                     || (!app.ledger.healthy() && n.is_multiple_of(8))
-                    || stopped_catching_up
+                    || (turned && catching_up.is_failing())
                 {
                     app.probe_ledger().await;
                 }
-                if n == 1 || n.is_multiple_of(4) {
+                if n == 1 || n.is_multiple_of(4) || turned {
                     app.log_readiness_change().await;
                 }
                 if n.is_multiple_of(20) {

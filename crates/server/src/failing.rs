@@ -32,8 +32,13 @@ impl Failing {
         self.since.take().map(|(at, n)| (at.elapsed(), n))
     }
 
-    /// Logs `result` of `what` as the module says; true when it is the first failure of a run.
-    pub fn record<T, E: std::fmt::Display>(&mut self, what: &str, result: &Result<T, E>) -> bool {
+    /// Whether the last outcome counted was a failure.
+    pub fn is_failing(&self) -> bool {
+        self.since.is_some()
+    }
+
+    /// Logs `result` of `what` as the module says.
+    pub fn record<T, E: std::fmt::Display>(&mut self, what: &str, result: &Result<T, E>) {
         match result {
             Ok(_) => {
                 if let Some((lasted, failures)) = self.ok() {
@@ -43,16 +48,11 @@ impl Failing {
                         "{what} works again"
                     );
                 }
-                false
             }
             Err(error) if self.failed() => {
-                tracing::warn!(%error, "{what} failed; retrying, said again when it works");
-                true
+                tracing::warn!(%error, "{what} failed; retrying, said again when it works")
             }
-            Err(error) => {
-                tracing::debug!(%error, "{what} failed again");
-                false
-            }
+            Err(error) => tracing::debug!(%error, "{what} failed again"),
         }
     }
 }
@@ -65,12 +65,15 @@ mod tests {
     fn a_run_of_failures_is_said_once_when_it_starts_and_once_when_it_ends() {
         let mut f = Failing::default();
         assert_eq!(f.ok(), None, "no run, nothing to say");
+        assert!(!f.is_failing());
         assert!(f.failed(), "the first failure is said");
+        assert!(f.is_failing());
         assert!(!f.failed());
         assert!(!f.failed());
         let (_, failures) = f.ok().expect("the end of the run is said");
         assert_eq!(failures, 3);
         assert_eq!(f.ok(), None, "once");
+        assert!(!f.is_failing());
         assert!(f.failed(), "a new run is said again");
     }
 }
