@@ -5,6 +5,7 @@ log says so in a few lines, not one every quarter second; when it is back, Grant
 again by itself, without a restart, and the ledger verifies.
 
 On a cluster of the test's own (`pg_ctl stop -m fast`, then `start`), not the shared one."""
+import json
 import os
 import shutil
 import subprocess
@@ -58,6 +59,14 @@ def test_grantline_rides_out_a_postgresql_restart(tmp_path):
         body = until("not ready, the ledger's check saying why", 30,
                      lambda: (b := readyz(server))["checks"]["ledger"]["ok"] is False and b)
         assert body["ready"] is False, body
+        # Once a read found PostgreSQL gone, the reads behind /readyz fail at once and say
+        # why, not "pool timed out" after the connect timeout.
+        started = time.time()
+        body = readyz(server)
+        took = time.time() - started
+        text = json.dumps(body)
+        assert took < 1, f"/readyz answered after {took:.1f} s: {text}"
+        assert "cannot be reached" in text and "pool timed out" not in text, text
         # Down for a while: the background loops fail again and again meanwhile.
         time.sleep(3)
 
@@ -92,3 +101,7 @@ def test_grantline_rides_out_a_postgresql_restart(tmp_path):
     # The writer's connection: gone once, back once.
     assert sum("PostgreSQL connection is gone" in l for l in lines) <= 3, lines[-40:]
     assert sum("connected to PostgreSQL again" in l for l in lines) >= 1, lines[-40:]
+    # The reads: found unreachable once, with the reason, and reachable again once.
+    unreachable = [l for l in lines if "PostgreSQL cannot be reached; reads fail at once" in l]
+    assert len(unreachable) == 1 and " WARN " in unreachable[0], unreachable
+    assert sum("PostgreSQL can be reached again" in l for l in lines) == 1, lines[-40:]

@@ -24,7 +24,7 @@ impl std::fmt::Debug for Credential {
 /// Reads and writes `user_credentials`.
 #[derive(Clone)]
 pub struct Credentials {
-    pool: Pool,
+    store: Store,
 }
 
 type Row = (String, String, String);
@@ -32,7 +32,7 @@ type Row = (String, String, String);
 impl Credentials {
     pub fn new(store: &Store) -> Credentials {
         Credentials {
-            pool: store.pool().clone(),
+            store: store.clone(),
         }
     }
 
@@ -46,38 +46,44 @@ impl Credentials {
 
     /// The credential for a username (exact match).
     pub async fn by_username(&self, username: &str) -> Result<Option<Credential>> {
-        let row: Option<Row> = match &self.pool {
+        let row: Option<Row> = match &self.store.pool {
             Pool::Sqlite(p) => sqlx::query_as(
                 "SELECT user_id, username, password_hash FROM user_credentials WHERE username = ?",
             )
             .bind(username)
             .fetch_optional(p)
             .await?,
-            Pool::Postgres(p) => sqlx::query_as(
-                "SELECT user_id, username, password_hash FROM user_credentials WHERE username = $1",
-            )
-            .bind(username)
-            .fetch_optional(p)
-            .await?,
+            Pool::Postgres(p) => {
+                self.store
+                    .pg(sqlx::query_as(
+                        "SELECT user_id, username, password_hash FROM user_credentials WHERE username = $1",
+                    )
+                    .bind(username)
+                    .fetch_optional(p))
+                    .await?
+            }
         };
         Ok(row.map(Self::to_credential))
     }
 
     /// The credential of a user id.
     pub async fn by_user_id(&self, user_id: &str) -> Result<Option<Credential>> {
-        let row: Option<Row> = match &self.pool {
+        let row: Option<Row> = match &self.store.pool {
             Pool::Sqlite(p) => sqlx::query_as(
                 "SELECT user_id, username, password_hash FROM user_credentials WHERE user_id = ?",
             )
             .bind(user_id)
             .fetch_optional(p)
             .await?,
-            Pool::Postgres(p) => sqlx::query_as(
-                "SELECT user_id, username, password_hash FROM user_credentials WHERE user_id = $1",
-            )
-            .bind(user_id)
-            .fetch_optional(p)
-            .await?,
+            Pool::Postgres(p) => {
+                self.store
+                    .pg(sqlx::query_as(
+                        "SELECT user_id, username, password_hash FROM user_credentials WHERE user_id = $1",
+                    )
+                    .bind(user_id)
+                    .fetch_optional(p))
+                    .await?
+            }
         };
         Ok(row.map(Self::to_credential))
     }
@@ -85,9 +91,9 @@ impl Credentials {
     /// Every credential, by username.
     pub async fn list(&self) -> Result<Vec<Credential>> {
         let sql = "SELECT user_id, username, password_hash FROM user_credentials ORDER BY username";
-        let rows: Vec<Row> = match &self.pool {
+        let rows: Vec<Row> = match &self.store.pool {
             Pool::Sqlite(p) => sqlx::query_as(sql).fetch_all(p).await?,
-            Pool::Postgres(p) => sqlx::query_as(sql).fetch_all(p).await?,
+            Pool::Postgres(p) => self.store.pg(sqlx::query_as(sql).fetch_all(p)).await?,
         };
         Ok(rows.into_iter().map(Self::to_credential).collect())
     }
@@ -95,7 +101,7 @@ impl Credentials {
     /// Adds a credential; a taken username is `StoreError::Exists`.
     pub async fn insert(&self, c: &Credential) -> Result<()> {
         let now = grantline_ledger::Timestamp::now().0;
-        let r = match &self.pool {
+        let r = match &self.store.pool {
             Pool::Sqlite(p) => sqlx::query(
                 "INSERT INTO user_credentials (user_id, username, password_hash, updated) VALUES (?, ?, ?, ?)",
             )
@@ -105,28 +111,31 @@ impl Credentials {
             .bind(now)
             .execute(p)
             .await
-            .map(|_| ()),
-            Pool::Postgres(p) => sqlx::query(
-                "INSERT INTO user_credentials (user_id, username, password_hash) VALUES ($1, $2, $3)",
-            )
-            .bind(&c.user_id)
-            .bind(&c.username)
-            .bind(&c.password_hash)
-            .execute(p)
-            .await
-            .map(|_| ()),
+            .map(|_| ())
+            .map_err(StoreError::from),
+            Pool::Postgres(p) => self
+                .store
+                .pg(sqlx::query(
+                    "INSERT INTO user_credentials (user_id, username, password_hash) VALUES ($1, $2, $3)",
+                )
+                .bind(&c.user_id)
+                .bind(&c.username)
+                .bind(&c.password_hash)
+                .execute(p))
+                .await
+                .map(|_| ()),
         };
         match r {
-            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+            Err(StoreError::Database(sqlx::Error::Database(e))) if e.is_unique_violation() => {
                 Err(StoreError::Exists(format!("username {}", c.username)))
             }
-            other => other.map_err(StoreError::from),
+            other => other,
         }
     }
 
     /// Replaces a user's password hash.
     pub async fn set_password(&self, user_id: &str, hash: &str) -> Result<bool> {
-        let n = match &self.pool {
+        let n = match &self.store.pool {
             Pool::Sqlite(p) => sqlx::query(
                 "UPDATE user_credentials SET password_hash = ?, updated = ? WHERE user_id = ?",
             )
@@ -136,29 +145,35 @@ impl Credentials {
             .execute(p)
             .await?
             .rows_affected(),
-            Pool::Postgres(p) => sqlx::query(
-                "UPDATE user_credentials SET password_hash = $1, updated = now() WHERE user_id = $2",
-            )
-            .bind(hash)
-            .bind(user_id)
-            .execute(p)
-            .await?
-            .rows_affected(),
+            Pool::Postgres(p) => self
+                .store
+                .pg(sqlx::query(
+                    "UPDATE user_credentials SET password_hash = $1, updated = now() WHERE user_id = $2",
+                )
+                .bind(hash)
+                .bind(user_id)
+                .execute(p))
+                .await?
+                .rows_affected(),
         };
         Ok(n > 0)
     }
 
     /// Deletes a user's credential (erasure).
     pub async fn delete(&self, user_id: &str) -> Result<bool> {
-        let n = match &self.pool {
+        let n = match &self.store.pool {
             Pool::Sqlite(p) => sqlx::query("DELETE FROM user_credentials WHERE user_id = ?")
                 .bind(user_id)
                 .execute(p)
                 .await?
                 .rows_affected(),
-            Pool::Postgres(p) => sqlx::query("DELETE FROM user_credentials WHERE user_id = $1")
-                .bind(user_id)
-                .execute(p)
+            Pool::Postgres(p) => self
+                .store
+                .pg(
+                    sqlx::query("DELETE FROM user_credentials WHERE user_id = $1")
+                        .bind(user_id)
+                        .execute(p),
+                )
                 .await?
                 .rows_affected(),
         };

@@ -1,5 +1,6 @@
 //! Connecting to a ledger database (SQLite file or PostgreSQL), migrations, and reads.
 
+use crate::reach::Reach;
 use crate::{Result, StoreError};
 use futures::TryStreamExt;
 use grantline_ledger::verify::{CheckedRow, RawCheckpoint, RawRow, RowRef};
@@ -11,6 +12,7 @@ use sqlx::sqlite::{
 use sqlx::{ConnectOptions, Row};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Where a ledger lives: `sqlite:PATH` (embedded default) or `postgres://…`.
@@ -115,6 +117,8 @@ pub enum Pool {
 pub struct Store {
     pub(crate) pool: Pool,
     pub(crate) db: Database,
+    /// PostgreSQL: whether the server can be reached, as this process last found.
+    reach: Option<Arc<Reach>>,
 }
 
 const ROW_COLUMNS_SQLITE: &str = "seq, id, time, stream, version, kind, body, prev_hash, hash";
@@ -124,6 +128,7 @@ const ROW_COLUMNS_PG: &str = "seq, id, (EXTRACT(EPOCH FROM time) * 1000000)::int
 impl Store {
     /// Connects; with `create`, a missing SQLite file (and its directory) is created.
     pub async fn connect(db: &Database, create: bool) -> Result<Store> {
+        let mut reach = None;
         let pool = match db {
             Database::Sqlite(path) => {
                 if create {
@@ -168,7 +173,9 @@ impl Store {
                 }
                 // The pool retries a refused connection until its acquire time-out (30 s by
                 // default): while PostgreSQL is away, a read would hang that long. It waits
-                // the connect timeout, as everything else that connects does.
+                // the connect timeout, as everything else that connects does, and once one
+                // read found PostgreSQL unreachable, the others fail at once (`Reach`).
+                reach = Some(Arc::new(Reach::new(&opts, wait)));
                 Pool::Postgres(
                     PgPoolOptions::new()
                         .max_connections(8)
@@ -181,6 +188,7 @@ impl Store {
         Ok(Store {
             pool,
             db: db.clone(),
+            reach,
         })
     }
 
@@ -219,13 +227,27 @@ impl Store {
         let sql = "SELECT version FROM _sqlx_migrations WHERE success";
         let applied: Vec<i64> = match &self.pool {
             Pool::Sqlite(p) => sqlx::query_scalar(sql).fetch_all(p).await?,
-            Pool::Postgres(p) => sqlx::query_scalar(sql).fetch_all(p).await?,
+            Pool::Postgres(p) => self.pg(sqlx::query_scalar(sql).fetch_all(p)).await?,
         };
         Ok(migrator
             .iter()
             .map(|m| m.version)
             .filter(|v| !applied.contains(v))
             .collect())
+    }
+
+    /// A statement on PostgreSQL's pool: failing at once, with why, while the server is known
+    /// to be unreachable and the pool has no idle connection that answers, and saying why
+    /// when the pool could not connect (see [`Reach`]).
+    pub(crate) async fn pg<T>(&self, read: impl Future<Output = sqlx::Result<T>>) -> Result<T> {
+        match (&self.reach, &self.pool) {
+            (Some(reach), Pool::Postgres(p)) => {
+                reach
+                    .run(idle_answers(p, reach.connect_timeout()), read)
+                    .await
+            }
+            _ => Ok(read.await?),
+        }
     }
 
     pub fn database(&self) -> &Database {
@@ -269,7 +291,8 @@ impl Store {
                 self.on_sqlite_file(move |path| scan_sqlite(path, after, limit, reuse))
                     .await
             }
-            Pool::Postgres(p) => pg_page(p, after, limit)
+            Pool::Postgres(p) => self
+                .pg(pg_page(p, after, limit))
                 .await?
                 .iter()
                 .map(raw_row)
@@ -293,7 +316,7 @@ impl Store {
             }
             // Each row is checked in the buffer it arrived in, as on SQLite: no copy of it.
             Pool::Postgres(p) => {
-                let rows = pg_page(p, after, limit).await?;
+                let rows = self.pg(pg_page(p, after, limit)).await?;
                 tokio::task::spawn_blocking(move || {
                     let mut out = reuse;
                     out.clear();
@@ -359,12 +382,12 @@ impl Store {
                 let sql = format!(
                     "SELECT {ROW_COLUMNS_PG} FROM events WHERE seq <= $1 AND kind IN ({list}) ORDER BY seq"
                 );
-                sqlx::query(sqlx::AssertSqlSafe(sql))
+                let read = sqlx::query(sqlx::AssertSqlSafe(sql))
                     .bind(upto.min(i64::MAX as u64) as i64)
                     .fetch(p)
                     .map_ok(|r| raw_row(&r))
-                    .try_collect::<Vec<_>>()
-                    .await?
+                    .try_collect::<Vec<_>>();
+                self.pg(read).await?
             }
         };
         rows.into_iter()
@@ -414,9 +437,9 @@ impl Store {
                     .await?
             }
             Pool::Postgres(p) => {
-                sqlx::query_scalar("SELECT hash FROM events WHERE seq = $1")
+                self.pg(sqlx::query_scalar("SELECT hash FROM events WHERE seq = $1")
                     .bind(seq as i64)
-                    .fetch_optional(p)
+                    .fetch_optional(p))
                     .await?
             }
         };
@@ -432,9 +455,11 @@ impl Store {
                     .await?
             }
             Pool::Postgres(p) => {
-                sqlx::query_as("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1")
-                    .fetch_optional(p)
-                    .await?
+                self.pg(
+                    sqlx::query_as("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1")
+                        .fetch_optional(p),
+                )
+                .await?
             }
         };
         Ok(row.map(|(s, h)| (s as u64, Hash::from_slice(&h).unwrap_or_default())))
@@ -451,11 +476,11 @@ impl Store {
                 .await?
             }
             Pool::Postgres(p) => {
-                sqlx::query_as(
+                self.pg(sqlx::query_as(
                     "SELECT tree_size, root, note FROM checkpoints ORDER BY tree_size, id",
                 )
-                .fetch_all(p)
-                .await?
+                .fetch_all(p))
+                    .await?
             }
         };
         Ok(rows
@@ -478,12 +503,12 @@ impl Store {
                     .await?
             }
             Pool::Postgres(p) => {
-                sqlx::query_as(
+                self.pg(sqlx::query_as(
                     "SELECT tree_size, (EXTRACT(EPOCH FROM time) * 1000000)::int8 \
                      FROM checkpoints ORDER BY id DESC LIMIT 1",
                 )
-                .fetch_optional(p)
-                .await?
+                .fetch_optional(p))
+                    .await?
             }
         };
         Ok(row.map(|(size, time)| (size as u64, time)))
@@ -506,12 +531,12 @@ impl Store {
                     .await?
                 }
                 Pool::Postgres(p) => {
-                    sqlx::query_as(
+                    self.pg(sqlx::query_as(
                         "SELECT seq, hash FROM events WHERE seq > $1 AND seq <= $2 ORDER BY seq LIMIT 50000",
                     )
                     .bind(from as i64)
                     .bind(upto as i64)
-                    .fetch_all(p)
+                    .fetch_all(p))
                     .await?
                 }
             };
@@ -591,9 +616,11 @@ impl Store {
                     .await?
             }
             Pool::Postgres(p) => {
-                sqlx::query_scalar("SELECT kind FROM events WHERE stream = $1 ORDER BY version")
-                    .bind(stream.as_str())
-                    .fetch_all(p)
+                self.pg(sqlx::query_scalar(
+                    "SELECT kind FROM events WHERE stream = $1 ORDER BY version",
+                )
+                .bind(stream.as_str())
+                .fetch_all(p))
                     .await?
             }
         })
@@ -608,9 +635,11 @@ impl Store {
                     .await?
             }
             Pool::Postgres(p) => {
-                sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0)::int8 FROM events")
-                    .fetch_one(p)
-                    .await?
+                self.pg(
+                    sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0)::int8 FROM events")
+                        .fetch_one(p),
+                )
+                .await?
             }
         };
         Ok(n as u64)
@@ -791,13 +820,30 @@ fn scan_sqlite_where(
 }
 
 /// Up to `limit` rows with seq > `after`, in seq order, on PostgreSQL, as received.
-async fn pg_page(p: &PgPool, after: u64, limit: u32) -> Result<Vec<sqlx::postgres::PgRow>> {
+/// Whether `pool` has an idle connection that answers a ping within `wait` (those that do
+/// not are closed on the way). Asked only while the server is known to be unreachable: after
+/// a restart the idle ones are dead, and finding so takes a ping each, not the pool's connect
+/// timeout each. Connections in use or being opened do not count: a read that waits for one
+/// of those waits the connect timeout for nothing when the server is gone.
+async fn idle_answers(pool: &PgPool, wait: Duration) -> bool {
+    use sqlx::Connection;
+    while let Some(mut conn) = pool.try_acquire() {
+        if let Ok(Ok(())) = tokio::time::timeout(wait, conn.ping()).await {
+            return true;
+        }
+        // Out of the pool at once (its place counted free), the socket closed as it drops.
+        drop(conn.detach());
+    }
+    false
+}
+
+async fn pg_page(p: &PgPool, after: u64, limit: u32) -> sqlx::Result<Vec<sqlx::postgres::PgRow>> {
     let sql = format!("SELECT {ROW_COLUMNS_PG} FROM events WHERE seq > $1 ORDER BY seq LIMIT $2");
-    Ok(sqlx::query(sqlx::AssertSqlSafe(sql))
+    sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(after as i64)
         .bind(limit as i64)
         .fetch_all(p)
-        .await?)
+        .await
 }
 
 /// A PostgreSQL row as stored, owned: [`pg_row_ref`] copied.

@@ -14,6 +14,10 @@ pub enum StoreError {
     Exists(String),
     #[error("the ledger cannot append: {0}")]
     Unavailable(String),
+    /// PostgreSQL cannot be reached (refused, shutting down, no answer): reads fail at once
+    /// with why until a new connection can be made.
+    #[error("PostgreSQL cannot be reached: {0}")]
+    Unreachable(String),
     #[error("invalid append: {0}")]
     Invalid(String),
     #[error("database error: {0}")]

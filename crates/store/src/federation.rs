@@ -9,7 +9,7 @@ use grantline_ledger::Sealed;
 /// Reads and writes `user_links` and `upstream_tokens`.
 #[derive(Clone)]
 pub struct Federation {
-    pool: Pool,
+    store: Store,
 }
 
 /// A user's upstream tokens as stored: sealed, with their expiry in the clear (it is not
@@ -27,13 +27,13 @@ fn now() -> i64 {
 impl Federation {
     pub fn new(store: &Store) -> Federation {
         Federation {
-            pool: store.pool().clone(),
+            store: store.clone(),
         }
     }
 
     /// The user (provider, subject) signs in as.
     pub async fn linked_user(&self, provider: &str, subject: &str) -> Result<Option<String>> {
-        let row: Option<(String,)> = match &self.pool {
+        let row: Option<(String,)> = match &self.store.pool {
             Pool::Sqlite(p) => {
                 sqlx::query_as("SELECT user_id FROM user_links WHERE provider = ? AND subject = ?")
                     .bind(provider)
@@ -42,13 +42,14 @@ impl Federation {
                     .await?
             }
             Pool::Postgres(p) => {
-                sqlx::query_as(
-                    "SELECT user_id FROM user_links WHERE provider = $1 AND subject = $2",
-                )
-                .bind(provider)
-                .bind(subject)
-                .fetch_optional(p)
-                .await?
+                self.store
+                    .pg(sqlx::query_as(
+                        "SELECT user_id FROM user_links WHERE provider = $1 AND subject = $2",
+                    )
+                    .bind(provider)
+                    .bind(subject)
+                    .fetch_optional(p))
+                    .await?
             }
         };
         Ok(row.map(|r| r.0))
@@ -57,7 +58,7 @@ impl Federation {
     /// Links (provider, subject) to `user_id` unless it is linked already; returns the user
     /// the link names afterwards (another one when a concurrent first sign-in won).
     pub async fn link(&self, provider: &str, subject: &str, user_id: &str) -> Result<String> {
-        match &self.pool {
+        match &self.store.pool {
             Pool::Sqlite(p) => {
                 sqlx::query(
                     "INSERT INTO user_links (provider, subject, user_id, created) VALUES (?, ?, ?, ?) \
@@ -71,7 +72,7 @@ impl Federation {
                 .await?;
             }
             Pool::Postgres(p) => {
-                sqlx::query(
+                self.store.pg(sqlx::query(
                     "INSERT INTO user_links (provider, subject, user_id, created) VALUES ($1, $2, $3, $4) \
                      ON CONFLICT (provider, subject) DO NOTHING",
                 )
@@ -79,7 +80,7 @@ impl Federation {
                 .bind(subject)
                 .bind(user_id)
                 .bind(now())
-                .execute(p)
+                .execute(p))
                 .await?;
             }
         }
@@ -91,7 +92,7 @@ impl Federation {
 
     /// The user's upstream tokens from `provider`, sealed.
     pub async fn tokens(&self, user_id: &str, provider: &str) -> Result<Option<StoredTokens>> {
-        let row: Option<(String, Option<i64>)> = match &self.pool {
+        let row: Option<(String, Option<i64>)> = match &self.store.pool {
             Pool::Sqlite(p) => sqlx::query_as(
                 "SELECT sealed, expires_at FROM upstream_tokens WHERE user_id = ? AND provider = ?",
             )
@@ -99,13 +100,16 @@ impl Federation {
             .bind(provider)
             .fetch_optional(p)
             .await?,
-            Pool::Postgres(p) => sqlx::query_as(
-                "SELECT sealed, expires_at FROM upstream_tokens WHERE user_id = $1 AND provider = $2",
-            )
-            .bind(user_id)
-            .bind(provider)
-            .fetch_optional(p)
-            .await?,
+            Pool::Postgres(p) => {
+                self.store
+                    .pg(sqlx::query_as(
+                        "SELECT sealed, expires_at FROM upstream_tokens WHERE user_id = $1 AND provider = $2",
+                    )
+                    .bind(user_id)
+                    .bind(provider)
+                    .fetch_optional(p))
+                    .await?
+            }
         };
         let Some((sealed, expires_at)) = row else {
             return Ok(None);
@@ -119,7 +123,7 @@ impl Federation {
     pub async fn put_tokens(&self, user_id: &str, provider: &str, t: &StoredTokens) -> Result<()> {
         let sealed = serde_json::to_string(&t.sealed)
             .map_err(|e| crate::StoreError::Invalid(e.to_string()))?;
-        match &self.pool {
+        match &self.store.pool {
             Pool::Sqlite(p) => {
                 sqlx::query(
                     "INSERT INTO upstream_tokens (user_id, provider, sealed, expires_at, updated) VALUES (?, ?, ?, ?, ?) \
@@ -135,7 +139,7 @@ impl Federation {
                 .await?;
             }
             Pool::Postgres(p) => {
-                sqlx::query(
+                self.store.pg(sqlx::query(
                     "INSERT INTO upstream_tokens (user_id, provider, sealed, expires_at, updated) VALUES ($1, $2, $3, $4, $5) \
                      ON CONFLICT (user_id, provider) DO UPDATE SET sealed = excluded.sealed, \
                      expires_at = excluded.expires_at, updated = excluded.updated",
@@ -145,7 +149,7 @@ impl Federation {
                 .bind(sealed)
                 .bind(t.expires_at)
                 .bind(now())
-                .execute(p)
+                .execute(p))
                 .await?;
             }
         }
@@ -154,7 +158,7 @@ impl Federation {
 
     /// Forgets the user's upstream tokens from `provider` (the upstream refused them).
     pub async fn drop_tokens(&self, user_id: &str, provider: &str) -> Result<()> {
-        match &self.pool {
+        match &self.store.pool {
             Pool::Sqlite(p) => {
                 sqlx::query("DELETE FROM upstream_tokens WHERE user_id = ? AND provider = ?")
                     .bind(user_id)
@@ -163,10 +167,13 @@ impl Federation {
                     .await?;
             }
             Pool::Postgres(p) => {
-                sqlx::query("DELETE FROM upstream_tokens WHERE user_id = $1 AND provider = $2")
+                self.store
+                    .pg(sqlx::query(
+                        "DELETE FROM upstream_tokens WHERE user_id = $1 AND provider = $2",
+                    )
                     .bind(user_id)
                     .bind(provider)
-                    .execute(p)
+                    .execute(p))
                     .await?;
             }
         }
@@ -175,15 +182,19 @@ impl Federation {
 
     /// Every upstream token of the user goes (an administrator revoked everything of theirs).
     pub async fn drop_all_tokens(&self, user_id: &str) -> Result<u64> {
-        Ok(match &self.pool {
+        Ok(match &self.store.pool {
             Pool::Sqlite(p) => sqlx::query("DELETE FROM upstream_tokens WHERE user_id = ?")
                 .bind(user_id)
                 .execute(p)
                 .await?
                 .rows_affected(),
-            Pool::Postgres(p) => sqlx::query("DELETE FROM upstream_tokens WHERE user_id = $1")
-                .bind(user_id)
-                .execute(p)
+            Pool::Postgres(p) => self
+                .store
+                .pg(
+                    sqlx::query("DELETE FROM upstream_tokens WHERE user_id = $1")
+                        .bind(user_id)
+                        .execute(p),
+                )
                 .await?
                 .rows_affected(),
         })
@@ -191,7 +202,7 @@ impl Federation {
 
     /// Erasure: the user's links and upstream tokens go.
     pub async fn forget_user(&self, user_id: &str) -> Result<()> {
-        match &self.pool {
+        match &self.store.pool {
             Pool::Sqlite(p) => {
                 sqlx::query("DELETE FROM user_links WHERE user_id = ?")
                     .bind(user_id)
@@ -203,9 +214,10 @@ impl Federation {
                     .await?;
             }
             Pool::Postgres(p) => {
-                sqlx::query("DELETE FROM user_links WHERE user_id = $1")
-                    .bind(user_id)
-                    .execute(p)
+                self.store
+                    .pg(sqlx::query("DELETE FROM user_links WHERE user_id = $1")
+                        .bind(user_id)
+                        .execute(p))
                     .await?;
                 sqlx::query("DELETE FROM upstream_tokens WHERE user_id = $1")
                     .bind(user_id)

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 /// Seals and opens personal data; erases subjects.
 #[derive(Clone)]
 pub struct Keyring {
-    pool: Pool,
+    store: Store,
     cache: Arc<Mutex<HashMap<String, SubjectKey>>>,
     /// Subjects this process knows to be erased (from the ledger): never loaded or cached
     /// again, even in the moment between `user.erased` and the key's deletion.
@@ -21,7 +21,7 @@ pub struct Keyring {
 impl Keyring {
     pub fn new(store: &Store) -> Keyring {
         Keyring {
-            pool: store.pool().clone(),
+            store: store.clone(),
             cache: Arc::default(),
             gone: Arc::default(),
         }
@@ -68,7 +68,7 @@ impl Keyring {
         }
         let fresh = SubjectKey::generate().map_err(|e| StoreError::Key(e.to_string()))?;
         let now = Timestamp::now().0;
-        match &self.pool {
+        match &self.store.pool {
             Pool::Sqlite(p) => {
                 sqlx::query(
                     "INSERT INTO subject_keys (subject, key, created) VALUES (?, ?, ?) ON CONFLICT (subject) DO NOTHING",
@@ -80,12 +80,12 @@ impl Keyring {
                 .await?;
             }
             Pool::Postgres(p) => {
-                sqlx::query(
+                self.store.pg(sqlx::query(
                     "INSERT INTO subject_keys (subject, key) VALUES ($1, $2) ON CONFLICT (subject) DO NOTHING",
                 )
                 .bind(subject)
                 .bind(fresh.0.as_slice())
-                .execute(p)
+                .execute(p))
                 .await?;
             }
         }
@@ -101,7 +101,7 @@ impl Keyring {
         if let Some(k) = self.cached(subject) {
             return Ok(Some(k));
         }
-        let bytes: Option<Vec<u8>> = match &self.pool {
+        let bytes: Option<Vec<u8>> = match &self.store.pool {
             Pool::Sqlite(p) => {
                 sqlx::query_scalar("SELECT key FROM subject_keys WHERE subject = ?")
                     .bind(subject)
@@ -109,9 +109,12 @@ impl Keyring {
                     .await?
             }
             Pool::Postgres(p) => {
-                sqlx::query_scalar("SELECT key FROM subject_keys WHERE subject = $1")
-                    .bind(subject)
-                    .fetch_optional(p)
+                self.store
+                    .pg(
+                        sqlx::query_scalar("SELECT key FROM subject_keys WHERE subject = $1")
+                            .bind(subject)
+                            .fetch_optional(p),
+                    )
                     .await?
             }
         };
@@ -163,7 +166,7 @@ impl Keyring {
             }
         }
         for chunk in wanted.chunks(500) {
-            let rows: Vec<(String, Vec<u8>)> = match &self.pool {
+            let rows: Vec<(String, Vec<u8>)> = match &self.store.pool {
                 Pool::Sqlite(p) => {
                     let list = serde_json::to_string(chunk)
                         .map_err(|e| StoreError::Invalid(e.to_string()))?;
@@ -175,9 +178,12 @@ impl Keyring {
                     .await?
                 }
                 Pool::Postgres(p) => {
-                    sqlx::query_as("SELECT subject, key FROM subject_keys WHERE subject = ANY($1)")
+                    self.store
+                        .pg(sqlx::query_as(
+                            "SELECT subject, key FROM subject_keys WHERE subject = ANY($1)",
+                        )
                         .bind(chunk)
-                        .fetch_all(p)
+                        .fetch_all(p))
                         .await?
                 }
             };
@@ -208,7 +214,7 @@ impl Keyring {
     }
 
     pub async fn is_erased(&self, subject: &str) -> Result<bool> {
-        let n: i64 = match &self.pool {
+        let n: i64 = match &self.store.pool {
             Pool::Sqlite(p) => {
                 sqlx::query_scalar("SELECT COUNT(*) FROM erased_subjects WHERE subject = ?")
                     .bind(subject)
@@ -216,9 +222,12 @@ impl Keyring {
                     .await?
             }
             Pool::Postgres(p) => {
-                sqlx::query_scalar("SELECT COUNT(*) FROM erased_subjects WHERE subject = $1")
+                self.store
+                    .pg(sqlx::query_scalar(
+                        "SELECT COUNT(*) FROM erased_subjects WHERE subject = $1",
+                    )
                     .bind(subject)
-                    .fetch_one(p)
+                    .fetch_one(p))
                     .await?
             }
         };
@@ -231,7 +240,7 @@ impl Keyring {
         if let Ok(mut cache) = self.cache.lock() {
             cache.remove(subject);
         }
-        let deleted = match &self.pool {
+        let deleted = match &self.store.pool {
             Pool::Sqlite(p) => {
                 let mut tx = p.begin().await?;
                 let n = sqlx::query("DELETE FROM subject_keys WHERE subject = ?")
@@ -260,7 +269,7 @@ impl Keyring {
                 n
             }
             Pool::Postgres(p) => {
-                let mut tx = p.begin().await?;
+                let mut tx = self.store.pg(p.begin()).await?;
                 let n = sqlx::query("DELETE FROM subject_keys WHERE subject = $1")
                     .bind(subject)
                     .execute(&mut *tx)

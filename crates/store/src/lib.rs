@@ -8,6 +8,7 @@ mod error;
 mod federation;
 pub mod keyfile;
 mod keyring;
+mod reach;
 mod tail;
 #[cfg(feature = "testing")]
 pub mod testing;
