@@ -74,6 +74,9 @@ def test_grantline_rides_out_a_postgresql_restart(tmp_path):
         until("ready again", 60, lambda: readyz(server)["ready"])
         r = register(server)
         assert r.status_code == 201, r.text
+        # The audit indexer retries with a back-off of up to 10 s.
+        until("the audit indexer reads again", 20,
+              lambda: "the audit indexer works again" in log_path.read_text())
         server.stop()
         server = None
         verify = subprocess.run(
@@ -101,6 +104,10 @@ def test_grantline_rides_out_a_postgresql_restart(tmp_path):
     # The writer's connection: gone once, back once.
     assert sum("PostgreSQL connection is gone" in l for l in lines) <= 3, lines[-40:]
     assert sum("connected to PostgreSQL again" in l for l in lines) >= 1, lines[-40:]
+    # The audit indexer, retrying with a back-off: once when it starts failing, once when it
+    # reads (and so indexes) the ledger again.
+    assert sum(" WARN " in l and "the audit indexer failed" in l for l in lines) == 1, lines[-40:]
+    assert sum("the audit indexer works again" in l for l in lines) == 1, lines[-40:]
     # The reads: found unreachable once, with the reason, and reachable again once.
     unreachable = [l for l in lines if "PostgreSQL cannot be reached; reads fail at once" in l]
     assert len(unreachable) == 1 and " WARN " in unreachable[0], unreachable

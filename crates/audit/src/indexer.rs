@@ -290,7 +290,7 @@ impl Indexer {
     }
 
     /// Drops what was added since the last commit and goes back to the committed cursor.
-    async fn rollback(&mut self) -> Result<(), IndexerError> {
+    fn rollback(&mut self) -> Result<(), IndexerError> {
         {
             let mut w = self.writer.lock().map_err(|_| IndexerError::Writer)?;
             w.rollback().map_err(IndexError::from)?;
@@ -300,10 +300,12 @@ impl Indexer {
             .committed_payload()?
             .and_then(|p| serde_json::from_str(&p).ok());
         self.position = cursor.as_ref().map_or(0, |c| c.seq);
-        self.position_hash = match self.position {
-            0 => None,
-            n => self.store.hash_at(n).await?,
-        };
+        // The committed cursor's own hash (checked against the ledger when the index was
+        // opened, written by this indexer since): no read of the ledger, so a rollback while
+        // the database is away leaves nothing half reset.
+        self.position_hash = cursor
+            .and_then(|c| c.hash)
+            .and_then(|h| grantline_ledger::Hash::from_hex(&h));
         self.pending = 0;
         self.first_pending = None;
         self.keys.clear();
@@ -388,16 +390,20 @@ impl Indexer {
     }
 
     /// Follows the ledger until `stop` is set: new events are searchable within about
-    /// `commit_after` of being appended. Errors are logged and retried.
+    /// `commit_after` of being appended. Errors are retried, and a run of them (the database
+    /// away) is logged once when it starts and once when it ends.
     pub async fn follow(mut self, local: Option<watch::Receiver<u64>>, stop: Arc<AtomicBool>) {
+        const WHAT: &str = "the audit indexer";
         let mut tail = None;
         let mut backoff = Duration::from_millis(200);
+        let mut failing = grantline_store::Failing::default();
         while !stop.load(Ordering::SeqCst) {
             if tail.is_none() {
-                match Tail::new(&self.store, self.position, local.clone()).await {
+                let made = Tail::new(&self.store, self.position, local.clone()).await;
+                failing.record(WHAT, &made);
+                match made {
                     Ok(t) => tail = Some(t),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "audit indexer cannot read the ledger");
+                    Err(_) => {
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(Duration::from_secs(10));
                         continue;
@@ -411,19 +417,27 @@ impl Indexer {
                 Duration::from_millis(500)
             };
             let result = match tokio::time::timeout(wait, t.next(self.options.read_batch)).await {
-                Ok(Ok(events)) => self.add(&events).await,
+                Ok(Ok(events)) => {
+                    // A page read: the ledger can be read again.
+                    failing.record(WHAT, &Ok::<(), IndexerError>(()));
+                    self.add(&events).await
+                }
                 Ok(Err(e)) => Err(e.into()),
                 Err(_) => self.commit().await,
             };
             match result {
                 Ok(()) => backoff = Duration::from_millis(200),
                 Err(e) => {
-                    tracing::warn!(error = %e, seq = self.position, "audit indexer failed; retrying");
+                    tracing::debug!(
+                        seq = self.position,
+                        "audit indexer starts again from its last commit"
+                    );
+                    failing.record(WHAT, &Err::<(), _>(e));
                     // Start again from what is committed: nothing is skipped or doubled.
                     tail = None;
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(10));
-                    if let Err(e) = self.rollback().await {
+                    if let Err(e) = self.rollback() {
                         tracing::warn!(error = %e, "audit index: rollback failed");
                     }
                 }

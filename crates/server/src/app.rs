@@ -75,7 +75,7 @@ pub struct Inner {
     pub upstream_http: reqwest::Client,
     pub rate_limiter: grantline_gateway::ratelimit::RateLimiter,
     /// Failures to record the rate limiter's closed windows, logged once a run.
-    pub rate_limit_flush: std::sync::Mutex<crate::failing::Failing>,
+    pub rate_limit_flush: std::sync::Mutex<grantline_store::Failing>,
     /// Gateway exchanges in flight: shutdown waits for them so their outcomes are recorded.
     pub exchanges: tokio_util::task::TaskTracker,
     /// Set at shutdown: the background loop finishes its round and stops.

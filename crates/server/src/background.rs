@@ -13,7 +13,7 @@ impl App {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(250));
             let mut n: u64 = 0;
-            let mut catching_up = crate::failing::Failing::default();
+            let mut catching_up = grantline_store::Failing::default();
             loop {
                 tick.tick().await;
                 if app.stopping.load(std::sync::atomic::Ordering::SeqCst) {

@@ -14,7 +14,6 @@ pub mod config;
 pub mod context;
 pub mod demo;
 pub mod error;
-pub mod failing;
 pub mod federation;
 pub mod gateway;
 pub mod health;

@@ -315,7 +315,7 @@ async fn run(app: App, mut sink: Sink, stop: Arc<AtomicBool>, board: Board) {
     let mut exporter = Exporter::new(app.keyring.clone(), directory, sink.redact);
     let mut head = app.ledger.subscribe();
     let mut pending: Option<(Vec<ExportItem>, u64)> = None;
-    let mut reading = crate::failing::Failing::default();
+    let mut reading = grantline_store::Failing::default();
     let what = format!("sink {}: reading the ledger", sink.name);
     while !stop.load(Ordering::SeqCst) {
         let (items, last) = match pending.take() {

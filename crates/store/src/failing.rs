@@ -1,5 +1,5 @@
 //! A failure that repeats in a background loop — the projection's catch-up, a sink's read, the
-//! rate-limit flush while the database is away — is logged as a warning once when it starts,
+//! audit indexer's, the rate-limit flush while the database is away — is logged as a warning once when it starts,
 //! at debug while it lasts, and once when it ends, with how long it lasted: an outage is a
 //! few lines in the log, not one every 250 ms.
 
