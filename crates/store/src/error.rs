@@ -20,8 +20,10 @@ pub enum StoreError {
     Unreachable(String),
     #[error("invalid append: {0}")]
     Invalid(String),
-    #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
+    /// Not the error's `source`: its text is already here, and a chain printed in full would
+    /// repeat it with sqlx's wording (see [`describe`]).
+    #[error("database error: {}", describe(.0))]
+    Database(sqlx::Error),
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
     #[error("migration failed: {0}")]
@@ -42,4 +44,25 @@ pub enum StoreError {
     Backup(String),
 }
 
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> StoreError {
+        StoreError::Database(e)
+    }
+}
+
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// sqlx's text for `e`, but a PostgreSQL error as its message and SQLSTATE: sqlx appends the
+/// line of PostgreSQL's own source that raised it (`role "x" does not exist at line 768`),
+/// which reads as a line of the operator's configuration. PostgreSQL's `DETAIL` is left out:
+/// it can quote the values of a row.
+pub(crate) fn describe(e: &sqlx::Error) -> String {
+    let pg = match e {
+        sqlx::Error::Database(d) => d.try_downcast_ref::<sqlx::postgres::PgDatabaseError>(),
+        _ => None,
+    };
+    match pg {
+        Some(pg) => format!("{} (SQLSTATE {})", pg.message(), pg.code()),
+        None => e.to_string(),
+    }
+}

@@ -182,7 +182,7 @@ impl Reach {
                 let _ = conn.close().await;
                 Ok(())
             }
-            Ok(Err(e)) => Err(e.to_string()),
+            Ok(Err(e)) => Err(crate::error::describe(&e)),
             Err(_) => Err(format!(
                 "{} did not answer within {} s",
                 self.server(),

@@ -219,6 +219,29 @@ async fn an_unreachable_postgresql_is_reported_at_once_as_refused() {
     assert!(err.to_lowercase().contains("connection refused"), "{err}");
 }
 
+/// PostgreSQL's own refusal is reported as its message and SQLSTATE, once: not with the line of
+/// PostgreSQL's source that raised it ("at line 768", which reads as a line of the operator's
+/// configuration), and not repeated by the error's chain.
+#[tokio::test]
+async fn a_postgresql_refusal_is_reported_with_its_sqlstate_once() {
+    let Some(db) = grantline_store::testing::postgres().await else {
+        return;
+    };
+    let Database::Postgres(url) = &db.db else {
+        unreachable!()
+    };
+    let (_, host) = url.split_once('@').unwrap();
+    let nobody = Database::parse(&format!("postgres://no_such_role@{host}")).unwrap();
+    let err = grantline_store::Store::connect(&nobody, false)
+        .await
+        .expect_err("no such role");
+    assert_eq!(
+        err.to_string(),
+        r#"database error: role "no_such_role" does not exist (SQLSTATE 28000)"#
+    );
+    assert!(std::error::Error::source(&err).is_none(), "said once");
+}
+
 /// A PostgreSQL server that accepts the connection and never answers (or a host that drops
 /// packets) is reported after the connect timeout — the URL's `connect_timeout`, as libpq
 /// reads it — not after the kernel's minutes of retries or never.

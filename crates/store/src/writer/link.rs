@@ -121,7 +121,7 @@ impl PgLink {
             down.attempt = Some(tokio::spawn(async move {
                 match tokio::time::timeout(timeout, connect(&options)).await {
                     Ok(Ok(conn)) => Ok(conn),
-                    Ok(Err(e)) => Err(e.to_string()),
+                    Ok(Err(e)) => Err(crate::error::describe(&e)),
                     Err(_) => Err(format!(
                         "PostgreSQL at {}:{} did not answer within {} s",
                         options.get_host(),
