@@ -109,6 +109,6 @@ def test_grantline_rides_out_a_postgresql_restart(tmp_path):
     assert sum(" WARN " in l and "the audit indexer failed" in l for l in lines) == 1, lines[-40:]
     assert sum("the audit indexer works again" in l for l in lines) == 1, lines[-40:]
     # The reads: found unreachable once, with the reason, and reachable again once.
-    unreachable = [l for l in lines if "PostgreSQL cannot be reached; reads fail at once" in l]
+    unreachable = [l for l in lines if "PostgreSQL cannot be reached; statements that need a new connection" in l]
     assert len(unreachable) == 1 and " WARN " in unreachable[0], unreachable
     assert sum("PostgreSQL can be reached again" in l for l in lines) == 1, lines[-40:]

@@ -399,11 +399,12 @@ impl Indexer {
         let mut failing = grantline_store::Failing::default();
         while !stop.load(Ordering::SeqCst) {
             if tail.is_none() {
-                let made = Tail::new(&self.store, self.position, local.clone()).await;
-                failing.record(WHAT, &made);
-                match made {
+                match Tail::new(&self.store, self.position, local.clone()).await {
+                    // Its success is not said to end a run of failures: made from the
+                    // writer's watch at seq 0, it reads nothing. An indexed page is.
                     Ok(t) => tail = Some(t),
-                    Err(_) => {
+                    Err(e) => {
+                        failing.record(WHAT, &Err::<(), _>(e));
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(Duration::from_secs(10));
                         continue;
@@ -418,9 +419,11 @@ impl Indexer {
             };
             let result = match tokio::time::timeout(wait, t.next(self.options.read_batch)).await {
                 Ok(Ok(events)) => {
-                    // A page read: the ledger can be read again.
-                    failing.record(WHAT, &Ok::<(), IndexerError>(()));
-                    self.add(&events).await
+                    let added = self.add(&events).await;
+                    if added.is_ok() {
+                        failing.record(WHAT, &added);
+                    }
+                    added
                 }
                 Ok(Err(e)) => Err(e.into()),
                 Err(_) => self.commit().await,

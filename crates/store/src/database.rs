@@ -174,15 +174,14 @@ impl Store {
                 // The pool retries a refused connection until its acquire time-out (30 s by
                 // default): while PostgreSQL is away, a read would hang that long. It waits
                 // the connect timeout, as everything else that connects does, and once one
-                // read found PostgreSQL unreachable, the others fail at once (`Reach`).
-                reach = Some(Arc::new(Reach::new(&opts, wait)));
-                Pool::Postgres(
-                    PgPoolOptions::new()
-                        .max_connections(8)
-                        .acquire_timeout(wait)
-                        .connect_with(opts)
-                        .await?,
-                )
+                // read found PostgreSQL unreachable, new connections fail at once (`Reach`).
+                let pool = PgPoolOptions::new()
+                    .max_connections(8)
+                    .acquire_timeout(wait)
+                    .connect_with(opts.clone())
+                    .await?;
+                reach = Some(Arc::new(Reach::new(pool.clone(), opts, wait)));
+                Pool::Postgres(pool)
             }
         };
         Ok(Store {
@@ -236,17 +235,13 @@ impl Store {
             .collect())
     }
 
-    /// A statement on PostgreSQL's pool: failing at once, with why, while the server is known
-    /// to be unreachable and the pool has no idle connection that answers, and saying why
-    /// when the pool could not connect (see [`Reach`]).
+    /// A statement on PostgreSQL's pool: failing at once, with why, if it needs a new
+    /// connection while the server is known to be unreachable, and saying why when the pool
+    /// could not connect (see [`Reach`]).
     pub(crate) async fn pg<T>(&self, read: impl Future<Output = sqlx::Result<T>>) -> Result<T> {
-        match (&self.reach, &self.pool) {
-            (Some(reach), Pool::Postgres(p)) => {
-                reach
-                    .run(idle_answers(p, reach.connect_timeout()), read)
-                    .await
-            }
-            _ => Ok(read.await?),
+        match &self.reach {
+            Some(reach) => reach.run(read).await,
+            None => Ok(read.await?),
         }
     }
 
@@ -556,23 +551,26 @@ impl Store {
         at: Option<u64>,
     ) -> Result<Option<(RawCheckpoint, Vec<u8>)>> {
         let size = at.map_or(i64::MAX, |n| n.min(i64::MAX as u64) as i64);
-        let row: Option<(i64, Vec<u8>, String, Vec<u8>)> =
-            match &self.pool {
-                Pool::Sqlite(p) => sqlx::query_as(
+        let row: Option<(i64, Vec<u8>, String, Vec<u8>)> = match &self.pool {
+            Pool::Sqlite(p) => {
+                sqlx::query_as(
                     "SELECT tree_size, root, note, frontier FROM checkpoints WHERE tree_size <= ? \
                      ORDER BY tree_size DESC, id DESC LIMIT 1",
                 )
                 .bind(size)
                 .fetch_optional(p)
-                .await?,
-                Pool::Postgres(p) => sqlx::query_as(
+                .await?
+            }
+            Pool::Postgres(p) => {
+                self.pg(sqlx::query_as(
                     "SELECT tree_size, root, note, frontier FROM checkpoints WHERE tree_size <= $1 \
                      ORDER BY tree_size DESC, id DESC LIMIT 1",
                 )
                 .bind(size)
-                .fetch_optional(p)
-                .await?,
-            };
+                .fetch_optional(p))
+                    .await?
+            }
+        };
         Ok(row
             .filter(|(tree_size, ..)| at.is_none_or(|n| *tree_size as u64 == n))
             .map(|(tree_size, root, note, frontier)| {
@@ -820,23 +818,6 @@ fn scan_sqlite_where(
 }
 
 /// Up to `limit` rows with seq > `after`, in seq order, on PostgreSQL, as received.
-/// Whether `pool` has an idle connection that answers a ping within `wait` (those that do
-/// not are closed on the way). Asked only while the server is known to be unreachable: after
-/// a restart the idle ones are dead, and finding so takes a ping each, not the pool's connect
-/// timeout each. Connections in use or being opened do not count: a read that waits for one
-/// of those waits the connect timeout for nothing when the server is gone.
-async fn idle_answers(pool: &PgPool, wait: Duration) -> bool {
-    use sqlx::Connection;
-    while let Some(mut conn) = pool.try_acquire() {
-        if let Ok(Ok(())) = tokio::time::timeout(wait, conn.ping()).await {
-            return true;
-        }
-        // Out of the pool at once (its place counted free), the socket closed as it drops.
-        drop(conn.detach());
-    }
-    false
-}
-
 async fn pg_page(p: &PgPool, after: u64, limit: u32) -> sqlx::Result<Vec<sqlx::postgres::PgRow>> {
     let sql = format!("SELECT {ROW_COLUMNS_PG} FROM events WHERE seq > $1 ORDER BY seq LIMIT $2");
     sqlx::query(sqlx::AssertSqlSafe(sql))

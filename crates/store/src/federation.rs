@@ -219,9 +219,12 @@ impl Federation {
                         .bind(user_id)
                         .execute(p))
                     .await?;
-                sqlx::query("DELETE FROM upstream_tokens WHERE user_id = $1")
-                    .bind(user_id)
-                    .execute(p)
+                self.store
+                    .pg(
+                        sqlx::query("DELETE FROM upstream_tokens WHERE user_id = $1")
+                            .bind(user_id)
+                            .execute(p),
+                    )
                     .await?;
             }
         }

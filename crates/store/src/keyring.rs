@@ -269,19 +269,21 @@ impl Keyring {
                 n
             }
             Pool::Postgres(p) => {
-                let mut tx = self.store.pg(p.begin()).await?;
-                let n = sqlx::query("DELETE FROM subject_keys WHERE subject = $1")
-                    .bind(subject)
-                    .execute(&mut *tx)
+                let pg = &self.store;
+                let mut tx = pg.pg(p.begin()).await?;
+                let n = pg
+                    .pg(sqlx::query("DELETE FROM subject_keys WHERE subject = $1")
+                        .bind(subject)
+                        .execute(&mut *tx))
                     .await?
                     .rows_affected();
-                sqlx::query(
+                pg.pg(sqlx::query(
                     "INSERT INTO erased_subjects (subject) VALUES ($1) ON CONFLICT DO NOTHING",
                 )
                 .bind(subject)
-                .execute(&mut *tx)
-                .await?;
-                tx.commit().await?;
+                .execute(&mut *tx))
+                    .await?;
+                pg.pg(tx.commit()).await?;
                 n
             }
         };

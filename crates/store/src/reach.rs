@@ -1,28 +1,34 @@
 //! PostgreSQL: whether a [`Store`](crate::Store)'s server can be reached, as it last found.
 //!
-//! sqlx's pool retries a refused connection until its acquire timeout and then reports only
-//! "pool timed out while waiting for an open connection". So once a read finds that no
-//! connection can be made (one direct attempt tells why: refused, the server shutting down,
-//! no answer), a read fails at once with that reason unless the pool has an idle connection
-//! that still answers. At most every [`RETRY_AFTER`], one such read tries a new connection
-//! first, and the first that succeeds lets reads through again. So after a restart the
-//! pool's dead connections cost a ping each, not the connect timeout each, and a server that
-//! refuses only new connections (`too many clients`) keeps serving reads on the idle ones the
-//! pool has (a read that finds them all busy fails rather than waits). No task runs in the
-//! background.
+//! sqlx's pool retries a refused connection until its acquire timeout, then reports only
+//! "pool timed out while waiting for an open connection", and offers no way to make it give up
+//! sooner. So once a statement is cut off for want of a connection and one direct attempt
+//! confirms that none can be made (and says why: refused, the server shutting down, no
+//! answer), the server is marked down: the reason is what every statement cut off meanwhile
+//! reports, and the pool's options for *new* connections point at a socket path that does not
+//! exist, so opening one fails at once (a missing path is not retried) instead of waiting the
+//! acquire timeout. Idle connections still serve: a server that refuses only new connections
+//! (`too many clients`) keeps serving on those the pool has. While down, a statement starts an
+//! attempt in the background at most every [`RETRY_AFTER`]; the first that succeeds gives the
+//! pool its options back.
 
 use crate::{Result, StoreError};
 use sqlx::Connection;
-use sqlx::postgres::{PgConnectOptions, PgConnection};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 /// How long after a failed attempt the next one is made.
 pub(crate) const RETRY_AFTER: Duration = Duration::from_millis(500);
 
-/// One PostgreSQL server (and database and user) as this process can reach it.
+/// Where the pool's new connections go while the server is known to be unreachable: nowhere.
+const NOWHERE: &str = "/nonexistent/grantline: PostgreSQL is known to be unreachable";
+
+/// One PostgreSQL server as a pool reaches it.
 #[derive(Debug)]
 pub(crate) struct Reach {
+    pool: PgPool,
+    /// The pool's own options, given back when the server can be reached again.
     options: PgConnectOptions,
     connect_timeout: Duration,
     state: Mutex<State>,
@@ -32,8 +38,11 @@ pub(crate) struct Reach {
 struct State {
     /// Set while the server is known not to be reachable.
     down: Option<Down>,
-    /// A read is trying a new connection.
+    /// An attempt to connect runs in the background.
     attempting: bool,
+    /// How many times the server came back: an attempt that fails after it did, having
+    /// started before, does not mark it down again.
+    ups: u64,
 }
 
 #[derive(Debug)]
@@ -45,10 +54,11 @@ struct Down {
 }
 
 impl Reach {
-    /// A `Reach` of the server `options` connect to, found reachable a moment ago.
-    pub(crate) fn new(options: &PgConnectOptions, connect_timeout: Duration) -> Reach {
+    /// The `Reach` of `pool`, which connects with `options` (found reachable a moment ago).
+    pub(crate) fn new(pool: PgPool, options: PgConnectOptions, connect_timeout: Duration) -> Reach {
         Reach {
-            options: options.clone(),
+            pool,
+            options,
             connect_timeout,
             state: Mutex::default(),
         }
@@ -58,97 +68,102 @@ impl Reach {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Runs `read`, unless the server is known to be unreachable and `holds` finds the pool
-    /// has no idle connection that answers: then it fails at once with the reason (or, when
-    /// an attempt is due, after one). A read that fails because no connection could be had is
-    /// answered with why.
+    /// Runs `statement` on the pool. While the server is known to be unreachable it fails at
+    /// once if it needs a new connection, and an attempt to reconnect is started when one is
+    /// due. A statement cut off for want of a connection is answered with why.
     pub(crate) async fn run<T>(
-        &self,
-        holds: impl Future<Output = bool>,
-        read: impl Future<Output = sqlx::Result<T>>,
+        self: &Arc<Self>,
+        statement: impl Future<Output = sqlx::Result<T>>,
     ) -> Result<T> {
-        if self.is_down() && !holds.await {
-            self.ready().await?;
-        }
-        match read.await {
+        self.retry_if_due();
+        match statement.await {
             Ok(v) => Ok(v),
             Err(e) if cut_off(&e) => Err(self.found(e).await),
             Err(e) => Err(e.into()),
         }
     }
 
-    fn is_down(&self) -> bool {
-        self.state().down.is_some()
+    /// Whether the server is known to be unreachable, and why.
+    #[cfg(test)]
+    fn down_because(&self) -> Option<String> {
+        self.state().down.as_ref().map(|d| d.reason.clone())
     }
 
-    /// How long an attempt to connect may take.
-    pub(crate) fn connect_timeout(&self) -> Duration {
-        self.connect_timeout
-    }
-
-    /// Whether a read that needs a new connection may go to the server: yes unless it is
-    /// known down; when it is and the last attempt is [`RETRY_AFTER`] old, this caller makes
-    /// the next one.
-    async fn ready(&self) -> Result<()> {
+    /// While down, and no attempt ran for [`RETRY_AFTER`]: one in the background (no
+    /// statement waits for it).
+    fn retry_if_due(self: &Arc<Self>) {
         {
             let mut state = self.state();
-            let State { down, attempting } = &mut *state;
+            let State {
+                down, attempting, ..
+            } = &mut *state;
             match down {
-                None => return Ok(()),
-                Some(d) if *attempting || d.tried.elapsed() < RETRY_AFTER => {
-                    return Err(unreachable(&d.reason));
-                }
-                Some(_) => *attempting = true,
+                Some(d) if !*attempting && d.tried.elapsed() >= RETRY_AFTER => *attempting = true,
+                _ => return,
             }
         }
-        // Cleared however the attempt ends, a caller that gives up included.
-        let _attempting = Attempting(self);
-        let outcome = self.attempt().await;
+        let me = self.clone();
+        tokio::spawn(async move {
+            // Cleared however the task ends, a runtime shutting down included.
+            let _attempting = Attempting(&me);
+            let outcome = me.attempt().await;
+            me.settle(outcome);
+        });
+    }
+
+    /// The outcome of an attempt made while down.
+    fn settle(&self, outcome: std::result::Result<(), String>) {
         let mut state = self.state();
         match outcome {
             Ok(()) => {
                 if let Some(d) = state.down.take() {
+                    state.ups += 1;
+                    self.pool.set_connect_options(self.options.clone());
                     tracing::info!(
                         server = %self.server(),
                         after_secs = d.since.elapsed().as_secs_f64(),
                         "PostgreSQL can be reached again"
                     );
                 }
-                Ok(())
             }
             Err(reason) => {
-                let e = unreachable(&reason);
                 if let Some(d) = state.down.as_mut() {
                     d.reason = reason;
                     d.tried = Instant::now();
                 }
-                Err(e)
             }
         }
     }
 
-    /// After a read was cut off (`e`): one direct attempt says whether the server can be
-    /// reached. When it cannot, it is marked down with why; when it can, `e` was a passing
-    /// failure (a connection closed under the read, a pool busy until its timeout) and is
-    /// returned as it is.
+    /// After a statement was cut off (`e`): the reason, when the server is known down;
+    /// otherwise one direct attempt says whether it can be reached. When it cannot, it is
+    /// marked down with why; when it can, `e` was a passing failure (a connection closed
+    /// under the statement, a pool busy until its timeout) and is returned as it is.
     async fn found(&self, e: sqlx::Error) -> StoreError {
-        if let Some(d) = &self.state().down {
-            return unreachable(&d.reason);
-        }
+        let ups = {
+            let state = self.state();
+            if let Some(d) = &state.down {
+                return unreachable(&d.reason);
+            }
+            state.ups
+        };
         match self.attempt().await {
             Ok(()) => e.into(),
             Err(reason) => {
                 let err = unreachable(&reason);
-                self.down(reason);
+                self.mark_down(ups, reason);
                 err
             }
         }
     }
 
-    /// The server could not be connected to, for `reason`: reads that need a new connection
-    /// fail at once from now on, until an attempt succeeds.
-    fn down(&self, reason: String) {
+    /// An attempt begun when the server had come back `ups` times failed, for `reason`.
+    fn mark_down(&self, ups: u64, reason: String) {
         let mut state = self.state();
+        if state.ups != ups {
+            // It came back while this attempt ran.
+            return;
+        }
         let now = Instant::now();
         match state.down.as_mut() {
             Some(d) => {
@@ -159,8 +174,11 @@ impl Reach {
                 tracing::warn!(
                     server = %self.server(),
                     %reason,
-                    "PostgreSQL cannot be reached; reads fail at once until it can"
+                    "PostgreSQL cannot be reached; statements that need a new connection \
+                     fail at once until it can"
                 );
+                self.pool
+                    .set_connect_options(self.options.clone().socket(NOWHERE));
                 state.down = Some(Down {
                     reason,
                     since: now,
@@ -209,8 +227,8 @@ impl Drop for Attempting<'_> {
     }
 }
 
-/// Whether a read failed for want of a connection (not for what it asked): the pool timed
-/// out opening one, the socket failed, or the server closed it or is shutting down or
+/// Whether a statement failed for want of a connection (not for what it asked): the pool
+/// timed out opening one, the socket failed, or the server closed it or is shutting down or
 /// starting up.
 fn cut_off(e: &sqlx::Error) -> bool {
     match e {
@@ -233,9 +251,10 @@ fn unreachable(reason: &str) -> StoreError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sqlx::postgres::PgPoolOptions;
 
     #[test]
-    fn a_read_is_cut_off_by_the_connection_not_by_what_it_asked() {
+    fn a_statement_is_cut_off_by_the_connection_not_by_what_it_asked() {
         assert!(cut_off(&sqlx::Error::PoolTimedOut));
         assert!(cut_off(&sqlx::Error::Io(
             std::io::ErrorKind::ConnectionRefused.into()
@@ -244,73 +263,101 @@ mod tests {
         assert!(!cut_off(&sqlx::Error::ColumnNotFound("seq".into())));
     }
 
-    fn closed_port() -> u16 {
-        // A port just released: nothing listens on it (refused at once).
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
+    /// A pool (not connected yet) of a server at `options`, waiting `acquire` for a connection.
+    fn reach(options: PgConnectOptions, acquire: Duration) -> Arc<Reach> {
+        let pool = PgPoolOptions::new()
+            .acquire_timeout(acquire)
+            .connect_lazy_with(options.clone());
+        Arc::new(Reach::new(pool, options, Duration::from_secs(2)))
     }
 
-    fn reach(port: u16) -> Reach {
-        let options = PgConnectOptions::new()
+    fn nothing_listens() -> PgConnectOptions {
+        // A port just released: nothing listens on it (refused at once).
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        PgConnectOptions::new()
             .host("127.0.0.1")
             .port(port)
             .username("grantline")
-            .database(&format!("reach_{port}"));
-        Reach::new(&options, Duration::from_secs(2))
+            .database("grantline")
     }
 
     #[tokio::test]
-    async fn a_server_found_unreachable_fails_reads_at_once_with_why_and_retries_in_a_while() {
-        let port = closed_port();
-        let reach = reach(port);
-        // The pool's answer after its timeout; the reach says why.
+    async fn a_server_found_unreachable_fails_new_connections_at_once_saying_why() {
+        let reach = reach(nothing_listens(), Duration::from_secs(3));
+        // The pool's answer after its retries; the reach says why, and marks it down.
         let first = reach
-            .run(async { false }, async {
-                Err::<(), _>(sqlx::Error::PoolTimedOut)
-            })
+            .run(async { Err::<(), _>(sqlx::Error::PoolTimedOut) })
             .await;
         let why = first.unwrap_err().to_string();
-        assert!(why.contains("refused"), "{why}");
-        // The next read is not run at all: it fails at once, with the same reason.
-        let mut ran = false;
-        let second = reach
-            .run(async { false }, async {
-                ran = true;
-                Ok(())
-            })
-            .await;
-        assert!(!ran, "a read went to a server known to be down");
-        assert_eq!(second.unwrap_err().to_string(), why);
-        // After RETRY_AFTER one read tries again; still refused, it fails with the reason.
-        tokio::time::sleep(RETRY_AFTER).await;
-        let third = reach.run(async { false }, async { Ok(()) }).await;
-        assert!(third.unwrap_err().to_string().contains("refused"));
-        // A pool that still holds a connection may serve the read on it: it is let through.
-        assert!(reach.run(async { true }, async { Ok(()) }).await.is_ok());
-        // And one the pool could not serve says why, without another attempt.
-        let cut = reach
-            .run(async { true }, async {
-                Err::<(), _>(sqlx::Error::PoolTimedOut)
-            })
-            .await;
-        assert_eq!(cut.unwrap_err().to_string(), why);
+        assert!(
+            why.contains("cannot be reached") && why.contains("refused"),
+            "{why}"
+        );
+        assert!(reach.down_because().is_some());
+        // A statement on the pool needs a new connection: it fails at once with the same
+        // reason, not after the pool's 3 s of retries.
+        for _ in 0..3 {
+            let started = Instant::now();
+            let pool = reach.pool.clone();
+            let e = reach
+                .run(async move { sqlx::query("SELECT 1").execute(&pool).await })
+                .await
+                .unwrap_err();
+            assert!(
+                started.elapsed() < Duration::from_millis(500),
+                "waited {:?}",
+                started.elapsed()
+            );
+            assert_eq!(e.to_string(), why);
+        }
     }
 
     #[tokio::test]
-    async fn a_read_that_fails_for_what_it_asked_marks_nothing() {
-        let port = closed_port();
-        let reach = reach(port);
+    async fn a_statement_that_fails_for_what_it_asked_marks_nothing() {
+        let reach = reach(nothing_listens(), Duration::from_secs(1));
         let err = reach
-            .run(async { false }, async {
-                Err::<(), _>(sqlx::Error::RowNotFound)
-            })
+            .run(async { Err::<(), _>(sqlx::Error::RowNotFound) })
             .await
             .unwrap_err();
-        // Not a connection failure: returned as it is, nothing marked down.
         assert!(matches!(
             err,
             StoreError::Database(sqlx::Error::RowNotFound)
         ));
-        assert!(reach.state().down.is_none());
+        assert!(reach.down_because().is_none());
+    }
+
+    /// Marked down, a server that answers is found again by the attempt a statement starts,
+    /// and the pool opens new connections to it again.
+    #[tokio::test]
+    async fn a_server_marked_down_is_found_again_and_gets_its_connections_back() {
+        let Some(db) = crate::testing::postgres().await else {
+            return;
+        };
+        let crate::Database::Postgres(url) = &db.db else {
+            unreachable!("PostgreSQL")
+        };
+        let options = crate::Database::pg_options(url).unwrap();
+        let reach = reach(options, Duration::from_secs(2));
+        reach.mark_down(0, "refused, a while ago".into());
+        let pool = reach.pool.clone();
+        let select = || {
+            let pool = pool.clone();
+            async move { sqlx::query("SELECT 1").execute(&pool).await }
+        };
+        let e = reach.run(select()).await.unwrap_err();
+        assert!(e.to_string().contains("a while ago"), "{e}");
+        // The attempt that statement started (due: the mark is RETRY_AFTER old) comes back.
+        tokio::time::sleep(RETRY_AFTER).await;
+        let back = Instant::now();
+        while reach.down_because().is_some() {
+            let _ = reach.run(select()).await;
+            assert!(back.elapsed() < Duration::from_secs(3), "not found again");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        reach.run(select()).await.unwrap();
+        // An attempt that began before it came back and failed after does not mark it down.
+        reach.mark_down(0, "stale".into());
+        assert!(reach.down_because().is_none());
     }
 }

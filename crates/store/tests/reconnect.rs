@@ -160,6 +160,7 @@ async fn while_no_connection_can_be_made_appends_fail_closed_and_the_writer_come
 struct Proxy {
     addr: std::net::SocketAddr,
     frozen: tokio::sync::watch::Sender<bool>,
+    closing: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -199,9 +200,17 @@ impl Proxy {
         let upstream = format!("{}:{}", o.get_host(), o.get_port());
         let addr = listener.local_addr().unwrap();
         let (frozen, gate) = tokio::sync::watch::channel(false);
+        let (closing, mut closed) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(async move {
             let mut open = tokio::task::JoinSet::new();
-            while let Ok((client, _)) = listener.accept().await {
+            loop {
+                let client = tokio::select! {
+                    accepted = listener.accept() => match accepted {
+                        Ok((client, _)) => client,
+                        Err(_) => break,
+                    },
+                    _ = closed.changed() => break,
+                };
                 let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
                     continue;
                 };
@@ -210,8 +219,16 @@ impl Proxy {
                 open.spawn(pipe(cr, sw, gate.clone()));
                 open.spawn(pipe(sr, cw, gate.clone()));
             }
+            // The port closed; the connections forwarded so far go on until `stop`.
+            drop(listener);
+            std::future::pending::<()>().await;
         });
-        Proxy { addr, frozen, task }
+        Proxy {
+            addr,
+            frozen,
+            closing,
+            task,
+        }
     }
 
     /// A stopped proxy's port forwarding again (the server is back).
@@ -232,6 +249,11 @@ impl Proxy {
 
     fn freeze(&self, frozen: bool) {
         self.frozen.send_replace(frozen);
+    }
+
+    /// Closes the port (new connections are refused); those forwarded so far go on.
+    fn close_port(&self) {
+        self.closing.send_replace(true);
     }
 
     /// Closes every forwarded connection and the port.
@@ -416,4 +438,119 @@ async fn reads_while_postgresql_is_down_say_why_and_fail_at_once_after_the_first
         "{:?}",
         back.elapsed()
     );
+}
+
+/// PostgreSQL refuses new connections (`too many clients`, a `pg_hba.conf` change, a pooler at
+/// its limit) while the pool's own connections still work. A statement that needs a new one
+/// fails after the connect timeout, saying why; from then on statements are served on the
+/// pool's connections as before, and one that needs a new connection fails at once, until a
+/// new connection can be made again.
+#[tokio::test]
+async fn while_only_new_connections_are_refused_the_pools_own_still_serve() {
+    let Some(db) = testing::postgres().await else {
+        return;
+    };
+    let Database::Postgres(url) = &db.db else {
+        unreachable!()
+    };
+    let proxy = Proxy::to(url).await;
+    let addr = proxy.addr;
+    let store = grantline_store::Store::connect(
+        &Database::parse(&format!("{}?connect_timeout=1", proxy.url(url))).unwrap(),
+        false,
+    )
+    .await
+    .unwrap();
+    store.migrate().await.unwrap();
+    let grantline_store::Pool::Postgres(pool) = store.pool() else {
+        unreachable!()
+    };
+    let pool = pool.clone();
+    // `n` statements at once on the pool, holding `n` connections for `secs`.
+    let busy_for = |n: usize, secs: f64| {
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            let sql = format!("SELECT pg_sleep({secs})");
+            let sleep = || sqlx::query(sqlx::AssertSqlSafe(sql.clone())).execute(&pool);
+            futures::future::try_join_all((0..n).map(|_| sleep()))
+                .await
+                .map(|_| ())
+        })
+    };
+    // Until every connection the pool holds is back in it, idle (sqlx gives them back from a
+    // task of their own, a moment after a statement ends).
+    let all_idle = || async {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while pool.num_idle() != pool.size() as usize {
+            assert!(
+                Instant::now() < deadline,
+                "{} of {} idle",
+                pool.num_idle(),
+                pool.size()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    busy_for(3, 0.1).await.unwrap().unwrap();
+    all_idle().await;
+    // Keeping them all busy leaves none for another statement.
+    let size = pool.size();
+    assert!(size >= 3, "{size}");
+    let all_busy = |secs: f64| busy_for(size as usize, secs);
+
+    proxy.close_port();
+    // All busy: one more statement needs a new connection, which is refused.
+    let busy = all_busy(1.5);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    let e = store.count().await.unwrap_err().to_string();
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        e.contains("cannot be reached") && e.contains("refused"),
+        "{e}"
+    );
+    busy.await
+        .unwrap()
+        .expect("served on the pool's own connections");
+    all_idle().await;
+
+    // Known down, statements are served on the connections the pool has.
+    for _ in 0..5 {
+        assert_eq!(store.count().await.unwrap(), 0);
+    }
+    assert_eq!(pool.size(), size, "no connection was dropped");
+    all_idle().await;
+    // One that needs a new connection fails at once.
+    let busy = all_busy(0.5);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    let e = store.count().await.unwrap_err().to_string();
+    assert!(
+        started.elapsed() < Duration::from_millis(300),
+        "waited {:?}: {e}",
+        started.elapsed()
+    );
+    assert!(e.contains("refused"), "{e}");
+    busy.await.unwrap().unwrap();
+    all_idle().await;
+
+    // New connections are taken again (the port open again, the old connections kept): a
+    // statement beside the busy ones is served, once the attempt it starts has succeeded.
+    let _reopened = Proxy::restart(addr, url).await;
+    let back = Instant::now();
+    loop {
+        let busy = all_busy(0.3);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let third = store.count().await;
+        busy.await.unwrap().unwrap();
+        all_idle().await;
+        if third.is_ok() {
+            break;
+        }
+        assert!(back.elapsed() < Duration::from_secs(5), "{third:?}");
+    }
 }
