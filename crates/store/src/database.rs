@@ -245,6 +245,17 @@ impl Store {
         }
     }
 
+    /// A `LISTEN`ing connection to PostgreSQL, on a pool of its own (see
+    /// [`Reach::listener_pool`]).
+    pub(crate) async fn pg_listener(&self) -> Result<sqlx::postgres::PgListener> {
+        let Some(reach) = &self.reach else {
+            return Err(StoreError::BadUrl(self.db.display()));
+        };
+        let pool = reach.listener_pool();
+        self.pg(sqlx::postgres::PgListener::connect_with(&pool))
+            .await
+    }
+
     pub fn database(&self) -> &Database {
         &self.db
     }

@@ -75,10 +75,10 @@ impl Reach {
         self: &Arc<Self>,
         statement: impl Future<Output = sqlx::Result<T>>,
     ) -> Result<T> {
-        self.retry_if_due();
+        let began_down = self.retry_if_due();
         match statement.await {
             Ok(v) => Ok(v),
-            Err(e) if cut_off(&e) => Err(self.found(e).await),
+            Err(e) if cut_off(&e) => Err(self.found(e, began_down).await),
             Err(e) => Err(e.into()),
         }
     }
@@ -90,25 +90,30 @@ impl Reach {
     }
 
     /// While down, and no attempt ran for [`RETRY_AFTER`]: one in the background (no
-    /// statement waits for it).
-    fn retry_if_due(self: &Arc<Self>) {
-        {
+    /// statement waits for it). The reason it is down, if it is.
+    fn retry_if_due(self: &Arc<Self>) -> Option<String> {
+        let reason = {
             let mut state = self.state();
             let State {
                 down, attempting, ..
             } = &mut *state;
             match down {
-                Some(d) if !*attempting && d.tried.elapsed() >= RETRY_AFTER => *attempting = true,
-                _ => return,
+                Some(d) if !*attempting && d.tried.elapsed() >= RETRY_AFTER => {
+                    *attempting = true;
+                    d.reason.clone()
+                }
+                Some(d) => return Some(d.reason.clone()),
+                None => return None,
             }
-        }
-        let me = self.clone();
+        };
+        // Made before the task, so the flag is cleared however it ends, a task dropped
+        // unpolled by a runtime shutting down included.
+        let attempting = Attempting(self.clone());
         tokio::spawn(async move {
-            // Cleared however the task ends, a runtime shutting down included.
-            let _attempting = Attempting(&me);
-            let outcome = me.attempt().await;
-            me.settle(outcome);
+            let outcome = attempting.0.attempt().await;
+            attempting.0.settle(outcome);
         });
+        Some(reason)
     }
 
     /// The outcome of an attempt made while down.
@@ -135,15 +140,20 @@ impl Reach {
         }
     }
 
-    /// After a statement was cut off (`e`): the reason, when the server is known down;
-    /// otherwise one direct attempt says whether it can be reached. When it cannot, it is
-    /// marked down with why; when it can, `e` was a passing failure (a connection closed
-    /// under the statement, a pool busy until its timeout) and is returned as it is.
-    async fn found(&self, e: sqlx::Error) -> StoreError {
+    /// After a statement was cut off (`e`): the reason, when the server is known down, or
+    /// was when the statement began (`began_down`: it came back meanwhile, and `e` may be the
+    /// pool's [`NOWHERE`], which says nothing); otherwise one direct attempt says whether it
+    /// can be reached. When it cannot, it is marked down with why; when it can, `e` was a
+    /// passing failure (a connection closed under the statement, a pool busy until its
+    /// timeout) and is returned as it is.
+    async fn found(&self, e: sqlx::Error, began_down: Option<String>) -> StoreError {
         let ups = {
             let state = self.state();
             if let Some(d) = &state.down {
                 return unreachable(&d.reason);
+            }
+            if let Some(reason) = began_down {
+                return unreachable(&reason);
             }
             state.ups
         };
@@ -209,6 +219,16 @@ impl Reach {
         }
     }
 
+    /// A pool of one connection with the server's own options, for a `LISTEN`: sqlx's
+    /// listener reconnects through its pool and retries an I/O error at once, so on the main
+    /// pool, whose new connections fail at once while the server is down, it would spin.
+    pub(crate) fn listener_pool(&self) -> PgPool {
+        sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(self.connect_timeout)
+            .connect_lazy_with(self.options.clone())
+    }
+
     fn server(&self) -> String {
         format!(
             "PostgreSQL at {}:{}",
@@ -219,9 +239,9 @@ impl Reach {
 }
 
 /// Clears [`State::attempting`] when dropped.
-struct Attempting<'a>(&'a Reach);
+struct Attempting(Arc<Reach>);
 
-impl Drop for Attempting<'_> {
+impl Drop for Attempting {
     fn drop(&mut self) {
         self.0.state().attempting = false;
     }
@@ -325,6 +345,29 @@ mod tests {
             StoreError::Database(sqlx::Error::RowNotFound)
         ));
         assert!(reach.down_because().is_none());
+    }
+
+    /// A statement begun while the server was down and cut off after it came back is told
+    /// the outage's reason, not the error of the pool's `NOWHERE` ("No such file").
+    #[tokio::test]
+    async fn a_statement_cut_off_by_an_outage_that_just_ended_says_why() {
+        let reach = reach(nothing_listens(), Duration::from_secs(1));
+        reach.mark_down(0, "refused, then".into());
+        let during = reach.clone();
+        let e = reach
+            .run(async move {
+                during.settle(Ok(()));
+                Err::<(), _>(sqlx::Error::Io(std::io::ErrorKind::NotFound.into()))
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.to_string(), "PostgreSQL cannot be reached: refused, then");
+        assert!(reach.down_because().is_none(), "back");
+        assert_eq!(
+            reach.pool.connect_options().get_socket(),
+            None,
+            "options given back"
+        );
     }
 
     /// Marked down, a server that answers is found again by the attempt a statement starts,

@@ -40,9 +40,9 @@ impl Tail {
     ) -> Result<Tail> {
         let wake = match (local, store.pool()) {
             (Some(rx), _) => Wake::Local(rx),
-            (None, Pool::Postgres(p)) => {
-                let mut l = PgListener::connect_with(p).await?;
-                l.listen(PG_CHANNEL).await?;
+            (None, Pool::Postgres(_)) => {
+                let mut l = store.pg_listener().await?;
+                store.pg(l.listen(PG_CHANNEL)).await?;
                 Wake::Listen(Box::new(l))
             }
             (None, Pool::Sqlite(_)) => Wake::Poll,
