@@ -349,6 +349,25 @@ async fn a_failure_that_is_not_the_connections_keeps_the_connection() {
     );
 }
 
+/// A migrated store reading through `proxy`, with a connect timeout of 1 s.
+async fn store_through(proxy: &Proxy, url: &str) -> grantline_store::Store {
+    let store = grantline_store::Store::connect(
+        &Database::parse(&format!("{}?connect_timeout=1", proxy.url(url))).unwrap(),
+        false,
+    )
+    .await
+    .unwrap();
+    store.migrate().await.unwrap();
+    store
+}
+
+fn pg_pool(store: &grantline_store::Store) -> &sqlx::PgPool {
+    let grantline_store::Pool::Postgres(pool) = store.pool() else {
+        unreachable!("PostgreSQL")
+    };
+    pool
+}
+
 /// While PostgreSQL is down (its port refuses connections), the first read that needs a new
 /// connection fails after the connect timeout (the URL's `connect_timeout`), not after the
 /// pool's 30 s of retries, and says "refused", not "pool timed out"; the reads after it fail
@@ -363,18 +382,10 @@ async fn reads_while_postgresql_is_down_say_why_and_fail_at_once_after_the_first
     };
     let proxy = Proxy::to(url).await;
     let addr = proxy.addr;
-    let store = grantline_store::Store::connect(
-        &Database::parse(&format!("{}?connect_timeout=1", proxy.url(url))).unwrap(),
-        false,
-    )
-    .await
-    .unwrap();
-    store.migrate().await.unwrap();
+    let store = store_through(&proxy, url).await;
     assert_eq!(store.count().await.unwrap(), 0);
     // The pool holds several connections, all of them dead once the server goes.
-    let grantline_store::Pool::Postgres(pool) = store.pool() else {
-        unreachable!()
-    };
+    let pool = pg_pool(&store);
     let sleep = || sqlx::query("SELECT pg_sleep(0.2)").execute(pool);
     futures::future::try_join_all((0..4).map(|_| sleep()))
         .await
@@ -456,17 +467,8 @@ async fn while_only_new_connections_are_refused_the_pools_own_still_serve() {
     };
     let proxy = Proxy::to(url).await;
     let addr = proxy.addr;
-    let store = grantline_store::Store::connect(
-        &Database::parse(&format!("{}?connect_timeout=1", proxy.url(url))).unwrap(),
-        false,
-    )
-    .await
-    .unwrap();
-    store.migrate().await.unwrap();
-    let grantline_store::Pool::Postgres(pool) = store.pool() else {
-        unreachable!()
-    };
-    let pool = pool.clone();
+    let store = store_through(&proxy, url).await;
+    let pool = pg_pool(&store).clone();
     // `n` statements at once on the pool, holding `n` connections for `secs`.
     let busy_for = |n: usize, secs: f64| {
         let pool = pool.clone();
