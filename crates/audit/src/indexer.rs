@@ -390,12 +390,17 @@ impl Indexer {
     }
 
     /// Follows the ledger until `stop` is set: new events are searchable within about
-    /// `commit_after` of being appended. Errors are retried, and a run of them (the database
-    /// away) is logged once when it starts and once when it ends.
+    /// `commit_after` of being appended. Errors are retried with a back-off, cut short when
+    /// `local`'s writer commits or PostgreSQL is found reachable again (see [`Wakes`]); a run
+    /// of them (the database away) is logged once when it starts and once when it ends.
     pub async fn follow(mut self, local: Option<watch::Receiver<u64>>, stop: Arc<AtomicBool>) {
         const WHAT: &str = "the audit indexer";
         let mut tail = None;
-        let mut backoff = Duration::from_millis(200);
+        let mut backoff = FIRST_BACKOFF;
+        let mut wakes = Wakes {
+            commits: local.clone(),
+            came_back: self.store.came_back(),
+        };
         let mut failing = grantline_store::Failing::default();
         while !stop.load(Ordering::SeqCst) {
             if tail.is_none() {
@@ -405,8 +410,8 @@ impl Indexer {
                     Ok(t) => tail = Some(t),
                     Err(e) => {
                         failing.record(WHAT, &Err::<(), _>(e));
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(10));
+                        back_off(backoff, &mut wakes).await;
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
                         continue;
                     }
                 }
@@ -429,7 +434,7 @@ impl Indexer {
                 Err(_) => self.commit().await,
             };
             match result {
-                Ok(()) => backoff = Duration::from_millis(200),
+                Ok(()) => backoff = FIRST_BACKOFF,
                 Err(e) => {
                     tracing::debug!(
                         seq = self.position,
@@ -438,8 +443,8 @@ impl Indexer {
                     failing.record(WHAT, &Err::<(), _>(e));
                     // Start again from what is committed: nothing is skipped or doubled.
                     tail = None;
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                    back_off(backoff, &mut wakes).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
                     if let Err(e) = self.rollback() {
                         tracing::warn!(error = %e, "audit index: rollback failed");
                     }
@@ -449,6 +454,51 @@ impl Indexer {
         if let Err(e) = self.commit().await {
             tracing::warn!(error = %e, "audit index: last commit failed");
         }
+    }
+}
+
+/// The follower's first wait after a failure; it doubles with each failure after it.
+const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+/// The longest wait between two attempts while nothing commits.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// What cuts a back-off short: the local writer's commits, and PostgreSQL found reachable
+/// again. Either means the database is back, and the index should not lag it by the rest of a
+/// long back-off.
+struct Wakes {
+    commits: Option<watch::Receiver<u64>>,
+    came_back: Option<watch::Receiver<u64>>,
+}
+
+/// Waits for a change of `rx`, forever when there is none to wait for; a sender gone is
+/// dropped, as it will never change again.
+async fn changed(rx: &mut Option<watch::Receiver<u64>>) {
+    if let Some(r) = rx.as_mut()
+        && r.changed().await.is_ok()
+    {
+        return;
+    }
+    *rx = None;
+    std::future::pending::<()>().await
+}
+
+/// Waits `backoff` after a failure, or only until one of `wakes` changes. [`FIRST_BACKOFF`]
+/// is waited in any case, so a database that takes commits but still fails the indexer's
+/// reads is not tried at the commit rate.
+async fn back_off(backoff: Duration, wakes: &mut Wakes) {
+    let until = tokio::time::Instant::now() + backoff;
+    // Only changes from here on count: a commit made before the failure says nothing.
+    for rx in [&mut wakes.commits, &mut wakes.came_back]
+        .into_iter()
+        .flatten()
+    {
+        rx.borrow_and_update();
+    }
+    tokio::time::sleep(backoff.min(FIRST_BACKOFF)).await;
+    tokio::select! {
+        () = changed(&mut wakes.commits) => {}
+        () = changed(&mut wakes.came_back) => {}
+        () = tokio::time::sleep_until(until) => {}
     }
 }
 
@@ -493,4 +543,83 @@ pub fn directory_of(index: &AuditIndex) -> Result<Directory, IndexError> {
         }
     }
     Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::time::Instant;
+
+    /// How long `back_off(backoff, …)` waits (in the paused clock) when the writer commits
+    /// `commit_after` into it (never when `None`); PostgreSQL coming back, `came_back_after`.
+    async fn waited(
+        backoff: Duration,
+        commit_after: Option<Duration>,
+        came_back_after: Option<Duration>,
+    ) -> Duration {
+        let (commit, commits) = watch::channel(0u64);
+        let (back, came_back) = watch::channel(0u64);
+        let mut wakes = Wakes {
+            commits: Some(commits),
+            came_back: Some(came_back),
+        };
+        let after = |when: Option<Duration>, tx: watch::Sender<u64>| async move {
+            if let Some(when) = when {
+                tokio::time::sleep(when).await;
+                tx.send_replace(1);
+            }
+            // The sender stays until the test ends.
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        };
+        let tasks = [
+            tokio::spawn(after(commit_after, commit)),
+            tokio::spawn(after(came_back_after, back)),
+        ];
+        let start = Instant::now();
+        back_off(backoff, &mut wakes).await;
+        for t in tasks {
+            t.abort();
+        }
+        start.elapsed()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_commit_or_postgresql_back_cuts_a_long_back_off_short() {
+        let long = Duration::from_millis(6400);
+        let second = Some(Duration::from_secs(1));
+        assert_eq!(waited(long, None, None).await, long);
+        assert_eq!(waited(long, second, None).await, Duration::from_secs(1));
+        assert_eq!(waited(long, None, second).await, Duration::from_secs(1));
+        // A commit at once still leaves the first part to wait: no retry at the commit rate.
+        let soon = Some(Duration::from_millis(10));
+        assert_eq!(waited(long, soon, None).await, FIRST_BACKOFF);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn commits_before_the_failure_and_a_writer_gone_change_nothing() {
+        let backoff = Duration::from_millis(1600);
+        let (tx, rx) = watch::channel(0u64);
+        tx.send_replace(7);
+        let mut wakes = Wakes {
+            commits: Some(rx),
+            came_back: None,
+        };
+        let start = Instant::now();
+        let later = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            drop(tx);
+        });
+        back_off(backoff, &mut wakes).await;
+        assert_eq!(
+            start.elapsed(),
+            backoff,
+            "a commit seen before waited nothing off"
+        );
+        later.await.unwrap();
+        // The writer shut down: its channel's closing is no commit.
+        let start = Instant::now();
+        back_off(backoff, &mut wakes).await;
+        assert_eq!(start.elapsed(), backoff);
+        assert!(wakes.commits.is_none());
+    }
 }

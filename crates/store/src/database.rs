@@ -245,6 +245,12 @@ impl Store {
         }
     }
 
+    /// PostgreSQL: changes each time the server can be reached again after this process found
+    /// it could not (see [`Reach`]). `None` on SQLite.
+    pub fn came_back(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.reach.as_ref().map(|r| r.came_back())
+    }
+
     /// A `LISTEN`ing connection to PostgreSQL, on a pool of its own (see
     /// [`Reach::listener_pool`]).
     pub(crate) async fn pg_listener(&self) -> Result<sqlx::postgres::PgListener> {

@@ -17,6 +17,7 @@ use sqlx::Connection;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
+use tokio::sync::watch;
 
 /// How long after a failed attempt the next one is made.
 pub(crate) const RETRY_AFTER: Duration = Duration::from_millis(500);
@@ -32,6 +33,9 @@ pub(crate) struct Reach {
     options: PgConnectOptions,
     connect_timeout: Duration,
     state: Mutex<State>,
+    /// How many times the server came back ([`State::ups`]), for loops that back off while
+    /// it is away and should not sit out the rest of their wait once it is here again.
+    came_back: watch::Sender<u64>,
 }
 
 #[derive(Debug, Default)]
@@ -61,7 +65,13 @@ impl Reach {
             options,
             connect_timeout,
             state: Mutex::default(),
+            came_back: watch::Sender::new(0),
         }
+    }
+
+    /// Changes each time the server can be reached again after it was marked down.
+    pub(crate) fn came_back(&self) -> watch::Receiver<u64> {
+        self.came_back.subscribe()
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -124,6 +134,7 @@ impl Reach {
                 if let Some(d) = state.down.take() {
                     state.ups += 1;
                     self.pool.set_connect_options(self.options.clone());
+                    self.came_back.send_replace(state.ups);
                     tracing::info!(
                         server = %self.server(),
                         after_secs = d.since.elapsed().as_secs_f64(),
@@ -388,8 +399,10 @@ mod tests {
             let pool = pool.clone();
             async move { sqlx::query("SELECT 1").execute(&pool).await }
         };
+        let mut came_back = reach.came_back();
         let e = reach.run(select()).await.unwrap_err();
         assert!(e.to_string().contains("a while ago"), "{e}");
+        assert!(!came_back.has_changed().unwrap());
         // The attempt that statement started (due: the mark is RETRY_AFTER old) comes back.
         tokio::time::sleep(RETRY_AFTER).await;
         let back = Instant::now();
@@ -399,6 +412,8 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         reach.run(select()).await.unwrap();
+        assert!(came_back.has_changed().unwrap(), "who waits for it is told");
+        assert_eq!(*came_back.borrow_and_update(), 1);
         // An attempt that began before it came back and failed after does not mark it down.
         reach.mark_down(0, "stale".into());
         assert!(reach.down_because().is_none());
