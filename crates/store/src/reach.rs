@@ -11,6 +11,14 @@
 //! (`too many clients`) keeps serving on those the pool has. While down, a statement starts an
 //! attempt in the background at most every [`RETRY_AFTER`]; the first that succeeds gives the
 //! pool its options back.
+//!
+//! A statement still waiting after [`CHECK_AFTER`] gets a direct attempt beside it (one at a
+//! time, none for [`TRUSTED_FOR`] after one succeeded): when that attempt finds the server
+//! gone — the connection refused, no answer, the server shutting down — the server is marked
+//! down at once. The pool reads its options again before each retry of a new connection, so a
+//! statement waiting for one then fails at the next retry, with why, instead of after the
+//! pool's retries of a refused connection for its whole acquire timeout; a statement running
+//! on a connection the pool holds is left to finish.
 
 use crate::{Result, StoreError};
 use sqlx::Connection;
@@ -21,6 +29,14 @@ use tokio::sync::watch;
 
 /// How long after a failed attempt the next one is made.
 pub(crate) const RETRY_AFTER: Duration = Duration::from_millis(500);
+
+/// How long a statement runs before a direct attempt checks, beside it, that the server can
+/// be reached: longer than a read on a healthy server takes, far shorter than the pool's wait.
+pub(crate) const CHECK_AFTER: Duration = Duration::from_millis(500);
+
+/// After an attempt reached the server, how long slow statements start no other: a healthy
+/// server busy with slow statements is not sent a new connection every [`CHECK_AFTER`].
+const TRUSTED_FOR: Duration = Duration::from_secs(2);
 
 /// Where the pool's new connections go while the server is known to be unreachable: nowhere.
 const NOWHERE: &str = "/nonexistent/grantline: PostgreSQL is known to be unreachable";
@@ -44,6 +60,10 @@ struct State {
     down: Option<Down>,
     /// An attempt to connect runs in the background.
     attempting: bool,
+    /// An attempt runs beside a slow statement ([`CHECK_AFTER`]).
+    checking: bool,
+    /// When an attempt last reached the server.
+    reached: Option<Instant>,
     /// How many times the server came back: an attempt that fails after it did, having
     /// started before, does not mark it down again.
     ups: u64,
@@ -86,11 +106,69 @@ impl Reach {
         statement: impl Future<Output = sqlx::Result<T>>,
     ) -> Result<T> {
         let began_down = self.retry_if_due();
-        match statement.await {
+        let mut statement = std::pin::pin!(statement);
+        // What an attempt made beside the statement found, and the server's `ups` then.
+        let mut checked = None;
+        let result = match tokio::time::timeout(CHECK_AFTER, statement.as_mut()).await {
+            Ok(r) => r,
+            Err(_) => match self.begin_check(began_down.is_some()) {
+                None => statement.await,
+                Some(check) => {
+                    let ups = check.ups;
+                    let mut attempt = std::pin::pin!(self.attempt());
+                    tokio::select! {
+                        r = statement.as_mut() => {
+                            if matches!(&r, Err(e) if cut_off(e)) {
+                                // The attempt under way says why: no second one.
+                                checked = Some((ups, attempt.await));
+                            }
+                            r
+                        }
+                        a = attempt.as_mut() => {
+                            drop(check);
+                            match a {
+                                Err(f) if f.gone => {
+                                    // Marked down, the pool's next try at a new connection
+                                    // fails at once, so a statement waiting for one ends
+                                    // with why; one running on a connection the pool holds
+                                    // goes on.
+                                    self.mark_down(ups, f.reason);
+                                    statement.await
+                                }
+                                Ok(()) => {
+                                    self.state().reached = Some(Instant::now());
+                                    statement.await
+                                }
+                                Err(f) => {
+                                    checked = Some((ups, Err(f)));
+                                    statement.await
+                                }
+                            }
+                        }
+                    }
+                }
+            },
+        };
+        match result {
             Ok(v) => Ok(v),
-            Err(e) if cut_off(&e) => Err(self.found(e, began_down).await),
+            Err(e) if cut_off(&e) => Err(self.found(e, began_down, checked).await),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// An attempt beside a slow statement, if none runs, the server is not known down (its
+    /// statements fail at once then) and none reached it within [`TRUSTED_FOR`].
+    fn begin_check(self: &Arc<Self>, began_down: bool) -> Option<Checking> {
+        let mut state = self.state();
+        let trusted = state.reached.is_some_and(|t| t.elapsed() < TRUSTED_FOR);
+        if began_down || state.down.is_some() || state.checking || trusted {
+            return None;
+        }
+        state.checking = true;
+        Some(Checking {
+            reach: self.clone(),
+            ups: state.ups,
+        })
     }
 
     /// Whether the server is known to be unreachable, and why.
@@ -127,10 +205,11 @@ impl Reach {
     }
 
     /// The outcome of an attempt made while down.
-    fn settle(&self, outcome: std::result::Result<(), String>) {
+    fn settle(&self, outcome: std::result::Result<(), Failure>) {
         let mut state = self.state();
         match outcome {
             Ok(()) => {
+                state.reached = Some(Instant::now());
                 if let Some(d) = state.down.take() {
                     state.ups += 1;
                     self.pool.set_connect_options(self.options.clone());
@@ -142,9 +221,9 @@ impl Reach {
                     );
                 }
             }
-            Err(reason) => {
+            Err(f) => {
                 if let Some(d) = state.down.as_mut() {
-                    d.reason = reason;
+                    d.reason = f.reason;
                     d.tried = Instant::now();
                 }
             }
@@ -153,11 +232,16 @@ impl Reach {
 
     /// After a statement was cut off (`e`): the reason, when the server is known down, or
     /// was when the statement began (`began_down`: it came back meanwhile, and `e` may be the
-    /// pool's [`NOWHERE`], which says nothing); otherwise one direct attempt says whether it
-    /// can be reached. When it cannot, it is marked down with why; when it can, `e` was a
-    /// passing failure (a connection closed under the statement, a pool busy until its
-    /// timeout) and is returned as it is.
-    async fn found(&self, e: sqlx::Error, began_down: Option<String>) -> StoreError {
+    /// pool's [`NOWHERE`], which says nothing); otherwise one direct attempt (or the one made
+    /// beside the statement, `checked`) says whether it can be reached. When it cannot, it is
+    /// marked down with why; when it can, `e` was a passing failure (a connection closed
+    /// under the statement, a pool busy until its timeout) and is returned as it is.
+    async fn found(
+        &self,
+        e: sqlx::Error,
+        began_down: Option<String>,
+        checked: Option<(u64, std::result::Result<(), Failure>)>,
+    ) -> StoreError {
         let ups = {
             let state = self.state();
             if let Some(d) = &state.down {
@@ -168,11 +252,18 @@ impl Reach {
             }
             state.ups
         };
-        match self.attempt().await {
-            Ok(()) => e.into(),
-            Err(reason) => {
-                let err = unreachable(&reason);
-                self.mark_down(ups, reason);
+        let (ups, outcome) = match checked {
+            Some(checked) => checked,
+            None => (ups, self.attempt().await),
+        };
+        match outcome {
+            Ok(()) => {
+                self.state().reached = Some(Instant::now());
+                e.into()
+            }
+            Err(f) => {
+                let err = unreachable(&f.reason);
+                self.mark_down(ups, f.reason);
                 err
             }
         }
@@ -210,7 +301,7 @@ impl Reach {
     }
 
     /// One new connection, closed at once, within the connect timeout.
-    async fn attempt(&self) -> std::result::Result<(), String> {
+    async fn attempt(&self) -> std::result::Result<(), Failure> {
         match tokio::time::timeout(
             self.connect_timeout,
             PgConnection::connect_with(&self.options),
@@ -221,12 +312,18 @@ impl Reach {
                 let _ = conn.close().await;
                 Ok(())
             }
-            Ok(Err(e)) => Err(crate::error::describe(&e)),
-            Err(_) => Err(format!(
-                "{} did not answer within {} s",
-                self.server(),
-                self.connect_timeout.as_secs()
-            )),
+            Ok(Err(e)) => Err(Failure {
+                reason: crate::error::describe(&e),
+                gone: gone(&e),
+            }),
+            Err(_) => Err(Failure {
+                reason: format!(
+                    "{} did not answer within {} s",
+                    self.server(),
+                    self.connect_timeout.as_secs()
+                ),
+                gone: true,
+            }),
         }
     }
 
@@ -246,6 +343,56 @@ impl Reach {
             self.options.get_host(),
             self.options.get_port()
         )
+    }
+}
+
+/// Why an attempt to connect failed.
+#[derive(Debug)]
+struct Failure {
+    reason: String,
+    /// The server is gone, not turning this client away: the connection refused or reset, no
+    /// answer, the server shutting down or starting. Found beside a slow statement, it marks
+    /// the server down at once.
+    gone: bool,
+}
+
+/// Whether a failure to connect means the server is gone (see [`Failure::gone`]), not that it
+/// turned this client away (`too many clients`, authentication, TLS), which leaves the pool's
+/// own connections serving.
+fn gone(e: &sqlx::Error) -> bool {
+    use std::io::ErrorKind::*;
+    match e {
+        // Not a local shortage (no file descriptors, no memory): that is no news of the server.
+        sqlx::Error::Io(io) => matches!(
+            io.kind(),
+            ConnectionRefused
+                | ConnectionReset
+                | ConnectionAborted
+                | NotConnected
+                | BrokenPipe
+                | UnexpectedEof
+                | TimedOut
+                | HostUnreachable
+                | NetworkUnreachable
+                | AddrNotAvailable
+                | NotFound
+        ),
+        sqlx::Error::Database(d) => d.code().is_some_and(|c| c.starts_with("57P")),
+        _ => false,
+    }
+}
+
+/// Clears [`State::checking`] when dropped: the attempt beside a statement ended, or the
+/// statement was dropped with it.
+struct Checking {
+    reach: Arc<Reach>,
+    /// [`State::ups`] when the attempt began.
+    ups: u64,
+}
+
+impl Drop for Checking {
+    fn drop(&mut self) {
+        self.reach.state().checking = false;
     }
 }
 
@@ -417,5 +564,122 @@ mod tests {
         // An attempt that began before it came back and failed after does not mark it down.
         reach.mark_down(0, "stale".into());
         assert!(reach.down_because().is_none());
+    }
+
+    /// A statement the pool keeps retrying a refused connection for (its wait is 5 s here)
+    /// ends soon after the check at [`CHECK_AFTER`] marks the server down, with why.
+    #[tokio::test]
+    async fn a_statement_waiting_on_a_refused_server_ends_soon_after_the_check_saying_why() {
+        let reach = reach(nothing_listens(), Duration::from_secs(5));
+        let pool = reach.pool.clone();
+        let started = Instant::now();
+        let e = reach
+            .run(async move { sqlx::query("SELECT 1").execute(&pool).await })
+            .await
+            .unwrap_err();
+        let took = started.elapsed();
+        assert!(
+            took >= CHECK_AFTER && took < Duration::from_secs(2),
+            "ended after {took:?}"
+        );
+        let e = e.to_string();
+        assert!(
+            e.contains("cannot be reached") && e.contains("refused"),
+            "{e}"
+        );
+        assert!(reach.down_because().is_some());
+    }
+
+    /// A slow statement that needs no new connection (here: no connection at all) is left to
+    /// finish when the check beside it finds the server gone; the server is marked down.
+    #[tokio::test]
+    async fn a_statement_running_when_the_check_finds_the_server_gone_is_left_to_finish() {
+        let reach = reach(nothing_listens(), Duration::from_secs(5));
+        let answer = reach
+            .run(async {
+                tokio::time::sleep(CHECK_AFTER + Duration::from_millis(700)).await;
+                Ok::<_, sqlx::Error>(7)
+            })
+            .await
+            .unwrap();
+        assert_eq!(answer, 7);
+        let why = reach.down_because().expect("marked down by the check");
+        assert!(why.contains("refused"), "{why}");
+    }
+
+    /// A server that answers but turns this client away (`too many clients`) is not gone:
+    /// the check beside a slow statement marks nothing.
+    #[tokio::test]
+    async fn a_server_that_turns_the_client_away_is_not_marked_down_by_the_check() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let turned_away = tokio::spawn(async move {
+            let (mut c, _) = listener.accept().await.unwrap();
+            // The startup message (no TLS asked for), then PostgreSQL's refusal.
+            let mut len = [0u8; 4];
+            c.read_exact(&mut len).await.unwrap();
+            let mut rest = vec![0u8; u32::from_be_bytes(len) as usize - 4];
+            c.read_exact(&mut rest).await.unwrap();
+            let mut fields = Vec::new();
+            for (tag, value) in [
+                (b'S', "FATAL"),
+                (b'V', "FATAL"),
+                (b'C', "53300"),
+                (b'M', "sorry, too many clients already"),
+            ] {
+                fields.push(tag);
+                fields.extend_from_slice(value.as_bytes());
+                fields.push(0);
+            }
+            fields.push(0);
+            let mut message = vec![b'E'];
+            message.extend_from_slice(&(fields.len() as u32 + 4).to_be_bytes());
+            message.extend_from_slice(&fields);
+            c.write_all(&message).await.unwrap();
+            c.flush().await.unwrap();
+        });
+        let options = PgConnectOptions::new()
+            .host("127.0.0.1")
+            .port(port)
+            .ssl_mode(sqlx::postgres::PgSslMode::Disable)
+            .username("grantline")
+            .database("grantline");
+        let reach = reach(options, Duration::from_secs(5));
+        let answer = reach
+            .run(async {
+                tokio::time::sleep(CHECK_AFTER + Duration::from_millis(700)).await;
+                Ok::<_, sqlx::Error>(7)
+            })
+            .await
+            .unwrap();
+        assert_eq!(answer, 7);
+        tokio::time::timeout(Duration::from_secs(5), turned_away)
+            .await
+            .expect("a check was made")
+            .expect("and turned away");
+        assert!(reach.down_because().is_none());
+    }
+
+    /// A slow statement on a healthy server finishes; the check beside it found the server,
+    /// which spares the slow statements after it a check for a while.
+    #[tokio::test]
+    async fn a_slow_statement_on_a_reachable_server_finishes_and_is_trusted() {
+        let Some(db) = crate::testing::postgres().await else {
+            return;
+        };
+        let crate::Database::Postgres(url) = &db.db else {
+            unreachable!("PostgreSQL")
+        };
+        let options = crate::Database::pg_options(url).unwrap();
+        let reach = reach(options, Duration::from_secs(2));
+        let pool = reach.pool.clone();
+        reach
+            .run(async move { sqlx::query("SELECT pg_sleep(0.8)").execute(&pool).await })
+            .await
+            .unwrap();
+        let state = reach.state();
+        assert!(state.down.is_none() && !state.checking);
+        assert!(state.reached.is_some(), "the check found the server");
     }
 }
