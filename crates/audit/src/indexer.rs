@@ -404,13 +404,15 @@ impl Indexer {
         let mut failing = grantline_store::Failing::default();
         while !stop.load(Ordering::SeqCst) {
             if tail.is_none() {
+                wakes.seen();
                 match Tail::new(&self.store, self.position, local.clone()).await {
                     // Its success is not said to end a run of failures: made from the
                     // writer's watch at seq 0, it reads nothing. An indexed page is.
                     Ok(t) => tail = Some(t),
                     Err(e) => {
+                        let wake = about_the_database(&e).then_some(&mut wakes);
                         failing.record(WHAT, &Err::<(), _>(e));
-                        back_off(backoff, &mut wakes).await;
+                        back_off(backoff, wake).await;
                         backoff = (backoff * 2).min(MAX_BACKOFF);
                         continue;
                     }
@@ -422,6 +424,7 @@ impl Indexer {
             } else {
                 Duration::from_millis(500)
             };
+            wakes.seen();
             let result = match tokio::time::timeout(wait, t.next(self.options.read_batch)).await {
                 Ok(Ok(events)) => {
                     let added = self.add(&events).await;
@@ -440,10 +443,12 @@ impl Indexer {
                         seq = self.position,
                         "audit indexer starts again from its last commit"
                     );
+                    let wake = matches!(&e, IndexerError::Store(e) if about_the_database(e))
+                        .then_some(&mut wakes);
                     failing.record(WHAT, &Err::<(), _>(e));
                     // Start again from what is committed: nothing is skipped or doubled.
                     tail = None;
-                    back_off(backoff, &mut wakes).await;
+                    back_off(backoff, wake).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                     if let Err(e) = self.rollback() {
                         tracing::warn!(error = %e, "audit index: rollback failed");
@@ -470,6 +475,32 @@ struct Wakes {
     came_back: Option<watch::Receiver<u64>>,
 }
 
+impl Wakes {
+    /// Marks what happened so far as seen: called as an attempt starts, so that only what
+    /// happens after it ends the wait after its failure — a recovery while it ran included.
+    fn seen(&mut self) {
+        for rx in [&mut self.commits, &mut self.came_back]
+            .into_iter()
+            .flatten()
+        {
+            rx.borrow_and_update();
+        }
+    }
+}
+
+/// Whether a failure to read the ledger is the database's being away (which a commit or a
+/// recovery ends), not something a retry at the commit rate would only repeat (an index on
+/// a full disk, a row that does not check).
+fn about_the_database(e: &StoreError) -> bool {
+    matches!(
+        e,
+        StoreError::Unreachable(_)
+            | StoreError::Unavailable(_)
+            | StoreError::Database(_)
+            | StoreError::Sqlite(_)
+    )
+}
+
 /// Waits for a change of `rx`, forever when there is none to wait for; a sender gone is
 /// dropped, as it will never change again.
 async fn changed(rx: &mut Option<watch::Receiver<u64>>) {
@@ -482,19 +513,16 @@ async fn changed(rx: &mut Option<watch::Receiver<u64>>) {
     std::future::pending::<()>().await
 }
 
-/// Waits `backoff` after a failure, or only until one of `wakes` changes. [`FIRST_BACKOFF`]
-/// is waited in any case, so a database that takes commits but still fails the indexer's
-/// reads is not tried at the commit rate.
-async fn back_off(backoff: Duration, wakes: &mut Wakes) {
+/// Waits `backoff` after a failure, or only until one of `wakes` changes (when the failure
+/// was the database's). [`FIRST_BACKOFF`] is waited in any case, so a database that takes
+/// commits but still fails the indexer's reads is not tried at the commit rate.
+async fn back_off(backoff: Duration, wakes: Option<&mut Wakes>) {
     let until = tokio::time::Instant::now() + backoff;
-    // Only changes from here on count: a commit made before the failure says nothing.
-    for rx in [&mut wakes.commits, &mut wakes.came_back]
-        .into_iter()
-        .flatten()
-    {
-        rx.borrow_and_update();
-    }
     tokio::time::sleep(backoff.min(FIRST_BACKOFF)).await;
+    let Some(wakes) = wakes else {
+        tokio::time::sleep_until(until).await;
+        return;
+    };
     tokio::select! {
         () = changed(&mut wakes.commits) => {}
         () = changed(&mut wakes.came_back) => {}
@@ -550,8 +578,9 @@ mod tests {
     use super::*;
     use tokio::time::Instant;
 
-    /// How long `back_off(backoff, …)` waits (in the paused clock) when the writer commits
-    /// `commit_after` into it (never when `None`); PostgreSQL coming back, `came_back_after`.
+    /// How long `back_off(backoff, …)` waits (in the paused clock) after an attempt that
+    /// failed, when the writer commits `commit_after` into the wait (never when `None`) and
+    /// PostgreSQL comes back `came_back_after` into it.
     async fn waited(
         backoff: Duration,
         commit_after: Option<Duration>,
@@ -563,6 +592,7 @@ mod tests {
             commits: Some(commits),
             came_back: Some(came_back),
         };
+        wakes.seen();
         let after = |when: Option<Duration>, tx: watch::Sender<u64>| async move {
             if let Some(when) = when {
                 tokio::time::sleep(when).await;
@@ -576,7 +606,7 @@ mod tests {
             tokio::spawn(after(came_back_after, back)),
         ];
         let start = Instant::now();
-        back_off(backoff, &mut wakes).await;
+        back_off(backoff, Some(&mut wakes)).await;
         for t in tasks {
             t.abort();
         }
@@ -596,30 +626,51 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn commits_before_the_failure_and_a_writer_gone_change_nothing() {
+    async fn what_was_seen_before_the_attempt_and_a_writer_gone_change_nothing() {
         let backoff = Duration::from_millis(1600);
         let (tx, rx) = watch::channel(0u64);
-        tx.send_replace(7);
         let mut wakes = Wakes {
             commits: Some(rx),
             came_back: None,
         };
+        // A commit before the attempt began says nothing of how it failed.
+        tx.send_replace(7);
+        wakes.seen();
         let start = Instant::now();
-        let later = tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_secs(5)).await;
-            drop(tx);
-        });
-        back_off(backoff, &mut wakes).await;
+        back_off(backoff, Some(&mut wakes)).await;
         assert_eq!(
             start.elapsed(),
             backoff,
             "a commit seen before waited nothing off"
         );
-        later.await.unwrap();
-        // The writer shut down: its channel's closing is no commit.
+        // One while the attempt ran, before its failure, does.
+        wakes.seen();
+        tx.send_replace(8);
         let start = Instant::now();
-        back_off(backoff, &mut wakes).await;
+        back_off(backoff, Some(&mut wakes)).await;
+        assert_eq!(start.elapsed(), FIRST_BACKOFF);
+        // The writer shut down: its channel's closing is no commit.
+        wakes.seen();
+        drop(tx);
+        let start = Instant::now();
+        back_off(backoff, Some(&mut wakes)).await;
         assert_eq!(start.elapsed(), backoff);
         assert!(wakes.commits.is_none());
+    }
+
+    /// A failure that is not the database's is retried on the back-off alone: the follower
+    /// passes no wakes for it (an index on a full disk would be written again at every commit).
+    #[tokio::test(start_paused = true)]
+    async fn only_the_databases_failures_are_cut_short() {
+        assert!(about_the_database(&StoreError::Unreachable("refused".into())));
+        assert!(about_the_database(&StoreError::Unavailable("no writer".into())));
+        assert!(!about_the_database(&StoreError::Corrupt {
+            seq: 3,
+            problem: "hash".into()
+        }));
+        let backoff = Duration::from_millis(3200);
+        let start = Instant::now();
+        back_off(backoff, None).await;
+        assert_eq!(start.elapsed(), backoff);
     }
 }

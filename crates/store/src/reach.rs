@@ -13,7 +13,7 @@
 //! pool its options back.
 //!
 //! A statement still waiting after [`CHECK_AFTER`] gets a direct attempt beside it (one at a
-//! time, none for [`TRUSTED_FOR`] after one succeeded): when that attempt finds the server
+//! time, at most one every [`RETRY_AFTER`]): when that attempt finds the server
 //! gone — the connection refused, no answer, the server shutting down — the server is marked
 //! down at once. The pool reads its options again before each retry of a new connection, so a
 //! statement waiting for one then fails at the next retry, with why, instead of after the
@@ -25,18 +25,16 @@ use sqlx::Connection;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
 /// How long after a failed attempt the next one is made.
 pub(crate) const RETRY_AFTER: Duration = Duration::from_millis(500);
 
 /// How long a statement runs before a direct attempt checks, beside it, that the server can
 /// be reached: longer than a read on a healthy server takes, far shorter than the pool's wait.
+/// A healthy server busy with slower statements gets at most one such connection every
+/// [`RETRY_AFTER`].
 pub(crate) const CHECK_AFTER: Duration = Duration::from_millis(500);
-
-/// After an attempt reached the server, how long slow statements start no other: a healthy
-/// server busy with slow statements is not sent a new connection every [`CHECK_AFTER`].
-const TRUSTED_FOR: Duration = Duration::from_secs(2);
 
 /// Where the pool's new connections go while the server is known to be unreachable: nowhere.
 const NOWHERE: &str = "/nonexistent/grantline: PostgreSQL is known to be unreachable";
@@ -62,8 +60,8 @@ struct State {
     attempting: bool,
     /// An attempt runs beside a slow statement ([`CHECK_AFTER`]).
     checking: bool,
-    /// When an attempt last reached the server.
-    reached: Option<Instant>,
+    /// When the last attempt beside a slow statement began.
+    checked_at: Option<Instant>,
     /// How many times the server came back: an attempt that fails after it did, having
     /// started before, does not mark it down again.
     ups: u64,
@@ -105,70 +103,82 @@ impl Reach {
         self: &Arc<Self>,
         statement: impl Future<Output = sqlx::Result<T>>,
     ) -> Result<T> {
-        let began_down = self.retry_if_due();
+        let mut began_down = self.retry_if_due();
         let mut statement = std::pin::pin!(statement);
-        // What an attempt made beside the statement found, and the server's `ups` then.
-        let mut checked = None;
+        // A refusal the check beside the statement met from a server that answers, with the
+        // server's `ups` when the check began and when the refusal came.
+        let mut turned_away = None;
         let result = match tokio::time::timeout(CHECK_AFTER, statement.as_mut()).await {
             Ok(r) => r,
-            Err(_) => match self.begin_check(began_down.is_some()) {
+            Err(_) => match self.check_beside(began_down.is_some()) {
                 None => statement.await,
-                Some(check) => {
-                    let ups = check.ups;
-                    let mut attempt = std::pin::pin!(self.attempt());
-                    tokio::select! {
-                        r = statement.as_mut() => {
-                            if matches!(&r, Err(e) if cut_off(e)) {
-                                // The attempt under way says why: no second one.
-                                checked = Some((ups, attempt.await));
-                            }
-                            r
+                Some((ups, mut check)) => {
+                    let mut outcome = None;
+                    let r = tokio::select! {
+                        r = statement.as_mut() => r,
+                        o = &mut check => {
+                            outcome = o.ok();
+                            statement.await
                         }
-                        a = attempt.as_mut() => {
-                            drop(check);
-                            match a {
-                                Err(f) if f.gone => {
-                                    // Marked down, the pool's next try at a new connection
-                                    // fails at once, so a statement waiting for one ends
-                                    // with why; one running on a connection the pool holds
-                                    // goes on.
-                                    self.mark_down(ups, f.reason);
-                                    statement.await
-                                }
-                                Ok(()) => {
-                                    self.state().reached = Some(Instant::now());
-                                    statement.await
-                                }
-                                Err(f) => {
-                                    checked = Some((ups, Err(f)));
-                                    statement.await
-                                }
-                            }
-                        }
+                    };
+                    // Cut off while the check runs: its answer says why, no second attempt
+                    // (unless the server is known down meanwhile, which says it at once).
+                    if outcome.is_none()
+                        && matches!(&r, Err(e) if cut_off(e))
+                        && self.state().down.is_none()
+                    {
+                        outcome = check.await.ok();
                     }
+                    match outcome {
+                        // The check marked the server down: that is why, even if it came
+                        // back before the statement failed (on the pool's `NOWHERE`).
+                        Some(Err(f)) if f.gone => began_down = Some(f.reason),
+                        Some(Err(f)) => turned_away = Some((ups, f, Instant::now())),
+                        _ => {}
+                    }
+                    r
                 }
             },
         };
         match result {
             Ok(v) => Ok(v),
-            Err(e) if cut_off(&e) => Err(self.found(e, began_down, checked).await),
+            Err(e) if cut_off(&e) => Err(self.found(e, began_down, turned_away).await),
             Err(e) => Err(e.into()),
         }
     }
 
-    /// An attempt beside a slow statement, if none runs, the server is not known down (its
-    /// statements fail at once then) and none reached it within [`TRUSTED_FOR`].
-    fn begin_check(self: &Arc<Self>, began_down: bool) -> Option<Checking> {
-        let mut state = self.state();
-        let trusted = state.reached.is_some_and(|t| t.elapsed() < TRUSTED_FOR);
-        if began_down || state.down.is_some() || state.checking || trusted {
-            return None;
-        }
-        state.checking = true;
-        Some(Checking {
-            reach: self.clone(),
-            ups: state.ups,
-        })
+    /// An attempt in the background beside a slow statement, unless one runs or began within
+    /// [`RETRY_AFTER`], or the server is known down (its statements fail at once then): the
+    /// server's `ups` now, and the attempt's outcome to come. A server found gone is marked
+    /// down by the attempt itself, whether the statement still waits for it or not.
+    fn check_beside(
+        self: &Arc<Self>,
+        began_down: bool,
+    ) -> Option<(u64, oneshot::Receiver<std::result::Result<(), Failure>>)> {
+        let ups = {
+            let mut state = self.state();
+            let recent = state.checked_at.is_some_and(|t| t.elapsed() < RETRY_AFTER);
+            if began_down || state.down.is_some() || state.checking || recent {
+                return None;
+            }
+            state.checking = true;
+            state.checked_at = Some(Instant::now());
+            state.ups
+        };
+        // Made before the task, so the flag is cleared however it ends.
+        let checking = Checking(self.clone());
+        let (tx, rx) = oneshot::channel();
+        tokio::spawn(async move {
+            let outcome = checking.0.attempt().await;
+            if let Err(f) = &outcome
+                && f.gone
+            {
+                checking.0.mark_down(ups, f.reason.clone());
+            }
+            drop(checking);
+            let _ = tx.send(outcome);
+        });
+        Some((ups, rx))
     }
 
     /// Whether the server is known to be unreachable, and why.
@@ -209,7 +219,6 @@ impl Reach {
         let mut state = self.state();
         match outcome {
             Ok(()) => {
-                state.reached = Some(Instant::now());
                 if let Some(d) = state.down.take() {
                     state.ups += 1;
                     self.pool.set_connect_options(self.options.clone());
@@ -231,16 +240,17 @@ impl Reach {
     }
 
     /// After a statement was cut off (`e`): the reason, when the server is known down, or
-    /// was when the statement began (`began_down`: it came back meanwhile, and `e` may be the
-    /// pool's [`NOWHERE`], which says nothing); otherwise one direct attempt (or the one made
-    /// beside the statement, `checked`) says whether it can be reached. When it cannot, it is
-    /// marked down with why; when it can, `e` was a passing failure (a connection closed
-    /// under the statement, a pool busy until its timeout) and is returned as it is.
+    /// was when the statement began or during it (`began_down`: it came back meanwhile, and
+    /// `e` may be the pool's [`NOWHERE`], which says nothing); otherwise one direct attempt
+    /// says whether it can be reached — or the refusal the check beside the statement met
+    /// (`turned_away`), when it is under [`RETRY_AFTER`] old. When it cannot, it is marked down
+    /// with why; when it can, `e` was a passing failure (a connection closed under the
+    /// statement, a pool busy until its timeout) and is returned as it is.
     async fn found(
         &self,
         e: sqlx::Error,
         began_down: Option<String>,
-        checked: Option<(u64, std::result::Result<(), Failure>)>,
+        turned_away: Option<(u64, Failure, Instant)>,
     ) -> StoreError {
         let ups = {
             let state = self.state();
@@ -252,15 +262,12 @@ impl Reach {
             }
             state.ups
         };
-        let (ups, outcome) = match checked {
-            Some(checked) => checked,
-            None => (ups, self.attempt().await),
+        let (ups, outcome) = match turned_away {
+            Some((ups, f, at)) if at.elapsed() < RETRY_AFTER => (ups, Err(f)),
+            _ => (ups, self.attempt().await),
         };
         match outcome {
-            Ok(()) => {
-                self.state().reached = Some(Instant::now());
-                e.into()
-            }
+            Ok(()) => e.into(),
             Err(f) => {
                 let err = unreachable(&f.reason);
                 self.mark_down(ups, f.reason);
@@ -374,7 +381,6 @@ fn gone(e: &sqlx::Error) -> bool {
                 | TimedOut
                 | HostUnreachable
                 | NetworkUnreachable
-                | AddrNotAvailable
                 | NotFound
         ),
         sqlx::Error::Database(d) => d.code().is_some_and(|c| c.starts_with("57P")),
@@ -382,17 +388,12 @@ fn gone(e: &sqlx::Error) -> bool {
     }
 }
 
-/// Clears [`State::checking`] when dropped: the attempt beside a statement ended, or the
-/// statement was dropped with it.
-struct Checking {
-    reach: Arc<Reach>,
-    /// [`State::ups`] when the attempt began.
-    ups: u64,
-}
+/// Clears [`State::checking`] when dropped.
+struct Checking(Arc<Reach>);
 
 impl Drop for Checking {
     fn drop(&mut self) {
-        self.reach.state().checking = false;
+        self.0.state().checking = false;
     }
 }
 
@@ -447,6 +448,18 @@ mod tests {
             .acquire_timeout(acquire)
             .connect_lazy_with(options.clone());
         Arc::new(Reach::new(pool, options, Duration::from_secs(2)))
+    }
+
+    /// The reach of a fresh database on the test PostgreSQL (`None` when there is none), and
+    /// the database, dropped with its handle.
+    async fn test_server() -> Option<(crate::testing::TestDb, Arc<Reach>)> {
+        let db = crate::testing::postgres().await?;
+        let crate::Database::Postgres(url) = &db.db else {
+            unreachable!("PostgreSQL")
+        };
+        let options = crate::Database::pg_options(url).unwrap();
+        let reach = reach(options, Duration::from_secs(2));
+        Some((db, reach))
     }
 
     fn nothing_listens() -> PgConnectOptions {
@@ -532,14 +545,9 @@ mod tests {
     /// and the pool opens new connections to it again.
     #[tokio::test]
     async fn a_server_marked_down_is_found_again_and_gets_its_connections_back() {
-        let Some(db) = crate::testing::postgres().await else {
+        let Some((_db, reach)) = test_server().await else {
             return;
         };
-        let crate::Database::Postgres(url) = &db.db else {
-            unreachable!("PostgreSQL")
-        };
-        let options = crate::Database::pg_options(url).unwrap();
-        let reach = reach(options, Duration::from_secs(2));
         reach.mark_down(0, "refused, a while ago".into());
         let pool = reach.pool.clone();
         let select = || {
@@ -608,36 +616,41 @@ mod tests {
     }
 
     /// A server that answers but turns this client away (`too many clients`) is not gone:
-    /// the check beside a slow statement marks nothing.
+    /// the check beside slow statements marks nothing; and two slow statements at once get
+    /// one check between them.
     #[tokio::test]
     async fn a_server_that_turns_the_client_away_is_not_marked_down_by_the_check() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        let turned_away = tokio::spawn(async move {
-            let (mut c, _) = listener.accept().await.unwrap();
-            // The startup message (no TLS asked for), then PostgreSQL's refusal.
-            let mut len = [0u8; 4];
-            c.read_exact(&mut len).await.unwrap();
-            let mut rest = vec![0u8; u32::from_be_bytes(len) as usize - 4];
-            c.read_exact(&mut rest).await.unwrap();
-            let mut fields = Vec::new();
-            for (tag, value) in [
-                (b'S', "FATAL"),
-                (b'V', "FATAL"),
-                (b'C', "53300"),
-                (b'M', "sorry, too many clients already"),
-            ] {
-                fields.push(tag);
-                fields.extend_from_slice(value.as_bytes());
+        let (accepted, mut checks) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                let (mut c, _) = listener.accept().await.unwrap();
+                accepted.send(()).unwrap();
+                // The startup message (no TLS asked for), then PostgreSQL's refusal.
+                let mut len = [0u8; 4];
+                c.read_exact(&mut len).await.unwrap();
+                let mut rest = vec![0u8; u32::from_be_bytes(len) as usize - 4];
+                c.read_exact(&mut rest).await.unwrap();
+                let mut fields = Vec::new();
+                for (tag, value) in [
+                    (b'S', "FATAL"),
+                    (b'V', "FATAL"),
+                    (b'C', "53300"),
+                    (b'M', "sorry, too many clients already"),
+                ] {
+                    fields.push(tag);
+                    fields.extend_from_slice(value.as_bytes());
+                    fields.push(0);
+                }
                 fields.push(0);
+                let mut message = vec![b'E'];
+                message.extend_from_slice(&(fields.len() as u32 + 4).to_be_bytes());
+                message.extend_from_slice(&fields);
+                c.write_all(&message).await.unwrap();
+                c.flush().await.unwrap();
             }
-            fields.push(0);
-            let mut message = vec![b'E'];
-            message.extend_from_slice(&(fields.len() as u32 + 4).to_be_bytes());
-            message.extend_from_slice(&fields);
-            c.write_all(&message).await.unwrap();
-            c.flush().await.unwrap();
         });
         let options = PgConnectOptions::new()
             .host("127.0.0.1")
@@ -646,40 +659,33 @@ mod tests {
             .username("grantline")
             .database("grantline");
         let reach = reach(options, Duration::from_secs(5));
-        let answer = reach
-            .run(async {
-                tokio::time::sleep(CHECK_AFTER + Duration::from_millis(700)).await;
-                Ok::<_, sqlx::Error>(7)
-            })
-            .await
-            .unwrap();
-        assert_eq!(answer, 7);
-        tokio::time::timeout(Duration::from_secs(5), turned_away)
-            .await
-            .expect("a check was made")
-            .expect("and turned away");
+        let slow = |n| async move {
+            tokio::time::sleep(CHECK_AFTER + Duration::from_millis(700)).await;
+            Ok::<_, sqlx::Error>(n)
+        };
+        let (a, b) = tokio::join!(reach.run(slow(7)), reach.run(slow(8)));
+        assert_eq!((a.unwrap(), b.unwrap()), (7, 8));
         assert!(reach.down_because().is_none());
+        let mut made = 0;
+        while checks.try_recv().is_ok() {
+            made += 1;
+        }
+        assert_eq!(made, 1, "checks made");
     }
 
-    /// A slow statement on a healthy server finishes; the check beside it found the server,
-    /// which spares the slow statements after it a check for a while.
+    /// A slow statement on a healthy server finishes, and the check beside it marks nothing.
     #[tokio::test]
-    async fn a_slow_statement_on_a_reachable_server_finishes_and_is_trusted() {
-        let Some(db) = crate::testing::postgres().await else {
+    async fn a_slow_statement_on_a_reachable_server_finishes_and_marks_nothing() {
+        let Some((_db, reach)) = test_server().await else {
             return;
         };
-        let crate::Database::Postgres(url) = &db.db else {
-            unreachable!("PostgreSQL")
-        };
-        let options = crate::Database::pg_options(url).unwrap();
-        let reach = reach(options, Duration::from_secs(2));
         let pool = reach.pool.clone();
         reach
-            .run(async move { sqlx::query("SELECT pg_sleep(0.8)").execute(&pool).await })
+            .run(async move { sqlx::query("SELECT pg_sleep(1.5)").execute(&pool).await })
             .await
             .unwrap();
         let state = reach.state();
+        assert!(state.checked_at.is_some(), "a check was made");
         assert!(state.down.is_none() && !state.checking);
-        assert!(state.reached.is_some(), "the check found the server");
     }
 }

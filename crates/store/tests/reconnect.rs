@@ -349,7 +349,6 @@ async fn a_failure_that_is_not_the_connections_keeps_the_connection() {
     );
 }
 
-/// A migrated store reading through `proxy`, with a connect timeout of 1 s.
 /// A store of `url` through `proxy`, connecting within 5 s: longer than the reads that fail
 /// "at once" below may take.
 async fn store_through(proxy: &Proxy, url: &str) -> grantline_store::Store {
