@@ -662,8 +662,12 @@ mod tests {
     /// passes no wakes for it (an index on a full disk would be written again at every commit).
     #[tokio::test(start_paused = true)]
     async fn only_the_databases_failures_are_cut_short() {
-        assert!(about_the_database(&StoreError::Unreachable("refused".into())));
-        assert!(about_the_database(&StoreError::Unavailable("no writer".into())));
+        assert!(about_the_database(&StoreError::Unreachable(
+            "refused".into()
+        )));
+        assert!(about_the_database(&StoreError::Unavailable(
+            "no writer".into()
+        )));
         assert!(!about_the_database(&StoreError::Corrupt {
             seq: 3,
             problem: "hash".into()

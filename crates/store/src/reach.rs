@@ -105,35 +105,37 @@ impl Reach {
     ) -> Result<T> {
         let mut began_down = self.retry_if_due();
         let mut statement = std::pin::pin!(statement);
-        // A refusal the check beside the statement met from a server that answers, with the
-        // server's `ups` when the check began and when the refusal came.
-        let mut turned_away = None;
+        // What the check beside the statement found (a server that answers: it can be reached,
+        // or it turned the client away), the server's `ups` when the check began, and when.
+        let mut checked = None;
         let result = match tokio::time::timeout(CHECK_AFTER, statement.as_mut()).await {
             Ok(r) => r,
             Err(_) => match self.check_beside(began_down.is_some()) {
                 None => statement.await,
                 Some((ups, mut check)) => {
-                    let mut outcome = None;
+                    // The check's answer (`None`: its task ended without one) and when it came;
+                    // the receiver is not polled again once it answered.
+                    let mut answered = None;
                     let r = tokio::select! {
                         r = statement.as_mut() => r,
                         o = &mut check => {
-                            outcome = o.ok();
+                            answered = Some((o.ok(), Instant::now()));
                             statement.await
                         }
                     };
                     // Cut off while the check runs: its answer says why, no second attempt
                     // (unless the server is known down meanwhile, which says it at once).
-                    if outcome.is_none()
+                    if answered.is_none()
                         && matches!(&r, Err(e) if cut_off(e))
                         && self.state().down.is_none()
                     {
-                        outcome = check.await.ok();
+                        answered = Some((check.await.ok(), Instant::now()));
                     }
-                    match outcome {
+                    match answered {
                         // The check marked the server down: that is why, even if it came
                         // back before the statement failed (on the pool's `NOWHERE`).
-                        Some(Err(f)) if f.gone => began_down = Some(f.reason),
-                        Some(Err(f)) => turned_away = Some((ups, f, Instant::now())),
+                        Some((Some(Err(f)), _)) if f.gone => began_down = Some(f.reason),
+                        Some((Some(outcome), at)) => checked = Some((ups, outcome, at)),
                         _ => {}
                     }
                     r
@@ -142,7 +144,7 @@ impl Reach {
         };
         match result {
             Ok(v) => Ok(v),
-            Err(e) if cut_off(&e) => Err(self.found(e, began_down, turned_away).await),
+            Err(e) if cut_off(&e) => Err(self.found(e, began_down, checked).await),
             Err(e) => Err(e.into()),
         }
     }
@@ -242,15 +244,15 @@ impl Reach {
     /// After a statement was cut off (`e`): the reason, when the server is known down, or
     /// was when the statement began or during it (`began_down`: it came back meanwhile, and
     /// `e` may be the pool's [`NOWHERE`], which says nothing); otherwise one direct attempt
-    /// says whether it can be reached — or the refusal the check beside the statement met
-    /// (`turned_away`), when it is under [`RETRY_AFTER`] old. When it cannot, it is marked down
+    /// says whether it can be reached — or what the check beside the statement found
+    /// (`checked`), when it is under [`RETRY_AFTER`] old. When it cannot, it is marked down
     /// with why; when it can, `e` was a passing failure (a connection closed under the
     /// statement, a pool busy until its timeout) and is returned as it is.
     async fn found(
         &self,
         e: sqlx::Error,
         began_down: Option<String>,
-        turned_away: Option<(u64, Failure, Instant)>,
+        checked: Option<(u64, std::result::Result<(), Failure>, Instant)>,
     ) -> StoreError {
         let ups = {
             let state = self.state();
@@ -262,8 +264,8 @@ impl Reach {
             }
             state.ups
         };
-        let (ups, outcome) = match turned_away {
-            Some((ups, f, at)) if at.elapsed() < RETRY_AFTER => (ups, Err(f)),
+        let (ups, outcome) = match checked {
+            Some((ups, outcome, at)) if at.elapsed() < RETRY_AFTER => (ups, outcome),
             _ => (ups, self.attempt().await),
         };
         match outcome {
@@ -460,6 +462,15 @@ mod tests {
         let options = crate::Database::pg_options(url).unwrap();
         let reach = reach(options, Duration::from_secs(2));
         Some((db, reach))
+    }
+
+    /// Until the check beside a statement has ended (within 5 s).
+    async fn check_ended(reach: &Reach) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while reach.state().checking {
+            assert!(Instant::now() < deadline, "the check did not end");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     fn nothing_listens() -> PgConnectOptions {
@@ -665,12 +676,54 @@ mod tests {
         };
         let (a, b) = tokio::join!(reach.run(slow(7)), reach.run(slow(8)));
         assert_eq!((a.unwrap(), b.unwrap()), (7, 8));
+        tokio::time::timeout(Duration::from_secs(5), checks.recv())
+            .await
+            .expect("a check was made");
+        check_ended(&reach).await;
         assert!(reach.down_because().is_none());
-        let mut made = 0;
-        while checks.try_recv().is_ok() {
-            made += 1;
-        }
-        assert_eq!(made, 1, "checks made");
+        assert!(checks.try_recv().is_err(), "a second check was made");
+    }
+
+    /// Against a server that accepts and never answers, a statement cut off first (here as
+    /// by the pool's time-out, at 0.7 s) waits for the check under way rather than making a
+    /// second attempt: it fails as the check's connect timeout ends (0.5 + 2 s), saying why,
+    /// after one connection.
+    #[tokio::test]
+    async fn a_statement_cut_off_while_its_check_waits_on_a_silent_server_takes_its_answer() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (accepted, mut attempts) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            loop {
+                let (c, _) = listener.accept().await.unwrap();
+                held.push(c);
+                accepted.send(()).unwrap();
+            }
+        });
+        let options = PgConnectOptions::new()
+            .host("127.0.0.1")
+            .port(port)
+            .username("grantline")
+            .database("grantline");
+        let reach = reach(options, Duration::from_secs(5));
+        let started = Instant::now();
+        let e = reach
+            .run(async {
+                tokio::time::sleep(CHECK_AFTER + Duration::from_millis(200)).await;
+                Err::<(), _>(sqlx::Error::PoolTimedOut)
+            })
+            .await
+            .unwrap_err();
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(2400) && took < Duration::from_secs(4),
+            "{took:?}"
+        );
+        assert!(e.to_string().contains("did not answer within 2 s"), "{e}");
+        assert!(reach.down_because().is_some());
+        attempts.recv().await.unwrap();
+        assert!(attempts.try_recv().is_err(), "a second attempt was made");
     }
 
     /// A slow statement on a healthy server finishes, and the check beside it marks nothing.
@@ -684,8 +737,8 @@ mod tests {
             .run(async move { sqlx::query("SELECT pg_sleep(1.5)").execute(&pool).await })
             .await
             .unwrap();
-        let state = reach.state();
-        assert!(state.checked_at.is_some(), "a check was made");
-        assert!(state.down.is_none() && !state.checking);
+        assert!(reach.state().checked_at.is_some(), "a check was made");
+        check_ended(&reach).await;
+        assert!(reach.down_because().is_none());
     }
 }
