@@ -473,6 +473,34 @@ mod tests {
         }
     }
 
+    /// A server on a free local port that counts each connection it accepts (one message on
+    /// the channel each) and hands it to `serve`, and the options to connect to it without TLS.
+    async fn fake_server<F, Fut>(
+        serve: F,
+    ) -> (PgConnectOptions, tokio::sync::mpsc::UnboundedReceiver<()>)
+    where
+        F: Fn(tokio::net::TcpStream) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (accepted, count) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                let (c, _) = listener.accept().await.unwrap();
+                accepted.send(()).unwrap();
+                tokio::spawn(serve(c));
+            }
+        });
+        let options = PgConnectOptions::new()
+            .host("127.0.0.1")
+            .port(port)
+            .ssl_mode(sqlx::postgres::PgSslMode::Disable)
+            .username("grantline")
+            .database("grantline");
+        (options, count)
+    }
+
     fn nothing_listens() -> PgConnectOptions {
         // A port just released: nothing listens on it (refused at once).
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -632,43 +660,31 @@ mod tests {
     #[tokio::test]
     async fn a_server_that_turns_the_client_away_is_not_marked_down_by_the_check() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let (accepted, mut checks) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            loop {
-                let (mut c, _) = listener.accept().await.unwrap();
-                accepted.send(()).unwrap();
-                // The startup message (no TLS asked for), then PostgreSQL's refusal.
-                let mut len = [0u8; 4];
-                c.read_exact(&mut len).await.unwrap();
-                let mut rest = vec![0u8; u32::from_be_bytes(len) as usize - 4];
-                c.read_exact(&mut rest).await.unwrap();
-                let mut fields = Vec::new();
-                for (tag, value) in [
-                    (b'S', "FATAL"),
-                    (b'V', "FATAL"),
-                    (b'C', "53300"),
-                    (b'M', "sorry, too many clients already"),
-                ] {
-                    fields.push(tag);
-                    fields.extend_from_slice(value.as_bytes());
-                    fields.push(0);
-                }
+        let (options, mut checks) = fake_server(|mut c| async move {
+            // The startup message (no TLS asked for), then PostgreSQL's refusal.
+            let mut len = [0u8; 4];
+            c.read_exact(&mut len).await.unwrap();
+            let mut rest = vec![0u8; u32::from_be_bytes(len) as usize - 4];
+            c.read_exact(&mut rest).await.unwrap();
+            let mut fields = Vec::new();
+            for (tag, value) in [
+                (b'S', "FATAL"),
+                (b'V', "FATAL"),
+                (b'C', "53300"),
+                (b'M', "sorry, too many clients already"),
+            ] {
+                fields.push(tag);
+                fields.extend_from_slice(value.as_bytes());
                 fields.push(0);
-                let mut message = vec![b'E'];
-                message.extend_from_slice(&(fields.len() as u32 + 4).to_be_bytes());
-                message.extend_from_slice(&fields);
-                c.write_all(&message).await.unwrap();
-                c.flush().await.unwrap();
             }
-        });
-        let options = PgConnectOptions::new()
-            .host("127.0.0.1")
-            .port(port)
-            .ssl_mode(sqlx::postgres::PgSslMode::Disable)
-            .username("grantline")
-            .database("grantline");
+            fields.push(0);
+            let mut message = vec![b'E'];
+            message.extend_from_slice(&(fields.len() as u32 + 4).to_be_bytes());
+            message.extend_from_slice(&fields);
+            c.write_all(&message).await.unwrap();
+            c.flush().await.unwrap();
+        })
+        .await;
         let reach = reach(options, Duration::from_secs(5));
         let slow = |n| async move {
             tokio::time::sleep(CHECK_AFTER + Duration::from_millis(700)).await;
@@ -690,22 +706,12 @@ mod tests {
     /// after one connection.
     #[tokio::test]
     async fn a_statement_cut_off_while_its_check_waits_on_a_silent_server_takes_its_answer() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let (accepted, mut attempts) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            let mut held = Vec::new();
-            loop {
-                let (c, _) = listener.accept().await.unwrap();
-                held.push(c);
-                accepted.send(()).unwrap();
-            }
-        });
-        let options = PgConnectOptions::new()
-            .host("127.0.0.1")
-            .port(port)
-            .username("grantline")
-            .database("grantline");
+        // Holds each connection and says nothing.
+        let (options, mut attempts) = fake_server(|c| async move {
+            std::future::pending::<()>().await;
+            drop(c)
+        })
+        .await;
         let reach = reach(options, Duration::from_secs(5));
         let started = Instant::now();
         let e = reach
