@@ -13,7 +13,8 @@
 //! pool its options back.
 //!
 //! A statement still waiting after [`CHECK_AFTER`] gets a direct attempt beside it (one at a
-//! time, at most one every [`RETRY_AFTER`]): when that attempt finds the server
+//! time, at most one every [`RETRY_AFTER`]; a statement that finds one under way or just
+//! begun gets its own when one is due): when that attempt finds the server
 //! gone — the connection refused, no answer, the server shutting down — the server is marked
 //! down at once. The pool reads its options again before each retry of a new connection, so a
 //! statement waiting for one then fails at the next retry, with why, instead of after the
@@ -110,36 +111,44 @@ impl Reach {
         let mut checked = None;
         let result = match tokio::time::timeout(CHECK_AFTER, statement.as_mut()).await {
             Ok(r) => r,
-            Err(_) => match self.check_beside(began_down.is_some()) {
-                None => statement.await,
-                Some((ups, mut check)) => {
-                    // The check's answer (`None`: its task ended without one) and when it came;
-                    // the receiver is not polled again once it answered.
-                    let mut answered = None;
-                    let r = tokio::select! {
-                        r = statement.as_mut() => r,
-                        o = &mut check => {
-                            answered = Some((o.ok(), Instant::now()));
-                            statement.await
-                        }
-                    };
-                    // Cut off while the check runs: its answer says why, no second attempt
-                    // (unless the server is known down meanwhile, which says it at once).
-                    if answered.is_none()
-                        && matches!(&r, Err(e) if cut_off(e))
-                        && self.state().down.is_none()
-                    {
-                        answered = Some((check.await.ok(), Instant::now()));
+            Err(_) => loop {
+                let Some((ups, mut check)) = self.check_beside(began_down.is_some()) else {
+                    // Known down, its statements fail at once. Otherwise another statement's
+                    // check runs or began just now: this one gets its own when one is due.
+                    if began_down.is_some() || self.state().down.is_some() {
+                        break statement.await;
                     }
-                    match answered {
-                        // The check marked the server down: that is why, even if it came
-                        // back before the statement failed (on the pool's `NOWHERE`).
-                        Some((Some(Err(f)), _)) if f.gone => began_down = Some(f.reason),
-                        Some((Some(outcome), at)) => checked = Some((ups, outcome, at)),
-                        _ => {}
+                    match tokio::time::timeout(RETRY_AFTER, statement.as_mut()).await {
+                        Ok(r) => break r,
+                        Err(_) => continue,
                     }
-                    r
+                };
+                // The check's answer (`None`: its task ended without one) and when it came;
+                // the receiver is not polled again once it answered.
+                let mut answered = None;
+                let r = tokio::select! {
+                    r = statement.as_mut() => r,
+                    o = &mut check => {
+                        answered = Some((o.ok(), Instant::now()));
+                        statement.await
+                    }
+                };
+                // Cut off while the check runs: its answer says why, no second attempt
+                // (unless the server is known down meanwhile, which says it at once).
+                if answered.is_none()
+                    && matches!(&r, Err(e) if cut_off(e))
+                    && self.state().down.is_none()
+                {
+                    answered = Some((check.await.ok(), Instant::now()));
                 }
+                match answered {
+                    // The check marked the server down: that is why, even if it came
+                    // back before the statement failed (on the pool's `NOWHERE`).
+                    Some((Some(Err(f)), _)) if f.gone => began_down = Some(f.reason),
+                    Some((Some(outcome), at)) => checked = Some((ups, outcome, at)),
+                    _ => {}
+                }
+                break r;
             },
         };
         match result {
@@ -501,6 +510,51 @@ mod tests {
         (options, count)
     }
 
+    /// Reads a client's startup message (no TLS asked for).
+    async fn startup(c: &mut tokio::net::TcpStream) {
+        use tokio::io::AsyncReadExt;
+        let mut len = [0u8; 4];
+        c.read_exact(&mut len).await.unwrap();
+        let mut rest = vec![0u8; u32::from_be_bytes(len) as usize - 4];
+        c.read_exact(&mut rest).await.unwrap();
+    }
+
+    /// One message of PostgreSQL's protocol: its tag, its length, its body.
+    fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut m = vec![tag];
+        m.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+        m.extend_from_slice(body);
+        m
+    }
+
+    /// As PostgreSQL refuses a connection: an error with SQLSTATE `code`.
+    async fn refuse(mut c: tokio::net::TcpStream, code: &'static str, text: &'static str) {
+        use tokio::io::AsyncWriteExt;
+        startup(&mut c).await;
+        let mut fields = Vec::new();
+        for (tag, value) in [(b'S', "FATAL"), (b'V', "FATAL"), (b'C', code), (b'M', text)] {
+            fields.push(tag);
+            fields.extend_from_slice(value.as_bytes());
+            fields.push(0);
+        }
+        fields.push(0);
+        c.write_all(&message(b'E', &fields)).await.unwrap();
+        c.flush().await.unwrap();
+    }
+
+    /// As PostgreSQL lets a client in without a password, then holds the session until the
+    /// client leaves.
+    async fn welcome(mut c: tokio::net::TcpStream) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        startup(&mut c).await;
+        let mut reply = message(b'R', &0u32.to_be_bytes());
+        reply.extend(message(b'K', &[0, 0, 0, 42, 0, 0, 0, 7]));
+        reply.extend(message(b'Z', b"I"));
+        c.write_all(&reply).await.unwrap();
+        let mut rest = Vec::new();
+        let _ = c.read_to_end(&mut rest).await;
+    }
+
     fn nothing_listens() -> PgConnectOptions {
         // A port just released: nothing listens on it (refused at once).
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -655,39 +709,15 @@ mod tests {
     }
 
     /// A server that answers but turns this client away (`too many clients`) is not gone:
-    /// the check beside slow statements marks nothing; and two slow statements at once get
-    /// one check between them.
+    /// the check beside slow statements marks nothing; and two slow statements at once, done
+    /// before a second check is due, get one check between them.
     #[tokio::test]
     async fn a_server_that_turns_the_client_away_is_not_marked_down_by_the_check() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let (options, mut checks) = fake_server(|mut c| async move {
-            // The startup message (no TLS asked for), then PostgreSQL's refusal.
-            let mut len = [0u8; 4];
-            c.read_exact(&mut len).await.unwrap();
-            let mut rest = vec![0u8; u32::from_be_bytes(len) as usize - 4];
-            c.read_exact(&mut rest).await.unwrap();
-            let mut fields = Vec::new();
-            for (tag, value) in [
-                (b'S', "FATAL"),
-                (b'V', "FATAL"),
-                (b'C', "53300"),
-                (b'M', "sorry, too many clients already"),
-            ] {
-                fields.push(tag);
-                fields.extend_from_slice(value.as_bytes());
-                fields.push(0);
-            }
-            fields.push(0);
-            let mut message = vec![b'E'];
-            message.extend_from_slice(&(fields.len() as u32 + 4).to_be_bytes());
-            message.extend_from_slice(&fields);
-            c.write_all(&message).await.unwrap();
-            c.flush().await.unwrap();
-        })
-        .await;
+        let (options, mut checks) =
+            fake_server(|c| refuse(c, "53300", "sorry, too many clients already")).await;
         let reach = reach(options, Duration::from_secs(5));
         let slow = |n| async move {
-            tokio::time::sleep(CHECK_AFTER + Duration::from_millis(700)).await;
+            tokio::time::sleep(CHECK_AFTER + Duration::from_millis(300)).await;
             Ok::<_, sqlx::Error>(n)
         };
         let (a, b) = tokio::join!(reach.run(slow(7)), reach.run(slow(8)));
@@ -746,5 +776,52 @@ mod tests {
         assert!(reach.state().checked_at.is_some(), "a check was made");
         check_ended(&reach).await;
         assert!(reach.down_because().is_none());
+    }
+
+    /// A statement that finds another's check just begun gets one of its own when it is due:
+    /// the first check (beside `a`) finds the server, which then starts to shut down (57P03),
+    /// and the check made 0.5 s later beside `b` marks it down while `b` still waits.
+    #[tokio::test]
+    async fn a_statement_that_found_a_check_just_begun_gets_its_own_when_due() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let served = Arc::new(AtomicUsize::new(0));
+        let (options, mut connections) = fake_server(move |c| {
+            let first = served.fetch_add(1, Ordering::SeqCst) == 0;
+            async move {
+                if first {
+                    welcome(c).await
+                } else {
+                    refuse(c, "57P03", "the database system is shutting down").await
+                }
+            }
+        })
+        .await;
+        let reach = reach(options, Duration::from_secs(5));
+        let slow = |secs: f64| async move {
+            tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+            Ok::<_, sqlx::Error>(())
+        };
+        let started = Instant::now();
+        let a = tokio::spawn({
+            let reach = reach.clone();
+            async move { reach.run(slow(4.0)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let b = tokio::spawn({
+            let reach = reach.clone();
+            async move { reach.run(slow(3.5)).await }
+        });
+        // `b`'s own check is due at 1.2 s (`a`'s began at 0.5 s); without it, nothing would
+        // look before `b` ends at 3.7 s.
+        tokio::time::sleep(Duration::from_millis(2500) - started.elapsed()).await;
+        let why = reach.down_because().expect("marked down by b's own check");
+        assert!(why.contains("shutting down"), "{why}");
+        a.await.unwrap().unwrap();
+        b.await.unwrap().unwrap();
+        let mut made = 0;
+        while connections.try_recv().is_ok() {
+            made += 1;
+        }
+        assert_eq!(made, 2, "connections the checks made");
     }
 }
