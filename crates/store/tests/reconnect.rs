@@ -362,6 +362,19 @@ async fn store_through(proxy: &Proxy, url: &str) -> grantline_store::Store {
     store
 }
 
+/// A fresh test database (dropped with its handle), its URL, a proxy in front of it and a
+/// migrated store reading through the proxy; `None` without a test PostgreSQL.
+async fn proxied() -> Option<(TestDb, String, Proxy, grantline_store::Store)> {
+    let db = testing::postgres().await?;
+    let Database::Postgres(url) = &db.db else {
+        unreachable!()
+    };
+    let url = url.clone();
+    let proxy = Proxy::to(&url).await;
+    let store = store_through(&proxy, &url).await;
+    Some((db, url, proxy, store))
+}
+
 fn pg_pool(store: &grantline_store::Store) -> &sqlx::PgPool {
     let grantline_store::Pool::Postgres(pool) = store.pool() else {
         unreachable!("PostgreSQL")
@@ -377,15 +390,10 @@ fn pg_pool(store: &grantline_store::Store) -> &sqlx::PgPool {
 /// once the server is back, reads go through again.
 #[tokio::test]
 async fn reads_while_postgresql_is_down_say_why_and_fail_at_once_after_the_first() {
-    let Some(db) = testing::postgres().await else {
+    let Some((_db, url, proxy, store)) = proxied().await else {
         return;
     };
-    let Database::Postgres(url) = &db.db else {
-        unreachable!()
-    };
-    let proxy = Proxy::to(url).await;
-    let addr = proxy.addr;
-    let store = store_through(&proxy, url).await;
+    let (url, addr) = (url.as_str(), proxy.addr);
     assert_eq!(store.count().await.unwrap(), 0);
     // The pool holds several connections, all of them dead once the server goes.
     let pool = pg_pool(&store);
@@ -458,15 +466,10 @@ async fn reads_while_postgresql_is_down_say_why_and_fail_at_once_after_the_first
 /// new connection can be made again.
 #[tokio::test]
 async fn while_only_new_connections_are_refused_the_pools_own_still_serve() {
-    let Some(db) = testing::postgres().await else {
+    let Some((_db, url, proxy, store)) = proxied().await else {
         return;
     };
-    let Database::Postgres(url) = &db.db else {
-        unreachable!()
-    };
-    let proxy = Proxy::to(url).await;
-    let addr = proxy.addr;
-    let store = store_through(&proxy, url).await;
+    let (url, addr) = (url.as_str(), proxy.addr);
     let pool = pg_pool(&store).clone();
     // `n` statements at once on the pool, holding `n` connections for `secs`.
     let busy_for = |n: usize, secs: f64| {
