@@ -28,19 +28,14 @@ fn copy_of_fixture(name: &str, dir: &Path) -> PathBuf {
 }
 
 /// The total size of the fixture's event bodies.
-async fn body_bytes(name: &str) -> i64 {
+async fn body_bytes(name: &str) -> usize {
     let dir = tempfile::tempdir().unwrap();
     let db = copy_of_fixture(name, dir.path());
-    let store = Store::connect(&Database::Sqlite(db), false).await.unwrap();
-    let grantline_store::Pool::Sqlite(p) = store.pool() else {
-        unreachable!()
-    };
-    let n: i64 = sqlx::query_scalar("SELECT SUM(LENGTH(body)) FROM events")
-        .fetch_one(p)
+    store_bodies(&Database::Sqlite(db))
         .await
-        .unwrap();
-    store.close().await;
-    n
+        .iter()
+        .map(Vec::len)
+        .sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -112,6 +107,100 @@ async fn the_fixture_ledger_still_verifies_decodes_and_replays(name: &str) {
     assert_eq!(v["seq"], Kind::ALL.len() as u64, "{v}");
 }
 
+/// What an upgrade leaves: a ledger of an older body format that today's writer opens and
+/// appends to, so old bodies and new ones sit in one chain. For each older fixture, the same
+/// events again (their streams continuing at the next versions) and a new checkpoint: the
+/// old rows stay byte for byte as they were, every row verifies (a full walk, and a walk
+/// from the old checkpoint that checks the new rows against the chain the old ones ended),
+/// every body decodes to its sample, and the fold replays both halves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ledger_upgraded_from_an_older_format_verifies_decodes_and_replays_with_new_rows() {
+    let n = Kind::ALL.len();
+    for name in &FORMATS[..FORMATS.len() - 1] {
+        let dir = tempfile::tempdir().unwrap();
+        let db = copy_of_fixture(name, dir.path());
+        let database = Database::Sqlite(db.clone());
+        let before = store_bodies(&database).await;
+        assert_eq!(before.len(), n);
+
+        let ledger = Ledger::open(&database, signer(), LedgerOptions::default())
+            .await
+            .unwrap_or_else(|e| panic!("today's writer cannot open {name}: {e}"));
+        for payload in samples::all() {
+            ledger
+                .append(grantline_ledger::Append::new(vec![samples::new_event(
+                    payload,
+                )]))
+                .await
+                .unwrap_or_else(|e| panic!("appending to {name}: {e}"));
+        }
+        assert_eq!(ledger.checkpoint().await.unwrap(), Some(2 * n as u64));
+        ledger.shutdown().await;
+
+        let after = store_bodies(&database).await;
+        assert_eq!(after.len(), 2 * n);
+        assert!(after[..n] == before[..], "{name}: an old row changed");
+        // The new rows are today's format: shorter, as each digest is bytes, not hex.
+        let size = |b: &[Vec<u8>]| b.iter().map(Vec::len).sum::<usize>();
+        assert!(
+            size(&after[n..]) + 32 * 12 <= size(&after[..n]),
+            "{name}: the appended rows are not in the newer format"
+        );
+
+        let store = Store::connect(&database, false).await.unwrap();
+        let trusted = [signer().verifier()];
+        let full = grantline_store::verify(&store, &trusted, |_| {})
+            .await
+            .unwrap()
+            .unwrap_or_else(|f| panic!("{name} upgraded no longer verifies: {f}"));
+        assert!(full.fully_trusted());
+        assert_eq!((full.events, full.from), (2 * n as u64, 0));
+        assert!(full.checkpoints >= 2, "{full}");
+        let tail =
+            grantline_store::verify_from_checkpoint(&store, &trusted, Some(n as u64), |_| {})
+                .await
+                .unwrap()
+                .unwrap_or_else(|e| panic!("{name} upgraded, from its old checkpoint: {e:?}"));
+        assert_eq!((tail.events, tail.from), (2 * n as u64, n as u64));
+        assert_eq!(tail.head, full.head);
+
+        let events = store.read(0, 10_000).await.unwrap();
+        let samples: Vec<_> = samples::all().into_iter().chain(samples::all()).collect();
+        assert_eq!(events.len(), samples.len());
+        for (e, sample) in events.iter().zip(&samples) {
+            assert_eq!(e.payload(), sample, "{name} upgraded, seq {}", e.seq());
+        }
+        let state = grantline_state::fold(&events);
+        assert_eq!(state.seq, 2 * n as u64);
+        store.close().await;
+
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_grantline"))
+            .args(["--database", &format!("sqlite:{}", db.display())])
+            .args(["--data-dir", &dir.path().display().to_string()])
+            .args(["verify", "--public-key", &signer().verifier().to_string()])
+            .args(["--from-checkpoint", &n.to_string()])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{name} upgraded: {text}");
+        assert!(text.starts_with(&format!("ok: {} events", 2 * n)), "{text}");
+    }
+}
+
+/// Every event body of the ledger at `database`, in seq order.
+async fn store_bodies(database: &Database) -> Vec<Vec<u8>> {
+    let store = Store::connect(database, false).await.unwrap();
+    let grantline_store::Pool::Sqlite(p) = store.pool() else {
+        unreachable!()
+    };
+    let bodies = sqlx::query_scalar("SELECT body FROM events ORDER BY seq")
+        .fetch_all(p)
+        .await
+        .unwrap();
+    store.close().await;
+    bodies
+}
+
 /// Writes a fixture ledger of the current body format to `GRANTLINE_FIXTURE_OUT`:
 /// `GRANTLINE_FIXTURE_OUT=tests/fixtures/ledger-vN.db cargo test -p grantline --test
 /// fixture_ledger -- --ignored`. Never overwrite a committed fixture.
@@ -162,15 +251,7 @@ async fn the_current_writer_writes_the_newest_fixture_format_byte_for_byte() {
     let name = FORMATS[FORMATS.len() - 1];
     let dir = tempfile::tempdir().unwrap();
     let db = copy_of_fixture(name, dir.path());
-    let store = Store::connect(&Database::Sqlite(db), false).await.unwrap();
-    let grantline_store::Pool::Sqlite(p) = store.pool() else {
-        unreachable!()
-    };
-    let bodies: Vec<Vec<u8>> = sqlx::query_scalar("SELECT body FROM events ORDER BY seq")
-        .fetch_all(p)
-        .await
-        .unwrap();
-    store.close().await;
+    let bodies = store_bodies(&Database::Sqlite(db)).await;
     assert_eq!(bodies.len(), Kind::ALL.len());
     let mut out = Vec::new();
     for body in &bodies {
