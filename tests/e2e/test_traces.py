@@ -1,6 +1,7 @@
 """Traces over OTLP/HTTP: `grantline serve` with the standard OTEL_* variables exports to a
 local OTLP/HTTP receiver (this test's, JSON encoding); the request span has its decide and
-append children, a gateway call its upstream child; a trusted proxy's `traceparent` is the
+append children, a gateway call its upstream child (a tool call its decide, both appends and
+the upstream call, made in a task of its own); a trusted proxy's `traceparent` is the
 parent of the request span; the upstream MCP server receives the trace; and the event's request
 metadata holds the trace id."""
 import json
@@ -13,6 +14,7 @@ from conftest import Server, Upstream, free_port
 from test_backup import grantline
 
 SECRET = "e2e-trace-service-secret-6d1f-93ab20c4e7d1"
+CALL_REQUEST_ID = "trace-test-tools-call-1"
 
 
 class Receiver:
@@ -48,6 +50,15 @@ class Receiver:
                 for ss in rs["scopeSpans"]:
                     out.extend(ss["spans"])
         return out
+
+
+def descends(span, ancestor, by_id):
+    """Whether `span` is `ancestor` or hangs under it."""
+    while span["spanId"] != ancestor["spanId"]:
+        if not span.get("parentSpanId") or span["parentSpanId"] not in by_id:
+            return False
+        span = by_id[span["parentSpanId"]]
+    return True
 
 
 def attrs(span):
@@ -99,6 +110,14 @@ secret_env = "GRANTLINE_E2E_SVC_SECRET"
             headers={"Authorization": f"Bearer {token}",
                      "Accept": "application/json, text/event-stream"}, timeout=10)
         assert r.status_code == 200, r.text
+        # A tool call: its start and outcome are appended, and it goes upstream, in a task of
+        # the gateway's own; all of it belongs to the call's trace, begun here.
+        r = requests.post(server.base + "/mcp/up", json={
+            "jsonrpc": "2.0", "id": 2, "method": "tools/call",
+            "params": {"name": "echo", "arguments": {"text": "traced"}}},
+            headers={"Authorization": f"Bearer {token}", "X-Request-Id": CALL_REQUEST_ID,
+                     "Accept": "application/json, text/event-stream"}, timeout=10)
+        assert r.status_code == 200 and "upstream echo: traced" in r.text, r.text
     finally:
         server.stop()
         upstream.stop()
@@ -115,19 +134,43 @@ secret_env = "GRANTLINE_E2E_SVC_SECRET"
     children = {s["name"] for s in spans if s.get("parentSpanId") == token_span["spanId"]}
     assert {"decide", "append"} <= children, children
 
-    mcp_span = next(s for s in requests_ if attrs(s).get("route") == "/mcp/{name}")
+    mcp_span = next(s for s in requests_ if attrs(s).get("route") == "/mcp/{name}"
+                    and attrs(s).get("request_id") != CALL_REQUEST_ID)
     assert mcp_span["traceId"] != parent_trace and not mcp_span.get("parentSpanId")
     up_spans = [s for s in spans if s["name"] == "upstream" and s["traceId"] == mcp_span["traceId"]]
     assert len(up_spans) == 1, [s["name"] for s in spans]
     assert attrs(up_spans[0])["resource"] == "up"
     # The upstream span hangs under the request span (directly or through the gateway's own).
-    node = up_spans[0]
-    while node.get("parentSpanId") and node["spanId"] != mcp_span["spanId"]:
-        node = by_id[node["parentSpanId"]]
-    assert node["spanId"] == mcp_span["spanId"]
+    assert descends(up_spans[0], mcp_span, by_id)
     # The upstream MCP server was sent the trace, with the upstream span as parent.
     sent = [s["traceparent"] for s in upstream.seen() if s.get("traceparent")]
     assert f"00-{mcp_span['traceId']}-{up_spans[0]['spanId']}-01" in sent, sent
+
+    # The tool call: decide, both appends and the upstream call are in its trace, under its
+    # request span; the upstream MCP server was sent that trace.
+    call_span = next(s for s in requests_ if attrs(s).get("request_id") == CALL_REQUEST_ID)
+    assert not call_span.get("parentSpanId")
+    in_call = [s for s in spans if s["traceId"] == call_span["traceId"]]
+    for s in in_call:
+        assert descends(s, call_span, by_id), (s["name"], [x["name"] for x in in_call])
+    names = sorted(s["name"] for s in in_call)
+    assert names.count("append") == 2 and {"decide", "upstream"} <= set(names), names
+    # Each request the call sent upstream (the call, and any listing the gateway made to learn
+    # the tool's annotations) went in this trace, under the upstream span that made it.
+    call_ups = {s["spanId"] for s in in_call if s["name"] == "upstream"}
+    sent_in_call = {t.split("-")[2] for t in sent if t.split("-")[1] == call_span["traceId"]}
+    assert sent_in_call == call_ups, (sent_in_call, call_ups)
+    # No upstream call is a trace of its own (only work outside requests, such as the
+    # start-up's own appends, has spans without a parent).
+    orphans = [s for s in spans if s["name"] == "upstream" and not s.get("parentSpanId")]
+    assert not orphans, orphans
+    # Its events lead to that trace, begun by Grantline itself (no traceparent came in).
+    for kind in ("tool.call_started", "tool.called"):
+        out = grantline("--data-dir", str(server.data_dir), "events", "--kind", kind, "--json",
+                        env={"GRANTLINE_E2E_SVC_SECRET": SECRET}).stdout
+        event = [json.loads(l) for l in out.splitlines() if l.strip()][-1]["payload"]
+        assert event["request_id"] == CALL_REQUEST_ID, event
+        assert event["trace_id"] == call_span["traceId"], event
 
     # The event leads to its trace.
     out = grantline("--data-dir", str(server.data_dir), "events", "--kind", "token.issued", "--json",

@@ -131,6 +131,7 @@ pub fn exported(
 /// `authorization.denied` for a refused reading of the trail.
 pub fn denied(
     request_id: &str,
+    trace_id: Option<&str>,
     resource: &str,
     reader: &Reader,
     reason: &'static str,
@@ -141,6 +142,7 @@ pub fn denied(
         reader.actor(),
         AuthorizationDenied {
             request_id: request_id.chars().take(128).collect(),
+            trace_id: trace_id.map(String::from),
             resource: resource.to_string(),
             user_id: reader.user_id.clone(),
             client_id: reader.client_id.clone(),

@@ -34,6 +34,8 @@ pub struct Call {
 #[derive(Debug, Clone)]
 pub struct Request<'a> {
     pub request_id: &'a str,
+    /// The request's trace, when it was traced (recorded so the event leads to it).
+    pub trace_id: Option<&'a str>,
     pub resource: &'a str,
     pub caller: &'a Caller,
     pub session_id: Option<&'a str>,
@@ -65,6 +67,7 @@ impl Request<'_> {
         let (intent, sealed_intent) = Self::intent(call);
         self.event(ToolCallStarted {
             request_id: self.request_id.to_string(),
+            trace_id: self.trace_id.map(String::from),
             resource: self.resource.to_string(),
             tool: call.tool.clone(),
             user_id: self.caller.user_id.clone(),
@@ -89,6 +92,7 @@ impl Request<'_> {
         let (intent, sealed_intent) = Self::intent(call);
         self.event(ToolCalled {
             request_id: self.request_id.to_string(),
+            trace_id: self.trace_id.map(String::from),
             resource: self.resource.to_string(),
             tool: call.tool.clone(),
             user_id: self.caller.user_id.clone(),
@@ -109,6 +113,7 @@ impl Request<'_> {
     pub fn listed(&self, outcome: ToolOutcome, tools_returned: u32, duration_us: u64) -> NewEvent {
         self.event(ToolListed {
             request_id: self.request_id.to_string(),
+            trace_id: self.trace_id.map(String::from),
             resource: self.resource.to_string(),
             user_id: self.caller.user_id.clone(),
             client_id: self.caller.client_id.clone(),
@@ -125,6 +130,7 @@ impl Request<'_> {
     pub fn denied(&self, call: &Call, d: &Denial, duration_us: u64) -> Vec<NewEvent> {
         let denied = AuthorizationDenied {
             request_id: self.request_id.to_string(),
+            trace_id: self.trace_id.map(String::from),
             resource: self.resource.to_string(),
             user_id: self.caller.user_id.clone(),
             client_id: self.caller.client_id.clone(),

@@ -707,6 +707,10 @@ pub struct PatRevoked {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ToolListed {
     pub request_id: String,
+    /// The W3C trace id of the request's trace (32 hex digits), when it was traced: the event
+    /// leads to its trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
     pub resource: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_id: Option<String>,
@@ -724,6 +728,10 @@ pub struct ToolListed {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ToolCallStarted {
     pub request_id: String,
+    /// The W3C trace id of the request's trace (32 hex digits), when it was traced: the event
+    /// leads to its trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
     pub resource: String,
     pub tool: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -750,6 +758,10 @@ pub struct ToolCallStarted {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ToolCalled {
     pub request_id: String,
+    /// The W3C trace id of the request's trace (32 hex digits), when it was traced: the event
+    /// leads to its trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
     pub resource: String,
     pub tool: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -782,6 +794,10 @@ pub struct ToolCalled {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuthorizationDenied {
     pub request_id: String,
+    /// The W3C trace id of the request's trace (32 hex digits), when it was traced: the event
+    /// leads to its trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
     pub resource: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_id: Option<String>,

@@ -52,10 +52,13 @@ fn refresh() -> RefreshTokenRecord {
     }
 }
 
+/// A W3C trace id (the example of the Trace Context recommendation).
+const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+
 fn meta(subject: &str) -> RequestMeta {
     RequestMeta {
         request_id: "0197a3c1-f0d2-7c4e-8b1a-9d6e5f403a50".into(),
-        trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736".into()),
+        trace_id: Some(TRACE.into()),
         source_ip: Some(sealed(subject, "198.51.100.7")),
         user_agent: Some(sealed(subject, "python-httpx/0.28")),
     }
@@ -387,6 +390,7 @@ pub fn all() -> Vec<Payload> {
         .into(),
         ToolListed {
             request_id: "req_0197a3c1f0d27c4e8b1a9d6e5f403a60".into(),
+            trace_id: Some(TRACE.into()),
             resource: RESOURCE.into(),
             user_id: Some(USER.into()),
             client_id: Some(CLIENT.into()),
@@ -399,6 +403,7 @@ pub fn all() -> Vec<Payload> {
         .into(),
         ToolCallStarted {
             request_id: "req_0197a3c1f0d27c4e8b1a9d6e5f403a61".into(),
+            trace_id: Some(TRACE.into()),
             resource: RESOURCE.into(),
             tool: "search_documents".into(),
             user_id: Some(USER.into()),
@@ -412,6 +417,7 @@ pub fn all() -> Vec<Payload> {
         .into(),
         ToolCalled {
             request_id: "req_0197a3c1f0d27c4e8b1a9d6e5f403a61".into(),
+            trace_id: Some(TRACE.into()),
             resource: RESOURCE.into(),
             tool: "search_documents".into(),
             user_id: Some(USER.into()),
@@ -429,6 +435,7 @@ pub fn all() -> Vec<Payload> {
         .into(),
         AuthorizationDenied {
             request_id: "req_0197a3c1f0d27c4e8b1a9d6e5f403a62".into(),
+            trace_id: Some(TRACE.into()),
             resource: RESOURCE.into(),
             user_id: Some(USER.into()),
             client_id: Some(CLIENT.into()),

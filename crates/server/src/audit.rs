@@ -336,6 +336,7 @@ pub async fn record_refusal(
     }
     app.append(vec![access::denied(
         &ctx.request_id,
+        ctx.trace_id.as_deref(),
         resource,
         reader,
         reason,

@@ -103,6 +103,7 @@ pub fn tool_call(i: u64) -> grantline_ledger::NewEvent {
         grantline_ledger::Actor::User { id: "usr_1".into() },
         grantline_ledger::ToolCalled {
             request_id: format!("req_{i}"),
+            trace_id: None,
             resource,
             tool: "search".into(),
             user_id: Some("usr_1".into()),

@@ -331,6 +331,7 @@ impl Generator {
             &actor,
             ToolListed {
                 request_id: format!("req_{n:016x}00"),
+                trace_id: None,
                 resource: resource.into(),
                 user_id: Some(user.clone()),
                 client_id: Some(client.clone()),
@@ -378,6 +379,7 @@ impl Generator {
                     &actor,
                     AuthorizationDenied {
                         request_id: request_id.clone(),
+                        trace_id: None,
                         resource: resource.into(),
                         user_id: Some(user.clone()),
                         client_id: Some(client.clone()),
@@ -395,6 +397,7 @@ impl Generator {
                     &actor,
                     ToolCallStarted {
                         request_id: request_id.clone(),
+                        trace_id: None,
                         resource: resource.into(),
                         tool: tool.into(),
                         user_id: Some(user.clone()),
@@ -415,6 +418,7 @@ impl Generator {
                 &actor,
                 ToolCalled {
                     request_id,
+                    trace_id: None,
                     resource: resource.into(),
                     tool: tool.into(),
                     user_id: Some(user.clone()),

@@ -14,6 +14,7 @@ use futures::StreamExt;
 use grantline_gateway::{authority, jsonrpc};
 use grantline_ledger::{NewEvent, ToolOutcome};
 use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
 
 /// The request as it goes upstream.
 pub struct Outgoing {
@@ -35,17 +36,22 @@ pub async fn run(
 ) -> Response {
     let (tx, rx) = oneshot::channel();
     let tracker = audit.app.exchanges.clone();
-    tracker.spawn(async move {
-        if let Some(start) = start
-            && audit.record(vec![start]).await.is_err()
-        {
-            // What cannot be recorded is not done: the upstream never sees this call.
-            let _ = tx.send(unavailable());
-            return;
+    // In the request's span, so that the upstream call and the appends are its children (and
+    // the `traceparent` sent upstream names the request's trace).
+    tracker.spawn(
+        async move {
+            if let Some(start) = start
+                && audit.record(vec![start]).await.is_err()
+            {
+                // What cannot be recorded is not done: the upstream never sees this call.
+                let _ = tx.send(unavailable());
+                return;
+            }
+            let answer = exchange(audit, out, watched).await;
+            let _ = tx.send(answer);
         }
-        let answer = exchange(audit, out, watched).await;
-        let _ = tx.send(answer);
-    });
+        .in_current_span(),
+    );
     rx.await.unwrap_or_else(|_| {
         (StatusCode::BAD_GATEWAY, "the gateway lost this exchange").into_response()
     })
@@ -170,97 +176,101 @@ fn pump(
 ) -> Response {
     let (parts, body) = resp.into_parts();
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(16);
-    tokio::spawn(async move {
-        let mut upstream = body.into_data_stream();
-        let mut buf: Vec<u8> = Vec::new();
-        let mut settled = false;
-        let mut reading = true;
-        let broken = |why: &str| std::io::Error::other(why.to_string());
-        loop {
-            while let Some(end) = sse::event_end(&buf) {
-                let mut event: Vec<u8> = buf.drain(..end).collect();
-                if sse::answers_other(true, &event, watched.id()) {
-                    // A stream answers one request: an answer to another is not passed on.
-                    tracing::warn!("dropped an upstream answer to another request id");
-                    continue;
-                }
-                if !settled && sse::answers(true, &event, watched.id()) {
-                    settled = true;
-                    let (out, record) = settle(&audit, &mount, &watched, true, &event, false);
-                    if audit.record(vec![record]).await.is_err() {
-                        let _ = tx
-                            .send(Err(broken("the audit ledger cannot record this call")))
-                            .await;
-                        return;
+    // In the request's span (see `run`): the appends it makes are the request's children.
+    tokio::spawn(
+        async move {
+            let mut upstream = body.into_data_stream();
+            let mut buf: Vec<u8> = Vec::new();
+            let mut settled = false;
+            let mut reading = true;
+            let broken = |why: &str| std::io::Error::other(why.to_string());
+            loop {
+                while let Some(end) = sse::event_end(&buf) {
+                    let mut event: Vec<u8> = buf.drain(..end).collect();
+                    if sse::answers_other(true, &event, watched.id()) {
+                        // A stream answers one request: an answer to another is not passed on.
+                        tracing::warn!("dropped an upstream answer to another request id");
+                        continue;
                     }
-                    event = out;
-                }
-                // A caller that stops reading must not hold up the record: until the answer is
-                // settled, the deadline bounds the wait too.
-                if reading {
-                    let sent = if settled {
-                        tx.send(Ok(Bytes::from(event))).await.is_ok()
-                    } else {
-                        matches!(
-                            tokio::time::timeout_at(deadline, tx.send(Ok(Bytes::from(event))))
-                                .await,
-                            Ok(Ok(()))
-                        )
-                    };
-                    reading = sent;
-                }
-                if settled && !reading {
-                    return;
-                }
-            }
-            if buf.len() > MAX_BUFFERED {
-                let why = "an event from the MCP server is over the size limit";
-                if !settled {
-                    let _ = audit.record(vec![failure(&audit, &watched, why)]).await;
-                }
-                let _ = tx.send(Err(broken(why))).await;
-                return;
-            }
-            let next = if settled {
-                // Recorded: pass the rest on while the caller listens.
-                tokio::select! {
-                    next = upstream.next() => next,
-                    _ = tx.closed() => return,
-                }
-            } else {
-                match tokio::time::timeout_at(deadline, upstream.next()).await {
-                    Ok(next) => next,
-                    Err(_) => {
-                        let why = "the MCP server did not answer in time";
-                        let _ = audit.record(vec![failure(&audit, &watched, why)]).await;
-                        let _ = tx.send(Err(broken(why))).await;
+                    if !settled && sse::answers(true, &event, watched.id()) {
+                        settled = true;
+                        let (out, record) = settle(&audit, &mount, &watched, true, &event, false);
+                        if audit.record(vec![record]).await.is_err() {
+                            let _ = tx
+                                .send(Err(broken("the audit ledger cannot record this call")))
+                                .await;
+                            return;
+                        }
+                        event = out;
+                    }
+                    // A caller that stops reading must not hold up the record: until the answer is
+                    // settled, the deadline bounds the wait too.
+                    if reading {
+                        let sent = if settled {
+                            tx.send(Ok(Bytes::from(event))).await.is_ok()
+                        } else {
+                            matches!(
+                                tokio::time::timeout_at(deadline, tx.send(Ok(Bytes::from(event))))
+                                    .await,
+                                Ok(Ok(()))
+                            )
+                        };
+                        reading = sent;
+                    }
+                    if settled && !reading {
                         return;
                     }
                 }
-            };
-            match next {
-                Some(Ok(chunk)) => buf.extend_from_slice(&chunk),
-                Some(Err(e)) => {
+                if buf.len() > MAX_BUFFERED {
+                    let why = "an event from the MCP server is over the size limit";
                     if !settled {
-                        let why = format!("the stream broke: {e}");
-                        let _ = audit.record(vec![failure(&audit, &watched, &why)]).await;
-                    }
-                    let _ = tx.send(Err(broken("the MCP server's stream broke"))).await;
-                    return;
-                }
-                None => {
-                    if !settled {
-                        let why = "the stream ended without an answer";
                         let _ = audit.record(vec![failure(&audit, &watched, why)]).await;
                     }
-                    if reading && !buf.is_empty() {
-                        let _ = tx.send(Ok(Bytes::from(buf))).await;
-                    }
+                    let _ = tx.send(Err(broken(why))).await;
                     return;
+                }
+                let next = if settled {
+                    // Recorded: pass the rest on while the caller listens.
+                    tokio::select! {
+                        next = upstream.next() => next,
+                        _ = tx.closed() => return,
+                    }
+                } else {
+                    match tokio::time::timeout_at(deadline, upstream.next()).await {
+                        Ok(next) => next,
+                        Err(_) => {
+                            let why = "the MCP server did not answer in time";
+                            let _ = audit.record(vec![failure(&audit, &watched, why)]).await;
+                            let _ = tx.send(Err(broken(why))).await;
+                            return;
+                        }
+                    }
+                };
+                match next {
+                    Some(Ok(chunk)) => buf.extend_from_slice(&chunk),
+                    Some(Err(e)) => {
+                        if !settled {
+                            let why = format!("the stream broke: {e}");
+                            let _ = audit.record(vec![failure(&audit, &watched, &why)]).await;
+                        }
+                        let _ = tx.send(Err(broken("the MCP server's stream broke"))).await;
+                        return;
+                    }
+                    None => {
+                        if !settled {
+                            let why = "the stream ended without an answer";
+                            let _ = audit.record(vec![failure(&audit, &watched, why)]).await;
+                        }
+                        if reading && !buf.is_empty() {
+                            let _ = tx.send(Ok(Bytes::from(buf))).await;
+                        }
+                        return;
+                    }
                 }
             }
         }
-    });
+        .in_current_span(),
+    );
     let stream = futures::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|item| (item, rx))
     });

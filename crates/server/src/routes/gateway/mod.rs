@@ -132,13 +132,28 @@ impl Request<'_> {
         let scope = self
             .needed_scope(&mount, &assertion, watched.as_ref())
             .await;
-        let quota = self.rate_limit(
-            &caller,
-            &resource.id,
-            &mount,
-            scope.as_deref(),
-            watched.as_ref(),
-        )?;
+        // The gateway's own decision (rate limits, then the two layers of authority) is the
+        // request's `decide` span, as an OAuth decision is in `App::run`.
+        let decide = tracing::info_span!("decide", attempt = 1);
+        let quota = decide.in_scope(|| {
+            self.rate_limit(
+                &caller,
+                &resource.id,
+                &mount,
+                scope.as_deref(),
+                watched.as_ref(),
+            )
+        })?;
+        let checked = match (&watched, &scope) {
+            (Some(Watched::Call(call)), Some(scope)) => {
+                let mounts = self.app.mounts();
+                Some(decide.in_scope(|| {
+                    authority::check_call(&caller, &mounts.roles, &mount.name, &call.tool, scope)
+                }))
+            }
+            _ => None,
+        };
+        drop(decide);
         let audit = Audit {
             app: self.app.clone(),
             ctx: self.ctx.clone(),
@@ -155,15 +170,8 @@ impl Request<'_> {
             identity: assertion,
         };
         let mut r = match (watched, scope) {
-            (Some(Watched::Call(call)), Some(scope)) => {
-                let mounts = self.app.mounts();
-                if let Err(mut d) = authority::check_call(
-                    &caller,
-                    &mounts.roles,
-                    &out.mount.name,
-                    &call.tool,
-                    &scope,
-                ) {
+            (Some(Watched::Call(call)), Some(_)) => {
+                if let Some(Err(mut d)) = checked {
                     if d.kind == grantline_gateway::DenialKind::InsufficientScope {
                         d.required_scopes = authority::step_up_scopes(
                             &caller,

@@ -41,6 +41,7 @@ impl Audit {
     fn request(&self) -> Request<'_> {
         Request {
             request_id: &self.ctx.request_id,
+            trace_id: self.ctx.trace_id.as_deref(),
             resource: &self.resource,
             caller: &self.caller,
             session_id: self.session_id.as_deref(),
