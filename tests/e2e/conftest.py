@@ -14,7 +14,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import requests
@@ -135,17 +137,59 @@ refresh_grace = 2
 """
 
 
+class Receiver:
+    """A local HTTP receiver (an OTLP collector's or a SIEM's stand-in): answers every POST
+    with 200 and keeps (path, content type, body) of each."""
+
+    def __init__(self):
+        self.bodies = []
+        received = self.bodies
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("content-length", 0)))
+                received.append((self.path, self.headers.get("content-type"), body))
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.end_headers()
+                self.wfile.write(b"{}")
+
+            def log_message(self, *args):
+                pass
+
+        self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.http.server_address[1]}"
+        threading.Thread(target=self.http.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.http.shutdown()
+
+
 @pytest.fixture
 def mcp_server(tmp_path):
     (tmp_path / "data").mkdir(exist_ok=True)
-    # Prometheus scrapes /metrics on an address of its own.
+    # Prometheus scrapes /metrics on an address of its own; a SIEM takes pushed events.
     metrics_port = free_port()
-    config = MCP_CONFIG + f'\n[metrics]\nlisten = "127.0.0.1:{metrics_port}"\n'
+    siem = Receiver()
+    (tmp_path / "webhook.secret").write_text("whsec-e2e-3c1d9a7f2b6e4085\n")
+    config = MCP_CONFIG + f'''
+[metrics]
+listen = "127.0.0.1:{metrics_port}"
+
+[[audit.sinks]]
+name = "siem"
+kind = "webhook"
+url = "{siem.url}/events"
+format = "jsonl"
+secret_file = "{tmp_path / 'webhook.secret'}"
+'''
     s = Server(tmp_path / "data", tmp_path / "server.log", config)
     s.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+    s.siem = siem
     s.start()
     yield s
     s.stop()
+    siem.stop()
 
 
 class Upstream:

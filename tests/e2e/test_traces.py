@@ -5,51 +5,27 @@ the upstream call, made in a task of its own); a trusted proxy's `traceparent` i
 parent of the request span; the upstream MCP server receives the trace; and the event's request
 metadata holds the trace id."""
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import requests
 
-from conftest import Server, Upstream, free_port
+from conftest import Receiver, Server, Upstream
 from test_backup import grantline
 
 SECRET = "e2e-trace-service-secret-6d1f-93ab20c4e7d1"
 CALL_REQUEST_ID = "trace-test-tools-call-1"
 
 
-class Receiver:
-    """An OTLP/HTTP receiver: keeps every span it is sent."""
-
-    def __init__(self):
-        self.bodies = []
-        received = self.bodies
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers.get("content-length", 0)))
-                received.append((self.path, self.headers.get("content-type"), body))
-                self.send_response(200)
-                self.send_header("content-type", "application/json")
-                self.end_headers()
-                self.wfile.write(b"{}")
-
-            def log_message(self, *args):
-                pass
-
-        self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.http.server_address[1]}"
-        threading.Thread(target=self.http.serve_forever, daemon=True).start()
-
-    def spans(self):
-        out = []
-        for path, ctype, body in self.bodies:
-            assert path == "/v1/traces" and ctype.startswith("application/json"), (path, ctype)
-            for rs in json.loads(body)["resourceSpans"]:
-                service = {a["key"]: a["value"] for a in rs["resource"]["attributes"]}
-                assert service["service.name"] == {"stringValue": "grantline"}, service
-                for ss in rs["scopeSpans"]:
-                    out.extend(ss["spans"])
-        return out
+def spans_of(receiver):
+    """Every span an OTLP/HTTP (JSON) receiver was sent."""
+    out = []
+    for path, ctype, body in receiver.bodies:
+        assert path == "/v1/traces" and ctype.startswith("application/json"), (path, ctype)
+        for rs in json.loads(body)["resourceSpans"]:
+            service = {a["key"]: a["value"] for a in rs["resource"]["attributes"]}
+            assert service["service.name"] == {"stringValue": "grantline"}, service
+            for ss in rs["scopeSpans"]:
+                out.extend(ss["spans"])
+    return out
 
 
 def descends(span, ancestor, by_id):
@@ -121,9 +97,9 @@ secret_env = "GRANTLINE_E2E_SVC_SECRET"
     finally:
         server.stop()
         upstream.stop()
-    receiver.http.shutdown()
+    receiver.stop()
 
-    spans = receiver.spans()
+    spans = spans_of(receiver)
     by_id = {s["spanId"]: s for s in spans}
     requests_ = [s for s in spans if s["name"] == "request"]
     token_span = next(s for s in requests_ if attrs(s).get("route") == "/oauth/token")

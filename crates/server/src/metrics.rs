@@ -245,7 +245,8 @@ impl Metrics {
         );
         r.register(
             "rate_limit_refusals",
-            "Gateway requests refused over a rate limit, by resource and bucket",
+            "Requests refused over a rate limit: the gateway's by resource and bucket, the \
+             server's own (registration, client_documents, sign_in) with an empty resource",
             m.rate_limited.clone(),
         );
         r.register(
@@ -429,6 +430,18 @@ impl Metrics {
         self.upstream_duration
             .get_or_create(&ResourceLabels { resource })
             .observe(started.elapsed().as_secs_f64());
+    }
+
+    /// A request refused over one of the server's own per-address or per-account limits
+    /// (`bucket` is `registration`, `client_documents` or `sign_in`; `resource` is empty, as
+    /// no resource is involved).
+    pub fn throttled(&self, bucket: &'static str) {
+        self.rate_limited
+            .get_or_create(&BucketLabels {
+                resource: String::new(),
+                bucket,
+            })
+            .inc();
     }
 
     /// A gateway request refused over a rate limit.

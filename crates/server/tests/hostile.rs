@@ -181,6 +181,16 @@ async fn registrations_are_limited_per_address() {
         3 + 2,
         "three registered, plus the two configured clients"
     );
+    // Operators see the refusal in the metrics, apart from the gateway's own limits.
+    let text = s.app.render_metrics(false).await.unwrap();
+    assert_eq!(
+        series(
+            &text,
+            r#"grantline_rate_limit_refusals_total{resource="",bucket="registration"}"#
+        ),
+        Some(1.0),
+        "{text}"
+    );
     s.stop().await;
 }
 
@@ -242,6 +252,16 @@ async fn password_checks_from_one_address_are_throttled_whatever_the_usernames()
     let r = sign_in(&s, "someone-else", "guess").await;
     assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
     assert!(r.headers().get("retry-after").is_some());
+    // Every refusal over the limit, on the API and on the page, is counted.
+    let text = s.app.render_metrics(false).await.unwrap();
+    assert_eq!(
+        series(
+            &text,
+            r#"grantline_rate_limit_refusals_total{resource="",bucket="sign_in"}"#
+        ),
+        Some(limited as f64 + 1.0),
+        "{text}"
+    );
     // Over-long credentials are refused before any hash is computed.
     let r = browser()
         .get(s.url("/admin/api/clients"))

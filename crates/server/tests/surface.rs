@@ -681,6 +681,7 @@ grantline_store::backend_tests! {
         let (s, _d) = server_with(&db, |c| {
             c.metadata_documents.allow_private_addresses = true;
             c.metadata_documents.allow_http = true;
+            c.metadata_documents.per_address_per_hour = 2;
         })
         .await;
         let resource = s.resource();
@@ -717,6 +718,30 @@ grantline_store::backend_tests! {
             "{text}"
         );
         assert!(!s.app.projection.read().clients.contains_key(&mismatched));
+        // Two new documents from this address this hour: a third is not fetched, and the
+        // refusal is counted for the operator.
+        let third = serve_document(|url| {
+            serde_json::json!({
+                "client_id": url, "client_name": "Third", "redirect_uris": [REDIRECT],
+                "token_endpoint_auth_method": "none",
+            })
+        })
+        .await;
+        let params = q(&third, &challenge, &resource);
+        let p: Vec<(&str, &str)> = params.iter().map(|(a, b)| (*a, b.as_str())).collect();
+        let r = b.get(authorize_url(&s, &p)).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert!(r.headers().contains_key("retry-after"));
+        assert!(!s.app.projection.read().clients.contains_key(&third));
+        let text = s.app.render_metrics(false).await.unwrap();
+        assert_eq!(
+            series(
+                &text,
+                r#"grantline_rate_limit_refusals_total{resource="",bucket="client_documents"}"#
+            ),
+            Some(1.0),
+            "{text}"
+        );
         s.stop().await;
     }
 

@@ -147,6 +147,7 @@ pub(crate) async fn basic_user(
     if let crate::throttle::Verdict::Limited { retry_after, .. } =
         app.login_throttle.check(user, address, now)
     {
+        app.metrics.throttled("sign_in");
         return Err(too_many(retry_after));
     }
     let outcome = app

@@ -120,6 +120,7 @@ async fn ensure_document_client(
             .document_intake
             .hit(ctx.source_ip.as_deref(), app.now().0 / 1_000_000)
     {
+        app.metrics.throttled("client_documents");
         let mut r = pages::error(
             StatusCode::TOO_MANY_REQUESTS,
             "Too many new applications",

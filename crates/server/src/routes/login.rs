@@ -140,6 +140,7 @@ pub async fn submit(
         .login_throttle
         .attempt(username, address.as_deref(), now_secs)
     {
+        app.metrics.throttled("sign_in");
         if record {
             let user_id = app
                 .credentials

@@ -32,6 +32,7 @@ async fn handle(
         .registrations
         .hit(ctx.source_ip.as_deref(), app.now().0 / 1_000_000)
     {
+        app.metrics.throttled("registration");
         return Ok(crate::http::too_many_requests(
             retry_after,
             "too many registrations from this address; try again later",
