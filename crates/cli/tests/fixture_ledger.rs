@@ -286,7 +286,8 @@ async fn fixture_in_postgresql(name: &str) -> Option<TestDb> {
     .fetch_all(src)
     .await
     .unwrap();
-    let checkpoints: Vec<(i64, i64, Vec<u8>, String, Vec<u8>)> =
+    type Checkpoint = (i64, i64, Vec<u8>, String, Vec<u8>);
+    let checkpoints: Vec<Checkpoint> =
         sqlx::query_as("SELECT time, tree_size, root, note, frontier FROM checkpoints ORDER BY id")
             .fetch_all(src)
             .await
