@@ -19,7 +19,7 @@ use tantivy::tokenizer::{LowerCaser, RawTokenizer, TextAnalyzer};
 use tantivy::{Index, IndexReader, Order, ReloadPolicy, TantivyDocument, Term};
 
 /// Bumped whenever the schema or the mapping changes: an index of another version is rebuilt.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// What can go wrong with the index.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +65,7 @@ pub(crate) struct Fields {
     pub scope: Field,
     pub error: Field,
     pub request: Field,
+    pub trace: Field,
     pub user_agent: Field,
     pub id: Field,
     pub subject: Field,
@@ -103,6 +104,7 @@ pub(crate) fn schema() -> (Schema, Fields) {
     let scope = k(&mut b, "scope");
     let error = k(&mut b, "error_code");
     let request = k(&mut b, "request_id");
+    let trace = k(&mut b, "trace_id");
     let user_agent = k(&mut b, "user_agent");
     let id = k(&mut b, "id");
     let subject = k(&mut b, "subject");
@@ -127,6 +129,7 @@ pub(crate) fn schema() -> (Schema, Fields) {
         scope,
         error,
         request,
+        trace,
         user_agent,
         id,
         subject,
@@ -283,6 +286,7 @@ impl AuditIndex {
         opt(&mut d, f.tool, &r.tool);
         opt(&mut d, f.error, &r.error_code);
         opt(&mut d, f.request, &r.request_id);
+        opt(&mut d, f.trace, &r.trace_id);
         opt(&mut d, f.user_agent, &r.user_agent);
         for s in &r.scopes {
             d.add_text(f.scope, s);
@@ -327,6 +331,7 @@ impl AuditIndex {
             Q::Scope => vec![f.scope],
             Q::Error => vec![f.error],
             Q::Request => vec![f.request],
+            Q::Trace => vec![f.trace],
             Q::UserAgent => vec![f.user_agent],
             Q::Id => vec![f.id],
             Q::Subject => vec![f.subject],

@@ -144,6 +144,14 @@ impl Indexer {
                 me.restore_directory()?;
             }
             (true, None) => {}
+            (false, Some(c)) if c.schema != SCHEMA_VERSION => {
+                tracing::warn!(
+                    from = c.schema,
+                    to = SCHEMA_VERSION,
+                    "the audit index was built for another version of its schema; rebuilding it"
+                );
+                me.clear().await?;
+            }
             (false, c) => {
                 tracing::warn!(
                     cursor = ?c.map(|c| c.seq),

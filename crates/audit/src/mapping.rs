@@ -240,6 +240,7 @@ fn request(
 ) {
     if let Some(m) = m {
         r.request_id = some(&m.request_id);
+        r.trace_id = m.trace_id.clone();
         r.source_ip = opened(o, &m.source_ip, subjects);
         r.user_agent = opened(o, &m.user_agent, subjects);
     }
@@ -560,6 +561,7 @@ pub fn map(event: &Recorded, dir: &mut impl Names, o: &mut dyn Opener) -> AuditR
         }
         Payload::ToolListed(e) => {
             r.request_id = some(&e.request_id);
+            r.trace_id = e.trace_id.clone();
             r.user_id = e.user_id.clone();
             r.client_id = e.client_id.clone();
             r.resource = some(&e.resource);
@@ -569,6 +571,7 @@ pub fn map(event: &Recorded, dir: &mut impl Names, o: &mut dyn Opener) -> AuditR
         }
         Payload::ToolCallStarted(e) => {
             r.request_id = some(&e.request_id);
+            r.trace_id = e.trace_id.clone();
             r.user_id = e.user_id.clone();
             r.client_id = e.client_id.clone();
             r.resource = some(&e.resource);
@@ -580,6 +583,7 @@ pub fn map(event: &Recorded, dir: &mut impl Names, o: &mut dyn Opener) -> AuditR
         }
         Payload::ToolCalled(e) => {
             r.request_id = some(&e.request_id);
+            r.trace_id = e.trace_id.clone();
             r.user_id = e.user_id.clone();
             r.client_id = e.client_id.clone();
             r.resource = some(&e.resource);
@@ -602,6 +606,7 @@ pub fn map(event: &Recorded, dir: &mut impl Names, o: &mut dyn Opener) -> AuditR
         }
         Payload::AuthorizationDenied(e) => {
             r.request_id = some(&e.request_id);
+            r.trace_id = e.trace_id.clone();
             r.user_id = e.user_id.clone();
             r.client_id = e.client_id.clone();
             r.resource = some(&e.resource);

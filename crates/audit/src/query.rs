@@ -36,6 +36,8 @@ pub enum Field {
     Scope,
     Error,
     Request,
+    /// `trace:` matches the W3C trace id of the request an event came from.
+    Trace,
     UserAgent,
     Id,
     /// The subject whose key seals personal data in the event (`user:<id>`, `anon:<day>`).
@@ -66,6 +68,7 @@ impl Field {
         ("scope", Field::Scope),
         ("error", Field::Error),
         ("request", Field::Request),
+        ("trace", Field::Trace),
         ("ua", Field::UserAgent),
         ("user_agent", Field::UserAgent),
         ("id", Field::Id),

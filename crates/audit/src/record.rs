@@ -139,6 +139,9 @@ pub struct AuditRecord {
     pub error_code: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
+    /// The W3C trace id of that request, when it was traced: the event leads to its trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
     /// The caller's address (personal).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_ip: Option<String>,

@@ -31,6 +31,7 @@ pub fn values(r: &AuditRecord, f: Field) -> Vec<String> {
         Field::Scope => r.scopes.iter().map(|s| s.to_lowercase()).collect(),
         Field::Error => one(&r.error_code),
         Field::Request => one(&r.request_id),
+        Field::Trace => one(&r.trace_id),
         Field::UserAgent => one(&r.user_agent),
         Field::Id => vec![r.id.to_lowercase()],
         Field::Subject => r.subjects.iter().map(|s| s.to_lowercase()).collect(),

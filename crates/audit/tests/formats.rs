@@ -245,6 +245,7 @@ fn csv_cells_are_quoted_and_formulas_neutralised() {
 fn jsonl_is_the_event_as_recorded_and_ecs_has_what_a_siem_keys_on() {
     let history = history();
     let mut dir = Directory::default();
+    let mut traced = 0;
     for r in &history {
         let item = build_item(r, &mut dir, &mut SampleKey, None);
         let j: Value = serde_json::from_str(&Format::Jsonl.line(&item)).unwrap();
@@ -262,7 +263,14 @@ fn jsonl_is_the_event_as_recorded_and_ecs_has_what_a_siem_keys_on() {
             ["success", "failure", "unknown"].contains(&e["event"]["outcome"].as_str().unwrap())
         );
         assert!(e["@timestamp"].as_str().unwrap().ends_with('Z'));
+        // ECS's `trace.id` (how Elastic links a log line to its trace) where the event has one.
+        let trace = j["payload"]
+            .get("trace_id")
+            .or_else(|| j["payload"].get("request").and_then(|r| r.get("trace_id")));
+        assert_eq!(e.get("trace").map(|t| &t["id"]), trace, "{}", j["kind"]);
+        traced += usize::from(trace.is_some());
     }
+    assert!(traced >= 5, "{traced} traced events in the samples");
     // Opened, the samples' address and agent appear; redacted, they do not.
     let opened = lines(Format::Jsonl, None).join("\n");
     assert!(opened.contains("198.51.100.7") && opened.contains("python-httpx/0.28"));

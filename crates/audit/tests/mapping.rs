@@ -19,6 +19,7 @@ impl Opener for SampleKey {
 fn every_kind_maps_to_a_record_that_keeps_its_ids() {
     let mut dir = Directory::default();
     let mut kinds = std::collections::BTreeSet::new();
+    let mut traced = 0;
     for (i, p) in samples::all().into_iter().enumerate() {
         let envelope = samples::envelope(i as u64 + 1, p);
         let payload = serde_json::to_value(&envelope).unwrap()["payload"].clone();
@@ -61,6 +62,14 @@ fn every_kind_maps_to_a_record_that_keeps_its_ids() {
         if has("request_id") {
             assert!(rec.request_id.is_some(), "{kind:?}: request id");
         }
+        // The trace id, in request metadata or beside a gateway event's request id, leads
+        // from the record to the request's trace.
+        let trace = payload
+            .get("trace_id")
+            .or_else(|| payload.get("request").and_then(|r| r.get("trace_id")))
+            .and_then(Value::as_str);
+        assert_eq!(rec.trace_id.as_deref(), trace, "{kind:?}: trace id");
+        traced += usize::from(trace.is_some());
         // Addresses and agents come opened (no sealed value left, none read as erased).
         for (field, got) in [
             ("source_ip", &rec.source_ip),
@@ -96,4 +105,5 @@ fn every_kind_maps_to_a_record_that_keeps_its_ids() {
     ] {
         assert!(kinds.iter().any(|x| x.as_str() == k), "{k}");
     }
+    assert!(traced >= 5, "{traced} samples with a trace id");
 }

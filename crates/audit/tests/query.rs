@@ -91,6 +91,11 @@ fn trail() -> Vec<AuditRecord> {
             if seq == 33 {
                 r.intent = Some("summarise the quarterly report".into());
             }
+            // A traced request whose start and outcome were both recorded.
+            if seq == 40 || seq == 41 {
+                r.request_id = Some("req-40".into());
+                r.trace_id = Some("4bf92f3577b34da6a3ce929d0e0e4736".into());
+            }
         }));
     }
     v
@@ -223,6 +228,14 @@ fn each_construct_selects_what_it_says_and_the_index_agrees_with_a_scan() {
     expect("seq:>50", &|r| r.seq > 50);
     expect("seq:<=3", &|r| r.seq <= 3);
     expect("seq:42", &|r| r.seq == 42);
+    expect("trace:4bf92f3577b34da6a3ce929d0e0e4736", &|r| {
+        r.seq == 40 || r.seq == 41
+    });
+    expect("trace:4BF92F3577B34DA6A3CE929D0E0E4736", &|r| {
+        r.seq == 40 || r.seq == 41
+    });
+    expect("trace:*", &|r| r.trace_id.is_some());
+    expect("request:req-40", &|r| r.seq == 40 || r.seq == 41);
 }
 
 #[test]

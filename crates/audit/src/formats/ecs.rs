@@ -118,6 +118,10 @@ pub fn record(item: &ExportItem) -> Value {
     if let Some(req) = &r.request_id {
         v["http"] = json!({"request": {"id": req}});
     }
+    // ECS's own field for the trace a log line belongs to: Elastic APM links the two by it.
+    if let Some(trace) = &r.trace_id {
+        v["trace"] = json!({"id": trace});
+    }
     if let Some(e) = &r.error_code {
         v["error"] = json!({"code": e});
     }
