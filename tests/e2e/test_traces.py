@@ -3,7 +3,7 @@ local OTLP/HTTP receiver (this test's, JSON encoding); the request span has its 
 append children, a gateway call its upstream child (a tool call its decide, both appends and
 the upstream call, made in a task of its own); a trusted proxy's `traceparent` is the
 parent of the request span; the upstream MCP server receives the trace; and the event's request
-metadata holds the trace id."""
+metadata holds the trace id, by which the audit search finds it."""
 import json
 
 import requests
@@ -147,6 +147,13 @@ secret_env = "GRANTLINE_E2E_SVC_SECRET"
         event = [json.loads(l) for l in out.splitlines() if l.strip()][-1]["payload"]
         assert event["request_id"] == CALL_REQUEST_ID, event
         assert event["trace_id"] == call_span["traceId"], event
+    # And a responder holding the trace finds those events in the audit trail.
+    out = grantline("--data-dir", str(server.data_dir), "audit", "search",
+                    f"trace:{call_span['traceId']}", "--format", "json", "--asc",
+                    env={"GRANTLINE_E2E_SVC_SECRET": SECRET}).stdout
+    found = json.loads(out)["results"]
+    assert [r["kind"] for r in found] == ["tool.call_started", "tool.called"], found
+    assert all(r["trace_id"] == call_span["traceId"] for r in found), found
 
     # The event leads to its trace.
     out = grantline("--data-dir", str(server.data_dir), "events", "--kind", "token.issued", "--json",
