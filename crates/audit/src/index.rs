@@ -30,6 +30,12 @@ pub enum IndexError {
     Directory(String),
     #[error("audit index holds a record that does not decode: {0}")]
     Record(String),
+    #[error(
+        "the audit index in {0} was built by another version of Grantline, and a running \
+         process holds it: restart that server (it rebuilds the index on start), or stop it and \
+         try again"
+    )]
+    HeldWithAnotherSchema(String),
 }
 
 impl IndexError {
@@ -38,6 +44,7 @@ impl IndexError {
         matches!(
             self,
             IndexError::Tantivy(tantivy::TantivyError::LockFailure(..))
+                | IndexError::HeldWithAnotherSchema(_)
         )
     }
 }
@@ -190,7 +197,9 @@ impl AuditIndex {
     }
 
     /// Opens the index in `dir`, creating it when absent. An index written with another
-    /// schema is removed and created empty (it is rebuilt from the ledger).
+    /// schema is removed and created empty (it is rebuilt from the ledger) — unless another
+    /// process (a server of the version before an upgrade) is writing it, which is
+    /// [`IndexError::HeldWithAnotherSchema`] and leaves it alone.
     pub fn open(dir: &Path) -> Result<AuditIndex, IndexError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| IndexError::Directory(format!("{}: {e}", dir.display())))?;
@@ -198,7 +207,18 @@ impl AuditIndex {
         if dir.join("meta.json").exists() {
             match Index::open_in_dir(dir) {
                 Ok(index) if index.schema() == schema => return Self::wrap(index, fields),
-                Ok(_) => {
+                Ok(index) => {
+                    // Taking the writer's lock (and letting it go) tells whether anyone
+                    // still writes this index; removing it under them would lose their work.
+                    match index.writer_with_num_threads::<TantivyDocument>(1, 15 << 20) {
+                        Ok(writer) => drop(writer),
+                        Err(tantivy::TantivyError::LockFailure(..)) => {
+                            return Err(IndexError::HeldWithAnotherSchema(
+                                dir.display().to_string(),
+                            ));
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
                     tracing::warn!(dir = %dir.display(), "audit index has another schema; rebuilding it")
                 }
                 Err(e) => {

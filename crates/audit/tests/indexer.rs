@@ -183,3 +183,39 @@ backend_tests! {
         ledger.shutdown().await;
     }
 }
+
+/// After an upgrade that changes the index's schema, the index of the version before is rebuilt
+/// — but never removed while a process (that version's server, still running) writes it: the
+/// caller is told why, and the files stay. Once that writer is gone, opening rebuilds it.
+#[test]
+fn an_index_of_another_schema_is_rebuilt_but_not_while_another_process_writes_it() {
+    use tantivy::schema::{STRING, Schema};
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = Schema::builder();
+    b.add_text_field("an_older_field", STRING);
+    let old = tantivy::Index::create_in_dir(dir.path(), b.build()).unwrap();
+    let writer = old
+        .writer_with_num_threads::<tantivy::TantivyDocument>(1, 15 << 20)
+        .unwrap();
+
+    let e = AuditIndex::open(dir.path())
+        .err()
+        .expect("the held index is left alone");
+    assert!(e.is_lock_busy(), "{e}");
+    assert!(e.to_string().contains("another version"), "{e}");
+    let still = tantivy::Index::open_in_dir(dir.path()).unwrap();
+    assert!(still.schema().get_field("an_older_field").is_ok());
+
+    drop(writer);
+    let index = AuditIndex::open(dir.path()).unwrap();
+    assert!(
+        index
+            .search(&grantline_audit::Expr::All, SortOrder::Asc, None, 10)
+            .unwrap()
+            .records
+            .is_empty()
+    );
+    let now = tantivy::Index::open_in_dir(dir.path()).unwrap();
+    assert!(now.schema().get_field("an_older_field").is_err());
+    assert!(now.schema().get_field("trace_id").is_ok());
+}

@@ -44,7 +44,14 @@ impl AuditService {
                 name.push(format!("-{n}"));
                 dir.with_file_name(name)
             };
-            let index = AuditIndex::open(&candidate)?;
+            let index = match AuditIndex::open(&candidate) {
+                Ok(index) => index,
+                Err(e) if e.is_lock_busy() => {
+                    last = Some(e);
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
             match Indexer::open(
                 index.clone(),
                 store,
