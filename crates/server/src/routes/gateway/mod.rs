@@ -171,7 +171,16 @@ impl Request<'_> {
         };
         let mut r = match (watched, scope) {
             (Some(Watched::Call(call)), Some(_)) => {
-                if let Some(Err(mut d)) = checked {
+                let denied = match checked {
+                    Some(Ok(())) => None,
+                    Some(Err(d)) => Some(d),
+                    None => {
+                        // Checked above for every call with a scope; fail closed if not.
+                        tracing::error!("a tool call came to be sent without its authority check");
+                        return Err(unavailable());
+                    }
+                };
+                if let Some(mut d) = denied {
                     if d.kind == grantline_gateway::DenialKind::InsufficientScope {
                         d.required_scopes = authority::step_up_scopes(
                             &caller,
