@@ -385,3 +385,38 @@ fn hard_text_survives_the_event_as_recorded_ocsf_and_ecs() {
         "{ecs}"
     );
 }
+
+/// A traced request's trace id reaches the receivers that do not take the whole event: a
+/// syslog message's structured data (`trace="…"`, beside `request="…"`) and a CSV column.
+#[test]
+fn the_trace_id_is_in_syslog_structured_data_and_a_csv_column() {
+    use grantline_audit::sinks::syslog;
+    let header = syslog::Header {
+        facility: 13,
+        hostname: "gl.example".into(),
+        app_name: "grantline".into(),
+        sd_id: syslog::DEFAULT_SD_ID.into(),
+    };
+    let column = csv::COLUMNS.iter().position(|c| *c == "trace_id").unwrap();
+    let mut dir = Directory::default();
+    let mut traced = 0;
+    for r in &history() {
+        let item = build_item(r, &mut dir, &mut SampleKey, None);
+        let message = syslog::message(&header, &item, "-");
+        let sd = &message[..message.find('\u{feff}').unwrap()];
+        let row = csv::row(&item.record);
+        let cells: Vec<&str> = row.split(',').collect();
+        match &item.record.trace_id {
+            Some(t) => {
+                traced += 1;
+                assert!(sd.contains(&format!(" trace=\"{t}\"")), "{sd}");
+                assert_eq!(cells[column], t, "{row}");
+            }
+            None => {
+                assert!(!sd.contains(" trace="), "{sd}");
+                assert_eq!(cells[column], "", "{row}");
+            }
+        }
+    }
+    assert!(traced >= 5, "{traced}");
+}

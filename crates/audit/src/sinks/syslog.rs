@@ -70,6 +70,7 @@ pub fn message(h: &Header, item: &ExportItem, msg: &str) -> String {
         ("client", &r.client_id),
         ("tool", &r.tool),
         ("request", &r.request_id),
+        ("trace", &r.trace_id),
     ] {
         if let Some(v) = v {
             sd.push_str(&format!(" {k}=\"{}\"", sd_escape(v)));
