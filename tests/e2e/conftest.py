@@ -137,18 +137,24 @@ refresh_grace = 2
 """
 
 
+WEBHOOK_SECRET = "whsec-e2e-3c1d9a7f2b6e4085"
+
+
 class Receiver:
     """A local HTTP receiver (an OTLP collector's or a SIEM's stand-in): answers every POST
-    with 200 and keeps (path, content type, body) of each."""
+    with 200 and keeps (path, content type, body) of each, and in `headers` each one's
+    headers."""
 
     def __init__(self):
         self.bodies = []
-        received = self.bodies
+        self.headers = []
+        received, headers = self.bodies, self.headers
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):
                 body = self.rfile.read(int(self.headers.get("content-length", 0)))
                 received.append((self.path, self.headers.get("content-type"), body))
+                headers.append({k.lower(): v for k, v in self.headers.items()})
                 self.send_response(200)
                 self.send_header("content-type", "application/json")
                 self.end_headers()
@@ -171,7 +177,7 @@ def mcp_server(tmp_path):
     # Prometheus scrapes /metrics on an address of its own; a SIEM takes pushed events.
     metrics_port = free_port()
     siem = Receiver()
-    (tmp_path / "webhook.secret").write_text("whsec-e2e-3c1d9a7f2b6e4085\n")
+    (tmp_path / "webhook.secret").write_text(WEBHOOK_SECRET + "\n")
     config = MCP_CONFIG + f'''
 [metrics]
 listen = "127.0.0.1:{metrics_port}"

@@ -5,6 +5,8 @@ token → initialize → tools/list → tools/call → a refresh on its own (4-s
 step-up for a write tool → the user revokes the grant → the next call is refused and the SDK
 authorizes again. Then the ledger is checked."""
 import asyncio
+import hashlib
+import hmac
 import json
 import os
 import subprocess
@@ -13,7 +15,7 @@ import time
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import ADMIN_PASSWORD, ROOT
+from conftest import ADMIN_PASSWORD, ROOT, WEBHOOK_SECRET
 from mcp_client import Browser, MemoryStorage, sdk_client, text_of
 
 REDIRECT = "http://127.0.0.1:8766/callback"
@@ -163,9 +165,16 @@ def test_official_mcp_sdk_end_to_end(mcp_server):
         assert t.access_token not in out and (t.refresh_token or "x") not in out
     assert all(c["user_id"] == carol for c in calls)
     check_metrics(scraped.text, events, storage, {carol, email, "carol"}, throttled)
-    # What the SIEM was pushed is what the ledger holds up to the scrape, in order, once each.
-    pushed = [e["seq"] for _, _, body in mcp_server.siem.bodies for e in json.loads(body)["events"]]
-    assert pushed == [e["seq"] for e in events][:len(pushed)], pushed[:20]
+    # What the SIEM was pushed is what the ledger holds up to the scrape, in order, once each,
+    # in batches signed with the shared secret (HMAC-SHA256 of "<t>.<body>").
+    pushed = []
+    for (_, _, body), headers in zip(mcp_server.siem.bodies, mcp_server.siem.headers):
+        sig = dict(p.split("=", 1) for p in headers["grantline-signature"].split(","))
+        mac = hmac.new(WEBHOOK_SECRET.encode(), sig["t"].encode() + b"." + body, hashlib.sha256)
+        assert hmac.compare_digest(mac.hexdigest(), sig["v1"]), headers
+        pushed.extend((e["seq"], e["hash"]) for e in json.loads(body)["events"])
+    ledger = [(e["seq"], e["hash"]) for e in events]
+    assert pushed == ledger[:len(pushed)], pushed[:5]
     assert len(pushed) >= value_of(scraped.text, "grantline_ledger_head_seq")
 
 
