@@ -548,6 +548,46 @@ grantline_store::backend_tests! {
         s.stop().await;
     }
 
+    async fn a_streamed_call_whose_caller_left_is_recorded_before_shutdown_ends(db: TestDb) {
+        let (up_url, up) = start_upstream().await;
+        let (s, _d) = gateway_server(&db, &up_url).await;
+        let token = token_for(&s, &s.url("/mcp/up"), "up:read").await;
+        let mut r = rpc(&s, "/mcp/up", Some(&token), call(11, "stream_tool")).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        // The caller reads the progress event and goes away; the answer is still to come.
+        let first = tokio::time::timeout(std::time::Duration::from_secs(10), r.chunk())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert!(String::from_utf8_lossy(&first).contains("notifications/progress"));
+        drop(r);
+        // The server is told to stop; the upstream answers a moment later.
+        let release = up.release.clone();
+        let answer = tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            release.notify_one();
+        });
+        s.stop().await;
+        answer.await.unwrap();
+        // Shutdown waited for the answer to be recorded: the call has its outcome.
+        let store = grantline_store::Store::connect(&db.db, false).await.unwrap();
+        let events = store.read(0, 10_000).await.unwrap();
+        let streamed = |p: &Payload| match p {
+            Payload::ToolCallStarted(c) => Some(("started", c.tool.clone())),
+            Payload::ToolCalled(c) => Some(("called", c.tool.clone())),
+            _ => None,
+        };
+        let calls: Vec<_> = events.iter().filter_map(|e| streamed(e.payload())).collect();
+        assert_eq!(
+            calls,
+            [("started", "stream_tool".to_string()), ("called", "stream_tool".to_string())],
+            "{calls:?}"
+        );
+        assert!(events.iter().any(|e| matches!(e.payload(), Payload::ToolCalled(c) if c.outcome == ToolOutcome::Ok)));
+        store.close().await;
+    }
+
     async fn revoked_tokens_and_personal_access_tokens_are_refused_on_the_next_call(db: TestDb) {
         let (up_url, _up) = start_upstream().await;
         let (s, _d) = gateway_server(&db, &up_url).await;

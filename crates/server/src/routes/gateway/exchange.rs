@@ -176,6 +176,10 @@ fn pump(
 ) -> Response {
     let (parts, body) = resp.into_parts();
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(16);
+    // Shutdown waits for this stream until its answer (or its failure) is recorded, as it
+    // waits for the exchange that began it — even when the caller has gone — but not for the
+    // rest of a stream the caller may keep open.
+    let mut recording = Some(audit.app.exchanges.token());
     // In the request's span (see `run`): the appends it makes are the request's children.
     tokio::spawn(
         async move {
@@ -202,6 +206,7 @@ fn pump(
                             return;
                         }
                         event = out;
+                        drop(recording.take());
                     }
                     // A caller that stops reading must not hold up the record: until the answer is
                     // settled, the deadline bounds the wait too.
