@@ -107,6 +107,7 @@ fn every_kind_exports_ocsf_that_the_offline_validator_accepts() {
     );
     let mut records = lines(Format::Ocsf, None);
     records.extend(lines(Format::Ocsf, Some(REDACTED)));
+    let mut traced_records = 0;
     for r in &records {
         let v: Value = serde_json::from_str(r).unwrap();
         let (c, a) = (
@@ -126,7 +127,23 @@ fn every_kind_exports_ocsf_that_the_offline_validator_accepts() {
         assert_eq!(v["class_name"], class.class_name, "{r}");
         assert_eq!(v["category_name"], class.category_name, "{r}");
         assert_eq!(v["type_name"], class.type_name(), "{r}");
+        // API Activity carries the request's trace under OCSF's trace profile.
+        let payload = &v["unmapped"]["payload"];
+        let trace = payload
+            .get("trace_id")
+            .or_else(|| payload.get("request").and_then(|m| m.get("trace_id")))
+            .filter(|_| c == 6003);
+        assert_eq!(v.get("trace").map(|t| &t["uid"]), trace, "{r}");
+        if trace.is_some() {
+            assert_eq!(
+                v["metadata"]["profiles"],
+                serde_json::json!(["trace"]),
+                "{r}"
+            );
+            traced_records += 1;
+        }
     }
+    assert!(traced_records >= 4, "{traced_records}");
     let Some((ok, output)) = validate(&records) else {
         return;
     };

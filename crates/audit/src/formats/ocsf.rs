@@ -198,12 +198,23 @@ pub fn write(item: &ExportItem, out: &mut Vec<u8>) {
     p.lit("version", VERSION);
     p.close();
     m.opt("correlation_uid", r.request_id.as_deref());
+    // API Activity takes OCSF's trace profile: the request's W3C trace, where it was traced
+    // (other classes have no place for it; it stays in the payload under `unmapped`).
+    let trace = r.trace_id.as_deref().filter(|_| c.class_uid == API.0);
+    if trace.is_some() {
+        m.raw("profiles", br#"["trace"]"#);
+    }
     m.close();
     if !finding && (r.user_agent.is_some() || r.request_id.is_some()) {
         let mut h = o.obj("http_request");
         h.opt("user_agent", r.user_agent.as_deref());
         h.opt("uid", r.request_id.as_deref());
         h.close();
+    }
+    if let Some(uid) = trace {
+        let mut t = o.obj("trace");
+        t.str("uid", uid);
+        t.close();
     }
     // A finding has no actor or endpoint of its own: those stay in `unmapped`.
     if !finding {
