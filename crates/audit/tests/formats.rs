@@ -404,9 +404,10 @@ fn hard_text_survives_the_event_as_recorded_ocsf_and_ecs() {
 }
 
 /// A traced request's trace id reaches the receivers that do not take the whole event: a
-/// syslog message's structured data (`trace="…"`, beside `request="…"`) and a CSV column.
+/// syslog message's structured data (`trace="…"`, beside `request="…"`), a CSV column and
+/// CEF's first flex string.
 #[test]
-fn the_trace_id_is_in_syslog_structured_data_and_a_csv_column() {
+fn the_trace_id_is_in_syslog_structured_data_a_csv_column_and_cef() {
     use grantline_audit::sinks::syslog;
     let header = syslog::Header {
         facility: 13,
@@ -423,15 +424,21 @@ fn the_trace_id_is_in_syslog_structured_data_and_a_csv_column() {
         let sd = &message[..message.find('\u{feff}').unwrap()];
         let row = csv::row(&item.record);
         let cells: Vec<&str> = row.split(',').collect();
+        let cef = cef::line(&item);
         match &item.record.trace_id {
             Some(t) => {
                 traced += 1;
                 assert!(sd.contains(&format!(" trace=\"{t}\"")), "{sd}");
                 assert_eq!(cells[column], t, "{row}");
+                assert!(
+                    cef.contains(&format!("flexString1Label=traceId flexString1={t}")),
+                    "{cef}"
+                );
             }
             None => {
                 assert!(!sd.contains(" trace="), "{sd}");
                 assert_eq!(cells[column], "", "{row}");
+                assert!(!cef.contains("flexString1"), "{cef}");
             }
         }
     }

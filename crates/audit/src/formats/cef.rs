@@ -95,6 +95,12 @@ pub fn line(item: &ExportItem) -> String {
             ext.push((k, v.clone()));
         }
     }
+    // CEF has no trace key and its six custom strings are taken: the trace id goes in the
+    // first flex string, labelled as the custom strings are.
+    if let Some(t) = &r.trace_id {
+        ext.push(("flexString1Label", "traceId".into()));
+        ext.push(("flexString1", t.clone()));
+    }
     if let Some(e) = &r.user_email {
         ext.push(("duser", e.clone()));
     }
