@@ -174,6 +174,33 @@ async fn rpc(s: &Server, path: &str, token: Option<&str>, body: Value) -> reqwes
     r.send().await.unwrap()
 }
 
+/// A gateway on `db` with the test upstream, and a `stream_tool` call through it whose
+/// progress event has arrived while the upstream still holds back its result (until
+/// `release`).
+async fn streamed_call(
+    db: &TestDb,
+    id: u64,
+) -> (Server, Upstream, tempfile::TempDir, reqwest::Response) {
+    let (up_url, up) = start_upstream().await;
+    let (s, d) = gateway_server(db, &up_url).await;
+    let token = token_for(&s, &s.url("/mcp/up"), "up:read").await;
+    let mut r = rpc(&s, "/mcp/up", Some(&token), call(id, "stream_tool")).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    let first = tokio::time::timeout(std::time::Duration::from_secs(10), r.chunk())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&first).contains("notifications/progress"));
+    (s, up, d, r)
+}
+
 fn call(id: u64, tool: &str) -> Value {
     json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {"name": tool, "arguments": {"text": "secret argument"}, "_meta": {"intent": "testing"}}})
 }
@@ -519,24 +546,7 @@ grantline_store::backend_tests! {
     }
 
     async fn sse_reaches_the_client_incrementally(db: TestDb) {
-        let (up_url, up) = start_upstream().await;
-        let (s, _d) = gateway_server(&db, &up_url).await;
-        let token = token_for(&s, &s.url("/mcp/up"), "up:read").await;
-        let mut r = rpc(&s, "/mcp/up", Some(&token), call(9, "stream_tool")).await;
-        assert_eq!(r.status(), StatusCode::OK);
-        assert!(
-            r.headers()["content-type"]
-                .to_str()
-                .unwrap()
-                .starts_with("text/event-stream")
-        );
-        // The progress event arrives while the upstream is still holding back its result.
-        let first = tokio::time::timeout(std::time::Duration::from_secs(10), r.chunk())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        assert!(String::from_utf8_lossy(&first).contains("notifications/progress"));
+        let (s, up, _d, mut r) = streamed_call(&db, 9).await;
         up.release.notify_one();
         let mut rest = Vec::new();
         while let Some(c) = r.chunk().await.unwrap() {
@@ -549,18 +559,8 @@ grantline_store::backend_tests! {
     }
 
     async fn a_streamed_call_whose_caller_left_is_recorded_before_shutdown_ends(db: TestDb) {
-        let (up_url, up) = start_upstream().await;
-        let (s, _d) = gateway_server(&db, &up_url).await;
-        let token = token_for(&s, &s.url("/mcp/up"), "up:read").await;
-        let mut r = rpc(&s, "/mcp/up", Some(&token), call(11, "stream_tool")).await;
-        assert_eq!(r.status(), StatusCode::OK);
         // The caller reads the progress event and goes away; the answer is still to come.
-        let first = tokio::time::timeout(std::time::Duration::from_secs(10), r.chunk())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        assert!(String::from_utf8_lossy(&first).contains("notifications/progress"));
+        let (s, up, _d, r) = streamed_call(&db, 11).await;
         drop(r);
         // The server is told to stop; the upstream answers a moment later.
         let release = up.release.clone();
