@@ -149,12 +149,14 @@ class Receiver:
         self.bodies = []
         self.headers = []
         received, headers = self.bodies, self.headers
+        lock = threading.Lock()
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):
                 body = self.rfile.read(int(self.headers.get("content-length", 0)))
-                received.append((self.path, self.headers.get("content-type"), body))
-                headers.append({k.lower(): v for k, v in self.headers.items()})
+                with lock:  # a body and its headers at the same index
+                    received.append((self.path, self.headers.get("content-type"), body))
+                    headers.append({k.lower(): v for k, v in self.headers.items()})
                 self.send_response(200)
                 self.send_header("content-type", "application/json")
                 self.end_headers()

@@ -168,6 +168,7 @@ def test_official_mcp_sdk_end_to_end(mcp_server):
     # What the SIEM was pushed is what the ledger holds up to the scrape, in order, once each,
     # in batches signed with the shared secret (HMAC-SHA256 of "<t>.<body>").
     pushed = []
+    assert len(mcp_server.siem.bodies) == len(mcp_server.siem.headers)
     for (_, _, body), headers in zip(mcp_server.siem.bodies, mcp_server.siem.headers):
         sig = dict(p.split("=", 1) for p in headers["grantline-signature"].split(","))
         mac = hmac.new(WEBHOOK_SECRET.encode(), sig["t"].encode() + b"." + body, hashlib.sha256)

@@ -380,7 +380,7 @@ async fn every_fixture_ledger_verifies_decodes_replays_and_upgrades_on_postgresq
 /// `GRANTLINE_FIXTURE_OUT=tests/fixtures/ledger-vN.db cargo test -p grantline --test
 /// fixture_ledger -- --ignored`. Never overwrite a committed fixture.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "writes a new fixture; run by hand for a new body format"]
+#[ignore = "writes a new fixture; run by hand for a new body format or new catalogue fields"]
 async fn write_the_fixture_ledger() {
     let out = PathBuf::from(std::env::var("GRANTLINE_FIXTURE_OUT").expect("GRANTLINE_FIXTURE_OUT"));
     assert!(

@@ -25,10 +25,11 @@ pub const COLUMNS: &[&str] = &[
     "source_ip",
     "user_agent",
     "request_id",
-    "trace_id",
     "summary",
     "id",
     "hash",
+    // Added last (2026-12-06): sinks send rows without a header, read by position.
+    "trace_id",
 ];
 
 pub fn header() -> String {
@@ -72,10 +73,10 @@ pub fn row(r: &AuditRecord) -> String {
         o(&r.source_ip),
         o(&r.user_agent),
         o(&r.request_id),
-        o(&r.trace_id),
         r.summary.clone(),
         r.id.clone(),
         r.hash.clone(),
+        o(&r.trace_id),
     ]
     .iter()
     .map(|c| cell(c))
