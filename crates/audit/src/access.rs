@@ -142,7 +142,7 @@ pub fn denied(
         reader.actor(),
         AuthorizationDenied {
             request_id: request_id.chars().take(128).collect(),
-            trace_id: trace_id.map(String::from),
+            trace_id: grantline_ledger::trace_id(trace_id),
             resource: resource.to_string(),
             user_id: reader.user_id.clone(),
             client_id: reader.client_id.clone(),

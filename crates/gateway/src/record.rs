@@ -67,7 +67,7 @@ impl Request<'_> {
         let (intent, sealed_intent) = Self::intent(call);
         self.event(ToolCallStarted {
             request_id: self.request_id.to_string(),
-            trace_id: self.trace_id.map(String::from),
+            trace_id: grantline_ledger::trace_id(self.trace_id),
             resource: self.resource.to_string(),
             tool: call.tool.clone(),
             user_id: self.caller.user_id.clone(),
@@ -92,7 +92,7 @@ impl Request<'_> {
         let (intent, sealed_intent) = Self::intent(call);
         self.event(ToolCalled {
             request_id: self.request_id.to_string(),
-            trace_id: self.trace_id.map(String::from),
+            trace_id: grantline_ledger::trace_id(self.trace_id),
             resource: self.resource.to_string(),
             tool: call.tool.clone(),
             user_id: self.caller.user_id.clone(),
@@ -113,7 +113,7 @@ impl Request<'_> {
     pub fn listed(&self, outcome: ToolOutcome, tools_returned: u32, duration_us: u64) -> NewEvent {
         self.event(ToolListed {
             request_id: self.request_id.to_string(),
-            trace_id: self.trace_id.map(String::from),
+            trace_id: grantline_ledger::trace_id(self.trace_id),
             resource: self.resource.to_string(),
             user_id: self.caller.user_id.clone(),
             client_id: self.caller.client_id.clone(),
@@ -130,7 +130,7 @@ impl Request<'_> {
     pub fn denied(&self, call: &Call, d: &Denial, duration_us: u64) -> Vec<NewEvent> {
         let denied = AuthorizationDenied {
             request_id: self.request_id.to_string(),
-            trace_id: self.trace_id.map(String::from),
+            trace_id: grantline_ledger::trace_id(self.trace_id),
             resource: self.resource.to_string(),
             user_id: self.caller.user_id.clone(),
             client_id: self.caller.client_id.clone(),

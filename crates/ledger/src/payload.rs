@@ -845,6 +845,19 @@ pub struct SigningKeyRotated {
 
 /// The HTTP request behind an event: its id (as in the server's logs and the `X-Request-Id`
 /// header) and the caller's address and user agent, sealed under the subject's key.
+/// A W3C trace id as events record it: 32 lowercase hex digits, not all zeros; anything else
+/// is recorded as no trace. The builders of events take it through here, so whatever reaches
+/// them, a trace id in the ledger is bounded and well formed.
+pub fn trace_id(id: Option<&str>) -> Option<String> {
+    id.filter(|t| {
+        t.len() == 32
+            && t.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            && t.bytes().any(|b| b != b'0')
+    })
+    .map(String::from)
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RequestMeta {
     pub request_id: String,
@@ -954,4 +967,27 @@ pub struct UpstreamTokenExchanged {
     pub refreshed: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request: Option<RequestMeta>,
+}
+
+#[cfg(test)]
+mod trace_id_tests {
+    use super::trace_id;
+
+    #[test]
+    fn only_a_well_formed_trace_id_is_recorded() {
+        let good = "4bf92f3577b34da6a3ce929d0e0e4736";
+        assert_eq!(trace_id(Some(good)).as_deref(), Some(good));
+        for bad in [
+            "",
+            "4BF92F3577B34DA6A3CE929D0E0E4736",
+            "00000000000000000000000000000000",
+            "4bf92f3577b34da6a3ce929d0e0e473",
+            "4bf92f3577b34da6a3ce929d0e0e47366",
+            "4bf92f3577b34da6a3ce929d0e0e473\u{202e}",
+            &"a".repeat(100_000),
+        ] {
+            assert_eq!(trace_id(Some(bad)), None, "{bad:.40}");
+        }
+        assert_eq!(trace_id(None), None);
+    }
 }

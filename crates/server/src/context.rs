@@ -106,7 +106,7 @@ impl RequestContext {
         };
         Ok(RequestMeta {
             request_id: self.request_id.clone(),
-            trace_id: self.trace_id.clone(),
+            trace_id: grantline_ledger::trace_id(self.trace_id.as_deref()),
             source_ip: seal(self.source_ip.clone()).await?,
             user_agent: seal(self.user_agent.clone()).await?,
         })
