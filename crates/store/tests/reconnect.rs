@@ -567,3 +567,97 @@ async fn while_only_new_connections_are_refused_the_pools_own_still_serve() {
         assert!(back.elapsed() < Duration::from_secs(5), "{third:?}");
     }
 }
+
+/// CPU time this thread has used so far (Linux's `/proc/thread-self/schedstat`, in ns).
+/// A `#[tokio::test]` runs its tasks on its one thread, so this is what the test's tasks spent.
+fn thread_cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap();
+    let ns = stat.split_whitespace().next().unwrap().parse().unwrap();
+    Duration::from_nanos(ns)
+}
+
+/// A follower of the ledger with `LISTEN` (an exporter, another instance's indexer) waits for
+/// a notification when PostgreSQL goes away, and the process's other reads find it gone
+/// meanwhile. sqlx's listener reconnects at once after an I/O error, and again at once while
+/// connecting fails with one: on the main pool, whose new connections fail at once once the
+/// server is known down, that was a busy loop until the wait ended. On a pool of its own its
+/// attempts wait as connecting does. The follower is told the server cannot be reached, and
+/// once it is back it is woken by the next append's notification.
+#[tokio::test]
+async fn a_follower_waiting_on_listen_when_postgresql_goes_away_does_not_spin_and_comes_back() {
+    let Some((db, url, proxy, store)) = proxied().await else {
+        return;
+    };
+    let (url, addr) = (url.as_str(), proxy.addr);
+    // The writer is another process's, on a connection of its own that the outage spares.
+    let ledger = open_with(&db, quiet()).await;
+    append_one(&ledger, tool_call(0)).await;
+    let mut tail = grantline_store::Tail::new(&store, 0, None).await.unwrap();
+    assert_eq!(tail.next(10).await.unwrap().len(), 1);
+
+    // Waiting on LISTEN (nothing new) when the server goes.
+    let waiting = tokio::spawn(async move {
+        let r = tail.next(10).await;
+        (tail, r)
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!waiting.is_finished(), "nothing new, yet the wait ended");
+    let cpu = thread_cpu();
+    proxy.stop();
+    // The process's other work finds the server gone meanwhile, as a server's does.
+    let reader = store.clone();
+    let others = tokio::spawn(async move {
+        loop {
+            let _ = reader.count().await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let (mut tail, r) = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("the follower kept waiting after the server went")
+        .unwrap();
+    let spent = thread_cpu() - cpu;
+    others.abort();
+    let e = r.expect_err("a read while the server is down").to_string();
+    assert!(e.contains("refused"), "{e}");
+    // The wait ends a second after it began (the follower's own time-out). Reconnecting
+    // through the main pool was a busy loop from when the other reads marked the server down
+    // (about half a second in) to then: ~300 ms of CPU here. Attempts that wait cost ~6 ms.
+    assert!(
+        spent < Duration::from_millis(100),
+        "{spent:?} of CPU while waiting"
+    );
+
+    let _proxy = Proxy::restart(addr, url).await;
+    let back = Instant::now();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(2), tail.next(10)).await {
+            Ok(Ok(events)) => panic!("nothing was appended, yet {events:?}"),
+            Ok(Err(_)) => {
+                assert!(
+                    back.elapsed() < Duration::from_secs(5),
+                    "reads did not come back"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(_) => break,
+        }
+    }
+    // Reads work again and the follower waits; an append's notification wakes it. Without
+    // one it would read again only when its one-second wait ends, ~0.9 s after the append.
+    let waiting = tokio::spawn(async move { tail.next(10).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let appended = Instant::now();
+    append_one(&ledger, tool_call(1)).await;
+    let got = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("the follower did not see the append")
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.iter().map(|r| r.seq()).collect::<Vec<_>>(), vec![2]);
+    assert!(
+        appended.elapsed() < Duration::from_millis(500),
+        "seen {:?} after the append: not woken by its notification",
+        appended.elapsed()
+    );
+}
