@@ -80,6 +80,9 @@ pub struct Inner {
     pub exchanges: tokio_util::task::TaskTracker,
     /// Set at shutdown: the background loop finishes its round and stops.
     pub stopping: std::sync::atomic::AtomicBool,
+    /// Cancelled when the server is told to stop, before it drains its connections: relayed
+    /// event streams, which would otherwise never finish, end then ([`crate::serve`]).
+    pub draining: tokio_util::sync::CancellationToken,
     /// What every decision takes as now.
     pub clock: Arc<crate::clock::Clock>,
     /// This instance's audit index (absent when `[audit] enabled = false`).

@@ -178,6 +178,12 @@ pub async fn serve(
     };
     let background = app.spawn_background();
     let addr = listener.local_addr()?;
+    // Told to stop: relayed event streams end first, or the drain below would wait for them.
+    let draining = app.draining.clone();
+    let shutdown = async move {
+        shutdown.await;
+        draining.cancel();
+    };
     tracing::info!(%addr, issuer = %app.settings().issuer, "listening");
     axum::serve(
         listener,

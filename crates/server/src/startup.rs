@@ -145,6 +145,7 @@ impl App {
             rate_limit_flush: Default::default(),
             exchanges: tokio_util::task::TaskTracker::new(),
             stopping: std::sync::atomic::AtomicBool::new(false),
+            draining: tokio_util::sync::CancellationToken::new(),
             clock,
             upstream_http: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())

@@ -44,9 +44,21 @@ async fn start_upstream() -> (String, Upstream) {
     use axum::response::IntoResponse;
     let up = Upstream::default();
     let state = up.clone();
+    // GET: the server's own event stream, which a client keeps open for as long as it runs;
+    // this one never ends (a keep-alive comment every 100 ms).
+    let stream = || async {
+        let beats = futures::stream::unfold((), |()| async {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            Some((Ok::<_, std::io::Error>(": keep-alive\n\n"), ()))
+        });
+        (
+            [("content-type", "text/event-stream")],
+            axum::body::Body::from_stream(beats),
+        )
+    };
     let app = axum::Router::new().route(
         "/mcp",
-        axum::routing::post(move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+        axum::routing::get(stream).post(move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
             let state = state.clone();
             async move {
                 let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).map(String::from);
@@ -65,25 +77,9 @@ async fn start_upstream() -> (String, Upstream) {
                         {"name": "write_tool", "inputSchema": {"type": "object"}, "annotations": {"readOnlyHint": false}},
                         {"name": "stream_tool", "inputSchema": {"type": "object"}, "annotations": {"readOnlyHint": true}},
                     ]}})).into_response(),
-                    "tools/call" if msg["params"]["name"] == "stream_tool" => {
-                        let release = state.release.clone();
-                        let first = format!("event: message\ndata: {}\n\n", json!({"jsonrpc": "2.0", "method": "notifications/progress", "params": {"progressToken": 1, "progress": 1}}));
-                        let last = format!("event: message\ndata: {}\n\n", json!({"jsonrpc": "2.0", "id": id, "result": {"content": [{"type": "text", "text": "done"}]}}));
-                        let stream = futures::stream::unfold(0, move |n| {
-                            let (release, first, last) = (release.clone(), first.clone(), last.clone());
-                            async move {
-                                match n {
-                                    0 => Some((Ok::<_, std::io::Error>(first), 1)),
-                                    1 => {
-                                        release.notified().await;
-                                        Some((Ok(last), 2))
-                                    }
-                                    _ => None,
-                                }
-                            }
-                        });
-                        ([("content-type", "text/event-stream")], axum::body::Body::from_stream(stream)).into_response()
-                    }
+                    "tools/call" if msg["params"]["name"] == "stream_tool" => streamed(state.release.clone(), id),
+                    // A request the gateway does not watch, answered on a stream as well.
+                    "prompts/get" => streamed(state.release.clone(), id),
                     "tools/call" => axum::Json(json!({"jsonrpc": "2.0", "id": id, "result": {"content": [{"type": "text", "text": "ok"}]}})).into_response(),
                     _ => axum::Json(json!({"jsonrpc": "2.0", "id": id, "result": {}})).into_response(),
                 }
@@ -94,6 +90,38 @@ async fn start_upstream() -> (String, Upstream) {
     let url = format!("http://{}/mcp", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     (url, up)
+}
+
+/// An SSE answer to request `id`: a progress notification at once, the result once `release`
+/// is notified.
+fn streamed(release: Arc<tokio::sync::Notify>, id: Value) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let first = format!(
+        "event: message\ndata: {}\n\n",
+        json!({"jsonrpc": "2.0", "method": "notifications/progress", "params": {"progressToken": 1, "progress": 1}})
+    );
+    let last = format!(
+        "event: message\ndata: {}\n\n",
+        json!({"jsonrpc": "2.0", "id": id, "result": {"content": [{"type": "text", "text": "done"}]}})
+    );
+    let stream = futures::stream::unfold(0, move |n| {
+        let (release, first, last) = (release.clone(), first.clone(), last.clone());
+        async move {
+            match n {
+                0 => Some((Ok::<_, std::io::Error>(first), 1)),
+                1 => {
+                    release.notified().await;
+                    Some((Ok(last), 2))
+                }
+                _ => None,
+            }
+        }
+    });
+    (
+        [("content-type", "text/event-stream")],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response()
 }
 
 async fn gateway_server(db: &TestDb, upstream: &str) -> (Server, tempfile::TempDir) {
@@ -586,6 +614,85 @@ grantline_store::backend_tests! {
         );
         assert!(events.iter().any(|e| matches!(e.payload(), Payload::ToolCalled(c) if c.outcome == ToolOutcome::Ok)));
         store.close().await;
+    }
+
+    async fn an_open_event_stream_ends_when_the_server_stops_and_does_not_hold_it_up(db: TestDb) {
+        let (up_url, _up) = start_upstream().await;
+        let (s, _d) = gateway_server(&db, &up_url).await;
+        let token = token_for(&s, &s.url("/mcp/up"), "up:read").await;
+        let mut r = browser()
+            .get(s.url("/mcp/up"))
+            .header("accept", "text/event-stream")
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        let first = tokio::time::timeout(std::time::Duration::from_secs(10), r.chunk())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert!(String::from_utf8_lossy(&first).contains("keep-alive"));
+        // The client keeps reading, as an MCP client does for as long as it runs.
+        let reading = tokio::spawn(async move {
+            loop {
+                match r.chunk().await {
+                    Ok(Some(_)) => continue,
+                    Ok(None) => return Ok(()),
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let stopping = std::time::Instant::now();
+        tokio::time::timeout(std::time::Duration::from_secs(20), s.stop())
+            .await
+            .expect("the server did not stop while an event stream was open");
+        assert!(stopping.elapsed() < std::time::Duration::from_secs(5), "stopped after {:?}", stopping.elapsed());
+        // The stream was ended as a stream ends, which tells the client to reconnect.
+        let ended = tokio::time::timeout(std::time::Duration::from_secs(5), reading)
+            .await
+            .expect("the client's stream outlived the server")
+            .unwrap();
+        assert_eq!(ended, Ok(()));
+    }
+
+    async fn a_streamed_answer_the_gateway_does_not_watch_is_delivered_while_the_server_stops(db: TestDb) {
+        let (up_url, up) = start_upstream().await;
+        let (s, _d) = gateway_server(&db, &up_url).await;
+        let token = token_for(&s, &s.url("/mcp/up"), "up:read").await;
+        let get = json!({"jsonrpc": "2.0", "id": 21, "method": "prompts/get", "params": {"name": "p"}});
+        let mut r = rpc(&s, "/mcp/up", Some(&token), get).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        let first = tokio::time::timeout(std::time::Duration::from_secs(10), r.chunk())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert!(String::from_utf8_lossy(&first).contains("notifications/progress"));
+        let reading = tokio::spawn(async move {
+            let mut rest = Vec::new();
+            while let Some(c) = r.chunk().await.unwrap() {
+                rest.extend_from_slice(&c);
+            }
+            String::from_utf8(rest).unwrap()
+        });
+        // Told to stop while the answer is still to come: unlike the server's own stream, a
+        // request's stream ends with its answer, and gets the mount's timeout to bring it.
+        let stopping = tokio::spawn(s.stop());
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        assert!(!reading.is_finished(), "the stream ended before its answer");
+        up.release.notify_one();
+        let rest = tokio::time::timeout(std::time::Duration::from_secs(10), reading)
+            .await
+            .expect("the answer did not come")
+            .unwrap();
+        assert!(rest.contains("\"id\":21") && rest.contains("done"), "{rest}");
+        tokio::time::timeout(std::time::Duration::from_secs(10), stopping)
+            .await
+            .expect("the server did not stop once the answer was sent")
+            .unwrap();
     }
 
     async fn revoked_tokens_and_personal_access_tokens_are_refused_on_the_next_call(db: TestDb) {

@@ -164,6 +164,28 @@ pub fn is_sse(r: &Response) -> bool {
         .is_some_and(|v| v.starts_with("text/event-stream"))
 }
 
+/// A relayed event stream that no exchange watches, ended when the server begins to stop:
+/// the drain waits for every response to finish, and the server's own stream (the answer to
+/// a GET), which a client keeps open for as long as it runs, never would. It ends at once; a
+/// POST's stream, which ends with its answer, gets the mount's timeout first. The client sees
+/// the stream end, as MCP allows a server to end it at any time, and connects again.
+pub fn ends_when_draining(app: &App, mount: &Mount, method: &Method, r: Response) -> Response {
+    if !is_sse(&r) {
+        return r;
+    }
+    let draining = app.draining.clone();
+    let grace = (method != Method::GET).then_some(mount.timeout);
+    let drained = async move {
+        draining.cancelled().await;
+        if let Some(grace) = grace {
+            tokio::time::sleep(grace).await;
+        }
+    };
+    let (parts, body) = r.into_parts();
+    let stream = body.into_data_stream().take_until(drained);
+    Response::from_parts(parts, Body::from_stream(stream))
+}
+
 /// Asks the upstream for its tools (as the caller, in the caller's session) to learn the
 /// annotations of `tool`, called before any `tools/list` went through the gateway: at most
 /// once per [`crate::gateway::LEARN_INTERVAL`] per resource; concurrent callers wait for the
