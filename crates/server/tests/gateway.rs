@@ -77,6 +77,17 @@ async fn start_upstream() -> (String, Upstream) {
                         {"name": "write_tool", "inputSchema": {"type": "object"}, "annotations": {"readOnlyHint": false}},
                         {"name": "stream_tool", "inputSchema": {"type": "object"}, "annotations": {"readOnlyHint": true}},
                     ]}})).into_response(),
+                    // Answers at once and then keeps the stream open, as MCP asks a server not to.
+                    "tools/call" if msg["params"]["name"] == "stream_tool" && msg["params"]["arguments"]["linger"] == true => {
+                        let answer = format!("event: message\ndata: {}\n\n", json!({"jsonrpc": "2.0", "id": id, "result": {"content": [{"type": "text", "text": "done"}]}}));
+                        let beats = futures::stream::unfold(Some(answer), |first| async move {
+                            if first.is_none() {
+                                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                            }
+                            Some((Ok::<_, std::io::Error>(first.unwrap_or_else(|| ": keep-alive\n\n".into())), None))
+                        });
+                        ([("content-type", "text/event-stream")], axum::body::Body::from_stream(beats)).into_response()
+                    }
                     "tools/call" if msg["params"]["name"] == "stream_tool" => streamed(state.release.clone(), id),
                     // A request the gateway does not watch, answered on a stream as well.
                     "prompts/get" => streamed(state.release.clone(), id),
@@ -692,6 +703,34 @@ grantline_store::backend_tests! {
         tokio::time::timeout(std::time::Duration::from_secs(10), stopping)
             .await
             .expect("the server did not stop once the answer was sent")
+            .unwrap();
+    }
+
+    async fn a_call_stream_left_open_after_its_answer_ends_when_the_server_stops(db: TestDb) {
+        let (up_url, _up) = start_upstream().await;
+        let (s, _d) = gateway_server(&db, &up_url).await;
+        let token = token_for(&s, &s.url("/mcp/up"), "up:read").await;
+        let lingering = json!({"jsonrpc": "2.0", "id": 31, "method": "tools/call", "params": {"name": "stream_tool", "arguments": {"linger": true}}});
+        let mut r = rpc(&s, "/mcp/up", Some(&token), lingering).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        let mut seen = String::new();
+        while !seen.contains("keep-alive") {
+            let c = tokio::time::timeout(std::time::Duration::from_secs(10), r.chunk())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            seen.push_str(&String::from_utf8_lossy(&c));
+        }
+        assert!(seen.contains("\"id\":31") && seen.contains("done"), "{seen}");
+        // The caller reads on; the upstream never ends the stream.
+        let reading = tokio::spawn(async move { while let Ok(Some(_)) = r.chunk().await {} });
+        tokio::time::timeout(std::time::Duration::from_secs(20), s.stop())
+            .await
+            .expect("the server did not stop while a call's stream was left open");
+        tokio::time::timeout(std::time::Duration::from_secs(5), reading)
+            .await
+            .expect("the caller's stream outlived the server")
             .unwrap();
     }
 

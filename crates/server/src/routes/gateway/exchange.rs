@@ -166,7 +166,9 @@ fn settle(
 
 /// Streams an SSE answer as it arrives. The event that answers `watched` is settled (filtered,
 /// recorded) before it is passed on. If the caller goes away the stream is still read until
-/// that answer is recorded; without an answer by the deadline, the failure is recorded.
+/// that answer is recorded; without an answer by the deadline, the failure is recorded. What
+/// follows the answer is passed on until the caller or the upstream ends the stream, or the
+/// server begins to stop.
 fn pump(
     audit: Audit,
     mount: Mount,
@@ -235,10 +237,13 @@ fn pump(
                     return;
                 }
                 let next = if settled {
-                    // Recorded: pass the rest on while the caller listens.
+                    // Recorded: pass the rest on while the caller listens, until the server
+                    // begins to stop (an upstream that keeps the stream open after its answer
+                    // would otherwise keep it from stopping).
                     tokio::select! {
                         next = upstream.next() => next,
                         _ = tx.closed() => return,
+                        _ = audit.app.draining.cancelled() => return,
                     }
                 } else {
                     match tokio::time::timeout_at(deadline, upstream.next()).await {
