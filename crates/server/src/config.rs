@@ -335,6 +335,10 @@ pub struct ServerSection {
     /// as the MCP transport requires).
     #[serde(default)]
     pub allowed_origins: Vec<String>,
+    /// When told to stop, how long to wait for open connections to finish before closing
+    /// them (a client that stopped reading, a stream that does not end).
+    #[serde(default = "default_drain_timeout_secs")]
+    pub drain_timeout_secs: u64,
 }
 
 impl Default for ServerSection {
@@ -344,8 +348,13 @@ impl Default for ServerSection {
             public_url: None,
             trust_forwarded_headers: false,
             allowed_origins: Vec::new(),
+            drain_timeout_secs: default_drain_timeout_secs(),
         }
     }
+}
+
+fn default_drain_timeout_secs() -> u64 {
+    10
 }
 
 fn default_listen() -> SocketAddr {

@@ -185,12 +185,27 @@ pub async fn serve(
         draining.cancel();
     };
     tracing::info!(%addr, issuer = %app.settings().issuer, "listening");
-    axum::serve(
+    let served = axum::serve(
         listener,
         router(app.clone()).into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(shutdown)
-    .await?;
+    .into_future();
+    // The drain is bounded: a client that stopped reading, or a response that never ends,
+    // must not keep the server from its final writes.
+    let grace = Duration::from_secs(app.config.server.drain_timeout_secs);
+    let draining = app.draining.clone();
+    let overdue = async move {
+        draining.cancelled().await;
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        served = served => served?,
+        () = overdue => tracing::warn!(
+            drain_timeout_secs = grace.as_secs(),
+            "connections still open at the drain timeout are left behind"
+        ),
+    }
     // Let the background loop finish its round (a rate-limit flush it began is not cut off),
     // and the gateway's exchanges record their outcomes, before the last writes.
     app.stopping

@@ -71,22 +71,21 @@ async fn start_upstream() -> (String, Upstream) {
                     let name = lenient(&msg["params"], "name").and_then(Value::as_str).unwrap_or("");
                     state.ran.lock().unwrap().push(name.to_string());
                 }
+                let listing = json!({"jsonrpc": "2.0", "id": id, "result": {"tools": [
+                    {"name": "read_tool", "inputSchema": {"type": "object"}, "annotations": {"readOnlyHint": true}},
+                    {"name": "write_tool", "inputSchema": {"type": "object"}, "annotations": {"readOnlyHint": false}},
+                    {"name": "stream_tool", "inputSchema": {"type": "object"}, "annotations": {"readOnlyHint": true}},
+                ]}});
                 match method {
+                    // In session `linger`, the listing comes on a stream that stays open after it.
+                    "tools/list" if h("mcp-session-id").as_deref() == Some("linger") => lingering(&listing),
                     "tools/list" => axum::Json(json!({"jsonrpc": "2.0", "id": id, "result": {"tools": [
                         {"name": "read_tool", "inputSchema": {"type": "object"}, "annotations": {"readOnlyHint": true}},
                         {"name": "write_tool", "inputSchema": {"type": "object"}, "annotations": {"readOnlyHint": false}},
                         {"name": "stream_tool", "inputSchema": {"type": "object"}, "annotations": {"readOnlyHint": true}},
                     ]}})).into_response(),
-                    // Answers at once and then keeps the stream open, as MCP asks a server not to.
                     "tools/call" if msg["params"]["name"] == "stream_tool" && msg["params"]["arguments"]["linger"] == true => {
-                        let answer = format!("event: message\ndata: {}\n\n", json!({"jsonrpc": "2.0", "id": id, "result": {"content": [{"type": "text", "text": "done"}]}}));
-                        let beats = futures::stream::unfold(Some(answer), |first| async move {
-                            if first.is_none() {
-                                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                            }
-                            Some((Ok::<_, std::io::Error>(first.unwrap_or_else(|| ": keep-alive\n\n".into())), None))
-                        });
-                        ([("content-type", "text/event-stream")], axum::body::Body::from_stream(beats)).into_response()
+                        lingering(&json!({"jsonrpc": "2.0", "id": id, "result": {"content": [{"type": "text", "text": "done"}]}}))
                     }
                     "tools/call" if msg["params"]["name"] == "stream_tool" => streamed(state.release.clone(), id),
                     // A request the gateway does not watch, answered on a stream as well.
@@ -101,6 +100,27 @@ async fn start_upstream() -> (String, Upstream) {
     let url = format!("http://{}/mcp", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     (url, up)
+}
+
+/// An SSE answer that is sent at once, on a stream then kept open (a keep-alive comment every
+/// 100 ms), as MCP asks a server not to.
+fn lingering(answer: &Value) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let answer = format!("event: message\ndata: {answer}\n\n");
+    let beats = futures::stream::unfold(Some(answer), |first| async move {
+        if first.is_none() {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        Some((
+            Ok::<_, std::io::Error>(first.unwrap_or_else(|| ": keep-alive\n\n".into())),
+            None,
+        ))
+    });
+    (
+        [("content-type", "text/event-stream")],
+        axum::body::Body::from_stream(beats),
+    )
+        .into_response()
 }
 
 /// An SSE answer to request `id`: a progress notification at once, the result once `release`
@@ -660,7 +680,8 @@ grantline_store::backend_tests! {
         tokio::time::timeout(std::time::Duration::from_secs(20), s.stop())
             .await
             .expect("the server did not stop while an event stream was open");
-        assert!(stopping.elapsed() < std::time::Duration::from_secs(5), "stopped after {:?}", stopping.elapsed());
+        // Well before the drain timeout (10 s), which would close the connection instead.
+        assert!(stopping.elapsed() < std::time::Duration::from_secs(9), "stopped after {:?}", stopping.elapsed());
         // The stream was ended as a stream ends, which tells the client to reconnect.
         let ended = tokio::time::timeout(std::time::Duration::from_secs(5), reading)
             .await
@@ -724,14 +745,84 @@ grantline_store::backend_tests! {
         }
         assert!(seen.contains("\"id\":31") && seen.contains("done"), "{seen}");
         // The caller reads on; the upstream never ends the stream.
-        let reading = tokio::spawn(async move { while let Ok(Some(_)) = r.chunk().await {} });
+        let reading = tokio::spawn(async move {
+            loop {
+                match r.chunk().await {
+                    Ok(Some(_)) => continue,
+                    Ok(None) => return Ok(()),
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+        });
+        let stopping = std::time::Instant::now();
         tokio::time::timeout(std::time::Duration::from_secs(20), s.stop())
             .await
             .expect("the server did not stop while a call's stream was left open");
-        tokio::time::timeout(std::time::Duration::from_secs(5), reading)
+        // Ended when the server began to stop, not closed at the drain timeout (10 s).
+        assert!(stopping.elapsed() < std::time::Duration::from_secs(9), "stopped after {:?}", stopping.elapsed());
+        let ended = tokio::time::timeout(std::time::Duration::from_secs(5), reading)
             .await
             .expect("the caller's stream outlived the server")
             .unwrap();
+        assert_eq!(ended, Ok(()));
+    }
+
+    async fn a_stream_the_gateway_does_not_watch_ends_at_the_drain_timeout(db: TestDb) {
+        let (up_url, _up) = start_upstream().await;
+        let (s, _d) = gateway_server_with(&db, &up_url, |c| c.server.drain_timeout_secs = 1).await;
+        let token = token_for(&s, &s.url("/mcp/up"), "up:read").await;
+        // Its answer never comes (`release` is never notified).
+        let get = json!({"jsonrpc": "2.0", "id": 22, "method": "prompts/get", "params": {"name": "p"}});
+        let mut r = rpc(&s, "/mcp/up", Some(&token), get).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        let first = tokio::time::timeout(std::time::Duration::from_secs(10), r.chunk())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert!(String::from_utf8_lossy(&first).contains("notifications/progress"));
+        let reading = tokio::spawn(async move {
+            loop {
+                match r.chunk().await {
+                    Ok(Some(_)) => continue,
+                    Ok(None) => return Ok(()),
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+        });
+        tokio::time::timeout(std::time::Duration::from_secs(20), s.stop())
+            .await
+            .expect("the server did not stop at its drain timeout");
+        let ended = tokio::time::timeout(std::time::Duration::from_secs(5), reading)
+            .await
+            .expect("the stream outlived the server")
+            .unwrap();
+        assert_eq!(ended, Ok(()), "the stream was cut rather than ended");
+    }
+
+    async fn tools_are_learned_from_a_listing_on_a_stream_the_upstream_keeps_open(db: TestDb) {
+        let (up_url, up) = start_upstream().await;
+        let (s, _d) = gateway_server(&db, &up_url).await;
+        let token = token_for(&s, &s.url("/mcp/up"), "up:read").await;
+        // No listing went through yet: the gateway asks for one to learn that `read_tool` only
+        // reads, and the upstream answers it on a stream it keeps open.
+        let r = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            browser()
+                .post(s.url("/mcp/up"))
+                .header("accept", "application/json, text/event-stream")
+                .header("mcp-session-id", "linger")
+                .bearer_auth(&token)
+                .json(&call(41, "read_tool"))
+                .send(),
+        )
+        .await
+        .expect("the call waited for the listing's stream to end")
+        .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["result"]["content"][0]["text"], "ok", "{v}");
+        assert_eq!(up.ran.lock().unwrap().as_slice(), ["read_tool"]);
     }
 
     async fn revoked_tokens_and_personal_access_tokens_are_refused_on_the_next_call(db: TestDb) {

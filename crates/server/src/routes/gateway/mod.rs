@@ -214,7 +214,7 @@ impl Request<'_> {
                 )
                 .await;
                 match sent {
-                    Ok(r) => upstream::ends_when_draining(self.app, &out.mount, &out.method, r),
+                    Ok(r) => upstream::ends_when_draining(self.app, &out.method, r),
                     Err(e) => {
                         tracing::warn!(error = %e, "upstream failed");
                         refused(-32002, &e.to_string(), e.status())

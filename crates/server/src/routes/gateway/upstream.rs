@@ -157,24 +157,28 @@ async fn send_to(
     }
 }
 
+/// Whether `r` is an event stream (media types compare without regard to case).
 pub fn is_sse(r: &Response) -> bool {
     r.headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("text/event-stream"))
+        .and_then(|v| v.trim_start().get(..17))
+        .is_some_and(|v| v.eq_ignore_ascii_case("text/event-stream"))
 }
 
-/// A relayed event stream that no exchange watches, ended when the server begins to stop:
-/// the drain waits for every response to finish, and the server's own stream (the answer to
-/// a GET), which a client keeps open for as long as it runs, never would. It ends at once; a
-/// POST's stream, which ends with its answer, gets the mount's timeout first. The client sees
-/// the stream end, as MCP allows a server to end it at any time, and connects again.
-pub fn ends_when_draining(app: &App, mount: &Mount, method: &Method, r: Response) -> Response {
-    if !is_sse(&r) {
+/// A relayed answer that no exchange watches, ended when the server begins to stop: the drain
+/// waits for every response to finish, and the server's own stream (the answer to a GET),
+/// which a client keeps open for as long as it runs, never would. That one ends at once; any
+/// other stream, which ends with its answer, gets until the drain timeout. The client sees the
+/// stream end, as MCP allows a server to end it at any time, and connects again.
+pub fn ends_when_draining(app: &App, method: &Method, r: Response) -> Response {
+    let get = method == Method::GET;
+    if !get && !is_sse(&r) {
         return r;
     }
     let draining = app.draining.clone();
-    let grace = (method != Method::GET).then_some(mount.timeout);
+    let grace =
+        (!get).then(|| std::time::Duration::from_secs(app.config.server.drain_timeout_secs));
     let drained = async move {
         draining.cancelled().await;
         if let Some(grace) = grace {
@@ -202,7 +206,8 @@ pub async fn learn_tools(
     if app.mounts().annotations(&mount.name, tool).is_some() || !app.mounts().may_ask(&mount.name) {
         return;
     }
-    let body = serde_json::json!({"jsonrpc": "2.0", "id": "grantline-gateway-tools", "method": "tools/list"});
+    let id = serde_json::Value::from("grantline-gateway-tools");
+    let body = serde_json::json!({"jsonrpc": "2.0", "id": id, "method": "tools/list"});
     let Ok(resp) = send(
         app,
         mount,
@@ -215,9 +220,33 @@ pub async fn learn_tools(
     else {
         return;
     };
-    let sse = is_sse(&resp);
-    let read = axum::body::to_bytes(resp.into_body(), super::MAX_BUFFERED);
-    if let Ok(Ok(bytes)) = tokio::time::timeout(mount.timeout, read).await {
-        super::sse::visit(sse, &bytes, |m| app.mounts().learn(&mount.name, m));
-    }
+    let learn = |body: &[u8], sse: bool| {
+        super::sse::visit(sse, body, |m| app.mounts().learn(&mount.name, m));
+    };
+    let read = async {
+        if !is_sse(&resp) {
+            if let Ok(bytes) = axum::body::to_bytes(resp.into_body(), super::MAX_BUFFERED).await {
+                learn(&bytes, false);
+            }
+            return;
+        }
+        // An event stream is read up to the event that answers, not to its end: an upstream
+        // may keep it open after the answer.
+        let mut stream = resp.into_body().into_data_stream();
+        let mut buf = Vec::new();
+        while let Some(Ok(chunk)) = stream.next().await {
+            buf.extend_from_slice(&chunk);
+            while let Some(end) = super::sse::event_end(&buf) {
+                let event: Vec<u8> = buf.drain(..end).collect();
+                if super::sse::answers(true, &event, &id) {
+                    learn(&event, true);
+                    return;
+                }
+            }
+            if buf.len() > super::MAX_BUFFERED {
+                return;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(mount.timeout, read).await;
 }
