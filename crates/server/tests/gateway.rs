@@ -260,6 +260,43 @@ async fn streamed_call(
     (s, up, d, r)
 }
 
+/// Reads the rest of `r` in a task: `Ok` once it ends as a stream ends (the client then opens
+/// it again), `Err` if the connection was cut.
+fn read_on(mut r: reqwest::Response) -> tokio::task::JoinHandle<Result<(), String>> {
+    tokio::spawn(async move {
+        loop {
+            match r.chunk().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    })
+}
+
+/// Stops `s` while a client reads a stream from it (`reading`, from [`read_on`]): the server
+/// stops within `within`, and the stream ends as a stream ends rather than being cut.
+async fn stop_with_a_stream_open(
+    s: Server,
+    reading: tokio::task::JoinHandle<Result<(), String>>,
+    within: std::time::Duration,
+) {
+    let stopping = std::time::Instant::now();
+    tokio::time::timeout(std::time::Duration::from_secs(20), s.stop())
+        .await
+        .expect("the server did not stop while a stream was open");
+    assert!(
+        stopping.elapsed() < within,
+        "stopped after {:?}",
+        stopping.elapsed()
+    );
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(5), reading)
+        .await
+        .expect("the client's stream outlived the server")
+        .unwrap();
+    assert_eq!(ended, Ok(()), "the stream was cut rather than ended");
+}
+
 fn call(id: u64, tool: &str) -> Value {
     json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {"name": tool, "arguments": {"text": "secret argument"}, "_meta": {"intent": "testing"}}})
 }
@@ -666,28 +703,10 @@ grantline_store::backend_tests! {
             .unwrap();
         assert!(String::from_utf8_lossy(&first).contains("keep-alive"));
         // The client keeps reading, as an MCP client does for as long as it runs.
-        let reading = tokio::spawn(async move {
-            loop {
-                match r.chunk().await {
-                    Ok(Some(_)) => continue,
-                    Ok(None) => return Ok(()),
-                    Err(e) => return Err(e.to_string()),
-                }
-            }
-        });
+        let reading = read_on(r);
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-        let stopping = std::time::Instant::now();
-        tokio::time::timeout(std::time::Duration::from_secs(20), s.stop())
-            .await
-            .expect("the server did not stop while an event stream was open");
-        // Well before the drain timeout (10 s), which would close the connection instead.
-        assert!(stopping.elapsed() < std::time::Duration::from_secs(9), "stopped after {:?}", stopping.elapsed());
-        // The stream was ended as a stream ends, which tells the client to reconnect.
-        let ended = tokio::time::timeout(std::time::Duration::from_secs(5), reading)
-            .await
-            .expect("the client's stream outlived the server")
-            .unwrap();
-        assert_eq!(ended, Ok(()));
+        // Ended when the server began to stop, well before the drain timeout (10 s).
+        stop_with_a_stream_open(s, reading, std::time::Duration::from_secs(9)).await;
     }
 
     async fn a_streamed_answer_the_gateway_does_not_watch_is_delivered_while_the_server_stops(db: TestDb) {
@@ -745,26 +764,9 @@ grantline_store::backend_tests! {
         }
         assert!(seen.contains("\"id\":31") && seen.contains("done"), "{seen}");
         // The caller reads on; the upstream never ends the stream.
-        let reading = tokio::spawn(async move {
-            loop {
-                match r.chunk().await {
-                    Ok(Some(_)) => continue,
-                    Ok(None) => return Ok(()),
-                    Err(e) => return Err(e.to_string()),
-                }
-            }
-        });
-        let stopping = std::time::Instant::now();
-        tokio::time::timeout(std::time::Duration::from_secs(20), s.stop())
-            .await
-            .expect("the server did not stop while a call's stream was left open");
-        // Ended when the server began to stop, not closed at the drain timeout (10 s).
-        assert!(stopping.elapsed() < std::time::Duration::from_secs(9), "stopped after {:?}", stopping.elapsed());
-        let ended = tokio::time::timeout(std::time::Duration::from_secs(5), reading)
-            .await
-            .expect("the caller's stream outlived the server")
-            .unwrap();
-        assert_eq!(ended, Ok(()));
+        let reading = read_on(r);
+        // Ended when the server began to stop, well before the drain timeout (10 s).
+        stop_with_a_stream_open(s, reading, std::time::Duration::from_secs(9)).await;
     }
 
     async fn a_stream_the_gateway_does_not_watch_ends_at_the_drain_timeout(db: TestDb) {
@@ -781,23 +783,9 @@ grantline_store::backend_tests! {
             .unwrap()
             .unwrap();
         assert!(String::from_utf8_lossy(&first).contains("notifications/progress"));
-        let reading = tokio::spawn(async move {
-            loop {
-                match r.chunk().await {
-                    Ok(Some(_)) => continue,
-                    Ok(None) => return Ok(()),
-                    Err(e) => return Err(e.to_string()),
-                }
-            }
-        });
-        tokio::time::timeout(std::time::Duration::from_secs(20), s.stop())
-            .await
-            .expect("the server did not stop at its drain timeout");
-        let ended = tokio::time::timeout(std::time::Duration::from_secs(5), reading)
-            .await
-            .expect("the stream outlived the server")
-            .unwrap();
-        assert_eq!(ended, Ok(()), "the stream was cut rather than ended");
+        let reading = read_on(r);
+        // Ended at the drain timeout (1 s here).
+        stop_with_a_stream_open(s, reading, std::time::Duration::from_secs(9)).await;
     }
 
     async fn tools_are_learned_from_a_listing_on_a_stream_the_upstream_keeps_open(db: TestDb) {
