@@ -251,13 +251,31 @@ async fn streamed_call(
             .unwrap()
             .starts_with("text/event-stream")
     );
-    let first = tokio::time::timeout(std::time::Duration::from_secs(10), r.chunk())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    assert!(String::from_utf8_lossy(&first).contains("notifications/progress"));
+    let first = first_chunk(&mut r).await;
+    assert!(first.contains("notifications/progress"));
     (s, up, d, r)
+}
+
+/// A `prompts/get` (a request the gateway does not watch) whose answer the test upstream
+/// streams: returned once its progress event has arrived, the answer still to come (until
+/// `release`).
+async fn prompt_stream(s: &Server, token: &str, id: u64) -> reqwest::Response {
+    let get = json!({"jsonrpc": "2.0", "id": id, "method": "prompts/get", "params": {"name": "p"}});
+    let mut r = rpc(s, "/mcp/up", Some(token), get).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let first = first_chunk(&mut r).await;
+    assert!(first.contains("notifications/progress"));
+    r
+}
+
+/// The next chunk of `r`'s body, within 10 s.
+async fn first_chunk(r: &mut reqwest::Response) -> String {
+    let c = tokio::time::timeout(std::time::Duration::from_secs(10), r.chunk())
+        .await
+        .expect("no chunk within 10 s")
+        .unwrap()
+        .expect("the body ended");
+    String::from_utf8_lossy(&c).into_owned()
 }
 
 /// Reads the rest of `r` in a task: `Ok` once it ends as a stream ends (the client then opens
@@ -696,12 +714,8 @@ grantline_store::backend_tests! {
             .await
             .unwrap();
         assert_eq!(r.status(), StatusCode::OK);
-        let first = tokio::time::timeout(std::time::Duration::from_secs(10), r.chunk())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        assert!(String::from_utf8_lossy(&first).contains("keep-alive"));
+        let first = first_chunk(&mut r).await;
+        assert!(first.contains("keep-alive"));
         // The client keeps reading, as an MCP client does for as long as it runs.
         let reading = read_on(r);
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
@@ -713,15 +727,7 @@ grantline_store::backend_tests! {
         let (up_url, up) = start_upstream().await;
         let (s, _d) = gateway_server(&db, &up_url).await;
         let token = token_for(&s, &s.url("/mcp/up"), "up:read").await;
-        let get = json!({"jsonrpc": "2.0", "id": 21, "method": "prompts/get", "params": {"name": "p"}});
-        let mut r = rpc(&s, "/mcp/up", Some(&token), get).await;
-        assert_eq!(r.status(), StatusCode::OK);
-        let first = tokio::time::timeout(std::time::Duration::from_secs(10), r.chunk())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        assert!(String::from_utf8_lossy(&first).contains("notifications/progress"));
+        let mut r = prompt_stream(&s, &token, 21).await;
         let reading = tokio::spawn(async move {
             let mut rest = Vec::new();
             while let Some(c) = r.chunk().await.unwrap() {
@@ -774,15 +780,7 @@ grantline_store::backend_tests! {
         let (s, _d) = gateway_server_with(&db, &up_url, |c| c.server.drain_timeout_secs = 1).await;
         let token = token_for(&s, &s.url("/mcp/up"), "up:read").await;
         // Its answer never comes (`release` is never notified).
-        let get = json!({"jsonrpc": "2.0", "id": 22, "method": "prompts/get", "params": {"name": "p"}});
-        let mut r = rpc(&s, "/mcp/up", Some(&token), get).await;
-        assert_eq!(r.status(), StatusCode::OK);
-        let first = tokio::time::timeout(std::time::Duration::from_secs(10), r.chunk())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        assert!(String::from_utf8_lossy(&first).contains("notifications/progress"));
+        let r = prompt_stream(&s, &token, 22).await;
         let reading = read_on(r);
         // Ended at the drain timeout (1 s here).
         stop_with_a_stream_open(s, reading, std::time::Duration::from_secs(9)).await;
