@@ -335,8 +335,9 @@ pub struct ServerSection {
     /// as the MCP transport requires).
     #[serde(default)]
     pub allowed_origins: Vec<String>,
-    /// When told to stop, how long to wait for open connections to finish before closing
-    /// them (a client that stopped reading, a stream that does not end).
+    /// When told to stop, how long open connections get to finish (a client that stopped
+    /// reading, a stream that does not end) before the server goes on to its final writes
+    /// without them; they are closed when the process exits.
     #[serde(default = "default_drain_timeout_secs")]
     pub drain_timeout_secs: u64,
 }

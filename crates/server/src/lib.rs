@@ -193,7 +193,9 @@ pub async fn serve(
     .into_future();
     // The drain is bounded: a client that stopped reading, or a response that never ends,
     // must not keep the server from its final writes.
-    let grace = Duration::from_secs(app.config.server.drain_timeout_secs);
+    // A second more than the relayed streams get (`ends_when_draining`), so that they end
+    // before the drain is given up.
+    let grace = Duration::from_secs(app.config.server.drain_timeout_secs + 1);
     let draining = app.draining.clone();
     let overdue = async move {
         draining.cancelled().await;
@@ -202,8 +204,8 @@ pub async fn serve(
     tokio::select! {
         served = served => served?,
         () = overdue => tracing::warn!(
-            drain_timeout_secs = grace.as_secs(),
-            "connections still open at the drain timeout are left behind"
+            drain_timeout_secs = app.config.server.drain_timeout_secs,
+            "connections still open after the drain timeout are left to the process's exit"
         ),
     }
     // Let the background loop finish its round (a rate-limit flush it began is not cut off),

@@ -45,11 +45,19 @@ async fn start_upstream() -> (String, Upstream) {
     let up = Upstream::default();
     let state = up.clone();
     // GET: the server's own event stream, which a client keeps open for as long as it runs;
-    // this one never ends (a keep-alive comment every 100 ms).
-    let stream = || async {
-        let beats = futures::stream::unfold((), |()| async {
+    // this one never ends (a keep-alive comment every 100 ms; in session `flood`, 64 KiB
+    // comments as fast as they are taken).
+    let stream = |headers: axum::http::HeaderMap| async move {
+        let flood = headers.get("mcp-session-id").is_some_and(|v| v == "flood");
+        let beats = futures::stream::unfold((), move |()| async move {
+            if flood {
+                return Some((
+                    Ok::<_, std::io::Error>(format!(": {}\n\n", "x".repeat(65_536))),
+                    (),
+                ));
+            }
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-            Some((Ok::<_, std::io::Error>(": keep-alive\n\n"), ()))
+            Some((Ok::<_, std::io::Error>(": keep-alive\n\n".to_string()), ()))
         });
         (
             [("content-type", "text/event-stream")],
@@ -736,7 +744,7 @@ grantline_store::backend_tests! {
             String::from_utf8(rest).unwrap()
         });
         // Told to stop while the answer is still to come: unlike the server's own stream, a
-        // request's stream ends with its answer, and gets the mount's timeout to bring it.
+        // request's stream ends with its answer, and gets until the drain timeout to bring it.
         let stopping = tokio::spawn(s.stop());
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
         assert!(!reading.is_finished(), "the stream ended before its answer");
@@ -782,8 +790,45 @@ grantline_store::backend_tests! {
         // Its answer never comes (`release` is never notified).
         let r = prompt_stream(&s, &token, 22).await;
         let reading = read_on(r);
-        // Ended at the drain timeout (1 s here).
-        stop_with_a_stream_open(s, reading, std::time::Duration::from_secs(9)).await;
+        let stopping = tokio::spawn(s.stop());
+        // Not ended at once: the answer may still come until the drain timeout (1 s here).
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        assert!(!reading.is_finished(), "the stream ended before the drain timeout");
+        tokio::time::timeout(std::time::Duration::from_secs(20), stopping)
+            .await
+            .expect("the server did not stop after its drain timeout")
+            .unwrap();
+        let ended = tokio::time::timeout(std::time::Duration::from_secs(5), reading)
+            .await
+            .expect("the client's stream outlived the server")
+            .unwrap();
+        assert_eq!(ended, Ok(()), "the stream was cut rather than ended");
+    }
+
+    async fn a_client_that_stopped_reading_does_not_hold_the_server_past_its_drain_timeout(db: TestDb) {
+        let (up_url, _up) = start_upstream().await;
+        let (s, _d) = gateway_server_with(&db, &up_url, |c| c.server.drain_timeout_secs = 1).await;
+        let token = token_for(&s, &s.url("/mcp/up"), "up:read").await;
+        // A stream that fills every buffer on the way to a client that no longer reads: the
+        // server's writes wait, so the stream is never asked for more and cannot be ended.
+        let mut r = browser()
+            .get(s.url("/mcp/up"))
+            .header("accept", "text/event-stream")
+            .header("mcp-session-id", "flood")
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        assert!(first_chunk(&mut r).await.starts_with(": xxx"));
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let stopping = std::time::Instant::now();
+        tokio::time::timeout(std::time::Duration::from_secs(20), s.stop())
+            .await
+            .expect("a client that stopped reading held the server");
+        // The drain timeout (1 s) and its second more, then the final writes.
+        assert!(stopping.elapsed() < std::time::Duration::from_secs(8), "stopped after {:?}", stopping.elapsed());
+        drop(r);
     }
 
     async fn tools_are_learned_from_a_listing_on_a_stream_the_upstream_keeps_open(db: TestDb) {

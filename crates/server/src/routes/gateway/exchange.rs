@@ -40,6 +40,12 @@ pub async fn run(
     // the `traceparent` sent upstream names the request's trace).
     tracker.spawn(
         async move {
+            // Shutdown no longer waits for exchanges (a request that outlived the drain):
+            // one begun now would not have its outcome recorded, so it is not begun.
+            if audit.app.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+                let _ = tx.send(unavailable());
+                return;
+            }
             if let Some(start) = start
                 && audit.record(vec![start]).await.is_err()
             {

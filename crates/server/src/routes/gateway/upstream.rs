@@ -169,13 +169,13 @@ pub fn is_sse(r: &Response) -> bool {
 /// A relayed answer that no exchange watches, ended when the server begins to stop: the drain
 /// waits for every response to finish, and the server's own stream (the answer to a GET),
 /// which a client keeps open for as long as it runs, never would. That one ends at once; any
-/// other stream, which ends with its answer, gets until the drain timeout. The client sees the
+/// other event stream, which ends with its answer, gets until the drain timeout. The client sees the
 /// stream end, as MCP allows a server to end it at any time, and connects again.
 pub fn ends_when_draining(app: &App, method: &Method, r: Response) -> Response {
-    let get = method == Method::GET;
-    if !get && !is_sse(&r) {
+    if !is_sse(&r) {
         return r;
     }
+    let get = method == Method::GET;
     let draining = app.draining.clone();
     let grace =
         (!get).then(|| std::time::Duration::from_secs(app.config.server.drain_timeout_secs));
@@ -248,5 +248,31 @@ pub async fn learn_tools(
             }
         }
     };
-    let _ = tokio::time::timeout(mount.timeout, read).await;
+    // Not past the start of a shutdown either: the call waiting for this would outlive it.
+    tokio::select! {
+        _ = tokio::time::timeout(mount.timeout, read) => {}
+        () = app.draining.cancelled() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn typed(content_type: &str) -> Response {
+        Response::builder()
+            .header(header::CONTENT_TYPE, content_type)
+            .body(Body::empty())
+            .unwrap()
+    }
+
+    #[test]
+    fn an_event_stream_is_known_by_its_media_type_in_any_case() {
+        assert!(is_sse(&typed("text/event-stream")));
+        assert!(is_sse(&typed("Text/Event-Stream; charset=utf-8")));
+        assert!(is_sse(&typed(" TEXT/EVENT-STREAM")));
+        assert!(!is_sse(&typed("application/json")));
+        assert!(!is_sse(&typed("text/event")));
+        assert!(!is_sse(&Response::new(Body::empty())));
+    }
 }
