@@ -358,6 +358,9 @@ fn default_drain_timeout_secs() -> u64 {
     10
 }
 
+/// A stop that waits longer is a hang (a process manager kills it first), and the bound keeps the second added to it from overflowing.
+const MAX_DRAIN_TIMEOUT_SECS: u64 = 3600;
+
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8080))
 }
@@ -642,6 +645,9 @@ impl Config {
         }
         if self.oauth.access_token_ttl == 0 {
             bail!("oauth.access_token_ttl must be positive");
+        }
+        if self.server.drain_timeout_secs > MAX_DRAIN_TIMEOUT_SECS {
+            bail!("server.drain_timeout_secs must be at most {MAX_DRAIN_TIMEOUT_SECS} (an hour)");
         }
         if let Some(u) = &self.server.public_url {
             let url = url::Url::parse(u).with_context(|| format!("public_url {u:?}"))?;
@@ -977,6 +983,17 @@ mod tests {
         );
         // The break-glass admin is a command-line flag only.
         assert!(toml::from_str::<Config>("[login]\nbreak_glass_admin = \"root\"").is_err());
+    }
+
+    #[test]
+    fn the_drain_timeout_is_bounded() {
+        let check = |text: &str| toml::from_str::<Config>(text).unwrap().check();
+        assert_eq!(Config::default().server.drain_timeout_secs, 10);
+        assert!(check("[server]\ndrain_timeout_secs = 0").is_ok());
+        assert!(check("[server]\ndrain_timeout_secs = 3600").is_ok());
+        let e = check("[server]\ndrain_timeout_secs = 18446744073709551615").unwrap_err();
+        assert!(e.to_string().contains("drain_timeout_secs"), "{e}");
+        assert!(toml::from_str::<Config>("[server]\ndrain_timeout_secs = -1").is_err());
     }
 
     #[test]

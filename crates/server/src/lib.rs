@@ -195,7 +195,7 @@ pub async fn serve(
     // must not keep the server from its final writes.
     // A second more than the relayed streams get (`ends_when_draining`), so that they end
     // before the drain is given up.
-    let grace = Duration::from_secs(app.config.server.drain_timeout_secs + 1);
+    let grace = Duration::from_secs(app.config.server.drain_timeout_secs.saturating_add(1));
     let draining = app.draining.clone();
     let overdue = async move {
         draining.cancelled().await;
