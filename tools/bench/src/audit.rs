@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 pub async fn store_sample_keys(ledger: &Ledger, seed: u64) -> Result<()> {
     let key = vec![seed as u8; 32];
     let now = Timestamp::now().0;
-    for u in 0..5_000u64 {
-        let subject = pii::user_subject(&format!("usr_{seed:08x}{u:016x}"));
+    for u in 0..crate::synthetic::USERS {
+        let subject = pii::user_subject(&crate::synthetic::user_id(u));
         match ledger.store().pool() {
             Pool::Sqlite(p) => {
                 sqlx::query(

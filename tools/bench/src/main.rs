@@ -219,7 +219,7 @@ async fn main() -> Result<()> {
                 },
             )
             .await?;
-            let mut generator = synthetic::Generator::new(1);
+            let mut generator = synthetic::Generator::new(1, synthetic::Population::new(1));
             let end = grantline_ledger::Timestamp::now().0;
             let span = (weeks.max(1) * 7 * 86_400_000_000) as i64;
             const BATCH: u64 = 200;
@@ -280,17 +280,21 @@ async fn main() -> Result<()> {
             let db = Database::parse(&target.database)?;
             let ledger = Ledger::open(&db, signer()?, LedgerOptions::default()).await?;
             let remaining = Arc::new(AtomicU64::new(events));
+            // The writers are concurrent requests to one deployment: one population of users
+            // and clients, new families named from the clock as the server names them.
+            let population = synthetic::Population::new(1);
             let start = Instant::now();
             let mut tasks = Vec::new();
             for w in 0..writers {
                 let ledger = ledger.clone();
                 let remaining = remaining.clone();
+                let mut generator = synthetic::Generator::new(1000 + w, population.clone());
                 tasks.push(tokio::spawn(async move {
-                    let mut generator = synthetic::Generator::new(1000 + w);
                     while remaining
                         .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
                         .is_ok()
                     {
+                        generator.now = grantline_ledger::Timestamp::now();
                         ledger
                             .append(Append::new(vec![generator.next_event()]))
                             .await?;

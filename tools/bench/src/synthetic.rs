@@ -9,20 +9,79 @@
 //! rhythm (see `main.rs`).
 
 use grantline_ledger::*;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 
 pub struct Generator {
     seed: u64,
     rng: u64,
     n: u64,
     queue: Vec<NewEvent>,
-    key: SubjectKey,
-    /// The time events are generated for (expiry fields are relative to it).
+    population: Arc<Population>,
+    /// The time events are generated for (expiry fields are relative to it, and new families
+    /// take their ids from it, as the server's UUIDv7 ids take theirs from its clock).
     pub now: Timestamp,
-    users_seen: std::collections::HashSet<usize>,
-    clients_seen: std::collections::HashSet<usize>,
 }
 
-const USERS: usize = 5_000;
+/// What the generators of one simulated deployment share, as concurrent requests to one
+/// server do: one set of users and clients, each registered once by whichever generator meets
+/// it first, and the key their personal data is sealed under.
+pub struct Population {
+    key: SubjectKey,
+    seen: Mutex<Seen>,
+}
+
+#[derive(Default)]
+struct Seen {
+    users: HashSet<usize>,
+    clients: HashSet<usize>,
+}
+
+impl Population {
+    /// A deployment whose personal data is sealed under the key `[seed as u8; 32]`
+    /// (`audit::store_sample_keys` stores it for each user).
+    pub fn new(seed: u64) -> Arc<Population> {
+        Arc::new(Population {
+            key: SubjectKey([seed as u8; 32]),
+            seen: Mutex::new(Seen::default()),
+        })
+    }
+
+    /// Whether this is the first time any generator meets user `u` (and client `c`).
+    fn meet(&self, u: usize, c: usize) -> (bool, bool) {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        (seen.users.insert(u), seen.clients.insert(c))
+    }
+}
+
+/// User `u`'s id: 32 hex digits like the server's, spread over the id space as ids made at
+/// different times are, so that busy users are not neighbours in the ledger's indexes.
+pub fn user_id(u: usize) -> String {
+    spread_id("usr", u as u64)
+}
+
+fn client_id(c: usize) -> String {
+    spread_id("cli", 1 << 40 | c as u64)
+}
+
+fn grant_id(u: usize, c: usize) -> String {
+    spread_id("gr", 2 << 40 | (u * CLIENTS + c) as u64)
+}
+
+fn spread_id(prefix: &str, x: u64) -> String {
+    format!("{prefix}_{:016x}{:016x}", scatter(x), scatter(!x))
+}
+
+/// SplitMix64's finaliser: a fixed, well-mixed permutation of `x`.
+fn scatter(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Users of the simulated deployment.
+pub const USERS: usize = 5_000;
 const CLIENTS: usize = 400;
 
 const RESOURCES: [&str; 4] = [
@@ -65,16 +124,15 @@ const CLIENT_NAMES: [&str; 6] = [
 ];
 
 impl Generator {
-    pub fn new(seed: u64) -> Self {
+    /// A generator of its own random sequence (`seed`), in `population`.
+    pub fn new(seed: u64, population: Arc<Population>) -> Self {
         Generator {
             seed,
             rng: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
             n: 0,
             queue: Vec::new(),
-            key: SubjectKey([seed as u8; 32]),
+            population,
             now: Timestamp::now(),
-            users_seen: Default::default(),
-            clients_seen: Default::default(),
         }
     }
 
@@ -112,12 +170,21 @@ impl Generator {
         ((n as f64) * self.unit().powi(3)) as usize % n
     }
 
-    fn id(&self, prefix: &str, n: u64) -> String {
-        format!("{prefix}_{:08x}{:016x}", self.seed, n)
+    /// The id of this generator's `n`th family, made at [`Generator::now`] as the server makes
+    /// one: `fam_` and a UUIDv7 (its random bits here drawn from the seed and `n`), so that new
+    /// families are neighbours in the ledger's indexes, as they are in the server's.
+    fn family_id(&self, n: u64) -> String {
+        let ms = (self.now.as_micros() / 1000).max(0) as u64;
+        let (a, b) = (scatter(self.seed << 40 ^ n), scatter(n << 20 ^ self.seed));
+        let mut random = [0u8; 10];
+        random[..8].copy_from_slice(&a.to_be_bytes());
+        random[8..].copy_from_slice(&b.to_be_bytes()[..2]);
+        let id = uuid::Builder::from_unix_timestamp_millis(ms, &random).into_uuid();
+        format!("fam_{}", id.simple())
     }
 
     fn sealed(&self, subject: &str, text: &str) -> Sealed {
-        Sealed::seal(&self.key, subject, text).unwrap_or_else(|e| panic!("seal: {e}"))
+        Sealed::seal(&self.population.key, subject, text).unwrap_or_else(|e| panic!("seal: {e}"))
     }
 
     /// A user's usual address, in one of several networks.
@@ -148,11 +215,12 @@ impl Generator {
         let now = self.now;
         let u = self.skewed(USERS);
         let c = self.skewed(CLIENTS);
-        let user = self.id("usr", u as u64);
-        let client = self.id("cli", c as u64);
+        let user = user_id(u);
+        let client = client_id(c);
         let subject = pii::user_subject(&user);
-        let family = self.id("fam", n);
-        let grant = self.id("gr", (u * CLIENTS + c) as u64);
+        let family = self.family_id(n);
+        let grant = grant_id(u, c);
+        let (new_user, new_client) = self.population.meet(u, c);
         let resource = RESOURCES[(u + c) % 4];
         let ip = if self.chance(0.1) {
             format!("203.0.113.{}", self.next() % 254 + 1)
@@ -167,7 +235,7 @@ impl Generator {
         let mut push = |stream: StreamId, actor: &Actor, p: Payload| {
             out.push(NewEvent::new(stream, actor.clone(), p))
         };
-        if self.clients_seen.insert(c) {
+        if new_client {
             push(
                 StreamId::client(&client),
                 &client_actor,
@@ -192,7 +260,7 @@ impl Generator {
                 .into(),
             );
         }
-        if self.users_seen.insert(u) {
+        if new_user {
             push(
                 StreamId::user(&user),
                 &Actor::Operator,
@@ -522,5 +590,64 @@ impl Generator {
             );
         }
         self.queue.extend(out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generators_of_one_population_register_each_user_and_client_once() {
+        let population = Population::new(1);
+        let mut a = Generator::new(1000, population.clone());
+        let mut b = Generator::new(1001, population);
+        let mut registered = std::collections::HashMap::<String, usize>::new();
+        let mut users = [HashSet::new(), HashSet::new()];
+        for _ in 0..5_000 {
+            for (i, event) in [a.next_event(), b.next_event()].into_iter().enumerate() {
+                let stream = event.stream.as_str().to_string();
+                if matches!(
+                    event.payload,
+                    Payload::UserCreated(_) | Payload::ClientRegistered(_)
+                ) {
+                    *registered.entry(stream.clone()).or_default() += 1;
+                }
+                if stream.starts_with("user:") {
+                    users[i].insert(stream);
+                }
+            }
+        }
+        assert!(
+            registered.len() > 10,
+            "too few registrations: {registered:?}"
+        );
+        assert!(
+            registered.values().all(|&n| n == 1),
+            "registered more than once: {:?}",
+            registered
+                .iter()
+                .filter(|(_, n)| **n > 1)
+                .collect::<Vec<_>>()
+        );
+        // Both generators draw from the same users.
+        assert!(users[0].intersection(&users[1]).count() > 10);
+    }
+
+    #[test]
+    fn new_families_are_named_in_the_order_they_are_made_and_never_twice() {
+        let population = Population::new(1);
+        let mut a = Generator::new(1000, population.clone());
+        let mut b = Generator::new(1001, population);
+        let t = Timestamp::from_secs(1_800_000_000);
+        a.now = t;
+        b.now = t;
+        let early = [a.family_id(1), a.family_id(2), b.family_id(1)];
+        a.now = t.plus_secs(1);
+        let late = a.family_id(3);
+        assert_eq!(early.iter().collect::<HashSet<_>>().len(), 3, "{early:?}");
+        assert!(early.iter().all(|e| *e < late), "{early:?} {late}");
+        let id = uuid::Uuid::parse_str(&late["fam_".len()..]).expect("a UUID");
+        assert_eq!(id.get_version_num(), 7);
     }
 }
