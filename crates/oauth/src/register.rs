@@ -37,8 +37,11 @@ pub enum Policy {
     Off,
 }
 
-/// One allowlist entry; every field that is set must match.
+/// One allowlist entry; every field that is set must match. Unknown fields are refused (a
+/// misspelt field would leave a rule that matches everything); so is a rule with no field set
+/// (see [`AllowRule::is_empty`]).
 #[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AllowRule {
     pub client_name: Option<String>,
     pub software_id: Option<String>,
@@ -47,6 +50,11 @@ pub struct AllowRule {
 }
 
 impl AllowRule {
+    /// A rule with no field set would admit every registration: the configuration refuses it.
+    pub fn is_empty(&self) -> bool {
+        self.client_name.is_none() && self.software_id.is_none() && self.redirect_host.is_none()
+    }
+
     fn admits(&self, name: Option<&str>, software_id: Option<&str>, uris: &[String]) -> bool {
         let name_ok = self.client_name.as_deref().is_none_or(|n| Some(n) == name);
         let sw_ok = self

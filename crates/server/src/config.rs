@@ -723,6 +723,12 @@ impl Config {
                 if self.registration.allow.is_empty() {
                     bail!("registration.policy = \"allowlist\" needs [[registration.allow]] rules");
                 }
+                if let Some(i) = self.registration.allow.iter().position(|r| r.is_empty()) {
+                    bail!(
+                        "[[registration.allow]] rule {} sets none of client_name, software_id, redirect_host: it would admit every registration",
+                        i + 1
+                    );
+                }
                 Ok(Policy::Allowlist(self.registration.allow.clone()))
             }
             other => bail!("registration.policy {other:?} must be open, allowlist or off"),
@@ -1020,6 +1026,32 @@ mod tests {
         let e = toml::from_str::<Config>("[server]\nlisten = \"127.0.0.1:80").unwrap_err();
         assert!(e.to_string().contains("line"), "{e}");
         assert!(toml::from_str::<Config>("[server]\nlisten_at = \"x\"").is_err());
+    }
+
+    #[test]
+    fn an_allowlist_rule_that_would_admit_everyone_is_refused() {
+        // A misspelt field (`redirect_hosts`) is refused, not read as a rule with none set.
+        let e = toml::from_str::<Config>(
+            "[registration]\npolicy = \"allowlist\"\n[[registration.allow]]\nredirect_hosts = \"app.example\"\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("redirect_hosts"), "{e}");
+        // A rule with no field set would match every registration.
+        let c: Config = toml::from_str(
+            "[registration]\npolicy = \"allowlist\"\n[[registration.allow]]\nredirect_host = \"app.example\"\n[[registration.allow]]\n",
+        )
+        .unwrap();
+        let e = c.registration_policy().unwrap_err();
+        assert!(e.to_string().contains("rule 2 sets none"), "{e}");
+        assert!(c.check().is_err());
+        let c: Config = toml::from_str(
+            "[registration]\npolicy = \"allowlist\"\n[[registration.allow]]\nredirect_host = \"app.example\"\n",
+        )
+        .unwrap();
+        assert!(matches!(
+            c.registration_policy(),
+            Ok(grantline_oauth::register::Policy::Allowlist(rules)) if rules.len() == 1
+        ));
     }
 
     #[test]
