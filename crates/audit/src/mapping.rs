@@ -694,8 +694,8 @@ pub fn map(event: &Recorded, dir: &mut impl Names, o: &mut dyn Opener) -> AuditR
     r.outcome = outcome.as_str().into();
     r.severity = severity.as_str().into();
     // Names from the directory, so a user's events are found by their email.
-    if let Some(u) = r.user_id.as_deref() {
-        if let Some((name, email)) = dir.user(u) {
+    if let Some(u) = r.user_id.as_deref()
+        && let Some((name, email)) = dir.user(u) {
             r.user_name = r.user_name.take().or_else(|| name.clone());
             r.user_email = email.clone();
             let subject = user_subject(u);
@@ -703,7 +703,6 @@ pub fn map(event: &Recorded, dir: &mut impl Names, o: &mut dyn Opener) -> AuditR
                 subjects.push(subject);
             }
         }
-    }
     if r.client_name.is_none()
         && let Some(c) = r.client_id.as_deref()
     {
