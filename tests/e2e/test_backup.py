@@ -53,12 +53,36 @@ def test_sqlite_backup_of_a_running_server_restores_and_a_bad_one_is_refused(ser
 
     # Over the live data directory: refused without --force; the running ledger untouched.
     refused = grantline("--data-dir", data, "restore", "--input", str(out), check=False)
-    assert refused.returncode != 0 and "--force" in refused.stderr, refused.stderr
+    assert refused.returncode != 0 and "server is running" in refused.stderr, refused.stderr
+    # Not with --force either: the server would go on writing to the ledger moved aside.
+    before = sorted(p.name for p in server.data_dir.iterdir())
+    refused = grantline("--data-dir", data, "restore", "--input", str(out), "--force", check=False)
+    assert refused.returncode != 0 and "server is running" in refused.stderr, refused.stderr
+    assert sorted(p.name for p in server.data_dir.iterdir()) == before
     server.stop()
+    # Stopped: refused without --force, which the message offers.
+    refused = grantline("--data-dir", data, "restore", "--input", str(out), check=False)
+    assert refused.returncode != 0 and "--force" in refused.stderr, refused.stderr
     forced = grantline("--data-dir", data, "restore", "--input", str(out), "--force").stdout
     moved = re.search(r"previous ledger was moved to (\S+)", forced)
     assert moved and pathlib.Path(moved.group(1)).exists(), forced
     assert grantline("--data-dir", data, "verify").stdout.startswith(f"ok: {m.group(1)} events")
+
+    # The database moved away but its write-ahead log left behind (SQLite would apply it to
+    # the restored database): refused; with --force it is moved aside with the rest.
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "grantline.db-wal").write_bytes(b"frames of another ledger")
+    p = grantline("--data-dir", str(other), "restore", "--input", str(out), "--public-key", key,
+                  check=False)
+    assert p.returncode != 0 and "grantline.db-wal exists" in p.stderr, p.stderr
+    assert not (other / "grantline.db").exists()
+    forced = grantline("--data-dir", str(other), "restore", "--input", str(out), "--public-key", key,
+                       "--force").stdout
+    assert "previous ledger was moved to" in forced, forced
+    assert not (other / "grantline.db-wal").exists() or (other / "grantline.db-wal").read_bytes() != b"frames of another ledger"
+    assert grantline("--data-dir", str(other), "verify", "--public-key", key).stdout.startswith(
+        f"ok: {m.group(1)} events")
 
     # A backup whose database was altered: refused, and nothing was written.
     bad = tmp_path / "bad.backup"

@@ -3,6 +3,8 @@
 that needs a restart are refused and the policy in force stays; `grantline state --at` answers
 what a user could do by the roles in force at each seq."""
 import json
+import subprocess
+import time
 
 from conftest import CONFIG, Server
 from test_backup import grantline
@@ -112,3 +114,16 @@ def test_config_reload_records_the_difference_and_refuses_what_it_cannot_apply(t
     finally:
         server.stop()
     assert not (server.data_dir / "grantline.pid").exists(), "the pid file goes with the server"
+
+    # A pid file left by a server that did not stop cleanly, naming a process that is not a
+    # server: nothing is signalled (SIGHUP would end it).
+    bystander = subprocess.Popen(["sleep", "60"])
+    try:
+        (server.data_dir / "grantline.pid").write_text(f"{bystander.pid}\n")
+        p = grantline(*cli, "config", "reload", env=env, check=False)
+        assert p.returncode != 0 and "no server runs" in p.stderr, (p.stdout, p.stderr)
+        time.sleep(0.3)
+        assert bystander.poll() is None, "the process in the stale pid file was signalled"
+    finally:
+        bystander.kill()
+        bystander.wait()

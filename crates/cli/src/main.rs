@@ -2,6 +2,7 @@
 
 mod commands;
 mod location;
+mod lock;
 mod telemetry;
 
 use anyhow::Result;

@@ -65,6 +65,9 @@ fn copy_online(src: &Path, dest: &Path) -> Result<()> {
     )?;
     from.busy_timeout(std::time::Duration::from_secs(30))?;
     from.execute_batch("PRAGMA query_only = ON")?;
+    // The copy holds what the database does (personal-data keys, password hashes): created
+    // private before SQLite opens it, which gives its journal the same mode.
+    drop(private_file(dest)?);
     let mut to = rusqlite::Connection::open(dest)?;
     {
         let backup = rusqlite::backup::Backup::new(&from, &mut to)?;
@@ -159,9 +162,23 @@ impl Partial {
 impl Drop for Partial {
     fn drop(&mut self) {
         if let Some(p) = self.0.take() {
+            for companion in COMPANIONS {
+                let _ = std::fs::remove_file(with_suffix(&p, companion));
+            }
             let _ = std::fs::remove_file(p);
         }
     }
+}
+
+/// The files SQLite keeps beside a database: its write-ahead log, the log's index, and the
+/// rollback journal.
+pub const COMPANIONS: [&str; 3] = ["-wal", "-shm", "-journal"];
+
+/// `path` with `suffix` appended to its file name (`grantline.db` → `grantline.db-wal`).
+pub fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_os_string();
+    name.push(suffix);
+    PathBuf::from(name)
 }
 
 fn sibling(path: &Path, suffix: &str) -> PathBuf {
@@ -285,6 +302,20 @@ pub async fn restore_sqlite(
             dest.display()
         )));
     }
+    // A write-ahead log left by the ledger that was there (after a crash, or when only the
+    // database was moved away) would be applied by SQLite to the restored database at its
+    // first open, mixing the two.
+    if let Some(left) = COMPANIONS
+        .iter()
+        .map(|c| with_suffix(dest, c))
+        .find(|p| p.exists())
+    {
+        return Err(invalid(format!(
+            "{} is left from the ledger that was there: SQLite would apply it to the restored \
+             database. Move it away with that ledger first",
+            left.display()
+        )));
+    }
     let restoring = sibling(dest, ".restoring");
     let _ = std::fs::remove_file(&restoring);
     let guard = Partial(Some(restoring.clone()));
@@ -344,4 +375,31 @@ pub async fn restore_sqlite(
     std::fs::rename(&restoring, dest)?;
     guard.keep();
     Ok(Checked { manifest, summary })
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_copy_is_private_from_its_first_byte() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src.db");
+        rusqlite::Connection::open(&src)
+            .unwrap()
+            .execute_batch("CREATE TABLE t (x); INSERT INTO t VALUES (1);")
+            .unwrap();
+        // Readable by everyone, as SQLite would create it under the usual umask.
+        std::fs::set_permissions(&src, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let copy = dir.path().join("out.copying");
+        copy_online(&src, &copy).unwrap();
+        let mode = std::fs::metadata(&copy).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let n: i64 = rusqlite::Connection::open(&copy)
+            .unwrap()
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 1);
+    }
 }

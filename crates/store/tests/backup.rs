@@ -108,6 +108,17 @@ async fn a_backup_verifies_restores_and_refuses_what_does_not() {
     assert_eq!(std::fs::read(&dest).unwrap(), before);
 
     let refused = |name: &str| dir.path().join(name);
+    // Where only the database was moved away, the write-ahead log left beside it would be
+    // applied to the restored one: refused, the log untouched.
+    let wal = dir.path().join("e.db-wal");
+    std::fs::write(&wal, b"frames of another ledger").unwrap();
+    let e = backup::restore_sqlite(&out, &refused("e.db"), &[key()])
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("e.db-wal is left"), "{e}");
+    assert!(!refused("e.db").exists());
+    assert_eq!(std::fs::read(&wal).unwrap(), b"frames of another ledger");
+
     // Under a key that did not sign it: refused.
     let stranger = NoteSigner::from_seed("grantline.test/ledger", [7u8; 32])
         .unwrap()

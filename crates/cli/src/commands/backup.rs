@@ -106,11 +106,22 @@ pub async fn restore(loc: &Location, args: RestoreArgs) -> Result<ExitCode> {
         );
     }
     std::fs::create_dir_all(dest.parent().unwrap_or(Path::new(".")))?;
-    let moved = if dest.exists() {
+    // Held to the end: no server starts on the data directory while its ledger is replaced,
+    // and none may be running (it would go on writing to the ledger moved aside).
+    let _restoring = crate::lock::exclusive(&loc.data_dir)?;
+    let present = std::iter::once(dest.clone())
+        .chain(
+            backup::COMPANIONS
+                .iter()
+                .map(|c| backup::with_suffix(&dest, c)),
+        )
+        .find(|p| p.exists());
+    let moved = if let Some(present) = present {
         if !args.force {
             bail!(
-                "{} exists: stop the server and move it away, or pass --force to have it renamed",
-                dest.display()
+                "{} exists: move the ledger away (with its -wal and -shm files), or pass \
+                 --force to have them renamed",
+                present.display()
             );
         }
         Some(move_aside(&dest)?)
@@ -156,10 +167,10 @@ fn move_aside(db: &Path) -> Result<PathBuf> {
         "{}.replaced-{stamp}",
         db.file_name().unwrap_or_default().to_string_lossy()
     ));
-    for suffix in ["", "-wal", "-shm"] {
-        let from = PathBuf::from(format!("{}{suffix}", db.display()));
+    for suffix in std::iter::once("").chain(backup::COMPANIONS) {
+        let from = backup::with_suffix(db, suffix);
         if from.exists() {
-            std::fs::rename(&from, format!("{}{suffix}", aside.display()))
+            std::fs::rename(&from, backup::with_suffix(&aside, suffix))
                 .with_context(|| format!("moving {} aside", from.display()))?;
         }
     }
@@ -167,10 +178,10 @@ fn move_aside(db: &Path) -> Result<PathBuf> {
 }
 
 fn put_back(aside: &Path, db: &Path) {
-    for suffix in ["", "-wal", "-shm"] {
-        let from = PathBuf::from(format!("{}{suffix}", aside.display()));
+    for suffix in std::iter::once("").chain(backup::COMPANIONS) {
+        let from = backup::with_suffix(aside, suffix);
         if from.exists() {
-            let _ = std::fs::rename(&from, format!("{}{suffix}", db.display()));
+            let _ = std::fs::rename(&from, backup::with_suffix(db, suffix));
         }
     }
 }

@@ -56,6 +56,15 @@ pub async fn run(loc: &Location, cmd: Command) -> Result<ExitCode> {
                 return Ok(ExitCode::from(1));
             }
             let pid_file = loc.data_dir.join(reload::PID_FILE);
+            // A pid file left by a server that did not stop cleanly may name another process
+            // by now: only a running server holds the data directory's lock.
+            if !crate::lock::held_by_another(&loc.data_dir)? {
+                bail!(
+                    "no server runs on {} (none holds {}); nothing was signalled",
+                    loc.data_dir.display(),
+                    loc.data_dir.join(crate::lock::LOCK_FILE).display()
+                );
+            }
             let pid = std::fs::read_to_string(&pid_file)
                 .with_context(|| {
                     format!(

@@ -60,6 +60,8 @@ pub async fn run(loc: &Location, args: Args) -> Result<ExitCode> {
         public_url: None,
     };
     let mut config = overrides.load(loc)?;
+    // Held until the server has stopped: no restore swaps the ledger under it meanwhile.
+    let _serving = crate::lock::serving(&loc.data_dir)?;
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
         .with_context(|| format!("listening on {}", config.server.listen))?;
@@ -97,11 +99,13 @@ pub async fn run(loc: &Location, args: Args) -> Result<ExitCode> {
         events = app.projection.seq(),
         "ledger open"
     );
+    // SIGHUP is handled before the pid file says where to send it (its default would end
+    // the process).
+    reload_on_hangup(app.clone(), loc, overrides);
     let pid_file = loc.data_dir.join(grantline_server::reload::PID_FILE);
     if let Err(e) = std::fs::write(&pid_file, format!("{}\n", std::process::id())) {
         tracing::warn!(error = %e, path = %pid_file.display(), "cannot write the pid file; `grantline config reload` will not find this server");
     }
-    reload_on_hangup(app.clone(), loc, overrides);
     grantline_server::serve(app, listener, shutdown_signal()).await?;
     let _ = std::fs::remove_file(&pid_file);
     Ok(ExitCode::SUCCESS)
@@ -117,12 +121,13 @@ fn reload_on_hangup(app: grantline_server::App, loc: &Location, overrides: Overr
             database: loc.database.clone(),
             config: loc.config.clone(),
         };
+        use tokio::signal::unix::{SignalKind, signal};
+        // Registered here, not in the task: from this call on a SIGHUP is a reload.
+        let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP: reload needs a restart");
+            return;
+        };
         tokio::spawn(async move {
-            use tokio::signal::unix::{SignalKind, signal};
-            let Ok(mut hangup) = signal(SignalKind::hangup()) else {
-                tracing::warn!("cannot listen for SIGHUP: reload needs a restart");
-                return;
-            };
             while hangup.recv().await.is_some() {
                 let outcome = match overrides.load(&loc) {
                     Ok(config) => app.reload(config).await.map_err(|e| e.to_string()),
