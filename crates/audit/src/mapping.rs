@@ -695,14 +695,15 @@ pub fn map(event: &Recorded, dir: &mut impl Names, o: &mut dyn Opener) -> AuditR
     r.severity = severity.as_str().into();
     // Names from the directory, so a user's events are found by their email.
     if let Some(u) = r.user_id.as_deref()
-        && let Some((name, email)) = dir.user(u) {
-            r.user_name = r.user_name.take().or_else(|| name.clone());
-            r.user_email = email.clone();
-            let subject = user_subject(u);
-            if (name.is_some() || email.is_some()) && !subjects.contains(&subject) {
-                subjects.push(subject);
-            }
+        && let Some((name, email)) = dir.user(u)
+    {
+        r.user_name = r.user_name.take().or_else(|| name.clone());
+        r.user_email = email.clone();
+        let subject = user_subject(u);
+        if (name.is_some() || email.is_some()) && !subjects.contains(&subject) {
+            subjects.push(subject);
         }
+    }
     if r.client_name.is_none()
         && let Some(c) = r.client_id.as_deref()
     {

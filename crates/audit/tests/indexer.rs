@@ -34,7 +34,12 @@ async fn tool_called(k: &Keyring, i: u64, user: &str, ip: &str) -> NewEvent {
         t.user_id = Some(user.into());
         t.client_id = Some("c1".into());
         t.source_ip = Some(k.seal(&pii::user_subject(user), ip).await.unwrap());
-        t.tool = if i.is_multiple_of(2) { "delete_doc" } else { "search" }.into();
+        t.tool = if i.is_multiple_of(2) {
+            "delete_doc"
+        } else {
+            "search"
+        }
+        .into();
     }
     e
 }

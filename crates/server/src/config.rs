@@ -638,7 +638,7 @@ impl Config {
         Ok(())
     }
 
-    fn check(&self) -> Result<()> {
+    pub(crate) fn check(&self) -> Result<()> {
         self.metrics.token()?;
         if self.oauth.code_ttl == 0 || self.oauth.code_ttl > 60 {
             bail!("oauth.code_ttl must be between 1 and 60 seconds");
@@ -686,6 +686,17 @@ impl Config {
             );
         }
         self.resource_defs("http://check.invalid")?;
+        for r in self.resources.iter().flatten() {
+            if let Some(u) = &r.upstream
+                && let Ok(url) = url::Url::parse(u)
+                && (!url.username().is_empty() || url.password().is_some())
+            {
+                bail!(
+                    "resource {}: the upstream URL carries credentials (user:password@); they would be recorded in the ledger as policy. The gateway authenticates to its upstreams with a signed identity assertion",
+                    r.name
+                );
+            }
+        }
         let mut ids = std::collections::HashSet::new();
         for p in &self.identity_providers {
             if !ids.insert(p.id.as_str()) {

@@ -51,6 +51,27 @@ impl Live {
     }
 }
 
+/// An upstream URL as `policy.changed` records it: its query (where an API key may be) only as
+/// a digest, so that a change shows without its values; no fragment. Credentials in the URL
+/// are refused when the configuration is checked.
+fn upstream_as_recorded(u: &str) -> String {
+    // Recorded as written unless there is something to hide (no normalisation, which would
+    // show as a change at the next start).
+    let Ok(mut url) = url::Url::parse(u) else {
+        return u.to_string();
+    };
+    if url.query().is_none() && url.fragment().is_none() {
+        return u.to_string();
+    }
+    let query = url.query().map(|q| blake3::hash(q.as_bytes()).to_hex());
+    url.set_query(None);
+    url.set_fragment(None);
+    match query {
+        Some(h) => format!("{url}?<query blake3:{}>", &h[..16]),
+        None => url.to_string(),
+    }
+}
+
 /// The reloadable policies of `config` as recorded settings (name → value), by policy.
 pub fn policies(config: &Config) -> Vec<(&'static str, BTreeMap<String, String>)> {
     let mut resources = BTreeMap::new();
@@ -74,7 +95,7 @@ pub fn policies(config: &Config) -> Vec<(&'static str, BTreeMap<String, String>)
             put("token_format", f.clone());
         }
         if let Some(u) = &r.upstream {
-            put("upstream", u.clone());
+            put("upstream", upstream_as_recorded(u));
         }
         if let Some(s) = &r.read_scope {
             put("read_scope", s.clone());
@@ -383,6 +404,44 @@ impl Status {
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
+
+    #[test]
+    fn an_upstream_is_recorded_without_what_its_query_holds_and_one_with_credentials_is_refused() {
+        let with = |upstream: &str| -> crate::Config {
+            toml::from_str(&format!(
+                "[[resources]]\nname = \"far\"\npath = \"/mcp/far\"\nupstream = \"{upstream}\"\nscopes = [{{ name = \"far:read\", description = \"Read\" }}]\n"
+            ))
+            .unwrap()
+        };
+        let recorded = |c: &crate::Config| {
+            super::policies(c)
+                .into_iter()
+                .find(|(p, _)| *p == "resources")
+                .unwrap()
+                .1["far.upstream"]
+                .clone()
+        };
+        let plain = with("http://mcp.internal:8080/mcp");
+        assert_eq!(recorded(&plain), "http://mcp.internal:8080/mcp");
+        let keyed = with("https://mcp.internal/mcp?api_key=s3cr3t-value&v=2");
+        let r = recorded(&keyed);
+        assert!(
+            r.starts_with("https://mcp.internal/mcp?<query blake3:"),
+            "{r}"
+        );
+        assert!(!r.contains("s3cr3t"), "{r}");
+        // Another key shows as a change.
+        assert_ne!(
+            recorded(&with("https://mcp.internal/mcp?api_key=other&v=2")),
+            r
+        );
+        assert!(keyed.check().is_ok());
+        let e = with("https://svc:s3cr3t@mcp.internal/mcp")
+            .check()
+            .unwrap_err();
+        assert!(e.to_string().contains("carries credentials"), "{e}");
+        assert!(!e.to_string().contains("s3cr3t"), "{e}");
+    }
 
     #[test]
     fn the_resources_in_force_are_the_recorded_ones_and_not_a_tool_named_path() {
