@@ -785,7 +785,6 @@ impl Config {
         }
     }
 
-    /// The configured resources (or the demo), with identifiers under `base`.
     /// The configured resources (the demo without any), and the built-in audit resource.
     pub fn resource_sections(&self) -> Vec<ResourceSection> {
         let mut sections = match &self.resources {
@@ -818,6 +817,7 @@ impl Config {
             .collect()
     }
 
+    /// The configured resources (or the demo), with identifiers under `base`.
     pub fn resource_defs(&self, base: &str) -> Result<Vec<Resource>> {
         let sections = self.resource_sections();
         let mut out = Vec::new();

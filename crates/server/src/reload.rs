@@ -120,6 +120,11 @@ pub fn policies(config: &Config) -> Vec<(&'static str, BTreeMap<String, String>)
     }
     let mut roles = BTreeMap::new();
     for (role, per) in &config.roles {
+        // A role with no resources still turns the role check on (every call of its users
+        // refused): recorded as the role alone, so the trail shows it.
+        if per.is_empty() {
+            roles.insert(role.clone(), NO_RESOURCES.to_string());
+        }
         for (resource, tools) in per {
             let mut tools = tools.clone();
             tools.sort();
@@ -171,6 +176,10 @@ pub fn policies(config: &Config) -> Vec<(&'static str, BTreeMap<String, String>)
         (REGISTRATION, registration),
     ]
 }
+
+/// The recorded value of a role declared with no resources (`[roles.guest]` and nothing
+/// under it).
+const NO_RESOURCES: &str = "no resources";
 
 /// The roles recorded in force in a state's policies: `None` for a ledger written before
 /// policies were recorded (no `rate_limits` policy, which every server records at start).
@@ -404,6 +413,38 @@ impl Status {
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
+
+    #[test]
+    fn a_role_with_no_resources_is_recorded_and_read_back_as_allowing_nothing() {
+        let roles = |text: &str| -> (crate::Config, HashMap<String, String>) {
+            let c: crate::Config = toml::from_str(text).unwrap();
+            let r = super::policies(&c)
+                .into_iter()
+                .find(|(p, _)| *p == super::ROLES)
+                .unwrap()
+                .1
+                .into_iter()
+                .collect();
+            (c, r)
+        };
+        let (c, recorded) = roles("[roles.guest]\n");
+        assert_eq!(recorded.len(), 1, "{recorded:?}");
+        assert_eq!(super::role_tools(&recorded, "guest", "demo"), ["none"]);
+        assert_eq!(c.role_tools("guest", "demo"), ["none"]);
+        // No roles at all: the role check is off, and nothing is recorded.
+        let (c, recorded) = roles("");
+        assert!(recorded.is_empty());
+        assert_eq!(
+            super::role_tools(&recorded, "user", "demo"),
+            c.role_tools("user", "demo")
+        );
+        // A role with resources records only those.
+        let (_, recorded) = roles("[roles.user]\ndemo = [\"get_time\"]\n");
+        assert_eq!(
+            recorded,
+            HashMap::from([("user.demo".to_string(), "get_time".to_string())])
+        );
+    }
 
     #[test]
     fn an_upstream_is_recorded_without_what_its_query_holds_and_one_with_credentials_is_refused() {
