@@ -48,6 +48,7 @@ def test_sqlite_backup_of_a_running_server_restores_and_a_bad_one_is_refused(ser
     restored = grantline("--data-dir", str(fresh), "restore", "--input", str(out), "--public-key", key).stdout
     assert f"restored {m.group(1)} events (head {m.group(2)} {m.group(3)})" in restored, restored
     assert "has no checkpoint key" in restored
+    assert "and the manifest's signature" in restored, restored
     verified = grantline("--data-dir", str(fresh), "verify", "--public-key", key).stdout
     assert verified.startswith(f"ok: {m.group(1)} events"), verified
 

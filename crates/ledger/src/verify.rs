@@ -208,6 +208,10 @@ pub struct Summary {
     /// Checkpoints signed only by keys not trusted here: the chain is intact, but whether it
     /// is the chain those checkpoints vouch for cannot be told without their key.
     pub untrusted: Vec<Untrusted>,
+    /// The checkpoint keys in force at the head, when they descend from a key the check was
+    /// given (through the handovers on the ledger); empty when that cannot be told. What a
+    /// signature made now by this ledger's key verifies under.
+    pub keys_in_force: Vec<NoteVerifier>,
 }
 
 /// A checkpoint signed by a key the verifier was not given.
@@ -733,6 +737,11 @@ impl ChainVerifier {
             checkpoints: self.checkpoints,
             head: self.prev,
             untrusted,
+            keys_in_force: if self.in_force_trusted {
+                self.in_force
+            } else {
+                Vec::new()
+            },
         })
     }
 

@@ -482,15 +482,15 @@ async fn a_backup_taken_under_load_restores_and_serves_the_refresh_tokens_live_a
         }
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let key = grantline_store::keyfile::load_signer(dir.path())
+    let signer = grantline_store::keyfile::load_signer(dir.path())
         .unwrap()
-        .unwrap()
-        .verifier();
+        .unwrap();
+    let key = signer.verifier();
     let out = dir.path().join("ledger.backup");
     let taken = grantline_store::backup::backup_sqlite(
         db.sqlite_path().unwrap(),
         std::slice::from_ref(&key),
-        Some(&key),
+        &signer,
         &out,
     )
     .await
@@ -523,9 +523,11 @@ async fn a_backup_taken_under_load_restores_and_serves_the_refresh_tokens_live_a
         &out,
         restored_db.sqlite_path().unwrap(),
         std::slice::from_ref(&key),
+        false,
     )
     .await
     .unwrap();
+    assert!(done.signed);
     assert_eq!(done.summary.events, at_backup);
     assert!(done.summary.fully_trusted());
     // The same public URL as before (resources are named by it); this test's port differs.

@@ -1,25 +1,30 @@
 //! Backup and restore of an SQLite ledger. A backup is one tar file: the database copied
 //! online with SQLite's backup API (a consistent snapshot while the server keeps writing),
 //! the checkpoint verifier keys (public halves only), and a manifest naming the head seq and
-//! hash, the newest checkpoint and the database's digest. The copy is verified before the
-//! backup is written; a restore verifies again and refuses a backup that does not.
+//! hash, the newest checkpoint and the database's digest, signed by the checkpoint key. The
+//! copy is verified before the backup is written; a restore verifies again, checks the
+//! manifest's signature, and refuses a backup that does not hold.
 //!
 //! The database holds the personal-data keys and the credentials' hashes: a backup is as
 //! secret as the database itself (written with mode 0600). The checkpoint signing key is not
 //! in it: whoever holds a backup must not be able to sign for the ledger.
 
 use crate::{Database, Result, Store, StoreError};
-use grantline_ledger::NoteVerifier;
 use grantline_ledger::verify::Summary;
+use grantline_ledger::{NoteSigner, NoteVerifier};
 use serde::{Deserialize, Serialize};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-/// The manifest's `format`: what this code writes and reads.
-pub const FORMAT: &str = "grantline-backup/1";
+/// The manifest's `format`: what this code writes (a manifest signed by the checkpoint key).
+pub const FORMAT: &str = "grantline-backup/2";
+/// The format before the manifest was signed: read only when the operator accepts an unsigned
+/// manifest.
+pub const FORMAT_UNSIGNED: &str = "grantline-backup/1";
 const DB_ENTRY: &str = "grantline.db";
 const MANIFEST_ENTRY: &str = "manifest.json";
 const KEYS_ENTRY: &str = "checkpoint-keys.pub";
+const SIGNATURE_ENTRY: &str = "manifest.sig";
 /// The largest manifest or key list a restore reads.
 const MAX_SMALL_ENTRY: u64 = 1024 * 1024;
 
@@ -48,6 +53,20 @@ pub struct Manifest {
 pub struct Checked {
     pub manifest: Manifest,
     pub summary: Summary,
+    /// Whether the manifest's signature was checked (false only for an unsigned backup the
+    /// operator accepted).
+    pub signed: bool,
+}
+
+/// What the checkpoint key signs for a backup: the database's digest and size and the head.
+/// The checkpoints prove the ledger up to the newest of them; this proves the rest of the
+/// file — the events after that checkpoint and the tables outside the ledger (credentials,
+/// personal-data keys) — to be the ones the key's holder backed up.
+fn statement(m: &Manifest) -> String {
+    format!(
+        "grantline backup manifest\nformat {}\ncreated {}\ndatabase {} {}\nhead {} {}\n",
+        m.format, m.created_at_us, m.database_blake3, m.database_bytes, m.head_seq, m.head_hash
+    )
 }
 
 fn invalid(why: impl Into<String>) -> StoreError {
@@ -193,7 +212,7 @@ fn sibling(path: &Path, suffix: &str) -> PathBuf {
 pub async fn backup_sqlite(
     src: &Path,
     trusted: &[NoteVerifier],
-    current: Option<&NoteVerifier>,
+    signer: &NoteSigner,
     out: &Path,
 ) -> Result<Checked> {
     if out.exists() {
@@ -211,11 +230,16 @@ pub async fn backup_sqlite(
         .map_err(|e| StoreError::Unavailable(e.to_string()))??;
     let (summary, head_seq, head_hash, newest_checkpoint) = check_database(&copy, trusted).await?;
     let (database_blake3, database_bytes) = digest_file(&copy)?;
+    let current = signer.verifier();
+    if !summary.keys_in_force.contains(&current) {
+        return Err(invalid(format!(
+            "the checkpoint key {current} is not the key in force on this ledger: a restore \
+             could not trust the backup's signature"
+        )));
+    }
     let mut keys: Vec<String> = trusted.iter().map(|k| k.to_string()).collect();
-    if let Some(c) = current
-        && !keys.contains(&c.to_string())
-    {
-        keys.push(c.to_string());
+    if !keys.contains(&current.to_string()) {
+        keys.push(current.to_string());
     }
     let manifest = Manifest {
         format: FORMAT.into(),
@@ -237,6 +261,11 @@ pub async fn backup_sqlite(
         let json =
             serde_json::to_vec_pretty(&manifest).map_err(|e| invalid(format!("manifest: {e}")))?;
         append_bytes(&mut tar, MANIFEST_ENTRY, &json)?;
+        append_bytes(
+            &mut tar,
+            SIGNATURE_ENTRY,
+            signer.sign_note(&statement(&manifest)).as_bytes(),
+        )?;
         append_bytes(&mut tar, KEYS_ENTRY, (keys.join("\n") + "\n").as_bytes())?;
         tar.append_path_with_name(&copy, DB_ENTRY)?;
         let mut w = tar.into_inner()?;
@@ -248,7 +277,11 @@ pub async fn backup_sqlite(
     std::fs::rename(&partial, out)?;
     out_guard.keep();
     drop(copy_guard);
-    Ok(Checked { manifest, summary })
+    Ok(Checked {
+        manifest,
+        summary,
+        signed: true,
+    })
 }
 
 fn append_bytes<W: Write>(tar: &mut tar::Builder<W>, name: &str, data: &[u8]) -> Result<()> {
@@ -278,9 +311,9 @@ fn parse_manifest(entry: impl Read) -> Result<Manifest> {
     entry.take(MAX_SMALL_ENTRY).read_to_end(&mut text)?;
     let m: Manifest = serde_json::from_slice(&text)
         .map_err(|e| invalid(format!("the manifest is not valid: {e}")))?;
-    if m.format != FORMAT {
+    if m.format != FORMAT && m.format != FORMAT_UNSIGNED {
         return Err(invalid(format!(
-            "the backup's format is {:?}; this grantline reads {FORMAT:?}",
+            "the backup's format is {:?}; this grantline reads {FORMAT:?} (and {FORMAT_UNSIGNED:?} when told to accept its unsigned manifest)",
             m.format
         )));
     }
@@ -295,6 +328,7 @@ pub async fn restore_sqlite(
     input: &Path,
     dest: &Path,
     trusted: &[NoteVerifier],
+    accept_unsigned: bool,
 ) -> Result<Checked> {
     if dest.exists() {
         return Err(invalid(format!(
@@ -320,6 +354,7 @@ pub async fn restore_sqlite(
     let _ = std::fs::remove_file(&restoring);
     let guard = Partial(Some(restoring.clone()));
     let mut manifest = None;
+    let mut signature = None;
     let mut have_db = false;
     {
         let mut archive = tar::Archive::new(std::fs::File::open(input)?);
@@ -335,6 +370,14 @@ pub async fn restore_sqlite(
                     have_db = true;
                 }
                 KEYS_ENTRY => {}
+                SIGNATURE_ENTRY if signature.is_none() => {
+                    let mut text = String::new();
+                    entry
+                        .take(MAX_SMALL_ENTRY)
+                        .read_to_string(&mut text)
+                        .map_err(|e| invalid(format!("the manifest's signature: {e}")))?;
+                    signature = Some(text);
+                }
                 other => return Err(invalid(format!("unexpected entry {other:?} in the backup"))),
             }
         }
@@ -342,6 +385,19 @@ pub async fn restore_sqlite(
     let manifest = manifest.ok_or_else(|| invalid("the backup has no manifest"))?;
     if !have_db {
         return Err(invalid("the backup has no database"));
+    }
+    // A signed format must carry its signature (one stripped, or a manifest relabelled as the
+    // unsigned format, is refused unless the operator accepts an unsigned manifest).
+    match (manifest.format.as_str(), &signature) {
+        (FORMAT, None) => return Err(invalid("the backup's manifest is not signed")),
+        (FORMAT_UNSIGNED, _) if !accept_unsigned => {
+            return Err(invalid(format!(
+                "the backup's manifest is not signed (format {FORMAT_UNSIGNED:?}): the events \
+                 after its newest checkpoint and the tables outside the ledger cannot be proven; \
+                 accept that explicitly to restore it"
+            )));
+        }
+        _ => {}
     }
     let (digest, bytes) = digest_file(&restoring)?;
     if digest != manifest.database_blake3 || bytes != manifest.database_bytes {
@@ -372,9 +428,29 @@ pub async fn restore_sqlite(
             "the newest checkpoint in the database is not the one the manifest names",
         ));
     }
+    let signed = match (manifest.format.as_str(), &signature) {
+        (FORMAT, Some(note)) => {
+            // Under the key in force at the head, as the trusted keys and the handovers on
+            // the ledger lead to it.
+            let text = grantline_ledger::open_note(note, &summary.keys_in_force).map_err(|e| {
+                invalid(format!(
+                    "the manifest's signature does not verify under the ledger's key: {e}"
+                ))
+            })?;
+            if text != statement(&manifest) {
+                return Err(invalid("the manifest's signature is not for this manifest"));
+            }
+            true
+        }
+        _ => false,
+    };
     std::fs::rename(&restoring, dest)?;
     guard.keep();
-    Ok(Checked { manifest, summary })
+    Ok(Checked {
+        manifest,
+        summary,
+        signed,
+    })
 }
 
 #[cfg(all(test, unix))]

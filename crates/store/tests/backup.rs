@@ -24,13 +24,17 @@ async fn ledger() -> grantline_store::testing::TestDb {
     db
 }
 
-fn key() -> NoteVerifier {
-    grantline_store::testing::signer().verifier()
+fn signer() -> NoteSigner {
+    grantline_store::testing::signer()
 }
 
-/// Rewrites a backup with `db_file` as its database and a manifest whose digest matches it:
-/// a forger who knows the format.
-fn repack(manifest: &Manifest, db_file: &Path, out: &Path) {
+fn key() -> NoteVerifier {
+    signer().verifier()
+}
+
+/// Rewrites a backup with `db_file` as its database and a manifest whose digest matches it,
+/// with `signature` as its signature entry: a forger who knows the format.
+fn repack(manifest: &Manifest, db_file: &Path, out: &Path, signature: Option<&str>) {
     let (digest, bytes) = {
         let data = std::fs::read(db_file).unwrap();
         (blake3::hash(&data).to_hex().to_string(), data.len() as u64)
@@ -41,14 +45,34 @@ fn repack(manifest: &Manifest, db_file: &Path, out: &Path) {
         ..manifest.clone()
     };
     let mut tar = tar::Builder::new(std::fs::File::create(out).unwrap());
-    let json = serde_json::to_vec(&m).unwrap();
-    let mut h = tar::Header::new_gnu();
-    h.set_size(json.len() as u64);
-    h.set_mode(0o600);
-    h.set_cksum();
-    tar.append_data(&mut h, "manifest.json", &json[..]).unwrap();
+    let mut put = |name: &str, data: &[u8]| {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o600);
+        h.set_cksum();
+        tar.append_data(&mut h, name, data).unwrap();
+    };
+    put("manifest.json", &serde_json::to_vec(&m).unwrap());
+    if let Some(sig) = signature {
+        put("manifest.sig", sig.as_bytes());
+    }
     tar.append_path_with_name(db_file, "grantline.db").unwrap();
     tar.finish().unwrap();
+}
+
+/// The text of the entry `name` of the backup `file`.
+fn entry(file: &Path, name: &str) -> Option<String> {
+    use std::io::Read;
+    let mut archive = tar::Archive::new(std::fs::File::open(file).unwrap());
+    for e in archive.entries().unwrap() {
+        let mut e = e.unwrap();
+        if e.path().unwrap().to_string_lossy() == name {
+            let mut text = String::new();
+            e.read_to_string(&mut text).unwrap();
+            return Some(text);
+        }
+    }
+    None
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -58,7 +82,7 @@ async fn a_backup_verifies_restores_and_refuses_what_does_not() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("ledger.backup");
 
-    let done = backup::backup_sqlite(&src, &[key()], Some(&key()), &out)
+    let done = backup::backup_sqlite(&src, &[key()], &signer(), &out)
         .await
         .unwrap();
     let m = done.manifest.clone();
@@ -85,12 +109,14 @@ async fn a_backup_verifies_restores_and_refuses_what_does_not() {
         assert_eq!(mode, 0o600, "a backup holds personal-data keys");
     }
     // Never over an existing file.
-    let again = backup::backup_sqlite(&src, &[key()], None, &out).await;
+    let again = backup::backup_sqlite(&src, &[key()], &signer(), &out).await;
     assert!(again.unwrap_err().to_string().contains("exists"));
 
     // Restored: the same events, verifying under the key.
     let dest = dir.path().join("restored.db");
-    let r = backup::restore_sqlite(&out, &dest, &[key()]).await.unwrap();
+    let r = backup::restore_sqlite(&out, &dest, &[key()], false)
+        .await
+        .unwrap();
     assert_eq!(r.manifest, m);
     let restored = Store::connect(&Database::Sqlite(dest.clone()), false)
         .await
@@ -101,7 +127,7 @@ async fn a_backup_verifies_restores_and_refuses_what_does_not() {
 
     // Over an existing ledger: refused, the ledger untouched.
     let before = std::fs::read(&dest).unwrap();
-    let e = backup::restore_sqlite(&out, &dest, &[key()])
+    let e = backup::restore_sqlite(&out, &dest, &[key()], false)
         .await
         .unwrap_err();
     assert!(e.to_string().contains("exists"), "{e}");
@@ -112,7 +138,7 @@ async fn a_backup_verifies_restores_and_refuses_what_does_not() {
     // applied to the restored one: refused, the log untouched.
     let wal = dir.path().join("e.db-wal");
     std::fs::write(&wal, b"frames of another ledger").unwrap();
-    let e = backup::restore_sqlite(&out, &refused("e.db"), &[key()])
+    let e = backup::restore_sqlite(&out, &refused("e.db"), &[key()], false)
         .await
         .unwrap_err();
     assert!(e.to_string().contains("e.db-wal is left"), "{e}");
@@ -123,7 +149,7 @@ async fn a_backup_verifies_restores_and_refuses_what_does_not() {
     let stranger = NoteSigner::from_seed("grantline.test/ledger", [7u8; 32])
         .unwrap()
         .verifier();
-    let e = backup::restore_sqlite(&out, &refused("a.db"), &[stranger])
+    let e = backup::restore_sqlite(&out, &refused("a.db"), &[stranger], false)
         .await
         .unwrap_err();
     assert!(e.to_string().contains("not trusted"), "{e}");
@@ -135,7 +161,7 @@ async fn a_backup_verifies_restores_and_refuses_what_does_not() {
     bytes[at] ^= 0x55;
     let flipped = dir.path().join("flipped.backup");
     std::fs::write(&flipped, &bytes).unwrap();
-    let e = backup::restore_sqlite(&flipped, &refused("b.db"), &[key()])
+    let e = backup::restore_sqlite(&flipped, &refused("b.db"), &[key()], false)
         .await
         .unwrap_err();
     assert!(e.to_string().contains("digest"), "{e}");
@@ -158,8 +184,9 @@ async fn a_backup_verifies_restores_and_refuses_what_does_not() {
         store.close().await;
     }
     let forged = dir.path().join("forged.backup");
-    repack(&m, &forged_db, &forged);
-    let e = backup::restore_sqlite(&forged, &refused("c.db"), &[key()])
+    let signature = entry(&out, "manifest.sig").expect("a signed manifest");
+    repack(&m, &forged_db, &forged, Some(&signature));
+    let e = backup::restore_sqlite(&forged, &refused("c.db"), &[key()], false)
         .await
         .unwrap_err();
     assert!(e.to_string().contains("not intact"), "{e}");
@@ -180,10 +207,87 @@ async fn a_backup_verifies_restores_and_refuses_what_does_not() {
         .unwrap();
     store.close().await;
     let older_backup = dir.path().join("older.backup");
-    repack(&m, &older_file, &older_backup);
-    let e = backup::restore_sqlite(&older_backup, &refused("d.db"), &[key()])
+    repack(&m, &older_file, &older_backup, Some(&signature));
+    let e = backup::restore_sqlite(&older_backup, &refused("d.db"), &[key()], false)
         .await
         .unwrap_err();
     assert!(e.to_string().contains("manifest names head 12"), "{e}");
     assert!(!refused("d.db").exists());
+
+    // The ledger intact, a table outside it changed (a password hash set, say), the digest
+    // recomputed: only the manifest's signature tells.
+    let planted = dir.path().join("planted.db");
+    std::fs::copy(&dest, &planted).unwrap();
+    {
+        let store = Store::connect(&Database::Sqlite(planted.clone()), false)
+            .await
+            .unwrap();
+        exec(
+            &store,
+            "INSERT INTO user_credentials (user_id, username, password_hash, updated) \
+             VALUES ('usr_x', 'mallory', '$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA', 0)",
+        )
+        .await
+        .unwrap();
+        store.close().await;
+    }
+    let planted_backup = dir.path().join("planted.backup");
+    repack(&m, &planted, &planted_backup, Some(&signature));
+    let e = backup::restore_sqlite(&planted_backup, &refused("f.db"), &[key()], false)
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("signature is not for this manifest"),
+        "{e}"
+    );
+    assert!(!refused("f.db").exists());
+    // Signed again by a key of the forger's: not the ledger's key.
+    let forger = NoteSigner::from_seed("grantline.test/ledger", [9u8; 32]).unwrap();
+    let forged_manifest = backup::read_manifest(&planted_backup).unwrap();
+    let text = format!(
+        "grantline backup manifest\nformat {}\ncreated {}\ndatabase {} {}\nhead {} {}\n",
+        forged_manifest.format,
+        forged_manifest.created_at_us,
+        forged_manifest.database_blake3,
+        forged_manifest.database_bytes,
+        forged_manifest.head_seq,
+        forged_manifest.head_hash
+    );
+    repack(
+        &m,
+        &planted,
+        &planted_backup,
+        Some(&forger.sign_note(&text)),
+    );
+    let e = backup::restore_sqlite(&planted_backup, &refused("f.db"), &[key()], false)
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("does not verify under the ledger's key"),
+        "{e}"
+    );
+    // The signature left out: refused; relabelled as the unsigned format: refused unless the
+    // operator accepts an unsigned manifest.
+    repack(&m, &planted, &planted_backup, None);
+    let e = backup::restore_sqlite(&planted_backup, &refused("f.db"), &[key()], false)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("not signed"), "{e}");
+    let unsigned = Manifest {
+        format: backup::FORMAT_UNSIGNED.into(),
+        ..m.clone()
+    };
+    let unsigned_backup = dir.path().join("unsigned.backup");
+    repack(&unsigned, &dest, &unsigned_backup, None);
+    let e = backup::restore_sqlite(&unsigned_backup, &refused("g.db"), &[key()], false)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("not signed"), "{e}");
+    assert!(!refused("g.db").exists());
+    let taken = backup::restore_sqlite(&unsigned_backup, &refused("g.db"), &[key()], true)
+        .await
+        .unwrap();
+    assert!(!taken.signed && r.signed);
+    assert_eq!(taken.summary.events, 12);
 }

@@ -27,6 +27,11 @@ pub struct RestoreArgs {
     /// Move an existing ledger aside (renamed, never deleted) instead of refusing.
     #[arg(long)]
     force: bool,
+    /// Restore a backup whose manifest is not signed (made before backups were signed): the
+    /// events after its newest checkpoint and the tables outside the ledger are then taken on
+    /// trust.
+    #[arg(long)]
+    accept_unsigned: bool,
 }
 
 fn sqlite_path(loc: &Location, what: &str) -> Result<PathBuf> {
@@ -49,8 +54,14 @@ pub async fn backup(loc: &Location, args: BackupArgs) -> Result<ExitCode> {
             loc.data_dir.display()
         );
     }
-    let current = keyfile::load_signer(&loc.data_dir)?.map(|s| s.verifier());
-    let done = backup::backup_sqlite(&src, &trusted, current.as_ref(), &args.output)
+    let Some(signer) = keyfile::load_signer(&loc.data_dir)? else {
+        bail!(
+            "no checkpoint key in {} (or GRANTLINE_CHECKPOINT_KEY): a backup's manifest is \
+             signed with it",
+            loc.data_dir.display()
+        );
+    };
+    let done = backup::backup_sqlite(&src, &trusted, &signer, &args.output)
         .await
         .with_context(|| format!("backing up {}", src.display()))?;
     let m = &done.manifest;
@@ -128,23 +139,32 @@ pub async fn restore(loc: &Location, args: RestoreArgs) -> Result<ExitCode> {
     } else {
         None
     };
-    let done = match backup::restore_sqlite(&args.input, &dest, &trusted).await {
-        Ok(d) => d,
-        Err(e) => {
-            if let Some(old) = &moved {
-                put_back(old, &dest);
+    let done =
+        match backup::restore_sqlite(&args.input, &dest, &trusted, args.accept_unsigned).await {
+            Ok(d) => d,
+            Err(e) => {
+                if let Some(old) = &moved {
+                    put_back(old, &dest);
+                }
+                return Err(anyhow::Error::new(e).context(format!(
+                    "restoring {} (nothing was changed)",
+                    args.input.display()
+                )));
             }
-            return Err(anyhow::Error::new(e).context(format!(
-                "restoring {} (nothing was changed)",
-                args.input.display()
-            )));
-        }
-    };
+        };
     reset_derived(loc, done.manifest.head_seq)?;
     let m = &done.manifest;
     println!(
-        "restored {} events (head {} {}), verified: {} checkpoints (checkpoint keys: {source})",
-        done.summary.events, m.head_seq, m.head_hash, done.summary.checkpoints
+        "restored {} events (head {} {}), verified: {} checkpoints{} (checkpoint keys: {source})",
+        done.summary.events,
+        m.head_seq,
+        m.head_hash,
+        done.summary.checkpoints,
+        if done.signed {
+            " and the manifest's signature"
+        } else {
+            "; the manifest is NOT signed (accepted with --accept-unsigned)"
+        }
     );
     if let Some(old) = moved {
         println!("the previous ledger was moved to {}", old.display());
