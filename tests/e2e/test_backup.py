@@ -214,26 +214,56 @@ def test_postgresql_dump_and_restore_procedure_verifies(tmp_path):
         pytest.fail("pg_dump and pg_restore are needed (Debian's postgresql-client)")
     admin = os.environ["GRANTLINE_TEST_DATABASE_URL"]
     base = admin.rsplit("/", 1)[0]
-    src_name, dst_name = f"bk_src_{uuid.uuid4().hex[:8]}", f"bk_dst_{uuid.uuid4().hex[:8]}"
-    psql(admin, f"CREATE DATABASE {src_name}")
-    psql(admin, f"CREATE DATABASE {dst_name}")
-    src, dst = f"{base}/{src_name}", f"{base}/{dst_name}"
+    tag = uuid.uuid4().hex[:8]
+    src_name, dst_name = f"bk_src_{tag}", f"bk_dst_{tag}"
+    # The roles of "PostgreSQL least privilege" (named apart: roles are the cluster's).
+    owner, migrator, app = f"gl_owner_{tag}", f"gl_migrator_{tag}", f"gl_app_{tag}"
+    psql(admin, f"CREATE ROLE {owner} NOLOGIN")
+    psql(admin, f"CREATE ROLE {migrator} LOGIN IN ROLE {owner}")
+    psql(admin, f"CREATE ROLE {app} LOGIN")
+    psql(admin, f"CREATE DATABASE {src_name} OWNER {owner}")
+    host = base.split("@", 1)[1]
+    as_role = lambda role, db: f"postgres://{role}@{host}/{db}"  # noqa: E731
+    grants = [
+        f"GRANT USAGE ON SCHEMA public TO {app}",
+        f"GRANT SELECT, INSERT ON events, checkpoints TO {app}",
+        f"GRANT SELECT, INSERT, DELETE ON subject_keys TO {app}",
+        f"GRANT SELECT, INSERT ON erased_subjects TO {app}",
+        f"GRANT SELECT, INSERT, UPDATE, DELETE ON user_credentials TO {app}",
+        f"GRANT SELECT, INSERT, UPDATE, DELETE ON user_links, upstream_tokens TO {app}",
+        f"GRANT SELECT ON _sqlx_migrations TO {app}",
+        f"GRANT USAGE ON SEQUENCE checkpoints_id_seq TO {app}",
+    ]
+    src, dst = as_role(migrator, src_name), as_role(migrator, dst_name)
     data = tmp_path / "data"
     try:
         grantline("--data-dir", str(data), "--database", src, "migrate")
+        for g in grants:
+            psql(src, g)
         for name in ["alice", "bob"]:
-            grantline("--data-dir", str(data), "--database", src, "user", "add", name,
+            grantline("--data-dir", str(data), "--database", as_role(app, src_name), "user", "add", name,
                       env={"GRANTLINE_USER_PASSWORD": "pw-" + name + "-1234"})
         grantline("--data-dir", str(data), "--database", src, "snapshot")
-        # The procedure of docs/operations.md, "Backup and restore", step by step.
+        # The procedure of docs/operations.md, "Backup and restore", step by step, with its roles.
         dump = tmp_path / "grantline.dump"
         subprocess.run(["pg_dump", "--format=custom", "--file", str(dump), "--dbname", src], check=True)
-        subprocess.run(["pg_restore", "--exit-on-error", "--no-owner", "--dbname", dst, str(dump)],
-                       check=True)
+        psql(admin, f"CREATE DATABASE {dst_name} OWNER {owner}")
+        subprocess.run(["pg_restore", "--exit-on-error", "--no-owner", "--role", owner,
+                        "--dbname", dst, str(dump)], check=True)
         before = grantline("--data-dir", str(data), "--database", src, "verify").stdout
         after = grantline("--data-dir", str(data), "--database", dst, "verify").stdout
         assert after.split("(")[0] == before.split("(")[0], (before, after)
-        # The restored ledger is still append-only.
+        # The application role, granted again, reads and appends; it cannot rewrite.
+        for g in grants:
+            psql(dst, g)
+        users = grantline("--data-dir", str(data), "--database", as_role(app, dst_name), "user", "list").stdout
+        assert "alice" in users and "bob" in users, users
+        grantline("--data-dir", str(data), "--database", as_role(app, dst_name), "user", "add", "carol",
+                  env={"GRANTLINE_USER_PASSWORD": "pw-carol-1234"})
+        with pytest.raises(subprocess.CalledProcessError) as refused:
+            psql(as_role(app, dst_name), "DELETE FROM events WHERE seq = 1")
+        assert "permission denied" in refused.value.stderr, refused.value.stderr
+        # The restored ledger is still append-only, for its owner too.
         with pytest.raises(subprocess.CalledProcessError) as refused:
             psql(dst, "UPDATE events SET kind = 'x' WHERE seq = 1")
         assert "append-only" in refused.value.stderr
@@ -245,6 +275,8 @@ def test_postgresql_dump_and_restore_procedure_verifies(tmp_path):
     finally:
         psql(admin, f"DROP DATABASE IF EXISTS {src_name} WITH (FORCE)")
         psql(admin, f"DROP DATABASE IF EXISTS {dst_name} WITH (FORCE)")
+        for role in (app, migrator, owner):
+            psql(admin, f"DROP ROLE IF EXISTS {role}")
 
 
 def test_postgresql_point_in_time_recovery_procedure_verifies(tmp_path):
