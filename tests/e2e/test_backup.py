@@ -60,6 +60,8 @@ def test_sqlite_backup_of_a_running_server_restores_and_a_bad_one_is_refused(ser
     refused = grantline("--data-dir", data, "restore", "--input", str(out), "--force", check=False)
     assert refused.returncode != 0 and "server is running" in refused.stderr, refused.stderr
     assert sorted(p.name for p in server.data_dir.iterdir()) == before
+    # Recorded after the backup: gone from the restored ledger, kept in the replaced one.
+    grantline("--data-dir", data, "user", "add", "bob", env={"GRANTLINE_USER_PASSWORD": "pw-bob-12345"})
     server.stop()
     # Stopped: refused without --force, which the message offers.
     refused = grantline("--data-dir", data, "restore", "--input", str(out), check=False)
@@ -67,6 +69,14 @@ def test_sqlite_backup_of_a_running_server_restores_and_a_bad_one_is_refused(ser
     forced = grantline("--data-dir", data, "restore", "--input", str(out), "--force").stdout
     moved = re.search(r"previous ledger was moved to (\S+)", forced)
     assert moved and pathlib.Path(moved.group(1)).exists(), forced
+    # What the replaced ledger recorded after the restored head, by the command restore names.
+    listed = re.search(r"(events --after (\d+) --kind user.erased)", forced)
+    assert listed and listed.group(2) == m.group(2), forced
+    later = grantline("--database", f"sqlite:{moved.group(1)}", "events", "--after", m.group(2),
+                      "--json").stdout
+    later = [json.loads(line) for line in later.splitlines() if line.strip()]
+    assert later and all(e["seq"] > int(m.group(2)) for e in later), later
+    assert "user.created" in [e["kind"] for e in later], later
     assert grantline("--data-dir", data, "verify").stdout.startswith(f"ok: {m.group(1)} events")
 
     # The database moved away but its write-ahead log left behind (SQLite would apply it to

@@ -168,6 +168,12 @@ pub async fn restore(loc: &Location, args: RestoreArgs) -> Result<ExitCode> {
     );
     if let Some(old) = moved {
         println!("the previous ledger was moved to {}", old.display());
+        println!(
+            "what it recorded after the restored head (erasures to run again, revocations to \
+             repeat): grantline --database sqlite:{} events --after {} --kind user.erased",
+            old.display(),
+            m.head_seq
+        );
     }
     if keyfile::load_signer(&loc.data_dir)?.is_none() {
         println!(
