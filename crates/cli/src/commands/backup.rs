@@ -152,7 +152,19 @@ pub async fn restore(loc: &Location, args: RestoreArgs) -> Result<ExitCode> {
                 )));
             }
         };
-    reset_derived(loc, done.manifest.head_seq)?;
+    reset_derived(loc, done.manifest.head_seq).with_context(|| {
+        format!(
+            "the ledger WAS restored ({} events, head {}){}, but what was derived from the \
+             previous one could not be reset: remove the audit index and check the sinks' \
+             cursors before starting the server",
+            done.summary.events,
+            done.manifest.head_seq,
+            moved
+                .as_ref()
+                .map(|o| format!("; the previous ledger is at {}", o.display()))
+                .unwrap_or_default()
+        )
+    })?;
     let m = &done.manifest;
     println!(
         "restored {} events (head {} {}), verified: {} checkpoints{} (checkpoint keys: {source})",
