@@ -3,7 +3,7 @@
 //! seq by the settings in force then.
 
 use crate::{Decision, Lifetimes};
-use grantline_ledger::{Actor, NewEvent, PolicyChange, PolicyChanged, StreamId};
+use grantline_ledger::{Actor, ExpectedVersion, NewEvent, PolicyChange, PolicyChanged, StreamId};
 use grantline_state::State;
 use grantline_state::rules::settings::LIFETIMES_POLICY;
 
@@ -54,6 +54,20 @@ pub fn record_lifetimes(state: &State, configured: &Lifetimes) -> Decision<bool>
         )],
         Ok(true),
     )
+    .expect(
+        StreamId::new("policy", LIFETIMES_POLICY),
+        decided_on(state, LIFETIMES_POLICY),
+    )
+}
+
+/// The version of `policy`'s stream the difference was computed against: another server's
+/// change recorded meanwhile makes the append conflict, and the difference is computed again
+/// from what that server recorded.
+fn decided_on(state: &State, policy: &str) -> ExpectedVersion {
+    match state.policy_versions.get(policy) {
+        Some(v) => ExpectedVersion::Exactly(*v),
+        None => ExpectedVersion::NoStream,
+    }
 }
 
 /// `policy.changed` for the settings of `policy` that differ from those recorded on the ledger:
@@ -101,6 +115,7 @@ pub fn record(
         )],
         Ok(n),
     )
+    .expect(StreamId::new("policy", policy), decided_on(state, policy))
 }
 
 /// `policy.changed` for every policy in `configured` that differs from the ledger, in one
@@ -111,6 +126,7 @@ pub fn record_all(
     configured: &[(&'static str, std::collections::BTreeMap<String, String>)],
 ) -> Decision<Vec<(&'static str, usize)>> {
     let mut events = Vec::new();
+    let mut expect = Vec::new();
     let mut changed = Vec::new();
     for (policy, settings) in configured {
         let one = record(state, policy, settings);
@@ -119,11 +135,16 @@ pub fn record_all(
             Ok(n) => {
                 changed.push((*policy, n));
                 events.extend(one.append.events);
+                expect.extend(one.append.expect);
             }
             Err(e) => return Decision::refuse(e),
         }
     }
-    Decision::new(events, Ok(changed))
+    let mut decision = Decision::new(events, Ok(changed));
+    for (stream, version) in expect {
+        decision = decision.expect(stream, version);
+    }
+    decision
 }
 
 #[cfg(test)]

@@ -557,6 +557,45 @@ grantline_store::backend_tests! {
         s.stop().await;
     }
 
+    async fn a_policy_change_decided_on_a_stale_policy_is_decided_again(db: TestDb) {
+        // Two servers on one ledger: B decides its reload on the policy it last read, and A
+        // records a change meanwhile. B's difference would start from what is no longer
+        // recorded; its append conflicts, and it decides again from A's.
+        let (up_url, _up) = start_upstream().await;
+        let (s, _d) = gateway_server(&db, &up_url).await;
+        let stale = s.app.projection.read().clone();
+        let mut a = (*s.app.policy_config()).clone();
+        a.rate_limits.client_per_minute = 7;
+        let done = s.app.reload(a.clone()).await.unwrap();
+        assert_eq!(done.changed, vec![("rate_limits", 1)]);
+        let mut b = a.clone();
+        b.rate_limits.client_per_minute = 9;
+        let configured = grantline_server::reload::policies(&b);
+        let from_stale = grantline_oauth::policy::record_all(&stale, &configured);
+        let e = s.app.ledger.append(from_stale.append).await.unwrap_err();
+        assert!(
+            matches!(e, grantline_store::StoreError::Conflict { .. }),
+            "{e:?}"
+        );
+        // Decided again on what is recorded: the difference from A's 7, not from the old value.
+        let head = s.app.store().head().await.unwrap().unwrap().0;
+        let done = s.app.reload(b).await.unwrap();
+        assert_eq!(done.changed, vec![("rate_limits", 1)]);
+        let events = s.app.store().read(head, 100).await.unwrap();
+        let [event] = &events[..] else {
+            panic!("one event: {events:?}")
+        };
+        let Payload::PolicyChanged(p) = event.payload() else {
+            panic!("policy.changed")
+        };
+        let c = &p.changes[0];
+        assert_eq!(
+            (c.setting.as_str(), c.from.as_deref(), c.to.as_deref()),
+            ("client_per_minute", Some("7"), Some("9"))
+        );
+        s.stop().await;
+    }
+
     async fn upstream_gets_an_identity_assertion_never_the_token_and_roles_hide_tools(db: TestDb) {
         let (up_url, up) = start_upstream().await;
         let (s, _d) = gateway_server(&db, &up_url).await;

@@ -402,6 +402,9 @@ pub fn apply(state: &mut State, event: &Recorded) {
         | Payload::AuditExported(_)
         | Payload::UpstreamTokenExchanged(_) => {}
         Payload::PolicyChanged(e) => {
+            state
+                .policy_versions
+                .insert(e.policy.clone(), event.envelope.version);
             let p = state.policies.entry(e.policy.clone()).or_default();
             for c in &e.changes {
                 match &c.to {

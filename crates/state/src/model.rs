@@ -54,6 +54,10 @@ pub struct State {
     /// Signing keys by id, old ones included (they stay published).
     pub signing_keys: HashMap<String, SigningKey>,
     pub policies: HashMap<String, HashMap<String, String>>,
+    /// Each policy's stream version (`policy:<name>`): a change is recorded against the
+    /// version it was decided on, so two servers never both record a difference from the same
+    /// recorded policy.
+    pub policy_versions: HashMap<String, u64>,
     /// Sessions signed out before their cookie expires: session id → cookie expiry.
     pub ended_sessions: HashMap<String, Timestamp>,
     /// Client stream → client id, so that any event on a client's stream moves its version.

@@ -20,8 +20,9 @@ use std::collections::HashMap;
 /// never misread. 2: users carry the seqs of their last sign-in and of the end of their
 /// sessions (a format 1 snapshot lacks them, and sessions must not come back to life). 3:
 /// families carry `live_until`, and what expired is forgotten daily (a format 2 snapshot
-/// holds neither).
-pub const FORMAT: u32 = 3;
+/// holds neither). 4: each policy's stream version (a format 3 snapshot lacks it, and a
+/// policy change decided on it would conflict for ever).
+pub const FORMAT: u32 = 4;
 
 /// Why a snapshot cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +58,7 @@ struct First {
     pat_by_digest: HashMap<String, String>,
     signing_keys: HashMap<String, SigningKey>,
     policies: HashMap<String, HashMap<String, String>>,
+    policy_versions: HashMap<String, u64>,
     ended_sessions: HashMap<String, Timestamp>,
     client_streams: HashMap<StreamId, String>,
     answered_consent_pages: HashMap<String, Timestamp>,
@@ -91,6 +93,7 @@ fn split(state: State) -> (First, Second) {
         pat_by_digest,
         signing_keys,
         policies,
+        policy_versions,
         ended_sessions,
         client_streams,
         answered_consent_pages,
@@ -111,6 +114,7 @@ fn split(state: State) -> (First, Second) {
             pat_by_digest,
             signing_keys,
             policies,
+            policy_versions,
             ended_sessions,
             client_streams,
             answered_consent_pages,
@@ -142,6 +146,7 @@ fn join(a: First, b: Second) -> State {
         pat_by_digest: a.pat_by_digest,
         signing_keys: a.signing_keys,
         policies: a.policies,
+        policy_versions: a.policy_versions,
         ended_sessions: a.ended_sessions,
         client_streams: a.client_streams,
         answered_consent_pages: a.answered_consent_pages,
