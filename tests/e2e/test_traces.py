@@ -67,6 +67,9 @@ secret_env = "GRANTLINE_E2E_SVC_SECRET"
         "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json",
         "OTEL_BSP_SCHEDULE_DELAY": "200",
         "GRANTLINE_E2E_SVC_SECRET": SECRET,
+        # Logs turned down to warnings, as in many productions: what is traced is filtered
+        # apart from what is logged, so every span below is still exported.
+        "GRANTLINE_LOG": "warn",
     }
     server = Server(tmp_path / "data", tmp_path / "server.log", config, env=env).start()
     try:
@@ -98,6 +101,8 @@ secret_env = "GRANTLINE_E2E_SVC_SECRET"
         server.stop()
         upstream.stop()
     receiver.stop()
+    log = (tmp_path / "server.log").read_text()
+    assert " INFO " not in log, "GRANTLINE_LOG=warn: no info lines in the log"
 
     spans = spans_of(receiver)
     by_id = {s["spanId"]: s for s in spans}

@@ -108,15 +108,17 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    use tracing_subscriber::Layer;
+    // Each layer has its own filter: `GRANTLINE_LOG` says what is logged, not what is traced.
+    // Turning the log down to warnings must not stop the request, decide, append and upstream
+    // spans (info) from being exported, sent upstream and named in the events.
     let otel = traces.as_ref().map(|p| {
         use opentelemetry::trace::TracerProvider;
-        tracing_opentelemetry::layer().with_tracer(p.tracer("grantline"))
+        tracing_opentelemetry::layer()
+            .with_tracer(p.tracer("grantline"))
+            .with_filter(tracing_subscriber::filter::LevelFilter::INFO)
     });
     tracing_subscriber::registry()
-        .with(
-            tracing_subscriber::EnvFilter::try_from_env("GRANTLINE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
         .with(
             tracing_subscriber::fmt::layer()
                 .with_writer(std::io::stderr)
@@ -125,6 +127,10 @@ fn main() -> ExitCode {
                 .with_ansi(
                     std::io::IsTerminal::is_terminal(&std::io::stderr())
                         && std::env::var_os("NO_COLOR").is_none(),
+                )
+                .with_filter(
+                    tracing_subscriber::EnvFilter::try_from_env("GRANTLINE_LOG")
+                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
                 ),
         )
         .with(otel)
