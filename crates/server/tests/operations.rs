@@ -339,6 +339,12 @@ async fn metrics_on_the_main_listener_need_the_token_and_count_what_happened() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
 
+    // A path no route matches: counted, under `unmatched`, never under the path itself.
+    let probe = "/no-such-route/usr_4f1d2c9e7a";
+    assert_eq!(
+        browser().get(s.url(probe)).send().await.unwrap().status(),
+        StatusCode::NOT_FOUND
+    );
     let scrape = |auth: Option<&str>| {
         let mut r = browser().get(s.url("/metrics"));
         if let Some(a) = auth {
@@ -402,8 +408,12 @@ async fn metrics_on_the_main_listener_need_the_token_and_count_what_happened() {
             "{map}"
         );
     }
-    // Nothing that names a user, a client or a token.
+    assert!(
+        v(r#"grantline_http_requests_total{route="unmatched",method="GET",status="404"}"#) >= 1.0
+    );
+    // Nothing that names a user, a client or a token, nor a path no route matched.
     for secret in [
+        probe,
         client.as_str(),
         &get(&t, "access_token"),
         &get(&t, "refresh_token"),
