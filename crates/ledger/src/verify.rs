@@ -210,7 +210,9 @@ pub struct Summary {
     pub untrusted: Vec<Untrusted>,
     /// The checkpoint keys in force at the head, when they descend from a key the check was
     /// given (through the handovers on the ledger); empty when that cannot be told. What a
-    /// signature made now by this ledger's key verifies under.
+    /// signature made now by this ledger's key verifies under. On a full walk from the first
+    /// event with the first key of the history, that key's successor if any; on a walk
+    /// resumed from a checkpoint, every key given until a handover after it.
     pub keys_in_force: Vec<NoteVerifier>,
 }
 

@@ -362,7 +362,11 @@ pub async fn restore_sqlite(
             let mut entry = entry?;
             let name = entry.path()?.to_string_lossy().into_owned();
             match name.as_str() {
-                MANIFEST_ENTRY => manifest = Some(parse_manifest(&mut entry)?),
+                // One of each: a second manifest could say something else than the one a
+                // caller read first (`read_manifest`).
+                MANIFEST_ENTRY if manifest.is_none() => {
+                    manifest = Some(parse_manifest(&mut entry)?)
+                }
                 DB_ENTRY if !have_db => {
                     let mut f = private_file(&restoring)?;
                     std::io::copy(&mut entry, &mut f)?;

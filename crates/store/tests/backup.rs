@@ -267,6 +267,25 @@ async fn a_backup_verifies_restores_and_refuses_what_does_not() {
             .contains("does not verify under the ledger's key"),
         "{e}"
     );
+    // Two manifests: refused (a caller may have read the first, the restore would use
+    // another).
+    {
+        let twice = dir.path().join("twice.backup");
+        let mut tar = tar::Builder::new(std::fs::File::create(&twice).unwrap());
+        for name in ["manifest.json", "manifest.json", "manifest.sig"] {
+            let data = entry(&out, name).unwrap();
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o600);
+            h.set_cksum();
+            tar.append_data(&mut h, name, data.as_bytes()).unwrap();
+        }
+        tar.finish().unwrap();
+        let e = backup::restore_sqlite(&twice, &refused("h.db"), &[key()], false)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("unexpected entry"), "{e}");
+    }
     // The signature left out: refused; relabelled as the unsigned format: refused unless the
     // operator accepts an unsigned manifest.
     repack(&m, &planted, &planted_backup, None);

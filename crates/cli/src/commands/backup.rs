@@ -119,7 +119,7 @@ pub async fn restore(loc: &Location, args: RestoreArgs) -> Result<ExitCode> {
     std::fs::create_dir_all(dest.parent().unwrap_or(Path::new(".")))?;
     // Held to the end: no server starts on the data directory while its ledger is replaced,
     // and none may be running (it would go on writing to the ledger moved aside).
-    let _restoring = crate::lock::exclusive(&loc.data_dir)?;
+    let _restoring = crate::lock::restoring(&dest)?;
     let present = std::iter::once(dest.clone())
         .chain(
             backup::COMPANIONS
@@ -178,7 +178,13 @@ pub async fn restore(loc: &Location, args: RestoreArgs) -> Result<ExitCode> {
             "; the manifest is NOT signed (accepted with --accept-unsigned)"
         }
     );
-    if let Some(old) = moved {
+    if let Some(old) = moved.as_ref().filter(|o| !o.exists()) {
+        println!(
+            "the files a previous ledger left were moved aside as {}-wal (-shm, -journal)",
+            old.display()
+        );
+    }
+    if let Some(old) = moved.filter(|o| o.exists()) {
         println!("the previous ledger was moved to {}", old.display());
         println!(
             "what it recorded after the restored head (erasures to run again, revocations to \

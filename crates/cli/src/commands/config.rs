@@ -56,26 +56,16 @@ pub async fn run(loc: &Location, cmd: Command) -> Result<ExitCode> {
                 return Ok(ExitCode::from(1));
             }
             let pid_file = loc.data_dir.join(reload::PID_FILE);
-            // A pid file left by a server that did not stop cleanly may name another process
-            // by now: only a running server holds the data directory's lock.
-            if !crate::lock::held_by_another(&loc.data_dir)? {
+            // Only a running server holds its pid file: one left by a server that did not
+            // stop cleanly may name another process by now, which SIGHUP would end.
+            let Some(pid) = crate::lock::running_server_pid(&pid_file)? else {
                 bail!(
-                    "no server runs on {} (none holds {}); nothing was signalled",
+                    "no server runs on {} ({} is missing, or left by a server that stopped); \
+                     nothing was signalled",
                     loc.data_dir.display(),
-                    loc.data_dir.join(crate::lock::LOCK_FILE).display()
+                    pid_file.display()
                 );
-            }
-            let pid = std::fs::read_to_string(&pid_file)
-                .with_context(|| {
-                    format!(
-                        "no server runs on {} ({} not found)",
-                        loc.data_dir.display(),
-                        pid_file.display()
-                    )
-                })?
-                .trim()
-                .parse::<u32>()
-                .with_context(|| format!("{} does not hold a process id", pid_file.display()))?;
+            };
             let before = Status::read(&loc.data_dir).map(|s| s.at);
             let sent = std::process::Command::new("kill")
                 .args(["-HUP", &pid.to_string()])

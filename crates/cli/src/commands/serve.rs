@@ -61,7 +61,10 @@ pub async fn run(loc: &Location, args: Args) -> Result<ExitCode> {
     };
     let mut config = overrides.load(loc)?;
     // Held until the server has stopped: no restore swaps the ledger under it meanwhile.
-    let _serving = crate::lock::serving(&loc.data_dir)?;
+    let _serving = match &loc.database {
+        grantline_store::Database::Sqlite(path) => crate::lock::serving(path)?,
+        grantline_store::Database::Postgres(_) => None,
+    };
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
         .with_context(|| format!("listening on {}", config.server.listen))?;
@@ -103,11 +106,19 @@ pub async fn run(loc: &Location, args: Args) -> Result<ExitCode> {
     // the process).
     reload_on_hangup(app.clone(), loc, overrides);
     let pid_file = loc.data_dir.join(grantline_server::reload::PID_FILE);
-    if let Err(e) = std::fs::write(&pid_file, format!("{}\n", std::process::id())) {
-        tracing::warn!(error = %e, path = %pid_file.display(), "cannot write the pid file; `grantline config reload` will not find this server");
-    }
+    // Held (and removed) until the server stops: `config reload` signals only a live holder.
+    let _pid_file = match crate::lock::claim_pid_file(&pid_file) {
+        Ok(Some(held)) => Some(held),
+        Ok(None) => {
+            tracing::warn!(path = %pid_file.display(), "another server on this data directory holds the pid file; `grantline config reload` signals that one");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), path = %pid_file.display(), "cannot write the pid file; `grantline config reload` will not find this server");
+            None
+        }
+    };
     grantline_server::serve(app, listener, shutdown_signal()).await?;
-    let _ = std::fs::remove_file(&pid_file);
     Ok(ExitCode::SUCCESS)
 }
 
