@@ -102,12 +102,20 @@ impl Drop for PidFile {
 pub fn claim_pid_file(path: &Path) -> Result<Option<PidFile>> {
     let mut file =
         open_rw(path, true).with_context(|| format!("opening the pid file {}", path.display()))?;
-    match file.try_lock() {
-        Ok(()) => {}
-        Err(TryLockError::WouldBlock) => return Ok(None),
-        Err(e) => {
-            return Err(std::io::Error::from(e))
-                .with_context(|| format!("locking the pid file {}", path.display()));
+    // A few tries: `config reload` holds the file for a moment when it finds nobody does.
+    let mut tries = 0;
+    loop {
+        match file.try_lock() {
+            Ok(()) => break,
+            Err(TryLockError::WouldBlock) if tries < 5 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(TryLockError::WouldBlock) => return Ok(None),
+            Err(e) => {
+                return Err(std::io::Error::from(e))
+                    .with_context(|| format!("locking the pid file {}", path.display()));
+            }
         }
     }
     file.set_len(0)?;
