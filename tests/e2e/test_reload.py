@@ -127,3 +127,37 @@ def test_config_reload_records_the_difference_and_refuses_what_it_cannot_apply(t
     finally:
         bystander.kill()
         bystander.wait()
+
+
+def test_config_reload_reaches_the_server_left_running_when_another_on_the_data_directory_stops(tmp_path):
+    """A rolling restart: a second server starts on the data directory while the first runs;
+    the first holds the pid file and is the one signalled; once it stops, the second takes the
+    pid file and `grantline config reload` reaches it."""
+    (tmp_path / "data").mkdir()
+    config = CONFIG + ROLES.format(tools='"get_time", "list_notes"')
+    first = Server(tmp_path / "data", tmp_path / "first.log", config).start()
+    second = None
+    try:
+        second = Server(tmp_path / "data", tmp_path / "second.log", config).start()
+        data = str(first.data_dir)
+        conf = first.data_dir / "grantline.toml"
+        cli = ("--data-dir", data, "--config", str(conf))
+        pid = int((first.data_dir / "grantline.pid").read_text())
+        assert pid == first.proc.pid
+        first.stop()
+        deadline = time.time() + 15
+        while time.time() < deadline:
+            held = (second.data_dir / "grantline.pid")
+            if held.exists() and held.read_text().strip() == str(second.proc.pid):
+                break
+            time.sleep(0.2)
+        else:
+            raise AssertionError("the second server did not take the pid file")
+        conf.write_text(CONFIG + ROLES.format(tools='"get_time"'))
+        p = grantline(*cli, "config", "reload")
+        assert "roles (1 settings)" in p.stdout, p.stdout
+        assert "SIGHUP" in (tmp_path / "second.log").read_text()
+    finally:
+        first.stop()
+        if second:
+            second.stop()

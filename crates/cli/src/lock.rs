@@ -7,13 +7,15 @@
 //! - The pid file, `<data dir>/grantline.pid`, held exclusive by the server that wrote it:
 //!   `grantline config reload` signals the process it names only while that server holds it.
 //!   A pid file left by a server that crashed, or not yet replaced by one starting, may name
-//!   another process by now, and SIGHUP would end that process.
+//!   another process by now, and SIGHUP would end that process. A server writes its pid into
+//!   a file of its own, locks it and only then renames it into place, so a locked file at the
+//!   path always holds its holder's whole pid.
 //!
 //! The kernel releases a lock when the process ends, however it ends.
 
 use anyhow::{Context, Result, bail};
 use std::fs::{File, OpenOptions, TryLockError};
-use std::io::{Read, Seek, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 /// A lock held until dropped.
@@ -21,9 +23,23 @@ pub struct Held {
     _file: File,
 }
 
-/// The lock file of the SQLite ledger at `database`.
+/// The lock file of the SQLite ledger at `database`: beside the file the path leads to, so a
+/// server and a restore that name the ledger by different paths (a symlink, a relative path)
+/// take the same lock.
 pub fn ledger_lock_path(database: &Path) -> PathBuf {
-    grantline_store::backup::with_suffix(database, ".lock")
+    let real = std::fs::canonicalize(database).unwrap_or_else(|_| {
+        match (database.parent(), database.file_name()) {
+            (Some(dir), Some(name)) => std::fs::canonicalize(if dir.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                dir
+            })
+            .map(|d| d.join(name))
+            .unwrap_or_else(|_| database.to_path_buf()),
+            _ => database.to_path_buf(),
+        }
+    });
+    grantline_store::backup::with_suffix(&real, ".lock")
 }
 
 fn open_rw(path: &Path, create: bool) -> std::io::Result<File> {
@@ -43,7 +59,13 @@ fn open_rw(path: &Path, create: bool) -> std::io::Result<File> {
 /// directory, a file system without locks — since serving does not depend on it.
 pub fn serving(database: &Path) -> Result<Option<Held>> {
     let path = ledger_lock_path(database);
-    let file = match open_rw(&path, true) {
+    // Read-only is enough for a shared lock: a lock file another user created (a restore run
+    // as root) does not leave the server unlocked.
+    let opened = match File::open(&path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => open_rw(&path, true),
+        other => other,
+    };
+    let file = match opened {
         Ok(f) => f,
         Err(e) => {
             tracing::warn!(error = %e, path = %path.display(), "cannot open the ledger's lock file: `grantline restore` will not see that this server runs");
@@ -83,47 +105,86 @@ pub fn restoring(database: &Path) -> Result<Held> {
 }
 
 /// The pid file of the server that wrote it, locked for as long as that server runs and
-/// removed when it stops.
+/// removed when it stops (if it is still this server's).
 pub struct PidFile {
     /// Holds the lock until the file is closed, after [`Drop`] has removed it.
-    _file: File,
+    file: File,
     path: PathBuf,
 }
 
 impl Drop for PidFile {
     fn drop(&mut self) {
-        // Removed while still held: no reload finds the file unlocked with this pid in it.
-        let _ = std::fs::remove_file(&self.path);
+        // Removed while still held, and only if the path still leads to this file.
+        if same_file(&self.file, &self.path) {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 
-/// Writes this process's pid into `path` and holds it. `Ok(None)` when another running
-/// server holds it (that one is the server `config reload` signals).
-pub fn claim_pid_file(path: &Path) -> Result<Option<PidFile>> {
-    let mut file =
-        open_rw(path, true).with_context(|| format!("opening the pid file {}", path.display()))?;
-    // A few tries: `config reload` holds the file for a moment when it finds nobody does.
-    let mut tries = 0;
-    loop {
-        match file.try_lock() {
-            Ok(()) => break,
-            Err(TryLockError::WouldBlock) if tries < 5 => {
-                tries += 1;
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-            Err(TryLockError::WouldBlock) => return Ok(None),
-            Err(e) => {
-                return Err(std::io::Error::from(e))
-                    .with_context(|| format!("locking the pid file {}", path.display()));
-            }
+#[cfg(unix)]
+fn same_file(file: &File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (file.metadata(), std::fs::metadata(path)) {
+        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+        _ => false,
+    }
+}
+
+#[cfg(not(unix))]
+fn same_file(_: &File, path: &Path) -> bool {
+    path.exists()
+}
+
+/// Whether a running server holds the file at `path` (a shared probe: two probes at once do
+/// not see each other as a server).
+fn held(path: &Path) -> Result<Option<File>> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
+    };
+    match file.try_lock_shared() {
+        Ok(()) => Ok(None),
+        Err(TryLockError::WouldBlock) => Ok(Some(file)),
+        Err(e) => {
+            Err(std::io::Error::from(e)).with_context(|| format!("locking {}", path.display()))
         }
     }
-    file.set_len(0)?;
-    file.rewind()?;
-    writeln!(file, "{}", std::process::id())?;
-    file.sync_all()?;
+}
+
+/// Writes this process's pid as the pid file `path` and holds it. `Ok(None)` while another
+/// running server holds it (that one is the server `config reload` signals; try again later).
+pub fn claim_pid_file(path: &Path) -> Result<Option<PidFile>> {
+    if held(path)?.is_some() {
+        return Ok(None);
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    // Written whole and locked before it is put in place.
+    let own = grantline_store::backup::with_suffix(path, &format!(".{}", std::process::id()));
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&own)
+        .with_context(|| format!("writing {}", own.display()))?;
+    let placed = (|| -> Result<()> {
+        file.try_lock()
+            .map_err(std::io::Error::from)
+            .context("locking it")?;
+        writeln!(file, "{}", std::process::id())?;
+        file.sync_all()?;
+        std::fs::rename(&own, path)?;
+        Ok(())
+    })();
+    if let Err(e) = placed {
+        let _ = std::fs::remove_file(&own);
+        return Err(e).with_context(|| format!("writing the pid file {}", path.display()));
+    }
     Ok(Some(PidFile {
-        _file: file,
+        file,
         path: path.to_path_buf(),
     }))
 }
@@ -131,32 +192,41 @@ pub fn claim_pid_file(path: &Path) -> Result<Option<PidFile>> {
 /// The pid in `path` if the server that wrote it still runs (holds it); `None` when there is
 /// no pid file or nobody holds it.
 pub fn running_server_pid(path: &Path) -> Result<Option<u32>> {
-    let mut file = match open_rw(path, false) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
+    let Some(mut file) = held(path)? else {
+        return Ok(None);
     };
-    match file.try_lock() {
-        // Nobody holds it: left by a server that did not stop cleanly.
-        Ok(()) => Ok(None),
-        Err(TryLockError::WouldBlock) => {
-            let mut text = String::new();
-            file.read_to_string(&mut text)?;
-            let pid = text
-                .trim()
-                .parse::<u32>()
-                .with_context(|| format!("{} does not hold a process id", path.display()))?;
-            Ok(Some(pid))
-        }
-        Err(e) => {
-            Err(std::io::Error::from(e)).with_context(|| format!("locking {}", path.display()))
-        }
-    }
+    let mut text = String::new();
+    file.read_to_string(&mut text)?;
+    let pid = text
+        .trim()
+        .parse::<u32>()
+        .with_context(|| format!("{} does not hold a process id", path.display()))?;
+    Ok(Some(pid))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_ledger_named_through_a_symlink_has_the_same_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("grantline.db");
+        std::fs::write(&db, b"").unwrap();
+        let link = dir.path().join("link.db");
+        std::os::unix::fs::symlink(&db, &link).unwrap();
+        assert_eq!(ledger_lock_path(&link), ledger_lock_path(&db));
+        let _serving = serving(&link).unwrap().unwrap();
+        assert!(restoring(&db).is_err());
+        // Not there yet (a restore's destination): beside it all the same.
+        let fresh = dir.path().join(".").join("new.db");
+        assert_eq!(
+            ledger_lock_path(&fresh),
+            std::fs::canonicalize(dir.path())
+                .unwrap()
+                .join("new.db.lock")
+        );
+    }
 
     #[test]
     fn servers_share_the_ledger_lock_and_a_restore_waits_for_them_all() {
@@ -186,10 +256,26 @@ mod tests {
         assert_eq!(running_server_pid(&path).unwrap(), None);
         let held = claim_pid_file(&path).unwrap().unwrap();
         assert_eq!(running_server_pid(&path).unwrap(), Some(std::process::id()));
-        // A second server on the same data directory leaves it to the first.
+        // A second server on the same data directory leaves it to the first...
         assert!(claim_pid_file(&path).unwrap().is_none());
+        // ...and two probes at once both see the first.
+        let (a, b) = (running_server_pid(&path), running_server_pid(&path));
+        assert_eq!(
+            (a.unwrap(), b.unwrap()),
+            (Some(std::process::id()), Some(std::process::id()))
+        );
         drop(held);
         assert!(!path.exists(), "removed when the server stops");
         assert_eq!(running_server_pid(&path).unwrap(), None);
+        // The second takes it then; a server whose file was replaced does not remove the
+        // newer one.
+        let second = claim_pid_file(&path).unwrap().unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let third = claim_pid_file(&path).unwrap().unwrap();
+        drop(second);
+        assert!(path.exists(), "the third server's file stays");
+        assert_eq!(running_server_pid(&path).unwrap(), Some(std::process::id()));
+        drop(third);
+        assert!(!path.exists());
     }
 }

@@ -107,18 +107,41 @@ pub async fn run(loc: &Location, args: Args) -> Result<ExitCode> {
     reload_on_hangup(app.clone(), loc, overrides);
     let pid_file = loc.data_dir.join(grantline_server::reload::PID_FILE);
     // Held (and removed) until the server stops: `config reload` signals only a live holder.
-    let _pid_file = match crate::lock::claim_pid_file(&pid_file) {
-        Ok(Some(held)) => Some(held),
-        Ok(None) => {
-            tracing::warn!(path = %pid_file.display(), "another server on this data directory holds the pid file; `grantline config reload` signals that one");
-            None
-        }
-        Err(e) => {
-            tracing::warn!(error = %format!("{e:#}"), path = %pid_file.display(), "cannot write the pid file; `grantline config reload` will not find this server");
-            None
-        }
+    // While another server on the data directory holds it, tried again now and then, so this
+    // one is found once that one has stopped.
+    let held_pid = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let claiming = {
+        let held_pid = held_pid.clone();
+        let pid_file = pid_file.clone();
+        tokio::spawn(async move {
+            let mut warned = false;
+            loop {
+                match crate::lock::claim_pid_file(&pid_file) {
+                    Ok(Some(held)) => {
+                        if warned {
+                            tracing::info!(path = %pid_file.display(), "this server holds the pid file now");
+                        }
+                        *held_pid.lock().unwrap_or_else(|e| e.into_inner()) = Some(held);
+                        return;
+                    }
+                    Ok(None) if !warned => {
+                        warned = true;
+                        tracing::warn!(path = %pid_file.display(), "another server on this data directory holds the pid file; `grantline config reload` signals that one until it stops");
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %format!("{e:#}"), path = %pid_file.display(), "cannot write the pid file; `grantline config reload` will not find this server");
+                        return;
+                    }
+                }
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        })
     };
-    grantline_server::serve(app, listener, shutdown_signal()).await?;
+    let served = grantline_server::serve(app, listener, shutdown_signal()).await;
+    claiming.abort();
+    drop(held_pid.lock().unwrap_or_else(|e| e.into_inner()).take());
+    served?;
     Ok(ExitCode::SUCCESS)
 }
 
