@@ -5,7 +5,7 @@ mod location;
 mod lock;
 mod telemetry;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use location::Location;
 use std::path::PathBuf;
@@ -201,8 +201,13 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Backup(a) => commands::backup::backup(&loc, a).await,
         Command::Restore(a) => commands::backup::restore(&loc, a).await,
         Command::Migrate => {
-            let store = grantline_store::Store::connect(&loc.database, true).await?;
-            store.migrate().await?;
+            let store = grantline_store::Store::connect(&loc.database, true)
+                .await
+                .with_context(|| format!("opening {}", loc.database.display()))?;
+            store
+                .migrate()
+                .await
+                .with_context(|| format!("migrating {}", loc.database.display()))?;
             println!("migrated {}", loc.database.display());
             Ok(ExitCode::SUCCESS)
         }

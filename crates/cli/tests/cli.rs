@@ -354,6 +354,42 @@ fn an_unreachable_postgresql_is_one_plain_line_at_once() {
     );
     assert!(!err.contains("db-password-7c1e"), "the password in: {err}");
     assert!(!err.contains('\u{1b}'), "colour codes: {err:?}");
+
+    // `grantline migrate`, the first command an operator runs against a new database: the
+    // same, and it names the database it could not open (password hidden).
+    let started = std::time::Instant::now();
+    let o = Command::new(env!("CARGO_BIN_EXE_grantline"))
+        .args([
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+            "--database",
+            &url,
+            "migrate",
+        ])
+        .env_remove("GRANTLINE_DATABASE_URL")
+        .env_remove("GRANTLINE_CONFIG")
+        .output()
+        .expect("run grantline migrate");
+    assert!(started.elapsed() < Duration::from_secs(5), "not at once");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    let error_lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error: ")).collect();
+    assert_eq!(error_lines.len(), 1, "{err}");
+    assert!(
+        error_lines[0].starts_with(&format!(
+            "error: opening postgres://grantline:***@127.0.0.1:{port}/grantline:"
+        )),
+        "{err}"
+    );
+    assert_eq!(
+        error_lines[0]
+            .to_lowercase()
+            .matches("connection refused")
+            .count(),
+        1,
+        "{err}"
+    );
+    assert!(!err.contains("db-password-7c1e"), "the password in: {err}");
 }
 
 /// A refusal as the CLI gives it: exit code 2 (a panic would be 101) and the reason on stderr.
