@@ -742,3 +742,90 @@ async fn events_verify_and_proofs_read_the_largest_body_of_every_kind() {
         assert_eq!(proof.status.code(), Some(0), "{proof:?}");
     }
 }
+
+/// `grantline serve` told to stop waits for the requests in flight (up to
+/// `drain_timeout_secs`); told again, it exits at once. A request whose body never finishes
+/// holds the drain here.
+#[cfg(unix)]
+#[test]
+fn a_second_stop_signal_ends_the_server_without_waiting_for_the_drain() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("grantline.toml");
+    std::fs::write(&config, "[server]\ndrain_timeout_secs = 120\n").unwrap();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut child = Command::new(env!("CARGO_BIN_EXE_grantline"))
+        .args(["--data-dir", dir.path().to_str().unwrap()])
+        .args(["--config", config.to_str().unwrap(), "serve"])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env("GRANTLINE_ADMIN_PASSWORD", "admin-password-1")
+        .env_remove("GRANTLINE_DATABASE_URL")
+        .env_remove("GRANTLINE_CONFIG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run grantline");
+    let healthy = |deadline: Duration| {
+        let started = std::time::Instant::now();
+        while started.elapsed() < deadline {
+            if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+                let _ =
+                    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+                let mut answer = String::new();
+                let _ = s.read_to_string(&mut answer);
+                if answer.starts_with("HTTP/1.1 200") {
+                    return true;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
+    };
+    assert!(healthy(Duration::from_secs(60)), "the server did not start");
+    // A token request whose body never ends: in flight until the drain gives up.
+    let mut held = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    held.write_all(
+        b"POST /oauth/token HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 1000\r\n\r\ngrant_type=",
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let signal = |pid: u32| {
+        let ok = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -TERM");
+    };
+    signal(child.id());
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the server stopped without waiting for the request in flight"
+    );
+    let second = std::time::Instant::now();
+    signal(child.id());
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if second.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            panic!("still running 10 s after the second stop signal");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(130));
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(err.contains("a second stop signal"), "{err}");
+    drop(held);
+}

@@ -183,8 +183,20 @@ fn reload_on_hangup(app: grantline_server::App, loc: &Location, overrides: Overr
     let _ = (app, loc, overrides);
 }
 
-/// Ctrl-C or SIGTERM.
+/// Ctrl-C or SIGTERM. A second one while the server stops ends the process at once: an
+/// operator who asks twice does not want to wait out the drain (what was appended is durable
+/// already; requests still open get no answer, and the final checkpoint is written at the
+/// next start instead).
 async fn shutdown_signal() {
+    stop_signal().await;
+    tokio::spawn(async {
+        stop_signal().await;
+        tracing::warn!("a second stop signal: exiting now, without waiting for the drain");
+        std::process::exit(130);
+    });
+}
+
+async fn stop_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
