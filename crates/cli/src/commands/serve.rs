@@ -185,8 +185,7 @@ fn reload_on_hangup(app: grantline_server::App, loc: &Location, overrides: Overr
 
 /// Ctrl-C or SIGTERM. A second one while the server stops ends the process at once: an
 /// operator who asks twice does not want to wait out the drain (what was appended is durable
-/// already; requests still open get no answer, and the final checkpoint is written at the
-/// next start instead).
+/// already; requests still open get no answer, and the final checkpoint is not written).
 async fn shutdown_signal() {
     stop_signal().await;
     tokio::spawn(async {
