@@ -328,19 +328,9 @@ fn an_unreachable_postgresql_is_one_plain_line_at_once() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("run grantline");
-    let started = std::time::Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        // A refused connection is known at once; 5 s leaves room for a busy machine, not for
-        // a retry loop.
-        if started.elapsed() > Duration::from_secs(5) {
-            let _ = child.kill();
-            panic!("still trying after 5 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    // A refused connection is known at once; 5 s leaves room for a busy machine, not for a
+    // retry loop.
+    let status = exits_within(&mut child, Duration::from_secs(5), "still trying");
     let o = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(status.code(), Some(2), "{err}");
@@ -390,6 +380,25 @@ fn an_unreachable_postgresql_is_one_plain_line_at_once() {
         "{err}"
     );
     assert!(!err.contains("db-password-7c1e"), "the password in: {err}");
+}
+
+/// Waits for `child` to exit; kills it and fails with `what` if it has not within `limit`.
+fn exits_within(
+    child: &mut std::process::Child,
+    limit: Duration,
+    what: &str,
+) -> std::process::ExitStatus {
+    let started = std::time::Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            panic!("{what} after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// A refusal as the CLI gives it: exit code 2 (a panic would be 101) and the reason on stderr.
@@ -806,18 +815,12 @@ fn a_second_stop_signal_ends_the_server_without_waiting_for_the_drain() {
         child.try_wait().unwrap().is_none(),
         "the server stopped without waiting for the request in flight"
     );
-    let second = std::time::Instant::now();
     signal(child.id());
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if second.elapsed() > Duration::from_secs(10) {
-            let _ = child.kill();
-            panic!("still running 10 s after the second stop signal");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = exits_within(
+        &mut child,
+        Duration::from_secs(10),
+        "still running after the second stop signal",
+    );
     assert_eq!(status.code(), Some(130));
     let mut err = String::new();
     child
