@@ -45,19 +45,21 @@ fn repack(manifest: &Manifest, db_file: &Path, out: &Path, signature: Option<&st
         ..manifest.clone()
     };
     let mut tar = tar::Builder::new(std::fs::File::create(out).unwrap());
-    let mut put = |name: &str, data: &[u8]| {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o600);
-        h.set_cksum();
-        tar.append_data(&mut h, name, data).unwrap();
-    };
-    put("manifest.json", &serde_json::to_vec(&m).unwrap());
+    put(&mut tar, "manifest.json", &serde_json::to_vec(&m).unwrap());
     if let Some(sig) = signature {
-        put("manifest.sig", sig.as_bytes());
+        put(&mut tar, "manifest.sig", sig.as_bytes());
     }
     tar.append_path_with_name(db_file, "grantline.db").unwrap();
     tar.finish().unwrap();
+}
+
+/// Appends the entry `name` holding `data` to a backup being written.
+fn put(tar: &mut tar::Builder<std::fs::File>, name: &str, data: &[u8]) {
+    let mut h = tar::Header::new_gnu();
+    h.set_size(data.len() as u64);
+    h.set_mode(0o600);
+    h.set_cksum();
+    tar.append_data(&mut h, name, data).unwrap();
 }
 
 /// The text of the entry `name` of the backup `file`.
@@ -273,12 +275,7 @@ async fn a_backup_verifies_restores_and_refuses_what_does_not() {
         let twice = dir.path().join("twice.backup");
         let mut tar = tar::Builder::new(std::fs::File::create(&twice).unwrap());
         for name in ["manifest.json", "manifest.json", "manifest.sig"] {
-            let data = entry(&out, name).unwrap();
-            let mut h = tar::Header::new_gnu();
-            h.set_size(data.len() as u64);
-            h.set_mode(0o600);
-            h.set_cksum();
-            tar.append_data(&mut h, name, data.as_bytes()).unwrap();
+            put(&mut tar, name, entry(&out, name).unwrap().as_bytes());
         }
         tar.finish().unwrap();
         let e = backup::restore_sqlite(&twice, &refused("h.db"), &[key()], false)
