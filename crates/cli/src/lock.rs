@@ -192,11 +192,12 @@ pub fn claim_pid_file(path: &Path) -> Result<Option<PidFile>> {
 /// The pid in `path` if the server that wrote it still runs (holds it); `None` when there is
 /// no pid file or nobody holds it.
 pub fn running_server_pid(path: &Path) -> Result<Option<u32>> {
-    let Some(mut file) = held(path)? else {
+    let Some(file) = held(path)? else {
         return Ok(None);
     };
+    // A pid is a few digits: anything longer is not one of ours.
     let mut text = String::new();
-    file.read_to_string(&mut text)?;
+    file.take(32).read_to_string(&mut text)?;
     let pid = text
         .trim()
         .parse::<u32>()
