@@ -130,6 +130,18 @@ impl App {
         })
     }
 
+    /// What each HTTP connection is held to (`[server]`; not reloaded).
+    pub fn connection_limits(&self) -> crate::connections::Limits {
+        crate::connections::Limits {
+            read_timeout: std::time::Duration::from_secs(self.config.server.read_timeout_secs),
+            max_connections: self
+                .config
+                .server
+                .max_connections
+                .unwrap_or_else(crate::connections::default_max_connections),
+        }
+    }
+
     /// The configured settings (as last reloaded).
     pub fn settings(&self) -> Arc<Settings> {
         self.live().settings.clone()

@@ -340,6 +340,16 @@ pub struct ServerSection {
     /// without them; they are closed when the process exits.
     #[serde(default = "default_drain_timeout_secs")]
     pub drain_timeout_secs: u64,
+    /// How long a client has to send a request's head (on a kept-alive connection, counted
+    /// from the answer before: so also how long an idle connection stays open), and then as
+    /// long again for its body. A client slower than that is cut off, so that connections
+    /// that send nothing, or a byte at a time, do not pile up.
+    #[serde(default = "default_read_timeout_secs")]
+    pub read_timeout_secs: u64,
+    /// Connections open at once; more wait in the kernel's queue until one closes. Default:
+    /// three quarters of the process's limit on open files, leaving the rest to the ledger,
+    /// upstream connections and sinks.
+    pub max_connections: Option<usize>,
 }
 
 impl Default for ServerSection {
@@ -350,9 +360,18 @@ impl Default for ServerSection {
             trust_forwarded_headers: false,
             allowed_origins: Vec::new(),
             drain_timeout_secs: default_drain_timeout_secs(),
+            read_timeout_secs: default_read_timeout_secs(),
+            max_connections: None,
         }
     }
 }
+
+fn default_read_timeout_secs() -> u64 {
+    30
+}
+
+/// A request that takes longer than an hour to send is not a client to wait for.
+const MAX_READ_TIMEOUT_SECS: u64 = 3600;
 
 fn default_drain_timeout_secs() -> u64 {
     10
@@ -648,6 +667,14 @@ impl Config {
         }
         if self.server.drain_timeout_secs > MAX_DRAIN_TIMEOUT_SECS {
             bail!("server.drain_timeout_secs must be at most {MAX_DRAIN_TIMEOUT_SECS} (an hour)");
+        }
+        if !(1..=MAX_READ_TIMEOUT_SECS).contains(&self.server.read_timeout_secs) {
+            bail!(
+                "server.read_timeout_secs must be between 1 and {MAX_READ_TIMEOUT_SECS} (an hour)"
+            );
+        }
+        if self.server.max_connections == Some(0) {
+            bail!("server.max_connections must be at least 1");
         }
         if let Some(u) = &self.server.public_url {
             let url = url::Url::parse(u).with_context(|| format!("public_url {u:?}"))?;
@@ -1000,6 +1027,21 @@ mod tests {
         );
         // The break-glass admin is a command-line flag only.
         assert!(toml::from_str::<Config>("[login]\nbreak_glass_admin = \"root\"").is_err());
+    }
+
+    #[test]
+    fn read_timeouts_and_the_connection_cap_are_bounded() {
+        let check = |text: &str| toml::from_str::<Config>(text).unwrap().check();
+        assert_eq!(Config::default().server.read_timeout_secs, 30);
+        assert_eq!(Config::default().server.max_connections, None);
+        assert!(check("[server]\nread_timeout_secs = 1\nmax_connections = 1").is_ok());
+        assert!(check("[server]\nread_timeout_secs = 3600").is_ok());
+        for bad in ["read_timeout_secs = 0", "read_timeout_secs = 3601"] {
+            let e = check(&format!("[server]\n{bad}")).unwrap_err();
+            assert!(e.to_string().contains("read_timeout_secs"), "{e}");
+        }
+        let e = check("[server]\nmax_connections = 0").unwrap_err();
+        assert!(e.to_string().contains("max_connections"), "{e}");
     }
 
     #[test]

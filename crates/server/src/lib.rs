@@ -11,6 +11,7 @@ pub mod bootstrap;
 pub mod cimd;
 pub mod clock;
 pub mod config;
+pub mod connections;
 pub mod context;
 pub mod demo;
 pub mod error;
@@ -46,8 +47,8 @@ use axum::extract::State;
 use axum::http::{Request, StatusCode};
 use axum::response::Response;
 use axum::routing::get;
-use std::net::SocketAddr;
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
@@ -92,8 +93,12 @@ pub fn router(app: App) -> Router {
             );
         });
     let metrics = axum::middleware::from_fn_with_state(app.clone(), metrics::track_http);
+    let read_timeout = app.connection_limits().read_timeout;
     routes::router()
         .route("/", get(home))
+        .layer(axum::middleware::from_fn(move |req, next| {
+            connections::body_deadline(read_timeout, req, next)
+        }))
         .layer(metrics)
         .with_state(app)
         .layer(PropagateRequestIdLayer::x_request_id())
@@ -168,11 +173,13 @@ pub async fn serve(
                 .map_err(|e| anyhow::anyhow!("listening for metrics on {addr}: {e}"))?;
             tracing::info!(addr = %l.local_addr()?, "serving /metrics");
             let router = metrics::own_router(app.clone());
-            Some(tokio::spawn(async move {
-                if let Err(e) = axum::serve(l, router).await {
-                    tracing::error!(error = %e, "the metrics listener stopped");
-                }
-            }))
+            let limits = app.connection_limits();
+            Some(tokio::spawn(connections::serve(
+                l,
+                router,
+                limits,
+                CancellationToken::new(),
+            )))
         }
         None => None,
     };
@@ -180,17 +187,19 @@ pub async fn serve(
     let addr = listener.local_addr()?;
     // Told to stop: relayed event streams end first, or the drain below would wait for them.
     let draining = app.draining.clone();
-    let shutdown = async move {
+    tokio::spawn(async move {
         shutdown.await;
         draining.cancel();
-    };
-    tracing::info!(%addr, issuer = %app.settings().issuer, "listening");
-    let served = axum::serve(
-        listener,
-        router(app.clone()).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .into_future();
+    });
+    let limits = app.connection_limits();
+    tracing::info!(
+        %addr,
+        issuer = %app.settings().issuer,
+        read_timeout_secs = limits.read_timeout.as_secs(),
+        max_connections = limits.max_connections,
+        "listening"
+    );
+    let served = connections::serve(listener, router(app.clone()), limits, app.draining.clone());
     // The drain is bounded: a client that stopped reading, or a response that never ends,
     // must not keep the server from its final writes.
     // A second more than the relayed streams get (`ends_when_draining`), so that they end
@@ -202,7 +211,7 @@ pub async fn serve(
         tokio::time::sleep(grace).await;
     };
     tokio::select! {
-        served = served => served?,
+        () = served => {}
         () = overdue => tracing::warn!(
             drain_timeout_secs = app.config.server.drain_timeout_secs,
             "connections still open after the drain timeout are left to the process's exit"

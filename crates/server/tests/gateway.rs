@@ -719,6 +719,35 @@ grantline_store::backend_tests! {
         s.stop().await;
     }
 
+    async fn streams_and_slow_answers_outlast_the_read_timeout(db: TestDb) {
+        // The read timeout bounds how long a client takes to send; what the server sends back
+        // (an event stream, an answer the upstream takes its time over) is not cut by it.
+        let (up_url, up) = start_upstream().await;
+        let (s, _d) = gateway_server_with(&db, &up_url, |c| c.server.read_timeout_secs = 1).await;
+        let token = token_for(&s, &s.url("/mcp/up"), "up:read").await;
+        let mut events = browser()
+            .get(s.url("/mcp/up"))
+            .header("accept", "text/event-stream")
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(events.status(), StatusCode::OK);
+        let mut call = rpc(&s, "/mcp/up", Some(&token), call(21, "stream_tool")).await;
+        assert!(first_chunk(&mut call).await.contains("notifications/progress"));
+        let opened = std::time::Instant::now();
+        while opened.elapsed() < std::time::Duration::from_millis(2500) {
+            assert!(first_chunk(&mut events).await.contains("keep-alive"));
+        }
+        up.release.notify_one();
+        let mut rest = Vec::new();
+        while let Some(c) = call.chunk().await.unwrap() {
+            rest.extend_from_slice(&c);
+        }
+        assert!(String::from_utf8_lossy(&rest).contains("\"done\""));
+        s.stop().await;
+    }
+
     async fn a_streamed_call_whose_caller_left_is_recorded_before_shutdown_ends(db: TestDb) {
         // The caller reads the progress event and goes away; the answer is still to come.
         let (s, up, _d, r) = streamed_call(&db, 11).await;

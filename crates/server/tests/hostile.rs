@@ -679,3 +679,143 @@ async fn usernames_with_direction_overrides_are_refused() {
     }
     s.stop().await;
 }
+
+/// Reads from `conn` until the server closes it or `within` passes: what it sent, and whether
+/// it closed.
+async fn read_until_closed(
+    conn: &mut (impl tokio::io::AsyncRead + Unpin),
+    within: std::time::Duration,
+) -> (String, bool) {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, conn.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return (String::from_utf8_lossy(&got).into(), true),
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Err(_) => return (String::from_utf8_lossy(&got).into(), false),
+        }
+    }
+}
+
+/// Sends `bytes` one at a time, `every` apart, on a task of its own (stopping when the server
+/// has closed the connection).
+fn trickle(
+    mut w: tokio::net::tcp::OwnedWriteHalf,
+    bytes: &'static [u8],
+    every: std::time::Duration,
+) -> tokio::task::JoinHandle<()> {
+    use tokio::io::AsyncWriteExt;
+    tokio::spawn(async move {
+        for b in bytes {
+            tokio::time::sleep(every).await;
+            if w.write_all(&[*b]).await.is_err() {
+                return;
+            }
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_send_slowly_or_not_at_all_are_cut_off_and_nothing_is_recorded() {
+    use std::time::{Duration, Instant};
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpStream;
+    let (s, _d, _db) = server(|c| c.server.read_timeout_secs = 1).await;
+    let addr = s.base.trim_start_matches("http://").to_string();
+    let before = s.app.store().count().await.unwrap();
+    let started = Instant::now();
+
+    // Connects and sends nothing.
+    let mut silent = TcpStream::connect(&addr).await.unwrap();
+    // Sends a request's head a byte every 200 ms: always busy, never done.
+    let (mut head_r, head_w) = TcpStream::connect(&addr).await.unwrap().into_split();
+    let head = trickle(
+        head_w,
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Padding: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n",
+        Duration::from_millis(200),
+    );
+    // A token request whose body comes a byte every 200 ms.
+    let (mut body_r, mut body_w) = TcpStream::connect(&addr).await.unwrap().into_split();
+    body_w
+        .write_all(
+            b"POST /oauth/token HTTP/1.1\r\nHost: x\r\n\
+              Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 60\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let body = trickle(
+        body_w,
+        b"grant_type=client_credentials&client_id=rs&scope=demo%3Aread",
+        Duration::from_millis(200),
+    );
+    // A request answered, and then nothing more on the kept-alive connection.
+    let mut idle = TcpStream::connect(&addr).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+
+    // Meanwhile everyone else is served.
+    let r = browser().get(s.url("/healthz")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+
+    let (got, closed) = read_until_closed(&mut silent, Duration::from_secs(5)).await;
+    assert!(closed && got.is_empty(), "{got:?}");
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    let (got, closed) = read_until_closed(&mut head_r, Duration::from_secs(5)).await;
+    assert!(
+        closed && got.is_empty(),
+        "a head never finished gets no answer: {got:?}"
+    );
+    let (got, closed) = read_until_closed(&mut body_r, Duration::from_secs(5)).await;
+    assert!(closed, "{got:?}");
+    assert!(got.starts_with("HTTP/1.1 408 "), "{got}");
+    assert!(
+        got.to_ascii_lowercase().contains("connection: close"),
+        "{got}"
+    );
+    let json: Value = serde_json::from_str(&got[got.find("\r\n\r\n").unwrap() + 4..]).unwrap();
+    assert_eq!(json["error"], "invalid_request", "{json}");
+    let (got, closed) = read_until_closed(&mut idle, Duration::from_secs(5)).await;
+    assert!(closed, "an idle kept-alive connection is closed");
+    assert!(got.starts_with("HTTP/1.1 200 "), "{got}");
+    // All four were cut off after the read timeout, not held until the test gave up.
+    assert!(started.elapsed() < Duration::from_secs(5));
+    head.abort();
+    body.abort();
+    // The token request that never arrived whole issued nothing.
+    assert_eq!(s.app.store().count().await.unwrap(), before);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_cap_wait_until_one_closes() {
+    use std::time::{Duration, Instant};
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpStream;
+    let (s, _d, _db) = server(|c| {
+        c.server.read_timeout_secs = 1;
+        c.server.max_connections = Some(2);
+    })
+    .await;
+    let addr = s.base.trim_start_matches("http://").to_string();
+    // Two connections that send nothing take both places.
+    let _a = TcpStream::connect(&addr).await.unwrap();
+    let _b = TcpStream::connect(&addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let asked = Instant::now();
+    let mut c = TcpStream::connect(&addr).await.unwrap();
+    c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let (got, closed) = read_until_closed(&mut c, Duration::from_secs(5)).await;
+    assert!(closed && got.starts_with("HTTP/1.1 200 "), "{got:?}");
+    // Answered once the silent ones were cut off (1 s after they connected), not before.
+    assert!(
+        asked.elapsed() >= Duration::from_millis(600),
+        "{:?}",
+        asked.elapsed()
+    );
+    s.stop().await;
+}

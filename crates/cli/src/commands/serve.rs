@@ -60,6 +60,8 @@ pub async fn run(loc: &Location, args: Args) -> Result<ExitCode> {
         public_url: None,
     };
     let mut config = overrides.load(loc)?;
+    // Before the connection cap is worked out from it (`[server] max_connections`).
+    grantline_server::connections::raise_open_file_limit();
     // Held until the server has stopped: no restore swaps the ledger under it meanwhile.
     let _serving = match &loc.database {
         grantline_store::Database::Sqlite(path) => crate::lock::serving(path)?,

@@ -1,0 +1,227 @@
+//! How the server takes HTTP connections: a deadline for each request's head and one for its
+//! body, so that a client that connects and sends nothing, or sends a request a byte at a
+//! time, cannot hold a connection (and a file descriptor) for as long as it likes; a cap on
+//! open connections; and the graceful drain when the server is told to stop.
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::http::{HeaderValue, Request, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use hyper::body::{Frame, Incoming, SizeHint};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
+
+/// The limits every connection is held to (`[server]` in the configuration).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// How long a client has to send a request's head, counted from when the server starts
+    /// waiting for it: on a new connection, and on a kept-alive one after each answer (so it
+    /// is also how long an idle connection stays open). Then as long again for the body.
+    pub read_timeout: Duration,
+    /// Connections open at once; more wait in the kernel's queue until one closes.
+    pub max_connections: usize,
+}
+
+/// Three quarters of the process's soft limit on open files (at least 64): the rest is left
+/// to the ledger, upstream connections, sinks and the audit index.
+pub fn default_max_connections() -> usize {
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
+    limit.map_or(usize::MAX, |n| {
+        usize::try_from(n / 4 * 3).unwrap_or(usize::MAX).max(64)
+    })
+}
+
+/// Raises the process's soft limit on open files to its hard limit, as servers that hold a
+/// connection per client do (the soft default is often 1,024). Returns the soft limit after
+/// the attempt; a limit that cannot be raised is left as it is.
+pub fn raise_open_file_limit() -> Option<u64> {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let now = getrlimit(Resource::Nofile);
+    if now.current != now.maximum {
+        let raised = rustix::process::Rlimit {
+            current: now.maximum,
+            maximum: now.maximum,
+        };
+        if let Err(e) = setrlimit(Resource::Nofile, raised) {
+            tracing::debug!(error = %e, "the limit on open files stays as it is");
+        }
+    }
+    getrlimit(Resource::Nofile).current
+}
+
+/// Serves `router` on `listener` until `shutdown` is cancelled, then lets each connection
+/// finish the request it is on (closing it after that answer) and returns once every
+/// connection has closed. The caller bounds that wait.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: Limits,
+    shutdown: CancellationToken,
+) {
+    let connections = TaskTracker::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+    loop {
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(s) => s,
+                Err(_) => break,
+            },
+            () = shutdown.cancelled() => break,
+        };
+        let (stream, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    refused(e).await;
+                    continue;
+                }
+            },
+            () = shutdown.cancelled() => break,
+        };
+        let router = router.clone();
+        let shutdown = shutdown.clone();
+        connections.spawn(async move {
+            serve_connection(stream, remote, router, limits, shutdown).await;
+            drop(slot);
+        });
+    }
+    drop(listener);
+    connections.close();
+    connections.wait().await;
+}
+
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    remote: SocketAddr,
+    router: Router,
+    limits: Limits,
+    shutdown: CancellationToken,
+) {
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let mut req = req.map(Body::new);
+        req.extensions_mut().insert(ConnectInfo(remote));
+        router.clone().oneshot(req)
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.read_timeout);
+    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        served = conn.as_mut() => {
+            if let Err(e) = served {
+                tracing::debug!(error = %e, %remote, "connection ended");
+            }
+            return;
+        }
+        () = shutdown.cancelled() => conn.as_mut().graceful_shutdown(),
+    }
+    if let Err(e) = conn.await {
+        tracing::debug!(error = %e, %remote, "connection ended while draining");
+    }
+}
+
+/// An accept that failed: a connection reset before it was taken is nothing; anything else
+/// (most often out of file descriptors) is logged, and accepting waits a second rather than
+/// spin.
+async fn refused(e: std::io::Error) {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    if matches!(
+        e.kind(),
+        ConnectionRefused | ConnectionAborted | ConnectionReset
+    ) {
+        return;
+    }
+    tracing::error!(error = %e, "accepting a connection failed; trying again in a second");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+}
+
+/// Middleware: the request's body must arrive within `timeout` of its head. A body that does
+/// not is refused with 408 and the connection closed, whatever the handler made of the broken
+/// read; a request without a body is passed on untouched.
+pub async fn body_deadline(
+    timeout: Duration,
+    req: Request<Body>,
+    next: axum::middleware::Next,
+) -> Response {
+    use hyper::body::Body as _;
+    if req.body().is_end_stream() {
+        return next.run(req).await;
+    }
+    let late = Arc::new(AtomicBool::new(false));
+    let req = req.map(|inner| {
+        Body::new(Deadline {
+            inner,
+            sleep: Box::pin(tokio::time::sleep(timeout)),
+            late: late.clone(),
+        })
+    });
+    let answer = next.run(req).await;
+    if !late.load(Ordering::Acquire) {
+        return answer;
+    }
+    let body = serde_json::json!({
+        "error": "invalid_request",
+        "error_description": format!(
+            "the request's body did not arrive within {} s",
+            timeout.as_secs()
+        ),
+    });
+    let mut r = (StatusCode::REQUEST_TIMEOUT, axum::Json(body)).into_response();
+    r.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    r
+}
+
+/// A request body that fails once its deadline passes while the next frame is still awaited.
+struct Deadline {
+    inner: Body,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    late: Arc<AtomicBool>,
+}
+
+/// The error a late body ends with.
+#[derive(Debug, thiserror::Error)]
+#[error("the request's body did not arrive in time")]
+struct Late;
+
+impl hyper::body::Body for Deadline {
+    type Data = axum::body::Bytes;
+    type Error = axum::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        if let Poll::Ready(frame) = Pin::new(&mut self.inner).poll_frame(cx) {
+            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        }
+        match self.sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => {
+                self.late.store(true, Ordering::Release);
+                Poll::Ready(Some(Err(Late.into())))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
