@@ -673,8 +673,13 @@ impl Config {
                 "server.read_timeout_secs must be between 1 and {MAX_READ_TIMEOUT_SECS} (an hour)"
             );
         }
-        if self.server.max_connections == Some(0) {
-            bail!("server.max_connections must be at least 1");
+        if let Some(n) = self.server.max_connections
+            && !(1..=crate::connections::MAX_CONNECTIONS).contains(&n)
+        {
+            bail!(
+                "server.max_connections must be between 1 and {}",
+                crate::connections::MAX_CONNECTIONS
+            );
         }
         if let Some(u) = &self.server.public_url {
             let url = url::Url::parse(u).with_context(|| format!("public_url {u:?}"))?;
@@ -1040,8 +1045,13 @@ mod tests {
             let e = check(&format!("[server]\n{bad}")).unwrap_err();
             assert!(e.to_string().contains("read_timeout_secs"), "{e}");
         }
-        let e = check("[server]\nmax_connections = 0").unwrap_err();
-        assert!(e.to_string().contains("max_connections"), "{e}");
+        for bad in [
+            "max_connections = 0",
+            "max_connections = 2305843009213693952",
+        ] {
+            let e = check(&format!("[server]\n{bad}")).unwrap_err();
+            assert!(e.to_string().contains("max_connections"), "{e}");
+        }
     }
 
     #[test]

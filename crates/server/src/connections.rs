@@ -33,12 +33,18 @@ pub struct Limits {
     pub max_connections: usize,
 }
 
-/// Three quarters of the process's soft limit on open files (at least 64): the rest is left
+/// The most connections a server takes, whatever the limits say (Linux's own ceiling on open
+/// files is about a million).
+pub const MAX_CONNECTIONS: usize = 1 << 20;
+
+/// Three quarters of the process's soft limit on open files (at least one): the rest is left
 /// to the ledger, upstream connections, sinks and the audit index.
 pub fn default_max_connections() -> usize {
     let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
-    limit.map_or(usize::MAX, |n| {
-        usize::try_from(n / 4 * 3).unwrap_or(usize::MAX).max(64)
+    limit.map_or(MAX_CONNECTIONS, |n| {
+        usize::try_from(n / 4 * 3)
+            .unwrap_or(MAX_CONNECTIONS)
+            .clamp(1, MAX_CONNECTIONS)
     })
 }
 
@@ -70,7 +76,9 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let connections = TaskTracker::new();
-    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+    let slots = Arc::new(tokio::sync::Semaphore::new(
+        limits.max_connections.clamp(1, MAX_CONNECTIONS),
+    ));
     loop {
         let slot = tokio::select! {
             slot = slots.clone().acquire_owned() => match slot {
@@ -148,9 +156,10 @@ async fn refused(e: std::io::Error) {
     tokio::time::sleep(Duration::from_secs(1)).await;
 }
 
-/// Middleware: the request's body must arrive within `timeout` of its head. A body that does
-/// not is refused with 408 and the connection closed, whatever the handler made of the broken
-/// read; a request without a body is passed on untouched.
+/// Middleware: the request's body must arrive within `timeout` of the server starting to read
+/// it. A body that does not is refused with 408 and the connection closed, whatever the
+/// handler made of the broken read (its CORS headers kept, so a browser client can read the
+/// refusal); a request without a body is passed on untouched.
 pub async fn body_deadline(
     timeout: Duration,
     req: Request<Body>,
@@ -164,7 +173,8 @@ pub async fn body_deadline(
     let req = req.map(|inner| {
         Body::new(Deadline {
             inner,
-            sleep: Box::pin(tokio::time::sleep(timeout)),
+            timeout,
+            sleep: None,
             late: late.clone(),
         })
     });
@@ -180,15 +190,23 @@ pub async fn body_deadline(
         ),
     });
     let mut r = (StatusCode::REQUEST_TIMEOUT, axum::Json(body)).into_response();
-    r.headers_mut()
-        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    let headers = r.headers_mut();
+    for (name, value) in answer.headers() {
+        if name == header::VARY || name.as_str().starts_with("access-control-") {
+            headers.append(name, value.clone());
+        }
+    }
+    headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
     r
 }
 
 /// A request body that fails once its deadline passes while the next frame is still awaited.
+/// The deadline is set when the body is first read, so time the request spent waiting before
+/// that (for a rate limiter, for the handler's turn) is not held against the client.
 struct Deadline {
     inner: Body,
-    sleep: Pin<Box<tokio::time::Sleep>>,
+    timeout: Duration,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
     late: Arc<AtomicBool>,
 }
 
@@ -208,7 +226,11 @@ impl hyper::body::Body for Deadline {
         if let Poll::Ready(frame) = Pin::new(&mut self.inner).poll_frame(cx) {
             return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
         }
-        match self.sleep.as_mut().poll(cx) {
+        let timeout = self.timeout;
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        match sleep.as_mut().poll(cx) {
             Poll::Ready(()) => {
                 self.late.store(true, Ordering::Release);
                 Poll::Ready(Some(Err(Late.into())))

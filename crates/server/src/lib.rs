@@ -93,7 +93,7 @@ pub fn router(app: App) -> Router {
             );
         });
     let metrics = axum::middleware::from_fn_with_state(app.clone(), metrics::track_http);
-    let read_timeout = app.connection_limits().read_timeout;
+    let read_timeout = Duration::from_secs(app.config.server.read_timeout_secs);
     routes::router()
         .route("/", get(home))
         .layer(axum::middleware::from_fn(move |req, next| {
@@ -173,7 +173,11 @@ pub async fn serve(
                 .map_err(|e| anyhow::anyhow!("listening for metrics on {addr}: {e}"))?;
             tracing::info!(addr = %l.local_addr()?, "serving /metrics");
             let router = metrics::own_router(app.clone());
-            let limits = app.connection_limits();
+            // A scraper or two: the main listener's cap is for clients.
+            let limits = connections::Limits {
+                max_connections: 64,
+                ..app.connection_limits()
+            };
             Some(tokio::spawn(connections::serve(
                 l,
                 router,
