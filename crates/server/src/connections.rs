@@ -37,6 +37,11 @@ pub struct Limits {
 /// files is about a million).
 pub const MAX_CONNECTIONS: usize = 1 << 20;
 
+/// The largest request head (request line and headers) taken: what a connection can make the
+/// server hold before its request is even known (hyper's own bound is its read buffer, about
+/// 400 KiB). Over it, `431`.
+pub const MAX_HEAD: usize = 64 * 1024;
+
 /// Three quarters of the process's soft limit on open files (at least one): the rest is left
 /// to the ledger, upstream connections, sinks and the audit index.
 pub fn default_max_connections() -> usize {
@@ -124,7 +129,8 @@ async fn serve_connection(
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.read_timeout);
+        .header_read_timeout(limits.read_timeout)
+        .max_header_size(MAX_HEAD);
     let conn = builder.serve_connection(TokioIo::new(stream), service);
     let mut conn = std::pin::pin!(conn);
     tokio::select! {

@@ -790,6 +790,22 @@ async fn clients_that_send_slowly_or_not_at_all_are_cut_off_and_nothing_is_recor
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_head_over_64_kib_is_refused() {
+    let (s, _d, _db) = server(|_| {}).await;
+    let get = |padding: usize| {
+        browser()
+            .get(s.url("/healthz"))
+            .header("x-padding", "a".repeat(padding))
+            .send()
+    };
+    assert_eq!(get(60 * 1024).await.unwrap().status(), StatusCode::OK);
+    // hyper's own bound was about 400 KiB: 100 KiB of headers per connection was held.
+    let r = get(100 * 1024).await.unwrap();
+    assert_eq!(r.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_over_the_cap_wait_until_one_closes() {
     use std::time::{Duration, Instant};
     use tokio::io::AsyncWriteExt;
