@@ -10,6 +10,7 @@ use axum::http::{HeaderValue, Request, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use hyper::body::{Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus_client::metrics::gauge::Gauge;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -79,6 +80,7 @@ pub async fn serve(
     router: Router,
     limits: Limits,
     shutdown: CancellationToken,
+    open: Gauge,
 ) {
     let connections = TaskTracker::new();
     let slots = Arc::new(tokio::sync::Semaphore::new(
@@ -104,14 +106,37 @@ pub async fn serve(
         };
         let router = router.clone();
         let shutdown = shutdown.clone();
+        let held = Held::new(slot, &open);
         connections.spawn(async move {
             serve_connection(stream, remote, router, limits, shutdown).await;
-            drop(slot);
+            drop(held);
         });
     }
     drop(listener);
     connections.close();
     connections.wait().await;
+}
+
+/// A connection's place under the cap, counted in the open-connections gauge while held.
+struct Held {
+    _slot: tokio::sync::OwnedSemaphorePermit,
+    open: Gauge,
+}
+
+impl Held {
+    fn new(slot: tokio::sync::OwnedSemaphorePermit, open: &Gauge) -> Held {
+        open.inc();
+        Held {
+            _slot: slot,
+            open: open.clone(),
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.open.dec();
+    }
 }
 
 async fn serve_connection(

@@ -183,6 +183,7 @@ pub async fn serve(
                 router,
                 limits,
                 CancellationToken::new(),
+                Default::default(),
             )))
         }
         None => None,
@@ -203,7 +204,14 @@ pub async fn serve(
         max_connections = limits.max_connections,
         "listening"
     );
-    let served = connections::serve(listener, router(app.clone()), limits, app.draining.clone());
+    let open = app.metrics.connections(limits.max_connections);
+    let served = connections::serve(
+        listener,
+        router(app.clone()),
+        limits,
+        app.draining.clone(),
+        open,
+    );
     // The drain is bounded: a client that stopped reading, or a response that never ends,
     // must not keep the server from its final writes.
     // A second more than the relayed streams get (`ends_when_draining`), so that they end

@@ -110,6 +110,8 @@ pub struct Metrics {
     mounts: std::sync::RwLock<HashSet<String>>,
     http_requests: Family<HttpLabels, Counter>,
     http_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    connections: Gauge,
+    connections_max: Gauge,
     events: Family<KindLabels, Counter>,
     /// `events`' counters by `Kind as usize`: counting an event on the writer's thread is one
     /// atomic increment, no lookup.
@@ -152,6 +154,8 @@ impl Metrics {
             mounts: std::sync::RwLock::new(mounts.into_iter().collect()),
             http_requests: Family::default(),
             http_duration: Family::new_with_constructor(latency as fn() -> Histogram),
+            connections: Gauge::default(),
+            connections_max: Gauge::default(),
             events: Family::default(),
             by_kind: Vec::new(),
             tokens_issued: Family::default(),
@@ -190,6 +194,17 @@ impl Metrics {
             "Time to answer an HTTP request (to the response head)",
             Unit::Seconds,
             m.http_duration.clone(),
+        );
+        r.register(
+            "http_connections",
+            "HTTP connections open on the main listener",
+            m.connections.clone(),
+        );
+        r.register(
+            "http_connections_max",
+            "The most HTTP connections the main listener holds open at once ([server] \
+             max_connections); more wait in the kernel's queue",
+            m.connections_max.clone(),
         );
         r.register(
             "events_appended",
@@ -342,6 +357,13 @@ impl Metrics {
     }
 
     /// After a reload: the mount names the `resource` label may take from now on.
+    /// The gauge of the main listener's open connections, and its cap set to `max`.
+    pub fn connections(&self, max: usize) -> Gauge {
+        self.connections_max
+            .set(i64::try_from(max).unwrap_or(i64::MAX));
+        self.connections.clone()
+    }
+
     pub fn set_mounts(&self, mounts: impl IntoIterator<Item = String>) {
         if let Ok(mut m) = self.mounts.write() {
             *m = mounts.into_iter().collect();

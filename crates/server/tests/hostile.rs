@@ -820,6 +820,7 @@ async fn connections_over_the_cap_wait_until_one_closes() {
     let _a = TcpStream::connect(&addr).await.unwrap();
     let _b = TcpStream::connect(&addr).await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(open_connections(&s).await, 2);
     let asked = Instant::now();
     let mut c = TcpStream::connect(&addr).await.unwrap();
     c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
@@ -833,5 +834,27 @@ async fn connections_over_the_cap_wait_until_one_closes() {
         "{:?}",
         asked.elapsed()
     );
+    // Each closed connection leaves the count.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while open_connections(&s).await != 0 {
+        assert!(Instant::now() < deadline, "connections still counted open");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        s.app
+            .render_metrics(false)
+            .await
+            .unwrap()
+            .contains("grantline_http_connections_max 2\n")
+    );
     s.stop().await;
+}
+
+/// `grantline_http_connections` as the server's `/metrics` would say it now.
+async fn open_connections(s: &Server) -> i64 {
+    let text = s.app.render_metrics(false).await.unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("grantline_http_connections "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no grantline_http_connections in\n{text}"))
 }

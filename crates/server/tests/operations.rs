@@ -290,6 +290,7 @@ async fn metrics_on_the_main_listener_need_the_token_and_count_what_happened() {
     std::fs::write(&token_file, format!("{metrics_token}\n")).unwrap();
     let mut cfg = config(dir.path(), 30, 60);
     cfg.metrics.token_file = Some(token_file);
+    cfg.server.max_connections = Some(500);
     // Checkpoints only when the test writes one.
     let ledger = grantline_store::LedgerOptions {
         checkpoint_interval: Duration::from_secs(3600),
@@ -387,6 +388,9 @@ async fn metrics_on_the_main_listener_need_the_token_and_count_what_happened() {
         2.0
     );
     assert!(v(r#"grantline_ledger_commits_total{outcome="ok"}"#) >= 1.0);
+    // The scrape's own connection is open; the cap is the configured one.
+    assert!(v("grantline_http_connections") >= 1.0, "{text}");
+    assert_eq!(v("grantline_http_connections_max"), 500.0);
     let head = v("grantline_ledger_head_seq");
     assert!(head >= 1.0);
     assert_eq!(v(r#"grantline_ready{check="ledger"}"#), 1.0);
