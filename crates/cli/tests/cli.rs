@@ -832,3 +832,48 @@ fn a_second_stop_signal_ends_the_server_without_waiting_for_the_drain() {
     assert!(err.contains("a second stop signal"), "{err}");
     drop(held);
 }
+
+#[test]
+fn serve_raises_its_limit_on_open_files_and_caps_connections_below_it() {
+    use std::io::BufRead;
+    let hard = Command::new("bash")
+        .args(["-c", "ulimit -Hn"])
+        .output()
+        .unwrap();
+    let hard = String::from_utf8_lossy(&hard.stdout).trim().to_string();
+    // Three quarters of the hard limit (the soft one, 256 here, is raised to it first).
+    let expected: u64 = match hard.parse::<u64>() {
+        Ok(n) => (n / 4 * 3).clamp(1, 1 << 20),
+        Err(_) => 1 << 20, // unlimited
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new("bash")
+        .args([
+            "-c",
+            r#"ulimit -Sn 256 && exec "$0" --data-dir "$1" serve --listen 127.0.0.1:0"#,
+            env!("CARGO_BIN_EXE_grantline"),
+            dir.path().to_str().unwrap(),
+        ])
+        .env("GRANTLINE_ADMIN_PASSWORD", "admin-password-1")
+        .env("NO_COLOR", "1")
+        .env_remove("GRANTLINE_DATABASE_URL")
+        .env_remove("GRANTLINE_CONFIG")
+        .env_remove("GRANTLINE_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run grantline");
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let listening = stderr
+        .lines()
+        .map_while(Result::ok)
+        .find(|l| l.contains("listening"));
+    let _ = child.kill();
+    let _ = child.wait();
+    let line = listening.expect("no listening line");
+    let cap = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("max_connections="))
+        .unwrap_or_else(|| panic!("no max_connections in {line}"));
+    assert_eq!(cap.parse::<u64>().unwrap(), expected, "{line}");
+}
