@@ -223,6 +223,10 @@ def check_metrics(text, events, storage, who, throttled):
     assert value("grantline_http_requests_total", route="/mcp/{name}", method="POST",
                  status="401") >= 1
     assert value("grantline_http_request_duration_seconds_count", route="/oauth/token") >= 3
+    # Connections: what the session's clients left open, under the cap (by default three
+    # quarters of the limit on open files).
+    assert 0 <= value("grantline_http_connections") <= value("grantline_http_connections_max")
+    assert value("grantline_http_connections_max") >= 1
     # The ledger: every event went through a group commit, none failed.
     assert value("grantline_ledger_commits_total", outcome="ok") >= 1
     assert value_of(text, "grantline_ledger_commits_total", outcome="failed") in (None, 0)
