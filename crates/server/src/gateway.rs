@@ -65,12 +65,12 @@ impl Mounts {
                 bail!("resource {}: a gateway resource needs a path", section.name);
             };
             let path = path.trim_end_matches('/').to_string();
-            if path
-                .strip_prefix("/mcp/")
-                .is_none_or(|n| n.is_empty() || n.contains('/'))
-            {
+            // Requests find the mount by the name in their path, and its identifier (the
+            // tokens' audience, its metadata) is made from `path`: they must be one.
+            if path.strip_prefix("/mcp/") != Some(section.name.as_str()) {
                 bail!(
-                    "resource {}: gateway resources are mounted at /mcp/<name>",
+                    "resource {}: gateway resources are mounted at /mcp/<name>: its path must be /mcp/{}",
+                    section.name,
                     section.name
                 );
             }
@@ -94,22 +94,32 @@ impl Mounts {
                     .find(|n| n.ends_with(suffix))
                     .map(|s| s.to_string())
             };
-            let read = section
-                .read_scope
-                .clone()
-                .or_else(|| pick(":read"))
-                .or_else(|| names.first().map(|s| s.to_string()));
-            let Some(read) = read else {
-                bail!(
+            // With one scope, every tool needs it. With several, which one read tools and
+            // which one write tools need is never a guess (the first scope could be the
+            // read scope and write tools would need no more): named `…:read` / `…:write`, or
+            // set.
+            let only = match names.as_slice() {
+                [] => bail!(
                     "resource {}: a gateway resource needs at least one scope",
                     section.name
-                );
+                ),
+                [one] => Some(one.to_string()),
+                _ => None,
             };
-            let write = section
-                .write_scope
-                .clone()
-                .or_else(|| pick(":write"))
-                .unwrap_or_else(|| read.clone());
+            let chosen = |set: &Option<String>, suffix: &str, key: &str| {
+                set.clone()
+                    .or_else(|| pick(suffix))
+                    .or_else(|| only.clone())
+                    .ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "resource {}: none of its scopes ends in {suffix:?}: set {key} to the scope {} tools need",
+                            section.name,
+                            key.trim_end_matches("_scope")
+                        )
+                    })
+            };
+            let read = chosen(&section.read_scope, ":read", "read_scope")?;
+            let write = chosen(&section.write_scope, ":write", "write_scope")?;
             for s in [&read, &write].into_iter().chain(section.tools.values()) {
                 if !names.contains(&s.as_str()) {
                     bail!(
@@ -246,5 +256,65 @@ impl Mounts {
         if let Ok(mut a) = self.annotations.lock() {
             a.insert(resource.to_string(), learned);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mounts(resource: &str) -> Result<Mounts> {
+        let config: Config = toml::from_str(&format!(
+            "[[resources]]\nupstream = \"http://127.0.0.1:9/mcp\"\n{resource}"
+        ))
+        .expect("parses");
+        Mounts::from_config(&config, "http://127.0.0.1:8080")
+    }
+
+    fn scopes(m: &Mounts, name: &str) -> (String, String) {
+        let s = &m.by_name[name].scopes;
+        (s.read.clone(), s.write.clone())
+    }
+
+    #[test]
+    fn a_gateway_resource_is_mounted_at_its_own_name() {
+        let scope = "scopes = [{ name = \"docs:read\" }]";
+        assert!(mounts(&format!("name = \"docs\"\npath = \"/mcp/docs\"\n{scope}")).is_ok());
+        // Found by the name in the request's path, identified (audience, metadata) by `path`.
+        let e = mounts(&format!(
+            "name = \"docs\"\npath = \"/mcp/documents\"\n{scope}"
+        ))
+        .err()
+        .expect("refused");
+        assert!(e.to_string().contains("must be /mcp/docs"), "{e}");
+    }
+
+    #[test]
+    fn which_scope_write_tools_need_is_never_a_guess() {
+        let at = "name = \"docs\"\npath = \"/mcp/docs\"\n";
+        let m = mounts(&format!(
+            "{at}scopes = [{{ name = \"docs:read\" }}, {{ name = \"docs:write\" }}]"
+        ))
+        .unwrap();
+        assert_eq!(
+            scopes(&m, "docs"),
+            ("docs:read".into(), "docs:write".into())
+        );
+        // One scope: every tool needs it.
+        let m = mounts(&format!("{at}scopes = [{{ name = \"docs\" }}]")).unwrap();
+        assert_eq!(scopes(&m, "docs"), ("docs".into(), "docs".into()));
+        // Two scopes named otherwise: write tools used to need the first one, the read scope.
+        let two = "scopes = [{ name = \"docs:view\" }, { name = \"docs:edit\" }]";
+        let e = mounts(&format!("{at}{two}")).err().expect("refused");
+        assert!(e.to_string().contains("set read_scope"), "{e}");
+        let e = mounts(&format!("{at}{two}\nread_scope = \"docs:view\""))
+            .err()
+            .expect("refused");
+        assert!(e.to_string().contains("set write_scope"), "{e}");
+        let m = mounts(&format!(
+            "{at}{two}\nread_scope = \"docs:view\"\nwrite_scope = \"docs:edit\""
+        ))
+        .unwrap();
+        assert_eq!(scopes(&m, "docs"), ("docs:view".into(), "docs:edit".into()));
     }
 }
