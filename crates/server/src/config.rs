@@ -634,7 +634,14 @@ impl Config {
             self.server.public_url = Some(v);
         }
         if let Some(v) = get("GRANTLINE_TRUST_FORWARDED_HEADERS") {
-            self.server.trust_forwarded_headers = matches!(v.as_str(), "1" | "true" | "yes");
+            // Anything but a plain yes or no is refused: `TRUE` or `on` once read as false.
+            self.server.trust_forwarded_headers = match v.trim().to_ascii_lowercase().as_str() {
+                "1" | "true" | "yes" | "on" => true,
+                "0" | "false" | "no" | "off" => false,
+                _ => bail!(
+                    "GRANTLINE_TRUST_FORWARDED_HEADERS={v:?}: use true or false (1/0, yes/no, on/off)"
+                ),
+            };
         }
         if let Some(v) = get("GRANTLINE_REGISTRATION") {
             self.registration.policy = Some(v);
@@ -667,6 +674,13 @@ impl Config {
         }
         if self.server.drain_timeout_secs > MAX_DRAIN_TIMEOUT_SECS {
             bail!("server.drain_timeout_secs must be at most {MAX_DRAIN_TIMEOUT_SECS} (an hour)");
+        }
+        if self.metadata_documents.allow_http && !self.metadata_documents.allow_private_addresses {
+            // A document fetched over plain HTTP from the Internet is whatever a network in
+            // between says a client is.
+            bail!(
+                "metadata_documents.allow_http is for labs and tests: only together with allow_private_addresses"
+            );
         }
         if !(1..=MAX_READ_TIMEOUT_SECS).contains(&self.server.read_timeout_secs) {
             bail!(
@@ -1055,6 +1069,17 @@ mod tests {
     }
 
     #[test]
+    fn metadata_documents_over_plain_http_only_in_a_lab() {
+        let check = |text: &str| toml::from_str::<Config>(text).unwrap().check();
+        let e = check("[metadata_documents]\nallow_http = true").unwrap_err();
+        assert!(e.to_string().contains("allow_private_addresses"), "{e}");
+        assert!(
+            check("[metadata_documents]\nallow_http = true\nallow_private_addresses = true")
+                .is_ok()
+        );
+    }
+
+    #[test]
     fn the_drain_timeout_is_bounded() {
         let check = |text: &str| toml::from_str::<Config>(text).unwrap().check();
         assert_eq!(Config::default().server.drain_timeout_secs, 10);
@@ -1132,6 +1157,18 @@ mod tests {
             c.apply_env(|k| (k == "GRANTLINE_CODE_TTL").then(|| "soon".into()))
                 .is_err()
         );
+        let trust = |v: &str| {
+            let mut c: Config =
+                toml::from_str("[server]\ntrust_forwarded_headers = true\n").unwrap();
+            c.apply_env(|k| (k == "GRANTLINE_TRUST_FORWARDED_HEADERS").then(|| v.into()))
+                .map(|()| c.server.trust_forwarded_headers)
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(trust("TRUE"), Ok(true), "read as false before");
+        assert_eq!(trust("on"), Ok(true));
+        assert_eq!(trust("0"), Ok(false));
+        assert_eq!(trust("No"), Ok(false));
+        assert!(trust("maybe").unwrap_err().contains("use true or false"));
     }
 
     #[test]
