@@ -14,7 +14,7 @@ pub enum Command {
     /// and printed once.
     Add {
         username: String,
-        /// `user` or `admin`.
+        /// `user`, `admin`, `auditor`, or a role of the configuration's `[roles]`.
         #[arg(long, default_value = "user")]
         role: String,
         /// Email address (recorded sealed under the user's erasable key).
