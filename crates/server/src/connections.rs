@@ -83,16 +83,23 @@ pub async fn serve(
     open: Gauge,
 ) {
     let connections = TaskTracker::new();
+    let mut warned: Option<std::time::Instant> = None;
     let slots = Arc::new(tokio::sync::Semaphore::new(
         limits.max_connections.clamp(1, MAX_CONNECTIONS),
     ));
     loop {
-        let slot = tokio::select! {
-            slot = slots.clone().acquire_owned() => match slot {
-                Ok(s) => s,
-                Err(_) => break,
-            },
-            () = shutdown.cancelled() => break,
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(s) => s,
+            Err(_) => {
+                at_the_cap(&mut warned, limits.max_connections);
+                tokio::select! {
+                    slot = slots.clone().acquire_owned() => match slot {
+                        Ok(s) => s,
+                        Err(_) => break,
+                    },
+                    () = shutdown.cancelled() => break,
+                }
+            }
         };
         let (stream, remote) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -115,6 +122,18 @@ pub async fn serve(
     drop(listener);
     connections.close();
     connections.wait().await;
+}
+
+/// Says, at most once a minute, that new connections wait for a place.
+fn at_the_cap(warned: &mut Option<std::time::Instant>, max: usize) {
+    if warned.is_some_and(|at| at.elapsed() < Duration::from_secs(60)) {
+        return;
+    }
+    *warned = Some(std::time::Instant::now());
+    tracing::warn!(
+        max_connections = max,
+        "every connection place is taken: new connections wait in the kernel's queue until one closes"
+    );
 }
 
 /// A connection's place under the cap, counted in the open-connections gauge while held.
@@ -156,7 +175,12 @@ async fn serve_connection(
         .timer(TokioTimer::new())
         .header_read_timeout(limits.read_timeout)
         .max_header_size(MAX_HEAD);
-    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    let io = WriteDeadline {
+        io: stream,
+        limit: limits.read_timeout,
+        stalled: None,
+    };
+    let conn = builder.serve_connection(TokioIo::new(io), service);
     let mut conn = std::pin::pin!(conn);
     tokio::select! {
         served = conn.as_mut() => {
@@ -170,6 +194,100 @@ async fn serve_connection(
     if let Err(e) = conn.await {
         tracing::debug!(error = %e, %remote, "connection ended while draining");
     }
+}
+
+/// A connection's socket whose writes must make progress: a write that has waited
+/// `limit` for the client to take anything fails, and the connection with it. hyper's head
+/// deadline runs only while it waits for a request; a client that sends requests and never
+/// reads the answers (or stops reading an event stream) would otherwise hold its connection
+/// for good once the buffers between them are full. Nothing is timed while there is nothing
+/// to write, so a quiet event stream is left alone.
+struct WriteDeadline<T> {
+    io: T,
+    limit: Duration,
+    /// Since the first write that could not proceed after the last one that did.
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<T> WriteDeadline<T> {
+    fn progress<R>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<std::io::Result<R>>,
+    ) -> Poll<std::io::Result<R>> {
+        if polled.is_ready() {
+            self.stalled = None;
+            return polled;
+        }
+        let limit = self.limit;
+        let stalled = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match stalled.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("the client took nothing for {} s", limit.as_secs()),
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for WriteDeadline<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for WriteDeadline<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.progress(cx, polled)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.progress(cx, polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let polled = Pin::new(&mut self.io).poll_flush(cx);
+        self.progress(cx, polled)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// Binds the listener with a queue of 1,024 connections (the standard library's is 128): what
+/// waits there while the server is at `max_connections` is served in turn; past it, the kernel
+/// drops new connection attempts and clients try again.
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
 }
 
 /// An accept that failed: a connection reset before it was taken is nothing; anything else

@@ -168,8 +168,7 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let metrics_server = match app.config.metrics.listen {
         Some(addr) => {
-            let l = tokio::net::TcpListener::bind(addr)
-                .await
+            let l = connections::bind(addr)
                 .map_err(|e| anyhow::anyhow!("listening for metrics on {addr}: {e}"))?;
             tracing::info!(addr = %l.local_addr()?, "serving /metrics");
             let router = metrics::own_router(app.clone());

@@ -356,7 +356,6 @@ impl Metrics {
         }
     }
 
-    /// After a reload: the mount names the `resource` label may take from now on.
     /// The gauge of the main listener's open connections, and its cap set to `max`.
     pub fn connections(&self, max: usize) -> Gauge {
         self.connections_max
@@ -364,6 +363,7 @@ impl Metrics {
         self.connections.clone()
     }
 
+    /// After a reload: the mount names the `resource` label may take from now on.
     pub fn set_mounts(&self, mounts: impl IntoIterator<Item = String>) {
         if let Ok(mut m) = self.mounts.write() {
             *m = mounts.into_iter().collect();

@@ -67,8 +67,7 @@ pub async fn run(loc: &Location, args: Args) -> Result<ExitCode> {
         grantline_store::Database::Sqlite(path) => crate::lock::serving(path)?,
         grantline_store::Database::Postgres(_) => None,
     };
-    let listener = tokio::net::TcpListener::bind(config.server.listen)
-        .await
+    let listener = grantline_server::connections::bind(config.server.listen)
         .with_context(|| format!("listening on {}", config.server.listen))?;
     if config.server.public_url.is_none() {
         // Port 0 picks a free port: the issuer must name the real one.
