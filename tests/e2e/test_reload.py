@@ -35,6 +35,7 @@ path = "/mcp/notes"
 upstream = "builtin:demo"
 description = "Notes"
 scopes = [{ name = "notes:read", description = "Read notes" }]
+write_scope = "notes:read"
 """
 
 

@@ -53,6 +53,7 @@ name = "up"
 path = "/mcp/up"
 upstream = "{upstream.url}"
 scopes = [{{ name = "up:read", description = "Read" }}]
+write_scope = "up:read"
 
 [[clients]]
 client_id = "svc"

@@ -633,7 +633,8 @@ impl Config {
         if let Some(v) = get("GRANTLINE_PUBLIC_URL") {
             self.server.public_url = Some(v);
         }
-        if let Some(v) = get("GRANTLINE_TRUST_FORWARDED_HEADERS") {
+        // Set but empty (as compose files and templates leave it): not set.
+        if let Some(v) = get("GRANTLINE_TRUST_FORWARDED_HEADERS").filter(|v| !v.trim().is_empty()) {
             // Anything but a plain yes or no is refused: `TRUE` or `on` once read as false.
             self.server.trust_forwarded_headers = match v.trim().to_ascii_lowercase().as_str() {
                 "1" | "true" | "yes" | "on" => true,
@@ -1169,6 +1170,7 @@ mod tests {
         assert_eq!(trust("0"), Ok(false));
         assert_eq!(trust("No"), Ok(false));
         assert!(trust("maybe").unwrap_err().contains("use true or false"));
+        assert_eq!(trust(""), Ok(true), "empty: the file's value stands");
     }
 
     #[test]

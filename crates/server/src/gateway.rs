@@ -94,10 +94,11 @@ impl Mounts {
                     .find(|n| n.ends_with(suffix))
                     .map(|s| s.to_string())
             };
-            // With one scope, every tool needs it. With several, which one read tools and
-            // which one write tools need is never a guess (the first scope could be the
-            // read scope and write tools would need no more): named `…:read` / `…:write`, or
-            // set.
+            // With one scope, every tool needs it — unless it is named a read scope: then
+            // write tools (and tools not annotated read-only) need what `write_scope` says.
+            // With several, which one read tools and which one write tools need is never a
+            // guess (the first scope could be the read scope, and write tools would need no
+            // more): named `…:read` / `…:write`, or set.
             let only = match names.as_slice() {
                 [] => bail!(
                     "resource {}: a gateway resource needs at least one scope",
@@ -106,10 +107,10 @@ impl Mounts {
                 [one] => Some(one.to_string()),
                 _ => None,
             };
-            let chosen = |set: &Option<String>, suffix: &str, key: &str| {
+            let chosen = |set: &Option<String>, suffix: &str, key: &str, only: Option<String>| {
                 set.clone()
                     .or_else(|| pick(suffix))
-                    .or_else(|| only.clone())
+                    .or(only)
                     .ok_or_else(|| {
                         anyhow::anyhow!(
                             "resource {}: none of its scopes ends in {suffix:?}: set {key} to the scope {} tools need",
@@ -118,8 +119,9 @@ impl Mounts {
                         )
                     })
             };
-            let read = chosen(&section.read_scope, ":read", "read_scope")?;
-            let write = chosen(&section.write_scope, ":write", "write_scope")?;
+            let read = chosen(&section.read_scope, ":read", "read_scope", only.clone())?;
+            let lone_read = only.filter(|s| !s.ends_with(":read"));
+            let write = chosen(&section.write_scope, ":write", "write_scope", lone_read)?;
             for s in [&read, &write].into_iter().chain(section.tools.values()) {
                 if !names.contains(&s.as_str()) {
                     bail!(
@@ -278,7 +280,7 @@ mod tests {
 
     #[test]
     fn a_gateway_resource_is_mounted_at_its_own_name() {
-        let scope = "scopes = [{ name = \"docs:read\" }]";
+        let scope = "scopes = [{ name = \"docs\" }]";
         assert!(mounts(&format!("name = \"docs\"\npath = \"/mcp/docs\"\n{scope}")).is_ok());
         // Found by the name in the request's path, identified (audience, metadata) by `path`.
         let e = mounts(&format!(
@@ -303,6 +305,16 @@ mod tests {
         // One scope: every tool needs it.
         let m = mounts(&format!("{at}scopes = [{{ name = \"docs\" }}]")).unwrap();
         assert_eq!(scopes(&m, "docs"), ("docs".into(), "docs".into()));
+        // One read scope: write tools need what write_scope says (it used to be the read scope).
+        let e = mounts(&format!("{at}scopes = [{{ name = \"docs:read\" }}]"))
+            .err()
+            .expect("refused");
+        assert!(e.to_string().contains("set write_scope"), "{e}");
+        let m = mounts(&format!(
+            "{at}scopes = [{{ name = \"docs:read\" }}]\nwrite_scope = \"docs:read\""
+        ))
+        .unwrap();
+        assert_eq!(scopes(&m, "docs"), ("docs:read".into(), "docs:read".into()));
         // Two scopes named otherwise: write tools used to need the first one, the read scope.
         let two = "scopes = [{ name = \"docs:view\" }, { name = \"docs:edit\" }]";
         let e = mounts(&format!("{at}{two}")).err().expect("refused");

@@ -450,7 +450,7 @@ mod tests {
     fn an_upstream_is_recorded_without_what_its_query_holds_and_one_with_credentials_is_refused() {
         let with = |upstream: &str| -> crate::Config {
             toml::from_str(&format!(
-                "[[resources]]\nname = \"far\"\npath = \"/mcp/far\"\nupstream = \"{upstream}\"\nscopes = [{{ name = \"far:read\", description = \"Read\" }}]\n"
+                "[[resources]]\nname = \"far\"\npath = \"/mcp/far\"\nupstream = \"{upstream}\"\nscopes = [{{ name = \"far:read\", description = \"Read\" }}]\nwrite_scope = \"far:read\"\n"
             ))
             .unwrap()
         };
