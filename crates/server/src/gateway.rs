@@ -286,8 +286,8 @@ mod tests {
         let e = mounts(&format!(
             "name = \"docs\"\npath = \"/mcp/documents\"\n{scope}"
         ))
-        .err()
-        .expect("refused");
+        .map(drop)
+        .expect_err("refused");
         assert!(e.to_string().contains("must be /mcp/docs"), "{e}");
     }
 
@@ -307,8 +307,8 @@ mod tests {
         assert_eq!(scopes(&m, "docs"), ("docs".into(), "docs".into()));
         // One read scope: write tools need what write_scope says (it used to be the read scope).
         let e = mounts(&format!("{at}scopes = [{{ name = \"docs:read\" }}]"))
-            .err()
-            .expect("refused");
+            .map(drop)
+            .expect_err("refused");
         assert!(e.to_string().contains("set write_scope"), "{e}");
         let m = mounts(&format!(
             "{at}scopes = [{{ name = \"docs:read\" }}]\nwrite_scope = \"docs:read\""
@@ -317,11 +317,13 @@ mod tests {
         assert_eq!(scopes(&m, "docs"), ("docs:read".into(), "docs:read".into()));
         // Two scopes named otherwise: write tools used to need the first one, the read scope.
         let two = "scopes = [{ name = \"docs:view\" }, { name = \"docs:edit\" }]";
-        let e = mounts(&format!("{at}{two}")).err().expect("refused");
+        let e = mounts(&format!("{at}{two}"))
+            .map(drop)
+            .expect_err("refused");
         assert!(e.to_string().contains("set read_scope"), "{e}");
         let e = mounts(&format!("{at}{two}\nread_scope = \"docs:view\""))
-            .err()
-            .expect("refused");
+            .map(drop)
+            .expect_err("refused");
         assert!(e.to_string().contains("set write_scope"), "{e}");
         let m = mounts(&format!(
             "{at}{two}\nread_scope = \"docs:view\"\nwrite_scope = \"docs:edit\""

@@ -276,6 +276,21 @@ async fn prompt_stream(s: &Server, token: &str, id: u64) -> reqwest::Response {
     r
 }
 
+/// The upstream's own event stream (GET) through the gateway, opened: in the test upstream's
+/// session `session` when given.
+async fn event_stream(s: &Server, token: &str, session: Option<&str>) -> reqwest::Response {
+    let mut get = browser()
+        .get(s.url("/mcp/up"))
+        .header("accept", "text/event-stream")
+        .bearer_auth(token);
+    if let Some(id) = session {
+        get = get.header("mcp-session-id", id);
+    }
+    let r = get.send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    r
+}
+
 /// The next chunk of `r`'s body, within 10 s.
 async fn first_chunk(r: &mut reqwest::Response) -> String {
     let c = tokio::time::timeout(std::time::Duration::from_secs(10), r.chunk())
@@ -725,14 +740,7 @@ grantline_store::backend_tests! {
         let (up_url, up) = start_upstream().await;
         let (s, _d) = gateway_server_with(&db, &up_url, |c| c.server.read_timeout_secs = 1).await;
         let token = token_for(&s, &s.url("/mcp/up"), "up:read").await;
-        let mut events = browser()
-            .get(s.url("/mcp/up"))
-            .header("accept", "text/event-stream")
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(events.status(), StatusCode::OK);
+        let mut events = event_stream(&s, &token, None).await;
         let mut call = rpc(&s, "/mcp/up", Some(&token), call(21, "stream_tool")).await;
         assert!(first_chunk(&mut call).await.contains("notifications/progress"));
         let opened = std::time::Instant::now();
@@ -782,14 +790,7 @@ grantline_store::backend_tests! {
         let (up_url, _up) = start_upstream().await;
         let (s, _d) = gateway_server(&db, &up_url).await;
         let token = token_for(&s, &s.url("/mcp/up"), "up:read").await;
-        let mut r = browser()
-            .get(s.url("/mcp/up"))
-            .header("accept", "text/event-stream")
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), StatusCode::OK);
+        let mut r = event_stream(&s, &token, None).await;
         let first = first_chunk(&mut r).await;
         assert!(first.contains("keep-alive"));
         // The client keeps reading, as an MCP client does for as long as it runs.
@@ -879,15 +880,7 @@ grantline_store::backend_tests! {
         let token = token_for(&s, &s.url("/mcp/up"), "up:read").await;
         // A stream that fills every buffer on the way to a client that no longer reads: the
         // server's writes wait, so the stream is never asked for more and cannot be ended.
-        let mut r = browser()
-            .get(s.url("/mcp/up"))
-            .header("accept", "text/event-stream")
-            .header("mcp-session-id", "flood")
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), StatusCode::OK);
+        let mut r = event_stream(&s, &token, Some("flood")).await;
         assert!(first_chunk(&mut r).await.starts_with(": xxx"));
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
         let stopping = std::time::Instant::now();
