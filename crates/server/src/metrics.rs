@@ -664,10 +664,13 @@ pub async fn on_own_listener(State(app): State<App>, headers: HeaderMap) -> Resp
     answer(&app, &headers).await
 }
 
-/// The router of `[metrics] listen`: `/metrics` and nothing else.
+/// The router of `[metrics] listen`: `/metrics`, and `/healthz` and `/readyz` for probes.
 pub fn own_router(app: App) -> axum::Router {
     axum::Router::new()
         .route("/metrics", axum::routing::get(on_own_listener))
+        // Probes here do not queue behind clients when the main listener is at its cap.
+        .route("/healthz", axum::routing::get(crate::health::healthz))
+        .route("/readyz", axum::routing::get(crate::health::readyz))
         .with_state(app)
 }
 

@@ -561,3 +561,50 @@ async fn a_backup_taken_under_load_restores_and_serves_the_refresh_tokens_live_a
     assert!(summary.events > at_backup && summary.fully_trusted());
     s2.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_answer_on_the_metrics_listener_while_clients_hold_every_connection() {
+    let db = grantline_store::testing::sqlite().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), 30, 60);
+    let metrics = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    cfg.metrics.listen = Some(metrics);
+    cfg.server.max_connections = Some(1);
+    let s = Server::start(&db, dir.path().to_path_buf(), cfg).await;
+    // The main listener's one place is taken by a client that sends nothing (for 30 s).
+    let _held = tokio::net::TcpStream::connect(s.base.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    assert!(
+        http.get(s.url("/healthz"))
+            .timeout(Duration::from_millis(1500))
+            .send()
+            .await
+            .is_err(),
+        "the main listener is full: its probe waits"
+    );
+    let r = http
+        .get(format!("http://{metrics}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = http
+        .get(format!("http://{metrics}/readyz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["ready"], true, "{body}");
+    assert!(body["checks"]["ledger"]["ok"].as_bool().unwrap(), "{body}");
+    s.stop().await;
+}
