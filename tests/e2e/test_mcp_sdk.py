@@ -241,7 +241,7 @@ def check_metrics(text, events, storage, who, throttled):
     assert 0 <= value("grantline_checkpoint_lag_events") <= head
     assert "grantline_audit_index_lag_events" in families
     assert 0 <= value("grantline_audit_index_lag_events") <= head
-    for check in ["migrations", "ledger", "projection", "checkpoint_key"]:
+    for check in ["migrations", "ledger", "projection", "checkpoint_key", "serving"]:
         assert value("grantline_ready", check=check) == 1, check
     # No label or value carries who or what: the signed-in user's id, name and email (`who`),
     # any user or client id in the events, or a token.

@@ -35,6 +35,9 @@ pub struct Checks {
     pub ledger: Check,
     pub projection: Check,
     pub checkpoint_key: Check,
+    /// Whether the server still takes connections: not once it has been told to stop (the
+    /// metrics listener, where probes may point, answers until the very end).
+    pub serving: Check,
 }
 
 /// One check: whether it holds, and what was seen.
@@ -62,6 +65,7 @@ impl Readiness {
             ("ledger", &c.ledger),
             ("projection", &c.projection),
             ("checkpoint_key", &c.checkpoint_key),
+            ("serving", &c.serving),
         ]
         .iter()
         .filter(|(_, c)| !c.ok)
@@ -144,17 +148,24 @@ impl App {
                 Err(why) => Check::new(false, why),
             }
         };
+        let serving = if self.draining.is_cancelled() {
+            Check::new(false, "stopping: no new connections are taken")
+        } else {
+            Check::new(true, "taking connections")
+        };
         let checks = Checks {
             migrations,
             ledger,
             projection,
             checkpoint_key,
+            serving,
         };
         Readiness {
             ready: checks.migrations.ok
                 && checks.ledger.ok
                 && checks.projection.ok
-                && checks.checkpoint_key.ok,
+                && checks.checkpoint_key.ok
+                && checks.serving.ok,
             checks,
         }
     }

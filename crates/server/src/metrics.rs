@@ -544,6 +544,7 @@ impl App {
             ("ledger", &readiness.checks.ledger),
             ("projection", &readiness.checks.projection),
             ("checkpoint_key", &readiness.checks.checkpoint_key),
+            ("serving", &readiness.checks.serving),
         ] {
             m.ready
                 .get_or_create(&CheckLabels { check })

@@ -606,5 +606,16 @@ async fn probes_answer_on_the_metrics_listener_while_clients_hold_every_connecti
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["ready"], true, "{body}");
     assert!(body["checks"]["ledger"]["ok"].as_bool().unwrap(), "{body}");
+    // Told to stop: the main listener takes no more connections, and the metrics listener,
+    // which answers until the very end, says so.
+    s.app.draining.cancel();
+    let r = http
+        .get(format!("http://{metrics}/readyz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["checks"]["serving"]["ok"], false, "{body}");
     s.stop().await;
 }
