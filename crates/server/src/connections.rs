@@ -84,6 +84,7 @@ pub async fn serve(
 ) {
     let connections = TaskTracker::new();
     let mut warned: Option<std::time::Instant> = None;
+    let local = listener.local_addr().ok();
     let slots = Arc::new(tokio::sync::Semaphore::new(
         limits.max_connections.clamp(1, MAX_CONNECTIONS),
     ));
@@ -91,7 +92,7 @@ pub async fn serve(
         let slot = match slots.clone().try_acquire_owned() {
             Ok(s) => s,
             Err(_) => {
-                at_the_cap(&mut warned, limits.max_connections);
+                at_the_cap(&mut warned, limits.max_connections, local);
                 tokio::select! {
                     slot = slots.clone().acquire_owned() => match slot {
                         Ok(s) => s,
@@ -125,12 +126,13 @@ pub async fn serve(
 }
 
 /// Says, at most once a minute, that new connections wait for a place.
-fn at_the_cap(warned: &mut Option<std::time::Instant>, max: usize) {
+fn at_the_cap(warned: &mut Option<std::time::Instant>, max: usize, listener: Option<SocketAddr>) {
     if warned.is_some_and(|at| at.elapsed() < Duration::from_secs(60)) {
         return;
     }
     *warned = Some(std::time::Instant::now());
     tracing::warn!(
+        listener = ?listener,
         max_connections = max,
         "every connection place is taken: new connections wait in the kernel's queue until one closes"
     );
