@@ -591,31 +591,28 @@ async fn probes_answer_on_the_metrics_listener_while_clients_hold_every_connecti
             .is_err(),
         "the main listener is full: its probe waits"
     );
-    let r = http
-        .get(format!("http://{metrics}/healthz"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
-    let r = http
-        .get(format!("http://{metrics}/readyz"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
-    let body: Value = r.json().await.unwrap();
+    // `/healthz` or `/readyz` on the metrics listener: its status and body.
+    let probe = |path: &'static str| {
+        let http = http.clone();
+        async move {
+            let r = http
+                .get(format!("http://{metrics}{path}"))
+                .send()
+                .await
+                .unwrap();
+            (r.status(), r.json::<Value>().await.unwrap())
+        }
+    };
+    assert_eq!(probe("/healthz").await.0, StatusCode::OK);
+    let (status, body) = probe("/readyz").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["ready"], true, "{body}");
     assert!(body["checks"]["ledger"]["ok"].as_bool().unwrap(), "{body}");
     // Told to stop: the main listener takes no more connections, and the metrics listener,
     // which answers until the very end, says so.
     s.app.draining.cancel();
-    let r = http
-        .get(format!("http://{metrics}/readyz"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
-    let body: Value = r.json().await.unwrap();
+    let (status, body) = probe("/readyz").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert_eq!(body["checks"]["serving"]["ok"], false, "{body}");
     s.stop().await;
 }
