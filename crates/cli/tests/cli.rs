@@ -521,6 +521,22 @@ fn users_and_clients_from_the_command_line() {
             "--confidential",
         ],
     );
+    // A machine client names the scopes its tokens may carry: nothing else limits them.
+    refused(&out, "a client_credentials client needs a scope");
+    let out = grantline_in(
+        d,
+        &[
+            "client",
+            "add",
+            "--name",
+            "SIEM",
+            "--grant-type",
+            "client_credentials",
+            "--scope",
+            "audit:read",
+            "--confidential",
+        ],
+    );
     assert!(
         stdout(&out).contains("client_secret: gls_"),
         "{}",

@@ -7,7 +7,7 @@ use crate::tokens::Secret;
 use crate::{Decision, ErrorCode, OAuthError, limits};
 use grantline_ledger::{
     Actor, AuthMethod, ClientDisabled, ClientExpired, ClientRegistered, ClientUpdated,
-    ExpectedVersion, NewEvent, RegistrationMethod, StreamId, Timestamp,
+    ExpectedVersion, GrantType, NewEvent, RegistrationMethod, StreamId, Timestamp,
 };
 use grantline_state::State;
 
@@ -54,6 +54,15 @@ pub fn registration(
         application_type: c.application_type.clone(),
         ..RegistrationRequest::default()
     })?;
+    // A machine client acts for no user, so nothing but its registration limits what its
+    // tokens may do: it names its scopes, or it could be given every scope of every resource.
+    if meta.grant_types.contains(&GrantType::ClientCredentials)
+        && meta.scope.as_deref().is_none_or(|s| s.trim().is_empty())
+    {
+        return Err(invalid(
+            "a client_credentials client needs a scope: the scopes its tokens may carry",
+        ));
+    }
     if (meta.auth_method == AuthMethod::None) != secret.is_none() {
         return Err(invalid(
             "a confidential client needs a secret and a public client must not have one",

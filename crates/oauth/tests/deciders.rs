@@ -1023,6 +1023,72 @@ fn client_credentials_rules() {
         ("invalid_scope", 0)
     );
     assert_eq!(run(&mut w, &machine, None, Some(RES)), ("ok", 1));
+    // A machine client acts for no user: its registered scope is all it may be given. One
+    // registered without a scope (before registration refused that) gets nothing, not every
+    // scope of whatever resource it names — the audit trail's `audit:read` included.
+    let mut unscoped = w.state.clients[&machine].clone();
+    unscoped.scope = None;
+    for scope in [None, Some("demo:read")] {
+        let ctx = w.ctx();
+        let req = ClientCredentialsRequest {
+            scope: scope.map(String::from),
+            resource: Some(RES.into()),
+        };
+        let d = client_credentials::decide(&w.state, &unscoped, &req, &ctx);
+        assert_eq!((code_of(&d), d.append.events.len()), ("invalid_scope", 0));
+    }
+    // Registered with a scope of another resource only: nothing here either.
+    let mut elsewhere = w.state.clients[&machine].clone();
+    elsewhere.scope = Some("other:read".into());
+    let ctx = w.ctx();
+    let req = ClientCredentialsRequest {
+        scope: None,
+        resource: Some(RES.into()),
+    };
+    let d = client_credentials::decide(&w.state, &elsewhere, &req, &ctx);
+    assert_eq!((code_of(&d), d.append.events.len()), ("invalid_scope", 0));
+}
+
+#[test]
+fn a_machine_client_is_registered_with_the_scopes_it_may_be_given() {
+    use grantline_oauth::clients::{NewClient, registration};
+    let secret = Secret("a-long-enough-secret-for-a-machine-client".into());
+    let machine = |scope: Option<&str>| NewClient {
+        client_name: "SIEM".into(),
+        grant_types: Some(vec!["client_credentials".into()]),
+        scope: scope.map(String::from),
+        ..Default::default()
+    };
+    for scope in [None, Some(""), Some("  ")] {
+        let refused = registration(
+            &machine(scope),
+            RegistrationMethod::Admin,
+            Some(&secret),
+            "c1",
+        )
+        .expect_err("a machine client without a scope");
+        assert_eq!(refused.code.as_str(), "invalid_client_metadata");
+        assert!(
+            refused.description.contains("scope"),
+            "{}",
+            refused.description
+        );
+    }
+    let ok = registration(
+        &machine(Some("audit:read")),
+        RegistrationMethod::Config,
+        Some(&secret),
+        "c1",
+    )
+    .expect("with a scope");
+    assert_eq!(ok.scope.as_deref(), Some("audit:read"));
+    // A client for people needs none: consent and roles limit what its tokens do.
+    let web = NewClient {
+        client_name: "Web".into(),
+        redirect_uris: vec![REDIRECT.into()],
+        ..Default::default()
+    };
+    assert!(registration(&web, RegistrationMethod::Admin, Some(&secret), "c2").is_ok());
 }
 
 #[test]

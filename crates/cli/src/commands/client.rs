@@ -18,7 +18,8 @@ pub enum Command {
         /// A grant type (repeatable): authorization_code, refresh_token, client_credentials.
         #[arg(long = "grant-type")]
         grant_types: Vec<String>,
-        /// Scopes the client may ask for with client_credentials.
+        /// Scopes the client may ask for with client_credentials (required for such a client:
+        /// nothing else limits what a machine client's tokens may do).
         #[arg(long)]
         scope: Option<String>,
         /// Give the client a secret (presented with HTTP Basic unless --auth-method says otherwise).

@@ -39,10 +39,14 @@ pub fn decide(
     let Some(resource) = ctx.settings.resource(requested) else {
         return OAuthError::invalid_target("unknown resource").into();
     };
-    let allowed: BTreeSet<String> = match &client.scope {
-        Some(s) => scope::parse(s).unwrap_or_default(),
-        None => resource.scopes.iter().map(|s| s.name.clone()).collect(),
-    };
+    // Only the registered scope: a machine client acts for no user, so no role or consent
+    // narrows what its token may do. (Registration refuses a machine client without one; a
+    // client registered before that rule gets nothing until it is given a scope.)
+    let allowed: BTreeSet<String> = client
+        .scope
+        .as_deref()
+        .map(|s| scope::parse(s).unwrap_or_default())
+        .unwrap_or_default();
     let scopes = match req.scope.as_deref().map(scope::parse) {
         Some(Err(e)) => return e.into(),
         Some(Ok(s)) if !s.is_empty() => s,
@@ -60,6 +64,12 @@ pub fn decide(
         return OAuthError::invalid_scope(format!(
             "scope {bad:?} is not offered by the resource or not allowed for this client"
         ))
+        .into();
+    }
+    if scopes.is_empty() {
+        return OAuthError::invalid_scope(
+            "this client is registered with no scope of the resource it asks for",
+        )
         .into();
     }
     let (access, record) =
