@@ -607,6 +607,22 @@ def test_existing_provisioning_links_only_an_account_an_admin_made(world):
     failed = [f for f in of(evs, "login.failed") if f.get("provider") == "staff"]
     assert failed and failed[0]["error"].startswith("not_provisioned")
 
+    # An account a sign-in made is named by that upstream's email: another provider that
+    # links by email does not inherit it (nor would whoever holds the address next).
+    alice = FederatedBrowser(server.base, REDIRECT, provider="corp", user="alice")
+    page = alice.click(alice.sign_in_page("/account"))
+    assert page.status_code == 200 and "/account" in page.url, page.text[:300]
+    again = FederatedBrowser(server.base, REDIRECT, provider="staff", user="alice")
+    refused = again.click(again.sign_in_page("/account"))
+    assert refused.status_code == 403 and "(not_linkable)" in refused.text, refused.text
+    assert "made at a sign-in through an identity provider" in refused.text
+    _, evs = events(server)
+    made = [c["user_id"] for c in of(evs, "user.created") if c.get("email") == "alice@example.com"]
+    assert len(made) == 1
+    assert [l["provider"] for l in of(evs, "user.linked") if l["user_id"] == made[0]] == ["corp"]
+    assert [f["error"].split(":")[0] for f in of(evs, "login.failed")
+            if f.get("provider") == "staff" and f.get("user_id") == made[0]] == ["not_linkable"]
+
 
 def test_serve_refuses_a_provider_it_cannot_reach(tmp_path, monkeypatch):
     monkeypatch.setenv("GRANTLINE_E2E_IDP_SECRET", IDP_SECRET)

@@ -8,7 +8,7 @@ use grantline_ledger::{
     Actor, ExpectedVersion, LoginFailed, LoginFailure, LoginSucceeded, NewEvent, RequestMeta,
     Sealed, StreamId, UpstreamTokenExchanged, UserCreated, UserLinked, UserRoleChanged, UserSource,
 };
-use grantline_state::State;
+use grantline_state::{State, User};
 
 /// Who the sign-in is for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,6 +118,9 @@ pub fn sign_in(
                 return OAuthError::new(ErrorCode::AccessDenied, "the user may not sign in").into();
             }
             if matches!(s.account, Account::Link(_)) || !u.links.contains_key(&s.provider) {
+                if let Err(why) = may_link(u, &s.provider, &s.account) {
+                    return OAuthError::new(ErrorCode::AccessDenied, why).into();
+                }
                 events.push(linked(&stream, &user_id, &s));
             }
             if u.role != s.role {
@@ -150,6 +153,27 @@ pub fn sign_in(
         },
     ));
     Decision::new(events, Ok(user_id)).expect(stream, expected)
+}
+
+/// Whether an upstream identity that has no link yet may be linked to the existing account
+/// `u` (found by its verified email, OIDC Core §5.7 notwithstanding: that is what
+/// `provisioning = "existing"` means). Only an account an administrator made, and not one
+/// linked to another identity at the same provider: an account a sign-in made was named by
+/// that upstream's email, which another provider (or a later holder of the address) must not
+/// inherit; and a second subject at one provider is a second person. (`account` is
+/// [`Account::Linked`] when the link row was written by an attempt that was then refused.)
+pub fn may_link(u: &User, provider: &str, account: &Account) -> Result<(), &'static str> {
+    if u.source == UserSource::IdentityProvider {
+        return Err(
+            "this account was made at a sign-in through an identity provider: only an account an administrator made is linked by its email",
+        );
+    }
+    if matches!(account, Account::Link(_)) && u.links.contains_key(provider) {
+        return Err(
+            "this account is linked to another identity at this provider: an administrator must resolve it",
+        );
+    }
+    Ok(())
 }
 
 fn linked(stream: &StreamId, user_id: &str, s: &FederatedSignIn) -> NewEvent {

@@ -1524,3 +1524,87 @@ fn machine_clients_are_not_registered_dynamically() {
     assert_eq!(code_of(&d), "invalid_client_metadata");
     assert!(d.append.events.is_empty());
 }
+
+// ---------------------------------------------------------------- federated sign-in, linking
+
+#[test]
+fn only_an_account_an_administrator_made_is_linked_by_its_email() {
+    use grantline_oauth::federation::{Account, FederatedSignIn, sign_in};
+    let sealed = |s: &str| Sealed {
+        subject: "x".into(),
+        nonce: [0; 24],
+        ciphertext: s.as_bytes().to_vec(),
+    };
+    let attempt = |provider: &str, account: Account, session: &str| FederatedSignIn {
+        provider: provider.into(),
+        account,
+        subject: sealed("sub"),
+        role: "user".into(),
+        claim: None,
+        session_id: session.into(),
+        request: RequestMeta {
+            request_id: "req".into(),
+            trace_id: None,
+            source_ip: None,
+            user_agent: None,
+        },
+    };
+    let mut w = World::new();
+    let known = |r: &str| r == "user" || r == "admin";
+    let outcome = |w: &mut World, s: FederatedSignIn| {
+        let d = sign_in(&w.state, s, known);
+        let kinds = w.commit(&d.append).unwrap();
+        (code_of(&d), kinds)
+    };
+
+    // A sign-in through `partners` makes an account (named by that upstream's email).
+    let made = w.id("usr");
+    let create = Account::Create {
+        user_id: made.clone(),
+        username: sealed("ceo@corp.example"),
+        email: Some(sealed("ceo@corp.example")),
+        display_name: None,
+    };
+    let (code, kinds) = outcome(&mut w, attempt("partners", create, "ses_1"));
+    assert_eq!(code, "ok");
+    assert_eq!(
+        kinds,
+        [Kind::UserCreated, Kind::UserLinked, Kind::LoginSucceeded]
+    );
+    // `corp` (provisioning "existing") found that account by the same email: not linked,
+    // and nothing recorded — neither by a first attempt nor through a link row an earlier
+    // refused attempt left behind.
+    for account in [Account::Link(made.clone()), Account::Linked(made.clone())] {
+        let d = sign_in(&w.state, attempt("corp", account, "ses_2"), known);
+        assert_eq!(code_of(&d), "access_denied");
+        assert!(d.append.events.is_empty());
+    }
+    // Its own provider still signs it in.
+    let (code, kinds) = outcome(
+        &mut w,
+        attempt("partners", Account::Linked(made.clone()), "ses_3"),
+    );
+    assert_eq!((code, kinds), ("ok", vec![Kind::LoginSucceeded]));
+
+    // An account an administrator made is linked, once per provider.
+    let admin_made = w.user();
+    let (code, kinds) = outcome(
+        &mut w,
+        attempt("corp", Account::Link(admin_made.clone()), "ses_4"),
+    );
+    assert_eq!(code, "ok");
+    assert_eq!(kinds, [Kind::UserLinked, Kind::LoginSucceeded]);
+    // Another subject at the same provider with the same email (the address given to someone
+    // else) is another person: refused.
+    let d = sign_in(
+        &w.state,
+        attempt("corp", Account::Link(admin_made.clone()), "ses_5"),
+        known,
+    );
+    assert_eq!(code_of(&d), "access_denied");
+    assert!(d.append.events.is_empty());
+    // A second provider for the same administrator-made account is linked.
+    let (code, kinds) = outcome(&mut w, attempt("staff", Account::Link(admin_made), "ses_6"));
+    assert_eq!(code, "ok");
+    assert_eq!(kinds, [Kind::UserLinked, Kind::LoginSucceeded]);
+}

@@ -113,6 +113,7 @@ pub fn apply(state: &mut State, event: &Recorded) {
                     sessions_ended_at: None,
                     sessions_ended_seq: None,
                     links: Default::default(),
+                    source: e.source,
                     version: 0,
                 },
             );

@@ -117,6 +117,10 @@ pub struct User {
     /// Identity providers the user is linked to (`user.linked`), and since when.
     #[serde(default)]
     pub links: std::collections::BTreeMap<String, Since>,
+    /// Who made the account: an administrator (or the CLI, or the bootstrap), or a sign-in
+    /// through an identity provider. Only an account an administrator made is ever linked to
+    /// an upstream identity by its email.
+    pub source: grantline_ledger::UserSource,
     /// The version of the user's stream after the last event on it.
     pub version: u64,
 }

@@ -21,8 +21,10 @@ use std::collections::HashMap;
 /// sessions (a format 1 snapshot lacks them, and sessions must not come back to life). 3:
 /// families carry `live_until`, and what expired is forgotten daily (a format 2 snapshot
 /// holds neither). 4: each policy's stream version (a format 3 snapshot lacks it, and a
-/// policy change decided on it would conflict for ever).
-pub const FORMAT: u32 = 4;
+/// policy change decided on it would conflict for ever). 5: users carry who made them (an
+/// administrator or an identity provider's sign-in), which decides whether an account may be
+/// linked by email.
+pub const FORMAT: u32 = 5;
 
 /// Why a snapshot cannot be used.
 #[derive(Debug, thiserror::Error)]

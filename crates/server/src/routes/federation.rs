@@ -471,6 +471,24 @@ async fn sign_in(
                 )
                 .await);
             };
+            // Refused before the link row is written: an account a sign-in made, or one
+            // linked to another identity at this provider, is never linked by its email.
+            let refused = app.projection.read().users.get(&u).and_then(|user| {
+                grantline_oauth::federation::may_link(user, provider, &Account::Link(u.clone()))
+                    .err()
+            });
+            if let Some(why) = refused {
+                return Err(fail(
+                    app,
+                    ctx,
+                    provider,
+                    Some(u),
+                    "not_linkable",
+                    why,
+                    StatusCode::FORBIDDEN,
+                )
+                .await);
+            }
             Some(u)
         }
         (None, grantline_federation::config::Provisioning::JustInTime) => None,
