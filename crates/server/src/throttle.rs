@@ -9,10 +9,18 @@ use std::sync::Mutex;
 pub const PER_USERNAME: u32 = 5;
 pub const PER_ADDRESS: u32 = 50;
 pub const WINDOW_SECS: i64 = 15 * 60;
+/// Attempts per username, and per address, whose password may be being checked at once. A
+/// burst of guesses is checked before any of them has failed, so this bounds what a burst gets
+/// beyond the failures allowed (at most `PER_USERNAME - 1 + IN_FLIGHT` a window), while a
+/// script may still make a few calls at once as an admin.
+pub const IN_FLIGHT: u32 = 8;
 
 #[derive(Debug, Clone, Copy)]
 struct Entry {
     failures: u32,
+    /// Attempts let through whose password is still being checked: at most [`IN_FLIGHT`], so
+    /// that concurrent guesses cannot all be checked before the first of them fails.
+    pending: u32,
     window_start: i64,
     /// Whether the refusal in this window was recorded already (one event per window).
     recorded: bool,
@@ -28,7 +36,8 @@ pub struct LoginThrottle {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
     Allowed,
-    /// Refused; `record` is true for the first refusal of the window.
+    /// Refused; `record` is true for the first refusal of the window. `retry_after` is the
+    /// rest of the window, or a second when [`IN_FLIGHT`] attempts are being checked.
     Limited {
         record: bool,
         retry_after: i64,
@@ -44,27 +53,64 @@ fn keys(username: &str, address: Option<&str>) -> Vec<(String, u32)> {
 }
 
 impl LoginThrottle {
-    /// Whether an attempt may proceed now. An allowed attempt is counted as a failure at once
-    /// (concurrent attempts cannot all slip through before the first verdict); a success
-    /// clears the username's count again.
+    /// Whether an attempt may proceed now; an allowed one is held against the limits until
+    /// [`LoginThrottle::settle`] says how it ended, so that a burst of concurrent guesses
+    /// cannot all be checked before the first one counts.
     pub fn attempt(&self, username: &str, address: Option<&str>, now: i64) -> Verdict {
-        let v = self.check(username, address, now);
-        if v == Verdict::Allowed {
-            self.failed(username, address, now);
-        }
-        v
-    }
-
-    /// Whether an attempt may proceed now, without counting it.
-    pub fn check(&self, username: &str, address: Option<&str>, now: i64) -> Verdict {
         let Ok(mut map) = self.entries.lock() else {
             return Verdict::Allowed;
         };
+        let verdict = Self::judge(&mut map, username, address, now);
+        if verdict == Verdict::Allowed {
+            if map.len() > 100_000 {
+                map.retain(|_, e| e.pending > 0 || now - e.window_start < WINDOW_SECS);
+            }
+            for (key, _) in keys(username, address) {
+                Self::entry(&mut map, key, now).pending += 1;
+            }
+        }
+        verdict
+    }
+
+    /// How an allowed attempt ended: a wrong password (or an unknown or refused user) counts
+    /// as a failure; a success, or an attempt that was never checked (the server too busy to
+    /// hash), counts for nothing.
+    pub fn settle(&self, username: &str, address: Option<&str>, failed: bool, now: i64) {
+        if let Ok(mut map) = self.entries.lock() {
+            for (key, _) in keys(username, address) {
+                let e = Self::entry(&mut map, key, now);
+                e.pending = e.pending.saturating_sub(1);
+                if failed {
+                    e.failures += 1;
+                }
+            }
+        }
+    }
+
+    /// Whether an attempt may proceed now, without holding it against the limits.
+    pub fn check(&self, username: &str, address: Option<&str>, now: i64) -> Verdict {
+        match self.entries.lock() {
+            Ok(mut map) => Self::judge(&mut map, username, address, now),
+            Err(_) => Verdict::Allowed,
+        }
+    }
+
+    fn judge(
+        map: &mut HashMap<String, Entry>,
+        username: &str,
+        address: Option<&str>,
+        now: i64,
+    ) -> Verdict {
         for (key, limit) in keys(username, address) {
             if let Some(e) = map.get_mut(&key) {
                 if now - e.window_start >= WINDOW_SECS {
-                    map.remove(&key);
-                    continue;
+                    // A new window: what is still being checked carries over.
+                    *e = Entry {
+                        failures: 0,
+                        pending: e.pending,
+                        window_start: now,
+                        recorded: false,
+                    };
                 }
                 if e.failures >= limit {
                     let record = !e.recorded;
@@ -74,39 +120,43 @@ impl LoginThrottle {
                         retry_after: e.window_start + WINDOW_SECS - now,
                     };
                 }
+                if e.pending >= IN_FLIGHT {
+                    return Verdict::Limited {
+                        record: false,
+                        retry_after: 1,
+                    };
+                }
             }
         }
         Verdict::Allowed
     }
 
-    /// Counts a failed attempt.
-    pub fn failed(&self, username: &str, address: Option<&str>, now: i64) {
-        if let Ok(mut map) = self.entries.lock() {
-            if map.len() > 100_000 {
-                map.retain(|_, e| now - e.window_start < WINDOW_SECS);
-            }
-            for (key, _) in keys(username, address) {
-                let e = map.entry(key).or_insert(Entry {
-                    failures: 0,
-                    window_start: now,
-                    recorded: false,
-                });
-                if now - e.window_start >= WINDOW_SECS {
-                    *e = Entry {
-                        failures: 0,
-                        window_start: now,
-                        recorded: false,
-                    };
-                }
-                e.failures += 1;
-            }
+    fn entry(map: &mut HashMap<String, Entry>, key: String, now: i64) -> &mut Entry {
+        let e = map.entry(key).or_insert(Entry {
+            failures: 0,
+            pending: 0,
+            window_start: now,
+            recorded: false,
+        });
+        if now - e.window_start >= WINDOW_SECS {
+            *e = Entry {
+                failures: 0,
+                pending: e.pending,
+                window_start: now,
+                recorded: false,
+            };
         }
+        e
     }
 
-    /// A successful sign-in clears the username's failures.
+    /// A successful sign-in on the page clears the username's failures (a person who mistyped
+    /// is not locked out by their next typo). Not for the admin API, where a script signs in
+    /// at every call: clearing there would give a guesser a fresh allowance each time.
     pub fn succeeded(&self, username: &str) {
-        if let Ok(mut map) = self.entries.lock() {
-            map.remove(&format!("u:{}", username.to_lowercase()));
+        if let Ok(mut map) = self.entries.lock()
+            && let Some(e) = map.get_mut(&format!("u:{}", username.to_lowercase()))
+        {
+            e.failures = 0;
         }
     }
 }
@@ -184,18 +234,16 @@ mod tests {
     fn five_failures_lock_the_username_for_the_window() {
         let t = LoginThrottle::default();
         for i in 0..PER_USERNAME {
-            assert_eq!(
-                t.check("Alice", Some("1.2.3.4"), 100 + i as i64),
-                Verdict::Allowed
-            );
-            t.failed("alice", Some("1.2.3.4"), 100 + i as i64);
+            let now = 100 + i as i64;
+            assert_eq!(t.attempt("Alice", Some("1.2.3.4"), now), Verdict::Allowed);
+            t.settle("alice", Some("1.2.3.4"), true, now);
         }
         assert!(matches!(
             t.check("alice", Some("5.6.7.8"), 200),
             Verdict::Limited { record: true, .. }
         ));
         assert!(matches!(
-            t.check("ALICE", None, 201),
+            t.attempt("ALICE", None, 201),
             Verdict::Limited { record: false, .. }
         ));
         assert_eq!(t.check("bob", Some("5.6.7.8"), 200), Verdict::Allowed);
@@ -203,13 +251,60 @@ mod tests {
     }
 
     #[test]
-    fn success_clears_the_username() {
+    fn concurrent_guesses_are_held_to_the_limit_before_any_is_checked() {
         let t = LoginThrottle::default();
+        // A burst: only as many attempts as the limit get through while none has ended.
+        let through = (0..200)
+            .filter(|_| t.attempt("admin", Some("1.2.3.4"), 10) == Verdict::Allowed)
+            .count();
+        assert_eq!(through, IN_FLIGHT as usize);
+        assert_eq!(
+            t.attempt("admin", Some("9.9.9.9"), 10),
+            Verdict::Limited {
+                record: false,
+                retry_after: 1
+            },
+            "only in flight: try again in a second"
+        );
+        for _ in 0..through {
+            t.settle("admin", Some("1.2.3.4"), true, 11);
+        }
+        assert!(matches!(
+            t.attempt("admin", Some("9.9.9.9"), 12),
+            Verdict::Limited { record: true, retry_after } if retry_after > 800
+        ));
+    }
+
+    #[test]
+    fn successes_count_for_nothing_and_the_page_clears_the_username() {
+        let t = LoginThrottle::default();
+        // Many people signing in from one address (an office's NAT) never fill its limit.
+        for i in 0..PER_ADDRESS * 3 {
+            let user = format!("user{i}");
+            assert_eq!(t.attempt(&user, Some("10.0.0.1"), 5), Verdict::Allowed);
+            t.settle(&user, Some("10.0.0.1"), false, 5);
+        }
+        // An admin script's successes do not clear a guesser's failures...
         for _ in 0..PER_USERNAME - 1 {
-            t.failed("alice", None, 1);
+            assert_eq!(t.attempt("admin", Some("6.6.6.6"), 6), Verdict::Allowed);
+            t.settle("admin", Some("6.6.6.6"), true, 6);
+        }
+        assert_eq!(t.attempt("admin", Some("10.0.0.2"), 7), Verdict::Allowed);
+        t.settle("admin", Some("10.0.0.2"), false, 7);
+        assert_eq!(t.attempt("admin", Some("6.6.6.6"), 8), Verdict::Allowed);
+        t.settle("admin", Some("6.6.6.6"), true, 8);
+        assert!(matches!(
+            t.attempt("admin", Some("10.0.0.2"), 9),
+            Verdict::Limited { record: true, .. }
+        ));
+        // ...the page's success does.
+        for _ in 0..PER_USERNAME - 1 {
+            t.attempt("alice", None, 1);
+            t.settle("alice", None, true, 1);
         }
         t.succeeded("alice");
-        t.failed("alice", None, 2);
+        t.attempt("alice", None, 2);
+        t.settle("alice", None, true, 2);
         assert_eq!(t.check("alice", None, 3), Verdict::Allowed);
     }
 }

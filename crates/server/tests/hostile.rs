@@ -247,6 +247,39 @@ async fn password_checks_from_one_address_are_throttled_whatever_the_usernames()
             .iter()
             .all(|r| r.as_ref().unwrap().status() == StatusCode::OK)
     );
+    // A burst of guesses at the admin's password: only as many are checked as may be in
+    // flight at once (each is held against the limit while it is checked), not every one
+    // that arrived before the first failed; then the username is locked for the window.
+    let guesses = futures::future::join_all((0..40).map(|i| {
+        browser()
+            .get(s2.url("/admin/api/clients"))
+            .basic_auth("admin", Some(format!("guess-{i}")))
+            .send()
+    }))
+    .await;
+    let checked = guesses
+        .iter()
+        .filter(|r| r.as_ref().unwrap().status() == StatusCode::UNAUTHORIZED)
+        .count();
+    assert!(
+        checked >= 1 && checked <= grantline_server::throttle::IN_FLIGHT as usize,
+        "{checked} guesses checked"
+    );
+    assert!(guesses.iter().all(|r| matches!(
+        r.as_ref().unwrap().status(),
+        StatusCode::UNAUTHORIZED | StatusCode::TOO_MANY_REQUESTS
+    )));
+    let r = browser()
+        .get(s2.url("/admin/api/clients"))
+        .basic_auth("admin", Some(ADMIN_PASSWORD))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::TOO_MANY_REQUESTS,
+        "locked for the window"
+    );
     s2.stop().await;
     // The admin from that address is held back too until the window ends, on the page as well.
     let r = sign_in(&s, "someone-else", "guess").await;

@@ -140,28 +140,38 @@ pub(crate) async fn basic_user(
         ));
     }
     // Failures are counted per username and per address: a flood of made-up usernames from
-    // one address is throttled too. Only failures count, so a script that calls the API as an
-    // admin, however often or in parallel, is never held back by its own successes; the
-    // process-wide bound on concurrent hashes keeps a burst from taking memory.
+    // one address is throttled too. Each attempt is held against the limits while its
+    // password is checked (a burst of guesses cannot all be checked before the first fails);
+    // a success counts for nothing, so a script that calls the API as an admin is never held
+    // back by its own successes, and does not clear a guesser's failures either.
     let address = ctx.source_ip.as_deref();
     if let crate::throttle::Verdict::Limited { retry_after, .. } =
-        app.login_throttle.check(user, address, now)
+        app.login_throttle.attempt(user, address, now)
     {
         app.metrics.throttled("sign_in");
         return Err(too_many(retry_after));
     }
-    let outcome = app
-        .signin
-        .sign_in(user, password)
-        .await
-        .map_err(|_| error(StatusCode::SERVICE_UNAVAILABLE, "storage unavailable"))?;
+    let settle = |failed: bool| app.login_throttle.settle(user, address, failed, now);
+    let outcome = match app.signin.sign_in(user, password).await {
+        Ok(o) => o,
+        Err(_) => {
+            settle(false);
+            return Err(error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "storage unavailable",
+            ));
+        }
+    };
     let refused = || {
-        app.login_throttle.failed(user, address, now);
+        settle(true);
         error(StatusCode::UNAUTHORIZED, "admin credentials required")
     };
     let user_id = match outcome {
         Outcome::SignedIn { user_id } => user_id,
-        Outcome::Busy => return Err(too_many(1)),
+        Outcome::Busy => {
+            settle(false);
+            return Err(too_many(1));
+        }
         _ => return Err(refused()),
     };
     let allowed = app
@@ -173,7 +183,7 @@ pub(crate) async fn basic_user(
     if !allowed {
         return Err(refused());
     }
-    app.login_throttle.succeeded(user);
+    settle(false);
     tracing::Span::current().record("user_id", user_id.as_str());
     Ok(user_id)
 }

@@ -167,9 +167,14 @@ pub async fn submit(
         }
         return r;
     }
+    let settle = |failed: bool| {
+        app.login_throttle
+            .settle(username, address.as_deref(), failed, now_secs)
+    };
     let outcome = match app.signin.sign_in(username, &password).await {
         Ok(o) => o,
         Err(e) => {
+            settle(false);
             tracing::error!(error = %e, "sign-in backend failed");
             return pages::error(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -186,6 +191,7 @@ pub async fn submit(
             .is_none_or(|u| u.disabled || u.erased)
     };
     if outcome == Outcome::Busy {
+        settle(false);
         let mut r = render(
             &app,
             &ctx,
@@ -205,6 +211,7 @@ pub async fn submit(
         Outcome::BadPassword { user_id } => (Some(user_id), Some(LoginFailure::BadPassword)),
         Outcome::UnknownUser | Outcome::Busy => (None, Some(LoginFailure::UnknownUser)),
     };
+    settle(failure.is_some());
     if let Some(reason) = failure {
         if let Err(e) = record_failure(&app, &ctx, username, user_id, reason).await {
             return e.into_response();
