@@ -2,7 +2,7 @@
 
 use crate::scope;
 use grantline_ledger::{Timestamp, secret_digest};
-use grantline_state::State;
+use grantline_state::{State, User};
 use serde_json::{Value, json};
 
 /// The introspection answer for `token` at `now`: `{"active": false}` for anything unknown,
@@ -26,13 +26,17 @@ pub fn introspect(state: &State, issuer: &str, token: &str, now: Timestamp) -> V
     if let Some(r) = state.refresh_tokens.get(&digest)
         && let Some(f) = state.families.get(&r.family_id)
     {
+        // What a refresh with it would check: unused, within its idle and absolute lifetimes,
+        // its family, client and user all live.
+        let expires_at = r.expires_at.min(r.absolute_expires_at);
         let live = r.unused()
-            && now < r.expires_at
+            && now < expires_at
             && state.family_live(&f.family_id)
             && state
                 .clients
                 .get(&f.client_id)
-                .is_some_and(|c| !c.disabled && !c.expired);
+                .is_some_and(|c| !c.disabled && !c.expired)
+            && state.users.get(&f.user_id).is_some_and(User::active);
         if live {
             return json!({
                 "active": true,
@@ -42,7 +46,7 @@ pub fn introspect(state: &State, issuer: &str, token: &str, now: Timestamp) -> V
                 "sub": f.user_id,
                 "aud": f.resource,
                 "iss": issuer,
-                "exp": secs(r.expires_at),
+                "exp": secs(expires_at),
                 "jti": r.token_id,
             });
         }

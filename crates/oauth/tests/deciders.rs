@@ -1193,6 +1193,38 @@ fn revocation_and_introspection() {
     let t3 = w.tokens(&client, &user);
     w.tick(3601);
     assert!(!active(&w, &t3.access_token));
+    // A disabled user's refresh token is inactive, as a refresh with it would be refused.
+    let rt3 = t3.refresh_token.clone().unwrap();
+    assert!(active(&w, &rt3));
+    w.disable_user(&user);
+    assert!(!active(&w, &rt3));
+    // No refresh token is active past its family's absolute lifetime, however recently the
+    // family was refreshed; `exp` says when that is.
+    w.settings.lifetimes.refresh_idle = 100;
+    w.settings.lifetimes.refresh_absolute = 250;
+    let fresh_user = w.user();
+    let start = w.now.0 / 1_000_000;
+    let mut rt = w.tokens(&client, &fresh_user).refresh_token.unwrap();
+    for _ in 0..2 {
+        w.tick(90);
+        rt = w
+            .refresh(&client, &rt)
+            .0
+            .outcome
+            .unwrap()
+            .refresh_token
+            .unwrap();
+    }
+    let info = introspect::introspect(&w.state, "x", &rt, w.now);
+    assert_eq!(
+        info["exp"],
+        start + 250,
+        "the absolute end, before the idle one"
+    );
+    w.tick(60);
+    assert!(active(&w, &rt));
+    w.tick(20);
+    assert!(!active(&w, &rt), "past the absolute lifetime, not yet idle");
 }
 
 #[test]
