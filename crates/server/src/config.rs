@@ -161,6 +161,9 @@ pub struct SinkSection {
     pub redact: bool,
     /// Events per delivery (default 500).
     pub batch: Option<u32>,
+    /// How long one delivery may take before it is abandoned and retried (default 30 s,
+    /// 1–600): the HTTP request, or writing the batch to the syslog connection.
+    pub timeout_secs: Option<u64>,
     /// syslog: `host:port`.
     pub address: Option<String>,
     /// syslog: TLS (RFC 5425).
@@ -244,6 +247,11 @@ impl SinkSection {
             if grantline_ledger::Kind::parse(k).is_none() {
                 bail!("sink {}: {k:?} is not an event kind", self.name);
             }
+        }
+        if let Some(t) = self.timeout_secs
+            && !(1..=600).contains(&t)
+        {
+            bail!("sink {}: timeout_secs is 1 to 600, not {t}", self.name);
         }
         match self.kind.as_str() {
             "syslog" => {

@@ -7,13 +7,14 @@
 use crate::app::App;
 use crate::config::SinkSection;
 use anyhow::{Context, Result, anyhow, bail};
+use futures::FutureExt;
 use grantline_audit::formats::{ExportItem, Exporter, Format};
 use grantline_audit::sinks::{SinkCursor, SinkStatus, hec, syslog, webhook};
 use grantline_ledger::{Kind, Timestamp};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// The directory of the sinks' cursor files.
 pub fn cursor_dir(data_dir: &std::path::Path) -> std::path::PathBuf {
@@ -36,8 +37,22 @@ pub struct Live {
 /// Every running sink's state, shared with whoever reports on them.
 pub type Board = Arc<Mutex<Vec<Live>>>;
 
-trait Stream: AsyncWrite + Unpin + Send {}
-impl<T: AsyncWrite + Unpin + Send> Stream for T {}
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+/// Whether the receiver has closed (or reset) the connection since the last batch: a syslog
+/// receiver never writes, so a read that completes at once is the end of the connection.
+/// Writing into such a connection succeeds into the kernel's buffer and is then lost, so a
+/// connection a receiver or a load balancer closed while idle is opened again first.
+fn closed_by_peer(c: &mut dyn Stream) -> bool {
+    let mut buf = [0u8; 256];
+    match c.read(&mut buf).now_or_never() {
+        None => false,
+        Some(Ok(0)) | Some(Err(_)) => true,
+        // The receiver said something (none of the receivers we know does): not an end.
+        Some(Ok(_)) => false,
+    }
+}
 
 enum Transport {
     Syslog {
@@ -68,6 +83,8 @@ pub struct Sink {
     kinds: Option<Vec<Kind>>,
     redact: bool,
     batch: u32,
+    /// How long one delivery may take.
+    timeout: Duration,
     transport: Transport,
     http: reqwest::Client,
 }
@@ -117,6 +134,7 @@ impl Sink {
         let default_format = if s.kind == "syslog" { "cef" } else { "ocsf" };
         let format = Format::parse(s.format.as_deref().unwrap_or(default_format))
             .ok_or_else(|| anyhow!("sink {}: unknown format", s.name))?;
+        let timeout = s.timeout_secs.map_or(DELIVERY_TIMEOUT, Duration::from_secs);
         let kinds =
             (!s.kinds.is_empty()).then(|| s.kinds.iter().filter_map(|k| Kind::parse(k)).collect());
         let hostname = s.hostname.clone().unwrap_or_else(|| {
@@ -180,13 +198,21 @@ impl Sink {
             kinds,
             redact: s.redact,
             batch: s.batch.unwrap_or(500).clamp(1, 10_000),
+            timeout,
             transport,
             http: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
                 .connect_timeout(Duration::from_secs(10))
-                .timeout(DELIVERY_TIMEOUT)
+                .timeout(timeout)
                 .build()?,
         })
+    }
+
+    /// Drops a syslog sink's connection: the next batch opens another.
+    fn disconnect(&mut self) {
+        if let Transport::Syslog { conn, .. } = &mut self.transport {
+            *conn = None;
+        }
     }
 
     /// Sends one batch; `Ok` once the receiver has taken it.
@@ -204,6 +230,10 @@ impl Sink {
                 for item in items {
                     let msg = format.line(item);
                     bytes.extend(syslog::frame(&syslog::message(header, item, &msg)));
+                }
+                if conn.as_mut().is_some_and(|c| closed_by_peer(c.as_mut())) {
+                    tracing::debug!(%address, "the syslog receiver closed the connection; opening another");
+                    *conn = None;
                 }
                 if conn.is_none() {
                     let tcp = tokio::net::TcpStream::connect(address.as_str())
@@ -359,9 +389,14 @@ async fn run(app: App, mut sink: Sink, stop: Arc<AtomicBool>, board: Board) {
         let outcome = if items.is_empty() {
             Ok(())
         } else {
-            match tokio::time::timeout(DELIVERY_TIMEOUT, sink.deliver(&items)).await {
+            match tokio::time::timeout(sink.timeout, sink.deliver(&items)).await {
                 Ok(r) => r,
-                Err(_) => Err(anyhow!("no answer in {} s", DELIVERY_TIMEOUT.as_secs())),
+                Err(_) => {
+                    // A syslog batch cut off mid-write leaves part of a frame on the
+                    // connection: sending again on it would shift every frame after it.
+                    sink.disconnect();
+                    Err(anyhow!("not delivered in {} s", sink.timeout.as_secs()))
+                }
             }
         };
         match outcome {

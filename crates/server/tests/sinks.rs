@@ -263,6 +263,217 @@ async fn syslog_over_tls_with_a_private_ca() {
     s.stop().await;
 }
 
+/// What a plain TCP syslog receiver saw: each complete octet-counted frame with the number
+/// of the connection it came on, and any bytes that were not a frame.
+#[derive(Default)]
+struct Received {
+    frames: Vec<(usize, String)>,
+    malformed: Vec<String>,
+    closed: Vec<usize>,
+}
+
+impl Received {
+    fn seqs(&self) -> std::collections::BTreeSet<u64> {
+        self.frames
+            .iter()
+            .filter_map(|(_, f)| {
+                let v = f.split("seq=\"").nth(1)?.split('"').next()?;
+                v.parse().ok()
+            })
+            .collect()
+    }
+}
+
+/// A plain TCP syslog receiver (receive buffer kept small, so that a sender can be made to
+/// wait). Connection `n` waits `wait(n)` before reading and, when `idle_close(n)`, closes
+/// once nothing has arrived for half a second; a frame left incomplete at the end of a
+/// connection is dropped, as a receiver does.
+async fn tcp_syslog(
+    wait: impl Fn(usize) -> Duration + Send + Sync + 'static,
+    idle_close: impl Fn(usize) -> bool + Send + Sync + 'static,
+) -> (u16, Arc<Mutex<Received>>) {
+    use tokio::io::AsyncReadExt;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(16).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen: Arc<Mutex<Received>> = Arc::default();
+    let got = seen.clone();
+    let (wait, idle_close) = (Arc::new(wait), Arc::new(idle_close));
+    tokio::spawn(async move {
+        for n in 0.. {
+            let Ok((mut tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let (got, wait, idle_close) = (got.clone(), wait.clone(), idle_close.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(wait(n)).await;
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 65536];
+                loop {
+                    let read = if idle_close(n) {
+                        match tokio::time::timeout(Duration::from_millis(500), tcp.read(&mut chunk))
+                            .await
+                        {
+                            Ok(r) => r,
+                            Err(_) => break,
+                        }
+                    } else {
+                        tcp.read(&mut chunk).await
+                    };
+                    let k = match read {
+                        Ok(0) | Err(_) => break,
+                        Ok(k) => k,
+                    };
+                    buf.extend_from_slice(&chunk[..k]);
+                    while let Some(sp) = buf.iter().position(|b| *b == b' ') {
+                        let Some(len) = std::str::from_utf8(&buf[..sp])
+                            .ok()
+                            .and_then(|l| l.parse::<usize>().ok())
+                        else {
+                            let bad = String::from_utf8_lossy(&buf[..sp.min(80)]).into_owned();
+                            got.lock().unwrap().malformed.push(bad);
+                            buf.clear();
+                            break;
+                        };
+                        if buf.len() < sp + 1 + len {
+                            break;
+                        }
+                        let frame =
+                            String::from_utf8_lossy(&buf[sp + 1..sp + 1 + len]).into_owned();
+                        if !frame.starts_with('<') {
+                            got.lock()
+                                .unwrap()
+                                .malformed
+                                .push(frame.chars().take(80).collect());
+                        } else {
+                            got.lock().unwrap().frames.push((n, frame));
+                        }
+                        buf.drain(..sp + 1 + len);
+                    }
+                }
+                got.lock().unwrap().closed.push(n);
+            });
+        }
+    });
+    (port, seen)
+}
+
+/// A receiver (or a load balancer in front of it) that closed an idle connection: writing the
+/// next batch into it would succeed into the kernel's buffer and be lost, the cursor moving
+/// past it. The sink sees the close and opens another connection first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_syslog_connection_closed_while_idle_is_opened_again_before_the_next_batch() {
+    let db = testing::sqlite().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (port, seen) = tcp_syslog(|_| Duration::ZERO, |n| n == 0).await;
+    let cfg = with_sink(
+        dir.path(),
+        &format!(
+            "[[audit.sinks]]\nname = \"plain\"\nkind = \"syslog\"\naddress = \"127.0.0.1:{port}\"\nformat = \"jsonl\"\n"
+        ),
+    );
+    let s = Server::start(&db, dir.path().to_path_buf(), cfg).await;
+    append(&s, 5).await;
+    let first = head(&s).await;
+    wait_until("the first events, then the idle close", 20, || {
+        let r = seen.lock().unwrap();
+        r.seqs().len() as u64 >= first && r.closed.contains(&0)
+    })
+    .await;
+    wait_until("the sink's cursor at the head", 10, || {
+        board(&s).seq == first
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    append(&s, 5).await;
+    let want = head(&s).await;
+    wait_until("the new events on a new connection", 20, || {
+        seen.lock().unwrap().seqs().len() as u64 >= want
+    })
+    .await;
+    let r = seen.lock().unwrap();
+    assert_eq!(r.seqs(), (1..=want).collect(), "every event");
+    assert!(
+        r.frames
+            .iter()
+            .any(|(n, f)| *n == 1 && f.contains(&format!("seq=\"{want}\""))),
+        "the new batch came on a second connection"
+    );
+    assert!(r.malformed.is_empty(), "{:?}", r.malformed);
+    drop(r);
+    s.stop().await;
+}
+
+/// A receiver that stopped reading: the delivery times out with part of a frame written. The
+/// batch is sent again on a new connection, never after that part on the old one (which
+/// would shift every frame after it out of its octet count).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_syslog_batch_that_times_out_mid_frame_is_sent_again_on_a_new_connection() {
+    let db = testing::sqlite().await;
+    let dir = tempfile::tempdir().unwrap();
+    // The first connection reads nothing for 5 s; then everything until it is closed.
+    let (port, seen) = tcp_syslog(
+        |n| {
+            if n == 0 {
+                Duration::from_secs(5)
+            } else {
+                Duration::ZERO
+            }
+        },
+        |_| false,
+    )
+    .await;
+    let s = Server::start(
+        &db,
+        dir.path().to_path_buf(),
+        with_sink(
+            dir.path(),
+            "[[audit.sinks]]\nname = \"x\"\nkind = \"syslog\"\naddress = \"127.0.0.1:1\"\n",
+        ),
+    )
+    .await;
+    // Enough events that one batch cannot fit in the sockets' buffers.
+    append(&s, 6000).await;
+    let want = head(&s).await;
+    s.stop().await;
+    let cfg = with_sink(
+        dir.path(),
+        &format!(
+            "[[audit.sinks]]\nname = \"stall\"\nkind = \"syslog\"\naddress = \"127.0.0.1:{port}\"\nformat = \"jsonl\"\nbatch = 10000\ntimeout_secs = 2\n"
+        ),
+    );
+    let s = Server::start(&db, dir.path().to_path_buf(), cfg).await;
+    wait_until("every event, after the stall", 60, || {
+        seen.lock().unwrap().seqs().len() as u64 >= want
+    })
+    .await;
+    wait_until("the first connection's end", 20, || {
+        seen.lock().unwrap().closed.contains(&0)
+    })
+    .await;
+    let r = seen.lock().unwrap();
+    assert_eq!(r.seqs(), (1..=want).collect(), "every event");
+    assert!(
+        r.malformed.is_empty(),
+        "frames out of step: {:?}",
+        &r.malformed[..r.malformed.len().min(3)]
+    );
+    let on_first = r.frames.iter().filter(|(n, _)| *n == 0).count();
+    assert!(
+        on_first < want as usize,
+        "the first connection was cut off mid-batch"
+    );
+    assert!(
+        r.frames.iter().any(|(n, _)| *n > 0),
+        "sent again on a new connection"
+    );
+    drop(r);
+    assert!(board(&s).last_error.is_none() || board(&s).seq == want);
+    s.stop().await;
+}
+
 /// A local HTTP receiver: answers `status()` to each request and keeps what `accept` says.
 async fn receiver(
     port: u16,
