@@ -130,6 +130,9 @@ pub struct QueryError {
 pub const MAX_QUERY_BYTES: usize = 4096;
 /// How deeply parentheses and negations may nest.
 const MAX_DEPTH: usize = 32;
+/// The longest value before a trailing `*`, in bytes: the index matches a prefix with an
+/// automaton of about one state per byte, and refuses one of over a thousand states.
+pub const MAX_PREFIX_BYTES: usize = 256;
 
 /// Splits free text the way the index does: runs of alphanumeric characters, lowercased,
 /// tokens over 40 bytes dropped.
@@ -448,6 +451,12 @@ fn qualifier(
                 Some(p) if !quoted => {
                     if p.contains('*') {
                         return Err(err(at, "`*` may only end a value"));
+                    }
+                    if p.len() > MAX_PREFIX_BYTES {
+                        return Err(err(
+                            at,
+                            format!("a value before `*` is at most {MAX_PREFIX_BYTES} bytes"),
+                        ));
                     }
                     Ok(Expr::Match(field, Value::Prefix(p.to_string())))
                 }

@@ -220,6 +220,16 @@ fn an_index_of_another_schema_is_rebuilt_but_not_while_another_process_writes_it
             .records
             .is_empty()
     );
+    // The longest prefix a query may carry is one the index can search, in any script.
+    for c in ["a", "é", "€", "𝄞"] {
+        let n = grantline_audit::query::MAX_PREFIX_BYTES / c.len();
+        let q = format!("tool:{}*", c.repeat(n));
+        let e = parse(&q, Timestamp::now().0).unwrap();
+        assert!(
+            index.search(&e, SortOrder::Asc, None, 10).is_ok(),
+            "{c} × {n}"
+        );
+    }
     let now = tantivy::Index::open_in_dir(dir.path()).unwrap();
     assert!(now.schema().get_field("an_older_field").is_err());
     assert!(now.schema().get_field("trace_id").is_ok());

@@ -290,6 +290,13 @@ fn malformed_queries_say_where() {
             .message
             .contains("longer than")
     );
+    let prefix = format!(
+        "tool:{}*",
+        "a".repeat(grantline_audit::query::MAX_PREFIX_BYTES + 1)
+    );
+    let e = parse(&prefix, NOW).unwrap_err();
+    assert_eq!(e.column, 6, "{e}");
+    assert!(e.message.contains("before `*` is at most"), "{e}");
     let deep = format!("{}kind:a{}", "(".repeat(100), ")".repeat(100));
     assert!(
         parse(&deep, NOW)
