@@ -276,6 +276,18 @@ backend_tests! {
         let link = r.headers()["link"].to_str().unwrap().to_string();
         assert!(link.contains(&format!("after={}", head + 5)), "{link}");
         assert!(r.text().await.unwrap().is_empty());
+        // Positions past any seq the ledger can hold (i64) are past the head too, not a wrap
+        // to the start read as a corrupt ledger.
+        for after in [1u64 << 63, u64::MAX] {
+            let r = client
+                .get(s.url(&format!("/admin/api/audit/export?after={after}")))
+                .header("authorization", &auth)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::OK, "after={after}");
+            assert!(r.text().await.unwrap().is_empty());
+        }
 
         // A kind filter reads the same seqs but returns only that kind; the next link moves on.
         let r = client
@@ -332,6 +344,10 @@ backend_tests! {
         merkle::verify_inclusion(&leaf, 1, size, &path, &root).unwrap();
         let r = client.get(s.url("/admin/api/audit/events/999999")).header("authorization", &auth).send().await.unwrap();
         assert_eq!(r.status(), StatusCode::NOT_FOUND);
+        for seq in [(1u64 << 63) + 1, u64::MAX] {
+            let r = client.get(s.url(&format!("/admin/api/audit/events/{seq}"))).header("authorization", &auth).send().await.unwrap();
+            assert_eq!(r.status(), StatusCode::NOT_FOUND, "seq {seq}");
+        }
 
         // A CSV download of a search: a header line, one row per result, recorded.
         indexed(&s).await;

@@ -296,8 +296,14 @@ impl Store {
         &self,
         after: u64,
         limit: u32,
-        reuse: Vec<RawRow>,
+        mut reuse: Vec<RawRow>,
     ) -> Result<Vec<RawRow>> {
+        // No seq lies beyond i64 (the column's type): nothing comes after such a position,
+        // and it must not wrap to a negative one and read from the start.
+        if i64::try_from(after).is_err() {
+            reuse.clear();
+            return Ok(reuse);
+        }
         match &self.pool {
             Pool::Sqlite(_) => {
                 self.on_sqlite_file(move |path| scan_sqlite(path, after, limit, reuse))
@@ -347,6 +353,9 @@ impl Store {
     /// body, chain links to the previous row) before it is decoded. A row that fails is an error.
     pub async fn read(&self, after: u64, limit: u32) -> Result<Vec<Recorded>> {
         let rows = self.raw_rows(after, limit).await?;
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
         let prev = if after > 0 {
             self.hash_at(after).await?
         } else {
