@@ -31,22 +31,29 @@ impl Timestamp {
         Timestamp(self.0.saturating_add(secs.saturating_mul(1_000_000)))
     }
 
-    /// Parses RFC 3339 in UTC (`2026-11-22T10:00:00Z`, fractional seconds optional).
+    /// Parses RFC 3339 in UTC (`2026-11-22T10:00:00Z`, fractional seconds optional). Each
+    /// field has exactly its digits (a four-digit year, two for the rest): no sign, so no
+    /// field can be negative or carry the sum out of range.
     pub fn parse_rfc3339(s: &str) -> Option<Self> {
+        fn digits(s: &str, n: usize) -> Option<i64> {
+            (s.len() == n && s.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| s.parse().ok())
+                .flatten()
+        }
         let s = s.strip_suffix('Z').or_else(|| s.strip_suffix("+00:00"))?;
         let (date, time) = s.split_once('T')?;
         let mut d = date.splitn(3, '-');
-        let y: i64 = d.next()?.parse().ok()?;
-        let m: u32 = d.next()?.parse().ok()?;
-        let day: u32 = d.next()?.parse().ok()?;
+        let y = digits(d.next()?, 4)?;
+        let m = u32::try_from(digits(d.next()?, 2)?).ok()?;
+        let day = u32::try_from(digits(d.next()?, 2)?).ok()?;
         let (hms, frac) = match time.split_once('.') {
             Some((a, b)) => (a, Some(b)),
             None => (time, None),
         };
         let mut t = hms.splitn(3, ':');
-        let hh: i64 = t.next()?.parse().ok()?;
-        let mm: i64 = t.next()?.parse().ok()?;
-        let ss: i64 = t.next()?.parse().ok()?;
+        let hh = digits(t.next()?, 2)?;
+        let mm = digits(t.next()?, 2)?;
+        let ss = digits(t.next()?, 2)?;
         if !(1..=12).contains(&m) || !(1..=31).contains(&day) || hh > 23 || mm > 59 || ss > 60 {
             return None;
         }
@@ -122,5 +129,23 @@ mod tests {
         );
         assert!(Timestamp::parse_rfc3339("2026-13-01T00:00:00Z").is_none());
         assert!(Timestamp::parse_rfc3339("yesterday").is_none());
+        // Signs, missing or extra digits and years out of four digits are not RFC 3339 (and
+        // would have made a time far out of range, or overflowed).
+        for bad in [
+            "2026-11-22T-1:00:00Z",
+            "2026-11-22T10:-5:00Z",
+            "2026-11-22T10:00:+1Z",
+            "2026-11-22T1:00:00Z",
+            "2026-1-22T10:00:00Z",
+            "99999999999999-01-01T00:00:00Z",
+            "-2026-01-01T00:00:00Z",
+            "+2026-01-01T00:00:00Z",
+        ] {
+            assert!(Timestamp::parse_rfc3339(bad).is_none(), "{bad}");
+        }
+        assert_eq!(
+            Timestamp::parse_rfc3339("9999-12-31T23:59:59Z").unwrap().0,
+            253_402_300_799_000_000
+        );
     }
 }
