@@ -364,17 +364,27 @@ impl ProviderConfig {
 /// HTTPS, or HTTP on a loopback host (development and tests).
 fn check_url(id: &str, url: &str) -> Result<(), FederationError> {
     let u = url::Url::parse(url).map_err(|e| bad(id, format!("{url:?} is not a URL: {e}")))?;
+    if secure(&u) {
+        Ok(())
+    } else {
+        Err(bad(
+            id,
+            format!("{url} must be https (plain http only on a loopback address)"),
+        ))
+    }
+}
+
+/// Whether credentials may be sent to `u`: HTTPS, or plain HTTP on a loopback address (a
+/// provider on the same machine, as in a lab).
+pub(crate) fn secure(u: &url::Url) -> bool {
     let loopback = matches!(
         u.host(),
         Some(url::Host::Ipv4(a)) if a.is_loopback()
     ) || matches!(u.host(), Some(url::Host::Ipv6(a)) if a.is_loopback())
         || u.host_str() == Some("localhost");
     match u.scheme() {
-        "https" => Ok(()),
-        "http" if loopback => Ok(()),
-        _ => Err(bad(
-            id,
-            format!("{url} must be https (plain http only on a loopback address)"),
-        )),
+        "https" => true,
+        "http" => loopback,
+        _ => false,
     }
 }

@@ -202,6 +202,29 @@ pub fn check_discovery(provider: &Provider, doc: &Value) -> Result<Discovered, F
     let secret_in_body = !methods.is_empty()
         && !methods.contains(&"client_secret_basic")
         && methods.contains(&"client_secret_post");
+    // The document chooses where the client secret, the code, the PKCE verifier and the
+    // user's tokens go: each endpoint must be as safe as the issuer the operator wrote.
+    let endpoints = [
+        (
+            "authorization_endpoint",
+            Some(meta.authorization_endpoint().url()),
+        ),
+        ("token_endpoint", meta.token_endpoint().map(|u| u.url())),
+        (
+            "userinfo_endpoint",
+            meta.userinfo_endpoint().map(|u| u.url()),
+        ),
+        ("jwks_uri", Some(meta.jwks_uri().url())),
+    ];
+    for (name, url) in endpoints {
+        if let Some(url) = url
+            && !crate::config::secure(url)
+        {
+            return Err(bad(format!(
+                "the discovery document's {name} {url} is not https (plain http only on a loopback address)"
+            )));
+        }
+    }
     Ok(Discovered {
         issuer: published,
         authorization_endpoint: meta.authorization_endpoint().as_str().to_string(),
@@ -281,14 +304,24 @@ fn unreachable(url: &str, e: reqwest::Error) -> Fetch {
     Fetch::Unreachable(format!("{url}: {}", e.without_url()))
 }
 
-/// A successful answer's JSON body, at most [`MAX_DOCUMENT`] bytes.
-async fn read_json(url: &str, resp: reqwest::Response) -> Result<Value, Fetch> {
+/// A successful answer's JSON body, at most [`MAX_DOCUMENT`] bytes: read a chunk at a time
+/// and given up on as soon as it is longer, so an upstream cannot make the server hold an
+/// answer of any size.
+async fn read_json(url: &str, mut resp: reqwest::Response) -> Result<Value, Fetch> {
     let status = resp.status();
-    let body = resp.bytes().await.map_err(|e| unreachable(url, e))?;
-    if body.len() > MAX_DOCUMENT {
-        return Err(Fetch::Invalid(format!(
-            "{url} answered more than {MAX_DOCUMENT} bytes"
-        )));
+    let too_large = || Fetch::Invalid(format!("{url} answered more than {MAX_DOCUMENT} bytes"));
+    if resp
+        .content_length()
+        .is_some_and(|n| n > MAX_DOCUMENT as u64)
+    {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| unreachable(url, e))? {
+        if body.len() + chunk.len() > MAX_DOCUMENT {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
     }
     if !status.is_success() {
         return Err(Fetch::Invalid(format!("{url} answered {status}")));
@@ -367,9 +400,14 @@ async fn get_list(
         .origin();
     let mut next = Some(format!("{url}?per_page=100"));
     let mut items = Vec::new();
+    // As many pages as `max` items need at GitHub's 100 a page, and one more: an upstream
+    // answering a few items a page cannot keep a sign-in waiting page after page.
+    let mut pages = max.div_ceil(100) + 1;
     while let Some(page) = next.take()
         && items.len() < max
+        && pages > 0
     {
+        pages -= 1;
         let resp = http
             .get(&page)
             .header("accept", "application/json")
@@ -904,6 +942,7 @@ async fn fetch_jwks(http: &reqwest::Client, url: &str) -> Result<CoreJsonWebKeyS
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     #[test]
     fn multi_tenant_issuers_admit_one_tenant_segment() {
@@ -966,6 +1005,78 @@ mod tests {
             let _ = sock.write_all(&vec![b' '; body_len]).await;
         });
         url
+    }
+
+    /// An HTTP server answering every request with `answer(n)` (the n-th request), then
+    /// closing; counts the requests.
+    async fn answers(
+        answer: impl Fn(usize, &str) -> Vec<u8> + Send + Sync + 'static,
+    ) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (seen, answer, me) = (count.clone(), Arc::new(answer), base.clone());
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                let n = seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let (answer, me) = (answer.clone(), me.clone());
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    let _ = sock.read(&mut buf).await;
+                    let _ = sock.write_all(&answer(n, &me)).await;
+                });
+            }
+        });
+        (base, count)
+    }
+
+    #[tokio::test]
+    async fn documents_are_read_up_to_a_bound_and_lists_up_to_a_few_pages() {
+        let http = http_client().unwrap();
+        // An answer that never ends (no length, no end): refused once over the bound, not
+        // read until the time-out.
+        let endless = {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let url = format!("http://{}", listener.local_addr().unwrap());
+            tokio::spawn(async move {
+                let (mut sock, _) = listener.accept().await.unwrap();
+                let mut buf = [0u8; 4096];
+                let _ = sock.read(&mut buf).await;
+                let head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n[";
+                let _ = sock.write_all(head.as_bytes()).await;
+                let spaces = vec![b' '; 64 * 1024];
+                while sock.write_all(&spaces).await.is_ok() {}
+            });
+            url
+        };
+        let started = std::time::Instant::now();
+        let e = get_json(&http, &format!("{endless}/jwks"), None)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("more than"), "{e}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        // A list of one item a page, each pointing at the next: as many pages as the items
+        // asked for need at 100 a page, and one more — not one request per item.
+        let (pager, requests) = answers(|n, me| {
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nLink: <{me}/user/orgs?page={}>; rel=\"next\"\r\nContent-Length: 12\r\nConnection: close\r\n\r\n[{{\"n\": {:>3}}}]",
+                n + 2,
+                n % 1000
+            )
+            .into_bytes()
+        })
+        .await;
+        let items = get_list(&http, &format!("{pager}/user/orgs"), "t", 50)
+            .await
+            .unwrap();
+        assert_eq!(items.len(), 2);
+        assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 
     #[tokio::test]

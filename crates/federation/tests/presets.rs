@@ -159,6 +159,27 @@ fn keycloak() {
     );
 }
 
+/// The discovery document says where the client secret, the code, the verifier and the
+/// user's tokens go: an endpoint in plain HTTP off the machine is refused, whichever it is.
+#[test]
+fn endpoints_the_document_names_are_as_safe_as_the_issuer() {
+    let p = preset("okta", |c| {
+        c.domain = Some("https://dev-05054243.okta.com/oauth2/default/".into())
+    });
+    for field in [
+        "authorization_endpoint",
+        "token_endpoint",
+        "userinfo_endpoint",
+        "jwks_uri",
+    ] {
+        let mut doc = fixture("okta");
+        assert!(check_discovery(&p, &doc).is_ok());
+        doc[field] = Value::String("http://idp.internal/oauth2/x".into());
+        let err = check_discovery(&p, &doc).unwrap_err().to_string();
+        assert!(err.contains(field) && err.contains("not https"), "{err}");
+    }
+}
+
 #[test]
 fn salesforce() {
     let p = preset("salesforce", |_| {});

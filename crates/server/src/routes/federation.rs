@@ -60,6 +60,10 @@ async fn fail(
     detail: &str,
     status: StatusCode,
 ) -> Response {
+    // Upstream text may be in it (an error code, an issuer): bounded for the log and the page
+    // (the event bounds its own copy).
+    let detail: String = detail.chars().take(1000).collect();
+    let detail = detail.as_str();
     tracing::info!(provider, error = code, %detail, "upstream sign-in failed");
     let subject = match &user_id {
         Some(u) => pii::user_subject(u),
