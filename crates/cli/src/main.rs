@@ -3,6 +3,7 @@
 mod commands;
 mod location;
 mod lock;
+mod logline;
 mod telemetry;
 
 use anyhow::{Context, Result};
@@ -121,7 +122,8 @@ fn main() -> ExitCode {
     tracing_subscriber::registry()
         .with(
             tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
+                // One event, one line, whatever text an upstream or a client put in a field.
+                .with_writer(|| logline::Stderr)
                 // Colour only for a person at a terminal: a log file or a journal gets plain
                 // text.
                 .with_ansi(
