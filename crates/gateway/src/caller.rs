@@ -135,6 +135,7 @@ mod state_tests {
                 sessions_ended_at: None,
                 sessions_ended_seq: None,
                 links: Default::default(),
+                source: grantline_ledger::UserSource::Admin,
             },
         );
         s.clients.insert(
