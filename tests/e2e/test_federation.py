@@ -189,6 +189,7 @@ class FederatedBrowser:
         self.callbacks = []
         self.hops = []
         self.refuse = False
+        self.stop_at_callback = False
 
     def follow(self, r):
         """Follows redirects by hand (the MCP client's redirect URI is not listening), signing
@@ -198,6 +199,9 @@ class FederatedBrowser:
             if r.status_code in (301, 302, 303, 307):
                 location = urllib.parse.urljoin(r.url, r.headers["location"])
                 if location.startswith(self.redirect):
+                    return location
+                if self.stop_at_callback and "/callback?" in location \
+                        and location.startswith(self.base):
                     return location
                 r = self.session.get(location, allow_redirects=False)
                 continue
@@ -520,6 +524,37 @@ def test_a_bad_answer_from_the_provider_is_refused_with_a_page_and_an_event(worl
     assert failed and failed[-1]["error"].startswith(code), failed
     assert not [c for c in of(evs, "user.created") if c.get("provider") == "rogue"] \
         or mode == "replay_nonce"
+
+
+def test_made_up_callbacks_take_no_room_and_an_answered_one_is_not_taken_twice(world):
+    """Only a callback the provider answered with a person is remembered: one without a code
+    (anyone can send those, with a flow of their own) fails and leaves the sign-in open, so
+    a flood of them cannot fill the memory that refuses replays; the answered one is refused
+    when it comes again."""
+    server, idp, rogue, upstream = world
+    browser = FederatedBrowser(server.base, REDIRECT, user="bob")
+    browser.stop_at_callback = True
+    callback = browser.click(browser.sign_in_page("/account"))
+    assert isinstance(callback, str) and "code=" in callback, callback
+    parts = urllib.parse.urlparse(callback)
+    query = urllib.parse.parse_qs(parts.query)
+    no_code = parts._replace(query=urllib.parse.urlencode(
+        {k: v[0] for k, v in query.items() if k != "code"})).geturl()
+    # A failed callback clears the browser's sign-in cookie; whoever replays it keeps a copy.
+    kept = requests.utils.dict_from_cookiejar(browser.session.cookies)
+    for _ in range(3):
+        replay = requests.Session()
+        replay.cookies.update(kept)
+        r = replay.get(no_code, allow_redirects=False)
+        assert r.status_code == 400 and "(no_code)" in r.text, r.text[:300]
+    browser.session.cookies.update(kept)
+    r = browser.session.get(callback, allow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"].endswith("/account"), (r.status_code, r.text[:300])
+    # The same answer again, with the same cookies: refused before the provider is asked.
+    again = requests.Session()
+    again.cookies.update(kept)
+    r = again.get(callback, allow_redirects=False)
+    assert r.status_code == 400 and "(state_replayed)" in r.text, r.text[:300]
 
 
 def test_keys_rotated_upstream_are_fetched_again(world):

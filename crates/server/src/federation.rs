@@ -90,7 +90,9 @@ pub struct Federation {
 }
 
 /// The most callback states remembered at once; past it, callbacks are refused until the
-/// oldest expire (a replay must never slip through because the memory was full).
+/// oldest expire (a replay must never slip through because the memory was full). Only
+/// callbacks the provider answered with a person are remembered, so filling it takes that
+/// many real sign-ins within a transaction's lifetime.
 const MAX_USED_STATES: usize = 100_000;
 
 /// Answered states in the order they expire, and as a set.
@@ -101,7 +103,7 @@ struct UsedStates {
 }
 
 impl UsedStates {
-    fn first_use(&mut self, state: &str, now: i64, max: usize) -> Result<(), StateUse> {
+    fn forget_expired(&mut self, now: i64) {
         while let Some((until, _)) = self.by_expiry.front()
             && *until <= now
         {
@@ -109,6 +111,15 @@ impl UsedStates {
                 self.set.remove(&old);
             }
         }
+    }
+
+    fn answered(&mut self, state: &str, now: i64) -> bool {
+        self.forget_expired(now);
+        self.set.contains(state)
+    }
+
+    fn first_use(&mut self, state: &str, now: i64, max: usize) -> Result<(), StateUse> {
+        self.forget_expired(now);
         if self.set.contains(state) {
             return Err(StateUse::Replayed);
         }
@@ -255,8 +266,18 @@ impl Federation {
             .clone()
     }
 
-    /// Remembers a callback's state as answered, refusing one answered already; forgets
-    /// states whose transaction has expired (they are refused as expired anyway).
+    /// Whether a callback's state was answered already (and its transaction has not yet
+    /// expired).
+    pub fn answered(&self, state: &str, now: i64) -> bool {
+        self.used_states
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .answered(state, now)
+    }
+
+    /// Remembers a callback's state as answered once the provider has answered it, refusing
+    /// one answered already; forgets states whose transaction has expired (they are refused
+    /// as expired anyway).
     pub fn first_use(&self, state: &str, now: i64) -> Result<(), StateUse> {
         self.used_states
             .lock()
@@ -639,5 +660,8 @@ mod tests {
             Err(StateUse::Replayed)
         );
         assert_eq!((used.set.len(), used.by_expiry.len()), (2, 2));
+        assert!(used.answered("c", TRANSACTION_TTL + 2));
+        assert!(!used.answered("d", TRANSACTION_TTL + 2));
+        assert!(!used.answered("c", 2 * TRANSACTION_TTL + 1), "expired");
     }
 }

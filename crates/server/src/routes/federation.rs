@@ -272,27 +272,15 @@ pub async fn callback(
         )
         .await;
     }
-    match fed.first_use(&pending.s, now) {
-        Ok(()) => {}
-        Err(StateUse::Replayed) => {
-            return bad(
-                "state_replayed",
-                "This answer was used already. Start again from the application.".into(),
-            )
-            .await;
-        }
-        Err(StateUse::Full) => {
-            return fail(
-                &app,
-                &ctx,
-                &provider,
-                None,
-                "busy",
-                "Too many sign-ins are finishing right now. Try again in a few minutes.",
-                StatusCode::SERVICE_UNAVAILABLE,
-            )
-            .await;
-        }
+    // A callback answered already is refused before anything is asked upstream. The state
+    // is remembered only once the provider has answered it with the person (below): a
+    // callback anyone can make up (no code, a made-up one) takes no room in the memory.
+    if fed.answered(&pending.s, now) {
+        return bad(
+            "state_replayed",
+            "This answer was used already. Start again from the application.".into(),
+        )
+        .await;
     }
     let upstream = match fed.upstream(&provider).await {
         Ok(u) => u,
@@ -365,6 +353,28 @@ pub async fn callback(
         }
         Err(e) => return bad(e.code(), e.to_string()).await,
     };
+    match fed.first_use(&pending.s, now) {
+        Ok(()) => {}
+        Err(StateUse::Replayed) => {
+            return bad(
+                "state_replayed",
+                "This answer was used already. Start again from the application.".into(),
+            )
+            .await;
+        }
+        Err(StateUse::Full) => {
+            return fail(
+                &app,
+                &ctx,
+                &provider,
+                None,
+                "busy",
+                "Too many sign-ins are finishing right now. Try again in a few minutes.",
+                StatusCode::SERVICE_UNAVAILABLE,
+            )
+            .await;
+        }
+    }
     let linked = match fed.tables.linked_user(&provider, &who.subject).await {
         Ok(u) => u,
         Err(e) => return crate::app::AppError::from(e).into_response(),
