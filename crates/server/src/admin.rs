@@ -320,15 +320,16 @@ pub fn app_type_name(a: ApplicationType) -> &'static str {
 }
 
 /// Creates a personal access token for a user (by id or username); the token is in the result,
-/// shown once.
+/// shown once. `settings` are those of the address the request came to (its resources are
+/// named after it), [`App::settings`] at the command line.
 pub async fn create_pat(
     app: &App,
+    settings: &grantline_oauth::Settings,
     who: &str,
     req: grantline_oauth::pat::PatRequest,
     actor: Actor,
 ) -> Result<grantline_oauth::pat::CreatedPat, AdminError> {
     let user_id = resolve_user(app, who).await?;
-    let settings = app.settings();
     // A resource may be named by its short name as well as its identifier.
     let resource = settings
         .resources
@@ -357,9 +358,7 @@ pub async fn create_pat(
     );
     let now = app.now();
     let (outcome, _) = app
-        .run(|s| {
-            grantline_oauth::pat::create(s, &settings, actor.clone(), &req, now, fresh.clone())
-        })
+        .run(|s| grantline_oauth::pat::create(s, settings, actor.clone(), &req, now, fresh.clone()))
         .await?;
     outcome.map_err(|e| AdminError::Invalid(e.description))
 }

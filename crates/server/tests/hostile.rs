@@ -593,6 +593,24 @@ async fn discovery_varies_by_forwarded_host_when_it_is_trusted() {
     );
     let doc: Value = r.json().await.unwrap();
     assert_eq!(doc["issuer"], "https://other.example");
+    // A personal access token made at that address is for the resource as that address
+    // names it (what its page and its discovery offer).
+    let r = browser()
+        .post(s.url("/admin/api/users/admin/pats"))
+        .header("x-forwarded-host", "other.example")
+        .header("x-forwarded-proto", "https")
+        .basic_auth("admin", Some(ADMIN_PASSWORD))
+        .json(&serde_json::json!({"name": "ci", "resource": "https://other.example/mcp/demo"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let made: Value = r.json().await.unwrap();
+    let pat_id = made["pat_id"].as_str().unwrap();
+    assert_eq!(
+        s.app.projection.read().pats[pat_id].resource,
+        "https://other.example/mcp/demo"
+    );
     s.stop().await;
     let (s, _d, _db) = server(|_| {}).await;
     let r = browser()

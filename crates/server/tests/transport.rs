@@ -152,6 +152,7 @@ async fn start(db: &TestDb, upstream: &str, limits: &str) -> (Server, tempfile::
 async fn pat(s: &Server, scope: &str) -> (String, String) {
     let p = grantline_server::admin::create_pat(
         &s.app,
+        &s.app.settings(),
         "admin",
         grantline_oauth::pat::PatRequest {
             user_id: String::new(),

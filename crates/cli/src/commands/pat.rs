@@ -65,7 +65,7 @@ async fn run_with(app: &grantline_server::App, cmd: Command) -> Result<ExitCode>
                 expires_in_days,
                 sealed_name: None,
             };
-            let p = admin::create_pat(app, &user, req, Actor::Operator).await?;
+            let p = admin::create_pat(app, &app.settings(), &user, req, Actor::Operator).await?;
             // The resource identifier is the token's audience: a server answering at another
             // address (its public URL) refuses the token as `wrong_audience`.
             println!("pat_id: {}", p.pat_id);

@@ -245,7 +245,9 @@ pub async fn create_pat(
         id: s.user_id.clone(),
     };
     let base = esc(&ctx.base_path());
-    match crate::admin::create_pat(&app, &s.user_id, req, actor).await {
+    // The form offered the resources as this address names them.
+    let settings = app.settings_for(&ctx.issuer);
+    match crate::admin::create_pat(&app, &settings, &s.user_id, req, actor).await {
         Ok(p) => pages::page(
             StatusCode::OK,
             "Token created",

@@ -432,7 +432,8 @@ pub async fn create_pat(
         expires_in_days: req.expires_in_days,
         sealed_name: None,
     };
-    match admin::create_pat(&app, &user, req, Actor::User { id: admin_id }).await {
+    let settings = app.settings_for(&ctx.issuer);
+    match admin::create_pat(&app, &settings, &user, req, Actor::User { id: admin_id }).await {
         Ok(p) => {
             let mut r = (
                 StatusCode::CREATED,
