@@ -133,6 +133,15 @@ impl UsedStates {
     }
 }
 
+/// Why a refresh is refused after asking the upstream ([`App::check_upstream_session`]).
+#[derive(Debug, PartialEq, Eq)]
+pub enum UpstreamCheck {
+    /// The upstream no longer accepts the person (its reason): they were deprovisioned.
+    Deprovisioned(String),
+    /// There is nothing to ask the provider with: the person must sign in through it again.
+    SignInAgain(String),
+}
+
 /// Why a callback's state cannot be accepted.
 #[derive(Debug, PartialEq, Eq)]
 pub enum StateUse {
@@ -188,6 +197,12 @@ impl Federation {
         let mut slots = Vec::new();
         for c in configs {
             let provider = c.resolve(&|k| std::env::var(k).ok())?;
+            if provider.check_upstream_on_refresh
+                && provider.kind == grantline_federation::config::Kind::Oidc
+                && !provider.scopes.iter().any(|s| s == "offline_access")
+            {
+                tracing::warn!(provider = %provider.id, "check_upstream_on_refresh without the offline_access scope: if the provider gives no refresh token, each person must sign in there again once their upstream access token expires");
+            }
             let upstream = match Upstream::connect(provider.clone(), http.clone()).await {
                 Ok(u) => {
                     tracing::info!(provider = %provider.id, issuer = u.issuer().unwrap_or(""), "identity provider ready");
@@ -520,9 +535,16 @@ impl App {
     /// At a Grantline refresh: for each provider of the user that asks for it
     /// (`check_upstream_on_refresh`), whether the upstream still accepts the person —
     /// answered from a bounded cache for `upstream_check_cache_secs` after a confirmation.
-    /// `Err` carries the reason once the user has been deprovisioned. An upstream that cannot
-    /// be asked does not end the user's access (logged): an outage there is not a revocation.
-    pub async fn check_upstream_session(&self, user_id: &str, now: i64) -> Result<(), String> {
+    /// An upstream that cannot be asked does not end the user's access (logged): an outage
+    /// there is not a revocation. But where there is nothing to ask with (no upstream token
+    /// held, or an access token that expired with no refresh token) the check could never
+    /// succeed again, and letting the refresh through would stop checking for good: the
+    /// refresh is refused until the person signs in there again (nothing is revoked).
+    pub async fn check_upstream_session(
+        &self,
+        user_id: &str,
+        now: i64,
+    ) -> Result<(), UpstreamCheck> {
         let Some(fed) = self.federation.as_deref() else {
             return Ok(());
         };
@@ -563,7 +585,11 @@ impl App {
                     }
                     checks.insert(key, Instant::now());
                 }
-                Err(TokenError::Refused(why)) => return Err(why),
+                Err(TokenError::Refused(why)) => return Err(UpstreamCheck::Deprovisioned(why)),
+                Err(e @ (TokenError::None(_) | TokenError::Expired(_))) => {
+                    tracing::info!(user_id, provider = %provider, error = %e, "upstream session cannot be checked; the user must sign in there again");
+                    return Err(UpstreamCheck::SignInAgain(provider));
+                }
                 Err(e) => {
                     tracing::warn!(user_id, provider = %provider, error = %e, "upstream session could not be checked; access continues");
                 }
@@ -589,10 +615,11 @@ impl App {
                 .refresh_upstream(fed, user_id, provider, tokens, now)
                 .await
                 .map(drop),
-            // An access token that expired by itself says nothing about the person.
-            None if tokens.expires_at.is_some_and(|e| e <= now) => Err(RefreshError::Unavailable(
-                "the upstream access token expired and there is no refresh token".into(),
-            )),
+            // An access token that expired by itself says nothing about the person, and there
+            // is nothing left to ask with: only a new sign-in there can answer.
+            None if tokens.expires_at.is_some_and(|e| e <= now) => {
+                return Err(TokenError::Expired(provider.to_string()));
+            }
             None => match fed.upstream(provider).await {
                 Ok(upstream) => upstream.still_valid(&tokens.access_token).await,
                 Err(e) => Err(RefreshError::Unavailable(e)),

@@ -279,6 +279,79 @@ backend_tests! {
         s.stop().await;
     }
 
+    async fn a_refresh_the_provider_cannot_be_asked_about_waits_for_a_new_sign_in_there(db: TestDb) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = federated_config(dir.path(), true);
+        cfg.identity_providers[0].check_upstream_on_refresh = true;
+        cfg.identity_providers[0].upstream_check_cache_secs = Some(0);
+        let s = Server::start(&db, dir.path().to_path_buf(), cfg).await;
+        let (client, code, verifier) = code(&s, "demo:read").await;
+        let (st, t) = common::exchange(&s, &client, &code, &verifier).await;
+        assert_eq!(st, StatusCode::OK, "{t}");
+        let rt = get(&t, "refresh_token");
+        // The admin signs in through `corp` too: from now on each refresh asks it.
+        let app = &s.app;
+        let admin = app.credentials.by_username("admin").await.unwrap().unwrap().user_id;
+        let subject = pii::user_subject(&admin);
+        let sealed = app.keyring.seal(&subject, "00u-admin").await.unwrap();
+        let signin = FederatedSignIn {
+            provider: "corp".into(),
+            account: Account::Link(admin.clone()),
+            subject: sealed,
+            role: "admin".into(),
+            claim: None,
+            session_id: "ses_corp".into(),
+            request: grantline_ledger::RequestMeta {
+                request_id: "r".into(),
+                trace_id: None,
+                source_ip: None,
+                user_agent: None,
+            },
+        };
+        let (outcome, _) = app
+            .run(|st| grantline_oauth::federation::sign_in(st, signin.clone(), |_| true))
+            .await
+            .unwrap();
+        outcome.unwrap();
+        let refused = |body: &Value| {
+            body["error"] == "invalid_grant"
+                && body["error_description"].as_str().unwrap().contains("sign in again")
+        };
+        // No upstream token held: there is nothing to ask with. Refused, nothing revoked.
+        let (st, body) = refresh(&s, &client, &rt).await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{body}");
+        assert!(refused(&body), "{body}");
+        // An access token that expired, and no refresh token: the same.
+        let now = app.now().0 / 1_000_000;
+        let upstream = |expires_at| UpstreamTokens {
+            access_token: UPSTREAM_TOKEN.into(),
+            refresh_token: None,
+            expires_at: Some(expires_at),
+            scope: Some("openid email".into()),
+            instance_url: None,
+        };
+        app.keep_upstream_tokens(&admin, "corp", &upstream(now - 5)).await.unwrap();
+        let (st, body) = refresh(&s, &client, &rt).await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{body}");
+        assert!(refused(&body), "{body}");
+        // A live upstream token, and the provider down: an outage is not a refusal, and the
+        // refresh token refused twice above is still good.
+        app.keep_upstream_tokens(&admin, "corp", &upstream(now + 3600)).await.unwrap();
+        let (st, body) = refresh(&s, &client, &rt).await;
+        assert_eq!(st, StatusCode::OK, "{body}");
+        // The two refusals are on the ledger as refusals.
+        let refusals = app
+            .store()
+            .read(0, 100_000)
+            .await
+            .unwrap()
+            .iter()
+            .filter(|e| matches!(e.payload(), grantline_ledger::Payload::OAuthRefused(r) if r.description.contains("sign in again")))
+            .count();
+        assert!(refusals >= 1, "{refusals}");
+        s.stop().await;
+    }
+
     async fn an_admin_revoking_a_user_drops_their_upstream_tokens(db: TestDb) {
         let (s, _d) = start(&db, true).await;
         let user = federated_user(&s, 3600).await;

@@ -172,6 +172,7 @@ tools = {{ lookup = "bench:read" }}
     let (server, pat) = host::start(config, database, placement, |app| async move {
         grantline_server::admin::create_pat(
             &app,
+            &app.settings(),
             "admin",
             grantline_oauth::pat::PatRequest {
                 user_id: String::new(),

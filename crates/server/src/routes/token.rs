@@ -92,14 +92,22 @@ async fn handle(
     if let (TokenRequest::Refresh(_), Some(u), Some(f)) =
         (&req, &user, attempt.family_id.as_deref())
         && app.projection.read().family_live(f)
-        && let Err(why) = app.check_upstream_session(u, app.now().0 / 1_000_000).await
+        && let Err(check) = app.check_upstream_session(u, app.now().0 / 1_000_000).await
     {
-        attempt.recorded = true;
-        return Err(OAuthError::new(
-            grantline_oauth::ErrorCode::InvalidGrant,
-            format!("the identity provider no longer accepts this user ({why}); their grants were revoked"),
-        )
-        .into());
+        use crate::federation::UpstreamCheck;
+        let description = match check {
+            UpstreamCheck::Deprovisioned(why) => {
+                // The deprovisioning is on the ledger already.
+                attempt.recorded = true;
+                format!(
+                    "the identity provider no longer accepts this user ({why}); their grants were revoked"
+                )
+            }
+            UpstreamCheck::SignInAgain(provider) => format!(
+                "the user's session at the identity provider {provider:?} cannot be checked any more: sign in again"
+            ),
+        };
+        return Err(OAuthError::new(grantline_oauth::ErrorCode::InvalidGrant, description).into());
     }
     let meta = meta_for(app, ctx, user.as_deref(), &client.client_id).await?;
     let settings = app.settings_for(&ctx.issuer);
