@@ -155,6 +155,7 @@ mod state_tests {
                 disabled_by: None,
                 expires_at: None,
                 used: true,
+                redirects_changed: None,
                 disabled: false,
                 expired: false,
                 version: 1,

@@ -212,8 +212,17 @@ pub fn needs_consent(state: &State, user_id: &str, v: &Validated) -> bool {
     if v.prompt_consent {
         return true;
     }
+    // A consent covers the client as it was: one whose redirect URIs changed since (a
+    // metadata document edited, a registration updated) may now send the code elsewhere.
+    let redirects_changed = state
+        .clients
+        .get(&v.client_id)
+        .and_then(|c| c.redirects_changed);
     match state.grant_for(user_id, &v.client_id, &v.resource.id) {
-        Some(g) => !v.scopes.is_subset(&g.scopes),
+        Some(g) => {
+            !v.scopes.is_subset(&g.scopes)
+                || redirects_changed.is_some_and(|changed| changed.seq > g.consented.seq)
+        }
         None => true,
     }
 }
@@ -271,6 +280,15 @@ pub fn approve(
     }
     if state.users.get(user_id).is_none_or(|u| !u.active()) {
         return OAuthError::new(ErrorCode::AccessDenied, "the user is disabled").into();
+    }
+    // Decided again on the state the approval is appended to: a client changed since the
+    // caller looked (its redirect URIs) is not approved without the user seeing it.
+    if !prompted && needs_consent(state, user_id, v) {
+        return OAuthError::new(
+            ErrorCode::AccessDenied,
+            "the client changed while this request was decided; start again from the application",
+        )
+        .into();
     }
     let existing = state.grant_for(user_id, &v.client_id, &v.resource.id);
     // Two answers to one page must not both pass: the grant's stream is expected at the

@@ -579,6 +579,64 @@ fn consent_is_needed_for_new_or_wider_scope_and_grants_accumulate() {
 }
 
 #[test]
+fn a_consent_is_asked_again_once_the_clients_redirect_uris_change() {
+    let mut w = World::new();
+    let client = w.public_client();
+    let user = w.user();
+    w.code(&client, &user, "demo:read");
+    let v = authorize::validate(&w.state, &w.settings, &w.query(&client)).unwrap();
+    assert!(!authorize::needs_consent(&w.state, &user, &v));
+    let update = |w: &mut World, uris: Vec<String>, name: &str| {
+        let e = ClientUpdated {
+            client_id: client.clone(),
+            client_name: Some(name.into()),
+            redirect_uris: Some(uris),
+            grant_types: None,
+            scope: None,
+            secret_digest: None,
+        };
+        w.commit(&Append::new(vec![NewEvent::new(
+            StreamId::client(&client),
+            Actor::System,
+            e,
+        )]))
+        .unwrap();
+    };
+    // The same redirect URIs (a name changed): the consent stands.
+    update(&mut w, vec![REDIRECT.into()], "Renamed");
+    assert!(!authorize::needs_consent(&w.state, &user, &v));
+    // Another redirect URI added: the client may now send codes elsewhere. Asked again —
+    // and a silent approval decided before the change is refused, not recorded.
+    update(
+        &mut w,
+        vec![REDIRECT.into(), "https://elsewhere.example/cb".into()],
+        "Renamed",
+    );
+    assert!(authorize::needs_consent(&w.state, &user, &v));
+    let approval = |w: &mut World, prompted: bool| Approval {
+        prompted,
+        now: w.now,
+        fresh: FreshCode {
+            code: Secret(format!("glc_{}", w.id("c"))),
+            grant_id: w.id("g"),
+            family_id: w.id("f"),
+        },
+        request: None,
+        consent_page: None,
+    };
+    let silent = approval(&mut w, false);
+    let d = authorize::approve(&w.state, &w.settings, &user, &v, silent);
+    assert_eq!(code_of(&d), "access_denied");
+    assert!(d.append.events.is_empty());
+    // The user sees the page and approves: the consent covers the client as it is now.
+    let seen = approval(&mut w, true);
+    let d = authorize::approve(&w.state, &w.settings, &user, &v, seen);
+    assert_eq!(code_of(&d), "ok");
+    w.commit(&d.append).unwrap();
+    assert!(!authorize::needs_consent(&w.state, &user, &v));
+}
+
+#[test]
 fn approval_for_a_disabled_user_is_refused_and_denial_is_recorded() {
     let mut w = World::new();
     let client = w.public_client();

@@ -51,6 +51,7 @@ pub fn apply(state: &mut State, event: &Recorded) {
                     disabled_by: None,
                     expires_at: e.expires_at,
                     used: false,
+                    redirects_changed: None,
                     disabled: false,
                     expired: false,
                     version: 0,
@@ -62,8 +63,11 @@ pub fn apply(state: &mut State, event: &Recorded) {
                 if let Some(v) = &e.client_name {
                     c.client_name = v.clone();
                 }
-                if let Some(v) = &e.redirect_uris {
+                if let Some(v) = &e.redirect_uris
+                    && *v != c.redirect_uris
+                {
                     c.redirect_uris = v.clone();
+                    c.redirects_changed = Some(since);
                 }
                 if let Some(v) = &e.grant_types {
                     c.grant_types = v.clone();

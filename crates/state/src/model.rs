@@ -89,6 +89,10 @@ pub struct Client {
     pub used: bool,
     pub disabled: bool,
     pub expired: bool,
+    /// When its redirect URIs last changed after registration (`client.updated`): a consent
+    /// given before then was given to a client that sent codes elsewhere, and is asked again.
+    #[serde(default)]
+    pub redirects_changed: Option<Since>,
     /// The version of the client's stream after the last event on it: what a decider that
     /// changes the client expects.
     pub version: u64,

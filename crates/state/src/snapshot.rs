@@ -23,8 +23,9 @@ use std::collections::HashMap;
 /// holds neither). 4: each policy's stream version (a format 3 snapshot lacks it, and a
 /// policy change decided on it would conflict for ever). 5: users carry who made them (an
 /// administrator or an identity provider's sign-in), which decides whether an account may be
-/// linked by email.
-pub const FORMAT: u32 = 5;
+/// linked by email. 6: clients carry when their redirect URIs last changed (consents given
+/// before are asked again).
+pub const FORMAT: u32 = 6;
 
 /// Why a snapshot cannot be used.
 #[derive(Debug, thiserror::Error)]
