@@ -367,6 +367,18 @@ pub fn decide(
     )
 }
 
+/// Whether the document fetched from `url` differs from the client recorded for it (false
+/// for a client not recorded yet, or disabled): taking it in would be a `client.updated`.
+pub fn document_changed(state: &grantline_state::State, url: &str, meta: &ClientMetadata) -> bool {
+    state.clients.get(url).is_some_and(|c| {
+        !c.disabled
+            && (c.client_name != meta.client_name
+                || c.redirect_uris != meta.redirect_uris
+                || c.grant_types != meta.grant_types
+                || c.scope != meta.scope)
+    })
+}
+
 /// Decides the intake of a client ID metadata document fetched from `url`: the client is
 /// recorded when it is new (`client.registered`, method `metadata_document`) or when its
 /// metadata changed (`client.updated`); a disabled client stays as it is. `meta` is the
@@ -381,12 +393,7 @@ pub fn decide_document(
     let stream = StreamId::client(url);
     let event = match state.clients.get(url) {
         Some(c) if c.disabled => return Decision::new(Vec::new(), Ok(())),
-        Some(c)
-            if c.client_name == meta.client_name
-                && c.redirect_uris == meta.redirect_uris
-                && c.grant_types == meta.grant_types
-                && c.scope == meta.scope =>
-        {
+        Some(_) if !document_changed(state, url, meta) => {
             return Decision::new(Vec::new(), Ok(()));
         }
         Some(c) => {

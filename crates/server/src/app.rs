@@ -64,6 +64,9 @@ pub struct Inner {
     pub registrations: crate::throttle::AddressLimiter,
     /// New metadata-document clients per source address.
     pub document_intake: crate::throttle::AddressLimiter,
+    /// Changes of each metadata-document client taken in (`client.updated`), per client id:
+    /// anyone can edit a document of their own, and each change is an event kept for ever.
+    pub document_updates: crate::throttle::AddressLimiter,
     /// Windows of refused OAuth requests already on the ledger (`oauth.refused`).
     pub refusals: crate::refusal_window::RefusalLog,
     /// Windows of refused readings of the audit trail already on the ledger

@@ -201,6 +201,7 @@ impl Fetcher {
                 .get("cache-control")
                 .and_then(|v| v.to_str().ok()),
             self.config.default_cache_seconds,
+            self.config.min_cache_seconds,
             self.config.max_cache_seconds,
         );
         let mut body = Vec::new();
@@ -244,22 +245,22 @@ fn without_url(e: &reqwest::Error) -> String {
     s
 }
 
-/// Seconds to cache per `Cache-Control`: `no-store`/`no-cache` → 0, `max-age=N` → N (capped),
-/// nothing → the default.
-pub fn cache_seconds(cache_control: Option<&str>, default: u64, max: u64) -> u64 {
+/// Seconds to cache per `Cache-Control`: `max-age=N` → N (capped at `max`), nothing → the
+/// default, and never under `min` (`no-store`, `no-cache` and `max-age=0` included).
+pub fn cache_seconds(cache_control: Option<&str>, default: u64, min: u64, max: u64) -> u64 {
     let Some(cc) = cache_control else {
-        return default.min(max);
+        return default.min(max).max(min);
     };
     let mut out = default;
     for d in cc.split(',').map(|d| d.trim().to_ascii_lowercase()) {
         if d == "no-store" || d == "no-cache" {
-            return 0;
+            return min;
         }
         if let Some(v) = d.strip_prefix("max-age=") {
             out = v.trim_matches('"').parse().unwrap_or(0);
         }
     }
-    out.min(max)
+    out.min(max).max(min)
 }
 
 /// Checks a document's content against the URL it came from.
@@ -346,10 +347,17 @@ mod tests {
 
     #[test]
     fn cache_control() {
-        assert_eq!(cache_seconds(None, 300, 86400), 300);
-        assert_eq!(cache_seconds(Some("public, max-age=60"), 300, 86400), 60);
-        assert_eq!(cache_seconds(Some("max-age=999999"), 300, 86400), 86400);
-        assert_eq!(cache_seconds(Some("no-store"), 300, 86400), 0);
+        assert_eq!(cache_seconds(None, 300, 60, 86400), 300);
+        assert_eq!(
+            cache_seconds(Some("public, max-age=90"), 300, 60, 86400),
+            90
+        );
+        assert_eq!(cache_seconds(Some("max-age=999999"), 300, 60, 86400), 86400);
+        // Never under the minimum: each authorization request would fetch again.
+        assert_eq!(cache_seconds(Some("no-store"), 300, 60, 86400), 60);
+        assert_eq!(cache_seconds(Some("max-age=0"), 300, 60, 86400), 60);
+        assert_eq!(cache_seconds(None, 0, 60, 86400), 60);
+        assert_eq!(cache_seconds(Some("no-store"), 300, 0, 86400), 0);
     }
 
     #[test]

@@ -454,9 +454,15 @@ pub struct MetadataDocumentsSection {
     /// Cache lifetime when the response sends no cache headers, and the upper bound.
     pub default_cache_seconds: u64,
     pub max_cache_seconds: u64,
+    /// The shortest a document is kept, whatever its `Cache-Control` says (`no-store` too):
+    /// each `/oauth/authorize`, which anyone may call, would otherwise fetch it again.
+    pub min_cache_seconds: u64,
     /// New metadata-document clients taken in per source address per hour (0: no limit);
     /// over it, the authorization request is answered 429.
     pub per_address_per_hour: u32,
+    /// Changes of one metadata-document client taken in per day (`client.updated`, each kept
+    /// for ever; 0: no limit); over it, its authorization requests are answered 429.
+    pub updates_per_client_per_day: u32,
 }
 
 impl Default for RegistrationSection {
@@ -479,7 +485,9 @@ impl Default for MetadataDocumentsSection {
             timeout_ms: 5_000,
             default_cache_seconds: 300,
             max_cache_seconds: 86_400,
+            min_cache_seconds: 60,
             per_address_per_hour: 60,
+            updates_per_client_per_day: 10,
         }
     }
 }

@@ -138,6 +138,10 @@ impl App {
                 config.metadata_documents.per_address_per_hour,
                 3600,
             ),
+            document_updates: crate::throttle::AddressLimiter::new(
+                config.metadata_documents.updates_per_client_per_day,
+                86_400,
+            ),
             refusals: Default::default(),
             audit_refusals: Default::default(),
             demo: Default::default(),

@@ -745,6 +745,64 @@ grantline_store::backend_tests! {
         s.stop().await;
     }
 
+    async fn a_document_that_keeps_changing_is_taken_in_so_often_a_day(db: TestDb) {
+        // A document of someone's own whose name changes at every fetch: each change taken in
+        // is a `client.updated`, kept for ever.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/client.json", listener.local_addr().unwrap());
+        let fetched = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (me, count) = (url.clone(), fetched.clone());
+        let app = axum::Router::new().route(
+            "/client.json",
+            axum::routing::get(move || {
+                let n = count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let body = serde_json::json!({
+                    "client_id": me, "client_name": format!("Name {n}"),
+                    "redirect_uris": [REDIRECT], "token_endpoint_auth_method": "none",
+                })
+                .to_string();
+                async move { ([("content-type", "application/json"), ("cache-control", "no-store")], body) }
+            }),
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let (s, _d) = server_with(&db, |c| {
+            c.metadata_documents.allow_private_addresses = true;
+            c.metadata_documents.allow_http = true;
+            c.metadata_documents.min_cache_seconds = 0;
+            c.metadata_documents.updates_per_client_per_day = 3;
+        })
+        .await;
+        let (_, challenge) = pkce();
+        let resource = s.resource();
+        let params = [
+            ("response_type", "code"),
+            ("client_id", url.as_str()),
+            ("redirect_uri", REDIRECT),
+            ("code_challenge", challenge.as_str()),
+            ("code_challenge_method", "S256"),
+            ("resource", resource.as_str()),
+        ];
+        let mut statuses = Vec::new();
+        for _ in 0..6 {
+            let r = browser().get(authorize_url(&s, &params)).send().await.unwrap();
+            statuses.push(r.status());
+        }
+        // The first registers it; three changes are taken in; then 429 until the day is over.
+        assert!(statuses[..4].iter().all(|st| *st != StatusCode::TOO_MANY_REQUESTS), "{statuses:?}");
+        assert_eq!(&statuses[4..], [StatusCode::TOO_MANY_REQUESTS; 2], "{statuses:?}");
+        let updates = s
+            .app
+            .store()
+            .read(0, 100_000)
+            .await
+            .unwrap()
+            .iter()
+            .filter(|e| matches!(e.payload(), grantline_ledger::Payload::ClientUpdated(u) if u.client_id == url))
+            .count();
+        assert_eq!(updates, 3);
+        s.stop().await;
+    }
+
     async fn two_instances_on_one_database_never_both_rotate_a_refresh_token(db: TestDb) {
         let dir = tempfile::tempdir().unwrap();
         let a = Server::start(&db, dir.path().to_path_buf(), config(dir.path(), 0, 60)).await;

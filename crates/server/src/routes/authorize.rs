@@ -138,6 +138,29 @@ async fn ensure_document_client(
             &format!("{} ({})", e.description, e.code.as_str()),
         )
     })?;
+    // Each change taken in is an event kept for ever, and anyone may edit a document of
+    // their own: at most so many a day per client.
+    let changed = grantline_oauth::register::document_changed(
+        &app.projection.read(),
+        &doc.url,
+        &doc.metadata,
+    );
+    if changed
+        && let Err(retry_after) = app
+            .document_updates
+            .hit(Some(&doc.url), app.now().0 / 1_000_000)
+    {
+        app.metrics.throttled("client_documents");
+        let mut r = pages::error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "This application changes too often",
+            "This application's registration changed too many times today. Try again later.",
+        );
+        if let Ok(v) = axum::http::HeaderValue::from_str(&retry_after.to_string()) {
+            r.headers_mut().insert(axum::http::header::RETRY_AFTER, v);
+        }
+        return Err(r);
+    }
     let (outcome, _) = app
         .run(|s| {
             grantline_oauth::register::decide_document(s, &doc.url, &doc.metadata, &doc.request)
