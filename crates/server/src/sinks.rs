@@ -326,6 +326,60 @@ fn update(board: &Board, name: &str, status: &SinkStatus) {
     }
 }
 
+/// Where a sink starts: its cursor checked against the ledger as it is now, and the names of
+/// users and clients as of the cursor (read from the ledger, whatever the audit index holds).
+///
+/// A ledger restored to an earlier point (`pg_restore`, point-in-time recovery) may end before
+/// the cursor, or hold other events at its seq once new ones are appended: the sink would wait
+/// for seqs it never sends, or skip the new events at seqs it had sent before. A cursor past
+/// the head is brought back to it; one whose event is not the one delivered starts again from
+/// the beginning (receivers tell events apart by id). Either is logged.
+async fn resume(
+    app: &App,
+    name: &str,
+    redact: bool,
+    cursor: &SinkCursor,
+    status: &mut SinkStatus,
+) -> Result<Exporter> {
+    let store = app.store();
+    let head = store.head().await?;
+    let head_seq = head.as_ref().map_or(0, |h| h.0);
+    let moved = if status.seq > head_seq {
+        tracing::warn!(sink = %name, cursor = status.seq, head = head_seq, "the sink's cursor is past the ledger's head (was the database restored?): it sends what is appended from the head on");
+        status.seq = head_seq;
+        status.hash = head.map(|h| h.1.to_hex());
+        true
+    } else if let Some(delivered) = status.hash.as_deref()
+        && status.seq > 0
+        && store
+            .hash_at(status.seq)
+            .await?
+            .map(|h| h.to_hex())
+            .as_deref()
+            != Some(delivered)
+    {
+        tracing::error!(sink = %name, cursor = status.seq, "the ledger holds another event at the sink's cursor (was the database restored to another history?): every event is sent again from the first");
+        status.seq = 0;
+        status.hash = None;
+        true
+    } else {
+        false
+    };
+    if moved {
+        cursor.save(status)?;
+    }
+    let mut exporter = Exporter::new(app.keyring.clone(), Default::default(), redact);
+    if status.seq > 0 {
+        for r in store
+            .read_kinds(&grantline_audit::mapping::NAME_KINDS, status.seq)
+            .await?
+        {
+            exporter.learn(&r).await?;
+        }
+    }
+    Ok(exporter)
+}
+
 /// Runs one sink until `stop` is set.
 async fn run(app: App, mut sink: Sink, stop: Arc<AtomicBool>, board: Board) {
     let cursor = SinkCursor::new(&cursor_dir(&app.data_dir), &sink.name);
@@ -336,19 +390,25 @@ async fn run(app: App, mut sink: Sink, stop: Arc<AtomicBool>, board: Board) {
             return;
         }
     };
+    let mut exporter = loop {
+        if stop.load(Ordering::SeqCst) {
+            return;
+        }
+        match resume(&app, &sink.name, sink.redact, &cursor, &mut status).await {
+            Ok(e) => break e,
+            Err(e) => {
+                tracing::warn!(sink = %sink.name, error = %format!("{e:#}"), "sink cannot start reading the ledger; trying again");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    };
     update(&board, &sink.name, &status);
-    let directory = app
-        .audit
-        .as_ref()
-        .and_then(|a| a.directory.read().ok().map(|d| d.clone()))
-        .unwrap_or_default();
-    let mut exporter = Exporter::new(app.keyring.clone(), directory, sink.redact);
     let mut head = app.ledger.subscribe();
-    let mut pending: Option<(Vec<ExportItem>, u64)> = None;
+    let mut pending: Option<(Vec<ExportItem>, u64, String)> = None;
     let mut reading = grantline_store::Failing::default();
     let what = format!("sink {}: reading the ledger", sink.name);
     while !stop.load(Ordering::SeqCst) {
-        let (items, last) = match pending.take() {
+        let (items, last, last_hash) = match pending.take() {
             Some(p) => p,
             None => {
                 let read = app.store().read(status.seq, sink.batch).await;
@@ -357,7 +417,8 @@ async fn run(app: App, mut sink: Sink, stop: Arc<AtomicBool>, board: Board) {
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     continue;
                 };
-                let Some(last) = events.last().map(|r| r.seq()) else {
+                let Some((last, last_hash)) = events.last().map(|r| (r.seq(), r.hash.to_hex()))
+                else {
                     let _ = tokio::time::timeout(Duration::from_secs(1), head.changed()).await;
                     continue;
                 };
@@ -383,7 +444,7 @@ async fn run(app: App, mut sink: Sink, stop: Arc<AtomicBool>, board: Board) {
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     continue;
                 }
-                (items, last)
+                (items, last, last_hash)
             }
         };
         let outcome = if items.is_empty() {
@@ -402,6 +463,7 @@ async fn run(app: App, mut sink: Sink, stop: Arc<AtomicBool>, board: Board) {
         match outcome {
             Ok(()) => {
                 status.seq = last;
+                status.hash = Some(last_hash);
                 status.delivered += items.len() as u64;
                 if !items.is_empty() {
                     status.delivered_at = Some(Timestamp::now().to_string());
@@ -425,7 +487,7 @@ async fn run(app: App, mut sink: Sink, stop: Arc<AtomicBool>, board: Board) {
                 }
                 let _ = cursor.save(&status);
                 update(&board, &sink.name, &status);
-                pending = Some((items, last));
+                pending = Some((items, last, last_hash));
                 let backoff =
                     Duration::from_millis(250u64.saturating_mul(1 << status.failures.min(8)))
                         .min(MAX_BACKOFF);

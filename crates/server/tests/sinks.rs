@@ -474,6 +474,97 @@ async fn a_syslog_batch_that_times_out_mid_frame_is_sent_again_on_a_new_connecti
     s.stop().await;
 }
 
+/// A ledger restored to an earlier point: the sink's cursor may be past its head, or hold an
+/// event the ledger no longer has at that seq. The sink notices at start, says so, and sends
+/// what it must; it also names users as of its own place in the ledger, with the audit index
+/// off (so no index can lend it the names).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_checks_its_cursor_against_a_restored_ledger_and_names_users_from_it() {
+    let db = testing::sqlite().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (port, seen) = tcp_syslog(|_| Duration::ZERO, |_| false).await;
+    let sink = |name: &str| {
+        let mut c = with_sink(
+            dir.path(),
+            &format!(
+                "[[audit.sinks]]\nname = \"{name}\"\nkind = \"syslog\"\naddress = \"127.0.0.1:{port}\"\nformat = \"ocsf\"\n"
+            ),
+        );
+        c.audit.enabled = false;
+        c
+    };
+    // The ledger as restored: some events, written before any sink ran.
+    let s = Server::start(&db, dir.path().to_path_buf(), config(dir.path(), 0, 60)).await;
+    append(&s, 3).await;
+    let start = head(&s).await;
+    s.stop().await;
+    let cursors = dir.path().join("sinks");
+    std::fs::create_dir_all(&cursors).unwrap();
+    // "ahead": delivered up to seq 1,000 of a history the ledger no longer reaches.
+    std::fs::write(cursors.join("ahead.json"), r#"{"seq": 1000, "hash": "ab"}"#).unwrap();
+    let s = Server::start(&db, dir.path().to_path_buf(), sink("ahead")).await;
+    // A tool call by the admin: exported with the admin's name, which only the ledger (the
+    // bootstrap's user.created, before the cursor) can give the sink.
+    let admin = s
+        .app
+        .credentials
+        .by_username("admin")
+        .await
+        .unwrap()
+        .unwrap()
+        .user_id;
+    let mut call = tool_call(7);
+    if let grantline_ledger::Payload::ToolCalled(t) = &mut call.payload {
+        t.user_id = Some(admin.clone());
+    }
+    s.app.ledger.append(Append::new(vec![call])).await.unwrap();
+    let want = head(&s).await;
+    wait_until("the new event, past the restored head", 20, || {
+        seen.lock().unwrap().seqs().contains(&want)
+    })
+    .await;
+    {
+        let r = seen.lock().unwrap();
+        // Only what is new: nothing of the restored history (the receiver had it), and
+        // nothing skipped since the sink started (the server may append as it starts).
+        let got = r.seqs();
+        assert!(got.iter().all(|&q| q > start), "{got:?}");
+        let first = *got.first().unwrap();
+        assert_eq!(got, (first..=want).collect(), "{got:?}");
+        let frame = &r.frames.last().unwrap().1;
+        assert!(frame.contains(r#""name":"admin""#), "{frame}");
+    }
+    wait_until("the cursor at the head", 10, || board(&s).seq == want).await;
+    s.stop().await;
+
+    // "other": its cursor names an event that is not the one at that seq now.
+    std::fs::write(
+        cursors.join("other.json"),
+        format!(r#"{{"seq": 3, "hash": "{}"}}"#, "00".repeat(32)),
+    )
+    .unwrap();
+    seen.lock().unwrap().frames.clear();
+    let s = Server::start(&db, dir.path().to_path_buf(), sink("other")).await;
+    let want = head(&s).await;
+    wait_until("every event again, from the first", 20, || {
+        seen.lock().unwrap().seqs().len() as u64 >= want
+    })
+    .await;
+    assert_eq!(seen.lock().unwrap().seqs(), (1..=want).collect());
+    // Its own cursor now names the event it stands on: a restart sends nothing again.
+    let saved: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(cursors.join("other.json")).unwrap()).unwrap();
+    assert_eq!(saved["seq"], want);
+    let at = s.app.store().hash_at(want).await.unwrap().unwrap();
+    assert_eq!(saved["hash"], at.to_hex());
+    s.stop().await;
+    seen.lock().unwrap().frames.clear();
+    let s = Server::start(&db, dir.path().to_path_buf(), sink("other")).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(seen.lock().unwrap().frames.is_empty());
+    s.stop().await;
+}
+
 /// A local HTTP receiver: answers `status()` to each request and keeps what `accept` says.
 async fn receiver(
     port: u16,

@@ -11,6 +11,10 @@ use std::path::{Path, PathBuf};
 pub struct SinkStatus {
     /// The last seq the receiver acknowledged (every event up to it was delivered).
     pub seq: u64,
+    /// The chain hash of the event at `seq` (hex): at start the sink checks that the ledger
+    /// still holds that event there (a database restored to another history does not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash: Option<String>,
     /// When that was (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivered_at: Option<String>,
