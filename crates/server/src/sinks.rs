@@ -277,6 +277,9 @@ impl Sink {
                     .send()
                     .await
                     .map_err(|e| anyhow!("{}", e.without_url()))?;
+                if r.status() == reqwest::StatusCode::PAYLOAD_TOO_LARGE {
+                    return Err(TooLarge("HEC").into());
+                }
                 if !r.status().is_success() {
                     bail!("HEC answered {}", r.status());
                 }
@@ -298,6 +301,9 @@ impl Sink {
                     .send()
                     .await
                     .map_err(|e| anyhow!("{}", e.without_url()))?;
+                if r.status() == reqwest::StatusCode::PAYLOAD_TOO_LARGE {
+                    return Err(TooLarge("the webhook").into());
+                }
                 if !r.status().is_success() {
                     bail!("the webhook answered {}", r.status());
                 }
@@ -306,6 +312,11 @@ impl Sink {
         }
     }
 }
+
+/// A receiver refused a batch as too large (HTTP 413): smaller batches may pass.
+#[derive(Debug, thiserror::Error)]
+#[error("{0} answered 413 Payload Too Large")]
+struct TooLarge(&'static str);
 
 /// An item as the JSON a HEC or webhook receiver gets in `format`.
 fn json(format: Format, item: &ExportItem) -> serde_json::Value {
@@ -487,6 +498,14 @@ async fn run(app: App, mut sink: Sink, stop: Arc<AtomicBool>, board: Board) {
                 }
                 let _ = cursor.save(&status);
                 update(&board, &sink.name, &status);
+                // A receiver that refuses the batch as too large would refuse it for ever:
+                // read again in batches half the size (down to one event, which is then
+                // retried like any failure, its error saying so).
+                if e.downcast_ref::<TooLarge>().is_some() && sink.batch > 1 {
+                    sink.batch = (sink.batch / 2).max(1);
+                    tracing::warn!(sink = %sink.name, batch = sink.batch, "the receiver refused a batch as too large; sending smaller ones");
+                    continue;
+                }
                 pending = Some((items, last, last_hash));
                 let backoff =
                     Duration::from_millis(250u64.saturating_mul(1 << status.failures.min(8)))

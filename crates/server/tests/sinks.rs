@@ -707,3 +707,54 @@ async fn webhook_batches_are_signed_and_retried_until_taken() {
     assert_eq!(*refused.lock().unwrap(), 3);
     s.stop().await;
 }
+
+/// A receiver that refuses batches over its size limit with 413 would refuse the same batch
+/// for ever: the sink sends smaller ones until they pass, and every event arrives once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_that_refuses_a_batch_as_too_large_gets_smaller_ones() {
+    let db = testing::sqlite().await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    // SAFETY of the test: the variable is read by this test's server only.
+    unsafe { std::env::set_var("GL_TEST_WEBHOOK_SECRET_413", "whsec-0123456789-413") };
+    let cfg = with_sink(
+        dir.path(),
+        &format!(
+            "[[audit.sinks]]\nname = \"small\"\nkind = \"webhook\"\nurl = \"http://127.0.0.1:{port}/in\"\n\
+         secret_env = \"GL_TEST_WEBHOOK_SECRET_413\"\nformat = \"jsonl\"\nkinds = [\"tool.called\"]\nbatch = 16\n"
+        ),
+    );
+    let seqs: Arc<Mutex<Vec<u64>>> = Arc::default();
+    let sizes: Arc<Mutex<Vec<usize>>> = Arc::default();
+    let (got, refused) = (seqs.clone(), sizes.clone());
+    receiver(port, move |_, body| {
+        let v: serde_json::Value = serde_json::from_slice(body).unwrap();
+        let events = v["events"].as_array().unwrap();
+        if events.len() > 3 {
+            refused.lock().unwrap().push(events.len());
+            return 413;
+        }
+        for e in events {
+            got.lock().unwrap().push(e["seq"].as_u64().unwrap());
+        }
+        200
+    })
+    .await;
+    let s = Server::start(&db, dir.path().to_path_buf(), cfg).await;
+    append(&s, 12).await;
+    wait_until("every tool call, in smaller batches", 30, || {
+        seqs.lock().unwrap().len() >= 12
+    })
+    .await;
+    let got = seqs.lock().unwrap().clone();
+    assert!(
+        got.windows(2).all(|w| w[0] < w[1]),
+        "in order, once: {got:?}"
+    );
+    assert_eq!(got.len(), 12);
+    assert!(
+        !sizes.lock().unwrap().is_empty(),
+        "a batch was refused first"
+    );
+    s.stop().await;
+}
