@@ -282,6 +282,15 @@ pub async fn reader(
         });
     }
     if let Some(s) = crate::session::current(app, ctx, headers, app.now().0 / 1_000_000) {
+        // Any site can send a signed-in browser here (a link, a redirect): it would read and
+        // record a search of its choosing in the auditor's name.
+        if crate::http::cross_site(headers) {
+            return Err(api_error(
+                StatusCode::FORBIDDEN,
+                "cross_site",
+                "a signed-in browser reads the audit trail from this server's pages only; this request came from another site",
+            ));
+        }
         let reader = Reader {
             user_id: Some(s.user_id.clone()),
             ..Reader::default()

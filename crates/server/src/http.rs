@@ -35,6 +35,20 @@ pub fn too_many_requests(retry_after: i64, description: &str) -> Response {
     r
 }
 
+/// Whether a browser says the request was started by another site (`Sec-Fetch-Site:
+/// cross-site` or `same-site`, which every current browser sends). A session cookie is sent on
+/// such a request when it is a top-level navigation (`SameSite=Lax`), so a page that reads
+/// and records with the session must not act on it: any site could make a signed-in browser
+/// do so. Absent (a script, an old browser): not known to be cross-site.
+pub fn cross_site(headers: &HeaderMap) -> bool {
+    headers
+        .get("sec-fetch-site")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.eq_ignore_ascii_case("cross-site") || v.eq_ignore_ascii_case("same-site")
+        })
+}
+
 pub fn no_store(h: &mut HeaderMap) {
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));

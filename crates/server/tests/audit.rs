@@ -136,6 +136,37 @@ backend_tests! {
         assert_eq!(r.status(), StatusCode::FORBIDDEN);
         let r = b.get(s.url("/admin/audit")).send().await.unwrap();
         assert_eq!(r.status(), StatusCode::FORBIDDEN);
+
+        // The auditor's browser, sent here by another site (a link, a redirect: the session
+        // cookie goes along on a top-level navigation): nothing is read or recorded in her
+        // name. From the server's own pages it works.
+        let searched = || async {
+            s.app.store().read(0, 100_000).await.unwrap().iter()
+                .filter(|e| matches!(e.payload(), grantline_ledger::Payload::AuditSearched(_)))
+                .count()
+        };
+        let ann_browser = browser();
+        let r = sign_in_with(&s, &ann_browser, "ann", "ann-password-1").await;
+        assert_eq!(r.status(), StatusCode::SEE_OTHER);
+        let before = searched().await;
+        for site in ["cross-site", "same-site"] {
+            let r = ann_browser.get(s.url("/admin/api/audit/search?q=user:ceo&format=csv"))
+                .header("sec-fetch-site", site).send().await.unwrap();
+            assert_eq!(r.status(), StatusCode::FORBIDDEN, "{site}");
+            let v: Value = r.json().await.unwrap();
+            assert_eq!(v["error"], "cross_site");
+            let r = ann_browser.get(s.url("/admin/audit?q=user%3Aceo"))
+                .header("sec-fetch-site", site).send().await.unwrap();
+            assert_eq!(r.status(), StatusCode::OK);
+            let page = r.text().await.unwrap();
+            assert!(page.contains("opened from another site") && page.contains("/admin/audit?q=user%3Aceo"), "{page}");
+        }
+        assert_eq!(searched().await, before, "nothing recorded");
+        let r = ann_browser.get(s.url("/admin/audit?q=user%3Aceo"))
+            .header("sec-fetch-site", "same-origin").send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        assert!(!r.text().await.unwrap().contains("opened from another site"));
+        assert_eq!(searched().await, before + 1);
         let bob_pat = pat(&s, "bob", &audit_resource(&s), "audit:read").await;
         let (status, v) = search(&s, &format!("Bearer {bob_pat}"), "").await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{v}");
@@ -193,9 +224,10 @@ backend_tests! {
         assert_eq!(v["results"].as_array().unwrap().len(), 1, "{v}");
         assert_eq!(v["results"][0]["error_code"], "role");
         assert!(v["results"][0]["summary"].as_str().unwrap().contains("GET /admin/api/audit/search"));
-        // Ann's two searches that were answered (the malformed one read nothing).
+        // Ann's three searches that were answered (the malformed one read nothing, and the
+        // ones another site sent her browser to were not made).
         let (_, v) = search(&s, &ann_basic, "kind:audit.searched user:ann").await;
-        assert_eq!(v["results"].as_array().unwrap().len(), 2, "{v}");
+        assert_eq!(v["results"].as_array().unwrap().len(), 3, "{v}");
         assert!(v["results"][0]["summary"].as_str().unwrap().contains("kind:user.created"));
         let (_, v) = search(&s, &ann_basic, "kind:audit.exported client:siem").await;
         assert_eq!(v["results"].as_array().unwrap().len(), 1, "{v}");

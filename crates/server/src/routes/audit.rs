@@ -546,9 +546,28 @@ async fn page_reader(
     app: &App,
     ctx: &RequestContext,
     headers: &HeaderMap,
+    uri: &axum::http::Uri,
 ) -> Result<Reader, Response> {
     if crate::session::current(app, ctx, headers, app.now().0 / 1_000_000).is_none() {
         return Err(login_redirect(ctx));
+    }
+    // A link from another site (an email, a chat, a page of anyone's) runs nothing: the
+    // reviewer opens it from here, and only then is it searched and recorded.
+    if crate::http::cross_site(headers) {
+        let here = format!(
+            "{}{}",
+            ctx.issuer,
+            uri.path_and_query().map_or("/admin/audit", |p| p.as_str())
+        );
+        return Err(crate::pages::page(
+            StatusCode::OK,
+            "Audit trail",
+            &format!(
+                "<h1>Audit trail</h1><p>This link was opened from another site, so nothing was                  read or recorded. <a href=\"{}\">Open it here</a> to run it.</p>",
+                esc(&here)
+            ),
+            "'self'",
+        ));
     }
     reader(app, ctx, headers, "GET /admin/audit").await.map_err(|r| {
         if r.status() == StatusCode::FORBIDDEN {
@@ -572,9 +591,10 @@ pub async fn page(
     State(app): State<App>,
     ctx: RequestContext,
     headers: HeaderMap,
+    uri: axum::http::Uri,
     Query(p): Query<SearchParams>,
 ) -> Response {
-    let reader = match page_reader(&app, &ctx, &headers).await {
+    let reader = match page_reader(&app, &ctx, &headers, &uri).await {
         Ok(r) => r,
         Err(r) => return r,
     };
@@ -738,9 +758,10 @@ pub async fn event_page(
     State(app): State<App>,
     ctx: RequestContext,
     headers: HeaderMap,
+    uri: axum::http::Uri,
     Path(seq): Path<String>,
 ) -> Response {
-    let reader = match page_reader(&app, &ctx, &headers).await {
+    let reader = match page_reader(&app, &ctx, &headers, &uri).await {
         Ok(r) => r,
         Err(r) => return r,
     };
