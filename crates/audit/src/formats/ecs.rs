@@ -11,7 +11,9 @@ use std::net::IpAddr;
 /// The ECS version the records follow.
 pub const ECS_VERSION: &str = "8.11.0";
 
-/// ECS `event.category` and `event.type` of a kind.
+/// ECS `event.category` and `event.type` of a kind: every type one ECS expects for each of
+/// the categories given (so rules and dashboards that filter on the pair find the event); the
+/// outcome says whether it succeeded, allowed or denied.
 pub fn categorize(kind: Kind, outcome: &str) -> (&'static [&'static str], Vec<&'static str>) {
     use Kind as K;
     let allowed_or_denied = if outcome == "success" {
@@ -21,30 +23,32 @@ pub fn categorize(kind: Kind, outcome: &str) -> (&'static [&'static str], Vec<&'
     };
     match kind {
         K::ClientRegistered | K::SigningKeyRotated => (&["iam", "configuration"], vec!["creation"]),
-        K::RegistrationRejected => (&["iam"], vec!["creation", "denied"]),
+        K::RegistrationRejected => (&["iam"], vec!["creation"]),
         K::ClientUpdated | K::PolicyChanged => (&["iam", "configuration"], vec!["change"]),
         K::ClientDisabled | K::ClientExpired => (&["iam"], vec!["deletion"]),
         K::UserCreated => (&["iam"], vec!["user", "creation"]),
         K::UserDisabled | K::UserErased => (&["iam"], vec!["user", "deletion"]),
         K::UserRoleChanged | K::UserLinked => (&["iam"], vec!["user", "change"]),
+        // A sign-in attempt starts a session, or fails to (the outcome).
         K::LoginSucceeded => (&["authentication", "session"], vec!["start"]),
-        K::LoginFailed => (&["authentication"], vec!["start", "denied"]),
+        K::LoginFailed | K::OAuthRefused => (&["authentication"], vec!["start"]),
         K::SessionEnded | K::UserSessionsEnded => (&["authentication", "session"], vec!["end"]),
-        K::ConsentGranted | K::ConsentDenied => (&["iam"], vec!["access", allowed_or_denied]),
+        // A consent creates (or widens) a grant; a refusal creates nothing.
+        K::ConsentGranted => (&["iam"], vec!["creation"]),
+        K::ConsentDenied => (&["iam"], vec!["info"]),
         K::GrantRevoked | K::FamilyRevoked | K::TokenRevoked | K::PatRevoked => {
             (&["iam"], vec!["deletion"])
         }
+        K::PatCreated => (&["iam"], vec!["user", "creation"]),
         K::CodeIssued
         | K::CodeRedeemed
         | K::TokenIssued
         | K::TokenRefreshed
-        | K::PatCreated
-        | K::UpstreamTokenExchanged => (&["authentication"], vec!["creation", "allowed"]),
-        K::OAuthRefused => (&["authentication"], vec!["denied"]),
-        K::CodeReplayed | K::RefreshReuseDetected => (
-            &["authentication", "intrusion_detection"],
-            vec!["indicator"],
-        ),
+        | K::UpstreamTokenExchanged => (&["authentication"], vec!["info"]),
+        // Alerts (`event.kind: alert`): a stolen code or refresh token presented again.
+        K::CodeReplayed | K::RefreshReuseDetected => {
+            (&["authentication", "intrusion_detection"], vec!["info"])
+        }
         K::ToolListed
         | K::ToolCallStarted
         | K::ToolCalled
@@ -152,5 +156,47 @@ fn ms_rfc3339(micros: i64) -> String {
     match s.len() {
         n if n >= 27 => format!("{}Z", &s[..n - 4]),
         _ => s,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::categorize;
+    use grantline_ledger::Kind;
+
+    /// ECS 8.11's expected `event.type` values for each `event.category` used here.
+    fn expected(category: &str) -> &'static [&'static str] {
+        match category {
+            "api" => &[
+                "access", "admin", "allowed", "change", "creation", "deletion", "denied", "end",
+                "info", "start", "user",
+            ],
+            "authentication" => &["start", "end", "info"],
+            "configuration" => &["access", "change", "creation", "deletion", "info"],
+            "iam" => &[
+                "admin", "change", "creation", "deletion", "group", "info", "user",
+            ],
+            "intrusion_detection" => &["allowed", "denied", "end", "info", "start"],
+            "session" => &["start", "end", "info"],
+            other => panic!("a category this test does not know: {other}"),
+        }
+    }
+
+    #[test]
+    fn every_kind_has_types_its_categories_expect() {
+        for &kind in Kind::ALL {
+            for outcome in ["success", "failure"] {
+                let (categories, types) = categorize(kind, outcome);
+                assert!(!categories.is_empty() && !types.is_empty(), "{kind:?}");
+                for c in categories {
+                    for t in &types {
+                        assert!(
+                            expected(c).contains(t),
+                            "{kind:?} ({outcome}): {t} is not an expected type of {c}"
+                        );
+                    }
+                }
+            }
+        }
     }
 }
