@@ -2,23 +2,42 @@
 //! access token revokes just it. Unknown tokens, and tokens of other clients, are answered
 //! with success and change nothing (§2.2: the client learns nothing).
 
+use crate::{Decision, ErrorCode, OAuthError};
 use grantline_ledger::{
     Actor, FamilyRevoked, NewEvent, RequestMeta, StreamId, TokenKind, TokenRevoked, secret_digest,
 };
 use grantline_state::{Client, State};
 
-/// The events revoking `token` for `client` produces (none if there is nothing to revoke).
+/// Revoking `token` for `client`: its events (none if there is nothing to revoke), or
+/// `unsupported_token_type` for a personal access token (§2.2.1), which no client may revoke
+/// here and which would otherwise be answered as revoked while it stays live.
 pub fn decide(
     state: &State,
     client: &Client,
     token: &str,
     request: Option<RequestMeta>,
-) -> Vec<NewEvent> {
+) -> Decision<()> {
     let digest = secret_digest(token.as_bytes());
+    if state.pat_by_digest.contains_key(&digest) {
+        return OAuthError::new(
+            ErrorCode::UnsupportedTokenType,
+            "a personal access token is revoked by its owner (the account page) or an administrator, not here",
+        )
+        .into();
+    }
+    Decision::new(events(state, client, &digest, request), Ok(()))
+}
+
+fn events(
+    state: &State,
+    client: &Client,
+    digest: &str,
+    request: Option<RequestMeta>,
+) -> Vec<NewEvent> {
     let actor = Actor::Client {
         id: client.client_id.clone(),
     };
-    if let Some(r) = state.refresh_tokens.get(&digest) {
+    if let Some(r) = state.refresh_tokens.get(digest) {
         let Some(f) = state.families.get(&r.family_id) else {
             return Vec::new();
         };
@@ -49,7 +68,7 @@ pub fn decide(
             ),
         ];
     }
-    if let Some(a) = state.access_tokens.get(&digest) {
+    if let Some(a) = state.access_tokens.get(digest) {
         if a.client_id != client.client_id || a.revoked {
             return Vec::new();
         }

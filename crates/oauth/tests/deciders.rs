@@ -1220,10 +1220,18 @@ fn revocation_and_introspection() {
     let o = w.state.clients[&other].clone();
     let rt = t.refresh_token.clone().unwrap();
     assert!(
-        revoke::decide(&w.state, &o, &rt, None).is_empty(),
+        revoke::decide(&w.state, &o, &rt, None)
+            .append
+            .events
+            .is_empty(),
         "another client's token"
     );
-    assert!(revoke::decide(&w.state, &c, "glr_unknown", None).is_empty());
+    assert!(
+        revoke::decide(&w.state, &c, "glr_unknown", None)
+            .append
+            .events
+            .is_empty()
+    );
     let active = |w: &World, tok: &str| {
         introspect::introspect(&w.state, "https://as.example", tok, w.now)["active"] == true
     };
@@ -1232,13 +1240,17 @@ fn revocation_and_introspection() {
     assert_eq!(info["aud"], RES);
     assert_eq!(info["sub"], user.as_str());
     // An access token alone.
-    let events = revoke::decide(&w.state, &c, &t.access_token, None);
+    let events = revoke::decide(&w.state, &c, &t.access_token, None)
+        .append
+        .events;
     assert_eq!(events.len(), 1);
     w.commit(&Append::new(events)).unwrap();
     assert!(!active(&w, &t.access_token) && active(&w, &rt));
     // A refresh token: the whole family.
     let t2 = w.refresh(&client, &rt).0.outcome.unwrap();
-    let events = revoke::decide(&w.state, &c, t2.refresh_token.as_deref().unwrap(), None);
+    let events = revoke::decide(&w.state, &c, t2.refresh_token.as_deref().unwrap(), None)
+        .append
+        .events;
     let kinds: Vec<Kind> = events.iter().map(|e| e.payload.kind()).collect();
     assert_eq!(kinds, vec![Kind::TokenRevoked, Kind::FamilyRevoked]);
     w.commit(&Append::new(events)).unwrap();
@@ -1363,6 +1375,16 @@ fn a_user_revokes_their_own_grant_or_everything() {
         pat,
     )]))
     .unwrap();
+    // RFC 7009 revocation does not take personal access tokens: it says so, rather than
+    // answer as if the token were revoked while it stays live.
+    let by_client = revoke::decide(
+        &w.state,
+        &w.state.clients[&client].clone(),
+        "glp_abcd_secret",
+        None,
+    );
+    assert_eq!(code_of(&by_client), "unsupported_token_type");
+    assert!(by_client.append.events.is_empty());
     let d = grantline_oauth::grant::revoke_everything(&w.state, actor(), &user, "all", None);
     assert_eq!(
         w.commit(&d.append).unwrap(),

@@ -10,7 +10,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use grantline_ledger::pii;
 use grantline_oauth::client_auth::authenticate;
-use grantline_oauth::{Decision, OAuthError, revoke as rules};
+use grantline_oauth::{OAuthError, revoke as rules};
 
 pub async fn revoke(
     State(app): State<App>,
@@ -62,14 +62,9 @@ async fn handle(
         None => format!("client:{}", client.client_id),
     };
     let meta = ctx.meta(app, &subject).await?;
-    app.run(|s| {
-        Decision::new(
-            rules::decide(s, &client, &token, Some(meta.clone())),
-            Ok(()),
-        )
-    })
-    .await?
-    .0?;
+    app.run(|s| rules::decide(s, &client, &token, Some(meta.clone())))
+        .await?
+        .0?;
     let mut r = StatusCode::OK.into_response();
     crate::http::no_store(r.headers_mut());
     Ok(r)
