@@ -27,6 +27,33 @@ pub struct AuditService {
 }
 
 impl AuditService {
+    /// Runs `f` on the index on a blocking thread. A search decodes the stored records it
+    /// returns, and a download or an assistant's summary reads up to 100,000 of them: seconds
+    /// the async workers (two on a two-core machine, serving every other request and the
+    /// probes) must not spend.
+    pub async fn with_index<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&AuditIndex) -> Result<T, grantline_audit::IndexError> + Send + 'static,
+    ) -> Result<T, grantline_audit::IndexError> {
+        let index = self.index.clone();
+        tokio::task::spawn_blocking(move || f(&index))
+            .await
+            .map_err(|e| grantline_audit::IndexError::Directory(format!("a search stopped: {e}")))?
+    }
+
+    /// One page of `e` (as [`AuditIndex::search`]), on a blocking thread.
+    pub async fn search(
+        &self,
+        e: &grantline_audit::Expr,
+        order: grantline_audit::SortOrder,
+        cursor: Option<u64>,
+        limit: usize,
+    ) -> Result<grantline_audit::index::Page, grantline_audit::IndexError> {
+        let e = e.clone();
+        self.with_index(move |index| index.search(&e, order, cursor, limit))
+            .await
+    }
+
     /// Opens (or creates) the index in `dir`; the indexer starts with [`App::start_audit`].
     /// Another instance sharing the data directory holds that index's writer: this one then
     /// keeps its own beside it (`dir-2`, `dir-3`, …).

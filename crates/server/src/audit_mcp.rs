@@ -106,21 +106,24 @@ fn record_json(r: &AuditRecord) -> Value {
     v
 }
 
-fn all(audit: &AuditService, e: &Expr) -> Result<Vec<AuditRecord>, String> {
-    let mut out = Vec::new();
-    let mut cursor = None;
-    while out.len() < MAX_READ {
-        let page = audit
-            .index
-            .search(e, SortOrder::Asc, cursor, 1000)
-            .map_err(|e| e.to_string())?;
-        out.extend(page.records);
-        match page.next {
-            Some(n) => cursor = Some(n),
-            None => break,
-        }
-    }
-    Ok(out)
+async fn all(audit: &AuditService, e: &Expr) -> Result<Vec<AuditRecord>, String> {
+    let e = e.clone();
+    audit
+        .with_index(move |index| {
+            let mut out = Vec::new();
+            let mut cursor = None;
+            while out.len() < MAX_READ {
+                let page = index.search(&e, SortOrder::Asc, cursor, 1000)?;
+                out.extend(page.records);
+                match page.next {
+                    Some(n) => cursor = Some(n),
+                    None => break,
+                }
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(|e| e.to_string())
 }
 
 struct Call<'a> {
@@ -202,8 +205,8 @@ impl Call<'_> {
         };
         let page = self
             .audit
-            .index
             .search(&expr, order, cursor, limit)
+            .await
             .map_err(|e| e.to_string())?;
         self.record(q, page.records.len()).await?;
         Ok(json!({
@@ -267,7 +270,7 @@ impl Call<'_> {
         let query = q.join(" ");
         let expr = grantline_audit::parse(&query, self.app.now().0)
             .map_err(|e| format!("{query}: {e}"))?;
-        let records = all(self.audit, &expr)?;
+        let records = all(self.audit, &expr).await?;
         let mut kinds: BTreeMap<&str, u64> = BTreeMap::new();
         let mut outcomes: BTreeMap<&str, u64> = BTreeMap::new();
         let mut tools: BTreeMap<&str, u64> = BTreeMap::new();
@@ -299,7 +302,7 @@ impl Call<'_> {
             return Err("name a family id".into());
         }
         let f = family.to_lowercase();
-        let base = all(self.audit, &Expr::Match(Field::Family, QValue::Term(f)))?;
+        let base = all(self.audit, &Expr::Match(Field::Family, QValue::Term(f))).await?;
         // Tool calls carry the access token's id, not the family: follow the credentials the
         // family issued.
         let credentials: Vec<String> = base
@@ -321,7 +324,7 @@ impl Call<'_> {
                     QValue::Prefix(String::new()),
                 ))),
             ]);
-            events.extend(all(self.audit, &e)?);
+            events.extend(all(self.audit, &e).await?);
         }
         events.sort_by_key(|r| r.seq);
         events.dedup_by_key(|r| r.seq);

@@ -146,7 +146,7 @@ async fn search_as(
     };
     match p.format.as_deref() {
         None | Some("json") => {
-            let found = match audit.index.search(&s.expr, s.order, s.cursor, s.limit) {
+            let found = match audit.search(&s.expr, s.order, s.cursor, s.limit).await {
                 Ok(f) => f,
                 Err(e) => return search_error(e),
             };
@@ -191,24 +191,27 @@ async fn search_as(
                 Format::Jsonl
             };
             let cap = p.limit.unwrap_or(10_000).clamp(1, MAX_DOWNLOAD);
-            let mut rows = Vec::new();
-            let mut cursor = s.cursor;
-            while rows.len() < cap {
-                let found = match audit.index.search(
-                    &s.expr,
-                    s.order,
-                    cursor,
-                    (cap - rows.len()).min(MAX_PAGE),
-                ) {
-                    Ok(f) => f,
-                    Err(e) => return search_error(e),
-                };
-                rows.extend(found.records);
-                match found.next {
-                    Some(n) => cursor = Some(n),
-                    None => break,
-                }
-            }
+            let (expr, order, first) = (s.expr.clone(), s.order, s.cursor);
+            let rows = audit
+                .with_index(move |index| {
+                    let mut rows = Vec::new();
+                    let mut cursor = first;
+                    while rows.len() < cap {
+                        let found =
+                            index.search(&expr, order, cursor, (cap - rows.len()).min(MAX_PAGE))?;
+                        rows.extend(found.records);
+                        match found.next {
+                            Some(n) => cursor = Some(n),
+                            None => break,
+                        }
+                    }
+                    Ok(rows)
+                })
+                .await;
+            let rows = match rows {
+                Ok(r) => r,
+                Err(e) => return search_error(e),
+            };
             let event = access::exported(
                 reader,
                 surface(page),
@@ -667,7 +670,7 @@ pub async fn page(
             );
         }
     };
-    let found = match audit.index.search(&s.expr, s.order, s.cursor, s.limit) {
+    let found = match audit.search(&s.expr, s.order, s.cursor, s.limit).await {
         Ok(f) => f,
         Err(e) => return search_error(e),
     };
