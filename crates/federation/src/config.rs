@@ -172,6 +172,25 @@ impl std::fmt::Debug for Secret {
 /// The longest provider id: it appears in URLs, events and cookie names.
 pub const MAX_ID: usize = 32;
 
+/// Claims a person sets for themselves (a display name, a login name they chose): a role
+/// rule on one would give the role to anyone who types the value in.
+const CHOSEN_BY_THE_PERSON: &[&str] = &[
+    "name",
+    "given_name",
+    "family_name",
+    "middle_name",
+    "nickname",
+    "preferred_username",
+    "profile",
+    "picture",
+    "website",
+    "login",
+    "company",
+    "bio",
+    "location",
+    "blog",
+];
+
 fn bad(id: &str, msg: impl std::fmt::Display) -> FederationError {
     FederationError::Config(format!("identity provider {id:?}: {msg}"))
 }
@@ -240,6 +259,31 @@ impl ProviderConfig {
         for rule in &self.role_mapping {
             if rule.claim.is_empty() || rule.value.is_empty() || rule.role.is_empty() {
                 return Err(bad(id, "role_mapping rules need claim, value and role"));
+            }
+            // Claims the person sets for themselves prove nothing about them.
+            if CHOSEN_BY_THE_PERSON.contains(&rule.claim.as_str()) {
+                return Err(bad(
+                    id,
+                    format!(
+                        "a role_mapping rule on {:?} would give a role to whoever sets that claim on their own profile: map groups, roles or the (verified) email",
+                        rule.claim
+                    ),
+                ));
+            }
+        }
+        // GitHub Enterprise: the API answers for the server the tokens come from. With some of
+        // the URLs changed and the user API left at github.com, the enterprise's access tokens
+        // would be sent to github.com.
+        if self.preset.as_deref() == Some("github") {
+            let given = [&self.authorization_url, &self.token_url, &self.userinfo_url]
+                .iter()
+                .filter(|u| u.is_some())
+                .count();
+            if given != 0 && given != 3 {
+                return Err(bad(
+                    id,
+                    "for GitHub Enterprise set authorization_url, token_url and userinfo_url together (the token goes to the userinfo URL's server)",
+                ));
             }
         }
         let p = Provider {

@@ -83,10 +83,17 @@ pub fn admitted(p: &Provider, who: &UpstreamIdentity) -> Result<(), NotAllowed> 
 /// provider's default role and `None`. First matching rule wins.
 pub fn role_for(p: &Provider, who: &UpstreamIdentity) -> (String, Option<String>) {
     for rule in &p.role_mapping {
-        let holds = who
-            .claims
-            .get(&rule.claim)
-            .is_some_and(|vals| vals.iter().any(|v| v == &rule.value));
+        // `email` is the verified address only: the raw claim may be one the provider does
+        // not vouch for (`email_verified` false, or Entra's, which is never verified).
+        let holds = if rule.claim == "email" {
+            who.email
+                .as_deref()
+                .is_some_and(|e| e.eq_ignore_ascii_case(&rule.value))
+        } else {
+            who.claims
+                .get(&rule.claim)
+                .is_some_and(|vals| vals.iter().any(|v| v == &rule.value))
+        };
         if holds {
             return (
                 rule.role.clone(),
@@ -223,5 +230,68 @@ mod tests {
             ("auditor".into(), Some("groups=auditors".into()))
         );
         assert_eq!(role_for(&p, &who(None, &[])), ("user".into(), None));
+    }
+
+    #[test]
+    fn a_rule_on_email_is_a_rule_on_the_verified_email_and_chosen_claims_are_refused() {
+        let rule = |claim: &str, value: &str| RoleRule {
+            claim: claim.into(),
+            value: value.into(),
+            role: "admin".into(),
+        };
+        let p = provider(|c| c.role_mapping = vec![rule("email", "boss@corp.example")]);
+        // The raw claim says so, but the provider does not vouch for it: no role.
+        let unverified = who(None, &[("email", &["boss@corp.example"])]);
+        assert_eq!(role_for(&p, &unverified), ("user".into(), None));
+        let verified = who(Some("Boss@Corp.example"), &[]);
+        assert_eq!(role_for(&p, &verified).0, "admin");
+        // A name, a login name or a profile field is whatever the person typed in.
+        for claim in ["preferred_username", "name", "login", "company"] {
+            let mut c = ProviderConfig {
+                id: "idp".into(),
+                kind: Some("oidc".into()),
+                issuer: Some("https://idp.example".into()),
+                client_id: "c".into(),
+                client_secret_env: Some("X".into()),
+                role_mapping: vec![rule(claim, "boss")],
+                ..Default::default()
+            };
+            let e = c.resolve(&|_| Some("s".into())).unwrap_err().to_string();
+            assert!(e.contains(claim) && e.contains("sets that claim"), "{e}");
+            c.role_mapping = vec![rule("groups", "boss")];
+            assert!(c.resolve(&|_| Some("s".into())).is_ok());
+        }
+    }
+
+    #[test]
+    fn github_enterprise_urls_are_set_together() {
+        let github = |f: &dyn Fn(&mut ProviderConfig)| {
+            let mut c = ProviderConfig {
+                id: "ghe".into(),
+                preset: Some("github".into()),
+                client_id: "c".into(),
+                client_secret_env: Some("X".into()),
+                allow_any_account: true,
+                ..Default::default()
+            };
+            f(&mut c);
+            c.resolve(&|_| Some("s".into()))
+        };
+        assert!(github(&|_| {}).is_ok(), "github.com");
+        let e = github(&|c| {
+            c.authorization_url = Some("https://ghe.corp.example/login/oauth/authorize".into());
+            c.token_url = Some("https://ghe.corp.example/login/oauth/access_token".into());
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("together"), "{e}");
+        assert!(
+            github(&|c| {
+                c.authorization_url = Some("https://ghe.corp.example/login/oauth/authorize".into());
+                c.token_url = Some("https://ghe.corp.example/login/oauth/access_token".into());
+                c.userinfo_url = Some("https://ghe.corp.example/api/v3/user".into());
+            })
+            .is_ok()
+        );
     }
 }
