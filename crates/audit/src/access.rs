@@ -155,13 +155,17 @@ pub fn denied(
     )
 }
 
-/// Whether every event read is an `audit.exported` receipt. Reading receipts back is not
+/// Whether every event read is a receipt of a reading (`audit.exported`, `audit.searched`). Reading receipts back is not
 /// recorded again: otherwise a poller would append a receipt for its own previous receipt
 /// forever, and two pollers would do so for each other's.
 pub fn only_receipts<'a>(events: impl IntoIterator<Item = &'a grantline_ledger::Recorded>) -> bool {
-    events
-        .into_iter()
-        .all(|r| matches!(r.payload(), grantline_ledger::Payload::AuditExported(_)))
+    events.into_iter().all(|r| {
+        matches!(
+            r.payload(),
+            grantline_ledger::Payload::AuditExported(_)
+                | grantline_ledger::Payload::AuditSearched(_)
+        )
+    })
 }
 
 #[cfg(test)]

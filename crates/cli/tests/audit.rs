@@ -100,6 +100,17 @@ backend_tests! {
         let o = run(&db, dir.path(), &["events", "--kind", "tool.exploded"]);
         assert!(!o.status.success());
         assert!(err(&o).contains("unknown event kind"), "{}", err(&o));
+        // Each reading that showed something is on the trail (personal data was opened), the
+        // filter it used sealed; the one that showed nothing is not, nor is reading the
+        // records themselves.
+        for _ in 0..2 {
+            let trail = out(&run(&db, dir.path(), &["events", "--kind", "audit.searched", "--json"]));
+            let readings: Vec<serde_json::Value> =
+                trail.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+            assert_eq!(readings.len(), 4, "{trail}");
+            assert!(readings.iter().all(|r| r["payload"]["surface"] == "cli"), "{trail}");
+            assert!(trail.contains("kind:tool.called"), "the filter, opened: {trail}");
+        }
     }
 
     async fn audit_search_reindex_and_export_record_what_they_read(db: TestDb) {

@@ -44,8 +44,8 @@ fn quoted(v: &str) -> String {
     format!("\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
-/// The filter flags as a query of the audit query language.
-fn filter(args: &Args) -> Result<grantline_audit::Expr> {
+/// The filter flags as a query of the audit query language, and the query as text.
+fn filter(args: &Args) -> Result<(grantline_audit::Expr, String)> {
     let mut q = Vec::new();
     if let Some(kinds) = args.kind.as_deref().filter(|k| !k.is_empty()) {
         let mut alt = Vec::new();
@@ -70,14 +70,18 @@ fn filter(args: &Args) -> Result<grantline_audit::Expr> {
         ));
     }
     let query = q.join(" ");
-    grantline_audit::parse(&query, Timestamp::now().0).map_err(|e| anyhow::anyhow!("{query}: {e}"))
+    let expr = grantline_audit::parse(&query, Timestamp::now().0)
+        .map_err(|e| anyhow::anyhow!("{query}: {e}"))?;
+    Ok((expr, query))
 }
 
 pub async fn run(loc: &Location, args: Args) -> Result<ExitCode> {
     let store = Store::connect(&loc.database, false)
         .await
         .with_context(|| format!("opening {}", loc.database.display()))?;
-    let expr = filter(&args)?;
+    let (expr, query) = filter(&args)?;
+    // What this reading asked for, sealed once: each batch shown is recorded with it.
+    let sealed = super::audit::seal(&store, &query).await?;
     let mut exporter = super::audit::exporter_from(loc, &store, args.after, false).await?;
     let head = store.head().await?.map_or(0, |h| h.0);
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
@@ -91,29 +95,54 @@ pub async fn run(loc: &Location, args: Args) -> Result<ExitCode> {
             break;
         }
         let events = tail.next(1_000).await?;
+        let mut shown = Vec::new();
+        let mut stopped_at = None;
         for r in &events {
             let item = exporter.item(r).await?;
             if !matches(&expr, &item.record) {
                 continue;
             }
             if printed == args.limit {
-                out.flush()?;
-                eprintln!(
-                    "stopped at the limit of {} events; continue with --after {}",
-                    args.limit,
-                    r.seq() - 1
-                );
-                break 'reading;
+                stopped_at = Some(r.seq() - 1);
+                break;
             }
+            shown.push((r, item));
+            printed += 1;
+        }
+        // Every reading of the trail is recorded (personal data is opened here), before it is
+        // shown; a batch of nothing but such records is not (following them would record for
+        // ever).
+        if !shown.is_empty()
+            && !grantline_audit::access::only_receipts(shown.iter().map(|(r, _)| *r))
+        {
+            super::audit::record(
+                loc,
+                grantline_audit::access::searched(
+                    &grantline_audit::access::Reader::default(),
+                    grantline_ledger::AuditSurface::Cli,
+                    sealed.clone(),
+                    shown.len() as u64,
+                    None,
+                ),
+            )
+            .await?;
+        }
+        for (_, item) in &shown {
             if args.json {
                 out.write_all(&item.json)?;
                 writeln!(out)?;
             } else {
                 super::audit::row(&mut out, &item.record)?;
             }
-            printed += 1;
         }
         out.flush()?;
+        if let Some(at) = stopped_at {
+            eprintln!(
+                "stopped at the limit of {} events; continue with --after {at}",
+                args.limit
+            );
+            break 'reading;
+        }
     }
     out.flush()?;
     Ok(ExitCode::SUCCESS)
