@@ -360,12 +360,45 @@ pub async fn export(
             );
         }
     };
-    let dir = audit
-        .directory
-        .read()
-        .map(|d| d.clone())
-        .unwrap_or_default();
-    let mut exporter = Exporter::new(app.keyring.clone(), dir, redact);
+    // Names as of `after`: the index's when it has reached that far; else (rebuilding, or
+    // behind) read from the ledger, so that no user goes unnamed and no name erased before
+    // `after` comes back.
+    let mut exporter = if audit.indexed_through() >= after {
+        let dir = audit
+            .directory
+            .read()
+            .map(|d| d.clone())
+            .unwrap_or_default();
+        Exporter::new(app.keyring.clone(), dir, redact)
+    } else {
+        let mut exporter = Exporter::new(app.keyring.clone(), Default::default(), redact);
+        let named = match app
+            .store()
+            .read_kinds(&grantline_audit::mapping::NAME_KINDS, after)
+            .await
+        {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::error!(error = %e, "export: reading the ledger failed");
+                return api_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "temporarily_unavailable",
+                    "the ledger cannot be read now",
+                );
+            }
+        };
+        for r in &named {
+            if let Err(e) = exporter.learn(r).await {
+                tracing::error!(error = %e, "export: opening names failed");
+                return api_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "temporarily_unavailable",
+                    "the ledger cannot be read now",
+                );
+            }
+        }
+        exporter
+    };
     let wanted = |r: &grantline_ledger::Recorded| {
         kinds
             .as_ref()
