@@ -245,6 +245,9 @@ pub struct Approval {
     pub request: Option<RequestMeta>,
     /// The consent page this answers (a digest of its request id); `None` when none was shown.
     pub consent_page: Option<String>,
+    /// The seq of the sign-in that began the user's session: an approval decided while an
+    /// administrator ended the user's sessions (`revoke --user`) must not outlive it.
+    pub signed_in_seq: Option<u64>,
 }
 
 /// Refuses a second answer to the same consent page (a re-posted form, the back button).
@@ -274,13 +277,29 @@ pub fn approve(
         fresh,
         request,
         consent_page,
+        signed_in_seq,
     } = approval;
     if let Err(e) = answered_before(state, consent_page.as_ref()) {
         return e.into();
     }
-    if state.users.get(user_id).is_none_or(|u| !u.active()) {
+    let Some(user) = state.users.get(user_id).filter(|u| u.active()) else {
         return OAuthError::new(ErrorCode::AccessDenied, "the user is disabled").into();
+    };
+    if let Some(signed_in) = signed_in_seq
+        && user
+            .sessions_ended_seq
+            .is_some_and(|ended| ended > signed_in)
+    {
+        return OAuthError::new(
+            ErrorCode::AccessDenied,
+            "the user's sessions were ended; sign in again",
+        )
+        .into();
     }
+    // The user's stream at the version seen: containment recorded after this decision was
+    // taken (it ends the sessions on that stream) makes the append conflict and the approval
+    // be decided again, and then refused.
+    let user_version = user.version;
     // Decided again on the state the approval is appended to: a client changed since the
     // caller looked (its redirect URIs) is not approved without the user seeing it.
     if !prompted && needs_consent(state, user_id, v) {
@@ -349,6 +368,10 @@ pub fn approve(
             ExpectedVersion::NoStream,
         )
         .expect(StreamId::grant(&grant_id), grant_version)
+        .expect(
+            StreamId::user(user_id),
+            ExpectedVersion::Exactly(user_version),
+        )
 }
 
 /// The user refused.

@@ -237,6 +237,7 @@ impl World {
             fresh,
             request: None,
             consent_page: None,
+            signed_in_seq: None,
         };
         let d = authorize::approve(&self.state, &self.settings, user, &v, approval);
         self.commit(&d.append).unwrap();
@@ -623,6 +624,7 @@ fn a_consent_is_asked_again_once_the_clients_redirect_uris_change() {
         },
         request: None,
         consent_page: None,
+        signed_in_seq: None,
     };
     let silent = approval(&mut w, false);
     let d = authorize::approve(&w.state, &w.settings, &user, &v, silent);
@@ -634,6 +636,50 @@ fn a_consent_is_asked_again_once_the_clients_redirect_uris_change() {
     assert_eq!(code_of(&d), "ok");
     w.commit(&d.append).unwrap();
     assert!(!authorize::needs_consent(&w.state, &user, &v));
+}
+
+#[test]
+fn an_approval_does_not_outlive_the_end_of_the_users_sessions() {
+    let mut w = World::new();
+    let client = w.public_client();
+    let user = w.user();
+    let v = authorize::validate(&w.state, &w.settings, &w.query(&client)).unwrap();
+    let signed_in = w.state.seq;
+    let approval = |w: &mut World| Approval {
+        prompted: true,
+        now: w.now,
+        fresh: FreshCode {
+            code: Secret(format!("glc_{}", w.id("c"))),
+            grant_id: w.id("g"),
+            family_id: w.id("f"),
+        },
+        request: None,
+        consent_page: None,
+        signed_in_seq: Some(signed_in),
+    };
+    // Decided on the state before an administrator ends the user's sessions, appended after:
+    // the append conflicts on the user's stream (decided again, it is refused).
+    let a = approval(&mut w);
+    let decided = authorize::approve(&w.state, &w.settings, &user, &v, a);
+    assert_eq!(code_of(&decided), "ok");
+    let ended = UserSessionsEnded {
+        user_id: user.clone(),
+        reason: "contained".into(),
+    };
+    w.commit(&Append::new(vec![NewEvent::new(
+        StreamId::user(&user),
+        Actor::Operator,
+        ended,
+    )]))
+    .unwrap();
+    assert!(
+        w.commit(&decided.append).is_err(),
+        "the user's stream moved"
+    );
+    let a = approval(&mut w);
+    let again = authorize::approve(&w.state, &w.settings, &user, &v, a);
+    assert_eq!(code_of(&again), "access_denied");
+    assert!(again.append.events.is_empty());
 }
 
 #[test]
@@ -654,6 +700,7 @@ fn approval_for_a_disabled_user_is_refused_and_denial_is_recorded() {
         fresh,
         request: None,
         consent_page: None,
+        signed_in_seq: None,
     };
     let d = authorize::approve(&w.state, &w.settings, &user, &v, approval);
     assert_eq!(code_of(&d), "access_denied");
@@ -679,6 +726,7 @@ fn a_consent_page_is_answered_once() {
         },
         request: None,
         consent_page: Some(page.into()),
+        signed_in_seq: None,
     };
     let a = approval(&mut w, "page-1");
     let d = authorize::approve(&w.state, &w.settings, &user, &v, a);
@@ -783,6 +831,7 @@ fn code_exchange_errors() {
         fresh,
         request: None,
         consent_page: None,
+        signed_in_seq: None,
     };
     let d = authorize::approve(&w.state, &w.settings, &user, &v, approval);
     w.commit(&d.append).unwrap();

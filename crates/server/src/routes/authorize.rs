@@ -285,7 +285,7 @@ pub async fn authorize(
     // remembered consent is asked again with one click instead of silently.
     let confirm = !ask && v.confirm_each_time;
     if !ask && !confirm {
-        return issue_code(&app, &ctx, &s.user_id, &v, None).await;
+        return issue_code(&app, &ctx, &s, &v, None).await;
     }
     let request_id = consent_request_id(app.now().0 / 1_000_000, &raw);
     let username = app
@@ -342,10 +342,11 @@ pub async fn authorize(
 async fn issue_code(
     app: &App,
     ctx: &RequestContext,
-    user_id: &str,
+    session: &crate::session::Session,
     v: &Validated,
     consent_page: Option<String>,
 ) -> Response {
+    let user_id = session.user_id.as_str();
     let prompted = consent_page.is_some();
     let meta = match ctx.meta(app, &pii::user_subject(user_id)).await {
         Ok(m) => m,
@@ -366,6 +367,7 @@ async fn issue_code(
                 fresh: fresh.clone(),
                 request: Some(meta.clone()),
                 consent_page: consent_page.clone(),
+                signed_in_seq: Some(session.signed_in_seq),
             };
             approve(s, &settings, user_id, v, approval)
         })
@@ -504,7 +506,7 @@ pub async fn consent(
     };
     match get("decision").as_str() {
         "approve" => {
-            let r = issue_code(&app, &ctx, &s.user_id, &v, Some(page)).await;
+            let r = issue_code(&app, &ctx, &s, &v, Some(page)).await;
             // A form POST answered with 303 so the browser follows with GET.
             if r.status() == StatusCode::FOUND {
                 let mut r = r;
