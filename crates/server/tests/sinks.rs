@@ -393,16 +393,17 @@ async fn a_syslog_connection_closed_while_idle_is_opened_again_before_the_next_b
         seen.lock().unwrap().seqs().len() as u64 >= want
     })
     .await;
-    let r = seen.lock().unwrap();
-    assert_eq!(r.seqs(), (1..=want).collect(), "every event");
-    assert!(
-        r.frames
-            .iter()
-            .any(|(n, f)| *n == 1 && f.contains(&format!("seq=\"{want}\""))),
-        "the new batch came on a second connection"
-    );
-    assert!(r.malformed.is_empty(), "{:?}", r.malformed);
-    drop(r);
+    {
+        let r = seen.lock().unwrap();
+        assert_eq!(r.seqs(), (1..=want).collect(), "every event");
+        assert!(
+            r.frames
+                .iter()
+                .any(|(n, f)| *n == 1 && f.contains(&format!("seq=\"{want}\""))),
+            "the new batch came on a second connection"
+        );
+        assert!(r.malformed.is_empty(), "{:?}", r.malformed);
+    }
     s.stop().await;
 }
 
@@ -453,23 +454,24 @@ async fn a_syslog_batch_that_times_out_mid_frame_is_sent_again_on_a_new_connecti
         seen.lock().unwrap().closed.contains(&0)
     })
     .await;
-    let r = seen.lock().unwrap();
-    assert_eq!(r.seqs(), (1..=want).collect(), "every event");
-    assert!(
-        r.malformed.is_empty(),
-        "frames out of step: {:?}",
-        &r.malformed[..r.malformed.len().min(3)]
-    );
-    let on_first = r.frames.iter().filter(|(n, _)| *n == 0).count();
-    assert!(
-        on_first < want as usize,
-        "the first connection was cut off mid-batch"
-    );
-    assert!(
-        r.frames.iter().any(|(n, _)| *n > 0),
-        "sent again on a new connection"
-    );
-    drop(r);
+    {
+        let r = seen.lock().unwrap();
+        assert_eq!(r.seqs(), (1..=want).collect(), "every event");
+        assert!(
+            r.malformed.is_empty(),
+            "frames out of step: {:?}",
+            &r.malformed[..r.malformed.len().min(3)]
+        );
+        let on_first = r.frames.iter().filter(|(n, _)| *n == 0).count();
+        assert!(
+            on_first < want as usize,
+            "the first connection was cut off mid-batch"
+        );
+        assert!(
+            r.frames.iter().any(|(n, _)| *n > 0),
+            "sent again on a new connection"
+        );
+    }
     assert!(board(&s).last_error.is_none() || board(&s).seq == want);
     s.stop().await;
 }
