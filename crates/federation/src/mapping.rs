@@ -114,7 +114,7 @@ mod tests {
     use super::*;
     use crate::config::{ProviderConfig, RoleRule};
 
-    fn provider(f: impl FnOnce(&mut ProviderConfig)) -> Provider {
+    fn config(f: impl FnOnce(&mut ProviderConfig)) -> ProviderConfig {
         let mut c = ProviderConfig {
             id: "idp".into(),
             kind: Some("oidc".into()),
@@ -124,7 +124,11 @@ mod tests {
             ..Default::default()
         };
         f(&mut c);
-        c.resolve(&|_| Some("s".into())).unwrap()
+        c
+    }
+
+    fn provider(f: impl FnOnce(&mut ProviderConfig)) -> Provider {
+        config(f).resolve(&|_| Some("s".into())).unwrap()
     }
 
     fn who(email: Option<&str>, claims: &[(&str, &[&str])]) -> UpstreamIdentity {
@@ -247,15 +251,7 @@ mod tests {
         assert_eq!(role_for(&p, &verified).0, "admin");
         // A name, a login name or a profile field is whatever the person typed in.
         for claim in ["preferred_username", "name", "login", "company"] {
-            let mut c = ProviderConfig {
-                id: "idp".into(),
-                kind: Some("oidc".into()),
-                issuer: Some("https://idp.example".into()),
-                client_id: "c".into(),
-                client_secret_env: Some("X".into()),
-                role_mapping: vec![rule(claim, "boss")],
-                ..Default::default()
-            };
+            let mut c = config(|c| c.role_mapping = vec![rule(claim, "boss")]);
             let e = c.resolve(&|_| Some("s".into())).unwrap_err().to_string();
             assert!(e.contains(claim) && e.contains("sets that claim"), "{e}");
             c.role_mapping = vec![rule("groups", "boss")];

@@ -92,6 +92,17 @@ fn record_json(r: &AuditRecord) -> Value {
     v
 }
 
+/// The answer when the ledger (or a key) cannot be read now: logged with what was being
+/// done, answered 503 without the detail.
+fn unreadable(doing: &str, e: &dyn std::fmt::Display) -> Response {
+    tracing::error!(error = %e, "audit API: {doing} failed");
+    api_error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "temporarily_unavailable",
+        "the ledger cannot be read now",
+    )
+}
+
 fn search_error(e: grantline_audit::IndexError) -> Response {
     tracing::error!(error = %e, "audit search failed");
     api_error(
@@ -351,14 +362,7 @@ pub async fn export(
     let redact = p.redact.unwrap_or(false);
     let events = match app.store().read(after, limit).await {
         Ok(e) => e,
-        Err(e) => {
-            tracing::error!(error = %e, "export: reading the ledger failed");
-            return api_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "temporarily_unavailable",
-                "the ledger cannot be read now",
-            );
-        }
+        Err(e) => return unreadable("reading the ledger", &e),
     };
     // Names as of `after`: the index's when it has reached that far; else (rebuilding, or
     // behind) read from the ledger, so that no user goes unnamed and no name erased before
@@ -378,23 +382,11 @@ pub async fn export(
             .await
         {
             Ok(n) => n,
-            Err(e) => {
-                tracing::error!(error = %e, "export: reading the ledger failed");
-                return api_error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "temporarily_unavailable",
-                    "the ledger cannot be read now",
-                );
-            }
+            Err(e) => return unreadable("reading the ledger", &e),
         };
         for r in &named {
             if let Err(e) = exporter.learn(r).await {
-                tracing::error!(error = %e, "export: opening names failed");
-                return api_error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "temporarily_unavailable",
-                    "the ledger cannot be read now",
-                );
+                return unreadable("opening names", &e);
             }
         }
         exporter
@@ -410,14 +402,7 @@ pub async fn export(
         .await
     {
         Ok(n) => n,
-        Err(e) => {
-            tracing::error!(error = %e, "export: opening personal data failed");
-            return api_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "temporarily_unavailable",
-                "the ledger cannot be read now",
-            );
-        }
+        Err(e) => return unreadable("opening personal data", &e),
     };
     let next_after = events.last().map_or(after, |r| r.seq());
     if count > 0 && !access::only_receipts(events.iter().filter(|r| wanted(r))) {
@@ -471,14 +456,7 @@ pub async fn export(
 
 /// One event, opened, with its record, chain position and an inclusion proof.
 async fn event_view(app: &App, seq: u64) -> Result<Option<Value>, Response> {
-    let unavailable = |e: grantline_store::StoreError| {
-        tracing::error!(error = %e, "reading an event failed");
-        api_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "temporarily_unavailable",
-            "the ledger cannot be read now",
-        )
-    };
+    let unavailable = |e: grantline_store::StoreError| unreadable("reading an event", &e);
     if seq == 0 {
         return Ok(None);
     }
