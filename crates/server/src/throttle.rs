@@ -72,6 +72,34 @@ impl LoginThrottle {
         verdict
     }
 
+    /// [`LoginThrottle::attempt`], the allowed attempt held by a guard: settled by
+    /// [`Held::settle`], or, when the request is dropped before (the client went away while
+    /// its password waited to be checked), given back as no failure. A leaked hold would keep
+    /// the username's in-flight count up for as long as the process runs.
+    pub fn hold<'a>(
+        &'a self,
+        username: &str,
+        address: Option<&str>,
+        now: i64,
+    ) -> Result<Held<'a>, Limited> {
+        match self.attempt(username, address, now) {
+            Verdict::Allowed => Ok(Held {
+                throttle: self,
+                username: username.to_string(),
+                address: address.map(String::from),
+                now,
+                settled: false,
+            }),
+            Verdict::Limited {
+                record,
+                retry_after,
+            } => Err(Limited {
+                record,
+                retry_after,
+            }),
+        }
+    }
+
     /// How an allowed attempt ended: a wrong password (or an unknown or refused user) counts
     /// as a failure; a success, or an attempt that was never checked (the server too busy to
     /// hash), counts for nothing.
@@ -157,6 +185,41 @@ impl LoginThrottle {
             && let Some(e) = map.get_mut(&format!("u:{}", username.to_lowercase()))
         {
             e.failures = 0;
+        }
+    }
+}
+
+/// A refused attempt (as [`Verdict::Limited`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limited {
+    /// The first refusal of the window: record it.
+    pub record: bool,
+    pub retry_after: i64,
+}
+
+/// An allowed sign-in attempt, held against the limits until it is settled or dropped.
+pub struct Held<'a> {
+    throttle: &'a LoginThrottle,
+    username: String,
+    address: Option<String>,
+    now: i64,
+    settled: bool,
+}
+
+impl Held<'_> {
+    /// How the attempt ended: `failed` counts it as a failure.
+    pub fn settle(mut self, failed: bool) {
+        self.settled = true;
+        self.throttle
+            .settle(&self.username, self.address.as_deref(), failed, self.now);
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.throttle
+                .settle(&self.username, self.address.as_deref(), false, self.now);
         }
     }
 }
@@ -273,6 +336,24 @@ mod tests {
             t.attempt("admin", Some("9.9.9.9"), 12),
             Verdict::Limited { record: true, retry_after } if retry_after > 800
         ));
+    }
+
+    #[test]
+    fn an_attempt_dropped_before_it_is_settled_is_given_back() {
+        let t = LoginThrottle::default();
+        // Clients that hang up while their passwords wait: the requests are dropped, and
+        // with them their holds — the username is not left full for good.
+        for _ in 0..IN_FLIGHT * 3 {
+            let held = t.hold("admin", Some("1.2.3.4"), 10).expect("not limited");
+            drop(held);
+        }
+        let held = t
+            .hold("admin", Some("1.2.3.4"), 10)
+            .expect("still not limited");
+        held.settle(true);
+        let map = t.entries.lock().unwrap();
+        let e = map["u:admin"];
+        assert_eq!((e.pending, e.failures), (0, 1));
     }
 
     #[test]

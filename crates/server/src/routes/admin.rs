@@ -145,34 +145,31 @@ pub(crate) async fn basic_user(
     // a success counts for nothing, so a script that calls the API as an admin is never held
     // back by its own successes, and does not clear a guesser's failures either.
     let address = ctx.source_ip.as_deref();
-    if let crate::throttle::Verdict::Limited { retry_after, .. } =
-        app.login_throttle.attempt(user, address, now)
-    {
-        app.metrics.throttled("sign_in");
-        return Err(too_many(retry_after));
-    }
-    let settle = |failed: bool| app.login_throttle.settle(user, address, failed, now);
+    // Held until settled; dropped with the request (a client that hangs up), it is given back.
+    let held = match app.login_throttle.hold(user, address, now) {
+        Ok(h) => h,
+        Err(limited) => {
+            app.metrics.throttled("sign_in");
+            return Err(too_many(limited.retry_after));
+        }
+    };
     let outcome = match app.signin.sign_in(user, password).await {
         Ok(o) => o,
         Err(_) => {
-            settle(false);
             return Err(error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "storage unavailable",
             ));
         }
     };
-    let refused = || {
-        settle(true);
+    let refused = |held: crate::throttle::Held<'_>| {
+        held.settle(true);
         error(StatusCode::UNAUTHORIZED, "admin credentials required")
     };
     let user_id = match outcome {
         Outcome::SignedIn { user_id } => user_id,
-        Outcome::Busy => {
-            settle(false);
-            return Err(too_many(1));
-        }
-        _ => return Err(refused()),
+        Outcome::Busy => return Err(too_many(1)),
+        _ => return Err(refused(held)),
     };
     let allowed = app
         .projection
@@ -181,9 +178,9 @@ pub(crate) async fn basic_user(
         .get(&user_id)
         .is_some_and(|u| roles.contains(&u.role.as_str()) && u.active());
     if !allowed {
-        return Err(refused());
+        return Err(refused(held));
     }
-    settle(false);
+    held.settle(false);
     tracing::Span::current().record("user_id", user_id.as_str());
     Ok(user_id)
 }

@@ -6,7 +6,7 @@ use crate::http::see_other;
 use crate::pages;
 use crate::session::{self, LOGIN_NONCE, SESSION};
 use crate::signin::Outcome;
-use crate::throttle::Verdict;
+use crate::throttle::Limited;
 use axum::body::Bytes;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -133,48 +133,48 @@ pub async fn submit(
     }
     let now_secs = app.now().0 / 1_000_000;
     let address = ctx.source_ip.clone();
-    if let Verdict::Limited {
-        record,
-        retry_after,
-    } = app
+    // Held until settled; dropped with the request (a client that hangs up), it is given back.
+    let held = match app
         .login_throttle
-        .attempt(username, address.as_deref(), now_secs)
+        .hold(username, address.as_deref(), now_secs)
     {
-        app.metrics.throttled("sign_in");
-        if record {
-            let user_id = app
-                .credentials
-                .by_username(username)
-                .await
-                .ok()
-                .flatten()
-                .map(|c| c.user_id);
-            if let Err(e) =
-                record_failure(&app, &ctx, username, user_id, LoginFailure::RateLimited).await
-            {
-                return e.into_response();
+        Ok(h) => h,
+        Err(Limited {
+            record,
+            retry_after,
+        }) => {
+            app.metrics.throttled("sign_in");
+            if record {
+                let user_id = app
+                    .credentials
+                    .by_username(username)
+                    .await
+                    .ok()
+                    .flatten()
+                    .map(|c| c.user_id);
+                if let Err(e) =
+                    record_failure(&app, &ctx, username, user_id, LoginFailure::RateLimited).await
+                {
+                    return e.into_response();
+                }
             }
+            let mut r = render(
+                &app,
+                &ctx,
+                StatusCode::TOO_MANY_REQUESTS,
+                &return_to,
+                Some("Too many failed sign-ins. Wait a few minutes and try again."),
+            );
+            if let Ok(v) = HeaderValue::from_str(&retry_after.max(1).to_string()) {
+                r.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+            return r;
         }
-        let mut r = render(
-            &app,
-            &ctx,
-            StatusCode::TOO_MANY_REQUESTS,
-            &return_to,
-            Some("Too many failed sign-ins. Wait a few minutes and try again."),
-        );
-        if let Ok(v) = HeaderValue::from_str(&retry_after.max(1).to_string()) {
-            r.headers_mut().insert(header::RETRY_AFTER, v);
-        }
-        return r;
-    }
-    let settle = |failed: bool| {
-        app.login_throttle
-            .settle(username, address.as_deref(), failed, now_secs)
     };
     let outcome = match app.signin.sign_in(username, &password).await {
         Ok(o) => o,
         Err(e) => {
-            settle(false);
+            held.settle(false);
             tracing::error!(error = %e, "sign-in backend failed");
             return pages::error(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -191,7 +191,7 @@ pub async fn submit(
             .is_none_or(|u| u.disabled || u.erased)
     };
     if outcome == Outcome::Busy {
-        settle(false);
+        held.settle(false);
         let mut r = render(
             &app,
             &ctx,
@@ -211,7 +211,7 @@ pub async fn submit(
         Outcome::BadPassword { user_id } => (Some(user_id), Some(LoginFailure::BadPassword)),
         Outcome::UnknownUser | Outcome::Busy => (None, Some(LoginFailure::UnknownUser)),
     };
-    settle(failure.is_some());
+    held.settle(failure.is_some());
     if let Some(reason) = failure {
         if let Err(e) = record_failure(&app, &ctx, username, user_id, reason).await {
             return e.into_response();
