@@ -66,7 +66,16 @@ def test_sqlite_backup_of_a_running_server_restores_and_a_bad_one_is_refused(ser
     # Stopped: refused without --force, which the message offers.
     refused = grantline("--data-dir", data, "restore", "--input", str(out), check=False)
     assert refused.returncode != 0 and "--force" in refused.stderr, refused.stderr
+    # A sink that had delivered further than the backup reaches (with the hash of the event
+    # its cursor stood on).
+    sinks = server.data_dir / "sinks"
+    sinks.mkdir(exist_ok=True)
+    (sinks / "siem.json").write_text(json.dumps({"seq": 100000, "hash": "ab" * 32}))
     forced = grantline("--data-dir", data, "restore", "--input", str(out), "--force").stdout
+    # Brought back to the restored head, and without the old position's hash (kept, the sink
+    # would take the restored ledger for another history and send it all again).
+    cursor = json.loads((sinks / "siem.json").read_text())
+    assert cursor["seq"] == int(m.group(2)) and "hash" not in cursor, (cursor, forced)
     moved = re.search(r"previous ledger was moved to (\S+)", forced)
     assert moved and pathlib.Path(moved.group(1)).exists(), forced
     # What the replaced ledger recorded after the restored head, by the command restore names.

@@ -264,6 +264,9 @@ fn reset_derived(loc: &Location, head: u64) -> Result<()> {
                     status.seq
                 );
                 status.seq = head;
+                // The hash was of the old position's event: kept, the sink would take the
+                // restored ledger for another history and send everything again.
+                status.hash = None;
                 cursor.save(&status)?;
             }
         }
