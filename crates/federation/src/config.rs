@@ -196,6 +196,44 @@ fn bad(id: &str, msg: impl std::fmt::Display) -> FederationError {
 }
 
 impl ProviderConfig {
+    /// The rules that need no secret and no network: role rules on claims a person cannot set
+    /// and GitHub Enterprise URLs set together. Part of [`ProviderConfig::resolve`], and run
+    /// by `grantline config check` (which resolves no provider).
+    pub fn check_rules(&self) -> Result<(), FederationError> {
+        let id = self.id.as_str();
+        for rule in &self.role_mapping {
+            if rule.claim.is_empty() || rule.value.is_empty() || rule.role.is_empty() {
+                return Err(bad(id, "role_mapping rules need claim, value and role"));
+            }
+            // Claims the person sets for themselves prove nothing about them.
+            if CHOSEN_BY_THE_PERSON.contains(&rule.claim.as_str()) {
+                return Err(bad(
+                    id,
+                    format!(
+                        "a role_mapping rule on {:?} would give a role to whoever sets that claim on their own profile: map groups, roles or the (verified) email",
+                        rule.claim
+                    ),
+                ));
+            }
+        }
+        // GitHub Enterprise: the API answers for the server the tokens come from. With some of
+        // the URLs changed and the user API left at github.com, the enterprise's access tokens
+        // would be sent to github.com.
+        if self.preset.as_deref() == Some("github") {
+            let given = [&self.authorization_url, &self.token_url, &self.userinfo_url]
+                .iter()
+                .filter(|u| u.is_some())
+                .count();
+            if given != 0 && given != 3 {
+                return Err(bad(
+                    id,
+                    "for GitHub Enterprise set authorization_url, token_url and userinfo_url together (the token goes to the userinfo URL's server)",
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Applies the preset, reads the client secret, and checks that everything needed is
     /// there. `env` reads an environment variable (a parameter so tests need not set any).
     pub fn resolve(
@@ -256,36 +294,7 @@ impl ProviderConfig {
                 ));
             }
         };
-        for rule in &self.role_mapping {
-            if rule.claim.is_empty() || rule.value.is_empty() || rule.role.is_empty() {
-                return Err(bad(id, "role_mapping rules need claim, value and role"));
-            }
-            // Claims the person sets for themselves prove nothing about them.
-            if CHOSEN_BY_THE_PERSON.contains(&rule.claim.as_str()) {
-                return Err(bad(
-                    id,
-                    format!(
-                        "a role_mapping rule on {:?} would give a role to whoever sets that claim on their own profile: map groups, roles or the (verified) email",
-                        rule.claim
-                    ),
-                ));
-            }
-        }
-        // GitHub Enterprise: the API answers for the server the tokens come from. With some of
-        // the URLs changed and the user API left at github.com, the enterprise's access tokens
-        // would be sent to github.com.
-        if self.preset.as_deref() == Some("github") {
-            let given = [&self.authorization_url, &self.token_url, &self.userinfo_url]
-                .iter()
-                .filter(|u| u.is_some())
-                .count();
-            if given != 0 && given != 3 {
-                return Err(bad(
-                    id,
-                    "for GitHub Enterprise set authorization_url, token_url and userinfo_url together (the token goes to the userinfo URL's server)",
-                ));
-            }
-        }
+        self.check_rules()?;
         let p = Provider {
             id: id.to_string(),
             display_name: self

@@ -1,7 +1,7 @@
 //! First-start and background housekeeping: the bootstrap admin, clients declared in the config
 //! file, and expiry of dynamic registrations never used.
 
-use crate::admin::{self, NewClient};
+use crate::admin;
 use crate::app::App;
 use anyhow::{Context, Result};
 use grantline_ledger::{Actor, UserSource};
@@ -71,15 +71,7 @@ pub async fn admin(app: &App) -> Result<()> {
 pub async fn config_clients(app: &App) -> Result<()> {
     for c in &app.config.clients {
         let secret = c.secret()?.map(Secret);
-        let declared = NewClient {
-            client_id: Some(c.client_id.clone()),
-            client_name: c.client_name.clone(),
-            redirect_uris: c.redirect_uris.clone(),
-            grant_types: c.grant_types.clone(),
-            scope: c.scope.clone(),
-            application_type: c.application_type.clone(),
-            auth_method: c.token_endpoint_auth_method.clone(),
-        };
+        let declared = c.declared();
         let (outcome, _) = app
             .run(|s| grantline_oauth::clients::sync_configured(s, &declared, secret.as_ref()))
             .await

@@ -563,6 +563,19 @@ pub struct ClientSection {
 pub const MIN_CLIENT_SECRET_LEN: usize = 32;
 
 impl ClientSection {
+    /// The client as declared, for the registration rules every client is held to.
+    pub fn declared(&self) -> grantline_oauth::clients::NewClient {
+        grantline_oauth::clients::NewClient {
+            client_id: Some(self.client_id.clone()),
+            client_name: self.client_name.clone(),
+            redirect_uris: self.redirect_uris.clone(),
+            grant_types: self.grant_types.clone(),
+            scope: self.scope.clone(),
+            application_type: self.application_type.clone(),
+            auth_method: self.token_endpoint_auth_method.clone(),
+        }
+    }
+
     /// The secret, from the environment or its file; never from the TOML itself. Refused when
     /// shorter than [`MIN_CLIENT_SECRET_LEN`].
     pub fn secret(&self) -> Result<Option<String>> {
@@ -765,6 +778,21 @@ impl Config {
             if !ids.insert(p.id.as_str()) {
                 bail!("two identity providers have the id {:?}", p.id);
             }
+            p.check_rules()?;
+        }
+        // Declared clients are held to the registration rules here, not only when the server
+        // records them at start, so that `grantline config check` sees what would stop it
+        // (the secret itself is read at start; a placeholder stands for it).
+        for c in &self.clients {
+            let placeholder = (c.secret_env.is_some() || c.secret_file.is_some())
+                .then(|| grantline_oauth::tokens::Secret(String::new()));
+            grantline_oauth::clients::registration(
+                &c.declared(),
+                grantline_ledger::RegistrationMethod::Config,
+                placeholder.as_ref(),
+                "",
+            )
+            .map_err(|e| anyhow::anyhow!("config client {}: {}", c.client_id, e.description))?;
         }
         for r in self.resources.iter().flatten() {
             match &r.upstream_token_provider {
@@ -1093,6 +1121,37 @@ mod tests {
         assert!(
             check("[metadata_documents]\nallow_http = true\nallow_private_addresses = true")
                 .is_ok()
+        );
+    }
+
+    #[test]
+    fn what_would_stop_the_start_is_refused_at_load() {
+        // As `grantline config check` reads the file: the rules the server applies when it
+        // records its clients and connects its providers, without their secrets.
+        let check = |text: &str| toml::from_str::<Config>(text).unwrap().check();
+        let machine = "[[clients]]\nclient_id = \"ci\"\nclient_name = \"CI\"\ngrant_types = [\"client_credentials\"]\nsecret_env = \"CI_SECRET\"\n";
+        let e = check(machine).unwrap_err().to_string();
+        assert!(
+            e.contains("config client ci") && e.contains("needs a scope"),
+            "{e}"
+        );
+        assert!(check(&format!("{machine}scope = \"demo:read\"\n")).is_ok());
+        let provider = |rule: &str| {
+            format!(
+                "[[identity_providers]]\nid = \"corp\"\nkind = \"oidc\"\nissuer = \"https://idp.example\"\nclient_id = \"g\"\nclient_secret_env = \"IDP\"\nrole_mapping = [{rule}]\n"
+            )
+        };
+        let e = check(&provider(
+            r#"{ claim = "preferred_username", value = "boss", role = "admin" }"#,
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("preferred_username"), "{e}");
+        assert!(
+            check(&provider(
+                r#"{ claim = "groups", value = "boss", role = "admin" }"#
+            ))
+            .is_ok()
         );
     }
 
