@@ -155,10 +155,20 @@ pub fn denied(
     )
 }
 
-/// Whether every event read is a receipt of a reading (`audit.exported`, `audit.searched`). Reading receipts back is not
+/// Whether every event read is an `audit.exported` receipt. Reading receipts back is not
 /// recorded again: otherwise a poller would append a receipt for its own previous receipt
-/// forever, and two pollers would do so for each other's.
+/// forever, and two pollers would do so for each other's. (A page of reviewers' searches is
+/// recorded: it opens what they asked and from where.)
 pub fn only_receipts<'a>(events: impl IntoIterator<Item = &'a grantline_ledger::Recorded>) -> bool {
+    events
+        .into_iter()
+        .all(|r| matches!(r.payload(), grantline_ledger::Payload::AuditExported(_)))
+}
+
+/// Whether every event shown is the record of a reading (`audit.searched`, `audit.exported`):
+/// `grantline events` does not record showing only those, or following the trail would record
+/// its own records for ever.
+pub fn only_readings<'a>(events: impl IntoIterator<Item = &'a grantline_ledger::Recorded>) -> bool {
     events.into_iter().all(|r| {
         matches!(
             r.payload(),

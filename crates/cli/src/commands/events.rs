@@ -113,7 +113,7 @@ pub async fn run(loc: &Location, args: Args) -> Result<ExitCode> {
         // shown; a batch of nothing but such records is not (following them would record for
         // ever).
         if !shown.is_empty()
-            && !grantline_audit::access::only_receipts(shown.iter().map(|(r, _)| *r))
+            && !grantline_audit::access::only_readings(shown.iter().map(|(r, _)| *r))
         {
             super::audit::record(
                 loc,
