@@ -504,6 +504,15 @@ async fn run(app: App, mut sink: Sink, stop: Arc<AtomicBool>, board: Board) {
                 if e.downcast_ref::<TooLarge>().is_some() && sink.batch > 1 {
                     sink.batch = (sink.batch / 2).max(1);
                     tracing::warn!(sink = %sink.name, batch = sink.batch, "the receiver refused a batch as too large; sending smaller ones");
+                    // The names learned from the refused batch are of events after the ones
+                    // sent next: start again from the names as of the cursor.
+                    match resume(&app, &sink.name, sink.redact, &cursor, &mut status).await {
+                        Ok(e) => exporter = e,
+                        Err(e) => {
+                            tracing::warn!(sink = %sink.name, error = %format!("{e:#}"), "sink cannot read the names again; retrying the batch");
+                            pending = Some((items, last, last_hash));
+                        }
+                    }
                     continue;
                 }
                 pending = Some((items, last, last_hash));
