@@ -58,7 +58,18 @@ impl Federation {
     /// Links (provider, subject) to `user_id` unless it is linked already; returns the user
     /// the link names afterwards (another one when a concurrent first sign-in won).
     pub async fn link(&self, provider: &str, subject: &str, user_id: &str) -> Result<String> {
-        match &self.store.pool {
+        Ok(self.link_first(provider, subject, user_id).await?.0)
+    }
+
+    /// As [`Tables::link`], and whether this call made the link (false: a concurrent sign-in
+    /// of the same person made it first).
+    pub async fn link_first(
+        &self,
+        provider: &str,
+        subject: &str,
+        user_id: &str,
+    ) -> Result<(String, bool)> {
+        let made = match &self.store.pool {
             Pool::Sqlite(p) => {
                 sqlx::query(
                     "INSERT INTO user_links (provider, subject, user_id, created) VALUES (?, ?, ?, ?) \
@@ -69,7 +80,8 @@ impl Federation {
                 .bind(user_id)
                 .bind(now())
                 .execute(p)
-                .await?;
+                .await?
+                .rows_affected()
             }
             Pool::Postgres(p) => {
                 self.store.pg(sqlx::query(
@@ -81,13 +93,15 @@ impl Federation {
                 .bind(user_id)
                 .bind(now())
                 .execute(p))
-                .await?;
+                .await?
+                .rows_affected()
             }
-        }
-        Ok(self
+        } == 1;
+        let user = self
             .linked_user(provider, subject)
             .await?
-            .unwrap_or_else(|| user_id.to_string()))
+            .unwrap_or_else(|| user_id.to_string());
+        Ok((user, made))
     }
 
     /// The user's upstream tokens from `provider`, sealed.

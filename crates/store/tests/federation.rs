@@ -19,6 +19,16 @@ async fn exercise(db: TestDb) {
     assert_eq!(f.link("okta", "00u1", "usr_b").await.unwrap(), "usr_a");
     // The same subject at another provider is another identity.
     assert_eq!(f.link("github", "00u1", "usr_c").await.unwrap(), "usr_c");
+    // Who made the link: the first call, not one that found it made (a concurrent first
+    // sign-in of the same person signs in to that person's account, not one found by email).
+    assert_eq!(
+        f.link_first("google", "g1", "usr_d").await.unwrap(),
+        ("usr_d".to_string(), true)
+    );
+    assert_eq!(
+        f.link_first("google", "g1", "usr_d").await.unwrap(),
+        ("usr_d".to_string(), false)
+    );
 
     let sealed = keys
         .seal(&user_subject("usr_a"), "gho_secret")

@@ -512,9 +512,9 @@ async fn sign_in(
         None => crate::random::id("usr"),
     };
     // The link row first (a concurrent first sign-in of the same person ends on one user).
-    let user_id = fed
+    let (user_id, made_here) = fed
         .tables
-        .link(provider, &who.subject, &user_id)
+        .link_first(provider, &who.subject, &user_id)
         .await
         .map_err(store_err)?;
     // Another instance may have created the user moments ago.
@@ -528,7 +528,9 @@ async fn sign_in(
         async move { app.keyring.seal(&subject, &v).await }
     };
     let account = if known {
-        if linked.is_some() {
+        // Linked before this callback, or by a concurrent first sign-in of the same person
+        // (the same provider and subject): that person's own account, not one found by email.
+        if linked.is_some() || !made_here {
             Account::Linked(user_id.clone())
         } else {
             Account::Link(user_id.clone())
