@@ -82,6 +82,35 @@ optional = true
     base
 }
 
+/// Records a sign-in through `corp` as the callback's decider does; the user it is for.
+async fn sign_in_through_corp(
+    s: &Server,
+    account: Account,
+    subject: grantline_ledger::Sealed,
+    role: &str,
+) -> String {
+    let signin = FederatedSignIn {
+        provider: "corp".into(),
+        account,
+        subject,
+        role: role.into(),
+        claim: None,
+        session_id: "ses_corp".into(),
+        request: grantline_ledger::RequestMeta {
+            request_id: "r".into(),
+            trace_id: None,
+            source_ip: None,
+            user_agent: None,
+        },
+    };
+    let (outcome, _) = s
+        .app
+        .run(|st| grantline_oauth::federation::sign_in(st, signin.clone(), |_| true))
+        .await
+        .unwrap();
+    outcome.unwrap()
+}
+
 /// A user who signed in through `corp` (recorded as the callback records it), with an
 /// upstream token kept for them.
 async fn federated_user(s: &Server, expires_in: i64) -> String {
@@ -101,30 +130,17 @@ async fn federated_user(s: &Server, expires_in: i64) -> String {
             .unwrap(),
         user_id
     );
-    let signin = FederatedSignIn {
-        provider: "corp".into(),
-        account: Account::Create {
-            user_id: user_id.clone(),
-            username: seal("alice@example.com").await,
-            email: Some(seal("alice@example.com").await),
-            display_name: None,
-        },
-        subject: seal("00u-alice").await,
-        role: "user".into(),
-        claim: None,
-        session_id: "ses_test".into(),
-        request: grantline_ledger::RequestMeta {
-            request_id: "r".into(),
-            trace_id: None,
-            source_ip: None,
-            user_agent: None,
-        },
+    let account = Account::Create {
+        user_id: user_id.clone(),
+        username: seal("alice@example.com").await,
+        email: Some(seal("alice@example.com").await),
+        display_name: None,
     };
-    let (outcome, _) = app
-        .run(|st| grantline_oauth::federation::sign_in(st, signin.clone(), |_| true))
-        .await
-        .unwrap();
-    assert_eq!(outcome.unwrap(), user_id);
+    let subject = seal("00u-alice").await;
+    assert_eq!(
+        sign_in_through_corp(s, account, subject, "user").await,
+        user_id
+    );
     let now = app.now().0 / 1_000_000;
     app.keep_upstream_tokens(
         &user_id,
@@ -294,25 +310,7 @@ backend_tests! {
         let admin = app.credentials.by_username("admin").await.unwrap().unwrap().user_id;
         let subject = pii::user_subject(&admin);
         let sealed = app.keyring.seal(&subject, "00u-admin").await.unwrap();
-        let signin = FederatedSignIn {
-            provider: "corp".into(),
-            account: Account::Link(admin.clone()),
-            subject: sealed,
-            role: "admin".into(),
-            claim: None,
-            session_id: "ses_corp".into(),
-            request: grantline_ledger::RequestMeta {
-                request_id: "r".into(),
-                trace_id: None,
-                source_ip: None,
-                user_agent: None,
-            },
-        };
-        let (outcome, _) = app
-            .run(|st| grantline_oauth::federation::sign_in(st, signin.clone(), |_| true))
-            .await
-            .unwrap();
-        outcome.unwrap();
+        sign_in_through_corp(&s, Account::Link(admin.clone()), sealed, "admin").await;
         let refused = |body: &Value| {
             body["error"] == "invalid_grant"
                 && body["error_description"].as_str().unwrap().contains("sign in again")
