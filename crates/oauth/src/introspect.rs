@@ -5,12 +5,43 @@ use grantline_ledger::{Timestamp, secret_digest};
 use grantline_state::{State, User};
 use serde_json::{Value, json};
 
-/// The introspection answer for `token` at `now`: `{"active": false}` for anything unknown,
-/// expired or revoked, with no further detail.
-pub fn introspect(state: &State, issuer: &str, token: &str, now: Timestamp) -> Value {
+/// Which tokens an introspecting client may be told about, by their audience.
+#[derive(Debug, Clone, Copy)]
+pub enum Audiences<'a> {
+    /// Every resource's (a client in `oauth.introspection_clients`).
+    Any,
+    /// Only those of these resources (a client a resource names as its introspection
+    /// client): a token of another resource is "not allowed to introspect this particular
+    /// token" and answered inactive (RFC 7662 §2.2), so one resource server cannot read who
+    /// holds the tokens of another.
+    Only(&'a [String]),
+}
+
+impl Audiences<'_> {
+    fn include(&self, resource: &str) -> bool {
+        match self {
+            Audiences::Any => true,
+            Audiences::Only(ids) => ids.iter().any(|id| id == resource),
+        }
+    }
+}
+
+/// The introspection answer for `token` at `now`, to a client that may see `audiences`:
+/// `{"active": false}` for anything unknown, expired, revoked or of another audience, with no
+/// further detail.
+pub fn introspect(
+    state: &State,
+    issuer: &str,
+    token: &str,
+    now: Timestamp,
+    audiences: Audiences<'_>,
+) -> Value {
     let digest = secret_digest(token.as_bytes());
     let secs = |t: Timestamp| t.0 / 1_000_000;
-    if let Some(a) = state.live_access_token(&digest, now) {
+    if let Some(a) = state
+        .live_access_token(&digest, now)
+        .filter(|a| audiences.include(&a.resource))
+    {
         return json!({
             "active": true,
             "token_type": "Bearer",
@@ -36,7 +67,8 @@ pub fn introspect(state: &State, issuer: &str, token: &str, now: Timestamp) -> V
                 .clients
                 .get(&f.client_id)
                 .is_some_and(|c| !c.disabled && !c.expired)
-            && state.users.get(&f.user_id).is_some_and(User::active);
+            && state.users.get(&f.user_id).is_some_and(User::active)
+            && audiences.include(&f.resource);
         if live {
             return json!({
                 "active": true,
@@ -56,6 +88,7 @@ pub fn introspect(state: &State, issuer: &str, token: &str, now: Timestamp) -> V
         .get(&digest)
         .and_then(|id| state.pats.get(id))
         && state.live_pat(&digest, now).is_some()
+        && audiences.include(&p.resource)
     {
         return json!({
             "active": true,

@@ -8,6 +8,7 @@ use grantline_oauth::grants::Context;
 use grantline_oauth::grants::authorization_code::{self, CodeRequest};
 use grantline_oauth::grants::client_credentials::{self, ClientCredentialsRequest};
 use grantline_oauth::grants::refresh_token::{self, RefreshRequest};
+use grantline_oauth::introspect::Audiences;
 use grantline_oauth::register::{self, AllowRule, FreshClient, Policy, RegistrationRequest};
 use grantline_oauth::tokens::{Fresh, JwtSigner, Secret, TokenResponse};
 use grantline_oauth::*;
@@ -1282,12 +1283,31 @@ fn revocation_and_introspection() {
             .is_empty()
     );
     let active = |w: &World, tok: &str| {
-        introspect::introspect(&w.state, "https://as.example", tok, w.now)["active"] == true
+        introspect::introspect(&w.state, "https://as.example", tok, w.now, Audiences::Any)["active"]
+            == true
     };
     assert!(active(&w, &t.access_token) && active(&w, &rt));
-    let info = introspect::introspect(&w.state, "https://as.example", &t.access_token, w.now);
+    let info = introspect::introspect(
+        &w.state,
+        "https://as.example",
+        &t.access_token,
+        w.now,
+        Audiences::Any,
+    );
     assert_eq!(info["aud"], RES);
     assert_eq!(info["sub"], user.as_str());
+    // A resource server bound to its own resources is told nothing of another's tokens
+    // (RFC 7662 §2.2), and all of its own.
+    let other_resource = ["https://other.example/mcp".to_string()];
+    let own = [RES.to_string()];
+    for tok in [&t.access_token, &rt] {
+        let seen = |ids: &[String]| {
+            introspect::introspect(&w.state, "x", tok, w.now, Audiences::Only(ids))
+        };
+        assert_eq!(seen(&other_resource), serde_json::json!({"active": false}));
+        assert_eq!(seen(&[]), serde_json::json!({"active": false}));
+        assert_eq!(seen(&own)["active"], true);
+    }
     // An access token alone.
     let events = revoke::decide(&w.state, &c, &t.access_token, None)
         .append
@@ -1305,7 +1325,7 @@ fn revocation_and_introspection() {
     w.commit(&Append::new(events)).unwrap();
     assert!(!active(&w, &t2.access_token));
     assert_eq!(
-        introspect::introspect(&w.state, "x", "garbage", w.now),
+        introspect::introspect(&w.state, "x", "garbage", w.now, Audiences::Any),
         serde_json::json!({"active": false})
     );
     // Expiry.
@@ -1334,7 +1354,7 @@ fn revocation_and_introspection() {
             .refresh_token
             .unwrap();
     }
-    let info = introspect::introspect(&w.state, "x", &rt, w.now);
+    let info = introspect::introspect(&w.state, "x", &rt, w.now, Audiences::Any);
     assert_eq!(
         info["exp"],
         start + 250,

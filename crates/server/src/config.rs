@@ -530,6 +530,10 @@ pub struct ResourceSection {
     /// The confidential clients the resource's MCP server authenticates as for that exchange.
     #[serde(default)]
     pub upstream_token_clients: Vec<String>,
+    /// Confidential clients that may introspect this resource's tokens, and only its tokens
+    /// (a client in `oauth.introspection_clients` may introspect every resource's).
+    #[serde(default)]
+    pub introspection_clients: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -888,6 +892,17 @@ impl Config {
         sections
     }
 
+    /// The resource ids among `defs` (this configuration's [`Config::resource_defs`]) that
+    /// name `client_id` as an introspection client of theirs.
+    pub fn introspected_by(&self, client_id: &str, defs: &[Resource]) -> Vec<String> {
+        self.resource_sections()
+            .iter()
+            .zip(defs)
+            .filter(|(r, _)| r.introspection_clients.iter().any(|c| c == client_id))
+            .map(|(_, d)| d.id.clone())
+            .collect()
+    }
+
     /// Resources whose MCP servers may exchange identity assertions for their users'
     /// upstream tokens (RFC 8693), with their ids under `base`.
     pub fn upstream_token_policies(
@@ -1004,6 +1019,7 @@ pub fn demo_resource() -> ResourceSection {
         upstream_timeout_secs: None,
         upstream_token_provider: None,
         upstream_token_clients: Vec::new(),
+        introspection_clients: Vec::new(),
     }
 }
 
@@ -1041,6 +1057,7 @@ pub fn audit_resource() -> ResourceSection {
         upstream_timeout_secs: None,
         upstream_token_provider: None,
         upstream_token_clients: Vec::new(),
+        introspection_clients: Vec::new(),
     }
 }
 

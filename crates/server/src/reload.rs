@@ -117,6 +117,11 @@ pub fn policies(config: &Config) -> Vec<(&'static str, BTreeMap<String, String>)
             clients.sort();
             put("upstream_token_clients", clients.join(" "));
         }
+        if !r.introspection_clients.is_empty() {
+            let mut clients = r.introspection_clients.clone();
+            clients.sort();
+            put("introspection_clients", clients.join(" "));
+        }
     }
     let mut roles = BTreeMap::new();
     for (role, per) in &config.roles {

@@ -803,6 +803,77 @@ async fn introspection_is_for_listed_resource_servers_only() {
     s.stop().await;
 }
 
+/// A client a resource names as its introspection client is told of that resource's tokens
+/// and answered inactive for another's (RFC 7662 §2.2); the binding is policy, reloaded and
+/// recorded like the rest of a resource.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resources_introspection_client_is_told_of_its_tokens_only() {
+    let db = sqlite().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), 30, 60);
+    cfg.oauth.introspection_clients.clear();
+    cfg.resources.as_mut().unwrap()[0].introspection_clients = vec!["rs".into()];
+    let s = Server::start(&db, dir.path().to_path_buf(), cfg).await;
+    let (client, code, verifier) = code(&s, "demo:read").await;
+    let (_, demo) = exchange(&s, &client, &code, &verifier).await;
+    let jwt_resource = s.url("/mcp/jwt");
+    let (client, code, verifier) = code_for(&s, &jwt_resource, "jwt:read").await;
+    let (st, jwt) = exchange(&s, &client, &code, &verifier).await;
+    assert_eq!(st, StatusCode::OK, "{jwt}");
+    let introspect = |token: String| {
+        let r = browser()
+            .post(s.url("/oauth/introspect"))
+            .form(&[("token", token)])
+            .basic_auth("rs", Some(RS_SECRET))
+            .send();
+        async move {
+            let r = r.await.unwrap();
+            (r.status(), r.json::<serde_json::Value>().await.unwrap())
+        }
+    };
+    for token in [get(&demo, "access_token"), get(&demo, "refresh_token")] {
+        let (st, v) = introspect(token).await;
+        assert_eq!(st, StatusCode::OK);
+        assert_eq!(
+            (v["active"].clone(), v["aud"].clone()),
+            (true.into(), s.resource().into())
+        );
+    }
+    for token in [get(&jwt, "access_token"), get(&jwt, "refresh_token")] {
+        let (st, v) = introspect(token).await;
+        assert_eq!(st, StatusCode::OK);
+        assert_eq!(
+            v,
+            serde_json::json!({"active": false}),
+            "another resource's token"
+        );
+    }
+    // Bound to the other resource by reload: recorded, and the answers follow at once.
+    let mut next = (*s.app.policy_config()).clone();
+    next.resources.as_mut().unwrap()[0]
+        .introspection_clients
+        .clear();
+    next.resources.as_mut().unwrap()[1].introspection_clients = vec!["rs".into()];
+    let done = s.app.reload(next).await.unwrap();
+    assert_eq!(done.changed, vec![("resources", 2)]);
+    let (_, v) = introspect(get(&jwt, "access_token")).await;
+    assert_eq!(v["active"], true);
+    let (_, v) = introspect(get(&demo, "access_token")).await;
+    assert_eq!(v, serde_json::json!({"active": false}));
+    // Bound to none: not an introspection client at all.
+    let mut none = (*s.app.policy_config()).clone();
+    none.resources.as_mut().unwrap()[1]
+        .introspection_clients
+        .clear();
+    s.app.reload(none).await.unwrap();
+    let (st, v) = introspect(get(&jwt, "access_token")).await;
+    assert_eq!(
+        (st, get(&v, "error")),
+        (StatusCode::UNAUTHORIZED, "invalid_client".into())
+    );
+    s.stop().await;
+}
+
 /// One token, one resource: two `resource` parameters at the token endpoint are refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_resources_at_the_token_endpoint_are_invalid_target() {

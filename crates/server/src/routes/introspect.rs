@@ -1,5 +1,6 @@
 //! `POST /oauth/introspect` (RFC 7662): only for authenticated resource servers, i.e.
-//! confidential clients listed in `oauth.introspection_clients`.
+//! confidential clients listed in `oauth.introspection_clients` (every resource's tokens) or
+//! in a resource's `introspection_clients` (that resource's tokens only).
 
 use crate::app::{App, AppError};
 use crate::context::RequestContext;
@@ -11,6 +12,7 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use grantline_oauth::client_auth::authenticate;
+use grantline_oauth::introspect::Audiences;
 use grantline_oauth::{OAuthError, introspect as rules};
 
 pub async fn introspect(
@@ -45,22 +47,39 @@ async fn handle(
         })
         .await?;
     }
+    let live = app.live();
     let state = app.projection.read();
     let client = authenticate(&state, &who)?;
-    if client.secret_digest.is_none()
-        || !app
-            .config
-            .oauth
-            .introspection_clients
-            .contains(&client.client_id)
-    {
+    let every = app
+        .config
+        .oauth
+        .introspection_clients
+        .contains(&client.client_id);
+    // The resources' ids under the configured public URL and, behind a trusted proxy, under
+    // the one this request came in by: a token carries the one it was issued under.
+    let mut own = live
+        .config
+        .introspected_by(&client.client_id, &live.settings.resources);
+    if ctx.issuer != live.settings.issuer {
+        let here = app.settings_for(&ctx.issuer);
+        own.extend(
+            live.config
+                .introspected_by(&client.client_id, &here.resources),
+        );
+    }
+    if client.secret_digest.is_none() || (!every && own.is_empty()) {
         return Err(
             OAuthError::invalid_client("this client is not allowed to introspect tokens").into(),
         );
     }
+    let audiences = if every {
+        Audiences::Any
+    } else {
+        Audiences::Only(&own)
+    };
     let token =
         param(&params, "token").ok_or_else(|| OAuthError::invalid_request("token is missing"))?;
-    let answer = rules::introspect(&state, &ctx.issuer, &token, app.now());
+    let answer = rules::introspect(&state, &ctx.issuer, &token, app.now(), audiences);
     drop(state);
     let mut r = Json(answer).into_response();
     crate::http::no_store(r.headers_mut());
