@@ -720,24 +720,30 @@ store_upstream_token = true
 """
 
 
-def test_the_github_preset_against_a_stand_in_for_github(tmp_path, monkeypatch):
+def github_stand_in(secret):
+    """Starts tests/e2e/github_mock.py on a free port; returns the process and its base URL."""
     import socket
     import sys
-    secret = "e2e-github-secret-19fa"
-    monkeypatch.setenv("GRANTLINE_E2E_GH_SECRET", secret)
     port = free_port()
     gh = subprocess.Popen([sys.executable, str(pathlib.Path(__file__).with_name("github_mock.py")),
                            str(port), "Iv1.e2e-mock", secret])
+    deadline = time.time() + 20
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return gh, f"http://127.0.0.1:{port}"
+        except OSError:
+            if time.time() > deadline:
+                gh.terminate()
+                raise AssertionError("the GitHub stand-in did not start")
+            time.sleep(0.1)
+
+
+def test_the_github_preset_against_a_stand_in_for_github(tmp_path, monkeypatch):
+    secret = "e2e-github-secret-19fa"
+    monkeypatch.setenv("GRANTLINE_E2E_GH_SECRET", secret)
+    gh, gh_base = github_stand_in(secret)
     try:
-        deadline = time.time() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert time.time() < deadline, "the GitHub stand-in did not start"
-                time.sleep(0.1)
-        gh_base = f"http://127.0.0.1:{port}"
         (tmp_path / "data").mkdir()
         server = Server(tmp_path / "data", tmp_path / "server.log", GITHUB_CONFIG.format(gh=gh_base))
         server.start()
@@ -780,3 +786,36 @@ def test_the_github_preset_against_a_stand_in_for_github(tmp_path, monkeypatch):
     finally:
         gh.terminate()
         gh.wait(timeout=10)
+
+
+def test_the_same_provider_id_at_another_server_signs_its_people_in_apart(tmp_path, monkeypatch):
+    """A subject is unique only within the server that issued it: the provider id "github"
+    moved from github.com to a GitHub Enterprise server (both stand-ins here, whose octocat has
+    the same numeric id) must not sign the Enterprise octocat in as github.com's."""
+    secret = "e2e-github-secret-19fa"
+    monkeypatch.setenv("GRANTLINE_E2E_GH_SECRET", secret)
+    dotcom, dotcom_base = github_stand_in(secret)
+    enterprise, enterprise_base = github_stand_in(secret)
+    try:
+        (tmp_path / "data").mkdir()
+        users = []
+        for n, base in enumerate([dotcom_base, enterprise_base, dotcom_base]):
+            server = Server(tmp_path / "data", tmp_path / f"server{n}.log", GITHUB_CONFIG.format(gh=base))
+            server.start()
+            try:
+                octocat = FederatedBrowser(server.base, REDIRECT, provider="github")
+                home = octocat.click(octocat.sign_in_page("/account"))
+                assert home.status_code == 200 and "/account" in home.url, home.text[:300]
+            finally:
+                server.stop()
+            _, evs = events(server)
+            users.append(of(evs, "login.succeeded")[-1]["user_id"])
+        created = [c["user_id"] for c in of(evs, "user.created") if c.get("provider") == "github"]
+        assert len(created) == 2 and users[0] != users[1], (users, created)
+        assert users == [created[0], created[1], created[0]], "github.com's octocat is still theirs"
+        assert [(l["provider"], l["subject"]) for l in of(evs, "user.linked")] \
+            == [("github", "583231"), ("github", "583231")]
+    finally:
+        for gh in (dotcom, enterprise):
+            gh.terminate()
+            gh.wait(timeout=10)

@@ -9,6 +9,10 @@ use std::collections::BTreeMap;
 pub struct UpstreamIdentity {
     /// The upstream's stable subject (`sub`, GitHub's numeric `id`, Atlassian's `account_id`).
     pub subject: String,
+    /// Who vouched for the subject, which is unique only within it: the ID token's `iss`
+    /// (Microsoft's multi-tenant endpoints: the tenant's), or for an OAuth 2.0 provider the
+    /// origin of the API that answered (`https://api.github.com`, a GitHub Enterprise host).
+    pub issuer: String,
     /// A verified email, if the upstream vouches for one.
     pub email: Option<String>,
     pub name: Option<String>,

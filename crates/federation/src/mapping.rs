@@ -134,6 +134,7 @@ mod tests {
     fn who(email: Option<&str>, claims: &[(&str, &[&str])]) -> UpstreamIdentity {
         UpstreamIdentity {
             subject: "s1".into(),
+            issuer: "https://idp.example".into(),
             email: email.map(String::from),
             name: None,
             username: None,

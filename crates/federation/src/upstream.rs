@@ -644,8 +644,24 @@ impl Upstream {
         let email = identity::field(claims, &p.email_field)
             .filter(|_| verified)
             .map(|e| e.to_ascii_lowercase());
+        let issuer = match &self.oidc {
+            // Checked against the configured issuer with the ID token's signature.
+            Some(_) => claims
+                .get("iss")
+                .and_then(Value::as_str)
+                .ok_or_else(|| SignInError::IdToken("it names no issuer".into()))?
+                .to_string(),
+            None => self
+                .userinfo_url
+                .as_deref()
+                .or(p.token_url.as_deref())
+                .and_then(|u| url::Url::parse(u).ok())
+                .map(|u| u.origin().ascii_serialization())
+                .unwrap_or_default(),
+        };
         Ok(UpstreamIdentity {
             subject,
+            issuer,
             email,
             name: identity::field(claims, &p.name_field),
             username: identity::field(claims, &p.username_field),

@@ -125,7 +125,7 @@ async fn federated_user(s: &Server, expires_in: i64) -> String {
     let fed = app.federation.as_deref().unwrap();
     assert_eq!(
         fed.tables
-            .link("corp", "00u-alice", &user_id)
+            .link("corp", "https://corp.example", "00u-alice", &user_id)
             .await
             .unwrap(),
         user_id
@@ -555,7 +555,7 @@ backend_tests! {
         // The key is gone (the sealed copy no longer opens), and so are the row and the link.
         assert!(s.app.keyring.open(&sealed).await.unwrap().is_err());
         assert!(fed.tables.tokens(&user, "corp").await.unwrap().is_none());
-        assert!(fed.tables.linked_user("corp", "00u-alice").await.unwrap().is_none());
+        assert!(fed.tables.linked_user("corp", "https://corp.example", "00u-alice").await.unwrap().is_none());
         let a = assertion(&s, &user, "/mcp/notes");
         let (st, body) = exchange(&s, ("notes-mcp", NOTES_SECRET), &a, &[]).await;
         assert_eq!((st, body["error"].as_str().unwrap()), (StatusCode::BAD_REQUEST, "invalid_grant"), "{body}");

@@ -31,12 +31,68 @@ impl Federation {
         }
     }
 
-    /// The user (provider, subject) signs in as.
-    pub async fn linked_user(&self, provider: &str, subject: &str) -> Result<Option<String>> {
+    /// The user (provider, issuer, subject) signs in as. A link made before links named
+    /// their issuer (`''`) is claimed by the issuer of its next sign-in: from then on it is
+    /// that issuer's.
+    pub async fn linked_user(
+        &self,
+        provider: &str,
+        issuer: &str,
+        subject: &str,
+    ) -> Result<Option<String>> {
+        if let Some(user) = self.exact_link(provider, issuer, subject).await? {
+            return Ok(Some(user));
+        }
+        if issuer.is_empty() {
+            return Ok(None);
+        }
+        // Unless a row of this issuer has appeared meanwhile (a concurrent claim or first
+        // sign-in): the claim then changes nothing and that row answers.
+        match &self.store.pool {
+            Pool::Sqlite(p) => {
+                sqlx::query(
+                    "UPDATE user_links SET issuer = ?1 \
+                     WHERE provider = ?2 AND issuer = '' AND subject = ?3 \
+                     AND NOT EXISTS (SELECT 1 FROM user_links \
+                     WHERE provider = ?2 AND issuer = ?1 AND subject = ?3)",
+                )
+                .bind(issuer)
+                .bind(provider)
+                .bind(subject)
+                .execute(p)
+                .await?;
+            }
+            Pool::Postgres(p) => {
+                self.store
+                    .pg(sqlx::query(
+                        "UPDATE user_links SET issuer = $1 \
+                         WHERE provider = $2 AND issuer = '' AND subject = $3 \
+                         AND NOT EXISTS (SELECT 1 FROM user_links \
+                         WHERE provider = $2 AND issuer = $1 AND subject = $3)",
+                    )
+                    .bind(issuer)
+                    .bind(provider)
+                    .bind(subject)
+                    .execute(p))
+                    .await?;
+            }
+        }
+        self.exact_link(provider, issuer, subject).await
+    }
+
+    async fn exact_link(
+        &self,
+        provider: &str,
+        issuer: &str,
+        subject: &str,
+    ) -> Result<Option<String>> {
         let row: Option<(String,)> = match &self.store.pool {
             Pool::Sqlite(p) => {
-                sqlx::query_as("SELECT user_id FROM user_links WHERE provider = ? AND subject = ?")
+                sqlx::query_as(
+                    "SELECT user_id FROM user_links WHERE provider = ?1 AND issuer = ?2 AND subject = ?3",
+                )
                     .bind(provider)
+                    .bind(issuer)
                     .bind(subject)
                     .fetch_optional(p)
                     .await?
@@ -44,61 +100,72 @@ impl Federation {
             Pool::Postgres(p) => {
                 self.store
                     .pg(sqlx::query_as(
-                        "SELECT user_id FROM user_links WHERE provider = $1 AND subject = $2",
+                        "SELECT user_id FROM user_links WHERE provider = $1 AND issuer = $2 AND subject = $3",
                     )
-                    .bind(provider)
-                    .bind(subject)
-                    .fetch_optional(p))
+                        .bind(provider)
+                        .bind(issuer)
+                        .bind(subject)
+                        .fetch_optional(p))
                     .await?
             }
         };
         Ok(row.map(|r| r.0))
     }
 
-    /// Links (provider, subject) to `user_id` unless it is linked already; returns the user
-    /// the link names afterwards (another one when a concurrent first sign-in won).
-    pub async fn link(&self, provider: &str, subject: &str, user_id: &str) -> Result<String> {
-        Ok(self.link_first(provider, subject, user_id).await?.0)
+    /// Links (provider, issuer, subject) to `user_id` unless it is linked already; returns the
+    /// user the link names afterwards (another one when a concurrent first sign-in won).
+    pub async fn link(
+        &self,
+        provider: &str,
+        issuer: &str,
+        subject: &str,
+        user_id: &str,
+    ) -> Result<String> {
+        Ok(self.link_first(provider, issuer, subject, user_id).await?.0)
     }
 
-    /// As [`Tables::link`], and whether this call made the link (false: a concurrent sign-in
-    /// of the same person made it first).
+    /// As [`Federation::link`], and whether this call made the link (false: a concurrent
+    /// sign-in of the same person made it first).
     pub async fn link_first(
         &self,
         provider: &str,
+        issuer: &str,
         subject: &str,
         user_id: &str,
     ) -> Result<(String, bool)> {
         let made = match &self.store.pool {
             Pool::Sqlite(p) => {
                 sqlx::query(
-                    "INSERT INTO user_links (provider, subject, user_id, created) VALUES (?, ?, ?, ?) \
-                     ON CONFLICT (provider, subject) DO NOTHING",
+                    "INSERT INTO user_links (provider, issuer, subject, user_id, created) \
+                     VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (provider, issuer, subject) DO NOTHING",
                 )
-                .bind(provider)
-                .bind(subject)
-                .bind(user_id)
-                .bind(now())
-                .execute(p)
-                .await?
-                .rows_affected()
+                    .bind(provider)
+                    .bind(issuer)
+                    .bind(subject)
+                    .bind(user_id)
+                    .bind(now())
+                    .execute(p)
+                    .await?
+                    .rows_affected()
             }
             Pool::Postgres(p) => {
-                self.store.pg(sqlx::query(
-                    "INSERT INTO user_links (provider, subject, user_id, created) VALUES ($1, $2, $3, $4) \
-                     ON CONFLICT (provider, subject) DO NOTHING",
-                )
-                .bind(provider)
-                .bind(subject)
-                .bind(user_id)
-                .bind(now())
-                .execute(p))
-                .await?
-                .rows_affected()
+                self.store
+                    .pg(sqlx::query(
+                        "INSERT INTO user_links (provider, issuer, subject, user_id, created) \
+                         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (provider, issuer, subject) DO NOTHING",
+                    )
+                        .bind(provider)
+                        .bind(issuer)
+                        .bind(subject)
+                        .bind(user_id)
+                        .bind(now())
+                        .execute(p))
+                    .await?
+                    .rows_affected()
             }
         } == 1;
         let user = self
-            .linked_user(provider, subject)
+            .exact_link(provider, issuer, subject)
             .await?
             .unwrap_or_else(|| user_id.to_string());
         Ok((user, made))

@@ -13,21 +13,75 @@ async fn exercise(db: TestDb) {
     let ledger = common::open(&db).await;
     let f = Federation::new(ledger.store());
     let keys = Keyring::new(ledger.store());
-    assert_eq!(f.linked_user("okta", "00u1").await.unwrap(), None);
-    assert_eq!(f.link("okta", "00u1", "usr_a").await.unwrap(), "usr_a");
+    const OKTA: &str = "https://corp.okta.com";
+    const GH: &str = "https://api.github.com";
+    assert_eq!(f.linked_user("okta", OKTA, "00u1").await.unwrap(), None);
+    assert_eq!(
+        f.link("okta", OKTA, "00u1", "usr_a").await.unwrap(),
+        "usr_a"
+    );
     // A second first sign-in of the same person loses: the link keeps its user.
-    assert_eq!(f.link("okta", "00u1", "usr_b").await.unwrap(), "usr_a");
+    assert_eq!(
+        f.link("okta", OKTA, "00u1", "usr_b").await.unwrap(),
+        "usr_a"
+    );
     // The same subject at another provider is another identity.
-    assert_eq!(f.link("github", "00u1", "usr_c").await.unwrap(), "usr_c");
+    assert_eq!(
+        f.link("github", GH, "00u1", "usr_c").await.unwrap(),
+        "usr_c"
+    );
+    // And at another issuer under the same provider id (github.com, then a GitHub
+    // Enterprise server whose numeric ids overlap): not the first issuer's person.
+    let ghe = "https://ghe.corp.example";
+    assert_eq!(f.linked_user("github", ghe, "00u1").await.unwrap(), None);
+    assert_eq!(
+        f.link("github", ghe, "00u1", "usr_e").await.unwrap(),
+        "usr_e"
+    );
+    assert_eq!(
+        f.linked_user("github", GH, "00u1")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("usr_c")
+    );
     // Who made the link: the first call, not one that found it made (a concurrent first
     // sign-in of the same person signs in to that person's account, not one found by email).
     assert_eq!(
-        f.link_first("google", "g1", "usr_d").await.unwrap(),
+        f.link_first("google", "https://accounts.google.com", "g1", "usr_d")
+            .await
+            .unwrap(),
         ("usr_d".to_string(), true)
     );
     assert_eq!(
-        f.link_first("google", "g1", "usr_d").await.unwrap(),
+        f.link_first("google", "https://accounts.google.com", "g1", "usr_d")
+            .await
+            .unwrap(),
         ("usr_d".to_string(), false)
+    );
+    // A link made before links named their issuer ('' after the migration) is claimed by the
+    // issuer of its next sign-in, and is that issuer's alone from then on.
+    f.link("keycloak", "", "kc1", "usr_f").await.unwrap();
+    let realm = "https://sso.example/realms/corp";
+    assert_eq!(
+        f.linked_user("keycloak", realm, "kc1")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("usr_f")
+    );
+    assert_eq!(
+        f.linked_user("keycloak", "https://other.example/realms/x", "kc1")
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        f.linked_user("keycloak", realm, "kc1")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("usr_f")
     );
 
     let sealed = keys
@@ -53,10 +107,13 @@ async fn exercise(db: TestDb) {
     assert_eq!(keys.open(&got.sealed).await.unwrap().unwrap(), "gho_newer");
 
     f.forget_user("usr_a").await.unwrap();
-    assert_eq!(f.linked_user("okta", "00u1").await.unwrap(), None);
+    assert_eq!(f.linked_user("okta", OKTA, "00u1").await.unwrap(), None);
     assert_eq!(f.tokens("usr_a", "okta").await.unwrap(), None);
     assert_eq!(
-        f.linked_user("github", "00u1").await.unwrap().as_deref(),
+        f.linked_user("github", GH, "00u1")
+            .await
+            .unwrap()
+            .as_deref(),
         Some("usr_c")
     );
     ledger.shutdown().await;
@@ -73,4 +130,76 @@ async fn links_and_upstream_tokens_on_postgres() {
         return;
     };
     exercise(db).await;
+}
+
+/// Links made before links named their issuer: the migration keeps them (issuer `''`), and
+/// the first sign-in after it claims each for its issuer.
+async fn links_survive_the_migration(db: TestDb) {
+    let old = "INSERT INTO user_links (provider, subject, user_id, created) VALUES ('corp', '00u1', 'usr_old', 1)";
+    match &db.db {
+        grantline_store::Database::Sqlite(path) => {
+            let url = format!("sqlite:{}?mode=rwc", path.display());
+            let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+            sqlx::migrate!("../../migrations/sqlite")
+                .run_to(3, &pool)
+                .await
+                .unwrap();
+            sqlx::query(old).execute(&pool).await.unwrap();
+            pool.close().await;
+        }
+        grantline_store::Database::Postgres(url) => {
+            let pool = sqlx::PgPool::connect(url).await.unwrap();
+            sqlx::migrate!("../../migrations/postgres")
+                .run_to(3, &pool)
+                .await
+                .unwrap();
+            sqlx::query(old).execute(&pool).await.unwrap();
+            pool.close().await;
+        }
+    }
+    let ledger = common::open(&db).await;
+    let f = Federation::new(ledger.store());
+    let corp = "https://corp.example";
+    assert_eq!(
+        f.linked_user("corp", corp, "00u1")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("usr_old")
+    );
+    assert_eq!(
+        f.linked_user("corp", "https://elsewhere.example", "00u1")
+            .await
+            .unwrap(),
+        None,
+        "claimed by the first issuer, and only by it"
+    );
+    // The key is (provider, issuer, subject): the other issuer's person links apart.
+    assert_eq!(
+        f.link("corp", "https://elsewhere.example", "00u1", "usr_new")
+            .await
+            .unwrap(),
+        "usr_new"
+    );
+    assert_eq!(
+        f.linked_user("corp", corp, "00u1")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("usr_old")
+    );
+    ledger.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn links_made_before_they_named_their_issuer_survive_the_migration_on_sqlite() {
+    links_survive_the_migration(testing::sqlite().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn links_made_before_they_named_their_issuer_survive_the_migration_on_postgres() {
+    let Some(db) = testing::postgres().await else {
+        return;
+    };
+    links_survive_the_migration(db).await;
 }

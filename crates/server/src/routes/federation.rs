@@ -375,7 +375,11 @@ pub async fn callback(
             .await;
         }
     }
-    let linked = match fed.tables.linked_user(&provider, &who.subject).await {
+    let linked = match fed
+        .tables
+        .linked_user(&provider, &who.issuer, &who.subject)
+        .await
+    {
         Ok(u) => u,
         Err(e) => return crate::app::AppError::from(e).into_response(),
     };
@@ -514,7 +518,7 @@ async fn sign_in(
     // The link row first (a concurrent first sign-in of the same person ends on one user).
     let (user_id, made_here) = fed
         .tables
-        .link_first(provider, &who.subject, &user_id)
+        .link_first(provider, &who.issuer, &who.subject, &user_id)
         .await
         .map_err(store_err)?;
     // Another instance may have created the user moments ago.
