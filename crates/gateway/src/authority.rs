@@ -23,20 +23,33 @@ impl ToolScopes {
         if let Some(s) = self.explicit.get(tool) {
             return s;
         }
-        let read_only = annotations
-            .and_then(|a| a.get("readOnlyHint"))
-            .and_then(Value::as_bool)
-            .unwrap_or(false);
-        let destructive = annotations
-            .and_then(|a| a.get("destructiveHint"))
-            .and_then(Value::as_bool)
-            .unwrap_or(false);
-        if read_only && !destructive {
+        if read_only(annotations) {
             &self.read
         } else {
             &self.write
         }
     }
+
+    /// Whether a call of `tool` counts as a write (the write rate limit): by its configured
+    /// scope where that tells (the read scope of a resource whose reads and writes differ),
+    /// else by its annotations — so a resource with one scope for both still limits writes.
+    pub fn writes(&self, tool: &str, annotations: Option<&Value>) -> bool {
+        match self.explicit.get(tool) {
+            Some(s) if self.read != self.write => *s != self.read,
+            _ => !read_only(annotations),
+        }
+    }
+}
+
+/// `readOnlyHint: true` and not `destructiveHint: true`.
+fn read_only(annotations: Option<&Value>) -> bool {
+    let hint = |name: &str| {
+        annotations
+            .and_then(|a| a.get(name))
+            .and_then(Value::as_bool)
+            .unwrap_or(false)
+    };
+    hint("readOnlyHint") && !hint("destructiveHint")
 }
 
 /// Which tools of a resource a role may call.
@@ -77,6 +90,47 @@ impl Roles {
             .and_then(|r| r.get(resource))
             .is_some_and(|t| t.contains(tool))
     }
+}
+
+impl Roles {
+    /// Whether `role` has the resource at all (a tool of it, or every tool): what reading its
+    /// resources, prompts and completions takes once roles are configured.
+    pub fn has_resource(&self, role: Option<&str>, resource: &str) -> bool {
+        if self.roles.is_empty() {
+            return true;
+        }
+        let Some(role) = role else { return true };
+        self.roles
+            .get(role)
+            .and_then(|r| r.get(resource))
+            .is_some_and(|t| match t {
+                ToolSet::All => true,
+                ToolSet::Only(tools) => !tools.is_empty(),
+            })
+    }
+}
+
+/// May `caller` read what the resource named `resource` offers besides tools (resources,
+/// prompts, completions: [`crate::jsonrpc::Access::Read`])? Its role must have the resource,
+/// and its scopes hold the resource's read scope; a refusal for want of scope is a step-up
+/// challenge, as for a tool.
+pub fn check_read(
+    caller: &Caller,
+    roles: &Roles,
+    resource: &str,
+    read_scope: &str,
+) -> Result<(), Denial> {
+    if !roles.has_resource(caller.role.as_deref(), resource) {
+        return Err(Denial::new(DenialKind::Forbidden, "role", Vec::new()));
+    }
+    if !caller.scopes.contains(read_scope) {
+        return Err(Denial::new(
+            DenialKind::InsufficientScope,
+            "insufficient_scope",
+            vec![read_scope.to_string()],
+        ));
+    }
+    Ok(())
 }
 
 /// May `caller` call `tool` (needing `scope`) on the resource named `resource`? A refusal for
@@ -316,5 +370,66 @@ mod tests {
             roles.permits(None, "demo", "add"),
             "machine clients: scopes only"
         );
+    }
+
+    #[test]
+    fn writes_are_told_by_the_configured_scope_else_the_annotations() {
+        let s = scopes();
+        assert!(s.writes("purge", Some(&json!({"readOnlyHint": true}))));
+        assert!(!s.writes("list", Some(&json!({"readOnlyHint": true}))));
+        assert!(s.writes("add", None));
+        // One scope for reads and writes: the annotations still tell them apart.
+        let one = ToolScopes {
+            read: "docs".into(),
+            write: "docs".into(),
+            explicit: HashMap::from([("purge".to_string(), "docs".to_string())]),
+        };
+        assert!(one.writes("add", Some(&json!({"readOnlyHint": false}))));
+        assert!(one.writes("purge", None));
+        assert!(!one.writes("search", Some(&json!({"readOnlyHint": true}))));
+    }
+
+    #[test]
+    fn reading_resources_and_prompts_takes_the_read_scope_and_a_role_with_the_resource() {
+        let mut roles = Roles::default();
+        let reader = caller(&["demo:read"], Some("user"));
+        assert!(check_read(&reader, &roles, "demo", "demo:read").is_ok());
+        let writer_only = caller(&["demo:write"], Some("user"));
+        let d = check_read(&writer_only, &roles, "demo", "demo:read").unwrap_err();
+        assert_eq!(
+            (d.kind, d.required_scopes),
+            (DenialKind::InsufficientScope, vec!["demo:read".to_string()])
+        );
+        roles.roles.insert(
+            "user".into(),
+            HashMap::from([(
+                "demo".to_string(),
+                ToolSet::Only(BTreeSet::from(["list".to_string()])),
+            )]),
+        );
+        roles.roles.insert(
+            "locked".into(),
+            HashMap::from([("demo".to_string(), ToolSet::Only(BTreeSet::new()))]),
+        );
+        assert!(check_read(&reader, &roles, "demo", "demo:read").is_ok());
+        for role in ["locked", "guest"] {
+            let d = check_read(
+                &caller(&["demo:read"], Some(role)),
+                &roles,
+                "demo",
+                "demo:read",
+            )
+            .unwrap_err();
+            assert_eq!(
+                (d.kind, d.reason),
+                (DenialKind::Forbidden, "role"),
+                "{role}"
+            );
+        }
+        assert!(
+            check_read(&reader, &roles, "other", "other:read").is_err(),
+            "a role without the resource"
+        );
+        assert!(check_read(&caller(&["demo:read"], None), &roles, "demo", "demo:read").is_ok());
     }
 }

@@ -15,6 +15,45 @@ pub const MAX_TOOL_NAME: usize = 128;
 /// The longest `params._meta.intent` accepted, in bytes.
 pub const MAX_INTENT: usize = 1024;
 
+/// The longest batch accepted: each message of a batch reaches the upstream, while the rate
+/// limits count the request once.
+pub const MAX_BATCH: usize = 16;
+
+/// What a method other than `tools/call` and `tools/list` asks of the upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// The protocol itself: `initialize`, `ping`, notifications, and answers to the server's
+    /// own requests (sampling, elicitation, roots). Any caller of the resource.
+    Protocol,
+    /// Reading what the server offers besides tools: resources, prompts, completions, and the
+    /// session's log level. Needs the resource's read scope, and a role that has the resource.
+    Read,
+}
+
+/// The methods a client sends an MCP server (2025-06-18 and later) besides the tool methods;
+/// any other method is refused, so that nothing the gateway does not know reaches the
+/// upstream past its authority check.
+pub fn access(method: Option<&str>) -> Option<Access> {
+    match method {
+        // An answer (result or error) to a request of the server's.
+        None => Some(Access::Protocol),
+        Some("initialize" | "ping") => Some(Access::Protocol),
+        Some(m) if m.starts_with("notifications/") => Some(Access::Protocol),
+        Some(
+            "resources/list"
+            | "resources/templates/list"
+            | "resources/read"
+            | "resources/subscribe"
+            | "resources/unsubscribe"
+            | "prompts/list"
+            | "prompts/get"
+            | "completion/complete"
+            | "logging/setLevel",
+        ) => Some(Access::Read),
+        Some(_) => None,
+    }
+}
+
 /// One message, as far as authority and audit care.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Inspected {
@@ -28,8 +67,9 @@ pub enum Inspected {
     },
     /// `tools/list`: its answer is filtered to what the caller may call.
     ToolsList { id: Value },
-    /// Anything else (initialize, ping, notifications, responses, other methods).
-    Other { method: Option<String> },
+    /// Anything else the gateway passes on ([`access`]): initialize, ping, notifications,
+    /// answers, resources, prompts, completions. `id` is null for a notification or answer.
+    Other { method: Option<String>, id: Value },
 }
 
 /// A POST body the gateway will forward: what it asks for, and the bytes to send upstream
@@ -96,7 +136,19 @@ pub fn inspect(body: &[u8]) -> Result<Message, Refused> {
                 Refused::parse(format!("not JSON: {e}"))
             }
         })?;
+    if let Some(n) = inexact_number(body) {
+        let id = v.get("id").cloned();
+        return Err(Refused::invalid(format!(
+            "the number {n} cannot be passed on exactly: send it as a string"
+        ))
+        .answering(id.as_ref()));
+    }
     let inspected = match &v {
+        Value::Array(items) if items.len() > MAX_BATCH => {
+            return Err(Refused::invalid(format!(
+                "a batch holds at most {MAX_BATCH} messages"
+            )));
+        }
         Value::Array(items) if !items.is_empty() => {
             let all = items.iter().map(one).collect::<Result<Vec<_>, _>>()?;
             if all.iter().any(|m| !matches!(m, Inspected::Other { .. })) {
@@ -171,6 +223,14 @@ fn one(v: &Value) -> Result<Inspected, Refused> {
         }
     }
     let method = obj.get("method").and_then(Value::as_str);
+    // JSON-RPC 2.0 §4: an id is a string or a number. Another one would match no answer, so
+    // that what the upstream did could not be recorded.
+    if obj
+        .get("id")
+        .is_some_and(|i| !(i.is_string() || i.is_number() || i.is_null()))
+    {
+        return Err(Refused::invalid("a JSON-RPC id is a string or a number"));
+    }
     if method.is_some_and(|m| m.starts_with("tasks/")) {
         return Err(Refused {
             code: -32601,
@@ -227,10 +287,102 @@ fn one(v: &Value) -> Result<Inspected, Refused> {
             }
         }
         (Some("tools/list"), Some(id)) => Inspected::ToolsList { id: id.clone() },
-        (m, _) => Inspected::Other {
-            method: m.map(String::from),
-        },
+        (m, _) => {
+            if access(m).is_none() {
+                return Err(Refused {
+                    code: -32601,
+                    message: format!(
+                        "method {:?} is not passed on by this gateway",
+                        m.unwrap_or_default()
+                    ),
+                    id: Value::Null,
+                }
+                .answering(id));
+            }
+            Inspected::Other {
+                method: m.map(String::from),
+                id: id.filter(|_| m.is_some()).cloned().unwrap_or(Value::Null),
+            }
+        }
     })
+}
+
+/// The first number literal of `body` (valid JSON) that would not reach the upstream as the
+/// caller wrote it: an integer beyond 64 bits, or a decimal whose digits a double does not
+/// hold (the message is parsed and serialised again, and such a number would be rounded —
+/// another amount than the one checked and recorded).
+fn inexact_number(body: &[u8]) -> Option<String> {
+    let mut i = 0;
+    let mut in_string = false;
+    while i < body.len() {
+        let b = body[i];
+        if in_string {
+            match b {
+                b'\\' => i += 1,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            i += 1;
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                while i < body.len()
+                    && matches!(body[i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')
+                {
+                    i += 1;
+                }
+                let literal = std::str::from_utf8(&body[start..i]).unwrap_or_default();
+                if !exact(literal) {
+                    return Some(literal.chars().take(40).collect());
+                }
+                continue;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+/// Whether the number literal survives parsing and serialising again with its value.
+fn exact(literal: &str) -> bool {
+    if literal.parse::<i64>().is_ok() || literal.parse::<u64>().is_ok() {
+        return true;
+    }
+    let integer = !literal.contains(['.', 'e', 'E']);
+    let Ok(f) = literal.parse::<f64>() else {
+        return false;
+    };
+    if integer || !f.is_finite() {
+        // Beyond 64 bits it becomes a double, rounded; beyond a double's range, null.
+        return false;
+    }
+    // Compare the decimal digits and exponent of the literal with those of the shortest
+    // representation of the double it parses to.
+    decimal(literal) == decimal(&format!("{f:e}"))
+}
+
+/// A number's significant digits (no leading or trailing zeros) and the exponent of its last
+/// digit, so that equal values compare equal however they were written.
+fn decimal(s: &str) -> (String, i64) {
+    let s = s.trim_start_matches(['-', '+']);
+    let (mantissa, exp) = match s.find(['e', 'E']) {
+        Some(k) => (&s[..k], s[k + 1..].parse::<i64>().unwrap_or(0)),
+        None => (s, 0),
+    };
+    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let digits = format!("{int}{frac}");
+    let mut exp = exp - frac.len() as i64;
+    let trimmed_end = digits.trim_end_matches('0');
+    exp += (digits.len() - trimmed_end.len()) as i64;
+    let d = trimmed_end.trim_start_matches('0');
+    if d.is_empty() {
+        return (String::new(), 0);
+    }
+    (d.to_string(), exp)
 }
 
 /// A JSON value parsed with every object's keys checked for duplicates: `serde_json::Value`
@@ -519,6 +671,78 @@ mod tests {
         }
         let fine = json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "a".repeat(MAX_TOOL_NAME), "_meta": {"intent": "i".repeat(MAX_INTENT)}}});
         assert!(inspect(fine.to_string().as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn methods_the_gateway_does_not_know_ids_of_other_types_and_long_batches_are_refused() {
+        let refused = |v: Value| inspect(v.to_string().as_bytes()).unwrap_err();
+        let r = refused(json!({"jsonrpc": "2.0", "id": 4, "method": "admin/shutdown"}));
+        assert_eq!((r.code, r.id), (-32601, json!(4)));
+        let r = refused(
+            json!([{"jsonrpc": "2.0", "method": "notifications/initialized"},
+            {"jsonrpc": "2.0", "id": 5, "method": "debug/eval"}]),
+        );
+        assert_eq!(r.code, -32601);
+        for id in [json!({"x": 1}), json!([1]), json!(true)] {
+            let r = refused(json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+                "params": {"name": "add_note"}}));
+            assert_eq!((r.code, r.id), (-32600, Value::Null), "{id}");
+        }
+        let ping = json!({"jsonrpc": "2.0", "method": "notifications/progress"});
+        let batch = Value::Array(vec![ping.clone(); MAX_BATCH + 1]);
+        assert_eq!(refused(batch).code, -32600);
+        assert!(inspect(Value::Array(vec![ping; MAX_BATCH]).to_string().as_bytes()).is_ok());
+        for (method, access_) in [
+            (Some("initialize"), Access::Protocol),
+            (Some("notifications/cancelled"), Access::Protocol),
+            (None, Access::Protocol),
+            (Some("resources/read"), Access::Read),
+            (Some("prompts/get"), Access::Read),
+            (Some("completion/complete"), Access::Read),
+        ] {
+            assert_eq!(access(method), Some(access_), "{method:?}");
+        }
+    }
+
+    #[test]
+    fn numbers_that_would_not_reach_the_upstream_as_written_are_refused() {
+        for n in [
+            "123456789012345678901",
+            "-99999999999999999999",
+            "1.23456789012345678901",
+            "0.30000000000000000001",
+        ] {
+            let body = format!(
+                r#"{{"jsonrpc":"2.0","id":"n","method":"tools/call","params":{{"name":"pay","arguments":{{"amount":{n}}}}}}}"#
+            );
+            let r = inspect(body.as_bytes()).unwrap_err();
+            assert_eq!((r.code, r.id), (-32600, json!("n")), "{n}");
+        }
+        // Past a double's range serde_json refuses it itself.
+        assert!(
+            inspect(br#"{"jsonrpc":"2.0","id":1,"method":"ping","params":{"x":1e400}}"#).is_err()
+        );
+        for n in [
+            "0",
+            "-0",
+            "18446744073709551615",
+            "-9223372036854775808",
+            "0.1",
+            "2.5e-3",
+            "1E10",
+            "1.0",
+            "100.50",
+            "0.30000000000000004",
+            "1.7976931348623157e308",
+        ] {
+            let body = format!(
+                r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"pay","arguments":{{"amount":{n},"memo":"1e999 \" 123456789012345678901"}}}}}}"#
+            );
+            let m = inspect(body.as_bytes()).unwrap_or_else(|e| panic!("{n}: {e:?}"));
+            let sent: Value = serde_json::from_slice(&m.forward).unwrap();
+            let read: Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(sent, read, "{n}");
+        }
     }
 
     #[test]

@@ -1356,3 +1356,76 @@ grantline_store::backend_tests! {
         s.stop().await;
     }
 }
+
+/// What an MCP server offers besides tools (resources, prompts, completions) takes the
+/// resource's read scope and a role that has the resource; a method the gateway does not
+/// know never reaches the upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resources_and_prompts_take_the_read_scope_and_a_role_and_unknown_methods_are_refused() {
+    let db = grantline_store::testing::sqlite().await;
+    let (up_url, up) = start_upstream().await;
+    let (s, _d) = gateway_server(&db, &up_url).await;
+    let up_resource = s.url("/mcp/up");
+    let read = json!({"jsonrpc": "2.0", "id": 9, "method": "resources/read",
+        "params": {"uri": "file:///secrets/x"}});
+    let writer = token_for(&s, &up_resource, "up:write").await;
+    let r = rpc(&s, "/mcp/up", Some(&writer), read.clone()).await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let challenge = r.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        challenge.contains("insufficient_scope") && challenge.contains("up:read"),
+        "{challenge}"
+    );
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(
+        (e["id"].clone(), e["error"]["code"].clone()),
+        (json!(9), json!(-32003))
+    );
+    assert!(
+        up.bodies.lock().unwrap().is_empty(),
+        "never reached the upstream"
+    );
+
+    let reader = token_for(&s, &up_resource, "up:read").await;
+    let r = rpc(&s, "/mcp/up", Some(&reader), read.clone()).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(up.bodies.lock().unwrap().len(), 1);
+    // A batch reads too.
+    let batch = json!([{"jsonrpc": "2.0", "method": "notifications/initialized"}, read]);
+    let r = rpc(&s, "/mcp/up", Some(&writer), batch).await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+
+    for method in ["admin/shutdown", "debug/eval", "Resources/read"] {
+        let r = rpc(
+            &s,
+            "/mcp/up",
+            Some(&reader),
+            json!({"jsonrpc": "2.0", "id": 3, "method": method}),
+        )
+        .await;
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{method}");
+        let e: Value = r.json().await.unwrap();
+        assert_eq!(e["error"]["code"], -32601, "{method}");
+    }
+    assert_eq!(
+        up.bodies.lock().unwrap().len(),
+        1,
+        "none of them reached the upstream"
+    );
+
+    // The admin role loses the resource: its resources go with its tools.
+    let mut next = (*s.app.policy_config()).clone();
+    next.roles.get_mut("admin").unwrap().remove("up");
+    s.app.reload(next).await.unwrap();
+    let read =
+        json!({"jsonrpc": "2.0", "id": 10, "method": "prompts/get", "params": {"name": "p"}});
+    let r = rpc(&s, "/mcp/up", Some(&reader), read).await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["error"]["data"]["reason"], "role");
+    assert_eq!(up.bodies.lock().unwrap().len(), 1);
+    s.stop().await;
+}

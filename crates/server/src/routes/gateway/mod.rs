@@ -42,7 +42,7 @@ fn denial_response(d: &Denial, metadata_url: &str, jsonrpc_id: Option<&Value>) -
     let body = match jsonrpc_id {
         Some(id) => {
             let message = if d.reason == "role" {
-                "forbidden: your role does not permit this tool"
+                "forbidden: your role does not permit this"
             } else {
                 "forbidden: this call needs more authority"
             };
@@ -126,24 +126,36 @@ impl Request<'_> {
         if mount.upstream == crate::gateway::Upstream::Audit {
             self.audit_role(&caller, &resource, &metadata_url).await?;
         }
-        let (watched, body, session_id) = self.classify(&caller, body).await?;
+        let (watched, reads, body, session_id) = self.classify(&caller, body).await?;
         let started = Instant::now();
         let assertion = upstream::identity(self.app, self.ctx, &caller);
-        let scope = self
+        let (scope, writes) = self
             .needed_scope(&mount, &assertion, watched.as_ref())
             .await;
         // The gateway's own decision (rate limits, then the two layers of authority) is the
         // request's `decide` span, as an OAuth decision is in `App::run`.
         let decide = tracing::info_span!("decide", attempt = 1);
         let quota = decide.in_scope(|| {
-            self.rate_limit(
-                &caller,
-                &resource.id,
-                &mount,
-                scope.as_deref(),
-                watched.as_ref(),
-            )
+            self.rate_limit(&caller, &resource.id, &mount, writes, watched.as_ref())
         })?;
+        // Resources, prompts and completions: the read scope, and a role with the resource.
+        if let Some(reads_id) = reads {
+            let mounts = self.app.mounts();
+            let read = decide.in_scope(|| {
+                authority::check_read(&caller, &mounts.roles, &mount.name, &mount.scopes.read)
+            });
+            if let Err(mut d) = read {
+                tracing::info!(reason = d.reason, "gateway request refused");
+                if d.kind == grantline_gateway::DenialKind::InsufficientScope {
+                    d.required_scopes = authority::step_up_scopes(
+                        &caller,
+                        |s| resource.offers(s),
+                        &d.required_scopes,
+                    );
+                }
+                return Ok(denial_response(&d, &metadata_url, Some(&reads_id)));
+            }
+        }
         let checked = match (&watched, &scope) {
             (Some(Watched::Call(call)), Some(scope)) => {
                 let mounts = self.app.mounts();
@@ -375,13 +387,14 @@ impl Request<'_> {
 
     /// What the request asks for: the message inspected (and what goes upstream: that
     /// message serialised again, never bytes the gateway read differently from the
-    /// upstream), the routing headers checked against it, the session id bounded, and the
-    /// one tool message to watch with the caller's intent sealed.
+    /// upstream), the routing headers checked against it, the session id bounded, the one
+    /// tool message to watch with the caller's intent sealed, and whether it reads resources,
+    /// prompts or completions (with the id to answer a refusal with).
     async fn classify(
         &self,
         caller: &Caller,
         body: Bytes,
-    ) -> Result<(Option<Watched>, Bytes, Option<String>), Response> {
+    ) -> Result<(Option<Watched>, Option<Value>, Bytes, Option<String>), Response> {
         let session_id = match self.headers.get("mcp-session-id").map(|v| v.to_str()) {
             None => None,
             Some(Ok(v)) if valid_session_id(v) => Some(v.to_string()),
@@ -423,6 +436,14 @@ impl Request<'_> {
                 StatusCode::BAD_REQUEST,
             ));
         }
+        let reads = inspected.iter().find_map(|m| match m {
+            Inspected::Other { method, id }
+                if jsonrpc::access(method.as_deref()) == Some(jsonrpc::Access::Read) =>
+            {
+                Some(id.clone())
+            }
+            _ => None,
+        });
         // At most one message to watch: the inspection refuses tool messages in batches.
         let watched = match inspected
             .into_iter()
@@ -442,18 +463,19 @@ impl Request<'_> {
             Some(Inspected::ToolsList { id }) => Some(Watched::List(id)),
             _ => None,
         };
-        Ok((watched, body, session_id))
+        Ok((watched, reads, body, session_id))
     }
 
-    /// The scope a call needs, learning the tool's annotations first when they are unknown.
+    /// The scope a call needs, and whether it counts as a write, learning the tool's
+    /// annotations first when they are unknown.
     async fn needed_scope(
         &self,
         mount: &Mount,
         assertion: &str,
         watched: Option<&Watched>,
-    ) -> Option<String> {
+    ) -> (Option<String>, bool) {
         let Some(Watched::Call(c)) = watched else {
-            return None;
+            return (None, false);
         };
         let mounts = self.app.mounts();
         if !mount.scopes.explicit.contains_key(&c.tool)
@@ -462,11 +484,14 @@ impl Request<'_> {
             upstream::learn_tools(self.app, mount, &self.headers, assertion, &c.tool).await;
         }
         let annotations = mounts.annotations(&mount.name, &c.tool);
-        Some(
-            mount
-                .scopes
-                .for_tool(&c.tool, annotations.as_ref())
-                .to_string(),
+        (
+            Some(
+                mount
+                    .scopes
+                    .for_tool(&c.tool, annotations.as_ref())
+                    .to_string(),
+            ),
+            mount.scopes.writes(&c.tool, annotations.as_ref()),
         )
     }
 
@@ -476,10 +501,9 @@ impl Request<'_> {
         caller: &Caller,
         resource: &str,
         mount: &Mount,
-        scope: Option<&str>,
+        writes: bool,
         watched: Option<&Watched>,
     ) -> Result<Quota, Response> {
-        let writes = scope.is_some_and(|s| s != mount.scopes.read);
         let buckets = grantline_gateway::ratelimit::buckets(caller, resource, writes);
         let buckets: Vec<(RateBucket, &str)> =
             buckets.iter().map(|(b, k)| (*b, k.as_str())).collect();
@@ -535,7 +559,7 @@ fn headers_match(headers: &HeaderMap, inspected: &[Inspected]) -> Result<(), Str
     let (m, n) = match one {
         Inspected::ToolCall { tool, .. } => (Some("tools/call"), Some(tool.as_str())),
         Inspected::ToolsList { .. } => (Some("tools/list"), None),
-        Inspected::Other { method } => (method.as_deref(), None),
+        Inspected::Other { method, .. } => (method.as_deref(), None),
     };
     if method.is_some_and(|h| Some(h) != m) {
         return Err("Mcp-Method does not match the message's method".into());
