@@ -30,14 +30,15 @@ pub enum Access {
     Read,
 }
 
-/// The methods a client sends an MCP server (2025-06-18 and later) besides the tool methods;
+/// The methods a client sends an MCP server (2025-06-18 to 2026-07-28) besides the tool methods;
 /// any other method is refused, so that nothing the gateway does not know reaches the
 /// upstream past its authority check.
 pub fn access(method: Option<&str>) -> Option<Access> {
     match method {
         // An answer (result or error) to a request of the server's.
         None => Some(Access::Protocol),
-        Some("initialize" | "ping") => Some(Access::Protocol),
+        // `server/discover`: protocol 2026-07-28's initialize.
+        Some("initialize" | "ping" | "server/discover") => Some(Access::Protocol),
         Some(m) if m.starts_with("notifications/") => Some(Access::Protocol),
         Some(
             "resources/list"
@@ -48,7 +49,9 @@ pub fn access(method: Option<&str>) -> Option<Access> {
             | "prompts/list"
             | "prompts/get"
             | "completion/complete"
-            | "logging/setLevel",
+            | "logging/setLevel"
+            // 2026-07-28: a stream of the server's notifications (list changes, resource updates).
+            | "subscriptions/listen",
         ) => Some(Access::Read),
         Some(_) => None,
     }
@@ -694,6 +697,8 @@ mod tests {
         assert!(inspect(Value::Array(vec![ping; MAX_BATCH]).to_string().as_bytes()).is_ok());
         for (method, access_) in [
             (Some("initialize"), Access::Protocol),
+            (Some("server/discover"), Access::Protocol),
+            (Some("subscriptions/listen"), Access::Read),
             (Some("notifications/cancelled"), Access::Protocol),
             (None, Access::Protocol),
             (Some("resources/read"), Access::Read),

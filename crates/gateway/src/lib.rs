@@ -10,6 +10,7 @@ pub mod jsonrpc;
 pub mod properties;
 pub mod ratelimit;
 pub mod record;
+pub mod session;
 
 pub use authority::{Roles, ToolScopes};
 pub use caller::{Caller, authenticate};

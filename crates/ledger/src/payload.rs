@@ -721,6 +721,7 @@ pub struct ToolListed {
     /// How many tools the caller was shown after filtering by authority.
     pub tools_returned: u32,
     pub duration_us: u64,
+    /// As in `tool.call_started`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_id: Option<String>,
 }
@@ -750,7 +751,8 @@ pub struct ToolCallStarted {
     /// words, erased with them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sealed_intent: Option<Sealed>,
-    /// The MCP session (`Mcp-Session-Id`), when the client is in one.
+    /// The MCP session, when the client is in one: `b3:` and a digest of the upstream's
+    /// `Mcp-Session-Id` (events before 2026-12-06 hold the id itself).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_id: Option<String>,
 }
@@ -843,8 +845,6 @@ pub struct SigningKeyRotated {
     pub endorsement: Option<String>,
 }
 
-/// The HTTP request behind an event: its id (as in the server's logs and the `X-Request-Id`
-/// header) and the caller's address and user agent, sealed under the subject's key.
 /// A W3C trace id as events record it: 32 lowercase hex digits, not all zeros; anything else
 /// is recorded as no trace. The builders of events take it through here, so whatever reaches
 /// them, a trace id in the ledger is bounded and well formed.
@@ -858,6 +858,8 @@ pub fn trace_id(id: Option<&str>) -> Option<String> {
     .map(String::from)
 }
 
+/// The HTTP request behind an event: its id (as in the server's logs and the `X-Request-Id`
+/// header) and the caller's address and user agent, sealed under the subject's key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RequestMeta {
     pub request_id: String,

@@ -85,6 +85,12 @@ async fn start_upstream() -> (String, Upstream) {
                     {"name": "stream_tool", "inputSchema": {"type": "object"}, "annotations": {"readOnlyHint": true}},
                 ]}});
                 match method {
+                    // The session the test names (`params.session`), as an upstream opens one.
+                    "initialize" => (
+                        [("mcp-session-id", msg["params"]["session"].as_str().unwrap_or("s").to_string())],
+                        axum::Json(json!({"jsonrpc": "2.0", "id": id, "result": {}})),
+                    )
+                        .into_response(),
                     // In session `linger`, the listing comes on a stream that stays open after it.
                     "tools/list" if h("mcp-session-id").as_deref() == Some("linger") => lingering(&listing),
                     "tools/list" => axum::Json(json!({"jsonrpc": "2.0", "id": id, "result": {"tools": [
@@ -277,7 +283,17 @@ async fn prompt_stream(s: &Server, token: &str, id: u64) -> reqwest::Response {
 }
 
 /// The upstream's own event stream (GET) through the gateway, opened: in the test upstream's
-/// session `session` when given.
+/// session `session` when given (a session id as the gateway gave it: [`open_session`]).
+/// Opens the upstream session `name` with `token`'s caller, and returns its id as the gateway
+/// gives it to the client (bound to that caller).
+async fn open_session(s: &Server, token: &str, name: &str) -> String {
+    let init =
+        json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {"session": name}});
+    let r = rpc(s, "/mcp/up", Some(token), init).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    r.headers()["mcp-session-id"].to_str().unwrap().to_string()
+}
+
 async fn event_stream(s: &Server, token: &str, session: Option<&str>) -> reqwest::Response {
     let mut get = browser()
         .get(s.url("/mcp/up"))
@@ -880,7 +896,8 @@ grantline_store::backend_tests! {
         let token = token_for(&s, &s.url("/mcp/up"), "up:read").await;
         // A stream that fills every buffer on the way to a client that no longer reads: the
         // server's writes wait, so the stream is never asked for more and cannot be ended.
-        let mut r = event_stream(&s, &token, Some("flood")).await;
+        let flood = open_session(&s, &token, "flood").await;
+        let mut r = event_stream(&s, &token, Some(&flood)).await;
         assert!(first_chunk(&mut r).await.starts_with(": xxx"));
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
         let stopping = std::time::Instant::now();
@@ -896,6 +913,7 @@ grantline_store::backend_tests! {
         let (up_url, up) = start_upstream().await;
         let (s, _d) = gateway_server(&db, &up_url).await;
         let token = token_for(&s, &s.url("/mcp/up"), "up:read").await;
+        let linger = open_session(&s, &token, "linger").await;
         // No listing went through yet: the gateway asks for one to learn that `read_tool` only
         // reads, and the upstream answers it on a stream it keeps open.
         let r = tokio::time::timeout(
@@ -903,7 +921,7 @@ grantline_store::backend_tests! {
             browser()
                 .post(s.url("/mcp/up"))
                 .header("accept", "application/json, text/event-stream")
-                .header("mcp-session-id", "linger")
+                .header("mcp-session-id", &linger)
                 .bearer_auth(&token)
                 .json(&call(41, "read_tool"))
                 .send(),
@@ -1332,7 +1350,10 @@ grantline_store::backend_tests! {
             assert_eq!(r.status(), StatusCode::BAD_REQUEST);
             assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], -32600);
         }
-        for session in ["s".repeat(257), "has space".to_string()] {
+        for session in [
+            "s".repeat(grantline_gateway::session::MAX_SESSION_ID + 1),
+            "has space".to_string(),
+        ] {
             let r = browser()
                 .post(s.url("/mcp/up"))
                 .bearer_auth(&token)

@@ -150,10 +150,15 @@ async fn start(db: &TestDb, upstream: &str, limits: &str) -> (Server, tempfile::
 
 /// A personal access token of the admin for `rec` with `scope`.
 async fn pat(s: &Server, scope: &str) -> (String, String) {
+    pat_of(s, "admin", scope).await
+}
+
+/// As [`pat`], for the user named `username`.
+async fn pat_of(s: &Server, username: &str, scope: &str) -> (String, String) {
     let p = grantline_server::admin::create_pat(
         &s.app,
         &s.app.settings(),
-        "admin",
+        username,
         grantline_oauth::pat::PatRequest {
             user_id: String::new(),
             name: "test".into(),
@@ -238,6 +243,7 @@ grantline_store::backend_tests! {
         let (up, seen) = start_upstream().await;
         let (s, _d) = start(&db, &up, "").await;
         let (_, token) = pat(&s, "rec:read").await;
+        let mut session = String::new();
         for version in ["2025-06-18", "2025-11-25", "2026-07-28"] {
             let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
                 "protocolVersion": version, "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}});
@@ -252,7 +258,9 @@ grantline_store::backend_tests! {
                 .await
                 .unwrap();
             assert_eq!(r.status(), StatusCode::OK);
-            assert_eq!(r.headers()["mcp-session-id"], "sess-1");
+            let given = r.headers()["mcp-session-id"].to_str().unwrap().to_string();
+            assert!(given.starts_with("sess-1."), "bound to the caller: {given}");
+            session = given;
             let answer: Value = r.json().await.unwrap();
             assert_eq!(answer["result"]["protocolVersion"], version);
             let last = seen.lock().unwrap().last().cloned().unwrap();
@@ -262,13 +270,40 @@ grantline_store::backend_tests! {
             );
             assert_eq!(last.authorization, None, "never the caller's token");
         }
+        // The session is the caller's: another user's token with it, or the upstream's own id,
+        // is an unknown session (404), and never reaches the upstream.
+        grantline_server::admin::add_user(
+            &s.app,
+            &grantline_server::admin::NewUser { username: "mallory", email: None, role: "user" },
+            "mallory-password-1",
+            grantline_ledger::UserSource::Admin,
+            Actor::Operator,
+        )
+        .await
+        .unwrap();
+        let (_, other) = pat_of(&s, "mallory", "rec:read").await;
+        let before = seen.lock().unwrap().len();
+        for (who, id) in [(&other, session.as_str()), (&token, "sess-1")] {
+            for method in [reqwest::Method::GET, reqwest::Method::DELETE] {
+                let r = browser()
+                    .request(method.clone(), s.url("/mcp/rec"))
+                    .bearer_auth(who)
+                    .header("accept", "text/event-stream")
+                    .header("mcp-session-id", id)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), StatusCode::NOT_FOUND, "{method} {id}");
+            }
+        }
+        assert_eq!(seen.lock().unwrap().len(), before);
         // In the session: GET opens the server's stream, DELETE ends the session. Neither carries a
         // body upstream, and the session and version headers travel with them.
         let r = browser()
             .get(s.url("/mcp/rec"))
             .bearer_auth(&token)
             .header("accept", "text/event-stream")
-            .header("mcp-session-id", "sess-1")
+            .header("mcp-session-id", &session)
             .header("mcp-protocol-version", "2026-07-28")
             .body("ignored")
             .send()
@@ -285,7 +320,7 @@ grantline_store::backend_tests! {
         let r = browser()
             .delete(s.url("/mcp/rec"))
             .bearer_auth(&token)
-            .header("mcp-session-id", "sess-1")
+            .header("mcp-session-id", &session)
             .header("mcp-protocol-version", "2026-07-28")
             .send()
             .await
@@ -304,7 +339,7 @@ grantline_store::backend_tests! {
             .get(s.url("/mcp/rec"))
             .bearer_auth(&token)
             .header("accept", "text/event-stream")
-            .header("mcp-session-id", "sess-1")
+            .header("mcp-session-id", &session)
             .header("last-event-id", "42")
             .send()
             .await

@@ -26,7 +26,7 @@ use axum::response::{IntoResponse, Response};
 use grantline_gateway::caller::{bearer, token_in_query};
 use grantline_gateway::jsonrpc::{self, Inspected};
 use grantline_gateway::ratelimit::Quota;
-use grantline_gateway::{Caller, Denial, authenticate, authority};
+use grantline_gateway::{Caller, Denial, authenticate, authority, session};
 use grantline_ledger::RateBucket;
 use grantline_oauth::Resource;
 use record::{Audit, Call, Intent, Watched};
@@ -38,18 +38,24 @@ use std::time::Instant;
 const MAX_BUFFERED: usize = 16 * 1024 * 1024;
 
 fn denial_response(d: &Denial, metadata_url: &str, jsonrpc_id: Option<&Value>) -> Response {
+    denial_of(d, metadata_url, jsonrpc_id, "tool")
+}
+
+/// As [`denial_response`], for a request that is not a tool call (`what`: "request").
+fn denial_of(d: &Denial, metadata_url: &str, jsonrpc_id: Option<&Value>, what: &str) -> Response {
     let status = StatusCode::from_u16(d.status()).unwrap_or(StatusCode::UNAUTHORIZED);
     let body = match jsonrpc_id {
         Some(id) => {
             let message = if d.reason == "role" {
-                "forbidden: your role does not permit this"
+                format!("forbidden: your role does not permit this {what}")
             } else {
-                "forbidden: this call needs more authority"
+                let call = if what == "tool" { "call" } else { what };
+                format!("forbidden: this {call} needs more authority")
             };
             jsonrpc::error(
                 id,
                 -32003,
-                message,
+                &message,
                 Some(serde_json::json!({"required_scopes": d.required_scopes, "reason": d.reason})),
             )
         }
@@ -110,7 +116,7 @@ struct Request<'a> {
 #[allow(clippy::result_large_err)]
 impl Request<'_> {
     async fn handle(
-        self,
+        mut self,
         name: &str,
         query: Option<&str>,
         body: Bytes,
@@ -126,7 +132,40 @@ impl Request<'_> {
         if mount.upstream == crate::gateway::Upstream::Audit {
             self.audit_role(&caller, &resource, &metadata_url).await?;
         }
-        let (watched, reads, body, session_id) = self.classify(&caller, body).await?;
+        let (watched, reads, body, presented) = self.classify(&caller, body).await?;
+        // The session the client presents goes upstream only from whom it was given to.
+        let session_key = session_key(self.app);
+        let binding = session::Binding {
+            resource: &resource.id,
+            subject: caller
+                .user_id
+                .as_deref()
+                .or(caller.client_id.as_deref())
+                .unwrap_or_default(),
+            client_id: caller.client_id.as_deref(),
+        };
+        let session_id = match &presented {
+            None => None,
+            Some(p) => match session::unwrap(&session_key, &binding, p)
+                .and_then(|u| HeaderValue::from_str(u).ok().map(|v| (u, v)))
+            {
+                Some((upstream, value)) => {
+                    let recorded = session::recorded(upstream);
+                    self.headers.insert("mcp-session-id", value);
+                    Some(recorded)
+                }
+                None => {
+                    tracing::info!("a session id not given to this caller was refused");
+                    let id = watched.as_ref().map(|w| w.id().clone());
+                    return Err(refused_id(
+                        &id.or(reads).unwrap_or(Value::Null),
+                        -32001,
+                        "session not found: start a new one",
+                        StatusCode::NOT_FOUND,
+                    ));
+                }
+            },
+        };
         let started = Instant::now();
         let assertion = upstream::identity(self.app, self.ctx, &caller);
         let (scope, writes) = self
@@ -153,7 +192,7 @@ impl Request<'_> {
                         &d.required_scopes,
                     );
                 }
-                return Ok(denial_response(&d, &metadata_url, Some(&reads_id)));
+                return Ok(denial_of(&d, &metadata_url, Some(&reads_id), "request"));
             }
         }
         let checked = match (&watched, &scope) {
@@ -235,6 +274,7 @@ impl Request<'_> {
             }
         };
         quota_headers(&mut r, quota);
+        bind_session(&mut r, &session_key, &binding);
         Ok(r)
     }
 
@@ -572,8 +612,33 @@ fn headers_match(headers: &HeaderMap, inspected: &[Inspected]) -> Result<(), Str
     Ok(())
 }
 
-/// The longest `Mcp-Session-Id` accepted.
-pub const MAX_SESSION_ID: usize = 256;
+/// The longest `Mcp-Session-Id` accepted from a client: an upstream's with its binding.
+pub const MAX_SESSION_ID: usize = session::MAX_SESSION_ID;
+
+/// The key of session bindings, derived from the MAC key (so instances that share the
+/// signing key share it).
+fn session_key(app: &App) -> [u8; 32] {
+    blake3::derive_key("grantline 2026 mcp session binding", &app.mac_key)
+}
+
+/// The upstream's `Mcp-Session-Id` in `r`, bound to the caller; one a client could not send
+/// back is dropped (the client goes on without a session).
+fn bind_session(r: &mut Response, key: &[u8; 32], binding: &session::Binding<'_>) {
+    let Some(upstream) = r.headers_mut().remove("mcp-session-id") else {
+        return;
+    };
+    let wrapped = upstream
+        .to_str()
+        .ok()
+        .and_then(|u| session::wrap(key, binding, u))
+        .and_then(|w| HeaderValue::from_str(&w).ok());
+    match wrapped {
+        Some(v) => {
+            r.headers_mut().insert("mcp-session-id", v);
+        }
+        None => tracing::warn!("the upstream's session id cannot be given to a client"),
+    }
+}
 
 fn valid_session_id(v: &str) -> bool {
     !v.is_empty() && v.len() <= MAX_SESSION_ID && v.bytes().all(|b| (0x21..=0x7e).contains(&b))
