@@ -41,6 +41,8 @@ fn client(name: &str, registered: bool) -> NewEvent {
             grant_types: None,
             scope: None,
             secret_digest: None,
+            token_endpoint_auth_method: None,
+            cleared: Vec::new(),
         })
     };
     NewEvent::new(StreamId::client("c1"), Actor::Operator, payload)

@@ -12,9 +12,15 @@ use grantline_store::testing::{TestDb, signer};
 use grantline_store::{Database, Ledger, LedgerOptions, Store};
 use std::path::{Path, PathBuf};
 
-/// Every fixture, oldest first: `ledger-vN.db` for each body format N, and
-/// `ledger-v2-trace.db` (format 2 with the gateway events' `trace_id`, 2026-12-06).
-const FORMATS: &[&str] = &["ledger-v1.db", "ledger-v2.db", "ledger-v2-trace.db"];
+/// Every fixture, oldest first: `ledger-vN.db` for each body format N, `ledger-v2-trace.db`
+/// (format 2 with the gateway events' `trace_id`, 2026-12-06) and `ledger-v2-clients.db`
+/// (with `client.updated`'s `token_endpoint_auth_method` and `cleared`, 2026-12-06).
+const FORMATS: &[&str] = &[
+    "ledger-v1.db",
+    "ledger-v2.db",
+    "ledger-v2-trace.db",
+    "ledger-v2-clients.db",
+];
 
 /// The body format a fixture was written in (`ledger-v<N>…`).
 fn format_of(name: &str) -> u32 {
@@ -44,6 +50,25 @@ const ADDED_SINCE: &[(&str, &str, &str)] = &[
     ("ledger-v2.db", "tool.call_started", "trace_id"),
     ("ledger-v2.db", "tool.called", "trace_id"),
     ("ledger-v2.db", "authorization.denied", "trace_id"),
+    // 2026-12-06: an update names a changed authentication method and what it removes.
+    (
+        "ledger-v1.db",
+        "client.updated",
+        "token_endpoint_auth_method",
+    ),
+    ("ledger-v1.db", "client.updated", "cleared"),
+    (
+        "ledger-v2.db",
+        "client.updated",
+        "token_endpoint_auth_method",
+    ),
+    ("ledger-v2.db", "client.updated", "cleared"),
+    (
+        "ledger-v2-trace.db",
+        "client.updated",
+        "token_endpoint_auth_method",
+    ),
+    ("ledger-v2-trace.db", "client.updated", "cleared"),
 ];
 
 /// `sample` as the fixture `name` holds it: without the fields added since.

@@ -301,7 +301,19 @@ pub struct ClientUpdated {
         with = "crate::digest::option"
     )]
     pub secret_digest: Option<String>,
+    /// A changed token endpoint authentication method.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_endpoint_auth_method: Option<AuthMethod>,
+    /// What the update removes, by field name: `scope` (the client is no longer limited to a
+    /// registered scope) and `secret_digest` (it has no secret any more). A field absent above
+    /// is otherwise left as it was.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cleared: Vec<String>,
 }
+
+/// The fields a `client.updated` can remove ([`ClientUpdated::cleared`]).
+pub const CLEARED_SCOPE: &str = "scope";
+pub const CLEARED_SECRET: &str = "secret_digest";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClientDisabled {

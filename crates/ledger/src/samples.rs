@@ -161,6 +161,9 @@ pub fn all() -> Vec<Payload> {
             grant_types: Some(vec![GrantType::AuthorizationCode]),
             scope: Some("demo.read".into()),
             secret_digest: Some(digest("rotated secret")),
+            token_endpoint_auth_method: Some(AuthMethod::ClientSecretPost),
+            // Every field, so the sample sets a scope and removes one: removal wins.
+            cleared: vec![crate::CLEARED_SCOPE.into()],
         }
         .into(),
         ClientDisabled {

@@ -132,11 +132,22 @@ pub fn sync_configured(state: &State, c: &NewClient, secret: Option<&Secret>) ->
                 || have.redirect_uris != wanted.redirect_uris
                 || have.grant_types != wanted.grant_types
                 || have.scope != wanted.scope
-                || have.secret_digest != wanted.secret_digest;
+                || have.secret_digest != wanted.secret_digest
+                || have.auth_method != wanted.token_endpoint_auth_method;
             if !changed {
                 return Decision::new(Vec::new(), Ok(false));
             }
             let version = have.version;
+            // What the file no longer gives the client is removed, not left as it was.
+            let mut cleared = Vec::new();
+            if wanted.scope.is_none() && have.scope.is_some() {
+                cleared.push(grantline_ledger::CLEARED_SCOPE.to_string());
+            }
+            if wanted.secret_digest.is_none() && have.secret_digest.is_some() {
+                cleared.push(grantline_ledger::CLEARED_SECRET.to_string());
+            }
+            let auth_method = (have.auth_method != wanted.token_endpoint_auth_method)
+                .then_some(wanted.token_endpoint_auth_method);
             Decision::new(
                 vec![NewEvent::new(
                     stream.clone(),
@@ -148,6 +159,8 @@ pub fn sync_configured(state: &State, c: &NewClient, secret: Option<&Secret>) ->
                         grant_types: Some(wanted.grant_types),
                         scope: wanted.scope,
                         secret_digest: wanted.secret_digest,
+                        token_endpoint_auth_method: auth_method,
+                        cleared,
                     },
                 )],
                 Ok(true),

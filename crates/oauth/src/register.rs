@@ -409,6 +409,13 @@ pub fn decide_document(
                         grant_types: Some(meta.grant_types.clone()),
                         scope: meta.scope.clone(),
                         secret_digest: None,
+                        token_endpoint_auth_method: None,
+                        // A scope the document no longer names is gone.
+                        cleared: if meta.scope.is_none() && c.scope.is_some() {
+                            vec![grantline_ledger::CLEARED_SCOPE.to_string()]
+                        } else {
+                            Vec::new()
+                        },
                     },
                 )],
                 Ok(()),

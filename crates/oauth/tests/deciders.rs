@@ -596,6 +596,8 @@ fn a_consent_is_asked_again_once_the_clients_redirect_uris_change() {
             grant_types: None,
             scope: None,
             secret_digest: None,
+            token_endpoint_auth_method: None,
+            cleared: Vec::new(),
         };
         w.commit(&Append::new(vec![NewEvent::new(
             StreamId::client(&client),
@@ -1788,4 +1790,83 @@ fn only_an_account_an_administrator_made_is_linked_by_its_email() {
     let (code, kinds) = outcome(&mut w, attempt("staff", Account::Link(admin_made), "ses_6"));
     assert_eq!(code, "ok");
     assert_eq!(kinds, [Kind::UserLinked, Kind::LoginSucceeded]);
+}
+
+/// What the configuration file (or a client's metadata document) no longer gives a client is
+/// removed: an update is not a merge that keeps the old scope or secret, and so does not come
+/// back at every start or every authorization.
+#[test]
+fn an_update_removes_what_the_declaration_no_longer_gives() {
+    use grantline_oauth::clients::{NewClient, sync_configured};
+    let mut w = World::new();
+    let declared = |scope: Option<&str>, auth: Option<&str>| NewClient {
+        client_id: Some("billing".into()),
+        client_name: "Billing".into(),
+        redirect_uris: vec!["https://billing.example/cb".into()],
+        grant_types: Some(vec!["authorization_code".into()]),
+        scope: scope.map(String::from),
+        application_type: None,
+        auth_method: auth.map(String::from),
+    };
+    let secret = Secret("billing-secret-0123456789abcdef0123456789".into());
+    let sync = |w: &mut World, c: &NewClient, secret: Option<&Secret>| {
+        let d = sync_configured(&w.state, c, secret);
+        let changed = *d.outcome.as_ref().unwrap();
+        w.commit(&d.append).unwrap();
+        (changed, d.append.events)
+    };
+    assert!(sync(&mut w, &declared(Some("demo:read"), None), Some(&secret)).0);
+    let c = &w.state.clients["billing"];
+    assert_eq!(
+        (c.scope.as_deref(), c.secret_digest.is_some()),
+        (Some("demo:read"), true)
+    );
+    // The scope is taken out of the file: gone, and the next start changes nothing.
+    let (changed, events) = sync(&mut w, &declared(None, None), Some(&secret));
+    assert!(changed);
+    match &events[0].payload {
+        Payload::ClientUpdated(u) => assert_eq!(u.cleared, vec![CLEARED_SCOPE.to_string()]),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(w.state.clients["billing"].scope, None);
+    assert!(
+        !sync(&mut w, &declared(None, None), Some(&secret)).0,
+        "settled"
+    );
+    // The client becomes public: its secret no longer authenticates it, and its method is none.
+    let public = declared(None, Some("none"));
+    assert!(sync(&mut w, &public, None).0);
+    let c = &w.state.clients["billing"];
+    assert_eq!(
+        (c.secret_digest.as_deref(), c.auth_method),
+        (None, AuthMethod::None)
+    );
+    assert!(!sync(&mut w, &public, None).0, "settled");
+    let presented = Presented {
+        client_id: "billing".into(),
+        secret: Some(secret.0.clone()),
+        via: AuthMethod::ClientSecretBasic,
+    };
+    assert!(
+        authenticate(&w.state, &presented).is_err(),
+        "the old secret is refused"
+    );
+
+    // A metadata document that stops naming a scope.
+    let url = "https://app.example/client.json";
+    let req = |scope: Option<&str>| RegistrationRequest {
+        client_name: Some("App".into()),
+        redirect_uris: vec!["https://app.example/cb".into()],
+        token_endpoint_auth_method: Some("none".into()),
+        scope: scope.map(String::from),
+        ..Default::default()
+    };
+    for scope in [Some("demo:read"), None] {
+        let r = req(scope);
+        let meta = register::check(&r).unwrap();
+        let d = register::decide_document(&w.state, url, &meta, &r);
+        w.commit(&d.append).unwrap();
+        assert_eq!(w.state.clients[url].scope.as_deref(), scope);
+        assert!(!register::document_changed(&w.state, url, &meta), "settled");
+    }
 }

@@ -78,6 +78,16 @@ pub fn apply(state: &mut State, event: &Recorded) {
                 if let Some(v) = &e.secret_digest {
                     c.secret_digest = Some(v.clone());
                 }
+                if let Some(m) = e.token_endpoint_auth_method {
+                    c.auth_method = m;
+                }
+                for field in &e.cleared {
+                    match field.as_str() {
+                        grantline_ledger::CLEARED_SCOPE => c.scope = None,
+                        grantline_ledger::CLEARED_SECRET => c.secret_digest = None,
+                        _ => {}
+                    }
+                }
             }
         }
         Payload::ClientDisabled(e) => {
