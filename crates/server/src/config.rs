@@ -387,6 +387,10 @@ fn default_drain_timeout_secs() -> u64 {
 
 /// A stop that waits longer is a hang (a process manager kills it first), and the bound keeps the second added to it from overflowing.
 const MAX_DRAIN_TIMEOUT_SECS: u64 = 3600;
+/// The longest lifetime `[oauth]` accepts: ten years.
+pub const MAX_LIFETIME_SECS: u64 = 10 * 365 * 86_400;
+/// The longest refresh grace `[oauth]` accepts: an hour.
+pub const MAX_REFRESH_GRACE_SECS: u64 = 3600;
 
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8080))
@@ -703,8 +707,23 @@ impl Config {
         if self.oauth.code_ttl == 0 || self.oauth.code_ttl > 60 {
             bail!("oauth.code_ttl must be between 1 and 60 seconds");
         }
-        if self.oauth.access_token_ttl == 0 {
-            bail!("oauth.access_token_ttl must be positive");
+        // Bounded so that every expiry computed from them is a time (not an overflow that
+        // wraps to the past), and none is zero (every refresh would fail).
+        for (name, value) in [
+            ("access_token_ttl", self.oauth.access_token_ttl),
+            ("refresh_idle_ttl", self.oauth.refresh_idle_ttl),
+            ("refresh_absolute_ttl", self.oauth.refresh_absolute_ttl),
+            ("dynamic_client_ttl", self.oauth.dynamic_client_ttl),
+            ("session_ttl", self.oauth.session_ttl),
+        ] {
+            if !(1..=MAX_LIFETIME_SECS).contains(&value) {
+                bail!("oauth.{name} must be between 1 and {MAX_LIFETIME_SECS} seconds (ten years)");
+            }
+        }
+        if self.oauth.refresh_grace > MAX_REFRESH_GRACE_SECS {
+            bail!(
+                "oauth.refresh_grace must be at most {MAX_REFRESH_GRACE_SECS} seconds: a longer grace lets a stolen refresh token be used beside its rotated successor without being taken for reuse"
+            );
         }
         if self.server.drain_timeout_secs > MAX_DRAIN_TIMEOUT_SECS {
             bail!("server.drain_timeout_secs must be at most {MAX_DRAIN_TIMEOUT_SECS} (an hour)");
@@ -1170,6 +1189,21 @@ mod tests {
             ))
             .is_ok()
         );
+        // Lifetimes that would wrap to the past, or end every refresh at once.
+        for (line, field) in [
+            ("refresh_grace = 18446744073709551615", "refresh_grace"),
+            ("refresh_grace = 3601", "refresh_grace"),
+            ("access_token_ttl = 9223372036854775808", "access_token_ttl"),
+            ("refresh_idle_ttl = 0", "refresh_idle_ttl"),
+            ("refresh_absolute_ttl = 0", "refresh_absolute_ttl"),
+            ("session_ttl = 315360001", "session_ttl"),
+        ] {
+            let e = check(&format!("[oauth]\n{line}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(field), "{line}: {e}");
+        }
+        assert!(check("[oauth]\nrefresh_grace = 0\naccess_token_ttl = 315360000\n").is_ok());
     }
 
     #[test]

@@ -51,7 +51,8 @@ pub fn parse_duration(s: &str) -> Option<u64> {
         "d" => 86_400,
         _ => return None,
     };
-    n.checked_mul(k)
+    // At most a century: beyond it a what-if expiry would not be a time.
+    n.checked_mul(k).filter(|&secs| secs <= 100 * 365 * 86_400)
 }
 
 impl Overrides {
@@ -288,5 +289,32 @@ impl WhatIf {
             .collect();
         out.sort_by(|a, b| (a.what_if.seq(), &a.family_id).cmp(&(b.what_if.seq(), &b.family_id)));
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_are_read_with_their_unit_and_bounded() {
+        assert_eq!(parse_duration("30"), Some(30));
+        assert_eq!(parse_duration("5m"), Some(300));
+        assert_eq!(parse_duration(" 7d "), Some(604_800));
+        assert_eq!(parse_duration("36500d"), Some(3_153_600_000));
+        // Past a century (or past u64) it is not a duration a what-if can use.
+        for bad in [
+            "36501d",
+            "18446744073709551615",
+            "99999999999999999999d",
+            "5w",
+            "-1s",
+            "",
+        ] {
+            assert_eq!(parse_duration(bad), None, "{bad}");
+        }
+        let mut o = Overrides::default();
+        assert!(o.set("refresh_grace=18446744073709551615").is_err());
+        assert!(o.set("refresh_grace=0s").is_ok());
     }
 }
