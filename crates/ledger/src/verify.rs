@@ -574,6 +574,18 @@ impl ChainVerifier {
                         k.key_id_hex(),
                         cp.size
                     )),
+                    // The key in force is trusted and signed the checkpoints before this one,
+                    // and no handover names another: Grantline signs only with the key in
+                    // force, so this row was put there by someone else (as a handover signed
+                    // by another key is, in `follow`).
+                    _ if self.in_force_trusted && self.confirmed => Verdict::Bad(format!(
+                        "signed by {}, not by the key in force, which signed the checkpoints before it",
+                        if by.is_empty() {
+                            "nobody".to_string()
+                        } else {
+                            by.join(", ")
+                        }
+                    )),
                     _ if by.is_empty() => Verdict::Untrusted("no signature".into()),
                     _ => Verdict::Untrusted(by.join(", ")),
                 }

@@ -463,13 +463,15 @@ mod tamper {
                     sqlx::query("INSERT INTO checkpoints (time, tree_size, root, note, frontier) VALUES (now(), 12, $1, $2, '')").bind(root.0.as_slice()).bind(&note).execute(p).await.unwrap();
                 }
             }
-            // Not tampering as far as anyone here can tell, but not proof either: the summary
-            // names the key, so the verifier can say "cannot tell" rather than "intact".
-            let s = verify(&store).await.unwrap();
-            assert!(!s.fully_trusted());
-            assert_eq!(s.untrusted.len(), 1, "{:?}", s.untrusted);
-            assert_eq!(s.untrusted[0].size, 12);
-            assert!(s.untrusted[0].by.starts_with("grantline.test/ledger+"), "{:?}", s.untrusted);
+            // After the trusted checkpoint at 10, with no handover recorded, only the key in
+            // force signs: another signer's checkpoint is tampering, not "cannot tell".
+            let f = verify(&store).await.unwrap_err();
+            match &f.problem {
+                Problem::CheckpointSignature { size: 12, error } => {
+                    assert!(error.contains("not by the key in force"), "{error}")
+                }
+                other => panic!("{other:?}"),
+            }
 
             // The genuine checkpoint's signature altered in place.
             drop_guards(&store).await;
