@@ -181,8 +181,19 @@ impl App {
                 .await;
             match appended {
                 Ok(recorded) => {
-                    if let Some(last) = recorded.last() {
-                        self.projection.wait_for(last.seq(), self.store()).await?;
+                    // The events are durable: the decision is the answer. A state that cannot
+                    // follow at once (the database read back fails) must not turn it into a
+                    // 503 — a client retrying a code exchange it was in fact granted would be
+                    // taken for a replay and lose the family. The state follows at its next
+                    // catch-up.
+                    if let Some(last) = recorded.last()
+                        && let Err(e) = self.projection.wait_for(last.seq(), self.store()).await
+                    {
+                        tracing::warn!(
+                            error = %e,
+                            seq = last.seq(),
+                            "recorded, but the state could not read it back yet; answering from the decision"
+                        );
                     }
                     return Ok((decision.outcome, recorded));
                 }
