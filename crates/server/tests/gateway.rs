@@ -102,6 +102,12 @@ async fn start_upstream() -> (String, Upstream) {
                         lingering(&json!({"jsonrpc": "2.0", "id": id, "result": {"content": [{"type": "text", "text": "done"}]}}))
                     }
                     "tools/call" if msg["params"]["name"] == "stream_tool" => streamed(state.release.clone(), id),
+                    // An upstream that refuses the gateway's identity assertion.
+                    "tools/call" if msg["params"]["name"] == "refused_tool" => (
+                        axum::http::StatusCode::UNAUTHORIZED,
+                        [("www-authenticate", "Bearer error=\"invalid_token\"")],
+                    )
+                        .into_response(),
                     // A request the gateway does not watch, answered on a stream as well.
                     "prompts/get" => streamed(state.release.clone(), id),
                     "tools/call" => axum::Json(json!({"jsonrpc": "2.0", "id": id, "result": {"content": [{"type": "text", "text": "ok"}]}})).into_response(),
@@ -1448,5 +1454,38 @@ async fn resources_and_prompts_take_the_read_scope_and_a_role_and_unknown_method
     let e: Value = r.json().await.unwrap();
     assert_eq!(e["error"]["data"]["reason"], "role");
     assert_eq!(up.bodies.lock().unwrap().len(), 1);
+    s.stop().await;
+}
+
+/// An upstream's 401 is about the gateway's identity assertion, not the client's token: the
+/// client gets 502 without a challenge (it keeps its token), and the call is recorded failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_refuses_the_assertion_is_a_bad_gateway_not_a_bad_token() {
+    let db = grantline_store::testing::sqlite().await;
+    let (up_url, _up) = start_upstream().await;
+    let (s, _d) = gateway_server_with(&db, &up_url, |c| {
+        c.roles
+            .get_mut("admin")
+            .unwrap()
+            .get_mut("up")
+            .unwrap()
+            .push("refused_tool".into())
+    })
+    .await;
+    let token = token_for(&s, &s.url("/mcp/up"), "up:read up:write").await;
+    let r = rpc(&s, "/mcp/up", Some(&token), call(5, "refused_tool")).await;
+    assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
+    assert!(r.headers().get("www-authenticate").is_none());
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["id"], 5);
+    // The token still works.
+    let r = rpc(&s, "/mcp/up", Some(&token), call(6, "read_tool")).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let recorded = s.app.store().read(0, 10_000).await.unwrap();
+    let failed = recorded.iter().any(|r| {
+        matches!(&r.envelope.payload, Payload::ToolCalled(c)
+            if c.tool == "refused_tool" && c.outcome == ToolOutcome::UpstreamError)
+    });
+    assert!(failed, "the refused call is recorded as an upstream error");
     s.stop().await;
 }

@@ -43,6 +43,11 @@ pub enum UpstreamError {
     Unreachable(String),
     #[error("the MCP server behind the gateway did not answer in time")]
     Timeout,
+    /// 401 or 403 from the upstream: it refused the gateway's identity assertion, not the
+    /// client's token. Passed on as is, it would make the client drop a valid token and
+    /// authorize again (or loop).
+    #[error("the MCP server behind the gateway refused the gateway's identity assertion ({0})")]
+    RefusedAssertion(u16),
 }
 
 impl UpstreamError {
@@ -50,7 +55,9 @@ impl UpstreamError {
     pub fn status(&self) -> axum::http::StatusCode {
         match self {
             UpstreamError::Timeout => axum::http::StatusCode::GATEWAY_TIMEOUT,
-            UpstreamError::Unreachable(_) => axum::http::StatusCode::BAD_GATEWAY,
+            UpstreamError::Unreachable(_) | UpstreamError::RefusedAssertion(_) => {
+                axum::http::StatusCode::BAD_GATEWAY
+            }
         }
     }
 }
@@ -102,6 +109,7 @@ pub async fn send(
     let (status, why) = match &answer {
         Ok(r) => (Some(r.status().as_u16()), ""),
         Err(UpstreamError::Timeout) => (None, "timeout"),
+        Err(UpstreamError::RefusedAssertion(s)) => (Some(*s), ""),
         Err(_) => (None, "unreachable"),
     };
     match status {
@@ -142,6 +150,14 @@ async fn send_to(
                 .await
                 .map_err(|_| UpstreamError::Timeout)?
                 .map_err(|e| UpstreamError::Unreachable(e.without_url().to_string()))?;
+            let status = resp.status().as_u16();
+            if status == 401 || status == 403 {
+                tracing::warn!(
+                    status,
+                    "the upstream refused the identity assertion (its clock, its JWKS, or its audience)"
+                );
+                return Err(UpstreamError::RefusedAssertion(status));
+            }
             let mut out = Response::builder().status(resp.status().as_u16());
             for name in FROM_UPSTREAM {
                 if let Some(v) = resp.headers().get(*name) {
