@@ -24,6 +24,8 @@ struct Upstream {
     bodies: Arc<Mutex<Vec<Vec<u8>>>>,
     /// The tools it ran, as it read their names.
     ran: Arc<Mutex<Vec<String>>>,
+    /// The `Mcp-Method` header of each POST.
+    routed: Arc<Mutex<Vec<Option<String>>>>,
     release: Arc<tokio::sync::Notify>,
 }
 
@@ -72,6 +74,7 @@ async fn start_upstream() -> (String, Upstream) {
                 let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).map(String::from);
                 state.seen.lock().unwrap().push((h("authorization"), h("x-grantline-identity")));
                 state.bodies.lock().unwrap().push(body.to_vec());
+                state.routed.lock().unwrap().push(h("mcp-method"));
                 let msg: Value = serde_json::from_slice(&body).unwrap();
                 let id = msg["id"].clone();
                 let method = lenient(&msg, "method").and_then(Value::as_str).unwrap_or("");
@@ -1487,5 +1490,66 @@ async fn an_upstream_that_refuses_the_assertion_is_a_bad_gateway_not_a_bad_token
             if c.tool == "refused_tool" && c.outcome == ToolOutcome::UpstreamError)
     });
     assert!(failed, "the refused call is recorded as an upstream error");
+    s.stop().await;
+}
+
+/// The gateway's own `tools/list` (to learn a tool's annotations before a call) carries its
+/// own routing header and its own assertion: not the caller's `Mcp-Method: tools/call`, and
+/// not the assertion (the same `jti`) the call itself then carries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateways_own_listing_has_its_own_headers_and_assertion() {
+    let db = grantline_store::testing::sqlite().await;
+    let (up_url, up) = start_upstream().await;
+    let (s, _d) = gateway_server(&db, &up_url).await;
+    let token = token_for(&s, &s.url("/mcp/up"), "up:read").await;
+    let r = browser()
+        .post(s.url("/mcp/up"))
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", "tools/call")
+        .header("mcp-name", "read_tool")
+        .bearer_auth(&token)
+        .json(&call(7, "read_tool"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let bodies: Vec<Value> = up
+        .bodies
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|b| serde_json::from_slice(b).unwrap())
+        .collect();
+    let methods: Vec<&str> = bodies
+        .iter()
+        .map(|b| b["method"].as_str().unwrap())
+        .collect();
+    assert_eq!(methods, ["tools/list", "tools/call"]);
+    assert_eq!(
+        *up.routed.lock().unwrap(),
+        [
+            Some("tools/list".to_string()),
+            Some("tools/call".to_string())
+        ]
+    );
+    let claims: Vec<Value> = up
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, identity)| {
+            let jwt = identity.clone().unwrap();
+            let part = jwt.split('.').nth(1).unwrap().to_string();
+            serde_json::from_slice(
+                &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(part)
+                    .unwrap(),
+            )
+            .unwrap()
+        })
+        .collect();
+    assert_ne!(claims[0]["jti"], claims[1]["jti"], "an assertion each");
+    assert_eq!(claims[0]["request_id"], claims[1]["request_id"]);
     s.stop().await;
 }

@@ -168,9 +168,7 @@ impl Request<'_> {
         };
         let started = Instant::now();
         let assertion = upstream::identity(self.app, self.ctx, &caller);
-        let (scope, writes) = self
-            .needed_scope(&mount, &assertion, watched.as_ref())
-            .await;
+        let (scope, writes) = self.needed_scope(&mount, &caller, watched.as_ref()).await;
         // The gateway's own decision (rate limits, then the two layers of authority) is the
         // request's `decide` span, as an OAuth decision is in `App::run`.
         let decide = tracing::info_span!("decide", attempt = 1);
@@ -511,7 +509,7 @@ impl Request<'_> {
     async fn needed_scope(
         &self,
         mount: &Mount,
-        assertion: &str,
+        caller: &Caller,
         watched: Option<&Watched>,
     ) -> (Option<String>, bool) {
         let Some(Watched::Call(c)) = watched else {
@@ -521,7 +519,8 @@ impl Request<'_> {
         if !mount.scopes.explicit.contains_key(&c.tool)
             && mounts.annotations(&mount.name, &c.tool).is_none()
         {
-            upstream::learn_tools(self.app, mount, &self.headers, assertion, &c.tool).await;
+            let probe = upstream::identity(self.app, self.ctx, caller);
+            upstream::learn_tools(self.app, mount, &self.headers, &probe, &c.tool).await;
         }
         let annotations = mounts.annotations(&mount.name, &c.tool);
         (

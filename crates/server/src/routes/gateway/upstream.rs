@@ -82,7 +82,10 @@ pub fn identity(app: &App, ctx: &RequestContext, caller: &Caller) -> String {
         "credential": caller.credential.id,
         "iat": now,
         "exp": now + grantline_oauth::federation::ASSERTION_LIFETIME,
-        "jti": ctx.request_id,
+        // Fresh for every assertion (an upstream may take `jti` as single-use, and the request
+        // id may come from a trusted proxy); the request id rides beside it.
+        "jti": crate::random::id("ast"),
+        "request_id": ctx.request_id,
     });
     app.identity.sign_json("grantline-identity+jwt", &claims)
 }
@@ -206,7 +209,8 @@ pub fn ends_when_draining(app: &App, method: &Method, r: Response) -> Response {
     Response::from_parts(parts, Body::from_stream(stream))
 }
 
-/// Asks the upstream for its tools (as the caller, in the caller's session) to learn the
+/// Asks the upstream for its tools (as the caller, in the caller's session, with an assertion
+/// of its own) to learn the
 /// annotations of `tool`, called before any `tools/list` went through the gateway: at most
 /// once per [`crate::gateway::LEARN_INTERVAL`] per resource; concurrent callers wait for the
 /// one answer. Without an answer the tool needs the write scope.
@@ -224,11 +228,30 @@ pub async fn learn_tools(
     }
     let id = serde_json::Value::from("grantline-gateway-tools");
     let body = serde_json::json!({"jsonrpc": "2.0", "id": id, "method": "tools/list"});
+    // The probe's own headers: the caller's session and protocol version, never the routing
+    // headers of the caller's `tools/call` (they would say another method than the body's).
+    let mut probe = HeaderMap::new();
+    probe.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    probe.insert(
+        header::ACCEPT,
+        header::HeaderValue::from_static("application/json, text/event-stream"),
+    );
+    for name in ["mcp-session-id", "mcp-protocol-version"] {
+        if let Some(v) = headers.get(name) {
+            probe.insert(name, v.clone());
+        }
+    }
+    if headers.contains_key("mcp-method") {
+        probe.insert("mcp-method", header::HeaderValue::from_static("tools/list"));
+    }
     let Ok(resp) = send(
         app,
         mount,
         &Method::POST,
-        headers,
+        &probe,
         Bytes::from(body.to_string()),
         assertion.to_string(),
     )
