@@ -26,6 +26,21 @@ pub fn bearer(header: Option<&str>) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
+/// The longest bearer value worth looking up: a JWT access token is well under it.
+pub const MAX_BEARER: usize = 4096;
+
+/// Whether `token` has the shape of a credential Grantline issues — an opaque access token
+/// (`gla_…`), a personal access token (`glp_…`) or a JWT access token (three dot-separated
+/// parts) — and so is worth reading the ledger for when the state does not know it. Any
+/// other value is refused from the state as it is, without a read a stranger could repeat.
+pub fn may_be_credential(token: &str) -> bool {
+    use grantline_oauth::tokens::{ACCESS_PREFIX, PAT_PREFIX};
+    token.len() <= MAX_BEARER
+        && (token.starts_with(ACCESS_PREFIX)
+            || token.starts_with(PAT_PREFIX)
+            || token.split('.').count() == 3)
+}
+
 /// Whether a query string carries a credential (`access_token=`, RFC 6750 §2.3), which the
 /// gateway never accepts.
 pub fn token_in_query(query: Option<&str>) -> bool {
@@ -95,6 +110,17 @@ pub fn authenticate(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_what_looks_like_a_credential_is_looked_up_in_the_ledger() {
+        for t in ["gla_abc", "glp_abc", "eyJh.eyJz.c2ln"] {
+            assert!(may_be_credential(t), "{t}");
+        }
+        let long = format!("gla_{}", "a".repeat(MAX_BEARER));
+        for t in ["rand123", "glr_refresh", "a.b", "a.b.c.d", long.as_str()] {
+            assert!(!may_be_credential(t), "{t}");
+        }
+    }
 
     #[test]
     fn bearer_and_query_tokens() {

@@ -125,7 +125,13 @@ impl Projection {
 
     /// Reads and folds whatever the store has beyond the state.
     pub async fn catch_up(&self, store: &Store) -> Result<()> {
+        let asked = std::time::Instant::now();
         let _one = self.catching_up.lock().await;
+        // A catch-up whose read began after this call did everything it would: many callers
+        // waiting here (a burst of unknown tokens) make one read, not one each.
+        if self.caught_up.lock().is_ok_and(|t| *t >= asked) {
+            return Ok(());
+        }
         loop {
             let after = self.seq();
             let read_at = std::time::Instant::now();

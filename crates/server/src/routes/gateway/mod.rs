@@ -387,7 +387,7 @@ impl Request<'_> {
                 .get(header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok()),
         );
-        if let Some(t) = token {
+        if let Some(t) = token.filter(|t| grantline_gateway::caller::may_be_credential(t)) {
             let d = grantline_ledger::secret_digest(t.as_bytes());
             let _ = self
                 .app
