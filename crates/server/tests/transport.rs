@@ -78,6 +78,7 @@ async fn start_upstream() -> (String, Arc<Mutex<Vec<Seen>>>) {
                             {"name": "float_id", "inputSchema": {"type": "object"}, "annotations": {"readOnlyHint": true}},
                             {"name": "wrong_id", "inputSchema": {"type": "object"}, "annotations": {"readOnlyHint": true}},
                             {"name": "stray", "inputSchema": {"type": "object"}, "annotations": {"readOnlyHint": true}},
+                            {"name": "cr", "inputSchema": {"type": "object"}, "annotations": {"readOnlyHint": true}},
                         ]}})).into_response(),
                         ("tools/call", "float_id") => {
                             // An upstream that echoes the integer id as a float.
@@ -95,6 +96,16 @@ async fn start_upstream() -> (String, Arc<Mutex<Vec<Seen>>>) {
                             let mut other = ok("not yours");
                             other["id"] = json!("someone-else");
                             sse(format!("data: {other}\n\ndata: {}\n\n", ok("stray done")))
+                        }
+                        ("tools/call", "cr") => {
+                            // A byte-order mark, lines ended by a lone CR (as SSE allows), data
+                            // that is no JSON message, the answer, and a second answer.
+                            let mut second = ok("cr again");
+                            second["id"] = id.clone();
+                            sse(format!(
+                                "\u{feff}data: {{not json\r\rdata: {}\r\rdata: {second}\r\n\r\n",
+                                ok("cr done")
+                            ))
                         }
                         ("tools/call", "slow") => {
                             tokio::time::sleep(Duration::from_millis(800)).await;
@@ -462,8 +473,19 @@ grantline_store::backend_tests! {
             text.contains("stray done") && !text.contains("not yours"),
             "{text}"
         );
+        // The stream as the SSE grammar reads it (lone CRs end lines), passed on as read: the
+        // answer once, nothing the gateway could not read, LF line ends, no byte-order mark.
+        let r = post(&s, &token, &call(8, "cr")).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        let text = r.text().await.unwrap();
+        assert!(text.starts_with("data: ") && text.contains("cr done"), "{text:?}");
+        assert!(
+            !text.contains("cr again") && !text.contains("not json") && !text.contains('\r'),
+            "{text:?}"
+        );
         let events = tool_events(&s).await;
         let outcome = |tool: &str| called(&events, tool).map(|(o, _)| o);
+        assert_eq!(outcome("cr"), Some(ToolOutcome::Ok));
         assert_eq!(outcome("float_id"), Some(ToolOutcome::Ok));
         assert_eq!(outcome("wrong_id"), Some(ToolOutcome::UpstreamError));
         assert_eq!(outcome("stray"), Some(ToolOutcome::Ok));

@@ -92,6 +92,11 @@ async fn exchange(audit: Audit, out: Outgoing, watched: Watched) -> Response {
         let why = "the MCP server's answer does not answer this request";
         return fail(&audit, &watched, why, StatusCode::BAD_GATEWAY).await;
     }
+    if sse::answers_other(false, &bytes, watched.id()) {
+        // An answer to another request would reach the caller unrecorded and unfiltered.
+        let why = "the MCP server's answer carries answers to other requests";
+        return fail(&audit, &watched, why, StatusCode::BAD_GATEWAY).await;
+    }
     let (out, event) = settle(
         &audit,
         &mount,
@@ -192,16 +197,27 @@ fn pump(
     tokio::spawn(
         async move {
             let mut upstream = body.into_data_stream();
-            let mut buf: Vec<u8> = Vec::new();
+            let mut buf = sse::EventBuffer::default();
             let mut settled = false;
             let mut reading = true;
             let broken = |why: &str| std::io::Error::other(why.to_string());
             loop {
-                while let Some(end) = sse::event_end(&buf) {
-                    let mut event: Vec<u8> = buf.drain(..end).collect();
+                while let Some(mut event) = buf.next_event() {
                     if sse::answers_other(true, &event, watched.id()) {
                         // A stream answers one request: an answer to another is not passed on.
                         tracing::warn!("dropped an upstream answer to another request id");
+                        continue;
+                    }
+                    if sse::unreadable(&event) {
+                        // Data that is no JSON message: the client could read it otherwise
+                        // than the gateway did.
+                        tracing::warn!("dropped an upstream event whose data is not JSON");
+                        continue;
+                    }
+                    if settled && sse::answers(true, &event, watched.id()) {
+                        // One answer per request: a second one would reach the caller
+                        // unrecorded.
+                        tracing::warn!("dropped a second upstream answer to the same request");
                         continue;
                     }
                     if !settled && sse::answers(true, &event, watched.id()) {
@@ -234,7 +250,7 @@ fn pump(
                         return;
                     }
                 }
-                if buf.len() > MAX_BUFFERED {
+                if buf.pending() > MAX_BUFFERED {
                     let why = "an event from the MCP server is over the size limit";
                     if !settled {
                         let _ = audit.record(vec![failure(&audit, &watched, why)]).await;
@@ -263,7 +279,7 @@ fn pump(
                     }
                 };
                 match next {
-                    Some(Ok(chunk)) => buf.extend_from_slice(&chunk),
+                    Some(Ok(chunk)) => buf.push(&chunk),
                     Some(Err(e)) => {
                         if !settled {
                             let why = format!("the stream broke: {e}");
@@ -277,8 +293,9 @@ fn pump(
                             let why = "the stream ended without an answer";
                             let _ = audit.record(vec![failure(&audit, &watched, why)]).await;
                         }
-                        if reading && !buf.is_empty() {
-                            let _ = tx.send(Ok(Bytes::from(buf))).await;
+                        let rest = buf.into_rest();
+                        if reading && !rest.is_empty() {
+                            let _ = tx.send(Ok(Bytes::from(rest))).await;
                         }
                         return;
                     }

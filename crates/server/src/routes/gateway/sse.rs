@@ -5,6 +5,105 @@
 use grantline_gateway::jsonrpc::same_id;
 use serde_json::Value;
 
+/// An upstream's event stream as the gateway reads and passes it on: line endings made `\n`
+/// (the SSE grammar allows `\r\n`, `\n` and a lone `\r`) and a leading byte-order mark
+/// dropped as the bytes arrive, so that the events the gateway judges are the very events the
+/// client receives — never one the client reads as an answer while the gateway saw something
+/// else. Scanning resumes where it stopped, so a large event in many small pieces, or many
+/// events in one piece, costs time in proportion to its size.
+#[derive(Debug, Default)]
+pub struct EventBuffer {
+    buf: Vec<u8>,
+    /// Where the next event starts.
+    start: usize,
+    /// Where the search for the end of that event resumes.
+    scanned: usize,
+    /// The last byte taken was a `\r` (made `\n`): a `\n` right after it is the same line end.
+    after_cr: bool,
+    /// Bytes taken so far, up to the three of a byte-order mark.
+    taken: usize,
+}
+
+const BOM: &[u8] = &[0xEF, 0xBB, 0xBF];
+
+impl EventBuffer {
+    /// Takes the next piece of the stream.
+    pub fn push(&mut self, chunk: &[u8]) {
+        let mut chunk = chunk;
+        // A byte-order mark is only ever the stream's first bytes (possibly split).
+        while self.taken < BOM.len() && !chunk.is_empty() {
+            if chunk[0] != BOM[self.taken] {
+                // Not a mark after all: what was held of it is data.
+                let held = BOM[..self.taken].to_vec();
+                self.taken = BOM.len();
+                self.push_normalized(&held);
+                break;
+            }
+            chunk = &chunk[1..];
+            self.taken += 1;
+        }
+        self.push_normalized(chunk);
+    }
+
+    fn push_normalized(&mut self, chunk: &[u8]) {
+        self.buf.reserve(chunk.len());
+        for &b in chunk {
+            match b {
+                b'\r' => {
+                    self.buf.push(b'\n');
+                    self.after_cr = true;
+                }
+                b'\n' if self.after_cr => self.after_cr = false,
+                b => {
+                    self.buf.push(b);
+                    self.after_cr = false;
+                }
+            }
+        }
+    }
+
+    /// The next complete event, blank line included.
+    pub fn next_event(&mut self) -> Option<Vec<u8>> {
+        let from = self.scanned.max(self.start + 1) - 1;
+        let found = self.buf[from..]
+            .windows(2)
+            .position(|w| w == b"\n\n")
+            .map(|i| from + i + 2);
+        let Some(end) = found else {
+            self.scanned = self.buf.len().max(self.start + 1);
+            return None;
+        };
+        let event = self.buf[self.start..end].to_vec();
+        self.start = end;
+        self.scanned = end;
+        // Moved down only once the consumed part is large: not at every event.
+        if self.start > 64 * 1024 && self.start * 2 > self.buf.len() {
+            self.buf.drain(..self.start);
+            self.scanned -= self.start;
+            self.start = 0;
+        }
+        Some(event)
+    }
+
+    /// Bytes held that are not yet a complete event.
+    pub fn pending(&self) -> usize {
+        self.buf.len() - self.start
+    }
+
+    /// The bytes held after the last complete event.
+    pub fn into_rest(mut self) -> Vec<u8> {
+        self.buf.drain(..self.start);
+        self.buf
+    }
+}
+
+/// Whether the event carries data that is not a JSON message: something the client might
+/// read otherwise than the gateway did, so it is not passed on.
+pub fn unreadable(event: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(event);
+    data_of(&text).is_some_and(|d| serde_json::from_str::<Value>(&d).is_err())
+}
+
 /// The end (exclusive) of the first complete event in `buf`, if any.
 pub fn event_end(buf: &[u8]) -> Option<usize> {
     let mut i = 0;
@@ -165,6 +264,46 @@ pub fn error_code(is_sse: bool, body: &[u8], id: &Value) -> Option<i64> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn the_stream_is_read_as_the_client_reads_it_and_passed_on_as_read() {
+        let events = |chunks: &[&[u8]]| {
+            let mut b = EventBuffer::default();
+            let mut out = Vec::new();
+            for c in chunks {
+                b.push(c);
+                while let Some(e) = b.next_event() {
+                    out.push(e);
+                }
+            }
+            (out, b.into_rest())
+        };
+        // A lone CR ends a line, and CRLF split across pieces is one line end.
+        let (out, rest) = events(&[
+            b"data: {\"id\":1,\"result\":{}}\r\r: pad\r",
+            b"\n\r\ndata: 2",
+        ]);
+        assert_eq!(
+            out,
+            [&b"data: {\"id\":1,\"result\":{}}\n\n"[..], b": pad\n\n"]
+        );
+        assert_eq!(rest, b"data: 2");
+        assert!(answers(true, &out[0], &json!(1)));
+        // A byte-order mark at the start (even split) is dropped; elsewhere it is data.
+        let (out, _) = events(&[b"\xEF\xBB", b"\xBFdata: 1\n\n"]);
+        assert_eq!(out, [b"data: 1\n\n"]);
+        let (out, _) = events(&[b"\xEFdata: 1\n\n"]);
+        assert_eq!(out[0], b"\xEFdata: 1\n\n");
+        // Many events in one piece, one event in many pieces.
+        let many = "data: {}\n\n".repeat(10_000);
+        let (out, rest) = events(&[many.as_bytes()]);
+        assert_eq!((out.len(), rest.len()), (10_000, 0));
+        let pieces: Vec<&[u8]> = many.as_bytes()[..100_000].chunks(1).collect();
+        let (out, _) = events(&pieces);
+        assert_eq!(out.len(), 10_000);
+        assert!(unreadable(b"data: {not json\n\n"));
+        assert!(!unreadable(b": comment\n\n") && !unreadable(b"data: {}\n\n"));
+    }
 
     #[test]
     fn framing() {

@@ -272,17 +272,16 @@ pub async fn learn_tools(
         // An event stream is read up to the event that answers, not to its end: an upstream
         // may keep it open after the answer.
         let mut stream = resp.into_body().into_data_stream();
-        let mut buf = Vec::new();
+        let mut buf = super::sse::EventBuffer::default();
         while let Some(Ok(chunk)) = stream.next().await {
-            buf.extend_from_slice(&chunk);
-            while let Some(end) = super::sse::event_end(&buf) {
-                let event: Vec<u8> = buf.drain(..end).collect();
+            buf.push(&chunk);
+            while let Some(event) = buf.next_event() {
                 if super::sse::answers(true, &event, &id) {
                     learn(&event, true);
                     return;
                 }
             }
-            if buf.len() > super::MAX_BUFFERED {
+            if buf.pending() > super::MAX_BUFFERED {
                 return;
             }
         }
