@@ -41,8 +41,8 @@ impl ToolScopes {
     }
 }
 
-/// `readOnlyHint: true` and not `destructiveHint: true`.
-fn read_only(annotations: Option<&Value>) -> bool {
+/// `readOnlyHint: true` and not `destructiveHint: true`: a tool the read scope may call.
+pub fn read_only(annotations: Option<&Value>) -> bool {
     let hint = |name: &str| {
         annotations
             .and_then(|a| a.get(name))

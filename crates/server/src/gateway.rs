@@ -239,7 +239,11 @@ impl Mounts {
             .cloned()
     }
 
-    /// Remembers the annotations of every tool in an (unfiltered) `tools/list` answer.
+    /// Remembers the annotations of every tool in an (unfiltered) `tools/list` answer, added
+    /// to what earlier listings taught (another page, another caller's listing). A listing is
+    /// made for one caller, and an upstream may annotate a tool differently for another: a
+    /// tool any listing showed as writing keeps needing the write scope, whatever a later
+    /// listing says, so no caller's listing lowers what a call needs for everyone.
     pub fn learn(&self, resource: &str, response: &Value) {
         let Some(tools) = response
             .get("result")
@@ -248,22 +252,65 @@ impl Mounts {
         else {
             return;
         };
-        let learned: HashMap<String, Value> = tools
-            .iter()
-            .filter_map(|t| {
-                let name = t.get("name")?.as_str()?.to_string();
-                Some((name, t.get("annotations").cloned().unwrap_or(Value::Null)))
-            })
-            .collect();
-        if let Ok(mut a) = self.annotations.lock() {
-            a.insert(resource.to_string(), learned);
+        let Ok(mut all) = self.annotations.lock() else {
+            return;
+        };
+        let known = all.entry(resource.to_string()).or_default();
+        for t in tools {
+            let Some(name) = t.get("name").and_then(Value::as_str) else {
+                continue;
+            };
+            if name.len() > grantline_gateway::jsonrpc::MAX_TOOL_NAME {
+                continue;
+            }
+            let annotations = t.get("annotations").cloned().unwrap_or(Value::Null);
+            let room = known.len() < MAX_LEARNED_TOOLS;
+            match known.get_mut(name) {
+                Some(had) if !grantline_gateway::authority::read_only(Some(had)) => {}
+                Some(had) => *had = annotations,
+                None if room => {
+                    known.insert(name.to_string(), annotations);
+                }
+                None => {}
+            }
         }
     }
 }
 
+/// The most tools whose annotations one resource's listings teach (a bound on what an
+/// upstream can make the gateway hold).
+pub const MAX_LEARNED_TOOLS: usize = 10_000;
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn listings_add_up_and_never_lower_what_a_tool_needs() {
+        let m = mounts("name = \"docs\"\npath = \"/mcp/docs\"\nscopes = [{ name = \"docs:read\" }, { name = \"docs:write\" }]").unwrap();
+        let listing = |tools: Value| serde_json::json!({"jsonrpc": "2.0", "id": 1, "result": {"tools": tools}});
+        let ro = serde_json::json!({"readOnlyHint": true});
+        let rw = serde_json::json!({"readOnlyHint": false});
+        m.learn("docs", &listing(serde_json::json!([{"name": "search", "annotations": ro}, {"name": "pay", "annotations": rw}])));
+        // Another caller's listing (or the next page) shows `pay` as read-only and adds `fetch`.
+        m.learn("docs", &listing(serde_json::json!([{"name": "pay", "annotations": ro}, {"name": "fetch", "annotations": ro}])));
+        let needs = |tool: &str| {
+            let a = m.annotations("docs", tool);
+            m.by_name["docs"]
+                .scopes
+                .for_tool(tool, a.as_ref())
+                .to_string()
+        };
+        assert_eq!(needs("search"), "docs:read", "kept from the first page");
+        assert_eq!(needs("fetch"), "docs:read");
+        assert_eq!(needs("pay"), "docs:write", "once writing, always writing");
+        // A read-only tool a later listing shows as writing needs the write scope from then on.
+        m.learn(
+            "docs",
+            &listing(serde_json::json!([{"name": "search", "annotations": rw}])),
+        );
+        assert_eq!(needs("search"), "docs:write");
+    }
 
     fn mounts(resource: &str) -> Result<Mounts> {
         let config: Config = toml::from_str(&format!(
