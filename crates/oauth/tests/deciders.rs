@@ -1870,3 +1870,41 @@ fn an_update_removes_what_the_declaration_no_longer_gives() {
         assert!(!register::document_changed(&w.state, url, &meta), "settled");
     }
 }
+
+/// A client whose leaked secret mints tokens as fast as it can still gets contained: each
+/// token moves the client's stream, and a disable decided a moment before lands anyway.
+#[test]
+fn a_client_minting_tokens_is_contained_whatever_it_minted_meanwhile() {
+    use grantline_oauth::containment::{Target, contain};
+    let mut w = World::new();
+    let machine = w.client(
+        AuthMethod::ClientSecretBasic,
+        vec![GrantType::ClientCredentials],
+        vec![],
+    );
+    let mint = |w: &mut World| {
+        let c = w.state.clients[&machine].clone();
+        let ctx = w.ctx();
+        let req = ClientCredentialsRequest {
+            scope: Some("demo:read".into()),
+            resource: Some(RES.into()),
+        };
+        let d = client_credentials::decide(&w.state, &c, &req, &ctx);
+        w.commit(&d.append).unwrap();
+    };
+    mint(&mut w);
+    let contained = contain(
+        &w.state,
+        Actor::Operator,
+        &Target::Client(machine.clone()),
+        "leaked",
+    );
+    let disabled = grantline_oauth::clients::disable(&w.state, Actor::Operator, &machine, "leaked");
+    mint(&mut w);
+    mint(&mut w);
+    w.commit(&contained.append).expect("the containment lands");
+    assert!(w.state.clients[&machine].disabled);
+    w.commit(&disabled.append)
+        .expect("a second disable changes nothing and conflicts with nothing");
+    assert!(w.state.clients[&machine].disabled);
+}
