@@ -28,12 +28,13 @@ impl Audiences<'_> {
 
 /// The introspection answer for `token` at `now`, to a client that may see `audiences`:
 /// `{"active": false}` for anything unknown, expired, revoked or of another audience, with no
-/// further detail.
+/// further detail. `grace_secs` is the refresh grace period in force.
 pub fn introspect(
     state: &State,
     issuer: &str,
     token: &str,
     now: Timestamp,
+    grace_secs: u64,
     audiences: Audiences<'_>,
 ) -> Value {
     let digest = secret_digest(token.as_bytes());
@@ -56,12 +57,16 @@ pub fn introspect(
     }
     if let Some(r) = state.refresh_tokens.get(&digest)
         && let Some(f) = state.families.get(&r.family_id)
+        && let Some(redeemable) = state.refresh_redeemable(r, now, grace_secs)
     {
-        // What a refresh with it would check: unused, within its idle and absolute lifetimes,
-        // its family, client and user all live.
-        let expires_at = r.expires_at.min(r.absolute_expires_at);
-        let live = r.unused()
-            && now < expires_at
+        // What a refresh with it would check: unused (or used, within the grace period, with
+        // nothing used after it: a retry would still be honoured), within its idle and
+        // absolute lifetimes, its family, client and user all live.
+        let mut expires_at = r.expires_at.min(r.absolute_expires_at);
+        if let grantline_state::rules::Redeemable::InGrace { until } = redeemable {
+            expires_at = expires_at.min(until);
+        }
+        let live = now < expires_at
             && state.family_live(&f.family_id)
             && state
                 .clients

@@ -1285,7 +1285,14 @@ fn revocation_and_introspection() {
             .is_empty()
     );
     let active = |w: &World, tok: &str| {
-        introspect::introspect(&w.state, "https://as.example", tok, w.now, Audiences::Any)["active"]
+        introspect::introspect(
+            &w.state,
+            "https://as.example",
+            tok,
+            w.now,
+            10,
+            Audiences::Any,
+        )["active"]
             == true
     };
     assert!(active(&w, &t.access_token) && active(&w, &rt));
@@ -1294,6 +1301,7 @@ fn revocation_and_introspection() {
         "https://as.example",
         &t.access_token,
         w.now,
+        10,
         Audiences::Any,
     );
     assert_eq!(info["aud"], RES);
@@ -1304,7 +1312,7 @@ fn revocation_and_introspection() {
     let own = [RES.to_string()];
     for tok in [&t.access_token, &rt] {
         let seen = |ids: &[String]| {
-            introspect::introspect(&w.state, "x", tok, w.now, Audiences::Only(ids))
+            introspect::introspect(&w.state, "x", tok, w.now, 10, Audiences::Only(ids))
         };
         assert_eq!(seen(&other_resource), serde_json::json!({"active": false}));
         assert_eq!(seen(&[]), serde_json::json!({"active": false}));
@@ -1327,7 +1335,7 @@ fn revocation_and_introspection() {
     w.commit(&Append::new(events)).unwrap();
     assert!(!active(&w, &t2.access_token));
     assert_eq!(
-        introspect::introspect(&w.state, "x", "garbage", w.now, Audiences::Any),
+        introspect::introspect(&w.state, "x", "garbage", w.now, 10, Audiences::Any),
         serde_json::json!({"active": false})
     );
     // Expiry.
@@ -1356,7 +1364,7 @@ fn revocation_and_introspection() {
             .refresh_token
             .unwrap();
     }
-    let info = introspect::introspect(&w.state, "x", &rt, w.now, Audiences::Any);
+    let info = introspect::introspect(&w.state, "x", &rt, w.now, 10, Audiences::Any);
     assert_eq!(
         info["exp"],
         start + 250,
@@ -1907,4 +1915,47 @@ fn a_client_minting_tokens_is_contained_whatever_it_minted_meanwhile() {
     w.commit(&disabled.append)
         .expect("a second disable changes nothing and conflicts with nothing");
     assert!(w.state.clients[&machine].disabled);
+}
+
+/// A refresh token used a moment ago is still exchangeable within the grace period (a retry
+/// is honoured), so introspection calls it active until the grace ends or something after it
+/// is used — as the refresh grant would judge it.
+#[test]
+fn a_token_within_its_grace_period_is_active_as_long_as_a_retry_would_be_honoured() {
+    let mut w = World::new();
+    let client = w.public_client();
+    let user = w.user();
+    let rt = w.tokens(&client, &user).refresh_token.unwrap();
+    let active = |w: &World, tok: &str| {
+        introspect::introspect(&w.state, "x", tok, w.now, 10, Audiences::Any)["active"] == true
+    };
+    let child = w
+        .refresh(&client, &rt)
+        .0
+        .outcome
+        .unwrap()
+        .refresh_token
+        .unwrap();
+    w.tick(4);
+    assert!(active(&w, &rt), "used, within the grace period");
+    let info = introspect::introspect(&w.state, "x", &rt, w.now, 10, Audiences::Any);
+    assert_eq!(info["exp"], w.now.0 / 1_000_000 + 6, "until the grace ends");
+    // A retry now would be honoured, as introspection said.
+    let sibling = w
+        .refresh(&client, &rt)
+        .0
+        .outcome
+        .unwrap()
+        .refresh_token
+        .unwrap();
+    assert!(active(&w, &child) && active(&w, &sibling));
+    // Once a child is used, the parent can start no branch: inactive at once.
+    w.refresh(&client, &child).0.outcome.unwrap();
+    assert!(!active(&w, &rt));
+    assert!(!active(&w, &sibling), "superseded by its sibling's use");
+    // And past the grace period a used token is inactive whatever happened after it.
+    let rt2 = w.tokens(&client, &user).refresh_token.unwrap();
+    w.refresh(&client, &rt2).0.outcome.unwrap();
+    w.tick(10);
+    assert!(!active(&w, &rt2));
 }

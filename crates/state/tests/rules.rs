@@ -481,3 +481,33 @@ fn what_if_still_names_a_family_the_sweep_forgot() {
         "never revoked in what happened"
     );
 }
+
+/// `state --at` lists a refresh token used within the grace period, with nothing used after
+/// it, as still exchangeable (a retry would be honoured), and drops it once the grace is over.
+#[test]
+fn the_summary_lists_a_token_within_its_grace_period() {
+    let s = fold(&history());
+    let rotated = s.refresh_tokens[&refresh("f1a").digest].rotated_at.unwrap();
+    let refresh_rows = |now: Timestamp| {
+        let summary = grantline_state::history::Summary::of(&s, now);
+        summary
+            .families
+            .iter()
+            .flat_map(|f| f.tokens.iter())
+            .filter(|t| t.kind.starts_with("refresh"))
+            .map(|t| (t.token_id.clone(), t.kind))
+            .collect::<Vec<_>>()
+    };
+    let grace = s.rule_settings().refresh_grace as i64;
+    let within = refresh_rows(rotated.plus_secs(grace - 1));
+    assert!(
+        within.contains(&("rt_f1a".to_string(), "refresh (grace)")),
+        "{within:?}"
+    );
+    assert!(
+        within.contains(&("rt_f1b".to_string(), "refresh")),
+        "{within:?}"
+    );
+    let after = refresh_rows(rotated.plus_secs(grace));
+    assert!(!after.iter().any(|(id, _)| id == "rt_f1a"), "{after:?}");
+}

@@ -79,7 +79,8 @@ async fn handle(
     };
     let token =
         param(&params, "token").ok_or_else(|| OAuthError::invalid_request("token is missing"))?;
-    let answer = rules::introspect(&state, &ctx.issuer, &token, app.now(), audiences);
+    let grace = live.settings.lifetimes.refresh_grace;
+    let answer = rules::introspect(&state, &ctx.issuer, &token, app.now(), grace, audiences);
     drop(state);
     let mut r = Json(answer).into_response();
     crate::http::no_store(r.headers_mut());

@@ -135,12 +135,23 @@ pub(crate) fn live_tokens(state: &State, now: Timestamp) -> Vec<TokenRow> {
             });
         }
     }
+    let grace = state.rule_settings().refresh_grace;
     for t in state.refresh_tokens.values() {
         let Some(f) = state.families.get(&t.family_id) else {
             continue;
         };
-        let live = t.unused()
-            && t.expires_at > now
+        // A token used within the grace period, with nothing used after it, could still be
+        // exchanged (a retry is honoured): the one a thief holding a replayed token would use.
+        let Some(redeemable) = state.refresh_redeemable(t, now, grace) else {
+            continue;
+        };
+        let (kind, until) = match redeemable {
+            crate::rules::Redeemable::Unused => ("refresh", t.expires_at),
+            crate::rules::Redeemable::InGrace { until } => {
+                ("refresh (grace)", t.expires_at.min(until))
+            }
+        };
+        let live = until > now
             && t.absolute_expires_at > now
             && state.family_live(&t.family_id)
             && state
@@ -151,14 +162,14 @@ pub(crate) fn live_tokens(state: &State, now: Timestamp) -> Vec<TokenRow> {
         if live {
             out.push(TokenRow {
                 token_id: t.token_id.clone(),
-                kind: "refresh",
+                kind,
                 family_id: Some(t.family_id.clone()),
                 client_id: f.client_id.clone(),
                 user_id: Some(f.user_id.clone()),
                 resource: f.resource.clone(),
                 scopes: sorted(&f.scopes),
                 since: t.issued.into(),
-                expires_at: t.expires_at.min(t.absolute_expires_at),
+                expires_at: until.min(t.absolute_expires_at),
             });
         }
     }

@@ -15,4 +15,5 @@ pub(crate) use family::revoke_family;
 pub(crate) use grant::on_grant_revoked;
 pub(crate) use replay::on_code_replayed;
 pub(crate) use reuse::on_reuse_detected;
+pub use rotation::Redeemable;
 pub(crate) use rotation::on_rotated;

@@ -1,5 +1,43 @@
-use crate::State;
+use crate::{RefreshToken, State};
 use grantline_ledger::Timestamp;
+
+/// Whether a refresh token could still be exchanged, as far as rotation decides it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Redeemable {
+    /// Never used.
+    Unused,
+    /// Used, but within the grace period, with no sibling or successor used since: presented
+    /// again, it would still get a pair of its own (the race the grace period forgives) —
+    /// until `until`.
+    InGrace { until: Timestamp },
+}
+
+impl State {
+    /// How `t` could be exchanged at `now` under a grace period of `grace_secs`, as the
+    /// refresh decider judges it: `None` for a revoked or superseded token, one used and past
+    /// its grace, or one whose successor has been used. Its lifetimes, and whether its family,
+    /// client and user are live, are the caller's to check.
+    pub fn refresh_redeemable(
+        &self,
+        t: &RefreshToken,
+        now: Timestamp,
+        grace_secs: u64,
+    ) -> Option<Redeemable> {
+        if t.revoked || t.superseded_at.is_some() {
+            return None;
+        }
+        let Some(rotated) = t.rotated_at else {
+            return Some(Redeemable::Unused);
+        };
+        let until = rotated.plus_secs(i64::try_from(grace_secs).unwrap_or(i64::MAX));
+        let successor_used = t.children.iter().any(|c| {
+            self.refresh_tokens
+                .get(c)
+                .is_some_and(|c| c.rotated_at.is_some())
+        });
+        (now < until && !successor_used).then_some(Redeemable::InGrace { until })
+    }
+}
 
 /// Rotation, and which branch wins a race. The presented token `old` gets the child `new`.
 ///
