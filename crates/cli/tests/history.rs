@@ -387,6 +387,15 @@ backend_tests! {
         assert_eq!(grants[0]["scopes"], json!(["demo:read"]));
         assert!(grants[0]["since"]["seq"].as_u64().unwrap() > created);
         assert_eq!(before["tokens"].as_array().unwrap().len(), 2, "access and refresh: {before}");
+        // By the resource's name, without the server's configuration (this command's public URL
+        // is not the server's): the one resource of the ledger at that path is the one meant.
+        let by_name = json_of(&db, d, &["state", "--at", &story.alice_consented.to_string(),
+            "--user", "alice", "--resource", "demo", "--json"]);
+        assert_eq!(by_name["grants"], before["grants"], "{by_name}");
+        assert_eq!(by_name["tokens"], before["tokens"], "{by_name}");
+        let none = json_of(&db, d, &["state", "--at", &story.alice_consented.to_string(),
+            "--user", "alice", "--resource", "https://elsewhere.example/mcp/demo", "--json"]);
+        assert_eq!(none["grants"], json!([]), "{none}");
         let after_role = at(story.alice_promoted);
         assert_eq!(after_role["user"]["role"], "admin");
         assert_eq!(after_role["user"]["role_since"]["seq"], json!(story.alice_promoted));

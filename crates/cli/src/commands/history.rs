@@ -336,6 +336,50 @@ fn client_id(state: &State, which: &str) -> Result<String> {
     }
 }
 
+/// The identifier `which` names: a resource's name (as recorded in force, or configured), else
+/// the identifier itself. A name recorded as a path is made an identifier with this command's
+/// public URL, which may not be the server's (no `--config`, another host name): when no
+/// grant, token or personal access token of the state has that identifier but exactly one has
+/// an identifier ending in that path, that one is meant; several are refused, naming them.
+fn resource_named(
+    state: &grantline_state::State,
+    resources: &[(String, String)],
+    which: &str,
+) -> Result<String> {
+    let Some((_, id)) = resources.iter().find(|(name, _)| name == which) else {
+        return Ok(which.trim_end_matches('/').to_string());
+    };
+    let known: std::collections::BTreeSet<&str> = state
+        .grants
+        .values()
+        .map(|g| g.resource.as_str())
+        .chain(state.families.values().map(|f| f.resource.as_str()))
+        .chain(state.pats.values().map(|p| p.resource.as_str()))
+        .collect();
+    if known.contains(id.as_str()) {
+        return Ok(id.clone());
+    }
+    let path = url::Url::parse(id)
+        .map(|u| u.path().trim_end_matches('/').to_string())
+        .unwrap_or_default();
+    if path.is_empty() {
+        return Ok(id.clone());
+    }
+    let same_path: Vec<&str> = known
+        .iter()
+        .copied()
+        .filter(|k| url::Url::parse(k).is_ok_and(|u| u.path().trim_end_matches('/') == path))
+        .collect();
+    match same_path.as_slice() {
+        [] => Ok(id.clone()),
+        [one] => Ok(one.to_string()),
+        several => bail!(
+            "resource {which:?} is {path} under several public URLs in this ledger ({}): give the identifier",
+            several.join(", ")
+        ),
+    }
+}
+
 pub async fn state(loc: &Location, args: StateArgs) -> Result<ExitCode> {
     let until = moment(&args.at)?;
     let store = open(loc).await?;
@@ -363,12 +407,10 @@ pub async fn state(loc: &Location, args: StateArgs) -> Result<ExitCode> {
                 .map(|r| (r.name, r.id))
                 .collect(),
         };
-    let resource = args.resource.as_ref().map(|r| {
-        resources
-            .iter()
-            .find(|(name, _)| name == r)
-            .map_or_else(|| r.trim_end_matches('/').to_string(), |(_, id)| id.clone())
-    });
+    let resource = match &args.resource {
+        None => None,
+        Some(r) => Some(resource_named(&state, &resources, r)?),
+    };
     let filter = Filter {
         user_id: match &args.user {
             Some(u) => Some(user_id(&store, &state, u).await?),
