@@ -79,6 +79,7 @@ async fn start_upstream() -> (String, Arc<Mutex<Vec<Seen>>>) {
                             {"name": "wrong_id", "inputSchema": {"type": "object"}, "annotations": {"readOnlyHint": true}},
                             {"name": "stray", "inputSchema": {"type": "object"}, "annotations": {"readOnlyHint": true}},
                             {"name": "cr", "inputSchema": {"type": "object"}, "annotations": {"readOnlyHint": true}},
+                            {"name": "gone", "inputSchema": {"type": "object"}, "annotations": {"readOnlyHint": true}},
                         ]}})).into_response(),
                         ("tools/call", "float_id") => {
                             // An upstream that echoes the integer id as a float.
@@ -97,6 +98,14 @@ async fn start_upstream() -> (String, Arc<Mutex<Vec<Seen>>>) {
                             other["id"] = json!("someone-else");
                             sse(format!("data: {other}\n\ndata: {}\n\n", ok("stray done")))
                         }
+                        // As the SDKs answer a session they no longer know: 404, and an error
+                        // whose id is null.
+                        ("tools/call", "gone") => (
+                            StatusCode::NOT_FOUND,
+                            axum::Json(json!({"jsonrpc": "2.0", "id": null,
+                                "error": {"code": -32001, "message": "Session not found"}})),
+                        )
+                            .into_response(),
                         ("tools/call", "cr") => {
                             // A byte-order mark, lines ended by a lone CR (as SSE allows), data
                             // that is no JSON message, the answer, and a second answer.
@@ -483,9 +492,15 @@ grantline_store::backend_tests! {
             !text.contains("cr again") && !text.contains("not json") && !text.contains('\r'),
             "{text:?}"
         );
+        // The upstream's 404 for a session it forgot reaches the client as a 404 (the MCP client
+        // then starts a new session), not as a 502.
+        let r = post(&s, &token, &call(9, "gone")).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::NOT_FOUND);
+        assert!(r.text().await.unwrap().contains("Session not found"));
         let events = tool_events(&s).await;
         let outcome = |tool: &str| called(&events, tool).map(|(o, _)| o);
         assert_eq!(outcome("cr"), Some(ToolOutcome::Ok));
+        assert_eq!(outcome("gone"), Some(ToolOutcome::UpstreamError));
         assert_eq!(outcome("float_id"), Some(ToolOutcome::Ok));
         assert_eq!(outcome("wrong_id"), Some(ToolOutcome::UpstreamError));
         assert_eq!(outcome("stray"), Some(ToolOutcome::Ok));

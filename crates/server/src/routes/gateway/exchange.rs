@@ -92,7 +92,7 @@ async fn exchange(audit: Audit, out: Outgoing, watched: Watched) -> Response {
         let why = "the MCP server's answer does not answer this request";
         return fail(&audit, &watched, why, StatusCode::BAD_GATEWAY).await;
     }
-    if sse::answers_other(false, &bytes, watched.id()) {
+    if parts.status.is_success() && sse::answers_other(false, &bytes, watched.id()) {
         // An answer to another request would reach the caller unrecorded and unfiltered.
         let why = "the MCP server's answer carries answers to other requests";
         return fail(&audit, &watched, why, StatusCode::BAD_GATEWAY).await;

@@ -234,13 +234,17 @@ pub fn answers(is_sse: bool, body: &[u8], id: &Value) -> bool {
 }
 
 /// Whether a body (or event) carries an answer (result or error) to some other request than
-/// `id`: on a stream that answers one request, something not to pass on unrecorded.
+/// `id`: on a stream that answers one request, something not to pass on unrecorded. An error
+/// with a null id (JSON-RPC's "the request's id could not be read": the SDKs' transport
+/// errors, such as an unknown session) is about this request, not another.
 pub fn answers_other(is_sse: bool, body: &[u8], id: &Value) -> bool {
     let mut found = false;
     visit(is_sse, body, |m| {
-        if (m.get("result").is_some() || m.get("error").is_some())
-            && !m.get("id").is_some_and(|x| same_id(x, id))
-        {
+        let other = match m.get("id") {
+            None | Some(Value::Null) => m.get("result").is_some(),
+            Some(x) => !same_id(x, id),
+        };
+        if other && (m.get("result").is_some() || m.get("error").is_some()) {
             found = true;
         }
     });
@@ -303,6 +307,28 @@ mod tests {
         assert_eq!(out.len(), 10_000);
         assert!(unreadable(b"data: {not json\n\n"));
         assert!(!unreadable(b": comment\n\n") && !unreadable(b"data: {}\n\n"));
+    }
+
+    #[test]
+    fn a_transport_error_with_a_null_id_is_about_this_request() {
+        let err =
+            br#"{"jsonrpc":"2.0","id":null,"error":{"code":-32001,"message":"Session not found"}}"#;
+        assert!(!answers_other(false, err, &json!(3)));
+        assert!(answers_other(
+            false,
+            br#"{"jsonrpc":"2.0","id":4,"error":{"code":1,"message":"x"}}"#,
+            &json!(3)
+        ));
+        assert!(answers_other(
+            false,
+            br#"{"jsonrpc":"2.0","id":null,"result":{}}"#,
+            &json!(3)
+        ));
+        assert!(!answers_other(
+            false,
+            br#"{"jsonrpc":"2.0","id":3,"result":{}}"#,
+            &json!(3)
+        ));
     }
 
     #[test]
