@@ -446,6 +446,13 @@ pub struct ChainVerifier {
     /// Whether a checkpoint by a trusted key has verified: the keys given are then known to be
     /// this ledger's, and a handover they did not sign is tampering, not a key not given.
     confirmed: bool,
+    /// Whether a checkpoint by the key in force has verified in this walk since it came into
+    /// force (not one a resumed walk started from, past which a rotation may lie that it did
+    /// not read): only then is a checkpoint by another key tampering rather than "cannot tell".
+    signed_in_walk: bool,
+    /// The row being linked hands the checkpoint key over: a checkpoint of its own size may be
+    /// signed by either key (the new key's first one stands in for a missing last one).
+    handing_over: bool,
 }
 
 impl ChainVerifier {
@@ -475,6 +482,8 @@ impl ChainVerifier {
             retired: Vec::new(),
             trusted: trusted.to_vec(),
             confirmed: false,
+            signed_in_walk: false,
+            handing_over: false,
         }
     }
 
@@ -578,14 +587,16 @@ impl ChainVerifier {
                     // and no handover names another: Grantline signs only with the key in
                     // force, so this row was put there by someone else (as a handover signed
                     // by another key is, in `follow`).
-                    _ if self.in_force_trusted && self.confirmed => Verdict::Bad(format!(
-                        "signed by {}, not by the key in force, which signed the checkpoints before it",
-                        if by.is_empty() {
-                            "nobody".to_string()
-                        } else {
-                            by.join(", ")
-                        }
-                    )),
+                    _ if self.in_force_trusted && self.signed_in_walk && !self.handing_over => {
+                        Verdict::Bad(format!(
+                            "signed by {}, not by the key in force, which signed the checkpoints before it",
+                            if by.is_empty() {
+                                "nobody".to_string()
+                            } else {
+                                by.join(", ")
+                            }
+                        ))
+                    }
                     _ if by.is_empty() => Verdict::Untrusted("no signature".into()),
                     _ => Verdict::Untrusted(by.join(", ")),
                 }
@@ -642,6 +653,9 @@ impl ChainVerifier {
         for old in std::mem::replace(&mut self.in_force, vec![handover.to]) {
             self.retired.push((old, seq));
         }
+        // The new key has signed nothing yet here: until it has, a checkpoint by another key
+        // is "cannot tell", as at the start of a walk.
+        self.signed_in_walk = false;
         Ok(())
     }
 
@@ -677,6 +691,7 @@ impl ChainVerifier {
         self.frontier.push(&hash);
         self.prev = hash;
         self.next_seq += 1;
+        self.handing_over = row.rotation.is_some();
         while self.pending.front().is_some_and(|cp| cp.size <= seq) {
             let Some(cp) = self.pending.pop_front() else {
                 break;
@@ -701,9 +716,11 @@ impl ChainVerifier {
                 Verdict::Signed(_) => {
                     self.last_good = cp.size;
                     self.confirmed = true;
+                    self.signed_in_walk = true;
                 }
             }
         }
+        self.handing_over = false;
         // A rotation takes effect after the checkpoints of its own size: the old key may
         // still vouch for the event that hands it over.
         if let Some(body) = &row.rotation {

@@ -108,6 +108,23 @@ backend_tests! {
         assert!(matches!(&f.problem, Problem::CheckpointSignature { size: 8, error } if error.contains("not the key in force at seq 8") && error.contains("seq 6")), "{f}");
     }
 
+    async fn a_walk_from_the_handovers_checkpoint_cannot_tell_the_new_keys_and_calls_nothing_tampering(db: TestDb) {
+        // From checkpoint 6 (k0's last, where the handover lies inside the trusted prefix and
+        // is not read) trusting k0: k1's checkpoint 9 is "cannot tell", not tampering.
+        let (store, k0, k1) = rotated(&db, |k0, k1| Some(k0.hand_over_to(&k1.verifier()))).await;
+        let s = grantline_store::verify_from_checkpoint(&store, &[k0.verifier()], Some(6), |_| {})
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(s.untrusted.iter().map(|u| u.size).collect::<Vec<_>>(), vec![9]);
+        // Given k1 as well, it is proven.
+        let s = grantline_store::verify_from_checkpoint(&store, &[k0.verifier(), k1.verifier()], Some(6), |_| {})
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        assert!(s.fully_trusted(), "{:?}", s.untrusted);
+    }
+
     async fn a_handover_the_key_in_force_did_not_sign_is_tampering(db: TestDb) {
         // Signed by k0 but altered: the signature does not verify.
         let (store, k0, _) = rotated(&db, |k0, k1| {
