@@ -225,7 +225,20 @@ fn one(v: &Value) -> Result<Inspected, Refused> {
             no_folded_keys(meta, id)?;
         }
     }
-    let method = obj.get("method").and_then(Value::as_str);
+    // A method is a string (JSON-RPC 2.0 §4), and a message without one is an answer: it
+    // carries a result or an error. Anything else would pass as an answer while a lenient
+    // upstream might read it as a request.
+    let method = match obj.get("method") {
+        None => None,
+        Some(Value::String(m)) => Some(m.as_str()),
+        Some(_) => return Err(Refused::invalid("a JSON-RPC method is a string").answering(id)),
+    };
+    if method.is_none() && !(obj.contains_key("result") || obj.contains_key("error")) {
+        return Err(Refused::invalid(
+            "a JSON-RPC message without a method is an answer: it carries a result or an error",
+        )
+        .answering(id));
+    }
     // JSON-RPC 2.0 §4: an id is a string or a number. Another one would match no answer, so
     // that what the upstream did could not be recorded.
     if obj
@@ -686,6 +699,14 @@ mod tests {
             {"jsonrpc": "2.0", "id": 5, "method": "debug/eval"}]),
         );
         assert_eq!(r.code, -32601);
+        for bad in [
+            json!({"jsonrpc": "2.0", "id": 1, "method": ["tools/call"]}),
+            json!({"jsonrpc": "2.0", "id": 1, "method": 5}),
+            json!({"jsonrpc": "2.0", "id": 1, "method": null, "params": {"name": "x"}}),
+            json!({"jsonrpc": "2.0", "id": 1, "params": {"name": "x"}}),
+        ] {
+            assert_eq!(refused(bad.clone()).code, -32600, "{bad}");
+        }
         for id in [json!({"x": 1}), json!([1]), json!(true)] {
             let r = refused(json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
                 "params": {"name": "add_note"}}));
