@@ -355,6 +355,8 @@ fn resource_named(
         .map(|g| g.resource.as_str())
         .chain(state.families.values().map(|f| f.resource.as_str()))
         .chain(state.pats.values().map(|p| p.resource.as_str()))
+        // A machine client's tokens belong to no family.
+        .chain(state.access_tokens.values().map(|a| a.resource.as_str()))
         .collect();
     if known.contains(id.as_str()) {
         return Ok(id.clone());
@@ -365,9 +367,16 @@ fn resource_named(
     if path.is_empty() {
         return Ok(id.clone());
     }
+    // Not an identifier another named resource has (a resource elsewhere with the same path).
+    let others: std::collections::BTreeSet<&str> = resources
+        .iter()
+        .filter(|(name, _)| name != which)
+        .map(|(_, id)| id.as_str())
+        .collect();
     let same_path: Vec<&str> = known
         .iter()
         .copied()
+        .filter(|k| !others.contains(k))
         .filter(|k| url::Url::parse(k).is_ok_and(|u| u.path().trim_end_matches('/') == path))
         .collect();
     match same_path.as_slice() {
