@@ -184,17 +184,8 @@ impl App {
                     // The events are durable: the decision is the answer. A state that cannot
                     // follow at once (the database read back fails) must not turn it into a
                     // 503 — a client retrying a code exchange it was in fact granted would be
-                    // taken for a replay and lose the family. The state follows at its next
-                    // catch-up.
-                    if let Some(last) = recorded.last()
-                        && let Err(e) = self.projection.wait_for(last.seq(), self.store()).await
-                    {
-                        tracing::warn!(
-                            error = %e,
-                            seq = last.seq(),
-                            "recorded, but the state could not read it back yet; answering from the decision"
-                        );
-                    }
+                    // taken for a replay and lose the family.
+                    self.follow(&recorded).await;
                     return Ok((decision.outcome, recorded));
                 }
                 Err(StoreError::Conflict { .. }) if attempts < 8 => {
@@ -225,9 +216,22 @@ impl App {
             .append(Append::new(events))
             .instrument(span)
             .await?;
-        if let Some(last) = recorded.last() {
-            self.projection.wait_for(last.seq(), self.store()).await?;
-        }
+        self.follow(&recorded).await;
         Ok(recorded)
+    }
+
+    /// Waits until the state has folded `recorded`, which is durable: a failure to read it
+    /// back is logged, not returned (what was recorded happened; reporting it as failed would
+    /// make a retry do it twice). The state follows at its next catch-up.
+    async fn follow(&self, recorded: &[Recorded]) {
+        if let Some(last) = recorded.last()
+            && let Err(e) = self.projection.wait_for(last.seq(), self.store()).await
+        {
+            tracing::warn!(
+                error = %e,
+                seq = last.seq(),
+                "recorded, but the state could not read it back yet; answering as recorded"
+            );
+        }
     }
 }
