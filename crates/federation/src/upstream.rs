@@ -516,6 +516,28 @@ impl Upstream {
         })
     }
 
+    /// For an OAuth 2.0 provider, who vouches for subjects: the origin of its userinfo URL
+    /// (else its token URL).
+    fn api_origin(&self) -> String {
+        self.userinfo_url
+            .as_deref()
+            .or(self.provider.token_url.as_deref())
+            .and_then(|u| url::Url::parse(u).ok())
+            .map(|u| u.origin().ascii_serialization())
+            .unwrap_or_default()
+    }
+
+    /// The issuer every sign-in through this provider names
+    /// ([`UpstreamIdentity::issuer`]), when it is one: not for Microsoft's multi-tenant
+    /// endpoints, whose issuer is each tenant's.
+    pub fn link_issuer(&self) -> Option<String> {
+        match &self.oidc {
+            Some(o) if o.issuer.contains("{tenantid}") => None,
+            Some(o) => Some(o.issuer.clone()),
+            None => Some(self.api_origin()).filter(|o| !o.is_empty() && o != "null"),
+        }
+    }
+
     /// The issuer as published (OIDC), for RFC 9207 checks and documentation.
     pub fn issuer(&self) -> Option<&str> {
         self.oidc.as_ref().map(|o| o.issuer.as_str())
@@ -651,13 +673,7 @@ impl Upstream {
                 .and_then(Value::as_str)
                 .ok_or_else(|| SignInError::IdToken("it names no issuer".into()))?
                 .to_string(),
-            None => self
-                .userinfo_url
-                .as_deref()
-                .or(p.token_url.as_deref())
-                .and_then(|u| url::Url::parse(u).ok())
-                .map(|u| u.origin().ascii_serialization())
-                .unwrap_or_default(),
+            None => self.api_origin(),
         };
         Ok(UpstreamIdentity {
             subject,

@@ -35,10 +35,21 @@ pub const MAX_BEARER: usize = 4096;
 /// other value is refused from the state as it is, without a read a stranger could repeat.
 pub fn may_be_credential(token: &str) -> bool {
     use grantline_oauth::tokens::{ACCESS_PREFIX, PAT_PREFIX};
-    token.len() <= MAX_BEARER
-        && (token.starts_with(ACCESS_PREFIX)
-            || token.starts_with(PAT_PREFIX)
-            || token.split('.').count() == 3)
+    let base64url = |s: &str| {
+        s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    // An opaque token is its prefix and 32 random bytes in base64url: 43 characters.
+    let opaque = |prefix: &str| {
+        token
+            .strip_prefix(prefix)
+            .is_some_and(|rest| rest.len() == 43 && base64url(rest))
+    };
+    let jwt = || {
+        let parts: Vec<&str> = token.split('.').collect();
+        parts.len() == 3 && parts.iter().all(|p| !p.is_empty() && base64url(p))
+    };
+    token.len() <= MAX_BEARER && (opaque(ACCESS_PREFIX) || opaque(PAT_PREFIX) || jwt())
 }
 
 /// Whether a query string carries a credential (`access_token=`, RFC 6750 §2.3), which the
@@ -113,12 +124,27 @@ mod tests {
 
     #[test]
     fn only_what_looks_like_a_credential_is_looked_up_in_the_ledger() {
-        for t in ["gla_abc", "glp_abc", "eyJh.eyJz.c2ln"] {
-            assert!(may_be_credential(t), "{t}");
+        let opaque = |prefix: &str| {
+            grantline_oauth::tokens::Secret::from_random(prefix, [7; 32])
+                .as_str()
+                .to_string()
+        };
+        for t in [opaque("gla_"), opaque("glp_"), "eyJh.eyJz.c2ln".into()] {
+            assert!(may_be_credential(&t), "{t}");
         }
-        let long = format!("gla_{}", "a".repeat(MAX_BEARER));
-        for t in ["rand123", "glr_refresh", "a.b", "a.b.c.d", long.as_str()] {
-            assert!(!may_be_credential(t), "{t}");
+        let long = format!("{}.{}.c2ln", "a".repeat(MAX_BEARER), "b");
+        for t in [
+            "rand123".to_string(),
+            "gla_abc".into(),
+            format!("{}!", &opaque("gla_")[..46]),
+            opaque("glr_"),
+            "a.b".into(),
+            "a.b.c.d".into(),
+            "a..c".into(),
+            "a.b.c d".into(),
+            long,
+        ] {
+            assert!(!may_be_credential(&t), "{t}");
         }
     }
 

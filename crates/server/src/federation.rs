@@ -184,6 +184,23 @@ pub enum TokenError {
     App(#[from] AppError),
 }
 
+/// Names the issuer of `provider`'s links made before links did (see
+/// `Tables::name_unnamed_links`).
+async fn name_links(tables: &Tables, provider: &str, u: &Upstream) -> anyhow::Result<()> {
+    if let Some(issuer) = u.link_issuer() {
+        let n = tables.name_unnamed_links(provider, &issuer).await?;
+        if n > 0 {
+            tracing::info!(
+                provider,
+                issuer,
+                links = n,
+                "links made before links named their issuer now name it"
+            );
+        }
+    }
+    Ok(())
+}
+
 impl Federation {
     /// Resolves and connects every configured provider. A provider that cannot be reached or
     /// whose discovery is invalid stops the start with the reason, unless it is `optional`
@@ -206,6 +223,7 @@ impl Federation {
             let upstream = match Upstream::connect(provider.clone(), http.clone()).await {
                 Ok(u) => {
                     tracing::info!(provider = %provider.id, issuer = u.issuer().unwrap_or(""), "identity provider ready");
+                    name_links(&tables, &provider.id, &u).await?;
                     Some(Arc::new(u))
                 }
                 Err(e) if provider.optional || start_anyway => {
@@ -255,6 +273,9 @@ impl Federation {
         lock().check(Instant::now())?;
         match Upstream::connect(slot.provider.clone(), self.http.clone()).await {
             Ok(u) => {
+                if let Err(e) = name_links(&self.tables, &slot.provider.id, &u).await {
+                    return Err(e.to_string());
+                }
                 let u = Arc::new(u);
                 *w = Some(u.clone());
                 *lock() = Backoff::default();

@@ -80,6 +80,39 @@ impl Federation {
         self.exact_link(provider, issuer, subject).await
     }
 
+    /// Gives the links of `provider` made before links named their issuer (`''`) the
+    /// provider's `issuer`, at start, so that none is left to be claimed by whichever server
+    /// the provider id points at next. Returns how many it named.
+    pub async fn name_unnamed_links(&self, provider: &str, issuer: &str) -> Result<u64> {
+        if issuer.is_empty() {
+            return Ok(0);
+        }
+        Ok(match &self.store.pool {
+            Pool::Sqlite(p) => sqlx::query(
+                "UPDATE user_links SET issuer = ?1 WHERE provider = ?2 AND issuer = '' \
+                 AND NOT EXISTS (SELECT 1 FROM user_links AS l \
+                 WHERE l.provider = ?2 AND l.issuer = ?1 AND l.subject = user_links.subject)",
+            )
+            .bind(issuer)
+            .bind(provider)
+            .execute(p)
+            .await?
+            .rows_affected(),
+            Pool::Postgres(p) => self
+                .store
+                .pg(sqlx::query(
+                    "UPDATE user_links SET issuer = $1 WHERE provider = $2 AND issuer = '' \
+                     AND NOT EXISTS (SELECT 1 FROM user_links AS l \
+                     WHERE l.provider = $2 AND l.issuer = $1 AND l.subject = user_links.subject)",
+                )
+                .bind(issuer)
+                .bind(provider)
+                .execute(p))
+                .await?
+                .rows_affected(),
+        })
+    }
+
     async fn exact_link(
         &self,
         provider: &str,

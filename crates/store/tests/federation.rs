@@ -160,19 +160,23 @@ async fn links_survive_the_migration(db: TestDb) {
     let ledger = common::open(&db).await;
     let f = Federation::new(ledger.store());
     let corp = "https://corp.example";
+    // At start each provider names its old links with its issuer: a server the provider id
+    // points at later finds none to claim.
+    assert_eq!(f.name_unnamed_links("corp", corp).await.unwrap(), 1);
+    assert_eq!(f.name_unnamed_links("corp", corp).await.unwrap(), 0);
+    assert_eq!(
+        f.linked_user("corp", "https://elsewhere.example", "00u1")
+            .await
+            .unwrap(),
+        None,
+        "named for the first issuer, and only it"
+    );
     assert_eq!(
         f.linked_user("corp", corp, "00u1")
             .await
             .unwrap()
             .as_deref(),
         Some("usr_old")
-    );
-    assert_eq!(
-        f.linked_user("corp", "https://elsewhere.example", "00u1")
-            .await
-            .unwrap(),
-        None,
-        "claimed by the first issuer, and only by it"
     );
     // The key is (provider, issuer, subject): the other issuer's person links apart.
     assert_eq!(
