@@ -120,17 +120,11 @@ pub fn check_read(
     resource: &str,
     read_scope: &str,
 ) -> Result<(), Denial> {
-    if !roles.has_resource(caller.role.as_deref(), resource) {
-        return Err(Denial::new(DenialKind::Forbidden, "role", Vec::new()));
-    }
-    if !caller.scopes.contains(read_scope) {
-        return Err(Denial::new(
-            DenialKind::InsufficientScope,
-            "insufficient_scope",
-            vec![read_scope.to_string()],
-        ));
-    }
-    Ok(())
+    role_then_scope(
+        caller,
+        roles.has_resource(caller.role.as_deref(), resource),
+        read_scope,
+    )
 }
 
 /// May `caller` call `tool` (needing `scope`) on the resource named `resource`? A refusal for
@@ -143,9 +137,18 @@ pub fn check_call(
     tool: &str,
     scope: &str,
 ) -> Result<(), Denial> {
-    // The role first: when it forbids the tool, asking the user for more scope would only
-    // widen their grant for a call that is refused anyway.
-    if !roles.permits(caller.role.as_deref(), resource, tool) {
+    role_then_scope(
+        caller,
+        roles.permits(caller.role.as_deref(), resource, tool),
+        scope,
+    )
+}
+
+/// The role first: when it forbids the request, asking the user for more scope would only
+/// widen their grant for a request that is refused anyway. Then the scope, a step-up
+/// challenge naming it.
+fn role_then_scope(caller: &Caller, role_permits: bool, scope: &str) -> Result<(), Denial> {
+    if !role_permits {
         return Err(Denial::new(DenialKind::Forbidden, "role", Vec::new()));
     }
     if !caller.scopes.contains(scope) {

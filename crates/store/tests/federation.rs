@@ -6,7 +6,7 @@
 mod common;
 
 use grantline_ledger::pii::user_subject;
-use grantline_store::testing::{self, TestDb};
+use grantline_store::testing::TestDb;
 use grantline_store::{Federation, Keyring, StoredTokens};
 
 async fn exercise(db: TestDb) {
@@ -119,19 +119,6 @@ async fn exercise(db: TestDb) {
     ledger.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn links_and_upstream_tokens_on_sqlite() {
-    exercise(testing::sqlite().await).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn links_and_upstream_tokens_on_postgres() {
-    let Some(db) = testing::postgres().await else {
-        return;
-    };
-    exercise(db).await;
-}
-
 /// Links made before links named their issuer: the migration keeps them (issuer `''`), and
 /// the first sign-in after it claims each for its issuer.
 async fn links_survive_the_migration(db: TestDb) {
@@ -195,15 +182,12 @@ async fn links_survive_the_migration(db: TestDb) {
     ledger.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn links_made_before_they_named_their_issuer_survive_the_migration_on_sqlite() {
-    links_survive_the_migration(testing::sqlite().await).await;
-}
+grantline_store::backend_tests! {
+    async fn links_and_upstream_tokens(db: TestDb) {
+        exercise(db).await;
+    }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn links_made_before_they_named_their_issuer_survive_the_migration_on_postgres() {
-    let Some(db) = testing::postgres().await else {
-        return;
-    };
-    links_survive_the_migration(db).await;
+    async fn links_made_before_they_named_their_issuer_survive_the_migration(db: TestDb) {
+        links_survive_the_migration(db).await;
+    }
 }
