@@ -74,6 +74,29 @@ impl AllowRule {
     }
 }
 
+impl Policy {
+    /// Whether a new client with this name, software id and redirect URIs may be registered
+    /// — dynamically or by its metadata document alike — or why not.
+    pub fn admits(
+        &self,
+        name: Option<&str>,
+        software_id: Option<&str>,
+        uris: &[String],
+    ) -> Result<(), &'static str> {
+        match self {
+            Policy::Open => Ok(()),
+            Policy::Off => Err("registration of new clients is turned off on this server"),
+            Policy::Allowlist(rules) => {
+                if rules.iter().any(|r| r.admits(name, software_id, uris)) {
+                    Ok(())
+                } else {
+                    Err("this client is not on the registration allowlist")
+                }
+            }
+        }
+    }
+}
+
 /// The RFC 7591 §3.2.1 response: the metadata as registered, and the secret once.
 #[derive(Clone, Serialize)]
 pub struct Registered {
@@ -284,23 +307,11 @@ pub fn decide(
         )
         .into();
     }
-    let admitted = match policy {
-        Policy::Open => Ok(()),
-        Policy::Off => Err("dynamic registration is turned off on this server"),
-        Policy::Allowlist(rules) => {
-            if rules.iter().any(|r| {
-                r.admits(
-                    req.client_name.as_deref(),
-                    req.software_id.as_deref(),
-                    &req.redirect_uris,
-                )
-            }) {
-                Ok(())
-            } else {
-                Err("this client is not on the registration allowlist")
-            }
-        }
-    };
+    let admitted = policy.admits(
+        req.client_name.as_deref(),
+        req.software_id.as_deref(),
+        &req.redirect_uris,
+    );
     if let Err(why) = admitted {
         let error = OAuthError::new(ErrorCode::InvalidClientMetadata, why);
         let event = NewEvent::new(
@@ -372,6 +383,7 @@ pub fn decide(
 pub fn document_changed(state: &grantline_state::State, url: &str, meta: &ClientMetadata) -> bool {
     state.clients.get(url).is_some_and(|c| {
         !c.disabled
+            && c.method == RegistrationMethod::MetadataDocument
             && (c.client_name != meta.client_name
                 || c.redirect_uris != meta.redirect_uris
                 || c.grant_types != meta.grant_types
@@ -389,10 +401,26 @@ pub fn decide_document(
     url: &str,
     meta: &ClientMetadata,
     req: &RegistrationRequest,
+    policy: &Policy,
 ) -> Decision<()> {
     let stream = StreamId::client(url);
+    // A new client is held to the registration policy, as a dynamic registration is.
+    if !state.clients.contains_key(url)
+        && let Err(why) = policy.admits(
+            Some(&meta.client_name),
+            req.software_id.as_deref(),
+            &meta.redirect_uris,
+        )
+    {
+        return OAuthError::new(ErrorCode::InvalidClient, why).into();
+    }
     let event = match state.clients.get(url) {
         Some(c) if c.disabled => return Decision::new(Vec::new(), Ok(())),
+        // A client an administrator (or the configuration) registered under a URL is theirs:
+        // a document at that URL does not rewrite it.
+        Some(c) if c.method != RegistrationMethod::MetadataDocument => {
+            return Decision::new(Vec::new(), Ok(()));
+        }
         Some(_) if !document_changed(state, url, meta) => {
             return Decision::new(Vec::new(), Ok(()));
         }

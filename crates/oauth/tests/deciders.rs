@@ -1872,7 +1872,7 @@ fn an_update_removes_what_the_declaration_no_longer_gives() {
     for scope in [Some("demo:read"), None] {
         let r = req(scope);
         let meta = register::check(&r).unwrap();
-        let d = register::decide_document(&w.state, url, &meta, &r);
+        let d = register::decide_document(&w.state, url, &meta, &r, &Policy::Open);
         w.commit(&d.append).unwrap();
         assert_eq!(w.state.clients[url].scope.as_deref(), scope);
         assert!(!register::document_changed(&w.state, url, &meta), "settled");
@@ -1958,4 +1958,50 @@ fn a_token_within_its_grace_period_is_active_as_long_as_a_retry_would_be_honoure
     w.refresh(&client, &rt2).0.outcome.unwrap();
     w.tick(10);
     assert!(!active(&w, &rt2));
+}
+
+/// A client taken in by its metadata document is a registration like any other: the policy
+/// (`off`, the allowlist) holds it back too. A client an administrator registered under a URL
+/// is never rewritten by a document at that URL.
+#[test]
+fn metadata_documents_are_held_to_the_registration_policy() {
+    let mut w = World::new();
+    let url = "https://evil.example/c.json";
+    let r = RegistrationRequest {
+        client_name: Some("Claude".into()),
+        redirect_uris: vec!["https://evil.example/cb".into()],
+        token_endpoint_auth_method: Some("none".into()),
+        ..Default::default()
+    };
+    let meta = register::check(&r).unwrap();
+    let localhost_only = Policy::Allowlist(vec![AllowRule {
+        client_name: None,
+        software_id: None,
+        redirect_host: Some("127.0.0.1".into()),
+    }]);
+    for policy in [Policy::Off, localhost_only] {
+        let d = register::decide_document(&w.state, url, &meta, &r, &policy);
+        assert!(d.append.events.is_empty(), "{policy:?}");
+        assert_eq!(d.outcome.unwrap_err().code, ErrorCode::InvalidClient);
+    }
+    // An administrator's client under a URL: a document there changes nothing.
+    let admin_url = "https://vendor.example/client.json";
+    let declared = grantline_oauth::clients::NewClient {
+        client_id: Some(admin_url.into()),
+        client_name: "Vendor (vouched for)".into(),
+        redirect_uris: vec!["https://vendor.example/cb".into()],
+        grant_types: None,
+        scope: None,
+        application_type: None,
+        auth_method: Some("none".into()),
+    };
+    let d = grantline_oauth::clients::sync_configured(&w.state, &declared, None);
+    w.commit(&d.append).unwrap();
+    let d = register::decide_document(&w.state, admin_url, &meta, &r, &Policy::Open);
+    assert!(d.append.events.is_empty());
+    assert!(!register::document_changed(&w.state, admin_url, &meta));
+    assert_eq!(
+        w.state.clients[admin_url].client_name,
+        "Vendor (vouched for)"
+    );
 }

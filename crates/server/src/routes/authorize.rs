@@ -114,7 +114,19 @@ async fn ensure_document_client(
     ctx: &RequestContext,
     client_id: &str,
 ) -> Result<(), Response> {
-    let known = app.projection.read().clients.contains_key(client_id);
+    let (known, registered_otherwise) = {
+        let state = app.projection.read();
+        let c = state.clients.get(client_id);
+        (
+            c.is_some(),
+            c.is_some_and(|c| c.method != grantline_ledger::RegistrationMethod::MetadataDocument),
+        )
+    };
+    // A client an administrator or the configuration registered under a URL is not fetched:
+    // its registration is theirs, not the document's.
+    if registered_otherwise {
+        return Ok(());
+    }
     if !known
         && let Err(retry_after) = app
             .document_intake
@@ -161,9 +173,16 @@ async fn ensure_document_client(
         }
         return Err(r);
     }
+    let policy = app.registration_policy();
     let (outcome, _) = app
         .run(|s| {
-            grantline_oauth::register::decide_document(s, &doc.url, &doc.metadata, &doc.request)
+            grantline_oauth::register::decide_document(
+                s,
+                &doc.url,
+                &doc.metadata,
+                &doc.request,
+                &policy,
+            )
         })
         .await
         .map_err(IntoResponse::into_response)?;

@@ -62,10 +62,22 @@ fn with_exchange(app: &App, mut doc: serde_json::Value) -> serde_json::Value {
     doc
 }
 
+/// Client ID metadata documents are offered when they are taken in: turned on, and new
+/// clients not turned off altogether.
+fn with_documents(app: &App, mut doc: serde_json::Value) -> serde_json::Value {
+    let taken = app.config.metadata_documents.enabled
+        && !matches!(
+            app.registration_policy(),
+            grantline_oauth::register::Policy::Off
+        );
+    doc["client_id_metadata_document_supported"] = serde_json::Value::Bool(taken);
+    doc
+}
+
 pub async fn authorization_server(State(app): State<App>, ctx: RequestContext) -> Response {
     let s = app.settings_for(&ctx.issuer);
     let doc = metadata::authorization_server(&s.issuer, &s.resources, registration_open(&app));
-    json_for(&app, with_exchange(&app, doc))
+    json_for(&app, with_exchange(&app, with_documents(&app, doc)))
 }
 
 /// `/.well-known/oauth-authorization-server/<issuer path>` (RFC 8414 §3.1 path insertion).
@@ -83,7 +95,7 @@ pub async fn authorization_server_at(
 pub async fn openid_configuration(State(app): State<App>, ctx: RequestContext) -> Response {
     let s = app.settings_for(&ctx.issuer);
     let doc = metadata::openid_configuration(&s.issuer, &s.resources, registration_open(&app));
-    json_for(&app, with_exchange(&app, doc))
+    json_for(&app, with_exchange(&app, with_documents(&app, doc)))
 }
 
 pub async fn openid_configuration_at(
