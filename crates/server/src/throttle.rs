@@ -47,9 +47,27 @@ pub enum Verdict {
 fn keys(username: &str, address: Option<&str>) -> Vec<(String, u32)> {
     let mut k = vec![(format!("u:{}", username.to_lowercase()), PER_USERNAME)];
     if let Some(a) = address {
-        k.push((format!("ip:{a}"), PER_ADDRESS));
+        k.push((format!("ip:{}", network_of(a)), PER_ADDRESS));
     }
     k
+}
+
+/// What a per-address limit counts by: an IPv4 address, or the /64 an IPv6 address is in (one
+/// host is commonly given a whole /64, and would otherwise have 2^64 addresses to spread its
+/// requests over). An IPv4-mapped IPv6 address counts as its IPv4 address.
+pub fn network_of(address: &str) -> String {
+    match address.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V6(v6)) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let s = v6.segments();
+                let prefix = std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0);
+                format!("{prefix}/64")
+            }
+        },
+        Ok(std::net::IpAddr::V4(v4)) => v4.to_string(),
+        Err(_) => address.to_string(),
+    }
 }
 
 impl LoginThrottle {
@@ -263,7 +281,7 @@ impl AddressLimiter {
             map.retain(|_, (start, _)| now - *start < w);
         }
         let e = map
-            .entry(address.unwrap_or("-").to_string())
+            .entry(address.map_or_else(|| "-".to_string(), network_of))
             .or_insert((now, 0));
         if now - e.0 >= self.window_secs {
             *e = (now, 0);
@@ -278,6 +296,40 @@ impl AddressLimiter {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_ipv6_host_counts_as_its_64() {
+        use super::network_of;
+        assert_eq!(network_of("2001:db8:1:2::1"), "2001:db8:1:2::/64");
+        assert_eq!(
+            network_of("2001:db8:1:2:ffff::9"),
+            network_of("2001:db8:1:2::1")
+        );
+        assert_ne!(network_of("2001:db8:1:3::1"), network_of("2001:db8:1:2::1"));
+        assert_eq!(network_of("::ffff:192.0.2.7"), "192.0.2.7");
+        assert_eq!(network_of("192.0.2.7"), "192.0.2.7");
+        let l = super::AddressLimiter::new(2, 60);
+        assert!(l.hit(Some("2001:db8:1:2::1"), 0).is_ok());
+        assert!(l.hit(Some("2001:db8:1:2::2"), 0).is_ok());
+        assert!(l.hit(Some("2001:db8:1:2::3"), 0).is_err(), "the same /64");
+        assert!(l.hit(Some("2001:db8:1:3::1"), 0).is_ok(), "another /64");
+        let t = super::LoginThrottle::default();
+        let mut refused = false;
+        for i in 0..(super::PER_ADDRESS + 1) {
+            let v = t.attempt(&format!("user{i}"), Some(&format!("2001:db8::{i:x}")), 0);
+            if let super::Verdict::Limited { .. } = v {
+                refused = true;
+                break;
+            }
+            t.settle(
+                &format!("user{i}"),
+                Some(&format!("2001:db8::{i:x}")),
+                true,
+                0,
+            );
+        }
+        assert!(refused, "failures from one /64 add up");
+    }
+
     #[test]
     fn addresses_are_limited_per_window_each_on_its_own() {
         let l = super::AddressLimiter::new(2, 60);
