@@ -106,15 +106,24 @@ impl SignIn for PasswordSignIn {
                 return Ok(Outcome::Busy);
             };
             let cred = self.credentials.by_username(username).await?;
+            // An account without a password (a federated user's `!federated`) is checked
+            // against the dummy hash like an unknown name, and fails: answered as fast as any
+            // other wrong password, so the time does not tell such accounts apart.
             let (hash, user_id) = match &cred {
-                Some(c) => (c.password_hash.clone(), Some(c.user_id.clone())),
+                Some(c) if PasswordHash::new(&c.password_hash).is_ok() => {
+                    (c.password_hash.clone(), Some(c.user_id.clone()))
+                }
+                Some(c) => (self.dummy_hash.clone(), Some(c.user_id.clone())),
                 None => (self.dummy_hash.clone(), None),
             };
+            let has_password = cred
+                .as_ref()
+                .is_some_and(|c| PasswordHash::new(&c.password_hash).is_ok());
             let password = password.to_string();
             let ok = tokio::task::spawn_blocking(move || verify_password(&hash, &password))
                 .await
                 .unwrap_or(false);
-            Ok(match (user_id, ok) {
+            Ok(match (user_id, ok && has_password) {
                 (None, _) => Outcome::UnknownUser,
                 (Some(user_id), false) => Outcome::BadPassword { user_id },
                 (Some(user_id), true) => Outcome::SignedIn { user_id },

@@ -571,8 +571,9 @@ backend_tests! {
         let page = b.get(s.url("/login")).send().await.unwrap().text().await.unwrap();
         assert!(page.contains("action=\"/login/upstream/corp\"") && page.contains("Sign in with Corp SSO"), "{page}");
         assert!(page.contains("<details><summary>Administrator break-glass sign-in"), "{page}");
-        // Someone else with a password, an admin even, is refused before any password is
-        // checked: on the page and on the HTTP Basic admin API.
+        // Someone else with a password, an admin even, is refused as a wrong password would be
+        // (the same answer, after the same check: nothing tells the break-glass name apart),
+        // on the page and on the HTTP Basic admin API.
         let other = grantline_server::admin::add_user(
             &s.app,
             &grantline_server::admin::NewUser { username: "bob", email: None, role: "admin" },
@@ -584,8 +585,13 @@ backend_tests! {
         .unwrap();
         assert!(!other.is_empty());
         let r = sign_in_with(&s, &b, "bob", "bob-password-123456").await;
-        assert_eq!(r.status(), StatusCode::FORBIDDEN);
-        assert!(r.text().await.unwrap().contains("Password sign-in is turned off"));
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        let refused = r.text().await.unwrap();
+        let r = sign_in_with(&s, &b, "admin", "a-wrong-password-1234").await;
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        let wrong = r.text().await.unwrap();
+        let message = |page: &str| page.contains("Wrong username or password.");
+        assert!(message(&refused) && message(&wrong), "{refused}");
         let r = sign_in_with(&s, &b, "admin", ADMIN_PASSWORD).await;
         assert_eq!(r.status(), StatusCode::SEE_OTHER);
         let api = |path: &'static str, u: &'static str, p: &'static str| {

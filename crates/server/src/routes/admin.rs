@@ -130,10 +130,7 @@ pub(crate) async fn basic_user(
     // The same throttle as the sign-in page, and one answer for every refusal, so the API is
     // no password oracle.
     let now = app.now().0 / 1_000_000;
-    if user.len() > crate::signin::MAX_USERNAME
-        || password.len() > crate::signin::MAX_PASSWORD
-        || !app.config.login.password_allowed(user)
-    {
+    if user.len() > crate::signin::MAX_USERNAME || password.len() > crate::signin::MAX_PASSWORD {
         return Err(error(
             StatusCode::UNAUTHORIZED,
             "admin credentials required",
@@ -166,7 +163,13 @@ pub(crate) async fn basic_user(
         held.settle(true);
         error(StatusCode::UNAUTHORIZED, "admin credentials required")
     };
+    // With local accounts off only the break-glass admin may use a password; anyone else is
+    // checked all the same and refused as a wrong password, so that neither the answer nor
+    // its time tells which name the break-glass admin has.
     let user_id = match outcome {
+        Outcome::SignedIn { .. } if !app.config.login.password_allowed(user) => {
+            return Err(refused(held));
+        }
         Outcome::SignedIn { user_id } => user_id,
         Outcome::Busy => return Err(too_many(1)),
         _ => return Err(refused(held)),

@@ -111,16 +111,10 @@ pub async fn submit(
     let username = username.trim();
     let password = get("password");
     // With local accounts off, only the break-glass admin named on the command line may use
-    // a password; anyone else is refused before any password is checked.
-    if !app.config.login.password_allowed(username) {
-        return render(
-            &app,
-            &ctx,
-            StatusCode::FORBIDDEN,
-            &return_to,
-            Some("Password sign-in is turned off here: use your organisation's sign-in."),
-        );
-    }
+    // a password. Anyone else goes through the same check and gets the same answer as a wrong
+    // password (below): a refusal of its own, or a faster one, would tell which name is the
+    // break-glass admin's.
+    let password_allowed = app.config.login.password_allowed(username);
     if username.len() > crate::signin::MAX_USERNAME || password.len() > crate::signin::MAX_PASSWORD
     {
         return render(
@@ -172,6 +166,7 @@ pub async fn submit(
         }
     };
     let outcome = match app.signin.sign_in(username, &password).await {
+        Ok(Outcome::SignedIn { user_id }) if !password_allowed => Outcome::BadPassword { user_id },
         Ok(o) => o,
         Err(e) => {
             held.settle(false);
