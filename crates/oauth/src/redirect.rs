@@ -63,10 +63,20 @@ pub fn matches(registered: &[String], requested: &str) -> bool {
     if registered.iter().any(|r| r == requested) {
         return true;
     }
+    // Bounded as a registered URI is, and without credentials: the requested string is what
+    // the code goes to and what `code.issued` records.
+    if requested.len() > crate::limits::URL_BYTES {
+        return false;
+    }
     let Ok(want) = Url::parse(requested) else {
         return false;
     };
-    if want.scheme() != "http" || !is_loopback(&want) || want.fragment().is_some() {
+    if want.scheme() != "http"
+        || !is_loopback(&want)
+        || want.fragment().is_some()
+        || !want.username().is_empty()
+        || want.password().is_some()
+    {
         return false;
     }
     registered
@@ -97,6 +107,23 @@ pub fn display_host(uri: &str) -> String {
 mod tests {
     use super::*;
     use ApplicationType::*;
+
+    #[test]
+    fn a_loopback_uri_with_credentials_or_unbounded_length_matches_nothing() {
+        let registered = vec!["http://127.0.0.1/callback".to_string()];
+        assert!(matches(&registered, "http://127.0.0.1:5555/callback"));
+        assert!(!matches(
+            &registered,
+            "http://user:pw@127.0.0.1:5555/callback"
+        ));
+        assert!(!matches(&registered, "http://user@127.0.0.1:5555/callback"));
+        let long = format!(
+            "http://127.0.0.1:5555/callback?{}",
+            "x".repeat(crate::limits::URL_BYTES)
+        );
+        let registered_long = vec![long.replace(":5555", "")];
+        assert!(!matches(&registered_long, &long));
+    }
 
     #[test]
     fn registration_rules() {
