@@ -7,7 +7,7 @@
 
 use crate::{Decision, ErrorCode, OAuthError, Resource, Settings, pkce, redirect, scope};
 use grantline_ledger::{
-    Actor, CodeIssued, ConsentDenied, ConsentGranted, ExpectedVersion, NewEvent,
+    Actor, CodeIssued, ConsentDenied, ConsentGranted, ExpectedVersion, GrantType, NewEvent,
     RegistrationMethod, RequestMeta, StreamId, Timestamp,
 };
 use grantline_state::State;
@@ -118,6 +118,14 @@ pub fn validate(
         state: q.state.clone(),
         error,
     };
+    // A client that did not register the authorization_code grant would get a consent page and
+    // a code the token endpoint then refuses (RFC 6749 §4.1.2.1: unauthorized_client).
+    if !client.grant_types.contains(&GrantType::AuthorizationCode) {
+        return Err(refuse(OAuthError::new(
+            ErrorCode::UnauthorizedClient,
+            "this client did not register the authorization_code grant",
+        )));
+    }
     match q.response_type.as_deref() {
         Some("code") => {}
         Some(_) => {

@@ -2005,3 +2005,24 @@ fn metadata_documents_are_held_to_the_registration_policy() {
         "Vendor (vouched for)"
     );
 }
+
+/// A client that did not register the authorization_code grant is refused at the
+/// authorization endpoint (`unauthorized_client`, to its redirect URI), not shown a consent
+/// page for a code the token endpoint would refuse.
+#[test]
+fn a_client_without_the_code_grant_is_refused_at_authorize() {
+    let mut w = World::new();
+    let refresh_only = w.client(
+        AuthMethod::None,
+        vec![GrantType::RefreshToken],
+        vec![REDIRECT],
+    );
+    match authorize::validate(&w.state, &w.settings, &w.query(&refresh_only)) {
+        Err(Refusal::Redirect { error, .. }) => {
+            assert_eq!(error.code, ErrorCode::UnauthorizedClient)
+        }
+        other => panic!("{other:?}"),
+    }
+    let public = w.public_client();
+    assert!(authorize::validate(&w.state, &w.settings, &w.query(&public)).is_ok());
+}
