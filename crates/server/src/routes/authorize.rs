@@ -316,7 +316,7 @@ pub async fn authorize(
         .map(|c| c.username)
         .unwrap_or_else(|| s.user_id.clone());
     let origin = url::Url::parse(&v.redirect_uri)
-        .map(|u| u.origin().ascii_serialization())
+        .map(|u| form_action_source(&u))
         .unwrap_or_default();
     let scopes = v
         .scopes
@@ -554,5 +554,30 @@ pub async fn consent(
             "Bad request",
             "Choose Approve or Deny.",
         ),
+    }
+}
+
+/// The CSP `form-action` source that lets the consent form's answer reach `redirect`: its
+/// origin, or for an IPv6 literal (`http://[::1]:…`, which RFC 8252 has native clients use)
+/// its scheme, since CSP host sources cannot name an IPv6 address and browsers drop one that
+/// tries (the approval's redirect would then be blocked).
+fn form_action_source(redirect: &url::Url) -> String {
+    match redirect.host() {
+        Some(url::Host::Ipv6(_)) => format!("{}:", redirect.scheme()),
+        _ => redirect.origin().ascii_serialization(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn an_ipv6_loopback_redirect_is_allowed_by_its_scheme() {
+        let source = |u: &str| super::form_action_source(&url::Url::parse(u).unwrap());
+        assert_eq!(source("http://[::1]:49152/cb"), "http:");
+        assert_eq!(
+            source("http://127.0.0.1:49152/cb"),
+            "http://127.0.0.1:49152"
+        );
+        assert_eq!(source("https://app.example/cb"), "https://app.example");
     }
 }
