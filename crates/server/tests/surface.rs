@@ -584,6 +584,16 @@ async fn logout_ends_the_session() {
         .await
         .unwrap();
     assert_eq!(forged.status(), StatusCode::FORBIDDEN);
+    // Another site's form, with the Lax session cookie left at home: no cookie is cleared.
+    let cross = reqwest::Client::new()
+        .post(s.url("/logout"))
+        .header("sec-fetch-site", "cross-site")
+        .form(&[("csrf", "x")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cross.status(), StatusCode::OK);
+    assert!(cross.headers().get("set-cookie").is_none());
     let r = b
         .post(s.url("/logout"))
         .form(&[(

@@ -331,7 +331,11 @@ pub async fn logout(
         "<h1>Signed out</h1><p>You can close this window.</p>",
         "'none'",
     );
-    if let Ok(v) = HeaderValue::from_str(&session::set_cookie(&ctx, SESSION, "", 0)) {
+    // Without a session the cookie was not sent: a cross-site form (a Lax cookie stays home)
+    // must not clear it either, or any page could sign its visitors out.
+    if !crate::http::cross_site(&headers)
+        && let Ok(v) = HeaderValue::from_str(&session::set_cookie(&ctx, SESSION, "", 0))
+    {
         r.headers_mut().append(header::SET_COOKIE, v);
     }
     r
