@@ -83,7 +83,9 @@ pub struct Document {
 }
 
 struct Cached {
-    doc: Document,
+    /// The document, or why it could not be taken (a failure is kept too, so that a failing
+    /// document is not fetched again at every request).
+    doc: Result<Document, OAuthError>,
     until: Instant,
 }
 
@@ -92,6 +94,9 @@ pub struct Fetcher {
     config: MetadataDocumentsSection,
     http: reqwest::Client,
     cache: Mutex<HashMap<String, Cached>>,
+    /// One fetch per document at a time: requests that arrive while it runs wait for its
+    /// answer instead of fetching too.
+    fetching: Mutex<HashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>>,
 }
 
 fn refuse(why: impl Into<String>) -> OAuthError {
@@ -115,6 +120,7 @@ impl Fetcher {
             config,
             http,
             cache: Mutex::new(HashMap::new()),
+            fetching: Mutex::new(HashMap::new()),
         })
     }
 
@@ -164,16 +170,59 @@ impl Fetcher {
         Ok(url)
     }
 
-    /// The document for `client_id`, from the cache or fetched now.
-    pub async fn get(&self, client_id: &str) -> Result<Document, OAuthError> {
-        let url = self.check_url(client_id)?;
-        if let Some(c) = self.cache.lock().ok().and_then(|c| {
+    fn cached(&self, client_id: &str) -> Option<Result<Document, OAuthError>> {
+        self.cache.lock().ok().and_then(|c| {
             c.get(client_id)
                 .filter(|c| c.until > Instant::now())
                 .map(|c| c.doc.clone())
-        }) {
-            return Ok(c);
+        })
+    }
+
+    /// The document for `client_id`, from the cache or fetched now — at most one fetch at a
+    /// time per document, and a failure kept for `min_cache_seconds` like a document.
+    pub async fn get(&self, client_id: &str) -> Result<Document, OAuthError> {
+        let url = self.check_url(client_id)?;
+        if let Some(c) = self.cached(client_id) {
+            return c;
         }
+        let lock = {
+            let Ok(mut f) = self.fetching.lock() else {
+                return Err(refuse("the fetcher is unavailable"));
+            };
+            if f.len() > 10_000 {
+                f.retain(|_, l| std::sync::Arc::strong_count(l) > 1);
+            }
+            f.entry(client_id.to_string()).or_default().clone()
+        };
+        let _one = lock.lock().await;
+        if let Some(c) = self.cached(client_id) {
+            return c;
+        }
+        let fetched = self.fetch(client_id, url).await;
+        let ttl = match &fetched {
+            Ok((_, ttl)) => *ttl,
+            Err(_) => self.config.min_cache_seconds,
+        };
+        let doc = fetched.map(|(doc, _)| doc);
+        if ttl > 0
+            && let Ok(mut c) = self.cache.lock()
+        {
+            if c.len() > 10_000 {
+                c.clear();
+            }
+            c.insert(
+                client_id.to_string(),
+                Cached {
+                    doc: doc.clone(),
+                    until: Instant::now() + Duration::from_secs(ttl),
+                },
+            );
+        }
+        doc
+    }
+
+    /// Fetches and parses the document; with it, how long it may be kept.
+    async fn fetch(&self, client_id: &str, url: url::Url) -> Result<(Document, u64), OAuthError> {
         let mut resp = self
             .http
             .get(url)
@@ -218,22 +267,7 @@ impl Fetcher {
                 )));
             }
         }
-        let doc = parse(client_id, &body)?;
-        if ttl > 0
-            && let Ok(mut c) = self.cache.lock()
-        {
-            if c.len() > 10_000 {
-                c.clear();
-            }
-            c.insert(
-                client_id.to_string(),
-                Cached {
-                    doc: doc.clone(),
-                    until: Instant::now() + Duration::from_secs(ttl),
-                },
-            );
-        }
-        Ok(doc)
+        Ok((parse(client_id, &body)?, ttl))
     }
 }
 

@@ -145,3 +145,31 @@ async fn redirects_are_not_followed() {
         "the redirect was not followed"
     );
 }
+
+/// A document that cannot be taken is not fetched again at every request (anyone may send
+/// authorization requests naming it), and requests that arrive while it is being fetched wait
+/// for that one fetch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_are_kept_and_concurrent_requests_make_one_fetch() {
+    let f = std::sync::Arc::new(fetcher(true));
+    let (url, hits) = serve(4096, Duration::ZERO, "max-age=60").await;
+    assert!(f.get(&url).await.is_err());
+    let e = f.get(&url).await.unwrap_err();
+    assert!(e.description.contains("larger than"), "{}", e.description);
+    assert_eq!(hits.load(Ordering::SeqCst), 1, "the failure was kept");
+    let (url, hits) = serve(0, Duration::from_millis(200), "max-age=60").await;
+    let gets: Vec<_> = (0..5)
+        .map(|_| {
+            let (f, url) = (f.clone(), url.clone());
+            tokio::spawn(async move { f.get(&url).await.map(|d| d.metadata.client_name) })
+        })
+        .collect();
+    for g in gets {
+        assert_eq!(g.await.unwrap().unwrap(), "Doc");
+    }
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        1,
+        "one fetch for five requests"
+    );
+}
