@@ -335,7 +335,7 @@ fn authz(s: &Server, client: &str, redirect: &str, extra: &[(&str, &str)]) -> St
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn errors_go_to_a_self_registered_redirect_only_after_sign_in() {
+async fn errors_go_to_a_self_registered_redirect_only_once_the_user_consented_to_it() {
     let (s, _d, _db) = server(|_| {}).await;
     let phish = "https://evil.example/phish";
     let client = register_public(&s, phish).await;
@@ -353,9 +353,14 @@ async fn errors_go_to_a_self_registered_redirect_only_after_sign_in() {
         page.contains("href=\"https://evil.example/phish?error="),
         "the user may still go: {page}"
     );
-    // Signed in: the user started this, the error goes back as RFC 6749 says.
+    // Signed in is not trust: a signed-in visitor is not bounced to it without a click.
     let b = browser();
     login(&s, &b).await;
+    let r = b.get(&bogus).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert!(r.headers().get("location").is_none());
+    // Once the user consented to the client, its errors go back to it as RFC 6749 says.
+    approve(&s, &b, &authz(&s, &client, phish, &[])).await;
     let r = b.get(&bogus).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::FOUND);
     assert!(r.headers()["location"].to_str().unwrap().starts_with(phish));

@@ -49,6 +49,8 @@ async fn pkce_plain_missing_or_unknown_is_refused_with_iss_on_the_error_redirect
     let b = browser();
     login(&s, &b).await;
     let base = params(&client, &challenge, &resource);
+    // A client the user consented to: its redirect URI is trusted with errors.
+    approve(&s, &b, &authorize_url(&s, &base)).await;
     for p in [
         with(base.clone(), "code_challenge_method", Some("plain")),
         with(base.clone(), "code_challenge_method", None),
@@ -121,6 +123,8 @@ async fn unknown_or_missing_resource_is_invalid_target() {
     let b = browser();
     login(&s, &b).await;
     let base = params(&client, &challenge, &resource);
+    // A client the user consented to: its redirect URI is trusted with errors.
+    approve(&s, &b, &authorize_url(&s, &base)).await;
     let other = s.url("/mcp/other");
     for p in [
         with(base.clone(), "resource", Some(other.as_str())),

@@ -56,9 +56,9 @@ fn error_redirect(
 
 /// Answers a refused authorization request: an error page, or the error sent back to the
 /// client's redirect URI — but only to a redirect URI the server trusts (RFC 9700 §4.11.2):
-/// a client an administrator registered, or once the user has signed in. Anyone may register
-/// a client whose redirect URI is a phishing page; for those, before sign-in, the page names
-/// the host and lets the user decide.
+/// a client an administrator registered, or one the user consented to. Anyone may register a
+/// client whose redirect URI is a phishing page; for those the page names the host and lets
+/// the user decide.
 fn refusal(ctx: &RequestContext, r: Refusal, trusted: bool) -> Response {
     match r {
         Refusal::Page(e) => pages::error(
@@ -192,11 +192,21 @@ async fn ensure_document_client(
 /// Validates an authorization request against the current state (reading another instance's
 /// events first when the client is not known yet). A refusal is recorded (`oauth.refused`)
 /// and answered: an error page, or a redirect to the client.
+/// Who is asking, as far as trusting the client's redirect URI with an error goes.
+enum Asking<'a> {
+    /// Nobody signed in.
+    Anonymous,
+    /// A signed-in user, by id.
+    User(&'a str),
+    /// A signed-in user answering this client's consent page (which named its host).
+    Answering,
+}
+
 async fn checked(
     app: &App,
     ctx: &RequestContext,
     q: &AuthorizationQuery,
-    signed_in: bool,
+    asking: Asking<'_>,
 ) -> Result<Validated, Response> {
     if let Some(id) = q.client_id.as_deref() {
         app.catch_up_unless(|s| s.clients.contains_key(id))
@@ -232,20 +242,30 @@ async fn checked(
         ..Attempt::default()
     };
     refusals::record(app, ctx, OAuthEndpoint::Authorize, attempt, error).await;
-    let vouched = q
-        .client_id
-        .as_deref()
-        .and_then(|id| {
-            app.projection.read().clients.get(id).map(|c| {
-                matches!(
-                    c.method,
-                    grantline_ledger::RegistrationMethod::Admin
-                        | grantline_ledger::RegistrationMethod::Config
-                )
-            })
-        })
-        .unwrap_or(false);
-    Err(refusal(ctx, r, signed_in || vouched))
+    // A redirect URI is trusted with an error when an administrator vouched for the client,
+    // or the user has consented to it before (a live grant, for any resource), or is
+    // answering its consent page. Being signed in is not trust: a signed-in visitor could otherwise be bounced
+    // without a click to whatever URI anyone registered (RFC 9700 §4.11.2).
+    let trusted = q.client_id.as_deref().is_some_and(|id| {
+        let state = app.projection.read();
+        let vouched = state.clients.get(id).is_some_and(|c| {
+            matches!(
+                c.method,
+                grantline_ledger::RegistrationMethod::Admin
+                    | grantline_ledger::RegistrationMethod::Config
+            )
+        });
+        let consented = match asking {
+            Asking::Anonymous => false,
+            Asking::Answering => true,
+            Asking::User(u) => settings
+                .resources
+                .iter()
+                .any(|r| state.grant_for(u, id, &r.id).is_some()),
+        };
+        vouched || consented
+    });
+    Err(refusal(ctx, r, trusted))
 }
 
 pub async fn authorize(
@@ -275,7 +295,11 @@ pub async fn authorize(
     }
     let now_secs = app.now().0 / 1_000_000;
     let session = session::current(&app, &ctx, &headers, now_secs);
-    let v = match checked(&app, &ctx, &q, session.is_some()).await {
+    let asking = match &session {
+        Some(s) => Asking::User(&s.user_id),
+        None => Asking::Anonymous,
+    };
+    let v = match checked(&app, &ctx, &q, asking).await {
         Ok(v) => v,
         Err(r) => return r,
     };
@@ -519,7 +543,7 @@ pub async fn consent(
             "This authorization request was already answered. Start again from the application.",
         );
     }
-    let v = match checked(&app, &ctx, &q, true).await {
+    let v = match checked(&app, &ctx, &q, Asking::Answering).await {
         Ok(v) => v,
         Err(r) => return r,
     };
