@@ -220,19 +220,31 @@ pub fn needs_consent(state: &State, user_id: &str, v: &Validated) -> bool {
     if v.prompt_consent {
         return true;
     }
-    // A consent covers the client as it was: one whose redirect URIs changed since (a
-    // metadata document edited, a registration updated) may now send the code elsewhere.
-    let redirects_changed = state
-        .clients
-        .get(&v.client_id)
-        .and_then(|c| c.redirects_changed);
     match state.grant_for(user_id, &v.client_id, &v.resource.id) {
-        Some(g) => {
-            !v.scopes.is_subset(&g.scopes)
-                || redirects_changed.is_some_and(|changed| changed.seq > g.consented.seq)
-        }
+        Some(g) => !v.scopes.is_subset(&g.scopes) || !consent_current(state, g),
         None => true,
     }
+}
+
+/// Whether `grant`'s consent still covers its client as it is: a client whose redirect URIs
+/// changed since (a metadata document edited, a registration updated) may now send what it is
+/// given elsewhere.
+pub fn consent_current(state: &State, grant: &grantline_state::Grant) -> bool {
+    let changed = state
+        .clients
+        .get(&grant.client_id)
+        .and_then(|c| c.redirects_changed);
+    changed.is_none_or(|changed| changed.seq <= grant.consented.seq)
+}
+
+/// Whether `user_id` has consented to `client_id` as it is now, for one of `resources`: what
+/// trusting its redirect URI with an error takes (RFC 9700 §4.11.2).
+pub fn consented_to(state: &State, user_id: &str, client_id: &str, resources: &[Resource]) -> bool {
+    resources.iter().any(|r| {
+        state
+            .grant_for(user_id, client_id, &r.id)
+            .is_some_and(|g| consent_current(state, g))
+    })
 }
 
 /// Randomness the approval needs.

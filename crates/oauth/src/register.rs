@@ -404,8 +404,13 @@ pub fn decide_document(
     policy: &Policy,
 ) -> Decision<()> {
     let stream = StreamId::client(url);
-    // A new client is held to the registration policy, as a dynamic registration is.
-    if !state.clients.contains_key(url)
+    // A new client is held to the registration policy, as a dynamic registration is — and so
+    // is every change a document makes later (else a document admitted with an allowed
+    // redirect host could move to another one at its next fetch).
+    // (An unchanged document of a client admitted before is not judged again: a policy turned
+    // `off` stops new clients, not the ones there are.)
+    let takes_in = !state.clients.contains_key(url) || document_changed(state, url, meta);
+    if takes_in
         && let Err(why) = policy.admits(
             Some(&meta.client_name),
             req.software_id.as_deref(),

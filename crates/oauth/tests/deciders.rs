@@ -609,6 +609,10 @@ fn a_consent_is_asked_again_once_the_clients_redirect_uris_change() {
     // The same redirect URIs (a name changed): the consent stands.
     update(&mut w, vec![REDIRECT.into()], "Renamed");
     assert!(!authorize::needs_consent(&w.state, &user, &v));
+    let resources = w.settings.resources.clone();
+    assert!(authorize::consented_to(
+        &w.state, &user, &client, &resources
+    ));
     // Another redirect URI added: the client may now send codes elsewhere. Asked again —
     // and a silent approval decided before the change is refused, not recorded.
     update(
@@ -617,6 +621,10 @@ fn a_consent_is_asked_again_once_the_clients_redirect_uris_change() {
         "Renamed",
     );
     assert!(authorize::needs_consent(&w.state, &user, &v));
+    // Nor is its redirect URI trusted with an error on the strength of that consent.
+    assert!(!authorize::consented_to(
+        &w.state, &user, &client, &resources
+    ));
     let approval = |w: &mut World, prompted: bool| Approval {
         prompted,
         now: w.now,
@@ -2003,6 +2011,38 @@ fn metadata_documents_are_held_to_the_registration_policy() {
     assert_eq!(
         w.state.clients[admin_url].client_name,
         "Vendor (vouched for)"
+    );
+    // A document admitted by the allowlist cannot move to a host it does not allow later,
+    // and an unchanged one is not judged again when the policy is turned off.
+    let local = "https://tool.example/c.json";
+    let at = |uri: &str| RegistrationRequest {
+        client_name: Some("Tool".into()),
+        redirect_uris: vec![uri.into()],
+        token_endpoint_auth_method: Some("none".into()),
+        ..Default::default()
+    };
+    let allow_local = Policy::Allowlist(vec![AllowRule {
+        client_name: None,
+        software_id: None,
+        redirect_host: Some("127.0.0.1".into()),
+    }]);
+    let first = at("http://127.0.0.1/cb");
+    let meta = register::check(&first).unwrap();
+    let d = register::decide_document(&w.state, local, &meta, &first, &allow_local);
+    w.commit(&d.append).unwrap();
+    assert!(w.state.clients.contains_key(local));
+    let moved = at("https://evil.example/cb");
+    let moved_meta = register::check(&moved).unwrap();
+    let d = register::decide_document(&w.state, local, &moved_meta, &moved, &allow_local);
+    assert!(d.append.events.is_empty() && d.outcome.is_err());
+    assert_eq!(
+        w.state.clients[local].redirect_uris,
+        vec!["http://127.0.0.1/cb".to_string()]
+    );
+    let d = register::decide_document(&w.state, local, &meta, &first, &Policy::Off);
+    assert!(
+        d.append.events.is_empty() && d.outcome.is_ok(),
+        "admitted before: goes on"
     );
 }
 

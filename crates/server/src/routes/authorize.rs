@@ -114,6 +114,11 @@ async fn ensure_document_client(
     ctx: &RequestContext,
     client_id: &str,
 ) -> Result<(), Response> {
+    // Another instance may have recorded it (an administrator's client under this URL, or the
+    // document already taken in).
+    app.catch_up_unless(|s| s.clients.contains_key(client_id))
+        .await
+        .map_err(IntoResponse::into_response)?;
     let (known, registered_otherwise) = {
         let state = app.projection.read();
         let c = state.clients.get(client_id);
@@ -126,6 +131,17 @@ async fn ensure_document_client(
     // its registration is theirs, not the document's.
     if registered_otherwise {
         return Ok(());
+    }
+    // No new clients at all: nothing to fetch.
+    if !known
+        && matches!(
+            app.registration_policy(),
+            grantline_oauth::register::Policy::Off
+        )
+    {
+        return Err(not_admitted(
+            "registration of new clients is turned off on this server",
+        ));
     }
     if !known
         && let Err(retry_after) = app
@@ -143,13 +159,22 @@ async fn ensure_document_client(
         }
         return Err(r);
     }
-    let doc = app.metadata_documents.get(client_id).await.map_err(|e| {
-        pages::error(
-            StatusCode::BAD_REQUEST,
-            "This application could not be verified",
-            &format!("{} ({})", e.description, e.code.as_str()),
-        )
-    })?;
+    let doc = match app.metadata_documents.get(client_id).await {
+        Ok(doc) => doc,
+        // A client taken in before goes on as recorded while its document cannot be read (a
+        // blip at its host); changes wait for the next good fetch.
+        Err(e) if known => {
+            tracing::warn!(error = %e.description, "a known client's metadata document could not be read; using its recorded registration");
+            return Ok(());
+        }
+        Err(e) => {
+            return Err(pages::error(
+                StatusCode::BAD_REQUEST,
+                "This application could not be verified",
+                &format!("{} ({})", e.description, e.code.as_str()),
+            ));
+        }
+    };
     // Each change taken in is an event kept for ever, and anyone may edit a document of
     // their own: at most so many a day per client.
     let changed = grantline_oauth::register::document_changed(
@@ -186,7 +211,17 @@ async fn ensure_document_client(
         })
         .await
         .map_err(IntoResponse::into_response)?;
-    outcome.map_err(|e| crate::http::oauth_error(&e))
+    // Refused by the registration policy: a page, as every other refusal here (not the token
+    // endpoint's 401, whose Basic challenge would make a browser ask for a password).
+    outcome.map_err(|e| not_admitted(&e.description))
+}
+
+fn not_admitted(why: &str) -> Response {
+    pages::error(
+        StatusCode::FORBIDDEN,
+        "This application is not admitted here",
+        &format!("{why} (invalid_client)"),
+    )
 }
 
 /// Validates an authorization request against the current state (reading another instance's
@@ -258,10 +293,9 @@ async fn checked(
         let consented = match asking {
             Asking::Anonymous => false,
             Asking::Answering => true,
-            Asking::User(u) => settings
-                .resources
-                .iter()
-                .any(|r| state.grant_for(u, id, &r.id).is_some()),
+            Asking::User(u) => {
+                grantline_oauth::authorize::consented_to(&state, u, id, &settings.resources)
+            }
         };
         vouched || consented
     });

@@ -331,11 +331,11 @@ pub async fn logout(
         "<h1>Signed out</h1><p>You can close this window.</p>",
         "'none'",
     );
-    // Without a session the cookie was not sent: a cross-site form (a Lax cookie stays home)
-    // must not clear it either, or any page could sign its visitors out.
-    if !crate::http::cross_site(&headers)
-        && let Ok(v) = HeaderValue::from_str(&session::set_cookie(&ctx, SESSION, "", 0))
-    {
+    // Only a request that carried the session cookie clears it: a cross-site form (a Lax
+    // cookie stays home) must not, or any page could sign its visitors out, whatever headers
+    // its browser sends.
+    let carried = session::cookie(&headers, &session::cookie_name(&ctx, SESSION)).is_some();
+    if carried && let Ok(v) = HeaderValue::from_str(&session::set_cookie(&ctx, SESSION, "", 0)) {
         r.headers_mut().append(header::SET_COOKIE, v);
     }
     r
