@@ -213,7 +213,16 @@ async fn ensure_document_client(
         .map_err(IntoResponse::into_response)?;
     // Refused by the registration policy: a page, as every other refusal here (not the token
     // endpoint's 401, whose Basic challenge would make a browser ask for a password).
-    outcome.map_err(|e| not_admitted(&e.description))
+    match outcome {
+        Ok(()) => Ok(()),
+        // A change of a known client's document the policy refuses is not taken in: the
+        // client goes on as recorded.
+        Err(e) if known => {
+            tracing::warn!(reason = %e.description, "a client's changed metadata document was not taken in");
+            Ok(())
+        }
+        Err(e) => Err(not_admitted(&e.description)),
+    }
 }
 
 fn not_admitted(why: &str) -> Response {
