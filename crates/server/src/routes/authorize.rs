@@ -182,6 +182,22 @@ async fn ensure_document_client(
         &doc.url,
         &doc.metadata,
     );
+    let policy = app.registration_policy();
+    // A change the policy refuses is not taken in (and not counted against the client's
+    // changes of the day, or its users would be refused once the count ran out).
+    if changed
+        && let Err(why) = policy.admits(
+            Some(&doc.metadata.client_name),
+            doc.request.software_id.as_deref(),
+            &doc.metadata.redirect_uris,
+        )
+    {
+        tracing::warn!(
+            reason = why,
+            "a client's changed metadata document was not taken in"
+        );
+        return Ok(());
+    }
     if changed
         && let Err(retry_after) = app
             .document_updates
@@ -198,7 +214,6 @@ async fn ensure_document_client(
         }
         return Err(r);
     }
-    let policy = app.registration_policy();
     let (outcome, _) = app
         .run(|s| {
             grantline_oauth::register::decide_document(
