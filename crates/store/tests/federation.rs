@@ -9,13 +9,18 @@ use grantline_ledger::pii::user_subject;
 use grantline_store::testing::TestDb;
 use grantline_store::{Federation, Keyring, StoredTokens};
 
+/// The user (provider, issuer, subject) signs in as.
+async fn linked(f: &Federation, provider: &str, issuer: &str, subject: &str) -> Option<String> {
+    f.linked_user(provider, issuer, subject).await.unwrap()
+}
+
 async fn exercise(db: TestDb) {
     let ledger = common::open(&db).await;
     let f = Federation::new(ledger.store());
     let keys = Keyring::new(ledger.store());
     const OKTA: &str = "https://corp.okta.com";
     const GH: &str = "https://api.github.com";
-    assert_eq!(f.linked_user("okta", OKTA, "00u1").await.unwrap(), None);
+    assert_eq!(linked(&f, "okta", OKTA, "00u1").await, None);
     assert_eq!(
         f.link("okta", OKTA, "00u1", "usr_a").await.unwrap(),
         "usr_a"
@@ -33,16 +38,13 @@ async fn exercise(db: TestDb) {
     // And at another issuer under the same provider id (github.com, then a GitHub
     // Enterprise server whose numeric ids overlap): not the first issuer's person.
     let ghe = "https://ghe.corp.example";
-    assert_eq!(f.linked_user("github", ghe, "00u1").await.unwrap(), None);
+    assert_eq!(linked(&f, "github", ghe, "00u1").await, None);
     assert_eq!(
         f.link("github", ghe, "00u1", "usr_e").await.unwrap(),
         "usr_e"
     );
     assert_eq!(
-        f.linked_user("github", GH, "00u1")
-            .await
-            .unwrap()
-            .as_deref(),
+        linked(&f, "github", GH, "00u1").await.as_deref(),
         Some("usr_c")
     );
     // Who made the link: the first call, not one that found it made (a concurrent first
@@ -64,23 +66,15 @@ async fn exercise(db: TestDb) {
     f.link("keycloak", "", "kc1", "usr_f").await.unwrap();
     let realm = "https://sso.example/realms/corp";
     assert_eq!(
-        f.linked_user("keycloak", realm, "kc1")
-            .await
-            .unwrap()
-            .as_deref(),
+        linked(&f, "keycloak", realm, "kc1").await.as_deref(),
         Some("usr_f")
     );
     assert_eq!(
-        f.linked_user("keycloak", "https://other.example/realms/x", "kc1")
-            .await
-            .unwrap(),
+        linked(&f, "keycloak", "https://other.example/realms/x", "kc1").await,
         None
     );
     assert_eq!(
-        f.linked_user("keycloak", realm, "kc1")
-            .await
-            .unwrap()
-            .as_deref(),
+        linked(&f, "keycloak", realm, "kc1").await.as_deref(),
         Some("usr_f")
     );
 
@@ -107,13 +101,10 @@ async fn exercise(db: TestDb) {
     assert_eq!(keys.open(&got.sealed).await.unwrap().unwrap(), "gho_newer");
 
     f.forget_user("usr_a").await.unwrap();
-    assert_eq!(f.linked_user("okta", OKTA, "00u1").await.unwrap(), None);
+    assert_eq!(linked(&f, "okta", OKTA, "00u1").await, None);
     assert_eq!(f.tokens("usr_a", "okta").await.unwrap(), None);
     assert_eq!(
-        f.linked_user("github", GH, "00u1")
-            .await
-            .unwrap()
-            .as_deref(),
+        linked(&f, "github", GH, "00u1").await.as_deref(),
         Some("usr_c")
     );
     ledger.shutdown().await;
@@ -152,17 +143,12 @@ async fn links_survive_the_migration(db: TestDb) {
     assert_eq!(f.name_unnamed_links("corp", corp).await.unwrap(), 1);
     assert_eq!(f.name_unnamed_links("corp", corp).await.unwrap(), 0);
     assert_eq!(
-        f.linked_user("corp", "https://elsewhere.example", "00u1")
-            .await
-            .unwrap(),
+        linked(&f, "corp", "https://elsewhere.example", "00u1").await,
         None,
         "named for the first issuer, and only it"
     );
     assert_eq!(
-        f.linked_user("corp", corp, "00u1")
-            .await
-            .unwrap()
-            .as_deref(),
+        linked(&f, "corp", corp, "00u1").await.as_deref(),
         Some("usr_old")
     );
     // The key is (provider, issuer, subject): the other issuer's person links apart.
@@ -173,10 +159,7 @@ async fn links_survive_the_migration(db: TestDb) {
         "usr_new"
     );
     assert_eq!(
-        f.linked_user("corp", corp, "00u1")
-            .await
-            .unwrap()
-            .as_deref(),
+        linked(&f, "corp", corp, "00u1").await.as_deref(),
         Some("usr_old")
     );
     ledger.shutdown().await;
