@@ -99,6 +99,22 @@ impl World {
         Ok(kinds)
     }
 
+    /// An approval as the consent page records it, with fresh randomness.
+    fn approval(&mut self, prompted: bool, signed_in_seq: Option<u64>) -> Approval {
+        Approval {
+            prompted,
+            now: self.now,
+            fresh: FreshCode {
+                code: Secret(format!("glc_{}", self.id("c"))),
+                grant_id: self.id("g"),
+                family_id: self.id("f"),
+            },
+            request: None,
+            consent_page: None,
+            signed_in_seq,
+        }
+    }
+
     fn tick(&mut self, secs: i64) {
         self.now = self.now.plus_secs(secs);
     }
@@ -227,19 +243,7 @@ impl World {
         let mut q = self.query(client);
         q.scope = Some(scope.into());
         let v = authorize::validate(&self.state, &self.settings, &q).unwrap();
-        let fresh = FreshCode {
-            code: Secret(format!("glc_{}", self.id("code"))),
-            grant_id: self.id("gr"),
-            family_id: self.id("fam"),
-        };
-        let approval = Approval {
-            prompted: true,
-            now: self.now,
-            fresh,
-            request: None,
-            consent_page: None,
-            signed_in_seq: None,
-        };
+        let approval = self.approval(true, None);
         let d = authorize::approve(&self.state, &self.settings, user, &v, approval);
         self.commit(&d.append).unwrap();
         d.outcome.unwrap()
@@ -625,18 +629,7 @@ fn a_consent_is_asked_again_once_the_clients_redirect_uris_change() {
     assert!(!authorize::consented_to(
         &w.state, &user, &client, &resources
     ));
-    let approval = |w: &mut World, prompted: bool| Approval {
-        prompted,
-        now: w.now,
-        fresh: FreshCode {
-            code: Secret(format!("glc_{}", w.id("c"))),
-            grant_id: w.id("g"),
-            family_id: w.id("f"),
-        },
-        request: None,
-        consent_page: None,
-        signed_in_seq: None,
-    };
+    let approval = |w: &mut World, prompted: bool| w.approval(prompted, None);
     let silent = approval(&mut w, false);
     let d = authorize::approve(&w.state, &w.settings, &user, &v, silent);
     assert_eq!(code_of(&d), "access_denied");
@@ -656,18 +649,7 @@ fn an_approval_does_not_outlive_the_end_of_the_users_sessions() {
     let user = w.user();
     let v = authorize::validate(&w.state, &w.settings, &w.query(&client)).unwrap();
     let signed_in = w.state.seq;
-    let approval = |w: &mut World| Approval {
-        prompted: true,
-        now: w.now,
-        fresh: FreshCode {
-            code: Secret(format!("glc_{}", w.id("c"))),
-            grant_id: w.id("g"),
-            family_id: w.id("f"),
-        },
-        request: None,
-        consent_page: None,
-        signed_in_seq: Some(signed_in),
-    };
+    let approval = |w: &mut World| w.approval(true, Some(signed_in));
     // Decided on the state before an administrator ends the user's sessions, appended after:
     // the append conflicts on the user's stream (decided again, it is refused).
     let a = approval(&mut w);
@@ -700,19 +682,7 @@ fn approval_for_a_disabled_user_is_refused_and_denial_is_recorded() {
     let user = w.user();
     w.disable_user(&user);
     let v = authorize::validate(&w.state, &w.settings, &w.query(&client)).unwrap();
-    let fresh = FreshCode {
-        code: Secret("glc_a".into()),
-        grant_id: "g".into(),
-        family_id: "f".into(),
-    };
-    let approval = Approval {
-        prompted: true,
-        now: w.now,
-        fresh,
-        request: None,
-        consent_page: None,
-        signed_in_seq: None,
-    };
+    let approval = w.approval(true, None);
     let d = authorize::approve(&w.state, &w.settings, &user, &v, approval);
     assert_eq!(code_of(&d), "access_denied");
     assert!(d.append.events.is_empty());
@@ -728,16 +698,8 @@ fn a_consent_page_is_answered_once() {
     let user = w.user();
     let v = authorize::validate(&w.state, &w.settings, &w.query(&client)).unwrap();
     let approval = |w: &mut World, page: &str| Approval {
-        prompted: true,
-        now: w.now,
-        fresh: FreshCode {
-            code: Secret(format!("glc_{}", w.id("c"))),
-            grant_id: w.id("g"),
-            family_id: w.id("f"),
-        },
-        request: None,
         consent_page: Some(page.into()),
-        signed_in_seq: None,
+        ..w.approval(true, None)
     };
     let a = approval(&mut w, "page-1");
     let d = authorize::approve(&w.state, &w.settings, &user, &v, a);
@@ -831,19 +793,8 @@ fn code_exchange_errors() {
     q.redirect_uri = None;
     let v = authorize::validate(&w.state, &w.settings, &q).unwrap();
     assert!(!v.redirect_uri_in_request);
-    let fresh = FreshCode {
-        code: Secret("glc_without_redirect".into()),
-        grant_id: w.id("gr"),
-        family_id: w.id("fam"),
-    };
-    let approval = Approval {
-        prompted: true,
-        now: w.now,
-        fresh,
-        request: None,
-        consent_page: None,
-        signed_in_seq: None,
-    };
+    let mut approval = w.approval(true, None);
+    approval.fresh.code = Secret("glc_without_redirect".into());
     let d = authorize::approve(&w.state, &w.settings, &user, &v, approval);
     w.commit(&d.append).unwrap();
     let ctx = w.ctx();
