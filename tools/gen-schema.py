@@ -232,6 +232,7 @@ streams = {
     "pat": "pat:<pat_id>", "tool": "resource:<resource>", "authorization": "resource:<resource>",
     "rate_limit": "resource:<resource>", "signing_key": "keys", "policy": "policy:<name>",
     "session": "user:<user_id>", "oauth": "oauth-refusals", "audit": "audit",
+    "upstream_token": "user:<user_id>", "content": "resource:<resource>",
 }
 for kind, _, doc in kinds:
     lines.append(f"| [`{kind}`](#{kind.replace('.', '')}) | `{streams.get(kind.split('.')[0], '')}` | {doc} |")

@@ -254,6 +254,17 @@ fn credential_id(c: &Credential) -> Option<String> {
     some(&c.id)
 }
 
+/// How a `content.read` summary ends, after the method.
+const READ_SUMMARY: &str = " passed on";
+
+/// The MCP method of a `content.read` record (`resources/read`, `prompts/get`): the start of
+/// its summary.
+pub fn read_method(r: &AuditRecord) -> Option<&str> {
+    (r.kind == "content.read")
+        .then(|| r.summary.strip_suffix(READ_SUMMARY))
+        .flatten()
+}
+
 fn tool_outcome(o: ToolOutcome) -> Outcome {
     match o {
         ToolOutcome::Ok => Outcome::Success,
@@ -603,6 +614,17 @@ pub fn map(event: &Recorded, dir: &mut impl Names, o: &mut dyn Opener) -> AuditR
                 S::Low
             };
             (C::Tool, outcome, severity)
+        }
+        Payload::ContentRead(e) => {
+            r.request_id = some(&e.request_id);
+            r.trace_id = e.trace_id.clone();
+            r.user_id = e.user_id.clone();
+            r.client_id = e.client_id.clone();
+            r.resource = some(&e.resource);
+            r.credential_id = credential_id(&e.credential);
+            r.target = opened(o, &e.sealed_target, &mut subjects).or_else(|| e.target.clone());
+            r.summary = format!("{}{READ_SUMMARY}", e.method);
+            (C::Tool, O::Success, S::Info)
         }
         Payload::AuthorizationDenied(e) => {
             r.request_id = some(&e.request_id);

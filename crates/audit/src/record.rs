@@ -25,7 +25,7 @@ pub enum Category {
     Token,
     /// Refresh-token reuse and code replay.
     Detection,
-    /// Tool discovery and calls.
+    /// Tool discovery and calls, and reads of resources and prompts.
     Tool,
     /// Requests refused at a resource or over a rate limit.
     Access,
@@ -151,6 +151,10 @@ pub struct AuditRecord {
     /// The caller's stated intent for a tool call (personal when made for a user).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub intent: Option<String>,
+    /// What a read asked the MCP server for: a resource's URI or a prompt's name (personal
+    /// when read for a user).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
     /// A human summary: reasons, descriptions, names (no personal data).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub summary: String,
@@ -162,7 +166,8 @@ pub struct AuditRecord {
 }
 
 impl AuditRecord {
-    /// The free text a bare word in a query searches: kind, summary, names, tool, intent.
+    /// The free text a bare word in a query searches: kind, summary, names, tool, intent,
+    /// what was read.
     pub fn text(&self) -> String {
         let mut t = String::with_capacity(128);
         for part in [
@@ -171,6 +176,7 @@ impl AuditRecord {
             self.client_name.as_deref(),
             self.tool.as_deref(),
             self.intent.as_deref(),
+            self.target.as_deref(),
             self.user_name.as_deref(),
             self.user_email.as_deref(),
             self.error_code.as_deref(),
@@ -207,9 +213,14 @@ impl AuditRecord {
                 *f = Some(mask.to_string());
             }
         }
-        // A machine client's intent is its own words, not a person's; a user's is personal.
-        if self.intent.is_some() && !self.subjects.is_empty() {
-            self.intent = Some(mask.to_string());
+        // A machine client's intent and reads are its own, not a person's; a user's are
+        // personal.
+        if !self.subjects.is_empty() {
+            for f in [&mut self.intent, &mut self.target] {
+                if f.is_some() {
+                    *f = Some(mask.to_string());
+                }
+            }
         }
     }
 }

@@ -7,7 +7,7 @@ use grantline_audit::formats::{Format, build_item, cef, csv, ocsf};
 use grantline_audit::mapping::{Directory, Opener};
 use grantline_audit::{AuditRecord, REDACTED};
 use grantline_ledger::{Kind, Recorded, Sealed, chain_hash, encode, samples};
-use serde_json::Value;
+use serde_json::{Value, json};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -415,8 +415,11 @@ fn the_trace_id_is_in_syslog_structured_data_a_csv_column_and_cef() {
         app_name: "grantline".into(),
         sd_id: syslog::DEFAULT_SD_ID.into(),
     };
-    // The last column, so that header-less rows (sinks) keep every earlier column's place.
-    assert_eq!(csv::COLUMNS.last(), Some(&"trace_id"));
+    // Added at the end, so that header-less rows (sinks) keep every earlier column's place.
+    assert_eq!(
+        csv::COLUMNS[csv::COLUMNS.len() - 2..],
+        ["trace_id", "target"]
+    );
     let mut dir = Directory::default();
     let mut traced = 0;
     for r in &history() {
@@ -424,7 +427,8 @@ fn the_trace_id_is_in_syslog_structured_data_a_csv_column_and_cef() {
         let message = syslog::message(&header, &item, "-");
         let sd = &message[..message.find('\u{feff}').unwrap()];
         let row = csv::row(&item.record);
-        let last = row.rsplit(',').next().unwrap();
+        // The samples' targets hold no comma.
+        let last = row.rsplit(',').nth(1).unwrap();
         let cef = cef::line(&item);
         match &item.record.trace_id {
             Some(t) => {
@@ -444,4 +448,46 @@ fn the_trace_id_is_in_syslog_structured_data_a_csv_column_and_cef() {
         }
     }
     assert!(traced >= 5, "{traced}");
+}
+
+/// What a read read reaches every format, and is masked where personal data is: a user's
+/// read is theirs (sealed), so a redacted export shows `[redacted]` in its place.
+#[test]
+fn what_a_read_read_is_in_every_format_and_masked_when_redacted() {
+    let mut dir = Directory::default();
+    let read = history()
+        .into_iter()
+        .find(|r| r.envelope.kind() == Kind::ContentRead)
+        .expect("a content.read sample");
+    let item = build_item(&read, &mut dir, &mut SampleKey, None);
+    let target = item.record.target.clone().expect("the target, opened");
+    assert!(target.starts_with("file:///"), "{target}");
+    assert!(item.record.text().contains(&target));
+    let row = csv::row(&item.record);
+    assert_eq!(row.rsplit(',').next(), Some(target.as_str()), "{row}");
+    let cef = cef::line(&item);
+    assert!(
+        cef.contains(&format!("flexString2Label=target flexString2={target}")),
+        "{cef}"
+    );
+    let ecs: Value = serde_json::from_str(&Format::Ecs.line(&item)).unwrap();
+    assert_eq!(ecs["grantline"]["target"], target.as_str());
+    let ocsf: Value = serde_json::from_str(&Format::Ocsf.line(&item)).unwrap();
+    assert_eq!(ocsf["api"]["operation"], "prompts/get");
+    assert_eq!(
+        (&ocsf["resources"][0]["name"], &ocsf["resources"][0]["type"]),
+        (&json!(target), &json!("mcp_prompt"))
+    );
+    let mut dir = Directory::default();
+    let redacted = build_item(&read, &mut dir, &mut SampleKey, Some(REDACTED));
+    assert_eq!(redacted.record.target.as_deref(), Some(REDACTED));
+    for line in [
+        cef::line(&redacted),
+        csv::row(&redacted.record),
+        Format::Ecs.line(&redacted),
+        Format::Ocsf.line(&redacted),
+        Format::Jsonl.line(&redacted),
+    ] {
+        assert!(!line.contains(&target), "{line}");
+    }
 }

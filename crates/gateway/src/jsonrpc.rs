@@ -15,6 +15,9 @@ pub const MAX_TOOL_NAME: usize = 128;
 /// The longest `params._meta.intent` accepted, in bytes.
 pub const MAX_INTENT: usize = 1024;
 
+/// The longest resource URI or prompt name a read may ask for, in bytes: it is recorded.
+pub const MAX_TARGET: usize = 4096;
+
 /// The longest batch accepted: each message of a batch reaches the upstream, while the rate
 /// limits count the request once.
 pub const MAX_BATCH: usize = 16;
@@ -70,6 +73,14 @@ pub enum Inspected {
     },
     /// `tools/list`: its answer is filtered to what the caller may call.
     ToolsList { id: Value },
+    /// `resources/read` or `prompts/get`: what is read (the URI, the prompt's name) and a
+    /// digest of a prompt's arguments, recorded before the request goes upstream.
+    Read {
+        id: Value,
+        method: &'static str,
+        target: String,
+        arguments_digest: Option<String>,
+    },
     /// Anything else the gateway passes on ([`access`]): initialize, ping, notifications,
     /// answers, resources, prompts, completions. `id` is null for a notification or answer.
     Other { method: Option<String>, id: Value },
@@ -154,7 +165,10 @@ pub fn inspect(body: &[u8]) -> Result<Message, Refused> {
         }
         Value::Array(items) if !items.is_empty() => {
             let all = items.iter().map(one).collect::<Result<Vec<_>, _>>()?;
-            if all.iter().any(|m| !matches!(m, Inspected::Other { .. })) {
+            if all
+                .iter()
+                .any(|m| matches!(m, Inspected::ToolCall { .. } | Inspected::ToolsList { .. }))
+            {
                 return Err(Refused::invalid(
                     "send tools/call and tools/list one per request, not in a batch",
                 ));
@@ -178,6 +192,7 @@ const READ_KEYS: &[&str] = &[
     "result",
     "error",
     "name",
+    "uri",
     "arguments",
     "_meta",
     "intent",
@@ -303,6 +318,42 @@ fn one(v: &Value) -> Result<Inspected, Refused> {
             }
         }
         (Some("tools/list"), Some(id)) => Inspected::ToolsList { id: id.clone() },
+        (Some(method @ ("resources/read" | "prompts/get")), id) => {
+            let Some(id) = id else {
+                return Err(Refused::invalid(format!(
+                    "{method} is a request: it needs an id"
+                )));
+            };
+            let (method, key): (&'static str, &str) = if method == "prompts/get" {
+                ("prompts/get", "name")
+            } else {
+                ("resources/read", "uri")
+            };
+            let refuse = |m: String| Refused::invalid(m).answering(Some(id));
+            let target = params
+                .and_then(|p| p.get(key))
+                .and_then(Value::as_str)
+                .ok_or_else(|| refuse(format!("{method} without params.{key}")))?;
+            if target.is_empty() || target.len() > MAX_TARGET {
+                return Err(refuse(format!(
+                    "params.{key} must be 1 to {MAX_TARGET} bytes"
+                )));
+            }
+            let arguments_digest = (method == "prompts/get").then(|| {
+                arguments_digest(
+                    &params
+                        .and_then(|p| p.get("arguments"))
+                        .cloned()
+                        .unwrap_or(Value::Object(Map::new())),
+                )
+            });
+            Inspected::Read {
+                id: id.clone(),
+                method,
+                target: target.to_string(),
+                arguments_digest,
+            }
+        }
         (m, _) => {
             if access(m).is_none() {
                 return Err(Refused {
@@ -769,6 +820,94 @@ mod tests {
             let read: Value = serde_json::from_str(&body).unwrap();
             assert_eq!(sent, read, "{n}");
         }
+    }
+
+    #[test]
+    fn reads_name_what_they_read_and_are_bounded() {
+        let one = |v: Value| inspect(v.to_string().as_bytes()).map(|m| m.inspected);
+        let read = json!({"jsonrpc": "2.0", "id": 3, "method": "resources/read",
+            "params": {"uri": "file:///home/a/q3.xlsx"}});
+        assert_eq!(
+            one(read.clone()).unwrap(),
+            vec![Inspected::Read {
+                id: json!(3),
+                method: "resources/read",
+                target: "file:///home/a/q3.xlsx".into(),
+                arguments_digest: None,
+            }]
+        );
+        // A prompt's arguments are recorded as a digest, the same whatever their key order.
+        let get = |args: Value| {
+            json!({"jsonrpc": "2.0", "id": "p", "method": "prompts/get",
+                "params": {"name": "summary", "arguments": args}})
+        };
+        let (a, b) = (
+            one(get(json!({"x": "1", "y": "2"}))).unwrap(),
+            one(get(json!({"y": "2", "x": "1"}))).unwrap(),
+        );
+        assert_eq!(a, b);
+        match &a[0] {
+            Inspected::Read {
+                method,
+                target,
+                arguments_digest: Some(d),
+                ..
+            } => {
+                assert_eq!((*method, target.as_str()), ("prompts/get", "summary"));
+                assert_ne!(
+                    Some(d),
+                    match &one(get(json!({"x": "2"}))).unwrap()[0] {
+                        Inspected::Read {
+                            arguments_digest, ..
+                        } => arguments_digest.as_ref(),
+                        _ => None,
+                    }
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // Reads may come in batches; each is inspected.
+        let batch = one(json!([read.clone(), get(json!({}))])).unwrap();
+        assert!(batch.iter().all(|m| matches!(m, Inspected::Read { .. })));
+        // What could not be recorded as read is refused.
+        for (v, code) in [
+            (
+                json!({"jsonrpc": "2.0", "id": 3, "method": "resources/read"}),
+                -32600,
+            ),
+            (
+                json!({"jsonrpc": "2.0", "id": 3, "method": "resources/read", "params": {"uri": ""}}),
+                -32600,
+            ),
+            (
+                json!({"jsonrpc": "2.0", "id": 3, "method": "resources/read",
+                "params": {"uri": "x".repeat(MAX_TARGET + 1)}}),
+                -32600,
+            ),
+            (
+                json!({"jsonrpc": "2.0", "id": 3, "method": "prompts/get", "params": {"name": 5}}),
+                -32600,
+            ),
+            (
+                json!({"jsonrpc": "2.0", "id": 3, "method": "resources/read",
+                "params": {"uri": "file:///a", "URI": "file:///b"}}),
+                -32600,
+            ),
+        ] {
+            let r = one(v.clone()).unwrap_err();
+            assert_eq!((r.code, r.id), (code, json!(3)), "{v}");
+        }
+        let r = one(json!({"jsonrpc": "2.0", "method": "resources/read",
+            "params": {"uri": "file:///a"}}))
+        .unwrap_err();
+        assert_eq!(r.code, -32600);
+        assert!(
+            one(
+                json!({"jsonrpc": "2.0", "id": 3, "method": "resources/read",
+                "params": {"uri": "x".repeat(MAX_TARGET)}})
+            )
+            .is_ok()
+        );
     }
 
     #[test]

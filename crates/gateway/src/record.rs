@@ -1,18 +1,19 @@
 //! The events the gateway records about one request, built here from what the request was and
-//! what came of it: `tool.call_started`, `tool.called`, `tool.listed`, `authorization.denied`.
-//! Every caller-supplied value they carry was bounded by [`crate::jsonrpc::inspect`] (tool
-//! name, intent) or by the server (session id); a user's stated intent arrives sealed.
+//! what came of it: `tool.call_started`, `tool.called`, `tool.listed`, `content.read`,
+//! `authorization.denied`. Every caller-supplied value they carry was bounded by
+//! [`crate::jsonrpc::inspect`] (tool name, intent, what a read reads) or by the server
+//! (session id); a user's own words (intent, what they read) arrive sealed.
 
 use crate::{Caller, Denial};
 use grantline_ledger::{
-    Actor, AuthorizationDenied, NewEvent, Sealed, StreamId, ToolCallStarted, ToolCalled,
-    ToolListed, ToolOutcome,
+    Actor, AuthorizationDenied, ContentRead, NewEvent, Sealed, StreamId, ToolCallStarted,
+    ToolCalled, ToolListed, ToolOutcome,
 };
 use serde_json::Value;
 
-/// The caller's stated reason for a call, as recorded.
+/// Text the caller chose, as recorded (a call's stated reason, what a read reads).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub enum Intent {
+pub enum Words {
     #[default]
     None,
     /// A machine client's (no person's words): in plain text.
@@ -21,13 +22,31 @@ pub enum Intent {
     Sealed(Sealed),
 }
 
+impl Words {
+    fn split(&self) -> (Option<String>, Option<Sealed>) {
+        match self {
+            Words::None => (None, None),
+            Words::Plain(s) => (Some(s.clone()), None),
+            Words::Sealed(s) => (None, Some(s.clone())),
+        }
+    }
+}
+
 /// A `tools/call`: its JSON-RPC id, the tool, the digest of its arguments, the caller's intent.
 #[derive(Debug, Clone)]
 pub struct Call {
     pub id: Value,
     pub tool: String,
     pub digest: String,
-    pub intent: Intent,
+    pub intent: Words,
+}
+
+/// A `resources/read` or `prompts/get`: the method, what it reads, a prompt's arguments digest.
+#[derive(Debug, Clone)]
+pub struct Read {
+    pub method: &'static str,
+    pub target: Words,
+    pub arguments_digest: Option<String>,
 }
 
 /// What every event of one gateway request carries.
@@ -54,17 +73,9 @@ impl Request<'_> {
         NewEvent::new(StreamId::resource(self.resource), self.actor(), payload)
     }
 
-    fn intent(call: &Call) -> (Option<String>, Option<Sealed>) {
-        match &call.intent {
-            Intent::None => (None, None),
-            Intent::Plain(s) => (Some(s.clone()), None),
-            Intent::Sealed(s) => (None, Some(s.clone())),
-        }
-    }
-
     /// `tool.call_started`: written before the call goes upstream.
     pub fn started(&self, call: &Call) -> NewEvent {
-        let (intent, sealed_intent) = Self::intent(call);
+        let (intent, sealed_intent) = call.intent.split();
         self.event(ToolCallStarted {
             request_id: self.request_id.to_string(),
             trace_id: grantline_ledger::trace_id(self.trace_id),
@@ -89,7 +100,7 @@ impl Request<'_> {
         error_code: Option<i64>,
         duration_us: u64,
     ) -> NewEvent {
-        let (intent, sealed_intent) = Self::intent(call);
+        let (intent, sealed_intent) = call.intent.split();
         self.event(ToolCalled {
             request_id: self.request_id.to_string(),
             trace_id: grantline_ledger::trace_id(self.trace_id),
@@ -125,10 +136,32 @@ impl Request<'_> {
         })
     }
 
-    /// `tool.called` (denied) and `authorization.denied` for a call above the caller's
-    /// authority.
-    pub fn denied(&self, call: &Call, d: &Denial, duration_us: u64) -> Vec<NewEvent> {
-        let denied = AuthorizationDenied {
+    /// `content.read`: written before the read goes upstream.
+    pub fn read(&self, read: &Read) -> NewEvent {
+        let (target, sealed_target) = read.target.split();
+        self.event(ContentRead {
+            request_id: self.request_id.to_string(),
+            trace_id: grantline_ledger::trace_id(self.trace_id),
+            resource: self.resource.to_string(),
+            user_id: self.caller.user_id.clone(),
+            client_id: self.caller.client_id.clone(),
+            credential: self.caller.credential.clone(),
+            method: read.method.to_string(),
+            target,
+            sealed_target,
+            arguments_digest: read.arguments_digest.clone(),
+            session_id: self.session_id.map(String::from),
+        })
+    }
+
+    /// `authorization.denied` for a request (not a tool call) above the caller's authority:
+    /// reads of resources, prompts and completions. `method` is the first such message's.
+    pub fn refused(&self, method: &str, d: &Denial) -> NewEvent {
+        self.event(self.denial(method, None, d))
+    }
+
+    fn denial(&self, method: &str, tool: Option<String>, d: &Denial) -> AuthorizationDenied {
+        AuthorizationDenied {
             request_id: self.request_id.to_string(),
             trace_id: grantline_ledger::trace_id(self.trace_id),
             resource: self.resource.to_string(),
@@ -137,9 +170,15 @@ impl Request<'_> {
             credential: Some(self.caller.credential.clone()),
             reason: d.reason.to_string(),
             required_scopes: d.required_scopes.clone(),
-            method: "tools/call".into(),
-            tool: Some(call.tool.clone()),
-        };
+            method: method.to_string(),
+            tool,
+        }
+    }
+
+    /// `tool.called` (denied) and `authorization.denied` for a call above the caller's
+    /// authority.
+    pub fn denied(&self, call: &Call, d: &Denial, duration_us: u64) -> Vec<NewEvent> {
+        let denied = self.denial("tools/call", Some(call.tool.clone()), d);
         vec![
             self.called(
                 call,

@@ -134,6 +134,8 @@ catalogue! {
     "audit.exported" => AuditExported(AuditExported),
     /// A resource exchanged a user's identity assertion for the user's upstream access token (RFC 8693); the token itself is never recorded.
     "upstream_token.exchanged" => UpstreamTokenExchanged(UpstreamTokenExchanged),
+    /// A caller read a resource or got a prompt from an MCP server (`resources/read`, `prompts/get`): recorded before the request goes upstream, so a read the ledger cannot record is never made.
+    "content.read" => ContentRead(ContentRead),
 }
 
 /// How a client came to be known.
@@ -981,6 +983,40 @@ pub struct UpstreamTokenExchanged {
     pub refreshed: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request: Option<RequestMeta>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContentRead {
+    pub request_id: String,
+    /// The W3C trace id of the request's trace (32 hex digits), when it was traced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
+    pub resource: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    pub credential: Credential,
+    /// `resources/read` or `prompts/get`.
+    pub method: String,
+    /// What was read (the resource's URI, the prompt's name), in plain text: for callers
+    /// acting for no user (machine clients).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// What was read, for a user: sealed under the user's key (a URI can name the user's own
+    /// files or messages), erased with them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed_target: Option<Sealed>,
+    /// blake3 of a prompt's canonical arguments: the arguments themselves are never recorded.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::digest::option"
+    )]
+    pub arguments_digest: Option<String>,
+    /// As in `tool.call_started`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
 }
 
 #[cfg(test)]

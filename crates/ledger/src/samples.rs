@@ -113,6 +113,7 @@ pub fn stream_for(p: &Payload) -> StreamId {
         Payload::PolicyChanged(e) => StreamId::new("policy", &e.policy),
         Payload::AuditSearched(_) | Payload::AuditExported(_) => StreamId::named("audit"),
         Payload::UpstreamTokenExchanged(e) => StreamId::user(&e.user_id),
+        Payload::ContentRead(e) => StreamId::resource(&e.resource),
     }
 }
 
@@ -442,7 +443,7 @@ pub fn all() -> Vec<Payload> {
             resource: RESOURCE.into(),
             user_id: Some(USER.into()),
             client_id: Some(CLIENT.into()),
-            credential: Some(cred),
+            credential: Some(cred.clone()),
             reason: "insufficient_scope".into(),
             required_scopes: vec!["demo.write".into()],
             method: "tools/call".into(),
@@ -508,6 +509,20 @@ pub fn all() -> Vec<Payload> {
             assertion_id: "0197a3c1-f0d2-7c4e-8b1a-9d6e5f403a51".into(),
             refreshed: true,
             request: Some(meta(&user_subject)),
+        }
+        .into(),
+        ContentRead {
+            request_id: "req_0197a3c1f0d27c4e8b1a9d6e5f403a63".into(),
+            trace_id: Some(TRACE.into()),
+            resource: RESOURCE.into(),
+            user_id: Some(USER.into()),
+            client_id: Some(CLIENT.into()),
+            credential: cred,
+            method: "prompts/get".into(),
+            target: Some("quarterly-summary".into()),
+            sealed_target: Some(sealed(&user_subject, "file:///home/alice/q3.xlsx")),
+            arguments_digest: Some(digest("{\"quarter\":\"q3\"}")),
+            session_id: Some("b3:5b2f".into()),
         }
         .into(),
     ]

@@ -1271,6 +1271,21 @@ grantline_store::backend_tests! {
             .await
             .unwrap();
         assert_eq!(r.status(), StatusCode::OK);
+        // A read's `Mcp-Name` is the URI it reads: another one would be read than recorded.
+        let seen_before = up.seen.lock().unwrap().len();
+        let r = browser()
+            .post(s.url("/mcp/up"))
+            .bearer_auth(&token)
+            .header("mcp-method", "resources/read")
+            .header("mcp-name", "file:///other")
+            .json(&json!({"jsonrpc": "2.0", "id": 8, "method": "resources/read",
+                "params": {"uri": "file:///recorded"}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(r.json::<Value>().await.unwrap()["id"], 8);
+        assert_eq!(up.seen.lock().unwrap().len(), seen_before);
         // A call without a tool name is answered with its own id.
         let r = rpc(
             &s,
@@ -1427,6 +1442,41 @@ async fn resources_and_prompts_take_the_read_scope_and_a_role_and_unknown_method
     let batch = json!([{"jsonrpc": "2.0", "method": "notifications/initialized"}, read]);
     let r = rpc(&s, "/mcp/up", Some(&writer), batch).await;
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    // Both a read and a refused one are recorded: what the user read, sealed under their key.
+    let recorded = s.app.store().read(0, 10_000).await.unwrap();
+    let reads: Vec<_> = recorded
+        .iter()
+        .filter_map(|e| match e.payload() {
+            Payload::ContentRead(r) => Some(r.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(reads.len(), 1, "{reads:?}");
+    assert_eq!(reads[0].method, "resources/read");
+    assert_eq!(
+        (reads[0].target.as_ref(), reads[0].arguments_digest.as_ref()),
+        (None, None)
+    );
+    let sealed = reads[0].sealed_target.clone().expect("sealed for the user");
+    assert_eq!(
+        s.app.keyring.open(&sealed).await.unwrap().unwrap(),
+        "file:///secrets/x"
+    );
+    assert!(!format!("{recorded:?}").contains("secrets/x"));
+    let refusals: Vec<_> = recorded
+        .iter()
+        .filter_map(|e| match e.payload() {
+            Payload::AuthorizationDenied(d) => Some((d.method.as_str(), d.reason.as_str())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        refusals,
+        vec![
+            ("resources/read", "insufficient_scope"),
+            ("resources/read", "insufficient_scope")
+        ]
+    );
 
     for method in ["admin/shutdown", "debug/eval", "Resources/read"] {
         let r = rpc(
@@ -1457,6 +1507,9 @@ async fn resources_and_prompts_take_the_read_scope_and_a_role_and_unknown_method
     let e: Value = r.json().await.unwrap();
     assert_eq!(e["error"]["data"]["reason"], "role");
     assert_eq!(up.bodies.lock().unwrap().len(), 1);
+    let recorded = s.app.store().read(0, 10_000).await.unwrap();
+    assert!(recorded.iter().any(|e| matches!(e.payload(),
+        Payload::AuthorizationDenied(d) if d.method == "prompts/get" && d.reason == "role")));
     s.stop().await;
 }
 

@@ -376,9 +376,11 @@ pub fn apply(state: &mut State, event: &Recorded) {
                 });
             }
         }
-        // Tool traffic is an audit fact; it only tells when a personal access token was used.
+        // Tool traffic and reads are audit facts; they only tell when a personal access token
+        // was used.
         Payload::ToolListed(grantline_ledger::ToolListed { credential, .. })
-        | Payload::ToolCalled(grantline_ledger::ToolCalled { credential, .. }) => {
+        | Payload::ToolCalled(grantline_ledger::ToolCalled { credential, .. })
+        | Payload::ContentRead(grantline_ledger::ContentRead { credential, .. }) => {
             if credential.kind == grantline_ledger::CredentialKind::PersonalAccessToken
                 && let Some(p) = state.pats.get_mut(&credential.id)
             {

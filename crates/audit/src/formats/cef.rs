@@ -101,6 +101,11 @@ pub fn line(item: &ExportItem) -> String {
         ext.push(("flexString1Label", "traceId".into()));
         ext.push(("flexString1", t.clone()));
     }
+    // What a read asked for: the second flex string.
+    if let Some(t) = &r.target {
+        ext.push(("flexString2Label", "target".into()));
+        ext.push(("flexString2", t.clone()));
+    }
     if let Some(e) = &r.user_email {
         ext.push(("duser", e.clone()));
     }

@@ -30,6 +30,8 @@ pub const COLUMNS: &[&str] = &[
     "hash",
     // Added last (2026-12-06): sinks send rows without a header, read by position.
     "trace_id",
+    // Added last (2026-12-06): what a read asked for.
+    "target",
 ];
 
 pub fn header() -> String {
@@ -77,6 +79,7 @@ pub fn row(r: &AuditRecord) -> String {
         r.id.clone(),
         r.hash.clone(),
         o(&r.trace_id),
+        o(&r.target),
     ]
     .iter()
     .map(|c| cell(c))

@@ -52,6 +52,7 @@ pub fn categorize(kind: Kind, outcome: &str) -> (&'static [&'static str], Vec<&'
         K::ToolListed
         | K::ToolCallStarted
         | K::ToolCalled
+        | K::ContentRead
         | K::AuditSearched
         | K::AuditExported => (&["api"], vec!["access", allowed_or_denied]),
         K::AuthorizationDenied | K::RateLimitExceeded => (&["api"], vec!["access", "denied"]),
@@ -135,6 +136,7 @@ pub fn record(item: &ExportItem) -> Value {
         ("client_name", &r.client_name),
         ("resource", &r.resource),
         ("tool", &r.tool),
+        ("target", &r.target),
         ("family_id", &r.family_id),
         ("grant_id", &r.grant_id),
         ("credential_id", &r.credential_id),

@@ -112,6 +112,7 @@ pub fn class_of(kind: Kind) -> Class {
         K::AuditSearched => (API, APP, 2, "Read"),
         K::AuditExported => (API, APP, 2, "Read"),
         K::UpstreamTokenExchanged => (AUTHN, IAM, 4, "Service Ticket Request"),
+        K::ContentRead => (API, APP, 2, "Read"),
     };
     class(c.0, c.1, cat, a, n)
 }
@@ -311,6 +312,7 @@ pub fn write(item: &ExportItem, out: &mut Vec<u8>) {
                     Kind::ToolListed => "tools/list",
                     Kind::ToolCallStarted | Kind::ToolCalled => "tools/call",
                     Kind::AuthorizationDenied | Kind::RateLimitExceeded => "request",
+                    Kind::ContentRead => crate::mapping::read_method(r).unwrap_or("read"),
                     _ => r.kind.as_str(),
                 },
             );
@@ -332,6 +334,21 @@ pub fn write(item: &ExportItem, out: &mut Vec<u8>) {
                 t_.str("uid", t);
                 t_.str("name", t);
                 t_.lit("type", "mcp_tool");
+                t_.close();
+                o.out.push(b']');
+            } else if let Some(t) = r.target.as_deref() {
+                o.key("resources");
+                o.out.push(b'[');
+                let mut t_ = Obj::open(o.out);
+                t_.str("uid", t);
+                t_.str("name", t);
+                t_.lit(
+                    "type",
+                    match crate::mapping::read_method(r) {
+                        Some("prompts/get") => "mcp_prompt",
+                        _ => "mcp_resource",
+                    },
+                );
                 t_.close();
                 o.out.push(b']');
             }

@@ -154,6 +154,13 @@ pub fn refs(p: &Payload) -> Refs<'_> {
             client_id,
             credential,
             ..
+        })
+        | P::ContentRead(grantline_ledger::ContentRead {
+            request_id,
+            user_id,
+            client_id,
+            credential,
+            ..
         }) => {
             r.request = Some(request_id);
             r.user = user_id.as_deref();
@@ -278,6 +285,8 @@ pub fn facts(p: &Payload) -> Vec<(&'static str, String)> {
         }
         P::ToolCallStarted(e) => vec![("tool", e.tool.clone())],
         P::ToolListed(e) => vec![("tools_returned", e.tools_returned.to_string())],
+        // What was read is personal when read for a user (sealed): the method only.
+        P::ContentRead(e) => vec![("method", e.method.clone())],
         P::AuthorizationDenied(e) => {
             vec![("reason", e.reason.clone()), ("method", e.method.clone())]
         }

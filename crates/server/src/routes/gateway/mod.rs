@@ -29,7 +29,7 @@ use grantline_gateway::ratelimit::Quota;
 use grantline_gateway::{Caller, Denial, authenticate, authority, session};
 use grantline_ledger::RateBucket;
 use grantline_oauth::Resource;
-use record::{Audit, Call, Intent, Watched};
+use record::{Audit, Call, Read, Watched, Words};
 use serde_json::Value;
 use std::time::Instant;
 
@@ -158,7 +158,7 @@ impl Request<'_> {
                     tracing::info!("a session id not given to this caller was refused");
                     let id = watched.as_ref().map(|w| w.id().clone());
                     return Err(refused_id(
-                        &id.or(reads).unwrap_or(Value::Null),
+                        &id.or(reads.map(|r| r.id)).unwrap_or(Value::Null),
                         -32001,
                         "session not found: start a new one",
                         StatusCode::NOT_FOUND,
@@ -175,8 +175,17 @@ impl Request<'_> {
         let quota = decide.in_scope(|| {
             self.rate_limit(&caller, &resource.id, &mount, writes, watched.as_ref())
         })?;
-        // Resources, prompts and completions: the read scope, and a role with the resource.
-        if let Some(reads_id) = reads {
+        let audit = Audit {
+            app: self.app.clone(),
+            ctx: self.ctx.clone(),
+            caller: caller.clone(),
+            resource: resource.id.clone(),
+            session_id,
+            started,
+        };
+        // Resources, prompts and completions: the read scope, and a role with the resource;
+        // a refusal is recorded, and what is read is recorded before it goes upstream.
+        if let Some(reads) = &reads {
             let mounts = self.app.mounts();
             let read = decide.in_scope(|| {
                 authority::check_read(&caller, &mounts.roles, &mount.name, &mount.scopes.read)
@@ -190,7 +199,20 @@ impl Request<'_> {
                         &d.required_scopes,
                     );
                 }
-                return Ok(denial_of(&d, &metadata_url, Some(&reads_id), "request"));
+                if audit
+                    .record(vec![audit.refused(&reads.method, &d)])
+                    .await
+                    .is_err()
+                {
+                    return Err(unavailable());
+                }
+                return Ok(denial_of(&d, &metadata_url, Some(&reads.id), "request"));
+            }
+            if !reads.recorded.is_empty() {
+                let events = reads.recorded.iter().map(|r| audit.read(r)).collect();
+                if audit.record(events).await.is_err() {
+                    return Err(unavailable());
+                }
             }
         }
         let checked = match (&watched, &scope) {
@@ -203,14 +225,6 @@ impl Request<'_> {
             _ => None,
         };
         drop(decide);
-        let audit = Audit {
-            app: self.app.clone(),
-            ctx: self.ctx.clone(),
-            caller: caller.clone(),
-            resource: resource.id.clone(),
-            session_id,
-            started,
-        };
         let out = exchange::Outgoing {
             mount,
             method: self.method,
@@ -432,7 +446,7 @@ impl Request<'_> {
         &self,
         caller: &Caller,
         body: Bytes,
-    ) -> Result<(Option<Watched>, Option<Value>, Bytes, Option<String>), Response> {
+    ) -> Result<(Option<Watched>, Option<Reads>, Bytes, Option<String>), Response> {
         let session_id = match self.headers.get("mcp-session-id").map(|v| v.to_str()) {
             None => None,
             Some(Ok(v)) if valid_session_id(v) => Some(v.to_string()),
@@ -464,7 +478,9 @@ impl Request<'_> {
         };
         if let Err(m) = headers_match(&self.headers, &inspected) {
             let id = inspected.iter().find_map(|i| match i {
-                Inspected::ToolCall { id, .. } | Inspected::ToolsList { id } => Some(id.clone()),
+                Inspected::ToolCall { id, .. }
+                | Inspected::ToolsList { id }
+                | Inspected::Read { id, .. } => Some(id.clone()),
                 Inspected::Other { .. } => None,
             });
             return Err(refused_id(
@@ -474,33 +490,56 @@ impl Request<'_> {
                 StatusCode::BAD_REQUEST,
             ));
         }
-        let reads = inspected.iter().find_map(|m| match m {
-            Inspected::Other { method, id }
-                if jsonrpc::access(method.as_deref()) == Some(jsonrpc::Access::Read) =>
-            {
-                Some(id.clone())
-            }
-            _ => None,
-        });
-        // At most one message to watch: the inspection refuses tool messages in batches.
-        let watched = match inspected
-            .into_iter()
-            .find(|m| !matches!(m, Inspected::Other { .. }))
-        {
-            Some(Inspected::ToolCall {
+        let mut reads: Option<Reads> = None;
+        let mut watched = None;
+        // At most one tool message to watch: the inspection refuses them in batches.
+        for m in inspected {
+            let (id, method, read) = match m {
+                Inspected::ToolCall {
+                    id,
+                    tool,
+                    arguments_digest,
+                    intent,
+                } => {
+                    watched = Some(Watched::Call(Call {
+                        id,
+                        tool,
+                        digest: arguments_digest,
+                        intent: sealed_words(self.app, caller, intent).await?,
+                    }));
+                    continue;
+                }
+                Inspected::ToolsList { id } => {
+                    watched = Some(Watched::List(id));
+                    continue;
+                }
+                Inspected::Read {
+                    id,
+                    method,
+                    target,
+                    arguments_digest,
+                } => {
+                    let read = Read {
+                        method,
+                        target: sealed_words(self.app, caller, Some(target)).await?,
+                        arguments_digest,
+                    };
+                    (id, method.to_string(), Some(read))
+                }
+                Inspected::Other { method, id }
+                    if jsonrpc::access(method.as_deref()) == Some(jsonrpc::Access::Read) =>
+                {
+                    (id, method.unwrap_or_default(), None)
+                }
+                Inspected::Other { .. } => continue,
+            };
+            let r = reads.get_or_insert_with(|| Reads {
                 id,
-                tool,
-                arguments_digest,
-                intent,
-            }) => Some(Watched::Call(Call {
-                id,
-                tool,
-                digest: arguments_digest,
-                intent: sealed_intent(self.app, caller, intent).await?,
-            })),
-            Some(Inspected::ToolsList { id }) => Some(Watched::List(id)),
-            _ => None,
-        };
+                method,
+                recorded: Vec::new(),
+            });
+            r.recorded.extend(read);
+        }
         Ok((watched, reads, body, session_id))
     }
 
@@ -560,26 +599,35 @@ impl Request<'_> {
     }
 }
 
-/// A user's stated intent is their own words: sealed under their key, erased with them. A
-/// machine client's stays plain.
-async fn sealed_intent(
+/// The resources, prompts and completions one request reads: the first one's id and method
+/// (to answer and record a refusal with), and the reads recorded before it goes upstream
+/// (`resources/read`, `prompts/get`).
+struct Reads {
+    id: Value,
+    method: String,
+    recorded: Vec<Read>,
+}
+
+/// A user's own words (a stated intent, what they read) are sealed under their key, erased
+/// with them. A machine client's stay plain.
+async fn sealed_words(
     app: &App,
     caller: &Caller,
-    intent: Option<String>,
-) -> Result<Intent, Response> {
-    Ok(match (intent, &caller.user_id) {
-        (None, _) => Intent::None,
+    words: Option<String>,
+) -> Result<Words, Response> {
+    Ok(match (words, &caller.user_id) {
+        (None, _) => Words::None,
         (Some(text), Some(user)) => {
             let subject = grantline_ledger::pii::user_subject(user);
             match app.keyring.seal(&subject, &text).await {
-                Ok(sealed) => Intent::Sealed(sealed),
+                Ok(sealed) => Words::Sealed(sealed),
                 Err(e) => {
-                    tracing::error!(error = %e, "sealing the caller's intent failed");
+                    tracing::error!(error = %e, "sealing the caller's words failed");
                     return Err(unavailable());
                 }
             }
         }
-        (Some(text), None) => Intent::Plain(text),
+        (Some(text), None) => Words::Plain(text),
     })
 }
 
@@ -598,6 +646,8 @@ fn headers_match(headers: &HeaderMap, inspected: &[Inspected]) -> Result<(), Str
     let (m, n) = match one {
         Inspected::ToolCall { tool, .. } => (Some("tools/call"), Some(tool.as_str())),
         Inspected::ToolsList { .. } => (Some("tools/list"), None),
+        // 2026-07-28 names a read's resource URI or prompt name in `Mcp-Name`.
+        Inspected::Read { method, target, .. } => (Some(*method), Some(target.as_str())),
         Inspected::Other { method, .. } => (method.as_deref(), None),
     };
     if method.is_some_and(|h| Some(h) != m) {
@@ -606,7 +656,9 @@ fn headers_match(headers: &HeaderMap, inspected: &[Inspected]) -> Result<(), Str
     if let (Some(h), Some(n)) = (name, n)
         && h != n
     {
-        return Err("Mcp-Name does not match the tool the message calls".into());
+        return Err(
+            "Mcp-Name does not match the tool, resource or prompt the message names".into(),
+        );
     }
     Ok(())
 }

@@ -4,7 +4,7 @@
 use crate::app::App;
 use crate::context::RequestContext;
 use grantline_gateway::record::Request;
-pub use grantline_gateway::record::{Call, Intent};
+pub use grantline_gateway::record::{Call, Read, Words};
 use grantline_gateway::{Caller, Denial};
 use grantline_ledger::{NewEvent, ToolOutcome};
 use serde_json::Value;
@@ -73,6 +73,16 @@ impl Audit {
     pub fn listed(&self, outcome: ToolOutcome, tools_returned: u32) -> NewEvent {
         self.request()
             .listed(outcome, tools_returned, self.elapsed_us())
+    }
+
+    /// `content.read`: written before the read goes upstream.
+    pub fn read(&self, read: &Read) -> NewEvent {
+        self.request().read(read)
+    }
+
+    /// `authorization.denied` for a read above the caller's authority.
+    pub fn refused(&self, method: &str, d: &Denial) -> NewEvent {
+        self.request().refused(method, d)
     }
 
     /// `tool.called` (denied) and `authorization.denied` for a call above the caller's authority.
