@@ -85,6 +85,9 @@ pub struct Indexer {
     shared: Arc<RwLock<Directory>>,
     /// Whether an event since the last commit added or erased a name.
     names_changed: bool,
+    /// Tests: fail every erasure between its two commits.
+    #[cfg(test)]
+    fail_erasures: bool,
 }
 
 impl Indexer {
@@ -120,6 +123,8 @@ impl Indexer {
             progress: Arc::default(),
             shared: Arc::default(),
             names_changed: true,
+            #[cfg(test)]
+            fail_erasures: false,
         };
         let cursor: Option<Cursor> = me
             .index
@@ -231,6 +236,10 @@ impl Indexer {
             if event.seq() <= self.position {
                 continue;
             }
+            if let Payload::UserErased(e) = event.payload() {
+                self.erase(event, &e.user_id).await?;
+                continue;
+            }
             let rec = self.record(event).await?;
             self.names_changed |= matches!(
                 event.envelope.kind(),
@@ -248,9 +257,6 @@ impl Indexer {
             self.position_hash = Some(event.hash);
             self.pending += 1;
             self.first_pending.get_or_insert_with(Instant::now);
-            if let Payload::UserErased(e) = event.payload() {
-                self.erase(&e.user_id).await?;
-            }
         }
         if self.due() {
             self.commit().await?;
@@ -322,14 +328,26 @@ impl Indexer {
         self.restore_directory()
     }
 
-    /// Removes an erased user's personal data from every document that held it: the records
-    /// are stored again with those fields reading `[erased]`.
-    async fn erase(&mut self, user_id: &str) -> Result<(), IndexerError> {
+    /// Indexes `user.erased` (`event`): removes the user's personal data from every document
+    /// that held it, the records stored again with those fields reading `[erased]`.
+    ///
+    /// What came before is committed first (the rewrite searches committed documents), with
+    /// the cursor before the erasure; the rewrite is committed with the erasure itself. So a
+    /// failure or a crash in between resumes at the erasure and does it again: the cursor
+    /// never passes an erasure the index has not done. The segments that held the old records
+    /// are then merged away, so that the data leaves the index's files too, not only its
+    /// searches.
+    async fn erase(&mut self, event: &Recorded, user_id: &str) -> Result<(), IndexerError> {
+        self.commit().await?;
+        #[cfg(test)]
+        if self.fail_erasures {
+            return Err(IndexerError::Writer);
+        }
+        let rec = self.record(event).await?;
         let subject = user_subject(user_id);
         self.keys.forget(&subject);
         self.dir.forget_user(user_id);
-        self.pending += 1;
-        self.commit().await?;
+        self.names_changed = true;
         let e = Expr::Or(vec![
             Expr::Match(
                 Field::Actor,
@@ -350,9 +368,46 @@ impl Indexer {
                 w.add_document(self.index.document(&r))
                     .map_err(IndexError::from)?;
             }
+            w.add_document(self.index.document(&rec))
+                .map_err(IndexError::from)?;
         }
+        self.position = event.seq();
+        self.position_hash = Some(event.hash);
         self.pending += 1;
-        self.commit().await
+        self.commit().await?;
+        self.merge_away_deleted().await
+    }
+
+    /// Writes every segment holding deleted documents again without them, and removes the
+    /// files no commit needs any more.
+    async fn merge_away_deleted(&mut self) -> Result<(), IndexerError> {
+        let segments: Vec<tantivy::index::SegmentId> = self
+            .index
+            .index
+            .searchable_segment_metas()
+            .map_err(IndexError::from)?
+            .into_iter()
+            .filter(|m| m.has_deletes())
+            .map(|m| m.id())
+            .collect();
+        if segments.is_empty() {
+            return Ok(());
+        }
+        let writer = self.writer.clone();
+        tokio::task::spawn_blocking(move || -> Result<(), IndexerError> {
+            let mut w = writer.lock().map_err(|_| IndexerError::Writer)?;
+            // One by one: each segment keeps its size (and its place in the merge policy's
+            // layers), only without its deleted documents.
+            for s in segments {
+                w.merge(&[s]).wait().map_err(IndexError::from)?;
+            }
+            w.garbage_collect_files().wait().map_err(IndexError::from)?;
+            Ok(())
+        })
+        .await
+        .map_err(|_| IndexerError::Writer)??;
+        self.index.reader.reload().map_err(IndexError::from)?;
+        Ok(())
     }
 
     /// Indexes every event up to the ledger's head; `progress(done, head)` after each batch.
@@ -584,6 +639,8 @@ pub fn directory_of(index: &AuditIndex) -> Result<Directory, IndexError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::index::SortOrder;
+    use crate::record::ERASED;
     use tokio::time::Instant;
 
     /// How long `back_off(backoff, …)` waits (in the paused clock) after an attempt that
@@ -619,6 +676,108 @@ mod tests {
             t.abort();
         }
         start.elapsed()
+    }
+
+    /// The index's stored-record files (one per segment).
+    fn store_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|f| f.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "store"))
+            .collect()
+    }
+
+    /// An erasure that fails (or a process that dies) between the erasure's two commits is
+    /// done again when the index resumes: the committed cursor never passes an erasure not
+    /// done. And once done, the user's data is gone from the index's files, not only from its
+    /// searches.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_erasure_cut_short_is_done_again_and_leaves_the_files() {
+        use grantline_ledger::{Actor, Append, NewEvent, StreamId, UserErased};
+        use grantline_store::testing;
+        let db = testing::sqlite().await;
+        let ledger = grantline_store::Ledger::open(&db.db, testing::signer(), Default::default())
+            .await
+            .unwrap();
+        let keyring = Keyring::new(ledger.store());
+        let email = "alice.erasure@example.com";
+        let mut events = vec![testing::user_created(&keyring, "u_alice", "alice", email).await];
+        events.extend((0..20).map(testing::tool_call));
+        ledger.append(Append::new(events)).await.unwrap();
+        let found = |index: &AuditIndex| {
+            let e = crate::query::parse(&format!("user:{email}"), 0).unwrap();
+            index
+                .search(&e, SortOrder::Asc, None, 10)
+                .unwrap()
+                .records
+                .len()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let index = AuditIndex::open(dir.path()).unwrap();
+        let mut indexer = Indexer::open(
+            index.clone(),
+            ledger.store(),
+            keyring.clone(),
+            IndexerOptions::default(),
+        )
+        .await
+        .unwrap();
+        indexer.catch_up(|_, _| {}).await.unwrap();
+        assert_eq!(found(&index), 1);
+        // The records are stored compressed, so the email is no string of the files to look
+        // for: the files of the segments that held it must go.
+        let held = store_files(dir.path());
+        assert!(!held.is_empty());
+
+        let erased = ledger
+            .append(Append::new(vec![NewEvent::new(
+                StreamId::user("u_alice"),
+                Actor::Operator,
+                UserErased {
+                    user_id: "u_alice".into(),
+                },
+            )]))
+            .await
+            .unwrap();
+        let erasure = erased[0].seq();
+        keyring
+            .erase(&grantline_ledger::pii::user_subject("u_alice"))
+            .await
+            .unwrap();
+        indexer.fail_erasures = true;
+        assert!(indexer.catch_up(|_, _| {}).await.is_err());
+        indexer.rollback().unwrap();
+        assert_eq!(
+            indexer.position(),
+            erasure - 1,
+            "the cursor stops before it"
+        );
+        assert_eq!(found(&index), 1, "not done yet");
+        drop(indexer);
+
+        // Resumed (as after a restart), the erasure is done.
+        let mut indexer = Indexer::open(
+            index.clone(),
+            ledger.store(),
+            keyring.clone(),
+            IndexerOptions::default(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(indexer.position(), erasure - 1);
+        indexer.catch_up(|_, _| {}).await.unwrap();
+        assert_eq!(indexer.position(), erasure);
+        assert_eq!(found(&index), 0);
+        assert_eq!(
+            index.get(1).unwrap().unwrap().user_email.as_deref(),
+            Some(ERASED)
+        );
+        drop(indexer);
+        let left: Vec<_> = held.iter().filter(|f| f.exists()).collect();
+        assert!(left.is_empty(), "{left:?} still hold the erased records");
+        let segments = index.index.searchable_segment_metas().unwrap();
+        assert!(segments.iter().all(|m| !m.has_deletes()), "{segments:?}");
+        ledger.shutdown().await;
     }
 
     #[tokio::test(start_paused = true)]
