@@ -676,22 +676,18 @@ pub fn map(event: &Recorded, dir: &mut impl Names, o: &mut dyn Opener) -> AuditR
         Payload::AuditSearched(e) => {
             r.user_id = e.user_id.clone();
             r.client_id = e.client_id.clone();
-            let q = opened(o, &Some(e.query.clone()), &mut subjects).unwrap_or_default();
-            r.summary = format!("{} results for {q}", e.results);
+            // The query is the reviewer's (sealed, masked with their other personal data): it
+            // is what they read, not part of the summary.
+            r.target = opened(o, &Some(e.query.clone()), &mut subjects);
+            r.summary = format!("{} results", e.results);
             request(&mut r, &e.request, o, &mut subjects);
             (C::Audit, O::Success, S::Info)
         }
         Payload::AuditExported(e) => {
             r.user_id = e.user_id.clone();
             r.client_id = e.client_id.clone();
-            let q = opened(o, &e.query, &mut subjects);
-            r.summary = format!(
-                "{} events as {} after seq {}{}",
-                e.count,
-                e.format,
-                e.after,
-                q.map(|q| format!(" for {q}")).unwrap_or_default()
-            );
+            r.target = opened(o, &e.query, &mut subjects);
+            r.summary = format!("{} events as {} after seq {}", e.count, e.format, e.after);
             request(&mut r, &e.request, o, &mut subjects);
             (C::Audit, O::Success, S::Info)
         }

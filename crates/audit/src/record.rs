@@ -151,8 +151,8 @@ pub struct AuditRecord {
     /// The caller's stated intent for a tool call (personal when made for a user).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub intent: Option<String>,
-    /// What a read asked the MCP server for: a resource's URI or a prompt's name (personal
-    /// when read for a user).
+    /// What a read asked for: a resource's URI or a prompt's name from an MCP server, the
+    /// query of an audit search or export (personal when read for a user).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
     /// A human summary: reasons, descriptions, names (no personal data).

@@ -107,3 +107,56 @@ fn every_kind_maps_to_a_record_that_keeps_its_ids() {
     }
     assert!(traced >= 5, "{traced} samples with a trace id");
 }
+
+/// Every sealed value of a payload, opened: the personal data an event holds.
+fn personal(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(m) => {
+            if m.contains_key("subject")
+                && m.contains_key("ct")
+                && let Ok(s) = serde_json::from_value::<Sealed>(v.clone())
+                && let Some(text) = SampleKey.open(&s)
+            {
+                out.push(text);
+                return;
+            }
+            m.values().for_each(|v| personal(v, out));
+        }
+        Value::Array(a) => a.iter().for_each(|v| personal(v, out)),
+        _ => {}
+    }
+}
+
+/// Personal data reaches a record only in its personal fields: once they are masked (an
+/// erasure, a redacted export), nothing of it is left in the summary, the free text or any
+/// other field — a reviewer's search query included.
+#[test]
+fn once_masked_a_record_holds_none_of_its_events_personal_data() {
+    let mut dir = Directory::default();
+    let mut checked = 0;
+    for (i, p) in samples::all().into_iter().enumerate() {
+        let envelope = samples::envelope(i as u64 + 1, p);
+        let mut words = Vec::new();
+        personal(
+            &serde_json::to_value(&envelope).unwrap()["payload"],
+            &mut words,
+        );
+        let r = Recorded {
+            envelope,
+            prev_hash: grantline_ledger::GENESIS,
+            hash: grantline_ledger::GENESIS,
+        };
+        let kind = r.envelope.kind();
+        let mut rec = map(&r, &mut dir, &mut SampleKey);
+        rec.erase_personal();
+        let all = format!("{} {}", serde_json::to_string(&rec).unwrap(), rec.text());
+        for w in words.iter().filter(|w| w.len() > 3) {
+            assert!(
+                !all.contains(w.as_str()),
+                "{kind:?}: {w:?} is left in {all}"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 10, "{checked}");
+}

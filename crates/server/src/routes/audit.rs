@@ -719,7 +719,11 @@ pub async fn page(
                 cell(&user),
                 cell(&client),
                 cell(&r.tool),
-                esc(&r.summary),
+                match &r.target {
+                    // What a read read, or the query a reviewer ran.
+                    Some(t) => format!("{} <code>{}</code>", esc(&r.summary), esc(t)),
+                    None => esc(&r.summary),
+                },
                 b = esc(&base),
                 seq = r.seq,
                 o = esc(&r.outcome),
