@@ -4,8 +4,8 @@
 
 use crate::query::MAX_QUERY_BYTES;
 use grantline_ledger::{
-    Actor, AuditExported, AuditSearched, AuditSurface, AuthorizationDenied, Credential, NewEvent,
-    RequestMeta, Sealed, StreamId,
+    Actor, AuditExported, AuditSearched, AuditSurface, AuthorizationDenied, Credential, Kind,
+    NewEvent, RequestMeta, Sealed, StreamId,
 };
 
 /// The roles that may read the audit trail.
@@ -50,8 +50,42 @@ fn stream() -> StreamId {
 /// Export formats an `audit.exported` may name.
 const FORMATS: &[&str] = &["jsonl", "ocsf", "ecs", "cef", "csv"];
 
-/// The longest kind filter recorded.
-const MAX_KIND_FILTER: usize = 512;
+/// The longest kind filter recorded: every kind of the catalogue fits
+/// ([`kind_filter`] records each kind once).
+const MAX_KIND_FILTER: usize = 1024;
+
+/// An export's `kind` filter (`tool.called,token.refreshed`): the kinds it keeps, and the
+/// filter as recorded and passed on — each kind once, in the catalogue's order, so that no
+/// repetition or padding makes it too long to record. `None` for an empty filter (every
+/// kind); an unknown kind is an error naming it.
+pub fn kind_filter(list: &str) -> Result<Option<(Vec<Kind>, String)>, String> {
+    if list.trim().is_empty() {
+        return Ok(None);
+    }
+    let mut wanted = Vec::new();
+    for k in list.split(',') {
+        match Kind::parse(k.trim()) {
+            Some(k) => wanted.push(k),
+            None => {
+                return Err(format!(
+                    "unknown event kind {:?}",
+                    k.chars().take(64).collect::<String>()
+                ));
+            }
+        }
+    }
+    let kinds: Vec<Kind> = Kind::ALL
+        .iter()
+        .copied()
+        .filter(|k| wanted.contains(k))
+        .collect();
+    let recorded = kinds
+        .iter()
+        .map(|k| k.as_str())
+        .collect::<Vec<_>>()
+        .join(",");
+    Ok(Some((kinds, recorded)))
+}
 
 fn bounded_query(q: &Sealed) -> bool {
     // The ciphertext of a query is its text plus the AEAD tag.
@@ -189,6 +223,44 @@ mod tests {
             prev_hash: grantline_ledger::GENESIS,
             hash: grantline_ledger::GENESIS,
         }
+    }
+
+    /// Any filter of known kinds can be recorded, however it repeats or pads them: every
+    /// kind of the catalogue, each given twice with spaces, is recorded once each.
+    #[test]
+    fn every_kind_filter_is_recorded_once_each_kind() {
+        let padded: Vec<String> = Kind::ALL
+            .iter()
+            .rev()
+            .flat_map(|k| [format!("  {}  ", k.as_str()), k.as_str().to_string()])
+            .collect();
+        let (kinds, recorded) = kind_filter(&padded.join(",")).unwrap().unwrap();
+        assert_eq!(kinds, Kind::ALL.to_vec());
+        let e = exported(
+            &Reader::default(),
+            AuditSurface::Api,
+            Exported {
+                format: "jsonl",
+                after: 0,
+                last_seq: Some(1),
+                count: 1,
+                kind: Some(recorded.clone()),
+                query: None,
+                redacted: false,
+            },
+            None,
+        );
+        assert!(e.is_some(), "{} bytes", recorded.len());
+        assert_eq!(
+            kind_filter(" tool.called ,tool.called").unwrap().unwrap().1,
+            "tool.called"
+        );
+        assert_eq!(kind_filter(" ").unwrap(), None);
+        assert!(
+            kind_filter("tool.called,nope")
+                .unwrap_err()
+                .contains("nope")
+        );
     }
 
     #[test]

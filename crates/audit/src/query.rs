@@ -620,7 +620,9 @@ pub fn to_v6(ip: IpAddr) -> Ipv6Addr {
 fn ip_value(v: &str, at: usize) -> Result<(Ipv6Addr, Ipv6Addr), QueryError> {
     let bad = || err(at, format!("`{v}` is not an IP address or a CIDR network"));
     let (addr, len) = match v.split_once('/') {
-        Some((a, l)) => (a, Some(l.parse::<u32>().map_err(|_| bad())?)),
+        // At most three digits: no length a network has, and no sum below to overflow.
+        Some((a, l)) if l.len() <= 3 => (a, Some(l.parse::<u32>().map_err(|_| bad())?)),
+        Some(_) => return Err(bad()),
         None => (v, None),
     };
     let ip: IpAddr = addr.parse().map_err(|_| bad())?;

@@ -268,6 +268,9 @@ fn malformed_queries_say_where() {
         ("time:>-24y", 7, "unit"),
         ("time:2026-11-07..2026-11-01", 6, "ends before it starts"),
         ("ip:10.0.0.0/33", 4, "at most 32"),
+        // A length that would overflow once made an IPv6 one (a panic in debug builds).
+        ("ip:1.2.3.4/4294967295", 4, "not an IP address or a CIDR"),
+        ("ip:1.2.3.4/0032", 4, "not an IP address or a CIDR"),
         ("ip:alice", 4, "not an IP address"),
         ("seq:abc", 5, "not a sequence number"),
         ("tool:de*te", 6, "may only end"),

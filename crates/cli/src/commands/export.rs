@@ -6,7 +6,7 @@ use crate::location::Location;
 use anyhow::{Context, Result};
 use grantline_audit::access::{Exported, Reader};
 use grantline_audit::formats::Format;
-use grantline_ledger::{AuditSurface, Kind, Recorded};
+use grantline_ledger::{AuditSurface, Recorded};
 use grantline_store::{Store, Tail};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::{IsTerminal, Write};
@@ -60,14 +60,13 @@ pub async fn run(loc: &Location, args: Args) -> Result<ExitCode> {
     let store = Store::connect(&loc.database, false)
         .await
         .with_context(|| format!("opening {}", loc.database.display()))?;
-    let kinds: Option<Vec<Kind>> = match args.kind.as_deref() {
-        None | Some("") => None,
-        Some(list) => Some(
-            list.split(',')
-                .map(|k| Kind::parse(k.trim()).with_context(|| format!("unknown event kind {k:?}")))
-                .collect::<Result<_>>()?,
-        ),
-    };
+    let (kinds, kind_filter) =
+        match grantline_audit::access::kind_filter(args.kind.as_deref().unwrap_or(""))
+            .map_err(anyhow::Error::msg)?
+        {
+            Some((k, f)) => (Some(k), Some(f)),
+            None => (None, None),
+        };
     let format = args.format.format();
     let mut exporter = super::audit::exporter_from(loc, &store, args.after, args.redact).await?;
     let mut out: Box<dyn Write> = match &args.output {
@@ -133,7 +132,7 @@ pub async fn run(loc: &Location, args: Args) -> Result<ExitCode> {
                     after: from,
                     last_seq: Some(to),
                     count,
-                    kind: args.kind.clone(),
+                    kind: kind_filter.clone(),
                     query: None,
                     redacted: args.redact,
                 },

@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use grantline_audit::access::{self, Exported, Reader};
 use grantline_audit::formats::{Exporter, Format};
 use grantline_audit::{AuditRecord, Expr, MAX_PAGE, SortOrder};
-use grantline_ledger::{AuditSurface, Kind, Timestamp};
+use grantline_ledger::{AuditSurface, Timestamp};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -336,26 +336,12 @@ pub async fn export(
         Some(Some(f)) if f != Format::Csv => f,
         Some(_) => return bad("invalid_request", "format is jsonl, ocsf, ecs or cef"),
     };
-    let kinds: Option<Vec<Kind>> = match p.kind.as_deref().filter(|k| !k.is_empty()) {
-        None => None,
-        Some(list) => {
-            let mut out = Vec::new();
-            for k in list.split(',') {
-                match Kind::parse(k.trim()) {
-                    Some(k) => out.push(k),
-                    None => {
-                        return bad(
-                            "invalid_request",
-                            &format!(
-                                "unknown event kind {:?}",
-                                k.chars().take(64).collect::<String>()
-                            ),
-                        );
-                    }
-                }
-            }
-            Some(out)
-        }
+    // Checked (and made the form recorded) before anything is read: a filter that could not
+    // be recorded must not fail only the pages that export something.
+    let (kinds, kind_filter) = match access::kind_filter(p.kind.as_deref().unwrap_or("")) {
+        Ok(Some((k, f))) => (Some(k), Some(f)),
+        Ok(None) => (None, None),
+        Err(e) => return bad("invalid_request", &e),
     };
     let after = p.after.unwrap_or(0);
     let limit = p.limit.unwrap_or(1000).clamp(1, MAX_EXPORT_PAGE);
@@ -418,7 +404,7 @@ pub async fn export(
                 after,
                 last_seq: Some(next_after),
                 count,
-                kind: p.kind.clone(),
+                kind: kind_filter.clone(),
                 query: None,
                 redacted: redact,
             },
@@ -435,7 +421,7 @@ pub async fn export(
             ("after", &next_after.to_string()),
             ("limit", &limit.to_string()),
             ("format", format.as_str()),
-            ("kind", p.kind.as_deref().unwrap_or("")),
+            ("kind", kind_filter.as_deref().unwrap_or("")),
             ("redact", if redact { "true" } else { "" }),
         ])
     );
