@@ -12,21 +12,25 @@ fn b64(h: &Hash) -> String {
     base64::engine::general_purpose::STANDARD.encode(h.0)
 }
 
-/// The Merkle leaves of the first `size` events, refused when the ledger holds fewer.
-pub async fn leaves(store: &Store, size: u64) -> Result<Vec<Hash>, StoreError> {
-    let leaves: Vec<Hash> = store
-        .chain_hashes(size)
-        .await?
-        .iter()
-        .map(leaf_hash)
-        .collect();
-    if leaves.len() as u64 != size {
+/// `proof` over the leaves of `chain` (the first `size` chain hashes), computed off the async
+/// workers: a proof hashes every leaf of the tree, which takes a while on a large ledger.
+async fn blocking<T: Send + 'static>(
+    chain: Vec<Hash>,
+    size: u64,
+    proof: impl FnOnce(&[Hash]) -> T + Send + 'static,
+) -> Result<T, StoreError> {
+    if chain.len() as u64 != size {
         return Err(StoreError::Invalid(format!(
             "the ledger has {} events but its newest checkpoint covers {size}",
-            leaves.len()
+            chain.len()
         )));
     }
-    Ok(leaves)
+    tokio::task::spawn_blocking(move || {
+        let leaves: Vec<Hash> = chain.iter().map(leaf_hash).collect();
+        proof(&leaves)
+    })
+    .await
+    .map_err(|e| StoreError::Invalid(format!("computing a proof failed: {e}")))
 }
 
 /// The proof that event `seq` is in the tree of the newest checkpoint: `None` when no
@@ -43,8 +47,12 @@ pub async fn inclusion(store: &Store, seq: u64) -> Result<Option<Value>, StoreEr
     let Some(chain) = store.hash_at(seq).await? else {
         return Ok(None);
     };
-    let leaves = leaves(store, size).await?;
-    let Some(path) = inclusion_proof(&leaves, (seq - 1) as usize) else {
+    let chain_hashes = store.chain_hashes(size).await?;
+    let Some(path) = blocking(chain_hashes, size, move |l| {
+        inclusion_proof(l, (seq - 1) as usize)
+    })
+    .await?
+    else {
         return Ok(None);
     };
     Ok(Some(json!({
@@ -80,8 +88,12 @@ pub async fn consistency(
     if old_size == 0 || old_size > new_size {
         return Ok(None);
     }
-    let leaves = leaves(store, new_size).await?;
-    let Some(path) = consistency_proof(&leaves, old_size as usize) else {
+    let chain_hashes = store.chain_hashes(new_size).await?;
+    let Some(path) = blocking(chain_hashes, new_size, move |l| {
+        consistency_proof(l, old_size as usize)
+    })
+    .await?
+    else {
         return Ok(None);
     };
     Ok(Some(json!({

@@ -457,9 +457,11 @@ async fn event_view(app: &App, seq: u64) -> Result<Option<Value>, Response> {
         .unwrap_or_default();
     let mut exporter = Exporter::new(app.keyring.clone(), dir, false);
     let item = exporter.item(&r).await.map_err(unavailable)?;
+    let turn = crate::routes::witness::proof_turn().await;
     let proof = grantline_audit::proof::inclusion(app.store(), seq)
         .await
         .map_err(unavailable)?;
+    drop(turn);
     Ok(Some(json!({
         "seq": seq,
         "hash": r.hash.to_hex(),

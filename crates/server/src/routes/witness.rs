@@ -13,9 +13,16 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use std::collections::HashMap;
 
-/// Proofs computed at once.
+/// Proofs computed at once, by the public endpoints and reviewers' event views together.
 pub const PROOFS_AT_ONCE: usize = 2;
 static PROOFS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(PROOFS_AT_ONCE);
+
+/// A turn to compute a proof for a reviewer (the audit pages, API and MCP server): waited for,
+/// since the reader is authenticated and each turn ends, while the public endpoints answer
+/// `503` when none is free.
+pub async fn proof_turn() -> Option<tokio::sync::SemaphorePermit<'static>> {
+    PROOFS.acquire().await.ok()
+}
 
 fn problem(status: StatusCode, message: impl Into<String>) -> Response {
     let mut r = (
