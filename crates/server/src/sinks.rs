@@ -418,7 +418,23 @@ async fn run(app: App, mut sink: Sink, stop: Arc<AtomicBool>, board: Board) {
     let mut pending: Option<(Vec<ExportItem>, u64, String)> = None;
     let mut reading = grantline_store::Failing::default();
     let what = format!("sink {}: reading the ledger", sink.name);
+    // Whether the exporter learned names from events past the cursor that were not sent:
+    // they must not name the events sent next.
+    let mut ahead = false;
     while !stop.load(Ordering::SeqCst) {
+        if ahead {
+            match resume(&app, &sink.name, sink.redact, &cursor, &mut status).await {
+                Ok(e) => {
+                    exporter = e;
+                    ahead = false;
+                }
+                Err(e) => {
+                    tracing::warn!(sink = %sink.name, error = %format!("{e:#}"), "sink cannot read the names again; trying again");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            }
+        }
         let (items, last, last_hash) = match pending.take() {
             Some(p) => p,
             None => {
@@ -452,6 +468,7 @@ async fn run(app: App, mut sink: Sink, stop: Arc<AtomicBool>, board: Board) {
                     }
                 }
                 if failed {
+                    ahead = true;
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     continue;
                 }
@@ -506,13 +523,7 @@ async fn run(app: App, mut sink: Sink, stop: Arc<AtomicBool>, board: Board) {
                     tracing::warn!(sink = %sink.name, batch = sink.batch, "the receiver refused a batch as too large; sending smaller ones");
                     // The names learned from the refused batch are of events after the ones
                     // sent next: start again from the names as of the cursor.
-                    match resume(&app, &sink.name, sink.redact, &cursor, &mut status).await {
-                        Ok(e) => exporter = e,
-                        Err(e) => {
-                            tracing::warn!(sink = %sink.name, error = %format!("{e:#}"), "sink cannot read the names again; retrying the batch");
-                            pending = Some((items, last, last_hash));
-                        }
-                    }
+                    ahead = true;
                     continue;
                 }
                 pending = Some((items, last, last_hash));
