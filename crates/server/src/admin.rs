@@ -67,20 +67,25 @@ pub async fn add_user(
         )));
     }
     // Shown on the consent and account pages: no control, direction-override or zero-width
-    // characters.
+    // characters. Within what a sign-in takes (bytes, not characters), and without a colon,
+    // which HTTP Basic (the admin API) cannot carry in a username.
     if username.is_empty()
-        || username.len() > 100
+        || username.chars().count() > 100
+        || username.len() > crate::signin::MAX_USERNAME
+        || username.contains(':')
         || !username.chars().all(grantline_oauth::limits::displayable)
     {
-        return Err(AdminError::Invalid(
-            "usernames are 1–100 printable characters".into(),
-        ));
+        return Err(AdminError::Invalid(format!(
+            "usernames are 1–100 printable characters (at most {} bytes), without a colon",
+            crate::signin::MAX_USERNAME
+        )));
     }
     known_role(app, role)?;
-    if password.chars().count() < 8 {
-        return Err(AdminError::Invalid(
-            "passwords have at least 8 characters".into(),
-        ));
+    if password.chars().count() < 8 || password.len() > crate::signin::MAX_PASSWORD {
+        return Err(AdminError::Invalid(format!(
+            "passwords have at least 8 characters and at most {} bytes",
+            crate::signin::MAX_PASSWORD
+        )));
     }
     let user_id = crate::random::id("usr");
     let hash = hash_password(password).map_err(|e| AdminError::Invalid(e.to_string()))?;
@@ -96,7 +101,14 @@ pub async fn add_user(
         email: user.email,
         role,
     };
-    record_user(app, &user_id, &created, source, actor).await?;
+    if let Err(e) = record_user(app, &user_id, &created, source, actor).await {
+        // No user without its `user.created`: a credential left behind would hold the name
+        // for good (a retry refused as taken, no user to disable or erase).
+        if let Err(d) = app.credentials.delete(&user_id).await {
+            tracing::error!(error = %d, user_id, "a credential without its user was left behind");
+        }
+        return Err(e);
+    }
     Ok(user_id)
 }
 

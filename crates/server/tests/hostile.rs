@@ -727,16 +727,53 @@ async fn erasing_a_user_on_one_instance_ends_their_access_on_every_instance() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn usernames_with_direction_overrides_are_refused() {
     let (s, _d, _db) = server(|_| {}).await;
-    for name in ["bob\u{202E}nimda", "bob\u{200B}x", "bo\nb"] {
+    // And names or passwords no one could sign in with: over what a sign-in takes in bytes
+    // (90 CJK characters are 270), or with a colon (HTTP Basic splits there).
+    let cjk = "名".repeat(90);
+    let long_password = "p".repeat(1025);
+    for (name, password) in [
+        ("bob\u{202E}nimda", "bob-password-1"),
+        ("bob\u{200B}x", "bob-password-1"),
+        ("bo\nb", "bob-password-1"),
+        (cjk.as_str(), "bob-password-1"),
+        ("bob:smith", "bob-password-1"),
+        ("bob", long_password.as_str()),
+    ] {
         let r = browser()
             .post(s.url("/admin/api/users"))
             .basic_auth("admin", Some(ADMIN_PASSWORD))
-            .json(&json!({"username": name, "password": "bob-password-1"}))
+            .json(&json!({"username": name, "password": password}))
             .send()
             .await
             .unwrap();
         assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{name:?}");
     }
+    s.stop().await;
+}
+
+/// A user whose `user.created` cannot be written leaves nothing behind: the same name can be
+/// created once the ledger writes again (a credential left over had held it for good).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_the_ledger_could_not_record_leaves_no_name_behind() {
+    let (s, _d, db) = server(|_| {}).await;
+    let create = || {
+        browser()
+            .post(s.url("/admin/api/users"))
+            .basic_auth("admin", Some(ADMIN_PASSWORD))
+            .json(&json!({"username": "carol", "password": "carol-password-1"}))
+            .send()
+    };
+    block_appends(&db).await;
+    let r = create().await.unwrap();
+    assert!(r.status().is_server_error(), "{}", r.status());
+    unblock_appends(&db).await;
+    let r = create().await.unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::CREATED,
+        "{}",
+        r.text().await.unwrap()
+    );
     s.stop().await;
 }
 
