@@ -1,6 +1,9 @@
 //! Sign-in throttling: after too many failures for one username (or from one address) within
 //! a window, further attempts are refused without checking the password, until the window
-//! ends. Kept in memory per instance.
+//! ends. A network a user signed in from lately counts that user's failures apart from
+//! everyone else's, so that guesses from elsewhere cannot lock the user out of their usual
+//! place (a well-known name such as `admin` would otherwise be locked by anyone at will). Kept
+//! in memory per instance.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -26,10 +29,17 @@ struct Entry {
     recorded: bool,
 }
 
-/// Failure counters by key (`u:<username>` or `ip:<address>`).
+/// How long a network stays known for a username after a sign-in as that user from it.
+pub const KNOWN_SECS: i64 = 30 * 86_400;
+/// The most (username, network) pairs remembered; the oldest go first.
+const MAX_KNOWN: usize = 100_000;
+
+/// Failure counters by key (`u:<username>`, `u:<username>@<network>` or `ip:<address>`).
 #[derive(Default)]
 pub struct LoginThrottle {
     entries: Mutex<HashMap<String, Entry>>,
+    /// When each `u:<username>@<network>` last signed in.
+    known: Mutex<HashMap<String, i64>>,
 }
 
 /// The decision for one attempt.
@@ -44,8 +54,22 @@ pub enum Verdict {
     },
 }
 
-fn keys(username: &str, address: Option<&str>) -> Vec<(String, u32)> {
-    let mut k = vec![(format!("u:{}", username.to_lowercase()), PER_USERNAME)];
+/// The username's own counter, and, from a network it signed in from lately, that pair's.
+fn user_keys(username: &str, address: Option<&str>) -> (String, Option<String>) {
+    let user = format!("u:{}", username.to_lowercase());
+    let pair = address.map(|a| format!("{user}@{}", network_of(a)));
+    (user, pair)
+}
+
+fn keys(username: &str, address: Option<&str>, known: bool) -> Vec<(String, u32)> {
+    let (user, pair) = user_keys(username, address);
+    let mut k = vec![(
+        match pair {
+            Some(p) if known => p,
+            _ => user,
+        },
+        PER_USERNAME,
+    )];
     if let Some(a) = address {
         k.push((format!("ip:{}", network_of(a)), PER_ADDRESS));
     }
@@ -75,19 +99,60 @@ impl LoginThrottle {
     /// [`LoginThrottle::settle`] says how it ended, so that a burst of concurrent guesses
     /// cannot all be checked before the first one counts.
     pub fn attempt(&self, username: &str, address: Option<&str>, now: i64) -> Verdict {
+        self.attempt_keys(username, address, now).0
+    }
+
+    /// [`LoginThrottle::attempt`], with the keys it was held against (to settle those, even
+    /// if the network becomes known meanwhile).
+    fn attempt_keys(
+        &self,
+        username: &str,
+        address: Option<&str>,
+        now: i64,
+    ) -> (Verdict, Vec<String>) {
+        let keys = keys(username, address, self.is_known(username, address, now));
         let Ok(mut map) = self.entries.lock() else {
-            return Verdict::Allowed;
+            return (Verdict::Allowed, Vec::new());
         };
-        let verdict = Self::judge(&mut map, username, address, now);
+        let verdict = Self::judge(&mut map, &keys, now);
         if verdict == Verdict::Allowed {
             if map.len() > 100_000 {
                 map.retain(|_, e| e.pending > 0 || now - e.window_start < WINDOW_SECS);
             }
-            for (key, _) in keys(username, address) {
-                Self::entry(&mut map, key, now).pending += 1;
+            for (key, _) in &keys {
+                Self::entry(&mut map, key.clone(), now).pending += 1;
             }
         }
-        verdict
+        (verdict, keys.into_iter().map(|(k, _)| k).collect())
+    }
+
+    /// Whether `username` signed in from `address`'s network within [`KNOWN_SECS`].
+    fn is_known(&self, username: &str, address: Option<&str>, now: i64) -> bool {
+        let (_, Some(pair)) = user_keys(username, address) else {
+            return false;
+        };
+        self.known
+            .lock()
+            .is_ok_and(|k| k.get(&pair).is_some_and(|t| now - t < KNOWN_SECS))
+    }
+
+    /// Remembers that `username` signed in from `address`'s network: its failures there are
+    /// counted apart from now on ([`KNOWN_SECS`]).
+    pub fn remember(&self, username: &str, address: Option<&str>, now: i64) {
+        let (_, Some(pair)) = user_keys(username, address) else {
+            return;
+        };
+        if let Ok(mut k) = self.known.lock() {
+            if k.len() >= MAX_KNOWN && !k.contains_key(&pair) {
+                k.retain(|_, t| now - *t < KNOWN_SECS);
+                if k.len() >= MAX_KNOWN
+                    && let Some(oldest) = k.iter().min_by_key(|(_, t)| **t).map(|(p, _)| p.clone())
+                {
+                    k.remove(&oldest);
+                }
+            }
+            k.insert(pair, now);
+        }
     }
 
     /// [`LoginThrottle::attempt`], the allowed attempt held by a guard: settled by
@@ -100,18 +165,20 @@ impl LoginThrottle {
         address: Option<&str>,
         now: i64,
     ) -> Result<Held<'a>, Limited> {
-        match self.attempt(username, address, now) {
-            Verdict::Allowed => Ok(Held {
+        match self.attempt_keys(username, address, now) {
+            (Verdict::Allowed, keys) => Ok(Held {
                 throttle: self,
-                username: username.to_string(),
-                address: address.map(String::from),
+                keys,
                 now,
                 settled: false,
             }),
-            Verdict::Limited {
-                record,
-                retry_after,
-            } => Err(Limited {
+            (
+                Verdict::Limited {
+                    record,
+                    retry_after,
+                },
+                _,
+            ) => Err(Limited {
                 record,
                 retry_after,
             }),
@@ -122,8 +189,13 @@ impl LoginThrottle {
     /// as a failure; a success, or an attempt that was never checked (the server too busy to
     /// hash), counts for nothing.
     pub fn settle(&self, username: &str, address: Option<&str>, failed: bool, now: i64) {
+        let keys = keys(username, address, self.is_known(username, address, now));
+        self.settle_keys(keys.into_iter().map(|(k, _)| k), failed, now);
+    }
+
+    fn settle_keys(&self, keys: impl Iterator<Item = String>, failed: bool, now: i64) {
         if let Ok(mut map) = self.entries.lock() {
-            for (key, _) in keys(username, address) {
+            for key in keys {
                 let e = Self::entry(&mut map, key, now);
                 e.pending = e.pending.saturating_sub(1);
                 if failed {
@@ -135,20 +207,17 @@ impl LoginThrottle {
 
     /// Whether an attempt may proceed now, without holding it against the limits.
     pub fn check(&self, username: &str, address: Option<&str>, now: i64) -> Verdict {
+        let keys = keys(username, address, self.is_known(username, address, now));
         match self.entries.lock() {
-            Ok(mut map) => Self::judge(&mut map, username, address, now),
+            Ok(mut map) => Self::judge(&mut map, &keys, now),
             Err(_) => Verdict::Allowed,
         }
     }
 
-    fn judge(
-        map: &mut HashMap<String, Entry>,
-        username: &str,
-        address: Option<&str>,
-        now: i64,
-    ) -> Verdict {
-        for (key, limit) in keys(username, address) {
-            if let Some(e) = map.get_mut(&key) {
+    fn judge(map: &mut HashMap<String, Entry>, keys: &[(String, u32)], now: i64) -> Verdict {
+        for (key, limit) in keys {
+            let limit = *limit;
+            if let Some(e) = map.get_mut(key) {
                 if now - e.window_start >= WINDOW_SECS {
                     // A new window: what is still being checked carries over.
                     *e = Entry {
@@ -196,13 +265,18 @@ impl LoginThrottle {
     }
 
     /// A successful sign-in on the page clears the username's failures (a person who mistyped
-    /// is not locked out by their next typo). Not for the admin API, where a script signs in
-    /// at every call: clearing there would give a guesser a fresh allowance each time.
-    pub fn succeeded(&self, username: &str) {
-        if let Ok(mut map) = self.entries.lock()
-            && let Some(e) = map.get_mut(&format!("u:{}", username.to_lowercase()))
-        {
-            e.failures = 0;
+    /// is not locked out by their next typo), and remembers the network. Not for the admin
+    /// API, where a script signs in at every call: clearing there would give a guesser a fresh
+    /// allowance each time (it only remembers the network).
+    pub fn succeeded(&self, username: &str, address: Option<&str>, now: i64) {
+        self.remember(username, address, now);
+        let (user, pair) = user_keys(username, address);
+        if let Ok(mut map) = self.entries.lock() {
+            for key in std::iter::once(user).chain(pair) {
+                if let Some(e) = map.get_mut(&key) {
+                    e.failures = 0;
+                }
+            }
         }
     }
 }
@@ -218,8 +292,8 @@ pub struct Limited {
 /// An allowed sign-in attempt, held against the limits until it is settled or dropped.
 pub struct Held<'a> {
     throttle: &'a LoginThrottle,
-    username: String,
-    address: Option<String>,
+    /// The counters the attempt is held against.
+    keys: Vec<String>,
     now: i64,
     settled: bool,
 }
@@ -229,7 +303,7 @@ impl Held<'_> {
     pub fn settle(mut self, failed: bool) {
         self.settled = true;
         self.throttle
-            .settle(&self.username, self.address.as_deref(), failed, self.now);
+            .settle_keys(std::mem::take(&mut self.keys).into_iter(), failed, self.now);
     }
 }
 
@@ -237,7 +311,7 @@ impl Drop for Held<'_> {
     fn drop(&mut self) {
         if !self.settled {
             self.throttle
-                .settle(&self.username, self.address.as_deref(), false, self.now);
+                .settle_keys(std::mem::take(&mut self.keys).into_iter(), false, self.now);
         }
     }
 }
@@ -390,6 +464,45 @@ mod tests {
         ));
     }
 
+    /// Guesses from elsewhere lock a well-known name out of new places, not out of a network
+    /// it signed in from lately; guesses from that network have a counter of their own.
+    #[test]
+    fn a_network_that_signed_in_lately_is_not_locked_out_by_guesses_from_elsewhere() {
+        let t = LoginThrottle::default();
+        t.remember("admin", Some("10.0.0.2"), 100);
+        for _ in 0..PER_USERNAME {
+            let held = t
+                .hold("admin", Some("6.6.6.6"), 200)
+                .expect("not yet limited");
+            held.settle(true);
+        }
+        assert!(matches!(
+            t.attempt("admin", Some("9.9.9.9"), 201),
+            Verdict::Limited { .. }
+        ));
+        assert_eq!(t.check("ADMIN", Some("10.0.0.2"), 202), Verdict::Allowed);
+        // Its own failures still count.
+        for _ in 0..PER_USERNAME {
+            t.hold("admin", Some("10.0.0.2"), 203).unwrap().settle(true);
+        }
+        assert!(matches!(
+            t.attempt("admin", Some("10.0.0.2"), 204),
+            Verdict::Limited { .. }
+        ));
+        // Known for a while only.
+        let later = 100 + KNOWN_SECS;
+        t.remember("root", Some("10.0.0.3"), 100);
+        assert!(t.is_known("root", Some("10.0.0.3"), 101));
+        assert!(!t.is_known("root", Some("10.0.0.3"), later));
+        assert!(!t.is_known("root", Some("10.0.0.4"), 101));
+        // An attempt held while its network becomes known is settled where it was held.
+        let held = t.hold("carol", Some("10.0.0.5"), 300).unwrap();
+        t.remember("carol", Some("10.0.0.5"), 300);
+        held.settle(true);
+        let map = t.entries.lock().unwrap();
+        assert_eq!((map["u:carol"].pending, map["u:carol"].failures), (0, 1));
+    }
+
     #[test]
     fn an_attempt_dropped_before_it_is_settled_is_given_back() {
         let t = LoginThrottle::default();
@@ -435,7 +548,7 @@ mod tests {
             t.attempt("alice", None, 1);
             t.settle("alice", None, true, 1);
         }
-        t.succeeded("alice");
+        t.succeeded("alice", None, 1);
         t.attempt("alice", None, 2);
         t.settle("alice", None, true, 2);
         assert_eq!(t.check("alice", None, 3), Verdict::Allowed);

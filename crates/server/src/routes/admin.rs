@@ -184,6 +184,7 @@ pub(crate) async fn basic_user(
         return Err(refused(held));
     }
     held.settle(false);
+    app.login_throttle.remember(user, address, now);
     tracing::Span::current().record("user_id", user_id.as_str());
     Ok(user_id)
 }

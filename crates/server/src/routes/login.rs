@@ -219,7 +219,8 @@ pub async fn submit(
             Some("Wrong username or password."),
         );
     }
-    app.login_throttle.succeeded(username);
+    app.login_throttle
+        .succeeded(username, address.as_deref(), now_secs);
     let Some(user_id) = user_id else {
         return render(
             &app,
