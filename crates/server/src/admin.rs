@@ -342,6 +342,17 @@ pub async fn create_pat(
     actor: Actor,
 ) -> Result<grantline_oauth::pat::CreatedPat, AdminError> {
     let user_id = resolve_user(app, who).await?;
+    // Before sealing: an erased user's key is gone, and the key store would refuse it as if
+    // it were failing.
+    if app
+        .projection
+        .read()
+        .users
+        .get(&user_id)
+        .is_none_or(|u| !u.active())
+    {
+        return Err(AdminError::Invalid("no such active user".into()));
+    }
     // A resource may be named by its short name as well as its identifier.
     let resource = settings
         .resources

@@ -1276,6 +1276,28 @@ async fn personal_access_tokens_from_the_account_page_and_the_admin_api() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::SEE_OTHER);
     assert!(!active(&s, &token).await);
+    // The ledger refusing to write is the server's trouble, not the form's: 503, and nothing
+    // of the database's own words on the page.
+    block_appends(&db).await;
+    let r = b
+        .post(s.url("/account/pats"))
+        .form(&[
+            ("csrf", csrf.as_str()),
+            ("name", "tablet"),
+            ("resource", resource.as_str()),
+            ("scope", "demo:read"),
+            ("expires", "7"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let page = r.text().await.unwrap();
+    assert!(
+        !page.contains("disk full") && !page.contains("ledger cannot") && !page.contains("glp_"),
+        "{page}"
+    );
+    unblock_appends(&db).await;
     // The admin API: create for a user, list, revoke.
     let api = s.url("/admin/api/users/admin/pats");
     let r = browser()
@@ -1328,5 +1350,31 @@ async fn personal_access_tokens_from_the_account_page_and_the_admin_api() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     assert!(!active(&s, &get(&created, "token")).await);
+    // An erased user gets no token: refused as such, not as a storage failure (their key is
+    // gone, and sealing the name under it fails).
+    let dora = grantline_server::admin::add_user(
+        &s.app,
+        &grantline_server::admin::NewUser {
+            username: "dora",
+            email: None,
+            role: "user",
+        },
+        "dora-password-1",
+        grantline_ledger::UserSource::Cli,
+        grantline_ledger::Actor::Operator,
+    )
+    .await
+    .unwrap();
+    grantline_server::admin::erase_user(&s.app, &dora, grantline_ledger::Actor::Operator)
+        .await
+        .unwrap();
+    let r = browser()
+        .post(s.url(&format!("/admin/api/users/{dora}/pats")))
+        .basic_auth("admin", Some(ADMIN_PASSWORD))
+        .json(&serde_json::json!({"name": "ci", "resource": "demo", "expires_in_days": 30}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_client_error(), "{}", r.status());
     s.stop().await;
 }

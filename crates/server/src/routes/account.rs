@@ -9,7 +9,7 @@ use crate::session;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use grantline_ledger::{Actor, pii};
 use grantline_oauth::grant;
 
@@ -177,7 +177,7 @@ pub async fn revoke_grant(
     {
         Ok((Ok(()), _)) => see_other(&format!("{}/account", ctx.issuer)),
         Ok((Err(e), _)) => pages::error(StatusCode::BAD_REQUEST, "Not revoked", &e.description),
-        Err(e) => e.into_response(),
+        Err(e) => not_done("Not revoked", e.into()),
     }
 }
 
@@ -208,7 +208,7 @@ pub async fn revoke_everything(
         .await
     {
         Ok(_) => see_other(&format!("{}/account", ctx.issuer)),
-        Err(e) => e.into_response(),
+        Err(e) => not_done("Not revoked", e.into()),
     }
 }
 
@@ -258,7 +258,31 @@ pub async fn create_pat(
             ),
             "'none'",
         ),
-        Err(e) => pages::error(StatusCode::BAD_REQUEST, "Not created", &e.to_string()),
+        Err(e) => not_done("Not created", e),
+    }
+}
+
+/// A refused account change as a page: what was wrong with the request (400), or — when the
+/// ledger or the key store failed — a 503 that tells the user nothing of the server's inside
+/// (the cause goes to the log).
+fn not_done(title: &str, e: crate::admin::AdminError) -> Response {
+    use crate::admin::AdminError;
+    match e {
+        AdminError::Invalid(m) => pages::error(StatusCode::BAD_REQUEST, title, &m),
+        AdminError::NotFound(m) => {
+            pages::error(StatusCode::BAD_REQUEST, title, &format!("{m} not found"))
+        }
+        AdminError::App(crate::error::AppError::OAuth(o)) => {
+            pages::error(StatusCode::BAD_REQUEST, title, &o.description)
+        }
+        e @ (AdminError::App(_) | AdminError::Store(_)) => {
+            tracing::error!(error = %e, "an account change failed");
+            pages::error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                title,
+                "The server cannot record this right now; nothing was changed. Try again shortly.",
+            )
+        }
     }
 }
 
@@ -287,6 +311,6 @@ pub async fn revoke_pat(
     };
     match crate::admin::revoke_pat(&app, &pat_id, actor).await {
         Ok(()) => see_other(&format!("{}/account", ctx.issuer)),
-        Err(e) => pages::error(StatusCode::BAD_REQUEST, "Not revoked", &e.to_string()),
+        Err(e) => not_done("Not revoked", e),
     }
 }
