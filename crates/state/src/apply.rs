@@ -176,6 +176,7 @@ pub fn apply(state: &mut State, event: &Recorded) {
                 u.sessions_ended_at = Some(at);
                 u.sessions_ended_seq = Some(since.seq);
             }
+            rules::on_sessions_ended(state, &e.user_id, at, seq, &e.reason);
         }
         Payload::ConsentDenied(e) => {
             if let Some(p) = &e.consent_page {

@@ -24,8 +24,10 @@ use std::collections::HashMap;
 /// policy change decided on it would conflict for ever). 5: users carry who made them (an
 /// administrator or an identity provider's sign-in), which decides whether an account may be
 /// linked by email. 6: clients carry when their redirect URIs last changed (consents given
-/// before are asked again).
-pub const FORMAT: u32 = 6;
+/// before are asked again). 7: a user's sessions ending revokes their grants and personal
+/// access tokens made before it (a snapshot folded before may hold ones that survived a
+/// containment's race).
+pub const FORMAT: u32 = 7;
 
 /// Why a snapshot cannot be used.
 #[derive(Debug, thiserror::Error)]

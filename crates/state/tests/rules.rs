@@ -222,6 +222,53 @@ fn grant_revoked_revokes_every_family_under_it() {
     assert!(s.families.values().all(|f| f.revoked.is_some()));
 }
 
+/// Containment ends a user's sessions after deciding on what it saw; a grant or token a
+/// session it ends made meanwhile is recorded before the end, and goes with it. What is made
+/// after the end stays.
+#[test]
+fn a_users_sessions_ending_takes_what_was_made_before_it() {
+    let user = match &samples::all()[5] {
+        Payload::UserCreated(u) => u.user_id.clone(),
+        _ => unreachable!(),
+    };
+    let pat = |id: &str| PatCreated {
+        pat_id: id.into(),
+        user_id: user.clone(),
+        name: "laptop".into(),
+        sealed_name: None,
+        resource: "r".into(),
+        scopes: vec!["read".into()],
+        prefix: "glp_x".into(),
+        digest: secret_digest(id.as_bytes()),
+        expires_at: None,
+    };
+    let mut events = history();
+    let mut push = |p: Payload| {
+        let n = events.len() as u64 + 1;
+        events.push(rec(n, p));
+    };
+    push(pat("pat_before").into());
+    push(
+        UserSessionsEnded {
+            user_id: user.clone(),
+            reason: "stolen cookie".into(),
+        }
+        .into(),
+    );
+    push(pat("pat_after").into());
+    let s = fold(&events);
+    assert!(!live(&s, "f1b") && !live(&s, "f2a"), "the grant's families");
+    assert!(s.grants["g1"].revoked);
+    assert_eq!(
+        s.pats["pat_before"]
+            .revoked
+            .as_ref()
+            .map(|r| r.reason.as_str()),
+        Some("stolen cookie")
+    );
+    assert!(s.pats["pat_after"].revoked.is_none());
+}
+
 #[test]
 fn expiry_and_single_token_revocation() {
     let (events, _) = history_then(TokenRevoked {

@@ -7,6 +7,7 @@ mod grant;
 mod replay;
 mod reuse;
 mod rotation;
+mod sessions_ended;
 pub mod settings;
 
 pub(crate) use consent_page::on_consent_page_answered;
@@ -17,3 +18,4 @@ pub(crate) use replay::on_code_replayed;
 pub(crate) use reuse::on_reuse_detected;
 pub use rotation::Redeemable;
 pub(crate) use rotation::on_rotated;
+pub(crate) use sessions_ended::on_sessions_ended;
