@@ -4,7 +4,9 @@
 
 use crate::tokens::Secret;
 use crate::{Decision, ErrorCode, OAuthError, Settings, scope};
-use grantline_ledger::{Actor, NewEvent, PatCreated, PatRevoked, StreamId, Timestamp};
+use grantline_ledger::{
+    Actor, ExpectedVersion, NewEvent, PatCreated, PatRevoked, StreamId, Timestamp,
+};
 use grantline_state::State;
 
 /// The lifetimes a token may have.
@@ -22,6 +24,10 @@ pub struct PatRequest {
     /// The name (trimmed), sealed under the user's key by the caller: what the event records.
     /// Without it the name is recorded in plain text.
     pub sealed_name: Option<grantline_ledger::Sealed>,
+    /// The seq of the sign-in that began the session asking (the account page): a token asked
+    /// for while the user's sessions were being ended (`revoke --user`) is not made. `None`
+    /// for an administrator or the command line.
+    pub signed_in_seq: Option<u64>,
 }
 
 /// The token, shown once.
@@ -55,9 +61,23 @@ pub fn create(
     now: Timestamp,
     fresh: (String, Secret),
 ) -> Decision<CreatedPat> {
-    if state.users.get(&req.user_id).is_none_or(|u| !u.active()) {
+    let Some(user) = state.users.get(&req.user_id).filter(|u| u.active()) else {
         return invalid("no such active user").into();
+    };
+    if let Some(signed_in) = req.signed_in_seq
+        && user
+            .sessions_ended_seq
+            .is_some_and(|ended| ended > signed_in)
+    {
+        return OAuthError::new(
+            ErrorCode::AccessDenied,
+            "the user's sessions were ended; sign in again",
+        )
+        .into();
     }
+    // The user's stream at the version seen: sessions ended after this decision (on that
+    // stream) make the append conflict, and the token is decided again and refused.
+    let user_version = user.version;
     let name = match crate::limits::display_text("name", &req.name, crate::limits::PAT_NAME_CHARS) {
         Ok(n) if !n.is_empty() => n,
         _ => return invalid("a token needs a name of 1–100 printable characters").into(),
@@ -111,6 +131,10 @@ pub fn create(
             scopes,
             expires_at,
         }),
+    )
+    .expect(
+        StreamId::user(&req.user_id),
+        ExpectedVersion::Exactly(user_version),
     )
 }
 

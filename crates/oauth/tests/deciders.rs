@@ -675,6 +675,77 @@ fn an_approval_does_not_outlive_the_end_of_the_users_sessions() {
     assert!(again.append.events.is_empty());
 }
 
+/// The same for a personal access token asked for on the account page: a session's token
+/// decided before the user's sessions are ended and appended after conflicts, and decided
+/// again it is refused. An administrator's (no session) is still made.
+#[test]
+fn a_sessions_token_does_not_outlive_the_end_of_the_users_sessions() {
+    use grantline_oauth::pat::{self, PatRequest};
+    let mut w = World::new();
+    let user = w.user();
+    let signed_in = w.state.seq;
+    let req = |session: Option<u64>| PatRequest {
+        user_id: user.clone(),
+        name: "laptop".into(),
+        resource: RES.into(),
+        scope: None,
+        expires_in_days: Some(30),
+        sealed_name: None,
+        signed_in_seq: session,
+    };
+    let fresh = |n: &str| {
+        (
+            format!("pat_{n}"),
+            Secret(format!(
+                "glp_{n}0123456789abcdefghijklmnopqrstuvwxyzABCDEFG"
+            )),
+        )
+    };
+    let actor = Actor::User { id: user.clone() };
+    let decided = pat::create(
+        &w.state,
+        &w.settings,
+        actor.clone(),
+        &req(Some(signed_in)),
+        w.now,
+        fresh("a"),
+    );
+    assert!(decided.outcome.is_ok());
+    w.commit(&Append::new(vec![NewEvent::new(
+        StreamId::user(&user),
+        Actor::Operator,
+        UserSessionsEnded {
+            user_id: user.clone(),
+            reason: "contained".into(),
+        },
+    )]))
+    .unwrap();
+    assert!(
+        w.commit(&decided.append).is_err(),
+        "the user's stream moved"
+    );
+    let again = pat::create(
+        &w.state,
+        &w.settings,
+        actor,
+        &req(Some(signed_in)),
+        w.now,
+        fresh("b"),
+    );
+    assert_eq!(code_of(&again), "access_denied");
+    assert!(again.append.events.is_empty());
+    let by_admin = pat::create(
+        &w.state,
+        &w.settings,
+        Actor::Operator,
+        &req(None),
+        w.now,
+        fresh("c"),
+    );
+    assert!(by_admin.outcome.is_ok());
+    w.commit(&by_admin.append).unwrap();
+}
+
 #[test]
 fn approval_for_a_disabled_user_is_refused_and_denial_is_recorded() {
     let mut w = World::new();
@@ -1451,6 +1522,7 @@ fn personal_access_tokens_are_shown_once_bounded_and_revoked_for_good() {
         scope: scope.map(String::from),
         expires_in_days: days,
         sealed_name: None,
+        signed_in_seq: None,
     };
     let fresh = || {
         (

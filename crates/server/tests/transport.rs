@@ -186,6 +186,7 @@ async fn pat_of(s: &Server, username: &str, scope: &str) -> (String, String) {
             scope: Some(scope.into()),
             expires_in_days: Some(7),
             sealed_name: None,
+            signed_in_seq: None,
         },
         Actor::Operator,
     )

@@ -181,6 +181,7 @@ tools = {{ lookup = "bench:read" }}
                 scope: Some("bench:read".into()),
                 expires_in_days: Some(7),
                 sealed_name: None,
+                signed_in_seq: None,
             },
             grantline_ledger::Actor::Operator,
         )

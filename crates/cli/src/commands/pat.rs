@@ -64,6 +64,7 @@ async fn run_with(app: &grantline_server::App, cmd: Command) -> Result<ExitCode>
                 scope,
                 expires_in_days,
                 sealed_name: None,
+                signed_in_seq: None,
             };
             let p = admin::create_pat(app, &app.settings(), &user, req, Actor::Operator).await?;
             // The resource identifier is the token's audience: a server answering at another

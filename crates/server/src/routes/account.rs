@@ -240,6 +240,7 @@ pub async fn create_pat(
         scope: get("scope"),
         expires_in_days,
         sealed_name: None,
+        signed_in_seq: Some(s.signed_in_seq),
     };
     let actor = Actor::User {
         id: s.user_id.clone(),

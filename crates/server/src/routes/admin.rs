@@ -432,6 +432,7 @@ pub async fn create_pat(
         scope: req.scope,
         expires_in_days: req.expires_in_days,
         sealed_name: None,
+        signed_in_seq: None,
     };
     let settings = app.settings_for(&ctx.issuer);
     match admin::create_pat(&app, &settings, &user, req, Actor::User { id: admin_id }).await {
