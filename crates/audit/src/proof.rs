@@ -14,9 +14,13 @@ fn b64(h: &Hash) -> String {
 
 /// `proof` over the leaves of `chain` (the first `size` chain hashes), computed off the async
 /// workers: a proof hashes every leaf of the tree, which takes a while on a large ledger.
+/// `turn` (a caller's limit on proofs at once) is held until the hashing ends, also when the
+/// caller stops waiting for it: the blocking work cannot be cancelled, so a client that hangs
+/// up must not free its turn for another while its proof still runs.
 async fn blocking<T: Send + 'static>(
     chain: Vec<Hash>,
     size: u64,
+    turn: impl Send + 'static,
     proof: impl FnOnce(&[Hash]) -> T + Send + 'static,
 ) -> Result<T, StoreError> {
     if chain.len() as u64 != size {
@@ -27,15 +31,22 @@ async fn blocking<T: Send + 'static>(
     }
     tokio::task::spawn_blocking(move || {
         let leaves: Vec<Hash> = chain.iter().map(leaf_hash).collect();
-        proof(&leaves)
+        drop(chain);
+        let out = proof(&leaves);
+        drop(turn);
+        out
     })
     .await
     .map_err(|e| StoreError::Invalid(format!("computing a proof failed: {e}")))
 }
 
 /// The proof that event `seq` is in the tree of the newest checkpoint: `None` when no
-/// checkpoint covers it yet.
-pub async fn inclusion(store: &Store, seq: u64) -> Result<Option<Value>, StoreError> {
+/// checkpoint covers it yet. `turn` is held until the proof is computed (see [`blocking`]).
+pub async fn inclusion(
+    store: &Store,
+    seq: u64,
+    turn: impl Send + 'static,
+) -> Result<Option<Value>, StoreError> {
     let checkpoints = store.checkpoints().await?;
     let Some(newest) = checkpoints.iter().max_by_key(|c| c.tree_size) else {
         return Ok(None);
@@ -48,7 +59,7 @@ pub async fn inclusion(store: &Store, seq: u64) -> Result<Option<Value>, StoreEr
         return Ok(None);
     };
     let chain_hashes = store.chain_hashes(size).await?;
-    let Some(path) = blocking(chain_hashes, size, move |l| {
+    let Some(path) = blocking(chain_hashes, size, turn, move |l| {
         inclusion_proof(l, (seq - 1) as usize)
     })
     .await?
@@ -73,6 +84,7 @@ pub async fn consistency(
     store: &Store,
     from: u64,
     to: Option<u64>,
+    turn: impl Send + 'static,
 ) -> Result<Option<Value>, StoreError> {
     let checkpoints = store.checkpoints().await?;
     let Some(new) = (match to {
@@ -89,7 +101,7 @@ pub async fn consistency(
         return Ok(None);
     }
     let chain_hashes = store.chain_hashes(new_size).await?;
-    let Some(path) = blocking(chain_hashes, new_size, move |l| {
+    let Some(path) = blocking(chain_hashes, new_size, turn, move |l| {
         consistency_proof(l, old_size as usize)
     })
     .await?

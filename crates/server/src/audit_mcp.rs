@@ -238,10 +238,9 @@ impl Call<'_> {
             grantline_audit::formats::Exporter::new(self.app.keyring.clone(), dir, false);
         let item = exporter.item(&r).await.map_err(unreadable)?;
         let turn = crate::routes::witness::proof_turn().await;
-        let proof = grantline_audit::proof::inclusion(self.app.store(), seq)
+        let proof = grantline_audit::proof::inclusion(self.app.store(), seq, turn)
             .await
             .map_err(unreadable)?;
-        drop(turn);
         self.record(&format!("seq:{seq}"), 1).await?;
         Ok(
             json!({"seq": seq, "hash": r.hash.to_hex(), "prev_hash": r.prev_hash.to_hex(),

@@ -78,7 +78,7 @@ pub async fn run(loc: &Location, args: Args) -> Result<ExitCode> {
         .context("the ledger has no checkpoint yet")?;
     let size = newest.tree_size as u64;
     if let Some(seq) = args.seq {
-        let Some(proof) = grantline_audit::proof::inclusion(&store, seq).await? else {
+        let Some(proof) = grantline_audit::proof::inclusion(&store, seq, ()).await? else {
             bail!("seq {seq} is not covered by the newest checkpoint (tree size {size})");
         };
         println!("{}", serde_json::to_string_pretty(&proof)?);
@@ -87,7 +87,7 @@ pub async fn run(loc: &Location, args: Args) -> Result<ExitCode> {
     let Some(old) = args.consistency else {
         bail!("give a seq or --consistency SIZE");
     };
-    let Some(proof) = grantline_audit::proof::consistency(&store, old, None).await? else {
+    let Some(proof) = grantline_audit::proof::consistency(&store, old, None, ()).await? else {
         bail!(
             "no consistency proof from size {old} to {size}: is {old} the size of a checkpoint below it?"
         );

@@ -12,16 +12,19 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use std::collections::HashMap;
+use std::sync::Arc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Proofs computed at once, by the public endpoints and reviewers' event views together.
 pub const PROOFS_AT_ONCE: usize = 2;
-static PROOFS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(PROOFS_AT_ONCE);
+static PROOFS: std::sync::LazyLock<Arc<Semaphore>> =
+    std::sync::LazyLock::new(|| Arc::new(Semaphore::new(PROOFS_AT_ONCE)));
 
 /// A turn to compute a proof for a reviewer (the audit pages, API and MCP server): waited for,
 /// since the reader is authenticated and each turn ends, while the public endpoints answer
-/// `503` when none is free.
-pub async fn proof_turn() -> Option<tokio::sync::SemaphorePermit<'static>> {
-    PROOFS.acquire().await.ok()
+/// `503` when none is free. The proof holds it until its hashing ends.
+pub async fn proof_turn() -> Option<OwnedSemaphorePermit> {
+    PROOFS.clone().acquire_owned().await.ok()
 }
 
 fn problem(status: StatusCode, message: impl Into<String>) -> Response {
@@ -126,10 +129,10 @@ pub async fn inclusion(
         Ok(None) => return problem(StatusCode::BAD_REQUEST, "seq is required"),
         Err(r) => return *r,
     };
-    let Ok(_turn) = PROOFS.try_acquire() else {
+    let Ok(turn) = PROOFS.clone().try_acquire_owned() else {
         return busy();
     };
-    match grantline_audit::proof::inclusion(app.store(), seq).await {
+    match grantline_audit::proof::inclusion(app.store(), seq, turn).await {
         Ok(Some(proof)) => Json(proof).into_response(),
         Ok(None) => problem(
             StatusCode::NOT_FOUND,
@@ -153,10 +156,10 @@ pub async fn consistency(
     if to.is_some_and(|t| t < from) {
         return problem(StatusCode::BAD_REQUEST, "from must not be above to");
     }
-    let Ok(_turn) = PROOFS.try_acquire() else {
+    let Ok(turn) = PROOFS.clone().try_acquire_owned() else {
         return busy();
     };
-    match grantline_audit::proof::consistency(app.store(), from, to).await {
+    match grantline_audit::proof::consistency(app.store(), from, to, turn).await {
         Ok(Some(proof)) => Json(proof).into_response(),
         Ok(None) => problem(
             StatusCode::NOT_FOUND,
