@@ -161,6 +161,20 @@ backend_tests! {
             let page = r.text().await.unwrap();
             assert!(page.contains("opened from another site") && page.contains("/admin/audit?q=user%3Aceo"), "{page}");
         }
+        // Nor with the Basic credentials a browser keeps once it answered the challenge (an
+        // image or a link from another site): refused before they are checked.
+        let exported = || async {
+            s.app.store().read(0, 100_000).await.unwrap().iter()
+                .filter(|e| matches!(e.payload(), grantline_ledger::Payload::AuditExported(_)))
+                .count()
+        };
+        let exports = exported().await;
+        for site in ["cross-site", "same-site"] {
+            let r = reqwest::Client::new().get(s.url("/admin/api/audit/export?after=0&limit=10"))
+                .header("authorization", &ann_basic).header("sec-fetch-site", site).send().await.unwrap();
+            assert_eq!(r.status(), StatusCode::FORBIDDEN, "{site}");
+        }
+        assert_eq!(exported().await, exports);
         assert_eq!(searched().await, before, "nothing recorded");
         let r = ann_browser.get(s.url("/admin/audit?q=user%3Aceo"))
             .header("sec-fetch-site", "same-origin").send().await.unwrap();

@@ -108,6 +108,15 @@ pub(crate) async fn basic_user(
     headers: &HeaderMap,
     roles: &[&str],
 ) -> Result<String, Response> {
+    // A browser that once answered the Basic challenge sends those credentials with requests
+    // another site makes it send (an image, a link): a script never comes from a site, so a
+    // request a browser says came from one is refused before its credentials are looked at.
+    if crate::http::cross_site(headers) {
+        return Err(error(
+            StatusCode::FORBIDDEN,
+            "the admin API takes no requests that another site made a browser send",
+        ));
+    }
     let creds = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
