@@ -31,15 +31,19 @@ struct Entry {
 
 /// How long a network stays known for a username after a sign-in as that user from it.
 pub const KNOWN_SECS: i64 = 30 * 86_400;
-/// The most (username, network) pairs remembered; the oldest go first.
-const MAX_KNOWN: usize = 100_000;
+/// The most networks remembered per username (the oldest go first): one account signing in
+/// from many networks pushes out only its own.
+const KNOWN_PER_USER: usize = 16;
+/// The most usernames with networks remembered; the one whose latest sign-in is oldest goes
+/// first.
+const MAX_KNOWN_USERS: usize = 50_000;
 
 /// Failure counters by key (`u:<username>`, `u:<username>@<network>` or `ip:<address>`).
 #[derive(Default)]
 pub struct LoginThrottle {
     entries: Mutex<HashMap<String, Entry>>,
-    /// When each `u:<username>@<network>` last signed in.
-    known: Mutex<HashMap<String, i64>>,
+    /// Per `u:<username>`, the networks it signed in from and when it last did from each.
+    known: Mutex<HashMap<String, Vec<(String, i64)>>>,
 }
 
 /// The decision for one attempt.
@@ -128,31 +132,47 @@ impl LoginThrottle {
 
     /// Whether `username` signed in from `address`'s network within [`KNOWN_SECS`].
     fn is_known(&self, username: &str, address: Option<&str>, now: i64) -> bool {
-        let (_, Some(pair)) = user_keys(username, address) else {
+        let (user, Some(pair)) = user_keys(username, address) else {
             return false;
         };
-        self.known
-            .lock()
-            .is_ok_and(|k| k.get(&pair).is_some_and(|t| now - t < KNOWN_SECS))
+        self.known.lock().is_ok_and(|k| {
+            k.get(&user)
+                .is_some_and(|nets| nets.iter().any(|(n, t)| *n == pair && now - t < KNOWN_SECS))
+        })
     }
 
     /// Remembers that `username` signed in from `address`'s network: its failures there are
     /// counted apart from now on ([`KNOWN_SECS`]).
     pub fn remember(&self, username: &str, address: Option<&str>, now: i64) {
-        let (_, Some(pair)) = user_keys(username, address) else {
+        let (user, Some(pair)) = user_keys(username, address) else {
             return;
         };
-        if let Ok(mut k) = self.known.lock() {
-            if k.len() >= MAX_KNOWN && !k.contains_key(&pair) {
-                k.retain(|_, t| now - *t < KNOWN_SECS);
-                if k.len() >= MAX_KNOWN
-                    && let Some(oldest) = k.iter().min_by_key(|(_, t)| **t).map(|(p, _)| p.clone())
-                {
-                    k.remove(&oldest);
-                }
+        let Ok(mut k) = self.known.lock() else {
+            return;
+        };
+        if k.len() >= MAX_KNOWN_USERS && !k.contains_key(&user) {
+            k.retain(|_, nets| nets.iter().any(|(_, t)| now - t < KNOWN_SECS));
+            if k.len() >= MAX_KNOWN_USERS
+                && let Some(oldest) = k
+                    .iter()
+                    .min_by_key(|(_, nets)| nets.iter().map(|(_, t)| *t).max())
+                    .map(|(u, _)| u.clone())
+            {
+                k.remove(&oldest);
             }
-            k.insert(pair, now);
         }
+        let nets = k.entry(user).or_default();
+        nets.retain(|(n, t)| *n != pair && now - t < KNOWN_SECS);
+        if nets.len() >= KNOWN_PER_USER
+            && let Some(i) = nets
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, (_, t))| *t)
+                .map(|(i, _)| i)
+        {
+            nets.swap_remove(i);
+        }
+        nets.push((pair, now));
     }
 
     /// [`LoginThrottle::attempt`], the allowed attempt held by a guard: settled by
@@ -495,6 +515,13 @@ mod tests {
         assert!(t.is_known("root", Some("10.0.0.3"), 101));
         assert!(!t.is_known("root", Some("10.0.0.3"), later));
         assert!(!t.is_known("root", Some("10.0.0.4"), 101));
+        // One account signing in from many networks pushes out only its own.
+        t.remember("admin", Some("10.0.0.2"), 400);
+        for i in 0..1000 {
+            t.remember("mallory", Some(&format!("2001:db8:{i:x}::1")), 400);
+        }
+        assert!(t.is_known("admin", Some("10.0.0.2"), 401));
+        assert_eq!(t.known.lock().unwrap()["u:mallory"].len(), KNOWN_PER_USER);
         // An attempt held while its network becomes known is settled where it was held.
         let held = t.hold("carol", Some("10.0.0.5"), 300).unwrap();
         t.remember("carol", Some("10.0.0.5"), 300);
