@@ -352,8 +352,10 @@ impl Scope {
                         | Kind::ClientUpdated
                         | Kind::ClientDisabled
                         | Kind::ClientExpired => has(&self.clients, refs.client),
+                        // The end of a user's sessions revokes what they made before it.
                         Kind::UserCreated
                         | Kind::UserDisabled
+                        | Kind::UserSessionsEnded
                         | Kind::UserRoleChanged
                         | Kind::UserErased => has(&self.users, refs.user),
                         _ => false,
@@ -409,5 +411,32 @@ mod tests {
         // Its client's registration, its issuance and the tool call made with it (both
         // marked); not the other family's code.
         assert_eq!(story, vec![(1, false), (3, true), (4, true)]);
+    }
+
+    /// A personal access token's story holds the end of its user's sessions: the fold
+    /// revokes the token there, with no `pat.revoked` of its own.
+    #[test]
+    fn a_tokens_story_holds_the_end_of_its_users_sessions() {
+        let Payload::PatCreated(pat) = sample(Kind::PatCreated) else {
+            unreachable!()
+        };
+        let ended = grantline_ledger::UserSessionsEnded {
+            user_id: pat.user_id.clone(),
+            reason: "contained".into(),
+        };
+        let events = [
+            rec(1, sample(Kind::UserCreated)),
+            rec(2, Payload::PatCreated(pat.clone())),
+            rec(3, Payload::UserSessionsEnded(ended)),
+        ];
+        let mut index = Index::new(&pat.pat_id);
+        events.iter().for_each(|e| index.observe(e));
+        let scope = index.resolve().expect("the token is known");
+        let story: Vec<u64> = events
+            .iter()
+            .filter(|e| scope.includes(e).is_some())
+            .map(|e| e.seq())
+            .collect();
+        assert!(story.contains(&2) && story.contains(&3), "{story:?}");
     }
 }
