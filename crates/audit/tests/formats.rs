@@ -478,6 +478,17 @@ fn what_a_read_read_is_in_every_format_and_masked_when_redacted() {
         (&ocsf["resources"][0]["name"], &ocsf["resources"][0]["type"]),
         (&json!(target), &json!("mcp_prompt"))
     );
+    // A reviewer's query is what they read too, but no MCP resource.
+    let mut dir = Directory::default();
+    for r in history()
+        .iter()
+        .filter(|r| matches!(r.envelope.kind(), Kind::AuditSearched | Kind::AuditExported))
+    {
+        let item = build_item(r, &mut dir, &mut SampleKey, None);
+        assert!(item.record.target.is_some(), "{:?}", r.envelope.kind());
+        let ocsf: Value = serde_json::from_str(&Format::Ocsf.line(&item)).unwrap();
+        assert!(ocsf.get("resources").is_none(), "{ocsf}");
+    }
     let mut dir = Directory::default();
     let redacted = build_item(&read, &mut dir, &mut SampleKey, Some(REDACTED));
     assert_eq!(redacted.record.target.as_deref(), Some(REDACTED));

@@ -336,7 +336,9 @@ pub fn write(item: &ExportItem, out: &mut Vec<u8>) {
                 t_.lit("type", "mcp_tool");
                 t_.close();
                 o.out.push(b']');
-            } else if let Some(t) = r.target.as_deref() {
+            } else if let Some(t) = r.target.as_deref()
+                && kind == Kind::ContentRead
+            {
                 o.key("resources");
                 o.out.push(b'[');
                 let mut t_ = Obj::open(o.out);
