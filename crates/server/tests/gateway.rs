@@ -1438,8 +1438,9 @@ async fn resources_and_prompts_take_the_read_scope_and_a_role_and_unknown_method
     let r = rpc(&s, "/mcp/up", Some(&reader), read.clone()).await;
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(up.bodies.lock().unwrap().len(), 1);
-    // A batch reads too.
-    let batch = json!([{"jsonrpc": "2.0", "method": "notifications/initialized"}, read]);
+    // A batch reads too; each read of a refused batch is recorded as refused.
+    let batch = json!([{"jsonrpc": "2.0", "method": "notifications/initialized"},
+        {"jsonrpc": "2.0", "id": 8, "method": "resources/list"}, read]);
     let r = rpc(&s, "/mcp/up", Some(&writer), batch).await;
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
     // Both a read and a refused one are recorded: what the user read, sealed under their key.
@@ -1474,6 +1475,7 @@ async fn resources_and_prompts_take_the_read_scope_and_a_role_and_unknown_method
         refusals,
         vec![
             ("resources/read", "insufficient_scope"),
+            ("resources/list", "insufficient_scope"),
             ("resources/read", "insufficient_scope")
         ]
     );

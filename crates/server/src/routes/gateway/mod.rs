@@ -199,11 +199,8 @@ impl Request<'_> {
                         &d.required_scopes,
                     );
                 }
-                if audit
-                    .record(vec![audit.refused(&reads.method, &d)])
-                    .await
-                    .is_err()
-                {
+                let refused = reads.methods.iter().map(|m| audit.refused(m, &d)).collect();
+                if audit.record(refused).await.is_err() {
                     return Err(unavailable());
                 }
                 return Ok(denial_of(&d, &metadata_url, Some(&reads.id), "request"));
@@ -535,9 +532,10 @@ impl Request<'_> {
             };
             let r = reads.get_or_insert_with(|| Reads {
                 id,
-                method,
+                methods: Vec::new(),
                 recorded: Vec::new(),
             });
+            r.methods.push(method);
             r.recorded.extend(read);
         }
         Ok((watched, reads, body, session_id))
@@ -599,12 +597,12 @@ impl Request<'_> {
     }
 }
 
-/// The resources, prompts and completions one request reads: the first one's id and method
-/// (to answer and record a refusal with), and the reads recorded before it goes upstream
-/// (`resources/read`, `prompts/get`).
+/// The resources, prompts and completions one request reads: the first one's id (to answer
+/// a refusal with), every one's method (a refusal is recorded for each), and the reads
+/// recorded before it goes upstream (`resources/read`, `prompts/get`).
 struct Reads {
     id: Value,
-    method: String,
+    methods: Vec<String>,
     recorded: Vec<Read>,
 }
 
