@@ -103,9 +103,20 @@ pub async fn add_user(
     };
     if let Err(e) = record_user(app, &user_id, &created, source, actor).await {
         // No user without its `user.created`: a credential left behind would hold the name
-        // for good (a retry refused as taken, no user to disable or erase).
-        if let Err(d) = app.credentials.delete(&user_id).await {
-            tracing::error!(error = %d, user_id, "a credential without its user was left behind");
+        // for good (a retry refused as taken, no user to disable or erase). But an append
+        // whose answer was lost may have been written: only what the ledger shows is not
+        // there is undone.
+        let known = |s: &grantline_state::State| s.users.contains_key(&user_id);
+        match app.projection.catch_up(app.store()).await {
+            Ok(()) if known(&app.projection.read()) => return Ok(user_id),
+            Ok(()) => {
+                if let Err(d) = app.credentials.delete(&user_id).await {
+                    tracing::error!(error = %d, user_id, "a credential without its user was left behind");
+                }
+            }
+            Err(c) => {
+                tracing::error!(error = %c, user_id, "whether the user was recorded cannot be read; its credential is kept");
+            }
         }
         return Err(e);
     }
