@@ -13,8 +13,13 @@ pub const ADMIN: &str = "admin";
 pub const ADMIN_PASSWORD_ENV: &str = "GRANTLINE_ADMIN_PASSWORD";
 
 /// Creates the user `admin` on first start. Its password comes from `GRANTLINE_ADMIN_PASSWORD`
-/// or is generated and printed once, to standard error, not to the log.
+/// or is generated and printed once, to standard error, not to the log. Never again once the
+/// ledger holds a bootstrap admin, even one since erased or renamed: an operator who erased it
+/// (having made admins of their own) must not find it back, with a password still in the
+/// environment or printed to a log.
 pub async fn admin(app: &App) -> Result<()> {
+    let bootstrapped =
+        |s: &grantline_state::State| s.users.values().any(|u| u.source == UserSource::Bootstrap);
     if let Some(c) = app.credentials.by_username(ADMIN).await? {
         // A crash between storing the credential and appending the event leaves no user: heal.
         if !app.projection.read().users.contains_key(&c.user_id) {
@@ -31,6 +36,9 @@ pub async fn admin(app: &App) -> Result<()> {
             )
             .await?;
         }
+        return Ok(());
+    }
+    if bootstrapped(&app.projection.read()) {
         return Ok(());
     }
     let (password, generated) = match std::env::var(ADMIN_PASSWORD_ENV) {
