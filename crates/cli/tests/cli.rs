@@ -421,6 +421,57 @@ fn grantline_in(dir: &std::path::Path, args: &[&str]) -> Output {
         .expect("run grantline")
 }
 
+/// Keys are made on a ledger's first start only. Another data directory pointed at a ledger
+/// with history gets no new keys: without the checkpoint key, or with another one, or without
+/// the access-token key, it is refused with what to copy; with the keys copied it works.
+#[test]
+fn a_ledger_with_history_gets_no_new_keys() {
+    let first = tempfile::tempdir().unwrap();
+    let out = grantline_in(first.path(), &["user", "add", "alice"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let db = format!("sqlite:{}", first.path().join("grantline.db").display());
+    let other = tempfile::tempdir().unwrap();
+    let list = |dir: &std::path::Path| grantline_in(dir, &["--database", &db, "user", "list"]);
+    let failed = |o: &Output, reason: &str| {
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !o.status.success() && err.contains(reason),
+            "expected {reason:?} in: {err}"
+        );
+    };
+    failed(&list(other.path()), "no checkpoint key is here");
+    assert!(!other.path().join("checkpoint.key").exists(), "none made");
+    // Another ledger's key: its checkpoints were not signed by it.
+    let stranger = tempfile::tempdir().unwrap();
+    assert!(
+        grantline_in(stranger.path(), &["user", "list"])
+            .status
+            .success()
+    );
+    let copy = |from: &std::path::Path, file: &str| {
+        let to = other.path().join(file);
+        let _ = std::fs::remove_file(&to);
+        std::fs::copy(from.join(file), &to).unwrap();
+    };
+    copy(stranger.path(), "checkpoint.key");
+    failed(&list(other.path()), "signed by another key");
+    copy(first.path(), "checkpoint.key");
+    failed(&list(other.path()), "no access-token key here");
+    assert!(!other.path().join("access-token.key").exists(), "none made");
+    copy(first.path(), "access-token.key");
+    let out = list(other.path());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout(&out).contains("alice"));
+}
+
 #[test]
 fn users_and_clients_from_the_command_line() {
     let dir = tempfile::tempdir().unwrap();

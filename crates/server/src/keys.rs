@@ -23,18 +23,41 @@ fn parse(text: &str) -> Result<SigningKey> {
     Ok(SigningKey::from_bytes(&seed))
 }
 
-/// Loads the key from the environment or the data directory, creating the file on first use.
-pub fn load_or_create(data_dir: &Path) -> Result<SigningKey> {
+/// Loads the key from the environment or the data directory, creating the file on first use
+/// — only while `in_use` is false: a ledger that already has an access-token key (recorded
+/// when it was introduced) needs that one, and a new one would retire it for every instance
+/// (tokens signed with it would stop verifying once it left the JWKS).
+pub fn load_or_create(data_dir: &Path, in_use: bool) -> Result<SigningKey> {
     if let Ok(v) = std::env::var(ENV) {
         return parse(&v).with_context(|| format!("${ENV}"));
     }
     let path = data_dir.join(FILE);
     match std::fs::read_to_string(&path) {
-        Ok(text) => return parse(&text).with_context(|| path.display().to_string()),
+        Ok(text) => {
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                let mode = std::fs::metadata(&path)?.permissions().mode();
+                if mode & 0o077 != 0 {
+                    bail!(
+                        "{} is readable by others (mode {:o}); run chmod 600",
+                        path.display(),
+                        mode & 0o777
+                    );
+                }
+            }
+            return parse(&text).with_context(|| path.display().to_string());
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| path.display().to_string()),
     }
-    std::fs::create_dir_all(data_dir)?;
+    if in_use {
+        bail!(
+            "no access-token key here ({} or ${ENV}), but the ledger already has one in use:              copy access-token.key from the data directory that made it (instances sharing a              database share it; docs/operations.md, \"Keys\")",
+            path.display()
+        );
+    }
+    grantline_store::private_dir(data_dir)?;
     let mut seed = [0u8; 32];
     getrandom::fill(&mut seed).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
     let mut opts = std::fs::OpenOptions::new();

@@ -43,12 +43,21 @@ impl App {
             let c = clock.clone();
             ledger_options.clock = Some(Arc::new(move || c.now()));
         }
+        // A key is made on a ledger's first start only: one made for a ledger that has
+        // history would sign checkpoints that verify as forged.
+        if grantline_store::keyfile::load_signer(&opts.data_dir)
+            .context("checkpoint signing key")?
+            .is_none()
+        {
+            refuse_a_new_key_for_history(&opts.database, &opts.data_dir).await?;
+        }
         let signer = grantline_store::keyfile::load_or_create_signer(
             &opts.data_dir,
             &std::env::var("GRANTLINE_LEDGER_ORIGIN")
                 .unwrap_or_else(|_| grantline_store::keyfile::DEFAULT_ORIGIN.to_string()),
         )
         .context("checkpoint signing key")?;
+        let own_verifier = signer.verifier();
         let checkpoint_key = *signer.verifier().public_key();
         let checkpoint_verifier = signer.verifier().to_string();
         let checkpoint_key_id = signer.verifier().key_id_hex();
@@ -69,9 +78,33 @@ impl App {
             ledger.shutdown().await;
             anyhow::bail!(why);
         }
+        // Before any rotation the ledger names no key: the one that signed its newest
+        // checkpoint is the one in force.
+        let rotated = projection
+            .read()
+            .signing_keys
+            .values()
+            .any(|k| k.purpose == grantline_ledger::KeyPurpose::Checkpoint);
+        if !rotated
+            && let Some(newest) = ledger.store().checkpoints().await?.last()
+            && grantline_ledger::open_note(&newest.note, std::slice::from_ref(&own_verifier))
+                .is_err()
+        {
+            ledger.shutdown().await;
+            anyhow::bail!(
+                "this process holds checkpoint key {checkpoint_key_id}, but the ledger's \
+                 checkpoints are signed by another key: use the checkpoint.key (or \
+                 GRANTLINE_CHECKPOINT_KEY) of the data directory that signed them"
+            );
+        }
         // Checked through the folded seq; the writer reads any rotation after it.
         ledger.key_checked_through(projection.seq());
-        let signing = crate::keys::load_or_create(&opts.data_dir)?;
+        let access_key_in_use = projection
+            .read()
+            .signing_keys
+            .values()
+            .any(|k| k.purpose == grantline_ledger::KeyPurpose::AccessToken);
+        let signing = crate::keys::load_or_create(&opts.data_dir, access_key_in_use)?;
         let mac_key = crate::keys::mac_key(&signing);
         let identity = JwtSigner::new(crate::keys::identity_key(&signing));
         let jwt = JwtSigner::new(signing);
@@ -195,4 +228,37 @@ impl App {
         }
         Ok(())
     }
+}
+
+/// Refuses to make a checkpoint key for a ledger that already holds events: its checkpoints
+/// were signed by a key this data directory lacks.
+async fn refuse_a_new_key_for_history(
+    database: &grantline_store::Database,
+    data_dir: &std::path::Path,
+) -> Result<()> {
+    if let grantline_store::Database::Sqlite(path) = database
+        && !path.exists()
+    {
+        return Ok(());
+    }
+    let store = grantline_store::Store::connect(database, false)
+        .await
+        .with_context(|| format!("opening the ledger at {}", database.display()))?;
+    // A database without the ledger's tables yet (migrations not run) has no history; any
+    // other failure is the ledger's to report when it opens (and a key that does not match
+    // the checkpoints is refused after it has).
+    let head = store.head().await;
+    store.close().await;
+    if let Ok(Some((seq, _))) = head {
+        anyhow::bail!(
+            "the ledger at {} already holds {seq} events, but no checkpoint key is here ({} or \
+             ${}): a new key would sign checkpoints that verify as forged. Copy checkpoint.key \
+             (and access-token.key) from the data directory that made them (docs/operations.md, \
+             \"Keys\")",
+            database.display(),
+            grantline_store::keyfile::key_path(data_dir).display(),
+            grantline_store::keyfile::KEY_ENV
+        );
+    }
+    Ok(())
 }

@@ -20,6 +20,44 @@ async fn server(
     (s, dir, db)
 }
 
+/// The bootstrap admin is made on the first start only: erased later (the operator made
+/// admins of their own), it does not come back at the next start with the password the
+/// environment still holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_erased_bootstrap_admin_does_not_come_back_at_the_next_start() {
+    let (s, dir, db) = server(|_| {}).await;
+    let cfg = s.app.config.clone();
+    grantline_server::admin::erase_user(&s.app, "admin", grantline_ledger::Actor::Operator)
+        .await
+        .unwrap();
+    s.stop().await;
+    let app = grantline_server::App::start(grantline_server::Options {
+        config: cfg,
+        data_dir: dir.path().to_path_buf(),
+        database: db.db.clone(),
+        ledger: Default::default(),
+        serving: false,
+    })
+    .await
+    .unwrap();
+    assert!(
+        app.credentials
+            .by_username("admin")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let admins = app
+        .projection
+        .read()
+        .users
+        .values()
+        .filter(|u| u.role == "admin" && u.active())
+        .count();
+    assert_eq!(admins, 0, "no admin made again");
+    app.ledger.shutdown().await;
+}
+
 /// Posts the sign-in form from a fresh browser.
 async fn sign_in(s: &Server, username: &str, password: &str) -> reqwest::Response {
     sign_in_with(s, &browser(), username, password).await

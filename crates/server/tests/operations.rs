@@ -158,8 +158,9 @@ grantline_store::backend_tests! {
     async fn a_traceparent_is_taken_only_from_a_trusted_proxy(db: TestDb) {
         const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
         let traceparent = format!("00-{TRACE}-00f067aa0ba902b7-01");
+        // One data directory: the second server is the same instance restarted.
+        let dir = tempfile::tempdir().unwrap();
         for trust in [false, true] {
-            let dir = tempfile::tempdir().unwrap();
             let mut c = config(dir.path(), 30, 60);
             c.server.trust_forwarded_headers = trust;
             let s = Server::start(&db, dir.path().to_path_buf(), c).await;

@@ -125,16 +125,50 @@ const ROW_COLUMNS_SQLITE: &str = "seq, id, time, stream, version, kind, body, pr
 const ROW_COLUMNS_PG: &str = "seq, id, (EXTRACT(EPOCH FROM time) * 1000000)::int8 AS time, \
                               stream, version, kind, body, prev_hash, hash";
 
+/// Creates `dir` (and its parents) if missing, the last one readable by its owner only
+/// (0700): it holds the ledger, the keys and the audit index. An existing one is left as it is.
+pub fn private_dir(dir: &Path) -> std::io::Result<()> {
+    if dir.exists() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
+/// Creates an empty SQLite file readable by its owner only (0600) if none is there: it holds
+/// the personal-data keys and password hashes, and SQLite gives its WAL the same mode.
+fn private_file(path: &Path) -> std::io::Result<()> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    match opts.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 impl Store {
-    /// Connects; with `create`, a missing SQLite file (and its directory) is created.
+    /// Connects; with `create`, a missing SQLite file (and its directory) is created, readable
+    /// by the owner only.
     pub async fn connect(db: &Database, create: bool) -> Result<Store> {
         let mut reach = None;
         let pool = match db {
             Database::Sqlite(path) => {
                 if create {
                     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                        std::fs::create_dir_all(dir)?;
+                        private_dir(dir)?;
                     }
+                    private_file(path)?;
                 } else if !path.exists() {
                     return Err(StoreError::Io(std::io::Error::new(
                         std::io::ErrorKind::NotFound,

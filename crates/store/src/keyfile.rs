@@ -51,7 +51,7 @@ pub fn load_or_create_signer(data_dir: &Path, origin: &str) -> Result<NoteSigner
     if let Some(s) = load_signer(data_dir)? {
         return Ok(s);
     }
-    std::fs::create_dir_all(data_dir)?;
+    crate::private_dir(data_dir)?;
     let signer = NoteSigner::generate(origin).map_err(|e| StoreError::Key(e.to_string()))?;
     write_private(&key_path(data_dir), &signer.to_private_string())?;
     Ok(signer)

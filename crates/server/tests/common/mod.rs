@@ -128,12 +128,36 @@ impl Server {
     }
 }
 
+/// The data directory that first started a server on each test database: a server started
+/// later on the same database in another directory is given its keys, as every instance
+/// sharing a database is (docs/operations.md, "Several instances").
+static FIRST_DATA_DIR: std::sync::Mutex<Vec<(String, PathBuf)>> = std::sync::Mutex::new(Vec::new());
+
+fn share_keys(db: &TestDb, data_dir: &std::path::Path) {
+    let key = db.db.display();
+    let mut first = FIRST_DATA_DIR.lock().unwrap();
+    match first.iter().find(|(k, _)| *k == key) {
+        None => first.push((key, data_dir.to_path_buf())),
+        Some((_, from)) if from != data_dir => {
+            for f in ["checkpoint.key", "access-token.key", "checkpoint-keys.pub"] {
+                let (src, dst) = (from.join(f), data_dir.join(f));
+                if src.exists() && !dst.exists() {
+                    std::fs::create_dir_all(data_dir).unwrap();
+                    std::fs::copy(&src, &dst).unwrap();
+                }
+            }
+        }
+        Some(_) => {}
+    }
+}
+
 async fn start_app(
     db: &TestDb,
     data_dir: &std::path::Path,
     config: Config,
     ledger: LedgerOptions,
 ) -> App {
+    share_keys(db, data_dir);
     // The bootstrap admin's password: created here directly so no environment is needed.
     let app = App::start(Options {
         config,
