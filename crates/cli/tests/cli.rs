@@ -470,6 +470,16 @@ fn a_ledger_with_history_gets_no_new_keys() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout(&out).contains("alice"));
+    // The ledger and the keys are the owner's alone; a key others can read is refused.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: std::path::PathBuf| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(first.path().join("grantline.db")), 0o600);
+    let nested = first.path().join("new/data");
+    assert!(grantline_in(&nested, &["user", "list"]).status.success());
+    assert_eq!(mode(nested.clone()), 0o700);
+    let key = other.path().join("access-token.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    failed(&list(other.path()), "readable by others");
 }
 
 #[test]
