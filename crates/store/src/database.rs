@@ -25,18 +25,54 @@ pub enum Database {
 /// The SQLite file inside a data directory.
 pub const SQLITE_FILE: &str = "grantline.db";
 
+/// `url` without a password: the one in `user:password@` and a `password=` parameter (which
+/// PostgreSQL's URLs also take) read `***`.
+fn redacted(url: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let mut out = match base.rsplit_once('@') {
+        Some((creds, host)) => match creds.split_once("://") {
+            Some((scheme, userinfo)) => match userinfo.split_once(':') {
+                Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+                None => base.to_string(),
+            },
+            None => match creds.split_once(':') {
+                Some((user, _)) => format!("{user}:***@{host}"),
+                None => base.to_string(),
+            },
+        },
+        None => base.to_string(),
+    };
+    if let Some(q) = query {
+        let params: Vec<String> = q
+            .split('&')
+            .map(|p| match p.split_once('=') {
+                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                _ => p.to_string(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&params.join("&"));
+    }
+    out
+}
+
 impl Database {
     pub fn parse(url: &str) -> Result<Database> {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             return Ok(Database::Postgres(url.to_string()));
         }
+        // Never echoed whole: a mistyped scheme may still carry a password.
+        let shown = || StoreError::BadUrl(redacted(url));
         let path = url
             .strip_prefix("sqlite://")
             .or_else(|| url.strip_prefix("sqlite:"))
-            .ok_or_else(|| StoreError::BadUrl(url.to_string()))?;
+            .ok_or_else(shown)?;
         let path = path.split('?').next().unwrap_or_default();
         if path.is_empty() {
-            return Err(StoreError::BadUrl(url.to_string()));
+            return Err(shown());
         }
         Ok(Database::Sqlite(PathBuf::from(path)))
     }
@@ -50,13 +86,7 @@ impl Database {
     pub fn display(&self) -> String {
         match self {
             Database::Sqlite(p) => format!("sqlite:{}", p.display()),
-            Database::Postgres(url) => match url.split_once('@') {
-                Some((creds, host)) => match creds.rsplit_once(':') {
-                    Some((user, _)) if !user.ends_with('/') => format!("{user}:***@{host}"),
-                    _ => url.clone(),
-                },
-                None => url.clone(),
-            },
+            Database::Postgres(url) => redacted(url),
         }
     }
 
@@ -1046,4 +1076,39 @@ pub(crate) fn decode_checked(
         prev_hash,
         hash,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// No password of a URL is printed: not in `user:password@`, not as a `password=`
+    /// parameter, not when the scheme is mistyped and the URL is refused.
+    #[test]
+    fn printed_urls_hold_no_password() {
+        let shown = |url: &str| Database::Postgres(url.into()).display();
+        assert_eq!(
+            shown("postgres://gl:s3cret@db.example:5432/gl"),
+            "postgres://gl:***@db.example:5432/gl"
+        );
+        assert_eq!(
+            shown("postgresql://gl@db.example/gl?sslmode=require&password=s3cret"),
+            "postgresql://gl@db.example/gl?sslmode=require&password=***"
+        );
+        assert_eq!(
+            shown("postgres://db.example/gl"),
+            "postgres://db.example/gl"
+        );
+        assert_eq!(
+            shown("postgres://gl:p@ss@db.example/gl"),
+            "postgres://gl:***@db.example/gl"
+        );
+        for bad in [
+            "postgress://gl:s3cret@db.example/gl",
+            "mysql://x/y?password=s3cret",
+        ] {
+            let e = Database::parse(bad).unwrap_err().to_string();
+            assert!(!e.contains("s3cret"), "{e}");
+        }
+    }
 }
