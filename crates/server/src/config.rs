@@ -784,7 +784,33 @@ impl Config {
                 r.name
             );
         }
-        self.resource_defs("http://check.invalid")?;
+        // Each name, path and client id once: the token endpoint, the gateway and the recorded
+        // policy would otherwise each take another of two definitions.
+        let mut seen = std::collections::HashSet::new();
+        for r in self.resources.iter().flatten() {
+            if !seen.insert(r.name.as_str()) {
+                bail!("two resources are named {:?}", r.name);
+            }
+        }
+        let defs = self.resource_defs("http://check.invalid")?;
+        let mut seen = std::collections::HashSet::new();
+        for d in &defs {
+            if !seen.insert(d.id.as_str()) {
+                bail!(
+                    "two resources have the identifier {:?} (the same path)",
+                    d.id
+                );
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for c in &self.clients {
+            if !seen.insert(c.client_id.as_str()) {
+                bail!(
+                    "two [[clients]] entries have the client_id {:?}",
+                    c.client_id
+                );
+            }
+        }
         for r in self.resources.iter().flatten() {
             if let Some(u) = &r.upstream
                 && let Ok(url) = url::Url::parse(u)
@@ -1204,6 +1230,30 @@ mod tests {
             assert!(e.contains(field), "{line}: {e}");
         }
         assert!(check("[oauth]\nrefresh_grace = 0\naccess_token_ttl = 315360000\n").is_ok());
+        // Each resource and client once: two definitions would each be taken by another part.
+        let resource = |name: &str, path: &str| {
+            format!(
+                "[[resources]]\nname = \"{name}\"\npath = \"{path}\"\nupstream = \"http://127.0.0.1:9/mcp\"\nscopes = [{{ name = \"x:read\" }}, {{ name = \"x:write\" }}]\n"
+            )
+        };
+        assert!(check(&(resource("a", "/mcp/a") + &resource("b", "/mcp/b"))).is_ok());
+        for (text, why) in [
+            (
+                resource("a", "/mcp/a") + &resource("a", "/mcp/b"),
+                "two resources are named",
+            ),
+            (
+                resource("a", "/mcp/a") + &resource("b", "/mcp/a"),
+                "the same path",
+            ),
+            (
+                format!("{machine}scope = \"demo:read\"\n{machine}scope = \"demo:read\"\n"),
+                "client_id \"ci\"",
+            ),
+        ] {
+            let e = check(&text).unwrap_err().to_string();
+            assert!(e.contains(why), "{e}");
+        }
     }
 
     #[test]
