@@ -75,6 +75,9 @@ pub async fn run(loc: &Location, args: Args) -> Result<ExitCode> {
         config.server.public_url = Some(url.clone());
         overrides.public_url = Some(url);
     }
+    // Listened for before the (possibly long) start: a SIGHUP meanwhile (logrotate, a
+    // service manager's reload) would otherwise end the process; it reloads once started.
+    let hangup = hangup_signal();
     let first_start = grantline_store::keyfile::load_signer(&loc.data_dir)?.is_none();
     let app = grantline_server::App::start(grantline_server::Options {
         config,
@@ -105,7 +108,7 @@ pub async fn run(loc: &Location, args: Args) -> Result<ExitCode> {
     );
     // SIGHUP is handled before the pid file says where to send it (its default would end
     // the process).
-    reload_on_hangup(app.clone(), loc, overrides);
+    reload_on_hangup(app.clone(), loc, overrides, hangup);
     let pid_file = loc.data_dir.join(grantline_server::reload::PID_FILE);
     // Held (and removed) until the server stops: `config reload` signals only a live holder.
     // While another server on the data directory holds it, tried again now and then, so this
@@ -146,20 +149,41 @@ pub async fn run(loc: &Location, args: Args) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// SIGHUP, listened for from this call on (its default would end the process).
+#[cfg(unix)]
+fn hangup_signal() -> Option<tokio::signal::unix::Signal> {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP: reload needs a restart");
+            None
+        }
+    }
+}
+
+#[cfg(not(unix))]
+fn hangup_signal() -> Option<()> {
+    None
+}
+
 /// SIGHUP: read the configuration file again and reload the policies (see
 /// `grantline_server::reload`); the outcome is logged and written for `grantline config reload`.
-fn reload_on_hangup(app: grantline_server::App, loc: &Location, overrides: Overrides) {
-    #[cfg(unix)]
+/// One received while the server started is a reload as soon as it has.
+#[cfg(unix)]
+fn reload_on_hangup(
+    app: grantline_server::App,
+    loc: &Location,
+    overrides: Overrides,
+    hangup: Option<tokio::signal::unix::Signal>,
+) {
     {
         let loc = Location {
             data_dir: loc.data_dir.clone(),
             database: loc.database.clone(),
             config: loc.config.clone(),
         };
-        use tokio::signal::unix::{SignalKind, signal};
-        // Registered here, not in the task: from this call on a SIGHUP is a reload.
-        let Ok(mut hangup) = signal(SignalKind::hangup()) else {
-            tracing::warn!("cannot listen for SIGHUP: reload needs a restart");
+        let Some(mut hangup) = hangup else {
             return;
         };
         tokio::spawn(async move {
@@ -180,8 +204,15 @@ fn reload_on_hangup(app: grantline_server::App, loc: &Location, overrides: Overr
             }
         });
     }
-    #[cfg(not(unix))]
-    let _ = (app, loc, overrides);
+}
+
+#[cfg(not(unix))]
+fn reload_on_hangup(
+    _app: grantline_server::App,
+    _loc: &Location,
+    _overrides: Overrides,
+    _hangup: Option<()>,
+) {
 }
 
 /// Ctrl-C or SIGTERM. A second one while the server stops ends the process at once: an
