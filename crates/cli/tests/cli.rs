@@ -482,6 +482,74 @@ fn a_ledger_with_history_gets_no_new_keys() {
     failed(&list(other.path()), "readable by others");
 }
 
+/// A backup of a ledger whose checkpoint key was rotated, restored into a new data directory
+/// with today's keys: refused with what to name (the first key), restored with it, and the
+/// keys' history is written, so that this directory's own backups verify from then on. Two
+/// forced restores in one second keep both ledgers they moved aside.
+#[test]
+fn a_restore_after_a_rotation_keeps_the_key_history_and_every_ledger_moved_aside() {
+    let old = tempfile::tempdir().unwrap();
+    let ok = |o: Output| {
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        stdout(&o)
+    };
+    ok(grantline_in(old.path(), &["user", "add", "alice"]));
+    let first_key = ok(grantline_in(old.path(), &["key", "show"]))
+        .split_whitespace()
+        .last()
+        .unwrap()
+        .to_string();
+    ok(grantline_in(old.path(), &["key", "rotate"]));
+    ok(grantline_in(old.path(), &["user", "add", "bob"]));
+    let tar = old.path().join("backup.tar");
+    ok(grantline_in(
+        old.path(),
+        &["backup", "--output", tar.to_str().unwrap()],
+    ));
+
+    let new = tempfile::tempdir().unwrap();
+    for f in ["checkpoint.key", "access-token.key"] {
+        std::fs::copy(old.path().join(f), new.path().join(f)).unwrap();
+    }
+    let restore = |extra: &[&str]| {
+        let mut args = vec!["restore", "--input", tar.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        grantline_in(new.path(), &args)
+    };
+    let refused = restore(&[]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("--public-key"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let said = ok(restore(&["--public-key", &first_key]));
+    assert!(said.contains("history"), "{said}");
+    let again = new.path().join("again.tar");
+    ok(grantline_in(
+        new.path(),
+        &["backup", "--output", again.to_str().unwrap()],
+    ));
+    // Two forced restores in one second: each moves the ledger there aside, none over another.
+    ok(restore(&["--public-key", &first_key, "--force"]));
+    ok(restore(&["--public-key", &first_key, "--force"]));
+    let aside = std::fs::read_dir(new.path())
+        .unwrap()
+        .filter(|e| {
+            let name = e
+                .as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .into_owned();
+            name.starts_with("grantline.db.replaced-")
+                && !name.contains("-wal")
+                && !name.contains("-shm")
+        })
+        .count();
+    assert_eq!(aside, 2);
+}
+
 #[test]
 fn users_and_clients_from_the_command_line() {
     let dir = tempfile::tempdir().unwrap();

@@ -134,7 +134,8 @@ async fn check_database(
         if !summary.fully_trusted() {
             let by: Vec<String> = summary.untrusted.iter().map(|u| u.by.clone()).collect();
             return Err(invalid(format!(
-                "{} checkpoints are signed by keys not trusted here ({})",
+                "{} checkpoints are signed by keys not trusted here ({}): after a key rotation, \
+                 name the first key with --public-key (the handovers lead from it to the rest)",
                 summary.untrusted.len(),
                 by.join(", ")
             )));

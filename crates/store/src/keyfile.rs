@@ -103,6 +103,11 @@ pub fn record_rotation(data_dir: &Path, old: &NoteVerifier, new: &NoteVerifier) 
         keys.push(old.clone());
     }
     keys.push(new.clone());
+    write_history(data_dir, &keys)
+}
+
+/// Writes the key history (oldest first), replacing it at once.
+pub fn write_history(data_dir: &Path, keys: &[NoteVerifier]) -> Result<()> {
     let text: String = keys.iter().map(|k| format!("{k}\n")).collect();
     let path = data_dir.join(HISTORY_FILE);
     let tmp = data_dir.join(format!("{HISTORY_FILE}.tmp"));

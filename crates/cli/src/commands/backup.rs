@@ -193,6 +193,28 @@ pub async fn restore(loc: &Location, args: RestoreArgs) -> Result<ExitCode> {
             m.head_seq
         );
     }
+    // The keys the restored checkpoints were verified under, as the manifest signed by the
+    // newest one names them: a data directory without a key history of its own gets it, so
+    // that `backup` and `verify` here start from the first key after a rotation.
+    if done.signed && m.checkpoint_keys.len() > 1 && keyfile::key_history(&loc.data_dir)?.is_empty()
+    {
+        let keys = m
+            .checkpoint_keys
+            .iter()
+            .map(|k| grantline_ledger::NoteVerifier::parse(k))
+            .collect::<std::result::Result<Vec<_>, _>>();
+        match keys {
+            Ok(keys) => {
+                keyfile::write_history(&loc.data_dir, &keys)?;
+                println!(
+                    "the checkpoint keys' history ({} keys) was written to {}",
+                    keys.len(),
+                    loc.data_dir.join(keyfile::HISTORY_FILE).display()
+                );
+            }
+            Err(e) => println!("the manifest's checkpoint keys were not written: {e}"),
+        }
+    }
     if keyfile::load_signer(&loc.data_dir)?.is_none() {
         println!(
             "this data directory has no checkpoint key: put the key whose public half is {} in {} \
@@ -204,13 +226,22 @@ pub async fn restore(loc: &Location, args: RestoreArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The ledger file and its WAL companions, renamed with a timestamp; returns the new name.
+/// The ledger file and its WAL companions, renamed with a timestamp (and a number, when a
+/// ledger moved aside in the same second is there: never over it); returns the new name.
 fn move_aside(db: &Path) -> Result<PathBuf> {
     let stamp = grantline_ledger::Timestamp::now().0 / 1_000_000;
-    let aside = db.with_file_name(format!(
-        "{}.replaced-{stamp}",
-        db.file_name().unwrap_or_default().to_string_lossy()
-    ));
+    let name = db.file_name().unwrap_or_default().to_string_lossy();
+    let taken = |p: &Path| {
+        std::iter::once("")
+            .chain(backup::COMPANIONS)
+            .any(|s| backup::with_suffix(p, s).exists())
+    };
+    let mut aside = db.with_file_name(format!("{name}.replaced-{stamp}"));
+    let mut n = 1;
+    while taken(&aside) {
+        n += 1;
+        aside = db.with_file_name(format!("{name}.replaced-{stamp}-{n}"));
+    }
     for suffix in std::iter::once("").chain(backup::COMPANIONS) {
         let from = backup::with_suffix(db, suffix);
         if from.exists() {
