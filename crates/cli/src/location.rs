@@ -5,6 +5,19 @@ use grantline_ledger::NoteVerifier;
 use grantline_store::{Database, keyfile};
 use std::path::PathBuf;
 
+/// The application a command started, with the ledger's lock held until it is dropped.
+pub struct OpenApp {
+    app: grantline_server::App,
+    _lock: Option<crate::lock::Held>,
+}
+
+impl std::ops::Deref for OpenApp {
+    type Target = grantline_server::App;
+    fn deref(&self) -> &grantline_server::App {
+        &self.app
+    }
+}
+
 pub struct Location {
     pub data_dir: PathBuf,
     pub database: Database,
@@ -29,20 +42,24 @@ impl Location {
         })
     }
 
-    /// Starts the application (ledger, state, keys, bootstrap admin, config clients).
-    pub async fn app(
-        &self,
-        ledger: grantline_store::LedgerOptions,
-    ) -> Result<grantline_server::App> {
+    /// Starts the application (ledger, state, keys, bootstrap admin, config clients), holding
+    /// an SQLite ledger's lock as a server does, so that no restore replaces the ledger under
+    /// the command (its writes would be lost with the ledger moved aside).
+    pub async fn app(&self, ledger: grantline_store::LedgerOptions) -> Result<OpenApp> {
         let config = grantline_server::Config::load(self.config.as_deref())?;
-        grantline_server::App::start(grantline_server::Options {
+        let lock = match &self.database {
+            Database::Sqlite(path) => crate::lock::serving(path)?,
+            Database::Postgres(_) => None,
+        };
+        let app = grantline_server::App::start(grantline_server::Options {
             config,
             data_dir: self.data_dir.clone(),
             database: self.database.clone(),
             ledger,
             serving: false,
         })
-        .await
+        .await?;
+        Ok(OpenApp { app, _lock: lock })
     }
 
     /// Keys trusted to have signed checkpoints: those given, else the local key's public half.

@@ -44,7 +44,8 @@ pub fn ledger_lock_path(database: &Path) -> PathBuf {
 
 fn open_rw(path: &Path, create: bool) -> std::io::Result<File> {
     if create && let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+        // The data directory, when it is the first thing made in it: its owner's only.
+        grantline_store::private_dir(dir)?;
     }
     OpenOptions::new()
         .read(true)
@@ -75,7 +76,7 @@ pub fn serving(database: &Path) -> Result<Option<Held>> {
     match file.try_lock_shared() {
         Ok(()) => Ok(Some(Held { _file: file })),
         Err(TryLockError::WouldBlock) => bail!(
-            "a restore is running on {} (it holds {}): start the server when it has finished",
+            "a restore is running on {} (it holds {}): try again when it has finished",
             database.display(),
             path.display()
         ),

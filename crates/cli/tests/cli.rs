@@ -550,6 +550,39 @@ fn a_restore_after_a_rotation_keeps_the_key_history_and_every_ledger_moved_aside
     assert_eq!(aside, 2);
 }
 
+/// A command that writes the ledger holds its lock as a server does: while a restore holds it
+/// (exclusive, here taken by the test), the command is refused rather than writing to a ledger
+/// about to be moved aside.
+#[test]
+fn commands_wait_for_no_restore() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(
+        grantline_in(dir.path(), &["user", "add", "alice"])
+            .status
+            .success()
+    );
+    let lock = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(dir.path().join("grantline.db.lock"))
+        .unwrap();
+    lock.try_lock().unwrap();
+    let o = grantline_in(dir.path(), &["user", "add", "bob"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("a restore is running"),
+        "{err}"
+    );
+    lock.unlock().unwrap();
+    assert!(
+        grantline_in(dir.path(), &["user", "add", "bob"])
+            .status
+            .success()
+    );
+}
+
 #[test]
 fn users_and_clients_from_the_command_line() {
     let dir = tempfile::tempdir().unwrap();
