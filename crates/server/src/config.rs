@@ -833,6 +833,13 @@ impl Config {
         // records them at start, so that `grantline config check` sees what would stop it
         // (the secret itself is read at start; a placeholder stands for it).
         for c in &self.clients {
+            // As sinks and identity providers: one source of a secret, not a silent choice.
+            if c.secret_env.is_some() && c.secret_file.is_some() {
+                bail!(
+                    "config client {}: secret_env and secret_file are both set; keep one",
+                    c.client_id
+                );
+            }
             let placeholder = (c.secret_env.is_some() || c.secret_file.is_some())
                 .then(|| grantline_oauth::tokens::Secret(String::new()));
             grantline_oauth::clients::registration(
@@ -1237,6 +1244,12 @@ mod tests {
             )
         };
         assert!(check(&(resource("a", "/mcp/a") + &resource("b", "/mcp/b"))).is_ok());
+        let e = check(&format!(
+            "{machine}scope = \"demo:read\"\nsecret_file = \"/x\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("both set"), "{e}");
         for (text, why) in [
             (
                 resource("a", "/mcp/a") + &resource("a", "/mcp/b"),
