@@ -341,7 +341,26 @@ impl App {
             .map_err(|e| ReloadError::Invalid(format!("{e:#}")))?;
         live.mounts.carry_learned(&old.mounts);
         // Durable first: no request is judged by a policy the ledger does not show yet.
-        let changed = self.record_policies(&live.config).await?;
+        let configured = policies(&live.config);
+        let before = grantline_oauth::policy::record_all(&self.projection.read(), &configured);
+        let changed = match self.record_policies(&live.config).await {
+            Ok(changed) => changed,
+            // An append whose answer was lost (a connection gone at COMMIT) may have been
+            // written: what the ledger shows decides whether this policy is the one in force.
+            Err(e) => {
+                let caught_up = self.projection.catch_up(self.store()).await.is_ok();
+                let recorded = caught_up
+                    && grantline_oauth::policy::record_all(&self.projection.read(), &configured)
+                        .append
+                        .events
+                        .is_empty();
+                if !recorded {
+                    return Err(e.into());
+                }
+                tracing::warn!(error = %e, "the reload's policy.changed was written though its append was answered with an error; the new policy is in force");
+                before.outcome.unwrap_or_default()
+            }
+        };
         self.registrations
             .set_limit(live.config.registration.per_address_per_hour);
         self.metrics.set_mounts(live.mounts.by_name.keys().cloned());
