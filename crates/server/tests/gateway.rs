@@ -538,6 +538,12 @@ grantline_store::backend_tests! {
             .unwrap()
             .insert("up".into(), vec!["stream_tool".into()]);
         next.rate_limits.client_per_minute = 7;
+        // While the ledger cannot write, refused: a policy is in force only once recorded.
+        block_appends(&db).await;
+        assert!(s.app.reload(next.clone()).await.is_err());
+        unblock_appends(&db).await;
+        let r = rpc(&s, "/mcp/up", Some(&token), call(2, "read_tool")).await;
+        assert_eq!(r.status(), StatusCode::OK, "the old roles still hold");
         let done = s.app.reload(next).await.unwrap();
         assert_eq!(done.changed, vec![("roles", 1), ("rate_limits", 1)]);
         let seen_before = up.seen.lock().unwrap().len();
