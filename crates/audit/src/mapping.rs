@@ -254,6 +254,22 @@ fn credential_id(c: &Credential) -> Option<String> {
     some(&c.id)
 }
 
+/// What every gateway event names: the request (and its trace), the caller, the resource.
+fn gateway_request(
+    r: &mut AuditRecord,
+    request_id: &str,
+    trace_id: &Option<String>,
+    user_id: &Option<String>,
+    client_id: &Option<String>,
+    resource: &str,
+) {
+    r.request_id = some(request_id);
+    r.trace_id = trace_id.clone();
+    r.user_id = user_id.clone();
+    r.client_id = client_id.clone();
+    r.resource = some(resource);
+}
+
 /// How a `content.read` summary ends, after the method.
 const READ_SUMMARY: &str = " passed on";
 
@@ -571,21 +587,27 @@ pub fn map(event: &Recorded, dir: &mut impl Names, o: &mut dyn Opener) -> AuditR
             (C::Token, O::Success, S::Low)
         }
         Payload::ToolListed(e) => {
-            r.request_id = some(&e.request_id);
-            r.trace_id = e.trace_id.clone();
-            r.user_id = e.user_id.clone();
-            r.client_id = e.client_id.clone();
-            r.resource = some(&e.resource);
+            gateway_request(
+                &mut r,
+                &e.request_id,
+                &e.trace_id,
+                &e.user_id,
+                &e.client_id,
+                &e.resource,
+            );
             r.credential_id = credential_id(&e.credential);
             r.summary = format!("{} tools shown", e.tools_returned);
             (C::Tool, tool_outcome(e.outcome), S::Info)
         }
         Payload::ToolCallStarted(e) => {
-            r.request_id = some(&e.request_id);
-            r.trace_id = e.trace_id.clone();
-            r.user_id = e.user_id.clone();
-            r.client_id = e.client_id.clone();
-            r.resource = some(&e.resource);
+            gateway_request(
+                &mut r,
+                &e.request_id,
+                &e.trace_id,
+                &e.user_id,
+                &e.client_id,
+                &e.resource,
+            );
             r.tool = some(&e.tool);
             r.credential_id = credential_id(&e.credential);
             r.intent = opened(o, &e.sealed_intent, &mut subjects).or_else(|| e.intent.clone());
@@ -593,11 +615,14 @@ pub fn map(event: &Recorded, dir: &mut impl Names, o: &mut dyn Opener) -> AuditR
             (C::Tool, O::Unknown, S::Info)
         }
         Payload::ToolCalled(e) => {
-            r.request_id = some(&e.request_id);
-            r.trace_id = e.trace_id.clone();
-            r.user_id = e.user_id.clone();
-            r.client_id = e.client_id.clone();
-            r.resource = some(&e.resource);
+            gateway_request(
+                &mut r,
+                &e.request_id,
+                &e.trace_id,
+                &e.user_id,
+                &e.client_id,
+                &e.resource,
+            );
             r.tool = some(&e.tool);
             r.credential_id = credential_id(&e.credential);
             r.intent = opened(o, &e.sealed_intent, &mut subjects).or_else(|| e.intent.clone());
@@ -616,22 +641,28 @@ pub fn map(event: &Recorded, dir: &mut impl Names, o: &mut dyn Opener) -> AuditR
             (C::Tool, outcome, severity)
         }
         Payload::ContentRead(e) => {
-            r.request_id = some(&e.request_id);
-            r.trace_id = e.trace_id.clone();
-            r.user_id = e.user_id.clone();
-            r.client_id = e.client_id.clone();
-            r.resource = some(&e.resource);
+            gateway_request(
+                &mut r,
+                &e.request_id,
+                &e.trace_id,
+                &e.user_id,
+                &e.client_id,
+                &e.resource,
+            );
             r.credential_id = credential_id(&e.credential);
             r.target = opened(o, &e.sealed_target, &mut subjects).or_else(|| e.target.clone());
             r.summary = format!("{}{READ_SUMMARY}", e.method);
             (C::Tool, O::Success, S::Info)
         }
         Payload::AuthorizationDenied(e) => {
-            r.request_id = some(&e.request_id);
-            r.trace_id = e.trace_id.clone();
-            r.user_id = e.user_id.clone();
-            r.client_id = e.client_id.clone();
-            r.resource = some(&e.resource);
+            gateway_request(
+                &mut r,
+                &e.request_id,
+                &e.trace_id,
+                &e.user_id,
+                &e.client_id,
+                &e.resource,
+            );
             r.tool = e.tool.clone();
             r.credential_id = e.credential.as_ref().and_then(credential_id);
             r.scopes = e.required_scopes.clone();

@@ -305,11 +305,7 @@ pub fn approve(
     let Some(user) = state.users.get(user_id).filter(|u| u.active()) else {
         return OAuthError::new(ErrorCode::AccessDenied, "the user is disabled").into();
     };
-    if let Some(signed_in) = signed_in_seq
-        && user
-            .sessions_ended_seq
-            .is_some_and(|ended| ended > signed_in)
-    {
+    if signed_in_seq.is_some_and(|s| user.sessions_ended_since(s)) {
         return OAuthError::new(
             ErrorCode::AccessDenied,
             "the user's sessions were ended; sign in again",

@@ -64,10 +64,9 @@ pub fn create(
     let Some(user) = state.users.get(&req.user_id).filter(|u| u.active()) else {
         return invalid("no such active user").into();
     };
-    if let Some(signed_in) = req.signed_in_seq
-        && user
-            .sessions_ended_seq
-            .is_some_and(|ended| ended > signed_in)
+    if req
+        .signed_in_seq
+        .is_some_and(|s| user.sessions_ended_since(s))
     {
         return OAuthError::new(
             ErrorCode::AccessDenied,

@@ -111,11 +111,10 @@ pub fn current(
     let live = {
         let state = app.projection.read();
         !state.ended_sessions.contains_key(&session_id)
-            && state.users.get(&user_id).is_some_and(|u| {
-                u.active()
-                    && u.sessions_ended_seq
-                        .is_none_or(|ended| signed_in_seq > ended)
-            })
+            && state
+                .users
+                .get(&user_id)
+                .is_some_and(|u| u.active() && !u.sessions_ended_since(signed_in_seq))
     };
     live.then_some(Session {
         session_id,

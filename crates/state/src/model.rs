@@ -135,6 +135,14 @@ impl User {
     pub fn active(&self) -> bool {
         !self.disabled && !self.erased
     }
+
+    /// Whether the user's sessions were ended (`user.sessions_ended`) after the sign-in
+    /// recorded at `signed_in_seq`: a session begun by it is over, and nothing may be decided
+    /// for it any more.
+    pub fn sessions_ended_since(&self, signed_in_seq: u64) -> bool {
+        self.sessions_ended_seq
+            .is_some_and(|ended| ended > signed_in_seq)
+    }
 }
 
 /// Who consented to whom for what: one live grant per key.

@@ -420,10 +420,12 @@ pub async fn callback(
             // A containment recorded after this sign-in dropped the user's upstream tokens
             // before they were stored here: drop them again (the session is void anyway).
             let signed_in_seq = recorded.last().map_or(0, |r| r.seq());
-            let contained = app.projection.read().users.get(&user_id).is_some_and(|u| {
-                u.sessions_ended_seq
-                    .is_some_and(|ended| ended > signed_in_seq)
-            });
+            let contained = app
+                .projection
+                .read()
+                .users
+                .get(&user_id)
+                .is_some_and(|u| u.sessions_ended_since(signed_in_seq));
             if contained && let Err(e) = fed.tables.drop_tokens(&user_id, &provider).await {
                 return crate::app::AppError::from(e).into_response();
             }
