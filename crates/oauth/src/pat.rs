@@ -103,6 +103,12 @@ pub fn create(
         .expires_in_days
         .map(|d| now.plus_secs(i64::from(d) * 86_400));
     let (pat_id, token) = fresh;
+    if state.pats.contains_key(&pat_id) {
+        return invalid(
+            "this form made its token already (it was shown once): ask for another from the account page",
+        )
+        .into();
+    }
     let prefix = prefix_of(token.as_str());
     let scopes: Vec<String> = scopes.into_iter().collect();
     let event = PatCreated {
@@ -120,8 +126,9 @@ pub fn create(
         digest: token.digest(),
         expires_at,
     };
+    let stream = StreamId::pat(&pat_id);
     Decision::new(
-        vec![NewEvent::new(StreamId::pat(&pat_id), actor, event)],
+        vec![NewEvent::new(stream.clone(), actor, event)],
         Ok(CreatedPat {
             pat_id,
             token,
@@ -135,6 +142,8 @@ pub fn create(
         StreamId::user(&req.user_id),
         ExpectedVersion::Exactly(user_version),
     )
+    // Two sends of one form at once: the second conflicts, is decided again and refused.
+    .expect(stream, ExpectedVersion::NoStream)
 }
 
 /// Revokes a token of `owner` (a user revoking their own, or an admin acting for them).

@@ -352,6 +352,19 @@ pub async fn create_pat(
     req: grantline_oauth::pat::PatRequest,
     actor: Actor,
 ) -> Result<grantline_oauth::pat::CreatedPat, AdminError> {
+    create_pat_with_id(app, settings, who, req, actor, None).await
+}
+
+/// [`create_pat`], the token's id given by the caller (the account page derives it from the
+/// form, so that a form sent twice makes one token) or drawn when `None`.
+pub async fn create_pat_with_id(
+    app: &App,
+    settings: &grantline_oauth::Settings,
+    who: &str,
+    req: grantline_oauth::pat::PatRequest,
+    actor: Actor,
+    pat_id: Option<String>,
+) -> Result<grantline_oauth::pat::CreatedPat, AdminError> {
     let user_id = resolve_user(app, who).await?;
     // Before sealing: an erased user's key is gone, and the key store would refuse it as if
     // it were failing.
@@ -387,7 +400,7 @@ pub async fn create_pat(
         ..req
     };
     let fresh = (
-        crate::random::id("pat"),
+        pat_id.unwrap_or_else(|| crate::random::id("pat")),
         crate::random::secret(grantline_oauth::tokens::PAT_PREFIX),
     );
     let now = app.now();

@@ -1230,20 +1230,29 @@ async fn personal_access_tokens_from_the_account_page_and_the_admin_api() {
         .await
         .unwrap();
     let csrf = field(&page, "csrf");
+    let form = field(&page, "form");
     let resource = s.resource();
-    let r = b
-        .post(s.url("/account/pats"))
-        .form(&[
-            ("csrf", csrf.as_str()),
-            ("name", "laptop"),
-            ("resource", resource.as_str()),
-            ("scope", "demo:read"),
-            ("expires", "7"),
-        ])
-        .send()
-        .await
-        .unwrap();
+    let send = || {
+        b.post(s.url("/account/pats"))
+            .form(&[
+                ("csrf", csrf.as_str()),
+                ("form", form.as_str()),
+                ("name", "laptop"),
+                ("resource", resource.as_str()),
+                ("scope", "demo:read"),
+                ("expires", "7"),
+            ])
+            .send()
+    };
+    let r = send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
+    let pats = |s: &Server| s.app.projection.read().pats.len();
+    let made = pats(&s);
+    // The same form again (the page reloaded, the back button): no second token.
+    let again = send().await.unwrap();
+    assert_eq!(again.status(), StatusCode::BAD_REQUEST);
+    assert!(!again.text().await.unwrap().contains("glp_"));
+    assert_eq!(pats(&s), made);
     assert_eq!(r.headers()["cache-control"], "no-store");
     let shown = r.text().await.unwrap();
     let start = shown.find("glp_").expect("token shown once");

@@ -100,6 +100,7 @@ pub async fn page(State(app): State<App>, ctx: RequestContext, headers: HeaderMa
         "<h1>Personal access tokens</h1><div class=\"box\"><ul>{pats}</ul>\
          <form method=\"post\" action=\"{base}/account/pats\">\
          <input type=\"hidden\" name=\"csrf\" value=\"{}\">\
+         <input type=\"hidden\" name=\"form\" value=\"{form}\">\
          <label for=\"name\">Name</label><input type=\"text\" id=\"name\" name=\"name\" required>\
          <label for=\"resource\">Resource</label><select id=\"resource\" name=\"resource\">{resources}</select>\
          <label for=\"scope\">Scopes (space-separated; empty for the defaults)</label><input type=\"text\" id=\"scope\" name=\"scope\">\
@@ -107,7 +108,10 @@ pub async fn page(State(app): State<App>, ctx: RequestContext, headers: HeaderMa
          <option value=\"30\">in 30 days</option><option value=\"7\">in 7 days</option><option value=\"90\">in 90 days</option>\
          <option value=\"365\">in a year</option><option value=\"never\">never</option></select>\
          <p><button class=\"primary\" type=\"submit\">Create token</button></p></form></div>",
-        esc(&csrf)
+        esc(&csrf),
+        // One token per page: sent again (a reload of the page that showed the token, the
+        // back button), the same form makes no second one.
+        form = &blake3::Hash::from(crate::random::bytes32()).to_hex()[..32],
     );
     pages::page(
         StatusCode::OK,
@@ -233,6 +237,18 @@ pub async fn create_pat(
         },
         None => Some(30),
     };
+    // The token's id follows from the form that asked for it: a form sent twice asks for the
+    // same token, which exists already.
+    let fresh_id = get("form")
+        .filter(|f| f.len() == 32 && f.bytes().all(|b| b.is_ascii_hexdigit()))
+        .map(|f| {
+            let key = blake3::derive_key("grantline 2026 personal access token form", &app.mac_key);
+            let mut h = blake3::Hasher::new_keyed(&key);
+            h.update(s.user_id.as_bytes());
+            h.update(b"\0");
+            h.update(f.as_bytes());
+            format!("pat_{}", &h.finalize().to_hex()[..32])
+        });
     let req = grantline_oauth::pat::PatRequest {
         user_id: s.user_id.clone(),
         name: get("name").unwrap_or_default(),
@@ -248,7 +264,8 @@ pub async fn create_pat(
     let base = esc(&ctx.base_path());
     // The form offered the resources as this address names them.
     let settings = app.settings_for(&ctx.issuer);
-    match crate::admin::create_pat(&app, &settings, &s.user_id, req, actor).await {
+    match crate::admin::create_pat_with_id(&app, &settings, &s.user_id, req, actor, fresh_id).await
+    {
         Ok(p) => pages::page(
             StatusCode::OK,
             "Token created",
