@@ -282,9 +282,10 @@ fn one(v: &Value) -> Result<Inspected, Refused> {
                 .and_then(|p| p.get("name"))
                 .and_then(Value::as_str)
                 .ok_or_else(|| refuse("tools/call without params.name".into()))?;
-            if tool.is_empty() || tool.len() > MAX_TOOL_NAME {
+            if tool.is_empty() || tool.len() > MAX_TOOL_NAME || !shown_as_sent(tool) {
                 return Err(refuse(format!(
-                    "params.name must be 1 to {MAX_TOOL_NAME} bytes"
+                    "params.name must be 1 to {MAX_TOOL_NAME} bytes, without control or \
+                     direction characters"
                 )));
             }
             if params.is_some_and(|p| p.contains_key("task")) {
@@ -334,9 +335,10 @@ fn one(v: &Value) -> Result<Inspected, Refused> {
                 .and_then(|p| p.get(key))
                 .and_then(Value::as_str)
                 .ok_or_else(|| refuse(format!("{method} without params.{key}")))?;
-            if target.is_empty() || target.len() > MAX_TARGET {
+            if target.is_empty() || target.len() > MAX_TARGET || !shown_as_sent(target) {
                 return Err(refuse(format!(
-                    "params.{key} must be 1 to {MAX_TARGET} bytes"
+                    "params.{key} must be 1 to {MAX_TARGET} bytes, without control or \
+                     direction characters"
                 )));
             }
             let arguments_digest = (method == "prompts/get").then(|| {
@@ -371,6 +373,17 @@ fn one(v: &Value) -> Result<Inspected, Refused> {
                 id: id.filter(|_| m.is_some()).cloned().unwrap_or(Value::Null),
             }
         }
+    })
+}
+
+/// Whether `s` reads in the audit trail as it was sent: no control characters (a line break
+/// would start a forged line in a log or export) and no bidirectional or zero-width
+/// formatting characters (which would show another name than the one recorded). Neither has
+/// a place in a tool name, a URI (RFC 3986) or a prompt name.
+fn shown_as_sent(s: &str) -> bool {
+    !s.chars().any(|c| {
+        c.is_control()
+            || matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
     })
 }
 
@@ -886,6 +899,20 @@ mod tests {
             ),
             (
                 json!({"jsonrpc": "2.0", "id": 3, "method": "prompts/get", "params": {"name": 5}}),
+                -32600,
+            ),
+            // Characters that would make the recorded name read otherwise than it was sent.
+            (
+                json!({"jsonrpc": "2.0", "id": 3, "method": "prompts/get", "params": {"name": "a\nb"}}),
+                -32600,
+            ),
+            (
+                json!({"jsonrpc": "2.0", "id": 3, "method": "resources/read",
+                    "params": {"uri": "file:///a\u{202E}txt.exe"}}),
+                -32600,
+            ),
+            (
+                json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "del\u{200B}ete"}}),
                 -32600,
             ),
             (
