@@ -146,6 +146,23 @@ backend_tests! {
             assert_eq!(v["metadata"]["version"], "1.8.0");
         }
         assert!(lines.contains("10.0.0.5"));
+        // Where to continue names the event's hash too; continuing from there works, and the
+        // same seq with another hash (a cursor from before a restore) is refused.
+        let said = err(&o);
+        let resume = said.split("continue with ").nth(1).unwrap().trim().to_string();
+        let words: Vec<&str> = resume.split(' ').collect();
+        assert_eq!((words[0], words[2]), ("--after", "--after-hash"), "{said}");
+        let (at, hash) = (words[1], words[3]);
+        assert_eq!(hash.len(), 64, "{said}");
+        let o = run(&db, dir.path(), &["export", "--after", at, "--after-hash", hash]);
+        assert!(o.status.success(), "{o:?}");
+        let zeros = "0".repeat(64);
+        let o = run(&db, dir.path(), &["export", "--after", at, "--after-hash", &zeros]);
+        assert!(!o.status.success());
+        assert!(err(&o).contains("not the one this cursor stood on"), "{}", err(&o));
+        let o = run(&db, dir.path(), &["export", "--after", "100000", "--after-hash", hash]);
+        assert!(!o.status.success());
+        assert!(err(&o).contains("holds no event 100000"), "{}", err(&o));
         let redacted = out(&run(&db, dir.path(), &["export", "--after", "10", "--kind", "tool.called", "--redact", "--format", "cef"]));
         assert_eq!(redacted.lines().count(), 16, "{redacted}");
         assert!(redacted.lines().all(|l| l.starts_with("CEF:0|Grantline|")));

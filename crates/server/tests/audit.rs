@@ -410,6 +410,103 @@ backend_tests! {
         s.stop().await;
     }
 
+    async fn a_pull_export_cursor_from_another_history_is_refused(db: TestDb) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Server::start(&db, dir.path().to_path_buf(), config(dir.path(), 0, 60)).await;
+        for i in 0..30 {
+            s.app.ledger.append(Append::new(vec![tool_call(i)])).await.unwrap();
+        }
+        let auth = basic("admin", ADMIN_PASSWORD);
+        let client = reqwest::Client::new();
+        let get = |url: String| {
+            let client = client.clone();
+            let auth = auth.clone();
+            async move { client.get(url).header("authorization", auth).send().await.unwrap() }
+        };
+        let next_of = |r: &reqwest::Response| {
+            let link = r.headers()["link"].to_str().unwrap().to_string();
+            link.trim_start_matches('<').split('>').next().unwrap().to_string()
+        };
+        let exports = || async {
+            s.app.store().read(0, 100_000).await.unwrap().iter()
+                .filter(|e| matches!(e.payload(), grantline_ledger::Payload::AuditExported(_)))
+                .count()
+        };
+
+        // The next link names the hash of the event it continues after, and following it works.
+        let r = get(s.url("/admin/api/audit/export?after=0&limit=10")).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        let next = next_of(&r);
+        let tenth = s.app.store().hash_at(10).await.unwrap().unwrap().to_hex();
+        assert_eq!(r.headers()["grantline-next-after-hash"].to_str().unwrap(), tenth);
+        assert!(next.contains(&format!("after=10&after_hash={tenth}")), "{next}");
+        let r = get(next.clone()).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        let first: Value = serde_json::from_str(r.text().await.unwrap().lines().next().unwrap()).unwrap();
+        assert_eq!(first["seq"], 11);
+        assert_eq!(first["prev_hash"].as_str().unwrap(), tenth);
+
+        // An empty page at the head still names the head's hash, so a poller that waits there
+        // notices a restore as well.
+        let head = s.app.store().head().await.unwrap().unwrap();
+        let r = get(s.url(&format!("/admin/api/audit/export?after={}", head.0))).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.headers()["grantline-next-after-hash"].to_str().unwrap(), head.1.to_hex());
+        assert!(r.text().await.unwrap().is_empty());
+
+        // A hash that is not the event's, or a cursor past the head: 409, nothing exported or
+        // recorded, and the head said.
+        let before = exports().await;
+        let zeros = "0".repeat(64);
+        let head = s.app.store().head().await.unwrap().unwrap().0;
+        for url in [
+            format!("/admin/api/audit/export?after=10&after_hash={zeros}"),
+            format!("/admin/api/audit/export?after={}&after_hash={tenth}", head + 3),
+        ] {
+            let r = get(s.url(&url)).await;
+            assert_eq!(r.status(), StatusCode::CONFLICT, "{url}");
+            let v: Value = r.json().await.unwrap();
+            assert_eq!(v["error"], "cursor_not_in_ledger", "{v}");
+            assert_eq!(v["head"], head, "{v}");
+        }
+        // Malformed, or at 0 where there is no event: 400.
+        for url in [
+            "/admin/api/audit/export?after=10&after_hash=xyz".to_string(),
+            format!("/admin/api/audit/export?after=0&after_hash={tenth}"),
+        ] {
+            let r = get(s.url(&url)).await;
+            assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{url}");
+            let v: Value = r.json().await.unwrap();
+            assert_eq!(v["error"], "invalid_request");
+        }
+        assert_eq!(exports().await, before);
+
+        // The same cursor against a ledger with another history at that seq (what a restore
+        // to an earlier point followed by new appends leaves): refused, where without the hash
+        // the poller would carry on past events it never saw.
+        let other = if db.sqlite_path().is_some() {
+            grantline_store::testing::sqlite().await
+        } else {
+            grantline_store::testing::postgres().await.unwrap()
+        };
+        let other_dir = tempfile::tempdir().unwrap();
+        let t = Server::start(&other, other_dir.path().to_path_buf(), config(other_dir.path(), 0, 60)).await;
+        for i in 100..140 {
+            t.app.ledger.append(Append::new(vec![tool_call(i)])).await.unwrap();
+        }
+        let moved = next.replace(&s.url(""), &t.url(""));
+        assert_ne!(moved, next);
+        let r = get(moved.clone()).await;
+        assert_eq!(r.status(), StatusCode::CONFLICT, "{moved}");
+        let v: Value = r.json().await.unwrap();
+        assert!(v["error_description"].as_str().unwrap().contains("not the one this cursor stood on"), "{v}");
+        // Without the hash (a poller of before this check) it is the old behaviour: a page.
+        let r = get(t.url("/admin/api/audit/export?after=10")).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        t.stop().await;
+        s.stop().await;
+    }
+
     async fn one_event_with_its_proof_downloads_and_the_audit_mcp_server(db: TestDb) {
         let dir = tempfile::tempdir().unwrap();
         let s = Server::start(&db, dir.path().to_path_buf(), config(dir.path(), 0, 60)).await;

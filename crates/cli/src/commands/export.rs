@@ -18,6 +18,11 @@ pub struct Args {
     /// Start after this seq (the last one your SIEM acknowledged).
     #[arg(long, default_value_t = 0)]
     after: u64,
+    /// The hash of the event at `--after`, as the last export printed it: the export is
+    /// refused if the ledger no longer holds that event there (it was restored to an earlier
+    /// point since), instead of silently skipping what it never exported.
+    #[arg(long)]
+    after_hash: Option<String>,
     #[arg(long, value_enum, default_value = "jsonl")]
     format: ExportFormat,
     /// Only these kinds (comma-separated, e.g. tool.called,refresh.reuse_detected).
@@ -68,6 +73,9 @@ pub async fn run(loc: &Location, args: Args) -> Result<ExitCode> {
             None => (None, None),
         };
     let format = args.format.format();
+    if let Some(given) = &args.after_hash {
+        check_cursor(&store, args.after, given).await?;
+    }
     let mut exporter = super::audit::exporter_from(loc, &store, args.after, args.redact).await?;
     let mut out: Box<dyn Write> = match &args.output {
         Some(p) => Box::new(std::io::BufWriter::new(
@@ -151,11 +159,39 @@ pub async fn run(loc: &Location, args: Args) -> Result<ExitCode> {
         anyhow::bail!("the export stopped at seq {position}, before the head ({head})");
     }
     bar.finish_and_clear();
+    let hash = match position {
+        0 => String::new(),
+        n => store
+            .hash_at(n)
+            .await?
+            .map(|h| format!(" --after-hash {}", h.to_hex()))
+            .unwrap_or_default(),
+    };
     eprintln!(
-        "exported {exported_total} events as {} through seq {}; continue with --after {}",
+        "exported {exported_total} events as {} through seq {position}; continue with --after {position}{hash}",
         format.as_str(),
-        position,
-        position
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Refuses a cursor from another history: `given` must be the hash of the event at `after`.
+async fn check_cursor(store: &Store, after: u64, given: &str) -> Result<()> {
+    let given = grantline_ledger::Hash::from_hex(given)
+        .context("--after-hash is the event's hash: 64 hexadecimal digits")?;
+    if after == 0 {
+        anyhow::bail!("--after-hash names the event at --after; there is none at --after 0");
+    }
+    let head = store.head().await?.map_or(0, |h| h.0);
+    match store.hash_at(after).await? {
+        Some(held) if held == given => Ok(()),
+        Some(_) => anyhow::bail!(
+            "the event at seq {after} is not the one this cursor stood on: the ledger was \
+             restored to an earlier point and new events appended since (head {head}); \
+             start again from an earlier cursor (receivers tell events apart by their id)"
+        ),
+        None => anyhow::bail!(
+            "the ledger holds no event {after} (its head is {head}): it was restored to an \
+             earlier point since this cursor was given; events after {head} are new"
+        ),
+    }
 }

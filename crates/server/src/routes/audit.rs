@@ -312,11 +312,82 @@ pub struct ExportParams {
     pub format: Option<String>,
     pub kind: Option<String>,
     pub redact: Option<bool>,
+    pub after_hash: Option<String>,
 }
 
-/// `GET /admin/api/audit/export?after=&limit=&format=&kind=&redact=`: events by seq from the
-/// ledger (not the index), in order, without gaps. Always a `Link: <…>; rel="next"`, also when
-/// the page is empty, so a poller just follows it.
+/// The chain hash of the event at `after` (none at 0, or past the head), checked against the
+/// `after_hash` a poller sent back: a cursor from another history (the ledger restored to an
+/// earlier point, with or without new events since) is a 409, not a page that silently skips
+/// or repeats events.
+#[allow(clippy::result_large_err)] // the early answer a handler returns as it is
+async fn cursor_hash(
+    app: &App,
+    after: u64,
+    after_hash: Option<&str>,
+) -> Result<Option<grantline_ledger::Hash>, Response> {
+    let given = match after_hash.filter(|h| !h.is_empty()) {
+        None => None,
+        Some(_) if after == 0 => {
+            return Err(bad(
+                "invalid_request",
+                "after_hash names the event at `after`; there is none at after=0",
+            ));
+        }
+        Some(h) => match grantline_ledger::Hash::from_hex(h) {
+            Some(h) => Some(h),
+            None => {
+                return Err(bad(
+                    "invalid_request",
+                    "after_hash is the event's hash: 64 hexadecimal digits",
+                ));
+            }
+        },
+    };
+    if after == 0 {
+        return Ok(None);
+    }
+    let held = match app.store().hash_at(after).await {
+        Ok(h) => h,
+        Err(e) => return Err(unreadable("reading the ledger", &e)),
+    };
+    match (given, held) {
+        (Some(given), held) if held != Some(given) => {
+            let head = match app.store().head().await {
+                Ok(h) => h.map_or(0, |(seq, _)| seq),
+                Err(e) => return Err(unreadable("reading the ledger", &e)),
+            };
+            let description = if held.is_none() {
+                format!(
+                    "the ledger holds no event {after} (its head is {head}): it was restored to \
+                     an earlier point since this cursor was given; events after {head} are new"
+                )
+            } else {
+                format!(
+                    "the event at seq {after} is not the one this cursor stood on: the ledger was \
+                     restored to an earlier point and new events appended since; start again \
+                     from an earlier cursor (receivers tell events apart by their id)"
+                )
+            };
+            let mut r = (
+                StatusCode::CONFLICT,
+                axum::Json(json!({
+                    "error": "cursor_not_in_ledger",
+                    "error_description": description,
+                    "head": head,
+                })),
+            )
+                .into_response();
+            crate::http::no_store(r.headers_mut());
+            Err(r)
+        }
+        (_, held) => Ok(held),
+    }
+}
+
+/// `GET /admin/api/audit/export?after=&after_hash=&limit=&format=&kind=&redact=`: events by
+/// seq from the ledger (not the index), in order, without gaps. Always a `Link: <…>;
+/// rel="next"`, also when the page is empty, so a poller just follows it; the link carries the
+/// hash of the event it continues after, checked when it is followed ([`cursor_hash`]).
 pub async fn export(
     State(app): State<App>,
     ctx: RequestContext,
@@ -346,6 +417,10 @@ pub async fn export(
     let after = p.after.unwrap_or(0);
     let limit = p.limit.unwrap_or(1000).clamp(1, MAX_EXPORT_PAGE);
     let redact = p.redact.unwrap_or(false);
+    let at_after = match cursor_hash(&app, after, p.after_hash.as_deref()).await {
+        Ok(h) => h,
+        Err(r) => return r,
+    };
     let events = match app.store().read(after, limit).await {
         Ok(e) => e,
         Err(e) => return unreadable("reading the ledger", &e),
@@ -391,6 +466,11 @@ pub async fn export(
         Err(e) => return unreadable("opening personal data", &e),
     };
     let next_after = events.last().map_or(after, |r| r.seq());
+    let next_hash = events
+        .last()
+        .map(|r| r.hash)
+        .or(at_after)
+        .map(|h| h.to_hex());
     if count > 0 && !access::only_receipts(events.iter().filter(|r| wanted(r))) {
         let meta = match reader_meta(&app, &ctx, &reader).await {
             Ok(m) => m,
@@ -419,6 +499,7 @@ pub async fn export(
         ctx.issuer,
         query_string(&[
             ("after", &next_after.to_string()),
+            ("after_hash", next_hash.as_deref().unwrap_or("")),
             ("limit", &limit.to_string()),
             ("format", format.as_str()),
             ("kind", kind_filter.as_deref().unwrap_or("")),
@@ -435,6 +516,9 @@ pub async fn export(
     }
     if let Ok(v) = HeaderValue::from_str(&next_after.to_string()) {
         h.insert("grantline-next-after", v);
+    }
+    if let Some(v) = next_hash.and_then(|n| HeaderValue::from_str(&n).ok()) {
+        h.insert("grantline-next-after-hash", v);
     }
     crate::http::no_store(h);
     r
