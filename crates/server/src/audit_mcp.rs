@@ -59,8 +59,12 @@ fn tools() -> Value {
         {
             "name": "follow_family",
             "title": "Follow a token family",
-            "description": "Every event of one refresh-token family, in order: consent, code, each rotation, tool calls with its tokens, reuse detection or revocation.",
-            "inputSchema": {"type": "object", "properties": {"family_id": {"type": "string"}}, "required": ["family_id"]},
+            "description": "Every event of one refresh-token family, in order: its code, its issuance, each rotation, tool calls with its tokens, reuse detection or revocation. Up to `limit` events an answer; pass next_cursor back for the rest.",
+            "inputSchema": {"type": "object", "properties": {
+                "family_id": {"type": "string", "maxLength": 200},
+                "limit": {"type": "integer", "minimum": 1, "maximum": 500, "default": 200},
+                "cursor": {"type": "string", "description": "next_cursor of the previous answer"}
+            }, "required": ["family_id"]},
             "annotations": ro
         }
     ])
@@ -106,25 +110,71 @@ fn record_json(r: &AuditRecord) -> Value {
     v
 }
 
-async fn all(audit: &AuditService, e: &Expr) -> Result<Vec<AuditRecord>, String> {
+/// Pages through the records `e` matches, oldest first, handing each page to `each` (at most
+/// [`MAX_READ`] records in all, so one call's work is bounded; nothing is kept here). Whether
+/// it stopped at that bound.
+async fn each_page(
+    audit: &AuditService,
+    e: &Expr,
+    mut each: impl FnMut(Vec<AuditRecord>) + Send + 'static,
+) -> Result<bool, String> {
     let e = e.clone();
     audit
         .with_index(move |index| {
-            let mut out = Vec::new();
+            let mut read = 0;
             let mut cursor = None;
-            while out.len() < MAX_READ {
+            loop {
                 let page = index.search(&e, SortOrder::Asc, cursor, 1000)?;
-                out.extend(page.records);
+                read += page.records.len();
+                each(page.records);
                 match page.next {
+                    Some(_) if read >= MAX_READ => return Ok(true),
                     Some(n) => cursor = Some(n),
-                    None => break,
+                    None => return Ok(false),
                 }
             }
-            Ok(out)
         })
         .await
         .map_err(|e| e.to_string())
 }
+
+/// What a summary counts, page by page.
+#[derive(Default)]
+struct Tally {
+    events: usize,
+    first: Option<i64>,
+    last: Option<i64>,
+    kinds: BTreeMap<String, u64>,
+    outcomes: BTreeMap<String, u64>,
+    tools: BTreeMap<String, u64>,
+    clients: BTreeMap<String, u64>,
+    denied: usize,
+}
+
+impl Tally {
+    fn add(&mut self, records: &[AuditRecord]) {
+        for r in records {
+            self.events += 1;
+            self.first.get_or_insert(r.time);
+            self.last = Some(r.time);
+            *self.kinds.entry(r.kind.clone()).or_default() += 1;
+            *self.outcomes.entry(r.outcome.clone()).or_default() += 1;
+            if let Some(t) = &r.tool {
+                *self.tools.entry(t.clone()).or_default() += 1;
+            }
+            if let Some(c) = r.client_name.as_ref().or(r.client_id.as_ref()) {
+                *self.clients.entry(c.clone()).or_default() += 1;
+            }
+            if r.outcome == "denied" {
+                self.denied += 1;
+            }
+        }
+    }
+}
+
+/// Events one `follow_family` answer holds at most (and by default).
+const FAMILY_PAGE_MAX: u64 = 500;
+const FAMILY_PAGE_DEFAULT: u64 = 200;
 
 struct Call<'a> {
     app: &'a App,
@@ -175,7 +225,7 @@ impl Call<'_> {
                 self.summarize(&s("user"), &s("client"), &s("since"), &s("until"))
                     .await
             }
-            "follow_family" => self.family(&s("family_id")).await,
+            "follow_family" => self.family(&s("family_id"), args).await,
             other => return Err((-32602, format!("unknown tool {other}"))),
         };
         Ok(match result {
@@ -271,69 +321,107 @@ impl Call<'_> {
         let query = q.join(" ");
         let expr = grantline_audit::parse(&query, self.app.now().0)
             .map_err(|e| format!("{query}: {e}"))?;
-        let records = all(self.audit, &expr).await?;
-        let mut kinds: BTreeMap<&str, u64> = BTreeMap::new();
-        let mut outcomes: BTreeMap<&str, u64> = BTreeMap::new();
-        let mut tools: BTreeMap<&str, u64> = BTreeMap::new();
-        let mut clients: BTreeMap<&str, u64> = BTreeMap::new();
-        for r in &records {
-            *kinds.entry(&r.kind).or_default() += 1;
-            *outcomes.entry(&r.outcome).or_default() += 1;
-            if let Some(t) = &r.tool {
-                *tools.entry(t).or_default() += 1;
+        let tally = std::sync::Arc::new(std::sync::Mutex::new(Tally::default()));
+        let counting = tally.clone();
+        let truncated = each_page(self.audit, &expr, move |page| {
+            if let Ok(mut t) = counting.lock() {
+                t.add(&page);
             }
-            if let Some(c) = r.client_name.as_ref().or(r.client_id.as_ref()) {
-                *clients.entry(c).or_default() += 1;
-            }
-        }
-        self.record(&query, records.len()).await?;
+        })
+        .await?;
+        let t = std::mem::take(
+            &mut *tally
+                .lock()
+                .map_err(|_| "the summary could not be counted".to_string())?,
+        );
+        self.record(&query, t.events).await?;
         Ok(json!({
             "query": query,
-            "events": records.len(),
-            "truncated": records.len() >= MAX_READ,
-            "first_seen": records.first().map(|r| Timestamp(r.time).to_string()),
-            "last_seen": records.last().map(|r| Timestamp(r.time).to_string()),
-            "by_kind": kinds, "by_outcome": outcomes, "by_tool": tools, "by_client": clients,
-            "denied": records.iter().filter(|r| r.outcome == "denied").count(),
+            "events": t.events,
+            "truncated": truncated,
+            "first_seen": t.first.map(|at| Timestamp(at).to_string()),
+            "last_seen": t.last.map(|at| Timestamp(at).to_string()),
+            "by_kind": t.kinds, "by_outcome": t.outcomes, "by_tool": t.tools, "by_client": t.clients,
+            "denied": t.denied,
         }))
     }
 
-    async fn family(&self, family: &str) -> Result<Value, String> {
+    /// One page of a family's story (`limit` events after `cursor`, in seq order): its own
+    /// events, and the tool calls made with the access tokens it issued.
+    async fn family(&self, family: &str, args: &Value) -> Result<Value, String> {
         if family.is_empty() || family.len() > 200 {
             return Err("name a family id".into());
         }
+        let limit = args
+            .get("limit")
+            .and_then(Value::as_u64)
+            .unwrap_or(FAMILY_PAGE_DEFAULT)
+            .clamp(1, FAMILY_PAGE_MAX) as usize;
+        let cursor = match args.get("cursor").and_then(Value::as_str) {
+            None | Some("") => None,
+            Some(c) => Some(
+                c.parse::<u64>()
+                    .map_err(|_| "cursor is a previous answer's next_cursor".to_string())?,
+            ),
+        };
         let f = family.to_lowercase();
-        let base = all(self.audit, &Expr::Match(Field::Family, QValue::Term(f))).await?;
+        let own = Expr::Match(Field::Family, QValue::Term(f));
         // Tool calls carry the access token's id, not the family: follow the credentials the
-        // family issued.
-        let credentials: Vec<String> = base
-            .iter()
-            .filter(|r| r.kind == "token.issued" || r.kind == "token.refreshed")
-            .filter_map(|r| r.credential_id.clone())
-            .collect();
-        let mut events = base;
-        if !credentials.is_empty() {
-            let e = Expr::And(vec![
-                Expr::Or(
-                    credentials
-                        .iter()
-                        .map(|c| Expr::Match(Field::Credential, QValue::Term(c.to_lowercase())))
-                        .collect(),
-                ),
-                Expr::Not(Box::new(Expr::Match(
-                    Field::Family,
-                    QValue::Prefix(String::new()),
-                ))),
-            ]);
-            events.extend(all(self.audit, &e).await?);
-        }
-        events.sort_by_key(|r| r.seq);
-        events.dedup_by_key(|r| r.seq);
-        self.record(&format!("family:{family}"), events.len())
+        // family issued (read from its issuance and rotations only).
+        let issuing = Expr::And(vec![
+            own.clone(),
+            Expr::Or(
+                ["token.issued", "token.refreshed"]
+                    .into_iter()
+                    .map(|k| Expr::Match(Field::Kind, QValue::Term(k.into())))
+                    .collect(),
+            ),
+        ]);
+        let credentials = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let found = credentials.clone();
+        each_page(self.audit, &issuing, move |page| {
+            if let Ok(mut c) = found.lock() {
+                c.extend(page.into_iter().filter_map(|r| r.credential_id));
+            }
+        })
+        .await?;
+        let credentials = std::mem::take(
+            &mut *credentials
+                .lock()
+                .map_err(|_| "the family could not be followed".to_string())?,
+        );
+        let story = if credentials.is_empty() {
+            own
+        } else {
+            Expr::Or(vec![
+                own,
+                Expr::And(vec![
+                    Expr::Or(
+                        credentials
+                            .iter()
+                            .map(|c| Expr::Match(Field::Credential, QValue::Term(c.to_lowercase())))
+                            .collect(),
+                    ),
+                    Expr::Not(Box::new(Expr::Match(
+                        Field::Family,
+                        QValue::Prefix(String::new()),
+                    ))),
+                ]),
+            ])
+        };
+        let page = self
+            .audit
+            .search(&story, SortOrder::Asc, cursor, limit)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.record(&format!("family:{family}"), page.records.len())
             .await?;
-        Ok(
-            json!({"family_id": family, "events": events.iter().map(record_json).collect::<Vec<_>>()}),
-        )
+        Ok(json!({
+            "family_id": family,
+            "events": page.records.iter().map(record_json).collect::<Vec<_>>(),
+            "next_cursor": page.next.map(|n| n.to_string()),
+            "indexed_through": self.audit.indexed_through(),
+        }))
     }
 }
 

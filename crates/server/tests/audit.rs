@@ -507,6 +507,107 @@ backend_tests! {
         s.stop().await;
     }
 
+    async fn an_assistant_follows_a_family_page_by_page_and_a_summary_counts_every_event(db: TestDb) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Server::start(&db, dir.path().to_path_buf(), config(dir.path(), 0, 60)).await;
+        add_user(&s, "ann", "auditor").await;
+        // A family: a code, its tokens, two rotations.
+        let (client, code, verifier) = code(&s, "demo:read").await;
+        let (status, mut tokens) = exchange(&s, &client, &code, &verifier).await;
+        assert_eq!(status, StatusCode::OK, "{tokens}");
+        for _ in 0..2 {
+            let (status, next) = refresh(&s, &client, &get(&tokens, "refresh_token")).await;
+            assert_eq!(status, StatusCode::OK, "{next}");
+            tokens = next;
+        }
+        let events = s.app.store().read(0, 100_000).await.unwrap();
+        let mut family = None;
+        let mut access = Vec::new();
+        for e in &events {
+            match e.payload() {
+                grantline_ledger::Payload::TokenIssued(t) => {
+                    family = t.family_id.clone();
+                    access.push(t.access.token_id.clone());
+                }
+                grantline_ledger::Payload::TokenRefreshed(t) => access.push(t.access.token_id.clone()),
+                _ => {}
+            }
+        }
+        let family = family.unwrap();
+        assert_eq!(access.len(), 3);
+        // Tool calls with the family's access tokens, and others with another token.
+        for i in 0..30u64 {
+            let mut call = tool_call(i);
+            if let grantline_ledger::Payload::ToolCalled(t) = &mut call.payload
+                && i % 6 != 5
+            {
+                t.credential.id = access[i as usize % 3].clone();
+            }
+            s.app.ledger.append(Append::new(vec![call])).await.unwrap();
+        }
+        let events = s.app.store().read(0, 100_000).await.unwrap();
+        let own: Vec<u64> = events.iter().filter(|e| {
+            let v = serde_json::to_value(&e.envelope).unwrap();
+            v.to_string().contains(&family)
+        }).map(|e| e.seq()).collect();
+        assert!(own.len() >= 5, "code issued and redeemed, tokens, two rotations: {own:?}");
+        indexed(&s).await;
+
+        let ann_pat = pat(&s, "ann", &audit_resource(&s), "audit:read").await;
+        let call = |id: u64, name: &str, arguments: Value| {
+            let url = audit_resource(&s);
+            let token = ann_pat.clone();
+            let body = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+                "params": {"name": name, "arguments": arguments}});
+            async move {
+                let r = reqwest::Client::new().post(url).bearer_auth(token)
+                    .header("accept", "application/json, text/event-stream")
+                    .json(&body).send().await.unwrap();
+                assert_eq!(r.status(), StatusCode::OK);
+                let v: Value = r.json().await.unwrap();
+                v["result"].clone()
+            }
+        };
+        // Seven events an answer, the cursor passed back, until there is none: the family's
+        // own events and the 25 calls made with its tokens, in order, each once.
+        let mut seen = Vec::new();
+        let mut cursor = String::new();
+        let mut answers = 0;
+        loop {
+            let v = call(10 + answers, "follow_family", json!({"family_id": family, "limit": 7, "cursor": cursor})).await;
+            assert_eq!(v["isError"], false, "{v}");
+            let page = &v["structuredContent"];
+            let got = page["events"].as_array().unwrap();
+            assert!(got.len() <= 7, "{page}");
+            seen.extend(got.iter().map(|e| (e["seq"].as_u64().unwrap(), e["kind"].as_str().unwrap().to_string())));
+            answers += 1;
+            match page["next_cursor"].as_str() {
+                Some(c) => cursor = c.to_string(),
+                None => break,
+            }
+        }
+        assert!(answers >= 5, "{answers}");
+        assert!(seen.windows(2).all(|w| w[0].0 < w[1].0), "in order, once: {seen:?}");
+        assert_eq!(seen.iter().filter(|(_, k)| k == "tool.called").count(), 25, "{seen:?}");
+        let theirs: Vec<u64> = seen.iter().filter(|(_, k)| k != "tool.called").map(|(s, _)| *s).collect();
+        assert_eq!(theirs, own);
+        // A limit over the bound is the bound; a cursor that is not one is the caller's error.
+        let v = call(90, "follow_family", json!({"family_id": family, "limit": 100_000})).await;
+        assert_eq!(v["structuredContent"]["events"].as_array().unwrap().len(), seen.len());
+        let v = call(91, "follow_family", json!({"family_id": family, "cursor": "soon"})).await;
+        assert_eq!(v["isError"], true, "{v}");
+
+        // A summary counts every event it reads, page by page.
+        let v = call(92, "summarize_activity", json!({"client": "cli_1"})).await;
+        let summary = &v["structuredContent"];
+        assert_eq!(summary["events"], 30, "{summary}");
+        assert_eq!(summary["by_tool"]["search"], 30, "{summary}");
+        assert_eq!(summary["by_kind"]["tool.called"], 30, "{summary}");
+        assert_eq!(summary["truncated"], false, "{summary}");
+        assert!(summary["first_seen"].as_str().unwrap() <= summary["last_seen"].as_str().unwrap());
+        s.stop().await;
+    }
+
     async fn one_event_with_its_proof_downloads_and_the_audit_mcp_server(db: TestDb) {
         let dir = tempfile::tempdir().unwrap();
         let s = Server::start(&db, dir.path().to_path_buf(), config(dir.path(), 0, 60)).await;
