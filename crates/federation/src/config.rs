@@ -75,12 +75,13 @@ pub struct ProviderConfig {
     /// Re-check the upstream session when a Grantline refresh token of the user is used.
     #[serde(default)]
     pub check_upstream_on_refresh: bool,
-    /// How long a successful upstream check is trusted (seconds, default 300).
+    /// How long a successful upstream check is trusted (seconds, default 300, at most 86400;
+    /// 0 asks at every refresh).
     pub upstream_check_cache_secs: Option<u64>,
     /// Start even when the provider cannot be reached (its button then fails until it can).
     #[serde(default)]
     pub optional: bool,
-    /// Clock skew allowed on `exp`/`iat`, seconds (default 60).
+    /// Clock skew allowed on `exp`/`iat`, seconds (default 60, at most 600).
     pub clock_skew_secs: Option<u64>,
     /// How long the provider's signing keys (JWKS) are used before they are fetched again,
     /// seconds (default 300, 10 to 86400): a key the provider withdrew stops being accepted
@@ -295,6 +296,24 @@ impl ProviderConfig {
             }
         };
         self.check_rules()?;
+        // Out of range is refused, not quietly bounded: the operator sees what is in force.
+        for (name, value, min, max) in [
+            ("clock_skew_secs", self.clock_skew_secs, 0, 600),
+            ("jwks_cache_secs", self.jwks_cache_secs, 10, 86_400),
+            (
+                "upstream_check_cache_secs",
+                self.upstream_check_cache_secs,
+                0,
+                86_400,
+            ),
+        ] {
+            if let Some(v) = value.filter(|v| !(min..=max).contains(v)) {
+                return Err(bad(
+                    id,
+                    format!("{name} is {min} to {max} seconds, not {v}"),
+                ));
+            }
+        }
         let p = Provider {
             id: id.to_string(),
             display_name: self
@@ -328,8 +347,8 @@ impl ProviderConfig {
             check_upstream_on_refresh: self.check_upstream_on_refresh,
             upstream_check_cache_secs: self.upstream_check_cache_secs.unwrap_or(300),
             optional: self.optional,
-            clock_skew_secs: self.clock_skew_secs.unwrap_or(60).min(600),
-            jwks_cache_secs: self.jwks_cache_secs.unwrap_or(300).clamp(10, 86_400),
+            clock_skew_secs: self.clock_skew_secs.unwrap_or(60),
+            jwks_cache_secs: self.jwks_cache_secs.unwrap_or(300),
             ..base
         };
         for url in [

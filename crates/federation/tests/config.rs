@@ -145,6 +145,22 @@ fn mistakes_are_refused_with_the_fix() {
             "id = \"o\"\npreset = \"okta\"\ndomain = \"https://x.okta.com\"\nprovisioning = \"manual\"\nclient_secret_env = \"SECRET\"",
             "provisioning must be",
         ),
+        (
+            "id = \"g\"\npreset = \"google\"\nclient_secret_env = \"SECRET\"\nclock_skew_secs = 3600",
+            "clock_skew_secs is 0 to 600 seconds, not 3600",
+        ),
+        (
+            "id = \"g\"\npreset = \"google\"\nclient_secret_env = \"SECRET\"\njwks_cache_secs = 1",
+            "jwks_cache_secs is 10 to 86400 seconds, not 1",
+        ),
+        (
+            "id = \"g\"\npreset = \"google\"\nclient_secret_env = \"SECRET\"\njwks_cache_secs = 604800",
+            "jwks_cache_secs is 10 to 86400 seconds",
+        ),
+        (
+            "id = \"g\"\npreset = \"google\"\nclient_secret_env = \"SECRET\"\nupstream_check_cache_secs = 31536000",
+            "upstream_check_cache_secs is 0 to 86400 seconds",
+        ),
     ] {
         let e = err(&format!("{base}{extra}"));
         assert!(e.contains(want), "{extra}: {e}");
