@@ -72,6 +72,20 @@ def test_config_reload_records_the_difference_and_refuses_what_it_cannot_apply(t
             {"setting": "user.demo", "from": "get_time, list_notes", "to": "get_time"}]
         assert roles[-1]["seq"] > before_reload
 
+        # The file the server reads is named in its pid file: the command checks that one,
+        # with or without --config, and refuses to go on with another file in --config.
+        pid_lines = (server.data_dir / "grantline.pid").read_text().splitlines()
+        assert pid_lines == [str(server.proc.pid), f"config={conf}"], pid_lines
+        p = grantline("--data-dir", data, "config", "reload", env=env)
+        assert "no policy changed" in p.stdout, p.stdout
+        other = tmp_path / "other.toml"
+        other.write_text(CONFIG + ROLES.format(tools='"get_time"'))
+        signalled = (tmp_path / "server.log").read_text().count("SIGHUP")
+        p = grantline("--data-dir", data, "--config", str(other), "config", "reload", env=env, check=False)
+        assert p.returncode == 1 and f"reads {conf}, not {other}" in p.stdout, p.stdout
+        time.sleep(0.3)
+        assert (tmp_path / "server.log").read_text().count("SIGHUP") == signalled, "not signalled"
+
         # A truncated file: refused by the command before the server is asked.
         good = conf.read_text()
         conf.write_text(good[: good.index("[roles.user]") + 8])
@@ -143,13 +157,13 @@ def test_config_reload_reaches_the_server_left_running_when_another_on_the_data_
         data = str(first.data_dir)
         conf = first.data_dir / "grantline.toml"
         cli = ("--data-dir", data, "--config", str(conf))
-        pid = int((first.data_dir / "grantline.pid").read_text())
+        pid = int((first.data_dir / "grantline.pid").read_text().splitlines()[0])
         assert pid == first.proc.pid
         first.stop()
         deadline = time.time() + 15
         while time.time() < deadline:
             held = (second.data_dir / "grantline.pid")
-            if held.exists() and held.read_text().strip() == str(second.proc.pid):
+            if held.exists() and held.read_text().split("\n")[0] == str(second.proc.pid):
                 break
             time.sleep(0.2)
         else:

@@ -9,7 +9,8 @@
 //!   A pid file left by a server that crashed, or not yet replaced by one starting, may name
 //!   another process by now, and SIGHUP would end that process. A server writes its pid into
 //!   a file of its own, locks it and only then renames it into place, so a locked file at the
-//!   path always holds its holder's whole pid.
+//!   path always holds its holder's whole pid (and, on a second line, the configuration file
+//!   it reads, which `config reload` checks).
 //!
 //! The kernel releases a lock when the process ends, however it ends.
 
@@ -153,9 +154,10 @@ fn held(path: &Path) -> Result<Option<File>> {
     }
 }
 
-/// Writes this process's pid as the pid file `path` and holds it. `Ok(None)` while another
-/// running server holds it (that one is the server `config reload` signals; try again later).
-pub fn claim_pid_file(path: &Path) -> Result<Option<PidFile>> {
+/// Writes this process's pid as the pid file `path`, with the configuration file it reads
+/// (`config`, made absolute) on a second line, and holds it. `Ok(None)` while another running
+/// server holds it (that one is the server `config reload` signals; try again later).
+pub fn claim_pid_file(path: &Path, config: Option<&Path>) -> Result<Option<PidFile>> {
     if held(path)?.is_some() {
         return Ok(None);
     }
@@ -176,6 +178,12 @@ pub fn claim_pid_file(path: &Path) -> Result<Option<PidFile>> {
             .map_err(std::io::Error::from)
             .context("locking it")?;
         writeln!(file, "{}", std::process::id())?;
+        if let Some(config) = config {
+            let config = std::path::absolute(config)?;
+            file.write_all(CONFIG_LINE)?;
+            file.write_all(config.as_os_str().as_encoded_bytes())?;
+            file.write_all(b"\n")?;
+        }
         file.sync_all()?;
         std::fs::rename(&own, path)?;
         Ok(())
@@ -190,20 +198,45 @@ pub fn claim_pid_file(path: &Path) -> Result<Option<PidFile>> {
     }))
 }
 
-/// The pid in `path` if the server that wrote it still runs (holds it); `None` when there is
-/// no pid file or nobody holds it.
-pub fn running_server_pid(path: &Path) -> Result<Option<u32>> {
+/// What opens the pid file's second line: the configuration file the server reads.
+const CONFIG_LINE: &[u8] = b"config=";
+
+/// A running server, as its pid file names it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct RunningServer {
+    pub pid: u32,
+    /// The configuration file it reads (and reads again on SIGHUP); `None` when it reads none,
+    /// or its pid file was written by a version that did not say.
+    pub config: Option<PathBuf>,
+}
+
+/// The server named by `path` if the server that wrote it still runs (holds it); `None` when
+/// there is no pid file or nobody holds it.
+pub fn running_server(path: &Path) -> Result<Option<RunningServer>> {
     let Some(file) = held(path)? else {
         return Ok(None);
     };
-    // A pid is a few digits: anything longer is not one of ours.
-    let mut text = String::new();
-    file.take(32).read_to_string(&mut text)?;
-    let pid = text
-        .trim()
-        .parse::<u32>()
-        .with_context(|| format!("{} does not hold a process id", path.display()))?;
-    Ok(Some(pid))
+    // A pid and a path: anything longer is not one of ours.
+    let mut bytes = Vec::new();
+    file.take(64 * 1024).read_to_end(&mut bytes)?;
+    let not_ours = || format!("{} does not hold a process id", path.display());
+    let (first, rest) = match bytes.iter().position(|&b| b == b'\n') {
+        Some(n) => (&bytes[..n], &bytes[n + 1..]),
+        None => (&bytes[..], &[][..]),
+    };
+    let pid = std::str::from_utf8(first)
+        .ok()
+        .and_then(|t| t.trim().parse::<u32>().ok())
+        .with_context(not_ours)?;
+    let config = rest
+        .strip_prefix(CONFIG_LINE)
+        .map(|p| p.strip_suffix(b"\n").unwrap_or(p))
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            use std::os::unix::ffi::OsStrExt;
+            PathBuf::from(std::ffi::OsStr::from_bytes(p))
+        });
+    Ok(Some(RunningServer { pid, config }))
 }
 
 #[cfg(test)]
@@ -252,32 +285,63 @@ mod tests {
     fn a_pid_file_names_a_server_only_while_that_server_holds_it() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("grantline.pid");
-        assert_eq!(running_server_pid(&path).unwrap(), None);
+        assert_eq!(running_server(&path).unwrap(), None);
         // Left by a server that crashed: a pid, but nobody holds the file.
         std::fs::write(&path, "4242\n").unwrap();
-        assert_eq!(running_server_pid(&path).unwrap(), None);
-        let held = claim_pid_file(&path).unwrap().unwrap();
-        assert_eq!(running_server_pid(&path).unwrap(), Some(std::process::id()));
-        // A second server on the same data directory leaves it to the first...
-        assert!(claim_pid_file(&path).unwrap().is_none());
-        // ...and two probes at once both see the first.
-        let (a, b) = (running_server_pid(&path), running_server_pid(&path));
+        assert_eq!(running_server(&path).unwrap(), None);
+        let held = claim_pid_file(&path, None).unwrap().unwrap();
         assert_eq!(
-            (a.unwrap(), b.unwrap()),
+            running_server(&path).unwrap().map(|s| s.pid),
+            Some(std::process::id())
+        );
+        // A second server on the same data directory leaves it to the first...
+        assert!(claim_pid_file(&path, None).unwrap().is_none());
+        // ...and two probes at once both see the first.
+        let (a, b) = (running_server(&path), running_server(&path));
+        assert_eq!(
+            (a.unwrap().map(|s| s.pid), b.unwrap().map(|s| s.pid)),
             (Some(std::process::id()), Some(std::process::id()))
         );
         drop(held);
         assert!(!path.exists(), "removed when the server stops");
-        assert_eq!(running_server_pid(&path).unwrap(), None);
+        assert_eq!(running_server(&path).unwrap(), None);
         // The second takes it then; a server whose file was replaced does not remove the
         // newer one.
-        let second = claim_pid_file(&path).unwrap().unwrap();
+        let second = claim_pid_file(&path, None).unwrap().unwrap();
         std::fs::remove_file(&path).unwrap();
-        let third = claim_pid_file(&path).unwrap().unwrap();
+        let third = claim_pid_file(&path, None).unwrap().unwrap();
         drop(second);
         assert!(path.exists(), "the third server's file stays");
-        assert_eq!(running_server_pid(&path).unwrap(), Some(std::process::id()));
+        assert_eq!(
+            running_server(&path).unwrap().map(|s| s.pid),
+            Some(std::process::id())
+        );
         drop(third);
         assert!(!path.exists());
+    }
+
+    #[test]
+    fn a_pid_file_names_the_configuration_file_its_server_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("grantline.pid");
+        let config = dir.path().join("odd name\nwith a line break.toml");
+        let held = claim_pid_file(&path, Some(&config)).unwrap().unwrap();
+        let running = running_server(&path).unwrap().unwrap();
+        assert_eq!(running.pid, std::process::id());
+        assert_eq!(running.config.as_deref(), Some(config.as_path()));
+        drop(held);
+        // Written relative: named absolute, so a command run elsewhere finds it.
+        let cwd = std::env::current_dir().unwrap();
+        let held = claim_pid_file(&path, Some(Path::new("relative.toml")))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            running_server(&path).unwrap().unwrap().config,
+            Some(cwd.join("relative.toml"))
+        );
+        drop(held);
+        // A pid file of an older version (the pid alone) names no file.
+        let _held = claim_pid_file(&path, None).unwrap().unwrap();
+        assert_eq!(running_server(&path).unwrap().unwrap().config, None);
     }
 }

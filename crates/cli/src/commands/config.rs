@@ -4,6 +4,7 @@
 use crate::location::Location;
 use anyhow::{Context, Result, bail};
 use grantline_server::reload::{self, Status};
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -12,9 +13,10 @@ pub enum Command {
     /// Check the configuration file (--config or GRANTLINE_CONFIG) as `serve` would read it,
     /// and print the reloadable policies it sets.
     Check,
-    /// Check the configuration file, then have the server running on this data directory
-    /// reload its resources, roles, rate limits and registration policy (SIGHUP), and print
-    /// what it recorded. Exit 1 when the server refuses the new configuration.
+    /// Check the configuration file the server running on this data directory reads, then
+    /// have that server reload its resources, roles, rate limits and registration policy
+    /// (SIGHUP), and print what it recorded. Exit 1 when the file is refused (also when
+    /// --config names another file than the server's) or the server refuses it.
     Reload {
         /// How long to wait for the server's answer, in seconds.
         #[arg(long, default_value_t = 15)]
@@ -23,8 +25,8 @@ pub enum Command {
 }
 
 /// Loads and checks the file the way the server builds its policy from it.
-fn checked(loc: &Location) -> Result<grantline_server::Config> {
-    let config = grantline_server::Config::load(loc.config.as_deref())?;
+fn checked(file: Option<&Path>) -> Result<grantline_server::Config> {
+    let config = grantline_server::Config::load(file)?;
     reload::Live::build(config.clone(), &config.public_url(), config.lifetimes())?;
     Ok(config)
 }
@@ -32,7 +34,7 @@ fn checked(loc: &Location) -> Result<grantline_server::Config> {
 pub async fn run(loc: &Location, cmd: Command) -> Result<ExitCode> {
     match cmd {
         Command::Check => {
-            let config = match checked(loc) {
+            let config = match checked(loc.config.as_deref()) {
                 Ok(c) => c,
                 Err(e) => {
                     println!("not valid: {}", crate::chain_once(&e));
@@ -48,17 +50,10 @@ pub async fn run(loc: &Location, cmd: Command) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Reload { wait } => {
-            if let Err(e) = checked(loc) {
-                println!(
-                    "refused, the server was not asked: {}",
-                    crate::chain_once(&e)
-                );
-                return Ok(ExitCode::from(1));
-            }
             let pid_file = loc.data_dir.join(reload::PID_FILE);
             // Only a running server holds its pid file: one left by a server that did not
             // stop cleanly may name another process by now, which SIGHUP would end.
-            let Some(pid) = crate::lock::running_server_pid(&pid_file)? else {
+            let Some(server) = crate::lock::running_server(&pid_file)? else {
                 bail!(
                     "no server runs on {} ({} is missing, or left by a server that stopped); \
                      nothing was signalled",
@@ -66,6 +61,32 @@ pub async fn run(loc: &Location, cmd: Command) -> Result<ExitCode> {
                     pid_file.display()
                 );
             };
+            let pid = server.pid;
+            // The file the server reads again, not this command's own: checking another one
+            // would refuse a good reload or pass a bad one.
+            let file = match (server.config, &loc.config) {
+                (Some(theirs), Some(ours)) if !same_file(&theirs, ours) => {
+                    println!(
+                        "refused, the server was not asked: the server on {} reads {}, not {}; \
+                         edit that file, or leave out --config (and GRANTLINE_CONFIG)",
+                        loc.data_dir.display(),
+                        theirs.display(),
+                        ours.display()
+                    );
+                    return Ok(ExitCode::from(1));
+                }
+                (Some(theirs), _) => Some(theirs),
+                // A server that reads no file, or one whose pid file does not say (an older
+                // version): this command's own.
+                (None, ours) => ours.clone(),
+            };
+            if let Err(e) = checked(file.as_deref()) {
+                println!(
+                    "refused, the server was not asked: {}",
+                    crate::chain_once(&e)
+                );
+                return Ok(ExitCode::from(1));
+            }
             let before = Status::read(&loc.data_dir).map(|s| s.at);
             let sent = std::process::Command::new("kill")
                 .args(["-HUP", &pid.to_string()])
@@ -94,4 +115,14 @@ pub async fn run(loc: &Location, cmd: Command) -> Result<ExitCode> {
             bail!("process {pid} did not answer within {wait} s; see its log")
         }
     }
+}
+
+/// Whether two names lead to one file (each resolved where it can be).
+fn same_file(a: &Path, b: &Path) -> bool {
+    let resolve = |p: &Path| {
+        std::fs::canonicalize(p)
+            .or_else(|_| std::path::absolute(p))
+            .unwrap_or_else(|_| p.to_path_buf())
+    };
+    resolve(a) == resolve(b)
 }

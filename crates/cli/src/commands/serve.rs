@@ -117,10 +117,11 @@ pub async fn run(loc: &Location, args: Args) -> Result<ExitCode> {
     let claiming = {
         let held_pid = held_pid.clone();
         let pid_file = pid_file.clone();
+        let config = loc.config.clone();
         tokio::spawn(async move {
             let mut warned = false;
             loop {
-                match crate::lock::claim_pid_file(&pid_file) {
+                match crate::lock::claim_pid_file(&pid_file, config.as_deref()) {
                     Ok(Some(held)) => {
                         if warned {
                             tracing::info!(path = %pid_file.display(), "this server holds the pid file now");
