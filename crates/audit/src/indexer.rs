@@ -660,6 +660,60 @@ pub fn directory_of(index: &AuditIndex) -> Result<Directory, IndexError> {
     Ok(dir)
 }
 
+/// Brings the clients' names in `dir` (as of the index's head, from [`directory_of`] or the
+/// indexer) back to what they were at seq `after`, for an export of the events after it: a
+/// client renamed since (`client.updated`) is named as it was then, not by the name it chose
+/// later. Clients registered after `after` may stay (no event before their registration names
+/// them); users are not renamed, and an erasure holds whatever the seq (the key is gone).
+pub fn clients_as_of(
+    index: &AuditIndex,
+    dir: &mut Directory,
+    after: u64,
+) -> Result<(), IndexError> {
+    // From the start, every client is named by its own registration first.
+    if after == 0 {
+        return Ok(());
+    }
+    let kind = |k: &str| Expr::Match(Field::Kind, Value::Term(k.to_string()));
+    let since = Expr::And(vec![
+        kind("client.updated"),
+        Expr::Match(Field::Seq, Value::Seq(after.saturating_add(1), u64::MAX)),
+    ]);
+    let mut renamed: Vec<String> = index
+        .all(&since)?
+        .into_iter()
+        .filter_map(|r| r.client_id)
+        .collect();
+    renamed.sort_unstable();
+    renamed.dedup();
+    for id in renamed {
+        let then = Expr::And(vec![
+            Expr::Or(vec![kind("client.registered"), kind("client.updated")]),
+            Expr::Match(Field::Client, Value::Term(id.to_lowercase())),
+            Expr::Match(Field::Seq, Value::Seq(0, after)),
+        ]);
+        // `client:` matches names too: the newest record of this very id.
+        let mut cursor = None;
+        loop {
+            let page = index.search(&then, crate::SortOrder::Desc, cursor, 100)?;
+            let found = page
+                .records
+                .iter()
+                .find(|r| r.client_id.as_deref() == Some(id.as_str()))
+                .and_then(|r| r.client_name.clone());
+            if let Some(name) = found {
+                dir.remember_client(&id, &name);
+                break;
+            }
+            match page.next {
+                Some(n) => cursor = Some(n),
+                None => break,
+            }
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -416,3 +416,56 @@ proptest! {
         }
     }
 }
+
+/// An export from a cursor names each client as it was named at that cursor, not by a name it
+/// chose later (a client may rename itself through registration management), even when the
+/// name it chose is another client's id.
+#[test]
+fn clients_renamed_after_a_cursor_are_named_as_they_were_then() {
+    let naming = |seq: u64, kind: &str, id: &str, name: &str| {
+        rec(seq, |r| {
+            r.kind = kind.into();
+            r.category = "client".into();
+            r.client_id = Some(id.into());
+            r.client_name = Some(name.into());
+        })
+    };
+    let records = vec![
+        naming(2, "client.registered", "c_a", "Evil Tool"),
+        naming(3, "client.registered", "c_b", "Notes"),
+        naming(7, "client.registered", "c_late", "Late"),
+        // c_b takes c_a's id as its name, then c_a takes a trusted client's name.
+        naming(8, "client.updated", "c_b", "c_a"),
+        naming(10, "client.updated", "c_a", "Claude Desktop"),
+    ];
+    let index = AuditIndex::from_records(&records).unwrap();
+    let head = || {
+        let mut d = grantline_audit::mapping::Directory::default();
+        for (id, name) in [
+            ("c_a", "Claude Desktop"),
+            ("c_b", "c_a"),
+            ("c_late", "Late"),
+        ] {
+            d.remember_client(id, name);
+        }
+        d
+    };
+    let as_of = |after| {
+        let mut d = head();
+        grantline_audit::clients_as_of(&index, &mut d, after).unwrap();
+        ["c_a", "c_b", "c_late"].map(|c| d.client(c).map(str::to_string))
+    };
+    let named = |a: &str, b: &str| {
+        [
+            Some(a.to_string()),
+            Some(b.to_string()),
+            Some("Late".into()),
+        ]
+    };
+    assert_eq!(as_of(5), named("Evil Tool", "Notes"));
+    assert_eq!(as_of(8), named("Evil Tool", "c_a"));
+    assert_eq!(as_of(9), named("Evil Tool", "c_a"));
+    assert_eq!(as_of(10), named("Claude Desktop", "c_a"));
+    // From the start each client is named by its own registration, in the export itself.
+    assert_eq!(as_of(0), named("Claude Desktop", "c_a"));
+}

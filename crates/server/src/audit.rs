@@ -114,6 +114,24 @@ impl AuditService {
         ))
     }
 
+    /// The users' and clients' names as they stood at seq `after` (for exporting the events
+    /// after it), as far as the index knows: its names at its last commit, with the clients
+    /// renamed since `after` named as they were then ([`grantline_audit::clients_as_of`]).
+    pub async fn directory_as_of(
+        &self,
+        after: u64,
+    ) -> Result<Directory, grantline_audit::IndexError> {
+        let mut dir = self.directory.read().map(|d| d.clone()).unwrap_or_default();
+        if self.indexed_through() <= after {
+            return Ok(dir);
+        }
+        self.with_index(move |index| {
+            grantline_audit::clients_as_of(index, &mut dir, after)?;
+            Ok(dir)
+        })
+        .await
+    }
+
     /// The last seq searchable here.
     pub fn indexed_through(&self) -> u64 {
         self.progress.committed.load(Ordering::SeqCst)

@@ -280,10 +280,9 @@ impl Call<'_> {
         };
         let dir = self
             .audit
-            .directory
-            .read()
-            .map(|d| d.clone())
-            .unwrap_or_default();
+            .directory_as_of(seq - 1)
+            .await
+            .map_err(|e| e.to_string())?;
         let mut exporter =
             grantline_audit::formats::Exporter::new(self.app.keyring.clone(), dir, false);
         let item = exporter.item(&r).await.map_err(unreadable)?;

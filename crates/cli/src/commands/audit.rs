@@ -99,17 +99,27 @@ pub async fn exporter_from(
     redact: bool,
 ) -> Result<grantline_audit::formats::Exporter> {
     let dir_path = index_dir(loc)?;
-    let indexed = dir_path.join("meta.json").exists();
-    let directory = if indexed {
+    // The index's names, when it has reached `after` (one left behind, or being rebuilt,
+    // lacks the users created since it stopped); the clients renamed since `after` as they
+    // were named then.
+    let directory = if dir_path.join("meta.json").exists() {
         AuditIndex::open(&dir_path)
             .ok()
-            .and_then(|i| grantline_audit::directory_of(&i).ok())
-            .unwrap_or_default()
+            .filter(|i| i.head() >= after)
+            .and_then(|i| {
+                let mut d = grantline_audit::directory_of(&i).ok()?;
+                grantline_audit::clients_as_of(&i, &mut d, after).ok()?;
+                Some(d)
+            })
     } else {
-        Default::default()
+        None
     };
-    let mut exporter =
-        grantline_audit::formats::Exporter::new(Keyring::new(store), directory, redact);
+    let indexed = directory.is_some();
+    let mut exporter = grantline_audit::formats::Exporter::new(
+        Keyring::new(store),
+        directory.unwrap_or_default(),
+        redact,
+    );
     if !indexed && after > 0 {
         // Only the events that name users and clients, not the whole ledger before `after`.
         for r in store

@@ -429,11 +429,10 @@ pub async fn export(
     // behind) read from the ledger, so that no user goes unnamed and no name erased before
     // `after` comes back.
     let mut exporter = if audit.indexed_through() >= after {
-        let dir = audit
-            .directory
-            .read()
-            .map(|d| d.clone())
-            .unwrap_or_default();
+        let dir = match audit.directory_as_of(after).await {
+            Ok(d) => d,
+            Err(e) => return search_error(e),
+        };
         Exporter::new(app.keyring.clone(), dir, redact)
     } else {
         let mut exporter = Exporter::new(app.keyring.clone(), Default::default(), redact);
@@ -534,11 +533,10 @@ async fn event_view(app: &App, seq: u64) -> Result<Option<Value>, Response> {
     let Some(r) = events.into_iter().next().filter(|r| r.seq() == seq) else {
         return Ok(None);
     };
-    let dir = app
-        .audit
-        .as_ref()
-        .and_then(|a| a.directory.read().ok().map(|d| d.clone()))
-        .unwrap_or_default();
+    let dir = match &app.audit {
+        Some(a) => a.directory_as_of(seq - 1).await.map_err(search_error)?,
+        None => Default::default(),
+    };
     let mut exporter = Exporter::new(app.keyring.clone(), dir, false);
     let item = exporter.item(&r).await.map_err(unavailable)?;
     let turn = crate::routes::witness::proof_turn().await;
