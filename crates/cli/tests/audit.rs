@@ -188,6 +188,37 @@ backend_tests! {
             let v: serde_json::Value = serde_json::from_str(l).unwrap();
             assert_eq!(v["actor"]["user"]["email_addr"], "alice@example.com", "{l}");
         }
+        // An index left behind (built, then the ledger went on without it): a user created
+        // since it stopped is named all the same, from the ledger.
+        let o = run(&db, dir.path(), &["audit", "reindex"]);
+        assert!(o.status.success(), "{o:?}");
+        let ledger = open(&db).await;
+        let k = Keyring::new(ledger.store());
+        let s = pii::user_subject("u_bob");
+        let created = NewEvent::new(
+            StreamId::user("u_bob"),
+            Actor::Operator,
+            UserCreated {
+                user_id: "u_bob".into(),
+                username: k.seal(&s, "bob").await.unwrap(),
+                email: Some(k.seal(&s, "bob@example.com").await.unwrap()),
+                display_name: None,
+                role: "user".into(),
+                source: UserSource::Cli,
+                provider: None,
+            },
+        );
+        let made = ledger.append(Append::new(vec![created])).await.unwrap();
+        let mut call = testing::tool_call(99);
+        if let Payload::ToolCalled(t) = &mut call.payload {
+            t.user_id = Some("u_bob".into());
+        }
+        ledger.append(Append::new(vec![call])).await.unwrap();
+        ledger.shutdown().await;
+        let after = made[0].seq().to_string();
+        let text = out(&run(&db, dir.path(), &["export", "--after", &after, "--format", "ocsf", "--kind", "tool.called"]));
+        let v: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+        assert_eq!(v["actor"]["user"]["email_addr"], "bob@example.com", "{text}");
     }
 
     async fn events_and_export_follow_new_events(db: TestDb) {
