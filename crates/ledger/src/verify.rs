@@ -343,6 +343,11 @@ fn check_hash(row: RowRef<'_>) -> Result<Hash, Problem> {
 pub struct Start {
     size: u64,
     frontier: Frontier,
+    /// The checkpoint keys in force at the checkpoint, as a walk from genesis would hold them
+    /// there (see [`ChainVerifier`]'s fields of the same names).
+    in_force: Vec<NoteVerifier>,
+    in_force_trusted: bool,
+    retired: Vec<(NoteVerifier, u64)>,
 }
 
 /// Why a walk cannot start from a checkpoint.
@@ -356,35 +361,60 @@ pub enum StartError {
 }
 
 impl Start {
-    /// Opens a stored checkpoint and the frontier saved with it.
+    /// Opens a stored checkpoint and the frontier saved with it, judged by the key in force at
+    /// its tree size: the keys given, followed through the checkpoint-key handovers among
+    /// `keys` (the events of the `keys` stream up to the checkpoint's size; others are
+    /// ignored), as a walk from genesis follows them. So a checkpoint signed by the key a
+    /// handover retired before it is a finding, and the newest checkpoint after a rotation
+    /// opens with the first key.
     pub fn open(
         checkpoint: &RawCheckpoint,
         frontier: &[u8],
         trusted: &[NoteVerifier],
+        keys: &[crate::Recorded],
     ) -> Result<Start, StartError> {
         let size = checkpoint.tree_size.max(0) as u64;
         let bad = |problem| StartError::Finding(Finding { seq: size, problem });
         let signature = |error: String| bad(Problem::CheckpointSignature { size, error });
-        let opened = match Checkpoint::open(&checkpoint.note, trusted) {
-            Ok(c) => c,
-            Err(CheckpointError::UnknownSigner(by)) if by.is_empty() => {
-                return Err(StartError::Untrusted("no signature".into()));
-            }
-            Err(CheckpointError::UnknownSigner(by)) => {
-                return Err(StartError::Untrusted(by.join(", ")));
-            }
-            Err(e) => return Err(signature(e.to_string())),
+        let handovers = keys.iter().filter_map(|r| match r.payload() {
+            crate::Payload::SigningKeyRotated(k) => Some((r.seq(), k)),
+            _ => None,
+        });
+        let mut walk = ChainVerifier::new(Vec::new(), trusted);
+        for (seq, k) in handovers.clone().filter(|(seq, _)| *seq < size) {
+            walk.follow_rotation(k, seq)
+                .map_err(|problem| StartError::Finding(Finding { seq, problem }))?;
+        }
+        // A handover at the checkpoint's own seq takes effect after it: the key it retires
+        // may still sign the checkpoint of that size.
+        walk.handing_over = handovers.clone().any(|(seq, _)| seq == size);
+        let pending = PendingCheckpoint {
+            size,
+            note: checkpoint.note.clone(),
+            root: checkpoint.root.clone(),
         };
-        if opened.size != size || size == 0 {
+        let root = match walk.judge(&pending) {
+            Verdict::Signed(root) => root,
+            Verdict::Untrusted(by) => return Err(StartError::Untrusted(by)),
+            Verdict::Bad(error) => return Err(signature(error)),
+        };
+        if size == 0 {
             return Err(signature("tree_size column disagrees with the note".into()));
         }
-        if Hash::from_slice(&checkpoint.root) != Some(opened.root) {
-            return Err(signature("root column disagrees with the note".into()));
-        }
         let frontier = Frontier::from_bytes(frontier)
-            .filter(|f| f.size() == size && f.root() == opened.root)
+            .filter(|f| f.size() == size && f.root() == root)
             .ok_or_else(|| bad(Problem::CheckpointFrontier { size }))?;
-        Ok(Start { size, frontier })
+        for (seq, k) in handovers.filter(|(seq, _)| *seq == size) {
+            walk.follow_rotation(k, seq)
+                .map_err(|problem| StartError::Finding(Finding { seq, problem }))?;
+        }
+        Ok(Start {
+            size,
+            frontier,
+            in_force: walk.in_force,
+            in_force_trusted: walk.in_force_trusted,
+            retired: walk.retired,
+        })
     }
 
     /// The checkpoint's tree size: the walk checks the rows after it.
@@ -543,6 +573,9 @@ impl ChainVerifier {
                 .collect(),
             trusted,
         );
+        verifier.in_force = start.in_force;
+        verifier.in_force_trusted = start.in_force_trusted;
+        verifier.retired = start.retired;
         verifier.checkpoints += 1;
         verifier.from = start.size;
         verifier.next_seq = start.size + 1;
@@ -610,15 +643,21 @@ impl ChainVerifier {
         let env = crate::codec::decode(body).map_err(|e| Problem::MalformedBody {
             error: e.to_string(),
         })?;
-        let crate::Payload::SigningKeyRotated(r) = env.payload else {
-            return Ok(());
-        };
+        match &env.payload {
+            crate::Payload::SigningKeyRotated(r) => self.follow_rotation(r, seq),
+            _ => Ok(()),
+        }
+    }
+
+    /// Follows a rotation at `seq` (of the checkpoint key; others change nothing here).
+    fn follow_rotation(&mut self, r: &crate::SigningKeyRotated, seq: u64) -> Result<(), Problem> {
         if r.purpose != crate::KeyPurpose::Checkpoint {
             return Ok(());
         }
         let rotation = |error: String| Problem::KeyRotation { error };
         let note = r
             .endorsement
+            .as_deref()
             .ok_or_else(|| rotation("no handover signed by the key it replaces".into()))?;
         let handover = match crate::KeyHandover::open(&note, &self.in_force) {
             Ok(h) => h,

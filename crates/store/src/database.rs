@@ -484,6 +484,51 @@ impl Store {
             .collect()
     }
 
+    /// The events of the `keys` stream (key introductions and rotations) with seq ≤ `upto`, in
+    /// seq order, each checked against its columns and its own hash (as [`Store::read_kinds`]):
+    /// read through the stream's index, so a walk that starts from a checkpoint learns the
+    /// checkpoint keys in force there without reading the rows before it.
+    pub async fn key_events(&self, upto: u64) -> Result<Vec<Recorded>> {
+        let upto = upto.min(i64::MAX as u64) as i64;
+        let rows = match &self.pool {
+            Pool::Sqlite(_) => {
+                self.on_sqlite_file(move |path| {
+                    let mut out = Vec::new();
+                    scan_sqlite_where(
+                        path,
+                        "stream = 'keys' AND seq <= ?1",
+                        &[&upto],
+                        None,
+                        |row| {
+                            let mut r = RawRow::default();
+                            assign(&mut r, row);
+                            out.push(Ok(r));
+                        },
+                    )?;
+                    Ok(out)
+                })
+                .await?
+            }
+            Pool::Postgres(p) => {
+                let sql = format!(
+                    "SELECT {ROW_COLUMNS_PG} FROM events WHERE stream = 'keys' AND seq <= $1 ORDER BY seq"
+                );
+                let read = sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(upto)
+                    .fetch(p)
+                    .map_ok(|r| raw_row(&r))
+                    .try_collect::<Vec<_>>();
+                self.pg(read).await?
+            }
+        };
+        rows.into_iter()
+            .map(|row| {
+                let row = row?;
+                decode_checked(&row, row.seq.max(0) as u64, None)
+            })
+            .collect()
+    }
+
     /// Every event after `after`, in pages of `page`: the next page is read and decoded while
     /// `f` handles the current one. `f` returns `false` to stop early.
     pub async fn each_page(

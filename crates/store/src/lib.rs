@@ -39,7 +39,8 @@ pub async fn verify(
 }
 
 /// Walks only the rows after a signed checkpoint (the newest, or the one of tree size `at`):
-/// the checkpoint must open with a trusted key, the frontier stored with it must lead to its
+/// the checkpoint must open with the key in force at its size (the trusted keys followed
+/// through the checkpoint-key handovers before it, read by their stream), the frontier stored with it must lead to its
 /// root, and the stored hashes of the rows of its lowest subtree must rebuild that frontier
 /// (proving the hash the next row chains to); everything after it is checked as by [`verify`].
 /// The rows the checkpoint covers are trusted, not read. `StartError::Untrusted` when the
@@ -57,7 +58,9 @@ pub async fn verify_from_checkpoint(
             None => "the ledger has no checkpoint to start from".into(),
         }));
     };
-    let start = match Start::open(&checkpoint, &frontier, trusted) {
+    let size = u64::try_from(checkpoint.tree_size).unwrap_or(0);
+    let keys = store.key_events(size).await?;
+    let start = match Start::open(&checkpoint, &frontier, trusted, &keys) {
         Ok(s) => s,
         Err(e) => return Ok(Err(e)),
     };

@@ -1,7 +1,7 @@
 //! Checkpoint-key rotation as `verify` follows it: from the first trusted key through each
 //! handover, every checkpoint judged by the key in force at its tree size.
 
-use grantline_ledger::verify::{Finding, Problem, Summary};
+use grantline_ledger::verify::{Finding, Problem, StartError, Summary};
 use grantline_ledger::*;
 use grantline_store::testing::{TestDb, tool_call};
 use grantline_store::{Ledger, LedgerOptions, Pool, Store, backend_tests};
@@ -108,21 +108,54 @@ backend_tests! {
         assert!(matches!(&f.problem, Problem::CheckpointSignature { size: 8, error } if error.contains("not the key in force at seq 8") && error.contains("seq 6")), "{f}");
     }
 
-    async fn a_walk_from_the_handovers_checkpoint_cannot_tell_the_new_keys_and_calls_nothing_tampering(db: TestDb) {
-        // From checkpoint 6 (k0's last, where the handover lies inside the trusted prefix and
-        // is not read) trusting k0: k1's checkpoint 9 is "cannot tell", not tampering.
+    async fn a_walk_from_a_checkpoint_follows_the_handovers_before_it(db: TestDb) {
+        // From checkpoint 6 (k0's last; the handover is its last event) trusting k0: the
+        // handover is read by its stream and followed, so k1's checkpoint 9 is proven.
         let (store, k0, k1) = rotated(&db, |k0, k1| Some(k0.hand_over_to(&k1.verifier()))).await;
-        let s = grantline_store::verify_from_checkpoint(&store, &[k0.verifier()], Some(6), |_| {})
-            .await
-            .unwrap()
-            .unwrap_or_else(|e| panic!("{e:?}"));
-        assert_eq!(s.untrusted.iter().map(|u| u.size).collect::<Vec<_>>(), vec![9]);
-        // Given k1 as well, it is proven.
-        let s = grantline_store::verify_from_checkpoint(&store, &[k0.verifier(), k1.verifier()], Some(6), |_| {})
-            .await
-            .unwrap()
-            .unwrap_or_else(|e| panic!("{e:?}"));
+        let from = |at: Option<u64>, keys: Vec<NoteVerifier>| {
+            let store = store.clone();
+            async move { grantline_store::verify_from_checkpoint(&store, &keys, at, |_| {}).await.unwrap() }
+        };
+        let s = from(Some(6), vec![k0.verifier()]).await.unwrap_or_else(|e| panic!("{e:?}"));
         assert!(s.fully_trusted(), "{:?}", s.untrusted);
+        // From the newest checkpoint, k1's, with the first key alone (what `verify
+        // --from-checkpoint` uses by default): proven through the handover, not "cannot tell".
+        let s = from(None, vec![k0.verifier()]).await.unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!((s.from, s.events), (9, 9));
+        assert!(s.fully_trusted(), "{:?}", s.untrusted);
+        // Trusting only the newer key: the same.
+        let s = from(None, vec![k1.verifier()]).await.unwrap_or_else(|e| panic!("{e:?}"));
+        assert!(s.fully_trusted(), "{:?}", s.untrusted);
+        // A stranger's key: cannot tell, not tampering.
+        let stranger = NoteSigner::generate(NAME).unwrap();
+        assert!(matches!(from(None, vec![stranger.verifier()]).await, Err(StartError::Untrusted(_))));
+
+        // A checkpoint beyond the handover signed by the key it retired (someone who kept
+        // k0): a walk starting from it says so, as the full walk does.
+        let hashes = store.chain_hashes(8).await.unwrap();
+        let leaves: Vec<Hash> = hashes.iter().map(merkle::leaf_hash).collect();
+        let mut frontier = merkle::Frontier::new();
+        for h in &hashes {
+            frontier.push(h);
+        }
+        let root = merkle::root_of(&leaves);
+        assert_eq!(frontier.root(), root);
+        let note = k0.sign_checkpoint(NAME, 8, &root);
+        match store.pool() {
+            Pool::Sqlite(p) => {
+                sqlx::query("INSERT INTO checkpoints (time, tree_size, root, note, frontier) VALUES (0, 8, ?, ?, ?)").bind(root.0.as_slice()).bind(&note).bind(frontier.to_bytes()).execute(p).await.unwrap();
+            }
+            Pool::Postgres(p) => {
+                sqlx::query("INSERT INTO checkpoints (time, tree_size, root, note, frontier) VALUES (now(), 8, $1, $2, $3)").bind(root.0.as_slice()).bind(&note).bind(frontier.to_bytes()).execute(p).await.unwrap();
+            }
+        }
+        match from(Some(8), vec![k0.verifier()]).await {
+            Err(StartError::Finding(f)) => {
+                assert_eq!(f.seq, 8);
+                assert!(matches!(&f.problem, Problem::CheckpointSignature { size: 8, error } if error.contains("handed over at seq 6")), "{f}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     async fn a_handover_the_key_in_force_did_not_sign_is_tampering(db: TestDb) {
