@@ -30,8 +30,11 @@ async fn blocking<T: Send + 'static>(
         )));
     }
     tokio::task::spawn_blocking(move || {
-        let leaves: Vec<Hash> = chain.iter().map(leaf_hash).collect();
-        drop(chain);
+        // The leaves in place of the chain hashes: one vector of the tree's size, not two.
+        let mut leaves = chain;
+        for h in &mut leaves {
+            *h = leaf_hash(h);
+        }
         let out = proof(&leaves);
         drop(turn);
         out
@@ -40,18 +43,19 @@ async fn blocking<T: Send + 'static>(
     .map_err(|e| StoreError::Invalid(format!("computing a proof failed: {e}")))
 }
 
-/// The proof that event `seq` is in the tree of the newest checkpoint: `None` when no
-/// checkpoint covers it yet. `turn` is held until the proof is computed (see [`blocking`]).
+/// The proof that event `seq` is in the tree of the checkpoint of size `at` (the newest when
+/// `None`; a witness names the one it keeps): `None` when there is no such checkpoint or it
+/// does not cover `seq`. `turn` is held until the proof is computed (see [`blocking`]).
 pub async fn inclusion(
     store: &Store,
     seq: u64,
+    at: Option<u64>,
     turn: impl Send + 'static,
 ) -> Result<Option<Value>, StoreError> {
-    let checkpoints = store.checkpoints().await?;
-    let Some(newest) = checkpoints.iter().max_by_key(|c| c.tree_size) else {
+    let Some(newest) = store.checkpoint(at).await? else {
         return Ok(None);
     };
-    let size = newest.tree_size as u64;
+    let size = newest.tree_size.max(0) as u64;
     if seq == 0 || seq > size {
         return Ok(None);
     }
@@ -86,17 +90,13 @@ pub async fn consistency(
     to: Option<u64>,
     turn: impl Send + 'static,
 ) -> Result<Option<Value>, StoreError> {
-    let checkpoints = store.checkpoints().await?;
-    let Some(new) = (match to {
-        Some(to) => checkpoints.iter().find(|c| c.tree_size as u64 == to),
-        None => checkpoints.iter().max_by_key(|c| c.tree_size),
-    }) else {
+    let Some(new) = store.checkpoint(to).await? else {
         return Ok(None);
     };
-    let Some(old) = checkpoints.iter().find(|c| c.tree_size as u64 == from) else {
+    let Some(old) = store.checkpoint(Some(from)).await? else {
         return Ok(None);
     };
-    let (old_size, new_size) = (old.tree_size as u64, new.tree_size as u64);
+    let (old_size, new_size) = (old.tree_size.max(0) as u64, new.tree_size.max(0) as u64);
     if old_size == 0 || old_size > new_size {
         return Ok(None);
     }

@@ -33,6 +33,29 @@ async fn some_tokens(s: &Server) {
 }
 
 backend_tests! {
+    async fn a_checkpoint_row_with_an_altered_tree_size_is_an_error_not_an_abort(db: TestDb) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Server::start(&db, dir.path().to_path_buf(), config(dir.path(), 30, 60)).await;
+        some_tokens(&s).await;
+        s.app.ledger.checkpoint().await.unwrap().expect("a checkpoint");
+        // A row claiming a tree of 10^15 events (someone with access to the database): a proof
+        // against it would have reserved room for all of them.
+        let sql = match &db.db {
+            grantline_store::Database::Sqlite(_) => {
+                "INSERT INTO checkpoints (time, tree_size, root, note, frontier) VALUES (0, 1000000000000000, zeroblob(32), 'forged', x'')"
+            }
+            grantline_store::Database::Postgres(_) => {
+                "INSERT INTO checkpoints (time, tree_size, root, note, frontier) VALUES (now(), 1000000000000000, decode(repeat('00', 32), 'hex'), 'forged', '')"
+            }
+        };
+        exec(&db, sql).await;
+        let (st, body) = fetch(&s, "/ledger/proof/inclusion?seq=1").await;
+        assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        let (st, _) = fetch(&s, "/healthz").await;
+        assert_eq!(st, StatusCode::OK, "still serving");
+        s.stop().await;
+    }
+
     async fn witness_endpoints_agree_with_the_cli_and_verify_independently(db: TestDb) {
         let dir = tempfile::tempdir().unwrap();
         let s = Server::start(&db, dir.path().to_path_buf(), config(dir.path(), 30, 60)).await;
@@ -60,8 +83,18 @@ backend_tests! {
         let (_, explicit) = fetch(&s, &format!("/ledger/proof/consistency?from={first}&to={newest}")).await;
         assert_eq!(serde_json::from_str::<Value>(&explicit).unwrap(), cons);
 
+        // An inclusion proof against the checkpoint the witness kept, not the newest: it
+        // names that tree size, and the kept note checks it (below).
+        let (st, inc_kept) = fetch(&s, &format!("/ledger/proof/inclusion?seq=3&tree_size={first}")).await;
+        assert_eq!(st, StatusCode::OK, "{inc_kept}");
+        let inc_kept: Value = serde_json::from_str(&inc_kept).unwrap();
+        assert_eq!(inc_kept["tree_size"], first);
+        assert_eq!(inc["tree_size"], newest);
+
         // Bad questions are clear 4xx answers.
         for (path, want) in [
+            ("/ledger/proof/inclusion?seq=3&tree_size=99999999", StatusCode::NOT_FOUND),
+            ("/ledger/proof/inclusion?seq=3&tree_size=x", StatusCode::BAD_REQUEST),
             ("/ledger/proof/inclusion", StatusCode::BAD_REQUEST),
             ("/ledger/proof/inclusion?seq=0", StatusCode::BAD_REQUEST),
             ("/ledger/proof/inclusion?seq=-4", StatusCode::BAD_REQUEST),
@@ -97,6 +130,18 @@ backend_tests! {
         let o = grantline(&db, &["verify-proof", &p("cons.json"), "--public-key", &key, "--checkpoint", &p("kept")]);
         assert_eq!(o.status.code(), Some(0), "{o:?}");
         c2sp::independent_check(&inc, &cons, &key);
+        // Inclusion against the kept note: the proof made for its size passes, the one made
+        // against the newest does not (another tree); the CLI makes the same with --size.
+        std::fs::write(d.join("inc-kept.json"), inc_kept.to_string()).unwrap();
+        let o = grantline(&db, &["verify-proof", &p("inc-kept.json"), "--public-key", &key, "--checkpoint", &p("kept")]);
+        assert_eq!(o.status.code(), Some(0), "{o:?}");
+        let o = grantline(&db, &["verify-proof", &p("inc.json"), "--public-key", &key, "--checkpoint", &p("kept")]);
+        assert_ne!(o.status.code(), Some(0), "{o:?}");
+        let cli_kept: Value =
+            serde_json::from_slice(&grantline(&db, &["proof", "3", "--size", &first.to_string()]).stdout).unwrap();
+        assert_eq!(cli_kept, inc_kept);
+        let o = grantline(&db, &["proof", "3", "--size", "99999999"]);
+        assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("tree size 99999999"), "{o:?}");
 
         // Had the log been rewritten since, the tree the server now extends would not be the
         // one the witness kept: same size and key, another root.

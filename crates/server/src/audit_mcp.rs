@@ -287,7 +287,7 @@ impl Call<'_> {
             grantline_audit::formats::Exporter::new(self.app.keyring.clone(), dir, false);
         let item = exporter.item(&r).await.map_err(unreadable)?;
         let turn = crate::routes::witness::proof_turn().await;
-        let proof = grantline_audit::proof::inclusion(self.app.store(), seq, turn)
+        let proof = grantline_audit::proof::inclusion(self.app.store(), seq, None, turn)
             .await
             .map_err(unreadable)?;
         self.record(&format!("seq:{seq}"), 1).await?;

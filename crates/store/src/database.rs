@@ -650,26 +650,7 @@ impl Store {
         let mut out = Vec::new();
         let mut from = after;
         while from < upto {
-            let batch: Vec<(i64, Vec<u8>)> = match &self.pool {
-                Pool::Sqlite(p) => {
-                    sqlx::query_as(
-                        "SELECT seq, hash FROM events WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT 50000",
-                    )
-                    .bind(from as i64)
-                    .bind(upto as i64)
-                    .fetch_all(p)
-                    .await?
-                }
-                Pool::Postgres(p) => {
-                    self.pg(sqlx::query_as(
-                        "SELECT seq, hash FROM events WHERE seq > $1 AND seq <= $2 ORDER BY seq LIMIT 50000",
-                    )
-                    .bind(from as i64)
-                    .bind(upto as i64)
-                    .fetch_all(p))
-                    .await?
-                }
-            };
+            let batch = self.chain_hash_page(from, upto).await?;
             let Some(&(last, _)) = batch.last() else {
                 break;
             };
@@ -677,6 +658,40 @@ impl Store {
             out.extend(batch);
         }
         Ok(out)
+    }
+
+    /// Up to 50,000 stored `(seq, hash)` rows in seq `(from, upto]`.
+    async fn chain_hash_page(&self, from: u64, upto: u64) -> Result<Vec<(i64, Vec<u8>)>> {
+        let (from, upto) = (
+            from.min(i64::MAX as u64) as i64,
+            upto.min(i64::MAX as u64) as i64,
+        );
+        Ok(match &self.pool {
+            Pool::Sqlite(p) => {
+                sqlx::query_as(
+                    "SELECT seq, hash FROM events WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT 50000",
+                )
+                .bind(from)
+                .bind(upto)
+                .fetch_all(p)
+                .await?
+            }
+            Pool::Postgres(p) => {
+                self.pg(sqlx::query_as(
+                    "SELECT seq, hash FROM events WHERE seq > $1 AND seq <= $2 ORDER BY seq LIMIT 50000",
+                )
+                .bind(from)
+                .bind(upto)
+                .fetch_all(p))
+                .await?
+            }
+        })
+    }
+
+    /// The stored checkpoint of tree size `at` (the newest when `None`), as stored: one row
+    /// read, not the table.
+    pub async fn checkpoint(&self, at: Option<u64>) -> Result<Option<RawCheckpoint>> {
+        Ok(self.checkpoint_with_frontier(at).await?.map(|(c, _)| c))
     }
 
     /// The stored checkpoint of tree size `at` (the newest when `None`) with the Merkle
@@ -720,21 +735,32 @@ impl Store {
             }))
     }
 
-    /// Chain hashes of seq 1..=upto, in order (the Merkle tree's leaf data), for proofs.
+    /// Chain hashes of seq 1..=upto, in order (the Merkle tree's leaf data), for proofs. Read
+    /// page by page into 32-byte hashes (no row held as a vector of its own), and sized by
+    /// what the ledger holds, not by `upto` (a checkpoint row's tree size, which may be altered).
     pub async fn chain_hashes(&self, upto: u64) -> Result<Vec<Hash>> {
-        let mut out = Vec::with_capacity(upto as usize);
-        for (seq, h) in self.chain_hash_rows(0, upto).await? {
-            let want = out.len() as u64 + 1;
-            if seq as u64 != want {
-                return Err(StoreError::Corrupt {
+        let head = self.count().await?;
+        let mut out = Vec::with_capacity(upto.min(head).min(usize::MAX as u64) as usize);
+        let mut from = 0u64;
+        while from < upto {
+            let batch = self.chain_hash_page(from, upto).await?;
+            let Some(&(last, _)) = batch.last() else {
+                break;
+            };
+            for (seq, h) in batch {
+                let want = out.len() as u64 + 1;
+                if seq as u64 != want {
+                    return Err(StoreError::Corrupt {
+                        seq: want,
+                        problem: "missing row".into(),
+                    });
+                }
+                out.push(Hash::from_slice(&h).ok_or(StoreError::Corrupt {
                     seq: want,
-                    problem: "missing row".into(),
-                });
+                    problem: "hash is not 32 bytes".into(),
+                })?);
             }
-            out.push(Hash::from_slice(&h).ok_or(StoreError::Corrupt {
-                seq: want,
-                problem: "hash is not 32 bytes".into(),
-            })?);
+            from = last.max(0) as u64;
         }
         Ok(out)
     }

@@ -20,6 +20,10 @@ pub struct Args {
     /// The event to prove (inclusion proof against the newest checkpoint that covers it).
     #[arg(required_unless_present = "consistency")]
     seq: Option<u64>,
+    /// Against the checkpoint of this tree size instead of the newest (the one a witness
+    /// keeps, for `verify-proof --checkpoint`).
+    #[arg(long, requires = "seq")]
+    size: Option<u64>,
     /// Instead: a consistency proof from the checkpoint of this tree size to the newest one.
     #[arg(long, conflicts_with = "seq")]
     consistency: Option<u64>,
@@ -71,15 +75,23 @@ pub async fn run(loc: &Location, args: Args) -> Result<ExitCode> {
     let store = Store::connect(&loc.database, false)
         .await
         .with_context(|| format!("opening {}", loc.database.display()))?;
-    let checkpoints = store.checkpoints().await?;
-    let newest = checkpoints
-        .iter()
-        .max_by_key(|c| c.tree_size)
+    let newest = store
+        .checkpoint(None)
+        .await?
         .context("the ledger has no checkpoint yet")?;
-    let size = newest.tree_size as u64;
+    let size = newest.tree_size.max(0) as u64;
     if let Some(seq) = args.seq {
-        let Some(proof) = grantline_audit::proof::inclusion(&store, seq, ()).await? else {
-            bail!("seq {seq} is not covered by the newest checkpoint (tree size {size})");
+        let Some(proof) = grantline_audit::proof::inclusion(&store, seq, args.size, ()).await?
+        else {
+            match args.size {
+                Some(m) => bail!(
+                    "no inclusion proof of seq {seq} against a checkpoint of tree size {m}: is \
+                     {m} the size of one of this ledger's checkpoints, and {seq} at most {m}?"
+                ),
+                None => {
+                    bail!("seq {seq} is not covered by the newest checkpoint (tree size {size})")
+                }
+            }
         };
         println!("{}", serde_json::to_string_pretty(&proof)?);
         return Ok(ExitCode::SUCCESS);

@@ -540,7 +540,7 @@ async fn event_view(app: &App, seq: u64) -> Result<Option<Value>, Response> {
     let mut exporter = Exporter::new(app.keyring.clone(), dir, false);
     let item = exporter.item(&r).await.map_err(unavailable)?;
     let turn = crate::routes::witness::proof_turn().await;
-    let proof = grantline_audit::proof::inclusion(app.store(), seq, turn)
+    let proof = grantline_audit::proof::inclusion(app.store(), seq, None, turn)
         .await
         .map_err(unavailable)?;
     Ok(Some(json!({

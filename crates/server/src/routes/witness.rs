@@ -71,11 +71,9 @@ fn store_failed(e: impl std::fmt::Display) -> Response {
 /// `GET /.well-known/grantline/checkpoint`: the newest signed checkpoint, as a C2SP
 /// signed note (origin, tree size, root hash, then the signature lines).
 pub async fn checkpoint(State(app): State<App>) -> Response {
-    match app.store().checkpoints().await {
-        Ok(cps) => match cps.into_iter().max_by_key(|c| c.tree_size) {
-            Some(cp) => text(cp.note),
-            None => problem(StatusCode::NOT_FOUND, "no checkpoint has been signed yet"),
-        },
+    match app.store().checkpoint(None).await {
+        Ok(Some(cp)) => text(cp.note),
+        Ok(None) => problem(StatusCode::NOT_FOUND, "no checkpoint has been signed yet"),
         Err(e) => store_failed(e),
     }
 }
@@ -119,7 +117,8 @@ fn number(q: &HashMap<String, String>, name: &str) -> Result<Option<u64>, Box<Re
     }
 }
 
-/// `GET /ledger/proof/inclusion?seq=N`: event N is in the newest checkpoint's tree.
+/// `GET /ledger/proof/inclusion?seq=N[&tree_size=M]`: event N is in the tree of the newest
+/// checkpoint, or of the checkpoint of size M (the one a witness keeps).
 pub async fn inclusion(
     State(app): State<App>,
     Query(q): Query<HashMap<String, String>>,
@@ -129,14 +128,21 @@ pub async fn inclusion(
         Ok(None) => return problem(StatusCode::BAD_REQUEST, "seq is required"),
         Err(r) => return *r,
     };
+    let at = match number(&q, "tree_size") {
+        Ok(at) => at,
+        Err(r) => return *r,
+    };
     let Ok(turn) = PROOFS.clone().try_acquire_owned() else {
         return busy();
     };
-    match grantline_audit::proof::inclusion(app.store(), seq, turn).await {
+    match grantline_audit::proof::inclusion(app.store(), seq, at, turn).await {
         Ok(Some(proof)) => Json(proof).into_response(),
         Ok(None) => problem(
             StatusCode::NOT_FOUND,
-            format!("event {seq} is not covered by the newest checkpoint yet"),
+            match at {
+                Some(m) => format!("there is no checkpoint of tree size {m} covering event {seq}"),
+                None => format!("event {seq} is not covered by the newest checkpoint yet"),
+            },
         ),
         Err(e) => store_failed(e),
     }

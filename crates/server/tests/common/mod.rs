@@ -386,7 +386,8 @@ pub fn get(v: &Value, k: &str) -> String {
         .to_string()
 }
 
-async fn exec(db: &TestDb, sql: &str) {
+/// Runs `sql` on the test database, as someone with access to it would (tampering).
+pub async fn exec(db: &TestDb, sql: &str) {
     let store = grantline_store::Store::connect(&db.db, false)
         .await
         .unwrap();
