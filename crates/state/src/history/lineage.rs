@@ -333,8 +333,15 @@ impl Scope {
         let has = |set: &HashSet<String>, v: Option<&str>| v.is_some_and(|v| set.contains(v));
         let kind = r.envelope.kind();
         let part = match &refs.family {
-            // An event of a family belongs to that family's story only.
-            Some(f) => self.families.contains(*f),
+            // An event of a family belongs to that family's story — and to the story of the
+            // whole client or user it names: a client presenting another client's refresh
+            // token is recorded against the family it tried, and is part of what that client
+            // did.
+            Some(f) => {
+                self.families.contains(*f)
+                    || (self.whole_user.is_some() && refs.user == self.whole_user.as_deref())
+                    || (self.whole_client.is_some() && refs.client == self.whole_client.as_deref())
+            }
             None => {
                 refs.tokens.iter().any(|t| self.tokens.contains(*t))
                     || has(&self.pats, refs.pat)
@@ -411,6 +418,50 @@ mod tests {
         // Its client's registration, its issuance and the tool call made with it (both
         // marked); not the other family's code.
         assert_eq!(story, vec![(1, false), (3, true), (4, true)]);
+    }
+
+    /// A client's story holds its attempts on another client's token family: the refusal is
+    /// recorded against the family it tried, and names the client that tried.
+    #[test]
+    fn a_clients_story_holds_its_tries_with_another_clients_refresh_token() {
+        let Payload::ClientRegistered(mut x) = sample(Kind::ClientRegistered) else {
+            unreachable!()
+        };
+        x.client_id = "cli_intruder".into();
+        let Payload::TokenIssued(victim) = sample(Kind::TokenIssued) else {
+            unreachable!()
+        };
+        assert_ne!(victim.client_id, x.client_id);
+        let family = victim.family_id.clone().expect("a family");
+        let Payload::OAuthRefused(mut tried) = sample(Kind::OAuthRefused) else {
+            unreachable!()
+        };
+        tried.client_id = Some(x.client_id.clone());
+        tried.family_id = Some(family.clone());
+        let Payload::CodeIssued(mut code) = sample(Kind::CodeIssued) else {
+            unreachable!()
+        };
+        code.family_id = family.clone();
+        code.client_id = victim.client_id.clone();
+        let events = [
+            rec(1, Payload::ClientRegistered(x.clone())),
+            rec(2, Payload::CodeIssued(code)),
+            rec(3, Payload::TokenIssued(victim)),
+            rec(4, Payload::OAuthRefused(tried)),
+        ];
+        let story = |subject: &str| {
+            let mut index = Index::new(subject);
+            events.iter().for_each(|e| index.observe(e));
+            let scope = index.resolve().expect("known");
+            events
+                .iter()
+                .filter(|e| scope.includes(e).is_some())
+                .map(|e| e.seq())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(story(&x.client_id), vec![1, 4]);
+        // The family's own story holds the try as well.
+        assert!(story(&family).contains(&4));
     }
 
     /// A personal access token's story holds the end of its user's sessions: the fold
