@@ -62,6 +62,38 @@ impl Location {
         Ok(OpenApp { app, _lock: lock })
     }
 
+    /// As [`Location::app`], for a command that acts on what the ledger holds already
+    /// (containment, erasure, listings): refused, before anything is created or appended, when
+    /// there is no ledger there or it holds no event — a data directory or database that is not
+    /// the server's (an unset `GRANTLINE_DATA_DIR`, a typo) would otherwise get a new ledger,
+    /// keys and an administrator, and the command would answer "no such family" about it.
+    pub async fn existing_app(&self, ledger: grantline_store::LedgerOptions) -> Result<OpenApp> {
+        let missing = || {
+            anyhow::anyhow!(
+                "no ledger with events at {} (data directory {}): is this the server's \
+                 --database / --data-dir (GRANTLINE_DATABASE_URL, GRANTLINE_DATA_DIR)? Nothing \
+                 was created or changed",
+                self.database.display(),
+                self.data_dir.display()
+            )
+        };
+        let store = match grantline_store::Store::connect(&self.database, false).await {
+            Ok(s) => s,
+            Err(grantline_store::StoreError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(missing());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        // A database without the ledger's tables (PostgreSQL, before its first start) holds no
+        // events either.
+        let head = store.head().await.ok().flatten();
+        store.close().await;
+        if head.is_none() {
+            return Err(missing());
+        }
+        self.app(ledger).await
+    }
+
     /// Keys trusted to have signed checkpoints: those given, else the local key's public half.
     pub fn trusted_keys(&self, given: &[String]) -> Result<(Vec<NoteVerifier>, &'static str)> {
         if !given.is_empty() {

@@ -303,6 +303,24 @@ fn bad_database_urls_and_missing_ledgers_are_clear_errors() {
         String::from_utf8_lossy(&o.stderr).contains("no ledger at"),
         "{o:?}"
     );
+    // A command that acts on what a ledger holds, pointed at a place with none (an unset
+    // GRANTLINE_DATA_DIR): refused, and nothing made there — no ledger, no keys, no admin.
+    for args in [
+        &["revoke", "--family", "fam_x", "--reason", "INC-1"][..],
+        &["user", "erase", "alice"][..],
+        &["pat", "list"][..],
+        &["client", "disable", "cli_x"][..],
+    ] {
+        let empty = tempfile::tempdir().unwrap();
+        let d = empty.path().join("data");
+        let mut all = vec!["--data-dir", d.to_str().unwrap()];
+        all.extend_from_slice(args);
+        let o = grantline(&all);
+        assert!(!o.status.success(), "{args:?}: {o:?}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("no ledger with events at"), "{args:?}: {err}");
+        assert!(!d.exists(), "{args:?}: the data directory was made");
+    }
 }
 
 /// An unreachable PostgreSQL, as `grantline serve` reports it to an operator whose stderr is a
@@ -448,7 +466,7 @@ fn a_ledger_with_history_gets_no_new_keys() {
     // Another ledger's key: its checkpoints were not signed by it.
     let stranger = tempfile::tempdir().unwrap();
     assert!(
-        grantline_in(stranger.path(), &["user", "list"])
+        grantline_in(stranger.path(), &["user", "add", "bob"])
             .status
             .success()
     );
@@ -475,7 +493,11 @@ fn a_ledger_with_history_gets_no_new_keys() {
     let mode = |p: std::path::PathBuf| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(first.path().join("grantline.db")), 0o600);
     let nested = first.path().join("new/data");
-    assert!(grantline_in(&nested, &["user", "list"]).status.success());
+    assert!(
+        grantline_in(&nested, &["user", "add", "carol"])
+            .status
+            .success()
+    );
     assert_eq!(mode(nested.clone()), 0o700);
     let key = other.path().join("access-token.key");
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
@@ -767,6 +789,11 @@ fn users_and_clients_from_the_command_line() {
     // Users by username everywhere, erase included.
     let out = grantline_in(d, &["revoke", "--user", "alice", "--reason", "ticket 2"]);
     assert!(out.status.success(), "{out:?}");
+    // alice held nothing live: said as such, not as "revoked already".
+    assert!(
+        stdout(&out).starts_with("nothing live to revoke: everything of alice"),
+        "{out:?}"
+    );
     let out = grantline_in(d, &["user", "erase", "alice"]);
     assert!(out.status.success(), "{out:?}");
     assert!(

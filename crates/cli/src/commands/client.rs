@@ -43,7 +43,12 @@ pub enum Command {
 }
 
 pub async fn run(loc: &Location, cmd: Command) -> Result<ExitCode> {
-    let app = loc.app(LedgerOptions::default()).await?;
+    // Adding a client may start a ledger (before the first `serve`); the rest act on one.
+    let app = if matches!(cmd, Command::Add { .. }) {
+        loc.app(LedgerOptions::default()).await?
+    } else {
+        loc.existing_app(LedgerOptions::default()).await?
+    };
     let result = run_with(&app, cmd).await;
     app.ledger.shutdown().await;
     result

@@ -35,7 +35,7 @@ pub enum Command {
 }
 
 pub async fn run(loc: &Location, cmd: Command) -> Result<ExitCode> {
-    let app = loc.app(LedgerOptions::default()).await?;
+    let app = loc.existing_app(LedgerOptions::default()).await?;
     let result = run_with(&app, cmd).await;
     app.ledger.shutdown().await;
     result

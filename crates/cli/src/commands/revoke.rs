@@ -51,12 +51,15 @@ pub async fn run(loc: &Location, args: Args) -> Result<ExitCode> {
         ),
         _ => anyhow::bail!("name what to revoke"),
     };
-    let app = loc.app(LedgerOptions::default()).await?;
+    let app = loc.existing_app(LedgerOptions::default()).await?;
     let r = admin::contain(&app, &what, &args.reason, Actor::Operator).await;
     app.ledger.shutdown().await;
     let n = r?;
     if n == 0 {
-        println!("nothing to revoke: {label} was revoked already");
+        println!(
+            "nothing live to revoke: {label} — each was revoked before, or none was issued \
+             (a user's browser sessions are ended all the same when they signed in since)"
+        );
     } else {
         println!("revoked {label} ({n} revoked)");
     }

@@ -75,7 +75,7 @@ pub async fn run(loc: &Location, cmd: Command) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::List => {
-            let app = loc.app(LedgerOptions::default()).await?;
+            let app = loc.existing_app(LedgerOptions::default()).await?;
             let creds = app.credentials.list().await?;
             {
                 let state = app.projection.read();
@@ -92,28 +92,28 @@ pub async fn run(loc: &Location, cmd: Command) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Disable { user, reason } => {
-            let app = loc.app(LedgerOptions::default()).await?;
+            let app = loc.existing_app(LedgerOptions::default()).await?;
             let r = admin::disable_user(&app, &user, &reason, Actor::Operator).await;
             app.ledger.shutdown().await;
             println!("disabled {}", r?);
             Ok(ExitCode::SUCCESS)
         }
         Command::RevokeAll { user } => {
-            let app = loc.app(LedgerOptions::default()).await?;
+            let app = loc.existing_app(LedgerOptions::default()).await?;
             let r = admin::revoke_everything(&app, &user, Actor::Operator).await;
             app.ledger.shutdown().await;
             println!("revoked {} grants and personal access tokens of {user}", r?);
             Ok(ExitCode::SUCCESS)
         }
         Command::SetRole { user, role } => {
-            let app = loc.app(LedgerOptions::default()).await?;
+            let app = loc.existing_app(LedgerOptions::default()).await?;
             let r = admin::set_role(&app, &user, &role, Actor::Operator).await;
             app.ledger.shutdown().await;
             println!("{} is now {role}", r?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Erase { user } => {
-            let app = loc.app(LedgerOptions::default()).await?;
+            let app = loc.existing_app(LedgerOptions::default()).await?;
             let r = admin::erase_user(&app, &user, Actor::Operator).await;
             app.ledger.shutdown().await;
             let (user_id, revoked, had_key) = r?;
