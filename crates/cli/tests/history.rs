@@ -463,6 +463,32 @@ backend_tests! {
         assert_eq!(head, story.points[5].0, "the reads appended nothing");
     }
 
+    async fn an_operators_snapshot_of_an_earlier_seq_is_not_removed_as_it_is_written(db: TestDb) {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let s = start(&db, d).await;
+        let story = write_story(&s).await;
+        s.stop().await;
+        let seqs: Vec<u64> = story.points.iter().map(|(seq, _)| *seq).collect();
+        for seq in &seqs[1..4] {
+            let o = grantline(&db, d, &["snapshot", "--at", &seq.to_string()]);
+            assert_eq!(o.status.code(), Some(0), "{o:?}");
+        }
+        // Three newer ones are kept: one of an earlier seq is written, kept, and said to go
+        // with the next snapshot.
+        let o = grantline(&db, d, &["snapshot", "--at", &seqs[0].to_string()]);
+        assert_eq!(o.status.code(), Some(0), "{o:?}");
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(out.contains("older than the 3 newest"), "{out}");
+        let path = d.join(format!("snapshots/state-{:020}.cbor", seqs[0]));
+        assert!(path.exists(), "{out}");
+        // The next one written removes it, and keeps the three newest.
+        let o = grantline(&db, d, &["snapshot"]);
+        assert_eq!(o.status.code(), Some(0), "{o:?}");
+        assert!(!path.exists());
+        assert_eq!(std::fs::read_dir(d.join("snapshots")).unwrap().count(), 3);
+    }
+
     async fn snapshots_are_used_when_they_match_and_refused_when_not(db: TestDb) {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();

@@ -11,7 +11,7 @@ use grantline_store::Store;
 use std::path::{Path, PathBuf};
 
 /// Snapshots kept; older ones are removed after a new one is written.
-const KEEP: usize = 3;
+pub const KEEP: usize = 3;
 
 /// The snapshot directory of one data directory, and the key their tags are made with.
 #[derive(Clone)]
@@ -84,7 +84,14 @@ impl Snapshots {
             Ok(())
         })
         .await??;
-        for (_, old) in self.list().into_iter().skip(KEEP) {
+        // Never the one just written: an operator's snapshot of an earlier seq (`grantline
+        // snapshot --at`) stays until the next one is written.
+        for (_, old) in self
+            .list()
+            .into_iter()
+            .skip(KEEP)
+            .filter(|(_, p)| *p != path)
+        {
             if let Err(e) = std::fs::remove_file(&old) {
                 tracing::warn!(path = %old.display(), error = %e, "could not remove an old snapshot");
             }

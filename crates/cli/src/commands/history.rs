@@ -676,5 +676,15 @@ pub async fn snapshot(loc: &Location, args: SnapshotArgs) -> Result<ExitCode> {
         .write(&store, state)
         .await?;
     println!("snapshot of seq {seq} written to {}", path.display());
+    let snapshots = Snapshots::in_data_dir(&loc.data_dir, &signer);
+    let newer = snapshots.list().iter().filter(|(s, _)| *s > seq).count();
+    if newer >= grantline_server::snapshots::KEEP {
+        println!(
+            "it is older than the {} newest, which are kept: the next snapshot written here \
+             (the server writes one every {} events) removes it; copy it elsewhere to keep it",
+            grantline_server::snapshots::KEEP,
+            grantline_server::snapshots::EVERY_EVENTS
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
