@@ -120,6 +120,30 @@ impl App {
         self.clock.now()
     }
 
+    /// The subject a request's metadata is sealed under: the user's while they have a key
+    /// (known, not erased), else `otherwise` (the client's). An erased user's key is gone:
+    /// sealing under it fails as if the key store did, and a request about their old tokens
+    /// would be answered 503 instead of being refused (or accepted) by its decider.
+    pub fn sealing_subject(
+        &self,
+        user: Option<&str>,
+        otherwise: impl FnOnce() -> String,
+    ) -> String {
+        match user {
+            Some(u)
+                if self
+                    .projection
+                    .read()
+                    .users
+                    .get(u)
+                    .is_some_and(|x| !x.erased) =>
+            {
+                grantline_ledger::pii::user_subject(u)
+            }
+            _ => otherwise(),
+        }
+    }
+
     /// The settings for an issuer: the configured one, or one derived from forwarded headers.
     pub fn settings_for(&self, issuer: &str) -> Arc<Settings> {
         let live = self.live();

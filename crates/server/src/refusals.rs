@@ -6,7 +6,7 @@
 use crate::app::App;
 use crate::context::RequestContext;
 pub use crate::refusal_window::{RefusalLog, WINDOW_SECS};
-use grantline_ledger::{OAuthEndpoint, pii};
+use grantline_ledger::OAuthEndpoint;
 use grantline_oauth::OAuthError;
 pub use grantline_oauth::refused::Attempt;
 
@@ -35,11 +35,10 @@ pub async fn record(
     let Some(suppressed) = app.refusals.admit(key, app.now().0 / 1_000_000) else {
         return;
     };
-    let subject = match (&attempt.user_id, &attempt.client_id) {
-        (Some(u), _) => pii::user_subject(u),
-        (None, Some(c)) => format!("client:{c}"),
-        (None, None) => format!("anon:{}", &app.now().to_string()[..10]),
-    };
+    let subject = app.sealing_subject(attempt.user_id.as_deref(), || match &attempt.client_id {
+        Some(c) => format!("client:{c}"),
+        None => format!("anon:{}", &app.now().to_string()[..10]),
+    });
     let request = match ctx.meta(app, &subject).await {
         Ok(m) => Some(m),
         Err(e) => {

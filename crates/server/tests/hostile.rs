@@ -20,6 +20,61 @@ async fn server(
     (s, dir, db)
 }
 
+/// An erased user's tokens and codes are refused (or, at revocation, accepted) as OAuth
+/// answers: their key is gone, and sealing the request's metadata under it must not turn the
+/// answer into a 503 for as long as their refresh tokens are remembered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_erased_users_tokens_are_refused_not_answered_503() {
+    let (s, _dir, _db) = server(|_| {}).await;
+    let (client, code_1, verifier_1) = code(&s, "demo:read").await;
+    let (status, tokens) = exchange(&s, &client, &code_1, &verifier_1).await;
+    assert_eq!(status, StatusCode::OK, "{tokens}");
+    let (client_2, code_2, verifier_2) = code(&s, "demo:read").await;
+    grantline_server::admin::erase_user(&s.app, "admin", grantline_ledger::Actor::Operator)
+        .await
+        .unwrap();
+    let (status, v) = refresh(&s, &client, &get(&tokens, "refresh_token")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(v["error"], "invalid_grant", "{v}");
+    let (status, v) = exchange(&s, &client_2, &code_2, &verifier_2).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(v["error"], "invalid_grant", "{v}");
+    for token in [get(&tokens, "refresh_token"), get(&tokens, "access_token")] {
+        let r = browser()
+            .post(s.url("/oauth/revoke"))
+            .form(&[("token", token.as_str()), ("client_id", client.as_str())])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    // The refusals are on the ledger, their request metadata sealed under the client.
+    let refused = s
+        .app
+        .store()
+        .read(0, 100_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|e| match e.payload() {
+            grantline_ledger::Payload::OAuthRefused(r) => Some(
+                r.request
+                    .as_ref()
+                    .map(|m| m.source_ip.as_ref().map(|ip| ip.subject.clone())),
+            ),
+            _ => None,
+        })
+        .collect::<Vec<_>>();
+    assert!(refused.len() >= 2, "{refused:?}");
+    assert!(
+        refused.iter().all(|r| r.as_ref().is_some_and(|ip| ip
+            .as_ref()
+            .is_none_or(|subject| subject.starts_with("client:")))),
+        "{refused:?}"
+    );
+    s.stop().await;
+}
+
 /// The bootstrap admin is made on the first start only: erased later (the operator made
 /// admins of their own), it does not come back at the next start with the password the
 /// environment still holds.

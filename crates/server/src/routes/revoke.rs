@@ -8,7 +8,6 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use grantline_ledger::pii;
 use grantline_oauth::client_auth::authenticate;
 use grantline_oauth::{OAuthError, revoke as rules};
 
@@ -57,10 +56,7 @@ async fn handle(
                     .and_then(|a| a.user_id.clone())
             })
     };
-    let subject = match &user {
-        Some(u) => pii::user_subject(u),
-        None => format!("client:{}", client.client_id),
-    };
+    let subject = app.sealing_subject(user.as_deref(), || format!("client:{}", client.client_id));
     let meta = ctx.meta(app, &subject).await?;
     app.run(|s| rules::decide(s, &client, &token, Some(meta.clone())))
         .await?

@@ -10,7 +10,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
-use grantline_ledger::{OAuthEndpoint, pii};
+use grantline_ledger::OAuthEndpoint;
 use grantline_oauth::OAuthError;
 use grantline_oauth::client_auth::authenticate;
 use grantline_oauth::grants::{Context, TokenRequest};
@@ -169,9 +169,6 @@ async fn meta_for(
     if let Some(u) = user {
         tracing::Span::current().record("user_id", u);
     }
-    let subject = match user {
-        Some(u) => pii::user_subject(u),
-        None => format!("client:{client_id}"),
-    };
+    let subject = app.sealing_subject(user, || format!("client:{client_id}"));
     ctx.meta(app, &subject).await
 }

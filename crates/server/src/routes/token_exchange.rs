@@ -9,7 +9,6 @@ use crate::federation::TokenError;
 use crate::http::param;
 use axum::Json;
 use axum::response::{IntoResponse, Response};
-use grantline_ledger::pii;
 use grantline_oauth::federation::{
     ASSERTION_LIFETIME, Assertion, TOKEN_TYPE_ACCESS, TOKEN_TYPE_JWT, check_exchange, exchanged,
 };
@@ -130,7 +129,12 @@ pub async fn exchange(
         }
         Err(TokenError::App(e)) => return Err(e),
     };
-    let meta = ctx.meta(app, &pii::user_subject(&x.user_id)).await?;
+    let meta = ctx
+        .meta(
+            app,
+            &app.sealing_subject(Some(&x.user_id), || format!("client:{}", x.client_id)),
+        )
+        .await?;
     let (outcome, _) = app
         .run(|s| exchanged(s, &x, refreshed, Some(meta.clone())))
         .await?;
