@@ -75,9 +75,10 @@ pub fn introspect(
             && state.users.get(&f.user_id).is_some_and(User::active)
             && audiences.include(&f.resource);
         if live {
+            // No `token_type`: RFC 7662 takes it from RFC 6749's access-token types, and a
+            // refresh token is none of them.
             return json!({
                 "active": true,
-                "token_type": "refresh_token",
                 "scope": scope::join(&f.scopes),
                 "client_id": f.client_id,
                 "sub": f.user_id,
@@ -95,16 +96,20 @@ pub fn introspect(
         && state.live_pat(&digest, now).is_some()
         && audiences.include(&p.resource)
     {
-        return json!({
+        let mut answer = json!({
             "active": true,
             "token_type": "Bearer",
             "scope": scope::join(&p.scopes),
             "sub": p.user_id,
             "aud": p.resource,
             "iss": issuer,
-            "exp": p.expires_at.map(secs),
             "jti": p.pat_id,
         });
+        // `exp` is a number when present (RFC 7662 §2.2); a token that never expires has none.
+        if let Some(at) = p.expires_at {
+            answer["exp"] = json!(secs(at));
+        }
+        return answer;
     }
     json!({ "active": false })
 }

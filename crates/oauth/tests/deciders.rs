@@ -1400,6 +1400,8 @@ fn revocation_and_introspection() {
         start + 250,
         "the absolute end, before the idle one"
     );
+    // A refresh token is none of RFC 6749's access-token types: no `token_type`.
+    assert!(info.get("token_type").is_none(), "{info}");
     w.tick(60);
     assert!(active(&w, &rt));
     w.tick(20);
@@ -1565,6 +1567,20 @@ fn personal_access_tokens_are_shown_once_bounded_and_revoked_for_good() {
         vec!["demo:read".to_string()]
     );
     assert_eq!(stored.resource, RES);
+    // Introspected: a bearer token with a numeric `exp` (RFC 7662).
+    let info = grantline_oauth::introspect::introspect(
+        &w.state,
+        "x",
+        created.token.as_str(),
+        w.now,
+        10,
+        grantline_oauth::introspect::Audiences::Any,
+    );
+    assert_eq!(
+        (info["active"].clone(), info["token_type"].clone()),
+        (serde_json::json!(true), serde_json::json!("Bearer"))
+    );
+    assert_eq!(info["exp"], (w.now.0 / 1_000_000) + 30 * 86_400);
     let json = format!("{:?}", w.state.pats);
     assert!(
         !json.contains(created.token.as_str()),
@@ -1595,6 +1611,29 @@ fn personal_access_tokens_are_shown_once_bounded_and_revoked_for_good() {
             .events
             .is_empty()
     );
+    // One that never expires has no `exp` at all, not `null`.
+    let d = pat::create(
+        &w.state,
+        &w.settings,
+        Actor::System,
+        &req(None, RES, None, "forever"),
+        w.now,
+        (
+            "pat_3".into(),
+            Secret("glp_never_expiring_token_value_for_the_test".into()),
+        ),
+    );
+    w.commit(&d.append).unwrap();
+    let info = grantline_oauth::introspect::introspect(
+        &w.state,
+        "x",
+        "glp_never_expiring_token_value_for_the_test",
+        w.now,
+        10,
+        grantline_oauth::introspect::Audiences::Any,
+    );
+    assert_eq!(info["active"], true, "{info}");
+    assert!(info.get("exp").is_none(), "{info}");
     // Expiry.
     let d = pat::create(
         &w.state,
