@@ -289,21 +289,24 @@ pub fn check_exchange(
             "this client may not exchange identity assertions for upstream tokens",
         ));
     }
-    let invalid_grant = |d: &str| OAuthError::new(ErrorCode::InvalidGrant, d);
+    // RFC 8693 §2.2.2: a subject token that is invalid, or unacceptable by policy, MUST be
+    // `invalid_request`; a target the server will not issue for SHOULD be `invalid_target`.
+    let invalid_subject = |d: &str| OAuthError::new(ErrorCode::InvalidRequest, d);
     if assertion.issuer != issuer {
-        return Err(invalid_grant("the subject token was not issued here"));
+        return Err(invalid_subject("the subject token was not issued here"));
     }
     if assertion.expires <= now_secs {
-        return Err(invalid_grant("the subject token has expired"));
+        return Err(invalid_subject("the subject token has expired"));
     }
     let Some(asserted) = assertion.audience.strip_suffix("#upstream") else {
-        return Err(invalid_grant(
+        return Err(invalid_subject(
             "the subject token is not an identity assertion",
         ));
     };
     if resource.is_some_and(|r| crate::canonical_resource(r) != crate::canonical_resource(asserted))
     {
-        return Err(invalid_grant(
+        return Err(OAuthError::new(
+            ErrorCode::InvalidTarget,
             "the subject token was made for another resource",
         ));
     }
@@ -311,7 +314,7 @@ pub fn check_exchange(
         .iter()
         .find(|p| crate::canonical_resource(&p.resource) == crate::canonical_resource(asserted))
     else {
-        return Err(invalid_grant(
+        return Err(invalid_subject(
             "the subject token was made for a resource this client does not serve",
         ));
     };
@@ -328,9 +331,9 @@ pub fn check_exchange(
         .users
         .get(&assertion.subject)
         .filter(|u| u.active())
-        .ok_or_else(|| invalid_grant("the subject token names no active user"))?;
+        .ok_or_else(|| invalid_subject("the subject token names no active user"))?;
     if !user.links.contains_key(&policy.provider) {
-        return Err(invalid_grant(
+        return Err(invalid_subject(
             "the user has never signed in through this resource's identity provider",
         ));
     }

@@ -225,13 +225,13 @@ backend_tests! {
             ("a public client", ("public-mcp", ""), a.clone(), vec![],
              StatusCode::BAD_REQUEST, "unauthorized_client"),
             ("an assertion for another resource", notes, assertion(&s, &user, "/mcp/demo"), vec![],
-             StatusCode::BAD_REQUEST, "invalid_grant"),
+             StatusCode::BAD_REQUEST, "invalid_request"),
             ("naming another resource", notes, a.clone(), vec![("resource", "/x")],
-             StatusCode::BAD_REQUEST, "invalid_grant"),
+             StatusCode::BAD_REQUEST, "invalid_target"),
             ("another provider as audience", notes, a.clone(), vec![("audience", "github")],
              StatusCode::BAD_REQUEST, "invalid_target"),
             ("a token not signed here", notes, format!("{}x", a), vec![],
-             StatusCode::BAD_REQUEST, "invalid_grant"),
+             StatusCode::BAD_REQUEST, "invalid_request"),
             ("an access token's type", notes, a.clone(),
              vec![("subject_token_type", "urn:ietf:params:oauth:token-type:access_token")],
              StatusCode::BAD_REQUEST, "invalid_request"),
@@ -239,7 +239,7 @@ backend_tests! {
              vec![("requested_token_type", "urn:ietf:params:oauth:token-type:refresh_token")],
              StatusCode::BAD_REQUEST, "invalid_request"),
             ("a user who is not there", notes, assertion(&s, "usr_nobody", "/mcp/notes"), vec![],
-             StatusCode::BAD_REQUEST, "invalid_grant"),
+             StatusCode::BAD_REQUEST, "invalid_request"),
         ];
         for (what, who, token, extra, status, error) in cases {
             let mut form = extra.clone();
@@ -268,7 +268,7 @@ backend_tests! {
         // The assertion lives 60 seconds.
         s.app.clock.advance(61);
         let (st, body) = exchange(&s, notes, &a, &[]).await;
-        assert_eq!((st, body["error"].as_str().unwrap()), (StatusCode::BAD_REQUEST, "invalid_grant"));
+        assert_eq!((st, body["error"].as_str().unwrap()), (StatusCode::BAD_REQUEST, "invalid_request"));
         assert!(body["error_description"].as_str().unwrap().contains("expired"), "{body}");
 
         // One exchange, one event, and the token in no event.
@@ -402,20 +402,20 @@ backend_tests! {
         assert_eq!(body["access_token"], UPSTREAM_TOKEN);
         // The access-token keys, in force or just retired, sign no identity assertion.
         let (st, body) = exchange(&s, notes, &sign(&s.app.jwt, s.app.now().0 / 1_000_000), &[]).await;
-        assert_eq!((st, body["error"].as_str().unwrap()), (StatusCode::BAD_REQUEST, "invalid_grant"), "{body}");
+        assert_eq!((st, body["error"].as_str().unwrap()), (StatusCode::BAD_REQUEST, "invalid_request"), "{body}");
         let (st, body) = exchange(&s, notes, &sign(&old_access, s.app.now().0 / 1_000_000), &[]).await;
-        assert_eq!((st, body["error"].as_str().unwrap()), (StatusCode::BAD_REQUEST, "invalid_grant"), "{body}");
+        assert_eq!((st, body["error"].as_str().unwrap()), (StatusCode::BAD_REQUEST, "invalid_request"), "{body}");
         // A key this server never announced is refused as before.
         let stranger = grantline_oauth::tokens::JwtSigner::new(
             ed25519_dalek::SigningKey::from_bytes(&[7; 32]),
         );
         let (st, body) = exchange(&s, notes, &sign(&stranger, s.app.now().0 / 1_000_000), &[]).await;
-        assert_eq!((st, body["error"].as_str().unwrap()), (StatusCode::BAD_REQUEST, "invalid_grant"), "{body}");
+        assert_eq!((st, body["error"].as_str().unwrap()), (StatusCode::BAD_REQUEST, "invalid_request"), "{body}");
         // Once an assertion's lifetime has passed since the rotation, the retired key signs
         // nothing that is accepted, however fresh its claims.
         s.app.clock.advance(grantline_oauth::federation::ASSERTION_LIFETIME + 1);
         let (st, body) = exchange(&s, notes, &sign(&old_key, s.app.now().0 / 1_000_000), &[]).await;
-        assert_eq!((st, body["error"].as_str().unwrap()), (StatusCode::BAD_REQUEST, "invalid_grant"), "{body}");
+        assert_eq!((st, body["error"].as_str().unwrap()), (StatusCode::BAD_REQUEST, "invalid_request"), "{body}");
         assert!(body["error_description"].as_str().unwrap().contains("not an identity assertion signed by this server"), "{body}");
         s.stop().await;
     }
@@ -558,7 +558,7 @@ backend_tests! {
         assert!(fed.tables.linked_user("corp", "https://corp.example", "00u-alice").await.unwrap().is_none());
         let a = assertion(&s, &user, "/mcp/notes");
         let (st, body) = exchange(&s, ("notes-mcp", NOTES_SECRET), &a, &[]).await;
-        assert_eq!((st, body["error"].as_str().unwrap()), (StatusCode::BAD_REQUEST, "invalid_grant"), "{body}");
+        assert_eq!((st, body["error"].as_str().unwrap()), (StatusCode::BAD_REQUEST, "invalid_request"), "{body}");
         s.stop().await;
     }
 

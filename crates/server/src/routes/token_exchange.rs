@@ -66,8 +66,9 @@ pub async fn exchange(
             grantline_oauth::tokens::verify_jws(&key, &kid, &subject_token, ASSERTION_TYP)
         })
         .ok_or_else(|| {
+            // RFC 8693 §2.2.2: an invalid subject token is `invalid_request`.
             OAuthError::new(
-                ErrorCode::InvalidGrant,
+                ErrorCode::InvalidRequest,
                 "the subject token is not an identity assertion signed by this server",
             )
         })?;
