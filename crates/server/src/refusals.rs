@@ -10,6 +10,23 @@ use grantline_ledger::OAuthEndpoint;
 use grantline_oauth::OAuthError;
 pub use grantline_oauth::refused::Attempt;
 
+/// The client a refusal's window is kept for: the one the request named when that client has
+/// been used (an authorization completed) or an operator made it. Anyone may register clients
+/// — with a secret, so proving who one is bounds nothing — or name metadata documents by the
+/// thousand: keyed by each, refusals naming them would write that many events a minute. Those
+/// share one window per endpoint and error (the event still names the client of its first
+/// refusal, and the count holds the rest).
+fn keyed_client(app: &App, attempt: &Attempt) -> Option<String> {
+    use grantline_ledger::RegistrationMethod::{Dynamic, MetadataDocument};
+    let id = attempt.client_id.as_ref()?;
+    let state = app.projection.read();
+    let known = state
+        .clients
+        .get(id)
+        .is_some_and(|c| c.used || !matches!(c.method, Dynamic | MetadataDocument));
+    known.then(|| id.clone())
+}
+
 /// Records `error` for `attempt` unless it is on the ledger already or its key had an event
 /// within the window. The refusal is answered after the append is tried, and stands whether
 /// or not it could be written. What the caller sent is clipped: an anonymous caller must not
@@ -28,7 +45,7 @@ pub async fn record(
     // of every family, not one per client.
     let key = (
         endpoint,
-        attempt.client_id.clone(),
+        keyed_client(app, &attempt),
         error.code.as_str().to_string(),
         attempt.family_id.clone(),
     );

@@ -556,6 +556,68 @@ async fn refused_requests_are_recorded_once_a_minute_per_client_and_error() {
     s.stop().await;
 }
 
+/// Clients anyone can make (registrations, metadata documents) that never proved who they are
+/// nor were used share one refusal window per endpoint and error: ten of them refused write one
+/// event, not ten, and the next one counts the rest. A client that has been used keeps its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_naming_unused_registrations_share_one_window() {
+    let db = sqlite().await;
+    let (s, _d) = server_with(&db, |_| {}).await;
+    let (used, _code, _verifier) = code(&s, "demo:read").await;
+    let bogus = |client: String| {
+        let s = &s;
+        async move {
+            let r = browser()
+                .post(s.url("/oauth/token"))
+                .form(&[
+                    ("grant_type", "authorization_code"),
+                    ("client_id", client.as_str()),
+                    ("code", "no-such-code"),
+                    ("redirect_uri", REDIRECT),
+                    (
+                        "code_verifier",
+                        "wrong-verifier-wrong-verifier-wrong-verifier-x",
+                    ),
+                ])
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        }
+    };
+    let mut fresh = Vec::new();
+    for _ in 0..10 {
+        fresh.push(register_public(&s, REDIRECT).await);
+    }
+    for c in &fresh {
+        bogus(c.clone()).await;
+    }
+    bogus(used.clone()).await;
+    let refused = || async {
+        s.app
+            .store()
+            .read(0, 10_000)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter_map(|e| match e.payload() {
+                Payload::OAuthRefused(r) if r.endpoint == OAuthEndpoint::Token => Some(r.clone()),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    let first = refused().await;
+    assert_eq!(first.len(), 2, "{first:?}");
+    assert_eq!(first[0].client_id.as_deref(), Some(fresh[0].as_str()));
+    assert_eq!(first[1].client_id.as_deref(), Some(used.as_str()));
+    s.app.clock.advance(61);
+    bogus(fresh[9].clone()).await;
+    let after = refused().await;
+    assert_eq!(after.len(), 3, "{after:?}");
+    assert_eq!(after[2].suppressed, 9, "the nine not written");
+    s.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logout_ends_the_session() {
     let db = sqlite().await;
