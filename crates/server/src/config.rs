@@ -438,10 +438,18 @@ pub struct RegistrationSection {
     /// Registrations accepted per source address per hour (0: no limit); over it, 429.
     #[serde(default = "default_per_address")]
     pub per_address_per_hour: u32,
+    /// Registrations accepted per hour from all addresses together (0: no limit); over it,
+    /// 429. Each unused one stays in the state until it expires (`dynamic_client_ttl`).
+    #[serde(default = "default_total")]
+    pub total_per_hour: u32,
 }
 
 fn default_per_address() -> u32 {
     60
+}
+
+fn default_total() -> u32 {
+    1000
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -464,6 +472,9 @@ pub struct MetadataDocumentsSection {
     /// New metadata-document clients taken in per source address per hour (0: no limit);
     /// over it, the authorization request is answered 429.
     pub per_address_per_hour: u32,
+    /// New metadata-document clients taken in per hour from all addresses together (0: no
+    /// limit); over it, 429. They are kept for good.
+    pub total_per_hour: u32,
     /// Changes of one metadata-document client taken in per day (`client.updated`, each kept
     /// for ever; 0: no limit); over it, its authorization requests are answered 429.
     pub updates_per_client_per_day: u32,
@@ -475,6 +486,7 @@ impl Default for RegistrationSection {
             policy: None,
             allow: Vec::new(),
             per_address_per_hour: default_per_address(),
+            total_per_hour: default_total(),
         }
     }
 }
@@ -491,6 +503,7 @@ impl Default for MetadataDocumentsSection {
             max_cache_seconds: 86_400,
             min_cache_seconds: 60,
             per_address_per_hour: 60,
+            total_per_hour: 1000,
             updates_per_client_per_day: 10,
         }
     }

@@ -161,6 +161,7 @@ pub fn policies(config: &Config) -> Vec<(&'static str, BTreeMap<String, String>)
             "per_address_per_hour".to_string(),
             reg.per_address_per_hour.to_string(),
         ),
+        ("total_per_hour".to_string(), reg.total_per_hour.to_string()),
     ]);
     for (i, rule) in reg.allow.iter().enumerate() {
         let parts = [
@@ -361,8 +362,10 @@ impl App {
                 before.outcome.unwrap_or_default()
             }
         };
-        self.registrations
-            .set_limit(live.config.registration.per_address_per_hour);
+        self.registrations.set_limits(
+            live.config.registration.per_address_per_hour,
+            live.config.registration.total_per_hour,
+        );
         self.metrics.set_mounts(live.mounts.by_name.keys().cloned());
         if let Ok(mut l) = self.live.write() {
             *l = Arc::new(live);

@@ -165,14 +165,17 @@ impl App {
             login_throttle: Default::default(),
             registrations: crate::throttle::AddressLimiter::new(
                 config.registration.per_address_per_hour,
+                config.registration.total_per_hour,
                 3600,
             ),
             document_intake: crate::throttle::AddressLimiter::new(
                 config.metadata_documents.per_address_per_hour,
+                config.metadata_documents.total_per_hour,
                 3600,
             ),
             document_updates: crate::throttle::AddressLimiter::new(
                 config.metadata_documents.updates_per_client_per_day,
+                0,
                 86_400,
             ),
             refusals: Default::default(),

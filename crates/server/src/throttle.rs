@@ -336,35 +336,46 @@ impl Drop for Held<'_> {
     }
 }
 
-/// At most `limit` requests per source address in each fixed window: registration and
-/// metadata-document intake, which anyone may call and which each add to the ledger.
+/// At most `limit` requests per source address, and `total` from all addresses together, in
+/// each fixed window: registration and metadata-document intake, which anyone may call and
+/// which each add to the ledger and the state for good. The total bounds what many addresses
+/// (an IPv6 /48 holds 65,536 /64s) can add between them.
 pub struct AddressLimiter {
     limit: std::sync::atomic::AtomicU32,
+    total: std::sync::atomic::AtomicU32,
     window_secs: i64,
     entries: Mutex<HashMap<String, (i64, u32)>>,
 }
 
+/// The bucket every request counts in as well, beside its address's.
+const ALL: &str = "*";
+
 impl AddressLimiter {
-    /// `limit` 0 turns the limiter off.
-    pub fn new(limit: u32, window_secs: i64) -> Self {
+    /// `limit` 0 turns the per-address limit off, `total` 0 the total.
+    pub fn new(limit: u32, total: u32, window_secs: i64) -> Self {
         AddressLimiter {
             limit: std::sync::atomic::AtomicU32::new(limit),
+            total: std::sync::atomic::AtomicU32::new(total),
             window_secs: window_secs.max(1),
             entries: Mutex::new(HashMap::new()),
         }
     }
 
-    /// A new limit (a reload), from the next request on.
-    pub fn set_limit(&self, limit: u32) {
+    /// New limits (a reload), from the next request on.
+    pub fn set_limits(&self, limit: u32, total: u32) {
         self.limit
             .store(limit, std::sync::atomic::Ordering::Relaxed);
+        self.total
+            .store(total, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// Counts one request from `address`; `Err(retry_after seconds)` when it is over the limit.
-    /// Requests with no known address share one bucket.
+    /// Counts one request from `address`; `Err(retry_after seconds)` when it is over either
+    /// limit (and then it counts against neither). Requests with no known address share one
+    /// bucket.
     pub fn hit(&self, address: Option<&str>, now: i64) -> Result<(), i64> {
         let limit = self.limit.load(std::sync::atomic::Ordering::Relaxed);
-        if limit == 0 {
+        let total = self.total.load(std::sync::atomic::Ordering::Relaxed);
+        if limit == 0 && total == 0 {
             return Ok(());
         }
         let Ok(mut map) = self.entries.lock() else {
@@ -374,22 +385,59 @@ impl AddressLimiter {
             let w = self.window_secs;
             map.retain(|_, (start, _)| now - *start < w);
         }
-        let e = map
-            .entry(address.map_or_else(|| "-".to_string(), network_of))
-            .or_insert((now, 0));
-        if now - e.0 >= self.window_secs {
-            *e = (now, 0);
+        let mut buckets = Vec::with_capacity(2);
+        if total > 0 {
+            buckets.push((ALL.to_string(), total));
         }
-        if e.1 >= limit {
-            return Err((e.0 + self.window_secs - now).max(1));
+        if limit > 0 {
+            buckets.push((address.map_or_else(|| "-".to_string(), network_of), limit));
         }
-        e.1 += 1;
+        for (key, cap) in &buckets {
+            let e = map.entry(key.clone()).or_insert((now, 0));
+            if now - e.0 >= self.window_secs {
+                *e = (now, 0);
+            }
+            if e.1 >= *cap {
+                return Err((e.0 + self.window_secs - now).max(1));
+            }
+        }
+        for (key, _) in buckets {
+            if let Some(e) = map.get_mut(&key) {
+                e.1 += 1;
+            }
+        }
         Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn many_addresses_together_stop_at_the_total() {
+        let limiter = super::AddressLimiter::new(2, 5, 3600);
+        // Two from one address, then that address is over its own limit.
+        assert!(limiter.hit(Some("192.0.2.1"), 0).is_ok());
+        assert!(limiter.hit(Some("192.0.2.1"), 0).is_ok());
+        assert_eq!(limiter.hit(Some("192.0.2.1"), 10), Err(3590));
+        // Three more addresses reach the total of five; a sixth address is refused too.
+        for a in ["2001:db8:0:1::1", "2001:db8:0:2::1", "2001:db8:0:3::1"] {
+            assert!(limiter.hit(Some(a), 20).is_ok(), "{a}");
+        }
+        assert!(limiter.hit(Some("2001:db8:0:4::1"), 30).is_err());
+        // A refused request counted against nothing: after the window, all may go again.
+        assert!(limiter.hit(Some("2001:db8:0:4::1"), 3600).is_ok());
+        // 0 turns a limit off.
+        let open = super::AddressLimiter::new(0, 0, 60);
+        for _ in 0..1000 {
+            assert!(open.hit(Some("192.0.2.9"), 0).is_ok());
+        }
+        let only_total = super::AddressLimiter::new(0, 3, 60);
+        for _ in 0..3 {
+            assert!(only_total.hit(Some("192.0.2.9"), 0).is_ok());
+        }
+        assert!(only_total.hit(Some("192.0.2.10"), 0).is_err());
+    }
+
     #[test]
     fn an_ipv6_host_counts_as_its_64() {
         use super::network_of;
@@ -401,7 +449,7 @@ mod tests {
         assert_ne!(network_of("2001:db8:1:3::1"), network_of("2001:db8:1:2::1"));
         assert_eq!(network_of("::ffff:192.0.2.7"), "192.0.2.7");
         assert_eq!(network_of("192.0.2.7"), "192.0.2.7");
-        let l = super::AddressLimiter::new(2, 60);
+        let l = super::AddressLimiter::new(2, 0, 60);
         assert!(l.hit(Some("2001:db8:1:2::1"), 0).is_ok());
         assert!(l.hit(Some("2001:db8:1:2::2"), 0).is_ok());
         assert!(l.hit(Some("2001:db8:1:2::3"), 0).is_err(), "the same /64");
@@ -426,7 +474,7 @@ mod tests {
 
     #[test]
     fn addresses_are_limited_per_window_each_on_its_own() {
-        let l = super::AddressLimiter::new(2, 60);
+        let l = super::AddressLimiter::new(2, 0, 60);
         assert!(l.hit(Some("a"), 0).is_ok() && l.hit(Some("a"), 1).is_ok());
         assert_eq!(l.hit(Some("a"), 10), Err(50));
         assert!(
@@ -434,7 +482,7 @@ mod tests {
             "another address has its own count"
         );
         assert!(l.hit(Some("a"), 60).is_ok(), "a new window");
-        assert!(super::AddressLimiter::new(0, 60).hit(None, 0).is_ok());
+        assert!(super::AddressLimiter::new(0, 0, 60).hit(None, 0).is_ok());
     }
 
     use super::*;

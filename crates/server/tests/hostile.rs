@@ -287,6 +287,29 @@ async fn registrations_are_limited_per_address() {
     s.stop().await;
 }
 
+/// However many addresses they come from, registrations stop at the hour's total (here the
+/// per-address limit is off, so only the total can refuse).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registrations_stop_at_the_hours_total() {
+    let (s, _d, _db) = server(|c| {
+        c.registration.per_address_per_hour = 0;
+        c.registration.total_per_hour = 2;
+    })
+    .await;
+    for _ in 0..2 {
+        register_public(&s, REDIRECT).await;
+    }
+    let r = browser()
+        .post(s.url("/oauth/register"))
+        .json(&json!({"redirect_uris": [REDIRECT], "token_endpoint_auth_method": "none"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(s.app.projection.read().clients.len(), 2 + 2);
+    s.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn password_checks_from_one_address_are_throttled_whatever_the_usernames() {
     let (s, _d, _db) = server(|_| {}).await;
