@@ -102,15 +102,7 @@ pub fn apply(state: &mut State, event: &Recorded) {
                 });
             }
         }
-        Payload::ClientExpired(e) => {
-            // The sweep decides on a state that may be a moment old: an expiry recorded after
-            // the client's first authorization lost that race and is void.
-            if let Some(c) = state.clients.get_mut(&e.client_id)
-                && !c.used
-            {
-                c.expired = true;
-            }
-        }
+        Payload::ClientExpired(e) => crate::rules::expiry::client_expired(state, e),
         Payload::RegistrationRejected(_) => {}
         Payload::UserCreated(e) => {
             state.users.insert(

@@ -26,8 +26,9 @@ use std::collections::HashMap;
 /// linked by email. 6: clients carry when their redirect URIs last changed (consents given
 /// before are asked again). 7: a user's sessions ending revokes their grants and personal
 /// access tokens made before it (a snapshot folded before may hold ones that survived a
-/// containment's race).
-pub const FORMAT: u32 = 7;
+/// containment's race). 8: an unused dynamic registration leaves the state when it expires
+/// (a format 7 snapshot still holds the ones expired before it).
+pub const FORMAT: u32 = 8;
 
 /// Why a snapshot cannot be used.
 #[derive(Debug, thiserror::Error)]

@@ -319,9 +319,13 @@ fn an_expiry_recorded_after_the_first_authorization_is_void() {
     events.push(expired(n + 1));
     let s = fold(&events);
     assert!(s.clients[client].used && !s.clients[client].expired);
-    // An unused client does expire.
-    let s = fold(&[rec(1, samples::all().remove(0)), expired(2)]);
-    assert!(s.clients[client].expired);
+    // An unused dynamic registration does expire, and leaves the state.
+    let registered = samples::all().remove(0);
+    assert!(
+        matches!(&registered, Payload::ClientRegistered(r) if r.method == grantline_ledger::RegistrationMethod::Dynamic)
+    );
+    let s = fold(&[rec(1, registered), expired(2)]);
+    assert!(!s.clients.contains_key(client));
 }
 
 #[test]

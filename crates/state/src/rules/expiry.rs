@@ -11,6 +11,10 @@
 //!
 //! The sweep runs inside the fold, at the first event of each UTC day by event time: a replay,
 //! or a start from a snapshot, forgets at the same seqs the live server did.
+//!
+//! A dynamic registration that expired unused is forgotten at its `client.expired`
+//! ([`client_expired`]): anyone may register, and its redirect URIs and metadata would
+//! otherwise stay in memory for good.
 
 use crate::State;
 use foldhash::HashSet;
@@ -116,4 +120,22 @@ pub fn forget_dead(state: &mut State, cutoff: Timestamp) -> Forgotten {
         }
     }
     out
+}
+
+/// `client.expired`: an unused dynamic registration leaves the state (its id was random and is
+/// never registered again; the log keeps its story). The sweep decides on a state that may be
+/// a moment old: an expiry recorded after the client's first authorization lost that race and
+/// is void. Other clients that expire (none today) keep an entry marked expired.
+pub fn client_expired(state: &mut State, e: &grantline_ledger::ClientExpired) {
+    let Some(c) = state.clients.get_mut(&e.client_id) else {
+        return;
+    };
+    if c.used {
+        return;
+    }
+    if c.method == grantline_ledger::RegistrationMethod::Dynamic {
+        state.clients.remove(&e.client_id);
+    } else {
+        c.expired = true;
+    }
 }
