@@ -458,14 +458,14 @@ def test_token_exchange_gives_the_mcp_server_the_users_upstream_token(world, tmp
     no = exchange("other-mcp", EXCHANGE_SECRET)
     assert no.status_code == 400 and no.json()["error"] == "unauthorized_client", no.text
     other = exchange("notes-mcp", EXCHANGE_SECRET, resource=server.base + "/mcp/demo")
-    assert other.status_code == 400 and other.json()["error"] == "invalid_grant", other.text
+    assert other.status_code == 400 and other.json()["error"] == "invalid_target", other.text
     head, body, sig = assertion.split(".")
     claims = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
     claims["sub"] = "someone-else"
     forged_body = base64.urlsafe_b64encode(json.dumps(claims).encode()).decode().rstrip("=")
     assertion_saved, assertion = assertion, f"{head}.{forged_body}.{sig}"
     forged = exchange("notes-mcp", EXCHANGE_SECRET)
-    assert forged.status_code == 400 and forged.json()["error"] == "invalid_grant", forged.text
+    assert forged.status_code == 400 and forged.json()["error"] == "invalid_request", forged.text
     assertion = assertion_saved
 
     server.stop()
