@@ -242,21 +242,41 @@ fn move_aside(db: &Path) -> Result<PathBuf> {
         n += 1;
         aside = db.with_file_name(format!("{name}.replaced-{stamp}-{n}"));
     }
+    let mut moved: Vec<(PathBuf, PathBuf)> = Vec::new();
     for suffix in std::iter::once("").chain(backup::COMPANIONS) {
         let from = backup::with_suffix(db, suffix);
         if from.exists() {
-            std::fs::rename(&from, backup::with_suffix(&aside, suffix))
-                .with_context(|| format!("moving {} aside", from.display()))?;
+            let to = backup::with_suffix(&aside, suffix);
+            if let Err(e) = move_without_replacing(&from, &to) {
+                // Put back what moved, so the ledger is whole where it was.
+                for (back, aside) in moved.into_iter().rev() {
+                    let _ = move_without_replacing(&aside, &back);
+                }
+                return Err(e).with_context(|| format!("moving {} aside", from.display()));
+            }
+            moved.push((from, to));
         }
     }
     Ok(aside)
+}
+
+/// Renames `from` to `to`, failing (`AlreadyExists`) rather than replacing a file at `to` —
+/// whoever made it, however late: a hard link that cannot replace, then the old name removed.
+/// Where hard links are not supported, a rename after checking `to` is free.
+fn move_without_replacing(from: &Path, to: &Path) -> std::io::Result<()> {
+    match std::fs::hard_link(from, to) {
+        Ok(()) => std::fs::remove_file(from),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(e),
+        Err(_) if to.exists() => Err(std::io::ErrorKind::AlreadyExists.into()),
+        Err(_) => std::fs::rename(from, to),
+    }
 }
 
 fn put_back(aside: &Path, db: &Path) {
     for suffix in std::iter::once("").chain(backup::COMPANIONS) {
         let from = backup::with_suffix(aside, suffix);
         if from.exists() {
-            let _ = std::fs::rename(&from, backup::with_suffix(db, suffix));
+            let _ = move_without_replacing(&from, &backup::with_suffix(db, suffix));
         }
     }
 }
@@ -303,4 +323,28 @@ fn reset_derived(loc: &Location, head: u64) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ledger_moved_aside_never_replaces_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b, c) = (
+            dir.path().join("a"),
+            dir.path().join("b"),
+            dir.path().join("c"),
+        );
+        std::fs::write(&a, "ledger").unwrap();
+        std::fs::write(&b, "another").unwrap();
+        let e = move_without_replacing(&a, &b).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::AlreadyExists);
+        assert_eq!(std::fs::read_to_string(&a).unwrap(), "ledger");
+        assert_eq!(std::fs::read_to_string(&b).unwrap(), "another");
+        move_without_replacing(&a, &c).unwrap();
+        assert!(!a.exists());
+        assert_eq!(std::fs::read_to_string(&c).unwrap(), "ledger");
+    }
 }
