@@ -74,8 +74,9 @@ def test_config_reload_records_the_difference_and_refuses_what_it_cannot_apply(t
 
         # The file the server reads is named in its pid file: the command checks that one,
         # with or without --config, and refuses to go on with another file in --config.
-        pid_lines = (server.data_dir / "grantline.pid").read_text().splitlines()
-        assert pid_lines == [str(server.proc.pid), f"config={conf}"], pid_lines
+        assert (server.data_dir / "grantline.pid").read_text() == f"{server.proc.pid}\n"
+        companion = (server.data_dir / "grantline.pid.config").read_text()
+        assert companion == f"pid={server.proc.pid}\nconfig={conf}\n", companion
         p = grantline("--data-dir", data, "config", "reload", env=env)
         assert "no policy changed" in p.stdout, p.stdout
         other = tmp_path / "other.toml"
@@ -157,13 +158,13 @@ def test_config_reload_reaches_the_server_left_running_when_another_on_the_data_
         data = str(first.data_dir)
         conf = first.data_dir / "grantline.toml"
         cli = ("--data-dir", data, "--config", str(conf))
-        pid = int((first.data_dir / "grantline.pid").read_text().splitlines()[0])
+        pid = int((first.data_dir / "grantline.pid").read_text())
         assert pid == first.proc.pid
         first.stop()
         deadline = time.time() + 15
         while time.time() < deadline:
             held = (second.data_dir / "grantline.pid")
-            if held.exists() and held.read_text().split("\n")[0] == str(second.proc.pid):
+            if held.exists() and held.read_text().strip() == str(second.proc.pid):
                 break
             time.sleep(0.2)
         else:

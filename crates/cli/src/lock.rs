@@ -9,8 +9,9 @@
 //!   A pid file left by a server that crashed, or not yet replaced by one starting, may name
 //!   another process by now, and SIGHUP would end that process. A server writes its pid into
 //!   a file of its own, locks it and only then renames it into place, so a locked file at the
-//!   path always holds its holder's whole pid (and, on a second line, the configuration file
-//!   it reads, which `config reload` checks).
+//!   path always holds its holder's whole pid. Beside it, `grantline.pid.config` names the
+//!   configuration file that server reads (with its pid, so a stale one is never believed),
+//!   which `config reload` checks.
 //!
 //! The kernel releases a lock when the process ends, however it ends.
 
@@ -116,8 +117,15 @@ pub struct PidFile {
 
 impl Drop for PidFile {
     fn drop(&mut self) {
-        // Removed while still held, and only if the path still leads to this file.
+        // Removed while still held, and only if the path still leads to this file (and the
+        // companion only while it is this server's).
         if same_file(&self.file, &self.path) {
+            let companion = config_companion(&self.path);
+            if std::fs::read(&companion)
+                .is_ok_and(|b| companion_config(&b, std::process::id()).is_some())
+            {
+                let _ = std::fs::remove_file(&companion);
+            }
             let _ = std::fs::remove_file(&self.path);
         }
     }
@@ -154,9 +162,17 @@ fn held(path: &Path) -> Result<Option<File>> {
     }
 }
 
-/// Writes this process's pid as the pid file `path`, with the configuration file it reads
-/// (`config`, made absolute) on a second line, and holds it. `Ok(None)` while another running
-/// server holds it (that one is the server `config reload` signals; try again later).
+/// The file beside the pid file `path` that names the configuration file its server reads:
+/// `pid=<pid>` and `config=<absolute path>` (empty: none), one per line. The pid file itself
+/// stays the pid alone, as scripts read it (`kill -HUP $(cat grantline.pid)`).
+fn config_companion(path: &Path) -> PathBuf {
+    grantline_store::backup::with_suffix(path, ".config")
+}
+
+/// Writes this process's pid as the pid file `path` and holds it, after writing beside it
+/// which configuration file this server reads (`config`, made absolute; `None`: none).
+/// `Ok(None)` while another running server holds it (that one is the server `config reload`
+/// signals; try again later).
 pub fn claim_pid_file(path: &Path, config: Option<&Path>) -> Result<Option<PidFile>> {
     if held(path)?.is_some() {
         return Ok(None);
@@ -178,13 +194,19 @@ pub fn claim_pid_file(path: &Path, config: Option<&Path>) -> Result<Option<PidFi
             .map_err(std::io::Error::from)
             .context("locking it")?;
         writeln!(file, "{}", std::process::id())?;
-        if let Some(config) = config {
-            let config = std::path::absolute(config)?;
-            file.write_all(CONFIG_LINE)?;
-            file.write_all(config.as_os_str().as_encoded_bytes())?;
-            file.write_all(b"\n")?;
-        }
         file.sync_all()?;
+        // The companion first: once the pid file is in place, it names this server's file.
+        let companion = config_companion(path);
+        let tmp =
+            grantline_store::backup::with_suffix(&companion, &format!(".{}", std::process::id()));
+        let mut text = format!("pid={}\n", std::process::id()).into_bytes();
+        text.extend_from_slice(CONFIG_LINE);
+        if let Some(config) = config {
+            text.extend_from_slice(std::path::absolute(config)?.as_os_str().as_encoded_bytes());
+        }
+        text.push(b'\n');
+        std::fs::write(&tmp, &text)?;
+        std::fs::rename(&tmp, &companion)?;
         std::fs::rename(&own, path)?;
         Ok(())
     })();
@@ -198,16 +220,16 @@ pub fn claim_pid_file(path: &Path, config: Option<&Path>) -> Result<Option<PidFi
     }))
 }
 
-/// What opens the pid file's second line: the configuration file the server reads.
+/// What begins the companion's second line.
 const CONFIG_LINE: &[u8] = b"config=";
 
 /// A running server, as its pid file names it.
 #[derive(Debug, PartialEq, Eq)]
 pub struct RunningServer {
     pub pid: u32,
-    /// The configuration file it reads (and reads again on SIGHUP); `None` when it reads none,
-    /// or its pid file was written by a version that did not say.
-    pub config: Option<PathBuf>,
+    /// The configuration file it reads (and reads again on SIGHUP): `Some(None)` when it reads
+    /// none; `None` when that is not known (a server of a version that did not say).
+    pub config: Option<Option<PathBuf>>,
 }
 
 /// The server named by `path` if the server that wrote it still runs (holds it); `None` when
@@ -216,27 +238,26 @@ pub fn running_server(path: &Path) -> Result<Option<RunningServer>> {
     let Some(file) = held(path)? else {
         return Ok(None);
     };
-    // A pid and a path: anything longer is not one of ours.
-    let mut bytes = Vec::new();
-    file.take(64 * 1024).read_to_end(&mut bytes)?;
-    let not_ours = || format!("{} does not hold a process id", path.display());
-    let (first, rest) = match bytes.iter().position(|&b| b == b'\n') {
-        Some(n) => (&bytes[..n], &bytes[n + 1..]),
-        None => (&bytes[..], &[][..]),
-    };
-    let pid = std::str::from_utf8(first)
+    // A pid is a few digits: anything longer is not one of ours.
+    let mut text = String::new();
+    file.take(32).read_to_string(&mut text)?;
+    let pid = text
+        .trim()
+        .parse::<u32>()
+        .with_context(|| format!("{} does not hold a process id", path.display()))?;
+    let config = std::fs::read(config_companion(path))
         .ok()
-        .and_then(|t| t.trim().parse::<u32>().ok())
-        .with_context(not_ours)?;
-    let config = rest
-        .strip_prefix(CONFIG_LINE)
-        .map(|p| p.strip_suffix(b"\n").unwrap_or(p))
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            use std::os::unix::ffi::OsStrExt;
-            PathBuf::from(std::ffi::OsStr::from_bytes(p))
-        });
+        .and_then(|bytes| companion_config(&bytes, pid));
     Ok(Some(RunningServer { pid, config }))
+}
+
+/// The configuration file a companion names, when it is the companion of server `pid`.
+fn companion_config(bytes: &[u8], pid: u32) -> Option<Option<PathBuf>> {
+    let rest = bytes.strip_prefix(format!("pid={pid}\n").as_bytes())?;
+    let path = rest.strip_prefix(CONFIG_LINE)?;
+    let path = path.strip_suffix(b"\n").unwrap_or(path);
+    use std::os::unix::ffi::OsStrExt;
+    Some((!path.is_empty()).then(|| PathBuf::from(std::ffi::OsStr::from_bytes(path))))
 }
 
 #[cfg(test)]
@@ -326,10 +347,19 @@ mod tests {
         let path = dir.path().join("grantline.pid");
         let config = dir.path().join("odd name\nwith a line break.toml");
         let held = claim_pid_file(&path, Some(&config)).unwrap().unwrap();
+        // The pid file is the pid alone, as scripts read it.
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            format!("{}\n", std::process::id())
+        );
         let running = running_server(&path).unwrap().unwrap();
         assert_eq!(running.pid, std::process::id());
-        assert_eq!(running.config.as_deref(), Some(config.as_path()));
+        assert_eq!(running.config, Some(Some(config.clone())));
         drop(held);
+        assert!(
+            !path.with_file_name("grantline.pid.config").exists(),
+            "removed with it"
+        );
         // Written relative: named absolute, so a command run elsewhere finds it.
         let cwd = std::env::current_dir().unwrap();
         let held = claim_pid_file(&path, Some(Path::new("relative.toml")))
@@ -337,11 +367,20 @@ mod tests {
             .unwrap();
         assert_eq!(
             running_server(&path).unwrap().unwrap().config,
-            Some(cwd.join("relative.toml"))
+            Some(Some(cwd.join("relative.toml")))
         );
         drop(held);
-        // A pid file of an older version (the pid alone) names no file.
-        let _held = claim_pid_file(&path, None).unwrap().unwrap();
+        // A server that reads no file says so.
+        let held = claim_pid_file(&path, None).unwrap().unwrap();
+        assert_eq!(running_server(&path).unwrap().unwrap().config, Some(None));
+        // A companion of another process (stale, or of a version that wrote none) is not
+        // believed.
+        std::fs::write(
+            path.with_file_name("grantline.pid.config"),
+            "pid=1\nconfig=/x\n",
+        )
+        .unwrap();
         assert_eq!(running_server(&path).unwrap().unwrap().config, None);
+        drop(held);
     }
 }

@@ -65,7 +65,7 @@ pub async fn run(loc: &Location, cmd: Command) -> Result<ExitCode> {
             // The file the server reads again, not this command's own: checking another one
             // would refuse a good reload or pass a bad one.
             let file = match (server.config, &loc.config) {
-                (Some(theirs), Some(ours)) if !same_file(&theirs, ours) => {
+                (Some(Some(theirs)), Some(ours)) if !same_file(&theirs, ours) => {
                     println!(
                         "refused, the server was not asked: the server on {} reads {}, not {}; \
                          edit that file, or leave out --config (and GRANTLINE_CONFIG)",
@@ -75,9 +75,21 @@ pub async fn run(loc: &Location, cmd: Command) -> Result<ExitCode> {
                     );
                     return Ok(ExitCode::from(1));
                 }
-                (Some(theirs), _) => Some(theirs),
-                // A server that reads no file, or one whose pid file does not say (an older
-                // version): this command's own.
+                (Some(Some(theirs)), _) => Some(theirs),
+                (Some(None), Some(ours)) => {
+                    println!(
+                        "refused, the server was not asked: the server on {} reads no \
+                         configuration file (it was started without --config or \
+                         GRANTLINE_CONFIG), so a reload would not read {}; restart it with \
+                         --config {}",
+                        loc.data_dir.display(),
+                        ours.display(),
+                        ours.display()
+                    );
+                    return Ok(ExitCode::from(1));
+                }
+                (Some(None), None) => None,
+                // A server whose pid file does not say (an older version): this command's own.
                 (None, ours) => ours.clone(),
             };
             if let Err(e) = checked(file.as_deref()) {
