@@ -197,11 +197,29 @@ fn bad(id: &str, msg: impl std::fmt::Display) -> FederationError {
 }
 
 impl ProviderConfig {
-    /// The rules that need no secret and no network: role rules on claims a person cannot set
-    /// and GitHub Enterprise URLs set together. Part of [`ProviderConfig::resolve`], and run
+    /// The rules that need no secret and no network: durations in range, role rules on claims
+    /// a person cannot set and GitHub Enterprise URLs set together. Part of [`ProviderConfig::resolve`], and run
     /// by `grantline config check` (which resolves no provider).
     pub fn check_rules(&self) -> Result<(), FederationError> {
         let id = self.id.as_str();
+        // Out of range is refused, not quietly bounded: the operator sees what is in force.
+        for (name, value, min, max) in [
+            ("clock_skew_secs", self.clock_skew_secs, 0, 600),
+            ("jwks_cache_secs", self.jwks_cache_secs, 10, 86_400),
+            (
+                "upstream_check_cache_secs",
+                self.upstream_check_cache_secs,
+                0,
+                86_400,
+            ),
+        ] {
+            if let Some(v) = value.filter(|v| !(min..=max).contains(v)) {
+                return Err(bad(
+                    id,
+                    format!("{name} is {min} to {max} seconds, not {v}"),
+                ));
+            }
+        }
         for rule in &self.role_mapping {
             if rule.claim.is_empty() || rule.value.is_empty() || rule.role.is_empty() {
                 return Err(bad(id, "role_mapping rules need claim, value and role"));
@@ -296,24 +314,6 @@ impl ProviderConfig {
             }
         };
         self.check_rules()?;
-        // Out of range is refused, not quietly bounded: the operator sees what is in force.
-        for (name, value, min, max) in [
-            ("clock_skew_secs", self.clock_skew_secs, 0, 600),
-            ("jwks_cache_secs", self.jwks_cache_secs, 10, 86_400),
-            (
-                "upstream_check_cache_secs",
-                self.upstream_check_cache_secs,
-                0,
-                86_400,
-            ),
-        ] {
-            if let Some(v) = value.filter(|v| !(min..=max).contains(v)) {
-                return Err(bad(
-                    id,
-                    format!("{name} is {min} to {max} seconds, not {v}"),
-                ));
-            }
-        }
         let p = Provider {
             id: id.to_string(),
             display_name: self

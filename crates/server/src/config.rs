@@ -1235,6 +1235,21 @@ mod tests {
             ))
             .is_ok()
         );
+        // A provider's durations out of range are refused here too, not only by `serve`.
+        let groups = r#"{ claim = "groups", value = "boss", role = "admin" }"#;
+        for (line, field) in [
+            ("clock_skew_secs = 900", "clock_skew_secs"),
+            ("jwks_cache_secs = 5", "jwks_cache_secs"),
+            (
+                "upstream_check_cache_secs = 604800",
+                "upstream_check_cache_secs",
+            ),
+        ] {
+            let e = check(&format!("{}{line}\n", provider(groups)))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(field), "{line}: {e}");
+        }
         // Lifetimes that would wrap to the past, or end every refresh at once.
         for (line, field) in [
             ("refresh_grace = 18446744073709551615", "refresh_grace"),
