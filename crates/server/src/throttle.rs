@@ -336,10 +336,12 @@ impl Drop for Held<'_> {
     }
 }
 
-/// At most `limit` requests per source address, and `total` from all addresses together, in
-/// each fixed window: registration and metadata-document intake, which anyone may call and
-/// which each add to the ledger and the state for good. The total bounds what many addresses
-/// (an IPv6 /48 holds 65,536 /64s) can add between them.
+/// At most `limit` requests per source address in each fixed window, and at most `total`
+/// clients taken in from all addresses together: registration and metadata-document intake,
+/// which anyone may call and which each add to the ledger and the state for good. The total
+/// bounds what many addresses (an IPv6 /48 holds 65,536 /64s) can add between them; it counts
+/// only what was taken in ([`AddressLimiter::taken`]), so requests that add nothing — malformed,
+/// refused, unreachable documents — cannot use it up and shut everyone else out.
 pub struct AddressLimiter {
     limit: std::sync::atomic::AtomicU32,
     total: std::sync::atomic::AtomicU32,
@@ -347,8 +349,26 @@ pub struct AddressLimiter {
     entries: Mutex<HashMap<String, (i64, u32)>>,
 }
 
-/// The bucket every request counts in as well, beside its address's.
+/// The bucket of everything taken in, beside the addresses' buckets.
 const ALL: &str = "*";
+
+/// Why [`AddressLimiter::hit`] refused, and for how many seconds more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OverLimit {
+    /// This address's requests.
+    Address(i64),
+    /// What was taken in from all addresses together.
+    Total(i64),
+}
+
+impl OverLimit {
+    /// Seconds until the window that refused ends.
+    pub fn retry_after(self) -> i64 {
+        match self {
+            OverLimit::Address(s) | OverLimit::Total(s) => s,
+        }
+    }
+}
 
 impl AddressLimiter {
     /// `limit` 0 turns the per-address limit off, `total` 0 the total.
@@ -369,15 +389,26 @@ impl AddressLimiter {
             .store(total, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// Counts one request from `address`; `Err(retry_after seconds)` when it is over either
-    /// limit (and then it counts against neither). Requests with no known address share one
-    /// bucket.
-    pub fn hit(&self, address: Option<&str>, now: i64) -> Result<(), i64> {
+    /// The window of `key`, started again when it is over.
+    fn window<'a>(
+        &self,
+        map: &'a mut HashMap<String, (i64, u32)>,
+        key: &str,
+        now: i64,
+    ) -> &'a mut (i64, u32) {
+        let e = map.entry(key.to_string()).or_insert((now, 0));
+        if now - e.0 >= self.window_secs {
+            *e = (now, 0);
+        }
+        e
+    }
+
+    /// Counts one request from `address`; refused when the address is over its limit, or
+    /// when the window's total has been taken in already (then it counts against nothing).
+    /// Requests with no known address share one bucket.
+    pub fn hit(&self, address: Option<&str>, now: i64) -> Result<(), OverLimit> {
         let limit = self.limit.load(std::sync::atomic::Ordering::Relaxed);
         let total = self.total.load(std::sync::atomic::Ordering::Relaxed);
-        if limit == 0 && total == 0 {
-            return Ok(());
-        }
         let Ok(mut map) = self.entries.lock() else {
             return Ok(());
         };
@@ -385,57 +416,72 @@ impl AddressLimiter {
             let w = self.window_secs;
             map.retain(|_, (start, _)| now - *start < w);
         }
-        let mut buckets = Vec::with_capacity(2);
         if total > 0 {
-            buckets.push((ALL.to_string(), total));
+            let all = *self.window(&mut map, ALL, now);
+            if all.1 >= total {
+                return Err(OverLimit::Total((all.0 + self.window_secs - now).max(1)));
+            }
         }
         if limit > 0 {
-            buckets.push((address.map_or_else(|| "-".to_string(), network_of), limit));
-        }
-        for (key, cap) in &buckets {
-            let e = map.entry(key.clone()).or_insert((now, 0));
-            if now - e.0 >= self.window_secs {
-                *e = (now, 0);
+            let key = address.map_or_else(|| "-".to_string(), network_of);
+            let e = self.window(&mut map, &key, now);
+            if e.1 >= limit {
+                return Err(OverLimit::Address((e.0 + self.window_secs - now).max(1)));
             }
-            if e.1 >= *cap {
-                return Err((e.0 + self.window_secs - now).max(1));
-            }
-        }
-        for (key, _) in buckets {
-            if let Some(e) = map.get_mut(&key) {
-                e.1 += 1;
-            }
+            e.1 += 1;
         }
         Ok(())
+    }
+
+    /// Counts one client taken in against the total.
+    pub fn taken(&self, now: i64) {
+        if self.total.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+            return;
+        }
+        if let Ok(mut map) = self.entries.lock() {
+            self.window(&mut map, ALL, now).1 += 1;
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     #[test]
-    fn many_addresses_together_stop_at_the_total() {
-        let limiter = super::AddressLimiter::new(2, 5, 3600);
+    fn many_addresses_together_stop_at_the_total_of_what_was_taken_in() {
+        use super::OverLimit;
+        let limiter = super::AddressLimiter::new(2, 3, 3600);
+        // Requests that take nothing in (malformed, refused) do not use up the total.
+        for a in [
+            "2001:db8:0:1::1",
+            "2001:db8:0:2::1",
+            "2001:db8:0:3::1",
+            "2001:db8:0:4::1",
+        ] {
+            assert!(limiter.hit(Some(a), 0).is_ok(), "{a}");
+        }
         // Two from one address, then that address is over its own limit.
         assert!(limiter.hit(Some("192.0.2.1"), 0).is_ok());
         assert!(limiter.hit(Some("192.0.2.1"), 0).is_ok());
-        assert_eq!(limiter.hit(Some("192.0.2.1"), 10), Err(3590));
-        // Three more addresses reach the total of five; a sixth address is refused too.
-        for a in ["2001:db8:0:1::1", "2001:db8:0:2::1", "2001:db8:0:3::1"] {
-            assert!(limiter.hit(Some(a), 20).is_ok(), "{a}");
+        assert_eq!(
+            limiter.hit(Some("192.0.2.1"), 10),
+            Err(OverLimit::Address(3590))
+        );
+        // Three taken in: the total is reached, for every address.
+        for _ in 0..3 {
+            limiter.taken(20);
         }
-        assert!(limiter.hit(Some("2001:db8:0:4::1"), 30).is_err());
-        // A refused request counted against nothing: after the window, all may go again.
-        assert!(limiter.hit(Some("2001:db8:0:4::1"), 3600).is_ok());
+        assert_eq!(
+            limiter.hit(Some("2001:db8:0:5::1"), 30),
+            Err(OverLimit::Total(3570))
+        );
+        // After the window, all may go again.
+        assert!(limiter.hit(Some("2001:db8:0:5::1"), 3600).is_ok());
         // 0 turns a limit off.
         let open = super::AddressLimiter::new(0, 0, 60);
         for _ in 0..1000 {
             assert!(open.hit(Some("192.0.2.9"), 0).is_ok());
+            open.taken(0);
         }
-        let only_total = super::AddressLimiter::new(0, 3, 60);
-        for _ in 0..3 {
-            assert!(only_total.hit(Some("192.0.2.9"), 0).is_ok());
-        }
-        assert!(only_total.hit(Some("192.0.2.10"), 0).is_err());
     }
 
     #[test]
@@ -476,7 +522,7 @@ mod tests {
     fn addresses_are_limited_per_window_each_on_its_own() {
         let l = super::AddressLimiter::new(2, 0, 60);
         assert!(l.hit(Some("a"), 0).is_ok() && l.hit(Some("a"), 1).is_ok());
-        assert_eq!(l.hit(Some("a"), 10), Err(50));
+        assert_eq!(l.hit(Some("a"), 10), Err(super::OverLimit::Address(50)));
         assert!(
             l.hit(Some("b"), 10).is_ok(),
             "another address has its own count"

@@ -287,8 +287,9 @@ async fn registrations_are_limited_per_address() {
     s.stop().await;
 }
 
-/// However many addresses they come from, registrations stop at the hour's total (here the
-/// per-address limit is off, so only the total can refuse).
+/// However many addresses they come from, registrations stop at the hour's total of clients
+/// taken in (here the per-address limit is off, so only the total can refuse); requests that
+/// register nothing do not use it up, so junk cannot shut real clients out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registrations_stop_at_the_hours_total() {
     let (s, _d, _db) = server(|c| {
@@ -296,6 +297,15 @@ async fn registrations_stop_at_the_hours_total() {
         c.registration.total_per_hour = 2;
     })
     .await;
+    for _ in 0..5 {
+        let r = browser()
+            .post(s.url("/oauth/register"))
+            .json(&json!({"redirect_uris": ["javascript:alert(1)"]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    }
     for _ in 0..2 {
         register_public(&s, REDIRECT).await;
     }
@@ -306,6 +316,14 @@ async fn registrations_stop_at_the_hours_total() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    let v: Value = r.json().await.unwrap();
+    assert!(
+        v["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("no more registrations this hour"),
+        "{v}"
+    );
     assert_eq!(s.app.projection.read().clients.len(), 2 + 2);
     s.stop().await;
 }

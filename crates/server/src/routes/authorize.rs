@@ -144,7 +144,7 @@ async fn ensure_document_client(
         ));
     }
     if !known
-        && let Err(retry_after) = app
+        && let Err(over) = app
             .document_intake
             .hit(ctx.source_ip.as_deref(), app.now().0 / 1_000_000)
     {
@@ -152,9 +152,16 @@ async fn ensure_document_client(
         let mut r = pages::error(
             StatusCode::TOO_MANY_REQUESTS,
             "Too many new applications",
-            "Too many new applications were signed in from your address. Try again later.",
+            match over {
+                crate::throttle::OverLimit::Address(_) => {
+                    "Too many new applications were signed in from your address. Try again later."
+                }
+                crate::throttle::OverLimit::Total(_) => {
+                    "This server takes no more new applications this hour. Try again later."
+                }
+            },
         );
-        if let Ok(v) = axum::http::HeaderValue::from_str(&retry_after.to_string()) {
+        if let Ok(v) = axum::http::HeaderValue::from_str(&over.retry_after().to_string()) {
             r.headers_mut().insert(axum::http::header::RETRY_AFTER, v);
         }
         return Err(r);
@@ -199,7 +206,7 @@ async fn ensure_document_client(
         return Ok(());
     }
     if changed
-        && let Err(retry_after) = app
+        && let Err(over) = app
             .document_updates
             .hit(Some(&doc.url), app.now().0 / 1_000_000)
     {
@@ -209,7 +216,7 @@ async fn ensure_document_client(
             "This application changes too often",
             "This application's registration changed too many times today. Try again later.",
         );
-        if let Ok(v) = axum::http::HeaderValue::from_str(&retry_after.to_string()) {
+        if let Ok(v) = axum::http::HeaderValue::from_str(&over.retry_after().to_string()) {
             r.headers_mut().insert(axum::http::header::RETRY_AFTER, v);
         }
         return Err(r);
@@ -229,7 +236,12 @@ async fn ensure_document_client(
     // Refused by the registration policy: a page, as every other refusal here (not the token
     // endpoint's 401, whose Basic challenge would make a browser ask for a password).
     match outcome {
-        Ok(()) => Ok(()),
+        Ok(()) => {
+            if !known {
+                app.document_intake.taken(app.now().0 / 1_000_000);
+            }
+            Ok(())
+        }
         // A change of a known client's document the policy refuses is not taken in: the
         // client goes on as recorded.
         Err(e) if known => {

@@ -28,15 +28,20 @@ async fn handle(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<Response, AppError> {
-    if let Err(retry_after) = app
+    if let Err(over) = app
         .registrations
         .hit(ctx.source_ip.as_deref(), app.now().0 / 1_000_000)
     {
         app.metrics.throttled("registration");
-        return Ok(crate::http::too_many_requests(
-            retry_after,
-            "too many registrations from this address; try again later",
-        ));
+        let why = match over {
+            crate::throttle::OverLimit::Address(_) => {
+                "too many registrations from this address; try again later"
+            }
+            crate::throttle::OverLimit::Total(_) => {
+                "this server takes no more registrations this hour; try again later"
+            }
+        };
+        return Ok(crate::http::too_many_requests(over.retry_after(), why));
     }
     let ct = headers
         .get(header::CONTENT_TYPE)
@@ -70,6 +75,7 @@ async fn handle(
         .run(|_| decide(&policy, &req, now, ttl, fresh.clone(), Some(meta.clone())))
         .await?;
     let registered = outcome?;
+    app.registrations.taken(now.0 / 1_000_000);
     tracing::info!(client_name = %registered.client_name, "client registered");
     let mut r = (StatusCode::CREATED, Json(registered)).into_response();
     crate::http::no_store(r.headers_mut());
