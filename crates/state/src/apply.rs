@@ -102,7 +102,9 @@ pub fn apply(state: &mut State, event: &Recorded) {
                 });
             }
         }
-        Payload::ClientExpired(e) => crate::rules::expiry::client_expired(state, e),
+        Payload::ClientExpired(e) => {
+            crate::rules::expiry::client_expired(state, e, &event.envelope.stream)
+        }
         Payload::RegistrationRejected(_) => {}
         Payload::UserCreated(e) => {
             state.users.insert(

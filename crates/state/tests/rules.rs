@@ -326,6 +326,7 @@ fn an_expiry_recorded_after_the_first_authorization_is_void() {
     );
     let s = fold(&[rec(1, registered), expired(2)]);
     assert!(!s.clients.contains_key(client));
+    assert!(s.client_streams.is_empty(), "nothing of it is left");
 }
 
 #[test]

@@ -126,7 +126,11 @@ pub fn forget_dead(state: &mut State, cutoff: Timestamp) -> Forgotten {
 /// never registered again; the log keeps its story). The sweep decides on a state that may be
 /// a moment old: an expiry recorded after the client's first authorization lost that race and
 /// is void. Other clients that expire (none today) keep an entry marked expired.
-pub fn client_expired(state: &mut State, e: &grantline_ledger::ClientExpired) {
+pub fn client_expired(
+    state: &mut State,
+    e: &grantline_ledger::ClientExpired,
+    stream: &grantline_ledger::StreamId,
+) {
     let Some(c) = state.clients.get_mut(&e.client_id) else {
         return;
     };
@@ -135,6 +139,10 @@ pub fn client_expired(state: &mut State, e: &grantline_ledger::ClientExpired) {
     }
     if c.method == grantline_ledger::RegistrationMethod::Dynamic {
         state.clients.remove(&e.client_id);
+        // And the way from its stream to it (every registration adds one).
+        if state.client_streams.get(stream) == Some(&e.client_id) {
+            state.client_streams.remove(stream);
+        }
     } else {
         c.expired = true;
     }
