@@ -660,7 +660,15 @@ impl ChainVerifier {
             .as_deref()
             .ok_or_else(|| rotation("no handover signed by the key it replaces".into()))?;
         let handover = match crate::KeyHandover::open(&note, &self.in_force) {
-            Ok(h) => h,
+            // Signed by the key in force: what it introduces is trusted if that key was, or if
+            // this check was given the new key itself (a key in force reached through an
+            // earlier handover this check could not verify).
+            Ok(h) => {
+                if self.trusted.contains(&h.to) {
+                    self.in_force_trusted = true;
+                }
+                h
+            }
             Err(CheckpointError::UnknownSigner(by)) if self.in_force_trusted && self.confirmed => {
                 return Err(rotation(format!(
                     "signed by {}, not by the key in force, which signed the checkpoints before it",

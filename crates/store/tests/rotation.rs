@@ -71,6 +71,30 @@ async fn rotated(
     (Store::connect(&db.db, false).await.unwrap(), k0, k1)
 }
 
+/// As [`rotated`], then a second handover, k1 to k2, at seq 10 (checkpoint 10, still k1), and
+/// three events under k2 (checkpoint 13).
+async fn rotated_twice(db: &TestDb) -> (Store, NoteSigner, NoteSigner, NoteSigner) {
+    let (store, k0, k1) = rotated(db, |k0, k1| Some(k0.hand_over_to(&k1.verifier()))).await;
+    store.close().await;
+    let k2 = NoteSigner::generate(NAME).unwrap();
+    let ledger = open(db, &k1).await;
+    ledger
+        .append(Append::new(vec![rotation(
+            &k1,
+            &k2,
+            Some(k1.hand_over_to(&k2.verifier())),
+        )]))
+        .await
+        .unwrap();
+    assert_eq!(ledger.checkpoint().await.unwrap(), Some(10));
+    ledger.shutdown().await;
+    let ledger = open(db, &k2).await;
+    events(&ledger, 11..=13).await;
+    assert_eq!(ledger.checkpoint().await.unwrap(), Some(13));
+    ledger.shutdown().await;
+    (Store::connect(&db.db, false).await.unwrap(), k0, k1, k2)
+}
+
 async fn check(store: &Store, trusted: &[&NoteSigner]) -> Result<Summary, Finding> {
     let keys: Vec<NoteVerifier> = trusted.iter().map(|s| s.verifier()).collect();
     grantline_store::verify(store, &keys, |_| {}).await.unwrap()
@@ -156,6 +180,28 @@ backend_tests! {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    async fn after_two_rotations_the_current_key_alone_proves_what_it_signed(db: TestDb) {
+        // Given only k2 (what an operator records after a rotation): the first handover is
+        // signed by a key not given, the second by the key it introduced; k2's checkpoint is
+        // proven, by the full walk and from a checkpoint.
+        let (store, k0, _k1, k2) = rotated_twice(&db).await;
+        let s = check(&store, &[&k2]).await.unwrap();
+        assert_eq!(s.untrusted.iter().map(|u| u.size).collect::<Vec<_>>(), vec![5, 6, 9, 10]);
+        let s = grantline_store::verify_from_checkpoint(&store, &[k2.verifier()], None, |_| {})
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        assert!(s.fully_trusted(), "{:?}", s.untrusted);
+        // And from the first key, through both handovers.
+        let s = check(&store, &[&k0]).await.unwrap();
+        assert!(s.fully_trusted(), "{:?}", s.untrusted);
+        let s = grantline_store::verify_from_checkpoint(&store, &[k0.verifier()], None, |_| {})
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        assert!(s.fully_trusted(), "{:?}", s.untrusted);
     }
 
     async fn a_handover_the_key_in_force_did_not_sign_is_tampering(db: TestDb) {
