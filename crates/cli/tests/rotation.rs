@@ -118,6 +118,18 @@ backend_tests! {
         assert_eq!(o.status.code(), Some(0), "{o:?}");
         let o = grantline(&db, d, &["verify"]);
         assert_eq!(o.status.code(), Some(0), "{o:?}");
+        // A handover the local key history names but the ledger does not hold (its row
+        // removed, what followed rewritten under the retired key): not intact, in either mode.
+        let history = d.join(grantline_store::keyfile::HISTORY_FILE);
+        let kept = std::fs::read_to_string(&history).unwrap();
+        let stranger = grantline_ledger::NoteSigner::generate("grantline.test/ledger").unwrap();
+        std::fs::write(&history, format!("{kept}{}\n", stranger.verifier())).unwrap();
+        for args in [&["verify"][..], &["verify", "--from-checkpoint"][..]] {
+            let o = grantline(&db, d, args);
+            assert_eq!(o.status.code(), Some(1), "{args:?}: {o:?}");
+            assert!(out(&o).contains("names a checkpoint-key handover"), "{o:?}");
+        }
+        std::fs::write(&history, kept).unwrap();
         // The JWTs verify with keys taken from that verified ledger, not from the server: every
         // access-token key is announced there.
         let announced: Vec<Value> = out(&grantline(&db, d, &["events", "--json", "--kind", "signing_key.rotated"]))

@@ -78,6 +78,43 @@ pub async fn verify_from_checkpoint(
         .map_err(StartError::Finding))
 }
 
+/// The checkpoint-key handovers a key history kept outside the database (oldest key first,
+/// `checkpoint-keys.pub`) names that the ledger does not hold — `(from, to)` for each. A walk
+/// trusts the handovers it reads (and `--from-checkpoint` those before its checkpoint without
+/// reading the rows around them): one removed, with the rows after it rewritten and signed by
+/// the key it retired, reads as a history without the rotation. The local history says there
+/// was one.
+pub async fn missing_handovers(
+    store: &Store,
+    history: &[NoteVerifier],
+) -> Result<Vec<(NoteVerifier, NoteVerifier)>> {
+    if history.len() < 2 {
+        return Ok(Vec::new());
+    }
+    let keys = store.key_events(u64::MAX).await?;
+    let recorded: Vec<(String, Option<String>)> = keys
+        .iter()
+        .filter_map(|r| match r.payload() {
+            grantline_ledger::Payload::SigningKeyRotated(k)
+                if k.purpose == grantline_ledger::KeyPurpose::Checkpoint =>
+            {
+                Some((k.key_id.clone(), k.previous_key_id.clone()))
+            }
+            _ => None,
+        })
+        .collect();
+    Ok(history
+        .windows(2)
+        .filter(|w| {
+            let (from, to) = (w[0].key_id_hex(), w[1].key_id_hex());
+            !recorded
+                .iter()
+                .any(|(id, prev)| *id == to && prev.as_deref() == Some(from.as_str()))
+        })
+        .map(|w| (w[0].clone(), w[1].clone()))
+        .collect())
+}
+
 /// Rows per page of [`verify`]'s walk: each page is read and checked as one piece of work.
 pub const VERIFY_PAGE_ROWS: u32 = 10_000;
 

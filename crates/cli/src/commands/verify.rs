@@ -34,6 +34,24 @@ pub async fn run(loc: &Location, args: Args) -> Result<ExitCode> {
         }
     };
     bar.finish_and_clear();
+    // A handover the local key history names must be in the ledger: the walk trusts the
+    // handovers it finds, and one removed (the rows after it rewritten under the retired
+    // key) would read as no rotation at all.
+    let history = grantline_store::keyfile::key_history(&loc.data_dir)?;
+    let missing = grantline_store::missing_handovers(&store, &history).await?;
+    if outcome.is_ok()
+        && let Some((from, to)) = missing.first()
+    {
+        println!(
+            "NOT INTACT: the local key history ({}) names a checkpoint-key handover from {from} \
+             to {to} that the ledger does not hold: its row was removed (and what followed \
+             rewritten), or the history is another ledger's",
+            loc.data_dir
+                .join(grantline_store::keyfile::HISTORY_FILE)
+                .display()
+        );
+        return Ok(ExitCode::from(1));
+    }
     let outcome = match outcome {
         Err(StartError::Untrusted(by)) => {
             println!(
