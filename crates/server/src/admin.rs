@@ -303,11 +303,33 @@ pub async fn add_client(
 ) -> Result<(String, Option<Secret>), AdminError> {
     let secret = confidential.then(|| crate::random::secret("gls_"));
     let fresh_id = crate::random::id("cli");
+    if let Some(id) = &c.client_id {
+        client_id_is_free(app, id).await?;
+    }
     let (outcome, _) = app
         .run(|s| grantline_oauth::clients::add(s, actor.clone(), c, secret.as_ref(), &fresh_id))
         .await?;
     let id = outcome.map_err(|e| AdminError::Invalid(e.description))?;
     Ok((id, secret))
+}
+
+/// Refuses a client id the ledger has a stream for while the state knows no such client: a
+/// dynamic registration that expired unused leaves the state, not the ledger, and a new
+/// client under its id would conflict with that stream at every try.
+pub async fn client_id_is_free(app: &App, id: &str) -> Result<(), AdminError> {
+    if app.projection.read().clients.contains_key(id) {
+        return Ok(()); // the decider says it exists
+    }
+    let stream = grantline_ledger::StreamId::client(id);
+    let kinds = app.store().stream_kinds(&stream).await?;
+    if kinds.is_empty() {
+        Ok(())
+    } else {
+        Err(AdminError::Invalid(format!(
+            "client id {id} was registered before (it expired unused; its story is in the \
+             audit trail): choose another"
+        )))
+    }
 }
 
 pub async fn disable_client(

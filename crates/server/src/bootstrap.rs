@@ -80,6 +80,10 @@ pub async fn config_clients(app: &App) -> Result<()> {
     for c in &app.config.clients {
         let secret = c.secret()?.map(Secret);
         let declared = c.declared();
+        crate::admin::client_id_is_free(app, &c.client_id)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .with_context(|| format!("config client {}", c.client_id))?;
         let (outcome, _) = app
             .run(|s| grantline_oauth::clients::sync_configured(s, &declared, secret.as_ref()))
             .await

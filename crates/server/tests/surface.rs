@@ -370,6 +370,26 @@ async fn unused_dynamic_clients_age_out_with_an_event() {
         .await
         .unwrap();
     assert_eq!(kinds.last().map(String::as_str), Some("client.expired"));
+    // Its id is not taken again (its stream is on the ledger): refused with why, at once.
+    let again = grantline_server::admin::NewClient {
+        client_id: Some(unused.clone()),
+        client_name: "Again".into(),
+        redirect_uris: vec![REDIRECT.into()],
+        grant_types: None,
+        scope: None,
+        application_type: None,
+        auth_method: None,
+    };
+    let e = grantline_server::admin::add_client(
+        &s.app,
+        &again,
+        false,
+        grantline_ledger::Actor::Operator,
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("was registered before"), "{e}");
     let (st, e) = token(
         &s,
         &[
