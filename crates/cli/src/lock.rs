@@ -238,10 +238,14 @@ pub fn running_server(path: &Path) -> Result<Option<RunningServer>> {
     let Some(file) = held(path)? else {
         return Ok(None);
     };
-    // A pid is a few digits: anything longer is not one of ours.
+    // A pid is a few digits on the first line (a server of the build before wrote its
+    // configuration file on a second line): anything longer is not one of ours.
     let mut text = String::new();
     file.take(32).read_to_string(&mut text)?;
     let pid = text
+        .lines()
+        .next()
+        .unwrap_or_default()
         .trim()
         .parse::<u32>()
         .with_context(|| format!("{} does not hold a process id", path.display()))?;
@@ -373,6 +377,20 @@ mod tests {
         // A server that reads no file says so.
         let held = claim_pid_file(&path, None).unwrap().unwrap();
         assert_eq!(running_server(&path).unwrap().unwrap().config, Some(None));
+        // A pid file of the build before (its configuration file on a second line, however
+        // long) still names its server.
+        std::fs::write(
+            &path,
+            format!(
+                "{}\nconfig=/etc/a/very/long/path/to/grantline.toml\n",
+                std::process::id()
+            ),
+        )
+        .unwrap();
+        assert_eq!(
+            running_server(&path).unwrap().unwrap().pid,
+            std::process::id()
+        );
         // A companion of another process (stale, or of a version that wrote none) is not
         // believed.
         std::fs::write(

@@ -313,16 +313,17 @@ pub async fn add_client(
     Ok((id, secret))
 }
 
-/// Refuses a client id the ledger has a stream for while the state knows no such client: a
-/// dynamic registration that expired unused leaves the state, not the ledger, and a new
-/// client under its id would conflict with that stream at every try.
+/// Refuses the id of a client that expired unused: such a registration leaves the state, not
+/// the ledger, and a new client under its id would conflict with its stream at every try.
+/// (A stream of a client this instance has not folded yet — another instance's, just
+/// registered — is left to the decider, which catches up and finds it.)
 pub async fn client_id_is_free(app: &App, id: &str) -> Result<(), AdminError> {
     if app.projection.read().clients.contains_key(id) {
         return Ok(()); // the decider says it exists
     }
     let stream = grantline_ledger::StreamId::client(id);
     let kinds = app.store().stream_kinds(&stream).await?;
-    if kinds.is_empty() {
+    if !kinds.iter().any(|k| k == "client.expired") {
         Ok(())
     } else {
         Err(AdminError::Invalid(format!(

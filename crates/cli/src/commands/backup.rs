@@ -265,7 +265,10 @@ fn move_aside(db: &Path) -> Result<PathBuf> {
 /// Where hard links are not supported, a rename after checking `to` is free.
 fn move_without_replacing(from: &Path, to: &Path) -> std::io::Result<()> {
     match std::fs::hard_link(from, to) {
-        Ok(()) => std::fs::remove_file(from),
+        // Not two names for one ledger: when the old name cannot go, neither stays the new.
+        Ok(()) => std::fs::remove_file(from).inspect_err(|_| {
+            let _ = std::fs::remove_file(to);
+        }),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(e),
         Err(_) if to.exists() => Err(std::io::ErrorKind::AlreadyExists.into()),
         Err(_) => std::fs::rename(from, to),
