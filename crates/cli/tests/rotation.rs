@@ -127,8 +127,16 @@ backend_tests! {
         for args in [&["verify"][..], &["verify", "--from-checkpoint"][..]] {
             let o = grantline(&db, d, args);
             assert_eq!(o.status.code(), Some(1), "{args:?}: {o:?}");
-            assert!(out(&o).contains("names a checkpoint-key handover"), "{o:?}");
+            assert!(out(&o).contains("which the ledger's key handovers do not lead to"), "{o:?}");
         }
+        // A key given that the history holds: the history speaks for this check too.
+        let o = grantline(&db, d, &["verify", "--public-key", &k1]);
+        assert_eq!(o.status.code(), Some(1), "{o:?}");
+        // Checking with a key of another ledger's (a copy received, checked here): this
+        // history is not that ledger's, and is left out — cannot tell, not tampering.
+        let other = grantline_ledger::NoteSigner::generate("grantline.test/ledger").unwrap();
+        let o = grantline(&db, d, &["verify", "--public-key", &other.verifier().to_string()]);
+        assert_eq!(o.status.code(), Some(2), "{o:?}");
         std::fs::write(&history, kept).unwrap();
         // The JWTs verify with keys taken from that verified ledger, not from the server: every
         // access-token key is announced there.

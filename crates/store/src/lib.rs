@@ -78,41 +78,49 @@ pub async fn verify_from_checkpoint(
         .map_err(StartError::Finding))
 }
 
-/// The checkpoint-key handovers a key history kept outside the database (oldest key first,
-/// `checkpoint-keys.pub`) names that the ledger does not hold — `(from, to)` for each. A walk
-/// trusts the handovers it reads (and `--from-checkpoint` those before its checkpoint without
-/// reading the rows around them): one removed, with the rows after it rewritten and signed by
-/// the key it retired, reads as a history without the rotation. The local history says there
-/// was one.
-pub async fn missing_handovers(
+/// The first key of a key history kept outside the database (oldest first,
+/// `checkpoint-keys.pub`) that the ledger's checkpoint-key handovers do not lead to, in order,
+/// from the history's first key: `None` when every one is reached. A walk trusts the handovers
+/// it reads (and `--from-checkpoint` those before its checkpoint without reading the rows around
+/// them): one removed, with the rows after it rewritten and signed by the key it retired, reads
+/// as a history without the rotation; the local history says there was one. The history may
+/// skip keys (a restore writes the first key and the one in force; servers sharing a ledger
+/// each record only their own rotations), so its keys need only lie along the chain, in order.
+pub async fn unreached_history_key(
     store: &Store,
     history: &[NoteVerifier],
-) -> Result<Vec<(NoteVerifier, NoteVerifier)>> {
-    if history.len() < 2 {
-        return Ok(Vec::new());
-    }
+) -> Result<Option<NoteVerifier>> {
+    let Some(first) = history.first() else {
+        return Ok(None);
+    };
     let keys = store.key_events(u64::MAX).await?;
-    let recorded: Vec<(String, Option<String>)> = keys
+    // previous key id → next key id, in seq order.
+    let handovers: Vec<(String, String)> = keys
         .iter()
         .filter_map(|r| match r.payload() {
             grantline_ledger::Payload::SigningKeyRotated(k)
                 if k.purpose == grantline_ledger::KeyPurpose::Checkpoint =>
             {
-                Some((k.key_id.clone(), k.previous_key_id.clone()))
+                Some((k.previous_key_id.clone()?, k.key_id.clone()))
             }
             _ => None,
         })
         .collect();
+    let mut chain = vec![first.key_id_hex()];
+    while let Some((_, next)) = handovers
+        .iter()
+        .find(|(from, to)| chain.last().is_some_and(|last| from == last) && !chain.contains(to))
+    {
+        chain.push(next.clone());
+    }
+    let mut along = chain.iter();
     Ok(history
-        .windows(2)
-        .filter(|w| {
-            let (from, to) = (w[0].key_id_hex(), w[1].key_id_hex());
-            !recorded
-                .iter()
-                .any(|(id, prev)| *id == to && prev.as_deref() == Some(from.as_str()))
+        .iter()
+        .find(|k| {
+            let id = k.key_id_hex();
+            !along.any(|c| *c == id)
         })
-        .map(|w| (w[0].clone(), w[1].clone()))
-        .collect())
+        .cloned())
 }
 
 /// Rows per page of [`verify`]'s walk: each page is read and checked as one piece of work.

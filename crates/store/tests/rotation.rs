@@ -204,6 +204,25 @@ backend_tests! {
         assert!(s.fully_trusted(), "{:?}", s.untrusted);
     }
 
+    async fn a_key_history_needs_its_keys_along_the_ledgers_handovers_in_order(db: TestDb) {
+        let (store, k0, k1, k2) = rotated_twice(&db).await;
+        let stranger = NoteSigner::generate(NAME).unwrap();
+        let unreached = |history: Vec<&NoteSigner>| {
+            let store = store.clone();
+            let history: Vec<NoteVerifier> = history.iter().map(|k| k.verifier()).collect();
+            async move { grantline_store::unreached_history_key(&store, &history).await.unwrap() }
+        };
+        // Every key, or some skipped (a restore writes the first and the one in force; servers
+        // sharing a ledger each record their own rotations), or starting later: reached.
+        assert_eq!(unreached(vec![&k0, &k1, &k2]).await, None);
+        assert_eq!(unreached(vec![&k0, &k2]).await, None);
+        assert_eq!(unreached(vec![&k1, &k2]).await, None);
+        // Out of order, or a key no handover leads to: the first such key.
+        assert_eq!(unreached(vec![&k0, &k2, &k1]).await, Some(k1.verifier()));
+        assert_eq!(unreached(vec![&k0, &stranger]).await, Some(stranger.verifier()));
+        assert_eq!(unreached(vec![&stranger, &k1]).await, Some(k1.verifier()));
+    }
+
     async fn a_handover_the_key_in_force_did_not_sign_is_tampering(db: TestDb) {
         // Signed by k0 but altered: the signature does not verify.
         let (store, k0, _) = rotated(&db, |k0, k1| {

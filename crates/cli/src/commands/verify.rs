@@ -34,23 +34,33 @@ pub async fn run(loc: &Location, args: Args) -> Result<ExitCode> {
         }
     };
     bar.finish_and_clear();
-    // A handover the local key history names must be in the ledger: the walk trusts the
-    // handovers it finds, and one removed (the rows after it rewritten under the retired
-    // key) would read as no rotation at all.
-    let history = grantline_store::keyfile::key_history(&loc.data_dir)?;
-    let missing = grantline_store::missing_handovers(&store, &history).await?;
-    if outcome.is_ok()
-        && let Some((from, to)) = missing.first()
-    {
-        println!(
-            "NOT INTACT: the local key history ({}) names a checkpoint-key handover from {from} \
-             to {to} that the ledger does not hold: its row was removed (and what followed \
-             rewritten), or the history is another ledger's",
-            loc.data_dir
-                .join(grantline_store::keyfile::HISTORY_FILE)
-                .display()
-        );
-        return Ok(ExitCode::from(1));
+    let history = grantline_store::keyfile::key_history(&loc.data_dir).unwrap_or_default();
+    // The handovers the local key history names must be in the ledger: the walk trusts the
+    // handovers it finds, and one removed (the rows after it rewritten under the retired key)
+    // would read as no rotation at all. Only when the walk found nothing wrong, and only when
+    // that history is this check's (its keys, or keys given that it holds): another ledger's
+    // copy checked here has a history of its own.
+    if outcome.is_ok() && history_in_use(&trusted, &history) {
+        let unreached = match grantline_store::unreached_history_key(&store, &history).await {
+            Ok(k) => k,
+            Err(grantline_store::StoreError::Corrupt { seq, problem }) => {
+                println!("NOT INTACT: seq {seq}: {problem}");
+                return Ok(ExitCode::from(1));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if let Some(key) = unreached {
+            println!(
+                "NOT INTACT: the local key history ({}) names checkpoint key {key}, which the \
+                 ledger's key handovers do not lead to from the history's first key: a handover \
+                 row was removed (and what followed rewritten), or the history is another \
+                 ledger's",
+                loc.data_dir
+                    .join(grantline_store::keyfile::HISTORY_FILE)
+                    .display()
+            );
+            return Ok(ExitCode::from(1));
+        }
     }
     let outcome = match outcome {
         Err(StartError::Untrusted(by)) => {
@@ -92,4 +102,13 @@ pub async fn run(loc: &Location, args: Args) -> Result<ExitCode> {
             Ok(ExitCode::from(1))
         }
     }
+}
+
+/// Whether the local key history speaks for this check: its first key is what was trusted (no
+/// `--public-key`), or a key given is one of its keys.
+fn history_in_use(
+    trusted: &[grantline_ledger::NoteVerifier],
+    history: &[grantline_ledger::NoteVerifier],
+) -> bool {
+    history.len() > 1 && trusted.iter().any(|k| history.contains(k))
 }
