@@ -340,13 +340,16 @@ impl Drop for Held<'_> {
 /// clients taken in from all addresses together: registration and metadata-document intake,
 /// which anyone may call and which each add to the ledger and the state for good. The total
 /// bounds what many addresses (an IPv6 /48 holds 65,536 /64s) can add between them; it counts
-/// only what was taken in ([`AddressLimiter::taken`]), so requests that add nothing — malformed,
-/// refused, unreachable documents — cannot use it up and shut everyone else out.
+/// what was written ([`Slot::taken`]: a client, or a recorded refusal), so requests that write
+/// nothing — malformed, unreachable documents — cannot use it up and shut everyone else out.
+/// A request holds a slot of the total while it runs, so many at once cannot all pass it.
 pub struct AddressLimiter {
     limit: std::sync::atomic::AtomicU32,
     total: std::sync::atomic::AtomicU32,
     window_secs: i64,
     entries: Mutex<HashMap<String, (i64, u32)>>,
+    /// Slots of the total held by requests still running.
+    pending: std::sync::atomic::AtomicU32,
 }
 
 /// The bucket of everything taken in, beside the addresses' buckets.
@@ -370,6 +373,34 @@ impl OverLimit {
     }
 }
 
+/// A request's place in the total while it runs: given back when dropped, unless
+/// [`Slot::taken`] counts it.
+#[must_use]
+pub struct Slot<'a> {
+    limiter: &'a AddressLimiter,
+    held: bool,
+}
+
+impl Slot<'_> {
+    /// What the request wrote counts against the window's total.
+    pub fn taken(mut self, now: i64) {
+        if std::mem::take(&mut self.held) {
+            self.limiter.give_back();
+            if let Ok(mut map) = self.limiter.entries.lock() {
+                self.limiter.window(&mut map, ALL, now).1 += 1;
+            }
+        }
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        if self.held {
+            self.limiter.give_back();
+        }
+    }
+}
+
 impl AddressLimiter {
     /// `limit` 0 turns the per-address limit off, `total` 0 the total.
     pub fn new(limit: u32, total: u32, window_secs: i64) -> Self {
@@ -378,6 +409,7 @@ impl AddressLimiter {
             total: std::sync::atomic::AtomicU32::new(total),
             window_secs: window_secs.max(1),
             entries: Mutex::new(HashMap::new()),
+            pending: std::sync::atomic::AtomicU32::new(0),
         }
     }
 
@@ -387,6 +419,14 @@ impl AddressLimiter {
             .store(limit, std::sync::atomic::Ordering::Relaxed);
         self.total
             .store(total, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn give_back(&self) {
+        let _ = self.pending.fetch_update(
+            std::sync::atomic::Ordering::SeqCst,
+            std::sync::atomic::Ordering::SeqCst,
+            |n| n.checked_sub(1),
+        );
     }
 
     /// The window of `key`, started again when it is over.
@@ -403,14 +443,18 @@ impl AddressLimiter {
         e
     }
 
-    /// Counts one request from `address`; refused when the address is over its limit, or
-    /// when the window's total has been taken in already (then it counts against nothing).
-    /// Requests with no known address share one bucket.
-    pub fn hit(&self, address: Option<&str>, now: i64) -> Result<(), OverLimit> {
+    /// Counts one request from `address` and holds a slot of the total for it; refused when
+    /// the address is over its limit, or when the window's total is taken (counted, or held
+    /// by requests still running) — then it counts against nothing. Requests with no known
+    /// address share one bucket.
+    pub fn hit(&self, address: Option<&str>, now: i64) -> Result<Slot<'_>, OverLimit> {
         let limit = self.limit.load(std::sync::atomic::Ordering::Relaxed);
         let total = self.total.load(std::sync::atomic::Ordering::Relaxed);
         let Ok(mut map) = self.entries.lock() else {
-            return Ok(());
+            return Ok(Slot {
+                limiter: self,
+                held: false,
+            });
         };
         if map.len() > 100_000 {
             let w = self.window_secs;
@@ -418,7 +462,8 @@ impl AddressLimiter {
         }
         if total > 0 {
             let all = *self.window(&mut map, ALL, now);
-            if all.1 >= total {
+            let held = self.pending.load(std::sync::atomic::Ordering::SeqCst);
+            if all.1.saturating_add(held) >= total {
                 return Err(OverLimit::Total((all.0 + self.window_secs - now).max(1)));
             }
         }
@@ -430,17 +475,15 @@ impl AddressLimiter {
             }
             e.1 += 1;
         }
-        Ok(())
-    }
-
-    /// Counts one client taken in against the total.
-    pub fn taken(&self, now: i64) {
-        if self.total.load(std::sync::atomic::Ordering::Relaxed) == 0 {
-            return;
+        if total > 0 {
+            // Under the entries' lock: two requests cannot both take the last slot.
+            self.pending
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }
-        if let Ok(mut map) = self.entries.lock() {
-            self.window(&mut map, ALL, now).1 += 1;
-        }
+        Ok(Slot {
+            limiter: self,
+            held: total > 0,
+        })
     }
 }
 
@@ -450,37 +493,50 @@ mod tests {
     fn many_addresses_together_stop_at_the_total_of_what_was_taken_in() {
         use super::OverLimit;
         let limiter = super::AddressLimiter::new(2, 3, 3600);
-        // Requests that take nothing in (malformed, refused) do not use up the total.
+        // Requests that take nothing in (malformed, refused) give their slot back.
         for a in [
             "2001:db8:0:1::1",
             "2001:db8:0:2::1",
             "2001:db8:0:3::1",
             "2001:db8:0:4::1",
         ] {
-            assert!(limiter.hit(Some(a), 0).is_ok(), "{a}");
+            drop(limiter.hit(Some(a), 0).unwrap());
         }
         // Two from one address, then that address is over its own limit.
-        assert!(limiter.hit(Some("192.0.2.1"), 0).is_ok());
-        assert!(limiter.hit(Some("192.0.2.1"), 0).is_ok());
+        drop(limiter.hit(Some("192.0.2.1"), 0).unwrap());
+        drop(limiter.hit(Some("192.0.2.1"), 0).unwrap());
         assert_eq!(
-            limiter.hit(Some("192.0.2.1"), 10),
-            Err(OverLimit::Address(3590))
+            limiter.hit(Some("192.0.2.1"), 10).err(),
+            Some(OverLimit::Address(3590))
         );
-        // Three taken in: the total is reached, for every address.
-        for _ in 0..3 {
-            limiter.taken(20);
-        }
+        // Three running at once hold the whole total: a fourth is refused before any of them
+        // is taken in, however long they run.
+        let running: Vec<_> = ["198.51.100.1", "198.51.100.2", "198.51.100.3"]
+            .iter()
+            .map(|a| limiter.hit(Some(a), 20).unwrap())
+            .collect();
         assert_eq!(
-            limiter.hit(Some("2001:db8:0:5::1"), 30),
-            Err(OverLimit::Total(3570))
+            limiter.hit(Some("198.51.100.4"), 21).err(),
+            Some(OverLimit::Total(3579))
+        );
+        // One gives its slot back (it wrote nothing): there is room again; two are taken in.
+        let mut running = running.into_iter();
+        drop(running.next());
+        let fourth = limiter.hit(Some("198.51.100.4"), 22).unwrap();
+        for slot in running {
+            slot.taken(23);
+        }
+        fourth.taken(24);
+        assert_eq!(
+            limiter.hit(Some("2001:db8:0:5::1"), 30).err(),
+            Some(OverLimit::Total(3570))
         );
         // After the window, all may go again.
         assert!(limiter.hit(Some("2001:db8:0:5::1"), 3600).is_ok());
         // 0 turns a limit off.
         let open = super::AddressLimiter::new(0, 0, 60);
         for _ in 0..1000 {
-            assert!(open.hit(Some("192.0.2.9"), 0).is_ok());
-            open.taken(0);
+            open.hit(Some("192.0.2.9"), 0).unwrap().taken(0);
         }
     }
 
@@ -522,7 +578,10 @@ mod tests {
     fn addresses_are_limited_per_window_each_on_its_own() {
         let l = super::AddressLimiter::new(2, 0, 60);
         assert!(l.hit(Some("a"), 0).is_ok() && l.hit(Some("a"), 1).is_ok());
-        assert_eq!(l.hit(Some("a"), 10), Err(super::OverLimit::Address(50)));
+        assert_eq!(
+            l.hit(Some("a"), 10).err(),
+            Some(super::OverLimit::Address(50))
+        );
         assert!(
             l.hit(Some("b"), 10).is_ok(),
             "another address has its own count"

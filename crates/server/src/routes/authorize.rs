@@ -143,29 +143,19 @@ async fn ensure_document_client(
             "registration of new clients is turned off on this server",
         ));
     }
-    if !known
-        && let Err(over) = app
+    // A new client holds a slot of the hour's total while its document is fetched and
+    // checked; counted if it is taken in (or its refusal recorded), given back if not.
+    let slot = if known {
+        None
+    } else {
+        match app
             .document_intake
             .hit(ctx.source_ip.as_deref(), app.now().0 / 1_000_000)
-    {
-        app.metrics.throttled("client_documents");
-        let mut r = pages::error(
-            StatusCode::TOO_MANY_REQUESTS,
-            "Too many new applications",
-            match over {
-                crate::throttle::OverLimit::Address(_) => {
-                    "Too many new applications were signed in from your address. Try again later."
-                }
-                crate::throttle::OverLimit::Total(_) => {
-                    "This server takes no more new applications this hour. Try again later."
-                }
-            },
-        );
-        if let Ok(v) = axum::http::HeaderValue::from_str(&over.retry_after().to_string()) {
-            r.headers_mut().insert(axum::http::header::RETRY_AFTER, v);
+        {
+            Ok(slot) => Some(slot),
+            Err(over) => return Err(too_many_new_clients(app, over)),
         }
-        return Err(r);
-    }
+    };
     let doc = match app.metadata_documents.get(client_id).await {
         Ok(doc) => doc,
         // A client taken in before goes on as recorded while its document cannot be read (a
@@ -221,7 +211,7 @@ async fn ensure_document_client(
         }
         return Err(r);
     }
-    let (outcome, _) = app
+    let (outcome, recorded) = app
         .run(|s| {
             grantline_oauth::register::decide_document(
                 s,
@@ -235,13 +225,13 @@ async fn ensure_document_client(
         .map_err(IntoResponse::into_response)?;
     // Refused by the registration policy: a page, as every other refusal here (not the token
     // endpoint's 401, whose Basic challenge would make a browser ask for a password).
+    if let Some(slot) = slot
+        && !recorded.is_empty()
+    {
+        slot.taken(app.now().0 / 1_000_000);
+    }
     match outcome {
-        Ok(()) => {
-            if !known {
-                app.document_intake.taken(app.now().0 / 1_000_000);
-            }
-            Ok(())
-        }
+        Ok(()) => Ok(()),
         // A change of a known client's document the policy refuses is not taken in: the
         // client goes on as recorded.
         Err(e) if known => {
@@ -250,6 +240,27 @@ async fn ensure_document_client(
         }
         Err(e) => Err(not_admitted(&e.description)),
     }
+}
+
+/// The page for a new metadata-document client over the address's limit or the hour's total.
+fn too_many_new_clients(app: &App, over: crate::throttle::OverLimit) -> Response {
+    app.metrics.throttled("client_documents");
+    let mut r = pages::error(
+        StatusCode::TOO_MANY_REQUESTS,
+        "Too many new applications",
+        match over {
+            crate::throttle::OverLimit::Address(_) => {
+                "Too many new applications were signed in from your address. Try again later."
+            }
+            crate::throttle::OverLimit::Total(_) => {
+                "This server takes no more new applications this hour. Try again later."
+            }
+        },
+    );
+    if let Ok(v) = axum::http::HeaderValue::from_str(&over.retry_after().to_string()) {
+        r.headers_mut().insert(axum::http::header::RETRY_AFTER, v);
+    }
+    r
 }
 
 fn not_admitted(why: &str) -> Response {

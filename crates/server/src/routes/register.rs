@@ -28,21 +28,26 @@ async fn handle(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<Response, AppError> {
-    if let Err(over) = app
+    // Held while the request runs; counted against the hour's total if it writes anything
+    // (a client, or its refusal by the policy), given back if not.
+    let slot = match app
         .registrations
         .hit(ctx.source_ip.as_deref(), app.now().0 / 1_000_000)
     {
-        app.metrics.throttled("registration");
-        let why = match over {
-            crate::throttle::OverLimit::Address(_) => {
-                "too many registrations from this address; try again later"
-            }
-            crate::throttle::OverLimit::Total(_) => {
-                "this server takes no more registrations this hour; try again later"
-            }
-        };
-        return Ok(crate::http::too_many_requests(over.retry_after(), why));
-    }
+        Ok(slot) => slot,
+        Err(over) => {
+            app.metrics.throttled("registration");
+            let why = match over {
+                crate::throttle::OverLimit::Address(_) => {
+                    "too many registrations from this address; try again later"
+                }
+                crate::throttle::OverLimit::Total(_) => {
+                    "this server takes no more registrations this hour; try again later"
+                }
+            };
+            return Ok(crate::http::too_many_requests(over.retry_after(), why));
+        }
+    };
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -71,11 +76,13 @@ async fn handle(
     let now = app.now();
     let ttl = app.config.oauth.dynamic_client_ttl;
     let policy = app.registration_policy();
-    let (outcome, _) = app
+    let (outcome, recorded) = app
         .run(|_| decide(&policy, &req, now, ttl, fresh.clone(), Some(meta.clone())))
         .await?;
+    if !recorded.is_empty() {
+        slot.taken(now.0 / 1_000_000);
+    }
     let registered = outcome?;
-    app.registrations.taken(now.0 / 1_000_000);
     tracing::info!(client_name = %registered.client_name, "client registered");
     let mut r = (StatusCode::CREATED, Json(registered)).into_response();
     crate::http::no_store(r.headers_mut());
