@@ -659,7 +659,7 @@ impl ChainVerifier {
             .endorsement
             .as_deref()
             .ok_or_else(|| rotation("no handover signed by the key it replaces".into()))?;
-        let handover = match crate::KeyHandover::open(&note, &self.in_force) {
+        let handover = match crate::KeyHandover::open(note, &self.in_force) {
             // Signed by the key in force: what it introduces is trusted if that key was, or if
             // this check was given the new key itself (a key in force reached through an
             // earlier handover this check could not verify).
@@ -683,7 +683,7 @@ impl ChainVerifier {
                 // Signed by a key not trusted here: follow it, but what it introduces proves
                 // nothing (the checkpoints after it are "cannot tell") unless this check was
                 // given that key itself.
-                let h = crate::KeyHandover::parse_unverified(&note)
+                let h = crate::KeyHandover::parse_unverified(note)
                     .map_err(|e| rotation(e.to_string()))?;
                 self.in_force_trusted = self.trusted.contains(&h.to);
                 h
