@@ -260,12 +260,7 @@ grantline_store::backend_tests! {
             (st, get(&body, "error").as_str()),
             (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable")
         );
-        let r = browser()
-            .post(s.url("/oauth/register"))
-            .json(&json!({"redirect_uris": [REDIRECT], "token_endpoint_auth_method": "none"}))
-            .send()
-            .await
-            .unwrap();
+        let r = try_register(&s, &json!({"redirect_uris": [REDIRECT], "token_endpoint_auth_method": "none"})).await;
         assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(
             r.json::<Value>().await.unwrap()["error"],

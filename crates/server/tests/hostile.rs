@@ -251,12 +251,11 @@ async fn registrations_are_limited_per_address() {
     for _ in 0..3 {
         register_public(&s, REDIRECT).await;
     }
-    let r = browser()
-        .post(s.url("/oauth/register"))
-        .json(&json!({"redirect_uris": [REDIRECT], "token_endpoint_auth_method": "none"}))
-        .send()
-        .await
-        .unwrap();
+    let r = try_register(
+        &s,
+        &json!({"redirect_uris": [REDIRECT], "token_endpoint_auth_method": "none"}),
+    )
+    .await;
     assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
     let retry: i64 = r.headers()["retry-after"]
         .to_str()
@@ -298,23 +297,17 @@ async fn registrations_stop_at_the_hours_total() {
     })
     .await;
     for _ in 0..5 {
-        let r = browser()
-            .post(s.url("/oauth/register"))
-            .json(&json!({"redirect_uris": ["javascript:alert(1)"]}))
-            .send()
-            .await
-            .unwrap();
+        let r = try_register(&s, &json!({"redirect_uris": ["javascript:alert(1)"]})).await;
         assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     }
     for _ in 0..2 {
         register_public(&s, REDIRECT).await;
     }
-    let r = browser()
-        .post(s.url("/oauth/register"))
-        .json(&json!({"redirect_uris": [REDIRECT], "token_endpoint_auth_method": "none"}))
-        .send()
-        .await
-        .unwrap();
+    let r = try_register(
+        &s,
+        &json!({"redirect_uris": [REDIRECT], "token_endpoint_auth_method": "none"}),
+    )
+    .await;
     assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
     let v: Value = r.json().await.unwrap();
     assert!(

@@ -446,12 +446,18 @@ impl Store {
         if list.is_empty() {
             return Ok(Vec::new());
         }
+        self.checked_where(&format!("kind IN ({list})"), upto).await
+    }
+
+    /// The rows with seq ≤ `upto` that `condition` also selects (the crate's own SQL, never
+    /// caller text), in seq order, each checked against its columns and its own hash. Read as
+    /// `verify` reads: a column of another type is the row's problem to report (`Corrupt`),
+    /// not a database error.
+    async fn checked_where(&self, condition: &str, upto: u64) -> Result<Vec<Recorded>> {
+        let upto = upto.min(i64::MAX as u64) as i64;
         let rows = match &self.pool {
-            // Read as `verify` reads: a column of another type is the row's problem to report
-            // (`Corrupt` below), not a database error.
             Pool::Sqlite(_) => {
-                let condition = format!("seq <= ?1 AND kind IN ({list})");
-                let upto = upto.min(i64::MAX as u64) as i64;
+                let condition = format!("seq <= ?1 AND {condition}");
                 self.on_sqlite_file(move |path| {
                     let mut out = Vec::new();
                     scan_sqlite_where(path, &condition, &[&upto], None, |row| {
@@ -465,10 +471,10 @@ impl Store {
             }
             Pool::Postgres(p) => {
                 let sql = format!(
-                    "SELECT {ROW_COLUMNS_PG} FROM events WHERE seq <= $1 AND kind IN ({list}) ORDER BY seq"
+                    "SELECT {ROW_COLUMNS_PG} FROM events WHERE seq <= $1 AND {condition} ORDER BY seq"
                 );
                 let read = sqlx::query(sqlx::AssertSqlSafe(sql))
-                    .bind(upto.min(i64::MAX as u64) as i64)
+                    .bind(upto)
                     .fetch(p)
                     .map_ok(|r| raw_row(&r))
                     .try_collect::<Vec<_>>();
@@ -489,44 +495,7 @@ impl Store {
     /// read through the stream's index, so a walk that starts from a checkpoint learns the
     /// checkpoint keys in force there without reading the rows before it.
     pub async fn key_events(&self, upto: u64) -> Result<Vec<Recorded>> {
-        let upto = upto.min(i64::MAX as u64) as i64;
-        let rows = match &self.pool {
-            Pool::Sqlite(_) => {
-                self.on_sqlite_file(move |path| {
-                    let mut out = Vec::new();
-                    scan_sqlite_where(
-                        path,
-                        "stream = 'keys' AND seq <= ?1",
-                        &[&upto],
-                        None,
-                        |row| {
-                            let mut r = RawRow::default();
-                            assign(&mut r, row);
-                            out.push(Ok(r));
-                        },
-                    )?;
-                    Ok(out)
-                })
-                .await?
-            }
-            Pool::Postgres(p) => {
-                let sql = format!(
-                    "SELECT {ROW_COLUMNS_PG} FROM events WHERE stream = 'keys' AND seq <= $1 ORDER BY seq"
-                );
-                let read = sqlx::query(sqlx::AssertSqlSafe(sql))
-                    .bind(upto)
-                    .fetch(p)
-                    .map_ok(|r| raw_row(&r))
-                    .try_collect::<Vec<_>>();
-                self.pg(read).await?
-            }
-        };
-        rows.into_iter()
-            .map(|row| {
-                let row = row?;
-                decode_checked(&row, row.seq.max(0) as u64, None)
-            })
-            .collect()
+        self.checked_where("stream = 'keys'", upto).await
     }
 
     /// Every event after `after`, in pages of `page`: the next page is read and decoded while

@@ -196,17 +196,26 @@ pub fn field(page: &str, name: &str) -> String {
     page[start..end].replace("&amp;", "&")
 }
 
-pub async fn register_public(s: &Server, redirect: &str) -> String {
-    let r = browser()
+/// `POST /oauth/register` with `body`, whatever the answer.
+pub async fn try_register(s: &Server, body: &Value) -> reqwest::Response {
+    browser()
         .post(s.url("/oauth/register"))
-        .json(&serde_json::json!({
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+pub async fn register_public(s: &Server, redirect: &str) -> String {
+    let r = try_register(
+        s,
+        &serde_json::json!({
             "client_name": "Test client",
             "redirect_uris": [redirect],
             "token_endpoint_auth_method": "none",
-        }))
-        .send()
-        .await
-        .unwrap();
+        }),
+    )
+    .await;
     assert_eq!(r.status(), StatusCode::CREATED);
     r.json::<Value>().await.unwrap()["client_id"]
         .as_str()
