@@ -627,7 +627,8 @@ pub struct OAuthRefused {
     /// The registered client the request named (absent when it named none that exists).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_id: Option<String>,
-    /// Whether the client proved who it is (a secret, or a public client's PKCE-bound request).
+    /// Whether the client proved who it is with its secret. A public client names itself
+    /// only (anyone may send its id), so its refused requests are attributed to no client.
     pub client_authenticated: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grant_type: Option<GrantType>,

@@ -557,7 +557,43 @@ async fn refused_requests_are_recorded_once_a_minute_per_client_and_error() {
     let t = token[0];
     assert_eq!(t.error, "invalid_grant");
     assert_eq!(t.client_id.as_deref(), Some(client.as_str()));
-    assert!(t.client_authenticated);
+    // A public client proves nothing by naming itself (and a wrong verifier proves nothing
+    // either): the refusal names the client but is not attributed to it.
+    assert!(!t.client_authenticated);
+    let refusal_actor = events
+        .iter()
+        .find(|e| matches!(e.payload(), Payload::OAuthRefused(r) if r.endpoint == OAuthEndpoint::Token))
+        .map(|e| e.envelope.actor.clone());
+    assert_eq!(refusal_actor, Some(grantline_ledger::Actor::System));
+    // A confidential client that proved itself with its secret is the refusal's actor.
+    let r = browser()
+        .post(s.url("/oauth/token"))
+        .basic_auth("conf", Some(CONF_SECRET))
+        .form(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", "glr_nothing"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let proved = s
+        .app
+        .store()
+        .read(0, 10_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .find_map(|e| match e.payload() {
+            Payload::OAuthRefused(r) if r.client_id.as_deref() == Some("conf") => {
+                Some((r.client_authenticated, e.envelope.actor.clone()))
+            }
+            _ => None,
+        });
+    assert_eq!(
+        proved,
+        Some((true, grantline_ledger::Actor::Client { id: "conf".into() }))
+    );
     assert_eq!(t.grant_type, Some(GrantType::AuthorizationCode));
     assert!(t.user_id.is_some(), "the code's user");
     assert_eq!(t.requested_scopes, vec!["demo:read".to_string()]);

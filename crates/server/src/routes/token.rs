@@ -58,7 +58,7 @@ async fn handle(
             }
             authenticate(&state, &who)?.clone()
         };
-        attempt.client_authenticated = true;
+        attempt.client_authenticated = proved_itself(&client);
         return super::token_exchange::exchange(app, ctx, &client, &params).await;
     }
     attempt.requested_scopes = param(&params, "scope")
@@ -155,8 +155,15 @@ async fn authenticated_client(
         attempt.client_id = Some(who.client_id.clone());
     }
     let client = authenticate(&state, &who)?.clone();
-    attempt.client_authenticated = true;
+    attempt.client_authenticated = proved_itself(&client);
     Ok(client)
+}
+
+/// Whether authenticating `client` proved who is calling: a confidential client's secret
+/// did. A public client is authenticated by its id alone, which anyone may send: its refused
+/// requests are attributed to no client (`oauth.refused`'s actor), whatever they claimed.
+fn proved_itself(client: &grantline_state::Client) -> bool {
+    client.auth_method != grantline_ledger::AuthMethod::None
 }
 
 /// Request metadata sealed under the user's key (or the client's, for machine clients).
