@@ -240,14 +240,12 @@ pub fn running_server(path: &Path) -> Result<Option<RunningServer>> {
     };
     // A pid is a few digits on the first line (a server of the build before wrote its
     // configuration file on a second line): anything longer is not one of ours.
-    let mut text = String::new();
-    file.take(32).read_to_string(&mut text)?;
-    let pid = text
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .parse::<u32>()
+    let mut bytes = Vec::new();
+    file.take(32).read_to_end(&mut bytes)?;
+    let first = bytes.split(|&b| b == b'\n').next().unwrap_or_default();
+    let pid = std::str::from_utf8(first)
+        .ok()
+        .and_then(|t| t.trim().parse::<u32>().ok())
         .with_context(|| format!("{} does not hold a process id", path.display()))?;
     let config = std::fs::read(config_companion(path))
         .ok()
@@ -379,18 +377,22 @@ mod tests {
         assert_eq!(running_server(&path).unwrap().unwrap().config, Some(None));
         // A pid file of the build before (its configuration file on a second line, however
         // long) still names its server.
-        std::fs::write(
-            &path,
-            format!(
-                "{}\nconfig=/etc/a/very/long/path/to/grantline.toml\n",
+        // (Its path may be anything: one of these three cuts a three-byte character at the
+        // 32nd byte, where the pid is read up to.)
+        for pad in ["", "a", "aa"] {
+            std::fs::write(
+                &path,
+                format!(
+                    "{}\nconfig=/etc/{pad}\u{20ac}\u{20ac}\u{20ac}\u{20ac}\u{20ac}\u{20ac}\u{20ac}\u{20ac}/grantline.toml\n",
+                    std::process::id()
+                ),
+            )
+            .unwrap();
+            assert_eq!(
+                running_server(&path).unwrap().unwrap().pid,
                 std::process::id()
-            ),
-        )
-        .unwrap();
-        assert_eq!(
-            running_server(&path).unwrap().unwrap().pid,
-            std::process::id()
-        );
+            );
+        }
         // A companion of another process (stale, or of a version that wrote none) is not
         // believed.
         std::fs::write(

@@ -342,7 +342,8 @@ impl Drop for Held<'_> {
 /// bounds what many addresses (an IPv6 /48 holds 65,536 /64s) can add between them; it counts
 /// what was written ([`Slot::taken`]: a client, or a recorded refusal), so requests that write
 /// nothing — malformed, unreachable documents — cannot use it up and shut everyone else out.
-/// A request holds a slot of the total while it runs, so many at once cannot all pass it.
+/// A request reserves its place just before it writes ([`AddressLimiter::reserve`]), so many
+/// at once cannot all pass the total, and slow ones cannot hold it while they fetch.
 pub struct AddressLimiter {
     limit: std::sync::atomic::AtomicU32,
     total: std::sync::atomic::AtomicU32,
@@ -373,22 +374,36 @@ impl OverLimit {
     }
 }
 
-/// A request's place in the total while it runs: given back when dropped, unless
-/// [`Slot::taken`] counts it.
+/// A request's place in the total while it writes: given back when dropped before
+/// [`Slot::committing`], counted when dropped after it (a request cut off while its append
+/// was under way may have written), unless [`Slot::wrote_nothing`] says otherwise.
 #[must_use]
 pub struct Slot<'a> {
     limiter: &'a AddressLimiter,
     held: bool,
+    committing: bool,
+    /// When it was reserved (the caller's clock): a slot dropped while committing counts in
+    /// that window.
+    at: i64,
 }
 
 impl Slot<'_> {
+    /// The request is about to write: from here on, dropping the slot counts it.
+    pub fn committing(&mut self) {
+        self.committing = true;
+    }
+
     /// What the request wrote counts against the window's total.
     pub fn taken(mut self, now: i64) {
         if std::mem::take(&mut self.held) {
-            self.limiter.give_back();
-            if let Ok(mut map) = self.limiter.entries.lock() {
-                self.limiter.window(&mut map, ALL, now).1 += 1;
-            }
+            self.limiter.settle(true, now);
+        }
+    }
+
+    /// The request wrote nothing: its place goes back.
+    pub fn wrote_nothing(mut self) {
+        if std::mem::take(&mut self.held) {
+            self.limiter.settle(false, 0);
         }
     }
 }
@@ -396,7 +411,7 @@ impl Slot<'_> {
 impl Drop for Slot<'_> {
     fn drop(&mut self) {
         if self.held {
-            self.limiter.give_back();
+            self.limiter.settle(self.committing, self.at);
         }
     }
 }
@@ -421,7 +436,15 @@ impl AddressLimiter {
             .store(total, std::sync::atomic::Ordering::Relaxed);
     }
 
-    fn give_back(&self) {
+    /// A held place leaves `pending`, counted in the window's total when `count`, under the
+    /// entries' lock (so no [`AddressLimiter::reserve`] sees it in neither).
+    fn settle(&self, count: bool, now: i64) {
+        let Ok(mut map) = self.entries.lock() else {
+            return;
+        };
+        if count {
+            self.window(&mut map, ALL, now).1 += 1;
+        }
         let _ = self.pending.fetch_update(
             std::sync::atomic::Ordering::SeqCst,
             std::sync::atomic::Ordering::SeqCst,
@@ -443,100 +466,111 @@ impl AddressLimiter {
         e
     }
 
-    /// Counts one request from `address` and holds a slot of the total for it; refused when
-    /// the address is over its limit, or when the window's total is taken (counted, or held
-    /// by requests still running) — then it counts against nothing. Requests with no known
-    /// address share one bucket.
-    pub fn hit(&self, address: Option<&str>, now: i64) -> Result<Slot<'_>, OverLimit> {
+    /// Counts one request from `address`; refused when the address is over its limit.
+    /// Requests with no known address share one bucket.
+    pub fn hit(&self, address: Option<&str>, now: i64) -> Result<(), OverLimit> {
         let limit = self.limit.load(std::sync::atomic::Ordering::Relaxed);
-        let total = self.total.load(std::sync::atomic::Ordering::Relaxed);
+        if limit == 0 {
+            return Ok(());
+        }
         let Ok(mut map) = self.entries.lock() else {
-            return Ok(Slot {
-                limiter: self,
-                held: false,
-            });
+            return Ok(());
         };
         if map.len() > 100_000 {
             let w = self.window_secs;
             map.retain(|_, (start, _)| now - *start < w);
         }
-        if total > 0 {
-            let all = *self.window(&mut map, ALL, now);
-            let held = self.pending.load(std::sync::atomic::Ordering::SeqCst);
-            if all.1.saturating_add(held) >= total {
-                return Err(OverLimit::Total((all.0 + self.window_secs - now).max(1)));
-            }
+        let key = address.map_or_else(|| "-".to_string(), network_of);
+        let e = self.window(&mut map, &key, now);
+        if e.1 >= limit {
+            return Err(OverLimit::Address((e.0 + self.window_secs - now).max(1)));
         }
-        if limit > 0 {
-            let key = address.map_or_else(|| "-".to_string(), network_of);
-            let e = self.window(&mut map, &key, now);
-            if e.1 >= limit {
-                return Err(OverLimit::Address((e.0 + self.window_secs - now).max(1)));
-            }
-            e.1 += 1;
+        e.1 += 1;
+        Ok(())
+    }
+
+    /// A place in the window's total for a request about to write (take it after any slow
+    /// step, such as fetching a document, so that slow requests cannot hold the total);
+    /// refused when what was written and what is being written fill it. Refused because of
+    /// places still held, the answer says to try again in a few seconds, not at the window's
+    /// end.
+    pub fn reserve(&self, now: i64) -> Result<Slot<'_>, OverLimit> {
+        let total = self.total.load(std::sync::atomic::Ordering::Relaxed);
+        let free = Slot {
+            limiter: self,
+            held: false,
+            committing: false,
+            at: now,
+        };
+        if total == 0 {
+            return Ok(free);
         }
-        if total > 0 {
-            // Under the entries' lock: two requests cannot both take the last slot.
-            self.pending
-                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let Ok(mut map) = self.entries.lock() else {
+            return Ok(free);
+        };
+        let all = *self.window(&mut map, ALL, now);
+        let held = self.pending.load(std::sync::atomic::Ordering::SeqCst);
+        if all.1 >= total {
+            return Err(OverLimit::Total((all.0 + self.window_secs - now).max(1)));
         }
+        if all.1.saturating_add(held) >= total {
+            return Err(OverLimit::Total(PENDING_RETRY_SECS));
+        }
+        // Under the entries' lock: two requests cannot both take the last place.
+        self.pending
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Ok(Slot {
             limiter: self,
-            held: total > 0,
+            held: true,
+            committing: false,
+            at: now,
         })
     }
 }
+
+/// When the total is full only of places held by requests still writing: try again soon.
+pub const PENDING_RETRY_SECS: i64 = 5;
 
 #[cfg(test)]
 mod tests {
     #[test]
     fn many_addresses_together_stop_at_the_total_of_what_was_taken_in() {
-        use super::OverLimit;
+        use super::{OverLimit, PENDING_RETRY_SECS};
         let limiter = super::AddressLimiter::new(2, 3, 3600);
-        // Requests that take nothing in (malformed, refused) give their slot back.
-        for a in [
-            "2001:db8:0:1::1",
-            "2001:db8:0:2::1",
-            "2001:db8:0:3::1",
-            "2001:db8:0:4::1",
-        ] {
-            drop(limiter.hit(Some(a), 0).unwrap());
+        // Places given back (the requests wrote nothing) do not use up the total.
+        for _ in 0..5 {
+            limiter.reserve(0).unwrap().wrote_nothing();
         }
-        // Two from one address, then that address is over its own limit.
-        drop(limiter.hit(Some("192.0.2.1"), 0).unwrap());
-        drop(limiter.hit(Some("192.0.2.1"), 0).unwrap());
+        // The per-address limit is its own.
+        limiter.hit(Some("192.0.2.1"), 0).unwrap();
+        limiter.hit(Some("192.0.2.1"), 0).unwrap();
         assert_eq!(
             limiter.hit(Some("192.0.2.1"), 10).err(),
             Some(OverLimit::Address(3590))
         );
-        // Three running at once hold the whole total: a fourth is refused before any of them
-        // is taken in, however long they run.
-        let running: Vec<_> = ["198.51.100.1", "198.51.100.2", "198.51.100.3"]
-            .iter()
-            .map(|a| limiter.hit(Some(a), 20).unwrap())
-            .collect();
+        // Three writing at once hold the whole total: a fourth is told to come back soon.
+        let mut writing: Vec<_> = (0..3).map(|_| limiter.reserve(20).unwrap()).collect();
         assert_eq!(
-            limiter.hit(Some("198.51.100.4"), 21).err(),
-            Some(OverLimit::Total(3579))
+            limiter.reserve(21).err(),
+            Some(OverLimit::Total(PENDING_RETRY_SECS))
         );
-        // One gives its slot back (it wrote nothing): there is room again; two are taken in.
-        let mut running = running.into_iter();
-        drop(running.next());
-        let fourth = limiter.hit(Some("198.51.100.4"), 22).unwrap();
-        for slot in running {
-            slot.taken(23);
-        }
-        fourth.taken(24);
-        assert_eq!(
-            limiter.hit(Some("2001:db8:0:5::1"), 30).err(),
-            Some(OverLimit::Total(3570))
-        );
-        // After the window, all may go again.
-        assert!(limiter.hit(Some("2001:db8:0:5::1"), 3600).is_ok());
+        // One cut off while its append was under way counts (it may have written); one that
+        // wrote nothing gives its place back; one is taken in.
+        writing[0].committing();
+        let mut writing = writing.into_iter();
+        drop(writing.next());
+        writing.next().unwrap().wrote_nothing();
+        writing.next().unwrap().taken(22);
+        let last = limiter.reserve(23).unwrap();
+        last.taken(24);
+        // Three written: full until the window ends.
+        assert_eq!(limiter.reserve(30).err(), Some(OverLimit::Total(3570)));
+        assert!(limiter.reserve(3600).is_ok());
         // 0 turns a limit off.
         let open = super::AddressLimiter::new(0, 0, 60);
         for _ in 0..1000 {
-            open.hit(Some("192.0.2.9"), 0).unwrap().taken(0);
+            open.hit(Some("192.0.2.9"), 0).unwrap();
+            open.reserve(0).unwrap().taken(0);
         }
     }
 

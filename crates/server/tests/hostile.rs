@@ -314,7 +314,7 @@ async fn registrations_stop_at_the_hours_total() {
         v["error_description"]
             .as_str()
             .unwrap()
-            .contains("no more registrations this hour"),
+            .contains("no more registrations for now"),
         "{v}"
     );
     assert_eq!(s.app.projection.read().clients.len(), 2 + 2);

@@ -265,10 +265,17 @@ fn move_aside(db: &Path) -> Result<PathBuf> {
 /// Where hard links are not supported, a rename after checking `to` is free.
 fn move_without_replacing(from: &Path, to: &Path) -> std::io::Result<()> {
     match std::fs::hard_link(from, to) {
-        // Not two names for one ledger: when the old name cannot go, neither stays the new.
-        Ok(()) => std::fs::remove_file(from).inspect_err(|_| {
-            let _ = std::fs::remove_file(to);
-        }),
+        Ok(()) => match std::fs::remove_file(from) {
+            Ok(()) => Ok(()),
+            // Gone all the same (an unlink answered twice, a companion its owner removed):
+            // moved.
+            Err(_) if from.symlink_metadata().is_err() => Ok(()),
+            // Not two names for one ledger: the old name stays, so the new one goes.
+            Err(e) => {
+                let _ = std::fs::remove_file(to);
+                Err(e)
+            }
+        },
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(e),
         Err(_) if to.exists() => Err(std::io::ErrorKind::AlreadyExists.into()),
         Err(_) => std::fs::rename(from, to),

@@ -34,7 +34,8 @@ pub async fn run(loc: &Location, args: Args) -> Result<ExitCode> {
         }
     };
     bar.finish_and_clear();
-    let history = grantline_store::keyfile::key_history(&loc.data_dir).unwrap_or_default();
+    let history = grantline_store::keyfile::key_history(&loc.data_dir)
+        .context("reading the local key history")?;
     // The handovers the local key history names must be in the ledger: the walk trusts the
     // handovers it finds, and one removed (the rows after it rewritten under the retired key)
     // would read as no rotation at all. Only when the walk found nothing wrong, and only when

@@ -143,19 +143,13 @@ async fn ensure_document_client(
             "registration of new clients is turned off on this server",
         ));
     }
-    // A new client holds a slot of the hour's total while its document is fetched and
-    // checked; counted if it is taken in (or its refusal recorded), given back if not.
-    let slot = if known {
-        None
-    } else {
-        match app
+    if !known
+        && let Err(over) = app
             .document_intake
             .hit(ctx.source_ip.as_deref(), app.now().0 / 1_000_000)
-        {
-            Ok(slot) => Some(slot),
-            Err(over) => return Err(too_many_new_clients(app, over)),
-        }
-    };
+    {
+        return Err(too_many_new_clients(app, over));
+    }
     let doc = match app.metadata_documents.get(client_id).await {
         Ok(doc) => doc,
         // A client taken in before goes on as recorded while its document cannot be read (a
@@ -211,6 +205,19 @@ async fn ensure_document_client(
         }
         return Err(r);
     }
+    // A new client's place in the hour's total, taken once its document is in hand (a slow
+    // host must not hold it), kept if anything is written.
+    let mut slot = if known {
+        None
+    } else {
+        match app.document_intake.reserve(app.now().0 / 1_000_000) {
+            Ok(slot) => Some(slot),
+            Err(over) => return Err(too_many_new_clients(app, over)),
+        }
+    };
+    if let Some(slot) = slot.as_mut() {
+        slot.committing();
+    }
     let (outcome, recorded) = app
         .run(|s| {
             grantline_oauth::register::decide_document(
@@ -225,10 +232,12 @@ async fn ensure_document_client(
         .map_err(IntoResponse::into_response)?;
     // Refused by the registration policy: a page, as every other refusal here (not the token
     // endpoint's 401, whose Basic challenge would make a browser ask for a password).
-    if let Some(slot) = slot
-        && !recorded.is_empty()
-    {
-        slot.taken(app.now().0 / 1_000_000);
+    if let Some(slot) = slot {
+        if recorded.is_empty() {
+            slot.wrote_nothing();
+        } else {
+            slot.taken(app.now().0 / 1_000_000);
+        }
     }
     match outcome {
         Ok(()) => Ok(()),
@@ -253,7 +262,7 @@ fn too_many_new_clients(app: &App, over: crate::throttle::OverLimit) -> Response
                 "Too many new applications were signed in from your address. Try again later."
             }
             crate::throttle::OverLimit::Total(_) => {
-                "This server takes no more new applications this hour. Try again later."
+                "This server takes no more new applications for now. Try again later."
             }
         },
     );

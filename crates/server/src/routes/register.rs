@@ -28,26 +28,10 @@ async fn handle(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<Response, AppError> {
-    // Held while the request runs; counted against the hour's total if it writes anything
-    // (a client, or its refusal by the policy), given back if not.
-    let slot = match app
-        .registrations
-        .hit(ctx.source_ip.as_deref(), app.now().0 / 1_000_000)
-    {
-        Ok(slot) => slot,
-        Err(over) => {
-            app.metrics.throttled("registration");
-            let why = match over {
-                crate::throttle::OverLimit::Address(_) => {
-                    "too many registrations from this address; try again later"
-                }
-                crate::throttle::OverLimit::Total(_) => {
-                    "this server takes no more registrations this hour; try again later"
-                }
-            };
-            return Ok(crate::http::too_many_requests(over.retry_after(), why));
-        }
-    };
+    let now_secs = app.now().0 / 1_000_000;
+    if let Err(over) = app.registrations.hit(ctx.source_ip.as_deref(), now_secs) {
+        return Ok(too_many(app, over));
+    }
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -76,10 +60,19 @@ async fn handle(
     let now = app.now();
     let ttl = app.config.oauth.dynamic_client_ttl;
     let policy = app.registration_policy();
+    // A place in the hour's total, kept if the request writes (a client, or its refusal by
+    // the policy); counted also if it is cut off while its append is under way.
+    let mut slot = match app.registrations.reserve(now.0 / 1_000_000) {
+        Ok(slot) => slot,
+        Err(over) => return Ok(too_many(app, over)),
+    };
+    slot.committing();
     let (outcome, recorded) = app
         .run(|_| decide(&policy, &req, now, ttl, fresh.clone(), Some(meta.clone())))
         .await?;
-    if !recorded.is_empty() {
+    if recorded.is_empty() {
+        slot.wrote_nothing();
+    } else {
         slot.taken(now.0 / 1_000_000);
     }
     let registered = outcome?;
@@ -87,4 +80,18 @@ async fn handle(
     let mut r = (StatusCode::CREATED, Json(registered)).into_response();
     crate::http::no_store(r.headers_mut());
     Ok(r)
+}
+
+/// 429 for a registration over the address's limit or the hour's total.
+fn too_many(app: &App, over: crate::throttle::OverLimit) -> Response {
+    app.metrics.throttled("registration");
+    let why = match over {
+        crate::throttle::OverLimit::Address(_) => {
+            "too many registrations from this address; try again later"
+        }
+        crate::throttle::OverLimit::Total(_) => {
+            "this server takes no more registrations for now; try again later"
+        }
+    };
+    crate::http::too_many_requests(over.retry_after(), why)
 }
