@@ -660,6 +660,11 @@ pub fn directory_of(index: &AuditIndex) -> Result<Directory, IndexError> {
     Ok(dir)
 }
 
+/// The most renamed clients [`clients_as_of`] names as they were, and the most `client.updated`
+/// records it reads to find them.
+pub const MAX_RENAMED: usize = 1_000;
+const MAX_RENAME_RECORDS: usize = 50_000;
+
 /// Brings the clients' names in `dir` (as of the index's head, from [`directory_of`] or the
 /// indexer) back to what they were at seq `after`, for an export of the events after it: a
 /// client renamed since (`client.updated`) is named as it was then, not by the name it chose
@@ -679,13 +684,33 @@ pub fn clients_as_of(
         kind("client.updated"),
         Expr::Match(Field::Seq, Value::Seq(after.saturating_add(1), u64::MAX)),
     ]);
-    let mut renamed: Vec<String> = index
-        .all(&since)?
-        .into_iter()
-        .filter_map(|r| r.client_id)
-        .collect();
-    renamed.sort_unstable();
-    renamed.dedup();
+    // Bounded, as one export page's work must be: the clients renamed first after `after`
+    // (the ones its events are likeliest to name), at most MAX_RENAMED of them; any beyond
+    // keep the name the index knows now (logged).
+    let mut renamed: Vec<String> = Vec::new();
+    let mut cursor = None;
+    let mut read = 0;
+    loop {
+        let page = index.search(&since, crate::SortOrder::Asc, cursor, crate::MAX_PAGE)?;
+        read += page.records.len();
+        for id in page.records.into_iter().filter_map(|r| r.client_id) {
+            if !renamed.contains(&id) {
+                renamed.push(id);
+            }
+        }
+        match page.next {
+            Some(_) if renamed.len() >= MAX_RENAMED || read >= MAX_RENAME_RECORDS => {
+                tracing::warn!(
+                    after,
+                    "more than {MAX_RENAMED} clients renamed since the export's cursor: the rest keep their newest names"
+                );
+                break;
+            }
+            Some(n) => cursor = Some(n),
+            None => break,
+        }
+    }
+    renamed.truncate(MAX_RENAMED);
     for id in renamed {
         let then = Expr::And(vec![
             Expr::Or(vec![kind("client.registered"), kind("client.updated")]),

@@ -16,6 +16,8 @@ pub mod scan;
 pub mod sinks;
 
 pub use index::{AuditIndex, IndexError, MAX_PAGE, Page, SortOrder};
-pub use indexer::{Indexer, IndexerError, IndexerOptions, Progress, clients_as_of, directory_of};
+pub use indexer::{
+    Indexer, IndexerError, IndexerOptions, MAX_RENAMED, Progress, clients_as_of, directory_of,
+};
 pub use query::{Expr, QueryError, parse};
 pub use record::{AuditRecord, Category, ERASED, Outcome, REDACTED, Severity};

@@ -469,3 +469,35 @@ fn clients_renamed_after_a_cursor_are_named_as_they_were_then() {
     // From the start each client is named by its own registration, in the export itself.
     assert_eq!(as_of(0), named("Claude Desktop", "c_a"));
 }
+
+/// However many clients renamed themselves after the cursor, one export page looks up at most
+/// `MAX_RENAMED` of them (the first renamed); the rest keep the name the index knows now.
+#[test]
+fn the_renamed_clients_an_export_looks_up_are_bounded() {
+    let n = grantline_audit::MAX_RENAMED as u64 + 5;
+    let naming = |seq: u64, kind: &str, i: u64, name: String| {
+        rec(seq, |r| {
+            r.kind = kind.into();
+            r.category = "client".into();
+            r.client_id = Some(format!("c_{i}"));
+            r.client_name = Some(name);
+        })
+    };
+    let mut records = Vec::new();
+    let mut dir = grantline_audit::mapping::Directory::default();
+    for i in 0..n {
+        records.push(naming(1 + i, "client.registered", i, format!("old-{i}")));
+        records.push(naming(10_000 + i, "client.updated", i, format!("new-{i}")));
+        dir.remember_client(&format!("c_{i}"), &format!("new-{i}"));
+    }
+    let index = AuditIndex::from_records(&records).unwrap();
+    grantline_audit::clients_as_of(&index, &mut dir, 5_000).unwrap();
+    let as_was = (0..n)
+        .filter(|i| dir.client(&format!("c_{i}")) == Some(format!("old-{i}").as_str()))
+        .count();
+    assert_eq!(as_was, grantline_audit::MAX_RENAMED);
+    assert_eq!(
+        dir.client(&format!("c_{}", n - 1)),
+        Some(format!("new-{}", n - 1).as_str())
+    );
+}
