@@ -84,7 +84,7 @@ catalogue! {
     "login.failed" => LoginFailed(LoginFailed),
     /// A user signed out: the session's cookie is refused from now on, on every instance.
     "session.ended" => SessionEnded(SessionEnded),
-    /// Every session the user began before this event ended at once (deprovisioning, containment): their cookies are refused on every instance, and every grant and personal access token of the user made before it is revoked with them (what an ended session made while the containment was being decided included).
+    /// Every session the user began before this event ended at once (deprovisioning, containment, the user's own "revoke everything"): their cookies are refused on every instance, and every grant and personal access token of the user made before it is revoked with them (what an ended session made while the containment was being decided included).
     "user.sessions_ended" => UserSessionsEnded(UserSessionsEnded),
     /// A user approved a client's access to a resource with these scopes.
     "consent.granted" => ConsentGranted(ConsentGranted),
@@ -429,7 +429,7 @@ pub struct SessionEnded {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserSessionsEnded {
     pub user_id: String,
-    /// Why (the containment's or the deprovisioning's reason).
+    /// Why (the containment's or the deprovisioning's reason, or "the user revoked everything").
     pub reason: String,
 }
 

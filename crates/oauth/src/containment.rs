@@ -4,9 +4,7 @@
 //! reason; the gateway checks the projection on every request, so the next request fails.
 
 use crate::{Decision, ErrorCode, OAuthError, limits};
-use grantline_ledger::{
-    Actor, ClientDisabled, FamilyRevoked, GrantRevoked, NewEvent, StreamId, UserSessionsEnded,
-};
+use grantline_ledger::{Actor, ClientDisabled, FamilyRevoked, GrantRevoked, NewEvent, StreamId};
 use grantline_state::State;
 
 /// What to revoke. Users are given by id here; the edges resolve usernames.
@@ -81,26 +79,15 @@ pub fn contain(state: &State, actor: Actor, target: &Target, reason: &str) -> De
             }
         }
         Target::User(id) => {
-            let Some(user) = state.users.get(id) else {
+            if !state.users.contains_key(id) {
                 return invalid(format!("no user {id:?}")).into();
-            };
+            }
             let mut d = crate::grant::revoke_everything(state, actor.clone(), id, &reason, None);
             // Signed in since the last time their sessions were ended: end them too (not
             // counted among what was revoked, so containing twice still answers 0).
-            let signed_in = user
-                .last_login_seq
-                .is_some_and(|l| user.sessions_ended_seq.is_none_or(|e| l > e));
-            if !signed_in {
-                return d;
-            }
-            d.append.events.push(NewEvent::new(
-                StreamId::user(id),
-                actor,
-                UserSessionsEnded {
-                    user_id: id.clone(),
-                    reason,
-                },
-            ));
+            d.append
+                .events
+                .extend(crate::grant::end_sessions(state, actor, id, &reason));
             return d;
         }
         Target::PatsOf(id) => {

@@ -1,8 +1,11 @@
 //! Withdrawing consent: a user revokes one of their grants, or everything at once (every
-//! grant, and with them every token family, and every personal access token).
+//! grant, and with them every token family, every personal access token and every browser
+//! session).
 
 use crate::{Decision, ErrorCode, OAuthError};
-use grantline_ledger::{Actor, GrantRevoked, NewEvent, PatRevoked, RequestMeta, StreamId};
+use grantline_ledger::{
+    Actor, GrantRevoked, NewEvent, PatRevoked, RequestMeta, StreamId, UserSessionsEnded,
+};
 use grantline_state::State;
 
 /// `user` revokes their grant `grant_id`. Another user's grant is refused as unknown.
@@ -70,6 +73,49 @@ pub fn revoke_everything(
     events.extend(revoke_pats(state, &actor, user_id, reason));
     let n = events.len();
     Decision::new(events, Ok(n))
+}
+
+/// The user's own "revoke everything": every grant, family and personal access token, and
+/// every browser session they began, the one that asks included. Someone who fears a stolen
+/// cookie expects that cookie to stop working too.
+pub fn user_revokes_everything(
+    state: &State,
+    user_id: &str,
+    request: Option<RequestMeta>,
+) -> Decision<usize> {
+    let actor = Actor::User {
+        id: user_id.to_string(),
+    };
+    const REASON: &str = "the user revoked everything";
+    let mut d = revoke_everything(state, actor.clone(), user_id, REASON, request);
+    d.append
+        .events
+        .extend(end_sessions(state, actor, user_id, REASON));
+    d
+}
+
+/// `user.sessions_ended` when the user signed in since their sessions were last ended (so
+/// ending them twice appends nothing).
+pub(crate) fn end_sessions(
+    state: &State,
+    actor: Actor,
+    user_id: &str,
+    reason: &str,
+) -> Option<NewEvent> {
+    let user = state.users.get(user_id)?;
+    let signed_in = user
+        .last_login_seq
+        .is_some_and(|l| user.sessions_ended_seq.is_none_or(|e| l > e));
+    signed_in.then(|| {
+        NewEvent::new(
+            StreamId::user(user_id),
+            actor,
+            UserSessionsEnded {
+                user_id: user_id.to_string(),
+                reason: reason.to_string(),
+            },
+        )
+    })
 }
 
 /// `pat.revoked` for every live personal access token of `user_id`, in id order.

@@ -213,6 +213,11 @@ async fn revoke_everything_from_the_account_page() {
     let (_, t2) = tokens(&s).await;
     let b = browser();
     login(&s, &b).await;
+    // The same user signed in on another browser (the one whose cookie may be stolen).
+    let other = browser();
+    login(&s, &other).await;
+    let account = |b: &reqwest::Client| b.get(s.url("/account")).send();
+    assert_eq!(account(&other).await.unwrap().status(), StatusCode::OK);
     let page = b
         .get(s.url("/account"))
         .send()
@@ -245,6 +250,23 @@ async fn revoke_everything_from_the_account_page() {
         assert!(!active(&s, &get(t, "access_token")).await);
         assert!(!active(&s, &get(t, "refresh_token")).await);
     }
+    // Every browser session ended, this one included: both are sent to sign in again.
+    for b in [&b, &other] {
+        let r = account(b).await.unwrap();
+        assert_eq!(r.status(), StatusCode::FOUND);
+        let to = r.headers()["location"].to_str().unwrap();
+        assert!(to.contains("/login"), "{to}");
+    }
+    let events = s.app.store().read(0, 100_000).await.unwrap();
+    let ended: Vec<_> = events
+        .iter()
+        .filter(|e| e.payload().kind().as_str() == "user.sessions_ended")
+        .collect();
+    assert_eq!(ended.len(), 1, "{ended:?}");
+    assert!(matches!(
+        ended[0].envelope.actor,
+        grantline_ledger::Actor::User { .. }
+    ));
     s.stop().await;
 }
 

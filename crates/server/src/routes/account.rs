@@ -121,7 +121,8 @@ pub async fn page(State(app): State<App>, ctx: RequestContext, headers: HeaderMa
              <form method=\"post\" action=\"{base}/account/revoke-all\">\
              <input type=\"hidden\" name=\"csrf\" value=\"{}\">\
              <button type=\"submit\">Revoke everything</button> \
-             <small>every application and personal access token, at once</small></form>{pat_section}",
+             <small>every application, personal access token and signed-in browser, this one \
+             included, at once</small></form>{pat_section}",
             esc(&csrf)
         ),
         "'self'",
@@ -185,6 +186,8 @@ pub async fn revoke_grant(
     }
 }
 
+/// Everything of the signed-in user ends, their browser sessions (this one too) and the
+/// upstream tokens Grantline holds for them included; the browser is sent to sign in again.
 pub async fn revoke_everything(
     State(app): State<App>,
     ctx: RequestContext,
@@ -196,24 +199,22 @@ pub async fn revoke_everything(
         Err(r) => return r,
     };
     let meta = ctx.meta(&app, &pii::user_subject(&s.user_id)).await.ok();
-    let actor = Actor::User {
-        id: s.user_id.clone(),
-    };
-    match app
-        .run(|st| {
-            grant::revoke_everything(
-                st,
-                actor.clone(),
-                &s.user_id,
-                "the user revoked everything",
-                meta.clone(),
-            )
-        })
-        .await
-    {
-        Ok(_) => see_other(&format!("{}/account", ctx.issuer)),
-        Err(e) => not_done("Not revoked", e.into()),
+    let revoked = app
+        .run(|st| grant::user_revokes_everything(st, &s.user_id, meta.clone()))
+        .await;
+    if let Err(e) = revoked {
+        return not_done("Not revoked", e.into());
     }
+    let federation = grantline_store::Federation::new(app.store());
+    if let Err(e) = federation.drop_all_tokens(&s.user_id).await {
+        return not_done("Not revoked", e.into());
+    }
+    let mut r = see_other(&format!("{}/login?return_to=%2Faccount", ctx.issuer));
+    let cleared = session::set_cookie(&ctx, session::SESSION, "", 0);
+    if let Ok(v) = axum::http::HeaderValue::from_str(&cleared) {
+        r.headers_mut().append(axum::http::header::SET_COOKIE, v);
+    }
+    r
 }
 
 pub async fn create_pat(
