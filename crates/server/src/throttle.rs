@@ -11,6 +11,10 @@ use std::sync::Mutex;
 /// Failures allowed per username, and per source address, in one window.
 pub const PER_USERNAME: u32 = 5;
 pub const PER_ADDRESS: u32 = 50;
+/// Failures allowed from one IPv6 /48 in one window. A /48 (commonly one customer's or one
+/// site's allocation) holds 65,536 /64s, each allowed [`PER_ADDRESS`]: without this, one
+/// allocation could spray over three million guesses across usernames a window.
+pub const PER_SITE: u32 = 500;
 pub const WINDOW_SECS: i64 = 15 * 60;
 /// Attempts per username, and per address, whose password may be being checked at once. A
 /// burst of guesses is checked before any of them has failed, so this bounds what a burst gets
@@ -76,8 +80,23 @@ fn keys(username: &str, address: Option<&str>, known: bool) -> Vec<(String, u32)
     )];
     if let Some(a) = address {
         k.push((format!("ip:{}", network_of(a)), PER_ADDRESS));
+        if let Some(site) = site_of(a) {
+            k.push((format!("site:{site}"), PER_SITE));
+        }
     }
     k
+}
+
+/// The /48 an IPv6 address (not an IPv4-mapped one) is in.
+fn site_of(address: &str) -> Option<String> {
+    match address.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V6(v6)) if v6.to_ipv4_mapped().is_none() => {
+            let s = v6.segments();
+            let prefix = std::net::Ipv6Addr::new(s[0], s[1], s[2], 0, 0, 0, 0, 0);
+            Some(format!("{prefix}/48"))
+        }
+        _ => None,
+    }
 }
 
 /// What a per-address limit counts by: an IPv4 address, or the /64 an IPv6 address is in (one
@@ -606,6 +625,40 @@ mod tests {
             );
         }
         assert!(refused, "failures from one /64 add up");
+    }
+
+    #[test]
+    fn failures_from_the_64s_of_one_ipv6_48_add_up() {
+        use super::{PER_ADDRESS, PER_SITE, Verdict};
+        let t = super::LoginThrottle::default();
+        // Every guess from a /64 of its own, for a username of its own: only the /48 counts
+        // them all.
+        let from = |i: u32| format!("2001:db8:7:{i:x}::1");
+        let mut allowed = 0;
+        for i in 0..(PER_SITE + 10) {
+            let user = format!("user{i}");
+            match t.attempt(&user, Some(&from(i)), 0) {
+                Verdict::Allowed => {
+                    allowed += 1;
+                    t.settle(&user, Some(&from(i)), true, 0);
+                }
+                Verdict::Limited { .. } => break,
+            }
+        }
+        assert_eq!(allowed, PER_SITE);
+        assert!(PER_SITE > PER_ADDRESS);
+        // Another /48, an IPv4 address and the /48 after the window are not held back.
+        assert_eq!(t.attempt("x", Some("2001:db8:8::1"), 0), Verdict::Allowed);
+        assert_eq!(t.attempt("y", Some("192.0.2.1"), 0), Verdict::Allowed);
+        assert_eq!(
+            t.attempt("z", Some(&from(1)), super::WINDOW_SECS),
+            Verdict::Allowed
+        );
+        assert_eq!(super::site_of("::ffff:192.0.2.7"), None);
+        assert_eq!(
+            super::site_of("2001:db8:7:ffff::9").as_deref(),
+            Some("2001:db8:7::/48")
+        );
     }
 
     #[test]
