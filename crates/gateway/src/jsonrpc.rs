@@ -134,8 +134,23 @@ impl Refused {
 /// still pass through), and MCP tasks (a task's result would reach the caller past the
 /// gateway's authority check and record).
 pub fn inspect(body: &[u8]) -> Result<Message, Refused> {
+    inspect_inner(body, None)
+}
+
+/// As [`inspect`], with the one watched message (`tools/call`, `tools/list`) sent upstream
+/// under `wire_id` instead of the caller's id. The gateway matches the upstream's answer to
+/// that message by this id of its own, fresh for each message: another message of the caller's
+/// in the same session under the same id (a `ping` sent while the call runs, on a request the
+/// gateway does not watch) then cannot take the call's answer past the record and the
+/// listing's filter, nor give the call another answer. The answer is given the caller's id
+/// back before it is passed on.
+pub fn inspect_relabelled(body: &[u8], wire_id: &Value) -> Result<Message, Refused> {
+    inspect_inner(body, Some(wire_id))
+}
+
+fn inspect_inner(body: &[u8], wire_id: Option<&Value>) -> Result<Message, Refused> {
     let mut de = serde_json::Deserializer::from_slice(body);
-    let v = Strict
+    let mut v = Strict
         .deserialize(&mut de)
         .and_then(|v| de.end().map(|_| v))
         .map_err(|e| {
@@ -178,6 +193,12 @@ pub fn inspect(body: &[u8]) -> Result<Message, Refused> {
         Value::Object(_) => vec![one(&v)?],
         _ => return Err(Refused::invalid("not a JSON-RPC message")),
     };
+    if let (Some(wire), [Inspected::ToolCall { .. } | Inspected::ToolsList { .. }]) =
+        (wire_id, inspected.as_slice())
+        && let Some(obj) = v.as_object_mut()
+    {
+        obj.insert("id".to_string(), wire.clone());
+    }
     let forward = serde_json::to_vec(&v).map_err(|e| Refused::invalid(e.to_string()))?;
     Ok(Message { inspected, forward })
 }
@@ -935,6 +956,33 @@ mod tests {
             )
             .is_ok()
         );
+    }
+
+    #[test]
+    fn a_watched_message_goes_upstream_under_the_gateways_id() {
+        let wire = json!("grantline-1f2e");
+        let forwarded = |body: Value| {
+            let m = inspect_relabelled(body.to_string().as_bytes(), &wire).unwrap();
+            (
+                m.inspected,
+                serde_json::from_slice::<Value>(&m.forward).unwrap(),
+            )
+        };
+        let call = json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+            "params": {"name": "echo", "arguments": {"text": "hi"}}});
+        let (inspected, sent) = forwarded(call.clone());
+        // The caller's id is what the gateway answers with; the upstream sees its own.
+        assert!(matches!(&inspected[0], Inspected::ToolCall { id, .. } if *id == json!(7)));
+        assert_eq!(sent["id"], wire);
+        assert_eq!(sent["params"], call["params"]);
+        let (_, sent) = forwarded(json!({"jsonrpc": "2.0", "id": "a", "method": "tools/list"}));
+        assert_eq!(sent["id"], wire);
+        // Messages the gateway does not watch keep the caller's ids.
+        let (_, sent) = forwarded(json!({"jsonrpc": "2.0", "id": 7, "method": "ping"}));
+        assert_eq!(sent["id"], json!(7));
+        let (_, sent) = forwarded(json!([{"jsonrpc": "2.0", "id": 7, "method": "ping"},
+            {"jsonrpc": "2.0", "id": 8, "method": "prompts/list"}]));
+        assert_eq!((&sent[0]["id"], &sent[1]["id"]), (&json!(7), &json!(8)));
     }
 
     #[test]

@@ -75,17 +75,20 @@ async fn start_upstream() -> (String, Arc<Mutex<Vec<Seen>>>) {
                             {"name": "split", "inputSchema": {"type": "object"}, "annotations": {"readOnlyHint": true}},
                             {"name": "write", "inputSchema": {"type": "object"}},
                             {"name": "quick", "inputSchema": {"type": "object"}, "annotations": {"readOnlyHint": true}},
-                            {"name": "float_id", "inputSchema": {"type": "object"}, "annotations": {"readOnlyHint": true}},
+                            {"name": "echo_id", "inputSchema": {"type": "object"}, "annotations": {"readOnlyHint": true}},
                             {"name": "wrong_id", "inputSchema": {"type": "object"}, "annotations": {"readOnlyHint": true}},
                             {"name": "stray", "inputSchema": {"type": "object"}, "annotations": {"readOnlyHint": true}},
                             {"name": "cr", "inputSchema": {"type": "object"}, "annotations": {"readOnlyHint": true}},
                             {"name": "gone", "inputSchema": {"type": "object"}, "annotations": {"readOnlyHint": true}},
+                            {"name": "cut", "inputSchema": {"type": "object"}, "annotations": {"readOnlyHint": true}},
+                            {"name": "failed_stream", "inputSchema": {"type": "object"}, "annotations": {"readOnlyHint": true}},
+                            {"name": "twice", "inputSchema": {"type": "object"}, "annotations": {"readOnlyHint": true}},
                         ]}})).into_response(),
-                        ("tools/call", "float_id") => {
-                            // An upstream that echoes the integer id as a float.
-                            let mut answer = ok("float");
-                            answer["id"] = json!(id.as_f64());
-                            axum::Json(answer).into_response()
+                        ("tools/call", "echo_id") => {
+                            // Says which id it was asked under, and keeps a number as written.
+                            let seen = id.to_string();
+                            let answer = ok(&seen).to_string().replace("\"result\"", "\"n\":1.50,\"result\"");
+                            ([("content-type", "application/json")], answer).into_response()
                         }
                         ("tools/call", "wrong_id") => {
                             let mut answer = ok("not yours");
@@ -115,6 +118,19 @@ async fn start_upstream() -> (String, Arc<Mutex<Vec<Seen>>>) {
                                 "\u{feff}data: {{not json\r\rdata: {}\r\rdata: {second}\r\n\r\n",
                                 ok("cr done")
                             ))
+                        }
+                        // The answer in an event the end of the stream cuts off (no blank line).
+                        ("tools/call", "cut") => sse(format!("data: {}\n", ok("cut done"))),
+                        // A stream with an answer, sent with a server error's status.
+                        ("tools/call", "failed_stream") => (
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            sse(format!("data: {}\n\n", ok("failed done"))),
+                        )
+                            .into_response(),
+                        // Two answers to the request in one event.
+                        ("tools/call", "twice") => {
+                            let second = json!({"jsonrpc": "2.0", "id": id, "error": {"code": -1, "message": "x"}});
+                            sse(format!("data: {}\n\n", json!([ok("twice done"), second])))
                         }
                         ("tools/call", "slow") => {
                             tokio::time::sleep(Duration::from_millis(800)).await;
@@ -468,10 +484,17 @@ grantline_store::backend_tests! {
             (a.unwrap().status(), b.unwrap().status()),
             (StatusCode::OK, StatusCode::OK)
         );
-        // `5.0` answers request 5.
-        let r = post(&s, &token, &call(5, "float_id")).send().await.unwrap();
+        // A watched call goes upstream under an id of the gateway's own (no other request of
+        // the caller's can take its answer), and its answer comes back under the caller's id,
+        // the rest as the upstream wrote it.
+        let r = post(&s, &token, &call(5, "echo_id")).send().await.unwrap();
         assert_eq!(r.status(), StatusCode::OK);
-        assert!(r.text().await.unwrap().contains("float"));
+        let text = r.text().await.unwrap();
+        let answer: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(answer["id"], json!(5), "{text}");
+        let upstream_saw = answer["result"]["content"][0]["text"].as_str().unwrap();
+        assert!(upstream_saw.starts_with("\"grantline-"), "{upstream_saw}");
+        assert!(text.contains("\"n\":1.50"), "{text}");
         // An answer to another id is not passed on: recorded as an upstream error, 502.
         let r = post(&s, &token, &call(6, "wrong_id")).send().await.unwrap();
         assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
@@ -498,11 +521,25 @@ grantline_store::backend_tests! {
         let r = post(&s, &token, &call(9, "gone")).send().await.unwrap();
         assert_eq!(r.status(), StatusCode::NOT_FOUND);
         assert!(r.text().await.unwrap().contains("Session not found"));
+        // What the upstream's stream says past the gateway's judgement does not reach the
+        // caller: an event the stream's end cut off, or two answers to one request.
+        for tool in ["cut", "twice"] {
+            let r = post(&s, &token, &call(10, tool)).send().await.unwrap();
+            let text = r.text().await.unwrap_or_default();
+            assert!(!text.contains("done"), "{tool}: {text:?}");
+        }
+        // An answer on a stream sent with a server error's status is recorded as a failure.
+        let r = post(&s, &token, &call(11, "failed_stream")).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(r.text().await.unwrap().contains("failed done"));
         let events = tool_events(&s).await;
         let outcome = |tool: &str| called(&events, tool).map(|(o, _)| o);
+        for tool in ["cut", "twice", "failed_stream"] {
+            assert_eq!(outcome(tool), Some(ToolOutcome::UpstreamError), "{tool}");
+        }
         assert_eq!(outcome("cr"), Some(ToolOutcome::Ok));
         assert_eq!(outcome("gone"), Some(ToolOutcome::UpstreamError));
-        assert_eq!(outcome("float_id"), Some(ToolOutcome::Ok));
+        assert_eq!(outcome("echo_id"), Some(ToolOutcome::Ok));
         assert_eq!(outcome("wrong_id"), Some(ToolOutcome::UpstreamError));
         assert_eq!(outcome("stray"), Some(ToolOutcome::Ok));
         s.stop().await;

@@ -24,6 +24,10 @@ pub struct Outgoing {
     pub body: Bytes,
     /// The identity assertion for the upstream.
     pub identity: String,
+    /// The id the watched message goes upstream under (a string of the gateway's own, see
+    /// `grantline_gateway::jsonrpc::inspect_relabelled`): its answer is found by this id and
+    /// given the caller's back.
+    pub wire_id: String,
 }
 
 /// Records `start` (if any; a call is not made unless it is durable), forwards the request and
@@ -70,7 +74,9 @@ async fn exchange(audit: Audit, out: Outgoing, watched: Watched) -> Response {
         headers,
         body,
         identity,
+        wire_id,
     } = out;
+    let wire = serde_json::Value::from(wire_id.as_str());
     let deadline = tokio::time::Instant::now() + mount.timeout;
     let resp = match upstream::send(&audit.app, &mount, &method, &headers, body, identity).await {
         Ok(r) => r,
@@ -80,7 +86,7 @@ async fn exchange(audit: Audit, out: Outgoing, watched: Watched) -> Response {
         }
     };
     if upstream::is_sse(&resp) {
-        return pump(audit, mount, watched, resp, deadline);
+        return pump(audit, mount, watched, wire_id, resp, deadline);
     }
     let (parts, body) = resp.into_parts();
     let read = tokio::time::timeout_at(deadline, axum::body::to_bytes(body, MAX_BUFFERED)).await;
@@ -88,11 +94,16 @@ async fn exchange(audit: Audit, out: Outgoing, watched: Watched) -> Response {
         let why = "the MCP server's answer was too large, broken or late";
         return fail(&audit, &watched, why, StatusCode::BAD_GATEWAY).await;
     };
-    if parts.status.is_success() && !sse::answers(false, &bytes, watched.id()) {
+    let answers = sse::answer_count(false, &bytes, &wire);
+    if parts.status.is_success() && answers == 0 {
         let why = "the MCP server's answer does not answer this request";
         return fail(&audit, &watched, why, StatusCode::BAD_GATEWAY).await;
     }
-    if parts.status.is_success() && sse::answers_other(false, &bytes, watched.id()) {
+    if answers > 1 {
+        let why = "the MCP server answered this request more than once";
+        return fail(&audit, &watched, why, StatusCode::BAD_GATEWAY).await;
+    }
+    if parts.status.is_success() && sse::answers_other(false, &bytes, &wire) {
         // An answer to another request would reach the caller unrecorded and unfiltered.
         let why = "the MCP server's answer carries answers to other requests";
         return fail(&audit, &watched, why, StatusCode::BAD_GATEWAY).await;
@@ -101,6 +112,7 @@ async fn exchange(audit: Audit, out: Outgoing, watched: Watched) -> Response {
         &audit,
         &mount,
         &watched,
+        &wire_id,
         false,
         &bytes,
         !parts.status.is_success(),
@@ -134,31 +146,36 @@ async fn fail(audit: &Audit, watched: &Watched, reason: &str, status: StatusCode
     (status, axum::Json(err)).into_response()
 }
 
-/// The answer as the caller gets it (a listing filtered to what the caller may call), and the
-/// event recording it.
+/// The answer as the caller gets it (under the caller's id, a listing filtered to what the
+/// caller may call), and the event recording it. `wire_id` is the id the request went
+/// upstream under.
 fn settle(
     audit: &Audit,
     mount: &Mount,
     watched: &Watched,
+    wire_id: &str,
     is_sse: bool,
     body: &[u8],
     upstream_failed: bool,
 ) -> (Vec<u8>, NewEvent) {
+    let wire = serde_json::Value::from(wire_id);
     match watched {
         Watched::Call(c) => {
-            let code = sse::error_code(is_sse, body, &c.id);
+            let code = sse::error_code(is_sse, body, &wire);
             let outcome = if upstream_failed || code.is_some() {
                 ToolOutcome::UpstreamError
             } else {
                 ToolOutcome::Ok
             };
-            (body.to_vec(), audit.called(c, outcome, None, code))
+            let out = sse::restore_id(is_sse, body, wire_id, &c.id);
+            (out, audit.called(c, outcome, None, code))
         }
         Watched::List(id) => {
             let (app, caller) = (&audit.app, &audit.caller);
             let mut returned = 0;
             let out = sse::rewrite(is_sse, body, |m| {
-                if m.get("id").is_some_and(|x| jsonrpc::same_id(x, id)) {
+                if m.get("id").is_some_and(|x| jsonrpc::same_id(x, &wire)) {
+                    m["id"] = id.clone();
                     app.mounts().learn(&mount.name, m);
                     returned = jsonrpc::filter_tools(m, |tool, _| {
                         authority::listed(caller, &app.mounts().roles, &mount.name, tool)
@@ -184,10 +201,13 @@ fn pump(
     audit: Audit,
     mount: Mount,
     watched: Watched,
+    wire_id: String,
     resp: Response,
     deadline: tokio::time::Instant,
 ) -> Response {
     let (parts, body) = resp.into_parts();
+    let upstream_failed = !parts.status.is_success();
+    let wire = serde_json::Value::from(wire_id.as_str());
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(16);
     // Shutdown waits for this stream until its answer (or its failure) is recorded, as it
     // waits for the exchange that began it — even when the caller has gone — but not for the
@@ -203,7 +223,7 @@ fn pump(
             let broken = |why: &str| std::io::Error::other(why.to_string());
             loop {
                 while let Some(mut event) = buf.next_event() {
-                    if sse::answers_other(true, &event, watched.id()) {
+                    if sse::answers_other(true, &event, &wire) {
                         // A stream answers one request: an answer to another is not passed on.
                         tracing::warn!("dropped an upstream answer to another request id");
                         continue;
@@ -214,15 +234,24 @@ fn pump(
                         tracing::warn!("dropped an upstream event whose data is not JSON");
                         continue;
                     }
-                    if settled && sse::answers(true, &event, watched.id()) {
+                    let answers = sse::answer_count(true, &event, &wire);
+                    if answers > 1 || (settled && answers == 1) {
                         // One answer per request: a second one would reach the caller
                         // unrecorded.
                         tracing::warn!("dropped a second upstream answer to the same request");
                         continue;
                     }
-                    if !settled && sse::answers(true, &event, watched.id()) {
+                    if !settled && answers == 1 {
                         settled = true;
-                        let (out, record) = settle(&audit, &mount, &watched, true, &event, false);
+                        let (out, record) = settle(
+                            &audit,
+                            &mount,
+                            &watched,
+                            &wire_id,
+                            true,
+                            &event,
+                            upstream_failed,
+                        );
                         if audit.record(vec![record]).await.is_err() {
                             let _ = tx
                                 .send(Err(broken("the audit ledger cannot record this call")))
@@ -293,10 +322,9 @@ fn pump(
                             let why = "the stream ended without an answer";
                             let _ = audit.record(vec![failure(&audit, &watched, why)]).await;
                         }
-                        let rest = buf.into_rest();
-                        if reading && !rest.is_empty() {
-                            let _ = tx.send(Ok(Bytes::from(rest))).await;
-                        }
+                        // An event cut off by the end of the stream is dropped (as the SSE
+                        // standard has a client do): passed on, a client that reads it anyway
+                        // would get what the gateway never judged nor recorded.
                         return;
                     }
                 }

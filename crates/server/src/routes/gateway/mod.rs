@@ -132,7 +132,12 @@ impl Request<'_> {
         if mount.upstream == crate::gateway::Upstream::Audit {
             self.audit_role(&caller, &resource, &metadata_url).await?;
         }
-        let (watched, reads, body, presented) = self.classify(&caller, body).await?;
+        // The id the one watched message goes upstream under: the gateway's own, fresh.
+        let wire_id = format!(
+            "grantline-{}",
+            &blake3::Hash::from(crate::random::bytes32()).to_hex()[..32]
+        );
+        let (watched, reads, body, presented) = self.classify(&caller, body, &wire_id).await?;
         // The session the client presents goes upstream only from whom it was given to.
         let session_key = session_key(self.app);
         let binding = session::Binding {
@@ -228,6 +233,7 @@ impl Request<'_> {
             headers: self.headers,
             body,
             identity: assertion,
+            wire_id,
         };
         let mut r = match (watched, scope) {
             (Some(Watched::Call(call)), Some(_)) => {
@@ -443,6 +449,7 @@ impl Request<'_> {
         &self,
         caller: &Caller,
         body: Bytes,
+        wire_id: &str,
     ) -> Result<(Option<Watched>, Option<Reads>, Bytes, Option<String>), Response> {
         let session_id = match self.headers.get("mcp-session-id").map(|v| v.to_str()) {
             None => None,
@@ -459,7 +466,7 @@ impl Request<'_> {
         };
         // Only POST carries messages; GET and DELETE go upstream without a body.
         let (inspected, body) = if self.method == Method::POST {
-            match jsonrpc::inspect(&body) {
+            match jsonrpc::inspect_relabelled(&body, &Value::from(wire_id)) {
                 Ok(m) => (m.inspected, Bytes::from(m.forward)),
                 Err(e) => {
                     return Err(refused_id(

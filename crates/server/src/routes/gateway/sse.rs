@@ -91,6 +91,7 @@ impl EventBuffer {
     }
 
     /// The bytes held after the last complete event.
+    #[cfg(test)]
     pub fn into_rest(mut self) -> Vec<u8> {
         self.buf.drain(..self.start);
         self.buf
@@ -222,15 +223,59 @@ pub fn visit(is_sse: bool, body: &[u8], mut f: impl FnMut(&Value)) {
 
 /// Whether a body (or event) carries the answer (result or error) to `id`.
 pub fn answers(is_sse: bool, body: &[u8], id: &Value) -> bool {
-    let mut found = false;
+    answer_count(is_sse, body, id) > 0
+}
+
+/// How many answers (results or errors) to `id` a body (or event) carries: more than one is
+/// an upstream's mistake, and no answer the gateway could record as the one.
+pub fn answer_count(is_sse: bool, body: &[u8], id: &Value) -> usize {
+    let mut n = 0;
     visit(is_sse, body, |m| {
         if m.get("id").is_some_and(|x| same_id(x, id))
             && (m.get("result").is_some() || m.get("error").is_some())
         {
-            found = true;
+            n += 1;
         }
     });
-    found
+    n
+}
+
+/// The answer with the caller's `id` back in place of the gateway's own `wire` id (a string
+/// of letters, digits and `-` that the gateway made up, see
+/// `grantline_gateway::jsonrpc::inspect_relabelled`). Every JSON string that is exactly
+/// `wire` is replaced byte for byte, so that the rest of the answer reaches the caller as the
+/// upstream wrote it (numbers too); an upstream that escaped the id's characters has the
+/// messages answering it written again whole.
+pub fn restore_id(is_sse: bool, body: &[u8], wire: &str, id: &Value) -> Vec<u8> {
+    let needle = format!("\"{wire}\"");
+    let needle = needle.as_bytes();
+    let find = |from: usize| {
+        body.get(from..)
+            .and_then(|b| b.windows(needle.len()).position(|w| w == needle))
+            .map(|i| from + i)
+    };
+    let Some(mut at) = find(0) else {
+        let wire = Value::from(wire);
+        return rewrite(is_sse, body, |m| {
+            if m.get("id").is_some_and(|x| same_id(x, &wire)) {
+                m["id"] = id.clone();
+            }
+        });
+    };
+    let replacement = id.to_string();
+    let mut out = Vec::with_capacity(body.len() + replacement.len());
+    let mut copied = 0;
+    loop {
+        out.extend_from_slice(&body[copied..at]);
+        out.extend_from_slice(replacement.as_bytes());
+        copied = at + needle.len();
+        match find(copied) {
+            Some(next) => at = next,
+            None => break,
+        }
+    }
+    out.extend_from_slice(&body[copied..]);
+    out
 }
 
 /// Whether a body (or event) carries an answer (result or error) to some other request than
@@ -329,6 +374,36 @@ mod tests {
             br#"{"jsonrpc":"2.0","id":3,"result":{}}"#,
             &json!(3)
         ));
+    }
+
+    #[test]
+    fn the_callers_id_is_put_back_and_the_rest_kept_as_written() {
+        let wire = "grantline-00ff";
+        // Numbers a parse would change, and a JSON answer and an event of a stream.
+        let body = br#"{"jsonrpc":"2.0","id":"grantline-00ff","result":{"n":100000000000000000000001,"x":1.10}}"#;
+        let out = restore_id(false, body, wire, &json!(7));
+        assert_eq!(
+            out,
+            br#"{"jsonrpc":"2.0","id":7,"result":{"n":100000000000000000000001,"x":1.10}}"#
+        );
+        let ev = b"event: message\ndata: {\"id\": \"grantline-00ff\", \"result\": {}}\n\n";
+        let out = restore_id(true, ev, wire, &json!("a\"b"));
+        assert_eq!(
+            out,
+            &b"event: message\ndata: {\"id\": \"a\\\"b\", \"result\": {}}\n\n"[..]
+        );
+        assert!(answers(true, &out, &json!("a\"b")));
+        // Written with an escape: the message is written again.
+        let escaped = br#"{"id":"grantline-00\u0066f","result":{}}"#;
+        let out = restore_id(false, escaped, wire, &json!(7));
+        assert!(
+            answers(false, &out, &json!(7)),
+            "{}",
+            String::from_utf8_lossy(&out)
+        );
+        // Two answers to one id in one event are counted.
+        let two = br#"[{"id":"w","result":{}},{"id":"w","error":{"code":1,"message":"x"}}]"#;
+        assert_eq!(answer_count(false, two, &json!("w")), 2);
     }
 
     #[test]

@@ -226,7 +226,12 @@ pub async fn learn_tools(
     if app.mounts().annotations(&mount.name, tool).is_some() || !app.mounts().may_ask(&mount.name) {
         return;
     }
-    let id = serde_json::Value::from("grantline-gateway-tools");
+    // An id of its own, fresh: in the caller's session, a fixed one could be taken by a
+    // request of the caller's under the same id.
+    let id = serde_json::Value::from(format!(
+        "grantline-tools-{}",
+        &blake3::Hash::from(crate::random::bytes32()).to_hex()[..32]
+    ));
     let body = serde_json::json!({"jsonrpc": "2.0", "id": id, "method": "tools/list"});
     // The probe's own headers: the caller's session and protocol version, never the routing
     // headers of the caller's `tools/call` (they would say another method than the body's).
