@@ -97,10 +97,16 @@ impl SignIn for PasswordSignIn {
         password: &'a str,
     ) -> BoxFuture<'a, Result<Outcome, StoreError>> {
         Box::pin(async move {
-            if username.len() > MAX_USERNAME || password.len() > MAX_PASSWORD {
+            // No account has a name beyond what an account may be named (control characters
+            // included, which PostgreSQL would refuse to look up): unknown at once, which
+            // tells nothing about any account.
+            if username.len() > MAX_USERNAME
+                || password.len() > MAX_PASSWORD
+                || !username.chars().all(grantline_oauth::limits::displayable)
+            {
                 return Ok(Outcome::UnknownUser);
             }
-            let Ok(Ok(_slot)) =
+            let Ok(Ok(slot)) =
                 tokio::time::timeout(HASH_WAIT, self.hashing.clone().acquire_owned()).await
             else {
                 return Ok(Outcome::Busy);
@@ -120,9 +126,15 @@ impl SignIn for PasswordSignIn {
                 .as_ref()
                 .is_some_and(|c| PasswordHash::new(&c.password_hash).is_ok());
             let password = password.to_string();
-            let ok = tokio::task::spawn_blocking(move || verify_password(&hash, &password))
-                .await
-                .unwrap_or(false);
+            // The slot goes with the hash, not with this future: a caller that hangs up while
+            // its password is checked does not free a slot whose hash still runs (the hashes
+            // at once, and their memory, stay bounded however often callers hang up).
+            let ok = tokio::task::spawn_blocking(move || {
+                let _slot = slot;
+                verify_password(&hash, &password)
+            })
+            .await
+            .unwrap_or(false);
             Ok(match (user_id, ok && has_password) {
                 (None, _) => Outcome::UnknownUser,
                 (Some(user_id), false) => Outcome::BadPassword { user_id },
@@ -135,6 +147,50 @@ impl SignIn for PasswordSignIn {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_caller_that_hangs_up_does_not_free_the_slot_of_a_hash_still_running() {
+        let db = grantline_store::testing::sqlite().await;
+        let store = grantline_store::Store::connect(&db.db, true).await.unwrap();
+        store.migrate().await.unwrap();
+        let signin = std::sync::Arc::new(PasswordSignIn::new(Credentials::new(&store)));
+        let free = || signin.hashing.available_permits();
+        // One attempt first: the connection is open and the lookup quick afterwards, and it
+        // says how long a hash takes here.
+        let began = std::time::Instant::now();
+        signin.sign_in("nobody", "guess").await.unwrap();
+        let hash_takes = began.elapsed();
+        let s = signin.clone();
+        let attempt = tokio::spawn(async move { s.sign_in("nobody", "guess").await.map(|_| ()) });
+        // Wait until its hash runs (the slot is taken), then hang up.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while free() == MAX_CONCURRENT_HASHES {
+            assert!(std::time::Instant::now() < deadline, "the hash never began");
+            tokio::task::yield_now().await;
+        }
+        // Past the lookup, well before the hash ends.
+        tokio::time::sleep(hash_takes / 4).await;
+        attempt.abort();
+        let _ = attempt.await;
+        assert_eq!(
+            free(),
+            MAX_CONCURRENT_HASHES - 1,
+            "the hash still runs, and holds its slot"
+        );
+        while free() < MAX_CONCURRENT_HASHES {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the slot never came back"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        // A name no account can have is refused before any lookup (PostgreSQL would refuse
+        // its NUL byte): an unknown user, not a storage failure.
+        assert_eq!(
+            signin.sign_in("a\0b", "x").await.unwrap(),
+            Outcome::UnknownUser
+        );
+    }
 
     #[test]
     fn argon2id_hash_verifies_only_its_password() {

@@ -140,7 +140,12 @@ impl LoginThrottle {
         let verdict = Self::judge(&mut map, &keys, now);
         if verdict == Verdict::Allowed {
             if map.len() > 100_000 {
-                map.retain(|_, e| e.pending > 0 || now - e.window_start < WINDOW_SECS);
+                // Counters with no failure in the window (attempts answered busy, successes)
+                // count for nothing: gone too, so that a flood of made-up names answered
+                // busy cannot grow the map.
+                map.retain(|_, e| {
+                    e.pending > 0 || (e.failures > 0 && now - e.window_start < WINDOW_SECS)
+                });
             }
             for (key, _) in &keys {
                 Self::entry(&mut map, key.clone(), now).pending += 1;
@@ -196,8 +201,9 @@ impl LoginThrottle {
 
     /// [`LoginThrottle::attempt`], the allowed attempt held by a guard: settled by
     /// [`Held::settle`], or, when the request is dropped before (the client went away while
-    /// its password waited to be checked), given back as no failure. A leaked hold would keep
-    /// the username's in-flight count up for as long as the process runs.
+    /// its password was checked), counted as a failure. Either way it is no longer in flight:
+    /// a leaked hold would keep the username's in-flight count up for as long as the process
+    /// runs.
     pub fn hold<'a>(
         &'a self,
         username: &str,
@@ -346,11 +352,14 @@ impl Held<'_> {
     }
 }
 
+/// An attempt dropped unsettled — its caller hung up while the password was being checked —
+/// counts as a failure: its password may have been checked, and hanging up must not be a way
+/// to take the hash slots again and again without the limits ever counting a try.
 impl Drop for Held<'_> {
     fn drop(&mut self) {
         if !self.settled {
             self.throttle
-                .settle_keys(std::mem::take(&mut self.keys).into_iter(), false, self.now);
+                .settle_keys(std::mem::take(&mut self.keys).into_iter(), true, self.now);
         }
     }
 }
@@ -771,21 +780,25 @@ mod tests {
     }
 
     #[test]
-    fn an_attempt_dropped_before_it_is_settled_is_given_back() {
+    fn an_attempt_dropped_before_it_is_settled_counts_as_a_failure() {
         let t = LoginThrottle::default();
-        // Clients that hang up while their passwords wait: the requests are dropped, and
-        // with them their holds — the username is not left full for good.
-        for _ in 0..IN_FLIGHT * 3 {
+        // Clients that hang up while their passwords are checked: the requests are dropped,
+        // and with them their holds. Each counts as a try (hanging up is no way around the
+        // limits), and none is left in flight (the username is not left full for good).
+        for _ in 0..PER_USERNAME {
             let held = t.hold("admin", Some("1.2.3.4"), 10).expect("not limited");
             drop(held);
         }
-        let held = t
-            .hold("admin", Some("1.2.3.4"), 10)
-            .expect("still not limited");
-        held.settle(true);
-        let map = t.entries.lock().unwrap();
-        let e = map["u:admin"];
-        assert_eq!((e.pending, e.failures), (0, 1));
+        {
+            let map = t.entries.lock().unwrap();
+            let e = map["u:admin"];
+            assert_eq!((e.pending, e.failures), (0, PER_USERNAME));
+        }
+        assert!(t.hold("admin", Some("1.2.3.4"), 10).is_err());
+        // Settled ones count as they ended.
+        let held = t.hold("bob", Some("1.2.3.4"), 10).expect("not limited");
+        held.settle(false);
+        assert_eq!(t.entries.lock().unwrap()["u:bob"].failures, 0);
     }
 
     #[test]

@@ -151,7 +151,8 @@ pub(crate) async fn basic_user(
     // a success counts for nothing, so a script that calls the API as an admin is never held
     // back by its own successes, and does not clear a guesser's failures either.
     let address = ctx.source_ip.as_deref();
-    // Held until settled; dropped with the request (a client that hangs up), it is given back.
+    // Held until settled; dropped with the request (a client that hangs up), it counts as a
+    // failure.
     let held = match app.login_throttle.hold(user, address, now) {
         Ok(h) => h,
         Err(limited) => {
@@ -162,6 +163,7 @@ pub(crate) async fn basic_user(
     let outcome = match app.signin.sign_in(user, password).await {
         Ok(o) => o,
         Err(_) => {
+            held.settle(false);
             return Err(error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "storage unavailable",
@@ -180,7 +182,10 @@ pub(crate) async fn basic_user(
             return Err(refused(held));
         }
         Outcome::SignedIn { user_id } => user_id,
-        Outcome::Busy => return Err(too_many(1)),
+        Outcome::Busy => {
+            held.settle(false);
+            return Err(too_many(1));
+        }
         _ => return Err(refused(held)),
     };
     let allowed = app

@@ -127,7 +127,8 @@ pub async fn submit(
     }
     let now_secs = app.now().0 / 1_000_000;
     let address = ctx.source_ip.clone();
-    // Held until settled; dropped with the request (a client that hangs up), it is given back.
+    // Held until settled; dropped with the request (a client that hangs up), it counts as a
+    // failure.
     let held = match app
         .login_throttle
         .hold(username, address.as_deref(), now_secs)
