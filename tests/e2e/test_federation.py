@@ -557,6 +557,40 @@ def test_made_up_callbacks_take_no_room_and_an_answered_one_is_not_taken_twice(w
     assert r.status_code == 400 and "(state_replayed)" in r.text, r.text[:300]
 
 
+def test_callbacks_that_would_ask_the_provider_are_limited_per_address(world, tmp_path):
+    """Anyone can begin a sign-in and send its callback made-up codes, again and again; each
+    would have Grantline ask the provider's token endpoint with its client secret (providers
+    limit those requests per client). Past 30 in ten minutes from one address, a callback is
+    refused before the provider is asked."""
+    server, idp, rogue, upstream = world
+    rogue.post("/__test/mode", {"mode": "ok"})
+    browser = FederatedBrowser(server.base, REDIRECT, provider="rogue")
+    browser.stop_at_callback = True
+    callback = browser.click(browser.sign_in_page())
+    assert isinstance(callback, str) and "code=" in callback, callback
+    parts = urllib.parse.urlparse(callback)
+    query = {k: v[0] for k, v in urllib.parse.parse_qs(parts.query).items()}
+    kept = requests.utils.dict_from_cookiejar(browser.session.cookies)
+    log = tmp_path / "rogue.mjs.log"
+    asked = lambda: log.read_text().count("POST /token")
+    before = asked()
+    answers = []
+    for i in range(31):
+        replay = requests.Session()
+        replay.cookies.update(kept)
+        made_up = parts._replace(query=urllib.parse.urlencode({**query, "code": f"made-up-{i}"}))
+        r = replay.get(made_up.geturl(), allow_redirects=False)
+        answers.append((r.status_code, "(rate_limited)" in r.text))
+    assert all(status == 400 and not limited for status, limited in answers[:30]), answers
+    assert answers[30] == (429, True), answers[30]
+    assert asked() - before == 30
+    # The browser's own answer, from the same address, waits too: nothing was asked for it.
+    browser.session.cookies.update(kept)
+    r = browser.session.get(callback, allow_redirects=False)
+    assert r.status_code == 429, (r.status_code, r.text[:300])
+    assert asked() - before == 30
+
+
 def test_keys_rotated_upstream_are_fetched_again(world):
     server, idp, rogue, upstream = world
     browser = FederatedBrowser(server.base, REDIRECT, user="bob")

@@ -87,7 +87,19 @@ pub struct Federation {
     /// Failed callbacks nobody is known for are recorded at most once a minute per provider
     /// and error; the rest are counted into the next record (anyone can send them).
     pub anonymous_failures: crate::refusal_window::RefusalLog<(String, String)>,
+    /// Callbacks that reach a provider's token endpoint, per address
+    /// ([`CALLBACK_EXCHANGES_PER_ADDRESS`] in [`CALLBACK_WINDOW_SECS`]): anyone can begin a
+    /// sign-in and send its callback a made-up code, again and again, and each would have
+    /// Grantline ask the provider with its client secret (providers limit those requests per
+    /// client, so this would shut everyone out there).
+    pub callback_exchanges: crate::throttle::AddressLimiter,
 }
+
+/// Callbacks per address that reach a provider's token endpoint in a window: a person signs
+/// in once.
+pub const CALLBACK_EXCHANGES_PER_ADDRESS: u32 = 30;
+/// The window of [`CALLBACK_EXCHANGES_PER_ADDRESS`].
+pub const CALLBACK_WINDOW_SECS: i64 = 600;
 
 /// The most callback states remembered at once; past it, callbacks are refused until the
 /// oldest expire (a replay must never slip through because the memory was full). Only
@@ -249,6 +261,11 @@ impl Federation {
             refreshing: Mutex::new(HashMap::new()),
             used_states: Mutex::new(UsedStates::default()),
             anonymous_failures: Default::default(),
+            callback_exchanges: crate::throttle::AddressLimiter::new(
+                CALLBACK_EXCHANGES_PER_ADDRESS,
+                0,
+                CALLBACK_WINDOW_SECS,
+            ),
         })
     }
 

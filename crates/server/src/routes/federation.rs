@@ -325,6 +325,24 @@ pub async fn callback(
         )
         .await;
     };
+    if fed
+        .callback_exchanges
+        .hit(ctx.source_ip.as_deref(), now)
+        .is_err()
+    {
+        app.metrics.throttled("sign_in");
+        return fail(
+            &app,
+            &ctx,
+            &provider,
+            None,
+            "rate_limited",
+            "Too many sign-ins from this address. Wait a few minutes and start again from the \
+             application.",
+            StatusCode::TOO_MANY_REQUESTS,
+        )
+        .await;
+    }
     let (who, tokens) = match upstream
         .finish(
             code,
