@@ -329,14 +329,8 @@ pub fn approve(
     // Two answers to one page must not both pass: the grant's stream is expected at the
     // version this decision saw, and a new grant answering a page takes its id from the page,
     // so a second answer conflicts, decides again and finds the page answered.
-    let (grant_id, grant_version) = match (existing, &consent_page) {
-        (Some(g), _) => (g.grant_id.clone(), ExpectedVersion::Exactly(g.version)),
-        (None, Some(page)) => (
-            format!("gr_{}", &page[..page.len().min(32)]),
-            ExpectedVersion::NoStream,
-        ),
-        (None, None) => (fresh.grant_id, ExpectedVersion::NoStream),
-    };
+    let (grant_id, grant_version) = answered_grant(state, user_id, v, consent_page.as_deref())
+        .unwrap_or((fresh.grant_id, ExpectedVersion::NoStream));
     let mut granted: BTreeSet<String> = existing.map(|g| g.scopes.clone()).unwrap_or_default();
     granted.extend(v.scopes.iter().cloned());
     let actor = Actor::User {
@@ -390,7 +384,32 @@ pub fn approve(
         )
 }
 
-/// The user refused.
+/// The grant stream an answer to a consent page is expected against, at the version this
+/// decision saw: the user's grant to the client for the resource, or the grant a first
+/// approval of the page would make (its id comes from the page). Two answers to one page,
+/// approve or deny, then conflict, and the second is decided again and finds the page
+/// answered. `None`: no grant and no page (nothing to answer twice).
+fn answered_grant(
+    state: &State,
+    user_id: &str,
+    v: &Validated,
+    consent_page: Option<&str>,
+) -> Option<(String, ExpectedVersion)> {
+    match (
+        state.grant_for(user_id, &v.client_id, &v.resource.id),
+        consent_page,
+    ) {
+        (Some(g), _) => Some((g.grant_id.clone(), ExpectedVersion::Exactly(g.version))),
+        (None, Some(page)) => Some((
+            format!("gr_{}", &page[..page.len().min(32)]),
+            ExpectedVersion::NoStream,
+        )),
+        (None, None) => None,
+    }
+}
+
+/// The user refused. Expected against the grant stream an approval of the same page writes
+/// ([`answered_grant`]): an approval appended while this was decided makes it conflict.
 pub fn deny(
     state: &State,
     user_id: &str,
@@ -415,11 +434,15 @@ pub fn deny(
             request,
         },
     );
-    Decision::new(
+    let d = Decision::new(
         vec![event],
         Err(OAuthError::new(
             ErrorCode::AccessDenied,
             "the user denied the request",
         )),
-    )
+    );
+    match answered_grant(state, user_id, v, consent_page.as_deref()) {
+        Some((grant, version)) => d.expect(StreamId::grant(&grant), version),
+        None => d,
+    }
 }

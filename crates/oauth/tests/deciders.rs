@@ -799,6 +799,33 @@ fn a_consent_page_is_answered_once() {
     );
 }
 
+#[test]
+fn an_approval_and_a_denial_of_one_page_decided_at_once_are_not_both_appended() {
+    let mut w = World::new();
+    let client = w.public_client();
+    let user = w.user();
+    let v = authorize::validate(&w.state, &w.settings, &w.query(&client)).unwrap();
+    // Both answers decided on the same state (a double click: approve, then deny, each
+    // decided before the other was folded), for a new grant and for one that exists.
+    for page in ["page-1", "page-2"] {
+        let approval = Approval {
+            consent_page: Some(page.into()),
+            ..w.approval(true, None)
+        };
+        let approve = authorize::approve(&w.state, &w.settings, &user, &v, approval);
+        let deny = authorize::deny(&w.state, &user, &v, None, Some(page.into()));
+        w.commit(&approve.append).unwrap();
+        assert!(
+            w.commit(&deny.append).is_err(),
+            "{page}: the denial conflicts with the approval appended before it"
+        );
+        // Decided again, it finds the page answered.
+        let again = authorize::deny(&w.state, &user, &v, None, Some(page.into()));
+        assert_eq!(code_of(&again), "invalid_request");
+        assert!(again.append.events.is_empty());
+    }
+}
+
 // ---------------------------------------------------------------- authorization_code
 
 #[test]
