@@ -13,7 +13,7 @@ import time
 
 import requests
 
-from conftest import ROOT, Cluster, Server, query, until
+from conftest import ROOT, Cluster, Server, free_port, query, until
 
 BINARY = os.environ.get("GRANTLINE_BIN", str(ROOT / "target/debug/grantline"))
 
@@ -21,7 +21,8 @@ HEALTH = "grantline_server::health:"
 
 
 def readyz(server):
-    r = requests.get(server.base + "/readyz", timeout=10)
+    # The metrics listener's /readyz (where probes point) says what each check saw.
+    r = requests.get(server.probe_url, timeout=10)
     body = r.json()
     assert (r.status_code == 200) == body["ready"], (r.status_code, body)
     return body
@@ -46,7 +47,11 @@ def test_grantline_rides_out_a_postgresql_restart(tmp_path):
         query(cluster.url(), "CREATE DATABASE grantline")
         # Longer than a request during the outage may take: it must not wait for it.
         url = cluster.url("grantline") + "?connect_timeout=5"
-        server = Server(data, log_path, env={"GRANTLINE_DATABASE_URL": url, "NO_COLOR": "1"}).start()
+        probe = f"127.0.0.1:{free_port()}"
+        server = Server(data, log_path, env={"GRANTLINE_DATABASE_URL": url, "NO_COLOR": "1",
+                                             "GRANTLINE_METRICS_LISTEN": probe})
+        server.probe_url = f"http://{probe}/readyz"
+        server.start()
         until("ready", 60, lambda: readyz(server)["ready"])
         assert register(server).status_code == 201
 

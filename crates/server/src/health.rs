@@ -193,10 +193,36 @@ pub async fn healthz() -> Response {
     Json(serde_json::json!({"status": "ok"})).into_response()
 }
 
-/// `GET /readyz`: 200 when every check holds, 503 otherwise; the body names each check.
+/// `GET /readyz` on the metrics listener: 200 when every check holds, 503 otherwise; the body
+/// names each check and what it saw.
 pub async fn readyz(State(app): State<App>) -> Response {
     let r = app.readiness().await;
-    let status = if r.ready {
+    answer(r.ready, serde_json::to_value(&r).unwrap_or_default())
+}
+
+/// `GET /readyz` on the main listener, which anyone can reach: the same status and which
+/// checks hold, but what each saw (database errors with hosts and paths, migration names,
+/// the ledger's head, the keys) only with the metrics token (`Authorization: Bearer`), as
+/// on the metrics listener.
+pub async fn readyz_public(State(app): State<App>, headers: axum::http::HeaderMap) -> Response {
+    let r = app.readiness().await;
+    if crate::metrics::bearer_is_token(&app, &headers) {
+        return answer(r.ready, serde_json::to_value(&r).unwrap_or_default());
+    }
+    let c = &r.checks;
+    let ok = |c: &Check| serde_json::json!({"ok": c.ok});
+    let body = serde_json::json!({"ready": r.ready, "checks": {
+        "migrations": ok(&c.migrations),
+        "ledger": ok(&c.ledger),
+        "projection": ok(&c.projection),
+        "checkpoint_key": ok(&c.checkpoint_key),
+        "serving": ok(&c.serving),
+    }});
+    answer(r.ready, body)
+}
+
+fn answer(ready: bool, body: serde_json::Value) -> Response {
+    let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
@@ -204,7 +230,7 @@ pub async fn readyz(State(app): State<App>) -> Response {
     (
         status,
         [(axum::http::header::CACHE_CONTROL, "no-store")],
-        Json(r),
+        Json(body),
     )
         .into_response()
 }

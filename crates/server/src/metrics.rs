@@ -636,21 +636,27 @@ async fn answer(app: &App, headers: &HeaderMap) -> Response {
     }
 }
 
-/// `GET /metrics` on the main listener: only with `Authorization: Bearer <[metrics] token>`;
-/// without a configured token the route does not exist here (404).
-pub async fn on_main_listener(State(app): State<App>, headers: HeaderMap) -> Response {
+/// Whether the request carries `Authorization: Bearer <[metrics] token>` (compared in
+/// constant time); never without a configured token.
+pub fn bearer_is_token(app: &App, headers: &HeaderMap) -> bool {
     let Some(expected) = &app.metrics.token else {
-        return StatusCode::NOT_FOUND.into_response();
+        return false;
     };
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    if !bool::from(subtle::ConstantTimeEq::ct_eq(
-        given.as_bytes(),
-        expected.as_bytes(),
-    )) {
+    subtle::ConstantTimeEq::ct_eq(given.as_bytes(), expected.as_bytes()).into()
+}
+
+/// `GET /metrics` on the main listener: only with `Authorization: Bearer <[metrics] token>`;
+/// without a configured token the route does not exist here (404).
+pub async fn on_main_listener(State(app): State<App>, headers: HeaderMap) -> Response {
+    if app.metrics.token.is_none() {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    if !bearer_is_token(&app, &headers) {
         return (
             StatusCode::UNAUTHORIZED,
             [(header::WWW_AUTHENTICATE, "Bearer realm=\"metrics\"")],

@@ -7,7 +7,33 @@ use reqwest::StatusCode;
 use serde_json::Value;
 use std::time::Duration;
 
+/// The metrics token of [`probed`]: `/readyz` on the main listener says what each check saw
+/// only to it.
+const PROBE_TOKEN: &str = "probe-token-5d1e0c9a7b3f2e48";
+
+/// The test configuration with a metrics token.
+fn probed(dir: &std::path::Path) -> grantline_server::Config {
+    let mut cfg = config(dir, 30, 60);
+    let file = dir.join("metrics.token");
+    std::fs::write(&file, PROBE_TOKEN).unwrap();
+    cfg.metrics.token_file = Some(file);
+    cfg
+}
+
+/// `/readyz` on the main listener with the metrics token: each check with what it saw.
 async fn readyz(s: &Server) -> (StatusCode, Value) {
+    let r = browser()
+        .get(s.url("/readyz"))
+        .bearer_auth(PROBE_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    (status, r.json().await.unwrap())
+}
+
+/// `/readyz` on the main listener as anyone gets it: the status and which checks hold.
+async fn readyz_anonymous(s: &Server) -> (StatusCode, Value) {
     let r = reqwest::get(s.url("/readyz")).await.unwrap();
     let status = r.status();
     (status, r.json().await.unwrap())
@@ -31,7 +57,7 @@ async fn until_ready_is(s: &Server, want: bool) -> Value {
 grantline_store::backend_tests! {
     async fn readiness_follows_whether_the_ledger_can_be_written(db: TestDb) {
         let dir = tempfile::tempdir().unwrap();
-        let s = Server::start(&db, dir.path().to_path_buf(), config(dir.path(), 30, 60)).await;
+        let s = Server::start(&db, dir.path().to_path_buf(), probed(dir.path())).await;
         let r = reqwest::get(s.url("/healthz")).await.unwrap();
         assert_eq!(r.status(), StatusCode::OK);
         assert_eq!(r.json::<Value>().await.unwrap()["status"], "ok");
@@ -62,6 +88,19 @@ grantline_store::backend_tests! {
         );
         assert_eq!(body["checks"]["migrations"]["ok"], true, "{body}");
         assert!(!s.app.ledger.healthy(), "the gateway fails closed too");
+        // Anyone else learns that it is not ready and which check fails, not the database's
+        // error (hosts, paths) nor anything else a check saw; a wrong token is anyone else.
+        let (status, body) = readyz_anonymous(&s).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body["checks"]["ledger"], serde_json::json!({"ok": false}), "{body}");
+        assert!(!body.to_string().contains("detail"), "{body}");
+        let r = browser()
+            .get(s.url("/readyz"))
+            .bearer_auth("probe-token-5d1e0c9a7b3f2e4X")
+            .send()
+            .await
+            .unwrap();
+        assert!(!r.text().await.unwrap().contains("disk full"));
 
         unblock_appends(&db).await;
         until_ready_is(&s, true).await;
@@ -75,7 +114,7 @@ grantline_store::backend_tests! {
 
     async fn a_server_that_missed_a_key_rotation_is_not_ready(db: TestDb) {
         let dir = tempfile::tempdir().unwrap();
-        let cfg = config(dir.path(), 30, 60);
+        let cfg = probed(dir.path());
         let s = Server::start(&db, dir.path().to_path_buf(), cfg.clone()).await;
         let body = until_ready_is(&s, true).await;
         assert_eq!(
@@ -85,7 +124,7 @@ grantline_store::backend_tests! {
         let first_key = grantline_ledger::NoteVerifier::parse(&s.app.checkpoint_verifier).unwrap();
         // The keys rotated while this server runs (the operator was to stop it first): it
         // still holds the old checkpoint key, and would sign checkpoints that verify as forged.
-        let rotated = grantline_server::rotation::rotate_keys(command_options(&db, dir.path(), cfg))
+        let rotated = grantline_server::rotation::rotate_keys(command_options(&db, dir.path(), cfg.clone()))
             .await
             .unwrap();
         let body = until_ready_is(&s, false).await;
@@ -115,7 +154,7 @@ grantline_store::backend_tests! {
         assert!(summary.fully_trusted(), "{summary:?}");
         s.stop().await;
         // Restarted with the rotated key files, it is ready again.
-        let s = Server::start(&db, dir.path().to_path_buf(), config(dir.path(), 30, 60)).await;
+        let s = Server::start(&db, dir.path().to_path_buf(), cfg).await;
         let body = until_ready_is(&s, true).await;
         assert_eq!(
             body["checks"]["checkpoint_key"]["detail"],
@@ -205,7 +244,7 @@ async fn readiness_follows_a_postgresql_that_goes_away_and_comes_back() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let s = Server::start(&db, dir.path().to_path_buf(), config(dir.path(), 30, 60)).await;
+    let s = Server::start(&db, dir.path().to_path_buf(), probed(dir.path())).await;
     until_ready_is(&s, true).await;
     let grantline_store::Pool::Postgres(pool) = s.app.store().pool() else {
         unreachable!()

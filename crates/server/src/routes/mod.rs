@@ -102,7 +102,7 @@ pub fn router() -> Router<App> {
         .route("/account/pats", post(account::create_pat))
         .route("/account/pats/revoke", post(account::revoke_pat))
         .route("/healthz", get(crate::health::healthz))
-        .route("/readyz", get(crate::health::readyz))
+        .route("/readyz", get(crate::health::readyz_public))
         .route("/metrics", get(crate::metrics::on_main_listener))
         .route(
             "/mcp/{name}",
