@@ -41,6 +41,43 @@ pub struct Call {
     pub intent: Words,
 }
 
+/// A resource URI as `content.read` records it: a password or token in its user-info part is
+/// dropped, and its query and fragment (where presigned URLs and `?token=` carry their
+/// secrets) are kept as a blake3 digest, `?b3:<16 hex digits>` and `#b3:<…>`. Whoever holds
+/// the full URI can still match it to the record; the ledger never holds the secret.
+pub fn recorded_uri(uri: &str) -> String {
+    let digest = |part: &str| {
+        let hex = blake3::hash(part.as_bytes()).to_hex();
+        format!("b3:{}", &hex[..16])
+    };
+    let (rest, fragment) = match uri.split_once('#') {
+        Some((r, f)) => (r, Some(f)),
+        None => (uri, None),
+    };
+    let (rest, query) = match rest.split_once('?') {
+        Some((r, q)) => (r, Some(q)),
+        None => (rest, None),
+    };
+    let mut out = match rest.split_once("://") {
+        Some((scheme, after)) => {
+            let end = after.find('/').unwrap_or(after.len());
+            let (authority, path) = after.split_at(end);
+            let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+            format!("{scheme}://{host}{path}")
+        }
+        None => rest.to_string(),
+    };
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(&digest(q));
+    }
+    if let Some(f) = fragment {
+        out.push('#');
+        out.push_str(&digest(f));
+    }
+    out
+}
+
 /// A `resources/read` or `prompts/get`: the method, what it reads, a prompt's arguments digest.
 #[derive(Debug, Clone)]
 pub struct Read {
@@ -189,5 +226,42 @@ impl Request<'_> {
             ),
             self.event(denied),
         ]
+    }
+}
+
+#[cfg(test)]
+mod uri_tests {
+    use super::recorded_uri;
+
+    #[test]
+    fn a_read_uri_is_recorded_without_its_secrets() {
+        assert_eq!(
+            recorded_uri("file:///home/a/q3.xlsx"),
+            "file:///home/a/q3.xlsx"
+        );
+        assert_eq!(recorded_uri("notes://inbox/42"), "notes://inbox/42");
+        let presigned = "https://bucket.example/a.pdf?X-Amz-Signature=abc&X-Amz-Credential=k";
+        let recorded = recorded_uri(presigned);
+        assert!(
+            recorded.starts_with("https://bucket.example/a.pdf?b3:"),
+            "{recorded}"
+        );
+        assert!(
+            !recorded.contains("abc") && !recorded.contains("Amz"),
+            "{recorded}"
+        );
+        // The same URI is recorded the same way; another query, another way.
+        assert_eq!(recorded, recorded_uri(presigned));
+        assert_ne!(
+            recorded,
+            recorded_uri("https://bucket.example/a.pdf?X-Amz-Signature=abd")
+        );
+        let with_user = recorded_uri("ftp://bob:hunter2@files.example/x#token=t0k");
+        assert!(
+            with_user.starts_with("ftp://files.example/x#b3:"),
+            "{with_user}"
+        );
+        assert!(!with_user.contains("hunter2") && !with_user.contains("t0k"));
+        assert_eq!(recorded_uri("memo"), "memo");
     }
 }

@@ -1001,7 +1001,9 @@ pub struct ContentRead {
     /// `resources/read` or `prompts/get`.
     pub method: String,
     /// What was read (the resource's URI, the prompt's name), in plain text: for callers
-    /// acting for no user (machine clients).
+    /// acting for no user (machine clients). Since 2026-12-07 a URI without the password of
+    /// its user-info part, and with its query and fragment as `b3:` and 16 hex digits of their
+    /// blake3 digest (where presigned URLs carry their signatures).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
     /// What was read, for a user: sealed under the user's key (a URI can name the user's own

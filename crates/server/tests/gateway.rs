@@ -1444,6 +1444,37 @@ async fn resources_and_prompts_take_the_read_scope_and_a_role_and_unknown_method
     let r = rpc(&s, "/mcp/up", Some(&reader), read.clone()).await;
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(up.bodies.lock().unwrap().len(), 1);
+    // A presigned URI is recorded without its signature (sealed or not, the ledger would
+    // keep it for good); the upstream gets it whole.
+    let presigned = "https://bucket.example/q3.pdf?X-Amz-Signature=5e1f&X-Amz-Expires=60";
+    let r = rpc(
+        &s,
+        "/mcp/up",
+        Some(&reader),
+        json!({"jsonrpc": "2.0", "id": 11,
+        "method": "resources/read", "params": {"uri": presigned}}),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(String::from_utf8_lossy(up.bodies.lock().unwrap().last().unwrap()).contains(presigned));
+    let sealed = s
+        .app
+        .store()
+        .read(0, 10_000)
+        .await
+        .unwrap()
+        .iter()
+        .rev()
+        .find_map(|e| match e.payload() {
+            Payload::ContentRead(r) => r.sealed_target.clone(),
+            _ => None,
+        });
+    let opened = s.app.keyring.open(&sealed.unwrap()).await.unwrap().unwrap();
+    assert!(
+        opened.starts_with("https://bucket.example/q3.pdf?b3:") && !opened.contains("5e1f"),
+        "{opened}"
+    );
+    up.bodies.lock().unwrap().pop();
     // A batch reads too; each read of a refused batch is recorded as refused.
     let batch = json!([{"jsonrpc": "2.0", "method": "notifications/initialized"},
         {"jsonrpc": "2.0", "id": 8, "method": "resources/list"}, read]);
@@ -1458,7 +1489,7 @@ async fn resources_and_prompts_take_the_read_scope_and_a_role_and_unknown_method
             _ => None,
         })
         .collect();
-    assert_eq!(reads.len(), 1, "{reads:?}");
+    assert_eq!(reads.len(), 2, "{reads:?}");
     assert_eq!(reads[0].method, "resources/read");
     assert_eq!(
         (reads[0].target.as_ref(), reads[0].arguments_digest.as_ref()),
@@ -1470,6 +1501,15 @@ async fn resources_and_prompts_take_the_read_scope_and_a_role_and_unknown_method
         "file:///secrets/x"
     );
     assert!(!format!("{recorded:?}").contains("secrets/x"));
+    // A batch of sixteen refused reads of one kind is one refusal on the ledger.
+    let many: Vec<Value> = (0..16)
+        .map(|i| json!({"jsonrpc": "2.0", "id": 100 + i, "method": "resources/list"}))
+        .collect();
+    let before = s.app.store().count().await.unwrap();
+    let r = rpc(&s, "/mcp/up", Some(&writer), Value::Array(many)).await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert_eq!(s.app.store().count().await.unwrap(), before + 1);
+    let recorded = s.app.store().read(0, before as u32).await.unwrap();
     let refusals: Vec<_> = recorded
         .iter()
         .filter_map(|e| match e.payload() {

@@ -523,9 +523,15 @@ impl Request<'_> {
                     target,
                     arguments_digest,
                 } => {
+                    // What a read reads is recorded without the secrets a URI can carry.
+                    let recorded = if method == "resources/read" {
+                        grantline_gateway::record::recorded_uri(&target)
+                    } else {
+                        target
+                    };
                     let read = Read {
                         method,
-                        target: sealed_words(self.app, caller, Some(target)).await?,
+                        target: sealed_words(self.app, caller, Some(recorded)).await?,
                         arguments_digest,
                     };
                     (id, method.to_string(), Some(read))
@@ -542,7 +548,11 @@ impl Request<'_> {
                 methods: Vec::new(),
                 recorded: Vec::new(),
             });
-            r.methods.push(method);
+            // A refusal is recorded once per method a request asks for, however many of
+            // its messages ask for it (a batch of sixteen of one is one record).
+            if !r.methods.contains(&method) {
+                r.methods.push(method);
+            }
             r.recorded.extend(read);
         }
         Ok((watched, reads, body, session_id))
