@@ -1001,8 +1001,8 @@ pub struct ContentRead {
     /// `resources/read` or `prompts/get`.
     pub method: String,
     /// What was read (the resource's URI, the prompt's name), in plain text: for callers
-    /// acting for no user (machine clients). Since 2026-12-07 a URI without the password of
-    /// its user-info part, and with its query and fragment as `b3:` and 16 hex digits of their
+    /// acting for no user (machine clients). Since 2026-12-07 a URI without the user-info part
+    /// (user and password), and with its query and fragment as `b3:` and 16 hex digits of their
     /// blake3 digest (where presigned URLs carry their signatures).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
