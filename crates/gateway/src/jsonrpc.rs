@@ -92,6 +92,9 @@ pub enum Inspected {
 pub struct Message {
     pub inspected: Vec<Inspected>,
     pub forward: Vec<u8>,
+    /// The caller's ids of the requests its `notifications/cancelled` messages name that were
+    /// given the id they went upstream under ([`inspect_relabelled`]).
+    pub cancels: Vec<Value>,
 }
 
 /// Why a POST body is not forwarded: a JSON-RPC error code and message for the answer, and
@@ -134,7 +137,7 @@ impl Refused {
 /// still pass through), and MCP tasks (a task's result would reach the caller past the
 /// gateway's authority check and record).
 pub fn inspect(body: &[u8]) -> Result<Message, Refused> {
-    inspect_inner(body, None)
+    inspect_inner(body, None, &|_| None)
 }
 
 /// As [`inspect`], with the one watched message (`tools/call`, `tools/list`) sent upstream
@@ -143,12 +146,22 @@ pub fn inspect(body: &[u8]) -> Result<Message, Refused> {
 /// in the same session under the same id (a `ping` sent while the call runs, on a request the
 /// gateway does not watch) then cannot take the call's answer past the record and the
 /// listing's filter, nor give the call another answer. The answer is given the caller's id
-/// back before it is passed on.
-pub fn inspect_relabelled(body: &[u8], wire_id: &Value) -> Result<Message, Refused> {
-    inspect_inner(body, Some(wire_id))
+/// back before it is passed on. A `notifications/cancelled` naming, by the caller's id, a
+/// request that went upstream under another (`upstream_id` says which) names that one
+/// instead, so that the upstream can stop it.
+pub fn inspect_relabelled(
+    body: &[u8],
+    wire_id: &Value,
+    upstream_id: &dyn Fn(&Value) -> Option<Value>,
+) -> Result<Message, Refused> {
+    inspect_inner(body, Some(wire_id), upstream_id)
 }
 
-fn inspect_inner(body: &[u8], wire_id: Option<&Value>) -> Result<Message, Refused> {
+fn inspect_inner(
+    body: &[u8],
+    wire_id: Option<&Value>,
+    upstream_id: &dyn Fn(&Value) -> Option<Value>,
+) -> Result<Message, Refused> {
     let mut de = serde_json::Deserializer::from_slice(body);
     let mut v = Strict
         .deserialize(&mut de)
@@ -199,8 +212,27 @@ fn inspect_inner(body: &[u8], wire_id: Option<&Value>) -> Result<Message, Refuse
     {
         obj.insert("id".to_string(), wire.clone());
     }
+    let mut cancels = Vec::new();
+    let mut relabel_cancel = |m: &mut Value| {
+        if m.get("method").and_then(Value::as_str) != Some("notifications/cancelled") {
+            return;
+        }
+        if let Some(request_id) = m.pointer_mut("/params/requestId")
+            && let Some(upstream) = upstream_id(request_id)
+        {
+            cancels.push(std::mem::replace(request_id, upstream));
+        }
+    };
+    match &mut v {
+        Value::Array(items) => items.iter_mut().for_each(&mut relabel_cancel),
+        m => relabel_cancel(m),
+    }
     let forward = serde_json::to_vec(&v).map_err(|e| Refused::invalid(e.to_string()))?;
-    Ok(Message { inspected, forward })
+    Ok(Message {
+        inspected,
+        forward,
+        cancels,
+    })
 }
 
 /// The keys the gateway reads, in the message, its `params` and `params._meta`: no other key
@@ -962,7 +994,10 @@ mod tests {
     fn a_watched_message_goes_upstream_under_the_gateways_id() {
         let wire = json!("grantline-1f2e");
         let forwarded = |body: Value| {
-            let m = inspect_relabelled(body.to_string().as_bytes(), &wire).unwrap();
+            let m = inspect_relabelled(body.to_string().as_bytes(), &wire, &|id| {
+                (*id == json!(7)).then(|| json!("grantline-07"))
+            })
+            .unwrap();
             (
                 m.inspected,
                 serde_json::from_slice::<Value>(&m.forward).unwrap(),
@@ -983,6 +1018,19 @@ mod tests {
         let (_, sent) = forwarded(json!([{"jsonrpc": "2.0", "id": 7, "method": "ping"},
             {"jsonrpc": "2.0", "id": 8, "method": "prompts/list"}]));
         assert_eq!((&sent[0]["id"], &sent[1]["id"]), (&json!(7), &json!(8)));
+        // A cancellation names the request by the id it went upstream under, when it did.
+        let cancel = |id: Value| {
+            let body = json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
+                "params": {"requestId": id, "reason": "user"}});
+            let m = inspect_relabelled(body.to_string().as_bytes(), &wire, &|id| {
+                (*id == json!(7)).then(|| json!("grantline-07"))
+            })
+            .unwrap();
+            let sent: Value = serde_json::from_slice(&m.forward).unwrap();
+            (sent["params"]["requestId"].clone(), m.cancels)
+        };
+        assert_eq!(cancel(json!(7)), (json!("grantline-07"), vec![json!(7)]));
+        assert_eq!(cancel(json!(8)), (json!(8), vec![]));
     }
 
     #[test]

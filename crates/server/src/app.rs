@@ -81,6 +81,8 @@ pub struct Inner {
     pub rate_limit_flush: std::sync::Mutex<grantline_store::Failing>,
     /// Gateway exchanges in flight: shutdown waits for them so their outcomes are recorded.
     pub exchanges: tokio_util::task::TaskTracker,
+    /// The gateway's watched calls in flight, for the caller's cancellations.
+    pub calls_in_flight: Arc<crate::gateway::CallsInFlight>,
     /// Set at shutdown: the background loop finishes its round and stops.
     pub stopping: std::sync::atomic::AtomicBool,
     /// Cancelled when the server is told to stop, before it drains its connections: relayed

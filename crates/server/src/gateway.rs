@@ -379,3 +379,86 @@ mod tests {
         assert_eq!(scopes(&m, "docs"), ("docs:view".into(), "docs:edit".into()));
     }
 }
+
+/// The watched calls and listings in flight, by session and by the id the caller gave them.
+/// A call goes upstream under an id of the gateway's own
+/// (`grantline_gateway::jsonrpc::inspect_relabelled`), so a caller's `notifications/cancelled`,
+/// which names the call by the caller's id, is given that id here; and the exchange, told
+/// of the cancellation, records it rather than waiting for an answer that will not come. Kept
+/// per instance: a cancellation that reaches another instance passes on unchanged (the
+/// upstream does not know the id, and the call runs to its end or its deadline).
+#[derive(Default)]
+pub struct CallsInFlight {
+    calls: Mutex<HashMap<(String, String), InFlight>>,
+}
+
+struct InFlight {
+    upstream_id: String,
+    cancelled: tokio_util::sync::CancellationToken,
+}
+
+/// A call's place in [`CallsInFlight`], given up when dropped (when its exchange ends).
+pub struct CallGuard {
+    calls: std::sync::Arc<CallsInFlight>,
+    key: (String, String),
+    /// Cancelled when the caller cancels the call.
+    pub cancelled: tokio_util::sync::CancellationToken,
+}
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        if let Ok(mut calls) = self.calls.calls.lock() {
+            calls.remove(&self.key);
+        }
+    }
+}
+
+impl CallsInFlight {
+    /// Registers the call the caller knows as `id` in `session` (resource, caller and the
+    /// session id it presented), sent upstream as `upstream_id`. `None` when a call under
+    /// that id is in flight in the session already: JSON-RPC ids name one request at a time,
+    /// and two would make a cancellation ambiguous.
+    pub fn begin(
+        self: &std::sync::Arc<Self>,
+        session: &str,
+        id: &Value,
+        upstream_id: &str,
+    ) -> Option<CallGuard> {
+        let key = (session.to_string(), id.to_string());
+        let mut calls = self.calls.lock().ok()?;
+        if calls.contains_key(&key) {
+            return None;
+        }
+        let cancelled = tokio_util::sync::CancellationToken::new();
+        calls.insert(
+            key.clone(),
+            InFlight {
+                upstream_id: upstream_id.to_string(),
+                cancelled: cancelled.clone(),
+            },
+        );
+        Some(CallGuard {
+            calls: self.clone(),
+            key,
+            cancelled,
+        })
+    }
+
+    /// The id the call the caller knows as `id` in `session` went upstream under.
+    pub fn upstream_id(&self, session: &str, id: &Value) -> Option<Value> {
+        let calls = self.calls.lock().ok()?;
+        calls
+            .get(&(session.to_string(), id.to_string()))
+            .map(|c| Value::from(c.upstream_id.as_str()))
+    }
+
+    /// The caller cancelled the call it knows as `id` in `session` (its cancellation went
+    /// upstream): its exchange stops waiting.
+    pub fn cancel(&self, session: &str, id: &Value) {
+        if let Ok(calls) = self.calls.lock()
+            && let Some(c) = calls.get(&(session.to_string(), id.to_string()))
+        {
+            c.cancelled.cancel();
+        }
+    }
+}

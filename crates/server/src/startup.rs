@@ -184,6 +184,7 @@ impl App {
             rate_limiter: Default::default(),
             rate_limit_flush: Default::default(),
             exchanges: tokio_util::task::TaskTracker::new(),
+            calls_in_flight: Default::default(),
             stopping: std::sync::atomic::AtomicBool::new(false),
             draining: tokio_util::sync::CancellationToken::new(),
             clock,

@@ -661,3 +661,76 @@ grantline_store::backend_tests! {
         b.stop().await;
     }
 }
+
+/// A call goes upstream under the gateway's own id; the caller's `notifications/cancelled`
+/// names it by the caller's id and reaches the upstream naming the id the upstream knows, and
+/// the call is recorded as cancelled at once, not as a time-out when its deadline passes.
+/// While it runs, a second call under the same id in the same session is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancellation_reaches_the_upstream_under_the_calls_own_id_and_is_recorded() {
+    let db = grantline_store::testing::sqlite().await;
+    let (up, seen) = start_upstream().await;
+    let (s, _d) = start(&db, &up, "").await;
+    let (_, token) = pat(&s, "rec:read").await;
+    let list = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"});
+    assert_eq!(
+        post(&s, &token, &list).send().await.unwrap().status(),
+        StatusCode::OK
+    );
+    let task = tokio::spawn(post(&s, &token, &call(42, "hang")).send());
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let upstream_id = loop {
+        let bodies: Vec<Value> = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|b| serde_json::from_slice(&b.body).ok())
+            .collect();
+        if let Some(b) = bodies.iter().find(|b| b["params"]["name"] == "hang") {
+            break b["id"].clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the call never reached the upstream"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert!(
+        upstream_id.as_str().unwrap().starts_with("grantline-"),
+        "{upstream_id}"
+    );
+    // Another call under the same id while it runs: refused, never sent.
+    let r = post(&s, &token, &call(42, "quick")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert!(r.text().await.unwrap().contains("still in flight"));
+    let cancel = json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
+        "params": {"requestId": 42, "reason": "the user stopped it"}});
+    let r = post(&s, &token, &cancel).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let forwarded: Value = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|b| serde_json::from_slice::<Value>(&b.body).ok())
+        .find(|b| b["method"] == "notifications/cancelled")
+        .expect("the cancellation reached the upstream");
+    assert_eq!(forwarded["params"]["requestId"], upstream_id);
+    // Recorded as cancelled (the upstream's deadline, 1 s, would say "in time").
+    let answer = task.await.unwrap().unwrap();
+    assert_eq!(answer.status(), StatusCode::OK);
+    let events = tool_events(&s).await;
+    let (outcome, why) = called(&events, "hang").expect("the call's outcome is recorded");
+    assert_eq!(outcome, ToolOutcome::UpstreamError);
+    assert_eq!(why.as_deref(), Some("the caller cancelled the call"));
+    assert!(
+        !seen
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|b| String::from_utf8_lossy(&b.body).contains("quick"))
+    );
+    // Over, the id is free again.
+    let r = post(&s, &token, &call(42, "quick")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    s.stop().await;
+}

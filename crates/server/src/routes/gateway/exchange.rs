@@ -28,7 +28,13 @@ pub struct Outgoing {
     /// `grantline_gateway::jsonrpc::inspect_relabelled`): its answer is found by this id and
     /// given the caller's back.
     pub wire_id: String,
+    /// The call's place among the calls in flight (for the caller's cancellation), given up
+    /// when its outcome is recorded.
+    pub in_flight: Option<crate::gateway::CallGuard>,
 }
+
+/// Why a call the caller cancelled has no answer (`tool.called`'s reason).
+const CANCELLED: &str = "the caller cancelled the call";
 
 /// Records `start` (if any; a call is not made unless it is durable), forwards the request and
 /// records the answer to `watched`; see the module docs.
@@ -75,10 +81,19 @@ async fn exchange(audit: Audit, out: Outgoing, watched: Watched) -> Response {
         body,
         identity,
         wire_id,
+        in_flight,
     } = out;
     let wire = serde_json::Value::from(wire_id.as_str());
     let deadline = tokio::time::Instant::now() + mount.timeout;
-    let resp = match upstream::send(&audit.app, &mount, &method, &headers, body, identity).await {
+    let cancelled = in_flight
+        .as_ref()
+        .map(|g| g.cancelled.clone())
+        .unwrap_or_default();
+    let sent = tokio::select! {
+        sent = upstream::send(&audit.app, &mount, &method, &headers, body, identity) => sent,
+        _ = cancelled.cancelled() => return fail(&audit, &watched, CANCELLED, StatusCode::OK).await,
+    };
+    let resp = match sent {
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(error = %e, "upstream failed");
@@ -86,10 +101,13 @@ async fn exchange(audit: Audit, out: Outgoing, watched: Watched) -> Response {
         }
     };
     if upstream::is_sse(&resp) {
-        return pump(audit, mount, watched, wire_id, resp, deadline);
+        return pump(audit, mount, watched, wire_id, in_flight, resp, deadline);
     }
     let (parts, body) = resp.into_parts();
-    let read = tokio::time::timeout_at(deadline, axum::body::to_bytes(body, MAX_BUFFERED)).await;
+    let read = tokio::select! {
+        read = tokio::time::timeout_at(deadline, axum::body::to_bytes(body, MAX_BUFFERED)) => read,
+        _ = cancelled.cancelled() => return fail(&audit, &watched, CANCELLED, StatusCode::OK).await,
+    };
     let Ok(Ok(bytes)) = read else {
         let why = "the MCP server's answer was too large, broken or late";
         return fail(&audit, &watched, why, StatusCode::BAD_GATEWAY).await;
@@ -202,9 +220,14 @@ fn pump(
     mount: Mount,
     watched: Watched,
     wire_id: String,
+    mut in_flight: Option<crate::gateway::CallGuard>,
     resp: Response,
     deadline: tokio::time::Instant,
 ) -> Response {
+    let cancelled = in_flight
+        .as_ref()
+        .map(|g| g.cancelled.clone())
+        .unwrap_or_default();
     let (parts, body) = resp.into_parts();
     let upstream_failed = !parts.status.is_success();
     let wire = serde_json::Value::from(wire_id.as_str());
@@ -260,6 +283,7 @@ fn pump(
                         }
                         event = out;
                         drop(recording.take());
+                        drop(in_flight.take());
                     }
                     // A caller that stops reading must not hold up the record: until the answer is
                     // settled, the deadline bounds the wait too.
@@ -297,7 +321,16 @@ fn pump(
                         _ = audit.app.draining.cancelled() => return,
                     }
                 } else {
-                    match tokio::time::timeout_at(deadline, upstream.next()).await {
+                    let next = tokio::select! {
+                        next = tokio::time::timeout_at(deadline, upstream.next()) => next,
+                        _ = cancelled.cancelled() => {
+                            // The caller gave up on it, and the upstream was told: no answer
+                            // is coming.
+                            let _ = audit.record(vec![failure(&audit, &watched, CANCELLED)]).await;
+                            return;
+                        }
+                    };
+                    match next {
                         Ok(next) => next,
                         Err(_) => {
                             let why = "the MCP server did not answer in time";

@@ -137,7 +137,35 @@ impl Request<'_> {
             "grantline-{}",
             &blake3::Hash::from(crate::random::bytes32()).to_hex()[..32]
         );
-        let (watched, reads, body, presented) = self.classify(&caller, body, &wire_id).await?;
+        let Classified {
+            watched,
+            reads,
+            body,
+            presented,
+            session_scope,
+            cancels,
+        } = self.classify(&caller, &resource.id, body, &wire_id).await?;
+        // A watched call is known by the caller's id in its session while it runs: for the
+        // caller's cancellation of it. Two at once under one id are refused (JSON-RPC ids name
+        // one request at a time).
+        let in_flight = match &watched {
+            Some(w) => match self
+                .app
+                .calls_in_flight
+                .begin(&session_scope, w.id(), &wire_id)
+            {
+                Some(guard) => Some(guard),
+                None => {
+                    return Err(refused_id(
+                        w.id(),
+                        -32600,
+                        "a request with this id is still in flight in this session",
+                        StatusCode::BAD_REQUEST,
+                    ));
+                }
+            },
+            None => None,
+        };
         // The session the client presents goes upstream only from whom it was given to.
         let session_key = session_key(self.app);
         let binding = session::Binding {
@@ -234,6 +262,7 @@ impl Request<'_> {
             body,
             identity: assertion,
             wire_id,
+            in_flight,
         };
         let mut r = match (watched, scope) {
             (Some(Watched::Call(call)), Some(_)) => {
@@ -280,7 +309,14 @@ impl Request<'_> {
                 )
                 .await;
                 match sent {
-                    Ok(r) => upstream::ends_when_draining(self.app, &out.method, r),
+                    Ok(r) => {
+                        // The cancellations it carried reached the upstream: the calls they
+                        // name stop waiting for an answer.
+                        for id in &cancels {
+                            self.app.calls_in_flight.cancel(&session_scope, id);
+                        }
+                        upstream::ends_when_draining(self.app, &out.method, r)
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "upstream failed");
                         refused(-32002, &e.to_string(), e.status())
@@ -448,9 +484,10 @@ impl Request<'_> {
     async fn classify(
         &self,
         caller: &Caller,
+        resource: &str,
         body: Bytes,
         wire_id: &str,
-    ) -> Result<(Option<Watched>, Option<Reads>, Bytes, Option<String>), Response> {
+    ) -> Result<Classified, Response> {
         let session_id = match self.headers.get("mcp-session-id").map(|v| v.to_str()) {
             None => None,
             Some(Ok(v)) if valid_session_id(v) => Some(v.to_string()),
@@ -464,10 +501,19 @@ impl Request<'_> {
                 ));
             }
         };
+        let session_scope = format!(
+            "{resource}\0{}\0{}\0{}",
+            caller.user_id.as_deref().unwrap_or_default(),
+            caller.client_id.as_deref().unwrap_or_default(),
+            session_id.as_deref().unwrap_or_default()
+        );
         // Only POST carries messages; GET and DELETE go upstream without a body.
-        let (inspected, body) = if self.method == Method::POST {
-            match jsonrpc::inspect_relabelled(&body, &Value::from(wire_id)) {
-                Ok(m) => (m.inspected, Bytes::from(m.forward)),
+        let (inspected, body, cancels) = if self.method == Method::POST {
+            let calls = &self.app.calls_in_flight;
+            match jsonrpc::inspect_relabelled(&body, &Value::from(wire_id), &|id| {
+                calls.upstream_id(&session_scope, id)
+            }) {
+                Ok(m) => (m.inspected, Bytes::from(m.forward), m.cancels),
                 Err(e) => {
                     return Err(refused_id(
                         &e.id,
@@ -478,7 +524,7 @@ impl Request<'_> {
                 }
             }
         } else {
-            (Vec::new(), Bytes::new())
+            (Vec::new(), Bytes::new(), Vec::new())
         };
         if let Err(m) = headers_match(&self.headers, &inspected) {
             let id = inspected.iter().find_map(|i| match i {
@@ -555,7 +601,14 @@ impl Request<'_> {
             }
             r.recorded.extend(read);
         }
-        Ok((watched, reads, body, session_id))
+        Ok(Classified {
+            watched,
+            reads,
+            body,
+            presented: session_id,
+            session_scope,
+            cancels,
+        })
     }
 
     /// The scope a call needs, and whether it counts as a write, learning the tool's
@@ -617,6 +670,21 @@ impl Request<'_> {
 /// The resources, prompts and completions one request reads: the first one's id (to answer
 /// a refusal with), every one's method (a refusal is recorded for each), and the reads
 /// recorded before it goes upstream (`resources/read`, `prompts/get`).
+/// What [`Request::classify`] found.
+struct Classified {
+    watched: Option<Watched>,
+    reads: Option<Reads>,
+    /// What goes upstream.
+    body: Bytes,
+    /// The session id the caller presented, checked for form only.
+    presented: Option<String>,
+    /// The session as [`crate::gateway::CallsInFlight`] knows it: the resource, the caller
+    /// and the session id presented.
+    session_scope: String,
+    /// The caller's ids of the watched calls its cancellations name.
+    cancels: Vec<Value>,
+}
+
 struct Reads {
     id: Value,
     methods: Vec<String>,
