@@ -51,8 +51,11 @@ async fn start_upstream() -> (String, Arc<Mutex<Vec<Seen>>>) {
                         ([("content-type", "text/event-stream")], text).into_response()
                     };
                     match method.as_str() {
-                        "GET" => return sse(format!("event: message\ndata: {}\n\n",
-                            json!({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"}))),
+                        "GET" => return (
+                            [("cache-control", "public, max-age=600")],
+                            sse(format!("event: message\ndata: {}\n\n",
+                                json!({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"}))),
+                        ).into_response(),
                         "DELETE" => return StatusCode::OK.into_response(),
                         _ => {}
                     }
@@ -353,6 +356,8 @@ grantline_store::backend_tests! {
                 .unwrap()
                 .starts_with("text/event-stream")
         );
+        // The upstream said `public`: one caller's stream is kept by no cache all the same.
+        assert_eq!(r.headers()["cache-control"], "no-store");
         assert!(r.text().await.unwrap().contains("list_changed"));
         let r = browser()
             .delete(s.url("/mcp/rec"))

@@ -99,9 +99,11 @@ pub async fn mcp(
         method,
         headers,
     };
-    match request.handle(&name, query.as_deref(), body).await {
-        Ok(r) | Err(r) => r,
-    }
+    let (Ok(mut r) | Err(mut r)) = request.handle(&name, query.as_deref(), body).await;
+    // One caller's answer: no cache keeps it, whatever the upstream said.
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
 }
 
 /// One request to `/mcp/<name>`, as the steps of [`mcp`] see it.

@@ -29,12 +29,10 @@ const TO_UPSTREAM: &[&str] = &[
     "mcp-method",
     "mcp-name",
 ];
-const FROM_UPSTREAM: &[&str] = &[
-    "content-type",
-    "mcp-session-id",
-    "mcp-protocol-version",
-    "cache-control",
-];
+/// Not `Cache-Control`: every answer of the gateway is `no-store` (see `routes::gateway::mcp`),
+/// whatever the upstream says — an answer is one caller's, and a shared cache told `public`
+/// would hand it to the next.
+const FROM_UPSTREAM: &[&str] = &["content-type", "mcp-session-id", "mcp-protocol-version"];
 
 /// Why the upstream gave no answer.
 #[derive(Debug, thiserror::Error)]
