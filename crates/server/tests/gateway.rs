@@ -1341,7 +1341,37 @@ grantline_store::backend_tests! {
         for origin in [s.base.as_str(), "https://app.example"] {
             let r = with_origin(origin, Some(&token)).await.unwrap();
             assert_eq!(r.status(), StatusCode::OK, "{origin}");
+            // The page may read the answer and the headers a client needs (CORS).
+            assert_eq!(r.headers()["access-control-allow-origin"], origin);
+            let exposed = r.headers()["access-control-expose-headers"].to_str().unwrap();
+            assert!(exposed.contains("mcp-session-id") && exposed.contains("www-authenticate"));
+            assert!(r.headers().get("access-control-allow-credentials").is_none());
         }
+        // A browser asks first (a preflight: no token, no body). An allowed origin is told what
+        // it may send; a foreign one is refused; OPTIONS without an Origin is no preflight.
+        let preflight = |origin: Option<&str>| {
+            let mut r = browser()
+                .request(reqwest::Method::OPTIONS, s.url("/mcp/up"))
+                .header("access-control-request-method", "POST")
+                .header("access-control-request-headers", "authorization, content-type, mcp-session-id");
+            if let Some(o) = origin {
+                r = r.header("origin", o);
+            }
+            r.send()
+        };
+        let r = preflight(Some("https://app.example")).await.unwrap();
+        assert_eq!(r.status(), StatusCode::NO_CONTENT);
+        assert_eq!(r.headers()["access-control-allow-origin"], "https://app.example");
+        let allowed = r.headers()["access-control-allow-headers"].to_str().unwrap();
+        for h in ["authorization", "content-type", "mcp-session-id", "mcp-protocol-version"] {
+            assert!(allowed.contains(h), "{h}: {allowed}");
+        }
+        assert!(r.headers()["access-control-allow-methods"].to_str().unwrap().contains("POST"));
+        let r = preflight(Some("http://evil.example.com")).await.unwrap();
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+        assert!(r.headers().get("access-control-allow-origin").is_none());
+        let r = preflight(None).await.unwrap();
+        assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
         assert_eq!(
             rpc(&s, "/mcp/up", Some(&token), list.clone())
                 .await

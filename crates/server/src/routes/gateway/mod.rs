@@ -93,6 +93,18 @@ pub async fn mcp(
     RawQuery(query): RawQuery,
     body: Bytes,
 ) -> Response {
+    // A browser page of an allowed origin (`server.allowed_origins`) reads the answer: CORS.
+    // Any other origin is refused before anything else (`Request::transport`).
+    let cors_origin = headers
+        .get(header::ORIGIN)
+        .filter(|o| {
+            crate::origin::allowed(
+                &app.public_url,
+                &app.config.server.allowed_origins,
+                o.as_bytes(),
+            )
+        })
+        .cloned();
     let request = Request {
         app: &app,
         ctx: &ctx,
@@ -100,9 +112,50 @@ pub async fn mcp(
         headers,
     };
     let (Ok(mut r) | Err(mut r)) = request.handle(&name, query.as_deref(), body).await;
+    let h = r.headers_mut();
     // One caller's answer: no cache keeps it, whatever the upstream said.
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if let Some(origin) = cors_origin {
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        h.insert(
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static(
+                "mcp-session-id, mcp-protocol-version, www-authenticate, retry-after, \
+                 x-ratelimit-limit, x-ratelimit-remaining, x-ratelimit-reset",
+            ),
+        );
+        h.append(header::VARY, HeaderValue::from_static("origin"));
+    }
+    r
+}
+
+fn not_allowed() -> Response {
+    let mut r = (StatusCode::METHOD_NOT_ALLOWED, "use POST, GET or DELETE").into_response();
     r.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        .insert(header::ALLOW, HeaderValue::from_static("GET, POST, DELETE"));
+    r
+}
+
+/// The answer to a CORS preflight from an allowed origin: what a browser MCP client sends.
+/// No credentials: the client's token travels in `Authorization`, never in a cookie.
+fn preflight() -> Response {
+    let mut r = StatusCode::NO_CONTENT.into_response();
+    let h = r.headers_mut();
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET, POST, DELETE"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static(
+            "authorization, content-type, accept, mcp-session-id, mcp-protocol-version, \
+             mcp-method, mcp-name, last-event-id",
+        ),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from_static("3600"),
+    );
     r
 }
 
@@ -395,11 +448,8 @@ impl Request<'_> {
     /// (end a session), and no request from a foreign web page (DNS rebinding: the MCP
     /// transport's "Security Warning"), whatever credentials it carries.
     fn transport(&self) -> Result<(), Response> {
-        if ![Method::POST, Method::GET, Method::DELETE].contains(&self.method) {
-            let mut r = (StatusCode::METHOD_NOT_ALLOWED, "use POST, GET or DELETE").into_response();
-            r.headers_mut()
-                .insert(header::ALLOW, HeaderValue::from_static("GET, POST, DELETE"));
-            return Err(r);
+        if ![Method::POST, Method::GET, Method::DELETE, Method::OPTIONS].contains(&self.method) {
+            return Err(not_allowed());
         }
         if let Some(origin) = self.headers.get(header::ORIGIN)
             // The configured public URL, never the issuer forwarded headers made up: behind a
@@ -416,6 +466,15 @@ impl Request<'_> {
                     "error_description": "requests from this Origin are not accepted"})),
             )
                 .into_response());
+        }
+        if self.method == Method::OPTIONS {
+            // A preflight from an allowed origin (checked above) is answered here; without
+            // an `Origin` it is no preflight, and OPTIONS is no method of the transport.
+            return Err(if self.headers.contains_key(header::ORIGIN) {
+                preflight()
+            } else {
+                not_allowed()
+            });
         }
         Ok(())
     }
