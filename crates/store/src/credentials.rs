@@ -66,6 +66,44 @@ impl Credentials {
         Ok(row.map(Self::to_credential))
     }
 
+    /// The one credential whose username is `email` whatever the case of its ASCII letters
+    /// (an administrator may have typed `Alice@Corp.com` for the address a provider gives as
+    /// `alice@corp.com`); `None` when there is none, or more than one, so that no one is
+    /// linked to an account that is not plainly theirs. An exact match wins.
+    pub async fn by_email_username(&self, email: &str) -> Result<Option<Credential>> {
+        if let Some(c) = self.by_username(email).await? {
+            return Ok(Some(c));
+        }
+        let rows: Vec<Row> = match &self.store.pool {
+            Pool::Sqlite(p) => {
+                sqlx::query_as(
+                    "SELECT user_id, username, password_hash FROM user_credentials \
+                 WHERE lower(username) = lower(?) LIMIT 8",
+                )
+                .bind(email)
+                .fetch_all(p)
+                .await?
+            }
+            Pool::Postgres(p) => {
+                self.store
+                    .pg(sqlx::query_as(
+                        "SELECT user_id, username, password_hash FROM user_credentials \
+                         WHERE lower(username) = lower($1) LIMIT 8",
+                    )
+                    .bind(email)
+                    .fetch_all(p))
+                    .await?
+            }
+        };
+        // ASCII letters only on both backends (SQLite's lower() folds no others).
+        let same = |u: &str| u.eq_ignore_ascii_case(email);
+        let mut rows = rows.into_iter().filter(|r| same(&r.1));
+        match (rows.next(), rows.next()) {
+            (Some(one), None) => Ok(Some(Self::to_credential(one))),
+            _ => Ok(None),
+        }
+    }
+
     /// The credential of a user id.
     pub async fn by_user_id(&self, user_id: &str) -> Result<Option<Credential>> {
         let row: Option<Row> = match &self.store.pool {

@@ -165,7 +165,38 @@ async fn links_survive_the_migration(db: TestDb) {
     ledger.shutdown().await;
 }
 
+/// An account an administrator made for an email address, found by the address a provider
+/// verified whatever the case of its letters; never when two accounts would match.
+async fn accounts_by_email(db: TestDb) {
+    let ledger = common::open(&db).await;
+    let c = grantline_store::Credentials::new(ledger.store());
+    let add = |id: &str, name: &str| grantline_store::Credential {
+        user_id: id.into(),
+        username: name.into(),
+        password_hash: "!federated".into(),
+    };
+    c.insert(&add("usr_a", "Alice@Corp.com")).await.unwrap();
+    let found = |email: &'static str| {
+        let c = c.clone();
+        async move { c.by_email_username(email).await.unwrap().map(|c| c.user_id) }
+    };
+    assert_eq!(found("alice@corp.com").await.as_deref(), Some("usr_a"));
+    assert_eq!(found("ALICE@CORP.COM").await.as_deref(), Some("usr_a"));
+    assert_eq!(found("bob@corp.com").await, None);
+    // Two accounts that differ only in case: neither is plainly the person's, unless one is
+    // exactly the address.
+    c.insert(&add("usr_b", "BOB@corp.com")).await.unwrap();
+    c.insert(&add("usr_c", "bob@CORP.com")).await.unwrap();
+    assert_eq!(found("bob@corp.com").await, None);
+    assert_eq!(found("bob@CORP.com").await.as_deref(), Some("usr_c"));
+    ledger.shutdown().await;
+}
+
 grantline_store::backend_tests! {
+    async fn an_account_is_found_by_its_email_whatever_its_case(db: TestDb) {
+        accounts_by_email(db).await;
+    }
+
     async fn links_and_upstream_tokens(db: TestDb) {
         exercise(db).await;
     }

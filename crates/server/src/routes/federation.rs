@@ -492,7 +492,8 @@ async fn sign_in(
             // The verified email only: a login name (`preferred_username`, GitHub `login`)
             // is chosen by the person and proves nothing.
             for name in [who.email.as_deref()].into_iter().flatten() {
-                if let Some(c) = app.credentials.by_username(name).await.map_err(store_err)? {
+                let c = app.credentials.by_email_username(name).await;
+                if let Some(c) = c.map_err(store_err)? {
                     found = Some(c.user_id);
                     break;
                 }
