@@ -591,6 +591,30 @@ def test_callbacks_that_would_ask_the_provider_are_limited_per_address(world, tm
     assert asked() - before == 30
 
 
+def test_a_request_too_long_to_carry_through_the_provider_is_refused_at_once(world):
+    """The pending sign-in travels in a cookie, which a browser drops without a word past
+    about 4 KB; the callback would then say no sign-in is in progress. A return address that
+    long is refused when the sign-in begins, saying why; the provider is never asked."""
+    server, idp, rogue, upstream = world
+    browser = FederatedBrowser(server.base, REDIRECT)
+    page = browser.sign_in_page("/oauth/authorize?state=" + "x" * 4000)
+    marker = 'action="/login/upstream/corp"'
+    form = page.text.split(marker, 1)[1]
+    csrf = form.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+    return_to = form.split('name="return_to" value="', 1)[1].split('"', 1)[0]
+    assert len(return_to) > 4000
+    r = browser.session.post(f"{server.base}/login/upstream/corp",
+                             data={"csrf": csrf, "return_to": return_to.replace("&amp;", "&")},
+                             allow_redirects=False)
+    assert r.status_code == 400 and "too long" in r.text, (r.status_code, r.text[:300])
+    assert "grantline_upstream" not in r.headers.get("set-cookie", "")
+    # An ordinary one goes on to the provider.
+    r = browser.session.post(f"{server.base}/login/upstream/corp",
+                             data={"csrf": csrf, "return_to": "/account"},
+                             allow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"].startswith(idp.base), r.status_code
+
+
 def test_keys_rotated_upstream_are_fetched_again(world):
     server, idp, rogue, upstream = world
     browser = FederatedBrowser(server.base, REDIRECT, user="bob")

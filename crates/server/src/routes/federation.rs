@@ -126,6 +126,12 @@ fn configured(
 }
 
 /// `POST /login/upstream/{provider}`: the sign-in page's button.
+/// The longest pending sign-in cookie value sent: with its name and attributes, within the
+/// 4,096 bytes browsers keep of a cookie (and what [`open_pending`] takes back).
+///
+/// [`open_pending`]: crate::federation::open_pending
+const MAX_PENDING_COOKIE: usize = 3_800;
+
 pub async fn begin(
     State(app): State<App>,
     ctx: RequestContext,
@@ -193,6 +199,17 @@ pub async fn begin(
             "Please try again shortly.",
         );
     };
+    // A browser drops a cookie over about 4 KB without a word, and the callback would then
+    // say no sign-in is in progress: refused here, saying why.
+    if cookie.len() > MAX_PENDING_COOKIE {
+        return pages::error(
+            StatusCode::BAD_REQUEST,
+            "Sign-in refused",
+            "The application's request is too long to carry through the identity provider. \
+             Start again from the application; if this keeps happening, its authorization \
+             request is too long.",
+        );
+    }
     let r = see_other(started.url.as_str());
     with_cookie(
         r,
