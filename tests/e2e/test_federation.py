@@ -224,8 +224,11 @@ class FederatedBrowser:
         form = page.text.split(marker, 1)[1]
         csrf = form.split('name="csrf" value="', 1)[1].split('"', 1)[0]
         return_to = form.split('name="return_to" value="', 1)[1].split('"', 1)[0]
-        r = self.session.post(f"{self.base}/login/upstream/{provider}",
-                              data={"csrf": csrf, "return_to": return_to.replace("&amp;", "&")},
+        data = {"csrf": csrf, "return_to": return_to.replace("&amp;", "&")}
+        # Every field of the form, as a browser sends it.
+        if 'name="fresh" value="1"' in form.split("</form>", 1)[0]:
+            data["fresh"] = "1"
+        r = self.session.post(f"{self.base}/login/upstream/{provider}", data=data,
                               allow_redirects=False)
         assert r.status_code == 303, r.text
         return self.follow(r)
@@ -613,6 +616,59 @@ def test_a_request_too_long_to_carry_through_the_provider_is_refused_at_once(wor
                              data={"csrf": csrf, "return_to": "/account"},
                              allow_redirects=False)
     assert r.status_code == 303 and r.headers["location"].startswith(idp.base), r.status_code
+
+
+def test_a_fresh_sign_in_asked_for_is_asked_of_the_provider_too(world):
+    """An application's `prompt=login` makes Grantline forget its own session; through an
+    identity provider the person must sign in again there too, not be waved through by the
+    provider's own session. The provider is asked `prompt=login` and `max_age=0`, and its ID
+    token's `auth_time` must be after the sign-in began."""
+    server, idp, rogue, upstream = world
+    browser = FederatedBrowser(server.base, REDIRECT)
+    passwords = lambda: sum(1 for _, u in browser.hops
+                            if "/interaction/" in u and u.rstrip("/").endswith("/login"))
+    page = browser.click(browser.sign_in_page("/account"))
+    assert page.status_code == 200 and "/account" in page.url, page.url
+    assert passwords() == 1
+    # Signed out here, signed in again: the provider's session answers, no password.
+    browser.sign_out()
+    page = browser.click(browser.sign_in_page("/account"))
+    assert page.status_code == 200 and "/account" in page.url, page.url
+    assert passwords() == 1
+    # An application asks for a fresh sign-in: Grantline's sign-in page carries it...
+    client = requests.post(server.base + "/oauth/register", json={
+        "client_name": "Fresh", "redirect_uris": [REDIRECT],
+        "token_endpoint_auth_method": "none"}).json()["client_id"]
+    r = browser.session.get(server.base + "/oauth/authorize", params={
+        "response_type": "code", "client_id": client, "redirect_uri": REDIRECT,
+        "code_challenge": "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM",
+        "code_challenge_method": "S256", "state": "s", "prompt": "login",
+        "resource": server.base + "/mcp/demo"}, allow_redirects=False)
+    assert r.status_code == 302 and "fresh=1" in r.headers["location"], r.headers
+    page = browser.session.get(urllib.parse.urljoin(server.base, r.headers["location"]))
+    assert 'name="fresh" value="1"' in page.text
+    # ...and the provider signs her in again: the password once more.
+    browser.click(page)
+    assert passwords() == 2, "\n".join(f"{s} {u}" for s, u in browser.hops[-8:])
+    authorize = [u for _, u in browser.hops if u.startswith(idp.base + "/authorize?")]
+    assert "prompt=login" in authorize[-1] and "max_age=0" in authorize[-1], authorize[-1]
+    # A provider that answers from an older sign-in anyway, or does not say when the person
+    # signed in, is refused; one that signed the person in just now is not.
+    rogue_browser = FederatedBrowser(server.base, REDIRECT, provider="rogue")
+    fresh_page = lambda: rogue_browser.session.get(server.base + "/login", params={
+        "return_to": "/account", "fresh": "1"})
+    for mode, why in [("stale_auth_time", "before it began"), ("ok", "(auth_time)")]:
+        rogue.post("/__test/mode", {"mode": mode})
+        page = rogue_browser.click(fresh_page())
+        assert page.status_code == 400 and "(id_token_invalid)" in page.text, page.text[:400]
+        assert why in page.text, page.text[:400]
+        # Without a fresh sign-in asked for, the same answer signs in.
+        page = rogue_browser.click(rogue_browser.sign_in_page("/account"))
+        assert page.status_code == 200 and "/account" in page.url, page.text[:400]
+        rogue_browser.sign_out()
+    rogue.post("/__test/mode", {"mode": "fresh_auth_time"})
+    page = rogue_browser.click(fresh_page())
+    assert page.status_code == 200 and "/account" in page.url, page.text[:400]
 
 
 def test_keys_rotated_upstream_are_fetched_again(world):

@@ -544,7 +544,11 @@ impl Upstream {
     }
 
     /// The authorization request: PKCE (S256), a fresh `state` and, for OIDC, a `nonce`.
-    pub fn begin(&self, redirect_uri: &str) -> Result<Begin, FederationError> {
+    ///
+    /// `fresh`: the application asked for a fresh sign-in (`prompt=login`); an OpenID
+    /// provider is asked to sign the person in again (`prompt=login`, `max_age=0`) rather than
+    /// answer from its own session, and [`Upstream::finish`] checks that it did.
+    pub fn begin(&self, redirect_uri: &str, fresh: bool) -> Result<Begin, FederationError> {
         let redirect = RedirectUrl::new(redirect_uri.to_string())
             .map_err(|e| FederationError::Config(format!("callback URL: {e}")))?;
         let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
@@ -558,8 +562,17 @@ impl Upstream {
         if self.oidc.is_some() {
             req = req.add_extra_param("nonce", nonce.secret().clone());
         }
+        let fresh = fresh && self.oidc.is_some();
         for (k, v) in &self.provider.authorization_params {
+            if fresh && (k == "prompt" || k == "max_age") {
+                continue;
+            }
             req = req.add_extra_param(k.clone(), v.clone());
+        }
+        if fresh {
+            req = req
+                .add_extra_param("prompt", "login")
+                .add_extra_param("max_age", "0");
         }
         let (url, state) = req.url();
         Ok(Begin {
@@ -594,6 +607,7 @@ impl Upstream {
         nonce: &str,
         pkce_verifier: &str,
         now_secs: i64,
+        fresh_since: Option<i64>,
     ) -> Result<(UpstreamIdentity, UpstreamTokens), SignInError> {
         let redirect = RedirectUrl::new(redirect_uri.to_string())
             .map_err(|e| SignInError::TokenRefused(e.to_string()))?;
@@ -622,7 +636,29 @@ impl Upstream {
                     .id_token
                     .as_deref()
                     .ok_or(SignInError::NoIdToken)?;
-                self.verify_id_token(o, raw, nonce, now_secs).await?
+                let claims = self.verify_id_token(o, raw, nonce, now_secs).await?;
+                // A fresh sign-in was asked for (OIDC Core 3.1.2.1: with `max_age` the
+                // provider must send `auth_time`): the person signed in there since it began.
+                if let Some(since) = fresh_since {
+                    let skew = self.provider.clock_skew_secs as i64;
+                    match claims.get("auth_time").and_then(Value::as_i64) {
+                        Some(at) if at >= since - skew => {}
+                        Some(at) => {
+                            return Err(SignInError::IdToken(format!(
+                                "a fresh sign-in was asked for, but the person signed in at \
+                                 {at}, before it began ({since})"
+                            )));
+                        }
+                        None => {
+                            return Err(SignInError::IdToken(
+                                "a fresh sign-in was asked for, and the ID token does not say \
+                                 when the person signed in (auth_time)"
+                                    .into(),
+                            ));
+                        }
+                    }
+                }
+                claims
             }
             None => Map::new(),
         };

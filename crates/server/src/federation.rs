@@ -177,6 +177,10 @@ pub struct Pending {
     pub r: String,
     /// When it began (Unix seconds).
     pub t: i64,
+    /// The application asked for a fresh sign-in (`prompt=login`): the provider was asked to
+    /// sign the person in again, and its ID token must say it did after `t`.
+    #[serde(default)]
+    pub f: bool,
 }
 
 /// Why an upstream token could not be handed out.

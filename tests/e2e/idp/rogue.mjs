@@ -39,6 +39,8 @@ const MODES = {
   iss_param_missing: 'the authorization response carries no iss, though discovery promises it',
   access_denied: 'the authorization response is error=access_denied (no code)',
   userinfo_down: 'an ID token without email or name, and /userinfo answers 500 naming an internal address',
+  stale_auth_time: 'auth_time an hour ago: the person was not signed in again, whatever prompt and max_age asked',
+  fresh_auth_time: 'auth_time now',
 };
 
 let args;
@@ -120,6 +122,8 @@ async function idToken({ nonce, previousNonce }) {
     case 'azp_other': payload.azp = 'other-client'; break;
     case 'no_nonce': delete payload.nonce; break;
     case 'userinfo_down': delete payload.email; delete payload.email_verified; delete payload.name; break;
+    case 'stale_auth_time': payload.auth_time = t - 3600; break;
+    case 'fresh_auth_time': payload.auth_time = t; break;
     default:
   }
   if (payload.nonce === undefined) delete payload.nonce;

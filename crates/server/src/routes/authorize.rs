@@ -403,13 +403,13 @@ pub async fn authorize(
             raw.clone()
         };
         let return_to = format!("/oauth/authorize?{raw}");
-        let login = format!(
-            "{}/login?{}",
-            ctx.issuer,
-            url::form_urlencoded::Serializer::new(String::new())
-                .append_pair("return_to", &return_to)
-                .finish()
-        );
+        let mut query = url::form_urlencoded::Serializer::new(String::new());
+        query.append_pair("return_to", &return_to);
+        if v.prompt_login {
+            // An identity provider is asked to sign the person in again too.
+            query.append_pair("fresh", "1");
+        }
+        let login = format!("{}/login?{}", ctx.issuer, query.finish());
         return redirect(&login);
     };
     tracing::Span::current().record("user_id", s.user_id.as_str());

@@ -174,7 +174,8 @@ pub async fn begin(
             .await;
         }
     };
-    let started = match upstream.begin(&callback_url(&ctx, &provider)) {
+    let fresh = get("fresh") == "1";
+    let started = match upstream.begin(&callback_url(&ctx, &provider), fresh) {
         Ok(b) => b,
         Err(e) => {
             return pages::error(
@@ -191,6 +192,7 @@ pub async fn begin(
         v: started.pkce_verifier,
         r: crate::routes::login::safe_return_to(Some(&get("return_to"))),
         t: app.now().0 / 1_000_000,
+        f: fresh,
     };
     let Some(cookie) = seal_pending(&app, &pending) else {
         return pages::error(
@@ -367,6 +369,7 @@ pub async fn callback(
             &pending.n,
             &pending.v,
             now,
+            pending.f.then_some(pending.t),
         )
         .await
     {

@@ -29,6 +29,9 @@ pub(crate) fn safe_return_to(r: Option<&str>) -> String {
 #[derive(Deserialize)]
 pub struct FormQuery {
     return_to: Option<String>,
+    /// `1`: the application asked for a fresh sign-in (`prompt=login`): an identity provider
+    /// is asked to sign the person in again too.
+    fresh: Option<String>,
 }
 
 fn with_nonce_cookie(mut r: Response, ctx: &RequestContext, nonce: &str) -> Response {
@@ -42,7 +45,7 @@ fn render(
     app: &App,
     ctx: &RequestContext,
     status: StatusCode,
-    return_to: &str,
+    (return_to, fresh): (&str, bool),
     msg: Option<&str>,
 ) -> Response {
     let nonce = crate::random::id("ln");
@@ -61,6 +64,7 @@ fn render(
     let page = pages::Login {
         base: &base,
         return_to,
+        fresh,
         csrf: &csrf,
         message: msg,
         providers,
@@ -75,11 +79,12 @@ pub async fn form(
     ctx: RequestContext,
     Query(q): Query<FormQuery>,
 ) -> Response {
+    let fresh = q.fresh.as_deref() == Some("1");
     render(
         &app,
         &ctx,
         StatusCode::OK,
-        &safe_return_to(q.return_to.as_deref()),
+        (&safe_return_to(q.return_to.as_deref()), fresh),
         None,
     )
 }
@@ -96,6 +101,7 @@ pub async fn submit(
     };
     let get = |k: &str| crate::http::param(&params, k).unwrap_or_default();
     let return_to = safe_return_to(Some(&get("return_to")));
+    let fresh = get("fresh") == "1";
     let nonce =
         session::cookie(&headers, &session::cookie_name(&ctx, LOGIN_NONCE)).unwrap_or_default();
     if nonce.is_empty() || !session::csrf_ok(&app, &nonce, "login", &get("csrf")) {
@@ -103,7 +109,7 @@ pub async fn submit(
             &app,
             &ctx,
             StatusCode::FORBIDDEN,
-            &return_to,
+            (&return_to, fresh),
             Some("This form expired or did not come from this server. Please sign in again."),
         );
     }
@@ -121,7 +127,7 @@ pub async fn submit(
             &app,
             &ctx,
             StatusCode::BAD_REQUEST,
-            &return_to,
+            (&return_to, fresh),
             Some("Usernames are at most 256 bytes and passwords at most 1024."),
         );
     }
@@ -157,7 +163,7 @@ pub async fn submit(
                 &app,
                 &ctx,
                 StatusCode::TOO_MANY_REQUESTS,
-                &return_to,
+                (&return_to, fresh),
                 Some("Too many failed sign-ins. Wait a few minutes and try again."),
             );
             if let Ok(v) = HeaderValue::from_str(&retry_after.max(1).to_string()) {
@@ -192,7 +198,7 @@ pub async fn submit(
             &app,
             &ctx,
             StatusCode::TOO_MANY_REQUESTS,
-            &return_to,
+            (&return_to, fresh),
             Some("The server is busy checking other sign-ins. Try again in a moment."),
         );
         r.headers_mut()
@@ -216,7 +222,7 @@ pub async fn submit(
             &app,
             &ctx,
             StatusCode::UNAUTHORIZED,
-            &return_to,
+            (&return_to, fresh),
             Some("Wrong username or password."),
         );
     }
@@ -227,7 +233,7 @@ pub async fn submit(
             &app,
             &ctx,
             StatusCode::UNAUTHORIZED,
-            &return_to,
+            (&return_to, fresh),
             Some("Wrong username or password."),
         );
     };
@@ -250,7 +256,7 @@ pub async fn submit(
                 &app,
                 &ctx,
                 StatusCode::UNAUTHORIZED,
-                &return_to,
+                (&return_to, fresh),
                 Some("Wrong username or password."),
             );
         }
