@@ -339,3 +339,53 @@ async fn a_consent_page_older_than_fifteen_minutes_is_refused() {
     );
     s.stop().await;
 }
+
+/// Two sign-in pages open at once in one browser (an MCP host opening two authorization
+/// tabs): neither voids the other's form, before or after one of them signs in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_sign_in_pages_open_at_once_both_work() {
+    let (s, _d, _db) = server().await;
+    let b = browser();
+    let page = || async {
+        let text = b
+            .get(s.url("/login"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        field(&text, "csrf")
+    };
+    let (first, second) = (page().await, page().await);
+    let submit = |csrf: String| {
+        b.post(s.url("/login"))
+            .form(&[
+                ("username", "admin".to_string()),
+                ("password", ADMIN_PASSWORD.to_string()),
+                ("csrf", csrf),
+                ("return_to", "/account".to_string()),
+            ])
+            .send()
+    };
+    assert_eq!(submit(first).await.unwrap().status(), StatusCode::SEE_OTHER);
+    assert_eq!(
+        submit(second).await.unwrap().status(),
+        StatusCode::SEE_OTHER
+    );
+    // A form from another browser is still refused.
+    let other = browser();
+    let text = other
+        .get(s.url("/login"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        submit(field(&text, "csrf")).await.unwrap().status(),
+        StatusCode::FORBIDDEN
+    );
+    s.stop().await;
+}

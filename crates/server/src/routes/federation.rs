@@ -470,7 +470,6 @@ pub async fn callback(
             let (value, ttl) = session::issue(&app, &user_id, &session_id, &recorded, now);
             let r = see_other(&format!("{}{}", ctx.issuer, pending.r));
             let r = with_cookie(r, &session::set_cookie(&ctx, SESSION, &value, ttl));
-            let r = with_cookie(r, &session::set_cookie(&ctx, LOGIN_NONCE, "", 0));
             with_cookie(r, &session::set_cookie(&ctx, PENDING, "", 0))
         }
         Err(r) => r,

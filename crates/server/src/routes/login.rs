@@ -41,14 +41,26 @@ fn with_nonce_cookie(mut r: Response, ctx: &RequestContext, nonce: &str) -> Resp
     r
 }
 
+/// The sign-in nonce this browser already holds, if it carries one of the form this server
+/// makes: reused, so that two sign-in pages open at once (an MCP host opening two
+/// authorization tabs) do not void each other's forms. An attacker cannot set it (a
+/// `__Host-` cookie on HTTPS) nor read it, so keeping it weakens nothing.
+fn held_nonce(ctx: &RequestContext, headers: &HeaderMap) -> Option<String> {
+    session::cookie(headers, &session::cookie_name(ctx, LOGIN_NONCE)).filter(|n| {
+        n.strip_prefix("ln_")
+            .is_some_and(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+    })
+}
+
 fn render(
     app: &App,
     ctx: &RequestContext,
+    headers: &HeaderMap,
     status: StatusCode,
     (return_to, fresh): (&str, bool),
     msg: Option<&str>,
 ) -> Response {
-    let nonce = crate::random::id("ln");
+    let nonce = held_nonce(ctx, headers).unwrap_or_else(|| crate::random::id("ln"));
     let csrf = session::csrf(app, &nonce, "login");
     let providers = app
         .federation
@@ -77,12 +89,14 @@ fn render(
 pub async fn form(
     State(app): State<App>,
     ctx: RequestContext,
+    headers: HeaderMap,
     Query(q): Query<FormQuery>,
 ) -> Response {
     let fresh = q.fresh.as_deref() == Some("1");
     render(
         &app,
         &ctx,
+        &headers,
         StatusCode::OK,
         (&safe_return_to(q.return_to.as_deref()), fresh),
         None,
@@ -108,6 +122,7 @@ pub async fn submit(
         return render(
             &app,
             &ctx,
+            &headers,
             StatusCode::FORBIDDEN,
             (&return_to, fresh),
             Some("This form expired or did not come from this server. Please sign in again."),
@@ -126,6 +141,7 @@ pub async fn submit(
         return render(
             &app,
             &ctx,
+            &headers,
             StatusCode::BAD_REQUEST,
             (&return_to, fresh),
             Some("Usernames are at most 256 bytes and passwords at most 1024."),
@@ -162,6 +178,7 @@ pub async fn submit(
             let mut r = render(
                 &app,
                 &ctx,
+                &headers,
                 StatusCode::TOO_MANY_REQUESTS,
                 (&return_to, fresh),
                 Some("Too many failed sign-ins. Wait a few minutes and try again."),
@@ -197,6 +214,7 @@ pub async fn submit(
         let mut r = render(
             &app,
             &ctx,
+            &headers,
             StatusCode::TOO_MANY_REQUESTS,
             (&return_to, fresh),
             Some("The server is busy checking other sign-ins. Try again in a moment."),
@@ -221,6 +239,7 @@ pub async fn submit(
         return render(
             &app,
             &ctx,
+            &headers,
             StatusCode::UNAUTHORIZED,
             (&return_to, fresh),
             Some("Wrong username or password."),
@@ -232,6 +251,7 @@ pub async fn submit(
         return render(
             &app,
             &ctx,
+            &headers,
             StatusCode::UNAUTHORIZED,
             (&return_to, fresh),
             Some("Wrong username or password."),
@@ -255,6 +275,7 @@ pub async fn submit(
             return render(
                 &app,
                 &ctx,
+                &headers,
                 StatusCode::UNAUTHORIZED,
                 (&return_to, fresh),
                 Some("Wrong username or password."),
@@ -268,9 +289,7 @@ pub async fn submit(
     if let Ok(v) = HeaderValue::from_str(&session::set_cookie(&ctx, SESSION, &value, ttl)) {
         r.headers_mut().append(header::SET_COOKIE, v);
     }
-    if let Ok(v) = HeaderValue::from_str(&session::set_cookie(&ctx, LOGIN_NONCE, "", 0)) {
-        r.headers_mut().append(header::SET_COOKIE, v);
-    }
+    // The sign-in nonce stays: another sign-in page open in this browser still works.
     r
 }
 
