@@ -92,8 +92,8 @@ pub enum Inspected {
 pub struct Message {
     pub inspected: Vec<Inspected>,
     pub forward: Vec<u8>,
-    /// The caller's ids of the requests its `notifications/cancelled` messages name that were
-    /// given the id they went upstream under ([`inspect_relabelled`]).
+    /// The upstream ids now named by the caller's `notifications/cancelled` messages that
+    /// named a request by the caller's id ([`inspect_relabelled`]).
     pub cancels: Vec<Value>,
 }
 
@@ -220,7 +220,8 @@ fn inspect_inner(
         if let Some(request_id) = m.pointer_mut("/params/requestId")
             && let Some(upstream) = upstream_id(request_id)
         {
-            cancels.push(std::mem::replace(request_id, upstream));
+            *request_id = upstream.clone();
+            cancels.push(upstream);
         }
     };
     match &mut v {
@@ -1029,7 +1030,10 @@ mod tests {
             let sent: Value = serde_json::from_slice(&m.forward).unwrap();
             (sent["params"]["requestId"].clone(), m.cancels)
         };
-        assert_eq!(cancel(json!(7)), (json!("grantline-07"), vec![json!(7)]));
+        assert_eq!(
+            cancel(json!(7)),
+            (json!("grantline-07"), vec![json!("grantline-07")])
+        );
         assert_eq!(cancel(json!(8)), (json!(8), vec![]));
     }
 

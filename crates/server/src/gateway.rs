@@ -384,12 +384,14 @@ mod tests {
 /// A call goes upstream under an id of the gateway's own
 /// (`grantline_gateway::jsonrpc::inspect_relabelled`), so a caller's `notifications/cancelled`,
 /// which names the call by the caller's id, is given that id here; and the exchange, told
-/// of the cancellation, records it rather than waiting for an answer that will not come. Kept
-/// per instance: a cancellation that reaches another instance passes on unchanged (the
-/// upstream does not know the id, and the call runs to its end or its deadline).
+/// of the cancellation, records it rather than waiting for an answer that will not come.
+/// Only calls in a session (one the caller presented an `Mcp-Session-Id` for) are kept: ids
+/// are the session's, and without one the calls of every session of the caller would share
+/// them. Kept per instance: a cancellation that reaches another instance passes on unchanged
+/// (the upstream does not know the id, and the call runs to its end or its deadline).
 #[derive(Default)]
 pub struct CallsInFlight {
-    calls: Mutex<HashMap<(String, String), InFlight>>,
+    calls: Mutex<HashMap<(String, String), Vec<InFlight>>>,
 }
 
 struct InFlight {
@@ -401,64 +403,73 @@ struct InFlight {
 pub struct CallGuard {
     calls: std::sync::Arc<CallsInFlight>,
     key: (String, String),
+    upstream_id: String,
     /// Cancelled when the caller cancels the call.
     pub cancelled: tokio_util::sync::CancellationToken,
 }
 
 impl Drop for CallGuard {
     fn drop(&mut self) {
-        if let Ok(mut calls) = self.calls.calls.lock() {
-            calls.remove(&self.key);
+        if let Ok(mut calls) = self.calls.calls.lock()
+            && let Some(list) = calls.get_mut(&self.key)
+        {
+            list.retain(|c| c.upstream_id != self.upstream_id);
+            if list.is_empty() {
+                calls.remove(&self.key);
+            }
         }
     }
 }
 
 impl CallsInFlight {
     /// Registers the call the caller knows as `id` in `session` (resource, caller and the
-    /// session id it presented), sent upstream as `upstream_id`. `None` when a call under
-    /// that id is in flight in the session already: JSON-RPC ids name one request at a time,
-    /// and two would make a cancellation ambiguous.
+    /// session id it presented), sent upstream as `upstream_id`.
     pub fn begin(
         self: &std::sync::Arc<Self>,
         session: &str,
         id: &Value,
         upstream_id: &str,
-    ) -> Option<CallGuard> {
+    ) -> CallGuard {
         let key = (session.to_string(), id.to_string());
-        let mut calls = self.calls.lock().ok()?;
-        if calls.contains_key(&key) {
-            return None;
-        }
         let cancelled = tokio_util::sync::CancellationToken::new();
-        calls.insert(
-            key.clone(),
-            InFlight {
+        if let Ok(mut calls) = self.calls.lock() {
+            calls.entry(key.clone()).or_default().push(InFlight {
                 upstream_id: upstream_id.to_string(),
                 cancelled: cancelled.clone(),
-            },
-        );
-        Some(CallGuard {
+            });
+        }
+        CallGuard {
             calls: self.clone(),
             key,
+            upstream_id: upstream_id.to_string(),
             cancelled,
-        })
+        }
     }
 
-    /// The id the call the caller knows as `id` in `session` went upstream under.
+    /// The id the call the caller knows as `id` in `session` went upstream under: only when
+    /// exactly one such call is in flight (a client that reuses an id while its first request
+    /// runs names neither).
     pub fn upstream_id(&self, session: &str, id: &Value) -> Option<Value> {
         let calls = self.calls.lock().ok()?;
-        calls
-            .get(&(session.to_string(), id.to_string()))
-            .map(|c| Value::from(c.upstream_id.as_str()))
+        match calls
+            .get(&(session.to_string(), id.to_string()))?
+            .as_slice()
+        {
+            [one] => Some(Value::from(one.upstream_id.as_str())),
+            _ => None,
+        }
     }
 
-    /// The caller cancelled the call it knows as `id` in `session` (its cancellation went
-    /// upstream): its exchange stops waiting.
-    pub fn cancel(&self, session: &str, id: &Value) {
-        if let Ok(calls) = self.calls.lock()
-            && let Some(c) = calls.get(&(session.to_string(), id.to_string()))
-        {
-            c.cancelled.cancel();
+    /// The upstream took the caller's cancellation of the call that went upstream as
+    /// `upstream_id` in `session`: its exchange stops waiting.
+    pub fn cancel(&self, session: &str, upstream_id: &str) {
+        if let Ok(calls) = self.calls.lock() {
+            calls
+                .iter()
+                .filter(|((s, _), _)| s == session)
+                .flat_map(|(_, list)| list)
+                .filter(|c| c.upstream_id == upstream_id)
+                .for_each(|c| c.cancelled.cancel());
         }
     }
 }

@@ -61,6 +61,9 @@ async fn start_upstream() -> (String, Arc<Mutex<Vec<Seen>>>) {
                     }
                     let msg: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
                     let id = msg["id"].clone();
+                    if msg["params"]["reason"] == "refuse" {
+                        return StatusCode::BAD_REQUEST.into_response();
+                    }
                     if msg.is_array() || id.is_null() {
                         return StatusCode::ACCEPTED.into_response();
                     }
@@ -668,21 +671,27 @@ grantline_store::backend_tests! {
 }
 
 /// A call goes upstream under the gateway's own id; the caller's `notifications/cancelled`
-/// names it by the caller's id and reaches the upstream naming the id the upstream knows, and
-/// the call is recorded as cancelled at once, not as a time-out when its deadline passes.
-/// While it runs, a second call under the same id in the same session is refused.
+/// in the same session names it by the caller's id and reaches the upstream naming the id the
+/// upstream knows, and once the upstream took it the call is recorded as cancelled at once,
+/// not as a time-out when its deadline passes. A cancellation from outside the session, or
+/// one the upstream refused, cancels nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancellation_reaches_the_upstream_under_the_calls_own_id_and_is_recorded() {
     let db = grantline_store::testing::sqlite().await;
     let (up, seen) = start_upstream().await;
     let (s, _d) = start(&db, &up, "").await;
     let (_, token) = pat(&s, "rec:read").await;
-    let list = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"});
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}});
+    let r = post(&s, &token, &init).send().await.unwrap();
+    let session = r.headers()["mcp-session-id"].to_str().unwrap().to_string();
+    let in_session = |body: &Value| post(&s, &token, body).header("mcp-session-id", &session);
+    let list = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"});
     assert_eq!(
-        post(&s, &token, &list).send().await.unwrap().status(),
+        in_session(&list).send().await.unwrap().status(),
         StatusCode::OK
     );
-    let task = tokio::spawn(post(&s, &token, &call(42, "hang")).send());
+    let task = tokio::spawn(in_session(&call(42, "hang")).send());
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let upstream_id = loop {
         let bodies: Vec<Value> = seen
@@ -704,38 +713,43 @@ async fn a_cancellation_reaches_the_upstream_under_the_calls_own_id_and_is_recor
         upstream_id.as_str().unwrap().starts_with("grantline-"),
         "{upstream_id}"
     );
-    // Another call under the same id while it runs: refused, never sent.
-    let r = post(&s, &token, &call(42, "quick")).send().await.unwrap();
-    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
-    assert!(r.text().await.unwrap().contains("still in flight"));
-    let cancel = json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
-        "params": {"requestId": 42, "reason": "the user stopped it"}});
-    let r = post(&s, &token, &cancel).send().await.unwrap();
+    let cancel = |reason: &str| {
+        json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
+            "params": {"requestId": 42, "reason": reason}})
+    };
+    let forwarded = |reason: &str| {
+        seen.lock()
+            .unwrap()
+            .iter()
+            .filter_map(|b| serde_json::from_slice::<Value>(&b.body).ok())
+            .find(|b| b["method"] == "notifications/cancelled" && b["params"]["reason"] == reason)
+            .expect("the cancellation reached the upstream")
+    };
+    // Outside the session (another session's id 42 is another request): passed on as sent.
+    let r = post(&s, &token, &cancel("elsewhere")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::ACCEPTED);
-    let forwarded: Value = seen
-        .lock()
-        .unwrap()
-        .iter()
-        .filter_map(|b| serde_json::from_slice::<Value>(&b.body).ok())
-        .find(|b| b["method"] == "notifications/cancelled")
-        .expect("the cancellation reached the upstream");
-    assert_eq!(forwarded["params"]["requestId"], upstream_id);
-    // Recorded as cancelled (the upstream's deadline, 1 s, would say "in time").
+    assert_eq!(forwarded("elsewhere")["params"]["requestId"], 42);
+    // In the session but refused by the upstream: the call is still waited for.
+    let r = in_session(&cancel("refuse")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(forwarded("refuse")["params"]["requestId"], upstream_id);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(called(&tool_events(&s).await, "hang").is_none());
+    // Taken: recorded as cancelled (the upstream's deadline, 1 s, would say "in time").
+    let r = in_session(&cancel("the user stopped it"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    assert_eq!(
+        forwarded("the user stopped it")["params"]["requestId"],
+        upstream_id
+    );
     let answer = task.await.unwrap().unwrap();
     assert_eq!(answer.status(), StatusCode::OK);
     let events = tool_events(&s).await;
     let (outcome, why) = called(&events, "hang").expect("the call's outcome is recorded");
     assert_eq!(outcome, ToolOutcome::UpstreamError);
     assert_eq!(why.as_deref(), Some("the caller cancelled the call"));
-    assert!(
-        !seen
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|b| String::from_utf8_lossy(&b.body).contains("quick"))
-    );
-    // Over, the id is free again.
-    let r = post(&s, &token, &call(42, "quick")).send().await.unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
     s.stop().await;
 }

@@ -200,26 +200,15 @@ impl Request<'_> {
             session_scope,
             cancels,
         } = self.classify(&caller, &resource.id, body, &wire_id).await?;
-        // A watched call is known by the caller's id in its session while it runs: for the
-        // caller's cancellation of it. Two at once under one id are refused (JSON-RPC ids name
-        // one request at a time).
-        let in_flight = match &watched {
-            Some(w) => match self
-                .app
-                .calls_in_flight
-                .begin(&session_scope, w.id(), &wire_id)
-            {
-                Some(guard) => Some(guard),
-                None => {
-                    return Err(refused_id(
-                        w.id(),
-                        -32600,
-                        "a request with this id is still in flight in this session",
-                        StatusCode::BAD_REQUEST,
-                    ));
-                }
-            },
-            None => None,
+        // A watched call in a session is known by the caller's id there while it runs: for
+        // the caller's cancellation of it.
+        let in_flight = match (&watched, &presented) {
+            (Some(w), Some(_)) => Some(self.app.calls_in_flight.begin(
+                &session_scope,
+                w.id(),
+                &wire_id,
+            )),
+            _ => None,
         };
         // The session the client presents goes upstream only from whom it was given to.
         let session_key = session_key(self.app);
@@ -365,10 +354,13 @@ impl Request<'_> {
                 .await;
                 match sent {
                     Ok(r) => {
-                        // The cancellations it carried reached the upstream: the calls they
-                        // name stop waiting for an answer.
-                        for id in &cancels {
-                            self.app.calls_in_flight.cancel(&session_scope, id);
+                        // The cancellations it carried were taken by the upstream: the calls
+                        // they name stop waiting for an answer. One it refused (its status
+                        // says so) cancelled nothing, and the call is waited for.
+                        if r.status().is_success() {
+                            for id in cancels.iter().filter_map(Value::as_str) {
+                                self.app.calls_in_flight.cancel(&session_scope, id);
+                            }
                         }
                         upstream::ends_when_draining(self.app, &out.method, r)
                     }
@@ -571,8 +563,11 @@ impl Request<'_> {
         // Only POST carries messages; GET and DELETE go upstream without a body.
         let (inspected, body, cancels) = if self.method == Method::POST {
             let calls = &self.app.calls_in_flight;
+            let in_session = session_id.is_some();
             match jsonrpc::inspect_relabelled(&body, &Value::from(wire_id), &|id| {
-                calls.upstream_id(&session_scope, id)
+                in_session
+                    .then(|| calls.upstream_id(&session_scope, id))
+                    .flatten()
             }) {
                 Ok(m) => (m.inspected, Bytes::from(m.forward), m.cancels),
                 Err(e) => {
@@ -742,7 +737,7 @@ struct Classified {
     /// The session as [`crate::gateway::CallsInFlight`] knows it: the resource, the caller
     /// and the session id presented.
     session_scope: String,
-    /// The caller's ids of the watched calls its cancellations name.
+    /// The upstream ids of the watched calls its cancellations name.
     cancels: Vec<Value>,
 }
 
