@@ -80,12 +80,19 @@ fn keys(username: &str, address: Option<&str>, known: bool) -> Vec<(String, u32)
     )];
     if let Some(a) = address {
         k.push((format!("ip:{}", network_of(a)), PER_ADDRESS));
-        if let Some(site) = site_of(a) {
-            k.push((format!("site:{site}"), PER_SITE));
+        // Not from a network the username signed in from lately: the /48 is a bound on
+        // guesses spread over many /64s, and a neighbour in the /48 (a /56 customer's 256
+        // /64s can fill it) must not lock the user out of their usual place.
+        if let Some(site) = site_of(a).filter(|_| !known) {
+            k.push((format!("{SITE_PREFIX}{site}"), PER_SITE));
         }
     }
     k
 }
+
+/// The key prefix of the /48 counters: failures only, no bound on attempts in flight (a
+/// whole site's users may be signing in at once).
+const SITE_PREFIX: &str = "site:";
 
 /// The /48 an IPv6 address (not an IPv4-mapped one) is in.
 fn site_of(address: &str) -> Option<String> {
@@ -280,7 +287,7 @@ impl LoginThrottle {
                         retry_after: e.window_start + WINDOW_SECS - now,
                     };
                 }
-                if e.pending >= IN_FLIGHT {
+                if e.pending >= IN_FLIGHT && !key.starts_with(SITE_PREFIX) {
                     return Verdict::Limited {
                         record: false,
                         retry_after: 1,
@@ -663,6 +670,15 @@ mod tests {
             t.attempt("z", Some(&from(1)), super::WINDOW_SECS),
             Verdict::Allowed
         );
+        // A user's usual network is not held to the /48's count (a neighbour could fill it),
+        // and a whole site signing in at once is not held back by the in-flight bound.
+        t.remember("carol", Some(&from(7)), 0);
+        assert_eq!(t.attempt("carol", Some(&from(7)), 0), Verdict::Allowed);
+        let t = super::LoginThrottle::default();
+        for i in 0..(super::IN_FLIGHT * 2) {
+            let user = format!("busy{i}");
+            assert_eq!(t.attempt(&user, Some(&from(i)), 0), Verdict::Allowed, "{i}");
+        }
         assert_eq!(super::site_of("::ffff:192.0.2.7"), None);
         assert_eq!(
             super::site_of("2001:db8:7:ffff::9").as_deref(),
