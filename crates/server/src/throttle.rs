@@ -524,6 +524,22 @@ impl AddressLimiter {
         Ok(())
     }
 
+    /// Gives back a place [`AddressLimiter::hit`] took in `address`'s window, for a request
+    /// that turned out to be one the limit is not for (a sign-in that succeeded). A window
+    /// that began after `hit_at` is left alone.
+    pub fn give_back(&self, address: Option<&str>, hit_at: i64) {
+        let Ok(mut map) = self.entries.lock() else {
+            return;
+        };
+        let key = address.map_or_else(|| "-".to_string(), network_of);
+        if let Some(e) = map.get_mut(&key)
+            && e.0 <= hit_at
+            && hit_at - e.0 < self.window_secs
+        {
+            e.1 = e.1.saturating_sub(1);
+        }
+    }
+
     /// A place in the window's total for a request about to write (take it after any slow
     /// step, such as fetching a document, so that slow requests cannot hold the total);
     /// refused when what was written and what is being written fill it. Refused because of
@@ -684,6 +700,23 @@ mod tests {
             super::site_of("2001:db8:7:ffff::9").as_deref(),
             Some("2001:db8:7::/48")
         );
+    }
+
+    #[test]
+    fn a_place_given_back_is_free_again_in_its_window_only() {
+        let l = super::AddressLimiter::new(2, 0, 60);
+        l.hit(Some("a"), 0).unwrap();
+        l.hit(Some("a"), 1).unwrap();
+        assert!(l.hit(Some("a"), 2).is_err());
+        l.give_back(Some("a"), 1);
+        l.hit(Some("a"), 3).unwrap();
+        assert!(l.hit(Some("a"), 4).is_err());
+        // A place taken in a window that has ended is not given back to the next one.
+        l.hit(Some("b"), 0).unwrap();
+        l.hit(Some("b"), 60).unwrap();
+        l.hit(Some("b"), 61).unwrap();
+        l.give_back(Some("b"), 0);
+        assert!(l.hit(Some("b"), 62).is_err());
     }
 
     #[test]

@@ -391,6 +391,10 @@ pub async fn callback(
         }
         Err(e) => return bad(e.code(), e.to_string()).await,
     };
+    // The provider took the code: a sign-in, not a made-up callback. Everyone behind one
+    // address (an office, a VPN) signs in without using up the address's callbacks.
+    fed.callback_exchanges
+        .give_back(ctx.source_ip.as_deref(), now);
     match fed.first_use(&pending.s, now) {
         Ok(()) => {}
         Err(StateUse::Replayed) => {
