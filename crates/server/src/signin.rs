@@ -41,10 +41,13 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub trait SignIn: Send + Sync {
     /// Recorded as `login.succeeded.method`, e.g. `password`.
     fn method(&self) -> &str;
+    /// `checking` is set once the password is being checked (a caller that hangs up after
+    /// that has had a try).
     fn sign_in<'a>(
         &'a self,
         username: &'a str,
         password: &'a str,
+        checking: &'a std::sync::atomic::AtomicBool,
     ) -> BoxFuture<'a, Result<Outcome, StoreError>>;
 }
 
@@ -95,14 +98,14 @@ impl SignIn for PasswordSignIn {
         &'a self,
         username: &'a str,
         password: &'a str,
+        checking: &'a std::sync::atomic::AtomicBool,
     ) -> BoxFuture<'a, Result<Outcome, StoreError>> {
         Box::pin(async move {
-            // No account has a name beyond what an account may be named (control characters
-            // included, which PostgreSQL would refuse to look up): unknown at once, which
-            // tells nothing about any account.
+            // No account has a name with a NUL in it (PostgreSQL would refuse to look it up):
+            // unknown at once, which tells nothing about any account.
             if username.len() > MAX_USERNAME
                 || password.len() > MAX_PASSWORD
-                || !username.chars().all(grantline_oauth::limits::displayable)
+                || username.contains('\0')
             {
                 return Ok(Outcome::UnknownUser);
             }
@@ -126,6 +129,7 @@ impl SignIn for PasswordSignIn {
                 .as_ref()
                 .is_some_and(|c| PasswordHash::new(&c.password_hash).is_ok());
             let password = password.to_string();
+            checking.store(true, std::sync::atomic::Ordering::SeqCst);
             // The slot goes with the hash, not with this future: a caller that hangs up while
             // its password is checked does not free a slot whose hash still runs (the hashes
             // at once, and their memory, stay bounded however often callers hang up).
@@ -158,10 +162,16 @@ mod tests {
         // One attempt first: the connection is open and the lookup quick afterwards, and it
         // says how long a hash takes here.
         let began = std::time::Instant::now();
-        signin.sign_in("nobody", "guess").await.unwrap();
+        signin
+            .sign_in("nobody", "guess", &Default::default())
+            .await
+            .unwrap();
         let hash_takes = began.elapsed();
         let s = signin.clone();
-        let attempt = tokio::spawn(async move { s.sign_in("nobody", "guess").await.map(|_| ()) });
+        let attempt = tokio::spawn(async move {
+            let checking = std::sync::atomic::AtomicBool::new(false);
+            s.sign_in("nobody", "guess", &checking).await.map(|_| ())
+        });
         // Wait until its hash runs (the slot is taken), then hang up.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while free() == MAX_CONCURRENT_HASHES {
@@ -187,7 +197,10 @@ mod tests {
         // A name no account can have is refused before any lookup (PostgreSQL would refuse
         // its NUL byte): an unknown user, not a storage failure.
         assert_eq!(
-            signin.sign_in("a\0b", "x").await.unwrap(),
+            signin
+                .sign_in("a\0b", "x", &Default::default())
+                .await
+                .unwrap(),
             Outcome::UnknownUser
         );
     }

@@ -223,6 +223,7 @@ impl LoginThrottle {
                 keys,
                 now,
                 settled: false,
+                checking: Default::default(),
             }),
             (
                 Verdict::Limited {
@@ -348,9 +349,17 @@ pub struct Held<'a> {
     keys: Vec<String>,
     now: i64,
     settled: bool,
+    /// Set once the password is being checked ([`crate::signin::SignIn::sign_in`]).
+    checking: std::sync::atomic::AtomicBool,
 }
 
 impl Held<'_> {
+    /// What the sign-in sets once it checks the password: an attempt dropped after that counts
+    /// as a failure, one dropped before (waiting for a hashing slot) as nothing.
+    pub fn checking(&self) -> &std::sync::atomic::AtomicBool {
+        &self.checking
+    }
+
     /// How the attempt ended: `failed` counts it as a failure.
     pub fn settle(mut self, failed: bool) {
         self.settled = true;
@@ -359,14 +368,16 @@ impl Held<'_> {
     }
 }
 
-/// An attempt dropped unsettled — its caller hung up while the password was being checked —
-/// counts as a failure: its password may have been checked, and hanging up must not be a way
-/// to take the hash slots again and again without the limits ever counting a try.
+/// An attempt dropped unsettled while its password was being checked — its caller hung up —
+/// counts as a failure: hanging up must not be a way to take the hash slots again and again
+/// without the limits ever counting a try. Dropped before (waiting for a slot), it counts as
+/// nothing.
 impl Drop for Held<'_> {
     fn drop(&mut self) {
         if !self.settled {
+            let tried = self.checking.load(std::sync::atomic::Ordering::SeqCst);
             self.throttle
-                .settle_keys(std::mem::take(&mut self.keys).into_iter(), true, self.now);
+                .settle_keys(std::mem::take(&mut self.keys).into_iter(), tried, self.now);
         }
     }
 }
@@ -829,13 +840,20 @@ mod tests {
     }
 
     #[test]
-    fn an_attempt_dropped_before_it_is_settled_counts_as_a_failure() {
+    fn an_attempt_dropped_while_its_password_is_checked_counts_as_a_failure() {
         let t = LoginThrottle::default();
         // Clients that hang up while their passwords are checked: the requests are dropped,
         // and with them their holds. Each counts as a try (hanging up is no way around the
         // limits), and none is left in flight (the username is not left full for good).
+        // Dropped while waiting for a hashing slot: nothing tried, nothing counted.
+        for _ in 0..IN_FLIGHT * 3 {
+            drop(t.hold("admin", Some("1.2.3.4"), 10).expect("not limited"));
+        }
+        assert_eq!(t.entries.lock().unwrap()["u:admin"].failures, 0);
         for _ in 0..PER_USERNAME {
             let held = t.hold("admin", Some("1.2.3.4"), 10).expect("not limited");
+            held.checking()
+                .store(true, std::sync::atomic::Ordering::SeqCst);
             drop(held);
         }
         {

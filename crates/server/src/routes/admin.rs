@@ -160,7 +160,7 @@ pub(crate) async fn basic_user(
             return Err(too_many(limited.retry_after));
         }
     };
-    let outcome = match app.signin.sign_in(user, password).await {
+    let outcome = match app.signin.sign_in(user, password, held.checking()).await {
         Ok(o) => o,
         Err(_) => {
             held.settle(false);

@@ -189,7 +189,11 @@ pub async fn submit(
             return r;
         }
     };
-    let outcome = match app.signin.sign_in(username, &password).await {
+    let outcome = match app
+        .signin
+        .sign_in(username, &password, held.checking())
+        .await
+    {
         Ok(Outcome::SignedIn { user_id }) if !password_allowed => Outcome::BadPassword { user_id },
         Ok(o) => o,
         Err(e) => {
