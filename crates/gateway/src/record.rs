@@ -41,14 +41,16 @@ pub struct Call {
     pub intent: Words,
 }
 
-/// A resource URI as `content.read` records it: a password or token in its user-info part is
+/// A resource URI as `content.read` records it: the user-info part (a user and password) is
 /// dropped, and its query and fragment (where presigned URLs and `?token=` carry their
-/// secrets) are kept as a blake3 digest, `?b3:<16 hex digits>` and `#b3:<…>`. Whoever holds
-/// the full URI can still match it to the record; the ledger never holds the secret.
-pub fn recorded_uri(uri: &str) -> String {
+/// secrets) are kept as `?k3:` and `#k3:` with 16 hex digits of a digest keyed with `key` (the
+/// server's own, so that a short secret cannot be found again by trying every value against
+/// the ledger). The server can still tell whether a given URI is the one recorded. Secrets in
+/// a URI's path are not told apart from the path and stay.
+pub fn recorded_uri(uri: &str, key: &[u8; 32]) -> String {
     let digest = |part: &str| {
-        let hex = blake3::hash(part.as_bytes()).to_hex();
-        format!("b3:{}", &hex[..16])
+        let hex = blake3::keyed_hash(key, part.as_bytes()).to_hex();
+        format!("k3:{}", &hex[..16])
     };
     let (rest, fragment) = match uri.split_once('#') {
         Some((r, f)) => (r, Some(f)),
@@ -58,14 +60,36 @@ pub fn recorded_uri(uri: &str) -> String {
         Some((r, q)) => (r, Some(q)),
         None => (rest, None),
     };
-    let mut out = match rest.split_once("://") {
-        Some((scheme, after)) => {
-            let end = after.find('/').unwrap_or(after.len());
-            let (authority, path) = after.split_at(end);
-            let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-            format!("{scheme}://{host}{path}")
+    let without_userinfo = |prefix: &str, after: &str| {
+        let end = after.find('/').unwrap_or(after.len());
+        let (authority, path) = after.split_at(end);
+        let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+        format!("{prefix}{host}{path}")
+    };
+    let mut out = if let Some(i) = rest.find("://") {
+        without_userinfo(&rest[..i + 3], &rest[i + 3..])
+    } else if let Some(after) = rest.strip_prefix("//") {
+        without_userinfo("//", after)
+    } else {
+        // An opaque URI (`scheme:user:password@host/…`): a `user:password@` right after the
+        // scheme is dropped too.
+        match rest.split_once(':') {
+            Some((scheme, body))
+                if !scheme.is_empty()
+                    && scheme
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b)) =>
+            {
+                let end = body.find('/').unwrap_or(body.len());
+                match body[..end].rsplit_once('@') {
+                    Some((info, host)) if info.contains(':') => {
+                        format!("{scheme}:{host}{}", &body[end..])
+                    }
+                    _ => rest.to_string(),
+                }
+            }
+            _ => rest.to_string(),
         }
-        None => rest.to_string(),
     };
     if let Some(q) = query {
         out.push('?');
@@ -235,33 +259,37 @@ mod uri_tests {
 
     #[test]
     fn a_read_uri_is_recorded_without_its_secrets() {
-        assert_eq!(
-            recorded_uri("file:///home/a/q3.xlsx"),
-            "file:///home/a/q3.xlsx"
-        );
-        assert_eq!(recorded_uri("notes://inbox/42"), "notes://inbox/42");
+        let key = [7u8; 32];
+        let r = |u: &str| recorded_uri(u, &key);
+        assert_eq!(r("file:///home/a/q3.xlsx"), "file:///home/a/q3.xlsx");
+        assert_eq!(r("notes://inbox/42"), "notes://inbox/42");
         let presigned = "https://bucket.example/a.pdf?X-Amz-Signature=abc&X-Amz-Credential=k";
-        let recorded = recorded_uri(presigned);
+        let recorded = r(presigned);
         assert!(
-            recorded.starts_with("https://bucket.example/a.pdf?b3:"),
+            recorded.starts_with("https://bucket.example/a.pdf?k3:"),
             "{recorded}"
         );
         assert!(
             !recorded.contains("abc") && !recorded.contains("Amz"),
             "{recorded}"
         );
-        // The same URI is recorded the same way; another query, another way.
-        assert_eq!(recorded, recorded_uri(presigned));
+        // The same URI is recorded the same way; another query, or another key, another way.
+        assert_eq!(recorded, r(presigned));
         assert_ne!(
             recorded,
-            recorded_uri("https://bucket.example/a.pdf?X-Amz-Signature=abd")
+            r("https://bucket.example/a.pdf?X-Amz-Signature=abd")
         );
-        let with_user = recorded_uri("ftp://bob:hunter2@files.example/x#token=t0k");
+        assert_ne!(recorded, recorded_uri(presigned, &[8u8; 32]));
+        let with_user = r("ftp://bob:hunter2@files.example/x#token=t0k");
         assert!(
-            with_user.starts_with("ftp://files.example/x#b3:"),
+            with_user.starts_with("ftp://files.example/x#k3:"),
             "{with_user}"
         );
         assert!(!with_user.contains("hunter2") && !with_user.contains("t0k"));
-        assert_eq!(recorded_uri("memo"), "memo");
+        // Scheme-relative and opaque forms lose their passwords too.
+        assert_eq!(r("//bob:hunter2@files.example/x"), "//files.example/x");
+        assert_eq!(r("smb:bob:hunter2@files.example/x"), "smb:files.example/x");
+        assert_eq!(r("mailto:bob@example.com"), "mailto:bob@example.com");
+        assert_eq!(r("memo"), "memo");
     }
 }

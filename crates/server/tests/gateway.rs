@@ -1501,7 +1501,7 @@ async fn resources_and_prompts_take_the_read_scope_and_a_role_and_unknown_method
         });
     let opened = s.app.keyring.open(&sealed.unwrap()).await.unwrap().unwrap();
     assert!(
-        opened.starts_with("https://bucket.example/q3.pdf?b3:") && !opened.contains("5e1f"),
+        opened.starts_with("https://bucket.example/q3.pdf?k3:") && !opened.contains("5e1f"),
         "{opened}"
     );
     up.bodies.lock().unwrap().pop();

@@ -627,7 +627,11 @@ impl Request<'_> {
                 } => {
                     // What a read reads is recorded without the secrets a URI can carry.
                     let recorded = if method == "resources/read" {
-                        grantline_gateway::record::recorded_uri(&target)
+                        let key = blake3::derive_key(
+                            "grantline 2026 recorded read uri",
+                            &self.app.mac_key,
+                        );
+                        grantline_gateway::record::recorded_uri(&target, &key)
                     } else {
                         target
                     };
