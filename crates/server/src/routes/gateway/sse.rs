@@ -247,6 +247,30 @@ pub fn answer_count(is_sse: bool, body: &[u8], id: &Value) -> usize {
 /// upstream wrote it (numbers too); an upstream that escaped the id's characters has the
 /// messages answering it written again whole.
 pub fn restore_id(is_sse: bool, body: &[u8], wire: &str, id: &Value) -> Vec<u8> {
+    let wire_id = Value::from(wire);
+    let whole = || {
+        rewrite(is_sse, body, |m| {
+            if m.get("id").is_some_and(|x| same_id(x, &wire_id)) {
+                m["id"] = id.clone();
+            }
+        })
+    };
+    let Some(out) = replaced(body, wire, id) else {
+        return whole();
+    };
+    // The wire id was also somewhere else (a key, text the upstream echoed) and the message's
+    // own `id` was written with an escape: what the byte replacement made is checked, and the
+    // message is written again whole when it does not answer under the caller's id.
+    if answers(is_sse, &out, id) && !answers(is_sse, &out, &wire_id) {
+        out
+    } else {
+        whole()
+    }
+}
+
+/// `body` with every JSON string that is exactly `wire` replaced by `id`, or `None` when there
+/// is none.
+fn replaced(body: &[u8], wire: &str, id: &Value) -> Option<Vec<u8>> {
     let needle = format!("\"{wire}\"");
     let needle = needle.as_bytes();
     let find = |from: usize| {
@@ -254,14 +278,7 @@ pub fn restore_id(is_sse: bool, body: &[u8], wire: &str, id: &Value) -> Vec<u8> 
             .and_then(|b| b.windows(needle.len()).position(|w| w == needle))
             .map(|i| from + i)
     };
-    let Some(mut at) = find(0) else {
-        let wire = Value::from(wire);
-        return rewrite(is_sse, body, |m| {
-            if m.get("id").is_some_and(|x| same_id(x, &wire)) {
-                m["id"] = id.clone();
-            }
-        });
-    };
+    let mut at = find(0)?;
     let replacement = id.to_string();
     let mut out = Vec::with_capacity(body.len() + replacement.len());
     let mut copied = 0;
@@ -275,7 +292,7 @@ pub fn restore_id(is_sse: bool, body: &[u8], wire: &str, id: &Value) -> Vec<u8> 
         }
     }
     out.extend_from_slice(&body[copied..]);
-    out
+    Some(out)
 }
 
 /// Whether a body (or event) carries an answer (result or error) to some other request than
@@ -396,6 +413,19 @@ mod tests {
         // Written with an escape: the message is written again.
         let escaped = br#"{"id":"grantline-00\u0066f","result":{}}"#;
         let out = restore_id(false, escaped, wire, &json!(7));
+        assert!(
+            answers(false, &out, &json!(7)),
+            "{}",
+            String::from_utf8_lossy(&out)
+        );
+        // The wire id as a key, or echoed plain while the id was escaped: written again whole,
+        // a well-formed answer under the caller's id.
+        let as_key = br#"{"id":"grantline-00ff","result":{"grantline-00ff":1}}"#;
+        let out = restore_id(false, as_key, wire, &json!(7));
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["id"], json!(7));
+        let echoed = br#"{"id":"grantline-00\u0066f","result":{"text":"grantline-00ff"}}"#;
+        let out = restore_id(false, echoed, wire, &json!(7));
         assert!(
             answers(false, &out, &json!(7)),
             "{}",
