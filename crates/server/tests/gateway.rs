@@ -1372,6 +1372,19 @@ grantline_store::backend_tests! {
         assert!(r.headers().get("access-control-allow-origin").is_none());
         let r = preflight(None).await.unwrap();
         assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+        // A body over the limit is refused where the page can read why.
+        let r = browser()
+            .post(s.url("/mcp/up"))
+            .header("origin", "https://app.example")
+            .bearer_auth(&token)
+            .header("content-type", "application/json")
+            .body(vec![b' '; 3 * 1024 * 1024])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(r.headers()["access-control-allow-origin"], "https://app.example");
+        assert_eq!(r.headers()["cache-control"], "no-store");
         assert_eq!(
             rpc(&s, "/mcp/up", Some(&token), list.clone())
                 .await

@@ -91,7 +91,8 @@ pub async fn mcp(
     method: Method,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
-    body: Bytes,
+    // Taken as a result: a body over the limit is answered here, with the headers below.
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
     // A browser page of an allowed origin (`server.allowed_origins`) reads the answer: CORS.
     // Any other origin is refused before anything else (`Request::transport`).
@@ -111,7 +112,10 @@ pub async fn mcp(
         method,
         headers,
     };
-    let (Ok(mut r) | Err(mut r)) = request.handle(&name, query.as_deref(), body).await;
+    let (Ok(mut r) | Err(mut r)) = match body {
+        Ok(body) => request.handle(&name, query.as_deref(), body).await,
+        Err(too_large) => Err(too_large.into_response()),
+    };
     let h = r.headers_mut();
     // One caller's answer: no cache keeps it, whatever the upstream said.
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
