@@ -92,9 +92,10 @@ pub enum Inspected {
 pub struct Message {
     pub inspected: Vec<Inspected>,
     pub forward: Vec<u8>,
-    /// The upstream ids now named by the caller's `notifications/cancelled` messages that
-    /// named a request by the caller's id ([`inspect_relabelled`]).
-    pub cancels: Vec<Value>,
+    /// The requests the caller's `notifications/cancelled` messages named by the caller's id
+    /// and now name by the id they went upstream under ([`inspect_relabelled`]): (the
+    /// caller's id, the upstream's), each once.
+    pub cancels: Vec<(Value, Value)>,
 }
 
 /// Why a POST body is not forwarded: a JSON-RPC error code and message for the answer, and
@@ -220,8 +221,10 @@ fn inspect_inner(
         if let Some(request_id) = m.pointer_mut("/params/requestId")
             && let Some(upstream) = upstream_id(request_id)
         {
-            *request_id = upstream.clone();
-            cancels.push(upstream);
+            let caller = std::mem::replace(request_id, upstream.clone());
+            if !cancels.iter().any(|(_, u)| *u == upstream) {
+                cancels.push((caller, upstream));
+            }
         }
     };
     match &mut v {
@@ -1032,7 +1035,10 @@ mod tests {
         };
         assert_eq!(
             cancel(json!(7)),
-            (json!("grantline-07"), vec![json!("grantline-07")])
+            (
+                json!("grantline-07"),
+                vec![(json!(7), json!("grantline-07"))]
+            )
         );
         assert_eq!(cancel(json!(8)), (json!(8), vec![]));
     }

@@ -460,14 +460,14 @@ impl CallsInFlight {
         }
     }
 
-    /// The upstream took the caller's cancellation of the call that went upstream as
-    /// `upstream_id` in `session`: its exchange stops waiting.
-    pub fn cancel(&self, session: &str, upstream_id: &str) {
-        if let Ok(calls) = self.calls.lock() {
-            calls
-                .iter()
-                .filter(|((s, _), _)| s == session)
-                .flat_map(|(_, list)| list)
+    /// The upstream took the caller's cancellation of the call it knows as `id` in
+    /// `session`, which went upstream as `upstream_id`: its exchange waits a little longer for
+    /// an answer, then stops.
+    pub fn cancel(&self, session: &str, id: &Value, upstream_id: &str) {
+        if let Ok(calls) = self.calls.lock()
+            && let Some(list) = calls.get(&(session.to_string(), id.to_string()))
+        {
+            list.iter()
                 .filter(|c| c.upstream_id == upstream_id)
                 .for_each(|c| c.cancelled.cancel());
         }

@@ -33,8 +33,21 @@ pub struct Outgoing {
     pub in_flight: Option<crate::gateway::CallGuard>,
 }
 
-/// Why a call the caller cancelled has no answer (`tool.called`'s reason).
-const CANCELLED: &str = "the caller cancelled the call";
+/// Why a call the caller cancelled has no answer (`tool.called`'s reason): the upstream took
+/// the cancellation, but an MCP server may finish a call all the same (cancelling is a
+/// request), so whether it did is not known.
+const CANCELLED: &str = "the caller cancelled the call, and the MCP server sent no answer after it (whether the \
+     call stopped is not known)";
+
+/// How long an answer is still waited for after the caller cancelled the call (within the
+/// call's deadline): an answer that comes is recorded as any other.
+const CANCEL_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Resolves [`CANCEL_GRACE`] after the call is cancelled, never if it is not.
+async fn given_up(cancelled: tokio_util::sync::CancellationToken) {
+    cancelled.cancelled().await;
+    tokio::time::sleep(CANCEL_GRACE).await;
+}
 
 /// Records `start` (if any; a call is not made unless it is durable), forwards the request and
 /// records the answer to `watched`; see the module docs.
@@ -89,12 +102,20 @@ async fn exchange(audit: Audit, out: Outgoing, watched: Watched) -> Response {
         .as_ref()
         .map(|g| g.cancelled.clone())
         .unwrap_or_default();
+    // An answer that came wins over a cancellation (`biased`).
+    let gave_up = given_up(cancelled.clone());
+    tokio::pin!(gave_up);
     let sent = tokio::select! {
+        biased;
         sent = upstream::send(&audit.app, &mount, &method, &headers, body, identity) => sent,
-        _ = cancelled.cancelled() => return fail(&audit, &watched, CANCELLED, StatusCode::OK).await,
+        () = &mut gave_up => return fail(&audit, &watched, CANCELLED, StatusCode::OK).await,
     };
     let resp = match sent {
         Ok(r) => r,
+        Err(e) if cancelled.is_cancelled() => {
+            tracing::info!(error = %e, "a cancelled call ended without an answer");
+            return fail(&audit, &watched, CANCELLED, StatusCode::OK).await;
+        }
         Err(e) => {
             tracing::warn!(error = %e, "upstream failed");
             return fail(&audit, &watched, &e.to_string(), e.status()).await;
@@ -105,10 +126,14 @@ async fn exchange(audit: Audit, out: Outgoing, watched: Watched) -> Response {
     }
     let (parts, body) = resp.into_parts();
     let read = tokio::select! {
+        biased;
         read = tokio::time::timeout_at(deadline, axum::body::to_bytes(body, MAX_BUFFERED)) => read,
-        _ = cancelled.cancelled() => return fail(&audit, &watched, CANCELLED, StatusCode::OK).await,
+        () = &mut gave_up => return fail(&audit, &watched, CANCELLED, StatusCode::OK).await,
     };
     let Ok(Ok(bytes)) = read else {
+        if cancelled.is_cancelled() {
+            return fail(&audit, &watched, CANCELLED, StatusCode::OK).await;
+        }
         let why = "the MCP server's answer was too large, broken or late";
         return fail(&audit, &watched, why, StatusCode::BAD_GATEWAY).await;
     };
@@ -239,6 +264,8 @@ fn pump(
     // In the request's span (see `run`): the appends it makes are the request's children.
     tokio::spawn(
         async move {
+            let gave_up = given_up(cancelled.clone());
+            tokio::pin!(gave_up);
             let mut upstream = body.into_data_stream();
             let mut buf = sse::EventBuffer::default();
             let mut settled = false;
@@ -321,11 +348,12 @@ fn pump(
                         _ = audit.app.draining.cancelled() => return,
                     }
                 } else {
+                    // An answer that came wins over the caller's cancellation (`biased`), and
+                    // one is still waited for a while after it.
                     let next = tokio::select! {
+                        biased;
                         next = tokio::time::timeout_at(deadline, upstream.next()) => next,
-                        _ = cancelled.cancelled() => {
-                            // The caller gave up on it, and the upstream was told: no answer
-                            // is coming.
+                        () = &mut gave_up => {
                             let _ = audit.record(vec![failure(&audit, &watched, CANCELLED)]).await;
                             return;
                         }
@@ -333,7 +361,11 @@ fn pump(
                     match next {
                         Ok(next) => next,
                         Err(_) => {
-                            let why = "the MCP server did not answer in time";
+                            let why = if cancelled.is_cancelled() {
+                                CANCELLED
+                            } else {
+                                "the MCP server did not answer in time"
+                            };
                             let _ = audit.record(vec![failure(&audit, &watched, why)]).await;
                             let _ = tx.send(Err(broken(why))).await;
                             return;

@@ -362,8 +362,11 @@ impl Request<'_> {
                         // they name stop waiting for an answer. One it refused (its status
                         // says so) cancelled nothing, and the call is waited for.
                         if r.status().is_success() {
-                            for id in cancels.iter().filter_map(Value::as_str) {
-                                self.app.calls_in_flight.cancel(&session_scope, id);
+                            for (id, upstream) in &cancels {
+                                if let Some(upstream) = upstream.as_str() {
+                                    let calls = &self.app.calls_in_flight;
+                                    calls.cancel(&session_scope, id, upstream);
+                                }
                             }
                         }
                         upstream::ends_when_draining(self.app, &out.method, r)
@@ -745,8 +748,8 @@ struct Classified {
     /// The session as [`crate::gateway::CallsInFlight`] knows it: the resource, the caller
     /// and the session id presented.
     session_scope: String,
-    /// The upstream ids of the watched calls its cancellations name.
-    cancels: Vec<Value>,
+    /// The watched calls its cancellations name: (the caller's id, the upstream's).
+    cancels: Vec<(Value, Value)>,
 }
 
 struct Reads {
