@@ -45,8 +45,9 @@ pub struct Call {
 /// dropped, and its query and fragment (where presigned URLs and `?token=` carry their
 /// secrets) are kept as `?k3:` and `#k3:` with 16 hex digits of a digest keyed with `key` (the
 /// server's own, so that a short secret cannot be found again by trying every value against
-/// the ledger). The server can still tell whether a given URI is the one recorded. Secrets in
-/// a URI's path are not told apart from the path and stay.
+/// the ledger). The server can tell whether a given URI is the one recorded, until its keys
+/// are rotated (the key derives from them). Secrets in a URI's path are not told apart from
+/// the path and stay.
 pub fn recorded_uri(uri: &str, key: &[u8; 32]) -> String {
     let digest = |part: &str| {
         let hex = blake3::keyed_hash(key, part.as_bytes()).to_hex();
@@ -60,36 +61,32 @@ pub fn recorded_uri(uri: &str, key: &[u8; 32]) -> String {
         Some((r, q)) => (r, Some(q)),
         None => (rest, None),
     };
-    let without_userinfo = |prefix: &str, after: &str| {
-        let end = after.find('/').unwrap_or(after.len());
-        let (authority, path) = after.split_at(end);
-        let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-        format!("{prefix}{host}{path}")
-    };
-    let mut out = if let Some(i) = rest.find("://") {
-        without_userinfo(&rest[..i + 3], &rest[i + 3..])
-    } else if let Some(after) = rest.strip_prefix("//") {
-        without_userinfo("//", after)
-    } else {
-        // An opaque URI (`scheme:user:password@host/…`): a `user:password@` right after the
-        // scheme is dropped too.
-        match rest.split_once(':') {
-            Some((scheme, body))
-                if !scheme.is_empty()
-                    && scheme
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b)) =>
-            {
-                let end = body.find('/').unwrap_or(body.len());
-                match body[..end].rsplit_once('@') {
-                    Some((info, host)) if info.contains(':') => {
-                        format!("{scheme}:{host}{}", &body[end..])
-                    }
-                    _ => rest.to_string(),
-                }
-            }
-            _ => rest.to_string(),
+    // `scheme:` only when what comes before the first colon is a scheme (RFC 3986 §3.1).
+    let (scheme, body) = match rest.split_once(':') {
+        Some((s, b))
+            if s.bytes().next().is_some_and(|c| c.is_ascii_alphabetic())
+                && s.bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || b"+-.".contains(&c)) =>
+        {
+            (Some(s), b)
         }
+        _ => (None, rest),
+    };
+    // An authority follows any run of slashes (lenient parsers take `https:/` and `///` as
+    // `https://` too); without slashes, a URI with a scheme is opaque (`smb:user:pw@host`).
+    let slashes = body.len() - body.trim_start_matches(['/', '\\']).len();
+    let (lead, after) = body.split_at(slashes);
+    let end = after.find(['/', '\\']).unwrap_or(after.len());
+    let (authority, path) = after.split_at(end);
+    let host = match authority.rsplit_once('@') {
+        // With slashes, the user-info goes whole; opaque (`mailto:bob@host`), only a
+        // `user:password@`.
+        Some((info, host)) if slashes > 0 || (scheme.is_some() && info.contains(':')) => host,
+        _ => authority,
+    };
+    let mut out = match scheme {
+        Some(s) => format!("{s}:{lead}{host}{path}"),
+        None => format!("{lead}{host}{path}"),
     };
     if let Some(q) = query {
         out.push('?');
@@ -291,5 +288,14 @@ mod uri_tests {
         assert_eq!(r("smb:bob:hunter2@files.example/x"), "smb:files.example/x");
         assert_eq!(r("mailto:bob@example.com"), "mailto:bob@example.com");
         assert_eq!(r("memo"), "memo");
+        // A URL in the path does not hide the authority before it; lenient slashes neither.
+        assert_eq!(r("//bob:pw@host/p/https://x"), "//host/p/https://x");
+        assert_eq!(r("smb:bob:pw@host/http://x"), "smb:host/http://x");
+        assert_eq!(r("https:/bob:pw@host/x"), "https:/host/x");
+        assert_eq!(r("https:///bob:pw@host/x"), "https:///host/x");
+        assert_eq!(r("///bob:pw@host"), "///host");
+        assert_eq!(r("https:\\\\bob:pw@host\\x"), "https:\\\\host\\x");
+        assert_eq!(r("urn:isbn:0451450523"), "urn:isbn:0451450523");
+        assert_eq!(r("notes/2024:q3@team"), "notes/2024:q3@team");
     }
 }
