@@ -84,6 +84,9 @@ def test_a_reviewer_searches_opens_an_event_and_downloads_csv_in_chromium(audit_
                 box.clear()
                 box.send_keys("kind:user.created user:bob@example.com")
                 box.submit()
+                # The rows of the page the search leads to, not of the one it was typed on
+                # (submit returns before the browser has followed it).
+                WebDriverWait(driver, 10).until(lambda d: "q=kind" in d.current_url)
                 rows = driver.find_elements(By.CSS_SELECTOR, "#results tbody tr")
             except StaleElementReferenceException:
                 # The page was replaced under the lookup (the submitted search arriving).
