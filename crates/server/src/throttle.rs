@@ -689,7 +689,7 @@ mod tests {
             }
         }
         assert_eq!(allowed, PER_SITE);
-        assert!(PER_SITE > PER_ADDRESS);
+        const { assert!(PER_SITE > PER_ADDRESS) };
         // Another /48, an IPv4 address and the /48 after the window are not held back.
         assert_eq!(t.attempt("x", Some("2001:db8:8::1"), 0), Verdict::Allowed);
         assert_eq!(t.attempt("y", Some("192.0.2.1"), 0), Verdict::Allowed);
