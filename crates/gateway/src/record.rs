@@ -41,18 +41,36 @@ pub struct Call {
     pub intent: Words,
 }
 
-/// A resource URI as `content.read` records it: the user-info part (a user and password) is
-/// dropped, and its query and fragment (where presigned URLs and `?token=` carry their
-/// secrets) are kept as `?k3:` and `#k3:` with 16 hex digits of a digest keyed with `key` (the
-/// server's own, so that a short secret cannot be found again by trying every value against
-/// the ledger). The server can tell whether a given URI is the one recorded, until its keys
-/// are rotated (the key derives from them). Secrets in a URI's path are not told apart from
-/// the path and stay.
+/// A resource URI as `content.read` records it. Where credentials can be, it is kept only as
+/// a digest keyed with `key` (the server's own, so that a short secret cannot be found again
+/// by trying every value against the ledger): `k3:` and 16 hex digits.
+/// - A URI with an `@` anywhere (a `user:password@host`, in all the forms URIs, connection
+///   strings and lenient parsers allow — `jdbc:postgresql://u:p@h`, `scott/tiger@db`,
+///   `//u:p@h`, a password holding `/`, `?` or `#`) keeps only its scheme: `https:k3:…`.
+///   Parsing where the user-info ends is what lets a password through, so nothing is parsed.
+/// - Otherwise its query and fragment (where presigned URLs and `?token=` carry their
+///   secrets) become `?k3:…` and `#k3:…`, and the rest is kept.
+///
+/// The server can tell whether a given URI is the one recorded, until its keys are rotated
+/// (the key derives from them). Secrets in a path without an `@` are not told apart from the
+/// path and stay.
 pub fn recorded_uri(uri: &str, key: &[u8; 32]) -> String {
     let digest = |part: &str| {
         let hex = blake3::keyed_hash(key, part.as_bytes()).to_hex();
         format!("k3:{}", &hex[..16])
     };
+    // `scheme:` only when what comes before the first colon is a scheme (RFC 3986 §3.1).
+    let scheme = uri.split_once(':').map(|(s, _)| s).filter(|s| {
+        s.bytes().next().is_some_and(|c| c.is_ascii_alphabetic())
+            && s.bytes()
+                .all(|c| c.is_ascii_alphanumeric() || b"+-.".contains(&c))
+    });
+    if uri.contains('@') {
+        return match scheme {
+            Some(s) => format!("{s}:{}", digest(&uri[s.len() + 1..])),
+            None => digest(uri),
+        };
+    }
     let (rest, fragment) = match uri.split_once('#') {
         Some((r, f)) => (r, Some(f)),
         None => (uri, None),
@@ -61,33 +79,7 @@ pub fn recorded_uri(uri: &str, key: &[u8; 32]) -> String {
         Some((r, q)) => (r, Some(q)),
         None => (rest, None),
     };
-    // `scheme:` only when what comes before the first colon is a scheme (RFC 3986 §3.1).
-    let (scheme, body) = match rest.split_once(':') {
-        Some((s, b))
-            if s.bytes().next().is_some_and(|c| c.is_ascii_alphabetic())
-                && s.bytes()
-                    .all(|c| c.is_ascii_alphanumeric() || b"+-.".contains(&c)) =>
-        {
-            (Some(s), b)
-        }
-        _ => (None, rest),
-    };
-    // An authority follows any run of slashes (lenient parsers take `https:/` and `///` as
-    // `https://` too); without slashes, a URI with a scheme is opaque (`smb:user:pw@host`).
-    let slashes = body.len() - body.trim_start_matches(['/', '\\']).len();
-    let (lead, after) = body.split_at(slashes);
-    let end = after.find(['/', '\\']).unwrap_or(after.len());
-    let (authority, path) = after.split_at(end);
-    let host = match authority.rsplit_once('@') {
-        // With slashes, the user-info goes whole; opaque (`mailto:bob@host`), only a
-        // `user:password@`.
-        Some((info, host)) if slashes > 0 || (scheme.is_some() && info.contains(':')) => host,
-        _ => authority,
-    };
-    let mut out = match scheme {
-        Some(s) => format!("{s}:{lead}{host}{path}"),
-        None => format!("{lead}{host}{path}"),
-    };
+    let mut out = rest.to_string();
     if let Some(q) = query {
         out.push('?');
         out.push_str(&digest(q));
@@ -260,6 +252,8 @@ mod uri_tests {
         let r = |u: &str| recorded_uri(u, &key);
         assert_eq!(r("file:///home/a/q3.xlsx"), "file:///home/a/q3.xlsx");
         assert_eq!(r("notes://inbox/42"), "notes://inbox/42");
+        assert_eq!(r("urn:isbn:0451450523"), "urn:isbn:0451450523");
+        assert_eq!(r("memo"), "memo");
         let presigned = "https://bucket.example/a.pdf?X-Amz-Signature=abc&X-Amz-Credential=k";
         let recorded = r(presigned);
         assert!(
@@ -277,25 +271,33 @@ mod uri_tests {
             r("https://bucket.example/a.pdf?X-Amz-Signature=abd")
         );
         assert_ne!(recorded, recorded_uri(presigned, &[8u8; 32]));
-        let with_user = r("ftp://bob:hunter2@files.example/x#token=t0k");
-        assert!(
-            with_user.starts_with("ftp://files.example/x#k3:"),
-            "{with_user}"
-        );
-        assert!(!with_user.contains("hunter2") && !with_user.contains("t0k"));
-        // Scheme-relative and opaque forms lose their passwords too.
-        assert_eq!(r("//bob:hunter2@files.example/x"), "//files.example/x");
-        assert_eq!(r("smb:bob:hunter2@files.example/x"), "smb:files.example/x");
-        assert_eq!(r("mailto:bob@example.com"), "mailto:bob@example.com");
-        assert_eq!(r("memo"), "memo");
-        // A URL in the path does not hide the authority before it; lenient slashes neither.
-        assert_eq!(r("//bob:pw@host/p/https://x"), "//host/p/https://x");
-        assert_eq!(r("smb:bob:pw@host/http://x"), "smb:host/http://x");
-        assert_eq!(r("https:/bob:pw@host/x"), "https:/host/x");
-        assert_eq!(r("https:///bob:pw@host/x"), "https:///host/x");
-        assert_eq!(r("///bob:pw@host"), "///host");
-        assert_eq!(r("https:\\\\bob:pw@host\\x"), "https:\\\\host\\x");
-        assert_eq!(r("urn:isbn:0451450523"), "urn:isbn:0451450523");
-        assert_eq!(r("notes/2024:q3@team"), "notes/2024:q3@team");
+        let fragment = r("https://files.example/x#token=t0k");
+        assert!(fragment.starts_with("https://files.example/x#k3:") && !fragment.contains("t0k"));
+        // Wherever an `@` is, credentials may be: the scheme alone stays.
+        for (uri, scheme) in [
+            ("ftp://bob:hunter2@files.example/x#token=t0k", "ftp:"),
+            ("//bob:hunter2@files.example/x", ""),
+            ("smb:bob:hunter2@files.example/x", "smb:"),
+            ("jdbc:postgresql://bob:hunter2@db.example/app", "jdbc:"),
+            ("jar:https://bob:hunter2@h/x.jar!/a", "jar:"),
+            ("jdbc:oracle:thin:scott/hunter2@db:1521:orcl", "jdbc:"),
+            ("bob:hunter2@tcp(db:3306)/app", "bob:"),
+            ("https://bob:hun?ter2@host/x", "https:"),
+            ("https://bob:hun/ter2@host/x", "https:"),
+            ("smb://bob:hun\\ter2@files/x", "smb:"),
+            (" https://bob:hunter2@host/x", ""),
+            ("mailto:bob@example.com", "mailto:"),
+        ] {
+            let recorded = r(uri);
+            assert!(
+                recorded.starts_with(&format!("{scheme}k3:")),
+                "{uri}: {recorded}"
+            );
+            assert!(
+                !recorded.contains("hunter2") && !recorded.contains("ter2"),
+                "{uri}"
+            );
+            assert_eq!(recorded.len(), scheme.len() + 19, "{uri}: {recorded}");
+        }
     }
 }

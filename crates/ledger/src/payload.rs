@@ -1001,10 +1001,11 @@ pub struct ContentRead {
     /// `resources/read` or `prompts/get`.
     pub method: String,
     /// What was read (the resource's URI, the prompt's name), in plain text: for callers
-    /// acting for no user (machine clients). Since 2026-12-07 a URI without the user-info part
-    /// (user and password), and with its query and fragment as `k3:` and 16 hex digits of their
-    /// blake3 digest keyed with the server's key (where presigned URLs carry their signatures;
-    /// a key rotation changes what the same URI digests to).
+    /// acting for no user (machine clients). Since 2026-12-07 a URI has its query and fragment
+    /// as `k3:` and 16 hex digits of their blake3 digest keyed with the server's key (where
+    /// presigned URLs carry their signatures), and a URI with an `@` (where a user and password
+    /// can be) is its scheme and such a digest of the rest alone; a key rotation changes what
+    /// the same URI digests to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
     /// What was read, for a user: sealed under the user's key (a URI can name the user's own
