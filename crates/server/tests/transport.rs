@@ -32,11 +32,14 @@ async fn start_upstream() -> (String, Arc<Mutex<Vec<Seen>>>) {
     use axum::response::IntoResponse;
     let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
     let log = seen.clone();
+    // Told of a cancellation: the `ends_on_cancel` tool's stream ends without an answer.
+    let cancellations = Arc::new(tokio::sync::Notify::new());
     let app = axum::Router::new().route(
         "/mcp",
         axum::routing::any(
             move |method: axum::http::Method, headers: axum::http::HeaderMap, body: axum::body::Bytes| {
                 let log = log.clone();
+                let cancellations = cancellations.clone();
                 async move {
                     let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).map(String::from);
                     log.lock().unwrap().push(Seen {
@@ -64,6 +67,9 @@ async fn start_upstream() -> (String, Arc<Mutex<Vec<Seen>>>) {
                     if msg["params"]["reason"] == "refuse" {
                         return StatusCode::BAD_REQUEST.into_response();
                     }
+                    if msg["method"] == "notifications/cancelled" {
+                        cancellations.notify_waiters();
+                    }
                     if msg.is_array() || id.is_null() {
                         return StatusCode::ACCEPTED.into_response();
                     }
@@ -89,6 +95,7 @@ async fn start_upstream() -> (String, Arc<Mutex<Vec<Seen>>>) {
                             {"name": "cut", "inputSchema": {"type": "object"}, "annotations": {"readOnlyHint": true}},
                             {"name": "failed_stream", "inputSchema": {"type": "object"}, "annotations": {"readOnlyHint": true}},
                             {"name": "twice", "inputSchema": {"type": "object"}, "annotations": {"readOnlyHint": true}},
+                            {"name": "ends_on_cancel", "inputSchema": {"type": "object"}, "annotations": {"readOnlyHint": true}},
                         ]}})).into_response(),
                         ("tools/call", "echo_id") => {
                             // Says which id it was asked under, and keeps a number as written.
@@ -124,6 +131,17 @@ async fn start_upstream() -> (String, Arc<Mutex<Vec<Seen>>>) {
                                 "\u{feff}data: {{not json\r\rdata: {}\r\rdata: {second}\r\n\r\n",
                                 ok("cr done")
                             ))
+                        }
+                        // A stream that ends, with no answer, a moment after the call is cancelled.
+                        ("tools/call", "ends_on_cancel") => {
+                            let told = cancellations.clone();
+                            let end = futures::stream::once(async move {
+                                told.notified().await;
+                                tokio::time::sleep(Duration::from_millis(300)).await;
+                                Ok::<_, std::convert::Infallible>(axum::body::Bytes::from(": bye\n\n"))
+                            });
+                            ([("content-type", "text/event-stream")], axum::body::Body::from_stream(end))
+                                .into_response()
                         }
                         // The answer in an event the end of the stream cuts off (no blank line).
                         ("tools/call", "cut") => sse(format!("data: {}\n", ok("cut done"))),
@@ -778,6 +796,38 @@ async fn a_cancellation_reaches_the_upstream_under_the_calls_own_id_and_is_recor
     assert_eq!(
         called(&tool_events(&s).await, "slow"),
         Some((ToolOutcome::Ok, None))
+    );
+    // A server that ends the stream when told: recorded as cancelled, not as a stream that
+    // ended without an answer.
+    let task = tokio::spawn(in_session(&call(44, "ends_on_cancel")).send());
+    while !seen
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|b| String::from_utf8_lossy(&b.body).contains("ends_on_cancel\""))
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let cancel_it = json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
+        "params": {"requestId": 44, "reason": "stop"}});
+    assert_eq!(
+        in_session(&cancel_it).send().await.unwrap().status(),
+        StatusCode::ACCEPTED
+    );
+    let _ = task.await.unwrap().unwrap().text().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let why = loop {
+        if let Some((_, why)) = called(&tool_events(&s).await, "ends_on_cancel") {
+            break why;
+        }
+        assert!(std::time::Instant::now() < deadline, "never recorded");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        why.as_deref()
+            .unwrap()
+            .starts_with("the caller cancelled the call"),
+        "{why:?}"
     );
     s.stop().await;
 }

@@ -43,10 +43,26 @@ const CANCELLED: &str = "the caller cancelled the call, and the MCP server sent 
 /// call's deadline): an answer that comes is recorded as any other.
 const CANCEL_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Resolves [`CANCEL_GRACE`] after the call is cancelled, never if it is not.
-async fn given_up(cancelled: tokio_util::sync::CancellationToken) {
-    cancelled.cancelled().await;
-    tokio::time::sleep(CANCEL_GRACE).await;
+/// Resolves [`CANCEL_GRACE`] after the call is cancelled, never if it is not. Made once per
+/// exchange and handed on to the stream's pump, so the grace does not start over.
+fn given_up(
+    cancelled: tokio_util::sync::CancellationToken,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+    Box::pin(async move {
+        cancelled.cancelled().await;
+        tokio::time::sleep(CANCEL_GRACE).await;
+    })
+}
+
+/// What a call that ended without an answer is recorded with: after the caller cancelled
+/// it, that (whatever way the upstream then ended it: the stream ended or broke, no answer
+/// came); else `why`.
+fn without_answer<'a>(cancelled: &tokio_util::sync::CancellationToken, why: &'a str) -> &'a str {
+    if cancelled.is_cancelled() {
+        CANCELLED
+    } else {
+        why
+    }
 }
 
 /// Records `start` (if any; a call is not made unless it is durable), forwards the request and
@@ -103,8 +119,7 @@ async fn exchange(audit: Audit, out: Outgoing, watched: Watched) -> Response {
         .map(|g| g.cancelled.clone())
         .unwrap_or_default();
     // An answer that came wins over a cancellation (`biased`).
-    let gave_up = given_up(cancelled.clone());
-    tokio::pin!(gave_up);
+    let mut gave_up = given_up(cancelled.clone());
     let sent = tokio::select! {
         biased;
         sent = upstream::send(&audit.app, &mount, &method, &headers, body, identity) => sent,
@@ -112,7 +127,10 @@ async fn exchange(audit: Audit, out: Outgoing, watched: Watched) -> Response {
     };
     let resp = match sent {
         Ok(r) => r,
-        Err(e) if cancelled.is_cancelled() => {
+        // The upstream ended a call the caller cancelled (not its refusal of the assertion).
+        Err(e @ (upstream::UpstreamError::Timeout | upstream::UpstreamError::Unreachable(_)))
+            if cancelled.is_cancelled() =>
+        {
             tracing::info!(error = %e, "a cancelled call ended without an answer");
             return fail(&audit, &watched, CANCELLED, StatusCode::OK).await;
         }
@@ -122,7 +140,9 @@ async fn exchange(audit: Audit, out: Outgoing, watched: Watched) -> Response {
         }
     };
     if upstream::is_sse(&resp) {
-        return pump(audit, mount, watched, wire_id, in_flight, resp, deadline);
+        return pump(
+            audit, mount, watched, wire_id, in_flight, gave_up, resp, deadline,
+        );
     }
     let (parts, body) = resp.into_parts();
     let read = tokio::select! {
@@ -131,16 +151,25 @@ async fn exchange(audit: Audit, out: Outgoing, watched: Watched) -> Response {
         () = &mut gave_up => return fail(&audit, &watched, CANCELLED, StatusCode::OK).await,
     };
     let Ok(Ok(bytes)) = read else {
-        if cancelled.is_cancelled() {
-            return fail(&audit, &watched, CANCELLED, StatusCode::OK).await;
-        }
         let why = "the MCP server's answer was too large, broken or late";
-        return fail(&audit, &watched, why, StatusCode::BAD_GATEWAY).await;
+        return fail(
+            &audit,
+            &watched,
+            without_answer(&cancelled, why),
+            StatusCode::BAD_GATEWAY,
+        )
+        .await;
     };
     let answers = sse::answer_count(false, &bytes, &wire);
     if parts.status.is_success() && answers == 0 {
         let why = "the MCP server's answer does not answer this request";
-        return fail(&audit, &watched, why, StatusCode::BAD_GATEWAY).await;
+        return fail(
+            &audit,
+            &watched,
+            without_answer(&cancelled, why),
+            StatusCode::BAD_GATEWAY,
+        )
+        .await;
     }
     if answers > 1 {
         let why = "the MCP server answered this request more than once";
@@ -246,6 +275,7 @@ fn pump(
     watched: Watched,
     wire_id: String,
     mut in_flight: Option<crate::gateway::CallGuard>,
+    mut gave_up: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
     resp: Response,
     deadline: tokio::time::Instant,
 ) -> Response {
@@ -264,8 +294,6 @@ fn pump(
     // In the request's span (see `run`): the appends it makes are the request's children.
     tokio::spawn(
         async move {
-            let gave_up = given_up(cancelled.clone());
-            tokio::pin!(gave_up);
             let mut upstream = body.into_data_stream();
             let mut buf = sse::EventBuffer::default();
             let mut settled = false;
@@ -333,6 +361,7 @@ fn pump(
                 if buf.pending() > MAX_BUFFERED {
                     let why = "an event from the MCP server is over the size limit";
                     if !settled {
+                        let why = without_answer(&cancelled, why);
                         let _ = audit.record(vec![failure(&audit, &watched, why)]).await;
                     }
                     let _ = tx.send(Err(broken(why))).await;
@@ -361,11 +390,8 @@ fn pump(
                     match next {
                         Ok(next) => next,
                         Err(_) => {
-                            let why = if cancelled.is_cancelled() {
-                                CANCELLED
-                            } else {
-                                "the MCP server did not answer in time"
-                            };
+                            let why =
+                                without_answer(&cancelled, "the MCP server did not answer in time");
                             let _ = audit.record(vec![failure(&audit, &watched, why)]).await;
                             let _ = tx.send(Err(broken(why))).await;
                             return;
@@ -376,15 +402,17 @@ fn pump(
                     Some(Ok(chunk)) => buf.push(&chunk),
                     Some(Err(e)) => {
                         if !settled {
-                            let why = format!("the stream broke: {e}");
-                            let _ = audit.record(vec![failure(&audit, &watched, &why)]).await;
+                            let broke = format!("the stream broke: {e}");
+                            let why = without_answer(&cancelled, &broke);
+                            let _ = audit.record(vec![failure(&audit, &watched, why)]).await;
                         }
                         let _ = tx.send(Err(broken("the MCP server's stream broke"))).await;
                         return;
                     }
                     None => {
                         if !settled {
-                            let why = "the stream ended without an answer";
+                            let why =
+                                without_answer(&cancelled, "the stream ended without an answer");
                             let _ = audit.record(vec![failure(&audit, &watched, why)]).await;
                         }
                         // An event cut off by the end of the stream is dropped (as the SSE
