@@ -140,9 +140,12 @@ async fn exchange(audit: Audit, out: Outgoing, watched: Watched) -> Response {
         }
     };
     if upstream::is_sse(&resp) {
-        return pump(
-            audit, mount, watched, wire_id, in_flight, gave_up, resp, deadline,
-        );
+        let awaiting = Awaiting {
+            wire_id,
+            in_flight,
+            gave_up,
+        };
+        return pump(audit, mount, watched, awaiting, resp, deadline);
     }
     let (parts, body) = resp.into_parts();
     let read = tokio::select! {
@@ -264,6 +267,15 @@ fn settle(
     }
 }
 
+/// What a stream's pump waits for the answer with: the id the call went upstream under, its
+/// place among the calls in flight (given up once its outcome is recorded), and when to give
+/// up after the caller cancelled it.
+struct Awaiting {
+    wire_id: String,
+    in_flight: Option<crate::gateway::CallGuard>,
+    gave_up: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+}
+
 /// Streams an SSE answer as it arrives. The event that answers `watched` is settled (filtered,
 /// recorded) before it is passed on. If the caller goes away the stream is still read until
 /// that answer is recorded; without an answer by the deadline, the failure is recorded. What
@@ -273,12 +285,15 @@ fn pump(
     audit: Audit,
     mount: Mount,
     watched: Watched,
-    wire_id: String,
-    mut in_flight: Option<crate::gateway::CallGuard>,
-    mut gave_up: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+    awaiting: Awaiting,
     resp: Response,
     deadline: tokio::time::Instant,
 ) -> Response {
+    let Awaiting {
+        wire_id,
+        mut in_flight,
+        mut gave_up,
+    } = awaiting;
     let cancelled = in_flight
         .as_ref()
         .map(|g| g.cancelled.clone())
