@@ -12,6 +12,11 @@ use grantline_state::State;
 /// The lifetimes a token may have.
 pub const EXPIRY_DAYS: &[Option<u32>] = &[None, Some(7), Some(30), Some(90), Some(365)];
 
+/// The most live (unrevoked, unexpired) tokens a user may hold: each is state kept until it
+/// is revoked or expires, and a containment of the user revokes them all in one append, so a
+/// user (or a stolen session) minting tokens without end is stopped here.
+pub const MAX_LIVE_PER_USER: usize = 100;
+
 /// What the creator asked for.
 #[derive(Debug, Clone)]
 pub struct PatRequest {
@@ -72,6 +77,20 @@ pub fn create(
             ErrorCode::AccessDenied,
             "the user's sessions were ended; sign in again",
         )
+        .into();
+    }
+    let live = state
+        .pats
+        .values()
+        .filter(|p| {
+            p.user_id == req.user_id && p.revoked.is_none() && p.expires_at.is_none_or(|e| e > now)
+        })
+        .count();
+    if live >= MAX_LIVE_PER_USER {
+        return invalid(format!(
+            "a user holds at most {MAX_LIVE_PER_USER} live personal access tokens: revoke \
+             some first"
+        ))
         .into();
     }
     // The user's stream at the version seen: sessions ended after this decision (on that

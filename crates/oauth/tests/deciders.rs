@@ -2155,3 +2155,55 @@ fn a_client_without_the_code_grant_is_refused_at_authorize() {
     let public = w.public_client();
     assert!(authorize::validate(&w.state, &w.settings, &w.query(&public)).is_ok());
 }
+
+#[test]
+fn a_user_holds_a_bounded_number_of_live_personal_access_tokens() {
+    use grantline_oauth::pat::{self, MAX_LIVE_PER_USER, PatRequest};
+    let mut w = World::new();
+    let user = w.user();
+    let other = w.user();
+    let req = |user: &str, days: Option<u32>| PatRequest {
+        user_id: user.to_string(),
+        name: "ci".into(),
+        resource: RES.into(),
+        scope: None,
+        expires_in_days: days,
+        sealed_name: None,
+        signed_in_seq: None,
+    };
+    let make = |w: &mut World, user: &str, days: Option<u32>, n: usize| {
+        let fresh = (
+            format!("pat_{user}_{n}"),
+            Secret(format!("glp_{user}_{n}_0123456789abcdefghijkl")),
+        );
+        let d = pat::create(
+            &w.state,
+            &w.settings,
+            Actor::Operator,
+            &req(user, days),
+            w.now,
+            fresh,
+        );
+        if d.outcome.is_ok() {
+            w.commit(&d.append).unwrap();
+        }
+        d
+    };
+    // Ten that expire in a week, the rest never.
+    for n in 0..MAX_LIVE_PER_USER {
+        let days = if n < 10 { Some(7) } else { None };
+        assert!(make(&mut w, &user, days, n).outcome.is_ok(), "{n}");
+    }
+    let d = make(&mut w, &user, None, MAX_LIVE_PER_USER);
+    assert_eq!(code_of(&d), "invalid_request");
+    assert!(d.append.events.is_empty());
+    // Another user is not held to this one's count.
+    assert!(make(&mut w, &other, None, 0).outcome.is_ok());
+    // Expired tokens do not count: a week later there is room again.
+    w.tick(8 * 86_400);
+    assert!(
+        make(&mut w, &user, None, MAX_LIVE_PER_USER + 1)
+            .outcome
+            .is_ok()
+    );
+}

@@ -1448,6 +1448,41 @@ async fn personal_access_tokens_from_the_account_page_and_the_admin_api() {
         .await
         .unwrap();
     assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+    // A misspelt or unknown field is refused, not read as "never"; without an expiry a token
+    // lives 30 days; one that never expires is asked for by name.
+    for body in [
+        serde_json::json!({"name": "ci", "resource": "demo", "expires_in": 30}),
+        serde_json::json!({"name": "ci", "resource": "demo", "expires_in_days": "forever"}),
+    ] {
+        let r = browser()
+            .post(&api)
+            .basic_auth("admin", Some(ADMIN_PASSWORD))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{body}");
+    }
+    let expiry = |body: Value| {
+        let api = api.clone();
+        async move {
+            let r = browser()
+                .post(&api)
+                .basic_auth("admin", Some(ADMIN_PASSWORD))
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::CREATED);
+            r.json::<Value>().await.unwrap()["expires_at"].clone()
+        }
+    };
+    let default = expiry(serde_json::json!({"name": "d", "resource": "demo"})).await;
+    assert!(default.is_string(), "{default}");
+    let never =
+        expiry(serde_json::json!({"name": "n", "resource": "demo", "expires_in_days": "never"}))
+            .await;
+    assert!(never.is_null(), "{never}");
     let list: Value = browser()
         .get(&api)
         .basic_auth("admin", Some(ADMIN_PASSWORD))
@@ -1465,7 +1500,7 @@ async fn personal_access_tokens_from_the_account_page_and_the_admin_api() {
         .collect();
     assert_eq!(
         statuses,
-        vec!["revoked", "active"],
+        vec!["revoked", "active", "active", "active"],
         "revoked tokens stay listed"
     );
     let r = browser()

@@ -311,6 +311,7 @@ pub async fn disable_client(
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AddUser {
     username: String,
     password: String,
@@ -419,12 +420,23 @@ pub async fn revoke(
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CreatePat {
     name: String,
     resource: String,
     scope: Option<String>,
-    /// Days: 7, 30, 90, 365, or absent for never.
-    expires_in_days: Option<u32>,
+    /// Days: 7, 30, 90 or 365 (30 when absent, as on the account page and the command line),
+    /// or `"never"`: a token that never expires is asked for by name, never by omission (a
+    /// misspelt field is refused, not read as "never").
+    #[serde(default)]
+    expires_in_days: Option<PatExpiry>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum PatExpiry {
+    Days(u32),
+    Word(String),
 }
 
 /// Creates a personal access token for a user; the token is in this answer only.
@@ -439,12 +451,23 @@ pub async fn create_pat(
         Ok(x) => x,
         Err(r) => return r,
     };
+    let expires_in_days = match req.expires_in_days {
+        None => Some(30),
+        Some(PatExpiry::Days(d)) => Some(d),
+        Some(PatExpiry::Word(w)) if w == "never" => None,
+        Some(PatExpiry::Word(_)) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "expires_in_days is 7, 30, 90, 365 or \"never\"",
+            );
+        }
+    };
     let req = grantline_oauth::pat::PatRequest {
         user_id: String::new(),
         name: req.name,
         resource: req.resource,
         scope: req.scope,
-        expires_in_days: req.expires_in_days,
+        expires_in_days,
         sealed_name: None,
         signed_in_seq: None,
     };
