@@ -169,6 +169,10 @@ pub async fn resolve_user(app: &App, who: &str) -> Result<String, AdminError> {
     if app.projection.read().users.contains_key(who) {
         return Ok(who.to_string());
     }
+    // No account has a NUL in its name, and PostgreSQL would refuse to look it up (a 503).
+    if who.contains('\0') {
+        return Err(AdminError::NotFound(format!("user {who:?}")));
+    }
     match app.credentials.by_username(who).await? {
         Some(c) => Ok(c.user_id),
         None => Err(AdminError::NotFound(format!("user {who:?}"))),
@@ -241,6 +245,10 @@ pub async fn contain(
     actor: Actor,
 ) -> Result<usize, AdminError> {
     use grantline_oauth::containment::Target;
+    // Decided on everything the ledger holds: a token or a sign-in another instance recorded
+    // a moment ago must not be missed (a containment sets no expectation that would make it
+    // decide again).
+    app.projection.catch_up(app.store()).await?;
     let target = match what {
         Containment::Family(f) => Target::Family(f.clone()),
         Containment::Grant(g) => Target::Grant(g.clone()),
@@ -435,6 +443,8 @@ pub async fn create_pat_with_id(
 
 /// Revokes a personal access token, as its owner or an admin.
 pub async fn revoke_pat(app: &App, pat_id: &str, actor: Actor) -> Result<(), AdminError> {
+    // A token another instance made a moment ago is found.
+    app.projection.catch_up(app.store()).await?;
     let owner = app
         .projection
         .read()

@@ -68,11 +68,18 @@ pub fn router(app: App) -> Router {
                 .extensions()
                 .get::<axum::extract::MatchedPath>()
                 .map_or("unmatched", |p| p.as_str());
+            // A route that names a user by username logs its template, not the name: the log
+            // is kept apart from the ledger and would outlive the user's erasure.
+            let path = if route.contains("{user}") {
+                route
+            } else {
+                req.uri().path()
+            };
             let span = tracing::info_span!(
                 "request",
                 request_id = %id,
                 method = %req.method(),
-                path = %req.uri().path(),
+                path = %path,
                 route,
                 client_id = tracing::field::Empty,
                 user_id = tracing::field::Empty,

@@ -271,6 +271,23 @@ async fn revoke_everything_from_the_account_page() {
 }
 
 grantline_store::backend_tests! {
+    async fn a_username_no_account_can_have_is_not_found_on_every_backend(db: TestDb) {
+        // PostgreSQL refuses to look up a NUL byte: the admin API answers 404 as for any
+        // unknown user, not 503 with an error in the log.
+        let dir = tempfile::tempdir().unwrap();
+        let s = Server::start(&db, dir.path().to_path_buf(), config(dir.path(), 30, 60)).await;
+        for path in ["/admin/api/users/a%00b/pats", "/admin/api/users/nobody/pats"] {
+            let r = browser()
+                .get(s.url(path))
+                .basic_auth("admin", Some(ADMIN_PASSWORD))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::NOT_FOUND, "{path}");
+        }
+        s.stop().await;
+    }
+
     async fn when_the_ledger_cannot_append_oauth_endpoints_answer_503_and_grant_nothing(db: TestDb) {
         let dir = tempfile::tempdir().unwrap();
         let s = Server::start(&db, dir.path().to_path_buf(), config(dir.path(), 30, 60)).await;
