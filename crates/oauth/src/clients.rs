@@ -69,8 +69,15 @@ pub fn registration(
         ));
     }
     let client_id = c.client_id.clone().unwrap_or_else(|| fresh_id.to_string());
-    if client_id.is_empty() || client_id.len() > limits::URL_BYTES {
-        return Err(invalid("a client id is 1 to 2048 bytes"));
+    // Shown on the consent and account pages as a verified client's: no control,
+    // direction-override or zero-width characters.
+    if client_id.is_empty()
+        || client_id.len() > limits::URL_BYTES
+        || !client_id.chars().all(limits::displayable)
+    {
+        return Err(invalid(
+            "a client id is 1 to 2048 bytes of printable characters",
+        ));
     }
     Ok(ClientRegistered {
         client_id,

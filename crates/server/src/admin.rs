@@ -60,7 +60,8 @@ pub async fn add_user(
     if let Some(e) = user.email
         && (e.len() > 254
             || !e.contains('@')
-            || e.chars().any(|c| c.is_whitespace() || c.is_control()))
+            || e.chars()
+                .any(|c| c.is_whitespace() || !grantline_oauth::limits::displayable(c)))
     {
         return Err(AdminError::Invalid(format!(
             "{e:?} is not an email address"

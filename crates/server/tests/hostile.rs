@@ -875,6 +875,32 @@ async fn usernames_with_direction_overrides_are_refused() {
             .unwrap();
         assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{name:?}");
     }
+    // An email the audit page shows in place of the name, and a client id the consent page
+    // shows as a verified client's: no direction overrides or invisible characters either.
+    for email in [
+        "bob\u{202E}moc.elpmaxe@x.example",
+        "bob\u{200B}@example.com",
+    ] {
+        let r = browser()
+            .post(s.url("/admin/api/users"))
+            .basic_auth("admin", Some(ADMIN_PASSWORD))
+            .json(&json!({"username": "bob", "password": "bob-password-1", "email": email}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{email:?}");
+    }
+    for client_id in ["app\u{202E}lper", "app\u{2060}x", "app\u{0007}"] {
+        let r = browser()
+            .post(s.url("/admin/api/clients"))
+            .basic_auth("admin", Some(ADMIN_PASSWORD))
+            .json(&json!({"client_id": client_id, "client_name": "App",
+                "redirect_uris": ["https://app.example/cb"]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{client_id:?}");
+    }
     s.stop().await;
 }
 
