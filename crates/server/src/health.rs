@@ -20,7 +20,14 @@ pub struct Health {
     probe_error: Mutex<Option<String>>,
     /// Readiness as last logged, so each change is logged once.
     logged: Mutex<Option<bool>>,
+    /// The last readiness `/readyz` answered anyone on the main listener, and when: reused
+    /// for [`PUBLIC_READINESS_REUSE`], so that callers nobody authenticated cannot make the
+    /// database read at their own rate.
+    public: Mutex<Option<(std::time::Instant, Readiness)>>,
 }
+
+/// How long a readiness evaluated for an anonymous `/readyz` answers the next ones.
+pub const PUBLIC_READINESS_REUSE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The body of `/readyz`.
 #[derive(Debug, Clone, Serialize)]
@@ -205,10 +212,25 @@ pub async fn readyz(State(app): State<App>) -> Response {
 /// the ledger's head, the keys) only with the metrics token (`Authorization: Bearer`), as
 /// on the metrics listener.
 pub async fn readyz_public(State(app): State<App>, headers: axum::http::HeaderMap) -> Response {
-    let r = app.readiness().await;
     if crate::metrics::bearer_is_token(&app, &headers) {
+        let r = app.readiness().await;
         return answer(r.ready, serde_json::to_value(&r).unwrap_or_default());
     }
+    let recent = app.health.public.lock().ok().and_then(|p| {
+        p.as_ref()
+            .filter(|(at, _)| at.elapsed() < PUBLIC_READINESS_REUSE)
+            .map(|(_, r)| r.clone())
+    });
+    let r = match recent {
+        Some(r) => r,
+        None => {
+            let r = app.readiness().await;
+            if let Ok(mut p) = app.health.public.lock() {
+                *p = Some((std::time::Instant::now(), r.clone()));
+            }
+            r
+        }
+    };
     let c = &r.checks;
     let ok = |c: &Check| serde_json::json!({"ok": c.ok});
     let body = serde_json::json!({"ready": r.ready, "checks": {
