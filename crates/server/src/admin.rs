@@ -38,6 +38,13 @@ pub enum AdminError {
     App(#[from] AppError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A containment of a user was recorded (`revoked` things revoked), but the upstream tokens
+    /// Grantline holds for them could not be dropped; running it again drops them.
+    #[error(
+        "{revoked} revoked and recorded, but the upstream tokens held for the user could not be \
+         dropped ({source}); run it again to drop them"
+    )]
+    UpstreamTokensKept { revoked: usize, source: StoreError },
 }
 
 /// A user to create: name, optional email (sealed in `user.created`), role.
@@ -261,10 +268,16 @@ pub async fn contain(
         .run(|s| grantline_oauth::containment::contain(s, actor.clone(), &target, reason))
         .await?;
     // Everything of a user includes the upstream tokens Grantline holds for them.
-    if let (Target::User(u), Ok(_)) = (&target, &outcome) {
-        grantline_store::Federation::new(app.store())
+    if let (Target::User(u), Ok(revoked)) = (&target, &outcome) {
+        if let Err(source) = grantline_store::Federation::new(app.store())
             .drop_all_tokens(u)
-            .await?;
+            .await
+        {
+            return Err(AdminError::UpstreamTokensKept {
+                revoked: *revoked,
+                source,
+            });
+        }
     }
     outcome.map_err(|e| {
         if e.description.starts_with("no ") {

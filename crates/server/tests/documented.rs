@@ -270,6 +270,89 @@ async fn revoke_everything_from_the_account_page() {
     s.stop().await;
 }
 
+/// When the upstream tokens cannot be dropped after the revocation is recorded, the page and
+/// the admin API say what did happen (grants and sessions ended) rather than that nothing
+/// changed, and running it again drops them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoke_everything_says_so_when_the_upstream_tokens_stay() {
+    let (s, _d, db) = server().await;
+    let (_, t) = tokens(&s).await;
+    let admin = s
+        .app
+        .credentials
+        .by_username("admin")
+        .await
+        .unwrap()
+        .unwrap();
+    let uid = admin.user_id.clone();
+    exec(
+        &db,
+        &format!(
+            "INSERT INTO upstream_tokens (user_id, provider, sealed, expires_at, updated) \
+             VALUES ('{uid}', 'okta', '{{}}', NULL, 0); \
+             CREATE TRIGGER keep_tokens BEFORE DELETE ON upstream_tokens \
+             BEGIN SELECT RAISE(ABORT, 'disk full'); END"
+        ),
+    )
+    .await;
+    let b = browser();
+    login(&s, &b).await;
+    let page = b
+        .get(s.url("/account"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let r = b
+        .post(s.url("/account/revoke-all"))
+        .form(&[("csrf", field(&page, "csrf"))])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let text = r.text().await.unwrap();
+    assert!(text.contains("Partly revoked"), "{text}");
+    assert!(!text.contains("nothing was changed"), "{text}");
+    assert!(!active(&s, &get(&t, "refresh_token")).await);
+    let r = b.get(s.url("/account")).send().await.unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::FOUND,
+        "the session ended all the same"
+    );
+    // The admin API: the containment is recorded, the answer says the tokens stayed.
+    let admin_api = || {
+        browser()
+            .post(s.url("/admin/api/users/admin/revoke-all"))
+            .basic_auth("admin", Some(ADMIN_PASSWORD))
+            .json(&json!({}))
+            .send()
+    };
+    let r = admin_api().await.unwrap();
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: Value = r.json().await.unwrap();
+    assert!(body.to_string().contains("revoked and recorded"), "{body}");
+    let held = || async {
+        let grantline_store::Pool::Sqlite(p) = s.app.store().pool() else {
+            unreachable!("an SQLite test")
+        };
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM upstream_tokens")
+            .fetch_one(p)
+            .await
+            .unwrap();
+        n
+    };
+    assert_eq!(held().await, 1);
+    // Once the store can delete again, running it again drops them.
+    exec(&db, "DROP TRIGGER keep_tokens").await;
+    let r = admin_api().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(held().await, 0);
+    s.stop().await;
+}
+
 grantline_store::backend_tests! {
     async fn a_username_no_account_can_have_is_not_found_on_every_backend(db: TestDb) {
         // PostgreSQL refuses to look up a NUL byte: the admin API answers 404 as for any

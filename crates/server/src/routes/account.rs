@@ -206,10 +206,21 @@ pub async fn revoke_everything(
         return not_done("Not revoked", e.into());
     }
     let federation = grantline_store::Federation::new(app.store());
-    if let Err(e) = federation.drop_all_tokens(&s.user_id).await {
-        return not_done("Not revoked", e.into());
-    }
-    let mut r = see_other(&format!("{}/login?return_to=%2Faccount", ctx.issuer));
+    let mut r = match federation.drop_all_tokens(&s.user_id).await {
+        Ok(_) => see_other(&format!("{}/login?return_to=%2Faccount", ctx.issuer)),
+        Err(e) => {
+            // The revocation is recorded and this session has ended with the others: say so,
+            // rather than that nothing changed.
+            tracing::error!(error = %e, "the upstream tokens of a user who revoked everything were kept");
+            pages::error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Partly revoked",
+                "Your grants, tokens and sessions have ended, but the tokens Grantline holds for \
+                 you at other services could not be dropped right now. Sign in again and revoke \
+                 everything once more.",
+            )
+        }
+    };
     let cleared = session::set_cookie(&ctx, session::SESSION, "", 0);
     if let Ok(v) = axum::http::HeaderValue::from_str(&cleared) {
         r.headers_mut().append(axum::http::header::SET_COOKIE, v);
@@ -294,7 +305,8 @@ fn not_done(title: &str, e: crate::admin::AdminError) -> Response {
         AdminError::App(crate::error::AppError::OAuth(o)) => {
             pages::error(StatusCode::BAD_REQUEST, title, &o.description)
         }
-        e @ (AdminError::App(_) | AdminError::Store(_)) => {
+        e @ (AdminError::App(_) | AdminError::Store(_) | AdminError::UpstreamTokensKept { .. }) => {
+            // (No account page contains a user: `UpstreamTokensKept` cannot come here.)
             tracing::error!(error = %e, "an account change failed");
             pages::error(
                 StatusCode::SERVICE_UNAVAILABLE,

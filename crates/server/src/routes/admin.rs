@@ -39,6 +39,17 @@ impl IntoResponse for AdminError {
                 tracing::error!(error = %e, "admin API storage error");
                 error(StatusCode::SERVICE_UNAVAILABLE, "storage unavailable")
             }
+            AdminError::UpstreamTokensKept { revoked, source } => {
+                tracing::error!(error = %source, "upstream tokens of a contained user were kept");
+                error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!(
+                        "{revoked} revoked and recorded, but the upstream tokens held for the \
+                         user could not be dropped (storage unavailable); run it again to drop \
+                         them"
+                    ),
+                )
+            }
         }
     }
 }
