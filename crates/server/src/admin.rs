@@ -268,16 +268,15 @@ pub async fn contain(
         .run(|s| grantline_oauth::containment::contain(s, actor.clone(), &target, reason))
         .await?;
     // Everything of a user includes the upstream tokens Grantline holds for them.
-    if let (Target::User(u), Ok(revoked)) = (&target, &outcome) {
-        if let Err(source) = grantline_store::Federation::new(app.store())
+    if let (Target::User(u), Ok(revoked)) = (&target, &outcome)
+        && let Err(source) = grantline_store::Federation::new(app.store())
             .drop_all_tokens(u)
             .await
-        {
-            return Err(AdminError::UpstreamTokensKept {
-                revoked: *revoked,
-                source,
-            });
-        }
+    {
+        return Err(AdminError::UpstreamTokensKept {
+            revoked: *revoked,
+            source,
+        });
     }
     outcome.map_err(|e| {
         if e.description.starts_with("no ") {
