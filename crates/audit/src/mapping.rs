@@ -434,7 +434,12 @@ pub fn map(event: &Recorded, dir: &mut impl Names, o: &mut dyn Opener) -> AuditR
             };
             r.source_ip = opened(o, &e.source_ip, &mut subjects);
             r.user_agent = opened(o, &e.user_agent, &mut subjects);
-            (C::Authentication, O::Failure, S::Low)
+            // A right password where none is meant to be used any more is worth a look.
+            let severity = match e.reason {
+                grantline_ledger::LoginFailure::PasswordNotAllowed => S::Medium,
+                _ => S::Low,
+            };
+            (C::Authentication, O::Failure, severity)
         }
         Payload::SessionEnded(e) => {
             r.user_id = some(&e.user_id);

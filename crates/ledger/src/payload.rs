@@ -206,6 +206,10 @@ pub enum LoginFailure {
     UserDisabled,
     RateLimited,
     IdentityProviderError,
+    /// The password was right, but password sign-in is off for this name
+    /// (`login.local_accounts = false` and not the break-glass admin): someone holds a
+    /// password that is no longer meant to be used.
+    PasswordNotAllowed,
 }
 
 /// The bearer credential a resource request carried.

@@ -592,6 +592,17 @@ backend_tests! {
         let wrong = r.text().await.unwrap();
         let message = |page: &str| page.contains("Wrong username or password.");
         assert!(message(&refused) && message(&wrong), "{refused}");
+        // The trail tells them apart: bob's right password is not a wrong one.
+        let reasons: Vec<_> = s.app.store().read(0, 100_000).await.unwrap().iter()
+            .filter_map(|e| match e.payload() {
+                grantline_ledger::Payload::LoginFailed(f) => Some((f.user_id.clone(), f.reason)),
+                _ => None,
+            })
+            .collect();
+        use grantline_ledger::LoginFailure::{BadPassword, PasswordNotAllowed};
+        assert_eq!(reasons.len(), 2, "{reasons:?}");
+        assert_eq!(reasons[0], (Some(other.clone()), PasswordNotAllowed));
+        assert_eq!(reasons[1].1, BadPassword);
         let r = sign_in_with(&s, &b, "admin", ADMIN_PASSWORD).await;
         assert_eq!(r.status(), StatusCode::SEE_OTHER);
         let api = |path: &'static str, u: &'static str, p: &'static str| {

@@ -194,7 +194,6 @@ pub async fn submit(
         .sign_in(username, &password, held.checking())
         .await
     {
-        Ok(Outcome::SignedIn { user_id }) if !password_allowed => Outcome::BadPassword { user_id },
         Ok(o) => o,
         Err(e) => {
             held.settle(false);
@@ -228,6 +227,11 @@ pub async fn submit(
         return r;
     }
     let (user_id, failure) = match outcome {
+        // Refused on the page as a wrong password (the answer tells no one which names may
+        // use one), recorded as what it was.
+        Outcome::SignedIn { user_id } if !password_allowed => {
+            (Some(user_id), Some(LoginFailure::PasswordNotAllowed))
+        }
         Outcome::SignedIn { user_id } if disabled(&user_id) => {
             (Some(user_id), Some(LoginFailure::UserDisabled))
         }
