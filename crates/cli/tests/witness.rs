@@ -188,5 +188,18 @@ backend_tests! {
         std::fs::write(d.join("bad-handovers.json"), bad.to_string()).unwrap();
         let o = check(&["--handovers", &p("bad-handovers.json")]);
         assert_eq!(o.status.code(), Some(1), "{o:?}");
+        // The retired key (still held by whoever stole it) signs the newest tree: the handovers
+        // say it was not in force at that size, so the proof is not accepted.
+        let cons2: Value = serde_json::from_str(&cons).unwrap();
+        let new_size = cons2["new_size"].as_u64().unwrap();
+        let store = grantline_store::Store::connect(&db.db, false).await.unwrap();
+        let leaves: Vec<_> = store.chain_hashes(new_size).await.unwrap().iter().map(grantline_ledger::merkle::leaf_hash).collect();
+        store.close().await;
+        let mut forged = cons2.clone();
+        forged["new_checkpoint"] = signer.sign_checkpoint(origin, new_size, &grantline_ledger::merkle::root_of(&leaves)).into();
+        std::fs::write(d.join("cons-forged.json"), forged.to_string()).unwrap();
+        let o = grantline(&db, &["verify-proof", &p("cons-forged.json"), "--public-key", &key, "--checkpoint", &p("kept"), "--handovers", &p("handovers.json")]);
+        assert_eq!(o.status.code(), Some(1), "{o:?}");
+        assert!(String::from_utf8_lossy(&o.stdout).contains("not the key in force"), "{o:?}");
     }
 }

@@ -126,32 +126,85 @@ struct Handover {
     handover: String,
 }
 
-/// Adds the key each handover introduces, in seq order, when a key already trusted signed it.
-/// One signed by a trusted key that does not verify is tampering; one by a key not trusted
-/// here is skipped (what it introduces stays untrusted).
-fn follow_handovers(path: &std::path::Path, keys: &mut Vec<NoteVerifier>) -> Result<()> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let mut list: Vec<Handover> = serde_json::from_str(&text)
-        .with_context(|| format!("{} is not a list of handovers", path.display()))?;
-    list.sort_by_key(|h| h.seq);
-    for h in list {
-        match grantline_ledger::KeyHandover::open(&h.handover, keys) {
-            Ok(k) => {
-                if !keys.contains(&k.to) {
-                    keys.push(k.to);
-                }
-            }
-            Err(grantline_ledger::CheckpointError::UnknownSigner(_)) => {}
-            Err(e) => {
-                return Err(anyhow::Error::new(Tampered(format!(
-                    "the key handover at seq {}: {e}",
-                    h.seq
-                ))));
-            }
+/// The checkpoint keys in force by tree size: the keys given, then each key a handover signed
+/// by the key in force introduced, for checkpoints beyond the handover's seq (one of the
+/// handover's own size may be signed by either key, as `verify`'s walk allows).
+struct KeysBySize {
+    /// `(seq of the handover, keys in force after it)`, in seq order; the first is `(0, given)`.
+    eras: Vec<(u64, Vec<NoteVerifier>)>,
+}
+
+impl KeysBySize {
+    fn given(keys: Vec<NoteVerifier>) -> Self {
+        KeysBySize {
+            eras: vec![(0, keys)],
         }
     }
-    Ok(())
+
+    /// Every key any era trusts: what a checkpoint must be signed by to be judged at all.
+    fn all(&self) -> Vec<NoteVerifier> {
+        let mut all: Vec<NoteVerifier> = Vec::new();
+        for k in self.eras.iter().flat_map(|(_, keys)| keys) {
+            if !all.contains(k) {
+                all.push(k.clone());
+            }
+        }
+        all
+    }
+
+    /// The keys that may sign a checkpoint of tree size `size`.
+    fn at(&self, size: u64) -> Vec<NoteVerifier> {
+        let mut keys: Vec<NoteVerifier> = self
+            .eras
+            .iter()
+            .rev()
+            .find(|(seq, _)| *seq < size || *seq == 0)
+            .map(|(_, k)| k.clone())
+            .unwrap_or_default();
+        for (_, k) in self.eras.iter().filter(|(seq, _)| *seq == size && size > 0) {
+            keys.extend(k.iter().cloned());
+        }
+        keys
+    }
+
+    /// Follows the handovers in `path`, in seq order. One signed by the key in force adds its
+    /// key from then on (the keys before it retire); one signed by a key already retired is
+    /// tampering (Grantline hands over only from the key in force), as is one a key in force
+    /// signed that does not verify; one by a key not trusted here is skipped (what it
+    /// introduces stays untrusted).
+    fn follow(&mut self, path: &std::path::Path) -> Result<()> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let mut list: Vec<Handover> = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a list of handovers", path.display()))?;
+        list.sort_by_key(|h| h.seq);
+        for h in list {
+            let in_force = self.eras.last().map(|(_, k)| k.clone()).unwrap_or_default();
+            match grantline_ledger::KeyHandover::open(&h.handover, &in_force) {
+                Ok(k) => self.eras.push((h.seq, vec![k.to])),
+                Err(grantline_ledger::CheckpointError::UnknownSigner(_)) => {
+                    let retired: Vec<NoteVerifier> = self
+                        .all()
+                        .into_iter()
+                        .filter(|k| !in_force.contains(k))
+                        .collect();
+                    if grantline_ledger::KeyHandover::open(&h.handover, &retired).is_ok() {
+                        return Err(anyhow::Error::new(Tampered(format!(
+                            "the key handover at seq {} is signed by a key handed over before it",
+                            h.seq
+                        ))));
+                    }
+                }
+                Err(e) => {
+                    return Err(anyhow::Error::new(Tampered(format!(
+                        "the key handover at seq {}: {e}",
+                        h.seq
+                    ))));
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A finding of tampering, as opposed to a check that could not be made.
@@ -182,22 +235,31 @@ fn check(args: VerifyArgs) -> Result<ExitCode> {
             .with_context(|| format!("reading {}", args.proof.display()))?
     };
     let proof: Proof = serde_json::from_str(&text).context("the proof is not valid proof JSON")?;
-    let mut keys = args
-        .public_keys
-        .iter()
-        .map(|k| NoteVerifier::parse(k).with_context(|| format!("--public-key {k}")))
-        .collect::<Result<Vec<_>>>()?;
+    let mut keys = KeysBySize::given(
+        args.public_keys
+            .iter()
+            .map(|k| NoteVerifier::parse(k).with_context(|| format!("--public-key {k}")))
+            .collect::<Result<Vec<_>>>()?,
+    );
     if let Some(path) = &args.handovers {
-        follow_handovers(path, &mut keys)?;
+        keys.follow(path)?;
     }
     // A checkpoint by a key not given here cannot be judged (exit 2); one whose trusted
-    // signature fails is tampered (exit 1), like a proof that does not verify.
+    // signature fails, or signed by a key not in force at its tree size, is tampered (exit 1),
+    // like a proof that does not verify.
     let open = |note: &str, what: &str| -> Result<Checkpoint> {
-        Checkpoint::open(note, &keys).map_err(|e| match e {
+        let cp = Checkpoint::open(note, &keys.all()).map_err(|e| match e {
             grantline_ledger::CheckpointError::UnknownSigner(_) => anyhow::anyhow!(
                 "the {what} checkpoint: {e}; pass that signer's verifier key with --public-key"
             ),
             e => anyhow::Error::new(Tampered(format!("the {what} checkpoint: {e}"))),
+        })?;
+        Checkpoint::open(note, &keys.at(cp.size)).map_err(|_| {
+            anyhow::Error::new(Tampered(format!(
+                "the {what} checkpoint (tree size {}) is signed by a key that was handed over \
+                 before it: not the key in force at that size",
+                cp.size
+            )))
         })
     };
     let verdict = match proof {
