@@ -739,3 +739,35 @@ async fn configured_roles_do_not_shut_auditors_out_of_the_audit_tools() {
     assert_eq!(v["result"]["isError"], false, "{v}");
     s.stop().await;
 }
+
+/// With audit off, no part of the audit API answers: one event's view neither (it opened
+/// personal data with the index off).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_audit_off_one_events_view_is_not_served_either() {
+    let db = grantline_store::testing::sqlite().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), 0, 60);
+    cfg.audit.enabled = false;
+    let s = Server::start(&db, dir.path().to_path_buf(), cfg).await;
+    for path in [
+        "/admin/api/audit/events/1",
+        "/admin/api/audit/search?q=kind:user.created",
+        "/admin/api/audit/export",
+    ] {
+        let r = reqwest::Client::new()
+            .get(s.url(path))
+            .basic_auth("admin", Some(ADMIN_PASSWORD))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::NOT_FOUND, "{path}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["error"], "audit_disabled", "{path}: {v}");
+    }
+    let b = browser();
+    login(&s, &b).await;
+    let r = b.get(s.url("/admin/audit/events/1")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert!(r.text().await.unwrap().contains("turned off"));
+    s.stop().await;
+}

@@ -852,6 +852,13 @@ pub async fn event_page(
         Ok(r) => r,
         Err(r) => return r,
     };
+    if app.audit_service().is_err() {
+        return crate::pages::error(
+            StatusCode::NOT_FOUND,
+            "No such event",
+            "Audit search is turned off on this server.",
+        );
+    }
     let base = esc(&ctx.base_path());
     let Ok(seq) = seq.parse::<u64>() else {
         return crate::pages::error(
