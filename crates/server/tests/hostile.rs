@@ -318,6 +318,16 @@ async fn registrations_stop_at_the_hours_total() {
         "{v}"
     );
     assert_eq!(s.app.projection.read().clients.len(), 2 + 2);
+    // Nor do they leave a key behind: only the two clients' details were sealed.
+    let grantline_store::Pool::Sqlite(p) = s.app.store().pool() else {
+        unreachable!("an SQLite test")
+    };
+    let keys: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM subject_keys WHERE subject LIKE 'client:cli_%'")
+            .fetch_one(p)
+            .await
+            .unwrap();
+    assert_eq!(keys, 2);
     s.stop().await;
 }
 

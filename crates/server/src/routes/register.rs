@@ -54,18 +54,25 @@ async fn handle(
         secret: crate::random::secret("gls_"),
     };
     tracing::Span::current().record("client_id", fresh.client_id.as_str());
-    let meta = ctx
-        .meta(app, &format!("client:{}", fresh.client_id))
-        .await?;
     let now = app.now();
     let ttl = app.config.oauth.dynamic_client_ttl;
     let policy = app.registration_policy();
+    // Metadata that would write nothing is refused before the request's details are sealed:
+    // sealing them keeps a key for the new client's id, which such a request, or one over
+    // the hour's total, must not leave behind.
+    let dry = decide(&policy, &req, now, ttl, fresh.clone(), None);
+    if dry.append.events.is_empty() {
+        dry.outcome?;
+    }
     // A place in the hour's total, kept if the request writes (a client, or its refusal by
     // the policy); counted also if it is cut off while its append is under way.
     let mut slot = match app.registrations.reserve(now.0 / 1_000_000) {
         Ok(slot) => slot,
         Err(over) => return Ok(too_many(app, over)),
     };
+    let meta = ctx
+        .meta(app, &format!("client:{}", fresh.client_id))
+        .await?;
     slot.committing();
     let (outcome, recorded) = app
         .run(|_| decide(&policy, &req, now, ttl, fresh.clone(), Some(meta.clone())))
