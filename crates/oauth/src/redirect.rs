@@ -20,7 +20,30 @@ pub fn validate(uri: &str, app: ApplicationType) -> Result<(), String> {
     if uri.contains('*') {
         return Err(format!("{uri}: wildcards are not allowed"));
     }
+    // Stored and matched as sent, but checked as parsed: the two must name the same place.
+    // The URL parser reads `\` as `/` and drops tabs, line breaks and outer spaces, so
+    // `https://evil.example\.good.example/cb` would pass as a URI at `evil.example` while
+    // every listing shows the other name.
+    if uri
+        .chars()
+        .any(|c| c == '\\' || c.is_whitespace() || c.is_control())
+    {
+        return Err(format!(
+            "{}: a redirect URI must not contain backslashes, spaces or control characters",
+            uri.escape_debug()
+        ));
+    }
     let url = Url::parse(uri).map_err(|e| format!("{uri}: not an absolute URL ({e})"))?;
+    if let Some(host) = url.host_str()
+        && !uri
+            .to_ascii_lowercase()
+            .contains(&host.to_ascii_lowercase())
+    {
+        return Err(format!(
+            "{uri}: write the host as {host} (percent-encoded and international host names \
+             are not accepted as written)"
+        ));
+    }
     if url.fragment().is_some() || uri.contains('#') {
         return Err(format!("{uri}: a redirect URI must not have a fragment"));
     }
@@ -65,7 +88,11 @@ pub fn matches(registered: &[String], requested: &str) -> bool {
     }
     // Bounded as a registered URI is, and without credentials: the requested string is what
     // the code goes to and what `code.issued` records.
-    if requested.len() > crate::limits::URL_BYTES {
+    if requested.len() > crate::limits::URL_BYTES
+        || requested
+            .chars()
+            .any(|c| c == '\\' || c.is_whitespace() || c.is_control())
+    {
         return false;
     }
     let Ok(want) = Url::parse(requested) else {
@@ -141,6 +168,13 @@ mod tests {
             ("cursor://callback", Native),
             ("/relative", Web),
             ("https://user:pw@app.example/cb", Web),
+            // Parsed as a URI at evil.example, shown as another name.
+            ("https://evil.example\\.good.example/cb", Web),
+            ("https://app.example/c\tb", Web),
+            ("https://app.example/cb\n", Web),
+            (" https://app.example/cb", Web),
+            ("https://evil%2Eexample/cb", Web),
+            ("https://bücher.example/cb", Web),
         ] {
             assert!(validate(bad, app).is_err(), "{bad} accepted");
         }
@@ -160,6 +194,8 @@ mod tests {
         assert!(!matches(&reg, "http://127.0.0.1:51234/other"));
         assert!(!matches(&reg, "http://localhost:51234/callback"));
         assert!(!matches(&reg, "https://127.0.0.1:51234/callback"));
+        assert!(!matches(&reg, "http://127.0.0.1:51234\\callback"));
+        assert!(!matches(&reg, "http://127.0.0.1:51234/call\tback"));
     }
 
     #[test]
