@@ -10,21 +10,22 @@ use grantline_state::{Client, State};
 
 /// Revoking `token` for `client`: its events (none if there is nothing to revoke), or
 /// `unsupported_token_type` for a personal access token (§2.2.1), which no client may revoke
-/// here and which would otherwise be answered as revoked while it stays live.
+/// here and which would otherwise be answered as revoked while it stays live. Told by its
+/// prefix, not looked up: the answer must not tell any client which such strings are known.
 pub fn decide(
     state: &State,
     client: &Client,
     token: &str,
     request: Option<RequestMeta>,
 ) -> Decision<()> {
-    let digest = secret_digest(token.as_bytes());
-    if state.pat_by_digest.contains_key(&digest) {
+    if token.starts_with(crate::tokens::PAT_PREFIX) {
         return OAuthError::new(
             ErrorCode::UnsupportedTokenType,
             "a personal access token is revoked by its owner (the account page) or an administrator, not here",
         )
         .into();
     }
+    let digest = secret_digest(token.as_bytes());
     Decision::new(events(state, client, &digest, request), Ok(()))
 }
 

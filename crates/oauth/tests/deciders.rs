@@ -1523,6 +1523,14 @@ fn a_user_revokes_their_own_grant_or_everything() {
     );
     assert_eq!(code_of(&by_client), "unsupported_token_type");
     assert!(by_client.append.events.is_empty());
+    // The same answer for one no one ever had: the answer tells no client which are known.
+    let unknown = revoke::decide(
+        &w.state,
+        &w.state.clients[&client].clone(),
+        "glp_never_issued",
+        None,
+    );
+    assert_eq!(code_of(&unknown), "unsupported_token_type");
     let d = grantline_oauth::grant::revoke_everything(&w.state, actor(), &user, "all", None);
     assert_eq!(
         w.commit(&d.append).unwrap(),
