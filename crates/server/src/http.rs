@@ -20,6 +20,36 @@ pub fn oauth_error(e: &OAuthError) -> Response {
     r
 }
 
+/// A body over the limit is refused by the extractor in plain text; at the OAuth endpoints
+/// it is an RFC 6749 error like any other (413, `invalid_request`).
+pub async fn oauth_json_413(r: Response) -> Response {
+    let json = r
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if r.status() != StatusCode::PAYLOAD_TOO_LARGE || json {
+        return r;
+    }
+    let body = serde_json::json!({
+        "error": "invalid_request",
+        "error_description": format!(
+            "the request body is larger than {} KiB",
+            crate::routes::MAX_BODY / 1024
+        ),
+    });
+    let (mut parts, _) = r.into_parts();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let mut out = (StatusCode::PAYLOAD_TOO_LARGE, axum::Json(body)).into_response();
+    // Keep what layers outside the handler set (CORS, request id); the type is JSON now.
+    for (k, v) in parts.headers.iter() {
+        if k != header::CONTENT_TYPE {
+            out.headers_mut().insert(k.clone(), v.clone());
+        }
+    }
+    no_store(out.headers_mut());
+    out
+}
+
 /// 429 with `Retry-After` and an RFC 6749-style JSON body (`slow_down` is not an RFC 6749
 /// error; `temporarily_unavailable` is the code clients know).
 pub fn too_many_requests(retry_after: i64, description: &str) -> Response {

@@ -226,6 +226,20 @@ async fn registration_values_are_bounded_and_names_must_be_displayable() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"], "invalid_request");
+    // The other OAuth endpoints answer it as RFC 6749 JSON too.
+    for path in ["/oauth/token", "/oauth/revoke", "/oauth/introspect"] {
+        let r = browser()
+            .post(s.url(path))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("grant_type=x&pad={}", "a".repeat(70_000)))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE, "{path}");
+        let v: Value = r.json().await.unwrap_or_else(|e| panic!("{path}: {e}"));
+        assert_eq!(v["error"], "invalid_request", "{path}: {v}");
+    }
     assert_eq!(
         s.app.store().count().await.unwrap(),
         before,

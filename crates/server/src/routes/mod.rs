@@ -80,15 +80,29 @@ pub fn router() -> Router<App> {
         )
         .route("/ledger/proof/inclusion", get(witness::inclusion))
         .route("/ledger/proof/consistency", get(witness::consistency))
-        .route("/oauth/register", post(register::register))
-        .route("/oauth/token", post(token::token))
-        .route("/oauth/revoke", post(revoke::revoke))
+        .route(
+            "/oauth/register",
+            post(register::register)
+                .layer(axum::middleware::map_response(crate::http::oauth_json_413)),
+        )
+        .route(
+            "/oauth/token",
+            post(token::token).layer(axum::middleware::map_response(crate::http::oauth_json_413)),
+        )
+        .route(
+            "/oauth/revoke",
+            post(revoke::revoke).layer(axum::middleware::map_response(crate::http::oauth_json_413)),
+        )
         .layer(cors);
     Router::new()
         .merge(public)
         .route("/oauth/authorize", get(authorize::authorize))
         .route("/oauth/consent", post(authorize::consent))
-        .route("/oauth/introspect", post(introspect::introspect))
+        .route(
+            "/oauth/introspect",
+            post(introspect::introspect)
+                .layer(axum::middleware::map_response(crate::http::oauth_json_413)),
+        )
         .route("/login", get(login::form).post(login::submit))
         .route("/logout", post(login::logout))
         .route("/login/upstream/{provider}", post(federation::begin))
