@@ -300,10 +300,12 @@ impl Indexer {
         self.index.set_head(self.position);
         self.pending = 0;
         self.first_pending = None;
+        // The directory first: an export that sees the new position must find the names of
+        // the users created up to it.
+        self.share_directory();
         self.progress
             .committed
             .store(self.position, Ordering::SeqCst);
-        self.share_directory();
         Ok(())
     }
 

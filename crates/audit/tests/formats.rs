@@ -251,6 +251,9 @@ fn csv_cells_are_quoted_and_formulas_neutralised() {
     assert_eq!(csv::cell("+1"), "'+1");
     assert_eq!(csv::cell("@SUM(A1)"), "'@SUM(A1)");
     assert_eq!(csv::cell("line\nbreak"), "\"line\nbreak\"");
+    // A spreadsheet that separates on `;` or tabs would split these and evaluate the rest.
+    assert_eq!(csv::cell("x;=1+1"), "\"x;=1+1\"");
+    assert_eq!(csv::cell("x\t=1+1"), "\"x\t=1+1\"");
     let rows = lines(Format::Csv, None);
     let columns = csv::COLUMNS.len();
     for r in rows.iter().filter(|r| !r.contains('"')) {

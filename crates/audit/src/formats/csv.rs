@@ -45,7 +45,9 @@ pub fn cell(v: &str) -> String {
     } else {
         v.to_string()
     };
-    if v.contains([',', '"', '\n', '\r']) {
+    // `;` and tab too: a spreadsheet in a locale that separates on them would split the cell
+    // and evaluate what follows (`x;=1+1`).
+    if v.contains([',', ';', '\t', '"', '\n', '\r']) {
         format!("\"{}\"", v.replace('"', "\"\""))
     } else {
         v
