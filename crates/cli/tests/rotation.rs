@@ -183,5 +183,22 @@ backend_tests! {
         let o = grantline(&db, d, &["verify", "--public-key", &k0]);
         assert_eq!(o.status.code(), Some(1), "{o:?}");
         assert!(out(&o).contains(&format!("seq {head}")) && out(&o).contains("not the key in force"), "{o:?}");
+
+        // The handover's row, its body changed, below the checkpoint a resumed walk starts
+        // from: a finding (exit 1), as in a full walk, not "cannot tell".
+        let at = handover["seq"].as_u64().unwrap();
+        let store = grantline_store::Store::connect(&db.db, false).await.unwrap();
+        match store.pool() {
+            grantline_store::Pool::Sqlite(p) => {
+                sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP TRIGGER events_no_update; UPDATE events SET body = body || x'00' WHERE seq = {at}"))).execute(p).await.unwrap();
+            }
+            grantline_store::Pool::Postgres(p) => {
+                sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP TRIGGER events_append_only ON events; UPDATE events SET body = body || '\\x00'::bytea WHERE seq = {at}"))).execute(p).await.unwrap();
+            }
+        }
+        store.close().await;
+        let o = grantline(&db, d, &["verify", "--public-key", &k0, "--from-checkpoint", &at.to_string()]);
+        assert_eq!(o.status.code(), Some(1), "{o:?}");
+        assert!(out(&o).starts_with(&format!("NOT INTACT: seq {at}")), "{o:?}");
     }
 }

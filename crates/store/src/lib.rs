@@ -59,7 +59,19 @@ pub async fn verify_from_checkpoint(
         }));
     };
     let size = u64::try_from(checkpoint.tree_size).unwrap_or(0);
-    let keys = store.key_events(size).await?;
+    // A key row whose body was changed is a finding like any other, not "cannot tell".
+    let keys = match store.key_events(size).await {
+        Ok(k) => k,
+        Err(StoreError::Corrupt { seq, problem }) => {
+            return Ok(Err(StartError::Finding(
+                grantline_ledger::verify::Finding {
+                    seq,
+                    problem: grantline_ledger::verify::Problem::KeyRotation { error: problem },
+                },
+            )));
+        }
+        Err(e) => return Err(e),
+    };
     let start = match Start::open(&checkpoint, &frontier, trusted, &keys) {
         Ok(s) => s,
         Err(e) => return Ok(Err(e)),
