@@ -82,9 +82,15 @@ backend_tests! {
         s.app.ledger.checkpoint().await.unwrap();
         s.stop().await;
         let k0 = out(&grantline(&db, d, &["key", "show"])).trim().to_string();
+        // What someone who copied the data directory before the rotation holds.
+        let retired = grantline_store::keyfile::load_signer(d).unwrap().unwrap();
 
         let o = grantline(&db, d, &["key", "rotate"]);
         assert_eq!(o.status.code(), Some(0), "{o:?}");
+        // The retired private keys are not kept in the directory.
+        let files: Vec<String> = std::fs::read_dir(d).unwrap().filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        assert!(!files.iter().any(|f| f.contains("retired") || f.ends_with(".next")), "{files:?}");
         let k1 = out(&o)
             .lines()
             .find_map(|l| l.strip_prefix("new checkpoint key:"))
@@ -118,6 +124,24 @@ backend_tests! {
         assert_eq!(o.status.code(), Some(0), "{o:?}");
         let o = grantline(&db, d, &["verify"]);
         assert_eq!(o.status.code(), Some(0), "{o:?}");
+        // Every key the ledger has had, as recorded outside the machine: each was in force, in
+        // either mode.
+        for from in [&[][..], &["--from-checkpoint"][..]] {
+            let mut args = vec!["verify", "--public-key", &k0, "--public-key", &k1];
+            args.extend(from);
+            let o = grantline(&db, d, &args);
+            assert_eq!(o.status.code(), Some(0), "{args:?}: {o:?}");
+        }
+        // A key given as this ledger's that it never put in force (the handover to it removed,
+        // or another ledger's key): a finding, whatever the local key history says.
+        let unknown = grantline_ledger::NoteSigner::generate("grantline.test/ledger").unwrap().verifier().to_string();
+        for from in [&[][..], &["--from-checkpoint"][..]] {
+            let mut args = vec!["verify", "--public-key", &k0, "--public-key", &unknown];
+            args.extend(from);
+            let o = grantline(&db, d, &args);
+            assert_eq!(o.status.code(), Some(1), "{args:?}: {o:?}");
+            assert!(out(&o).contains("never put it in force"), "{o:?}");
+        }
         // A handover the local key history names but the ledger does not hold (its row
         // removed, what followed rewritten under the retired key): not intact, in either mode.
         let history = d.join(grantline_store::keyfile::HISTORY_FILE);
@@ -156,9 +180,6 @@ backend_tests! {
         // The retired key signs a checkpoint after its handover: caught at that seq.
         let store = grantline_store::Store::connect(&db.db, false).await.unwrap();
         let head = store.head().await.unwrap().unwrap().0;
-        let retired_file = std::fs::read_dir(d).unwrap().filter_map(|e| e.ok()).map(|e| e.path())
-            .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("checkpoint.key.retired-")).unwrap();
-        let retired = grantline_ledger::NoteSigner::parse(&std::fs::read_to_string(retired_file).unwrap()).unwrap();
         // A process still holding the retired key is refused before it signs anything.
         let stale = std::process::Command::new(env!("CARGO_BIN_EXE_grantline"))
             .args(["user", "list", "--database", &db.url(), "--data-dir"])

@@ -214,6 +214,13 @@ pub struct Summary {
     /// event with the first key of the history, that key's successor if any; on a walk
     /// resumed from a checkpoint, every key given until a handover after it.
     pub keys_in_force: Vec<NoteVerifier>,
+    /// Of two or more keys given, those this ledger never put in force: none signed a
+    /// checkpoint the walk verified, and no handover it followed named them. Grantline signs
+    /// only with the key in force, so a key the checker knows as this ledger's that the ledger
+    /// never reached means its handover was removed (and what followed re-signed with the key
+    /// before), or that the key is another ledger's. (With one key given, a ledger not signed
+    /// yet is no finding.)
+    pub never_in_force: Vec<NoteVerifier>,
 }
 
 /// A checkpoint signed by a key the verifier was not given.
@@ -348,6 +355,8 @@ pub struct Start {
     in_force: Vec<NoteVerifier>,
     in_force_trusted: bool,
     retired: Vec<(NoteVerifier, u64)>,
+    /// Keys given that were in force up to the checkpoint (see [`ChainVerifier`]).
+    reached: Vec<NoteVerifier>,
 }
 
 /// Why a walk cannot start from a checkpoint.
@@ -394,7 +403,10 @@ impl Start {
             root: checkpoint.root.clone(),
         };
         let root = match walk.judge(&pending) {
-            Verdict::Signed(root) => root,
+            Verdict::Signed(root) => {
+                walk.note_signers(&pending.note);
+                root
+            }
             Verdict::Untrusted(by) => return Err(StartError::Untrusted(by)),
             Verdict::Bad(error) => return Err(signature(error)),
         };
@@ -414,6 +426,7 @@ impl Start {
             in_force: walk.in_force,
             in_force_trusted: walk.in_force_trusted,
             retired: walk.retired,
+            reached: walk.reached,
         })
     }
 
@@ -483,6 +496,10 @@ pub struct ChainVerifier {
     /// The row being linked hands the checkpoint key over: a checkpoint of its own size may be
     /// signed by either key (the new key's first one stands in for a missing last one).
     handing_over: bool,
+    /// The keys that were in force somewhere in the walk: each signed a checkpoint it
+    /// verified, or a handover it followed named it (kept only when two or more keys were
+    /// given: [`Summary::never_in_force`]).
+    reached: Vec<NoteVerifier>,
 }
 
 impl ChainVerifier {
@@ -514,6 +531,7 @@ impl ChainVerifier {
             confirmed: false,
             signed_in_walk: false,
             handing_over: false,
+            reached: Vec::new(),
         }
     }
 
@@ -576,6 +594,7 @@ impl ChainVerifier {
         verifier.in_force = start.in_force;
         verifier.in_force_trusted = start.in_force_trusted;
         verifier.retired = start.retired;
+        verifier.reached = start.reached;
         verifier.checkpoints += 1;
         verifier.from = start.size;
         verifier.next_seq = start.size + 1;
@@ -584,6 +603,27 @@ impl ChainVerifier {
         verifier.last_good = start.size;
         verifier.confirmed = true;
         Ok(verifier)
+    }
+
+    /// Marks which of the keys in force signed `note` (a checkpoint that verified), when two or
+    /// more keys were given.
+    fn note_signers(&mut self, note: &str) {
+        if self.trusted.len() < 2 {
+            return;
+        }
+        for k in &self.in_force {
+            if !self.reached.contains(k) && Checkpoint::open(note, std::slice::from_ref(k)).is_ok()
+            {
+                self.reached.push(k.clone());
+            }
+        }
+    }
+
+    /// A key a handover named was in force.
+    fn note_reached(&mut self, k: &NoteVerifier) {
+        if self.trusted.len() >= 2 && !self.reached.contains(k) {
+            self.reached.push(k.clone());
+        }
     }
 
     /// A checkpoint's signature, by the key in force now.
@@ -667,6 +707,8 @@ impl ChainVerifier {
                 if self.trusted.contains(&h.to) {
                     self.in_force_trusted = true;
                 }
+                self.note_reached(&h.from);
+                self.note_reached(&h.to);
                 h
             }
             Err(CheckpointError::UnknownSigner(by)) if self.in_force_trusted && self.confirmed => {
@@ -686,6 +728,9 @@ impl ChainVerifier {
                 let h = crate::KeyHandover::parse_unverified(note)
                     .map_err(|e| rotation(e.to_string()))?;
                 self.in_force_trusted = self.trusted.contains(&h.to);
+                if self.in_force_trusted {
+                    self.note_reached(&h.to);
+                }
                 h
             }
             Err(e) => return Err(rotation(e.to_string())),
@@ -764,6 +809,7 @@ impl ChainVerifier {
                     self.last_good = cp.size;
                     self.confirmed = true;
                     self.signed_in_walk = true;
+                    self.note_signers(&cp.note);
                 }
             }
         }
@@ -815,6 +861,12 @@ impl ChainVerifier {
             checkpoints: self.checkpoints,
             head: self.prev,
             untrusted,
+            never_in_force: self
+                .trusted
+                .iter()
+                .filter(|k| self.trusted.len() >= 2 && !self.reached.contains(k))
+                .cloned()
+                .collect(),
             keys_in_force: if self.in_force_trusted {
                 self.in_force
             } else {

@@ -65,7 +65,6 @@ pub async fn rotate_keys(opts: Options) -> Result<Rotated> {
     keyfile::write_private(&next_at, &STANDARD.encode(seed))?;
 
     let app = App::start(opts).await?;
-    let old_access_kid = app.jwt.kid.clone();
     let public = |k: &JwtSigner| URL_SAFE_NO_PAD.encode(k.key.verifying_key().as_bytes());
     let rotation = Rotation {
         checkpoint: NewKey {
@@ -108,8 +107,8 @@ pub async fn rotate_keys(opts: Options) -> Result<Rotated> {
     app.ledger.shutdown().await;
     let seq = recorded.last().map_or(0, |r| r.seq());
 
-    swap(&dir, keyfile::KEY_FILE, &old.verifier().key_id_hex())?;
-    swap(&dir, crate::keys::FILE, &old_access_kid)?;
+    swap(&dir, keyfile::KEY_FILE)?;
+    swap(&dir, crate::keys::FILE)?;
     keyfile::record_rotation(&dir, &old.verifier(), &new.verifier())?;
     Ok(Rotated {
         checkpoint_key: new.verifier().to_string(),
@@ -119,19 +118,13 @@ pub async fn rotate_keys(opts: Options) -> Result<Rotated> {
     })
 }
 
-/// `name` becomes `name.retired-<id>`, `name.next` becomes `name`.
-fn swap(dir: &Path, name: &str, old_id: &str) -> Result<()> {
+/// `name.next` replaces `name` in one rename. The retired private key is not kept: nothing
+/// signs with it again, and one left on disk would let whoever reads the directory sign a
+/// checkpoint, or rewrite the history, past its handover (its public half stays in the ledger
+/// and in `checkpoint-keys.pub`).
+fn swap(dir: &Path, name: &str) -> Result<()> {
     let current = dir.join(name);
-    let retired = dir.join(format!("{name}.retired-{old_id}"));
     let next = dir.join(format!("{name}.next"));
-    std::fs::rename(&current, &retired).with_context(|| {
-        format!(
-            "the rotation is recorded, but {} could not be retired: move it aside and rename {} to {} by hand",
-            current.display(),
-            next.display(),
-            current.display()
-        )
-    })?;
     std::fs::rename(&next, &current).with_context(|| {
         format!(
             "the rotation is recorded, but {} could not be put in place: rename it to {} by hand",

@@ -6,7 +6,10 @@ use std::process::ExitCode;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// A verifier key trusted to sign checkpoints (repeatable). Default: the local key's public half.
+    /// A verifier key trusted to sign checkpoints (repeatable). Default: the first key of the
+    /// local key history, else the local key's public half. Given two or more (the keys this
+    /// ledger has had, as recorded outside the machine), each must have been in force here:
+    /// one the ledger never reached is a finding (a handover removed).
     #[arg(long = "public-key")]
     public_keys: Vec<String>,
     /// Start from a signed checkpoint (the newest, or the one of tree size SIZE) and check only
@@ -76,6 +79,21 @@ pub async fn run(loc: &Location, args: Args) -> Result<ExitCode> {
         Ok(s) => Ok(s),
     };
     match outcome {
+        Ok(summary) if !summary.never_in_force.is_empty() => {
+            let keys: Vec<String> = summary
+                .never_in_force
+                .iter()
+                .map(|k| format!("{}+{}", k.name(), k.key_id_hex()))
+                .collect();
+            println!(
+                "NOT INTACT: checkpoint key {} was given, but this ledger never put it in force \
+                 (no checkpoint here is signed by it, no key handover names it): the handover to \
+                 it was removed and what followed re-signed with an older key, or it is another \
+                 ledger's key",
+                keys.join(", ")
+            );
+            Ok(ExitCode::from(1))
+        }
         Ok(summary) if summary.fully_trusted() => {
             println!("{summary} (checkpoint keys: {source})");
             Ok(ExitCode::SUCCESS)
