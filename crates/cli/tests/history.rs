@@ -551,6 +551,25 @@ backend_tests! {
         let o = grantline(&db, d, &["state", "--at", &head.to_string(), "--json"]);
         assert_eq!(o.status.code(), Some(0), "{o:?}");
         assert!(String::from_utf8_lossy(&o.stderr).contains("snapshot refused"), "{o:?}");
+        // One written by whoever holds the checkpoint key, over the right hash, is taken as it
+        // says; `--no-snapshot` folds from seq 1 and shows what the ledger holds.
+        let mut forged = full.clone();
+        forged.clients.clear();
+        std::fs::write(&path, grantline_state::snapshot::encode(forged, &real_hash, &key).unwrap()).unwrap();
+        let o = grantline(&db, d, &["replay", "--until", &head.to_string(), "--json"]);
+        assert!(String::from_utf8_lossy(&o.stderr).contains("starting from a snapshot"), "{o:?}");
+        assert_ne!(serde_json::from_slice::<Value>(&o.stdout).unwrap(), live);
+        for args in [&["replay", "--until"][..], &["state", "--at"][..]] {
+            let mut a = args.to_vec();
+            let h = head.to_string();
+            a.extend([h.as_str(), "--json", "--no-snapshot"]);
+            let o = grantline(&db, d, &a);
+            assert_eq!(o.status.code(), Some(0), "{o:?}");
+            assert!(!String::from_utf8_lossy(&o.stderr).contains("starting from a snapshot"), "{o:?}");
+            if args[0] == "replay" {
+                assert_eq!(serde_json::from_slice::<Value>(&o.stdout).unwrap(), live);
+            }
+        }
     }
 }
 

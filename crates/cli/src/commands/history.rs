@@ -29,6 +29,10 @@ pub struct ReplayArgs {
     /// refresh_absolute, as `name=duration` (0s, 30s, 5m, 12h, 7d). Nothing is written.
     #[arg(long = "rule", value_name = "NAME=DURATION")]
     rules: Vec<String>,
+    /// Fold from seq 1, not from a snapshot in the data directory (a snapshot is trusted as
+    /// its tag says: whoever holds the checkpoint key could have written one).
+    #[arg(long)]
+    no_snapshot: bool,
 }
 
 #[derive(clap::Args)]
@@ -47,6 +51,9 @@ pub struct StateArgs {
     resource: Option<String>,
     #[arg(long)]
     json: bool,
+    /// Fold from seq 1, not from a snapshot in the data directory.
+    #[arg(long)]
+    no_snapshot: bool,
 }
 
 #[derive(clap::Args)]
@@ -66,10 +73,20 @@ pub(crate) async fn open(loc: &Location) -> Result<Store> {
 
 /// The state at `until`: from the newest snapshot in the data directory that matches the
 /// ledger and is not past `until` (one that does not match is refused and logged), plus the
-/// events after it; with a progress bar on a terminal.
-pub(crate) async fn fold_until(loc: &Location, store: &Store, until: Until) -> Result<State> {
+/// events after it (the log says which), or from seq 1 when `snapshots` is false; with a
+/// progress bar on a terminal.
+pub(crate) async fn fold_until(
+    loc: &Location,
+    store: &Store,
+    until: Until,
+    snapshots: bool,
+) -> Result<State> {
     // Snapshots are tagged under the checkpoint key: without it here, fold from seq 1.
-    let start = match grantline_store::keyfile::load_signer(&loc.data_dir)? {
+    let signer = match snapshots {
+        true => grantline_store::keyfile::load_signer(&loc.data_dir)?,
+        false => None,
+    };
+    let start = match signer {
         Some(signer) => Snapshots::in_data_dir(&loc.data_dir, &signer)
             .newest_valid(store, Some(until))
             .await
@@ -136,7 +153,7 @@ pub async fn replay(loc: &Location, args: ReplayArgs) -> Result<ExitCode> {
         return what_if(loc, until, &args).await;
     }
     let store = open(loc).await?;
-    let state = fold_until(loc, &store, until).await?;
+    let state = fold_until(loc, &store, until, !args.no_snapshot).await?;
     let summary = Summary::of(&state, until.clock(state.time));
     exit_without_dropping(state);
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
@@ -392,7 +409,7 @@ fn resource_named(
 pub async fn state(loc: &Location, args: StateArgs) -> Result<ExitCode> {
     let until = moment(&args.at)?;
     let store = open(loc).await?;
-    let state = fold_until(loc, &store, until).await?;
+    let state = fold_until(loc, &store, until, !args.no_snapshot).await?;
     let config = grantline_server::Config::load(loc.config.as_deref())?;
     // The resources in force at that seq as recorded (`policy.changed`), by name and
     // identifier; a ledger older than recorded policies falls back to the configuration's.
@@ -661,7 +678,7 @@ pub struct SnapshotArgs {
 /// Writes a snapshot of the state at the head (or `--at` a seq) into the data directory.
 pub async fn snapshot(loc: &Location, args: SnapshotArgs) -> Result<ExitCode> {
     let store = open(loc).await?;
-    let state = fold_until(loc, &store, Until::Seq(args.at.unwrap_or(u64::MAX))).await?;
+    let state = fold_until(loc, &store, Until::Seq(args.at.unwrap_or(u64::MAX)), true).await?;
     if state.seq == 0 {
         bail!("the ledger is empty: nothing to snapshot");
     }
