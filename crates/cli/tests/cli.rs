@@ -570,6 +570,52 @@ fn a_restore_after_a_rotation_keeps_the_key_history_and_every_ledger_moved_aside
         })
         .count();
     assert_eq!(aside, 2);
+
+    // The manifest's signature does not cover its list of keys: a list that starts with
+    // another key is not written as the restored directory's key history.
+    let stranger = grantline_ledger::NoteSigner::generate("grantline.test/ledger")
+        .unwrap()
+        .verifier()
+        .to_string();
+    let forged = old.path().join("forged.tar");
+    {
+        let mut out = tar::Builder::new(std::fs::File::create(&forged).unwrap());
+        let mut input = tar::Archive::new(std::fs::File::open(&tar).unwrap());
+        for entry in input.entries().unwrap() {
+            let mut entry = entry.unwrap();
+            let path = entry.path().unwrap().into_owned();
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(&mut entry, &mut bytes).unwrap();
+            if path == std::path::Path::new("manifest.json") {
+                let mut m: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+                let keys = m["checkpoint_keys"].as_array_mut().unwrap();
+                assert_eq!(keys.len(), 2, "{m}");
+                keys.insert(0, stranger.clone().into());
+                bytes = serde_json::to_vec_pretty(&m).unwrap();
+            }
+            let mut header = entry.header().clone();
+            header.set_size(bytes.len() as u64);
+            header.set_cksum();
+            out.append(&header, bytes.as_slice()).unwrap();
+        }
+        out.finish().unwrap();
+    }
+    let third = tempfile::tempdir().unwrap();
+    for f in ["checkpoint.key", "access-token.key"] {
+        std::fs::copy(old.path().join(f), third.path().join(f)).unwrap();
+    }
+    let said = ok(grantline_in(
+        third.path(),
+        &[
+            "restore",
+            "--input",
+            forged.to_str().unwrap(),
+            "--public-key",
+            &first_key,
+        ],
+    ));
+    assert!(said.contains("keys were not written"), "{said}");
+    assert!(!third.path().join("checkpoint-keys.pub").exists());
 }
 
 /// A command that writes the ledger holds its lock as a server does: while a restore holds it

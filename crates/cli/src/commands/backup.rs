@@ -204,14 +204,17 @@ pub async fn restore(loc: &Location, args: RestoreArgs) -> Result<ExitCode> {
             .map(|k| grantline_ledger::NoteVerifier::parse(k))
             .collect::<std::result::Result<Vec<_>, _>>();
         match keys {
-            Ok(keys) => {
-                keyfile::write_history(&loc.data_dir, &keys)?;
-                println!(
-                    "the checkpoint keys' history ({} keys) was written to {}",
-                    keys.len(),
-                    loc.data_dir.join(keyfile::HISTORY_FILE).display()
-                );
-            }
+            Ok(keys) => match unvouched(&dest, &trusted, &keys).await? {
+                None => {
+                    keyfile::write_history(&loc.data_dir, &keys)?;
+                    println!(
+                        "the checkpoint keys' history ({} keys) was written to {}",
+                        keys.len(),
+                        loc.data_dir.join(keyfile::HISTORY_FILE).display()
+                    );
+                }
+                Some(why) => println!("the manifest's checkpoint keys were not written: {why}"),
+            },
             Err(e) => println!("the manifest's checkpoint keys were not written: {e}"),
         }
     }
@@ -357,4 +360,37 @@ mod tests {
         assert!(!a.exists());
         assert_eq!(std::fs::read_to_string(&c).unwrap(), "ledger");
     }
+}
+
+/// Why the manifest's list of checkpoint keys may not become the data directory's key history
+/// (`None`: it may). The signature over a manifest does not cover that list, and the history's
+/// first key is what a later `verify` trusts by default: so it must start with a key this
+/// restore trusted, and each of its keys must lie along the restored ledger's own handovers.
+async fn unvouched(
+    db: &std::path::Path,
+    trusted: &[grantline_ledger::NoteVerifier],
+    keys: &[grantline_ledger::NoteVerifier],
+) -> Result<Option<String>> {
+    let Some(first) = keys.first() else {
+        return Ok(Some("the list is empty".into()));
+    };
+    if !trusted.contains(first) {
+        return Ok(Some(format!(
+            "its first key, {}+{}, is not one this restore trusted",
+            first.name(),
+            first.key_id_hex()
+        )));
+    }
+    let store =
+        grantline_store::Store::connect(&grantline_store::Database::Sqlite(db.into()), false)
+            .await?;
+    let unreached = grantline_store::unreached_history_key(&store, keys).await;
+    store.close().await;
+    Ok(unreached?.map(|k| {
+        format!(
+            "key {}+{} is not reached by the restored ledger's key handovers",
+            k.name(),
+            k.key_id_hex()
+        )
+    }))
 }
