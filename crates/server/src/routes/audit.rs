@@ -21,6 +21,10 @@ use serde_json::{Value, json};
 const DEFAULT_PAGE: usize = 50;
 /// Rows a search download holds at most (more: narrow the query or use the export).
 const MAX_DOWNLOAD: usize = 100_000;
+/// Downloads being put together at once: each holds up to [`MAX_DOWNLOAD`] records and their
+/// text in memory (some hundreds of MB), so a few readers asking at once must not add up to
+/// more than the host has. Over it, 429 (try again in a moment).
+static DOWNLOADS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
 /// Events one export page reads at most.
 const MAX_EXPORT_PAGE: u32 = 10_000;
 
@@ -200,6 +204,16 @@ async fn search_as(
                 Format::Csv
             } else {
                 Format::Jsonl
+            };
+            let Ok(_building) = DOWNLOADS.try_acquire() else {
+                let mut r = api_error(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "busy",
+                    "other downloads are being put together; try again in a moment",
+                );
+                r.headers_mut()
+                    .insert(axum::http::header::RETRY_AFTER, HeaderValue::from_static("2"));
+                return r;
             };
             let cap = p.limit.unwrap_or(10_000).clamp(1, MAX_DOWNLOAD);
             let (expr, order, first) = (s.expr.clone(), s.order, s.cursor);
