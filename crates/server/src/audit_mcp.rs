@@ -315,6 +315,18 @@ impl Call<'_> {
             q.push(format!("client:{}", quote(client)));
         }
         if !since.is_empty() || !until.is_empty() {
+            // Spliced into the query: one time each, not more of the query language (`-7d OR
+            // user:*` would count everyone's events under this user's name).
+            for (name, v) in [("since", since), ("until", until)] {
+                if v.contains("..")
+                    || v.chars()
+                        .any(|c| c.is_whitespace() || matches!(c, '(' | ')' | '"' | '\\'))
+                {
+                    return Err(format!(
+                        "{name} is one time (RFC 3339, a date, or relative like -7d), not {v:?}"
+                    ));
+                }
+            }
             q.push(format!("time:{since}..{until}"));
         }
         let query = q.join(" ");

@@ -605,6 +605,12 @@ backend_tests! {
         assert_eq!(summary["by_kind"]["tool.called"], 30, "{summary}");
         assert_eq!(summary["truncated"], false, "{summary}");
         assert!(summary["first_seen"].as_str().unwrap() <= summary["last_seen"].as_str().unwrap());
+        // A time is one time: more of the query language in it is refused, not counted under
+        // the client's name.
+        let v = call(93, "summarize_activity", json!({"client": "cli_1", "until": "2100-01-01 OR kind:tool.called"})).await;
+        assert_eq!(v["isError"], true, "{v}");
+        let v = call(94, "summarize_activity", json!({"client": "cli_1", "since": "-7d"})).await;
+        assert_eq!(v["structuredContent"]["events"], 30, "{v}");
         s.stop().await;
     }
 

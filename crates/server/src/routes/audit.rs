@@ -211,8 +211,10 @@ async fn search_as(
                     "busy",
                     "other downloads are being put together; try again in a moment",
                 );
-                r.headers_mut()
-                    .insert(axum::http::header::RETRY_AFTER, HeaderValue::from_static("2"));
+                r.headers_mut().insert(
+                    axum::http::header::RETRY_AFTER,
+                    HeaderValue::from_static("2"),
+                );
                 return r;
             };
             let cap = p.limit.unwrap_or(10_000).clamp(1, MAX_DOWNLOAD);
