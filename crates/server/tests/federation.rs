@@ -337,6 +337,16 @@ backend_tests! {
         app.keep_upstream_tokens(&admin, "corp", &upstream(now + 3600)).await.unwrap();
         let (st, body) = refresh(&s, &client, &rt).await;
         assert_eq!(st, StatusCode::OK, "{body}");
+        let rt2 = get(&body, "refresh_token");
+        // The spent token presented again past the grace period, while the provider cannot be
+        // asked: it is reuse all the same (recorded, the family revoked), not "sign in again".
+        app.clock.advance(120);
+        let now = app.now().0 / 1_000_000;
+        app.keep_upstream_tokens(&admin, "corp", &upstream(now - 5)).await.unwrap();
+        let (st, body) = refresh(&s, &client, &rt).await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{body}");
+        assert!(body["error_description"].as_str().unwrap().contains("already used"), "{body}");
+        assert!(!common::active(&s, &rt2).await, "the family was revoked");
         // The two refusals are on the ledger as refusals.
         let refusals = app
             .store()

@@ -11,9 +11,9 @@ use crate::tokens::TokenResponse;
 use crate::{Decision, OAuthError, scope};
 use grantline_ledger::{
     Actor, ExpectedVersion, NewEvent, RefreshReuseDetected, RefreshTokenRecord, StreamId,
-    TokenRefreshed, secret_digest,
+    Timestamp, TokenRefreshed, secret_digest,
 };
-use grantline_state::{Client, State};
+use grantline_state::{Client, RefreshToken, State};
 
 /// The form fields of a refresh. `Debug` hides the token.
 #[derive(Clone, Default)]
@@ -39,6 +39,42 @@ pub fn user_of<'s>(state: &'s State, refresh_token: &str) -> Option<&'s str> {
         .refresh_tokens
         .get(&secret_digest(refresh_token.as_bytes()))?;
     state.families.get(&t.family_id).map(|f| f.user_id.as_str())
+}
+
+/// When `token` was spent (rotated, or lost a race) and the grace period is over: presenting
+/// it again is reuse. `None` while it may still be redeemed.
+pub fn spent_past_grace(
+    token: &RefreshToken,
+    now: Timestamp,
+    grace_secs: u64,
+) -> Option<Timestamp> {
+    let spent = token.superseded_at.or(token.rotated_at)?;
+    (now >= spent.plus_secs(grace_secs as i64)).then_some(spent)
+}
+
+/// Whether presenting `refresh_token` as `client` is refused before anything is issued, reuse
+/// included: unknown, another client's, revoked, or spent past the grace period. Checks that
+/// come before issuing (asking an identity provider) are skipped for these, so that reuse is
+/// always recorded.
+pub fn refused_at_once(
+    state: &State,
+    client: &Client,
+    refresh_token: &str,
+    now: Timestamp,
+    grace_secs: u64,
+) -> bool {
+    let Some(token) = state
+        .refresh_tokens
+        .get(&secret_digest(refresh_token.as_bytes()))
+    else {
+        return true;
+    };
+    state
+        .families
+        .get(&token.family_id)
+        .is_none_or(|f| f.client_id != client.client_id)
+        || token.revoked
+        || spent_past_grace(token, now, grace_secs).is_some()
 }
 
 /// Decides a refresh for an authenticated `client`.
@@ -67,12 +103,8 @@ pub fn decide(
         return OAuthError::invalid_grant("refresh token revoked").into();
     }
     let lt = &ctx.settings.lifetimes;
-    let grace = lt.refresh_grace as i64;
     // Either way a token that was used, or lost a race, is reuse once the grace period is over.
-    let spent = token.superseded_at.or(token.rotated_at);
-    if let Some(spent_at) = spent
-        && ctx.now >= spent_at.plus_secs(grace)
-    {
+    if let Some(spent_at) = spent_past_grace(token, ctx.now, lt.refresh_grace) {
         let event = NewEvent::new(
             StreamId::family(&family.family_id),
             Actor::Client {

@@ -89,9 +89,22 @@ async fn handle(
     }
     // A provider that asks for it is consulted at each refresh (answered from a bounded
     // cache): a person it no longer accepts is deprovisioned, and this refresh fails.
-    if let (TokenRequest::Refresh(_), Some(u), Some(f)) =
+    // Not for a token refused whatever the provider says: reuse must be recorded, not lost
+    // behind "sign in again".
+    let settings = app.settings_for(&ctx.issuer);
+    if let (TokenRequest::Refresh(r), Some(u), Some(f)) =
         (&req, &user, attempt.family_id.as_deref())
-        && app.projection.read().family_live(f)
+        && {
+            let state = app.projection.read();
+            state.family_live(f)
+                && !grantline_oauth::grants::refresh_token::refused_at_once(
+                    &state,
+                    &client,
+                    &r.refresh_token,
+                    app.now(),
+                    settings.lifetimes.refresh_grace,
+                )
+        }
         && let Err(check) = app.check_upstream_session(u, app.now().0 / 1_000_000).await
     {
         use crate::federation::UpstreamCheck;
@@ -110,7 +123,6 @@ async fn handle(
         return Err(OAuthError::new(grantline_oauth::ErrorCode::InvalidGrant, description).into());
     }
     let meta = meta_for(app, ctx, user.as_deref(), &client.client_id).await?;
-    let settings = app.settings_for(&ctx.issuer);
     let fresh = crate::random::fresh_tokens();
     let (outcome, recorded) = app
         .run(|s| {
