@@ -338,30 +338,6 @@ fn reset_derived(loc: &Location, head: u64) -> Result<()> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_ledger_moved_aside_never_replaces_a_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let (a, b, c) = (
-            dir.path().join("a"),
-            dir.path().join("b"),
-            dir.path().join("c"),
-        );
-        std::fs::write(&a, "ledger").unwrap();
-        std::fs::write(&b, "another").unwrap();
-        let e = move_without_replacing(&a, &b).unwrap_err();
-        assert_eq!(e.kind(), std::io::ErrorKind::AlreadyExists);
-        assert_eq!(std::fs::read_to_string(&a).unwrap(), "ledger");
-        assert_eq!(std::fs::read_to_string(&b).unwrap(), "another");
-        move_without_replacing(&a, &c).unwrap();
-        assert!(!a.exists());
-        assert_eq!(std::fs::read_to_string(&c).unwrap(), "ledger");
-    }
-}
-
 /// Why the manifest's list of checkpoint keys may not become the data directory's key history
 /// (`None`: it may). The signature over a manifest does not cover that list, and the history's
 /// first key is what a later `verify` trusts by default: so it must start with a key this
@@ -393,4 +369,28 @@ async fn unvouched(
             k.key_id_hex()
         )
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ledger_moved_aside_never_replaces_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b, c) = (
+            dir.path().join("a"),
+            dir.path().join("b"),
+            dir.path().join("c"),
+        );
+        std::fs::write(&a, "ledger").unwrap();
+        std::fs::write(&b, "another").unwrap();
+        let e = move_without_replacing(&a, &b).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::AlreadyExists);
+        assert_eq!(std::fs::read_to_string(&a).unwrap(), "ledger");
+        assert_eq!(std::fs::read_to_string(&b).unwrap(), "another");
+        move_without_replacing(&a, &c).unwrap();
+        assert!(!a.exists());
+        assert_eq!(std::fs::read_to_string(&c).unwrap(), "ledger");
+    }
 }
