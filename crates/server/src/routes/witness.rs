@@ -15,10 +15,23 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-/// Proofs computed at once, by the public endpoints and reviewers' event views together.
+/// Proofs computed at once, by the public endpoints and reviewers' event views together (the
+/// public endpoints at most one fewer).
 pub const PROOFS_AT_ONCE: usize = 2;
 static PROOFS: std::sync::LazyLock<Arc<Semaphore>> =
     std::sync::LazyLock::new(|| Arc::new(Semaphore::new(PROOFS_AT_ONCE)));
+
+/// Of those, the most the public endpoints may hold: anyone may ask for proofs, and a loop of
+/// anonymous requests must leave a turn for the reviewers, who wait for one.
+static PUBLIC_PROOFS: std::sync::LazyLock<Arc<Semaphore>> =
+    std::sync::LazyLock::new(|| Arc::new(Semaphore::new(PROOFS_AT_ONCE - 1)));
+
+/// A turn for a public proof, or `None` when the public's share (or every turn) is taken.
+fn public_turn() -> Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)> {
+    let share = PUBLIC_PROOFS.clone().try_acquire_owned().ok()?;
+    let turn = PROOFS.clone().try_acquire_owned().ok()?;
+    Some((share, turn))
+}
 
 /// A turn to compute a proof for a reviewer (the audit pages, API and MCP server): waited for,
 /// since the reader is authenticated and each turn ends, while the public endpoints answer
@@ -132,7 +145,7 @@ pub async fn inclusion(
         Ok(at) => at,
         Err(r) => return *r,
     };
-    let Ok(turn) = PROOFS.clone().try_acquire_owned() else {
+    let Some(turn) = public_turn() else {
         return busy();
     };
     match grantline_audit::proof::inclusion(app.store(), seq, at, turn).await {
@@ -162,7 +175,7 @@ pub async fn consistency(
     if to.is_some_and(|t| t < from) {
         return problem(StatusCode::BAD_REQUEST, "from must not be above to");
     }
-    let Ok(turn) = PROOFS.clone().try_acquire_owned() else {
+    let Some(turn) = public_turn() else {
         return busy();
     };
     match grantline_audit::proof::consistency(app.store(), from, to, turn).await {
@@ -175,5 +188,22 @@ pub async fn consistency(
             ),
         ),
         Err(e) => store_failed(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn anonymous_proofs_leave_a_turn_for_reviewers() {
+        let held = public_turn().expect("a public turn");
+        assert!(public_turn().is_none(), "the public's share is taken");
+        let reviewer = tokio::time::timeout(std::time::Duration::from_secs(5), proof_turn()).await;
+        assert!(
+            matches!(reviewer, Ok(Some(_))),
+            "a reviewer still gets a turn at once"
+        );
+        drop(held);
     }
 }
