@@ -92,6 +92,34 @@ backend_tests! {
         let p = grantline(&["verify-proof", path.to_str().unwrap(), "--public-key", &other]);
         assert_eq!(p.status.code(), Some(2), "{p:?}");
 
+        // A checkpoint held outside the machine: the ledger must reach it and hold what it
+        // signed. One of this ledger passes; one of a longer ledger (events cut off since),
+        // or of the same size over other events (rewritten), does not.
+        let held = |name: &str, note: String| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, note).unwrap();
+            p.to_str().unwrap().to_string()
+        };
+        let store = Store::connect(&db.db, false).await.unwrap();
+        let leaves: Vec<_> = store.chain_hashes(11).await.unwrap().iter().map(grantline_ledger::merkle::leaf_hash).collect();
+        store.close().await;
+        let signer = testing::signer();
+        let origin = "grantline.test/ledger";
+        let good = held("good", signer.sign_checkpoint(origin, 11, &grantline_ledger::merkle::root_of(&leaves)));
+        let longer = held("longer", signer.sign_checkpoint(origin, 40, &grantline_ledger::Hash([1; 32])));
+        let other_tree = held("other", signer.sign_checkpoint(origin, 11, &grantline_ledger::Hash([1; 32])));
+        let stranger = held("stranger", NoteSigner::generate(origin).unwrap().sign_checkpoint(origin, 11, &grantline_ledger::Hash([1; 32])));
+        let v = |f: &str| grantline(&["verify", "--database", &url, "--public-key", &key, "--checkpoint", f]);
+        let o = v(&good);
+        assert_eq!(o.status.code(), Some(0), "{o:?}");
+        for (f, says) in [(&longer, "before the held checkpoint"), (&other_tree, "history was rewritten")] {
+            let o = v(f);
+            assert_eq!(o.status.code(), Some(1), "{o:?}");
+            assert!(stdout(&o).starts_with("NOT INTACT") && stdout(&o).contains(says), "{o:?}");
+        }
+        let o = v(&stranger);
+        assert_eq!(o.status.code(), Some(2), "{o:?}");
+
         // From a checkpoint: the newest (12: nothing after it) or a named one, one line each;
         // signed by a key not given, "cannot tell"; a size with no checkpoint, a clear error.
         let from = grantline(&["verify", "--database", &url, "--public-key", &key, "--from-checkpoint"]);

@@ -18,6 +18,12 @@ pub struct Args {
     /// trusted, not read; a full `grantline verify` checks them too.
     #[arg(long = "from-checkpoint", value_name = "SIZE")]
     from_checkpoint: Option<Option<u64>>,
+    /// A signed checkpoint held outside this machine (a witness's copy of
+    /// `/.well-known/grantline/checkpoint`, repeatable): the ledger must reach its tree size,
+    /// and its first events must be the ones it signed. What catches a ledger cut back past its
+    /// last stored checkpoints and written again by someone without the key.
+    #[arg(long = "checkpoint", value_name = "FILE")]
+    held: Vec<std::path::PathBuf>,
 }
 
 pub async fn run(loc: &Location, args: Args) -> Result<ExitCode> {
@@ -78,6 +84,13 @@ pub async fn run(loc: &Location, args: Args) -> Result<ExitCode> {
         Err(StartError::Finding(f)) => Err(f),
         Ok(s) => Ok(s),
     };
+    if let Ok(summary) = &outcome {
+        for path in &args.held {
+            if let Some(code) = held_checkpoint(&store, &trusted, summary, path).await? {
+                return Ok(code);
+            }
+        }
+    }
     match outcome {
         Ok(summary) if !summary.never_in_force.is_empty() => {
             let keys: Vec<String> = summary
@@ -121,6 +134,56 @@ pub async fn run(loc: &Location, args: Args) -> Result<ExitCode> {
             Ok(ExitCode::from(1))
         }
     }
+}
+
+/// Checks a checkpoint held elsewhere against the ledger just walked: `None` when it holds, else
+/// the exit code, its reason printed (1: the ledger is not the one it signed; 2: it cannot be
+/// judged here).
+async fn held_checkpoint(
+    store: &Store,
+    trusted: &[grantline_ledger::NoteVerifier],
+    summary: &grantline_ledger::verify::Summary,
+    path: &std::path::Path,
+) -> Result<Option<ExitCode>> {
+    let note =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut keys = trusted.to_vec();
+    keys.extend(summary.keys_in_force.iter().cloned());
+    let cp = match grantline_ledger::Checkpoint::open(&note, &keys) {
+        Ok(cp) => cp,
+        Err(e) => {
+            println!(
+                "CANNOT TELL: the held checkpoint {} does not open with the keys trusted here: {e}",
+                path.display()
+            );
+            return Ok(Some(ExitCode::from(2)));
+        }
+    };
+    if cp.size > summary.events {
+        println!(
+            "NOT INTACT: the ledger ends at seq {}, before the held checkpoint {} of tree size {}: \
+             events it signed were removed",
+            summary.events,
+            path.display(),
+            cp.size
+        );
+        return Ok(Some(ExitCode::from(1)));
+    }
+    let hashes = store.chain_hashes(cp.size).await?;
+    let leaves: Vec<_> = hashes
+        .iter()
+        .map(grantline_ledger::merkle::leaf_hash)
+        .collect();
+    if grantline_ledger::merkle::root_of(&leaves) != cp.root {
+        println!(
+            "NOT INTACT: the ledger's first {} events are not the ones the held checkpoint {} \
+             signed: that history was rewritten",
+            cp.size,
+            path.display()
+        );
+        return Ok(Some(ExitCode::from(1)));
+    }
+    Ok(None)
 }
 
 /// Whether the local key history speaks for this check: its first key is what was trusted (no
