@@ -777,3 +777,33 @@ async fn with_audit_off_one_events_view_is_not_served_either() {
     assert!(r.text().await.unwrap().contains("turned off"));
     s.stop().await;
 }
+
+/// A parameter of the wrong type is a JSON `invalid_request`, and only once the caller is
+/// known: no one learns the API's parameter types without credentials.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn badly_typed_parameters_are_json_errors_after_authentication() {
+    let db = grantline_store::testing::sqlite().await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&db, dir.path().to_path_buf(), config(dir.path(), 0, 60)).await;
+    for path in [
+        "/admin/api/audit/export?after=-1",
+        "/admin/api/audit/search?q=kind:user.created&limit=many",
+    ] {
+        let r = reqwest::Client::new()
+            .get(s.url(path))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{path}");
+        let r = reqwest::Client::new()
+            .get(s.url(path))
+            .basic_auth("admin", Some(ADMIN_PASSWORD))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{path}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["error"], "invalid_request", "{path}: {v}");
+    }
+    s.stop().await;
+}

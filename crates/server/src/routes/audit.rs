@@ -7,6 +7,7 @@ use crate::app::App;
 use crate::audit::{api_error, reader, seal_query, surface};
 use crate::context::RequestContext;
 use crate::pages::{WIDE, esc, page_styled};
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -121,11 +122,15 @@ pub async fn search(
     State(app): State<App>,
     ctx: RequestContext,
     headers: HeaderMap,
-    Query(p): Query<SearchParams>,
+    p: Result<Query<SearchParams>, QueryRejection>,
 ) -> Response {
     let r = match reader(&app, &ctx, &headers, "GET /admin/api/audit/search").await {
         Ok(r) => r,
         Err(r) => return r,
+    };
+    let Query(p) = match p {
+        Ok(p) => p,
+        Err(e) => return bad("invalid_request", &e.body_text()),
     };
     search_as(&app, &ctx, &r, &p, page_request(&headers)).await
 }
@@ -408,11 +413,17 @@ pub async fn export(
     State(app): State<App>,
     ctx: RequestContext,
     headers: HeaderMap,
-    Query(p): Query<ExportParams>,
+    p: Result<Query<ExportParams>, QueryRejection>,
 ) -> Response {
     let reader = match reader(&app, &ctx, &headers, "GET /admin/api/audit/export").await {
         Ok(r) => r,
         Err(r) => return r,
+    };
+    // A parameter of the wrong type (`after=-1`, `limit=many`) is answered as any other bad
+    // request, in JSON and after the caller is known, not as the extractor's plain text.
+    let Query(p) = match p {
+        Ok(p) => p,
+        Err(e) => return bad("invalid_request", &e.body_text()),
     };
     let audit = match app.audit_service() {
         Ok(a) => a,
