@@ -169,7 +169,8 @@ pub struct SinkSection {
     /// syslog: TLS (RFC 5425).
     #[serde(default)]
     pub tls: bool,
-    /// syslog over TLS: a PEM file of the CA certificates to trust (default: the public roots).
+    /// syslog over TLS, or an https HEC or webhook: a PEM file of the CA certificates to trust
+    /// (default: the public roots).
     pub ca_file: Option<PathBuf>,
     /// syslog over TLS: the name the receiver's certificate must have (default: the host of
     /// `address`).
@@ -276,6 +277,18 @@ impl SinkSection {
                     url::Url::parse(u).with_context(|| format!("sink {}: url {u:?}", self.name))?;
                 if !matches!(url.scheme(), "http" | "https") {
                     bail!("sink {}: url must be http(s)", self.name);
+                }
+                // Said for syslog only; here the URL decides (https: TLS, with `ca_file` if
+                // given), and a setting that would be ignored is refused.
+                if self.tls || self.server_name.is_some() {
+                    bail!(
+                        "sink {}: tls and server_name are syslog settings; an HTTP sink uses TLS \
+                         when its url is https (trusting ca_file if given)",
+                        self.name
+                    );
+                }
+                if self.ca_file.is_some() && url.scheme() != "https" {
+                    bail!("sink {}: ca_file needs an https url", self.name);
                 }
                 if self.kind == "splunk_hec" {
                     self.secret(&self.token_env, &self.token_file, "HEC token")?;

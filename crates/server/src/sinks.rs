@@ -75,6 +75,30 @@ enum Transport {
     },
 }
 
+/// The HTTP client of a HEC or webhook sink: no redirects followed; with `ca_file`, only the
+/// CA certificates in it are trusted (a Splunk HEC with a private or self-signed certificate),
+/// as for syslog over TLS; else the public roots.
+fn http_client(s: &SinkSection, timeout: Duration) -> Result<reqwest::Client> {
+    let mut b = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(timeout);
+    if let Some(f) = &s.ca_file {
+        let pem = std::fs::read(f)
+            .with_context(|| format!("sink {}: reading {}", s.name, f.display()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .with_context(|| format!("sink {}: {}", s.name, f.display()))?;
+        if certs.is_empty() {
+            bail!("sink {}: {} holds no certificate", s.name, f.display());
+        }
+        b = b.tls_built_in_root_certs(false);
+        for c in certs {
+            b = b.add_root_certificate(c);
+        }
+    }
+    Ok(b.build()?)
+}
+
 /// One configured sink, ready to run.
 pub struct Sink {
     pub name: String,
@@ -200,11 +224,7 @@ impl Sink {
             batch: s.batch.unwrap_or(500).clamp(1, 10_000),
             timeout,
             transport,
-            http: reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .connect_timeout(Duration::from_secs(10))
-                .timeout(timeout)
-                .build()?,
+            http: http_client(s, timeout)?,
         })
     }
 

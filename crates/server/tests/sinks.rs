@@ -763,3 +763,86 @@ async fn a_receiver_that_refuses_a_batch_as_too_large_gets_smaller_ones() {
     );
     s.stop().await;
 }
+
+/// A webhook (or HEC) behind a certificate of a private CA: `ca_file` is trusted for HTTPS
+/// sinks as for syslog over TLS, and without it the same receiver is not trusted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_sink_trusts_the_private_ca_it_is_given() {
+    let db = testing::sqlite().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, cert.cert.pem()).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server_config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![cert.cert.der().clone()],
+        rustls::pki_types::PrivateKeyDer::Pkcs8(cert.key_pair.serialize_der().into()),
+    )
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_config));
+    let seqs: Arc<Mutex<Vec<u64>>> = Arc::default();
+    let got = seqs.clone();
+    let app = axum::Router::new().fallback(move |body: axum::body::Bytes| {
+        let got = got.clone();
+        async move {
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            for e in v["events"].as_array().unwrap() {
+                got.lock().unwrap().push(e["seq"].as_u64().unwrap());
+            }
+            axum::http::StatusCode::OK
+        }
+    });
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let Ok(tls) = acceptor.accept(tcp).await else {
+                continue;
+            };
+            let service = hyper_util::service::TowerToHyperService::new(app.clone());
+            tokio::spawn(async move {
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                .await;
+            });
+        }
+    });
+    // SAFETY of the test: the variable is read by this test's server only.
+    unsafe { std::env::set_var("GL_TEST_TLS_WEBHOOK_SECRET", "whsec-0123456789") };
+    let sink = |name: &str, ca_line: String| {
+        with_sink(
+            dir.path(),
+            &format!(
+                "[[audit.sinks]]\nname = \"{name}\"\nkind = \"webhook\"\nurl = \"https://localhost:{port}/in\"\n\
+                 secret_env = \"GL_TEST_TLS_WEBHOOK_SECRET\"\nformat = \"jsonl\"\n{ca_line}"
+            ),
+        )
+    };
+    // Without the CA: the public roots do not vouch for it, and nothing is delivered.
+    let s = Server::start(&db, dir.path().to_path_buf(), sink("public", String::new())).await;
+    append(&s, 5).await;
+    wait_until("a failed delivery", 10, || board(&s).failures > 0).await;
+    assert!(seqs.lock().unwrap().is_empty());
+    s.stop().await;
+    let s = Server::start(
+        &db,
+        dir.path().to_path_buf(),
+        sink("private", format!("ca_file = \"{}\"\n", ca.display())),
+    )
+    .await;
+    let want = head(&s).await;
+    wait_until("every event over HTTPS", 20, || {
+        seqs.lock().unwrap().len() as u64 >= want
+    })
+    .await;
+    assert_eq!(*seqs.lock().unwrap(), (1..=want).collect::<Vec<_>>());
+    s.stop().await;
+}
