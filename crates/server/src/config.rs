@@ -1144,6 +1144,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn an_http_sink_refuses_the_settings_it_would_ignore() {
+        let check = |extra: &str, url: &str| {
+            let text = format!(
+                "[[audit.sinks]]\nname = \"h\"\nkind = \"webhook\"\nurl = \"{url}\"\n\
+                 secret_env = \"PATH\"\n{extra}"
+            );
+            toml::from_str::<Config>(&text)
+                .unwrap()
+                .check()
+                .map_err(|e| e.to_string())
+        };
+        assert!(check("", "https://hooks.example/in").is_ok());
+        assert!(check("ca_file = \"/ca.pem\"\n", "https://hooks.example/in").is_ok());
+        for (extra, url) in [
+            ("tls = true\n", "https://hooks.example/in"),
+            ("server_name = \"x\"\n", "https://hooks.example/in"),
+            ("ca_file = \"/ca.pem\"\n", "http://hooks.example/in"),
+        ] {
+            let e = check(extra, url).unwrap_err();
+            assert!(e.contains("sink h"), "{extra}: {e}");
+        }
+    }
+
+    #[test]
     fn identity_provider_references_are_checked() {
         let check = |text: &str| {
             toml::from_str::<Config>(text)
