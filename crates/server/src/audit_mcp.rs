@@ -135,7 +135,7 @@ async fn each_page(
             }
         })
         .await
-        .map_err(|e| e.to_string())
+        .map_err(index_failed)
 }
 
 /// What a summary counts, page by page.
@@ -257,7 +257,7 @@ impl Call<'_> {
             .audit
             .search(&expr, order, cursor, limit)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(index_failed)?;
         self.record(q, page.records.len()).await?;
         Ok(json!({
             "query": q,
@@ -268,7 +268,7 @@ impl Call<'_> {
     }
 
     async fn event(&self, seq: u64) -> Result<Value, String> {
-        let unreadable = |e: grantline_store::StoreError| format!("the ledger cannot be read: {e}");
+        let unreadable = ledger_failed;
         let events = self
             .app
             .store()
@@ -282,7 +282,7 @@ impl Call<'_> {
             .audit
             .directory_as_of(seq - 1)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(index_failed)?;
         let mut exporter =
             grantline_audit::formats::Exporter::new(self.app.keyring.clone(), dir, false);
         let item = exporter.item(&r).await.map_err(unreadable)?;
@@ -424,7 +424,7 @@ impl Call<'_> {
             .audit
             .search(&story, SortOrder::Asc, cursor, limit)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(index_failed)?;
         self.record(&format!("family:{family}"), page.records.len())
             .await?;
         Ok(json!({
@@ -479,4 +479,17 @@ pub async fn handle(app: &App, method: &Method, body: &[u8], assertion: &str) ->
         answers.extend(answer(app, audit, &reader, m).await);
     }
     crate::mcp_server::answer(batch, answers)
+}
+
+/// What a tool call is told when the index fails: the cause goes to the log, not to the
+/// caller (as the HTTP API answers a 503 without it).
+fn index_failed(e: grantline_audit::IndexError) -> String {
+    tracing::error!(error = %e, "audit search failed");
+    "the audit index cannot answer now; try again shortly".into()
+}
+
+/// The same for the ledger.
+fn ledger_failed(e: grantline_store::StoreError) -> String {
+    tracing::error!(error = %e, "reading the ledger for the audit tools failed");
+    "the ledger cannot be read now; try again shortly".into()
 }
