@@ -92,6 +92,27 @@ backend_tests! {
         let p = grantline(&["verify-proof", path.to_str().unwrap(), "--public-key", &other]);
         assert_eq!(p.status.code(), Some(2), "{p:?}");
 
+        // A copy in rollback-journal mode (as a backup's file is) is checked without being
+        // changed: verify opens it read-only.
+        if let grantline_store::Database::Sqlite(path) = &db.db {
+            let copy = dir.path().join("copy.db");
+            let store = Store::connect(&db.db, false).await.unwrap();
+            let Pool::Sqlite(p) = store.pool() else { unreachable!() };
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("VACUUM INTO '{}'", copy.display()))).execute(p).await.unwrap();
+            store.close().await;
+            let c = Store::connect(&grantline_store::Database::Sqlite(copy.clone()), false).await.unwrap();
+            let Pool::Sqlite(p) = c.pool() else { unreachable!() };
+            sqlx::raw_sql("PRAGMA journal_mode = DELETE").execute(p).await.unwrap();
+            c.close().await;
+            assert!(path.exists());
+            let before = std::fs::read(&copy).unwrap();
+            let url = format!("sqlite:{}", copy.display());
+            let o = grantline(&["verify", "--database", &url, "--public-key", &key]);
+            assert_eq!(o.status.code(), Some(0), "{o:?}");
+            assert!(std::fs::read(&copy).unwrap() == before, "verify changed the file it checked");
+            assert!(!dir.path().join("copy.db-wal").exists());
+        }
+
         // A checkpoint held outside the machine: the ledger must reach it and hold what it
         // signed. One of this ledger passes; one of a longer ledger (events cut off since),
         // or of the same size over other events (rewritten), does not.

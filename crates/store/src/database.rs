@@ -255,6 +255,36 @@ impl Store {
         })
     }
 
+    /// Connects for reading only (`grantline verify`): an SQLite file is opened read-only with
+    /// its journal mode left as it is, so checking a copy (a backup's file, evidence) changes
+    /// nothing in it. PostgreSQL connects as [`Store::connect`] does.
+    pub async fn connect_read_only(db: &Database) -> Result<Store> {
+        let Database::Sqlite(path) = db else {
+            return Store::connect(db, false).await;
+        };
+        if !path.exists() {
+            return Err(StoreError::Io(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("no ledger at {}", path.display()),
+            )));
+        }
+        let opts = SqliteConnectOptions::new()
+            .filename(path)
+            .read_only(true)
+            .busy_timeout(Duration::from_secs(30))
+            .row_buffer_size(8192)
+            .disable_statement_logging();
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts)
+            .await?;
+        Ok(Store {
+            pool: Pool::Sqlite(pool),
+            db: db.clone(),
+            reach: None,
+        })
+    }
+
     /// Applies the migrations of `migrations/sqlite` or `migrations/postgres` that are not yet
     /// applied. When all are, nothing is written, so a least-privilege role (INSERT and SELECT
     /// only) can start against a database its owner migrated.

@@ -27,7 +27,8 @@ pub struct Args {
 }
 
 pub async fn run(loc: &Location, args: Args) -> Result<ExitCode> {
-    let store = Store::connect(&loc.database, false)
+    // Read-only: checking a copy (a backup's file, evidence) must not change it.
+    let store = Store::connect_read_only(&loc.database)
         .await
         .with_context(|| format!("opening {}", loc.database.display()))?;
     let (trusted, source) = loc.trusted_keys(&args.public_keys)?;
