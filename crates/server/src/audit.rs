@@ -16,6 +16,15 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 /// This instance's audit index and the task that keeps it following the ledger.
+/// Why names could not be had for a view of events.
+#[derive(Debug, thiserror::Error)]
+pub enum NamesError {
+    #[error(transparent)]
+    Index(#[from] grantline_audit::IndexError),
+    #[error(transparent)]
+    Store(#[from] grantline_store::StoreError),
+}
+
 pub struct AuditService {
     pub index: AuditIndex,
     pub progress: Arc<Progress>,
@@ -130,6 +139,32 @@ impl AuditService {
             Ok(dir)
         })
         .await
+    }
+
+    /// An exporter that names users and clients as of `after`: from the index when it has
+    /// reached that far, else (rebuilding, or behind) from the ledger's own name events, so
+    /// that no user goes unnamed and no name erased before `after` comes back. Every view of
+    /// events (the pull export, one event's view, the audit tools) names them this way.
+    pub async fn exporter_as_of(
+        &self,
+        app: &App,
+        after: u64,
+        redact: bool,
+    ) -> Result<grantline_audit::formats::Exporter, NamesError> {
+        use grantline_audit::formats::Exporter;
+        if self.indexed_through() >= after {
+            let dir = self.directory_as_of(after).await?;
+            return Ok(Exporter::new(app.keyring.clone(), dir, redact));
+        }
+        let mut exporter = Exporter::new(app.keyring.clone(), Default::default(), redact);
+        let named = app
+            .store()
+            .read_kinds(&grantline_audit::mapping::NAME_KINDS, after)
+            .await?;
+        for r in &named {
+            exporter.learn(r).await?;
+        }
+        Ok(exporter)
     }
 
     /// The last seq searchable here.

@@ -278,13 +278,14 @@ impl Call<'_> {
         let Some(r) = events.into_iter().next().filter(|r| r.seq() == seq) else {
             return Err(format!("no event {seq}"));
         };
-        let dir = self
+        let mut exporter = self
             .audit
-            .directory_as_of(seq - 1)
+            .exporter_as_of(self.app, seq - 1, false)
             .await
-            .map_err(index_failed)?;
-        let mut exporter =
-            grantline_audit::formats::Exporter::new(self.app.keyring.clone(), dir, false);
+            .map_err(|e| match e {
+                crate::audit::NamesError::Index(e) => index_failed(e),
+                crate::audit::NamesError::Store(e) => ledger_failed(e),
+            })?;
         let item = exporter.item(&r).await.map_err(unreadable)?;
         let turn = crate::routes::witness::proof_turn().await;
         let proof = grantline_audit::proof::inclusion(self.app.store(), seq, None, turn)

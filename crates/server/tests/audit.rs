@@ -397,6 +397,15 @@ backend_tests! {
         let v: Value = serde_json::from_str(body.lines().next().unwrap()).unwrap();
         assert_eq!(v["metadata"]["event_code"], "tool.called", "{body}");
         assert!(body.contains("late@example.com"), "named from the ledger: {body}");
+        // One event's view names them the same way.
+        let r = client
+            .get(s.url(&format!("/admin/api/audit/events/{}", made + 1)))
+            .header("authorization", &auth)
+            .send()
+            .await
+            .unwrap();
+        let view = r.text().await.unwrap();
+        assert!(view.contains("late@example.com"), "named from the ledger: {view}");
         // Unknown format or kind: 400.
         for bad in ["format=xml", "kind=tool.exploded"] {
             let r = client

@@ -12,7 +12,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use grantline_audit::access::{self, Exported, Reader};
-use grantline_audit::formats::{Exporter, Format};
+use grantline_audit::formats::Format;
 use grantline_audit::{AuditRecord, Expr, MAX_PAGE, SortOrder};
 use grantline_ledger::{AuditSurface, Timestamp};
 use serde::Deserialize;
@@ -106,6 +106,13 @@ fn unreadable(doing: &str, e: &dyn std::fmt::Display) -> Response {
         "temporarily_unavailable",
         "the ledger cannot be read now",
     )
+}
+
+fn names_failed(e: crate::audit::NamesError) -> Response {
+    match e {
+        crate::audit::NamesError::Index(e) => search_error(e),
+        crate::audit::NamesError::Store(e) => unreadable("reading names", &e),
+    }
 }
 
 fn search_error(e: grantline_audit::IndexError) -> Response {
@@ -452,31 +459,9 @@ pub async fn export(
         Ok(e) => e,
         Err(e) => return unreadable("reading the ledger", &e),
     };
-    // Names as of `after`: the index's when it has reached that far; else (rebuilding, or
-    // behind) read from the ledger, so that no user goes unnamed and no name erased before
-    // `after` comes back.
-    let mut exporter = if audit.indexed_through() >= after {
-        let dir = match audit.directory_as_of(after).await {
-            Ok(d) => d,
-            Err(e) => return search_error(e),
-        };
-        Exporter::new(app.keyring.clone(), dir, redact)
-    } else {
-        let mut exporter = Exporter::new(app.keyring.clone(), Default::default(), redact);
-        let named = match app
-            .store()
-            .read_kinds(&grantline_audit::mapping::NAME_KINDS, after)
-            .await
-        {
-            Ok(n) => n,
-            Err(e) => return unreadable("reading the ledger", &e),
-        };
-        for r in &named {
-            if let Err(e) = exporter.learn(r).await {
-                return unreadable("opening names", &e);
-            }
-        }
-        exporter
+    let mut exporter = match audit.exporter_as_of(&app, after, redact).await {
+        Ok(e) => e,
+        Err(e) => return names_failed(e),
     };
     let wanted = |r: &grantline_ledger::Recorded| {
         kinds
@@ -560,11 +545,11 @@ async fn event_view(app: &App, seq: u64) -> Result<Option<Value>, Response> {
     let Some(r) = events.into_iter().next().filter(|r| r.seq() == seq) else {
         return Ok(None);
     };
-    let dir = match &app.audit {
-        Some(a) => a.directory_as_of(seq - 1).await.map_err(search_error)?,
-        None => Default::default(),
-    };
-    let mut exporter = Exporter::new(app.keyring.clone(), dir, false);
+    let audit = app.audit_service()?;
+    let mut exporter = audit
+        .exporter_as_of(app, seq - 1, false)
+        .await
+        .map_err(names_failed)?;
     let item = exporter.item(&r).await.map_err(unavailable)?;
     let turn = crate::routes::witness::proof_turn().await;
     let proof = grantline_audit::proof::inclusion(app.store(), seq, None, turn)
