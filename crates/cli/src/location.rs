@@ -97,10 +97,14 @@ impl Location {
     /// Keys trusted to have signed checkpoints: those given, else the local key's public half.
     pub fn trusted_keys(&self, given: &[String]) -> Result<(Vec<NoteVerifier>, &'static str)> {
         if !given.is_empty() {
-            let keys = given
-                .iter()
-                .map(|k| NoteVerifier::parse(k).with_context(|| format!("--public-key {k}")))
-                .collect::<Result<Vec<_>>>()?;
+            let mut keys: Vec<NoteVerifier> = Vec::new();
+            for k in given {
+                let k = NoteVerifier::parse(k).with_context(|| format!("--public-key {k}"))?;
+                // The same key twice is one key (and not two that must each be in force).
+                if !keys.contains(&k) {
+                    keys.push(k);
+                }
+            }
             return Ok((keys, "given"));
         }
         // After a rotation the local key is the newest: start from the first one the key

@@ -570,7 +570,17 @@ fn a_restore_after_a_rotation_keeps_the_key_history_and_every_ledger_moved_aside
         .last()
         .unwrap()
         .to_string();
+    let early = old.path().join("early.tar");
+    ok(grantline_in(
+        old.path(),
+        &["backup", "--output", early.to_str().unwrap()],
+    ));
     ok(grantline_in(old.path(), &["key", "rotate"]));
+    let second_key = ok(grantline_in(old.path(), &["key", "show"]))
+        .split_whitespace()
+        .last()
+        .unwrap()
+        .to_string();
     ok(grantline_in(old.path(), &["user", "add", "bob"]));
     let tar = old.path().join("backup.tar");
     ok(grantline_in(
@@ -596,6 +606,37 @@ fn a_restore_after_a_rotation_keeps_the_key_history_and_every_ledger_moved_aside
     );
     let said = ok(restore(&["--public-key", &first_key]));
     assert!(said.contains("history"), "{said}");
+    // A backup from before the rotation, restored naming both keys: the second was never in
+    // force there, so it cannot be shown to be that key's ledger; naming the first alone, it
+    // restores.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let o = grantline_in(
+        elsewhere.path(),
+        &[
+            "restore",
+            "--input",
+            early.to_str().unwrap(),
+            "--public-key",
+            &first_key,
+            "--public-key",
+            &second_key,
+        ],
+    );
+    assert!(!o.status.success(), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("never put it in force"),
+        "{o:?}"
+    );
+    ok(grantline_in(
+        elsewhere.path(),
+        &[
+            "restore",
+            "--input",
+            early.to_str().unwrap(),
+            "--public-key",
+            &first_key,
+        ],
+    ));
     let again = new.path().join("again.tar");
     ok(grantline_in(
         new.path(),

@@ -131,6 +131,19 @@ async fn check_database(
             Ok(s) => s,
             Err(finding) => return Err(invalid(format!("the ledger is not intact: {finding}"))),
         };
+        if !summary.never_in_force.is_empty() {
+            let keys: Vec<String> = summary
+                .never_in_force
+                .iter()
+                .map(|k| format!("{}+{}", k.name(), k.key_id_hex()))
+                .collect();
+            return Err(invalid(format!(
+                "checkpoint key {} was given, but this ledger never put it in force: a copy from \
+                 before the rotation to it (restore it naming only the keys it had), a handover \
+                 removed, or another ledger's key",
+                keys.join(", ")
+            )));
+        }
         if !summary.fully_trusted() {
             let by: Vec<String> = summary.untrusted.iter().map(|u| u.by.clone()).collect();
             return Err(invalid(format!(

@@ -9,7 +9,8 @@ pub struct Args {
     /// A verifier key trusted to sign checkpoints (repeatable). Default: the first key of the
     /// local key history, else the local key's public half. Given two or more (the keys this
     /// ledger has had, as recorded outside the machine), each must have been in force here:
-    /// one the ledger never reached is a finding (a handover removed).
+    /// one the ledger never reached is "cannot tell" (exit 2: a handover removed, or a copy
+    /// from before that key).
     #[arg(long = "public-key")]
     public_keys: Vec<String>,
     /// Start from a signed checkpoint (the newest, or the one of tree size SIZE) and check only
@@ -99,14 +100,18 @@ pub async fn run(loc: &Location, args: Args) -> Result<ExitCode> {
                 .iter()
                 .map(|k| format!("{}+{}", k.name(), k.key_id_hex()))
                 .collect();
+            // Not "not intact": a copy taken before the rotation to that key never reached it
+            // either. What it does say is that this ledger cannot be shown to be the one that
+            // key signed for.
             println!(
-                "NOT INTACT: checkpoint key {} was given, but this ledger never put it in force \
-                 (no checkpoint here is signed by it, no key handover names it): the handover to \
-                 it was removed and what followed re-signed with an older key, or it is another \
-                 ledger's key",
+                "CANNOT TELL: the chain of {} events is intact, but checkpoint key {} was given \
+                 and this ledger never put it in force (no checkpoint here is signed by it, no \
+                 key handover names it): a copy from before the rotation to it, a handover \
+                 removed and what followed re-signed with an older key, or another ledger's key",
+                summary.events,
                 keys.join(", ")
             );
-            Ok(ExitCode::from(1))
+            Ok(ExitCode::from(2))
         }
         Ok(summary) if summary.fully_trusted() => {
             println!("{summary} (checkpoint keys: {source})");
