@@ -178,6 +178,11 @@ backend_tests! {
         assert_eq!(check(&[]).status.code(), Some(2), "a key not given");
         let o = check(&["--handovers", &p("handovers.json")]);
         assert_eq!(o.status.code(), Some(0), "{o:?}");
+        // The same list twice over (two downloads put together) says nothing more.
+        let twice: Vec<Value> = list.as_array().unwrap().iter().chain(list.as_array().unwrap()).cloned().collect();
+        std::fs::write(d.join("twice.json"), Value::Array(twice).to_string()).unwrap();
+        let o = check(&["--handovers", &p("twice.json")]);
+        assert_eq!(o.status.code(), Some(0), "{o:?}");
         // A handover whose signature was altered is tampering.
         let mut bad = list.clone();
         let note = bad[0]["handover"].as_str().unwrap().to_string();

@@ -178,6 +178,8 @@ impl KeysBySize {
         let mut list: Vec<Handover> = serde_json::from_str(&text)
             .with_context(|| format!("{} is not a list of handovers", path.display()))?;
         list.sort_by_key(|h| h.seq);
+        // The same handover twice (two downloads put together) is one handover.
+        list.dedup_by(|a, b| a.seq == b.seq && a.handover == b.handover);
         for h in list {
             let in_force = self.eras.last().map(|(_, k)| k.clone()).unwrap_or_default();
             match grantline_ledger::KeyHandover::open(&h.handover, &in_force) {
