@@ -781,9 +781,17 @@ async fn with_audit_off_one_events_view_is_not_served_either() {
     }
     let b = browser();
     login(&s, &b).await;
-    let r = b.get(s.url("/admin/audit/events/1")).send().await.unwrap();
-    assert_eq!(r.status(), StatusCode::NOT_FOUND);
-    assert!(r.text().await.unwrap().contains("turned off"));
+    for path in ["/admin/audit/events/1", "/admin/audit?q=kind:user.created"] {
+        let r = b.get(s.url(path)).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::NOT_FOUND, "{path}");
+        // A page for the browser, not the API's JSON.
+        let html = r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html");
+        assert!(html, "{path}: {:?}", r.headers());
+        assert!(r.text().await.unwrap().contains("turned off"), "{path}");
+    }
     s.stop().await;
 }
 
@@ -814,5 +822,19 @@ async fn badly_typed_parameters_are_json_errors_after_authentication() {
         let v: Value = r.json().await.unwrap();
         assert_eq!(v["error"], "invalid_request", "{path}: {v}");
     }
+    // The page: signed out, sent to sign in; signed in, a page saying what is wrong.
+    let page = "/admin/audit?q=kind:user.created&limit=many";
+    let r = browser().get(s.url(page)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::FOUND);
+    let b = browser();
+    login(&s, &b).await;
+    let r = b.get(s.url(page)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
     s.stop().await;
 }

@@ -664,17 +664,22 @@ async fn page_reader(
             "'self'",
         ));
     }
-    reader(app, ctx, headers, "GET /admin/audit").await.map_err(|r| {
-        if r.status() == StatusCode::FORBIDDEN {
-            crate::pages::error(
+    reader(app, ctx, headers, "GET /admin/audit")
+        .await
+        .map_err(|r| match r.status() {
+            StatusCode::FORBIDDEN => crate::pages::error(
                 StatusCode::FORBIDDEN,
                 "Not allowed",
                 "Reading the audit trail needs the auditor or admin role. This refusal was recorded.",
-            )
-        } else {
-            r
-        }
-    })
+            ),
+            // The only 404 `reader` answers: audit is off.
+            StatusCode::NOT_FOUND => crate::pages::error(
+                StatusCode::NOT_FOUND,
+                "Audit trail",
+                "Audit search is turned off on this server.",
+            ),
+            _ => r,
+        })
 }
 
 fn cell(v: &Option<String>) -> String {
@@ -687,11 +692,17 @@ pub async fn page(
     ctx: RequestContext,
     headers: HeaderMap,
     uri: axum::http::Uri,
-    Query(p): Query<SearchParams>,
+    p: Result<Query<SearchParams>, QueryRejection>,
 ) -> Response {
     let reader = match page_reader(&app, &ctx, &headers, &uri).await {
         Ok(r) => r,
         Err(r) => return r,
+    };
+    let Query(p) = match p {
+        Ok(p) => p,
+        Err(e) => {
+            return crate::pages::error(StatusCode::BAD_REQUEST, "Audit trail", &e.body_text());
+        }
     };
     let base = ctx.base_path();
     let q = p.q.clone().unwrap_or_default();
@@ -864,13 +875,6 @@ pub async fn event_page(
         Ok(r) => r,
         Err(r) => return r,
     };
-    if app.audit_service().is_err() {
-        return crate::pages::error(
-            StatusCode::NOT_FOUND,
-            "No such event",
-            "Audit search is turned off on this server.",
-        );
-    }
     let base = esc(&ctx.base_path());
     let Ok(seq) = seq.parse::<u64>() else {
         return crate::pages::error(
