@@ -35,9 +35,7 @@ pub fn validate(uri: &str, app: ApplicationType) -> Result<(), String> {
     }
     let url = Url::parse(uri).map_err(|e| format!("{uri}: not an absolute URL ({e})"))?;
     if let Some(host) = url.host_str()
-        && !uri
-            .to_ascii_lowercase()
-            .contains(&host.to_ascii_lowercase())
+        && !authority_is(uri, host)
     {
         return Err(format!(
             "{uri}: write the host as {host} (percent-encoded and international host names \
@@ -64,6 +62,26 @@ pub fn validate(uri: &str, app: ApplicationType) -> Result<(), String> {
             "{uri}: redirect URIs must be HTTPS, or http://127.0.0.1, http://[::1] or http://localhost for native clients"
         )),
     }
+}
+
+/// Whether the authority of `uri` as written (between `://` and the path) is `host`, with a
+/// port or without, ignoring case: the name every listing shows is the one the URI goes to.
+fn authority_is(uri: &str, host: &str) -> bool {
+    let Some((_, rest)) = uri.split_once("://") else {
+        return false;
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let Some(tail) = authority
+        .get(..host.len())
+        .filter(|h| h.eq_ignore_ascii_case(host))
+        .map(|_| &authority[host.len()..])
+    else {
+        return false;
+    };
+    tail.is_empty()
+        || tail
+            .strip_prefix(':')
+            .is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// The application type a registration implies when it does not say: `native` if any
@@ -159,6 +177,10 @@ mod tests {
         assert!(validate("http://127.0.0.1:3000/cb", Native).is_ok());
         assert!(validate("http://[::1]/cb", Native).is_ok());
         assert!(validate("http://localhost:8765/callback", Native).is_ok());
+        assert!(validate("http://localhost:8765", Native).is_ok());
+        assert!(validate("http://[::1]:9000/cb", Native).is_ok());
+        assert!(validate("HTTPS://App.Example/cb", Web).is_ok());
+        assert!(validate("https://xn--bcher-kva.example/cb", Web).is_ok());
         for (bad, app) in [
             ("http://app.example/cb", Native),
             ("http://127.0.0.1/cb", Web),
@@ -175,6 +197,8 @@ mod tests {
             (" https://app.example/cb", Web),
             ("https://evil%2Eexample/cb", Web),
             ("https://bücher.example/cb", Web),
+            // The real host written once in the query does not make the authority it.
+            ("https://%65vil.example/cb?evil.example", Web),
         ] {
             assert!(validate(bad, app).is_err(), "{bad} accepted");
         }
