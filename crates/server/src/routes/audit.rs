@@ -25,7 +25,8 @@ const MAX_DOWNLOAD: usize = 100_000;
 /// Downloads being put together at once: each holds up to [`MAX_DOWNLOAD`] records and their
 /// text in memory (some hundreds of MB), so a few readers asking at once must not add up to
 /// more than the host has. Over it, 429 (try again in a moment).
-static DOWNLOADS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+static DOWNLOADS: std::sync::LazyLock<std::sync::Arc<tokio::sync::Semaphore>> =
+    std::sync::LazyLock::new(|| std::sync::Arc::new(tokio::sync::Semaphore::new(2)));
 /// Events one export page reads at most.
 const MAX_EXPORT_PAGE: u32 = 10_000;
 
@@ -217,7 +218,9 @@ async fn search_as(
             } else {
                 Format::Jsonl
             };
-            let Ok(_building) = DOWNLOADS.try_acquire() else {
+            // Held by the search itself (on its blocking thread, which runs on if the caller
+            // hangs up) and then until the body is put together.
+            let Ok(building) = DOWNLOADS.clone().try_acquire_owned() else {
                 let mut r = api_error(
                     StatusCode::TOO_MANY_REQUESTS,
                     "busy",
@@ -244,10 +247,10 @@ async fn search_as(
                             None => break,
                         }
                     }
-                    Ok(rows)
+                    Ok((rows, building))
                 })
                 .await;
-            let rows = match rows {
+            let (rows, _building) = match rows {
                 Ok(r) => r,
                 Err(e) => return search_error(e),
             };
