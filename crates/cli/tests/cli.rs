@@ -140,6 +140,17 @@ backend_tests! {
         }
         let o = v(&stranger);
         assert_eq!(o.status.code(), Some(2), "{o:?}");
+        // At the size of a stored checkpoint (10) its root is compared; and of several held,
+        // a finding outweighs a checkpoint that cannot be judged.
+        let store = Store::connect(&db.db, false).await.unwrap();
+        let ten: Vec<_> = store.chain_hashes(10).await.unwrap().iter().map(grantline_ledger::merkle::leaf_hash).collect();
+        store.close().await;
+        let good10 = held("good10", signer.sign_checkpoint(origin, 10, &grantline_ledger::merkle::root_of(&ten)));
+        let other10 = held("other10", signer.sign_checkpoint(origin, 10, &grantline_ledger::Hash([2; 32])));
+        assert_eq!(v(&good10).status.code(), Some(0));
+        assert_eq!(v(&other10).status.code(), Some(1));
+        let o = grantline(&["verify", "--database", &url, "--public-key", &key, "--checkpoint", &stranger, "--checkpoint", &other10]);
+        assert_eq!(o.status.code(), Some(1), "{o:?}");
 
         // From a checkpoint: the newest (12: nothing after it) or a named one, one line each;
         // signed by a key not given, "cannot tell"; a size with no checkpoint, a clear error.
