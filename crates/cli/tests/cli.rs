@@ -113,6 +113,17 @@ backend_tests! {
             assert!(!dir.path().join("copy.db-wal").exists());
         }
 
+        // No key at all (none given, an empty data directory): nothing signed was checked.
+        let empty = tempfile::tempdir().unwrap();
+        let o = Command::new(env!("CARGO_BIN_EXE_grantline"))
+            .args(["verify", "--database", &url, "--data-dir", empty.path().to_str().unwrap()])
+            .env_remove("GRANTLINE_CHECKPOINT_KEY")
+            .env_remove("GRANTLINE_DATABASE_URL")
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(2), "{o:?}");
+        assert!(stdout(&o).contains("no checkpoint key was given or found"), "{o:?}");
+
         // A checkpoint held outside the machine: the ledger must reach it and hold what it
         // signed. One of this ledger passes; one of a longer ledger (events cut off since),
         // or of the same size over other events (rewritten), does not.

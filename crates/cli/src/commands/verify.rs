@@ -118,6 +118,17 @@ pub async fn run(loc: &Location, args: Args) -> Result<ExitCode> {
             );
             Ok(ExitCode::from(2))
         }
+        // No key at all (none given, none in the data directory): the chain holds together,
+        // but nothing says it is the chain anyone signed; an empty ledger is simply empty.
+        Ok(summary) if trusted.is_empty() && summary.events > 0 => {
+            println!(
+                "CANNOT TELL: the chain of {} events is intact, but no checkpoint key was given \
+                 or found here, so no signature was checked: pass the ledger's verifier key with \
+                 --public-key",
+                summary.events
+            );
+            Ok(ExitCode::from(2))
+        }
         Ok(summary) if summary.fully_trusted() => {
             println!("{summary} (checkpoint keys: {source})");
             Ok(ExitCode::SUCCESS)
