@@ -422,6 +422,20 @@ fn text_expr(text: &str, quoted: bool, at: usize) -> Result<Expr, QueryError> {
         Some(b) if !quoted => (b, true),
         _ => (text, false),
     };
+    // The index keeps no word of 40 bytes or more (hashes, ids of 64 hex digits): one in the
+    // query would be dropped, silently widening a phrase, so it is refused with the way round.
+    if let Some(long) = body
+        .split(|c: char| !c.is_alphanumeric())
+        .find(|t| t.len() >= 40)
+    {
+        return Err(err(
+            at,
+            format!(
+                "`{long}` is too long a word for free text (the index keeps words under 40 \
+                 bytes): search a field for it (credential:, request:, …) or its start with `*`"
+            ),
+        ));
+    }
     let tokens = tokenize(body);
     if tokens.is_empty() {
         return Err(err(

@@ -307,6 +307,13 @@ fn malformed_queries_say_where() {
             .message
             .contains("nested too deeply")
     );
+    // A word the index does not keep (a 64-hex hash) is refused saying so, not dropped from a
+    // phrase, which would widen it.
+    let hash = "9f2c".repeat(16);
+    for q in [hash.clone(), format!("\"refresh {hash}\"")] {
+        let e = parse(&q, NOW).unwrap_err();
+        assert!(e.message.contains("too long a word"), "{q}: {}", e.message);
+    }
 }
 
 #[test]
