@@ -22,6 +22,10 @@ use std::collections::BTreeMap;
 
 /// The most events a summary or a family's story reads.
 const MAX_READ: usize = 100_000;
+/// The most credentials of a family whose tool calls a `follow_family` answer looks for (the
+/// newest): each is a term of the query every page runs, and a client can grow a family by
+/// refreshing. Past it the answer says `credentials_truncated`.
+const MAX_FAMILY_CREDENTIALS: usize = 5_000;
 
 fn tools() -> Value {
     let ro = json!({"readOnlyHint": true, "destructiveHint": false, "idempotentHint": true, "openWorldHint": false});
@@ -397,11 +401,16 @@ impl Call<'_> {
             }
         })
         .await?;
-        let credentials = std::mem::take(
+        let mut credentials = std::mem::take(
             &mut *credentials
                 .lock()
                 .map_err(|_| "the family could not be followed".to_string())?,
         );
+        let truncated = credentials.len() > MAX_FAMILY_CREDENTIALS;
+        if truncated {
+            // Read in seq order: the newest are last.
+            credentials.drain(..credentials.len() - MAX_FAMILY_CREDENTIALS);
+        }
         let story = if credentials.is_empty() {
             own
         } else {
@@ -433,6 +442,7 @@ impl Call<'_> {
             "events": page.records.iter().map(record_json).collect::<Vec<_>>(),
             "next_cursor": page.next.map(|n| n.to_string()),
             "indexed_through": self.audit.indexed_through(),
+            "credentials_truncated": truncated,
         }))
     }
 }

@@ -603,6 +603,7 @@ backend_tests! {
         // A limit over the bound is the bound; a cursor that is not one is the caller's error.
         let v = call(90, "follow_family", json!({"family_id": family, "limit": 100_000})).await;
         assert_eq!(v["structuredContent"]["events"].as_array().unwrap().len(), seen.len());
+        assert_eq!(v["structuredContent"]["credentials_truncated"], false);
         let v = call(91, "follow_family", json!({"family_id": family, "cursor": "soon"})).await;
         assert_eq!(v["isError"], true, "{v}");
 
