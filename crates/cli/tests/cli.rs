@@ -62,6 +62,40 @@ async fn ledger_with_events(db: &TestDb) {
 }
 
 backend_tests! {
+    async fn a_stored_checkpoint_no_trusted_key_signed_does_not_stand_for_a_held_one(db: TestDb) {
+        // The ledger rewritten by someone without the key (signed with one of their own), and
+        // a checkpoint row of the held checkpoint's size and root (public at /.well-known) put
+        // beside it: the held checkpoint is judged against the events, not against that row.
+        let origin = "grantline.test/ledger";
+        let stranger = NoteSigner::generate(origin).unwrap();
+        let again = NoteSigner::parse(&stranger.to_private_string()).unwrap();
+        let ledger = Ledger::open(&db.db, stranger, LedgerOptions::default()).await.unwrap();
+        for i in 1..=12 {
+            ledger.append(Append::new(vec![tool_call(i)])).await.unwrap();
+        }
+        ledger.shutdown().await;
+        let url = db.url();
+        let key = vkey();
+        let held_root = grantline_ledger::Hash([3; 32]);
+        let dir = tempfile::tempdir().unwrap();
+        let held = dir.path().join("held");
+        std::fs::write(&held, testing::signer().sign_checkpoint(origin, 11, &held_root)).unwrap();
+        let note = again.sign_checkpoint(origin, 11, &held_root);
+        let store = Store::connect(&db.db, false).await.unwrap();
+        match store.pool() {
+            Pool::Sqlite(p) => {
+                sqlx::query("INSERT INTO checkpoints (time, tree_size, root, note, frontier) VALUES (0, 11, ?, ?, x'')").bind(held_root.0.as_slice()).bind(&note).execute(p).await.unwrap();
+            }
+            Pool::Postgres(p) => {
+                sqlx::query("INSERT INTO checkpoints (time, tree_size, root, note, frontier) VALUES (now(), 11, $1, $2, '')").bind(held_root.0.as_slice()).bind(&note).execute(p).await.unwrap();
+            }
+        }
+        store.close().await;
+        let o = grantline(&["verify", "--database", &url, "--public-key", &key, "--checkpoint", held.to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(1), "{o:?}");
+        assert!(stdout(&o).contains("history was rewritten"), "{o:?}");
+    }
+
     async fn verify_prints_one_summary_line_or_the_first_bad_seq(db: TestDb) {
         ledger_with_events(&db).await;
         let url = db.url();

@@ -191,12 +191,17 @@ async fn held_checkpoint(
         );
         return Ok(Some(1));
     }
-    // A stored checkpoint of that size, which the walk just verified, gives the root at once;
-    // else it is computed from the chain hashes (32 bytes an event, read once).
-    let stored = store
-        .checkpoint(Some(cp.size))
-        .await?
-        .and_then(|c| grantline_ledger::Hash::from_slice(&c.root));
+    // A stored checkpoint of that size gives the root at once, if its own note opens with the
+    // keys trusted here (a row signed by anyone else, which the walk could not judge, proves
+    // nothing); else it is computed from the chain hashes (32 bytes an event, read once).
+    let stored = store.checkpoint(Some(cp.size)).await?.and_then(|c| {
+        grantline_ledger::Checkpoint::open(&c.note, &keys)
+            .ok()
+            .filter(|n| {
+                n.size == cp.size && Some(n.root) == grantline_ledger::Hash::from_slice(&c.root)
+            })
+            .map(|n| n.root)
+    });
     let root = match stored {
         Some(root) => root,
         None => {
