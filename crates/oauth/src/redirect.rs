@@ -34,6 +34,9 @@ pub fn validate(uri: &str, app: ApplicationType) -> Result<(), String> {
         ));
     }
     let url = Url::parse(uri).map_err(|e| format!("{uri}: not an absolute URL ({e})"))?;
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(format!("{uri}: a redirect URI must not carry credentials"));
+    }
     if let Some(host) = url.host_str()
         && !authority_is(uri, host)
     {
@@ -44,9 +47,6 @@ pub fn validate(uri: &str, app: ApplicationType) -> Result<(), String> {
     }
     if url.fragment().is_some() || uri.contains('#') {
         return Err(format!("{uri}: a redirect URI must not have a fragment"));
-    }
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err(format!("{uri}: a redirect URI must not carry credentials"));
     }
     let loopback = is_loopback(&url);
     match (url.scheme(), app) {
@@ -181,6 +181,11 @@ mod tests {
         assert!(validate("http://[::1]:9000/cb", Native).is_ok());
         assert!(validate("HTTPS://App.Example/cb", Web).is_ok());
         assert!(validate("https://xn--bcher-kva.example/cb", Web).is_ok());
+        assert!(
+            validate("https://user:pw@app.example/cb", Web)
+                .unwrap_err()
+                .contains("credentials")
+        );
         for (bad, app) in [
             ("http://app.example/cb", Native),
             ("http://127.0.0.1/cb", Web),
