@@ -393,24 +393,27 @@ impl Call<'_> {
                     .collect(),
             ),
         ]);
-        let credentials = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-        let found = credentials.clone();
-        each_page(self.audit, &issuing, move |page| {
-            if let Ok(mut c) = found.lock() {
-                c.extend(page.into_iter().filter_map(|r| r.credential_id));
-            }
-        })
-        .await?;
-        let mut credentials = std::mem::take(
-            &mut *credentials
-                .lock()
-                .map_err(|_| "the family could not be followed".to_string())?,
-        );
-        let truncated = credentials.len() > MAX_FAMILY_CREDENTIALS;
-        if truncated {
-            // Read in seq order: the newest are last.
-            credentials.drain(..credentials.len() - MAX_FAMILY_CREDENTIALS);
-        }
+        // The newest first, and no more than the bound.
+        let (credentials, truncated) = self
+            .audit
+            .with_index(move |index| {
+                let mut found = Vec::new();
+                let mut cursor = None;
+                loop {
+                    let page = index.search(&issuing, SortOrder::Desc, cursor, 1000)?;
+                    found.extend(page.records.into_iter().filter_map(|r| r.credential_id));
+                    if found.len() > MAX_FAMILY_CREDENTIALS {
+                        found.truncate(MAX_FAMILY_CREDENTIALS);
+                        return Ok((found, true));
+                    }
+                    match page.next {
+                        Some(n) => cursor = Some(n),
+                        None => return Ok((found, false)),
+                    }
+                }
+            })
+            .await
+            .map_err(index_failed)?;
         let story = if credentials.is_empty() {
             own
         } else {
