@@ -254,6 +254,19 @@ impl SinkSection {
         {
             bail!("sink {}: timeout_secs is 1 to 600, not {t}", self.name);
         }
+        // Read here, not only at start: a CA file that is missing or holds no certificate
+        // would stop the sink at `serve`, after `config check` said the file was good.
+        if let Some(f) = &self.ca_file {
+            let text = std::fs::read_to_string(f)
+                .with_context(|| format!("sink {}: reading ca_file {}", self.name, f.display()))?;
+            if !text.contains("-----BEGIN CERTIFICATE-----") {
+                bail!(
+                    "sink {}: ca_file {} holds no PEM certificate",
+                    self.name,
+                    f.display()
+                );
+            }
+        }
         match self.kind.as_str() {
             "syslog" => {
                 let Some(a) = &self.address else {
@@ -1156,11 +1169,33 @@ mod tests {
                 .map_err(|e| e.to_string())
         };
         assert!(check("", "https://hooks.example/in").is_ok());
-        assert!(check("ca_file = \"/ca.pem\"\n", "https://hooks.example/in").is_ok());
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(
+            &ca,
+            "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let ca_line = format!("ca_file = \"{}\"\n", ca.display());
+        assert!(check(&ca_line, "https://hooks.example/in").is_ok());
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "").unwrap();
+        let e = check(
+            &format!("ca_file = \"{}\"\n", empty.display()),
+            "https://hooks.example/in",
+        );
+        assert!(e.unwrap_err().contains("no PEM certificate"));
+        assert!(
+            check(
+                "ca_file = \"/nonexistent/ca.pem\"\n",
+                "https://hooks.example/in"
+            )
+            .is_err()
+        );
         for (extra, url) in [
             ("tls = true\n", "https://hooks.example/in"),
             ("server_name = \"x\"\n", "https://hooks.example/in"),
-            ("ca_file = \"/ca.pem\"\n", "http://hooks.example/in"),
+            (ca_line.as_str(), "http://hooks.example/in"),
         ] {
             let e = check(extra, url).unwrap_err();
             assert!(e.contains("sink h"), "{extra}: {e}");
