@@ -180,12 +180,18 @@ async fn syslog_to_rsyslog_catches_up_in_order_and_resumes_from_its_cursor() {
 }
 
 /// A syslog receiver over TLS with a certificate made here: reads octet-counted frames.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn syslog_over_tls_with_a_private_ca() {
-    let db = testing::sqlite().await;
-    let dir = tempfile::tempdir().unwrap();
+/// A TLS listener on a free port with a certificate for `localhost` from a CA of its own,
+/// whose PEM is written in `dir`: `(listener, port, acceptor, CA file)`.
+async fn tls_receiver(
+    dir: &std::path::Path,
+) -> (
+    tokio::net::TcpListener,
+    u16,
+    tokio_rustls::TlsAcceptor,
+    std::path::PathBuf,
+) {
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-    let ca = dir.path().join("ca.pem");
+    let ca = dir.join("ca.pem");
     std::fs::write(&ca, cert.cert.pem()).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -201,6 +207,14 @@ async fn syslog_over_tls_with_a_private_ca() {
     )
     .unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_config));
+    (listener, port, acceptor, ca)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn syslog_over_tls_with_a_private_ca() {
+    let db = testing::sqlite().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (listener, port, acceptor, ca) = tls_receiver(dir.path()).await;
     let frames: Arc<Mutex<Vec<String>>> = Arc::default();
     let got = frames.clone();
     tokio::spawn(async move {
@@ -770,23 +784,7 @@ async fn a_receiver_that_refuses_a_batch_as_too_large_gets_smaller_ones() {
 async fn an_https_sink_trusts_the_private_ca_it_is_given() {
     let db = testing::sqlite().await;
     let dir = tempfile::tempdir().unwrap();
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-    let ca = dir.path().join("ca.pem");
-    std::fs::write(&ca, cert.cert.pem()).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let server_config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(
-        vec![cert.cert.der().clone()],
-        rustls::pki_types::PrivateKeyDer::Pkcs8(cert.key_pair.serialize_der().into()),
-    )
-    .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_config));
+    let (listener, port, acceptor, ca) = tls_receiver(dir.path()).await;
     let seqs: Arc<Mutex<Vec<u64>>> = Arc::default();
     let got = seqs.clone();
     let app = axum::Router::new().fallback(move |body: axum::body::Bytes| {
