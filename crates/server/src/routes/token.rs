@@ -94,6 +94,8 @@ async fn handle(
     let settings = app.settings_for(&ctx.issuer);
     if let (TokenRequest::Refresh(r), Some(u), Some(f)) =
         (&req, &user, attempt.family_id.as_deref())
+        // Without identity providers there is nothing to ask: no second look at the token.
+        && app.federation.is_some()
         && {
             let state = app.projection.read();
             state.family_live(f)
