@@ -623,6 +623,41 @@ def test_a_request_too_long_to_carry_through_the_provider_is_refused_at_once(wor
     assert r.status_code == 303 and r.headers["location"].startswith(idp.base), r.status_code
 
 
+def test_two_sign_ins_begun_at_once_in_one_browser_both_finish(world):
+    """Two applications connecting at once send the person to the provider twice from one
+    browser. Each pending sign-in keeps its own cookie, so the first to come back is not
+    taken for the second (a state mismatch), and each callback ends only its own."""
+    server, idp, rogue, upstream = world
+    browser = FederatedBrowser(server.base, REDIRECT)
+
+    def begin(return_to):
+        page = browser.sign_in_page(return_to)
+        form = page.text.split('action="/login/upstream/corp"', 1)[1]
+        csrf = form.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+        r = browser.session.post(f"{server.base}/login/upstream/corp",
+                                 data={"csrf": csrf, "return_to": return_to},
+                                 allow_redirects=False)
+        assert r.status_code == 303 and r.headers["location"].startswith(idp.base), r.text
+        return r
+
+    pending = lambda: sorted(c.name for c in browser.session.cookies
+                             if c.name.startswith("grantline_upstream"))
+    first, second = begin("/account"), begin("/admin/audit")
+    assert len(pending()) == 2, pending()
+    # The first comes back after the second began: it finishes, and the second's cookie stays.
+    page = browser.follow(first)
+    assert page.status_code == 200 and page.url.endswith("/account"), (page.url, page.text[:300])
+    assert len(pending()) == 1, pending()
+    # The second finishes too (the provider's session answers).
+    browser.sign_out()
+    page = browser.follow(second)
+    # Signed in and sent on to the page it began from (which her role may or may not open).
+    assert page.url.endswith("/admin/audit") and "Sign-in through" not in page.text, \
+        (page.url, page.status_code, page.text[:300])
+    assert "grantline_session" in browser.session.cookies
+    assert pending() == []
+
+
 def test_a_fresh_sign_in_asked_for_is_asked_of_the_provider_too(world):
     """An application's `prompt=login` makes Grantline forget its own session; through an
     identity provider the person must sign in again there too, not be waved through by the

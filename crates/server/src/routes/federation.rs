@@ -21,8 +21,17 @@ use grantline_ledger::{LoginFailure, pii};
 use grantline_oauth::federation::{Account, FederatedSignIn};
 use subtle::ConstantTimeEq;
 
-/// The cookie carrying the pending upstream sign-in.
+/// The cookie that carried the pending upstream sign-in before each sign-in had its own
+/// ([`pending_cookie`]); still read, so that a sign-in begun before an upgrade finishes.
 pub const PENDING: &str = "grantline_upstream";
+
+/// The cookie carrying one pending upstream sign-in, named after its `state`: two sign-ins
+/// begun at once in one browser (two applications connecting) each find their own when the
+/// provider sends the browser back, and a callback only ever ends its own.
+pub fn pending_cookie(state: &str) -> String {
+    let digest = blake3::hash(state.as_bytes()).to_hex();
+    format!("{PENDING}_{}", &digest[..16])
+}
 
 /// What a person sees when the provider cannot be reached; the reason goes to the log.
 const UNREACHABLE: &str = "The identity provider cannot be reached right now. Try again in a \
@@ -104,8 +113,7 @@ async fn fail(
         return e.into_response();
     }
     let title = format!("Sign-in through {} failed", display(app, provider));
-    let r = pages::error(status, &title, &format!("{detail} ({code})"));
-    with_cookie(r, &session::set_cookie(ctx, PENDING, "", 0))
+    pages::error(status, &title, &format!("{detail} ({code})"))
 }
 
 /// The federation, when `provider` is one of its providers; else the 404 page.
@@ -185,6 +193,7 @@ pub async fn begin(
             );
         }
     };
+    let cookie_name = pending_cookie(&started.state);
     let pending = Pending {
         p: provider.clone(),
         s: started.state,
@@ -215,7 +224,7 @@ pub async fn begin(
     let r = see_other(started.url.as_str());
     with_cookie(
         r,
-        &session::set_cookie(&ctx, PENDING, &cookie, TRANSACTION_TTL),
+        &session::set_cookie(&ctx, &cookie_name, &cookie, TRANSACTION_TTL),
     )
 }
 
@@ -235,7 +244,9 @@ fn bounded(s: &str, n: usize) -> String {
         .collect()
 }
 
-/// `GET /login/upstream/{provider}/callback`: the upstream's answer.
+/// `GET /login/upstream/{provider}/callback`: the upstream's answer. Whatever the outcome,
+/// the sign-in its `state` names is over and its cookie goes; another in progress in the same
+/// browser keeps its own.
 pub async fn callback(
     State(app): State<App>,
     ctx: RequestContext,
@@ -244,6 +255,43 @@ pub async fn callback(
     RawQuery(query): RawQuery,
 ) -> Response {
     let q = query_params(query.as_deref());
+    let state = q.iter().find(|(k, _)| k == "state").map_or("", |(_, v)| v.as_str());
+    let name = pending_cookie(state);
+    let legacy = session::cookie(&headers, &session::cookie_name(&ctx, PENDING));
+    let cookie = session::cookie(&headers, &session::cookie_name(&ctx, &name));
+    let ended_legacy = cookie.is_none() && legacy.is_some();
+    // No sign-in of this `state`, but another in progress in this browser: this answer is
+    // judged against that one (a state mismatch, not "no sign-in in progress"), which it
+    // leaves in progress.
+    let other = || {
+        let prefix = format!("{}_", session::cookie_name(&ctx, PENDING));
+        headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|kv| kv.trim().split_once('='))
+            .find(|(k, v)| k.starts_with(&prefix) && !v.is_empty())
+            .map(|(_, v)| v.to_string())
+    };
+    let cookie = cookie.or(legacy).or_else(other);
+    let r = answer(app, ctx.clone(), provider, &q, cookie).await;
+    let r = with_cookie(r, &session::set_cookie(&ctx, &name, "", 0));
+    if ended_legacy {
+        with_cookie(r, &session::set_cookie(&ctx, PENDING, "", 0))
+    } else {
+        r
+    }
+}
+
+/// The callback's page, given the pending sign-in's cookie, if the browser sent one.
+async fn answer(
+    app: App,
+    ctx: RequestContext,
+    provider: String,
+    q: &[(String, String)],
+    cookie: Option<String>,
+) -> Response {
     let get = |k: &str| q.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
     let fed = match configured(&app, &provider) {
         Ok(f) => f,
@@ -267,8 +315,7 @@ pub async fn callback(
             .await
         }
     };
-    let pending = session::cookie(&headers, &session::cookie_name(&ctx, PENDING))
-        .and_then(|v| open_pending(&app, &v));
+    let pending = cookie.and_then(|v| open_pending(&app, &v));
     let Some(pending) = pending.filter(|p| p.p == provider) else {
         return bad(
             "transaction_missing",
@@ -473,8 +520,7 @@ pub async fn callback(
             }
             let (value, ttl) = session::issue(&app, &user_id, &session_id, &recorded, now);
             let r = see_other(&format!("{}{}", ctx.issuer, pending.r));
-            let r = with_cookie(r, &session::set_cookie(&ctx, SESSION, &value, ttl));
-            with_cookie(r, &session::set_cookie(&ctx, PENDING, "", 0))
+            with_cookie(r, &session::set_cookie(&ctx, SESSION, &value, ttl))
         }
         Err(r) => r,
     }
