@@ -667,18 +667,25 @@ impl ClientSection {
 impl Config {
     /// Reads the file (if given) and applies environment overrides.
     pub fn load(path: Option<&Path>) -> Result<Config> {
-        let mut config = match path {
+        let mut config = Config::parse(path)?;
+        config.apply_env(|k| std::env::var(k).ok())?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// The file as written, without this process's environment: its syntax and the names
+    /// and types of its settings. What depends on the environment (overrides, secrets read
+    /// from variables or files) is left to [`Config::load`] in the process that uses it.
+    pub fn parse(path: Option<&Path>) -> Result<Config> {
+        match path {
             Some(p) => {
                 let text = std::fs::read_to_string(p)
                     .with_context(|| format!("reading config file {}", p.display()))?;
                 toml::from_str::<Config>(&text)
-                    .with_context(|| format!("config file {} is not valid", p.display()))?
+                    .with_context(|| format!("config file {} is not valid", p.display()))
             }
-            None => Config::default(),
-        };
-        config.apply_env(|k| std::env::var(k).ok())?;
-        config.check()?;
-        Ok(config)
+            None => Ok(Config::default()),
+        }
     }
 
     /// Environment overrides: `GRANTLINE_LISTEN`, `GRANTLINE_PUBLIC_URL`,
