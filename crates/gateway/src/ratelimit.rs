@@ -100,6 +100,9 @@ struct Window {
     start: i64,
     used: u32,
     rejected: u64,
+    /// The limit the latest refusal was made under: what `rate_limit.exceeded` records, even
+    /// if a reload changed the limit before the window is drained.
+    refused_under: u32,
 }
 
 #[derive(Default)]
@@ -144,6 +147,7 @@ impl RateLimiter {
                 start,
                 used: 0,
                 rejected: 0,
+                refused_under: limit,
             });
             if w.start != start {
                 if w.rejected > 0
@@ -153,7 +157,7 @@ impl RateLimiter {
                         bucket: *bucket,
                         subject: subject.to_string(),
                         window_start: w.start,
-                        limit,
+                        limit: w.refused_under,
                         rejected: w.rejected,
                     });
                 }
@@ -161,10 +165,12 @@ impl RateLimiter {
                     start,
                     used: 0,
                     rejected: 0,
+                    refused_under: limit,
                 };
             }
             if w.used >= limit {
                 w.rejected += 1;
+                w.refused_under = limit;
                 return Err((
                     *bucket,
                     Quota {
@@ -208,7 +214,7 @@ impl RateLimiter {
     }
 
     /// Every refusal counted so far, open windows included (at shutdown), each once.
-    pub fn drain_all(&self, limits: &Limits) -> Vec<Exceeded> {
+    pub fn drain_all(&self) -> Vec<Exceeded> {
         let mut out = self
             .closed
             .lock()
@@ -221,7 +227,7 @@ impl RateLimiter {
                         bucket: *bucket,
                         subject: subject.clone(),
                         window_start: w.start,
-                        limit: limit_of(limits, *bucket),
+                        limit: w.refused_under,
                         rejected: std::mem::take(&mut w.rejected),
                     });
                 }
@@ -231,7 +237,7 @@ impl RateLimiter {
     }
 
     /// Refusals of windows that have closed by `now`, each once.
-    pub fn drain_closed(&self, limits: &Limits, now: i64) -> Vec<Exceeded> {
+    pub fn drain_closed(&self, now: i64) -> Vec<Exceeded> {
         let start = now - now.rem_euclid(WINDOW_SECS);
         let mut out = self
             .closed
@@ -248,7 +254,7 @@ impl RateLimiter {
                         bucket: *bucket,
                         subject: subject.clone(),
                         window_start: w.start,
-                        limit: limit_of(limits, *bucket),
+                        limit: w.refused_under,
                         rejected: w.rejected,
                     });
                 }
@@ -292,17 +298,17 @@ mod tests {
             "other users are apart"
         );
         assert!(
-            rl.drain_closed(&limits, t + 30).is_empty(),
+            rl.drain_closed(t + 30).is_empty(),
             "the window is still open"
         );
-        let mut closed = rl.drain_closed(&limits, t + 60);
+        let mut closed = rl.drain_closed(t + 60);
         closed.sort_by_key(|e| e.rejected);
         assert_eq!(closed.len(), 2);
         assert_eq!(
             (closed[1].bucket, closed[1].rejected, closed[1].window_start),
             (RateBucket::UserRead, 5, t)
         );
-        assert!(rl.drain_closed(&limits, t + 61).is_empty(), "reported once");
+        assert!(rl.drain_closed(t + 61).is_empty(), "reported once");
         assert!(rl.check(&limits, &read, t + 60).is_ok(), "a new window");
     }
 
@@ -318,17 +324,46 @@ mod tests {
         let t = 6_000;
         assert!(rl.check(&limits, &read, t).is_ok());
         assert!(rl.check(&limits, &read, t + 1).is_err());
-        let closed = rl.drain_closed(&limits, t + 60);
+        let closed = rl.drain_closed(t + 60);
         assert_eq!(closed.len(), 1);
         // The append failed: they are put back and drained again.
         rl.restore(closed);
-        assert_eq!(rl.drain_closed(&limits, t + 61).len(), 1);
+        assert_eq!(rl.drain_closed(t + 61).len(), 1);
         // At shutdown an open window's refusals are taken too, once.
         assert!(rl.check(&limits, &read, t + 120).is_ok());
         assert!(rl.check(&limits, &read, t + 121).is_err());
         assert!(rl.check(&limits, &read, t + 122).is_err());
-        let all = rl.drain_all(&limits);
+        let all = rl.drain_all();
         assert_eq!((all.len(), all[0].rejected), (1, 2));
-        assert!(rl.drain_all(&limits).is_empty());
+        assert!(rl.drain_all().is_empty());
+    }
+
+    #[test]
+    fn a_refusal_is_recorded_with_the_limit_it_was_made_under() {
+        let tight = Limits {
+            user_read: 1,
+            user_write: 1,
+            client: 0,
+        };
+        let loose = Limits {
+            user_read: 5,
+            ..tight
+        };
+        let rl = RateLimiter::default();
+        let read = [(RateBucket::UserRead, "u1")];
+        let t = 6_000;
+        assert!(rl.check(&tight, &read, t).is_ok());
+        assert!(rl.check(&tight, &read, t + 1).is_err());
+        // A reload raises the limit within the window: the next call passes, and the
+        // refusal before it is still the one made under a limit of 1.
+        assert!(rl.check(&loose, &read, t + 2).is_ok());
+        let closed = rl.drain_closed(t + 60);
+        assert_eq!((closed.len(), closed[0].limit, closed[0].rejected), (1, 1, 1));
+        // A window closed by the next call keeps its limit too.
+        assert!(rl.check(&tight, &read, t + 60).is_ok());
+        assert!(rl.check(&tight, &read, t + 61).is_err());
+        assert!(rl.check(&loose, &read, t + 120).is_ok());
+        let closed = rl.drain_closed(t + 121);
+        assert_eq!((closed.len(), closed[0].limit), (1, 1));
     }
 }

@@ -58,15 +58,13 @@ impl App {
 
     /// As [`App::flush_rate_limits`], as of `now` (seconds).
     pub async fn flush_rate_limits_at(&self, now: i64) {
-        let limits = self.policy_config().rate_limits.limits();
-        let closed = self.rate_limiter.drain_closed(&limits, now);
+        let closed = self.rate_limiter.drain_closed(now);
         self.record_rate_limits(closed).await;
     }
 
     /// At shutdown: the refusals of every window, the open ones included.
     pub async fn flush_all_rate_limits(&self) {
-        let limits = self.policy_config().rate_limits.limits();
-        let all = self.rate_limiter.drain_all(&limits);
+        let all = self.rate_limiter.drain_all();
         self.record_rate_limits(all).await;
     }
 
