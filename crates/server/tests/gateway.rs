@@ -1569,6 +1569,27 @@ async fn resources_and_prompts_take_the_read_scope_and_a_role_and_unknown_method
         ]
     );
 
+    // The server's own stream (GET) carries what `subscriptions/listen` does: it takes the
+    // read scope too, and its refusal is recorded.
+    let stream = |token: &str| {
+        browser()
+            .get(s.url("/mcp/up"))
+            .header("accept", "text/event-stream")
+            .bearer_auth(token)
+            .send()
+    };
+    let r = stream(&writer).await.unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert!(r.headers()["www-authenticate"].to_str().unwrap().contains("up:read"));
+    let last = s.app.store().read(0, 100_000).await.unwrap().pop().unwrap();
+    match last.payload() {
+        Payload::AuthorizationDenied(d) => {
+            assert_eq!((d.method.as_str(), d.reason.as_str()), ("GET (server stream)", "insufficient_scope"))
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(stream(&reader).await.unwrap().status(), StatusCode::OK);
+
     for method in ["admin/shutdown", "debug/eval", "Resources/read"] {
         let r = rpc(
             &s,
@@ -1598,6 +1619,7 @@ async fn resources_and_prompts_take_the_read_scope_and_a_role_and_unknown_method
     let e: Value = r.json().await.unwrap();
     assert_eq!(e["error"]["data"]["reason"], "role");
     assert_eq!(up.bodies.lock().unwrap().len(), 1);
+    assert_eq!(stream(&reader).await.unwrap().status(), StatusCode::FORBIDDEN);
     let recorded = s.app.store().read(0, 10_000).await.unwrap();
     assert!(recorded.iter().any(|e| matches!(e.payload(),
         Payload::AuthorizationDenied(d) if d.method == "prompts/get" && d.reason == "role")));

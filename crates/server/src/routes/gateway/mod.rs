@@ -603,7 +603,14 @@ impl Request<'_> {
                 StatusCode::BAD_REQUEST,
             ));
         }
-        let mut reads: Option<Reads> = None;
+        // The server's own stream (GET) carries what `subscriptions/listen` does — list
+        // changes, resource updates, log messages and the server's requests — so it takes
+        // what a read takes: the read scope and a role with the resource.
+        let mut reads: Option<Reads> = (self.method == Method::GET).then(|| Reads {
+            id: Value::Null,
+            methods: vec![SERVER_STREAM.to_string()],
+            recorded: Vec::new(),
+        });
         let mut watched = None;
         // At most one tool message to watch: the inspection refuses them in batches.
         for m in inspected {
@@ -751,6 +758,9 @@ struct Classified {
     /// The watched calls its cancellations name: (the caller's id, the upstream's).
     cancels: Vec<(Value, Value)>,
 }
+
+/// The method a refused GET stream is recorded under in `authorization.denied`.
+const SERVER_STREAM: &str = "GET (server stream)";
 
 struct Reads {
     id: Value,
