@@ -181,10 +181,20 @@ pub async fn resolve_user(app: &App, who: &str) -> Result<String, AdminError> {
     if who.contains('\0') {
         return Err(AdminError::NotFound(format!("user {who:?}")));
     }
-    match app.credentials.by_username(who).await? {
-        Some(c) => Ok(c.user_id),
-        None => Err(AdminError::NotFound(format!("user {who:?}"))),
-    }
+    // A user another instance added moments ago is in the credentials table before this
+    // instance has read its events: caught up then, so that what is decided next knows them.
+    let user_id = match app.credentials.by_username(who).await? {
+        Some(c) => c.user_id,
+        None => {
+            app.catch_up_unless(|s| s.users.contains_key(who)).await?;
+            if app.projection.read().users.contains_key(who) {
+                return Ok(who.to_string());
+            }
+            return Err(AdminError::NotFound(format!("user {who:?}")));
+        }
+    };
+    app.catch_up_unless(|s| s.users.contains_key(&user_id)).await?;
+    Ok(user_id)
 }
 
 pub async fn disable_user(
@@ -360,6 +370,8 @@ pub async fn disable_client(
     reason: &str,
     actor: Actor,
 ) -> Result<(), AdminError> {
+    app.catch_up_unless(|s| s.clients.contains_key(client_id))
+        .await?;
     if !app.projection.read().clients.contains_key(client_id) {
         return Err(AdminError::NotFound(format!("client {client_id:?}")));
     }
@@ -475,22 +487,29 @@ pub async fn revoke_pat(app: &App, pat_id: &str, actor: Actor) -> Result<(), Adm
 /// the token.
 pub async fn pat_list(app: &App, user_id: Option<&str>) -> Vec<serde_json::Value> {
     let now = app.now();
-    let mut pats: Vec<grantline_state::Pat> = {
+    // Each with whether its user may still act: a token of a disabled or erased user is
+    // refused at every resource, and is listed as such.
+    let mut pats: Vec<(grantline_state::Pat, bool)> = {
         let state = app.projection.read();
         state
             .pats
             .values()
             .filter(|p| user_id.is_none_or(|u| p.user_id == u))
-            .cloned()
+            .map(|p| {
+                let active = state.users.get(&p.user_id).is_some_and(|u| u.active());
+                (p.clone(), active)
+            })
             .collect()
     };
-    pats.sort_by_key(|p| p.created_at);
+    pats.sort_by_key(|(p, _)| p.created_at);
     let mut out = Vec::with_capacity(pats.len());
-    for p in pats {
+    for (p, user_active) in pats {
         let status = if p.revoked.is_some() {
             "revoked"
         } else if p.expires_at.is_some_and(|e| e <= now) {
             "expired"
+        } else if !user_active {
+            "user_disabled"
         } else {
             "active"
         };

@@ -28,6 +28,14 @@ fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
     h.get(name).and_then(|v| v.to_str().ok())
 }
 
+/// The rightmost entry of a forwarded header, over all its lines: what the proxy in front
+/// added, whether it appends to the client's line (nginx) or adds a line of its own
+/// (HAProxy's `option forwardfor`). Entries to its left are whatever the client sent.
+fn last_forwarded<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    let line = h.get_all(name).iter().next_back()?.to_str().ok()?;
+    line.rsplit(',').next().map(str::trim)
+}
+
 /// A host as `X-Forwarded-Host` may carry it: name or address, optional port.
 fn plausible_host(h: &str) -> bool {
     !h.is_empty()
@@ -44,21 +52,17 @@ impl RequestContext {
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
             .map(|c| c.0.ip().to_string());
+        // The proxy adds the address it saw: the rightmost entry is the one it vouches for.
         let forwarded_for = trust
-            .then(|| header_str(h, "x-forwarded-for"))
+            .then(|| last_forwarded(h, "x-forwarded-for"))
             .flatten()
-            // The proxy appends the address it saw: the rightmost entry is the one it vouches
-            // for; entries to its left are whatever the client sent.
-            .and_then(|v| v.rsplit(',').next())
-            .map(|v| v.trim().to_string())
-            .filter(|v| v.parse::<std::net::IpAddr>().is_ok());
+            .filter(|v| v.parse::<std::net::IpAddr>().is_ok())
+            .map(str::to_string);
         let mut issuer = app.public_url.clone();
         if trust
-            && let Some(host) = header_str(h, "x-forwarded-host")
-                .map(|v| v.split(',').next().unwrap_or("").trim())
-                .filter(|v| plausible_host(v))
+            && let Some(host) = last_forwarded(h, "x-forwarded-host").filter(|v| plausible_host(v))
         {
-            let proto = match header_str(h, "x-forwarded-proto").map(str::trim) {
+            let proto = match last_forwarded(h, "x-forwarded-proto") {
                 Some("http") => "http",
                 _ => "https",
             };
@@ -110,5 +114,21 @@ impl RequestContext {
             source_ip: seal(self.source_ip.clone()).await?,
             user_agent: seal(self.user_agent.clone()).await?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_proxys_entry_is_the_last_lines_rightmost() {
+        let mut h = HeaderMap::new();
+        assert_eq!(last_forwarded(&h, "x-forwarded-for"), None);
+        h.append("x-forwarded-for", "203.0.113.9, 198.51.100.7".parse().unwrap());
+        assert_eq!(last_forwarded(&h, "x-forwarded-for"), Some("198.51.100.7"));
+        // A proxy that adds its own line leaves the client's (forged) line first.
+        h.append("x-forwarded-for", " 192.0.2.1 ".parse().unwrap());
+        assert_eq!(last_forwarded(&h, "x-forwarded-for"), Some("192.0.2.1"));
     }
 }

@@ -624,6 +624,12 @@ backend_tests! {
             assert_eq!(api(path, "bob", "bob-password-123456").await, StatusCode::UNAUTHORIZED, "{path}");
             assert_eq!(api(path, "admin", ADMIN_PASSWORD).await, StatusCode::OK, "{path}");
         }
+        // Recorded there as on the page.
+        let at_the_api = s.app.store().read(0, 100_000).await.unwrap().iter()
+            .filter(|e| matches!(e.payload(), grantline_ledger::Payload::LoginFailed(f)
+                if f.user_id.as_ref() == Some(&other) && f.reason == PasswordNotAllowed))
+            .count();
+        assert_eq!(at_the_api, 3, "one on the page, two at the API");
         s.stop().await;
 
         // Without a break-glass admin there is no password form at all.

@@ -787,6 +787,44 @@ async fn discovery_varies_by_forwarded_host_when_it_is_trusted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_another_instance_added_a_moment_ago_is_found_by_the_admin_api() {
+    let db = sqlite().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), 30, 60);
+    cfg.server.public_url = Some("http://grantline.test".into());
+    let a = Server::start(&db, dir.path().to_path_buf(), cfg.clone()).await;
+    let b = Server::start(&db, dir.path().to_path_buf(), cfg).await;
+    let post = |s: &Server, path: &str, body: Value| {
+        browser()
+            .post(s.url(&format!("/admin/api/{path}")))
+            .basic_auth("admin", Some(ADMIN_PASSWORD))
+            .json(&body)
+            .send()
+    };
+    // Added on B, acted on at once on A (which reads the ledger every 250 ms by itself).
+    let r = post(&b, "users", json!({"username": "eve", "password": "eve-password-1"}))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let r = post(
+        &a,
+        "users/eve/pats",
+        json!({"name": "ci", "resource": "http://grantline.test/mcp/demo", "scope": "demo:read"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED, "{}", r.text().await.unwrap());
+    let r = post(&b, "clients", json!({"client_id": "ci-job", "client_name": "CI", "grant_types": ["client_credentials"], "scope": "demo:read", "confidential": true}))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let r = post(&a, "clients/ci-job/disable", json!({})).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap());
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn erasing_a_user_on_one_instance_ends_their_access_on_every_instance() {
     let db = sqlite().await;
     let dir = tempfile::tempdir().unwrap();

@@ -279,6 +279,19 @@ async fn forwarded_headers_are_used_only_when_trusted_and_cookies_harden_on_http
         get(&m, "registration_endpoint"),
         "https://auth.example.com/oauth/register"
     );
+    // A proxy that adds a line of its own (HAProxy) rather than appending to the client's:
+    // the last line's rightmost entry is the proxy's, the client's line is not.
+    let r = browser()
+        .get(trusting.url("/.well-known/oauth-authorization-server"))
+        .header("x-forwarded-proto", "http")
+        .header("x-forwarded-proto", "https")
+        .header("x-forwarded-host", "evil.example")
+        .header("x-forwarded-host", "auth.example.com")
+        .send()
+        .await
+        .unwrap();
+    let m: Value = r.json().await.unwrap();
+    assert_eq!(get(&m, "issuer"), "https://auth.example.com");
     // Behind the TLS proxy the sign-in cookies are __Host-, Secure, HttpOnly, SameSite=Lax.
     let r = browser()
         .get(trusting.url("/login"))
@@ -1116,6 +1129,16 @@ async fn admin_api_adds_lists_and_disables_clients_for_admins_only() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    // A misspelt field is refused, not taken for a public client.
+    let r = browser()
+        .post(api("clients"))
+        .basic_auth("admin", Some(ADMIN_PASSWORD))
+        .json(&serde_json::json!({"client_name": "Typo", "grant_types": ["client_credentials"], "confidentail": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert!(r.text().await.unwrap().contains("confidentail"));
     let list: Value = browser()
         .get(api("clients"))
         .basic_auth("admin", Some(ADMIN_PASSWORD))
@@ -1256,6 +1279,85 @@ async fn repeated_sign_in_failures_are_throttled_and_recorded_once() {
             .iter()
             .all(|e| !matches!(e.payload(), Payload::LoginSucceeded(_)))
     );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn password_failures_at_the_admin_api_are_recorded_as_on_the_sign_in_page() {
+    let db = sqlite().await;
+    let (s, _d) = server_with(&db, |_| {}).await;
+    let add = |name: &'static str, role: &'static str| {
+        let app = s.app.clone();
+        async move {
+            let user = grantline_server::admin::NewUser { username: name, email: None, role };
+            let pw = format!("{name}-password-123456");
+            grantline_server::admin::add_user(&app, &user, &pw, grantline_ledger::UserSource::Admin, grantline_ledger::Actor::Operator)
+                .await
+                .unwrap()
+        }
+    };
+    let carol = add("carol", "user").await;
+    let dave = add("dave", "admin").await;
+    let created = reqwest::Client::new()
+        .post(s.url("/admin/api/users/dave/pats"))
+        .basic_auth("admin", Some(ADMIN_PASSWORD))
+        .json(&serde_json::json!({"name": "ci", "resource": s.url("/mcp/demo"), "scope": "demo:read"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), StatusCode::CREATED, "{}", created.text().await.unwrap());
+    grantline_server::admin::disable_user(&s.app, &dave, "left", grantline_ledger::Actor::Operator)
+        .await
+        .unwrap();
+    let api = |user: &'static str, password: &'static str| {
+        let url = s.url("/admin/api/clients");
+        async move {
+            reqwest::Client::new().get(url).basic_auth(user, Some(password)).send().await.unwrap().status()
+        }
+    };
+    let failures = || async {
+        s.app.store().read(0, 100_000).await.unwrap().iter()
+            .filter_map(|e| match e.payload() {
+                Payload::LoginFailed(f) => Some((f.user_id.clone(), f.reason)),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    use grantline_ledger::LoginFailure::*;
+    assert_eq!(api("admin", "a-wrong-password").await, StatusCode::UNAUTHORIZED);
+    assert_eq!(api("nobody", "a-wrong-password").await, StatusCode::UNAUTHORIZED);
+    assert_eq!(api("dave", "dave-password-123456").await, StatusCode::UNAUTHORIZED);
+    // The right password of a user whose role may not use the API is refused alike, but it
+    // is no failed sign-in.
+    assert_eq!(api("carol", "carol-password-123456").await, StatusCode::UNAUTHORIZED);
+    assert_eq!(api("admin", ADMIN_PASSWORD).await, StatusCode::OK);
+    let admin = s.app.credentials.by_username("admin").await.unwrap().unwrap().user_id;
+    assert_eq!(
+        failures().await,
+        vec![(Some(admin), BadPassword), (None, UnknownUser), (Some(dave), UserDisabled)]
+    );
+    assert!(!failures().await.iter().any(|(u, _)| u.as_deref() == Some(carol.as_str())));
+    // Dave's token is refused everywhere now, and listed as such.
+    let listed: Value = reqwest::Client::new()
+        .get(s.url("/admin/api/users/dave/pats"))
+        .basic_auth("admin", Some(ADMIN_PASSWORD))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["pats"][0]["status"], "user_disabled", "{listed}");
+    // Guessing at one name until the throttle answers: once per window on the trail.
+    for _ in 1..grantline_server::throttle::PER_USERNAME {
+        assert_eq!(api("nobody", "a-wrong-password").await, StatusCode::UNAUTHORIZED);
+    }
+    for _ in 0..2 {
+        assert_eq!(api("nobody", "a-wrong-password").await, StatusCode::TOO_MANY_REQUESTS);
+    }
+    let f = failures().await;
+    assert_eq!(f.iter().filter(|(_, r)| *r == UnknownUser).count(), 5, "{f:?}");
+    assert_eq!(f.iter().filter(|(_, r)| *r == RateLimited).count(), 1, "{f:?}");
     s.stop().await;
 }
 

@@ -10,7 +10,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
-use grantline_ledger::{Actor, UserSource};
+use grantline_ledger::{Actor, LoginFailure, UserSource};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -168,6 +168,11 @@ pub(crate) async fn basic_user(
         Ok(h) => h,
         Err(limited) => {
             app.metrics.throttled("sign_in");
+            if limited.record
+                && let Err(e) = super::login::record_limited(app, ctx, user).await
+            {
+                return Err(e.into_response());
+            }
             return Err(too_many(limited.retry_after));
         }
     };
@@ -185,27 +190,49 @@ pub(crate) async fn basic_user(
         held.settle(true);
         error(StatusCode::UNAUTHORIZED, "admin credentials required")
     };
+    // Each failed password is `login.failed`, as on the sign-in page, so that guessing at the
+    // API shows in the audit trail too; the answer is the same for every refusal.
+    let failed = async |held: crate::throttle::Held<'_>, user_id, reason| {
+        held.settle(true);
+        match super::login::record_failure(app, ctx, user, user_id, reason).await {
+            Ok(()) => error(StatusCode::UNAUTHORIZED, "admin credentials required"),
+            Err(e) => e.into_response(),
+        }
+    };
     // With local accounts off only the break-glass admin may use a password; anyone else is
     // checked all the same and refused as a wrong password, so that neither the answer nor
     // its time tells which name the break-glass admin has.
     let user_id = match outcome {
-        Outcome::SignedIn { .. } if !app.config.login.password_allowed(user) => {
-            return Err(refused(held));
+        Outcome::SignedIn { user_id } if !app.config.login.password_allowed(user) => {
+            let reason = LoginFailure::PasswordNotAllowed;
+            return Err(failed(held, Some(user_id), reason).await);
         }
         Outcome::SignedIn { user_id } => user_id,
         Outcome::Busy => {
             held.settle(false);
             return Err(too_many(1));
         }
-        _ => return Err(refused(held)),
+        Outcome::BadPassword { user_id } => {
+            return Err(failed(held, Some(user_id), LoginFailure::BadPassword).await);
+        }
+        Outcome::UnknownUser => {
+            return Err(failed(held, None, LoginFailure::UnknownUser).await);
+        }
     };
-    let allowed = app
+    let (active, role_allowed) = app
         .projection
         .read()
         .users
         .get(&user_id)
-        .is_some_and(|u| roles.contains(&u.role.as_str()) && u.active());
-    if !allowed {
+        .map_or((false, false), |u| {
+            (u.active(), roles.contains(&u.role.as_str()))
+        });
+    if !active {
+        return Err(failed(held, Some(user_id), LoginFailure::UserDisabled).await);
+    }
+    // The right password of a user whose role may not use this API: not a failed sign-in,
+    // but counted against the limits all the same.
+    if !role_allowed {
         return Err(refused(held));
     }
     held.settle(false);
@@ -245,7 +272,9 @@ pub async fn list_clients(
     Json(json!({ "clients": list })).into_response()
 }
 
+/// Unknown fields are refused: a misspelt `confidential` would otherwise make a public client.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AddClient {
     client_id: Option<String>,
     client_name: String,

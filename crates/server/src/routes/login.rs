@@ -161,19 +161,8 @@ pub async fn submit(
             retry_after,
         }) => {
             app.metrics.throttled("sign_in");
-            if record {
-                let user_id = app
-                    .credentials
-                    .by_username(username)
-                    .await
-                    .ok()
-                    .flatten()
-                    .map(|c| c.user_id);
-                if let Err(e) =
-                    record_failure(&app, &ctx, username, user_id, LoginFailure::RateLimited).await
-                {
-                    return e.into_response();
-                }
+            if record && let Err(e) = record_limited(&app, &ctx, username).await {
+                return e.into_response();
             }
             let mut r = render(
                 &app,
@@ -301,9 +290,26 @@ pub async fn submit(
     r
 }
 
+/// Appends `login.failed` for an attempt the throttle refused (once per window, when
+/// [`crate::throttle::Limited::record`] says so), naming the user if the name is one.
+pub(crate) async fn record_limited(
+    app: &App,
+    ctx: &RequestContext,
+    username: &str,
+) -> Result<(), crate::app::AppError> {
+    let user_id = app
+        .credentials
+        .by_username(username)
+        .await
+        .ok()
+        .flatten()
+        .map(|c| c.user_id);
+    record_failure(app, ctx, username, user_id, LoginFailure::RateLimited).await
+}
+
 /// Appends `login.failed`. Names that match no user are sealed under a daily anonymous subject,
 /// so they can be erased in bulk.
-async fn record_failure(
+pub(crate) async fn record_failure(
     app: &App,
     ctx: &RequestContext,
     username: &str,
