@@ -1719,3 +1719,82 @@ async fn the_gateways_own_listing_has_its_own_headers_and_assertion() {
     assert_eq!(claims[0]["request_id"], claims[1]["request_id"]);
     s.stop().await;
 }
+
+/// An open stream outlives neither the caller's role nor their credential: it ends (as a
+/// stream ends, the client then connects again and is judged anew) within a few seconds of
+/// a reload that takes the resource from the role, or of a revocation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_stream_ends_when_the_role_or_the_credential_goes() {
+    let db = grantline_store::testing::sqlite().await;
+    let (up_url, _up) = start_upstream().await;
+    let (s, _d) = gateway_server(&db, &up_url).await;
+    let token = token_for(&s, &s.url("/mcp/up"), "up:read").await;
+    let ends = |r: reqwest::Response| async move {
+        let reading = read_on(r);
+        tokio::time::timeout(std::time::Duration::from_secs(6), reading)
+            .await
+            .expect("the stream stayed open")
+            .unwrap()
+    };
+    // The role loses the resource.
+    let mut r = event_stream(&s, &token, None).await;
+    first_chunk(&mut r).await;
+    let with_up = (*s.app.policy_config()).clone();
+    let mut next = with_up.clone();
+    next.roles.get_mut("admin").unwrap().remove("up");
+    s.app.reload(next).await.unwrap();
+    assert_eq!(ends(r).await, Ok(()));
+    // Given back, the stream opens again; then every token of the user is revoked.
+    s.app.reload(with_up).await.unwrap();
+    let mut r = event_stream(&s, &token, None).await;
+    first_chunk(&mut r).await;
+    grantline_server::admin::revoke_everything(&s.app, "admin", grantline_ledger::Actor::Operator)
+        .await
+        .unwrap();
+    assert_eq!(ends(r).await, Ok(()));
+    s.stop().await;
+}
+
+/// A tool call is judged again once its start is recorded: one that waited (here for the
+/// tool's annotations, while another request asks the upstream for them) is refused if the
+/// credential was revoked meanwhile, and never reaches the upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_that_waited_is_judged_again_before_it_is_sent() {
+    let db = grantline_store::testing::sqlite().await;
+    let (up_url, up) = start_upstream().await;
+    let (s, _d) = gateway_server(&db, &up_url).await;
+    let token = token_for(&s, &s.url("/mcp/up"), "up:read").await;
+    // Another request is asking the upstream for its tools: this call waits for its answer.
+    let asking = s.app.mounts().asking("up");
+    let held = asking.lock().await;
+    let call = {
+        let (s_url, token) = (s.url("/mcp/up"), token.clone());
+        tokio::spawn(async move {
+            browser()
+                .post(s_url)
+                .header("accept", "application/json, text/event-stream")
+                .bearer_auth(token)
+                .json(&call(5, "read_tool"))
+                .send()
+                .await
+                .unwrap()
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    grantline_server::admin::revoke_everything(&s.app, "admin", grantline_ledger::Actor::Operator)
+        .await
+        .unwrap();
+    drop(held);
+    let r = call.await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{}", r.text().await.unwrap());
+    assert!(up.ran.lock().unwrap().is_empty(), "the upstream never ran it");
+    // Its start and its end are on the ledger, after the revocation.
+    let events = s.app.store().read(0, 100_000).await.unwrap();
+    let ended = events.iter().rev().find_map(|e| match e.payload() {
+        Payload::ToolCalled(c) => Some(c.outcome),
+        _ => None,
+    });
+    assert_eq!(ended, Some(ToolOutcome::Denied));
+    assert!(events.iter().any(|e| matches!(e.payload(), Payload::ToolCallStarted(_))));
+    s.stop().await;
+}

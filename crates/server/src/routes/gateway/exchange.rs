@@ -31,6 +31,11 @@ pub struct Outgoing {
     /// The call's place among the calls in flight (for the caller's cancellation), given up
     /// when its outcome is recorded.
     pub in_flight: Option<crate::gateway::CallGuard>,
+    /// A tool call's standing, judged again once its start is recorded: what was appended
+    /// while the call waited (a revocation, a role reloaded away) is folded by then.
+    pub recheck: Option<super::standing::Standing>,
+    /// The resource's metadata URL, for the challenge of a refusal.
+    pub metadata_url: String,
 }
 
 /// Why a call the caller cancelled has no answer (`tool.called`'s reason): the upstream took
@@ -92,6 +97,17 @@ pub async fn run(
                 let _ = tx.send(unavailable());
                 return;
             }
+            if let (Some(standing), Watched::Call(call)) = (&out.recheck, &watched)
+                && let Err(d) = standing.check(&audit.app)
+            {
+                tracing::info!(reason = d.reason, "a tool call refused when judged again at its start");
+                let answer = match audit.record(audit.denied(call, &d)).await {
+                    Ok(()) => super::denial_response(&d, &out.metadata_url, Some(&call.id)),
+                    Err(_) => unavailable(),
+                };
+                let _ = tx.send(answer);
+                return;
+            }
             let answer = exchange(audit, out, watched).await;
             let _ = tx.send(answer);
         }
@@ -111,6 +127,7 @@ async fn exchange(audit: Audit, out: Outgoing, watched: Watched) -> Response {
         identity,
         wire_id,
         in_flight,
+        ..
     } = out;
     let wire = serde_json::Value::from(wire_id.as_str());
     let deadline = tokio::time::Instant::now() + mount.timeout;

@@ -12,6 +12,7 @@
 mod exchange;
 mod record;
 mod sse;
+mod standing;
 mod upstream;
 
 pub use upstream::IDENTITY_HEADER;
@@ -188,6 +189,15 @@ impl Request<'_> {
             grantline_oauth::metadata::protected_resource_path(&resource.id)
         );
         let caller = self.authenticate(&resource, query, &metadata_url).await?;
+        // The credential as presented, to be judged again (see `standing`).
+        let token = bearer(
+            self.headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok()),
+        )
+        .unwrap_or_default();
+        let standing =
+            standing::Standing::new(token, &resource.id, &mount.name, &resource.default_scopes);
         if mount.upstream == crate::gateway::Upstream::Audit {
             self.audit_role(&caller, &resource, &metadata_url).await?;
         }
@@ -248,8 +258,10 @@ impl Request<'_> {
             },
         };
         let started = Instant::now();
-        let assertion = upstream::identity(self.app, self.ctx, &caller);
         let (scope, writes) = self.needed_scope(&mount, &caller, watched.as_ref()).await;
+        // Minted after the tool's annotations were learnt (which may take the upstream's
+        // whole timeout): the assertion lives a minute.
+        let assertion = upstream::identity(self.app, self.ctx, &caller);
         // The gateway's own decision (rate limits, then the two layers of authority) is the
         // request's `decide` span, as an OAuth decision is in `App::run`.
         let decide = tracing::info_span!("decide", attempt = 1);
@@ -303,6 +315,20 @@ impl Request<'_> {
             _ => None,
         };
         drop(decide);
+        // A stream stays open only while its caller may still read it.
+        let relayed = match &reads {
+            Some(_) => standing.needing(standing::Need::Read {
+                scope: mount.scopes.read.clone(),
+            }),
+            None => standing.clone(),
+        };
+        let recheck = match (&watched, &scope) {
+            (Some(Watched::Call(call)), Some(scope)) => Some(standing.needing(standing::Need::Call {
+                tool: call.tool.clone(),
+                scope: scope.clone(),
+            })),
+            _ => None,
+        };
         let out = exchange::Outgoing {
             mount,
             method: self.method,
@@ -311,8 +337,10 @@ impl Request<'_> {
             identity: assertion,
             wire_id,
             in_flight,
+            recheck,
+            metadata_url: metadata_url.clone(),
         };
-        let mut r = match (watched, scope) {
+        let r = match (watched, scope) {
             (Some(Watched::Call(call)), Some(_)) => {
                 let denied = match checked {
                     Some(Ok(())) => None,
@@ -378,6 +406,7 @@ impl Request<'_> {
                 }
             }
         };
+        let mut r = standing::while_standing(self.app, relayed, r);
         quota_headers(&mut r, quota);
         bind_session(&mut r, &session_key, &binding);
         Ok(r)

@@ -1,0 +1,108 @@
+//! What let a request through, asked again later. A request is judged when it arrives, but a
+//! tool call may wait for its tool's annotations before it is sent, and an event stream (the
+//! server's own, a call's, any relayed one) may stay open for hours: a revocation, an expiry,
+//! a disabled user or a role taken away by a reload must reach those too. A call is judged
+//! again once its start is recorded (every event before it folded), and a relayed stream ends
+//! within [`RECHECK`] of the answer changing.
+
+use crate::app::App;
+use axum::body::Body;
+use axum::response::Response;
+use futures::StreamExt;
+use grantline_gateway::{Caller, Denial, authenticate, authority};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How often an open stream's standing is asked again.
+pub const RECHECK: Duration = Duration::from_secs(1);
+
+/// What the request needs beyond a live credential for the resource.
+#[derive(Clone)]
+pub enum Need {
+    /// Nothing more (protocol messages, the rest of a stream whose answer was recorded).
+    Live,
+    /// The read scope and a role with the resource (reads, the server's own stream).
+    Read { scope: String },
+    /// A tool call: the scope it needs, and a role that allows the tool.
+    Call { tool: String, scope: String },
+}
+
+/// The caller's credential (held in memory only, as the request held it), the resource it
+/// was accepted for and what the request needs there.
+#[derive(Clone)]
+pub struct Standing {
+    token: Arc<str>,
+    resource: String,
+    mount: String,
+    default_scopes: Vec<String>,
+    pub need: Need,
+}
+
+impl Standing {
+    pub fn new(token: &str, resource: &str, mount: &str, default_scopes: &[String]) -> Standing {
+        Standing {
+            token: Arc::from(token),
+            resource: resource.to_string(),
+            mount: mount.to_string(),
+            default_scopes: default_scopes.to_vec(),
+            need: Need::Live,
+        }
+    }
+
+    /// The same credential, needing `need`.
+    pub fn needing(&self, need: Need) -> Standing {
+        Standing {
+            need,
+            ..self.clone()
+        }
+    }
+
+    /// The caller as the state knows them now, if they may still do what the request does.
+    pub fn check(&self, app: &App) -> Result<Caller, Denial> {
+        let caller = authenticate(
+            &app.projection.read(),
+            Some(&self.token),
+            &self.resource,
+            app.now(),
+            &self.default_scopes,
+        )?;
+        let mounts = app.mounts();
+        match &self.need {
+            Need::Live => Ok(()),
+            Need::Read { scope } => {
+                authority::check_read(&caller, &mounts.roles, &self.mount, scope)
+            }
+            Need::Call { tool, scope } => {
+                authority::check_call(&caller, &mounts.roles, &self.mount, tool, scope)
+            }
+        }
+        .map(|()| caller)
+    }
+
+    /// Resolves once the standing is lost (checked every [`RECHECK`]), never before.
+    async fn lost(self, app: App) {
+        let mut tick = tokio::time::interval(RECHECK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            if let Err(d) = self.check(&app) {
+                tracing::info!(reason = d.reason, "a relayed stream ended: its caller may no longer read it");
+                return;
+            }
+        }
+    }
+}
+
+/// `r` as relayed, its body ended once `standing` is lost. A stream the client sees end is
+/// one MCP allows a server to end at any time; the client connects again, and is judged anew.
+pub fn while_standing(app: &App, standing: Standing, r: Response) -> Response {
+    if !super::upstream::is_sse(&r) {
+        return r;
+    }
+    let (parts, body) = r.into_parts();
+    let stream = body
+        .into_data_stream()
+        .take_until(standing.lost(app.clone()));
+    Response::from_parts(parts, Body::from_stream(stream))
+}
