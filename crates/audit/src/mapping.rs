@@ -388,6 +388,16 @@ pub fn map(event: &Recorded, dir: &mut impl Names, o: &mut dyn Opener) -> AuditR
             r.summary = e.reason.clone();
             (C::User, O::Success, S::Medium)
         }
+        Payload::UserEnabled(e) => {
+            r.user_id = some(&e.user_id);
+            r.summary = format!("enabled: {}", e.reason);
+            (C::User, O::Success, S::Medium)
+        }
+        Payload::UserPasswordSet(e) => {
+            r.user_id = some(&e.user_id);
+            r.summary = format!("password set: {}", e.reason);
+            (C::User, O::Success, S::Medium)
+        }
         Payload::UserRoleChanged(e) => {
             r.user_id = some(&e.user_id);
             r.summary = match (&e.provider, &e.claim) {

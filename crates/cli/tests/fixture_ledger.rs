@@ -14,13 +14,16 @@ use std::path::{Path, PathBuf};
 
 /// Every fixture, oldest first: `ledger-vN.db` for each body format N, `ledger-v2-trace.db`
 /// (format 2 with the gateway events' `trace_id`, 2026-12-06) and `ledger-v2-clients.db`
-/// (with `client.updated`'s `token_endpoint_auth_method` and `cleared`, 2026-12-06).
+/// (with `client.updated`'s `token_endpoint_auth_method` and `cleared`, 2026-12-06),
+/// `ledger-v2-reads.db` (with `content.read`, 2026-12-06) and `ledger-v2-users.db` (with
+/// `user.enabled` and `user.password_set`, 2026-12-07).
 const FORMATS: &[&str] = &[
     "ledger-v1.db",
     "ledger-v2.db",
     "ledger-v2-trace.db",
     "ledger-v2-clients.db",
     "ledger-v2-reads.db",
+    "ledger-v2-users.db",
 ];
 
 /// The body format a fixture was written in (`ledger-v<N>…`).
@@ -80,6 +83,17 @@ const KINDS_ADDED_SINCE: &[(&str, &str)] = &[
     ("ledger-v2.db", "content.read"),
     ("ledger-v2-trace.db", "content.read"),
     ("ledger-v2-clients.db", "content.read"),
+    // 2026-12-07: a disabled user enabled again; a password set by an administrator.
+    ("ledger-v1.db", "user.enabled"),
+    ("ledger-v2.db", "user.enabled"),
+    ("ledger-v2-trace.db", "user.enabled"),
+    ("ledger-v2-clients.db", "user.enabled"),
+    ("ledger-v2-reads.db", "user.enabled"),
+    ("ledger-v1.db", "user.password_set"),
+    ("ledger-v2.db", "user.password_set"),
+    ("ledger-v2-trace.db", "user.password_set"),
+    ("ledger-v2-clients.db", "user.password_set"),
+    ("ledger-v2-reads.db", "user.password_set"),
 ];
 
 /// The samples the fixture `name` was written from, in order, as it holds them: the kinds

@@ -358,7 +358,10 @@ mod tests {
         // refusal before it is still the one made under a limit of 1.
         assert!(rl.check(&loose, &read, t + 2).is_ok());
         let closed = rl.drain_closed(t + 60);
-        assert_eq!((closed.len(), closed[0].limit, closed[0].rejected), (1, 1, 1));
+        assert_eq!(
+            (closed.len(), closed[0].limit, closed[0].rejected),
+            (1, 1, 1)
+        );
         // A window closed by the next call keeps its limit too.
         assert!(rl.check(&tight, &read, t + 60).is_ok());
         assert!(rl.check(&tight, &read, t + 61).is_err());

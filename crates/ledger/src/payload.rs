@@ -74,6 +74,10 @@ catalogue! {
     "user.disabled" => UserDisabled(UserDisabled),
     /// A user's role changed (by an admin, or by an identity provider's claims at sign-in).
     "user.role_changed" => UserRoleChanged(UserRoleChanged),
+    /// A disabled user may act again. Nothing they held before comes back: every grant, token family and personal access token of theirs is revoked, and their sessions ended, in the same append.
+    "user.enabled" => UserEnabled(UserEnabled),
+    /// An administrator set a local user's password (its hash is kept apart from the ledger, never here). Every session the user began before it ends with it, on every instance; their grants and tokens stay (a containment revokes them).
+    "user.password_set" => UserPasswordSet(UserPasswordSet),
     /// A user was linked to an identity at an upstream provider: (provider, subject) signs them in from now on.
     "user.linked" => UserLinked(UserLinked),
     /// A user's personal-data key was destroyed; their sealed fields now read as erased.
@@ -367,6 +371,20 @@ pub struct UserCreated {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserDisabled {
     pub user_id: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserEnabled {
+    pub user_id: String,
+    /// Why, in the administrator's words.
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserPasswordSet {
+    pub user_id: String,
+    /// Why, in the administrator's words (a reset after a leak, a first password).
     pub reason: String,
 }
 

@@ -75,6 +75,8 @@ pub fn stream_for(p: &Payload) -> StreamId {
         Payload::UserCreated(e) => StreamId::user(&e.user_id),
         Payload::UserDisabled(e) => StreamId::user(&e.user_id),
         Payload::UserRoleChanged(e) => StreamId::user(&e.user_id),
+        Payload::UserEnabled(e) => StreamId::user(&e.user_id),
+        Payload::UserPasswordSet(e) => StreamId::user(&e.user_id),
         Payload::UserErased(e) => StreamId::user(&e.user_id),
         Payload::UserLinked(e) => StreamId::user(&e.user_id),
         Payload::LoginSucceeded(e) => StreamId::user(&e.user_id),
@@ -208,6 +210,16 @@ pub fn all() -> Vec<Payload> {
             to: "admin".into(),
             provider: Some("okta".into()),
             claim: Some("groups=mcp-admins".into()),
+        }
+        .into(),
+        UserEnabled {
+            user_id: USER.into(),
+            reason: "back from leave".into(),
+        }
+        .into(),
+        UserPasswordSet {
+            user_id: USER.into(),
+            reason: "reset after INC-1234".into(),
         }
         .into(),
         UserLinked {

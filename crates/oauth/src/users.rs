@@ -5,8 +5,8 @@
 use crate::{Decision, ErrorCode, OAuthError, limits};
 use grantline_ledger::{
     Actor, ExpectedVersion, LoginFailed, LoginFailure, LoginSucceeded, NewEvent, RequestMeta,
-    Sealed, SessionEnded, StreamId, Timestamp, UserCreated, UserDisabled, UserRoleChanged,
-    UserSource,
+    Sealed, SessionEnded, StreamId, Timestamp, UserCreated, UserDisabled, UserEnabled,
+    UserPasswordSet, UserRoleChanged, UserSource,
 };
 use grantline_state::State;
 
@@ -88,6 +88,71 @@ pub fn disable(state: &State, actor: Actor, user_id: &str, reason: &str) -> Deci
         Ok(true),
     )
     .expect(stream, ExpectedVersion::Exactly(u.version))
+}
+
+/// `user.enabled`: a disabled user may act again. Nothing they held before comes back: every
+/// grant, token family and personal access token of theirs is revoked, and their sessions
+/// ended, in the same append, so a credential taken before the disable stays dead. Nothing
+/// when the user is not disabled; refused for an erased user. Returns whether it changed
+/// anything.
+pub fn enable(state: &State, actor: Actor, user_id: &str, reason: &str) -> Decision<bool> {
+    let Some(u) = state.users.get(user_id) else {
+        return invalid("no such user").into();
+    };
+    if u.erased {
+        return invalid("the user was erased: an erased user does not come back").into();
+    }
+    if !u.disabled {
+        return Decision::new(Vec::new(), Ok(false));
+    }
+    let reason = match reason_checked(reason) {
+        Ok(r) => r,
+        Err(e) => return e.into(),
+    };
+    const REVOKED: &str = "held before the user was disabled";
+    let revoked = crate::grant::revoke_everything(state, actor.clone(), user_id, REVOKED, None);
+    let mut events = revoked.append.events;
+    events.extend(crate::grant::end_sessions(
+        state,
+        actor.clone(),
+        user_id,
+        REVOKED,
+    ));
+    let stream = StreamId::user(user_id);
+    events.push(NewEvent::new(
+        stream.clone(),
+        actor,
+        UserEnabled {
+            user_id: user_id.to_string(),
+            reason,
+        },
+    ));
+    Decision::new(events, Ok(true)).expect(stream, ExpectedVersion::Exactly(u.version))
+}
+
+/// `user.password_set`: a password changed after a leak takes with it every session signed
+/// in with the old one (the fold ends them); the user's grants and tokens stay, for a
+/// containment to revoke when the account was taken over. Refused for an erased user. The
+/// expectation on the user's stream makes a grant or token a session was making meanwhile
+/// decide again, and be refused.
+pub fn set_password(state: &State, actor: Actor, user_id: &str, reason: &str) -> Decision<()> {
+    let Some(u) = state.users.get(user_id) else {
+        return invalid("no such user").into();
+    };
+    if u.erased {
+        return invalid("the user was erased").into();
+    }
+    let reason = match reason_checked(reason) {
+        Ok(r) => r,
+        Err(e) => return e.into(),
+    };
+    let stream = StreamId::user(user_id);
+    let event = UserPasswordSet {
+        user_id: user_id.to_string(),
+        reason,
+    };
+    Decision::new(vec![NewEvent::new(stream.clone(), actor, event)], Ok(()))
+        .expect(stream, ExpectedVersion::Exactly(u.version))
 }
 
 /// `user.role_changed`; nothing when the user has the role already.

@@ -89,12 +89,7 @@ pub async fn add_user(
         )));
     }
     known_role(app, role)?;
-    if password.chars().count() < 8 || password.len() > crate::signin::MAX_PASSWORD {
-        return Err(AdminError::Invalid(format!(
-            "passwords have at least 8 characters and at most {} bytes",
-            crate::signin::MAX_PASSWORD
-        )));
-    }
+    password_ok(password)?;
     let user_id = crate::random::id("usr");
     let hash = hash_password(password).map_err(|e| AdminError::Invalid(e.to_string()))?;
     app.credentials
@@ -193,7 +188,8 @@ pub async fn resolve_user(app: &App, who: &str) -> Result<String, AdminError> {
             return Err(AdminError::NotFound(format!("user {who:?}")));
         }
     };
-    app.catch_up_unless(|s| s.users.contains_key(&user_id)).await?;
+    app.catch_up_unless(|s| s.users.contains_key(&user_id))
+        .await?;
     Ok(user_id)
 }
 
@@ -209,6 +205,90 @@ pub async fn disable_user(
         .await?;
     outcome.map_err(|e| AdminError::Invalid(e.description))?;
     Ok(user_id)
+}
+
+/// A password a local account may have: at least 8 characters, within what a sign-in takes.
+fn password_ok(password: &str) -> Result<(), AdminError> {
+    if password.chars().count() < 8 || password.len() > crate::signin::MAX_PASSWORD {
+        return Err(AdminError::Invalid(format!(
+            "passwords have at least 8 characters and at most {} bytes",
+            crate::signin::MAX_PASSWORD
+        )));
+    }
+    Ok(())
+}
+
+/// Lets a disabled user (by id or username) act again. Nothing they held before comes back:
+/// every grant, token and personal access token of theirs is revoked and their sessions
+/// ended with `user.enabled`. Returns the user id and whether they were disabled.
+pub async fn enable_user(
+    app: &App,
+    who: &str,
+    reason: &str,
+    actor: Actor,
+) -> Result<(String, bool), AdminError> {
+    let user_id = resolve_user(app, who).await?;
+    // Decided on everything the ledger holds: a token another instance recorded a moment ago
+    // is revoked with the rest.
+    app.projection.catch_up(app.store()).await?;
+    let (outcome, _) = app
+        .run(|s| grantline_oauth::users::enable(s, actor.clone(), &user_id, reason))
+        .await?;
+    let changed = outcome.map_err(|e| AdminError::Invalid(e.description))?;
+    Ok((user_id, changed))
+}
+
+/// Sets a local user's password (by id or username), and ends every session they began (their
+/// grants and tokens stay). The new hash is stored first, then `user.password_set` recorded,
+/// which ends the sessions (so one signed in with the old password in between ends too); if that cannot be
+/// recorded, the old hash is put back and nothing changed. Refused for a user who signs in
+/// through an identity provider: a password would let them in past it.
+pub async fn set_password(
+    app: &App,
+    who: &str,
+    password: &str,
+    reason: &str,
+    actor: Actor,
+) -> Result<String, AdminError> {
+    password_ok(password)?;
+    let user_id = resolve_user(app, who).await?;
+    if app
+        .projection
+        .read()
+        .users
+        .get(&user_id)
+        .is_none_or(|u| u.erased)
+    {
+        return Err(AdminError::Invalid("the user was erased".into()));
+    }
+    let Some(old) = app.credentials.by_user_id(&user_id).await? else {
+        return Err(AdminError::NotFound(format!("a local account for {who:?}")));
+    };
+    if old.password_hash == crate::signin::NO_PASSWORD {
+        return Err(AdminError::Invalid(
+            "this user signs in through an identity provider; a password would let them in \
+             past it"
+                .into(),
+        ));
+    }
+    let hash = hash_password(password).map_err(|e| AdminError::Invalid(e.to_string()))?;
+    app.credentials.set_password(&user_id, &hash).await?;
+    let recorded = app
+        .run(|s| grantline_oauth::users::set_password(s, actor.clone(), &user_id, reason))
+        .await;
+    let refused = match recorded {
+        Ok((Ok(()), _)) => return Ok(user_id),
+        Ok((Err(e), _)) => AdminError::Invalid(e.description),
+        Err(e) => AdminError::App(e),
+    };
+    if let Err(e) = app
+        .credentials
+        .set_password(&user_id, &old.password_hash)
+        .await
+    {
+        tracing::error!(error = %e, user_id, "a password set but not recorded could not be put back");
+    }
+    Err(refused)
 }
 
 pub async fn set_role(

@@ -125,7 +125,10 @@ mod tests {
     fn the_proxys_entry_is_the_last_lines_rightmost() {
         let mut h = HeaderMap::new();
         assert_eq!(last_forwarded(&h, "x-forwarded-for"), None);
-        h.append("x-forwarded-for", "203.0.113.9, 198.51.100.7".parse().unwrap());
+        h.append(
+            "x-forwarded-for",
+            "203.0.113.9, 198.51.100.7".parse().unwrap(),
+        );
         assert_eq!(last_forwarded(&h, "x-forwarded-for"), Some("198.51.100.7"));
         // A proxy that adds its own line leaves the client's (forged) line first.
         h.append("x-forwarded-for", " 192.0.2.1 ".parse().unwrap());

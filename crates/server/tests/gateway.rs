@@ -1580,11 +1580,19 @@ async fn resources_and_prompts_take_the_read_scope_and_a_role_and_unknown_method
     };
     let r = stream(&writer).await.unwrap();
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
-    assert!(r.headers()["www-authenticate"].to_str().unwrap().contains("up:read"));
+    assert!(
+        r.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .contains("up:read")
+    );
     let last = s.app.store().read(0, 100_000).await.unwrap().pop().unwrap();
     match last.payload() {
         Payload::AuthorizationDenied(d) => {
-            assert_eq!((d.method.as_str(), d.reason.as_str()), ("GET (server stream)", "insufficient_scope"))
+            assert_eq!(
+                (d.method.as_str(), d.reason.as_str()),
+                ("GET (server stream)", "insufficient_scope")
+            )
         }
         other => panic!("{other:?}"),
     }
@@ -1619,7 +1627,10 @@ async fn resources_and_prompts_take_the_read_scope_and_a_role_and_unknown_method
     let e: Value = r.json().await.unwrap();
     assert_eq!(e["error"]["data"]["reason"], "role");
     assert_eq!(up.bodies.lock().unwrap().len(), 1);
-    assert_eq!(stream(&reader).await.unwrap().status(), StatusCode::FORBIDDEN);
+    assert_eq!(
+        stream(&reader).await.unwrap().status(),
+        StatusCode::FORBIDDEN
+    );
     let recorded = s.app.store().read(0, 10_000).await.unwrap();
     assert!(recorded.iter().any(|e| matches!(e.payload(),
         Payload::AuthorizationDenied(d) if d.method == "prompts/get" && d.reason == "role")));
@@ -1786,8 +1797,16 @@ async fn a_call_that_waited_is_judged_again_before_it_is_sent() {
         .unwrap();
     drop(held);
     let r = call.await.unwrap();
-    assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{}", r.text().await.unwrap());
-    assert!(up.ran.lock().unwrap().is_empty(), "the upstream never ran it");
+    assert_eq!(
+        r.status(),
+        StatusCode::UNAUTHORIZED,
+        "{}",
+        r.text().await.unwrap()
+    );
+    assert!(
+        up.ran.lock().unwrap().is_empty(),
+        "the upstream never ran it"
+    );
     // Its start and its end are on the ledger, after the revocation.
     let events = s.app.store().read(0, 100_000).await.unwrap();
     let ended = events.iter().rev().find_map(|e| match e.payload() {
@@ -1795,6 +1814,10 @@ async fn a_call_that_waited_is_judged_again_before_it_is_sent() {
         _ => None,
     });
     assert_eq!(ended, Some(ToolOutcome::Denied));
-    assert!(events.iter().any(|e| matches!(e.payload(), Payload::ToolCallStarted(_))));
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e.payload(), Payload::ToolCallStarted(_)))
+    );
     s.stop().await;
 }

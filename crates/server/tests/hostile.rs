@@ -802,9 +802,13 @@ async fn what_another_instance_added_a_moment_ago_is_found_by_the_admin_api() {
             .send()
     };
     // Added on B, acted on at once on A (which reads the ledger every 250 ms by itself).
-    let r = post(&b, "users", json!({"username": "eve", "password": "eve-password-1"}))
-        .await
-        .unwrap();
+    let r = post(
+        &b,
+        "users",
+        json!({"username": "eve", "password": "eve-password-1"}),
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
     let r = post(
         &a,
@@ -813,7 +817,12 @@ async fn what_another_instance_added_a_moment_ago_is_found_by_the_admin_api() {
     )
     .await
     .unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED, "{}", r.text().await.unwrap());
+    assert_eq!(
+        r.status(),
+        StatusCode::CREATED,
+        "{}",
+        r.text().await.unwrap()
+    );
     let r = post(&b, "clients", json!({"client_id": "ci-job", "client_name": "CI", "grant_types": ["client_credentials"], "scope": "demo:read", "confidential": true}))
         .await
         .unwrap();

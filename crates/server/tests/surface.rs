@@ -1289,11 +1289,21 @@ async fn password_failures_at_the_admin_api_are_recorded_as_on_the_sign_in_page(
     let add = |name: &'static str, role: &'static str| {
         let app = s.app.clone();
         async move {
-            let user = grantline_server::admin::NewUser { username: name, email: None, role };
+            let user = grantline_server::admin::NewUser {
+                username: name,
+                email: None,
+                role,
+            };
             let pw = format!("{name}-password-123456");
-            grantline_server::admin::add_user(&app, &user, &pw, grantline_ledger::UserSource::Admin, grantline_ledger::Actor::Operator)
-                .await
-                .unwrap()
+            grantline_server::admin::add_user(
+                &app,
+                &user,
+                &pw,
+                grantline_ledger::UserSource::Admin,
+                grantline_ledger::Actor::Operator,
+            )
+            .await
+            .unwrap()
         }
     };
     let carol = add("carol", "user").await;
@@ -1305,18 +1315,34 @@ async fn password_failures_at_the_admin_api_are_recorded_as_on_the_sign_in_page(
         .send()
         .await
         .unwrap();
-    assert_eq!(created.status(), StatusCode::CREATED, "{}", created.text().await.unwrap());
+    assert_eq!(
+        created.status(),
+        StatusCode::CREATED,
+        "{}",
+        created.text().await.unwrap()
+    );
     grantline_server::admin::disable_user(&s.app, &dave, "left", grantline_ledger::Actor::Operator)
         .await
         .unwrap();
     let api = |user: &'static str, password: &'static str| {
         let url = s.url("/admin/api/clients");
         async move {
-            reqwest::Client::new().get(url).basic_auth(user, Some(password)).send().await.unwrap().status()
+            reqwest::Client::new()
+                .get(url)
+                .basic_auth(user, Some(password))
+                .send()
+                .await
+                .unwrap()
+                .status()
         }
     };
     let failures = || async {
-        s.app.store().read(0, 100_000).await.unwrap().iter()
+        s.app
+            .store()
+            .read(0, 100_000)
+            .await
+            .unwrap()
+            .iter()
             .filter_map(|e| match e.payload() {
                 Payload::LoginFailed(f) => Some((f.user_id.clone(), f.reason)),
                 _ => None,
@@ -1324,19 +1350,47 @@ async fn password_failures_at_the_admin_api_are_recorded_as_on_the_sign_in_page(
             .collect::<Vec<_>>()
     };
     use grantline_ledger::LoginFailure::*;
-    assert_eq!(api("admin", "a-wrong-password").await, StatusCode::UNAUTHORIZED);
-    assert_eq!(api("nobody", "a-wrong-password").await, StatusCode::UNAUTHORIZED);
-    assert_eq!(api("dave", "dave-password-123456").await, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        api("admin", "a-wrong-password").await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        api("nobody", "a-wrong-password").await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        api("dave", "dave-password-123456").await,
+        StatusCode::UNAUTHORIZED
+    );
     // The right password of a user whose role may not use the API is refused alike, but it
     // is no failed sign-in.
-    assert_eq!(api("carol", "carol-password-123456").await, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        api("carol", "carol-password-123456").await,
+        StatusCode::UNAUTHORIZED
+    );
     assert_eq!(api("admin", ADMIN_PASSWORD).await, StatusCode::OK);
-    let admin = s.app.credentials.by_username("admin").await.unwrap().unwrap().user_id;
+    let admin = s
+        .app
+        .credentials
+        .by_username("admin")
+        .await
+        .unwrap()
+        .unwrap()
+        .user_id;
     assert_eq!(
         failures().await,
-        vec![(Some(admin), BadPassword), (None, UnknownUser), (Some(dave), UserDisabled)]
+        vec![
+            (Some(admin), BadPassword),
+            (None, UnknownUser),
+            (Some(dave), UserDisabled)
+        ]
     );
-    assert!(!failures().await.iter().any(|(u, _)| u.as_deref() == Some(carol.as_str())));
+    assert!(
+        !failures()
+            .await
+            .iter()
+            .any(|(u, _)| u.as_deref() == Some(carol.as_str()))
+    );
     // Dave's token is refused everywhere now, and listed as such.
     let listed: Value = reqwest::Client::new()
         .get(s.url("/admin/api/users/dave/pats"))
@@ -1350,15 +1404,195 @@ async fn password_failures_at_the_admin_api_are_recorded_as_on_the_sign_in_page(
     assert_eq!(listed["pats"][0]["status"], "user_disabled", "{listed}");
     // Guessing at one name until the throttle answers: once per window on the trail.
     for _ in 1..grantline_server::throttle::PER_USERNAME {
-        assert_eq!(api("nobody", "a-wrong-password").await, StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            api("nobody", "a-wrong-password").await,
+            StatusCode::UNAUTHORIZED
+        );
     }
     for _ in 0..2 {
-        assert_eq!(api("nobody", "a-wrong-password").await, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(
+            api("nobody", "a-wrong-password").await,
+            StatusCode::TOO_MANY_REQUESTS
+        );
     }
     let f = failures().await;
-    assert_eq!(f.iter().filter(|(_, r)| *r == UnknownUser).count(), 5, "{f:?}");
-    assert_eq!(f.iter().filter(|(_, r)| *r == RateLimited).count(), 1, "{f:?}");
+    assert_eq!(
+        f.iter().filter(|(_, r)| *r == UnknownUser).count(),
+        5,
+        "{f:?}"
+    );
+    assert_eq!(
+        f.iter().filter(|(_, r)| *r == RateLimited).count(),
+        1,
+        "{f:?}"
+    );
     s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admins_reset_passwords_disable_enable_and_reassign_users_over_http() {
+    let db = sqlite().await;
+    let (s, _d) = server_with(&db, |_| {}).await;
+    let admin = |path: &str| {
+        reqwest::Client::new()
+            .post(s.url(&format!("/admin/api/{path}")))
+            .basic_auth("admin", Some(ADMIN_PASSWORD))
+    };
+    let r = admin("users")
+        .json(&serde_json::json!({"username": "bob", "password": "bob-password-1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let bob = r.json::<Value>().await.unwrap()["user_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = admin("users/bob/pats")
+        .json(&serde_json::json!({"name": "ci", "resource": s.url("/mcp/demo"), "scope": "demo:read"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let pat_id = r.json::<Value>().await.unwrap()["pat_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let b = browser();
+    assert_eq!(
+        sign_in_with(&s, &b, "bob", "bob-password-1").await.status(),
+        StatusCode::SEE_OTHER
+    );
+    let signed_in = |b: &reqwest::Client| {
+        let (b, url) = (b.clone(), s.url("/account"));
+        async move { b.get(url).send().await.unwrap().status() == StatusCode::OK }
+    };
+    assert!(signed_in(&b).await);
+    let change = |what: &str, body: Value| {
+        let r = admin(&format!("users/bob/{what}")).json(&body).send();
+        async move {
+            let r = r.await.unwrap();
+            (r.status(), r.text().await.unwrap())
+        }
+    };
+    let listed = || async {
+        let v: Value = reqwest::Client::new()
+            .get(s.url("/admin/api/users"))
+            .basic_auth("admin", Some(ADMIN_PASSWORD))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["users"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|u| u["username"] == "bob")
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(
+        (
+            listed().await["status"].as_str(),
+            listed().await["role"].as_str()
+        ),
+        (Some("active"), Some("user"))
+    );
+
+    // A new password: the old one no longer signs in, the session it made is over, the
+    // token stays (revoking it is a containment of its own).
+    let (st, body) = change(
+        "password",
+        json_of("{\"password\": \"bob-password-2\", \"reason\": \"INC-7\"}"),
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    assert!(
+        !signed_in(&b).await,
+        "the session signed in with the old password ended"
+    );
+    assert_eq!(
+        sign_in_with(&s, &browser(), "bob", "bob-password-1")
+            .await
+            .status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let b = browser();
+    assert_eq!(
+        sign_in_with(&s, &b, "bob", "bob-password-2").await.status(),
+        StatusCode::SEE_OTHER
+    );
+    assert!(s.app.projection.read().pats[&pat_id].revoked.is_none());
+    let events = s.app.store().read(0, 100_000).await.unwrap();
+    assert!(events.iter().any(|e| matches!(e.payload(), Payload::UserPasswordSet(p) if p.user_id == bob && p.reason == "INC-7")));
+    assert!(!format!("{events:?}").contains("bob-password-2"));
+
+    // Disabled, then enabled: nothing held before comes back.
+    assert_eq!(
+        change("disable", json_of("{\"reason\": \"left\"}")).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(listed().await["status"], "disabled");
+    assert!(!signed_in(&b).await);
+    assert_eq!(change("enable", json_of("{}")).await.0, StatusCode::OK);
+    assert_eq!(listed().await["status"], "active");
+    assert!(
+        s.app.projection.read().pats[&pat_id].revoked.is_some(),
+        "the token made before is revoked"
+    );
+    assert!(
+        !signed_in(&b).await,
+        "the session begun before the disable is over"
+    );
+    let b = browser();
+    assert_eq!(
+        sign_in_with(&s, &b, "bob", "bob-password-2").await.status(),
+        StatusCode::SEE_OTHER
+    );
+    assert!(signed_in(&b).await);
+    // Enabling someone who is not disabled changes nothing.
+    let before = s.app.store().count().await.unwrap();
+    assert_eq!(change("enable", json_of("{}")).await.0, StatusCode::OK);
+    assert_eq!(s.app.store().count().await.unwrap(), before);
+
+    assert_eq!(
+        change("role", json_of("{\"role\": \"auditor\"}")).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(listed().await["role"], "auditor");
+    // What is wrong is refused, and changes nothing.
+    let before = s.app.store().count().await.unwrap();
+    for (what, body, status) in [
+        ("role", "{}", StatusCode::BAD_REQUEST),
+        ("role", "{\"role\": \"overlord\"}", StatusCode::BAD_REQUEST),
+        (
+            "password",
+            "{\"password\": \"short\"}",
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "password",
+            "{\"pasword\": \"bob-password-3\"}",
+            StatusCode::BAD_REQUEST,
+        ),
+        ("frobnicate", "{}", StatusCode::NOT_FOUND),
+    ] {
+        assert_eq!(change(what, json_of(body)).await.0, status, "{what} {body}");
+    }
+    assert_eq!(s.app.store().count().await.unwrap(), before);
+    assert_eq!(
+        sign_in_with(&s, &browser(), "bob", "bob-password-2")
+            .await
+            .status(),
+        StatusCode::SEE_OTHER
+    );
+    s.stop().await;
+}
+
+fn json_of(text: &str) -> Value {
+    serde_json::from_str(text).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

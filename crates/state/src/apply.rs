@@ -136,6 +136,20 @@ pub fn apply(state: &mut State, event: &Recorded) {
                 u.disabled = true;
             }
         }
+        // What the user held before was revoked in the same append (see the decider).
+        Payload::UserEnabled(e) => {
+            if let Some(u) = state.users.get_mut(&e.user_id) {
+                u.disabled = false;
+            }
+        }
+        // Every session begun before it ends (as with `user.sessions_ended`), but what the
+        // user holds stays: revoking it is a containment's. The hash is not on the ledger.
+        Payload::UserPasswordSet(e) => {
+            if let Some(u) = state.users.get_mut(&e.user_id) {
+                u.sessions_ended_at = Some(at);
+                u.sessions_ended_seq = Some(since.seq);
+            }
+        }
         Payload::UserRoleChanged(e) => {
             if let Some(u) = state.users.get_mut(&e.user_id)
                 && u.role != e.to

@@ -28,7 +28,9 @@ pub fn categorize(kind: Kind, outcome: &str) -> (&'static [&'static str], Vec<&'
         K::ClientDisabled | K::ClientExpired => (&["iam"], vec!["deletion"]),
         K::UserCreated => (&["iam"], vec!["user", "creation"]),
         K::UserDisabled | K::UserErased => (&["iam"], vec!["user", "deletion"]),
-        K::UserRoleChanged | K::UserLinked => (&["iam"], vec!["user", "change"]),
+        K::UserRoleChanged | K::UserLinked | K::UserEnabled | K::UserPasswordSet => {
+            (&["iam"], vec!["user", "change"])
+        }
         // A sign-in attempt starts a session, or fails to (the outcome).
         K::LoginSucceeded => (&["authentication", "session"], vec!["start"]),
         K::LoginFailed | K::OAuthRefused => (&["authentication"], vec!["start"]),

@@ -82,6 +82,8 @@ pub fn class_of(kind: Kind) -> Class {
         K::RegistrationRejected => (ENTITY, IAM, 1, "Create"),
         K::UserCreated => (ACCOUNT, IAM, 1, "Create"),
         K::UserDisabled => (ACCOUNT, IAM, 5, "Disable"),
+        K::UserEnabled => (ACCOUNT, IAM, 2, "Enable"),
+        K::UserPasswordSet => (ACCOUNT, IAM, 4, "Password Reset"),
         K::UserRoleChanged => (ACCOUNT, IAM, 99, "Role Change"),
         K::UserErased => (ACCOUNT, IAM, 6, "Delete"),
         K::UserLinked => (ACCOUNT, IAM, 99, "Link"),

@@ -29,6 +29,21 @@ pub enum Command {
         #[arg(long, default_value = "disabled by an operator")]
         reason: String,
     },
+    /// Let a disabled user act again. Nothing they held before comes back: their grants,
+    /// tokens and personal access tokens are revoked and their sessions ended with it.
+    Enable {
+        user: String,
+        #[arg(long, default_value = "enabled by an operator")]
+        reason: String,
+    },
+    /// Set a local user's password (from $GRANTLINE_USER_PASSWORD, or generated and printed
+    /// once); every session they began ends with it. Revoke their tokens apart
+    /// (`grantline revoke --user`) when the account was taken over.
+    SetPassword {
+        user: String,
+        #[arg(long, default_value = "set by an operator")]
+        reason: String,
+    },
     /// Change a user's role.
     SetRole { user: String, role: String },
     /// Revoke every grant (and all tokens under them) and personal access token of a user.
@@ -49,17 +64,7 @@ pub async fn run(loc: &Location, cmd: Command) -> Result<ExitCode> {
             email,
         } => {
             let app = loc.app(LedgerOptions::default()).await?;
-            let (password, generated) = match std::env::var(PASSWORD_ENV) {
-                Ok(p) if !p.is_empty() => (p, false),
-                _ => (
-                    grantline_server::random::secret("")
-                        .as_str()
-                        .chars()
-                        .take(24)
-                        .collect(),
-                    true,
-                ),
-            };
+            let (password, generated) = password();
             let user = admin::NewUser {
                 username: &username,
                 email: email.as_deref(),
@@ -105,6 +110,29 @@ pub async fn run(loc: &Location, cmd: Command) -> Result<ExitCode> {
             println!("revoked {} grants and personal access tokens of {user}", r?);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Enable { user, reason } => {
+            let app = loc.existing_app(LedgerOptions::default()).await?;
+            let r = admin::enable_user(&app, &user, &reason, Actor::Operator).await;
+            app.ledger.shutdown().await;
+            match r? {
+                (id, true) => println!(
+                    "enabled {id}; what they held before was revoked and their sessions ended"
+                ),
+                (id, false) => println!("{id} was not disabled; nothing changed"),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::SetPassword { user, reason } => {
+            let (password, generated) = password();
+            let app = loc.existing_app(LedgerOptions::default()).await?;
+            let r = admin::set_password(&app, &user, &password, &reason, Actor::Operator).await;
+            app.ledger.shutdown().await;
+            println!("set the password of {}; their sessions ended", r?);
+            if generated {
+                println!("one-time password: {password}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::SetRole { user, role } => {
             let app = loc.existing_app(LedgerOptions::default()).await?;
             let r = admin::set_role(&app, &user, &role, Actor::Operator).await;
@@ -127,5 +155,20 @@ pub async fn run(loc: &Location, cmd: Command) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// The password from $GRANTLINE_USER_PASSWORD, or a generated one (and whether it was).
+fn password() -> (String, bool) {
+    match std::env::var(PASSWORD_ENV) {
+        Ok(p) if !p.is_empty() => (p, false),
+        _ => (
+            grantline_server::random::secret("")
+                .as_str()
+                .chars()
+                .take(24)
+                .collect(),
+            true,
+        ),
     }
 }

@@ -393,6 +393,97 @@ pub async fn add_user(
     }
 }
 
+/// `GET /admin/api/users`: every user, with username, role and state.
+pub async fn list_users(
+    State(app): State<App>,
+    ctx: RequestContext,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = admin_user(&app, &ctx, &headers).await {
+        return r;
+    }
+    let creds = match app.credentials.list().await {
+        Ok(c) => c,
+        Err(e) => return AdminError::Store(e).into_response(),
+    };
+    let state = app.projection.read();
+    let users: Vec<_> = creds
+        .iter()
+        .filter_map(|c| {
+            let u = state.users.get(&c.user_id)?;
+            let status = if u.erased {
+                "erased"
+            } else if u.disabled {
+                "disabled"
+            } else {
+                "active"
+            };
+            Some(json!({
+                "user_id": u.user_id,
+                "username": c.username,
+                "role": u.role,
+                "status": status,
+                "password": c.password_hash != crate::signin::NO_PASSWORD,
+            }))
+        })
+        .collect();
+    Json(json!({ "users": users })).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserChange {
+    reason: Option<String>,
+    role: Option<String>,
+    password: Option<String>,
+}
+
+/// `POST /admin/api/users/{user}/{disable,enable,role,password}`: the user commands of the
+/// command line, for scripts. `reason` is recorded; `role` and `password` are what the
+/// change sets.
+pub async fn change_user(
+    State(app): State<App>,
+    ctx: RequestContext,
+    headers: HeaderMap,
+    Path((user, change)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> Response {
+    let (admin_id, req) = match admin_json::<UserChange>(&app, &ctx, &headers, &body).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let actor = Actor::User { id: admin_id };
+    let reason = |default: &str| req.reason.clone().unwrap_or_else(|| default.to_string());
+    let done = match change.as_str() {
+        "disable" => {
+            let why = reason("disabled by an administrator");
+            admin::disable_user(&app, &user, &why, actor).await
+        }
+        "enable" => {
+            let why = reason("enabled by an administrator");
+            admin::enable_user(&app, &user, &why, actor)
+                .await
+                .map(|(u, _)| u)
+        }
+        "role" => match &req.role {
+            Some(role) => admin::set_role(&app, &user, role, actor).await,
+            None => return error(StatusCode::BAD_REQUEST, "give the role"),
+        },
+        "password" => match &req.password {
+            Some(p) => {
+                let why = reason("set by an administrator");
+                admin::set_password(&app, &user, p, &why, actor).await
+            }
+            None => return error(StatusCode::BAD_REQUEST, "give the password"),
+        },
+        _ => return error(StatusCode::NOT_FOUND, "no such change"),
+    };
+    match done {
+        Ok(user_id) => Json(json!({ "user_id": user_id })).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
 /// Revokes every grant (and family) and personal access token of a user, in one step.
 pub async fn revoke_everything(
     State(app): State<App>,

@@ -255,7 +255,10 @@ pub async fn callback(
     RawQuery(query): RawQuery,
 ) -> Response {
     let q = query_params(query.as_deref());
-    let state = q.iter().find(|(k, _)| k == "state").map_or("", |(_, v)| v.as_str());
+    let state = q
+        .iter()
+        .find(|(k, _)| k == "state")
+        .map_or("", |(_, v)| v.as_str());
     let name = pending_cookie(state);
     let legacy = session::cookie(&headers, &session::cookie_name(&ctx, PENDING));
     let cookie = session::cookie(&headers, &session::cookie_name(&ctx, &name));

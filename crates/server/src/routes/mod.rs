@@ -130,7 +130,11 @@ pub fn router() -> Router<App> {
             "/admin/api/clients/{client_id}/disable",
             post(admin::disable_client),
         )
-        .route("/admin/api/users", post(admin::add_user))
+        .route(
+            "/admin/api/users",
+            get(admin::list_users).post(admin::add_user),
+        )
+        .route("/admin/api/users/{user}/{change}", post(admin::change_user))
         .route(
             "/admin/api/users/{user}/revoke-all",
             post(admin::revoke_everything),

@@ -362,6 +362,8 @@ impl Scope {
                         // The end of a user's sessions revokes what they made before it.
                         Kind::UserCreated
                         | Kind::UserDisabled
+                        | Kind::UserEnabled
+                        | Kind::UserPasswordSet
                         | Kind::UserSessionsEnded
                         | Kind::UserRoleChanged
                         | Kind::UserErased => has(&self.users, refs.user),

@@ -32,6 +32,8 @@ pub fn refs(p: &Payload) -> Refs<'_> {
         P::RegistrationRejected(_) => {}
         P::UserCreated(e) => r.user = Some(&e.user_id),
         P::UserDisabled(e) => r.user = Some(&e.user_id),
+        P::UserEnabled(e) => r.user = Some(&e.user_id),
+        P::UserPasswordSet(e) => r.user = Some(&e.user_id),
         P::UserSessionsEnded(e) => r.user = Some(&e.user_id),
         P::UserRoleChanged(e) => r.user = Some(&e.user_id),
         P::UserErased(e) => r.user = Some(&e.user_id),
@@ -223,6 +225,8 @@ pub fn facts(p: &Payload) -> Vec<(&'static str, String)> {
             ("provider", e.provider.clone()),
         ],
         P::UserDisabled(e) => vec![("reason", e.reason.clone())],
+        P::UserEnabled(e) => vec![("reason", e.reason.clone())],
+        P::UserPasswordSet(e) => vec![("reason", e.reason.clone())],
         P::UserSessionsEnded(e) => vec![("reason", e.reason.clone())],
         P::UserRoleChanged(e) => {
             let mut v = vec![("from", e.from.clone()), ("to", e.to.clone())];

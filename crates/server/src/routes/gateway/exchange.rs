@@ -100,7 +100,10 @@ pub async fn run(
             if let (Some(standing), Watched::Call(call)) = (&out.recheck, &watched)
                 && let Err(d) = standing.check(&audit.app)
             {
-                tracing::info!(reason = d.reason, "a tool call refused when judged again at its start");
+                tracing::info!(
+                    reason = d.reason,
+                    "a tool call refused when judged again at its start"
+                );
                 let answer = match audit.record(audit.denied(call, &d)).await {
                     Ok(()) => super::denial_response(&d, &out.metadata_url, Some(&call.id)),
                     Err(_) => unavailable(),

@@ -323,10 +323,12 @@ impl Request<'_> {
             None => standing.clone(),
         };
         let recheck = match (&watched, &scope) {
-            (Some(Watched::Call(call)), Some(scope)) => Some(standing.needing(standing::Need::Call {
-                tool: call.tool.clone(),
-                scope: scope.clone(),
-            })),
+            (Some(Watched::Call(call)), Some(scope)) => {
+                Some(standing.needing(standing::Need::Call {
+                    tool: call.tool.clone(),
+                    scope: scope.clone(),
+                }))
+            }
             _ => None,
         };
         let out = exchange::Outgoing {

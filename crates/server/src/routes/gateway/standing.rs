@@ -87,7 +87,10 @@ impl Standing {
         loop {
             tick.tick().await;
             if let Err(d) = self.check(&app) {
-                tracing::info!(reason = d.reason, "a relayed stream ended: its caller may no longer read it");
+                tracing::info!(
+                    reason = d.reason,
+                    "a relayed stream ended: its caller may no longer read it"
+                );
                 return;
             }
         }
