@@ -67,6 +67,10 @@ pub struct Inner {
     /// Changes of each metadata-document client taken in (`client.updated`), per client id:
     /// anyone can edit a document of their own, and each change is an event kept for ever.
     pub document_updates: crate::throttle::AddressLimiter,
+    /// Personal access tokens a user makes on the account page, per user id: each is an event
+    /// and an entry of the state kept for good, and a script holding one session could
+    /// otherwise make and revoke them without end.
+    pub pat_creations: crate::throttle::AddressLimiter,
     /// Windows of refused OAuth requests already on the ledger (`oauth.refused`).
     pub refusals: crate::refusal_window::RefusalLog,
     /// Windows of refused readings of the audit trail already on the ledger

@@ -455,7 +455,7 @@ impl Metrics {
     }
 
     /// A request refused over one of the server's own per-address or per-account limits
-    /// (`bucket` is `registration`, `client_documents` or `sign_in`; `resource` is empty, as
+    /// (`bucket` is `registration`, `client_documents`, `sign_in` or `pat_create`; `resource` is empty, as
     /// no resource is involved).
     pub fn throttled(&self, bucket: &'static str) {
         self.rate_limited

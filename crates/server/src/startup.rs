@@ -178,6 +178,11 @@ impl App {
                 0,
                 86_400,
             ),
+            pat_creations: crate::throttle::AddressLimiter::new(
+                crate::throttle::PAT_CREATIONS_PER_USER_PER_HOUR,
+                0,
+                3600,
+            ),
             refusals: Default::default(),
             audit_refusals: Default::default(),
             demo: Default::default(),

@@ -15,6 +15,8 @@ pub const PER_ADDRESS: u32 = 50;
 /// site's allocation) holds 65,536 /64s, each allowed [`PER_ADDRESS`]: without this, one
 /// allocation could spray over three million guesses across usernames a window.
 pub const PER_SITE: u32 = 500;
+/// Personal access tokens one user may make on the account page in an hour.
+pub const PAT_CREATIONS_PER_USER_PER_HOUR: u32 = 20;
 pub const WINDOW_SECS: i64 = 15 * 60;
 /// Attempts per username, and per address, whose password may be being checked at once. A
 /// burst of guesses is checked before any of them has failed, so this bounds what a burst gets

@@ -1673,6 +1673,53 @@ async fn users_see_and_revoke_their_grants_and_admins_revoke_everything() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_account_page_makes_a_bounded_number_of_tokens_an_hour() {
+    let db = sqlite().await;
+    let (s, _d) = server_with(&db, |_| {}).await;
+    let b = browser();
+    login(&s, &b).await;
+    let page = b
+        .get(s.url("/account"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let csrf = field(&page, "csrf");
+    let resource = s.resource();
+    let make = |i: u32| {
+        let form = format!("{i:032x}");
+        b.post(s.url("/account/pats"))
+            .form(&[
+                ("csrf", csrf.as_str()),
+                ("form", form.as_str()),
+                ("name", "script"),
+                ("resource", resource.as_str()),
+                ("scope", "demo:read"),
+                ("expires", "7"),
+            ])
+            .send()
+    };
+    let limit = grantline_server::throttle::PAT_CREATIONS_PER_USER_PER_HOUR;
+    for i in 0..limit {
+        assert_eq!(make(i).await.unwrap().status(), StatusCode::OK, "token {i}");
+    }
+    let before = s.app.store().count().await.unwrap();
+    let r = make(limit).await.unwrap();
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(r.headers().contains_key("retry-after"));
+    assert!(!r.text().await.unwrap().contains("glp_"));
+    assert_eq!(
+        s.app.store().count().await.unwrap(),
+        before,
+        "nothing recorded"
+    );
+    assert_eq!(s.app.projection.read().pats.len(), limit as usize);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn personal_access_tokens_from_the_account_page_and_the_admin_api() {
     let db = sqlite().await;
     let (s, _d) = server_with(&db, |_| {}).await;

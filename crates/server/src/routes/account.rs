@@ -239,6 +239,25 @@ pub async fn create_pat(
         Err(r) => return r,
     };
     let get = |k: &str| crate::http::param(&params, k);
+    // Counted per user (the limiter's key is the user id, not an address).
+    if let Err(over) = app
+        .pat_creations
+        .hit(Some(&s.user_id), app.now().0 / 1_000_000)
+    {
+        app.metrics.throttled("pat_create");
+        let mut r = pages::error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "Not created",
+            &format!(
+                "You made {} tokens in the last hour. Wait before you make another.",
+                crate::throttle::PAT_CREATIONS_PER_USER_PER_HOUR
+            ),
+        );
+        if let Ok(v) = axum::http::HeaderValue::from_str(&over.retry_after().to_string()) {
+            r.headers_mut().insert(axum::http::header::RETRY_AFTER, v);
+        }
+        return r;
+    }
     let expires_in_days = match get("expires").as_deref() {
         Some("never") => None,
         Some(d) => match d.parse() {
