@@ -244,7 +244,19 @@ impl Mounts {
     /// made for one caller, and an upstream may annotate a tool differently for another: a
     /// tool any listing showed as writing keeps needing the write scope, whatever a later
     /// listing says, so no caller's listing lowers what a call needs for everyone.
-    pub fn learn(&self, resource: &str, response: &Value) {
+    ///
+    /// `from` is the mount the listing came through: a listing asked of an upstream a reload
+    /// has since replaced teaches nothing about the new one (as [`Mounts::carry_learned`]
+    /// carries nothing over to another upstream).
+    pub fn learn(&self, from: &Mount, response: &Value) {
+        let resource = from.name.as_str();
+        if self
+            .by_name
+            .get(resource)
+            .is_none_or(|m| m.upstream != from.upstream)
+        {
+            return;
+        }
         let Some(tools) = response
             .get("result")
             .and_then(|r| r.get("tools"))
@@ -291,9 +303,10 @@ mod tests {
         let listing = |tools: Value| serde_json::json!({"jsonrpc": "2.0", "id": 1, "result": {"tools": tools}});
         let ro = serde_json::json!({"readOnlyHint": true});
         let rw = serde_json::json!({"readOnlyHint": false});
-        m.learn("docs", &listing(serde_json::json!([{"name": "search", "annotations": ro}, {"name": "pay", "annotations": rw}])));
+        let docs = m.by_name["docs"].clone();
+        m.learn(&docs, &listing(serde_json::json!([{"name": "search", "annotations": ro}, {"name": "pay", "annotations": rw}])));
         // Another caller's listing (or the next page) shows `pay` as read-only and adds `fetch`.
-        m.learn("docs", &listing(serde_json::json!([{"name": "pay", "annotations": ro}, {"name": "fetch", "annotations": ro}])));
+        m.learn(&docs, &listing(serde_json::json!([{"name": "pay", "annotations": ro}, {"name": "fetch", "annotations": ro}])));
         let needs = |tool: &str| {
             let a = m.annotations("docs", tool);
             m.by_name["docs"]
@@ -306,10 +319,20 @@ mod tests {
         assert_eq!(needs("pay"), "docs:write", "once writing, always writing");
         // A read-only tool a later listing shows as writing needs the write scope from then on.
         m.learn(
-            "docs",
+            &docs,
             &listing(serde_json::json!([{"name": "search", "annotations": rw}])),
         );
         assert_eq!(needs("search"), "docs:write");
+        // A listing that came through the mount before a reload pointed it elsewhere teaches
+        // the new upstream nothing.
+        let mut old = docs.clone();
+        old.upstream = Upstream::Http("http://127.0.0.1:10/mcp".into());
+        m.learn(
+            &old,
+            &listing(serde_json::json!([{"name": "wipe", "annotations": ro}])),
+        );
+        assert_eq!(needs("wipe"), "docs:write");
+        assert!(m.annotations("docs", "wipe").is_none());
     }
 
     fn mounts(resource: &str) -> Result<Mounts> {

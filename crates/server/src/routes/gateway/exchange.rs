@@ -271,7 +271,7 @@ fn settle(
             let out = sse::rewrite(is_sse, body, |m| {
                 if m.get("id").is_some_and(|x| jsonrpc::same_id(x, &wire)) {
                     m["id"] = id.clone();
-                    app.mounts().learn(&mount.name, m);
+                    app.mounts().learn(mount, m);
                     returned = jsonrpc::filter_tools(m, |tool, _| {
                         authority::listed(caller, &app.mounts().roles, &mount.name, tool)
                     });

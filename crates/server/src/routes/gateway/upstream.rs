@@ -263,7 +263,7 @@ pub async fn learn_tools(
         return;
     };
     let learn = |body: &[u8], sse: bool| {
-        super::sse::visit(sse, body, |m| app.mounts().learn(&mount.name, m));
+        super::sse::visit(sse, body, |m| app.mounts().learn(mount, m));
     };
     let read = async {
         if !is_sse(&resp) {
