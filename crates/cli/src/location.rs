@@ -57,6 +57,7 @@ impl Location {
             database: self.database.clone(),
             ledger,
             serving: false,
+            sign_in: None,
         })
         .await?;
         Ok(OpenApp { app, _lock: lock })

@@ -240,8 +240,10 @@ pub async fn enable_user(
 
 /// Sets a local user's password (by id or username), and ends every session they began (their
 /// grants and tokens stay). The new hash is stored first, then `user.password_set` recorded,
-/// which ends the sessions (so one signed in with the old password in between ends too); if that cannot be
-/// recorded, the old hash is put back and nothing changed. Refused for a user who signs in
+/// which ends the sessions (so one signed in with the old password in between ends too).
+/// Refused on the ledger, the old hash is put back; when whether it was recorded is not known
+/// (the ledger's answer was lost), the new one stays, so a leaked old one does not come back.
+/// Refused for a user who signs in
 /// through an identity provider: a password would let them in past it.
 pub async fn set_password(
     app: &App,
@@ -272,23 +274,41 @@ pub async fn set_password(
         ));
     }
     let hash = hash_password(password).map_err(|e| AdminError::Invalid(e.to_string()))?;
-    app.credentials.set_password(&user_id, &hash).await?;
+    // Only over the hash read above: of two changes at once, one is refused, not silently
+    // undone by the other.
+    if !app
+        .credentials
+        .replace_password(&user_id, &old.password_hash, &hash)
+        .await?
+    {
+        return Err(AdminError::Invalid(
+            "the password was changed by someone else meanwhile; look, and try again".into(),
+        ));
+    }
     let recorded = app
         .run(|s| grantline_oauth::users::set_password(s, actor.clone(), &user_id, reason))
         .await;
-    let refused = match recorded {
-        Ok((Ok(()), _)) => return Ok(user_id),
-        Ok((Err(e), _)) => AdminError::Invalid(e.description),
-        Err(e) => AdminError::App(e),
-    };
-    if let Err(e) = app
-        .credentials
-        .set_password(&user_id, &old.password_hash)
-        .await
-    {
-        tracing::error!(error = %e, user_id, "a password set but not recorded could not be put back");
+    match recorded {
+        Ok((Ok(()), _)) => Ok(user_id),
+        // Refused, so nothing was recorded: the old hash goes back (unless changed again).
+        Ok((Err(e), _)) => {
+            if let Err(err) = app
+                .credentials
+                .replace_password(&user_id, &hash, &old.password_hash)
+                .await
+            {
+                tracing::error!(error = %err, user_id, "a password refused on the ledger could not be put back");
+            }
+            Err(AdminError::Invalid(e.description))
+        }
+        // Whether it was recorded is not known (a commit whose answer was lost): the new
+        // password stays in force, so a leaked old one does not come back; run it again to
+        // have it recorded.
+        Err(e) => {
+            tracing::error!(error = %e, user_id, "a password was set, but whether it was recorded is not known");
+            Err(AdminError::App(e))
+        }
     }
-    Err(refused)
 }
 
 pub async fn set_role(

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use tracing::Instrument;
 
 /// How the server was started.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Options {
     pub config: Config,
     pub data_dir: PathBuf,
@@ -28,6 +28,25 @@ pub struct Options {
     /// the push sinks, and records the configured policy (a command run without the server's
     /// configuration must not record its defaults over it).
     pub serving: bool,
+    /// How local users sign in; `None`: argon2id hashes in `user_credentials`
+    /// ([`crate::signin::PasswordSignIn`]).
+    pub sign_in: Option<Arc<dyn SignIn>>,
+}
+
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("config", &self.config)
+            .field("data_dir", &self.data_dir)
+            .field("database", &self.database)
+            .field("ledger", &self.ledger)
+            .field("serving", &self.serving)
+            .field(
+                "sign_in",
+                &self.sign_in.as_ref().map(|s| s.method().to_string()),
+            )
+            .finish()
+    }
 }
 
 /// Shared by every handler.

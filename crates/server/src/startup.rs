@@ -161,7 +161,10 @@ impl App {
             live: std::sync::RwLock::new(Arc::new(live)),
             reloading: Default::default(),
             metadata_documents,
-            signin: Arc::new(PasswordSignIn::new(Credentials::new(&store))),
+            signin: opts
+                .sign_in
+                .clone()
+                .unwrap_or_else(|| Arc::new(PasswordSignIn::new(Credentials::new(&store)))),
             login_throttle: Default::default(),
             registrations: crate::throttle::AddressLimiter::new(
                 config.registration.per_address_per_hour,

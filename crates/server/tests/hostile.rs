@@ -92,6 +92,7 @@ async fn an_erased_bootstrap_admin_does_not_come_back_at_the_next_start() {
         database: db.db.clone(),
         ledger: Default::default(),
         serving: false,
+        sign_in: None,
     })
     .await
     .unwrap();

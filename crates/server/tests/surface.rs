@@ -1588,11 +1588,146 @@ async fn admins_reset_passwords_disable_enable_and_reassign_users_over_http() {
             .status(),
         StatusCode::SEE_OTHER
     );
+    // Two resets at once (the command line and the API): one is refused, and the password in
+    // force is the one the other set.
+    let set = |p: &'static str| {
+        grantline_server::admin::set_password(
+            &s.app,
+            "bob",
+            p,
+            "twice",
+            grantline_ledger::Actor::Operator,
+        )
+    };
+    let (a, c) = tokio::join!(set("bob-password-a"), set("bob-password-c"));
+    assert!(a.is_ok() != c.is_ok(), "{a:?} {c:?}");
+    let (won, lost) = if a.is_ok() {
+        ("bob-password-a", "bob-password-c")
+    } else {
+        ("bob-password-c", "bob-password-a")
+    };
+    assert_eq!(
+        sign_in_with(&s, &browser(), "bob", lost).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        sign_in_with(&s, &browser(), "bob", won).await.status(),
+        StatusCode::SEE_OTHER
+    );
     s.stop().await;
 }
 
 fn json_of(text: &str) -> Value {
     serde_json::from_str(text).unwrap()
+}
+
+/// A sign-in whose password check passes against the hash a new password replaces while the
+/// check runs (argon2 takes a while): the session it recorded ends, and no cookie is given.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_set_while_a_sign_in_is_checked_ends_that_sign_in() {
+    use grantline_server::signin::{BoxFuture, Outcome, PasswordSignIn, SignIn};
+    use std::sync::{Arc, OnceLock};
+    /// The password check, with the reset landing just after it passed.
+    struct ResetDuringCheck {
+        inner: OnceLock<PasswordSignIn>,
+        app: Arc<OnceLock<grantline_server::App>>,
+    }
+    impl SignIn for ResetDuringCheck {
+        fn method(&self) -> &str {
+            "password"
+        }
+        fn sign_in<'a>(
+            &'a self,
+            username: &'a str,
+            password: &'a str,
+            checking: &'a std::sync::atomic::AtomicBool,
+        ) -> BoxFuture<'a, Result<Outcome, grantline_store::StoreError>> {
+            Box::pin(async move {
+                let app = self.app.get().unwrap();
+                let inner = self.inner.get_or_init(|| {
+                    PasswordSignIn::new(grantline_store::Credentials::new(app.store()))
+                });
+                let outcome = inner.sign_in(username, password, checking).await?;
+                if matches!(outcome, Outcome::SignedIn { .. }) && password == "bob-password-1" {
+                    grantline_server::admin::set_password(
+                        app,
+                        username,
+                        "bob-password-2",
+                        "leak",
+                        grantline_ledger::Actor::Operator,
+                    )
+                    .await
+                    .unwrap();
+                }
+                Ok(outcome)
+            })
+        }
+    }
+    let db = sqlite().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), 30, 60);
+    let slot = Arc::new(OnceLock::new());
+    let hook = slot.clone();
+    let sign_in = Arc::new(ResetDuringCheck {
+        inner: OnceLock::new(),
+        app: hook,
+    });
+    let s = Server::start_signing_in(
+        &db,
+        dir.path().to_path_buf(),
+        cfg,
+        Default::default(),
+        Some(sign_in),
+    )
+    .await;
+    assert!(slot.set(s.app.clone()).is_ok());
+    let bob = grantline_server::admin::add_user(
+        &s.app,
+        &grantline_server::admin::NewUser {
+            username: "bob",
+            email: None,
+            role: "user",
+        },
+        "bob-password-1",
+        grantline_ledger::UserSource::Admin,
+        grantline_ledger::Actor::Operator,
+    )
+    .await
+    .unwrap();
+    let b = browser();
+    let r = sign_in_with(&s, &b, "bob", "bob-password-1").await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert_ne!(
+        b.get(s.url("/account")).send().await.unwrap().status(),
+        StatusCode::OK
+    );
+    // Recorded as it happened: the sign-in, the reset before it, and the session's end.
+    let kinds: Vec<_> = s
+        .app
+        .store()
+        .read(0, 100_000)
+        .await
+        .unwrap()
+        .iter()
+        .filter(|e| e.envelope.stream.as_str() == grantline_ledger::StreamId::user(&bob).as_str())
+        .map(|e| e.envelope.kind().as_str())
+        .collect();
+    assert_eq!(
+        kinds[kinds.len() - 3..],
+        ["user.password_set", "login.succeeded", "session.ended"],
+        "{kinds:?}"
+    );
+    // The new password signs in.
+    let b = browser();
+    assert_eq!(
+        sign_in_with(&s, &b, "bob", "bob-password-2").await.status(),
+        StatusCode::SEE_OTHER
+    );
+    assert_eq!(
+        b.get(s.url("/account")).send().await.unwrap().status(),
+        StatusCode::OK
+    );
+    s.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

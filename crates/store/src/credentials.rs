@@ -171,6 +171,37 @@ impl Credentials {
         }
     }
 
+    /// Replaces a user's password hash `from` with `to`; false when the hash is no longer
+    /// `from` (another change came first) or the user has no credential.
+    pub async fn replace_password(&self, user_id: &str, from: &str, to: &str) -> Result<bool> {
+        let n = match &self.store.pool {
+            Pool::Sqlite(p) => sqlx::query(
+                "UPDATE user_credentials SET password_hash = ?, updated = ? \
+                 WHERE user_id = ? AND password_hash = ?",
+            )
+            .bind(to)
+            .bind(grantline_ledger::Timestamp::now().0)
+            .bind(user_id)
+            .bind(from)
+            .execute(p)
+            .await?
+            .rows_affected(),
+            Pool::Postgres(p) => self
+                .store
+                .pg(sqlx::query(
+                    "UPDATE user_credentials SET password_hash = $1, updated = now() \
+                     WHERE user_id = $2 AND password_hash = $3",
+                )
+                .bind(to)
+                .bind(user_id)
+                .bind(from)
+                .execute(p))
+                .await?
+                .rows_affected(),
+        };
+        Ok(n > 0)
+    }
+
     /// Replaces a user's password hash.
     pub async fn set_password(&self, user_id: &str, hash: &str) -> Result<bool> {
         let n = match &self.store.pool {

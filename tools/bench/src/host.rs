@@ -57,6 +57,7 @@ where
                 database,
                 ledger: LedgerOptions::default(),
                 serving: false,
+                sign_in: None,
             })
             .await?;
             let value = prepare(app.clone()).await?;

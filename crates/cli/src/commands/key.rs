@@ -22,6 +22,7 @@ pub async fn run(loc: &Location, cmd: Command) -> Result<ExitCode> {
                 database: loc.database.clone(),
                 ledger: grantline_store::LedgerOptions::default(),
                 serving: false,
+                sign_in: None,
             })
             .await?;
             println!("rotated at seq {}", r.seq);

@@ -89,6 +89,7 @@ pub async fn run(loc: &Location, args: Args) -> Result<ExitCode> {
             ..LedgerOptions::default()
         },
         serving: true,
+        sign_in: None,
     })
     .await?;
     if let Some(signer) = grantline_store::keyfile::load_signer(&loc.data_dir)? {

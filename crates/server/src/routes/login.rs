@@ -178,6 +178,15 @@ pub async fn submit(
             return r;
         }
     };
+    // The hash as it was before the check: a password set while this one is checked (an
+    // argon2 check takes a while) is found below, after the sign-in is recorded.
+    let hash_before = app
+        .credentials
+        .by_username(username)
+        .await
+        .ok()
+        .flatten()
+        .map(|c| c.password_hash);
     let outcome = match app
         .signin
         .sign_in(username, &password, held.checking())
@@ -282,6 +291,37 @@ pub async fn submit(
     };
     let now = app.now().0 / 1_000_000;
     let (value, ttl) = session::issue(&app, &user_id, &session_id, &recorded, now);
+    // A password set since the check began may have been checked against the hash it
+    // replaced. Its `user.password_set` is recorded after the new hash is stored: if that was
+    // before this sign-in, the hash read now differs, and the session just recorded ends here
+    // without a cookie; if after, the event ends it.
+    let hash_now = app
+        .credentials
+        .by_user_id(&user_id)
+        .await
+        .ok()
+        .flatten()
+        .map(|c| c.password_hash);
+    if hash_now.is_none() || hash_now != hash_before {
+        tracing::info!("a sign-in checked against a password replaced meanwhile was ended");
+        let ended = grantline_oauth::users::signed_out(
+            &user_id,
+            &session_id,
+            Timestamp::from_secs(now + ttl),
+            Some(meta),
+        );
+        if let Err(e) = app.append(ended.append.events).await {
+            return e.into_response();
+        }
+        return render(
+            &app,
+            &ctx,
+            &headers,
+            StatusCode::UNAUTHORIZED,
+            (&return_to, fresh),
+            Some("Wrong username or password."),
+        );
+    }
     let mut r = see_other(&format!("{}{return_to}", ctx.issuer));
     if let Ok(v) = HeaderValue::from_str(&session::set_cookie(&ctx, SESSION, &value, ttl)) {
         r.headers_mut().append(header::SET_COOKIE, v);

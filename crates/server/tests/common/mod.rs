@@ -80,15 +80,26 @@ impl Server {
     pub async fn start_with(
         db: &TestDb,
         data_dir: PathBuf,
+        config: Config,
+        ledger: LedgerOptions,
+    ) -> Server {
+        Server::start_signing_in(db, data_dir, config, ledger, None).await
+    }
+
+    /// As [`Server::start_with`], local users signing in through `sign_in` when given.
+    pub async fn start_signing_in(
+        db: &TestDb,
+        data_dir: PathBuf,
         mut config: Config,
         ledger: LedgerOptions,
+        sign_in: Option<std::sync::Arc<dyn grantline_server::signin::SignIn>>,
     ) -> Server {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         if config.server.public_url.is_none() {
             config.server.public_url = Some(base.clone());
         }
-        let app = start_app(db, &data_dir, config, ledger).await;
+        let app = start_app(db, &data_dir, config, ledger, sign_in).await;
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let a = app.clone();
         let task = tokio::spawn(async move {
@@ -156,6 +167,7 @@ async fn start_app(
     data_dir: &std::path::Path,
     config: Config,
     ledger: LedgerOptions,
+    sign_in: Option<std::sync::Arc<dyn grantline_server::signin::SignIn>>,
 ) -> App {
     share_keys(db, data_dir);
     // The bootstrap admin's password: created here directly so no environment is needed.
@@ -165,6 +177,7 @@ async fn start_app(
         database: db.db.clone(),
         ledger,
         serving: true,
+        sign_in,
     })
     .await
     .unwrap();
@@ -465,5 +478,6 @@ pub fn command_options(db: &TestDb, data_dir: &std::path::Path, config: Config) 
         database: db.db.clone(),
         ledger: LedgerOptions::default(),
         serving: false,
+        sign_in: None,
     }
 }
