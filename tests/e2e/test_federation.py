@@ -623,31 +623,37 @@ def test_a_request_too_long_to_carry_through_the_provider_is_refused_at_once(wor
     assert r.status_code == 303 and r.headers["location"].startswith(idp.base), r.status_code
 
 
+def begin_upstream(browser, server, idp, return_to):
+    """Clicks the provider's button on the sign-in page; the browser is sent to the provider
+    (the redirect is not followed)."""
+    page = browser.sign_in_page(return_to)
+    form = page.text.split('action="/login/upstream/corp"', 1)[1]
+    csrf = form.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+    r = browser.session.post(f"{server.base}/login/upstream/corp",
+                             data={"csrf": csrf, "return_to": return_to},
+                             allow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"].startswith(idp.base), r.text
+    return r
+
+
+def pending_cookies(browser):
+    return sorted(c.name for c in browser.session.cookies
+                  if c.name.startswith("grantline_upstream"))
+
+
 def test_two_sign_ins_begun_at_once_in_one_browser_both_finish(world):
     """Two applications connecting at once send the person to the provider twice from one
     browser. Each pending sign-in keeps its own cookie, so the first to come back is not
     taken for the second (a state mismatch), and each callback ends only its own."""
     server, idp, rogue, upstream = world
     browser = FederatedBrowser(server.base, REDIRECT)
-
-    def begin(return_to):
-        page = browser.sign_in_page(return_to)
-        form = page.text.split('action="/login/upstream/corp"', 1)[1]
-        csrf = form.split('name="csrf" value="', 1)[1].split('"', 1)[0]
-        r = browser.session.post(f"{server.base}/login/upstream/corp",
-                                 data={"csrf": csrf, "return_to": return_to},
-                                 allow_redirects=False)
-        assert r.status_code == 303 and r.headers["location"].startswith(idp.base), r.text
-        return r
-
-    pending = lambda: sorted(c.name for c in browser.session.cookies
-                             if c.name.startswith("grantline_upstream"))
-    first, second = begin("/account"), begin("/admin/audit")
-    assert len(pending()) == 2, pending()
+    first = begin_upstream(browser, server, idp, "/account")
+    second = begin_upstream(browser, server, idp, "/admin/audit")
+    assert len(pending_cookies(browser)) == 2, pending_cookies(browser)
     # The first comes back after the second began: it finishes, and the second's cookie stays.
     page = browser.follow(first)
     assert page.status_code == 200 and page.url.endswith("/account"), (page.url, page.text[:300])
-    assert len(pending()) == 1, pending()
+    assert len(pending_cookies(browser)) == 1, pending_cookies(browser)
     # The second finishes too (the provider's session answers).
     browser.sign_out()
     page = browser.follow(second)
@@ -655,7 +661,23 @@ def test_two_sign_ins_begun_at_once_in_one_browser_both_finish(world):
     assert page.url.endswith("/admin/audit") and "Sign-in through" not in page.text, \
         (page.url, page.status_code, page.text[:300])
     assert "grantline_session" in browser.session.cookies
-    assert pending() == []
+    assert pending_cookies(browser) == []
+
+
+def test_sign_ins_begun_and_never_finished_keep_a_few_cookies_at_most(world):
+    """Each pending sign-in's cookie may be near 4 KB: sign-ins begun and abandoned would
+    otherwise pile up until the browser's requests are too large to be taken. Beyond the
+    newest three, older ones go; the newest still finishes."""
+    server, idp, rogue, upstream = world
+    browser = FederatedBrowser(server.base, REDIRECT)
+    begun = [begin_upstream(browser, server, idp, "/account") for _ in range(5)]
+    assert len(pending_cookies(browser)) == 3, pending_cookies(browser)
+    page = browser.follow(begun[-1])
+    assert page.status_code == 200 and page.url.endswith("/account"), (page.url, page.text[:300])
+    # The oldest is gone: its answer finds no sign-in of its own.
+    browser.sign_out()
+    page = browser.follow(begun[0])
+    assert page.status_code == 400 and "(state_mismatch)" in page.text, page.text[:300]
 
 
 def test_a_fresh_sign_in_asked_for_is_asked_of_the_provider_too(world):

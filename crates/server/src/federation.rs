@@ -181,6 +181,10 @@ pub struct Pending {
     /// sign the person in again, and its ID token must say it did after `t`.
     #[serde(default)]
     pub f: bool,
+    /// When it began, in microseconds: which of a browser's pending sign-ins are the newest
+    /// (0 in a cookie from before it was kept).
+    #[serde(default)]
+    pub m: i64,
 }
 
 /// Why an upstream token could not be handed out.

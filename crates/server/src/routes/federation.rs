@@ -202,6 +202,7 @@ pub async fn begin(
         r: crate::routes::login::safe_return_to(Some(&get("return_to"))),
         t: app.now().0 / 1_000_000,
         f: fresh,
+        m: app.now().0,
     };
     let Some(cookie) = seal_pending(&app, &pending) else {
         return pages::error(
@@ -221,11 +222,46 @@ pub async fn begin(
              request is too long.",
         );
     }
-    let r = see_other(started.url.as_str());
+    let mut r = see_other(started.url.as_str());
+    // Sign-ins begun and never finished would pile up cookies until the browser's requests
+    // are too large to be taken: beyond the newest few, the older ones go.
+    for old in superseded_pending(&app, &ctx, &headers) {
+        r = with_cookie(r, &session::set_cookie(&ctx, &old, "", 0));
+    }
     with_cookie(
         r,
         &session::set_cookie(&ctx, &cookie_name, &cookie, TRANSACTION_TTL),
     )
+}
+
+/// Pending sign-ins one browser keeps at once (each cookie may be close to 4 KB).
+pub const MAX_PENDING: usize = 3;
+
+/// The names (without a `__Host-` prefix) of the pending sign-in cookies this request carries
+/// beyond the newest [`MAX_PENDING`] − 1, and of any that no longer open: to clear as a new
+/// one is set.
+fn superseded_pending(app: &App, ctx: &RequestContext, headers: &HeaderMap) -> Vec<String> {
+    let full = session::cookie_name(ctx, PENDING);
+    let host = full.len() - PENDING.len();
+    let mut held: Vec<(i64, String)> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .filter(|(k, _)| k.starts_with(&full) && k.len() > full.len())
+        .map(|(k, v)| {
+            let t = open_pending(app, v)
+                .map_or(i64::MIN, |p| if p.m > 0 { p.m } else { p.t * 1_000_000 });
+            (t, k[host..].to_string())
+        })
+        .collect();
+    held.sort_by(|a, b| b.0.cmp(&a.0));
+    held.into_iter()
+        .enumerate()
+        .filter(|(i, (t, _))| *i + 1 >= MAX_PENDING || *t == i64::MIN)
+        .map(|(_, (_, name))| name)
+        .collect()
 }
 
 fn query_params(q: Option<&str>) -> Vec<(String, String)> {
