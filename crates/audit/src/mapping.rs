@@ -446,7 +446,8 @@ pub fn map(event: &Recorded, dir: &mut impl Names, o: &mut dyn Opener) -> AuditR
             r.user_agent = opened(o, &e.user_agent, &mut subjects);
             // A right password where none is meant to be used any more is worth a look.
             let severity = match e.reason {
-                grantline_ledger::LoginFailure::PasswordNotAllowed => S::Medium,
+                grantline_ledger::LoginFailure::PasswordNotAllowed
+                | grantline_ledger::LoginFailure::RoleNotAllowed => S::Medium,
                 _ => S::Low,
             };
             (C::Authentication, O::Failure, severity)

@@ -214,6 +214,10 @@ pub enum LoginFailure {
     /// (`login.local_accounts = false` and not the break-glass admin): someone holds a
     /// password that is no longer meant to be used.
     PasswordNotAllowed,
+    /// The password was right, but the user's role may not use what was asked (the HTTP Basic
+    /// admin API for a non-admin): recorded like a failure, so that a right guess is neither
+    /// faster nor quieter than a wrong one.
+    RoleNotAllowed,
 }
 
 /// The bearer credential a resource request carried.

@@ -186,10 +186,6 @@ pub(crate) async fn basic_user(
             ));
         }
     };
-    let refused = |held: crate::throttle::Held<'_>| {
-        held.settle(true);
-        error(StatusCode::UNAUTHORIZED, "admin credentials required")
-    };
     // Each failed password is `login.failed`, as on the sign-in page, so that guessing at the
     // API shows in the audit trail too; the answer is the same for every refusal.
     let failed = async |held: crate::throttle::Held<'_>, user_id, reason| {
@@ -230,10 +226,11 @@ pub(crate) async fn basic_user(
     if !active {
         return Err(failed(held, Some(user_id), LoginFailure::UserDisabled).await);
     }
-    // The right password of a user whose role may not use this API: not a failed sign-in,
-    // but counted against the limits all the same.
+    // The right password of a user whose role may not use this API: recorded as well, so
+    // that a right guess is neither faster nor quieter than a wrong one, and counted against
+    // the limits.
     if !role_allowed {
-        return Err(refused(held));
+        return Err(failed(held, Some(user_id), LoginFailure::RoleNotAllowed).await);
     }
     held.settle(false);
     app.login_throttle.remember(user, address, now);
