@@ -1755,7 +1755,19 @@ async fn an_open_stream_ends_when_the_role_or_the_credential_goes() {
     next.roles.get_mut("admin").unwrap().remove("up");
     s.app.reload(next).await.unwrap();
     assert_eq!(ends(r).await, Ok(()));
-    // Given back, the stream opens again; then every token of the user is revoked.
+    s.app.reload(with_up.clone()).await.unwrap();
+    // A call's stream, kept open by the upstream after its answer, ends when the tool is no
+    // longer the role's.
+    let call = json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+        "params": {"name": "stream_tool", "arguments": {"linger": true}}});
+    let mut r = rpc(&s, "/mcp/up", Some(&token), call).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(first_chunk(&mut r).await.contains("done"));
+    let mut next = with_up.clone();
+    next.roles.get_mut("admin").unwrap().insert("up".into(), vec!["read_tool".into()]);
+    s.app.reload(next).await.unwrap();
+    assert_eq!(ends(r).await, Ok(()));
+    // Every token of the user is revoked: the server's own stream ends.
     s.app.reload(with_up).await.unwrap();
     let mut r = event_stream(&s, &token, None).await;
     first_chunk(&mut r).await;

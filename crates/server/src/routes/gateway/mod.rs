@@ -315,13 +315,6 @@ impl Request<'_> {
             _ => None,
         };
         drop(decide);
-        // A stream stays open only while its caller may still read it.
-        let relayed = match &reads {
-            Some(_) => standing.needing(standing::Need::Read {
-                scope: mount.scopes.read.clone(),
-            }),
-            None => standing.clone(),
-        };
         let recheck = match (&watched, &scope) {
             (Some(Watched::Call(call)), Some(scope)) => {
                 Some(standing.needing(standing::Need::Call {
@@ -330,6 +323,15 @@ impl Request<'_> {
                 }))
             }
             _ => None,
+        };
+        // A stream stays open only while its caller may still do what opened it: a call's,
+        // while the tool is theirs; a read's (the server's own stream), while the resource is.
+        let relayed = match (&recheck, &reads) {
+            (Some(call), _) => call.clone(),
+            (None, Some(_)) => standing.needing(standing::Need::Read {
+                scope: mount.scopes.read.clone(),
+            }),
+            (None, None) => standing.clone(),
         };
         let out = exchange::Outgoing {
             mount,

@@ -79,13 +79,21 @@ impl Standing {
         .map(|()| caller)
     }
 
-    /// Resolves once the standing is lost (checked every [`RECHECK`]), never before.
+    /// Resolves once the standing is lost (checked every [`RECHECK`], each stream at its own
+    /// offset within the second so that many do not check at once), never before. A state
+    /// that has not read the ledger for a while may miss a revocation: that ends the stream
+    /// too, as it refuses new requests.
     async fn lost(self, app: App) {
-        let mut tick = tokio::time::interval(RECHECK);
+        let offset = RECHECK.mul_f64(f64::from(crate::random::bytes32()[0]) / 256.0);
+        let start = tokio::time::Instant::now() + RECHECK + offset;
+        let mut tick = tokio::time::interval_at(start, RECHECK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tick.tick().await;
         loop {
             tick.tick().await;
+            if !app.projection.fresh() {
+                tracing::warn!("a relayed stream ended: the state cannot follow the ledger");
+                return;
+            }
             if let Err(d) = self.check(&app) {
                 tracing::info!(
                     reason = d.reason,
