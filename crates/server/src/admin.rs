@@ -193,18 +193,20 @@ pub async fn resolve_user(app: &App, who: &str) -> Result<String, AdminError> {
     Ok(user_id)
 }
 
+/// Disables a user (by id or username): sign-in and all their tokens stop working. Returns the
+/// user id and whether they were not disabled already.
 pub async fn disable_user(
     app: &App,
     who: &str,
     reason: &str,
     actor: Actor,
-) -> Result<String, AdminError> {
+) -> Result<(String, bool), AdminError> {
     let user_id = resolve_user(app, who).await?;
     let (outcome, _) = app
         .run(|s| grantline_oauth::users::disable(s, actor.clone(), &user_id, reason))
         .await?;
-    outcome.map_err(|e| AdminError::Invalid(e.description))?;
-    Ok(user_id)
+    let changed = outcome.map_err(|e| AdminError::Invalid(e.description))?;
+    Ok((user_id, changed))
 }
 
 /// A password a local account may have: at least 8 characters, within what a sign-in takes.
@@ -311,12 +313,14 @@ pub async fn set_password(
     }
 }
 
+/// Gives a user (by id or username) another role. Returns the user id and whether the role
+/// was another before.
 pub async fn set_role(
     app: &App,
     who: &str,
     role: &str,
     actor: Actor,
-) -> Result<String, AdminError> {
+) -> Result<(String, bool), AdminError> {
     known_role(app, role)?;
     let user_id = resolve_user(app, who).await?;
     let (outcome, _) = app
@@ -326,8 +330,8 @@ pub async fn set_role(
             })
         })
         .await?;
-    outcome.map_err(|e| AdminError::Invalid(e.description))?;
-    Ok(user_id)
+    let changed = outcome.map_err(|e| AdminError::Invalid(e.description))?;
+    Ok((user_id, changed))
 }
 
 /// Revokes every grant, family and personal access token of a user (by id or username), ends

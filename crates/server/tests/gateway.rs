@@ -1764,7 +1764,10 @@ async fn an_open_stream_ends_when_the_role_or_the_credential_goes() {
     assert_eq!(r.status(), StatusCode::OK);
     assert!(first_chunk(&mut r).await.contains("done"));
     let mut next = with_up.clone();
-    next.roles.get_mut("admin").unwrap().insert("up".into(), vec!["read_tool".into()]);
+    next.roles
+        .get_mut("admin")
+        .unwrap()
+        .insert("up".into(), vec!["read_tool".into()]);
     s.app.reload(next).await.unwrap();
     assert_eq!(ends(r).await, Ok(()));
     // Every token of the user is revoked: the server's own stream ends.

@@ -1557,6 +1557,23 @@ async fn admins_reset_passwords_disable_enable_and_reassign_users_over_http() {
         StatusCode::OK
     );
     assert_eq!(listed().await["role"], "auditor");
+    // Without a body, as other admin writes; the answer says whether anything changed.
+    let bare = |what: &str| {
+        let r = admin(&format!("users/bob/{what}"))
+            .header("content-type", "application/json")
+            .send();
+        async move { r.await.unwrap().json::<Value>().await.unwrap()["changed"].clone() }
+    };
+    assert_eq!(bare("disable").await, true);
+    assert_eq!(bare("disable").await, false);
+    assert_eq!(bare("enable").await, true);
+    assert_eq!(
+        change("role", json_of("{\"role\": \"auditor\"}"))
+            .await
+            .1
+            .contains("\"changed\":false"),
+        true
+    );
     // What is wrong is refused, and changes nothing.
     let before = s.app.store().count().await.unwrap();
     for (what, body, status) in [

@@ -100,7 +100,10 @@ pub async fn run(loc: &Location, cmd: Command) -> Result<ExitCode> {
             let app = loc.existing_app(LedgerOptions::default()).await?;
             let r = admin::disable_user(&app, &user, &reason, Actor::Operator).await;
             app.ledger.shutdown().await;
-            println!("disabled {}", r?);
+            match r? {
+                (id, true) => println!("disabled {id}"),
+                (id, false) => println!("{id} was disabled already; nothing changed"),
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::RevokeAll { user } => {
@@ -130,6 +133,10 @@ pub async fn run(loc: &Location, cmd: Command) -> Result<ExitCode> {
             println!("set the password of {}; their sessions ended", r?);
             if generated {
                 println!("one-time password: {password}");
+            } else {
+                // An old export in the shell (the very password that leaked, perhaps) would
+                // otherwise be set again without a word.
+                println!("the password is the one in {PASSWORD_ENV}");
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -137,7 +144,10 @@ pub async fn run(loc: &Location, cmd: Command) -> Result<ExitCode> {
             let app = loc.existing_app(LedgerOptions::default()).await?;
             let r = admin::set_role(&app, &user, &role, Actor::Operator).await;
             app.ledger.shutdown().await;
-            println!("{} is now {role}", r?);
+            match r? {
+                (id, true) => println!("{id} is now {role}"),
+                (id, false) => println!("{id} was {role} already; nothing changed"),
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Erase { user } => {

@@ -445,7 +445,13 @@ pub async fn change_user(
     Path((user, change)): Path<(String, String)>,
     body: axum::body::Bytes,
 ) -> Response {
-    let (admin_id, req) = match admin_json::<UserChange>(&app, &ctx, &headers, &body).await {
+    // No body is no change of the defaults (as other admin writes take none).
+    let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        &body
+    };
+    let (admin_id, req) = match admin_json::<UserChange>(&app, &ctx, &headers, body).await {
         Ok(x) => x,
         Err(r) => return r,
     };
@@ -458,9 +464,7 @@ pub async fn change_user(
         }
         "enable" => {
             let why = reason("enabled by an administrator");
-            admin::enable_user(&app, &user, &why, actor)
-                .await
-                .map(|(u, _)| u)
+            admin::enable_user(&app, &user, &why, actor).await
         }
         "role" => match &req.role {
             Some(role) => admin::set_role(&app, &user, role, actor).await,
@@ -469,14 +473,18 @@ pub async fn change_user(
         "password" => match &req.password {
             Some(p) => {
                 let why = reason("set by an administrator");
-                admin::set_password(&app, &user, p, &why, actor).await
+                admin::set_password(&app, &user, p, &why, actor)
+                    .await
+                    .map(|u| (u, true))
             }
             None => return error(StatusCode::BAD_REQUEST, "give the password"),
         },
         _ => return error(StatusCode::NOT_FOUND, "no such change"),
     };
     match done {
-        Ok(user_id) => Json(json!({ "user_id": user_id })).into_response(),
+        Ok((user_id, changed)) => {
+            Json(json!({ "user_id": user_id, "changed": changed })).into_response()
+        }
         Err(e) => e.into_response(),
     }
 }
