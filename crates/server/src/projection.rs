@@ -26,6 +26,60 @@ pub struct Projection {
     caught_up: Mutex<std::time::Instant>,
     /// Told of every user erased, by whichever process: the key cache forgets the key.
     on_erased: std::sync::OnceLock<ErasedHook>,
+    /// Counts the events folded that may take authority away ([`may_take_authority`]): a
+    /// caller judged before can tell, without the state's lock, whether it must be judged
+    /// again.
+    authority: std::sync::atomic::AtomicU64,
+}
+
+/// Whether an event of `kind` may take away what a credential could do: revoke or expire it,
+/// disable its user or client, change a role or the policy. Exhaustive, so that a new kind is
+/// classified when it is added.
+pub fn may_take_authority(kind: grantline_ledger::Kind) -> bool {
+    use grantline_ledger::Kind as K;
+    match kind {
+        K::ClientUpdated
+        | K::ClientDisabled
+        | K::ClientExpired
+        | K::UserDisabled
+        | K::UserRoleChanged
+        | K::UserEnabled
+        | K::UserErased
+        | K::UserSessionsEnded
+        | K::CodeReplayed
+        | K::TokenRefreshed
+        | K::TokenRevoked
+        | K::RefreshReuseDetected
+        | K::FamilyRevoked
+        | K::GrantRevoked
+        | K::PatRevoked
+        | K::SigningKeyRotated
+        | K::PolicyChanged => true,
+        K::ClientRegistered
+        | K::RegistrationRejected
+        | K::UserCreated
+        | K::UserPasswordSet
+        | K::UserLinked
+        | K::LoginSucceeded
+        | K::LoginFailed
+        | K::SessionEnded
+        | K::ConsentGranted
+        | K::ConsentDenied
+        | K::CodeIssued
+        | K::CodeRedeemed
+        | K::TokenIssued
+        | K::OAuthRefused
+        | K::PatCreated
+        | K::ToolListed
+        | K::ToolCallStarted
+        | K::ToolCalled
+        | K::AuthorizationDenied
+        | K::RateLimitExceeded
+        | K::AuditSearched
+        | K::AuditExported
+        | K::UpstreamTokenExchanged
+        | K::ContentRead => false,
+    }
 }
 
 /// How long the projection may go without reading the store before callers that must not
@@ -45,6 +99,7 @@ impl Projection {
             catching_up: tokio::sync::Mutex::new(()),
             caught_up: Mutex::new(std::time::Instant::now()),
             on_erased: std::sync::OnceLock::new(),
+            authority: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -57,6 +112,8 @@ impl Projection {
         }
         *current = state;
         let seq = current.seq;
+        self.authority
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         drop(current);
         self.applied.send_replace(seq);
     }
@@ -113,9 +170,20 @@ impl Projection {
         self.applied.send_replace(seq);
     }
 
+    /// How many events that may take authority away were folded (see [`may_take_authority`]).
+    /// Read before a caller is judged, it changes if anything that could change the judgement
+    /// is folded after.
+    pub fn authority(&self) -> u64 {
+        self.authority.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// Folds the event that follows the state.
     fn fold(&self, state: &mut State, e: &Recorded) {
         apply(state, e);
+        if may_take_authority(e.envelope.kind()) {
+            self.authority
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
         if let (grantline_ledger::Payload::UserErased(u), Some(f)) =
             (e.payload(), self.on_erased.get())
         {

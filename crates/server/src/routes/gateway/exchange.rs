@@ -97,7 +97,10 @@ pub async fn run(
                 let _ = tx.send(unavailable());
                 return;
             }
+            // Judged again only if something could have changed the judgement since (the
+            // common case, a call that did not wait, takes no lock here).
             if let (Some(standing), Watched::Call(call)) = (&out.recheck, &watched)
+                && !standing.unchanged(&audit.app)
                 && let Err(d) = standing.check(&audit.app)
             {
                 tracing::info!(

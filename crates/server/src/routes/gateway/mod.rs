@@ -188,6 +188,8 @@ impl Request<'_> {
             self.ctx.issuer,
             grantline_oauth::metadata::protected_resource_path(&resource.id)
         );
+        // What the request is judged on, taken first: anything folded after it is seen.
+        let judged = standing::JudgedOn::now(self.app);
         let caller = self.authenticate(&resource, query, &metadata_url).await?;
         // The credential as presented, to be judged again (see `standing`).
         let token = bearer(
@@ -196,8 +198,13 @@ impl Request<'_> {
                 .and_then(|v| v.to_str().ok()),
         )
         .unwrap_or_default();
-        let standing =
-            standing::Standing::new(token, &resource.id, &mount.name, &resource.default_scopes);
+        let standing = standing::Standing::new(
+            token,
+            &resource.id,
+            &mount.name,
+            &resource.default_scopes,
+            judged,
+        );
         if mount.upstream == crate::gateway::Upstream::Audit {
             self.audit_role(&caller, &resource, &metadata_url).await?;
         }

@@ -28,7 +28,7 @@ pub enum Need {
 }
 
 /// The caller's credential (held in memory only, as the request held it), the resource it
-/// was accepted for and what the request needs there.
+/// was accepted for and what the request needs there; and what the judgement was made on.
 #[derive(Clone)]
 pub struct Standing {
     token: Arc<str>,
@@ -36,17 +36,59 @@ pub struct Standing {
     mount: String,
     default_scopes: Vec<String>,
     pub need: Need,
+    /// [`crate::projection::Projection::authority`] before the request was judged.
+    authority: u64,
+    /// The roles and mounts in force then.
+    mounts: Arc<crate::gateway::Mounts>,
+    /// When it was judged.
+    since: std::time::Instant,
+}
+
+/// What a request is judged on, taken before it is judged: see [`Standing::unchanged`].
+pub struct JudgedOn {
+    authority: u64,
+    mounts: Arc<crate::gateway::Mounts>,
+    since: std::time::Instant,
+}
+
+impl JudgedOn {
+    pub fn now(app: &App) -> JudgedOn {
+        JudgedOn {
+            authority: app.projection.authority(),
+            mounts: app.mounts(),
+            since: std::time::Instant::now(),
+        }
+    }
 }
 
 impl Standing {
-    pub fn new(token: &str, resource: &str, mount: &str, default_scopes: &[String]) -> Standing {
+    pub fn new(
+        token: &str,
+        resource: &str,
+        mount: &str,
+        default_scopes: &[String],
+        judged: JudgedOn,
+    ) -> Standing {
         Standing {
             token: Arc::from(token),
             resource: resource.to_string(),
             mount: mount.to_string(),
             default_scopes: default_scopes.to_vec(),
             need: Need::Live,
+            authority: judged.authority,
+            mounts: judged.mounts,
+            since: judged.since,
         }
+    }
+
+    /// Whether nothing that could change the judgement can have happened since it was made:
+    /// no event that may take authority away folded, the same roles and mounts, and less than
+    /// [`RECHECK`] gone (a credential may expire). Then [`Standing::check`] would answer as
+    /// the request's own check did, and need not take the state's lock to say so.
+    pub fn unchanged(&self, app: &App) -> bool {
+        app.projection.authority() == self.authority
+            && Arc::ptr_eq(&app.mounts(), &self.mounts)
+            && self.since.elapsed() < RECHECK
     }
 
     /// The same credential, needing `need`.
