@@ -256,7 +256,7 @@ fn superseded_pending(app: &App, ctx: &RequestContext, headers: &HeaderMap) -> V
             (t, k[host..].to_string())
         })
         .collect();
-    held.sort_by(|a, b| b.0.cmp(&a.0));
+    held.sort_by_key(|h| std::cmp::Reverse(h.0));
     held.into_iter()
         .enumerate()
         .filter(|(i, (t, _))| *i + 1 >= MAX_PENDING || *t == i64::MIN)

@@ -238,30 +238,27 @@ pub async fn submit(
         Outcome::UnknownUser | Outcome::Busy => (None, Some(LoginFailure::UnknownUser)),
     };
     held.settle(failure.is_some());
+    // One answer for every refusal from here on: nothing tells a wrong password apart.
+    let wrong = || {
+        render(
+            &app,
+            &ctx,
+            &headers,
+            StatusCode::UNAUTHORIZED,
+            (&return_to, fresh),
+            Some("Wrong username or password."),
+        )
+    };
     if let Some(reason) = failure {
         if let Err(e) = record_failure(&app, &ctx, username, user_id, reason).await {
             return e.into_response();
         }
-        return render(
-            &app,
-            &ctx,
-            &headers,
-            StatusCode::UNAUTHORIZED,
-            (&return_to, fresh),
-            Some("Wrong username or password."),
-        );
+        return wrong();
     }
     app.login_throttle
         .succeeded(username, address.as_deref(), now_secs);
     let Some(user_id) = user_id else {
-        return render(
-            &app,
-            &ctx,
-            &headers,
-            StatusCode::UNAUTHORIZED,
-            (&return_to, fresh),
-            Some("Wrong username or password."),
-        );
+        return wrong();
     };
     tracing::Span::current().record("user_id", user_id.as_str());
     let session_id = crate::random::id("ses");
@@ -278,14 +275,7 @@ pub async fn submit(
     {
         Ok((Ok(()), recorded)) => recorded,
         Ok((Err(_), _)) => {
-            return render(
-                &app,
-                &ctx,
-                &headers,
-                StatusCode::UNAUTHORIZED,
-                (&return_to, fresh),
-                Some("Wrong username or password."),
-            );
+            return wrong();
         }
         Err(e) => return e.into_response(),
     };
@@ -313,14 +303,7 @@ pub async fn submit(
         if let Err(e) = app.append(ended.append.events).await {
             return e.into_response();
         }
-        return render(
-            &app,
-            &ctx,
-            &headers,
-            StatusCode::UNAUTHORIZED,
-            (&return_to, fresh),
-            Some("Wrong username or password."),
-        );
+        return wrong();
     }
     let mut r = see_other(&format!("{}{return_to}", ctx.issuer));
     if let Ok(v) = HeaderValue::from_str(&session::set_cookie(&ctx, SESSION, &value, ttl)) {
