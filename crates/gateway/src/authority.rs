@@ -203,6 +203,7 @@ mod tests {
             role: role.map(String::from),
             resource: "https://as.example/mcp/demo".into(),
             scopes: scopes.iter().map(|s| s.to_string()).collect(),
+            expires_at: None,
         }
     }
 

@@ -17,6 +17,8 @@ pub struct Caller {
     pub resource: String,
     /// The scopes the user consented to (or the token was created with).
     pub scopes: BTreeSet<String>,
+    /// When the credential expires (a personal access token may never).
+    pub expires_at: Option<grantline_ledger::Timestamp>,
 }
 
 /// The bearer token of an `Authorization` header value, if it is one.
@@ -94,6 +96,7 @@ pub fn authenticate(
             role: role(t.user_id.as_deref()),
             resource: t.resource.clone(),
             scopes: t.scopes.clone(),
+            expires_at: Some(t.expires_at),
         }
     } else if let Some(p) = state.live_pat(&digest, now) {
         Caller {
@@ -106,6 +109,7 @@ pub fn authenticate(
             role: role(Some(&p.user_id)),
             resource: p.resource.clone(),
             scopes: p.scopes.clone(),
+            expires_at: p.expires_at,
         }
     } else {
         return Err(invalid("invalid_token"));

@@ -275,7 +275,20 @@ pub async fn set_password(
                 .into(),
         ));
     }
+    // Decided once before anything is stored: a reason the ledger would refuse refuses the
+    // change before the hash is swapped (and sessions checked against it are disturbed).
+    if let Err(e) = grantline_oauth::users::set_password(
+        &app.projection.read(),
+        actor.clone(),
+        &user_id,
+        reason,
+    )
+    .outcome
+    {
+        return Err(AdminError::Invalid(e.description));
+    }
     let hash = hash_password(password).map_err(|e| AdminError::Invalid(e.to_string()))?;
+    let head_before = app.projection.seq();
     // Only over the hash read above: of two changes at once, one is refused, not silently
     // undone by the other.
     if !app
@@ -303,14 +316,53 @@ pub async fn set_password(
             }
             Err(AdminError::Invalid(e.description))
         }
-        // Whether it was recorded is not known (a commit whose answer was lost): the new
-        // password stays in force, so a leaked old one does not come back; run it again to
-        // have it recorded.
-        Err(e) => {
-            tracing::error!(error = %e, user_id, "a password was set, but whether it was recorded is not known");
-            Err(AdminError::App(e))
+        // The ledger failed: what it holds since says whether the change was recorded (a
+        // commit whose answer was lost). Not recorded, the old hash goes back; when that
+        // cannot be read, the new one stays, so that a leaked old one does not come back.
+        Err(e) => match password_set_since(app, head_before, &user_id).await {
+            Ok(true) => Ok(user_id),
+            Ok(false) => {
+                if let Err(err) = app
+                    .credentials
+                    .replace_password(&user_id, &hash, &old.password_hash)
+                    .await
+                {
+                    tracing::error!(error = %err, user_id, "a password not recorded could not be put back");
+                }
+                Err(AdminError::App(e))
+            }
+            Err(read) => {
+                tracing::error!(error = %e, read = %read, user_id, "a password was set, but whether it was recorded is not known; the new one is in force");
+                Err(AdminError::App(e))
+            }
+        },
+    }
+}
+
+/// Whether the ledger holds a `user.password_set` of `user_id` after `after` (at most the
+/// next 100,000 events are read; past them, it cannot tell).
+async fn password_set_since(
+    app: &App,
+    mut after: u64,
+    user_id: &str,
+) -> Result<bool, grantline_store::StoreError> {
+    const BATCH: u32 = 10_000;
+    for _ in 0..10 {
+        let events = app.store().read(after, BATCH).await?;
+        let found = events.iter().any(|e| {
+            matches!(e.payload(), grantline_ledger::Payload::UserPasswordSet(p) if p.user_id == user_id)
+        });
+        if found {
+            return Ok(true);
+        }
+        match events.last() {
+            Some(last) if events.len() == BATCH as usize => after = last.seq(),
+            _ => return Ok(false),
         }
     }
+    Err(grantline_store::StoreError::Invalid(
+        "too many events since the change to look for it".into(),
+    ))
 }
 
 /// Gives a user (by id or username) another role. Returns the user id and whether the role

@@ -1617,6 +1617,38 @@ async fn admins_reset_passwords_disable_enable_and_reassign_users_over_http() {
     );
     assert_eq!(stored().await, now);
     assert!(creds.replace_password(&bob, &now, &now).await.unwrap());
+    // The ledger cannot record the change: the ledger holds no `user.password_set` since, so
+    // the old hash goes back and the old password still signs in.
+    block_appends(&db).await;
+    let refused = grantline_server::admin::set_password(
+        &s.app,
+        "bob",
+        "bob-password-9",
+        "blocked",
+        grantline_ledger::Actor::Operator,
+    )
+    .await;
+    assert!(refused.is_err(), "{refused:?}");
+    unblock_appends(&db).await;
+    assert_eq!(stored().await, now, "not recorded, so not in force");
+    // A reason the ledger would refuse refuses the change before anything is stored.
+    let long = "x".repeat(10_000);
+    let refused = grantline_server::admin::set_password(
+        &s.app,
+        "bob",
+        "bob-password-9",
+        &long,
+        grantline_ledger::Actor::Operator,
+    )
+    .await;
+    assert!(
+        matches!(
+            refused,
+            Err(grantline_server::admin::AdminError::Invalid(_))
+        ),
+        "{refused:?}"
+    );
+    assert_eq!(stored().await, now);
     s.stop().await;
 }
 
@@ -1851,7 +1883,12 @@ async fn the_account_page_makes_a_bounded_number_of_tokens_an_hour() {
     let resource = s.resource();
     let make = |i: u32| pat_form(&s, &b, &csrf, format!("{i:032x}"), "script", &resource);
     let limit = grantline_server::throttle::PAT_CREATIONS_PER_USER_PER_HOUR;
-    for i in 0..limit {
+    // A form sent again makes no token, and does not count.
+    assert_eq!(make(0).await.unwrap().status(), StatusCode::OK);
+    for _ in 0..3 {
+        assert_eq!(make(0).await.unwrap().status(), StatusCode::BAD_REQUEST);
+    }
+    for i in 1..limit {
         assert_eq!(make(i).await.unwrap().status(), StatusCode::OK, "token {i}");
     }
     let before = s.app.store().count().await.unwrap();

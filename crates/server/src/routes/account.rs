@@ -239,11 +239,10 @@ pub async fn create_pat(
         Err(r) => return r,
     };
     let get = |k: &str| crate::http::param(&params, k);
-    // Counted per user (the limiter's key is the user id, not an address).
-    if let Err(over) = app
-        .pat_creations
-        .hit(Some(&s.user_id), app.now().0 / 1_000_000)
-    {
+    // Counted per user (the limiter's key is the user id, not an address); a request that
+    // makes no token gives its place back below.
+    let hit_at = app.now().0 / 1_000_000;
+    if let Err(over) = app.pat_creations.hit(Some(&s.user_id), hit_at) {
         app.metrics.throttled("pat_create");
         let mut r = pages::error(
             StatusCode::TOO_MANY_REQUESTS,
@@ -263,6 +262,7 @@ pub async fn create_pat(
         Some(d) => match d.parse() {
             Ok(n) => Some(n),
             Err(_) => {
+                app.pat_creations.give_back(Some(&s.user_id), hit_at);
                 return pages::error(StatusCode::BAD_REQUEST, "Not created", "Choose an expiry.");
             }
         },
@@ -307,7 +307,10 @@ pub async fn create_pat(
             ),
             "'none'",
         ),
-        Err(e) => not_done("Not created", e),
+        Err(e) => {
+            app.pat_creations.give_back(Some(&s.user_id), hit_at);
+            not_done("Not created", e)
+        }
     }
 }
 

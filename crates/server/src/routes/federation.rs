@@ -225,7 +225,7 @@ pub async fn begin(
     let mut r = see_other(started.url.as_str());
     // Sign-ins begun and never finished would pile up cookies until the browser's requests
     // are too large to be taken: beyond the newest few, the older ones go.
-    for old in superseded_pending(&app, &ctx, &headers) {
+    for old in superseded_pending(&app, &ctx, &headers, cookie_name.len() + cookie.len()) {
         r = with_cookie(r, &session::set_cookie(&ctx, &old, "", 0));
     }
     with_cookie(
@@ -234,16 +234,26 @@ pub async fn begin(
     )
 }
 
-/// Pending sign-ins one browser keeps at once (each cookie may be close to 4 KB).
+/// Pending sign-ins one browser keeps at once.
 pub const MAX_PENDING: usize = 3;
 
+/// The most bytes of pending sign-in cookies one browser sends (names and values): with the
+/// session's and the sign-in page's cookies, within the 8 KB a proxy takes for a header line
+/// (nginx's `large_client_header_buffers`). A pending sign-in may be close to 4 KB.
+pub const MAX_PENDING_BYTES: usize = 6_000;
+
 /// The names (without a `__Host-` prefix) of the pending sign-in cookies this request carries
-/// beyond the newest [`MAX_PENDING`] − 1, and of any that no longer open: to clear as a new
-/// one is set.
-fn superseded_pending(app: &App, ctx: &RequestContext, headers: &HeaderMap) -> Vec<String> {
+/// that go as a new one of `new_len` bytes is set: beyond the newest [`MAX_PENDING`] − 1, or
+/// beyond [`MAX_PENDING_BYTES`] with the new one, and any that no longer open.
+fn superseded_pending(
+    app: &App,
+    ctx: &RequestContext,
+    headers: &HeaderMap,
+    new_len: usize,
+) -> Vec<String> {
     let full = session::cookie_name(ctx, PENDING);
     let host = full.len() - PENDING.len();
-    let mut held: Vec<(i64, String)> = headers
+    let mut held: Vec<(i64, usize, String)> = headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
@@ -253,14 +263,21 @@ fn superseded_pending(app: &App, ctx: &RequestContext, headers: &HeaderMap) -> V
         .map(|(k, v)| {
             let t = open_pending(app, v)
                 .map_or(i64::MIN, |p| if p.m > 0 { p.m } else { p.t * 1_000_000 });
-            (t, k[host..].to_string())
+            (t, k.len() + v.len(), k[host..].to_string())
         })
         .collect();
     held.sort_by_key(|h| std::cmp::Reverse(h.0));
+    let (mut kept, mut bytes) = (1, new_len);
     held.into_iter()
-        .enumerate()
-        .filter(|(i, (t, _))| *i + 1 >= MAX_PENDING || *t == i64::MIN)
-        .map(|(_, (_, name))| name)
+        .filter(|(t, len, _)| {
+            let keep = *t != i64::MIN && kept < MAX_PENDING && bytes + len <= MAX_PENDING_BYTES;
+            if keep {
+                kept += 1;
+                bytes += len;
+            }
+            !keep
+        })
+        .map(|(_, _, name)| name)
         .collect()
 }
 

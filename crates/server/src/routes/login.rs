@@ -180,13 +180,21 @@ pub async fn submit(
     };
     // The hash as it was before the check: a password set while this one is checked (an
     // argon2 check takes a while) is found below, after the sign-in is recorded.
-    let hash_before = app
-        .credentials
-        .by_username(username)
-        .await
-        .ok()
-        .flatten()
-        .map(|c| c.password_hash);
+    let unavailable = || {
+        pages::error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Sign-in unavailable",
+            "Please try again shortly.",
+        )
+    };
+    let hash_before = match app.credentials.by_username(username).await {
+        Ok(c) => c.map(|c| c.password_hash),
+        Err(e) => {
+            held.settle(false);
+            tracing::error!(error = %e, "sign-in backend failed");
+            return unavailable();
+        }
+    };
     let outcome = match app
         .signin
         .sign_in(username, &password, held.checking())
@@ -285,14 +293,14 @@ pub async fn submit(
     // replaced. Its `user.password_set` is recorded after the new hash is stored: if that was
     // before this sign-in, the hash read now differs, and the session just recorded ends here
     // without a cookie; if after, the event ends it.
+    // A read that fails cannot tell: the session ends as well, and the answer says to try
+    // again rather than that the password was wrong.
     let hash_now = app
         .credentials
         .by_user_id(&user_id)
         .await
-        .ok()
-        .flatten()
-        .map(|c| c.password_hash);
-    if hash_now.is_none() || hash_now != hash_before {
+        .map(|c| c.map(|c| c.password_hash));
+    if hash_now.as_ref().ok() != Some(&hash_before) {
         tracing::info!("a sign-in checked against a password replaced meanwhile was ended");
         let ended = grantline_oauth::users::signed_out(
             &user_id,
@@ -303,7 +311,11 @@ pub async fn submit(
         if let Err(e) = app.append(ended.append.events).await {
             return e.into_response();
         }
-        return wrong();
+        return if hash_now.is_err() {
+            unavailable()
+        } else {
+            wrong()
+        };
     }
     let mut r = see_other(&format!("{}{return_to}", ctx.issuer));
     if let Ok(v) = HeaderValue::from_str(&session::set_cookie(&ctx, SESSION, &value, ttl)) {

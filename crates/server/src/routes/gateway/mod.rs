@@ -200,6 +200,7 @@ impl Request<'_> {
         .unwrap_or_default();
         let standing = standing::Standing::new(
             token,
+            &caller,
             &resource.id,
             &mount.name,
             &resource.default_scopes,

@@ -42,6 +42,8 @@ pub struct Standing {
     mounts: Arc<crate::gateway::Mounts>,
     /// When it was judged.
     since: std::time::Instant,
+    /// When the credential expires.
+    expires_at: Option<grantline_ledger::Timestamp>,
 }
 
 /// What a request is judged on, taken before it is judged: see [`Standing::unchanged`].
@@ -64,6 +66,7 @@ impl JudgedOn {
 impl Standing {
     pub fn new(
         token: &str,
+        caller: &Caller,
         resource: &str,
         mount: &str,
         default_scopes: &[String],
@@ -78,16 +81,18 @@ impl Standing {
             authority: judged.authority,
             mounts: judged.mounts,
             since: judged.since,
+            expires_at: caller.expires_at,
         }
     }
 
     /// Whether nothing that could change the judgement can have happened since it was made:
-    /// no event that may take authority away folded, the same roles and mounts, and less than
-    /// [`RECHECK`] gone (a credential may expire). Then [`Standing::check`] would answer as
-    /// the request's own check did, and need not take the state's lock to say so.
+    /// no event that may take authority away folded, the same roles and mounts, the
+    /// credential not expired, and less than [`RECHECK`] gone. Then [`Standing::check`] would
+    /// answer as the request's own check did, and need not take the state's lock to say so.
     pub fn unchanged(&self, app: &App) -> bool {
         app.projection.authority() == self.authority
             && Arc::ptr_eq(&app.mounts(), &self.mounts)
+            && self.expires_at.is_none_or(|e| app.now() < e)
             && self.since.elapsed() < RECHECK
     }
 
