@@ -1842,6 +1842,14 @@ async fn users_see_and_revoke_their_grants_and_admins_revoke_everything() {
     s.stop().await;
 }
 
+/// A browser signed in as admin, and its account page.
+async fn account_page(s: &Server) -> (reqwest::Client, String) {
+    let b = browser();
+    login(s, &b).await;
+    let page = b.get(s.url("/account")).send().await.unwrap();
+    (b.clone(), page.text().await.unwrap())
+}
+
 /// Sends the account page's form for a personal access token (`form` is its one-time id) for
 /// `demo:read` on `resource`, expiring in 7 days.
 async fn pat_form(
@@ -1869,16 +1877,7 @@ async fn pat_form(
 async fn the_account_page_makes_a_bounded_number_of_tokens_an_hour() {
     let db = sqlite().await;
     let (s, _d) = server_with(&db, |_| {}).await;
-    let b = browser();
-    login(&s, &b).await;
-    let page = b
-        .get(s.url("/account"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let (b, page) = account_page(&s).await;
     let csrf = field(&page, "csrf");
     let resource = s.resource();
     let make = |i: u32| pat_form(&s, &b, &csrf, format!("{i:032x}"), "script", &resource);
@@ -1909,16 +1908,7 @@ async fn the_account_page_makes_a_bounded_number_of_tokens_an_hour() {
 async fn personal_access_tokens_from_the_account_page_and_the_admin_api() {
     let db = sqlite().await;
     let (s, _d) = server_with(&db, |_| {}).await;
-    let b = browser();
-    login(&s, &b).await;
-    let page = b
-        .get(s.url("/account"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let (b, page) = account_page(&s).await;
     let csrf = field(&page, "csrf");
     let form = field(&page, "form");
     let resource = s.resource();
