@@ -432,15 +432,7 @@ backend_tests! {
 
     async fn deprovisioning_ends_the_users_browser_sessions(db: TestDb) {
         let (s, _d) = start(&db, true).await;
-        let dana = grantline_server::admin::add_user(
-            &s.app,
-            &grantline_server::admin::NewUser { username: "dana", email: None, role: "user" },
-            "dana-password-123456",
-            grantline_ledger::UserSource::Admin,
-            grantline_ledger::Actor::Operator,
-        )
-        .await
-        .unwrap();
+        let dana = local_user(&s.app, "dana", "user", "dana-password-123456").await;
         let account = |b: &reqwest::Client| {
             let r = b.get(s.url("/account")).send();
             async move { r.await.unwrap().status() }
@@ -584,15 +576,7 @@ backend_tests! {
         // Someone else with a password, an admin even, is refused as a wrong password would be
         // (the same answer, after the same check: nothing tells the break-glass name apart),
         // on the page and on the HTTP Basic admin API.
-        let other = grantline_server::admin::add_user(
-            &s.app,
-            &grantline_server::admin::NewUser { username: "bob", email: None, role: "admin" },
-            "bob-password-123456",
-            grantline_ledger::UserSource::Admin,
-            grantline_ledger::Actor::Operator,
-        )
-        .await
-        .unwrap();
+        let other = local_user(&s.app, "bob", "admin", "bob-password-123456").await;
         assert!(!other.is_empty());
         let r = sign_in_with(&s, &b, "bob", "bob-password-123456").await;
         assert_eq!(r.status(), StatusCode::UNAUTHORIZED);

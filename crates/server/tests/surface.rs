@@ -1288,23 +1288,7 @@ async fn password_failures_at_the_admin_api_are_recorded_as_on_the_sign_in_page(
     let (s, _d) = server_with(&db, |_| {}).await;
     let add = |name: &'static str, role: &'static str| {
         let app = s.app.clone();
-        async move {
-            let user = grantline_server::admin::NewUser {
-                username: name,
-                email: None,
-                role,
-            };
-            let pw = format!("{name}-password-123456");
-            grantline_server::admin::add_user(
-                &app,
-                &user,
-                &pw,
-                grantline_ledger::UserSource::Admin,
-                grantline_ledger::Actor::Operator,
-            )
-            .await
-            .unwrap()
-        }
+        async move { local_user(&app, name, role, &format!("{name}-password-123456")).await }
     };
     let carol = add("carol", "user").await;
     let dave = add("dave", "admin").await;
@@ -1716,19 +1700,7 @@ async fn a_password_set_while_a_sign_in_is_checked_ends_that_sign_in() {
     )
     .await;
     assert!(slot.set(s.app.clone()).is_ok());
-    let bob = grantline_server::admin::add_user(
-        &s.app,
-        &grantline_server::admin::NewUser {
-            username: "bob",
-            email: None,
-            role: "user",
-        },
-        "bob-password-1",
-        grantline_ledger::UserSource::Admin,
-        grantline_ledger::Actor::Operator,
-    )
-    .await
-    .unwrap();
+    let bob = local_user(&s.app, "bob", "user", "bob-password-1").await;
     let b = browser();
     let r = sign_in_with(&s, &b, "bob", "bob-password-1").await;
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
@@ -2065,19 +2037,7 @@ async fn personal_access_tokens_from_the_account_page_and_the_admin_api() {
     assert!(!active(&s, &get(&created, "token")).await);
     // An erased user gets no token: refused as such, not as a storage failure (their key is
     // gone, and sealing the name under it fails).
-    let dora = grantline_server::admin::add_user(
-        &s.app,
-        &grantline_server::admin::NewUser {
-            username: "dora",
-            email: None,
-            role: "user",
-        },
-        "dora-password-1",
-        grantline_ledger::UserSource::Cli,
-        grantline_ledger::Actor::Operator,
-    )
-    .await
-    .unwrap();
+    let dora = local_user(&s.app, "dora", "user", "dora-password-1").await;
     grantline_server::admin::erase_user(&s.app, &dora, grantline_ledger::Actor::Operator)
         .await
         .unwrap();

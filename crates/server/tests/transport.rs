@@ -333,15 +333,7 @@ grantline_store::backend_tests! {
         }
         // The session is the caller's: another user's token with it, or the upstream's own id,
         // is an unknown session (404), and never reaches the upstream.
-        grantline_server::admin::add_user(
-            &s.app,
-            &grantline_server::admin::NewUser { username: "mallory", email: None, role: "user" },
-            "mallory-password-1",
-            grantline_ledger::UserSource::Admin,
-            Actor::Operator,
-        )
-        .await
-        .unwrap();
+        local_user(&s.app, "mallory", "user", "mallory-password-1").await;
         let (_, other) = pat_of(&s, "mallory", "rec:read").await;
         let before = seen.lock().unwrap().len();
         for (who, id) in [(&other, session.as_str()), (&token, "sess-1")] {

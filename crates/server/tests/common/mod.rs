@@ -481,3 +481,21 @@ pub fn command_options(db: &TestDb, data_dir: &std::path::Path, config: Config) 
         sign_in: None,
     }
 }
+
+/// Adds a local user as an administrator would; returns the user id.
+pub async fn local_user(app: &App, name: &str, role: &str, password: &str) -> String {
+    let user = grantline_server::admin::NewUser {
+        username: name,
+        email: None,
+        role,
+    };
+    grantline_server::admin::add_user(
+        app,
+        &user,
+        password,
+        grantline_ledger::UserSource::Admin,
+        grantline_ledger::Actor::Operator,
+    )
+    .await
+    .unwrap()
+}
