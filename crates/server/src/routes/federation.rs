@@ -253,12 +253,7 @@ fn superseded_pending(
 ) -> Vec<String> {
     let full = session::cookie_name(ctx, PENDING);
     let host = full.len() - PENDING.len();
-    let mut held: Vec<(i64, usize, String)> = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
+    let mut held: Vec<(i64, usize, String)> = session::cookies(headers)
         .filter(|(k, _)| k.starts_with(&full) && k.len() > full.len())
         .map(|(k, v)| {
             let t = open_pending(app, v)
@@ -321,12 +316,7 @@ pub async fn callback(
     // leaves in progress.
     let other = || {
         let prefix = format!("{}_", session::cookie_name(&ctx, PENDING));
-        headers
-            .get_all(header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .filter_map(|kv| kv.trim().split_once('='))
+        session::cookies(&headers)
             .find(|(k, v)| k.starts_with(&prefix) && !v.is_empty())
             .map(|(_, v)| v.to_string())
     };
