@@ -420,8 +420,7 @@ pub async fn contain(
 ) -> Result<usize, AdminError> {
     use grantline_oauth::containment::Target;
     // Decided on everything the ledger holds: a token or a sign-in another instance recorded
-    // a moment ago must not be missed (a containment sets no expectation that would make it
-    // decide again).
+    // a moment ago must not be missed.
     app.projection.catch_up(app.store()).await?;
     let target = match what {
         Containment::Family(f) => Target::Family(f.clone()),
@@ -430,9 +429,7 @@ pub async fn contain(
         Containment::User(u) => Target::User(resolve_user(app, u).await?),
         Containment::PatsOf(u) => Target::PatsOf(resolve_user(app, u).await?),
     };
-    let (outcome, _) = app
-        .run(|s| grantline_oauth::containment::contain(s, actor.clone(), &target, reason))
-        .await?;
+    let outcome = settle_containment(app, &target, reason, actor).await?;
     // Everything of a user includes the upstream tokens Grantline holds for them.
     if let (Target::User(u), Ok(revoked)) = (&target, &outcome)
         && let Err(source) = grantline_store::Federation::new(app.store())
@@ -451,6 +448,47 @@ pub async fn contain(
             AdminError::Invalid(e.description)
         }
     })
+}
+
+/// The most rounds [`settle_containment`] runs: each finds only what was made while the one
+/// before was decided and appended, which takes a writer racing it (PAT creation is limited
+/// per user; a consent needs a session, which a user's containment ends).
+const CONTAINMENT_ROUNDS: usize = 5;
+
+/// Runs a containment until a decision on everything the ledger holds finds nothing more, and
+/// answers how many things it revoked in all.
+///
+/// One decision is not enough: a containment sets no expectation that a personal access token
+/// being made, or a grant being consented to, would move (those write their own new streams),
+/// so what a writer appended between the decision and its append — on another instance, or on
+/// this one before its state followed — would survive it. After each round the state catches
+/// up with the ledger's head and decides again; what it finds was recorded before the check
+/// and is revoked too. A round that finds nothing ends it: everything recorded until then is
+/// contained, and anything later was decided by a writer that saw the containment.
+pub async fn settle_containment(
+    app: &App,
+    target: &grantline_oauth::containment::Target,
+    reason: &str,
+    actor: Actor,
+) -> Result<Result<usize, grantline_oauth::OAuthError>, AppError> {
+    let mut revoked = 0;
+    for round in 0..CONTAINMENT_ROUNDS {
+        let (outcome, recorded) = app
+            .run(|s| grantline_oauth::containment::contain(s, actor.clone(), target, reason))
+            .await?;
+        match outcome {
+            Ok(n) => revoked += n,
+            // The target was there in the first round: what a later one cannot find was
+            // forgotten meanwhile, and is contained.
+            Err(_) if round > 0 => break,
+            Err(e) => return Ok(Err(e)),
+        }
+        if round > 0 && recorded.is_empty() {
+            break;
+        }
+        app.projection.catch_up(app.store()).await?;
+    }
+    Ok(Ok(revoked))
 }
 
 /// Erases a person: every grant, token family and personal access token of theirs is revoked
@@ -616,6 +654,7 @@ pub async fn create_pat_with_id(
         crate::random::secret(grantline_oauth::tokens::PAT_PREFIX),
     );
     let now = app.now();
+    let _one_at_a_time = app.pat_decisions.lock().await;
     let (outcome, _) = app
         .run(|s| grantline_oauth::pat::create(s, settings, actor.clone(), &req, now, fresh.clone()))
         .await?;

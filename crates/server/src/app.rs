@@ -90,6 +90,10 @@ pub struct Inner {
     /// and an entry of the state kept for good, and a script holding one session could
     /// otherwise make and revoke them without end.
     pub pat_creations: crate::throttle::AddressLimiter,
+    /// One personal access token decided and appended at a time on this instance: the limit
+    /// of live tokens per user is counted on a state holding every token this instance made
+    /// (a token's events touch no stream that another creation expects).
+    pub pat_decisions: tokio::sync::Mutex<()>,
     /// Windows of refused OAuth requests already on the ledger (`oauth.refused`).
     pub refusals: crate::refusal_window::RefusalLog,
     /// Windows of refused readings of the audit trail already on the ledger

@@ -556,16 +556,13 @@ impl App {
             .chars()
             .take(grantline_oauth::limits::REASON_CHARS)
             .collect();
-        let (outcome, _) = self
-            .run(|s| {
-                grantline_oauth::containment::contain(
-                    s,
-                    Actor::System,
-                    &grantline_oauth::containment::Target::User(user_id.to_string()),
-                    &reason,
-                )
-            })
-            .await?;
+        let outcome = crate::admin::settle_containment(
+            self,
+            &grantline_oauth::containment::Target::User(user_id.to_string()),
+            &reason,
+            Actor::System,
+        )
+        .await?;
         if let Some(fed) = self.federation.as_deref() {
             fed.tables.drop_tokens(user_id, provider).await?;
             fed.checks

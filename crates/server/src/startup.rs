@@ -186,6 +186,7 @@ impl App {
                 0,
                 3600,
             ),
+            pat_decisions: Default::default(),
             refusals: Default::default(),
             audit_refusals: Default::default(),
             demo: Default::default(),

@@ -114,6 +114,101 @@ async fn an_erased_bootstrap_admin_does_not_come_back_at_the_next_start() {
     app.ledger.shutdown().await;
 }
 
+/// A personal access token for `user` made through `app`, as the admin API makes one.
+async fn make_pat(app: &grantline_server::App, user: &str) -> Result<String, String> {
+    grantline_server::admin::create_pat(
+        app,
+        &app.settings(),
+        user,
+        grantline_oauth::pat::PatRequest {
+            user_id: String::new(),
+            name: "ci".into(),
+            resource: "demo".into(),
+            scope: Some("demo:read".into()),
+            expires_in_days: Some(7),
+            sealed_name: None,
+            signed_in_seq: None,
+        },
+        grantline_ledger::Actor::Operator,
+    )
+    .await
+    .map(|p| p.pat_id)
+    .map_err(|e| e.to_string())
+}
+
+/// A containment decided on a state that had not yet followed what another writer recorded
+/// (a token made on another instance between the decision and its append) still revokes it:
+/// the containment checks again on everything the ledger holds and revokes what it finds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_containment_reaches_what_another_writer_recorded_before_it() {
+    use grantline_oauth::containment::Target;
+    let (b, dir, db) = server(|_| {}).await;
+    // Instance A: a command's application, which reads the ledger only when asked to.
+    let a = grantline_server::App::start(command_options(&db, dir.path(), b.app.config.clone()))
+        .await
+        .unwrap();
+    let eve = local_user(&a, "eve", "user", "eve-password-1").await;
+    for (round, target) in [Target::PatsOf(eve.clone()), Target::User(eve.clone())]
+        .into_iter()
+        .enumerate()
+    {
+        let pat = make_pat(&b.app, "eve").await.unwrap();
+        assert!(!a.projection.read().pats.contains_key(&pat), "A has not seen it yet");
+        let revoked = grantline_server::admin::settle_containment(
+            &a,
+            &target,
+            "leaked",
+            grantline_ledger::Actor::Operator,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!(revoked, 1, "round {round}: the token B made is counted");
+        let state = a.projection.read();
+        assert!(
+            state.pats[&pat].revoked.is_some(),
+            "round {round}: the token B made is revoked"
+        );
+    }
+    a.ledger.shutdown().await;
+    b.stop().await;
+}
+
+/// Personal access tokens asked for at once never take a user past the limit of live ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_asked_for_at_once_stay_within_the_limit() {
+    let (s, _dir, _db) = server(|_| {}).await;
+    local_user(&s.app, "eve", "user", "eve-password-1").await;
+    let limit = grantline_oauth::pat::MAX_LIVE_PER_USER;
+    for _ in 0..limit - 1 {
+        make_pat(&s.app, "eve").await.unwrap();
+    }
+    let tries: Vec<_> = (0..8)
+        .map(|_| {
+            let app = s.app.clone();
+            tokio::spawn(async move { make_pat(&app, "eve").await })
+        })
+        .collect();
+    let mut made = 0;
+    for t in tries {
+        match t.await.unwrap() {
+            Ok(_) => made += 1,
+            Err(e) => assert!(e.contains("at most"), "{e}"),
+        }
+    }
+    assert_eq!(made, 1, "one more token fits under the limit");
+    let live = s
+        .app
+        .projection
+        .read()
+        .pats
+        .values()
+        .filter(|p| p.revoked.is_none())
+        .count();
+    assert_eq!(live, limit);
+    s.stop().await;
+}
+
 /// Posts the sign-in form from a fresh browser.
 async fn sign_in(s: &Server, username: &str, password: &str) -> reqwest::Response {
     sign_in_with(s, &browser(), username, password).await
