@@ -267,6 +267,9 @@ fn malformed_queries_say_where() {
         ("time:yesterday", 6, "not a date"),
         ("time:>-24y", 7, "unit"),
         ("time:2026-11-07..2026-11-01", 6, "ends before it starts"),
+        // A day past its month's end named 3 March once.
+        ("time:2026-02-31", 6, "is not a date"),
+        ("time:>2026-04-31T00:00:00Z", 7, "is not a date"),
         ("ip:10.0.0.0/33", 4, "at most 32"),
         // A length that would overflow once made an IPv6 one (a panic in debug builds).
         ("ip:1.2.3.4/4294967295", 4, "not an IP address or a CIDR"),

@@ -66,6 +66,10 @@ impl Timestamp {
             Some(_) => return None,
         };
         let days = days_from_civil(y, m, day);
+        // A day past its month's end (`2026-02-31`) is not a date: it would land days later.
+        if civil_from_days(days) != (y, m, day) {
+            return None;
+        }
         Some(Timestamp(
             ((days * 86_400) + hh * 3600 + mm * 60 + ss) * 1_000_000 + micros,
         ))
@@ -128,6 +132,18 @@ mod tests {
             951_782_400_000_000
         );
         assert!(Timestamp::parse_rfc3339("2026-13-01T00:00:00Z").is_none());
+        // Days past their month's end, and a 29 February outside a leap year.
+        for bad in [
+            "2026-02-31T00:00:00Z",
+            "2026-02-29T00:00:00Z",
+            "1900-02-29T00:00:00Z",
+            "2026-04-31T00:00:00Z",
+            "2026-11-31T12:00:00Z",
+        ] {
+            assert!(Timestamp::parse_rfc3339(bad).is_none(), "{bad}");
+        }
+        assert!(Timestamp::parse_rfc3339("2024-02-29T00:00:00Z").is_some());
+        assert!(Timestamp::parse_rfc3339("2026-12-31T23:59:59Z").is_some());
         assert!(Timestamp::parse_rfc3339("yesterday").is_none());
         // Signs, missing or extra digits and years out of four digits are not RFC 3339 (and
         // would have made a time far out of range, or overflowed).
