@@ -1081,6 +1081,18 @@ async fn admin_api_adds_lists_and_disables_clients_for_admins_only() {
         .await
         .unwrap();
     assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+    // The scheme's name is case-insensitive (RFC 7235 §2.1), at the admin and audit APIs.
+    use base64::Engine as _;
+    let creds = base64::engine::general_purpose::STANDARD.encode(format!("admin:{ADMIN_PASSWORD}"));
+    for (path, scheme) in [("clients", "BASIC"), ("audit/search", "bAsIc")] {
+        let r = browser()
+            .get(api(path))
+            .header("authorization", format!("{scheme} {creds}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{path} with {scheme}");
+    }
     let r = browser()
         .post(api("users"))
         .basic_auth("admin", Some(ADMIN_PASSWORD))

@@ -131,9 +131,11 @@ pub(crate) async fn basic_user(
     let creds = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
+        // The scheme's name in any case (RFC 7235 §2.1), as the audit API routes it here.
         .and_then(|v| {
-            v.strip_prefix("Basic ")
-                .or_else(|| v.strip_prefix("basic "))
+            v.get(..6)
+                .filter(|s| s.eq_ignore_ascii_case("basic "))
+                .and(v.get(6..))
         })
         .and_then(|b| {
             base64::engine::general_purpose::STANDARD
