@@ -175,6 +175,24 @@ backend_tests! {
         assert!(trail.contains("\"redacted\":true"));
     }
 
+    async fn an_export_the_ledger_cannot_record_gives_nothing_out(db: TestDb) {
+        history(&db).await;
+        let dir = tempfile::tempdir().unwrap();
+        testing::block_appends(&db).await;
+        let file = dir.path().join("out.jsonl");
+        let o = run(&db, dir.path(), &["export", "--output", file.to_str().unwrap()]);
+        assert!(!o.status.success(), "{o:?}");
+        let written = std::fs::read_to_string(&file).unwrap_or_default();
+        assert!(written.is_empty(), "the trail went out unrecorded: {written}");
+        let o = run(&db, dir.path(), &["export", "--format", "ocsf"]);
+        assert!(!o.status.success(), "{o:?}");
+        assert!(o.stdout.is_empty(), "{}", String::from_utf8_lossy(&o.stdout));
+        testing::unblock_appends(&db).await;
+        let o = run(&db, dir.path(), &["export", "--output", file.to_str().unwrap()]);
+        assert!(o.status.success(), "{o:?}");
+        assert!(std::fs::read_to_string(&file).unwrap().contains("u_alice"));
+    }
+
     async fn export_from_a_cursor_without_an_index_names_users_created_before_it(db: TestDb) {
         history(&db).await;
         // A fresh data directory: no audit index to take the names from, so the export reads

@@ -37,6 +37,43 @@ impl TestDb {
     }
 }
 
+/// Runs `sql` on the test database, as someone with access to it would (tampering, faults).
+pub async fn exec(db: &TestDb, sql: &str) {
+    let store = crate::Store::connect(&db.db, false)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let sql = sqlx::AssertSqlSafe(sql.to_string());
+    match store.pool() {
+        crate::Pool::Sqlite(p) => sqlx::raw_sql(sql).execute(p).await.map(|_| ()),
+        crate::Pool::Postgres(p) => sqlx::raw_sql(sql).execute(p).await.map(|_| ()),
+    }
+    .unwrap_or_else(|e| panic!("{e}"));
+    store.close().await;
+}
+
+/// Makes every insert into the ledger fail, as a full disk would: a trigger on `events`.
+pub async fn block_appends(db: &TestDb) {
+    let sql = match &db.db {
+        Database::Sqlite(_) => {
+            "CREATE TRIGGER block_appends BEFORE INSERT ON events BEGIN SELECT RAISE(ABORT, 'disk full'); END"
+        }
+        Database::Postgres(_) => {
+            "CREATE FUNCTION block_appends() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'disk full'; END $$; \
+             CREATE TRIGGER block_appends BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION block_appends()"
+        }
+    };
+    exec(db, sql).await;
+}
+
+/// Undoes [`block_appends`].
+pub async fn unblock_appends(db: &TestDb) {
+    let sql = match &db.db {
+        Database::Sqlite(_) => "DROP TRIGGER block_appends",
+        Database::Postgres(_) => "DROP TRIGGER block_appends ON events; DROP FUNCTION block_appends()",
+    };
+    exec(db, sql).await;
+}
+
 /// A fixed checkpoint signer for tests.
 pub fn signer() -> NoteSigner {
     NoteSigner::from_seed("grantline.test/ledger", [42u8; 32]).unwrap_or_else(|e| panic!("{e}"))

@@ -128,9 +128,8 @@ pub async fn run(loc: &Location, args: Args) -> Result<ExitCode> {
             .write_page(&events, &wanted, format, &mut buf)
             .await?;
         let written = events.iter().filter(|r| wanted(r));
-        out.write_all(&buf)?;
-        out.flush()?;
-        bar.inc(events.len() as u64);
+        // Recorded before it is written, as every other reading: a ledger that cannot record
+        // the export gets nothing of the trail out.
         if count > 0 && !grantline_audit::access::only_receipts(written) {
             let event = grantline_audit::access::exported(
                 &Reader::default(),
@@ -149,6 +148,9 @@ pub async fn run(loc: &Location, args: Args) -> Result<ExitCode> {
             super::audit::record(loc, event).await?;
             exported_total += count;
         }
+        out.write_all(&buf)?;
+        out.flush()?;
+        bar.inc(events.len() as u64);
     }
     // The reader ends by closing the channel: after its last batch, after an error (sent
     // above), or by panicking, which must not pass for the end of the export.

@@ -408,44 +408,8 @@ pub fn get(v: &Value, k: &str) -> String {
         .to_string()
 }
 
-/// Runs `sql` on the test database, as someone with access to it would (tampering).
-pub async fn exec(db: &TestDb, sql: &str) {
-    let store = grantline_store::Store::connect(&db.db, false)
-        .await
-        .unwrap();
-    let sql = sqlx::AssertSqlSafe(sql.to_string());
-    match store.pool() {
-        grantline_store::Pool::Sqlite(p) => sqlx::raw_sql(sql).execute(p).await.map(|_| ()),
-        grantline_store::Pool::Postgres(p) => sqlx::raw_sql(sql).execute(p).await.map(|_| ()),
-    }
-    .unwrap_or_else(|e| panic!("{e}"));
-    store.close().await;
-}
-
-/// Makes every insert into the ledger fail, as a full disk would: a trigger on `events`.
-pub async fn block_appends(db: &TestDb) {
-    let sql = match &db.db {
-        grantline_store::Database::Sqlite(_) => {
-            "CREATE TRIGGER block_appends BEFORE INSERT ON events BEGIN SELECT RAISE(ABORT, 'disk full'); END"
-        }
-        grantline_store::Database::Postgres(_) => {
-            "CREATE FUNCTION block_appends() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'disk full'; END $$; \
-             CREATE TRIGGER block_appends BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION block_appends()"
-        }
-    };
-    exec(db, sql).await;
-}
-
-/// Undoes [`block_appends`].
-pub async fn unblock_appends(db: &TestDb) {
-    let sql = match &db.db {
-        grantline_store::Database::Sqlite(_) => "DROP TRIGGER block_appends",
-        grantline_store::Database::Postgres(_) => {
-            "DROP TRIGGER block_appends ON events; DROP FUNCTION block_appends()"
-        }
-    };
-    exec(db, sql).await;
-}
+#[allow(unused_imports)] // each test binary uses some
+pub use grantline_store::testing::{block_appends, exec, unblock_appends};
 
 /// The value of one series in the Prometheus text format (`name{labels} value`).
 pub fn series(text: &str, name_and_labels: &str) -> Option<f64> {
