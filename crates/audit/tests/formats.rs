@@ -251,9 +251,29 @@ fn csv_cells_are_quoted_and_formulas_neutralised() {
     assert_eq!(csv::cell("+1"), "'+1");
     assert_eq!(csv::cell("@SUM(A1)"), "'@SUM(A1)");
     assert_eq!(csv::cell("line\nbreak"), "\"line\nbreak\"");
-    // A spreadsheet that separates on `;` or tabs would split these and evaluate the rest.
-    assert_eq!(csv::cell("x;=1+1"), "\"x;=1+1\"");
-    assert_eq!(csv::cell("x\t=1+1"), "\"x\t=1+1\"");
+    assert_eq!(csv::cell("2026-12-07 a-b"), "2026-12-07 a-b");
+    // A reader that splits on `;` or tabs, or takes a line break for a new row, starts a field
+    // inside the cell, where the quotes mean nothing: no such field may start a formula.
+    assert_eq!(csv::cell("x;=1+1"), "\"x;'=1+1\"");
+    for hostile in [
+        "x;=1+1;",
+        "x\t=1+1",
+        "x\n=1+1",
+        "x\r\n@SUM(A1)",
+        "a,+1;-2",
+        ";;=cmd|' /C calc'!A0",
+    ] {
+        let c = csv::cell(hostile);
+        for sep in [',', ';', '\t', '\n', '\r'] {
+            for field in c.split(sep) {
+                let field = field.trim_start_matches('"');
+                assert!(
+                    !field.starts_with(['=', '+', '-', '@']),
+                    "{hostile:?} gave {c:?}: a field {field:?} when split on {sep:?}"
+                );
+            }
+        }
+    }
     let rows = lines(Format::Csv, None);
     let columns = csv::COLUMNS.len();
     for r in rows.iter().filter(|r| !r.contains('"')) {

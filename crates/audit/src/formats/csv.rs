@@ -1,5 +1,6 @@
 //! CSV (RFC 4180) of the reviewer's columns. Cells that a spreadsheet would run as a formula
-//! (starting with `=`, `+`, `-`, `@`, tab or carriage return) are prefixed with `'`.
+//! (starting with `=`, `+`, `-`, `@`, tab or carriage return, at the cell's start or after a
+//! separator inside it) are neutralised with `'`.
 
 use crate::record::AuditRecord;
 
@@ -38,19 +39,33 @@ pub fn header() -> String {
     COLUMNS.join(",")
 }
 
+/// What a spreadsheet runs as a formula when a field starts with it.
+const FORMULA: [char; 6] = ['=', '+', '-', '@', '\t', '\r'];
+
+/// What a reader may split a row on: the comma, the separators of other locales and of
+/// tab-separated reading, and line ends.
+const SEPARATORS: [char; 5] = [',', ';', '\t', '\r', '\n'];
+
 /// One cell, quoted when it must be, neutralised when a spreadsheet would evaluate it.
+///
+/// Quoting protects a reader that splits on commas only. One that splits on `;` or tabs (a
+/// locale's setting, a paste) or reads a quoted line break as a new row starts a field in the
+/// middle of the cell, where the quote means nothing: a formula character there (`x;=1+1`) is
+/// neutralised too, with `'`, as at the cell's start.
 pub fn cell(v: &str) -> String {
-    let v = if v.starts_with(['=', '+', '-', '@', '\t', '\r']) {
-        format!("'{v}")
+    let mut out = String::with_capacity(v.len() + 2);
+    let mut field_start = true;
+    for c in v.chars() {
+        if field_start && FORMULA.contains(&c) {
+            out.push('\'');
+        }
+        out.push(c);
+        field_start = SEPARATORS.contains(&c);
+    }
+    if out.contains([',', ';', '\t', '"', '\n', '\r']) {
+        format!("\"{}\"", out.replace('"', "\"\""))
     } else {
-        v.to_string()
-    };
-    // `;` and tab too: a spreadsheet in a locale that separates on them would split the cell
-    // and evaluate what follows (`x;=1+1`).
-    if v.contains([',', ';', '\t', '"', '\n', '\r']) {
-        format!("\"{}\"", v.replace('"', "\"\""))
-    } else {
-        v
+        out
     }
 }
 
