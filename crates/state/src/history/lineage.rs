@@ -70,6 +70,9 @@ pub struct Index {
     id: String,
     families: HashMap<String, FamilyInfo>,
     token_family: HashMap<String, String>,
+    /// The other way: each family's tokens, so that a client's or user's story (thousands of
+    /// families) is not a scan of every token per family.
+    family_tokens: HashMap<String, Vec<String>>,
     /// Tokens of no family (client credentials) → their client.
     loose_tokens: HashMap<String, String>,
     grants: HashMap<String, (String, String)>,
@@ -89,6 +92,7 @@ impl Index {
             id: id.to_string(),
             families: HashMap::new(),
             token_family: HashMap::new(),
+            family_tokens: HashMap::new(),
             loose_tokens: HashMap::new(),
             grants: HashMap::new(),
             pats: HashMap::new(),
@@ -119,7 +123,16 @@ impl Index {
                 match (refs.family, refs.client) {
                     (Some(f), _) => {
                         for t in &refs.tokens {
-                            self.token_family.insert(t.to_string(), f.to_string());
+                            if self
+                                .token_family
+                                .insert(t.to_string(), f.to_string())
+                                .is_none()
+                            {
+                                self.family_tokens
+                                    .entry(f.to_string())
+                                    .or_default()
+                                    .push(t.to_string());
+                            }
                         }
                     }
                     (None, Some(c)) => {
@@ -233,12 +246,8 @@ impl Index {
 
     fn family(&self, s: &mut Scope, f: &str, only_its_consents: bool) {
         s.families.insert(f.to_string());
-        s.tokens.extend(
-            self.token_family
-                .iter()
-                .filter(|(_, fam)| fam.as_str() == f)
-                .map(|(t, _)| t.clone()),
-        );
+        s.tokens
+            .extend(self.family_tokens.get(f).into_iter().flatten().cloned());
         if let Some(info) = self.families.get(f) {
             s.grants.insert(info.grant.clone());
             if only_its_consents {
