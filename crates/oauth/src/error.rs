@@ -69,11 +69,45 @@ pub struct OAuthError {
     pub description: String,
 }
 
+/// The most characters an `error_description` keeps: descriptions quote what the caller sent,
+/// which may be as long as a request.
+pub const MAX_DESCRIPTION_CHARS: usize = 300;
+
+/// `text` as RFC 6749 allows an `error_description` (§4.1.2.1, §5.2: printable ASCII without
+/// `"` and `\`), at most [`MAX_DESCRIPTION_CHARS`]: a quote becomes `'`, a backslash `/`, any
+/// other character outside the set `?`, and a longer text is cut with `...`.
+pub fn description_text(text: &str) -> String {
+    let mut out = String::with_capacity(text.len().min(MAX_DESCRIPTION_CHARS));
+    for (i, c) in text.chars().enumerate() {
+        if i == MAX_DESCRIPTION_CHARS - 3 && text.chars().nth(MAX_DESCRIPTION_CHARS).is_some() {
+            out.push_str("...");
+            break;
+        }
+        out.push(match c {
+            '"' => '\'',
+            '\\' => '/',
+            ' '..='~' => c,
+            _ => '?',
+        });
+    }
+    out
+}
+
 impl OAuthError {
+    /// An error whose description is made safe to send (see [`description_text`]).
     pub fn new(code: ErrorCode, description: impl Into<String>) -> Self {
+        let description = description.into();
+        let safe = description
+            .bytes()
+            .all(|b| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\')
+            && description.len() <= MAX_DESCRIPTION_CHARS;
         OAuthError {
             code,
-            description: description.into(),
+            description: if safe {
+                description
+            } else {
+                description_text(&description)
+            },
         }
     }
     pub fn invalid_request(d: impl Into<String>) -> Self {
@@ -98,5 +132,44 @@ impl OAuthError {
     /// The RFC 6749 §5.2 JSON body.
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::json!({ "error": self.code.as_str(), "error_description": self.description })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// RFC 6749 §5.2: `error_description` is %x20-21 / %x23-5B / %x5D-7E.
+    fn rfc_safe(s: &str) -> bool {
+        s.bytes()
+            .all(|b| matches!(b, 0x20..=0x21 | 0x23..=0x5B | 0x5D..=0x7E))
+    }
+
+    #[test]
+    fn descriptions_are_in_the_rfc_set_and_bounded() {
+        let long = "A".repeat(60_000);
+        for raw in [
+            format!("grant_type {:?} is not supported", "x\"y\\z"),
+            "scope \u{e9}t\u{e9} is not offered\n\r\t".to_string(),
+            format!("unknown client {long}"),
+            "https://b\u{fc}cher.example/cb is not registered".to_string(),
+        ] {
+            let e = OAuthError::invalid_request(raw.clone());
+            assert!(rfc_safe(&e.description), "{raw:?} gave {:?}", e.description);
+            assert!(e.description.chars().count() <= MAX_DESCRIPTION_CHARS);
+            assert!(!e.description.is_empty());
+        }
+        let cut = OAuthError::invalid_request(format!("unknown client {long}"));
+        assert!(cut.description.ends_with("..."), "{}", cut.description);
+        assert_eq!(cut.description.len(), MAX_DESCRIPTION_CHARS);
+        // What was safe already is kept as it was.
+        let plain = "code_verifier does not match the code_challenge";
+        assert_eq!(OAuthError::invalid_grant(plain).description, plain);
+        assert_eq!(
+            OAuthError::invalid_request("grant_type \"x\" is unknown").description,
+            "grant_type 'x' is unknown"
+        );
+        let exactly = "B".repeat(MAX_DESCRIPTION_CHARS);
+        assert_eq!(OAuthError::invalid_request(exactly.clone()).description, exactly);
     }
 }
