@@ -144,3 +144,43 @@ def test_state_survives_a_restart(server):
     # Same client, same grant, same refresh token: all rebuilt from the ledger.
     again = client.refresh_token(meta["token_endpoint"], refresh_token=token["refresh_token"])
     assert again["access_token"].startswith("gla_")
+
+
+def test_oversized_input_is_answered_and_stays_out_of_the_log(server):
+    """Anonymous requests carrying request-sized values (a client id, a grant type, a path) get
+    an OAuth error each, and the server's own log (at debug level) never copies them whole."""
+    base = server.base
+    huge = "A" * 60_000
+    answers = [
+        requests.post(base + "/oauth/token", data={
+            "grant_type": "authorization_code", "client_id": huge, "code": "x",
+            "code_verifier": "v" * 43, "redirect_uri": "http://127.0.0.1:1/cb"}),
+        requests.post(base + "/oauth/token", data={"grant_type": huge, "client_id": "x"}),
+        requests.post(base + "/oauth/token", data={"grant_type": "client_credentials"},
+                      auth=(huge[:40_000], "secret")),
+        requests.post(base + "/oauth/revoke", data={"client_id": huge, "token": "t"}),
+        requests.post(base + "/oauth/introspect", data={"client_id": huge, "token": "t"}),
+    ]
+    for r in answers:
+        assert r.status_code in (400, 401), (r.status_code, r.text[:300])
+        body = r.json()
+        assert body["error"] in ("invalid_client", "invalid_request", "unsupported_grant_type"), body
+        described = body.get("error_description", "")
+        assert len(described) <= 300 and huge[:400] not in described, described[:400]
+        # RFC 6749 §5.2: printable ASCII without '"' and '\'.
+        assert all(0x20 <= ord(c) <= 0x7E and c not in '"\\' for c in described), described
+    r = requests.get(base + "/oauth/authorize", params={
+        "client_id": huge, "response_type": "code", "redirect_uri": "http://127.0.0.1:1/cb",
+        "code_challenge": "c" * 43, "code_challenge_method": "S256", "state": "s"},
+        allow_redirects=False)
+    assert r.status_code == 400 and "location" not in r.headers, r.status_code
+    r = requests.get(base + "/" + "p" * 30_000)
+    assert r.status_code == 404
+    log = server.log_path.read_text(errors="replace")
+    assert "answered" in log, "the requests were logged"
+    # The lines of requests (tantivy logs its index's metadata at debug level, in full).
+    requests_lines = [l for l in log.splitlines() if "request{" in l]
+    assert len(requests_lines) >= 7, log[-2000:]
+    for line in requests_lines:
+        assert len(line) < 4096, f"a log line of {len(line)} characters: {line[:200]}..."
+    assert "A" * 3000 not in log and "p" * 3000 not in log

@@ -73,7 +73,7 @@ pub fn router(app: App) -> Router {
             let path = if route.contains("{user}") {
                 route
             } else {
-                req.uri().path()
+                clip(req.uri().path(), MAX_LOGGED_PATH)
             };
             let span = tracing::info_span!(
                 "request",
@@ -114,6 +114,18 @@ pub fn router(app: App) -> Router {
         .layer(axum::middleware::map_request(
             move |req: Request<axum::body::Body>| async move { inbound_request_id(req, trust) },
         ))
+}
+
+/// The most of a request's path a log line carries: a path may be as long as a request's head.
+const MAX_LOGGED_PATH: usize = 512;
+
+/// The start of `s`, at most `max` bytes, cut at a character's boundary.
+fn clip(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 /// Keeps an inbound `X-Request-Id` only from a trusted proxy (`trust_forwarded_headers`) and

@@ -14,8 +14,23 @@ fn form_decode(s: &str) -> String {
         .unwrap_or_default()
 }
 
-/// The client a request presents.
+/// The client a request presents. An id longer than any client's (ids are at most
+/// [`grantline_oauth::limits::URL_BYTES`]) is refused here, before it reaches a log line or
+/// the state.
 pub fn presented(
+    headers: &HeaderMap,
+    params: &[(String, String)],
+) -> Result<Presented, OAuthError> {
+    let p = read_presented(headers, params)?;
+    if p.client_id.len() > grantline_oauth::limits::URL_BYTES {
+        return Err(OAuthError::invalid_client(
+            "no client has an id that long",
+        ));
+    }
+    Ok(p)
+}
+
+fn read_presented(
     headers: &HeaderMap,
     params: &[(String, String)],
 ) -> Result<Presented, OAuthError> {
