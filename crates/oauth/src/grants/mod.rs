@@ -110,7 +110,13 @@ impl TokenRequest {
                 .find(|(key, v)| key == k && !v.is_empty())
                 .map(|(_, v)| v.clone())
         };
-        if params.iter().filter(|(k, _)| k == "resource").count() > 1 {
+        // A parameter without a value is as if omitted (RFC 6749 §3.2): `resource=` is none.
+        if params
+            .iter()
+            .filter(|(k, v)| k == "resource" && !v.is_empty())
+            .count()
+            > 1
+        {
             return Err(OAuthError::new(
                 ErrorCode::InvalidTarget,
                 "an access token is bound to one resource: send one resource parameter",
@@ -215,5 +221,35 @@ impl TokenRequest {
             TokenRequest::Refresh(r) => refresh_token::decide(state, client, r, ctx),
             TokenRequest::ClientCredentials(r) => client_credentials::decide(state, client, r, ctx),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TokenRequest;
+
+    fn pairs(raw: &[(&str, &str)]) -> Vec<(String, String)> {
+        raw.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn a_resource_without_a_value_is_as_if_omitted() {
+        let base = [("grant_type", "refresh_token"), ("refresh_token", "r")];
+        let with = |extra: &[(&'static str, &'static str)]| {
+            let mut p = base.to_vec();
+            p.extend_from_slice(extra);
+            TokenRequest::parse(&pairs(&p))
+        };
+        let resource = |r: TokenRequest| match r {
+            TokenRequest::Refresh(r) => r.resource,
+            _ => panic!("not a refresh"),
+        };
+        let r = with(&[("resource", ""), ("resource", "https://rs.example/mcp")]).unwrap();
+        assert_eq!(resource(r).as_deref(), Some("https://rs.example/mcp"));
+        assert!(resource(with(&[("resource", "")]).unwrap()).is_none());
+        let two = with(&[("resource", "https://a.example"), ("resource", "https://b.example")]);
+        assert_eq!(two.unwrap_err().code, crate::ErrorCode::InvalidTarget);
     }
 }

@@ -44,7 +44,13 @@ pub async fn exchange(
         ))
         .into());
     }
-    if params.iter().filter(|(k, _)| k == "resource").count() > 1 {
+    // `resource=` is as if omitted (RFC 6749 §3.2).
+    if params
+        .iter()
+        .filter(|(k, v)| k == "resource" && !v.is_empty())
+        .count()
+        > 1
+    {
         return Err(
             OAuthError::new(ErrorCode::InvalidTarget, "send one resource parameter").into(),
         );
