@@ -39,6 +39,39 @@ fn with<'a>(
     p
 }
 
+/// An authorization request too long for its consent form to carry back is refused at once,
+/// rather than shown as a page whose answer the server would refuse as too large; one just
+/// under the bound is approved as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_authorization_request_too_long_to_answer_is_refused_up_front() {
+    let db = sqlite().await;
+    let (s, _d) = server(&db, 30, 60).await;
+    let client = register_public(&s, REDIRECT).await;
+    let b = browser();
+    login(&s, &b).await;
+    let (_, challenge) = pkce();
+    let resource = s.resource();
+    let long = "s".repeat(50_000);
+    let r = b
+        .get(authorize_url(&s, &with(params(&client, &challenge, &resource), "state", Some(&long))))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert!(r.headers().get("location").is_none());
+    assert!(r.text().await.unwrap().contains("longer than 16 KiB"));
+    let fits = "s".repeat(15_000);
+    let u = approve(
+        &s,
+        &b,
+        &authorize_url(&s, &with(params(&client, &challenge, &resource), "state", Some(&fits))),
+    )
+    .await;
+    assert_eq!(query(&u, "state").as_deref(), Some(fits.as_str()));
+    assert!(query(&u, "code").is_some());
+    s.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pkce_plain_missing_or_unknown_is_refused_with_iss_on_the_error_redirect() {
     let db = sqlite().await;

@@ -87,7 +87,18 @@ fn refusal(ctx: &RequestContext, r: Refusal, trusted: bool) -> Response {
     }
 }
 
+/// The longest authorization request taken, in bytes of its query. The consent page carries
+/// the request back in its form, whose body is bounded ([`super::MAX_BODY`]); an honest client's
+/// request is far shorter (browsers and proxies cut URLs long before this).
+pub const MAX_QUERY_BYTES: usize = 16 * 1024;
+
 fn query(raw: &str) -> Result<AuthorizationQuery, OAuthError> {
+    if raw.len() > MAX_QUERY_BYTES {
+        return Err(OAuthError::invalid_request(format!(
+            "the authorization request is longer than {} KiB",
+            MAX_QUERY_BYTES / 1024
+        )));
+    }
     let pairs = crate::http::parse_params(raw, &["resource"])?;
     let get = |k: &str| crate::http::param(&pairs, k);
     Ok(AuthorizationQuery {
@@ -550,6 +561,9 @@ fn login_done(raw: &str) -> String {
         .extend_pairs(pairs)
         .finish()
 }
+
+// A request of the longest kind fits the consent form's bounded body, with room for the rest.
+const _: () = assert!(MAX_QUERY_BYTES * 4 / 3 + 4096 < super::MAX_BODY);
 
 /// How long a consent page may stay open before its answer is refused.
 const CONSENT_TTL_SECS: i64 = 15 * 60;
