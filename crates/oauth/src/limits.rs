@@ -19,7 +19,9 @@ pub const REASON_CHARS: usize = 500;
 
 /// Whether `c` may appear in text shown to people: no control characters, and none of the
 /// invisible formatting characters that make a name read other than it is (bidirectional
-/// overrides and isolates such as U+202E, zero-width characters, the byte-order mark).
+/// overrides and isolates such as U+202E, zero-width characters, the line and paragraph
+/// separators U+2028/U+2029 that break a log line or a name shown on one line, the byte-order
+/// mark).
 pub fn displayable(c: char) -> bool {
     !c.is_control()
         && !matches!(
@@ -27,6 +29,7 @@ pub fn displayable(c: char) -> bool {
             '\u{061C}'
                 | '\u{200B}'..='\u{200F}'
                 | '\u{202A}'..='\u{202E}'
+                | '\u{2028}'..='\u{2029}'
                 | '\u{2060}'..='\u{2064}'
                 | '\u{2066}'..='\u{2069}'
                 | '\u{FEFF}'
@@ -65,6 +68,8 @@ mod tests {
             "a\u{202E}gpj.exe",
             "a\u{2066}b",
             "a\u{200B}b",
+            "a\u{2028}b",
+            "a\u{2029}b",
             "a\nb",
             "a\u{7}b",
             "\u{FEFF}x",

@@ -151,6 +151,13 @@ pub struct ClientMetadata {
     pub redirect_uris: Vec<String>,
     pub grant_types: Vec<GrantType>,
     pub scope: Option<String>,
+    /// As checked: trimmed, displayable.
+    pub software_id: Option<String>,
+    pub software_version: Option<String>,
+    /// As checked: https, no whitespace or control characters (which a URL parser would drop
+    /// silently, so that what was checked is not what would be shown).
+    pub client_uri: Option<String>,
+    pub logo_uri: Option<String>,
 }
 
 /// Checks client metadata: auth method, grant and response types, redirect URIs.
@@ -253,28 +260,37 @@ pub fn check(req: &RegistrationRequest) -> Result<ClientMetadata, OAuthError> {
         }
         _ => "Unnamed client".to_string(),
     };
-    for (field, v) in [
-        ("software_id", &req.software_id),
-        ("software_version", &req.software_version),
-    ] {
-        if let Some(v) = v {
-            limits::display_text(field, v, limits::SOFTWARE_CHARS).map_err(invalid_metadata)?;
-        }
-    }
-    for (field, v) in [("client_uri", &req.client_uri), ("logo_uri", &req.logo_uri)] {
-        if let Some(v) = v
-            && (v.len() > limits::URL_BYTES
+    let software = |field: &str, v: &Option<String>| {
+        v.as_deref()
+            .map(|v| limits::display_text(field, v, limits::SOFTWARE_CHARS))
+            .transpose()
+            .map_err(invalid_metadata)
+    };
+    let software_id = software("software_id", &req.software_id)?;
+    let software_version = software("software_version", &req.software_version)?;
+    let https_url = |field: &str, v: &Option<String>| match v {
+        Some(v)
+            if v.len() > limits::URL_BYTES
+                || v.chars().any(|c| c.is_whitespace() || !limits::displayable(c))
                 || url::Url::parse(v)
                     .map(|u| u.scheme() != "https")
-                    .unwrap_or(true))
+                    .unwrap_or(true) =>
         {
-            return Err(invalid_metadata(format!(
-                "{field} must be an https URL of at most {} bytes",
+            Err(invalid_metadata(format!(
+                "{field} must be an https URL of at most {} bytes, without spaces or control \
+                 characters",
                 limits::URL_BYTES
-            )));
+            )))
         }
-    }
+        _ => Ok(v.clone()),
+    };
+    let client_uri = https_url("client_uri", &req.client_uri)?;
+    let logo_uri = https_url("logo_uri", &req.logo_uri)?;
     Ok(ClientMetadata {
+        software_id,
+        software_version,
+        client_uri,
+        logo_uri,
         client_name,
         application_type,
         auth_method,
@@ -309,7 +325,7 @@ pub fn decide(
     }
     let admitted = policy.admits(
         req.client_name.as_deref(),
-        req.software_id.as_deref(),
+        meta.software_id.as_deref(),
         &req.redirect_uris,
     );
     if let Err(why) = admitted {
@@ -340,10 +356,10 @@ pub fn decide(
         redirect_uris: meta.redirect_uris.clone(),
         grant_types: meta.grant_types.clone(),
         scope: meta.scope.clone(),
-        software_id: req.software_id.clone(),
-        software_version: req.software_version.clone(),
-        client_uri: req.client_uri.clone(),
-        logo_uri: req.logo_uri.clone(),
+        software_id: meta.software_id.clone(),
+        software_version: meta.software_version.clone(),
+        client_uri: meta.client_uri.clone(),
+        logo_uri: meta.logo_uri.clone(),
         metadata_document_url: None,
         secret_digest: secret.as_ref().map(Secret::digest),
         expires_at: Some(now.plus_secs(ttl_seconds as i64)),
@@ -361,10 +377,10 @@ pub fn decide(
         response_types: vec!["code"],
         application_type: meta.application_type,
         scope: meta.scope,
-        software_id: req.software_id.clone(),
-        software_version: req.software_version.clone(),
-        client_uri: req.client_uri.clone(),
-        logo_uri: req.logo_uri.clone(),
+        software_id: meta.software_id.clone(),
+        software_version: meta.software_version.clone(),
+        client_uri: meta.client_uri.clone(),
+        logo_uri: meta.logo_uri.clone(),
     };
     Decision::new(
         vec![NewEvent::new(
@@ -413,7 +429,7 @@ pub fn decide_document(
     if takes_in
         && let Err(why) = policy.admits(
             Some(&meta.client_name),
-            req.software_id.as_deref(),
+            meta.software_id.as_deref(),
             &meta.redirect_uris,
         )
     {
@@ -464,10 +480,10 @@ pub fn decide_document(
             redirect_uris: meta.redirect_uris.clone(),
             grant_types: meta.grant_types.clone(),
             scope: meta.scope.clone(),
-            software_id: req.software_id.clone(),
-            software_version: req.software_version.clone(),
-            client_uri: req.client_uri.clone(),
-            logo_uri: req.logo_uri.clone(),
+            software_id: meta.software_id.clone(),
+            software_version: meta.software_version.clone(),
+            client_uri: meta.client_uri.clone(),
+            logo_uri: meta.logo_uri.clone(),
             metadata_document_url: Some(url.to_string()),
             secret_digest: None,
             expires_at: None,

@@ -288,6 +288,19 @@ async fn registration_values_are_bounded_and_names_must_be_displayable() {
             with("scope", json!("demo:read ".repeat(200))),
             "invalid_client_metadata",
         ),
+        // What a URL parser drops silently would be stored, and shown, as sent.
+        (
+            with("logo_uri", json!("https://a.example/\nx")),
+            "invalid_client_metadata",
+        ),
+        (
+            with("client_uri", json!("\thttps://a.example/")),
+            "invalid_client_metadata",
+        ),
+        (
+            with("software_id", json!("com\u{2028}x")),
+            "invalid_client_metadata",
+        ),
         (
             with("redirect_uris", json!([long_uri])),
             "invalid_redirect_uri",
@@ -352,6 +365,29 @@ async fn registration_values_are_bounded_and_names_must_be_displayable() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
+    // Values are recorded and answered as checked: trimmed, not as sent.
+    let mut body = with("software_id", json!("  com.example.app\n"));
+    body["software_version"] = json!("\t1.2.3 ");
+    let r = browser()
+        .post(s.url("/oauth/register"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["software_id"], "com.example.app");
+    assert_eq!(v["software_version"], "1.2.3");
+    let events = s.app.store().read(0, 10_000).await.unwrap();
+    let recorded = events
+        .iter()
+        .find_map(|e| match e.payload() {
+            Payload::ClientRegistered(c) if c.client_id == v["client_id"] => Some(c.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(recorded.software_id.as_deref(), Some("com.example.app"));
+    assert_eq!(recorded.software_version.as_deref(), Some("1.2.3"));
     s.stop().await;
 }
 
