@@ -416,7 +416,6 @@ pub fn decide_document(
     state: &grantline_state::State,
     url: &str,
     meta: &ClientMetadata,
-    req: &RegistrationRequest,
     policy: &Policy,
 ) -> Decision<()> {
     let stream = StreamId::client(url);

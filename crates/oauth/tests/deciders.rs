@@ -1977,7 +1977,7 @@ fn an_update_removes_what_the_declaration_no_longer_gives() {
     for scope in [Some("demo:read"), None] {
         let r = req(scope);
         let meta = register::check(&r).unwrap();
-        let d = register::decide_document(&w.state, url, &meta, &r, &Policy::Open);
+        let d = register::decide_document(&w.state, url, &meta, &Policy::Open);
         w.commit(&d.append).unwrap();
         assert_eq!(w.state.clients[url].scope.as_deref(), scope);
         assert!(!register::document_changed(&w.state, url, &meta), "settled");
@@ -2085,7 +2085,7 @@ fn metadata_documents_are_held_to_the_registration_policy() {
         redirect_host: Some("127.0.0.1".into()),
     }]);
     for policy in [Policy::Off, localhost_only] {
-        let d = register::decide_document(&w.state, url, &meta, &r, &policy);
+        let d = register::decide_document(&w.state, url, &meta, &policy);
         assert!(d.append.events.is_empty(), "{policy:?}");
         assert_eq!(d.outcome.unwrap_err().code, ErrorCode::InvalidClient);
     }
@@ -2102,7 +2102,7 @@ fn metadata_documents_are_held_to_the_registration_policy() {
     };
     let d = grantline_oauth::clients::sync_configured(&w.state, &declared, None);
     w.commit(&d.append).unwrap();
-    let d = register::decide_document(&w.state, admin_url, &meta, &r, &Policy::Open);
+    let d = register::decide_document(&w.state, admin_url, &meta, &Policy::Open);
     assert!(d.append.events.is_empty());
     assert!(!register::document_changed(&w.state, admin_url, &meta));
     assert_eq!(
@@ -2125,18 +2125,18 @@ fn metadata_documents_are_held_to_the_registration_policy() {
     }]);
     let first = at("http://127.0.0.1/cb");
     let meta = register::check(&first).unwrap();
-    let d = register::decide_document(&w.state, local, &meta, &first, &allow_local);
+    let d = register::decide_document(&w.state, local, &meta, &allow_local);
     w.commit(&d.append).unwrap();
     assert!(w.state.clients.contains_key(local));
     let moved = at("https://evil.example/cb");
     let moved_meta = register::check(&moved).unwrap();
-    let d = register::decide_document(&w.state, local, &moved_meta, &moved, &allow_local);
+    let d = register::decide_document(&w.state, local, &moved_meta, &allow_local);
     assert!(d.append.events.is_empty() && d.outcome.is_err());
     assert_eq!(
         w.state.clients[local].redirect_uris,
         vec!["http://127.0.0.1/cb".to_string()]
     );
-    let d = register::decide_document(&w.state, local, &meta, &first, &Policy::Off);
+    let d = register::decide_document(&w.state, local, &meta, &Policy::Off);
     assert!(
         d.append.events.is_empty() && d.outcome.is_ok(),
         "admitted before: goes on"

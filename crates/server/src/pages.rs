@@ -93,6 +93,23 @@ pub fn error(status: StatusCode, title: &str, detail: &str) -> Response {
     )
 }
 
+/// A failure on a page's way as a page, not the OAuth JSON an API answers: a refusal (400)
+/// with its description, or — the ledger or a store failing — a 503 that says nothing was done
+/// (the cause goes to the log).
+pub fn app_error(e: crate::error::AppError) -> Response {
+    match e {
+        crate::error::AppError::OAuth(o) => error(StatusCode::BAD_REQUEST, "Bad request", &o.description),
+        crate::error::AppError::Unavailable(why) => {
+            tracing::error!(%why, "failing closed");
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Temporarily unavailable",
+                "The server cannot record this right now; nothing was done. Try again shortly.",
+            )
+        }
+    }
+}
+
 /// The fields of a page's form post, or the page that says the body is malformed.
 #[allow(clippy::result_large_err)] // the error is the page the handler returns at once
 pub fn form_fields(body: &[u8]) -> Result<Vec<(String, String)>, Response> {

@@ -39,6 +39,65 @@ fn with<'a>(
     p
 }
 
+/// Answers to a consent page that go back to the client are all `303 See Other` (a POST's
+/// answer, RFC 9700 §4.12), including the refusal of a request a reload made invalid while the
+/// page was open; a ledger that cannot record a denial is a page, not OAuth JSON.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_consent_answer_is_a_see_other_or_a_page() {
+    let db = sqlite().await;
+    let (s, _d) = server(&db, 30, 60).await;
+    let client = register_public(&s, REDIRECT).await;
+    let b = browser();
+    login(&s, &b).await;
+    let (_, challenge) = pkce();
+    let resource = s.resource();
+    let page = |scope: &'static str| {
+        let url = authorize_url(&s, &with(params(&client, &challenge, &resource), "scope", Some(scope)));
+        let b = b.clone();
+        async move {
+            let r = b.get(url).send().await.unwrap();
+            assert_eq!(r.status(), StatusCode::OK);
+            r.text().await.unwrap()
+        }
+    };
+    let answer = |page: String, decision: &'static str| {
+        let b = b.clone();
+        let url = s.url("/oauth/consent");
+        async move {
+            b.post(url)
+                .form(&[
+                    ("request_id", field(&page, "request_id")),
+                    ("csrf", field(&page, "csrf")),
+                    ("decision", decision.to_string()),
+                ])
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let open = page("demo:write").await;
+    // The scope goes while the page is open.
+    let mut next = (*s.app.policy_config()).clone();
+    next.resources.as_mut().unwrap()[0]
+        .scopes
+        .retain(|sc| sc.name != "demo:write");
+    s.app.reload(next).await.unwrap();
+    let r = answer(open, "approve").await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let to = url::Url::parse(r.headers()["location"].to_str().unwrap()).unwrap();
+    assert_eq!(query(&to, "error").as_deref(), Some("invalid_scope"));
+    assert_eq!(query(&to, "state").as_deref(), Some("st-1"));
+    // A denial the ledger cannot record.
+    let open = page("demo:read").await;
+    block_appends(&db).await;
+    let r = answer(open, "deny").await;
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    assert!(r.text().await.unwrap().contains("nothing was done"));
+    unblock_appends(&db).await;
+    s.stop().await;
+}
+
 /// An authorization request too long for its consent form to carry back is refused at once,
 /// rather than shown as a page whose answer the server would refuse as too large; one just
 /// under the bound is approved as usual.

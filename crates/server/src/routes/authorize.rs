@@ -9,7 +9,7 @@ use crate::session;
 use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use grantline_ledger::{OAuthEndpoint, pii};
 use grantline_oauth::authorize::{
     Approval, AuthorizationQuery, FreshCode, Refusal, Validated, approve, deny, needs_consent,
@@ -129,7 +129,7 @@ async fn ensure_document_client(
     // document already taken in).
     app.catch_up_unless(|s| s.clients.contains_key(client_id))
         .await
-        .map_err(IntoResponse::into_response)?;
+        .map_err(pages::app_error)?;
     let (known, registered_otherwise) = {
         let state = app.projection.read();
         let c = state.clients.get(client_id);
@@ -235,12 +235,11 @@ async fn ensure_document_client(
                 s,
                 &doc.url,
                 &doc.metadata,
-                &doc.request,
                 &policy,
             )
         })
         .await
-        .map_err(IntoResponse::into_response)?;
+        .map_err(pages::app_error)?;
     // Refused by the registration policy: a page, as every other refusal here (not the token
     // endpoint's 401, whose Basic challenge would make a browser ask for a password).
     if let Some(slot) = slot {
@@ -313,7 +312,7 @@ async fn checked(
     if let Some(id) = q.client_id.as_deref() {
         app.catch_up_unless(|s| s.clients.contains_key(id))
             .await
-            .map_err(IntoResponse::into_response)?;
+            .map_err(pages::app_error)?;
     }
     let settings = app.settings_for(&ctx.issuer);
     let validated = {
@@ -497,7 +496,7 @@ async fn issue_code(
     let prompted = consent_page.is_some();
     let meta = match ctx.meta(app, &pii::user_subject(user_id)).await {
         Ok(m) => m,
-        Err(e) => return e.into_response(),
+        Err(e) => return pages::app_error(e),
     };
     let fresh = FreshCode {
         code: crate::random::secret(grantline_oauth::tokens::CODE_PREFIX),
@@ -591,12 +590,22 @@ fn consent_request(request_id: &str, now_secs: i64) -> Option<String> {
     String::from_utf8(raw).ok()
 }
 
+/// The answer to a consent page. Every answer that goes back to the client is a `303 See
+/// Other` (RFC 9700 §4.12: after a POST), the refusals of a request no longer valid included.
 pub async fn consent(
     State(app): State<App>,
     ctx: RequestContext,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let mut r = answer_consent(app, ctx, headers, body).await;
+    if r.status() == StatusCode::FOUND {
+        *r.status_mut() = StatusCode::SEE_OTHER;
+    }
+    r
+}
+
+async fn answer_consent(app: App, ctx: RequestContext, headers: HeaderMap, body: Bytes) -> Response {
     let params = match pages::form_fields(&body) {
         Ok(p) => p,
         Err(page) => return page,
@@ -655,29 +664,16 @@ pub async fn consent(
         Err(r) => return r,
     };
     match get("decision").as_str() {
-        "approve" => {
-            let r = issue_code(&app, &ctx, &s, &v, Some(page)).await;
-            // A form POST answered with 303 so the browser follows with GET.
-            if r.status() == StatusCode::FOUND {
-                let mut r = r;
-                *r.status_mut() = StatusCode::SEE_OTHER;
-                return r;
-            }
-            r
-        }
+        "approve" => issue_code(&app, &ctx, &s, &v, Some(page)).await,
         "deny" => {
             let meta = ctx.meta(&app, &pii::user_subject(&s.user_id)).await.ok();
             let denied = app
                 .run(|state| deny(state, &s.user_id, &v, meta.clone(), Some(page.clone())))
                 .await;
             match denied {
-                Ok((Err(e), _)) => {
-                    let mut r = error_redirect(&ctx, &v.redirect_uri, v.state.as_deref(), &e);
-                    *r.status_mut() = StatusCode::SEE_OTHER;
-                    r
-                }
+                Ok((Err(e), _)) => error_redirect(&ctx, &v.redirect_uri, v.state.as_deref(), &e),
                 Ok((Ok(()), _)) => see_other(&v.redirect_uri),
-                Err(e) => e.into_response(),
+                Err(e) => pages::app_error(e),
             }
         }
         _ => pages::error(
