@@ -88,6 +88,13 @@ pub async fn add_user(
             crate::signin::MAX_USERNAME
         )));
     }
+    // Users are named by id or username everywhere (`revoke --user`, the admin API), and the id
+    // wins: a name with an id's shape could make a command act on another user.
+    if looks_like_user_id(username) {
+        return Err(AdminError::Invalid(
+            "a username may not have the form of a user id (usr_ and 32 hex digits)".into(),
+        ));
+    }
     known_role(app, role)?;
     password_ok(password)?;
     let user_id = crate::random::id("usr");
@@ -124,6 +131,13 @@ pub async fn add_user(
         return Err(e);
     }
     Ok(user_id)
+}
+
+/// Whether `name` has the shape of a local user's id (`usr_` and 32 hex digits).
+fn looks_like_user_id(name: &str) -> bool {
+    name.get(..4).is_some_and(|p| p.eq_ignore_ascii_case("usr_"))
+        && name.len() == 36
+        && name[4..].bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// Appends `user.created` for a credential already stored.

@@ -1439,6 +1439,16 @@ async fn admins_reset_passwords_disable_enable_and_reassign_users_over_http() {
         .as_str()
         .unwrap()
         .to_string();
+    // A name with a user id's shape would be taken for that user (ids win): refused.
+    for name in [bob.clone(), bob.to_uppercase(), format!("usr_{}", "0".repeat(32))] {
+        let r = admin("users")
+            .json(&serde_json::json!({"username": name, "password": "mallory-password-1"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{name}");
+        assert!(r.text().await.unwrap().contains("form of a user id"));
+    }
     let r = admin("users/bob/pats")
         .json(&serde_json::json!({"name": "ci", "resource": s.url("/mcp/demo"), "scope": "demo:read"}))
         .send()
