@@ -13,7 +13,9 @@ pub enum Target {
     Family(String),
     Grant(String),
     /// Every grant (and so every family) and every personal access token of the user, and
-    /// every browser session they began (`user.sessions_ended`).
+    /// every browser session they began (`user.sessions_ended`, recorded each time: on the
+    /// user's stream, it makes a token or consent decided before it conflict and be decided
+    /// again, and the fold revokes with it whatever another writer recorded before it).
     User(String),
     /// Every grant to the client (and so every family), and the client is disabled (which
     /// also ends its client-credentials tokens).
@@ -41,8 +43,30 @@ fn grant_revoked(g: &grantline_state::Grant, actor: &Actor, reason: &str) -> New
 }
 
 /// Decides a containment. The answer is how many things were revoked (0 when all of it was
-/// revoked already: containing twice changes nothing).
+/// revoked already: containing twice revokes nothing more).
 pub fn contain(state: &State, actor: Actor, target: &Target, reason: &str) -> Decision<usize> {
+    decide(state, actor, target, reason, false)
+}
+
+/// A later round of a containment already recorded, on a state that caught up with the
+/// ledger since: revokes what another writer made meanwhile. A user's sessions are ended
+/// again only if they signed in since (the first round's end is on their stream already).
+pub fn contain_again(
+    state: &State,
+    actor: Actor,
+    target: &Target,
+    reason: &str,
+) -> Decision<usize> {
+    decide(state, actor, target, reason, true)
+}
+
+fn decide(
+    state: &State,
+    actor: Actor,
+    target: &Target,
+    reason: &str,
+    again: bool,
+) -> Decision<usize> {
     let reason = match limits::display_text("reason", reason, limits::REASON_CHARS) {
         Ok(r) if !r.is_empty() => r,
         Ok(_) => return invalid("a reason is required").into(),
@@ -83,11 +107,18 @@ pub fn contain(state: &State, actor: Actor, target: &Target, reason: &str) -> De
                 return invalid(format!("no user {id:?}")).into();
             }
             let mut d = crate::grant::revoke_everything(state, actor.clone(), id, &reason, None);
-            // Signed in since the last time their sessions were ended: end them too (not
+            // Their sessions end too, whether or not they signed in since the last end: the
+            // user's stream moves, so that nothing decided on it before this survives it (not
             // counted among what was revoked, so containing twice still answers 0).
-            d.append
-                .events
-                .extend(crate::grant::end_sessions(state, actor, id, &reason));
+            if again {
+                d.append
+                    .events
+                    .extend(crate::grant::end_sessions(state, actor, id, &reason));
+            } else {
+                d.append
+                    .events
+                    .push(crate::grant::sessions_ended(actor, id, &reason));
+            }
             return d;
         }
         Target::PatsOf(id) => {

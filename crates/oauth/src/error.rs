@@ -170,6 +170,9 @@ mod tests {
             "grant_type 'x' is unknown"
         );
         let exactly = "B".repeat(MAX_DESCRIPTION_CHARS);
-        assert_eq!(OAuthError::invalid_request(exactly.clone()).description, exactly);
+        assert_eq!(
+            OAuthError::invalid_request(exactly.clone()).description,
+            exactly
+        );
     }
 }

@@ -106,16 +106,21 @@ pub(crate) fn end_sessions(
     let signed_in = user
         .last_login_seq
         .is_some_and(|l| user.sessions_ended_seq.is_none_or(|e| l > e));
-    signed_in.then(|| {
-        NewEvent::new(
-            StreamId::user(user_id),
-            actor,
-            UserSessionsEnded {
-                user_id: user_id.to_string(),
-                reason: reason.to_string(),
-            },
-        )
-    })
+    signed_in.then(|| sessions_ended(actor, user_id, reason))
+}
+
+/// `user.sessions_ended`, whether or not the user signed in since: on the user's stream, and
+/// the fold revokes with it every grant and personal access token of the user recorded before
+/// it.
+pub(crate) fn sessions_ended(actor: Actor, user_id: &str, reason: &str) -> NewEvent {
+    NewEvent::new(
+        StreamId::user(user_id),
+        actor,
+        UserSessionsEnded {
+            user_id: user_id.to_string(),
+            reason: reason.to_string(),
+        },
+    )
 }
 
 /// `pat.revoked` for every live personal access token of `user_id`, in id order.

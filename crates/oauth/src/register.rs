@@ -271,7 +271,8 @@ pub fn check(req: &RegistrationRequest) -> Result<ClientMetadata, OAuthError> {
     let https_url = |field: &str, v: &Option<String>| match v {
         Some(v)
             if v.len() > limits::URL_BYTES
-                || v.chars().any(|c| c.is_whitespace() || !limits::displayable(c))
+                || v.chars()
+                    .any(|c| c.is_whitespace() || !limits::displayable(c))
                 || url::Url::parse(v)
                     .map(|u| u.scheme() != "https")
                     .unwrap_or(true) =>

@@ -135,7 +135,8 @@ pub async fn add_user(
 
 /// Whether `name` has the shape of a local user's id (`usr_` and 32 hex digits).
 fn looks_like_user_id(name: &str) -> bool {
-    name.get(..4).is_some_and(|p| p.eq_ignore_ascii_case("usr_"))
+    name.get(..4)
+        .is_some_and(|p| p.eq_ignore_ascii_case("usr_"))
         && name.len() == 36
         && name[4..].bytes().all(|b| b.is_ascii_hexdigit())
 }
@@ -476,33 +477,152 @@ const CONTAINMENT_ROUNDS: usize = 5;
 /// being made, or a grant being consented to, would move (those write their own new streams),
 /// so what a writer appended between the decision and its append — on another instance, or on
 /// this one before its state followed — would survive it. After each round the state catches
-/// up with the ledger's head and decides again; what it finds was recorded before the check
-/// and is revoked too. A round that finds nothing ends it: everything recorded until then is
-/// contained, and anything later was decided by a writer that saw the containment.
+/// up with the ledger's head and decides again; what it finds is revoked too, until a round
+/// finds nothing. (A user's containment also ends their sessions on the user's stream, which
+/// closes the rest for it: see [`grantline_oauth::containment::Target::User`].)
 pub async fn settle_containment(
     app: &App,
     target: &grantline_oauth::containment::Target,
     reason: &str,
     actor: Actor,
 ) -> Result<Result<usize, grantline_oauth::OAuthError>, AppError> {
-    let mut revoked = 0;
-    for round in 0..CONTAINMENT_ROUNDS {
-        let (outcome, recorded) = app
-            .run(|s| grantline_oauth::containment::contain(s, actor.clone(), target, reason))
-            .await?;
-        match outcome {
-            Ok(n) => revoked += n,
+    settle(
+        |first| {
+            let actor = actor.clone();
+            async move {
+                use grantline_oauth::containment::{contain, contain_again};
+                let decide = if first { contain } else { contain_again };
+                let (outcome, recorded) = app
+                    .run(|s| decide(s, actor.clone(), target, reason))
+                    .await?;
+                Ok((outcome, !recorded.is_empty()))
+            }
+        },
+        || async { Ok(app.projection.catch_up(app.store()).await?) },
+    )
+    .await
+}
+
+/// The rounds of [`settle_containment`]: `round` decides and appends (told whether it is the
+/// first; answers what it revoked, and whether it recorded anything), `catch_up` brings the
+/// state to the ledger's head. Once the
+/// first round is durable, the containment has happened: a later round that fails is logged
+/// and the answer is what was revoked (a retry would find it done and answer 0).
+async fn settle<R, C>(
+    mut round: impl FnMut(bool) -> R,
+    mut catch_up: impl FnMut() -> C,
+) -> Result<Result<usize, grantline_oauth::OAuthError>, AppError>
+where
+    R: Future<Output = Result<(Result<usize, grantline_oauth::OAuthError>, bool), AppError>>,
+    C: Future<Output = Result<(), AppError>>,
+{
+    let (first, _) = round(true).await?;
+    let mut revoked = match first {
+        Ok(n) => n,
+        Err(e) => return Ok(Err(e)),
+    };
+    for later in 1..CONTAINMENT_ROUNDS {
+        if let Err(e) = catch_up().await {
+            tracing::warn!(error = %e, "the containment is recorded; checking the ledger again for what raced it failed");
+            return Ok(Ok(revoked));
+        }
+        match round(false).await {
+            Ok((Ok(n), recorded)) => {
+                revoked += n;
+                if !recorded {
+                    return Ok(Ok(revoked));
+                }
+            }
             // The target was there in the first round: what a later one cannot find was
             // forgotten meanwhile, and is contained.
-            Err(_) if round > 0 => break,
-            Err(e) => return Ok(Err(e)),
+            Ok((Err(_), _)) => return Ok(Ok(revoked)),
+            Err(e) => {
+                tracing::warn!(error = %e, round = later, "the containment is recorded; a later round that revokes what raced it failed");
+                return Ok(Ok(revoked));
+            }
         }
-        if round > 0 && recorded.is_empty() {
-            break;
-        }
-        app.projection.catch_up(app.store()).await?;
     }
+    tracing::warn!(
+        rounds = CONTAINMENT_ROUNDS,
+        revoked,
+        "the containment still found more to revoke in its last round: something is making grants or tokens for the target as fast as they are revoked"
+    );
     Ok(Ok(revoked))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+
+    /// A scripted containment: each round revokes what another writer "made" since the last
+    /// catch-up; `fail` makes a round or a catch-up fail.
+    async fn scripted(
+        made_between: &[usize],
+        fail_round: Option<usize>,
+        fail_catch_up: Option<usize>,
+    ) -> (Result<usize, grantline_oauth::OAuthError>, usize, usize) {
+        let (rounds, catch_ups, seen) = (Cell::new(0), Cell::new(0), Cell::new(0));
+        let unavailable = || AppError::Unavailable("the database went away".into());
+        let r = settle(
+            |first| {
+                let i = rounds.get();
+                assert_eq!(first, i == 0);
+                rounds.set(i + 1);
+                let n = if i == 0 { 2 } else { seen.replace(0) };
+                let r = if fail_round == Some(i) {
+                    Err(unavailable())
+                } else {
+                    Ok((Ok(n), n > 0))
+                };
+                std::future::ready(r)
+            },
+            || {
+                let i = catch_ups.get();
+                catch_ups.set(i + 1);
+                seen.set(made_between.get(i).copied().unwrap_or(0));
+                std::future::ready(if fail_catch_up == Some(i) {
+                    Err(unavailable())
+                } else {
+                    Ok(())
+                })
+            },
+        )
+        .await
+        .unwrap();
+        (r, rounds.get(), catch_ups.get())
+    }
+
+    #[tokio::test]
+    async fn rounds_go_on_until_one_finds_nothing() {
+        // Nothing raced it: a second round confirms.
+        let (r, rounds, _) = scripted(&[], None, None).await;
+        assert_eq!((r.unwrap(), rounds), (2, 2));
+        // A token made during the first round, then one during the second.
+        let (r, rounds, _) = scripted(&[1, 1], None, None).await;
+        assert_eq!((r.unwrap(), rounds), (4, 4));
+        // Something that never stops: bounded.
+        let (r, rounds, _) = scripted(&[1; 10], None, None).await;
+        assert_eq!(
+            (r.unwrap(), rounds),
+            (2 + CONTAINMENT_ROUNDS - 1, CONTAINMENT_ROUNDS)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_later_failure_keeps_what_was_recorded() {
+        let (r, rounds, _) = scripted(&[1, 1], Some(2), None).await;
+        assert_eq!((r.unwrap(), rounds), (3, 3), "the first two rounds' count");
+        let (r, _, catch_ups) = scripted(&[1], None, Some(0)).await;
+        assert_eq!((r.unwrap(), catch_ups), (2, 1));
+        // A first round that fails is the containment failing.
+        let unavailable = settle(
+            |_| std::future::ready(Err(AppError::Unavailable("down".into()))),
+            || std::future::ready(Ok(())),
+        )
+        .await;
+        assert!(unavailable.is_err());
+    }
 }
 
 /// Erases a person: every grant, token family and personal access token of theirs is revoked

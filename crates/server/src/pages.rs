@@ -98,7 +98,9 @@ pub fn error(status: StatusCode, title: &str, detail: &str) -> Response {
 /// (the cause goes to the log).
 pub fn app_error(e: crate::error::AppError) -> Response {
     match e {
-        crate::error::AppError::OAuth(o) => error(StatusCode::BAD_REQUEST, "Bad request", &o.description),
+        crate::error::AppError::OAuth(o) => {
+            error(StatusCode::BAD_REQUEST, "Bad request", &o.description)
+        }
         crate::error::AppError::Unavailable(why) => {
             tracing::error!(%why, "failing closed");
             error(

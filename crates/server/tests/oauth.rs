@@ -52,7 +52,10 @@ async fn every_consent_answer_is_a_see_other_or_a_page() {
     let (_, challenge) = pkce();
     let resource = s.resource();
     let page = |scope: &'static str| {
-        let url = authorize_url(&s, &with(params(&client, &challenge, &resource), "scope", Some(scope)));
+        let url = authorize_url(
+            &s,
+            &with(params(&client, &challenge, &resource), "scope", Some(scope)),
+        );
         let b = b.clone();
         async move {
             let r = b.get(url).send().await.unwrap();
@@ -92,7 +95,12 @@ async fn every_consent_answer_is_a_see_other_or_a_page() {
     block_appends(&db).await;
     let r = answer(open, "deny").await;
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
-    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
     assert!(r.text().await.unwrap().contains("nothing was done"));
     unblock_appends(&db).await;
     s.stop().await;
@@ -112,7 +120,10 @@ async fn an_authorization_request_too_long_to_answer_is_refused_up_front() {
     let resource = s.resource();
     let long = "s".repeat(50_000);
     let r = b
-        .get(authorize_url(&s, &with(params(&client, &challenge, &resource), "state", Some(&long))))
+        .get(authorize_url(
+            &s,
+            &with(params(&client, &challenge, &resource), "state", Some(&long)),
+        ))
         .send()
         .await
         .unwrap();
@@ -123,7 +134,10 @@ async fn an_authorization_request_too_long_to_answer_is_refused_up_front() {
     let u = approve(
         &s,
         &b,
-        &authorize_url(&s, &with(params(&client, &challenge, &resource), "state", Some(&fits))),
+        &authorize_url(
+            &s,
+            &with(params(&client, &challenge, &resource), "state", Some(&fits)),
+        ),
     )
     .await;
     assert_eq!(query(&u, "state").as_deref(), Some(fits.as_str()));

@@ -1440,7 +1440,11 @@ async fn admins_reset_passwords_disable_enable_and_reassign_users_over_http() {
         .unwrap()
         .to_string();
     // A name with a user id's shape would be taken for that user (ids win): refused.
-    for name in [bob.clone(), bob.to_uppercase(), format!("usr_{}", "0".repeat(32))] {
+    for name in [
+        bob.clone(),
+        bob.to_uppercase(),
+        format!("usr_{}", "0".repeat(32)),
+    ] {
         let r = admin("users")
             .json(&serde_json::json!({"username": name, "password": "mallory-password-1"}))
             .send()

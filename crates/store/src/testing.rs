@@ -69,7 +69,9 @@ pub async fn block_appends(db: &TestDb) {
 pub async fn unblock_appends(db: &TestDb) {
     let sql = match &db.db {
         Database::Sqlite(_) => "DROP TRIGGER block_appends",
-        Database::Postgres(_) => "DROP TRIGGER block_appends ON events; DROP FUNCTION block_appends()",
+        Database::Postgres(_) => {
+            "DROP TRIGGER block_appends ON events; DROP FUNCTION block_appends()"
+        }
     };
     exec(db, sql).await;
 }

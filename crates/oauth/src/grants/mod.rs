@@ -249,7 +249,10 @@ mod tests {
         let r = with(&[("resource", ""), ("resource", "https://rs.example/mcp")]).unwrap();
         assert_eq!(resource(r).as_deref(), Some("https://rs.example/mcp"));
         assert!(resource(with(&[("resource", "")]).unwrap()).is_none());
-        let two = with(&[("resource", "https://a.example"), ("resource", "https://b.example")]);
+        let two = with(&[
+            ("resource", "https://a.example"),
+            ("resource", "https://b.example"),
+        ]);
         assert_eq!(two.unwrap_err().code, crate::ErrorCode::InvalidTarget);
     }
 }

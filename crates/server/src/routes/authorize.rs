@@ -230,14 +230,7 @@ async fn ensure_document_client(
         slot.committing();
     }
     let (outcome, recorded) = app
-        .run(|s| {
-            grantline_oauth::register::decide_document(
-                s,
-                &doc.url,
-                &doc.metadata,
-                &policy,
-            )
-        })
+        .run(|s| grantline_oauth::register::decide_document(s, &doc.url, &doc.metadata, &policy))
         .await
         .map_err(pages::app_error)?;
     // Refused by the registration policy: a page, as every other refusal here (not the token
@@ -605,7 +598,12 @@ pub async fn consent(
     r
 }
 
-async fn answer_consent(app: App, ctx: RequestContext, headers: HeaderMap, body: Bytes) -> Response {
+async fn answer_consent(
+    app: App,
+    ctx: RequestContext,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let params = match pages::form_fields(&body) {
         Ok(p) => p,
         Err(page) => return page,

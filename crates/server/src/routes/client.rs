@@ -23,9 +23,7 @@ pub fn presented(
 ) -> Result<Presented, OAuthError> {
     let p = read_presented(headers, params)?;
     if p.client_id.len() > grantline_oauth::limits::URL_BYTES {
-        return Err(OAuthError::invalid_client(
-            "no client has an id that long",
-        ));
+        return Err(OAuthError::invalid_client("no client has an id that long"));
     }
     Ok(p)
 }
