@@ -388,6 +388,32 @@ mod tamper {
         r
     }
 
+    /// SQLite's `INSERT OR REPLACE` deletes the row it clashes with without firing the DELETE
+    /// trigger, so it gets past the guard rails as dropping them does (whoever can write the
+    /// file can do either): what holds is that `verify` finds the row, whichever constraint
+    /// the replacement clashed on.
+    #[tokio::test]
+    async fn tamper_a_row_replaced_past_the_triggers_is_found() {
+        let db = grantline_store::testing::sqlite().await;
+        let store = scene(&db).await;
+        // In place, at its seq: a body taken from another row.
+        exec(&store, "INSERT OR REPLACE INTO events SELECT 4, id, time, stream, version, kind, \
+            (SELECT body FROM events WHERE seq = 6), prev_hash, hash FROM events WHERE seq = 4")
+            .await
+            .unwrap();
+        let f = verify(&store).await.unwrap_err();
+        assert_eq!(f.seq, 4, "{f:?}");
+        let db = grantline_store::testing::sqlite().await;
+        let store = scene(&db).await;
+        // By its id, moved to the end: the row it was is gone from the middle.
+        exec(&store, "INSERT OR REPLACE INTO events SELECT 13, id, time, stream, version, kind, \
+            body, prev_hash, hash FROM events WHERE seq = 7")
+            .await
+            .unwrap();
+        let f = verify(&store).await.unwrap_err();
+        assert_eq!(f.seq, 7, "{f:?}");
+    }
+
     backend_tests! {
         async fn tamper_changed_body_is_found_at_its_seq(db: TestDb) {
             let store = scene(&db).await;
