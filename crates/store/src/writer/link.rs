@@ -35,9 +35,15 @@ pub(super) const GRACE: Duration = Duration::from_millis(100);
 /// The writer connection's server-side limits (see the module's doc): a transaction left idle
 /// is ended, and a statement — the append lock's wait above all — is cancelled by the server
 /// before [`STATEMENT_DEADLINE`], so that deadline fires only on a network gone silent, and a
-/// lock wait never outlives the writer's interest in it.
+/// lock wait never outlives the writer's interest in it. And a commit is durable before it is
+/// answered: `synchronous_commit = off` set on the database or role (a tuning some
+/// administrators apply) would answer appends the server could lose in a crash, so it is
+/// turned back on for this connection; any other setting (`local`, `remote_write`, `on`,
+/// `remote_apply`) flushes locally first and is kept.
 const SERVER_LIMITS: &str = "SET idle_in_transaction_session_timeout = '30s'; \
-     SET statement_timeout = '25s'; SET lock_timeout = '25s'";
+     SET statement_timeout = '25s'; SET lock_timeout = '25s'; \
+     DO $$ BEGIN IF current_setting('synchronous_commit') = 'off' THEN \
+     PERFORM set_config('synchronous_commit', 'on', false); END IF; END $$";
 
 /// How long after a failed attempt the next one is made.
 const RETRY_AFTER: Duration = Duration::from_millis(500);
@@ -245,12 +251,22 @@ mod tests {
         let crate::Database::Postgres(url) = &db.db else {
             unreachable!("PostgreSQL")
         };
-        let link = PgLink::new(crate::Database::pg_options(url).unwrap(), GRACE);
+        // A database whose administrator turned durable commits off: not for the ledger.
+        let options = crate::Database::pg_options(url).unwrap();
+        let mut admin = PgConnection::connect_with(&options).await.unwrap();
+        sqlx::raw_sql(
+            "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET synchronous_commit = off', \
+             current_database()); END $$",
+        )
+        .execute(&mut admin)
+        .await
+        .unwrap();
+        let link = PgLink::new(options, GRACE);
         let mut conn = connect(link.options()).await.unwrap();
-        let settings: (String, String, String, String) = sqlx::query_as(
+        let settings: (String, String, String, String, String) = sqlx::query_as(
             "SELECT current_setting('idle_in_transaction_session_timeout'), \
                     current_setting('statement_timeout'), current_setting('lock_timeout'), \
-                    current_setting('application_name')",
+                    current_setting('application_name'), current_setting('synchronous_commit')",
         )
         .fetch_one(&mut conn)
         .await
@@ -261,8 +277,15 @@ mod tests {
                 "30s".into(),
                 "25s".into(),
                 "25s".into(),
-                WRITER_APPLICATION.into()
+                WRITER_APPLICATION.into(),
+                "on".into()
             )
         );
+        // Another connection to that database has it off: the setting was in force.
+        let other: (String,) = sqlx::query_as("SELECT current_setting('synchronous_commit')")
+            .fetch_one(&mut PgConnection::connect_with(link.options()).await.unwrap())
+            .await
+            .unwrap();
+        assert_eq!(other.0, "off");
     }
 }
