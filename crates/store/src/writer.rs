@@ -1375,12 +1375,13 @@ impl Writer {
         self.versions.clear();
         let (size, hash, time) = db_head.unwrap_or((0, GENESIS, 0));
         self.last_time = self.last_time.max(time);
-        self.last_cp_size = self.read_last_checkpoint_size().await?;
+        let own = self.read_own_checkpoint(size).await?;
+        self.last_cp_size = own.as_ref().map_or(0, |(s, _)| *s);
         if self.frontier.size() > size {
             self.frontier = Frontier::new();
         }
         if self.frontier.size() == 0
-            && let Some(f) = self.read_latest_frontier(size).await?
+            && let Some((_, Some(f))) = own
         {
             self.frontier = f;
         }
@@ -1477,50 +1478,55 @@ impl Writer {
         }
     }
 
-    async fn read_last_checkpoint_size(&mut self) -> Result<u64> {
-        let n: Option<i64> = match &mut self.conn {
-            WriterConn::Sqlite(c) => {
-                on_sqlite(c, |c| {
-                    Ok(c.query_row("SELECT MAX(tree_size) FROM checkpoints", [], |r| r.get(0))?)
-                })
-                .await?
-            }
-            WriterConn::Postgres(c) => {
-                let read =
-                    sqlx::query_scalar("SELECT MAX(tree_size) FROM checkpoints").fetch_one(&mut *c);
-                link::within(link::STATEMENT_DEADLINE, "the checkpoint size", read).await?
-            }
-        };
-        Ok(n.unwrap_or(0).max(0) as u64)
-    }
-
-    /// The frontier saved with the newest checkpoint at or below `upto`, if it is consistent.
-    async fn read_latest_frontier(&mut self, upto: u64) -> Result<Option<Frontier>> {
-        let row: Option<(Vec<u8>, Vec<u8>)> = match &mut self.conn {
+    /// The newest checkpoint at or below `upto` that this writer's key signed (its note opens
+    /// under the key, for the row's size and root), and the frontier saved with it when that is
+    /// the checkpoint's tree. Anyone who may insert into `checkpoints` can add a row; the
+    /// writer takes neither what is covered nor where its tree resumes from one it did not
+    /// sign: a size past the head would stop every checkpoint, a forged frontier would have
+    /// the real key sign wrong roots. Another key's checkpoint (before a rotation) does not
+    /// count either: the writer signs its own soon after, and reads the tree from the events
+    /// until then.
+    async fn read_own_checkpoint(&mut self, upto: u64) -> Result<Option<(u64, Option<Frontier>)>> {
+        // A few rows: forged ones above the newest genuine one are passed over, and past them
+        // the writer takes none (and signs a checkpoint of its own at once).
+        type Row = (i64, Vec<u8>, String, Vec<u8>);
+        let rows: Vec<Row> = match &mut self.conn {
             WriterConn::Sqlite(c) => {
                 on_sqlite(c, move |c| {
-                    use rusqlite::OptionalExtension;
-                    Ok(c.query_row(
-                        "SELECT frontier, root FROM checkpoints WHERE tree_size <= ?1 ORDER BY tree_size DESC LIMIT 1",
-                        [upto as i64],
-                        |r| Ok((r.get(0)?, r.get(1)?)),
-                    )
-                    .optional()?)
+                    let mut st = c.prepare(
+                        "SELECT tree_size, root, note, frontier FROM checkpoints WHERE tree_size <= ?1 ORDER BY tree_size DESC LIMIT 8",
+                    )?;
+                    let rows = st
+                        .query_map([upto as i64], |r| {
+                            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                        })?
+                        .collect::<std::result::Result<Vec<Row>, _>>()?;
+                    Ok(rows)
                 })
                 .await?
             }
             WriterConn::Postgres(c) => {
                 let read = sqlx::query_as(
-                    "SELECT frontier, root FROM checkpoints WHERE tree_size <= $1 ORDER BY tree_size DESC LIMIT 1",
+                    "SELECT tree_size, root, note, frontier FROM checkpoints WHERE tree_size <= $1 ORDER BY tree_size DESC LIMIT 8",
                 )
                 .bind(upto as i64)
-                .fetch_optional(&mut *c);
-                link::within(link::STATEMENT_DEADLINE, "the frontier", read).await?
+                .fetch_all(&mut *c);
+                link::within(link::STATEMENT_DEADLINE, "the newest checkpoints", read).await?
             }
         };
-        Ok(row.and_then(|(f, root)| {
-            Frontier::from_bytes(&f).filter(|f| Some(f.root()) == Hash::from_slice(&root))
-        }))
+        let own = [self.signer.verifier()];
+        for (size, root, note, frontier) in rows {
+            let Ok(cp) = grantline_ledger::Checkpoint::open(&note, &own) else {
+                continue;
+            };
+            if i64::try_from(cp.size) != Ok(size) || Hash::from_slice(&root) != Some(cp.root) {
+                continue;
+            }
+            let frontier = Frontier::from_bytes(&frontier)
+                .filter(|f| f.size() == cp.size && f.root() == cp.root);
+            return Ok(Some((cp.size, frontier)));
+        }
+        Ok(None)
     }
 
     /// The hashes of the rows in `(from, to]`, and the bodies of the key rotations among them.

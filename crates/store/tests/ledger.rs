@@ -31,6 +31,64 @@ backend_tests! {
         assert_eq!(verify(ledger.store()).await.unwrap().events, 4);
     }
 
+    /// A checkpoint row the writer's key did not sign is not what the writer resumes from:
+    /// one claiming a size past the head does not stop it signing, and a forged frontier at the
+    /// head does not have the real key sign a wrong root.
+    async fn the_writer_trusts_only_checkpoints_its_key_signed(db: TestDb) {
+        let insert = |store: &Store, size: i64, root: Vec<u8>, frontier: Vec<u8>| {
+            let store = store.clone();
+            async move {
+                match store.pool() {
+                    grantline_store::Pool::Sqlite(p) => {
+                        sqlx::query("INSERT INTO checkpoints (time, tree_size, root, note, frontier) VALUES (0, ?, ?, 'forged', ?)")
+                            .bind(size).bind(root).bind(frontier).execute(p).await.unwrap();
+                    }
+                    grantline_store::Pool::Postgres(p) => {
+                        sqlx::query("INSERT INTO checkpoints (time, tree_size, root, note, frontier) VALUES (now(), $1, $2, 'forged', $3)")
+                            .bind(size).bind(root).bind(frontier).execute(p).await.unwrap();
+                    }
+                }
+            }
+        };
+        let ledger = open_with(&db, quiet()).await;
+        for i in 1..=5 {
+            append_one(&ledger, tool_call(i)).await;
+        }
+        ledger.shutdown().await;
+        // A size far past the head.
+        insert(ledger.store(), 1_000_000_000, vec![7; 32], Vec::new()).await;
+        // A frontier of five made-up leaves at the head, its root in the row.
+        let mut forged = merkle::Frontier::new();
+        for i in 0..5u8 {
+            forged.push(&Hash([i; 32]));
+        }
+        insert(ledger.store(), 5, forged.root().0.to_vec(), forged.to_bytes()).await;
+        let ledger = open_with(&db, quiet()).await;
+        for i in 6..=10 {
+            append_one(&ledger, tool_call(i)).await;
+        }
+        assert_eq!(ledger.checkpoint().await.unwrap(), Some(10), "signed, past the forged size");
+        let leaves: Vec<Hash> = ledger
+            .store()
+            .chain_hashes(10)
+            .await
+            .unwrap()
+            .iter()
+            .map(merkle::leaf_hash)
+            .collect();
+        let signed = ledger
+            .store()
+            .checkpoints()
+            .await
+            .unwrap()
+            .into_iter()
+            .filter_map(|c| Checkpoint::open(&c.note, &[grantline_store::testing::signer().verifier()]).ok())
+            .find(|c| c.size == 10)
+            .expect("a checkpoint of 10 signed by the ledger's key");
+        assert_eq!(signed.root, merkle::root_of(&leaves), "the root of the events, not of the forged tree");
+        ledger.shutdown().await;
+    }
+
     async fn update_delete_and_truncate_are_refused(db: TestDb) {
         let ledger = open(&db).await;
         append_one(&ledger, tool_call(1)).await;
@@ -397,19 +455,25 @@ mod tamper {
         let db = grantline_store::testing::sqlite().await;
         let store = scene(&db).await;
         // In place, at its seq: a body taken from another row.
-        exec(&store, "INSERT OR REPLACE INTO events SELECT 4, id, time, stream, version, kind, \
-            (SELECT body FROM events WHERE seq = 6), prev_hash, hash FROM events WHERE seq = 4")
-            .await
-            .unwrap();
+        exec(
+            &store,
+            "INSERT OR REPLACE INTO events SELECT 4, id, time, stream, version, kind, \
+            (SELECT body FROM events WHERE seq = 6), prev_hash, hash FROM events WHERE seq = 4",
+        )
+        .await
+        .unwrap();
         let f = verify(&store).await.unwrap_err();
         assert_eq!(f.seq, 4, "{f:?}");
         let db = grantline_store::testing::sqlite().await;
         let store = scene(&db).await;
         // By its id, moved to the end: the row it was is gone from the middle.
-        exec(&store, "INSERT OR REPLACE INTO events SELECT 13, id, time, stream, version, kind, \
-            body, prev_hash, hash FROM events WHERE seq = 7")
-            .await
-            .unwrap();
+        exec(
+            &store,
+            "INSERT OR REPLACE INTO events SELECT 13, id, time, stream, version, kind, \
+            body, prev_hash, hash FROM events WHERE seq = 7",
+        )
+        .await
+        .unwrap();
         let f = verify(&store).await.unwrap_err();
         assert_eq!(f.seq, 7, "{f:?}");
     }
