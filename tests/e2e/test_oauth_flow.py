@@ -174,13 +174,19 @@ def test_oversized_input_is_answered_and_stays_out_of_the_log(server):
         "code_challenge": "c" * 43, "code_challenge_method": "S256", "state": "s"},
         allow_redirects=False)
     assert r.status_code == 400 and "location" not in r.headers, r.status_code
+    # Longer than any client id, but within the request bound: answered, and not logged whole.
+    r = requests.get(base + "/oauth/authorize", params={
+        "client_id": "B" * 5_000, "response_type": "code", "redirect_uri": "http://127.0.0.1:1/cb",
+        "code_challenge": "c" * 43, "code_challenge_method": "S256", "state": "s"},
+        allow_redirects=False)
+    assert r.status_code == 400 and "location" not in r.headers, r.status_code
     r = requests.get(base + "/" + "p" * 30_000)
     assert r.status_code == 404
     log = server.log_path.read_text(errors="replace")
     assert "answered" in log, "the requests were logged"
     # The lines of requests (tantivy logs its index's metadata at debug level, in full).
     requests_lines = [l for l in log.splitlines() if "request{" in l]
-    assert len(requests_lines) >= 7, log[-2000:]
+    assert len(requests_lines) >= 8, log[-2000:]
     for line in requests_lines:
         assert len(line) < 4096, f"a log line of {len(line)} characters: {line[:200]}..."
-    assert "A" * 3000 not in log and "p" * 3000 not in log
+    assert "A" * 3000 not in log and "p" * 3000 not in log and "B" * 3000 not in log

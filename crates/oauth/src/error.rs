@@ -62,8 +62,9 @@ impl fmt::Display for ErrorCode {
 }
 
 /// An OAuth error with a human-readable description (`error_description`).
+/// Shown (in logs above all) as `code: description`, the description as it is sent.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{code}: {description}")]
+#[error("{code}: {}", self.wire_description())]
 pub struct OAuthError {
     pub code: ErrorCode,
     pub description: String,
@@ -74,40 +75,52 @@ pub struct OAuthError {
 pub const MAX_DESCRIPTION_CHARS: usize = 300;
 
 /// `text` as RFC 6749 allows an `error_description` (§4.1.2.1, §5.2: printable ASCII without
-/// `"` and `\`), at most [`MAX_DESCRIPTION_CHARS`]: a quote becomes `'`, a backslash `/`, any
-/// other character outside the set `?`, and a longer text is cut with `...`.
+/// `"` and `\`), at most [`MAX_DESCRIPTION_CHARS`]: a quote becomes `'`, a backslash `/`,
+/// dashes and ellipses their ASCII forms, any other character outside the set `?`, and a longer
+/// text is cut with `...`.
 pub fn description_text(text: &str) -> String {
     let mut out = String::with_capacity(text.len().min(MAX_DESCRIPTION_CHARS));
-    for (i, c) in text.chars().enumerate() {
-        if i == MAX_DESCRIPTION_CHARS - 3 && text.chars().nth(MAX_DESCRIPTION_CHARS).is_some() {
+    let mut buf = [0u8; 4];
+    for c in text.chars() {
+        let ascii: &str = match c {
+            '"' | '\u{2018}' | '\u{2019}' | '\u{201C}' | '\u{201D}' => "'",
+            '\\' => "/",
+            '\u{2013}' | '\u{2212}' => "-",
+            '\u{2014}' => "--",
+            '\u{2026}' => "...",
+            '\u{2192}' => "->",
+            ' '..='~' => c.encode_utf8(&mut buf),
+            _ => "?",
+        };
+        if out.len() + ascii.len() > MAX_DESCRIPTION_CHARS - 3 {
             out.push_str("...");
             break;
         }
-        out.push(match c {
-            '"' => '\'',
-            '\\' => '/',
-            ' '..='~' => c,
-            _ => '?',
-        });
+        out.push_str(ascii);
     }
     out
 }
 
 impl OAuthError {
-    /// An error whose description is made safe to send (see [`description_text`]).
     pub fn new(code: ErrorCode, description: impl Into<String>) -> Self {
-        let description = description.into();
-        let safe = description
-            .bytes()
-            .all(|b| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\')
-            && description.len() <= MAX_DESCRIPTION_CHARS;
         OAuthError {
             code,
-            description: if safe {
-                description
-            } else {
-                description_text(&description)
-            },
+            description: description.into(),
+        }
+    }
+
+    /// The description as it may be sent (see [`description_text`]): what the JSON body, an
+    /// error redirect and the log carry. The description itself is kept as written, for the
+    /// pages, the admin API and the command line.
+    pub fn wire_description(&self) -> std::borrow::Cow<'_, str> {
+        let d = &self.description;
+        if d.len() <= MAX_DESCRIPTION_CHARS
+            && d.bytes()
+                .all(|b| matches!(b, 0x20..=0x21 | 0x23..=0x5B | 0x5D..=0x7E))
+        {
+            std::borrow::Cow::Borrowed(d)
+        } else {
+            std::borrow::Cow::Owned(description_text(d))
         }
     }
     pub fn invalid_request(d: impl Into<String>) -> Self {
@@ -131,7 +144,7 @@ impl OAuthError {
 
     /// The RFC 6749 §5.2 JSON body.
     pub fn to_json(&self) -> serde_json::Value {
-        serde_json::json!({ "error": self.code.as_str(), "error_description": self.description })
+        serde_json::json!({ "error": self.code.as_str(), "error_description": self.wire_description() })
     }
 }
 
@@ -146,7 +159,7 @@ mod tests {
     }
 
     #[test]
-    fn descriptions_are_in_the_rfc_set_and_bounded() {
+    fn descriptions_are_sent_in_the_rfc_set_and_bounded() {
         let long = "A".repeat(60_000);
         for raw in [
             format!("grant_type {:?} is not supported", "x\"y\\z"),
@@ -155,23 +168,28 @@ mod tests {
             "https://b\u{fc}cher.example/cb is not registered".to_string(),
         ] {
             let e = OAuthError::invalid_request(raw.clone());
-            assert!(rfc_safe(&e.description), "{raw:?} gave {:?}", e.description);
-            assert!(e.description.chars().count() <= MAX_DESCRIPTION_CHARS);
-            assert!(!e.description.is_empty());
+            let sent = e.to_json()["error_description"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            assert!(rfc_safe(&sent), "{raw:?} was sent as {sent:?}");
+            assert!(sent.len() <= MAX_DESCRIPTION_CHARS && !sent.is_empty());
+            assert_eq!(e.description, raw, "kept as written for pages and commands");
         }
         let cut = OAuthError::invalid_request(format!("unknown client {long}"));
-        assert!(cut.description.ends_with("..."), "{}", cut.description);
-        assert_eq!(cut.description.len(), MAX_DESCRIPTION_CHARS);
-        // What was safe already is kept as it was.
+        assert!(cut.wire_description().ends_with("..."));
+        assert!(cut.wire_description().len() <= MAX_DESCRIPTION_CHARS);
+        // What was safe already is sent as it was; typography becomes its ASCII form.
         let plain = "code_verifier does not match the code_challenge";
-        assert_eq!(OAuthError::invalid_grant(plain).description, plain);
+        assert_eq!(OAuthError::invalid_grant(plain).wire_description(), plain);
         assert_eq!(
-            OAuthError::invalid_request("grant_type \"x\" is unknown").description,
-            "grant_type 'x' is unknown"
+            OAuthError::invalid_request("a name of 1\u{2013}100 characters \u{2014} \"x\"\u{2026}")
+                .wire_description(),
+            "a name of 1-100 characters -- 'x'..."
         );
         let exactly = "B".repeat(MAX_DESCRIPTION_CHARS);
         assert_eq!(
-            OAuthError::invalid_request(exactly.clone()).description,
+            OAuthError::invalid_request(exactly.clone()).wire_description(),
             exactly
         );
     }

@@ -34,9 +34,10 @@ fn client_redirect(uri: &str, params: &[(&str, &str)]) -> String {
 }
 
 fn error_location(ctx: &RequestContext, uri: &str, state: Option<&str>, e: &OAuthError) -> String {
+    let description = e.wire_description();
     let mut p = vec![
         ("error", e.code.as_str()),
-        ("error_description", e.description.as_str()),
+        ("error_description", description.as_ref()),
     ];
     if let Some(s) = state {
         p.push(("state", s));
@@ -247,7 +248,7 @@ async fn ensure_document_client(
         // A change of a known client's document the policy refuses is not taken in: the
         // client goes on as recorded.
         Err(e) if known => {
-            tracing::warn!(reason = %e.description, "a client's changed metadata document was not taken in");
+            tracing::warn!(reason = %e.wire_description(), "a client's changed metadata document was not taken in");
             Ok(())
         }
         Err(e) => Err(not_admitted(&e.description)),

@@ -26,7 +26,7 @@ pub async fn token(
         Ok(r) => r,
         Err(e) => {
             if let AppError::OAuth(o) = &e {
-                tracing::info!(error = o.code.as_str(), reason = %o.description, "token request refused");
+                tracing::info!(error = o.code.as_str(), reason = %o.wire_description(), "token request refused");
                 refusals::record(&app, &ctx, OAuthEndpoint::Token, attempt, o).await;
             }
             e.into_response()
