@@ -262,11 +262,14 @@ fn csv_cells_are_quoted_and_formulas_neutralised() {
         "x\r\n@SUM(A1)",
         "a,+1;-2",
         ";;=cmd|' /C calc'!A0",
+        "x;\"=1+1;",
+        "x; =1+1",
+        "\"=1+1",
     ] {
         let c = csv::cell(hostile);
         for sep in [',', ';', '\t', '\n', '\r'] {
             for field in c.split(sep) {
-                let field = field.trim_start_matches('"');
+                let field = field.trim_start_matches(['"', ' ']);
                 assert!(
                     !field.starts_with(['=', '+', '-', '@']),
                     "{hostile:?} gave {c:?}: a field {field:?} when split on {sep:?}"

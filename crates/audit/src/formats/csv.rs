@@ -60,7 +60,9 @@ pub fn cell(v: &str) -> String {
             out.push('\'');
         }
         out.push(c);
-        field_start = SEPARATORS.contains(&c);
+        // A quote or a space between a separator and a formula character still leaves the
+        // field to start with a formula for some readers (`x;"=1+1`).
+        field_start = SEPARATORS.contains(&c) || (field_start && matches!(c, '"' | ' '));
     }
     if out.contains([',', ';', '\t', '"', '\n', '\r']) {
         format!("\"{}\"", out.replace('"', "\"\""))
