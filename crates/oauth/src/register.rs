@@ -324,8 +324,12 @@ pub fn decide(
         )
         .into();
     }
+    // Judged as recorded: trimmed, as the metadata document path judges it too.
     let admitted = policy.admits(
-        req.client_name.as_deref(),
+        req.client_name
+            .as_deref()
+            .map(str::trim)
+            .filter(|n| !n.is_empty()),
         meta.software_id.as_deref(),
         &req.redirect_uris,
     );

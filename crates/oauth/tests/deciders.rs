@@ -390,6 +390,36 @@ fn registration_by_policy() {
             .outcome
             .is_err()
     );
+    // Judged as it is recorded, trimmed: padding neither gets a name past a rule nor keeps a
+    // listed one out.
+    let padded = RegistrationRequest {
+        client_name: Some(" Cursor\t".into()),
+        software_id: Some(" com.cursor ".into()),
+        ..req.clone()
+    };
+    let both = AllowRule {
+        client_name: Some("Cursor".into()),
+        software_id: Some("com.cursor".into()),
+        ..Default::default()
+    };
+    let d = register::decide(
+        &Policy::Allowlist(vec![both]),
+        &padded,
+        w.now,
+        60,
+        fresh(),
+        None,
+    );
+    assert!(d.outcome.is_ok());
+    match &d.append.events[0].payload {
+        Payload::ClientRegistered(c) => {
+            assert_eq!(
+                (c.client_name.as_str(), c.software_id.as_deref()),
+                ("Cursor", Some("com.cursor"))
+            )
+        }
+        other => panic!("{other:?}"),
+    }
 
     let conf = RegistrationRequest {
         token_endpoint_auth_method: Some("client_secret_post".into()),

@@ -191,7 +191,7 @@ async fn ensure_document_client(
     if changed
         && let Err(why) = policy.admits(
             Some(&doc.metadata.client_name),
-            doc.request.software_id.as_deref(),
+            doc.metadata.software_id.as_deref(),
             &doc.metadata.redirect_uris,
         )
     {
