@@ -1973,6 +1973,24 @@ async fn personal_access_tokens_from_the_account_page_and_the_admin_api() {
         !page.contains("disk full") && !page.contains("ledger cannot") && !page.contains("glp_"),
         "{page}"
     );
+    // The sign-in page too answers a page, not an API's JSON: a sign-in the ledger cannot
+    // record (right or wrong password) is 503 and signs nobody in.
+    for password in [ADMIN_PASSWORD, "not-the-password"] {
+        let r = sign_in_with(&s, &browser(), "admin", password).await;
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE, "{password}");
+        assert!(
+            r.headers()
+                .get("set-cookie")
+                .is_none_or(|c| !c.to_str().unwrap().contains("grantline_session="))
+        );
+        assert!(
+            r.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/html")
+        );
+        assert!(r.text().await.unwrap().contains("nothing was done"));
+    }
     unblock_appends(&db).await;
     // The admin API: create for a user, list, revoke.
     let api = s.url("/admin/api/users/admin/pats");

@@ -14,7 +14,7 @@ use crate::session::{self, LOGIN_NONCE, SESSION};
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use grantline_federation::mapping;
 use grantline_federation::{SignInError, UpstreamIdentity};
 use grantline_ledger::{LoginFailure, pii};
@@ -110,7 +110,7 @@ async fn fail(
     }
     .await;
     if let Err(e) = recorded {
-        return e.into_response();
+        return pages::app_error(e);
     }
     let title = format!("Sign-in through {} failed", display(app, provider));
     pages::error(status, &title, &format!("{detail} ({code})"))
@@ -516,7 +516,7 @@ async fn answer(
         .await
     {
         Ok(u) => u,
-        Err(e) => return crate::app::AppError::from(e).into_response(),
+        Err(e) => return pages::app_error(crate::app::AppError::from(e)),
     };
     if let Err(refusal) = mapping::admitted(&upstream.provider, &who) {
         // A person the provider vouches for but who is no longer allowed here: if they were,
@@ -530,7 +530,7 @@ async fn answer(
                 )
                 .await
         {
-            return e.into_response();
+            return pages::app_error(e);
         }
         let e = SignInError::NotAllowed(refusal);
         return fail(
@@ -550,7 +550,7 @@ async fn answer(
             if slot.is_some_and(|p| p.store_upstream_token || p.check_upstream_on_refresh)
                 && let Err(e) = app.keep_upstream_tokens(&user_id, &provider, &tokens).await
             {
-                return e.into_response();
+                return pages::app_error(e);
             }
             // A containment recorded after this sign-in dropped the user's upstream tokens
             // before they were stored here: drop them again (the session is void anyway).
@@ -562,7 +562,7 @@ async fn answer(
                 .get(&user_id)
                 .is_some_and(|u| u.sessions_ended_since(signed_in_seq));
             if contained && let Err(e) = fed.tables.drop_tokens(&user_id, &provider).await {
-                return crate::app::AppError::from(e).into_response();
+                return pages::app_error(crate::app::AppError::from(e));
             }
             let (value, ttl) = session::issue(&app, &user_id, &session_id, &recorded, now);
             let r = see_other(&format!("{}{}", ctx.issuer, pending.r));
@@ -597,7 +597,8 @@ async fn sign_in(
         ));
     };
     let p = &slot.provider;
-    let store_err = |e: grantline_store::StoreError| crate::app::AppError::from(e).into_response();
+    let store_err =
+        |e: grantline_store::StoreError| pages::app_error(crate::app::AppError::from(e));
     // Who: the link, else (provisioning `existing`) a local user with that verified email or
     // as their username, else a new user.
     let existing = match (&linked, p.provisioning) {
@@ -660,7 +661,7 @@ async fn sign_in(
     // Another instance may have created the user moments ago.
     app.catch_up_unless(|s| s.users.contains_key(&user_id))
         .await
-        .map_err(IntoResponse::into_response)?;
+        .map_err(pages::app_error)?;
     let known = app.projection.read().users.contains_key(&user_id);
     let subject = pii::user_subject(&user_id);
     let seal = |v: String| {
@@ -706,10 +707,7 @@ async fn sign_in(
     };
     let (role, claim) = mapping::role_for(p, who);
     let sealed_subject = seal(who.subject.clone()).await.map_err(store_err)?;
-    let meta = ctx
-        .meta(app, &subject)
-        .await
-        .map_err(IntoResponse::into_response)?;
+    let meta = ctx.meta(app, &subject).await.map_err(pages::app_error)?;
     let session_id = crate::random::id("ses");
     let signin = FederatedSignIn {
         provider: provider.to_string(),
@@ -740,7 +738,7 @@ async fn sign_in(
             StatusCode::FORBIDDEN,
         )
         .await),
-        Err(e) => Err(e.into_response()),
+        Err(e) => Err(pages::app_error(e)),
     }
 }
 

@@ -10,7 +10,7 @@ use crate::throttle::Limited;
 use axum::body::Bytes;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use grantline_ledger::{LoginFailure, Timestamp, pii};
 use serde::Deserialize;
 
@@ -162,7 +162,7 @@ pub async fn submit(
         }) => {
             app.metrics.throttled("sign_in");
             if record && let Err(e) = record_limited(&app, &ctx, username).await {
-                return e.into_response();
+                return pages::app_error(e);
             }
             let mut r = render(
                 &app,
@@ -259,7 +259,7 @@ pub async fn submit(
     };
     if let Some(reason) = failure {
         if let Err(e) = record_failure(&app, &ctx, username, user_id, reason).await {
-            return e.into_response();
+            return pages::app_error(e);
         }
         return wrong();
     }
@@ -272,7 +272,7 @@ pub async fn submit(
     let session_id = crate::random::id("ses");
     let meta = match ctx.meta(&app, &pii::user_subject(&user_id)).await {
         Ok(m) => m,
-        Err(e) => return e.into_response(),
+        Err(e) => return pages::app_error(e),
     };
     let method = app.signin.method().to_string();
     let recorded = match app
@@ -285,7 +285,7 @@ pub async fn submit(
         Ok((Err(_), _)) => {
             return wrong();
         }
-        Err(e) => return e.into_response(),
+        Err(e) => return pages::app_error(e),
     };
     let now = app.now().0 / 1_000_000;
     let (value, ttl) = session::issue(&app, &user_id, &session_id, &recorded, now);
@@ -309,7 +309,7 @@ pub async fn submit(
             Some(meta),
         );
         if let Err(e) = app.append(ended.append.events).await {
-            return e.into_response();
+            return pages::app_error(e);
         }
         return if hash_now.is_err() {
             unavailable()
@@ -398,7 +398,7 @@ pub async fn logout(
             request,
         );
         if let Err(e) = app.append(ended.append.events).await {
-            return e.into_response();
+            return pages::app_error(e);
         }
     }
     let mut r = pages::page(
