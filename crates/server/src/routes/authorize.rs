@@ -532,27 +532,32 @@ async fn issue_code(
 }
 
 /// The authorization request's query with `prompt=login` answered: `login` becomes
-/// `consent`, so the request returns after sign-in without asking for it again.
+/// `consent`, so the request returns after sign-in without asking for it again. Only the
+/// `prompt` parameter is written anew; every other one stays as the client encoded it (encoded
+/// again, `/` and `:` would take three bytes each and could carry a request that was within
+/// [`MAX_QUERY_BYTES`] past it).
 fn login_done(raw: &str) -> String {
-    let pairs: Vec<(String, String)> = url::form_urlencoded::parse(raw.as_bytes())
-        .map(|(k, v)| {
-            let v = if k == "prompt" {
-                let mut ps: Vec<&str> = v
-                    .split(' ')
-                    .map(|p| if p == "login" { "consent" } else { p })
-                    .filter(|p| !p.is_empty())
-                    .collect();
-                ps.dedup();
-                ps.join(" ")
-            } else {
-                v.into_owned()
+    raw.split('&')
+        .map(|pair| {
+            let prompt = url::form_urlencoded::parse(pair.as_bytes())
+                .next()
+                .filter(|(k, _)| k == "prompt")
+                .map(|(_, v)| v.into_owned());
+            let Some(v) = prompt else {
+                return pair.to_string();
             };
-            (k.into_owned(), v)
+            let mut ps: Vec<&str> = v
+                .split(' ')
+                .map(|p| if p == "login" { "consent" } else { p })
+                .filter(|p| !p.is_empty())
+                .collect();
+            ps.dedup();
+            url::form_urlencoded::Serializer::new(String::new())
+                .append_pair("prompt", &ps.join(" "))
+                .finish()
         })
-        .collect();
-    url::form_urlencoded::Serializer::new(String::new())
-        .extend_pairs(pairs)
-        .finish()
+        .collect::<Vec<_>>()
+        .join("&")
 }
 
 // A request of the longest kind fits the consent form's bounded body, with room for the rest.
@@ -696,6 +701,23 @@ fn form_action_source(redirect: &url::Url) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn login_done_rewrites_only_the_prompt() {
+        let raw =
+            "client_id=https%3A%2F%2Fa.example%2Fc&state=a/b:c~d&prompt=login+consent&scope=x";
+        assert_eq!(
+            super::login_done(raw),
+            "client_id=https%3A%2F%2Fa.example%2Fc&state=a/b:c~d&prompt=consent&scope=x"
+        );
+        assert_eq!(super::login_done("prompt=login"), "prompt=consent");
+        assert_eq!(super::login_done("a=1&b=2"), "a=1&b=2");
+        // A request within the bound stays within it: nothing else is encoded again.
+        let state = "/".repeat(super::MAX_QUERY_BYTES - 100);
+        let raw = format!("state={state}&prompt=login");
+        assert!(raw.len() <= super::MAX_QUERY_BYTES);
+        assert!(super::login_done(&raw).len() <= super::MAX_QUERY_BYTES);
+    }
+
     #[test]
     fn an_ipv6_loopback_redirect_is_allowed_by_its_scheme() {
         let source = |u: &str| super::form_action_source(&url::Url::parse(u).unwrap());
