@@ -642,11 +642,13 @@ pub fn bearer_is_token(app: &App, headers: &HeaderMap) -> bool {
     let Some(expected) = &app.metrics.token else {
         return false;
     };
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
+    // The scheme in any case (RFC 7235 §2.1), as the gateway reads it.
+    let given = grantline_gateway::caller::bearer(
+        headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok()),
+    )
+    .unwrap_or("");
     subtle::ConstantTimeEq::ct_eq(given.as_bytes(), expected.as_bytes()).into()
 }
 

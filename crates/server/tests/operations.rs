@@ -404,6 +404,14 @@ async fn metrics_on_the_main_listener_need_the_token_and_count_what_happened() {
             .status(),
         StatusCode::UNAUTHORIZED
     );
+    // The scheme's name in any case (RFC 7235 §2.1).
+    let r = browser()
+        .get(s.url("/metrics"))
+        .header("authorization", format!("bearer {metrics_token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
     let r = scrape(Some(metrics_token)).await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     let text = r.text().await.unwrap();

@@ -133,9 +133,8 @@ pub(crate) async fn basic_user(
         .and_then(|v| v.to_str().ok())
         // The scheme's name in any case (RFC 7235 §2.1), as the audit API routes it here.
         .and_then(|v| {
-            v.get(..6)
-                .filter(|s| s.eq_ignore_ascii_case("basic "))
-                .and(v.get(6..))
+            let (scheme, rest) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("basic").then_some(rest)
         })
         .and_then(|b| {
             base64::engine::general_purpose::STANDARD
