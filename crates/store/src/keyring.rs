@@ -8,6 +8,10 @@ use grantline_ledger::{PiiError, Sealed, SubjectKey, Timestamp};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+/// PostgreSQL: a subject's key is made and erased one at a time, on every instance (a
+/// transaction-scoped advisory lock on the subject).
+const SUBJECT_LOCK: &str = "SELECT pg_advisory_xact_lock(hashtextextended($1, 7))";
+
 /// Seals and opens personal data; erases subjects.
 #[derive(Clone)]
 pub struct Keyring {
@@ -68,10 +72,17 @@ impl Keyring {
         }
         let fresh = SubjectKey::generate().map_err(|e| StoreError::Key(e.to_string()))?;
         let now = Timestamp::now().0;
+        // The check above is a fast answer; this one holds against an erasure committed since
+        // (by the command line, or another instance that has not read `user.erased` yet): the
+        // key is made only where no erasure is recorded, in the same statement on SQLite
+        // (whose writes are one at a time), and under the subject's lock that `erase` takes on
+        // PostgreSQL.
         match &self.store.pool {
             Pool::Sqlite(p) => {
                 sqlx::query(
-                    "INSERT INTO subject_keys (subject, key, created) VALUES (?, ?, ?) ON CONFLICT (subject) DO NOTHING",
+                    "INSERT INTO subject_keys (subject, key, created) SELECT ?1, ?2, ?3 \
+                     WHERE NOT EXISTS (SELECT 1 FROM erased_subjects WHERE subject = ?1) \
+                     ON CONFLICT (subject) DO NOTHING",
                 )
                 .bind(subject)
                 .bind(fresh.0.as_slice())
@@ -80,14 +91,26 @@ impl Keyring {
                 .await?;
             }
             Pool::Postgres(p) => {
-                self.store.pg(sqlx::query(
-                    "INSERT INTO subject_keys (subject, key) VALUES ($1, $2) ON CONFLICT (subject) DO NOTHING",
+                let pg = &self.store;
+                let mut tx = pg.pg(p.begin()).await?;
+                pg.pg(sqlx::query(SUBJECT_LOCK).bind(subject).execute(&mut *tx))
+                    .await?;
+                pg.pg(sqlx::query(
+                    "INSERT INTO subject_keys (subject, key) SELECT $1, $2 \
+                     WHERE NOT EXISTS (SELECT 1 FROM erased_subjects WHERE subject = $1) \
+                     ON CONFLICT (subject) DO NOTHING",
                 )
                 .bind(subject)
                 .bind(fresh.0.as_slice())
-                .execute(p))
-                .await?;
+                .execute(&mut *tx))
+                    .await?;
+                pg.pg(tx.commit()).await?;
             }
+        }
+        if self.is_erased(subject).await? {
+            return Err(StoreError::Invalid(format!(
+                "subject {subject} was erased; no personal data may be stored for it"
+            )));
         }
         self.load(subject)
             .await?
@@ -271,6 +294,8 @@ impl Keyring {
             Pool::Postgres(p) => {
                 let pg = &self.store;
                 let mut tx = pg.pg(p.begin()).await?;
+                pg.pg(sqlx::query(SUBJECT_LOCK).bind(subject).execute(&mut *tx))
+                    .await?;
                 let n = pg
                     .pg(sqlx::query("DELETE FROM subject_keys WHERE subject = $1")
                         .bind(subject)

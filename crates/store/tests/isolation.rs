@@ -176,6 +176,61 @@ backend_tests! {
         assert_eq!(other.open(&sealed).await.unwrap().unwrap(), "hi");
     }
 
+    /// An erasure by another process (the command line, another instance) racing a first
+    /// sealing for the same subject never leaves the erased subject a key: the key is made only
+    /// where no erasure is recorded.
+    async fn an_erasure_racing_a_first_sealing_leaves_no_key(db: TestDb) {
+        let ledger = open_with(&db, quiet()).await;
+        // Two processes: separate connections, separate caches.
+        let other = grantline_store::Store::connect(&db.db, false).await.unwrap();
+        let (sealer, eraser) = (
+            grantline_store::Keyring::new(ledger.store()),
+            grantline_store::Keyring::new(&other),
+        );
+        let subjects: Vec<String> = (0..150).map(|i| format!("user:usr_race{i}")).collect();
+        let seal = {
+            let (k, subjects) = (sealer.clone(), subjects.clone());
+            tokio::spawn(async move {
+                for s in &subjects {
+                    let _ = k.seal(s, "hi").await;
+                }
+            })
+        };
+        let erase = {
+            let (k, subjects) = (eraser.clone(), subjects.clone());
+            tokio::spawn(async move {
+                for s in &subjects {
+                    k.erase(s).await.unwrap();
+                }
+            })
+        };
+        seal.await.unwrap();
+        erase.await.unwrap();
+        let both: i64 = match ledger.store().pool() {
+            grantline_store::Pool::Sqlite(p) => sqlx::query_scalar(
+                "SELECT COUNT(*) FROM subject_keys k JOIN erased_subjects e ON e.subject = k.subject",
+            )
+            .fetch_one(p)
+            .await
+            .unwrap(),
+            grantline_store::Pool::Postgres(p) => sqlx::query_scalar(
+                "SELECT COUNT(*) FROM subject_keys k JOIN erased_subjects e ON e.subject = k.subject",
+            )
+            .fetch_one(p)
+            .await
+            .unwrap(),
+        };
+        assert_eq!(both, 0, "an erased subject holds a key");
+        // Every subject was erased: none can be sealed for any more (by a process that has not
+        // cached its key; one that has learns of the erasure from the ledger's `user.erased`).
+        let fresh = grantline_store::Keyring::new(ledger.store());
+        for s in &subjects {
+            assert!(fresh.seal(s, "again").await.is_err(), "{s}");
+        }
+        other.close().await;
+        ledger.shutdown().await;
+    }
+
     async fn a_client_id_of_any_length_names_a_stream_whose_version_reloads(db: TestDb) {
         let long = format!("https://client.example/{}", "a".repeat(3000));
         let stream = StreamId::client(&long);
