@@ -16,6 +16,9 @@ use tokio::sync::watch;
 /// Called with the user id of every `user.erased` folded.
 type ErasedHook = Box<dyn Fn(&str) + Send + Sync>;
 
+/// The most events ahead of a gap that [`Projection::offer`] keeps until the gap is filled.
+const MAX_PENDING: usize = 10_000;
+
 pub struct Projection {
     state: RwLock<State>,
     /// Events offered ahead of a gap, waiting for the events before them.
@@ -147,27 +150,39 @@ impl Projection {
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         let mut state = self.state.write();
         for e in events {
-            if pending.is_empty() && e.seq() == state.seq + 1 {
+            if e.seq() == state.seq + 1 {
                 self.fold(&mut state, e);
+                self.fold_pending(&mut pending, &mut state);
             } else if e.seq() > state.seq {
+                // A gap that no catch-up fills (the store unreadable while this process's own
+                // appends go on) must not hold every later event in memory: past the bound the
+                // copies are dropped, and the next catch-up reads them from the store.
+                if pending.len() >= MAX_PENDING {
+                    pending.clear();
+                }
                 pending.insert(e.seq(), e.clone());
             }
         }
+        self.fold_pending(&mut pending, &mut state);
+        let seq = state.seq;
+        drop(state);
+        drop(pending);
+        self.applied.send_replace(seq);
+    }
+
+    /// Folds what is held and now follows the state; forgets what the state has passed.
+    fn fold_pending(&self, pending: &mut BTreeMap<u64, Recorded>, state: &mut State) {
         while let Some(entry) = pending.first_entry() {
             let seq = *entry.key();
             if seq <= state.seq {
                 entry.remove();
             } else if seq == state.seq + 1 {
                 let e = entry.remove();
-                self.fold(&mut state, &e);
+                self.fold(state, &e);
             } else {
                 break;
             }
         }
-        let seq = state.seq;
-        drop(state);
-        drop(pending);
-        self.applied.send_replace(seq);
     }
 
     /// How many events that may take authority away were folded (see [`may_take_authority`]).
@@ -251,5 +266,45 @@ impl Projection {
             self.catch_up(store).await?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use grantline_ledger::{GENESIS, Payload, samples};
+
+    fn events(seqs: impl Iterator<Item = u64>) -> Vec<Recorded> {
+        let failed = samples::all()
+            .into_iter()
+            .find(|p| matches!(p, Payload::LoginFailed(_)))
+            .expect("a login.failed sample");
+        let one = Recorded {
+            envelope: samples::envelope(1, failed),
+            prev_hash: GENESIS,
+            hash: GENESIS,
+        };
+        seqs.map(|seq| {
+            let mut e = one.clone();
+            e.envelope.seq = seq;
+            e
+        })
+        .collect()
+    }
+
+    #[test]
+    fn events_ahead_of_a_gap_are_held_up_to_a_bound() {
+        let p = Projection::new(State::default());
+        let ahead = events(2..=(MAX_PENDING as u64 * 3));
+        p.offer(&ahead);
+        let held = p.pending.lock().unwrap().len();
+        assert!(held <= MAX_PENDING && held > 0, "{held}");
+        assert_eq!(p.seq(), 0, "nothing folded past the gap");
+        // The gap filled: what is held follows at once.
+        let first_held = *p.pending.lock().unwrap().keys().next().unwrap();
+        let filler = events(1..first_held);
+        p.offer(&filler);
+        assert_eq!(p.seq(), MAX_PENDING as u64 * 3);
+        assert!(p.pending.lock().unwrap().is_empty());
     }
 }
