@@ -152,8 +152,29 @@ pub struct Store {
 }
 
 const ROW_COLUMNS_SQLITE: &str = "seq, id, time, stream, version, kind, body, prev_hash, hash";
-const ROW_COLUMNS_PG: &str = "seq, id, (EXTRACT(EPOCH FROM time) * 1000000)::int8 AS time, \
-                              stream, version, kind, body, prev_hash, hash";
+/// A PostgreSQL `time` as microseconds, or NULL where it has none (`infinity`, or past what
+/// 64 bits of microseconds hold): a tampered time is a finding at its row, not an error that
+/// stops the read.
+macro_rules! pg_micros {
+    ($column:literal) => {
+        concat!(
+            "CASE WHEN isfinite(",
+            $column,
+            ") AND ",
+            $column,
+            " < '290000-01-01' THEN (EXTRACT(EPOCH FROM ",
+            $column,
+            ") * 1000000)::int8 END"
+        )
+    };
+}
+pub(crate) use pg_micros;
+
+const ROW_COLUMNS_PG: &str = concat!(
+    "seq, id, ",
+    pg_micros!("time"),
+    " AS time, stream, version, kind, body, prev_hash, hash"
+);
 
 /// Creates `dir` (and its parents) if missing, the last one readable by its owner only
 /// (0700): it holds the ledger, the keys and the audit index. An existing one is left as it is.
@@ -625,22 +646,25 @@ impl Store {
     /// The newest checkpoint's tree size and when it was written (µs since the epoch), if any:
     /// how far the signed head trails the ledger (readiness, metrics).
     pub async fn newest_checkpoint(&self) -> Result<Option<(u64, i64)>> {
-        let row: Option<(i64, i64)> = match &self.pool {
+        let row: Option<(i64, Option<i64>)> = match &self.pool {
             Pool::Sqlite(p) => {
                 sqlx::query_as("SELECT tree_size, time FROM checkpoints ORDER BY id DESC LIMIT 1")
                     .fetch_optional(p)
                     .await?
             }
             Pool::Postgres(p) => {
-                self.pg(sqlx::query_as(
-                    "SELECT tree_size, (EXTRACT(EPOCH FROM time) * 1000000)::int8 \
-                     FROM checkpoints ORDER BY id DESC LIMIT 1",
-                )
+                self.pg(sqlx::query_as(concat!(
+                    "SELECT tree_size, ",
+                    pg_micros!("time"),
+                    " FROM checkpoints ORDER BY id DESC LIMIT 1"
+                ))
                 .fetch_optional(p))
                     .await?
             }
         };
-        Ok(row.map(|(size, time)| (size as u64, time)))
+        // A time that does not read (tampered) is the oldest there is: the checkpoint's age
+        // then says something is wrong rather than nothing.
+        Ok(row.map(|(size, time)| (size as u64, time.unwrap_or(0))))
     }
 
     /// The stored `(seq, hash)` of the rows in seq `(after, upto]`, in order, as stored

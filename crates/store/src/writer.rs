@@ -1450,17 +1450,21 @@ impl Writer {
                     .bind(PG_APPEND_LOCK)
                     .execute(&mut *c);
                 link::within(link::STATEMENT_DEADLINE, "the append lock", lock).await?;
-                let head = sqlx::query(
-                    "SELECT seq, hash, (EXTRACT(EPOCH FROM time) * 1000000)::int8 FROM events ORDER BY seq DESC LIMIT 1",
-                )
+                let head = sqlx::query(concat!(
+                    "SELECT seq, hash, ",
+                    crate::database::pg_micros!("time"),
+                    " FROM events ORDER BY seq DESC LIMIT 1"
+                ))
                 .fetch_optional(&mut *c);
                 link::within(link::STATEMENT_DEADLINE, "the head", head)
                     .await?
                     .map(|r| -> Result<_> {
+                        // A head whose time does not read (tampered: `verify` finds it)
+                        // does not hold the writer's clock back.
                         Ok((
                             r.try_get::<i64, _>(0)?,
                             r.try_get::<Vec<u8>, _>(1)?,
-                            r.try_get::<i64, _>(2)?,
+                            r.try_get::<Option<i64>, _>(2)?.unwrap_or(0),
                         ))
                     })
             }

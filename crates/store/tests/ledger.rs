@@ -625,7 +625,11 @@ mod tamper {
                         (12, "kind", "UPDATE events SET kind = NULL WHERE seq = 12"),
                         (11, "stream", "UPDATE events SET stream = NULL WHERE seq = 11"),
                         (9, "version", "UPDATE events SET version = NULL WHERE seq = 9"),
+                        // A time with no microseconds to give, NOT NULL kept: once an error
+                        // that stopped the walk (and the writer, at the head).
+                        (8, "time", "UPDATE events SET time = 'infinity' WHERE seq = 8"),
                         (7, "time", "UPDATE events SET time = NULL WHERE seq = 7"),
+                        (6, "time", "UPDATE events SET time = '294000-01-01' WHERE seq = 6"),
                         (5, "id", "UPDATE events SET id = NULL WHERE seq = 5"),
                     ]
                 }
@@ -649,6 +653,15 @@ mod tamper {
                 }
             }
             assert_eq!(store.read(0, 4).await.unwrap().len(), 4, "rows before them still read");
+            // A head whose time does not read does not stop the writer: it appends after it
+            // (what `verify` reports stays reported), not refuses every append as invalid.
+            if let Database::Postgres(_) = store.database() {
+                exec(&store, "UPDATE events SET time = 'infinity' WHERE seq = 12").await.unwrap();
+                let ledger = open_with(&db, quiet()).await;
+                let r = ledger.append(Append::new(vec![tool_call(13)])).await.unwrap();
+                assert_eq!(r[0].seq(), 13);
+                ledger.shutdown().await;
+            }
         }
 
         async fn from_a_checkpoint_only_the_rows_after_it_are_read_and_checked(db: TestDb) {
