@@ -12,6 +12,45 @@ use std::sync::{Arc, Mutex};
 /// transaction-scoped advisory lock on the subject).
 const SUBJECT_LOCK: &str = "SELECT pg_advisory_xact_lock(hashtextextended($1, 7))";
 
+/// Checkpoints the SQLite WAL and truncates it, so that a deleted key's bytes leave the WAL
+/// file as well as the table. A truncation waits for readers of older snapshots (a backup's
+/// copy, a long export) while holding the WAL's write lock, which stops the ledger's appends
+/// meanwhile: each try waits at most a short moment, a few times over; past them the WAL is
+/// left to the writer's own checkpoints, which overwrite the old frames as the WAL starts
+/// over, and the log says so.
+async fn truncate_wal(p: &sqlx::SqlitePool, subject: &str) -> Result<()> {
+    const TRIES: usize = 20;
+    let mut c = p.acquire().await?;
+    let (previous,): (i64,) = sqlx::query_as("PRAGMA busy_timeout")
+        .fetch_one(&mut *c)
+        .await?;
+    sqlx::query("PRAGMA busy_timeout = 100")
+        .execute(&mut *c)
+        .await?;
+    let mut truncated = false;
+    for _ in 0..TRIES {
+        let checkpoint: std::result::Result<(i64, i64, i64), sqlx::Error> =
+            sqlx::query_as("PRAGMA wal_checkpoint(TRUNCATE)")
+                .fetch_one(&mut *c)
+                .await;
+        if matches!(checkpoint, Ok((0, _, _))) {
+            truncated = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let restore = sqlx::AssertSqlSafe(format!("PRAGMA busy_timeout = {previous}"));
+    sqlx::query(restore).execute(&mut *c).await?;
+    if !truncated {
+        tracing::warn!(
+            subject,
+            "the erased key is deleted, but the WAL could not be truncated while older reads \
+             went on: its old frames are overwritten as the writer's checkpoints start it over"
+        );
+    }
+    Ok(())
+}
+
 /// Seals and opens personal data; erases subjects.
 #[derive(Clone)]
 pub struct Keyring {
@@ -279,16 +318,7 @@ impl Keyring {
                 .execute(&mut *tx)
                 .await?;
                 tx.commit().await?;
-                for _ in 0..50 {
-                    let (busy, _, _): (i64, i64, i64) =
-                        sqlx::query_as("PRAGMA wal_checkpoint(TRUNCATE)")
-                            .fetch_one(p)
-                            .await?;
-                    if busy == 0 {
-                        break;
-                    }
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                }
+                truncate_wal(p, subject).await?;
                 n
             }
             Pool::Postgres(p) => {

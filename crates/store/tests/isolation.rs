@@ -396,3 +396,47 @@ async fn a_database_failure_while_a_refused_group_is_halved_fails_the_rest_close
     assert_eq!(append_one(&ledger, tool_call(999)).await.seq(), 2 + written);
     assert!(ledger.healthy());
 }
+
+/// Erasing a subject on SQLite while an older read is open (a backup's copy, an export) does
+/// not hold the ledger's appends for the read's length: the WAL's truncation is tried briefly,
+/// and left to the writer's checkpoints when the read goes on.
+#[tokio::test]
+async fn an_erasure_beside_a_long_read_does_not_stop_appends() {
+    let db = grantline_store::testing::sqlite().await;
+    let ledger = open_with(&db, quiet()).await;
+    append_one(&ledger, tool_call(1)).await;
+    let keyring = grantline_store::Keyring::new(ledger.store());
+    keyring.seal("user:usr_gone", "hi").await.unwrap();
+    // A reader on its own connection, inside a snapshot it keeps.
+    let reader = grantline_store::Store::connect(&db.db, false)
+        .await
+        .unwrap();
+    let grantline_store::Pool::Sqlite(rp) = reader.pool() else {
+        unreachable!("SQLite")
+    };
+    let mut snapshot = rp.begin().await.unwrap();
+    let _: (i64,) = sqlx::query_as("SELECT COUNT(*) FROM events")
+        .fetch_one(&mut *snapshot)
+        .await
+        .unwrap();
+    append_one(&ledger, tool_call(2)).await;
+    let erase = {
+        let k = keyring.clone();
+        tokio::spawn(async move { k.erase("user:usr_gone").await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let appended = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        ledger.append(Append::new(vec![tool_call(3)])),
+    )
+    .await
+    .expect("an append while the erasure tries to truncate the WAL");
+    assert_eq!(appended.unwrap()[0].seq(), 3);
+    let erased = tokio::time::timeout(std::time::Duration::from_secs(20), erase)
+        .await
+        .expect("the erasure returns while the read goes on");
+    assert!(erased.unwrap().unwrap(), "the key existed");
+    snapshot.rollback().await.unwrap();
+    reader.close().await;
+    ledger.shutdown().await;
+}
