@@ -617,18 +617,26 @@ impl Store {
 
     /// Every stored checkpoint, oldest first.
     pub async fn checkpoints(&self) -> Result<Vec<RawCheckpoint>> {
+        self.checkpoints_after(-1).await
+    }
+
+    /// The stored checkpoints of a tree larger than `size`, oldest first: what a walk that
+    /// starts from a checkpoint of that size still checks (the rows below it are not held).
+    pub async fn checkpoints_after(&self, size: i64) -> Result<Vec<RawCheckpoint>> {
         let rows: Vec<(i64, Vec<u8>, String)> = match &self.pool {
             Pool::Sqlite(p) => {
                 sqlx::query_as(
-                    "SELECT tree_size, root, note FROM checkpoints ORDER BY tree_size, id",
+                    "SELECT tree_size, root, note FROM checkpoints WHERE tree_size > ? ORDER BY tree_size, id",
                 )
+                .bind(size)
                 .fetch_all(p)
                 .await?
             }
             Pool::Postgres(p) => {
                 self.pg(sqlx::query_as(
-                    "SELECT tree_size, root, note FROM checkpoints ORDER BY tree_size, id",
+                    "SELECT tree_size, root, note FROM checkpoints WHERE tree_size > $1 ORDER BY tree_size, id",
                 )
+                .bind(size)
                 .fetch_all(p))
                     .await?
             }

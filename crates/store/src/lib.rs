@@ -79,7 +79,9 @@ pub async fn verify_from_checkpoint(
     let (after, upto) = start.anchor();
     let anchor = store.chain_hash_rows(after, upto).await?;
     let size = start.size();
-    let checkpoints = store.checkpoints().await?;
+    let checkpoints = store
+        .checkpoints_after(i64::try_from(size).unwrap_or(i64::MAX))
+        .await?;
     let verifier = match ChainVerifier::resume(start, &anchor, checkpoints, trusted) {
         Ok(v) => v,
         Err(f) => return Ok(Err(StartError::Finding(f))),

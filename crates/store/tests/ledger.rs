@@ -671,6 +671,11 @@ mod tamper {
             let s = verify_from(&store, Some(10)).await.unwrap();
             assert_eq!((s.events, s.from, s.checkpoints), (12, 10, 2), "{s}");
             assert_eq!(s.head, verify(&store).await.unwrap().head);
+            // The checkpoints it holds: those after its start, not every one ever signed.
+            let sizes = |cps: Vec<grantline_ledger::verify::RawCheckpoint>| cps.iter().map(|c| c.tree_size).collect::<Vec<_>>();
+            assert_eq!(sizes(store.checkpoints().await.unwrap()), vec![10, 12]);
+            assert_eq!(sizes(store.checkpoints_after(10).await.unwrap()), vec![12]);
+            assert!(store.checkpoints_after(12).await.unwrap().is_empty());
             match grantline_store::verify_from_checkpoint(&store, &[grantline_store::testing::signer().verifier()], Some(11), |_| {}).await {
                 Err(StoreError::NotFound(m)) => assert!(m.contains("no checkpoint of tree size 11"), "{m}"),
                 other => panic!("{other:?}"),
