@@ -1375,13 +1375,35 @@ impl Writer {
         self.versions.clear();
         let (size, hash, time) = db_head.unwrap_or((0, GENESIS, 0));
         self.last_time = self.last_time.max(time);
-        let own = self.read_own_checkpoint(size).await?;
-        self.last_cp_size = own.as_ref().map_or(0, |(s, _)| *s);
         if self.frontier.size() > size {
             self.frontier = Frontier::new();
         }
+        // What this writer's key has covered: only checkpoints newer than the last one known
+        // are read (usually none, when another instance appended), unless the tree must be
+        // resumed, which looks at every one up to the head.
+        let known = if self.last_cp_size <= size {
+            self.last_cp_size
+        } else {
+            0
+        };
+        let floor = if self.frontier.size() == 0 { 0 } else { known };
+        match self.read_own_checkpoint(floor, size).await? {
+            Some((covered, frontier)) => {
+                self.last_cp_size = covered;
+                if self.frontier.size() == 0
+                    && let Some(f) = frontier
+                {
+                    self.frontier = f;
+                }
+            }
+            None => self.last_cp_size = floor,
+        }
+        // No checkpoint of this key to resume from (the first start after a key rotation): the
+        // newest frontier consistent with its own row, rather than every hash of the ledger
+        // read under the append lock. What it covers is not counted as this key's, so the key
+        // signs a checkpoint of its own at once.
         if self.frontier.size() == 0
-            && let Some((_, Some(f))) = own
+            && let Some(f) = self.read_latest_frontier(size).await?
         {
             self.frontier = f;
         }
@@ -1482,15 +1504,17 @@ impl Writer {
         }
     }
 
-    /// The newest checkpoint at or below `upto` that this writer's key signed (its note opens
-    /// under the key, for the row's size and root), and the frontier saved with it when that is
-    /// the checkpoint's tree. Anyone who may insert into `checkpoints` can add a row; the
-    /// writer takes neither what is covered nor where its tree resumes from one it did not
-    /// sign: a size past the head would stop every checkpoint, a forged frontier would have
-    /// the real key sign wrong roots. Another key's checkpoint (before a rotation) does not
-    /// count either: the writer signs its own soon after, and reads the tree from the events
-    /// until then.
-    async fn read_own_checkpoint(&mut self, upto: u64) -> Result<Option<(u64, Option<Frontier>)>> {
+    /// The newest checkpoint of a size in `(floor, upto]` that this writer's key signed (its
+    /// note opens under the key, for the row's size and root), and the frontier saved with it
+    /// when that is the checkpoint's tree. Anyone who may insert into `checkpoints` can add a
+    /// row: the writer does not count as covered what its key did not sign (a size past the
+    /// head would stop every checkpoint), and resumes its tree from its own checkpoints first
+    /// (a forged frontier would have the real key sign wrong roots).
+    async fn read_own_checkpoint(
+        &mut self,
+        floor: u64,
+        upto: u64,
+    ) -> Result<Option<(u64, Option<Frontier>)>> {
         // A few rows: forged ones above the newest genuine one are passed over, and past them
         // the writer takes none (and signs a checkpoint of its own at once).
         type Row = (i64, Vec<u8>, String, Vec<u8>);
@@ -1498,10 +1522,10 @@ impl Writer {
             WriterConn::Sqlite(c) => {
                 on_sqlite(c, move |c| {
                     let mut st = c.prepare(
-                        "SELECT tree_size, root, note, frontier FROM checkpoints WHERE tree_size <= ?1 ORDER BY tree_size DESC LIMIT 8",
+                        "SELECT tree_size, root, note, frontier FROM checkpoints WHERE tree_size > ?1 AND tree_size <= ?2 ORDER BY tree_size DESC, id DESC LIMIT 8",
                     )?;
                     let rows = st
-                        .query_map([upto as i64], |r| {
+                        .query_map([floor as i64, upto as i64], |r| {
                             Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
                         })?
                         .collect::<std::result::Result<Vec<Row>, _>>()?;
@@ -1511,8 +1535,9 @@ impl Writer {
             }
             WriterConn::Postgres(c) => {
                 let read = sqlx::query_as(
-                    "SELECT tree_size, root, note, frontier FROM checkpoints WHERE tree_size <= $1 ORDER BY tree_size DESC LIMIT 8",
+                    "SELECT tree_size, root, note, frontier FROM checkpoints WHERE tree_size > $1 AND tree_size <= $2 ORDER BY tree_size DESC, id DESC LIMIT 8",
                 )
+                .bind(floor as i64)
                 .bind(upto as i64)
                 .fetch_all(&mut *c);
                 link::within(link::STATEMENT_DEADLINE, "the newest checkpoints", read).await?
@@ -1531,6 +1556,39 @@ impl Writer {
             return Ok(Some((cp.size, frontier)));
         }
         Ok(None)
+    }
+
+    /// The frontier saved with the newest checkpoint at or below `upto` whose frontier is of
+    /// its size and leads to its root, whoever signed it: where a key that signed no checkpoint
+    /// yet resumes (see [`Self::sync_head`]).
+    async fn read_latest_frontier(&mut self, upto: u64) -> Result<Option<Frontier>> {
+        let row: Option<(i64, Vec<u8>, Vec<u8>)> = match &mut self.conn {
+            WriterConn::Sqlite(c) => {
+                on_sqlite(c, move |c| {
+                    use rusqlite::OptionalExtension;
+                    Ok(c.query_row(
+                        "SELECT tree_size, frontier, root FROM checkpoints WHERE tree_size <= ?1 ORDER BY tree_size DESC, id DESC LIMIT 1",
+                        [upto as i64],
+                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                    )
+                    .optional()?)
+                })
+                .await?
+            }
+            WriterConn::Postgres(c) => {
+                let read = sqlx::query_as(
+                    "SELECT tree_size, frontier, root FROM checkpoints WHERE tree_size <= $1 ORDER BY tree_size DESC, id DESC LIMIT 1",
+                )
+                .bind(upto as i64)
+                .fetch_optional(&mut *c);
+                link::within(link::STATEMENT_DEADLINE, "the frontier", read).await?
+            }
+        };
+        Ok(row.and_then(|(size, f, root)| {
+            Frontier::from_bytes(&f).filter(|f| {
+                i64::try_from(f.size()) == Ok(size) && Some(f.root()) == Hash::from_slice(&root)
+            })
+        }))
     }
 
     /// The hashes of the rows in `(from, to]`, and the bodies of the key rotations among them.

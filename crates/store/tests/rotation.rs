@@ -257,3 +257,63 @@ backend_tests! {
         assert!(matches!(&f.problem, Problem::KeyRotation { error } if error.contains("not by the key in force")), "{f}");
     }
 }
+
+/// The first start with a new key resumes the Merkle tree from the newest checkpoint of the
+/// key it replaces, not from every hash of the ledger read again under the append lock (too
+/// long on a large ledger: appends would fail until the new key signed). Seen through a hash
+/// changed under that checkpoint: the new key's root extends the checkpoint's tree, as it
+/// stood when signed.
+#[tokio::test]
+async fn a_new_key_resumes_from_the_checkpoint_of_the_key_it_replaces() {
+    let db = grantline_store::testing::sqlite().await;
+    let k0 = NoteSigner::generate(NAME).unwrap();
+    let k1 = NoteSigner::generate(NAME).unwrap();
+    let ledger = open(&db, &k0).await;
+    events(&ledger, 1..=5).await;
+    ledger
+        .append(Append::new(vec![rotation(
+            &k0,
+            &k1,
+            Some(k0.hand_over_to(&k1.verifier())),
+        )]))
+        .await
+        .unwrap();
+    assert_eq!(ledger.checkpoint().await.unwrap(), Some(6));
+    let before: Vec<Hash> = ledger.store().chain_hashes(6).await.unwrap();
+    ledger.shutdown().await;
+    let store = Store::connect(&db.db, false).await.unwrap();
+    let Pool::Sqlite(p) = store.pool() else {
+        unreachable!("SQLite")
+    };
+    sqlx::raw_sql(
+        "DROP TRIGGER events_no_update; UPDATE events SET hash = zeroblob(32) WHERE seq = 2",
+    )
+    .execute(p)
+    .await
+    .unwrap();
+    store.close().await;
+    let ledger = open(&db, &k1).await;
+    events(&ledger, 7..=9).await;
+    assert_eq!(
+        ledger.checkpoint().await.unwrap(),
+        Some(9),
+        "signed at once by the new key"
+    );
+    let after: Vec<Hash> = ledger.store().chain_hashes(9).await.unwrap();
+    let leaves: Vec<Hash> = before
+        .iter()
+        .chain(&after[6..])
+        .map(merkle::leaf_hash)
+        .collect();
+    let signed = ledger
+        .store()
+        .checkpoints()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|c| Checkpoint::open(&c.note, &[k1.verifier()]).ok())
+        .find(|c| c.size == 9)
+        .expect("the new key's checkpoint");
+    assert_eq!(signed.root, merkle::root_of(&leaves));
+    ledger.shutdown().await;
+}
