@@ -983,9 +983,10 @@ fn users_and_clients_from_the_command_line() {
     assert!(out.status.success(), "{out:?}");
     // alice held nothing live: said as such, not as "revoked already".
     assert!(
-        stdout(&out).starts_with("nothing live to revoke: everything of alice"),
+        stdout(&out).starts_with("nothing live to revoke found: everything of alice"),
         "{out:?}"
     );
+    assert!(stdout(&out).contains("sessions are ended"), "{out:?}");
     let out = grantline_in(d, &["user", "erase", "alice"]);
     assert!(out.status.success(), "{out:?}");
     assert!(

@@ -324,12 +324,10 @@ pub fn decide(
         )
         .into();
     }
-    // Judged as recorded: trimmed, as the metadata document path judges it too.
+    // Judged as recorded (trimmed; "Unnamed client" without one), as the metadata document
+    // path judges it too.
     let admitted = policy.admits(
-        req.client_name
-            .as_deref()
-            .map(str::trim)
-            .filter(|n| !n.is_empty()),
+        Some(&meta.client_name),
         meta.software_id.as_deref(),
         &req.redirect_uris,
     );

@@ -556,13 +556,25 @@ impl App {
             .chars()
             .take(grantline_oauth::limits::REASON_CHARS)
             .collect();
-        let outcome = crate::admin::settle_containment(
-            self,
-            &grantline_oauth::containment::Target::User(user_id.to_string()),
-            &reason,
+        let target = grantline_oauth::containment::Target::User(user_id.to_string());
+        // A person the provider turns away at every sign-in is deprovisioned at each: once
+        // they hold nothing and have not signed in since their sessions were last ended, there
+        // is nothing to record again (on everything the ledger holds).
+        self.projection.catch_up(self.store()).await?;
+        let idle = grantline_oauth::containment::contain_again(
+            &self.projection.read(),
             Actor::System,
+            &target,
+            &reason,
         )
-        .await?;
+        .append
+        .events
+        .is_empty();
+        let outcome = if idle {
+            Ok(0)
+        } else {
+            crate::admin::settle_containment(self, &target, &reason, Actor::System).await?
+        };
         if let Some(fed) = self.federation.as_deref() {
             fed.tables.drop_tokens(user_id, provider).await?;
             fed.checks

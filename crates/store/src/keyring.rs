@@ -24,30 +24,38 @@ async fn truncate_wal(p: &sqlx::SqlitePool, subject: &str) -> Result<()> {
     let (previous,): (i64,) = sqlx::query_as("PRAGMA busy_timeout")
         .fetch_one(&mut *c)
         .await?;
-    sqlx::query("PRAGMA busy_timeout = 100")
-        .execute(&mut *c)
-        .await?;
-    let mut truncated = false;
-    for _ in 0..TRIES {
-        let checkpoint: std::result::Result<(i64, i64, i64), sqlx::Error> =
-            sqlx::query_as("PRAGMA wal_checkpoint(TRUNCATE)")
+    let tries = async {
+        sqlx::query("PRAGMA busy_timeout = 100")
+            .execute(&mut *c)
+            .await?;
+        for _ in 0..TRIES {
+            // The first column says whether a reader kept it from finishing.
+            let (busy, _, _): (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(TRUNCATE)")
                 .fetch_one(&mut *c)
-                .await;
-        if matches!(checkpoint, Ok((0, _, _))) {
-            truncated = true;
-            break;
+                .await?;
+            if busy == 0 {
+                return Ok(true);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        Ok::<bool, sqlx::Error>(false)
     }
+    .await;
     let restore = sqlx::AssertSqlSafe(format!("PRAGMA busy_timeout = {previous}"));
-    sqlx::query(restore).execute(&mut *c).await?;
-    if !truncated {
+    let restored = sqlx::query(restore).execute(&mut *c).await;
+    if tries.is_err() || restored.is_err() {
+        // Not back to the pool with a short busy timeout: closed instead.
+        drop(c.detach());
+    }
+    if !tries? {
         tracing::warn!(
             subject,
             "the erased key is deleted, but the WAL could not be truncated while older reads \
-             went on: its old frames are overwritten as the writer's checkpoints start it over"
+             went on: its old frames are overwritten as the writer's checkpoints start it over \
+             (`grantline user erase <user id>` again truncates it once the reads are over)"
         );
     }
+    restored?;
     Ok(())
 }
 

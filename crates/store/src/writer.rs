@@ -1447,10 +1447,12 @@ impl Writer {
                     "SELECT seq, hash, time FROM events ORDER BY seq DESC LIMIT 1",
                 )?
                 .query_row([], |r| {
+                    // A time that is not an integer (tampered: `verify` finds it) does not
+                    // hold the writer's clock back, nor stop every append.
                     Ok((
                         r.get::<_, i64>(0)?,
                         r.get::<_, Vec<u8>>(1)?,
-                        r.get::<_, i64>(2)?,
+                        r.get::<_, Option<i64>>(2).ok().flatten().unwrap_or(0),
                     ))
                 })
                 .optional()?)

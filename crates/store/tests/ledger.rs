@@ -655,13 +655,15 @@ mod tamper {
             assert_eq!(store.read(0, 4).await.unwrap().len(), 4, "rows before them still read");
             // A head whose time does not read does not stop the writer: it appends after it
             // (what `verify` reports stays reported), not refuses every append as invalid.
-            if let Database::Postgres(_) = store.database() {
-                exec(&store, "UPDATE events SET time = 'infinity' WHERE seq = 12").await.unwrap();
-                let ledger = open_with(&db, quiet()).await;
-                let r = ledger.append(Append::new(vec![tool_call(13)])).await.unwrap();
-                assert_eq!(r[0].seq(), 13);
-                ledger.shutdown().await;
-            }
+            let sql = match store.database() {
+                Database::Postgres(_) => "UPDATE events SET time = 'infinity' WHERE seq = 12",
+                Database::Sqlite(_) => "UPDATE events SET time = 'noon' WHERE seq = 12",
+            };
+            exec(&store, sql).await.unwrap();
+            let ledger = open_with(&db, quiet()).await;
+            let r = ledger.append(Append::new(vec![tool_call(13)])).await.unwrap();
+            assert_eq!(r[0].seq(), 13);
+            ledger.shutdown().await;
         }
 
         async fn from_a_checkpoint_only_the_rows_after_it_are_read_and_checked(db: TestDb) {

@@ -55,13 +55,22 @@ pub async fn run(loc: &Location, args: Args) -> Result<ExitCode> {
     let r = admin::contain(&app, &what, &args.reason, Actor::Operator).await;
     app.ledger.shutdown().await;
     let n = r?;
+    let user = matches!(what, Containment::User(_));
     if n == 0 {
         println!(
-            "nothing live to revoke: {label} — each was revoked before, or none was issued \
-             (a user's browser sessions are ended all the same when they signed in since)"
+            "nothing live to revoke found: {label} — each was revoked before, or none was issued"
         );
     } else {
         println!("revoked {label} ({n} revoked)");
+    }
+    if user {
+        // Recorded every time: what another instance made while this was decided is revoked
+        // with it, without being in the count.
+        println!(
+            "their browser sessions are ended (user.sessions_ended), and with that end anything \
+             of theirs recorded before it is revoked, counted above or not (`grantline lineage \
+             <user>` lists it)"
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
