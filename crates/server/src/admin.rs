@@ -550,81 +550,6 @@ where
     Ok(Ok(revoked))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::cell::Cell;
-
-    /// A scripted containment: each round revokes what another writer "made" since the last
-    /// catch-up; `fail` makes a round or a catch-up fail.
-    async fn scripted(
-        made_between: &[usize],
-        fail_round: Option<usize>,
-        fail_catch_up: Option<usize>,
-    ) -> (Result<usize, grantline_oauth::OAuthError>, usize, usize) {
-        let (rounds, catch_ups, seen) = (Cell::new(0), Cell::new(0), Cell::new(0));
-        let unavailable = || AppError::Unavailable("the database went away".into());
-        let r = settle(
-            |first| {
-                let i = rounds.get();
-                assert_eq!(first, i == 0);
-                rounds.set(i + 1);
-                let n = if i == 0 { 2 } else { seen.replace(0) };
-                let r = if fail_round == Some(i) {
-                    Err(unavailable())
-                } else {
-                    Ok((Ok(n), n > 0))
-                };
-                std::future::ready(r)
-            },
-            || {
-                let i = catch_ups.get();
-                catch_ups.set(i + 1);
-                seen.set(made_between.get(i).copied().unwrap_or(0));
-                std::future::ready(if fail_catch_up == Some(i) {
-                    Err(unavailable())
-                } else {
-                    Ok(())
-                })
-            },
-        )
-        .await
-        .unwrap();
-        (r, rounds.get(), catch_ups.get())
-    }
-
-    #[tokio::test]
-    async fn rounds_go_on_until_one_finds_nothing() {
-        // Nothing raced it: a second round confirms.
-        let (r, rounds, _) = scripted(&[], None, None).await;
-        assert_eq!((r.unwrap(), rounds), (2, 2));
-        // A token made during the first round, then one during the second.
-        let (r, rounds, _) = scripted(&[1, 1], None, None).await;
-        assert_eq!((r.unwrap(), rounds), (4, 4));
-        // Something that never stops: bounded.
-        let (r, rounds, _) = scripted(&[1; 10], None, None).await;
-        assert_eq!(
-            (r.unwrap(), rounds),
-            (2 + CONTAINMENT_ROUNDS - 1, CONTAINMENT_ROUNDS)
-        );
-    }
-
-    #[tokio::test]
-    async fn a_later_failure_keeps_what_was_recorded() {
-        let (r, rounds, _) = scripted(&[1, 1], Some(2), None).await;
-        assert_eq!((r.unwrap(), rounds), (3, 3), "the first two rounds' count");
-        let (r, _, catch_ups) = scripted(&[1], None, Some(0)).await;
-        assert_eq!((r.unwrap(), catch_ups), (2, 1));
-        // A first round that fails is the containment failing.
-        let unavailable = settle(
-            |_| std::future::ready(Err(AppError::Unavailable("down".into()))),
-            || std::future::ready(Ok(())),
-        )
-        .await;
-        assert!(unavailable.is_err());
-    }
-}
-
 /// Erases a person: every grant, token family and personal access token of theirs is revoked
 /// together with `user.erased` (so nothing they left behind still works, on any instance),
 /// then their personal-data key and sign-in credentials are destroyed. Returns the user id,
@@ -864,4 +789,79 @@ pub async fn pat_list(app: &App, user_id: Option<&str>) -> Vec<serde_json::Value
         }));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+
+    /// A scripted containment: each round revokes what another writer "made" since the last
+    /// catch-up; `fail` makes a round or a catch-up fail.
+    async fn scripted(
+        made_between: &[usize],
+        fail_round: Option<usize>,
+        fail_catch_up: Option<usize>,
+    ) -> (Result<usize, grantline_oauth::OAuthError>, usize, usize) {
+        let (rounds, catch_ups, seen) = (Cell::new(0), Cell::new(0), Cell::new(0));
+        let unavailable = || AppError::Unavailable("the database went away".into());
+        let r = settle(
+            |first| {
+                let i = rounds.get();
+                assert_eq!(first, i == 0);
+                rounds.set(i + 1);
+                let n = if i == 0 { 2 } else { seen.replace(0) };
+                let r = if fail_round == Some(i) {
+                    Err(unavailable())
+                } else {
+                    Ok((Ok(n), n > 0))
+                };
+                std::future::ready(r)
+            },
+            || {
+                let i = catch_ups.get();
+                catch_ups.set(i + 1);
+                seen.set(made_between.get(i).copied().unwrap_or(0));
+                std::future::ready(if fail_catch_up == Some(i) {
+                    Err(unavailable())
+                } else {
+                    Ok(())
+                })
+            },
+        )
+        .await
+        .unwrap();
+        (r, rounds.get(), catch_ups.get())
+    }
+
+    #[tokio::test]
+    async fn rounds_go_on_until_one_finds_nothing() {
+        // Nothing raced it: a second round confirms.
+        let (r, rounds, _) = scripted(&[], None, None).await;
+        assert_eq!((r.unwrap(), rounds), (2, 2));
+        // A token made during the first round, then one during the second.
+        let (r, rounds, _) = scripted(&[1, 1], None, None).await;
+        assert_eq!((r.unwrap(), rounds), (4, 4));
+        // Something that never stops: bounded.
+        let (r, rounds, _) = scripted(&[1; 10], None, None).await;
+        assert_eq!(
+            (r.unwrap(), rounds),
+            (2 + CONTAINMENT_ROUNDS - 1, CONTAINMENT_ROUNDS)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_later_failure_keeps_what_was_recorded() {
+        let (r, rounds, _) = scripted(&[1, 1], Some(2), None).await;
+        assert_eq!((r.unwrap(), rounds), (3, 3), "the first two rounds' count");
+        let (r, _, catch_ups) = scripted(&[1], None, Some(0)).await;
+        assert_eq!((r.unwrap(), catch_ups), (2, 1));
+        // A first round that fails is the containment failing.
+        let unavailable = settle(
+            |_| std::future::ready(Err(AppError::Unavailable("down".into()))),
+            || std::future::ready(Ok(())),
+        )
+        .await;
+        assert!(unavailable.is_err());
+    }
 }
