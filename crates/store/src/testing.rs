@@ -76,6 +76,21 @@ pub async fn unblock_appends(db: &TestDb) {
     exec(db, sql).await;
 }
 
+/// The stored checkpoint of tree size `size` whose note opens under `key`, if any.
+pub async fn signed_checkpoint(
+    store: &crate::Store,
+    key: &grantline_ledger::NoteVerifier,
+    size: u64,
+) -> Option<grantline_ledger::Checkpoint> {
+    store
+        .checkpoints()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .into_iter()
+        .filter_map(|c| grantline_ledger::Checkpoint::open(&c.note, std::slice::from_ref(key)).ok())
+        .find(|c| c.size == size)
+}
+
 /// A fixed checkpoint signer for tests.
 pub fn signer() -> NoteSigner {
     NoteSigner::from_seed("grantline.test/ledger", [42u8; 32]).unwrap_or_else(|e| panic!("{e}"))

@@ -76,14 +76,8 @@ backend_tests! {
             .iter()
             .map(merkle::leaf_hash)
             .collect();
-        let signed = ledger
-            .store()
-            .checkpoints()
+        let signed = grantline_store::testing::signed_checkpoint(ledger.store(), &grantline_store::testing::signer().verifier(), 10)
             .await
-            .unwrap()
-            .into_iter()
-            .filter_map(|c| Checkpoint::open(&c.note, &[grantline_store::testing::signer().verifier()]).ok())
-            .find(|c| c.size == 10)
             .expect("a checkpoint of 10 signed by the ledger's key");
         assert_eq!(signed.root, merkle::root_of(&leaves), "the root of the events, not of the forged tree");
         ledger.shutdown().await;

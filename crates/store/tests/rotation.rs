@@ -305,14 +305,8 @@ async fn a_new_key_resumes_from_the_checkpoint_of_the_key_it_replaces() {
         .chain(&after[6..])
         .map(merkle::leaf_hash)
         .collect();
-    let signed = ledger
-        .store()
-        .checkpoints()
+    let signed = grantline_store::testing::signed_checkpoint(ledger.store(), &k1.verifier(), 9)
         .await
-        .unwrap()
-        .into_iter()
-        .filter_map(|c| Checkpoint::open(&c.note, &[k1.verifier()]).ok())
-        .find(|c| c.size == 9)
         .expect("the new key's checkpoint");
     assert_eq!(signed.root, merkle::root_of(&leaves));
     ledger.shutdown().await;
