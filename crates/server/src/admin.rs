@@ -516,15 +516,24 @@ where
     R: Future<Output = Result<(Result<usize, grantline_oauth::OAuthError>, bool), AppError>>,
     C: Future<Output = Result<(), AppError>>,
 {
-    let (first, _) = round(true).await?;
+    let (first, mut durable) = round(true).await?;
     let mut revoked = match first {
         Ok(n) => n,
         Err(e) => return Ok(Err(e)),
     };
     for later in 1..CONTAINMENT_ROUNDS {
+        // Nothing recorded yet (the first round found it all revoked already): a failure now
+        // is the containment's own, not a check after it.
+        let failed = |e: AppError| {
+            if durable {
+                tracing::warn!(error = %e, round = later, "the containment is recorded; checking again for what raced it failed");
+                Ok(Ok(revoked))
+            } else {
+                Err(e)
+            }
+        };
         if let Err(e) = catch_up().await {
-            tracing::warn!(error = %e, "the containment is recorded; checking the ledger again for what raced it failed");
-            return Ok(Ok(revoked));
+            return failed(e);
         }
         match round(false).await {
             Ok((Ok(n), recorded)) => {
@@ -532,14 +541,12 @@ where
                 if !recorded {
                     return Ok(Ok(revoked));
                 }
+                durable = true;
             }
             // The target was there in the first round: what a later one cannot find was
             // forgotten meanwhile, and is contained.
             Ok((Err(_), _)) => return Ok(Ok(revoked)),
-            Err(e) => {
-                tracing::warn!(error = %e, round = later, "the containment is recorded; a later round that revokes what raced it failed");
-                return Ok(Ok(revoked));
-            }
+            Err(e) => return failed(e),
         }
     }
     tracing::warn!(
@@ -856,6 +863,22 @@ mod tests {
         assert_eq!((r.unwrap(), rounds), (3, 3), "the first two rounds' count");
         let (r, _, catch_ups) = scripted(&[1], None, Some(0)).await;
         assert_eq!((r.unwrap(), catch_ups), (2, 1));
+        // A first round that found everything revoked already records nothing: a later round
+        // that fails to revoke what it found is the containment failing.
+        let calls = Cell::new(0);
+        let nothing_then_down = settle(
+            |_| {
+                calls.set(calls.get() + 1);
+                std::future::ready(if calls.get() == 1 {
+                    Ok((Ok(0), false))
+                } else {
+                    Err(AppError::Unavailable("down".into()))
+                })
+            },
+            || std::future::ready(Ok(())),
+        )
+        .await;
+        assert!(nothing_then_down.is_err());
         // A first round that fails is the containment failing.
         let unavailable = settle(
             |_| std::future::ready(Err(AppError::Unavailable("down".into()))),
