@@ -193,6 +193,36 @@ backend_tests! {
         assert!(std::fs::read_to_string(&file).unwrap().contains("u_alice"));
     }
 
+    async fn a_reading_where_no_checkpoint_key_is_leaves_nothing_behind(db: TestDb) {
+        history(&db).await;
+        let head = open(&db).await.store().head().await.unwrap().unwrap().0;
+        // An evidence copy: the ledger, but neither the server's key file nor its variable.
+        let dir = tempfile::tempdir().unwrap();
+        for args in [
+            vec!["events", "--kind", "user.created"],
+            vec!["export"],
+            vec!["audit", "search", "kind:user.created"],
+        ] {
+            let o = Command::new(env!("CARGO_BIN_EXE_grantline"))
+                .args(&args)
+                .arg("--database")
+                .arg(db.url())
+                .arg("--data-dir")
+                .arg(dir.path())
+                .env_remove("GRANTLINE_CHECKPOINT_KEY")
+                .env_remove("GRANTLINE_DATABASE_URL")
+                .env_remove("GRANTLINE_CONFIG")
+                .output()
+                .unwrap();
+            assert!(!o.status.success(), "{args:?}: {o:?}");
+            assert!(err(&o).contains("no checkpoint key in"), "{args:?}: {}", err(&o));
+            let shown = String::from_utf8_lossy(&o.stdout);
+            assert!(!shown.contains("user.created") && !shown.contains("u_alice"), "{args:?} showed the trail unrecorded: {shown}");
+        }
+        assert!(!dir.path().join("checkpoint.key").exists(), "a key was made in the copy");
+        assert_eq!(open(&db).await.store().head().await.unwrap().unwrap().0, head, "the copy was written to");
+    }
+
     async fn export_from_a_cursor_without_an_index_names_users_created_before_it(db: TestDb) {
         history(&db).await;
         // A fresh data directory: no audit index to take the names from, so the export reads

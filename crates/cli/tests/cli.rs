@@ -145,6 +145,16 @@ backend_tests! {
             assert_eq!(o.status.code(), Some(0), "{o:?}");
             assert!(std::fs::read(&copy).unwrap() == before, "verify changed the file it checked");
             assert!(!dir.path().join("copy.db-wal").exists());
+            // So are the responder's other reads, which append nothing.
+            let evidence = tempfile::tempdir().unwrap();
+            let d = evidence.path().to_str().unwrap();
+            for args in [&["replay", "--until", "5", "--json"][..], &["state", "--at", "5", "--json"], &["proof", "5"]] {
+                let o = grantline(&[args, &["--database", &url, "--data-dir", d]].concat());
+                assert_eq!(o.status.code(), Some(0), "{args:?}: {o:?}");
+                assert!(std::fs::read(&copy).unwrap() == before, "{args:?} changed the file it read");
+                assert!(!dir.path().join("copy.db-wal").exists(), "{args:?}");
+                assert!(!dir.path().join("copy.db-shm").exists(), "{args:?}");
+            }
         }
 
         // No key at all (none given, an empty data directory): nothing signed was checked.

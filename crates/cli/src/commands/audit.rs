@@ -6,7 +6,7 @@ use crate::location::Location;
 use anyhow::{Context, Result, bail};
 use grantline_audit::access::{self, Reader};
 use grantline_audit::{AuditIndex, AuditRecord, Indexer, IndexerOptions, SortOrder};
-use grantline_ledger::{AuditSurface, NewEvent, Timestamp};
+use grantline_ledger::{AuditSurface, NewEvent, NoteSigner, Timestamp};
 use grantline_store::{Keyring, Ledger, LedgerOptions, Store};
 use std::io::Write;
 use std::path::PathBuf;
@@ -132,16 +132,28 @@ pub async fn exporter_from(
     Ok(exporter)
 }
 
-/// Appends an event the operator's reading caused.
-pub async fn record(loc: &Location, event: Option<NewEvent>) -> Result<()> {
+/// The key a reading of the audit trail is recorded under: the server's, never a new one.
+/// Asked for before a reading touches anything, since a data directory without a key is not a
+/// server's (an evidence copy, a backup unpacked elsewhere) and a reading must leave neither a
+/// key nor an event nor a personal-data key in it.
+pub fn reading_key(loc: &Location) -> Result<NoteSigner> {
+    match grantline_store::keyfile::load_signer(&loc.data_dir)? {
+        Some(signer) => Ok(signer),
+        None => bail!(
+            "no checkpoint key in {}: every reading of the audit trail is recorded in the \
+             ledger it reads, and this data directory is not a server's; give the server's \
+             --data-dir, or read a copy that holds its key",
+            loc.data_dir.display()
+        ),
+    }
+}
+
+/// Appends an event the operator's reading caused, signed by [`reading_key`]'s key.
+pub async fn record(loc: &Location, key: &NoteSigner, event: Option<NewEvent>) -> Result<()> {
     let Some(event) = event else {
         bail!("the reading is out of bounds and cannot be recorded");
     };
-    let signer = grantline_store::keyfile::load_or_create_signer(
-        &loc.data_dir,
-        &std::env::var("GRANTLINE_LEDGER_ORIGIN")
-            .unwrap_or_else(|_| grantline_store::keyfile::DEFAULT_ORIGIN.to_string()),
-    )?;
+    let signer = key.clone();
     // This command folds no state, so it does not check which checkpoint key is in force:
     // it signs no checkpoint (the server's next one covers this event).
     let options = LedgerOptions {
@@ -220,12 +232,14 @@ pub async fn run(loc: &Location, cmd: Command) -> Result<ExitCode> {
                     return Ok(ExitCode::from(2));
                 }
             };
+            let key = reading_key(loc)?;
             let index = current_index(loc, &store).await?;
             let order = if asc { SortOrder::Asc } else { SortOrder::Desc };
             let page = index.search(&expr, order, cursor, limit)?;
             let sealed = seal(&store, &query).await?;
             record(
                 loc,
+                &key,
                 access::searched(
                     &Reader::default(),
                     AuditSurface::Cli,

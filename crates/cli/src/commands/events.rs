@@ -76,6 +76,7 @@ fn filter(args: &Args) -> Result<(grantline_audit::Expr, String)> {
 }
 
 pub async fn run(loc: &Location, args: Args) -> Result<ExitCode> {
+    let key = super::audit::reading_key(loc)?;
     let store = Store::connect(&loc.database, false)
         .await
         .with_context(|| format!("opening {}", loc.database.display()))?;
@@ -117,6 +118,7 @@ pub async fn run(loc: &Location, args: Args) -> Result<ExitCode> {
         {
             super::audit::record(
                 loc,
+                &key,
                 grantline_audit::access::searched(
                     &grantline_audit::access::Reader::default(),
                     grantline_ledger::AuditSurface::Cli,

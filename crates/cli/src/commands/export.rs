@@ -62,6 +62,7 @@ impl ExportFormat {
 const BATCH: u32 = 20_000;
 
 pub async fn run(loc: &Location, args: Args) -> Result<ExitCode> {
+    let key = super::audit::reading_key(loc)?;
     let store = Store::connect(&loc.database, false)
         .await
         .with_context(|| format!("opening {}", loc.database.display()))?;
@@ -145,7 +146,7 @@ pub async fn run(loc: &Location, args: Args) -> Result<ExitCode> {
                 },
                 None,
             );
-            super::audit::record(loc, event).await?;
+            super::audit::record(loc, &key, event).await?;
             exported_total += count;
         }
         out.write_all(&buf)?;

@@ -65,8 +65,10 @@ pub struct LineageArgs {
     json: bool,
 }
 
+/// Opens the ledger for reading only: these commands append nothing, and an SQLite file (an
+/// evidence copy, a backup's) is left as it is, its journal mode and directory included.
 pub(crate) async fn open(loc: &Location) -> Result<Store> {
-    Store::connect(&loc.database, false)
+    Store::connect_read_only(&loc.database)
         .await
         .with_context(|| format!("opening {}", loc.database.display()))
 }

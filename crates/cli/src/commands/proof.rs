@@ -72,7 +72,7 @@ pub enum Proof {
 }
 
 pub async fn run(loc: &Location, args: Args) -> Result<ExitCode> {
-    let store = Store::connect(&loc.database, false)
+    let store = Store::connect_read_only(&loc.database)
         .await
         .with_context(|| format!("opening {}", loc.database.display()))?;
     let newest = store

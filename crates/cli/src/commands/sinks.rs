@@ -20,7 +20,7 @@ pub enum Command {
 pub async fn run(loc: &Location, cmd: Command) -> Result<ExitCode> {
     let Command::Status { json } = cmd;
     let config = grantline_server::Config::load(loc.config.as_deref())?;
-    let store = Store::connect(&loc.database, false)
+    let store = Store::connect_read_only(&loc.database)
         .await
         .with_context(|| format!("opening {}", loc.database.display()))?;
     let head = store.head().await?.map_or(0, |h| h.0);
