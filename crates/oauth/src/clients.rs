@@ -204,15 +204,17 @@ pub fn disable(state: &State, actor: Actor, client_id: &str, reason: &str) -> De
     )
 }
 
-/// `client.expired` for each dynamic registration past its TTL that was never used. Each
-/// expects the client's stream as it was seen: an expiry that loses the race to the client's
-/// first authorization is not written.
+/// `client.expired` for each dynamic registration or metadata-document client past its TTL
+/// that was never used. Each expects the client's stream as it was seen: an expiry that loses
+/// the race to the client's first authorization is not written. A disabled document client
+/// stays: its URL, taken in again, would come back enabled.
 pub fn expire_unused(state: &State, now: Timestamp, ttl_seconds: u64) -> Decision<usize> {
     let mut due: Vec<_> = state
         .clients
         .values()
         .filter(|c| {
-            c.method == RegistrationMethod::Dynamic
+            (c.method == RegistrationMethod::Dynamic
+                || (c.method == RegistrationMethod::MetadataDocument && !c.disabled))
                 && !c.used
                 && !c.expired
                 && c.expires_at.is_some_and(|e| e <= now)

@@ -3,8 +3,8 @@
 use crate::tokens::Secret;
 use crate::{Decision, ErrorCode, OAuthError, limits, redirect, scope};
 use grantline_ledger::{
-    Actor, ApplicationType, AuthMethod, ClientRegistered, GrantType, NewEvent, RegistrationMethod,
-    RegistrationRejected, RequestMeta, StreamId, Timestamp,
+    Actor, ApplicationType, AuthMethod, ClientRegistered, GrantType, Kind, NewEvent,
+    RegistrationMethod, RegistrationRejected, RequestMeta, StreamId, Timestamp,
 };
 use serde::{Deserialize, Serialize};
 
@@ -410,17 +410,37 @@ pub fn document_changed(state: &grantline_state::State, url: &str, meta: &Client
     })
 }
 
-/// Decides the intake of a client ID metadata document fetched from `url`: the client is
-/// recorded when it is new (`client.registered`, method `metadata_document`) or when its
-/// metadata changed (`client.updated`); a disabled client stays as it is. `meta` is the
-/// document's metadata as [`check`] accepted it, so every value is bounded; the stream is
-/// expected at the version the decision saw.
-pub fn decide_document(
-    state: &grantline_state::State,
-    url: &str,
-    meta: &ClientMetadata,
-    policy: &Policy,
-) -> Decision<()> {
+/// A client ID metadata document fetched and checked, to be taken in.
+pub struct DocumentIntake<'a> {
+    /// The URL the document was fetched from: the client's id.
+    pub url: &'a str,
+    /// The document's metadata as [`check`] accepted it, so every value is bounded.
+    pub metadata: &'a ClientMetadata,
+    pub policy: &'a Policy,
+    pub now: Timestamp,
+    /// How long a new client may stay unused before it expires (`dynamic_client_ttl`).
+    pub unused_ttl: u64,
+    /// The kinds of the events on the client's stream as the ledger holds them, read when the
+    /// state knows no client at the URL: empty for a URL never taken in, ending in
+    /// `client.expired` for one that expired unused and left the state.
+    pub recorded: &'a [String],
+}
+
+/// Decides the intake of a client ID metadata document: the client is recorded when it is new
+/// (`client.registered`, method `metadata_document`) or when its metadata changed
+/// (`client.updated`); a disabled client stays as it is. A new client expires unused as a
+/// dynamic registration does: anyone may name documents, and each would otherwise stay in
+/// memory for good. Its URL may be named again after that: the client is taken in again on its
+/// stream, expected at the version the ledger holds.
+pub fn decide_document(state: &grantline_state::State, intake: &DocumentIntake) -> Decision<()> {
+    let DocumentIntake {
+        url,
+        metadata: meta,
+        policy,
+        now,
+        unused_ttl,
+        recorded,
+    } = *intake;
     let stream = StreamId::client(url);
     // A new client is held to the registration policy, as a dynamic registration is — and so
     // is every change a document makes later (else a document admitted with an allowed
@@ -473,28 +493,61 @@ pub fn decide_document(
             )
             .expect(stream, grantline_ledger::ExpectedVersion::Exactly(version));
         }
-        None => ClientRegistered {
-            client_id: url.to_string(),
-            client_name: meta.client_name.clone(),
-            method: RegistrationMethod::MetadataDocument,
-            application_type: meta.application_type,
-            token_endpoint_auth_method: meta.auth_method,
-            redirect_uris: meta.redirect_uris.clone(),
-            grant_types: meta.grant_types.clone(),
-            scope: meta.scope.clone(),
-            software_id: meta.software_id.clone(),
-            software_version: meta.software_version.clone(),
-            client_uri: meta.client_uri.clone(),
-            logo_uri: meta.logo_uri.clone(),
-            metadata_document_url: Some(url.to_string()),
-            secret_digest: None,
-            expires_at: None,
-            request: None,
-        },
+        // Taken in again after it expired unused: on its stream, after the expiry. A stream
+        // that holds anything else is a client this state has not caught up with.
+        None if !recorded.is_empty() => {
+            if recorded.last().map(String::as_str) != Some(Kind::ClientExpired.as_str()) {
+                return OAuthError::new(
+                    ErrorCode::TemporarilyUnavailable,
+                    "this application's registration is being recorded; try again",
+                )
+                .into();
+            }
+            return Decision::new(
+                vec![NewEvent::new(
+                    stream.clone(),
+                    Actor::System,
+                    document_registered(url, meta, now, unused_ttl),
+                )],
+                Ok(()),
+            )
+            .expect(
+                stream,
+                grantline_ledger::ExpectedVersion::Exactly(recorded.len() as u64),
+            );
+        }
+        None => document_registered(url, meta, now, unused_ttl),
     };
     Decision::new(
         vec![NewEvent::new(stream.clone(), Actor::System, event)],
         Ok(()),
     )
     .expect(stream, grantline_ledger::ExpectedVersion::NoStream)
+}
+
+/// The registration of a client from its metadata document, expiring unused after `ttl`.
+fn document_registered(
+    url: &str,
+    meta: &ClientMetadata,
+    now: Timestamp,
+    ttl: u64,
+) -> ClientRegistered {
+    ClientRegistered {
+        client_id: url.to_string(),
+        client_name: meta.client_name.clone(),
+        method: RegistrationMethod::MetadataDocument,
+        application_type: meta.application_type,
+        token_endpoint_auth_method: meta.auth_method,
+        redirect_uris: meta.redirect_uris.clone(),
+        grant_types: meta.grant_types.clone(),
+        scope: meta.scope.clone(),
+        software_id: meta.software_id.clone(),
+        software_version: meta.software_version.clone(),
+        client_uri: meta.client_uri.clone(),
+        logo_uri: meta.logo_uri.clone(),
+        metadata_document_url: Some(url.to_string()),
+        secret_digest: None,
+        expires_at: Some(now.plus_secs(ttl.min(i64::MAX as u64) as i64)),
+        request: None,
+    }
 }

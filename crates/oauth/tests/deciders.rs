@@ -2007,11 +2007,101 @@ fn an_update_removes_what_the_declaration_no_longer_gives() {
     for scope in [Some("demo:read"), None] {
         let r = req(scope);
         let meta = register::check(&r).unwrap();
-        let d = register::decide_document(&w.state, url, &meta, &Policy::Open);
+        let d = take_in(&w, url, &meta, &Policy::Open, &[]);
         w.commit(&d.append).unwrap();
         assert_eq!(w.state.clients[url].scope.as_deref(), scope);
         assert!(!register::document_changed(&w.state, url, &meta), "settled");
     }
+}
+
+/// Takes in a metadata document as the authorize route does, with the kinds `recorded` on its
+/// client's stream (read only when the state knows no client there).
+fn take_in(
+    w: &World,
+    url: &str,
+    meta: &register::ClientMetadata,
+    policy: &Policy,
+    recorded: &[String],
+) -> grantline_oauth::Decision<()> {
+    register::decide_document(
+        &w.state,
+        &register::DocumentIntake {
+            url,
+            metadata: meta,
+            policy,
+            now: w.now,
+            unused_ttl: 86_400,
+            recorded,
+        },
+    )
+}
+
+/// A document client nobody completed an authorization with expires as a dynamic registration
+/// does and leaves the state; its URL, named again, is taken in again after the expiry on its
+/// stream. One that an administrator disabled stays (else it would come back enabled).
+#[test]
+fn an_unused_document_client_expires_and_its_url_is_taken_in_again() {
+    let mut w = World::new();
+    let url = "https://tool.example/client.json";
+    let r = RegistrationRequest {
+        client_name: Some("Tool".into()),
+        redirect_uris: vec!["http://127.0.0.1/cb".into()],
+        token_endpoint_auth_method: Some("none".into()),
+        ..Default::default()
+    };
+    let meta = register::check(&r).unwrap();
+    let d = take_in(&w, url, &meta, &Policy::Open, &[]);
+    w.commit(&d.append).unwrap();
+    assert_eq!(
+        w.state.clients[url].expires_at,
+        Some(w.now.plus_secs(86_400))
+    );
+    let disabled_url = "https://other.example/client.json";
+    let d = take_in(&w, disabled_url, &meta, &Policy::Open, &[]);
+    w.commit(&d.append).unwrap();
+    let d = grantline_oauth::clients::disable(&w.state, Actor::Operator, disabled_url, "abuse");
+    w.commit(&d.append).unwrap();
+
+    w.now = w.now.plus_secs(86_401);
+    let d = grantline_oauth::clients::expire_unused(&w.state, w.now, 86_400);
+    assert_eq!(d.outcome, Ok(1), "the disabled one is not expired");
+    w.commit(&d.append).unwrap();
+    assert!(!w.state.clients.contains_key(url), "it left the state");
+    assert!(w.state.clients[disabled_url].disabled);
+
+    // Named again: a state that forgot it must not register it as new (the stream exists).
+    let d = take_in(&w, url, &meta, &Policy::Open, &[]);
+    assert!(
+        w.commit(&d.append).is_err(),
+        "a second stream start conflicts"
+    );
+    // What the ledger holds on the stream ends with something this state has not read.
+    let registered = vec!["client.registered".to_string()];
+    let d = take_in(&w, url, &meta, &Policy::Open, &registered);
+    assert!(d.append.events.is_empty());
+    assert_eq!(
+        d.outcome.unwrap_err().code,
+        ErrorCode::TemporarilyUnavailable
+    );
+    // After its expiry: taken in again, at the version after it, expiring unused again.
+    let recorded = vec![
+        "client.registered".to_string(),
+        "client.expired".to_string(),
+    ];
+    let d = take_in(&w, url, &meta, &Policy::Open, &recorded);
+    assert_eq!(w.commit(&d.append).unwrap(), vec![Kind::ClientRegistered]);
+    let c = &w.state.clients[url];
+    assert!(!c.used && !c.expired && !c.disabled);
+    assert_eq!(c.expires_at, Some(w.now.plus_secs(86_400)));
+    // And held to the policy as a new client is.
+    let d = take_in(
+        &w,
+        "https://third.example/c.json",
+        &meta,
+        &Policy::Off,
+        &recorded,
+    );
+    assert!(d.append.events.is_empty() && d.outcome.is_err());
 }
 
 /// A client whose leaked secret mints tokens as fast as it can still gets contained: each
@@ -2115,7 +2205,7 @@ fn metadata_documents_are_held_to_the_registration_policy() {
         redirect_host: Some("127.0.0.1".into()),
     }]);
     for policy in [Policy::Off, localhost_only] {
-        let d = register::decide_document(&w.state, url, &meta, &policy);
+        let d = take_in(&w, url, &meta, &policy, &[]);
         assert!(d.append.events.is_empty(), "{policy:?}");
         assert_eq!(d.outcome.unwrap_err().code, ErrorCode::InvalidClient);
     }
@@ -2132,7 +2222,7 @@ fn metadata_documents_are_held_to_the_registration_policy() {
     };
     let d = grantline_oauth::clients::sync_configured(&w.state, &declared, None);
     w.commit(&d.append).unwrap();
-    let d = register::decide_document(&w.state, admin_url, &meta, &Policy::Open);
+    let d = take_in(&w, admin_url, &meta, &Policy::Open, &[]);
     assert!(d.append.events.is_empty());
     assert!(!register::document_changed(&w.state, admin_url, &meta));
     assert_eq!(
@@ -2155,18 +2245,18 @@ fn metadata_documents_are_held_to_the_registration_policy() {
     }]);
     let first = at("http://127.0.0.1/cb");
     let meta = register::check(&first).unwrap();
-    let d = register::decide_document(&w.state, local, &meta, &allow_local);
+    let d = take_in(&w, local, &meta, &allow_local, &[]);
     w.commit(&d.append).unwrap();
     assert!(w.state.clients.contains_key(local));
     let moved = at("https://evil.example/cb");
     let moved_meta = register::check(&moved).unwrap();
-    let d = register::decide_document(&w.state, local, &moved_meta, &allow_local);
+    let d = take_in(&w, local, &moved_meta, &allow_local, &[]);
     assert!(d.append.events.is_empty() && d.outcome.is_err());
     assert_eq!(
         w.state.clients[local].redirect_uris,
         vec!["http://127.0.0.1/cb".to_string()]
     );
-    let d = register::decide_document(&w.state, local, &meta, &Policy::Off);
+    let d = take_in(&w, local, &meta, &Policy::Off, &[]);
     assert!(
         d.append.events.is_empty() && d.outcome.is_ok(),
         "admitted before: goes on"

@@ -130,7 +130,8 @@ pub async fn policies(app: &App) -> Result<()> {
     Ok(())
 }
 
-/// Appends `client.expired` for each dynamic registration past its TTL that was never used.
+/// Appends `client.expired` for each dynamic registration or metadata-document client past its
+/// TTL that was never used.
 pub async fn expire_unused_clients(app: &App) {
     let now = app.now();
     let ttl = app.config.oauth.dynamic_client_ttl;
@@ -139,7 +140,7 @@ pub async fn expire_unused_clients(app: &App) {
         .await
     {
         Ok((Ok(n), _)) if n > 0 => {
-            tracing::info!(count = n, "expired unused dynamic registrations")
+            tracing::info!(count = n, "expired unused registrations")
         }
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "could not record client expiry"),

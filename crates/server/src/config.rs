@@ -431,6 +431,7 @@ pub struct OAuthSection {
     pub refresh_idle_ttl: u64,
     pub refresh_absolute_ttl: u64,
     pub refresh_grace: u64,
+    /// Unused dynamic registrations and metadata-document clients expire after this.
     pub dynamic_client_ttl: u64,
     /// Client ids (confidential) allowed to call the introspection endpoint.
     pub introspection_clients: Vec<String>,
@@ -499,7 +500,8 @@ pub struct MetadataDocumentsSection {
     /// over it, the authorization request is answered 429.
     pub per_address_per_hour: u32,
     /// New metadata-document clients taken in per hour from all addresses together (0: no
-    /// limit); over it, 429. They are kept for good.
+    /// limit); over it, 429. Each unused one stays in the state until it expires
+    /// (`dynamic_client_ttl`); the ledger keeps every one for good.
     pub total_per_hour: u32,
     /// Changes of one metadata-document client taken in per day (`client.updated`, each kept
     /// for ever; 0: no limit); over it, its authorization requests are answered 429.

@@ -889,6 +889,59 @@ grantline_store::backend_tests! {
         s.stop().await;
     }
 
+    async fn an_unused_document_client_expires_and_comes_back_when_named_again(db: TestDb) {
+        let url = serve_document(|url| {
+            serde_json::json!({
+                "client_id": url, "client_name": "Doc Client", "redirect_uris": [REDIRECT],
+                "token_endpoint_auth_method": "none",
+            })
+        })
+        .await;
+        let (s, _d) = server_with(&db, |c| {
+            c.metadata_documents.allow_private_addresses = true;
+            c.metadata_documents.allow_http = true;
+            c.oauth.dynamic_client_ttl = 1;
+        })
+        .await;
+        let (_, challenge) = pkce();
+        let resource = s.resource();
+        let p = [
+            ("response_type", "code"),
+            ("client_id", url.as_str()),
+            ("redirect_uri", REDIRECT),
+            ("code_challenge", challenge.as_str()),
+            ("code_challenge_method", "S256"),
+            ("resource", resource.as_str()),
+        ];
+        let b = browser();
+        login(&s, &b).await;
+        let consent = |b: reqwest::Client| {
+            let u = authorize_url(&s, &p);
+            async move {
+                let r = b.get(u).send().await.unwrap();
+                assert_eq!(r.status(), StatusCode::OK);
+                assert!(r.text().await.unwrap().contains("Doc Client"));
+            }
+        };
+        consent(b.clone()).await;
+        assert!(s.app.projection.read().clients[&url].expires_at.is_some());
+        // Nobody consented: past the TTL it expires and leaves the state.
+        s.app.clock.advance(2);
+        grantline_server::bootstrap::expire_unused_clients(&s.app).await;
+        assert!(!s.app.projection.read().clients.contains_key(&url));
+        // Named again, it is taken in again on its stream, after the expiry.
+        consent(b.clone()).await;
+        assert!(!s.app.projection.read().clients[&url].used);
+        let kinds = s
+            .app
+            .store()
+            .stream_kinds(&grantline_ledger::StreamId::client(&url))
+            .await
+            .unwrap();
+        assert_eq!(kinds, ["client.registered", "client.expired", "client.registered"]);
+        s.stop().await;
+    }
+
     async fn a_document_that_keeps_changing_is_taken_in_so_often_a_day(db: TestDb) {
         // A document of someone's own whose name changes at every fetch: each change taken in
         // is a `client.updated`, kept for ever.

@@ -230,8 +230,25 @@ async fn ensure_document_client(
     if let Some(slot) = slot.as_mut() {
         slot.committing();
     }
+    // A URL whose client expired unused is taken in again after the expiry on its stream.
+    let history = if known {
+        Vec::new()
+    } else {
+        app.store()
+            .stream_kinds(&grantline_ledger::StreamId::client(&doc.url))
+            .await
+            .map_err(|e| pages::app_error(e.into()))?
+    };
+    let intake = grantline_oauth::register::DocumentIntake {
+        url: &doc.url,
+        metadata: &doc.metadata,
+        policy: &policy,
+        now: app.now(),
+        unused_ttl: app.config.oauth.dynamic_client_ttl,
+        recorded: &history,
+    };
     let (outcome, recorded) = app
-        .run(|s| grantline_oauth::register::decide_document(s, &doc.url, &doc.metadata, &policy))
+        .run(|s| grantline_oauth::register::decide_document(s, &intake))
         .await
         .map_err(pages::app_error)?;
     // Refused by the registration policy: a page, as every other refusal here (not the token
@@ -251,6 +268,10 @@ async fn ensure_document_client(
             tracing::warn!(reason = %e.wire_description(), "a client's changed metadata document was not taken in");
             Ok(())
         }
+        // Another instance is taking the URL in again: its event is not read here yet.
+        Err(e) if e.code == grantline_oauth::ErrorCode::TemporarilyUnavailable => Err(
+            pages::error(StatusCode::SERVICE_UNAVAILABLE, "Try again", &e.description),
+        ),
         Err(e) => Err(not_admitted(&e.description)),
     }
 }

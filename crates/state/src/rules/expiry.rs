@@ -12,9 +12,9 @@
 //! The sweep runs inside the fold, at the first event of each UTC day by event time: a replay,
 //! or a start from a snapshot, forgets at the same seqs the live server did.
 //!
-//! A dynamic registration that expired unused is forgotten at its `client.expired`
-//! ([`client_expired`]): anyone may register, and its redirect URIs and metadata would
-//! otherwise stay in memory for good.
+//! A dynamic registration or a metadata-document client that expired unused is forgotten at
+//! its `client.expired` ([`client_expired`]): anyone may register one or name a document, and
+//! its redirect URIs and metadata would otherwise stay in memory for good.
 
 use crate::State;
 use foldhash::HashSet;
@@ -123,9 +123,11 @@ pub fn forget_dead(state: &mut State, cutoff: Timestamp) -> Forgotten {
 }
 
 /// `client.expired`: an unused dynamic registration leaves the state (its id was random and is
-/// never registered again; the log keeps its story). The sweep decides on a state that may be
-/// a moment old: an expiry recorded after the client's first authorization lost that race and
-/// is void. Other clients that expire (none today) keep an entry marked expired.
+/// never registered again; the log keeps its story), and so does an unused metadata-document
+/// client (its URL, named again, is taken in again on the same stream). The sweep decides on a
+/// state that may be a moment old: an expiry recorded after the client's first authorization
+/// lost that race and is void. Other clients that expire (none today) keep an entry marked
+/// expired.
 pub fn client_expired(
     state: &mut State,
     e: &grantline_ledger::ClientExpired,
@@ -137,7 +139,8 @@ pub fn client_expired(
     if c.used {
         return;
     }
-    if c.method == grantline_ledger::RegistrationMethod::Dynamic {
+    use grantline_ledger::RegistrationMethod::{Dynamic, MetadataDocument};
+    if matches!(c.method, Dynamic | MetadataDocument) {
         state.clients.remove(&e.client_id);
         // And the way from its stream to it (every registration adds one).
         if state.client_streams.get(stream) == Some(&e.client_id) {
