@@ -512,9 +512,11 @@ fn decimal(s: &str) -> (String, i64) {
     };
     let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
     let digits = format!("{int}{frac}");
-    let mut exp = exp - frac.len() as i64;
+    // Saturating: an exponent near i64's bounds is the caller's to write (`0e9223372036854775807`
+    // parses to 0.0), and its digits compare unequal whatever the exponent saturates to.
+    let mut exp = exp.saturating_sub(frac.len() as i64);
     let trimmed_end = digits.trim_end_matches('0');
-    exp += (digits.len() - trimmed_end.len()) as i64;
+    exp = exp.saturating_add((digits.len() - trimmed_end.len()) as i64);
     let d = trimmed_end.trim_start_matches('0');
     if d.is_empty() {
         return (String::new(), 0);
@@ -869,6 +871,18 @@ mod tests {
         assert!(
             inspect(br#"{"jsonrpc":"2.0","id":1,"method":"ping","params":{"x":1e400}}"#).is_err()
         );
+        // Exponents at i64's bounds are judged without overflowing: zero is zero, a digit
+        // that a double rounds to zero is refused.
+        for (n, exact) in [
+            ("0e9223372036854775807", true),
+            ("0.5e-9223372036854775808", false),
+            ("10e-9223372036854775808", false),
+            ("0.0e9223372036854775807", true),
+        ] {
+            let body =
+                format!(r#"{{"jsonrpc":"2.0","id":1,"method":"ping","params":{{"x":{n}}}}}"#);
+            assert_eq!(inspect(body.as_bytes()).is_ok(), exact, "{n}");
+        }
         for n in [
             "0",
             "-0",
