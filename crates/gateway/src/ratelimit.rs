@@ -119,6 +119,12 @@ fn limit_of(limits: &Limits, bucket: RateBucket) -> u32 {
     }
 }
 
+/// A lock whose holder panicked is taken as it is: the counts in it stay counts, and a
+/// limiter that stopped counting would let every caller through.
+fn held<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 impl RateLimiter {
     /// Counts a request against every bucket given (all must have room, or none is charged).
     /// `Err` is the bucket that refused, with its quota.
@@ -130,13 +136,7 @@ impl RateLimiter {
     ) -> Result<Quota, (RateBucket, Quota)> {
         let start = now - now.rem_euclid(WINDOW_SECS);
         let reset = start + WINDOW_SECS - now;
-        let Ok(mut map) = self.windows.lock() else {
-            return Ok(Quota {
-                limit: 0,
-                remaining: 0,
-                reset,
-            });
-        };
+        let mut map = held(&self.windows);
         let mut tightest: Option<Quota> = None;
         for (bucket, subject) in buckets {
             let limit = limit_of(limits, *bucket);
@@ -150,10 +150,8 @@ impl RateLimiter {
                 refused_under: limit,
             });
             if w.start != start {
-                if w.rejected > 0
-                    && let Ok(mut c) = self.closed.lock()
-                {
-                    c.push(Exceeded {
+                if w.rejected > 0 {
+                    held(&self.closed).push(Exceeded {
                         bucket: *bucket,
                         subject: subject.to_string(),
                         window_start: w.start,
@@ -206,21 +204,17 @@ impl RateLimiter {
     /// Puts back refusals that could not be recorded, to be drained again (at most
     /// [`MAX_KEPT`] windows are kept through a long outage; the oldest go first).
     pub fn restore(&self, exceeded: Vec<Exceeded>) {
-        if let Ok(mut c) = self.closed.lock() {
-            c.extend(exceeded);
-            let over = c.len().saturating_sub(MAX_KEPT);
-            c.drain(..over);
-        }
+        let mut c = held(&self.closed);
+        c.extend(exceeded);
+        let over = c.len().saturating_sub(MAX_KEPT);
+        c.drain(..over);
     }
 
     /// Every refusal counted so far, open windows included (at shutdown), each once.
     pub fn drain_all(&self) -> Vec<Exceeded> {
-        let mut out = self
-            .closed
-            .lock()
-            .map(|mut c| std::mem::take(&mut *c))
-            .unwrap_or_default();
-        if let Ok(mut map) = self.windows.lock() {
+        let mut out = std::mem::take(&mut *held(&self.closed));
+        {
+            let mut map = held(&self.windows);
             for ((bucket, subject), w) in map.iter_mut() {
                 if w.rejected > 0 {
                     out.push(Exceeded {
@@ -239,12 +233,9 @@ impl RateLimiter {
     /// Refusals of windows that have closed by `now`, each once.
     pub fn drain_closed(&self, now: i64) -> Vec<Exceeded> {
         let start = now - now.rem_euclid(WINDOW_SECS);
-        let mut out = self
-            .closed
-            .lock()
-            .map(|mut c| std::mem::take(&mut *c))
-            .unwrap_or_default();
-        if let Ok(mut map) = self.windows.lock() {
+        let mut out = std::mem::take(&mut *held(&self.closed));
+        {
+            let mut map = held(&self.windows);
             map.retain(|(bucket, subject), w| {
                 if w.start == start {
                     return true;
@@ -268,6 +259,32 @@ impl RateLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lock_whose_holder_panicked_still_counts_and_refuses() {
+        let limits = Limits {
+            user_read: 1,
+            user_write: 1,
+            client: 0,
+        };
+        let rl = std::sync::Arc::new(RateLimiter::default());
+        let read = [(RateBucket::UserRead, "u1")];
+        assert!(rl.check(&limits, &read, 6_000).is_ok());
+        let poisoner = rl.clone();
+        let _ = std::thread::spawn(move || {
+            let _map = poisoner.windows.lock();
+            panic!("a panic while the windows are held");
+        })
+        .join();
+        assert!(rl.windows.is_poisoned());
+        let (bucket, q) = rl.check(&limits, &read, 6_001).unwrap_err();
+        assert_eq!(
+            (bucket, q.limit),
+            (RateBucket::UserRead, 1),
+            "not let through"
+        );
+        assert_eq!(rl.drain_all().len(), 1, "the refusal is still counted");
+    }
 
     #[test]
     fn buckets_refuse_over_the_limit_and_aggregate_refusals() {

@@ -1277,8 +1277,22 @@ grantline_store::backend_tests! {
             .await
             .unwrap();
         assert_eq!(r.status(), StatusCode::OK);
-        // A read's `Mcp-Name` is the URI it reads: another one would be read than recorded.
+        // A message that names nothing goes without one: it would reach an upstream that
+        // routes on it unchecked.
         let seen_before = up.seen.lock().unwrap().len();
+        let r = browser()
+            .post(s.url("/mcp/up"))
+            .bearer_auth(&token)
+            .header("mcp-method", "tools/list")
+            .header("mcp-name", "write_tool")
+            .json(&json!({"jsonrpc": "2.0", "id": 7, "method": "tools/list"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(r.json::<Value>().await.unwrap()["id"], 7);
+        assert_eq!(up.seen.lock().unwrap().len(), seen_before);
+        // A read's `Mcp-Name` is the URI it reads: another one would be read than recorded.
         let r = browser()
             .post(s.url("/mcp/up"))
             .bearer_auth(&token)

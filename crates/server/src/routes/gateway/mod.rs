@@ -854,14 +854,14 @@ fn headers_match(headers: &HeaderMap, inspected: &[Inspected]) -> Result<(), Str
     if method.is_some_and(|h| Some(h) != m) {
         return Err("Mcp-Method does not match the message's method".into());
     }
-    if let (Some(h), Some(n)) = (name, n)
-        && h != n
-    {
-        return Err(
-            "Mcp-Name does not match the tool, resource or prompt the message names".into(),
-        );
+    match (name, n) {
+        (Some(h), Some(n)) if h != n => {
+            Err("Mcp-Name does not match the tool, resource or prompt the message names".into())
+        }
+        // Forwarded, it would name something to an upstream that routes on it, unchecked.
+        (Some(_), None) => Err("Mcp-Name is given but the message names nothing".into()),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 /// The longest `Mcp-Session-Id` accepted from a client: an upstream's with its binding.
