@@ -658,11 +658,12 @@ fn a_restore_after_a_rotation_keeps_the_key_history_and_every_ledger_moved_aside
     for f in ["checkpoint.key", "access-token.key"] {
         std::fs::copy(old.path().join(f), new.path().join(f)).unwrap();
     }
-    let restore = |extra: &[&str]| {
-        let mut args = vec!["restore", "--input", tar.to_str().unwrap()];
+    let restore_from = |backup: &std::path::Path, extra: &[&str]| {
+        let mut args = vec!["restore", "--input", backup.to_str().unwrap()];
         args.extend_from_slice(extra);
         grantline_in(new.path(), &args)
     };
+    let restore = |extra: &[&str]| restore_from(&tar, extra);
     let refused = restore(&[]);
     assert!(!refused.status.success());
     assert!(
@@ -733,10 +734,12 @@ fn a_restore_after_a_rotation_keeps_the_key_history_and_every_ledger_moved_aside
         .unwrap()
         .verifier()
         .to_string();
-    let forged = old.path().join("forged.tar");
-    {
-        let mut out = tar::Builder::new(std::fs::File::create(&forged).unwrap());
-        let mut input = tar::Archive::new(std::fs::File::open(&tar).unwrap());
+    // A copy of a backup with its manifest's list of keys changed by `edit`.
+    let forge = |from: &std::path::Path,
+                 to: &std::path::Path,
+                 edit: &dyn Fn(&mut Vec<serde_json::Value>)| {
+        let mut out = tar::Builder::new(std::fs::File::create(to).unwrap());
+        let mut input = tar::Archive::new(std::fs::File::open(from).unwrap());
         for entry in input.entries().unwrap() {
             let mut entry = entry.unwrap();
             let path = entry.path().unwrap().into_owned();
@@ -744,9 +747,7 @@ fn a_restore_after_a_rotation_keeps_the_key_history_and_every_ledger_moved_aside
             std::io::Read::read_to_end(&mut entry, &mut bytes).unwrap();
             if path == std::path::Path::new("manifest.json") {
                 let mut m: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
-                let keys = m["checkpoint_keys"].as_array_mut().unwrap();
-                assert_eq!(keys.len(), 2, "{m}");
-                keys.insert(0, stranger.clone().into());
+                edit(m["checkpoint_keys"].as_array_mut().unwrap());
                 bytes = serde_json::to_vec_pretty(&m).unwrap();
             }
             let mut header = entry.header().clone();
@@ -755,7 +756,47 @@ fn a_restore_after_a_rotation_keeps_the_key_history_and_every_ledger_moved_aside
             out.append(&header, bytes.as_slice()).unwrap();
         }
         out.finish().unwrap();
-    }
+    };
+    let forged = old.path().join("forged.tar");
+    forge(&tar, &forged, &|keys| {
+        assert_eq!(keys.len(), 2);
+        keys.insert(0, stranger.clone().into());
+    });
+    // A backup from before the rotation whose list ends with the key signing here now: its
+    // ledger's key in force is the first, so this directory would sign what follows with a
+    // key that ledger never handed over to. Refused after the verification, before anything
+    // is moved: the ledger there stays as it was.
+    let relabelled = old.path().join("relabelled.tar");
+    forge(&early, &relabelled, &|keys| {
+        keys.push(second_key.clone().into())
+    });
+    let ledger = new.path().join("grantline.db");
+    let before = std::fs::read(&ledger).unwrap();
+    let o = restore_from(&relabelled, &["--public-key", &first_key, "--force"]);
+    assert!(!o.status.success(), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("is not the key in force"),
+        "{o:?}"
+    );
+    assert!(
+        std::fs::read(&ledger).unwrap() == before,
+        "the ledger was replaced"
+    );
+    let names: Vec<String> = std::fs::read_dir(new.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        names
+            .iter()
+            .filter(|n| n.starts_with("grantline.db.replaced-")
+                && !n.contains("-wal")
+                && !n.contains("-shm"))
+            .count(),
+        2,
+        "{names:?}"
+    );
+    assert!(!names.iter().any(|n| n.contains(".restoring")), "{names:?}");
     let third = tempfile::tempdir().unwrap();
     for f in ["checkpoint.key", "access-token.key"] {
         std::fs::copy(old.path().join(f), third.path().join(f)).unwrap();

@@ -220,6 +220,43 @@ fn sibling(path: &Path, suffix: &str) -> PathBuf {
     path.with_file_name(name)
 }
 
+/// A work file beside `path` of this process alone: two backups to one name at once (a slow
+/// cron job and the next) do not remove each other's copy.
+fn own_sibling(path: &Path, suffix: &str) -> PathBuf {
+    sibling(path, &format!("{suffix}-{}", std::process::id()))
+}
+
+/// Moves `from` to `to` unless `to` exists (then `AlreadyExists`, and nothing moved): a link
+/// and an unlink where the file system has links, else a rename after a check. The directory
+/// is synced after, so that a name said to be in place stays there after a crash.
+pub fn move_without_replacing(from: &Path, to: &Path) -> std::io::Result<()> {
+    match std::fs::hard_link(from, to) {
+        Ok(()) => match std::fs::remove_file(from) {
+            Ok(()) => {}
+            // Gone all the same (an unlink answered twice, a companion its owner removed).
+            Err(_) if from.symlink_metadata().is_err() => {}
+            // Not two names for one file: the old name stays, so the new one goes.
+            Err(e) => {
+                let _ = std::fs::remove_file(to);
+                return Err(e);
+            }
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Err(e),
+        Err(_) if to.exists() => return Err(std::io::ErrorKind::AlreadyExists.into()),
+        Err(_) => std::fs::rename(from, to)?,
+    }
+    sync_dir(to)
+}
+
+/// Syncs the directory holding `path`, so that a rename or link into it is durable.
+fn sync_dir(path: &Path) -> std::io::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::File::open(dir)?.sync_all()
+}
+
 /// Backs up the SQLite ledger at `src` into the new file `out`. `trusted` are the keys its
 /// checkpoints must verify under (the data directory's: the first of its key history, or its
 /// key); `current` the key signing now. Refuses to write a backup whose copy does not verify.
@@ -235,7 +272,7 @@ pub async fn backup_sqlite(
     if !src.exists() {
         return Err(invalid(format!("no ledger at {}", src.display())));
     }
-    let copy = sibling(out, ".copying");
+    let copy = own_sibling(out, ".copying");
     let _ = std::fs::remove_file(&copy);
     let copy_guard = Partial(Some(copy.clone()));
     let (from, to) = (src.to_path_buf(), copy.clone());
@@ -266,7 +303,7 @@ pub async fn backup_sqlite(
         database_blake3,
         database_bytes,
     };
-    let partial = sibling(out, ".partial");
+    let partial = own_sibling(out, ".partial");
     let _ = std::fs::remove_file(&partial);
     let out_guard = Partial(Some(partial.clone()));
     {
@@ -288,7 +325,11 @@ pub async fn backup_sqlite(
             .map_err(|e| StoreError::Io(e.into_error()))?
             .sync_all()?;
     }
-    std::fs::rename(&partial, out)?;
+    // Never over a file another backup finished meanwhile.
+    move_without_replacing(&partial, out).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AlreadyExists => invalid(format!("{} exists already", out.display())),
+        _ => e.into(),
+    })?;
     out_guard.keep();
     drop(copy_guard);
     Ok(Checked {
@@ -334,16 +375,54 @@ fn parse_manifest(entry: impl Read) -> Result<Manifest> {
     Ok(m)
 }
 
-/// Restores the backup `input` as the new SQLite database `dest`. The database is verified
-/// under `trusted` (the operator's keys; when none are given, the keys the manifest names) and
-/// must match the manifest: its digest, head and newest checkpoint. Nothing is written at
-/// `dest` unless everything holds.
+/// Restores the backup `input` as the new SQLite database `dest`: [`stage_sqlite`], then
+/// [`Staged::install`]. Nothing is written at `dest` unless everything holds.
 pub async fn restore_sqlite(
     input: &Path,
     dest: &Path,
     trusted: &[NoteVerifier],
     accept_unsigned: bool,
 ) -> Result<Checked> {
+    check_free(dest)?;
+    stage_sqlite(input, dest, trusted, accept_unsigned)
+        .await?
+        .install(dest)
+}
+
+/// A backup unpacked beside its destination and verified, not yet in place. Dropped, it is
+/// removed. Staging first lets a restore replace a ledger only once the backup is known good:
+/// the verification takes minutes, and the ledger it replaces stays in place until then.
+pub struct Staged {
+    checked: Checked,
+    path: PathBuf,
+    guard: Partial,
+}
+
+impl Staged {
+    /// The manifest and what the verification found.
+    pub fn checked(&self) -> &Checked {
+        &self.checked
+    }
+
+    /// Puts the verified database at `dest`, which must be free (no database, no WAL, shared
+    /// memory or journal file left beside it); never over a file.
+    pub fn install(self, dest: &Path) -> Result<Checked> {
+        check_free(dest)?;
+        move_without_replacing(&self.path, dest).map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => invalid(format!(
+                "{} exists: move it away first (a restore never overwrites a ledger)",
+                dest.display()
+            )),
+            _ => e.into(),
+        })?;
+        self.guard.keep();
+        Ok(self.checked)
+    }
+}
+
+/// Whether a restored ledger may go to `dest`: nothing there, and no file SQLite keeps beside
+/// a database.
+fn check_free(dest: &Path) -> Result<()> {
     if dest.exists() {
         return Err(invalid(format!(
             "{} exists: move it away first (a restore never overwrites a ledger)",
@@ -364,7 +443,20 @@ pub async fn restore_sqlite(
             left.display()
         )));
     }
-    let restoring = sibling(dest, ".restoring");
+    Ok(())
+}
+
+/// Unpacks the backup `input` beside `dest` and verifies it: under `trusted` (the operator's
+/// keys; when none are given, the keys the manifest names), and against the manifest — its
+/// digest, head and newest checkpoint, and its signature under the key in force at the head.
+/// Nothing at `dest` is touched.
+pub async fn stage_sqlite(
+    input: &Path,
+    dest: &Path,
+    trusted: &[NoteVerifier],
+    accept_unsigned: bool,
+) -> Result<Staged> {
+    let restoring = own_sibling(dest, ".restoring");
     let _ = std::fs::remove_file(&restoring);
     let guard = Partial(Some(restoring.clone()));
     let mut manifest = None;
@@ -462,18 +554,39 @@ pub async fn restore_sqlite(
         }
         _ => false,
     };
-    std::fs::rename(&restoring, dest)?;
-    guard.keep();
-    Ok(Checked {
-        manifest,
-        summary,
-        signed,
+    Ok(Staged {
+        checked: Checked {
+            manifest,
+            summary,
+            signed,
+        },
+        path: restoring,
+        guard,
     })
 }
 
 #[cfg(all(test, unix))]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_ledger_moved_aside_never_replaces_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b, c) = (
+            dir.path().join("a"),
+            dir.path().join("b"),
+            dir.path().join("c"),
+        );
+        std::fs::write(&a, "ledger").unwrap();
+        std::fs::write(&b, "another").unwrap();
+        let e = move_without_replacing(&a, &b).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::AlreadyExists);
+        assert_eq!(std::fs::read_to_string(&a).unwrap(), "ledger");
+        assert_eq!(std::fs::read_to_string(&b).unwrap(), "another");
+        move_without_replacing(&a, &c).unwrap();
+        assert!(!a.exists());
+        assert_eq!(std::fs::read_to_string(&c).unwrap(), "ledger");
+    }
 
     #[test]
     fn the_copy_is_private_from_its_first_byte() {

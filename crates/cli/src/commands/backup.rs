@@ -127,31 +127,51 @@ pub async fn restore(loc: &Location, args: RestoreArgs) -> Result<ExitCode> {
                 .map(|c| backup::with_suffix(&dest, c)),
         )
         .find(|p| p.exists());
-    let moved = if let Some(present) = present {
-        if !args.force {
-            bail!(
-                "{} exists: move the ledger away (with its -wal and -shm files), or pass \
-                 --force to have them renamed",
-                present.display()
-            );
-        }
-        Some(move_aside(&dest)?)
-    } else {
-        None
+    if present.is_some() && !args.force {
+        bail!(
+            "{} exists: move the ledger away (with its -wal and -shm files), or pass --force to \
+             have them renamed",
+            present.as_deref().unwrap_or(&dest).display()
+        );
+    }
+    // Verified before anything is moved: the verification takes minutes, and the ledger it
+    // would replace stays where it is until the backup is known good.
+    let staged = backup::stage_sqlite(&args.input, &dest, &trusted, args.accept_unsigned)
+        .await
+        .map_err(|e| {
+            anyhow::Error::new(e).context(format!(
+                "restoring {} (nothing was changed)",
+                args.input.display()
+            ))
+        })?;
+    // The key this data directory signs with must be the one in force at the backup's head,
+    // as the verified ledger says (the manifest's list of keys is not what its signature
+    // covers).
+    if let Some(local) = keyfile::load_signer(&loc.data_dir)?.map(|s| s.verifier())
+        && !staged.checked().summary.keys_in_force.contains(&local)
+    {
+        bail!(
+            "this data directory's checkpoint key {local} is not the key in force at the \
+             backed-up ledger's head: restore into the data directory that holds that key \
+             (nothing was changed)"
+        );
+    }
+    let moved = match present {
+        Some(_) => Some(move_aside(&dest)?),
+        None => None,
     };
-    let done =
-        match backup::restore_sqlite(&args.input, &dest, &trusted, args.accept_unsigned).await {
-            Ok(d) => d,
-            Err(e) => {
-                if let Some(old) = &moved {
-                    put_back(old, &dest);
-                }
-                return Err(anyhow::Error::new(e).context(format!(
-                    "restoring {} (nothing was changed)",
-                    args.input.display()
-                )));
+    let done = match staged.install(&dest) {
+        Ok(d) => d,
+        Err(e) => {
+            if let Some(old) = &moved {
+                put_back(old, &dest);
             }
-        };
+            return Err(anyhow::Error::new(e).context(format!(
+                "restoring {} (nothing was changed)",
+                args.input.display()
+            )));
+        }
+    };
     reset_derived(loc, done.manifest.head_seq).with_context(|| {
         format!(
             "the ledger WAS restored ({} events, head {}){}, but what was derived from the \
@@ -250,10 +270,10 @@ fn move_aside(db: &Path) -> Result<PathBuf> {
         let from = backup::with_suffix(db, suffix);
         if from.exists() {
             let to = backup::with_suffix(&aside, suffix);
-            if let Err(e) = move_without_replacing(&from, &to) {
+            if let Err(e) = backup::move_without_replacing(&from, &to) {
                 // Put back what moved, so the ledger is whole where it was.
                 for (back, aside) in moved.into_iter().rev() {
-                    let _ = move_without_replacing(&aside, &back);
+                    let _ = backup::move_without_replacing(&aside, &back);
                 }
                 return Err(e).with_context(|| format!("moving {} aside", from.display()));
             }
@@ -263,33 +283,12 @@ fn move_aside(db: &Path) -> Result<PathBuf> {
     Ok(aside)
 }
 
-/// Renames `from` to `to`, failing (`AlreadyExists`) rather than replacing a file at `to` —
-/// whoever made it, however late: a hard link that cannot replace, then the old name removed.
-/// Where hard links are not supported, a rename after checking `to` is free.
-fn move_without_replacing(from: &Path, to: &Path) -> std::io::Result<()> {
-    match std::fs::hard_link(from, to) {
-        Ok(()) => match std::fs::remove_file(from) {
-            Ok(()) => Ok(()),
-            // Gone all the same (an unlink answered twice, a companion its owner removed):
-            // moved.
-            Err(_) if from.symlink_metadata().is_err() => Ok(()),
-            // Not two names for one ledger: the old name stays, so the new one goes.
-            Err(e) => {
-                let _ = std::fs::remove_file(to);
-                Err(e)
-            }
-        },
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(e),
-        Err(_) if to.exists() => Err(std::io::ErrorKind::AlreadyExists.into()),
-        Err(_) => std::fs::rename(from, to),
-    }
-}
-
+/// Moves a ledger moved aside back where it was (never over a file).
 fn put_back(aside: &Path, db: &Path) {
     for suffix in std::iter::once("").chain(backup::COMPANIONS) {
         let from = backup::with_suffix(aside, suffix);
         if from.exists() {
-            let _ = move_without_replacing(&from, &backup::with_suffix(db, suffix));
+            let _ = backup::move_without_replacing(&from, &backup::with_suffix(db, suffix));
         }
     }
 }
@@ -369,28 +368,4 @@ async fn unvouched(
             k.key_id_hex()
         )
     }))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_ledger_moved_aside_never_replaces_a_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let (a, b, c) = (
-            dir.path().join("a"),
-            dir.path().join("b"),
-            dir.path().join("c"),
-        );
-        std::fs::write(&a, "ledger").unwrap();
-        std::fs::write(&b, "another").unwrap();
-        let e = move_without_replacing(&a, &b).unwrap_err();
-        assert_eq!(e.kind(), std::io::ErrorKind::AlreadyExists);
-        assert_eq!(std::fs::read_to_string(&a).unwrap(), "ledger");
-        assert_eq!(std::fs::read_to_string(&b).unwrap(), "another");
-        move_without_replacing(&a, &c).unwrap();
-        assert!(!a.exists());
-        assert_eq!(std::fs::read_to_string(&c).unwrap(), "ledger");
-    }
 }
