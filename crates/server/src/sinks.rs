@@ -349,6 +349,27 @@ fn json(format: Format, item: &ExportItem) -> serde_json::Value {
     }
 }
 
+/// Counts a failure of a sink — a delivery, or a read of the ledger it cannot get past (a
+/// tampered row stops it there) — where `sinks status` and the metrics show it, and logs the
+/// first and then each power of two.
+fn failed(
+    sink: &str,
+    what: &str,
+    e: &anyhow::Error,
+    status: &mut SinkStatus,
+    cursor: &SinkCursor,
+    board: &Board,
+) {
+    status.failures += 1;
+    status.last_error = Some(format!("{what}: {e:#}"));
+    status.last_error_at = Some(Timestamp::now().to_string());
+    if status.failures == 1 || status.failures.is_power_of_two() {
+        tracing::warn!(sink = %sink, failures = status.failures, error = %format!("{e:#}"), "{what}; retrying");
+    }
+    let _ = cursor.save(status);
+    update(board, sink, status);
+}
+
 fn update(board: &Board, name: &str, status: &SinkStatus) {
     if let Ok(mut b) = board.lock()
         && let Some(l) = b.iter_mut().find(|l| l.name == name)
@@ -428,7 +449,14 @@ async fn run(app: App, mut sink: Sink, stop: Arc<AtomicBool>, board: Board) {
         match resume(&app, &sink.name, sink.redact, &cursor, &mut status).await {
             Ok(e) => break e,
             Err(e) => {
-                tracing::warn!(sink = %sink.name, error = %format!("{e:#}"), "sink cannot start reading the ledger; trying again");
+                failed(
+                    &sink.name,
+                    "sink cannot start reading the ledger",
+                    &e,
+                    &mut status,
+                    &cursor,
+                    &board,
+                );
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
@@ -436,8 +464,6 @@ async fn run(app: App, mut sink: Sink, stop: Arc<AtomicBool>, board: Board) {
     update(&board, &sink.name, &status);
     let mut head = app.ledger.subscribe();
     let mut pending: Option<(Vec<ExportItem>, u64, String)> = None;
-    let mut reading = grantline_store::Failing::default();
-    let what = format!("sink {}: reading the ledger", sink.name);
     // Whether the exporter learned names from events past the cursor that were not sent:
     // they must not name the events sent next.
     let mut ahead = false;
@@ -449,7 +475,14 @@ async fn run(app: App, mut sink: Sink, stop: Arc<AtomicBool>, board: Board) {
                     ahead = false;
                 }
                 Err(e) => {
-                    tracing::warn!(sink = %sink.name, error = %format!("{e:#}"), "sink cannot read the names again; trying again");
+                    failed(
+                        &sink.name,
+                        "sink cannot read the names again",
+                        &e,
+                        &mut status,
+                        &cursor,
+                        &board,
+                    );
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     continue;
                 }
@@ -459,10 +492,20 @@ async fn run(app: App, mut sink: Sink, stop: Arc<AtomicBool>, board: Board) {
             Some(p) => p,
             None => {
                 let read = app.store().read(status.seq, sink.batch).await;
-                reading.record(&what, &read);
-                let Ok(events) = read else {
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
+                let events = match read {
+                    Ok(events) => events,
+                    Err(e) => {
+                        failed(
+                            &sink.name,
+                            "sink cannot read the ledger",
+                            &e.into(),
+                            &mut status,
+                            &cursor,
+                            &board,
+                        );
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
                 };
                 let Some((last, last_hash)) = events.last().map(|r| (r.seq(), r.hash.to_hex()))
                 else {
@@ -470,7 +513,7 @@ async fn run(app: App, mut sink: Sink, stop: Arc<AtomicBool>, board: Board) {
                     continue;
                 };
                 let mut items = Vec::with_capacity(events.len());
-                let mut failed = false;
+                let mut unopened = None;
                 for r in &events {
                     let wanted = sink
                         .kinds
@@ -482,12 +525,19 @@ async fn run(app: App, mut sink: Sink, stop: Arc<AtomicBool>, board: Board) {
                         exporter.learn(r).await
                     };
                     if let Err(e) = res {
-                        tracing::warn!(sink = %sink.name, error = %e, "sink cannot open an event");
-                        failed = true;
+                        unopened = Some(anyhow::Error::from(e).context(format!("seq {}", r.seq())));
                         break;
                     }
                 }
-                if failed {
+                if let Some(e) = unopened {
+                    failed(
+                        &sink.name,
+                        "sink cannot open an event",
+                        &e,
+                        &mut status,
+                        &cursor,
+                        &board,
+                    );
                     ahead = true;
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     continue;
@@ -527,14 +577,14 @@ async fn run(app: App, mut sink: Sink, stop: Arc<AtomicBool>, board: Board) {
                 update(&board, &sink.name, &status);
             }
             Err(e) => {
-                status.failures += 1;
-                status.last_error = Some(format!("{e:#}"));
-                status.last_error_at = Some(Timestamp::now().to_string());
-                if status.failures == 1 || status.failures.is_power_of_two() {
-                    tracing::warn!(sink = %sink.name, failures = status.failures, error = %format!("{e:#}"), "sink delivery failed; retrying");
-                }
-                let _ = cursor.save(&status);
-                update(&board, &sink.name, &status);
+                failed(
+                    &sink.name,
+                    "sink delivery failed",
+                    &e,
+                    &mut status,
+                    &cursor,
+                    &board,
+                );
                 // A receiver that refuses the batch as too large would refuse it for ever:
                 // read again in batches half the size (down to one event, which is then
                 // retried like any failure, its error saying so).

@@ -844,3 +844,58 @@ async fn an_https_sink_trusts_the_private_ca_it_is_given() {
     assert_eq!(*seqs.lock().unwrap(), (1..=want).collect::<Vec<_>>());
     s.stop().await;
 }
+
+/// A sink that cannot read past a row (here one tampered with) stops before it, and says so
+/// where an operator looks: `sinks status` and the failures gauge, not only a log line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_the_sink_cannot_read_shows_as_its_failure() {
+    let db = testing::sqlite().await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let secret = dir.path().join("hook.secret");
+    std::fs::write(&secret, "whsec-0123456789\n").unwrap();
+    let cfg = with_sink(
+        dir.path(),
+        &format!(
+            "[[audit.sinks]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"http://127.0.0.1:{port}/in\"\n\
+             secret_file = \"{}\"\nformat = \"jsonl\"\nbatch = 4\n",
+            secret.display()
+        ),
+    );
+    let s = Server::start(&db, dir.path().to_path_buf(), cfg).await;
+    append(&s, 12).await;
+    let bad = head(&s).await - 1;
+    testing::exec(
+        &db,
+        &format!(
+            "DROP TRIGGER events_no_update; UPDATE events SET body = body || x'00' WHERE seq = {bad}"
+        ),
+    )
+    .await;
+    let seqs: Arc<Mutex<Vec<u64>>> = Arc::default();
+    let got = seqs.clone();
+    receiver(port, move |_, body| {
+        let v: serde_json::Value = serde_json::from_slice(body).unwrap();
+        for e in v["events"].as_array().unwrap() {
+            got.lock().unwrap().push(e["seq"].as_u64().unwrap());
+        }
+        200
+    })
+    .await;
+    wait_until("the sink's failure on its board", 30, || {
+        board(&s)
+            .last_error
+            .is_some_and(|e| e.contains("cannot read the ledger"))
+    })
+    .await;
+    let status = board(&s);
+    assert!(status.failures > 0 && status.seq < bad, "{status:?}");
+    assert!(seqs.lock().unwrap().iter().all(|&q| q < bad));
+    let text = s.app.render_metrics(false).await.unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("grantline_sink_consecutive_failures{"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(!line.ends_with(" 0"), "{line}");
+    s.stop().await;
+}
