@@ -484,32 +484,6 @@ async fn answer(
         }
         Err(e) => return bad(e.code(), e.to_string()).await,
     };
-    // The provider took the code: a sign-in, not a made-up callback. Everyone behind one
-    // address (an office, a VPN) signs in without using up the address's callbacks.
-    fed.callback_exchanges
-        .give_back(ctx.source_ip.as_deref(), now);
-    match fed.first_use(&pending.s, now) {
-        Ok(()) => {}
-        Err(StateUse::Replayed) => {
-            return bad(
-                "state_replayed",
-                "This answer was used already. Start again from the application.".into(),
-            )
-            .await;
-        }
-        Err(StateUse::Full) => {
-            return fail(
-                &app,
-                &ctx,
-                &provider,
-                None,
-                "busy",
-                "Too many sign-ins are finishing right now. Try again in a few minutes.",
-                StatusCode::SERVICE_UNAVAILABLE,
-            )
-            .await;
-        }
-    }
     let linked = match fed
         .tables
         .linked_user(&provider, &who.issuer, &who.subject)
@@ -543,6 +517,35 @@ async fn answer(
             StatusCode::FORBIDDEN,
         )
         .await;
+    }
+    // The provider took the code and the person is admitted: a sign-in, not a made-up
+    // callback or someone refused. Everyone behind one address (an office, a VPN) signs in
+    // without using up the address's callbacks; a refused one keeps using them up, and takes
+    // no place among the states remembered as used (else anyone with an account at a public
+    // provider could fill them, and every sign-in would be refused as busy).
+    fed.callback_exchanges
+        .give_back(ctx.source_ip.as_deref(), now);
+    match fed.first_use(&pending.s, now) {
+        Ok(()) => {}
+        Err(StateUse::Replayed) => {
+            return bad(
+                "state_replayed",
+                "This answer was used already. Start again from the application.".into(),
+            )
+            .await;
+        }
+        Err(StateUse::Full) => {
+            return fail(
+                &app,
+                &ctx,
+                &provider,
+                None,
+                "busy",
+                "Too many sign-ins are finishing right now. Try again in a few minutes.",
+                StatusCode::SERVICE_UNAVAILABLE,
+            )
+            .await;
+        }
     }
     match sign_in(&app, &ctx, &provider, &who, linked).await {
         Ok((user_id, session_id, recorded)) => {
