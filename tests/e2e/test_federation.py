@@ -833,8 +833,32 @@ def test_existing_provisioning_links_only_an_account_an_admin_made(world):
         env={**{k: v for k, v in os.environ.items() if k != "GRANTLINE_CONFIG"},
              "GRANTLINE_USER_PASSWORD": "a-local-password-nobody-uses-1"})
     assert made.returncode == 0, made.stderr
+
+    def cli(*args):
+        r = subprocess.run([binary, "--data-dir", str(server.data_dir), *args],
+                           capture_output=True, text=True,
+                           env={k: v for k, v in os.environ.items() if k != "GRANTLINE_CONFIG"})
+        assert r.returncode == 0, r.stderr
+
+    def links():
+        import sqlite3
+        db = sqlite3.connect(f"file:{server.data_dir / 'grantline.db'}?mode=ro", uri=True)
+        try:
+            return db.execute("SELECT count(*) FROM user_links WHERE provider = 'staff'").fetchone()[0]
+        finally:
+            db.close()
+
+    # A sign-in the decider refuses (the account is disabled) leaves no link row behind: left,
+    # the next sign-in of that subject would count as one of a linked account, which is not
+    # asked again whether it may be linked.
+    cli("user", "disable", "bob@example.com", "--reason", "on leave")
+    refused = browser.click(browser.sign_in_page("/account"))
+    assert refused.status_code == 403 and "(sign_in_refused)" in refused.text, refused.text[:300]
+    assert links() == 0
+    cli("user", "enable", "bob@example.com", "--reason", "back")
     page = browser.click(browser.sign_in_page("/account"))
     assert page.status_code == 200 and "/account" in page.url, page.text[:300]
+    assert links() == 1
     _, evs = events(server)
     bob = [c for c in of(evs, "user.created") if c.get("email") == "bob@example.com"]
     assert len(bob) == 1 and bob[0].get("provider") is None, "made by the admin, not by the sign-in"

@@ -204,6 +204,45 @@ impl Federation {
         Ok((user, made))
     }
 
+    /// Removes the link of (provider, issuer, subject) to `user_id`, and only that: a link row
+    /// written for a sign-in that was then refused or not recorded.
+    pub async fn unlink(
+        &self,
+        provider: &str,
+        issuer: &str,
+        subject: &str,
+        user_id: &str,
+    ) -> Result<()> {
+        match &self.store.pool {
+            Pool::Sqlite(p) => {
+                sqlx::query(
+                    "DELETE FROM user_links \
+                     WHERE provider = ?1 AND issuer = ?2 AND subject = ?3 AND user_id = ?4",
+                )
+                .bind(provider)
+                .bind(issuer)
+                .bind(subject)
+                .bind(user_id)
+                .execute(p)
+                .await?;
+            }
+            Pool::Postgres(p) => {
+                self.store
+                    .pg(sqlx::query(
+                        "DELETE FROM user_links \
+                         WHERE provider = $1 AND issuer = $2 AND subject = $3 AND user_id = $4",
+                    )
+                    .bind(provider)
+                    .bind(issuer)
+                    .bind(subject)
+                    .bind(user_id)
+                    .execute(p))
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
     /// The user's upstream tokens from `provider`, sealed.
     pub async fn tokens(&self, user_id: &str, provider: &str) -> Result<Option<StoredTokens>> {
         let row: Option<(String, Option<i64>)> = match &self.store.pool {

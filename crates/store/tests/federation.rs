@@ -61,6 +61,27 @@ async fn exercise(db: TestDb) {
             .unwrap(),
         ("usr_d".to_string(), false)
     );
+    // Unlinking removes that link only, and only when it names that user.
+    f.unlink("google", "https://accounts.google.com", "g1", "usr_x")
+        .await
+        .unwrap();
+    assert_eq!(
+        linked(&f, "google", "https://accounts.google.com", "g1")
+            .await
+            .as_deref(),
+        Some("usr_d")
+    );
+    f.unlink("google", "https://accounts.google.com", "g1", "usr_d")
+        .await
+        .unwrap();
+    assert_eq!(
+        linked(&f, "google", "https://accounts.google.com", "g1").await,
+        None
+    );
+    assert_eq!(
+        linked(&f, "okta", OKTA, "00u1").await.as_deref(),
+        Some("usr_a")
+    );
     // A link made before links named their issuer ('' after the migration) is claimed by the
     // issuer of its next sign-in, and is that issuer's alone from then on.
     f.link("keycloak", "", "kc1", "usr_f").await.unwrap();

@@ -661,8 +661,39 @@ async fn sign_in(
         .link_first(provider, &who.issuer, &who.subject, &user_id)
         .await
         .map_err(store_err)?;
-    // Another instance may have created the user moments ago.
-    app.catch_up_unless(|s| s.users.contains_key(&user_id))
+    let recorded = record_sign_in(app, ctx, p, who, linked.is_some(), &user_id, made_here).await;
+    // A link row this sign-in made goes again when its sign-in was not recorded: left, it
+    // would make the next sign-in of that subject one of a linked account, which the decider
+    // does not ask again whether it may be linked (a second subject at one provider).
+    if recorded.is_err()
+        && made_here
+        && let Err(e) = fed
+            .tables
+            .unlink(provider, &who.issuer, &who.subject, &user_id)
+            .await
+    {
+        tracing::error!(provider = %provider, error = %e, "a link row of a sign-in that was not recorded could not be removed");
+    }
+    recorded
+}
+
+/// Records the sign-in of `user_id`, whose link row is in place (`made_here`: by this
+/// sign-in): the account created, linked or signed in to, and `login.succeeded`.
+async fn record_sign_in(
+    app: &App,
+    ctx: &RequestContext,
+    p: &grantline_federation::Provider,
+    who: &UpstreamIdentity,
+    linked: bool,
+    user_id: &str,
+    made_here: bool,
+) -> Result<(String, String, Vec<grantline_ledger::Recorded>), Response> {
+    let provider = p.id.as_str();
+    let user_id = user_id.to_string();
+    let store_err =
+        |e: grantline_store::StoreError| pages::app_error(crate::app::AppError::from(e));
+    // Another instance (or the CLI) may have created or enabled the user moments ago.
+    app.catch_up_unless(|s| s.users.get(&user_id).is_some_and(|u| u.active()))
         .await
         .map_err(pages::app_error)?;
     let known = app.projection.read().users.contains_key(&user_id);
@@ -674,7 +705,7 @@ async fn sign_in(
     let account = if known {
         // Linked before this callback, or by a concurrent first sign-in of the same person
         // (the same provider and subject): that person's own account, not one found by email.
-        if linked.is_some() || !made_here {
+        if linked || !made_here {
             Account::Linked(user_id.clone())
         } else {
             Account::Link(user_id.clone())
