@@ -146,12 +146,15 @@ impl UsedStates {
 }
 
 /// Why a refresh is refused after asking the upstream ([`App::check_upstream_session`]).
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum UpstreamCheck {
     /// The upstream no longer accepts the person (its reason): they were deprovisioned.
     Deprovisioned(String),
     /// There is nothing to ask the provider with: the person must sign in through it again.
     SignInAgain(String),
+    /// The check failed here (the stored tokens could not be read, or a deprovisioning the
+    /// provider's refusal called for could not be recorded): no tokens until it can be made.
+    Failed(AppError),
 }
 
 /// Why a callback's state cannot be accepted.
@@ -645,7 +648,13 @@ impl App {
                     tracing::info!(user_id, provider = %provider, error = %e, "upstream session cannot be checked; the user must sign in there again");
                     return Err(UpstreamCheck::SignInAgain(provider));
                 }
-                Err(e) => {
+                // Fail closed on what went wrong here; only the provider being out of reach
+                // lets access continue (an outage there must not lock everyone out).
+                Err(TokenError::App(e)) => {
+                    tracing::warn!(user_id, provider = %provider, error = %e, "upstream session could not be checked here; refused until it can be");
+                    return Err(UpstreamCheck::Failed(e));
+                }
+                Err(e @ TokenError::Unavailable(_)) => {
                     tracing::warn!(user_id, provider = %provider, error = %e, "upstream session could not be checked; access continues");
                 }
             }

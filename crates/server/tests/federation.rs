@@ -338,6 +338,13 @@ backend_tests! {
         let (st, body) = refresh(&s, &client, &rt).await;
         assert_eq!(st, StatusCode::OK, "{body}");
         let rt2 = get(&body, "refresh_token");
+        // The tokens held here cannot be read: a failure here is not an outage there, and the
+        // refresh is refused until the check can be made (the refresh token stays good).
+        grantline_store::testing::exec(&db, "ALTER TABLE upstream_tokens RENAME TO upstream_tokens_away").await;
+        let (st, body) = refresh(&s, &client, &rt2).await;
+        assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        grantline_store::testing::exec(&db, "ALTER TABLE upstream_tokens_away RENAME TO upstream_tokens").await;
+        assert!(common::active(&s, &rt2).await);
         // The spent token presented again past the grace period, while the provider cannot be
         // asked: it is reuse all the same (recorded, the family revoked), not "sign in again".
         app.clock.advance(120);
