@@ -776,26 +776,69 @@ async fn record_sign_in(
     }
 }
 
-/// A username for a new federated user: the verified email when free, else
-/// `<provider>:<login or subject>`.
+/// A username for a new federated user: the first of [`username_candidates`] that is free,
+/// else `<provider>:u_<random>`.
 async fn create_username(
     app: &App,
     provider: &str,
     who: &UpstreamIdentity,
 ) -> Result<String, grantline_store::StoreError> {
-    let mut candidates = Vec::new();
-    if let Some(e) = &who.email {
-        candidates.push(e.clone());
-    }
-    if let Some(u) = &who.username {
-        candidates.push(format!("{provider}:{u}"));
-    }
-    candidates.push(format!("{provider}:{}", who.subject));
-    for c in &candidates {
-        let c: String = c.chars().take(crate::signin::MAX_USERNAME).collect();
+    for c in username_candidates(provider, who) {
         if app.credentials.by_username(&c).await?.is_none() {
             return Ok(c);
         }
     }
     Ok(format!("{provider}:{}", crate::random::id("u")))
+}
+
+/// The usernames a new federated user may get, best first: the verified email,
+/// `<provider>:<login>`, `<provider>:<subject>` — each only when it can be shown as local
+/// usernames are (printable: no control, direction-override or zero-width characters) and is
+/// within a sign-in's length in bytes. A login name is the person's own choice, and a
+/// provider's subject is the provider's: one that does not fit is passed over, not cut.
+fn username_candidates(provider: &str, who: &UpstreamIdentity) -> Vec<String> {
+    let fits = |c: &String| {
+        c.len() <= crate::signin::MAX_USERNAME
+            && c.chars().all(grantline_oauth::limits::displayable)
+            && !c.chars().any(char::is_whitespace)
+    };
+    who.email
+        .iter()
+        .cloned()
+        .chain(who.username.iter().map(|u| format!("{provider}:{u}")))
+        .chain(std::iter::once(format!("{provider}:{}", who.subject)))
+        .filter(fits)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_federated_username_is_shown_safely_and_never_cut() {
+        let who = |email: Option<&str>, login: Option<&str>, subject: &str| UpstreamIdentity {
+            subject: subject.into(),
+            issuer: "https://idp.example".into(),
+            email: email.map(String::from),
+            name: None,
+            username: login.map(String::from),
+            claims: Default::default(),
+        };
+        assert_eq!(
+            username_candidates("corp", &who(Some("a@example.com"), Some("al"), "00u1")),
+            ["a@example.com", "corp:al", "corp:00u1"]
+        );
+        // A login with a direction override (it would show as another name), one with a
+        // zero-width space, one past the length: passed over.
+        for login in ["adm\u{202e}nimda", "ad\u{200b}min", &"x".repeat(300), "a b"] {
+            assert_eq!(
+                username_candidates("corp", &who(None, Some(login), "00u1")),
+                ["corp:00u1"],
+                "{login:?}"
+            );
+        }
+        // Nothing fits: the caller names them with a random id.
+        assert!(username_candidates("corp", &who(None, None, "\u{202e}")).is_empty());
+    }
 }
