@@ -110,6 +110,20 @@ pub fn apply(c: &ProviderConfig) -> Result<Provider, FederationError> {
                 )));
             }
         },
+        // GitHub Enterprise: the API is where `userinfo_url` ends in `/user`. Any other form
+        // would have the person's token sent to github.com's API for their emails.
+        Some("github")
+            if c.userinfo_url
+                .as_deref()
+                .is_some_and(|u| u.strip_suffix("/user").is_none_or(|api| api.ends_with('/'))) =>
+        {
+            return Err(FederationError::Config(format!(
+                "identity provider {:?}: the github preset's userinfo_url must be the API's \
+                 /user endpoint (https://HOST/api/v3/user for GitHub Enterprise): the API is \
+                 taken from it",
+                c.id
+            )));
+        }
         Some("github") => Provider {
             kind: Kind::OAuth2,
             flavor: Flavor::GitHub,

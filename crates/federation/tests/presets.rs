@@ -234,6 +234,30 @@ fn github_and_atlassian_presets_use_the_documented_endpoints() {
             "{scope} is a documented scope"
         );
     }
+    // GitHub Enterprise: the API is taken from userinfo_url, which must end in `/user`; any
+    // other form would send the person's token to github.com's API.
+    let ghe = preset("github", |c| {
+        c.userinfo_url = Some("https://ghe.corp.example/api/v3/user".into())
+    });
+    assert_eq!(
+        ghe.api_url.as_deref(),
+        Some("https://ghe.corp.example/api/v3")
+    );
+    for odd in [
+        "https://ghe.corp.example/api/v3/user/",
+        "https://ghe.corp.example/api/v3/users",
+        "https://ghe.corp.example/api/v3//user",
+    ] {
+        let c = ProviderConfig {
+            id: "ghe".into(),
+            preset: Some("github".into()),
+            client_id: "client".into(),
+            userinfo_url: Some(odd.into()),
+            ..Default::default()
+        };
+        let e = presets::apply(&c).unwrap_err().to_string();
+        assert!(e.contains("/user endpoint"), "{odd}: {e}");
+    }
     let at = preset("atlassian", |_| {});
     let a = &doc["atlassian"];
     assert_eq!((at.kind, at.flavor), (Kind::OAuth2, Flavor::Atlassian));
