@@ -1013,6 +1013,51 @@ def test_the_github_preset_against_a_stand_in_for_github(tmp_path, monkeypatch):
         gh.wait(timeout=10)
 
 
+def test_leaving_the_organisation_upstream_ends_access_at_the_next_refresh(tmp_path, monkeypatch):
+    """GitHub people are deprovisioned by removing them from the organisation, and their OAuth
+    token outlives it: with check_upstream_on_refresh, each check also asks for the person's
+    organisations, and a refresh after the removal revokes everything they hold."""
+    secret = "e2e-github-secret-19fa"
+    monkeypatch.setenv("GRANTLINE_E2E_GH_SECRET", secret)
+    gh, gh_base = github_stand_in(secret)
+    try:
+        (tmp_path / "data").mkdir()
+        config = GITHUB_CONFIG.format(gh=gh_base) + \
+            "check_upstream_on_refresh = true\nupstream_check_cache_secs = 0\n"
+        server = Server(tmp_path / "data", tmp_path / "server.log", config)
+        server.start()
+        try:
+            octocat = FederatedBrowser(server.base, REDIRECT, provider="github")
+            storage = MemoryStorage()
+
+            async def connect():
+                async with sdk_client(server.base + "/mcp/demo", octocat, storage, "Octocat's client", []) as c:
+                    assert not (await c.call_tool("get_time", {})).is_error
+            asyncio.run(connect())
+
+            def refresh():
+                r = requests.post(server.base + "/oauth/token", data={
+                    "grant_type": "refresh_token", "refresh_token": storage.tokens.refresh_token,
+                    "client_id": storage.client.client_id})
+                return r
+            # Still a member: the check passes and the refresh goes through.
+            r = refresh()
+            assert r.status_code == 200, r.text
+            storage.tokens.refresh_token = r.json()["refresh_token"]
+            requests.post(gh_base + "/__test/orgs", json={"login": "octocat", "orgs": ["elsewhere"]})
+            r = refresh()
+            assert r.status_code == 400 and r.json()["error"] == "invalid_grant", r.text
+            assert "identity provider" in r.json()["error_description"], r.text
+        finally:
+            server.stop()
+        _, evs = events(server)
+        reasons = [g["reason"] for g in of(evs, "grant.revoked")]
+        assert reasons and all("organization_not_allowed" in r for r in reasons), reasons
+    finally:
+        gh.terminate()
+        gh.wait(timeout=10)
+
+
 def test_the_same_provider_id_at_another_server_signs_its_people_in_apart(tmp_path, monkeypatch):
     """A subject is unique only within the server that issued it: the provider id "github"
     moved from github.com to a GitHub Enterprise server (both stand-ins here, whose octocat has

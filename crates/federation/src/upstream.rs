@@ -919,6 +919,42 @@ impl Upstream {
         Ok(tokens_of(&resp, now_secs, Some(refresh_token)))
     }
 
+    /// Whether the person is still admitted where the provider can say so at any time: for
+    /// GitHub with `allowed_organizations`, a member of one of them (removal from the
+    /// organisation is how GitHub people are deprovisioned, and their OAuth token outlives
+    /// it). The other admission rules rest on what the provider vouched for at sign-in (a
+    /// verified email's domain, a tenant, a hosted domain), which a refresh does not change.
+    /// Asked with the person's token at each upstream check; only a list that names no
+    /// allowed organisation is a refusal.
+    pub async fn still_admitted(&self, access_token: &str) -> Result<(), RefreshError> {
+        let p = &self.provider;
+        if p.flavor != Flavor::GitHub || p.allowed_organizations.is_empty() {
+            return Ok(());
+        }
+        let api = p.api_url.as_deref().unwrap_or(crate::presets::GITHUB_API);
+        let orgs = get_list(
+            &self.http,
+            &format!("{api}/user/orgs"),
+            access_token,
+            identity::MAX_CLAIM_VALUES,
+        )
+        .await
+        .map_err(|e| RefreshError::Unavailable(e.into()))?;
+        let member = orgs.iter().any(|o| {
+            o["login"]
+                .as_str()
+                .is_some_and(|l| p.allowed_organizations.contains(&l.to_ascii_lowercase()))
+        });
+        if member {
+            Ok(())
+        } else {
+            Err(RefreshError::Refused(format!(
+                "{}: no longer a member of an allowed organization",
+                mapping::NotAllowed::Organization.code()
+            )))
+        }
+    }
+
     /// Whether the person's upstream session still stands, for providers that issue no
     /// refresh token: userinfo answers 401 once the access token is revoked.
     pub async fn still_valid(&self, access_token: &str) -> Result<(), RefreshError> {

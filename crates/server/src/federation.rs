@@ -674,20 +674,31 @@ impl App {
         let lock = fed.refresh_lock(user_id, provider);
         let _one_at_a_time = lock.lock().await;
         let tokens = self.stored_upstream_tokens(fed, user_id, provider).await?;
-        let result = match &tokens.refresh_token {
+        let session = match &tokens.refresh_token {
             Some(_) => self
                 .refresh_upstream(fed, user_id, provider, tokens, now)
                 .await
-                .map(drop),
+                .map(|fresh| fresh.access_token),
             // An access token that expired by itself says nothing about the person, and there
             // is nothing left to ask with: only a new sign-in there can answer.
             None if tokens.expires_at.is_some_and(|e| e <= now) => {
                 return Err(TokenError::Expired(provider.to_string()));
             }
             None => match fed.upstream(provider).await {
-                Ok(upstream) => upstream.still_valid(&tokens.access_token).await,
+                Ok(upstream) => upstream
+                    .still_valid(&tokens.access_token)
+                    .await
+                    .map(|()| tokens.access_token),
                 Err(e) => Err(RefreshError::Unavailable(e)),
             },
+        };
+        // The session stands; the admission rules the provider can answer for now, too.
+        let result = match session {
+            Ok(access_token) => match fed.upstream(provider).await {
+                Ok(upstream) => upstream.still_admitted(&access_token).await,
+                Err(e) => Err(RefreshError::Unavailable(e)),
+            },
+            Err(e) => Err(e),
         };
         match result {
             Ok(()) => Ok(()),
