@@ -378,6 +378,23 @@ impl ProviderConfig {
                  allow_any_account = true if that is what you mean",
             ));
         }
+        // On Entra ID's multi-tenant endpoints every claim but `tid` is set by the person's
+        // own tenant: any admitted tenant's administrator could give themselves the mapped
+        // role. A rule is safe only where a single tenant is admitted.
+        if self.entra_multi_tenant(&p)
+            && p.allowed_tenants.len() != 1
+            && let Some(rule) = self.role_mapping.iter().find(|r| r.claim != "tid")
+        {
+            return Err(bad(
+                id,
+                format!(
+                    "a role_mapping rule on {:?} at Microsoft's multi-tenant endpoints would give \
+                     the role to anyone whose tenant administrator sets that claim: admit one \
+                     tenant (allowed_tenants = [\"<tenant id>\"], or tenant = \"<tenant id>\")",
+                    rule.claim
+                ),
+            ));
+        }
         match p.kind {
             Kind::Oidc if p.issuer.is_none() => Err(bad(id, "kind \"oidc\" needs issuer")),
             Kind::OAuth2
@@ -396,6 +413,15 @@ impl ProviderConfig {
 }
 
 impl ProviderConfig {
+    /// Whether the provider is Entra ID on its multi-tenant endpoints (`organizations`,
+    /// `common`, `consumers`), by preset or by hand.
+    fn entra_multi_tenant(&self, p: &Provider) -> bool {
+        let entra = p.flavor == Flavor::Microsoft
+            || crate::presets::host(p.issuer.as_deref()).as_deref()
+                == Some("login.microsoftonline.com");
+        entra && self.open_to_anyone(p)
+    }
+
     /// Whether anyone in the world can hold an account at the provider (rather than only the
     /// organisation's people, as at its own Okta, Keycloak or single-tenant Entra ID).
     /// A provider configured by hand (`kind`, no preset) is judged by its hosts, so that

@@ -231,6 +231,45 @@ fn a_provider_open_to_anyone_needs_an_admission_rule_to_create_users() {
     }
 }
 
+/// On Microsoft's multi-tenant endpoints each tenant's administrator sets its people's claims:
+/// a role mapping (but on `tid`) is refused unless one tenant is admitted.
+#[test]
+fn role_rules_at_microsofts_multi_tenant_endpoints_need_one_tenant() {
+    let cfg = |extra: &str| {
+        format!(
+            "[[identity_providers]]\nid = \"entra\"\nclient_id = \"c\"\nclient_secret_env = \"SECRET\"\n{extra}"
+        )
+    };
+    let rule = "role_mapping = [{ claim = \"roles\", value = \"MCP.Admin\", role = \"admin\" }]";
+    let (corp, partner) = (
+        "72f988bf-86f1-41af-91ab-2d7cd011db47",
+        "0e2b1c9a-5d3f-4c1b-9a8e-2f6d7c4b3a21",
+    );
+    for refused in [
+        format!("preset = \"microsoft\"\nallow_any_account = true\n{rule}"),
+        format!(
+            "preset = \"microsoft\"\ntenant = \"common\"\nallowed_tenants = [\"{corp}\", \"{partner}\"]\n{rule}"
+        ),
+        format!(
+            "kind = \"oidc\"\nissuer = \"https://login.microsoftonline.com/organizations/v2.0\"\nallow_any_account = true\n{}",
+            rule.replace("roles", "groups")
+        ),
+    ] {
+        let e = err(&cfg(&refused));
+        assert!(e.contains("admit one tenant"), "{refused}: {e}");
+    }
+    for ok in [
+        format!("preset = \"microsoft\"\nallowed_tenants = [\"{corp}\"]\n{rule}"),
+        format!("preset = \"microsoft\"\ntenant = \"{corp}\"\n{rule}"),
+        format!(
+            "preset = \"microsoft\"\nallow_any_account = true\nrole_mapping = [{{ claim = \"tid\", value = \"{corp}\", role = \"admin\" }}]"
+        ),
+        format!("preset = \"microsoft\"\nallow_any_account = true"),
+    ] {
+        assert!(parse(&cfg(&ok)).resolve(&env).is_ok(), "{ok}");
+    }
+}
+
 #[test]
 fn the_secret_file_is_read_and_loopback_http_is_allowed() {
     let dir = tempfile::tempdir().unwrap();
