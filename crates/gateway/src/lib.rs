@@ -6,6 +6,7 @@
 pub mod authority;
 pub mod caller;
 pub mod challenge;
+pub mod inflight;
 pub mod jsonrpc;
 pub mod properties;
 pub mod ratelimit;

@@ -104,6 +104,8 @@ pub struct Inner {
     /// For upstream MCP servers: no redirects, no cookies.
     pub upstream_http: reqwest::Client,
     pub rate_limiter: grantline_gateway::ratelimit::RateLimiter,
+    /// Exchanges with upstream MCP servers open now, per caller and in all.
+    pub upstream_in_flight: grantline_gateway::inflight::InFlight,
     /// Failures to record the rate limiter's closed windows, logged once a run.
     pub rate_limit_flush: std::sync::Mutex<grantline_store::Failing>,
     /// Gateway exchanges in flight: shutdown waits for them so their outcomes are recorded.

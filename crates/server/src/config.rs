@@ -384,6 +384,15 @@ pub struct ServerSection {
     /// three quarters of the process's limit on open files, leaving the rest to the ledger,
     /// upstream connections and sinks.
     pub max_connections: Option<usize>,
+    /// Gateway exchanges with an upstream MCP server (a call waiting for its answer, a stream
+    /// being relayed) one user or client may hold open at once; over it, 429 (0: no limit).
+    /// Everyone together holds at most `max_connections` of them; over that, 503.
+    #[serde(default = "default_upstream_per_caller")]
+    pub upstream_exchanges_per_caller: usize,
+}
+
+fn default_upstream_per_caller() -> usize {
+    32
 }
 
 impl Default for ServerSection {
@@ -396,6 +405,7 @@ impl Default for ServerSection {
             drain_timeout_secs: default_drain_timeout_secs(),
             read_timeout_secs: default_read_timeout_secs(),
             max_connections: None,
+            upstream_exchanges_per_caller: default_upstream_per_caller(),
         }
     }
 }

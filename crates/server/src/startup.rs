@@ -191,6 +191,13 @@ impl App {
             audit_refusals: Default::default(),
             demo: Default::default(),
             rate_limiter: Default::default(),
+            upstream_in_flight: grantline_gateway::inflight::InFlight::new(
+                config.server.upstream_exchanges_per_caller,
+                config
+                    .server
+                    .max_connections
+                    .unwrap_or_else(crate::connections::default_max_connections),
+            ),
             rate_limit_flush: Default::default(),
             exchanges: tokio_util::task::TaskTracker::new(),
             calls_in_flight: Default::default(),

@@ -1850,3 +1850,63 @@ async fn a_call_that_waited_is_judged_again_before_it_is_sent() {
     );
     s.stop().await;
 }
+
+/// A caller holds at most its share of exchanges with upstream servers open at once: streams
+/// that never end (and calls left waiting) cannot pile up until the process runs out of open
+/// files. Over the share, 429 before the upstream is asked; a stream closed gives its place
+/// back; another caller is not held up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_holds_at_most_its_share_of_upstream_exchanges_open() {
+    let db = grantline_store::testing::sqlite().await;
+    let (up_url, _up) = start_upstream().await;
+    let (s, _d) =
+        gateway_server_with(&db, &up_url, |c| c.server.upstream_exchanges_per_caller = 2).await;
+    let token = token_for(&s, &s.url("/mcp/up"), "up:read").await;
+    let mut one = event_stream(&s, &token, None).await;
+    let mut two = event_stream(&s, &token, None).await;
+    first_chunk(&mut one).await;
+    first_chunk(&mut two).await;
+    let third = browser()
+        .get(s.url("/mcp/up"))
+        .header("accept", "text/event-stream")
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(third.status(), StatusCode::TOO_MANY_REQUESTS);
+    // A tool call of the same caller is refused too, with its own id, and recorded.
+    let r = rpc(&s, "/mcp/up", Some(&token), call(9, "read_tool")).await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["id"], 9, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("at most 2 per caller"),
+        "{body}"
+    );
+    let user = s
+        .app
+        .credentials
+        .by_username("admin")
+        .await
+        .unwrap()
+        .unwrap()
+        .user_id;
+    assert_eq!(s.app.upstream_in_flight.held_by(&format!("user:{user}")), 2);
+    // The first stream closed by its client: its place comes back once the gateway notices.
+    drop(one);
+    let start = std::time::Instant::now();
+    while s.app.upstream_in_flight.held_by(&format!("user:{user}")) > 1 {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "the place stayed taken"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let r = rpc(&s, "/mcp/up", Some(&token), call(10, "read_tool")).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    drop(two);
+    s.stop().await;
+}

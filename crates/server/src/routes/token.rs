@@ -121,7 +121,7 @@ async fn handle(
             UpstreamCheck::SignInAgain(provider) => format!(
                 "the user's session at the identity provider {provider:?} cannot be checked any more: sign in again"
             ),
-            UpstreamCheck::Failed(e) => return Err(e.into()),
+            UpstreamCheck::Failed(e) => return Err(e),
         };
         return Err(OAuthError::new(grantline_oauth::ErrorCode::InvalidGrant, description).into());
     }

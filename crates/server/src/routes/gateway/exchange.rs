@@ -24,6 +24,8 @@ pub struct Outgoing {
     pub body: Bytes,
     /// The identity assertion for the upstream.
     pub identity: String,
+    /// Whose slot among the exchanges open with upstreams this is (`user:…` or `client:…`).
+    pub caller_key: String,
     /// The id the watched message goes upstream under (a string of the gateway's own, see
     /// `grantline_gateway::jsonrpc::inspect_relabelled`): its answer is found by this id and
     /// given the caller's back.
@@ -131,6 +133,7 @@ async fn exchange(audit: Audit, out: Outgoing, watched: Watched) -> Response {
         headers,
         body,
         identity,
+        caller_key,
         wire_id,
         in_flight,
         ..
@@ -145,7 +148,7 @@ async fn exchange(audit: Audit, out: Outgoing, watched: Watched) -> Response {
     let mut gave_up = given_up(cancelled.clone());
     let sent = tokio::select! {
         biased;
-        sent = upstream::send(&audit.app, &mount, &method, &headers, body, identity) => sent,
+        sent = upstream::send(&audit.app, &mount, &method, &headers, body, identity, Some(&caller_key)) => sent,
         () = &mut gave_up => return fail(&audit, &watched, CANCELLED, StatusCode::OK).await,
     };
     let resp = match sent {

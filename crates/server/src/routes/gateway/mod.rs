@@ -347,6 +347,11 @@ impl Request<'_> {
             headers: self.headers,
             body,
             identity: assertion,
+            caller_key: match (&caller.user_id, &caller.client_id) {
+                (Some(u), _) => format!("user:{u}"),
+                (None, Some(c)) => format!("client:{c}"),
+                (None, None) => "anonymous".into(),
+            },
             wire_id,
             in_flight,
             recheck,
@@ -394,6 +399,7 @@ impl Request<'_> {
                     &out.headers,
                     out.body,
                     out.identity,
+                    Some(&out.caller_key),
                 )
                 .await;
                 match sent {

@@ -9,6 +9,7 @@ use axum::http::{HeaderMap, Method, header};
 use axum::response::Response;
 use futures::StreamExt;
 use grantline_gateway::Caller;
+use grantline_gateway::inflight::Busy;
 use tracing::Instrument;
 
 /// Header carrying the caller's identity to the upstream (an EdDSA JWT, verifiable with the JWKS).
@@ -46,6 +47,12 @@ pub enum UpstreamError {
     /// authorize again (or loop).
     #[error("the MCP server behind the gateway refused the gateway's identity assertion ({0})")]
     RefusedAssertion(u16),
+    /// Too many exchanges with upstreams open: the caller's own (429), or everyone's (503).
+    #[error("{}", match .0 {
+        Busy::Caller(n) => format!("too many requests to MCP servers open at once (at most {n} per caller): wait for one to end"),
+        Busy::Everyone(_) => "the gateway holds as many requests to MCP servers open as it can: try again shortly".to_string(),
+    })]
+    Busy(Busy),
 }
 
 impl UpstreamError {
@@ -56,6 +63,8 @@ impl UpstreamError {
             UpstreamError::Unreachable(_) | UpstreamError::RefusedAssertion(_) => {
                 axum::http::StatusCode::BAD_GATEWAY
             }
+            UpstreamError::Busy(Busy::Caller(_)) => axum::http::StatusCode::TOO_MANY_REQUESTS,
+            UpstreamError::Busy(Busy::Everyone(_)) => axum::http::StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 }
@@ -89,7 +98,9 @@ pub fn identity(app: &App, ctx: &RequestContext, caller: &Caller) -> String {
 }
 
 /// Sends the request to the mount's MCP server and returns its answer as soon as the headers
-/// arrive (the body streams). Waits at most the mount's timeout for the headers.
+/// arrive (the body streams). Waits at most the mount's timeout for the headers. `caller`
+/// (a user or client id; none for the gateway's own probes) is given a slot among the
+/// exchanges open with upstream servers, held until the answer's body is dropped.
 pub async fn send(
     app: &App,
     mount: &Mount,
@@ -97,6 +108,7 @@ pub async fn send(
     headers: &HeaderMap,
     body: Bytes,
     identity: String,
+    caller: Option<&str>,
 ) -> Result<Response, UpstreamError> {
     let started = std::time::Instant::now();
     let span = tracing::info_span!(
@@ -104,13 +116,14 @@ pub async fn send(
         resource = %mount.name,
         status = tracing::field::Empty
     );
-    let answer = send_to(app, mount, method, headers, body, identity)
+    let answer = send_to(app, mount, method, headers, body, identity, caller)
         .instrument(span.clone())
         .await;
     let (status, why) = match &answer {
         Ok(r) => (Some(r.status().as_u16()), ""),
         Err(UpstreamError::Timeout) => (None, "timeout"),
         Err(UpstreamError::RefusedAssertion(s)) => (Some(*s), ""),
+        Err(UpstreamError::Busy(_)) => (None, "busy"),
         Err(_) => (None, "unreachable"),
     };
     match status {
@@ -129,11 +142,22 @@ async fn send_to(
     headers: &HeaderMap,
     body: Bytes,
     identity: String,
+    caller: Option<&str>,
 ) -> Result<Response, UpstreamError> {
     match &mount.upstream {
         Upstream::Demo => Ok(app.demo.handle(method, &body)),
         Upstream::Audit => Ok(crate::audit_mcp::handle(app, method, &body, &identity).await),
         Upstream::Http(url) => {
+            // Taken before connecting, given back with the answer's body (a stream relayed
+            // for as long as the upstream sends holds it all along).
+            let slot = match caller {
+                Some(c) => Some(
+                    app.upstream_in_flight
+                        .take(c)
+                        .map_err(UpstreamError::Busy)?,
+                ),
+                None => None,
+            };
             let mut req = app.upstream_http.request(method.clone(), url).body(body);
             for name in TO_UPSTREAM {
                 if let Some(v) = headers.get(*name) {
@@ -165,9 +189,10 @@ async fn send_to(
                     out = out.header(*name, v.clone());
                 }
             }
-            let stream = resp
-                .bytes_stream()
-                .map(|c| c.map_err(std::io::Error::other));
+            let stream = resp.bytes_stream().map(move |c| {
+                let _held = &slot;
+                c.map_err(std::io::Error::other)
+            });
             out.body(Body::from_stream(stream))
                 .map_err(|e| UpstreamError::Unreachable(e.to_string()))
         }
@@ -257,6 +282,7 @@ pub async fn learn_tools(
         &probe,
         Bytes::from(body.to_string()),
         assertion.to_string(),
+        None,
     )
     .await
     else {
