@@ -104,6 +104,14 @@ async fn start_upstream() -> (String, Upstream) {
                     "tools/call" if msg["params"]["name"] == "stream_tool" && msg["params"]["arguments"]["linger"] == true => {
                         lingering(&json!({"jsonrpc": "2.0", "id": id, "result": {"content": [{"type": "text", "text": "done"}]}}))
                     }
+                    // A JSON answer whose headers come at once and whose body never ends.
+                    "tools/call" if msg["params"]["name"] == "stream_tool" && msg["params"]["arguments"]["trickle"] == true => {
+                        let body = futures::StreamExt::chain(
+                            futures::stream::once(async { Ok::<_, std::io::Error>("{".to_string()) }),
+                            futures::stream::pending(),
+                        );
+                        ([("content-type", "application/json")], axum::body::Body::from_stream(body)).into_response()
+                    }
                     "tools/call" if msg["params"]["name"] == "stream_tool" => streamed(state.release.clone(), id),
                     // An upstream that refuses the gateway's identity assertion.
                     "tools/call" if msg["params"]["name"] == "refused_tool" => (
@@ -1076,6 +1084,15 @@ grantline_store::backend_tests! {
             10 - refused,
             "refused requests make no tool event of their own"
         );
+        // A call refused by the authority check was counted too, and says so.
+        s.app.clock.to_next_minute();
+        let add = json!({"jsonrpc": "2.0", "id": 11, "method": "tools/call",
+            "params": {"name": "add_note", "arguments": {"text": "hi"}}});
+        let r = rpc(&s, "/mcp/demo", Some(&token), add).await;
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+        // (A write: the write bucket's quota, the tightest.)
+        let header = |n: &str| r.headers()[n].to_str().unwrap().parse::<u32>().unwrap();
+        assert_eq!(header("x-ratelimit-remaining"), header("x-ratelimit-limit") - 1);
         s.stop().await;
     }
 
@@ -1168,12 +1185,16 @@ grantline_store::backend_tests! {
             let r = rpc(&s, "/mcp/up", Some(&token), call(id, "read_tool")).await;
             assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
             assert_eq!(calls(), before, "the upstream is not called");
+            let e: Value = r.json().await.unwrap();
+            assert_eq!(e["id"], id, "answered under the call's id: {e}");
         }
         // A listing whose record cannot be written is withheld: the caller never sees it.
         let list = json!({"jsonrpc": "2.0", "id": 4, "method": "tools/list"});
         let r = rpc(&s, "/mcp/up", Some(&token), list).await;
         assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
-        assert!(!r.text().await.unwrap().contains("read_tool"), "no tool reached the caller");
+        let text = r.text().await.unwrap();
+        assert!(!text.contains("read_tool"), "no tool reached the caller");
+        assert_eq!(serde_json::from_str::<Value>(&text).unwrap()["id"], 4, "{text}");
         // Once the ledger can write again, calls resume.
         unblock_appends(&db).await;
         let mut status = StatusCode::SERVICE_UNAVAILABLE;
@@ -1908,5 +1929,33 @@ async fn a_caller_holds_at_most_its_share_of_upstream_exchanges_open() {
     let r = rpc(&s, "/mcp/up", Some(&token), call(10, "read_tool")).await;
     assert_eq!(r.status(), StatusCode::OK);
     drop(two);
+    s.stop().await;
+}
+
+/// An answer whose headers came in time but whose body did not is a time-out (504), as one
+/// whose headers never came; recorded as the call's upstream error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_that_does_not_finish_in_time_is_a_gateway_timeout() {
+    let db = grantline_store::testing::sqlite().await;
+    let (up_url, _up) = start_upstream().await;
+    let (s, _d) = gateway_server_with(&db, &up_url, |c| {
+        for r in c.resources.iter_mut().flatten() {
+            if r.name == "up" {
+                r.upstream_timeout_secs = Some(1);
+            }
+        }
+    })
+    .await;
+    let token = token_for(&s, &s.url("/mcp/up"), "up:read").await;
+    let trickle = json!({"jsonrpc": "2.0", "id": 5, "method": "tools/call",
+        "params": {"name": "stream_tool", "arguments": {"trickle": true}}});
+    let r = rpc(&s, "/mcp/up", Some(&token), trickle).await;
+    assert_eq!(r.status(), StatusCode::GATEWAY_TIMEOUT);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["id"], 5, "{e}");
+    assert!(
+        e["error"]["message"].as_str().unwrap().contains("in time"),
+        "{e}"
+    );
     s.stop().await;
 }

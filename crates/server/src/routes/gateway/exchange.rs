@@ -5,7 +5,7 @@
 //! an answer to any other request id is never passed on.
 
 use super::record::{Audit, Watched};
-use super::{MAX_BUFFERED, sse, unavailable, upstream};
+use super::{MAX_BUFFERED, sse, unavailable_to, upstream};
 use crate::gateway::Mount;
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
@@ -89,14 +89,14 @@ pub async fn run(
             // Shutdown no longer waits for exchanges (a request that outlived the drain):
             // one begun now would not have its outcome recorded, so it is not begun.
             if audit.app.stopping.load(std::sync::atomic::Ordering::SeqCst) {
-                let _ = tx.send(unavailable());
+                let _ = tx.send(unavailable_to(watched.id()));
                 return;
             }
             if let Some(start) = start
                 && audit.record(vec![start]).await.is_err()
             {
                 // What cannot be recorded is not done: the upstream never sees this call.
-                let _ = tx.send(unavailable());
+                let _ = tx.send(unavailable_to(watched.id()));
                 return;
             }
             // Judged again only if something could have changed the judgement since (the
@@ -111,7 +111,7 @@ pub async fn run(
                 );
                 let answer = match audit.record(audit.denied(call, &d)).await {
                     Ok(()) => super::denial_response(&d, &out.metadata_url, Some(&call.id)),
-                    Err(_) => unavailable(),
+                    Err(_) => unavailable_to(&call.id),
                 };
                 let _ = tx.send(answer);
                 return;
@@ -179,15 +179,29 @@ async fn exchange(audit: Audit, out: Outgoing, watched: Watched) -> Response {
         read = tokio::time::timeout_at(deadline, axum::body::to_bytes(body, MAX_BUFFERED)) => read,
         () = &mut gave_up => return fail(&audit, &watched, CANCELLED, StatusCode::OK).await,
     };
-    let Ok(Ok(bytes)) = read else {
-        let why = "the MCP server's answer was too large, broken or late";
-        return fail(
-            &audit,
-            &watched,
-            without_answer(&cancelled, why),
-            StatusCode::BAD_GATEWAY,
-        )
-        .await;
+    let bytes = match read {
+        Ok(Ok(bytes)) => bytes,
+        // Late is a time-out, as an answer whose headers never came is.
+        Err(_) => {
+            let why = "the MCP server did not finish its answer in time";
+            return fail(
+                &audit,
+                &watched,
+                without_answer(&cancelled, why),
+                StatusCode::GATEWAY_TIMEOUT,
+            )
+            .await;
+        }
+        Ok(Err(_)) => {
+            let why = "the MCP server's answer was too large or broken";
+            return fail(
+                &audit,
+                &watched,
+                without_answer(&cancelled, why),
+                StatusCode::BAD_GATEWAY,
+            )
+            .await;
+        }
     };
     let answers = sse::answer_count(false, &bytes, &wire);
     if parts.status.is_success() && answers == 0 {
@@ -219,7 +233,7 @@ async fn exchange(audit: Audit, out: Outgoing, watched: Watched) -> Response {
         !parts.status.is_success(),
     );
     if audit.record(vec![event]).await.is_err() {
-        return unavailable();
+        return unavailable_to(watched.id());
     }
     let mut r = Response::from_parts(parts, Body::from(out));
     r.headers_mut().remove(header::CONTENT_LENGTH);
@@ -241,7 +255,7 @@ async fn fail(audit: &Audit, watched: &Watched, reason: &str, status: StatusCode
         .await
         .is_err()
     {
-        return unavailable();
+        return unavailable_to(watched.id());
     }
     let err = jsonrpc::error(watched.id(), -32002, reason, None);
     (status, axum::Json(err)).into_response()

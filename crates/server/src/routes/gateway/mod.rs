@@ -70,9 +70,18 @@ fn denial_of(d: &Denial, metadata_url: &str, jsonrpc_id: Option<&Value>, what: &
 }
 
 fn unavailable() -> Response {
-    let body = serde_json::json!({"jsonrpc": "2.0", "id": null,
-        "error": {"code": -32000, "message": "the audit ledger cannot record this call; it was not made"}});
-    (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
+    unavailable_to(&Value::Null)
+}
+
+/// The ledger could not record what this request needed recorded: nothing was done. Answered
+/// under the request's id where the gateway knows it.
+fn unavailable_to(id: &Value) -> Response {
+    refused_id(
+        id,
+        -32000,
+        "the audit ledger cannot record this call; it was not made",
+        StatusCode::SERVICE_UNAVAILABLE,
+    )
 }
 
 fn refused(code: i64, message: &str, status: StatusCode) -> Response {
@@ -302,14 +311,16 @@ impl Request<'_> {
                 }
                 let refused = reads.methods.iter().map(|m| audit.refused(m, &d)).collect();
                 if audit.record(refused).await.is_err() {
-                    return Err(unavailable());
+                    return Err(unavailable_to(&reads.id));
                 }
-                return Ok(denial_of(&d, &metadata_url, Some(&reads.id), "request"));
+                let mut r = denial_of(&d, &metadata_url, Some(&reads.id), "request");
+                quota_headers(&mut r, quota);
+                return Ok(r);
             }
             if !reads.recorded.is_empty() {
                 let events = reads.recorded.iter().map(|r| audit.read(r)).collect();
                 if audit.record(events).await.is_err() {
-                    return Err(unavailable());
+                    return Err(unavailable_to(&reads.id));
                 }
             }
         }
@@ -365,7 +376,7 @@ impl Request<'_> {
                     None => {
                         // Checked above for every call with a scope; fail closed if not.
                         tracing::error!("a tool call came to be sent without its authority check");
-                        return Err(unavailable());
+                        return Err(unavailable_to(&call.id));
                     }
                 };
                 if let Some(mut d) = denied {
@@ -377,9 +388,11 @@ impl Request<'_> {
                         );
                     }
                     if audit.record(audit.denied(&call, &d)).await.is_err() {
-                        return Err(unavailable());
+                        return Err(unavailable_to(&call.id));
                     }
-                    return Ok(denial_response(&d, &metadata_url, Some(&call.id)));
+                    let mut r = denial_response(&d, &metadata_url, Some(&call.id));
+                    quota_headers(&mut r, quota);
+                    return Ok(r);
                 }
                 // Recorded first, in the exchange's own task (see `exchange::run`).
                 let start = Some(audit.started(&call));
@@ -387,7 +400,7 @@ impl Request<'_> {
             }
             (Some(w @ Watched::List(_)), _) => {
                 if !self.app.ledger.healthy() {
-                    return Err(unavailable());
+                    return Err(unavailable_to(w.id()));
                 }
                 exchange::run(audit, out, w, None).await
             }
@@ -419,7 +432,8 @@ impl Request<'_> {
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "upstream failed");
-                        refused(-32002, &e.to_string(), e.status())
+                        let id = reads.as_ref().map_or(&Value::Null, |r| &r.id);
+                        refused_id(id, -32002, &e.to_string(), e.status())
                     }
                 }
             }
