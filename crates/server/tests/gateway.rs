@@ -105,7 +105,7 @@ async fn start_upstream() -> (String, Upstream) {
                         lingering(&json!({"jsonrpc": "2.0", "id": id, "result": {"content": [{"type": "text", "text": "done"}]}}))
                     }
                     // A JSON answer whose headers come at once and whose body never ends.
-                    "tools/call" if msg["params"]["name"] == "stream_tool" && msg["params"]["arguments"]["trickle"] == true => {
+                    "tools/call" | "resources/read" if msg["params"]["arguments"]["trickle"] == true || msg["params"]["uri"] == "file:///trickle" => {
                         let body = futures::StreamExt::chain(
                             futures::stream::once(async { Ok::<_, std::io::Error>("{".to_string()) }),
                             futures::stream::pending(),
@@ -1957,5 +1957,15 @@ async fn an_answer_that_does_not_finish_in_time_is_a_gateway_timeout() {
         e["error"]["message"].as_str().unwrap().contains("in time"),
         "{e}"
     );
+    // A read, which no exchange watches, is relayed as it comes: its body breaks off at the
+    // deadline rather than holding the connection for ever.
+    let read = json!({"jsonrpc": "2.0", "id": 6, "method": "resources/read",
+        "params": {"uri": "file:///trickle"}});
+    let r = rpc(&s, "/mcp/up", Some(&token), read).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let body = tokio::time::timeout(std::time::Duration::from_secs(10), r.bytes())
+        .await
+        .expect("the body was held past its deadline");
+    assert!(body.is_err(), "a cut answer, not a short one: {body:?}");
     s.stop().await;
 }

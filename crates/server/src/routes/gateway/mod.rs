@@ -428,7 +428,7 @@ impl Request<'_> {
                                 }
                             }
                         }
-                        upstream::ends_when_draining(self.app, &out.method, r)
+                        upstream::ends_when_draining(self.app, &out.method, r, out.mount.timeout)
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "upstream failed");

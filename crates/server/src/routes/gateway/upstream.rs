@@ -213,9 +213,40 @@ pub fn is_sse(r: &Response) -> bool {
 /// which a client keeps open for as long as it runs, never would. That one ends at once; any
 /// other event stream, which ends with its answer, gets until the drain timeout. The client sees the
 /// stream end, as MCP allows a server to end it at any time, and connects again.
-pub fn ends_when_draining(app: &App, method: &Method, r: Response) -> Response {
+///
+/// An answer that is not a stream (JSON) must be whole within `timeout` (the resource's) of
+/// its headers: an upstream that sends them and then trickles the body would hold the
+/// connection, and the caller's place among the open exchanges, for ever. Past it the body
+/// breaks off with an error (the client sees a cut answer, not a short one).
+pub fn ends_when_draining(
+    app: &App,
+    method: &Method,
+    r: Response,
+    timeout: std::time::Duration,
+) -> Response {
     if !is_sse(&r) {
-        return r;
+        let until = tokio::time::Instant::now() + timeout;
+        let (parts, body) = r.into_parts();
+        let stream = futures::stream::unfold(
+            (body.into_data_stream(), false),
+            move |(mut body, over)| async move {
+                if over {
+                    return None;
+                }
+                match tokio::time::timeout_at(until, body.next()).await {
+                    Ok(Some(chunk)) => Some((chunk.map_err(std::io::Error::other), (body, false))),
+                    Ok(None) => None,
+                    Err(_) => Some((
+                        Err(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "the MCP server did not finish its answer in time",
+                        )),
+                        (body, true),
+                    )),
+                }
+            },
+        );
+        return Response::from_parts(parts, Body::from_stream(stream));
     }
     let get = method == Method::GET;
     let draining = app.draining.clone();
