@@ -20,7 +20,7 @@ impl ToolScopes {
     /// The scope `tool` needs, given its annotations from `tools/list` when known. A tool
     /// whose annotations are unknown or do not say read-only needs the write scope.
     pub fn for_tool(&self, tool: &str, annotations: Option<&Value>) -> &str {
-        if let Some(s) = self.explicit.get(tool) {
+        if let Some(s) = self.configured(tool) {
             return s;
         }
         if read_only(annotations) {
@@ -34,10 +34,33 @@ impl ToolScopes {
     /// scope where that tells (the read scope of a resource whose reads and writes differ),
     /// else by its annotations — so a resource with one scope for both still limits writes.
     pub fn writes(&self, tool: &str, annotations: Option<&Value>) -> bool {
-        match self.explicit.get(tool) {
+        match self.configured(tool) {
             Some(s) if self.read != self.write => *s != self.read,
             _ => !read_only(annotations),
         }
+    }
+
+    /// The scope configured for `tool`: by its exact name, else by a configured name it
+    /// differs from only in case or surrounding whitespace. An upstream that matches tool
+    /// names loosely would run the configured tool for `"Purge"` or `"purge "`; such a name
+    /// needs that tool's scope, not the one its unknown annotations would give.
+    fn configured(&self, tool: &str) -> Option<&String> {
+        self.explicit.get(tool).or_else(|| {
+            let folded = tool.trim().to_lowercase();
+            let mut alike: Vec<(&String, &String)> = self
+                .explicit
+                .iter()
+                .filter(|(name, _)| name.trim().to_lowercase() == folded)
+                .collect();
+            // Configured names that fold alike (`purge`, `Purge`): one that is not the read
+            // scope is the one to need, the first by name where there are several.
+            alike.sort();
+            alike
+                .iter()
+                .find(|(_, scope)| **scope != self.read)
+                .or(alike.first())
+                .map(|(_, scope)| *scope)
+        })
     }
 }
 
@@ -246,6 +269,34 @@ mod tests {
             write: "demo:write".into(),
             explicit: HashMap::from([("purge".to_string(), "demo:admin".to_string())]),
         }
+    }
+
+    /// An upstream may match tool names loosely: a name that differs from a configured one
+    /// only in case or surrounding whitespace needs the configured tool's scope, whatever its
+    /// (unknown or made-up) annotations say.
+    #[test]
+    fn a_configured_tool_named_in_another_case_needs_its_scope() {
+        let s = scopes();
+        let read_only = json!({"readOnlyHint": true});
+        for name in ["Purge", "PURGE", " purge", "purge\t"] {
+            assert_eq!(s.for_tool(name, Some(&read_only)), "demo:admin", "{name:?}");
+            assert!(s.writes(name, Some(&read_only)), "{name:?}");
+        }
+        assert_eq!(s.for_tool("purged", Some(&read_only)), "demo:read");
+        // Two configured names alike: the one that is not the read scope.
+        let both = ToolScopes {
+            explicit: HashMap::from([
+                ("Purge".to_string(), "demo:read".to_string()),
+                ("purge".to_string(), "demo:admin".to_string()),
+            ]),
+            ..scopes()
+        };
+        assert_eq!(both.for_tool("PURGE", None), "demo:admin");
+        assert_eq!(
+            both.for_tool("Purge", None),
+            "demo:read",
+            "an exact name is its own"
+        );
     }
 
     #[test]
