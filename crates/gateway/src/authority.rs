@@ -40,6 +40,11 @@ impl ToolScopes {
         }
     }
 
+    /// Whether `tool` has a configured scope (see [`ToolScopes::for_tool`]).
+    pub fn is_configured(&self, tool: &str) -> bool {
+        self.configured(tool).is_some()
+    }
+
     /// The scope configured for `tool`: by its exact name, else by a configured name it
     /// differs from only in case or surrounding whitespace. An upstream that matches tool
     /// names loosely would run the configured tool for `"Purge"` or `"purge "`; such a name

@@ -1969,3 +1969,32 @@ async fn an_answer_that_does_not_finish_in_time_is_a_gateway_timeout() {
     assert!(body.is_err(), "a cut answer, not a short one: {body:?}");
     s.stop().await;
 }
+
+/// A tool the caller's role may not call is refused without the upstream being asked for its
+/// annotations first: the refusal does not depend on them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_the_role_refuses_asks_the_upstream_nothing() {
+    let db = grantline_store::testing::sqlite().await;
+    let (up_url, up) = start_upstream().await;
+    let (s, _d) = gateway_server(&db, &up_url).await;
+    let token = token_for(&s, &s.url("/mcp/up"), "up:read").await;
+    let before = up.bodies.lock().unwrap().len();
+    let r = rpc(&s, "/mcp/up", Some(&token), call(3, "never_listed_tool")).await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["error"]["data"]["reason"], "role", "{e}");
+    assert_eq!(
+        up.bodies.lock().unwrap().len(),
+        before,
+        "the upstream was asked"
+    );
+    // A tool the role may call, not listed yet: its annotations are asked for.
+    let r = rpc(&s, "/mcp/up", Some(&token), call(4, "read_tool")).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let asked: Vec<Value> = up.bodies.lock().unwrap()[before..]
+        .iter()
+        .map(|b| serde_json::from_slice(b).unwrap())
+        .collect();
+    assert_eq!(asked[0]["method"], "tools/list", "{asked:?}");
+    s.stop().await;
+}

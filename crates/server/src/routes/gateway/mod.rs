@@ -758,8 +758,14 @@ impl Request<'_> {
             return (None, false);
         };
         let mounts = self.app.mounts();
-        if !mount.scopes.explicit.contains_key(&c.tool)
+        // Asked of the upstream only for a caller whose role may call the tool: for anyone
+        // else the call is refused by the role whatever its scope, and a probe on their behalf
+        // would be work (and a wait for others) that the refusal does not need.
+        if !mount.scopes.is_configured(&c.tool)
             && mounts.annotations(&mount.name, &c.tool).is_none()
+            && mounts
+                .roles
+                .permits(caller.role.as_deref(), &mount.name, &c.tool)
         {
             let probe = upstream::identity(self.app, self.ctx, caller);
             upstream::learn_tools(self.app, mount, &self.headers, &probe, &c.tool).await;
