@@ -721,6 +721,13 @@ pub async fn create_pat_with_id(
     );
     let now = app.now();
     let _one_at_a_time = app.pat_decisions.lock().await;
+    // And one at a time per user across instances (PostgreSQL), each deciding on a state
+    // that holds every token the others made before it.
+    let _one_on_every_instance = app
+        .store()
+        .exclusive(&format!("pat:{}", req.user_id))
+        .await?;
+    app.projection.catch_up(app.store()).await?;
     let (outcome, _) = app
         .run(|s| grantline_oauth::pat::create(s, settings, actor.clone(), &req, now, fresh.clone()))
         .await?;

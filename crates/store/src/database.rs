@@ -208,6 +208,10 @@ fn private_file(path: &Path) -> std::io::Result<()> {
     }
 }
 
+/// See [`Store::exclusive`]: the lock is released when this is dropped (its transaction, which
+/// wrote nothing, rolled back).
+pub struct Exclusive(#[allow(dead_code)] Option<sqlx::Transaction<'static, sqlx::Postgres>>);
+
 impl Store {
     /// Connects; with `create`, a missing SQLite file (and its directory) is created, readable
     /// by the owner only.
@@ -357,6 +361,27 @@ impl Store {
         match &self.reach {
             Some(reach) => reach.run(read).await,
             None => Ok(read.await?),
+        }
+    }
+
+    /// Held while a decision that no stream expectation guards is decided and appended (a
+    /// user's count of live personal access tokens: each token's events are on a stream of
+    /// its own). On PostgreSQL, where several instances append, a transaction-scoped advisory
+    /// lock on `name`, taken by every instance alike and released when the guard is dropped;
+    /// on SQLite, where one server appends, nothing.
+    pub async fn exclusive(&self, name: &str) -> Result<Exclusive> {
+        match &self.pool {
+            Pool::Sqlite(_) => Ok(Exclusive(None)),
+            Pool::Postgres(p) => {
+                let mut tx = self.pg(p.begin()).await?;
+                self.pg(
+                    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 11))")
+                        .bind(name)
+                        .execute(&mut *tx),
+                )
+                .await?;
+                Ok(Exclusive(Some(tx)))
+            }
         }
     }
 

@@ -16,7 +16,7 @@ pub mod testing;
 mod writer;
 
 pub use credentials::{Credential, Credentials};
-pub use database::{Database, Pool, SQLITE_FILE, Store, private_dir};
+pub use database::{Database, Exclusive, Pool, SQLITE_FILE, Store, private_dir};
 pub use error::{Result, StoreError};
 pub use failing::Failing;
 pub use federation::{Federation, StoredTokens};
