@@ -1337,3 +1337,62 @@ fn serve_raises_its_limit_on_open_files_and_caps_connections_below_it() {
         .unwrap_or_else(|| panic!("no max_connections in {line}"));
     assert_eq!(cap.parse::<u64>().unwrap(), expected, "{line}");
 }
+
+/// A backup interrupted (Ctrl-C, SIGTERM) while it verifies its copy removes the copy: it holds
+/// the database's personal-data keys and password hashes, and the backup directory is not kept
+/// as the data directory is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_backup_leaves_no_copy_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = grantline_store::Database::in_data_dir(dir.path());
+    // Enough events that verifying the copy takes a while.
+    let ledger = Ledger::open(&db, testing::signer(), LedgerOptions::default())
+        .await
+        .unwrap();
+    for batch in 0..40u64 {
+        let events = (0..5_000).map(|i| tool_call(batch * 5_000 + i)).collect();
+        ledger.append(Append::new(events)).await.unwrap();
+    }
+    ledger.checkpoint().await.unwrap();
+    ledger.shutdown().await;
+    let out = tempfile::tempdir().unwrap();
+    let target = out.path().join("b.tar");
+    for signal in ["-INT", "-TERM"] {
+        let child = Command::new(env!("CARGO_BIN_EXE_grantline"))
+            .args(["--data-dir", dir.path().to_str().unwrap()])
+            .args(["backup", "--output", target.to_str().unwrap()])
+            .env(
+                "GRANTLINE_CHECKPOINT_KEY",
+                testing::signer().to_private_string(),
+            )
+            .env_remove("GRANTLINE_DATABASE_URL")
+            .env_remove("GRANTLINE_CONFIG")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let files = || -> Vec<String> {
+            std::fs::read_dir(out.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        };
+        let started = std::time::Instant::now();
+        while !files().iter().any(|f| f.contains(".copying-")) {
+            assert!(started.elapsed() < Duration::from_secs(30), "no copy began");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let sent = Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        let o = child.wait_with_output().unwrap();
+        assert!(!o.status.success(), "{signal}: {o:?}");
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("the copy made so far was removed"),
+            "{signal}: {o:?}"
+        );
+        assert_eq!(files(), Vec::<String>::new(), "{signal}: left behind");
+    }
+}

@@ -34,6 +34,20 @@ pub struct RestoreArgs {
     accept_unsigned: bool,
 }
 
+/// Runs `work` unless the command is interrupted (Ctrl-C, SIGTERM) first: then `work` is
+/// dropped, and with it the copies it was writing (a backup's copy of the database and a
+/// restore's unpacked one hold personal-data keys and password hashes, and must not be left
+/// behind in a directory kept otherwise than the data directory).
+async fn unless_interrupted<T>(work: impl std::future::Future<Output = T>) -> Result<T> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
+    tokio::select! {
+        done = work => Ok(done),
+        _ = tokio::signal::ctrl_c() => bail!("interrupted: nothing was written, and the copy made so far was removed"),
+        _ = term.recv() => bail!("terminated: nothing was written, and the copy made so far was removed"),
+    }
+}
+
 fn sqlite_path(loc: &Location, what: &str) -> Result<PathBuf> {
     match &loc.database {
         Database::Sqlite(p) => Ok(p.clone()),
@@ -61,8 +75,8 @@ pub async fn backup(loc: &Location, args: BackupArgs) -> Result<ExitCode> {
             loc.data_dir.display()
         );
     };
-    let done = backup::backup_sqlite(&src, &trusted, &signer, &args.output)
-        .await
+    let done = unless_interrupted(backup::backup_sqlite(&src, &trusted, &signer, &args.output))
+        .await?
         .with_context(|| format!("backing up {}", src.display()))?;
     let m = &done.manifest;
     println!(
@@ -136,14 +150,19 @@ pub async fn restore(loc: &Location, args: RestoreArgs) -> Result<ExitCode> {
     }
     // Verified before anything is moved: the verification takes minutes, and the ledger it
     // would replace stays where it is until the backup is known good.
-    let staged = backup::stage_sqlite(&args.input, &dest, &trusted, args.accept_unsigned)
-        .await
-        .map_err(|e| {
-            anyhow::Error::new(e).context(format!(
-                "restoring {} (nothing was changed)",
-                args.input.display()
-            ))
-        })?;
+    let staged = unless_interrupted(backup::stage_sqlite(
+        &args.input,
+        &dest,
+        &trusted,
+        args.accept_unsigned,
+    ))
+    .await?
+    .map_err(|e| {
+        anyhow::Error::new(e).context(format!(
+            "restoring {} (nothing was changed)",
+            args.input.display()
+        ))
+    })?;
     // The key this data directory signs with must be the one in force at the backup's head,
     // as the verified ledger says (the manifest's list of keys is not what its signature
     // covers).
