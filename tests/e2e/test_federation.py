@@ -664,6 +664,34 @@ def test_two_sign_ins_begun_at_once_in_one_browser_both_finish(world):
     assert pending_cookies(browser) == []
 
 
+def test_two_first_sign_ins_of_one_person_at_once_end_on_one_account(world):
+    """A person's first sign-in finished twice at once (two tabs): both write the link row
+    first, one records the new user and the other's decision is refused. The refused one must
+    not take away the link the winner recorded, or the person's next sign-in would make a
+    second account (and theirs would be orphaned)."""
+    server, idp, rogue, upstream = world
+    browser = FederatedBrowser(server.base, REDIRECT, user="bob")
+    browser.stop_at_callback = True
+    callbacks = [browser.click(browser.sign_in_page("/account")) for _ in range(2)]
+    assert all(isinstance(c, str) and "code=" in c for c in callbacks), callbacks
+    kept = requests.utils.dict_from_cookiejar(browser.session.cookies)
+
+    def finish(url):
+        s = requests.Session()
+        s.cookies.update(kept)
+        return s.get(url, allow_redirects=False).status_code
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        answers = list(pool.map(finish, callbacks))
+    assert 303 in answers, answers
+    later = FederatedBrowser(server.base, REDIRECT, user="bob")
+    page = later.click(later.sign_in_page("/account"))
+    assert page.status_code == 200 and page.url.endswith("/account"), page.text[:300]
+    _, evs = events(server)
+    created = [c for c in of(evs, "user.created") if c.get("email") == "bob@example.com"]
+    assert len(created) == 1, created
+
+
 def test_sign_ins_begun_and_never_finished_keep_a_few_cookies_at_most(world):
     """Each pending sign-in's cookie may be near 4 KB: sign-ins begun and abandoned would
     otherwise pile up until the browser's requests are too large to be taken. Beyond the

@@ -664,15 +664,29 @@ async fn sign_in(
     let recorded = record_sign_in(app, ctx, p, who, linked.is_some(), &user_id, made_here).await;
     // A link row this sign-in made goes again when its sign-in was not recorded: left, it
     // would make the next sign-in of that subject one of a linked account, which the decider
-    // does not ask again whether it may be linked (a second subject at one provider).
-    if recorded.is_err()
-        && made_here
-        && let Err(e) = fed
-            .tables
-            .unlink(provider, &who.issuer, &who.subject, &user_id)
-            .await
-    {
-        tracing::error!(provider = %provider, error = %e, "a link row of a sign-in that was not recorded could not be removed");
+    // does not ask again whether it may be linked (a second subject at one provider). Unless
+    // the ledger records the user linked at this provider after all: a concurrent sign-in of
+    // the same person that won the race, or this one's append whose answer was lost, relies
+    // on the row. (When the ledger cannot be read to tell, the row goes: a person whose link
+    // is lost signs in again, a subject let in by a stale row would be someone else.)
+    if recorded.is_err() && made_here {
+        let linked_since = match app.projection.catch_up(app.store()).await {
+            Ok(_) => app
+                .projection
+                .read()
+                .users
+                .get(&user_id)
+                .is_some_and(|u| u.links.contains_key(provider)),
+            Err(_) => false,
+        };
+        if !linked_since
+            && let Err(e) = fed
+                .tables
+                .unlink(provider, &who.issuer, &who.subject, &user_id)
+                .await
+        {
+            tracing::error!(provider = %provider, error = %e, "a link row of a sign-in that was not recorded could not be removed");
+        }
     }
     recorded
 }
