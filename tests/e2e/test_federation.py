@@ -832,18 +832,21 @@ def test_a_person_outside_the_allowed_domains_is_refused(world):
     assert not [c for c in of(evs, "user.created") if c.get("email") == "carol@elsewhere.test"]
 
 
-def test_people_the_rules_refuse_keep_using_up_their_addresss_callbacks(world):
-    """A person the provider vouches for but the rules refuse (outside the allowed domains)
-    gives nothing back: each refused callback counts against the address's 30 in ten minutes,
-    and takes no room among the states remembered as answered (anyone with an account at a
-    public provider could fill those, and every sign-in would be refused as busy)."""
+@pytest.mark.parametrize("provider,user,code", [
+    ("corp", "carol", "email_domain_not_allowed"),  # an admission rule
+    ("staff", "bob", "not_provisioned"),  # provisioning = "existing", and no account
+])
+def test_people_the_rules_refuse_keep_using_up_their_addresss_callbacks(world, provider, user, code):
+    """A person the provider vouches for but who is refused here gives nothing back: each
+    refused callback counts against the address's 30 in ten minutes, and takes no room among
+    the states remembered as answered (anyone with an account at a public provider could fill
+    those, and every sign-in would be refused as busy)."""
     server, idp, rogue, upstream = world
     for i in range(30):
-        browser = FederatedBrowser(server.base, REDIRECT, user="carol")
+        browser = FederatedBrowser(server.base, REDIRECT, provider=provider, user=user)
         page = browser.click(browser.sign_in_page())
-        assert page.status_code == 403 and "(email_domain_not_allowed)" in page.text, \
-            (i, page.text[:300])
-    browser = FederatedBrowser(server.base, REDIRECT, user="carol")
+        assert page.status_code == 403 and f"({code})" in page.text, (i, page.text[:300])
+    browser = FederatedBrowser(server.base, REDIRECT, provider=provider, user=user)
     page = browser.click(browser.sign_in_page())
     assert page.status_code == 429 and "(rate_limited)" in page.text, page.text[:300]
 

@@ -143,6 +143,15 @@ impl UsedStates {
             .push_back((now + TRANSACTION_TTL, state.to_string()));
         Ok(())
     }
+
+    /// Gives back a state's place (taken moments ago: found from the back).
+    fn release(&mut self, state: &str) {
+        if self.set.remove(state)
+            && let Some(i) = self.by_expiry.iter().rposition(|(_, s)| s == state)
+        {
+            self.by_expiry.remove(i);
+        }
+    }
 }
 
 /// Why a refresh is refused after asking the upstream ([`App::check_upstream_session`]).
@@ -347,6 +356,16 @@ impl Federation {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .first_use(state, now, MAX_USED_STATES)
+    }
+
+    /// Takes a state off the answered ones: its sign-in was refused after the provider took
+    /// the code (which cannot be used again, so the callback cannot succeed a second time),
+    /// and a refused person must not fill the places of everyone's sign-ins.
+    pub fn release_use(&self, state: &str) {
+        self.used_states
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .release(state);
     }
 }
 
@@ -719,6 +738,24 @@ impl App {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_released_state_gives_its_place_back() {
+        let mut used = UsedStates::default();
+        used.first_use("a", 0, 2).unwrap();
+        used.first_use("b", 0, 2).unwrap();
+        assert_eq!(used.first_use("c", 0, 2), Err(StateUse::Full));
+        used.release("b");
+        assert_eq!(used.by_expiry.len(), 1);
+        used.first_use("c", 0, 2).unwrap();
+        assert_eq!(
+            used.first_use("a", 0, 2),
+            Err(StateUse::Replayed),
+            "the others stay"
+        );
+        used.release("never-used");
+        assert_eq!(used.set.len(), 2);
+    }
 
     #[test]
     fn a_provider_that_could_not_be_reached_is_tried_again_after_a_growing_wait() {

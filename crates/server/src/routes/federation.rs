@@ -518,13 +518,10 @@ async fn answer(
         )
         .await;
     }
-    // The provider took the code and the person is admitted: a sign-in, not a made-up
-    // callback or someone refused. Everyone behind one address (an office, a VPN) signs in
-    // without using up the address's callbacks; a refused one keeps using them up, and takes
-    // no place among the states remembered as used (else anyone with an account at a public
-    // provider could fill them, and every sign-in would be refused as busy).
-    fed.callback_exchanges
-        .give_back(ctx.source_ip.as_deref(), now);
+    // The provider took the code and the person is admitted. The state is remembered as
+    // answered while the sign-in is recorded (a second callback with it is refused); a
+    // sign-in refused after all gives its place back below, so that anyone with an account at
+    // a public provider cannot fill those places and have every sign-in refused as busy.
     match fed.first_use(&pending.s, now) {
         Ok(()) => {}
         Err(StateUse::Replayed) => {
@@ -549,6 +546,11 @@ async fn answer(
     }
     match sign_in(&app, &ctx, &provider, &who, linked).await {
         Ok((user_id, session_id, recorded)) => {
+            // A sign-in, not a made-up callback or someone refused: everyone behind one
+            // address (an office, a VPN) signs in without using up the address's callbacks;
+            // a refused one keeps using them up.
+            fed.callback_exchanges
+                .give_back(ctx.source_ip.as_deref(), now);
             let slot = fed.slot(&provider).map(|s| s.provider.clone());
             if slot.is_some_and(|p| p.store_upstream_token || p.check_upstream_on_refresh)
                 && let Err(e) = app.keep_upstream_tokens(&user_id, &provider, &tokens).await
@@ -571,7 +573,10 @@ async fn answer(
             let r = see_other(&format!("{}{}", ctx.issuer, pending.r));
             with_cookie(r, &session::set_cookie(&ctx, SESSION, &value, ttl))
         }
-        Err(r) => r,
+        Err(r) => {
+            fed.release_use(&pending.s);
+            r
+        }
     }
 }
 
