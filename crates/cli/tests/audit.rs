@@ -196,8 +196,26 @@ backend_tests! {
     async fn a_reading_where_no_checkpoint_key_is_leaves_nothing_behind(db: TestDb) {
         history(&db).await;
         let head = open(&db).await.store().head().await.unwrap().unwrap().0;
-        // An evidence copy: the ledger, but neither the server's key file nor its variable.
+        // An evidence copy: the ledger, but neither the server's key file nor its variable. On
+        // SQLite a copy in rollback-journal mode, as a backup's file is: not a byte changes.
         let dir = tempfile::tempdir().unwrap();
+        let url = match &db.db {
+            grantline_store::Database::Sqlite(_) => {
+                let copy = dir.path().join("copy.db");
+                let store = grantline_store::Store::connect(&db.db, false).await.unwrap();
+                let grantline_store::Pool::Sqlite(p) = store.pool() else { unreachable!() };
+                sqlx::raw_sql(sqlx::AssertSqlSafe(format!("VACUUM INTO '{}'", copy.display()))).execute(p).await.unwrap();
+                store.close().await;
+                let c = grantline_store::Store::connect(&grantline_store::Database::Sqlite(copy.clone()), false).await.unwrap();
+                let grantline_store::Pool::Sqlite(p) = c.pool() else { unreachable!() };
+                sqlx::raw_sql("PRAGMA journal_mode = DELETE").execute(p).await.unwrap();
+                c.close().await;
+                format!("sqlite:{}", copy.display())
+            }
+            grantline_store::Database::Postgres(_) => db.url(),
+        };
+        let copy = dir.path().join("copy.db");
+        let before = std::fs::read(&copy).ok();
         for args in [
             vec!["events", "--kind", "user.created"],
             vec!["export"],
@@ -206,7 +224,7 @@ backend_tests! {
             let o = Command::new(env!("CARGO_BIN_EXE_grantline"))
                 .args(&args)
                 .arg("--database")
-                .arg(db.url())
+                .arg(&url)
                 .arg("--data-dir")
                 .arg(dir.path())
                 .env_remove("GRANTLINE_CHECKPOINT_KEY")
@@ -220,7 +238,11 @@ backend_tests! {
             assert!(!shown.contains("user.created") && !shown.contains("u_alice"), "{args:?} showed the trail unrecorded: {shown}");
         }
         assert!(!dir.path().join("checkpoint.key").exists(), "a key was made in the copy");
-        assert_eq!(open(&db).await.store().head().await.unwrap().unwrap().0, head, "the copy was written to");
+        assert_eq!(open(&db).await.store().head().await.unwrap().unwrap().0, head, "the ledger was written to");
+        if let Some(before) = before {
+            assert!(std::fs::read(&copy).unwrap() == before, "the copy changed");
+            assert!(!dir.path().join("copy.db-wal").exists() && !dir.path().join("copy.db-shm").exists());
+        }
     }
 
     async fn export_from_a_cursor_without_an_index_names_users_created_before_it(db: TestDb) {

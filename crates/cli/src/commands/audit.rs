@@ -178,6 +178,11 @@ pub async fn seal(store: &Store, text: &str) -> Result<grantline_ledger::Sealed>
 }
 
 pub async fn run(loc: &Location, cmd: Command) -> Result<ExitCode> {
+    // A search is a reading, recorded under the server's key: without one, nothing is opened.
+    let key = match &cmd {
+        Command::Search { .. } => Some(reading_key(loc)?),
+        _ => None,
+    };
     let store = Store::connect(&loc.database, false)
         .await
         .with_context(|| format!("opening {}", loc.database.display()))?;
@@ -232,7 +237,9 @@ pub async fn run(loc: &Location, cmd: Command) -> Result<ExitCode> {
                     return Ok(ExitCode::from(2));
                 }
             };
-            let key = reading_key(loc)?;
+            let Some(key) = key else {
+                bail!("a search needs the server's checkpoint key");
+            };
             let index = current_index(loc, &store).await?;
             let order = if asc { SortOrder::Asc } else { SortOrder::Desc };
             let page = index.search(&expr, order, cursor, limit)?;
