@@ -83,7 +83,13 @@ pub enum Inspected {
     },
     /// Anything else the gateway passes on ([`access`]): initialize, ping, notifications,
     /// answers, resources, prompts, completions. `id` is null for a notification or answer.
-    Other { method: Option<String>, id: Value },
+    Other {
+        method: Option<String>,
+        id: Value,
+        /// What the message names, as `Mcp-Name` would carry it: `params.uri` (a resource
+        /// subscribed to or unsubscribed from), else `params.name`, when a string.
+        name: Option<String>,
+    },
 }
 
 /// A POST body the gateway will forward: what it asks for, and the bytes to send upstream
@@ -425,9 +431,11 @@ fn one(v: &Value) -> Result<Inspected, Refused> {
                 }
                 .answering(id));
             }
+            let named = |key: &str| params.and_then(|p| p.get(key)).and_then(Value::as_str);
             Inspected::Other {
                 method: m.map(String::from),
                 id: id.filter(|_| m.is_some()).cloned().unwrap_or(Value::Null),
+                name: named("uri").or_else(|| named("name")).map(String::from),
             }
         }
     })

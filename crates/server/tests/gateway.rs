@@ -1313,6 +1313,22 @@ grantline_store::backend_tests! {
         assert_eq!(r.status(), StatusCode::BAD_REQUEST);
         assert_eq!(r.json::<Value>().await.unwrap()["id"], 7);
         assert_eq!(up.seen.lock().unwrap().len(), seen_before);
+        // A subscription names its resource (`params.uri`), as SDKs put in `Mcp-Name`: that
+        // one passes, another is refused.
+        for (name, status) in [("file:///watched", StatusCode::OK), ("file:///other", StatusCode::BAD_REQUEST)] {
+            let r = browser()
+                .post(s.url("/mcp/up"))
+                .bearer_auth(&token)
+                .header("mcp-method", "resources/subscribe")
+                .header("mcp-name", name)
+                .json(&json!({"jsonrpc": "2.0", "id": 9, "method": "resources/subscribe",
+                    "params": {"uri": "file:///watched"}}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), status, "{name}");
+        }
+        let seen_before = up.seen.lock().unwrap().len();
         // A read's `Mcp-Name` is the URI it reads: another one would be read than recorded.
         let r = browser()
             .post(s.url("/mcp/up"))

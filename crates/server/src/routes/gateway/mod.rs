@@ -717,7 +717,7 @@ impl Request<'_> {
                     };
                     (id, method.to_string(), Some(read))
                 }
-                Inspected::Other { method, id }
+                Inspected::Other { method, id, .. }
                     if jsonrpc::access(method.as_deref()) == Some(jsonrpc::Access::Read) =>
                 {
                     (id, method.unwrap_or_default(), None)
@@ -875,7 +875,9 @@ fn headers_match(headers: &HeaderMap, inspected: &[Inspected]) -> Result<(), Str
         Inspected::ToolsList { .. } => (Some("tools/list"), None),
         // 2026-07-28 names a read's resource URI or prompt name in `Mcp-Name`.
         Inspected::Read { method, target, .. } => (Some(*method), Some(target.as_str())),
-        Inspected::Other { method, .. } => (method.as_deref(), None),
+        // And a resource subscribed to or unsubscribed from (`params.uri`), or whatever else
+        // a message names, as SDKs fill the header from `params.uri` or `params.name`.
+        Inspected::Other { method, name, .. } => (method.as_deref(), name.as_deref()),
     };
     if method.is_some_and(|h| Some(h) != m) {
         return Err("Mcp-Method does not match the message's method".into());
