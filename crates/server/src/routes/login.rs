@@ -187,12 +187,18 @@ pub async fn submit(
             "Please try again shortly.",
         )
     };
-    let hash_before = match app.credentials.by_username(username).await {
-        Ok(c) => c.map(|c| c.password_hash),
-        Err(e) => {
-            held.settle(false);
-            tracing::error!(error = %e, "sign-in backend failed");
-            return unavailable();
+    // No account has a name with a NUL in it, and PostgreSQL refuses to look one up: no
+    // lookup (the check below answers it as an unknown user, counted as a failure).
+    let hash_before = if username.contains('\0') {
+        None
+    } else {
+        match app.credentials.by_username(username).await {
+            Ok(c) => c.map(|c| c.password_hash),
+            Err(e) => {
+                held.settle(false);
+                tracing::error!(error = %e, "sign-in backend failed");
+                return unavailable();
+            }
         }
     };
     let outcome = match app
@@ -263,8 +269,6 @@ pub async fn submit(
         }
         return wrong();
     }
-    app.login_throttle
-        .succeeded(username, address.as_deref(), now_secs);
     let Some(user_id) = user_id else {
         return wrong();
     };
@@ -317,6 +321,11 @@ pub async fn submit(
             wrong()
         };
     }
+    // Only a sign-in that ends with a session clears the name's failures and makes the
+    // caller's network a known one (one refused after the check — a user disabled or a
+    // password replaced meanwhile, the ledger unable to record it — does not).
+    app.login_throttle
+        .succeeded(username, address.as_deref(), now_secs);
     let mut r = see_other(&format!("{}{return_to}", ctx.issuer));
     if let Ok(v) = HeaderValue::from_str(&session::set_cookie(&ctx, SESSION, &value, ttl)) {
         r.headers_mut().append(header::SET_COOKIE, v);
