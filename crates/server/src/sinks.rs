@@ -509,6 +509,16 @@ async fn run(app: App, mut sink: Sink, stop: Arc<AtomicBool>, board: Board) {
                 };
                 let Some((last, last_hash)) = events.last().map(|r| (r.seq(), r.hash.to_hex()))
                 else {
+                    // Caught up: a read that failed before (no batch waits to be delivered
+                    // again, or this read would not have been made) is over, and the sink
+                    // says so without waiting for the next event.
+                    if status.failures > 0 {
+                        tracing::info!(sink = %sink.name, after_failures = status.failures, "sink reading again");
+                        status.failures = 0;
+                        status.last_error = None;
+                        let _ = cursor.save(&status);
+                        update(&board, &sink.name, &status);
+                    }
                     let _ = tokio::time::timeout(Duration::from_secs(1), head.changed()).await;
                     continue;
                 };

@@ -899,3 +899,41 @@ async fn a_row_the_sink_cannot_read_shows_as_its_failure() {
     assert!(!line.ends_with(" 0"), "{line}");
     s.stop().await;
 }
+
+/// A read of the ledger that failed and works again clears the sink's failure at once, on a
+/// ledger with nothing new to deliver: a caught-up sink does not stay marked failing (and
+/// alerting) until the next event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_that_works_again_clears_the_failure_without_a_new_event() {
+    let db = testing::sqlite().await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let secret = dir.path().join("hook.secret");
+    std::fs::write(&secret, "whsec-0123456789\n").unwrap();
+    let cfg = with_sink(
+        dir.path(),
+        &format!(
+            "[[audit.sinks]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"http://127.0.0.1:{port}/in\"\n\
+             secret_file = \"{}\"\nformat = \"jsonl\"\n",
+            secret.display()
+        ),
+    );
+    receiver(port, |_, _| 200).await;
+    let s = Server::start(&db, dir.path().to_path_buf(), cfg).await;
+    append(&s, 3).await;
+    let at = head(&s).await;
+    wait_until("caught up", 30, || board(&s).seq == at).await;
+    testing::exec(&db, "ALTER TABLE events RENAME TO events_away").await;
+    wait_until("the read's failure on the board", 30, || {
+        board(&s).failures > 0
+    })
+    .await;
+    testing::exec(&db, "ALTER TABLE events_away RENAME TO events").await;
+    wait_until("the failure cleared", 30, || {
+        let b = board(&s);
+        b.failures == 0 && b.last_error.is_none()
+    })
+    .await;
+    assert_eq!(head(&s).await, at, "nothing new was appended");
+    s.stop().await;
+}

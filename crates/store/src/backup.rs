@@ -245,7 +245,12 @@ pub fn move_without_replacing(from: &Path, to: &Path) -> std::io::Result<()> {
         Err(_) if to.exists() => return Err(std::io::ErrorKind::AlreadyExists.into()),
         Err(_) => std::fs::rename(from, to)?,
     }
-    sync_dir(to)
+    // Moved: a failure to make that durable is not a failure to move (a caller told so would
+    // move things back around a file that is already in place).
+    if let Err(e) = sync_dir(to) {
+        tracing::warn!(path = %to.display(), error = %e, "moved, but its directory could not be synced");
+    }
+    Ok(())
 }
 
 /// Syncs the directory holding `path`, so that a rename or link into it is durable.
