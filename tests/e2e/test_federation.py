@@ -399,6 +399,32 @@ def test_deprovisioning_upstream_revokes_everything_at_the_next_refresh(world):
         (account.status_code, account.headers.get("location"))
 
 
+def test_upstream_tokens_that_cannot_be_kept_refuse_the_refresh(world):
+    """At a refresh, Grantline refreshes the person's upstream tokens to ask the provider
+    about them. When the rotated tokens cannot be stored here, that is Grantline failing, not
+    the provider answering: the refresh is refused with 503 and nothing is issued."""
+    import sqlite3
+    server, idp, rogue, upstream = world
+    browser = FederatedBrowser(server.base, REDIRECT, user="bob")
+    storage = MemoryStorage()
+
+    async def bob():
+        async with sdk_client(server.base + "/mcp/demo", browser, storage, "Bob's client", []) as c:
+            assert not (await c.call_tool("get_time", {})).is_error
+    asyncio.run(bob())
+    db = sqlite3.connect(server.data_dir / "grantline.db")
+    for op in ("INSERT", "UPDATE"):
+        db.execute(f"CREATE TRIGGER keep_nothing_{op} BEFORE {op} ON upstream_tokens "
+                   "BEGIN SELECT RAISE(ABORT, 'kept nowhere'); END")
+    db.commit()
+    r = requests.post(server.base + "/oauth/token", data={
+        "grant_type": "refresh_token", "refresh_token": storage.tokens.refresh_token,
+        "client_id": storage.client.client_id})
+    assert r.status_code == 503, r.text
+    assert "access_token" not in r.text
+    db.close()
+
+
 async def bob_again(server, browser):
     storage = MemoryStorage()
     async with sdk_client(server.base + "/mcp/demo", browser, storage, "Bob's other client", []) as c:

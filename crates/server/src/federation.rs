@@ -502,7 +502,7 @@ impl App {
         }
         match self
             .refresh_upstream(fed, user_id, provider, tokens, now)
-            .await
+            .await?
         {
             Ok(fresh) => Ok((fresh, true)),
             Err(RefreshError::Refused(why)) => {
@@ -528,11 +528,11 @@ impl App {
         provider: &str,
         tokens: UpstreamTokens,
         now: i64,
-    ) -> Result<UpstreamTokens, RefreshError> {
-        let upstream = fed
-            .upstream(provider)
-            .await
-            .map_err(RefreshError::Unavailable)?;
+    ) -> Result<Result<UpstreamTokens, RefreshError>, AppError> {
+        let upstream = match fed.upstream(provider).await {
+            Ok(u) => u,
+            Err(e) => return Ok(Err(RefreshError::Unavailable(e))),
+        };
         let mut used = tokens.refresh_token;
         for attempt in 0..2 {
             let Some(refresh) = used.clone() else {
@@ -540,10 +540,12 @@ impl App {
             };
             match upstream.refresh(&refresh, now).await {
                 Ok(fresh) => {
-                    self.keep_upstream_tokens(user_id, provider, &fresh)
-                        .await
-                        .map_err(|e| RefreshError::Unavailable(e.to_string()))?;
-                    return Ok(fresh);
+                    // Grantline's own failure (the outer error), not the provider's: the
+                    // tokens it rotated are not kept, and the caller must not go on as if
+                    // the provider had been asked (nor take the next refusal of the old
+                    // refresh token for the person's).
+                    self.keep_upstream_tokens(user_id, provider, &fresh).await?;
+                    return Ok(Ok(fresh));
                 }
                 Err(RefreshError::Refused(why)) if attempt == 0 => {
                     let stored = self
@@ -552,16 +554,16 @@ impl App {
                         .ok()
                         .and_then(|t| t.refresh_token);
                     if stored.is_none() || stored == used {
-                        return Err(RefreshError::Refused(why));
+                        return Ok(Err(RefreshError::Refused(why)));
                     }
                     used = stored;
                 }
-                Err(e) => return Err(e),
+                Err(e) => return Ok(Err(e)),
             }
         }
-        Err(RefreshError::Unavailable(
+        Ok(Err(RefreshError::Unavailable(
             "the provider gave no refresh token".into(),
-        ))
+        )))
     }
 
     /// Deprovisioning: every grant, token family and personal access token of the user is
@@ -696,7 +698,7 @@ impl App {
         let session = match &tokens.refresh_token {
             Some(_) => self
                 .refresh_upstream(fed, user_id, provider, tokens, now)
-                .await
+                .await?
                 .map(|fresh| fresh.access_token),
             // An access token that expired by itself says nothing about the person, and there
             // is nothing left to ask with: only a new sign-in there can answer.
