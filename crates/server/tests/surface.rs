@@ -1175,6 +1175,17 @@ async fn admin_api_adds_lists_and_disables_clients_for_admins_only() {
             .unwrap();
         assert_eq!(r.status(), StatusCode::OK, "{path} with {scheme}");
     }
+    // No answer of the API is a cache's to keep, lists included.
+    for path in ["clients", "users", "audit/search"] {
+        let r = browser()
+            .get(api(path))
+            .basic_auth("admin", Some(ADMIN_PASSWORD))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{path}");
+        assert_eq!(r.headers()["cache-control"], "no-store", "{path}");
+    }
     let r = browser()
         .post(api("users"))
         .basic_auth("admin", Some(ADMIN_PASSWORD))
@@ -2188,5 +2199,45 @@ async fn personal_access_tokens_from_the_account_page_and_the_admin_api() {
         .await
         .unwrap();
     assert!(r.status().is_client_error(), "{}", r.status());
+    s.stop().await;
+}
+
+/// The account page signs this browser out (and only it), with its own form and token: the
+/// only other way out there was revoking everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_account_page_signs_this_browser_out() {
+    let db = sqlite().await;
+    let (s, _d) = server_with(&db, |_| {}).await;
+    let (client, code, verifier) = code(&s, "demo:read").await;
+    let (st, tokens) = exchange(&s, &client, &code, &verifier).await;
+    assert_eq!(st, StatusCode::OK, "{tokens}");
+    let b = browser();
+    login(&s, &b).await;
+    let page = b
+        .get(s.url("/account"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let form = page
+        .split("action=\"/logout\"")
+        .nth(1)
+        .expect("a sign-out form");
+    let r = b
+        .post(s.url("/logout"))
+        .form(&[("csrf", field(form, "csrf"))])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(r.text().await.unwrap().contains("Signed out"));
+    let again = b.get(s.url("/account")).send().await.unwrap();
+    assert_ne!(again.status(), StatusCode::OK, "signed out");
+    assert!(
+        common::active(&s, &get(&tokens, "access_token")).await,
+        "applications keep their access"
+    );
     s.stop().await;
 }

@@ -122,8 +122,13 @@ pub async fn page(State(app): State<App>, ctx: RequestContext, headers: HeaderMa
              <input type=\"hidden\" name=\"csrf\" value=\"{}\">\
              <button type=\"submit\">Revoke everything</button> \
              <small>every application, personal access token and signed-in browser, this one \
-             included, at once</small></form>{pat_section}",
-            esc(&csrf)
+             included, at once</small></form>{pat_section}\
+             <form method=\"post\" action=\"{base}/logout\">\
+             <input type=\"hidden\" name=\"csrf\" value=\"{}\">\
+             <p><button type=\"submit\">Sign out</button> <small>this browser only; \
+             applications keep their access</small></p></form>",
+            esc(&csrf),
+            esc(&session::csrf(&app, &s.session_id, "logout")),
         ),
         "'self'",
     )

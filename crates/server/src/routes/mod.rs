@@ -122,6 +122,17 @@ pub fn router() -> Router<App> {
             "/mcp/{name}",
             axum::routing::any(gateway::mcp).layer(DefaultBodyLimit::max(MAX_MCP_BODY)),
         )
+        .merge(admin_api())
+        .route("/admin/audit", get(audit::page))
+        .route("/admin/audit/events/{seq}", get(audit::event_page))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+}
+
+/// The admin JSON API. Every answer is `no-store`: its lists (users, clients, tokens, audit
+/// records) are no cache's to keep, a browser's private one included (the API answers a
+/// browser's Basic prompt).
+fn admin_api() -> Router<App> {
+    Router::new()
         .route(
             "/admin/api/clients",
             get(admin::list_clients).post(admin::add_client),
@@ -148,7 +159,10 @@ pub fn router() -> Router<App> {
         .route("/admin/api/audit/search", get(audit::search))
         .route("/admin/api/audit/export", get(audit::export))
         .route("/admin/api/audit/events/{seq}", get(audit::event))
-        .route("/admin/audit", get(audit::page))
-        .route("/admin/audit/events/{seq}", get(audit::event_page))
-        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::map_response(
+            |mut r: axum::response::Response| async move {
+                crate::http::no_store(r.headers_mut());
+                r
+            },
+        ))
 }
