@@ -115,6 +115,24 @@ impl RequestContext {
             user_agent: seal(self.user_agent.clone()).await?,
         })
     }
+
+    /// As [`RequestContext::meta`], for what must go through even when the key store cannot
+    /// seal (a revocation, a sign-out: refusing those would keep access alive): then the
+    /// request and trace ids alone, without address and user agent, and a warning saying so.
+    pub async fn meta_best_effort(&self, app: &App, subject: &str) -> RequestMeta {
+        match self.meta(app, subject).await {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "recorded without the caller's address and user agent: they could not be sealed");
+                RequestMeta {
+                    request_id: self.request_id.clone(),
+                    trace_id: grantline_ledger::trace_id(self.trace_id.as_deref()),
+                    source_ip: None,
+                    user_agent: None,
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]

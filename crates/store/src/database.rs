@@ -367,8 +367,9 @@ impl Store {
     /// Held while a decision that no stream expectation guards is decided and appended (a
     /// user's count of live personal access tokens: each token's events are on a stream of
     /// its own). On PostgreSQL, where several instances append, a transaction-scoped advisory
-    /// lock on `name`, taken by every instance alike and released when the guard is dropped;
-    /// on SQLite, where one server appends, nothing.
+    /// lock on `name`, taken by every instance alike and released when the guard is dropped.
+    /// On SQLite nothing: a CLI command writing beside the server (`grantline pat create`) is
+    /// not held to it.
     pub async fn exclusive(&self, name: &str) -> Result<Exclusive> {
         match &self.pool {
             Pool::Sqlite(_) => Ok(Exclusive(None)),

@@ -168,7 +168,10 @@ pub async fn revoke_grant(
         Err(r) => return r,
     };
     let grant_id = crate::http::param(&params, "grant_id").unwrap_or_default();
-    let meta = ctx.meta(&app, &pii::user_subject(&s.user_id)).await.ok();
+    let meta = Some(
+        ctx.meta_best_effort(&app, &pii::user_subject(&s.user_id))
+            .await,
+    );
     let actor = Actor::User {
         id: s.user_id.clone(),
     };
@@ -203,7 +206,10 @@ pub async fn revoke_everything(
         Ok(v) => v,
         Err(r) => return r,
     };
-    let meta = ctx.meta(&app, &pii::user_subject(&s.user_id)).await.ok();
+    let meta = Some(
+        ctx.meta_best_effort(&app, &pii::user_subject(&s.user_id))
+            .await,
+    );
     let revoked = app
         .run(|st| grant::user_revokes_everything(st, &s.user_id, meta.clone()))
         .await;

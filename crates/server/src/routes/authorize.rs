@@ -691,7 +691,10 @@ async fn answer_consent(
     match get("decision").as_str() {
         "approve" => issue_code(&app, &ctx, &s, &v, Some(page)).await,
         "deny" => {
-            let meta = ctx.meta(&app, &pii::user_subject(&s.user_id)).await.ok();
+            let meta = Some(
+                ctx.meta_best_effort(&app, &pii::user_subject(&s.user_id))
+                    .await,
+            );
             let denied = app
                 .run(|state| deny(state, &s.user_id, &v, meta.clone(), Some(page.clone())))
                 .await;

@@ -399,7 +399,10 @@ pub async fn logout(
         }
         // On the ledger, so that the cookie is refused after a restart and on every instance;
         // if it cannot be recorded the user is told, not shown a sign-out that did not happen.
-        let request = ctx.meta(&app, &pii::user_subject(&s.user_id)).await.ok();
+        let request = Some(
+            ctx.meta_best_effort(&app, &pii::user_subject(&s.user_id))
+                .await,
+        );
         let ended = grantline_oauth::users::signed_out(
             &s.user_id,
             &s.session_id,
