@@ -264,7 +264,7 @@ fn role_rules_at_microsofts_multi_tenant_endpoints_need_one_tenant() {
         format!(
             "preset = \"microsoft\"\nallow_any_account = true\nrole_mapping = [{{ claim = \"tid\", value = \"{corp}\", role = \"admin\" }}]"
         ),
-        format!("preset = \"microsoft\"\nallow_any_account = true"),
+        "preset = \"microsoft\"\nallow_any_account = true".to_string(),
     ] {
         assert!(parse(&cfg(&ok)).resolve(&env).is_ok(), "{ok}");
     }
