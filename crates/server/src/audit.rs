@@ -367,7 +367,7 @@ pub async fn reader(
     if let Some(s) = crate::session::current(app, ctx, headers, app.now().0 / 1_000_000) {
         // Any site can send a signed-in browser here (a link, a redirect): it would read and
         // record a search of its choosing in the auditor's name.
-        if crate::http::cross_site(headers) {
+        if crate::http::cross_site(headers, &ctx.issuer) {
             return Err(api_error(
                 StatusCode::FORBIDDEN,
                 "cross_site",

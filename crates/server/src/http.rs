@@ -69,14 +69,27 @@ pub fn too_many_requests(retry_after: i64, description: &str) -> Response {
 /// cross-site` or `same-site`, which every current browser sends). A session cookie is sent on
 /// such a request when it is a top-level navigation (`SameSite=Lax`), so a page that reads
 /// and records with the session must not act on it: any site could make a signed-in browser
-/// do so. Absent (a script, an old browser): not known to be cross-site.
-pub fn cross_site(headers: &HeaderMap) -> bool {
-    headers
-        .get("sec-fetch-site")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
+/// do so. A browser that sends no `Sec-Fetch-Site` (Safari before 16.4) is judged by the
+/// `Origin` or `Referer` it sends instead: one of another origin than `issuer`'s is another
+/// site's request (this server's pages send no referrer, so its own links carry neither).
+/// None of them (a script, a referrer stripped by the other site): not known to be cross-site.
+pub fn cross_site(headers: &HeaderMap, issuer: &str) -> bool {
+    if let Some(site) = headers.get("sec-fetch-site") {
+        return site.to_str().ok().is_some_and(|v| {
             v.eq_ignore_ascii_case("cross-site") || v.eq_ignore_ascii_case("same-site")
-        })
+        });
+    }
+    let origin_of = |u: &str| url::Url::parse(u).ok().map(|u| u.origin());
+    let Some(ours) = origin_of(issuer) else {
+        return false;
+    };
+    [header::ORIGIN, header::REFERER].iter().any(|name| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            // `Origin: null` (a sandboxed or privacy-sensitive context) is no origin of ours.
+            .is_some_and(|v| origin_of(v).is_none_or(|o| o != ours))
+    })
 }
 
 pub fn no_store(h: &mut HeaderMap) {
@@ -160,6 +173,40 @@ pub fn param(pairs: &[(String, String)], name: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn another_sites_request_is_told_by_fetch_metadata_else_by_origin_or_referer() {
+        let issuer = "https://auth.example.com/gl";
+        let with = |pairs: &[(&'static str, &str)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in pairs {
+                h.insert(*k, HeaderValue::from_str(v).unwrap());
+            }
+            cross_site(&h, issuer)
+        };
+        assert!(with(&[("sec-fetch-site", "cross-site")]));
+        assert!(with(&[("sec-fetch-site", "same-site")]));
+        // Fetch metadata, when sent, decides.
+        assert!(!with(&[
+            ("sec-fetch-site", "same-origin"),
+            ("referer", "https://evil.example/")
+        ]));
+        assert!(!with(&[("sec-fetch-site", "none")]));
+        // Without it (older browsers): the origin or referrer tells.
+        assert!(with(&[("referer", "https://evil.example/page")]));
+        assert!(with(&[("origin", "https://evil.example")]));
+        assert!(with(&[("origin", "null")]));
+        assert!(
+            with(&[("referer", "http://auth.example.com/gl/admin/audit")]),
+            "another scheme"
+        );
+        assert!(!with(&[(
+            "referer",
+            "https://auth.example.com/gl/admin/audit?q=x"
+        )]));
+        assert!(!with(&[("origin", "https://auth.example.com")]));
+        assert!(!with(&[]), "a script sends neither");
+    }
 
     #[test]
     fn parameters_once_each_and_not_too_many() {

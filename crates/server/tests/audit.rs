@@ -161,6 +161,16 @@ backend_tests! {
             let page = r.text().await.unwrap();
             assert!(page.contains("opened from another site") && page.contains("/admin/audit?q=user%3Aceo"), "{page}");
         }
+        // A browser that sends no fetch metadata (Safari before 16.4) is judged by the
+        // referrer or origin it sends.
+        for (header, value) in [("referer", "https://evil.example/inbox"), ("origin", "null")] {
+            let r = ann_browser.get(s.url("/admin/api/audit/search?q=user:ceo&format=csv"))
+                .header(header, value).send().await.unwrap();
+            assert_eq!(r.status(), StatusCode::FORBIDDEN, "{header}: {value}");
+            let r = ann_browser.get(s.url("/admin/audit?q=user%3Aceo"))
+                .header(header, value).send().await.unwrap();
+            assert!(r.text().await.unwrap().contains("opened from another site"), "{header}: {value}");
+        }
         // Nor with the Basic credentials a browser keeps once it answered the challenge (an
         // image or a link from another site): refused before they are checked.
         let exported = || async {

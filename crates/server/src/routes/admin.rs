@@ -122,7 +122,7 @@ pub(crate) async fn basic_user(
     // A browser that once answered the Basic challenge sends those credentials with requests
     // another site makes it send (an image, a link): a script never comes from a site, so a
     // request a browser says came from one is refused before its credentials are looked at.
-    if crate::http::cross_site(headers) {
+    if crate::http::cross_site(headers, &ctx.issuer) {
         return Err(error(
             StatusCode::FORBIDDEN,
             "the admin API takes no requests that another site made a browser send",

@@ -651,7 +651,7 @@ async fn page_reader(
     }
     // A link from another site (an email, a chat, a page of anyone's) runs nothing: the
     // reviewer opens it from here, and only then is it searched and recorded.
-    if crate::http::cross_site(headers) {
+    if crate::http::cross_site(headers, &ctx.issuer) {
         let here = format!(
             "{}{}",
             ctx.issuer,
