@@ -90,6 +90,8 @@ pub struct Inner {
     /// and an entry of the state kept for good, and a script holding one session could
     /// otherwise make and revoke them without end.
     pub pat_creations: crate::throttle::AddressLimiter,
+    /// Sign-ins on the sign-in page per username (see `throttle::SIGN_INS_PER_USERNAME`).
+    pub sign_ins: crate::throttle::AddressLimiter,
     /// One personal access token decided and appended at a time on this instance: the limit
     /// of live tokens per user is counted on a state holding every token this instance made
     /// (a token's events touch no stream that another creation expects).

@@ -186,6 +186,11 @@ impl App {
                 0,
                 3600,
             ),
+            sign_ins: crate::throttle::AddressLimiter::new(
+                crate::throttle::SIGN_INS_PER_USERNAME,
+                0,
+                crate::throttle::WINDOW_SECS,
+            ),
             pat_decisions: Default::default(),
             refusals: Default::default(),
             audit_refusals: Default::default(),

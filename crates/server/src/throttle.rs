@@ -17,6 +17,11 @@ pub const PER_ADDRESS: u32 = 50;
 pub const PER_SITE: u32 = 500;
 /// Personal access tokens one user may make on the account page in an hour.
 pub const PAT_CREATIONS_PER_USER_PER_HOUR: u32 = 20;
+/// Sign-ins on the sign-in page per username per [`WINDOW_SECS`], whatever their outcome: each
+/// holds an argon2 check and a successful one appends `login.succeeded`, so a person who holds
+/// their own password cannot loop on it without end. (The admin API's Basic sign-ins, which a
+/// script makes at every request, are not counted here.)
+pub const SIGN_INS_PER_USERNAME: u32 = 30;
 pub const WINDOW_SECS: i64 = 15 * 60;
 /// Attempts per username, and per address, whose password may be being checked at once. A
 /// burst of guesses is checked before any of them has failed, so this bounds what a burst gets

@@ -2256,3 +2256,32 @@ async fn the_account_page_signs_this_browser_out() {
     );
     s.stop().await;
 }
+
+/// Sign-ins of one name are bounded whatever their outcome: each holds an argon2 check and a
+/// successful one an event kept for good, so a person looping on their own password stops at
+/// the limit (and the window's end lets them in again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn successful_sign_ins_of_one_name_are_bounded_too() {
+    let db = sqlite().await;
+    let (s, _d) = server_with(&db, |_| {}).await;
+    let limit = grantline_server::throttle::SIGN_INS_PER_USERNAME;
+    for i in 0..limit {
+        let r = sign_in_with(&s, &browser(), "admin", ADMIN_PASSWORD).await;
+        assert_eq!(r.status(), StatusCode::SEE_OTHER, "sign-in {i}");
+    }
+    let before = s.app.store().count().await.unwrap();
+    let r = sign_in_with(&s, &browser(), "admin", ADMIN_PASSWORD).await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(r.headers().contains_key("retry-after"));
+    assert_eq!(
+        s.app.store().count().await.unwrap(),
+        before,
+        "nothing recorded"
+    );
+    s.app
+        .clock
+        .advance(grantline_server::throttle::WINDOW_SECS + 1);
+    let r = sign_in_with(&s, &browser(), "admin", ADMIN_PASSWORD).await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    s.stop().await;
+}

@@ -149,6 +149,25 @@ pub async fn submit(
     }
     let now_secs = app.now().0 / 1_000_000;
     let address = ctx.source_ip.clone();
+    // Every sign-in of a name counts, successful ones included (see the limit's comment).
+    if let Err(over) = app
+        .sign_ins
+        .hit(Some(&format!("user:{}", username.to_lowercase())), now_secs)
+    {
+        app.metrics.throttled("sign_in");
+        let mut r = render(
+            &app,
+            &ctx,
+            &headers,
+            StatusCode::TOO_MANY_REQUESTS,
+            (&return_to, fresh),
+            Some("Too many sign-ins with this name. Wait a few minutes and try again."),
+        );
+        if let Ok(v) = HeaderValue::from_str(&over.retry_after().to_string()) {
+            r.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        return r;
+    }
     // Held until settled; dropped with the request (a client that hangs up), it counts as a
     // failure.
     let held = match app
