@@ -17,10 +17,11 @@ pub const PER_ADDRESS: u32 = 50;
 pub const PER_SITE: u32 = 500;
 /// Personal access tokens one user may make on the account page in an hour.
 pub const PAT_CREATIONS_PER_USER_PER_HOUR: u32 = 20;
-/// Sign-ins on the sign-in page per username per [`WINDOW_SECS`], whatever their outcome: each
-/// holds an argon2 check and a successful one appends `login.succeeded`, so a person who holds
-/// their own password cannot loop on it without end. (The admin API's Basic sign-ins, which a
-/// script makes at every request, are not counted here.)
+/// Successful sign-ins on the sign-in page per username per [`WINDOW_SECS`]: each holds an
+/// argon2 check and appends `login.succeeded`, so a person who holds their own password cannot
+/// loop on it without end. Only successes count (failures have their own limits), so no one
+/// without the password can use it to lock a name out. (The admin API's Basic sign-ins, which
+/// a script makes at every request, are not counted.)
 pub const SIGN_INS_PER_USERNAME: u32 = 30;
 pub const WINDOW_SECS: i64 = 15 * 60;
 /// Attempts per username, and per address, whose password may be being checked at once. A
@@ -540,6 +541,25 @@ impl AddressLimiter {
         }
         e.1 += 1;
         Ok(())
+    }
+
+    /// Whether `address` is over its limit now, counting nothing (see
+    /// [`AddressLimiter::hit`], which counts).
+    pub fn over(&self, address: Option<&str>, now: i64) -> Result<(), OverLimit> {
+        let limit = self.limit.load(std::sync::atomic::Ordering::Relaxed);
+        if limit == 0 {
+            return Ok(());
+        }
+        let Ok(map) = self.entries.lock() else {
+            return Ok(());
+        };
+        let key = address.map_or_else(|| "-".to_string(), network_of);
+        match map.get(&key) {
+            Some((start, n)) if now - start < self.window_secs && *n >= limit => {
+                Err(OverLimit::Address((start + self.window_secs - now).max(1)))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Gives back a place [`AddressLimiter::hit`] took in `address`'s window, for a request

@@ -2265,6 +2265,11 @@ async fn successful_sign_ins_of_one_name_are_bounded_too() {
     let db = sqlite().await;
     let (s, _d) = server_with(&db, |_| {}).await;
     let limit = grantline_server::throttle::SIGN_INS_PER_USERNAME;
+    // Only successes count: guesses (without the password) cannot use it against the name.
+    for _ in 0..grantline_server::throttle::PER_USERNAME - 1 {
+        let r = sign_in_with(&s, &browser(), "admin", "a guess").await;
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    }
     for i in 0..limit {
         let r = sign_in_with(&s, &browser(), "admin", ADMIN_PASSWORD).await;
         assert_eq!(r.status(), StatusCode::SEE_OTHER, "sign-in {i}");

@@ -149,11 +149,10 @@ pub async fn submit(
     }
     let now_secs = app.now().0 / 1_000_000;
     let address = ctx.source_ip.clone();
-    // Every sign-in of a name counts, successful ones included (see the limit's comment).
-    if let Err(over) = app
-        .sign_ins
-        .hit(Some(&format!("user:{}", username.to_lowercase())), now_secs)
-    {
+    // A name that signed in as often as a window allows waits (its successes are counted
+    // below, once a session is given: see the limit's comment).
+    let successes = format!("user:{}", username.to_lowercase());
+    if let Err(over) = app.sign_ins.over(Some(&successes), now_secs) {
         app.metrics.throttled("sign_in");
         let mut r = render(
             &app,
@@ -345,6 +344,7 @@ pub async fn submit(
     // password replaced meanwhile, the ledger unable to record it — does not).
     app.login_throttle
         .succeeded(username, address.as_deref(), now_secs);
+    let _ = app.sign_ins.hit(Some(&successes), now_secs);
     let mut r = see_other(&format!("{}{return_to}", ctx.issuer));
     if let Ok(v) = HeaderValue::from_str(&session::set_cookie(&ctx, SESSION, &value, ttl)) {
         r.headers_mut().append(header::SET_COOKIE, v);
