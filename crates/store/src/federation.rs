@@ -204,6 +204,31 @@ impl Federation {
         Ok((user, made))
     }
 
+    /// The (issuer, subject) pairs linked to `user_id` at `provider`: one, unless sign-ins of
+    /// several upstream identities wrote rows for the same account.
+    pub async fn links_of(&self, provider: &str, user_id: &str) -> Result<Vec<(String, String)>> {
+        Ok(match &self.store.pool {
+            Pool::Sqlite(p) => {
+                sqlx::query_as(
+                    "SELECT issuer, subject FROM user_links WHERE provider = ?1 AND user_id = ?2",
+                )
+                .bind(provider)
+                .bind(user_id)
+                .fetch_all(p)
+                .await?
+            }
+            Pool::Postgres(p) => self
+                .store
+                .pg(sqlx::query_as(
+                    "SELECT issuer, subject FROM user_links WHERE provider = $1 AND user_id = $2",
+                )
+                .bind(provider)
+                .bind(user_id)
+                .fetch_all(p))
+                .await?,
+        })
+    }
+
     /// Removes the link of (provider, issuer, subject) to `user_id`, and only that: a link row
     /// written for a sign-in that was then refused or not recorded.
     pub async fn unlink(

@@ -61,6 +61,19 @@ async fn exercise(db: TestDb) {
             .unwrap(),
         ("usr_d".to_string(), false)
     );
+    // The identities linked to an account at a provider.
+    f.link("okta", OKTA, "00u2", "usr_a").await.unwrap();
+    let mut rows = f.links_of("okta", "usr_a").await.unwrap();
+    rows.sort();
+    assert_eq!(
+        rows,
+        vec![
+            (OKTA.to_string(), "00u1".to_string()),
+            (OKTA.to_string(), "00u2".to_string())
+        ]
+    );
+    assert!(f.links_of("okta", "usr_nobody").await.unwrap().is_empty());
+    f.unlink("okta", OKTA, "00u2", "usr_a").await.unwrap();
     // Unlinking removes that link only, and only when it names that user.
     f.unlink("google", "https://accounts.google.com", "g1", "usr_x")
         .await

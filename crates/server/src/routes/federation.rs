@@ -675,15 +675,25 @@ async fn sign_in(
     // on the row. (When the ledger cannot be read to tell, the row goes: a person whose link
     // is lost signs in again, a subject let in by a stale row would be someone else.)
     if recorded.is_err() && made_here {
-        let linked_since = match app.projection.catch_up(app.store()).await {
-            Ok(_) => app
-                .projection
-                .read()
-                .users
-                .get(&user_id)
-                .is_some_and(|u| u.links.contains_key(provider)),
-            Err(_) => false,
-        };
+        // The recorded link can be this identity's only if no other identity's row links the
+        // account at this provider (the ledger's links name the provider, not the subject):
+        // with two, the other may be the one recorded, and this row would let a second person
+        // in without being asked whether they may be linked.
+        let alone = fed
+            .tables
+            .links_of(provider, &user_id)
+            .await
+            .is_ok_and(|rows| only_this_identity(&rows, who));
+        let linked_since = alone
+            && match app.projection.catch_up(app.store()).await {
+                Ok(_) => app
+                    .projection
+                    .read()
+                    .users
+                    .get(&user_id)
+                    .is_some_and(|u| u.links.contains_key(provider)),
+                Err(_) => false,
+            };
         if !linked_since
             && let Err(e) = fed
                 .tables
@@ -694,6 +704,12 @@ async fn sign_in(
         }
     }
     recorded
+}
+
+/// Whether every link row of an account at a provider (`rows`: issuer, subject) is `who`'s.
+fn only_this_identity(rows: &[(String, String)], who: &UpstreamIdentity) -> bool {
+    rows.iter()
+        .all(|(issuer, subject)| *issuer == who.issuer && *subject == who.subject)
 }
 
 /// Records the sign-in of `user_id`, whose link row is in place (`made_here`: by this
@@ -833,6 +849,34 @@ fn username_candidates(provider: &str, who: &UpstreamIdentity) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_link_row_is_kept_only_when_no_other_identity_links_the_account() {
+        let who = UpstreamIdentity {
+            subject: "00u-b".into(),
+            issuer: "https://idp.example".into(),
+            email: None,
+            name: None,
+            username: None,
+            claims: Default::default(),
+        };
+        let row = |i: &str, s: &str| (i.to_string(), s.to_string());
+        assert!(only_this_identity(
+            &[row("https://idp.example", "00u-b")],
+            &who
+        ));
+        assert!(!only_this_identity(
+            &[
+                row("https://idp.example", "00u-a"),
+                row("https://idp.example", "00u-b")
+            ],
+            &who
+        ));
+        assert!(!only_this_identity(
+            &[row("https://other.example", "00u-b")],
+            &who
+        ));
+    }
 
     #[test]
     fn a_federated_username_is_shown_safely_and_never_cut() {
