@@ -81,6 +81,11 @@ pub struct Federation {
     /// tokens refuses the second of two concurrent refreshes with the same token, which would
     /// read as the person's access having ended.
     refreshing: Mutex<HashMap<UserAtProvider, Arc<tokio::sync::Mutex<()>>>>,
+    /// Upstream tokens a provider rotated that could not be stored (the database failing at
+    /// that moment): the provider has taken the old refresh token back, so the next refresh
+    /// must use these, or its refusal of the old one would deprovision the person for a
+    /// failure of Grantline's own. Per instance; dropped once stored.
+    unkept: Mutex<HashMap<UserAtProvider, UpstreamTokens>>,
     /// States of callbacks already answered, until their transaction would have expired: a
     /// replayed callback is refused even with its cookie.
     used_states: Mutex<UsedStates>,
@@ -279,6 +284,7 @@ impl Federation {
             http,
             checks: Mutex::new(HashMap::new()),
             refreshing: Mutex::new(HashMap::new()),
+            unkept: Mutex::new(HashMap::new()),
             used_states: Mutex::new(UsedStates::default()),
             anonymous_failures: Default::default(),
             callback_exchanges: crate::throttle::AddressLimiter::new(
@@ -533,7 +539,15 @@ impl App {
             Ok(u) => u,
             Err(e) => return Ok(Err(RefreshError::Unavailable(e))),
         };
-        let mut used = tokens.refresh_token;
+        let key = (user_id.to_string(), provider.to_string());
+        let unkept = fed
+            .unkept
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            .and_then(|t| t.refresh_token.clone());
+        // The newest refresh token: one the provider rotated to that could not be stored.
+        let mut used = unkept.or(tokens.refresh_token);
         for attempt in 0..2 {
             let Some(refresh) = used.clone() else {
                 break;
@@ -541,10 +555,20 @@ impl App {
             match upstream.refresh(&refresh, now).await {
                 Ok(fresh) => {
                     // Grantline's own failure (the outer error), not the provider's: the
-                    // tokens it rotated are not kept, and the caller must not go on as if
-                    // the provider had been asked (nor take the next refusal of the old
-                    // refresh token for the person's).
-                    self.keep_upstream_tokens(user_id, provider, &fresh).await?;
+                    // caller must not go on as if the provider had been asked. The tokens
+                    // are held here until they can be stored, for the next refresh.
+                    if let Err(e) = self.keep_upstream_tokens(user_id, provider, &fresh).await {
+                        let mut held = fed.unkept.lock().unwrap_or_else(|p| p.into_inner());
+                        if held.len() >= MAX_CHECKS {
+                            held.clear();
+                        }
+                        held.insert(key, fresh);
+                        return Err(e);
+                    }
+                    fed.unkept
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&key);
                     return Ok(Ok(fresh));
                 }
                 Err(RefreshError::Refused(why)) if attempt == 0 => {
