@@ -34,17 +34,46 @@ pub struct RestoreArgs {
     accept_unsigned: bool,
 }
 
-/// Runs `work` unless the command is interrupted (Ctrl-C, SIGTERM) first: then `work` is
-/// dropped, and with it the copies it was writing (a backup's copy of the database and a
-/// restore's unpacked one hold personal-data keys and password hashes, and must not be left
-/// behind in a directory kept otherwise than the data directory).
+/// Runs `work` unless the command is interrupted (Ctrl-C, or SIGTERM on Unix) first: then
+/// `work` is dropped, and with it the copies it was writing (a backup's copy of the database
+/// and a restore's unpacked one hold personal-data keys and password hashes, and must not be
+/// left behind in a directory kept otherwise than the data directory), and the process exits
+/// at once (130): a copy running on a blocking thread is not waited for.
 async fn unless_interrupted<T>(work: impl std::future::Future<Output = T>) -> Result<T> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
-    tokio::select! {
-        done = work => Ok(done),
-        _ = tokio::signal::ctrl_c() => bail!("interrupted: nothing was written, and the copy made so far was removed"),
-        _ = term.recv() => bail!("terminated: nothing was written, and the copy made so far was removed"),
+    let interrupted = async {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            match signal(SignalKind::terminate()) {
+                Ok(mut term) => {
+                    tokio::select! {
+                        _ = tokio::signal::ctrl_c() => {}
+                        _ = term.recv() => {}
+                    }
+                }
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    };
+    let outcome = tokio::select! {
+        done = work => Some(done),
+        () = interrupted => None,
+    };
+    // `work` is dropped by now, its guards with it.
+    match outcome {
+        Some(done) => Ok(done),
+        None => {
+            eprintln!(
+                "error: interrupted: nothing was written, and the copy made so far was removed"
+            );
+            std::process::exit(130);
+        }
     }
 }
 
