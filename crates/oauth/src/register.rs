@@ -351,22 +351,13 @@ pub fn decide(
     let confidential = meta.auth_method != AuthMethod::None;
     let secret = confidential.then(|| fresh.secret.clone());
     let event = ClientRegistered {
-        client_id: fresh.client_id.clone(),
-        client_name: meta.client_name.clone(),
-        method: RegistrationMethod::Dynamic,
-        application_type: meta.application_type,
-        token_endpoint_auth_method: meta.auth_method,
-        redirect_uris: meta.redirect_uris.clone(),
-        grant_types: meta.grant_types.clone(),
-        scope: meta.scope.clone(),
-        software_id: meta.software_id.clone(),
-        software_version: meta.software_version.clone(),
-        client_uri: meta.client_uri.clone(),
-        logo_uri: meta.logo_uri.clone(),
-        metadata_document_url: None,
         secret_digest: secret.as_ref().map(Secret::digest),
-        expires_at: Some(now.plus_secs(ttl_seconds as i64)),
         request,
+        ..meta.registered(
+            &fresh.client_id,
+            RegistrationMethod::Dynamic,
+            now.plus_secs(ttl_seconds as i64),
+        )
     };
     let answer = Registered {
         client_id: fresh.client_id.clone(),
@@ -395,6 +386,36 @@ pub fn decide(
         )],
         Ok(answer),
     )
+}
+
+impl ClientMetadata {
+    /// `client.registered` of these checked values as `client_id`, expiring unused at
+    /// `expires_at`: no secret, no document URL and no request, which callers add.
+    fn registered(
+        &self,
+        client_id: &str,
+        method: RegistrationMethod,
+        expires_at: Timestamp,
+    ) -> ClientRegistered {
+        ClientRegistered {
+            client_id: client_id.to_string(),
+            client_name: self.client_name.clone(),
+            method,
+            application_type: self.application_type,
+            token_endpoint_auth_method: self.auth_method,
+            redirect_uris: self.redirect_uris.clone(),
+            grant_types: self.grant_types.clone(),
+            scope: self.scope.clone(),
+            software_id: self.software_id.clone(),
+            software_version: self.software_version.clone(),
+            client_uri: self.client_uri.clone(),
+            logo_uri: self.logo_uri.clone(),
+            metadata_document_url: None,
+            secret_digest: None,
+            expires_at: Some(expires_at),
+            request: None,
+        }
+    }
 }
 
 /// Whether the document fetched from `url` differs from the client recorded for it (false
@@ -533,21 +554,11 @@ fn document_registered(
     ttl: u64,
 ) -> ClientRegistered {
     ClientRegistered {
-        client_id: url.to_string(),
-        client_name: meta.client_name.clone(),
-        method: RegistrationMethod::MetadataDocument,
-        application_type: meta.application_type,
-        token_endpoint_auth_method: meta.auth_method,
-        redirect_uris: meta.redirect_uris.clone(),
-        grant_types: meta.grant_types.clone(),
-        scope: meta.scope.clone(),
-        software_id: meta.software_id.clone(),
-        software_version: meta.software_version.clone(),
-        client_uri: meta.client_uri.clone(),
-        logo_uri: meta.logo_uri.clone(),
         metadata_document_url: Some(url.to_string()),
-        secret_digest: None,
-        expires_at: Some(now.plus_secs(ttl.min(i64::MAX as u64) as i64)),
-        request: None,
+        ..meta.registered(
+            url,
+            RegistrationMethod::MetadataDocument,
+            now.plus_secs(ttl.min(i64::MAX as u64) as i64),
+        )
     }
 }

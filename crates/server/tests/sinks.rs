@@ -30,6 +30,21 @@ fn with_sink(dir: &std::path::Path, sink: &str) -> Config {
     c
 }
 
+/// A webhook sink `hook` to a receiver on `port`, JSON lines, its secret in a file; `extra`
+/// more of its settings (TOML lines).
+fn webhook_sink(dir: &std::path::Path, port: u16, extra: &str) -> Config {
+    let secret = dir.join("hook.secret");
+    std::fs::write(&secret, "whsec-0123456789\n").unwrap();
+    with_sink(
+        dir,
+        &format!(
+            "[[audit.sinks]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"http://127.0.0.1:{port}/in\"\n\
+             secret_file = \"{}\"\nformat = \"jsonl\"\n{extra}",
+            secret.display()
+        ),
+    )
+}
+
 async fn wait_until(what: &str, secs: u64, mut done: impl FnMut() -> bool) {
     let start = Instant::now();
     while !done() {
@@ -852,16 +867,7 @@ async fn a_row_the_sink_cannot_read_shows_as_its_failure() {
     let db = testing::sqlite().await;
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let secret = dir.path().join("hook.secret");
-    std::fs::write(&secret, "whsec-0123456789\n").unwrap();
-    let cfg = with_sink(
-        dir.path(),
-        &format!(
-            "[[audit.sinks]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"http://127.0.0.1:{port}/in\"\n\
-             secret_file = \"{}\"\nformat = \"jsonl\"\nbatch = 4\n",
-            secret.display()
-        ),
-    );
+    let cfg = webhook_sink(dir.path(), port, "batch = 4\n");
     let s = Server::start(&db, dir.path().to_path_buf(), cfg).await;
     append(&s, 12).await;
     let bad = head(&s).await - 1;
@@ -908,16 +914,7 @@ async fn a_read_that_works_again_clears_the_failure_without_a_new_event() {
     let db = testing::sqlite().await;
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let secret = dir.path().join("hook.secret");
-    std::fs::write(&secret, "whsec-0123456789\n").unwrap();
-    let cfg = with_sink(
-        dir.path(),
-        &format!(
-            "[[audit.sinks]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"http://127.0.0.1:{port}/in\"\n\
-             secret_file = \"{}\"\nformat = \"jsonl\"\n",
-            secret.display()
-        ),
-    );
+    let cfg = webhook_sink(dir.path(), port, "");
     receiver(port, |_, _| 200).await;
     let s = Server::start(&db, dir.path().to_path_buf(), cfg).await;
     append(&s, 3).await;

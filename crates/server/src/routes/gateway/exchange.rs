@@ -181,26 +181,19 @@ async fn exchange(audit: Audit, out: Outgoing, watched: Watched) -> Response {
     };
     let bytes = match read {
         Ok(Ok(bytes)) => bytes,
-        // Late is a time-out, as an answer whose headers never came is.
-        Err(_) => {
-            let why = "the MCP server did not finish its answer in time";
-            return fail(
-                &audit,
-                &watched,
-                without_answer(&cancelled, why),
-                StatusCode::GATEWAY_TIMEOUT,
-            )
-            .await;
-        }
-        Ok(Err(_)) => {
-            let why = "the MCP server's answer was too large or broken";
-            return fail(
-                &audit,
-                &watched,
-                without_answer(&cancelled, why),
-                StatusCode::BAD_GATEWAY,
-            )
-            .await;
+        not_read => {
+            // Late is a time-out, as an answer whose headers never came is.
+            let (why, status) = match not_read {
+                Err(_) => (
+                    "the MCP server did not finish its answer in time",
+                    StatusCode::GATEWAY_TIMEOUT,
+                ),
+                Ok(_) => (
+                    "the MCP server's answer was too large or broken",
+                    StatusCode::BAD_GATEWAY,
+                ),
+            };
+            return fail(&audit, &watched, without_answer(&cancelled, why), status).await;
         }
     };
     let answers = sse::answer_count(false, &bytes, &wire);
