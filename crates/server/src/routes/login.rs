@@ -151,21 +151,28 @@ pub async fn submit(
     let address = ctx.source_ip.clone();
     // A name that signed in as often as a window allows waits (its successes are counted
     // below, once a session is given: see the limit's comment).
-    let successes = format!("user:{}", username.to_lowercase());
-    if let Err(over) = app.sign_ins.over(Some(&successes), now_secs) {
-        app.metrics.throttled("sign_in");
+    // The sign-in page again, 429, with how long to wait.
+    let wait = |why: &str, secs: i64| {
         let mut r = render(
             &app,
             &ctx,
             &headers,
             StatusCode::TOO_MANY_REQUESTS,
             (&return_to, fresh),
-            Some("Too many sign-ins with this name. Wait a few minutes and try again."),
+            Some(why),
         );
-        if let Ok(v) = HeaderValue::from_str(&over.retry_after().to_string()) {
+        if let Ok(v) = HeaderValue::from_str(&secs.max(1).to_string()) {
             r.headers_mut().insert(header::RETRY_AFTER, v);
         }
-        return r;
+        r
+    };
+    let successes = format!("user:{}", username.to_lowercase());
+    if let Err(over) = app.sign_ins.over(Some(&successes), now_secs) {
+        app.metrics.throttled("sign_in");
+        return wait(
+            "Too many sign-ins with this name. Wait a few minutes and try again.",
+            over.retry_after(),
+        );
     }
     // Held until settled; dropped with the request (a client that hangs up), it counts as a
     // failure.
@@ -182,18 +189,10 @@ pub async fn submit(
             if record && let Err(e) = record_limited(&app, &ctx, username).await {
                 return pages::app_error(e);
             }
-            let mut r = render(
-                &app,
-                &ctx,
-                &headers,
-                StatusCode::TOO_MANY_REQUESTS,
-                (&return_to, fresh),
-                Some("Too many failed sign-ins. Wait a few minutes and try again."),
+            return wait(
+                "Too many failed sign-ins. Wait a few minutes and try again.",
+                retry_after,
             );
-            if let Ok(v) = HeaderValue::from_str(&retry_after.max(1).to_string()) {
-                r.headers_mut().insert(header::RETRY_AFTER, v);
-            }
-            return r;
         }
     };
     // The hash as it was before the check: a password set while this one is checked (an
@@ -244,17 +243,10 @@ pub async fn submit(
     };
     if outcome == Outcome::Busy {
         held.settle(false);
-        let mut r = render(
-            &app,
-            &ctx,
-            &headers,
-            StatusCode::TOO_MANY_REQUESTS,
-            (&return_to, fresh),
-            Some("The server is busy checking other sign-ins. Try again in a moment."),
+        return wait(
+            "The server is busy checking other sign-ins. Try again in a moment.",
+            1,
         );
-        r.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        return r;
     }
     let (user_id, failure) = match outcome {
         // Refused on the page as a wrong password (the answer tells no one which names may
