@@ -76,6 +76,9 @@ pub struct Inner {
     pub(crate) live: std::sync::RwLock<Arc<crate::reload::Live>>,
     /// Held while a reload runs: one at a time.
     pub(crate) reloading: tokio::sync::Mutex<()>,
+    /// The secrets read at start (`Config::secrets`, a digest each): a reload that would
+    /// change one is refused, since each is read at start only. Empty unless serving.
+    pub(crate) secrets: Vec<(String, blake3::Hash)>,
     pub metadata_documents: Fetcher,
     pub signin: Arc<dyn SignIn>,
     pub login_throttle: crate::throttle::LoginThrottle,

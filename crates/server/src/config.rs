@@ -222,7 +222,25 @@ impl SinkSection {
         Ok(v)
     }
 
-    /// Checks what can be checked without connecting.
+    /// Where an HTTP sink's secret comes from, and what it is called.
+    fn secret_source(&self) -> (&Option<String>, &Option<PathBuf>, &'static str) {
+        if self.kind == "splunk_hec" {
+            (&self.token_env, &self.token_file, "HEC token")
+        } else {
+            (&self.secret_env, &self.secret_file, "webhook secret")
+        }
+    }
+
+    /// The secret of an HTTP sink (HEC token, webhook secret), read now; none for syslog.
+    pub fn http_secret(&self) -> Result<Option<String>> {
+        if !matches!(self.kind.as_str(), "splunk_hec" | "webhook") {
+            return Ok(None);
+        }
+        let (env, file, what) = self.secret_source();
+        self.secret(env, file, what).map(Some)
+    }
+
+    /// Checks what can be checked without connecting or reading secrets.
     pub fn check(&self) -> Result<()> {
         if self.name.is_empty()
             || self.name.len() > 64
@@ -303,10 +321,12 @@ impl SinkSection {
                 if self.ca_file.is_some() && url.scheme() != "https" {
                     bail!("sink {}: ca_file needs an https url", self.name);
                 }
-                if self.kind == "splunk_hec" {
-                    self.secret(&self.token_env, &self.token_file, "HEC token")?;
-                } else {
-                    self.secret(&self.secret_env, &self.secret_file, "webhook secret")?;
+                let (env, file, what) = self.secret_source();
+                if env.is_some() == file.is_some() {
+                    bail!(
+                        "sink {}: give the {what} as exactly one of *_env or *_file",
+                        self.name
+                    );
                 }
             }
             other => bail!(
@@ -677,6 +697,29 @@ impl ClientSection {
 }
 
 impl Config {
+    /// Every secret the configuration names (the metrics token, the sinks' tokens and
+    /// secrets, the configured clients' secrets), read now and checked, each by its label
+    /// with a digest: `serve` reads them before it opens anything, and a reload compares them
+    /// with those in force (a secret is read at start only, so a changed one takes a restart).
+    pub fn secrets(&self) -> Result<Vec<(String, blake3::Hash)>> {
+        let mut out = Vec::new();
+        let digest = |v: &str| blake3::hash(v.as_bytes());
+        if let Some(t) = self.metrics.token()? {
+            out.push(("[metrics] token".to_string(), digest(&t)));
+        }
+        for s in &self.audit.sinks {
+            if let Some(v) = s.http_secret()? {
+                out.push((format!("sink {}'s secret", s.name), digest(&v)));
+            }
+        }
+        for c in &self.clients {
+            if let Some(v) = c.secret()? {
+                out.push((format!("client {}'s secret", c.client_id), digest(&v)));
+            }
+        }
+        Ok(out)
+    }
+
     /// Reads the file (if given) and applies environment overrides.
     pub fn load(path: Option<&Path>) -> Result<Config> {
         let mut config = Config::parse(path)?;
@@ -760,8 +803,13 @@ impl Config {
         Ok(())
     }
 
+    /// Checks the settings as written. Secrets are not read here: a command other than
+    /// `serve` (an operator's `revoke`, `config check` in a pipeline) does not have them, and
+    /// does not need them; [`Config::secrets`] reads them where they are used.
     pub(crate) fn check(&self) -> Result<()> {
-        self.metrics.token()?;
+        if self.metrics.token_env.is_some() && self.metrics.token_file.is_some() {
+            bail!("[metrics]: give the token as one of token_env or token_file, not both");
+        }
         if self.oauth.code_ttl == 0 || self.oauth.code_ttl > 60 {
             bail!("oauth.code_ttl must be between 1 and 60 seconds");
         }

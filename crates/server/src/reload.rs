@@ -280,6 +280,22 @@ fn restart_only(running: &Config, new: &Config) -> Vec<&'static str> {
     out
 }
 
+/// The labels of the secrets that differ between those read at start and `now` (the same
+/// sections name the same secrets, or [`restart_only`] has refused already).
+fn changed_secrets<'a>(
+    at_start: &[(String, blake3::Hash)],
+    now: &'a [(String, blake3::Hash)],
+) -> Vec<&'a str> {
+    now.iter()
+        .filter(|(label, digest)| {
+            !at_start
+                .iter()
+                .any(|(l, d)| l == label && d == digest)
+        })
+        .map(|(label, _)| label.as_str())
+        .collect()
+}
+
 /// Why a reload was refused; the policy in force is unchanged.
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
@@ -336,6 +352,13 @@ impl App {
         let blocked = restart_only(&self.config, &new);
         if !blocked.is_empty() {
             return Err(ReloadError::RestartOnly(blocked.join(", ")));
+        }
+        let secrets = new
+            .secrets()
+            .map_err(|e| ReloadError::Invalid(format!("{e:#}")))?;
+        let changed: Vec<&str> = changed_secrets(&self.secrets, &secrets);
+        if !changed.is_empty() {
+            return Err(ReloadError::RestartOnly(changed.join(", ")));
         }
         let old = self.live();
         let live = Live::build(new, &self.public_url, old.settings.lifetimes.clone())

@@ -196,7 +196,7 @@ impl Sink {
                     "{}/services/collector/event",
                     s.url.clone().unwrap_or_default().trim_end_matches('/')
                 ),
-                token: s.secret(&s.token_env, &s.token_file, "HEC token")?,
+                token: s.http_secret()?.unwrap_or_default(),
                 target: hec::Target {
                     host: hostname,
                     source: "grantline".into(),
@@ -209,9 +209,7 @@ impl Sink {
             },
             "webhook" => Transport::Webhook {
                 url: s.url.clone().unwrap_or_default(),
-                secret: s
-                    .secret(&s.secret_env, &s.secret_file, "webhook secret")?
-                    .into_bytes(),
+                secret: s.http_secret()?.unwrap_or_default().into_bytes(),
             },
             other => bail!("sink {}: unknown kind {other}", s.name),
         };

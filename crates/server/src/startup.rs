@@ -17,11 +17,22 @@ impl App {
     /// Opens the ledger, rebuilds the state, and makes sure keys, the bootstrap admin and the
     /// configured clients are recorded.
     pub async fn start(opts: Options) -> Result<App> {
+        // A server reads every secret it is given before it opens anything: one that is
+        // missing stops it here, with its name. Other commands read none.
+        let secrets = if opts.serving {
+            opts.config.secrets()?
+        } else {
+            Vec::new()
+        };
         let projection = Arc::new(Projection::new(State::default()));
         let mounts = crate::gateway::Mounts::from_config(&opts.config, &opts.config.public_url())?;
         let metrics = Arc::new(crate::metrics::Metrics::new(
             mounts.by_name.keys().cloned(),
-            opts.config.metrics.token()?,
+            if opts.serving {
+                opts.config.metrics.token()?
+            } else {
+                None
+            },
         ));
         let hook = projection.clone();
         let counted = metrics.clone();
@@ -160,6 +171,7 @@ impl App {
             public_url,
             live: std::sync::RwLock::new(Arc::new(live)),
             reloading: Default::default(),
+            secrets,
             metadata_documents,
             signin: opts
                 .sign_in
@@ -227,8 +239,11 @@ impl App {
         }
         app.record_signing_key().await?;
         crate::bootstrap::admin(&app).await?;
-        crate::bootstrap::config_clients(&app).await?;
+        // The server records the configured clients; a command run beside it leaves them as
+        // the server recorded them (it may not hold their secrets, and a `[[clients]]` change
+        // takes a restart of the server, not any command).
         if opts.serving {
+            crate::bootstrap::config_clients(&app).await?;
             crate::bootstrap::lifetimes(&app).await?;
             crate::bootstrap::policies(&app).await?;
         }

@@ -664,3 +664,58 @@ async fn probes_answer_on_the_metrics_listener_while_clients_hold_every_connecti
     assert_eq!(body["checks"]["serving"]["ok"], false, "{body}");
     s.stop().await;
 }
+
+/// An operator's command beside the server (`revoke`, `user list`, `state --at`) runs where
+/// the server's secrets are not: it reads none of them and leaves the configured clients as
+/// the server recorded them. A secret changed in its file is read at start only: a reload
+/// that would change one is refused, naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_need_none_of_the_servers_secrets_and_a_changed_secret_takes_a_restart() {
+    let db = grantline_store::testing::sqlite().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = probed(dir.path());
+    let s = Server::start(&db, dir.path().to_path_buf(), cfg.clone()).await;
+    let head = s.app.store().head().await.unwrap().unwrap().0;
+
+    // The operator's shell: no metrics token, no client secret, and a `[[clients]]` entry
+    // edited since the server started.
+    let mut shell = cfg.clone();
+    shell.metrics.token_file = Some(dir.path().join("not-here.token"));
+    shell.clients[0].secret_file = None;
+    shell.clients[0].secret_env = Some("GRANTLINE_TEST_SECRET_NOBODY_SET".into());
+    shell.clients[0].client_name = "Renamed in the file".into();
+    let command = grantline_server::App::start(command_options(&db, dir.path(), shell))
+        .await
+        .expect("a command starts without the server's secrets");
+    command.ledger.shutdown().await;
+    assert_eq!(
+        s.app.store().head().await.unwrap().unwrap().0,
+        head,
+        "the command appended nothing (no client.updated)"
+    );
+    s.app.projection.catch_up(s.app.store()).await.unwrap();
+    assert_eq!(
+        s.app.projection.read().clients["rs"].client_name,
+        "Resource server"
+    );
+
+    // The secret file of a configured client is rotated, and the operator reloads.
+    let cfg = s.app.config.clone();
+    std::fs::write(dir.path().join("rs.secret"), "another-secret-0123456789abcdefghij").unwrap();
+    let e = s.app.reload(cfg.clone()).await.unwrap_err().to_string();
+    assert!(e.contains("client rs's secret") && e.contains("restart"), "{e}");
+    std::fs::write(dir.path().join("metrics.token"), "yet-another-token-0123456789").unwrap();
+    let e = s.app.reload(cfg.clone()).await.unwrap_err().to_string();
+    assert!(e.contains("[metrics] token"), "{e}");
+    // A secret that cannot be read now is a configuration refused with its reason.
+    std::fs::remove_file(dir.path().join("rs.secret")).unwrap();
+    let e = s.app.reload(cfg.clone()).await.unwrap_err().to_string();
+    assert!(e.contains("rs.secret"), "{e}");
+    assert_eq!(s.app.store().head().await.unwrap().unwrap().0, head);
+
+    // As they were: the reload goes through.
+    std::fs::write(dir.path().join("rs.secret"), RS_SECRET).unwrap();
+    std::fs::write(dir.path().join("metrics.token"), PROBE_TOKEN).unwrap();
+    s.app.reload(cfg).await.unwrap();
+    s.stop().await;
+}
