@@ -225,4 +225,37 @@ backend_tests! {
         assert_eq!(o.status.code(), Some(1), "{o:?}");
         assert!(out(&o).starts_with(&format!("NOT INTACT: seq {at}")), "{o:?}");
     }
+
+    /// A server restarted after `key rotate` with nothing to append signs a checkpoint of its
+    /// own at the handover's size, a size the retired key signed too: either key may sign that
+    /// one, so the ledger stays intact for `verify` in both modes, and a backup can be taken.
+    async fn an_idle_restart_after_a_rotation_leaves_a_ledger_that_verifies(db: TestDb) {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let s = Server::start(&db, d.to_path_buf(), config(d, 30, 60)).await;
+        s.stop().await;
+        let o = grantline(&db, d, &["key", "rotate"]);
+        assert_eq!(o.status.code(), Some(0), "{o:?}");
+        let store = grantline_store::Store::connect(&db.db, false).await.unwrap();
+        let (head, sizes) = (store.head().await.unwrap().unwrap().0, store.checkpoints().await.unwrap().len());
+        store.close().await;
+        let s = Server::start(&db, d.to_path_buf(), config(d, 30, 60)).await;
+        s.app.ledger.checkpoint().await.unwrap();
+        s.stop().await;
+        let store = grantline_store::Store::connect(&db.db, false).await.unwrap();
+        assert_eq!(store.head().await.unwrap().unwrap().0, head, "the restart appended nothing");
+        let cps = store.checkpoints().await.unwrap();
+        store.close().await;
+        assert!(cps.len() > sizes && cps.iter().filter(|c| c.tree_size as u64 == head).count() >= 2,
+            "the new key signed the handover's size again");
+        for args in [&["verify"][..], &["verify", "--from-checkpoint"][..]] {
+            let o = grantline(&db, d, args);
+            assert_eq!(o.status.code(), Some(0), "{args:?}: {o:?}");
+        }
+        if matches!(db.db, grantline_store::Database::Sqlite(_)) {
+            let copy = d.join("after-rotation.tar");
+            let o = grantline(&db, d, &["backup", "--output", copy.to_str().unwrap()]);
+            assert_eq!(o.status.code(), Some(0), "{o:?}");
+        }
+    }
 }

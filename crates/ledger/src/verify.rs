@@ -402,6 +402,23 @@ impl Start {
             note: checkpoint.note.clone(),
             root: checkpoint.root.clone(),
         };
+        // One the retiring key did not sign may be the new key's, as in the walk's `push`.
+        let by_the_new_key = walk.handing_over
+            && matches!(
+                Checkpoint::open(&pending.note, &walk.in_force),
+                Err(CheckpointError::UnknownSigner(_))
+            );
+        let follow_at_size = |walk: &mut ChainVerifier| {
+            for (seq, k) in handovers.clone().filter(|(seq, _)| *seq == size) {
+                walk.follow_rotation(k, seq)
+                    .map_err(|problem| StartError::Finding(Finding { seq, problem }))?;
+            }
+            walk.handing_over = false;
+            Ok::<(), StartError>(())
+        };
+        if by_the_new_key {
+            follow_at_size(&mut walk)?;
+        }
         let root = match walk.judge(&pending) {
             Verdict::Signed(root) => {
                 walk.note_signers(&pending.note);
@@ -416,9 +433,8 @@ impl Start {
         let frontier = Frontier::from_bytes(frontier)
             .filter(|f| f.size() == size && f.root() == root)
             .ok_or_else(|| bad(Problem::CheckpointFrontier { size }))?;
-        for (seq, k) in handovers.filter(|(seq, _)| *seq == size) {
-            walk.follow_rotation(k, seq)
-                .map_err(|problem| StartError::Finding(Finding { seq, problem }))?;
+        if !by_the_new_key {
+            follow_at_size(&mut walk)?;
         }
         Ok(Start {
             size,
@@ -784,6 +800,10 @@ impl ChainVerifier {
         self.prev = hash;
         self.next_seq += 1;
         self.handing_over = row.rotation.is_some();
+        // The checkpoints of a handover's own size that the key it retires did not sign: the
+        // key it introduces may have (a server restarted after the rotation signs the head
+        // again before anything is appended), so they are judged after the handover.
+        let mut by_the_new_key = Vec::new();
         while self.pending.front().is_some_and(|cp| cp.size <= seq) {
             let Some(cp) = self.pending.pop_front() else {
                 break;
@@ -791,27 +811,17 @@ impl ChainVerifier {
             if cp.size < seq {
                 continue; // size 0 (or duplicate) checkpoints say nothing about events
             }
-            match self.judge(&cp) {
-                Verdict::Bad(error) => {
-                    return Err(at(Problem::CheckpointSignature {
-                        size: cp.size,
-                        error,
-                    }));
-                }
-                Verdict::Untrusted(by) => self.untrusted.push(Untrusted { size: cp.size, by }),
-                Verdict::Signed(root) if root != self.frontier.root() => {
-                    return Err(Finding {
-                        seq: self.last_good + 1,
-                        problem: Problem::CheckpointRoot { size: cp.size },
-                    });
-                }
-                Verdict::Signed(_) => {
-                    self.last_good = cp.size;
-                    self.confirmed = true;
-                    self.signed_in_walk = true;
-                    self.note_signers(&cp.note);
-                }
+            if self.handing_over
+                && matches!(
+                    Checkpoint::open(&cp.note, &self.in_force),
+                    Err(CheckpointError::UnknownSigner(_))
+                )
+            {
+                by_the_new_key.push(cp);
+                continue;
             }
+            let verdict = self.judge(&cp);
+            self.settle(&cp, verdict, seq)?;
         }
         self.handing_over = false;
         // A rotation takes effect after the checkpoints of its own size: the old key may
@@ -819,7 +829,43 @@ impl ChainVerifier {
         if let Some(body) = &row.rotation {
             self.follow(body, seq).map_err(at)?;
         }
+        // Still at the handover: one neither key signed proves nothing, as before it.
+        self.handing_over = true;
+        for cp in by_the_new_key {
+            let verdict = self.judge(&cp);
+            self.settle(&cp, verdict, seq)?;
+        }
+        self.handing_over = false;
         Ok(())
+    }
+
+    /// Takes a judged checkpoint whose size is the row just linked: a finding, a checkpoint
+    /// that proves nothing here, or one whose signed root must be the walk's.
+    fn settle(&mut self, cp: &PendingCheckpoint, verdict: Verdict, seq: u64) -> Result<(), Finding> {
+        match verdict {
+            Verdict::Bad(error) => Err(Finding {
+                seq,
+                problem: Problem::CheckpointSignature {
+                    size: cp.size,
+                    error,
+                },
+            }),
+            Verdict::Untrusted(by) => {
+                self.untrusted.push(Untrusted { size: cp.size, by });
+                Ok(())
+            }
+            Verdict::Signed(root) if root != self.frontier.root() => Err(Finding {
+                seq: self.last_good + 1,
+                problem: Problem::CheckpointRoot { size: cp.size },
+            }),
+            Verdict::Signed(_) => {
+                self.last_good = cp.size;
+                self.confirmed = true;
+                self.signed_in_walk = true;
+                self.note_signers(&cp.note);
+                Ok(())
+            }
+        }
     }
 
     /// Ends the walk: the ledger must reach every signed checkpoint.

@@ -182,6 +182,60 @@ backend_tests! {
         }
     }
 
+    async fn the_new_key_may_sign_the_handovers_own_size_and_nobody_else(db: TestDb) {
+        // k0 signs the size of the handover, 6; k1, started before anything is appended,
+        // signs 6 again (a server restarted after `key rotate`).
+        let k0 = NoteSigner::generate(NAME).unwrap();
+        let k1 = NoteSigner::generate(NAME).unwrap();
+        let ledger = open(&db, &k0).await;
+        events(&ledger, 1..=5).await;
+        ledger.append(Append::new(vec![rotation(&k0, &k1, Some(k0.hand_over_to(&k1.verifier())))])).await.unwrap();
+        assert_eq!(ledger.checkpoint().await.unwrap(), Some(6));
+        ledger.shutdown().await;
+        let ledger = open(&db, &k1).await;
+        assert_eq!(ledger.checkpoint().await.unwrap(), Some(6), "k1 signs the head at once");
+        ledger.shutdown().await;
+        let store = Store::connect(&db.db, false).await.unwrap();
+        let sizes: Vec<i64> = store.checkpoints().await.unwrap().iter().map(|c| c.tree_size).collect();
+        let s = check(&store, &[&k0]).await.unwrap();
+        assert_eq!(sizes, vec![6, 6], "k0 and k1 each signed size 6");
+        assert_eq!(s.checkpoints, 2);
+        assert!(s.fully_trusted(), "{:?}", s.untrusted);
+        // From the newest checkpoint, k1's of size 6, trusting k0: through the handover.
+        let from = |keys: Vec<NoteVerifier>| {
+            let store = store.clone();
+            async move { grantline_store::verify_from_checkpoint(&store, &keys, None, |_| {}).await.unwrap() }
+        };
+        let s = from(vec![k0.verifier()]).await.unwrap_or_else(|e| panic!("{e:?}"));
+        assert!(s.fully_trusted(), "{:?}", s.untrusted);
+
+        // A third key's checkpoint of that size proves nothing; one of k1 over another root is
+        // a rewrite.
+        let insert = |note: String, root: Hash| {
+            let store = store.clone();
+            async move {
+                match store.pool() {
+                    Pool::Sqlite(p) => {
+                        sqlx::query("INSERT INTO checkpoints (time, tree_size, root, note, frontier) VALUES (0, 6, ?, ?, x'')").bind(root.0.as_slice()).bind(&note).execute(p).await.unwrap();
+                    }
+                    Pool::Postgres(p) => {
+                        sqlx::query("INSERT INTO checkpoints (time, tree_size, root, note, frontier) VALUES (now(), 6, $1, $2, '')").bind(root.0.as_slice()).bind(&note).execute(p).await.unwrap();
+                    }
+                }
+            }
+        };
+        let leaves: Vec<Hash> = store.chain_hashes(6).await.unwrap().iter().map(merkle::leaf_hash).collect();
+        let root = merkle::root_of(&leaves);
+        let stranger = NoteSigner::generate(NAME).unwrap();
+        insert(stranger.sign_checkpoint(NAME, 6, &root), root).await;
+        let s = check(&store, &[&k0]).await.unwrap();
+        assert_eq!(s.untrusted.iter().map(|u| u.size).collect::<Vec<_>>(), vec![6], "{:?}", s.untrusted);
+        let other = merkle::root_of(&leaves[..5]);
+        insert(k1.sign_checkpoint(NAME, 6, &other), other).await;
+        let f = check(&store, &[&k0]).await.unwrap_err();
+        assert!(matches!(f.problem, Problem::CheckpointRoot { size: 6 }), "{f}");
+    }
+
     async fn after_two_rotations_the_current_key_alone_proves_what_it_signed(db: TestDb) {
         // Given only k2 (what an operator records after a rotation): the first handover is
         // signed by a key not given, the second by the key it introduced; k2's checkpoint is
