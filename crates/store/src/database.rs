@@ -497,12 +497,25 @@ impl Store {
         if rows.is_empty() {
             return Ok(Vec::new());
         }
-        let prev = if after > 0 {
-            self.hash_at(after).await?
-        } else {
-            None
-        };
+        let prev = self.link_to(after).await?;
         Ok(decode_rows(rows, after, prev).await?.0)
+    }
+
+    /// The hash the first row after `after` must link to, for a read that found rows there:
+    /// none before the first event; the row at `after` otherwise, which must be there (a
+    /// missing or unreadable one would let the first row read go unchecked against what the
+    /// reader already holds).
+    pub(crate) async fn link_to(&self, after: u64) -> Result<Option<Hash>> {
+        if after == 0 {
+            return Ok(None);
+        }
+        match self.hash_at(after).await? {
+            Some(h) => Ok(Some(h)),
+            None => Err(StoreError::Corrupt {
+                seq: after,
+                problem: "the row rows after it link to is missing or its hash unreadable".into(),
+            }),
+        }
     }
 
     /// The events of `kinds` with seq ≤ `upto`, in seq order: what a reader starting

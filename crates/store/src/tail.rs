@@ -47,6 +47,7 @@ impl Tail {
             }
             (None, Pool::Sqlite(_)) => Wake::Poll,
         };
+        // Read again at the first rows when `after` is past the head now.
         let prev = if after > 0 {
             store.hash_at(after).await?
         } else {
@@ -74,6 +75,9 @@ impl Tail {
             let reuse = std::mem::take(&mut self.rows);
             let rows = self.store.raw_rows_into(self.after, limit, reuse).await?;
             if !rows.is_empty() {
+                if self.prev.is_none() {
+                    self.prev = self.store.link_to(self.after).await?;
+                }
                 // Large batches are checked and decoded on several cores.
                 let (out, rows) = crate::database::decode_rows(rows, self.after, self.prev).await?;
                 // Only SQLite's scan reads into them; PostgreSQL's rows would only be kept.

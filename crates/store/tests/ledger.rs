@@ -481,6 +481,23 @@ mod tamper {
             assert_eq!((f.seq, f.problem), (5, Problem::BodyChanged));
         }
 
+        /// A reader that holds the events up to 5 reads on from there: the row at 5 gone, the
+        /// read fails rather than take row 6 unchecked (row 6's link changed too).
+        async fn tamper_a_read_after_a_missing_row_fails(db: TestDb) {
+            let store = scene(&db).await;
+            drop_guards(&store).await;
+            exec(&store, "DELETE FROM events WHERE seq = 5").await.unwrap();
+            // Row 6 made whole again on another link: only its link to row 5 can tell.
+            let six = row(&store, 6).await;
+            set_bytes(&store, "prev_hash", 6, &[7; 32]).await;
+            set_bytes(&store, "hash", 6, &chain_hash(&Hash([7; 32]), &six.body).0).await;
+            let e = store.read(5, 1).await.unwrap_err();
+            assert!(matches!(e, StoreError::Corrupt { seq: 5, .. }), "{e:?}");
+            let mut tail = Tail::new(&store, 5, None).await.unwrap();
+            let e = tail.next(1).await.unwrap_err();
+            assert!(matches!(e, StoreError::Corrupt { seq: 5, .. }), "{e:?}");
+        }
+
         async fn tamper_deleted_row_is_found_at_its_seq(db: TestDb) {
             let store = scene(&db).await;
             drop_guards(&store).await;

@@ -285,7 +285,7 @@ fn check(args: VerifyArgs) -> Result<ExitCode> {
                     cp.size
                 );
             }
-            if index + 1 != seq {
+            if index.checked_add(1) != Some(seq) {
                 bail!("index {index} does not belong to seq {seq}");
             }
             let leaf = leaf_hash(
