@@ -21,6 +21,9 @@ use tantivy::{Index, IndexReader, Order, ReloadPolicy, TantivyDocument, Term};
 /// Bumped whenever the schema or the mapping changes: an index of another version is rebuilt.
 pub const SCHEMA_VERSION: u32 = 3;
 
+/// The most words the last word of a phrase ending in `*` may begin (see `compile`).
+pub const MAX_PHRASE_EXPANSIONS: u32 = 1024;
+
 /// What can go wrong with the index.
 #[derive(Debug, thiserror::Error)]
 pub enum IndexError {
@@ -36,6 +39,9 @@ pub enum IndexError {
          try again"
     )]
     HeldWithAnotherSchema(String),
+    /// The query would cost more than a search may (what to narrow, for the reader).
+    #[error("{0}")]
+    TooBroad(String),
 }
 
 impl IndexError {
@@ -360,6 +366,36 @@ impl AuditIndex {
     }
 
     /// Compiles a parsed query to a tantivy query.
+    /// Refuses a prefix that begins more than `max` words of `field` in one segment.
+    fn expansions_within(
+        &self,
+        field: tantivy::schema::Field,
+        prefix: &str,
+        max: u32,
+    ) -> Result<(), IndexError> {
+        let searcher = self.reader.searcher();
+        for segment in searcher.segment_readers() {
+            let inverted = segment.inverted_index(field)?;
+            let mut words = inverted
+                .terms()
+                .range()
+                .ge(prefix.as_bytes())
+                .into_stream()
+                .map_err(|e| IndexError::Directory(e.to_string()))?;
+            let mut n = 0u32;
+            while words.advance() && words.key().starts_with(prefix.as_bytes()) {
+                n += 1;
+                if n > max {
+                    return Err(IndexError::TooBroad(format!(
+                        "`{prefix}*` begins more than {max} words; give more of it, or search a \
+                         field for it (tool:, credential:, …), which has no such bound"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
     pub(crate) fn compile(&self, e: &Expr) -> Result<Box<dyn Query>, IndexError> {
         let f = &self.fields;
         Ok(match e {
@@ -407,7 +443,16 @@ impl AuditIndex {
                         f.text,
                     )?),
                     (_, false) => Box::new(PhraseQuery::new(terms)),
-                    (_, true) => Box::new(PhrasePrefixQuery::new(terms)),
+                    (_, true) => {
+                        // A phrase tries each word its last one begins, up to a number it is
+                        // told: past it, matches would be left out without a word, so such a
+                        // phrase is refused instead.
+                        let last = tokens.last().map(String::as_str).unwrap_or_default();
+                        self.expansions_within(f.text, last, MAX_PHRASE_EXPANSIONS)?;
+                        let mut q = PhrasePrefixQuery::new(terms);
+                        q.set_max_expansions(MAX_PHRASE_EXPANSIONS);
+                        Box::new(q)
+                    }
                 }
             }
             Expr::Match(Q::Time, Value::Time(from, to)) => {

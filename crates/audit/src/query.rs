@@ -130,6 +130,12 @@ pub struct QueryError {
 pub const MAX_QUERY_BYTES: usize = 4096;
 /// How deeply parentheses and negations may nest.
 const MAX_DEPTH: usize = 32;
+/// The most terms (words, phrases, `field:value`) in one query: the index walks the postings
+/// of each, over every window of seqs a page needs.
+pub const MAX_TERMS: usize = 64;
+/// The most values ending in `*` in one query: each is an automaton run over every word of
+/// its field, with a set of matching documents the size of the index built for it.
+pub const MAX_PREFIXES: usize = 16;
 /// The longest value before a trailing `*`, in bytes: the index matches a prefix with an
 /// automaton of about one state per byte, and refuses one of over a thousand states.
 pub const MAX_PREFIX_BYTES: usize = 256;
@@ -299,9 +305,41 @@ struct Parser<'a> {
     pos: usize,
     now: i64,
     end: usize,
+    /// Terms so far, and those ending in `*` (see [`MAX_TERMS`], [`MAX_PREFIXES`]).
+    terms: usize,
+    prefixes: usize,
 }
 
 impl Parser<'_> {
+    /// Counts a term at `at` against the bounds on a query's work.
+    fn count(&mut self, e: &Expr, at: usize) -> Result<(), QueryError> {
+        self.terms += 1;
+        if self.terms > MAX_TERMS {
+            return Err(err(
+                at,
+                format!("a query holds at most {MAX_TERMS} terms; search in parts"),
+            ));
+        }
+        let prefix = match e {
+            Expr::Text { prefix, .. } => *prefix,
+            Expr::Match(_, Value::Prefix(p)) => !p.is_empty(),
+            _ => false,
+        };
+        if prefix {
+            self.prefixes += 1;
+            if self.prefixes > MAX_PREFIXES {
+                return Err(err(
+                    at,
+                    format!(
+                        "a query holds at most {MAX_PREFIXES} values ending in `*` (each is \
+                         matched against every word the index holds); search in parts"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     fn peek(&self) -> Option<&(usize, Tok)> {
         self.toks.get(self.pos)
     }
@@ -391,7 +429,11 @@ impl Parser<'_> {
             }
             Tok::RParen => Err(err(at, "`)` without a matching `(`")),
             Tok::Or | Tok::And => Err(err(at, "expected a term here")),
-            Tok::Word { text, quoted } => text_expr(&text, quoted, at),
+            Tok::Word { text, quoted } => {
+                let e = text_expr(&text, quoted, at)?;
+                self.count(&e, at)?;
+                Ok(e)
+            }
             Tok::Qual {
                 name,
                 value,
@@ -411,7 +453,9 @@ impl Parser<'_> {
                         ),
                     )
                 })?;
-                qualifier(field, &value, quoted, value_at, self.now)
+                let e = qualifier(field, &value, quoted, value_at, self.now)?;
+                self.count(&e, at)?;
+                Ok(e)
             }
         }
     }
@@ -678,6 +722,8 @@ pub fn parse(q: &str, now: i64) -> Result<Expr, QueryError> {
         pos: 0,
         now,
         end: q.chars().count() + 1,
+        terms: 0,
+        prefixes: 0,
     };
     let e = p.or(0)?;
     if let Some((at, _)) = p.peek() {

@@ -310,6 +310,18 @@ fn malformed_queries_say_where() {
             .message
             .contains("nested too deeply")
     );
+    // The work of one query is bounded: at most 16 values ending in `*` (the 17th is named
+    // by its column), at most 64 terms; a `field:*` (present) costs no automaton.
+    let sixteen = vec!["a*"; grantline_audit::query::MAX_PREFIXES].join(" ");
+    assert!(parse(&sixteen, NOW).is_ok());
+    let e = parse(&format!("{sixteen} user:b*"), NOW).unwrap_err();
+    assert_eq!(e.column, sixteen.len() + 2, "{e}");
+    assert!(e.message.contains("at most 16 values ending in `*`"), "{e}");
+    assert!(parse(&format!("{sixteen} tool:* client:*"), NOW).is_ok());
+    let terms = vec!["kind:a"; grantline_audit::query::MAX_TERMS].join(" OR ");
+    assert!(parse(&terms, NOW).is_ok());
+    let e = parse(&format!("{terms} b"), NOW).unwrap_err();
+    assert!(e.message.contains("at most 64 terms"), "{e}");
     // A word the index does not keep (a 64-hex hash) is refused saying so, not dropped from a
     // phrase, which would widen it.
     let hash = "9f2c".repeat(16);
@@ -510,4 +522,24 @@ fn the_renamed_clients_an_export_looks_up_are_bounded() {
         dir.client(&format!("c_{}", n - 1)),
         Some(format!("new-{}", n - 1).as_str())
     );
+}
+
+/// A phrase ending in `*` finds every event a scan finds, or is refused: its last word may
+/// begin up to `MAX_PHRASE_EXPANSIONS` words (past the old bound of 50 that left matches out
+/// without a word), and beyond that the query is refused saying what to narrow.
+#[test]
+fn a_phrase_ending_in_a_prefix_finds_everything_or_is_refused() {
+    let max = grantline_audit::index::MAX_PHRASE_EXPANSIONS as u64;
+    let records: Vec<AuditRecord> = (1..=max + 1)
+        .map(|seq| rec(seq, |r| r.summary = format!("called delete_f{seq:05} on a file")))
+        .collect();
+    let wide = AuditIndex::from_records(&records).unwrap();
+    let e = parse("delete_f*", NOW).unwrap();
+    let refused = wide.search(&e, SortOrder::Asc, None, 10).unwrap_err();
+    assert!(refused.to_string().contains("begins more than 1024 words"), "{refused}");
+    // `delete_f00*` begins 999 words: more than 50, within the bound.
+    let q = "delete_f00*";
+    let scan = seqs_by_scan(q, &records);
+    assert_eq!(scan.len(), 999);
+    assert_eq!(seqs_by_index(q, &wide), scan);
 }

@@ -33,7 +33,13 @@ pub struct AuditService {
     pub dir: PathBuf,
     stop: Arc<AtomicBool>,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Work on the index at once (searches, downloads, summaries): the rest wait their turn,
+    /// so that readers cannot take every blocking thread and core between them.
+    busy: Arc<tokio::sync::Semaphore>,
 }
+
+/// Index readings run at once; the others wait.
+const READINGS_AT_ONCE: usize = 2;
 
 impl AuditService {
     /// Runs `f` on the index on a blocking thread. A search decodes the stored records it
@@ -45,7 +51,14 @@ impl AuditService {
         f: impl FnOnce(&AuditIndex) -> Result<T, grantline_audit::IndexError> + Send + 'static,
     ) -> Result<T, grantline_audit::IndexError> {
         let index = self.index.clone();
-        tokio::task::spawn_blocking(move || f(&index))
+        // Held by the blocking work until it ends, even when its caller has hung up.
+        let turn = self.busy.clone().acquire_owned().await.map_err(|_| {
+            grantline_audit::IndexError::Directory("the audit index is closing".into())
+        })?;
+        tokio::task::spawn_blocking(move || {
+            let _turn = turn;
+            f(&index)
+        })
             .await
             .map_err(|e| grantline_audit::IndexError::Directory(format!("a search stopped: {e}")))?
     }
@@ -108,6 +121,7 @@ impl AuditService {
                             dir: candidate,
                             stop: Arc::default(),
                             task: Mutex::new(None),
+                            busy: Arc::new(tokio::sync::Semaphore::new(READINGS_AT_ONCE)),
                         },
                         indexer,
                     ));

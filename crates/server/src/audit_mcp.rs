@@ -498,6 +498,9 @@ pub async fn handle(app: &App, method: &Method, body: &[u8], assertion: &str) ->
 /// What a tool call is told when the index fails: the cause goes to the log, not to the
 /// caller (as the HTTP API answers a 503 without it).
 fn index_failed(e: grantline_audit::IndexError) -> String {
+    if let grantline_audit::IndexError::TooBroad(why) = e {
+        return why;
+    }
     tracing::error!(error = %e, "audit search failed");
     "the audit index cannot answer now; try again shortly".into()
 }

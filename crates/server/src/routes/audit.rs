@@ -117,6 +117,15 @@ fn names_failed(e: crate::audit::NamesError) -> Response {
 }
 
 fn search_error(e: grantline_audit::IndexError) -> Response {
+    if let grantline_audit::IndexError::TooBroad(why) = &e {
+        let mut r = (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({"error": "invalid_query", "error_description": why})),
+        )
+            .into_response();
+        crate::http::no_store(r.headers_mut());
+        return r;
+    }
     tracing::error!(error = %e, "audit search failed");
     api_error(
         StatusCode::SERVICE_UNAVAILABLE,
@@ -778,6 +787,15 @@ pub async fn page(
     };
     let found = match audit.search(&s.expr, s.order, s.cursor, s.limit).await {
         Ok(f) => f,
+        Err(grantline_audit::IndexError::TooBroad(why)) => {
+            return page_styled(
+                StatusCode::BAD_REQUEST,
+                "Audit trail",
+                &format!("{header}<p class=\"err\">{}</p>", esc(&why)),
+                "'self'",
+                WIDE,
+            );
+        }
         Err(e) => return search_error(e),
     };
     let sealed = match seal_query(&app, &reader, &s.q).await {
