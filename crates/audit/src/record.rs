@@ -165,7 +165,29 @@ pub struct AuditRecord {
     pub hash: String,
 }
 
+/// Who acted, beside the user an event is about ([`AuditRecord::user_id`]): what the SIEM
+/// formats name as the actor (or source user) and the target (or destination user).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Acted<'a> {
+    /// The event's user acted (or a client for that user, holding their grant).
+    Subject,
+    /// Another user acted on the event's user, or on no user: an administrator (the id).
+    User(&'a str),
+    /// The operator, the server itself, or a client acting for no user: `actor` as written.
+    Other(&'a str),
+}
+
 impl AuditRecord {
+    /// Who acted on this event's user, or in it (see [`Acted`]).
+    pub fn acted(&self) -> Acted<'_> {
+        match (self.actor.strip_prefix("user:"), self.user_id.as_deref()) {
+            (Some(a), Some(u)) if a == u => Acted::Subject,
+            (Some(a), _) => Acted::User(a),
+            (None, Some(_)) if self.actor.starts_with("client:") => Acted::Subject,
+            (None, _) => Acted::Other(&self.actor),
+        }
+    }
+
     /// The free text a bare word in a query searches: kind, summary, names, tool, intent,
     /// what was read.
     pub fn text(&self) -> String {

@@ -528,3 +528,87 @@ fn what_a_read_read_is_in_every_format_and_masked_when_redacted() {
         assert!(!line.contains(&target), "{line}");
     }
 }
+
+/// Who did what: an administrator who changes Bob's role is the actor (OCSF `actor.user`, ECS
+/// `user`, CEF `suid`), Bob the user acted on (OCSF `user`, ECS `user.target`, CEF `duid`);
+/// when Bob acts himself, or the operator does, each format says so.
+#[test]
+fn the_actor_is_who_acted_and_the_user_acted_on_is_the_target() {
+    let item = |actor: &str, kind: &str, user: Option<&str>| {
+        let json = br#"{"stream":"user:x","payload":{}}"#.to_vec();
+        grantline_audit::formats::ExportItem {
+            stream: 10..18,
+            payload: 29..31,
+            json,
+            record: AuditRecord {
+                seq: 9,
+                id: "0197a3c1-f0d2-7c4e-8b1a-000000000009".into(),
+                time: 1_796_000_000_123_456,
+                kind: kind.into(),
+                category: "account".into(),
+                outcome: "success".into(),
+                severity: "medium".into(),
+                actor: actor.into(),
+                user_id: user.map(str::to_string),
+                user_name: user.map(|_| "bob".into()),
+                user_email: user.map(|_| "bob@example.com".into()),
+                summary: "role user -> admin".into(),
+                hash: "00".repeat(32),
+                ..AuditRecord::default()
+            },
+            prev_hash: "00".repeat(32),
+        }
+    };
+    let cef_ext = |line: &str| -> Vec<(String, String)> {
+        let ext = line.splitn(8, '|').nth(7).unwrap().to_string();
+        ext.split(' ')
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    let has = |ext: &[(String, String)], k: &str, v: &str| ext.iter().any(|(a, b)| a == k && b == v);
+
+    // An administrator changes Bob's role.
+    let admin = item("user:u_admin", "user.role_changed", Some("u_bob"));
+    let o: Value = serde_json::from_str(&Format::Ocsf.line(&admin)).unwrap();
+    assert_eq!(o["actor"]["user"]["uid"], "u_admin", "{o}");
+    assert_eq!(o["user"]["uid"], "u_bob", "{o}");
+    let e: Value = serde_json::from_str(&Format::Ecs.line(&admin)).unwrap();
+    assert_eq!(e["user"]["id"], "u_admin", "{e}");
+    assert_eq!(e["user"]["target"]["id"], "u_bob", "{e}");
+    assert_eq!(e["user"]["target"]["email"], "bob@example.com", "{e}");
+    let c = cef_ext(&cef::line(&admin));
+    assert!(has(&c, "suid", "u_admin") && has(&c, "duid", "u_bob") && has(&c, "duser", "bob"), "{c:?}");
+    assert!(!has(&c, "suid", "u_bob"), "{c:?}");
+
+    // Bob changes something of his own: he is the actor, and no target is named.
+    let own = item("user:u_bob", "user.role_changed", Some("u_bob"));
+    let o: Value = serde_json::from_str(&Format::Ocsf.line(&own)).unwrap();
+    assert_eq!(o["actor"]["user"]["uid"], "u_bob", "{o}");
+    let e: Value = serde_json::from_str(&Format::Ecs.line(&own)).unwrap();
+    assert_eq!(e["user"]["id"], "u_bob", "{e}");
+    assert!(e["user"].get("target").is_none(), "{e}");
+    let c = cef_ext(&cef::line(&own));
+    assert!(has(&c, "suid", "u_bob") && !c.iter().any(|(k, _)| k == "duid"), "{c:?}");
+
+    // The operator (the CLI) acts on Bob: no user is the actor.
+    let operator = item("operator", "user.role_changed", Some("u_bob"));
+    let o: Value = serde_json::from_str(&Format::Ocsf.line(&operator)).unwrap();
+    assert!(o["actor"].get("user").is_none(), "{o}");
+    assert_eq!(o["actor"]["app_name"], "operator", "{o}");
+    assert_eq!(o["user"]["uid"], "u_bob", "{o}");
+    let e: Value = serde_json::from_str(&Format::Ecs.line(&operator)).unwrap();
+    assert_eq!((&e["user"]["name"], &e["user"]["target"]["id"]), (&json!("operator"), &json!("u_bob")), "{e}");
+    let c = cef_ext(&cef::line(&operator));
+    assert!(has(&c, "suser", "operator") && has(&c, "duid", "u_bob"), "{c:?}");
+
+    // An administrator changes a policy (no user acted on).
+    let policy = item("user:u_admin", "policy.changed", None);
+    let o: Value = serde_json::from_str(&Format::Ocsf.line(&policy)).unwrap();
+    assert_eq!(o["actor"]["user"]["uid"], "u_admin", "{o}");
+    let c = cef_ext(&cef::line(&policy));
+    assert!(has(&c, "suid", "u_admin"), "{c:?}");
+    if let Some((ok, why)) = validate(&[Format::Ocsf.line(&admin), Format::Ocsf.line(&operator), Format::Ocsf.line(&policy)]) {
+        assert!(ok, "{why}");
+    }
+}

@@ -3,7 +3,7 @@
 //! 0–10.
 
 use super::{ExportItem, PRODUCT, VERSION};
-use crate::record::Severity;
+use crate::record::{Acted, Severity};
 use std::net::IpAddr;
 
 /// A header field: `\` → `\\`, `|` → `\|`, line breaks → space (the header has no escape for them).
@@ -70,8 +70,24 @@ pub fn line(item: &ExportItem) -> String {
             ext.push((k, v.clone()));
         }
     };
-    push("suid", &r.user_id);
-    push("suser", &r.user_name);
+    // The source user is who acted; the user an administrator (or the server) acted on is
+    // the destination user.
+    // A user is named by their username, else their email.
+    let named = r.user_name.clone().or_else(|| r.user_email.clone());
+    match r.acted() {
+        Acted::Subject => {
+            push("suid", &r.user_id);
+            push("suser", &named);
+        }
+        acted => {
+            match acted {
+                Acted::User(id) => push("suid", &Some(id.to_string())),
+                _ => push("suser", &Some(r.actor.clone())),
+            }
+            push("duid", &r.user_id);
+            push("duser", &named);
+        }
+    }
     push("requestClientApplication", &r.user_agent);
     push("reason", &r.error_code);
     if let Some(ip) = r
@@ -105,9 +121,6 @@ pub fn line(item: &ExportItem) -> String {
     if let Some(t) = &r.target {
         ext.push(("flexString2Label", "target".into()));
         ext.push(("flexString2", t.clone()));
-    }
-    if let Some(e) = &r.user_email {
-        ext.push(("duser", e.clone()));
     }
     if !r.summary.is_empty() {
         ext.push(("msg", r.summary.clone()));

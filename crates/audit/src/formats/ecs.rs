@@ -3,7 +3,7 @@
 //! `error.code`; Grantline's own fields under `grantline.*`.
 
 use super::{ExportItem, PRODUCT};
-use crate::record::Severity;
+use crate::record::{Acted, Severity};
 use grantline_ledger::Kind;
 use serde_json::{Value, json};
 use std::net::IpAddr;
@@ -102,13 +102,32 @@ pub fn record(item: &ExportItem) -> Value {
         v["message"] = json!(r.summary);
         v["event"]["reason"] = json!(r.summary);
     }
+    // `user` is who acted; the user an administrator (or the server) acted on is
+    // `user.target`, as ECS has it.
+    let mut subject = Value::Null;
     if let Some(id) = &r.user_id {
-        v["user"] = json!({"id": id});
+        subject = json!({"id": id});
         if let Some(n) = &r.user_name {
-            v["user"]["name"] = json!(n);
+            subject["name"] = json!(n);
         }
         if let Some(e) = &r.user_email {
-            v["user"]["email"] = json!(e);
+            subject["email"] = json!(e);
+        }
+    }
+    match r.acted() {
+        Acted::Subject => {
+            if !subject.is_null() {
+                v["user"] = subject;
+            }
+        }
+        acted => {
+            v["user"] = match acted {
+                Acted::User(id) => json!({"id": id}),
+                _ => json!({"name": r.actor}),
+            };
+            if !subject.is_null() {
+                v["user"]["target"] = subject;
+            }
         }
     }
     if let Some(ip) = r

@@ -3,7 +3,7 @@
 //! what OCSF has no place for under `unmapped`.
 
 use super::{ExportItem, PRODUCT, VERSION};
-use crate::record::Severity;
+use crate::record::{Acted, Severity};
 use grantline_ledger::Kind;
 use serde_json::Value;
 use std::net::IpAddr;
@@ -227,18 +227,29 @@ pub fn write(item: &ExportItem, out: &mut Vec<u8>) {
             None => e.str("name", client_id.unwrap_or("unknown")),
         }
         e.close();
-        // Who acted: the user, else the client (as an application), else the ledger's actor.
+        // Who acted: the event's user, or the administrator who acted on them (the user they
+        // acted on is the event's `user`), else the client (as an application), else the
+        // ledger's actor (the operator, the server).
+        let acted = r.acted();
         let mut a = o.obj("actor");
-        if let Some(u) = &user {
-            u.write(&mut a, "user");
+        match (acted, &user) {
+            (Acted::Subject, Some(u)) => u.write(&mut a, "user"),
+            (Acted::User(uid), _) => User {
+                uid,
+                name: None,
+                email_addr: None,
+                kind: None,
+            }
+            .write(&mut a, "user"),
+            _ => {}
         }
         a.opt("app_uid", client_id);
         a.opt(
             "app_name",
-            match (client_id, &r.client_name) {
-                (Some(_), n) => n.as_deref(),
-                (None, _) if user.is_none() => Some(r.actor.as_str()),
-                (None, _) => None,
+            match (client_id, &r.client_name, acted) {
+                (Some(_), n, _) => n.as_deref(),
+                (None, _, Acted::Other(actor)) => Some(actor),
+                (None, _, _) => None,
             },
         );
         a.close();
