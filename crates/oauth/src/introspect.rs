@@ -55,7 +55,12 @@ pub fn introspect(
             "jti": a.token_id,
         });
     }
-    if let Some(r) = state.refresh_tokens.get(&digest)
+    // A resource server asks whether a bearer may be served: a refresh token never may
+    // (RFC 7662 §4), and "active" would let a stolen one stand in for access tokens, never
+    // rotated, so never caught by reuse detection. Only a component trusted with every
+    // resource's tokens (`[oauth] introspection_clients`) is told of refresh tokens.
+    if matches!(audiences, Audiences::Any)
+        && let Some(r) = state.refresh_tokens.get(&digest)
         && let Some(f) = state.families.get(&r.family_id)
         && let Some(redeemable) = state.refresh_redeemable(r, now, grace_secs)
     {

@@ -1394,7 +1394,8 @@ fn revocation_and_introspection() {
     assert_eq!(info["aud"], RES);
     assert_eq!(info["sub"], user.as_str());
     // A resource server bound to its own resources is told nothing of another's tokens
-    // (RFC 7662 §2.2), and all of its own.
+    // (RFC 7662 §2.2), and of its own only those it may serve: never a refresh token, which
+    // the component trusted with every resource is told of.
     let other_resource = ["https://other.example/mcp".to_string()];
     let own = [RES.to_string()];
     for tok in [&t.access_token, &rt] {
@@ -1403,7 +1404,9 @@ fn revocation_and_introspection() {
         };
         assert_eq!(seen(&other_resource), serde_json::json!({"active": false}));
         assert_eq!(seen(&[]), serde_json::json!({"active": false}));
-        assert_eq!(seen(&own)["active"], true);
+        assert_eq!(seen(&own)["active"], *tok == t.access_token, "{tok}");
+        let any = introspect::introspect(&w.state, "x", tok, w.now, 10, Audiences::Any);
+        assert_eq!(any["active"], true);
     }
     // An access token alone.
     let events = revoke::decide(&w.state, &c, &t.access_token, None)
