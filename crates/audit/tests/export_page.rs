@@ -17,6 +17,7 @@ async fn tool_called(k: &Keyring, i: u64, user: &str) -> NewEvent {
         let ip = format!("10.0.{}.{}", i / 256 % 256, i % 256);
         t.source_ip = Some(k.seal(&pii::user_subject(user), &ip).await.unwrap());
     }
+    e.actor = grantline_ledger::Actor::User { id: user.into() };
     e
 }
 

@@ -41,6 +41,7 @@ async fn tool_called(k: &Keyring, i: u64, user: &str, ip: &str) -> NewEvent {
         }
         .into();
     }
+    e.actor = grantline_ledger::Actor::User { id: user.into() };
     e
 }
 

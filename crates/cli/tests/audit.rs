@@ -67,6 +67,7 @@ async fn history(db: &TestDb) {
             let ip = if i < 20 { "10.0.0.5" } else { "192.0.2.1" };
             t.source_ip = Some(k.seal(&s, ip).await.unwrap());
         }
+        e.actor = Actor::User { id: "u_alice".into() };
         ledger.append(Append::new(vec![e])).await.unwrap();
     }
     ledger.shutdown().await;
@@ -283,6 +284,7 @@ backend_tests! {
         if let Payload::ToolCalled(t) = &mut call.payload {
             t.user_id = Some("u_bob".into());
         }
+        call.actor = Actor::User { id: "u_bob".into() };
         ledger.append(Append::new(vec![call])).await.unwrap();
         ledger.shutdown().await;
         let after = made[0].seq().to_string();

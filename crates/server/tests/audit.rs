@@ -395,6 +395,7 @@ backend_tests! {
         if let grantline_ledger::Payload::ToolCalled(t) = &mut call.payload {
             t.user_id = Some(late.clone());
         }
+        call.actor = grantline_ledger::Actor::User { id: late.clone() };
         s.app.ledger.append(grantline_ledger::Append::new(vec![call])).await.unwrap();
         assert!(s.app.audit.as_ref().unwrap().indexed_through() < made);
         let r = client

@@ -548,6 +548,7 @@ async fn a_sink_checks_its_cursor_against_a_restored_ledger_and_names_users_from
     if let grantline_ledger::Payload::ToolCalled(t) = &mut call.payload {
         t.user_id = Some(admin.clone());
     }
+    call.actor = grantline_ledger::Actor::User { id: admin.clone() };
     s.app.ledger.append(Append::new(vec![call])).await.unwrap();
     let want = head(&s).await;
     wait_until("the new event, past the restored head", 20, || {
