@@ -1033,7 +1033,27 @@ fn code_exchange_issues_tokens_once_and_a_replay_revokes_the_family() {
         "refresh_token grant registered"
     );
     assert!(w.live(&tokens.access_token));
-    // Deciding again on the new state: a replay.
+    // Someone who saw the code but holds neither its verifier nor its redirect URI (a browser
+    // history, a proxy log): refused, and the user's tokens stay.
+    let c = w.state.clients[&client].clone();
+    for (redirect_uri, code_verifier) in [
+        (Some(REDIRECT), Some("x".repeat(43))),
+        (Some(REDIRECT), None),
+        (Some("https://elsewhere.example/cb"), Some(VERIFIER.to_string())),
+    ] {
+        let req = CodeRequest {
+            code: code.clone(),
+            redirect_uri: redirect_uri.map(str::to_string),
+            code_verifier,
+            resource: None,
+        };
+        let ctx = w.ctx();
+        let d = authorization_code::decide(&w.state, &c, &req, &ctx);
+        assert!(d.outcome.is_err());
+        assert!(d.append.events.is_empty(), "{redirect_uri:?}");
+    }
+    assert!(w.live(&tokens.access_token));
+    // Deciding again on the new state, as bound: a replay.
     let again = w.redeem(&client, &code);
     assert_eq!(code_of(&again), "invalid_grant");
     assert_eq!(w.commit(&again.append).unwrap(), vec![Kind::CodeReplayed]);

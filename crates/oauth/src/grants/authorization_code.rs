@@ -28,6 +28,35 @@ impl std::fmt::Debug for CodeRequest {
     }
 }
 
+/// The redirect URI and PKCE verifier of the request are those the code is bound to.
+fn presented_as_bound(
+    code: &grantline_state::Code,
+    req: &CodeRequest,
+) -> Result<(), OAuthError> {
+    match &req.redirect_uri {
+        Some(uri) if uri == &code.redirect_uri => {}
+        Some(_) => {
+            return Err(OAuthError::invalid_grant(
+                "redirect_uri differs from the one in the authorization request",
+            ));
+        }
+        // Omitted only when the authorization request omitted it too (RFC 6749 §4.1.3).
+        None if !code.redirect_uri_in_request => {}
+        None => return Err(OAuthError::invalid_request("redirect_uri is required")),
+    }
+    let Some(verifier) = req.code_verifier.as_deref().filter(|v| !v.is_empty()) else {
+        return Err(OAuthError::invalid_request(
+            "code_verifier is required (PKCE)",
+        ));
+    };
+    if !pkce::verify(verifier, &code.code_challenge) {
+        return Err(OAuthError::invalid_grant(
+            "code_verifier does not match the code_challenge",
+        ));
+    }
+    Ok(())
+}
+
 /// Decides a code exchange for an authenticated `client`.
 pub fn decide(
     state: &State,
@@ -49,7 +78,14 @@ pub fn decide(
         return OAuthError::invalid_grant("unknown authorization code").into();
     };
     if code.redeemed {
-        // Replay: the family the first redemption produced dies with it (once).
+        // Replay, by whoever holds what the code is bound to: the family the first redemption
+        // produced dies with it (once). Anyone else who saw the code (a browser's history, a
+        // proxy's log) is refused and changes nothing: otherwise they could end a user's
+        // tokens at will for as long as the family lives. The thief who redeemed first with
+        // a stolen verifier is still caught, when the real client presents the same one.
+        if let Err(e) = presented_as_bound(code, req) {
+            return e.into();
+        }
         let events = if family.revoked.is_none() {
             vec![NewEvent::new(
                 StreamId::family(&family.family_id),
@@ -77,23 +113,8 @@ pub fn decide(
     if !state.family_live(&family.family_id) {
         return OAuthError::invalid_grant("the grant behind this code was revoked").into();
     }
-    match &req.redirect_uri {
-        Some(uri) if uri == &code.redirect_uri => {}
-        Some(_) => {
-            return OAuthError::invalid_grant(
-                "redirect_uri differs from the one in the authorization request",
-            )
-            .into();
-        }
-        // Omitted only when the authorization request omitted it too (RFC 6749 §4.1.3).
-        None if !code.redirect_uri_in_request => {}
-        None => return OAuthError::invalid_request("redirect_uri is required").into(),
-    }
-    let Some(verifier) = req.code_verifier.as_deref().filter(|v| !v.is_empty()) else {
-        return OAuthError::invalid_request("code_verifier is required (PKCE)").into();
-    };
-    if !pkce::verify(verifier, &code.code_challenge) {
-        return OAuthError::invalid_grant("code_verifier does not match the code_challenge").into();
+    if let Err(e) = presented_as_bound(code, req) {
+        return e.into();
     }
     let resource = match bound_resource(ctx.settings, req.resource.as_deref(), &family.resource) {
         Ok(r) => r,
