@@ -637,6 +637,9 @@ pub struct ClientSection {
     pub secret_file: Option<PathBuf>,
 }
 
+/// The longest a client metadata document is kept (30 days).
+pub const MAX_DOCUMENT_CACHE_SECS: u64 = 30 * 86_400;
+
 /// The shortest secret a configured client may have. Its digest goes into the ledger (and so
 /// into exports), where a short, chosen secret could be guessed offline.
 pub const MIN_CLIENT_SECRET_LEN: usize = 32;
@@ -736,6 +739,15 @@ impl Config {
             Some(p) => {
                 let text = std::fs::read_to_string(p)
                     .with_context(|| format!("reading config file {}", p.display()))?;
+                // An empty file (a template that rendered nothing, a write cut short) would
+                // read as every default: the demo resource, no roles, open registration.
+                if toml::from_str::<toml::Table>(&text).is_ok_and(|t| t.is_empty()) {
+                    bail!(
+                        "config file {} holds no settings (is it empty, or cut short?); run \
+                         without --config for the defaults",
+                        p.display()
+                    );
+                }
                 toml::from_str::<Config>(&text)
                     .with_context(|| format!("config file {} is not valid", p.display()))
             }
@@ -833,6 +845,28 @@ impl Config {
         }
         if self.server.drain_timeout_secs > MAX_DRAIN_TIMEOUT_SECS {
             bail!("server.drain_timeout_secs must be at most {MAX_DRAIN_TIMEOUT_SECS} (an hour)");
+        }
+        // Each is added to an instant or bounds a fetch anyone may cause.
+        let md = &self.metadata_documents;
+        if !(1..=MAX_DOCUMENT_CACHE_SECS).contains(&md.max_cache_seconds) {
+            bail!(
+                "metadata_documents.max_cache_seconds must be between 1 and {MAX_DOCUMENT_CACHE_SECS} (30 days)"
+            );
+        }
+        if !(1..=md.max_cache_seconds).contains(&md.min_cache_seconds) {
+            bail!(
+                "metadata_documents.min_cache_seconds must be between 1 and max_cache_seconds: \
+                 a document kept for no time is fetched again at every authorization request"
+            );
+        }
+        if md.default_cache_seconds > md.max_cache_seconds {
+            bail!("metadata_documents.default_cache_seconds must be at most max_cache_seconds");
+        }
+        if !(1..=60_000).contains(&md.timeout_ms) {
+            bail!("metadata_documents.timeout_ms must be between 1 and 60000 (a minute)");
+        }
+        if !(1..=65_536).contains(&md.max_bytes) {
+            bail!("metadata_documents.max_bytes must be between 1 and 65536");
         }
         if self.metadata_documents.allow_http && !self.metadata_documents.allow_private_addresses {
             // A document fetched over plain HTTP from the Internet is whatever a network in
@@ -1471,6 +1505,42 @@ mod tests {
         let e = toml::from_str::<Config>("[server]\nlisten = \"127.0.0.1:80").unwrap_err();
         assert!(e.to_string().contains("line"), "{e}");
         assert!(toml::from_str::<Config>("[server]\nlisten_at = \"x\"").is_err());
+        // An empty file, or comments alone: not every default in force silently.
+        let dir = tempfile::tempdir().unwrap();
+        for text in ["", "  \n", "# [roles.user]\n# demo = [\"get_time\"]\n"] {
+            let f = dir.path().join("grantline.toml");
+            std::fs::write(&f, text).unwrap();
+            let e = Config::parse(Some(&f)).unwrap_err().to_string();
+            assert!(e.contains("holds no settings"), "{text:?}: {e}");
+        }
+        let f = dir.path().join("one.toml");
+        std::fs::write(&f, "[registration]\npolicy = \"off\"\n").unwrap();
+        assert!(Config::parse(Some(&f)).is_ok());
+    }
+
+    /// Values that are added to an instant, or bound what anyone may make the server fetch,
+    /// are bounded; a role naming no configured resource is a typo, refused with the names.
+    #[test]
+    fn unbounded_times_and_roles_of_no_resource_are_refused() {
+        let check = |text: &str| {
+            let c: Config = toml::from_str(text).unwrap();
+            c.check()?;
+            crate::gateway::Mounts::from_config(&c, "http://127.0.0.1:8080").map(|_| ())
+        };
+        for (text, says) in [
+            ("[metadata_documents]\nmax_cache_seconds = 18446744073709551615\n", "max_cache_seconds"),
+            ("[metadata_documents]\nmin_cache_seconds = 0\n", "min_cache_seconds"),
+            ("[metadata_documents]\ntimeout_ms = 0\n", "timeout_ms"),
+            (
+                "[[resources]]\nname = \"demo\"\npath = \"/mcp/demo\"\nupstream = \"http://127.0.0.1:9/mcp\"\nupstream_timeout_secs = 9223372036854775807\nscopes = [{ name = \"demo:read\" }, { name = \"demo:write\" }]\n",
+                "upstream_timeout_secs",
+            ),
+            ("[roles.user]\ndmeo = [\"get_time\"]\n", "names resource \"dmeo\""),
+        ] {
+            let e = check(text).unwrap_err().to_string();
+            assert!(e.contains(says), "{text}: {e}");
+        }
+        assert!(check("[roles.user]\ndemo = [\"get_time\"]\n[metadata_documents]\nmin_cache_seconds = 1\n").is_ok());
     }
 
     #[test]

@@ -48,11 +48,16 @@ pub struct Mounts {
     asking: Mutex<HashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>>,
 }
 
+/// The longest `upstream_timeout_secs` (a day): the deadline is an instant computed from it.
+pub const MAX_UPSTREAM_TIMEOUT_SECS: u64 = 86_400;
+
 /// The gateway asks an upstream for its tools (to learn a tool's annotations) at most this
 /// often, so that calls to unknown tool names cannot make it flood the upstream.
 pub const LEARN_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Mounts {
+    /// Builds the mounts of `config`, refusing what would fail at a call: an upstream
+    /// timeout out of bounds, a role that names no configured resource.
     pub fn from_config(config: &Config, base: &str) -> Result<Mounts> {
         let defs = config.resource_defs(base)?;
         let sections = config.resource_sections();
@@ -142,7 +147,14 @@ impl Mounts {
                         explicit: section.tools.clone(),
                     },
                     timeout: std::time::Duration::from_secs(
-                        section.upstream_timeout_secs.unwrap_or(300).max(1),
+                        match section.upstream_timeout_secs.unwrap_or(300) {
+                            t @ 1..=MAX_UPSTREAM_TIMEOUT_SECS => t,
+                            t => bail!(
+                                "resource {}: upstream_timeout_secs is 1 to \
+                                 {MAX_UPSTREAM_TIMEOUT_SECS} (a day), not {t}",
+                                section.name
+                            ),
+                        },
                     ),
                 },
             );
@@ -167,6 +179,21 @@ impl Mounts {
                 })
                 .collect(),
         };
+        // A role naming a resource that is not configured (a typo: `dmeo`) would refuse
+        // every call of that role there without saying why.
+        for (role, per) in &config.roles {
+            for resource in per.keys() {
+                if !sections.iter().any(|s| &s.name == resource) {
+                    let mut known: Vec<&str> = sections.iter().map(|s| s.name.as_str()).collect();
+                    known.sort_unstable();
+                    bail!(
+                        "[roles.{role}] names resource {resource:?}, which is not configured \
+                         (resources: {})",
+                        known.join(", ")
+                    );
+                }
+            }
+        }
         // The audit resource's own rule is the audit role (checked before any tool): with
         // configured roles, auditors and admins may call every one of its read-only tools
         // without being listed.
