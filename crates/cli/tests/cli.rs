@@ -438,6 +438,30 @@ fn bad_database_urls_and_missing_ledgers_are_clear_errors() {
     }
 }
 
+/// `--listen 0.0.0.0:…` without the URL clients reach the server at would make the issuer
+/// `http://0.0.0.0:…`, which no client can reach: refused at once, saying what to set, before
+/// anything is created.
+#[test]
+fn listening_on_every_interface_needs_the_public_url() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_grantline"))
+        .args(["--data-dir", dir.path().to_str().unwrap(), "serve"])
+        .args(["--listen", "0.0.0.0:0"])
+        .env_remove("GRANTLINE_PUBLIC_URL")
+        .env_remove("GRANTLINE_DATABASE_URL")
+        .env_remove("GRANTLINE_CONFIG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run grantline");
+    let status = exits_within(&mut child, Duration::from_secs(10), "serving");
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(status.code(), Some(2), "{err}");
+    assert!(err.contains("GRANTLINE_PUBLIC_URL"), "{err}");
+    assert!(!dir.path().join("grantline.db").exists(), "nothing created");
+}
+
 /// An unreachable PostgreSQL, as `grantline serve` reports it to an operator whose stderr is a
 /// file: at once (not after the pool's 30 s of retries), the OS's reason once, in one line
 /// without colour codes although `NO_COLOR` is not set (tests/e2e/test_readiness.py checks a

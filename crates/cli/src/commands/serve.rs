@@ -70,10 +70,35 @@ pub async fn run(loc: &Location, args: Args) -> Result<ExitCode> {
     let listener = grantline_server::connections::bind(config.server.listen)
         .with_context(|| format!("listening on {}", config.server.listen))?;
     if config.server.public_url.is_none() {
+        // An address every interface answers on names no host a client can reach: the
+        // issuer, the resource ids and the tokens' audiences would all be wrong.
+        if config.server.listen.ip().is_unspecified() {
+            anyhow::bail!(
+                "listening on {} needs the URL clients reach the server at: set \
+                 GRANTLINE_PUBLIC_URL (or [server] public_url), e.g. https://auth.example.com",
+                config.server.listen
+            );
+        }
         // Port 0 picks a free port: the issuer must name the real one.
         let url = format!("http://{}", listener.local_addr()?);
         config.server.public_url = Some(url.clone());
         overrides.public_url = Some(url);
+    }
+    // OAuth 2.1 wants TLS everywhere but on loopback: over plain HTTP elsewhere, passwords,
+    // codes and tokens cross the network in the clear, and cookies lose `Secure`.
+    if let Some(u) = config
+        .server
+        .public_url
+        .as_deref()
+        .and_then(|u| url::Url::parse(u).ok())
+        && u.scheme() == "http"
+        && !u.host().is_some_and(|h| match h {
+            url::Host::Domain(d) => d == "localhost",
+            url::Host::Ipv4(a) => a.is_loopback(),
+            url::Host::Ipv6(a) => a.is_loopback(),
+        })
+    {
+        tracing::warn!(issuer = %u, "the issuer is plain http on a host that is not loopback: sign-ins, codes and tokens travel in the clear; terminate TLS in front and set public_url to https://…");
     }
     // Listened for before the (possibly long) start: a SIGHUP meanwhile (logrotate, a
     // service manager's reload) would otherwise end the process; it reloads once started.
