@@ -75,6 +75,9 @@ def test_grantline_rides_out_a_postgresql_restart(tmp_path):
         text = json.dumps(body)
         assert took < 1, f"/readyz answered after {took:.1f} s: {text}"
         assert "cannot be reached" in text and "pool timed out" not in text, text
+        # More requests meanwhile: each failed closed, said once in the log.
+        for _ in range(4):
+            assert register(server).status_code == 503
         # Down for a while: the background loops fail again and again meanwhile.
         time.sleep(3)
 
@@ -120,6 +123,10 @@ def test_grantline_rides_out_a_postgresql_restart(tmp_path):
     # reads (and so indexes) the ledger again.
     assert sum(" WARN " in l and "the audit indexer failed" in l for l in lines) == 1, lines[-40:]
     assert sum("the audit indexer works again" in l for l in lines) == 1, lines[-40:]
+    # The requests answered 503: the run said once when it started, once when it ended.
+    closed = [l for l in lines if " ERROR " in l and "failing closed" in l]
+    assert len(closed) == 1, closed
+    assert sum("the ledger works again; requests are served" in l for l in lines) == 1, lines[-40:]
     # The reads: found unreachable once, with the reason, and reachable again once.
     unreachable = [l for l in lines if "PostgreSQL cannot be reached; statements that need a new connection" in l]
     assert len(unreachable) == 1 and " WARN " in unreachable[0], unreachable

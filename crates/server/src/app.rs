@@ -241,6 +241,7 @@ impl App {
                 .await;
             match appended {
                 Ok(recorded) => {
+                    crate::error::failed_closed_no_more();
                     // The events are durable: the decision is the answer. A state that cannot
                     // follow at once (the database read back fails) must not turn it into a
                     // 503 — a client retrying a code exchange it was in fact granted would be
@@ -251,10 +252,8 @@ impl App {
                 Err(StoreError::Conflict { .. }) if attempts < 8 => {
                     self.projection.catch_up(self.store()).await?;
                 }
-                Err(e) => {
-                    tracing::error!(error = %e, "ledger append failed; failing closed");
-                    return Err(e.into());
-                }
+                // Logged where it is answered (once a run: `error::failing_closed`).
+                Err(e) => return Err(e.into()),
             }
         }
     }

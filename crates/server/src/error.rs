@@ -27,12 +27,54 @@ impl IntoResponse for AppError {
         match self {
             AppError::OAuth(e) => oauth_error(&e),
             AppError::Unavailable(why) => {
-                tracing::error!(%why, "failing closed");
+                failing_closed(&why);
                 oauth_error(&OAuthError::new(
                     ErrorCode::TemporarilyUnavailable,
                     "the audit ledger cannot record this request right now; nothing was done",
                 ))
             }
         }
+    }
+}
+
+/// Requests answered 503 because the ledger could not record or read what they needed, as a
+/// run: its first is logged as an error with the cause, the others at debug level (while the
+/// database is down, one line per request would bury the log), and its end once
+/// ([`failed_closed_no_more`]).
+static FAILING_CLOSED: std::sync::LazyLock<std::sync::Mutex<grantline_store::Failing>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// Whether a run is on: the one thing every successful append reads (no lock).
+static IN_A_RUN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Logs a request failed closed for `why` (see [`FAILING_CLOSED`]).
+pub fn failing_closed(why: &str) {
+    IN_A_RUN.store(true, std::sync::atomic::Ordering::Relaxed);
+    let first = FAILING_CLOSED
+        .lock()
+        .map(|mut f| f.failed())
+        .unwrap_or(true);
+    if first {
+        tracing::error!(%why, "failing closed: requests that need the ledger are answered 503 until it works again (said once)");
+    } else {
+        tracing::debug!(%why, "failing closed");
+    }
+}
+
+/// The ledger recorded an append: a run of requests failed closed, if any, has ended.
+pub fn failed_closed_no_more() {
+    if !IN_A_RUN.load(std::sync::atomic::Ordering::Relaxed) {
+        return;
+    }
+    IN_A_RUN.store(false, std::sync::atomic::Ordering::Relaxed);
+    let ended = FAILING_CLOSED.lock().ok().and_then(|mut f| {
+        if f.is_failing() { f.ok() } else { None }
+    });
+    if let Some((lasted, requests)) = ended {
+        tracing::info!(
+            seconds = lasted.as_secs_f64(),
+            requests,
+            "the ledger works again; requests are served"
+        );
     }
 }
