@@ -870,6 +870,18 @@ fn commands_wait_for_no_restore() {
             .status
             .success()
     );
+    // While a server holds it (shared), keys are not rotated under it: it would go on
+    // signing with the retired ones.
+    lock.try_lock_shared().unwrap();
+    let o = grantline_in(dir.path(), &["key", "rotate"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("a grantline server is running"),
+        "{err}"
+    );
+    lock.unlock().unwrap();
+    let o = grantline_in(dir.path(), &["key", "rotate"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
 
 #[test]
@@ -886,6 +898,12 @@ fn users_and_clients_from_the_command_line() {
     assert!(
         !stdout(&out).contains("alice-password-1"),
         "a chosen password is not echoed"
+    );
+    // Where it came from is said: a variable left in the shell would serve the next user too.
+    assert!(
+        stdout(&out).contains("the password is the one in GRANTLINE_USER_PASSWORD"),
+        "{}",
+        stdout(&out)
     );
     refused(
         &grantline_in(d, &["user", "add", "alice"]),

@@ -296,6 +296,23 @@ fn changed_secrets<'a>(
         .collect()
 }
 
+/// A reload that did not go through, in words: refused (nothing changed), or unknown (see
+/// [`ReloadError::Unknown`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReloadOutcome {
+    Refused(String),
+    Unknown(String),
+}
+
+impl From<ReloadError> for ReloadOutcome {
+    fn from(e: ReloadError) -> Self {
+        match e {
+            ReloadError::Unknown(_) => ReloadOutcome::Unknown(e.to_string()),
+            e => ReloadOutcome::Refused(e.to_string()),
+        }
+    }
+}
+
 /// Why a reload was refused; the policy in force is unchanged.
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
@@ -305,6 +322,13 @@ pub enum ReloadError {
     RestartOnly(String),
     #[error(transparent)]
     Ledger(#[from] AppError),
+    /// The append's answer was lost and the ledger could not be read back: the policy may be
+    /// recorded though not in force. A reload run again settles it either way.
+    #[error(
+        "the ledger may or may not hold this reload's policy.changed ({0}); the policy in force \
+         is the old one: run the reload again once the ledger answers"
+    )]
+    Unknown(String),
 }
 
 /// A reload that went through: each policy that changed, with the number of its settings.
@@ -372,9 +396,11 @@ impl App {
             // An append whose answer was lost (a connection gone at COMMIT) may have been
             // written: what the ledger shows decides whether this policy is the one in force.
             Err(e) => {
-                let caught_up = self.projection.catch_up(self.store()).await.is_ok();
-                let recorded = caught_up
-                    && grantline_oauth::policy::record_all(&self.projection.read(), &configured)
+                if let Err(read) = self.projection.catch_up(self.store()).await {
+                    return Err(ReloadError::Unknown(format!("{e}; reading it back: {read}")));
+                }
+                let recorded =
+                    grantline_oauth::policy::record_all(&self.projection.read(), &configured)
                         .append
                         .events
                         .is_empty();
@@ -415,8 +441,8 @@ pub struct Status {
 }
 
 impl Status {
-    /// The outcome of `App::reload` as a status.
-    pub fn of(at: i64, outcome: &Result<Reloaded, String>) -> Status {
+    /// The outcome of `App::reload` (or of loading the file) as a status.
+    pub fn of(at: i64, outcome: &Result<Reloaded, ReloadOutcome>) -> Status {
         match outcome {
             Ok(r) if r.changed.is_empty() => Status {
                 at,
@@ -437,7 +463,13 @@ impl Status {
                 ),
                 changed: r.changed.iter().map(|(p, n)| (p.to_string(), *n)).collect(),
             },
-            Err(why) => Status {
+            Err(ReloadOutcome::Unknown(why)) => Status {
+                at,
+                ok: false,
+                message: format!("reload outcome unknown: {why}"),
+                changed: Vec::new(),
+            },
+            Err(ReloadOutcome::Refused(why)) => Status {
                 at,
                 ok: false,
                 message: format!("reload refused, the policy in force stays: {why}"),

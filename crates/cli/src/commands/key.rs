@@ -16,6 +16,13 @@ pub async fn run(loc: &Location, cmd: Command) -> Result<ExitCode> {
     match cmd {
         Command::Rotate => {
             let config = grantline_server::Config::load(loc.config.as_deref())?;
+            // A server running on the ledger would go on signing with the retired keys (and
+            // its checkpoints would read as forged): refused while one holds an SQLite
+            // ledger's lock, as a restore is. PostgreSQL's servers are the operator's to stop.
+            let _alone = match &loc.database {
+                grantline_store::Database::Sqlite(path) => Some(crate::lock::restoring(path)?),
+                grantline_store::Database::Postgres(_) => None,
+            };
             let r = grantline_server::rotation::rotate_keys(grantline_server::Options {
                 config,
                 data_dir: loc.data_dir.clone(),

@@ -216,8 +216,10 @@ fn reload_on_hangup(
         tokio::spawn(async move {
             while hangup.recv().await.is_some() {
                 let outcome = match overrides.load(&loc) {
-                    Ok(config) => app.reload(config).await.map_err(|e| e.to_string()),
-                    Err(e) => Err(format!("{e:#}")),
+                    Ok(config) => app.reload(config).await.map_err(Into::into),
+                    Err(e) => Err(grantline_server::reload::ReloadOutcome::Refused(format!(
+                        "{e:#}"
+                    ))),
                 };
                 let status = grantline_server::reload::Status::of(app.now().0, &outcome);
                 if status.ok {

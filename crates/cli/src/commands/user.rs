@@ -76,6 +76,10 @@ pub async fn run(loc: &Location, cmd: Command) -> Result<ExitCode> {
             println!("added user {username} ({id}), role {role}");
             if generated {
                 println!("one-time password: {password}");
+            } else {
+                // A variable left in the shell from the last user added would give this one
+                // the same password without a word.
+                println!("the password is the one in {PASSWORD_ENV}");
             }
             Ok(ExitCode::SUCCESS)
         }
