@@ -24,6 +24,12 @@ need=()
 command -v curl >/dev/null || need+=(curl)
 [ -x /usr/bin/chromium ] || need+=(chromium)
 [ -x /usr/bin/chromedriver ] || need+=(chromium-driver)
+# What the machine is expected to have, installed too when missing: PostgreSQL's server (the
+# throwaway cluster), Python's venv module, Node and npm (the MCP TypeScript SDK needs Node 20
+# or later, which Debian 12's own nodejs is not: see the README).
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need+=(postgresql)
+python3 -c "import ensurepip" 2>/dev/null || need+=(python3-venv)
+command -v npm >/dev/null || need+=(nodejs npm)
 if [ ${#need[@]} -gt 0 ]; then
   echo "test.sh: installing ${need[*]} from Debian's packages" >&2
   as_root=""
@@ -36,7 +42,15 @@ fi
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 echo "test.sh: $(df -h --output=avail . | tail -n 1 | tr -d ' ') free on the disk of target/" >&2
 echo "test.sh: building (first run compiles every dependency; several minutes on 2 cores)" >&2
-cargo build --workspace --all-targets --locked 2>&1 | tail -n 3 >&2
+# Quiet when it builds; when it does not, the compiler's whole account of why.
+build_log=$(mktemp)
+if ! cargo build --workspace --all-targets --locked >"$build_log" 2>&1; then
+  cat "$build_log" >&2
+  rm -f "$build_log"
+  exit 1
+fi
+tail -n 3 "$build_log" >&2
+rm -f "$build_log"
 
 # The virtualenv is rebuilt whenever tests/requirements.txt changes.
 want=$(sha256sum tests/requirements.txt | cut -d' ' -f1)
