@@ -21,7 +21,8 @@ use crate::{Result, StoreError};
 use grantline_ledger::codec::{Tail, encode_tail};
 use grantline_ledger::merkle::Frontier;
 use grantline_ledger::{
-    Append, ExpectedVersion, GENESIS, Hash, NewEvent, NoteSigner, Recorded, StreamId, Timestamp,
+    Append, ExpectedVersion, GENESIS, Hash, NewEvent, NoteSigner, NoteVerifier, Recorded, StreamId,
+    Timestamp,
 };
 use link::PgLink;
 use plan::{Batch, Plan, Planned, PlannedRow, Prepared, plan_group, unknown_streams, unplan};
@@ -1402,10 +1403,11 @@ impl Writer {
         // newest frontier consistent with its own row, rather than every hash of the ledger
         // read under the append lock. What it covers is not counted as this key's, so the key
         // signs a checkpoint of its own at once.
-        if self.frontier.size() == 0
-            && let Some(f) = self.read_latest_frontier(size).await?
-        {
-            self.frontier = f;
+        if self.frontier.size() == 0 {
+            let trusted = self.resumable_signers(size).await?;
+            if let Some(f) = self.read_latest_frontier(size, &trusted).await? {
+                self.frontier = f;
+            }
         }
         let from = self.frontier.size();
         // Rotations between what the caller checked and where the tree resumes: the rows the
@@ -1560,37 +1562,86 @@ impl Writer {
         Ok(None)
     }
 
-    /// The frontier saved with the newest checkpoint at or below `upto` whose frontier is of
-    /// its size and leads to its root, whoever signed it: where a key that signed no checkpoint
-    /// yet resumes (see [`Self::sync_head`]).
-    async fn read_latest_frontier(&mut self, upto: u64) -> Result<Option<Frontier>> {
-        let row: Option<(i64, Vec<u8>, Vec<u8>)> = match &mut self.conn {
+    /// The keys whose checkpoints this key may resume its tree from: its own, and the key
+    /// that handed over to it (the ledger's handover to this key, checked under that key).
+    /// Anyone who can insert a checkpoint row could otherwise give the tree a frontier of
+    /// their making, and this key would sign roots that are not the events'.
+    async fn resumable_signers(&mut self, upto: u64) -> Result<Vec<NoteVerifier>> {
+        let own = self.signer.verifier();
+        let mut keys = vec![own.clone()];
+        for body in self.read_rotations(0, upto).await? {
+            let Ok(env) = grantline_ledger::decode(&body) else {
+                continue;
+            };
+            let grantline_ledger::Payload::SigningKeyRotated(r) = env.payload else {
+                continue;
+            };
+            if r.purpose != grantline_ledger::KeyPurpose::Checkpoint {
+                continue;
+            }
+            let Some(note) = r.endorsement.as_deref() else {
+                continue;
+            };
+            let Ok(claimed) = grantline_ledger::KeyHandover::parse_unverified(note) else {
+                continue;
+            };
+            if claimed.to == own
+                && grantline_ledger::KeyHandover::open(note, std::slice::from_ref(&claimed.from))
+                    .is_ok()
+                && !keys.contains(&claimed.from)
+            {
+                keys.push(claimed.from);
+            }
+        }
+        Ok(keys)
+    }
+
+    /// The frontier saved with the newest checkpoint at or below `upto` signed by one of
+    /// `trusted` whose frontier is of its size and leads to its root: where a key that signed
+    /// no checkpoint yet resumes (see [`Self::sync_head`]). Rows no trusted key signed are
+    /// passed over; past the newest 64, none is taken (the tree is read from the hashes).
+    async fn read_latest_frontier(
+        &mut self,
+        upto: u64,
+        trusted: &[NoteVerifier],
+    ) -> Result<Option<Frontier>> {
+        type Row = (i64, Vec<u8>, Vec<u8>, String);
+        let rows: Vec<Row> = match &mut self.conn {
             WriterConn::Sqlite(c) => {
                 on_sqlite(c, move |c| {
-                    use rusqlite::OptionalExtension;
-                    Ok(c.query_row(
-                        "SELECT tree_size, frontier, root FROM checkpoints WHERE tree_size <= ?1 ORDER BY tree_size DESC, id DESC LIMIT 1",
-                        [upto as i64],
-                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-                    )
-                    .optional()?)
+                    let mut st = c.prepare(
+                        "SELECT tree_size, frontier, root, note FROM checkpoints WHERE tree_size <= ?1 ORDER BY tree_size DESC, id DESC LIMIT 64",
+                    )?;
+                    let rows = st
+                        .query_map([upto as i64], |r| {
+                            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                        })?
+                        .collect::<std::result::Result<Vec<Row>, _>>()?;
+                    Ok(rows)
                 })
                 .await?
             }
             WriterConn::Postgres(c) => {
                 let read = sqlx::query_as(
-                    "SELECT tree_size, frontier, root FROM checkpoints WHERE tree_size <= $1 ORDER BY tree_size DESC, id DESC LIMIT 1",
+                    "SELECT tree_size, frontier, root, note FROM checkpoints WHERE tree_size <= $1 ORDER BY tree_size DESC, id DESC LIMIT 64",
                 )
                 .bind(upto as i64)
-                .fetch_optional(&mut *c);
+                .fetch_all(&mut *c);
                 link::within(link::STATEMENT_DEADLINE, "the frontier", read).await?
             }
         };
-        Ok(row.and_then(|(size, f, root)| {
-            Frontier::from_bytes(&f).filter(|f| {
-                i64::try_from(f.size()) == Ok(size) && Some(f.root()) == Hash::from_slice(&root)
-            })
-        }))
+        for (size, f, root, note) in rows {
+            let Ok(cp) = grantline_ledger::Checkpoint::open(&note, trusted) else {
+                continue;
+            };
+            if i64::try_from(cp.size) != Ok(size) || Hash::from_slice(&root) != Some(cp.root) {
+                continue;
+            }
+            if let Some(f) = Frontier::from_bytes(&f).filter(|f| f.size() == cp.size && f.root() == cp.root) {
+                return Ok(Some(f));
+            }
+        }
+        Ok(None)
     }
 
     /// The hashes of the rows in `(from, to]`, and the bodies of the key rotations among them.

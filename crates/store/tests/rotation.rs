@@ -365,3 +365,56 @@ async fn a_new_key_resumes_from_the_checkpoint_of_the_key_it_replaces() {
     assert_eq!(signed.root, merkle::root_of(&leaves));
     ledger.shutdown().await;
 }
+
+/// A checkpoint row anyone who can write the table inserts (here above the old key's last
+/// one, its frontier consistent with its own root, signed by a stranger) is not where the new
+/// key resumes its tree: the new key's checkpoints are of the events, and the ledger verifies.
+#[tokio::test]
+async fn a_new_key_resumes_only_from_a_checkpoint_of_the_key_that_handed_over() {
+    let db = grantline_store::testing::sqlite().await;
+    let k0 = NoteSigner::generate(NAME).unwrap();
+    let k1 = NoteSigner::generate(NAME).unwrap();
+    let ledger = open(&db, &k0).await;
+    events(&ledger, 1..=5).await;
+    ledger
+        .append(Append::new(vec![rotation(
+            &k0,
+            &k1,
+            Some(k0.hand_over_to(&k1.verifier())),
+        )]))
+        .await
+        .unwrap();
+    assert_eq!(ledger.checkpoint().await.unwrap(), Some(6));
+    ledger.shutdown().await;
+    let store = Store::connect(&db.db, false).await.unwrap();
+    let mut forged = merkle::Frontier::new();
+    for i in 0..6u8 {
+        forged.push(&Hash([i; 32]));
+    }
+    let stranger = NoteSigner::generate(NAME).unwrap();
+    let note = stranger.sign_checkpoint(NAME, 6, &forged.root());
+    let Pool::Sqlite(p) = store.pool() else {
+        unreachable!("SQLite")
+    };
+    sqlx::query("INSERT INTO checkpoints (time, tree_size, root, note, frontier) VALUES (0, 6, ?, ?, ?)")
+        .bind(forged.root().0.as_slice())
+        .bind(&note)
+        .bind(forged.to_bytes())
+        .execute(p)
+        .await
+        .unwrap();
+    store.close().await;
+    let ledger = open(&db, &k1).await;
+    events(&ledger, 7..=9).await;
+    assert_eq!(ledger.checkpoint().await.unwrap(), Some(9));
+    ledger.shutdown().await;
+    let store = Store::connect(&db.db, false).await.unwrap();
+    let leaves: Vec<Hash> = store.chain_hashes(9).await.unwrap().iter().map(merkle::leaf_hash).collect();
+    let signed = grantline_store::testing::signed_checkpoint(&store, &k1.verifier(), 9)
+        .await
+        .expect("the new key's checkpoint");
+    assert_eq!(signed.root, merkle::root_of(&leaves), "the events' root");
+    // The stranger's row proves nothing; everything else verifies.
+    let s = check(&store, &[&k0]).await.unwrap();
+    assert_eq!(s.untrusted.iter().map(|u| u.size).collect::<Vec<_>>(), vec![6]);
+}
