@@ -19,7 +19,7 @@ use tantivy::tokenizer::{LowerCaser, RawTokenizer, TextAnalyzer};
 use tantivy::{Index, IndexReader, Order, ReloadPolicy, TantivyDocument, Term};
 
 /// Bumped whenever the schema or the mapping changes: an index of another version is rebuilt.
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
 
 /// The most words the last word of a phrase ending in `*` may begin (see `compile`).
 pub const MAX_PHRASE_EXPANSIONS: u32 = 1024;
@@ -306,6 +306,12 @@ impl AuditIndex {
         opt(&mut d, f.client_id, &r.client_id);
         opt(&mut d, f.client_name, &r.client_name);
         opt(&mut d, f.credential, &r.credential_id);
+        for c in &r.other_credentials {
+            d.add_text(f.credential, c);
+        }
+        if r.credential_id.is_none() && !r.other_credentials.is_empty() {
+            d.add_text(present, f.credential.field_id().to_string());
+        }
         opt(&mut d, f.family, &r.family_id);
         opt(&mut d, f.grant, &r.grant_id);
         opt(&mut d, f.resource, &r.resource);
@@ -322,6 +328,9 @@ impl AuditIndex {
         }
         for s in &r.subjects {
             d.add_text(f.subject, s);
+        }
+        if !r.subjects.is_empty() {
+            d.add_text(present, f.subject.field_id().to_string());
         }
         if let Some(ip) = r
             .source_ip
@@ -492,6 +501,11 @@ impl AuditIndex {
                     .collect();
                 one_of(clauses)
             }
+            // Fields every record has: `field:*` is every record.
+            Expr::Match(
+                Q::Kind | Q::Category | Q::Outcome | Q::Severity | Q::Actor | Q::Id,
+                Value::Prefix(p),
+            ) if p.is_empty() => Box::new(AllQuery),
             Expr::Match(q, Value::Prefix(p)) => {
                 let mut clauses: Vec<(Occur, Box<dyn Query>)> = Vec::new();
                 for field in self.keyword_fields(*q) {

@@ -520,6 +520,7 @@ pub fn map(event: &Recorded, dir: &mut impl Names, o: &mut dyn Opener) -> AuditR
             r.resource = some(&e.resource);
             r.scopes = e.scopes.clone();
             r.credential_id = some(&e.access.token_id);
+            r.other_credentials = e.refresh.iter().map(|t| t.token_id.clone()).collect();
             r.summary = format!("tokens issued ({:?})", e.grant_type);
             request(&mut r, &e.request, o, &mut subjects);
             (C::Token, O::Success, S::Info)
@@ -532,6 +533,7 @@ pub fn map(event: &Recorded, dir: &mut impl Names, o: &mut dyn Opener) -> AuditR
             r.scopes = e.scopes.clone();
             // The new access token: the credential the family's next tool calls carry.
             r.credential_id = some(&e.access.token_id);
+            r.other_credentials = vec![e.refresh.token_id.clone(), e.rotated_refresh_id.clone()];
             r.summary = format!(
                 "refresh token {} rotated to {}",
                 e.rotated_refresh_id, e.refresh.token_id
@@ -564,6 +566,7 @@ pub fn map(event: &Recorded, dir: &mut impl Names, o: &mut dyn Opener) -> AuditR
             r.family_id = e.family_id.clone();
             r.resource = e.resource.clone();
             r.scopes = e.requested_scopes.clone();
+            r.credential_id = e.refresh_token_id.clone();
             r.error_code = some(&e.error);
             r.summary = if e.suppressed > 0 {
                 format!("{} (and {} more not recorded)", e.description, e.suppressed)

@@ -124,6 +124,10 @@ pub struct AuditRecord {
     /// Token, refresh token or personal access token id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credential_id: Option<String>,
+    /// The other credentials the event names (the refresh token issued beside an access
+    /// token, the one a rotation retired): `credential:` finds them too.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub other_credentials: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub family_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

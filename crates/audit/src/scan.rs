@@ -23,7 +23,10 @@ pub fn values(r: &AuditRecord, f: Field) -> Vec<String> {
             .into_iter()
             .flat_map(one)
             .collect(),
-        Field::Credential => one(&r.credential_id),
+        Field::Credential => one(&r.credential_id)
+            .into_iter()
+            .chain(r.other_credentials.iter().map(|s| s.to_lowercase()))
+            .collect(),
         Field::Family => one(&r.family_id),
         Field::Grant => one(&r.grant_id),
         Field::Resource => one(&r.resource),

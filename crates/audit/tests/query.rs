@@ -91,6 +91,10 @@ fn trail() -> Vec<AuditRecord> {
             if seq == 33 {
                 r.intent = Some("summarise the quarterly report".into());
             }
+            // Events holding someone's personal data name their subject.
+            if seq % 3 == 1 {
+                r.subjects = vec![format!("user:{}", r.user_id.clone().unwrap_or_default())];
+            }
             // A traced request whose start and outcome were both recorded.
             if seq == 40 || seq == 41 {
                 r.request_id = Some("req-40".into());
@@ -171,6 +175,11 @@ fn each_construct_selects_what_it_says_and_the_index_agrees_with_a_scan() {
     expect("tool:delete_*", &|r| is(&r.tool, "delete_document"));
     expect("tool:*", &|r| r.tool.is_some());
     expect("-tool:*", &|r| r.tool.is_none());
+    // Presence of the fields every record has, and of personal data.
+    expect("kind:*", &|_| true);
+    expect("id:*", &|_| true);
+    expect("subject:*", &|r| !r.subjects.is_empty());
+    expect("-subject:*", &|r| r.subjects.is_empty());
     expect("family:f_11", &|r| is(&r.family_id, "f_11"));
     expect("scope:demo.read", &|_| true);
     expect("error:insufficient_scope", &|r| r.outcome == "denied");
@@ -419,7 +428,8 @@ proptest! {
         Just("kind:tool.called"), Just("outcome:denied"), Just("user:alice"), Just("client:c1"),
         Just("tool:delete_*"), Just("ip:10.0.0.0/8"), Just("time:>-24h"), Just("seq:10..40"),
         Just("OR"), Just("-"), Just("("), Just(")"), Just("quarterly"), Just("family:*"),
-        Just("\"tool call\""), Just("scope:demo.*"), Just("error:*"),
+        Just("\"tool call\""), Just("scope:demo.*"), Just("error:*"), Just("subject:*"),
+        Just("kind:*"), Just("id:*"),
     ], 1..8)) {
         let q = parts.join(" ").replace("- ", "-");
         if let Ok(e) = parse(&q, NOW) {

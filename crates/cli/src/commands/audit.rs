@@ -286,11 +286,15 @@ pub async fn run(loc: &Location, cmd: Command) -> Result<ExitCode> {
     }
 }
 
+/// `s` in at most `n` characters, each control character (a carriage return that would
+/// overwrite the row on a terminal, an escape sequence) shown as a space: names and summaries
+/// come from whoever registered a client or sent a request.
 fn clip(s: &str, n: usize) -> String {
+    let shown = s.chars().map(|c| if c.is_control() { ' ' } else { c });
     if s.chars().count() <= n {
-        s.to_string()
+        shown.collect()
     } else {
-        format!("{}…", s.chars().take(n - 1).collect::<String>())
+        format!("{}…", shown.take(n - 1).collect::<String>())
     }
 }
 
@@ -327,8 +331,8 @@ pub fn row(out: &mut impl Write, r: &AuditRecord) -> std::io::Result<()> {
         clip(user, 24),
         clip(client, 20),
         clip(r.tool.as_deref().unwrap_or("-"), 16),
-        r.outcome,
-        clip(&r.summary.replace(['\n', '\r'], " "), 80)
+        clip(&r.outcome, 8),
+        clip(&r.summary, 80)
     )
 }
 
@@ -339,4 +343,29 @@ pub fn table(out: &mut impl Write, records: &[AuditRecord]) -> std::io::Result<(
         row(out, r)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A client name that an anonymous registration chose, with a carriage return and an
+    /// escape sequence in it, cannot rewrite the row on the reviewer's terminal.
+    #[test]
+    fn a_row_holds_no_control_character() {
+        let r = AuditRecord {
+            seq: 7,
+            kind: "registration.rejected".into(),
+            outcome: "denied".into(),
+            client_name: Some("\rSEQ 1 all fine\u{1b}[2K".into()),
+            summary: "refused\r\nnext".into(),
+            ..AuditRecord::default()
+        };
+        let mut out = Vec::new();
+        row(&mut out, &r).unwrap();
+        let line = String::from_utf8(out).unwrap();
+        let body = line.strip_suffix('\n').unwrap();
+        assert!(!body.chars().any(char::is_control), "{body:?}");
+        assert!(body.contains("SEQ 1 all fine") && body.contains("refused  next"), "{body:?}");
+    }
 }
