@@ -7,7 +7,7 @@ use crate::tokens::Secret;
 use crate::{Decision, ErrorCode, OAuthError, limits};
 use grantline_ledger::{
     Actor, AuthMethod, ClientDisabled, ClientExpired, ClientRegistered, ClientUpdated,
-    ExpectedVersion, GrantType, NewEvent, RegistrationMethod, StreamId, Timestamp,
+    ExpectedVersion, GrantType, Kind, NewEvent, RegistrationMethod, StreamId, Timestamp,
 };
 use grantline_state::State;
 
@@ -121,19 +121,51 @@ pub fn add(
 }
 
 /// A client of the configuration file: registered when new, updated when the file changed
-/// it, left alone otherwise. Returns whether it changed anything.
-pub fn sync_configured(state: &State, c: &NewClient, secret: Option<&Secret>) -> Decision<bool> {
+/// it, left alone otherwise. Returns whether it changed anything. `recorded` is the kinds of
+/// the events on the client's stream as the ledger holds them, read when the state knows no
+/// client of that id (empty for an id never used).
+///
+/// The operator's declaration is theirs: an id a metadata document took in first (anyone can
+/// make the server take in the document at a URL), or that expired unused and left the
+/// state, is registered again as the configuration's, on its stream, so that no document at
+/// that URL rewrites it and it never expires.
+pub fn sync_configured(
+    state: &State,
+    c: &NewClient,
+    secret: Option<&Secret>,
+    recorded: &[String],
+) -> Decision<bool> {
     let wanted = match registration(c, RegistrationMethod::Config, secret, "") {
         Ok(e) => e,
         Err(e) => return e.into(),
     };
     let stream = StreamId::client(&wanted.client_id);
     match state.clients.get(&wanted.client_id) {
-        None => Decision::new(
+        None if recorded.is_empty() => Decision::new(
             vec![NewEvent::new(stream.clone(), Actor::System, wanted)],
             Ok(true),
         )
         .expect(stream, ExpectedVersion::NoStream),
+        None if recorded.last().map(String::as_str) == Some(Kind::ClientExpired.as_str()) => {
+            Decision::new(
+                vec![NewEvent::new(stream.clone(), Actor::System, wanted)],
+                Ok(true),
+            )
+            .expect(stream, ExpectedVersion::Exactly(recorded.len() as u64))
+        }
+        None => OAuthError::new(
+            ErrorCode::TemporarilyUnavailable,
+            "the client's stream holds events this state has not caught up with; try again",
+        )
+        .into(),
+        Some(have) if have.method == RegistrationMethod::MetadataDocument => {
+            let version = have.version;
+            Decision::new(
+                vec![NewEvent::new(stream.clone(), Actor::System, wanted)],
+                Ok(true),
+            )
+            .expect(stream, ExpectedVersion::Exactly(version))
+        }
         Some(have) => {
             let changed = have.client_name != wanted.client_name
                 || have.redirect_uris != wanted.redirect_uris

@@ -1976,7 +1976,7 @@ fn an_update_removes_what_the_declaration_no_longer_gives() {
     };
     let secret = Secret("billing-secret-0123456789abcdef0123456789".into());
     let sync = |w: &mut World, c: &NewClient, secret: Option<&Secret>| {
-        let d = sync_configured(&w.state, c, secret);
+        let d = sync_configured(&w.state, c, secret, &[]);
         let changed = *d.outcome.as_ref().unwrap();
         w.commit(&d.append).unwrap();
         (changed, d.append.events)
@@ -2208,6 +2208,70 @@ fn a_token_within_its_grace_period_is_active_as_long_as_a_retry_would_be_honoure
     assert!(!active(&w, &rt2));
 }
 
+/// An operator who declares in the configuration a client under a URL whose document someone
+/// had the server take in first (or that expired unused since) takes it over: registered again
+/// as the configuration's on its stream, never rewritten by the document, never expiring.
+#[test]
+fn the_configuration_takes_over_a_client_a_document_took_in_first() {
+    let mut w = World::new();
+    let url = "https://vendor.example/client.json";
+    let r = RegistrationRequest {
+        client_name: Some("Planted".into()),
+        redirect_uris: vec!["https://evil.example/cb".into()],
+        token_endpoint_auth_method: Some("none".into()),
+        ..Default::default()
+    };
+    let meta = register::check(&r).unwrap();
+    let d = take_in(&w, url, &meta, &Policy::Open, &[]);
+    w.commit(&d.append).unwrap();
+    let declared = grantline_oauth::clients::NewClient {
+        client_id: Some(url.into()),
+        client_name: "Vendor (vouched for)".into(),
+        redirect_uris: vec!["https://vendor.example/cb".into()],
+        grant_types: None,
+        scope: None,
+        application_type: None,
+        auth_method: Some("none".into()),
+    };
+    let d = grantline_oauth::clients::sync_configured(&w.state, &declared, None, &[]);
+    assert_eq!(w.commit(&d.append).unwrap(), vec![Kind::ClientRegistered]);
+    let c = &w.state.clients[url];
+    assert_eq!(
+        (c.method, c.expires_at, c.client_name.as_str()),
+        (RegistrationMethod::Config, None, "Vendor (vouched for)")
+    );
+    assert_eq!(c.redirect_uris, vec!["https://vendor.example/cb".to_string()]);
+    // The document again: it changes nothing now; the next start's sync neither.
+    let d = take_in(&w, url, &meta, &Policy::Open, &[]);
+    assert!(d.append.events.is_empty());
+    let d = grantline_oauth::clients::sync_configured(&w.state, &declared, None, &[]);
+    assert!(d.append.events.is_empty());
+    w.now = w.now.plus_secs(10 * 86_400);
+    let d = grantline_oauth::clients::expire_unused(&w.state, w.now, 86_400);
+    assert_eq!(d.outcome, Ok(0));
+
+    // A document client that expired unused and left the state: declared, registered again
+    // on its stream after the expiry; one whose stream holds what this state has not read:
+    // try again.
+    let gone = "https://gone.example/client.json";
+    let d = take_in(&w, gone, &meta, &Policy::Open, &[]);
+    w.commit(&d.append).unwrap();
+    w.now = w.now.plus_secs(86_401);
+    let d = grantline_oauth::clients::expire_unused(&w.state, w.now, 86_400);
+    w.commit(&d.append).unwrap();
+    assert!(!w.state.clients.contains_key(gone));
+    let mut again = declared.clone();
+    again.client_id = Some(gone.into());
+    let unread = vec!["client.registered".to_string()];
+    let d = grantline_oauth::clients::sync_configured(&w.state, &again, None, &unread);
+    assert!(d.append.events.is_empty());
+    assert_eq!(d.outcome.unwrap_err().code, ErrorCode::TemporarilyUnavailable);
+    let recorded = vec!["client.registered".to_string(), "client.expired".to_string()];
+    let d = grantline_oauth::clients::sync_configured(&w.state, &again, None, &recorded);
+    assert_eq!(w.commit(&d.append).unwrap(), vec![Kind::ClientRegistered]);
+    assert_eq!(w.state.clients[gone].method, RegistrationMethod::Config);
+}
+
 /// A client taken in by its metadata document is a registration like any other: the policy
 /// (`off`, the allowlist) holds it back too. A client an administrator registered under a URL
 /// is never rewritten by a document at that URL.
@@ -2243,7 +2307,7 @@ fn metadata_documents_are_held_to_the_registration_policy() {
         application_type: None,
         auth_method: Some("none".into()),
     };
-    let d = grantline_oauth::clients::sync_configured(&w.state, &declared, None);
+    let d = grantline_oauth::clients::sync_configured(&w.state, &declared, None, &[]);
     w.commit(&d.append).unwrap();
     let d = take_in(&w, admin_url, &meta, &Policy::Open, &[]);
     assert!(d.append.events.is_empty());

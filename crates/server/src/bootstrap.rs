@@ -80,12 +80,28 @@ pub async fn config_clients(app: &App) -> Result<()> {
     for c in &app.config.clients {
         let secret = c.secret()?.map(Secret);
         let declared = c.declared();
-        crate::admin::client_id_is_free(app, &c.client_id)
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))
-            .with_context(|| format!("config client {}", c.client_id))?;
+        // An id the state does not hold may still have a story on the ledger (a client that
+        // expired unused): the declaration takes it over on its stream.
+        let recorded = if app.projection.read().clients.contains_key(&c.client_id) {
+            Vec::new()
+        } else {
+            app.store()
+                .stream_kinds(&grantline_ledger::StreamId::client(&c.client_id))
+                .await?
+        };
         let (outcome, _) = app
-            .run(|s| grantline_oauth::clients::sync_configured(s, &declared, secret.as_ref()))
+            .run(|s| {
+                grantline_oauth::clients::sync_configured(
+                    s,
+                    &declared,
+                    secret.as_ref(),
+                    if s.clients.contains_key(&c.client_id) {
+                        &[]
+                    } else {
+                        &recorded
+                    },
+                )
+            })
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))
             .with_context(|| format!("recording config client {}", c.client_id))?;
