@@ -758,6 +758,19 @@ impl ChainVerifier {
                 handover.to.key_id_hex()
             )));
         }
+        // The whole key, not only its 32-bit id: the event's public key is the handover's.
+        {
+            use base64::Engine;
+            let named = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(&r.public_key)
+                .ok();
+            if named.as_deref() != Some(handover.to.public_key().as_bytes().as_slice()) {
+                return Err(rotation(format!(
+                    "the event's public key is not the key its handover names ({})",
+                    handover.to.key_id_hex()
+                )));
+            }
+        }
         for old in std::mem::replace(&mut self.in_force, vec![handover.to]) {
             self.retired.push((old, seq));
         }

@@ -108,19 +108,22 @@ pub async fn unreached_history_key(
         return Ok(None);
     };
     let keys = store.key_events(u64::MAX).await?;
-    // previous key id → next key id, in seq order.
-    let handovers: Vec<(String, String)> = keys
+    // The keys each handover names (whole keys, from its note: a key id is 32 bits, and a key
+    // whose id matches another's is cheap to make), in seq order.
+    let handovers: Vec<(NoteVerifier, NoteVerifier)> = keys
         .iter()
         .filter_map(|r| match r.payload() {
             grantline_ledger::Payload::SigningKeyRotated(k)
                 if k.purpose == grantline_ledger::KeyPurpose::Checkpoint =>
             {
-                Some((k.previous_key_id.clone()?, k.key_id.clone()))
+                let h = grantline_ledger::KeyHandover::parse_unverified(k.endorsement.as_deref()?)
+                    .ok()?;
+                Some((h.from, h.to))
             }
             _ => None,
         })
         .collect();
-    let mut chain = vec![first.key_id_hex()];
+    let mut chain = vec![first.clone()];
     while let Some((_, next)) = handovers
         .iter()
         .find(|(from, to)| chain.last().is_some_and(|last| from == last) && !chain.contains(to))
@@ -128,13 +131,7 @@ pub async fn unreached_history_key(
         chain.push(next.clone());
     }
     let mut along = chain.iter();
-    Ok(history
-        .iter()
-        .find(|k| {
-            let id = k.key_id_hex();
-            !along.any(|c| *c == id)
-        })
-        .cloned())
+    Ok(history.iter().find(|k| !along.any(|c| c == *k)).cloned())
 }
 
 /// Rows per page of [`verify`]'s walk: each page is read and checked as one piece of work.

@@ -277,6 +277,27 @@ backend_tests! {
         assert_eq!(unreached(vec![&stranger, &k1]).await, Some(k1.verifier()));
     }
 
+    async fn a_rotation_whose_public_key_is_not_its_handovers_is_tampering(db: TestDb) {
+        // The handover k0 signed names k1; the event carries k1's id but another key.
+        let k0 = NoteSigner::generate(NAME).unwrap();
+        let k1 = NoteSigner::generate(NAME).unwrap();
+        let other = NoteSigner::generate(NAME).unwrap();
+        let ledger = open(&db, &k0).await;
+        events(&ledger, 1..=5).await;
+        let mut e = rotation(&k0, &k1, Some(k0.hand_over_to(&k1.verifier())));
+        if let Payload::SigningKeyRotated(r) = &mut e.payload {
+            use base64::Engine;
+            r.public_key = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .encode(other.verifier().public_key().as_bytes());
+        }
+        ledger.append(Append::new(vec![e])).await.unwrap();
+        ledger.shutdown().await;
+        let store = Store::connect(&db.db, false).await.unwrap();
+        let f = check(&store, &[&k0]).await.unwrap_err();
+        assert_eq!(f.seq, 6);
+        assert!(matches!(&f.problem, Problem::KeyRotation { error } if error.contains("public key")), "{f}");
+    }
+
     async fn a_handover_the_key_in_force_did_not_sign_is_tampering(db: TestDb) {
         // Signed by k0 but altered: the signature does not verify.
         let (store, k0, _) = rotated(&db, |k0, k1| {
