@@ -566,7 +566,8 @@ fn the_actor_is_who_acted_and_the_user_acted_on_is_the_target() {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
     };
-    let has = |ext: &[(String, String)], k: &str, v: &str| ext.iter().any(|(a, b)| a == k && b == v);
+    let has =
+        |ext: &[(String, String)], k: &str, v: &str| ext.iter().any(|(a, b)| a == k && b == v);
 
     // An administrator changes Bob's role.
     let admin = item("user:u_admin", "user.role_changed", Some("u_bob"));
@@ -578,7 +579,10 @@ fn the_actor_is_who_acted_and_the_user_acted_on_is_the_target() {
     assert_eq!(e["user"]["target"]["id"], "u_bob", "{e}");
     assert_eq!(e["user"]["target"]["email"], "bob@example.com", "{e}");
     let c = cef_ext(&cef::line(&admin));
-    assert!(has(&c, "suid", "u_admin") && has(&c, "duid", "u_bob") && has(&c, "duser", "bob"), "{c:?}");
+    assert!(
+        has(&c, "suid", "u_admin") && has(&c, "duid", "u_bob") && has(&c, "duser", "bob"),
+        "{c:?}"
+    );
     assert!(!has(&c, "suid", "u_bob"), "{c:?}");
 
     // Bob changes something of his own: he is the actor, and no target is named.
@@ -589,7 +593,10 @@ fn the_actor_is_who_acted_and_the_user_acted_on_is_the_target() {
     assert_eq!(e["user"]["id"], "u_bob", "{e}");
     assert!(e["user"].get("target").is_none(), "{e}");
     let c = cef_ext(&cef::line(&own));
-    assert!(has(&c, "suid", "u_bob") && !c.iter().any(|(k, _)| k == "duid"), "{c:?}");
+    assert!(
+        has(&c, "suid", "u_bob") && !c.iter().any(|(k, _)| k == "duid"),
+        "{c:?}"
+    );
 
     // The operator (the CLI) acts on Bob: no user is the actor.
     let operator = item("operator", "user.role_changed", Some("u_bob"));
@@ -598,9 +605,16 @@ fn the_actor_is_who_acted_and_the_user_acted_on_is_the_target() {
     assert_eq!(o["actor"]["app_name"], "operator", "{o}");
     assert_eq!(o["user"]["uid"], "u_bob", "{o}");
     let e: Value = serde_json::from_str(&Format::Ecs.line(&operator)).unwrap();
-    assert_eq!((&e["user"]["name"], &e["user"]["target"]["id"]), (&json!("operator"), &json!("u_bob")), "{e}");
+    assert_eq!(
+        (&e["user"]["name"], &e["user"]["target"]["id"]),
+        (&json!("operator"), &json!("u_bob")),
+        "{e}"
+    );
     let c = cef_ext(&cef::line(&operator));
-    assert!(has(&c, "suser", "operator") && has(&c, "duid", "u_bob"), "{c:?}");
+    assert!(
+        has(&c, "suser", "operator") && has(&c, "duid", "u_bob"),
+        "{c:?}"
+    );
 
     // An administrator changes a policy (no user acted on).
     let policy = item("user:u_admin", "policy.changed", None);
@@ -608,7 +622,11 @@ fn the_actor_is_who_acted_and_the_user_acted_on_is_the_target() {
     assert_eq!(o["actor"]["user"]["uid"], "u_admin", "{o}");
     let c = cef_ext(&cef::line(&policy));
     assert!(has(&c, "suid", "u_admin"), "{c:?}");
-    if let Some((ok, why)) = validate(&[Format::Ocsf.line(&admin), Format::Ocsf.line(&operator), Format::Ocsf.line(&policy)]) {
+    if let Some((ok, why)) = validate(&[
+        Format::Ocsf.line(&admin),
+        Format::Ocsf.line(&operator),
+        Format::Ocsf.line(&policy),
+    ]) {
         assert!(ok, "{why}");
     }
 }

@@ -65,19 +65,29 @@ fn every_kind_maps_to_a_record_that_keeps_its_ids() {
         // Every token id the payload names is a credential `credential:` finds: the access
         // token, the refresh token issued beside it, the one a rotation retired, the one a
         // refused refresh presented.
-        let credentials: Vec<&String> =
-            rec.credential_id.iter().chain(&rec.other_credentials).collect();
+        let credentials: Vec<&String> = rec
+            .credential_id
+            .iter()
+            .chain(&rec.other_credentials)
+            .collect();
         let mut named: Vec<String> = ["token_id", "rotated_refresh_id", "refresh_token_id"]
             .iter()
             .filter_map(|k| s(k))
             .collect();
         for k in ["access", "refresh"] {
-            if let Some(id) = payload.get(k).and_then(|t| t.get("token_id")).and_then(Value::as_str) {
+            if let Some(id) = payload
+                .get(k)
+                .and_then(|t| t.get("token_id"))
+                .and_then(Value::as_str)
+            {
                 named.push(id.to_string());
             }
         }
         for id in &named {
-            assert!(credentials.contains(&id), "{kind:?}: {id} is not searchable as a credential");
+            assert!(
+                credentials.contains(&id),
+                "{kind:?}: {id} is not searchable as a credential"
+            );
         }
         // The trace id, in request metadata or beside a gateway event's request id, leads
         // from the record to the request's trace.

@@ -541,12 +541,19 @@ fn the_renamed_clients_an_export_looks_up_are_bounded() {
 fn a_phrase_ending_in_a_prefix_finds_everything_or_is_refused() {
     let max = grantline_audit::index::MAX_PHRASE_EXPANSIONS as u64;
     let records: Vec<AuditRecord> = (1..=max + 1)
-        .map(|seq| rec(seq, |r| r.summary = format!("called delete_f{seq:05} on a file")))
+        .map(|seq| {
+            rec(seq, |r| {
+                r.summary = format!("called delete_f{seq:05} on a file")
+            })
+        })
         .collect();
     let wide = AuditIndex::from_records(&records).unwrap();
     let e = parse("delete_f*", NOW).unwrap();
     let refused = wide.search(&e, SortOrder::Asc, None, 10).unwrap_err();
-    assert!(refused.to_string().contains("begins more than 1024 words"), "{refused}");
+    assert!(
+        refused.to_string().contains("begins more than 1024 words"),
+        "{refused}"
+    );
     // `delete_f00*` begins 999 words: more than 50, within the bound.
     let q = "delete_f00*";
     let scan = seqs_by_scan(q, &records);

@@ -67,7 +67,9 @@ async fn history(db: &TestDb) {
             let ip = if i < 20 { "10.0.0.5" } else { "192.0.2.1" };
             t.source_ip = Some(k.seal(&s, ip).await.unwrap());
         }
-        e.actor = Actor::User { id: "u_alice".into() };
+        e.actor = Actor::User {
+            id: "u_alice".into(),
+        };
         ledger.append(Append::new(vec![e])).await.unwrap();
     }
     ledger.shutdown().await;

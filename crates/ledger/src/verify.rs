@@ -854,7 +854,12 @@ impl ChainVerifier {
 
     /// Takes a judged checkpoint whose size is the row just linked: a finding, a checkpoint
     /// that proves nothing here, or one whose signed root must be the walk's.
-    fn settle(&mut self, cp: &PendingCheckpoint, verdict: Verdict, seq: u64) -> Result<(), Finding> {
+    fn settle(
+        &mut self,
+        cp: &PendingCheckpoint,
+        verdict: Verdict,
+        seq: u64,
+    ) -> Result<(), Finding> {
         match verdict {
             Verdict::Bad(error) => Err(Finding {
                 seq,

@@ -1039,7 +1039,10 @@ fn code_exchange_issues_tokens_once_and_a_replay_revokes_the_family() {
     for (redirect_uri, code_verifier) in [
         (Some(REDIRECT), Some("x".repeat(43))),
         (Some(REDIRECT), None),
-        (Some("https://elsewhere.example/cb"), Some(VERIFIER.to_string())),
+        (
+            Some("https://elsewhere.example/cb"),
+            Some(VERIFIER.to_string()),
+        ),
     ] {
         let req = CodeRequest {
             code: code.clone(),
@@ -2240,7 +2243,10 @@ fn the_configuration_takes_over_a_client_a_document_took_in_first() {
         (c.method, c.expires_at, c.client_name.as_str()),
         (RegistrationMethod::Config, None, "Vendor (vouched for)")
     );
-    assert_eq!(c.redirect_uris, vec!["https://vendor.example/cb".to_string()]);
+    assert_eq!(
+        c.redirect_uris,
+        vec!["https://vendor.example/cb".to_string()]
+    );
     // The document again: it changes nothing now; the next start's sync neither.
     let d = take_in(&w, url, &meta, &Policy::Open, &[]);
     assert!(d.append.events.is_empty());
@@ -2265,8 +2271,14 @@ fn the_configuration_takes_over_a_client_a_document_took_in_first() {
     let unread = vec!["client.registered".to_string()];
     let d = grantline_oauth::clients::sync_configured(&w.state, &again, None, &unread);
     assert!(d.append.events.is_empty());
-    assert_eq!(d.outcome.unwrap_err().code, ErrorCode::TemporarilyUnavailable);
-    let recorded = vec!["client.registered".to_string(), "client.expired".to_string()];
+    assert_eq!(
+        d.outcome.unwrap_err().code,
+        ErrorCode::TemporarilyUnavailable
+    );
+    let recorded = vec![
+        "client.registered".to_string(),
+        "client.expired".to_string(),
+    ];
     let d = grantline_oauth::clients::sync_configured(&w.state, &again, None, &recorded);
     assert_eq!(w.commit(&d.append).unwrap(), vec![Kind::ClientRegistered]);
     assert_eq!(w.state.clients[gone].method, RegistrationMethod::Config);

@@ -59,8 +59,8 @@ impl AuditService {
             let _turn = turn;
             f(&index)
         })
-            .await
-            .map_err(|e| grantline_audit::IndexError::Directory(format!("a search stopped: {e}")))?
+        .await
+        .map_err(|e| grantline_audit::IndexError::Directory(format!("a search stopped: {e}")))?
     }
 
     /// One page of `e` (as [`AuditIndex::search`]), on a blocking thread.

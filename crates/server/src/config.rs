@@ -1528,19 +1528,33 @@ mod tests {
             crate::gateway::Mounts::from_config(&c, "http://127.0.0.1:8080").map(|_| ())
         };
         for (text, says) in [
-            ("[metadata_documents]\nmax_cache_seconds = 18446744073709551615\n", "max_cache_seconds"),
-            ("[metadata_documents]\nmin_cache_seconds = 0\n", "min_cache_seconds"),
+            (
+                "[metadata_documents]\nmax_cache_seconds = 18446744073709551615\n",
+                "max_cache_seconds",
+            ),
+            (
+                "[metadata_documents]\nmin_cache_seconds = 0\n",
+                "min_cache_seconds",
+            ),
             ("[metadata_documents]\ntimeout_ms = 0\n", "timeout_ms"),
             (
                 "[[resources]]\nname = \"demo\"\npath = \"/mcp/demo\"\nupstream = \"http://127.0.0.1:9/mcp\"\nupstream_timeout_secs = 9223372036854775807\nscopes = [{ name = \"demo:read\" }, { name = \"demo:write\" }]\n",
                 "upstream_timeout_secs",
             ),
-            ("[roles.user]\ndmeo = [\"get_time\"]\n", "names resource \"dmeo\""),
+            (
+                "[roles.user]\ndmeo = [\"get_time\"]\n",
+                "names resource \"dmeo\"",
+            ),
         ] {
             let e = check(text).unwrap_err().to_string();
             assert!(e.contains(says), "{text}: {e}");
         }
-        assert!(check("[roles.user]\ndemo = [\"get_time\"]\n[metadata_documents]\nmin_cache_seconds = 1\n").is_ok());
+        assert!(
+            check(
+                "[roles.user]\ndemo = [\"get_time\"]\n[metadata_documents]\nmin_cache_seconds = 1\n"
+            )
+            .is_ok()
+        );
     }
 
     #[test]

@@ -287,11 +287,7 @@ fn changed_secrets<'a>(
     now: &'a [(String, blake3::Hash)],
 ) -> Vec<&'a str> {
     now.iter()
-        .filter(|(label, digest)| {
-            !at_start
-                .iter()
-                .any(|(l, d)| l == label && d == digest)
-        })
+        .filter(|(label, digest)| !at_start.iter().any(|(l, d)| l == label && d == digest))
         .map(|(label, _)| label.as_str())
         .collect()
 }
@@ -397,7 +393,9 @@ impl App {
             // written: what the ledger shows decides whether this policy is the one in force.
             Err(e) => {
                 if let Err(read) = self.projection.catch_up(self.store()).await {
-                    return Err(ReloadError::Unknown(format!("{e}; reading it back: {read}")));
+                    return Err(ReloadError::Unknown(format!(
+                        "{e}; reading it back: {read}"
+                    )));
                 }
                 let recorded =
                     grantline_oauth::policy::record_all(&self.projection.read(), &configured)

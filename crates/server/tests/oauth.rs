@@ -949,7 +949,10 @@ async fn a_resources_introspection_client_is_told_of_its_tokens_only() {
     );
     // Its own resource's refresh token, live: no resource may serve it as a bearer.
     let (st, v) = introspect(get(&demo, "refresh_token")).await;
-    assert_eq!((st, v), (StatusCode::OK, serde_json::json!({"active": false})));
+    assert_eq!(
+        (st, v),
+        (StatusCode::OK, serde_json::json!({"active": false}))
+    );
     for token in [get(&jwt, "access_token"), get(&jwt, "refresh_token")] {
         let (st, v) = introspect(token).await;
         assert_eq!(st, StatusCode::OK);

@@ -701,10 +701,21 @@ async fn commands_need_none_of_the_servers_secrets_and_a_changed_secret_takes_a_
 
     // The secret file of a configured client is rotated, and the operator reloads.
     let cfg = s.app.config.clone();
-    std::fs::write(dir.path().join("rs.secret"), "another-secret-0123456789abcdefghij").unwrap();
+    std::fs::write(
+        dir.path().join("rs.secret"),
+        "another-secret-0123456789abcdefghij",
+    )
+    .unwrap();
     let e = s.app.reload(cfg.clone()).await.unwrap_err().to_string();
-    assert!(e.contains("client rs's secret") && e.contains("restart"), "{e}");
-    std::fs::write(dir.path().join("metrics.token"), "yet-another-token-0123456789").unwrap();
+    assert!(
+        e.contains("client rs's secret") && e.contains("restart"),
+        "{e}"
+    );
+    std::fs::write(
+        dir.path().join("metrics.token"),
+        "yet-another-token-0123456789",
+    )
+    .unwrap();
     let e = s.app.reload(cfg.clone()).await.unwrap_err().to_string();
     assert!(e.contains("[metrics] token"), "{e}");
     // A secret that cannot be read now is a configuration refused with its reason.

@@ -1637,7 +1637,9 @@ impl Writer {
             if i64::try_from(cp.size) != Ok(size) || Hash::from_slice(&root) != Some(cp.root) {
                 continue;
             }
-            if let Some(f) = Frontier::from_bytes(&f).filter(|f| f.size() == cp.size && f.root() == cp.root) {
+            if let Some(f) =
+                Frontier::from_bytes(&f).filter(|f| f.size() == cp.size && f.root() == cp.root)
+            {
                 return Ok(Some(f));
             }
         }

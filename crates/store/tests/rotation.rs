@@ -417,25 +417,36 @@ async fn a_new_key_resumes_only_from_a_checkpoint_of_the_key_that_handed_over() 
     let Pool::Sqlite(p) = store.pool() else {
         unreachable!("SQLite")
     };
-    sqlx::query("INSERT INTO checkpoints (time, tree_size, root, note, frontier) VALUES (0, 6, ?, ?, ?)")
-        .bind(forged.root().0.as_slice())
-        .bind(&note)
-        .bind(forged.to_bytes())
-        .execute(p)
-        .await
-        .unwrap();
+    sqlx::query(
+        "INSERT INTO checkpoints (time, tree_size, root, note, frontier) VALUES (0, 6, ?, ?, ?)",
+    )
+    .bind(forged.root().0.as_slice())
+    .bind(&note)
+    .bind(forged.to_bytes())
+    .execute(p)
+    .await
+    .unwrap();
     store.close().await;
     let ledger = open(&db, &k1).await;
     events(&ledger, 7..=9).await;
     assert_eq!(ledger.checkpoint().await.unwrap(), Some(9));
     ledger.shutdown().await;
     let store = Store::connect(&db.db, false).await.unwrap();
-    let leaves: Vec<Hash> = store.chain_hashes(9).await.unwrap().iter().map(merkle::leaf_hash).collect();
+    let leaves: Vec<Hash> = store
+        .chain_hashes(9)
+        .await
+        .unwrap()
+        .iter()
+        .map(merkle::leaf_hash)
+        .collect();
     let signed = grantline_store::testing::signed_checkpoint(&store, &k1.verifier(), 9)
         .await
         .expect("the new key's checkpoint");
     assert_eq!(signed.root, merkle::root_of(&leaves), "the events' root");
     // The stranger's row proves nothing; everything else verifies.
     let s = check(&store, &[&k0]).await.unwrap();
-    assert_eq!(s.untrusted.iter().map(|u| u.size).collect::<Vec<_>>(), vec![6]);
+    assert_eq!(
+        s.untrusted.iter().map(|u| u.size).collect::<Vec<_>>(),
+        vec![6]
+    );
 }

@@ -366,6 +366,9 @@ mod tests {
         let line = String::from_utf8(out).unwrap();
         let body = line.strip_suffix('\n').unwrap();
         assert!(!body.chars().any(char::is_control), "{body:?}");
-        assert!(body.contains("SEQ 1 all fine") && body.contains("refused  next"), "{body:?}");
+        assert!(
+            body.contains("SEQ 1 all fine") && body.contains("refused  next"),
+            "{body:?}"
+        );
     }
 }

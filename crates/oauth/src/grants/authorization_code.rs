@@ -29,10 +29,7 @@ impl std::fmt::Debug for CodeRequest {
 }
 
 /// The redirect URI and PKCE verifier of the request are those the code is bound to.
-fn presented_as_bound(
-    code: &grantline_state::Code,
-    req: &CodeRequest,
-) -> Result<(), OAuthError> {
+fn presented_as_bound(code: &grantline_state::Code, req: &CodeRequest) -> Result<(), OAuthError> {
     match &req.redirect_uri {
         Some(uri) if uri == &code.redirect_uri => {}
         Some(_) => {
