@@ -438,15 +438,21 @@ fn bad_database_urls_and_missing_ledgers_are_clear_errors() {
     }
 }
 
-/// `--listen 0.0.0.0:…` without the URL clients reach the server at would make the issuer
-/// `http://0.0.0.0:…`, which no client can reach: refused at once, saying what to set, before
-/// anything is created.
-#[test]
-fn listening_on_every_interface_needs_the_public_url() {
-    let dir = tempfile::tempdir().unwrap();
+/// `grantline serve ARGS` in `dir` with `env` (no database URL, config, public URL or
+/// `NO_COLOR` taken from the test's environment), expected to exit within `within`: its exit
+/// status and stderr.
+fn serve_until_it_exits(
+    dir: &std::path::Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+    within: Duration,
+    what: &str,
+) -> (std::process::ExitStatus, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_grantline"))
-        .args(["--data-dir", dir.path().to_str().unwrap(), "serve"])
-        .args(["--listen", "0.0.0.0:0"])
+        .args(["--data-dir", dir.to_str().unwrap(), "serve"])
+        .args(args)
+        .envs(env.iter().copied())
+        .env_remove("NO_COLOR")
         .env_remove("GRANTLINE_PUBLIC_URL")
         .env_remove("GRANTLINE_DATABASE_URL")
         .env_remove("GRANTLINE_CONFIG")
@@ -454,9 +460,24 @@ fn listening_on_every_interface_needs_the_public_url() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("run grantline");
-    let status = exits_within(&mut child, Duration::from_secs(10), "serving");
+    let status = exits_within(&mut child, within, what);
     let o = child.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
+    (status, String::from_utf8_lossy(&o.stderr).into_owned())
+}
+
+/// `--listen 0.0.0.0:…` without the URL clients reach the server at would make the issuer
+/// `http://0.0.0.0:…`, which no client can reach: refused at once, saying what to set, before
+/// anything is created.
+#[test]
+fn listening_on_every_interface_needs_the_public_url() {
+    let dir = tempfile::tempdir().unwrap();
+    let (status, err) = serve_until_it_exits(
+        dir.path(),
+        &["--listen", "0.0.0.0:0"],
+        &[],
+        Duration::from_secs(10),
+        "serving",
+    );
     assert_eq!(status.code(), Some(2), "{err}");
     assert!(err.contains("GRANTLINE_PUBLIC_URL"), "{err}");
     assert!(!dir.path().join("grantline.db").exists(), "nothing created");
@@ -473,23 +494,18 @@ fn an_unreachable_postgresql_is_one_plain_line_at_once() {
     drop(closed);
     let dir = tempfile::tempdir().unwrap();
     let url = format!("postgres://grantline:db-password-7c1e@127.0.0.1:{port}/grantline");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_grantline"))
-        .args(["--data-dir", dir.path().to_str().unwrap(), "serve"])
-        .args(["--listen", "127.0.0.1:0", "--database", &url])
-        .env("GRANTLINE_ADMIN_PASSWORD", "admin-password-1")
-        .env("GRANTLINE_LOG", "debug")
-        .env_remove("NO_COLOR")
-        .env_remove("GRANTLINE_DATABASE_URL")
-        .env_remove("GRANTLINE_CONFIG")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("run grantline");
     // A refused connection is known at once; 5 s leaves room for a busy machine, not for a
     // retry loop.
-    let status = exits_within(&mut child, Duration::from_secs(5), "still trying");
-    let o = child.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
+    let (status, err) = serve_until_it_exits(
+        dir.path(),
+        &["--listen", "127.0.0.1:0", "--database", &url],
+        &[
+            ("GRANTLINE_ADMIN_PASSWORD", "admin-password-1"),
+            ("GRANTLINE_LOG", "debug"),
+        ],
+        Duration::from_secs(5),
+        "still trying",
+    );
     assert_eq!(status.code(), Some(2), "{err}");
     let error_lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error: ")).collect();
     assert_eq!(error_lines.len(), 1, "{err}");

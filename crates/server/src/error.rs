@@ -67,11 +67,10 @@ pub fn failed_closed_no_more() {
         return;
     }
     IN_A_RUN.store(false, std::sync::atomic::Ordering::Relaxed);
-    let ended =
-        FAILING_CLOSED
-            .lock()
-            .ok()
-            .and_then(|mut f| if f.is_failing() { f.ok() } else { None });
+    let ended = FAILING_CLOSED
+        .lock()
+        .ok()
+        .and_then(|mut f| if f.is_failing() { f.ok() } else { None });
     if let Some((lasted, requests)) = ended {
         tracing::info!(
             seconds = lasted.as_secs_f64(),

@@ -95,6 +95,25 @@ async fn rotated_twice(db: &TestDb) -> (Store, NoteSigner, NoteSigner, NoteSigne
     (Store::connect(&db.db, false).await.unwrap(), k0, k1, k2)
 }
 
+/// Five events under k0; the handover to k1 at seq 6, which k0's checkpoint covers.
+async fn handed_over_at_six(db: &TestDb) -> (NoteSigner, NoteSigner) {
+    let k0 = NoteSigner::generate(NAME).unwrap();
+    let k1 = NoteSigner::generate(NAME).unwrap();
+    let ledger = open(db, &k0).await;
+    events(&ledger, 1..=5).await;
+    ledger
+        .append(Append::new(vec![rotation(
+            &k0,
+            &k1,
+            Some(k0.hand_over_to(&k1.verifier())),
+        )]))
+        .await
+        .unwrap();
+    assert_eq!(ledger.checkpoint().await.unwrap(), Some(6));
+    ledger.shutdown().await;
+    (k0, k1)
+}
+
 async fn check(store: &Store, trusted: &[&NoteSigner]) -> Result<Summary, Finding> {
     let keys: Vec<NoteVerifier> = trusted.iter().map(|s| s.verifier()).collect();
     grantline_store::verify(store, &keys, |_| {}).await.unwrap()
@@ -185,13 +204,7 @@ backend_tests! {
     async fn the_new_key_may_sign_the_handovers_own_size_and_nobody_else(db: TestDb) {
         // k0 signs the size of the handover, 6; k1, started before anything is appended,
         // signs 6 again (a server restarted after `key rotate`).
-        let k0 = NoteSigner::generate(NAME).unwrap();
-        let k1 = NoteSigner::generate(NAME).unwrap();
-        let ledger = open(&db, &k0).await;
-        events(&ledger, 1..=5).await;
-        ledger.append(Append::new(vec![rotation(&k0, &k1, Some(k0.hand_over_to(&k1.verifier())))])).await.unwrap();
-        assert_eq!(ledger.checkpoint().await.unwrap(), Some(6));
-        ledger.shutdown().await;
+        let (k0, k1) = handed_over_at_six(&db).await;
         let ledger = open(&db, &k1).await;
         assert_eq!(ledger.checkpoint().await.unwrap(), Some(6), "k1 signs the head at once");
         ledger.shutdown().await;
@@ -341,21 +354,13 @@ backend_tests! {
 #[tokio::test]
 async fn a_new_key_resumes_from_the_checkpoint_of_the_key_it_replaces() {
     let db = grantline_store::testing::sqlite().await;
-    let k0 = NoteSigner::generate(NAME).unwrap();
-    let k1 = NoteSigner::generate(NAME).unwrap();
-    let ledger = open(&db, &k0).await;
-    events(&ledger, 1..=5).await;
-    ledger
-        .append(Append::new(vec![rotation(
-            &k0,
-            &k1,
-            Some(k0.hand_over_to(&k1.verifier())),
-        )]))
-        .await
-        .unwrap();
-    assert_eq!(ledger.checkpoint().await.unwrap(), Some(6));
-    let before: Vec<Hash> = ledger.store().chain_hashes(6).await.unwrap();
-    ledger.shutdown().await;
+    let (_k0, k1) = handed_over_at_six(&db).await;
+    let before: Vec<Hash> = {
+        let store = Store::connect(&db.db, false).await.unwrap();
+        let h = store.chain_hashes(6).await.unwrap();
+        store.close().await;
+        h
+    };
     let store = Store::connect(&db.db, false).await.unwrap();
     let Pool::Sqlite(p) = store.pool() else {
         unreachable!("SQLite")
@@ -393,20 +398,7 @@ async fn a_new_key_resumes_from_the_checkpoint_of_the_key_it_replaces() {
 #[tokio::test]
 async fn a_new_key_resumes_only_from_a_checkpoint_of_the_key_that_handed_over() {
     let db = grantline_store::testing::sqlite().await;
-    let k0 = NoteSigner::generate(NAME).unwrap();
-    let k1 = NoteSigner::generate(NAME).unwrap();
-    let ledger = open(&db, &k0).await;
-    events(&ledger, 1..=5).await;
-    ledger
-        .append(Append::new(vec![rotation(
-            &k0,
-            &k1,
-            Some(k0.hand_over_to(&k1.verifier())),
-        )]))
-        .await
-        .unwrap();
-    assert_eq!(ledger.checkpoint().await.unwrap(), Some(6));
-    ledger.shutdown().await;
+    let (k0, k1) = handed_over_at_six(&db).await;
     let store = Store::connect(&db.db, false).await.unwrap();
     let mut forged = merkle::Frontier::new();
     for i in 0..6u8 {
