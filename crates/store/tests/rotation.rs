@@ -78,14 +78,7 @@ async fn rotated_twice(db: &TestDb) -> (Store, NoteSigner, NoteSigner, NoteSigne
     store.close().await;
     let k2 = NoteSigner::generate(NAME).unwrap();
     let ledger = open(db, &k1).await;
-    ledger
-        .append(Append::new(vec![rotation(
-            &k1,
-            &k2,
-            Some(k1.hand_over_to(&k2.verifier())),
-        )]))
-        .await
-        .unwrap();
+    hand_over(&ledger, &k1, &k2).await;
     assert_eq!(ledger.checkpoint().await.unwrap(), Some(10));
     ledger.shutdown().await;
     let ledger = open(db, &k2).await;
@@ -101,17 +94,22 @@ async fn handed_over_at_six(db: &TestDb) -> (NoteSigner, NoteSigner) {
     let k1 = NoteSigner::generate(NAME).unwrap();
     let ledger = open(db, &k0).await;
     events(&ledger, 1..=5).await;
-    ledger
-        .append(Append::new(vec![rotation(
-            &k0,
-            &k1,
-            Some(k0.hand_over_to(&k1.verifier())),
-        )]))
-        .await
-        .unwrap();
+    hand_over(&ledger, &k0, &k1).await;
     assert_eq!(ledger.checkpoint().await.unwrap(), Some(6));
     ledger.shutdown().await;
     (k0, k1)
+}
+
+/// Appends the handover from `from` to `to`, signed by `from`.
+async fn hand_over(ledger: &Ledger, from: &NoteSigner, to: &NoteSigner) {
+    ledger
+        .append(Append::new(vec![rotation(
+            from,
+            to,
+            Some(from.hand_over_to(&to.verifier())),
+        )]))
+        .await
+        .unwrap();
 }
 
 async fn check(store: &Store, trusted: &[&NoteSigner]) -> Result<Summary, Finding> {
