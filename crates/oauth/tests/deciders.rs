@@ -2247,6 +2247,10 @@ fn the_configuration_takes_over_a_client_a_document_took_in_first() {
         c.redirect_uris,
         vec!["https://vendor.example/cb".to_string()]
     );
+    assert!(
+        c.redirects_changed.is_some(),
+        "consents given to the document's redirect URIs are asked again"
+    );
     // The document again: it changes nothing now; the next start's sync neither.
     let d = take_in(&w, url, &meta, &Policy::Open, &[]);
     assert!(d.append.events.is_empty());
@@ -2255,6 +2259,20 @@ fn the_configuration_takes_over_a_client_a_document_took_in_first() {
     w.now = w.now.plus_secs(10 * 86_400);
     let d = grantline_oauth::clients::expire_unused(&w.state, w.now, 86_400);
     assert_eq!(d.outcome, Ok(0));
+
+    // One an administrator disabled (during an incident) stays disabled when declared.
+    let planted = "https://planted.example/client.json";
+    let d = take_in(&w, planted, &meta, &Policy::Open, &[]);
+    w.commit(&d.append).unwrap();
+    let d = grantline_oauth::clients::disable(&w.state, Actor::Operator, planted, "incident");
+    w.commit(&d.append).unwrap();
+    let mut vouched = declared.clone();
+    vouched.client_id = Some(planted.into());
+    let d = grantline_oauth::clients::sync_configured(&w.state, &vouched, None, &[]);
+    w.commit(&d.append).unwrap();
+    let c = &w.state.clients[planted];
+    assert_eq!(c.method, RegistrationMethod::Config);
+    assert!(c.disabled, "taken over, still disabled");
 
     // A document client that expired unused and left the state: declared, registered again
     // on its stream after the expiry; one whose stream holds what this state has not read:

@@ -34,6 +34,18 @@ pub fn apply(state: &mut State, event: &Recorded) {
     }
     match event.payload() {
         Payload::ClientRegistered(e) => {
+            // Registered again over a client the state holds (the configuration taking over a
+            // client a metadata document took in first): what happened to it stays — disabled
+            // stays disabled, a used client used — and new redirect URIs ask for consent again.
+            let before = state.clients.get(&e.client_id).map(|c| {
+                (
+                    c.disabled,
+                    c.disabled_by.clone(),
+                    c.used,
+                    c.redirects_changed,
+                    c.redirect_uris != e.redirect_uris,
+                )
+            });
             state.clients.insert(
                 e.client_id.clone(),
                 Client {
@@ -57,6 +69,18 @@ pub fn apply(state: &mut State, event: &Recorded) {
                     version: 0,
                 },
             );
+            if let Some((disabled, disabled_by, used, redirects_changed, moved)) = before
+                && let Some(c) = state.clients.get_mut(&e.client_id)
+            {
+                c.disabled = disabled;
+                c.disabled_by = disabled_by;
+                c.used = used;
+                c.redirects_changed = if moved {
+                    Some(since)
+                } else {
+                    redirects_changed
+                };
+            }
         }
         Payload::ClientUpdated(e) => {
             if let Some(c) = state.clients.get_mut(&e.client_id) {

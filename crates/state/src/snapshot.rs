@@ -27,8 +27,11 @@ use std::collections::HashMap;
 /// before are asked again). 7: a user's sessions ending revokes their grants and personal
 /// access tokens made before it (a snapshot folded before may hold ones that survived a
 /// containment's race). 8: an unused dynamic registration leaves the state when it expires
-/// (a format 7 snapshot still holds the ones expired before it).
-pub const FORMAT: u32 = 8;
+/// (a format 7 snapshot still holds the ones expired before it). 9: a client registered again
+/// over one the state holds (the configuration taking over a metadata-document client) stays
+/// disabled and used, and asks consents again for new redirect URIs (a format 8 snapshot
+/// folded such an event as a fresh client).
+pub const FORMAT: u32 = 9;
 
 /// Why a snapshot cannot be used.
 #[derive(Debug, thiserror::Error)]
