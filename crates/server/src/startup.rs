@@ -47,6 +47,10 @@ impl App {
         }));
         // No checkpoint until the key in force is checked below.
         ledger_options.sign_after_key_check = true;
+        // After a rotation, the new key resumes the tree from a checkpoint of a key this data
+        // directory has used, not from any row the database holds.
+        ledger_options.resume_keys = grantline_store::keyfile::key_history(&opts.data_dir)
+            .context("the checkpoint key history")?;
         // Events are stamped by the clock every decision reads, so a test that moves it moves
         // both (a benchmark's synthetic history brings its own).
         let clock = Arc::new(crate::clock::Clock::default());

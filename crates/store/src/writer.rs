@@ -70,6 +70,12 @@ pub struct LedgerOptions {
     /// commands that append set it: a checkpoint signed by a key handed over to another is a
     /// forgery to `verify`. Off for benchmarks and tests that write a ledger of their own.
     pub sign_after_key_check: bool,
+    /// Keys whose checkpoints a key that has signed none yet (the first start after a
+    /// rotation) may resume its Merkle tree from: the data directory's key history. Without
+    /// one of theirs, the tree is read again from every hash. A checkpoint row is not trusted
+    /// for being in the database: anyone who can insert one could otherwise have this key
+    /// sign roots that are not the events'.
+    pub resume_keys: Vec<NoteVerifier>,
 }
 
 /// What one group commit took: for metrics.
@@ -109,6 +115,7 @@ impl std::fmt::Debug for LedgerOptions {
             .field("clock", &self.clock.is_some())
             .field("wal_restart_pages", &self.wal_restart_pages)
             .field("sign_after_key_check", &self.sign_after_key_check)
+            .field("resume_keys", &self.resume_keys.len())
             .finish()
     }
 }
@@ -124,6 +131,7 @@ impl Default for LedgerOptions {
             clock: None,
             wal_restart_pages: WAL_RESTART_PAGES,
             sign_after_key_check: false,
+            resume_keys: Vec::new(),
         }
     }
 }
@@ -1404,7 +1412,7 @@ impl Writer {
         // read under the append lock. What it covers is not counted as this key's, so the key
         // signs a checkpoint of its own at once.
         if self.frontier.size() == 0 {
-            let trusted = self.resumable_signers(size).await?;
+            let trusted = self.resumable_signers();
             if let Some(f) = self.read_latest_frontier(size, &trusted).await? {
                 self.frontier = f;
             }
@@ -1562,38 +1570,16 @@ impl Writer {
         Ok(None)
     }
 
-    /// The keys whose checkpoints this key may resume its tree from: its own, and the key
-    /// that handed over to it (the ledger's handover to this key, checked under that key).
-    /// Anyone who can insert a checkpoint row could otherwise give the tree a frontier of
-    /// their making, and this key would sign roots that are not the events'.
-    async fn resumable_signers(&mut self, upto: u64) -> Result<Vec<NoteVerifier>> {
-        let own = self.signer.verifier();
-        let mut keys = vec![own.clone()];
-        for body in self.read_rotations(0, upto).await? {
-            let Ok(env) = grantline_ledger::decode(&body) else {
-                continue;
-            };
-            let grantline_ledger::Payload::SigningKeyRotated(r) = env.payload else {
-                continue;
-            };
-            if r.purpose != grantline_ledger::KeyPurpose::Checkpoint {
-                continue;
-            }
-            let Some(note) = r.endorsement.as_deref() else {
-                continue;
-            };
-            let Ok(claimed) = grantline_ledger::KeyHandover::parse_unverified(note) else {
-                continue;
-            };
-            if claimed.to == own
-                && grantline_ledger::KeyHandover::open(note, std::slice::from_ref(&claimed.from))
-                    .is_ok()
-                && !keys.contains(&claimed.from)
-            {
-                keys.push(claimed.from);
+    /// The keys whose checkpoints this key may resume its tree from: its own, and those the
+    /// caller trusts for it ([`LedgerOptions::resume_keys`]).
+    fn resumable_signers(&self) -> Vec<NoteVerifier> {
+        let mut keys = vec![self.signer.verifier()];
+        for k in &self.options.resume_keys {
+            if !keys.contains(k) {
+                keys.push(k.clone());
             }
         }
-        Ok(keys)
+        keys
     }
 
     /// The frontier saved with the newest checkpoint at or below `upto` signed by one of

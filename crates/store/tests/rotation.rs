@@ -10,11 +10,18 @@ use std::time::Duration;
 const NAME: &str = "grantline.test/ledger";
 
 async fn open(db: &TestDb, signer: &NoteSigner) -> Ledger {
+    open_after(db, signer, None).await
+}
+
+/// As [`open`], for the key `before` handed over to: its checkpoints are where this key may
+/// resume its tree from, as a server's key history says.
+async fn open_after(db: &TestDb, signer: &NoteSigner, before: Option<&NoteSigner>) -> Ledger {
     Ledger::open(
         &db.db,
         signer.clone(),
         LedgerOptions {
             checkpoint_interval: Duration::from_secs(3600),
+            resume_keys: before.iter().map(|k| k.verifier()).collect(),
             ..LedgerOptions::default()
         },
     )
@@ -219,6 +226,12 @@ backend_tests! {
         };
         let s = from(vec![k0.verifier()]).await.unwrap_or_else(|e| panic!("{e:?}"));
         assert!(s.fully_trusted(), "{:?}", s.untrusted);
+        // Given only k1 (a directory holding the new key and no history): intact, k0's
+        // checkpoint cannot be told — not a handover "by a key not in force".
+        let s = check(&store, &[&k1]).await.unwrap();
+        assert_eq!(s.untrusted.iter().map(|u| u.size).collect::<Vec<_>>(), vec![6], "{:?}", s.untrusted);
+        let s = from(vec![k1.verifier()]).await.unwrap_or_else(|e| panic!("{e:?}"));
+        assert!(s.fully_trusted(), "{:?}", s.untrusted);
 
         // A third key's checkpoint of that size proves nothing; one of k1 over another root is
         // a rewrite.
@@ -352,7 +365,7 @@ backend_tests! {
 #[tokio::test]
 async fn a_new_key_resumes_from_the_checkpoint_of_the_key_it_replaces() {
     let db = grantline_store::testing::sqlite().await;
-    let (_k0, k1) = handed_over_at_six(&db).await;
+    let (k0, k1) = handed_over_at_six(&db).await;
     let before: Vec<Hash> = {
         let store = Store::connect(&db.db, false).await.unwrap();
         let h = store.chain_hashes(6).await.unwrap();
@@ -370,7 +383,7 @@ async fn a_new_key_resumes_from_the_checkpoint_of_the_key_it_replaces() {
     .await
     .unwrap();
     store.close().await;
-    let ledger = open(&db, &k1).await;
+    let ledger = open_after(&db, &k1, Some(&k0)).await;
     events(&ledger, 7..=9).await;
     assert_eq!(
         ledger.checkpoint().await.unwrap(),
@@ -417,7 +430,7 @@ async fn a_new_key_resumes_only_from_a_checkpoint_of_the_key_that_handed_over() 
     .await
     .unwrap();
     store.close().await;
-    let ledger = open(&db, &k1).await;
+    let ledger = open_after(&db, &k1, Some(&k0)).await;
     events(&ledger, 7..=9).await;
     assert_eq!(ledger.checkpoint().await.unwrap(), Some(9));
     ledger.shutdown().await;
