@@ -342,6 +342,32 @@ fn check_hash(row: RowRef<'_>) -> Result<Hash, Problem> {
     Ok(stored)
 }
 
+/// A rotation event names the key its handover introduces: its id, and the whole key (an id
+/// is 32 bits, and a key with another's id is cheap to make).
+fn names_its_handovers_key(
+    r: &crate::SigningKeyRotated,
+    handover: &crate::KeyHandover,
+) -> Result<(), String> {
+    use base64::Engine;
+    if handover.to.key_id_hex() != r.key_id {
+        return Err(format!(
+            "the event names key {} but its handover names {}",
+            r.key_id,
+            handover.to.key_id_hex()
+        ));
+    }
+    let named = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(&r.public_key)
+        .ok();
+    if named.as_deref() != Some(handover.to.public_key().as_bytes().as_slice()) {
+        return Err(format!(
+            "the event's public key is not the key its handover names ({})",
+            handover.to.key_id_hex()
+        ));
+    }
+    Ok(())
+}
+
 /// A signed checkpoint to start a walk from instead of the first event (`grantline verify
 /// --from-checkpoint`): opened with a trusted key, and the Merkle frontier stored beside it
 /// checked against its signed root. The rows it covers are trusted, not read — a full walk
@@ -715,6 +741,15 @@ impl ChainVerifier {
             .endorsement
             .as_deref()
             .ok_or_else(|| rotation("no handover signed by the key it replaces".into()))?;
+        // A handover into a key this check holds in force already (it was given the new key
+        // alone, which signed the checkpoint of the handover's own size): nothing to follow,
+        // once the event is seen to name that key.
+        if let Ok(claimed) = crate::KeyHandover::parse_unverified(note)
+            && self.in_force.contains(&claimed.to)
+            && !self.in_force.contains(&claimed.from)
+        {
+            return names_its_handovers_key(r, &claimed).map_err(rotation);
+        }
         let handover = match crate::KeyHandover::open(note, &self.in_force) {
             // Signed by the key in force: what it introduces is trusted if that key was, or if
             // this check was given the new key itself (a key in force reached through an
@@ -751,26 +786,7 @@ impl ChainVerifier {
             }
             Err(e) => return Err(rotation(e.to_string())),
         };
-        if handover.to.key_id_hex() != r.key_id {
-            return Err(rotation(format!(
-                "the event names key {} but its handover names {}",
-                r.key_id,
-                handover.to.key_id_hex()
-            )));
-        }
-        // The whole key, not only its 32-bit id: the event's public key is the handover's.
-        {
-            use base64::Engine;
-            let named = base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .decode(&r.public_key)
-                .ok();
-            if named.as_deref() != Some(handover.to.public_key().as_bytes().as_slice()) {
-                return Err(rotation(format!(
-                    "the event's public key is not the key its handover names ({})",
-                    handover.to.key_id_hex()
-                )));
-            }
-        }
+        names_its_handovers_key(r, &handover).map_err(rotation)?;
         for old in std::mem::replace(&mut self.in_force, vec![handover.to]) {
             self.retired.push((old, seq));
         }
