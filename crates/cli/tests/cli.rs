@@ -481,6 +481,30 @@ fn listening_on_every_interface_needs_the_public_url() {
     assert_eq!(status.code(), Some(2), "{err}");
     assert!(err.contains("GRANTLINE_PUBLIC_URL"), "{err}");
     assert!(!dir.path().join("grantline.db").exists(), "nothing created");
+    // Behind a proxy that says the host, the issuer comes from each request: it starts.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_grantline"))
+        .args(["--data-dir", dir.path().to_str().unwrap(), "serve"])
+        .args(["--listen", "0.0.0.0:0"])
+        .env("GRANTLINE_TRUST_FORWARDED_HEADERS", "true")
+        .env("GRANTLINE_ADMIN_PASSWORD", "admin-password-1")
+        .env_remove("GRANTLINE_PUBLIC_URL")
+        .env_remove("GRANTLINE_DATABASE_URL")
+        .env_remove("GRANTLINE_CONFIG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run grantline");
+    let started = std::time::Instant::now();
+    while !dir.path().join("grantline.db").exists() {
+        assert!(child.try_wait().unwrap().is_none(), "it stopped");
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "it did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
 }
 
 /// An unreachable PostgreSQL, as `grantline serve` reports it to an operator whose stderr is a

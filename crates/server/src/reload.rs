@@ -331,6 +331,8 @@ pub enum ReloadError {
 #[derive(Debug, Default)]
 pub struct Reloaded {
     pub changed: Vec<(&'static str, usize)>,
+    /// What the reload could not apply and takes a restart (a secret changed in its file).
+    pub restart_for: Option<String>,
 }
 
 impl App {
@@ -373,12 +375,26 @@ impl App {
         if !blocked.is_empty() {
             return Err(ReloadError::RestartOnly(blocked.join(", ")));
         }
-        let secrets = new
-            .secrets()
-            .map_err(|e| ReloadError::Invalid(format!("{e:#}")))?;
-        let changed: Vec<&str> = changed_secrets(&self.secrets, &secrets);
-        if !changed.is_empty() {
-            return Err(ReloadError::RestartOnly(changed.join(", ")));
+        // A secret is read at start only. One changed in its file since (rotated by whatever
+        // manages secrets) does not hold up a policy change: the reload goes through and says
+        // that the secret in force is still the old one until a restart.
+        let secrets_note = match new.secrets() {
+            Ok(now) => {
+                let changed = changed_secrets(&self.secrets, &now);
+                (!changed.is_empty()).then(|| {
+                    format!(
+                        "{} changed since the start, which takes a restart: the one read then \
+                         stays in force",
+                        changed.join(", ")
+                    )
+                })
+            }
+            Err(e) => Some(format!(
+                "{e:#}: a restart would fail on it; the secrets read at start stay in force"
+            )),
+        };
+        if let Some(note) = &secrets_note {
+            tracing::warn!(%note, "reload");
         }
         let old = self.live();
         let live = Live::build(new, &self.public_url, old.settings.lifetimes.clone())
@@ -417,7 +433,10 @@ impl App {
         if let Ok(mut l) = self.live.write() {
             *l = Arc::new(live);
         }
-        Ok(Reloaded { changed })
+        Ok(Reloaded {
+            changed,
+            restart_for: secrets_note,
+        })
     }
 }
 
@@ -442,25 +461,30 @@ impl Status {
     /// The outcome of `App::reload` (or of loading the file) as a status.
     pub fn of(at: i64, outcome: &Result<Reloaded, ReloadOutcome>) -> Status {
         match outcome {
-            Ok(r) if r.changed.is_empty() => Status {
-                at,
-                ok: true,
-                message: "reloaded: no policy changed".into(),
-                changed: Vec::new(),
-            },
-            Ok(r) => Status {
-                at,
-                ok: true,
-                message: format!(
-                    "reloaded: {} recorded as policy.changed",
-                    r.changed
-                        .iter()
-                        .map(|(p, n)| format!("{p} ({n} settings)"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-                changed: r.changed.iter().map(|(p, n)| (p.to_string(), *n)).collect(),
-            },
+            Ok(r) => {
+                let mut message = if r.changed.is_empty() {
+                    "reloaded: no policy changed".to_string()
+                } else {
+                    format!(
+                        "reloaded: {} recorded as policy.changed",
+                        r.changed
+                            .iter()
+                            .map(|(p, n)| format!("{p} ({n} settings)"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                };
+                if let Some(note) = &r.restart_for {
+                    message.push_str("; but ");
+                    message.push_str(note);
+                }
+                Status {
+                    at,
+                    ok: true,
+                    message,
+                    changed: r.changed.iter().map(|(p, n)| (p.to_string(), *n)).collect(),
+                }
+            }
             Err(ReloadOutcome::Unknown(why)) => Status {
                 at,
                 ok: false,

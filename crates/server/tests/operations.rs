@@ -668,7 +668,7 @@ async fn probes_answer_on_the_metrics_listener_while_clients_hold_every_connecti
 /// An operator's command beside the server (`revoke`, `user list`, `state --at`) runs where
 /// the server's secrets are not: it reads none of them and leaves the configured clients as
 /// the server recorded them. A secret changed in its file is read at start only: a reload
-/// that would change one is refused, naming it.
+/// goes through and says which secret takes a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commands_need_none_of_the_servers_secrets_and_a_changed_secret_takes_a_restart() {
     let db = grantline_store::testing::sqlite().await;
@@ -699,34 +699,49 @@ async fn commands_need_none_of_the_servers_secrets_and_a_changed_secret_takes_a_
         "Resource server"
     );
 
-    // The secret file of a configured client is rotated, and the operator reloads.
-    let cfg = s.app.config.clone();
+    // The secret file of a configured client is rotated, and the operator reloads a policy
+    // change: it goes through, saying the secret takes a restart (the old one stays).
+    let mut cfg = s.app.config.clone();
+    cfg.rate_limits.client_per_minute += 1;
     std::fs::write(
         dir.path().join("rs.secret"),
         "another-secret-0123456789abcdefghij",
     )
     .unwrap();
-    let e = s.app.reload(cfg.clone()).await.unwrap_err().to_string();
-    assert!(
-        e.contains("client rs's secret") && e.contains("restart"),
-        "{e}"
-    );
     std::fs::write(
         dir.path().join("metrics.token"),
         "yet-another-token-0123456789",
     )
     .unwrap();
-    let e = s.app.reload(cfg.clone()).await.unwrap_err().to_string();
-    assert!(e.contains("[metrics] token"), "{e}");
-    // A secret that cannot be read now is a configuration refused with its reason.
+    let done = s.app.reload(cfg.clone()).await.unwrap();
+    assert_eq!(done.changed, vec![("rate_limits", 1)]);
+    let note = done.restart_for.clone().unwrap_or_default();
+    assert!(
+        note.contains("client rs's secret") && note.contains("[metrics] token"),
+        "{note}"
+    );
+    let status = grantline_server::reload::Status::of(0, &Ok(done));
+    assert!(
+        status.ok && status.message.contains("takes a restart"),
+        "{status:?}"
+    );
+    // The secret in force is still the one read at start.
+    let r = browser()
+        .post(s.url("/oauth/introspect"))
+        .form(&[("token", "x")])
+        .basic_auth("rs", Some(RS_SECRET))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    // A secret that cannot be read now: said too, the policy reloaded all the same.
     std::fs::remove_file(dir.path().join("rs.secret")).unwrap();
-    let e = s.app.reload(cfg.clone()).await.unwrap_err().to_string();
-    assert!(e.contains("rs.secret"), "{e}");
-    assert_eq!(s.app.store().head().await.unwrap().unwrap().0, head);
+    let done = s.app.reload(cfg.clone()).await.unwrap();
+    assert!(done.restart_for.unwrap_or_default().contains("rs.secret"));
 
-    // As they were: the reload goes through.
+    // As they were: nothing to say.
     std::fs::write(dir.path().join("rs.secret"), RS_SECRET).unwrap();
     std::fs::write(dir.path().join("metrics.token"), PROBE_TOKEN).unwrap();
-    s.app.reload(cfg).await.unwrap();
+    assert_eq!(s.app.reload(cfg).await.unwrap().restart_for, None);
     s.stop().await;
 }

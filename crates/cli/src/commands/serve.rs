@@ -72,10 +72,13 @@ pub async fn run(loc: &Location, args: Args) -> Result<ExitCode> {
     if config.server.public_url.is_none() {
         // An address every interface answers on names no host a client can reach: the
         // issuer, the resource ids and the tokens' audiences would all be wrong.
-        if config.server.listen.ip().is_unspecified() {
+        // (Behind a proxy that says the host, `trust_forwarded_headers`, the issuer is taken
+        // from each request: that deployment is fine.)
+        if config.server.listen.ip().is_unspecified() && !config.server.trust_forwarded_headers {
             anyhow::bail!(
                 "listening on {} needs the URL clients reach the server at: set \
-                 GRANTLINE_PUBLIC_URL (or [server] public_url), e.g. https://auth.example.com",
+                 GRANTLINE_PUBLIC_URL (or [server] public_url), e.g. https://auth.example.com \
+                 (or, behind a proxy that sends X-Forwarded-Host, trust_forwarded_headers)",
                 config.server.listen
             );
         }
@@ -91,6 +94,7 @@ pub async fn run(loc: &Location, args: Args) -> Result<ExitCode> {
         .public_url
         .as_deref()
         .and_then(|u| url::Url::parse(u).ok())
+        && !config.server.trust_forwarded_headers
         && u.scheme() == "http"
         && !u.host().is_some_and(|h| match h {
             url::Host::Domain(d) => d == "localhost",
