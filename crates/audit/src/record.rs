@@ -173,12 +173,16 @@ pub struct AuditRecord {
 /// formats name as the actor (or source user) and the target (or destination user).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Acted<'a> {
-    /// The event's user acted (or a client for that user, holding their grant).
+    /// The event's user: they acted, a client acted for them holding their grant, or the
+    /// server recorded what befell them (a failed sign-in for their account, a rate limit).
     Subject,
     /// Another user acted on the event's user, or on no user: an administrator (the id).
     User(&'a str),
-    /// The operator, the server itself, or a client acting for no user: `actor` as written.
+    /// The operator (a command) acted on the event's user, or the server or the operator
+    /// acted where no user is concerned: `actor` as written.
     Other(&'a str),
+    /// A client acted for no user (client credentials): it is named in the client's fields.
+    Client,
 }
 
 impl AuditRecord {
@@ -187,8 +191,10 @@ impl AuditRecord {
         match (self.actor.strip_prefix("user:"), self.user_id.as_deref()) {
             (Some(a), Some(u)) if a == u => Acted::Subject,
             (Some(a), _) => Acted::User(a),
-            (None, Some(_)) if self.actor.starts_with("client:") => Acted::Subject,
-            (None, _) => Acted::Other(&self.actor),
+            (None, Some(_)) if self.actor == "operator" => Acted::Other(&self.actor),
+            (None, Some(_)) => Acted::Subject,
+            (None, None) if self.actor.starts_with("client:") => Acted::Client,
+            (None, None) => Acted::Other(&self.actor),
         }
     }
 

@@ -616,6 +616,27 @@ fn the_actor_is_who_acted_and_the_user_acted_on_is_the_target() {
         "{c:?}"
     );
 
+    // The server records a failed sign-in for Bob's account: Bob is the user (brute-force
+    // rules key on it), not a target of the server.
+    let failed = item("system", "login.failed", Some("u_bob"));
+    let e: Value = serde_json::from_str(&Format::Ecs.line(&failed)).unwrap();
+    assert_eq!(e["user"]["id"], "u_bob", "{e}");
+    assert!(e["user"].get("target").is_none(), "{e}");
+    let c = cef_ext(&cef::line(&failed));
+    assert!(
+        has(&c, "suid", "u_bob") && !c.iter().any(|(k, _)| k == "duid"),
+        "{c:?}"
+    );
+    // A machine client acting for no user: no user at all (the client has its own fields).
+    let mut machine = item("client:billing", "tool.called", None);
+    machine.record.client_id = Some("billing".into());
+    let e: Value = serde_json::from_str(&Format::Ecs.line(&machine)).unwrap();
+    assert!(e.get("user").is_none(), "{e}");
+    let c = cef_ext(&cef::line(&machine));
+    assert!(!c.iter().any(|(k, _)| k == "suser" || k == "suid"), "{c:?}");
+    let o: Value = serde_json::from_str(&Format::Ocsf.line(&machine)).unwrap();
+    assert_eq!(o["actor"]["app_uid"], "billing", "{o}");
+
     // An administrator changes a policy (no user acted on).
     let policy = item("user:u_admin", "policy.changed", None);
     let o: Value = serde_json::from_str(&Format::Ocsf.line(&policy)).unwrap();

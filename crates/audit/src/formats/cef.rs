@@ -79,6 +79,7 @@ pub fn line(item: &ExportItem) -> String {
             push("suid", &r.user_id);
             push("suser", &named);
         }
+        Acted::Client => {}
         acted => {
             match acted {
                 Acted::User(id) => push("suid", &Some(id.to_string())),

@@ -120,6 +120,7 @@ pub fn record(item: &ExportItem) -> Value {
                 v["user"] = subject;
             }
         }
+        Acted::Client => {}
         acted => {
             v["user"] = match acted {
                 Acted::User(id) => json!({"id": id}),
