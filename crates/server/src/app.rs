@@ -241,7 +241,6 @@ impl App {
                 .await;
             match appended {
                 Ok(recorded) => {
-                    crate::error::failed_closed_no_more();
                     // The events are durable: the decision is the answer. A state that cannot
                     // follow at once (the database read back fails) must not turn it into a
                     // 503 — a client retrying a code exchange it was in fact granted would be
@@ -252,8 +251,13 @@ impl App {
                 Err(StoreError::Conflict { .. }) if attempts < 8 => {
                     self.projection.catch_up(self.store()).await?;
                 }
-                // Logged where it is answered (once a run: `error::failing_closed`).
-                Err(e) => return Err(e.into()),
+                // Logged once a run (`error::failing_closed`), here and where it is answered.
+                Err(e) => {
+                    if !matches!(e, StoreError::Conflict { .. }) {
+                        crate::error::failing_closed(&e.to_string());
+                    }
+                    return Err(e.into());
+                }
             }
         }
     }
@@ -270,11 +274,20 @@ impl App {
     /// Appends events that need no decision (bootstrap, admin actions).
     pub async fn append(&self, events: Vec<NewEvent>) -> Result<Vec<Recorded>, AppError> {
         let span = tracing::info_span!("append", events = events.len());
-        let recorded = self
+        let recorded = match self
             .ledger
             .append(Append::new(events))
             .instrument(span)
-            .await?;
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                if !matches!(e, StoreError::Conflict { .. }) {
+                    crate::error::failing_closed(&e.to_string());
+                }
+                return Err(e.into());
+            }
+        };
         self.follow(&recorded).await;
         Ok(recorded)
     }
@@ -283,6 +296,7 @@ impl App {
     /// back is logged, not returned (what was recorded happened; reporting it as failed would
     /// make a retry do it twice). The state follows at its next catch-up.
     async fn follow(&self, recorded: &[Recorded]) {
+        crate::error::failed_closed_no_more();
         if let Some(last) = recorded.last()
             && let Err(e) = self.projection.wait_for(last.seq(), self.store()).await
         {

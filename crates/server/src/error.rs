@@ -37,44 +37,46 @@ impl IntoResponse for AppError {
     }
 }
 
-/// Requests answered 503 because the ledger could not record or read what they needed, as a
-/// run: its first is logged as an error with the cause, the others at debug level (while the
-/// database is down, one line per request would bury the log), and its end once
-/// ([`failed_closed_no_more`]).
+/// Work failed closed because the ledger could not record or read what it needed, as a run:
+/// its first failure is logged as an error with the cause, the others at debug level (while
+/// the database is down, one line per request would bury the log), and its end once, at the
+/// next append that works ([`failed_closed_no_more`]).
 static FAILING_CLOSED: std::sync::LazyLock<std::sync::Mutex<grantline_store::Failing>> =
     std::sync::LazyLock::new(Default::default);
 
-/// Whether a run is on: the one thing every successful append reads (no lock).
+/// Whether a run is on: the one thing every successful append reads (no lock). Written only
+/// under [`FAILING_CLOSED`]'s lock, so that it says what the run does.
 static IN_A_RUN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-/// Logs a request failed closed for `why` (see [`FAILING_CLOSED`]).
+/// Logs work failed closed for `why` (see [`FAILING_CLOSED`]).
 pub fn failing_closed(why: &str) {
-    IN_A_RUN.store(true, std::sync::atomic::Ordering::Relaxed);
-    let first = FAILING_CLOSED
-        .lock()
-        .map(|mut f| f.failed())
-        .unwrap_or(true);
+    let first = match FAILING_CLOSED.lock() {
+        Ok(mut f) => {
+            IN_A_RUN.store(true, std::sync::atomic::Ordering::Relaxed);
+            f.failed()
+        }
+        Err(_) => true,
+    };
     if first {
-        tracing::error!(%why, "failing closed: requests that need the ledger are answered 503 until it works again (said once)");
+        tracing::error!(%why, "failing closed: what needs the ledger is answered 503 until it works again (said once)");
     } else {
         tracing::debug!(%why, "failing closed");
     }
 }
 
-/// The ledger recorded an append: a run of requests failed closed, if any, has ended.
+/// The ledger recorded an append: a run of failures, if any, has ended.
 pub fn failed_closed_no_more() {
     if !IN_A_RUN.load(std::sync::atomic::Ordering::Relaxed) {
         return;
     }
-    IN_A_RUN.store(false, std::sync::atomic::Ordering::Relaxed);
-    let ended = FAILING_CLOSED
-        .lock()
-        .ok()
-        .and_then(|mut f| if f.is_failing() { f.ok() } else { None });
-    if let Some((lasted, requests)) = ended {
+    let ended = FAILING_CLOSED.lock().ok().and_then(|mut f| {
+        IN_A_RUN.store(false, std::sync::atomic::Ordering::Relaxed);
+        f.ok()
+    });
+    if let Some((lasted, failures)) = ended {
         tracing::info!(
             seconds = lasted.as_secs_f64(),
-            requests,
+            failures,
             "the ledger works again; requests are served"
         );
     }
