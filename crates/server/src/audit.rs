@@ -38,8 +38,10 @@ pub struct AuditService {
     busy: Arc<tokio::sync::Semaphore>,
 }
 
-/// Index readings run at once; the others wait.
+/// Index readings run at once; the others wait, at most [`TURN_WAIT`].
 const READINGS_AT_ONCE: usize = 2;
+/// The longest a reading waits for its turn.
+const TURN_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl AuditService {
     /// Runs `f` on the index on a blocking thread. A search decodes the stored records it
@@ -51,10 +53,18 @@ impl AuditService {
         f: impl FnOnce(&AuditIndex) -> Result<T, grantline_audit::IndexError> + Send + 'static,
     ) -> Result<T, grantline_audit::IndexError> {
         let index = self.index.clone();
-        // Held by the blocking work until it ends, even when its caller has hung up.
-        let turn = self.busy.clone().acquire_owned().await.map_err(|_| {
-            grantline_audit::IndexError::Directory("the audit index is closing".into())
-        })?;
+        // Held by the blocking work until it ends, even when its caller has hung up. A reader
+        // that waits longer than a turn may take is answered "busy" (503), not left hanging.
+        let turn = tokio::time::timeout(TURN_WAIT, self.busy.clone().acquire_owned())
+            .await
+            .map_err(|_| {
+                grantline_audit::IndexError::Directory(
+                    "the audit index is busy with other readings".into(),
+                )
+            })?
+            .map_err(|_| {
+                grantline_audit::IndexError::Directory("the audit index is closing".into())
+            })?;
         tokio::task::spawn_blocking(move || {
             let _turn = turn;
             f(&index)
@@ -148,11 +158,15 @@ impl AuditService {
         if self.indexed_through() <= after {
             return Ok(dir);
         }
-        self.with_index(move |index| {
-            grantline_audit::clients_as_of(index, &mut dir, after)?;
+        // Not behind the readers' turns: a SIEM's pull export must not wait on a reviewer's
+        // download, and this lookup is bounded (the clients renamed since `after`).
+        let index = self.index.clone();
+        tokio::task::spawn_blocking(move || {
+            grantline_audit::clients_as_of(&index, &mut dir, after)?;
             Ok(dir)
         })
         .await
+        .map_err(|e| grantline_audit::IndexError::Directory(format!("a lookup stopped: {e}")))?
     }
 
     /// An exporter that names users and clients as of `after`: from the index when it has
