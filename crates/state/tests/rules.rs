@@ -563,3 +563,51 @@ fn the_summary_lists_a_token_within_its_grace_period() {
     let after = refresh_rows(rotated.plus_secs(grace));
     assert!(!after.iter().any(|(id, _)| id == "rt_f1a"), "{after:?}");
 }
+
+/// A rotated refresh token presented again and refused: under a shorter grace it would have
+/// been reuse when its own client presented it, never when another client did (the server
+/// refuses another client's presentation before it judges reuse).
+#[test]
+fn what_if_counts_a_refused_presentation_only_by_the_familys_client() {
+    use grantline_state::history::whatif::{Overrides, WhatIf};
+    let family_client = "cli_0197a3c1f0d27c4e8b1a9d6e5f403a22";
+    for (presenter, revoked) in [(family_client, true), ("cli_thief", false)] {
+        let (mut events, n) = history_then(refreshed("f1b", "f1c"));
+        events.push(rec(
+            n + 1,
+            OAuthRefused {
+                endpoint: OAuthEndpoint::Token,
+                client_id: Some(presenter.into()),
+                client_authenticated: false,
+                grant_type: Some(GrantType::RefreshToken),
+                user_id: None,
+                resource: None,
+                requested_scopes: Vec::new(),
+                error: "invalid_grant".into(),
+                description: "refresh token already used".into(),
+                suppressed: 0,
+                request: None,
+                family_id: Some("f1".into()),
+                refresh_token_id: Some("rt_f1b".into()),
+            },
+        ));
+        let mut overrides = Overrides::default();
+        overrides.set("refresh_grace=0s").unwrap();
+        let mut w = WhatIf::new(overrides);
+        let mut s = State::default();
+        for e in &events {
+            w.observe(&s, e);
+            apply(&mut s, e);
+        }
+        let named: Vec<String> = w
+            .differences(&s)
+            .iter()
+            .map(|d| d.family_id.clone())
+            .collect();
+        assert_eq!(
+            named.contains(&"f1".to_string()),
+            revoked,
+            "{presenter}: {named:?}"
+        );
+    }
+}

@@ -9,8 +9,11 @@
 //! refused inside the grace (it lost a race, or its successor was used; `oauth.refused` names
 //! its family and token): under a shorter grace it would have been reuse. A refused request
 //! is not replayed under a more lenient setting: its refusal left no tokens to follow. The
-//! server records at most one such refusal per family, client and error a minute — the first,
-//! which is the one that would have revoked the family.
+//! server records at most one such refusal per family, client and error a minute (the first;
+//! the others are counted in it): a later presentation in that minute that a shorter grace
+//! would have made reuse is not seen, so a what-if of a shorter grace may miss families. A
+//! refusal of a token presented by another client than the family's is never reuse: the
+//! server refuses it before judging reuse.
 
 use crate::rules::settings::RuleSettings;
 use crate::{Family, State};
@@ -223,11 +226,12 @@ impl WhatIf {
                 let (Some(family), Some(token)) = (&e.family_id, &e.refresh_token_id) else {
                     return;
                 };
+                // Presented by another client than the family's (a thief's own registration):
+                // refused before reuse is judged, whatever the grace, so never a revocation.
                 if self.fates.contains_key(family)
-                    || before
-                        .families
-                        .get(family)
-                        .is_none_or(|f| f.revoked.is_some())
+                    || before.families.get(family).is_none_or(|f| {
+                        f.revoked.is_some() || e.client_id.as_deref() != Some(f.client_id.as_str())
+                    })
                 {
                     return;
                 }
