@@ -88,9 +88,12 @@ pub fn user_revokes_everything(
     };
     const REASON: &str = "the user revoked everything";
     let mut d = revoke_everything(state, actor.clone(), user_id, REASON, request);
+    // Whether or not this state saw a sign-in since sessions last ended: another instance may
+    // have recorded one (the very session the user fears was stolen), and grants and tokens
+    // this state has not folded yet; the fold revokes everything recorded before this event.
     d.append
         .events
-        .extend(end_sessions(state, actor, user_id, REASON));
+        .push(sessions_ended(actor, user_id, REASON));
     d
 }
 

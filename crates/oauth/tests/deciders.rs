@@ -1600,6 +1600,11 @@ fn a_user_revokes_their_own_grant_or_everything() {
             .is_none()
     );
     assert!(w.live(&m.access_token), "other users keep theirs");
+    // The user's own "revoke everything" ends their sessions whatever this state saw of
+    // their sign-ins (another instance may have recorded the one they fear was stolen).
+    assert!(w.state.users[&user].last_login_seq.is_none());
+    let d = grantline_oauth::grant::user_revokes_everything(&w.state, &user, None);
+    assert_eq!(w.commit(&d.append).unwrap(), vec![Kind::UserSessionsEnded]);
 }
 
 #[test]
