@@ -91,9 +91,7 @@ pub fn user_revokes_everything(
     // Whether or not this state saw a sign-in since sessions last ended: another instance may
     // have recorded one (the very session the user fears was stolen), and grants and tokens
     // this state has not folded yet; the fold revokes everything recorded before this event.
-    d.append
-        .events
-        .push(sessions_ended(actor, user_id, REASON));
+    d.append.events.push(sessions_ended(actor, user_id, REASON));
     d
 }
 

@@ -62,8 +62,31 @@ fn reason_checked(reason: &str) -> Result<String, OAuthError> {
     limits::display_text("reason", reason, limits::REASON_CHARS).map_err(invalid)
 }
 
+/// The other active administrators, when `user_id` is an active one whose role or access is
+/// about to go: refused when there is none (the admin API would have no one left to use it;
+/// only the command line could make one again). The decision expects each of their streams,
+/// so that two administrators demoting each other at once cannot both pass.
+fn other_admins(state: &State, user_id: &str) -> Result<Vec<(StreamId, u64)>, OAuthError> {
+    let is_admin = |u: &grantline_state::User| u.role == "admin" && u.active();
+    if !state.users.get(user_id).is_some_and(is_admin) {
+        return Ok(Vec::new());
+    }
+    let others: Vec<(StreamId, u64)> = state
+        .users
+        .values()
+        .filter(|u| u.user_id != user_id && is_admin(u))
+        .map(|u| (StreamId::user(&u.user_id), u.version))
+        .collect();
+    if others.is_empty() {
+        return Err(invalid(
+            "this is the last active administrator: make another one first",
+        ));
+    }
+    Ok(others)
+}
+
 /// `user.disabled` with the given reason; nothing when the user is disabled already.
-/// Returns whether it changed anything.
+/// Returns whether it changed anything. Refused for the last active administrator.
 pub fn disable(state: &State, actor: Actor, user_id: &str, reason: &str) -> Decision<bool> {
     let Some(u) = state.users.get(user_id) else {
         return invalid("no such user").into();
@@ -75,8 +98,12 @@ pub fn disable(state: &State, actor: Actor, user_id: &str, reason: &str) -> Deci
         Ok(r) => r,
         Err(e) => return e.into(),
     };
+    let others = match other_admins(state, user_id) {
+        Ok(o) => o,
+        Err(e) => return e.into(),
+    };
     let stream = StreamId::user(user_id);
-    Decision::new(
+    let mut d = Decision::new(
         vec![NewEvent::new(
             stream.clone(),
             actor,
@@ -87,7 +114,11 @@ pub fn disable(state: &State, actor: Actor, user_id: &str, reason: &str) -> Deci
         )],
         Ok(true),
     )
-    .expect(stream, ExpectedVersion::Exactly(u.version))
+    .expect(stream, ExpectedVersion::Exactly(u.version));
+    for (s, v) in others {
+        d = d.expect(s, ExpectedVersion::Exactly(v));
+    }
+    d
 }
 
 /// `user.enabled`: a disabled user may act again. Nothing they held before comes back: every
@@ -155,7 +186,8 @@ pub fn set_password(state: &State, actor: Actor, user_id: &str, reason: &str) ->
         .expect(stream, ExpectedVersion::Exactly(u.version))
 }
 
-/// `user.role_changed`; nothing when the user has the role already.
+/// `user.role_changed`; nothing when the user has the role already. Refused when it would
+/// take the role from the last active administrator.
 pub fn set_role(
     state: &State,
     actor: Actor,
@@ -172,8 +204,12 @@ pub fn set_role(
     if u.role == role {
         return Decision::new(Vec::new(), Ok(false));
     }
+    let others = match other_admins(state, user_id) {
+        Ok(o) => o,
+        Err(e) => return e.into(),
+    };
     let stream = StreamId::user(user_id);
-    Decision::new(
+    let mut d = Decision::new(
         vec![NewEvent::new(
             stream.clone(),
             actor,
@@ -187,7 +223,11 @@ pub fn set_role(
         )],
         Ok(true),
     )
-    .expect(stream, ExpectedVersion::Exactly(u.version))
+    .expect(stream, ExpectedVersion::Exactly(u.version));
+    for (s, v) in others {
+        d = d.expect(s, ExpectedVersion::Exactly(v));
+    }
+    d
 }
 
 /// `login.succeeded`: the session begins. Refused for a user who may not act.

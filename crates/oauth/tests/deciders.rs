@@ -2457,3 +2457,40 @@ fn a_user_holds_a_bounded_number_of_live_personal_access_tokens() {
             .is_ok()
     );
 }
+
+/// The last active administrator keeps the role and access: demoting or disabling them is
+/// refused; and two administrators demoting each other at once cannot both pass (each
+/// decision expects the other's stream).
+#[test]
+fn the_last_active_administrator_is_neither_demoted_nor_disabled() {
+    use grantline_oauth::users;
+    let mut w = World::new();
+    let (a, b) = (w.user(), w.user());
+    let known = |r: &str| ["admin", "user", "auditor"].contains(&r);
+    let d = users::set_role(&w.state, Actor::Operator, &a, "admin", known);
+    w.commit(&d.append).unwrap();
+    for d in [
+        users::set_role(&w.state, Actor::Operator, &a, "user", known),
+        users::disable(&w.state, Actor::Operator, &a, "left"),
+    ] {
+        assert!(d.append.events.is_empty());
+        assert!(
+            d.outcome
+                .unwrap_err()
+                .description
+                .contains("last active administrator")
+        );
+    }
+    let d = users::set_role(&w.state, Actor::Operator, &b, "admin", known);
+    w.commit(&d.append).unwrap();
+    let a_demotes_b = users::set_role(&w.state, Actor::User { id: a.clone() }, &b, "user", known);
+    let b_demotes_a = users::set_role(&w.state, Actor::User { id: b.clone() }, &a, "user", known);
+    w.commit(&a_demotes_b.append).unwrap();
+    assert!(
+        w.commit(&b_demotes_a.append).is_err(),
+        "b's stream, which it expected as the other administrator's, moved on"
+    );
+    // Decided again on the new state: b is no administrator, a the last one.
+    let again = users::set_role(&w.state, Actor::Operator, &a, "user", known);
+    assert!(again.outcome.is_err());
+}
