@@ -1072,6 +1072,29 @@ fn code_exchange_issues_tokens_once_and_a_replay_revokes_the_family() {
 
 // ---------------------------------------------------------------- refresh_token
 
+/// A rotated token retried within the grace period gets a sibling each time, up to a bound:
+/// past it the retry is refused and nothing is revoked (every token of a live family stays in
+/// the state, so an unbounded loop would grow it without end).
+#[test]
+fn retries_within_the_grace_period_are_bounded() {
+    use grantline_oauth::grants::refresh_token::MAX_RETRIES_IN_GRACE;
+    let mut w = World::new();
+    let client = w.public_client();
+    let user = w.user();
+    let t = w.tokens(&client, &user);
+    let rt = t.refresh_token.clone().unwrap();
+    for _ in 0..MAX_RETRIES_IN_GRACE {
+        let (d, r) = w.refresh(&client, &rt);
+        assert!(d.outcome.is_ok());
+        assert_eq!(r.unwrap(), vec![Kind::TokenRefreshed]);
+    }
+    let (d, r) = w.refresh(&client, &rt);
+    assert_eq!(code_of(&d), "invalid_grant");
+    assert!(d.append.events.is_empty(), "{r:?}");
+    let family = &w.state.refresh_tokens[&secret_digest(rt.as_bytes())].family_id;
+    assert!(w.state.family_live(family), "nothing revoked");
+}
+
 #[test]
 fn refresh_rotates_and_reuse_after_grace_revokes_the_family() {
     let mut w = World::new();

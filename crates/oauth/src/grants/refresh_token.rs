@@ -15,6 +15,10 @@ use grantline_ledger::{
 };
 use grantline_state::{Client, RefreshToken, State};
 
+/// Refresh tokens one token may be exchanged for: the first, and retries within the grace
+/// period (a lost answer, a client racing itself).
+pub const MAX_RETRIES_IN_GRACE: usize = 5;
+
 /// The form fields of a refresh. `Debug` hides the token.
 #[derive(Clone, Default)]
 pub struct RefreshRequest {
@@ -145,6 +149,16 @@ pub fn decide(
     if successor_used {
         return OAuthError::invalid_grant(
             "refresh token was rotated and its successor has been used",
+        )
+        .into();
+    }
+    // Each retry within the grace period issues a sibling, and every token of a live family is
+    // kept (reuse detection needs them): a client looping on one rotated token would otherwise
+    // grow the state without bound. A retry is for a lost answer; a few suffice.
+    if token.children.len() >= MAX_RETRIES_IN_GRACE {
+        return OAuthError::invalid_grant(
+            "refresh token retried too often within the grace period; use the refresh token \
+             issued for it",
         )
         .into();
     }
