@@ -302,6 +302,12 @@ impl Index {
                 self.family(s, f, false);
             }
         }
+        // Its tokens of no family (client credentials): their revocation names no client.
+        for (t, owner) in &self.loose_tokens {
+            if owner == c {
+                s.tokens.insert(t.clone());
+            }
+        }
     }
 }
 
@@ -429,6 +435,47 @@ mod tests {
         // Its client's registration, its issuance and the tool call made with it (both
         // marked); not the other family's code.
         assert_eq!(story, vec![(1, false), (3, true), (4, true)]);
+    }
+
+    /// A client's story holds the revocation of its client-credentials tokens (which names no
+    /// client) and the rate limits of its bucket.
+    #[test]
+    fn a_clients_story_holds_its_loose_tokens_revoked_and_its_rate_limits() {
+        let Payload::TokenIssued(mut issued) = sample(Kind::TokenIssued) else {
+            unreachable!()
+        };
+        issued.family_id = None;
+        issued.refresh = None;
+        let client = issued.client_id.clone();
+        let Payload::TokenRevoked(mut revoked) = sample(Kind::TokenRevoked) else {
+            unreachable!()
+        };
+        revoked.family_id = None;
+        revoked.token_id = issued.access.token_id.clone();
+        let limited = grantline_ledger::RateLimitExceeded {
+            resource: "https://mcp.example/mcp".into(),
+            bucket: grantline_ledger::RateBucket::Client,
+            subject: client.clone(),
+            window_start: grantline_ledger::Timestamp(0),
+            window_seconds: 60,
+            limit: 10,
+            rejected: 3,
+        };
+        let events = [
+            rec(1, sample(Kind::ClientRegistered)),
+            rec(2, Payload::TokenIssued(issued)),
+            rec(3, Payload::TokenRevoked(revoked)),
+            rec(4, Payload::RateLimitExceeded(limited)),
+        ];
+        let mut index = Index::new(&client);
+        events.iter().for_each(|e| index.observe(e));
+        let scope = index.resolve().expect("the client is known");
+        let story: Vec<u64> = events
+            .iter()
+            .filter(|e| scope.includes(e).is_some())
+            .map(|e| e.seq())
+            .collect();
+        assert_eq!(story, vec![1, 2, 3, 4]);
     }
 
     /// A client's story holds its attempts on another client's token family: the refusal is

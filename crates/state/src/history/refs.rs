@@ -177,7 +177,12 @@ pub fn refs(p: &Payload) -> Refs<'_> {
                 credential_ref(&mut r, c);
             }
         }
-        P::RateLimitExceeded(_) | P::SigningKeyRotated(_) | P::PolicyChanged(_) => {}
+        // The bucket's subject: a user's (read, write) or a client's.
+        P::RateLimitExceeded(e) => match e.bucket {
+            grantline_ledger::RateBucket::Client => r.client = Some(&e.subject),
+            _ => r.user = Some(&e.subject),
+        },
+        P::SigningKeyRotated(_) | P::PolicyChanged(_) => {}
         P::AuditSearched(e) => {
             r.user = e.user_id.as_deref();
             r.client = e.client_id.as_deref();
