@@ -772,6 +772,13 @@ pub fn map(event: &Recorded, dir: &mut impl Names, o: &mut dyn Opener) -> AuditR
             subjects.push(subject);
         }
     }
+    // A client that acted where the payload names none (its own token revoked at
+    // /oauth/revoke): the client is the actor's.
+    if r.client_id.is_none()
+        && let Some(c) = r.actor.strip_prefix("client:")
+    {
+        r.client_id = Some(c.to_string());
+    }
     if r.client_name.is_none()
         && let Some(c) = r.client_id.as_deref()
     {

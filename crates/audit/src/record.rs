@@ -174,16 +174,26 @@ pub struct AuditRecord {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Acted<'a> {
     /// The event's user: they acted, a client acted for them holding their grant, or the
-    /// server recorded what befell them (a failed sign-in for their account, a rate limit).
+    /// server recorded an attempt of theirs (a failed sign-in for their account, a rate limit,
+    /// a refused request).
     Subject,
     /// Another user acted on the event's user, or on no user: an administrator (the id).
     User(&'a str),
-    /// The operator (a command) acted on the event's user, or the server or the operator
-    /// acted where no user is concerned: `actor` as written.
+    /// The operator (a command) or the server (an identity provider's mapping, a
+    /// deprovisioning, the bootstrap) acted on the event's user, or either acted where no user
+    /// is concerned: `actor` as written.
     Other(&'a str),
     /// A client acted for no user (client credentials): it is named in the client's fields.
     Client,
 }
+
+/// Kinds the server records of a user's own attempt, whoever the ledger names as the actor.
+const ATTEMPTS: [&str; 4] = [
+    "login.failed",
+    "rate_limit.exceeded",
+    "oauth.refused",
+    "authorization.denied",
+];
 
 impl AuditRecord {
     /// Who acted on this event's user, or in it (see [`Acted`]).
@@ -191,8 +201,9 @@ impl AuditRecord {
         match (self.actor.strip_prefix("user:"), self.user_id.as_deref()) {
             (Some(a), Some(u)) if a == u => Acted::Subject,
             (Some(a), _) => Acted::User(a),
-            (None, Some(_)) if self.actor == "operator" => Acted::Other(&self.actor),
-            (None, Some(_)) => Acted::Subject,
+            (None, Some(_)) if self.actor.starts_with("client:") => Acted::Subject,
+            (None, Some(_)) if ATTEMPTS.contains(&self.kind.as_str()) => Acted::Subject,
+            (None, Some(_)) => Acted::Other(&self.actor),
             (None, None) if self.actor.starts_with("client:") => Acted::Client,
             (None, None) => Acted::Other(&self.actor),
         }

@@ -627,6 +627,19 @@ fn the_actor_is_who_acted_and_the_user_acted_on_is_the_target() {
         has(&c, "suid", "u_bob") && !c.iter().any(|(k, _)| k == "duid"),
         "{c:?}"
     );
+    // An identity provider's mapping (the server) makes Bob an admin: the server acted on him.
+    let mapped = item("system", "user.role_changed", Some("u_bob"));
+    let e: Value = serde_json::from_str(&Format::Ecs.line(&mapped)).unwrap();
+    assert_eq!(
+        (&e["user"]["name"], &e["user"]["target"]["id"]),
+        (&json!("system"), &json!("u_bob")),
+        "{e}"
+    );
+    let o: Value = serde_json::from_str(&Format::Ocsf.line(&mapped)).unwrap();
+    assert!(
+        o["actor"].get("user").is_none() && o["actor"]["app_name"] == "system",
+        "{o}"
+    );
     // A machine client acting for no user: no user at all (the client has its own fields).
     let mut machine = item("client:billing", "tool.called", None);
     machine.record.client_id = Some("billing".into());
