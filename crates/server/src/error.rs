@@ -27,7 +27,7 @@ impl IntoResponse for AppError {
         match self {
             AppError::OAuth(e) => oauth_error(&e),
             AppError::Unavailable(why) => {
-                failing_closed(&why);
+                answered_failed_closed(&why);
                 oauth_error(&OAuthError::new(
                     ErrorCode::TemporarilyUnavailable,
                     "the audit ledger cannot record this request right now; nothing was done",
@@ -61,6 +61,16 @@ pub fn failing_closed(why: &str) {
         tracing::error!(%why, "failing closed: what needs the ledger is answered 503 until it works again (said once)");
     } else {
         tracing::debug!(%why, "failing closed");
+    }
+}
+
+/// Logs a request answered 503 for `why`: a run already on was counted where the work failed
+/// (`App::run`, `App::append`); one that failed elsewhere (a read) starts or counts in a run.
+pub fn answered_failed_closed(why: &str) {
+    if IN_A_RUN.load(std::sync::atomic::Ordering::Relaxed) {
+        tracing::debug!(%why, "failing closed");
+    } else {
+        failing_closed(why);
     }
 }
 

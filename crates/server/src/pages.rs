@@ -102,7 +102,7 @@ pub fn app_error(e: crate::error::AppError) -> Response {
             error(StatusCode::BAD_REQUEST, "Bad request", &o.description)
         }
         crate::error::AppError::Unavailable(why) => {
-            crate::error::failing_closed(&why);
+            crate::error::answered_failed_closed(&why);
             error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "Temporarily unavailable",
