@@ -383,6 +383,7 @@ pub struct Start {
     retired: Vec<(NoteVerifier, u64)>,
     /// Keys given that were in force up to the checkpoint (see [`ChainVerifier`]).
     reached: Vec<NoteVerifier>,
+    followed: bool,
 }
 
 /// Why a walk cannot start from a checkpoint.
@@ -468,6 +469,7 @@ impl Start {
             in_force: walk.in_force,
             in_force_trusted: walk.in_force_trusted,
             retired: walk.retired,
+            followed: walk.followed,
             reached: walk.reached,
         })
     }
@@ -542,6 +544,8 @@ pub struct ChainVerifier {
     /// verified, or a handover it followed named it (kept only when two or more keys were
     /// given: [`Summary::never_in_force`]).
     reached: Vec<NoteVerifier>,
+    /// Whether a handover has been followed, in this walk or before its start.
+    followed: bool,
 }
 
 impl ChainVerifier {
@@ -573,6 +577,7 @@ impl ChainVerifier {
             confirmed: false,
             signed_in_walk: false,
             handing_over: false,
+            followed: false,
             reached: Vec::new(),
         }
     }
@@ -636,6 +641,7 @@ impl ChainVerifier {
         verifier.in_force = start.in_force;
         verifier.in_force_trusted = start.in_force_trusted;
         verifier.retired = start.retired;
+        verifier.followed = start.followed;
         verifier.reached = start.reached;
         verifier.checkpoints += 1;
         verifier.from = start.size;
@@ -744,12 +750,19 @@ impl ChainVerifier {
         // A handover into a key this check holds in force already (it was given the new key
         // alone, which signed the checkpoint of the handover's own size): nothing to follow,
         // once the event is seen to name that key.
-        if let Ok(claimed) = crate::KeyHandover::parse_unverified(note)
+        // Only while the walk has followed no handover (the key was given, not reached), and
+        // once: a second handover into the key in force (a forged one, or one signed with a
+        // stolen retired key) is judged as any is.
+        if !self.followed
+            && let Ok(claimed) = crate::KeyHandover::parse_unverified(note)
             && self.in_force.contains(&claimed.to)
             && !self.in_force.contains(&claimed.from)
         {
-            return names_its_handovers_key(r, &claimed).map_err(rotation);
+            names_its_handovers_key(r, &claimed).map_err(rotation)?;
+            self.followed = true;
+            return Ok(());
         }
+        self.followed = true;
         let handover = match crate::KeyHandover::open(note, &self.in_force) {
             // Signed by the key in force: what it introduces is trusted if that key was, or if
             // this check was given the new key itself (a key in force reached through an

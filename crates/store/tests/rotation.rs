@@ -301,6 +301,24 @@ backend_tests! {
         assert_eq!(unreached(vec![&stranger, &k1]).await, Some(k1.verifier()));
     }
 
+    async fn a_second_handover_into_the_key_in_force_is_tampering(db: TestDb) {
+        // After the genuine k0 → k1 and a checkpoint of k1's, someone with write access adds
+        // "x → k1", signed by x: whichever key is given, the walk says so.
+        let (k0, k1) = handed_over_at_six(&db).await;
+        let ledger = open_after(&db, &k1, Some(&k0)).await;
+        events(&ledger, 7..=7).await;
+        assert_eq!(ledger.checkpoint().await.unwrap(), Some(7));
+        let x = NoteSigner::generate(NAME).unwrap();
+        ledger.append(Append::new(vec![rotation(&x, &k1, Some(x.hand_over_to(&k1.verifier())))])).await.unwrap();
+        ledger.shutdown().await;
+        let store = Store::connect(&db.db, false).await.unwrap();
+        for given in [&k0, &k1] {
+            let f = check(&store, &[given]).await.unwrap_err();
+            assert_eq!(f.seq, 8, "{f}");
+            assert!(matches!(f.problem, Problem::KeyRotation { .. }), "{f}");
+        }
+    }
+
     async fn a_rotation_whose_public_key_is_not_its_handovers_is_tampering(db: TestDb) {
         // The handover k0 signed names k1; the event carries k1's id but another key.
         let k0 = NoteSigner::generate(NAME).unwrap();
