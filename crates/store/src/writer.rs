@@ -70,11 +70,12 @@ pub struct LedgerOptions {
     /// commands that append set it: a checkpoint signed by a key handed over to another is a
     /// forgery to `verify`. Off for benchmarks and tests that write a ledger of their own.
     pub sign_after_key_check: bool,
-    /// Keys whose checkpoints a key that has signed none yet (the first start after a
-    /// rotation) may resume its Merkle tree from: the data directory's key history. Without
-    /// one of theirs, the tree is read again from every hash. A checkpoint row is not trusted
-    /// for being in the database: anyone who can insert one could otherwise have this key
-    /// sign roots that are not the events'.
+    /// Keys a key that has signed no checkpoint yet (the first start after a rotation) may
+    /// resume its Merkle tree from: the data directory's key history. Of them only the key the
+    /// ledger's handover to this one names counts, and its checkpoints up to that handover.
+    /// Without it, the tree is read again from every hash. A checkpoint row is not trusted for
+    /// being in the database: anyone who can insert one could otherwise have this key sign
+    /// roots that are not the events'.
     pub resume_keys: Vec<NoteVerifier>,
 }
 
@@ -1411,11 +1412,13 @@ impl Writer {
         // newest frontier consistent with its own row, rather than every hash of the ledger
         // read under the append lock. What it covers is not counted as this key's, so the key
         // signs a checkpoint of its own at once.
-        if self.frontier.size() == 0 {
-            let trusted = self.resumable_signers();
-            if let Some(f) = self.read_latest_frontier(size, &trusted).await? {
-                self.frontier = f;
-            }
+        if self.frontier.size() == 0
+            && let Some((predecessor, handed_over_at)) = self.predecessor().await?
+            && let Some(f) = self
+                .read_latest_frontier(size.min(handed_over_at), &[predecessor])
+                .await?
+        {
+            self.frontier = f;
         }
         let from = self.frontier.size();
         // Rotations between what the caller checked and where the tree resumes: the rows the
@@ -1570,16 +1573,60 @@ impl Writer {
         Ok(None)
     }
 
-    /// The keys whose checkpoints this key may resume its tree from: its own, and those the
-    /// caller trusts for it ([`LedgerOptions::resume_keys`]).
-    fn resumable_signers(&self) -> Vec<NoteVerifier> {
-        let mut keys = vec![self.signer.verifier()];
-        for k in &self.options.resume_keys {
-            if !keys.contains(k) {
-                keys.push(k.clone());
+    /// The key that handed over to this one, and the seq of that handover, when the caller
+    /// trusts it ([`LedgerOptions::resume_keys`]): its checkpoints up to the handover are
+    /// where this key may resume its tree. Read from the `keys` stream (a few rows, by index).
+    async fn predecessor(&mut self) -> Result<Option<(NoteVerifier, u64)>> {
+        if self.options.resume_keys.is_empty() {
+            return Ok(None);
+        }
+        const SQL: &str = "SELECT seq, body FROM events WHERE stream = 'keys' \
+                           AND kind = 'signing_key.rotated' ORDER BY seq";
+        let rows: Vec<(i64, Vec<u8>)> = match &mut self.conn {
+            WriterConn::Sqlite(c) => {
+                on_sqlite(c, move |c| {
+                    let mut st = c.prepare(SQL)?;
+                    let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+                })
+                .await?
+            }
+            WriterConn::Postgres(c) => {
+                let read = sqlx::query_as(SQL).fetch_all(&mut *c);
+                link::within(link::STATEMENT_DEADLINE, "the key handovers", read).await?
+            }
+        };
+        let own = self.signer.verifier();
+        let mut found = None;
+        for (seq, body) in rows {
+            let Ok(env) = grantline_ledger::decode(&body) else {
+                continue;
+            };
+            let grantline_ledger::Payload::SigningKeyRotated(r) = env.payload else {
+                continue;
+            };
+            if r.purpose != grantline_ledger::KeyPurpose::Checkpoint {
+                continue;
+            }
+            let Some(h) = r
+                .endorsement
+                .as_deref()
+                .and_then(|n| grantline_ledger::KeyHandover::parse_unverified(n).ok())
+            else {
+                continue;
+            };
+            // The first handover to this key, from a key the caller trusts, signed by it.
+            if h.to == own
+                && self.options.resume_keys.contains(&h.from)
+                && r.endorsement.as_deref().is_some_and(|n| {
+                    grantline_ledger::KeyHandover::open(n, std::slice::from_ref(&h.from)).is_ok()
+                })
+            {
+                found = Some((h.from, seq.max(0) as u64));
+                break;
             }
         }
-        keys
+        Ok(found)
     }
 
     /// The frontier saved with the newest checkpoint at or below `upto` signed by one of

@@ -158,6 +158,8 @@ pub async fn record(loc: &Location, key: &NoteSigner, event: Option<NewEvent>) -
     // it signs no checkpoint (the server's next one covers this event).
     let options = LedgerOptions {
         sign_after_key_check: true,
+        // After a rotation, the tree resumes as the server's does, not from every hash.
+        resume_keys: grantline_store::keyfile::key_history(&loc.data_dir)?,
         ..LedgerOptions::default()
     };
     let ledger = Ledger::open(&loc.database, signer, options).await?;
