@@ -62,13 +62,19 @@ fn reason_checked(reason: &str) -> Result<String, OAuthError> {
     limits::display_text("reason", reason, limits::REASON_CHARS).map_err(invalid)
 }
 
-/// The other active administrators, when `user_id` is an active one whose role or access is
-/// about to go: refused when there is none (the admin API would have no one left to use it;
-/// only the command line could make one again). The decision expects each of their streams,
-/// so that two administrators demoting each other at once cannot both pass.
-fn other_admins(state: &State, user_id: &str) -> Result<Vec<(StreamId, u64)>, OAuthError> {
+/// The other active administrators, when an administrator (`actor`) is about to take the
+/// role or access of `user_id`, an active one: refused when there is none (the admin API
+/// would have no one left to use it). The decision expects each of their streams, so that two
+/// administrators demoting each other at once cannot both pass. The operator at the command
+/// line is not held to it: during an incident the only admin's account may be the one to
+/// stop, and the command line can make another.
+fn other_admins(
+    state: &State,
+    actor: &Actor,
+    user_id: &str,
+) -> Result<Vec<(StreamId, u64)>, OAuthError> {
     let is_admin = |u: &grantline_state::User| u.role == "admin" && u.active();
-    if !state.users.get(user_id).is_some_and(is_admin) {
+    if matches!(actor, Actor::Operator) || !state.users.get(user_id).is_some_and(is_admin) {
         return Ok(Vec::new());
     }
     let others: Vec<(StreamId, u64)> = state
@@ -86,7 +92,7 @@ fn other_admins(state: &State, user_id: &str) -> Result<Vec<(StreamId, u64)>, OA
 }
 
 /// `user.disabled` with the given reason; nothing when the user is disabled already.
-/// Returns whether it changed anything. Refused for the last active administrator.
+/// Returns whether it changed anything. Refused, to an administrator, for the last active one.
 pub fn disable(state: &State, actor: Actor, user_id: &str, reason: &str) -> Decision<bool> {
     let Some(u) = state.users.get(user_id) else {
         return invalid("no such user").into();
@@ -98,7 +104,7 @@ pub fn disable(state: &State, actor: Actor, user_id: &str, reason: &str) -> Deci
         Ok(r) => r,
         Err(e) => return e.into(),
     };
-    let others = match other_admins(state, user_id) {
+    let others = match other_admins(state, &actor, user_id) {
         Ok(o) => o,
         Err(e) => return e.into(),
     };
@@ -186,8 +192,8 @@ pub fn set_password(state: &State, actor: Actor, user_id: &str, reason: &str) ->
         .expect(stream, ExpectedVersion::Exactly(u.version))
 }
 
-/// `user.role_changed`; nothing when the user has the role already. Refused when it would
-/// take the role from the last active administrator.
+/// `user.role_changed`; nothing when the user has the role already. Refused, to an
+/// administrator, when it would take the role from the last active one.
 pub fn set_role(
     state: &State,
     actor: Actor,
@@ -204,7 +210,7 @@ pub fn set_role(
     if u.role == role {
         return Decision::new(Vec::new(), Ok(false));
     }
-    let others = match other_admins(state, user_id) {
+    let others = match other_admins(state, &actor, user_id) {
         Ok(o) => o,
         Err(e) => return e.into(),
     };
