@@ -1093,6 +1093,11 @@ fn retries_within_the_grace_period_are_bounded() {
     assert!(d.append.events.is_empty(), "{r:?}");
     let family = &w.state.refresh_tokens[&secret_digest(rt.as_bytes())].family_id;
     assert!(w.state.family_live(family), "nothing revoked");
+    // Introspection and `state` judge it as the token endpoint does: no longer redeemable.
+    assert_eq!(
+        introspect::introspect(&w.state, "x", &rt, w.now, 10, Audiences::Any)["active"],
+        false
+    );
 }
 
 #[test]

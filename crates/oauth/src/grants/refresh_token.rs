@@ -15,9 +15,7 @@ use grantline_ledger::{
 };
 use grantline_state::{Client, RefreshToken, State};
 
-/// Refresh tokens one token may be exchanged for: the first, and retries within the grace
-/// period (a lost answer, a client racing itself).
-pub const MAX_RETRIES_IN_GRACE: usize = 5;
+pub use grantline_state::rules::MAX_RETRIES_IN_GRACE;
 
 /// The form fields of a refresh. `Debug` hides the token.
 #[derive(Clone, Default)]

@@ -16,6 +16,6 @@ pub(crate) use family::revoke_family;
 pub(crate) use grant::on_grant_revoked;
 pub(crate) use replay::on_code_replayed;
 pub(crate) use reuse::on_reuse_detected;
-pub use rotation::Redeemable;
 pub(crate) use rotation::on_rotated;
+pub use rotation::{MAX_RETRIES_IN_GRACE, Redeemable};
 pub(crate) use sessions_ended::on_sessions_ended;

@@ -35,9 +35,16 @@ impl State {
                 .get(c)
                 .is_some_and(|c| c.rotated_at.is_some())
         });
-        (now < until && !successor_used).then_some(Redeemable::InGrace { until })
+        (now < until && !successor_used && t.children.len() < MAX_RETRIES_IN_GRACE)
+            .then_some(Redeemable::InGrace { until })
     }
 }
+
+/// Refresh tokens one token may be exchanged for: the first, and retries within the grace
+/// period (a lost answer, a client racing itself). Every token of a live family is kept for
+/// reuse detection, so a client looping on one token would otherwise grow the state without
+/// end.
+pub const MAX_RETRIES_IN_GRACE: usize = 5;
 
 /// Rotation, and which branch wins a race. The presented token `old` gets the child `new`.
 ///
