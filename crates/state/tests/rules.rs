@@ -506,21 +506,27 @@ fn a_sweep_counts_what_it_forgot_and_leaves_nothing_pointing_at_it() {
     );
 }
 
-#[test]
-fn what_if_still_names_a_family_the_sweep_forgot() {
+/// `events` folded, and replayed under a grace of 0 s beside.
+fn what_if_no_grace(events: &[Recorded]) -> (grantline_state::history::whatif::WhatIf, State) {
     use grantline_state::history::whatif::{Overrides, WhatIf};
-    // f1a presented again a second after its rotation: honoured under the recorded grace,
-    // reuse under a grace of 0 s. Then the family runs out and is forgotten.
-    let (mut events, _) = history_then(refreshed("f1a", "f1c"));
-    later(&mut events, TO_MIDNIGHT + 2 * 86_400);
     let mut overrides = Overrides::default();
     overrides.set("refresh_grace=0s").unwrap();
     let mut w = WhatIf::new(overrides);
     let mut s = State::default();
-    for e in &events {
+    for e in events {
         w.observe(&s, e);
         apply(&mut s, e);
     }
+    (w, s)
+}
+
+#[test]
+fn what_if_still_names_a_family_the_sweep_forgot() {
+    // f1a presented again a second after its rotation: honoured under the recorded grace,
+    // reuse under a grace of 0 s. Then the family runs out and is forgotten.
+    let (mut events, _) = history_then(refreshed("f1a", "f1c"));
+    later(&mut events, TO_MIDNIGHT + 2 * 86_400);
+    let (w, s) = what_if_no_grace(&events);
     assert!(!s.families.contains_key("f1"), "the sweep forgot f1");
     let d = w.differences(&s);
     assert_eq!(
@@ -569,7 +575,6 @@ fn the_summary_lists_a_token_within_its_grace_period() {
 /// refuses another client's presentation before it judges reuse).
 #[test]
 fn what_if_counts_a_refused_presentation_only_by_the_familys_client() {
-    use grantline_state::history::whatif::{Overrides, WhatIf};
     let family_client = "cli_0197a3c1f0d27c4e8b1a9d6e5f403a22";
     for (presenter, revoked) in [(family_client, true), ("cli_thief", false)] {
         let (mut events, n) = history_then(refreshed("f1b", "f1c"));
@@ -591,14 +596,7 @@ fn what_if_counts_a_refused_presentation_only_by_the_familys_client() {
                 refresh_token_id: Some("rt_f1b".into()),
             },
         ));
-        let mut overrides = Overrides::default();
-        overrides.set("refresh_grace=0s").unwrap();
-        let mut w = WhatIf::new(overrides);
-        let mut s = State::default();
-        for e in &events {
-            w.observe(&s, e);
-            apply(&mut s, e);
-        }
+        let (w, s) = what_if_no_grace(&events);
         let named: Vec<String> = w
             .differences(&s)
             .iter()
