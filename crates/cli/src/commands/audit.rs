@@ -289,10 +289,15 @@ pub async fn run(loc: &Location, cmd: Command) -> Result<ExitCode> {
 }
 
 /// `s` in at most `n` characters, each control character (a carriage return that would
-/// overwrite the row on a terminal, an escape sequence) shown as a space: names and summaries
+/// overwrite the row on a terminal, an escape sequence) and bidirectional override shown as a
+/// space: names and summaries
 /// come from whoever registered a client or sent a request.
 fn clip(s: &str, n: usize) -> String {
-    let shown = s.chars().map(|c| if c.is_control() { ' ' } else { c });
+    let shown = s.chars().map(|c| {
+        // Bidirectional marks and overrides reorder what follows on a terminal too.
+        let bidi = matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+        if c.is_control() || bidi { ' ' } else { c }
+    });
     if s.chars().count() <= n {
         shown.collect()
     } else {
@@ -359,7 +364,7 @@ mod tests {
             seq: 7,
             kind: "registration.rejected".into(),
             outcome: "denied".into(),
-            client_name: Some("\rSEQ 1 all fine\u{1b}[2K".into()),
+            client_name: Some("\rSEQ 1 all fine\u{1b}[2K\u{202e}gnp.exe".into()),
             summary: "refused\r\nnext".into(),
             ..AuditRecord::default()
         };
@@ -368,6 +373,7 @@ mod tests {
         let line = String::from_utf8(out).unwrap();
         let body = line.strip_suffix('\n').unwrap();
         assert!(!body.chars().any(char::is_control), "{body:?}");
+        assert!(!body.contains('\u{202e}'), "{body:?}");
         assert!(
             body.contains("SEQ 1 all fine") && body.contains("refused  next"),
             "{body:?}"
