@@ -942,6 +942,22 @@ impl Config {
                 );
             }
         }
+        // A scope name belongs to one resource. A machine client is registered with scope
+        // names, not resources: a name two resources offered would let a client registered
+        // for one get tokens for the other (the audit trail's `audit:read` included).
+        let mut offered = std::collections::HashMap::new();
+        for d in &defs {
+            for s in &d.scopes {
+                if let Some(other) = offered.insert(s.name.as_str(), d.name.as_str()) {
+                    bail!(
+                        "resources {other} and {} both offer the scope {:?}: a client registered with it could get tokens for either. Give each resource scopes of its own (e.g. {}:read)",
+                        d.name,
+                        s.name,
+                        d.name
+                    );
+                }
+            }
+        }
         let mut seen = std::collections::HashSet::new();
         for c in &self.clients {
             if !seen.insert(c.client_id.as_str()) {
@@ -1521,7 +1537,7 @@ mod tests {
     /// Values that are added to an instant, or bound what anyone may make the server fetch,
     /// are bounded; a role naming no configured resource is a typo, refused with the names.
     #[test]
-    fn unbounded_times_and_roles_of_no_resource_are_refused() {
+    fn unbounded_times_roles_of_no_resource_and_shared_scopes_are_refused() {
         let check = |text: &str| {
             let c: Config = toml::from_str(text).unwrap();
             c.check()?;
@@ -1544,6 +1560,14 @@ mod tests {
             (
                 "[roles.user]\ndmeo = [\"get_time\"]\n",
                 "names resource \"dmeo\"",
+            ),
+            (
+                "[[resources]]\nname = \"a\"\npath = \"/mcp/a\"\nscopes = [{ name = \"read\" }]\n[[resources]]\nname = \"b\"\npath = \"/mcp/b\"\nscopes = [{ name = \"read\" }]\n",
+                "resources a and b both offer the scope \"read\"",
+            ),
+            (
+                "[[resources]]\nname = \"logs\"\npath = \"/mcp/logs\"\nscopes = [{ name = \"audit:read\" }]\n",
+                "resources logs and audit both offer the scope \"audit:read\"",
             ),
         ] {
             let e = check(text).unwrap_err().to_string();
