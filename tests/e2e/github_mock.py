@@ -11,6 +11,12 @@ GitHub pages them: `per_page` (default 30, at most 100) and `page`, with a `Link
 
 `POST /__test/user {"login": "mona"}` chooses who signs in next; `POST /__test/orgs
 {"login": "octocat", "orgs": []}` changes a user's organisations (and drops their teams).
+
+`POST /__test/app {"expiring": true}` makes it answer as a GitHub App with expiring user tokens
+does: each token answer carries `expires_in` and a `ghr_` refresh token, which
+`grant_type=refresh_token` exchanges once for a new pair; an unknown or used refresh token is
+`200 {"error": "bad_refresh_token"}`, as GitHub answers it. `POST /__test/revoke {"login":
+"octocat"}` is the person revoking the app: their tokens stop working.
 """
 import base64
 import hashlib
@@ -47,6 +53,8 @@ class State:
     current = "octocat"
     codes = {}
     tokens = {}
+    refresh_tokens = {}
+    expiring = False
 
 
 def make_handler(client_id, client_secret):
@@ -109,6 +117,15 @@ def make_handler(client_id, client_secret):
             if url.path == "/__test/user":
                 State.current = json.loads(raw)["login"]
                 return self.send_json(200, {"current": State.current})
+            if url.path == "/__test/app":
+                State.expiring = bool(json.loads(raw)["expiring"])
+                return self.send_json(200, {})
+            if url.path == "/__test/revoke":
+                login = json.loads(raw)["login"]
+                for table in (State.tokens, State.refresh_tokens):
+                    for t in [t for t, who in table.items() if who == login]:
+                        del table[t]
+                return self.send_json(200, {})
             if url.path == "/__test/orgs":
                 body = json.loads(raw)
                 USERS[body["login"]]["orgs"] = [{"login": o, "id": 9} for o in body["orgs"]]
@@ -120,6 +137,14 @@ def make_handler(client_id, client_secret):
             # GitHub answers errors with 200 and an error body.
             if form.get("client_id") != client_id or form.get("client_secret") != client_secret:
                 return self.send_json(200, {"error": "incorrect_client_credentials"})
+            if form.get("grant_type") == "refresh_token":
+                login = State.refresh_tokens.pop(form.get("refresh_token", ""), None)
+                if login is None:
+                    return self.send_json(200, {
+                        "error": "bad_refresh_token",
+                        "error_description": "The refresh token passed is incorrect or expired.",
+                        "error_uri": "https://docs.github.com/apps/managing-oauth-apps/troubleshooting-oauth-app-access-token-request-errors/#bad-verification-code"})
+                return self.send_tokens(login)
             entry = State.codes.pop(form.get("code", ""), None)
             if entry is None:
                 return self.send_json(200, {"error": "bad_verification_code"})
@@ -130,10 +155,19 @@ def make_handler(client_id, client_secret):
                 return self.send_json(200, {"error": "bad_verification_code"})
             if form.get("redirect_uri") and form["redirect_uri"] != redirect:
                 return self.send_json(200, {"error": "redirect_uri_mismatch"})
-            token = "gho_" + secrets.token_hex(18)
+            self.send_tokens(login)
+
+        def send_tokens(self, login):
+            token = ("ghu_" if State.expiring else "gho_") + secrets.token_hex(18)
             State.tokens[token] = login
-            self.send_json(200, {"access_token": token, "token_type": "bearer",
-                                 "scope": "read:org,read:user,user:email"})
+            body = {"access_token": token, "token_type": "bearer",
+                    "scope": "read:org,read:user,user:email"}
+            if State.expiring:
+                refresh = "ghr_" + secrets.token_hex(30)
+                State.refresh_tokens[refresh] = login
+                body.update({"expires_in": 28800, "refresh_token": refresh,
+                             "refresh_token_expires_in": 15811200, "scope": ""})
+            self.send_json(200, body)
 
     return Handler
 

@@ -1127,6 +1127,54 @@ def test_leaving_the_organisation_upstream_ends_access_at_the_next_refresh(tmp_p
         gh.wait(timeout=10)
 
 
+def test_a_github_app_token_revoked_upstream_ends_access_at_the_next_refresh(tmp_path, monkeypatch):
+    """A GitHub App's user tokens expire and come with a refresh token. GitHub answers a refresh
+    token it no longer honours (the person revoked the app, was suspended, or it expired) with
+    `200 {"error": "bad_refresh_token"}`: that is a refusal, which deprovisions, and not an
+    unreadable answer, which would let access continue unchecked for good."""
+    secret = "e2e-github-secret-19fa"
+    monkeypatch.setenv("GRANTLINE_E2E_GH_SECRET", secret)
+    gh, gh_base = github_stand_in(secret)
+    try:
+        requests.post(gh_base + "/__test/app", json={"expiring": True})
+        (tmp_path / "data").mkdir()
+        config = GITHUB_CONFIG.format(gh=gh_base) + \
+            "check_upstream_on_refresh = true\nupstream_check_cache_secs = 0\n"
+        server = Server(tmp_path / "data", tmp_path / "server.log", config)
+        server.start()
+        try:
+            octocat = FederatedBrowser(server.base, REDIRECT, provider="github")
+            storage = MemoryStorage()
+
+            async def connect():
+                async with sdk_client(server.base + "/mcp/demo", octocat, storage, "Octocat's client", []) as c:
+                    assert not (await c.call_tool("get_time", {})).is_error
+            asyncio.run(connect())
+
+            def refresh():
+                return requests.post(server.base + "/oauth/token", data={
+                    "grant_type": "refresh_token", "refresh_token": storage.tokens.refresh_token,
+                    "client_id": storage.client.client_id})
+            # Twice while the app stands: each check rotates the upstream refresh token too.
+            for _ in range(2):
+                r = refresh()
+                assert r.status_code == 200, r.text
+                storage.tokens.refresh_token = r.json()["refresh_token"]
+            requests.post(gh_base + "/__test/revoke", json={"login": "octocat"})
+            r = refresh()
+            assert r.status_code == 400 and r.json()["error"] == "invalid_grant", r.text
+            assert "identity provider" in r.json()["error_description"], r.text
+        finally:
+            server.stop()
+        _, evs = events(server)
+        reasons = [g["reason"] for g in of(evs, "grant.revoked")]
+        assert reasons and all("bad_refresh_token" in r for r in reasons), reasons
+        assert "could not be checked; access continues" not in server.log_path.read_text()
+    finally:
+        gh.terminate()
+        gh.wait(timeout=10)
+
+
 def test_the_same_provider_id_at_another_server_signs_its_people_in_apart(tmp_path, monkeypatch):
     """A subject is unique only within the server that issued it: the provider id "github"
     moved from github.com to a GitHub Enterprise server (both stand-ins here, whose octocat has

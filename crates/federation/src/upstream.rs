@@ -355,10 +355,8 @@ async fn send_bounded(
     {
         return Err(TokenHttpError::TooLarge);
     }
-    let mut answer = oauth2::http::Response::builder().status(response.status());
-    for (name, value) in response.headers() {
-        answer = answer.header(name, value);
-    }
+    let status = response.status();
+    let headers = response.headers().clone();
     let mut body = Vec::new();
     while let Some(chunk) = response.chunk().await.map_err(failed)? {
         if body.len() + chunk.len() > MAX_DOCUMENT {
@@ -366,9 +364,33 @@ async fn send_bounded(
         }
         body.extend_from_slice(&chunk);
     }
+    let status = if status.is_success() && is_error_body(&body) {
+        oauth2::http::StatusCode::BAD_REQUEST
+    } else {
+        status
+    };
+    let mut answer = oauth2::http::Response::builder().status(status);
+    for (name, value) in &headers {
+        answer = answer.header(name, value);
+    }
     answer
         .body(body)
         .map_err(|e| TokenHttpError::Request(e.to_string()))
+}
+
+/// A token endpoint's `200 OK` that is an RFC 6749 §5.2 error: GitHub answers its errors so
+/// (`{"error": "bad_refresh_token"}`). Read as the error it is rather than as a token response
+/// that does not parse, which would say "the provider cannot be asked" when it said no.
+fn is_error_body(body: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Probe<'a> {
+        #[serde(borrow, default)]
+        error: Option<std::borrow::Cow<'a, str>>,
+        #[serde(default)]
+        access_token: Option<serde::de::IgnoredAny>,
+    }
+    serde_json::from_slice::<Probe>(body)
+        .is_ok_and(|p| p.error.is_some() && p.access_token.is_none())
 }
 
 /// The shared client as oauth2's HTTP client, through [`send_bounded`].
@@ -910,6 +932,11 @@ impl Upstream {
                     BasicErrorResponseType::InvalidGrant => {
                         RefreshError::Refused(r.error().as_ref().to_string())
                     }
+                    // GitHub's name for it: the refresh token expired, or the person revoked
+                    // the app or was suspended.
+                    BasicErrorResponseType::Extension(e) if e == "bad_refresh_token" => {
+                        RefreshError::Refused(e.clone())
+                    }
                     other => RefreshError::Unavailable(other.as_ref().to_string()),
                 },
                 RequestTokenError::Request(e) => RefreshError::Unavailable(e.to_string()),
@@ -1047,6 +1074,21 @@ async fn fetch_jwks(http: &reqwest::Client, url: &str) -> Result<CoreJsonWebKeyS
 mod tests {
     use super::*;
     use std::sync::Arc;
+
+    /// GitHub answers token-endpoint errors with `200 OK`: such a body is read as the error it
+    /// is; a token answer, or something that is neither, is left to the token parser.
+    #[test]
+    fn a_success_status_with_an_error_body_is_an_error() {
+        assert!(is_error_body(
+            br#"{"error":"bad_refresh_token","error_description":"x"}"#
+        ));
+        assert!(!is_error_body(
+            br#"{"access_token":"ghu_1","token_type":"bearer"}"#
+        ));
+        assert!(!is_error_body(br#"{"access_token":"ghu_1","error":"odd"}"#));
+        assert!(!is_error_body(b"access_token=gho_1&token_type=bearer"));
+        assert!(!is_error_body(b"[]"));
+    }
 
     #[test]
     fn multi_tenant_issuers_admit_one_tenant_segment() {
