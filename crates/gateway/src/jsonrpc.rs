@@ -22,6 +22,34 @@ pub const MAX_TARGET: usize = 4096;
 /// limits count the request once.
 pub const MAX_BATCH: usize = 16;
 
+/// The value an `Mcp-Name` (or `Mcp-Method`) header stands for (protocol 2026-07-28): the
+/// header as it is when it is visible ASCII, or, wrapped as `=?base64?…?=`, the UTF-8 its
+/// canonical standard base64 decodes to — how clients send names that would not survive as a
+/// header (`tööl`, edge spaces, a name that itself looks wrapped). `None` for anything else:
+/// bytes outside visible ASCII, bad or non-canonical base64, or bytes that are not UTF-8, so
+/// that a header no client could have meant never matches a message's name.
+pub fn header_value(raw: &[u8]) -> Option<String> {
+    use base64::Engine;
+    if !raw.iter().all(|b| (0x20..=0x7e).contains(b)) {
+        return None;
+    }
+    let text = std::str::from_utf8(raw).ok()?;
+    let Some(payload) = text
+        .strip_prefix("=?base64?")
+        .and_then(|t| t.strip_suffix("?="))
+    else {
+        return Some(text.to_string());
+    };
+    let engine = &base64::engine::general_purpose::STANDARD;
+    let bytes = engine.decode(payload).ok()?;
+    // Canonical only (no stray bits in the last character), as the SDKs emit and check it:
+    // two spellings of one name would be two routes for an upstream that compares bytes.
+    if engine.encode(&bytes) != payload {
+        return None;
+    }
+    String::from_utf8(bytes).ok()
+}
+
 /// What a method other than `tools/call` and `tools/list` asks of the upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
@@ -672,6 +700,35 @@ pub fn error(id: &Value, code: i64, message: &str, data: Option<Value>) -> Value
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn header_values_are_plain_or_wrapped_in_canonical_base64() {
+        use super::header_value;
+        let some = |s: &str| Some(s.to_string());
+        assert_eq!(header_value(b"read_tool"), some("read_tool"));
+        assert_eq!(header_value(b"file:///a b"), some("file:///a b"));
+        // "tööl", as the SDKs wrap it.
+        assert_eq!(header_value(b"=?base64?dMO2w7Zs?="), some("t\u{f6}\u{f6}l"));
+        assert_eq!(header_value(b"=?base64?cmVhZF90b29s?="), some("read_tool"));
+        // A name that itself looks wrapped is sent wrapped again; sent bare it means what it
+        // decodes to, never itself.
+        assert_eq!(header_value(b"=?base64?cHVyZ2U=?="), some("purge"));
+        for bad in [
+            "t\u{f6}\u{f6}l".as_bytes(),
+            b"read\ttool",
+            b"=?base64?cHVyZ2U?=",  // no padding
+            b"=?base64?cHVyZ2V=?=", // stray bits: not canonical
+            b"=?base64?!!!!?=",
+            b"=?base64?/w==?=", // 0xff: not UTF-8
+        ] {
+            assert_eq!(
+                header_value(bad),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
     use super::*;
     use serde_json::json;
 

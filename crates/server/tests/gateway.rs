@@ -1298,6 +1298,43 @@ grantline_store::backend_tests! {
             .await
             .unwrap();
         assert_eq!(r.status(), StatusCode::OK);
+        // A name that is not visible ASCII comes wrapped in base64 (`=?base64?…?=`), and is
+        // compared as what it stands for: a wrapped "read_tool" passes; a tool literally named
+        // like a wrapped "write_tool" does not match a header that decodes to write_tool; raw
+        // bytes and non-canonical base64 match nothing.
+        let wrapped_write = "=?base64?d3JpdGVfdG9vbA==?=";
+        for (name, tool, status) in [
+            ("=?base64?cmVhZF90b29s?=", "read_tool", StatusCode::OK),
+            (wrapped_write, wrapped_write, StatusCode::BAD_REQUEST),
+            ("=?base64?cmVhZF90b29t?=", "read_tool", StatusCode::BAD_REQUEST),
+        ] {
+            let seen_before = up.seen.lock().unwrap().len();
+            let r = browser()
+                .post(s.url("/mcp/up"))
+                .bearer_auth(&token)
+                .header("mcp-method", "tools/call")
+                .header("mcp-name", name)
+                .json(&call(10, tool))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), status, "{name} for {tool}");
+            let reached = up.seen.lock().unwrap().len() > seen_before;
+            assert_eq!(reached, status == StatusCode::OK, "{name} for {tool}");
+        }
+        let r = browser()
+            .post(s.url("/mcp/up"))
+            .bearer_auth(&token)
+            .header("mcp-method", "tools/call")
+            .header(
+                "mcp-name",
+                reqwest::header::HeaderValue::from_bytes("r\u{e9}ad_tool".as_bytes()).unwrap(),
+            )
+            .json(&call(11, "r\u{fffd}ad_tool"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
         // A message that names nothing goes without one: it would reach an upstream that
         // routes on it unchecked.
         let seen_before = up.seen.lock().unwrap().len();

@@ -860,10 +860,21 @@ async fn sealed_words(
 
 /// `Mcp-Method` and `Mcp-Name` (protocol 2026-07-28) let an upstream route on headers: they
 /// must say what the inspected message says, or an upstream could run another method or tool
-/// than the one checked and recorded.
+/// than the one checked and recorded. A header is compared as the value it stands for
+/// ([`jsonrpc::header_value`]: plain, or wrapped in base64 for names that are not visible
+/// ASCII); one that stands for nothing matches nothing.
 fn headers_match(headers: &HeaderMap, inspected: &[Inspected]) -> Result<(), String> {
-    let header = |n: &str| headers.get(n).map(|v| v.to_str().unwrap_or("\u{fffd}"));
-    let (method, name) = (header("mcp-method"), header("mcp-name"));
+    let header = |n: &str, shown: &str| match headers.get(n) {
+        None => Ok(None),
+        Some(v) => jsonrpc::header_value(v.as_bytes())
+            .map(Some)
+            .ok_or_else(|| {
+                format!("{shown} is neither visible ASCII nor a value wrapped as =?base64?…?=")
+            }),
+    };
+    let method = header("mcp-method", "Mcp-Method")?;
+    let name = header("mcp-name", "Mcp-Name")?;
+    let (method, name) = (method.as_deref(), name.as_deref());
     if method.is_none() && name.is_none() {
         return Ok(());
     }
