@@ -285,7 +285,7 @@ fn tool_outcome(o: ToolOutcome) -> Outcome {
     match o {
         ToolOutcome::Ok => Outcome::Success,
         ToolOutcome::Denied | ToolOutcome::RateLimited => Outcome::Denied,
-        ToolOutcome::UpstreamError => Outcome::Error,
+        ToolOutcome::UpstreamError | ToolOutcome::ToolError => Outcome::Error,
     }
 }
 
@@ -295,6 +295,7 @@ fn tool_outcome_name(o: ToolOutcome) -> &'static str {
         ToolOutcome::Denied => "denied",
         ToolOutcome::UpstreamError => "upstream_error",
         ToolOutcome::RateLimited => "rate_limited",
+        ToolOutcome::ToolError => "tool_error",
     }
 }
 

@@ -242,6 +242,9 @@ pub enum ToolOutcome {
     Denied,
     UpstreamError,
     RateLimited,
+    /// The MCP server ran the tool and answered that it failed (`result.isError`): the call
+    /// went through, and what it did may be partly done (since 2026-12-07; before, `ok`).
+    ToolError,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -417,6 +417,7 @@ impl Metrics {
                         grantline_ledger::ToolOutcome::Denied => "denied",
                         grantline_ledger::ToolOutcome::UpstreamError => "upstream_error",
                         grantline_ledger::ToolOutcome::RateLimited => "rate_limited",
+                        grantline_ledger::ToolOutcome::ToolError => "tool_error",
                     };
                     let resource = self.resource(mount_of(&c.resource));
                     self.gateway_calls

@@ -119,6 +119,9 @@ async fn start_upstream() -> (String, Upstream) {
                         [("www-authenticate", "Bearer error=\"invalid_token\"")],
                     )
                         .into_response(),
+                    // A tool that runs and reports its own failure (MCP's `isError`).
+                    "tools/call" if msg["params"]["name"] == "failing_tool" => axum::Json(json!({"jsonrpc": "2.0", "id": id,
+                        "result": {"content": [{"type": "text", "text": "disk full"}], "isError": true}})).into_response(),
                     // A request the gateway does not watch, answered on a stream as well.
                     "prompts/get" => streamed(state.release.clone(), id),
                     "tools/call" => axum::Json(json!({"jsonrpc": "2.0", "id": id, "result": {"content": [{"type": "text", "text": "ok"}]}})).into_response(),
@@ -1755,6 +1758,43 @@ async fn an_upstream_that_refuses_the_assertion_is_a_bad_gateway_not_a_bad_token
             if c.tool == "refused_tool" && c.outcome == ToolOutcome::UpstreamError)
     });
     assert!(failed, "the refused call is recorded as an upstream error");
+    s.stop().await;
+}
+
+/// A tool that ran and answered `isError: true` is recorded as `tool_error`, not `ok`: it may
+/// have done part of what it was asked, and a reviewer looks for failed calls by outcome.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tool_that_reports_its_own_failure_is_recorded_as_a_tool_error() {
+    let db = grantline_store::testing::sqlite().await;
+    let (up_url, _up) = start_upstream().await;
+    let (s, _d) = gateway_server_with(&db, &up_url, |c| {
+        c.roles
+            .get_mut("admin")
+            .unwrap()
+            .get_mut("up")
+            .unwrap()
+            .push("failing_tool".into())
+    })
+    .await;
+    let token = token_for(&s, &s.url("/mcp/up"), "up:read up:write").await;
+    let r = rpc(&s, "/mcp/up", Some(&token), call(5, "failing_tool")).await;
+    assert_eq!(r.status(), StatusCode::OK, "passed on as the tool answered");
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(
+        (e["id"].clone(), e["result"]["isError"].clone()),
+        (json!(5), json!(true))
+    );
+    let r = rpc(&s, "/mcp/up", Some(&token), call(6, "read_tool")).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let recorded = s.app.store().read(0, 10_000).await.unwrap();
+    let outcome = |tool: &str| {
+        recorded.iter().find_map(|r| match &r.envelope.payload {
+            Payload::ToolCalled(c) if c.tool == tool => Some(c.outcome),
+            _ => None,
+        })
+    };
+    assert_eq!(outcome("failing_tool"), Some(ToolOutcome::ToolError));
+    assert_eq!(outcome("read_tool"), Some(ToolOutcome::Ok));
     s.stop().await;
 }
 

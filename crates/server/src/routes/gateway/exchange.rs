@@ -272,6 +272,8 @@ fn settle(
             let code = sse::error_code(is_sse, body, &wire);
             let outcome = if upstream_failed || code.is_some() {
                 ToolOutcome::UpstreamError
+            } else if sse::tool_failed(is_sse, body, &wire) {
+                ToolOutcome::ToolError
             } else {
                 ToolOutcome::Ok
             };

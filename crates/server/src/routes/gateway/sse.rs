@@ -313,6 +313,20 @@ pub fn answers_other(is_sse: bool, body: &[u8], id: &Value) -> bool {
     found
 }
 
+/// Whether the answer to `id` is a tool's result that says the tool failed
+/// (`result.isError: true`).
+pub fn tool_failed(is_sse: bool, body: &[u8], id: &Value) -> bool {
+    let mut failed = false;
+    visit(is_sse, body, |m| {
+        if m.get("id").is_some_and(|x| same_id(x, id))
+            && m.pointer("/result/isError") == Some(&Value::Bool(true))
+        {
+            failed = true;
+        }
+    });
+    failed
+}
+
 /// The JSON-RPC error code in the answer to `id`, if it was an error.
 pub fn error_code(is_sse: bool, body: &[u8], id: &Value) -> Option<i64> {
     let mut code = None;
@@ -456,6 +470,22 @@ mod tests {
             "one message over three data lines"
         );
         assert_eq!(error_code(true, split, &json!(3)), Some(-32602));
+        let failed = b"event: message\ndata: {\"id\":3,\"result\":{\"isError\":true}}\n\n";
+        assert!(tool_failed(true, failed, &json!(3)));
+        assert!(
+            !tool_failed(true, failed, &json!(4)),
+            "another request's answer"
+        );
+        assert!(!tool_failed(
+            false,
+            br#"{"id":3,"result":{"isError":false}}"#,
+            &json!(3)
+        ));
+        assert!(tool_failed(
+            false,
+            br#"{"id":3,"result":{"isError":true}}"#,
+            &json!(3)
+        ));
         assert_eq!(
             error_code(
                 false,
