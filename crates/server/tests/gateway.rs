@@ -122,6 +122,13 @@ async fn start_upstream() -> (String, Upstream) {
                     // A tool that runs and reports its own failure (MCP's `isError`).
                     "tools/call" if msg["params"]["name"] == "failing_tool" => axum::Json(json!({"jsonrpc": "2.0", "id": id,
                         "result": {"content": [{"type": "text", "text": "disk full"}], "isError": true}})).into_response(),
+                    // An error status whose body also answers another request.
+                    "tools/call" if msg["params"]["name"] == "crosstalk_tool" => (
+                        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                        axum::Json(json!([{"jsonrpc": "2.0", "id": id, "error": {"code": -32603, "message": "boom"}},
+                            {"jsonrpc": "2.0", "id": "someone-elses", "result": {"content": [{"type": "text", "text": "their secret"}]}}])),
+                    )
+                        .into_response(),
                     // A request the gateway does not watch, answered on a stream as well.
                     "prompts/get" => streamed(state.release.clone(), id),
                     "tools/call" => axum::Json(json!({"jsonrpc": "2.0", "id": id, "result": {"content": [{"type": "text", "text": "ok"}]}})).into_response(),
@@ -1795,6 +1802,36 @@ async fn a_tool_that_reports_its_own_failure_is_recorded_as_a_tool_error() {
     };
     assert_eq!(outcome("failing_tool"), Some(ToolOutcome::ToolError));
     assert_eq!(outcome("read_tool"), Some(ToolOutcome::Ok));
+    s.stop().await;
+}
+
+/// An answer with an error status that also answers another request is not passed on: the
+/// other answer would reach this caller unrecorded and unfiltered, whatever the status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_answer_that_also_answers_another_request_is_not_passed_on() {
+    let db = grantline_store::testing::sqlite().await;
+    let (up_url, _up) = start_upstream().await;
+    let (s, _d) = gateway_server_with(&db, &up_url, |c| {
+        c.roles
+            .get_mut("admin")
+            .unwrap()
+            .get_mut("up")
+            .unwrap()
+            .push("crosstalk_tool".into())
+    })
+    .await;
+    let token = token_for(&s, &s.url("/mcp/up"), "up:read up:write").await;
+    let r = rpc(&s, "/mcp/up", Some(&token), call(5, "crosstalk_tool")).await;
+    assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
+    let body = r.text().await.unwrap();
+    assert!(!body.contains("their secret"), "{body}");
+    let recorded = s.app.store().read(0, 10_000).await.unwrap();
+    assert!(
+        recorded
+            .iter()
+            .any(|r| matches!(&r.envelope.payload, Payload::ToolCalled(c)
+        if c.tool == "crosstalk_tool" && c.outcome == ToolOutcome::UpstreamError))
+    );
     s.stop().await;
 }
 

@@ -211,8 +211,9 @@ async fn exchange(audit: Audit, out: Outgoing, watched: Watched) -> Response {
         let why = "the MCP server answered this request more than once";
         return fail(&audit, &watched, why, StatusCode::BAD_GATEWAY).await;
     }
-    if parts.status.is_success() && sse::answers_other(false, &bytes, &wire) {
-        // An answer to another request would reach the caller unrecorded and unfiltered.
+    if sse::answers_other(false, &bytes, &wire) {
+        // An answer to another request would reach the caller unrecorded and unfiltered,
+        // under an error status as under a success.
         let why = "the MCP server's answer carries answers to other requests";
         return fail(&audit, &watched, why, StatusCode::BAD_GATEWAY).await;
     }
