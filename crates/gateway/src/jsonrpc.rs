@@ -18,8 +18,8 @@ pub const MAX_INTENT: usize = 1024;
 /// The longest resource URI or prompt name a read may ask for, in bytes: it is recorded.
 pub const MAX_TARGET: usize = 4096;
 
-/// The longest batch accepted: each message of a batch reaches the upstream, while the rate
-/// limits count the request once.
+/// The longest batch accepted: each message of a batch reaches the upstream (and counts
+/// against the rate limits).
 pub const MAX_BATCH: usize = 16;
 
 /// The value an `Mcp-Name` (or `Mcp-Method`) header stands for (protocol 2026-07-28): the

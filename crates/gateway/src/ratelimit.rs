@@ -126,14 +126,17 @@ fn held<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl RateLimiter {
-    /// Counts a request against every bucket given (all must have room, or none is charged).
-    /// `Err` is the bucket that refused, with its quota.
+    /// Counts `cost` requests (a batch's messages; at least one) against every bucket given:
+    /// all must have room for all of them, or none is charged. `Err` is the bucket that
+    /// refused, with its quota.
     pub fn check(
         &self,
         limits: &Limits,
         buckets: &[(RateBucket, &str)],
+        cost: u32,
         now: i64,
     ) -> Result<Quota, (RateBucket, Quota)> {
+        let cost = cost.max(1);
         let start = now - now.rem_euclid(WINDOW_SECS);
         let reset = start + WINDOW_SECS - now;
         let mut map = held(&self.windows);
@@ -166,7 +169,7 @@ impl RateLimiter {
                     refused_under: limit,
                 };
             }
-            if w.used >= limit {
+            if w.used.saturating_add(cost) > limit {
                 w.rejected += 1;
                 w.refused_under = limit;
                 return Err((
@@ -180,7 +183,7 @@ impl RateLimiter {
             }
             let q = Quota {
                 limit,
-                remaining: limit - w.used - 1,
+                remaining: limit - w.used - cost,
                 reset,
             };
             if tightest.is_none_or(|t| q.remaining < t.remaining) {
@@ -191,7 +194,7 @@ impl RateLimiter {
             if limit_of(limits, *bucket) > 0
                 && let Some(w) = map.get_mut(&(*bucket, subject.to_string()))
             {
-                w.used += 1;
+                w.used += cost;
             }
         }
         Ok(tightest.unwrap_or(Quota {
@@ -269,7 +272,7 @@ mod tests {
         };
         let rl = std::sync::Arc::new(RateLimiter::default());
         let read = [(RateBucket::UserRead, "u1")];
-        assert!(rl.check(&limits, &read, 6_000).is_ok());
+        assert!(rl.check(&limits, &read, 1, 6_000).is_ok());
         let poisoner = rl.clone();
         let _ = std::thread::spawn(move || {
             let _map = poisoner.windows.lock();
@@ -277,13 +280,42 @@ mod tests {
         })
         .join();
         assert!(rl.windows.is_poisoned());
-        let (bucket, q) = rl.check(&limits, &read, 6_001).unwrap_err();
+        let (bucket, q) = rl.check(&limits, &read, 1, 6_001).unwrap_err();
         assert_eq!(
             (bucket, q.limit),
             (RateBucket::UserRead, 1),
             "not let through"
         );
         assert_eq!(rl.drain_all().len(), 1, "the refusal is still counted");
+    }
+
+    /// A batch costs one request a message: it fits only where every bucket has room for all
+    /// of them (a refused batch is one refusal).
+    #[test]
+    fn a_batch_costs_each_of_its_messages() {
+        let limits = Limits {
+            user_read: 10,
+            user_write: 1,
+            client: 12,
+        };
+        let rl = RateLimiter::default();
+        let t = 6_000;
+        let read = [(RateBucket::UserRead, "u1"), (RateBucket::Client, "c1")];
+        assert_eq!(rl.check(&limits, &read, 8, t).unwrap().remaining, 2);
+        let (bucket, q) = rl.check(&limits, &read, 3, t).unwrap_err();
+        assert_eq!((bucket, q.remaining), (RateBucket::UserRead, 0));
+        assert_eq!(rl.check(&limits, &read, 2, t).unwrap().remaining, 0);
+        // Another user of the client: its bucket has room for two more, not three.
+        let other = [(RateBucket::UserRead, "u2"), (RateBucket::Client, "c1")];
+        assert_eq!(
+            rl.check(&limits, &other, 3, t).unwrap_err().0,
+            RateBucket::Client
+        );
+        assert!(rl.check(&limits, &other, 2, t).is_ok());
+        let closed = rl.drain_closed(t + 60);
+        let rejected = |b: RateBucket| closed.iter().find(|e| e.bucket == b).map(|e| e.rejected);
+        assert_eq!(rejected(RateBucket::UserRead), Some(1));
+        assert_eq!(rejected(RateBucket::Client), Some(1));
     }
 
     #[test]
@@ -296,21 +328,21 @@ mod tests {
         let rl = RateLimiter::default();
         let t = 6_000;
         let read = [(RateBucket::UserRead, "u1"), (RateBucket::Client, "c1")];
-        assert_eq!(rl.check(&limits, &read, t).unwrap().remaining, 2);
-        assert_eq!(rl.check(&limits, &read, t + 1).unwrap().remaining, 1);
-        assert_eq!(rl.check(&limits, &read, t + 2).unwrap().remaining, 0);
+        assert_eq!(rl.check(&limits, &read, 1, t).unwrap().remaining, 2);
+        assert_eq!(rl.check(&limits, &read, 1, t + 1).unwrap().remaining, 1);
+        assert_eq!(rl.check(&limits, &read, 1, t + 2).unwrap().remaining, 0);
         for i in 0..5 {
-            let (bucket, q) = rl.check(&limits, &read, t + 3 + i).unwrap_err();
+            let (bucket, q) = rl.check(&limits, &read, 1, t + 3 + i).unwrap_err();
             assert_eq!(
                 (bucket, q.remaining, q.reset),
                 (RateBucket::UserRead, 0, 60 - 3 - i)
             );
         }
         let write = [(RateBucket::UserWrite, "u1")];
-        assert!(rl.check(&limits, &write, t).is_ok());
-        assert!(rl.check(&limits, &write, t).is_err());
+        assert!(rl.check(&limits, &write, 1, t).is_ok());
+        assert!(rl.check(&limits, &write, 1, t).is_err());
         assert!(
-            rl.check(&limits, &[(RateBucket::UserRead, "u2")], t)
+            rl.check(&limits, &[(RateBucket::UserRead, "u2")], 1, t)
                 .is_ok(),
             "other users are apart"
         );
@@ -326,7 +358,7 @@ mod tests {
             (RateBucket::UserRead, 5, t)
         );
         assert!(rl.drain_closed(t + 61).is_empty(), "reported once");
-        assert!(rl.check(&limits, &read, t + 60).is_ok(), "a new window");
+        assert!(rl.check(&limits, &read, 1, t + 60).is_ok(), "a new window");
     }
 
     #[test]
@@ -339,17 +371,17 @@ mod tests {
         let rl = RateLimiter::default();
         let read = [(RateBucket::UserRead, "u1")];
         let t = 6_000;
-        assert!(rl.check(&limits, &read, t).is_ok());
-        assert!(rl.check(&limits, &read, t + 1).is_err());
+        assert!(rl.check(&limits, &read, 1, t).is_ok());
+        assert!(rl.check(&limits, &read, 1, t + 1).is_err());
         let closed = rl.drain_closed(t + 60);
         assert_eq!(closed.len(), 1);
         // The append failed: they are put back and drained again.
         rl.restore(closed);
         assert_eq!(rl.drain_closed(t + 61).len(), 1);
         // At shutdown an open window's refusals are taken too, once.
-        assert!(rl.check(&limits, &read, t + 120).is_ok());
-        assert!(rl.check(&limits, &read, t + 121).is_err());
-        assert!(rl.check(&limits, &read, t + 122).is_err());
+        assert!(rl.check(&limits, &read, 1, t + 120).is_ok());
+        assert!(rl.check(&limits, &read, 1, t + 121).is_err());
+        assert!(rl.check(&limits, &read, 1, t + 122).is_err());
         let all = rl.drain_all();
         assert_eq!((all.len(), all[0].rejected), (1, 2));
         assert!(rl.drain_all().is_empty());
@@ -369,20 +401,20 @@ mod tests {
         let rl = RateLimiter::default();
         let read = [(RateBucket::UserRead, "u1")];
         let t = 6_000;
-        assert!(rl.check(&tight, &read, t).is_ok());
-        assert!(rl.check(&tight, &read, t + 1).is_err());
+        assert!(rl.check(&tight, &read, 1, t).is_ok());
+        assert!(rl.check(&tight, &read, 1, t + 1).is_err());
         // A reload raises the limit within the window: the next call passes, and the
         // refusal before it is still the one made under a limit of 1.
-        assert!(rl.check(&loose, &read, t + 2).is_ok());
+        assert!(rl.check(&loose, &read, 1, t + 2).is_ok());
         let closed = rl.drain_closed(t + 60);
         assert_eq!(
             (closed.len(), closed[0].limit, closed[0].rejected),
             (1, 1, 1)
         );
         // A window closed by the next call keeps its limit too.
-        assert!(rl.check(&tight, &read, t + 60).is_ok());
-        assert!(rl.check(&tight, &read, t + 61).is_err());
-        assert!(rl.check(&loose, &read, t + 120).is_ok());
+        assert!(rl.check(&tight, &read, 1, t + 60).is_ok());
+        assert!(rl.check(&tight, &read, 1, t + 61).is_err());
+        assert!(rl.check(&loose, &read, 1, t + 120).is_ok());
         let closed = rl.drain_closed(t + 121);
         assert_eq!((closed.len(), closed[0].limit), (1, 1));
     }

@@ -1103,6 +1103,19 @@ grantline_store::backend_tests! {
         // (A write: the write bucket's quota, the tightest.)
         let header = |n: &str| r.headers()[n].to_str().unwrap().parse::<u32>().unwrap();
         assert_eq!(header("x-ratelimit-remaining"), header("x-ratelimit-limit") - 1);
+        // A batch costs each of its messages: three pings fill the read bucket of three.
+        s.app.clock.to_next_minute();
+        let pings = |ids: std::ops::Range<u64>| {
+            Value::Array(
+                ids.map(|i| json!({"jsonrpc": "2.0", "id": i, "method": "ping"}))
+                    .collect(),
+            )
+        };
+        let r = rpc(&s, "/mcp/demo", Some(&token), pings(20..23)).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.headers()["x-ratelimit-remaining"], "0");
+        let r = rpc(&s, "/mcp/demo", Some(&token), ping(23)).await;
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
         s.stop().await;
     }
 

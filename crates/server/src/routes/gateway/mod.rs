@@ -230,6 +230,7 @@ impl Request<'_> {
             presented,
             session_scope,
             cancels,
+            messages,
         } = self.classify(&caller, &resource.id, body, &wire_id).await?;
         // A watched call in a session is known by the caller's id there while it runs: for
         // the caller's cancellation of it.
@@ -283,7 +284,13 @@ impl Request<'_> {
         // request's `decide` span, as an OAuth decision is in `App::run`.
         let decide = tracing::info_span!("decide", attempt = 1);
         let quota = decide.in_scope(|| {
-            self.rate_limit(&caller, &resource.id, &mount, writes, watched.as_ref())
+            self.rate_limit(
+                &caller,
+                &resource.id,
+                &mount,
+                (writes, messages),
+                watched.as_ref(),
+            )
         })?;
         let audit = Audit {
             app: self.app.clone(),
@@ -672,6 +679,7 @@ impl Request<'_> {
             methods: vec![SERVER_STREAM.to_string()],
             recorded: Vec::new(),
         });
+        let messages = u32::try_from(inspected.len().max(1)).unwrap_or(u32::MAX);
         let mut watched = None;
         // At most one tool message to watch: the inspection refuses them in batches.
         for m in inspected {
@@ -743,6 +751,7 @@ impl Request<'_> {
             presented: session_id,
             session_scope,
             cancels,
+            messages,
         })
     }
 
@@ -782,13 +791,14 @@ impl Request<'_> {
         )
     }
 
-    /// Rate limits, before the authority check (refused calls count too).
+    /// Rate limits, before the authority check (refused calls count too): each message that
+    /// reaches the upstream counts, a batch's every one.
     fn rate_limit(
         &self,
         caller: &Caller,
         resource: &str,
         mount: &Mount,
-        writes: bool,
+        (writes, messages): (bool, u32),
         watched: Option<&Watched>,
     ) -> Result<Quota, Response> {
         let buckets = grantline_gateway::ratelimit::buckets(caller, resource, writes);
@@ -799,6 +809,7 @@ impl Request<'_> {
             .check(
                 &self.app.policy_config().rate_limits.limits(),
                 &buckets,
+                messages,
                 self.app.now().0 / 1_000_000,
             )
             .map_err(|(bucket, q)| {
@@ -824,6 +835,9 @@ struct Classified {
     session_scope: String,
     /// The watched calls its cancellations name: (the caller's id, the upstream's).
     cancels: Vec<(Value, Value)>,
+    /// How many messages reach the upstream (a batch's each; a GET or DELETE is one): what
+    /// the request costs against the rate limits.
+    messages: u32,
 }
 
 /// The method a refused GET stream is recorded under in `authorization.denied`.
