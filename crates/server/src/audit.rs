@@ -358,6 +358,23 @@ pub async fn reader(
             tracing::info!(reason = d.reason, "audit API request refused");
             r
         })?;
+        // A personal access token meets the check a refresh would (see
+        // `App::check_upstream_for`).
+        if let Err(check) = app.check_upstream_for(&caller).await {
+            use crate::federation::UpstreamCheck;
+            return Err(match check {
+                UpstreamCheck::Failed(_) => api_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "temporarily_unavailable",
+                    "the identity provider's answer could not be checked here",
+                ),
+                UpstreamCheck::Deprovisioned(_) | UpstreamCheck::SignInAgain(_) => api_error(
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_token",
+                    "the identity provider no longer vouches for this token's holder: sign in there again",
+                ),
+            });
+        }
         let reader = Reader {
             user_id: caller.user_id.clone(),
             client_id: caller.client_id.clone(),

@@ -707,6 +707,24 @@ impl App {
         Ok(())
     }
 
+    /// At each use of a personal access token: the check a refresh makes
+    /// ([`App::check_upstream_session`]), since a personal access token is never refreshed
+    /// and would otherwise outlive the person's deprovisioning upstream for good. Nothing to
+    /// do for other credentials (their refreshes are checked) or without providers.
+    pub async fn check_upstream_for(
+        &self,
+        caller: &grantline_gateway::Caller,
+    ) -> Result<(), UpstreamCheck> {
+        use grantline_ledger::CredentialKind;
+        match (&caller.credential.kind, caller.user_id.as_deref()) {
+            (CredentialKind::PersonalAccessToken, Some(user)) if self.federation.is_some() => {
+                self.check_upstream_session(user, self.now().0 / 1_000_000)
+                    .await
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Asks the upstream: a refresh when Grantline holds a refresh token, else userinfo with
     /// the access token. A refusal deprovisions.
     async fn confirm_upstream(

@@ -295,6 +295,59 @@ backend_tests! {
         s.stop().await;
     }
 
+    /// A personal access token is never refreshed: its use asks what a refresh would, so it
+    /// does not outlive what the provider says of its holder.
+    async fn a_personal_access_token_meets_the_upstream_check_at_each_use(db: TestDb) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = federated_config(dir.path(), true);
+        cfg.identity_providers[0].check_upstream_on_refresh = true;
+        cfg.identity_providers[0].upstream_check_cache_secs = Some(0);
+        // The demo resource with the built-in demo MCP server behind it.
+        cfg.resources.as_mut().unwrap()[0] = grantline_server::config::demo_resource();
+        let s = Server::start(&db, dir.path().to_path_buf(), cfg).await;
+        let r = browser()
+            .post(s.url("/admin/api/users/admin/pats"))
+            .basic_auth("admin", Some(ADMIN_PASSWORD))
+            .json(&json!({"name": "ci", "resource": "demo", "scope": "demo:read"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED);
+        let pat = get(&r.json().await.unwrap(), "token");
+        let ping = json!({"jsonrpc": "2.0", "id": 1, "method": "ping"});
+        let use_it = || async {
+            browser()
+                .post(s.url("/mcp/demo"))
+                .bearer_auth(&pat)
+                .header("accept", "application/json, text/event-stream")
+                .json(&ping)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        };
+        assert_eq!(use_it().await, StatusCode::OK, "no provider to ask yet");
+        // The admin signs in through `corp`: from now on each use asks it.
+        let app = &s.app;
+        let admin = app.credentials.by_username("admin").await.unwrap().unwrap().user_id;
+        let sealed = app.keyring.seal(&pii::user_subject(&admin), "00u-admin").await.unwrap();
+        sign_in_through_corp(&s, Account::Link(admin.clone()), sealed, "admin").await;
+        // Nothing to ask with: refused, as a refresh is, until they sign in there again.
+        assert_eq!(use_it().await, StatusCode::UNAUTHORIZED);
+        // A live upstream token and the provider down: an outage is not a refusal.
+        let now = app.now().0 / 1_000_000;
+        let upstream = UpstreamTokens {
+            access_token: UPSTREAM_TOKEN.into(),
+            refresh_token: None,
+            expires_at: Some(now + 3600),
+            scope: Some("openid email".into()),
+            instance_url: None,
+        };
+        app.keep_upstream_tokens(&admin, "corp", &upstream).await.unwrap();
+        assert_eq!(use_it().await, StatusCode::OK);
+        s.stop().await;
+    }
+
     async fn a_refresh_the_provider_cannot_be_asked_about_waits_for_a_new_sign_in_there(db: TestDb) {
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = federated_config(dir.path(), true);

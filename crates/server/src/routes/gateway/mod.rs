@@ -594,6 +594,23 @@ impl Request<'_> {
             tracing::info!(reason = d.reason, "gateway request refused");
             denial_response(&d, metadata_url, None)
         })?;
+        if let Err(check) = self.app.check_upstream_for(&caller).await {
+            use crate::federation::UpstreamCheck;
+            return Err(match check {
+                UpstreamCheck::Failed(_) => unavailable(),
+                UpstreamCheck::Deprovisioned(_) | UpstreamCheck::SignInAgain(_) => {
+                    tracing::info!(
+                        "a personal access token refused: its holder's identity provider no longer vouches for them"
+                    );
+                    let d = Denial::new(
+                        grantline_gateway::DenialKind::InvalidToken,
+                        "invalid_token",
+                        needs,
+                    );
+                    denial_response(&d, metadata_url, None)
+                }
+            });
+        }
         let span = tracing::Span::current();
         if let Some(u) = &caller.user_id {
             span.record("user_id", u.as_str());
