@@ -323,9 +323,11 @@ impl ProviderConfig {
             client_id: self.client_id.clone(),
             client_secret: Secret(secret),
             scopes: self.scopes.clone().unwrap_or(base.scopes.clone()),
+            // The file's parameters take the place of the preset's of the same name.
             authorization_params: base
                 .authorization_params
                 .iter()
+                .filter(|(k, _)| !self.authorization_params.contains_key(k))
                 .cloned()
                 .chain(self.authorization_params.clone())
                 .collect(),

@@ -154,7 +154,19 @@ pub fn apply(c: &ProviderConfig) -> Result<Provider, FederationError> {
             ..blank(c)
         },
         Some("google") => Provider {
-            authorization_params: vec![("access_type".into(), "offline".into())],
+            // Google gives a refresh token only when the person consents: at their first
+            // sign-in, or when asked to consent again. Where Grantline keeps the tokens (and
+            // drops them at a deprovisioning, a revocation or "revoke everything"), a sign-in
+            // without one would leave nothing to check or exchange with, at every sign-in
+            // after: ask for consent each time.
+            authorization_params: if c.store_upstream_token || c.check_upstream_on_refresh {
+                vec![
+                    ("access_type".into(), "offline".into()),
+                    ("prompt".into(), "consent".into()),
+                ]
+            } else {
+                vec![("access_type".into(), "offline".into())]
+            },
             ..oidc(
                 GOOGLE_ISSUER.into(),
                 "Google",

@@ -99,6 +99,26 @@ scopes = ["read:me", "read:jira-work", "offline_access"]"#,
             .contains(&("audience".into(), "api.atlassian.com".into()))
     );
     assert_eq!(atl.scopes, ["read:me", "read:jira-work", "offline_access"]);
+    // A parameter the file gives takes the place of the preset's: one `prompt`, not two.
+    let google = parse(
+        r#"[[identity_providers]]
+id = "google"
+preset = "google"
+client_id = "g"
+client_secret_env = "SECRET"
+allowed_email_domains = ["example.com"]
+store_upstream_token = true
+authorization_params = { prompt = "select_account consent" }"#,
+    )
+    .resolve(&env)
+    .unwrap();
+    assert_eq!(
+        google.authorization_params,
+        [
+            ("access_type".to_string(), "offline".to_string()),
+            ("prompt".to_string(), "select_account consent".to_string())
+        ]
+    );
 }
 
 #[test]

@@ -83,6 +83,24 @@ fn google() {
     );
 }
 
+/// Google gives a refresh token only at a consent: where Grantline keeps the person's tokens,
+/// each sign-in asks for one.
+#[test]
+fn google_asks_for_consent_where_tokens_are_kept() {
+    let params = |f: fn(&mut ProviderConfig)| preset("google", f).authorization_params;
+    let pair = |k: &str, v: &str| (k.to_string(), v.to_string());
+    assert_eq!(params(|_| {}), vec![pair("access_type", "offline")]);
+    for kept in [
+        (|c: &mut ProviderConfig| c.store_upstream_token = true) as fn(&mut ProviderConfig),
+        |c| c.check_upstream_on_refresh = true,
+    ] {
+        assert_eq!(
+            params(kept),
+            vec![pair("access_type", "offline"), pair("prompt", "consent")]
+        );
+    }
+}
+
 #[test]
 fn microsoft_multi_tenant() {
     let p = preset("microsoft", |c| c.tenant = Some("organizations".into()));
