@@ -103,6 +103,9 @@ pub struct Federation {
 /// Callbacks per address that reach a provider's token endpoint in a window: a person signs
 /// in once.
 pub const CALLBACK_EXCHANGES_PER_ADDRESS: u32 = 30;
+/// Callbacks from one IPv6 /48 that reach a provider's token endpoint in a window: its 65,536
+/// /64s would otherwise each have [`CALLBACK_EXCHANGES_PER_ADDRESS`].
+pub const CALLBACK_EXCHANGES_PER_SITE: u32 = 300;
 /// The window of [`CALLBACK_EXCHANGES_PER_ADDRESS`].
 pub const CALLBACK_WINDOW_SECS: i64 = 600;
 
@@ -291,7 +294,8 @@ impl Federation {
                 CALLBACK_EXCHANGES_PER_ADDRESS,
                 0,
                 CALLBACK_WINDOW_SECS,
-            ),
+            )
+            .with_site_limit(CALLBACK_EXCHANGES_PER_SITE),
         })
     }
 

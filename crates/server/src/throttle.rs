@@ -400,6 +400,8 @@ impl Drop for Held<'_> {
 /// at once cannot all pass the total, and slow ones cannot hold it while they fetch.
 pub struct AddressLimiter {
     limit: std::sync::atomic::AtomicU32,
+    /// Requests from one IPv6 /48 in a window, beside each /64's `limit`; 0 = no such limit.
+    site_limit: u32,
     total: std::sync::atomic::AtomicU32,
     window_secs: i64,
     entries: Mutex<HashMap<String, (i64, u32)>>,
@@ -475,11 +477,30 @@ impl AddressLimiter {
     pub fn new(limit: u32, total: u32, window_secs: i64) -> Self {
         AddressLimiter {
             limit: std::sync::atomic::AtomicU32::new(limit),
+            site_limit: 0,
             total: std::sync::atomic::AtomicU32::new(total),
             window_secs: window_secs.max(1),
             entries: Mutex::new(HashMap::new()),
             pending: std::sync::atomic::AtomicU32::new(0),
         }
+    }
+
+    /// At most `limit` requests from one IPv6 /48 in a window as well: a /48 holds 65,536
+    /// /64s, each with the per-address limit.
+    pub fn with_site_limit(mut self, limit: u32) -> Self {
+        self.site_limit = limit;
+        self
+    }
+
+    /// The buckets a request from `address` counts in, with their limits.
+    fn keys_of(&self, address: Option<&str>, limit: u32) -> Vec<(String, u32)> {
+        let mut keys = vec![(address.map_or_else(|| "-".to_string(), network_of), limit)];
+        if self.site_limit > 0
+            && let Some(site) = address.and_then(site_of)
+        {
+            keys.push((format!("{SITE_PREFIX}{site}"), self.site_limit));
+        }
+        keys
     }
 
     /// New limits (a reload), from the next request on.
@@ -534,12 +555,16 @@ impl AddressLimiter {
             let w = self.window_secs;
             map.retain(|_, (start, _)| now - *start < w);
         }
-        let key = address.map_or_else(|| "-".to_string(), network_of);
-        let e = self.window(&mut map, &key, now);
-        if e.1 >= limit {
-            return Err(OverLimit::Address((e.0 + self.window_secs - now).max(1)));
+        let keys = self.keys_of(address, limit);
+        for (key, limit) in &keys {
+            let e = self.window(&mut map, key, now);
+            if e.1 >= *limit {
+                return Err(OverLimit::Address((e.0 + self.window_secs - now).max(1)));
+            }
         }
-        e.1 += 1;
+        for (key, _) in &keys {
+            self.window(&mut map, key, now).1 += 1;
+        }
         Ok(())
     }
 
@@ -553,13 +578,15 @@ impl AddressLimiter {
         let Ok(map) = self.entries.lock() else {
             return Ok(());
         };
-        let key = address.map_or_else(|| "-".to_string(), network_of);
-        match map.get(&key) {
-            Some((start, n)) if now - start < self.window_secs && *n >= limit => {
-                Err(OverLimit::Address((start + self.window_secs - now).max(1)))
+        for (key, limit) in self.keys_of(address, limit) {
+            if let Some((start, n)) = map.get(&key)
+                && now - start < self.window_secs
+                && *n >= limit
+            {
+                return Err(OverLimit::Address((start + self.window_secs - now).max(1)));
             }
-            _ => Ok(()),
         }
+        Ok(())
     }
 
     /// Gives back a place [`AddressLimiter::hit`] took in `address`'s window, for a request
@@ -569,12 +596,13 @@ impl AddressLimiter {
         let Ok(mut map) = self.entries.lock() else {
             return;
         };
-        let key = address.map_or_else(|| "-".to_string(), network_of);
-        if let Some(e) = map.get_mut(&key)
-            && e.0 <= hit_at
-            && hit_at - e.0 < self.window_secs
-        {
-            e.1 = e.1.saturating_sub(1);
+        for (key, _) in self.keys_of(address, 0) {
+            if let Some(e) = map.get_mut(&key)
+                && e.0 <= hit_at
+                && hit_at - e.0 < self.window_secs
+            {
+                e.1 = e.1.saturating_sub(1);
+            }
         }
     }
 
@@ -622,6 +650,28 @@ pub const PENDING_RETRY_SECS: i64 = 5;
 
 #[cfg(test)]
 mod tests {
+    /// With a site limit, the /64s of one IPv6 /48 share a bucket beside their own; IPv4
+    /// addresses and other /48s do not, and a place given back is given back in both.
+    #[test]
+    fn the_64s_of_one_48_share_a_site_bucket() {
+        let l = super::AddressLimiter::new(3, 0, 600).with_site_limit(5);
+        let t = 1_000;
+        let a = |n: u16| format!("2001:db8:1:{n:x}::1");
+        for _ in 0..3 {
+            assert!(l.hit(Some(&a(1)), t).is_ok());
+        }
+        assert!(l.hit(Some(&a(1)), t).is_err(), "the /64's own limit");
+        assert!(l.hit(Some(&a(2)), t).is_ok());
+        assert!(l.hit(Some(&a(3)), t).is_ok());
+        assert!(l.hit(Some(&a(4)), t).is_err(), "the /48 is full");
+        assert!(l.over(Some(&a(5)), t).is_err());
+        assert!(l.hit(Some("2001:db8:2::1"), t).is_ok(), "another /48");
+        assert!(l.hit(Some("192.0.2.1"), t).is_ok());
+        l.give_back(Some(&a(2)), t);
+        assert!(l.hit(Some(&a(4)), t).is_ok(), "given back in the /48 too");
+        assert!(l.hit(Some(&a(6)), t + 600).is_ok(), "a new window");
+    }
+
     #[test]
     fn many_addresses_together_stop_at_the_total_of_what_was_taken_in() {
         use super::{OverLimit, PENDING_RETRY_SECS};
