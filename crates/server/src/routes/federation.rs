@@ -518,6 +518,29 @@ async fn answer(
         )
         .await;
     }
+    // One person's sign-ins through a provider are limited as a name's on the sign-in page
+    // are (each appends `login.succeeded` and holds a callback state): a script driving an
+    // account whose provider approves at once cannot loop without end.
+    let person = format!(
+        "fed:{}",
+        blake3::hash(format!("{provider}\0{}\0{}", who.issuer, who.subject).as_bytes()).to_hex()
+    );
+    if app.sign_ins.over(Some(&person), now).is_err() {
+        // Refused after the provider was asked: the address's callbacks are not given back,
+        // so a loop of these is bounded by them (and so are the refusals recorded).
+        app.metrics.throttled("sign_in");
+        return fail(
+            &app,
+            &ctx,
+            &provider,
+            linked,
+            "rate_limited",
+            "Too many sign-ins of this account. Wait a few minutes and start again from the \
+             application.",
+            StatusCode::TOO_MANY_REQUESTS,
+        )
+        .await;
+    }
     // The provider took the code and the person is admitted. The state is remembered as
     // answered while the sign-in is recorded (a second callback with it is refused); a
     // sign-in refused after all gives its place back below, so that anyone with an account at
@@ -551,6 +574,7 @@ async fn answer(
             // a refused one keeps using them up.
             fed.callback_exchanges
                 .give_back(ctx.source_ip.as_deref(), now);
+            let _ = app.sign_ins.hit(Some(&person), now);
             let slot = fed.slot(&provider).map(|s| s.provider.clone());
             if slot.is_some_and(|p| p.store_upstream_token || p.check_upstream_on_refresh)
                 && let Err(e) = app.keep_upstream_tokens(&user_id, &provider, &tokens).await
