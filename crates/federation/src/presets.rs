@@ -29,8 +29,18 @@ pub const SALESFORCE_LOGIN: &str = "https://login.salesforce.com";
 /// The issuer Microsoft Entra ID publishes for a tenant; `{tenantid}` for the multi-tenant
 /// endpoints (`common`, `organizations`), where each ID token names its own tenant.
 pub fn microsoft_issuer(tenant: &str) -> String {
+    // Personal Microsoft accounts all live in one tenant, which the `consumers` discovery
+    // document and every such ID token name as the issuer (not a `{tenantid}` template).
+    let tenant = if tenant == "consumers" {
+        MICROSOFT_CONSUMERS_TENANT
+    } else {
+        tenant
+    };
     format!("https://login.microsoftonline.com/{tenant}/v2.0")
 }
+
+/// The tenant of personal Microsoft accounts (`tenant = "consumers"`).
+pub const MICROSOFT_CONSUMERS_TENANT: &str = "9188040d-6c67-4c5b-b112-36a304b66dad";
 
 /// A Keycloak realm's issuer.
 pub fn keycloak_issuer(server_url: &str, realm: &str) -> String {

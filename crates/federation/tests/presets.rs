@@ -123,6 +123,13 @@ fn microsoft_multi_tenant() {
     });
     let err = check_discovery(&single, &fixture("microsoft-organizations")).unwrap_err();
     assert!(err.to_string().contains("names the issuer"), "{err}");
+    // Personal accounts: `consumers` is one tenant, whose issuer its discovery document and
+    // ID tokens name (there is no template to match).
+    let consumers = preset("microsoft", |c| c.tenant = Some("consumers".into()));
+    assert_eq!(
+        consumers.issuer.as_deref(),
+        Some("https://login.microsoftonline.com/9188040d-6c67-4c5b-b112-36a304b66dad/v2.0")
+    );
 }
 
 #[test]
