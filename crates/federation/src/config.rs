@@ -190,7 +190,18 @@ const CHOSEN_BY_THE_PERSON: &[&str] = &[
     "bio",
     "location",
     "blog",
+    "twitter_username",
+    "phone_number",
+    "locale",
+    "zoneinfo",
+    "birthdate",
+    "gender",
+    "address",
 ];
+
+/// Prefixes of claims a person sets for themselves: Atlassian's profile (job title,
+/// department, organisation, location are the person's own to edit).
+const CHOSEN_BY_THE_PERSON_UNDER: &[&str] = &["extended_profile."];
 
 fn bad(id: &str, msg: impl std::fmt::Display) -> FederationError {
     FederationError::Config(format!("identity provider {id:?}: {msg}"))
@@ -225,7 +236,11 @@ impl ProviderConfig {
                 return Err(bad(id, "role_mapping rules need claim, value and role"));
             }
             // Claims the person sets for themselves prove nothing about them.
-            if CHOSEN_BY_THE_PERSON.contains(&rule.claim.as_str()) {
+            if CHOSEN_BY_THE_PERSON.contains(&rule.claim.as_str())
+                || CHOSEN_BY_THE_PERSON_UNDER
+                    .iter()
+                    .any(|p| rule.claim.starts_with(p))
+            {
                 return Err(bad(
                     id,
                     format!(

@@ -1418,6 +1418,12 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("preferred_username"), "{e}");
+        // Profile fields the person edits, Atlassian's extended profile among them.
+        for claim in ["twitter_username", "locale", "extended_profile.department"] {
+            let rule = format!(r#"{{ claim = "{claim}", value = "x", role = "admin" }}"#);
+            let e = check(&provider(&rule)).unwrap_err().to_string();
+            assert!(e.contains("whoever sets that claim"), "{claim}: {e}");
+        }
         assert!(
             check(&provider(
                 r#"{ claim = "groups", value = "boss", role = "admin" }"#
@@ -1457,7 +1463,7 @@ mod tests {
         // Each resource and client once: two definitions would each be taken by another part.
         let resource = |name: &str, path: &str| {
             format!(
-                "[[resources]]\nname = \"{name}\"\npath = \"{path}\"\nupstream = \"http://127.0.0.1:9/mcp\"\nscopes = [{{ name = \"x:read\" }}, {{ name = \"x:write\" }}]\n"
+                "[[resources]]\nname = \"{name}\"\npath = \"{path}\"\nupstream = \"http://127.0.0.1:9/mcp\"\nscopes = [{{ name = \"{name}:read\" }}, {{ name = \"{name}:write\" }}]\n"
             )
         };
         assert!(check(&(resource("a", "/mcp/a") + &resource("b", "/mcp/b"))).is_ok());
