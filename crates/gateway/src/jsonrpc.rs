@@ -698,8 +698,68 @@ pub fn error(id: &Value, code: i64, message: &str, data: Option<Value>) -> Value
     serde_json::json!({ "jsonrpc": "2.0", "id": id, "error": e })
 }
 
+/// The gateway's own refusal of a batch, as JSON-RPC 2.0 §6 answers a batch: an array with
+/// the refusal once for each request in it, under that request's id (notifications get
+/// none). `None` when `body` is not a batch with a request in it, or `refusal` is not an
+/// error object: then the refusal goes as it is.
+pub fn refusal_for_each(body: &[u8], refusal: &Value) -> Option<Value> {
+    let first = body.iter().find(|b| !b.is_ascii_whitespace())?;
+    if *first != b'[' || !refusal.get("error").is_some_and(Value::is_object) {
+        return None;
+    }
+    let batch: Vec<Value> = serde_json::from_slice(body).ok()?;
+    let answers: Vec<Value> = batch
+        .iter()
+        .filter(|m| m.get("method").is_some())
+        .filter_map(|m| m.get("id"))
+        .map(|id| {
+            let mut e = refusal.clone();
+            e["id"] = id.clone();
+            e
+        })
+        .collect();
+    (!answers.is_empty()).then_some(Value::Array(answers))
+}
+
 #[cfg(test)]
 mod tests {
+    use serde_json::Value;
+
+    #[test]
+    fn a_refused_batch_is_answered_once_for_each_request() {
+        use super::{error, refusal_for_each};
+        use serde_json::json;
+        let refusal = error(&json!(null), -32029, "rate limited", None);
+        let batch = br#" [{"jsonrpc":"2.0","id":1,"method":"ping"},
+            {"jsonrpc":"2.0","method":"notifications/initialized"},
+            {"jsonrpc":"2.0","id":"b","method":"resources/read","params":{"uri":"x"}},
+            {"jsonrpc":"2.0","id":7,"result":{}}]"#;
+        let answers = refusal_for_each(batch, &refusal).unwrap();
+        let ids: Vec<Value> = answers
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["id"].clone())
+            .collect();
+        assert_eq!(ids, [json!(1), json!("b")], "requests only, in order");
+        assert!(
+            answers
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|a| a["error"]["code"] == -32029)
+        );
+        let single = br#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#;
+        assert_eq!(refusal_for_each(single, &refusal), None);
+        let notes = br#"[{"jsonrpc":"2.0","method":"notifications/initialized"}]"#;
+        assert_eq!(refusal_for_each(notes, &refusal), None);
+        assert_eq!(refusal_for_each(b"[1,", &refusal), None);
+        assert_eq!(refusal_for_each(batch, &json!({"result": {}})), None);
+        // An OAuth refusal of the credential (401) is not a JSON-RPC answer: it goes as it is.
+        let oauth = json!({"error": "invalid_token"});
+        assert_eq!(refusal_for_each(batch, &oauth), None);
+    }
+
     #[test]
     fn header_values_are_plain_or_wrapped_in_canonical_base64() {
         use super::header_value;

@@ -1634,6 +1634,15 @@ async fn resources_and_prompts_take_the_read_scope_and_a_role_and_unknown_method
         {"jsonrpc": "2.0", "id": 8, "method": "resources/list"}, read]);
     let r = rpc(&s, "/mcp/up", Some(&writer), batch).await;
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    // Answered as JSON-RPC answers a batch: the refusal once for each request, by its id.
+    let answers: Value = r.json().await.unwrap();
+    let ids: Vec<Value> = answers
+        .as_array()
+        .unwrap_or_else(|| panic!("an array for a batch: {answers}"))
+        .iter()
+        .map(|a| a["id"].clone())
+        .collect();
+    assert_eq!(ids, [json!(8), read["id"].clone()]);
     // Both a read and a refused one are recorded: what the user read, sealed under their key.
     let recorded = s.app.store().read(0, 10_000).await.unwrap();
     let reads: Vec<_> = recorded

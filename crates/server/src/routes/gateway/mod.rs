@@ -122,9 +122,12 @@ pub async fn mcp(
         method,
         headers,
     };
-    let (Ok(mut r) | Err(mut r)) = match body {
-        Ok(body) => request.handle(&name, query.as_deref(), body).await,
-        Err(too_large) => Err(too_large.into_response()),
+    let mut r = match body {
+        Ok(body) => match request.handle(&name, query.as_deref(), body.clone()).await {
+            Ok(r) => r,
+            Err(refusal) => each_request_refused(refusal, &body).await,
+        },
+        Err(too_large) => too_large.into_response(),
     };
     let h = r.headers_mut();
     // One caller's answer: no cache keeps it, whatever the upstream said.
@@ -141,6 +144,29 @@ pub async fn mcp(
         h.append(header::VARY, HeaderValue::from_static("origin"));
     }
     r
+}
+
+/// The gateway's own refusal of a batch, answered once for each request in it
+/// ([`jsonrpc::refusal_for_each`]); any other refusal as it is.
+async fn each_request_refused(refusal: Response, body: &[u8]) -> Response {
+    if !body.trim_ascii_start().starts_with(b"[") {
+        return refusal;
+    }
+    let (mut parts, answer) = refusal.into_parts();
+    // The gateway's refusals are a few hundred bytes.
+    let Ok(bytes) = axum::body::to_bytes(answer, 64 * 1024).await else {
+        return (parts.status, "").into_response();
+    };
+    let each = serde_json::from_slice::<Value>(&bytes)
+        .ok()
+        .and_then(|v| jsonrpc::refusal_for_each(body, &v));
+    match each.and_then(|v| serde_json::to_vec(&v).ok()) {
+        Some(array) => {
+            parts.headers.remove(header::CONTENT_LENGTH);
+            Response::from_parts(parts, axum::body::Body::from(array))
+        }
+        None => Response::from_parts(parts, axum::body::Body::from(bytes)),
+    }
 }
 
 fn not_allowed() -> Response {
@@ -322,7 +348,7 @@ impl Request<'_> {
                 }
                 let mut r = denial_of(&d, &metadata_url, Some(&reads.id), "request");
                 quota_headers(&mut r, quota);
-                return Ok(r);
+                return Err(r);
             }
             if !reads.recorded.is_empty() {
                 let events = reads.recorded.iter().map(|r| audit.read(r)).collect();
@@ -399,7 +425,7 @@ impl Request<'_> {
                     }
                     let mut r = denial_response(&d, &metadata_url, Some(&call.id));
                     quota_headers(&mut r, quota);
-                    return Ok(r);
+                    return Err(r);
                 }
                 // Recorded first, in the exchange's own task (see `exchange::run`).
                 let start = Some(audit.started(&call));
