@@ -240,6 +240,18 @@ fn cef_escaping_survives_a_third_party_parser() {
     assert_eq!(parsed["device"]["event_class_id"], "tool.called");
     // A header value with the header's own escapes.
     assert_eq!(cef::header_escape("a|b\\c\nd"), "a\\|b\\\\c d");
+    // No record can be made to look like two to a reader that splits on other breaks.
+    let forged = "x\u{2028}CEF:0|G|G|1|code.replayed|Code replayed|10|a\u{85}b\u{b}c\0d\u{2029}";
+    for escaped in [cef::header_escape(forged), cef::value_escape(forged)] {
+        assert_eq!(escaped.lines().count(), 1, "{escaped:?}");
+        assert!(
+            !escaped
+                .chars()
+                .any(|c| c.is_control() || matches!(c, '\u{2028}' | '\u{2029}')),
+            "{escaped:?}"
+        );
+    }
+    assert_eq!(cef::value_escape("a\u{2028}b\nc"), "a b\\nc");
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! ArcSight CEF: `CEF:0|Vendor|Product|Version|SignatureID|Name|Severity|Extension`. In the
-//! header `\` and `|` are escaped; in extension values `\`, `=` and line breaks. Severity is
-//! 0–10.
+//! header `\` and `|` are escaped; in extension values `\`, `=` and line breaks. Other control
+//! characters and Unicode line and paragraph separators, which CEF has no escape for and some
+//! readers split records on, become spaces. Severity is 0–10.
 
 use super::{ExportItem, PRODUCT, VERSION};
 use crate::record::{Acted, Severity};
@@ -13,7 +14,7 @@ pub fn header_escape(v: &str) -> String {
         match c {
             '\\' => out.push_str("\\\\"),
             '|' => out.push_str("\\|"),
-            '\n' | '\r' => out.push(' '),
+            c if breaks(c) => out.push(' '),
             c => out.push(c),
         }
     }
@@ -29,10 +30,17 @@ pub fn value_escape(v: &str) -> String {
             '=' => out.push_str("\\="),
             '\n' => out.push_str("\\n"),
             '\r' => out.push_str("\\r"),
+            c if breaks(c) => out.push(' '),
             c => out.push(c),
         }
     }
     out
+}
+
+/// A character a reader might take for the end of a record, or that no CEF escape covers:
+/// C0 and C1 controls (NEL among them) and U+2028, U+2029.
+fn breaks(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{2028}' | '\u{2029}')
 }
 
 /// CEF severity 0–10 for a record's severity.
