@@ -299,6 +299,14 @@ impl SinkSection {
                 if self.facility.is_some_and(|f| f > 23) {
                     bail!("sink {}: facility is 0 to 23", self.name);
                 }
+                // A TLS setting without `tls` would be ignored, and the records (personal data
+                // opened) sent in the clear.
+                if !self.tls && (self.ca_file.is_some() || self.server_name.is_some()) {
+                    bail!(
+                        "sink {}: ca_file and server_name are TLS settings: add tls = true (without it the records go in plain TCP)",
+                        self.name
+                    );
+                }
             }
             "splunk_hec" | "webhook" => {
                 let Some(u) = &self.url else {
@@ -1317,6 +1325,22 @@ mod tests {
             let e = check(extra, url).unwrap_err();
             assert!(e.contains("sink h"), "{extra}: {e}");
         }
+        // A syslog sink given TLS settings without `tls` would send in the clear.
+        let syslog = |extra: &str| {
+            let text = format!(
+                "[[audit.sinks]]\nname = \"s\"\nkind = \"syslog\"\naddress = \"siem.example:6514\"\n{extra}"
+            );
+            toml::from_str::<Config>(&text)
+                .unwrap()
+                .check()
+                .map_err(|e| e.to_string())
+        };
+        for extra in [ca_line.as_str(), "server_name = \"siem.example\"\n"] {
+            let e = syslog(extra).unwrap_err();
+            assert!(e.contains("add tls = true"), "{extra}: {e}");
+            assert!(syslog(&format!("{extra}tls = true\n")).is_ok(), "{extra}");
+        }
+        assert!(syslog("").is_ok());
     }
 
     #[test]

@@ -79,13 +79,16 @@ pub async fn run(loc: &Location, args: Args) -> Result<ExitCode> {
     }
     let mut exporter = super::audit::exporter_from(loc, &store, args.after, args.redact).await?;
     let mut out: Box<dyn Write> = match &args.output {
-        Some(p) => Box::new(std::io::BufWriter::new(
+        Some(p) => Box::new(std::io::BufWriter::new({
+            use std::os::unix::fs::OpenOptionsExt;
+            // Only its owner reads it: unless --redact, it holds personal data opened.
             std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
+                .mode(0o600)
                 .open(p)
-                .with_context(|| format!("opening {}", p.display()))?,
-        )),
+                .with_context(|| format!("opening {}", p.display()))?
+        })),
         None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
     };
     let head = store.head().await?.map_or(0, |h| h.0);
