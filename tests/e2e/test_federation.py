@@ -617,7 +617,7 @@ def test_callbacks_that_would_ask_the_provider_are_limited_per_address(world, tm
     # counts against the address.
     person = FederatedBrowser(server.base, REDIRECT, provider="rogue")
     page = person.click(person.sign_in_page("/account"))
-    assert page.status_code == 429 and "(rate_limited)" in page.text, (page.status_code, page.text[:300])
+    assert page.status_code == 429 and "of this account" in page.text, (page.status_code, page.text[:300])
     browser = FederatedBrowser(server.base, REDIRECT, provider="rogue")
     browser.stop_at_callback = True
     callback = browser.click(browser.sign_in_page())

@@ -200,8 +200,9 @@ const CHOSEN_BY_THE_PERSON: &[&str] = &[
 ];
 
 /// Prefixes of claims a person sets for themselves: Atlassian's profile (job title,
-/// department, organisation, location are the person's own to edit).
-const CHOSEN_BY_THE_PERSON_UNDER: &[&str] = &["extended_profile."];
+/// department, organisation, location are the person's own to edit) and OIDC's `address`
+/// (an object: `address.country`, …).
+const CHOSEN_BY_THE_PERSON_UNDER: &[&str] = &["extended_profile.", "address."];
 
 fn bad(id: &str, msg: impl std::fmt::Display) -> FederationError {
     FederationError::Config(format!("identity provider {id:?}: {msg}"))

@@ -378,6 +378,15 @@ async fn send_bounded(
         .map_err(|e| TokenHttpError::Request(e.to_string()))
 }
 
+/// The `prompt` of a fresh sign-in: `login`, and `consent` too where the provider is asked for
+/// consent each time (Google where tokens are kept: its refresh token comes only with it).
+fn fresh_prompt(params: &[(String, String)]) -> &'static str {
+    let consent = params
+        .iter()
+        .any(|(k, v)| k == "prompt" && v.split(' ').any(|p| p == "consent"));
+    if consent { "login consent" } else { "login" }
+}
+
 /// A token endpoint's `200 OK` that is an RFC 6749 §5.2 error: GitHub answers its errors so
 /// (`{"error": "bad_refresh_token"}`). Read as the error it is rather than as a token response
 /// that does not parse, which would say "the provider cannot be asked" when it said no.
@@ -593,7 +602,7 @@ impl Upstream {
         }
         if fresh {
             req = req
-                .add_extra_param("prompt", "login")
+                .add_extra_param("prompt", fresh_prompt(&self.provider.authorization_params))
                 .add_extra_param("max_age", "0");
         }
         let (url, state) = req.url();
@@ -1077,6 +1086,19 @@ mod tests {
 
     /// GitHub answers token-endpoint errors with `200 OK`: such a body is read as the error it
     /// is; a token answer, or something that is neither, is left to the token parser.
+    #[test]
+    fn a_fresh_sign_in_keeps_asking_for_consent_where_the_provider_asks_for_it() {
+        let p = |k: &str, v: &str| vec![(k.to_string(), v.to_string())];
+        assert_eq!(fresh_prompt(&p("prompt", "consent")), "login consent");
+        assert_eq!(
+            fresh_prompt(&p("prompt", "select_account consent")),
+            "login consent"
+        );
+        assert_eq!(fresh_prompt(&p("prompt", "select_account")), "login");
+        assert_eq!(fresh_prompt(&p("access_type", "consent")), "login");
+        assert_eq!(fresh_prompt(&[]), "login");
+    }
+
     #[test]
     fn a_success_status_with_an_error_body_is_an_error() {
         assert!(is_error_body(

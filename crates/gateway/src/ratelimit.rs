@@ -169,6 +169,9 @@ impl RateLimiter {
                     refused_under: limit,
                 };
             }
+            // A batch larger than the whole limit costs the whole limit, rather than never
+            // fitting in any window.
+            let cost = cost.min(limit);
             if w.used.saturating_add(cost) > limit {
                 w.rejected += 1;
                 w.refused_under = limit;
@@ -191,10 +194,11 @@ impl RateLimiter {
             }
         }
         for (bucket, subject) in buckets {
-            if limit_of(limits, *bucket) > 0
+            let limit = limit_of(limits, *bucket);
+            if limit > 0
                 && let Some(w) = map.get_mut(&(*bucket, subject.to_string()))
             {
-                w.used += cost;
+                w.used += cost.min(limit);
             }
         }
         Ok(tightest.unwrap_or(Quota {
@@ -316,6 +320,15 @@ mod tests {
         let rejected = |b: RateBucket| closed.iter().find(|e| e.bucket == b).map(|e| e.rejected);
         assert_eq!(rejected(RateBucket::UserRead), Some(1));
         assert_eq!(rejected(RateBucket::Client), Some(1));
+        // A batch larger than a whole limit fits an empty window, taking all of it.
+        let fresh = [(RateBucket::UserRead, "u3"), (RateBucket::Client, "c3")];
+        let t = t + 120;
+        assert_eq!(rl.check(&limits, &fresh, 16, t).unwrap().remaining, 0);
+        assert!(rl.check(&limits, &fresh, 1, t).is_err());
+        assert!(
+            rl.check(&limits, &fresh, 1, t + 60).is_ok(),
+            "the next window"
+        );
     }
 
     #[test]

@@ -1443,7 +1443,12 @@ mod tests {
         .to_string();
         assert!(e.contains("preferred_username"), "{e}");
         // Profile fields the person edits, Atlassian's extended profile among them.
-        for claim in ["twitter_username", "locale", "extended_profile.department"] {
+        for claim in [
+            "twitter_username",
+            "locale",
+            "extended_profile.department",
+            "address.country",
+        ] {
             let rule = format!(r#"{{ claim = "{claim}", value = "x", role = "admin" }}"#);
             let e = check(&provider(&rule)).unwrap_err().to_string();
             assert!(e.contains("whoever sets that claim"), "{claim}: {e}");

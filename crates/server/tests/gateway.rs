@@ -1323,13 +1323,15 @@ grantline_store::backend_tests! {
         assert_eq!(r.status(), StatusCode::OK);
         // A name that is not visible ASCII comes wrapped in base64 (`=?base64?…?=`), and is
         // compared as what it stands for: a wrapped "read_tool" passes; a tool literally named
-        // like a wrapped "write_tool" does not match a header that decodes to write_tool; raw
-        // bytes and non-canonical base64 match nothing.
+        // like a wrapped "write_tool" does not match a header that decodes to write_tool, nor
+        // "read_toom" read_tool; non-canonical base64 of "read" (stray bits) and raw bytes
+        // match nothing, not even a name of U+FFFD.
         let wrapped_write = "=?base64?d3JpdGVfdG9vbA==?=";
         for (name, tool, status) in [
             ("=?base64?cmVhZF90b29s?=", "read_tool", StatusCode::OK),
             (wrapped_write, wrapped_write, StatusCode::BAD_REQUEST),
             ("=?base64?cmVhZF90b29t?=", "read_tool", StatusCode::BAD_REQUEST),
+            ("=?base64?cmVhZB==?=", "read", StatusCode::BAD_REQUEST),
         ] {
             let seen_before = up.seen.lock().unwrap().len();
             let r = browser()
@@ -1353,7 +1355,7 @@ grantline_store::backend_tests! {
                 "mcp-name",
                 reqwest::header::HeaderValue::from_bytes("r\u{e9}ad_tool".as_bytes()).unwrap(),
             )
-            .json(&call(11, "r\u{fffd}ad_tool"))
+            .json(&call(11, "\u{fffd}"))
             .send()
             .await
             .unwrap();
