@@ -299,6 +299,27 @@ impl Federation {
         })
     }
 
+    /// Whether the person's session at the provider was checked within `ttl`.
+    fn checked_lately(&self, key: &(String, String), ttl: Duration) -> bool {
+        self.checks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .is_some_and(|at| at.elapsed() < ttl)
+    }
+
+    /// Remembers a check of the person's session for `ttl`, in a bounded map.
+    fn remember_check(&self, key: (String, String), ttl: Duration) {
+        let mut checks = self.checks.lock().unwrap_or_else(|p| p.into_inner());
+        if checks.len() >= MAX_CHECKS {
+            checks.retain(|_, at| at.elapsed() < ttl);
+            if checks.len() >= MAX_CHECKS {
+                checks.clear();
+            }
+        }
+        checks.insert(key, Instant::now());
+    }
+
     pub fn slot(&self, id: &str) -> Option<&Arc<Slot>> {
         self.slots.iter().find(|s| s.provider.id == id)
     }
@@ -672,26 +693,11 @@ impl App {
             }
             let key = (user_id.to_string(), provider.clone());
             let ttl = Duration::from_secs(slot.provider.upstream_check_cache_secs);
-            let fresh = fed
-                .checks
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(&key)
-                .is_some_and(|at| at.elapsed() < ttl);
-            if fresh {
+            if fed.checked_lately(&key, ttl) {
                 continue;
             }
-            match self.confirm_upstream(user_id, &provider, now).await {
-                Ok(()) => {
-                    let mut checks = fed.checks.lock().unwrap_or_else(|p| p.into_inner());
-                    if checks.len() >= MAX_CHECKS {
-                        checks.retain(|_, at| at.elapsed() < ttl);
-                        if checks.len() >= MAX_CHECKS {
-                            checks.clear();
-                        }
-                    }
-                    checks.insert(key, Instant::now());
-                }
+            match self.confirm_upstream(user_id, &provider, now, ttl).await {
+                Ok(()) => fed.remember_check(key, ttl),
                 Err(TokenError::Refused(why)) => return Err(UpstreamCheck::Deprovisioned(why)),
                 Err(e @ (TokenError::None(_) | TokenError::Expired(_))) => {
                     tracing::info!(user_id, provider = %provider, error = %e, "upstream session cannot be checked; the user must sign in there again");
@@ -703,8 +709,11 @@ impl App {
                     tracing::warn!(user_id, provider = %provider, error = %e, "upstream session could not be checked here; refused until it can be");
                     return Err(UpstreamCheck::Failed(e));
                 }
+                // Kept like an answer for the cache period: during an outage each person's
+                // requests wait for one timed-out attempt a period, not one each.
                 Err(e @ TokenError::Unavailable(_)) => {
                     tracing::warn!(user_id, provider = %provider, error = %e, "upstream session could not be checked; access continues");
+                    fed.remember_check(key, ttl);
                 }
             }
         }
@@ -731,15 +740,20 @@ impl App {
 
     /// Asks the upstream: a refresh when Grantline holds a refresh token, else userinfo with
     /// the access token. A refusal deprovisions.
+    /// Requests that waited for another's check take its answer (`ttl`: how long one holds).
     async fn confirm_upstream(
         &self,
         user_id: &str,
         provider: &str,
         now: i64,
+        ttl: Duration,
     ) -> Result<(), TokenError> {
         let fed = self.fed()?;
         let lock = fed.refresh_lock(user_id, provider);
         let _one_at_a_time = lock.lock().await;
+        if fed.checked_lately(&(user_id.to_string(), provider.to_string()), ttl) {
+            return Ok(());
+        }
         let tokens = self.stored_upstream_tokens(fed, user_id, provider).await?;
         let session = match &tokens.refresh_token {
             Some(_) => self

@@ -327,13 +327,16 @@ backend_tests! {
                 .status()
         };
         assert_eq!(use_it().await, StatusCode::OK, "no provider to ask yet");
+        assert!(common::active(&s, &pat).await);
         // The admin signs in through `corp`: from now on each use asks it.
         let app = &s.app;
         let admin = app.credentials.by_username("admin").await.unwrap().unwrap().user_id;
         let sealed = app.keyring.seal(&pii::user_subject(&admin), "00u-admin").await.unwrap();
         sign_in_through_corp(&s, Account::Link(admin.clone()), sealed, "admin").await;
-        // Nothing to ask with: refused, as a refresh is, until they sign in there again.
+        // Nothing to ask with: refused, as a refresh is, until they sign in there again; and a
+        // resource server that introspects it is told it is not active.
         assert_eq!(use_it().await, StatusCode::UNAUTHORIZED);
+        assert!(!common::active(&s, &pat).await);
         // A live upstream token and the provider down: an outage is not a refusal.
         let now = app.now().0 / 1_000_000;
         let upstream = UpstreamTokens {
@@ -345,6 +348,7 @@ backend_tests! {
         };
         app.keep_upstream_tokens(&admin, "corp", &upstream).await.unwrap();
         assert_eq!(use_it().await, StatusCode::OK);
+        assert!(common::active(&s, &pat).await);
         s.stop().await;
     }
 

@@ -48,40 +48,64 @@ async fn handle(
         .await?;
     }
     let live = app.live();
-    let state = app.projection.read();
-    let client = authenticate(&state, &who)?;
-    let every = app
-        .config
-        .oauth
-        .introspection_clients
-        .contains(&client.client_id);
-    // The resources' ids under the configured public URL and, behind a trusted proxy, under
-    // the one this request came in by: a token carries the one it was issued under.
-    let mut own = live
-        .config
-        .introspected_by(&client.client_id, &live.settings.resources);
-    if ctx.issuer != live.settings.issuer {
-        let here = app.settings_for(&ctx.issuer);
-        own.extend(
-            live.config
-                .introspected_by(&client.client_id, &here.resources),
-        );
-    }
-    if client.secret_digest.is_none() || (!every && own.is_empty()) {
-        return Err(
-            OAuthError::invalid_client("this client is not allowed to introspect tokens").into(),
-        );
-    }
-    let audiences = if every {
-        Audiences::Any
-    } else {
-        Audiences::Only(&own)
+    let (mut answer, pat_holder) = {
+        let state = app.projection.read();
+        let client = authenticate(&state, &who)?;
+        let every = app
+            .config
+            .oauth
+            .introspection_clients
+            .contains(&client.client_id);
+        // The resources' ids under the configured public URL and, behind a trusted proxy, under
+        // the one this request came in by: a token carries the one it was issued under.
+        let mut own = live
+            .config
+            .introspected_by(&client.client_id, &live.settings.resources);
+        if ctx.issuer != live.settings.issuer {
+            let here = app.settings_for(&ctx.issuer);
+            own.extend(
+                live.config
+                    .introspected_by(&client.client_id, &here.resources),
+            );
+        }
+        if client.secret_digest.is_none() || (!every && own.is_empty()) {
+            return Err(OAuthError::invalid_client(
+                "this client is not allowed to introspect tokens",
+            )
+            .into());
+        }
+        let audiences = if every {
+            Audiences::Any
+        } else {
+            Audiences::Only(&own)
+        };
+        let token = param(&params, "token")
+            .ok_or_else(|| OAuthError::invalid_request("token is missing"))?;
+        let grace = live.settings.lifetimes.refresh_grace;
+        let answer = rules::introspect(&state, &ctx.issuer, &token, app.now(), grace, audiences);
+        // The holder of a personal access token, when it is one: its use here meets the upstream
+        // check a refresh would, as at the gateway (`App::check_upstream_for`).
+        let pat_holder = state
+            .pat_by_digest
+            .get(&grantline_ledger::secret_digest(token.as_bytes()))
+            .and_then(|id| state.pats.get(id))
+            .map(|p| p.user_id.clone());
+        (answer, pat_holder)
     };
-    let token =
-        param(&params, "token").ok_or_else(|| OAuthError::invalid_request("token is missing"))?;
-    let grace = live.settings.lifetimes.refresh_grace;
-    let answer = rules::introspect(&state, &ctx.issuer, &token, app.now(), grace, audiences);
-    drop(state);
+    if answer["active"] == true
+        && let Some(user) = pat_holder
+        && let Err(check) = app
+            .check_upstream_session(&user, app.now().0 / 1_000_000)
+            .await
+    {
+        use crate::federation::UpstreamCheck;
+        match check {
+            UpstreamCheck::Failed(e) => return Err(e),
+            UpstreamCheck::Deprovisioned(_) | UpstreamCheck::SignInAgain(_) => {
+                answer = serde_json::json!({"active": false});
+            }
+        }
+    }
     let mut r = Json(answer).into_response();
     crate::http::no_store(r.headers_mut());
     Ok(r)
