@@ -402,12 +402,21 @@ pub struct AddressLimiter {
     limit: std::sync::atomic::AtomicU32,
     /// Requests from one IPv6 /48 in a window, beside each /64's `limit`; 0 = no such limit.
     site_limit: u32,
+    /// With a site limit: /64s a request that turned out well came from lately (see
+    /// [`AddressLimiter::give_back`]) → when. They are held to their own limit only, so that
+    /// a neighbour filling the /48 cannot shut out the people who use it.
+    known: Mutex<HashMap<String, i64>>,
     total: std::sync::atomic::AtomicU32,
     window_secs: i64,
     entries: Mutex<HashMap<String, (i64, u32)>>,
     /// Slots of the total held by requests still running.
     pending: std::sync::atomic::AtomicU32,
 }
+
+/// How long a network a request turned out well from stays known (see
+/// [`AddressLimiter::give_back`]), and how many are remembered.
+const KNOWN_NETWORK_SECS: i64 = 30 * 86_400;
+const MAX_KNOWN_NETWORKS: usize = 100_000;
 
 /// The bucket of everything taken in, beside the addresses' buckets.
 const ALL: &str = "*";
@@ -478,6 +487,7 @@ impl AddressLimiter {
         AddressLimiter {
             limit: std::sync::atomic::AtomicU32::new(limit),
             site_limit: 0,
+            known: Mutex::new(HashMap::new()),
             total: std::sync::atomic::AtomicU32::new(total),
             window_secs: window_secs.max(1),
             entries: Mutex::new(HashMap::new()),
@@ -492,12 +502,23 @@ impl AddressLimiter {
         self
     }
 
-    /// The buckets a request from `address` counts in, with their limits.
-    fn keys_of(&self, address: Option<&str>, limit: u32) -> Vec<(String, u32)> {
-        let mut keys = vec![(address.map_or_else(|| "-".to_string(), network_of), limit)];
-        if self.site_limit > 0
-            && let Some(site) = address.and_then(site_of)
-        {
+    /// The buckets a request from `address` counts in, with their limits: its network's, and
+    /// its /48's unless its network is a known one at `now`.
+    fn keys_of(&self, address: Option<&str>, limit: u32, now: i64) -> Vec<(String, u32)> {
+        let network = address.map_or_else(|| "-".to_string(), network_of);
+        let known = |n: &str| {
+            self.known
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .get(n)
+                .is_some_and(|at| now - at < KNOWN_NETWORK_SECS)
+        };
+        let site = (self.site_limit > 0)
+            .then(|| address.and_then(site_of))
+            .flatten()
+            .filter(|_| !known(&network));
+        let mut keys = vec![(network, limit)];
+        if let Some(site) = site {
             keys.push((format!("{SITE_PREFIX}{site}"), self.site_limit));
         }
         keys
@@ -555,7 +576,7 @@ impl AddressLimiter {
             let w = self.window_secs;
             map.retain(|_, (start, _)| now - *start < w);
         }
-        let keys = self.keys_of(address, limit);
+        let keys = self.keys_of(address, limit, now);
         for (key, limit) in &keys {
             let e = self.window(&mut map, key, now);
             if e.1 >= *limit {
@@ -578,7 +599,7 @@ impl AddressLimiter {
         let Ok(map) = self.entries.lock() else {
             return Ok(());
         };
-        for (key, limit) in self.keys_of(address, limit) {
+        for (key, limit) in self.keys_of(address, limit, now) {
             if let Some((start, n)) = map.get(&key)
                 && now - start < self.window_secs
                 && *n >= limit
@@ -591,18 +612,37 @@ impl AddressLimiter {
 
     /// Gives back a place [`AddressLimiter::hit`] took in `address`'s window, for a request
     /// that turned out to be one the limit is not for (a sign-in that succeeded). A window
-    /// that began after `hit_at` is left alone.
+    /// that began after `hit_at` is left alone. With a site limit, the address's network is
+    /// known from then on: held to its own limit, not its /48's.
     pub fn give_back(&self, address: Option<&str>, hit_at: i64) {
         let Ok(mut map) = self.entries.lock() else {
             return;
         };
-        for (key, _) in self.keys_of(address, 0) {
+        // The buckets it was counted in: a network known then took no place in its /48.
+        for (key, _) in self.keys_of(address, 0, hit_at) {
             if let Some(e) = map.get_mut(&key)
                 && e.0 <= hit_at
                 && hit_at - e.0 < self.window_secs
             {
                 e.1 = e.1.saturating_sub(1);
             }
+        }
+        drop(map);
+        // With a site limit, the network is a known one from now on.
+        if self.site_limit > 0
+            && let Some(a) = address
+        {
+            let mut known = self
+                .known
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if known.len() >= MAX_KNOWN_NETWORKS {
+                known.retain(|_, at| hit_at - *at < KNOWN_NETWORK_SECS);
+                if known.len() >= MAX_KNOWN_NETWORKS {
+                    known.clear();
+                }
+            }
+            known.insert(network_of(a), hit_at);
         }
     }
 
@@ -669,6 +709,10 @@ mod tests {
         assert!(l.hit(Some("192.0.2.1"), t).is_ok());
         l.give_back(Some(&a(2)), t);
         assert!(l.hit(Some(&a(4)), t).is_ok(), "given back in the /48 too");
+        assert!(l.hit(Some(&a(7)), t).is_err(), "the /48 is full again");
+        // A network something turned out well from is held to its own limit only: a
+        // neighbour filling the /48 does not shut it out.
+        assert!(l.hit(Some(&a(2)), t).is_ok());
         assert!(l.hit(Some(&a(6)), t + 600).is_ok(), "a new window");
     }
 
