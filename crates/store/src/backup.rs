@@ -478,9 +478,25 @@ pub async fn stage_sqlite(
                 MANIFEST_ENTRY if manifest.is_none() => {
                     manifest = Some(parse_manifest(&mut entry)?)
                 }
+                // Written after the manifest, and only as large as it says: an entry that
+                // unpacks to more than the archive holds (a sparse one) or to another size
+                // would fill the disk before anything is checked.
                 DB_ENTRY if !have_db => {
+                    let Some(m) = &manifest else {
+                        return Err(invalid("the backup's database comes before its manifest"));
+                    };
+                    let header = entry.header();
+                    if header.entry_type() != tar::EntryType::Regular
+                        || header.size()? != m.database_bytes
+                    {
+                        return Err(invalid(format!(
+                            "the backup's database is not a plain file of the {} bytes its \
+                             manifest names",
+                            m.database_bytes
+                        )));
+                    }
                     let mut f = private_file(&restoring)?;
-                    std::io::copy(&mut entry, &mut f)?;
+                    std::io::copy(&mut (&mut entry).take(m.database_bytes), &mut f)?;
                     f.sync_all()?;
                     have_db = true;
                 }

@@ -269,6 +269,75 @@ async fn a_backup_verifies_restores_and_refuses_what_does_not() {
             .contains("does not verify under the ledger's key"),
         "{e}"
     );
+    // A database entry that would unpack to another size than the manifest names (a sparse
+    // entry can unpack to terabytes from a few kilobytes), or that comes before the manifest:
+    // refused before anything is written.
+    {
+        let data = std::fs::read(&dest).unwrap();
+        let small = Manifest {
+            database_bytes: 4096,
+            ..backup::read_manifest(&out).unwrap()
+        };
+        let sized = dir.path().join("sized.backup");
+        let mut tar = tar::Builder::new(std::fs::File::create(&sized).unwrap());
+        put(
+            &mut tar,
+            "manifest.json",
+            &serde_json::to_vec(&small).unwrap(),
+        );
+        put(&mut tar, "manifest.sig", signature.as_bytes());
+        put(&mut tar, "grantline.db", &data);
+        tar.finish().unwrap();
+        let e = backup::restore_sqlite(&sized, &refused("i.db"), &[key()], false)
+            .await
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("not a plain file of the 4096 bytes"),
+            "{e}"
+        );
+        assert!(!dir.path().join("i.db.restoring").exists());
+
+        let sparse = dir.path().join("sparse.backup");
+        let mut tar = tar::Builder::new(std::fs::File::create(&sparse).unwrap());
+        put(
+            &mut tar,
+            "manifest.json",
+            entry(&out, "manifest.json").unwrap().as_bytes(),
+        );
+        // 512 bytes of data at the end of a file of the manifest's size: zeros before them.
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::GNUSparse);
+        h.set_size(512);
+        h.set_mode(0o600);
+        {
+            let gnu = h.as_gnu_mut().unwrap();
+            gnu.set_real_size(data.len() as u64);
+            gnu.sparse[0].set_offset(data.len() as u64 - 512);
+            gnu.sparse[0].set_length(512);
+        }
+        h.set_cksum();
+        tar.append_data(&mut h, "grantline.db", &data[data.len() - 512..])
+            .unwrap();
+        tar.finish().unwrap();
+        let e = backup::restore_sqlite(&sparse, &refused("j.db"), &[key()], false)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("not a plain file"), "{e}");
+
+        let first = dir.path().join("first.backup");
+        let mut tar = tar::Builder::new(std::fs::File::create(&first).unwrap());
+        put(&mut tar, "grantline.db", &data);
+        put(
+            &mut tar,
+            "manifest.json",
+            entry(&out, "manifest.json").unwrap().as_bytes(),
+        );
+        tar.finish().unwrap();
+        let e = backup::restore_sqlite(&first, &refused("k.db"), &[key()], false)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("comes before its manifest"), "{e}");
+    }
     // Two manifests: refused (a caller may have read the first, the restore would use
     // another).
     {
