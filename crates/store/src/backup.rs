@@ -121,10 +121,59 @@ fn digest_file(path: &Path) -> Result<(String, u64)> {
 
 /// Verifies the database at `path` (the whole chain, every checkpoint under `trusted` and
 /// the handovers they lead to) and reads its head and newest checkpoint.
+/// The file an unverified backup brought is read as tables only: no view, and no generated
+/// column in the ledger's tables — SQL a crafted file could have run (at length) when the walk
+/// reads it, before its manifest's signature could be checked.
+async fn check_schema(path: &Path) -> Result<()> {
+    use sqlx::{Connection, Row};
+    let opts = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(path)
+        .read_only(true)
+        .pragma("trusted_schema", "OFF");
+    let mut conn = sqlx::SqliteConnection::connect_with(&opts).await?;
+    let outcome = async {
+        let views: Vec<String> =
+            sqlx::query("SELECT name FROM sqlite_master WHERE type = 'view' LIMIT 5")
+                .fetch_all(&mut conn)
+                .await?
+                .iter()
+                .map(|r| r.get::<String, _>(0))
+                .collect();
+        if !views.is_empty() {
+            return Err(invalid(format!(
+                "the backup's database holds views ({}), which a ledger never has",
+                views.join(", ")
+            )));
+        }
+        for table in ["events", "checkpoints"] {
+            let kind: Option<String> =
+                sqlx::query_scalar("SELECT type FROM sqlite_master WHERE name = ?")
+                    .bind(table)
+                    .fetch_optional(&mut conn)
+                    .await?;
+            let generated: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM pragma_table_xinfo(?) WHERE hidden <> 0")
+                    .bind(table)
+                    .fetch_one(&mut conn)
+                    .await?;
+            if kind.as_deref() != Some("table") || generated != 0 {
+                return Err(invalid(format!(
+                    "the backup's database has no plain table {table}"
+                )));
+            }
+        }
+        Ok(())
+    }
+    .await;
+    let _ = conn.close().await;
+    outcome
+}
+
 async fn check_database(
     path: &Path,
     trusted: &[NoteVerifier],
 ) -> Result<(Summary, u64, String, Option<String>)> {
+    check_schema(path).await?;
     let store = Store::connect(&Database::Sqlite(path.to_path_buf()), false).await?;
     let outcome = async {
         let summary = match crate::verify(&store, trusted, |_| {}).await? {

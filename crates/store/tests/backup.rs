@@ -338,6 +338,28 @@ async fn a_backup_verifies_restores_and_refuses_what_does_not() {
             .unwrap_err();
         assert!(e.to_string().contains("comes before its manifest"), "{e}");
     }
+    // A database whose `events` is a view (SQL that runs when the walk reads it, before the
+    // manifest's signature can be checked): refused for its schema.
+    {
+        let viewed = dir.path().join("viewed.db");
+        std::fs::copy(&dest, &viewed).unwrap();
+        let store = Store::connect(&Database::Sqlite(viewed.clone()), false)
+            .await
+            .unwrap();
+        for sql in [
+            "ALTER TABLE events RENAME TO events_t",
+            "CREATE VIEW events AS SELECT * FROM events_t",
+        ] {
+            exec(&store, sql).await.unwrap();
+        }
+        store.close().await;
+        let viewed_backup = dir.path().join("viewed.backup");
+        repack(&m, &viewed, &viewed_backup, Some(&signature));
+        let e = backup::restore_sqlite(&viewed_backup, &refused("l.db"), &[key()], false)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("holds views (events)"), "{e}");
+    }
     // Two manifests: refused (a caller may have read the first, the restore would use
     // another).
     {
