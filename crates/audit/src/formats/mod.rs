@@ -307,40 +307,41 @@ impl Exporter {
             let mut bufs = std::mem::take(&mut self.parts);
             bufs.resize_with(workers - 1, Vec::new);
             let base = out.len();
-            let mut parts: Vec<Rendered> = {
-                let render = |at: &[usize], out: Vec<u8>| {
-                    let env = Span {
-                        events: span,
-                        aside: &aside,
-                        keys: &self.keys,
-                        dir: &self.dir,
-                        changes: &changes,
-                        mask,
-                        format,
+            let mut parts: Vec<Rendered> =
+                {
+                    let render = |at: &[usize], out: Vec<u8>| {
+                        let env = Span {
+                            events: span,
+                            aside: &aside,
+                            keys: &self.keys,
+                            dir: &self.dir,
+                            changes: &changes,
+                            mask,
+                            format,
+                        };
+                        env.render(at, out)
                     };
-                    env.render(at, out)
-                };
-                let mut chunks = chosen.chunks(part);
-                let first = chunks.next().unwrap_or_default();
-                let first_buf = std::mem::take(out);
-                std::thread::scope(|s| {
-                    let others: Vec<_> = chunks
-                        .zip(bufs)
-                        .map(|(c, mut b)| {
-                            b.clear();
-                            s.spawn(move || render(c, b))
+                    let mut chunks = chosen.chunks(part);
+                    let first = chunks.next().unwrap_or_default();
+                    let first_buf = std::mem::take(out);
+                    off_the_runtime(|| {
+                        std::thread::scope(|s| {
+                            let others: Vec<_> = chunks
+                                .zip(bufs)
+                                .map(|(c, mut b)| {
+                                    b.clear();
+                                    s.spawn(move || render(c, b))
+                                })
+                                .collect();
+                            let mut parts = vec![render(first, first_buf)];
+                            // A part that panicked (a bug) panics here too.
+                            parts.extend(others.into_iter().map(|h| {
+                                h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
+                            }));
+                            parts
                         })
-                        .collect();
-                    let mut parts = vec![render(first, first_buf)];
-                    // A part that panicked (a bug) panics here too.
-                    parts.extend(
-                        others
-                            .into_iter()
-                            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))),
-                    );
-                    parts
-                })
-            };
+                    })
+                };
             // The caller's buffer back, holding what it held and the first part's lines.
             *out = std::mem::take(&mut parts[0].out);
             let missing: Vec<String> = parts
@@ -581,4 +582,16 @@ fn write_event(
     out.extend_from_slice(prev_hash.as_bytes());
     out.extend_from_slice(b"\"}");
     (stream, payload)
+}
+
+/// Runs `f`, CPU work of many milliseconds (a page of up to 10,000 records), letting the
+/// runtime move its other tasks off this worker meanwhile where it can (a multi-threaded
+/// runtime): the server's two workers on a two-core host serve every other request.
+fn off_the_runtime<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
 }

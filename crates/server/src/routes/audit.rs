@@ -27,6 +27,9 @@ const MAX_DOWNLOAD: usize = 100_000;
 /// more than the host has. Over it, 429 (try again in a moment).
 static DOWNLOADS: std::sync::LazyLock<std::sync::Arc<tokio::sync::Semaphore>> =
     std::sync::LazyLock::new(|| std::sync::Arc::new(tokio::sync::Semaphore::new(2)));
+/// Export pages put together at once (see [`export`]).
+static EXPORT_PAGES: std::sync::LazyLock<std::sync::Arc<tokio::sync::Semaphore>> =
+    std::sync::LazyLock::new(|| std::sync::Arc::new(tokio::sync::Semaphore::new(2)));
 /// Events one export page reads at most.
 const MAX_EXPORT_PAGE: u32 = 10_000;
 
@@ -466,6 +469,20 @@ pub async fn export(
     let at_after = match cursor_hash(&app, after, p.after_hash.as_deref()).await {
         Ok(h) => h,
         Err(r) => return r,
+    };
+    // Two pages rendered at once (each up to 10,000 records, on the cores): a few export
+    // jobs polling at once must not take every core. Not behind the index's readings.
+    let turn = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        EXPORT_PAGES.clone().acquire_owned(),
+    )
+    .await;
+    let Ok(Ok(_turn)) = turn else {
+        return api_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "temporarily_unavailable",
+            "the audit trail is busy with other readings: try again shortly",
+        );
     };
     let events = match app.store().read(after, limit).await {
         Ok(e) => e,
