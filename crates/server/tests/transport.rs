@@ -430,7 +430,16 @@ grantline_store::backend_tests! {
             let r = post(&s, &token, &body).send().await.unwrap();
             assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{body}");
             let e: Value = r.json().await.unwrap();
-            assert_eq!(e["error"]["code"], -32600, "{body}");
+            // A batch is answered as a batch: the refusal for each request in it, by its id.
+            match body.as_array() {
+                Some(batch) => {
+                    let ids: Vec<&Value> = batch.iter().filter_map(|m| m.get("id")).collect();
+                    let answers = e.as_array().unwrap_or_else(|| panic!("{e}"));
+                    assert_eq!(answers.iter().map(|a| &a["id"]).collect::<Vec<_>>(), ids);
+                    assert!(answers.iter().all(|a| a["error"]["code"] == -32600), "{e}");
+                }
+                None => assert_eq!(e["error"]["code"], -32600, "{body}"),
+            }
         }
         assert!(seen.lock().unwrap().is_empty(), "none reached the upstream");
         // A batch of other messages passes through.
