@@ -297,32 +297,62 @@ async fn a_backup_verifies_restores_and_refuses_what_does_not() {
         );
         assert!(!dir.path().join("i.db.restoring").exists());
 
-        let sparse = dir.path().join("sparse.backup");
-        let mut tar = tar::Builder::new(std::fs::File::create(&sparse).unwrap());
-        put(
-            &mut tar,
-            "manifest.json",
-            entry(&out, "manifest.json").unwrap().as_bytes(),
-        );
-        // 512 bytes of data at the end of a file of the manifest's size: zeros before them.
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(tar::EntryType::GNUSparse);
-        h.set_size(512);
-        h.set_mode(0o600);
-        {
-            let gnu = h.as_gnu_mut().unwrap();
-            gnu.set_real_size(data.len() as u64);
-            gnu.sparse[0].set_offset(data.len() as u64 - 512);
-            gnu.sparse[0].set_length(512);
-        }
-        h.set_cksum();
-        tar.append_data(&mut h, "grantline.db", &data[data.len() - 512..])
-            .unwrap();
-        tar.finish().unwrap();
+        // A sparse entry: `regions` of `real` bytes stored, zeros between them.
+        let sparse_backup =
+            |name: &str, manifest: &Manifest, real: u64, regions: &[(u64, &[u8])]| {
+                let file = dir.path().join(name);
+                let mut tar = tar::Builder::new(std::fs::File::create(&file).unwrap());
+                put(
+                    &mut tar,
+                    "manifest.json",
+                    &serde_json::to_vec(manifest).unwrap(),
+                );
+                put(&mut tar, "manifest.sig", signature.as_bytes());
+                let mut h = tar::Header::new_gnu();
+                h.set_entry_type(tar::EntryType::GNUSparse);
+                let stored: Vec<u8> = regions.iter().flat_map(|(_, d)| d.to_vec()).collect();
+                h.set_size(stored.len() as u64);
+                h.set_mode(0o600);
+                {
+                    let gnu = h.as_gnu_mut().unwrap();
+                    gnu.set_real_size(real);
+                    for (slot, (at, d)) in gnu.sparse.iter_mut().zip(regions) {
+                        slot.set_offset(*at);
+                        slot.set_length(d.len() as u64);
+                    }
+                }
+                h.set_cksum();
+                tar.append_data(&mut h, "grantline.db", &stored[..])
+                    .unwrap();
+                tar.finish().unwrap();
+                file
+            };
+        // 512 bytes at the end of a 4 MiB file: megabytes of zeros the archive does not hold.
+        let big = Manifest {
+            database_bytes: 4 << 20,
+            ..backup::read_manifest(&out).unwrap()
+        };
+        let tail = &data[data.len() - 512..];
+        let sparse = sparse_backup("sparse.backup", &big, 4 << 20, &[((4 << 20) - 512, tail)]);
         let e = backup::restore_sqlite(&sparse, &refused("j.db"), &[key()], false)
             .await
             .unwrap_err();
         assert!(e.to_string().contains("not a plain file"), "{e}");
+        assert!(!dir.path().join("j.db.restoring").exists());
+        // A backup of a ledger over 1 GiB made before 2026-12-07 holds its database as a
+        // sparse entry (SQLite's lock-byte page is a hole): one whose holes are small restores.
+        let honest = backup::read_manifest(&out).unwrap();
+        let (first, rest) = data.split_at(4096);
+        let sparse = sparse_backup(
+            "honest-sparse.backup",
+            &honest,
+            data.len() as u64,
+            &[(0, first), (4096, rest)],
+        );
+        let r = backup::restore_sqlite(&sparse, &refused("m.db"), &[key()], false)
+            .await
+            .unwrap();
+        assert_eq!(r.manifest, honest);
 
         let first = dir.path().join("first.backup");
         let mut tar = tar::Builder::new(std::fs::File::create(&first).unwrap());
