@@ -402,10 +402,12 @@ pub struct AddressLimiter {
     limit: std::sync::atomic::AtomicU32,
     /// Requests from one IPv6 /48 in a window, beside each /64's `limit`; 0 = no such limit.
     site_limit: u32,
-    /// With a site limit: /64s a request that turned out well came from lately (see
-    /// [`AddressLimiter::give_back`]) → when. They are held to their own limit only, so that
-    /// a neighbour filling the /48 cannot shut out the people who use it.
-    known: Mutex<HashMap<String, i64>>,
+    /// With a site limit: per /48, the /64s a request that turned out well came from lately
+    /// (see [`AddressLimiter::give_back`]), and when; at most [`KNOWN_PER_SITE`] a /48. They
+    /// are held to their own limit only, so that a neighbour filling the /48 cannot shut out
+    /// the people who use it — and a few of them, so that whoever can sign in cannot make a
+    /// whole /48 known and its limit void.
+    known: Mutex<HashMap<String, Vec<(String, i64)>>>,
     total: std::sync::atomic::AtomicU32,
     window_secs: i64,
     entries: Mutex<HashMap<String, (i64, u32)>>,
@@ -414,9 +416,11 @@ pub struct AddressLimiter {
 }
 
 /// How long a network a request turned out well from stays known (see
-/// [`AddressLimiter::give_back`]), and how many are remembered.
+/// [`AddressLimiter::give_back`]); how many are known in one /48 (the newest), and in how many
+/// /48s.
 const KNOWN_NETWORK_SECS: i64 = 30 * 86_400;
-const MAX_KNOWN_NETWORKS: usize = 100_000;
+const KNOWN_PER_SITE: usize = 16;
+const MAX_KNOWN_SITES: usize = 10_000;
 
 /// The bucket of everything taken in, beside the addresses' buckets.
 const ALL: &str = "*";
@@ -506,17 +510,20 @@ impl AddressLimiter {
     /// its /48's unless its network is a known one at `now`.
     fn keys_of(&self, address: Option<&str>, limit: u32, now: i64) -> Vec<(String, u32)> {
         let network = address.map_or_else(|| "-".to_string(), network_of);
-        let known = |n: &str| {
+        let known = |site: &str| {
             self.known
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .get(n)
-                .is_some_and(|at| now - at < KNOWN_NETWORK_SECS)
+                .get(site)
+                .is_some_and(|nets| {
+                    nets.iter()
+                        .any(|(n, at)| *n == network && now - at < KNOWN_NETWORK_SECS)
+                })
         };
         let site = (self.site_limit > 0)
             .then(|| address.and_then(site_of))
             .flatten()
-            .filter(|_| !known(&network));
+            .filter(|site| !known(site));
         let mut keys = vec![(network, limit)];
         if let Some(site) = site {
             keys.push((format!("{SITE_PREFIX}{site}"), self.site_limit));
@@ -628,21 +635,32 @@ impl AddressLimiter {
             }
         }
         drop(map);
-        // With a site limit, the network is a known one from now on.
+        // With a site limit, an IPv6 network is a known one from now on (the newest few of
+        // its /48).
         if self.site_limit > 0
             && let Some(a) = address
+            && let Some(site) = site_of(a)
         {
             let mut known = self
                 .known
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if known.len() >= MAX_KNOWN_NETWORKS {
-                known.retain(|_, at| hit_at - *at < KNOWN_NETWORK_SECS);
-                if known.len() >= MAX_KNOWN_NETWORKS {
+            if known.len() >= MAX_KNOWN_SITES && !known.contains_key(&site) {
+                known.retain(|_, nets| {
+                    nets.retain(|(_, at)| hit_at - *at < KNOWN_NETWORK_SECS);
+                    !nets.is_empty()
+                });
+                if known.len() >= MAX_KNOWN_SITES {
                     known.clear();
                 }
             }
-            known.insert(network_of(a), hit_at);
+            let nets = known.entry(site).or_default();
+            let network = network_of(a);
+            nets.retain(|(n, _)| *n != network);
+            if nets.len() >= KNOWN_PER_SITE {
+                nets.remove(0);
+            }
+            nets.push((network, hit_at));
         }
     }
 
@@ -714,6 +732,19 @@ mod tests {
         // neighbour filling the /48 does not shut it out.
         assert!(l.hit(Some(&a(2)), t).is_ok());
         assert!(l.hit(Some(&a(6)), t + 600).is_ok(), "a new window");
+        // But only the newest sixteen of a /48: signing in from many /64s does not make the
+        // whole /48 known.
+        let l = super::AddressLimiter::new(1, 0, 600).with_site_limit(1);
+        for n in 0..17 {
+            l.give_back(Some(&a(100 + n)), t);
+        }
+        assert!(l.hit(Some(&a(116)), t).is_ok(), "known");
+        assert!(l.hit(Some(&a(101)), t).is_ok(), "known");
+        assert!(
+            l.hit(Some(&a(100)), t).is_ok(),
+            "the oldest forgotten: counts in the /48"
+        );
+        assert!(l.hit(Some(&a(200)), t).is_err(), "the /48 is full");
     }
 
     #[test]
