@@ -16,6 +16,10 @@ use std::time::{Duration, Instant};
 
 /// How long a pending upstream sign-in may take (the browser's round trip).
 pub const TRANSACTION_TTL: i64 = 600;
+/// The longest a provider that could not be asked stands in for a check: each person's
+/// requests wait for one timed-out attempt this often during an outage, not one each.
+const OUTAGE_HOLD: Duration = Duration::from_secs(60);
+
 /// The most upstream session checks remembered at once (a bounded cache).
 const MAX_CHECKS: usize = 10_000;
 /// Upstream tokens this close to expiry are refreshed before they are handed out.
@@ -75,7 +79,8 @@ pub struct Federation {
     pub slots: Vec<Arc<Slot>>,
     pub tables: Tables,
     http: reqwest::Client,
-    /// (user, provider) → when the upstream last confirmed the person's session.
+    /// (user, provider) → until when the last check of the person's session stands: the
+    /// cache period after a confirmation, a shorter one after the provider could not be asked.
     checks: Mutex<HashMap<(String, String), Instant>>,
     /// One upstream refresh at a time per (user, provider): a provider that rotates refresh
     /// tokens refuses the second of two concurrent refreshes with the same token, which would
@@ -299,25 +304,29 @@ impl Federation {
         })
     }
 
-    /// Whether the person's session at the provider was checked within `ttl`.
-    fn checked_lately(&self, key: &(String, String), ttl: Duration) -> bool {
+    /// Whether a check of the person's session at the provider still stands.
+    fn checked_lately(&self, key: &(String, String)) -> bool {
         self.checks
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(key)
-            .is_some_and(|at| at.elapsed() < ttl)
+            .is_some_and(|until| *until > Instant::now())
     }
 
-    /// Remembers a check of the person's session for `ttl`, in a bounded map.
-    fn remember_check(&self, key: (String, String), ttl: Duration) {
+    /// Remembers a check of the person's session for `hold`, in a bounded map.
+    fn remember_check(&self, key: (String, String), hold: Duration) {
+        if hold.is_zero() {
+            return;
+        }
+        let now = Instant::now();
         let mut checks = self.checks.lock().unwrap_or_else(|p| p.into_inner());
         if checks.len() >= MAX_CHECKS {
-            checks.retain(|_, at| at.elapsed() < ttl);
+            checks.retain(|_, until| *until > now);
             if checks.len() >= MAX_CHECKS {
                 checks.clear();
             }
         }
-        checks.insert(key, Instant::now());
+        checks.insert(key, now + hold);
     }
 
     pub fn slot(&self, id: &str) -> Option<&Arc<Slot>> {
@@ -693,11 +702,11 @@ impl App {
             }
             let key = (user_id.to_string(), provider.clone());
             let ttl = Duration::from_secs(slot.provider.upstream_check_cache_secs);
-            if fed.checked_lately(&key, ttl) {
+            if fed.checked_lately(&key) {
                 continue;
             }
             match self.confirm_upstream(user_id, &provider, now, ttl).await {
-                Ok(()) => fed.remember_check(key, ttl),
+                Ok(()) => {}
                 Err(TokenError::Refused(why)) => return Err(UpstreamCheck::Deprovisioned(why)),
                 Err(e @ (TokenError::None(_) | TokenError::Expired(_))) => {
                     tracing::info!(user_id, provider = %provider, error = %e, "upstream session cannot be checked; the user must sign in there again");
@@ -709,11 +718,8 @@ impl App {
                     tracing::warn!(user_id, provider = %provider, error = %e, "upstream session could not be checked here; refused until it can be");
                     return Err(UpstreamCheck::Failed(e));
                 }
-                // Kept like an answer for the cache period: during an outage each person's
-                // requests wait for one timed-out attempt a period, not one each.
                 Err(e @ TokenError::Unavailable(_)) => {
                     tracing::warn!(user_id, provider = %provider, error = %e, "upstream session could not be checked; access continues");
-                    fed.remember_check(key, ttl);
                 }
             }
         }
@@ -740,7 +746,9 @@ impl App {
 
     /// Asks the upstream: a refresh when Grantline holds a refresh token, else userinfo with
     /// the access token. A refusal deprovisions.
-    /// Requests that waited for another's check take its answer (`ttl`: how long one holds).
+    /// Requests that waited for another's check take its answer. The answer is remembered
+    /// before the lock is let go: a confirmation for `ttl`, a provider that could not be asked
+    /// for at most [`OUTAGE_HOLD`] (an outage must not stand in for a confirmation for long).
     async fn confirm_upstream(
         &self,
         user_id: &str,
@@ -751,9 +759,27 @@ impl App {
         let fed = self.fed()?;
         let lock = fed.refresh_lock(user_id, provider);
         let _one_at_a_time = lock.lock().await;
-        if fed.checked_lately(&(user_id.to_string(), provider.to_string()), ttl) {
+        let key = (user_id.to_string(), provider.to_string());
+        if fed.checked_lately(&key) {
             return Ok(());
         }
+        let answer = self.ask_upstream(fed, user_id, provider, now).await;
+        match &answer {
+            Ok(()) => fed.remember_check(key, ttl),
+            Err(TokenError::Unavailable(_)) => fed.remember_check(key, ttl.min(OUTAGE_HOLD)),
+            Err(_) => {}
+        }
+        answer
+    }
+
+    /// [`App::confirm_upstream`]'s question, under its lock.
+    async fn ask_upstream(
+        &self,
+        fed: &Federation,
+        user_id: &str,
+        provider: &str,
+        now: i64,
+    ) -> Result<(), TokenError> {
         let tokens = self.stored_upstream_tokens(fed, user_id, provider).await?;
         let session = match &tokens.refresh_token {
             Some(_) => self
