@@ -80,13 +80,16 @@ pub async fn run(loc: &Location, args: Args) -> Result<ExitCode> {
     let mut exporter = super::audit::exporter_from(loc, &store, args.after, args.redact).await?;
     let mut out: Box<dyn Write> = match &args.output {
         Some(p) => Box::new(std::io::BufWriter::new({
-            use std::os::unix::fs::OpenOptionsExt;
-            // Only its owner reads it: unless --redact, it holds personal data opened.
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .mode(0o600)
-                .open(p)
+            // Only its owner reads a file it makes: unless --redact, it holds personal data
+            // opened. (One that is there already keeps its mode.)
+            let mut opts = std::fs::OpenOptions::new();
+            opts.create(true).append(true);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::OpenOptionsExt;
+                opts.mode(0o600);
+            }
+            opts.open(p)
                 .with_context(|| format!("opening {}", p.display()))?
         })),
         None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
