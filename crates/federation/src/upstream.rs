@@ -378,13 +378,20 @@ async fn send_bounded(
         .map_err(|e| TokenHttpError::Request(e.to_string()))
 }
 
-/// The `prompt` of a fresh sign-in: `login`, and `consent` too where the provider is asked for
-/// consent each time (Google where tokens are kept: its refresh token comes only with it).
-fn fresh_prompt(params: &[(String, String)]) -> &'static str {
+/// The `prompt` of a fresh sign-in (beside `max_age=0`): `login`, and `consent` too where the
+/// provider is asked for consent each time (Google where tokens are kept: its refresh token
+/// comes only with it). Google lists `none`, `consent` and `select_account` as its values, not
+/// `login`: there `max_age=0` asks for the sign-in, and `consent` is kept where it was asked.
+fn fresh_prompt(params: &[(String, String)], google: bool) -> Option<&'static str> {
     let consent = params
         .iter()
         .any(|(k, v)| k == "prompt" && v.split(' ').any(|p| p == "consent"));
-    if consent { "login consent" } else { "login" }
+    match (google, consent) {
+        (true, true) => Some("consent"),
+        (true, false) => None,
+        (false, true) => Some("login consent"),
+        (false, false) => Some("login"),
+    }
 }
 
 /// A token endpoint's `200 OK` that is an RFC 6749 §5.2 error: GitHub answers its errors so
@@ -601,9 +608,11 @@ impl Upstream {
             req = req.add_extra_param(k.clone(), v.clone());
         }
         if fresh {
-            req = req
-                .add_extra_param("prompt", fresh_prompt(&self.provider.authorization_params))
-                .add_extra_param("max_age", "0");
+            let google = self.provider.flavor == Flavor::Google;
+            if let Some(prompt) = fresh_prompt(&self.provider.authorization_params, google) {
+                req = req.add_extra_param("prompt", prompt);
+            }
+            req = req.add_extra_param("max_age", "0");
         }
         let (url, state) = req.url();
         Ok(Begin {
@@ -1089,14 +1098,22 @@ mod tests {
     #[test]
     fn a_fresh_sign_in_keeps_asking_for_consent_where_the_provider_asks_for_it() {
         let p = |k: &str, v: &str| vec![(k.to_string(), v.to_string())];
-        assert_eq!(fresh_prompt(&p("prompt", "consent")), "login consent");
+        let consent = p("prompt", "consent");
+        assert_eq!(fresh_prompt(&consent, false), Some("login consent"));
+        let both = p("prompt", "select_account consent");
+        assert_eq!(fresh_prompt(&both, false), Some("login consent"));
         assert_eq!(
-            fresh_prompt(&p("prompt", "select_account consent")),
-            "login consent"
+            fresh_prompt(&p("prompt", "select_account"), false),
+            Some("login")
         );
-        assert_eq!(fresh_prompt(&p("prompt", "select_account")), "login");
-        assert_eq!(fresh_prompt(&p("access_type", "consent")), "login");
-        assert_eq!(fresh_prompt(&[]), "login");
+        assert_eq!(
+            fresh_prompt(&p("access_type", "consent"), false),
+            Some("login")
+        );
+        assert_eq!(fresh_prompt(&[], false), Some("login"));
+        // Google knows no `login`: `max_age=0` asks for the sign-in there.
+        assert_eq!(fresh_prompt(&consent, true), Some("consent"));
+        assert_eq!(fresh_prompt(&[], true), None);
     }
 
     #[test]
