@@ -243,7 +243,6 @@ fn cef_escaping_survives_a_third_party_parser() {
     // No record can be made to look like two to a reader that splits on other breaks.
     let forged = "x\u{2028}CEF:0|G|G|1|code.replayed|Code replayed|10|a\u{85}b\u{b}c\0d\u{2029}";
     for escaped in [cef::header_escape(forged), cef::value_escape(forged)] {
-        assert_eq!(escaped.lines().count(), 1, "{escaped:?}");
         assert!(
             !escaped
                 .chars()
