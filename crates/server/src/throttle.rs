@@ -422,6 +422,9 @@ const KNOWN_NETWORK_SECS: i64 = 30 * 86_400;
 const KNOWN_PER_SITE: usize = 16;
 const MAX_KNOWN_SITES: usize = 10_000;
 
+/// The count of a known network's requests, which took no place in its /48.
+const UNCHARGED_PREFIX: &str = "free:";
+
 /// The bucket of everything taken in, beside the addresses' buckets.
 const ALL: &str = "*";
 
@@ -583,17 +586,30 @@ impl AddressLimiter {
             let w = self.window_secs;
             map.retain(|_, (start, _)| now - *start < w);
         }
-        let keys = self.keys_of(address, limit, now);
+        let mut keys = self.keys_of(address, limit, now);
         for (key, limit) in &keys {
             let e = self.window(&mut map, key, now);
             if e.1 >= *limit {
                 return Err(OverLimit::Address((e.0 + self.window_secs - now).max(1)));
             }
         }
+        // A known network's request took no place in its /48: counted apart, so that giving
+        // it back gives back what it took even if the network is no longer known by then.
+        if let Some(free) = self.uncharged_key(address, &keys) {
+            keys.push((free, u32::MAX));
+        }
         for (key, _) in &keys {
             self.window(&mut map, key, now).1 += 1;
         }
         Ok(())
+    }
+
+    /// The key counting a known network's requests that took no place in its /48 (`keys`:
+    /// the buckets they were counted in), if the request is one.
+    fn uncharged_key(&self, address: Option<&str>, keys: &[(String, u32)]) -> Option<String> {
+        let a = address?;
+        (self.site_limit > 0 && site_of(a).is_some() && keys.len() == 1)
+            .then(|| format!("{UNCHARGED_PREFIX}{}", network_of(a)))
     }
 
     /// Whether `address` is over its limit now, counting nothing (see
@@ -625,13 +641,27 @@ impl AddressLimiter {
         let Ok(mut map) = self.entries.lock() else {
             return;
         };
-        // The buckets it was counted in: a network known then took no place in its /48.
-        for (key, _) in self.keys_of(address, 0, hit_at) {
+        // The buckets it was counted in: its network's, and its /48's unless it was counted
+        // as a known network's (whether or not it is known now).
+        let in_window =
+            |e: &(i64, u32)| e.0 <= hit_at && hit_at - e.0 < self.window_secs && e.1 > 0;
+        let network = address.map_or_else(|| "-".to_string(), network_of);
+        let mut keys = vec![network.clone()];
+        if self.site_limit > 0
+            && let Some(site) = address.and_then(site_of)
+        {
+            let free = format!("{UNCHARGED_PREFIX}{network}");
+            keys.push(if map.get(&free).is_some_and(in_window) {
+                free
+            } else {
+                format!("{SITE_PREFIX}{site}")
+            });
+        }
+        for key in keys {
             if let Some(e) = map.get_mut(&key)
-                && e.0 <= hit_at
-                && hit_at - e.0 < self.window_secs
+                && in_window(e)
             {
-                e.1 = e.1.saturating_sub(1);
+                e.1 -= 1;
             }
         }
         drop(map);
@@ -745,6 +775,24 @@ mod tests {
             "the oldest forgotten: counts in the /48"
         );
         assert!(l.hit(Some(&a(200)), t).is_err(), "the /48 is full");
+        // A known network's request gives back only what it took, even when sixteen newer
+        // sign-ins pushed its network out of the known ones meanwhile.
+        let l = super::AddressLimiter::new(5, 0, 600).with_site_limit(1);
+        l.give_back(Some(&a(1)), t);
+        assert!(
+            l.hit(Some(&a(1)), t).is_ok(),
+            "known: not counted in the /48"
+        );
+        assert!(l.hit(Some(&a(50)), t).is_ok(), "fills the /48");
+        for n in 0..16 {
+            // (Sign-ins of the window before: they give back nothing of this one.)
+            l.give_back(Some(&a(300 + n)), t - 600);
+        }
+        l.give_back(Some(&a(1)), t);
+        assert!(
+            l.hit(Some(&a(60)), t).is_err(),
+            "the /48's place was not given back"
+        );
     }
 
     #[test]
