@@ -147,23 +147,27 @@ async fn check_schema(path: &Path) -> Result<()> {
             )));
         }
         for table in ["events", "checkpoints"] {
-            // A virtual table is a `table` too, read by a module's code: refused as well.
-            let kind: Option<String> = sqlx::query_scalar(
-                "SELECT CASE WHEN sql LIKE 'CREATE VIRTUAL%' THEN 'virtual' ELSE type END \
+            // SQLite writes a table's own statement as `CREATE TABLE <name>`; a virtual
+            // table (read by a module's code) is a `table` too, and is refused before anything
+            // looks into it.
+            let plain: Option<bool> = sqlx::query_scalar(
+                "SELECT type = 'table' AND sql LIKE 'CREATE TABLE %' \
                  FROM sqlite_master WHERE name = ?",
             )
             .bind(table)
             .fetch_optional(&mut conn)
             .await?;
+            let no_table = || invalid(format!("the backup's database has no plain table {table}"));
+            if plain != Some(true) {
+                return Err(no_table());
+            }
             let generated: i64 =
                 sqlx::query_scalar("SELECT count(*) FROM pragma_table_xinfo(?) WHERE hidden <> 0")
                     .bind(table)
                     .fetch_one(&mut conn)
                     .await?;
-            if kind.as_deref() != Some("table") || generated != 0 {
-                return Err(invalid(format!(
-                    "the backup's database has no plain table {table}"
-                )));
+            if generated != 0 {
+                return Err(no_table());
             }
         }
         Ok(())
@@ -546,7 +550,12 @@ pub async fn stage_sqlite(
                     // A sparse entry (backups before 2026-12-07 of ledgers over 1 GiB, whose
                     // lock-byte page is a hole) is taken when it unpacks to the manifest's
                     // size and its holes are small.
-                    // (`size` is what the entry unpacks to; `entry_size` what the archive holds.)
+                    // (`size` is what the entry unpacks to; `entry_size` what the archive holds.
+                    // A PAX record would override the header's sizes unseen here: backups
+                    // carry none.)
+                    if entry.pax_extensions()?.is_some() {
+                        return Err(invalid("the backup's database entry carries PAX records"));
+                    }
                     let header = entry.header();
                     let plain = match header.entry_type() {
                         tar::EntryType::Regular => header.size()? == m.database_bytes,

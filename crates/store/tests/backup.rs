@@ -339,6 +339,42 @@ async fn a_backup_verifies_restores_and_refuses_what_does_not() {
             .unwrap_err();
         assert!(e.to_string().contains("not a plain file"), "{e}");
         assert!(!dir.path().join("j.db.restoring").exists());
+        // The same with the stored size in a PAX record, which overrides the header's: the
+        // header says 4 MiB stored, so no hole would show. Refused: backups carry no PAX.
+        let pax = dir.path().join("pax.backup");
+        {
+            let mut tar = tar::Builder::new(std::fs::File::create(&pax).unwrap());
+            put(
+                &mut tar,
+                "manifest.json",
+                &serde_json::to_vec(&big).unwrap(),
+            );
+            put(&mut tar, "manifest.sig", signature.as_bytes());
+            let mut x = tar::Header::new_ustar();
+            x.set_entry_type(tar::EntryType::XHeader);
+            let record = b"12 size=512\n";
+            x.set_size(record.len() as u64);
+            x.set_cksum();
+            tar.append_data(&mut x, "PaxHeaders/grantline.db", &record[..])
+                .unwrap();
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(tar::EntryType::GNUSparse);
+            h.set_size(4 << 20);
+            h.set_mode(0o600);
+            {
+                let gnu = h.as_gnu_mut().unwrap();
+                gnu.set_real_size(4 << 20);
+                gnu.sparse[0].set_offset((4 << 20) - 512);
+                gnu.sparse[0].set_length(512);
+            }
+            h.set_cksum();
+            tar.append_data(&mut h, "grantline.db", tail).unwrap();
+            tar.finish().unwrap();
+        }
+        let e = backup::restore_sqlite(&pax, &refused("n.db"), &[key()], false)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("PAX records"), "{e}");
         // A backup of a ledger over 1 GiB made before 2026-12-07 holds its database as a
         // sparse entry (SQLite's lock-byte page is a hole): one whose holes are small restores.
         let honest = backup::read_manifest(&out).unwrap();
@@ -389,6 +425,25 @@ async fn a_backup_verifies_restores_and_refuses_what_does_not() {
             .await
             .unwrap_err();
         assert!(e.to_string().contains("holds views (events)"), "{e}");
+        // A virtual table in its place (a module's code reads it): refused too.
+        let virt = dir.path().join("virtual.db");
+        std::fs::copy(&dest, &virt).unwrap();
+        let store = Store::connect(&Database::Sqlite(virt.clone()), false)
+            .await
+            .unwrap();
+        for sql in [
+            "ALTER TABLE events RENAME TO events_t",
+            "CREATE VIRTUAL TABLE events USING rtree(seq, a, b)",
+        ] {
+            exec(&store, sql).await.unwrap();
+        }
+        store.close().await;
+        let virt_backup = dir.path().join("virtual.backup");
+        repack(&m, &virt, &virt_backup, Some(&signature));
+        let e = backup::restore_sqlite(&virt_backup, &refused("o.db"), &[key()], false)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("no plain table events"), "{e}");
     }
     // Two manifests: refused (a caller may have read the first, the restore would use
     // another).
