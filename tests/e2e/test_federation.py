@@ -1090,61 +1090,16 @@ def test_the_github_preset_against_a_stand_in_for_github(tmp_path, monkeypatch):
         gh.wait(timeout=10)
 
 
-def test_leaving_the_organisation_upstream_ends_access_at_the_next_refresh(tmp_path, monkeypatch):
-    """GitHub people are deprovisioned by removing them from the organisation, and their OAuth
-    token outlives it: with check_upstream_on_refresh, each check also asks for the person's
-    organisations, and a refresh after the removal revokes everything they hold."""
+def refresh_after_github_changes(tmp_path, monkeypatch, change, expiring=False):
+    """Signs octocat in through the GitHub stand-in (as a GitHub App with expiring tokens when
+    `expiring`) on a server that checks the upstream at every refresh, refreshes twice while
+    GitHub stands by them, lets `change(gh_base)` happen at GitHub, and refreshes once more.
+    Returns that answer, the reasons of the grant revocations, and the server's log."""
     secret = "e2e-github-secret-19fa"
     monkeypatch.setenv("GRANTLINE_E2E_GH_SECRET", secret)
     gh, gh_base = github_stand_in(secret)
     try:
-        (tmp_path / "data").mkdir()
-        config = GITHUB_CONFIG.format(gh=gh_base) + \
-            "check_upstream_on_refresh = true\nupstream_check_cache_secs = 0\n"
-        server = Server(tmp_path / "data", tmp_path / "server.log", config)
-        server.start()
-        try:
-            octocat = FederatedBrowser(server.base, REDIRECT, provider="github")
-            storage = MemoryStorage()
-
-            async def connect():
-                async with sdk_client(server.base + "/mcp/demo", octocat, storage, "Octocat's client", []) as c:
-                    assert not (await c.call_tool("get_time", {})).is_error
-            asyncio.run(connect())
-
-            def refresh():
-                r = requests.post(server.base + "/oauth/token", data={
-                    "grant_type": "refresh_token", "refresh_token": storage.tokens.refresh_token,
-                    "client_id": storage.client.client_id})
-                return r
-            # Still a member: the check passes and the refresh goes through.
-            r = refresh()
-            assert r.status_code == 200, r.text
-            storage.tokens.refresh_token = r.json()["refresh_token"]
-            requests.post(gh_base + "/__test/orgs", json={"login": "octocat", "orgs": ["elsewhere"]})
-            r = refresh()
-            assert r.status_code == 400 and r.json()["error"] == "invalid_grant", r.text
-            assert "identity provider" in r.json()["error_description"], r.text
-        finally:
-            server.stop()
-        _, evs = events(server)
-        reasons = [g["reason"] for g in of(evs, "grant.revoked")]
-        assert reasons and all("organization_not_allowed" in r for r in reasons), reasons
-    finally:
-        gh.terminate()
-        gh.wait(timeout=10)
-
-
-def test_a_github_app_token_revoked_upstream_ends_access_at_the_next_refresh(tmp_path, monkeypatch):
-    """A GitHub App's user tokens expire and come with a refresh token. GitHub answers a refresh
-    token it no longer honours (the person revoked the app, was suspended, or it expired) with
-    `200 {"error": "bad_refresh_token"}`: that is a refusal, which deprovisions, and not an
-    unreadable answer, which would let access continue unchecked for good."""
-    secret = "e2e-github-secret-19fa"
-    monkeypatch.setenv("GRANTLINE_E2E_GH_SECRET", secret)
-    gh, gh_base = github_stand_in(secret)
-    try:
-        requests.post(gh_base + "/__test/app", json={"expiring": True})
+        requests.post(gh_base + "/__test/app", json={"expiring": expiring})
         (tmp_path / "data").mkdir()
         config = GITHUB_CONFIG.format(gh=gh_base) + \
             "check_upstream_on_refresh = true\nupstream_check_cache_secs = 0\n"
@@ -1163,24 +1118,46 @@ def test_a_github_app_token_revoked_upstream_ends_access_at_the_next_refresh(tmp
                 return requests.post(server.base + "/oauth/token", data={
                     "grant_type": "refresh_token", "refresh_token": storage.tokens.refresh_token,
                     "client_id": storage.client.client_id})
-            # Twice while the app stands: each check rotates the upstream refresh token too.
+            # GitHub still stands by them: the check passes (rotating an expiring upstream
+            # token each time) and the refresh goes through.
             for _ in range(2):
                 r = refresh()
                 assert r.status_code == 200, r.text
                 storage.tokens.refresh_token = r.json()["refresh_token"]
-            requests.post(gh_base + "/__test/revoke", json={"login": "octocat"})
-            r = refresh()
-            assert r.status_code == 400 and r.json()["error"] == "invalid_grant", r.text
-            assert "identity provider" in r.json()["error_description"], r.text
+            change(gh_base)
+            answer = refresh()
         finally:
             server.stop()
         _, evs = events(server)
         reasons = [g["reason"] for g in of(evs, "grant.revoked")]
-        assert reasons and all("bad_refresh_token" in r for r in reasons), reasons
-        assert "could not be checked; access continues" not in server.log_path.read_text()
+        return answer, reasons, server.log_path.read_text()
     finally:
         gh.terminate()
         gh.wait(timeout=10)
+
+
+def test_leaving_the_organisation_upstream_ends_access_at_the_next_refresh(tmp_path, monkeypatch):
+    """GitHub people are deprovisioned by removing them from the organisation, and their OAuth
+    token outlives it: with check_upstream_on_refresh, each check also asks for the person's
+    organisations, and a refresh after the removal revokes everything they hold."""
+    r, reasons, _ = refresh_after_github_changes(tmp_path, monkeypatch, lambda gh: requests.post(
+        gh + "/__test/orgs", json={"login": "octocat", "orgs": ["elsewhere"]}))
+    assert r.status_code == 400 and r.json()["error"] == "invalid_grant", r.text
+    assert "identity provider" in r.json()["error_description"], r.text
+    assert reasons and all("organization_not_allowed" in r for r in reasons), reasons
+
+
+def test_a_github_app_token_revoked_upstream_ends_access_at_the_next_refresh(tmp_path, monkeypatch):
+    """A GitHub App's user tokens expire and come with a refresh token. GitHub answers a refresh
+    token it no longer honours (the person revoked the app, was suspended, or it expired) with
+    `200 {"error": "bad_refresh_token"}`: that is a refusal, which deprovisions, and not an
+    unreadable answer, which would let access continue unchecked for good."""
+    r, reasons, log = refresh_after_github_changes(tmp_path, monkeypatch, lambda gh: requests.post(
+        gh + "/__test/revoke", json={"login": "octocat"}), expiring=True)
+    assert r.status_code == 400 and r.json()["error"] == "invalid_grant", r.text
+    assert "identity provider" in r.json()["error_description"], r.text
+    assert reasons and all("bad_refresh_token" in r for r in reasons), reasons
+    assert "could not be checked; access continues" not in log
 
 
 def test_the_same_provider_id_at_another_server_signs_its_people_in_apart(tmp_path, monkeypatch):
