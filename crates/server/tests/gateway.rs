@@ -200,6 +200,23 @@ async fn gateway_server(db: &TestDb, upstream: &str) -> (Server, tempfile::TempD
     gateway_server_with(db, upstream, |_| {}).await
 }
 
+/// A gateway server whose administrators may also call `tool` on `up`.
+async fn gateway_server_allowing(
+    db: &TestDb,
+    upstream: &str,
+    tool: &str,
+) -> (Server, tempfile::TempDir) {
+    gateway_server_with(db, upstream, |c| {
+        c.roles
+            .get_mut("admin")
+            .unwrap()
+            .get_mut("up")
+            .unwrap()
+            .push(tool.into())
+    })
+    .await
+}
+
 async fn gateway_server_with(
     db: &TestDb,
     upstream: &str,
@@ -1765,15 +1782,7 @@ async fn resources_and_prompts_take_the_read_scope_and_a_role_and_unknown_method
 async fn an_upstream_that_refuses_the_assertion_is_a_bad_gateway_not_a_bad_token() {
     let db = grantline_store::testing::sqlite().await;
     let (up_url, _up) = start_upstream().await;
-    let (s, _d) = gateway_server_with(&db, &up_url, |c| {
-        c.roles
-            .get_mut("admin")
-            .unwrap()
-            .get_mut("up")
-            .unwrap()
-            .push("refused_tool".into())
-    })
-    .await;
+    let (s, _d) = gateway_server_allowing(&db, &up_url, "refused_tool").await;
     let token = token_for(&s, &s.url("/mcp/up"), "up:read up:write").await;
     let r = rpc(&s, "/mcp/up", Some(&token), call(5, "refused_tool")).await;
     assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
@@ -1798,15 +1807,7 @@ async fn an_upstream_that_refuses_the_assertion_is_a_bad_gateway_not_a_bad_token
 async fn a_tool_that_reports_its_own_failure_is_recorded_as_a_tool_error() {
     let db = grantline_store::testing::sqlite().await;
     let (up_url, _up) = start_upstream().await;
-    let (s, _d) = gateway_server_with(&db, &up_url, |c| {
-        c.roles
-            .get_mut("admin")
-            .unwrap()
-            .get_mut("up")
-            .unwrap()
-            .push("failing_tool".into())
-    })
-    .await;
+    let (s, _d) = gateway_server_allowing(&db, &up_url, "failing_tool").await;
     let token = token_for(&s, &s.url("/mcp/up"), "up:read up:write").await;
     let r = rpc(&s, "/mcp/up", Some(&token), call(5, "failing_tool")).await;
     assert_eq!(r.status(), StatusCode::OK, "passed on as the tool answered");
@@ -1835,15 +1836,7 @@ async fn a_tool_that_reports_its_own_failure_is_recorded_as_a_tool_error() {
 async fn an_error_answer_that_also_answers_another_request_is_not_passed_on() {
     let db = grantline_store::testing::sqlite().await;
     let (up_url, _up) = start_upstream().await;
-    let (s, _d) = gateway_server_with(&db, &up_url, |c| {
-        c.roles
-            .get_mut("admin")
-            .unwrap()
-            .get_mut("up")
-            .unwrap()
-            .push("crosstalk_tool".into())
-    })
-    .await;
+    let (s, _d) = gateway_server_allowing(&db, &up_url, "crosstalk_tool").await;
     let token = token_for(&s, &s.url("/mcp/up"), "up:read up:write").await;
     let r = rpc(&s, "/mcp/up", Some(&token), call(5, "crosstalk_tool")).await;
     assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
