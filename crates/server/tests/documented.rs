@@ -163,17 +163,7 @@ async fn disabling_a_client_or_a_user_kills_their_live_tokens() {
     let (s, _d, _db) = server().await;
     let (client, t) = tokens(&s).await;
     let (_, kept) = tokens(&s).await;
-    let pat: Value = browser()
-        .post(s.url("/admin/api/users/admin/pats"))
-        .basic_auth("admin", Some(ADMIN_PASSWORD))
-        .json(&json!({"name": "ci", "resource": s.resource(), "scope": "demo:read"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let pat = get(&pat, "token");
+    let pat = get(&admin_pat(&s, &s.resource(), "demo:read").await, "token");
     assert!(active(&s, &pat).await);
     grantline_server::admin::disable_client(
         &s.app,

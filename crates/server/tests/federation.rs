@@ -305,15 +305,7 @@ backend_tests! {
         // The demo resource with the built-in demo MCP server behind it.
         cfg.resources.as_mut().unwrap()[0] = grantline_server::config::demo_resource();
         let s = Server::start(&db, dir.path().to_path_buf(), cfg).await;
-        let r = browser()
-            .post(s.url("/admin/api/users/admin/pats"))
-            .basic_auth("admin", Some(ADMIN_PASSWORD))
-            .json(&json!({"name": "ci", "resource": "demo", "scope": "demo:read"}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), StatusCode::CREATED);
-        let pat = get(&r.json().await.unwrap(), "token");
+        let pat = get(&admin_pat(&s, "demo", "demo:read").await, "token");
         let ping = json!({"jsonrpc": "2.0", "id": 1, "method": "ping"});
         let use_it = || async {
             browser()

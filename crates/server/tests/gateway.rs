@@ -1012,14 +1012,7 @@ grantline_store::backend_tests! {
             StatusCode::UNAUTHORIZED
         );
         // A personal access token works as a bearer token until revoked.
-        let r = browser()
-            .post(s.url("/admin/api/users/admin/pats"))
-            .basic_auth("admin", Some(ADMIN_PASSWORD))
-            .json(&json!({"name": "ci", "resource": "demo", "scope": "demo:read"}))
-            .send()
-            .await
-            .unwrap();
-        let pat: Value = r.json().await.unwrap();
+        let pat = admin_pat(&s, "demo", "demo:read").await;
         let v: Value = rpc(
             &s,
             "/mcp/demo",

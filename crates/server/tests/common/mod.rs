@@ -388,6 +388,20 @@ pub async fn refresh(s: &Server, client: &str, rt: &str) -> (StatusCode, Value) 
     .await
 }
 
+/// A personal access token the admin makes for themselves at the admin API (`201`), for
+/// `resource` with `scope`: the API's answer (`token`, `pat_id`, …).
+pub async fn admin_pat(s: &Server, resource: &str, scope: &str) -> Value {
+    let r = browser()
+        .post(s.url("/admin/api/users/admin/pats"))
+        .basic_auth("admin", Some(ADMIN_PASSWORD))
+        .json(&serde_json::json!({"name": "ci", "resource": resource, "scope": scope}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    r.json().await.unwrap()
+}
+
 pub async fn active(s: &Server, token: &str) -> bool {
     let r = browser()
         .post(s.url("/oauth/introspect"))
