@@ -27,6 +27,21 @@ pub struct NewClient {
     pub auth_method: Option<String>,
 }
 
+/// The form a client id an administrator or the configuration gives must have: shown on the
+/// consent and account pages as a verified client's, it has no control, direction-override or
+/// zero-width characters, and is 1 to 2048 bytes. Checked before anything looks it up.
+pub fn client_id_form(client_id: &str) -> Result<(), OAuthError> {
+    if client_id.is_empty()
+        || client_id.len() > limits::URL_BYTES
+        || !client_id.chars().all(limits::displayable)
+    {
+        return Err(invalid(
+            "a client id is 1 to 2048 bytes of printable characters",
+        ));
+    }
+    Ok(())
+}
+
 /// The registration of a declared client, checked by the same rules as dynamic
 /// registration. `fresh_id` is used when the declaration names no id.
 pub fn registration(
@@ -69,16 +84,7 @@ pub fn registration(
         ));
     }
     let client_id = c.client_id.clone().unwrap_or_else(|| fresh_id.to_string());
-    // Shown on the consent and account pages as a verified client's: no control,
-    // direction-override or zero-width characters.
-    if client_id.is_empty()
-        || client_id.len() > limits::URL_BYTES
-        || !client_id.chars().all(limits::displayable)
-    {
-        return Err(invalid(
-            "a client id is 1 to 2048 bytes of printable characters",
-        ));
-    }
+    client_id_form(&client_id)?;
     Ok(ClientRegistered {
         client_id,
         client_name: meta.client_name,

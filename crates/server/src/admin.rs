@@ -609,6 +609,8 @@ pub async fn add_client(
 /// (A stream of a client this instance has not folded yet — another instance's, just
 /// registered — is left to the decider, which catches up and finds it.)
 pub async fn client_id_is_free(app: &App, id: &str) -> Result<(), AdminError> {
+    // Its form first: an id no store can hold (a NUL, for PostgreSQL) is the caller's mistake.
+    grantline_oauth::clients::client_id_form(id).map_err(|e| AdminError::Invalid(e.description))?;
     if app.projection.read().clients.contains_key(id) {
         return Ok(()); // the decider says it exists
     }

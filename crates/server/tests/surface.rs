@@ -918,6 +918,25 @@ grantline_store::backend_tests! {
         s.stop().await;
     }
 
+    async fn a_client_id_with_a_nul_is_refused_for_its_form_before_any_lookup(db: TestDb) {
+        // Looked up first, PostgreSQL refused the NUL: a 503 for the administrator's typo.
+        let (s, _d) = server_with(&db, |_| {}).await;
+        for id in ["a\0b", "\u{202e}evil"] {
+            let r = browser()
+                .post(s.url("/admin/api/clients"))
+                .basic_auth("admin", Some(ADMIN_PASSWORD))
+                .json(&serde_json::json!({"client_id": id, "client_name": "X",
+                    "redirect_uris": ["https://x.example/cb"]}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{id:?}");
+            let body = r.text().await.unwrap();
+            assert!(body.contains("printable characters"), "{body}");
+        }
+        s.stop().await;
+    }
+
     async fn an_unused_document_client_expires_and_comes_back_when_named_again(db: TestDb) {
         let url = serve_document(|url| {
             serde_json::json!({
