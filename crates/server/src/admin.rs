@@ -783,11 +783,17 @@ pub async fn pat_list(app: &App, user_id: Option<&str>) -> Vec<serde_json::Value
         } else {
             "active"
         };
-        // A sealed name opens while the user's key exists; after erasure it reads [erased].
+        // A sealed name opens while the user's key exists; after erasure it reads [erased]. A
+        // key that could not be read now is not an erasure: a responder must not take it so.
         let name = match &p.sealed_name {
             Some(sealed) => match app.keyring.open(sealed).await {
                 Ok(Ok(name)) => name,
-                _ => "[erased]".to_string(),
+                Ok(Err(grantline_ledger::pii::PiiError::Erased)) => "[erased]".to_string(),
+                Ok(Err(_)) => "[unreadable]".to_string(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "a token's name could not be opened");
+                    "[unavailable]".to_string()
+                }
             },
             None => p.name.clone(),
         };
