@@ -4,11 +4,15 @@
 
 use crate::{Decision, ErrorCode, OAuthError};
 use grantline_ledger::{
-    Actor, GrantRevoked, NewEvent, PatRevoked, RequestMeta, StreamId, UserSessionsEnded,
+    Actor, ExpectedVersion, GrantRevoked, NewEvent, PatRevoked, RequestMeta, StreamId,
+    UserSessionsEnded,
 };
 use grantline_state::State;
 
-/// `user` revokes their grant `grant_id`. Another user's grant is refused as unknown.
+/// `user` revokes their grant `grant_id`. Another user's grant is refused as unknown. The
+/// decision expects the grant's stream as it was decided on, so two revocations at once (a
+/// double click, the user and an administrator) record one `grant.revoked`: the other is
+/// decided again and finds it revoked.
 pub fn revoke(
     state: &State,
     actor: Actor,
@@ -35,6 +39,10 @@ pub fn revoke(
                     },
                 )],
                 Ok(()),
+            )
+            .expect(
+                StreamId::grant(grant_id),
+                ExpectedVersion::Exactly(g.version),
             )
         }
         _ => Decision::refuse(OAuthError::new(ErrorCode::InvalidRequest, "no such grant")),

@@ -166,7 +166,9 @@ pub fn create(
 }
 
 /// Revokes a token of `owner` (a user revoking their own, or an admin acting for them).
-/// Revoking a revoked token changes nothing; it can never be re-enabled.
+/// Revoking a revoked token changes nothing; it can never be re-enabled. A live token's
+/// stream holds its `pat.created` alone, and the decision expects it so: two revocations at
+/// once record one `pat.revoked`.
 pub fn revoke(
     state: &State,
     actor: Actor,
@@ -191,6 +193,7 @@ pub fn revoke(
                 )],
                 Ok(()),
             )
+            .expect(StreamId::pat(pat_id), ExpectedVersion::Exactly(1))
         }
         _ => invalid("no such personal access token").into(),
     }

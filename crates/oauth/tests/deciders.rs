@@ -1575,7 +1575,14 @@ fn a_user_revokes_their_own_grant_or_everything() {
     assert_eq!(code_of(&d), "invalid_request", "another user's grant");
     assert!(d.append.events.is_empty());
     let d = grantline_oauth::grant::revoke(&w.state, actor(), &user, &grant, "r", None);
+    // Decided twice on one state (a double click): the second, once the first is in, is a
+    // conflict, not a second `grant.revoked`.
+    let twice = grantline_oauth::grant::revoke(&w.state, actor(), &user, &grant, "r", None);
     assert_eq!(w.commit(&d.append).unwrap(), vec![Kind::GrantRevoked]);
+    assert!(
+        w.commit(&twice.append).is_err(),
+        "the grant's stream moved on"
+    );
     assert!(!w.live(&a.access_token) && w.live(&b.access_token));
     let again = grantline_oauth::grant::revoke(&w.state, actor(), &user, &grant, "r", None);
     assert!(again.append.events.is_empty() && again.outcome.is_ok());
@@ -1615,6 +1622,21 @@ fn a_user_revokes_their_own_grant_or_everything() {
         None,
     );
     assert_eq!(code_of(&unknown), "unsupported_token_type");
+    // Two revocations of the token at once record one: the second conflicts, and decided
+    // again finds it revoked. (Then "everything" below revokes it with the rest.)
+    {
+        let mut w2 = World {
+            state: w.state.clone(),
+            versions: w.versions.clone(),
+            ..World::new()
+        };
+        let first = grantline_oauth::pat::revoke(&w2.state, actor(), &user, "pat_1", "r");
+        let second = grantline_oauth::pat::revoke(&w2.state, actor(), &user, "pat_1", "r");
+        assert_eq!(w2.commit(&first.append).unwrap(), vec![Kind::PatRevoked]);
+        assert!(w2.commit(&second.append).is_err());
+        let again = grantline_oauth::pat::revoke(&w2.state, actor(), &user, "pat_1", "r");
+        assert!(again.append.events.is_empty() && again.outcome.is_ok());
+    }
     let d = grantline_oauth::grant::revoke_everything(&w.state, actor(), &user, "all", None);
     assert_eq!(
         w.commit(&d.append).unwrap(),
