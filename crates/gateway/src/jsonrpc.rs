@@ -708,6 +708,11 @@ pub fn refusal_for_each(body: &[u8], refusal: &Value) -> Option<Value> {
         return None;
     }
     let batch: Vec<Value> = serde_json::from_slice(body).ok()?;
+    // A batch refused for its length gets the one refusal: an answer a message for thousands
+    // of tiny messages would be a larger answer than the request, for nothing.
+    if batch.len() > MAX_BATCH {
+        return None;
+    }
     let answers: Vec<Value> = batch
         .iter()
         .filter(|m| m.get("method").is_some())
@@ -755,6 +760,12 @@ mod tests {
         assert_eq!(refusal_for_each(notes, &refusal), None);
         assert_eq!(refusal_for_each(b"[1,", &refusal), None);
         assert_eq!(refusal_for_each(batch, &json!({"result": {}})), None);
+        // A batch longer than any accepted: the one refusal, not one a message.
+        let long: Vec<Value> = (0..=super::MAX_BATCH as u64)
+            .map(|i| json!({"jsonrpc": "2.0", "id": i, "method": "ping"}))
+            .collect();
+        let long = serde_json::to_vec(&long).unwrap();
+        assert_eq!(refusal_for_each(&long, &refusal), None);
         // An OAuth refusal of the credential (401) is not a JSON-RPC answer: it goes as it is.
         let oauth = json!({"error": "invalid_token"});
         assert_eq!(refusal_for_each(batch, &oauth), None);
