@@ -93,6 +93,9 @@ pub struct Inner {
     /// and an entry of the state kept for good, and a script holding one session could
     /// otherwise make and revoke them without end.
     pub pat_creations: crate::throttle::AddressLimiter,
+    /// Tokens issued at the token endpoint per user and client, or per machine client
+    /// (`[oauth] tokens_per_hour`).
+    pub token_issues: crate::throttle::AddressLimiter,
     /// Sign-ins on the sign-in page per username (see `throttle::SIGN_INS_PER_USERNAME`).
     pub sign_ins: crate::throttle::AddressLimiter,
     /// One personal access token decided and appended at a time on this instance: the limit

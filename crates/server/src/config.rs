@@ -475,6 +475,11 @@ pub struct OAuthSection {
     pub introspection_clients: Vec<String>,
     /// Signed-in sessions last this long.
     pub session_ttl: u64,
+    /// Tokens the token endpoint issues in an hour for one user through one client (a code
+    /// redeemed, a refresh token rotated), or for one machine client (0: no limit); over it,
+    /// 429. Each rotation is an event kept for good, and its refresh token stays in the state
+    /// until its family's last one expires, so a client refreshing in a loop is stopped here.
+    pub tokens_per_hour: u32,
 }
 
 impl Default for OAuthSection {
@@ -489,6 +494,7 @@ impl Default for OAuthSection {
             dynamic_client_ttl: l.dynamic_client,
             introspection_clients: Vec::new(),
             session_ttl: 12 * 3600,
+            tokens_per_hour: 300,
         }
     }
 }

@@ -202,6 +202,11 @@ impl App {
                 0,
                 3600,
             ),
+            token_issues: crate::throttle::AddressLimiter::new(
+                config.oauth.tokens_per_hour,
+                0,
+                3600,
+            ),
             sign_ins: crate::throttle::AddressLimiter::new(
                 crate::throttle::SIGN_INS_PER_USERNAME,
                 0,

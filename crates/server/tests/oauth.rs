@@ -1018,3 +1018,105 @@ async fn two_resources_at_the_token_endpoint_are_invalid_target() {
     assert_eq!(st, StatusCode::OK);
     s.stop().await;
 }
+
+/// The token endpoint issues at most `[oauth] tokens_per_hour` for one user through one client
+/// and for one machine client: a client refreshing in a loop writes an event and keeps a
+/// refresh token in the state with each rotation. Over it, `429` with `Retry-After`, recorded
+/// as a refusal and counted in the metrics; the token presented is neither rotated nor spent.
+/// A refused request counts for nothing, and the same user's other clients are not held back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_refreshing_in_a_loop_is_stopped_at_the_hours_tokens() {
+    let db = sqlite().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), 30, 60);
+    cfg.oauth.tokens_per_hour = 3;
+    let s = Server::start(&db, dir.path().to_path_buf(), cfg).await;
+    let (client, code1, verifier) = code(&s, "demo:read").await;
+    let (st, t) = exchange(&s, &client, &code1, &verifier).await;
+    assert_eq!(st, StatusCode::OK, "{t}");
+    let rt1 = get(&t, "refresh_token");
+    // Refused (a wider scope than the grant's): given back.
+    let (st, body) = token(
+        &s,
+        &[
+            ("grant_type", "refresh_token"),
+            ("client_id", &client),
+            ("refresh_token", &rt1),
+            ("scope", "demo:read demo:write"),
+        ],
+    )
+    .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{body}");
+    let (st, t) = refresh(&s, &client, &rt1).await;
+    assert_eq!(st, StatusCode::OK, "{t}");
+    let (st, t) = refresh(&s, &client, &get(&t, "refresh_token")).await;
+    assert_eq!(st, StatusCode::OK, "{t}");
+    let rt3 = get(&t, "refresh_token");
+    // The fourth token of the hour.
+    let r = browser()
+        .post(s.url("/oauth/token"))
+        .form(&[
+            ("grant_type", "refresh_token"),
+            ("client_id", client.as_str()),
+            ("refresh_token", rt3.as_str()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    let wait: i64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=3600).contains(&wait), "{wait}");
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "temporarily_unavailable", "{body}");
+    assert!(active(&s, &rt3).await, "the refresh token was not spent");
+    // The same user through another client is not held back.
+    let (client2, code2, verifier2) = code(&s, "demo:read").await;
+    let (st, t) = exchange(&s, &client2, &code2, &verifier2).await;
+    assert_eq!(st, StatusCode::OK, "{t}");
+    // A machine client is counted on its own.
+    let resource = s.resource();
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        let r = browser()
+            .post(s.url("/oauth/token"))
+            .basic_auth("rs", Some(RS_SECRET))
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("resource", resource.as_str()),
+            ])
+            .send()
+            .await
+            .unwrap();
+        statuses.push(r.status().as_u16());
+    }
+    assert_eq!(statuses, [200, 200, 200, 429]);
+    let text = s.app.render_metrics(false).await.unwrap();
+    assert_eq!(
+        series(
+            &text,
+            r#"grantline_rate_limit_refusals_total{resource="",bucket="token"}"#
+        ),
+        Some(2.0),
+        "{text}"
+    );
+    let recorded = s
+        .app
+        .store()
+        .read(0, 100_000)
+        .await
+        .unwrap()
+        .iter()
+        .filter(|e| matches!(e.payload(), grantline_ledger::Payload::OAuthRefused(r) if r.description.contains("too many tokens")))
+        .count();
+    assert_eq!(recorded, 2);
+    // An hour on, the token held back rotates.
+    s.app.clock.advance(3601);
+    let (st, t) = refresh(&s, &client, &rt3).await;
+    assert_eq!(st, StatusCode::OK, "{t}");
+    s.stop().await;
+}

@@ -87,6 +87,26 @@ async fn handle(
         attempt.family_id = Some(family);
         attempt.refresh_token_id = Some(token);
     }
+    // Counted before anything slow, so that many at once cannot all pass the limit.
+    let mut issuing = match Issuing::hit(app, &client, &req, user.as_deref()) {
+        Ok(i) => i,
+        Err(over) => {
+            app.metrics.throttled("token");
+            let e = OAuthError::new(
+                grantline_oauth::ErrorCode::TemporarilyUnavailable,
+                format!(
+                    "too many tokens issued to this client in the last hour (at most {}); try again later",
+                    app.config.oauth.tokens_per_hour
+                ),
+            );
+            tracing::info!(error = e.code.as_str(), reason = %e.wire_description(), "token request refused");
+            refusals::record(app, ctx, OAuthEndpoint::Token, std::mem::take(attempt), &e).await;
+            return Ok(crate::http::too_many_requests(
+                over.retry_after(),
+                &e.wire_description(),
+            ));
+        }
+    };
     // A provider that asks for it is consulted at each refresh (answered from a bounded
     // cache): a person it no longer accepts is deprovisioned, and this refresh fails.
     // Not for a token refused whatever the provider says: reuse must be recorded, not lost
@@ -127,6 +147,7 @@ async fn handle(
     }
     let meta = meta_for(app, ctx, user.as_deref(), &client.client_id).await?;
     let fresh = crate::random::fresh_tokens();
+    issuing.committing();
     let (outcome, recorded) = app
         .run(|s| {
             let c = Context {
@@ -141,9 +162,72 @@ async fn handle(
         .await?;
     // A refusal that is itself an event (code replay, refresh reuse) needs no second record.
     attempt.recorded = !recorded.is_empty();
+    if outcome.is_err() {
+        issuing.issued_nothing();
+    }
     let mut r = Json(outcome?).into_response();
     crate::http::no_store(r.headers_mut());
     Ok(r)
+}
+
+/// A token request's place in the hourly count of what its issuer was given
+/// (`[oauth] tokens_per_hour`): per user and client for a code or a refresh token, per client
+/// for client credentials. Given back when dropped before the decision is appended, or when
+/// the decision refused; kept when dropped while the append is under way (the tokens may have
+/// been issued), so that a caller who hangs up cannot rotate without counting.
+struct Issuing<'a> {
+    app: &'a App,
+    /// None: not counted (a code or refresh token of no known user is refused anyway).
+    key: Option<String>,
+    at: i64,
+    committing: bool,
+}
+
+impl<'a> Issuing<'a> {
+    fn hit(
+        app: &'a App,
+        client: &grantline_state::Client,
+        req: &TokenRequest,
+        user: Option<&str>,
+    ) -> Result<Self, crate::throttle::OverLimit> {
+        let key = match (req, user) {
+            (_, Some(u)) => Some(format!("user:{u} client:{}", client.client_id)),
+            (TokenRequest::ClientCredentials(_), None) => {
+                Some(format!("client:{}", client.client_id))
+            }
+            _ => None,
+        };
+        let at = app.now().0 / 1_000_000;
+        if let Some(k) = &key {
+            app.token_issues.hit(Some(k), at)?;
+        }
+        Ok(Issuing {
+            app,
+            key,
+            at,
+            committing: false,
+        })
+    }
+
+    /// The decision is about to be appended: from here on, dropping this counts it.
+    fn committing(&mut self) {
+        self.committing = true;
+    }
+
+    /// The decision refused: nothing was issued, the place goes back.
+    fn issued_nothing(&mut self) {
+        self.committing = false;
+    }
+}
+
+impl Drop for Issuing<'_> {
+    fn drop(&mut self) {
+        if !self.committing
+            && let Some(k) = &self.key
+        {
+            self.app.token_issues.give_back(Some(k), self.at);
+        }
+    }
 }
 
 /// The client the request authenticates as (RFC 6749 §2.3), reading another instance's events
