@@ -29,6 +29,9 @@ CONFIG = """
 [oauth]
 introspection_clients = ["resource-server"]
 refresh_grace = 2
+# Tests put load on the token endpoint (test_backup's client credentials in a loop); the
+# limit itself is tested in crates/server/tests/oauth.rs.
+tokens_per_hour = 1000000
 
 [[clients]]
 client_id = "resource-server"

@@ -1078,6 +1078,19 @@ async fn a_client_refreshing_in_a_loop_is_stopped_at_the_hours_tokens() {
     let (client2, code2, verifier2) = code(&s, "demo:read").await;
     let (st, t) = exchange(&s, &client2, &code2, &verifier2).await;
     assert_eq!(st, StatusCode::OK, "{t}");
+    let (st, t) = refresh(&s, &client2, &get(&t, "refresh_token")).await;
+    assert_eq!(st, StatusCode::OK, "{t}");
+    let (st, t) = refresh(&s, &client2, &get(&t, "refresh_token")).await;
+    assert_eq!(st, StatusCode::OK, "{t}");
+    let client2_rt = get(&t, "refresh_token");
+    // Its count is full now, and a replayed code is still a replay: its family is revoked.
+    let (st, body) = exchange(&s, &client2, &code2, &verifier2).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"], "invalid_grant", "{body}");
+    assert!(
+        !active(&s, &client2_rt).await,
+        "the replay revoked the family"
+    );
     // A machine client is counted on its own.
     let resource = s.resource();
     let mut statuses = Vec::new();
@@ -1118,5 +1131,17 @@ async fn a_client_refreshing_in_a_loop_is_stopped_at_the_hours_tokens() {
     s.app.clock.advance(3601);
     let (st, t) = refresh(&s, &client, &rt3).await;
     assert_eq!(st, StatusCode::OK, "{t}");
+    let (st, t) = refresh(&s, &client, &get(&t, "refresh_token")).await;
+    assert_eq!(st, StatusCode::OK, "{t}");
+    let (st, t) = refresh(&s, &client, &get(&t, "refresh_token")).await;
+    assert_eq!(st, StatusCode::OK, "{t}");
+    let rt6 = get(&t, "refresh_token");
+    // The count is full again; a rotated token presented past the grace period is still
+    // reuse, and its family is revoked: whoever fills the count cannot shut the detection out.
+    s.app.clock.advance(31);
+    let (st, body) = refresh(&s, &client, &rt3).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"], "invalid_grant", "{body}");
+    assert!(!active(&s, &rt6).await, "the reuse revoked the family");
     s.stop().await;
 }

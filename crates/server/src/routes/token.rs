@@ -87,8 +87,32 @@ async fn handle(
         attempt.family_id = Some(family);
         attempt.refresh_token_id = Some(token);
     }
-    // Counted before anything slow, so that many at once cannot all pass the limit.
-    let mut issuing = match Issuing::hit(app, &client, &req, user.as_deref()) {
+    let settings = app.settings_for(&ctx.issuer);
+    // Counted before anything slow, so that many at once cannot all pass the limit. Not a
+    // request refused whatever the count says: a refresh token's reuse or a code's replay
+    // must be recorded (and its family revoked), not lost behind a 429 — else whoever fills
+    // the count (a thief rotating a stolen token) would shut the detection out.
+    let issuable = {
+        let state = app.projection.read();
+        match &req {
+            TokenRequest::Refresh(r) => attempt.family_id.as_deref().is_some_and(|f| {
+                state.family_live(f)
+                    && !grantline_oauth::grants::refresh_token::refused_at_once(
+                        &state,
+                        &client,
+                        &r.refresh_token,
+                        app.now(),
+                        settings.lifetimes.refresh_grace,
+                    )
+            }),
+            TokenRequest::Code(c) => state
+                .codes
+                .get(&grantline_ledger::secret_digest(c.code.as_bytes()))
+                .is_some_and(|code| !code.redeemed && code.client_id == client.client_id),
+            TokenRequest::ClientCredentials(_) => true,
+        }
+    };
+    let mut issuing = match Issuing::hit(app, &client, issuable, user.as_deref()) {
         Ok(i) => i,
         Err(over) => {
             app.metrics.throttled("token");
@@ -111,7 +135,6 @@ async fn handle(
     // cache): a person it no longer accepts is deprovisioned, and this refresh fails.
     // Not for a token refused whatever the provider says: reuse must be recorded, not lost
     // behind "sign in again".
-    let settings = app.settings_for(&ctx.issuer);
     if let (TokenRequest::Refresh(r), Some(u), Some(f)) =
         (&req, &user, attempt.family_id.as_deref())
         // Without identity providers there is nothing to ask: no second look at the token.
@@ -177,26 +200,25 @@ async fn handle(
 /// been issued), so that a caller who hangs up cannot rotate without counting.
 struct Issuing<'a> {
     app: &'a App,
-    /// None: not counted (a code or refresh token of no known user is refused anyway).
+    /// None: not counted (a request that cannot issue tokens).
     key: Option<String>,
     at: i64,
     committing: bool,
 }
 
 impl<'a> Issuing<'a> {
+    /// `issuable`: whether the request may issue tokens as the state stands; one that cannot
+    /// is neither counted nor refused here.
     fn hit(
         app: &'a App,
         client: &grantline_state::Client,
-        req: &TokenRequest,
+        issuable: bool,
         user: Option<&str>,
     ) -> Result<Self, crate::throttle::OverLimit> {
-        let key = match (req, user) {
-            (_, Some(u)) => Some(format!("user:{u} client:{}", client.client_id)),
-            (TokenRequest::ClientCredentials(_), None) => {
-                Some(format!("client:{}", client.client_id))
-            }
-            _ => None,
-        };
+        let key = issuable.then(|| match user {
+            Some(u) => format!("user:{u} client:{}", client.client_id),
+            None => format!("client:{}", client.client_id),
+        });
         let at = app.now().0 / 1_000_000;
         if let Some(k) = &key {
             app.token_issues.hit(Some(k), at)?;
