@@ -253,12 +253,16 @@ pub fn check(req: &RegistrationRequest) -> Result<ClientMetadata, OAuthError> {
         }
         scope::parse(s).map_err(|e| invalid_metadata(e.description))?;
     }
-    let client_name = match req.client_name.as_deref().map(str::trim) {
-        Some(n) if !n.is_empty() => {
-            limits::display_text("client_name", n, limits::CLIENT_NAME_CHARS)
-                .map_err(invalid_metadata)?
-        }
-        _ => "Unnamed client".to_string(),
+    // Checked as sent (its raw length bounded too, blank or not), then trimmed.
+    let client_name = match req.client_name.as_deref() {
+        Some(n) => limits::display_text("client_name", n, limits::CLIENT_NAME_CHARS)
+            .map_err(invalid_metadata)?,
+        None => String::new(),
+    };
+    let client_name = if client_name.is_empty() {
+        "Unnamed client".to_string()
+    } else {
+        client_name
     };
     let software = |field: &str, v: &Option<String>| {
         v.as_deref()
@@ -336,9 +340,15 @@ pub fn decide(
         let event = NewEvent::new(
             StreamId::named("registrations"),
             Actor::System,
+            // The values as checked (trimmed, bounded), never as sent: an anonymous caller's
+            // padding and line breaks stay out of the ledger.
             RegistrationRejected {
-                client_name: req.client_name.clone(),
-                software_id: req.software_id.clone(),
+                client_name: req
+                    .client_name
+                    .as_deref()
+                    .is_some_and(|n| !n.trim().is_empty())
+                    .then(|| meta.client_name.clone()),
+                software_id: meta.software_id.clone(),
                 redirect_uris: req.redirect_uris.clone(),
                 error: error.code.as_str().to_string(),
                 description: why.to_string(),

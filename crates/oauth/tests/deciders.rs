@@ -312,6 +312,40 @@ fn code_of<T: std::fmt::Debug>(d: &Decision<T>) -> &'static str {
 
 // ---------------------------------------------------------------- registration
 
+/// A registration the policy refuses is recorded with what was checked — the name and software
+/// id trimmed and bounded — never as sent: an anonymous caller's padding and line breaks stay
+/// out of a ledger that keeps them for good. A blank name is none; padding past the limit is
+/// refused for its length and records nothing.
+#[test]
+fn a_rejected_registration_records_the_values_as_checked() {
+    let w = World::new();
+    let fresh = || FreshClient {
+        client_id: "cli_n".into(),
+        secret: Secret("gls_x".into()),
+    };
+    let recorded = |name: Option<String>, software: Option<&str>| {
+        let req = RegistrationRequest {
+            redirect_uris: vec![REDIRECT.into()],
+            token_endpoint_auth_method: Some("none".into()),
+            client_name: name,
+            software_id: software.map(String::from),
+            ..Default::default()
+        };
+        let d = register::decide(&Policy::Off, &req, w.now, 60, fresh(), None);
+        assert_eq!(code_of(&d), "invalid_client_metadata");
+        d.append.events.first().map(|e| match &e.payload {
+            Payload::RegistrationRejected(r) => (r.client_name.clone(), r.software_id.clone()),
+            other => panic!("{other:?}"),
+        })
+    };
+    assert_eq!(
+        recorded(Some("\n Cursor \u{2028}".into()), Some(" com.cursor\r\n")),
+        Some((Some("Cursor".into()), Some("com.cursor".into())))
+    );
+    assert_eq!(recorded(Some("   ".into()), None), Some((None, None)));
+    assert_eq!(recorded(Some(" ".repeat(65_000)), None), None);
+}
+
 #[test]
 fn registration_by_policy() {
     let w = World::new();
