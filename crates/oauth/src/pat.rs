@@ -3,7 +3,7 @@
 //! for good.
 
 use crate::tokens::Secret;
-use crate::{Decision, ErrorCode, OAuthError, Settings, scope};
+use crate::{Decision, ErrorCode, OAuthError, Settings, limits, scope};
 use grantline_ledger::{
     Actor, ExpectedVersion, NewEvent, PatCreated, PatRevoked, StreamId, Timestamp,
 };
@@ -181,6 +181,10 @@ pub fn revoke(
             if p.revoked.is_some() {
                 return Decision::new(Vec::new(), Ok(()));
             }
+            let reason = match limits::display_text("reason", reason, limits::REASON_CHARS) {
+                Ok(r) => r,
+                Err(e) => return OAuthError::invalid_request(e).into(),
+            };
             Decision::new(
                 vec![NewEvent::new(
                     StreamId::pat(pat_id),
@@ -188,7 +192,7 @@ pub fn revoke(
                     PatRevoked {
                         pat_id: pat_id.to_string(),
                         user_id: owner.to_string(),
-                        reason: reason.to_string(),
+                        reason,
                     },
                 )],
                 Ok(()),

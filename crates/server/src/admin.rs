@@ -404,14 +404,13 @@ pub async fn set_role(
 /// Revokes every grant, family and personal access token of a user (by id or username), ends
 /// their browser sessions and drops their upstream tokens: the same containment as
 /// `grantline revoke --user`. Returns how many grants and tokens were revoked.
-pub async fn revoke_everything(app: &App, who: &str, actor: Actor) -> Result<usize, AdminError> {
-    contain(
-        app,
-        &Containment::User(who.to_string()),
-        "revoked everything by an administrator",
-        actor,
-    )
-    .await
+pub async fn revoke_everything(
+    app: &App,
+    who: &str,
+    reason: &str,
+    actor: Actor,
+) -> Result<usize, AdminError> {
+    contain(app, &Containment::User(who.to_string()), reason, actor).await
 }
 
 /// What a responder names to contain: users by id or username.
@@ -737,7 +736,12 @@ pub async fn create_pat_with_id(
 }
 
 /// Revokes a personal access token, as its owner or an admin.
-pub async fn revoke_pat(app: &App, pat_id: &str, actor: Actor) -> Result<(), AdminError> {
+pub async fn revoke_pat(
+    app: &App,
+    pat_id: &str,
+    reason: &str,
+    actor: Actor,
+) -> Result<(), AdminError> {
     // A token another instance made a moment ago is found.
     app.projection.catch_up(app.store()).await?;
     let owner = app
@@ -748,7 +752,7 @@ pub async fn revoke_pat(app: &App, pat_id: &str, actor: Actor) -> Result<(), Adm
         .map(|p| p.user_id.clone())
         .ok_or_else(|| AdminError::NotFound(format!("personal access token {pat_id:?}")))?;
     let (outcome, _) = app
-        .run(|s| grantline_oauth::pat::revoke(s, actor.clone(), &owner, pat_id, "revoked"))
+        .run(|s| grantline_oauth::pat::revoke(s, actor.clone(), &owner, pat_id, reason))
         .await?;
     outcome.map_err(|e| AdminError::Invalid(e.description))
 }

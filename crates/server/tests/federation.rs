@@ -518,7 +518,7 @@ backend_tests! {
         assert_eq!(account(&laptop).await, StatusCode::OK);
         assert_eq!(account(&phone).await, StatusCode::FOUND);
         // An administrator's "revoke everything" ends the sessions too.
-        grantline_server::admin::revoke_everything(&s.app, "dana", grantline_ledger::Actor::Operator)
+        grantline_server::admin::revoke_everything(&s.app, "dana", "test", grantline_ledger::Actor::Operator)
             .await
             .unwrap();
         assert_eq!(account(&laptop).await, StatusCode::FOUND, "the admin's revoke-all signed dana out");

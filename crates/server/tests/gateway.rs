@@ -1949,9 +1949,14 @@ async fn an_open_stream_ends_when_the_role_or_the_credential_goes() {
     s.app.reload(with_up).await.unwrap();
     let mut r = event_stream(&s, &token, None).await;
     first_chunk(&mut r).await;
-    grantline_server::admin::revoke_everything(&s.app, "admin", grantline_ledger::Actor::Operator)
-        .await
-        .unwrap();
+    grantline_server::admin::revoke_everything(
+        &s.app,
+        "admin",
+        "test",
+        grantline_ledger::Actor::Operator,
+    )
+    .await
+    .unwrap();
     assert_eq!(ends(r).await, Ok(()));
     s.stop().await;
 }
@@ -1982,9 +1987,14 @@ async fn a_call_that_waited_is_judged_again_before_it_is_sent() {
         })
     };
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    grantline_server::admin::revoke_everything(&s.app, "admin", grantline_ledger::Actor::Operator)
-        .await
-        .unwrap();
+    grantline_server::admin::revoke_everything(
+        &s.app,
+        "admin",
+        "test",
+        grantline_ledger::Actor::Operator,
+    )
+    .await
+    .unwrap();
     drop(held);
     let r = call.await.unwrap();
     assert_eq!(

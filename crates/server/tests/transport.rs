@@ -674,7 +674,7 @@ grantline_store::backend_tests! {
         );
         // B catches up with A's token, then revokes it (as `grantline pat revoke` would).
         b.app.projection.catch_up(b.app.store()).await.unwrap();
-        grantline_server::admin::revoke_pat(&b.app, &pat_id, Actor::Operator)
+        grantline_server::admin::revoke_pat(&b.app, &pat_id, "test", Actor::Operator)
             .await
             .unwrap();
         // A refuses it once its periodic catch-up has read the revocation: a generous deadline

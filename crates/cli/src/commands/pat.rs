@@ -31,7 +31,12 @@ pub enum Command {
         user: Option<String>,
     },
     /// Revoke a token for good.
-    Revoke { pat_id: String },
+    Revoke {
+        pat_id: String,
+        /// Recorded with the revocation.
+        #[arg(long, default_value = "revoked by an operator")]
+        reason: String,
+    },
 }
 
 pub async fn run(loc: &Location, cmd: Command) -> Result<ExitCode> {
@@ -103,8 +108,8 @@ async fn run_with(app: &grantline_server::App, cmd: Command) -> Result<ExitCode>
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Revoke { pat_id } => {
-            admin::revoke_pat(app, &pat_id, Actor::Operator).await?;
+        Command::Revoke { pat_id, reason } => {
+            admin::revoke_pat(app, &pat_id, &reason, Actor::Operator).await?;
             println!("revoked {pat_id}");
             Ok(ExitCode::SUCCESS)
         }

@@ -47,7 +47,12 @@ pub enum Command {
     /// Change a user's role.
     SetRole { user: String, role: String },
     /// Revoke every grant (and all tokens under them) and personal access token of a user.
-    RevokeAll { user: String },
+    RevokeAll {
+        user: String,
+        /// Recorded with each revocation.
+        #[arg(long, default_value = "revoked everything by an operator")]
+        reason: String,
+    },
     /// Destroy a user's personal-data key: their sealed fields read as erased from now on,
     /// and the chain still verifies. Records `user.erased`.
     Erase {
@@ -110,9 +115,9 @@ pub async fn run(loc: &Location, cmd: Command) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::RevokeAll { user } => {
+        Command::RevokeAll { user, reason } => {
             let app = loc.existing_app(LedgerOptions::default()).await?;
-            let r = admin::revoke_everything(&app, &user, Actor::Operator).await;
+            let r = admin::revoke_everything(&app, &user, &reason, Actor::Operator).await;
             app.ledger.shutdown().await;
             println!("revoked {} grants and personal access tokens of {user}", r?);
             Ok(ExitCode::SUCCESS)

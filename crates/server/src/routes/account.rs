@@ -373,7 +373,7 @@ pub async fn revoke_pat(
     let actor = Actor::User {
         id: s.user_id.clone(),
     };
-    match crate::admin::revoke_pat(&app, &pat_id, actor).await {
+    match crate::admin::revoke_pat(&app, &pat_id, "revoked by its owner", actor).await {
         Ok(()) => see_other(&format!("{}/account", ctx.issuer)),
         Err(e) => not_done("Not revoked", e),
     }

@@ -102,6 +102,28 @@ async fn admin_json<T: serde::de::DeserializeOwned>(
     }
 }
 
+/// An action's optional reason (`{"reason": "…"}`, or no body at all), recorded with it.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Reason {
+    reason: Option<String>,
+}
+
+/// The admin calling and the reason their request gave, if any (see [`admin_json`]).
+async fn admin_reason(
+    app: &App,
+    ctx: &RequestContext,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(String, Option<String>), Response> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        let admin = admin_write(app, ctx, headers).await?;
+        return Ok((admin, None));
+    }
+    let (admin, r) = admin_json::<Reason>(app, ctx, headers, body).await?;
+    Ok((admin, r.reason))
+}
+
 /// The admin calling, or the response refusing them.
 async fn admin_user(
     app: &App,
@@ -337,12 +359,14 @@ pub async fn disable_client(
     ctx: RequestContext,
     headers: HeaderMap,
     Path(id): Path<String>,
+    body: axum::body::Bytes,
 ) -> Response {
-    let user = match admin_write(&app, &ctx, &headers).await {
-        Ok(u) => u,
+    let (user, reason) = match admin_reason(&app, &ctx, &headers, &body).await {
+        Ok(x) => x,
         Err(r) => return r,
     };
-    match admin::disable_client(&app, &id, "disabled by an admin", Actor::User { id: user }).await {
+    let reason = reason.as_deref().unwrap_or("disabled by an admin");
+    match admin::disable_client(&app, &id, reason, Actor::User { id: user }).await {
         Ok(()) => Json(json!({ "client_id": id, "disabled": true })).into_response(),
         Err(e) => e.into_response(),
     }
@@ -496,12 +520,16 @@ pub async fn revoke_everything(
     ctx: RequestContext,
     headers: HeaderMap,
     Path(user): Path<String>,
+    body: axum::body::Bytes,
 ) -> Response {
-    let admin_id = match admin_write(&app, &ctx, &headers).await {
-        Ok(u) => u,
+    let (admin_id, reason) = match admin_reason(&app, &ctx, &headers, &body).await {
+        Ok(x) => x,
         Err(r) => return r,
     };
-    match admin::revoke_everything(&app, &user, Actor::User { id: admin_id }).await {
+    let reason = reason
+        .as_deref()
+        .unwrap_or("revoked everything by an administrator");
+    match admin::revoke_everything(&app, &user, reason, Actor::User { id: admin_id }).await {
         Ok(n) => Json(json!({ "revoked": n })).into_response(),
         Err(e) => e.into_response(),
     }
@@ -648,12 +676,14 @@ pub async fn revoke_pat(
     ctx: RequestContext,
     headers: HeaderMap,
     Path(pat_id): Path<String>,
+    body: axum::body::Bytes,
 ) -> Response {
-    let admin_id = match admin_write(&app, &ctx, &headers).await {
-        Ok(u) => u,
+    let (admin_id, reason) = match admin_reason(&app, &ctx, &headers, &body).await {
+        Ok(x) => x,
         Err(r) => return r,
     };
-    match admin::revoke_pat(&app, &pat_id, Actor::User { id: admin_id }).await {
+    let reason = reason.as_deref().unwrap_or("revoked by an administrator");
+    match admin::revoke_pat(&app, &pat_id, reason, Actor::User { id: admin_id }).await {
         Ok(()) => Json(json!({ "pat_id": pat_id, "revoked": true })).into_response(),
         Err(e) => e.into_response(),
     }
