@@ -2383,3 +2383,105 @@ async fn the_admin_apis_single_actions_record_the_reason_given() {
     );
     s.stop().await;
 }
+
+/// A consent page names where the code will go; the answer sends it there or nowhere. A
+/// metadata-document client whose one redirect URI changed while the page was open (the
+/// request named none, so the page showed the one registered then) is not approved for the new
+/// address: the answer is a page, and nothing is recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approval_goes_where_its_page_said_or_nowhere() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/client.json", listener.local_addr().unwrap());
+    let moved = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (me, flag) = (url.clone(), moved.clone());
+    let app = axum::Router::new().route(
+        "/client.json",
+        axum::routing::get(move || {
+            let to = if flag.load(std::sync::atomic::Ordering::SeqCst) {
+                "https://elsewhere.example/cb"
+            } else {
+                REDIRECT
+            };
+            let body = serde_json::json!({
+                "client_id": me, "client_name": "Doc Client",
+                "redirect_uris": [to], "token_endpoint_auth_method": "none",
+            })
+            .to_string();
+            async move {
+                (
+                    [
+                        ("content-type", "application/json"),
+                        ("cache-control", "no-store"),
+                    ],
+                    body,
+                )
+            }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let db = sqlite().await;
+    let (s, _d) = server_with(&db, |c| {
+        c.metadata_documents.allow_private_addresses = true;
+        c.metadata_documents.allow_http = true;
+        c.metadata_documents.min_cache_seconds = 0;
+    })
+    .await;
+    let (_, challenge) = pkce();
+    let resource = s.resource();
+    // No redirect_uri: the client's one registered address is used, and shown.
+    let params = [
+        ("response_type", "code"),
+        ("client_id", url.as_str()),
+        ("code_challenge", challenge.as_str()),
+        ("code_challenge_method", "S256"),
+        ("resource", resource.as_str()),
+    ];
+    let b = browser();
+    login(&s, &b).await;
+    let r = b.get(authorize_url(&s, &params)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let page = r.text().await.unwrap();
+    assert!(page.contains("127.0.0.1"), "the page names where it goes");
+    // The document changes, and someone names the client again: the change is taken in.
+    moved.store(true, std::sync::atomic::Ordering::SeqCst);
+    s.app.clock.advance(1);
+    let r = browser()
+        .get(authorize_url(&s, &params))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_redirection(), "to the sign-in page");
+    assert_eq!(
+        s.app.projection.read().clients[&url].redirect_uris,
+        ["https://elsewhere.example/cb"]
+    );
+    let before = s.app.store().head().await.unwrap();
+    let r = b
+        .post(s.url("/oauth/consent"))
+        .form(&[
+            ("request_id", field(&page, "request_id")),
+            ("csrf", field(&page, "csrf")),
+            ("decision", "approve".to_string()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::BAD_REQUEST,
+        "{:?}",
+        r.headers().get("location")
+    );
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .contains("changed where it sends you")
+    );
+    assert_eq!(
+        s.app.store().head().await.unwrap(),
+        before,
+        "nothing recorded"
+    );
+    s.stop().await;
+}

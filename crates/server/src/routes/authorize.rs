@@ -448,7 +448,7 @@ pub async fn authorize(
     if !ask && !confirm {
         return issue_code(&app, &ctx, &s, &v, None).await;
     }
-    let request_id = consent_request_id(app.now().0 / 1_000_000, &raw);
+    let request_id = consent_request_id(app.now().0 / 1_000_000, &raw, &v.redirect_uri);
     let username = app
         .credentials
         .by_user_id(&s.user_id)
@@ -587,27 +587,35 @@ const _: () = assert!(MAX_QUERY_BYTES * 4 / 3 + 4096 < super::MAX_BODY);
 /// How long a consent page may stay open before its answer is refused.
 const CONSENT_TTL_SECS: i64 = 15 * 60;
 
-/// The consent form's `request_id`: when the page was shown and the authorization request's
-/// query, so that the answer can be checked against both.
-fn consent_request_id(now_secs: i64, raw_query: &str) -> String {
+/// The consent form's `request_id`: when the page was shown, the authorization request's
+/// query, and the redirect URI the page named (resolved from the client's registration when
+/// the request gave none), so that the answer can be checked against all three.
+fn consent_request_id(now_secs: i64, raw_query: &str, redirect_uri: &str) -> String {
     use base64::Engine;
-    let q = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw_query);
-    format!("{now_secs}.{q}")
+    let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+    format!("{now_secs}.{}.{}", b64(raw_query), b64(redirect_uri))
 }
 
-/// The authorization request's query from a consent form's `request_id`, unless it is
-/// malformed or older than [`CONSENT_TTL_SECS`].
-fn consent_request(request_id: &str, now_secs: i64) -> Option<String> {
+/// The authorization request's query and the redirect URI its page named, from a consent
+/// form's `request_id`, unless it is malformed or older than [`CONSENT_TTL_SECS`].
+fn consent_request(request_id: &str, now_secs: i64) -> Option<(String, String)> {
     use base64::Engine;
-    let (at, q) = request_id.split_once('.')?;
+    let mut parts = request_id.split('.');
+    let (at, q, shown) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() {
+        return None;
+    }
     let at: i64 = at.parse().ok()?;
     if now_secs < at - 60 || now_secs - at > CONSENT_TTL_SECS {
         return None;
     }
-    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(q)
-        .ok()?;
-    String::from_utf8(raw).ok()
+    let text = |b: &str| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(b)
+            .ok()
+            .and_then(|v| String::from_utf8(v).ok())
+    };
+    Some((text(q)?, text(shown)?))
 }
 
 /// The answer to a consent page. Every answer that goes back to the client is a `303 See
@@ -659,7 +667,7 @@ async fn answer_consent(
     }
     // The request travels in the form, bound to the session by the CSRF token's MAC, and is
     // validated again now: no server-side memory, so any instance can take the answer.
-    let Some(raw) = consent_request(&request_id, now_secs) else {
+    let Some((raw, shown_redirect)) = consent_request(&request_id, now_secs) else {
         return pages::error(
             StatusCode::BAD_REQUEST,
             "Request expired",
@@ -670,8 +678,10 @@ async fn answer_consent(
         Ok(q) => q,
         Err(e) => return pages::error(StatusCode::BAD_REQUEST, "Bad request", &e.description),
     };
-    // Each page is answered once: a re-posted form (the back button) changes nothing.
-    let page = grantline_ledger::secret_digest(request_id.as_bytes());
+    // Each page is answered once: a re-posted form (the back button) changes nothing. Its
+    // digest names the user too: another person answering the same request in the same
+    // second answers a page of their own.
+    let page = grantline_ledger::secret_digest(format!("{}|{request_id}", s.user_id).as_bytes());
     if app
         .projection
         .read()
@@ -688,6 +698,16 @@ async fn answer_consent(
         Ok(v) => v,
         Err(r) => return r,
     };
+    // The code goes where the page said it would, or nowhere: a client whose registration
+    // changed while the page was open (a metadata document's one redirect URI, named by a
+    // request that gave none) is not approved for an address the person never saw.
+    if v.redirect_uri != shown_redirect {
+        return pages::error(
+            StatusCode::BAD_REQUEST,
+            "The application changed",
+            "The application changed where it sends you back while this page was open. Start again from the application.",
+        );
+    }
     match get("decision").as_str() {
         "approve" => issue_code(&app, &ctx, &s, &v, Some(page)).await,
         "deny" => {
