@@ -1478,3 +1478,50 @@ async fn an_interrupted_backup_leaves_no_copy_behind() {
         assert_eq!(files(), Vec::<String>::new(), "{signal}: left behind");
     }
 }
+
+/// `verify` says how far a signature vouches for the chain: events after the newest checkpoint
+/// a trusted key signed hold together, but anyone who can write the database could have
+/// written them, so the `ok` line says how many are not covered yet. A ledger none of whose
+/// events is covered (its checkpoints deleted and the chain written again) proves nothing:
+/// exit 2, "cannot tell", as without a key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_says_what_no_signature_covers_and_cannot_tell_when_nothing_is() {
+    let db = testing::sqlite().await;
+    ledger_with_events(&db).await;
+    let url = db.url();
+    let key = vkey();
+    let Pool::Sqlite(p) = Store::connect(&db.db, false).await.unwrap().pool().clone() else {
+        unreachable!()
+    };
+    sqlx::query("DROP TRIGGER checkpoints_no_delete")
+        .execute(&p)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM checkpoints WHERE tree_size = 12")
+        .execute(&p)
+        .await
+        .unwrap();
+    let ok = grantline(&["verify", "--database", &url, "--public-key", &key]);
+    assert_eq!(ok.status.code(), Some(0), "{ok:?}");
+    let out = stdout(&ok);
+    assert!(
+        out.starts_with("ok: 12 events, 1 checkpoints, head "),
+        "{out}"
+    );
+    assert!(
+        out.contains("signed through seq 10, the 2 events after it not yet covered"),
+        "{out}"
+    );
+    sqlx::query("DELETE FROM checkpoints")
+        .execute(&p)
+        .await
+        .unwrap();
+    p.close().await;
+    let none = grantline(&["verify", "--database", &url, "--public-key", &key]);
+    assert_eq!(none.status.code(), Some(2), "{none:?}");
+    let out = stdout(&none);
+    assert!(
+        out.starts_with("CANNOT TELL: the chain of 12 events is intact, but no checkpoint signed"),
+        "{out}"
+    );
+}

@@ -205,6 +205,11 @@ pub struct Summary {
     pub from: u64,
     pub checkpoints: u64,
     pub head: Hash,
+    /// The size of the newest checkpoint a trusted key signed and the walk confirmed (the
+    /// checkpoint it began at, on a walk resumed from one; 0: none). The events after it hold
+    /// together as a chain, but no signature vouches for them yet: a writer without the key
+    /// could have rewritten them, and a ledger none of whose events is covered proves nothing.
+    pub signed_through: u64,
     /// Checkpoints signed only by keys not trusted here: the chain is intact, but whether it
     /// is the chain those checkpoints vouch for cannot be told without their key.
     pub untrusted: Vec<Untrusted>,
@@ -252,14 +257,24 @@ impl fmt::Display for Summary {
                 self.from,
                 self.checkpoints,
                 self.head
-            )
+            )?;
         } else {
             write!(
                 f,
                 "ok: {} events, {} checkpoints, head {}",
                 self.events, self.checkpoints, self.head
-            )
+            )?;
         }
+        if self.signed_through < self.events {
+            write!(
+                f,
+                "; signed through seq {}, the {} events after it not yet covered by a \
+                 checkpoint",
+                self.signed_through,
+                self.events - self.signed_through
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -953,6 +968,7 @@ impl ChainVerifier {
             from: self.from,
             checkpoints: self.checkpoints,
             head: self.prev,
+            signed_through: self.last_good,
             untrusted,
             never_in_force: self
                 .trusted

@@ -129,6 +129,22 @@ pub async fn run(loc: &Location, args: Args) -> Result<ExitCode> {
             );
             Ok(ExitCode::from(2))
         }
+        // Keys given, but none of the ledger's events under a signature they verify: nothing
+        // shows this is the chain they signed (its checkpoints removed and the chain written
+        // again, or a ledger never signed). A ledger is signed within seconds of its first
+        // events; a copy taken before that is the one honest case.
+        Ok(summary)
+            if summary.fully_trusted() && summary.events > 0 && summary.signed_through == 0 =>
+        {
+            println!(
+                "CANNOT TELL: the chain of {} events is intact, but no checkpoint signed by a \
+                 key trusted here covers any of it ({} checkpoints on the ledger; checkpoint \
+                 keys: {source}): its checkpoints were removed and the chain written again, or \
+                 it is a copy taken before its first checkpoint",
+                summary.events, summary.checkpoints
+            );
+            Ok(ExitCode::from(2))
+        }
         Ok(summary) if summary.fully_trusted() => {
             println!("{summary} (checkpoint keys: {source})");
             Ok(ExitCode::SUCCESS)
