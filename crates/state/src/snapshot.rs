@@ -30,8 +30,10 @@ use std::collections::HashMap;
 /// (a format 7 snapshot still holds the ones expired before it). 9: a client registered again
 /// over one the state holds (the configuration taking over a metadata-document client) stays
 /// disabled and used, and asks consents again for new redirect URIs (a format 8 snapshot
-/// folded such an event as a fresh client).
-pub const FORMAT: u32 = 9;
+/// folded such an event as a fresh client). 10: the tag covers the header (the format
+/// included): a file of an earlier format, whose tag did not, cannot be relabelled as this
+/// one and read under rules it was not folded by.
+pub const FORMAT: u32 = 10;
 
 /// Why a snapshot cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -195,9 +197,17 @@ pub fn encode(state: State, hash: &Hash, mac_key: &[u8; 32]) -> Result<Vec<u8>, 
         out.extend_from_slice(&(part.len() as u64).to_be_bytes());
         out.extend_from_slice(part);
     }
-    let tag = blake3::keyed_hash(mac_key, &out[tag_at + 32..]);
+    let tag = tag_of(mac_key, &out[..tag_at], &out[tag_at + 32..]);
     out[tag_at..tag_at + 32].copy_from_slice(tag.as_bytes());
     Ok(out)
+}
+
+/// The tag of a snapshot: its header (magic and format) and everything after the tag.
+fn tag_of(mac_key: &[u8; 32], header: &[u8], rest: &[u8]) -> blake3::Hash {
+    let mut h = blake3::Hasher::new_keyed(mac_key);
+    h.update(header);
+    h.update(rest);
+    h.finalize()
 }
 
 /// Takes `n` bytes off the front of `rest`.
@@ -228,10 +238,11 @@ pub fn decode(bytes: &[u8], mac_key: &[u8; 32]) -> Result<(Hash, State), Snapsho
     if found != FORMAT {
         return Err(SnapshotError::Format { found });
     }
+    let header = &bytes[..MAGIC.len() + 4];
     let mut tag = [0u8; 32];
     tag.copy_from_slice(take(&mut rest, 32, "tag")?);
     // blake3::Hash compares in constant time.
-    if blake3::keyed_hash(mac_key, rest) != blake3::Hash::from_bytes(tag) {
+    if tag_of(mac_key, header, rest) != blake3::Hash::from_bytes(tag) {
         return Err(SnapshotError::Tag);
     }
     let seq = be_u64(take(&mut rest, 8, "seq")?);

@@ -157,10 +157,19 @@ fn snapshots_of_another_format_or_damaged_are_refused() {
     }]));
     let bytes = snapshot::encode(s, &Hash([1; 32]), &KEY).unwrap();
     let mut other = bytes.clone();
-    other[11] = 8; // the format's last byte: the one before this build's
+    other[11] = 9; // the format's last byte: the one before this build's
     assert!(matches!(
         snapshot::decode(&other, &KEY),
-        Err(snapshot::SnapshotError::Format { found: 8 })
+        Err(snapshot::SnapshotError::Format { found: 9 })
+    ));
+    // A file of an earlier format (its tag over what follows the tag only) relabelled as this
+    // one: refused for its tag, not read under rules it was not folded by.
+    let mut relabelled = bytes.clone();
+    let old_tag = blake3::keyed_hash(&KEY, &relabelled[12 + 32..]);
+    relabelled[12..12 + 32].copy_from_slice(old_tag.as_bytes());
+    assert!(matches!(
+        snapshot::decode(&relabelled, &KEY),
+        Err(snapshot::SnapshotError::Tag)
     ));
     assert!(
         snapshot::decode(&bytes[..bytes.len() - 3], &KEY).is_err(),
