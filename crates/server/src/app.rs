@@ -96,6 +96,8 @@ pub struct Inner {
     /// Tokens issued at the token endpoint per user and client, or per machine client
     /// (`[oauth] tokens_per_hour`).
     pub token_issues: crate::throttle::AddressLimiter,
+    /// Identity assertions exchanged on this instance: each is good for one exchange.
+    pub exchanged_assertions: crate::spent::Spent,
     /// Sign-ins on the sign-in page per username (see `throttle::SIGN_INS_PER_USERNAME`).
     pub sign_ins: crate::throttle::AddressLimiter,
     /// One personal access token decided and appended at a time on this instance: the limit

@@ -35,6 +35,7 @@ pub mod session;
 pub mod signin;
 pub mod sinks;
 pub mod snapshots;
+pub mod spent;
 mod startup;
 pub mod throttle;
 pub mod trace;

@@ -212,6 +212,7 @@ impl App {
                 0,
                 crate::throttle::WINDOW_SECS,
             ),
+            exchanged_assertions: Default::default(),
             pat_decisions: Default::default(),
             refusals: Default::default(),
             audit_refusals: Default::default(),

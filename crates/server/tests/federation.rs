@@ -159,6 +159,15 @@ async fn federated_user(s: &Server, expires_in: i64) -> String {
 }
 
 /// The assertion the gateway sends the MCP server behind `path`.
+/// A fresh assertion id: each assertion is good for one exchange.
+fn random_jti() -> String {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    format!(
+        "req-{}",
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    )
+}
+
 fn assertion(s: &Server, user_id: &str, path: &str) -> String {
     let now = s.app.now().0 / 1_000_000;
     s.app.identity.sign_json(
@@ -166,7 +175,7 @@ fn assertion(s: &Server, user_id: &str, path: &str) -> String {
         &json!({
             "iss": s.base, "aud": format!("{}{path}#upstream", s.base), "sub": user_id,
             "client_id": "some-client", "scope": "notes:read", "iat": now, "exp": now + 60,
-            "jti": "req-1",
+            "jti": random_jti(),
         }),
     )
 }
@@ -264,6 +273,14 @@ backend_tests! {
             let (st, body) = exchange(&s, who, &token, &extra).await;
             assert_eq!((st, body["error"].as_str().unwrap_or("")), (status, error), "{what}: {body}");
         }
+
+        // Each assertion is good for one exchange: the same one again is refused, recorded
+        // nothing, and its id is not given up by the refusal.
+        let (st, body) = exchange(&s, notes, &a, &[]).await;
+        assert_eq!((st, body["error"].as_str().unwrap()), (StatusCode::BAD_REQUEST, "invalid_grant"), "{body}");
+        assert!(body["error_description"].as_str().unwrap().contains("exchanged already"), "{body}");
+        let (st, _) = exchange(&s, notes, &a, &[]).await;
+        assert_eq!(st, StatusCode::BAD_REQUEST);
 
         // The assertion lives 60 seconds.
         s.app.clock.advance(61);

@@ -102,6 +102,28 @@ pub async fn exchange(
         )?
     };
     tracing::Span::current().record("user_id", x.user_id.as_str());
+    // Each assertion is good for one exchange (on this instance): given back if this one
+    // fails before it is recorded, so that the upstream may try again with it.
+    let claim = match app
+        .exchanged_assertions
+        .claim(&x.assertion_id, assertion.expires, now)
+    {
+        Ok(c) => c,
+        Err(crate::spent::NotClaimed::Spent) => {
+            return Err(OAuthError::new(
+                ErrorCode::InvalidGrant,
+                "this identity assertion was exchanged already: each is good for one exchange",
+            )
+            .into());
+        }
+        Err(crate::spent::NotClaimed::Full) => {
+            return Err(OAuthError::new(
+                ErrorCode::TemporarilyUnavailable,
+                "too many exchanges under way; try again shortly",
+            )
+            .into());
+        }
+    };
     let (tokens, refreshed) = match app.upstream_token(&x.user_id, &x.provider, now).await {
         Ok(t) => t,
         Err(TokenError::None(p)) => {
@@ -142,10 +164,18 @@ pub async fn exchange(
             &app.sealing_subject(Some(&x.user_id), || format!("client:{}", x.client_id)),
         )
         .await?;
-    let (outcome, _) = app
+    let run = app
         .run(|s| exchanged(s, &x, refreshed, Some(meta.clone())))
-        .await?;
-    outcome?;
+        .await;
+    match run {
+        Ok((Err(e), _)) => return Err(e.into()),
+        Ok((Ok(()), _)) => claim.keep(),
+        // The append's outcome is not known: the assertion stays spent.
+        Err(e) => {
+            claim.keep();
+            return Err(e);
+        }
+    }
     let mut body = serde_json::json!({
         "access_token": tokens.access_token,
         "issued_token_type": TOKEN_TYPE_ACCESS,
