@@ -609,3 +609,39 @@ fn what_if_counts_a_refused_presentation_only_by_the_familys_client() {
         );
     }
 }
+
+/// `replay --until` lists a machine client's live access tokens (client credentials: no
+/// family), not only those of token families: a responder asking what was live misses none.
+#[test]
+fn the_summary_lists_live_tokens_of_no_family() {
+    let (events, n) = history_then(TokenIssued {
+        request: None,
+        family_id: None,
+        grant_type: GrantType::ClientCredentials,
+        client_id: "cli_0197a3c1f0d27c4e8b1a9d6e5f403a22".into(),
+        user_id: None,
+        resource: "r".into(),
+        scopes: vec!["read".into()],
+        access: access("m1"),
+        refresh: None,
+    });
+    let s = fold(&events);
+    let summary = grantline_state::history::Summary::of(&s, NOW);
+    let rows: Vec<_> = summary
+        .client_tokens
+        .iter()
+        .map(|t| (t.token_id.as_str(), t.client_id.as_str(), t.since.seq))
+        .collect();
+    assert_eq!(rows, [("at_m1", "cli_0197a3c1f0d27c4e8b1a9d6e5f403a22", n)]);
+    assert!(
+        summary
+            .families
+            .iter()
+            .flat_map(|f| &f.tokens)
+            .all(|t| t.family_id.is_some()),
+        "family tokens stay with their families"
+    );
+    // Expired, it is no longer live.
+    let later = grantline_state::history::Summary::of(&s, NOW.plus_secs(3600));
+    assert!(later.client_tokens.is_empty());
+}

@@ -298,6 +298,23 @@ fn print_summary(out: &mut impl Write, s: &Summary) -> Result<()> {
             )?;
         }
     }
+    writeln!(
+        out,
+        "\nlive client-credentials tokens ({})",
+        s.client_tokens.len()
+    )?;
+    for t in &s.client_tokens {
+        writeln!(
+            out,
+            "  {:<28} client {} {} [{}] since #{} expires {}",
+            t.token_id,
+            t.client_id,
+            t.resource,
+            t.scopes.join(" "),
+            t.since.seq,
+            short(t.expires_at)
+        )?;
+    }
     writeln!(out, "\nlive personal access tokens ({})", s.pats.len())?;
     for p in &s.pats {
         writeln!(

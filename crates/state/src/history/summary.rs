@@ -5,7 +5,8 @@ use grantline_ledger::Timestamp;
 use serde::Serialize;
 
 /// What was true at one moment: clients, users with roles, live grants, live families with
-/// their live tokens, live personal access tokens, and the families revoked by then with why.
+/// their live tokens, live tokens of no family (client credentials), live personal access
+/// tokens, and the families revoked by then with why.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Summary {
     /// The last event folded.
@@ -16,6 +17,8 @@ pub struct Summary {
     pub users: Vec<UserRow>,
     pub grants: Vec<GrantRow>,
     pub families: Vec<FamilyRow>,
+    /// Live access tokens of no family: machine clients' (client credentials).
+    pub client_tokens: Vec<TokenRow>,
     pub pats: Vec<PatRow>,
     pub revoked_families: Vec<RevokedRow>,
 }
@@ -279,6 +282,12 @@ impl Summary {
             .filter(|f| !f.tokens.is_empty())
             .collect();
         families.sort_by_key(|f| f.since.seq);
+        let mut client_tokens: Vec<TokenRow> = tokens
+            .iter()
+            .filter(|t| t.family_id.is_none())
+            .cloned()
+            .collect();
+        client_tokens.sort_by(|a, b| (a.since.seq, &a.token_id).cmp(&(b.since.seq, &b.token_id)));
         let mut revoked_families: Vec<RevokedRow> = state
             .families
             .values()
@@ -307,6 +316,7 @@ impl Summary {
             users,
             grants,
             families,
+            client_tokens,
             pats: live_pats(state, now),
             revoked_families,
         }
