@@ -44,6 +44,28 @@ fn plausible_host(h: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
 }
 
+/// The scheme and host a trusted proxy says the request was sent to.
+fn forwarded_origin<'h>(app: &App, h: &'h HeaderMap) -> Option<(&'static str, &'h str)> {
+    if !app.config.server.trust_forwarded_headers {
+        return None;
+    }
+    let host = last_forwarded(h, "x-forwarded-host").filter(|v| plausible_host(v))?;
+    let proto = match last_forwarded(h, "x-forwarded-proto") {
+        Some("http") => "http",
+        _ => "https",
+    };
+    Some((proto, host))
+}
+
+/// Whether the request's issuer is an `https` one (see [`RequestContext::https`]), without
+/// the rest of the context.
+pub fn over_https(app: &App, h: &HeaderMap) -> bool {
+    match forwarded_origin(app, h) {
+        Some((proto, _)) => proto == "https",
+        None => app.public_url.starts_with("https://"),
+    }
+}
+
 impl RequestContext {
     pub fn from_parts(app: &App, parts: &Parts) -> RequestContext {
         let h = &parts.headers;
@@ -59,13 +81,7 @@ impl RequestContext {
             .filter(|v| v.parse::<std::net::IpAddr>().is_ok())
             .map(str::to_string);
         let mut issuer = app.public_url.clone();
-        if trust
-            && let Some(host) = last_forwarded(h, "x-forwarded-host").filter(|v| plausible_host(v))
-        {
-            let proto = match last_forwarded(h, "x-forwarded-proto") {
-                Some("http") => "http",
-                _ => "https",
-            };
+        if let Some((proto, host)) = forwarded_origin(app, h) {
             let prefix = url::Url::parse(&app.public_url)
                 .map(|u| u.path().trim_end_matches('/').to_string())
                 .unwrap_or_default();

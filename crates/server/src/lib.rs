@@ -102,8 +102,10 @@ pub fn router(app: App) -> Router {
         });
     let metrics = axum::middleware::from_fn_with_state(app.clone(), metrics::track_http);
     let read_timeout = Duration::from_secs(app.config.server.read_timeout_secs);
+    let hsts = axum::middleware::from_fn_with_state(app.clone(), strict_transport);
     routes::router()
         .route("/", get(home))
+        .layer(hsts)
         .layer(axum::middleware::from_fn(move |req, next| {
             connections::body_deadline(read_timeout, req, next)
         }))
@@ -115,6 +117,26 @@ pub fn router(app: App) -> Router {
         .layer(axum::middleware::map_request(
             move |req: Request<axum::body::Body>| async move { inbound_request_id(req, trust) },
         ))
+}
+
+/// Served over HTTPS (an https issuer: `public_url`, or a trusted proxy's forwarded scheme),
+/// browsers are told to use nothing else for a year (RFC 6797): a sign-in or consent page
+/// reached once over plain HTTP could be rewritten on the way. Subdomains are not the
+/// server's to speak for.
+async fn strict_transport(
+    axum::extract::State(app): axum::extract::State<App>,
+    req: Request<axum::body::Body>,
+    next: axum::middleware::Next,
+) -> Response {
+    let https = context::over_https(&app, req.headers());
+    let mut r = next.run(req).await;
+    if https {
+        r.headers_mut().insert(
+            axum::http::header::STRICT_TRANSPORT_SECURITY,
+            axum::http::HeaderValue::from_static("max-age=31536000"),
+        );
+    }
+    r
 }
 
 /// The most of a request's path a log line carries: a path may be as long as a request's head.

@@ -305,6 +305,17 @@ async fn forwarded_headers_are_used_only_when_trusted_and_cookies_harden_on_http
     for attr in ["; Secure", "; HttpOnly", "; SameSite=Lax", "; Path=/"] {
         assert!(cookie.contains(attr), "{cookie}");
     }
+    // Over HTTPS, browsers are told to keep to it (RFC 6797); over plain HTTP the header
+    // means nothing, and is not sent.
+    assert_eq!(r.headers()["strict-transport-security"], "max-age=31536000");
+    let r = browser()
+        .get(trusting.url("/login"))
+        .header("x-forwarded-proto", "http")
+        .header("x-forwarded-host", "auth.example.com")
+        .send()
+        .await
+        .unwrap();
+    assert!(r.headers().get("strict-transport-security").is_none());
     trusting.stop().await;
 
     let db = sqlite().await;
@@ -329,6 +340,7 @@ async fn forwarded_headers_are_used_only_when_trusted_and_cookies_harden_on_http
         "{cookie}"
     );
     assert!(cookie.contains("HttpOnly"));
+    assert!(r.headers().get("strict-transport-security").is_none());
     plain.stop().await;
 }
 
