@@ -223,6 +223,9 @@ pub struct Consent<'a> {
     pub resource_name: &'a str,
     pub resource_id: &'a str,
     pub scopes: Vec<(String, String)>,
+    /// For a client that gets refresh tokens: how many days it may stay connected without
+    /// asking again (the refresh tokens' absolute lifetime), shown whatever scopes it named.
+    pub stays_connected_days: Option<u64>,
     pub request_id: &'a str,
     pub csrf: &'a str,
     pub logout_csrf: &'a str,
@@ -253,6 +256,17 @@ pub fn consent(c: &Consent<'_>) -> Response {
         .iter()
         .map(|(name, desc)| format!("<li>{} <small>({})</small></li>", esc(desc), esc(name)))
         .collect();
+    let stays = c.stays_connected_days.map_or(String::new(), |days| {
+        let days = if days == 1 {
+            "a day".to_string()
+        } else {
+            format!("{days} days")
+        };
+        format!(
+            "<p>It can stay connected for up to {days} without asking you again; you can \
+             disconnect it on your account page at any time.</p>"
+        )
+    });
     let (headline, ask, approve) = if c.confirm {
         (
             format!("Continue to {} as {}?", esc(c.client_name), esc(c.username)),
@@ -274,7 +288,7 @@ pub fn consent(c: &Consent<'_>) -> Response {
          <small>({client_id})</small> asks to use \
          <strong>{resource}</strong> <small>({resource_id})</small> on your behalf.</p>\
          <p>After you decide you will be sent to <span class=\"host\">{host}</span>.</p>\
-         <p>It will be able to:</p><ul>{scopes}</ul></div>\
+         <p>It will be able to:</p><ul>{scopes}</ul>{stays}</div>\
          <form method=\"post\" action=\"{base}/oauth/consent\">\
          <input type=\"hidden\" name=\"request_id\" value=\"{rid}\">\
          <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\

@@ -2497,3 +2497,70 @@ async fn an_approval_goes_where_its_page_said_or_nowhere() {
     );
     s.stop().await;
 }
+
+/// A client that gets refresh tokens gets them whatever scopes it asks for, so the consent page
+/// says how long it may stay connected (the refresh tokens' absolute lifetime) even when it
+/// did not ask for `offline_access`; a client registered without the grant is not said to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_consent_page_says_how_long_a_client_may_stay_connected() {
+    let db = sqlite().await;
+    let (s, _d) = server_with(&db, |_| {}).await;
+    let b = browser();
+    login(&s, &b).await;
+    let resource = s.resource();
+    let page_for = |client: String| {
+        let (b, s) = (b.clone(), &s);
+        let resource = resource.clone();
+        async move {
+            let (_, challenge) = pkce();
+            let p = params_for(&client, &challenge, &resource);
+            let r = b.get(authorize_url(s, &p)).send().await.unwrap();
+            assert_eq!(r.status(), StatusCode::OK);
+            r.text().await.unwrap()
+        }
+    };
+    let refreshing = register_public(&s, REDIRECT).await;
+    let page = page_for(refreshing).await;
+    assert!(
+        page.contains("stay connected for up to 30 days without asking you again"),
+        "{page}"
+    );
+    let r = try_register(
+        &s,
+        &serde_json::json!({
+            "client_name": "Once only",
+            "redirect_uris": [REDIRECT],
+            "token_endpoint_auth_method": "none",
+            "grant_types": ["authorization_code"],
+        }),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let once = r.json::<Value>().await.unwrap()["client_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let page = page_for(once).await;
+    assert!(
+        page.contains("Once only") && !page.contains("stay connected"),
+        "{page}"
+    );
+    s.stop().await;
+}
+
+fn params_for<'a>(
+    client: &'a str,
+    challenge: &'a str,
+    resource: &'a str,
+) -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("response_type", "code"),
+        ("client_id", client),
+        ("redirect_uri", REDIRECT),
+        ("scope", "demo:read"),
+        ("state", "st"),
+        ("code_challenge", challenge),
+        ("code_challenge_method", "S256"),
+        ("resource", resource),
+    ]
+}

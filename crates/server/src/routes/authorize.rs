@@ -493,6 +493,23 @@ pub async fn authorize(
         resource_name: &v.resource.name,
         resource_id: &v.resource.id,
         scopes,
+        // Refresh tokens come with any scope to a client registered for them, so the page
+        // says so whether or not it asked for `offline_access`.
+        stays_connected_days: app
+            .projection
+            .read()
+            .clients
+            .get(&v.client_id)
+            .is_some_and(|c| {
+                c.grant_types
+                    .contains(&grantline_ledger::GrantType::RefreshToken)
+            })
+            .then(|| {
+                app.settings_for(&ctx.issuer)
+                    .lifetimes
+                    .refresh_absolute
+                    .div_ceil(86_400)
+            }),
         request_id: &request_id,
         csrf: &session::csrf(&app, &format!("{}|{request_id}", s.session_id), "consent"),
         logout_csrf: &session::csrf(&app, &s.session_id, "logout"),
