@@ -102,9 +102,9 @@ pub async fn exchange(
         )?
     };
     tracing::Span::current().record("user_id", x.user_id.as_str());
-    // Each assertion is good for one exchange (on this instance): given back if this one
-    // fails before it is recorded, so that the upstream may try again with it.
-    let claim = match app
+    // Each assertion is good for a few exchanges (on this instance): one that fails before it
+    // is recorded does not count, so that the upstream may try again with it.
+    let mut claim = match app
         .exchanged_assertions
         .claim(&x.assertion_id, assertion.expires, now)
     {
@@ -112,7 +112,7 @@ pub async fn exchange(
         Err(crate::spent::NotClaimed::Spent) => {
             return Err(OAuthError::new(
                 ErrorCode::InvalidGrant,
-                "this identity assertion was exchanged already: each is good for one exchange",
+                "this identity assertion was exchanged as often as it may be: take the one of the next call",
             )
             .into());
         }
@@ -164,17 +164,13 @@ pub async fn exchange(
             &app.sealing_subject(Some(&x.user_id), || format!("client:{}", x.client_id)),
         )
         .await?;
-    let run = app
+    claim.committing();
+    let (outcome, _) = app
         .run(|s| exchanged(s, &x, refreshed, Some(meta.clone())))
-        .await;
-    match run {
-        Ok((Err(e), _)) => return Err(e.into()),
-        Ok((Ok(()), _)) => claim.keep(),
-        // The append's outcome is not known: the assertion stays spent.
-        Err(e) => {
-            claim.keep();
-            return Err(e);
-        }
+        .await?;
+    if let Err(e) = outcome {
+        claim.refused();
+        return Err(e.into());
     }
     let mut body = serde_json::json!({
         "access_token": tokens.access_token,
