@@ -12,7 +12,7 @@ use std::path::Path;
 pub const FILE: &str = "access-token.key";
 pub const ENV: &str = "GRANTLINE_ACCESS_TOKEN_KEY";
 
-fn parse(text: &str) -> Result<SigningKey> {
+pub(crate) fn parse(text: &str) -> Result<SigningKey> {
     let bytes = STANDARD
         .decode(text.trim())
         .context("access-token key is not base64")?;

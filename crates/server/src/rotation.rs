@@ -52,19 +52,24 @@ pub async fn rotate_keys(opts: Options) -> Result<Rotated> {
         dir.join(format!("{}.next", keyfile::KEY_FILE)),
         dir.join(format!("{}.next", crate::keys::FILE)),
     );
-    for p in [&next_cp, &next_at] {
-        if p.exists() {
-            bail!(
-                "{} exists: an earlier rotation did not finish; see docs/operations.md \
-                 (\"Rotating keys\")",
-                p.display()
-            );
+    // An earlier rotation that did not finish (its outcome unknown, or the swap failed):
+    // finished if the ledger recorded it, else its keys are discarded and this one goes on.
+    if next_cp.exists() || next_at.exists() {
+        if let Some(done) = finish_earlier(&opts, &old, &next_cp, &next_at).await? {
+            return Ok(done);
         }
     }
-    keyfile::write_private(&next_cp, &new.to_private_string())?;
-    keyfile::write_private(&next_at, &STANDARD.encode(seed))?;
 
     let app = App::start(opts).await?;
+    // Written only now, once the ledger is open (a start that fails leaves nothing behind),
+    // and before the rotation is recorded (a crash after the append leaves the keys on disk).
+    if let Err(e) = keyfile::write_private(&next_cp, &new.to_private_string())
+        .and_then(|()| keyfile::write_private(&next_at, &STANDARD.encode(seed)))
+    {
+        app.ledger.shutdown().await;
+        discard(&next_cp, &next_at);
+        return Err(e.into());
+    }
     let public = |k: &JwtSigner| URL_SAFE_NO_PAD.encode(k.key.verifying_key().as_bytes());
     let rotation = Rotation {
         checkpoint: NewKey {
@@ -92,11 +97,24 @@ pub async fn rotate_keys(opts: Options) -> Result<Rotated> {
             discard(&next_cp, &next_at);
             bail!("rotation refused: {}", e.description);
         }
-        Err(e) => {
-            app.ledger.shutdown().await;
-            discard(&next_cp, &next_at);
-            return Err(anyhow::anyhow!("{e}")).context("recording the rotation");
-        }
+        // The append's outcome is not known (its answer was lost): the ledger says.
+        Err(e) => match recorded_rotation(app.store(), &new.verifier().key_id_hex()).await {
+            Ok(Some(r)) => vec![r],
+            Ok(None) => {
+                app.ledger.shutdown().await;
+                discard(&next_cp, &next_at);
+                return Err(anyhow::anyhow!("{e}")).context("recording the rotation");
+            }
+            Err(read) => {
+                app.ledger.shutdown().await;
+                bail!(
+                    "recording the rotation: {e}; whether it was recorded cannot be read now \
+                     ({read}): the new keys are kept beside the old as *.next. Run `grantline \
+                     key rotate` again once the database answers: it finishes the rotation if \
+                     it was recorded, else discards them"
+                );
+            }
+        },
     };
     // The old key's last checkpoint covers the handover. If it cannot be written now, the
     // new key's first checkpoint will cover it: the files are swapped either way, since from
@@ -133,6 +151,69 @@ fn swap(dir: &Path, name: &str) -> Result<()> {
         )
     })?;
     Ok(())
+}
+
+/// The `signing_key.rotated` of checkpoint key `key_id`, if the ledger holds one.
+async fn recorded_rotation(
+    store: &grantline_store::Store,
+    key_id: &str,
+) -> Result<Option<grantline_ledger::Recorded>> {
+    Ok(store.key_events(u64::MAX).await?.into_iter().find(|r| {
+        matches!(r.payload(), grantline_ledger::Payload::SigningKeyRotated(k)
+            if k.purpose == grantline_ledger::KeyPurpose::Checkpoint && k.key_id == key_id)
+    }))
+}
+
+/// Settles the `*.next` keys an earlier rotation left: when the ledger recorded their
+/// rotation, they are put in place and that rotation is what this one did; when it did not,
+/// they are discarded (`None`: rotate afresh). Read without starting the server, which would
+/// refuse a ledger whose key in force is one of them.
+async fn finish_earlier(
+    opts: &Options,
+    old: &NoteSigner,
+    next_cp: &Path,
+    next_at: &Path,
+) -> Result<Option<Rotated>> {
+    let Some(new) = std::fs::read_to_string(next_cp)
+        .ok()
+        .and_then(|t| NoteSigner::parse(t.trim()).ok())
+    else {
+        // No readable new checkpoint key: nothing can have been recorded with it in force
+        // that this directory could sign for; an access-token key alone is never recorded.
+        discard(next_cp, next_at);
+        return Ok(None);
+    };
+    let store = grantline_store::Store::connect(&opts.database, false)
+        .await
+        .context("reading the ledger to settle an earlier rotation's keys (*.next)")?;
+    let found = recorded_rotation(&store, &new.verifier().key_id_hex()).await;
+    store.close().await;
+    let Some(r) = found.context("reading the ledger to settle an earlier rotation's keys")? else {
+        tracing::warn!("an earlier rotation was not recorded: its keys (*.next) are discarded");
+        discard(next_cp, next_at);
+        return Ok(None);
+    };
+    let access_token_kid = match std::fs::read_to_string(next_at) {
+        Ok(seed) => crate::keys::parse(seed.trim())
+            .map(|k| JwtSigner::new(k).kid)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", next_at.display()))?,
+        Err(_) => bail!(
+            "the ledger recorded the rotation to checkpoint key {}, but {} is missing: restore \
+             it from a backup of the data directory",
+            new.verifier(),
+            next_at.display()
+        ),
+    };
+    let dir = &opts.data_dir;
+    swap(dir, keyfile::KEY_FILE)?;
+    swap(dir, crate::keys::FILE)?;
+    keyfile::record_rotation(dir, &old.verifier(), &new.verifier())?;
+    Ok(Some(Rotated {
+        checkpoint_key: new.verifier().to_string(),
+        previous_checkpoint_key: old.verifier().to_string(),
+        access_token_kid,
+        seq: r.seq(),
+    }))
 }
 
 fn discard(a: &Path, b: &Path) {

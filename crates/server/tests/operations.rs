@@ -163,6 +163,47 @@ grantline_store::backend_tests! {
         s.stop().await;
     }
 
+    /// A rotation whose outcome was not known (its answer lost, the files not swapped) is
+    /// settled by the next `key rotate`: finished when the ledger recorded it — the server then
+    /// starts on the keys in force — and its keys discarded when it did not.
+    async fn an_unfinished_key_rotation_is_finished_or_discarded_by_the_next(db: TestDb) {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let cfg = config(d, 30, 60);
+        let options = || command_options(&db, d, cfg.clone());
+        let s = Server::start(&db, d.to_path_buf(), cfg.clone()).await;
+        s.stop().await;
+        let (cp, at) = (d.join("checkpoint.key"), d.join("access-token.key"));
+        let (old_cp, old_at) = (std::fs::read(&cp).unwrap(), std::fs::read(&at).unwrap());
+        // Recorded, not swapped: the new keys beside the old as *.next.
+        let recorded = grantline_server::rotation::rotate_keys(options()).await.unwrap();
+        std::fs::rename(&cp, d.join("checkpoint.key.next")).unwrap();
+        std::fs::rename(&at, d.join("access-token.key.next")).unwrap();
+        for (path, bytes) in [(&cp, &old_cp), (&at, &old_at)] {
+            std::fs::write(path, bytes).unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        let finished = grantline_server::rotation::rotate_keys(options()).await.unwrap();
+        assert_eq!(finished.checkpoint_key, recorded.checkpoint_key);
+        assert_eq!(finished.seq, recorded.seq);
+        assert!(!d.join("checkpoint.key.next").exists());
+        let s = Server::start(&db, d.to_path_buf(), cfg.clone()).await;
+        assert_eq!(s.app.checkpoint_verifier, recorded.checkpoint_key);
+        s.stop().await;
+        // Never recorded (keys of a rotation whose append failed before it was written): the
+        // next rotation discards them and rotates afresh.
+        let stray = grantline_ledger::NoteSigner::generate("grantline.localhost/ledger").unwrap();
+        std::fs::write(d.join("checkpoint.key.next"), stray.to_private_string()).unwrap();
+        std::fs::write(d.join("access-token.key.next"), "AAAA").unwrap();
+        let fresh = grantline_server::rotation::rotate_keys(options()).await.unwrap();
+        assert_ne!(fresh.checkpoint_key, stray.verifier().to_string());
+        assert_eq!(fresh.previous_checkpoint_key, recorded.checkpoint_key);
+        let s = Server::start(&db, d.to_path_buf(), cfg).await;
+        assert_eq!(s.app.checkpoint_verifier, fresh.checkpoint_key);
+        s.stop().await;
+    }
+
     async fn a_command_started_before_a_key_rotation_signs_no_checkpoint_after_it(db: TestDb) {
         let dir = tempfile::tempdir().unwrap();
         let cfg = config(dir.path(), 30, 60);
