@@ -95,8 +95,15 @@ async fn handle(
     let issuable = {
         let state = app.projection.read();
         match &req {
+            // A rotated token presented again within the grace period (a client retrying
+            // after a lost answer) is not counted: told to wait, it would come back after
+            // the grace as reuse and lose its family. Such retries are capped per token.
             TokenRequest::Refresh(r) => attempt.family_id.as_deref().is_some_and(|f| {
-                state.family_live(f)
+                state
+                    .refresh_tokens
+                    .get(&grantline_ledger::secret_digest(r.refresh_token.as_bytes()))
+                    .is_some_and(|t| t.unused())
+                    && state.family_live(f)
                     && !grantline_oauth::grants::refresh_token::refused_at_once(
                         &state,
                         &client,
@@ -119,7 +126,7 @@ async fn handle(
             let e = OAuthError::new(
                 grantline_oauth::ErrorCode::TemporarilyUnavailable,
                 format!(
-                    "too many tokens issued to this client in the last hour (at most {}); try again later",
+                    "too many tokens issued to this client this hour (at most {} an hour); try again later",
                     app.config.oauth.tokens_per_hour
                 ),
             );
@@ -182,7 +189,12 @@ async fn handle(
             };
             req.decide(s, &client, &c)
         })
-        .await?;
+        .await
+        // The ledger failed (down, or conflicts without end): whatever it may have kept, the
+        // client got no tokens, and a client retrying through an outage must not find its
+        // hour used up when the ledger is back. A caller cannot cause this; one who hangs up
+        // mid-append is still counted (see `Issuing`).
+        .inspect_err(|_| issuing.issued_nothing())?;
     // A refusal that is itself an event (code replay, refresh reuse) needs no second record.
     attempt.recorded = !recorded.is_empty();
     if outcome.is_err() {
