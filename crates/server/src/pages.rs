@@ -263,8 +263,8 @@ pub fn consent(c: &Consent<'_>) -> Response {
             format!("{days} days")
         };
         format!(
-            "<p>It can stay connected for up to {days} without asking you again; you can \
-             disconnect it on your account page at any time.</p>"
+            "<p>It can keep its access for up to {days} without you signing in again; you \
+             can disconnect it on your account page at any time.</p>"
         )
     });
     let (headline, ask, approve) = if c.confirm {

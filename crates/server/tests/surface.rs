@@ -2386,12 +2386,28 @@ async fn the_admin_apis_single_actions_record_the_reason_given() {
     )
     .await;
     assert_eq!(r.status(), StatusCode::OK);
-    // A client, with no body at all: the default.
-    let r = post(format!("/admin/api/clients/{client}/disable"), None).await;
+    // A client, with a blank reason: the default, as with no body at all.
+    let r = post(
+        format!("/admin/api/clients/{client}/disable"),
+        Some(serde_json::json!({"reason": "  "})),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let pat2 = admin_pat(&s, "demo", "demo:read").await;
+    let r = post(
+        format!("/admin/api/pats/{}/revoke", get(&pat2, "pat_id")),
+        None,
+    )
+    .await;
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(
         reasons(&s).await,
-        ["INC-7: leaked in a log", "INC-8", "disabled by an admin"]
+        [
+            "INC-7: leaked in a log",
+            "INC-8",
+            "disabled by an admin",
+            "revoked by an administrator"
+        ]
     );
     s.stop().await;
 }
@@ -2522,7 +2538,7 @@ async fn the_consent_page_says_how_long_a_client_may_stay_connected() {
     let refreshing = register_public(&s, REDIRECT).await;
     let page = page_for(refreshing).await;
     assert!(
-        page.contains("stay connected for up to 30 days without asking you again"),
+        page.contains("keep its access for up to 30 days without you signing in again"),
         "{page}"
     );
     let r = try_register(
@@ -2542,7 +2558,7 @@ async fn the_consent_page_says_how_long_a_client_may_stay_connected() {
         .to_string();
     let page = page_for(once).await;
     assert!(
-        page.contains("Once only") && !page.contains("stay connected"),
+        page.contains("Once only") && !page.contains("keep its access"),
         "{page}"
     );
     s.stop().await;

@@ -121,7 +121,8 @@ async fn admin_reason(
         return Ok((admin, None));
     }
     let (admin, r) = admin_json::<Reason>(app, ctx, headers, body).await?;
-    Ok((admin, r.reason))
+    // A blank reason is none: the default is recorded, as for every action alike.
+    Ok((admin, r.reason.filter(|r| !r.trim().is_empty())))
 }
 
 /// The admin calling, or the response refusing them.
