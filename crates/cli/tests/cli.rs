@@ -1493,6 +1493,14 @@ async fn verify_says_what_no_signature_covers_and_cannot_tell_when_nothing_is() 
     let Pool::Sqlite(p) = Store::connect(&db.db, false).await.unwrap().pool().clone() else {
         unreachable!()
     };
+    // The newest checkpoint, as a witness would hold it.
+    let note: String = sqlx::query_scalar("SELECT note FROM checkpoints WHERE tree_size = 12")
+        .fetch_one(&p)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let held = dir.path().join("held");
+    std::fs::write(&held, note).unwrap();
     sqlx::query("DROP TRIGGER checkpoints_no_delete")
         .execute(&p)
         .await
@@ -1524,4 +1532,16 @@ async fn verify_says_what_no_signature_covers_and_cannot_tell_when_nothing_is() 
         out.starts_with("CANNOT TELL: the chain of 12 events is intact, but no checkpoint signed"),
         "{out}"
     );
+    // A held checkpoint that holds vouches for what it covers.
+    let vouched = grantline(&[
+        "verify",
+        "--database",
+        &url,
+        "--public-key",
+        &key,
+        "--checkpoint",
+        held.to_str().unwrap(),
+    ]);
+    assert_eq!(vouched.status.code(), Some(0), "{vouched:?}");
+    assert!(!stdout(&vouched).contains("not yet covered"), "{vouched:?}");
 }

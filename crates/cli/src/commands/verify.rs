@@ -86,17 +86,23 @@ pub async fn run(loc: &Location, args: Args) -> Result<ExitCode> {
         Err(StartError::Finding(f)) => Err(f),
         Ok(s) => Ok(s),
     };
-    if let Ok(summary) = &outcome {
+    let mut outcome = outcome;
+    if let Ok(summary) = &mut outcome {
         // Every held checkpoint is judged; a finding (1) outweighs a "cannot tell" (2).
         let mut worst: Option<u8> = None;
+        let mut held_through = 0;
         for path in &args.held {
-            if let Some(code) = held_checkpoint(&store, &trusted, summary, path).await? {
-                worst = Some(worst.map_or(code, |w| w.min(code)));
+            match held_checkpoint(&store, &trusted, summary, path).await? {
+                Ok(size) => held_through = held_through.max(size),
+                Err(code) => worst = Some(worst.map_or(code, |w| w.min(code))),
             }
         }
         if let Some(code) = worst {
             return Ok(ExitCode::from(code));
         }
+        // A held checkpoint that holds vouches for the events it covers, whatever the
+        // ledger's own checkpoints do.
+        summary.signed_through = summary.signed_through.max(held_through);
     }
     match outcome {
         Ok(summary) if !summary.never_in_force.is_empty() => {
@@ -174,15 +180,15 @@ pub async fn run(loc: &Location, args: Args) -> Result<ExitCode> {
     }
 }
 
-/// Checks a checkpoint held elsewhere against the ledger just walked: `None` when it holds, else
-/// the exit code, its reason printed (1: the ledger is not the one it signed; 2: it cannot be
-/// judged here).
+/// Checks a checkpoint held elsewhere against the ledger just walked: its tree size when it
+/// holds, else the exit code, its reason printed (1: the ledger is not the one it signed; 2: it
+/// cannot be judged here).
 async fn held_checkpoint(
     store: &Store,
     trusted: &[grantline_ledger::NoteVerifier],
     summary: &grantline_ledger::verify::Summary,
     path: &std::path::Path,
-) -> Result<Option<u8>> {
+) -> Result<Result<u64, u8>> {
     let note =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut keys = trusted.to_vec();
@@ -194,7 +200,7 @@ async fn held_checkpoint(
                 "CANNOT TELL: the held checkpoint {} does not open with the keys trusted here: {e}",
                 path.display()
             );
-            return Ok(Some(2));
+            return Ok(Err(2));
         }
     };
     if cp.size > summary.events {
@@ -205,7 +211,7 @@ async fn held_checkpoint(
             path.display(),
             cp.size
         );
-        return Ok(Some(1));
+        return Ok(Err(1));
     }
     // A stored checkpoint of that size gives the root at once, if its own note opens with the
     // keys trusted here (a row signed by anyone else, which the walk could not judge, proves
@@ -236,9 +242,9 @@ async fn held_checkpoint(
             cp.size,
             path.display()
         );
-        return Ok(Some(1));
+        return Ok(Err(1));
     }
-    Ok(None)
+    Ok(Ok(cp.size))
 }
 
 /// Whether the local key history speaks for this check: its first key is what was trusted (no
