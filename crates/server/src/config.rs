@@ -417,6 +417,14 @@ pub struct ServerSection {
     /// Everyone together holds at most `max_connections` of them; over that, 503.
     #[serde(default = "default_upstream_per_caller")]
     pub upstream_exchanges_per_caller: usize,
+    /// Answers served over HTTPS carry `Strict-Transport-Security` (a year, this host only);
+    /// off for a host name shared with plain-HTTP services, or a developer's `https://localhost`.
+    #[serde(default = "default_true")]
+    pub strict_transport_security: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_upstream_per_caller() -> usize {
@@ -434,6 +442,7 @@ impl Default for ServerSection {
             read_timeout_secs: default_read_timeout_secs(),
             max_connections: None,
             upstream_exchanges_per_caller: default_upstream_per_caller(),
+            strict_transport_security: true,
         }
     }
 }

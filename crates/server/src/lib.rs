@@ -128,7 +128,8 @@ async fn strict_transport(
     req: Request<axum::body::Body>,
     next: axum::middleware::Next,
 ) -> Response {
-    let https = context::over_https(&app, req.headers());
+    let https =
+        app.config.server.strict_transport_security && context::over_https(&app, req.headers());
     let mut r = next.run(req).await;
     if https {
         r.headers_mut().insert(

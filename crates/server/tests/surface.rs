@@ -317,6 +317,21 @@ async fn forwarded_headers_are_used_only_when_trusted_and_cookies_harden_on_http
         .unwrap();
     assert!(r.headers().get("strict-transport-security").is_none());
     trusting.stop().await;
+    // Turned off (a host name shared with plain-HTTP services): not sent over HTTPS either.
+    let (quiet, _d) = server_with(&db, |c| {
+        c.server.trust_forwarded_headers = true;
+        c.server.strict_transport_security = false;
+    })
+    .await;
+    let r = browser()
+        .get(quiet.url("/login"))
+        .header("x-forwarded-proto", "https")
+        .header("x-forwarded-host", "auth.example.com")
+        .send()
+        .await
+        .unwrap();
+    assert!(r.headers().get("strict-transport-security").is_none());
+    quiet.stop().await;
 
     let db = sqlite().await;
     let (plain, _d) = server_with(&db, |_| {}).await;
