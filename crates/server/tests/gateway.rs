@@ -2148,3 +2148,79 @@ async fn a_call_the_role_refuses_asks_the_upstream_nothing() {
     assert_eq!(asked[0]["method"], "tools/list", "{asked:?}");
     s.stop().await;
 }
+
+/// A reload that raises what a tool needs (here `stream_tool` to the write scope) reaches a
+/// call already under way: its stream, judged again each second, is judged by the scope the
+/// policy in force asks for, not the one it was judged on, and ends for a caller holding only
+/// the read scope. A resource the reload points at another upstream ends its streams too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_under_way_needs_what_the_reloaded_policy_asks() {
+    let db = grantline_store::testing::sqlite().await;
+    let (up_url, _up) = start_upstream().await;
+    let (s, _d) = gateway_server(&db, &up_url).await;
+    let token = token_for(&s, &s.url("/mcp/up"), "up:read").await;
+    let ends = |r: reqwest::Response| async move {
+        tokio::time::timeout(std::time::Duration::from_secs(6), read_on(r))
+            .await
+            .expect("the stream stayed open")
+            .unwrap()
+    };
+    let call = json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+        "params": {"name": "stream_tool", "arguments": {"linger": true}}});
+    let before = (*s.app.policy_config()).clone();
+    let mut r = rpc(&s, "/mcp/up", Some(&token), call.clone()).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(first_chunk(&mut r).await.contains("done"));
+    let mut raised = before.clone();
+    raised.resources.as_mut().unwrap()[1]
+        .tools
+        .insert("stream_tool".into(), "up:write".into());
+    s.app.reload(raised).await.unwrap();
+    assert_eq!(ends(r).await, Ok(()));
+    // Pointed elsewhere: the streams of the old upstream end.
+    s.app.reload(before.clone()).await.unwrap();
+    let mut r = rpc(&s, "/mcp/up", Some(&token), call).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(first_chunk(&mut r).await.contains("done"));
+    let (other_url, _other) = start_upstream().await;
+    let mut moved = before;
+    moved.resources.as_mut().unwrap()[1].upstream = Some(other_url);
+    s.app.reload(moved).await.unwrap();
+    assert_eq!(ends(r).await, Ok(()));
+    s.stop().await;
+}
+
+/// A call that waited for its tool's annotations while a reload made new mounts reads them
+/// where they were learnt: a read tool stays a read tool (before, the call looked in the
+/// mounts it began with, found none, and needed the write scope).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_that_waited_through_a_reload_reads_the_annotations_it_waited_for() {
+    let db = grantline_store::testing::sqlite().await;
+    let (up_url, up) = start_upstream().await;
+    let (s, _d) = gateway_server(&db, &up_url).await;
+    let token = token_for(&s, &s.url("/mcp/up"), "up:read").await;
+    let asking = s.app.mounts().asking("up");
+    let held = asking.lock().await;
+    let call = {
+        let (s_url, token) = (s.url("/mcp/up"), token.clone());
+        tokio::spawn(async move {
+            browser()
+                .post(s_url)
+                .header("accept", "application/json, text/event-stream")
+                .bearer_auth(token)
+                .json(&call(5, "read_tool"))
+                .send()
+                .await
+                .unwrap()
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let mut next = (*s.app.policy_config()).clone();
+    next.rate_limits.client_per_minute = 7;
+    s.app.reload(next).await.unwrap();
+    drop(held);
+    let r = call.await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap());
+    assert_eq!(up.ran.lock().unwrap().len(), 1);
+    s.stop().await;
+}

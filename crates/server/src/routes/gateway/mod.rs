@@ -822,7 +822,9 @@ impl Request<'_> {
             let probe = upstream::identity(self.app, self.ctx, caller);
             upstream::learn_tools(self.app, mount, &self.headers, &probe, &c.tool).await;
         }
-        let annotations = mounts.annotations(&mount.name, &c.tool);
+        // Read where they were learnt: the mounts in force now (a reload while the call
+        // waited for them made new ones).
+        let annotations = self.app.mounts().annotations(&mount.name, &c.tool);
         (
             Some(
                 mount

@@ -114,12 +114,37 @@ impl Standing {
             &self.default_scopes,
         )?;
         let mounts = app.mounts();
+        // Under a policy reloaded since the judgement, what the request needs is read from its
+        // resource as configured now (a tool's scope may have changed), and a resource removed
+        // or pointed at another upstream takes its requests with it: they were judged to go
+        // where the policy in force no longer sends them.
+        let reloaded = !Arc::ptr_eq(&mounts, &self.mounts);
+        let now_mount = if reloaded {
+            let before = self.mounts.by_name.get(&self.mount);
+            match (before, mounts.by_name.get(&self.mount)) {
+                (Some(b), Some(n)) if b.upstream == n.upstream => Some(n),
+                _ => {
+                    return Err(Denial::new(
+                        grantline_gateway::challenge::DenialKind::Forbidden,
+                        "role",
+                        Vec::new(),
+                    ));
+                }
+            }
+        } else {
+            None
+        };
         match &self.need {
             Need::Live => Ok(()),
             Need::Read { scope } => {
+                let scope = now_mount.map_or(scope.as_str(), |m| m.scopes.read.as_str());
                 authority::check_read(&caller, &mounts.roles, &self.mount, scope)
             }
             Need::Call { tool, scope } => {
+                let annotations = mounts.annotations(&self.mount, tool);
+                let scope = now_mount.map_or(scope.as_str(), |m| {
+                    m.scopes.for_tool(tool, annotations.as_ref())
+                });
                 authority::check_call(&caller, &mounts.roles, &self.mount, tool, scope)
             }
         }
