@@ -24,6 +24,9 @@ pub struct Health {
     /// for [`PUBLIC_READINESS_REUSE`], so that callers nobody authenticated cannot make the
     /// database read at their own rate.
     public: Mutex<Option<(std::time::Instant, Readiness)>>,
+    /// Held while one anonymous `/readyz` evaluates readiness: the others wait for its answer
+    /// rather than each reading the database (most when the database is slow).
+    evaluating: tokio::sync::Mutex<()>,
 }
 
 /// How long a readiness evaluated for an anonymous `/readyz` answers the next ones.
@@ -216,19 +219,28 @@ pub async fn readyz_public(State(app): State<App>, headers: axum::http::HeaderMa
         let r = app.readiness().await;
         return answer(r.ready, serde_json::to_value(&r).unwrap_or_default());
     }
-    let recent = app.health.public.lock().ok().and_then(|p| {
-        p.as_ref()
-            .filter(|(at, _)| at.elapsed() < PUBLIC_READINESS_REUSE)
-            .map(|(_, r)| r.clone())
-    });
-    let r = match recent {
+    let recent = || {
+        app.health.public.lock().ok().and_then(|p| {
+            p.as_ref()
+                .filter(|(at, _)| at.elapsed() < PUBLIC_READINESS_REUSE)
+                .map(|(_, r)| r.clone())
+        })
+    };
+    let r = match recent() {
         Some(r) => r,
         None => {
-            let r = app.readiness().await;
-            if let Ok(mut p) = app.health.public.lock() {
-                *p = Some((std::time::Instant::now(), r.clone()));
+            let _one = app.health.evaluating.lock().await;
+            // Another caller may have evaluated it while this one waited.
+            match recent() {
+                Some(r) => r,
+                None => {
+                    let r = app.readiness().await;
+                    if let Ok(mut p) = app.health.public.lock() {
+                        *p = Some((std::time::Instant::now(), r.clone()));
+                    }
+                    r
+                }
             }
-            r
         }
     };
     let c = &r.checks;

@@ -20,6 +20,41 @@ pub struct Snapshots {
     mac_key: [u8; 32],
 }
 
+/// The snapshot files in `dir`, newest first: (seq, path), by name.
+fn list_in(dir: &Path) -> Vec<(u64, PathBuf)> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut found: Vec<(u64, PathBuf)> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let seq = name
+                .strip_prefix("state-")?
+                .strip_suffix(".cbor")?
+                .parse()
+                .ok()?;
+            Some((seq, e.path()))
+        })
+        .collect();
+    found.sort_by_key(|f| std::cmp::Reverse(f.0));
+    found
+}
+
+/// Removes the snapshots of `data_dir` taken after `head` (a restore went back to it): they
+/// are of a history the ledger no longer holds, refused at every start, and the newest of
+/// them would hold back new snapshots until the ledger passed it. Returns what was removed.
+pub fn remove_after(data_dir: &Path, head: u64) -> std::io::Result<Vec<PathBuf>> {
+    let mut removed = Vec::new();
+    for (seq, path) in list_in(&data_dir.join("snapshots")) {
+        if seq > head {
+            std::fs::remove_file(&path)?;
+            removed.push(path);
+        }
+    }
+    Ok(removed)
+}
+
 impl Snapshots {
     /// Snapshots tagged under a key derived from the checkpoint signing key `signer`: only
     /// its holder writes snapshots that are believed.
@@ -37,23 +72,7 @@ impl Snapshots {
 
     /// The snapshots here, newest first: (seq, path).
     pub fn list(&self) -> Vec<(u64, PathBuf)> {
-        let Ok(entries) = std::fs::read_dir(&self.dir) else {
-            return Vec::new();
-        };
-        let mut found: Vec<(u64, PathBuf)> = entries
-            .filter_map(|e| e.ok())
-            .filter_map(|e| {
-                let name = e.file_name().to_string_lossy().into_owned();
-                let seq = name
-                    .strip_prefix("state-")?
-                    .strip_suffix(".cbor")?
-                    .parse()
-                    .ok()?;
-                Some((seq, e.path()))
-            })
-            .collect();
-        found.sort_by_key(|f| std::cmp::Reverse(f.0));
-        found
+        list_in(&self.dir)
     }
 
     /// Writes `state` as the snapshot of its seq, with the ledger's chain hash there; keeps
@@ -174,5 +193,29 @@ impl crate::App {
             Ok(path) => tracing::info!(seq, path = %path.display(), "snapshot written"),
             Err(e) => tracing::warn!(seq, "could not write a snapshot: {e:#}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_restore_removes_the_snapshots_after_its_head_and_keeps_the_rest() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("snapshots");
+        std::fs::create_dir_all(&dir).unwrap();
+        for seq in [100, 200, 300] {
+            std::fs::write(dir.join(format!("state-{seq:020}.cbor")), b"x").unwrap();
+        }
+        std::fs::write(dir.join("notes.txt"), b"not a snapshot").unwrap();
+        let removed = remove_after(d.path(), 200).unwrap();
+        assert_eq!(removed, vec![dir.join(format!("state-{:020}.cbor", 300))]);
+        let left: Vec<u64> = list_in(&dir).into_iter().map(|(s, _)| s).collect();
+        assert_eq!(left, vec![200, 100]);
+        assert!(dir.join("notes.txt").exists());
+        // No snapshots directory at all: nothing to do.
+        let empty = tempfile::tempdir().unwrap();
+        assert!(remove_after(empty.path(), 0).unwrap().is_empty());
     }
 }

@@ -342,7 +342,8 @@ fn put_back(aside: &Path, db: &Path) {
 }
 
 /// What was derived from the replaced ledger must not outlive it: the audit index is rebuilt
-/// from the restored ledger at the next start, snapshots are checked against it anyway, and a
+/// from the restored ledger at the next start, snapshots after its head are removed (the
+/// others are checked against it at every start), and a
 /// sink's cursor past the restored head is brought back to it (events after it will be new
 /// ones, with new ids).
 fn reset_derived(loc: &Location, head: u64) -> Result<()> {
@@ -353,6 +354,14 @@ fn reset_derived(loc: &Location, head: u64) -> Result<()> {
         println!(
             "removed the audit index {} (rebuilt from the ledger at the next start)",
             index.display()
+        );
+    }
+    for path in grantline_server::snapshots::remove_after(&loc.data_dir, head)
+        .context("removing the snapshots taken after the restored head")?
+    {
+        println!(
+            "removed the snapshot {} (taken after the restored head)",
+            path.display()
         );
     }
     let sinks = grantline_server::sinks::cursor_dir(&loc.data_dir);
