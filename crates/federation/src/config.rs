@@ -204,6 +204,30 @@ const CHOSEN_BY_THE_PERSON: &[&str] = &[
 /// (an object: `address.country`, …).
 const CHOSEN_BY_THE_PERSON_UNDER: &[&str] = &["extended_profile.", "address."];
 
+/// Whether `name` can name an environment variable here: letters, digits and `_`, not
+/// starting with a digit, at most 128 bytes.
+pub fn is_env_name(name: &str) -> bool {
+    (1..=128).contains(&name.len())
+        && !name.as_bytes()[0].is_ascii_digit()
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// An environment variable's name as an error may show it: itself when it is written as
+/// variables are (capitals, digits and `_`: `GRANTLINE_CI_SECRET`), else a placeholder — a
+/// secret pasted where its variable's name belongs (most hold small letters) must not be
+/// printed, logged or kept in `reload-status.json`.
+pub fn shown_env_name(name: &str) -> std::borrow::Cow<'_, str> {
+    if is_env_name(name)
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+    {
+        std::borrow::Cow::Borrowed(name)
+    } else {
+        std::borrow::Cow::Borrowed("(a name not shown: it is not written in capitals)")
+    }
+}
+
 fn bad(id: &str, msg: impl std::fmt::Display) -> FederationError {
     FederationError::Config(format!("identity provider {id:?}: {msg}"))
 }
@@ -292,9 +316,15 @@ impl ProviderConfig {
         }
         let base = crate::presets::apply(self)?;
         let secret = match (&self.client_secret_env, &self.client_secret_file) {
-            (Some(var), None) => env(var)
-                .filter(|s| !s.is_empty())
-                .ok_or_else(|| bad(id, format!("the environment variable {var} is not set")))?,
+            (Some(var), None) => env(var).filter(|s| !s.is_empty()).ok_or_else(|| {
+                bad(
+                    id,
+                    format!(
+                        "the environment variable {} is not set",
+                        shown_env_name(var)
+                    ),
+                )
+            })?,
             (None, Some(path)) => std::fs::read_to_string(path)
                 .map_err(|e| bad(id, format!("client_secret_file {}: {e}", path.display())))?
                 .lines()

@@ -2,6 +2,7 @@
 //! file: a pre-registered client's secret comes from an environment variable or a file.
 
 use anyhow::{Context, Result, bail};
+use grantline_federation::config::shown_env_name;
 use grantline_ledger::TokenFormat;
 use grantline_oauth::register::{AllowRule, Policy};
 use grantline_oauth::{Lifetimes, Resource, ScopeDef};
@@ -65,9 +66,9 @@ impl MetricsSection {
     pub fn token(&self) -> Result<Option<String>> {
         let v = match (&self.token_env, &self.token_file) {
             (None, None) => return Ok(None),
-            (Some(e), None) => {
-                std::env::var(e).with_context(|| format!("[metrics] token_env: {e} is not set"))?
-            }
+            (Some(e), None) => std::env::var(e).with_context(|| {
+                format!("[metrics] token_env: {} is not set", shown_env_name(e))
+            })?,
             (None, Some(f)) => std::fs::read_to_string(f)
                 .with_context(|| format!("[metrics] token_file: reading {}", f.display()))?,
             _ => bail!("[metrics]: give the token as one of token_env or token_file, not both"),
@@ -204,8 +205,9 @@ impl SinkSection {
         let v = match (env, file) {
             (Some(e), None) => std::env::var(e).with_context(|| {
                 format!(
-                    "sink {}: {what}: environment variable {e} is not set",
-                    self.name
+                    "sink {}: {what}: environment variable {} is not set",
+                    self.name,
+                    shown_env_name(e)
                 )
             })?,
             (None, Some(f)) => std::fs::read_to_string(f)
@@ -702,8 +704,9 @@ impl ClientSection {
         if let Some(var) = &self.secret_env {
             let v = std::env::var(var).with_context(|| {
                 format!(
-                    "client {}: environment variable {var} is not set",
-                    self.client_id
+                    "client {}: environment variable {} is not set",
+                    self.client_id,
+                    shown_env_name(var)
                 )
             })?;
             return Ok(Some(v.trim().to_string()));
@@ -771,8 +774,26 @@ impl Config {
                         p.display()
                     );
                 }
-                toml::from_str::<Config>(&text)
-                    .with_context(|| format!("config file {} is not valid", p.display()))
+                // Said by place and message, never with the line quoted: a secret pasted as a
+                // value (`client_secret = "…"`, refused as an unknown field) would be printed,
+                // logged and kept in `reload-status.json`.
+                toml::from_str::<Config>(&text).map_err(|e| {
+                    let at = e
+                        .span()
+                        .and_then(|s| text.get(..s.start))
+                        .map(|before| {
+                            let line = before.matches('\n').count() + 1;
+                            let column =
+                                before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+                            format!("line {line}, column {column}: ")
+                        })
+                        .unwrap_or_default();
+                    anyhow::anyhow!(
+                        "config file {} is not valid: {at}{}",
+                        p.display(),
+                        e.message()
+                    )
+                })
             }
             None => Ok(Config::default()),
         }
@@ -842,6 +863,35 @@ impl Config {
     /// `serve` (an operator's `revoke`, `config check` in a pipeline) does not have them, and
     /// does not need them; [`Config::secrets`] reads them where they are used.
     pub(crate) fn check(&self) -> Result<()> {
+        // Every `*_env` names a variable: a secret pasted there instead is refused without
+        // being shown (the refusal is printed, logged and kept in reload-status.json).
+        let names = std::iter::once(("[metrics] token_env", &self.metrics.token_env))
+            .chain(self.audit.sinks.iter().flat_map(|k| {
+                [
+                    ("a sink's token_env", &k.token_env),
+                    ("a sink's secret_env", &k.secret_env),
+                ]
+            }))
+            .chain(
+                self.clients
+                    .iter()
+                    .map(|c| ("a client's secret_env", &c.secret_env)),
+            )
+            .chain(self.identity_providers.iter().map(|p| {
+                (
+                    "an identity provider's client_secret_env",
+                    &p.client_secret_env,
+                )
+            }));
+        for (what, name) in names {
+            if let Some(n) = name
+                && !grantline_federation::config::is_env_name(n)
+            {
+                bail!(
+                    "{what} is no environment variable's name (letters, digits and _): it is not shown, in case it is the secret itself"
+                );
+            }
+        }
         if self.metrics.token_env.is_some() && self.metrics.token_file.is_some() {
             bail!("[metrics]: give the token as one of token_env or token_file, not both");
         }
@@ -1582,6 +1632,45 @@ mod tests {
         let f = dir.path().join("one.toml");
         std::fs::write(&f, "[registration]\npolicy = \"off\"\n").unwrap();
         assert!(Config::parse(Some(&f)).is_ok());
+        // A secret pasted as a value, or where its variable's name belongs: refused, by place,
+        // and never printed (the refusal is logged and kept in reload-status.json).
+        let f = dir.path().join("pasted.toml");
+        std::fs::write(
+            &f,
+            "[[clients]]\nclient_id = \"ci\"\nclient_name = \"CI\"\nclient_secret = \"sk_live_PASTED\"\n",
+        )
+        .unwrap();
+        let e = format!("{:#}", Config::parse(Some(&f)).unwrap_err());
+        assert!(
+            e.contains("line 4, column 1") && e.contains("client_secret"),
+            "{e}"
+        );
+        assert!(!e.contains("sk_live_PASTED"), "{e}");
+        std::fs::write(
+            &f,
+            "[[clients]]\nclient_id = \"ci\"\nclient_name = \"CI\"\ngrant_types = [\"client_credentials\"]\nscope = \"demo:read\"\nsecret_env = \"c2VjcmV0+/PASTED=\"\n",
+        )
+        .unwrap();
+        let e = format!("{:#}", Config::load(Some(&f)).unwrap_err());
+        assert!(e.contains("is no environment variable's name"), "{e}");
+        assert!(!e.contains("PASTED"), "{e}");
+        // A name that could be one, but is written as secrets are: the variable is looked
+        // for, and not named when it is missing.
+        std::fs::write(
+            &f,
+            "[[clients]]\nclient_id = \"ci\"\nclient_name = \"CI\"\ngrant_types = [\"client_credentials\"]\nscope = \"demo:read\"\nsecret_env = \"sk_live_PASTED\"\n",
+        )
+        .unwrap();
+        let config = Config::load(Some(&f)).unwrap();
+        let e = format!("{:#}", config.clients[0].read_secret().unwrap_err());
+        assert!(
+            e.contains("not written in capitals") && !e.contains("PASTED"),
+            "{e}"
+        );
+        assert_eq!(
+            grantline_federation::config::shown_env_name("GRANTLINE_CI_SECRET"),
+            "GRANTLINE_CI_SECRET"
+        );
     }
 
     /// Values that are added to an instant, or bound what anyone may make the server fetch,
