@@ -53,7 +53,7 @@ pub fn load_or_create(data_dir: &Path, in_use: bool) -> Result<SigningKey> {
     }
     if in_use {
         bail!(
-            "no access-token key here ({} or ${ENV}), but the ledger already has one in use:              copy access-token.key from the data directory that made it (instances sharing a              database share it; docs/operations.md, \"Keys\")",
+            "no access-token key here ({} or ${ENV}), but the ledger already has one in use: copy access-token.key from the data directory that made it (instances sharing a database share it; docs/operations.md, \"Keys\")",
             path.display()
         );
     }

@@ -211,8 +211,14 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let metrics_server = match app.config.metrics.listen {
         Some(addr) => {
-            let l = connections::bind(addr)
-                .map_err(|e| anyhow::anyhow!("listening for metrics on {addr}: {e}"))?;
+            let l = match connections::bind(addr) {
+                Ok(l) => l,
+                Err(e) => {
+                    // What the start appended is covered by a checkpoint before the exit.
+                    app.ledger.shutdown().await;
+                    anyhow::bail!("listening for metrics on {addr}: {e}");
+                }
+            };
             tracing::info!(addr = %l.local_addr()?, "serving /metrics");
             let router = metrics::own_router(app.clone());
             // A scraper or two: the main listener's cap is for clients.
