@@ -174,11 +174,24 @@ fn config_companion(path: &Path) -> PathBuf {
 /// `Ok(None)` while another running server holds it (that one is the server `config reload`
 /// signals; try again later).
 pub fn claim_pid_file(path: &Path, config: Option<&Path>) -> Result<Option<PidFile>> {
-    if held(path)?.is_some() {
-        return Ok(None);
-    }
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
+    }
+    // Two servers starting at once take turns from the check to the rename: else both could
+    // find the pid file free, and the one renamed last would hold an unlinked file.
+    let turn = grantline_store::backup::with_suffix(path, ".lock");
+    let turn = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&turn)
+        .with_context(|| format!("opening {}", turn.display()))?;
+    turn.lock()
+        .map_err(std::io::Error::from)
+        .context("waiting for the pid file's lock")?;
+    if held(path)?.is_some() {
+        return Ok(None);
     }
     // Written whole and locked before it is put in place.
     let own = grantline_store::backup::with_suffix(path, &format!(".{}", std::process::id()));
