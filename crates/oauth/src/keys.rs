@@ -99,6 +99,20 @@ pub fn rotate(state: &State, r: &Rotation) -> Decision<()> {
             "key {k} is known already"
         )));
     }
+    // A rotation hands over from the key in force: one that another rotation retired (two
+    // run at once from two data directories on one database) is refused, not a second branch.
+    let mut recorded = state
+        .signing_keys
+        .values()
+        .filter(|k| k.purpose == KeyPurpose::Checkpoint);
+    if recorded.clone().next().is_some()
+        && !recorded.any(|k| !k.retired && k.key_id == r.previous_checkpoint_key_id)
+    {
+        return Decision::refuse(crate::OAuthError::invalid_request(format!(
+            "checkpoint key {} is not the one in force: another rotation came first",
+            r.previous_checkpoint_key_id
+        )));
+    }
     let mut events = Vec::new();
     for (purpose, key) in [
         (KeyPurpose::AccessToken, &r.access_token),
@@ -125,4 +139,59 @@ pub fn rotate(state: &State, r: &Rotation) -> Decision<()> {
         },
     ));
     Decision::new(events, Ok(()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use grantline_ledger::Timestamp;
+
+    fn rotation(previous: &str) -> Rotation {
+        let key = |id: &str| NewKey {
+            key_id: id.into(),
+            public_key: "AAAA".into(),
+        };
+        Rotation {
+            checkpoint: key("cp-new"),
+            previous_checkpoint_key_id: previous.into(),
+            handover: "note".into(),
+            access_token: key("at-new"),
+            identity_assertion: key("id-new"),
+        }
+    }
+
+    fn checkpoint_key(id: &str, retired: bool) -> grantline_state::SigningKey {
+        grantline_state::SigningKey {
+            key_id: id.into(),
+            purpose: KeyPurpose::Checkpoint,
+            public_key: "AAAA".into(),
+            introduced_at: Timestamp(0),
+            retired,
+            retired_at: None,
+        }
+    }
+
+    /// A rotation hands over from the checkpoint key in force: from one another rotation
+    /// retired, it is refused; before any rotation (no key recorded) it goes ahead.
+    #[test]
+    fn a_rotation_hands_over_only_from_the_key_in_force() {
+        let mut state = State::default();
+        assert!(rotate(&state, &rotation("k1")).outcome.is_ok());
+        state
+            .signing_keys
+            .insert("k1".into(), checkpoint_key("k1", true));
+        state
+            .signing_keys
+            .insert("k2".into(), checkpoint_key("k2", false));
+        let refused = rotate(&state, &rotation("k1"));
+        assert!(refused.append.events.is_empty());
+        assert!(
+            refused
+                .outcome
+                .unwrap_err()
+                .description
+                .contains("not the one in force")
+        );
+        assert!(rotate(&state, &rotation("k2")).outcome.is_ok());
+    }
 }

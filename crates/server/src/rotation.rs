@@ -37,6 +37,9 @@ pub async fn rotate_keys(opts: Options) -> Result<Rotated> {
         }
     }
     let dir = opts.data_dir.clone();
+    // One rotation at a time in a data directory, on every backend: a second run would take
+    // the first's keys (`*.next`) for leftovers and settle them while its append is under way.
+    let _turn = rotation_turn(&dir)?;
     let Some(old) = keyfile::load_signer(&dir)? else {
         bail!(
             "no checkpoint key in {} (start the server once first)",
@@ -54,20 +57,23 @@ pub async fn rotate_keys(opts: Options) -> Result<Rotated> {
     );
     // An earlier rotation that did not finish (its outcome unknown, or the swap failed):
     // finished if the ledger recorded it, else its keys are discarded and this one goes on.
-    if next_cp.exists() || next_at.exists() {
-        if let Some(done) = finish_earlier(&opts, &old, &next_cp, &next_at).await? {
-            return Ok(done);
-        }
+    if (next_cp.exists() || next_at.exists())
+        && let Some(done) = finish_earlier(&opts, &old, &next_cp, &next_at).await?
+    {
+        return Ok(done);
     }
 
     let app = App::start(opts).await?;
     // Written only now, once the ledger is open (a start that fails leaves nothing behind),
     // and before the rotation is recorded (a crash after the append leaves the keys on disk).
-    if let Err(e) = keyfile::write_private(&next_cp, &new.to_private_string())
-        .and_then(|()| keyfile::write_private(&next_at, &STANDARD.encode(seed)))
-    {
+    if let Err(e) = keyfile::write_private(&next_cp, &new.to_private_string()) {
         app.ledger.shutdown().await;
-        discard(&next_cp, &next_at);
+        return Err(e.into());
+    }
+    if let Err(e) = keyfile::write_private(&next_at, &STANDARD.encode(seed)) {
+        app.ledger.shutdown().await;
+        // Only what this run wrote.
+        let _ = std::fs::remove_file(&next_cp);
         return Err(e.into());
     }
     let public = |k: &JwtSigner| URL_SAFE_NO_PAD.encode(k.key.verifying_key().as_bytes());
@@ -100,10 +106,16 @@ pub async fn rotate_keys(opts: Options) -> Result<Rotated> {
         // The append's outcome is not known (its answer was lost): the ledger says.
         Err(e) => match recorded_rotation(app.store(), &new.verifier().key_id_hex()).await {
             Ok(Some(r)) => vec![r],
+            // Not recorded as far as the ledger shows now; a commit whose answer was lost
+            // may yet land, so the keys stay until a later run settles them.
             Ok(None) => {
                 app.ledger.shutdown().await;
-                discard(&next_cp, &next_at);
-                return Err(anyhow::anyhow!("{e}")).context("recording the rotation");
+                bail!(
+                    "recording the rotation: {e}; the ledger does not show it now. The new keys \
+                     are kept beside the old as *.next: run `grantline key rotate` again — it \
+                     finishes the rotation if it was recorded after all, else discards them and \
+                     rotates afresh"
+                );
             }
             Err(read) => {
                 app.ledger.shutdown().await;
@@ -125,9 +137,11 @@ pub async fn rotate_keys(opts: Options) -> Result<Rotated> {
     app.ledger.shutdown().await;
     let seq = recorded.last().map_or(0, |r| r.seq());
 
+    // The history first: whatever the swaps below leave, it names the key the ledger put in
+    // force (what `verify` trusts by default starts from it).
+    keyfile::record_rotation(&dir, &old.verifier(), &new.verifier())?;
     swap(&dir, keyfile::KEY_FILE)?;
     swap(&dir, crate::keys::FILE)?;
-    keyfile::record_rotation(&dir, &old.verifier(), &new.verifier())?;
     Ok(Rotated {
         checkpoint_key: new.verifier().to_string(),
         previous_checkpoint_key: old.verifier().to_string(),
@@ -145,9 +159,9 @@ fn swap(dir: &Path, name: &str) -> Result<()> {
     let next = dir.join(format!("{name}.next"));
     std::fs::rename(&next, &current).with_context(|| {
         format!(
-            "the rotation is recorded, but {} could not be put in place: rename it to {} by hand",
-            next.display(),
-            current.display()
+            "the rotation is recorded, but {} could not be put in place: run `grantline key \
+             rotate` again to put it there",
+            next.display()
         )
     })?;
     Ok(())
@@ -164,56 +178,108 @@ async fn recorded_rotation(
     }))
 }
 
-/// Settles the `*.next` keys an earlier rotation left: when the ledger recorded their
-/// rotation, they are put in place and that rotation is what this one did; when it did not,
-/// they are discarded (`None`: rotate afresh). Read without starting the server, which would
-/// refuse a ledger whose key in force is one of them.
+/// Settles the `*.next` keys an earlier rotation left, each file by what the ledger
+/// recorded: a key whose rotation is on the ledger is put in place (the swap that did not
+/// happen), one whose is not is discarded. When the checkpoint key's rotation was recorded,
+/// that rotation is what this run did (`Some`); else `None`: rotate afresh. Read without
+/// starting the server, which would refuse a ledger whose key in force is one of them.
 async fn finish_earlier(
     opts: &Options,
     old: &NoteSigner,
     next_cp: &Path,
     next_at: &Path,
 ) -> Result<Option<Rotated>> {
-    let Some(new) = std::fs::read_to_string(next_cp)
-        .ok()
-        .and_then(|t| NoteSigner::parse(t.trim()).ok())
-    else {
-        // No readable new checkpoint key: nothing can have been recorded with it in force
-        // that this directory could sign for; an access-token key alone is never recorded.
-        discard(next_cp, next_at);
-        return Ok(None);
-    };
     let store = grantline_store::Store::connect(&opts.database, false)
         .await
         .context("reading the ledger to settle an earlier rotation's keys (*.next)")?;
-    let found = recorded_rotation(&store, &new.verifier().key_id_hex()).await;
+    let events = store.key_events(u64::MAX).await;
     store.close().await;
-    let Some(r) = found.context("reading the ledger to settle an earlier rotation's keys")? else {
-        tracing::warn!("an earlier rotation was not recorded: its keys (*.next) are discarded");
-        discard(next_cp, next_at);
+    let events = events.context("reading the ledger to settle an earlier rotation's keys")?;
+    let recorded = |purpose: grantline_ledger::KeyPurpose, key_id: &str| {
+        events.iter().find(|r| {
+            matches!(r.payload(), grantline_ledger::Payload::SigningKeyRotated(k)
+                if k.purpose == purpose && k.key_id == key_id)
+        })
+    };
+    use grantline_ledger::KeyPurpose::{AccessToken, Checkpoint};
+    let dir = &opts.data_dir;
+    // The checkpoint key: its rotation is the one this run finishes.
+    let mut finished = None;
+    if next_cp.exists() {
+        let new = std::fs::read_to_string(next_cp)
+            .ok()
+            .and_then(|t| NoteSigner::parse(t.trim()).ok());
+        match new.and_then(|k| recorded(Checkpoint, &k.verifier().key_id_hex()).map(|r| (k, r))) {
+            Some((new, r)) => {
+                keyfile::record_rotation(dir, &old.verifier(), &new.verifier())?;
+                swap(dir, keyfile::KEY_FILE)?;
+                finished = Some((new.verifier(), r.seq()));
+            }
+            None => {
+                tracing::warn!("an earlier rotation's checkpoint key was not recorded: discarded");
+                let _ = std::fs::remove_file(next_cp);
+            }
+        }
+    }
+    // The access-token key, recorded in the same append: put in place if it was, whether or
+    // not the checkpoint key was swapped already.
+    let mut access_token_kid = None;
+    if next_at.exists() {
+        let kid = std::fs::read_to_string(next_at)
+            .ok()
+            .and_then(|seed| crate::keys::parse(seed.trim()).ok())
+            .map(|k| JwtSigner::new(k).kid);
+        match kid.filter(|kid| recorded(AccessToken, kid).is_some()) {
+            Some(kid) => {
+                swap(dir, crate::keys::FILE)?;
+                access_token_kid = Some(kid);
+            }
+            None => {
+                tracing::warn!(
+                    "an earlier rotation's access-token key was not recorded: discarded"
+                );
+                let _ = std::fs::remove_file(next_at);
+            }
+        }
+    }
+    let Some((checkpoint_key, seq)) = finished else {
+        // Only an access-token key was left (the checkpoint key was put in place before the
+        // run stopped): settled above; now rotate afresh.
         return Ok(None);
     };
-    let access_token_kid = match std::fs::read_to_string(next_at) {
-        Ok(seed) => crate::keys::parse(seed.trim())
+    let access_token_kid = match access_token_kid {
+        Some(kid) => kid,
+        None => crate::keys::load_or_create(dir, true)
             .map(|k| JwtSigner::new(k).kid)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", next_at.display()))?,
-        Err(_) => bail!(
-            "the ledger recorded the rotation to checkpoint key {}, but {} is missing: restore \
-             it from a backup of the data directory",
-            new.verifier(),
-            next_at.display()
-        ),
+            .context("reading the access-token key in place")?,
     };
-    let dir = &opts.data_dir;
-    swap(dir, keyfile::KEY_FILE)?;
-    swap(dir, crate::keys::FILE)?;
-    keyfile::record_rotation(dir, &old.verifier(), &new.verifier())?;
     Ok(Some(Rotated {
-        checkpoint_key: new.verifier().to_string(),
+        checkpoint_key: checkpoint_key.to_string(),
         previous_checkpoint_key: old.verifier().to_string(),
         access_token_kid,
-        seq: r.seq(),
+        seq,
     }))
+}
+
+/// Held for a whole rotation (see [`rotate_keys`]): `key-rotate.lock` in the data directory.
+fn rotation_turn(dir: &Path) -> Result<std::fs::File> {
+    let path = dir.join("key-rotate.lock");
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            bail!("another `grantline key rotate` is running on this data directory")
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("locking {}", path.display()))
+        }
+    }
 }
 
 fn discard(a: &Path, b: &Path) {

@@ -163,33 +163,67 @@ grantline_store::backend_tests! {
         s.stop().await;
     }
 
-    /// A rotation whose outcome was not known (its answer lost, the files not swapped) is
-    /// settled by the next `key rotate`: finished when the ledger recorded it — the server then
-    /// starts on the keys in force — and its keys discarded when it did not.
+    /// A rotation whose outcome was not known (its answer lost, the files not swapped, or
+    /// only one of them) is settled by the next `key rotate`, each key by what the ledger
+    /// recorded: finished when it was — the server then starts on the keys in force, and the
+    /// key history names each key once — and discarded when it was not.
     async fn an_unfinished_key_rotation_is_finished_or_discarded_by_the_next(db: TestDb) {
+        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         let cfg = config(d, 30, 60);
         let options = || command_options(&db, d, cfg.clone());
         let s = Server::start(&db, d.to_path_buf(), cfg.clone()).await;
+        let first = s.app.checkpoint_verifier.clone();
         s.stop().await;
         let (cp, at) = (d.join("checkpoint.key"), d.join("access-token.key"));
+        let put_back = |path: &std::path::Path, bytes: &[u8]| {
+            std::fs::write(path, bytes).unwrap();
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        };
+        let history = || {
+            grantline_store::keyfile::key_history(d)
+                .unwrap()
+                .iter()
+                .map(|k| k.to_string())
+                .collect::<Vec<_>>()
+        };
+        // Recorded, neither file swapped.
         let (old_cp, old_at) = (std::fs::read(&cp).unwrap(), std::fs::read(&at).unwrap());
-        // Recorded, not swapped: the new keys beside the old as *.next.
         let recorded = grantline_server::rotation::rotate_keys(options()).await.unwrap();
         std::fs::rename(&cp, d.join("checkpoint.key.next")).unwrap();
         std::fs::rename(&at, d.join("access-token.key.next")).unwrap();
-        for (path, bytes) in [(&cp, &old_cp), (&at, &old_at)] {
-            std::fs::write(path, bytes).unwrap();
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        }
+        put_back(&cp, &old_cp);
+        put_back(&at, &old_at);
         let finished = grantline_server::rotation::rotate_keys(options()).await.unwrap();
         assert_eq!(finished.checkpoint_key, recorded.checkpoint_key);
         assert_eq!(finished.seq, recorded.seq);
         assert!(!d.join("checkpoint.key.next").exists());
+        assert!(!d.join("access-token.key.next").exists());
+        assert_eq!(history(), [first.clone(), recorded.checkpoint_key.clone()]);
         let s = Server::start(&db, d.to_path_buf(), cfg.clone()).await;
         assert_eq!(s.app.checkpoint_verifier, recorded.checkpoint_key);
+        s.stop().await;
+        // Recorded, the checkpoint key swapped but not the access-token key: the next run
+        // puts that one in place, then rotates afresh.
+        let old_at = std::fs::read(&at).unwrap();
+        let second = grantline_server::rotation::rotate_keys(options()).await.unwrap();
+        std::fs::rename(&at, d.join("access-token.key.next")).unwrap();
+        put_back(&at, &old_at);
+        let third = grantline_server::rotation::rotate_keys(options()).await.unwrap();
+        assert!(!d.join("access-token.key.next").exists());
+        assert_eq!(third.previous_checkpoint_key, second.checkpoint_key);
+        assert_eq!(
+            history(),
+            [
+                first,
+                recorded.checkpoint_key.clone(),
+                second.checkpoint_key,
+                third.checkpoint_key.clone()
+            ]
+        );
+        let s = Server::start(&db, d.to_path_buf(), cfg.clone()).await;
+        assert_eq!(s.app.checkpoint_verifier, third.checkpoint_key);
         s.stop().await;
         // Never recorded (keys of a rotation whose append failed before it was written): the
         // next rotation discards them and rotates afresh.
@@ -198,7 +232,7 @@ grantline_store::backend_tests! {
         std::fs::write(d.join("access-token.key.next"), "AAAA").unwrap();
         let fresh = grantline_server::rotation::rotate_keys(options()).await.unwrap();
         assert_ne!(fresh.checkpoint_key, stray.verifier().to_string());
-        assert_eq!(fresh.previous_checkpoint_key, recorded.checkpoint_key);
+        assert_eq!(fresh.previous_checkpoint_key, third.checkpoint_key);
         let s = Server::start(&db, d.to_path_buf(), cfg).await;
         assert_eq!(s.app.checkpoint_verifier, fresh.checkpoint_key);
         s.stop().await;

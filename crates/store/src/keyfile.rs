@@ -99,6 +99,10 @@ pub fn key_history(data_dir: &Path) -> Result<Vec<NoteVerifier>> {
 /// Appends a rotation from `old` to `new` to the key history.
 pub fn record_rotation(data_dir: &Path, old: &NoteVerifier, new: &NoteVerifier) -> Result<()> {
     let mut keys = key_history(data_dir)?;
+    // Recorded already (a rotation finished by a later run): nothing to add.
+    if keys.last() == Some(new) {
+        return Ok(());
+    }
     if keys.is_empty() {
         keys.push(old.clone());
     }
