@@ -604,6 +604,26 @@ impl AddressLimiter {
         Ok(())
     }
 
+    /// Counts one request from `address` whatever its count (one that must not be refused,
+    /// but brings the next to the limit); given back as [`AddressLimiter::hit`]'s is.
+    pub fn count(&self, address: Option<&str>, now: i64) {
+        let limit = self.limit.load(std::sync::atomic::Ordering::Relaxed);
+        if limit == 0 {
+            return;
+        }
+        let Ok(mut map) = self.entries.lock() else {
+            return;
+        };
+        let mut keys = self.keys_of(address, limit, now);
+        if let Some(free) = self.uncharged_key(address, &keys) {
+            keys.push((free, u32::MAX));
+        }
+        for (key, _) in &keys {
+            let e = self.window(&mut map, key, now);
+            e.1 = e.1.saturating_add(1);
+        }
+    }
+
     /// The key counting a known network's requests that took no place in its /48 (`keys`:
     /// the buckets they were counted in), if the request is one.
     fn uncharged_key(&self, address: Option<&str>, keys: &[(String, u32)]) -> Option<String> {

@@ -96,27 +96,41 @@ async fn handle(
         let state = app.projection.read();
         match &req {
             // A rotated token presented again within the grace period (a client retrying
-            // after a lost answer) is not counted: told to wait, it would come back after
-            // the grace as reuse and lose its family. Such retries are capped per token.
-            TokenRequest::Refresh(r) => attempt.family_id.as_deref().is_some_and(|f| {
-                state
-                    .refresh_tokens
-                    .get(&grantline_ledger::secret_digest(r.refresh_token.as_bytes()))
-                    .is_some_and(|t| t.unused())
-                    && state.family_live(f)
-                    && !grantline_oauth::grants::refresh_token::refused_at_once(
-                        &state,
-                        &client,
-                        &r.refresh_token,
-                        app.now(),
-                        settings.lifetimes.refresh_grace,
-                    )
-            }),
-            TokenRequest::Code(c) => state
-                .codes
-                .get(&grantline_ledger::secret_digest(c.code.as_bytes()))
-                .is_some_and(|code| !code.redeemed && code.client_id == client.client_id),
-            TokenRequest::ClientCredentials(_) => true,
+            // after a lost answer) is counted but never refused: told to wait, it would come
+            // back after the grace as reuse and lose its family. Counted, it brings a looping
+            // client's next rotation to the limit all the same.
+            TokenRequest::Refresh(r) => attempt
+                .family_id
+                .as_deref()
+                .filter(|f| {
+                    state.family_live(f)
+                        && !grantline_oauth::grants::refresh_token::refused_at_once(
+                            &state,
+                            &client,
+                            &r.refresh_token,
+                            app.now(),
+                            settings.lifetimes.refresh_grace,
+                        )
+                })
+                .map_or(Count::Not, |_| {
+                    let unused = state
+                        .refresh_tokens
+                        .get(&grantline_ledger::secret_digest(r.refresh_token.as_bytes()))
+                        .is_some_and(|t| t.unused());
+                    if unused { Count::Enforced } else { Count::Only }
+                }),
+            TokenRequest::Code(c) => {
+                let redeemable = state
+                    .codes
+                    .get(&grantline_ledger::secret_digest(c.code.as_bytes()))
+                    .is_some_and(|code| !code.redeemed && code.client_id == client.client_id);
+                if redeemable {
+                    Count::Enforced
+                } else {
+                    Count::Not
+                }
+            }
+            TokenRequest::ClientCredentials(_) => Count::Enforced,
         }
     };
     let mut issuing = match Issuing::hit(app, &client, issuable, user.as_deref()) {
@@ -205,6 +219,17 @@ async fn handle(
     Ok(r)
 }
 
+/// How a token request counts against the hourly limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Count {
+    /// It cannot issue tokens as the state stands (reuse, replay, unknown): not counted.
+    Not,
+    /// Counted, never refused (a retry within the grace period).
+    Only,
+    /// Counted, and refused over the limit.
+    Enforced,
+}
+
 /// A token request's place in the hourly count of what its issuer was given
 /// (`[oauth] tokens_per_hour`): per user and client for a code or a refresh token, per client
 /// for client credentials. Given back when dropped before the decision is appended, or when
@@ -219,21 +244,24 @@ struct Issuing<'a> {
 }
 
 impl<'a> Issuing<'a> {
-    /// `issuable`: whether the request may issue tokens as the state stands; one that cannot
-    /// is neither counted nor refused here.
+    /// `count`: how the request counts as the state stands (see [`Count`]).
     fn hit(
         app: &'a App,
         client: &grantline_state::Client,
-        issuable: bool,
+        count: Count,
         user: Option<&str>,
     ) -> Result<Self, crate::throttle::OverLimit> {
-        let key = issuable.then(|| match user {
+        let key = (count != Count::Not).then(|| match user {
             Some(u) => format!("user:{u} client:{}", client.client_id),
             None => format!("client:{}", client.client_id),
         });
         let at = app.now().0 / 1_000_000;
         if let Some(k) = &key {
-            app.token_issues.hit(Some(k), at)?;
+            if count == Count::Enforced {
+                app.token_issues.hit(Some(k), at)?;
+            } else {
+                app.token_issues.count(Some(k), at);
+            }
         }
         Ok(Issuing {
             app,
