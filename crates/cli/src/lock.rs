@@ -187,9 +187,15 @@ pub fn claim_pid_file(path: &Path, config: Option<&Path>) -> Result<Option<PidFi
         .truncate(false)
         .open(&turn)
         .with_context(|| format!("opening {}", turn.display()))?;
-    turn.lock()
-        .map_err(std::io::Error::from)
-        .context("waiting for the pid file's lock")?;
+    // Never waited for (a holder stopped mid-claim would hang this start): busy, it is as if
+    // another server held the pid file, and the caller tries again.
+    match turn.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => return Ok(None),
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(e).context("locking the pid file's turn");
+        }
+    }
     if held(path)?.is_some() {
         return Ok(None);
     }

@@ -204,12 +204,11 @@ const CHOSEN_BY_THE_PERSON: &[&str] = &[
 /// (an object: `address.country`, …).
 const CHOSEN_BY_THE_PERSON_UNDER: &[&str] = &["extended_profile.", "address."];
 
-/// Whether `name` can name an environment variable here: letters, digits and `_`, not
-/// starting with a digit, at most 128 bytes.
+/// Whether `name` can name an environment variable: 1 to 128 visible ASCII characters
+/// without `=` (which ends a variable's name). Containers allow `-` and `.` in names, so
+/// those pass; a secret with base64 padding, spaces or other characters does not.
 pub fn is_env_name(name: &str) -> bool {
-    (1..=128).contains(&name.len())
-        && !name.as_bytes()[0].is_ascii_digit()
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    (1..=128).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_graphic() && b != b'=')
 }
 
 /// An environment variable's name as an error may show it: itself when it is written as
@@ -218,6 +217,7 @@ pub fn is_env_name(name: &str) -> bool {
 /// printed, logged or kept in `reload-status.json`.
 pub fn shown_env_name(name: &str) -> std::borrow::Cow<'_, str> {
     if is_env_name(name)
+        && !name.as_bytes()[0].is_ascii_digit()
         && name
             .bytes()
             .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')

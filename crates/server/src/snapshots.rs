@@ -18,6 +18,9 @@ pub const KEEP: usize = 3;
 pub struct Snapshots {
     dir: PathBuf,
     mac_key: [u8; 32],
+    /// One snapshot written at a time by this process (the background loop's and the one at
+    /// shutdown would otherwise share a file being written).
+    writing: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 /// The snapshot files in `dir`, newest first: (seq, path), by name.
@@ -62,6 +65,7 @@ impl Snapshots {
         Snapshots {
             dir: data_dir.join("snapshots"),
             mac_key: signer.derive_key(snapshot::MAC_CONTEXT),
+            writing: Default::default(),
         }
     }
 
@@ -183,6 +187,7 @@ impl crate::App {
     /// one. Failing to write one is logged and changes nothing else: snapshots only save time.
     pub async fn snapshot_if_due(&self, events: u64) {
         let snapshots = self.snapshots.clone();
+        let _one = snapshots.writing.lock().await;
         let newest = snapshots.list().first().map_or(0, |s| s.0);
         if self.projection.seq() < newest + events.max(1) {
             return;

@@ -356,14 +356,6 @@ fn reset_derived(loc: &Location, head: u64) -> Result<()> {
             index.display()
         );
     }
-    for path in grantline_server::snapshots::remove_after(&loc.data_dir, head)
-        .context("removing the snapshots taken after the restored head")?
-    {
-        println!(
-            "removed the snapshot {} (taken after the restored head)",
-            path.display()
-        );
-    }
     let sinks = grantline_server::sinks::cursor_dir(&loc.data_dir);
     if let Ok(dir) = std::fs::read_dir(&sinks) {
         for entry in dir.flatten() {
@@ -390,6 +382,23 @@ fn reset_derived(loc: &Location, head: u64) -> Result<()> {
                 cursor.save(&status)?;
             }
         }
+    }
+    // After the cursors (which matter for what a SIEM receives): a snapshot left behind only
+    // costs time, so one that cannot be removed is said, not a failure.
+    match grantline_server::snapshots::remove_after(&loc.data_dir, head) {
+        Ok(removed) => {
+            for path in removed {
+                println!(
+                    "removed the snapshot {} (taken after the restored head)",
+                    path.display()
+                );
+            }
+        }
+        Err(e) => eprintln!(
+            "warning: the snapshots taken after the restored head could not all be removed \
+             ({e}); remove {} to start from the ledger",
+            loc.data_dir.join("snapshots").display()
+        ),
     }
     Ok(())
 }

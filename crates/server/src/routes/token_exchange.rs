@@ -165,9 +165,18 @@ pub async fn exchange(
         )
         .await?;
     claim.committing();
-    let (outcome, _) = app
+    let (outcome, _) = match app
         .run(|s| exchanged(s, &x, refreshed, Some(meta.clone())))
-        .await?;
+        .await
+    {
+        Ok(done) => done,
+        // The ledger failed: the upstream got nothing, and may retry with the assertion (a
+        // caller cannot cause this; one who hangs up mid-append still counts).
+        Err(e) => {
+            claim.refused();
+            return Err(e);
+        }
+    };
     if let Err(e) = outcome {
         claim.refused();
         return Err(e.into());

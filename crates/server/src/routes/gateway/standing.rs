@@ -141,7 +141,8 @@ impl Standing {
                 authority::check_read(&caller, &mounts.roles, &self.mount, scope)
             }
             Need::Call { tool, scope } => {
-                let annotations = mounts.annotations(&self.mount, tool);
+                // Only after a reload: otherwise the scope judged on is the one in force.
+                let annotations = now_mount.and_then(|_| mounts.annotations(&self.mount, tool));
                 let scope = now_mount.map_or(scope.as_str(), |m| {
                     m.scopes.for_tool(tool, annotations.as_ref())
                 });
