@@ -81,6 +81,10 @@ pub struct Rotation {
     pub handover: String,
     pub access_token: NewKey,
     pub identity_assertion: NewKey,
+    /// Events on the `keys` stream as the rotation read it just before deciding: the append
+    /// expects it there, so that two rotations at once (two data directories on one database)
+    /// cannot both hand over from the same key, whatever each process's state had folded.
+    pub keys_version: u64,
 }
 
 /// The events of a rotation, in one append: the previous keys of each purpose are retired
@@ -138,7 +142,11 @@ pub fn rotate(state: &State, r: &Rotation) -> Decision<()> {
             endorsement: Some(r.handover.clone()),
         },
     ));
-    Decision::new(events, Ok(()))
+    let expected = match r.keys_version {
+        0 => grantline_ledger::ExpectedVersion::NoStream,
+        v => grantline_ledger::ExpectedVersion::Exactly(v),
+    };
+    Decision::new(events, Ok(())).expect(StreamId::named("keys"), expected)
 }
 
 #[cfg(test)]
@@ -157,6 +165,7 @@ mod tests {
             handover: "note".into(),
             access_token: key("at-new"),
             identity_assertion: key("id-new"),
+            keys_version: 3,
         }
     }
 
@@ -192,6 +201,15 @@ mod tests {
                 .description
                 .contains("not the one in force")
         );
-        assert!(rotate(&state, &rotation("k2")).outcome.is_ok());
+        let d = rotate(&state, &rotation("k2"));
+        assert!(d.outcome.is_ok());
+        // Appended only where the keys stream was when the rotation read it.
+        assert!(
+            d.append
+                .expect
+                .iter()
+                .any(|(s, v)| *s == StreamId::named("keys")
+                    && *v == grantline_ledger::ExpectedVersion::Exactly(3))
+        );
     }
 }

@@ -888,7 +888,7 @@ impl Config {
                 && !grantline_federation::config::is_env_name(n)
             {
                 bail!(
-                    "{what} is no environment variable's name (letters, digits and _): it is not shown, in case it is the secret itself"
+                    "{what} is no environment variable's name (1 to 128 visible characters without `=` or spaces): it is not shown, in case it is the secret itself"
                 );
             }
         }

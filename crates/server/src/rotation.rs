@@ -37,15 +37,15 @@ pub async fn rotate_keys(opts: Options) -> Result<Rotated> {
         }
     }
     let dir = opts.data_dir.clone();
-    // One rotation at a time in a data directory, on every backend: a second run would take
-    // the first's keys (`*.next`) for leftovers and settle them while its append is under way.
-    let _turn = rotation_turn(&dir)?;
     let Some(old) = keyfile::load_signer(&dir)? else {
         bail!(
             "no checkpoint key in {} (start the server once first)",
             dir.display()
         );
     };
+    // One rotation at a time in a data directory, on every backend: a second run would take
+    // the first's keys (`*.next`) for leftovers and settle them while its append is under way.
+    let _turn = rotation_turn(&dir)?;
     let new = NoteSigner::generate(old.name())?;
     let mut seed = [0u8; 32];
     getrandom::fill(&mut seed).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
@@ -77,6 +77,18 @@ pub async fn rotate_keys(opts: Options) -> Result<Rotated> {
         return Err(e.into());
     }
     let public = |k: &JwtSigner| URL_SAFE_NO_PAD.encode(k.key.verifying_key().as_bytes());
+    let keys_version = match app
+        .store()
+        .stream_kinds(&grantline_ledger::StreamId::named("keys"))
+        .await
+    {
+        Ok(kinds) => kinds.len() as u64,
+        Err(e) => {
+            app.ledger.shutdown().await;
+            discard(&next_cp, &next_at);
+            return Err(e).context("reading the ledger's keys");
+        }
+    };
     let rotation = Rotation {
         checkpoint: NewKey {
             key_id: new.verifier().key_id_hex(),
@@ -92,6 +104,7 @@ pub async fn rotate_keys(opts: Options) -> Result<Rotated> {
             key_id: identity.kid.clone(),
             public_key: public(&identity),
         },
+        keys_version,
     };
     let result = app
         .run(|s| grantline_oauth::keys::rotate(s, &rotation))
@@ -138,10 +151,15 @@ pub async fn rotate_keys(opts: Options) -> Result<Rotated> {
     let seq = recorded.last().map_or(0, |r| r.seq());
 
     // The history first: whatever the swaps below leave, it names the key the ledger put in
-    // force (what `verify` trusts by default starts from it).
-    keyfile::record_rotation(&dir, &old.verifier(), &new.verifier())?;
-    swap(&dir, keyfile::KEY_FILE)?;
+    // force (what `verify` trusts by default starts from it). Then the access-token key, and
+    // the checkpoint key last: stopped in between, the checkpoint key in place is not the one
+    // in force, so no server starts on the half-swapped pair (and the next run finishes it).
+    keyfile::record_rotation(&dir, &old.verifier(), &new.verifier()).context(
+        "the rotation is recorded, but the key history could not be written: run `grantline \
+         key rotate` again to finish it",
+    )?;
     swap(&dir, crate::keys::FILE)?;
+    swap(&dir, keyfile::KEY_FILE)?;
     Ok(Rotated {
         checkpoint_key: new.verifier().to_string(),
         previous_checkpoint_key: old.verifier().to_string(),
@@ -178,85 +196,119 @@ async fn recorded_rotation(
     }))
 }
 
-/// Settles the `*.next` keys an earlier rotation left, each file by what the ledger
-/// recorded: a key whose rotation is on the ledger is put in place (the swap that did not
-/// happen), one whose is not is discarded. When the checkpoint key's rotation was recorded,
-/// that rotation is what this run did (`Some`); else `None`: rotate afresh. Read without
-/// starting the server, which would refuse a ledger whose key in force is one of them.
+/// Settles the `*.next` keys an earlier rotation left, by what the ledger recorded. While the
+/// checkpoint key in place (`old`) is still the one in force, no rotation from it was
+/// recorded: the leftovers are discarded (`None`: rotate afresh) — but for an access-token key
+/// the ledger has in force, which an older build's half-finished swap can leave. When the
+/// ledger moved on from `old` to a new checkpoint key, that rotation is finished here: the
+/// keys put in place (each must read, and be the one recorded) and the history written; it is
+/// what this run did (`Some`). Read without starting the server, which would refuse a ledger
+/// whose key in force is not the one in place.
 async fn finish_earlier(
     opts: &Options,
     old: &NoteSigner,
     next_cp: &Path,
     next_at: &Path,
 ) -> Result<Option<Rotated>> {
+    use grantline_ledger::KeyPurpose::{AccessToken, Checkpoint};
+    use grantline_ledger::Payload::SigningKeyRotated;
     let store = grantline_store::Store::connect(&opts.database, false)
         .await
         .context("reading the ledger to settle an earlier rotation's keys (*.next)")?;
     let events = store.key_events(u64::MAX).await;
     store.close().await;
     let events = events.context("reading the ledger to settle an earlier rotation's keys")?;
-    let recorded = |purpose: grantline_ledger::KeyPurpose, key_id: &str| {
-        events.iter().find(|r| {
-            matches!(r.payload(), grantline_ledger::Payload::SigningKeyRotated(k)
-                if k.purpose == purpose && k.key_id == key_id)
+    let dir = &opts.data_dir;
+    let rotations = |purpose| {
+        events.iter().filter_map(move |r| match r.payload() {
+            SigningKeyRotated(k) if k.purpose == purpose => Some((r.seq(), k)),
+            _ => None,
         })
     };
-    use grantline_ledger::KeyPurpose::{AccessToken, Checkpoint};
-    let dir = &opts.data_dir;
-    // The checkpoint key: its rotation is the one this run finishes.
-    let mut finished = None;
-    if next_cp.exists() {
-        let new = std::fs::read_to_string(next_cp)
-            .ok()
-            .and_then(|t| NoteSigner::parse(t.trim()).ok());
-        match new.and_then(|k| recorded(Checkpoint, &k.verifier().key_id_hex()).map(|r| (k, r))) {
-            Some((new, r)) => {
-                keyfile::record_rotation(dir, &old.verifier(), &new.verifier())?;
-                swap(dir, keyfile::KEY_FILE)?;
-                finished = Some((new.verifier(), r.seq()));
-            }
-            None => {
-                tracing::warn!("an earlier rotation's checkpoint key was not recorded: discarded");
-                let _ = std::fs::remove_file(next_cp);
-            }
+    let read_access = |path: &Path| -> Result<JwtSigner> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        crate::keys::parse(text.trim())
+            .map(JwtSigner::new)
+            .with_context(|| format!("{} is not an access-token key", path.display()))
+    };
+    let access_in_force = rotations(AccessToken)
+        .next_back()
+        .map(|(_, k)| k.key_id.clone());
+    let old_id = old.verifier().key_id_hex();
+    let Some((seq, in_force)) = rotations(Checkpoint)
+        .next_back()
+        .filter(|(_, k)| k.key_id != old_id)
+    else {
+        // Nothing after `old` was recorded: the leftovers are of a rotation that never was.
+        if next_at.exists()
+            && let Ok(k) = read_access(next_at)
+            && access_in_force.as_deref() == Some(k.kid.as_str())
+        {
+            swap(dir, crate::keys::FILE)?;
+        } else if next_at.exists() {
+            tracing::warn!("an earlier rotation's access-token key was not recorded: discarded");
+            let _ = std::fs::remove_file(next_at);
         }
-    }
-    // The access-token key, recorded in the same append: put in place if it was, whether or
-    // not the checkpoint key was swapped already.
-    let mut access_token_kid = None;
-    if next_at.exists() {
-        let kid = std::fs::read_to_string(next_at)
-            .ok()
-            .and_then(|seed| crate::keys::parse(seed.trim()).ok())
-            .map(|k| JwtSigner::new(k).kid);
-        match kid.filter(|kid| recorded(AccessToken, kid).is_some()) {
-            Some(kid) => {
-                swap(dir, crate::keys::FILE)?;
-                access_token_kid = Some(kid);
-            }
-            None => {
-                tracing::warn!(
-                    "an earlier rotation's access-token key was not recorded: discarded"
-                );
-                let _ = std::fs::remove_file(next_at);
-            }
+        if next_cp.exists() {
+            tracing::warn!("an earlier rotation's checkpoint key was not recorded: discarded");
+            let _ = std::fs::remove_file(next_cp);
         }
-    }
-    let Some((checkpoint_key, seq)) = finished else {
-        // Only an access-token key was left (the checkpoint key was put in place before the
-        // run stopped): settled above; now rotate afresh.
         return Ok(None);
     };
-    let access_token_kid = match access_token_kid {
-        Some(kid) => kid,
-        None => crate::keys::load_or_create(dir, true)
-            .map(|k| JwtSigner::new(k).kid)
-            .context("reading the access-token key in place")?,
+    if in_force.previous_key_id.as_deref() != Some(old_id.as_str()) {
+        bail!(
+            "the ledger's checkpoint key in force is {}, which does not follow this data \
+             directory's key {old_id}: another data directory rotated the keys; use its key files",
+            in_force.key_id
+        );
+    }
+    // The new checkpoint key must be here, and be the one recorded: else it is lost.
+    let new = std::fs::read_to_string(next_cp)
+        .with_context(|| {
+            format!(
+                "the ledger put checkpoint key {} in force, but {} cannot be read: restore it \
+                 from a backup of the data directory",
+                in_force.key_id,
+                next_cp.display()
+            )
+        })
+        .and_then(|t| {
+            NoteSigner::parse(t.trim()).map_err(|e| anyhow::anyhow!("{}: {e}", next_cp.display()))
+        })?;
+    if new.verifier().key_id_hex() != in_force.key_id {
+        bail!(
+            "{} holds checkpoint key {}, but the ledger put {} in force: restore the right one \
+             from a backup of the data directory",
+            next_cp.display(),
+            new.verifier().key_id_hex(),
+            in_force.key_id
+        );
+    }
+    // The access-token key of the same rotation: in place already, or put there now.
+    let access = if next_at.exists() {
+        read_access(next_at)?
+    } else {
+        read_access(&dir.join(crate::keys::FILE))?
     };
+    if access_in_force.as_deref() != Some(access.kid.as_str()) {
+        bail!(
+            "the access-token key here ({}) is not the one the ledger put in force ({}): \
+             restore {} from a backup of the data directory",
+            access.kid,
+            access_in_force.as_deref().unwrap_or("none"),
+            next_at.display()
+        );
+    }
+    keyfile::record_rotation(dir, &old.verifier(), &new.verifier())?;
+    if next_at.exists() {
+        swap(dir, crate::keys::FILE)?;
+    }
+    swap(dir, keyfile::KEY_FILE)?;
     Ok(Some(Rotated {
-        checkpoint_key: checkpoint_key.to_string(),
+        checkpoint_key: new.verifier().to_string(),
         previous_checkpoint_key: old.verifier().to_string(),
-        access_token_kid,
+        access_token_kid: access.kid,
         seq,
     }))
 }

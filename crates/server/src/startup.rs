@@ -123,6 +123,22 @@ impl App {
         let mac_key = crate::keys::mac_key(&signing);
         let identity = JwtSigner::new(crate::keys::identity_key(&signing));
         let jwt = JwtSigner::new(signing);
+        // A retired access-token key would sign tokens, assertions and sessions nobody
+        // accepts once the JWKS drops it: a rotation that did not put the new one in place.
+        if projection
+            .read()
+            .signing_keys
+            .get(&jwt.kid)
+            .is_some_and(|k| k.retired)
+        {
+            ledger.shutdown().await;
+            anyhow::bail!(
+                "the access-token key of this data directory ({}) was retired by a key rotation \
+                 that did not put the new one in place: run `grantline key rotate` again to \
+                 finish it",
+                jwt.kid
+            );
+        }
         let config = opts.config;
         let public_url = config.public_url();
         let live = crate::reload::Live::build(config.clone(), &public_url, config.lifetimes())?;

@@ -210,6 +210,9 @@ grantline_store::backend_tests! {
         let second = grantline_server::rotation::rotate_keys(options()).await.unwrap();
         std::fs::rename(&at, d.join("access-token.key.next")).unwrap();
         put_back(&at, &old_at);
+        // No server starts on the retired access-token key.
+        let e = grantline_server::App::start(options()).await.err().expect("refused");
+        assert!(e.to_string().contains("was retired"), "{e}");
         let third = grantline_server::rotation::rotate_keys(options()).await.unwrap();
         assert!(!d.join("access-token.key.next").exists());
         assert_eq!(third.previous_checkpoint_key, second.checkpoint_key);
@@ -225,6 +228,22 @@ grantline_store::backend_tests! {
         let s = Server::start(&db, d.to_path_buf(), cfg.clone()).await;
         assert_eq!(s.app.checkpoint_verifier, third.checkpoint_key);
         s.stop().await;
+        // Recorded, the access-token key swapped but not the checkpoint key (the order the
+        // swaps run in): no server starts on the pair, and the next run finishes this very
+        // rotation, without another.
+        let old_cp = std::fs::read(&cp).unwrap();
+        let fourth = grantline_server::rotation::rotate_keys(options()).await.unwrap();
+        std::fs::rename(&cp, d.join("checkpoint.key.next")).unwrap();
+        put_back(&cp, &old_cp);
+        assert!(grantline_server::App::start(options()).await.is_err());
+        let again = grantline_server::rotation::rotate_keys(options()).await.unwrap();
+        assert_eq!(
+            (again.checkpoint_key.as_str(), again.seq),
+            (fourth.checkpoint_key.as_str(), fourth.seq)
+        );
+        assert_eq!(history().last(), Some(&fourth.checkpoint_key));
+        assert_eq!(history().len(), 5);
+        let third = fourth;
         // Never recorded (keys of a rotation whose append failed before it was written): the
         // next rotation discards them and rotates afresh.
         let stray = grantline_ledger::NoteSigner::generate("grantline.localhost/ledger").unwrap();
