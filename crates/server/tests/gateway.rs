@@ -1961,6 +1961,27 @@ async fn an_open_stream_ends_when_the_role_or_the_credential_goes() {
     s.stop().await;
 }
 
+/// A `read_tool` call sent in the background, given half a second to reach the gateway (and
+/// wait there, when the test holds what it waits for).
+async fn read_tool_call_in_the_background(
+    s: &Server,
+    token: &str,
+) -> tokio::task::JoinHandle<reqwest::Response> {
+    let (s_url, token) = (s.url("/mcp/up"), token.to_string());
+    let call = tokio::spawn(async move {
+        browser()
+            .post(s_url)
+            .header("accept", "application/json, text/event-stream")
+            .bearer_auth(token)
+            .json(&call(5, "read_tool"))
+            .send()
+            .await
+            .unwrap()
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    call
+}
+
 /// A tool call is judged again once its start is recorded: one that waited (here for the
 /// tool's annotations, while another request asks the upstream for them) is refused if the
 /// credential was revoked meanwhile, and never reaches the upstream.
@@ -1973,20 +1994,7 @@ async fn a_call_that_waited_is_judged_again_before_it_is_sent() {
     // Another request is asking the upstream for its tools: this call waits for its answer.
     let asking = s.app.mounts().asking("up");
     let held = asking.lock().await;
-    let call = {
-        let (s_url, token) = (s.url("/mcp/up"), token.clone());
-        tokio::spawn(async move {
-            browser()
-                .post(s_url)
-                .header("accept", "application/json, text/event-stream")
-                .bearer_auth(token)
-                .json(&call(5, "read_tool"))
-                .send()
-                .await
-                .unwrap()
-        })
-    };
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let call = read_tool_call_in_the_background(&s, &token).await;
     grantline_server::admin::revoke_everything(
         &s.app,
         "admin",
@@ -2201,20 +2209,7 @@ async fn a_call_that_waited_through_a_reload_reads_the_annotations_it_waited_for
     let token = token_for(&s, &s.url("/mcp/up"), "up:read").await;
     let asking = s.app.mounts().asking("up");
     let held = asking.lock().await;
-    let call = {
-        let (s_url, token) = (s.url("/mcp/up"), token.clone());
-        tokio::spawn(async move {
-            browser()
-                .post(s_url)
-                .header("accept", "application/json, text/event-stream")
-                .bearer_auth(token)
-                .json(&call(5, "read_tool"))
-                .send()
-                .await
-                .unwrap()
-        })
-    };
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let call = read_tool_call_in_the_background(&s, &token).await;
     let mut next = (*s.app.policy_config()).clone();
     next.rate_limits.client_per_minute = 7;
     s.app.reload(next).await.unwrap();

@@ -92,6 +92,22 @@ async fn handle(
     // request refused whatever the count says: a refresh token's reuse or a code's replay
     // must be recorded (and its family revoked), not lost behind a 429 — else whoever fills
     // the count (a thief rotating a stolen token) would shut the detection out.
+    // A refresh token of a live family that is not refused whatever else is said (reuse, a
+    // spent token past the grace, another client's): the two checks below ask this.
+    let live_refresh = match (&req, attempt.family_id.as_deref()) {
+        (TokenRequest::Refresh(r), Some(f)) => {
+            let state = app.projection.read();
+            state.family_live(f)
+                && !grantline_oauth::grants::refresh_token::refused_at_once(
+                    &state,
+                    &client,
+                    &r.refresh_token,
+                    app.now(),
+                    settings.lifetimes.refresh_grace,
+                )
+        }
+        _ => false,
+    };
     let issuable = {
         let state = app.projection.read();
         match &req {
@@ -99,26 +115,14 @@ async fn handle(
             // after a lost answer) is counted but never refused: told to wait, it would come
             // back after the grace as reuse and lose its family. Counted, it brings a looping
             // client's next rotation to the limit all the same.
-            TokenRequest::Refresh(r) => attempt
-                .family_id
-                .as_deref()
-                .filter(|f| {
-                    state.family_live(f)
-                        && !grantline_oauth::grants::refresh_token::refused_at_once(
-                            &state,
-                            &client,
-                            &r.refresh_token,
-                            app.now(),
-                            settings.lifetimes.refresh_grace,
-                        )
-                })
-                .map_or(Count::Not, |_| {
-                    let unused = state
-                        .refresh_tokens
-                        .get(&grantline_ledger::secret_digest(r.refresh_token.as_bytes()))
-                        .is_some_and(|t| t.unused());
-                    if unused { Count::Enforced } else { Count::Only }
-                }),
+            TokenRequest::Refresh(_) if !live_refresh => Count::Not,
+            TokenRequest::Refresh(r) => {
+                let unused = state
+                    .refresh_tokens
+                    .get(&grantline_ledger::secret_digest(r.refresh_token.as_bytes()))
+                    .is_some_and(|t| t.unused());
+                if unused { Count::Enforced } else { Count::Only }
+            }
             TokenRequest::Code(c) => {
                 let redeemable = state
                     .codes
@@ -156,21 +160,10 @@ async fn handle(
     // cache): a person it no longer accepts is deprovisioned, and this refresh fails.
     // Not for a token refused whatever the provider says: reuse must be recorded, not lost
     // behind "sign in again".
-    if let (TokenRequest::Refresh(r), Some(u), Some(f)) =
-        (&req, &user, attempt.family_id.as_deref())
-        // Without identity providers there is nothing to ask: no second look at the token.
+    if let Some(u) = &user
+        && live_refresh
+        // Without identity providers there is nothing to ask.
         && app.federation.is_some()
-        && {
-            let state = app.projection.read();
-            state.family_live(f)
-                && !grantline_oauth::grants::refresh_token::refused_at_once(
-                    &state,
-                    &client,
-                    &r.refresh_token,
-                    app.now(),
-                    settings.lifetimes.refresh_grace,
-                )
-        }
         && let Err(check) = app.check_upstream_session(u, app.now().0 / 1_000_000).await
     {
         use crate::federation::UpstreamCheck;
