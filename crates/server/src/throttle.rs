@@ -575,6 +575,18 @@ impl AddressLimiter {
     /// Counts one request from `address`; refused when the address is over its limit.
     /// Requests with no known address share one bucket.
     pub fn hit(&self, address: Option<&str>, now: i64) -> Result<(), OverLimit> {
+        self.take(address, now, true)
+    }
+
+    /// Counts one request from `address` whatever its count (one that must not be refused,
+    /// but brings the next to the limit); given back as [`AddressLimiter::hit`]'s is.
+    pub fn count(&self, address: Option<&str>, now: i64) {
+        let _ = self.take(address, now, false);
+    }
+
+    /// Counts one request from `address` in each of its buckets; with `enforce`, refused
+    /// (counting nothing) when one of them is full.
+    fn take(&self, address: Option<&str>, now: i64, enforce: bool) -> Result<(), OverLimit> {
         let limit = self.limit.load(std::sync::atomic::Ordering::Relaxed);
         if limit == 0 {
             return Ok(());
@@ -587,10 +599,12 @@ impl AddressLimiter {
             map.retain(|_, (start, _)| now - *start < w);
         }
         let mut keys = self.keys_of(address, limit, now);
-        for (key, limit) in &keys {
-            let e = self.window(&mut map, key, now);
-            if e.1 >= *limit {
-                return Err(OverLimit::Address((e.0 + self.window_secs - now).max(1)));
+        if enforce {
+            for (key, limit) in &keys {
+                let e = self.window(&mut map, key, now);
+                if e.1 >= *limit {
+                    return Err(OverLimit::Address((e.0 + self.window_secs - now).max(1)));
+                }
             }
         }
         // A known network's request took no place in its /48: counted apart, so that giving
@@ -599,29 +613,10 @@ impl AddressLimiter {
             keys.push((free, u32::MAX));
         }
         for (key, _) in &keys {
-            self.window(&mut map, key, now).1 += 1;
-        }
-        Ok(())
-    }
-
-    /// Counts one request from `address` whatever its count (one that must not be refused,
-    /// but brings the next to the limit); given back as [`AddressLimiter::hit`]'s is.
-    pub fn count(&self, address: Option<&str>, now: i64) {
-        let limit = self.limit.load(std::sync::atomic::Ordering::Relaxed);
-        if limit == 0 {
-            return;
-        }
-        let Ok(mut map) = self.entries.lock() else {
-            return;
-        };
-        let mut keys = self.keys_of(address, limit, now);
-        if let Some(free) = self.uncharged_key(address, &keys) {
-            keys.push((free, u32::MAX));
-        }
-        for (key, _) in &keys {
             let e = self.window(&mut map, key, now);
             e.1 = e.1.saturating_add(1);
         }
+        Ok(())
     }
 
     /// The key counting a known network's requests that took no place in its /48 (`keys`:

@@ -598,8 +598,11 @@ fn login_done(raw: &str) -> String {
         .join("&")
 }
 
-// A request of the longest kind fits the consent form's bounded body, with room for the rest.
-const _: () = assert!(MAX_QUERY_BYTES * 4 / 3 + 4096 < super::MAX_BODY);
+// A request of the longest kind, and the longest redirect URI the page names, fit the
+// consent form's bounded body (both in the request id, base64), with room for the rest.
+const _: () = assert!(
+    (MAX_QUERY_BYTES + grantline_oauth::limits::URL_BYTES) * 4 / 3 + 4096 < super::MAX_BODY
+);
 
 /// How long a consent page may stay open before its answer is refused.
 const CONSENT_TTL_SECS: i64 = 15 * 60;
