@@ -6,7 +6,7 @@ use crate::location::Location;
 use anyhow::{Context, Result, bail};
 use grantline_ledger::{Recorded, Timestamp};
 use grantline_server::snapshots::Snapshots;
-use grantline_state::history::lineage::{Index, Subject};
+use grantline_state::history::lineage::{Index, Scope, Subject};
 use grantline_state::history::whatif::{Fate, Overrides, WhatIf};
 use grantline_state::history::{Capabilities, Filter, Summary, Until, refs};
 use grantline_state::{State, apply};
@@ -583,21 +583,28 @@ async fn each(store: &Store, mut f: impl FnMut(&Recorded)) -> Result<()> {
     Ok(())
 }
 
+/// What `id` is and which events tell its story: a pass over the ledger, and another when
+/// the id's event names a token without its family.
+async fn scope_of(store: &Store, id: &str) -> Result<Option<Scope>> {
+    let mut index = Index::new(id);
+    each(store, |r| index.observe(r)).await?;
+    if index.needs_another_look() {
+        each(store, |r| index.look_again(r)).await?;
+    }
+    Ok(index.resolve())
+}
+
 pub async fn lineage(loc: &Location, args: LineageArgs) -> Result<ExitCode> {
     let store = open(loc).await?;
     let mut id = args.id.clone();
-    let mut index = Index::new(&id);
-    each(&store, |r| index.observe(r)).await?;
-    let mut scope = index.resolve();
+    let mut scope = scope_of(&store, &id).await?;
     if scope.is_none()
         && let Some(c) = Credentials::new(&store).by_username(&args.id).await?
     {
         id = c.user_id;
-        let mut by_user = Index::new(&id);
-        each(&store, |r| by_user.observe(r)).await?;
-        scope = by_user.resolve();
+        scope = scope_of(&store, &id).await?;
     }
-    let Some(scope) = scope else {
+    let Some(mut scope) = scope else {
         eprintln!("no event names {:?}", args.id);
         return Ok(ExitCode::from(1));
     };

@@ -1,8 +1,12 @@
 //! `grantline lineage <id>`: the whole story of a token, family, grant, user, client, personal
 //! access token, request or event, in seq order, and nothing from another family.
 //!
-//! Two passes over the ledger: [`Index`] learns which family every token belongs to and what
-//! the id is; [`Scope::includes`] then picks the events of its story.
+//! Two passes over the ledger: [`Index`] learns what the id is and the families, grants and
+//! personal access tokens it may lead to; [`Scope::includes`] then picks the events of its
+//! story, learning each family's tokens as they are issued. Neither pass keeps a map of every
+//! token: a ledger of years of rotations holds far more tokens than families. A request or
+//! event id whose event names a token but no family takes one more look, for that token's
+//! family ([`Index::needs_another_look`]).
 
 use super::refs::{Refs, refs};
 use grantline_ledger::{Kind, Payload, Recorded};
@@ -64,25 +68,36 @@ enum Anchor {
     User(String),
 }
 
-/// The first pass: families, their tokens and grants, and where the id appears.
+/// The event a request or event id names: what to follow it to, and the tokens it names
+/// without their family, whose family (found by another look) is followed instead.
+#[derive(Debug, Clone)]
+struct Found {
+    anchor: Option<Anchor>,
+    unresolved: Vec<String>,
+}
+
+/// The id as a token: its family, or the client of a token of no family.
+#[derive(Debug, Clone)]
+enum TokenOf {
+    Family(String),
+    Client(String),
+}
+
+/// The first pass: families and grants, and where the id appears.
 #[derive(Debug)]
 pub struct Index {
     id: String,
     families: HashMap<String, FamilyInfo>,
-    token_family: HashMap<String, String>,
-    /// The other way: each family's tokens, so that a client's or user's story (thousands of
-    /// families) is not a scan of every token per family.
-    family_tokens: HashMap<String, Vec<String>>,
-    /// Tokens of no family (client credentials) → their client.
-    loose_tokens: HashMap<String, String>,
     grants: HashMap<String, (String, String)>,
     pats: HashMap<String, String>,
     users: HashSet<String>,
     clients: HashSet<String>,
-    /// The anchor of the first event recorded for the id as a request id.
-    request: Option<Option<Anchor>>,
-    /// The anchor of the event whose event id is the id.
-    event: Option<Option<Anchor>>,
+    /// The id as a token, from the event that issued it.
+    token: Option<TokenOf>,
+    /// The first event recorded for the id as a request id.
+    request: Option<Found>,
+    /// The event whose event id is the id.
+    event: Option<Found>,
 }
 
 impl Index {
@@ -91,13 +106,11 @@ impl Index {
         Index {
             id: id.to_string(),
             families: HashMap::new(),
-            token_family: HashMap::new(),
-            family_tokens: HashMap::new(),
-            loose_tokens: HashMap::new(),
             grants: HashMap::new(),
             pats: HashMap::new(),
             users: HashSet::new(),
             clients: HashSet::new(),
+            token: None,
             request: None,
             event: None,
         }
@@ -119,29 +132,14 @@ impl Index {
                     },
                 );
             }
-            Payload::TokenIssued(_) | Payload::TokenRefreshed(_) => {
-                match (refs.family, refs.client) {
-                    (Some(f), _) => {
-                        for t in &refs.tokens {
-                            if self
-                                .token_family
-                                .insert(t.to_string(), f.to_string())
-                                .is_none()
-                            {
-                                self.family_tokens
-                                    .entry(f.to_string())
-                                    .or_default()
-                                    .push(t.to_string());
-                            }
-                        }
-                    }
-                    (None, Some(c)) => {
-                        for t in &refs.tokens {
-                            self.loose_tokens.insert(t.to_string(), c.to_string());
-                        }
-                    }
-                    (None, None) => {}
-                }
+            Payload::TokenIssued(_) | Payload::TokenRefreshed(_)
+                if self.token.is_none() && refs.tokens.contains(&self.id.as_str()) =>
+            {
+                self.token = match (refs.family, refs.client) {
+                    (Some(f), _) => Some(TokenOf::Family(f.to_string())),
+                    (None, Some(c)) => Some(TokenOf::Client(c.to_string())),
+                    (None, None) => None,
+                };
             }
             Payload::ConsentGranted(e) => {
                 self.grants
@@ -159,25 +157,55 @@ impl Index {
             _ => {}
         }
         if self.request.is_none() && refs.request == Some(self.id.as_str()) {
-            self.request = Some(self.anchor(&refs));
+            self.request = Some(found(&refs));
         }
         if self.event.is_none() && r.envelope.id.to_string() == self.id {
-            self.event = Some(self.anchor(&refs));
+            self.event = Some(found(&refs));
         }
     }
 
-    fn anchor(&self, r: &Refs<'_>) -> Option<Anchor> {
-        let family = r.family.map(str::to_string).or_else(|| {
-            r.tokens
+    /// Whether the story hangs on the family of a token that the id's event names without
+    /// it: then every event goes through [`Index::look_again`] before [`Index::resolve`].
+    pub fn needs_another_look(&self) -> bool {
+        self.by_anchor().is_some_and(|f| !f.unresolved.is_empty())
+    }
+
+    /// The other look: the family of a token the id's event names.
+    pub fn look_again(&mut self, r: &Recorded) {
+        if !matches!(r.envelope.kind(), Kind::TokenIssued | Kind::TokenRefreshed) {
+            return;
+        }
+        let refs = refs(r.payload());
+        let Some(family) = refs.family else { return };
+        for found in [self.request.as_mut(), self.event.as_mut()]
+            .into_iter()
+            .flatten()
+        {
+            if found
+                .unresolved
                 .iter()
-                .find_map(|t| self.token_family.get(*t).cloned())
-        });
-        family
-            .map(Anchor::Family)
-            .or_else(|| r.pat.map(|p| Anchor::Pat(p.into())))
-            .or_else(|| r.grant.map(|g| Anchor::Grant(g.into())))
-            .or_else(|| r.client.map(|c| Anchor::Client(c.into())))
-            .or_else(|| r.user.map(|u| Anchor::User(u.into())))
+                .any(|t| refs.tokens.contains(&t.as_str()))
+            {
+                found.anchor = Some(Anchor::Family(family.to_string()));
+                found.unresolved.clear();
+            }
+        }
+    }
+
+    /// The request or event the id names, when it is neither a token nor anything else known.
+    fn by_anchor(&self) -> Option<&Found> {
+        let id = self.id.as_str();
+        let named = self.families.contains_key(id)
+            || self.token.is_some()
+            || self.grants.contains_key(id)
+            || self.pats.contains_key(id)
+            || self.clients.contains(id)
+            || self.users.contains(id);
+        if named {
+            None
+        } else {
+            self.request.as_ref().or(self.event.as_ref())
+        }
     }
 
     /// What the id is, and which events tell its story. `None` when the ledger never names it.
@@ -185,15 +213,13 @@ impl Index {
         let id = self.id.as_str();
         let subject = if self.families.contains_key(id) {
             Subject::Family(id.into())
-        } else if let Some(f) = self.token_family.get(id) {
+        } else if let Some(t) = &self.token {
             Subject::Token {
                 token: id.into(),
-                family: f.clone(),
-            }
-        } else if self.loose_tokens.contains_key(id) {
-            Subject::Token {
-                token: id.into(),
-                family: String::new(),
+                family: match t {
+                    TokenOf::Family(f) => f.clone(),
+                    TokenOf::Client(_) => String::new(),
+                },
             }
         } else if self.grants.contains_key(id) {
             Subject::Grant(id.into())
@@ -215,23 +241,21 @@ impl Index {
             ..Scope::default()
         };
         match &subject {
-            Subject::Token { token, family } if family.is_empty() => {
-                s.tokens.insert(token.clone());
-                if let Some(c) = self.loose_tokens.get(token) {
+            Subject::Token { token, .. } => match &self.token {
+                Some(TokenOf::Family(f)) => self.family(&mut s, f, true),
+                Some(TokenOf::Client(c)) => {
+                    s.tokens.insert(token.clone());
                     s.clients.insert(c.clone());
                 }
-            }
-            Subject::Family(f) | Subject::Token { family: f, .. } => self.family(&mut s, f, true),
+                None => {}
+            },
+            Subject::Family(f) => self.family(&mut s, f, true),
             Subject::Grant(g) => self.grant(&mut s, g),
             Subject::Pat(p) => self.pat(&mut s, p),
             Subject::Client(c) => self.whole_client(&mut s, c),
             Subject::User(u) => self.whole_user(&mut s, u),
             Subject::Request(_) | Subject::Event(_) => {
-                let anchor = match &subject {
-                    Subject::Request(_) => self.request.clone().flatten(),
-                    _ => self.event.clone().flatten(),
-                };
-                match anchor {
+                match self.by_anchor().and_then(|f| f.anchor.clone()) {
                     Some(Anchor::Family(f)) => self.family(&mut s, &f, true),
                     Some(Anchor::Pat(p)) => self.pat(&mut s, &p),
                     Some(Anchor::Grant(g)) => self.grant(&mut s, &g),
@@ -244,10 +268,9 @@ impl Index {
         Some(s)
     }
 
+    /// A family's story; its tokens are learnt in the second pass, as they are issued.
     fn family(&self, s: &mut Scope, f: &str, only_its_consents: bool) {
         s.families.insert(f.to_string());
-        s.tokens
-            .extend(self.family_tokens.get(f).into_iter().flatten().cloned());
         if let Some(info) = self.families.get(f) {
             s.grants.insert(info.grant.clone());
             if only_its_consents {
@@ -294,6 +317,8 @@ impl Index {
         }
     }
 
+    /// A client's story; its tokens of no family (client credentials), whose revocation
+    /// names no client, are learnt in the second pass as they are issued.
     fn whole_client(&self, s: &mut Scope, c: &str) {
         s.whole_client = Some(c.to_string());
         s.clients.insert(c.to_string());
@@ -302,13 +327,25 @@ impl Index {
                 self.family(s, f, false);
             }
         }
-        // Its tokens of no family (client credentials): their revocation names no client.
-        for (t, owner) in &self.loose_tokens {
-            if owner == c {
-                s.tokens.insert(t.clone());
-            }
-        }
     }
+}
+
+/// What a request's or an event's story follows: the family it names, else the tokens it
+/// names (for another look) and the next most specific id.
+fn found(r: &Refs<'_>) -> Found {
+    let anchor = r
+        .family
+        .map(|f| Anchor::Family(f.into()))
+        .or_else(|| r.pat.map(|p| Anchor::Pat(p.into())))
+        .or_else(|| r.grant.map(|g| Anchor::Grant(g.into())))
+        .or_else(|| r.client.map(|c| Anchor::Client(c.into())))
+        .or_else(|| r.user.map(|u| Anchor::User(u.into())));
+    let unresolved = if r.family.is_none() {
+        r.tokens.iter().map(|t| t.to_string()).collect()
+    } else {
+        Vec::new()
+    };
+    Found { anchor, unresolved }
 }
 
 /// Which events belong to one story (the second pass).
@@ -336,9 +373,21 @@ impl Default for Subject {
 impl Scope {
     /// Whether `r` is part of the story, and whether it is marked (the token, request or event
     /// asked about). `None`: not part of it.
-    pub fn includes(&self, r: &Recorded) -> Option<bool> {
+    /// Events in seq order: a family's tokens are learnt from their issuance.
+    pub fn includes(&mut self, r: &Recorded) -> Option<bool> {
         let p = r.payload();
         let refs = refs(p);
+        let kind = r.envelope.kind();
+        if matches!(kind, Kind::TokenIssued | Kind::TokenRefreshed) {
+            let ours = match refs.family {
+                Some(f) => self.families.contains(f),
+                None => self.whole_client.is_some() && refs.client == self.whole_client.as_deref(),
+            };
+            if ours {
+                self.tokens
+                    .extend(refs.tokens.iter().map(|t| t.to_string()));
+            }
+        }
         let marked = match &self.subject {
             Subject::Token { token, .. } => refs.tokens.iter().any(|t| t == token),
             Subject::Request(q) => refs.request == Some(q.as_str()),
@@ -346,7 +395,6 @@ impl Scope {
             _ => false,
         };
         let has = |set: &HashSet<String>, v: Option<&str>| v.is_some_and(|v| set.contains(v));
-        let kind = r.envelope.kind();
         let part = match &refs.family {
             // An event of a family belongs to that family's story — and to the story of the
             // whole client or user it names: a client presenting another client's refresh
@@ -403,6 +451,25 @@ mod tests {
         }
     }
 
+    /// The story of `id` as `grantline lineage` tells it: (seq, marked).
+    fn story_of(events: &[Recorded], id: &str) -> (Subject, Vec<(u64, bool)>) {
+        let mut index = Index::new(id);
+        events.iter().for_each(|e| index.observe(e));
+        if index.needs_another_look() {
+            events.iter().for_each(|e| index.look_again(e));
+        }
+        let mut scope = index.resolve().expect("the id is known");
+        let story = events
+            .iter()
+            .filter_map(|e| scope.includes(e).map(|m| (e.seq(), m)))
+            .collect();
+        (scope.subject, story)
+    }
+
+    fn seqs(story: &[(u64, bool)]) -> Vec<u64> {
+        story.iter().map(|(s, _)| *s).collect()
+    }
+
     fn sample(kind: Kind) -> Payload {
         samples::all()
             .into_iter()
@@ -424,14 +491,8 @@ mod tests {
             rec(3, Payload::TokenIssued(issued)),
             rec(4, sample(Kind::ToolCalled)),
         ];
-        let mut index = Index::new(&token);
-        events.iter().for_each(|e| index.observe(e));
-        let scope = index.resolve().expect("the token is known");
-        assert!(matches!(&scope.subject, Subject::Token { family, .. } if family.is_empty()));
-        let story: Vec<(u64, bool)> = events
-            .iter()
-            .filter_map(|e| scope.includes(e).map(|m| (e.seq(), m)))
-            .collect();
+        let (subject, story) = story_of(&events, &token);
+        assert!(matches!(&subject, Subject::Token { family, .. } if family.is_empty()));
         // Its client's registration, its issuance and the tool call made with it (both
         // marked); not the other family's code.
         assert_eq!(story, vec![(1, false), (3, true), (4, true)]);
@@ -467,15 +528,7 @@ mod tests {
             rec(3, Payload::TokenRevoked(revoked)),
             rec(4, Payload::RateLimitExceeded(limited)),
         ];
-        let mut index = Index::new(&client);
-        events.iter().for_each(|e| index.observe(e));
-        let scope = index.resolve().expect("the client is known");
-        let story: Vec<u64> = events
-            .iter()
-            .filter(|e| scope.includes(e).is_some())
-            .map(|e| e.seq())
-            .collect();
-        assert_eq!(story, vec![1, 2, 3, 4]);
+        assert_eq!(seqs(&story_of(&events, &client).1), vec![1, 2, 3, 4]);
     }
 
     /// A client's story holds its attempts on another client's token family: the refusal is
@@ -507,16 +560,7 @@ mod tests {
             rec(3, Payload::TokenIssued(victim)),
             rec(4, Payload::OAuthRefused(tried)),
         ];
-        let story = |subject: &str| {
-            let mut index = Index::new(subject);
-            events.iter().for_each(|e| index.observe(e));
-            let scope = index.resolve().expect("known");
-            events
-                .iter()
-                .filter(|e| scope.includes(e).is_some())
-                .map(|e| e.seq())
-                .collect::<Vec<_>>()
-        };
+        let story = |subject: &str| seqs(&story_of(&events, subject).1);
         assert_eq!(story(&x.client_id), vec![1, 4]);
         // The family's own story holds the try as well.
         assert!(story(&family).contains(&4));
@@ -538,14 +582,85 @@ mod tests {
             rec(2, Payload::PatCreated(pat.clone())),
             rec(3, Payload::UserSessionsEnded(ended)),
         ];
-        let mut index = Index::new(&pat.pat_id);
-        events.iter().for_each(|e| index.observe(e));
-        let scope = index.resolve().expect("the token is known");
-        let story: Vec<u64> = events
-            .iter()
-            .filter(|e| scope.includes(e).is_some())
-            .map(|e| e.seq())
-            .collect();
+        let story = seqs(&story_of(&events, &pat.pat_id).1);
         assert!(story.contains(&2) && story.contains(&3), "{story:?}");
+    }
+
+    /// A tool call's request id tells the story of the family whose token made the call,
+    /// though the call names only the token, issued by a rotation after the family began;
+    /// another family of the same client is not part of it.
+    #[test]
+    fn a_requests_story_follows_the_family_of_the_token_it_used() {
+        let Payload::CodeIssued(code) = sample(Kind::CodeIssued) else {
+            unreachable!()
+        };
+        let Payload::TokenIssued(issued) = sample(Kind::TokenIssued) else {
+            unreachable!()
+        };
+        let mut other_code = code.clone();
+        other_code.family_id = "fam_other".into();
+        let mut other = issued.clone();
+        other.family_id = Some("fam_other".into());
+        other.access.token_id = "at_other".into();
+        if let Some(r) = other.refresh.as_mut() {
+            r.token_id = "rt_other".into();
+        }
+        let Payload::TokenRefreshed(mut rotated) = sample(Kind::TokenRefreshed) else {
+            unreachable!()
+        };
+        rotated.access.token_id = "at_new".into();
+        rotated.refresh.token_id = "rt_new".into();
+        let Payload::ToolCalled(mut call) = sample(Kind::ToolCalled) else {
+            unreachable!()
+        };
+        call.request_id = "req_ours".into();
+        call.credential.id = "at_new".into();
+        let mut other_call = call.clone();
+        other_call.request_id = "req_theirs".into();
+        other_call.credential.id = "at_other".into();
+        let Payload::TokenRevoked(mut revoked) = sample(Kind::TokenRevoked) else {
+            unreachable!()
+        };
+        revoked.family_id = None;
+        revoked.token_id = "at_new".into();
+        revoked.request = None;
+        let events = [
+            rec(1, sample(Kind::ClientRegistered)),
+            rec(2, Payload::CodeIssued(code)),
+            rec(3, Payload::TokenIssued(issued)),
+            rec(4, Payload::CodeIssued(other_code)),
+            rec(5, Payload::TokenIssued(other)),
+            rec(6, Payload::TokenRefreshed(rotated)),
+            rec(7, Payload::ToolCalled(call)),
+            rec(8, Payload::ToolCalled(other_call)),
+            rec(9, Payload::TokenRevoked(revoked)),
+        ];
+        let (subject, story) = story_of(&events, "req_ours");
+        assert_eq!(subject, Subject::Request("req_ours".into()));
+        assert_eq!(
+            story,
+            vec![
+                (1, false),
+                (2, false),
+                (3, false),
+                (6, false),
+                (7, true),
+                (9, false)
+            ]
+        );
+        // The token's own story is the same, its events marked.
+        let (subject, story) = story_of(&events, "at_new");
+        assert!(matches!(subject, Subject::Token { .. }));
+        assert_eq!(seqs(&story), vec![1, 2, 3, 6, 7, 9]);
+        assert!(story.iter().all(|(s, m)| *m == [6, 7, 9].contains(s)));
+        // The client's story holds both families.
+        let client = match events[0].payload() {
+            Payload::ClientRegistered(c) => c.client_id.clone(),
+            _ => unreachable!(),
+        };
+        assert_eq!(
+            seqs(&story_of(&events, &client).1),
+            (1..=9).collect::<Vec<_>>()
+        );
     }
 }
