@@ -221,6 +221,11 @@ fn is_refusal(error: &StoreError) -> bool {
                 | rusqlite::ErrorCode::TooBig
                 | rusqlite::ErrorCode::TypeMismatch
         ),
+        // A seq taken already is no fault of one append: the head read under the lock was
+        // not the head, and every append would be refused in turn. It fails the group closed.
+        StoreError::Database(sqlx::Error::Database(e)) if e.constraint() == Some("events_pkey") => {
+            false
+        }
         StoreError::Database(sqlx::Error::Database(e)) => e.code().is_some_and(|c| {
             // 22: data exception; 23: integrity constraint; P0001: raised by a trigger.
             c.starts_with("22") || c.starts_with("23") || c == "P0001"
@@ -1481,7 +1486,11 @@ impl Writer {
                     .as_ref()
                     .map_or(Duration::from_secs(10), PgLink::connect_timeout);
                 self.began = false;
-                link::within(wait, "BEGIN", sqlx::query("BEGIN").execute(&mut *c)).await?;
+                // Read committed whatever the database's or role's default: under repeatable
+                // read the snapshot is taken at the lock's statement, before the lock is
+                // granted, so the head read after it would miss the commit just before.
+                let begin = sqlx::query("BEGIN ISOLATION LEVEL READ COMMITTED").execute(&mut *c);
+                link::within(wait, "BEGIN", begin).await?;
                 self.began = true;
                 let lock = sqlx::query("SELECT pg_advisory_xact_lock($1)")
                     .bind(PG_APPEND_LOCK)

@@ -146,3 +146,50 @@ backend_tests! {
         assert!(verify(ledger.store()).await.is_ok());
     }
 }
+
+/// A database whose default isolation is repeatable read (set by an administrator for other
+/// applications): two instances appending at once still make one chain, every append
+/// answered. Under repeatable read the head a writer read under the lock could miss the
+/// other's commit, and the seq it took was refused as if the append were at fault.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_append_at_once_under_a_repeatable_read_default() {
+    let Some(db) = grantline_store::testing::postgres().await else {
+        return;
+    };
+    let Database::Postgres(url) = &db.db else {
+        unreachable!()
+    };
+    let name = url.rsplit('/').next().unwrap().split('?').next().unwrap();
+    grantline_store::testing::exec(
+        &db,
+        &format!(
+            "ALTER DATABASE {name} SET default_transaction_isolation = 'repeatable read'; \
+             ALTER DATABASE {name} SET synchronous_commit = off"
+        ),
+    )
+    .await;
+    let a = open(&db).await;
+    let b = open(&db).await;
+    let run = |ledger: grantline_store::Ledger, tag: u64| {
+        tokio::spawn(async move {
+            let mut failed = Vec::new();
+            for i in 0..150 {
+                let appends = (0..4).map(|j| {
+                    ledger.append(Append::new(vec![tool_call(tag * 1_000_000 + i * 10 + j)]))
+                });
+                for r in futures::future::join_all(appends).await {
+                    if let Err(e) = r {
+                        failed.push(e.to_string());
+                    }
+                }
+            }
+            ledger.shutdown().await;
+            failed
+        })
+    };
+    let (fa, fb) = (run(a, 1), run(b, 2));
+    let (fa, fb) = (fa.await.unwrap(), fb.await.unwrap());
+    assert!(fa.is_empty() && fb.is_empty(), "{fa:?} {fb:?}");
+    let store = Store::connect(&db.db, false).await.unwrap();
+    assert_eq!(verify(&store).await.unwrap().events, 1200);
+}

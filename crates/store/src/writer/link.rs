@@ -39,11 +39,15 @@ pub(super) const GRACE: Duration = Duration::from_millis(100);
 /// answered: `synchronous_commit = off` set on the database or role (a tuning some
 /// administrators apply) would answer appends the server could lose in a crash, so it is
 /// turned back on for this connection; any other setting (`local`, `remote_write`, `on`,
-/// `remote_apply`) flushes locally first and is kept.
+/// `remote_apply`) flushes locally first and is kept. Plain SQL (no PL/pgSQL, which a
+/// database may not grant), and a connection on which these do not hold is not used: the
+/// writer would answer appends its limits or its durability no longer cover. (Behind a pooler
+/// in transaction mode a session's settings do not follow its transactions: the writer needs a
+/// session of its own; docs/operations.md.)
 const SERVER_LIMITS: &str = "SET idle_in_transaction_session_timeout = '30s'; \
      SET statement_timeout = '25s'; SET lock_timeout = '25s'; \
-     DO $$ BEGIN IF current_setting('synchronous_commit') = 'off' THEN \
-     PERFORM set_config('synchronous_commit', 'on', false); END IF; END $$";
+     SELECT set_config('synchronous_commit', 'on', false) \
+     WHERE current_setting('synchronous_commit') = 'off'";
 
 /// How long after a failed attempt the next one is made.
 const RETRY_AFTER: Duration = Duration::from_millis(500);
@@ -171,9 +175,7 @@ impl PgLink {
 /// Connects the writer's connection: `options` with the settings of the module's doc.
 pub(super) async fn connect(options: &PgConnectOptions) -> sqlx::Result<PgConnection> {
     let mut conn = PgConnection::connect_with(options).await?;
-    if let Err(error) = sqlx::raw_sql(SERVER_LIMITS).execute(&mut conn).await {
-        tracing::warn!(%error, "the ledger writer's connection keeps the server's timeouts");
-    }
+    sqlx::raw_sql(SERVER_LIMITS).execute(&mut conn).await?;
     Ok(conn)
 }
 
