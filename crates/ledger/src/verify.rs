@@ -96,6 +96,15 @@ impl CheckedRow {
     }
 }
 
+/// Whether a `signing_key.rotated` body hands over the checkpoint key (a body that does not
+/// decode is a finding of its own row).
+fn hands_over_checkpoint_key(body: &[u8]) -> bool {
+    crate::codec::decode(body).is_ok_and(|env| {
+        matches!(&env.payload, crate::Payload::SigningKeyRotated(r)
+            if r.purpose == crate::KeyPurpose::Checkpoint)
+    })
+}
+
 /// One `checkpoints` row as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RawCheckpoint {
@@ -428,7 +437,9 @@ impl Start {
         let bad = |problem| StartError::Finding(Finding { seq: size, problem });
         let signature = |error: String| bad(Problem::CheckpointSignature { size, error });
         let handovers = keys.iter().filter_map(|r| match r.payload() {
-            crate::Payload::SigningKeyRotated(k) => Some((r.seq(), k)),
+            crate::Payload::SigningKeyRotated(k) if k.purpose == crate::KeyPurpose::Checkpoint => {
+                Some((r.seq(), k))
+            }
             _ => None,
         });
         let mut walk = ChainVerifier::new(Vec::new(), trusted);
@@ -856,7 +867,13 @@ impl ChainVerifier {
         self.frontier.push(&hash);
         self.prev = hash;
         self.next_seq += 1;
-        self.handing_over = row.rotation.is_some();
+        // Only a handover of the checkpoint key: at another key's rotation the key in force
+        // stays, and a checkpoint it did not sign is tampering, as at any other seq.
+        let hands_over = row
+            .rotation
+            .as_deref()
+            .is_some_and(hands_over_checkpoint_key);
+        self.handing_over = hands_over;
         // The checkpoints of a handover's own size that the key it retires did not sign: the
         // key it introduces may have (a server restarted after the rotation signs the head
         // again before anything is appended), so they are judged after the handover.
@@ -887,7 +904,7 @@ impl ChainVerifier {
             self.follow(body, seq).map_err(at)?;
         }
         // Still at the handover: one neither key signed proves nothing, as before it.
-        self.handing_over = true;
+        self.handing_over = hands_over;
         for cp in by_the_new_key {
             let verdict = self.judge(&cp);
             self.settle(&cp, verdict, seq)?;

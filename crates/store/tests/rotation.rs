@@ -373,6 +373,42 @@ backend_tests! {
         assert_eq!(f.seq, 6, "{f}");
         assert!(matches!(&f.problem, Problem::KeyRotation { error } if error.contains("not by the key in force")), "{f}");
     }
+
+    /// At the seq of another key's rotation (the access-token key's) the checkpoint key in
+    /// force stays: a checkpoint of that size it did not sign is tampering, as at any other
+    /// size, not a handover's "cannot tell".
+    async fn another_keys_rotation_hands_over_nothing(db: TestDb) {
+        let k0 = NoteSigner::generate(NAME).unwrap();
+        let ledger = open(&db, &k0).await;
+        events(&ledger, 1..=5).await;
+        assert_eq!(ledger.checkpoint().await.unwrap(), Some(5));
+        let access = NoteSigner::generate(NAME).unwrap();
+        let mut rotated = rotation(&k0, &access, None);
+        if let Payload::SigningKeyRotated(r) = &mut rotated.payload {
+            r.purpose = KeyPurpose::AccessToken;
+        }
+        ledger.append(Append::new(vec![rotated])).await.unwrap();
+        assert_eq!(ledger.checkpoint().await.unwrap(), Some(6));
+        ledger.shutdown().await;
+        let store = Store::connect(&db.db, false).await.unwrap();
+        assert!(check(&store, &[&k0]).await.unwrap().fully_trusted());
+        let leaves: Vec<Hash> = store.chain_hashes(6).await.unwrap().iter().map(merkle::leaf_hash).collect();
+        let root = merkle::root_of(&leaves);
+        let note = NoteSigner::generate(NAME).unwrap().sign_checkpoint(NAME, 6, &root);
+        match store.pool() {
+            Pool::Sqlite(p) => {
+                sqlx::query("INSERT INTO checkpoints (time, tree_size, root, note, frontier) VALUES (0, 6, ?, ?, x'')").bind(root.0.as_slice()).bind(&note).execute(p).await.unwrap();
+            }
+            Pool::Postgres(p) => {
+                sqlx::query("INSERT INTO checkpoints (time, tree_size, root, note, frontier) VALUES (now(), 6, $1, $2, '')").bind(root.0.as_slice()).bind(&note).execute(p).await.unwrap();
+            }
+        }
+        let f = check(&store, &[&k0]).await.unwrap_err();
+        assert!(
+            matches!(&f.problem, Problem::CheckpointSignature { size: 6, error } if error.contains("not by the key in force")),
+            "{f}"
+        );
+    }
 }
 
 /// The first start with a new key resumes the Merkle tree from the newest checkpoint of the
