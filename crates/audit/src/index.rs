@@ -448,7 +448,7 @@ impl AuditIndex {
                         Box::new(TermQuery::new(terms[0].clone(), IndexRecordOption::Basic))
                     }
                     (1, true) => Box::new(RegexQuery::from_pattern(
-                        &format!("{}.*", regex_syntax::escape(&tokens[0])),
+                        &format!("(?s){}.*", regex_syntax::escape(&tokens[0])),
                         f.text,
                     )?),
                     (_, false) => Box::new(PhraseQuery::new(terms)),
@@ -516,7 +516,7 @@ impl AuditIndex {
                         ))
                     } else {
                         Box::new(RegexQuery::from_pattern(
-                            &format!("{}.*", regex_syntax::escape(p)),
+                            &format!("(?s){}.*", regex_syntax::escape(p)),
                             field,
                         )?)
                     };

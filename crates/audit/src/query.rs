@@ -130,8 +130,8 @@ pub struct QueryError {
 pub const MAX_QUERY_BYTES: usize = 4096;
 /// How deeply parentheses and negations may nest.
 const MAX_DEPTH: usize = 32;
-/// The most terms (words, phrases, `field:value`) in one query: the index walks the postings
-/// of each, over every window of seqs a page needs.
+/// The most terms (words, each word of a phrase, `field:value`) in one query: the index walks
+/// the postings of each, over every window of seqs a page needs.
 pub const MAX_TERMS: usize = 64;
 /// The most values ending in `*` in one query: each is an automaton run over every word of
 /// its field, with a set of matching documents the size of the index built for it.
@@ -313,11 +313,18 @@ struct Parser<'a> {
 impl Parser<'_> {
     /// Counts a term at `at` against the bounds on a query's work.
     fn count(&mut self, e: &Expr, at: usize) -> Result<(), QueryError> {
-        self.terms += 1;
+        // Each word of a phrase (or of a dotted or hyphenated word) is a walk of its own.
+        self.terms += match e {
+            Expr::Text { tokens, .. } => tokens.len().max(1),
+            _ => 1,
+        };
         if self.terms > MAX_TERMS {
             return Err(err(
                 at,
-                format!("a query holds at most {MAX_TERMS} terms; search in parts"),
+                format!(
+                    "a query holds at most {MAX_TERMS} terms, each word of a phrase counted; \
+                     search in parts"
+                ),
             ));
         }
         let prefix = match e {

@@ -331,6 +331,14 @@ fn malformed_queries_say_where() {
     assert!(parse(&terms, NOW).is_ok());
     let e = parse(&format!("{terms} b"), NOW).unwrap_err();
     assert!(e.message.contains("at most 64 terms"), "{e}");
+    // Each word of a phrase or a dotted word counts: one quoted phrase of a thousand words
+    // would otherwise be one term walking a thousand postings.
+    let words = |n: usize| vec!["tool"; n];
+    assert!(parse(&format!("\"{}\"", words(64).join(" ")), NOW).is_ok());
+    for q in [format!("\"{}\"", words(65).join(" ")), words(65).join(".")] {
+        let e = parse(&q, NOW).unwrap_err();
+        assert!(e.message.contains("at most 64 terms"), "{q}: {e}");
+    }
     // A word the index does not keep (a 64-hex hash) is refused saying so, not dropped from a
     // phrase, which would widen it.
     let hash = "9f2c".repeat(16);
@@ -559,4 +567,23 @@ fn a_phrase_ending_in_a_prefix_finds_everything_or_is_refused() {
     let scan = seqs_by_scan(q, &records);
     assert_eq!(scan.len(), 999);
     assert_eq!(seqs_by_index(q, &wide), scan);
+}
+
+/// A prefix matches values that hold a line break after it (a typed sign-in name may), as the
+/// reference scan's `starts_with` does.
+#[test]
+fn a_prefix_matches_values_with_a_line_break() {
+    let records: Vec<AuditRecord> = (1..=3)
+        .map(|seq| {
+            rec(seq, |r| {
+                r.user_name = Some(if seq == 2 { "mallory\nadmin" } else { "alice" }.into());
+                r.user_agent = Some(if seq == 3 { "curl/8\r\nx" } else { "ua" }.into());
+            })
+        })
+        .collect();
+    let index = AuditIndex::from_records(&records).unwrap();
+    for (q, want) in [("user:mallory*", vec![2]), ("ua:curl*", vec![3])] {
+        assert_eq!(seqs_by_scan(q, &records), want, "scan: {q}");
+        assert_eq!(seqs_by_index(q, &index), want, "index: {q}");
+    }
 }

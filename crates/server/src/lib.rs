@@ -106,6 +106,7 @@ pub fn router(app: App) -> Router {
     routes::router()
         .route("/", get(home))
         .layer(hsts)
+        .layer(axum::middleware::map_response(no_sniffing))
         .layer(axum::middleware::from_fn(move |req, next| {
             connections::body_deadline(read_timeout, req, next)
         }))
@@ -137,6 +138,17 @@ async fn strict_transport(
             axum::http::HeaderValue::from_static("max-age=31536000"),
         );
     }
+    r
+}
+
+/// Every answer is what its `Content-Type` says, never sniffed: an export served as
+/// `text/plain` holds text clients chose (client names, intents), which a browser guessing
+/// at HTML would render on this origin.
+async fn no_sniffing(mut r: Response) -> Response {
+    r.headers_mut().insert(
+        axum::http::header::X_CONTENT_TYPE_OPTIONS,
+        axum::http::HeaderValue::from_static("nosniff"),
+    );
     r
 }
 

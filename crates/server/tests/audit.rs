@@ -280,6 +280,7 @@ backend_tests! {
         loop {
             let r = client.get(&next).header("authorization", &auth).send().await.unwrap();
             assert_eq!(r.status(), StatusCode::OK);
+            assert_eq!(r.headers()["x-content-type-options"], "nosniff");
             let link = r.headers()["link"].to_str().unwrap().to_string();
             assert!(link.ends_with("; rel=\"next\""), "{link}");
             next = link.trim_start_matches('<').split('>').next().unwrap().to_string();
