@@ -169,8 +169,10 @@ impl Indexer {
                 me.clear().await?;
             }
         }
-        me.progress.committed.store(me.position, Ordering::SeqCst);
+        // The names first, as at each commit: an export that reads the position finds the
+        // names up to it.
         me.share_directory();
+        me.progress.committed.store(me.position, Ordering::SeqCst);
         Ok(me)
     }
 

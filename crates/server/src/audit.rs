@@ -170,9 +170,12 @@ impl AuditService {
     }
 
     /// An exporter that names users and clients as of `after`: from the index when it has
-    /// reached that far, else (rebuilding, or behind) from the ledger's own name events, so
-    /// that no user goes unnamed and no name erased before `after` comes back. Every view of
-    /// events (the pull export, one event's view, the audit tools) names them this way.
+    /// reached that far, else (rebuilding, or behind) from its names at its last commit and
+    /// the ledger's own name events since, so that no user goes unnamed and no name erased
+    /// before `after` comes back. Every view of events (the pull export, one event's view,
+    /// the audit tools) names them this way. Only the rows past the index are read: a
+    /// poller at the head, or an `after` past it, costs a read of the index's lag, not of
+    /// the ledger.
     pub async fn exporter_as_of(
         &self,
         app: &App,
@@ -180,14 +183,17 @@ impl AuditService {
         redact: bool,
     ) -> Result<grantline_audit::formats::Exporter, NamesError> {
         use grantline_audit::formats::Exporter;
-        if self.indexed_through() >= after {
+        // The position before the names: the names published are never older than it.
+        let through = self.indexed_through();
+        if through >= after {
             let dir = self.directory_as_of(after).await?;
             return Ok(Exporter::new(app.keyring.clone(), dir, redact));
         }
-        let mut exporter = Exporter::new(app.keyring.clone(), Default::default(), redact);
+        let dir = self.directory.read().map(|d| d.clone()).unwrap_or_default();
+        let mut exporter = Exporter::new(app.keyring.clone(), dir, redact);
         let named = app
             .store()
-            .read_kinds(&grantline_audit::mapping::NAME_KINDS, after)
+            .read_kinds(&grantline_audit::mapping::NAME_KINDS, through, after)
             .await?;
         for r in &named {
             exporter.learn(r).await?;

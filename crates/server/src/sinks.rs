@@ -421,7 +421,7 @@ async fn resume(
     let mut exporter = Exporter::new(app.keyring.clone(), Default::default(), redact);
     if status.seq > 0 {
         for r in store
-            .read_kinds(&grantline_audit::mapping::NAME_KINDS, status.seq)
+            .read_kinds(&grantline_audit::mapping::NAME_KINDS, 0, status.seq)
             .await?
         {
             exporter.learn(&r).await?;

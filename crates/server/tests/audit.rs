@@ -389,15 +389,21 @@ backend_tests! {
         assert_eq!(filters.last(), Some(&once.join(",")), "{filters:?}");
         // The index behind the page asked for (stopped here; rebuilding, or lagging, in
         // life): a user created after it still gets their name, read from the ledger.
+        // A user the index named before it stopped keeps their name too: the names past the
+        // index are read from the ledger on top of the index's own, not instead of them.
+        let early = add_user(&s, "early", "user").await;
+        indexed(&s).await;
         s.app.audit.as_ref().unwrap().stop().await;
         let late = add_user(&s, "late", "user").await;
         let made = s.app.store().head().await.unwrap().unwrap().0;
-        let mut call = grantline_store::testing::tool_call(99);
-        if let grantline_ledger::Payload::ToolCalled(t) = &mut call.payload {
-            t.user_id = Some(late.clone());
+        for (i, user) in [(99, &late), (98, &early)] {
+            let mut call = grantline_store::testing::tool_call(i);
+            if let grantline_ledger::Payload::ToolCalled(t) = &mut call.payload {
+                t.user_id = Some(user.clone());
+            }
+            call.actor = grantline_ledger::Actor::User { id: user.clone() };
+            s.app.ledger.append(grantline_ledger::Append::new(vec![call])).await.unwrap();
         }
-        call.actor = grantline_ledger::Actor::User { id: late.clone() };
-        s.app.ledger.append(grantline_ledger::Append::new(vec![call])).await.unwrap();
         assert!(s.app.audit.as_ref().unwrap().indexed_through() < made);
         let r = client
             .get(s.url(&format!("/admin/api/audit/export?after={made}&format=ocsf")))
@@ -409,6 +415,7 @@ backend_tests! {
         let v: Value = serde_json::from_str(body.lines().next().unwrap()).unwrap();
         assert_eq!(v["metadata"]["event_code"], "tool.called", "{body}");
         assert!(body.contains("late@example.com"), "named from the ledger: {body}");
+        assert!(body.contains("early@example.com"), "named from the index: {body}");
         // One event's view names them the same way.
         let r = client
             .get(s.url(&format!("/admin/api/audit/events/{}", made + 1)))

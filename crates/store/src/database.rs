@@ -518,13 +518,15 @@ impl Store {
         }
     }
 
-    /// The events of `kinds` with seq ≤ `upto`, in seq order: what a reader starting
-    /// mid-ledger needs of the events before its start (the names of users and clients),
-    /// without reading and decoding the others. Each row is checked against its columns and
-    /// its own hash; its links to neighbours that are not read are not (`verify` checks those).
+    /// The events of `kinds` with a seq in `(after, upto]`, in seq order: what a reader
+    /// starting mid-ledger needs of the events before its start (the names of users and
+    /// clients), without reading and decoding the others. Each row is checked against its
+    /// columns and its own hash; its links to neighbours that are not read are not (`verify`
+    /// checks those).
     pub async fn read_kinds(
         &self,
         kinds: &[grantline_ledger::Kind],
+        after: u64,
         upto: u64,
     ) -> Result<Vec<Recorded>> {
         // Kind names are the catalogue's own constants, never caller text.
@@ -536,21 +538,23 @@ impl Store {
         if list.is_empty() {
             return Ok(Vec::new());
         }
-        self.checked_where(&format!("kind IN ({list})"), upto).await
+        self.checked_where(&format!("kind IN ({list})"), after, upto)
+            .await
     }
 
-    /// The rows with seq ≤ `upto` that `condition` also selects (the crate's own SQL, never
-    /// caller text), in seq order, each checked against its columns and its own hash. Read as
-    /// `verify` reads: a column of another type is the row's problem to report (`Corrupt`),
-    /// not a database error.
-    async fn checked_where(&self, condition: &str, upto: u64) -> Result<Vec<Recorded>> {
+    /// The rows with a seq in `(after, upto]` that `condition` also selects (the crate's own
+    /// SQL, never caller text), in seq order, each checked against its columns and its own
+    /// hash. Read as `verify` reads: a column of another type is the row's problem to report
+    /// (`Corrupt`), not a database error.
+    async fn checked_where(&self, condition: &str, after: u64, upto: u64) -> Result<Vec<Recorded>> {
         let upto = upto.min(i64::MAX as u64) as i64;
+        let after = after.min(i64::MAX as u64) as i64;
         let rows = match &self.pool {
             Pool::Sqlite(_) => {
-                let condition = format!("seq <= ?1 AND {condition}");
+                let condition = format!("seq <= ?1 AND seq > ?2 AND {condition}");
                 self.on_sqlite_file(move |path| {
                     let mut out = Vec::new();
-                    scan_sqlite_where(path, &condition, &[&upto], None, |row| {
+                    scan_sqlite_where(path, &condition, &[&upto, &after], None, |row| {
                         let mut r = RawRow::default();
                         assign(&mut r, row);
                         out.push(Ok(r));
@@ -561,10 +565,11 @@ impl Store {
             }
             Pool::Postgres(p) => {
                 let sql = format!(
-                    "SELECT {ROW_COLUMNS_PG} FROM events WHERE seq <= $1 AND {condition} ORDER BY seq"
+                    "SELECT {ROW_COLUMNS_PG} FROM events WHERE seq <= $1 AND seq > $2 AND {condition} ORDER BY seq"
                 );
                 let read = sqlx::query(sqlx::AssertSqlSafe(sql))
                     .bind(upto)
+                    .bind(after)
                     .fetch(p)
                     .map_ok(|r| raw_row(&r))
                     .try_collect::<Vec<_>>();
@@ -585,7 +590,7 @@ impl Store {
     /// read through the stream's index, so a walk that starts from a checkpoint learns the
     /// checkpoint keys in force there without reading the rows before it.
     pub async fn key_events(&self, upto: u64) -> Result<Vec<Recorded>> {
-        self.checked_where("stream = 'keys'", upto).await
+        self.checked_where("stream = 'keys'", 0, upto).await
     }
 
     /// Every event after `after`, in pages of `page`: the next page is read and decoded while

@@ -657,7 +657,7 @@ mod tamper {
                 // The reader by kind (the export's names) refuses it too, as `Corrupt`. (A row
                 // whose kind was altered is not among the kinds it asks for.)
                 if column != "kind" {
-                    match store.read_kinds(&[kind], seq).await {
+                    match store.read_kinds(&[kind], 0, seq).await {
                         Err(StoreError::Corrupt { seq: s, .. }) if s == seq => {}
                         other => panic!("read_kinds must refuse row {seq} after {sql}: {other:?}"),
                     }

@@ -123,7 +123,7 @@ pub async fn exporter_from(
     if !indexed && after > 0 {
         // Only the events that name users and clients, not the whole ledger before `after`.
         for r in store
-            .read_kinds(&grantline_audit::mapping::NAME_KINDS, after)
+            .read_kinds(&grantline_audit::mapping::NAME_KINDS, 0, after)
             .await?
         {
             exporter.learn(&r).await?;
