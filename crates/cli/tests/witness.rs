@@ -49,8 +49,17 @@ backend_tests! {
             }
         };
         exec(&db, sql).await;
+        // It is past the ledger's head, so it is never the newest checkpoint: proofs and the
+        // witness endpoint keep to the real one.
         let (st, body) = fetch(&s, "/ledger/proof/inclusion?seq=1").await;
-        assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert_eq!(st, StatusCode::OK, "{body}");
+        assert!(!body.contains("forged"), "{body}");
+        let (st, body) = fetch(&s, "/.well-known/grantline/checkpoint").await;
+        assert_eq!(st, StatusCode::OK, "{body}");
+        assert!(!body.contains("forged"), "{body}");
+        // Asked for by its size, it is no checkpoint of this ledger.
+        let (st, body) = fetch(&s, "/ledger/proof/inclusion?seq=1&tree_size=1000000000000000").await;
+        assert!(st.is_client_error(), "{st}: {body}");
         let (st, _) = fetch(&s, "/healthz").await;
         assert_eq!(st, StatusCode::OK, "still serving");
         s.stop().await;

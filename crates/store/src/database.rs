@@ -770,7 +770,9 @@ impl Store {
     }
 
     /// The stored checkpoint of tree size `at` (the newest when `None`) with the Merkle
-    /// frontier saved beside it, as stored.
+    /// frontier saved beside it, as stored. The newest is the newest of a size the ledger
+    /// holds: whoever may insert into `checkpoints` could add a row of any size, which no
+    /// later checkpoint would ever pass (the writer ignores it too).
     pub async fn checkpoint_with_frontier(
         &self,
         at: Option<u64>,
@@ -780,7 +782,7 @@ impl Store {
             Pool::Sqlite(p) => {
                 sqlx::query_as(
                     "SELECT tree_size, root, note, frontier FROM checkpoints WHERE tree_size <= ? \
-                     ORDER BY tree_size DESC, id DESC LIMIT 1",
+                     AND tree_size <= (SELECT COALESCE(MAX(seq), 0) FROM events) ORDER BY tree_size DESC, id DESC LIMIT 1",
                 )
                 .bind(size)
                 .fetch_optional(p)
@@ -789,7 +791,7 @@ impl Store {
             Pool::Postgres(p) => {
                 self.pg(sqlx::query_as(
                     "SELECT tree_size, root, note, frontier FROM checkpoints WHERE tree_size <= $1 \
-                     ORDER BY tree_size DESC, id DESC LIMIT 1",
+                     AND tree_size <= (SELECT COALESCE(MAX(seq), 0) FROM events) ORDER BY tree_size DESC, id DESC LIMIT 1",
                 )
                 .bind(size)
                 .fetch_optional(p))
@@ -812,7 +814,8 @@ impl Store {
 
     /// Chain hashes of seq 1..=upto, in order (the Merkle tree's leaf data), for proofs. Read
     /// page by page into 32-byte hashes (no row held as a vector of its own), and sized by
-    /// what the ledger holds, not by `upto` (a checkpoint row's tree size, which may be altered).
+    /// what the ledger holds, not by `upto` (a checkpoint row's tree size, which may be
+    /// altered); a ledger holding fewer is `Corrupt`.
     pub async fn chain_hashes(&self, upto: u64) -> Result<Vec<Hash>> {
         let head = self.count().await?;
         let mut out = Vec::with_capacity(upto.min(head).min(usize::MAX as u64) as usize);
@@ -836,6 +839,13 @@ impl Store {
                 })?);
             }
             from = last.max(0) as u64;
+        }
+        // Fewer than asked: a proof over them would be of a smaller tree than the one named.
+        if (out.len() as u64) < upto {
+            return Err(StoreError::Corrupt {
+                seq: out.len() as u64 + 1,
+                problem: format!("the ledger holds {} events, not {upto}", out.len()),
+            });
         }
         Ok(out)
     }

@@ -549,6 +549,30 @@ mod tamper {
             assert_eq!((f.seq, f.problem), (1, Problem::CheckpointRoot { size: 10 }));
         }
 
+        /// A row of a size past the ledger's head (anyone who may insert into `checkpoints`
+        /// can add one, and none can be removed) is never "the newest checkpoint": the
+        /// witness endpoint, `proof` and `verify --from-checkpoint` would serve or start from
+        /// it for good. And hashes asked for past the head are an error, not a shorter tree.
+        async fn tamper_a_checkpoint_past_the_head_is_never_the_newest(db: TestDb) {
+            let store = scene(&db).await;
+            let real = store.checkpoint(None).await.unwrap().unwrap();
+            assert_eq!(real.tree_size, 12);
+            match store.pool() {
+                grantline_store::Pool::Sqlite(p) => {
+                    sqlx::query("INSERT INTO checkpoints (time, tree_size, root, note, frontier) VALUES (0, 9223372036854775807, zeroblob(32), 'junk', x'')").execute(p).await.unwrap();
+                }
+                grantline_store::Pool::Postgres(p) => {
+                    sqlx::query("INSERT INTO checkpoints (time, tree_size, root, note, frontier) VALUES (now(), 9223372036854775807, decode(repeat('00', 32), 'hex'), 'junk', '')").execute(p).await.unwrap();
+                }
+            }
+            assert_eq!(store.checkpoint(None).await.unwrap(), Some(real.clone()));
+            let (newest, _) = store.checkpoint_with_frontier(None).await.unwrap().unwrap();
+            assert_eq!(newest, real);
+            assert_eq!(store.checkpoint(Some(u64::MAX)).await.unwrap(), None);
+            assert_eq!(store.chain_hashes(12).await.unwrap().len(), 12);
+            assert!(matches!(store.chain_hashes(13).await, Err(StoreError::Corrupt { seq: 13, .. })));
+        }
+
         async fn tamper_forged_or_altered_checkpoint_is_found(db: TestDb) {
             let store = scene(&db).await;
             // A checkpoint signed by a key the verifier does not trust.
