@@ -328,6 +328,7 @@ impl Ledger {
                         options,
                         rx,
                         head: None,
+                        durable: None,
                         last_time: 0,
                         versions: HashMap::new(),
                         frontier: Frontier::new(),
@@ -739,6 +740,10 @@ struct Writer {
     rx: mpsc::Receiver<Job>,
     /// (seq, hash) this writer last committed or read under the lock; `None` = unknown.
     head: Option<(u64, Hash)>,
+    /// The newest (seq, hash) this writer knows to be durable: kept across failures, so that
+    /// a database that went back (a failover that lost acknowledged commits, a restore under
+    /// a running server) or forked is found, not chained onto and signed over.
+    durable: Option<(u64, Hash)>,
     last_time: i64,
     versions: HashMap<StreamId, u64>,
     frontier: Frontier,
@@ -1273,6 +1278,7 @@ impl Writer {
 
         // Durable: now the caches may move on.
         self.head = Some((seq, prev));
+        self.durable = self.head;
         self.last_time = now;
         if self.versions.len() + pending.len() > MAX_CACHED_STREAMS {
             self.versions.clear();
@@ -1389,6 +1395,7 @@ impl Writer {
         // Someone else appended (or we start fresh): forget cached versions, catch up the tree.
         self.versions.clear();
         let (size, hash, time) = db_head.unwrap_or((0, GENESIS, 0));
+        self.still_holds_what_was_durable(size, hash).await?;
         self.last_time = self.last_time.max(time);
         if self.frontier.size() > size {
             self.frontier = Frontier::new();
@@ -1446,7 +1453,65 @@ impl Writer {
             });
         }
         self.head = Some((size, hash));
+        self.durable = self.head;
         Ok(())
+    }
+
+    /// Fails closed when the database no longer holds what this writer saw durable: its head
+    /// `(size, hash)` behind it, or another row at its seq. Chaining onto such a history would
+    /// sign roots of a tree that mixes two histories, or a second root for a size already
+    /// signed. Nothing is appended until an operator looks (`grantline verify`) and restarts.
+    async fn still_holds_what_was_durable(&mut self, size: u64, hash: Hash) -> Result<()> {
+        let Some((seq, want)) = self.durable else {
+            return Ok(());
+        };
+        let found = if size < seq {
+            None
+        } else if size == seq {
+            Some(hash)
+        } else {
+            self.stored_hash(seq).await?
+        };
+        if found == Some(want) {
+            return Ok(());
+        }
+        let problem = if size < seq {
+            format!(
+                "the ledger's head is seq {size}, behind seq {seq}, which this process saw \
+                 durable: events it acknowledged are gone (a failover or a restore under a \
+                 running server); it appends nothing more until restarted"
+            )
+        } else {
+            format!(
+                "seq {seq} is not the event this process saw durable there: the ledger was \
+                 rewritten or forked under it; it appends nothing more until restarted"
+            )
+        };
+        tracing::error!(seq, size, "{problem}");
+        Err(StoreError::Corrupt { seq, problem })
+    }
+
+    /// The stored hash of the row at `seq`, read on the writer's connection (under the lock).
+    async fn stored_hash(&mut self, seq: u64) -> Result<Option<Hash>> {
+        const SQL: &str = "SELECT hash FROM events WHERE seq = $1";
+        let bytes: Option<Vec<u8>> = match &mut self.conn {
+            WriterConn::Sqlite(c) => {
+                on_sqlite(c, move |c| {
+                    use rusqlite::OptionalExtension;
+                    Ok(c.prepare_cached(SQL)?
+                        .query_row([seq as i64], |r| r.get::<_, Vec<u8>>(0))
+                        .optional()?)
+                })
+                .await?
+            }
+            WriterConn::Postgres(c) => {
+                let read = sqlx::query_scalar(SQL)
+                    .bind(seq as i64)
+                    .fetch_optional(&mut *c);
+                link::within(link::STATEMENT_DEADLINE, "a stored hash", read).await?
+            }
+        };
+        Ok(bytes.and_then(|b| Hash::from_slice(&b)))
     }
 
     /// Opens the transaction, takes the append lock and reads the head under it.

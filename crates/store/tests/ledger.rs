@@ -549,6 +549,45 @@ mod tamper {
             assert_eq!((f.seq, f.problem), (1, Problem::CheckpointRoot { size: 10 }));
         }
 
+        /// A database that went back under a running writer (a failover to a standby that
+        /// lost acknowledged commits, a restore while a server runs), or whose history forked
+        /// at a seq it saw durable, is not chained onto: the writer fails closed.
+        async fn tamper_a_ledger_gone_back_or_forked_under_a_running_writer_fails_closed(db: TestDb) {
+            let a = open_with(&db, quiet()).await;
+            for i in 1..=10 {
+                append_one(&a, tool_call(i)).await;
+            }
+            let store = Store::connect(&db.db, false).await.unwrap();
+            drop_guards(&store).await;
+            exec(&store, "DELETE FROM events WHERE seq > 8").await.unwrap();
+            let e = a.append(Append::new(vec![tool_call(11)])).await.unwrap_err();
+            assert!(e.to_string().contains("behind seq 10"), "{e}");
+            assert_eq!(store.head().await.unwrap().unwrap().0, 8, "nothing appended");
+            a.shutdown().await;
+
+            // Another history at the same height: a second writer appends 9 and 10 anew.
+            let a = open_with(&db, quiet()).await;
+            append_one(&a, tool_call(12)).await;
+            append_one(&a, tool_call(13)).await;
+            let head = store.head().await.unwrap().unwrap();
+            assert_eq!(head.0, 10);
+            exec(&store, "DELETE FROM events WHERE seq > 8").await.unwrap();
+            let b = open_with(&db, quiet()).await;
+            append_one(&b, tool_call(14)).await;
+            append_one(&b, tool_call(15)).await;
+            b.shutdown().await;
+            let e = a.append(Append::new(vec![tool_call(16)])).await.unwrap_err();
+            assert!(e.to_string().contains("seq 10 is not the event"), "{e}");
+            // And past it: b's history grown beyond what a saw.
+            let b = open_with(&db, quiet()).await;
+            append_one(&b, tool_call(17)).await;
+            b.shutdown().await;
+            let e = a.append(Append::new(vec![tool_call(18)])).await.unwrap_err();
+            assert!(e.to_string().contains("seq 10 is not the event"), "{e}");
+            assert_eq!(store.head().await.unwrap().unwrap().0, 11, "nothing appended by a");
+            a.shutdown().await;
+        }
+
         /// A row of a size past the ledger's head (anyone who may insert into `checkpoints`
         /// can add one, and none can be removed) is never "the newest checkpoint": the
         /// witness endpoint, `proof` and `verify --from-checkpoint` would serve or start from
