@@ -33,6 +33,11 @@ pub struct Projection {
     /// caller judged before can tell, without the state's lock, whether it must be judged
     /// again.
     authority: std::sync::atomic::AtomicU64,
+    /// The seq and hash of the last event folded here (unknown after a start from a
+    /// snapshot until the first): the next read must link to it, not to whatever the store
+    /// holds at that seq now — a ledger rewritten or gone back under this process would
+    /// otherwise be folded on top of a state that holds events it no longer has.
+    folded: Mutex<Option<(u64, grantline_ledger::Hash)>>,
 }
 
 /// Whether an event of `kind` may take away what a credential could do: revoke or expire it,
@@ -103,6 +108,7 @@ impl Projection {
             caught_up: Mutex::new(std::time::Instant::now()),
             on_erased: std::sync::OnceLock::new(),
             authority: std::sync::atomic::AtomicU64::new(0),
+            folded: Mutex::new(None),
         }
     }
 
@@ -195,6 +201,9 @@ impl Projection {
     /// Folds the event that follows the state.
     fn fold(&self, state: &mut State, e: &Recorded) {
         apply(state, e);
+        if let Ok(mut f) = self.folded.lock() {
+            *f = Some((e.seq(), e.hash));
+        }
         if may_take_authority(e.envelope.kind()) {
             self.authority
                 .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -218,7 +227,16 @@ impl Projection {
         loop {
             let after = self.seq();
             let read_at = std::time::Instant::now();
-            let events = store.read(after, BATCH).await?;
+            let folded = self
+                .folded
+                .lock()
+                .ok()
+                .and_then(|f| *f)
+                .filter(|(seq, _)| *seq == after);
+            let events = match folded {
+                Some((_, hash)) => store.read_linked(after, hash, BATCH).await?,
+                None => store.read(after, BATCH).await?,
+            };
             let reached_end = events.len() < BATCH as usize;
             self.offer(&events);
             if reached_end {

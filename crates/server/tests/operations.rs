@@ -55,6 +55,38 @@ async fn until_ready_is(s: &Server, want: bool) -> Value {
 }
 
 grantline_store::backend_tests! {
+    /// The projection reads on only from the event it folded last: a ledger that went back
+    /// under it, or holds another history from a seq it folded, is an error at each catch-up
+    /// (readiness then says the projection is stale), not events folded on a state holding
+    /// what the ledger no longer has.
+    async fn a_ledger_gone_back_or_forked_under_the_projection_is_not_read_on(db: TestDb) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Server::start(&db, dir.path().to_path_buf(), config(dir.path(), 30, 60)).await;
+        for i in 0..6 {
+            s.app.ledger.append(grantline_ledger::Append::new(vec![grantline_store::testing::tool_call(i)])).await.unwrap();
+        }
+        s.app.projection.catch_up(s.app.store()).await.unwrap();
+        let head = s.app.projection.seq();
+        let unguarded = match &db.db {
+            grantline_store::Database::Sqlite(_) => "DROP TRIGGER events_no_delete",
+            grantline_store::Database::Postgres(_) => "DROP TRIGGER events_append_only ON events",
+        };
+        grantline_store::testing::exec(&db, unguarded).await;
+        grantline_store::testing::exec(&db, &format!("DELETE FROM events WHERE seq > {}", head - 2)).await;
+        let e = s.app.projection.catch_up(s.app.store()).await.unwrap_err();
+        assert!(e.to_string().contains("not the event"), "{e}");
+        // Another history, grown past the head the projection folded.
+        let other = grantline_store::Ledger::open(&db.db, grantline_store::testing::signer(), Default::default()).await.unwrap();
+        for i in 10..14 {
+            other.append(grantline_ledger::Append::new(vec![grantline_store::testing::tool_call(i)])).await.unwrap();
+        }
+        other.shutdown().await;
+        assert!(s.app.store().head().await.unwrap().unwrap().0 > head);
+        assert!(s.app.projection.catch_up(s.app.store()).await.is_err());
+        assert_eq!(s.app.projection.seq(), head, "nothing of the other history folded");
+        s.stop().await;
+    }
+
     async fn readiness_follows_whether_the_ledger_can_be_written(db: TestDb) {
         let dir = tempfile::tempdir().unwrap();
         let s = Server::start(&db, dir.path().to_path_buf(), probed(dir.path())).await;

@@ -501,6 +501,25 @@ impl Store {
         Ok(decode_rows(rows, after, prev).await?.0)
     }
 
+    /// As [`Store::read`], for a reader that holds the event at `after` with hash `prev`: the
+    /// first row must link to it, so a ledger rewritten or gone back under the reader is
+    /// `Corrupt`, not read on as if it followed what the reader holds.
+    pub async fn read_linked(&self, after: u64, prev: Hash, limit: u32) -> Result<Vec<Recorded>> {
+        let rows = self.raw_rows(after, limit).await?;
+        if rows.is_empty() {
+            // Nothing after it: the row at `after` must still be the one held (a ledger that
+            // went back to exactly this seq, with another event there, reads nothing new).
+            if after > 0 && self.hash_at(after).await? != Some(prev) {
+                return Err(StoreError::Corrupt {
+                    seq: after,
+                    problem: "not the event this reader holds at this seq".into(),
+                });
+            }
+            return Ok(Vec::new());
+        }
+        Ok(decode_rows(rows, after, Some(prev)).await?.0)
+    }
+
     /// The hash the first row after `after` must link to, for a read that found rows there:
     /// none before the first event; the row at `after` otherwise, which must be there (a
     /// missing or unreadable one would let the first row read go unchecked against what the
