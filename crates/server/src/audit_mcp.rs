@@ -291,8 +291,7 @@ impl Call<'_> {
                 crate::audit::NamesError::Store(e) => ledger_failed(e),
             })?;
         let item = exporter.item(&r).await.map_err(unreadable)?;
-        let turn = crate::routes::witness::proof_turn().await;
-        let proof = grantline_audit::proof::inclusion(self.app.store(), seq, None, turn)
+        let proof = crate::routes::witness::proof_for_view(self.app.store(), seq)
             .await
             .map_err(unreadable)?;
         self.record(&format!("seq:{seq}"), 1).await?;

@@ -580,8 +580,7 @@ async fn event_view(app: &App, seq: u64) -> Result<Option<Value>, Response> {
         .await
         .map_err(names_failed)?;
     let item = exporter.item(&r).await.map_err(unavailable)?;
-    let turn = crate::routes::witness::proof_turn().await;
-    let proof = grantline_audit::proof::inclusion(app.store(), seq, None, turn)
+    let proof = crate::routes::witness::proof_for_view(app.store(), seq)
         .await
         .map_err(unavailable)?;
     Ok(Some(json!({
@@ -952,6 +951,8 @@ pub async fn event_page(
     let pretty = |v: &Value| serde_json::to_string_pretty(v).unwrap_or_default();
     let proof = if view["proof"].is_null() {
         "<p>No checkpoint covers this event yet; its proof will exist after the next checkpoint.</p>".to_string()
+    } else if let Some(why) = view["proof"]["unavailable"].as_str() {
+        format!("<p>No inclusion proof now: {}.</p>", esc(why))
     } else {
         format!(
             "<p>Inclusion proof against the newest checkpoint (check it offline with <code>grantline verify-proof</code>):</p><pre id=\"proof\">{}</pre>",

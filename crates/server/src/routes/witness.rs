@@ -33,11 +33,39 @@ fn public_turn() -> Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)> {
     Some((share, turn))
 }
 
-/// A turn to compute a proof for a reviewer (the audit pages, API and MCP server): waited for,
-/// since the reader is authenticated and each turn ends, while the public endpoints answer
-/// `503` when none is free. The proof holds it until its hashing ends.
+/// How long a reviewer's view waits for a turn before it is shown without its proof.
+pub const REVIEWER_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A turn to compute a proof for a reviewer (the audit pages, API and MCP server): waited for
+/// up to [`REVIEWER_WAIT`], since the reader is authenticated and each turn ends, while the
+/// public endpoints answer `503` when none is free. `None` when none freed in time (each
+/// proof over a large ledger takes seconds): the view is shown without it. The proof holds
+/// the turn until its hashing ends.
 pub async fn proof_turn() -> Option<OwnedSemaphorePermit> {
-    PROOFS.clone().acquire_owned().await.ok()
+    tokio::time::timeout(REVIEWER_WAIT, PROOFS.clone().acquire_owned())
+        .await
+        .ok()?
+        .ok()
+}
+
+/// The inclusion proof an event view shows: computed with a reviewer's turn, or, when none
+/// freed in time, a note saying where to ask for it; `null` when no checkpoint covers `seq`.
+pub async fn proof_for_view(
+    store: &grantline_store::Store,
+    seq: u64,
+) -> Result<serde_json::Value, grantline_store::StoreError> {
+    let Some(turn) = proof_turn().await else {
+        return Ok(serde_json::json!({
+            "unavailable": format!(
+                "every proof turn stayed taken for {} s: ask /ledger/proof/inclusion?seq={seq} \
+                 again shortly",
+                REVIEWER_WAIT.as_secs()
+            )
+        }));
+    };
+    Ok(grantline_audit::proof::inclusion(store, seq, None, turn)
+        .await?
+        .map_or(serde_json::Value::Null, |p| p))
 }
 
 fn problem(status: StatusCode, message: impl Into<String>) -> Response {
@@ -205,5 +233,18 @@ mod tests {
             "a reviewer still gets a turn at once"
         );
         drop(held);
+    }
+
+    /// A reviewer's view waits for a turn a bounded time, then goes without its proof: a
+    /// loop of other views (or one over a huge ledger) does not hold it for ever.
+    #[tokio::test(start_paused = true)]
+    async fn a_reviewer_waits_a_bounded_time_for_a_proof_turn() {
+        let all: Vec<_> = (0..PROOFS_AT_ONCE)
+            .map(|_| PROOFS.clone().try_acquire_owned().expect("a turn"))
+            .collect();
+        let waited = tokio::time::timeout(REVIEWER_WAIT * 2, proof_turn()).await;
+        assert!(matches!(waited, Ok(None)), "given up after REVIEWER_WAIT");
+        drop(all);
+        assert!(proof_turn().await.is_some());
     }
 }
