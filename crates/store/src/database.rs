@@ -715,11 +715,16 @@ impl Store {
     }
 
     /// The newest checkpoint's tree size and when it was written (µs since the epoch), if any:
-    /// how far the signed head trails the ledger (readiness, metrics).
+    /// how far the signed head trails the ledger (readiness, metrics). Of a size the ledger
+    /// holds: a row inserted past the head would show a signer that stopped as up to date.
     pub async fn newest_checkpoint(&self) -> Result<Option<(u64, i64)>> {
         let row: Option<(i64, Option<i64>)> = match &self.pool {
             Pool::Sqlite(p) => {
-                sqlx::query_as("SELECT tree_size, time FROM checkpoints ORDER BY id DESC LIMIT 1")
+                sqlx::query_as(
+                    "SELECT tree_size, time FROM checkpoints \
+                     WHERE tree_size <= (SELECT COALESCE(MAX(seq), 0) FROM events) \
+                     ORDER BY id DESC LIMIT 1",
+                )
                     .fetch_optional(p)
                     .await?
             }
@@ -727,7 +732,8 @@ impl Store {
                 self.pg(sqlx::query_as(concat!(
                     "SELECT tree_size, ",
                     pg_micros!("time"),
-                    " FROM checkpoints ORDER BY id DESC LIMIT 1"
+                    " FROM checkpoints WHERE tree_size <= (SELECT COALESCE(MAX(seq), 0) FROM events) \
+                     ORDER BY id DESC LIMIT 1"
                 ))
                 .fetch_optional(p))
                     .await?
@@ -782,16 +788,23 @@ impl Store {
         })
     }
 
-    /// The stored checkpoint of tree size `at` (the newest when `None`), as stored: one row
-    /// read, not the table.
+    /// The checkpoint of tree size `at` (the newest when `None`) to serve and prove against:
+    /// one of a size the ledger holds, as stored. Whoever may insert into `checkpoints` could
+    /// add a row of any size, which no later checkpoint would ever pass (the writer ignores it
+    /// too), to be served as the newest for good.
     pub async fn checkpoint(&self, at: Option<u64>) -> Result<Option<RawCheckpoint>> {
-        Ok(self.checkpoint_with_frontier(at).await?.map(|(c, _)| c))
+        let head = self.count().await?;
+        let upto = at.map_or(head, |n| n.min(head));
+        Ok(self
+            .checkpoint_with_frontier(Some(upto))
+            .await?
+            .filter(|(c, _)| at.is_none_or(|n| c.tree_size as u64 == n))
+            .map(|(c, _)| c))
     }
 
     /// The stored checkpoint of tree size `at` (the newest when `None`) with the Merkle
-    /// frontier saved beside it, as stored. The newest is the newest of a size the ledger
-    /// holds: whoever may insert into `checkpoints` could add a row of any size, which no
-    /// later checkpoint would ever pass (the writer ignores it too).
+    /// frontier saved beside it, as stored, whatever its size: `verify --from-checkpoint`
+    /// judges one past the head (a ledger cut back under it is NOT INTACT).
     pub async fn checkpoint_with_frontier(
         &self,
         at: Option<u64>,
@@ -801,7 +814,7 @@ impl Store {
             Pool::Sqlite(p) => {
                 sqlx::query_as(
                     "SELECT tree_size, root, note, frontier FROM checkpoints WHERE tree_size <= ? \
-                     AND tree_size <= (SELECT COALESCE(MAX(seq), 0) FROM events) ORDER BY tree_size DESC, id DESC LIMIT 1",
+                     ORDER BY tree_size DESC, id DESC LIMIT 1",
                 )
                 .bind(size)
                 .fetch_optional(p)
@@ -810,7 +823,7 @@ impl Store {
             Pool::Postgres(p) => {
                 self.pg(sqlx::query_as(
                     "SELECT tree_size, root, note, frontier FROM checkpoints WHERE tree_size <= $1 \
-                     AND tree_size <= (SELECT COALESCE(MAX(seq), 0) FROM events) ORDER BY tree_size DESC, id DESC LIMIT 1",
+                     ORDER BY tree_size DESC, id DESC LIMIT 1",
                 )
                 .bind(size)
                 .fetch_optional(p))

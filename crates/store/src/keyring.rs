@@ -11,6 +11,10 @@ use std::sync::{Arc, Mutex};
 /// PostgreSQL: a subject's key is made and erased one at a time, on every instance (a
 /// transaction-scoped advisory lock on the subject).
 const SUBJECT_LOCK: &str = "SELECT pg_advisory_xact_lock(hashtextextended($1, 7))";
+/// Whatever the database's default isolation: under repeatable read the snapshot would be
+/// taken at the lock's statement, before the lock is granted, and miss an erasure committed
+/// while it waited.
+const READ_COMMITTED: &str = "SET TRANSACTION ISOLATION LEVEL READ COMMITTED";
 
 /// Checkpoints the SQLite WAL and truncates it, so that a deleted key's bytes leave the WAL
 /// file as well as the table. A truncation waits for readers of older snapshots (a backup's
@@ -140,6 +144,7 @@ impl Keyring {
             Pool::Postgres(p) => {
                 let pg = &self.store;
                 let mut tx = pg.pg(p.begin()).await?;
+                pg.pg(sqlx::query(READ_COMMITTED).execute(&mut *tx)).await?;
                 pg.pg(sqlx::query(SUBJECT_LOCK).bind(subject).execute(&mut *tx))
                     .await?;
                 pg.pg(sqlx::query(
@@ -332,6 +337,7 @@ impl Keyring {
             Pool::Postgres(p) => {
                 let pg = &self.store;
                 let mut tx = pg.pg(p.begin()).await?;
+                pg.pg(sqlx::query(READ_COMMITTED).execute(&mut *tx)).await?;
                 pg.pg(sqlx::query(SUBJECT_LOCK).bind(subject).execute(&mut *tx))
                     .await?;
                 let n = pg

@@ -1462,7 +1462,8 @@ impl Writer {
     /// sign roots of a tree that mixes two histories, or a second root for a size already
     /// signed. Nothing is appended until an operator looks (`grantline verify`) and restarts.
     async fn still_holds_what_was_durable(&mut self, size: u64, hash: Hash) -> Result<()> {
-        let Some((seq, want)) = self.durable else {
+        // Seq 0 (an empty ledger seen) holds nothing that could be lost.
+        let Some((seq, want)) = self.durable.filter(|(seq, _)| *seq > 0) else {
             return Ok(());
         };
         let found = if size < seq {

@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use grantline_ledger::verify::Problem;
+use grantline_ledger::verify::{Problem, StartError};
 use grantline_ledger::*;
 use grantline_store::testing::TestDb;
 use grantline_store::{Database, Keyring, LedgerOptions, Store, StoreError, Tail, backend_tests};
@@ -588,6 +588,29 @@ mod tamper {
             a.shutdown().await;
         }
 
+        /// A ledger cut back below its newest checkpoint, verified from that checkpoint (by
+        /// its size, or as the newest): NOT INTACT, not "no such checkpoint".
+        async fn tamper_a_tail_cut_below_a_checkpoint_is_found_from_it(db: TestDb) {
+            let store = scene(&db).await;
+            drop_guards(&store).await;
+            exec(&store, "DELETE FROM events WHERE seq > 11").await.unwrap();
+            assert!(matches!(verify_from(&store, Some(12)).await, Err(StartError::Finding(_))));
+            exec(&store, "DELETE FROM events WHERE seq > 7").await.unwrap();
+            assert!(matches!(verify_from(&store, None).await, Err(StartError::Finding(_))));
+        }
+
+        /// A writer that saw the ledger empty (a write probe before any append) goes on
+        /// appending after another writer's first events: seq 0 holds nothing to lose.
+        async fn a_writer_that_saw_an_empty_ledger_appends_after_another(db: TestDb) {
+            let a = open_with(&db, quiet()).await;
+            a.probe().await.unwrap();
+            let b = open_with(&db, quiet()).await;
+            append_one(&b, tool_call(1)).await;
+            b.shutdown().await;
+            assert_eq!(append_one(&a, tool_call(2)).await.seq(), 2);
+            a.shutdown().await;
+        }
+
         /// A row of a size past the ledger's head (anyone who may insert into `checkpoints`
         /// can add one, and none can be removed) is never "the newest checkpoint": the
         /// witness endpoint, `proof` and `verify --from-checkpoint` would serve or start from
@@ -605,9 +628,11 @@ mod tamper {
                 }
             }
             assert_eq!(store.checkpoint(None).await.unwrap(), Some(real.clone()));
-            let (newest, _) = store.checkpoint_with_frontier(None).await.unwrap().unwrap();
-            assert_eq!(newest, real);
             assert_eq!(store.checkpoint(Some(u64::MAX)).await.unwrap(), None);
+            // `verify --from-checkpoint` judges the row as stored: tampering, found.
+            let (newest, _) = store.checkpoint_with_frontier(None).await.unwrap().unwrap();
+            assert_eq!(newest.note, "junk");
+            assert!(matches!(verify_from(&store, None).await, Err(StartError::Finding(_))));
             assert_eq!(store.chain_hashes(12).await.unwrap().len(), 12);
             assert!(matches!(store.chain_hashes(13).await, Err(StoreError::Corrupt { seq: 13, .. })));
         }
