@@ -183,13 +183,25 @@ impl AuditService {
         redact: bool,
     ) -> Result<grantline_audit::formats::Exporter, NamesError> {
         use grantline_audit::formats::Exporter;
-        // The position before the names: the names published are never older than it.
-        let through = self.indexed_through();
-        if through >= after {
-            let dir = self.directory_as_of(after).await?;
-            return Ok(Exporter::new(app.keyring.clone(), dir, redact));
-        }
-        let dir = self.directory.read().map(|d| d.clone()).unwrap_or_default();
+        // The position before the names: the names published are never older than it. The
+        // indexer publishes its names, then its position: names read between the two are of
+        // a commit past `through`, perhaps past `after` (a client renamed since would be named
+        // so on earlier events), so the position is read again and, if it moved, taken anew.
+        // (Left: names published an instant before their position, both reads seeing the
+        // old one.)
+        let mut through = self.indexed_through();
+        let dir = loop {
+            if through >= after {
+                let dir = self.directory_as_of(after).await?;
+                return Ok(Exporter::new(app.keyring.clone(), dir, redact));
+            }
+            let dir = self.directory.read().map(|d| d.clone()).unwrap_or_default();
+            let now = self.indexed_through();
+            if now == through {
+                break dir;
+            }
+            through = now;
+        };
         let mut exporter = Exporter::new(app.keyring.clone(), dir, redact);
         let named = app
             .store()

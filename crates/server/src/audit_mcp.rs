@@ -45,7 +45,7 @@ fn tools() -> Value {
         {
             "name": "get_event",
             "title": "One event with its proof",
-            "description": "One event by seq: every field as recorded, its chain hash, and an inclusion proof against the newest signed checkpoint.",
+            "description": "One event by seq: every field as recorded, its chain hash, and an inclusion proof against the newest signed checkpoint (null when none covers it yet; {\"unavailable\": reason} when the server is busy computing others).",
             "inputSchema": {"type": "object", "properties": {"seq": {"type": "integer", "minimum": 1}}, "required": ["seq"]},
             "annotations": ro
         },

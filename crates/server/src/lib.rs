@@ -105,11 +105,12 @@ pub fn router(app: App) -> Router {
     let hsts = axum::middleware::from_fn_with_state(app.clone(), strict_transport);
     routes::router()
         .route("/", get(home))
-        .layer(hsts)
-        .layer(axum::middleware::map_response(no_sniffing))
         .layer(axum::middleware::from_fn(move |req, next| {
             connections::body_deadline(read_timeout, req, next)
         }))
+        // Outside the body deadline, whose 408 is an answer of its own.
+        .layer(hsts)
+        .layer(axum::middleware::map_response(no_sniffing))
         .layer(metrics)
         .with_state(app)
         .layer(PropagateRequestIdLayer::x_request_id())

@@ -489,7 +489,17 @@ async fn run(app: App, mut sink: Sink, stop: Arc<AtomicBool>, board: Board) {
         let (items, last, last_hash) = match pending.take() {
             Some(p) => p,
             None => {
-                let read = app.store().read(status.seq, sink.batch).await;
+                // Linked to the last event delivered: a ledger rewritten or gone back under
+                // the sink is its failure, not events of another history sent on.
+                let delivered = status
+                    .hash
+                    .as_deref()
+                    .and_then(grantline_ledger::Hash::from_hex)
+                    .filter(|_| status.seq > 0);
+                let read = match delivered {
+                    Some(h) => app.store().read_linked(status.seq, h, sink.batch).await,
+                    None => app.store().read(status.seq, sink.batch).await,
+                };
                 let events = match read {
                     Ok(events) => events,
                     Err(e) => {

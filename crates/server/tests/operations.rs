@@ -82,7 +82,8 @@ grantline_store::backend_tests! {
         }
         other.shutdown().await;
         assert!(s.app.store().head().await.unwrap().unwrap().0 > head);
-        assert!(s.app.projection.catch_up(s.app.store()).await.is_err());
+        let e = s.app.projection.catch_up(s.app.store()).await.unwrap_err();
+        assert!(matches!(e, grantline_store::StoreError::Corrupt { .. }), "{e}");
         assert_eq!(s.app.projection.seq(), head, "nothing of the other history folded");
         s.stop().await;
     }

@@ -484,7 +484,13 @@ pub async fn export(
             "the audit trail is busy with other readings: try again shortly",
         );
     };
-    let events = match app.store().read(after, limit).await {
+    // Linked to the event the cursor was checked against: a ledger rewritten between the
+    // check and the read is an error, not a page of another history.
+    let read = match at_after {
+        Some(h) => app.store().read_linked(after, h, limit).await,
+        None => app.store().read(after, limit).await,
+    };
+    let events = match read {
         Ok(e) => e,
         Err(e) => return unreadable("reading the ledger", &e),
     };

@@ -223,8 +223,13 @@ pub async fn consistency(
 mod tests {
     use super::*;
 
+    /// The turns are the process's: tests that take them run one at a time (`cargo test`
+    /// runs a binary's tests in threads).
+    static TURNS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
     #[tokio::test]
     async fn anonymous_proofs_leave_a_turn_for_reviewers() {
+        let _one = TURNS.lock().await;
         let held = public_turn().expect("a public turn");
         assert!(public_turn().is_none(), "the public's share is taken");
         let reviewer = tokio::time::timeout(std::time::Duration::from_secs(5), proof_turn()).await;
@@ -239,6 +244,7 @@ mod tests {
     /// loop of other views (or one over a huge ledger) does not hold it for ever.
     #[tokio::test(start_paused = true)]
     async fn a_reviewer_waits_a_bounded_time_for_a_proof_turn() {
+        let _one = TURNS.lock().await;
         let all: Vec<_> = (0..PROOFS_AT_ONCE)
             .map(|_| PROOFS.clone().try_acquire_owned().expect("a turn"))
             .collect();
