@@ -81,8 +81,11 @@ def test_sqlite_backup_of_a_running_server_restores_and_a_bad_one_is_refused(ser
     # What the replaced ledger recorded after the restored head, by the command restore names.
     listed = re.search(r"(events --after (\d+) --kind user.erased)", forced)
     assert listed and listed.group(2) == m.group(2), forced
-    later = grantline("--database", f"sqlite:{moved.group(1)}", "events", "--after", m.group(2),
-                      "--json").stdout
+    # As printed: with the data directory, whose key records the reading (without it, the
+    # default data directory's, which a fresh machine does not have).
+    assert f"grantline --data-dir {data} --database sqlite:{moved.group(1)} events" in forced, forced
+    later = grantline("--data-dir", data, "--database", f"sqlite:{moved.group(1)}", "events",
+                      "--after", m.group(2), "--json").stdout
     later = [json.loads(line) for line in later.splitlines() if line.strip()]
     assert later and all(e["seq"] > int(m.group(2)) for e in later), later
     assert "user.created" in [e["kind"] for e in later], later

@@ -256,7 +256,9 @@ pub async fn restore(loc: &Location, args: RestoreArgs) -> Result<ExitCode> {
         println!("the previous ledger was moved to {}", old.display());
         println!(
             "what it recorded after the restored head (erasures to run again, revocations to \
-             repeat): grantline --database sqlite:{} events --after {} --kind user.erased",
+             repeat): grantline --data-dir {} --database sqlite:{} events --after {} --kind \
+             user.erased",
+            loc.data_dir.display(),
             old.display(),
             m.head_seq
         );
