@@ -190,6 +190,7 @@ impl AuditService {
         // (Left: names published an instant before their position, both reads seeing the
         // old one.)
         let mut through = self.indexed_through();
+        let mut tries = 0;
         let dir = loop {
             if through >= after {
                 let dir = self.directory_as_of(after).await?;
@@ -197,7 +198,10 @@ impl AuditService {
             }
             let dir = self.directory.read().map(|d| d.clone()).unwrap_or_default();
             let now = self.indexed_through();
-            if now == through {
+            tries += 1;
+            // At most three rounds: an index rebuilding commits often, and each round copies
+            // the names.
+            if now == through || tries == 3 {
                 break dir;
             }
             through = now;

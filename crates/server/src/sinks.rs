@@ -503,6 +503,16 @@ async fn run(app: App, mut sink: Sink, stop: Arc<AtomicBool>, board: Board) {
                 let events = match read {
                     Ok(events) => events,
                     Err(e) => {
+                        // The ledger no longer holds the event last delivered (restored or
+                        // rewritten under the running sink): resumed as at a start, which
+                        // brings the cursor back to the head or sends everything again. (A
+                        // damaged row after it is the sink's failure until it is repaired.)
+                        if matches!(e, grantline_store::StoreError::Corrupt { .. })
+                            && let Some(h) = delivered
+                            && app.store().hash_at(status.seq).await.ok() != Some(Some(h))
+                        {
+                            ahead = true;
+                        }
                         failed(
                             &sink.name,
                             "sink cannot read the ledger",

@@ -794,12 +794,13 @@ impl Store {
     /// too), to be served as the newest for good.
     pub async fn checkpoint(&self, at: Option<u64>) -> Result<Option<RawCheckpoint>> {
         let head = self.count().await?;
-        let upto = at.map_or(head, |n| n.min(head));
-        Ok(self
-            .checkpoint_with_frontier(Some(upto))
-            .await?
-            .filter(|(c, _)| at.is_none_or(|n| c.tree_size as u64 == n))
-            .map(|(c, _)| c))
+        if at.is_some_and(|n| n > head) {
+            return Ok(None);
+        }
+        let row = self
+            .checkpoint_row(at.unwrap_or(head), at.is_some())
+            .await?;
+        Ok(row.map(|(c, _)| c))
     }
 
     /// The stored checkpoint of tree size `at` (the newest when `None`) with the Merkle
@@ -809,7 +810,18 @@ impl Store {
         &self,
         at: Option<u64>,
     ) -> Result<Option<(RawCheckpoint, Vec<u8>)>> {
-        let size = at.map_or(i64::MAX, |n| n.min(i64::MAX as u64) as i64);
+        self.checkpoint_row(at.unwrap_or(u64::MAX), at.is_some())
+            .await
+    }
+
+    /// The newest stored checkpoint of a size at most `bound` (exactly `bound` when `exact`),
+    /// with its frontier.
+    async fn checkpoint_row(
+        &self,
+        bound: u64,
+        exact: bool,
+    ) -> Result<Option<(RawCheckpoint, Vec<u8>)>> {
+        let size = bound.min(i64::MAX as u64) as i64;
         let row: Option<(i64, Vec<u8>, String, Vec<u8>)> = match &self.pool {
             Pool::Sqlite(p) => {
                 sqlx::query_as(
@@ -831,7 +843,7 @@ impl Store {
             }
         };
         Ok(row
-            .filter(|(tree_size, ..)| at.is_none_or(|n| *tree_size as u64 == n))
+            .filter(|(tree_size, ..)| !exact || *tree_size == size)
             .map(|(tree_size, root, note, frontier)| {
                 (
                     RawCheckpoint {

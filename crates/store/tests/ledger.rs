@@ -619,6 +619,13 @@ mod tamper {
             let store = scene(&db).await;
             let real = store.checkpoint(None).await.unwrap().unwrap();
             assert_eq!(real.tree_size, 12);
+            // Events after the newest checkpoint (as on any live ledger) leave it the newest.
+            let ledger = open_with(&db, quiet()).await;
+            append_one(&ledger, tool_call(13)).await;
+            assert_eq!(store.count().await.unwrap(), 13);
+            assert_eq!(store.checkpoint(None).await.unwrap(), Some(real.clone()));
+            assert_eq!(store.checkpoint(Some(12)).await.unwrap(), Some(real.clone()));
+            assert_eq!(store.checkpoint(Some(11)).await.unwrap(), None);
             match store.pool() {
                 grantline_store::Pool::Sqlite(p) => {
                     sqlx::query("INSERT INTO checkpoints (time, tree_size, root, note, frontier) VALUES (0, 9223372036854775807, zeroblob(32), 'junk', x'')").execute(p).await.unwrap();
@@ -634,7 +641,8 @@ mod tamper {
             assert_eq!(newest.note, "junk");
             assert!(matches!(verify_from(&store, None).await, Err(StartError::Finding(_))));
             assert_eq!(store.chain_hashes(12).await.unwrap().len(), 12);
-            assert!(matches!(store.chain_hashes(13).await, Err(StoreError::Corrupt { seq: 13, .. })));
+            assert!(matches!(store.chain_hashes(14).await, Err(StoreError::Corrupt { seq: 14, .. })));
+            ledger.shutdown().await;
         }
 
         async fn tamper_forged_or_altered_checkpoint_is_found(db: TestDb) {

@@ -161,13 +161,9 @@ impl Opener for Masking<'_> {
 
 impl Exporter {
     /// `dir`: the names known before the first event exported (from the index, or a pass
-    /// over the ledger before `after`). `redact`: leave personal data out. The users `dir`
-    /// knows erased read as erased, whether or not their keys were deleted.
+    /// over the ledger before `after`). `redact`: leave personal data out.
     pub fn new(keyring: Keyring, dir: Directory, redact: bool) -> Exporter {
-        let mut keys = KeyCache::new(keyring);
-        for u in dir.erased_users() {
-            keys.forget(&grantline_ledger::pii::user_subject(&u));
-        }
+        let keys = KeyCache::new(keyring);
         Exporter {
             keys,
             dir,
