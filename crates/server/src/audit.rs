@@ -199,9 +199,9 @@ impl AuditService {
             let dir = self.directory.read().map(|d| d.clone()).unwrap_or_default();
             let now = self.indexed_through();
             tries += 1;
-            // At most three rounds: an index rebuilding commits often, and each round copies
-            // the names.
-            if now == through || tries == 3 {
+            // At most three rounds while the index stays behind: an index rebuilding commits
+            // often, and each round copies the names. One that reached `after` is taken from.
+            if now == through || (tries == 3 && now < after) {
                 break dir;
             }
             through = now;

@@ -509,7 +509,7 @@ async fn run(app: App, mut sink: Sink, stop: Arc<AtomicBool>, board: Board) {
                         // damaged row after it is the sink's failure until it is repaired.)
                         if matches!(e, grantline_store::StoreError::Corrupt { .. })
                             && let Some(h) = delivered
-                            && app.store().hash_at(status.seq).await.ok() != Some(Some(h))
+                            && matches!(app.store().hash_at(status.seq).await, Ok(at) if at != Some(h))
                         {
                             ahead = true;
                         }

@@ -843,7 +843,7 @@ impl Store {
             }
         };
         Ok(row
-            .filter(|(tree_size, ..)| !exact || *tree_size == size)
+            .filter(|(tree_size, ..)| !exact || u64::try_from(*tree_size) == Ok(bound))
             .map(|(tree_size, root, note, frontier)| {
                 (
                     RawCheckpoint {

@@ -639,6 +639,8 @@ mod tamper {
             // `verify --from-checkpoint` judges the row as stored: tampering, found.
             let (newest, _) = store.checkpoint_with_frontier(None).await.unwrap().unwrap();
             assert_eq!(newest.note, "junk");
+            // Asked for by a size past i64, it is no row's (not the one of size i64::MAX).
+            assert_eq!(store.checkpoint_with_frontier(Some(1 << 63)).await.unwrap(), None);
             assert!(matches!(verify_from(&store, None).await, Err(StartError::Finding(_))));
             assert_eq!(store.chain_hashes(12).await.unwrap().len(), 12);
             assert!(matches!(store.chain_hashes(14).await, Err(StoreError::Corrupt { seq: 14, .. })));
