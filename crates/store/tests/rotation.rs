@@ -119,6 +119,31 @@ async fn hand_over(ledger: &Ledger, from: &NoteSigner, to: &NoteSigner) {
         .unwrap();
 }
 
+/// Inserts a checkpoint row of `size` with `note` over `root`, as anyone who may insert into
+/// `checkpoints` can.
+async fn insert_checkpoint(store: &Store, size: i64, root: &Hash, note: &str) {
+    match store.pool() {
+        Pool::Sqlite(p) => {
+            sqlx::query("INSERT INTO checkpoints (time, tree_size, root, note, frontier) VALUES (0, ?, ?, ?, x'')")
+                .bind(size)
+                .bind(root.0.as_slice())
+                .bind(note)
+                .execute(p)
+                .await
+                .unwrap();
+        }
+        Pool::Postgres(p) => {
+            sqlx::query("INSERT INTO checkpoints (time, tree_size, root, note, frontier) VALUES (now(), $1, $2, $3, '')")
+                .bind(size)
+                .bind(root.0.as_slice())
+                .bind(note)
+                .execute(p)
+                .await
+                .unwrap();
+        }
+    }
+}
+
 async fn check(store: &Store, trusted: &[&NoteSigner]) -> Result<Summary, Finding> {
     let keys: Vec<NoteVerifier> = trusted.iter().map(|s| s.verifier()).collect();
     grantline_store::verify(store, &keys, |_| {}).await.unwrap()
@@ -143,14 +168,7 @@ backend_tests! {
         let leaves: Vec<Hash> = store.chain_hashes(8).await.unwrap().iter().map(merkle::leaf_hash).collect();
         let root = merkle::root_of(&leaves);
         let note = k0.sign_checkpoint(NAME, 8, &root);
-        match store.pool() {
-            Pool::Sqlite(p) => {
-                sqlx::query("INSERT INTO checkpoints (time, tree_size, root, note, frontier) VALUES (0, 8, ?, ?, x'')").bind(root.0.as_slice()).bind(&note).execute(p).await.unwrap();
-            }
-            Pool::Postgres(p) => {
-                sqlx::query("INSERT INTO checkpoints (time, tree_size, root, note, frontier) VALUES (now(), 8, $1, $2, '')").bind(root.0.as_slice()).bind(&note).execute(p).await.unwrap();
-            }
-        }
+        insert_checkpoint(&store, 8, &root, &note).await;
         let f = check(&store, &[&k0]).await.unwrap_err();
         assert_eq!(f.seq, 8);
         assert!(matches!(&f.problem, Problem::CheckpointSignature { size: 8, error } if error.contains("not the key in force at seq 8") && error.contains("seq 6")), "{f}");
@@ -237,16 +255,7 @@ backend_tests! {
         // a rewrite.
         let insert = |note: String, root: Hash| {
             let store = store.clone();
-            async move {
-                match store.pool() {
-                    Pool::Sqlite(p) => {
-                        sqlx::query("INSERT INTO checkpoints (time, tree_size, root, note, frontier) VALUES (0, 6, ?, ?, x'')").bind(root.0.as_slice()).bind(&note).execute(p).await.unwrap();
-                    }
-                    Pool::Postgres(p) => {
-                        sqlx::query("INSERT INTO checkpoints (time, tree_size, root, note, frontier) VALUES (now(), 6, $1, $2, '')").bind(root.0.as_slice()).bind(&note).execute(p).await.unwrap();
-                    }
-                }
-            }
+            async move { insert_checkpoint(&store, 6, &root, &note).await }
         };
         let leaves: Vec<Hash> = store.chain_hashes(6).await.unwrap().iter().map(merkle::leaf_hash).collect();
         let root = merkle::root_of(&leaves);
@@ -395,14 +404,7 @@ backend_tests! {
         let leaves: Vec<Hash> = store.chain_hashes(6).await.unwrap().iter().map(merkle::leaf_hash).collect();
         let root = merkle::root_of(&leaves);
         let note = NoteSigner::generate(NAME).unwrap().sign_checkpoint(NAME, 6, &root);
-        match store.pool() {
-            Pool::Sqlite(p) => {
-                sqlx::query("INSERT INTO checkpoints (time, tree_size, root, note, frontier) VALUES (0, 6, ?, ?, x'')").bind(root.0.as_slice()).bind(&note).execute(p).await.unwrap();
-            }
-            Pool::Postgres(p) => {
-                sqlx::query("INSERT INTO checkpoints (time, tree_size, root, note, frontier) VALUES (now(), 6, $1, $2, '')").bind(root.0.as_slice()).bind(&note).execute(p).await.unwrap();
-            }
-        }
+        insert_checkpoint(&store, 6, &root, &note).await;
         let f = check(&store, &[&k0]).await.unwrap_err();
         assert!(
             matches!(&f.problem, Problem::CheckpointSignature { size: 6, error } if error.contains("not by the key in force")),
