@@ -55,6 +55,46 @@ impl IndexError {
     }
 }
 
+/// An index no process writes, held by its writer's lock until dropped or removed.
+pub struct Unused {
+    dir: std::path::PathBuf,
+    seq: u64,
+    hash: Option<String>,
+    current: bool,
+    _writer: tantivy::IndexWriter<TantivyDocument>,
+}
+
+impl Unused {
+    /// The last seq its commits hold.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// The chain hash (hex) its cursor holds for [`Unused::seq`], if any.
+    pub fn hash(&self) -> Option<&str> {
+        self.hash.as_deref()
+    }
+
+    /// Whether it was written by this version of the index (another is rebuilt when opened).
+    pub fn current(&self) -> bool {
+        self.current
+    }
+
+    /// Removes the index. It is first renamed aside under its lock, so that a process opening
+    /// the directory meanwhile finds either the whole index held or none (and builds its own),
+    /// never one half deleted.
+    pub fn remove(self) -> Result<(), IndexError> {
+        let mut name = self.dir.file_name().unwrap_or_default().to_os_string();
+        name.push(format!(".removed-{}", std::process::id()));
+        let aside = self.dir.with_file_name(name);
+        std::fs::rename(&self.dir, &aside)
+            .map_err(|e| IndexError::Directory(format!("{}: {e}", self.dir.display())))?;
+        drop(self._writer);
+        std::fs::remove_dir_all(&aside)
+            .map_err(|e| IndexError::Directory(format!("{}: {e}", aside.display())))
+    }
+}
+
 /// The index's fields.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Fields {
@@ -235,6 +275,40 @@ impl AuditIndex {
         }
         let index = Index::create_in_dir(dir, schema)?;
         Self::wrap(index, fields)
+    }
+
+    /// The index in `dir` with its writer's lock taken, when no process is writing it: a
+    /// stale index another instance kept and left (see [`Unused`]). `None` when there is no
+    /// index there or a process holds it.
+    pub fn take_unused(dir: &Path) -> Result<Option<Unused>, IndexError> {
+        if !dir.join("meta.json").exists() {
+            return Ok(None);
+        }
+        let index = Index::open_in_dir(dir)?;
+        let writer = match index.writer_with_num_threads::<TantivyDocument>(1, 15 << 20) {
+            Ok(writer) => writer,
+            Err(tantivy::TantivyError::LockFailure(..)) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        // What the cursor does not name (none yet, another schema's) is at seq 0.
+        let cursor = index
+            .load_metas()?
+            .payload
+            .and_then(|p| serde_json::from_str::<serde_json::Value>(&p).ok());
+        let seq = cursor.as_ref().and_then(|v| v["seq"].as_u64()).unwrap_or(0);
+        let hash = cursor.as_ref().and_then(|v| v["hash"].as_str().map(str::to_string));
+        let current = index.schema() == schema().0
+            && cursor
+                .as_ref()
+                .and_then(|v| v["schema"].as_u64())
+                .is_none_or(|v| v == u64::from(SCHEMA_VERSION));
+        Ok(Some(Unused {
+            dir: dir.to_path_buf(),
+            seq,
+            hash,
+            current,
+            _writer: writer,
+        }))
     }
 
     /// Removes the index files in `dir` (a rebuild starts from nothing).

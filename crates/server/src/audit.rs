@@ -43,6 +43,100 @@ const READINGS_AT_ONCE: usize = 2;
 /// The longest a reading waits for its turn.
 const TURN_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// How many indexes instances sharing a data directory keep beside each other.
+const SIBLINGS: usize = 16;
+
+/// The `n`th index beside `dir` (the first is `dir` itself).
+fn sibling(dir: &std::path::Path, n: usize) -> PathBuf {
+    if n == 1 {
+        return dir.to_path_buf();
+    }
+    let mut name = dir.file_name().unwrap_or_default().to_os_string();
+    name.push(format!("-{n}"));
+    dir.with_file_name(name)
+}
+
+/// Removes each index beside `dir` (but this instance's `n`th) that no process writes and that
+/// stopped before a `user.erased` event: it still holds that user's personal data, and nothing
+/// may ever open it again to erase it. One that missed no erasure is kept (an instance that
+/// takes it again only catches up). Also removes what an interrupted removal left.
+async fn remove_stale_siblings(store: &grantline_store::Store, dir: &std::path::Path, n: usize) {
+    let head = match store.head().await {
+        Ok(head) => head.map_or(0, |(seq, _)| seq),
+        Err(e) => {
+            tracing::warn!(error = %e, "stale audit indexes beside this one were not looked at");
+            return;
+        }
+    };
+    for m in (1..=SIBLINGS).filter(|&m| m != n) {
+        let path = sibling(dir, m);
+        let unused = match AuditIndex::take_unused(&path) {
+            Ok(Some(unused)) => unused,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::warn!(dir = %path.display(), error = %e, "a stale audit index was not looked at");
+                continue;
+            }
+        };
+        let stale = async {
+            if !unused.current() {
+                return Ok(true);
+            }
+            if unused.seq() == 0 {
+                return Ok(false);
+            }
+            // An index of another ledger (a restored one) is rebuilt by whoever opens it, and
+            // what it holds may have been erased since: it is not kept either.
+            let at = store.hash_at(unused.seq()).await?;
+            if at.map(|h| h.to_hex()).as_deref() != unused.hash() {
+                return Ok(true);
+            }
+            store
+                .read_kinds(&[grantline_ledger::Kind::UserErased], unused.seq(), head)
+                .await
+                .map(|erasures| !erasures.is_empty())
+        };
+        match stale.await {
+            Ok(false) => {}
+            Ok(true) => match unused.remove() {
+                Ok(()) => {
+                    tracing::info!(dir = %path.display(), "removed a stale audit index that still held personal data erased since")
+                }
+                Err(e) => {
+                    tracing::warn!(dir = %path.display(), error = %e, "a stale audit index holding erased personal data was not removed")
+                }
+            },
+            Err(e) => {
+                tracing::warn!(dir = %path.display(), error = %e, "a stale audit index was not looked at")
+            }
+        }
+    }
+    // What a removal interrupted by a crash left aside (`<name>-<n>.removed-<pid>`).
+    let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) else {
+        return;
+    };
+    let prefix = name.to_string_lossy().into_owned();
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let entry_name = entry.file_name().to_string_lossy().into_owned();
+        let own = entry_name
+            .strip_prefix(&prefix)
+            .and_then(|rest| rest.split_once(".removed-"))
+            .is_some_and(|(n, pid)| {
+                (n.is_empty() || n.strip_prefix('-').is_some_and(|n| n.parse::<usize>().is_ok()))
+                    // Not one another process is removing now.
+                    && pid
+                        .parse::<u32>()
+                        .is_ok_and(|pid| !std::path::Path::new("/proc").join(pid.to_string()).exists())
+            });
+        if own && let Err(e) = std::fs::remove_dir_all(entry.path()) {
+            tracing::warn!(dir = %entry.path().display(), error = %e, "what a removed audit index left was not removed");
+        }
+    }
+}
+
 impl AuditService {
     /// Runs `f` on the index on a blocking thread. A search decodes the stored records it
     /// returns, and a download or an assistant's summary reads up to 100,000 of them: seconds
@@ -95,14 +189,8 @@ impl AuditService {
         dir: PathBuf,
     ) -> anyhow::Result<(AuditService, Indexer)> {
         let mut last = None;
-        for n in 1..=16 {
-            let candidate = if n == 1 {
-                dir.clone()
-            } else {
-                let mut name = dir.file_name().unwrap_or_default().to_os_string();
-                name.push(format!("-{n}"));
-                dir.with_file_name(name)
-            };
+        for n in 1..=SIBLINGS {
+            let candidate = sibling(&dir, n);
             let index = match AuditIndex::open(&candidate) {
                 Ok(index) => index,
                 Err(e) if e.is_lock_busy() => {
@@ -123,6 +211,7 @@ impl AuditService {
                     if n > 1 {
                         tracing::info!(dir = %candidate.display(), "another instance holds the audit index; keeping this one's own");
                     }
+                    remove_stale_siblings(store, &dir, n).await;
                     return Ok((
                         AuditService {
                             index,
@@ -533,5 +622,93 @@ pub fn surface(page: bool) -> AuditSurface {
         AuditSurface::Page
     } else {
         AuditSurface::Api
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use grantline_ledger::{Actor, Append, StreamId, UserErased};
+    use grantline_store::{Keyring, Ledger, testing};
+
+    async fn open(ledger: &Ledger, dir: &std::path::Path) -> (AuditService, Indexer) {
+        let keyring = Keyring::new(ledger.store());
+        AuditService::open(ledger.store(), keyring, dir.to_path_buf())
+            .await
+            .unwrap()
+    }
+
+    /// An index another instance kept beside the first and left holds the personal data of
+    /// the users it indexed; once one of them is erased, nothing may open it again to erase
+    /// them, so the next instance to start removes it. One in use, and one that missed no
+    /// erasure, are kept.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stale_index_beside_that_missed_an_erasure_is_removed() {
+        let db = testing::sqlite().await;
+        let ledger = Ledger::open(&db.db, testing::signer(), Default::default())
+            .await
+            .unwrap();
+        let keyring = Keyring::new(ledger.store());
+        let mut events =
+            vec![testing::user_created(&keyring, "u_alice", "alice", "alice@example.com").await];
+        events.extend((0..3).map(testing::tool_call));
+        ledger.append(Append::new(events)).await.unwrap();
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("audit-index");
+        let beside = |n: usize| root.path().join(format!("audit-index-{n}"));
+
+        // A second and a third instance on this data directory keep their own indexes.
+        let (first, first_indexer) = open(&ledger, &dir).await;
+        let (second, mut second_indexer) = open(&ledger, &dir).await;
+        assert_eq!(second.dir, beside(2));
+        second_indexer.catch_up(|_, _| {}).await.unwrap();
+        let (third, mut third_indexer) = open(&ledger, &dir).await;
+        assert_eq!(third.dir, beside(3));
+        third_indexer.catch_up(|_, _| {}).await.unwrap();
+        drop((second, second_indexer));
+
+        // The first restarts before any erasure: the second's index is kept.
+        drop((first, first_indexer));
+        let (first, first_indexer) = open(&ledger, &dir).await;
+        assert_eq!(first.dir, dir);
+        assert!(beside(2).join("meta.json").exists());
+
+        ledger
+            .append(Append::new(vec![grantline_ledger::NewEvent::new(
+                StreamId::user("u_alice"),
+                Actor::Operator,
+                UserErased {
+                    user_id: "u_alice".into(),
+                },
+            )]))
+            .await
+            .unwrap();
+        // What a removal cut short by a crash left, and what a live process is removing.
+        let left = root.path().join("audit-index-5.removed-4294967295");
+        std::fs::create_dir_all(left.join("segment")).unwrap();
+        let removing = root
+            .path()
+            .join(format!("audit-index-6.removed-{}", std::process::id()));
+        std::fs::create_dir_all(&removing).unwrap();
+
+        // The first restarts after it: the second's index (stale, missed it) is removed; the
+        // third's (in use) is not.
+        drop((first, first_indexer));
+        let (first, first_indexer) = open(&ledger, &dir).await;
+        assert_eq!(first.dir, dir);
+        assert!(!beside(2).exists(), "the stale index was kept");
+        assert!(beside(3).join("meta.json").exists(), "the index in use was removed");
+        assert!(!left.exists());
+        assert!(removing.exists());
+        let names: Vec<_> = std::fs::read_dir(root.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            names.iter().all(|n| !n.starts_with("audit-index-2")),
+            "{names:?}"
+        );
+        drop((first, first_indexer, third, third_indexer));
+        ledger.shutdown().await;
     }
 }
