@@ -130,9 +130,23 @@ async fn check_schema(path: &Path) -> Result<()> {
     let opts = sqlx::sqlite::SqliteConnectOptions::new()
         .filename(path)
         .read_only(true)
-        .pragma("trusted_schema", "OFF");
+        .pragma("trusted_schema", "OFF")
+        .pragma("cell_size_check", "ON");
     let mut conn = sqlx::SqliteConnection::connect_with(&opts).await?;
     let outcome = async {
+        // A damaged file is named as such before anything walks its tables (which SQLite reads
+        // page by page, trusting what the pages it has not checked say).
+        let damaged = |problem: String| {
+            invalid(format!("the backup's database file is damaged: {problem}"))
+        };
+        // SQLite answers some damage with rows, the rest with an error.
+        let problems: Vec<String> = sqlx::query_scalar("PRAGMA quick_check(3)")
+            .fetch_all(&mut conn)
+            .await
+            .map_err(|e| damaged(e.to_string()))?;
+        if problems.iter().any(|p| p != "ok") {
+            return Err(damaged(problems.join("; ")));
+        }
         let views: Vec<String> =
             sqlx::query("SELECT name FROM sqlite_master WHERE type = 'view' LIMIT 5")
                 .fetch_all(&mut conn)

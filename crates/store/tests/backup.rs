@@ -444,6 +444,24 @@ async fn a_backup_verifies_restores_and_refuses_what_does_not() {
             .await
             .unwrap_err();
         assert!(e.to_string().contains("no plain table events"), "{e}");
+        // A damaged file (a table page claiming more cells than it can hold): named as damaged
+        // before any table is walked.
+        let mut bytes = std::fs::read(&dest).unwrap();
+        let page = usize::from(u16::from_be_bytes([bytes[16], bytes[17]]));
+        let leaf = (1..bytes.len() / page)
+            .rev()
+            .find(|n| bytes[n * page] == 0x0d)
+            .expect("a table leaf page past the first");
+        bytes[leaf * page + 3..leaf * page + 5].copy_from_slice(&[0xff, 0xff]);
+        let damaged = dir.path().join("damaged.db");
+        std::fs::write(&damaged, &bytes).unwrap();
+        let damaged_backup = dir.path().join("damaged.backup");
+        repack(&m, &damaged, &damaged_backup, Some(&signature));
+        let e = backup::restore_sqlite(&damaged_backup, &refused("p.db"), &[key()], false)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("database file is damaged"), "{e}");
+        assert!(!refused("p.db").exists());
     }
     // Two manifests: refused (a caller may have read the first, the restore would use
     // another).
