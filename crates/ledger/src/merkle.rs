@@ -134,12 +134,7 @@ impl Frontier {
 }
 
 fn split(n: usize) -> usize {
-    // Largest power of two strictly smaller than n (n ≥ 2).
-    let mut k = 1usize;
-    while k << 1 < n {
-        k <<= 1;
-    }
-    k
+    split_u64(n as u64) as usize
 }
 
 /// MTH over leaf hashes (already `leaf_hash`ed).
@@ -156,52 +151,92 @@ pub fn root_of(leaves: &[Hash]) -> Hash {
 
 /// Inclusion proof (RFC 6962 PATH) of leaf `index` in the tree of `leaves`.
 pub fn inclusion_proof(leaves: &[Hash], index: usize) -> Option<Vec<Hash>> {
-    if index >= leaves.len() {
-        return None;
-    }
-    fn path(m: usize, d: &[Hash], out: &mut Vec<Hash>) {
-        if d.len() <= 1 {
-            return;
-        }
-        let k = split(d.len());
-        if m < k {
-            path(m, &d[..k], out);
-            out.push(root_of(&d[k..]));
-        } else {
-            path(m - k, &d[k..], out);
-            out.push(root_of(&d[..k]));
-        }
-    }
-    let mut out = Vec::new();
-    path(index, leaves, &mut out);
-    Some(out)
+    inclusion_path(leaves.len() as u64, index as u64, &mut |lo, hi| {
+        root_of(&leaves[lo as usize..hi as usize])
+    })
 }
 
 /// Consistency proof (RFC 6962 PROOF) that the tree of size `old` is a prefix of `leaves`.
 pub fn consistency_proof(leaves: &[Hash], old: usize) -> Option<Vec<Hash>> {
-    if old == 0 || old > leaves.len() {
+    consistency_path(leaves.len() as u64, old as u64, &mut |lo, hi| {
+        root_of(&leaves[lo as usize..hi as usize])
+    })
+}
+
+/// RFC 6962 PATH of leaf `index` in a tree of `size` leaves, each subtree's hash (of leaves
+/// `lo..hi`) asked of `root`: whoever keeps subtree roots answers without every leaf at hand.
+pub fn inclusion_path(
+    size: u64,
+    index: u64,
+    root: &mut dyn FnMut(u64, u64) -> Hash,
+) -> Option<Vec<Hash>> {
+    if index >= size {
         return None;
     }
-    fn sub(m: usize, d: &[Hash], complete: bool, out: &mut Vec<Hash>) {
-        let n = d.len();
-        if m == n {
-            if !complete {
-                out.push(root_of(d));
-            }
+    fn path(m: u64, lo: u64, hi: u64, root: &mut dyn FnMut(u64, u64) -> Hash, out: &mut Vec<Hash>) {
+        if hi - lo <= 1 {
             return;
         }
-        let k = split(n);
-        if m <= k {
-            sub(m, &d[..k], complete, out);
-            out.push(root_of(&d[k..]));
+        let k = split_u64(hi - lo);
+        if m < k {
+            path(m, lo, lo + k, root, out);
+            out.push(root(lo + k, hi));
         } else {
-            sub(m - k, &d[k..], false, out);
-            out.push(root_of(&d[..k]));
+            path(m - k, lo + k, hi, root, out);
+            out.push(root(lo, lo + k));
         }
     }
     let mut out = Vec::new();
-    sub(old, leaves, true, &mut out);
+    path(index, 0, size, root, &mut out);
     Some(out)
+}
+
+/// RFC 6962 PROOF that the tree of size `old` is a prefix of the tree of `size` leaves, each
+/// subtree's hash asked of `root` (as [`inclusion_path`]).
+pub fn consistency_path(
+    size: u64,
+    old: u64,
+    root: &mut dyn FnMut(u64, u64) -> Hash,
+) -> Option<Vec<Hash>> {
+    if old == 0 || old > size {
+        return None;
+    }
+    fn sub(
+        m: u64,
+        lo: u64,
+        hi: u64,
+        complete: bool,
+        root: &mut dyn FnMut(u64, u64) -> Hash,
+        out: &mut Vec<Hash>,
+    ) {
+        let n = hi - lo;
+        if m == n {
+            if !complete {
+                out.push(root(lo, hi));
+            }
+            return;
+        }
+        let k = split_u64(n);
+        if m <= k {
+            sub(m, lo, lo + k, complete, root, out);
+            out.push(root(lo + k, hi));
+        } else {
+            sub(m - k, lo + k, hi, false, root, out);
+            out.push(root(lo, lo + k));
+        }
+    }
+    let mut out = Vec::new();
+    sub(old, 0, size, true, root, &mut out);
+    Some(out)
+}
+
+/// Largest power of two strictly smaller than n (n ≥ 2): where RFC 6962 splits a tree of n.
+pub fn split_u64(n: u64) -> u64 {
+    let mut k = 1u64;
+    while k << 1 < n {
+        k <<= 1;
+    }
+    k
 }
 
 /// RFC 9162 §2.1.3.2: checks that `leaf` (a leaf hash) is at `index` in the tree of `size` with `root`.

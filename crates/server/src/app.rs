@@ -52,6 +52,8 @@ impl std::fmt::Debug for Options {
 /// Shared by every handler.
 pub struct Inner {
     pub config: Config,
+    /// Subtree roots kept between inclusion and consistency proofs.
+    pub subtrees: grantline_audit::proof::Subtrees,
     pub data_dir: PathBuf,
     pub ledger: Ledger,
     pub projection: Arc<Projection>,

@@ -171,6 +171,7 @@ impl App {
             None
         };
         let app = App(Arc::new(Inner {
+            subtrees: Default::default(),
             federation,
             audit,
             health: Default::default(),

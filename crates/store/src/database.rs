@@ -856,21 +856,28 @@ impl Store {
             }))
     }
 
-    /// Chain hashes of seq 1..=upto, in order (the Merkle tree's leaf data), for proofs. Read
-    /// page by page into 32-byte hashes (no row held as a vector of its own), and sized by
-    /// what the ledger holds, not by `upto` (a checkpoint row's tree size, which may be
-    /// altered); a ledger holding fewer is `Corrupt`.
+    /// Chain hashes of seq 1..=upto, in order (the Merkle tree's leaf data), for proofs (see
+    /// [`Store::chain_hashes_between`]).
     pub async fn chain_hashes(&self, upto: u64) -> Result<Vec<Hash>> {
+        self.chain_hashes_between(0, upto).await
+    }
+
+    /// Chain hashes of seq `after+1..=upto`, in order. Read page by page into 32-byte hashes
+    /// (no row held as a vector of its own), and sized by what the ledger holds, not by `upto`
+    /// (a checkpoint row's tree size, which may be altered); a ledger holding fewer is
+    /// `Corrupt`.
+    pub async fn chain_hashes_between(&self, after: u64, upto: u64) -> Result<Vec<Hash>> {
         let head = self.count().await?;
-        let mut out = Vec::with_capacity(upto.min(head).min(usize::MAX as u64) as usize);
-        let mut from = 0u64;
+        let want = upto.min(head).saturating_sub(after);
+        let mut out = Vec::with_capacity(want.min(usize::MAX as u64) as usize);
+        let mut from = after;
         while from < upto {
             let batch = self.chain_hash_page(from, upto).await?;
             let Some(&(last, _)) = batch.last() else {
                 break;
             };
             for (seq, h) in batch {
-                let want = out.len() as u64 + 1;
+                let want = after + out.len() as u64 + 1;
                 if seq as u64 != want {
                     return Err(StoreError::Corrupt {
                         seq: want,
@@ -885,10 +892,10 @@ impl Store {
             from = last.max(0) as u64;
         }
         // Fewer than asked: a proof over them would be of a smaller tree than the one named.
-        if (out.len() as u64) < upto {
+        if after + (out.len() as u64) < upto {
             return Err(StoreError::Corrupt {
-                seq: out.len() as u64 + 1,
-                problem: format!("the ledger holds {} events, not {upto}", out.len()),
+                seq: after + out.len() as u64 + 1,
+                problem: format!("the ledger holds {} events, not {upto}", after + out.len() as u64),
             });
         }
         Ok(out)

@@ -1,8 +1,10 @@
 //! Witness-friendly proofs over HTTP: the newest signed checkpoint (C2SP signed-note), its
 //! verifier key, and inclusion and consistency proofs in the form `grantline proof` prints and
 //! `grantline verify-proof` checks. Public like a transparency log's: they carry hashes and
-//! tree sizes, no event content. A proof reads every chain hash up to its tree size, so at
-//! most [`PROOFS_AT_ONCE`] are computed at a time; beyond that the answer is 503 with
+//! tree sizes, no event content. A proof reads the chain hashes of the chunks its path reaches
+//! into, over subtree roots the server keeps ([`grantline_audit::proof::Subtrees`]); the first
+//! one after a start reads every chain hash up to its tree size. So at most
+//! [`PROOFS_AT_ONCE`] are computed at a time; beyond that the answer is 503 with
 //! `Retry-After`, so that no queue of waiting requests builds up.
 
 use crate::app::App;
@@ -38,9 +40,9 @@ pub const REVIEWER_WAIT: std::time::Duration = std::time::Duration::from_secs(10
 
 /// A turn to compute a proof for a reviewer (the audit pages, API and MCP server): waited for
 /// up to [`REVIEWER_WAIT`], since the reader is authenticated and each turn ends, while the
-/// public endpoints answer `503` when none is free. `None` when none freed in time (each
-/// proof over a large ledger takes seconds): the view is shown without it. The proof holds
-/// the turn until its hashing ends.
+/// public endpoints answer `503` when none is free. `None` when none freed in time (the first
+/// proof over a large ledger after a start takes seconds): the view is shown without it. The
+/// proof holds the turn until it is computed.
 pub async fn proof_turn() -> Option<OwnedSemaphorePermit> {
     tokio::time::timeout(REVIEWER_WAIT, PROOFS.clone().acquire_owned())
         .await
@@ -51,7 +53,7 @@ pub async fn proof_turn() -> Option<OwnedSemaphorePermit> {
 /// The inclusion proof an event view shows: computed with a reviewer's turn, or, when none
 /// freed in time, a note saying where to ask for it; `null` when no checkpoint covers `seq`.
 pub async fn proof_for_view(
-    store: &grantline_store::Store,
+    app: &App,
     seq: u64,
 ) -> Result<serde_json::Value, grantline_store::StoreError> {
     let Some(turn) = proof_turn().await else {
@@ -63,7 +65,7 @@ pub async fn proof_for_view(
             )
         }));
     };
-    Ok(grantline_audit::proof::inclusion(store, seq, None, turn)
+    Ok(grantline_audit::proof::inclusion(app.store(), &app.subtrees, seq, None, turn)
         .await?
         .map_or(serde_json::Value::Null, |p| p))
 }
@@ -176,7 +178,7 @@ pub async fn inclusion(
     let Some(turn) = public_turn() else {
         return busy();
     };
-    match grantline_audit::proof::inclusion(app.store(), seq, at, turn).await {
+    match grantline_audit::proof::inclusion(app.store(), &app.subtrees, seq, at, turn).await {
         Ok(Some(proof)) => Json(proof).into_response(),
         Ok(None) => problem(
             StatusCode::NOT_FOUND,
@@ -206,7 +208,7 @@ pub async fn consistency(
     let Some(turn) = public_turn() else {
         return busy();
     };
-    match grantline_audit::proof::consistency(app.store(), from, to, turn).await {
+    match grantline_audit::proof::consistency(app.store(), &app.subtrees, from, to, turn).await {
         Ok(Some(proof)) => Json(proof).into_response(),
         Ok(None) => problem(
             StatusCode::NOT_FOUND,
