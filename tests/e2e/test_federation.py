@@ -225,9 +225,6 @@ class FederatedBrowser:
         csrf = form.split('name="csrf" value="', 1)[1].split('"', 1)[0]
         return_to = form.split('name="return_to" value="', 1)[1].split('"', 1)[0]
         data = {"csrf": csrf, "return_to": return_to.replace("&amp;", "&")}
-        # Every field of the form, as a browser sends it.
-        if 'name="fresh" value="1"' in form.split("</form>", 1)[0]:
-            data["fresh"] = "1"
         r = self.session.post(f"{self.base}/login/upstream/{provider}", data=data,
                               allow_redirects=False)
         assert r.status_code == 303, r.text
@@ -784,27 +781,32 @@ def test_a_fresh_sign_in_asked_for_is_asked_of_the_provider_too(world):
     client = requests.post(server.base + "/oauth/register", json={
         "client_name": "Fresh", "redirect_uris": [REDIRECT],
         "token_endpoint_auth_method": "none"}).json()["client_id"]
-    r = browser.session.get(server.base + "/oauth/authorize", params={
-        "response_type": "code", "client_id": client, "redirect_uri": REDIRECT,
-        "code_challenge": "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM",
-        "code_challenge_method": "S256", "state": "s", "prompt": "login",
-        "resource": server.base + "/mcp/demo"}, allow_redirects=False)
-    assert r.status_code == 302 and "fresh=1" in r.headers["location"], r.headers
-    page = browser.session.get(urllib.parse.urljoin(server.base, r.headers["location"]))
-    assert 'name="fresh" value="1"' in page.text
-    # ...and the provider signs her in again: the password once more.
-    browser.click(page)
+    def fresh_page(b):
+        """The sign-in page an authorization request with `prompt=login` leads to."""
+        r = b.session.get(server.base + "/oauth/authorize", params={
+            "response_type": "code", "client_id": client, "redirect_uri": REDIRECT,
+            "code_challenge": "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM",
+            "code_challenge_method": "S256", "state": "s", "prompt": "login",
+            "resource": server.base + "/mcp/demo"}, allow_redirects=False)
+        assert r.status_code == 302, r.text[:400]
+        location = urllib.parse.unquote(r.headers["location"])
+        assert "prompt=login" in location and "grantline_signed_in_after=" in location, location
+        return b.session.get(urllib.parse.urljoin(server.base, r.headers["location"]))
+
+    page = fresh_page(browser)
+    # ...and the provider signs her in again: the password once more. The request then goes
+    # on to the consent page.
+    page = browser.click(page)
     assert passwords() == 2, "\n".join(f"{s} {u}" for s, u in browser.hops[-8:])
     authorize = [u for _, u in browser.hops if u.startswith(idp.base + "/authorize?")]
     assert "prompt=login" in authorize[-1] and "max_age=0" in authorize[-1], authorize[-1]
+    assert page.status_code == 200 and 'name="request_id"' in page.text, page.text[:400]
     # A provider that answers from an older sign-in anyway, or does not say when the person
     # signed in, is refused; one that signed the person in just now is not.
     rogue_browser = FederatedBrowser(server.base, REDIRECT, provider="rogue")
-    fresh_page = lambda: rogue_browser.session.get(server.base + "/login", params={
-        "return_to": "/account", "fresh": "1"})
     for mode, why in [("stale_auth_time", "before it began"), ("ok", "(auth_time)")]:
         rogue.post("/__test/mode", {"mode": mode})
-        page = rogue_browser.click(fresh_page())
+        page = rogue_browser.click(fresh_page(rogue_browser))
         assert page.status_code == 400 and "(id_token_invalid)" in page.text, page.text[:400]
         assert why in page.text, page.text[:400]
         # Without a fresh sign-in asked for, the same answer signs in.
@@ -812,8 +814,8 @@ def test_a_fresh_sign_in_asked_for_is_asked_of_the_provider_too(world):
         assert page.status_code == 200 and "/account" in page.url, page.text[:400]
         rogue_browser.sign_out()
     rogue.post("/__test/mode", {"mode": "fresh_auth_time"})
-    page = rogue_browser.click(fresh_page())
-    assert page.status_code == 200 and "/account" in page.url, page.text[:400]
+    page = rogue_browser.click(fresh_page(rogue_browser))
+    assert page.status_code == 200 and 'name="request_id"' in page.text, page.text[:400]
 
 
 def test_keys_rotated_upstream_are_fetched_again(world):

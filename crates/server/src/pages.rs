@@ -124,9 +124,6 @@ pub struct Login<'a> {
     /// The issuer's path ([`crate::context::RequestContext::base_path`]).
     pub base: &'a str,
     pub return_to: &'a str,
-    /// The application asked for a fresh sign-in (`prompt=login`): carried to the forms, so
-    /// that an identity provider is asked to sign the person in again too.
-    pub fresh: bool,
     pub csrf: &'a str,
     pub message: Option<&'a str>,
     /// A button per identity provider: (id, display name).
@@ -141,11 +138,6 @@ pub struct Login<'a> {
 /// The sign-in page: a button per identity provider and, where local accounts are enabled,
 /// the password form.
 pub fn login(status: StatusCode, l: &Login<'_>) -> Response {
-    let fresh = if l.fresh {
-        "<input type=\"hidden\" name=\"fresh\" value=\"1\">"
-    } else {
-        ""
-    };
     let msg = l
         .message
         .map(|m| format!("<p class=\"err\">{}</p>", esc(m)))
@@ -157,7 +149,7 @@ pub fn login(status: StatusCode, l: &Login<'_>) -> Response {
             format!(
                 "<form method=\"post\" action=\"{}/login/upstream/{}\" class=\"idp\">\
                  <input type=\"hidden\" name=\"csrf\" value=\"{}\">\
-                 <input type=\"hidden\" name=\"return_to\" value=\"{}\">{fresh}\
+                 <input type=\"hidden\" name=\"return_to\" value=\"{}\">\
                  <button class=\"primary\" type=\"submit\">Sign in with {}</button></form>",
                 esc(l.base),
                 esc(id),
@@ -170,7 +162,7 @@ pub fn login(status: StatusCode, l: &Login<'_>) -> Response {
     let form = format!(
         "<form method=\"post\" action=\"{}/login\" class=\"box\">\
          <input type=\"hidden\" name=\"csrf\" value=\"{}\">\
-         <input type=\"hidden\" name=\"return_to\" value=\"{}\">{fresh}\
+         <input type=\"hidden\" name=\"return_to\" value=\"{}\">\
          <label for=\"username\">Username</label>\
          <input type=\"text\" id=\"username\" name=\"username\" autocomplete=\"username\" required{}>\
          <label for=\"password\">Password</label>\

@@ -783,21 +783,36 @@ async fn a_loopback_public_client_is_confirmed_each_time_and_prompt_login_signs_
             .unwrap()
             .contains("Continue to Mixed as admin?")
     );
-    // prompt=login: the sign-in page, even with a session; afterwards the request goes on
-    // with prompt=consent.
+    // prompt=login: the sign-in page, even with a session.
+    let to_login = |r: &reqwest::Response| {
+        assert_eq!(r.status(), StatusCode::FOUND);
+        let to = url::Url::parse(r.headers()["location"].to_str().unwrap()).unwrap();
+        assert_eq!(to.path(), "/login");
+        query(&to, "return_to").unwrap()
+    };
     let r = b
         .get(authz(&s, &client, REDIRECT, &[("prompt", "login")]))
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), StatusCode::FOUND);
-    let to = url::Url::parse(r.headers()["location"].to_str().unwrap()).unwrap();
-    assert_eq!(to.path(), "/login");
-    let back = query(&to, "return_to").unwrap();
-    assert!(
-        back.contains("prompt=consent") && !back.contains("login"),
-        "{back}"
-    );
+    let back = to_login(&r);
+    assert!(back.contains("prompt=login"), "{back}");
+    // Its return address opened under the session begun before: the sign-in page again, and
+    // so with the position it names changed.
+    let r = b.get(s.url(&back)).send().await.unwrap();
+    to_login(&r);
+    let (request, marker) = back.split_once("&grantline_signed_in_after=").unwrap();
+    let (_, tag) = marker.split_once('.').unwrap();
+    for forged in [format!("{request}&grantline_signed_in_after=0.{tag}"), request.to_string()] {
+        let r = b.get(s.url(&forged)).send().await.unwrap();
+        to_login(&r);
+    }
+    // Signed in again: the request goes on, the consent asked again.
+    login(&s, &b).await;
+    let r = b.get(s.url(&back)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "the consent page");
+    let u = approve(&s, &b, &s.url(&back)).await;
+    assert!(query(&u, "code").is_some(), "{u}");
     s.stop().await;
 }
 

@@ -389,7 +389,7 @@ pub async fn authorize(
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Response {
-    let raw = raw.unwrap_or_default();
+    let (raw, signed_in_after) = without_sign_in_marker(&raw.unwrap_or_default());
     let q = match query(&raw) {
         Ok(q) => q,
         Err(e) => {
@@ -421,22 +421,29 @@ pub async fn authorize(
         Ok(v) => v,
         Err(r) => return r,
     };
-    // prompt=login: sign in again whatever the session; the request then goes on with
-    // prompt=consent in its place, so the user also sees what they approve.
-    let session = session.filter(|_| !v.prompt_login);
+    // prompt=login: a session begun before the request was sent to sign in is not taken.
+    // The request comes back from the sign-in page with the ledger's position at that moment,
+    // under a MAC over it and the request: the sign-in page's return address opened again
+    // (or the back button) under the old session only leads to the sign-in page again.
+    let session = session.filter(|s| {
+        !v.prompt_login
+            || signed_in_after
+                .as_deref()
+                .and_then(|m| sign_in_marker_seq(&app, &raw, m))
+                .is_some_and(|after| s.signed_in_seq > after)
+    });
     let Some(s) = session else {
-        let raw = if v.prompt_login {
-            login_done(&raw)
+        let return_to = if v.prompt_login {
+            let after = app.projection.seq();
+            format!(
+                "/oauth/authorize?{raw}&{SIGNED_IN_AFTER}={}",
+                sign_in_marker(&app, &raw, after)
+            )
         } else {
-            raw.clone()
+            format!("/oauth/authorize?{raw}")
         };
-        let return_to = format!("/oauth/authorize?{raw}");
         let mut query = url::form_urlencoded::Serializer::new(String::new());
         query.append_pair("return_to", &return_to);
-        if v.prompt_login {
-            // An identity provider is asked to sign the person in again too.
-            query.append_pair("fresh", "1");
-        }
         let login = format!("{}/login?{}", ctx.issuer, query.finish());
         return redirect(&login);
     };
@@ -569,33 +576,52 @@ async fn issue_code(
     }
 }
 
-/// The authorization request's query with `prompt=login` answered: `login` becomes
-/// `consent`, so the request returns after sign-in without asking for it again. Only the
-/// `prompt` parameter is written anew; every other one stays as the client encoded it (encoded
-/// again, `/` and `:` would take three bytes each and could carry a request that was within
-/// [`MAX_QUERY_BYTES`] past it).
-fn login_done(raw: &str) -> String {
-    raw.split('&')
-        .map(|pair| {
-            let prompt = url::form_urlencoded::parse(pair.as_bytes())
-                .next()
-                .filter(|(k, _)| k == "prompt")
-                .map(|(_, v)| v.into_owned());
-            let Some(v) = prompt else {
-                return pair.to_string();
-            };
-            let mut ps: Vec<&str> = v
-                .split(' ')
-                .map(|p| if p == "login" { "consent" } else { p })
-                .filter(|p| !p.is_empty())
-                .collect();
-            ps.dedup();
-            url::form_urlencoded::Serializer::new(String::new())
-                .append_pair("prompt", &ps.join(" "))
-                .finish()
+/// The parameter a `prompt=login` request carries back from the sign-in page: the ledger's
+/// position when it was sent there (a session must have begun after it), and a MAC over that
+/// and the request. Not a parameter of the client's: removed before the request is read.
+pub const SIGNED_IN_AFTER: &str = "grantline_signed_in_after";
+
+/// `raw` without the [`SIGNED_IN_AFTER`] parameter, and that parameter's value (the last,
+/// if several). Every other parameter stays as the client encoded it.
+fn without_sign_in_marker(raw: &str) -> (String, Option<String>) {
+    let mut marker = None;
+    let kept: Vec<&str> = raw
+        .split('&')
+        .filter(|pair| match pair.split_once('=') {
+            Some((SIGNED_IN_AFTER, v)) => {
+                marker = Some(v.to_string());
+                false
+            }
+            _ => *pair != SIGNED_IN_AFTER,
         })
-        .collect::<Vec<_>>()
-        .join("&")
+        .collect();
+    (kept.join("&"), marker)
+}
+
+/// The [`SIGNED_IN_AFTER`] value for request `raw` sent to sign in at ledger position `seq`.
+fn sign_in_marker(app: &App, raw: &str, seq: u64) -> String {
+    let tag = session::csrf(app, &format!("{seq}|{raw}"), "signed-in-after");
+    format!("{seq}.{tag}")
+}
+
+/// The position a [`SIGNED_IN_AFTER`] value names, if it was made for request `raw`.
+fn sign_in_marker_seq(app: &App, raw: &str, marker: &str) -> Option<u64> {
+    let (seq, tag) = marker.split_once('.')?;
+    let seq: u64 = seq.parse().ok()?;
+    session::csrf_ok(app, &format!("{seq}|{raw}"), "signed-in-after", tag).then_some(seq)
+}
+
+/// Whether the address a sign-in returns to is an authorization request with `prompt=login`:
+/// an identity provider is then asked to sign the person in again too (the application asked
+/// for a fresh sign-in). Read from the request itself, not from a field of the sign-in form
+/// that could be left out.
+pub fn asks_fresh_sign_in(return_to: &str) -> bool {
+    let Some(raw) = return_to.strip_prefix("/oauth/authorize?") else {
+        return false;
+    };
+    url::form_urlencoded::parse(raw.as_bytes())
+        .filter(|(k, _)| k == "prompt")
+        .any(|(_, v)| v.split(' ').any(|p| p == "login"))
 }
 
 // A request of the longest kind, and the longest redirect URI the page names, fit the
@@ -766,20 +792,30 @@ fn form_action_source(redirect: &url::Url) -> String {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn login_done_rewrites_only_the_prompt() {
-        let raw =
-            "client_id=https%3A%2F%2Fa.example%2Fc&state=a/b:c~d&prompt=login+consent&scope=x";
+    fn the_sign_in_marker_is_taken_out_and_nothing_else_is_touched() {
+        use super::{SIGNED_IN_AFTER, without_sign_in_marker};
+        let raw = "client_id=https%3A%2F%2Fa.example%2Fc&state=a/b:c~d&prompt=login+consent";
+        let marked = format!("{raw}&{SIGNED_IN_AFTER}=12.tag");
         assert_eq!(
-            super::login_done(raw),
-            "client_id=https%3A%2F%2Fa.example%2Fc&state=a/b:c~d&prompt=consent&scope=x"
+            without_sign_in_marker(&marked),
+            (raw.to_string(), Some("12.tag".to_string()))
         );
-        assert_eq!(super::login_done("prompt=login"), "prompt=consent");
-        assert_eq!(super::login_done("a=1&b=2"), "a=1&b=2");
-        // A request within the bound stays within it: nothing else is encoded again.
-        let state = "/".repeat(super::MAX_QUERY_BYTES - 100);
-        let raw = format!("state={state}&prompt=login");
-        assert!(raw.len() <= super::MAX_QUERY_BYTES);
-        assert!(super::login_done(&raw).len() <= super::MAX_QUERY_BYTES);
+        assert_eq!(without_sign_in_marker(raw), (raw.to_string(), None));
+        let twice = format!("{SIGNED_IN_AFTER}=1.a&a=1&{SIGNED_IN_AFTER}=2.b");
+        assert_eq!(
+            without_sign_in_marker(&twice),
+            ("a=1".to_string(), Some("2.b".to_string()))
+        );
+    }
+
+    #[test]
+    fn a_fresh_sign_in_is_read_from_the_request_it_returns_to() {
+        use super::asks_fresh_sign_in;
+        assert!(asks_fresh_sign_in("/oauth/authorize?a=1&prompt=login"));
+        assert!(asks_fresh_sign_in("/oauth/authorize?prompt=consent+login"));
+        assert!(!asks_fresh_sign_in("/oauth/authorize?prompt=consent"));
+        assert!(!asks_fresh_sign_in("/oauth/authorize?loginx=1&prompt=loginx"));
+        assert!(!asks_fresh_sign_in("/account?prompt=login"));
     }
 
     #[test]

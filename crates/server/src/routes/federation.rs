@@ -182,7 +182,10 @@ pub async fn begin(
             .await;
         }
     };
-    let fresh = get("fresh") == "1";
+    let return_to = crate::routes::login::safe_return_to(Some(&get("return_to")));
+    // The application asked for a fresh sign-in (`prompt=login`): the provider is asked to
+    // sign the person in again too, and its answer must say they did.
+    let fresh = crate::routes::authorize::asks_fresh_sign_in(&return_to);
     let started = match upstream.begin(&callback_url(&ctx, &provider), fresh) {
         Ok(b) => b,
         Err(e) => {
@@ -199,7 +202,7 @@ pub async fn begin(
         s: started.state,
         n: started.nonce,
         v: started.pkce_verifier,
-        r: crate::routes::login::safe_return_to(Some(&get("return_to"))),
+        r: return_to,
         t: app.now().0 / 1_000_000,
         f: fresh,
         m: app.now().0,

@@ -29,9 +29,6 @@ pub(crate) fn safe_return_to(r: Option<&str>) -> String {
 #[derive(Deserialize)]
 pub struct FormQuery {
     return_to: Option<String>,
-    /// `1`: the application asked for a fresh sign-in (`prompt=login`): an identity provider
-    /// is asked to sign the person in again too.
-    fresh: Option<String>,
 }
 
 fn with_nonce_cookie(mut r: Response, ctx: &RequestContext, nonce: &str) -> Response {
@@ -57,7 +54,7 @@ fn render(
     ctx: &RequestContext,
     headers: &HeaderMap,
     status: StatusCode,
-    (return_to, fresh): (&str, bool),
+    return_to: &str,
     msg: Option<&str>,
 ) -> Response {
     let nonce = held_nonce(ctx, headers).unwrap_or_else(|| crate::random::id("ln"));
@@ -76,7 +73,6 @@ fn render(
     let page = pages::Login {
         base: &base,
         return_to,
-        fresh,
         csrf: &csrf,
         message: msg,
         providers,
@@ -92,13 +88,12 @@ pub async fn form(
     headers: HeaderMap,
     Query(q): Query<FormQuery>,
 ) -> Response {
-    let fresh = q.fresh.as_deref() == Some("1");
     render(
         &app,
         &ctx,
         &headers,
         StatusCode::OK,
-        (&safe_return_to(q.return_to.as_deref()), fresh),
+        &safe_return_to(q.return_to.as_deref()),
         None,
     )
 }
@@ -115,7 +110,6 @@ pub async fn submit(
     };
     let get = |k: &str| crate::http::param(&params, k).unwrap_or_default();
     let return_to = safe_return_to(Some(&get("return_to")));
-    let fresh = get("fresh") == "1";
     let nonce =
         session::cookie(&headers, &session::cookie_name(&ctx, LOGIN_NONCE)).unwrap_or_default();
     if nonce.is_empty() || !session::csrf_ok(&app, &nonce, "login", &get("csrf")) {
@@ -124,7 +118,7 @@ pub async fn submit(
             &ctx,
             &headers,
             StatusCode::FORBIDDEN,
-            (&return_to, fresh),
+            &return_to,
             Some("This form expired or did not come from this server. Please sign in again."),
         );
     }
@@ -143,7 +137,7 @@ pub async fn submit(
             &ctx,
             &headers,
             StatusCode::BAD_REQUEST,
-            (&return_to, fresh),
+            &return_to,
             Some("Usernames are at most 256 bytes and passwords at most 1024."),
         );
     }
@@ -158,7 +152,7 @@ pub async fn submit(
             &ctx,
             &headers,
             StatusCode::TOO_MANY_REQUESTS,
-            (&return_to, fresh),
+            &return_to,
             Some(why),
         );
         if let Ok(v) = HeaderValue::from_str(&secs.max(1).to_string()) {
@@ -269,7 +263,7 @@ pub async fn submit(
             &ctx,
             &headers,
             StatusCode::UNAUTHORIZED,
-            (&return_to, fresh),
+            &return_to,
             Some("Wrong username or password."),
         )
     };
