@@ -198,17 +198,16 @@ fn inspect_inner(
     upstream_id: &dyn Fn(&Value) -> Option<Value>,
 ) -> Result<Message, Refused> {
     let mut de = serde_json::Deserializer::from_slice(body);
-    let mut v = Strict
+    let budget = std::cell::Cell::new(MAX_TREE_BYTES);
+    let mut v = Strict { budget: &budget }
         .deserialize(&mut de)
         .and_then(|v| de.end().map(|_| v))
         .map_err(|e| {
             if e.is_data() {
-                // Valid JSON with duplicate keys: answer the request's id where it has one.
-                let id = serde_json::from_slice::<Value>(body)
-                    .ok()
-                    .and_then(|v| v.get("id").cloned());
+                // Valid JSON with duplicate keys, or too many values: answer the request's id
+                // where it has one.
                 Refused::invalid(format!("not an acceptable JSON-RPC message: {e}"))
-                    .answering(id.as_ref())
+                    .answering(id_only(body).as_ref())
             } else {
                 Refused::parse(format!("not JSON: {e}"))
             }
@@ -385,10 +384,8 @@ fn one(v: &Value) -> Result<Inspected, Refused> {
                         .into(),
                 ));
             }
-            let arguments = params
-                .and_then(|p| p.get("arguments"))
-                .cloned()
-                .unwrap_or(Value::Object(Map::new()));
+            let none = Value::Object(Map::new());
+            let arguments = params.and_then(|p| p.get("arguments")).unwrap_or(&none);
             let intent = match params
                 .and_then(|p| p.get("_meta"))
                 .and_then(|m| m.get("intent"))
@@ -405,7 +402,7 @@ fn one(v: &Value) -> Result<Inspected, Refused> {
             Inspected::ToolCall {
                 id: id.clone(),
                 tool: tool.to_string(),
-                arguments_digest: arguments_digest(&arguments),
+                arguments_digest: arguments_digest(arguments),
                 intent,
             }
         }
@@ -432,13 +429,9 @@ fn one(v: &Value) -> Result<Inspected, Refused> {
                      direction characters"
                 )));
             }
+            let none = Value::Object(Map::new());
             let arguments_digest = (method == "prompts/get").then(|| {
-                arguments_digest(
-                    &params
-                        .and_then(|p| p.get("arguments"))
-                        .cloned()
-                        .unwrap_or(Value::Object(Map::new())),
-                )
+                arguments_digest(params.and_then(|p| p.get("arguments")).unwrap_or(&none))
             });
             Inspected::Read {
                 id: id.clone(),
@@ -560,60 +553,103 @@ fn decimal(s: &str) -> (String, i64) {
     (d.to_string(), exp)
 }
 
-/// A JSON value parsed with every object's keys checked for duplicates: `serde_json::Value`
-/// keeps the last of two equal keys silently, while an upstream may keep the first.
-struct Strict;
+/// The most memory a message's JSON tree may take, as [`Strict`] estimates it while parsing.
+/// A body's bytes can take many times their size as a tree (an object of one key is a B-tree
+/// node of some 600 bytes for 7 bytes of `{"":0},`): the tree is bounded, not only the body.
+pub const MAX_TREE_BYTES: u64 = 16 << 20;
 
-impl<'de> DeserializeSeed<'de> for Strict {
-    type Value = Value;
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
-        d.deserialize_any(StrictVisitor)
+/// The estimated cost of each part of a tree: every value, each object's first node, and
+/// each key of an object besides (its string and its slot).
+const VALUE_BYTES: u64 = 32;
+const OBJECT_BYTES: u64 = 640;
+const ENTRY_BYTES: u64 = 48;
+
+/// A JSON value parsed with every object's keys checked for duplicates: `serde_json::Value`
+/// keeps the last of two equal keys silently, while an upstream may keep the first. What the
+/// tree costs is taken from `budget` as it is built ([`MAX_TREE_BYTES`]).
+struct Strict<'b> {
+    budget: &'b std::cell::Cell<u64>,
+}
+
+impl Strict<'_> {
+    fn spend<E: de::Error>(&self, bytes: u64) -> Result<(), E> {
+        match self.budget.get().checked_sub(bytes) {
+            Some(left) => {
+                self.budget.set(left);
+                Ok(())
+            }
+            None => Err(E::custom(TOO_LARGE)),
+        }
     }
 }
 
-struct StrictVisitor;
+/// Why a message over [`MAX_TREE_BYTES`] is refused.
+const TOO_LARGE: &str = "the message holds too many values to inspect (over 16 MiB as a tree): \
+                         send fewer or larger values";
 
-impl<'de> Visitor<'de> for StrictVisitor {
+impl<'de> DeserializeSeed<'de> for Strict<'_> {
+    type Value = Value;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Strict<'_> {
     type Value = Value;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a JSON value")
     }
-    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Value, E> {
+        self.spend(VALUE_BYTES)?;
         Ok(Value::Bool(v))
     }
-    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Value, E> {
+        self.spend(VALUE_BYTES)?;
         Ok(Value::from(v))
     }
-    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Value, E> {
+        self.spend(VALUE_BYTES)?;
         Ok(Value::from(v))
     }
-    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Value, E> {
+        self.spend(VALUE_BYTES)?;
         Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
     }
-    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Value, E> {
+        self.spend(VALUE_BYTES + v.len() as u64)?;
         Ok(Value::String(v.to_string()))
     }
-    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Value, E> {
+        self.spend(VALUE_BYTES + v.len() as u64)?;
         Ok(Value::String(v))
     }
-    fn visit_unit<E>(self) -> Result<Value, E> {
+    fn visit_unit<E: de::Error>(self) -> Result<Value, E> {
+        self.spend(VALUE_BYTES)?;
         Ok(Value::Null)
     }
-    fn visit_none<E>(self) -> Result<Value, E> {
+    fn visit_none<E: de::Error>(self) -> Result<Value, E> {
+        self.spend(VALUE_BYTES)?;
         Ok(Value::Null)
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        self.spend(VALUE_BYTES)?;
         let mut out = Vec::new();
-        while let Some(v) = seq.next_element_seed(Strict)? {
+        while let Some(v) = seq.next_element_seed(Strict {
+            budget: self.budget,
+        })? {
             out.push(v);
         }
         Ok(Value::Array(out))
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        self.spend(VALUE_BYTES + OBJECT_BYTES)?;
         let mut out = Map::new();
         while let Some(k) = map.next_key::<String>()? {
-            let v = map.next_value_seed(Strict)?;
+            self.spend(ENTRY_BYTES + k.len() as u64)?;
+            let v = map.next_value_seed(Strict {
+                budget: self.budget,
+            })?;
             if out.contains_key(&k) {
                 return Err(de::Error::custom(format!("duplicate key {k:?}")));
             }
@@ -621,6 +657,23 @@ impl<'de> Visitor<'de> for StrictVisitor {
         }
         Ok(Value::Object(out))
     }
+}
+
+/// The `id` of a message, read without building the rest of it (for answering a message
+/// refused before its tree was built).
+fn id_only(body: &[u8]) -> Option<Value> {
+    #[derive(serde::Deserialize)]
+    struct IdOnly {
+        id: Option<Box<serde_json::value::RawValue>>,
+    }
+    let raw = serde_json::from_slice::<IdOnly>(body).ok()?.id?;
+    // Only a string or a number is an id to answer under (`Refused::answering`).
+    matches!(
+        raw.get().as_bytes().first(),
+        Some(b'"' | b'-' | b'0'..=b'9')
+    )
+    .then(|| serde_json::from_str(raw.get()).ok())
+    .flatten()
 }
 
 /// blake3 of the canonical JSON of the arguments (object keys sorted, no whitespace).
@@ -707,7 +760,13 @@ pub fn refusal_for_each(body: &[u8], refusal: &Value) -> Option<Value> {
     if *first != b'[' || !refusal.get("error").is_some_and(Value::is_object) {
         return None;
     }
-    let batch: Vec<Value> = serde_json::from_slice(body).ok()?;
+    // Each message read for its id and whether it is a request, nothing else built.
+    #[derive(serde::Deserialize)]
+    struct Entry {
+        method: Option<de::IgnoredAny>,
+        id: Option<Box<serde_json::value::RawValue>>,
+    }
+    let batch: Vec<Entry> = serde_json::from_slice(body).ok()?;
     // A batch refused for its length gets the one refusal: an answer a message for thousands
     // of tiny messages would be a larger answer than the request, for nothing.
     if batch.len() > MAX_BATCH {
@@ -715,11 +774,12 @@ pub fn refusal_for_each(body: &[u8], refusal: &Value) -> Option<Value> {
     }
     let answers: Vec<Value> = batch
         .iter()
-        .filter(|m| m.get("method").is_some())
-        .filter_map(|m| m.get("id"))
+        .filter(|m| m.method.is_some())
+        .filter_map(|m| m.id.as_ref())
+        .filter_map(|id| serde_json::from_str::<Value>(id.get()).ok())
         .map(|id| {
             let mut e = refusal.clone();
-            e["id"] = id.clone();
+            e["id"] = id;
             e
         })
         .collect();
@@ -907,6 +967,58 @@ mod tests {
             serde_json::from_slice::<Value>(&m.forward).unwrap(),
             serde_json::from_slice::<Value>(body).unwrap()
         );
+    }
+
+    /// A body's bytes may take many times their size as a tree: what the tree would cost is
+    /// bounded while parsing, and the refusal still answers the request's id. Large values
+    /// (a long string) pass: what is bounded is the tree, not the body.
+    #[test]
+    fn a_message_whose_tree_would_be_too_large_is_refused_as_it_is_read() {
+        let small_objects = |n: usize| {
+            let items = vec![r#"{"":0}"#; n].join(",");
+            format!(
+                r#"{{"jsonrpc":"2.0","id":"big","method":"tools/call","params":{{"name":"a","arguments":{{"rows":[{items}]}}}}}}"#
+            )
+        };
+        let r = inspect(small_objects(300_000).as_bytes()).unwrap_err();
+        assert_eq!(r.code, -32600, "{r:?}");
+        assert!(r.message.contains("too many values"), "{r:?}");
+        assert_eq!(r.id, json!("big"));
+        // A batch of as many: refused the same way, before its length is looked at.
+        let batch = format!(
+            "[{}]",
+            vec![r#"{"jsonrpc":"2.0","method":"ping"}"#; 100_000].join(",")
+        );
+        let r = inspect(batch.as_bytes()).unwrap_err();
+        assert!(r.message.contains("too many values"), "{r:?}");
+        // A few thousand rows pass, and so does one long string.
+        assert!(inspect(small_objects(5_000).as_bytes()).is_ok());
+        let long = "x".repeat(2 << 20);
+        let body = format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"a","arguments":{{"text":"{long}"}}}}}}"#
+        );
+        assert!(inspect(body.as_bytes()).is_ok());
+        // An id that is no string or number is not answered under.
+        let bad_id = small_objects(300_000).replace(r#""id":"big""#, r#""id":[1]"#);
+        assert_eq!(inspect(bad_id.as_bytes()).unwrap_err().id, Value::Null);
+    }
+
+    /// The refusal of a batch answers each request in it by its id, read without building
+    /// the messages.
+    #[test]
+    fn a_batch_refusal_answers_each_request_by_its_id() {
+        let refusal = error(&Value::Null, -32000, "no", None);
+        let body = br#"[{"jsonrpc":"2.0","id":1,"method":"ping","params":{"a":[1,2]}},{"jsonrpc":"2.0","method":"notifications/x"},{"jsonrpc":"2.0","id":"b","method":"ping"},{"jsonrpc":"2.0","id":9,"result":{}}]"#;
+        let answers = refusal_for_each(body, &refusal).unwrap();
+        let ids: Vec<&Value> = answers
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| &a["id"])
+            .collect();
+        assert_eq!(ids, [&json!(1), &json!("b")]);
+        assert_eq!(answers[0]["error"]["message"], "no");
+        assert!(refusal_for_each(br#"{"id":1,"method":"ping"}"#, &refusal).is_none());
     }
 
     #[test]
