@@ -302,7 +302,7 @@ impl Mounts {
             if name.len() > grantline_gateway::jsonrpc::MAX_TOOL_NAME {
                 continue;
             }
-            let annotations = t.get("annotations").cloned().unwrap_or(Value::Null);
+            let annotations = hints(t.get("annotations"));
             let room = known.len() < MAX_LEARNED_TOOLS;
             match known.get_mut(name) {
                 Some(had) if !grantline_gateway::authority::read_only(Some(had)) => {}
@@ -314,6 +314,21 @@ impl Mounts {
             }
         }
     }
+}
+
+/// Of a tool's annotations, the hints the gateway reads (`readOnlyHint`, `destructiveHint`;
+/// see [`grantline_gateway::authority::read_only`]): an upstream may send annotations of any
+/// size, and what is kept is kept for good and copied at every call.
+fn hints(annotations: Option<&Value>) -> Value {
+    let Some(a) = annotations.and_then(Value::as_object) else {
+        return Value::Null;
+    };
+    Value::Object(
+        ["readOnlyHint", "destructiveHint"]
+            .into_iter()
+            .filter_map(|k| Some((k.to_string(), Value::Bool(a.get(k)?.as_bool()?))))
+            .collect(),
+    )
 }
 
 /// The most tools whose annotations one resource's listings teach (a bound on what an
@@ -360,6 +375,17 @@ mod tests {
         );
         assert_eq!(needs("wipe"), "docs:write");
         assert!(m.annotations("docs", "wipe").is_none());
+        // Only the hints read are kept of what a listing says.
+        let padded = serde_json::json!({"readOnlyHint": true, "title": "x".repeat(1 << 16), "destructiveHint": false, "n": [1, 2]});
+        m.learn(
+            &docs,
+            &listing(serde_json::json!([{"name": "padded", "annotations": padded}])),
+        );
+        assert_eq!(
+            m.annotations("docs", "padded"),
+            Some(serde_json::json!({"readOnlyHint": true, "destructiveHint": false}))
+        );
+        assert_eq!(needs("padded"), "docs:read");
     }
 
     fn mounts(resource: &str) -> Result<Mounts> {
