@@ -4,6 +4,7 @@
 
 use grantline_gateway::jsonrpc::same_id;
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 /// An upstream's event stream as the gateway reads and passes it on: line endings made `\n`
 /// (the SSE grammar allows `\r\n`, `\n` and a lone `\r`) and a leading byte-order mark
@@ -102,7 +103,7 @@ impl EventBuffer {
 /// read otherwise than the gateway did, so it is not passed on.
 pub fn unreadable(event: &[u8]) -> bool {
     let text = String::from_utf8_lossy(event);
-    data_of(&text).is_some_and(|d| serde_json::from_str::<Value>(&d).is_err())
+    data_of(&text).is_some_and(|d| serde_json::from_str::<serde::de::IgnoredAny>(&d).is_err())
 }
 
 /// The end (exclusive) of the first complete event in `buf`, if any.
@@ -221,6 +222,97 @@ pub fn visit(is_sse: bool, body: &[u8], mut f: impl FnMut(&Value)) {
     }
 }
 
+/// What the gateway reads of a JSON-RPC message to judge an answer: its `id`, `result` and
+/// `error`, each as the upstream wrote it. Nothing else of the message is built, so that
+/// judging a large answer (16 MiB of a tool's rows) costs a pass over its bytes, not a tree
+/// many times their size for each question asked of it.
+#[derive(serde::Deserialize)]
+pub struct Head<'a> {
+    #[serde(default, borrow, deserialize_with = "present")]
+    id: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    result: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    error: Option<&'a RawValue>,
+}
+
+/// A key that is present, `null` included (`Option` alone reads `null` as absent).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue as serde::Deserialize>::deserialize(d).map(Some)
+}
+
+/// The longest id compared: ids are the gateway's own short strings or a caller's.
+const MAX_ID_BYTES: usize = 1024;
+
+impl Head<'_> {
+    /// Whether the message's id is `id`.
+    fn is_for(&self, id: &Value) -> bool {
+        self.id.is_some_and(|raw| {
+            raw.get().len() <= MAX_ID_BYTES
+                && serde_json::from_str::<Value>(raw.get()).is_ok_and(|x| same_id(&x, id))
+        })
+    }
+
+    /// Whether its id is absent or `null`.
+    fn has_no_id(&self) -> bool {
+        self.id.is_none_or(|raw| raw.get() == "null")
+    }
+
+    /// Whether it is an answer (a result or an error).
+    fn answers(&self) -> bool {
+        self.result.is_some() || self.error.is_some()
+    }
+
+    /// Whether its result says the tool failed (`result.isError: true`).
+    fn tool_failed(&self) -> bool {
+        #[derive(serde::Deserialize)]
+        struct R<'a> {
+            #[serde(rename = "isError", default, borrow, deserialize_with = "present")]
+            is_error: Option<&'a RawValue>,
+        }
+        self.result
+            .and_then(|r| serde_json::from_str::<R>(r.get()).ok())
+            .and_then(|r| r.is_error)
+            .is_some_and(|e| e.get() == "true")
+    }
+
+    /// Its error's code, if it is an error with an integer code.
+    fn error_code(&self) -> Option<i64> {
+        #[derive(serde::Deserialize)]
+        struct E<'a> {
+            #[serde(default, borrow, deserialize_with = "present")]
+            code: Option<&'a RawValue>,
+        }
+        let e = serde_json::from_str::<E>(self.error?.get()).ok()?;
+        e.code?.get().parse().ok()
+    }
+}
+
+/// Calls `f` with the [`Head`] of every JSON-RPC message of a JSON or SSE body (a message
+/// that is not an object, or names a key twice, is none).
+pub fn heads(is_sse: bool, body: &[u8], mut f: impl FnMut(&Head<'_>)) {
+    let mut one = |json: &[u8]| {
+        let first = json.iter().find(|b| !b.is_ascii_whitespace());
+        if first == Some(&b'[') {
+            if let Ok(all) = serde_json::from_slice::<Vec<Head<'_>>>(json) {
+                all.iter().for_each(&mut f);
+            }
+        } else if let Ok(h) = serde_json::from_slice::<Head<'_>>(json) {
+            f(&h);
+        }
+    };
+    if !is_sse {
+        one(body);
+        return;
+    }
+    for e in events(body).0 {
+        let text = String::from_utf8_lossy(e);
+        if let Some(d) = data_of(&text) {
+            one(d.as_bytes());
+        }
+    }
+}
+
 /// Whether a body (or event) carries the answer (result or error) to `id`.
 pub fn answers(is_sse: bool, body: &[u8], id: &Value) -> bool {
     answer_count(is_sse, body, id) > 0
@@ -230,10 +322,8 @@ pub fn answers(is_sse: bool, body: &[u8], id: &Value) -> bool {
 /// an upstream's mistake, and no answer the gateway could record as the one.
 pub fn answer_count(is_sse: bool, body: &[u8], id: &Value) -> usize {
     let mut n = 0;
-    visit(is_sse, body, |m| {
-        if m.get("id").is_some_and(|x| same_id(x, id))
-            && (m.get("result").is_some() || m.get("error").is_some())
-        {
+    heads(is_sse, body, |m| {
+        if m.is_for(id) && m.answers() {
             n += 1;
         }
     });
@@ -301,12 +391,13 @@ fn replaced(body: &[u8], wire: &str, id: &Value) -> Option<Vec<u8>> {
 /// errors, such as an unknown session) is about this request, not another.
 pub fn answers_other(is_sse: bool, body: &[u8], id: &Value) -> bool {
     let mut found = false;
-    visit(is_sse, body, |m| {
-        let other = match m.get("id") {
-            None | Some(Value::Null) => m.get("result").is_some(),
-            Some(x) => !same_id(x, id),
+    heads(is_sse, body, |m| {
+        let other = if m.has_no_id() {
+            m.result.is_some()
+        } else {
+            !m.is_for(id)
         };
-        if other && (m.get("result").is_some() || m.get("error").is_some()) {
+        if other && m.answers() {
             found = true;
         }
     });
@@ -317,10 +408,8 @@ pub fn answers_other(is_sse: bool, body: &[u8], id: &Value) -> bool {
 /// (`result.isError: true`).
 pub fn tool_failed(is_sse: bool, body: &[u8], id: &Value) -> bool {
     let mut failed = false;
-    visit(is_sse, body, |m| {
-        if m.get("id").is_some_and(|x| same_id(x, id))
-            && m.pointer("/result/isError") == Some(&Value::Bool(true))
-        {
+    heads(is_sse, body, |m| {
+        if m.is_for(id) && m.tool_failed() {
             failed = true;
         }
     });
@@ -330,11 +419,9 @@ pub fn tool_failed(is_sse: bool, body: &[u8], id: &Value) -> bool {
 /// The JSON-RPC error code in the answer to `id`, if it was an error.
 pub fn error_code(is_sse: bool, body: &[u8], id: &Value) -> Option<i64> {
     let mut code = None;
-    visit(is_sse, body, |m| {
-        if m.get("id").is_some_and(|x| same_id(x, id))
-            && let Some(c) = m.get("error").and_then(|e| e.get("code"))
-        {
-            code = c.as_i64();
+    heads(is_sse, body, |m| {
+        if m.is_for(id) && m.error.is_some() {
+            code = m.error_code();
         }
     });
     code
@@ -383,6 +470,43 @@ mod tests {
         assert_eq!(out.len(), 10_000);
         assert!(unreadable(b"data: {not json\n\n"));
         assert!(!unreadable(b": comment\n\n") && !unreadable(b"data: {}\n\n"));
+    }
+
+    /// An answer is judged from its id, result and error as written, whatever else it holds.
+    #[test]
+    fn answers_are_judged_from_their_heads() {
+        let id = json!("w-1");
+        let rows = format!(
+            "[{}]",
+            vec![r#"{"a":{"b":[1,2,{"c":null}]}}"#; 1000].join(",")
+        );
+        let ok = format!(
+            r#"{{"jsonrpc":"2.0","id":"w-1","result":{{"content":[],"rows":{rows},"isError":false}}}}"#
+        );
+        assert_eq!(answer_count(false, ok.as_bytes(), &id), 1);
+        assert!(!tool_failed(false, ok.as_bytes(), &id));
+        assert_eq!(error_code(false, ok.as_bytes(), &id), None);
+        let failed = br#"{"jsonrpc":"2.0","id":"w-1","result":{"isError":true,"content":[]}}"#;
+        assert!(tool_failed(false, failed, &id));
+        assert!(!tool_failed(false, failed, &json!("w-2")));
+        let err = br#"{"jsonrpc":"2.0","id":"w-1","error":{"message":"no","code":-32602}}"#;
+        assert_eq!(error_code(false, err, &id), Some(-32602));
+        // A null result is an answer; a number id equals the same number however written.
+        assert!(answers(false, br#"{"id":5,"result":null}"#, &json!(5)));
+        assert!(answers(false, br#"{"id":5.0,"result":{}}"#, &json!(5)));
+        // A batch of answers, and events of a stream.
+        let batch = br#"[{"id":"w-1","result":{}},{"id":9,"result":{}}]"#;
+        assert_eq!(answer_count(false, batch, &id), 1);
+        assert!(answers_other(false, batch, &id));
+        let stream = b"data: {\"id\":\"w-1\",\ndata: \"result\":{}}\n\n";
+        assert!(answers(true, stream, &id));
+        // A message naming a key twice is read as no message at all.
+        assert_eq!(
+            answer_count(false, br#"{"id":"w-1","id":"x","result":{}}"#, &id),
+            0
+        );
+        // Neither is a request's echo, nor a notification.
+        assert!(!answers(false, br#"{"id":"w-1","method":"ping"}"#, &id));
     }
 
     #[test]
