@@ -296,7 +296,9 @@ impl AuditIndex {
             .payload
             .and_then(|p| serde_json::from_str::<serde_json::Value>(&p).ok());
         let seq = cursor.as_ref().and_then(|v| v["seq"].as_u64()).unwrap_or(0);
-        let hash = cursor.as_ref().and_then(|v| v["hash"].as_str().map(str::to_string));
+        let hash = cursor
+            .as_ref()
+            .and_then(|v| v["hash"].as_str().map(str::to_string));
         let current = index.schema() == schema().0
             && cursor
                 .as_ref()

@@ -282,21 +282,38 @@ mod tests {
             at.retain(|&i| i < size);
             at
         };
-        for size in [1, 2, 700, CHUNK - 1, CHUNK, CHUNK + 1, 2 * CHUNK, 2 * CHUNK + 600] {
+        for size in [
+            1,
+            2,
+            700,
+            CHUNK - 1,
+            CHUNK,
+            CHUNK + 1,
+            2 * CHUNK,
+            2 * CHUNK + 600,
+        ] {
             let all = leaves(&store, size).await;
             for index in edges(size) {
                 let kept = subtrees
                     .prove(&store, size, |root| inclusion_path(size, index, root))
                     .await
                     .unwrap();
-                assert_eq!(kept, inclusion_proof(&all, index as usize), "{index} of {size}");
+                assert_eq!(
+                    kept,
+                    inclusion_proof(&all, index as usize),
+                    "{index} of {size}"
+                );
             }
             for old in edges(size).into_iter().map(|i| i + 1) {
                 let kept = subtrees
                     .prove(&store, size, |root| consistency_path(size, old, root))
                     .await
                     .unwrap();
-                assert_eq!(kept, consistency_proof(&all, old as usize), "{old} of {size}");
+                assert_eq!(
+                    kept,
+                    consistency_proof(&all, old as usize),
+                    "{old} of {size}"
+                );
             }
         }
         assert_eq!(subtrees.chunks.lock().await.roots.len(), 2);

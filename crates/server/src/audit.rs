@@ -697,7 +697,10 @@ mod tests {
         let (first, first_indexer) = open(&ledger, &dir).await;
         assert_eq!(first.dir, dir);
         assert!(!beside(2).exists(), "the stale index was kept");
-        assert!(beside(3).join("meta.json").exists(), "the index in use was removed");
+        assert!(
+            beside(3).join("meta.json").exists(),
+            "the index in use was removed"
+        );
         assert!(!left.exists());
         assert!(removing.exists());
         let names: Vec<_> = std::fs::read_dir(root.path())

@@ -803,7 +803,10 @@ async fn a_loopback_public_client_is_confirmed_each_time_and_prompt_login_signs_
     to_login(&r);
     let (request, marker) = back.split_once("&grantline_signed_in_after=").unwrap();
     let (_, tag) = marker.split_once('.').unwrap();
-    for forged in [format!("{request}&grantline_signed_in_after=0.{tag}"), request.to_string()] {
+    for forged in [
+        format!("{request}&grantline_signed_in_after=0.{tag}"),
+        request.to_string(),
+    ] {
         let r = b.get(s.url(&forged)).send().await.unwrap();
         to_login(&r);
     }

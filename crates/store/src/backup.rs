@@ -136,9 +136,8 @@ async fn check_schema(path: &Path) -> Result<()> {
     let outcome = async {
         // A damaged file is named as such before anything walks its tables (which SQLite reads
         // page by page, trusting what the pages it has not checked say).
-        let damaged = |problem: String| {
-            invalid(format!("the backup's database file is damaged: {problem}"))
-        };
+        let damaged =
+            |problem: String| invalid(format!("the backup's database file is damaged: {problem}"));
         // SQLite answers some damage with rows, the rest with an error.
         let problems: Vec<String> = sqlx::query_scalar("PRAGMA quick_check(3)")
             .fetch_all(&mut conn)

@@ -895,7 +895,10 @@ impl Store {
         if after + (out.len() as u64) < upto {
             return Err(StoreError::Corrupt {
                 seq: after + out.len() as u64 + 1,
-                problem: format!("the ledger holds {} events, not {upto}", after + out.len() as u64),
+                problem: format!(
+                    "the ledger holds {} events, not {upto}",
+                    after + out.len() as u64
+                ),
             });
         }
         Ok(out)

@@ -81,7 +81,9 @@ pub async fn run(loc: &Location, args: Args) -> Result<ExitCode> {
         .context("the ledger has no checkpoint yet")?;
     let size = newest.tree_size.max(0) as u64;
     if let Some(seq) = args.seq {
-        let Some(proof) = grantline_audit::proof::inclusion(&store, &Default::default(), seq, args.size, ()).await?
+        let Some(proof) =
+            grantline_audit::proof::inclusion(&store, &Default::default(), seq, args.size, ())
+                .await?
         else {
             match args.size {
                 Some(m) => bail!(
@@ -99,7 +101,9 @@ pub async fn run(loc: &Location, args: Args) -> Result<ExitCode> {
     let Some(old) = args.consistency else {
         bail!("give a seq or --consistency SIZE");
     };
-    let Some(proof) = grantline_audit::proof::consistency(&store, &Default::default(), old, None, ()).await? else {
+    let Some(proof) =
+        grantline_audit::proof::consistency(&store, &Default::default(), old, None, ()).await?
+    else {
         bail!(
             "no consistency proof from size {old} to {size}: is {old} the size of a checkpoint below it?"
         );

@@ -814,7 +814,9 @@ mod tests {
         assert!(asks_fresh_sign_in("/oauth/authorize?a=1&prompt=login"));
         assert!(asks_fresh_sign_in("/oauth/authorize?prompt=consent+login"));
         assert!(!asks_fresh_sign_in("/oauth/authorize?prompt=consent"));
-        assert!(!asks_fresh_sign_in("/oauth/authorize?loginx=1&prompt=loginx"));
+        assert!(!asks_fresh_sign_in(
+            "/oauth/authorize?loginx=1&prompt=loginx"
+        ));
         assert!(!asks_fresh_sign_in("/account?prompt=login"));
     }
 

@@ -65,9 +65,11 @@ pub async fn proof_for_view(
             )
         }));
     };
-    Ok(grantline_audit::proof::inclusion(app.store(), &app.subtrees, seq, None, turn)
-        .await?
-        .map_or(serde_json::Value::Null, |p| p))
+    Ok(
+        grantline_audit::proof::inclusion(app.store(), &app.subtrees, seq, None, turn)
+            .await?
+            .map_or(serde_json::Value::Null, |p| p),
+    )
 }
 
 fn problem(status: StatusCode, message: impl Into<String>) -> Response {
