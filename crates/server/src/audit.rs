@@ -628,7 +628,7 @@ pub fn surface(page: bool) -> AuditSurface {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use grantline_ledger::{Actor, Append, StreamId, UserErased};
+    use grantline_ledger::Append;
     use grantline_store::{Keyring, Ledger, testing};
 
     async fn open(ledger: &Ledger, dir: &std::path::Path) -> (AuditService, Indexer) {
@@ -674,13 +674,7 @@ mod tests {
         assert!(beside(2).join("meta.json").exists());
 
         ledger
-            .append(Append::new(vec![grantline_ledger::NewEvent::new(
-                StreamId::user("u_alice"),
-                Actor::Operator,
-                UserErased {
-                    user_id: "u_alice".into(),
-                },
-            )]))
+            .append(Append::new(vec![testing::user_erased("u_alice")]))
             .await
             .unwrap();
         // What a removal cut short by a crash left, and what a live process is removing.

@@ -201,6 +201,15 @@ pub async fn user_created(
     )
 }
 
+/// A `user.erased` (by the operator).
+pub fn user_erased(id: &str) -> grantline_ledger::NewEvent {
+    grantline_ledger::NewEvent::new(
+        grantline_ledger::StreamId::user(id),
+        grantline_ledger::Actor::Operator,
+        grantline_ledger::UserErased { user_id: id.into() },
+    )
+}
+
 /// Declares each test twice, `sqlite::name` and `postgres::name`, with `db: TestDb`.
 #[macro_export]
 macro_rules! backend_tests {
