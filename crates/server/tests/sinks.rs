@@ -15,12 +15,18 @@ use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// A port free now, for a receiver that starts later. Picked below Linux's ephemeral range
+/// (32768–60999): a port the kernel hands out (`bind(0)`) may be given again as the source
+/// port of any process's outgoing connection before the receiver binds it.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos())
+        ^ std::process::id();
+    (0..4000u32)
+        .map(|i| 20_000 + (seed.wrapping_add(i.wrapping_mul(7919)) % 12_000) as u16)
+        .find(|&p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
+        .expect("a free port between 20000 and 32000")
 }
 
 fn with_sink(dir: &std::path::Path, sink: &str) -> Config {
