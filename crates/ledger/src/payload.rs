@@ -211,8 +211,8 @@ pub enum LoginFailure {
     RateLimited,
     IdentityProviderError,
     /// The password was right, but password sign-in is off for this name
-    /// (`login.local_accounts = false` and not the break-glass admin): someone holds a
-    /// password that is no longer meant to be used.
+    /// (`login.local_accounts = false`, or an account linked to an identity provider, and not
+    /// the break-glass admin): someone holds a password that is no longer meant to be used.
     PasswordNotAllowed,
     /// The password was right, but the user's role may not use what was asked (the HTTP Basic
     /// admin API for a non-admin): recorded like a failure, so that a right guess is neither

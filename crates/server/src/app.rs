@@ -159,6 +159,15 @@ impl App {
         self.ledger.store()
     }
 
+    /// Whether the user is linked to an identity provider (signs in through it).
+    pub fn is_linked(&self, user_id: &str) -> bool {
+        self.projection
+            .read()
+            .users
+            .get(user_id)
+            .is_some_and(|u| !u.links.is_empty())
+    }
+
     pub fn now(&self) -> Timestamp {
         self.clock.now()
     }

@@ -103,10 +103,14 @@ pub struct LoginSection {
 
 impl LoginSection {
     /// Whether `username` may sign in with a password at all: every local account when local
-    /// accounts are on, else only the break-glass admin. Checked before any password is, on
-    /// the sign-in page and on the HTTP Basic APIs alike.
-    pub fn password_allowed(&self, username: &str) -> bool {
-        self.local_accounts || self.break_glass_admin.as_deref() == Some(username)
+    /// accounts are on, else only the break-glass admin. An account `linked` to an identity
+    /// provider signs in through it (an administrator-made account linked by its email still
+    /// has the password it was given): otherwise a person the provider deprovisioned would go
+    /// on signing in here with it. The break-glass admin always may. Checked on the sign-in
+    /// page and on the HTTP Basic APIs alike, after the password, with the answer a wrong one
+    /// gets.
+    pub fn password_allowed(&self, username: &str, linked: bool) -> bool {
+        (self.local_accounts && !linked) || self.break_glass_admin.as_deref() == Some(username)
     }
 }
 

@@ -551,6 +551,29 @@ backend_tests! {
         assert_eq!(sign_in_with(&s, &phone_again, "dana", "dana-password-123456").await.status(), StatusCode::SEE_OTHER);
         assert_eq!(account(&phone_again).await, StatusCode::OK);
         assert_eq!(account(&laptop).await, StatusCode::FOUND);
+
+        // Once linked to a provider (an administrator-made account, linked by its email), the
+        // account signs in through it: the password it was given no longer does, on the page
+        // nor at the HTTP Basic APIs, so a person the provider deprovisions cannot go on with
+        // it. Refused as a wrong password is, recorded as what it is.
+        let erin = local_user(&s.app, "erin", "admin", "erin-password-123456").await;
+        let api = || {
+            let url = s.url("/admin/api/clients");
+            async move { reqwest::Client::new().get(url).basic_auth("erin", Some("erin-password-123456")).send().await.unwrap().status() }
+        };
+        assert_eq!(api().await, StatusCode::OK);
+        let subject = s.app.keyring.seal(&pii::user_subject(&erin), "00u-erin").await.unwrap();
+        assert_eq!(sign_in_through_corp(&s, Account::Link(erin.clone()), subject, "admin").await, erin);
+        s.app.deprovision(&erin, "corp", "the user was disabled upstream").await.unwrap();
+        let r = sign_in_with(&s, &browser(), "erin", "erin-password-123456").await;
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        assert!(r.text().await.unwrap().contains("Wrong username or password."));
+        assert_eq!(api().await, StatusCode::UNAUTHORIZED);
+        let refusals = s.app.store().read(0, 100_000).await.unwrap().iter()
+            .filter(|e| matches!(e.payload(), grantline_ledger::Payload::LoginFailed(f)
+                if f.user_id.as_ref() == Some(&erin) && f.reason == grantline_ledger::LoginFailure::PasswordNotAllowed))
+            .count();
+        assert_eq!(refusals, 2, "the page's and the API's");
         s.stop().await;
     }
 

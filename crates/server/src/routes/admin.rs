@@ -219,11 +219,17 @@ pub(crate) async fn basic_user(
             Err(e) => e.into_response(),
         }
     };
-    // With local accounts off only the break-glass admin may use a password; anyone else is
-    // checked all the same and refused as a wrong password, so that neither the answer nor
-    // its time tells which name the break-glass admin has.
+    // With local accounts off only the break-glass admin may use a password, and an account
+    // linked to an identity provider never does; anyone else is checked all the same and
+    // refused as a wrong password, so that neither the answer nor its time tells which name
+    // the break-glass admin has.
     let user_id = match outcome {
-        Outcome::SignedIn { user_id } if !app.config.login.password_allowed(user) => {
+        Outcome::SignedIn { user_id }
+            if !app
+                .config
+                .login
+                .password_allowed(user, app.is_linked(&user_id)) =>
+        {
             let reason = LoginFailure::PasswordNotAllowed;
             return Err(failed(held, Some(user_id), reason).await);
         }

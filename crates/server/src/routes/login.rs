@@ -126,10 +126,14 @@ pub async fn submit(
     let username = username.trim();
     let password = get("password");
     // With local accounts off, only the break-glass admin named on the command line may use
-    // a password. Anyone else goes through the same check and gets the same answer as a wrong
-    // password (below): a refusal of its own, or a faster one, would tell which name is the
-    // break-glass admin's.
-    let password_allowed = app.config.login.password_allowed(username);
+    // a password; an account linked to an identity provider signs in through it. Anyone else
+    // goes through the same check and gets the same answer as a wrong password (below): a
+    // refusal of its own, or a faster one, would tell which name is the break-glass admin's.
+    let password_allowed = |user_id: &str| {
+        app.config
+            .login
+            .password_allowed(username, app.is_linked(user_id))
+    };
     if username.len() > crate::signin::MAX_USERNAME || password.len() > crate::signin::MAX_PASSWORD
     {
         return render(
@@ -245,7 +249,7 @@ pub async fn submit(
     let (user_id, failure) = match outcome {
         // Refused on the page as a wrong password (the answer tells no one which names may
         // use one), recorded as what it was.
-        Outcome::SignedIn { user_id } if !password_allowed => {
+        Outcome::SignedIn { user_id } if !password_allowed(&user_id) => {
             (Some(user_id), Some(LoginFailure::PasswordNotAllowed))
         }
         Outcome::SignedIn { user_id } if disabled(&user_id) => {
