@@ -2054,6 +2054,81 @@ async fn the_account_page_makes_a_bounded_number_of_tokens_an_hour() {
     s.stop().await;
 }
 
+/// A token outlives the session that makes it: only a session of a sign-in of the last few
+/// minutes (the user's latest) makes one; an older one is asked to sign in again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_account_page_makes_a_token_only_soon_after_signing_in() {
+    let db = sqlite().await;
+    let (s, _d) = server_with(&db, |_| {}).await;
+    let resource = s.resource();
+    let (b, page) = account_page(&s).await;
+    s.app
+        .clock
+        .advance(grantline_server::routes::account::RECENT_SIGN_IN_SECS + 1);
+    let r = pat_form(
+        &s,
+        &b,
+        &field(&page, "csrf"),
+        field(&page, "form"),
+        "old",
+        &resource,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let text = r.text().await.unwrap();
+    assert!(
+        text.contains("Sign in again") && text.contains("/login?return_to=%2Faccount"),
+        "{text}"
+    );
+    assert!(s.app.projection.read().pats.is_empty());
+    // The same browser, signed in again: made.
+    login(&s, &b).await;
+    let page = b
+        .get(s.url("/account"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let r = pat_form(
+        &s,
+        &b,
+        &field(&page, "csrf"),
+        field(&page, "form"),
+        "new",
+        &resource,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(s.app.projection.read().pats.len(), 1);
+    // A session that is not the user's latest sign-in is not taken as a recent one.
+    let (_, other) = account_page(&s).await;
+    assert!(!other.is_empty());
+    let page = b
+        .get(s.url("/account"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let r = pat_form(
+        &s,
+        &b,
+        &field(&page, "csrf"),
+        field(&page, "form"),
+        "third",
+        &resource,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    s.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn personal_access_tokens_from_the_account_page_and_the_admin_api() {
     let db = sqlite().await;

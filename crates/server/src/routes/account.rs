@@ -250,6 +250,22 @@ pub async fn create_pat(
         Err(r) => return r,
     };
     let get = |k: &str| crate::http::param(&params, k);
+    // A token outlives the session that makes it (one that never expires, for good): only a
+    // sign-in of the last few minutes makes one, so that a session cookie someone took is not
+    // turned into a lasting credential.
+    if !signed_in_lately(&app, &s) {
+        let base = esc(&ctx.base_path());
+        return pages::page(
+            StatusCode::FORBIDDEN,
+            "Sign in again",
+            &format!(
+                "<h1>Sign in again</h1><p>A token lasts beyond this session, so it is made only                  within {} minutes of signing in.</p><p><a href=\"{base}/login?return_to=%2Faccount\">\
+                 Sign in again</a>, then make the token.</p>",
+                RECENT_SIGN_IN_SECS / 60
+            ),
+            "'none'",
+        );
+    }
     // Counted per user (the limiter's key is the user id, not an address); a request that
     // makes no token gives its place back below.
     let hit_at = app.now().0 / 1_000_000;
@@ -323,6 +339,24 @@ pub async fn create_pat(
             not_done("Not created", e)
         }
     }
+}
+
+/// How recent a sign-in must be for its session to make a personal access token.
+pub const RECENT_SIGN_IN_SECS: i64 = 15 * 60;
+
+/// Whether the session began with the user's latest sign-in, at most
+/// [`RECENT_SIGN_IN_SECS`] ago (an older session's sign-in is older still).
+fn signed_in_lately(app: &App, s: &session::Session) -> bool {
+    let now = app.now().0;
+    app.projection
+        .read()
+        .users
+        .get(&s.user_id)
+        .is_some_and(|u| {
+            u.last_login_seq == Some(s.signed_in_seq)
+                && u.last_login
+                    .is_some_and(|at| now - at.0 <= RECENT_SIGN_IN_SECS * 1_000_000)
+        })
 }
 
 /// A refused account change as a page: what was wrong with the request (400), or — when the
