@@ -303,6 +303,26 @@ fn settle(
     }
 }
 
+/// The most bytes of a stream one message to the caller's side carries: a caller that reads
+/// slowly holds the channel's few messages, not as many whole events of up to
+/// [`MAX_BUFFERED`] each.
+const PIECE: usize = 64 << 10;
+
+/// Passes `event` on in pieces of at most [`PIECE`] bytes (views of one buffer); `false`
+/// when the caller's side has gone.
+async fn send_in_pieces(tx: &mpsc::Sender<Result<Bytes, std::io::Error>>, event: Vec<u8>) -> bool {
+    let event = Bytes::from(event);
+    let mut at = 0;
+    while at < event.len() {
+        let end = (at + PIECE).min(event.len());
+        if tx.send(Ok(event.slice(at..end))).await.is_err() {
+            return false;
+        }
+        at = end;
+    }
+    true
+}
+
 /// What a stream's pump waits for the answer with: the id the call went upstream under, its
 /// place among the calls in flight (given up once its outcome is recorded), and when to give
 /// up after the caller cancelled it.
@@ -395,13 +415,11 @@ fn pump(
                     // settled, the deadline bounds the wait too.
                     if reading {
                         let sent = if settled {
-                            tx.send(Ok(Bytes::from(event))).await.is_ok()
+                            send_in_pieces(&tx, event).await
                         } else {
-                            matches!(
-                                tokio::time::timeout_at(deadline, tx.send(Ok(Bytes::from(event))))
-                                    .await,
-                                Ok(Ok(()))
-                            )
+                            tokio::time::timeout_at(deadline, send_in_pieces(&tx, event))
+                                .await
+                                .unwrap_or(false)
                         };
                         reading = sent;
                     }
@@ -486,4 +504,34 @@ fn pump(
         HeaderValue::from_static("no"),
     );
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An event goes to the caller's side in pieces of at most [`PIECE`] bytes, in order,
+    /// whole; a side that has gone stops the sending.
+    #[tokio::test]
+    async fn an_event_is_passed_on_in_bounded_pieces() {
+        let event: Vec<u8> = (0..(3 * PIECE + 17)).map(|i| (i % 251) as u8).collect();
+        let (tx, mut rx) = mpsc::channel(2);
+        let sending = tokio::spawn({
+            let event = event.clone();
+            async move { send_in_pieces(&tx, event).await }
+        });
+        let mut got = Vec::new();
+        let mut pieces = 0;
+        while let Some(piece) = rx.recv().await {
+            let piece = piece.unwrap();
+            assert!(!piece.is_empty() && piece.len() <= PIECE);
+            got.extend_from_slice(&piece);
+            pieces += 1;
+        }
+        assert!(sending.await.unwrap());
+        assert_eq!((got, pieces), (event, 4));
+        let (tx, rx) = mpsc::channel(1);
+        drop(rx);
+        assert!(!send_in_pieces(&tx, vec![0; 10]).await);
+    }
 }
