@@ -117,6 +117,15 @@ enum Cmd {
         #[command(flatten)]
         target: Target,
     },
+    /// Inclusion proofs against the newest checkpoint, as the server computes them (over kept
+    /// subtree roots: the first after a start, then R more at spread seqs), against the proof
+    /// over every leaf that each one took before.
+    Proofs {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long, default_value_t = 20)]
+        runs: u64,
+    },
     /// Refresh-token rotations per second over HTTP against an in-process `grantline serve`:
     /// C concurrent clients, each rotating its own token family for S seconds.
     Refresh {
@@ -336,6 +345,52 @@ async fn main() -> Result<()> {
                     .map_err(|f| anyhow::anyhow!("NOT INTACT: {f}"))?;
                 report("verify", summary.events, start.elapsed());
             }
+        }
+        Cmd::Proofs { target, runs } => {
+            let store = Store::connect(&Database::parse(&target.database)?, false).await?;
+            let size = store
+                .checkpoint(None)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("the ledger has no checkpoint"))?
+                .tree_size as u64;
+            let subtrees = grantline_audit::proof::Subtrees::default();
+            let seq = |i: u64| 1 + (i * 7_919_993) % size;
+            let start = Instant::now();
+            grantline_audit::proof::inclusion(&store, &subtrees, seq(0), None, ())
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("no proof"))?;
+            println!(
+                "proofs: the first of a tree of {size} (reads every chain hash once): {:.3} s",
+                start.elapsed().as_secs_f64()
+            );
+            let mut took = Vec::new();
+            for i in 1..=runs {
+                let start = Instant::now();
+                grantline_audit::proof::inclusion(&store, &subtrees, seq(i), None, ())
+                    .await?
+                    .ok_or_else(|| anyhow::anyhow!("no proof"))?;
+                took.push(start.elapsed());
+            }
+            took.sort();
+            println!(
+                "proofs: the next {runs}: p50 {:.2} ms, max {:.2} ms",
+                took[took.len() / 2].as_secs_f64() * 1e3,
+                took[took.len() - 1].as_secs_f64() * 1e3
+            );
+            // Before: every proof read and hashed every leaf.
+            let start = Instant::now();
+            let leaves: Vec<_> = store
+                .chain_hashes(size)
+                .await?
+                .iter()
+                .map(grantline_ledger::merkle::leaf_hash)
+                .collect();
+            grantline_ledger::merkle::inclusion_proof(&leaves, (seq(1) - 1) as usize)
+                .ok_or_else(|| anyhow::anyhow!("no proof"))?;
+            println!(
+                "proofs: one over every leaf (each proof, before): {:.3} s",
+                start.elapsed().as_secs_f64()
+            );
         }
         Cmd::Replay { target } => {
             let store = Store::connect(&Database::parse(&target.database)?, false).await?;
