@@ -666,6 +666,10 @@ fn id_only(body: &[u8]) -> Option<Value> {
     struct IdOnly {
         id: Option<Box<serde_json::value::RawValue>>,
     }
+    // An object only: a derived struct would read an array's first element as the id.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return None;
+    }
     let raw = serde_json::from_slice::<IdOnly>(body).ok()?.id?;
     // Only a string or a number is an id to answer under (`Refused::answering`).
     matches!(
@@ -760,22 +764,36 @@ pub fn refusal_for_each(body: &[u8], refusal: &Value) -> Option<Value> {
     if *first != b'[' || !refusal.get("error").is_some_and(Value::is_object) {
         return None;
     }
-    // Each message read for its id and whether it is a request, nothing else built.
+    // Each message read for its id and whether it is a request, nothing else built; a key
+    // present as `null` counts as present, as it did in a `Value`.
     #[derive(serde::Deserialize)]
-    struct Entry {
-        method: Option<de::IgnoredAny>,
-        id: Option<Box<serde_json::value::RawValue>>,
+    struct Entry<'a> {
+        #[serde(default, borrow, deserialize_with = "present")]
+        method: Option<&'a serde_json::value::RawValue>,
+        #[serde(default, borrow, deserialize_with = "present")]
+        id: Option<&'a serde_json::value::RawValue>,
     }
-    let batch: Vec<Entry> = serde_json::from_slice(body).ok()?;
+    fn present<'de, D: de::Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<&'de serde_json::value::RawValue>, D::Error> {
+        <&serde_json::value::RawValue as serde::Deserialize>::deserialize(d).map(Some)
+    }
+    let batch: Vec<&serde_json::value::RawValue> = serde_json::from_slice(body).ok()?;
     // A batch refused for its length gets the one refusal: an answer a message for thousands
     // of tiny messages would be a larger answer than the request, for nothing.
     if batch.len() > MAX_BATCH {
         return None;
     }
-    let answers: Vec<Value> = batch
+    // Only objects are messages (a derived struct would read an array as one).
+    let entries: Vec<Entry<'_>> = batch
+        .iter()
+        .filter(|m| m.get().starts_with('{'))
+        .filter_map(|m| serde_json::from_str(m.get()).ok())
+        .collect();
+    let answers: Vec<Value> = entries
         .iter()
         .filter(|m| m.method.is_some())
-        .filter_map(|m| m.id.as_ref())
+        .filter_map(|m| m.id)
         .filter_map(|id| serde_json::from_str::<Value>(id.get()).ok())
         .map(|id| {
             let mut e = refusal.clone();
@@ -1019,6 +1037,18 @@ mod tests {
         assert_eq!(ids, [&json!(1), &json!("b")]);
         assert_eq!(answers[0]["error"]["message"], "no");
         assert!(refusal_for_each(br#"{"id":1,"method":"ping"}"#, &refusal).is_none());
+        // A null id and a null method count as present; an element that is no object is no
+        // message, and leaves the others answered.
+        let body = br#"[{"id":null,"method":"ping"},{"id":2,"method":null},0,["x",7],{"id":3,"method":"ping"}]"#;
+        let answers = refusal_for_each(body, &refusal).unwrap();
+        let ids: Vec<&Value> = answers
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| &a["id"])
+            .collect();
+        assert_eq!(ids, [&Value::Null, &json!(2), &json!(3)]);
+        assert_eq!(id_only(br#"["x",7]"#), None);
     }
 
     #[test]

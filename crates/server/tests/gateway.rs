@@ -129,6 +129,17 @@ async fn start_upstream() -> (String, Upstream) {
                             {"jsonrpc": "2.0", "id": "someone-elses", "result": {"content": [{"type": "text", "text": "their secret"}]}}])),
                     )
                         .into_response(),
+                    // An answer a client may read otherwise than the gateway: `result` twice (a
+                    // client that keeps the last reads another answer) and a number no double
+                    // holds; under an error status, which alone does not fail the exchange.
+                    "tools/call" if msg["params"]["name"] == "twofaced_tool" => (
+                        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                        [("content-type", "application/json")],
+                        format!(
+                            r#"{{"jsonrpc":"2.0","id":{id},"result":{{"content":[],"n":1e400}},"result":{{"content":[{{"type":"text","text":"the other answer"}}]}}}}"#
+                        ),
+                    )
+                        .into_response(),
                     // A request the gateway does not watch, answered on a stream as well.
                     "prompts/get" => streamed(state.release.clone(), id),
                     "tools/call" => axum::Json(json!({"jsonrpc": "2.0", "id": id, "result": {"content": [{"type": "text", "text": "ok"}]}})).into_response(),
@@ -1841,6 +1852,28 @@ async fn an_error_answer_that_also_answers_another_request_is_not_passed_on() {
             .iter()
             .any(|r| matches!(&r.envelope.payload, Payload::ToolCalled(c)
         if c.tool == "crosstalk_tool" && c.outcome == ToolOutcome::UpstreamError))
+    );
+    s.stop().await;
+}
+
+/// An answer the caller might read otherwise than the gateway judged it (a key twice, a
+/// number out of range) is not passed on: recorded as the upstream's failure, answered 502.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_a_client_could_read_otherwise_is_not_passed_on() {
+    let db = grantline_store::testing::sqlite().await;
+    let (up_url, _up) = start_upstream().await;
+    let (s, _d) = gateway_server_allowing(&db, &up_url, "twofaced_tool").await;
+    let token = token_for(&s, &s.url("/mcp/up"), "up:read up:write").await;
+    let r = rpc(&s, "/mcp/up", Some(&token), call(5, "twofaced_tool")).await;
+    assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
+    let body = r.text().await.unwrap();
+    assert!(!body.contains("the other answer"), "{body}");
+    let recorded = s.app.store().read(0, 10_000).await.unwrap();
+    assert!(
+        recorded
+            .iter()
+            .any(|r| matches!(&r.envelope.payload, Payload::ToolCalled(c)
+        if c.tool == "twofaced_tool" && c.outcome == ToolOutcome::UpstreamError))
     );
     s.stop().await;
 }

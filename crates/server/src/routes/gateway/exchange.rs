@@ -196,6 +196,17 @@ async fn exchange(audit: Audit, out: Outgoing, watched: Watched) -> Response {
             return fail(&audit, &watched, without_answer(&cancelled, why), status).await;
         }
     };
+    // JSON the caller might read otherwise than the gateway (a key twice, a number out of
+    // range) is neither judged nor passed on: a listing in it would go unfiltered. A refusal
+    // that is not JSON at all (a proxy's page) goes on as it is.
+    let json_like = matches!(
+        bytes.iter().find(|b| !b.is_ascii_whitespace()),
+        Some(b'{' | b'[')
+    );
+    if (parts.status.is_success() || json_like) && !sse::readable_messages(&bytes) {
+        let why = "the MCP server's answer is not JSON-RPC that reads the same to every client";
+        return fail(&audit, &watched, why, StatusCode::BAD_GATEWAY).await;
+    }
     let answers = sse::answer_count(false, &bytes, &wire);
     if parts.status.is_success() && answers == 0 {
         let why = "the MCP server's answer does not answer this request";

@@ -103,7 +103,94 @@ impl EventBuffer {
 /// read otherwise than the gateway did, so it is not passed on.
 pub fn unreadable(event: &[u8]) -> bool {
     let text = String::from_utf8_lossy(event);
-    data_of(&text).is_some_and(|d| serde_json::from_str::<serde::de::IgnoredAny>(&d).is_err())
+    data_of(&text).is_some_and(|d| !readable_messages(d.as_bytes()))
+}
+
+/// Whether `json` is one JSON-RPC message or a batch of them (each an object) that a client
+/// reads as the gateway does: JSON `serde_json::Value` takes (numbers within range, strings
+/// without lone surrogates), with no key twice in any object (clients differ on which one
+/// they keep). Checked without building it. What is not is neither judged nor passed on.
+pub fn readable_messages(json: &[u8]) -> bool {
+    serde_json::from_slice::<Readable>(json).is_ok()
+}
+
+/// [`readable_messages`]'s check: `Readable::Top` the whole, `Element` a batch's message,
+/// `Inner` anything inside a message.
+#[derive(Clone, Copy)]
+enum Readable {
+    Top,
+    Element,
+    Inner,
+}
+
+impl<'de> serde::Deserialize<'de> for Readable {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        serde::de::DeserializeSeed::deserialize(Readable::Top, d)
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Readable {
+    type Value = Readable;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Readable, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Readable {
+    type Value = Readable;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON-RPC message or batch")
+    }
+    fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Readable, E> {
+        self.scalar()
+    }
+    fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Readable, E> {
+        self.scalar()
+    }
+    fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Readable, E> {
+        self.scalar()
+    }
+    fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Readable, E> {
+        self.scalar()
+    }
+    fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<Readable, E> {
+        self.scalar()
+    }
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Readable, E> {
+        self.scalar()
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Readable, A::Error> {
+        let inside = match self {
+            Readable::Top => Readable::Element,
+            Readable::Element => {
+                return Err(serde::de::Error::custom(
+                    "a batch's message is not an object",
+                ));
+            }
+            Readable::Inner => Readable::Inner,
+        };
+        while seq.next_element_seed(inside)?.is_some() {}
+        Ok(self)
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Readable, A::Error> {
+        let mut keys = std::collections::HashSet::new();
+        while let Some(k) = map.next_key::<String>()? {
+            map.next_value_seed(Readable::Inner)?;
+            if !keys.insert(k) {
+                return Err(serde::de::Error::custom("a key named twice"));
+            }
+        }
+        Ok(self)
+    }
+}
+
+impl Readable {
+    fn scalar<E: serde::de::Error>(self) -> Result<Readable, E> {
+        match self {
+            Readable::Inner => Ok(self),
+            _ => Err(E::custom("not a JSON-RPC message")),
+        }
+    }
 }
 
 /// The end (exclusive) of the first complete event in `buf`, if any.
@@ -288,10 +375,14 @@ impl Head<'_> {
     }
 }
 
-/// Calls `f` with the [`Head`] of every JSON-RPC message of a JSON or SSE body (a message
-/// that is not an object, or names a key twice, is none).
+/// Calls `f` with the [`Head`] of every JSON-RPC message of a JSON or SSE body. Only data
+/// that is [`readable_messages`] is judged: the rest is never passed on (an event's, see
+/// [`unreadable`]) or fails the exchange (a JSON body's).
 pub fn heads(is_sse: bool, body: &[u8], mut f: impl FnMut(&Head<'_>)) {
     let mut one = |json: &[u8]| {
+        if !readable_messages(json) {
+            return;
+        }
         let first = json.iter().find(|b| !b.is_ascii_whitespace());
         if first == Some(&b'[') {
             if let Ok(all) = serde_json::from_slice::<Vec<Head<'_>>>(json) {
@@ -500,11 +591,25 @@ mod tests {
         assert!(answers_other(false, batch, &id));
         let stream = b"data: {\"id\":\"w-1\",\ndata: \"result\":{}}\n\n";
         assert!(answers(true, stream, &id));
-        // A message naming a key twice is read as no message at all.
-        assert_eq!(
-            answer_count(false, br#"{"id":"w-1","id":"x","result":{}}"#, &id),
-            0
-        );
+        // What a client might read otherwise than the gateway (a key twice, a number out of
+        // range, a lone surrogate, a batch element that is no object) is not judged, and a
+        // stream's event holding it is not passed on.
+        for data in [
+            r#"{"id":"w-1","id":"x","result":{}}"#,
+            r#"{"id":7,"result":{},"result":{}}"#,
+            r#"{"id":"w-1","result":{"tools":[],"pad":1e400}}"#,
+            r#"{"id":"w-1","result":{"s":"\ud800"}}"#,
+            r#"[{"id":"w-1","result":{}},0]"#,
+            r#"[["w-1",{}]]"#,
+            "7",
+        ] {
+            assert!(!readable_messages(data.as_bytes()), "{data}");
+            assert_eq!(answer_count(false, data.as_bytes(), &id), 0, "{data}");
+            assert!(unreadable(format!("data: {data}\n\n").as_bytes()), "{data}");
+        }
+        assert!(readable_messages(
+            br#"[{"id":1,"result":{"a":[1,{"b":null}]}}]"#
+        ));
         // Neither is a request's echo, nor a notification.
         assert!(!answers(false, br#"{"id":"w-1","method":"ping"}"#, &id));
     }
