@@ -816,6 +816,11 @@ async fn a_loopback_public_client_is_confirmed_each_time_and_prompt_login_signs_
     assert_eq!(r.status(), StatusCode::OK, "the consent page");
     let u = approve(&s, &b, &s.url(&back)).await;
     assert!(query(&u, "code").is_some(), "{u}");
+    // A return address kept past a consent page's life is a fresh sign-in's no longer.
+    s.app.clock.advance(16 * 60);
+    login(&s, &b).await;
+    let r = b.get(s.url(&back)).send().await.unwrap();
+    to_login(&r);
     s.stop().await;
 }
 

@@ -425,19 +425,22 @@ pub async fn authorize(
     // The request comes back from the sign-in page with the ledger's position at that moment,
     // under a MAC over it and the request: the sign-in page's return address opened again
     // (or the back button) under the old session only leads to the sign-in page again.
+    let session_seq = session.as_ref().map_or(0, |s| s.signed_in_seq);
     let session = session.filter(|s| {
         !v.prompt_login
             || signed_in_after
                 .as_deref()
-                .and_then(|m| sign_in_marker_seq(&app, &raw, m))
+                .and_then(|m| sign_in_marker_seq(&app, &raw, m, now_secs))
                 .is_some_and(|after| s.signed_in_seq > after)
     });
     let Some(s) = session else {
         let return_to = if v.prompt_login {
-            let after = app.projection.seq();
+            // Never below the session in hand: this instance's projection may not have read
+            // that sign-in yet (made on another instance).
+            let after = app.projection.seq().max(session_seq);
             format!(
                 "/oauth/authorize?{raw}&{SIGNED_IN_AFTER}={}",
-                sign_in_marker(&app, &raw, after)
+                sign_in_marker(&app, &raw, after, now_secs)
             )
         } else {
             format!("/oauth/authorize?{raw}")
@@ -598,17 +601,23 @@ fn without_sign_in_marker(raw: &str) -> (String, Option<String>) {
     (kept.join("&"), marker)
 }
 
-/// The [`SIGNED_IN_AFTER`] value for request `raw` sent to sign in at ledger position `seq`.
-fn sign_in_marker(app: &App, raw: &str, seq: u64) -> String {
-    let tag = session::csrf(app, &format!("{seq}|{raw}"), "signed-in-after");
-    format!("{seq}.{tag}")
+/// The [`SIGNED_IN_AFTER`] value for request `raw` sent to sign in at ledger position `seq`
+/// at `now` (seconds).
+fn sign_in_marker(app: &App, raw: &str, seq: u64, now: i64) -> String {
+    let tag = session::csrf(app, &format!("{seq}|{now}|{raw}"), "signed-in-after");
+    format!("{seq}.{now}.{tag}")
 }
 
-/// The position a [`SIGNED_IN_AFTER`] value names, if it was made for request `raw`.
-fn sign_in_marker_seq(app: &App, raw: &str, marker: &str) -> Option<u64> {
-    let (seq, tag) = marker.split_once('.')?;
-    let seq: u64 = seq.parse().ok()?;
-    session::csrf_ok(app, &format!("{seq}|{raw}"), "signed-in-after", tag).then_some(seq)
+/// The position a [`SIGNED_IN_AFTER`] value names, if it was made for request `raw` and not
+/// longer ago than a consent page lasts ([`CONSENT_TTL_SECS`]): a saved return address is not
+/// a fresh sign-in's for good.
+fn sign_in_marker_seq(app: &App, raw: &str, marker: &str, now: i64) -> Option<u64> {
+    let mut parts = marker.splitn(3, '.');
+    let (seq, at, tag) = (parts.next()?, parts.next()?, parts.next()?);
+    let (seq, at): (u64, i64) = (seq.parse().ok()?, at.parse().ok()?);
+    let fresh = now >= at - 60 && now - at <= CONSENT_TTL_SECS;
+    (fresh && session::csrf_ok(app, &format!("{seq}|{at}|{raw}"), "signed-in-after", tag))
+        .then_some(seq)
 }
 
 /// Whether the address a sign-in returns to is an authorization request with `prompt=login`:
