@@ -39,6 +39,9 @@ pub enum IndexError {
          try again"
     )]
     HeldWithAnotherSchema(String),
+    /// The index was moved aside by another process while this one opened it.
+    #[error("the audit index in {0} was moved aside by another process while it was opened")]
+    Moved(String),
     /// The query would cost more than a search may (what to narrow, for the reader).
     #[error("{0}")]
     TooBroad(String),
@@ -51,6 +54,7 @@ impl IndexError {
             self,
             IndexError::Tantivy(tantivy::TantivyError::LockFailure(..))
                 | IndexError::HeldWithAnotherSchema(_)
+                | IndexError::Moved(_)
         )
     }
 }
@@ -84,8 +88,12 @@ impl Unused {
     /// the directory meanwhile finds either the whole index held or none (and builds its own),
     /// never one half deleted.
     pub fn remove(self) -> Result<(), IndexError> {
+        // A name of its own (the process id alone repeats: 1 in every container).
         let mut name = self.dir.file_name().unwrap_or_default().to_os_string();
-        name.push(format!(".removed-{}", std::process::id()));
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        name.push(format!(".removed-{}-{nanos}", std::process::id()));
         let aside = self.dir.with_file_name(name);
         std::fs::rename(&self.dir, &aside)
             .map_err(|e| IndexError::Directory(format!("{}: {e}", self.dir.display())))?;
@@ -247,6 +255,18 @@ impl AuditIndex {
     /// process (a server of the version before an upgrade) is writing it, which is
     /// [`IndexError::HeldWithAnotherSchema`] and leaves it alone.
     pub fn open(dir: &Path) -> Result<AuditIndex, IndexError> {
+        // Another process may move a stale index aside (see [`Unused::remove`]) while this one
+        // looks at it: then the directory is gone, which is as good as held.
+        Self::open_here(dir).map_err(|e| {
+            if dir.exists() {
+                e
+            } else {
+                IndexError::Moved(dir.display().to_string())
+            }
+        })
+    }
+
+    fn open_here(dir: &Path) -> Result<AuditIndex, IndexError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| IndexError::Directory(format!("{}: {e}", dir.display())))?;
         let (schema, fields) = schema();

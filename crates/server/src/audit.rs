@@ -111,7 +111,9 @@ async fn remove_stale_siblings(store: &grantline_store::Store, dir: &std::path::
             }
         }
     }
-    // What a removal interrupted by a crash left aside (`<name>-<n>.removed-<pid>`).
+    // What a removal interrupted by a crash left aside (`<name>[-<n>].removed-<…>`): one whose
+    // writer's lock is free, or that holds no index any more and was last touched long ago
+    // (a removal in progress holds the lock, and deletes quickly).
     let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) else {
         return;
     };
@@ -121,19 +123,38 @@ async fn remove_stale_siblings(store: &grantline_store::Store, dir: &std::path::
     };
     for entry in entries.flatten() {
         let entry_name = entry.file_name().to_string_lossy().into_owned();
-        let own = entry_name
+        let ours = entry_name
             .strip_prefix(&prefix)
             .and_then(|rest| rest.split_once(".removed-"))
-            .is_some_and(|(n, pid)| {
-                (n.is_empty() || n.strip_prefix('-').is_some_and(|n| n.parse::<usize>().is_ok()))
-                    // Not one another process is removing now.
-                    && pid
-                        .parse::<u32>()
-                        .is_ok_and(|pid| !std::path::Path::new("/proc").join(pid.to_string()).exists())
+            .is_some_and(|(n, _)| {
+                n.is_empty()
+                    || n.strip_prefix('-')
+                        .is_some_and(|n| n.parse::<usize>().is_ok())
             });
-        if own && let Err(e) = std::fs::remove_dir_all(entry.path()) {
-            tracing::warn!(dir = %entry.path().display(), error = %e, "what a removed audit index left was not removed");
+        if !ours {
+            continue;
         }
+        let path = entry.path();
+        let left = match AuditIndex::take_unused(&path) {
+            Ok(Some(unused)) => Some(unused),
+            Ok(None) if !path.join("meta.json").exists() => {
+                let old = entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age > std::time::Duration::from_secs(600));
+                if !old {
+                    continue;
+                }
+                None
+            }
+            _ => continue,
+        };
+        if let Err(e) = std::fs::remove_dir_all(&path) {
+            tracing::warn!(dir = %path.display(), error = %e, "what a removed audit index left was not removed");
+        }
+        drop(left);
     }
 }
 
@@ -677,13 +698,13 @@ mod tests {
             .append(Append::new(vec![testing::user_erased("u_alice")]))
             .await
             .unwrap();
-        // What a removal cut short by a crash left, and what a live process is removing.
-        let left = root.path().join("audit-index-5.removed-4294967295");
-        std::fs::create_dir_all(left.join("segment")).unwrap();
-        let removing = root
-            .path()
-            .join(format!("audit-index-6.removed-{}", std::process::id()));
-        std::fs::create_dir_all(&removing).unwrap();
+        // What a removal cut short by a crash left (an index whose lock is free), and what a
+        // process is removing now (the half of an index, just touched).
+        let left = root.path().join("audit-index-5.removed-1-17");
+        std::fs::create_dir_all(&left).unwrap();
+        drop(AuditIndex::open(&left).unwrap());
+        let removing = root.path().join("audit-index-6.removed-1-18");
+        std::fs::create_dir_all(removing.join("segment")).unwrap();
 
         // The first restarts after it: the second's index (stale, missed it) is removed; the
         // third's (in use) is not.
