@@ -119,7 +119,7 @@ impl Subtrees {
 
 /// Whether `lo..hi` is one whole chunk (its root is kept).
 fn whole_chunk(lo: u64, hi: u64) -> bool {
-    hi - lo == CHUNK && lo % CHUNK == 0
+    hi - lo == CHUNK && lo.is_multiple_of(CHUNK)
 }
 
 /// Adds to `out` the chunks whose leaves the hash of `lo..hi` needs: those it covers only in
@@ -163,7 +163,9 @@ fn subtree(
 
 /// The proof that event `seq` is in the tree of the checkpoint of size `at` (the newest when
 /// `None`; a witness names the one it keeps): `None` when there is no such checkpoint or it
-/// does not cover `seq`. `turn` is held until the proof is computed (see [`blocking`]).
+/// does not cover `seq`. `turn` (a caller's limit on proofs at once) is held until the proof
+/// is computed, or until the caller stops waiting for it (hashing already begun on a blocking
+/// thread, one batch of chain hashes at most, ends on its own).
 pub async fn inclusion(
     store: &Store,
     subtrees: &Subtrees,

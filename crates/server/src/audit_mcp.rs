@@ -291,7 +291,7 @@ impl Call<'_> {
                 crate::audit::NamesError::Store(e) => ledger_failed(e),
             })?;
         let item = exporter.item(&r).await.map_err(unreadable)?;
-        let proof = crate::routes::witness::proof_for_view(&self.app, seq)
+        let proof = crate::routes::witness::proof_for_view(self.app, seq)
             .await
             .map_err(unreadable)?;
         self.record(&format!("seq:{seq}"), 1).await?;

@@ -586,7 +586,7 @@ async fn event_view(app: &App, seq: u64) -> Result<Option<Value>, Response> {
         .await
         .map_err(names_failed)?;
     let item = exporter.item(&r).await.map_err(unavailable)?;
-    let proof = crate::routes::witness::proof_for_view(&app, seq)
+    let proof = crate::routes::witness::proof_for_view(app, seq)
         .await
         .map_err(unavailable)?;
     Ok(Some(json!({
