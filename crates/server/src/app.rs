@@ -159,13 +159,15 @@ impl App {
         self.ledger.store()
     }
 
-    /// Whether the user is linked to an identity provider (signs in through it).
-    pub fn is_linked(&self, user_id: &str) -> bool {
+    /// Whether the user must sign in through their identity provider before a password of
+    /// theirs is taken again: they are linked to one, and their sessions were ended (a
+    /// deprovisioning, a containment) after their last sign-in.
+    pub fn needs_provider_sign_in(&self, user_id: &str) -> bool {
         self.projection
             .read()
             .users
             .get(user_id)
-            .is_some_and(|u| !u.links.is_empty())
+            .is_some_and(|u| !u.links.is_empty() && u.sessions_ended_seq > u.last_login_seq)
     }
 
     pub fn now(&self) -> Timestamp {

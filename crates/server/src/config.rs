@@ -103,14 +103,15 @@ pub struct LoginSection {
 
 impl LoginSection {
     /// Whether `username` may sign in with a password at all: every local account when local
-    /// accounts are on, else only the break-glass admin. An account `linked` to an identity
-    /// provider signs in through it (an administrator-made account linked by its email still
-    /// has the password it was given): otherwise a person the provider deprovisioned would go
-    /// on signing in here with it. The break-glass admin always may. Checked on the sign-in
-    /// page and on the HTTP Basic APIs alike, after the password, with the answer a wrong one
-    /// gets.
-    pub fn password_allowed(&self, username: &str, linked: bool) -> bool {
-        (self.local_accounts && !linked) || self.break_glass_admin.as_deref() == Some(username)
+    /// accounts are on, else only the break-glass admin. An account linked to an identity
+    /// provider whose sessions were ended since its last sign-in (`held_back`: deprovisioned,
+    /// contained) signs in through the provider first: an administrator-made account linked
+    /// by its email keeps the password it was given, and a person the provider deprovisioned
+    /// would otherwise go on signing in here with it. The break-glass admin always may.
+    /// Checked on the sign-in page and on the HTTP Basic APIs alike, after the password, with
+    /// the answer a wrong one gets.
+    pub fn password_allowed(&self, username: &str, held_back: bool) -> bool {
+        (self.local_accounts && !held_back) || self.break_glass_admin.as_deref() == Some(username)
     }
 }
 

@@ -552,10 +552,10 @@ backend_tests! {
         assert_eq!(account(&phone_again).await, StatusCode::OK);
         assert_eq!(account(&laptop).await, StatusCode::FOUND);
 
-        // Once linked to a provider (an administrator-made account, linked by its email), the
-        // account signs in through it: the password it was given no longer does, on the page
-        // nor at the HTTP Basic APIs, so a person the provider deprovisions cannot go on with
-        // it. Refused as a wrong password is, recorded as what it is.
+        // An administrator-made account, linked by its email, keeps its password (and the
+        // HTTP Basic APIs) until the provider deprovisions it: from then on the password is
+        // refused, on the page and at the APIs, until a sign-in through the provider. Refused
+        // as a wrong password is, recorded as what it is.
         let erin = local_user(&s.app, "erin", "admin", "erin-password-123456").await;
         let api = || {
             let url = s.url("/admin/api/clients");
@@ -563,7 +563,9 @@ backend_tests! {
         };
         assert_eq!(api().await, StatusCode::OK);
         let subject = s.app.keyring.seal(&pii::user_subject(&erin), "00u-erin").await.unwrap();
-        assert_eq!(sign_in_through_corp(&s, Account::Link(erin.clone()), subject, "admin").await, erin);
+        assert_eq!(sign_in_through_corp(&s, Account::Link(erin.clone()), subject.clone(), "admin").await, erin);
+        assert_eq!(api().await, StatusCode::OK, "linked, not deprovisioned");
+        s.app.clock.advance(1);
         s.app.deprovision(&erin, "corp", "the user was disabled upstream").await.unwrap();
         let r = sign_in_with(&s, &browser(), "erin", "erin-password-123456").await;
         assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
@@ -574,6 +576,11 @@ backend_tests! {
                 if f.user_id.as_ref() == Some(&erin) && f.reason == grantline_ledger::LoginFailure::PasswordNotAllowed))
             .count();
         assert_eq!(refusals, 2, "the page's and the API's");
+        // Signed in through the provider again (it accepts the person once more): the
+        // password works again.
+        s.app.clock.advance(1);
+        assert_eq!(sign_in_through_corp(&s, Account::Linked(erin.clone()), subject, "admin").await, erin);
+        assert_eq!(api().await, StatusCode::OK);
         s.stop().await;
     }
 

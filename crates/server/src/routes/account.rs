@@ -259,7 +259,8 @@ pub async fn create_pat(
             StatusCode::FORBIDDEN,
             "Sign in again",
             &format!(
-                "<h1>Sign in again</h1><p>A token lasts beyond this session, so it is made only                  within {} minutes of signing in.</p><p><a href=\"{base}/login?return_to=%2Faccount\">\
+                "<h1>Sign in again</h1><p>A token lasts beyond this session, so it is made only \
+                 within {} minutes of signing in.</p><p><a href=\"{base}/login?return_to=%2Faccount\">\
                  Sign in again</a>, then make the token.</p>",
                 RECENT_SIGN_IN_SECS / 60
             ),

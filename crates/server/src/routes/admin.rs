@@ -219,16 +219,16 @@ pub(crate) async fn basic_user(
             Err(e) => e.into_response(),
         }
     };
-    // With local accounts off only the break-glass admin may use a password, and an account
-    // linked to an identity provider never does; anyone else is checked all the same and
-    // refused as a wrong password, so that neither the answer nor its time tells which name
-    // the break-glass admin has.
+    // With local accounts off only the break-glass admin may use a password, and a linked
+    // account deprovisioned since its last sign-in signs in through its provider first;
+    // anyone else is checked all the same and refused as a wrong password, so that neither
+    // the answer nor its time tells which name the break-glass admin has.
     let user_id = match outcome {
         Outcome::SignedIn { user_id }
             if !app
                 .config
                 .login
-                .password_allowed(user, app.is_linked(&user_id)) =>
+                .password_allowed(user, app.needs_provider_sign_in(&user_id)) =>
         {
             let reason = LoginFailure::PasswordNotAllowed;
             return Err(failed(held, Some(user_id), reason).await);

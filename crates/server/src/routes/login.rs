@@ -126,13 +126,14 @@ pub async fn submit(
     let username = username.trim();
     let password = get("password");
     // With local accounts off, only the break-glass admin named on the command line may use
-    // a password; an account linked to an identity provider signs in through it. Anyone else
-    // goes through the same check and gets the same answer as a wrong password (below): a
-    // refusal of its own, or a faster one, would tell which name is the break-glass admin's.
+    // a password; a linked account deprovisioned since its last sign-in signs in through its
+    // provider first. Anyone else goes through the same check and gets the same answer as a
+    // wrong password (below): a refusal of its own, or a faster one, would tell which name is
+    // the break-glass admin's.
     let password_allowed = |user_id: &str| {
         app.config
             .login
-            .password_allowed(username, app.is_linked(user_id))
+            .password_allowed(username, app.needs_provider_sign_in(user_id))
     };
     if username.len() > crate::signin::MAX_USERNAME || password.len() > crate::signin::MAX_PASSWORD
     {
