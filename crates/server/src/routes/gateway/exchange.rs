@@ -200,7 +200,11 @@ async fn exchange(audit: Audit, out: Outgoing, watched: Watched) -> Response {
     // range) is neither judged nor passed on: a listing in it would go unfiltered. A refusal
     // that is not JSON at all (a proxy's page) goes on as it is.
     let json_like = matches!(
-        bytes.iter().find(|b| !b.is_ascii_whitespace()),
+        bytes
+            .strip_prefix(b"\xEF\xBB\xBF")
+            .unwrap_or(&bytes)
+            .iter()
+            .find(|b| !b.is_ascii_whitespace()),
         Some(b'{' | b'[')
     );
     if (parts.status.is_success() || json_like) && !sse::readable_messages(&bytes) {
@@ -295,7 +299,7 @@ fn settle(
         Watched::List(id) => {
             let (app, caller) = (&audit.app, &audit.caller);
             let mut returned = 0;
-            let out = sse::rewrite(is_sse, body, |m| {
+            let out = sse::rewrite_all(is_sse, body, |m| {
                 if m.get("id").is_some_and(|x| jsonrpc::same_id(x, &wire)) {
                     m["id"] = id.clone();
                     app.mounts().learn(mount, m);
@@ -304,6 +308,20 @@ fn settle(
                     });
                 }
             });
+            // A listing that cannot be filtered is not passed on.
+            let Some(out) = out else {
+                let why = "the MCP server's listing cannot be read to be filtered";
+                let err = jsonrpc::error(id, -32002, why, None).to_string();
+                let out = if is_sse {
+                    format!("data: {err}\n\n")
+                } else {
+                    err
+                };
+                return (
+                    out.into_bytes(),
+                    audit.listed(ToolOutcome::UpstreamError, 0),
+                );
+            };
             let outcome = if upstream_failed {
                 ToolOutcome::UpstreamError
             } else {

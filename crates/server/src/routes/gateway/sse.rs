@@ -106,90 +106,18 @@ pub fn unreadable(event: &[u8]) -> bool {
     data_of(&text).is_some_and(|d| !readable_messages(d.as_bytes()))
 }
 
-/// Whether `json` is one JSON-RPC message or a batch of them (each an object) that a client
-/// reads as the gateway does: JSON `serde_json::Value` takes (numbers within range, strings
-/// without lone surrogates), with no key twice in any object (clients differ on which one
-/// they keep). Checked without building it. What is not is neither judged nor passed on.
+/// Whether `json` is one JSON-RPC message or a batch of them (each an object) whose `id`,
+/// `result` and `error` the gateway reads as any client does: each named once (clients differ
+/// on which of two they keep). Read without building it; what is inside is not judged (an
+/// honest server may send a lone surrogate, cut from a longer text). What is not is neither
+/// judged nor passed on.
 pub fn readable_messages(json: &[u8]) -> bool {
-    serde_json::from_slice::<Readable>(json).is_ok()
-}
-
-/// [`readable_messages`]'s check: `Readable::Top` the whole, `Element` a batch's message,
-/// `Inner` anything inside a message.
-#[derive(Clone, Copy)]
-enum Readable {
-    Top,
-    Element,
-    Inner,
-}
-
-impl<'de> serde::Deserialize<'de> for Readable {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        serde::de::DeserializeSeed::deserialize(Readable::Top, d)
-    }
-}
-
-impl<'de> serde::de::DeserializeSeed<'de> for Readable {
-    type Value = Readable;
-    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Readable, D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de> serde::de::Visitor<'de> for Readable {
-    type Value = Readable;
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("a JSON-RPC message or batch")
-    }
-    fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Readable, E> {
-        self.scalar()
-    }
-    fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Readable, E> {
-        self.scalar()
-    }
-    fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Readable, E> {
-        self.scalar()
-    }
-    fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Readable, E> {
-        self.scalar()
-    }
-    fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<Readable, E> {
-        self.scalar()
-    }
-    fn visit_unit<E: serde::de::Error>(self) -> Result<Readable, E> {
-        self.scalar()
-    }
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Readable, A::Error> {
-        let inside = match self {
-            Readable::Top => Readable::Element,
-            Readable::Element => {
-                return Err(serde::de::Error::custom(
-                    "a batch's message is not an object",
-                ));
-            }
-            Readable::Inner => Readable::Inner,
-        };
-        while seq.next_element_seed(inside)?.is_some() {}
-        Ok(self)
-    }
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Readable, A::Error> {
-        let mut keys = std::collections::HashSet::new();
-        while let Some(k) = map.next_key::<String>()? {
-            map.next_value_seed(Readable::Inner)?;
-            if !keys.insert(k) {
-                return Err(serde::de::Error::custom("a key named twice"));
-            }
-        }
-        Ok(self)
-    }
-}
-
-impl Readable {
-    fn scalar<E: serde::de::Error>(self) -> Result<Readable, E> {
-        match self {
-            Readable::Inner => Ok(self),
-            _ => Err(E::custom("not a JSON-RPC message")),
-        }
+    let one = |m: &str| m.starts_with('{') && serde_json::from_str::<Head<'_>>(m).is_ok();
+    match json.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') => std::str::from_utf8(json).is_ok_and(one),
+        Some(b'[') => serde_json::from_slice::<Vec<&RawValue>>(json)
+            .is_ok_and(|all| all.iter().all(|m| one(m.get()))),
+        _ => false,
     }
 }
 
@@ -267,6 +195,25 @@ fn rewrite_event(event: &[u8], f: &mut impl FnMut(&mut Value)) -> Vec<u8> {
     out.push_str(&v.to_string());
     out.push_str("\n\n");
     out.into_bytes()
+}
+
+/// As [`rewrite`], or `None` when a message (a JSON body's, or a complete event's data) does
+/// not parse as a `Value` (a number no double holds, a lone surrogate): what must be
+/// rewritten to be passed on (a listing, filtered) is then not passed on at all.
+pub fn rewrite_all(is_sse: bool, body: &[u8], f: impl FnMut(&mut Value)) -> Option<Vec<u8>> {
+    let parses = |json: &str| {
+        serde_json::from_str::<serde::de::IgnoredAny>(json).is_ok()
+            && serde_json::from_str::<Value>(json).is_ok()
+    };
+    let all = if is_sse {
+        events(body)
+            .0
+            .iter()
+            .all(|e| data_of(&String::from_utf8_lossy(e)).is_none_or(|d| parses(&d)))
+    } else {
+        std::str::from_utf8(body).is_ok_and(parses)
+    };
+    all.then(|| rewrite(is_sse, body, f))
 }
 
 /// Applies `f` to every JSON-RPC message of a JSON body or of every event of an SSE body.
@@ -375,14 +322,11 @@ impl Head<'_> {
     }
 }
 
-/// Calls `f` with the [`Head`] of every JSON-RPC message of a JSON or SSE body. Only data
-/// that is [`readable_messages`] is judged: the rest is never passed on (an event's, see
-/// [`unreadable`]) or fails the exchange (a JSON body's).
+/// Calls `f` with the [`Head`] of every JSON-RPC message of a JSON or SSE body. The callers
+/// judge only data that is [`readable_messages`]: the rest is never passed on (an event's,
+/// see [`unreadable`]) or fails the exchange (a JSON body's).
 pub fn heads(is_sse: bool, body: &[u8], mut f: impl FnMut(&Head<'_>)) {
     let mut one = |json: &[u8]| {
-        if !readable_messages(json) {
-            return;
-        }
         let first = json.iter().find(|b| !b.is_ascii_whitespace());
         if first == Some(&b'[') {
             if let Ok(all) = serde_json::from_slice::<Vec<Head<'_>>>(json) {
@@ -597,19 +541,30 @@ mod tests {
         for data in [
             r#"{"id":"w-1","id":"x","result":{}}"#,
             r#"{"id":7,"result":{},"result":{}}"#,
-            r#"{"id":"w-1","result":{"tools":[],"pad":1e400}}"#,
-            r#"{"id":"w-1","result":{"s":"\ud800"}}"#,
+            r#"{"id":7,"error":{},"error":{"code":1}}"#,
             r#"[{"id":"w-1","result":{}},0]"#,
             r#"[["w-1",{}]]"#,
             "7",
+            "{not json",
         ] {
             assert!(!readable_messages(data.as_bytes()), "{data}");
-            assert_eq!(answer_count(false, data.as_bytes(), &id), 0, "{data}");
             assert!(unreadable(format!("data: {data}\n\n").as_bytes()), "{data}");
         }
-        assert!(readable_messages(
-            br#"[{"id":1,"result":{"a":[1,{"b":null}]}}]"#
-        ));
+        // What an honest server may send inside (a text cut mid-emoji, a huge number) is read.
+        for data in [
+            r#"[{"id":"w-1","result":{"a":[1,{"b":null}]}}]"#,
+            r#"{"id":"w-1","result":{"content":[{"type":"text","text":"\ud83d"}]}}"#,
+            r#"{"id":"w-1","result":{"n":1e400,"big":18446744073709551616}}"#,
+        ] {
+            assert!(readable_messages(data.as_bytes()), "{data}");
+            assert_eq!(answer_count(false, data.as_bytes(), &id), 1, "{data}");
+        }
+        // A listing must be rewritten to be passed on: one that does not parse is not.
+        let odd = br#"{"id":"w-1","result":{"tools":[],"pad":1e400}}"#;
+        assert!(rewrite_all(false, odd, |_| {}).is_none());
+        let event = b"data: {\"id\":\"w-1\",\"result\":{\"s\":\"\\ud800\"}}\n\n";
+        assert!(rewrite_all(true, event, |_| {}).is_none());
+        assert!(rewrite_all(false, br#"{"id":"w-1","result":{"tools":[]}}"#, |_| {}).is_some());
         // Neither is a request's echo, nor a notification.
         assert!(!answers(false, br#"{"id":"w-1","method":"ping"}"#, &id));
     }
