@@ -97,9 +97,11 @@ impl Unused {
         let aside = self.dir.with_file_name(name);
         std::fs::rename(&self.dir, &aside)
             .map_err(|e| IndexError::Directory(format!("{}: {e}", self.dir.display())))?;
+        // Deleted under the lock: a process sweeping leftovers meanwhile finds it held.
+        let removed = std::fs::remove_dir_all(&aside)
+            .map_err(|e| IndexError::Directory(format!("{}: {e}", aside.display())));
         drop(self._writer);
-        std::fs::remove_dir_all(&aside)
-            .map_err(|e| IndexError::Directory(format!("{}: {e}", aside.display())))
+        removed
     }
 }
 
@@ -255,6 +257,8 @@ impl AuditIndex {
     /// process (a server of the version before an upgrade) is writing it, which is
     /// [`IndexError::HeldWithAnotherSchema`] and leaves it alone.
     pub fn open(dir: &Path) -> Result<AuditIndex, IndexError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| IndexError::Directory(format!("{}: {e}", dir.display())))?;
         // Another process may move a stale index aside (see [`Unused::remove`]) while this one
         // looks at it: then the directory is gone, which is as good as held.
         Self::open_here(dir).map_err(|e| {

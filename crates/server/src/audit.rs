@@ -135,21 +135,21 @@ async fn remove_stale_siblings(store: &grantline_store::Store, dir: &std::path::
             continue;
         }
         let path = entry.path();
+        let old = || {
+            entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > std::time::Duration::from_secs(600))
+        };
         let left = match AuditIndex::take_unused(&path) {
             Ok(Some(unused)) => Some(unused),
-            Ok(None) if !path.join("meta.json").exists() => {
-                let old = entry
-                    .metadata()
-                    .and_then(|m| m.modified())
-                    .ok()
-                    .and_then(|t| t.elapsed().ok())
-                    .is_some_and(|age| age > std::time::Duration::from_secs(600));
-                if !old {
-                    continue;
-                }
-                None
-            }
-            _ => continue,
+            // Held: being removed now.
+            Ok(None) if path.join("meta.json").exists() => continue,
+            // No index any more, or one that does not open: left long ago, or not.
+            Ok(None) | Err(_) if old() => None,
+            Ok(None) | Err(_) => continue,
         };
         if let Err(e) = std::fs::remove_dir_all(&path) {
             tracing::warn!(dir = %path.display(), error = %e, "what a removed audit index left was not removed");
