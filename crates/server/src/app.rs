@@ -161,13 +161,32 @@ impl App {
 
     /// Whether the user must sign in through their identity provider before a password of
     /// theirs is taken again: they are linked to one, and their sessions were ended (a
-    /// deprovisioning, a containment) after their last sign-in.
+    /// deprovisioning, a containment, a password set, their own "revoke everything") after
+    /// their last sign-in.
     pub fn needs_provider_sign_in(&self, user_id: &str) -> bool {
         self.projection
             .read()
             .users
             .get(user_id)
             .is_some_and(|u| !u.links.is_empty() && u.sessions_ended_seq > u.last_login_seq)
+    }
+
+    /// For a right password of a user linked to an identity provider: whether the providers
+    /// that are asked at each refresh (`check_upstream_on_refresh`) still accept the person
+    /// (a refusal deprovisions them, as at a refresh). Unlinked users, and providers not
+    /// asked, pass.
+    pub async fn upstream_still_accepts(&self, user_id: &str) -> bool {
+        let linked = self
+            .projection
+            .read()
+            .users
+            .get(user_id)
+            .is_some_and(|u| !u.links.is_empty());
+        if !linked {
+            return true;
+        }
+        let now = self.now().0 / 1_000_000;
+        self.check_upstream_session(user_id, now).await.is_ok()
     }
 
     pub fn now(&self) -> Timestamp {

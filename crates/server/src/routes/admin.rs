@@ -223,12 +223,17 @@ pub(crate) async fn basic_user(
     // account deprovisioned since its last sign-in signs in through its provider first;
     // anyone else is checked all the same and refused as a wrong password, so that neither
     // the answer nor its time tells which name the break-glass admin has.
+    let upstream_refused = match &outcome {
+        Outcome::SignedIn { user_id } => !app.upstream_still_accepts(user_id).await,
+        _ => false,
+    };
     let user_id = match outcome {
         Outcome::SignedIn { user_id }
-            if !app
-                .config
-                .login
-                .password_allowed(user, app.needs_provider_sign_in(&user_id)) =>
+            if upstream_refused
+                || !app
+                    .config
+                    .login
+                    .password_allowed(user, app.needs_provider_sign_in(&user_id)) =>
         {
             let reason = LoginFailure::PasswordNotAllowed;
             return Err(failed(held, Some(user_id), reason).await);

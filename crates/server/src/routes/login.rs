@@ -247,10 +247,16 @@ pub async fn submit(
             1,
         );
     }
+    // A linked person's password stands only while the provider (where it is asked at each
+    // refresh) still accepts them: one it no longer does is deprovisioned here as there.
+    let upstream_refused = match &outcome {
+        Outcome::SignedIn { user_id } => !app.upstream_still_accepts(user_id).await,
+        _ => false,
+    };
     let (user_id, failure) = match outcome {
         // Refused on the page as a wrong password (the answer tells no one which names may
         // use one), recorded as what it was.
-        Outcome::SignedIn { user_id } if !password_allowed(&user_id) => {
+        Outcome::SignedIn { user_id } if !password_allowed(&user_id) || upstream_refused => {
             (Some(user_id), Some(LoginFailure::PasswordNotAllowed))
         }
         Outcome::SignedIn { user_id } if disabled(&user_id) => {
