@@ -140,6 +140,9 @@ async fn start_upstream() -> (String, Upstream) {
                         ),
                     )
                         .into_response(),
+                    // An error whose code is no integer.
+                    "tools/call" if msg["params"]["name"] == "oddcode_tool" => axum::Json(json!({"jsonrpc": "2.0", "id": id,
+                        "error": {"code": "E_DISK", "message": "disk full"}})).into_response(),
                     // A request the gateway does not watch, answered on a stream as well.
                     "prompts/get" => streamed(state.release.clone(), id),
                     "tools/call" => axum::Json(json!({"jsonrpc": "2.0", "id": id, "result": {"content": [{"type": "text", "text": "ok"}]}})).into_response(),
@@ -1874,6 +1877,25 @@ async fn an_answer_a_client_could_read_otherwise_is_not_passed_on() {
             .iter()
             .any(|r| matches!(&r.envelope.payload, Payload::ToolCalled(c)
         if c.tool == "twofaced_tool" && c.outcome == ToolOutcome::UpstreamError))
+    );
+    s.stop().await;
+}
+
+/// An error answer is recorded as the upstream's error whatever its code is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_answer_is_recorded_as_one_whatever_its_code() {
+    let db = grantline_store::testing::sqlite().await;
+    let (up_url, _up) = start_upstream().await;
+    let (s, _d) = gateway_server_allowing(&db, &up_url, "oddcode_tool").await;
+    let token = token_for(&s, &s.url("/mcp/up"), "up:read up:write").await;
+    let r = rpc(&s, "/mcp/up", Some(&token), call(5, "oddcode_tool")).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let recorded = s.app.store().read(0, 10_000).await.unwrap();
+    assert!(
+        recorded
+            .iter()
+            .any(|r| matches!(&r.envelope.payload, Payload::ToolCalled(c)
+        if c.tool == "oddcode_tool" && c.outcome == ToolOutcome::UpstreamError))
     );
     s.stop().await;
 }

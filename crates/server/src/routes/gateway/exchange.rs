@@ -199,15 +199,7 @@ async fn exchange(audit: Audit, out: Outgoing, watched: Watched) -> Response {
     // JSON the caller might read otherwise than the gateway (a key twice, a number out of
     // range) is neither judged nor passed on: a listing in it would go unfiltered. A refusal
     // that is not JSON at all (a proxy's page) goes on as it is.
-    let json_like = matches!(
-        bytes
-            .strip_prefix(b"\xEF\xBB\xBF")
-            .unwrap_or(&bytes)
-            .iter()
-            .find(|b| !b.is_ascii_whitespace()),
-        Some(b'{' | b'[')
-    );
-    if (parts.status.is_success() || json_like) && !sse::readable_messages(&bytes) {
+    if (parts.status.is_success() || sse::json_like(&bytes)) && !sse::readable_messages(&bytes) {
         let why = "the MCP server's answer is not JSON-RPC that reads the same to every client";
         return fail(&audit, &watched, why, StatusCode::BAD_GATEWAY).await;
     }
@@ -286,7 +278,8 @@ fn settle(
     match watched {
         Watched::Call(c) => {
             let code = sse::error_code(is_sse, body, &wire);
-            let outcome = if upstream_failed || code.is_some() {
+            let outcome = if upstream_failed || code.is_some() || sse::is_error(is_sse, body, &wire)
+            {
                 ToolOutcome::UpstreamError
             } else if sse::tool_failed(is_sse, body, &wire) {
                 ToolOutcome::ToolError
@@ -308,7 +301,12 @@ fn settle(
                     });
                 }
             });
-            // A listing that cannot be filtered is not passed on.
+            // A listing that cannot be filtered is not passed on; a refusal that is no JSON (a
+            // proxy's page) goes on as it is.
+            let out = match out {
+                None if upstream_failed && !is_sse && !sse::json_like(body) => Some(body.to_vec()),
+                out => out,
+            };
             let Some(out) = out else {
                 let why = "the MCP server's listing cannot be read to be filtered";
                 let err = jsonrpc::error(id, -32002, why, None).to_string();

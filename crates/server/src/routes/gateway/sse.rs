@@ -112,7 +112,11 @@ pub fn unreadable(event: &[u8]) -> bool {
 /// honest server may send a lone surrogate, cut from a longer text). What is not is neither
 /// judged nor passed on.
 pub fn readable_messages(json: &[u8]) -> bool {
-    let one = |m: &str| m.starts_with('{') && serde_json::from_str::<Head<'_>>(m).is_ok();
+    let one = |m: &str| {
+        m.trim_start_matches([' ', '\t', '\n', '\r'])
+            .starts_with('{')
+            && serde_json::from_str::<Head<'_>>(m).is_ok()
+    };
     match json.iter().find(|b| !b.is_ascii_whitespace()) {
         Some(b'{') => std::str::from_utf8(json).is_ok_and(one),
         Some(b'[') => serde_json::from_slice::<Vec<&RawValue>>(json)
@@ -439,6 +443,29 @@ pub fn answers_other(is_sse: bool, body: &[u8], id: &Value) -> bool {
     found
 }
 
+/// Whether the answer to `id` is an error (whatever its code says).
+pub fn is_error(is_sse: bool, body: &[u8], id: &Value) -> bool {
+    let mut error = false;
+    heads(is_sse, body, |m| {
+        if m.is_for(id) && m.error.is_some() {
+            error = true;
+        }
+    });
+    error
+}
+
+/// Whether a body looks like JSON (its first byte past a byte-order mark and whitespace
+/// opens an object or an array): a refusal that does not (a proxy's page) goes on as it is.
+pub fn json_like(body: &[u8]) -> bool {
+    matches!(
+        body.strip_prefix(b"\xEF\xBB\xBF")
+            .unwrap_or(body)
+            .iter()
+            .find(|b| !b.is_ascii_whitespace()),
+        Some(b'{' | b'[')
+    )
+}
+
 /// Whether the answer to `id` is a tool's result that says the tool failed
 /// (`result.isError: true`).
 pub fn tool_failed(is_sse: bool, body: &[u8], id: &Value) -> bool {
@@ -550,8 +577,11 @@ mod tests {
             assert!(!readable_messages(data.as_bytes()), "{data}");
             assert!(unreadable(format!("data: {data}\n\n").as_bytes()), "{data}");
         }
-        // What an honest server may send inside (a text cut mid-emoji, a huge number) is read.
+        // What an honest server may send inside (a text cut mid-emoji, a huge number) is read,
+        // and so is a message after whitespace.
         for data in [
+            "\n {\"id\":\"w-1\",\"result\":{}}",
+            "\r\n[ {\"id\":\"w-1\",\"result\":{}}]",
             r#"[{"id":"w-1","result":{"a":[1,{"b":null}]}}]"#,
             r#"{"id":"w-1","result":{"content":[{"type":"text","text":"\ud83d"}]}}"#,
             r#"{"id":"w-1","result":{"n":1e400,"big":18446744073709551616}}"#,
