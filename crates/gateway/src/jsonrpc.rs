@@ -1026,28 +1026,24 @@ mod tests {
     #[test]
     fn a_batch_refusal_answers_each_request_by_its_id() {
         let refusal = error(&Value::Null, -32000, "no", None);
+        let ids = |answers: &Value| -> Vec<Value> {
+            answers
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|a| a["id"].clone())
+                .collect()
+        };
         let body = br#"[{"jsonrpc":"2.0","id":1,"method":"ping","params":{"a":[1,2]}},{"jsonrpc":"2.0","method":"notifications/x"},{"jsonrpc":"2.0","id":"b","method":"ping"},{"jsonrpc":"2.0","id":9,"result":{}}]"#;
         let answers = refusal_for_each(body, &refusal).unwrap();
-        let ids: Vec<&Value> = answers
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|a| &a["id"])
-            .collect();
-        assert_eq!(ids, [&json!(1), &json!("b")]);
+        assert_eq!(ids(&answers), [json!(1), json!("b")]);
         assert_eq!(answers[0]["error"]["message"], "no");
         assert!(refusal_for_each(br#"{"id":1,"method":"ping"}"#, &refusal).is_none());
         // A null id and a null method count as present; an element that is no object is no
         // message, and leaves the others answered.
         let body = br#"[{"id":null,"method":"ping"},{"id":2,"method":null},0,["x",7],{"id":3,"method":"ping"}]"#;
         let answers = refusal_for_each(body, &refusal).unwrap();
-        let ids: Vec<&Value> = answers
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|a| &a["id"])
-            .collect();
-        assert_eq!(ids, [&Value::Null, &json!(2), &json!(3)]);
+        assert_eq!(ids(&answers), [Value::Null, json!(2), json!(3)]);
         assert_eq!(id_only(br#"["x",7]"#), None);
     }
 

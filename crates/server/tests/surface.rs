@@ -2082,49 +2082,26 @@ async fn the_account_page_makes_a_token_only_soon_after_signing_in() {
         "{text}"
     );
     assert!(s.app.projection.read().pats.is_empty());
+    // The token form of the browser's account page, as it stands now.
+    let make = |name: &'static str| {
+        let (s, b, resource) = (&s, &b, &resource);
+        async move {
+            let page = b.get(s.url("/account")).send().await.unwrap();
+            let page = page.text().await.unwrap();
+            let form = (field(&page, "csrf"), field(&page, "form"));
+            pat_form(s, b, &form.0, form.1, name, resource)
+                .await
+                .unwrap()
+        }
+    };
     // The same browser, signed in again: made.
     login(&s, &b).await;
-    let page = b
-        .get(s.url("/account"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let r = pat_form(
-        &s,
-        &b,
-        &field(&page, "csrf"),
-        field(&page, "form"),
-        "new",
-        &resource,
-    )
-    .await
-    .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(make("new").await.status(), StatusCode::OK);
     assert_eq!(s.app.projection.read().pats.len(), 1);
     // A session that is not the user's latest sign-in is not taken as a recent one.
     let (_, other) = account_page(&s).await;
     assert!(!other.is_empty());
-    let page = b
-        .get(s.url("/account"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let r = pat_form(
-        &s,
-        &b,
-        &field(&page, "csrf"),
-        field(&page, "form"),
-        "third",
-        &resource,
-    )
-    .await
-    .unwrap();
+    let r = make("third").await;
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
     s.stop().await;
 }
