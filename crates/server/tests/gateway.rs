@@ -1837,6 +1837,15 @@ async fn a_tool_that_reports_its_own_failure_is_recorded_as_a_tool_error() {
     s.stop().await;
 }
 
+/// Whether a call of `tool` was recorded as the upstream's error.
+async fn recorded_upstream_error(s: &Server, tool: &str) -> bool {
+    let recorded = s.app.store().read(0, 10_000).await.unwrap();
+    recorded.iter().any(|r| {
+        matches!(&r.envelope.payload, Payload::ToolCalled(c)
+            if c.tool == tool && c.outcome == ToolOutcome::UpstreamError)
+    })
+}
+
 /// An answer with an error status that also answers another request is not passed on: the
 /// other answer would reach this caller unrecorded and unfiltered, whatever the status.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1849,13 +1858,7 @@ async fn an_error_answer_that_also_answers_another_request_is_not_passed_on() {
     assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
     let body = r.text().await.unwrap();
     assert!(!body.contains("their secret"), "{body}");
-    let recorded = s.app.store().read(0, 10_000).await.unwrap();
-    assert!(
-        recorded
-            .iter()
-            .any(|r| matches!(&r.envelope.payload, Payload::ToolCalled(c)
-        if c.tool == "crosstalk_tool" && c.outcome == ToolOutcome::UpstreamError))
-    );
+    assert!(recorded_upstream_error(&s, "crosstalk_tool").await);
     s.stop().await;
 }
 
@@ -1871,13 +1874,7 @@ async fn an_answer_a_client_could_read_otherwise_is_not_passed_on() {
     assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
     let body = r.text().await.unwrap();
     assert!(!body.contains("the other answer"), "{body}");
-    let recorded = s.app.store().read(0, 10_000).await.unwrap();
-    assert!(
-        recorded
-            .iter()
-            .any(|r| matches!(&r.envelope.payload, Payload::ToolCalled(c)
-        if c.tool == "twofaced_tool" && c.outcome == ToolOutcome::UpstreamError))
-    );
+    assert!(recorded_upstream_error(&s, "twofaced_tool").await);
     s.stop().await;
 }
 
@@ -1890,13 +1887,7 @@ async fn an_error_answer_is_recorded_as_one_whatever_its_code() {
     let token = token_for(&s, &s.url("/mcp/up"), "up:read up:write").await;
     let r = rpc(&s, "/mcp/up", Some(&token), call(5, "oddcode_tool")).await;
     assert_eq!(r.status(), StatusCode::OK);
-    let recorded = s.app.store().read(0, 10_000).await.unwrap();
-    assert!(
-        recorded
-            .iter()
-            .any(|r| matches!(&r.envelope.payload, Payload::ToolCalled(c)
-        if c.tool == "oddcode_tool" && c.outcome == ToolOutcome::UpstreamError))
-    );
+    assert!(recorded_upstream_error(&s, "oddcode_tool").await);
     s.stop().await;
 }
 
