@@ -180,12 +180,13 @@ fn each_message(v: &mut Value, f: &mut impl FnMut(&mut Value)) {
 
 /// Applies `f` to every JSON-RPC message of one SSE event; the event comes back with its
 /// other fields and the (possibly changed) message on one `data:` line. Events without a JSON
-/// message come back unchanged.
-fn rewrite_event(event: &[u8], f: &mut impl FnMut(&mut Value)) -> Vec<u8> {
+/// message come back unchanged; `None` when its data does not parse.
+fn rewrite_event(event: &[u8], f: &mut impl FnMut(&mut Value)) -> Option<Vec<u8>> {
     let text = String::from_utf8_lossy(event);
-    let Some(mut v) = data_of(&text).and_then(|d| serde_json::from_str::<Value>(&d).ok()) else {
-        return event.to_vec();
+    let Some(data) = data_of(&text) else {
+        return Some(event.to_vec());
     };
+    let mut v = serde_json::from_str::<Value>(&data).ok()?;
     each_message(&mut v, f);
     let mut out = String::with_capacity(event.len());
     for line in text
@@ -198,46 +199,31 @@ fn rewrite_event(event: &[u8], f: &mut impl FnMut(&mut Value)) -> Vec<u8> {
     out.push_str("data: ");
     out.push_str(&v.to_string());
     out.push_str("\n\n");
-    out.into_bytes()
+    Some(out.into_bytes())
 }
 
 /// As [`rewrite`], or `None` when a message (a JSON body's, or a complete event's data) does
 /// not parse as a `Value` (a number no double holds, a lone surrogate): what must be
 /// rewritten to be passed on (a listing, filtered) is then not passed on at all.
-pub fn rewrite_all(is_sse: bool, body: &[u8], f: impl FnMut(&mut Value)) -> Option<Vec<u8>> {
-    let parses = |json: &str| {
-        serde_json::from_str::<serde::de::IgnoredAny>(json).is_ok()
-            && serde_json::from_str::<Value>(json).is_ok()
-    };
-    let all = if is_sse {
-        events(body)
-            .0
-            .iter()
-            .all(|e| data_of(&String::from_utf8_lossy(e)).is_none_or(|d| parses(&d)))
-    } else {
-        std::str::from_utf8(body).is_ok_and(parses)
-    };
-    all.then(|| rewrite(is_sse, body, f))
-}
-
-/// Applies `f` to every JSON-RPC message of a JSON body or of every event of an SSE body.
-pub fn rewrite(is_sse: bool, body: &[u8], mut f: impl FnMut(&mut Value)) -> Vec<u8> {
+pub fn rewrite_all(is_sse: bool, body: &[u8], mut f: impl FnMut(&mut Value)) -> Option<Vec<u8>> {
     if !is_sse {
-        return match serde_json::from_slice::<Value>(body) {
-            Ok(mut v) => {
-                each_message(&mut v, &mut f);
-                serde_json::to_vec(&v).unwrap_or_else(|_| body.to_vec())
-            }
-            Err(_) => body.to_vec(),
-        };
+        let mut v = serde_json::from_slice::<Value>(body).ok()?;
+        each_message(&mut v, &mut f);
+        return serde_json::to_vec(&v).ok();
     }
     let (complete, rest) = events(body);
     let mut out = Vec::with_capacity(body.len());
     for e in complete {
-        out.extend(rewrite_event(e, &mut f));
+        out.extend(rewrite_event(e, &mut f)?);
     }
     out.extend_from_slice(rest);
-    out
+    Some(out)
+}
+
+/// Applies `f` to every JSON-RPC message of a JSON body or of every event of an SSE body;
+/// what does not parse comes back unchanged.
+pub fn rewrite(is_sse: bool, body: &[u8], f: impl FnMut(&mut Value)) -> Vec<u8> {
+    rewrite_all(is_sse, body, f).unwrap_or_else(|| body.to_vec())
 }
 
 /// Calls `f` with every JSON-RPC message of a JSON or SSE body, without rewriting it.
